@@ -1,0 +1,19 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['kernel/**/*.test.ts', 'sdk/typescript/**/*.test.ts', 'harness/**/*.test.ts', 'chaos/**/*.test.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // Tests start real kernels and real processes; two cores do not like many at once.
+    fileParallelism: true,
+    maxWorkers: 2,
+    coverage: {
+      provider: 'v8',
+      include: ['kernel/**/*.ts', 'sdk/typescript/**/*.ts', 'harness/**/*.ts'],
+      exclude: ['**/*.test.ts'],
+      reporter: ['text-summary', 'json-summary'],
+      reportsDirectory: 'reports/coverage',
+    },
+  },
+});
