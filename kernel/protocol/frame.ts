@@ -56,10 +56,15 @@ export class FrameError extends Error {
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
-  private failed: FrameError | null = null;
+  private failed_: FrameError | null = null;
 
   constructor(readonly maxPayload: number = DEFAULT_MAX_PAYLOAD) {
     if (!Number.isSafeInteger(maxPayload) || maxPayload < 0) throw new RangeError('maxPayload must be a non-negative integer');
+  }
+
+  /** True once the stream went bad; nothing more is decoded. */
+  get failed(): boolean {
+    return this.failed_ !== null;
   }
 
   /** Bytes currently held for an incomplete frame. */
@@ -72,7 +77,7 @@ export class FrameDecoder {
    * the bad header are still returned). After an error every later push returns that error again.
    */
   push(chunk: Buffer): { frames: Frame[]; error: FrameError | null } {
-    if (this.failed) return { frames: [], error: this.failed };
+    if (this.failed_) return { frames: [], error: this.failed_ };
     if (chunk.length === 0) return { frames: [], error: null };
     this.chunks.push(chunk);
     this.buffered += chunk.length;
@@ -111,7 +116,7 @@ export class FrameDecoder {
   }
 
   private fail(frames: Frame[], err: FrameError): { frames: Frame[]; error: FrameError } {
-    this.failed = err;
+    this.failed_ = err;
     this.chunks = [];
     this.buffered = 0;
     return { frames, error: err };

@@ -1,0 +1,66 @@
+/**
+ * Kernel options with their defaults, in one place. The CLI and the harness build these; nothing else
+ * invents a default.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_MAX_PAYLOAD } from './protocol/frame.js';
+
+export type SandboxMode = 'auto' | 'native' | 'off';
+
+export interface KernelOptions {
+  /** Operator socket (mode 0600). */
+  socketPath: string;
+  /** State store, agent logs and the agent socket live here. */
+  dataDir: string;
+  maxPayload: number;
+  /** Messages a mailbox holds before SEND fails with mailbox_full. */
+  mailboxSize: number;
+  /** Events a subscriber's queue holds before the oldest are dropped (and counted). */
+  eventQueueSize: number;
+  logMaxBytes: number;
+  logKeep: number;
+  /** Grace period between SIGTERM and SIGKILL when the kernel stops its agents. */
+  shutdownGraceMs: number;
+  /** `auto`: the native sandbox when it works here, else plain processes with a warning. */
+  sandbox: SandboxMode;
+  /** `full` also survives power loss (fsync per write); `normal` survives kernel crashes. */
+  durability: 'normal' | 'full';
+  /** Extra directories put on agents' PYTHONPATH (the Python SDK's is always there). */
+  pythonPath: string[];
+  logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+}
+
+/** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
+export const REPO_ROOT = findRoot(path.dirname(fileURLToPath(import.meta.url)));
+
+function findRoot(from: string): string {
+  for (let dir = from; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    try {
+      if (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')).name === 'clove') return dir;
+    } catch {
+      // not here: keep walking up
+    }
+  }
+  return process.cwd();
+}
+
+export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOptions {
+  return {
+    socketPath: process.env.CLOVE_SOCKET ?? '/tmp/clove.sock',
+    dataDir: process.env.CLOVE_DATA_DIR ?? path.join(os.homedir(), '.clove'),
+    maxPayload: DEFAULT_MAX_PAYLOAD,
+    mailboxSize: 1024,
+    eventQueueSize: 1024,
+    logMaxBytes: 10 * 1024 * 1024,
+    logKeep: 3,
+    shutdownGraceMs: 5000,
+    sandbox: 'auto',
+    durability: 'normal',
+    pythonPath: [],
+    logLevel: 'info',
+    ...overrides,
+  };
+}

@@ -1,0 +1,424 @@
+/**
+ * The supervisor: owns every agent's lifecycle and drives it through the table in machine.ts. It knows
+ * nothing of sockets or mailboxes; the kernel learns what happens through the hooks.
+ */
+import fs from 'node:fs';
+import { SpawnError, InvalidStateError } from '../errors.js';
+import type { Permissions } from '../perms/permissions.js';
+import type { AgentLogs } from './logs.js';
+import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
+import type { AgentProcess, ExitInfo, IsolationReport, ResourceLimits, Spawner } from './spawner.js';
+
+export type RestartPolicyName = 'never' | 'on-failure' | 'always';
+
+export interface RestartPolicy {
+  policy: RestartPolicyName;
+  maxRestarts: number;
+  windowMs: number;
+  backoffInitialMs: number;
+  backoffMultiplier: number;
+  backoffMaxMs: number;
+  minUptimeMs: number;
+  watchdogMs: number;
+}
+
+export const DEFAULT_POLICY: RestartPolicy = {
+  policy: 'never',
+  maxRestarts: 5,
+  windowMs: 300_000,
+  backoffInitialMs: 100,
+  backoffMultiplier: 2,
+  backoffMaxMs: 30_000,
+  minUptimeMs: 1000,
+  watchdogMs: 0,
+};
+
+export interface AgentDef {
+  id: number;
+  name: string;
+  argv: string[];
+  env: Record<string, string>;
+  cwd: string;
+  sandboxed: boolean;
+  network: boolean;
+  limits: ResourceLimits;
+  parentId: number;
+  perms: Permissions;
+  policy: RestartPolicy;
+  /** Which spawner starts it (the sandbox, or plain for `sandboxed: false`). */
+  spawner: Spawner;
+}
+
+export interface AgentRecord {
+  readonly def: AgentDef;
+  state: State;
+  pid: number;
+  proc: AgentProcess | null;
+  isolation: IsolationReport | null;
+  /** Restarts over the agent's whole life. */
+  restarts: number;
+  consecutiveFailures: number;
+  /** Times of the restarts inside the current intensity window. */
+  restartTimes: number[];
+  startedAt: number;
+  lastExit: ExitInfo | null;
+  lastBeat: number;
+  killedBy: number | null;
+  graceMs: number;
+  timers: { uptime?: NodeJS.Timeout; watchdog?: NodeJS.Timeout; grace?: NodeJS.Timeout; backoff?: NodeJS.Timeout };
+}
+
+export interface SupervisorHooks {
+  /** A kernel event about an agent (AGENT_SPAWNED, AGENT_EXITED, …). */
+  event(type: string, data: Record<string, unknown>, source: number): void;
+  /** The agent is gone for good: release its names, mailbox, subscriptions. */
+  release(agent: AgentRecord): void;
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+}
+
+export class Supervisor {
+  private agents = new Map<number, AgentRecord>();
+  private byPid = new Map<number, AgentRecord>();
+  private inFlight = new Set<Promise<unknown>>();
+  private exitWaiters = new Map<number, (() => void)[]>();
+
+  constructor(
+    private readonly logs: AgentLogs,
+    private readonly hooks: SupervisorHooks,
+  ) {}
+
+  get(id: number): AgentRecord | undefined {
+    return this.agents.get(id);
+  }
+
+  list(): AgentRecord[] {
+    return [...this.agents.values()];
+  }
+
+  pidOwner(pid: number): AgentRecord | undefined {
+    return this.byPid.get(pid);
+  }
+
+  /** Resolves once every spawn under way has settled (so a just-started agent's pid is known). */
+  async spawnsSettled(): Promise<void> {
+    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
+  }
+
+  /** Starts a new agent. A first start that fails is an error to the caller, not a restart loop. */
+  async create(def: AgentDef): Promise<AgentRecord> {
+    const a: AgentRecord = {
+      def,
+      state: 'STARTING',
+      pid: 0,
+      proc: null,
+      isolation: null,
+      restarts: 0,
+      consecutiveFailures: 0,
+      restartTimes: [],
+      startedAt: 0,
+      lastExit: null,
+      lastBeat: 0,
+      killedBy: null,
+      graceMs: 5000,
+      timers: {},
+    };
+    this.agents.set(def.id, a);
+    try {
+      await this.launch(a);
+    } catch (e) {
+      this.agents.delete(def.id);
+      this.logs.forget(def.name);
+      throw e;
+    }
+    this.feed(a, 'started');
+    return a;
+  }
+
+  private async launch(a: AgentRecord): Promise<void> {
+    const d = a.def;
+    let fd: number;
+    try {
+      fd = this.logs.open(d.name);
+    } catch (e) {
+      throw new SpawnError(`failed to open log file for ${d.name}: ${(e as Error).message}`);
+    }
+    const p = d.spawner.spawn({
+      agentId: d.id,
+      name: d.name,
+      argv: d.argv,
+      env: d.env,
+      cwd: d.cwd,
+      logFd: fd,
+      sandboxed: d.sandboxed,
+      network: d.network,
+      limits: d.limits,
+    });
+    this.inFlight.add(p);
+    let proc: AgentProcess;
+    try {
+      proc = await p;
+    } finally {
+      this.inFlight.delete(p);
+      fs.closeSync(fd);
+    }
+    a.proc = proc;
+    a.pid = proc.pid;
+    a.isolation = proc.isolation;
+    a.startedAt = Date.now();
+    a.lastBeat = a.startedAt;
+    this.byPid.set(proc.pid, a);
+    proc.onExit((info) => this.exited(a, proc, info));
+  }
+
+  private exited(a: AgentRecord, proc: AgentProcess, info: ExitInfo): void {
+    if (a.proc !== proc) return;
+    this.byPid.delete(proc.pid);
+    a.proc = null;
+    a.lastExit = info;
+    this.logs.note(a.def.name, `agent exited: ${describeExit(info)} after ${Date.now() - a.startedAt} ms`);
+    this.feed(a, this.classify(a, info));
+    for (const w of this.exitWaiters.get(a.def.id)?.splice(0) ?? []) w();
+  }
+
+  /** Turns an exit into exit_restart / exit_final / exit_escalate, by policy and restart intensity. */
+  private classify(a: AgentRecord, info: ExitInfo): Event {
+    if (a.state === 'STOPPING') return 'exit_final';
+    const p = a.def.policy;
+    const failed = info.signal !== null || info.code !== 0 || info.reason !== 'exit';
+    const restart = p.policy === 'always' || (p.policy === 'on-failure' && failed);
+    if (!restart) return 'exit_final';
+    const now = Date.now();
+    a.restartTimes = a.restartTimes.filter((t) => now - t < p.windowMs);
+    if (a.restartTimes.length >= p.maxRestarts) return 'exit_escalate';
+    return 'exit_restart';
+  }
+
+  kill(id: number, by: number, graceMs?: number): AgentRecord {
+    const a = this.must(id);
+    a.killedBy = by;
+    if (graceMs !== undefined) a.graceMs = graceMs;
+    this.request(a, 'kill');
+    return a;
+  }
+
+  pause(id: number): AgentRecord {
+    const a = this.must(id);
+    this.request(a, 'pause');
+    return a;
+  }
+
+  resume(id: number): AgentRecord {
+    const a = this.must(id);
+    this.request(a, 'resume');
+    return a;
+  }
+
+  /** A liveness signal from the agent (HEARTBEAT, or any syscall when a watchdog is set). */
+  heartbeat(id: number): void {
+    const a = this.agents.get(id);
+    if (a) a.lastBeat = Date.now();
+  }
+
+  /** Waits until the agent's current process has exited (or returns at once if it has none). */
+  waitExit(id: number): Promise<void> {
+    const a = this.agents.get(id);
+    if (!a || !a.proc) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.exitWaiters.get(id) ?? [];
+      list.push(resolve);
+      this.exitWaiters.set(id, list);
+    });
+  }
+
+  private must(id: number): AgentRecord {
+    const a = this.agents.get(id);
+    if (!a) throw new InvalidStateError(`agent ${id} is not running`);
+    return a;
+  }
+
+  /** A request from a client: a refused cell is an error reply. */
+  private request(a: AgentRecord, ev: Event): void {
+    const cell = transition(a.state, ev);
+    if (isRefusal(cell)) throw new InvalidStateError(cell.refused, { agent_id: a.def.id });
+    this.apply(a, ev, cell.next, cell.actions);
+  }
+
+  /** An internal event (exit, timer): a refused cell means the event is stale and is ignored. */
+  private feed(a: AgentRecord, ev: Event): void {
+    const cell = transition(a.state, ev);
+    if (isRefusal(cell)) return;
+    this.apply(a, ev, cell.next, cell.actions);
+  }
+
+  private apply(a: AgentRecord, ev: Event, next: State, actions: Action[]): void {
+    const prev = a.state;
+    a.state = next;
+    for (const act of actions) this.run(a, act, ev, prev);
+  }
+
+  private run(a: AgentRecord, act: Action, ev: Event, prev: State): void {
+    const d = a.def;
+    const t = a.timers;
+    switch (act) {
+      case 'arm_timers':
+        t.uptime = setTimeout(() => this.feed(a, 'uptime_reached'), d.policy.minUptimeMs);
+        this.armWatchdog(a);
+        return;
+      case 'arm_watchdog':
+        a.lastBeat = Date.now();
+        this.armWatchdog(a);
+        return;
+      case 'disarm_watchdog':
+        clearTimeout(t.watchdog);
+        t.watchdog = undefined;
+        return;
+      case 'disarm_timers':
+        for (const k of ['uptime', 'watchdog', 'grace'] as const) {
+          clearTimeout(t[k]);
+          t[k] = undefined;
+        }
+        return;
+      case 'sigterm':
+        a.proc?.signal('SIGTERM');
+        return;
+      case 'sigkill':
+        if (ev === 'watchdog_expired') {
+          this.hooks.log('warn', 'watchdog expired: killing agent', { agent: d.name, watchdog_ms: d.policy.watchdogMs });
+          this.logs.note(d.name, `watchdog: no heartbeat for ${d.policy.watchdogMs} ms, killing`);
+        }
+        a.proc?.signal('SIGKILL');
+        return;
+      case 'sigstop':
+        a.proc?.signal('SIGSTOP');
+        return;
+      case 'sigcont':
+        a.proc?.signal('SIGCONT');
+        return;
+      case 'arm_grace':
+        t.grace = setTimeout(() => this.feed(a, 'grace_elapsed'), a.graceMs);
+        return;
+      case 'schedule_restart': {
+        const p = d.policy;
+        const delay =
+          a.consecutiveFailures === 0
+            ? 0
+            : Math.min(p.backoffInitialMs * Math.pow(p.backoffMultiplier, a.consecutiveFailures - 1), p.backoffMaxMs);
+        a.consecutiveFailures++;
+        a.restarts++;
+        a.restartTimes.push(Date.now());
+        this.hooks.event(
+          'AGENT_RESTARTING',
+          { agent_id: d.id, agent_name: d.name, restart_count: a.restarts, delay_ms: delay, ...exitFields(a.lastExit) },
+          0,
+        );
+        this.logs.note(d.name, `restarting in ${delay} ms (restart ${a.restarts})`);
+        if (delay === 0) queueMicrotask(() => this.feed(a, 'backoff_elapsed'));
+        else t.backoff = setTimeout(() => this.feed(a, 'backoff_elapsed'), delay);
+        return;
+      }
+      case 'cancel_restart':
+        clearTimeout(t.backoff);
+        t.backoff = undefined;
+        return;
+      case 'start':
+        this.launch(a).then(
+          () => this.feed(a, 'started'),
+          (e: Error) => {
+            this.hooks.log('error', 'restart failed', { agent: d.name, error: e.message });
+            this.logs.note(d.name, `restart failed: ${e.message}`);
+            a.lastExit = { code: null, signal: null, reason: 'exit' };
+            this.feed(a, this.classify(a, { code: 127, signal: null, reason: 'exit' }));
+          },
+        );
+        return;
+      case 'reset_failures':
+        a.consecutiveFailures = 0;
+        return;
+      case 'escalate':
+        this.hooks.event(
+          'AGENT_ESCALATED',
+          { agent_id: d.id, agent_name: d.name, restart_count: a.restarts, ...exitFields(a.lastExit) },
+          0,
+        );
+        this.hooks.log('error', 'agent escalated: restart intensity exceeded', {
+          agent: d.name,
+          max_restarts: d.policy.maxRestarts,
+          restart_window_ms: d.policy.windowMs,
+        });
+        this.logs.note(d.name, `escalated: ${d.policy.maxRestarts} restarts within ${d.policy.windowMs} ms; not restarting`);
+        this.hooks.release(a);
+        return;
+      case 'release':
+        for (const k of Object.keys(t) as (keyof typeof t)[]) clearTimeout(t[k]);
+        this.agents.delete(d.id);
+        this.logs.forget(d.name);
+        this.hooks.release(a);
+        return;
+      case 'emit_started':
+        this.hooks.event(
+          'AGENT_SPAWNED',
+          { agent_id: d.id, name: d.name, pid: a.pid, parent_id: d.parentId, restart_count: a.restarts },
+          0,
+        );
+        return;
+      case 'emit_exited':
+        this.hooks.event(
+          'AGENT_EXITED',
+          {
+            agent_id: d.id,
+            name: d.name,
+            ...exitFields(a.lastExit),
+            ...(a.killedBy !== null ? { killed_by: a.killedBy } : {}),
+          },
+          0,
+        );
+        return;
+      case 'emit_paused':
+        this.hooks.event('AGENT_PAUSED', { agent_id: d.id, name: d.name }, 0);
+        return;
+      case 'emit_resumed':
+        this.hooks.event('AGENT_RESUMED', { agent_id: d.id, name: d.name }, 0);
+        return;
+    }
+  }
+
+  private armWatchdog(a: AgentRecord): void {
+    const ms = a.def.policy.watchdogMs;
+    if (ms <= 0) return;
+    clearTimeout(a.timers.watchdog);
+    const check = (): void => {
+      const idle = Date.now() - a.lastBeat;
+      if (idle >= ms) this.feed(a, 'watchdog_expired');
+      else a.timers.watchdog = setTimeout(check, ms - idle);
+    };
+    a.timers.watchdog = setTimeout(check, ms);
+  }
+
+  /** Stops every agent (SIGTERM, SIGKILL after the grace period) and waits until all are gone. */
+  async shutdown(graceMs: number): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const a of this.list()) {
+      a.graceMs = graceMs;
+      if (a.proc) waits.push(this.waitExit(a.def.id));
+      try {
+        this.kill(a.def.id, 0, graceMs);
+      } catch {
+        // Already stopping or stopped.
+      }
+    }
+    await this.spawnsSettled();
+    await Promise.all(waits);
+    for (const a of this.list()) for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
+  }
+}
+
+function exitFields(e: ExitInfo | null): Record<string, unknown> {
+  return { exit_code: e?.code ?? null, signal: e?.signal ?? null, reason: e?.reason ?? null };
+}
+
+export function describeExit(e: ExitInfo): string {
+  if (e.reason === 'oom') return 'killed by the OOM killer (memory limit)';
+  if (e.reason === 'pids') return `died at the pids limit (${e.signal ?? `exit ${e.code}`})`;
+  if (e.signal) return `killed by ${e.signal}`;
+  return `exit code ${e.code}`;
+}

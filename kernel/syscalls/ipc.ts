@@ -1,0 +1,95 @@
+/**
+ * IPC syscalls: REGISTER, SEND, RECV, BROADCAST. A target is an id that is alive for the kernel: a
+ * supervised agent (running, paused or being restarted — its mailbox waits for it) or an open client.
+ */
+import { InvalidRequestError, NotFoundError, MailboxFullError } from '../errors.js';
+import type { Caller, Kernel } from '../kernel.js';
+import { optBool, optInt, optString, reqString } from '../validate.js';
+import type { HandlerTable } from './index.js';
+
+const MAX_WAIT_MS = 300_000;
+
+function reachable(k: Kernel, id: number): boolean {
+  const a = k.supervisor.get(id);
+  if (a) return a.state !== 'FAILED' && a.state !== 'STOPPED';
+  return k.clients.has(id);
+}
+
+function senderName(k: Kernel, c: Caller): string {
+  return k.post.nameOf(c.principal.id);
+}
+
+function shape(m: { from: number; from_name: string; message: unknown; seq: number; sentAt: number }, now: number) {
+  return { from: m.from, from_name: m.from_name, message: m.message, age_ms: now - m.sentAt, seq: m.seq };
+}
+
+export const ipc: HandlerTable = {
+  REGISTER: {
+    fn: (k, c, p) => {
+      const name = reqString(p, 'name');
+      k.post.register(c.principal.id, name);
+      return { success: true, agent_id: c.principal.id, name };
+    },
+  },
+  SEND: {
+    fn: (k, c, p) => {
+      const to = optInt(p, 'to', 0, 0xffffffff) ?? 0;
+      const toName = optString(p, 'to_name');
+      let target: number | undefined;
+      if (to) target = to;
+      else if (toName) {
+        target = k.post.resolve(toName);
+        if (target === undefined) throw new NotFoundError(`target agent not found: ${toName}`, { delivered_to: 0 });
+      } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
+      if (!reachable(k, target)) throw new NotFoundError(`target agent not found: ${toName ?? target}`, { delivered_to: 0 });
+      const message = p.message === undefined ? {} : p.message;
+      k.post.deliver(target, c.principal.id, senderName(k, c), message);
+      return { success: true, delivered_to: target };
+    },
+  },
+  RECV: {
+    fn: (k, c, p) => {
+      const max = optInt(p, 'max', 0, 10_000) ?? 10;
+      const wait = optBool(p, 'wait') ?? false;
+      const timeout = optInt(p, 'timeout_ms', 0, MAX_WAIT_MS) ?? 30_000;
+      const id = c.principal.id;
+      const take = () => {
+        const now = Date.now();
+        const messages = k.post.take(id, max).map((m) => shape(m, now));
+        return { success: true, messages, count: messages.length };
+      };
+      if (!wait || max === 0 || k.post.size(id) > 0) return take();
+      const deadline = Date.now() + timeout;
+      const loop = async (): Promise<ReturnType<typeof take>> => {
+        while (k.post.size(id) === 0 && !c.conn.abort.signal.aborted) {
+          const left = deadline - Date.now();
+          if (left <= 0) break;
+          await k.post.wait(id, left, c.conn.abort.signal);
+        }
+        return take();
+      };
+      return loop();
+    },
+  },
+  BROADCAST: {
+    fn: (k, c, p) => {
+      const includeSelf = optBool(p, 'include_self') ?? false;
+      const message = p.message === undefined ? {} : p.message;
+      const from = c.principal.id;
+      const name = senderName(k, c);
+      let delivered = 0;
+      let failed = 0;
+      for (const id of k.post.named()) {
+        if ((id === from && !includeSelf) || !reachable(k, id)) continue;
+        try {
+          k.post.deliver(id, from, name, message);
+          delivered++;
+        } catch (e) {
+          if (!(e instanceof MailboxFullError)) throw e;
+          failed++;
+        }
+      }
+      return { success: true, delivered_count: delivered, failed_count: failed };
+    },
+  },
+};
