@@ -65,6 +65,8 @@ export class Kernel implements Dispatcher {
     this.supervisor = new Supervisor(this.logs, {
       event: (type, data, source) => this.publish(type as KernelEventType, data, source),
       release: (a) => this.releaseAgent(a),
+      // What a dead agent took under a lease but never acknowledged goes back to its mailbox.
+      exited: (a) => void this.post.requeueLeased(a.def.id),
       log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
     });
   }

@@ -17,6 +17,8 @@ export interface Message {
 interface Mailbox {
   queue: Message[];
   head: number;
+  /** Messages handed out under a lease: acknowledged by the next take, redelivered after a crash. */
+  leased: Message[];
   waiters: Waiters<void>;
 }
 
@@ -33,7 +35,7 @@ export class PostOffice {
   private box(id: number): Mailbox {
     let b = this.boxes.get(id);
     if (!b) {
-      b = { queue: [], head: 0, waiters: new Waiters() };
+      b = { queue: [], head: 0, leased: [], waiters: new Waiters() };
       this.boxes.set(id, b);
     }
     return b;
@@ -58,9 +60,14 @@ export class PostOffice {
     return m;
   }
 
-  take(id: number, max: number): Message[] {
+  /**
+   * Takes up to `max` messages. Every take acknowledges the previous lease; with `lease`, what this take
+   * returns is kept until the next take, so that `requeueLeased` can redeliver it if the taker dies first.
+   */
+  take(id: number, max: number, lease = false): Message[] {
     const b = this.boxes.get(id);
     if (!b) return [];
+    b.leased = [];
     const n = Math.min(max, b.queue.length - b.head);
     const out = b.queue.slice(b.head, b.head + n);
     b.head += n;
@@ -72,7 +79,19 @@ export class PostOffice {
       b.queue = [];
       b.head = 0;
     }
+    if (lease) b.leased = out;
     return out;
+  }
+
+  /** Puts leased, unacknowledged messages back at the head of the mailbox (their taker died). */
+  requeueLeased(id: number): number {
+    const b = this.boxes.get(id);
+    if (!b || b.leased.length === 0) return 0;
+    const n = b.leased.length;
+    b.queue = [...b.leased, ...b.queue.slice(b.head)];
+    b.head = 0;
+    b.leased = [];
+    return n;
   }
 
   wait(id: number, ms: number, signal: AbortSignal): Promise<void> {

@@ -50,7 +50,7 @@ add("incomplete header (16 bytes): no frame, no error", frame(0, 0xFE, b"{}")[:1
 add("full header, payload missing: no frame, no error", frame(0, 0xFE, b"{}")[:17], [])
 add("one frame and half of the next", frame(1, 0, b"a") + frame(1, 0, b"bc")[:18], [text(1, 0, "a")])
 add("bad magic", struct.pack("<IIBQ", 0xEFBEADDE, 0, 0xFE, 2) + b"{}", [], error="bad_magic")
-add("valid frame then an HTTP request line", frame(0, 0, b"") + b"GET / HTTP/1.1\r\n", [text(0, 0, "")], error="bad_magic")
+add("valid frame then an HTTP request line", frame(0, 0, b"") + b"GET / HTTP/1.1\r\nHost: clove\r\n\r\n", [text(0, 0, "")], error="bad_magic")
 add("size field over the limit (1 MiB + 1)", frame(0, 0x30, b"", size=1048577), [], error="payload_too_large")
 add("exactly 1 MiB is within the limit (waits for the payload)", frame(0, 0x30, b"", size=1048576), [])
 add("size field of 2^64-1", frame(0, 0x30, b"", size=2**64 - 1), [], error="payload_too_large")

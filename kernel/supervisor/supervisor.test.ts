@@ -1,0 +1,227 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Supervisor, DEFAULT_POLICY, type AgentDef, type RestartPolicy } from './supervisor.js';
+import { AgentLogs } from './logs.js';
+import type { AgentProcess, ExitInfo, SpawnSpec, Spawner } from './spawner.js';
+import { preset } from '../perms/permissions.js';
+
+/** A spawner whose "processes" the test ends by hand: for exact control over timing. */
+class FakeSpawner implements Spawner {
+  readonly kind = 'fake';
+  procs: { spec: SpawnSpec; signals: string[]; exit: (i: ExitInfo) => void }[] = [];
+  failNext = 0;
+  ignoreSignals = false;
+  private pid = 1000;
+
+  async spawn(spec: SpawnSpec): Promise<AgentProcess> {
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw new Error('exec failed');
+    }
+    let cb: ((i: ExitInfo) => void) | null = null;
+    const rec = { spec, signals: [] as string[], exit: (i: ExitInfo) => cb?.(i) };
+    this.procs.push(rec);
+    return {
+      pid: this.pid++,
+      isolation: { fully_isolated: false, namespaces: { pid: false, net: false, mnt: false, uts: false }, cgroups: { available: false, memory_limit: false, cpu_quota: false, pids_limit: false } },
+      signal: (s) => {
+        rec.signals.push(s);
+        if (!this.ignoreSignals && (s === 'SIGTERM' || s === 'SIGKILL')) queueMicrotask(() => rec.exit({ code: null, signal: s, reason: 'signal' }));
+      },
+      onExit: (f) => (cb = f),
+    };
+  }
+  last() {
+    return this.procs[this.procs.length - 1];
+  }
+}
+
+let dir: string;
+let logs: AgentLogs;
+let events: { type: string; data: Record<string, unknown> }[];
+let released: number[];
+let sup: Supervisor;
+let spawner: FakeSpawner;
+
+beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'clv-sup'));
+  logs = new AgentLogs({ dir, maxBytes: 1 << 20, keep: 1 });
+  events = [];
+  released = [];
+  spawner = new FakeSpawner();
+  sup = new Supervisor(logs, {
+    event: (type, data) => events.push({ type, data }),
+    release: (a) => released.push(a.def.id),
+    log: () => {},
+  });
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+  logs.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function def(policy: Partial<RestartPolicy> = {}): AgentDef {
+  return {
+    id: 7,
+    name: 'a7',
+    argv: ['/bin/true'],
+    env: {},
+    cwd: '/',
+    sandboxed: false,
+    network: false,
+    limits: {},
+    parentId: 1,
+    perms: preset('standard'),
+    policy: { ...DEFAULT_POLICY, ...policy },
+    spawner,
+  };
+}
+
+const crash = (code = 1): ExitInfo => ({ code, signal: null, reason: 'exit' });
+const flush = async () => {
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+  await vi.advanceTimersByTimeAsync(0);
+};
+
+describe('Supervisor', () => {
+  it('restarts at once an agent that was up past min_uptime, then backs off exponentially up to the cap', async () => {
+    const a = await sup.create(def({ policy: 'always', backoffInitialMs: 100, backoffMultiplier: 2, backoffMaxMs: 300, maxRestarts: 100, minUptimeMs: 1000 }));
+    await vi.advanceTimersByTimeAsync(1500); // stable: failure count reset
+    const delays: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      spawner.last().exit(crash());
+      await flush();
+      delays.push(events.filter((e) => e.type === 'AGENT_RESTARTING').at(-1)!.data.delay_ms as number);
+      await vi.advanceTimersByTimeAsync(delays[i]);
+      await flush();
+      expect(a.state).toBe('RUNNING');
+    }
+    expect(delays).toEqual([0, 100, 200, 300, 300]);
+    expect(a.restarts).toBe(5);
+    expect(spawner.procs.every((p) => p.spec.agentId === 7 && p.spec.name === 'a7')).toBe(true);
+  });
+
+  it('resets the failure count by a timer after sustained uptime', async () => {
+    const a = await sup.create(def({ policy: 'always', minUptimeMs: 1000, maxRestarts: 100 }));
+    spawner.last().exit(crash());
+    await flush();
+    expect(a.consecutiveFailures).toBe(1);
+    await vi.advanceTimersByTimeAsync(999);
+    expect(a.consecutiveFailures).toBe(1);
+    await vi.advanceTimersByTimeAsync(2);
+    expect(a.consecutiveFailures).toBe(0);
+  });
+
+  it('escalates when the restart intensity is exceeded, and stops restarting', async () => {
+    const a = await sup.create(def({ policy: 'on-failure', maxRestarts: 2, windowMs: 10_000, backoffInitialMs: 1 }));
+    for (let i = 0; i < 3; i++) {
+      spawner.last().exit(crash());
+      await flush();
+      await vi.advanceTimersByTimeAsync(10);
+      await flush();
+    }
+    expect(a.state).toBe('FAILED');
+    expect(spawner.procs.length).toBe(3);
+    expect(events.map((e) => e.type)).toContain('AGENT_ESCALATED');
+    expect(released).toEqual([7]);
+    expect(sup.get(7)).toBeDefined(); // still listed, as FAILED
+    sup.kill(7, 1);
+    expect(sup.get(7)).toBeUndefined();
+  });
+
+  it('on-failure does not restart a clean exit; never does not restart a crash', async () => {
+    const a = await sup.create(def({ policy: 'on-failure' }));
+    spawner.last().exit(crash(0));
+    await flush();
+    expect(a.state).toBe('STOPPED');
+    const b = await sup.create({ ...def({ policy: 'never' }), id: 8, name: 'a8' });
+    spawner.last().exit(crash(3));
+    await flush();
+    expect(b.state).toBe('STOPPED');
+    expect(events.filter((e) => e.type === 'AGENT_EXITED').map((e) => e.data.exit_code)).toEqual([0, 3]);
+  });
+
+  it('on-failure restarts an agent killed by a signal', async () => {
+    const a = await sup.create(def({ policy: 'on-failure' }));
+    spawner.last().exit({ code: null, signal: 'SIGSEGV', reason: 'signal' });
+    await flush();
+    expect(a.state).toBe('RUNNING');
+    expect(events.find((e) => e.type === 'AGENT_EXITED')!.data.signal).toBe('SIGSEGV');
+  });
+
+  it('KILL sends SIGTERM, then SIGKILL after the grace period, and never restarts', async () => {
+    const a = await sup.create(def({ policy: 'always' }));
+    const p = spawner.last();
+    spawner.ignoreSignals = true; // an agent that ignores SIGTERM
+    sup.kill(7, 1, 500);
+    expect(a.state).toBe('STOPPING');
+    await vi.advanceTimersByTimeAsync(499);
+    expect(a.state).toBe('STOPPING');
+    await vi.advanceTimersByTimeAsync(1);
+    expect(p.signals).toEqual(['SIGTERM', 'SIGKILL']);
+    p.exit({ code: null, signal: 'SIGKILL', reason: 'signal' });
+    await flush();
+    expect(a.state).toBe('STOPPED');
+    expect(spawner.procs.length).toBe(1);
+  });
+
+  it('KILL works on a paused agent (SIGTERM and SIGCONT)', async () => {
+    const a = await sup.create(def());
+    sup.pause(7);
+    expect(a.state).toBe('PAUSED');
+    expect(() => sup.pause(7)).toThrow(/PAUSED/);
+    sup.kill(7, 1);
+    expect(spawner.last().signals).toEqual(['SIGSTOP', 'SIGTERM', 'SIGCONT']);
+    await flush();
+    expect(a.state).toBe('STOPPED');
+  });
+
+  it('a KILL during backoff cancels the restart', async () => {
+    const a = await sup.create(def({ policy: 'always', backoffInitialMs: 1000 }));
+    spawner.last().exit(crash());
+    await flush();
+    spawner.last().exit(crash());
+    await flush();
+    expect(a.state).toBe('BACKOFF');
+    sup.kill(7, 1);
+    expect(a.state).toBe('STOPPED');
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(spawner.procs.length).toBe(2);
+  });
+
+  it('a failed restart counts as a failure and is retried with backoff', async () => {
+    const a = await sup.create(def({ policy: 'always', backoffInitialMs: 50, maxRestarts: 10 }));
+    spawner.failNext = 1;
+    spawner.last().exit(crash());
+    await flush();
+    await flush();
+    expect(a.state).toBe('BACKOFF');
+    await vi.advanceTimersByTimeAsync(50);
+    await flush();
+    expect(a.state).toBe('RUNNING');
+  });
+
+  it('the watchdog kills an agent that stops sending heartbeats', async () => {
+    const a = await sup.create(def({ policy: 'always', watchdogMs: 1000, maxRestarts: 10 }));
+    await vi.advanceTimersByTimeAsync(600);
+    sup.heartbeat(7);
+    await vi.advanceTimersByTimeAsync(600);
+    expect(spawner.procs.length).toBe(1);
+    await vi.advanceTimersByTimeAsync(500);
+    await flush();
+    expect(spawner.procs[0].signals).toContain('SIGKILL');
+    expect(a.state).toBe('RUNNING');
+    expect(spawner.procs.length).toBe(2);
+  });
+
+  it('a first start that fails is an error, not a restart loop', async () => {
+    spawner.failNext = 1;
+    await expect(sup.create(def({ policy: 'always' }))).rejects.toThrow(/exec failed/);
+    expect(sup.get(7)).toBeUndefined();
+  });
+});
