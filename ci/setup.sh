@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything a fresh machine lacks and builds the project: npm packages (native modules are
+# compiled against the running Node's own headers: node-gyp cannot download them here), the native
+# addon, the TypeScript build, and the Python test tools. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v make >/dev/null || need_apt+=(make)
+if ((${#need_apt[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# node-gyp must use the headers of the Node that runs it (<prefix>/include/node).
+node_prefix="$(node -p 'require("path").resolve(process.execPath, "..", "..")')"
+export npm_config_nodedir="$node_prefix"
+
+python3 -m pip install --quiet --disable-pip-version-check -r ci/requirements-test.txt
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build:native
+npm run --silent build
+echo "clove: set-up done"
