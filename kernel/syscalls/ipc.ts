@@ -52,10 +52,13 @@ export const ipc: HandlerTable = {
       const max = optInt(p, 'max', 0, 10_000) ?? 10;
       const wait = optBool(p, 'wait') ?? false;
       const timeout = optInt(p, 'timeout_ms', 0, MAX_WAIT_MS) ?? 30_000;
+      const lease = optBool(p, 'lease') ?? false;
       const id = c.principal.id;
       const take = () => {
         const now = Date.now();
-        const messages = k.post.take(id, max).map((m) => shape(m, now));
+        // A closed connection takes nothing: the messages stay for the next RECV.
+        if (c.conn.abort.signal.aborted) return { success: true, messages: [], count: 0 };
+        const messages = k.post.take(id, max, lease).map((m) => shape(m, now));
         return { success: true, messages, count: messages.length };
       };
       if (!wait || max === 0 || k.post.size(id) > 0) return take();
