@@ -1,0 +1,510 @@
+/**
+ * cgroup detection (v1 or v2, per controller) and per-agent cgroups.
+ *
+ * Layout: for every hierarchy we use, `<mount>/<kernel's own cgroup>/clove/<pid>.<n>/<name>_<id>`, so the
+ * agents stay below whatever limits the kernel itself runs under, and two kernels (or two spawners of one
+ * process) never share a directory.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { CgroupError } from './errors.js';
+
+export type Controller = 'memory' | 'cpu' | 'cpuacct' | 'pids' | 'freezer';
+
+export interface Hierarchy {
+  version: 1 | 2;
+  /** Mount point, e.g. /sys/fs/cgroup/memory or /sys/fs/cgroup (unified). */
+  mount: string;
+  /** v1: controllers co-mounted here; v2: controllers available at the root. */
+  controllers: string[];
+  /** The kernel's own cgroup, relative to the hierarchy root (from /proc/self/cgroup), e.g. "/" or "/a/b". */
+  ownPath: string;
+  /** File-system directory of the kernel's own cgroup. */
+  ownDir: string;
+}
+
+export interface CgroupLayout {
+  /** The cgroup2 hierarchy, when mounted (on hybrid hosts it may carry no controllers: still used for identity, kill and freeze). */
+  v2?: Hierarchy;
+  /** v1 hierarchies by mount point. */
+  v1: Hierarchy[];
+  /** Where each controller lives; absent = not available. */
+  controllers: Partial<Record<Controller, Hierarchy>>;
+  /** Description for reports: "v1", "v2" or "hybrid". */
+  version: string;
+}
+
+interface MountEntry {
+  root: string;
+  mountPoint: string;
+  fstype: string;
+  superOptions: string[];
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+export function parseMountinfo(text: string): MountEntry[] {
+  const out: MountEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const [left, right] = line.split(' - ');
+    if (!right) continue;
+    const l = left.split(' ');
+    const r = right.split(' ');
+    out.push({ root: unescapeMount(l[3]), mountPoint: unescapeMount(l[4]), fstype: r[0], superOptions: (r[2] ?? '').split(',') });
+  }
+  return out;
+}
+
+/** /proc/<pid>/cgroup as [hierarchy-id, controllers, path] triples. */
+export function parseProcCgroup(text: string): Array<{ id: string; controllers: string[]; path: string }> {
+  const out: Array<{ id: string; controllers: string[]; path: string }> = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const a = line.indexOf(':');
+    const b = line.indexOf(':', a + 1);
+    if (a < 0 || b < 0) continue;
+    const ctrl = line.slice(a + 1, b);
+    out.push({ id: line.slice(0, a), controllers: ctrl ? ctrl.split(',') : [], path: line.slice(b + 1) });
+  }
+  return out;
+}
+
+function ownDirOf(mount: MountEntry, ownPath: string): string | undefined {
+  // The mount may expose only a subtree (containers): ownPath must lie inside it.
+  const root = mount.root === '/' ? '' : mount.root;
+  if (root && ownPath !== root && !ownPath.startsWith(root + '/')) return undefined;
+  return path.join(mount.mountPoint, ownPath.slice(root.length));
+}
+
+/** Detects, per controller, where it is mounted (v1) or enabled (v2). Pure: takes the files' contents. */
+export function detectLayout(mountinfo: string, selfCgroup: string, readControllers: (dir: string) => string): CgroupLayout {
+  const mounts = parseMountinfo(mountinfo);
+  const self = parseProcCgroup(selfCgroup);
+  const layout: CgroupLayout = { v1: [], controllers: {}, version: 'none' };
+  const seen = new Set<string>();
+  for (const m of mounts) {
+    if (m.fstype === 'cgroup2' && !layout.v2) {
+      const own = self.find((s) => s.id === '0');
+      if (!own) continue;
+      const ownDir = ownDirOf(m, own.path);
+      if (!ownDir) continue;
+      let controllers: string[] = [];
+      try {
+        controllers = readControllers(m.mountPoint).trim().split(/\s+/).filter(Boolean);
+      } catch {
+        /* unreadable: no controllers */
+      }
+      layout.v2 = { version: 2, mount: m.mountPoint, controllers, ownPath: own.path, ownDir };
+    } else if (m.fstype === 'cgroup') {
+      const ctrls = m.superOptions.filter((o) => ['memory', 'cpu', 'cpuacct', 'pids', 'freezer', 'cpuset', 'blkio', 'devices', 'hugetlb', 'net_cls', 'net_prio', 'perf_event', 'rdma', 'misc'].includes(o));
+      if (ctrls.length === 0) continue; // name=systemd and friends
+      const key = ctrls.slice().sort().join(',');
+      if (seen.has(key)) continue; // the same hierarchy mounted twice
+      const own = self.find((s) => s.controllers.slice().sort().join(',') === key);
+      if (!own) continue;
+      const ownDir = ownDirOf(m, own.path);
+      if (!ownDir) continue;
+      seen.add(key);
+      layout.v1.push({ version: 1, mount: m.mountPoint, controllers: ctrls, ownPath: own.path, ownDir });
+    }
+  }
+  for (const c of ['memory', 'cpu', 'cpuacct', 'pids', 'freezer'] as Controller[]) {
+    const h1 = layout.v1.find((h) => h.controllers.includes(c));
+    if (h1) layout.controllers[c] = h1;
+    else if (layout.v2) {
+      // v2 has no cpuacct (cpu.stat is a core file) and no freezer controller (cgroup.freeze is core).
+      if (c === 'cpuacct' || c === 'freezer' || layout.v2.controllers.includes(c)) layout.controllers[c] = layout.v2;
+    }
+  }
+  const used = Object.values(layout.controllers);
+  const v1used = used.some((h) => h.version === 1);
+  const v2used = used.some((h) => h.version === 2) || !!layout.v2;
+  layout.version = v1used && v2used ? 'hybrid' : v1used ? 'v1' : v2used ? 'v2' : 'none';
+  return layout;
+}
+
+export function detectHostLayout(): CgroupLayout {
+  return detectLayout(fs.readFileSync('/proc/self/mountinfo', 'utf8'), fs.readFileSync('/proc/self/cgroup', 'utf8'), (dir) =>
+    fs.readFileSync(path.join(dir, 'cgroup.controllers'), 'utf8'),
+  );
+}
+
+// ---- small file helpers (cgroup files are tiny; sync I/O costs microseconds) ----
+
+export function readText(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+export function readNumber(file: string): number | undefined {
+  const t = readText(file)?.trim();
+  if (t === undefined || t === '') return undefined;
+  if (t === 'max') return Infinity;
+  const n = Number(t);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+/** "key value" lines (memory.stat, cpu.stat, memory.events, pids.events, memory.oom_control). */
+export function readKeyed(file: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of (readText(file) ?? '').split('\n')) {
+    const [k, v] = line.trim().split(/\s+/);
+    if (k && v !== undefined) {
+      const n = v === 'max' ? Infinity : Number(v);
+      if (Number.isFinite(n) || n === Infinity) out[k] = n;
+    }
+  }
+  return out;
+}
+
+function write(file: string, value: string): void {
+  try {
+    fs.writeFileSync(file, value);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new CgroupError(file, `write ${JSON.stringify(value)}: ${e.code ?? e.message}`, e.code ?? 'EIO', { cause: err });
+  }
+}
+
+function mkdir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new CgroupError(dir, `mkdir: ${e.code ?? e.message}`, e.code ?? 'EIO', { cause: err });
+  }
+}
+
+/** rmdir that tolerates "already gone"; returns false while the cgroup is still busy. */
+function rmdir(dir: string): boolean {
+  try {
+    fs.rmdirSync(dir);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return true;
+    return false;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Removes a cgroup subtree bottom-up (cgroup dirs hold only virtual files, so rmdir works on non-empty-looking dirs). */
+function removeTree(dir: string): void {
+  let entries: fs.Dirent[] = [];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) if (e.isDirectory()) removeTree(path.join(dir, e.name));
+  const kill = path.join(dir, 'cgroup.kill');
+  if (fs.existsSync(kill)) {
+    try {
+      fs.writeFileSync(kill, '1');
+    } catch {
+      /* best effort */
+    }
+  }
+  rmdir(dir);
+}
+
+export interface AgentLimits {
+  memory: number;
+  maxPids: number;
+  cpuQuota: number;
+  cpuPeriod: number;
+  cpuShares: number;
+  cpuWeight: number;
+}
+
+/** What actually got applied to one agent's cgroups. */
+export interface AppliedLimits {
+  memory: boolean;
+  cpu: boolean;
+  pids: boolean;
+}
+
+/** One agent's cgroup directories, one per hierarchy in use. */
+export class AgentCgroup {
+  /** Path relative to each hierarchy root, e.g. /clove/123.0/worker_4 (same tail in every hierarchy). */
+  constructor(
+    readonly layout: CgroupLayout,
+    readonly dirs: Map<Hierarchy, string>,
+    readonly relPaths: Map<Hierarchy, string>,
+    readonly applied: AppliedLimits,
+  ) {}
+
+  dir(c: Controller): string | undefined {
+    const h = this.layout.controllers[c];
+    return h ? this.dirs.get(h) : undefined;
+  }
+
+  /** The v2 directory the child is born in (CLONE_INTO_CGROUP). */
+  get v2Dir(): string | undefined {
+    return this.layout.v2 ? this.dirs.get(this.layout.v2) : undefined;
+  }
+
+  /** v1 cgroup.procs files the child joins before exec. */
+  get v1Procs(): string[] {
+    const out: string[] = [];
+    for (const [h, d] of this.dirs) if (h.version === 1) out.push(path.join(d, 'cgroup.procs'));
+    return out;
+  }
+
+  /** Counter of OOM kills inside this cgroup (v1 memory.oom_control oom_kill, v2 memory.events oom_kill). */
+  oomKills(): number {
+    const h = this.layout.controllers.memory;
+    const d = this.dir('memory');
+    if (!h || !d) return 0;
+    if (h.version === 1) return readKeyed(path.join(d, 'memory.oom_control')).oom_kill ?? 0;
+    return readKeyed(path.join(d, 'memory.events')).oom_kill ?? 0;
+  }
+
+  /** How often fork failed at pids.max (pids.events `max`, v1 and v2). */
+  pidsMaxEvents(): number {
+    const d = this.dir('pids');
+    return d ? (readKeyed(path.join(d, 'pids.events')).max ?? 0) : 0;
+  }
+
+  /** Pids of every process in the cgroup (any hierarchy that has one). */
+  procs(): number[] {
+    for (const d of this.dirs.values()) {
+      const t = readText(path.join(d, 'cgroup.procs'));
+      if (t !== undefined) return t.split('\n').filter(Boolean).map(Number);
+    }
+    return [];
+  }
+
+  /** Freezes (true) or thaws (false) the whole agent. False when no freezer is available. */
+  freeze(frozen: boolean): boolean {
+    const v2 = this.v2Dir;
+    if (v2 && fs.existsSync(path.join(v2, 'cgroup.freeze'))) {
+      write(path.join(v2, 'cgroup.freeze'), frozen ? '1' : '0');
+      return true;
+    }
+    const fz = this.layout.v1.find((h) => h.controllers.includes('freezer'));
+    const d = fz ? this.dirs.get(fz) : undefined;
+    if (d) {
+      write(path.join(d, 'freezer.state'), frozen ? 'FROZEN' : 'THAWED');
+      return true;
+    }
+    return false;
+  }
+
+  /** SIGKILLs every process of the cgroup: cgroup.kill on v2, else each pid of cgroup.procs. */
+  killAll(): void {
+    const v2 = this.v2Dir;
+    if (v2 && fs.existsSync(path.join(v2, 'cgroup.kill'))) {
+      try {
+        fs.writeFileSync(path.join(v2, 'cgroup.kill'), '1');
+        return;
+      } catch {
+        /* fall through */
+      }
+    }
+    for (const pid of this.procs()) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  /** Removes the directories; false while some is still busy (caller retries). */
+  remove(): boolean {
+    let ok = true;
+    for (const d of this.dirs.values()) ok = rmdir(d) && ok;
+    return ok;
+  }
+}
+
+/**
+ * The per-spawner cgroup root: creates it (and enables v2 controllers down to it), creates and removes
+ * agent cgroups, and maps pids back to agents through /proc/<pid>/cgroup.
+ */
+export class CgroupRoot {
+  /** <hierarchy> -> directory of this spawner's root. */
+  readonly roots = new Map<Hierarchy, string>();
+  /** Relative (to the hierarchy root) path of this spawner's root. */
+  readonly relRoots = new Map<Hierarchy, string>();
+  /** Why some controller is missing, for isolation reports. */
+  readonly problems: string[] = [];
+
+  constructor(
+    readonly layout: CgroupLayout,
+    readonly instance: string,
+  ) {}
+
+  /** Hierarchies this spawner uses: every v1 one with a controller we want, plus v2. */
+  hierarchies(): Hierarchy[] {
+    const set = new Set<Hierarchy>(Object.values(this.layout.controllers));
+    if (this.layout.v2) set.add(this.layout.v2);
+    return [...set];
+  }
+
+  /** Creates the roots. Hierarchies that cannot be written are dropped (and reported), never fatal. */
+  init(): void {
+    for (const h of this.hierarchies()) {
+      const base = path.join(h.ownDir, 'clove');
+      const root = path.join(base, this.instance);
+      try {
+        this.cleanStale(base);
+        if (h.version === 2) this.enableV2(h, [h.ownDir, base, root]);
+        else mkdir(root);
+        if (h.version === 1 && h.controllers.includes('cpuset')) {
+          // v1 cpuset children start with empty cpus/mems: copy the parent's.
+          for (const d of [base, root]) {
+            for (const f of ['cpuset.cpus', 'cpuset.mems']) write(path.join(d, f), readText(path.join(path.dirname(d), f))?.trim() ?? '');
+          }
+        }
+        this.roots.set(h, root);
+        this.relRoots.set(h, path.posix.join(h.ownPath, 'clove', this.instance));
+      } catch (err) {
+        this.problems.push(`${h.mount}: ${(err as Error).message}`);
+        for (const [c, hh] of Object.entries(this.layout.controllers)) if (hh === h) delete this.layout.controllers[c as Controller];
+        if (this.layout.v2 === h) delete this.layout.v2;
+      }
+    }
+  }
+
+  /** v2: a controller is usable in a child only if every ancestor enabled it in cgroup.subtree_control. */
+  private enableV2(h: Hierarchy, chain: string[]): void {
+    const want = ['memory', 'cpu', 'pids'].filter((c) => h.controllers.includes(c));
+    for (let i = 0; i < chain.length; i++) {
+      const d = chain[i];
+      if (i > 0) mkdir(d);
+      if (want.length === 0) continue;
+      const ctl = path.join(d, 'cgroup.subtree_control');
+      const have = (readText(ctl) ?? '').split(/\s+/);
+      const missing = want.filter((c) => !have.includes(c));
+      if (missing.length === 0) continue;
+      try {
+        write(ctl, missing.map((c) => `+${c}`).join(' '));
+      } catch (err) {
+        if (i === 0 && (err as CgroupError).code === 'EBUSY') {
+          // "No internal processes": our own cgroup holds processes (us). Move ourselves into a leaf, as a
+          // delegated service would, then retry once.
+          const leaf = path.join(d, 'clove-kernel');
+          mkdir(leaf);
+          write(path.join(leaf, 'cgroup.procs'), String(process.pid));
+          write(ctl, missing.map((c) => `+${c}`).join(' '));
+        } else {
+          throw err;
+        }
+      }
+    }
+  }
+
+  /** Roots left by kernels that died (their pid is gone) are removed at start-up. */
+  private cleanStale(base: string): void {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(base);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const m = /^(\d+)\.\d+$/.exec(n);
+      if (!m || n === this.instance) continue;
+      if (!pidAlive(Number(m[1]))) removeTree(path.join(base, n));
+    }
+  }
+
+  /** Creates an agent's cgroups and writes its limits. */
+  create(leaf: string, limits: AgentLimits): AgentCgroup {
+    const dirs = new Map<Hierarchy, string>();
+    const rels = new Map<Hierarchy, string>();
+    const applied: AppliedLimits = { memory: false, cpu: false, pids: false };
+    try {
+      for (const [h, root] of this.roots) {
+        const d = path.join(root, leaf);
+        try {
+          fs.mkdirSync(d);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          // A leftover of a previous incarnation with the same name and id: reuse only if empty.
+          if ((readText(path.join(d, 'cgroup.procs')) ?? '').trim() !== '') throw new CgroupError(d, 'cgroup exists and is in use', 'EBUSY');
+        }
+        dirs.set(h, d);
+        rels.set(h, path.posix.join(this.relRoots.get(h)!, leaf));
+      }
+      const cg = new AgentCgroup(this.layout, dirs, rels, applied);
+      const c = this.layout.controllers;
+      const mem = cg.dir('memory');
+      if (mem && c.memory) {
+        if (c.memory.version === 1) {
+          write(path.join(mem, 'memory.limit_in_bytes'), String(limits.memory));
+          // With swap accounting, memsw = memory means "no swap at all".
+          if (fs.existsSync(path.join(mem, 'memory.memsw.limit_in_bytes'))) write(path.join(mem, 'memory.memsw.limit_in_bytes'), String(limits.memory));
+          else write(path.join(mem, 'memory.swappiness'), '0');
+        } else {
+          write(path.join(mem, 'memory.max'), String(limits.memory));
+          if (fs.existsSync(path.join(mem, 'memory.swap.max'))) write(path.join(mem, 'memory.swap.max'), '0');
+          if (fs.existsSync(path.join(mem, 'memory.oom.group'))) write(path.join(mem, 'memory.oom.group'), '1');
+        }
+        applied.memory = true;
+      }
+      const cpu = cg.dir('cpu');
+      if (cpu && c.cpu) {
+        if (c.cpu.version === 1) {
+          write(path.join(cpu, 'cpu.cfs_period_us'), String(limits.cpuPeriod));
+          write(path.join(cpu, 'cpu.cfs_quota_us'), String(limits.cpuQuota));
+          write(path.join(cpu, 'cpu.shares'), String(limits.cpuShares));
+        } else {
+          write(path.join(cpu, 'cpu.max'), `${limits.cpuQuota} ${limits.cpuPeriod}`);
+          write(path.join(cpu, 'cpu.weight'), String(limits.cpuWeight));
+        }
+        applied.cpu = true;
+      }
+      const pids = cg.dir('pids');
+      if (pids && c.pids) {
+        write(path.join(pids, 'pids.max'), String(limits.maxPids));
+        applied.pids = true;
+      }
+      return cg;
+    } catch (err) {
+      for (const d of dirs.values()) rmdir(d);
+      throw err;
+    }
+  }
+
+  /** The agent-relative cgroup path of a pid in the identity hierarchy (v2 if present, else the first v1 one). */
+  identityPathOf(pid: number): string | undefined {
+    const text = readText(`/proc/${pid}/cgroup`);
+    if (!text) return undefined;
+    const lines = parseProcCgroup(text);
+    const h = this.identityHierarchy();
+    if (!h) return undefined;
+    const key = h.controllers.slice().sort().join(',');
+    const line = h.version === 2 ? lines.find((l) => l.id === '0') : lines.find((l) => l.controllers.slice().sort().join(',') === key);
+    return line?.path;
+  }
+
+  identityHierarchy(): Hierarchy | undefined {
+    if (this.layout.v2 && this.roots.has(this.layout.v2)) return this.layout.v2;
+    return [...this.roots.keys()][0];
+  }
+
+  /** Removes this spawner's roots (agents must be gone) and the shared `clove` dir when it is empty. */
+  close(): void {
+    for (const root of this.roots.values()) {
+      removeTree(root);
+      rmdir(path.dirname(root));
+    }
+  }
+}

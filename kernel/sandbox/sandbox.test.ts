@@ -1,0 +1,290 @@
+/**
+ * NativeSpawner against real processes. Runs as root (CI does). Without root these tests are skipped
+ * locally, but with CI=true a missing sandbox is a failure, never a skip.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ExitInfo } from '../supervisor/spawner.js';
+import { nativeAvailable } from './native.js';
+import { peerCredentials } from './peercred.js';
+import { NativeSpawner, type SandboxedAgent } from './spawner.js';
+import { childrenOfSelf, kv, readLog, sandboxPython, sleep, spec, TESTDATA, workDir, zombieChildren } from './testutil.js';
+
+const isRoot = process.geteuid?.() === 0;
+const required = process.env.CI === 'true';
+const run = (isRoot && nativeAvailable()) || required ? describe : describe.skip;
+if (!isRoot && !required) console.warn('sandbox tests skipped: they need root and the built addon (npm run build:native)');
+
+const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
+
+run('NativeSpawner (root sandbox)', () => {
+  let spawner: NativeSpawner;
+  let dir: string;
+  let logNo = 0;
+  const logs: number[] = [];
+  const python = sandboxPython();
+
+  function newLog(): { fd: number; file: string } {
+    const file = path.join(dir, `log${logNo++}.txt`);
+    const fd = fs.openSync(file, 'a');
+    logs.push(fd);
+    return { fd, file };
+  }
+
+  beforeAll(() => {
+    dir = workDir('clove-sbx-');
+    spawner = new NativeSpawner({ require: true, warn: () => undefined });
+    spawner.init();
+  });
+
+  afterAll(async () => {
+    await spawner.close();
+    for (const fd of logs) fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('runs fully isolated as root and reports it', async () => {
+    expect(spawner.mode).toBe('root');
+    const log = newLog();
+    const a = (await spawner.spawn(spec({ argv: ['/bin/true'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    expect(a.isolation).toMatchObject({
+      fully_isolated: true,
+      namespaces: { pid: true, net: true, mnt: true, uts: true, ipc: true },
+      cgroups: { available: true, memory_limit: true, cpu_quota: true, pids_limit: true },
+    });
+    expect(a.isolation.degraded_reason).toBeUndefined();
+    expect(await exitOf(a)).toEqual({ code: 0, signal: null, reason: 'exit' });
+  });
+
+  it('(i) sees only its own PID namespace, cannot signal host processes, runs unprivileged on a read-only root', async () => {
+    const log = newLog();
+    const a = (await spawner.spawn(
+      spec({ name: 'inspect', argv: ['/bin/sh', path.join(TESTDATA, 'inspect.sh')], cwd: dir, logFd: log.fd, env: { PATH: '/usr/bin:/bin', HOST_PID: String(process.pid) } }),
+    )) as SandboxedAgent;
+    const ex = await exitOf(a);
+    expect(ex.code).toBe(0);
+    const out = kv(readLog(log.file));
+    const procs = out.procs.trim().split(' ').map(Number);
+    expect(Math.max(...procs)).toBeLessThan(20); // only namespace-local pids (1 = clove-init, 2 = the shell, its children)
+    expect(procs).not.toContain(process.pid);
+    expect(out.pid).toBe('2');
+    expect(out.hostkill).toBe('no');
+    expect(out.uid).toBe('65534');
+    expect(out.groups?.trim()).toBe('65534');
+    expect(out.hostname).toBe('clove-inspect');
+    expect(out.rootwrite).toBe('no');
+    expect(out.cwdwrite).toBe('yes');
+    expect(out.tmpwrite).toBe('yes');
+    expect(out.caps).toBe('CapEff:0000000000000000');
+    expect(out.nnp).toBe('NoNewPrivs:1');
+    expect(out.nofile).toBe('1024');
+    // the agent's private /tmp is not the host's
+    expect(fs.existsSync('/tmp/tmp-probe')).toBe(false);
+  });
+
+  it('(ii) cannot open a TCP connection to a loopback server; network: true can', async () => {
+    const server = net.createServer((s) => {
+      s.on('error', () => undefined);
+      s.end('hi\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    let accepted = 0;
+    server.on('connection', () => accepted++);
+    try {
+      const script = `exec 3<>/dev/tcp/127.0.0.1/${port} && echo CONNECTED || echo BLOCKED`;
+      const log1 = newLog();
+      const a = (await spawner.spawn(spec({ argv: ['/bin/bash', '-c', script], cwd: dir, logFd: log1.fd }))) as SandboxedAgent;
+      await exitOf(a);
+      expect(readLog(log1.file)).toContain('BLOCKED');
+      expect(accepted).toBe(0);
+
+      const log2 = newLog();
+      const b = (await spawner.spawn(spec({ argv: ['/bin/bash', '-c', script], cwd: dir, logFd: log2.fd, network: true }))) as SandboxedAgent;
+      expect(b.isolation.namespaces.net).toBe(false);
+      await exitOf(b);
+      expect(readLog(log2.file)).toContain('CONNECTED');
+    } finally {
+      server.close();
+    }
+  });
+
+  it.runIf(python)('(iii) a memory hog is OOM-killed inside its limit and reported as oom; a neighbour is unaffected', async () => {
+    const nlog = newLog();
+    const neighbour = (await spawner.spawn(spec({ name: 'neighbour', argv: ['/bin/sleep', '30'], cwd: dir, logFd: nlog.fd, limits: { memory: 64 << 20 } }))) as SandboxedAgent;
+    const log = newLog();
+    const hog = (await spawner.spawn(spec({ name: 'hog', argv: [python!, path.join(TESTDATA, 'hog.py')], cwd: dir, logFd: log.fd, limits: { memory: 48 << 20 } }))) as SandboxedAgent;
+    const ex = await exitOf(hog);
+    expect(ex).toMatchObject({ reason: 'oom', signal: 'SIGKILL' });
+    const text = readLog(log.file);
+    expect(text).not.toContain('survived');
+    const last = [...text.matchAll(/allocated (\d+) MiB/g)].map((m) => Number(m[1])).pop() ?? 0;
+    expect(last).toBeLessThanOrEqual(48);
+    expect(neighbour.exited).toBe(false);
+    expect(neighbour.mainPid()).toBeGreaterThan(0);
+    neighbour.signal('SIGTERM');
+    expect(await exitOf(neighbour)).toEqual({ code: null, signal: 'SIGTERM', reason: 'signal' });
+  });
+
+  it('(iv) a fork bomb stops at the pids limit', async () => {
+    const log = newLog();
+    const bomb = (await spawner.spawn(spec({ name: 'bomb', argv: ['/bin/sh', path.join(TESTDATA, 'forkbomb.sh')], cwd: dir, logFd: log.fd, limits: { max_pids: 16 } }))) as SandboxedAgent;
+    const pidsDir = bomb.cgroup!.dir('pids')!;
+    let peak = 0;
+    for (let i = 0; i < 20; i++) {
+      await sleep(50);
+      const cur = Number(fs.readFileSync(path.join(pidsDir, 'pids.current'), 'utf8'));
+      peak = Math.max(peak, cur);
+    }
+    expect(bomb.cgroup!.pidsMaxEvents()).toBeGreaterThan(0);
+    expect(peak).toBeLessThanOrEqual(17); // 16 for the agent + clove-init
+    bomb.signal('SIGKILL');
+    const ex = await exitOf(bomb);
+    expect(ex.reason).toBe('pids');
+    expect(fs.existsSync(pidsDir)).toBe(false);
+  });
+
+  it('(v) a CPU spinner is held to its quota', async () => {
+    const log = newLog();
+    const spin = (await spawner.spawn(
+      spec({ name: 'spin', argv: ['/bin/sh', path.join(TESTDATA, 'spin.sh')], cwd: dir, logFd: log.fd, limits: { cpu_quota: 20_000, cpu_period: 100_000 } }),
+    )) as SandboxedAgent;
+    const layout = spawner.layout!;
+    const acct = layout.controllers.cpuacct!;
+    const usage = (): number => {
+      const d = spin.cgroup!.dir('cpuacct')!;
+      if (acct.version === 1) return Number(fs.readFileSync(path.join(d, 'cpuacct.usage'), 'utf8')) / 1e9;
+      const m = /usage_usec (\d+)/.exec(fs.readFileSync(path.join(d, 'cpu.stat'), 'utf8'));
+      return Number(m![1]) / 1e6;
+    };
+    await sleep(200);
+    const u0 = usage();
+    const t0 = performance.now();
+    await sleep(1000);
+    const used = usage() - u0;
+    const wall = (performance.now() - t0) / 1000;
+    spin.signal('SIGKILL');
+    await exitOf(spin);
+    expect(used / wall).toBeLessThanOrEqual(0.2 * 1.25 + 0.02);
+    expect(used / wall).toBeGreaterThan(0.05);
+  });
+
+  it('(vi) no kernel fd is open in the agent', async () => {
+    // Extra fds in the kernel: a listening socket and an open file, without CLOEXEC games.
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const extra = fs.openSync(path.join(dir, 'secret.txt'), 'w');
+    try {
+      const log = newLog();
+      // ls itself lists its own directory fd (-> /proc/<pid>/fd); everything else was inherited.
+      const a = (await spawner.spawn(spec({ argv: ['/bin/ls', '-l', '/proc/self/fd'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+      await exitOf(a);
+      const entries = [...readLog(log.file).matchAll(/ (\d+) -> (.*)$/gm)].map((m) => ({ fd: Number(m[1]), target: m[2] }));
+      const inherited = entries.filter((e) => !/^\/proc\/\d+\/fd$/.test(e.target));
+      expect(inherited.map((e) => e.fd)).toEqual([0, 1, 2]);
+      expect(inherited[0].target).toBe('/dev/null');
+      expect(inherited[1].target).toBe(log.file);
+      expect(entries.length).toBe(4);
+    } finally {
+      fs.closeSync(extra);
+      server.close();
+    }
+  });
+
+  it('(vii) leaves no zombie after 200 spawn/kill cycles', async () => {
+    const log = newLog();
+    const before = new Set(childrenOfSelf());
+    for (let i = 0; i < 200; i++) {
+      const a = (await spawner.spawn(spec({ name: `cycle${i}`, argv: ['/bin/sleep', '30'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+      const done = exitOf(a);
+      a.signal(i % 2 ? 'SIGKILL' : 'SIGTERM');
+      const ex = await done;
+      expect(ex.signal).toBe(i % 2 ? 'SIGKILL' : 'SIGTERM');
+    }
+    expect(zombieChildren()).toEqual([]);
+    expect(childrenOfSelf().filter((p) => !before.has(p))).toEqual([]);
+    expect(spawner.agents().size).toBe(0);
+  }, 120_000);
+
+  it('SIGSTOP pauses the whole agent (freezer) and SIGCONT resumes it; KILL of a paused agent works', async () => {
+    const log = newLog();
+    const a = (await spawner.spawn(spec({ argv: ['/bin/sh', '-c', 'while :; do echo tick; sleep 0.05; done'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    await sleep(200);
+    a.signal('SIGSTOP');
+    await sleep(100);
+    const n1 = readLog(log.file).length;
+    await sleep(300);
+    expect(readLog(log.file).length).toBe(n1);
+    a.signal('SIGCONT');
+    await sleep(300);
+    expect(readLog(log.file).length).toBeGreaterThan(n1);
+    a.signal('SIGSTOP');
+    a.signal('SIGKILL');
+    expect((await exitOf(a)).signal).toBe('SIGKILL');
+  });
+
+  it('SIGTERM reaches the whole tree: a grandchild dies too', async () => {
+    const log = newLog();
+    const a = (await spawner.spawn(spec({ argv: ['/bin/sh', '-c', 'sleep 60 & sleep 61 & wait'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    await sleep(100);
+    const procs = a.cgroup!.procs();
+    expect(procs.length).toBeGreaterThanOrEqual(4);
+    a.signal('SIGTERM');
+    await exitOf(a);
+    for (const p of procs) expect(fs.existsSync(`/proc/${p}`)).toBe(false);
+  });
+
+  it.runIf(python)('identity: an agent connecting to the agent socket is mapped back to its id (ownerOf)', async () => {
+    const runDir = path.join(dir, 'run');
+    fs.mkdirSync(runDir, { mode: 0o711 });
+    fs.chmodSync(runDir, 0o711);
+    const sock = path.join(runDir, 'agent.sock');
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(sock, r));
+    fs.chmodSync(sock, 0o666);
+    try {
+      const conn = new Promise<{ pid: number; uid: number }>((resolve) => {
+        server.once('connection', (s) => {
+          const cred = peerCredentials(s);
+          s.once('data', () => s.end('bye'));
+          resolve(cred);
+        });
+      });
+      const log = newLog();
+      const a = (await spawner.spawn(
+        spec({ agentId: 4242, name: 'ident', argv: [python!, path.join(TESTDATA, 'connect_unix.py')], cwd: dir, logFd: log.fd, env: { PATH: '/usr/bin:/bin', CLOVE_SOCKET: sock } }),
+      )) as SandboxedAgent;
+      const cred = await conn;
+      expect(cred.uid).toBe(65534);
+      expect(spawner.ownerOf(cred.pid)).toBe(4242);
+      expect(cred.pid).toBe(a.mainPid());
+      expect(spawner.ownerOf(process.pid)).toBeUndefined();
+      expect(spawner.ownerOf(1)).toBeUndefined();
+      expect(await exitOf(a)).toMatchObject({ code: 0 });
+      expect(spawner.ownerOf(cred.pid)).toBeUndefined();
+    } finally {
+      server.close();
+    }
+  });
+
+  it('keeps the agent socket reachable when cwd and socket live under /tmp (private /tmp)', async () => {
+    expect(dir.startsWith(os.tmpdir())).toBe(true);
+    const log = newLog();
+    const a = (await spawner.spawn(spec({ argv: ['/bin/sh', '-c', 'pwd; ls'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    expect((await exitOf(a)).code).toBe(0);
+    expect(readLog(log.file)).toContain(dir);
+  });
+
+  it('start failures throw a typed error naming the syscall', async () => {
+    const log = newLog();
+    await expect(spawner.spawn(spec({ argv: ['/nonexistent/agent'], cwd: dir, logFd: log.fd }))).rejects.toMatchObject({ name: 'SpawnError', code: 'EACCES' });
+    const bad = path.join(dir, 'notexec');
+    fs.writeFileSync(bad, 'x', { mode: 0o755 });
+    await expect(spawner.spawn(spec({ argv: [bad], cwd: dir, logFd: log.fd }))).rejects.toMatchObject({ name: 'SpawnError', syscall: 'execve', code: 'ENOEXEC' });
+    await expect(spawner.spawn(spec({ argv: ['/bin/true'], cwd: dir, logFd: log.fd, limits: { memory: 12 } }))).rejects.toMatchObject({ name: 'PolicyError' });
+    expect(spawner.agents().size).toBe(0);
+  });
+});

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Burns CPU until killed.
+while :; do :; done

@@ -1,0 +1,102 @@
+/**
+ * Types of native/build/Release/clove_native.node. The addon is mechanical (syscalls and fds); every
+ * default and every validation lives in kernel/sandbox/*.ts. Errors it throws are plain Errors with
+ * `syscall` (e.g. "clone3", "mount(/proc)"), `errno` (number) and `code` ("EPERM"); kernel/sandbox/errors.ts
+ * turns them into SyscallError.
+ */
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** [resource (RLIMIT_* number), soft, hard]; a negative limit means RLIM_INFINITY. */
+export type RlimitTuple = [resource: number, soft: number, hard: number];
+
+/** Every field is required: the addon applies no defaults. */
+export interface NativeSpawnOptions {
+  /** Absolute path of the agent executable. */
+  file: string;
+  argv: string[];
+  /** Complete environment, "KEY=value". */
+  env: string[];
+  cwd: string;
+  /** Becomes fd 1 and fd 2 of the agent; fd 0 is /dev/null. */
+  stdoutFd: number;
+  /** Path of clove-init (PID 1 of the agent's PID namespace), or "" to exec the agent directly. */
+  initPath: string;
+  newPid: boolean;
+  newMount: boolean;
+  newUts: boolean;
+  newIpc: boolean;
+  /** A new, empty network namespace per agent (rootless mode; as root use netnsFd). */
+  newNet: boolean;
+  newCgroup: boolean;
+  /** A new user namespace; uidMap/gidMap are written by the parent before the child goes on. */
+  newUser: boolean;
+  uidMap: string;
+  gidMap: string;
+  /** setns(CLONE_NEWNET) into this namespace, -1 to stay. */
+  netnsFd: number;
+  /** sethostname in the new UTS namespace, "" to leave it. */
+  hostname: string;
+  /** cgroup v2 directory the child is born in (CLONE_INTO_CGROUP), "" for none. */
+  cgroupDir: string;
+  /** cgroup v1 `cgroup.procs` files the child writes itself into before anything else. */
+  cgroupProcs: string[];
+  /** Recursively remount the (private copy of the) root read-only and nosuid. Requires newMount. */
+  readOnlyRoot: boolean;
+  /** Mount a fresh proc on /proc. Requires newMount and newPid. */
+  mountProc: boolean;
+  /** tmpfs options for private /tmp and /dev/shm, "" for none. Requires newMount. */
+  tmpfsOptions: string;
+  /** Directories bind-mounted read-write on top of the read-only root. */
+  writable: string[];
+  /** Directories under /tmp bound back into the private /tmp (the agent's cwd, socket dir, script dir). */
+  keepTmp: string[];
+  setsid: boolean;
+  noNewPrivs: boolean;
+  /** Empty the bounding, ambient, permitted and effective capability sets. */
+  dropCaps: boolean;
+  /** setresuid/setresgid targets (setgroups to none), -1 to keep. */
+  uid: number;
+  gid: number;
+  rlimits: RlimitTuple[];
+  /** How long spawn() waits for the agent's exec before killing it and throwing ETIMEDOUT. */
+  startTimeoutMs: number;
+}
+
+export interface NativeExitStatus {
+  code: number | null;
+  /** Signal number. */
+  signal: number | null;
+}
+
+export interface NativeExit extends NativeExitStatus {
+  /** pid of the reaped child (clove-init or the agent). */
+  pid: number;
+  /** The agent's own status as clove-init reported it; null without init or when init was killed. */
+  agent: NativeExitStatus | null;
+  /** Set when waitid failed (the child was reaped by someone else). */
+  waitError?: Error;
+}
+
+/** Owner of one spawned child's pidfd and status pipe. */
+export interface NativeChild {
+  readonly pid: number;
+  readonly exited: boolean;
+  /** pidfd_send_signal; false when the child is already gone. */
+  kill(signal: number): boolean;
+  /** Starts watching the pidfd; cb runs once, after waitid reaped the child. Call exactly once. */
+  watch(cb: (exit: NativeExit) => void): void;
+}
+
+export interface CloveNative {
+  /** getsockopt(SO_PEERCRED) on a connected Unix socket. */
+  peerCred(fd: number): PeerCred;
+  /** An fd (O_CLOEXEC) to a new empty network namespace; the caller owns it. */
+  createEmptyNetns(): number;
+  /** clone3 + sandbox setup + exec; returns once the agent exec'd, throws otherwise. */
+  spawn(options: NativeSpawnOptions): NativeChild;
+}

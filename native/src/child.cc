@@ -1,0 +1,227 @@
+// The code between clone3 and execve. It runs in a copy of Node's address space with only one thread,
+// while Node's other threads may have held malloc or stdio locks at clone time: so only raw syscalls and
+// async-signal-safe libc wrappers here, no allocation, no C++ exceptions.
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/mount.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "plan.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace clove {
+
+void Plan::Finalize() {
+  auto fill = [](std::vector<std::string>& src, std::vector<char*>& dst) {
+    dst.clear();
+    for (auto& s : src) dst.push_back(s.data());
+    dst.push_back(nullptr);
+  };
+  fill(argv, argvPtrs);
+  fill(envp, envpPtrs);
+  fill(cgroupProcs, cgroupProcPtrs);
+  fill(writable, writablePtrs);
+  fill(keepTmp, keepTmpPtrs);
+}
+
+namespace {
+
+// Writes a kRecordError naming the failed step and exits; the parent turns it into a SyscallError.
+[[noreturn]] void Fail(int statusFd, const char* what, int err) {
+  Record r{};
+  r.kind = kRecordError;
+  r.err = err;
+  size_t n = strlen(what);
+  if (n >= sizeof(r.what)) n = sizeof(r.what) - 1;
+  memcpy(r.what, what, n);
+  ssize_t ignored = write(statusFd, &r, sizeof(r));
+  (void)ignored;
+  _exit(127);
+}
+
+void ResetSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &sa, nullptr);  // EINVAL for KILL/STOP is fine
+  sigset_t none;
+  sigemptyset(&none);
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, _NSIG / 8);
+}
+
+int MountSetattr(const char* path, unsigned flags, uint64_t set, uint64_t clr) {
+  struct mount_attr attr {};
+  attr.attr_set = set;
+  attr.attr_clr = clr;
+  return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, flags, &attr, sizeof(attr));
+}
+
+// mkdir -p without allocation (paths are at most PATH_MAX).
+void MkdirP(const char* path, int statusFd) {
+  char buf[4096];
+  size_t n = strlen(path);
+  if (n >= sizeof(buf)) Fail(statusFd, "mkdir(<kept /tmp dir>)", ENAMETOOLONG);
+  memcpy(buf, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] == '/' || buf[i] == 0) {
+      char c = buf[i];
+      buf[i] = 0;
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) Fail(statusFd, "mkdir(<kept /tmp dir>)", errno);
+      buf[i] = c;
+    }
+  }
+}
+
+// "/proc/self/fd/<fd>" into out (>= 32 bytes), without snprintf.
+void FdPath(int fd, char* out) {
+  const char* prefix = "/proc/self/fd/";
+  size_t n = strlen(prefix);
+  memcpy(out, prefix, n);
+  char digits[16];
+  int d = 0;
+  do digits[d++] = (char)('0' + fd % 10); while ((fd /= 10) > 0);
+  while (d > 0) out[n++] = digits[--d];
+  out[n] = 0;
+}
+
+void SetupMounts(const Plan& p, int statusFd) {
+  // Nothing we do below may propagate back to the host's mount namespace.
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) Fail(statusFd, "mount(/, MS_REC|MS_PRIVATE)", errno);
+  if (p.readOnlyRoot) {
+    if (MountSetattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0) != 0)
+      Fail(statusFd, "mount_setattr(/, RDONLY|NOSUID, AT_RECURSIVE)", errno);
+  }
+  for (size_t i = 0; p.writablePtrs[i]; i++) {
+    const char* dir = p.writablePtrs[i];
+    if (mount(dir, dir, nullptr, MS_BIND, nullptr) != 0) Fail(statusFd, "mount(<writable>, MS_BIND)", errno);
+    if (MountSetattr(dir, 0, 0, MOUNT_ATTR_RDONLY) != 0) Fail(statusFd, "mount_setattr(<writable>, clear RDONLY)", errno);
+  }
+  if (p.mountProc) {
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) Fail(statusFd, "mount(/proc)", errno);
+  }
+  if (!p.tmpfsOptions.empty()) {
+    // Directories under /tmp the agent needs (its cwd, the kernel's socket dir, its script) would vanish
+    // under the private tmpfs: hold them by O_PATH fds and bind them back in afterwards.
+    constexpr size_t kMaxKeep = 16;
+    int keep[kMaxKeep];
+    size_t nkeep = 0;
+    for (size_t i = 0; p.keepTmpPtrs[i] && nkeep < kMaxKeep; i++) {
+      keep[nkeep] = open(p.keepTmpPtrs[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (keep[nkeep] < 0) Fail(statusFd, "open(<kept /tmp dir>, O_PATH)", errno);
+      nkeep++;
+    }
+    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, p.tmpfsOptions.c_str()) != 0) Fail(statusFd, "mount(/tmp, tmpfs)", errno);
+    for (size_t i = 0; i < nkeep; i++) {
+      MkdirP(p.keepTmpPtrs[i], statusFd);
+      char src[64];
+      FdPath(keep[i], src);
+      if (mount(src, p.keepTmpPtrs[i], nullptr, MS_BIND | MS_REC, nullptr) != 0) Fail(statusFd, "mount(<kept /tmp dir>, MS_BIND)", errno);
+      close(keep[i]);
+    }
+    struct stat st;
+    if (stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode)) {
+      if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, p.tmpfsOptions.c_str()) != 0)
+        Fail(statusFd, "mount(/dev/shm, tmpfs)", errno);
+    }
+  }
+}
+
+// Moves fd above the stdio/status slots so the dup2 sequence below cannot clobber it.
+int Lift(int fd, int statusFd, const char* what) {
+  int out = fcntl(fd, F_DUPFD, 10);
+  if (out < 0) Fail(statusFd, what, errno);
+  return out;
+}
+
+void DropPrivileges(const Plan& p, int statusFd) {
+  if (p.noNewPrivs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(statusFd, "prctl(PR_SET_NO_NEW_PRIVS)", errno);
+  if (p.dropCaps) {
+    for (int cap = 0; cap < 64; cap++) {
+      if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+        if (errno == EINVAL) break;  // past CAP_LAST_CAP
+        Fail(statusFd, "prctl(PR_CAPBSET_DROP)", errno);
+      }
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+      Fail(statusFd, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", errno);
+  }
+  // Raw syscalls: glibc's set*id broadcast to "all threads" would wait for Node's threads, which do not
+  // exist in this process.
+  if (p.gid >= 0) {
+    if (syscall(SYS_setgroups, 0, nullptr) != 0) Fail(statusFd, "setgroups", errno);
+    if (syscall(SYS_setresgid, p.gid, p.gid, p.gid) != 0) Fail(statusFd, "setresgid", errno);
+  }
+  if (p.uid >= 0 && syscall(SYS_setresuid, p.uid, p.uid, p.uid) != 0) Fail(statusFd, "setresuid", errno);
+  if (p.dropCaps) {
+    struct __user_cap_header_struct hdr {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] {};
+    if (syscall(SYS_capset, &hdr, data) != 0) Fail(statusFd, "capset", errno);
+  }
+}
+
+}  // namespace
+
+void ChildMain(const Plan& p, int statusFd, int syncFd) {
+  ResetSignals();
+  if (syncFd >= 0) {  // rootless: wait until the parent wrote our uid/gid maps
+    char c;
+    ssize_t n;
+    do n = read(syncFd, &c, 1); while (n < 0 && errno == EINTR);
+    if (n != 1) Fail(statusFd, "read(sync pipe)", n < 0 ? errno : EPIPE);
+    close(syncFd);
+  }
+  // v1 cgroups first, so every process the agent ever has is accounted and limited.
+  for (size_t i = 0; p.cgroupProcPtrs[i]; i++) {
+    int fd = open(p.cgroupProcPtrs[i], O_WRONLY | O_CLOEXEC);
+    if (fd < 0) Fail(statusFd, "open(cgroup.procs)", errno);
+    if (write(fd, "0", 1) != 1) Fail(statusFd, "write(cgroup.procs)", errno);
+    close(fd);
+  }
+  if (p.setsid && setsid() < 0) Fail(statusFd, "setsid", errno);
+  if (p.netnsFd >= 0 && setns(p.netnsFd, CLONE_NEWNET) != 0) Fail(statusFd, "setns(CLONE_NEWNET)", errno);
+  if (!p.hostname.empty() && sethostname(p.hostname.data(), p.hostname.size()) != 0) Fail(statusFd, "sethostname", errno);
+  if (p.cloneFlags & CLONE_NEWNS) SetupMounts(p, statusFd);
+  if (chdir(p.cwd.c_str()) != 0) Fail(statusFd, "chdir", errno);
+  for (const auto& r : p.rlimits) {
+    if (prlimit(0, (__rlimit_resource)r.resource, &r.limit, nullptr) != 0) Fail(statusFd, "prlimit", errno);
+  }
+
+  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (devnull < 0) Fail(statusFd, "open(/dev/null)", errno);
+  int out = Lift(p.stdoutFd, statusFd, "fcntl(logFd, F_DUPFD)");
+  int in = Lift(devnull, statusFd, "fcntl(/dev/null, F_DUPFD)");
+  int st = Lift(statusFd, statusFd, "fcntl(status, F_DUPFD)");
+  statusFd = st;
+  if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(st, 3) < 0) Fail(statusFd, "dup2", errno);
+  statusFd = 3;
+  // No kernel fd may reach the agent: everything past stdio+status goes now, status goes at exec
+  // (clove-init keeps it, a directly exec'd agent closes it, which tells the parent exec succeeded).
+  if (syscall(SYS_close_range, 4U, ~0U, 0U) != 0) Fail(statusFd, "close_range", errno);
+  if (p.initPath.empty() && fcntl(3, F_SETFD, FD_CLOEXEC) != 0) Fail(statusFd, "fcntl(status, FD_CLOEXEC)", errno);
+
+  DropPrivileges(p, statusFd);
+
+  if (!p.initPath.empty()) {
+    // clove-init <agent file> <agent argv...>
+    const char* initArgv[p.argvPtrs.size() + 2];
+    initArgv[0] = "clove-init";
+    initArgv[1] = p.file.c_str();
+    for (size_t i = 0; i < p.argvPtrs.size(); i++) initArgv[i + 2] = p.argvPtrs[i];
+    execve(p.initPath.c_str(), (char* const*)initArgv, p.envpPtrs.data());
+    Fail(statusFd, "execve(clove-init)", errno);
+  }
+  execve(p.file.c_str(), p.argvPtrs.data(), p.envpPtrs.data());
+  Fail(statusFd, "execve", errno);
+}
+
+}  // namespace clove

@@ -1,0 +1,9 @@
+// One initialiser per source file; addon.cc calls them all.
+#pragma once
+#include <napi.h>
+
+namespace clove {
+void InitPeerCred(Napi::Env env, Napi::Object exports);
+void InitSpawn(Napi::Env env, Napi::Object exports);
+void InitNetns(Napi::Env env, Napi::Object exports);
+}  // namespace clove

@@ -1,0 +1,768 @@
+"""Client for the Clove kernel over its Unix socket (docs/protocol.md).
+
+Method names, signatures and return shapes follow the public Clove Python SDK, so existing agent code
+works unchanged; the public SDK's known bugs are fixed (see README) and the Clove extensions are offered
+as extra keyword arguments.
+
+Errors:
+
+* Transport failures — the socket cannot be opened, is closed, a reply does not arrive within
+  ``timeout``, or the byte stream is broken — always raise (:class:`ConnectionClosedError`,
+  :class:`TimeoutError`, :class:`ProtocolError`). Afterwards the client is disconnected; the next call
+  reconnects.
+* Error *replies* of the kernel are returned as the reply dict (``{"success": False, "error": …,
+  "code": …}``), as the public SDK does. With ``CloveClient(strict=True)``, or ``check=True`` on a single
+  call, they are raised as the :class:`KernelError` subclass of their ``code`` instead
+  (``check=False`` turns strict mode off for one call).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .errors import (
+    ConnectionClosedError,
+    KernelError,
+    ProtocolError,
+    TimeoutError,
+    UnexpectedReplyError,
+    kernel_error,
+)
+from .protocol import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, SyscallOp, encode_frame
+
+__all__ = ["CloveClient", "AgentOSClient", "connect", "DEFAULT_SOCKET_PATH", "default_socket_path"]
+
+DEFAULT_SOCKET_PATH = "/tmp/clove.sock"
+_RECV_CHUNK = 65536
+# the longest single kernel-side wait one wait_message()/wait_event() step asks for
+_WAIT_STEP_S = 30.0
+
+
+def default_socket_path() -> str:
+    """``$CLOVE_SOCKET`` if set (the kernel sets it for the agents it spawns), else ``/tmp/clove.sock``."""
+    return os.environ.get("CLOVE_SOCKET") or DEFAULT_SOCKET_PATH
+
+
+def _is_error(reply: Any) -> bool:
+    """True for an error reply. Our kernel always sends ``success``; the public kernel's SPAWN/KILL errors
+    carry only ``error``."""
+    if not isinstance(reply, dict):
+        return False
+    if "success" in reply:
+        return reply["success"] is False
+    return "error" in reply
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(round(seconds * 1000)))
+
+
+class CloveClient:
+    """A connection to the Clove kernel.
+
+    ``socket_path`` defaults to ``$CLOVE_SOCKET``, else ``/tmp/clove.sock``. ``timeout`` (seconds, None =
+    wait forever) bounds how long a call waits for its reply; calls that ask the kernel to wait (e.g.
+    ``recv_messages(timeout=5)``) get that wait on top. ``strict=True`` raises kernel error replies as
+    typed exceptions.
+
+    The client connects on :meth:`connect`, on entering ``with``, or lazily on the first call. It is
+    thread-safe: each call holds a lock from request to reply (the kernel answers in order), so a call
+    that makes the kernel wait delays other threads' calls on the same client — give such threads their
+    own client.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        timeout: float | None = None,
+        *,
+        strict: bool = False,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout = timeout
+        self.strict = strict
+        self.max_payload = max_payload
+        self._sock: socket.socket | None = None
+        self._decoder = FrameDecoder(max_payload=2**63)  # replies are not size-limited (reference §1.1)
+        self._pending: deque[Frame] = deque()
+        self._lock = threading.RLock()
+        self._agent_id = 0
+        #: ``"agent"``, ``"operator"`` or ``"client"`` once :meth:`hello` was called
+        self.role: str | None = None
+        #: this connection's name once :meth:`hello` was called (agents: their spawn name)
+        self.name: str | None = os.environ.get("CLOVE_AGENT_NAME") or None
+        #: the last HELLO reply
+        self.hello_info: dict | None = None
+        #: the whole reply of the last kill()/pause()/resume() (they return a bool, as in the public SDK)
+        self.last_reply: Any = None
+
+    # ------------------------------------------------------------------ connection
+
+    @property
+    def agent_id(self) -> int:
+        """The id the kernel gave this connection (from HELLO, and from every reply header)."""
+        return self._agent_id
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> bool:
+        """Opens the connection (a no-op when connected). Returns True; if the socket cannot be reached,
+        returns False like the public SDK, or raises :class:`ConnectionClosedError` in strict mode."""
+        try:
+            self._connect()
+            return True
+        except ConnectionClosedError:
+            if self.strict:
+                raise
+            return False
+
+    def _connect(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                return
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self.socket_path)
+            except OSError as e:
+                sock.close()
+                raise ConnectionClosedError(f"cannot connect to {self.socket_path}: {e}") from e
+            self._sock = sock
+            self._decoder.reset()
+            self._pending.clear()
+
+    def disconnect(self) -> None:
+        """Closes the connection (idempotent)."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+            self._pending.clear()
+            self._decoder.reset()
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    close = disconnect
+
+    def __enter__(self) -> CloveClient:
+        self._connect()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "connected" if self._sock else "disconnected"
+        return f"<CloveClient {self.socket_path!r} {state} agent_id={self._agent_id} role={self.role}>"
+
+    # ------------------------------------------------------------------ frames
+
+    def send(self, opcode: int, payload: bytes | str = b"") -> bool:
+        """Writes one request frame (low level; prefer :meth:`call`). Raises on a closed connection."""
+        with self._lock:
+            self._connect()
+            data = encode_frame(opcode, payload, self._agent_id, max_payload=self.max_payload)
+            assert self._sock is not None
+            try:
+                self._sock.sendall(data)
+            except socket.timeout as e:
+                self.disconnect()
+                raise TimeoutError(f"timed out writing to {self.socket_path}") from e
+            except OSError as e:
+                self.disconnect()
+                raise ConnectionClosedError(f"connection to the kernel lost: {e}") from e
+            return True
+
+    def recv(self) -> Frame:
+        """Reads the next reply frame (low level; waits up to the client's timeout)."""
+        with self._lock:
+            return self._recv_frame(self.timeout)
+
+    def _recv_frame(self, timeout: float | None) -> Frame:
+        if self._pending:
+            return self._pending.popleft()
+        sock = self._sock
+        if sock is None:
+            raise ConnectionClosedError("not connected")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.disconnect()
+                    raise TimeoutError(f"no reply from the kernel within {timeout:g} s")
+                sock.settimeout(left)
+            else:
+                sock.settimeout(None)
+            try:
+                chunk = sock.recv(_RECV_CHUNK)
+            except socket.timeout as e:
+                self.disconnect()
+                raise TimeoutError(f"no reply from the kernel within {timeout:g} s") from e
+            except OSError as e:
+                self.disconnect()
+                raise ConnectionClosedError(f"connection to the kernel lost: {e}") from e
+            if not chunk:
+                self.disconnect()
+                raise ConnectionClosedError("the kernel closed the connection")
+            try:
+                frames = self._decoder.feed(chunk)
+            except ProtocolError:
+                self.disconnect()
+                raise
+            if frames:
+                self._agent_id = frames[-1].agent_id
+                self._pending.extend(frames[1:])
+                return frames[0]
+
+    def call(self, opcode: int, payload: bytes | str = b"", *, wait: float = 0.0) -> Frame:
+        """Sends one request and returns its reply frame. ``wait`` is how long the kernel was asked to
+        hold the reply; it is added to the client's timeout."""
+        with self._lock:
+            self.send(opcode, payload)
+            timeout = None if self.timeout is None else self.timeout + max(0.0, wait)
+            reply = self._recv_frame(timeout)
+            if reply.opcode != int(opcode):
+                self.disconnect()
+                raise UnexpectedReplyError(
+                    f"reply opcode 0x{reply.opcode:02x} to a request 0x{int(opcode):02x}: {reply.payload_str[:200]}",
+                    opcode=reply.opcode,
+                )
+            return reply
+
+    def call_json(
+        self,
+        opcode: int,
+        payload: Any = None,
+        *,
+        check: bool | None = None,
+        wait: float = 0.0,
+    ) -> Any:
+        """Sends ``payload`` (default ``{}``) as JSON and returns the parsed reply. A reply that is not JSON
+        becomes ``{"success": False, "error": <text>}``. Error replies raise when ``check`` (default: the
+        client's ``strict``) is true."""
+        body = json.dumps({} if payload is None else payload, separators=(",", ":"))
+        reply = self.call(opcode, body, wait=wait)
+        try:
+            data = reply.json()
+        except ValueError:
+            data = {"success": False, "error": reply.payload_str, "code": "invalid_reply"}
+        self._check(data, check)
+        return data
+
+    def _check(self, reply: Any, check: bool | None) -> None:
+        if (self.strict if check is None else check) and _is_error(reply):
+            raise kernel_error(reply)
+
+    # ------------------------------------------------------------------ core
+
+    def echo(self, message: str | bytes) -> str | bytes:
+        """NOOP: the kernel echoes the payload byte for byte (str in, str out; bytes in, bytes out)."""
+        reply = self.call(SyscallOp.SYS_NOOP, message)
+        return reply.payload if isinstance(message, (bytes, bytearray, memoryview)) else reply.payload_str
+
+    noop = echo
+
+    def hello(self, *, check: bool | None = None) -> dict:
+        """HELLO: protocol_version, kernel_version, agent_id, role, name, features. Remembers
+        ``agent_id``, ``role`` and ``name`` on the client."""
+        reply = self.call_json(SyscallOp.SYS_HELLO, {}, check=check)
+        if isinstance(reply, dict) and reply.get("success") is not False:
+            self.hello_info = reply
+            if isinstance(reply.get("agent_id"), int):
+                self._agent_id = reply["agent_id"]
+            self.role = reply.get("role", self.role)
+            self.name = reply.get("name", self.name)
+        return reply
+
+    def heartbeat(self, *, check: bool | None = None) -> dict:
+        """HEARTBEAT (ext): resets this agent's watchdog deadline."""
+        return self.call_json(SyscallOp.SYS_HEARTBEAT, {}, check=check)
+
+    def exit(self) -> bool:
+        """EXIT: says goodbye, then closes the connection. True if the kernel answered."""
+        try:
+            with self._lock:
+                if self._sock is None:
+                    return False
+                self.call(SyscallOp.SYS_EXIT, b"")
+                return True
+        except (ConnectionClosedError, TimeoutError):
+            return False
+        finally:
+            self.disconnect()
+
+    # ------------------------------------------------------------------ agent lifecycle
+
+    def spawn(
+        self,
+        name: str | None,
+        script: str | None = None,
+        sandboxed: bool = True,
+        network: bool = False,
+        limits: dict | None = None,
+        restart_policy: str = "never",
+        max_restarts: int = 5,
+        restart_window: int = 300,
+        *,
+        command: list[str] | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        backoff_initial_ms: int | None = None,
+        backoff_multiplier: float | None = None,
+        backoff_max_ms: int | None = None,
+        min_uptime_ms: int | None = None,
+        watchdog_ms: int | None = None,
+        permissions: dict | str | None = None,
+        check: bool | None = None,
+    ) -> dict:
+        """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
+        isolation``. ``name`` None lets the kernel pick ``agent_<id>``. Keyword-only arguments are Clove
+        extensions (docs/protocol.md §5); those left at None are not sent (kernel defaults apply)."""
+        payload: dict[str, Any] = {
+            "sandboxed": sandboxed,
+            "network": network,
+            "restart_policy": restart_policy,
+            "max_restarts": max_restarts,
+            "restart_window": restart_window,
+        }
+        if name is not None:
+            payload["name"] = name
+        if script is not None:
+            payload["script"] = script
+        extras = {
+            "limits": limits,
+            "command": command,
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "backoff_initial_ms": backoff_initial_ms,
+            "backoff_multiplier": backoff_multiplier,
+            "backoff_max_ms": backoff_max_ms,
+            "min_uptime_ms": min_uptime_ms,
+            "watchdog_ms": watchdog_ms,
+            "permissions": permissions,
+        }
+        payload.update({k: v for k, v in extras.items() if v is not None})
+        if "script" not in payload and "command" not in payload:
+            raise ValueError("spawn needs a script or a command")
+        return self.call_json(SyscallOp.SYS_SPAWN, payload, check=check)
+
+    @staticmethod
+    def _target(name: str | int | None, agent_id: int | None) -> dict:
+        # kill(3) / kill(agent_id=3) / kill("worker") / kill(name="worker"); id 0 is a valid id here
+        if isinstance(name, int) and not isinstance(name, bool) and agent_id is None:
+            name, agent_id = None, name
+        if name:
+            return {"name": name}
+        if agent_id is not None:
+            return {"id": int(agent_id)}
+        raise ValueError("give an agent id or a name")
+
+    def _lifecycle(self, op: SyscallOp, flag: str, name: Any, agent_id: Any, check: bool | None, **extra: Any) -> bool:
+        payload = self._target(name, agent_id)
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        reply = self.call_json(op, payload, check=check)
+        self.last_reply = reply
+        return bool(isinstance(reply, dict) and reply.get(flag, reply.get("success", False)) and not _is_error(reply))
+
+    def kill(
+        self,
+        name: str | int | None = None,
+        agent_id: int | None = None,
+        *,
+        grace_ms: int | None = None,
+        check: bool | None = None,
+    ) -> bool:
+        """KILL an agent by name or id (SIGTERM, then SIGKILL after ``grace_ms``). True if killed; the
+        whole reply is in ``client.last_reply``."""
+        return self._lifecycle(SyscallOp.SYS_KILL, "killed", name, agent_id, check, grace_ms=grace_ms)
+
+    def pause(self, name: str | int | None = None, agent_id: int | None = None, *, check: bool | None = None) -> bool:
+        """PAUSE an agent (SIGSTOP to its process group). True on success."""
+        return self._lifecycle(SyscallOp.SYS_PAUSE, "paused", name, agent_id, check)
+
+    def resume(self, name: str | int | None = None, agent_id: int | None = None, *, check: bool | None = None) -> bool:
+        """RESUME a paused agent (SIGCONT). True on success."""
+        return self._lifecycle(SyscallOp.SYS_RESUME, "resumed", name, agent_id, check)
+
+    def list_agents(self, *, check: bool | None = None) -> list:
+        """LIST: the agents, as a list of ``{id, name, pid, state, running, restarts, uptime_ms, …}``."""
+        reply = self.call_json(SyscallOp.SYS_LIST, {}, check=check)
+        if isinstance(reply, list):
+            return reply
+        if isinstance(reply, dict) and isinstance(reply.get("agents"), list):
+            return reply["agents"]
+        return []
+
+    # ------------------------------------------------------------------ IPC
+
+    def register_name(self, name: str, *, check: bool | None = None) -> dict:
+        """REGISTER an extra name for this connection: ``success, agent_id, name``."""
+        return self.call_json(SyscallOp.SYS_REGISTER, {"name": name}, check=check)
+
+    register = register_name
+
+    def send_message(
+        self, message: Any, to: int | str | None = None, to_name: str | None = None, *, check: bool | None = None
+    ) -> dict:
+        """SEND ``message`` (any JSON) to an id (``to``) or a name (``to_name``, or a str ``to``):
+        ``success, delivered_to``."""
+        payload: dict[str, Any] = {"message": message}
+        if isinstance(to, str):
+            to, to_name = None, to
+        if to is not None:
+            payload["to"] = to
+        if to_name is not None:
+            payload["to_name"] = to_name
+        return self.call_json(SyscallOp.SYS_SEND, payload, check=check)
+
+    def recv_messages(
+        self, max_messages: int = 10, timeout: float | None = None, *, check: bool | None = None
+    ) -> dict:
+        """RECV up to ``max_messages``: ``success, messages:[{from, from_name, message, age_ms, seq}],
+        count``. With ``timeout`` (seconds, > 0) the kernel holds the reply until a message arrives or the
+        timeout passes (one request, no polling)."""
+        payload: dict[str, Any] = {"max": max_messages}
+        wait = 0.0
+        if timeout is not None and timeout > 0:
+            payload["wait"] = True
+            payload["timeout_ms"] = _ms(timeout)
+            wait = timeout
+        return self.call_json(SyscallOp.SYS_RECV, payload, check=check, wait=wait)
+
+    def wait_message(self, timeout: float | None = 30.0, *, check: bool | None = None) -> dict | None:
+        """Waits (in the kernel) for one message and returns it (``{from, from_name, message, …}``), or
+        None when ``timeout`` seconds pass. ``timeout=None`` waits for ever (in 30 s kernel-side steps)."""
+        while True:
+            step = _WAIT_STEP_S if timeout is None else timeout
+            reply = self.recv_messages(1, timeout=step if step > 0 else None, check=check)
+            messages = reply.get("messages") if isinstance(reply, dict) else None
+            if messages:
+                return messages[0]
+            if timeout is not None or _is_error(reply):
+                return None
+
+    def broadcast(self, message: Any, include_self: bool = False, *, check: bool | None = None) -> dict:
+        """BROADCAST to every named agent: ``success, delivered_count, failed_count``."""
+        return self.call_json(
+            SyscallOp.SYS_BROADCAST, {"message": message, "include_self": include_self}, check=check
+        )
+
+    # ------------------------------------------------------------------ state store
+
+    def store(
+        self, key: str, value: Any, scope: str = "global", ttl: int | float | None = None, *, check: bool | None = None
+    ) -> dict:
+        """STORE ``value`` under ``key`` in scope ``global``/``agent``/``session``; ``ttl`` in seconds."""
+        payload: dict[str, Any] = {"key": key, "value": value, "scope": scope}
+        if ttl is not None:
+            payload["ttl"] = ttl
+        return self.call_json(SyscallOp.SYS_STORE, payload, check=check)
+
+    def fetch(self, key: str, scope: str | None = None, *, check: bool | None = None) -> dict:
+        """FETCH: ``success, exists, value, scope``. Without ``scope`` the kernel looks in agent scope
+        first, then global/session."""
+        payload: dict[str, Any] = {"key": key}
+        if scope is not None:
+            payload["scope"] = scope
+        return self.call_json(SyscallOp.SYS_FETCH, payload, check=check)
+
+    def delete_key(self, key: str, scope: str | None = None, *, check: bool | None = None) -> dict:
+        """DELETE: ``success, deleted``."""
+        payload: dict[str, Any] = {"key": key}
+        if scope is not None:
+            payload["scope"] = scope
+        return self.call_json(SyscallOp.SYS_DELETE, payload, check=check)
+
+    def list_keys(self, prefix: str = "", *, check: bool | None = None) -> dict:
+        """KEYS visible to the caller: ``success, keys, count``."""
+        return self.call_json(SyscallOp.SYS_KEYS, {"prefix": prefix} if prefix else {}, check=check)
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, event_types: list[str] | str, *, check: bool | None = None) -> dict:
+        """SUBSCRIBE to event types (e.g. ``["AGENT_SPAWNED", "AGENT_EXITED"]``)."""
+        if isinstance(event_types, str):
+            event_types = [event_types]
+        return self.call_json(SyscallOp.SYS_SUBSCRIBE, {"event_types": list(event_types)}, check=check)
+
+    def unsubscribe(
+        self, event_types: list[str] | str | None = None, all: bool = False, *, check: bool | None = None  # noqa: A002
+    ) -> dict:
+        """UNSUBSCRIBE from some event types, or from everything with ``all=True``."""
+        payload: dict[str, Any] = {}
+        if all:
+            payload["all"] = True
+        if event_types is not None:
+            payload["event_types"] = [event_types] if isinstance(event_types, str) else list(event_types)
+        if not payload:
+            raise ValueError("give event_types or all=True")
+        return self.call_json(SyscallOp.SYS_UNSUBSCRIBE, payload, check=check)
+
+    def poll_events(
+        self, max_events: int = 100, timeout: float | None = None, *, check: bool | None = None
+    ) -> dict:
+        """POLL_EVENTS: ``success, events:[{type, data, source_agent_id, timestamp}], count, dropped``.
+        With ``timeout`` (seconds, > 0) the kernel holds the reply until an event arrives."""
+        payload: dict[str, Any] = {"max": max_events}
+        wait = 0.0
+        if timeout is not None and timeout > 0:
+            payload["wait"] = True
+            payload["timeout_ms"] = _ms(timeout)
+            wait = timeout
+        return self.call_json(SyscallOp.SYS_POLL_EVENTS, payload, check=check, wait=wait)
+
+    def wait_event(self, timeout: float | None = 30.0, *, check: bool | None = None) -> dict | None:
+        """Waits (in the kernel) for one event and returns it, or None after ``timeout`` seconds."""
+        while True:
+            step = _WAIT_STEP_S if timeout is None else timeout
+            reply = self.poll_events(1, timeout=step if step > 0 else None, check=check)
+            events = reply.get("events") if isinstance(reply, dict) else None
+            if events:
+                return events[0]
+            if timeout is not None or _is_error(reply):
+                return None
+
+    def emit_event(self, event_type: str, data: Any = None, *, check: bool | None = None) -> dict:
+        """EMIT a custom event (sent as ``event``, which the kernel reads — the public SDK sent
+        ``event_type`` and its events always came out as plain CUSTOM)."""
+        return self.call_json(SyscallOp.SYS_EMIT, {"event": event_type, "data": {} if data is None else data}, check=check)
+
+    # ------------------------------------------------------------------ permissions
+
+    def get_permissions(self, *, check: bool | None = None) -> dict:
+        """GET_PERMS: ``success, permissions{…}`` of the caller."""
+        return self.call_json(SyscallOp.SYS_GET_PERMS, {}, check=check)
+
+    def set_permissions(
+        self,
+        permissions: dict | None = None,
+        level: str | None = None,
+        agent_id: int | None = None,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        """SET_PERMS of ``agent_id`` (operators, or a parent on its children within its own rights)."""
+        payload: dict[str, Any] = {}
+        if permissions is not None:
+            payload["permissions"] = permissions
+        if level is not None:
+            payload["level"] = level
+        if agent_id is not None:
+            payload["agent_id"] = agent_id
+        return self.call_json(SyscallOp.SYS_SET_PERMS, payload, check=check)
+
+    # ------------------------------------------------------------------ public-SDK calls this kernel
+    # does not implement yet (they get a not_supported reply); kept so existing code keeps running.
+
+    def think(
+        self,
+        prompt: str,
+        image: bytes | None = None,
+        image_mime_type: str = "image/jpeg",
+        system_instruction: str | None = None,
+        thinking_level: str | None = None,
+        temperature: float | None = None,
+        model: str | None = None,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        payload: dict[str, Any] = {"prompt": prompt, "async": False}
+        if image:
+            payload["image"] = {"data": base64.b64encode(image).decode(), "mime_type": image_mime_type}
+        for k, v in (
+            ("system_instruction", system_instruction),
+            ("thinking_level", thinking_level),
+            ("temperature", temperature),
+            ("model", model),
+        ):
+            if v is not None:
+                payload[k] = v
+        return self.call_json(SyscallOp.SYS_THINK, payload, check=check)
+
+    def exec(self, command: str, cwd: str | None = None, timeout: int = 30, *, check: bool | None = None) -> dict:
+        payload: dict[str, Any] = {"command": command, "timeout": timeout, "async": False}
+        if cwd:
+            payload["cwd"] = cwd
+        return self.call_json(SyscallOp.SYS_EXEC, payload, check=check)
+
+    def read_file(self, path: str, *, check: bool | None = None) -> dict:
+        return self.call_json(SyscallOp.SYS_READ, {"path": path}, check=check)
+
+    def write_file(self, path: str, content: str, mode: str = "write", *, check: bool | None = None) -> dict:
+        return self.call_json(SyscallOp.SYS_WRITE, {"path": path, "content": content, "mode": mode}, check=check)
+
+    def read(self, path: str) -> str:
+        result = self.read_file(path)
+        if result.get("success"):
+            return result.get("content", "")
+        raise IOError(result.get("error", "Read failed"))
+
+    def write(self, path: str, content: str, mode: str = "write") -> dict:
+        return self.write_file(path, content, mode)
+
+    def http(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: dict | None = None,
+        body: str | None = None,
+        timeout: int = 30,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        payload: dict[str, Any] = {"url": url, "method": method, "timeout": timeout, "async": False}
+        if headers:
+            payload["headers"] = headers
+        if body:
+            payload["body"] = body
+        return self.call_json(SyscallOp.SYS_HTTP, payload, check=check)
+
+    def get_audit_log(
+        self, category: str | None = None, agent_id: int | None = None, since_id: int = 0, limit: int = 100
+    ) -> dict:
+        payload: dict[str, Any] = {"limit": limit, "since_id": since_id}
+        if category:
+            payload["category"] = category
+        if agent_id is not None:
+            payload["agent_id"] = agent_id
+        return self.call_json(SyscallOp.SYS_GET_AUDIT_LOG, payload)
+
+    def set_audit_config(self, **kwargs: Any) -> dict:
+        return self.call_json(SyscallOp.SYS_SET_AUDIT_CONFIG, kwargs)
+
+    def start_recording(
+        self,
+        include_think: bool = False,
+        include_http: bool = False,
+        include_exec: bool = False,
+        filter_agents: list | None = None,
+        max_entries: int = 50000,
+    ) -> dict:
+        payload: dict[str, Any] = {
+            "include_think": include_think,
+            "include_http": include_http,
+            "include_exec": include_exec,
+            "max_entries": max_entries,
+        }
+        if filter_agents:
+            payload["filter_agents"] = filter_agents
+        return self.call_json(SyscallOp.SYS_RECORD_START, payload)
+
+    def stop_recording(self) -> dict:
+        return self.call_json(SyscallOp.SYS_RECORD_STOP, {})
+
+    def get_recording_status(self, export: bool = False) -> dict:
+        return self.call_json(SyscallOp.SYS_RECORD_STATUS, {"export": export})
+
+    def start_replay(self, recording_data: str) -> dict:
+        # the kernel reads `recording_data` (the public SDK sent `recording`)
+        return self.call_json(SyscallOp.SYS_REPLAY_START, {"recording_data": recording_data})
+
+    def get_replay_status(self) -> dict:
+        return self.call_json(SyscallOp.SYS_REPLAY_STATUS, {})
+
+    def get_system_metrics(self) -> dict:
+        return self.call_json(SyscallOp.SYS_METRICS_SYSTEM, {})
+
+    def get_agent_metrics(self, agent_id: int | None = None) -> dict:
+        return self.call_json(SyscallOp.SYS_METRICS_AGENT, {} if agent_id is None else {"agent_id": agent_id})
+
+    def get_all_agent_metrics(self) -> dict:
+        return self.call_json(SyscallOp.SYS_METRICS_ALL_AGENTS, {})
+
+    def get_cgroup_metrics(self, cgroup_path: str | None = None) -> dict:
+        return self.call_json(SyscallOp.SYS_METRICS_CGROUP, {"cgroup_path": cgroup_path} if cgroup_path else {})
+
+    def world_create(self, name: str, config: dict | None = None) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_CREATE, {"name": name, "config": config or {}})
+
+    def world_destroy(self, world_id: str, force: bool = False) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_DESTROY, {"world_id": world_id, "force": force})
+
+    def world_list(self) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_LIST, {})
+
+    def world_join(self, world_id: str) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_JOIN, {"world_id": world_id})
+
+    def world_leave(self) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_LEAVE, {})
+
+    def world_event(self, world_id: str, event_type: str, params: dict | None = None) -> dict:
+        return self.call_json(
+            SyscallOp.SYS_WORLD_EVENT, {"world_id": world_id, "event_type": event_type, "params": params or {}}
+        )
+
+    def world_state(self, world_id: str) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_STATE, {"world_id": world_id})
+
+    def world_snapshot(self, world_id: str) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_SNAPSHOT, {"world_id": world_id})
+
+    def world_restore(self, snapshot: dict, new_world_id: str | None = None) -> dict:
+        return self.call_json(SyscallOp.SYS_WORLD_RESTORE, {"snapshot": snapshot, "new_world_id": new_world_id or ""})
+
+    def tunnel_connect(self, relay_url: str, machine_id: str | None = None, token: str | None = None) -> dict:
+        payload: dict[str, Any] = {"relay_url": relay_url}
+        if machine_id:
+            payload["machine_id"] = machine_id
+        if token:
+            payload["token"] = token
+        return self.call_json(SyscallOp.SYS_TUNNEL_CONNECT, payload)
+
+    def tunnel_disconnect(self) -> dict:
+        return self.call_json(SyscallOp.SYS_TUNNEL_DISCONNECT, {})
+
+    def tunnel_status(self) -> dict:
+        return self.call_json(SyscallOp.SYS_TUNNEL_STATUS, {})
+
+    def tunnel_list_remotes(self) -> dict:
+        return self.call_json(SyscallOp.SYS_TUNNEL_LIST_REMOTES, {})
+
+    def tunnel_config(
+        self,
+        relay_url: str | None = None,
+        machine_id: str | None = None,
+        token: str | None = None,
+        reconnect_interval: int | None = None,
+    ) -> dict:
+        payload = {
+            k: v
+            for k, v in (
+                ("relay_url", relay_url),
+                ("machine_id", machine_id),
+                ("token", token),
+                ("reconnect_interval", reconnect_interval),
+            )
+            if v is not None
+        }
+        return self.call_json(SyscallOp.SYS_TUNNEL_CONFIG, payload)
+
+
+AgentOSClient = CloveClient  # name used by older public-SDK code
+
+
+def connect(socket_path: str | None = None, timeout: float | None = None, *, strict: bool = False) -> CloveClient:
+    """Creates a connected client; raises :class:`ConnectionClosedError` (a ``ConnectionError``) if the
+    kernel cannot be reached."""
+    client = CloveClient(socket_path, timeout, strict=strict)
+    client._connect()
+    return client
+
+
+# KernelError is re-exported here for `from clove_sdk.client import KernelError` convenience
+__all__ += ["KernelError"]

@@ -1,0 +1,350 @@
+"""Client behaviour against a scripted fake kernel (no node needed): request shapes, return shapes,
+strict mode, timeouts, closed connections, thread safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+import pytest
+
+import clove_sdk
+from clove_sdk import (
+    CloveClient,
+    ConnectionClosedError,
+    KernelError,
+    MailboxFullError,
+    NotFoundError,
+    PermissionDeniedError,
+    SyscallOp,
+    TimeoutError,
+    UnexpectedReplyError,
+)
+from clove_sdk.errors import KERNEL_ERRORS, CloveError
+from clove_sdk.protocol import FrameDecoder, encode_frame
+
+from conftest import count_frames
+
+
+class FakeKernel:
+    """Answers each request with handler(opcode, payload_bytes) -> reply (dict/list/bytes/str), None to
+    stay silent, or "CLOSE" to hang up. Records every request as (opcode, parsed payload)."""
+
+    def __init__(self, handler=None):
+        self.dir = tempfile.mkdtemp(prefix="clv", dir="/tmp")
+        self.path = os.path.join(self.dir, "k.sock")
+        self.handler = handler or self.default
+        self.requests: list[tuple[int, object]] = []
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(16)
+        self.next_id = 1
+        self.conns: list[socket.socket] = []
+        self.clients: list[CloveClient] = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    @staticmethod
+    def default(op, payload):
+        if op == 0:
+            return payload
+        return {"success": True}
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            cid, self.next_id = self.next_id, self.next_id + 1
+            self.conns.append(conn)
+            threading.Thread(target=self.serve, args=(conn, cid), daemon=True).start()
+
+    def serve(self, conn, cid):
+        dec = FrameDecoder()
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            for f in dec.feed(data):
+                try:
+                    parsed = json.loads(f.payload) if f.payload else None
+                except ValueError:
+                    parsed = f.payload
+                self.requests.append((f.opcode, parsed))
+                reply = self.handler(f.opcode, f.payload)
+                if reply is None:
+                    continue
+                if reply == "CLOSE":
+                    conn.close()
+                    return
+                if isinstance(reply, tuple):  # (opcode, body)
+                    op, reply = reply
+                else:
+                    op = f.opcode
+                if isinstance(reply, (dict, list)):
+                    reply = json.dumps(reply)
+                conn.sendall(encode_frame(op, reply, agent_id=cid))
+
+    def client(self, *args, **kw):
+        c = CloveClient(self.path, *args, **kw)
+        self.clients.append(c)
+        return c
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+        self.srv.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def fake():
+    k = FakeKernel()
+    yield k
+    k.close()
+
+
+def last(fake):
+    # the fake records requests from its own thread; the reply was sent after recording
+    return fake.requests[-1]
+
+
+def test_default_socket_path(monkeypatch):
+    monkeypatch.delenv("CLOVE_SOCKET", raising=False)
+    assert CloveClient().socket_path == "/tmp/clove.sock"
+    monkeypatch.setenv("CLOVE_SOCKET", "/tmp/x/agent.sock")
+    assert CloveClient().socket_path == "/tmp/x/agent.sock"
+    assert CloveClient("/elsewhere.sock").socket_path == "/elsewhere.sock"
+
+
+def test_connect_failure(tmp_path):
+    c = CloveClient(str(tmp_path / "none.sock"))
+    assert c.connect() is False
+    with pytest.raises(ConnectionClosedError):
+        CloveClient(str(tmp_path / "none.sock"), strict=True).connect()
+    with pytest.raises(ConnectionError):  # a builtin ConnectionError too
+        clove_sdk.connect(str(tmp_path / "none.sock"))
+
+
+def test_hello_stores_identity(fake):
+    fake.handler = lambda op, p: {"success": True, "protocol_version": 1, "agent_id": 7, "role": "operator"}
+    with fake.client() as c:
+        r = c.hello()
+        assert r["role"] == "operator"
+        assert c.agent_id == 7 and c.role == "operator"
+        assert last(fake) == (0xFE, {})
+
+
+def test_request_shapes(fake):
+    c = fake.client()
+    c.spawn("w", "/a/w.py", args=["x"], env={"A": "1"}, cwd="/tmp", restart_policy="on-failure",
+            backoff_initial_ms=50, backoff_multiplier=1.5, backoff_max_ms=900, min_uptime_ms=10,
+            watchdog_ms=2000, permissions="standard", limits={"memory": 1})
+    op, p = last(fake)
+    assert op == 0x10
+    assert p == {"name": "w", "script": "/a/w.py", "sandboxed": True, "network": False,
+                 "restart_policy": "on-failure", "max_restarts": 5, "restart_window": 300, "limits": {"memory": 1},
+                 "args": ["x"], "env": {"A": "1"}, "cwd": "/tmp", "backoff_initial_ms": 50,
+                 "backoff_multiplier": 1.5, "backoff_max_ms": 900, "min_uptime_ms": 10, "watchdog_ms": 2000,
+                 "permissions": "standard"}
+    c.kill(agent_id=0)
+    assert last(fake) == (0x11, {"id": 0})  # id 0 is sent (the public SDK dropped it)
+    c.kill(5)
+    assert last(fake) == (0x11, {"id": 5})
+    c.pause("w")
+    assert last(fake) == (0x14, {"name": "w"})
+    c.resume(agent_id=3)
+    assert last(fake) == (0x15, {"id": 3})
+    c.emit_event("deploy", {"v": 1})
+    assert last(fake) == (0x63, {"event": "deploy", "data": {"v": 1}})
+    c.unsubscribe(all=True)
+    assert last(fake) == (0x61, {"all": True})
+    c.unsubscribe(["A"])
+    assert last(fake) == (0x61, {"event_types": ["A"]})
+    c.subscribe("AGENT_EXITED")
+    assert last(fake) == (0x60, {"event_types": ["AGENT_EXITED"]})
+    c.recv_messages()
+    assert last(fake) == (0x21, {"max": 10})
+    c.recv_messages(3, timeout=2.5)
+    assert last(fake) == (0x21, {"max": 3, "wait": True, "timeout_ms": 2500})
+    c.poll_events()
+    assert last(fake) == (0x62, {"max": 100})
+    c.poll_events(5, timeout=0.25)
+    assert last(fake) == (0x62, {"max": 5, "wait": True, "timeout_ms": 250})
+    c.send_message({"a": 1}, to="bob")
+    assert last(fake) == (0x20, {"message": {"a": 1}, "to_name": "bob"})
+    c.send_message("x", to=4)
+    assert last(fake) == (0x20, {"message": "x", "to": 4})
+    c.store("k", [1], scope="agent", ttl=3)
+    assert last(fake) == (0x30, {"key": "k", "value": [1], "scope": "agent", "ttl": 3})
+    c.fetch("k", scope="session")
+    assert last(fake) == (0x31, {"key": "k", "scope": "session"})
+    c.delete_key("k")
+    assert last(fake) == (0x32, {"key": "k"})
+    c.list_keys()
+    assert last(fake) == (0x33, {})
+    c.heartbeat()
+    assert last(fake) == (0xD0, {})
+    c.set_permissions(level="readonly", agent_id=0)
+    assert last(fake) == (0x41, {"level": "readonly", "agent_id": 0})
+    c.start_replay("[]")
+    assert last(fake) == (0x73, {"recording_data": "[]"})
+    with pytest.raises(ValueError):
+        c.kill()
+    with pytest.raises(ValueError):
+        c.unsubscribe()
+    c.close()
+
+
+def test_return_shapes(fake):
+    replies = {
+        0x12: [{"id": 1, "name": "a"}],
+        0x11: {"success": True, "killed": True, "agent_id": 1},
+        0x14: {"success": True, "paused": True, "agent_id": 1},
+        0x15: {"success": False, "error": "not paused", "code": "invalid_state"},
+        0xFF: b"goodbye",
+    }
+    fake.handler = lambda op, p: replies.get(op, p if op == 0 else {"success": True})
+    c = fake.client()
+    assert c.list_agents() == [{"id": 1, "name": "a"}]
+    assert c.kill("a") is True and c.last_reply["agent_id"] == 1
+    assert c.pause("a") is True
+    assert c.resume("a") is False and c.last_reply["code"] == "invalid_state"
+    assert c.echo("hi") == "hi" and c.echo(b"\x00\xff") == b"\x00\xff"
+    assert c.exit() is True and not c.connected
+
+
+def test_kernel_errors_default_vs_strict(fake):
+    fake.handler = lambda op, p: {"success": False, "error": "no such agent: bob", "code": "not_found"}
+    lenient = fake.client()
+    r = lenient.send_message({}, to_name="bob")
+    assert r == {"success": False, "error": "no such agent: bob", "code": "not_found"}
+    with pytest.raises(NotFoundError) as ei:
+        lenient.send_message({}, to_name="bob", check=True)
+    assert ei.value.code == "not_found" and ei.value.message == "no such agent: bob"
+    strict = fake.client(strict=True)
+    with pytest.raises(NotFoundError):
+        strict.fetch("x")
+    with pytest.raises(NotFoundError):
+        strict.kill("bob")
+    assert strict.fetch("x", check=False)["code"] == "not_found"
+    # public-kernel style error without `success`
+    fake.handler = lambda op, p: {"error": "failed to spawn agent"}
+    with pytest.raises(KernelError) as ei:
+        strict.spawn("a", "b.py")
+    assert type(ei.value) is KernelError and ei.value.code is None
+
+
+@pytest.mark.parametrize("code,cls", sorted(KERNEL_ERRORS.items()))
+def test_every_kernel_code_has_its_class(fake, code, cls):
+    fake.handler = lambda op, p: {"success": False, "error": "e", "code": code}
+    with pytest.raises(cls) as ei:
+        fake.client(strict=True).hello()
+    assert isinstance(ei.value, KernelError) and isinstance(ei.value, CloveError)
+    assert ei.value.code == code
+
+
+def test_error_classes():
+    assert KERNEL_ERRORS["permission_denied"] is PermissionDeniedError
+    assert KERNEL_ERRORS["mailbox_full"] is MailboxFullError
+    assert issubclass(TimeoutError, __builtins__["TimeoutError"] if isinstance(__builtins__, dict) else __builtins__.TimeoutError)
+    assert issubclass(ConnectionClosedError, ConnectionError)
+
+
+def test_timeout_closes_the_connection(fake):
+    fake.handler = lambda op, p: None  # never answers
+    c = fake.client(timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        c.hello()
+    assert 0.25 <= time.monotonic() - start < 2
+    assert not c.connected
+
+
+def test_kernel_wait_extends_the_client_timeout(fake):
+    def slow(op, p):
+        time.sleep(0.6)
+        return {"success": True, "messages": [], "count": 0}
+
+    fake.handler = slow
+    c = fake.client(timeout=0.3)
+    counter = count_frames(c)
+    assert c.recv_messages(timeout=0.5)["count"] == 0  # 0.6 s < 0.3 + 0.5
+    assert c.wait_message(timeout=0.5) is None
+    assert len(counter.frames) == 2
+
+
+def test_closed_by_kernel(fake):
+    fake.handler = lambda op, p: "CLOSE"
+    c = fake.client()
+    with pytest.raises(ConnectionClosedError):
+        c.hello()
+    assert not c.connected
+
+
+def test_wrong_reply_opcode_is_a_protocol_error(fake):
+    fake.handler = lambda op, p: (0x00, {"success": True})
+    c = fake.client()
+    with pytest.raises(UnexpectedReplyError):
+        c.hello()
+    assert not c.connected
+
+
+def test_non_json_reply(fake):
+    fake.handler = lambda op, p: b"oops"
+    assert fake.client().fetch("k") == {"success": False, "error": "oops", "code": "invalid_reply"}
+
+
+def test_oversized_request_is_refused_locally(fake):
+    c = fake.client()
+    with pytest.raises(clove_sdk.PayloadTooLargeError):
+        c.echo("x" * (1024 * 1024 + 1))
+    assert c.echo("x" * (1024 * 1024)) == "x" * (1024 * 1024)
+
+
+def test_thread_safety(fake):
+    c = fake.client()
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(100):
+                s = f"t{n}-{i}"
+                assert c.echo(s) == s
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(fake.requests) == 800
+
+
+def test_context_manager(fake):
+    with fake.client() as c:
+        sock = c._sock
+        assert c.echo("a") == "a"
+    assert c._sock is None and sock.fileno() == -1
+
+
+def test_syscallop_names():
+    assert SyscallOp.SYS_SEND is SyscallOp.SEND and SyscallOp.SEND == 0x20
+    assert SyscallOp.SYS_HEARTBEAT == SyscallOp.HEARTBEAT == 0xD0
+    assert SyscallOp.HELLO.log_name == "HELLO"
+    assert clove_sdk.op_name(0x13) == "UNKNOWN"
