@@ -1,0 +1,81 @@
+/**
+ * TypeScript SDK behaviour that the conformance suite does not cover: injected transports, timeouts,
+ * reconnection across a kernel restart, pipelining, typed errors.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import path from 'node:path';
+import { Duplex } from 'node:stream';
+import { startKernelProcess, tempDir, type KernelProcess } from '../../harness/kernel.js';
+import { CloveClient, ConnectionClosedError, ProtocolError, TimeoutError, PermissionDeniedError, kernelError } from './client.js';
+import { encodeFrame } from '../../kernel/protocol/frame.js';
+import { Op } from '../../kernel/protocol/opcodes.js';
+
+const procs: KernelProcess[] = [];
+afterEach(async () => {
+  for (const p of procs.splice(0)) await p.stop('SIGKILL');
+});
+
+/** A fake kernel: the test decides what comes back. */
+function fakeTransport(onWrite: (chunk: Buffer, reply: (b: Buffer) => void) => void) {
+  return async () => {
+    const d = new Duplex({
+      read() {},
+      write(chunk, _enc, cb) {
+        onWrite(chunk as Buffer, (b) => d.push(b));
+        cb();
+      },
+    });
+    return d;
+  };
+}
+
+describe('CloveClient', () => {
+  it('uses an injected transport and maps replies and errors', async () => {
+    const c = await CloveClient.connect({
+      transport: fakeTransport((chunk, reply) => {
+        const op = chunk.readUInt8(8);
+        if (op === Op.HELLO) reply(encodeFrame(42, op, { success: true, role: 'operator', agent_id: 42 }));
+        else reply(encodeFrame(42, op, { success: false, error: 'nope', code: 'permission_denied' }));
+      }),
+    });
+    expect((await c.hello()).agent_id).toBe(42);
+    expect(c.agentId).toBe(42);
+    await expect(c.kill('x')).rejects.toBeInstanceOf(PermissionDeniedError);
+    c.close();
+  });
+
+  it('times out a call that gets no reply and fails what was in flight', async () => {
+    const c = await CloveClient.connect({ transport: fakeTransport(() => {}), timeoutMs: 100, reconnect: false });
+    await expect(c.hello()).rejects.toBeInstanceOf(TimeoutError);
+    await expect(c.hello()).rejects.toBeInstanceOf(ConnectionClosedError);
+  });
+
+  it('rejects a reply stream that is not frames', async () => {
+    const c = await CloveClient.connect({ transport: fakeTransport((_c, reply) => reply(Buffer.alloc(20, 0x41))), reconnect: false });
+    await expect(c.hello()).rejects.toBeInstanceOf(ProtocolError);
+  });
+
+  it('reconnects to a restarted kernel; calls in flight at the crash fail, later calls succeed', async () => {
+    const dir = tempDir();
+    const sock = path.join(dir, 'k.sock');
+    const k1 = await startKernelProcess({ socketPath: sock, dataDir: path.join(dir, 'd') });
+    procs.push(k1);
+    const c = await CloveClient.connect({ socketPath: sock, reconnectAttempts: 50 });
+    const first = (await c.hello()).agent_id;
+    const waiting = c.recv({ timeoutMs: 10_000 });
+    k1.child.kill('SIGKILL');
+    await expect(waiting).rejects.toBeInstanceOf(ConnectionClosedError);
+    const k2 = await startKernelProcess({ socketPath: sock, dataDir: path.join(dir, 'd') });
+    procs.push(k2);
+    const h = await c.hello();
+    expect(h.success).toBe(true);
+    expect(h.agent_id).toBeGreaterThanOrEqual(1);
+    expect(first).toBeGreaterThanOrEqual(1);
+    c.close();
+  });
+
+  it('builds the error class of each code', () => {
+    expect(kernelError({ success: false, error: 'x', code: 'permission_denied' })).toBeInstanceOf(PermissionDeniedError);
+    expect(kernelError({ success: false, error: 'x', code: 'brand_new' }).code).toBe('brand_new');
+  });
+});
