@@ -15,7 +15,10 @@ export { REPO_ROOT };
 
 /** A short temporary directory (AF_UNIX paths are limited to 107 bytes). */
 export function tempDir(prefix = 'clv'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  // Sandboxed agents run as an unprivileged uid: they must be able to read scripts put here.
+  fs.chmodSync(dir, 0o755);
+  return dir;
 }
 
 export interface TestKernel {

@@ -22,6 +22,8 @@ export interface KernelOptions {
   eventQueueSize: number;
   logMaxBytes: number;
   logKeep: number;
+  /** How often log sizes are checked for rotation. */
+  logCheckIntervalMs: number;
   /** Grace period between SIGTERM and SIGKILL when the kernel stops its agents. */
   shutdownGraceMs: number;
   /** `auto`: the native sandbox when it works here, else plain processes with a warning. */
@@ -56,6 +58,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     eventQueueSize: 1024,
     logMaxBytes: 10 * 1024 * 1024,
     logKeep: 3,
+    logCheckIntervalMs: 2000,
     shutdownGraceMs: 5000,
     sandbox: 'auto',
     durability: 'normal',

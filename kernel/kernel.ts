@@ -61,7 +61,7 @@ export class Kernel implements Dispatcher {
     this.agentSocketPath = path.join(this.opts.dataDir, 'run', 'agent.sock');
     this.post = new PostOffice(this.opts.mailboxSize);
     this.events = new EventBus(this.opts.eventQueueSize);
-    this.logs = new AgentLogs({ dir: path.join(this.opts.dataDir, 'logs'), maxBytes: this.opts.logMaxBytes, keep: this.opts.logKeep });
+    this.logs = new AgentLogs({ dir: path.join(this.opts.dataDir, 'logs'), maxBytes: this.opts.logMaxBytes, keep: this.opts.logKeep, checkIntervalMs: this.opts.logCheckIntervalMs });
     this.supervisor = new Supervisor(this.logs, {
       event: (type, data, source) => this.publish(type as KernelEventType, data, source),
       release: (a) => this.releaseAgent(a),
@@ -79,6 +79,18 @@ export class Kernel implements Dispatcher {
     return this.events.publish(type, data, source);
   }
 
+  /**
+   * An agent's own work directory (its default cwd), `<data-dir>/work/<name>`: kept across restarts,
+   * owned by the uid the agent runs as.
+   */
+  workDir(name: string, sandboxed: boolean): string {
+    const dir = path.join(this.opts.dataDir, 'work', name);
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const uid = this.sandbox.agentUid(sandboxed);
+    if (uid !== null) fs.chownSync(dir, uid.uid, uid.gid);
+    return dir;
+  }
+
   /** The real python3 interpreter, resolved once (the pyenv shim on PATH costs ~35 ms per start). */
   pythonInterpreter(): string {
     if (!this.python) {
@@ -90,7 +102,8 @@ export class Kernel implements Dispatcher {
 
   async start(): Promise<void> {
     const o = this.opts;
-    fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o711 });
+    fs.mkdirSync(path.join(o.dataDir, 'work'), { recursive: true, mode: 0o711 });
     fs.mkdirSync(path.dirname(this.agentSocketPath), { recursive: true, mode: 0o711 });
     fs.chmodSync(path.dirname(this.agentSocketPath), 0o711);
     await claimSocketPath(o.socketPath);

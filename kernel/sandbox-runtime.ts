@@ -20,6 +20,8 @@ export interface SandboxRuntime {
   summary: Record<string, unknown>;
   peerCredentials(sock: net.Socket): PeerCred;
   ownerOf(pid: number): number | undefined;
+  /** The uid/gid an agent runs as (null: the kernel's own). */
+  agentUid(sandboxed: boolean): { uid: number; gid: number } | null;
   /** The spawner for an agent that asked for (`true`) or declined (`false`) the sandbox. */
   spawner(sandboxed: boolean): Spawner;
   close(): Promise<void>;
@@ -49,6 +51,7 @@ export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<
     summary: { mode, spawner: 'plain', degraded_reason: reason },
     peerCredentials: (sock) => mod.peerCredentials(sock),
     ownerOf: () => undefined,
+    agentUid: () => null,
     spawner: (sandboxed) => (sandboxed ? degraded : plain),
     close: async () => {},
   };

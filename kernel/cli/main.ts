@@ -52,6 +52,9 @@ async function runKernel(o: Record<string, unknown>, afterStart?: (k: Kernel) =>
     }
     throw e;
   }
+  // One client must never take the kernel down: a bug that escapes a handler is logged, not fatal.
+  process.on('uncaughtException', (err) => kernel.log.error({ err }, 'uncaught exception (kernel keeps running)'));
+  process.on('unhandledRejection', (err) => kernel.log.error({ err }, 'unhandled rejection (kernel keeps running)'));
   let stopping = false;
   const done = new Promise<number>((resolve) => {
     const stop = (sig: string) => {

@@ -261,7 +261,7 @@ export class AgentCgroup {
   /** v1 cgroup.procs files the child joins before exec. */
   get v1Procs(): string[] {
     const out: string[] = [];
-    for (const [h, d] of this.dirs) if (h.version === 1) out.push(path.join(d, 'cgroup.procs'));
+    for (const [h, d] of this.dirs) if (h.version === 1) out.push(path.join(d, 'tasks'));
     return out;
   }
 

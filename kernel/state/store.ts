@@ -7,6 +7,7 @@
  * a namespace of their own per agent name, so an agent finds its state again after a restart and after
  * a kernel restart.
  */
+import fs from 'node:fs';
 import Database from 'better-sqlite3';
 import { StorageError, PermissionDeniedError } from '../errors.js';
 
@@ -35,6 +36,8 @@ export class StateStore {
   constructor(opts: StoreOptions) {
     try {
       this.db = new Database(opts.path);
+      // Agents run as other uids and must never read the store directly (WAL files copy this mode).
+      fs.chmodSync(opts.path, 0o600);
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(`synchronous = ${opts.durability === 'full' ? 'FULL' : 'NORMAL'}`);
       this.db.pragma('busy_timeout = 2000');

@@ -166,10 +166,11 @@ async function spawnAgent(k: Kernel, c: Caller, p: Payload) {
     perms = operator ? parsePermissions('standard') : structuredClone(c.perms);
   }
 
-  const cwd = path.resolve(optString(p, 'cwd') ?? process.cwd());
   const id = k.allocateId();
   const name = optString(p, 'name') ?? `agent_${id}`;
   if (!NAME_RE.test(name)) throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
+  const requestedCwd = optString(p, 'cwd');
+  const cwd = requestedCwd ? path.resolve(requestedCwd) : k.workDir(name, sandboxed);
   const holder = k.post.resolve(name);
   if (holder !== undefined) throw new NameTakenError(`name already in use: ${name}`, { agent_id: holder });
   // An escalated agent of the same name gives way to the new one.
