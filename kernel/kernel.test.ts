@@ -161,11 +161,14 @@ describe('lifecycle', () => {
   it('pauses and resumes a real process, and kills a paused one', async () => {
     const { spawn } = await spawnProbe(op, 'sleepy');
     await op.pause('sleepy');
-    const stat = () => fs.readFileSync(`/proc/${spawn.pid}/stat`, 'utf8').split(') ')[1][0];
-    await until(() => stat() === 'T', 5000, 'stopped state');
+    expect((await op.list()).find((a) => a.name === 'sleepy')!.state).toBe('PAUSED');
+    // A paused agent makes no progress: a question gets no answer until it is resumed.
+    await op.send('sleepy', { cmd: 'hello' });
+    expect((await op.recv({ max: 1, timeoutMs: 700 })).count).toBe(0);
     await expect(op.pause('sleepy')).rejects.toThrow(InvalidStateError);
     await op.resume('sleepy');
-    await until(() => stat() !== 'T', 5000, 'running state');
+    const answer = await op.recv({ max: 1, timeoutMs: 10_000 });
+    expect((answer.messages[0].message as { to_cmd: string }).to_cmd).toBe('hello');
     await op.pause('sleepy');
     const r = await op.kill('sleepy', { grace_ms: 2000 });
     expect(r.killed).toBe(true);

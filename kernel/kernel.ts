@@ -71,6 +71,18 @@ export class Kernel implements Dispatcher {
     });
   }
 
+  private counters = new Map<number, { syscalls: number; sent: number; received: number }>();
+
+  /** Per-principal counters for METRICS_AGENT's kernel_stats. */
+  stats(id: number): { syscalls: number; sent: number; received: number } {
+    let s = this.counters.get(id);
+    if (!s) {
+      s = { syscalls: 0, sent: 0, received: 0 };
+      this.counters.set(id, s);
+    }
+    return s;
+  }
+
   allocateId(): number {
     return this.nextId++;
   }
@@ -195,7 +207,10 @@ export class Kernel implements Dispatcher {
 
   dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply> {
     const principal = conn.principal;
-    if (principal.role === 'agent') this.supervisor.heartbeat(principal.id);
+    if (principal.role === 'agent') {
+      this.supervisor.heartbeat(principal.id);
+      this.stats(principal.id).syscalls++;
+    }
     const h: Handler | undefined = handlers.get(frame.opcode);
     if (!h) return errorReply(handlers.unknown(frame.opcode));
     const caller: Caller = { conn, principal, perms: this.perms.get(principal.id) ?? preset('minimal') };
@@ -221,6 +236,7 @@ export class Kernel implements Dispatcher {
     if (p.role === 'agent') return;
     this.clients.delete(p.id);
     this.perms.delete(p.id);
+    this.counters.delete(p.id);
     this.post.release(p.id);
     this.events.drop(p.id);
   }
@@ -231,6 +247,7 @@ export class Kernel implements Dispatcher {
     this.post.release(id);
     this.events.drop(id);
     this.perms.delete(id);
+    this.counters.delete(id);
   }
 
   /** Stops accepting, stops every agent gracefully, closes clients and removes the socket files. */

@@ -1,13 +1,15 @@
 /**
  * What the kernel needs from the sandbox layer (kernel/sandbox/, over the native addon): peer
- * credentials of a connection, the agent that owns a pid, and the spawner to use. Chosen once at start.
+ * credentials of a connection, the agent that owns a pid, the spawner to use, and the cgroup root that
+ * metrics are confined to. Chosen once at start.
  */
 import type net from 'node:net';
 import type pino from 'pino';
 import type { SandboxMode } from './config.js';
 import { KernelStartError } from './errors.js';
 import { PlainSpawner } from './supervisor/plain-spawner.js';
-import type { Spawner } from './supervisor/spawner.js';
+import type { AgentProcess, Spawner } from './supervisor/spawner.js';
+import * as sandbox from './sandbox/index.js';
 
 export interface PeerCred {
   pid: number;
@@ -24,35 +26,63 @@ export interface SandboxRuntime {
   agentUid(sandboxed: boolean): { uid: number; gid: number } | null;
   /** The spawner for an agent that asked for (`true`) or declined (`false`) the sandbox. */
   spawner(sandboxed: boolean): Spawner;
+  /** The cgroup root metrics are confined to (undefined without cgroups). */
+  cgroupRoot(): sandbox.CgroupRoot | undefined;
+  /** The cgroup of a running agent's process, when the native spawner made one. */
+  cgroupOf(proc: AgentProcess | null): sandbox.AgentCgroup | undefined;
   close(): Promise<void>;
 }
 
-interface SandboxModule {
-  peerCredentials(sock: net.Socket): PeerCred;
-  nativeAvailable(): boolean;
-}
-
 export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<SandboxRuntime> {
-  let mod: SandboxModule;
+  if (!sandbox.nativeAvailable()) {
+    throw new KernelStartError('the native addon is not built (run `bash ci/setup.sh`): peer credentials are required', 5);
+  }
+  const plain = new PlainSpawner('sandbox disabled (--sandbox off)');
+  const peerCredentials = (sock: net.Socket) => sandbox.peerCredentials(sock);
+  if (mode === 'off') {
+    log.warn('sandbox disabled (--sandbox off): agents run as plain processes with the kernel uid');
+    return {
+      summary: { mode: 'off', spawner: 'plain', degraded_reason: 'sandbox disabled (--sandbox off)' },
+      peerCredentials,
+      ownerOf: () => undefined,
+      agentUid: () => null,
+      spawner: () => plain,
+      cgroupRoot: () => undefined,
+      cgroupOf: () => undefined,
+      close: async () => {},
+    };
+  }
+  const native = new sandbox.NativeSpawner({
+    warn: (m) => log.warn(m),
+    // `--sandbox native` insists on the complete sandbox; `auto` degrades loudly (except in CI).
+    ...(mode === 'native' ? { require: true } : {}),
+  });
   try {
-    mod = (await import('./sandbox/index.js')) as unknown as SandboxModule;
+    native.init();
   } catch (e) {
-    throw new KernelStartError(`cannot load the sandbox layer: ${(e as Error).message}`, 5);
+    throw new KernelStartError(`sandbox unavailable: ${(e as Error).message}`, 5);
   }
-  if (!mod.nativeAvailable()) {
-    throw new KernelStartError('the native addon is not built (run `npm run build:native`): peer credentials are required', 5);
-  }
-  const plain = new PlainSpawner();
-  if (mode === 'native') throw new KernelStartError('the native sandboxed spawner is not available in this build', 5);
-  const reason = mode === 'off' ? 'sandbox disabled (--sandbox off)' : 'native sandbox not available: plain processes';
-  if (mode === 'auto') log.warn(reason);
-  const degraded = new PlainSpawner(reason);
+  const layout = native.layout;
+  const controllers = layout
+    ? Object.fromEntries(Object.entries(layout.controllers).map(([c, h]) => [c, h ? `v${(h as { version: number }).version}` : 'none']))
+    : {};
+  const summary = {
+    mode: native.mode,
+    spawner: 'native',
+    cgroup_version: layout?.version ?? 'none',
+    controllers,
+    uid: native.policy.uid,
+    ...(native.degradedReasons.length ? { degraded_reason: native.degradedReasons.join('; ') } : {}),
+  };
+  const dropsUid = process.geteuid?.() === 0;
   return {
-    summary: { mode, spawner: 'plain', degraded_reason: reason },
-    peerCredentials: (sock) => mod.peerCredentials(sock),
-    ownerOf: () => undefined,
-    agentUid: () => null,
-    spawner: (sandboxed) => (sandboxed ? degraded : plain),
-    close: async () => {},
+    summary,
+    peerCredentials,
+    ownerOf: (pid) => native.ownerOf(pid),
+    agentUid: () => (dropsUid ? { uid: native.policy.uid, gid: native.policy.gid } : null),
+    spawner: () => native,
+    cgroupRoot: () => native.cgroupRoot,
+    cgroupOf: (proc) => (proc && 'cgroup' in proc ? ((proc as { cgroup?: sandbox.AgentCgroup }).cgroup ?? undefined) : undefined),
+    close: () => native.close(),
   };
 }

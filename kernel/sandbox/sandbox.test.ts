@@ -278,6 +278,31 @@ run('NativeSpawner (root sandbox)', () => {
     expect(readLog(log.file)).toContain(dir);
   });
 
+  it('re-exposes the cwd, program and socket dir below a directory the agent uid cannot traverse (like /root)', async () => {
+    const base = fs.mkdtempSync('/var/tmp/clove-mask-');
+    try {
+      const secret = path.join(base, 'secret');
+      fs.mkdirSync(path.join(secret, 'opt', 'bin'), { recursive: true });
+      fs.mkdirSync(path.join(secret, 'work'));
+      fs.chownSync(path.join(secret, 'work'), 65534, 65534);
+      fs.writeFileSync(path.join(secret, 'hidden.txt'), 'kernel secret');
+      const tool = path.join(secret, 'opt', 'bin', 'tool.sh');
+      fs.writeFileSync(tool, '#!/bin/sh\npwd\nls -a ..\ncat ../hidden.txt 2>/dev/null || echo NOHIDDEN\ntouch ./w && echo WROTE\n', { mode: 0o755 });
+      fs.chmodSync(base, 0o755);
+      fs.chmodSync(secret, 0o700);
+      const log = newLog();
+      const a = (await spawner.spawn(spec({ argv: [tool], cwd: path.join(secret, 'work'), logFd: log.fd }))) as SandboxedAgent;
+      expect(await exitOf(a)).toMatchObject({ code: 0 });
+      const out = readLog(log.file);
+      expect(out).toContain(path.join(secret, 'work'));
+      expect(out).toContain('NOHIDDEN');
+      expect(out).not.toContain('hidden.txt');
+      expect(out).toContain('WROTE');
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true });
+    }
+  });
+
   it('start failures throw a typed error naming the syscall', async () => {
     const log = newLog();
     await expect(spawner.spawn(spec({ argv: ['/nonexistent/agent'], cwd: dir, logFd: log.fd }))).rejects.toMatchObject({ name: 'SpawnError', code: 'EACCES' });

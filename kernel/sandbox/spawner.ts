@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../supervisor/spawner.js';
 import type { CloveNative, NativeChild, NativeExit, NativeSpawnOptions, RlimitTuple } from '../../native/index.js';
-import { reachableBy } from './access.js';
+import { exposure, modeAllows, reachableBy } from './access.js';
 import { AgentCgroup, CgroupRoot, detectHostLayout, type CgroupLayout } from './cgroups.js';
 import { fromNative, PolicyError, SandboxSpawnError, SandboxUnavailableError, SyscallError } from './errors.js';
 import { initHelperPath, loadNative } from './native.js';
@@ -62,13 +62,34 @@ export function processTree(root: number): number[] {
   return out;
 }
 
-/** Existing directories strictly below /tmp, without those already covered by an ancestor in the list. */
-export function keepUnderTmp(paths: string[]): string[] {
-  const under = [...new Set(paths.map((p) => path.normalize(p)))].filter((p) => p.startsWith('/tmp/') && fs.existsSync(p) && fs.statSync(p).isDirectory());
-  under.sort((a, b) => a.length - b.length);
-  const out: string[] = [];
-  for (const p of under) if (!out.some((o) => p === o || p.startsWith(o + '/'))) out.push(p);
-  return out.slice(0, 16);
+/**
+ * Directories an agent must be able to reach: its cwd, the agent socket's directory, its program's
+ * installation prefix (the parent of a `bin` dir, so an interpreter finds its libraries), the
+ * directories of absolute paths among its arguments (its script) and of PYTHONPATH/NODE_PATH entries.
+ */
+export function neededDirs(file: string, argv: string[], env: Record<string, string>, cwd: string): string[] {
+  const out = [cwd];
+  const dirOf = (p: string): string | undefined => {
+    try {
+      return fs.statSync(p).isDirectory() ? p : path.dirname(p);
+    } catch {
+      return undefined;
+    }
+  };
+  let real = file;
+  try {
+    real = fs.realpathSync(file);
+  } catch {
+    /* reported at exec */
+  }
+  for (const f of new Set([file, real])) {
+    const d = path.dirname(f);
+    out.push(path.basename(d) === 'bin' ? path.dirname(d) : d);
+  }
+  if (env.CLOVE_SOCKET && path.isAbsolute(env.CLOVE_SOCKET)) out.push(path.dirname(env.CLOVE_SOCKET));
+  for (const a of argv.slice(1)) if (path.isAbsolute(a)) out.push(dirOf(a) ?? '');
+  for (const k of ['PYTHONPATH', 'NODE_PATH']) for (const p of (env[k] ?? '').split(':')) if (path.isAbsolute(p)) out.push(dirOf(p) ?? '');
+  return out.filter(Boolean);
 }
 
 function nsInode(pid: number): string | undefined {
@@ -361,7 +382,7 @@ export class NativeSpawner implements Spawner {
       mountProc: ns,
       tmpfsOptions: ns ? `size=${this.policy.tmpSize},mode=1777,nr_inodes=65536` : '',
       writable,
-      keepTmp: ns ? keepUnderTmp([...writable, ...(s.keep ?? [])]) : [],
+      ...(ns ? exposure([...writable, ...(s.keep ?? [])], this.policy.uid, this.policy.gid, true) : { masks: [], keep: [] }),
       setsid: !ns,
       noNewPrivs: true,
       dropCaps: true,
@@ -395,10 +416,13 @@ export class NativeSpawner implements Spawner {
     const ns = sandboxed && this.modeValue !== 'plain';
     const uid = this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.uid : (process.geteuid?.() ?? 0);
     const gid = this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.gid : (process.getegid?.() ?? 0);
-    if (!reachableBy(file, uid, gid, 1)) {
+    // In a mount namespace, directories the uid cannot traverse are masked and what is needed re-exposed
+    // (see exposure()), so only the file's own mode matters there.
+    const canRun = ns ? modeAllows(file, uid, gid, 1) : reachableBy(file, uid, gid, 1);
+    if (!canRun) {
       throw new SandboxSpawnError(`${file} is not executable by the agent uid ${uid} (check the mode of every parent directory)`, 'EACCES', { syscall: 'execve', errno: os.constants.errno.EACCES });
     }
-    if (!reachableBy(cwd, uid, gid, 1)) {
+    if (!(ns ? modeAllows(cwd, uid, gid, 1) : reachableBy(cwd, uid, gid, 1))) {
       throw new SandboxSpawnError(`cwd ${cwd} is not reachable by the agent uid ${uid}`, 'EACCES', { syscall: 'chdir', errno: os.constants.errno.EACCES });
     }
 
@@ -420,10 +444,7 @@ export class NativeSpawner implements Spawner {
     }
     let child: NativeChild;
     try {
-      // What the agent must still see through its private /tmp: cwd, the agent socket's dir, its program and script.
-      const keep = [cwd, path.dirname(file)];
-      if (spec.env?.CLOVE_SOCKET && path.isAbsolute(spec.env.CLOVE_SOCKET)) keep.push(path.dirname(spec.env.CLOVE_SOCKET));
-      for (const a of argv.slice(1)) if (path.isAbsolute(a) && fs.existsSync(a)) keep.push(fs.statSync(a).isDirectory() ? a : path.dirname(a));
+      const keep = neededDirs(file, argv, spec.env ?? {}, cwd);
       child = this.native!.spawn(this.nativeOptions({ file, argv, env, cwd, logFd: spec.logFd, network: spec.network, sandboxed, name: spec.name, keep }, cg, limits.max_pids));
     } catch (err) {
       cg?.remove();

@@ -13,6 +13,7 @@ import { ipc } from './ipc.js';
 import { state } from './state.js';
 import { events } from './events.js';
 import { permissions } from './permissions.js';
+import { metrics } from './metrics.js';
 
 export interface Handler {
   /** Raw handlers get the payload bytes; the rest get a parsed JSON object. */
@@ -54,4 +55,4 @@ class Table {
   }
 }
 
-export const handlers = new Table(core, lifecycle, ipc, state, events, permissions);
+export const handlers = new Table(core, lifecycle, ipc, state, events, permissions, metrics);

@@ -44,6 +44,7 @@ export const ipc: HandlerTable = {
       if (!reachable(k, target)) throw new NotFoundError(`target agent not found: ${toName ?? target}`, { delivered_to: 0 });
       const message = p.message === undefined ? {} : p.message;
       k.post.deliver(target, c.principal.id, senderName(k, c), message);
+      k.stats(c.principal.id).sent++;
       return { success: true, delivered_to: target };
     },
   },
@@ -59,6 +60,7 @@ export const ipc: HandlerTable = {
         // A closed connection takes nothing: the messages stay for the next RECV.
         if (c.conn.abort.signal.aborted) return { success: true, messages: [], count: 0 };
         const messages = k.post.take(id, max, lease).map((m) => shape(m, now));
+        k.stats(id).received += messages.length;
         return { success: true, messages, count: messages.length };
       };
       if (!wait || max === 0 || k.post.size(id) > 0) return take();
