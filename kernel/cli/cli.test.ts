@@ -64,3 +64,30 @@ describe('clove CLI', () => {
     expect(r).toBe(6);
   });
 });
+
+describe('clove kernel shutdown', () => {
+  it('SIGTERM to its whole process group (Ctrl-C, timeout) stops agents once, removes sockets, exits 0', async () => {
+    const { spawn } = await import('node:child_process');
+    const dir = tempDir();
+    const sock = path.join(dir, 'k.sock');
+    const data = path.join(dir, 'data');
+    const child = spawn(process.execPath, [bin, '--socket', sock, 'kernel', '--data-dir', data, '--log-level', 'error'], {
+      detached: true,
+      stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const { waitForSocket } = await import('../../harness/kernel.js');
+    await waitForSocket(sock, 15_000);
+    const { CloveClient } = await import('../../sdk/typescript/client.js');
+    const c = await CloveClient.connect({ socketPath: sock, reconnect: false });
+    const pids: number[] = [];
+    for (let i = 0; i < 3; i++) pids.push((await c.spawn({ name: `t${i}`, script: agent, restart_policy: 'always' })).pid);
+    c.close();
+    process.kill(-child.pid!, 'SIGTERM');
+    expect(await exited).toBe(0);
+    expect(fs.existsSync(sock)).toBe(false);
+    expect(fs.existsSync(path.join(data, 'run', 'agent.sock'))).toBe(false);
+    for (const p of pids) expect(fs.existsSync(`/proc/${p}`)).toBe(false);
+    for (let i = 0; i < 3; i++) expect(fs.readFileSync(path.join(data, 'logs', `t${i}.log`), 'utf8')).not.toMatch(/restarting/);
+  });
+});

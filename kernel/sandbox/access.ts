@@ -46,7 +46,12 @@ export function modeAllows(file: string, uid: number, gid: number, bits: number)
  * the agent's uid cannot search (e.g. /root, mode 0700) gets that ancestor masked by an empty tmpfs and
  * itself bound back in. Nothing else of the masked directory becomes visible.
  */
-export function exposure(needed: string[], uid: number, gid: number, privateTmp: boolean): { masks: string[]; keep: string[] } {
+export function exposure(
+  needed: string[],
+  uid: number,
+  gid: number,
+  privateTmp: boolean,
+): { masks: string[]; keep: string[] } {
   const masks = new Set<string>();
   const keep = new Set<string>();
   if (privateTmp) masks.add('/tmp');
@@ -79,5 +84,8 @@ export function exposure(needed: string[], uid: number, gid: number, privateTmp:
   const kept: string[] = [];
   for (const p of sorted) if (!kept.some((k) => p === k || p.startsWith(k + '/'))) kept.push(p);
   const maskList = [...masks].sort((a, b) => a.length - b.length);
-  return { masks: maskList.filter((m, i) => !maskList.slice(0, i).some((o) => m.startsWith(o + '/'))), keep: kept.slice(0, 32) };
+  return {
+    masks: maskList.filter((m, i) => !maskList.slice(0, i).some((o) => m.startsWith(o + '/'))),
+    keep: kept.slice(0, 32),
+  };
 }

@@ -53,7 +53,12 @@ export function parseMountinfo(text: string): MountEntry[] {
     if (!right) continue;
     const l = left.split(' ');
     const r = right.split(' ');
-    out.push({ root: unescapeMount(l[3]), mountPoint: unescapeMount(l[4]), fstype: r[0], superOptions: (r[2] ?? '').split(',') });
+    out.push({
+      root: unescapeMount(l[3]),
+      mountPoint: unescapeMount(l[4]),
+      fstype: r[0],
+      superOptions: (r[2] ?? '').split(','),
+    });
   }
   return out;
 }
@@ -80,7 +85,11 @@ function ownDirOf(mount: MountEntry, ownPath: string): string | undefined {
 }
 
 /** Detects, per controller, where it is mounted (v1) or enabled (v2). Pure: takes the files' contents. */
-export function detectLayout(mountinfo: string, selfCgroup: string, readControllers: (dir: string) => string): CgroupLayout {
+export function detectLayout(
+  mountinfo: string,
+  selfCgroup: string,
+  readControllers: (dir: string) => string,
+): CgroupLayout {
   const mounts = parseMountinfo(mountinfo);
   const self = parseProcCgroup(selfCgroup);
   const layout: CgroupLayout = { v1: [], controllers: {}, version: 'none' };
@@ -99,7 +108,24 @@ export function detectLayout(mountinfo: string, selfCgroup: string, readControll
       }
       layout.v2 = { version: 2, mount: m.mountPoint, controllers, ownPath: own.path, ownDir };
     } else if (m.fstype === 'cgroup') {
-      const ctrls = m.superOptions.filter((o) => ['memory', 'cpu', 'cpuacct', 'pids', 'freezer', 'cpuset', 'blkio', 'devices', 'hugetlb', 'net_cls', 'net_prio', 'perf_event', 'rdma', 'misc'].includes(o));
+      const ctrls = m.superOptions.filter((o) =>
+        [
+          'memory',
+          'cpu',
+          'cpuacct',
+          'pids',
+          'freezer',
+          'cpuset',
+          'blkio',
+          'devices',
+          'hugetlb',
+          'net_cls',
+          'net_prio',
+          'perf_event',
+          'rdma',
+          'misc',
+        ].includes(o),
+      );
       if (ctrls.length === 0) continue; // name=systemd and friends
       const key = ctrls.slice().sort().join(',');
       if (seen.has(key)) continue; // the same hierarchy mounted twice
@@ -116,7 +142,8 @@ export function detectLayout(mountinfo: string, selfCgroup: string, readControll
     if (h1) layout.controllers[c] = h1;
     else if (layout.v2) {
       // v2 has no cpuacct (cpu.stat is a core file) and no freezer controller (cgroup.freeze is core).
-      if (c === 'cpuacct' || c === 'freezer' || layout.v2.controllers.includes(c)) layout.controllers[c] = layout.v2;
+      if (c === 'cpuacct' || c === 'freezer' || layout.v2.controllers.includes(c))
+        layout.controllers[c] = layout.v2;
     }
   }
   const used = Object.values(layout.controllers);
@@ -127,8 +154,10 @@ export function detectLayout(mountinfo: string, selfCgroup: string, readControll
 }
 
 export function detectHostLayout(): CgroupLayout {
-  return detectLayout(fs.readFileSync('/proc/self/mountinfo', 'utf8'), fs.readFileSync('/proc/self/cgroup', 'utf8'), (dir) =>
-    fs.readFileSync(path.join(dir, 'cgroup.controllers'), 'utf8'),
+  return detectLayout(
+    fs.readFileSync('/proc/self/mountinfo', 'utf8'),
+    fs.readFileSync('/proc/self/cgroup', 'utf8'),
+    (dir) => fs.readFileSync(path.join(dir, 'cgroup.controllers'), 'utf8'),
   );
 }
 
@@ -168,7 +197,9 @@ function write(file: string, value: string): void {
     fs.writeFileSync(file, value);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new CgroupError(file, `write ${JSON.stringify(value)}: ${e.code ?? e.message}`, e.code ?? 'EIO', { cause: err });
+    throw new CgroupError(file, `write ${JSON.stringify(value)}: ${e.code ?? e.message}`, e.code ?? 'EIO', {
+      cause: err,
+    });
   }
 }
 
@@ -369,14 +400,16 @@ export class CgroupRoot {
         if (h.version === 1 && h.controllers.includes('cpuset')) {
           // v1 cpuset children start with empty cpus/mems: copy the parent's.
           for (const d of [base, root]) {
-            for (const f of ['cpuset.cpus', 'cpuset.mems']) write(path.join(d, f), readText(path.join(path.dirname(d), f))?.trim() ?? '');
+            for (const f of ['cpuset.cpus', 'cpuset.mems'])
+              write(path.join(d, f), readText(path.join(path.dirname(d), f))?.trim() ?? '');
           }
         }
         this.roots.set(h, root);
         this.relRoots.set(h, path.posix.join(h.ownPath, 'clove', this.instance));
       } catch (err) {
         this.problems.push(`${h.mount}: ${(err as Error).message}`);
-        for (const [c, hh] of Object.entries(this.layout.controllers)) if (hh === h) delete this.layout.controllers[c as Controller];
+        for (const [c, hh] of Object.entries(this.layout.controllers))
+          if (hh === h) delete this.layout.controllers[c as Controller];
         if (this.layout.v2 === h) delete this.layout.v2;
       }
     }
@@ -438,7 +471,8 @@ export class CgroupRoot {
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
           // A leftover of a previous incarnation with the same name and id: reuse only if empty.
-          if ((readText(path.join(d, 'cgroup.procs')) ?? '').trim() !== '') throw new CgroupError(d, 'cgroup exists and is in use', 'EBUSY');
+          if ((readText(path.join(d, 'cgroup.procs')) ?? '').trim() !== '')
+            throw new CgroupError(d, 'cgroup exists and is in use', 'EBUSY');
         }
         dirs.set(h, d);
         rels.set(h, path.posix.join(this.relRoots.get(h)!, leaf));
@@ -450,12 +484,14 @@ export class CgroupRoot {
         if (c.memory.version === 1) {
           write(path.join(mem, 'memory.limit_in_bytes'), String(limits.memory));
           // With swap accounting, memsw = memory means "no swap at all".
-          if (fs.existsSync(path.join(mem, 'memory.memsw.limit_in_bytes'))) write(path.join(mem, 'memory.memsw.limit_in_bytes'), String(limits.memory));
+          if (fs.existsSync(path.join(mem, 'memory.memsw.limit_in_bytes')))
+            write(path.join(mem, 'memory.memsw.limit_in_bytes'), String(limits.memory));
           else write(path.join(mem, 'memory.swappiness'), '0');
         } else {
           write(path.join(mem, 'memory.max'), String(limits.memory));
           if (fs.existsSync(path.join(mem, 'memory.swap.max'))) write(path.join(mem, 'memory.swap.max'), '0');
-          if (fs.existsSync(path.join(mem, 'memory.oom.group'))) write(path.join(mem, 'memory.oom.group'), '1');
+          if (fs.existsSync(path.join(mem, 'memory.oom.group')))
+            write(path.join(mem, 'memory.oom.group'), '1');
         }
         applied.memory = true;
       }
@@ -491,7 +527,10 @@ export class CgroupRoot {
     const h = this.identityHierarchy();
     if (!h) return undefined;
     const key = h.controllers.slice().sort().join(',');
-    const line = h.version === 2 ? lines.find((l) => l.id === '0') : lines.find((l) => l.controllers.slice().sort().join(',') === key);
+    const line =
+      h.version === 2
+        ? lines.find((l) => l.id === '0')
+        : lines.find((l) => l.controllers.slice().sort().join(',') === key);
     return line?.path;
   }
 

@@ -68,7 +68,11 @@ export class CgroupPathError extends SandboxError {
 export class SandboxSpawnError extends SandboxError {
   readonly syscall?: string;
   readonly errno?: number;
-  constructor(message: string, code: string, options?: { cause?: unknown; syscall?: string; errno?: number }) {
+  constructor(
+    message: string,
+    code: string,
+    options?: { cause?: unknown; syscall?: string; errno?: number },
+  ) {
     super(message, code, options);
     this.name = 'SpawnError';
     this.syscall = options?.syscall;

@@ -13,7 +13,8 @@ const run = (isRoot && nativeAvailable()) || process.env.CI === 'true' ? describ
 const allNumbers = (o: unknown, where = 'metrics'): void => {
   if (Array.isArray(o)) o.forEach((v, i) => allNumbers(v, `${where}[${i}]`));
   else if (o && typeof o === 'object') for (const [k, v] of Object.entries(o)) allNumbers(v, `${where}.${k}`);
-  else if (typeof o !== 'string' && typeof o !== 'boolean') expect(Number.isFinite(o), `${where} = ${String(o)}`).toBe(true);
+  else if (typeof o !== 'string' && typeof o !== 'boolean')
+    expect(Number.isFinite(o), `${where} = ${String(o)}`).toBe(true);
 };
 
 describe('system and process metrics', () => {
@@ -58,7 +59,16 @@ run('cgroup metrics', () => {
   });
 
   it('reads the agent cgroup object (v1/v2) with the applied limits', async () => {
-    const a = (await spawner.spawn(spec({ agentId: 77, name: 'met', argv: ['/bin/sh', '-c', 'sleep 30'], cwd: dir, logFd: fd, limits: { memory: 96 << 20, max_pids: 10, cpu_quota: 50_000 } }))) as SandboxedAgent;
+    const a = (await spawner.spawn(
+      spec({
+        agentId: 77,
+        name: 'met',
+        argv: ['/bin/sh', '-c', 'sleep 30'],
+        cwd: dir,
+        logFd: fd,
+        limits: { memory: 96 << 20, max_pids: 10, cpu_quota: 50_000 },
+      }),
+    )) as SandboxedAgent;
     try {
       const m = cgroupMetrics(spawner.cgroupRoot!, 'met_77')!;
       expect(m).toBeDefined();
@@ -82,8 +92,20 @@ run('cgroup metrics', () => {
 
   it('rejects client paths that try to leave the kernel cgroup tree', () => {
     const root = spawner.cgroupRoot!;
-    for (const bad of ['../x', 'a/../../b', '/sys/fs/cgroup/memory', '..', '.', 'a//b', '', 'x\0y', 'clove/../..']) {
-      expect(() => resolveCgroupPath(root, bad), bad).toThrow(expect.objectContaining({ name: 'CgroupPathError', code: 'ECGPATH' }));
+    for (const bad of [
+      '../x',
+      'a/../../b',
+      '/sys/fs/cgroup/memory',
+      '..',
+      '.',
+      'a//b',
+      '',
+      'x\0y',
+      'clove/../..',
+    ]) {
+      expect(() => resolveCgroupPath(root, bad), bad).toThrow(
+        expect.objectContaining({ name: 'CgroupPathError', code: 'ECGPATH' }),
+      );
     }
   });
 });

@@ -7,7 +7,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readKeyed, readNumber, readText, type AgentCgroup, type CgroupRoot, type Hierarchy } from './cgroups.js';
+import {
+  readKeyed,
+  readNumber,
+  readText,
+  type AgentCgroup,
+  type CgroupRoot,
+  type Hierarchy,
+} from './cgroups.js';
 import { CgroupPathError } from './errors.js';
 
 const CLK_TCK = 100; // USER_HZ on every Linux ABI we run on
@@ -17,11 +24,31 @@ const PAGE = 4096;
 
 export interface SystemMetrics {
   timestamp: number;
-  cpu: { percent: number; per_core: number[]; count: number; freq_mhz: number; load_avg: [number, number, number] };
-  memory: { total: number; available: number; used: number; percent: number; buffers: number; cached: number };
+  cpu: {
+    percent: number;
+    per_core: number[];
+    count: number;
+    freq_mhz: number;
+    load_avg: [number, number, number];
+  };
+  memory: {
+    total: number;
+    available: number;
+    used: number;
+    percent: number;
+    buffers: number;
+    cached: number;
+  };
   swap: { total: number; used: number; free: number };
   disk: { read_bytes: number; write_bytes: number; read_ops: number; write_ops: number };
-  network: { bytes_sent: number; bytes_recv: number; packets_sent: number; packets_recv: number; errors_in: number; errors_out: number };
+  network: {
+    bytes_sent: number;
+    bytes_recv: number;
+    packets_sent: number;
+    packets_recv: number;
+    errors_in: number;
+    errors_out: number;
+  };
 }
 
 interface CpuSample {
@@ -59,7 +86,10 @@ export function createSystemSampler(): () => SystemMetrics {
     const available = mem.MemAvailable ?? 0;
     const swapTotal = mem.SwapTotal ?? 0;
     const swapFree = mem.SwapFree ?? 0;
-    const speeds = os.cpus().map((c) => c.speed).filter((s) => s > 0);
+    const speeds = os
+      .cpus()
+      .map((c) => c.speed)
+      .filter((s) => s > 0);
     const load = os.loadavg();
     return {
       timestamp: Date.now(),
@@ -144,8 +174,27 @@ export interface CgroupMetrics {
   timestamp: number;
   cgroup_path: string;
   valid: boolean;
-  cpu: { usage_usec: number; user_usec: number; system_usec: number; throttled_usec: number; nr_periods: number; nr_throttled: number; quota_usec: number; period_usec: number };
-  memory: { current: number; min: number; low: number; high: number; max: number; peak: number; swap_current: number; swap_max: number; oom_kills: number };
+  cpu: {
+    usage_usec: number;
+    user_usec: number;
+    system_usec: number;
+    throttled_usec: number;
+    nr_periods: number;
+    nr_throttled: number;
+    quota_usec: number;
+    period_usec: number;
+  };
+  memory: {
+    current: number;
+    min: number;
+    low: number;
+    high: number;
+    max: number;
+    peak: number;
+    swap_current: number;
+    swap_max: number;
+    oom_kills: number;
+  };
   pids: { current: number; max: number };
   io: { read_bytes: number; write_bytes: number; read_ops: number; write_ops: number };
 }
@@ -163,12 +212,17 @@ const num = (v: number | undefined): number => (v === undefined || !Number.isFin
  * components and any symlink on the way, and re-checks the resolved path stays inside the root.
  * Throws CgroupPathError.
  */
-export function resolveCgroupPath(root: CgroupRoot, requested: string): { relative: string; dirs: Map<Hierarchy, string> } {
-  if (typeof requested !== 'string' || requested.length === 0 || requested.length > 4096) throw new CgroupPathError(String(requested), 'empty or too long');
+export function resolveCgroupPath(
+  root: CgroupRoot,
+  requested: string,
+): { relative: string; dirs: Map<Hierarchy, string> } {
+  if (typeof requested !== 'string' || requested.length === 0 || requested.length > 4096)
+    throw new CgroupPathError(String(requested), 'empty or too long');
   if (requested.includes('\0')) throw new CgroupPathError(requested, 'contains NUL');
   if (requested.startsWith('/')) throw new CgroupPathError(requested, 'absolute paths are not accepted');
   let parts = requested.split('/');
-  if (parts.some((p) => p === '' || p === '.' || p === '..')) throw new CgroupPathError(requested, 'empty, "." or ".." component');
+  if (parts.some((p) => p === '' || p === '.' || p === '..'))
+    throw new CgroupPathError(requested, 'empty, "." or ".." component');
   if (parts[0] === 'clove' && parts.length > 1) parts = parts.slice(1);
   const relative = parts.join('/');
   const dirs = new Map<Hierarchy, string>();
@@ -193,7 +247,8 @@ export function resolveCgroupPath(root: CgroupRoot, requested: string): { relati
     }
     if (!ok) continue;
     const real = fs.realpathSync(cur);
-    if (real !== path.join(base, relative) || !real.startsWith(base + '/')) throw new CgroupPathError(requested, 'resolves outside the kernel cgroup tree');
+    if (real !== path.join(base, relative) || !real.startsWith(base + '/'))
+      throw new CgroupPathError(requested, 'resolves outside the kernel cgroup tree');
     dirs.set(h, real);
   }
   return { relative, dirs };
@@ -229,13 +284,35 @@ function ioFromV1(dir: string): CgroupMetrics['io'] {
 }
 
 /** Reads the cgroup object from per-controller directories (v1, v2 or mixed). */
-export function readCgroupMetrics(cgroupPath: string, dirOf: (c: 'memory' | 'cpu' | 'cpuacct' | 'pids' | 'io') => { dir: string; version: 1 | 2 } | undefined): CgroupMetrics {
+export function readCgroupMetrics(
+  cgroupPath: string,
+  dirOf: (c: 'memory' | 'cpu' | 'cpuacct' | 'pids' | 'io') => { dir: string; version: 1 | 2 } | undefined,
+): CgroupMetrics {
   const m: CgroupMetrics = {
     timestamp: Date.now(),
     cgroup_path: cgroupPath,
     valid: false,
-    cpu: { usage_usec: 0, user_usec: 0, system_usec: 0, throttled_usec: 0, nr_periods: 0, nr_throttled: 0, quota_usec: -1, period_usec: 0 },
-    memory: { current: 0, min: 0, low: 0, high: -1, max: -1, peak: 0, swap_current: 0, swap_max: -1, oom_kills: 0 },
+    cpu: {
+      usage_usec: 0,
+      user_usec: 0,
+      system_usec: 0,
+      throttled_usec: 0,
+      nr_periods: 0,
+      nr_throttled: 0,
+      quota_usec: -1,
+      period_usec: 0,
+    },
+    memory: {
+      current: 0,
+      min: 0,
+      low: 0,
+      high: -1,
+      max: -1,
+      peak: 0,
+      swap_current: 0,
+      swap_max: -1,
+      oom_kills: 0,
+    },
     pids: { current: 0, max: -1 },
     io: { read_bytes: 0, write_bytes: 0, read_ops: 0, write_ops: 0 },
   };
@@ -285,7 +362,8 @@ export function readCgroupMetrics(cgroupPath: string, dirOf: (c: 'memory' | 'cpu
     const memsw = readNumber(path.join(d, 'memory.memsw.usage_in_bytes'));
     const memswMax = readNumber(path.join(d, 'memory.memsw.limit_in_bytes'));
     m.memory.swap_current = memsw !== undefined ? Math.max(0, memsw - usage) : 0;
-    m.memory.swap_max = memswMax === undefined ? -1 : lim(memswMax) === -1 || limit === -1 ? -1 : Math.max(0, memswMax - limit);
+    m.memory.swap_max =
+      memswMax === undefined ? -1 : lim(memswMax) === -1 || limit === -1 ? -1 : Math.max(0, memswMax - limit);
     m.memory.oom_kills = num(readKeyed(path.join(d, 'memory.oom_control')).oom_kill);
     m.valid = true;
   } else if (mem?.version === 2) {
@@ -383,7 +461,8 @@ export function processMetrics(pid: number): ProcessMetrics | undefined {
   const now = performance.now();
   const prev = lastCpu.get(pid);
   let percent = 0;
-  if (prev && prev.start === start && now > prev.at) percent = Math.round((((utime + stime - prev.ticks) / CLK_TCK) * 1000 * 10000) / (now - prev.at)) / 100;
+  if (prev && prev.start === start && now > prev.at)
+    percent = Math.round((((utime + stime - prev.ticks) / CLK_TCK) * 1000 * 10000) / (now - prev.at)) / 100;
   lastCpu.set(pid, { ticks: utime + stime, at: now, start });
   const statm = (readText(`/proc/${pid}/statm`) ?? '').trim().split(' ').map(Number);
   const rss = (statm[1] || 0) * PAGE;
@@ -406,7 +485,13 @@ export function processMetrics(pid: number): ProcessMetrics | undefined {
     name,
     state,
     cmdline: (readText(`/proc/${pid}/cmdline`) ?? '').split('\0').filter(Boolean).join(' '),
-    cpu: { percent, time_user_ms: (utime * 1000) / CLK_TCK, time_system_ms: (stime * 1000) / CLK_TCK, priority: Number(f[15]) || 0, nice: Number(f[16]) || 0 },
+    cpu: {
+      percent,
+      time_user_ms: (utime * 1000) / CLK_TCK,
+      time_system_ms: (stime * 1000) / CLK_TCK,
+      priority: Number(f[15]) || 0,
+      nice: Number(f[16]) || 0,
+    },
     memory: {
       rss,
       vms: (statm[0] || 0) * PAGE,
@@ -414,7 +499,12 @@ export function processMetrics(pid: number): ProcessMetrics | undefined {
       data: (statm[5] || 0) * PAGE,
       percent: total ? Math.round((rss / total) * 10000) / 100 : 0,
     },
-    io: { read_bytes: ioKeys.read_bytes ?? 0, write_bytes: ioKeys.write_bytes ?? 0, read_ops: ioKeys.syscr ?? 0, write_ops: ioKeys.syscw ?? 0 },
+    io: {
+      read_bytes: ioKeys.read_bytes ?? 0,
+      write_bytes: ioKeys.write_bytes ?? 0,
+      read_ops: ioKeys.syscr ?? 0,
+      write_ops: ioKeys.syscw ?? 0,
+    },
     threads: Number(f[17]) || 0,
     fds,
   };

@@ -35,8 +35,22 @@ run('NativeSpawner degraded modes', () => {
       expect(sp.mode).toBe('rootless');
       expect(warnings.join('\n')).toMatch(/DEGRADED \(rootless\)/);
       const l = log();
-      const a = (await sp.spawn(spec({ name: 'rl', argv: ['/bin/sh', path.join(TESTDATA, 'inspect.sh')], cwd: dir, logFd: l.fd, env: { PATH: '/usr/bin:/bin', HOST_PID: String(process.pid) } }))) as SandboxedAgent;
-      expect(a.isolation.namespaces).toMatchObject({ pid: true, mnt: true, uts: true, user: true, net: true });
+      const a = (await sp.spawn(
+        spec({
+          name: 'rl',
+          argv: ['/bin/sh', path.join(TESTDATA, 'inspect.sh')],
+          cwd: dir,
+          logFd: l.fd,
+          env: { PATH: '/usr/bin:/bin', HOST_PID: String(process.pid) },
+        }),
+      )) as SandboxedAgent;
+      expect(a.isolation.namespaces).toMatchObject({
+        pid: true,
+        mnt: true,
+        uts: true,
+        user: true,
+        net: true,
+      });
       expect(a.isolation.fully_isolated).toBe(false);
       expect(a.isolation.degraded_reason).toMatch(/rootless/);
       expect((await exitOf(a)).code).toBe(0);
@@ -58,7 +72,9 @@ run('NativeSpawner degraded modes', () => {
       expect(sp.mode).toBe('plain');
       expect(warnings.join('\n')).toMatch(/DEGRADED \(plain\)/);
       const l = log();
-      const a = (await sp.spawn(spec({ argv: ['/bin/sh', '-c', 'id -u; sleep 60 & sleep 61 & wait'], cwd: dir, logFd: l.fd }))) as SandboxedAgent;
+      const a = (await sp.spawn(
+        spec({ argv: ['/bin/sh', '-c', 'id -u; sleep 60 & sleep 61 & wait'], cwd: dir, logFd: l.fd }),
+      )) as SandboxedAgent;
       expect(a.isolation.namespaces).toMatchObject({ pid: false, net: false, mnt: false, uts: false });
       expect(a.isolation.cgroups.memory_limit).toBe(true);
       expect(a.isolation.degraded_reason).toMatch(/plain/);
@@ -85,6 +101,8 @@ run('NativeSpawner degraded modes', () => {
 
   it('require: true refuses a degraded sandbox with SandboxUnavailableError', () => {
     const sp = new NativeSpawner({ mode: 'plain', require: true, warn: () => undefined });
-    expect(() => sp.init()).toThrow(expect.objectContaining({ name: 'SandboxUnavailableError', code: 'ENOSANDBOX' }));
+    expect(() => sp.init()).toThrow(
+      expect.objectContaining({ name: 'SandboxUnavailableError', code: 'ENOSANDBOX' }),
+    );
   });
 });

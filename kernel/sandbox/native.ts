@@ -17,7 +17,10 @@ export function projectRoot(): string {
   for (;;) {
     if (existsSync(path.join(dir, 'package.json')) && existsSync(path.join(dir, 'native'))) return dir;
     const up = path.dirname(dir);
-    if (up === dir) throw new NativeUnavailableError(`no package.json with native/ above ${fileURLToPath(import.meta.url)}`);
+    if (up === dir)
+      throw new NativeUnavailableError(
+        `no package.json with native/ above ${fileURLToPath(import.meta.url)}`,
+      );
     dir = up;
   }
 }
@@ -43,7 +46,11 @@ function tryLoad(): { addon?: CloveNative; error?: Error } {
       cached = { addon: require(file) as CloveNative };
     }
   } catch (err) {
-    cached = { error: new NativeUnavailableError(`cannot load clove_native.node: ${(err as Error).message}`, { cause: err }) };
+    cached = {
+      error: new NativeUnavailableError(`cannot load clove_native.node: ${(err as Error).message}`, {
+        cause: err,
+      }),
+    };
   }
   return cached;
 }

@@ -31,9 +31,13 @@ describe('peerCredentials', () => {
           }
         });
       });
-      const child = spawn(process.execPath, ['-e', `require('net').connect(${JSON.stringify(sock)}).on('close', () => process.exit(0))`], {
-        stdio: 'ignore',
-      });
+      const child = spawn(
+        process.execPath,
+        ['-e', `require('net').connect(${JSON.stringify(sock)}).on('close', () => process.exit(0))`],
+        {
+          stdio: 'ignore',
+        },
+      );
       const cred = await accepted;
       await new Promise((resolve) => child.once('exit', resolve));
       expect(cred.pid).toBe(child.pid);
@@ -63,7 +67,11 @@ describe('peerCredentials', () => {
 
   it('maps addon errors to SyscallError', async () => {
     const { fromNative } = await import('./errors.js');
-    const e = Object.assign(new Error('getsockopt(SO_PEERCRED): EBADF'), { syscall: 'getsockopt(SO_PEERCRED)', errno: 9, code: 'EBADF' });
+    const e = Object.assign(new Error('getsockopt(SO_PEERCRED): EBADF'), {
+      syscall: 'getsockopt(SO_PEERCRED)',
+      errno: 9,
+      code: 'EBADF',
+    });
     const t = fromNative(e);
     expect(t).toBeInstanceOf(SyscallError);
     expect(t).toMatchObject({ syscall: 'getsockopt(SO_PEERCRED)', errno: 9, code: 'EBADF' });

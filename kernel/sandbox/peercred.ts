@@ -5,7 +5,8 @@ import { loadNative } from './native.js';
 /** The fd of a connected net.Socket (libuv's pipe handle), or throws. */
 export function socketFd(socket: Socket): number {
   const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new SandboxError('socket has no fd (closed, or not a Unix socket)', 'EBADF');
+  if (typeof fd !== 'number' || fd < 0)
+    throw new SandboxError('socket has no fd (closed, or not a Unix socket)', 'EBADF');
   return fd;
 }
 

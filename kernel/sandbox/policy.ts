@@ -54,7 +54,8 @@ export function defaultPolicy(env: NodeJS.ProcessEnv = process.env): SandboxPoli
 }
 
 function int(field: string, v: unknown, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new PolicyError(field, `must be an integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v))
+    throw new PolicyError(field, `must be an integer, got ${JSON.stringify(v)}`);
   if (v < min || v > max) throw new PolicyError(field, `must be in [${min}, ${max}], got ${v}`);
   return v;
 }
@@ -67,13 +68,15 @@ export function resolvePolicy(partial: Partial<SandboxPolicy> = {}): SandboxPoli
   int('maxOpenFiles', p.maxOpenFiles, 16, 1 << 20);
   int('tmpSize', p.tmpSize, 1 << 20, 2 ** 40);
   int('startTimeoutMs', p.startTimeoutMs, 100, 600_000);
-  if (!['auto', 'root', 'rootless', 'plain'].includes(p.mode)) throw new PolicyError('mode', `unknown mode ${String(p.mode)}`);
+  if (!['auto', 'root', 'rootless', 'plain'].includes(p.mode))
+    throw new PolicyError('mode', `unknown mode ${String(p.mode)}`);
   for (const w of p.writablePaths) checkAbsolute('writablePaths', w);
   return { ...p, writablePaths: [...p.writablePaths] };
 }
 
 export function checkAbsolute(field: string, p: unknown): string {
-  if (typeof p !== 'string' || !path.isAbsolute(p) || p.includes('\0')) throw new PolicyError(field, `must be an absolute path, got ${JSON.stringify(p)}`);
+  if (typeof p !== 'string' || !path.isAbsolute(p) || p.includes('\0'))
+    throw new PolicyError(field, `must be an absolute path, got ${JSON.stringify(p)}`);
   return path.normalize(p);
 }
 

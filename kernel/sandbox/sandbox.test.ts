@@ -11,12 +11,23 @@ import type { ExitInfo } from '../supervisor/spawner.js';
 import { nativeAvailable } from './native.js';
 import { peerCredentials } from './peercred.js';
 import { NativeSpawner, type SandboxedAgent } from './spawner.js';
-import { childrenOfSelf, kv, readLog, sandboxPython, sleep, spec, TESTDATA, workDir, zombieChildren } from './testutil.js';
+import {
+  childrenOfSelf,
+  kv,
+  readLog,
+  sandboxPython,
+  sleep,
+  spec,
+  TESTDATA,
+  workDir,
+  zombieChildren,
+} from './testutil.js';
 
 const isRoot = process.geteuid?.() === 0;
 const required = process.env.CI === 'true';
 const run = (isRoot && nativeAvailable()) || required ? describe : describe.skip;
-if (!isRoot && !required) console.warn('sandbox tests skipped: they need root and the built addon (npm run build:native)');
+if (!isRoot && !required)
+  console.warn('sandbox tests skipped: they need root and the built addon (npm run build:native)');
 
 const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
 
@@ -62,7 +73,13 @@ run('NativeSpawner (root sandbox)', () => {
   it('(i) sees only its own PID namespace, cannot signal host processes, runs unprivileged on a read-only root', async () => {
     const log = newLog();
     const a = (await spawner.spawn(
-      spec({ name: 'inspect', argv: ['/bin/sh', path.join(TESTDATA, 'inspect.sh')], cwd: dir, logFd: log.fd, env: { PATH: '/usr/bin:/bin', HOST_PID: String(process.pid) } }),
+      spec({
+        name: 'inspect',
+        argv: ['/bin/sh', path.join(TESTDATA, 'inspect.sh')],
+        cwd: dir,
+        logFd: log.fd,
+        env: { PATH: '/usr/bin:/bin', HOST_PID: String(process.pid) },
+      }),
     )) as SandboxedAgent;
     const ex = await exitOf(a);
     expect(ex.code).toBe(0);
@@ -97,13 +114,17 @@ run('NativeSpawner (root sandbox)', () => {
     try {
       const script = `exec 3<>/dev/tcp/127.0.0.1/${port} && echo CONNECTED || echo BLOCKED`;
       const log1 = newLog();
-      const a = (await spawner.spawn(spec({ argv: ['/bin/bash', '-c', script], cwd: dir, logFd: log1.fd }))) as SandboxedAgent;
+      const a = (await spawner.spawn(
+        spec({ argv: ['/bin/bash', '-c', script], cwd: dir, logFd: log1.fd }),
+      )) as SandboxedAgent;
       await exitOf(a);
       expect(readLog(log1.file)).toContain('BLOCKED');
       expect(accepted).toBe(0);
 
       const log2 = newLog();
-      const b = (await spawner.spawn(spec({ argv: ['/bin/bash', '-c', script], cwd: dir, logFd: log2.fd, network: true }))) as SandboxedAgent;
+      const b = (await spawner.spawn(
+        spec({ argv: ['/bin/bash', '-c', script], cwd: dir, logFd: log2.fd, network: true }),
+      )) as SandboxedAgent;
       expect(b.isolation.namespaces.net).toBe(false);
       await exitOf(b);
       expect(readLog(log2.file)).toContain('CONNECTED');
@@ -112,26 +133,53 @@ run('NativeSpawner (root sandbox)', () => {
     }
   });
 
-  it.runIf(python)('(iii) a memory hog is OOM-killed inside its limit and reported as oom; a neighbour is unaffected', async () => {
-    const nlog = newLog();
-    const neighbour = (await spawner.spawn(spec({ name: 'neighbour', argv: ['/bin/sleep', '30'], cwd: dir, logFd: nlog.fd, limits: { memory: 64 << 20 } }))) as SandboxedAgent;
-    const log = newLog();
-    const hog = (await spawner.spawn(spec({ name: 'hog', argv: [python!, path.join(TESTDATA, 'hog.py')], cwd: dir, logFd: log.fd, limits: { memory: 48 << 20 } }))) as SandboxedAgent;
-    const ex = await exitOf(hog);
-    expect(ex).toMatchObject({ reason: 'oom', signal: 'SIGKILL' });
-    const text = readLog(log.file);
-    expect(text).not.toContain('survived');
-    const last = [...text.matchAll(/allocated (\d+) MiB/g)].map((m) => Number(m[1])).pop() ?? 0;
-    expect(last).toBeLessThanOrEqual(48);
-    expect(neighbour.exited).toBe(false);
-    expect(neighbour.mainPid()).toBeGreaterThan(0);
-    neighbour.signal('SIGTERM');
-    expect(await exitOf(neighbour)).toEqual({ code: null, signal: 'SIGTERM', reason: 'signal' });
-  });
+  it.runIf(python)(
+    '(iii) a memory hog is OOM-killed inside its limit and reported as oom; a neighbour is unaffected',
+    async () => {
+      const nlog = newLog();
+      const neighbour = (await spawner.spawn(
+        spec({
+          name: 'neighbour',
+          argv: ['/bin/sleep', '30'],
+          cwd: dir,
+          logFd: nlog.fd,
+          limits: { memory: 64 << 20 },
+        }),
+      )) as SandboxedAgent;
+      const log = newLog();
+      const hog = (await spawner.spawn(
+        spec({
+          name: 'hog',
+          argv: [python!, path.join(TESTDATA, 'hog.py')],
+          cwd: dir,
+          logFd: log.fd,
+          limits: { memory: 48 << 20 },
+        }),
+      )) as SandboxedAgent;
+      const ex = await exitOf(hog);
+      expect(ex).toMatchObject({ reason: 'oom', signal: 'SIGKILL' });
+      const text = readLog(log.file);
+      expect(text).not.toContain('survived');
+      const last = [...text.matchAll(/allocated (\d+) MiB/g)].map((m) => Number(m[1])).pop() ?? 0;
+      expect(last).toBeLessThanOrEqual(48);
+      expect(neighbour.exited).toBe(false);
+      expect(neighbour.mainPid()).toBeGreaterThan(0);
+      neighbour.signal('SIGTERM');
+      expect(await exitOf(neighbour)).toEqual({ code: null, signal: 'SIGTERM', reason: 'signal' });
+    },
+  );
 
   it('(iv) a fork bomb stops at the pids limit', async () => {
     const log = newLog();
-    const bomb = (await spawner.spawn(spec({ name: 'bomb', argv: ['/bin/sh', path.join(TESTDATA, 'forkbomb.sh')], cwd: dir, logFd: log.fd, limits: { max_pids: 16 } }))) as SandboxedAgent;
+    const bomb = (await spawner.spawn(
+      spec({
+        name: 'bomb',
+        argv: ['/bin/sh', path.join(TESTDATA, 'forkbomb.sh')],
+        cwd: dir,
+        logFd: log.fd,
+        limits: { max_pids: 16 },
+      }),
+    )) as SandboxedAgent;
     const pidsDir = bomb.cgroup!.dir('pids')!;
     let peak = 0;
     for (let i = 0; i < 20; i++) {
@@ -150,7 +198,13 @@ run('NativeSpawner (root sandbox)', () => {
   it('(v) a CPU spinner is held to its quota', async () => {
     const log = newLog();
     const spin = (await spawner.spawn(
-      spec({ name: 'spin', argv: ['/bin/sh', path.join(TESTDATA, 'spin.sh')], cwd: dir, logFd: log.fd, limits: { cpu_quota: 20_000, cpu_period: 100_000 } }),
+      spec({
+        name: 'spin',
+        argv: ['/bin/sh', path.join(TESTDATA, 'spin.sh')],
+        cwd: dir,
+        logFd: log.fd,
+        limits: { cpu_quota: 20_000, cpu_period: 100_000 },
+      }),
     )) as SandboxedAgent;
     const layout = spawner.layout!;
     const acct = layout.controllers.cpuacct!;
@@ -180,9 +234,14 @@ run('NativeSpawner (root sandbox)', () => {
     try {
       const log = newLog();
       // ls itself lists its own directory fd (-> /proc/<pid>/fd); everything else was inherited.
-      const a = (await spawner.spawn(spec({ argv: ['/bin/ls', '-l', '/proc/self/fd'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+      const a = (await spawner.spawn(
+        spec({ argv: ['/bin/ls', '-l', '/proc/self/fd'], cwd: dir, logFd: log.fd }),
+      )) as SandboxedAgent;
       await exitOf(a);
-      const entries = [...readLog(log.file).matchAll(/ (\d+) -> (.*)$/gm)].map((m) => ({ fd: Number(m[1]), target: m[2] }));
+      const entries = [...readLog(log.file).matchAll(/ (\d+) -> (.*)$/gm)].map((m) => ({
+        fd: Number(m[1]),
+        target: m[2],
+      }));
       const inherited = entries.filter((e) => !/^\/proc\/\d+\/fd$/.test(e.target));
       expect(inherited.map((e) => e.fd)).toEqual([0, 1, 2]);
       expect(inherited[0].target).toBe('/dev/null');
@@ -198,7 +257,9 @@ run('NativeSpawner (root sandbox)', () => {
     const log = newLog();
     const before = new Set(childrenOfSelf());
     for (let i = 0; i < 200; i++) {
-      const a = (await spawner.spawn(spec({ name: `cycle${i}`, argv: ['/bin/sleep', '30'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+      const a = (await spawner.spawn(
+        spec({ name: `cycle${i}`, argv: ['/bin/sleep', '30'], cwd: dir, logFd: log.fd }),
+      )) as SandboxedAgent;
       const done = exitOf(a);
       a.signal(i % 2 ? 'SIGKILL' : 'SIGTERM');
       const ex = await done;
@@ -211,7 +272,9 @@ run('NativeSpawner (root sandbox)', () => {
 
   it('SIGSTOP pauses the whole agent (freezer) and SIGCONT resumes it; KILL of a paused agent works', async () => {
     const log = newLog();
-    const a = (await spawner.spawn(spec({ argv: ['/bin/sh', '-c', 'while :; do echo tick; sleep 0.05; done'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    const a = (await spawner.spawn(
+      spec({ argv: ['/bin/sh', '-c', 'while :; do echo tick; sleep 0.05; done'], cwd: dir, logFd: log.fd }),
+    )) as SandboxedAgent;
     await sleep(200);
     a.signal('SIGSTOP');
     await sleep(100);
@@ -228,7 +291,9 @@ run('NativeSpawner (root sandbox)', () => {
 
   it('SIGTERM reaches the whole tree: a grandchild dies too', async () => {
     const log = newLog();
-    const a = (await spawner.spawn(spec({ argv: ['/bin/sh', '-c', 'sleep 60 & sleep 61 & wait'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    const a = (await spawner.spawn(
+      spec({ argv: ['/bin/sh', '-c', 'sleep 60 & sleep 61 & wait'], cwd: dir, logFd: log.fd }),
+    )) as SandboxedAgent;
     await sleep(100);
     const procs = a.cgroup!.procs();
     expect(procs.length).toBeGreaterThanOrEqual(4);
@@ -237,43 +302,55 @@ run('NativeSpawner (root sandbox)', () => {
     for (const p of procs) expect(fs.existsSync(`/proc/${p}`)).toBe(false);
   });
 
-  it.runIf(python)('identity: an agent connecting to the agent socket is mapped back to its id (ownerOf)', async () => {
-    const runDir = path.join(dir, 'run');
-    fs.mkdirSync(runDir, { mode: 0o711 });
-    fs.chmodSync(runDir, 0o711);
-    const sock = path.join(runDir, 'agent.sock');
-    const server = net.createServer();
-    await new Promise<void>((r) => server.listen(sock, r));
-    fs.chmodSync(sock, 0o666);
-    try {
-      const conn = new Promise<{ pid: number; uid: number }>((resolve) => {
-        server.once('connection', (s) => {
-          const cred = peerCredentials(s);
-          s.once('data', () => s.end('bye'));
-          resolve(cred);
+  it.runIf(python)(
+    'identity: an agent connecting to the agent socket is mapped back to its id (ownerOf)',
+    async () => {
+      const runDir = path.join(dir, 'run');
+      fs.mkdirSync(runDir, { mode: 0o711 });
+      fs.chmodSync(runDir, 0o711);
+      const sock = path.join(runDir, 'agent.sock');
+      const server = net.createServer();
+      await new Promise<void>((r) => server.listen(sock, r));
+      fs.chmodSync(sock, 0o666);
+      try {
+        const conn = new Promise<{ pid: number; uid: number }>((resolve) => {
+          server.once('connection', (s) => {
+            const cred = peerCredentials(s);
+            s.once('data', () => s.end('bye'));
+            resolve(cred);
+          });
         });
-      });
-      const log = newLog();
-      const a = (await spawner.spawn(
-        spec({ agentId: 4242, name: 'ident', argv: [python!, path.join(TESTDATA, 'connect_unix.py')], cwd: dir, logFd: log.fd, env: { PATH: '/usr/bin:/bin', CLOVE_SOCKET: sock } }),
-      )) as SandboxedAgent;
-      const cred = await conn;
-      expect(cred.uid).toBe(65534);
-      expect(spawner.ownerOf(cred.pid)).toBe(4242);
-      expect(cred.pid).toBe(a.mainPid());
-      expect(spawner.ownerOf(process.pid)).toBeUndefined();
-      expect(spawner.ownerOf(1)).toBeUndefined();
-      expect(await exitOf(a)).toMatchObject({ code: 0 });
-      expect(spawner.ownerOf(cred.pid)).toBeUndefined();
-    } finally {
-      server.close();
-    }
-  });
+        const log = newLog();
+        const a = (await spawner.spawn(
+          spec({
+            agentId: 4242,
+            name: 'ident',
+            argv: [python!, path.join(TESTDATA, 'connect_unix.py')],
+            cwd: dir,
+            logFd: log.fd,
+            env: { PATH: '/usr/bin:/bin', CLOVE_SOCKET: sock },
+          }),
+        )) as SandboxedAgent;
+        const cred = await conn;
+        expect(cred.uid).toBe(65534);
+        expect(spawner.ownerOf(cred.pid)).toBe(4242);
+        expect(cred.pid).toBe(a.mainPid());
+        expect(spawner.ownerOf(process.pid)).toBeUndefined();
+        expect(spawner.ownerOf(1)).toBeUndefined();
+        expect(await exitOf(a)).toMatchObject({ code: 0 });
+        expect(spawner.ownerOf(cred.pid)).toBeUndefined();
+      } finally {
+        server.close();
+      }
+    },
+  );
 
   it('keeps the agent socket reachable when cwd and socket live under /tmp (private /tmp)', async () => {
     expect(dir.startsWith(os.tmpdir())).toBe(true);
     const log = newLog();
-    const a = (await spawner.spawn(spec({ argv: ['/bin/sh', '-c', 'pwd; ls'], cwd: dir, logFd: log.fd }))) as SandboxedAgent;
+    const a = (await spawner.spawn(
+      spec({ argv: ['/bin/sh', '-c', 'pwd; ls'], cwd: dir, logFd: log.fd }),
+    )) as SandboxedAgent;
     expect((await exitOf(a)).code).toBe(0);
     expect(readLog(log.file)).toContain(dir);
   });
@@ -287,11 +364,17 @@ run('NativeSpawner (root sandbox)', () => {
       fs.chownSync(path.join(secret, 'work'), 65534, 65534);
       fs.writeFileSync(path.join(secret, 'hidden.txt'), 'kernel secret');
       const tool = path.join(secret, 'opt', 'bin', 'tool.sh');
-      fs.writeFileSync(tool, '#!/bin/sh\npwd\nls -a ..\ncat ../hidden.txt 2>/dev/null || echo NOHIDDEN\ntouch ./w && echo WROTE\n', { mode: 0o755 });
+      fs.writeFileSync(
+        tool,
+        '#!/bin/sh\npwd\nls -a ..\ncat ../hidden.txt 2>/dev/null || echo NOHIDDEN\ntouch ./w && echo WROTE\n',
+        { mode: 0o755 },
+      );
       fs.chmodSync(base, 0o755);
       fs.chmodSync(secret, 0o700);
       const log = newLog();
-      const a = (await spawner.spawn(spec({ argv: [tool], cwd: path.join(secret, 'work'), logFd: log.fd }))) as SandboxedAgent;
+      const a = (await spawner.spawn(
+        spec({ argv: [tool], cwd: path.join(secret, 'work'), logFd: log.fd }),
+      )) as SandboxedAgent;
       expect(await exitOf(a)).toMatchObject({ code: 0 });
       const out = readLog(log.file);
       expect(out).toContain(path.join(secret, 'work'));
@@ -305,11 +388,19 @@ run('NativeSpawner (root sandbox)', () => {
 
   it('start failures throw a typed error naming the syscall', async () => {
     const log = newLog();
-    await expect(spawner.spawn(spec({ argv: ['/nonexistent/agent'], cwd: dir, logFd: log.fd }))).rejects.toMatchObject({ name: 'SpawnError', code: 'EACCES' });
+    await expect(
+      spawner.spawn(spec({ argv: ['/nonexistent/agent'], cwd: dir, logFd: log.fd })),
+    ).rejects.toMatchObject({ name: 'SpawnError', code: 'EACCES' });
     const bad = path.join(dir, 'notexec');
     fs.writeFileSync(bad, 'x', { mode: 0o755 });
-    await expect(spawner.spawn(spec({ argv: [bad], cwd: dir, logFd: log.fd }))).rejects.toMatchObject({ name: 'SpawnError', syscall: 'execve', code: 'ENOEXEC' });
-    await expect(spawner.spawn(spec({ argv: ['/bin/true'], cwd: dir, logFd: log.fd, limits: { memory: 12 } }))).rejects.toMatchObject({ name: 'PolicyError' });
+    await expect(spawner.spawn(spec({ argv: [bad], cwd: dir, logFd: log.fd }))).rejects.toMatchObject({
+      name: 'SpawnError',
+      syscall: 'execve',
+      code: 'ENOEXEC',
+    });
+    await expect(
+      spawner.spawn(spec({ argv: ['/bin/true'], cwd: dir, logFd: log.fd, limits: { memory: 12 } })),
+    ).rejects.toMatchObject({ name: 'PolicyError' });
     expect(spawner.agents().size).toBe(0);
   });
 });

@@ -11,12 +11,32 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../supervisor/spawner.js';
-import type { CloveNative, NativeChild, NativeExit, NativeSpawnOptions, RlimitTuple } from '../../native/index.js';
+import type {
+  CloveNative,
+  NativeChild,
+  NativeExit,
+  NativeSpawnOptions,
+  RlimitTuple,
+} from '../../native/index.js';
 import { exposure, modeAllows, reachableBy } from './access.js';
 import { AgentCgroup, CgroupRoot, detectHostLayout, type CgroupLayout } from './cgroups.js';
-import { fromNative, PolicyError, SandboxSpawnError, SandboxUnavailableError, SyscallError } from './errors.js';
+import {
+  fromNative,
+  PolicyError,
+  SandboxSpawnError,
+  SandboxUnavailableError,
+  SyscallError,
+} from './errors.js';
 import { initHelperPath, loadNative } from './native.js';
-import { agentHostname, cgroupLeafName, checkAbsolute, resolveLimits, resolvePolicy, sharesToWeight, type SandboxPolicy } from './policy.js';
+import {
+  agentHostname,
+  cgroupLeafName,
+  checkAbsolute,
+  resolveLimits,
+  resolvePolicy,
+  sharesToWeight,
+  type SandboxPolicy,
+} from './policy.js';
 
 const RLIMIT_CORE = 4;
 const RLIMIT_NOFILE = 7;
@@ -53,7 +73,8 @@ export function processTree(root: number): number[] {
     }
     for (const t of tasks) {
       try {
-        for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ')) if (c.trim()) todo.push(Number(c));
+        for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' '))
+          if (c.trim()) todo.push(Number(c));
       } catch {
         /* gone */
       }
@@ -88,7 +109,8 @@ export function neededDirs(file: string, argv: string[], env: Record<string, str
   }
   if (env.CLOVE_SOCKET && path.isAbsolute(env.CLOVE_SOCKET)) out.push(path.dirname(env.CLOVE_SOCKET));
   for (const a of argv.slice(1)) if (path.isAbsolute(a)) out.push(dirOf(a) ?? '');
-  for (const k of ['PYTHONPATH', 'NODE_PATH']) for (const p of (env[k] ?? '').split(':')) if (path.isAbsolute(p)) out.push(dirOf(p) ?? '');
+  for (const k of ['PYTHONPATH', 'NODE_PATH'])
+    for (const p of (env[k] ?? '').split(':')) if (path.isAbsolute(p)) out.push(dirOf(p) ?? '');
   return out.filter(Boolean);
 }
 
@@ -287,7 +309,8 @@ export class NativeSpawner implements Spawner {
     this.native = loadNative();
     const want = this.policy.mode;
     const isRoot = process.geteuid?.() === 0;
-    const candidates: SandboxMode[] = want === 'auto' ? (isRoot ? ['root', 'rootless', 'plain'] : ['rootless', 'plain']) : [want];
+    const candidates: SandboxMode[] =
+      want === 'auto' ? (isRoot ? ['root', 'rootless', 'plain'] : ['rootless', 'plain']) : [want];
     for (const m of candidates) {
       try {
         if (m === 'root') {
@@ -310,7 +333,10 @@ export class NativeSpawner implements Spawner {
         this.cgroups = new CgroupRoot(detectHostLayout(), this.instance);
         this.cgroups.init();
         this.reasons.push(...this.cgroups.problems);
-        for (const c of ['memory', 'cpu', 'pids'] as const) if (!this.cgroups.layout.controllers[c]) this.reasons.push(`cgroup controller ${c} unavailable`);
+        if (this.cgroups.roots.size === 0) this.cgroups = undefined;
+        else
+          for (const c of ['memory', 'cpu', 'pids'] as const)
+            if (!this.cgroups.layout.controllers[c]) this.reasons.push(`cgroup controller ${c} unavailable`);
       } catch (err) {
         this.reasons.push(`cgroups unavailable: ${(err as Error).message}`);
         this.cgroups = undefined;
@@ -333,7 +359,20 @@ export class NativeSpawner implements Spawner {
   private probe(): void {
     const log = fs.openSync('/dev/null', 'w');
     try {
-      const opts = this.nativeOptions({ file: '/bin/true', argv: ['true'], env: [], cwd: '/', logFd: log, network: false, sandboxed: true, name: 'probe' }, undefined, 2);
+      const opts = this.nativeOptions(
+        {
+          file: '/bin/true',
+          argv: ['true'],
+          env: [],
+          cwd: '/',
+          logFd: log,
+          network: false,
+          sandboxed: true,
+          name: 'probe',
+        },
+        undefined,
+        2,
+      );
       const child = this.native!.spawn(opts);
       child.kill(9);
       child.watch(() => undefined);
@@ -343,7 +382,19 @@ export class NativeSpawner implements Spawner {
   }
 
   private nativeOptions(
-    s: { file: string; argv: string[]; env: string[]; cwd: string; logFd: number; network: boolean; sandboxed: boolean; name: string; keep?: string[] },
+    s: {
+      file: string;
+      argv: string[];
+      env: string[];
+      cwd: string;
+      logFd: number;
+      network: boolean;
+      sandboxed: boolean;
+      name: string;
+      keep?: string[];
+      uid?: number;
+      gid?: number;
+    },
     cg: AgentCgroup | undefined,
     _maxPids: number,
   ): NativeSpawnOptions {
@@ -382,7 +433,9 @@ export class NativeSpawner implements Spawner {
       mountProc: ns,
       tmpfsOptions: ns ? `size=${this.policy.tmpSize},mode=1777,nr_inodes=65536` : '',
       writable,
-      ...(ns ? exposure([...writable, ...(s.keep ?? [])], this.policy.uid, this.policy.gid, true) : { masks: [], keep: [] }),
+      ...(ns
+        ? exposure([...writable, ...(s.keep ?? [])], s.uid ?? this.policy.uid, s.gid ?? this.policy.gid, true)
+        : { masks: [], keep: [] }),
       setsid: !ns,
       noNewPrivs: true,
       dropCaps: true,
@@ -401,29 +454,41 @@ export class NativeSpawner implements Spawner {
   spawnSync(spec: SpawnSpec): SandboxedAgent {
     this.init();
     const argv = spec.argv;
-    if (!Array.isArray(argv) || argv.length === 0 || argv.some((a) => typeof a !== 'string')) throw new PolicyError('argv', 'must be a non-empty array of strings');
+    if (!Array.isArray(argv) || argv.length === 0 || argv.some((a) => typeof a !== 'string'))
+      throw new PolicyError('argv', 'must be a non-empty array of strings');
     const file = checkAbsolute('argv[0]', argv[0]);
     const cwd = checkAbsolute('cwd', spec.cwd);
     if (!Number.isInteger(spec.logFd) || spec.logFd < 0) throw new PolicyError('logFd', 'must be an open fd');
-    if (!Number.isInteger(spec.agentId) || spec.agentId < 0) throw new PolicyError('agentId', 'must be a non-negative integer');
+    if (!Number.isInteger(spec.agentId) || spec.agentId < 0)
+      throw new PolicyError('agentId', 'must be a non-negative integer');
     const env: string[] = [];
     for (const [k, v] of Object.entries(spec.env ?? {})) {
-      if (!k || k.includes('=') || k.includes('\0') || typeof v !== 'string' || v.includes('\0')) throw new PolicyError(`env.${k}`, 'invalid variable');
+      if (!k || k.includes('=') || k.includes('\0') || typeof v !== 'string' || v.includes('\0'))
+        throw new PolicyError(`env.${k}`, 'invalid variable');
       env.push(`${k}=${v}`);
     }
     const limits = resolveLimits(spec.limits);
     const sandboxed = spec.sandboxed !== false;
     const ns = sandboxed && this.modeValue !== 'plain';
-    const uid = this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.uid : (process.geteuid?.() ?? 0);
-    const gid = this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.gid : (process.getegid?.() ?? 0);
+    const uid =
+      this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.uid : (process.geteuid?.() ?? 0);
+    const gid =
+      this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.gid : (process.getegid?.() ?? 0);
     // In a mount namespace, directories the uid cannot traverse are masked and what is needed re-exposed
     // (see exposure()), so only the file's own mode matters there.
     const canRun = ns ? modeAllows(file, uid, gid, 1) : reachableBy(file, uid, gid, 1);
     if (!canRun) {
-      throw new SandboxSpawnError(`${file} is not executable by the agent uid ${uid} (check the mode of every parent directory)`, 'EACCES', { syscall: 'execve', errno: os.constants.errno.EACCES });
+      throw new SandboxSpawnError(
+        `${file} is not executable by the agent uid ${uid} (check the mode of every parent directory)`,
+        'EACCES',
+        { syscall: 'execve', errno: os.constants.errno.EACCES },
+      );
     }
     if (!(ns ? modeAllows(cwd, uid, gid, 1) : reachableBy(cwd, uid, gid, 1))) {
-      throw new SandboxSpawnError(`cwd ${cwd} is not reachable by the agent uid ${uid}`, 'EACCES', { syscall: 'chdir', errno: os.constants.errno.EACCES });
+      throw new SandboxSpawnError(`cwd ${cwd} is not reachable by the agent uid ${uid}`, 'EACCES', {
+        syscall: 'chdir',
+        errno: os.constants.errno.EACCES,
+      });
     }
 
     let cg: AgentCgroup | undefined;
@@ -439,21 +504,56 @@ export class NativeSpawner implements Spawner {
           cpuWeight: sharesToWeight(limits.cpu_shares),
         });
       } catch (err) {
-        throw new SandboxSpawnError(`cannot create the agent's cgroup: ${(err as Error).message}`, (err as { code?: string }).code ?? 'ECGROUP', { cause: err });
+        throw new SandboxSpawnError(
+          `cannot create the agent's cgroup: ${(err as Error).message}`,
+          (err as { code?: string }).code ?? 'ECGROUP',
+          { cause: err },
+        );
       }
     }
     let child: NativeChild;
     try {
       const keep = neededDirs(file, argv, spec.env ?? {}, cwd);
-      child = this.native!.spawn(this.nativeOptions({ file, argv, env, cwd, logFd: spec.logFd, network: spec.network, sandboxed, name: spec.name, keep }, cg, limits.max_pids));
+      child = this.native!.spawn(
+        this.nativeOptions(
+          {
+            file,
+            argv,
+            env,
+            cwd,
+            logFd: spec.logFd,
+            network: spec.network,
+            sandboxed,
+            name: spec.name,
+            keep,
+            uid,
+            gid,
+          },
+          cg,
+          limits.max_pids,
+        ),
+      );
     } catch (err) {
       cg?.remove();
       const e = fromNative(err);
-      if (e instanceof SyscallError) throw new SandboxSpawnError(`cannot start agent ${spec.name}: ${e.message}`, e.code, { cause: e, syscall: e.syscall, errno: e.errno });
+      if (e instanceof SyscallError)
+        throw new SandboxSpawnError(`cannot start agent ${spec.name}: ${e.message}`, e.code, {
+          cause: e,
+          syscall: e.syscall,
+          errno: e.errno,
+        });
       throw e;
     }
     const isolation = this.report(spec, ns, cg);
-    const agent = new SandboxedAgent(this, spec.agentId, child, isolation, cg, ns, ns ? nsInode(child.pid) : undefined);
+    const agent = new SandboxedAgent(
+      this,
+      spec.agentId,
+      child,
+      isolation,
+      cg,
+      ns,
+      ns ? nsInode(child.pid) : undefined,
+    );
     this.live.add(agent);
     if (cg) {
       const h = this.cgroups!.identityHierarchy();
@@ -475,10 +575,23 @@ export class NativeSpawner implements Spawner {
     };
     const reasons = [...this.reasons];
     if (spec.sandboxed === false) reasons.push('sandboxed: false requested');
-    const fully = ns && this.modeValue === 'root' && cgroups.memory_limit && cgroups.cpu_quota && cgroups.pids_limit && (netIsolated || spec.network);
+    const fully =
+      ns &&
+      this.modeValue === 'root' &&
+      cgroups.memory_limit &&
+      cgroups.cpu_quota &&
+      cgroups.pids_limit &&
+      (netIsolated || spec.network);
     const r: IsolationReport = {
       fully_isolated: fully,
-      namespaces: { pid: ns, net: netIsolated, mnt: ns, uts: ns, ipc: ns, user: ns && this.modeValue === 'rootless' },
+      namespaces: {
+        pid: ns,
+        net: netIsolated,
+        mnt: ns,
+        uts: ns,
+        ipc: ns,
+        user: ns && this.modeValue === 'rootless',
+      },
       cgroups,
     };
     if (!fully || reasons.length > 0) r.degraded_reason = reasons.join('; ') || 'incomplete isolation';
@@ -511,8 +624,11 @@ export class NativeSpawner implements Spawner {
   /** @internal */
   forget(agent: SandboxedAgent): void {
     this.live.delete(agent);
-    for (const [k, v] of this.byCgroup) if (v === agent.agentId && agent.cgroup && [...agent.cgroup.relPaths.values()].includes(k)) this.byCgroup.delete(k);
-    if (agent.pidNamespace && this.byPidNs.get(agent.pidNamespace) === agent.agentId) this.byPidNs.delete(agent.pidNamespace);
+    for (const [k, v] of this.byCgroup)
+      if (v === agent.agentId && agent.cgroup && [...agent.cgroup.relPaths.values()].includes(k))
+        this.byCgroup.delete(k);
+    if (agent.pidNamespace && this.byPidNs.get(agent.pidNamespace) === agent.agentId)
+      this.byPidNs.delete(agent.pidNamespace);
   }
 
   /** @internal Kills what a plain-mode agent left in its cgroup and waits until the cgroup is empty. */

@@ -13,7 +13,9 @@ export const TESTDATA = path.join(path.dirname(fileURLToPath(import.meta.url)), 
 export function sandboxPython(uid = 65534, gid = 65534): string | undefined {
   const cands: string[] = [];
   try {
-    cands.push(execFileSync('python3', ['-c', 'import sys;print(sys.executable)'], { encoding: 'utf8' }).trim());
+    cands.push(
+      execFileSync('python3', ['-c', 'import sys;print(sys.executable)'], { encoding: 'utf8' }).trim(),
+    );
   } catch {
     /* none on PATH */
   }
@@ -80,7 +82,8 @@ export function childrenOfSelf(): number[] {
   const out: number[] = [];
   for (const t of fs.readdirSync(`/proc/${process.pid}/task`)) {
     try {
-      for (const c of fs.readFileSync(`/proc/${process.pid}/task/${t}/children`, 'utf8').split(' ')) if (c.trim()) out.push(Number(c));
+      for (const c of fs.readFileSync(`/proc/${process.pid}/task/${t}/children`, 'utf8').split(' '))
+        if (c.trim()) out.push(Number(c));
     } catch {
       /* gone */
     }

@@ -83,6 +83,8 @@ export class Supervisor {
   private byPid = new Map<number, AgentRecord>();
   private inFlight = new Set<Promise<unknown>>();
   private exitWaiters = new Map<number, (() => void)[]>();
+  /** Set by shutdown(): nothing is restarted any more. */
+  private stopping = false;
 
   constructor(
     private readonly logs: AgentLogs,
@@ -185,7 +187,7 @@ export class Supervisor {
 
   /** Turns an exit into exit_restart / exit_final / exit_escalate, by policy and restart intensity. */
   private classify(a: AgentRecord, info: ExitInfo): Event {
-    if (a.state === 'STOPPING') return 'exit_final';
+    if (a.state === 'STOPPING' || this.stopping) return 'exit_final';
     const p = a.def.policy;
     const failed = info.signal !== null || info.code !== 0 || info.reason !== 'exit';
     const restart = p.policy === 'always' || (p.policy === 'on-failure' && failed);
@@ -399,6 +401,7 @@ export class Supervisor {
 
   /** Stops every agent (SIGTERM, SIGKILL after the grace period) and waits until all are gone. */
   async shutdown(graceMs: number): Promise<void> {
+    this.stopping = true;
     const waits: Promise<void>[] = [];
     for (const a of this.list()) {
       a.graceMs = graceMs;
