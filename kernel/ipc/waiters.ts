@@ -29,3 +29,21 @@ export class Waiters<T = void> {
     for (const w of [...this.set]) w(v);
   }
 }
+
+/**
+ * Parks until `ready()` holds, `timeoutMs` passes or `signal` aborts, sleeping on `park` (which wakes on
+ * new items) rather than polling. Shared by RECV and POLL_EVENTS.
+ */
+export async function parkUntil(
+  ready: () => boolean,
+  park: (ms: number, signal: AbortSignal) => Promise<unknown>,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!ready() && !signal.aborted) {
+    const left = deadline - Date.now();
+    if (left <= 0) return;
+    await park(left, signal);
+  }
+}

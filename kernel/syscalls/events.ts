@@ -5,6 +5,7 @@
 import { InvalidRequestError } from '../errors.js';
 import { type Payload, optBool, optInt, optString, optStringArray } from '../validate.js';
 import type { HandlerTable } from './index.js';
+import { parkUntil } from '../ipc/waiters.js';
 
 const MAX_WAIT_MS = 300_000;
 
@@ -44,15 +45,8 @@ export const events: HandlerTable = {
         return { success: true, events, count: events.length, dropped };
       };
       if (!wait || max === 0 || k.events.pending(id) > 0) return take();
-      const deadline = Date.now() + timeout;
-      return (async () => {
-        while (k.events.pending(id) === 0 && !c.conn.abort.signal.aborted) {
-          const left = deadline - Date.now();
-          if (left <= 0) break;
-          await k.events.wait(id, left, c.conn.abort.signal);
-        }
-        return take();
-      })();
+      const signal = c.conn.abort.signal;
+      return parkUntil(() => k.events.pending(id) > 0, (ms, sig) => k.events.wait(id, ms, sig), timeout, signal).then(take);
     },
   },
   EMIT: {

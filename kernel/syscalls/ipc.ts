@@ -6,6 +6,7 @@ import { InvalidRequestError, NotFoundError, MailboxFullError } from '../errors.
 import type { Caller, Kernel } from '../kernel.js';
 import { optBool, optInt, optString, reqString } from '../validate.js';
 import type { HandlerTable } from './index.js';
+import { parkUntil } from '../ipc/waiters.js';
 
 const MAX_WAIT_MS = 300_000;
 
@@ -64,16 +65,8 @@ export const ipc: HandlerTable = {
         return { success: true, messages, count: messages.length };
       };
       if (!wait || max === 0 || k.post.size(id) > 0) return take();
-      const deadline = Date.now() + timeout;
-      const loop = async (): Promise<ReturnType<typeof take>> => {
-        while (k.post.size(id) === 0 && !c.conn.abort.signal.aborted) {
-          const left = deadline - Date.now();
-          if (left <= 0) break;
-          await k.post.wait(id, left, c.conn.abort.signal);
-        }
-        return take();
-      };
-      return loop();
+      const signal = c.conn.abort.signal;
+      return parkUntil(() => k.post.size(id) > 0, (ms, sig) => k.post.wait(id, ms, sig), timeout, signal).then(take);
     },
   },
   BROADCAST: {

@@ -53,6 +53,8 @@ export class CloveClient {
   private connecting: Promise<Duplex> | null = null;
   private pending: Pending[] = [];
   private closed = false;
+  /** After a first successful connect, a dropped connection is re-opened with retries. */
+  private everConnected = false;
   private readonly transport: Transport;
   private readonly opts: Required<Omit<ClientOptions, 'socketPath' | 'transport'>>;
   /** The id the kernel gives this connection (learned from every reply header). */
@@ -88,7 +90,7 @@ export class CloveClient {
 
   private async open(): Promise<Duplex> {
     let last: Error | null = null;
-    const attempts = this.sock === null && this.everConnected && this.opts.reconnect ? this.opts.reconnectAttempts : 1;
+    const attempts = this.everConnected && this.opts.reconnect ? this.opts.reconnectAttempts : 1;
     for (let i = 0; i < attempts; i++) {
       try {
         const s = await this.transport();
@@ -102,8 +104,6 @@ export class CloveClient {
     }
     throw new ConnectionClosedError(`cannot connect to the Clove kernel: ${last?.message}`);
   }
-
-  private everConnected = false;
 
   private attach(s: Duplex): void {
     const decoder = new FrameDecoder(this.opts.maxPayload);
