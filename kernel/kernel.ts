@@ -65,8 +65,7 @@ export class Kernel implements Dispatcher {
     this.supervisor = new Supervisor(this.logs, {
       event: (type, data, source) => this.publish(type as KernelEventType, data, source),
       release: (a) => this.releaseAgent(a),
-      // What a dead agent took under a lease but never acknowledged goes back to its mailbox.
-      exited: (a) => void this.post.requeueLeased(a.def.id),
+      exited: (a) => this.dropConnectionsOf(a.def.id),
       log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
     });
   }
@@ -233,12 +232,23 @@ export class Kernel implements Dispatcher {
   closed(conn: Connection): void {
     this.connections.delete(conn);
     const p = conn.principal;
+    // What this connection took under a lease and never acknowledged goes back to the mailbox: its
+    // process died (or hung up) before it could process it.
+    this.post.requeueLeases(p.id, conn);
     if (p.role === 'agent') return;
     this.clients.delete(p.id);
     this.perms.delete(p.id);
     this.counters.delete(p.id);
     this.post.release(p.id);
     this.events.drop(p.id);
+  }
+
+  /**
+   * Closes every connection of an agent whose process tree just died. Their sockets may not have
+   * reported EOF yet; a RECV parked on one must not take a message for a reader that is gone.
+   */
+  private dropConnectionsOf(id: number): void {
+    for (const c of this.connections) if (c.principal.id === id) c.close();
   }
 
   /** Forgets an agent that is gone for good: names, mailbox, subscriptions, rights. */

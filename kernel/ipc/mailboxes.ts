@@ -17,8 +17,11 @@ export interface Message {
 interface Mailbox {
   queue: Message[];
   head: number;
-  /** Messages handed out under a lease: acknowledged by the next take, redelivered after a crash. */
-  leased: Message[];
+  /**
+   * Messages handed out under a lease, by the connection that took them: acknowledged by that
+   * connection's next take, put back at the head of the mailbox when it closes first.
+   */
+  leases: Map<object, Message[]>;
   waiters: Waiters<void>;
 }
 
@@ -35,7 +38,7 @@ export class PostOffice {
   private box(id: number): Mailbox {
     let b = this.boxes.get(id);
     if (!b) {
-      b = { queue: [], head: 0, leased: [], waiters: new Waiters() };
+      b = { queue: [], head: 0, leases: new Map(), waiters: new Waiters() };
       this.boxes.set(id, b);
     }
     return b;
@@ -61,13 +64,14 @@ export class PostOffice {
   }
 
   /**
-   * Takes up to `max` messages. Every take acknowledges the previous lease; with `lease`, what this take
-   * returns is kept until the next take, so that `requeueLeased` can redeliver it if the taker dies first.
+   * Takes up to `max` messages for `holder` (a connection). A take acknowledges the holder's previous
+   * lease; with `lease`, what this take returns stays leased to the holder until its next take, so that
+   * `requeueLeases` can redeliver it if the holder goes away first (the agent crashed).
    */
-  take(id: number, max: number, lease = false): Message[] {
+  take(id: number, max: number, holder: object, lease = false): Message[] {
     const b = this.boxes.get(id);
     if (!b) return [];
-    b.leased = [];
+    b.leases.delete(holder);
     const n = Math.min(max, b.queue.length - b.head);
     const out = b.queue.slice(b.head, b.head + n);
     b.head += n;
@@ -79,19 +83,20 @@ export class PostOffice {
       b.queue = [];
       b.head = 0;
     }
-    if (lease) b.leased = out;
+    if (lease && out.length) b.leases.set(holder, out);
     return out;
   }
 
-  /** Puts leased, unacknowledged messages back at the head of the mailbox (their taker died). */
-  requeueLeased(id: number): number {
+  /** Puts what `holder` took under a lease and never acknowledged back at the head of the mailbox. */
+  requeueLeases(id: number, holder: object): number {
     const b = this.boxes.get(id);
-    if (!b || b.leased.length === 0) return 0;
-    const n = b.leased.length;
-    b.queue = [...b.leased, ...b.queue.slice(b.head)];
+    const leased = b?.leases.get(holder);
+    if (!b || !leased) return 0;
+    b.leases.delete(holder);
+    b.queue = [...leased, ...b.queue.slice(b.head)];
     b.head = 0;
-    b.leased = [];
-    return n;
+    b.waiters.wakeAll();
+    return leased.length;
   }
 
   wait(id: number, ms: number, signal: AbortSignal): Promise<void> {

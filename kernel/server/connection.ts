@@ -109,7 +109,11 @@ export class Connection {
     this.socket.write(encodeFrame(this.principal.id, opcode, reply));
   }
 
+  /** Closes at once: parked waits are woken (and take nothing) before the socket reports its close. */
   close(): void {
+    this.closing = true;
+    this.queue = [];
+    this.abort.abort();
     this.socket.destroy();
   }
 }

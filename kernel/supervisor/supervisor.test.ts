@@ -55,6 +55,7 @@ beforeEach(() => {
   sup = new Supervisor(logs, {
     event: (type, data) => events.push({ type, data }),
     release: (a) => released.push(a.def.id),
+    exited: () => {},
     log: () => {},
   });
 });

@@ -71,8 +71,8 @@ export interface AgentRecord {
 export interface SupervisorHooks {
   /** A kernel event about an agent (AGENT_SPAWNED, AGENT_EXITED, …). */
   event(type: string, data: Record<string, unknown>, source: number): void;
-  /** The agent's process ended (it may be restarted). */
-  exited?(agent: AgentRecord): void;
+  /** The agent's process (and with it its whole process tree) is gone; it may be restarted. */
+  exited(agent: AgentRecord): void;
   /** The agent is gone for good: release its names, mailbox, subscriptions. */
   release(agent: AgentRecord): void;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
@@ -179,7 +179,7 @@ export class Supervisor {
     this.byPid.delete(proc.pid);
     a.proc = null;
     a.lastExit = info;
-    this.hooks.exited?.(a);
+    this.hooks.exited(a);
     this.logs.note(a.def.name, `agent exited: ${describeExit(info)} after ${Date.now() - a.startedAt} ms`);
     this.feed(a, this.classify(a, info));
     for (const w of this.exitWaiters.get(a.def.id)?.splice(0) ?? []) w();

@@ -60,7 +60,7 @@ export const ipc: HandlerTable = {
         const now = Date.now();
         // A closed connection takes nothing: the messages stay for the next RECV.
         if (c.conn.abort.signal.aborted) return { success: true, messages: [], count: 0 };
-        const messages = k.post.take(id, max, lease).map((m) => shape(m, now));
+        const messages = k.post.take(id, max, c.conn, lease).map((m) => shape(m, now));
         k.stats(id).received += messages.length;
         return { success: true, messages, count: messages.length };
       };
