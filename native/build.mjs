@@ -12,7 +12,9 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const nodedir = path.dirname(path.dirname(process.execPath)); // /usr/bin/node -> /usr
 const commonGypi = path.join(nodedir, 'include', 'node', 'common.gypi');
 if (!existsSync(commonGypi)) {
-  console.error(`build:native: ${commonGypi} not found; install the node headers for ${process.execPath} (Debian: libnode-dev / nodejs headers)`);
+  console.error(
+    `build:native: ${commonGypi} not found; install the node headers for ${process.execPath} (Debian: libnode-dev / nodejs headers)`,
+  );
   process.exit(1);
 }
 const require = createRequire(import.meta.url);

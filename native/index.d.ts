@@ -53,8 +53,10 @@ export interface NativeSpawnOptions {
   tmpfsOptions: string;
   /** Directories bind-mounted read-write on top of the read-only root. */
   writable: string[];
-  /** Directories under /tmp bound back into the private /tmp (the agent's cwd, socket dir, script dir). */
-  keepTmp: string[];
+  /** Directories hidden behind a fresh tmpfs: "/tmp" (sized by tmpfsOptions) and untraversable ancestors (mode 0755, 64 KiB). */
+  masks: string[];
+  /** Directories below a mask bound back in (the agent's cwd, socket dir, program, script). At most 32. */
+  keep: string[];
   setsid: boolean;
   noNewPrivs: boolean;
   /** Empty the bounding, ambient, permitted and effective capability sets. */

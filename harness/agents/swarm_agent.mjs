@@ -6,13 +6,18 @@
 // exception is an uncaught throw, leak fills Buffers until the cgroup kills us (self-bounded at cap_mb,
 // then abort()), hang blocks the event loop in Atomics.wait (no syscalls at all), cpu spins, forkbomb
 // starts idle `sleep` children until spawning fails or max_forks is reached, then dies.
+import { Buffer } from 'node:buffer';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { setImmediate, setTimeout } from 'node:timers';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const { CloveClient } = await import(pathToFileURL(path.join(root, 'dist', 'sdk', 'typescript', 'client.js')).href);
+const { CloveClient } = await import(
+  pathToFileURL(path.join(root, 'dist', 'sdk', 'typescript', 'client.js')).href
+);
 
 const SEND = 0x20;
 const RECV = 0x21;
@@ -28,7 +33,11 @@ const EPOCH = randomBytes(6).toString('hex');
 
 const suffix = NAME.startsWith(PREFIX) ? NAME.slice(PREFIX.length) : '';
 const me = /^\d+$/.test(suffix) ? Number(suffix) : 0;
-const peers = FOCUS ? (FOCUS === NAME ? [] : [FOCUS]) : Array.from({ length: SIZE - 1 }, (_, k) => `${PREFIX}${(me + k + 1) % SIZE}`);
+const peers = FOCUS
+  ? FOCUS === NAME
+    ? []
+    : [FOCUS]
+  : Array.from({ length: SIZE - 1 }, (_, k) => `${PREFIX}${(me + k + 1) % SIZE}`);
 
 const c = await CloveClient.connect({ reconnect: false });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -110,6 +119,7 @@ async function fault(cmd) {
       }
       console.error(`forkbomb: ${kids} children, stopped by ${err ? err.message : 'the count limit'}`);
       process.exit(3);
+      return;
     }
     default:
       throw new Error(`unknown fault kind ${cmd.kind}`);
@@ -117,6 +127,7 @@ async function fault(cmd) {
 }
 
 await report({ t: 'up', pid: process.pid, rt: 'node' });
+if (env.SWARM_CRASH_ON_START) await fault({ kind: env.SWARM_CRASH_ON_START }); // a crash loop
 
 let turn = 0;
 let n = 0;
@@ -125,7 +136,8 @@ let slowMs = 0;
 let takeMax = 100;
 let nextSend = performance.now();
 for (;;) {
-  const timeoutMs = stopped || peers.length === 0 ? 1000 : Math.max(0, Math.round(nextSend - performance.now()));
+  const timeoutMs =
+    stopped || peers.length === 0 ? 1000 : Math.max(0, Math.round(nextSend - performance.now()));
   const reply = await call(RECV, { max: takeMax, wait: true, timeout_ms: timeoutMs, lease: true });
   if (!reply.success) await report({ t: 'error', op: 'recv', code: reply.code, error: reply.error });
   const got = [];

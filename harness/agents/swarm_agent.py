@@ -16,6 +16,7 @@ exactly what it sent and received. Lossless accounting (same design as kernel/te
 Commands (messages with a "cmd" field):
   {"cmd": "stop"}                          stop sending; keep receiving and reporting
   {"cmd": "slow", "ms": 200, "max": 1}     become a slow consumer: take `max` messages per RECV, sleep `ms`
+  SWARM_CRASH_ON_START=K (env) makes every life inject fault K right after its "up" report (crash loop).
   {"cmd": "fault", "kind": K, "fid": F, ...}  acknowledge the lease, report the fault, then inject it:
       segv       a real segfault (ctypes.string_at(0))
       exception  an unhandled exception (exit code 1)
@@ -123,6 +124,8 @@ def fault(cmd):
 
 
 report({"t": "up", "pid": PID, "rt": "py"})
+if os.environ.get("SWARM_CRASH_ON_START"):  # a crash loop: every life dies right after saying hello
+    fault({"kind": os.environ["SWARM_CRASH_ON_START"]})
 
 turn = 0
 n = 0

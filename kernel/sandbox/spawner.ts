@@ -436,7 +436,8 @@ export class NativeSpawner implements Spawner {
       ...(ns
         ? exposure([...writable, ...(s.keep ?? [])], s.uid ?? this.policy.uid, s.gid ?? this.policy.gid, true)
         : { masks: [], keep: [] }),
-      setsid: !ns,
+      // Always a session of its own: a terminal's Ctrl-C (or `timeout`) signals the kernel, which stops agents in order.
+      setsid: true,
       noNewPrivs: true,
       dropCaps: true,
       uid: dropToPolicyUid ? this.policy.uid : -1,

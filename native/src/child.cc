@@ -32,7 +32,8 @@ void Plan::Finalize() {
   fill(envp, envpPtrs);
   fill(cgroupProcs, cgroupProcPtrs);
   fill(writable, writablePtrs);
-  fill(keepTmp, keepTmpPtrs);
+  fill(masks, maskPtrs);
+  fill(keep, keepPtrs);
 }
 
 namespace {
@@ -70,13 +71,13 @@ int MountSetattr(const char* path, unsigned flags, uint64_t set, uint64_t clr) {
 void MkdirP(const char* path, int statusFd) {
   char buf[4096];
   size_t n = strlen(path);
-  if (n >= sizeof(buf)) Fail(statusFd, "mkdir(<kept /tmp dir>)", ENAMETOOLONG);
+  if (n >= sizeof(buf)) Fail(statusFd, "mkdir(<kept dir>)", ENAMETOOLONG);
   memcpy(buf, path, n + 1);
   for (size_t i = 1; i <= n; i++) {
     if (buf[i] == '/' || buf[i] == 0) {
       char c = buf[i];
       buf[i] = 0;
-      if (mkdir(buf, 0755) != 0 && errno != EEXIST) Fail(statusFd, "mkdir(<kept /tmp dir>)", errno);
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) Fail(statusFd, "mkdir(<kept dir>)", errno);
       buf[i] = c;
     }
   }
@@ -109,25 +110,31 @@ void SetupMounts(const Plan& p, int statusFd) {
   if (p.mountProc) {
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) Fail(statusFd, "mount(/proc)", errno);
   }
+  // Masks hide a directory behind an empty tmpfs: /tmp (private scratch space) and directories the
+  // agent's uid could not traverse (e.g. /root). What the agent needs below them (its cwd, the kernel's
+  // socket dir, its program and script) is held by O_PATH fds first and bound back in afterwards.
+  constexpr size_t kMaxKeep = 32;
+  int keep[kMaxKeep];
+  size_t nkeep = 0;
+  for (size_t i = 0; p.keepPtrs[i]; i++) {
+    if (nkeep == kMaxKeep) Fail(statusFd, "open(<kept dir>, O_PATH)", E2BIG);
+    keep[nkeep] = open(p.keepPtrs[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (keep[nkeep] < 0) Fail(statusFd, "open(<kept dir>, O_PATH)", errno);
+    nkeep++;
+  }
+  for (size_t i = 0; p.maskPtrs[i]; i++) {
+    bool tmp = strcmp(p.maskPtrs[i], "/tmp") == 0;
+    const char* opts = tmp ? p.tmpfsOptions.c_str() : "mode=0755,size=65536,nr_inodes=4096";
+    if (mount("tmpfs", p.maskPtrs[i], "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0) Fail(statusFd, tmp ? "mount(/tmp, tmpfs)" : "mount(<mask>, tmpfs)", errno);
+  }
+  for (size_t i = 0; i < nkeep; i++) {
+    MkdirP(p.keepPtrs[i], statusFd);
+    char src[64];
+    FdPath(keep[i], src);
+    if (mount(src, p.keepPtrs[i], nullptr, MS_BIND | MS_REC, nullptr) != 0) Fail(statusFd, "mount(<kept dir>, MS_BIND)", errno);
+    close(keep[i]);
+  }
   if (!p.tmpfsOptions.empty()) {
-    // Directories under /tmp the agent needs (its cwd, the kernel's socket dir, its script) would vanish
-    // under the private tmpfs: hold them by O_PATH fds and bind them back in afterwards.
-    constexpr size_t kMaxKeep = 16;
-    int keep[kMaxKeep];
-    size_t nkeep = 0;
-    for (size_t i = 0; p.keepTmpPtrs[i] && nkeep < kMaxKeep; i++) {
-      keep[nkeep] = open(p.keepTmpPtrs[i], O_PATH | O_DIRECTORY | O_CLOEXEC);
-      if (keep[nkeep] < 0) Fail(statusFd, "open(<kept /tmp dir>, O_PATH)", errno);
-      nkeep++;
-    }
-    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, p.tmpfsOptions.c_str()) != 0) Fail(statusFd, "mount(/tmp, tmpfs)", errno);
-    for (size_t i = 0; i < nkeep; i++) {
-      MkdirP(p.keepTmpPtrs[i], statusFd);
-      char src[64];
-      FdPath(keep[i], src);
-      if (mount(src, p.keepTmpPtrs[i], nullptr, MS_BIND | MS_REC, nullptr) != 0) Fail(statusFd, "mount(<kept /tmp dir>, MS_BIND)", errno);
-      close(keep[i]);
-    }
     struct stat st;
     if (stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode)) {
       if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, p.tmpfsOptions.c_str()) != 0)

@@ -50,7 +50,8 @@ struct Plan {
   bool mountProc = false;
   std::string tmpfsOptions;         // mount a private tmpfs on /tmp (and /dev/shm) with these options
   std::vector<std::string> writable;  // bind-mounted read-write on top of the read-only root
-  std::vector<std::string> keepTmp;   // directories under /tmp that stay visible through the private /tmp
+  std::vector<std::string> masks;     // directories covered by a fresh tmpfs ("/tmp" gets tmpfsOptions)
+  std::vector<std::string> keep;      // directories under a mask bound back in (cwd, socket dir, program)
   // credentials
   bool setsid = false;
   bool noNewPrivs = false;
@@ -64,7 +65,8 @@ struct Plan {
   std::vector<char*> envpPtrs;
   std::vector<char*> cgroupProcPtrs;
   std::vector<char*> writablePtrs;
-  std::vector<char*> keepTmpPtrs;
+  std::vector<char*> maskPtrs;
+  std::vector<char*> keepPtrs;
   void Finalize();
 };
 

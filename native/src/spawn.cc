@@ -18,6 +18,9 @@
 
 #include <string>
 
+#include <sys/mman.h>
+
+#include "clone3.h"
 #include "errors.h"
 #include "exports.h"
 #include "fd.h"
@@ -38,12 +41,6 @@
 
 namespace clove {
 namespace {
-
-// Mirrors struct clone_args of <linux/sched.h> (CLONE_ARGS_SIZE_VER2), which cannot be included next to
-// glibc's <sched.h>.
-struct CloneArgs {
-  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
-};
 
 // ---- option parsing: the TypeScript layer validated everything, these only guard against garbage ----
 
@@ -108,7 +105,8 @@ Plan ParsePlan(const Napi::Object& o) {
   p.mountProc = Bool(o, "mountProc");
   p.tmpfsOptions = Str(o, "tmpfsOptions");
   p.writable = StrArray(o, "writable");
-  p.keepTmp = StrArray(o, "keepTmp");
+  p.masks = StrArray(o, "masks");
+  p.keep = StrArray(o, "keep");
   p.setsid = Bool(o, "setsid");
   p.noNewPrivs = Bool(o, "noNewPrivs");
   p.dropCaps = Bool(o, "dropCaps");
@@ -148,6 +146,36 @@ void WriteProcFile(Napi::Env env, pid_t pid, const char* name, const std::string
   if (!fd.Valid()) throw SysError(env, std::string("open(/proc/<pid>/") + name + ")", errno);
   if (write(fd.Get(), content.data(), content.size()) != (ssize_t)content.size())
     throw SysError(env, std::string("write(/proc/<pid>/") + name + ")", errno);
+}
+
+// The child's stack for CloneVm; unmapped when the spawn is over (the child exec'd or exited by then).
+class ChildStack {
+ public:
+  static constexpr size_t kSize = 256 * 1024;
+  ChildStack() {
+    void* p = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    base_ = p == MAP_FAILED ? nullptr : p;
+  }
+  ~ChildStack() {
+    if (base_) munmap(base_, kSize);
+  }
+  ChildStack(const ChildStack&) = delete;
+  ChildStack& operator=(const ChildStack&) = delete;
+  void* Base() const { return base_; }
+
+ private:
+  void* base_ = nullptr;
+};
+
+struct ChildCtx {
+  const Plan* plan;
+  int statusFd;
+  int syncFd;
+};
+
+int ChildTrampoline(void* p) {
+  auto* c = static_cast<ChildCtx*>(p);
+  ChildMain(*c->plan, c->statusFd, c->syncFd);
 }
 
 int64_t NowMs() {
@@ -221,6 +249,14 @@ class Child : public Napi::ObjectWrap<Child> {
   static void OnReadable(uv_poll_t* h, int, int) { static_cast<Child*>(h->data)->Reap(); }
 
   void Reap() {
+    // Readable means exited; WNOHANG anyway, so a spurious wake-up can never block Node's loop.
+    siginfo_t si{};
+    int rc;
+    while ((rc = waitid((idtype_t)P_PIDFD, pidfd_.Get(), &si, WEXITED | WNOHANG)) < 0 && errno == EINTR) {
+    }
+    int waitErr = rc < 0 ? errno : 0;
+    if (rc == 0 && si.si_pid == 0) return;  // still running: keep polling
+
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     uv_poll_stop(poll_);
@@ -233,11 +269,6 @@ class Child : public Napi::ObjectWrap<Child> {
     while (read(status_.Get(), &r, sizeof(r)) == (ssize_t)sizeof(r)) {
       if (r.kind == kRecordExited) agentStatus = r.value;
     }
-    siginfo_t si{};
-    int rc;
-    while ((rc = waitid((idtype_t)P_PIDFD, pidfd_.Get(), &si, WEXITED)) < 0 && errno == EINTR) {
-    }
-    int waitErr = rc < 0 ? errno : 0;
     reaped_ = true;
     pidfd_.Reset();
     status_.Reset();
@@ -353,14 +384,35 @@ Napi::Value Spawn(const Napi::CallbackInfo& info) {
   args.exit_signal = SIGCHLD;
   args.cgroup = cg.Valid() ? (uint64_t)cg.Get() : 0;
 
+  // Root mode shares our address space with the child until it execs (CLONE_VM|CLONE_VFORK, like
+  // posix_spawn): no page-table copy of Node. Rootless mode needs the parent to run while the child waits
+  // for its uid map, so it uses a fork-style clone3.
+  bool shareVm = !plan.newUser && CloneVmSupported();
+  ChildStack stack;
+  if (shareVm && !stack.Base()) throw SysError(env, "mmap(child stack)", errno);
+  ChildCtx ctx{&plan, wr.Get(), syncR.Get()};
+
   // Signals stay blocked across clone3 so none of Node's handlers can run in the child before it resets
   // them to SIG_DFL.
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid == 0) ChildMain(plan, wr.Get(), syncR.Get());
-  int cloneErr = errno;
+  long pid;
+  int cloneErr = 0;
+  if (shareVm) {
+    args.flags |= CLONE_VM | CLONE_VFORK;
+    args.stack = reinterpret_cast<uint64_t>(stack.Base());
+    args.stack_size = ChildStack::kSize;
+    pid = CloneVm(&args, ChildTrampoline, &ctx);
+    if (pid < 0) {
+      cloneErr = (int)-pid;
+      pid = -1;
+    }
+  } else {
+    pid = syscall(SYS_clone3, &args, sizeof(args));
+    if (pid == 0) ChildMain(plan, wr.Get(), syncR.Get());
+    cloneErr = errno;
+  }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) throw SysError(env, "clone3", cloneErr);
   UniqueFd pidfd(pidfdRaw);

@@ -574,6 +574,19 @@ def test_watchdog_restarts_a_silent_agent(kernel, op):
     assert ev["data"]["agent_id"] == r["id"]
 
 
+def test_agent_socket_refuses_non_agents(kernel, op):
+    h = op.hello()
+    agent_sock = h.get("agent_socket") or os.path.join(kernel.data_dir, "run", "agent.sock")
+    assert os.path.exists(agent_sock), h
+    outsider = CloveClient(agent_sock, timeout=5)
+    try:
+        with pytest.raises(ConnectionClosedError):
+            outsider.connect()
+            outsider.hello()
+    finally:
+        outsider.close()
+
+
 def test_kernel_sigterm_stops_agents(kernel, op):
     r = spawn_echo(kernel, op, "orphan-check")
     ask(kernel, op, "orphan-check", {"ping": 1})
