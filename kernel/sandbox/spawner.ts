@@ -653,7 +653,10 @@ export class NativeSpawner implements Spawner {
   async close(): Promise<void> {
     const pending = [...this.live].map((a) => new Promise<void>((resolve) => a.onExit(() => resolve())));
     for (const a of this.live) a.signal('SIGKILL');
-    await Promise.race([Promise.all(pending), new Promise((r) => setTimeout(r, 5000))]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(pending), new Promise((r) => (timer = setTimeout(r, 5000)))]);
+    // The fallback timer must not keep the process alive once every agent is gone.
+    clearTimeout(timer);
     this.cgroups?.close();
     if (this.netnsFd >= 0) fs.closeSync(this.netnsFd);
     this.netnsFd = -1;
