@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import pino from 'pino';
 import { type KernelOptions, defaultOptions } from './config.js';
 import { EventBus, type KernelEventType } from './events/bus.js';
@@ -18,7 +18,7 @@ import { PlainSpawner } from './supervisor/plain-spawner.js';
 import type { Spawner } from './supervisor/spawner.js';
 import { Supervisor, type AgentRecord } from './supervisor/supervisor.js';
 import type { Frame } from './protocol/frame.js';
-import { errorReply, KernelStartError } from './errors.js';
+import { errorReply, KernelStartError, SpawnError } from './errors.js';
 export { KernelStartError } from './errors.js';
 import { parseObject } from './validate.js';
 import { handlers, type Handler } from './syscalls/index.js';
@@ -102,12 +102,9 @@ export class Kernel implements Dispatcher {
     return dir;
   }
 
-  /** The real python3 interpreter, resolved once (the pyenv shim on PATH costs ~35 ms per start). */
+  /** The real python3 interpreter, resolved once at start (the pyenv shim on PATH costs ~35 ms per start). */
   pythonInterpreter(): string {
-    if (!this.python) {
-      const fromEnv = process.env.CLOVE_PYTHON;
-      this.python = fromEnv || execFileSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).trim();
-    }
+    if (!this.python) throw new SpawnError('no python3 interpreter found on PATH (set CLOVE_PYTHON)');
     return this.python;
   }
 
@@ -119,6 +116,7 @@ export class Kernel implements Dispatcher {
     fs.chmodSync(path.dirname(this.agentSocketPath), 0o711);
     await claimSocketPath(o.socketPath);
     await claimSocketPath(this.agentSocketPath);
+    this.python = await resolvePython();
     this.store = new StateStore({ path: path.join(o.dataDir, 'state.db'), durability: o.durability });
     this.sandbox = await loadSandbox(o.sandbox, this.log);
     this.servers.push(await this.listen(o.socketPath, 0o600, 'operator'));
@@ -276,6 +274,16 @@ export class Kernel implements Dispatcher {
     await this.sandbox?.close();
     this.log.info('clove kernel stopped');
   }
+}
+
+/** Asks python3 for its real executable once, off the event loop; null when there is none. */
+function resolvePython(): Promise<string | null> {
+  if (process.env.CLOVE_PYTHON) return Promise.resolve(process.env.CLOVE_PYTHON);
+  return new Promise((resolve) =>
+    execFile('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8', timeout: 10_000 }, (err, out) =>
+      resolve(err ? null : out.trim() || null),
+    ),
+  );
 }
 
 function parentPid(pid: number): number | null {

@@ -19,6 +19,7 @@ import type {
   RlimitTuple,
 } from '../../native/index.js';
 import { exposure, modeAllows, reachableBy } from './access.js';
+import { REPO_ROOT } from '../config.js';
 import { AgentCgroup, CgroupRoot, detectHostLayout, type CgroupLayout } from './cgroups.js';
 import {
   fromNative,
@@ -39,6 +40,12 @@ import {
 } from './policy.js';
 
 const RLIMIT_CORE = 4;
+
+/**
+ * Clove's own installation (the SDKs, the compiled TypeScript, node_modules, clove-init) stays visible
+ * to every agent, read-only, even when it lives under the masked /tmp or an unreadable home.
+ */
+const INSTALLATION = [REPO_ROOT];
 const RLIMIT_NOFILE = 7;
 
 /** How a spawner isolates, decided once at start-up. */
@@ -434,7 +441,7 @@ export class NativeSpawner implements Spawner {
       tmpfsOptions: ns ? `size=${this.policy.tmpSize},mode=1777,nr_inodes=65536` : '',
       writable,
       ...(ns
-        ? exposure([...writable, ...(s.keep ?? [])], s.uid ?? this.policy.uid, s.gid ?? this.policy.gid, true)
+        ? exposure([...writable, ...(s.keep ?? []), ...INSTALLATION], s.uid ?? this.policy.uid, s.gid ?? this.policy.gid, true)
         : { masks: [], keep: [] }),
       // Always a session of its own: a terminal's Ctrl-C (or `timeout`) signals the kernel, which stops agents in order.
       setsid: true,

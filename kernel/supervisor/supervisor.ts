@@ -3,7 +3,7 @@
  * nothing of sockets or mailboxes; the kernel learns what happens through the hooks.
  */
 import fs from 'node:fs';
-import { SpawnError, InvalidStateError } from '../errors.js';
+import { SpawnError, InvalidStateError, KernelError } from '../errors.js';
 import type { Permissions } from '../perms/permissions.js';
 import type { AgentLogs } from './logs.js';
 import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
@@ -161,6 +161,9 @@ export class Supervisor {
     let proc: AgentProcess;
     try {
       proc = await p;
+    } catch (e) {
+      // Whatever the spawner throws (a sandbox error naming the syscall, EMFILE, …) is a spawn failure.
+      throw e instanceof KernelError ? e : new SpawnError(`failed to spawn agent ${d.name}: ${(e as Error).message}`);
     } finally {
       this.inFlight.delete(p);
       fs.closeSync(fd);

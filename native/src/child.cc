@@ -199,9 +199,6 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
   if (!p.hostname.empty() && sethostname(p.hostname.data(), p.hostname.size()) != 0) Fail(statusFd, "sethostname", errno);
   if (p.cloneFlags & CLONE_NEWNS) SetupMounts(p, statusFd);
   if (chdir(p.cwd.c_str()) != 0) Fail(statusFd, "chdir", errno);
-  for (const auto& r : p.rlimits) {
-    if (prlimit(0, (__rlimit_resource)r.resource, &r.limit, nullptr) != 0) Fail(statusFd, "prlimit", errno);
-  }
 
   int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (devnull < 0) Fail(statusFd, "open(/dev/null)", errno);
@@ -215,6 +212,11 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
   // (clove-init keeps it, a directly exec'd agent closes it, which tells the parent exec succeeded).
   if (syscall(SYS_close_range, 4U, ~0U, 0U) != 0) Fail(statusFd, "close_range", errno);
   if (p.initPath.empty() && fcntl(3, F_SETFD, FD_CLOEXEC) != 0) Fail(statusFd, "fcntl(status, FD_CLOEXEC)", errno);
+  // Limits only now: the kernel may hold more fds than RLIMIT_NOFILE allows, and moving ours out of
+  // the way above them (F_DUPFD) must not fail with EMFILE.
+  for (const auto& r : p.rlimits) {
+    if (prlimit(0, (__rlimit_resource)r.resource, &r.limit, nullptr) != 0) Fail(statusFd, "prlimit", errno);
+  }
 
   DropPrivileges(p, statusFd);
 
