@@ -3,7 +3,7 @@
  * a process) at 0, 100, 500 and 1,000 idle agents, and the least-squares slope in KiB per agent.
  *
  *   npm run build && node dist/bench/memory.js [--quick] [--agent c|python] [--cpu-prof <dir>]
- *       [--configs off:0,100,500,1000/auto:0,100,200,300]
+ *       [--configs off:0,100,500,1000/auto:0,100,500,1000]
  *
  * Two kernels, one after the other: `--sandbox off` (plain processes) to 1,000 agents, and the default
  * `--sandbox auto` (native sandbox). A level that cannot be reached is recorded with the kernel's error
@@ -33,7 +33,7 @@ const flags = parseFlags();
 const QUICK = flags.quick;
 const CONFIGS = (
   flags.get('configs') ??
-  (QUICK ? 'off:0,50,100,200/auto:0,50,100,200' : 'off:0,100,500,1000/auto:0,100,200,300,400,500,1000')
+  (QUICK ? 'off:0,50,100,200/auto:0,50,100,200' : 'off:0,100,500,1000/auto:0,100,500,1000')
 )
   .split('/')
   .map((c) => {
