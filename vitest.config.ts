@@ -2,7 +2,12 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['kernel/**/*.test.ts', 'sdk/typescript/**/*.test.ts', 'harness/**/*.test.ts', 'chaos/**/*.test.ts'],
+    include: [
+      'kernel/**/*.test.ts',
+      'sdk/typescript/**/*.test.ts',
+      'harness/**/*.test.ts',
+      'chaos/**/*.test.ts',
+    ],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     // Tests start real kernels and real processes; two cores do not like many at once.

@@ -68,16 +68,32 @@ export interface KernelProcess {
 }
 
 /** Starts `clove kernel` as a child process (needs `npm run build`) and waits until it accepts. */
-export async function startKernelProcess(args: { socketPath?: string; dataDir?: string; extra?: string[] } = {}): Promise<KernelProcess> {
+export async function startKernelProcess(
+  args: { socketPath?: string; dataDir?: string; extra?: string[] } = {},
+): Promise<KernelProcess> {
   const dir = tempDir();
   const socketPath = args.socketPath ?? path.join(dir, 'clove.sock');
   const dataDir = args.dataDir ?? path.join(dir, 'data');
-  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'clove.js'), '--socket', socketPath, 'kernel', '--data-dir', dataDir, ...(args.extra ?? [])], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      path.join(REPO_ROOT, 'bin', 'clove.js'),
+      '--socket',
+      socketPath,
+      'kernel',
+      '--data-dir',
+      dataDir,
+      ...(args.extra ?? []),
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   await waitForSocket(socketPath, 15_000, exited);
   const clients: CloveClient[] = [];
   return {
@@ -99,7 +115,11 @@ export async function startKernelProcess(args: { socketPath?: string; dataDir?: 
   };
 }
 
-export async function waitForSocket(file: string, timeoutMs: number, abort?: Promise<unknown>): Promise<void> {
+export async function waitForSocket(
+  file: string,
+  timeoutMs: number,
+  abort?: Promise<unknown>,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let dead = false;
   void abort?.then(() => (dead = true));
@@ -115,11 +135,19 @@ export async function waitForSocket(file: string, timeoutMs: number, abort?: Pro
     if (ok) return;
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(dead ? `kernel exited before listening on ${file}` : `kernel did not listen on ${file} within ${timeoutMs} ms`);
+  throw new Error(
+    dead
+      ? `kernel exited before listening on ${file}`
+      : `kernel did not listen on ${file} within ${timeoutMs} ms`,
+  );
 }
 
 /** Polls `fn` until it returns a truthy value (or throws after `timeoutMs`). */
-export async function until<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<NonNullable<T>> {
+export async function until<T>(
+  fn: () => T | Promise<T>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();

@@ -14,7 +14,6 @@ import {
   NameTakenError,
   NotFoundError,
   NotSupportedError,
-  PermissionDeniedError,
 } from '../sdk/typescript/client.js';
 import { Op } from './protocol/opcodes.js';
 import { encodeFrame, FrameDecoder } from './protocol/frame.js';
@@ -89,7 +88,12 @@ describe('identity', () => {
     expect(got.messages[0].from).not.toBe(spawn.id);
     // An agent forges another agent's id: it is still itself, with its own rights.
     const { spawn: forger } = await spawnProbe(op, 'forger');
-    const out = await ask(op, 'forger', { cmd: 'raw', op: Op.KILL, payload: { name: 'victim' }, header_id: spawn.id });
+    const out = await ask(op, 'forger', {
+      cmd: 'raw',
+      op: Op.KILL,
+      payload: { name: 'victim' },
+      header_id: spawn.id,
+    });
     expect(out.header_agent_id).toBe(forger.id);
     expect((out.reply as { code: string }).code).toBe('permission_denied');
     expect((await op.list()).find((a) => a.name === 'victim')!.state).toBe('RUNNING');
@@ -114,7 +118,11 @@ describe('identity', () => {
 
   it('an agent cannot raise its own rights, nor spawn without can_spawn', async () => {
     await spawnProbe(op, 'climber');
-    const setSelf = await ask(op, 'climber', { cmd: 'call', op: Op.SET_PERMS, payload: { level: 'unrestricted' } });
+    const setSelf = await ask(op, 'climber', {
+      cmd: 'call',
+      op: Op.SET_PERMS,
+      payload: { level: 'unrestricted' },
+    });
     expect(setSelf.code).toBe('permission_denied');
     const spawn = await ask(op, 'climber', { cmd: 'call', op: Op.SPAWN, payload: { script: probe } });
     expect(spawn.code).toBe('permission_denied');
@@ -130,7 +138,11 @@ describe('identity', () => {
       payload: { script: probe, name: 'child-x', permissions: 'unrestricted' },
     });
     expect(tooMuch.code).toBe('permission_denied');
-    const ok = await ask(op, 'parent', { cmd: 'call', op: Op.SPAWN, payload: { script: probe, name: 'child-1' } });
+    const ok = await ask(op, 'parent', {
+      cmd: 'call',
+      op: Op.SPAWN,
+      payload: { script: probe, name: 'child-1' },
+    });
     expect(ok.success).toBe(true);
     const killed = await ask(op, 'parent', { cmd: 'call', op: Op.KILL, payload: { name: 'child-1' } });
     expect(killed.killed).toBe(true);
@@ -153,7 +165,9 @@ describe('identity', () => {
     } finally {
       delete process.env.CLOVE_TEST_SECRET;
     }
-    await expect(op.spawn({ script: probe, env: { CLOVE_AGENT_ID: '1' } })).rejects.toThrow(InvalidRequestError);
+    await expect(op.spawn({ script: probe, env: { CLOVE_AGENT_ID: '1' } })).rejects.toThrow(
+      InvalidRequestError,
+    );
   });
 });
 
@@ -189,7 +203,9 @@ describe('lifecycle', () => {
     const log = fs.readFileSync(path.join(tk.dataDir, 'logs', 'quitter.log'), 'utf8');
     expect(log).toMatch(/agent exited: exit code 3/);
     await expect(op.spawn({ script: '/nonexistent.py' })).rejects.toThrow(/not found/);
-    await expect(op.spawn({ name: 'quitter2', script: probe, restart_policy: 'sometimes' as never })).rejects.toThrow(InvalidRequestError);
+    await expect(
+      op.spawn({ name: 'quitter2', script: probe, restart_policy: 'sometimes' as never }),
+    ).rejects.toThrow(InvalidRequestError);
     await expect(op.spawn({ name: 'ident-1', script: probe })).rejects.toThrow(NameTakenError);
     await expect(op.kill('nobody')).rejects.toThrow(NotFoundError);
   });
@@ -253,7 +269,9 @@ describe('IPC', () => {
   });
 
   it('rejects wrong payloads with a clear error', async () => {
-    await expect(op.send('x', 1).then(() => op.call(Op.SEND, { to: 'three' }))).rejects.toThrow(/must be a number|not found/);
+    await expect(op.send('x', 1).then(() => op.call(Op.SEND, { to: 'three' }))).rejects.toThrow(
+      /must be a number|not found/,
+    );
     await expect(op.call(Op.SEND, { to: 'three' })).rejects.toThrow(/field 'to' must be a number/);
     await expect(op.call(Op.SEND, {})).rejects.toThrow(/target agent required/);
     await expect(op.call(Op.RECV, { max: -1 })).rejects.toThrow(InvalidRequestError);
@@ -281,7 +299,11 @@ describe('state store', () => {
     await spawnProbe(op, 'thief');
     const w = await ask(op, 'writer', { cmd: 'call', op: Op.STORE, payload: { key: 'owned', value: 1 } });
     expect(w.success).toBe(true);
-    const p = await ask(op, 'writer', { cmd: 'call', op: Op.STORE, payload: { key: 'secret', value: 's', scope: 'agent' } });
+    const p = await ask(op, 'writer', {
+      cmd: 'call',
+      op: Op.STORE,
+      payload: { key: 'secret', value: 's', scope: 'agent' },
+    });
     expect(p.success).toBe(true);
     const over = await ask(op, 'thief', { cmd: 'call', op: Op.STORE, payload: { key: 'owned', value: 2 } });
     expect(over.code).toBe('permission_denied');
@@ -313,7 +335,11 @@ describe('events', () => {
     expect(forged.event).toBe('AGENT_EXITED');
     const p = await sub.pollEvents({ timeoutMs: 1000 });
     expect(p.events).toHaveLength(1);
-    expect(p.events[0]).toMatchObject({ type: 'CUSTOM', data: { id: 7, custom_type: 'job.done' }, source_agent_id: op.agentId });
+    expect(p.events[0]).toMatchObject({
+      type: 'CUSTOM',
+      data: { id: 7, custom_type: 'job.done' },
+      source_agent_id: op.agentId,
+    });
     expect((await sub.unsubscribe('all')).unsubscribed).toEqual(['job.done']);
     await expect(sub.subscribe([])).rejects.toThrow(/No events specified/);
   });

@@ -15,7 +15,6 @@ import { Connection, type Dispatcher, type Principal, type Reply } from './serve
 import { StateStore } from './state/store.js';
 import { AgentLogs } from './supervisor/logs.js';
 import { PlainSpawner } from './supervisor/plain-spawner.js';
-import type { Spawner } from './supervisor/spawner.js';
 import { Supervisor, type AgentRecord } from './supervisor/supervisor.js';
 import type { Frame } from './protocol/frame.js';
 import { errorReply, KernelStartError, SpawnError } from './errors.js';
@@ -57,11 +56,19 @@ export class Kernel implements Dispatcher {
 
   constructor(options: Partial<KernelOptions> = {}) {
     this.opts = defaultOptions(options);
-    this.log = pino({ level: this.opts.logLevel, base: { svc: 'clove' } }, pino.destination({ dest: 2, sync: true }));
+    this.log = pino(
+      { level: this.opts.logLevel, base: { svc: 'clove' } },
+      pino.destination({ dest: 2, sync: true }),
+    );
     this.agentSocketPath = path.join(this.opts.dataDir, 'run', 'agent.sock');
     this.post = new PostOffice(this.opts.mailboxSize);
     this.events = new EventBus(this.opts.eventQueueSize);
-    this.logs = new AgentLogs({ dir: path.join(this.opts.dataDir, 'logs'), maxBytes: this.opts.logMaxBytes, keep: this.opts.logKeep, checkIntervalMs: this.opts.logCheckIntervalMs });
+    this.logs = new AgentLogs({
+      dir: path.join(this.opts.dataDir, 'logs'),
+      maxBytes: this.opts.logMaxBytes,
+      keep: this.opts.logKeep,
+      checkIntervalMs: this.opts.logCheckIntervalMs,
+    });
     this.supervisor = new Supervisor(this.logs, {
       event: (type, data, source) => this.publish(type as KernelEventType, data, source),
       release: (a) => this.releaseAgent(a),
@@ -122,7 +129,12 @@ export class Kernel implements Dispatcher {
     this.servers.push(await this.listen(o.socketPath, 0o600, 'operator'));
     this.servers.push(await this.listen(this.agentSocketPath, 0o666, 'agent'));
     this.log.info(
-      { socket: o.socketPath, agent_socket: this.agentSocketPath, data_dir: o.dataDir, sandbox: this.sandbox.summary },
+      {
+        socket: o.socketPath,
+        agent_socket: this.agentSocketPath,
+        data_dir: o.dataDir,
+        sandbox: this.sandbox.summary,
+      },
       'clove kernel ready',
     );
   }
@@ -223,7 +235,8 @@ export class Kernel implements Dispatcher {
 
   private fail(op: number, caller: Caller, e: unknown): Reply {
     const reply = errorReply(e);
-    if (reply.code === 'internal') this.log.error({ err: e, op: opName(op), caller: caller.principal.id }, 'syscall failed');
+    if (reply.code === 'internal')
+      this.log.error({ err: e, op: opName(op), caller: caller.principal.id }, 'syscall failed');
     return reply;
   }
 
@@ -280,8 +293,11 @@ export class Kernel implements Dispatcher {
 function resolvePython(): Promise<string | null> {
   if (process.env.CLOVE_PYTHON) return Promise.resolve(process.env.CLOVE_PYTHON);
   return new Promise((resolve) =>
-    execFile('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8', timeout: 10_000 }, (err, out) =>
-      resolve(err ? null : out.trim() || null),
+    execFile(
+      'python3',
+      ['-c', 'import sys; print(sys.executable)'],
+      { encoding: 'utf8', timeout: 10_000 },
+      (err, out) => resolve(err ? null : out.trim() || null),
     ),
   );
 }
@@ -303,7 +319,8 @@ function parentPid(pid: number): number | null {
  * removed; anything that is not a socket is never deleted.
  */
 export async function claimSocketPath(file: string): Promise<void> {
-  if (Buffer.byteLength(file) > 107) throw new KernelStartError(`socket path too long (max 107 bytes): ${file}`, 2);
+  if (Buffer.byteLength(file) > 107)
+    throw new KernelStartError(`socket path too long (max 107 bytes): ${file}`, 2);
   let st: fs.Stats;
   try {
     st = fs.lstatSync(file);
@@ -311,7 +328,8 @@ export async function claimSocketPath(file: string): Promise<void> {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     return;
   }
-  if (!st.isSocket()) throw new KernelStartError(`${file} exists and is not a socket; refusing to remove it`, 3);
+  if (!st.isSocket())
+    throw new KernelStartError(`${file} exists and is not a socket; refusing to remove it`, 3);
   const live = await new Promise<boolean>((resolve) => {
     const s = net.connect(file);
     s.once('connect', () => {

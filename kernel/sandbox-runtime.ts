@@ -35,7 +35,10 @@ export interface SandboxRuntime {
 
 export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<SandboxRuntime> {
   if (!sandbox.nativeAvailable()) {
-    throw new KernelStartError('the native addon is not built (run `bash ci/setup.sh`): peer credentials are required', 5);
+    throw new KernelStartError(
+      'the native addon is not built (run `bash ci/setup.sh`): peer credentials are required',
+      5,
+    );
   }
   const plain = new PlainSpawner('sandbox disabled (--sandbox off)');
   const peerCredentials = (sock: net.Socket) => sandbox.peerCredentials(sock);
@@ -64,7 +67,12 @@ export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<
   }
   const layout = native.layout;
   const controllers = layout
-    ? Object.fromEntries(Object.entries(layout.controllers).map(([c, h]) => [c, h ? `v${(h as { version: number }).version}` : 'none']))
+    ? Object.fromEntries(
+        Object.entries(layout.controllers).map(([c, h]) => [
+          c,
+          h ? `v${(h as { version: number }).version}` : 'none',
+        ]),
+      )
     : {};
   const summary = {
     mode: native.mode,
@@ -82,7 +90,8 @@ export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<
     agentUid: () => (dropsUid ? { uid: native.policy.uid, gid: native.policy.gid } : null),
     spawner: () => native,
     cgroupRoot: () => native.cgroupRoot,
-    cgroupOf: (proc) => (proc && 'cgroup' in proc ? ((proc as { cgroup?: sandbox.AgentCgroup }).cgroup ?? undefined) : undefined),
+    cgroupOf: (proc) =>
+      proc && 'cgroup' in proc ? ((proc as { cgroup?: sandbox.AgentCgroup }).cgroup ?? undefined) : undefined,
     close: () => native.close(),
   };
 }

@@ -49,7 +49,12 @@ describe('swarm under SIGKILL', () => {
     const op = await tk.client();
     const spawned = new Map<string, number>();
     for (let i = 0; i < N; i++) {
-      const r = await op.spawn({ name: `w-${i}`, script: worker, args: [String(N), '100'], restart_policy: 'always' });
+      const r = await op.spawn({
+        name: `w-${i}`,
+        script: worker,
+        args: [String(N), '100'],
+        restart_policy: 'always',
+      });
       spawned.set(`w-${i}`, r.id);
     }
     await until(() => [...spawned.keys()].every((n) => ups(n) === 1), 20_000, 'all workers up');

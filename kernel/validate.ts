@@ -47,17 +47,28 @@ export function optBool(p: Payload, field: string): boolean | undefined {
   return v;
 }
 
-export function optNumber(p: Payload, field: string, opts: { min?: number; max?: number; integer?: boolean } = {}): number | undefined {
+export function optNumber(
+  p: Payload,
+  field: string,
+  opts: { min?: number; max?: number; integer?: boolean } = {},
+): number | undefined {
   const v = p[field];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v)) bad(field, 'a number', v);
   if (opts.integer && !Number.isInteger(v)) bad(field, 'an integer', v);
-  if (opts.min !== undefined && v < opts.min) throw new InvalidRequestError(`invalid request: field '${field}' must be >= ${opts.min}`);
-  if (opts.max !== undefined && v > opts.max) throw new InvalidRequestError(`invalid request: field '${field}' must be <= ${opts.max}`);
+  if (opts.min !== undefined && v < opts.min)
+    throw new InvalidRequestError(`invalid request: field '${field}' must be >= ${opts.min}`);
+  if (opts.max !== undefined && v > opts.max)
+    throw new InvalidRequestError(`invalid request: field '${field}' must be <= ${opts.max}`);
   return v;
 }
 
-export function optInt(p: Payload, field: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {
+export function optInt(
+  p: Payload,
+  field: string,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number | undefined {
   return optNumber(p, field, { min, max, integer: true });
 }
 

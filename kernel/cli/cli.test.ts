@@ -47,7 +47,11 @@ describe('clove CLI', () => {
     const json = JSON.parse((await clove('ps', '--json')).out);
     expect(json[0]).toMatchObject({ name: 'talker', state: 'RUNNING', restart_policy: 'on-failure' });
     expect((await clove('send', 'talker', '{"hello":"world"}')).code).toBe(0);
-    await until(async () => (await clove('logs', 'talker')).out.includes("got {'hello': 'world'}"), 10_000, 'log line');
+    await until(
+      async () => (await clove('logs', 'talker')).out.includes("got {'hello': 'world'}"),
+      10_000,
+      'log line',
+    );
     expect((await clove('logs', 'talker', '-n', '1')).out.trim()).toBe("got {'hello': 'world'}");
     expect((await clove('kill', 'talker')).code).toBe(0);
     expect((await clove('ps', '--json')).out.trim()).toBe('[]');
@@ -59,7 +63,9 @@ describe('clove CLI', () => {
     expect((await clove('frobnicate')).code).toBe(2);
     expect((await clove('run', '/does/not/exist.py')).code).toBe(1);
     const r = await new Promise<number>((resolve) =>
-      execFile(process.execPath, [bin, '--socket', '/tmp/nowhere.sock', 'ps'], (e) => resolve((e as { code?: number } | null)?.code ?? 0)),
+      execFile(process.execPath, [bin, '--socket', '/tmp/nowhere.sock', 'ps'], (e) =>
+        resolve((e as { code?: number } | null)?.code ?? 0),
+      ),
     );
     expect(r).toBe(6);
   });
@@ -71,23 +77,29 @@ describe('clove kernel shutdown', () => {
     const dir = tempDir();
     const sock = path.join(dir, 'k.sock');
     const data = path.join(dir, 'data');
-    const child = spawn(process.execPath, [bin, '--socket', sock, 'kernel', '--data-dir', data, '--log-level', 'error'], {
-      detached: true,
-      stdio: 'ignore',
-    });
+    const child = spawn(
+      process.execPath,
+      [bin, '--socket', sock, 'kernel', '--data-dir', data, '--log-level', 'error'],
+      {
+        detached: true,
+        stdio: 'ignore',
+      },
+    );
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const { waitForSocket } = await import('../../harness/kernel.js');
     await waitForSocket(sock, 15_000);
     const { CloveClient } = await import('../../sdk/typescript/client.js');
     const c = await CloveClient.connect({ socketPath: sock, reconnect: false });
     const pids: number[] = [];
-    for (let i = 0; i < 3; i++) pids.push((await c.spawn({ name: `t${i}`, script: agent, restart_policy: 'always' })).pid);
+    for (let i = 0; i < 3; i++)
+      pids.push((await c.spawn({ name: `t${i}`, script: agent, restart_policy: 'always' })).pid);
     c.close();
     process.kill(-child.pid!, 'SIGTERM');
     expect(await exited).toBe(0);
     expect(fs.existsSync(sock)).toBe(false);
     expect(fs.existsSync(path.join(data, 'run', 'agent.sock'))).toBe(false);
     for (const p of pids) expect(fs.existsSync(`/proc/${p}`)).toBe(false);
-    for (let i = 0; i < 3; i++) expect(fs.readFileSync(path.join(data, 'logs', `t${i}.log`), 'utf8')).not.toMatch(/restarting/);
+    for (let i = 0; i < 3; i++)
+      expect(fs.readFileSync(path.join(data, 'logs', `t${i}.log`), 'utf8')).not.toMatch(/restarting/);
   });
 });

@@ -10,10 +10,24 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { Kernel } from '../kernel.js';
 import { KernelStartError } from '../errors.js';
 import { defaultOptions, REPO_ROOT } from '../config.js';
-import { CloveClient, ConnectionClosedError, KernelError, NotFoundError } from '../../sdk/typescript/client.js';
+import {
+  CloveClient,
+  ConnectionClosedError,
+  KernelError,
+  NotFoundError,
+} from '../../sdk/typescript/client.js';
 import { KERNEL_VERSION } from '../version.js';
 
-export const EXIT = { OK: 0, REFUSED: 1, USAGE: 2, LISTEN: 3, RUNNING: 4, SANDBOX: 5, UNREACHABLE: 6, NOT_FOUND: 7 } as const;
+export const EXIT = {
+  OK: 0,
+  REFUSED: 1,
+  USAGE: 2,
+  LISTEN: 3,
+  RUNNING: 4,
+  SANDBOX: 5,
+  UNREACHABLE: 6,
+  NOT_FOUND: 7,
+} as const;
 
 function int(v: string): number {
   const n = Number(v);
@@ -27,11 +41,10 @@ function kv(v: string, acc: Record<string, string>): Record<string, string> {
   return { ...acc, [v.slice(0, i)]: v.slice(i + 1) };
 }
 
-function collect(v: string, acc: string[]): string[] {
-  return [...acc, v];
-}
-
-async function runKernel(o: Record<string, unknown>, afterStart?: (k: Kernel) => Promise<void>): Promise<number> {
+async function runKernel(
+  o: Record<string, unknown>,
+  afterStart?: (k: Kernel) => Promise<void>,
+): Promise<number> {
   const kernel = new Kernel(
     defaultOptions({
       socketPath: o.socket as string,
@@ -53,8 +66,12 @@ async function runKernel(o: Record<string, unknown>, afterStart?: (k: Kernel) =>
     throw e;
   }
   // One client must never take the kernel down: a bug that escapes a handler is logged, not fatal.
-  process.on('uncaughtException', (err) => kernel.log.error({ err }, 'uncaught exception (kernel keeps running)'));
-  process.on('unhandledRejection', (err) => kernel.log.error({ err }, 'unhandled rejection (kernel keeps running)'));
+  process.on('uncaughtException', (err) =>
+    kernel.log.error({ err }, 'uncaught exception (kernel keeps running)'),
+  );
+  process.on('unhandledRejection', (err) =>
+    kernel.log.error({ err }, 'unhandled rejection (kernel keeps running)'),
+  );
   let stopping = false;
   const done = new Promise<number>((resolve) => {
     const stop = (sig: string) => {
@@ -99,7 +116,14 @@ function target(s: string): number | string {
 
 function table(rows: (string | number)[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
-  return rows.map((r) => r.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => String(c).padEnd(widths[i]))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 function fmtUptime(ms: number): string {
@@ -147,11 +171,23 @@ export function program(): Command {
       .option('-d, --data-dir <dir>', 'state store, logs and the agent socket', defaults.dataDir)
       .option('--max-payload <bytes>', 'largest request payload', int, defaults.maxPayload)
       .option('--mailbox-size <n>', 'messages a mailbox holds before SEND fails', int, defaults.mailboxSize)
-      .addOption(new Option('--sandbox <mode>', 'agent isolation').choices(['auto', 'native', 'off']).default('auto'))
-      .addOption(new Option('--durability <mode>', 'state store fsync policy').choices(['normal', 'full']).default('normal'))
-      .addOption(new Option('--log-level <level>', 'kernel log level').choices(['debug', 'info', 'warn', 'error', 'silent']).default('info'));
+      .addOption(
+        new Option('--sandbox <mode>', 'agent isolation').choices(['auto', 'native', 'off']).default('auto'),
+      )
+      .addOption(
+        new Option('--durability <mode>', 'state store fsync policy')
+          .choices(['normal', 'full'])
+          .default('normal'),
+      )
+      .addOption(
+        new Option('--log-level <level>', 'kernel log level')
+          .choices(['debug', 'info', 'warn', 'error', 'silent'])
+          .default('info'),
+      );
 
-  kernelOpts(p.command('kernel').description('run the kernel daemon in the foreground (logs to stderr)')).action(async (o) => {
+  kernelOpts(
+    p.command('kernel').description('run the kernel daemon in the foreground (logs to stderr)'),
+  ).action(async (o) => {
     process.exitCode = await runKernel({ ...o, socket: p.opts().socket });
   });
 
@@ -172,7 +208,10 @@ export function program(): Command {
           restart_policy: 'always',
         });
       }
-      k.log.info({ agents: o.agents }, 'swarm started: try `clove ps`, `clove kill worker-3`, `clove logs worker-0 -f`');
+      k.log.info(
+        { agents: o.agents },
+        'swarm started: try `clove ps`, `clove kill worker-3`, `clove logs worker-0 -f`',
+      );
       client.close();
     });
   });
@@ -182,7 +221,11 @@ export function program(): Command {
     .argument('<script>', 'script or executable (.py runs with python3, .js/.mjs with node)')
     .argument('[args...]', 'arguments for the agent')
     .option('-n, --name <name>', 'agent name')
-    .addOption(new Option('-r, --restart <policy>', 'restart policy').choices(['never', 'on-failure', 'always']).default('never'))
+    .addOption(
+      new Option('-r, --restart <policy>', 'restart policy')
+        .choices(['never', 'on-failure', 'always'])
+        .default('never'),
+    )
     .option('--max-restarts <n>', 'restarts allowed within the window before escalation', int)
     .option('--restart-window <s>', 'restart intensity window in seconds', int)
     .option('--watchdog <ms>', 'kill and restart the agent when it is silent this long', int)
@@ -214,10 +257,21 @@ export function program(): Command {
     .action(async (o) => {
       const agents = await withClient(p.opts().socket, (c) => c.list());
       if (o.json) return console.log(JSON.stringify(agents));
-      const rows: (string | number)[][] = [['ID', 'NAME', 'STATE', 'PID', 'RESTARTS', 'UPTIME', 'POLICY', 'LAST EXIT']];
+      const rows: (string | number)[][] = [
+        ['ID', 'NAME', 'STATE', 'PID', 'RESTARTS', 'UPTIME', 'POLICY', 'LAST EXIT'],
+      ];
       for (const a of agents.sort((x, y) => x.id - y.id)) {
         const exit = a.exit_signal ?? (a.exit_code !== null ? `code ${a.exit_code}` : '-');
-        rows.push([a.id, a.name, a.state, a.pid || '-', a.restarts, fmtUptime(a.uptime_ms), a.restart_policy, a.exit_reason === 'oom' ? 'oom' : exit]);
+        rows.push([
+          a.id,
+          a.name,
+          a.state,
+          a.pid || '-',
+          a.restarts,
+          fmtUptime(a.uptime_ms),
+          a.restart_policy,
+          a.exit_reason === 'oom' ? 'oom' : exit,
+        ]);
       }
       console.log(table(rows));
     });
@@ -248,7 +302,11 @@ export function program(): Command {
         throw new CliError(`no such agent: ${a}`, EXIT.NOT_FOUND);
       });
       let text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
-      if (o.lines !== undefined) text = text.split('\n').slice(-(o.lines + 1)).join('\n');
+      if (o.lines !== undefined)
+        text = text
+          .split('\n')
+          .slice(-(o.lines + 1))
+          .join('\n');
       process.stdout.write(text);
       if (o.follow) await follow(file, Buffer.byteLength(fs.existsSync(file) ? fs.readFileSync(file) : ''));
     });
@@ -278,7 +336,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     const err = e as { code?: string; exitCode?: number; message: string };
     if (err.code?.startsWith('commander.')) {
-      return err.code === 'commander.helpDisplayed' || err.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
+      return err.code === 'commander.helpDisplayed' || err.code === 'commander.version'
+        ? EXIT.OK
+        : EXIT.USAGE;
     }
     if (e instanceof CliError) {
       process.stderr.write(`clove: ${e.message}\n`);

@@ -53,7 +53,9 @@ export class PostOffice {
   deliver(to: number, from: number, fromName: string, message: unknown): Message {
     const b = this.box(to);
     if (b.queue.length - b.head >= this.capacity) {
-      throw new MailboxFullError(`mailbox of agent ${to} is full (${this.capacity} messages)`, { delivered_to: 0 });
+      throw new MailboxFullError(`mailbox of agent ${to} is full (${this.capacity} messages)`, {
+        delivered_to: 0,
+      });
     }
     const seq = (this.seqs.get(from) ?? 0) + 1;
     this.seqs.set(from, seq);
@@ -105,9 +107,11 @@ export class PostOffice {
 
   /** Binds `name` to `id`; re-registering one's own name succeeds. */
   register(id: number, name: string): void {
-    if (!NAME_RE.test(name)) throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
+    if (!NAME_RE.test(name))
+      throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
     const holder = this.nameToId.get(name);
-    if (holder !== undefined && holder !== id) throw new NameTakenError('name already registered', { agent_id: holder });
+    if (holder !== undefined && holder !== id)
+      throw new NameTakenError('name already registered', { agent_id: holder });
     if (holder === id) return;
     this.nameToId.set(name, id);
     const names = this.idToNames.get(id) ?? [];

@@ -110,7 +110,8 @@ function strList(v: unknown, field: string): string[] {
 /** Parses a `permissions` object or a level name, as SPAWN and SET_PERMS take them. */
 export function parsePermissions(v: unknown): Permissions {
   if (typeof v === 'string') {
-    if (!(LEVELS as readonly string[]).includes(v)) throw new InvalidRequestError(`invalid request: unknown permission level '${v}'`);
+    if (!(LEVELS as readonly string[]).includes(v))
+      throw new InvalidRequestError(`invalid request: unknown permission level '${v}'`);
     return preset(v as Level);
   }
   if (v === null || typeof v !== 'object' || Array.isArray(v)) {
@@ -120,18 +121,22 @@ export function parsePermissions(v: unknown): Permissions {
   const p = preset('standard');
   for (const b of BOOLS) {
     if (o[b] === undefined) continue;
-    if (typeof o[b] !== 'boolean') throw new InvalidRequestError(`invalid request: permissions.${b} must be a boolean`);
+    if (typeof o[b] !== 'boolean')
+      throw new InvalidRequestError(`invalid request: permissions.${b} must be a boolean`);
     p[b] = o[b] as boolean;
   }
   const fs = (o.filesystem ?? {}) as Record<string, unknown>;
-  if (typeof fs !== 'object' || Array.isArray(fs)) throw new InvalidRequestError('invalid request: permissions.filesystem must be an object');
+  if (typeof fs !== 'object' || Array.isArray(fs))
+    throw new InvalidRequestError('invalid request: permissions.filesystem must be an object');
   p.filesystem = {
     read: strList(fs.read, 'filesystem.read'),
     write: strList(fs.write, 'filesystem.write'),
     blocked: [...new Set([...DEFAULT_BLOCKED_PATHS, ...strList(fs.blocked, 'filesystem.blocked')])],
   };
   p.exec = strList(o.exec, 'exec');
-  p.blocked_commands = [...new Set([...DEFAULT_BLOCKED_COMMANDS, ...strList(o.blocked_commands, 'blocked_commands')])];
+  p.blocked_commands = [
+    ...new Set([...DEFAULT_BLOCKED_COMMANDS, ...strList(o.blocked_commands, 'blocked_commands')]),
+  ];
   p.network = strList(o.network, 'network');
   p.http_methods = strList(o.http_methods, 'http_methods');
   if (p.exec.length) p.can_exec = true;
@@ -140,12 +145,16 @@ export function parsePermissions(v: unknown): Permissions {
   for (const k of ['max_tokens', 'max_calls'] as const) {
     const n = llm[k];
     if (n === undefined) continue;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw new InvalidRequestError(`invalid request: permissions.llm.${k} must be a non-negative integer`);
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0)
+      throw new InvalidRequestError(`invalid request: permissions.llm.${k} must be a non-negative integer`);
     p.llm[k] = n;
   }
   if (o.max_exec_time_ms !== undefined) {
     const n = o.max_exec_time_ms;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0) throw new InvalidRequestError('invalid request: permissions.max_exec_time_ms must be a positive integer');
+    if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0)
+      throw new InvalidRequestError(
+        'invalid request: permissions.max_exec_time_ms must be a positive integer',
+      );
     p.max_exec_time_ms = n;
   }
   return p;

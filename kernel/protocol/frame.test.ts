@@ -14,7 +14,11 @@ interface Vector {
 }
 
 const file = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../sdk/vectors/frames.json');
-const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as { magic: number; header_size: number; vectors: Vector[] };
+const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as {
+  magic: number;
+  header_size: number;
+  vectors: Vector[];
+};
 
 function decodeAll(v: Vector, chunkSize: number): { frames: Frame[]; error: string | null } {
   const d = new FrameDecoder(v.max_payload ?? 1048576);
@@ -40,7 +44,9 @@ describe('wire vectors (sdk/vectors/frames.json)', () => {
       it(`${v.name} (chunks of ${chunk === Number.MAX_SAFE_INTEGER ? 'all' : chunk})`, () => {
         const { frames, error } = decodeAll(v, chunk);
         expect(error).toBe(v.error ?? null);
-        expect(frames.map((f) => ({ agent_id: f.agentId, opcode: f.opcode, payload: f.payload.toString('hex') }))).toEqual(
+        expect(
+          frames.map((f) => ({ agent_id: f.agentId, opcode: f.opcode, payload: f.payload.toString('hex') })),
+        ).toEqual(
           v.frames.map((f) => ({
             agent_id: f.agent_id,
             opcode: f.opcode,
@@ -52,7 +58,9 @@ describe('wire vectors (sdk/vectors/frames.json)', () => {
     if (v.encode) {
       it(`encodes ${v.name} byte for byte`, () => {
         const f = v.frames[0];
-        const payload = f.payload_hex ? Buffer.from(f.payload_hex, 'hex') : Buffer.from(f.payload ?? '', 'utf8');
+        const payload = f.payload_hex
+          ? Buffer.from(f.payload_hex, 'hex')
+          : Buffer.from(f.payload ?? '', 'utf8');
         expect(encodeFrame(f.agent_id, f.opcode, payload).toString('hex')).toBe(v.hex);
       });
     }

@@ -59,7 +59,8 @@ export class FrameDecoder {
   private failed_: FrameError | null = null;
 
   constructor(readonly maxPayload: number = DEFAULT_MAX_PAYLOAD) {
-    if (!Number.isSafeInteger(maxPayload) || maxPayload < 0) throw new RangeError('maxPayload must be a non-negative integer');
+    if (!Number.isSafeInteger(maxPayload) || maxPayload < 0)
+      throw new RangeError('maxPayload must be a non-negative integer');
   }
 
   /** True once the stream went bad; nothing more is decoded. */
@@ -89,13 +90,21 @@ export class FrameDecoder {
       const agentId = buf.readUInt32LE(off + 4);
       const opcode = buf.readUInt8(off + 8);
       if (magic !== MAGIC) {
-        return this.fail(frames, new FrameError('bad_magic', `bad magic 0x${magic.toString(16).padStart(8, '0')}`, null, agentId));
+        return this.fail(
+          frames,
+          new FrameError('bad_magic', `bad magic 0x${magic.toString(16).padStart(8, '0')}`, null, agentId),
+        );
       }
       const size = buf.readBigUInt64LE(off + 9);
       if (size > BigInt(this.maxPayload)) {
         return this.fail(
           frames,
-          new FrameError('payload_too_large', `payload of ${size} bytes exceeds the limit of ${this.maxPayload}`, opcode, agentId),
+          new FrameError(
+            'payload_too_large',
+            `payload of ${size} bytes exceeds the limit of ${this.maxPayload}`,
+            opcode,
+            agentId,
+          ),
         );
       }
       const total = HEADER_SIZE + Number(size);

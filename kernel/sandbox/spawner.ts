@@ -441,7 +441,12 @@ export class NativeSpawner implements Spawner {
       tmpfsOptions: ns ? `size=${this.policy.tmpSize},mode=1777,nr_inodes=65536` : '',
       writable,
       ...(ns
-        ? exposure([...writable, ...(s.keep ?? []), ...INSTALLATION], s.uid ?? this.policy.uid, s.gid ?? this.policy.gid, true)
+        ? exposure(
+            [...writable, ...(s.keep ?? []), ...INSTALLATION],
+            s.uid ?? this.policy.uid,
+            s.gid ?? this.policy.gid,
+            true,
+          )
         : { masks: [], keep: [] }),
       // Always a session of its own: a terminal's Ctrl-C (or `timeout`) signals the kernel, which stops agents in order.
       setsid: true,

@@ -72,7 +72,12 @@ export class Connection {
   }
 
   private pump(): void {
-    while (!this.busy && !this.closing && this.queue.length && this.socket.writableLength < MAX_UNSENT_BYTES) {
+    while (
+      !this.busy &&
+      !this.closing &&
+      this.queue.length &&
+      this.socket.writableLength < MAX_UNSENT_BYTES
+    ) {
       const f = this.queue.shift()!;
       let r: Reply | Promise<Reply>;
       try {
@@ -84,7 +89,8 @@ export class Connection {
         this.busy = true;
         r.then(
           (reply) => this.send(f.opcode, reply),
-          (e: Error) => this.send(f.opcode, { success: false, error: `internal error: ${e.message}`, code: 'internal' }),
+          (e: Error) =>
+            this.send(f.opcode, { success: false, error: `internal error: ${e.message}`, code: 'internal' }),
         ).finally(() => {
           this.busy = false;
           this.pump();
@@ -99,7 +105,12 @@ export class Connection {
       this.socket.end();
       return;
     }
-    if (!this.closing && this.queue.length < MAX_QUEUED_REQUESTS / 2 && this.socket.isPaused() && !this.decoder.failed) {
+    if (
+      !this.closing &&
+      this.queue.length < MAX_QUEUED_REQUESTS / 2 &&
+      this.socket.isPaused() &&
+      !this.decoder.failed
+    ) {
       this.socket.resume();
     }
   }

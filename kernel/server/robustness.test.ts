@@ -29,7 +29,10 @@ function rssKiB(pid: number): number {
 }
 
 /** Writes bytes on a fresh connection; resolves with every reply frame and whether the kernel closed it. */
-function exchange(bytes: Buffer, opts: { end?: boolean; waitMs?: number } = {}): Promise<{ replies: { op: number; body: string }[]; closed: boolean }> {
+function exchange(
+  bytes: Buffer,
+  opts: { end?: boolean; waitMs?: number } = {},
+): Promise<{ replies: { op: number; body: string }[]; closed: boolean }> {
   return new Promise((resolve) => {
     const s = net.connect(kp.socketPath);
     const d = new FrameDecoder();
@@ -40,7 +43,9 @@ function exchange(bytes: Buffer, opts: { end?: boolean; waitMs?: number } = {}):
       s.write(bytes);
       if (opts.end) s.end();
     });
-    s.on('data', (c) => replies.push(...d.push(c).frames.map((f) => ({ op: f.opcode, body: f.payload.toString() }))));
+    s.on('data', (c) =>
+      replies.push(...d.push(c).frames.map((f) => ({ op: f.opcode, body: f.payload.toString() }))),
+    );
     s.on('close', () => {
       closed = true;
     });
@@ -130,9 +135,15 @@ describe('hostile input', () => {
       for (let batch = 0; batch < 10; batch++) {
         await Promise.all(
           Array.from({ length: 100 }, (_, i) =>
-            exchange(Buffer.concat([encodeFrame(0, Op.REGISTER, { name: `c${batch}-${i}` }), encodeFrame(0, Op.STORE, { key: 'k' })]).subarray(0, 40 + i), {
-              waitMs: 20,
-            }),
+            exchange(
+              Buffer.concat([
+                encodeFrame(0, Op.REGISTER, { name: `c${batch}-${i}` }),
+                encodeFrame(0, Op.STORE, { key: 'k' }),
+              ]).subarray(0, 40 + i),
+              {
+                waitMs: 20,
+              },
+            ),
           ),
         );
       }

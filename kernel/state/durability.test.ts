@@ -46,7 +46,9 @@ describe('durability', () => {
     const bin = path.join(import.meta.dirname, '..', '..', 'bin', 'clove.js');
     const run = (s: string) => {
       try {
-        execFileSync(process.execPath, [bin, '--socket', s, 'kernel', '--data-dir', path.join(dir, 'd2')], { stdio: 'pipe' });
+        execFileSync(process.execPath, [bin, '--socket', s, 'kernel', '--data-dir', path.join(dir, 'd2')], {
+          stdio: 'pipe',
+        });
         return 0;
       } catch (e) {
         return (e as { status: number }).status;

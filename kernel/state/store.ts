@@ -45,7 +45,9 @@ export class StateStore {
         ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, scope TEXT NOT NULL,
         owner TEXT NOT NULL, expires_at INTEGER, updated_at INTEGER NOT NULL,
         PRIMARY KEY (ns, key)) WITHOUT ROWID`);
-      this.db.exec('CREATE INDEX IF NOT EXISTS state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL');
+      this.db.exec(
+        'CREATE INDEX IF NOT EXISTS state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL',
+      );
       // Session keys live as long as one kernel run.
       this.db.prepare("DELETE FROM state WHERE scope = 'session'").run();
     } catch (e) {
@@ -59,7 +61,7 @@ export class StateStore {
         owner = excluded.owner, expires_at = excluded.expires_at, updated_at = excluded.updated_at`),
       del: this.db.prepare('DELETE FROM state WHERE ns = ? AND key = ?'),
       keys: this.db.prepare(
-        "SELECT key FROM state WHERE ns = ? AND (expires_at IS NULL OR expires_at > ?) AND substr(key, 1, length(?)) = ? ORDER BY key",
+        'SELECT key FROM state WHERE ns = ? AND (expires_at IS NULL OR expires_at > ?) AND substr(key, 1, length(?)) = ? ORDER BY key',
       ),
       sweep: this.db.prepare('DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at <= ?'),
     };
@@ -80,8 +82,13 @@ export class StateStore {
     }
   }
 
-  private read(ns: string, key: string, now: number): { value: string; scope: Scope; owner: string } | undefined {
-    const row = this.stmts.get.get(ns, key) as { value: string; scope: Scope; owner: string; expires_at: number | null } | undefined;
+  private read(
+    ns: string,
+    key: string,
+    now: number,
+  ): { value: string; scope: Scope; owner: string } | undefined {
+    const row = this.stmts.get.get(ns, key) as
+      { value: string; scope: Scope; owner: string; expires_at: number | null } | undefined;
     if (!row) return undefined;
     if (row.expires_at !== null && row.expires_at <= now) {
       this.stmts.del.run(ns, key);
@@ -94,7 +101,15 @@ export class StateStore {
    * Writes a key. In the shared namespace an existing key belongs to whoever created it: only its owner
    * (or an operator, `force`) may overwrite it. Returns whether a shared key changed (for STATE_CHANGED).
    */
-  put(key: string, value: unknown, scope: Scope, owner: string, agentName: string, ttlSec: number | undefined, force: boolean): void {
+  put(
+    key: string,
+    value: unknown,
+    scope: Scope,
+    owner: string,
+    agentName: string,
+    ttlSec: number | undefined,
+    force: boolean,
+  ): void {
     const now = Date.now();
     const ns = StateStore.ns(scope, agentName);
     this.run('store key', () => {
@@ -121,10 +136,13 @@ export class StateStore {
   get(key: string, scope: Scope | undefined, agentName: string): Entry | undefined {
     const now = Date.now();
     return this.run('fetch key', () => {
-      const order = scope ? [StateStore.ns(scope, agentName)] : [StateStore.ns('agent', agentName), SHARED_NS];
+      const order = scope
+        ? [StateStore.ns(scope, agentName)]
+        : [StateStore.ns('agent', agentName), SHARED_NS];
       for (const ns of order) {
         const row = this.read(ns, key, now);
-        if (row && (!scope || row.scope === scope)) return { key, value: JSON.parse(row.value), scope: row.scope, owner: row.owner };
+        if (row && (!scope || row.scope === scope))
+          return { key, value: JSON.parse(row.value), scope: row.scope, owner: row.owner };
       }
       return undefined;
     });
@@ -135,7 +153,9 @@ export class StateStore {
     const now = Date.now();
     return this.run('delete key', () => {
       const tx = this.db.transaction(() => {
-        const order = scope ? [StateStore.ns(scope, agentName)] : [StateStore.ns('agent', agentName), SHARED_NS];
+        const order = scope
+          ? [StateStore.ns(scope, agentName)]
+          : [StateStore.ns('agent', agentName), SHARED_NS];
         for (const ns of order) {
           const row = this.read(ns, key, now);
           if (!row) continue;
@@ -155,7 +175,9 @@ export class StateStore {
   keys(prefix: string, agentName: string): string[] {
     const now = Date.now();
     return this.run('list keys', () => {
-      const own = this.stmts.keys.all(StateStore.ns('agent', agentName), now, prefix, prefix) as { key: string }[];
+      const own = this.stmts.keys.all(StateStore.ns('agent', agentName), now, prefix, prefix) as {
+        key: string;
+      }[];
       const shared = this.stmts.keys.all(SHARED_NS, now, prefix, prefix) as { key: string }[];
       return [...new Set([...own, ...shared].map((r) => r.key))].sort();
     });

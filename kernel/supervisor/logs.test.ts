@@ -12,7 +12,10 @@ afterAll(async () => tk?.stop());
 describe('agent logs', () => {
   it('go to a per-agent file whose size is bounded by rotation while the agent keeps writing', async () => {
     const script = path.join(tempDir(), 'chatty.py');
-    fs.writeFileSync(script, 'import sys, time\nwhile True:\n    print("x" * 1000, flush=True)\n    time.sleep(0.001)\n');
+    fs.writeFileSync(
+      script,
+      'import sys, time\nwhile True:\n    print("x" * 1000, flush=True)\n    time.sleep(0.001)\n',
+    );
     const c = await tk.client();
     await c.spawn({ name: 'chatty', script });
     const log = path.join(tk.dataDir, 'logs', 'chatty.log');

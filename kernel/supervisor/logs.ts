@@ -30,7 +30,11 @@ export class AgentLogs {
   /** Opens the agent's log for appending; the caller hands the fd to the spawner and closes its copy. */
   open(name: string): number {
     this.active.add(name);
-    const fd = fs.openSync(this.file(name), fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT, 0o600);
+    const fd = fs.openSync(
+      this.file(name),
+      fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT,
+      0o600,
+    );
     return fd;
   }
 

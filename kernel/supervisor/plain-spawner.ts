@@ -37,7 +37,9 @@ export class PlainSpawner implements Spawner {
     });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid!));
-      child.once('error', (e: NodeJS.ErrnoException) => reject(new SpawnError(`failed to spawn agent: ${e.code ?? ''} ${e.message}`.trim())));
+      child.once('error', (e: NodeJS.ErrnoException) =>
+        reject(new SpawnError(`failed to spawn agent: ${e.code ?? ''} ${e.message}`.trim())),
+      );
     });
     let exitInfo: ExitInfo | null = null;
     const listeners: ((i: ExitInfo) => void)[] = [];

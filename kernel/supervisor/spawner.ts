@@ -8,7 +8,13 @@
 export interface IsolationReport {
   fully_isolated: boolean;
   namespaces: { pid: boolean; net: boolean; mnt: boolean; uts: boolean; ipc?: boolean; user?: boolean };
-  cgroups: { available: boolean; memory_limit: boolean; cpu_quota: boolean; pids_limit: boolean; version?: string };
+  cgroups: {
+    available: boolean;
+    memory_limit: boolean;
+    cpu_quota: boolean;
+    pids_limit: boolean;
+    version?: string;
+  };
   degraded_reason?: string;
 }
 

@@ -25,10 +25,15 @@ class FakeSpawner implements Spawner {
     this.procs.push(rec);
     return {
       pid: this.pid++,
-      isolation: { fully_isolated: false, namespaces: { pid: false, net: false, mnt: false, uts: false }, cgroups: { available: false, memory_limit: false, cpu_quota: false, pids_limit: false } },
+      isolation: {
+        fully_isolated: false,
+        namespaces: { pid: false, net: false, mnt: false, uts: false },
+        cgroups: { available: false, memory_limit: false, cpu_quota: false, pids_limit: false },
+      },
       signal: (s) => {
         rec.signals.push(s);
-        if (!this.ignoreSignals && (s === 'SIGTERM' || s === 'SIGKILL')) queueMicrotask(() => rec.exit({ code: null, signal: s, reason: 'signal' }));
+        if (!this.ignoreSignals && (s === 'SIGTERM' || s === 'SIGKILL'))
+          queueMicrotask(() => rec.exit({ code: null, signal: s, reason: 'signal' }));
       },
       onExit: (f) => (cb = f),
     };
@@ -91,7 +96,16 @@ const flush = async () => {
 
 describe('Supervisor', () => {
   it('restarts at once an agent that was up past min_uptime, then backs off exponentially up to the cap', async () => {
-    const a = await sup.create(def({ policy: 'always', backoffInitialMs: 100, backoffMultiplier: 2, backoffMaxMs: 300, maxRestarts: 100, minUptimeMs: 1000 }));
+    const a = await sup.create(
+      def({
+        policy: 'always',
+        backoffInitialMs: 100,
+        backoffMultiplier: 2,
+        backoffMaxMs: 300,
+        maxRestarts: 100,
+        minUptimeMs: 1000,
+      }),
+    );
     await vi.advanceTimersByTimeAsync(1500); // stable: failure count reset
     const delays: number[] = [];
     for (let i = 0; i < 5; i++) {
@@ -119,7 +133,9 @@ describe('Supervisor', () => {
   });
 
   it('escalates when the restart intensity is exceeded, and stops restarting', async () => {
-    const a = await sup.create(def({ policy: 'on-failure', maxRestarts: 2, windowMs: 10_000, backoffInitialMs: 1 }));
+    const a = await sup.create(
+      def({ policy: 'on-failure', maxRestarts: 2, windowMs: 10_000, backoffInitialMs: 1 }),
+    );
     for (let i = 0; i < 3; i++) {
       spawner.last().exit(crash());
       await flush();

@@ -65,7 +65,12 @@ export interface AgentRecord {
   lastBeat: number;
   killedBy: number | null;
   graceMs: number;
-  timers: { uptime?: NodeJS.Timeout; watchdog?: NodeJS.Timeout; grace?: NodeJS.Timeout; backoff?: NodeJS.Timeout };
+  timers: {
+    uptime?: NodeJS.Timeout;
+    watchdog?: NodeJS.Timeout;
+    grace?: NodeJS.Timeout;
+    backoff?: NodeJS.Timeout;
+  };
 }
 
 export interface SupervisorHooks {
@@ -163,7 +168,9 @@ export class Supervisor {
       proc = await p;
     } catch (e) {
       // Whatever the spawner throws (a sandbox error naming the syscall, EMFILE, …) is a spawn failure.
-      throw e instanceof KernelError ? e : new SpawnError(`failed to spawn agent ${d.name}: ${(e as Error).message}`);
+      throw e instanceof KernelError
+        ? e
+        : new SpawnError(`failed to spawn agent ${d.name}: ${(e as Error).message}`);
     } finally {
       this.inFlight.delete(p);
       fs.closeSync(fd);
@@ -259,12 +266,11 @@ export class Supervisor {
   }
 
   private apply(a: AgentRecord, ev: Event, next: State, actions: Action[]): void {
-    const prev = a.state;
     a.state = next;
-    for (const act of actions) this.run(a, act, ev, prev);
+    for (const act of actions) this.run(a, act, ev);
   }
 
-  private run(a: AgentRecord, act: Action, ev: Event, prev: State): void {
+  private run(a: AgentRecord, act: Action, ev: Event): void {
     const d = a.def;
     const t = a.timers;
     switch (act) {
@@ -291,7 +297,10 @@ export class Supervisor {
         return;
       case 'sigkill':
         if (ev === 'watchdog_expired') {
-          this.hooks.log('warn', 'watchdog expired: killing agent', { agent: d.name, watchdog_ms: d.policy.watchdogMs });
+          this.hooks.log('warn', 'watchdog expired: killing agent', {
+            agent: d.name,
+            watchdog_ms: d.policy.watchdogMs,
+          });
           this.logs.note(d.name, `watchdog: no heartbeat for ${d.policy.watchdogMs} ms, killing`);
         }
         a.proc?.signal('SIGKILL');
@@ -310,13 +319,22 @@ export class Supervisor {
         const delay =
           a.consecutiveFailures === 0
             ? 0
-            : Math.min(p.backoffInitialMs * Math.pow(p.backoffMultiplier, a.consecutiveFailures - 1), p.backoffMaxMs);
+            : Math.min(
+                p.backoffInitialMs * Math.pow(p.backoffMultiplier, a.consecutiveFailures - 1),
+                p.backoffMaxMs,
+              );
         a.consecutiveFailures++;
         a.restarts++;
         a.restartTimes.push(Date.now());
         this.hooks.event(
           'AGENT_RESTARTING',
-          { agent_id: d.id, agent_name: d.name, restart_count: a.restarts, delay_ms: delay, ...exitFields(a.lastExit) },
+          {
+            agent_id: d.id,
+            agent_name: d.name,
+            restart_count: a.restarts,
+            delay_ms: delay,
+            ...exitFields(a.lastExit),
+          },
           0,
         );
         this.logs.note(d.name, `restarting in ${delay} ms (restart ${a.restarts})`);
@@ -353,7 +371,10 @@ export class Supervisor {
           max_restarts: d.policy.maxRestarts,
           restart_window_ms: d.policy.windowMs,
         });
-        this.logs.note(d.name, `escalated: ${d.policy.maxRestarts} restarts within ${d.policy.windowMs} ms; not restarting`);
+        this.logs.note(
+          d.name,
+          `escalated: ${d.policy.maxRestarts} restarts within ${d.policy.windowMs} ms; not restarting`,
+        );
         this.hooks.release(a);
         return;
       case 'release':
@@ -417,7 +438,8 @@ export class Supervisor {
     }
     await this.spawnsSettled();
     await Promise.all(waits);
-    for (const a of this.list()) for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
+    for (const a of this.list())
+      for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
   }
 }
 

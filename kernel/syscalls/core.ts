@@ -21,7 +21,9 @@ export const core: HandlerTable = {
         max_payload: k.opts.maxPayload,
       },
       sandbox: k.sandbox.summary,
-      ...(c.principal.role === 'operator' ? { data_dir: k.opts.dataDir, agent_socket: k.agentSocketPath } : {}),
+      ...(c.principal.role === 'operator'
+        ? { data_dir: k.opts.dataDir, agent_socket: k.agentSocketPath }
+        : {}),
     }),
   },
   EXIT: { raw: true, fn: () => 'goodbye' },

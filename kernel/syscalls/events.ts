@@ -46,7 +46,12 @@ export const events: HandlerTable = {
       };
       if (!wait || max === 0 || k.events.pending(id) > 0) return take();
       const signal = c.conn.abort.signal;
-      return parkUntil(() => k.events.pending(id) > 0, (ms, sig) => k.events.wait(id, ms, sig), timeout, signal).then(take);
+      return parkUntil(
+        () => k.events.pending(id) > 0,
+        (ms, sig) => k.events.wait(id, ms, sig),
+        timeout,
+        signal,
+      ).then(take);
     },
   },
   EMIT: {
@@ -54,7 +59,11 @@ export const events: HandlerTable = {
       const name = optString(p, 'event') ?? optString(p, 'event_type') ?? 'CUSTOM';
       const raw = p.data;
       let data: Record<string, unknown> =
-        raw === undefined || raw === null ? {} : typeof raw === 'object' && !Array.isArray(raw) ? { ...(raw as object) } : { value: raw };
+        raw === undefined || raw === null
+          ? {}
+          : typeof raw === 'object' && !Array.isArray(raw)
+            ? { ...(raw as object) }
+            : { value: raw };
       if (name !== 'CUSTOM') data = { ...data, custom_type: name };
       const n = k.publish('CUSTOM', data, c.principal.id);
       return { success: true, event: name, delivered_to: n };

@@ -20,7 +20,10 @@ function senderName(k: Kernel, c: Caller): string {
   return k.post.nameOf(c.principal.id);
 }
 
-function shape(m: { from: number; from_name: string; message: unknown; seq: number; sentAt: number }, now: number) {
+function shape(
+  m: { from: number; from_name: string; message: unknown; seq: number; sentAt: number },
+  now: number,
+) {
   return { from: m.from, from_name: m.from_name, message: m.message, age_ms: now - m.sentAt, seq: m.seq };
 }
 
@@ -40,9 +43,11 @@ export const ipc: HandlerTable = {
       if (to) target = to;
       else if (toName) {
         target = k.post.resolve(toName);
-        if (target === undefined) throw new NotFoundError(`target agent not found: ${toName}`, { delivered_to: 0 });
+        if (target === undefined)
+          throw new NotFoundError(`target agent not found: ${toName}`, { delivered_to: 0 });
       } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
-      if (!reachable(k, target)) throw new NotFoundError(`target agent not found: ${toName ?? target}`, { delivered_to: 0 });
+      if (!reachable(k, target))
+        throw new NotFoundError(`target agent not found: ${toName ?? target}`, { delivered_to: 0 });
       const message = p.message === undefined ? {} : p.message;
       k.post.deliver(target, c.principal.id, senderName(k, c), message);
       k.stats(c.principal.id).sent++;
@@ -66,7 +71,12 @@ export const ipc: HandlerTable = {
       };
       if (!wait || max === 0 || k.post.size(id) > 0) return take();
       const signal = c.conn.abort.signal;
-      return parkUntil(() => k.post.size(id) > 0, (ms, sig) => k.post.wait(id, ms, sig), timeout, signal).then(take);
+      return parkUntil(
+        () => k.post.size(id) > 0,
+        (ms, sig) => k.post.wait(id, ms, sig),
+        timeout,
+        signal,
+      ).then(take);
     },
   },
   BROADCAST: {

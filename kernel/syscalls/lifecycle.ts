@@ -14,7 +14,12 @@ import {
 import type { Caller, Kernel } from '../kernel.js';
 import { NAME_RE } from '../ipc/mailboxes.js';
 import { parsePermissions, within, type Permissions } from '../perms/permissions.js';
-import { DEFAULT_POLICY, type AgentRecord, type RestartPolicy, type RestartPolicyName } from '../supervisor/supervisor.js';
+import {
+  DEFAULT_POLICY,
+  type AgentRecord,
+  type RestartPolicy,
+  type RestartPolicyName,
+} from '../supervisor/supervisor.js';
 import type { ResourceLimits } from '../supervisor/spawner.js';
 import { REPO_ROOT } from '../config.js';
 import {
@@ -44,7 +49,10 @@ function policyFrom(p: Payload): RestartPolicy {
   let policy: RestartPolicyName = 'never';
   if (name !== undefined) {
     const v = POLICIES[name];
-    if (!v) throw new InvalidRequestError(`invalid request: restart_policy must be one of never, on-failure, always`);
+    if (!v)
+      throw new InvalidRequestError(
+        `invalid request: restart_policy must be one of never, on-failure, always`,
+      );
     policy = v;
   }
   const d = DEFAULT_POLICY;
@@ -90,13 +98,22 @@ function argvFor(k: Kernel, script: string, interpreter: string | undefined): st
   return [script];
 }
 
-function agentEnv(k: Kernel, id: number, name: string, extra: Record<string, string>): Record<string, string> {
+function agentEnv(
+  k: Kernel,
+  id: number,
+  name: string,
+  extra: Record<string, string>,
+): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, v] of Object.entries(extra)) {
     if (PROTECTED_ENV.test(key)) throw new InvalidRequestError(`invalid request: env may not set ${key}`);
     env[key] = v;
   }
-  const pyPath = [path.join(REPO_ROOT, 'sdk', 'python'), ...k.opts.pythonPath, ...(extra.PYTHONPATH ? [extra.PYTHONPATH] : [])];
+  const pyPath = [
+    path.join(REPO_ROOT, 'sdk', 'python'),
+    ...k.opts.pythonPath,
+    ...(extra.PYTHONPATH ? [extra.PYTHONPATH] : []),
+  ];
   return {
     ...env,
     PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
@@ -122,9 +139,13 @@ export function mayControl(k: Kernel, caller: Caller, agent: AgentRecord): boole
 }
 
 export function findAgent(k: Kernel, t: { id?: number; name?: string }): AgentRecord {
-  const id = t.id ?? (t.name !== undefined ? k.post.resolve(t.name) ?? failedByName(k, t.name) : undefined);
+  const id = t.id ?? (t.name !== undefined ? (k.post.resolve(t.name) ?? failedByName(k, t.name)) : undefined);
   const a = id !== undefined ? k.supervisor.get(id) : undefined;
-  if (!a) throw new NotFoundError(t.name !== undefined ? `agent not found: ${t.name}` : `agent not found: ${t.id}`, { agent_id: t.id ?? 0 });
+  if (!a)
+    throw new NotFoundError(
+      t.name !== undefined ? `agent not found: ${t.name}` : `agent not found: ${t.id}`,
+      { agent_id: t.id ?? 0 },
+    );
   return a;
 }
 
@@ -136,31 +157,41 @@ function failedByName(k: Kernel, name: string): number | undefined {
 function controlled(k: Kernel, c: Caller, p: Payload): AgentRecord {
   const a = findAgent(k, target(p));
   if (!mayControl(k, c, a)) {
-    throw new PermissionDeniedError(`Permission denied: agent ${a.def.id} (${a.def.name}) is not yours to control`, { agent_id: a.def.id });
+    throw new PermissionDeniedError(
+      `Permission denied: agent ${a.def.id} (${a.def.name}) is not yours to control`,
+      { agent_id: a.def.id },
+    );
   }
   return a;
 }
 
 async function spawnAgent(k: Kernel, c: Caller, p: Payload) {
   const operator = c.principal.role === 'operator';
-  if (!operator && !c.perms.can_spawn) throw new PermissionDeniedError('Permission denied: spawning agents is not allowed');
+  if (!operator && !c.perms.can_spawn)
+    throw new PermissionDeniedError('Permission denied: spawning agents is not allowed');
   const script = optString(p, 'script');
   const command = optStringArray(p, 'command');
   const interpreter = optString(p, 'python');
   if ((command || interpreter) && !operator) {
-    throw new PermissionDeniedError('Permission denied: only an operator may choose the executable (command, python)');
+    throw new PermissionDeniedError(
+      'Permission denied: only an operator may choose the executable (command, python)',
+    );
   }
   if (!script && !command?.length) throw new InvalidRequestError('script path required');
   const sandboxed = optBool(p, 'sandboxed') ?? true;
-  if (!sandboxed && !operator) throw new PermissionDeniedError('Permission denied: only an operator may spawn unsandboxed agents');
+  if (!sandboxed && !operator)
+    throw new PermissionDeniedError('Permission denied: only an operator may spawn unsandboxed agents');
   const network = optBool(p, 'network') ?? false;
-  if (network && !operator && !c.perms.can_http) throw new PermissionDeniedError('Permission denied: cannot grant network access you do not have');
+  if (network && !operator && !c.perms.can_http)
+    throw new PermissionDeniedError('Permission denied: cannot grant network access you do not have');
 
   let perms: Permissions;
   if (p.permissions !== undefined || p.level !== undefined) {
     perms = parsePermissions(p.permissions ?? p.level);
     if (!operator && !within(perms, c.perms)) {
-      throw new PermissionDeniedError('Permission denied: a spawned agent cannot get rights its parent does not have');
+      throw new PermissionDeniedError(
+        'Permission denied: a spawned agent cannot get rights its parent does not have',
+      );
     }
   } else {
     perms = operator ? parsePermissions('standard') : structuredClone(c.perms);
@@ -168,7 +199,8 @@ async function spawnAgent(k: Kernel, c: Caller, p: Payload) {
 
   const id = k.allocateId();
   const name = optString(p, 'name') ?? `agent_${id}`;
-  if (!NAME_RE.test(name)) throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
+  if (!NAME_RE.test(name))
+    throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
   const requestedCwd = optString(p, 'cwd');
   const cwd = requestedCwd ? path.resolve(requestedCwd) : k.workDir(name, sandboxed);
   const holder = k.post.resolve(name);
@@ -176,7 +208,8 @@ async function spawnAgent(k: Kernel, c: Caller, p: Payload) {
   // An escalated agent of the same name gives way to the new one.
   const failed = k.supervisor.list().find((a) => a.def.name === name);
   if (failed) {
-    if (failed.state !== 'FAILED') throw new NameTakenError(`name already in use: ${name}`, { agent_id: failed.def.id });
+    if (failed.state !== 'FAILED')
+      throw new NameTakenError(`name already in use: ${name}`, { agent_id: failed.def.id });
     k.supervisor.kill(failed.def.id, c.principal.id);
   }
 

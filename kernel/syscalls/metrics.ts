@@ -7,7 +7,13 @@ import path from 'node:path';
 import { NotFoundError, PermissionDeniedError, InvalidRequestError } from '../errors.js';
 import type { Caller, Kernel } from '../kernel.js';
 import type { AgentRecord } from '../supervisor/supervisor.js';
-import { agentCgroupMetrics, cgroupMetrics, createSystemSampler, processMetrics, CgroupPathError } from '../sandbox/index.js';
+import {
+  agentCgroupMetrics,
+  cgroupMetrics,
+  createSystemSampler,
+  processMetrics,
+  CgroupPathError,
+} from '../sandbox/index.js';
 import { optInt, optString } from '../validate.js';
 import type { HandlerTable } from './index.js';
 import { mayControl } from './lifecycle.js';
@@ -57,7 +63,10 @@ export const metrics: HandlerTable = {
       const id = optInt(p, 'agent_id', 0, 0xffffffff) || c.principal.id;
       const a = k.supervisor.get(id);
       if (!a) throw new NotFoundError('Agent not found', { agent_id: id });
-      if (!visible(k, c, a)) throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s metrics`, { agent_id: id });
+      if (!visible(k, c, a))
+        throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s metrics`, {
+          agent_id: id,
+        });
       return { success: true, metrics: agentObject(k, a) };
     },
   },
@@ -74,7 +83,10 @@ export const metrics: HandlerTable = {
     fn: (k, c, p) => {
       const root = k.sandbox.cgroupRoot();
       let requested = optString(p, 'cgroup_path');
-      const own = c.principal.role === 'agent' ? k.sandbox.cgroupOf(k.supervisor.get(c.principal.id)?.proc ?? null) : undefined;
+      const own =
+        c.principal.role === 'agent'
+          ? k.sandbox.cgroupOf(k.supervisor.get(c.principal.id)?.proc ?? null)
+          : undefined;
       const ownLeaf = own ? path.basename([...own.dirs.values()][0] ?? '') : undefined;
       if (!requested) {
         if (!ownLeaf) throw new InvalidRequestError('cgroup_path required', { cgroup_path: '' });
@@ -83,13 +95,17 @@ export const metrics: HandlerTable = {
       if (!root) throw new NotFoundError('Cgroup not found or not readable', { cgroup_path: requested });
       if (c.principal.role !== 'operator') {
         const leaf = requested.replace(/^clove\//, '').split('/')[0];
-        if (leaf !== ownLeaf) throw new PermissionDeniedError('Permission denied: an agent may read only its own cgroup', { cgroup_path: requested });
+        if (leaf !== ownLeaf)
+          throw new PermissionDeniedError('Permission denied: an agent may read only its own cgroup', {
+            cgroup_path: requested,
+          });
       }
       let m;
       try {
         m = cgroupMetrics(root, requested);
       } catch (e) {
-        if (e instanceof CgroupPathError) throw new InvalidRequestError(`invalid cgroup_path: ${e.message}`, { cgroup_path: requested });
+        if (e instanceof CgroupPathError)
+          throw new InvalidRequestError(`invalid cgroup_path: ${e.message}`, { cgroup_path: requested });
         throw e;
       }
       if (!m) throw new NotFoundError('Cgroup not found or not readable', { cgroup_path: requested });

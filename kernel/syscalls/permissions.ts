@@ -16,7 +16,8 @@ export const permissions: HandlerTable = {
       if (id !== c.principal.id) {
         const a = k.supervisor.get(id);
         if (!a) throw new NotFoundError(`agent not found: ${id}`);
-        if (!mayControl(k, c, a)) throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s permissions`);
+        if (!mayControl(k, c, a))
+          throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s permissions`);
       }
       return { success: true, agent_id: id, permissions: k.perms.get(id) ?? null };
     },
@@ -30,11 +31,14 @@ export const permissions: HandlerTable = {
       const next = parsePermissions(p.permissions ?? p.level);
       const operator = c.principal.role === 'operator';
       if (!operator) {
-        if (id === c.principal.id) throw new PermissionDeniedError('Permission denied: an agent cannot change its own permissions');
+        if (id === c.principal.id)
+          throw new PermissionDeniedError('Permission denied: an agent cannot change its own permissions');
         const a = k.supervisor.get(id);
         if (!a) throw new NotFoundError(`agent not found: ${id}`);
-        if (!mayControl(k, c, a)) throw new PermissionDeniedError("Permission denied: cannot modify other agent's permissions");
-        if (!within(next, c.perms)) throw new PermissionDeniedError('Permission denied: cannot grant rights you do not have');
+        if (!mayControl(k, c, a))
+          throw new PermissionDeniedError("Permission denied: cannot modify other agent's permissions");
+        if (!within(next, c.perms))
+          throw new PermissionDeniedError('Permission denied: cannot grant rights you do not have');
       }
       if (!k.perms.has(id)) throw new NotFoundError(`agent not found: ${id}`);
       const cur = k.perms.get(id)!;

@@ -6,7 +6,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
 import { startKernelProcess, tempDir, type KernelProcess } from '../../harness/kernel.js';
-import { CloveClient, ConnectionClosedError, ProtocolError, TimeoutError, PermissionDeniedError, kernelError } from './client.js';
+import {
+  CloveClient,
+  ConnectionClosedError,
+  ProtocolError,
+  TimeoutError,
+  PermissionDeniedError,
+  kernelError,
+} from './client.js';
 import { encodeFrame } from '../../kernel/protocol/frame.js';
 import { Op } from '../../kernel/protocol/opcodes.js';
 
@@ -45,13 +52,20 @@ describe('CloveClient', () => {
   });
 
   it('times out a call that gets no reply and fails what was in flight', async () => {
-    const c = await CloveClient.connect({ transport: fakeTransport(() => {}), timeoutMs: 100, reconnect: false });
+    const c = await CloveClient.connect({
+      transport: fakeTransport(() => {}),
+      timeoutMs: 100,
+      reconnect: false,
+    });
     await expect(c.hello()).rejects.toBeInstanceOf(TimeoutError);
     await expect(c.hello()).rejects.toBeInstanceOf(ConnectionClosedError);
   });
 
   it('rejects a reply stream that is not frames', async () => {
-    const c = await CloveClient.connect({ transport: fakeTransport((_c, reply) => reply(Buffer.alloc(20, 0x41))), reconnect: false });
+    const c = await CloveClient.connect({
+      transport: fakeTransport((_c, reply) => reply(Buffer.alloc(20, 0x41))),
+      reconnect: false,
+    });
     await expect(c.hello()).rejects.toBeInstanceOf(ProtocolError);
   });
 
@@ -75,7 +89,9 @@ describe('CloveClient', () => {
   });
 
   it('builds the error class of each code', () => {
-    expect(kernelError({ success: false, error: 'x', code: 'permission_denied' })).toBeInstanceOf(PermissionDeniedError);
+    expect(kernelError({ success: false, error: 'x', code: 'permission_denied' })).toBeInstanceOf(
+      PermissionDeniedError,
+    );
     expect(kernelError({ success: false, error: 'x', code: 'brand_new' }).code).toBe('brand_new');
   });
 });

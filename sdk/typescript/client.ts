@@ -61,7 +61,8 @@ export class CloveClient {
   agentId = 0;
 
   constructor(options: ClientOptions = {}) {
-    this.transport = options.transport ?? unixTransport(options.socketPath ?? process.env.CLOVE_SOCKET ?? '/tmp/clove.sock');
+    this.transport =
+      options.transport ?? unixTransport(options.socketPath ?? process.env.CLOVE_SOCKET ?? '/tmp/clove.sock');
     this.opts = {
       reconnect: options.reconnect ?? true,
       reconnectAttempts: options.reconnectAttempts ?? 20,
@@ -140,7 +141,14 @@ export class CloveClient {
     return new Promise<Buffer>((resolve, reject) => {
       const p: Pending = { op, resolve, reject };
       if (this.opts.timeoutMs > 0) {
-        p.timer = setTimeout(() => this.drop(s, new TimeoutError(`no reply to opcode 0x${op.toString(16)} within ${this.opts.timeoutMs} ms`)), this.opts.timeoutMs);
+        p.timer = setTimeout(
+          () =>
+            this.drop(
+              s,
+              new TimeoutError(`no reply to opcode 0x${op.toString(16)} within ${this.opts.timeoutMs} ms`),
+            ),
+          this.opts.timeoutMs,
+        );
       }
       this.pending.push(p);
       s.write(encodeFrame(0, op, payload));
@@ -156,7 +164,12 @@ export class CloveClient {
     } catch {
       throw new ProtocolError(`reply to opcode 0x${op.toString(16)} is not JSON`);
     }
-    if (reply && typeof reply === 'object' && !Array.isArray(reply) && (reply as { success?: unknown }).success === false) {
+    if (
+      reply &&
+      typeof reply === 'object' &&
+      !Array.isArray(reply) &&
+      (reply as { success?: unknown }).success === false
+    ) {
       throw kernelError(reply as Record<string, unknown>);
     }
     return reply as R;
@@ -200,14 +213,24 @@ export class CloveClient {
   /** Takes up to `max` messages; with `timeoutMs` the kernel holds the reply until one arrives. */
   recv(opts: { max?: number; timeoutMs?: number } = {}): Promise<T.RecvReply> {
     const wait = opts.timeoutMs !== undefined;
-    return this.call(Op.RECV, { max: opts.max ?? 10, ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}) });
+    return this.call(Op.RECV, {
+      max: opts.max ?? 10,
+      ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}),
+    });
   }
-  broadcast(message: unknown, includeSelf = false): Promise<{ success: true; delivered_count: number; failed_count: number }> {
+  broadcast(
+    message: unknown,
+    includeSelf = false,
+  ): Promise<{ success: true; delivered_count: number; failed_count: number }> {
     return this.call(Op.BROADCAST, { message, include_self: includeSelf });
   }
 
   // --- state ----------------------------------------------------------------------------------------
-  store(key: string, value: unknown, opts: { scope?: T.Scope; ttl?: number } = {}): Promise<{ success: true; key: string }> {
+  store(
+    key: string,
+    value: unknown,
+    opts: { scope?: T.Scope; ttl?: number } = {},
+  ): Promise<{ success: true; key: string }> {
     return this.call(Op.STORE, { key, value, ...opts });
   }
   fetch(key: string, scope?: T.Scope): Promise<T.FetchReply> {
@@ -229,18 +252,31 @@ export class CloveClient {
   }
   pollEvents(opts: { max?: number; timeoutMs?: number } = {}): Promise<T.PollReply> {
     const wait = opts.timeoutMs !== undefined;
-    return this.call(Op.POLL_EVENTS, { max: opts.max ?? 100, ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}) });
+    return this.call(Op.POLL_EVENTS, {
+      max: opts.max ?? 100,
+      ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}),
+    });
   }
   emit(event: string, data: unknown = {}): Promise<{ success: true; event: string; delivered_to: number }> {
     return this.call(Op.EMIT, { event, data });
   }
 
   // --- permissions ----------------------------------------------------------------------------------
-  getPerms(agentId?: number): Promise<{ success: true; agent_id: number; permissions: Record<string, unknown> }> {
+  getPerms(
+    agentId?: number,
+  ): Promise<{ success: true; agent_id: number; permissions: Record<string, unknown> }> {
     return this.call(Op.GET_PERMS, agentId ? { agent_id: agentId } : {});
   }
-  setPerms(agentId: number, permissions: Record<string, unknown> | string): Promise<{ success: true; agent_id: number }> {
-    return this.call(Op.SET_PERMS, typeof permissions === 'string' ? { agent_id: agentId, level: permissions } : { agent_id: agentId, permissions });
+  setPerms(
+    agentId: number,
+    permissions: Record<string, unknown> | string,
+  ): Promise<{ success: true; agent_id: number }> {
+    return this.call(
+      Op.SET_PERMS,
+      typeof permissions === 'string'
+        ? { agent_id: agentId, level: permissions }
+        : { agent_id: agentId, permissions },
+    );
   }
 
   /** Closes the connection; calls in flight fail with ConnectionClosedError. */

@@ -21,9 +21,13 @@ interface Case {
   steps: Step[];
 }
 
-const suite = JSON.parse(fs.readFileSync(path.join(import.meta.dirname, '..', 'conformance', 'cases.json'), 'utf8')) as { cases: Case[] };
+const suite = JSON.parse(
+  fs.readFileSync(path.join(import.meta.dirname, '..', 'conformance', 'cases.json'), 'utf8'),
+) as { cases: Case[] };
 
 /** SDK-neutral operation → TypeScript SDK call. */
+// Case arguments are untyped JSON from cases.json.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 const OPS: Record<string, (c: CloveClient, a: Record<string, any>) => Promise<unknown>> = {
   hello: (c) => c.hello(),
   echo: async (c, a) => ({ data: await c.echo(a.data) }),
@@ -48,7 +52,9 @@ function subst<T>(v: T, suffix: string): T {
 function subset(expected: unknown): unknown {
   if (Array.isArray(expected)) return expected.map(subset);
   if (expected && typeof expected === 'object') {
-    return expect.objectContaining(Object.fromEntries(Object.entries(expected).map(([k, v]) => [k, subset(v)])));
+    return expect.objectContaining(
+      Object.fromEntries(Object.entries(expected).map(([k, v]) => [k, subset(v)])),
+    );
   }
   return expected;
 }

@@ -35,7 +35,13 @@ export interface SpawnRequest {
   permissions?: Record<string, unknown> | string;
   sandboxed?: boolean;
   network?: boolean;
-  limits?: { memory?: number; max_pids?: number; cpu_quota?: number; cpu_period?: number; cpu_shares?: number };
+  limits?: {
+    memory?: number;
+    max_pids?: number;
+    cpu_quota?: number;
+    cpu_period?: number;
+    cpu_shares?: number;
+  };
 }
 
 export interface IsolationReport {
