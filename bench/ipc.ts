@@ -15,13 +15,7 @@ import { Bench, type Task } from 'tinybench';
 import { tempDir, type KernelProcess } from '../harness/kernel.js';
 import { CloveClient, unixTransport } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine } from './lib/machine.js';
-import {
-  startHelper,
-  stopChild,
-  profileKernelIfAsked,
-  startKernel,
-  stopProfilingChildren,
-} from './lib/child.js';
+import { startHelper, stopChild, profileKernelIfAsked, startKernel } from './lib/child.js';
 import { summarize, r, type Summary } from './lib/stats.js';
 import {
   facetHistogramSpec,
@@ -83,7 +77,6 @@ async function main(): Promise<void> {
   try {
     profileKernelIfAsked(flags.get('cpu-prof'));
     kp = await startKernel();
-    stopProfilingChildren();
     const rawSock = path.join(dir, 'raw.sock');
     const b = await startHelper('ipc-peer.js', ['clove', kp.socketPath]);
     peer = b.child;

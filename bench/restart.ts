@@ -27,13 +27,7 @@ import { tempDir, type KernelProcess } from '../harness/kernel.js';
 import { REPO_ROOT } from '../kernel/config.js';
 import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine, realPythonPath, shimPythonPath } from './lib/machine.js';
-import {
-  DIST_BENCH,
-  timeCommand,
-  profileKernelIfAsked,
-  startKernel,
-  stopProfilingChildren,
-} from './lib/child.js';
+import { DIST_BENCH, timeCommand, profileKernelIfAsked, startKernel } from './lib/child.js';
 import { Pm2 } from './lib/pm2.js';
 import { sleep } from './lib/proc.js';
 import { r, summarize, type Summary } from './lib/stats.js';
@@ -267,7 +261,6 @@ async function main(): Promise<void> {
     profileKernelIfAsked(flags.get('cpu-prof'));
     kp = await startKernel();
     kpPlain = await startKernel({ extra: ['--sandbox', 'off'] });
-    stopProfilingChildren();
     const kernels = new Map<boolean, { c: CloveClient; ctl: CloveClient }>();
     for (const [sandboxed, k] of [
       [true, kp],

@@ -69,7 +69,7 @@ export interface KernelProcess {
 
 /** Starts `clove kernel` as a child process (needs `npm run build`) and waits until it accepts. */
 export async function startKernelProcess(
-  args: { socketPath?: string; dataDir?: string; extra?: string[] } = {},
+  args: { socketPath?: string; dataDir?: string; extra?: string[]; nodeArgs?: string[] } = {},
 ): Promise<KernelProcess> {
   const dir = tempDir();
   const socketPath = args.socketPath ?? path.join(dir, 'clove.sock');
@@ -77,6 +77,8 @@ export async function startKernelProcess(
   const child = spawn(
     process.execPath,
     [
+      // e.g. --cpu-prof for benchmarks (NODE_OPTIONS cannot carry it)
+      ...(args.nodeArgs ?? []),
       path.join(REPO_ROOT, 'bin', 'clove.js'),
       '--socket',
       socketPath,

@@ -4,8 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { REPO_ROOT } from '../../kernel/config.js';
-import { startKernelProcess, tempDir, waitForSocket, type KernelProcess } from '../../harness/kernel.js';
-import { CloveClient } from '../../sdk/typescript/client.js';
+import { startKernelProcess, type KernelProcess } from '../../harness/kernel.js';
 
 export const DIST_BENCH = path.join(REPO_ROOT, 'dist', 'bench');
 export const BENCH_SRC = path.join(REPO_ROOT, 'bench');
@@ -61,57 +60,19 @@ export function profileKernelIfAsked(dir: string | undefined): void {
   profileDir = dir ? path.resolve(dir) : undefined;
 }
 
-export function stopProfilingChildren(): void {
-  // Only kernels started through startKernel() are profiled; nothing else to undo.
-}
-
 /**
- * Starts the kernel as a process: the harness's startKernelProcess, or, when profiling, the same
- * command line (`node bin/clove.js --socket … kernel --data-dir …`) with `--cpu-prof` in front.
+ * Starts the kernel as a process through the harness, under `node --cpu-prof` when profiling was asked
+ * for (the profile is written to that directory when the kernel exits).
  */
 export async function startKernel(args: { extra?: string[] } = {}): Promise<KernelProcess> {
   if (!profileDir) return startKernelProcess(args);
   fs.mkdirSync(profileDir, { recursive: true });
-  const dir = tempDir();
-  const socketPath = path.join(dir, 'clove.sock');
-  const dataDir = path.join(dir, 'data');
-  const child = spawn(
-    process.execPath,
-    [
-      '--cpu-prof',
-      `--cpu-prof-dir=${profileDir}`,
-      path.join(REPO_ROOT, 'bin', 'clove.js'),
-      '--socket',
-      socketPath,
-      'kernel',
-      '--data-dir',
-      dataDir,
-      ...(args.extra ?? []),
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  await waitForSocket(socketPath, 15_000, exited);
-  const clients: CloveClient[] = [];
+  const k = await startKernelProcess({ ...args, nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] });
+  const stop = k.stop;
   return {
-    child,
-    socketPath,
-    dataDir,
-    stderr: () => err,
-    exited,
-    client: async (o = {}) => {
-      const c = await CloveClient.connect({ socketPath, ...o });
-      clients.push(c);
-      return c;
-    },
-    stop: async (signal = 'SIGTERM') => {
-      for (const c of clients) c.close();
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      const r = await exited;
+    ...k,
+    stop: async (signal) => {
+      const r = await stop(signal);
       console.error(`kernel CPU profile written to ${profileDir}`);
       return r;
     },
