@@ -126,8 +126,9 @@ export class Kernel implements Dispatcher {
     this.python = await resolvePython();
     this.store = new StateStore({ path: path.join(o.dataDir, 'state.db'), durability: o.durability });
     this.sandbox = await loadSandbox(o.sandbox, this.log);
-    this.servers.push(await this.listen(o.socketPath, 0o600, 'operator'));
+    // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
     this.servers.push(await this.listen(this.agentSocketPath, 0o666, 'agent'));
+    this.servers.push(await this.listen(o.socketPath, 0o600, 'operator'));
     this.log.info(
       {
         socket: o.socketPath,
