@@ -168,6 +168,7 @@ export class Kernel implements Dispatcher {
       principal = null;
     }
     if (!principal || this.closing) {
+      this.log.debug({ kind, closing: Boolean(this.closing) }, 'connection refused');
       sock.destroy();
       return;
     }
@@ -239,6 +240,10 @@ export class Kernel implements Dispatcher {
     if (reply.code === 'internal')
       this.log.error({ err: e, op: opName(op), caller: caller.principal.id }, 'syscall failed');
     return reply;
+  }
+
+  badFrame(conn: Connection, message: string): void {
+    this.log.warn({ conn: conn.principal.id, role: conn.principal.role, error: message }, 'bad frame: closing the connection');
   }
 
   closed(conn: Connection): void {

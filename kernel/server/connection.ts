@@ -20,6 +20,8 @@ export interface Principal {
 export interface Dispatcher {
   dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply>;
   closed(conn: Connection): void;
+  /** A framing error: the connection is answered once and closed. */
+  badFrame(conn: Connection, message: string): void;
 }
 
 const MAX_QUEUED_REQUESTS = 256;
@@ -64,6 +66,7 @@ export class Connection {
     if (error) {
       // Serve what came before the bad header, then one error reply, then close.
       this.fatal = { opcode: error.opcode ?? Op.NOOP, message: error.message };
+      this.dispatcher.badFrame(this, error.message);
       this.socket.pause();
     } else if (this.queue.length >= MAX_QUEUED_REQUESTS) {
       this.socket.pause();

@@ -79,6 +79,8 @@ describe('CloveClient', () => {
     const waiting = c.recv({ timeoutMs: 10_000 });
     k1.child.kill('SIGKILL');
     await expect(waiting).rejects.toBeInstanceOf(ConnectionClosedError);
+    // Until the old kernel is reaped, its last threads may still hold the listening socket.
+    await k1.exited;
     const k2 = await startKernelProcess({ socketPath: sock, dataDir: path.join(dir, 'd') });
     procs.push(k2);
     const h = await c.hello();
