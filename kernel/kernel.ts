@@ -243,7 +243,10 @@ export class Kernel implements Dispatcher {
   }
 
   badFrame(conn: Connection, message: string): void {
-    this.log.warn({ conn: conn.principal.id, role: conn.principal.role, error: message }, 'bad frame: closing the connection');
+    this.log.warn(
+      { conn: conn.principal.id, role: conn.principal.role, error: message },
+      'bad frame: closing the connection',
+    );
   }
 
   closed(conn: Connection): void {
