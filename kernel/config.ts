@@ -33,6 +33,11 @@ export interface KernelOptions {
   /** Extra directories put on agents' PYTHONPATH (the Python SDK's is always there). */
   pythonPath: string[];
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /**
+   * As root, agent N runs as uid/gid `agentUidBase + N`, so that no agent can read another's files.
+   * 0: every agent runs as the sandbox's single uid (65534).
+   */
+  agentUidBase: number;
 }
 
 /** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
@@ -64,6 +69,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     durability: 'normal',
     pythonPath: [],
     logLevel: 'info',
+    agentUidBase: 200_000,
     ...overrides,
   };
 }

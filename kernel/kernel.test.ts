@@ -150,6 +150,31 @@ describe('identity', () => {
     expect(notMine.code).toBe('permission_denied');
   });
 
+  it("as root, every agent runs as a uid of its own and cannot read another agent's files", async () => {
+    // A data dir outside /tmp, so that agents' namespaces show it (a private /tmp would hide it anyway).
+    const dataDir = fs.mkdtempSync('/var/tmp/clv-uid-');
+    fs.chmodSync(dataDir, 0o711);
+    const k = await startKernel({ dataDir });
+    try {
+      const o = await k.client();
+      const a = await spawnProbe(o, 'uid-a');
+      await spawnProbe(o, 'uid-b');
+      const wa = await ask(o, 'uid-a', { cmd: 'whoami' });
+      const wb = await ask(o, 'uid-b', { cmd: 'whoami' });
+      if (process.getuid?.() !== 0) return;
+      expect(wa.uid).toBe(200_000 + a.spawn.id);
+      expect(wa.uid).not.toBe(wb.uid);
+      const secret = path.join(wa.cwd as string, 'secret.txt');
+      expect((await ask(o, 'uid-a', { cmd: 'write', path: secret, text: 'mine' })).ok).toBe(true);
+      expect((await ask(o, 'uid-a', { cmd: 'read', path: secret })).text).toBe('mine');
+      const stolen = await ask(o, 'uid-b', { cmd: 'read', path: secret });
+      expect(stolen).toMatchObject({ ok: false, errno: 13 }); // EACCES: visible, but not b's
+    } finally {
+      await k.stop();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
   it('agents get a minimal environment, never the kernel secrets', async () => {
     process.env.CLOVE_TEST_SECRET = 'hunter2';
     try {

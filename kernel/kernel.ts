@@ -101,10 +101,11 @@ export class Kernel implements Dispatcher {
    * An agent's own work directory (its default cwd), `<data-dir>/work/<name>`: kept across restarts,
    * owned by the uid the agent runs as.
    */
-  workDir(name: string, sandboxed: boolean): string {
+  workDir(name: string, id: number): string {
     const dir = path.join(this.opts.dataDir, 'work', name);
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const uid = this.sandbox.agentUid(sandboxed);
+    fs.chmodSync(dir, 0o700);
+    const uid = this.sandbox.agentUid(id);
     if (uid !== null) fs.chownSync(dir, uid.uid, uid.gid);
     return dir;
   }
@@ -125,7 +126,7 @@ export class Kernel implements Dispatcher {
     await claimSocketPath(this.agentSocketPath);
     this.python = await resolvePython();
     this.store = new StateStore({ path: path.join(o.dataDir, 'state.db'), durability: o.durability });
-    this.sandbox = await loadSandbox(o.sandbox, this.log);
+    this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase);
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
     this.servers.push(await this.listen(this.agentSocketPath, 0o666, 'agent'));
     this.servers.push(await this.listen(o.socketPath, 0o600, 'operator'));

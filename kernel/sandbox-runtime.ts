@@ -22,8 +22,8 @@ export interface SandboxRuntime {
   summary: Record<string, unknown>;
   peerCredentials(sock: net.Socket): PeerCred;
   ownerOf(pid: number): number | undefined;
-  /** The uid/gid an agent runs as (null: the kernel's own). */
-  agentUid(sandboxed: boolean): { uid: number; gid: number } | null;
+  /** The uid/gid agent `id` runs as (null: the kernel's own, when it is not root). */
+  agentUid(id: number): { uid: number; gid: number } | null;
   /** The spawner for an agent that asked for (`true`) or declined (`false`) the sandbox. */
   spawner(sandboxed: boolean): Spawner;
   /** The cgroup root metrics are confined to (undefined without cgroups). */
@@ -33,7 +33,11 @@ export interface SandboxRuntime {
   close(): Promise<void>;
 }
 
-export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<SandboxRuntime> {
+export async function loadSandbox(
+  mode: SandboxMode,
+  log: pino.Logger,
+  uidBase: number,
+): Promise<SandboxRuntime> {
   if (!sandbox.nativeAvailable()) {
     throw new KernelStartError(
       'the native addon is not built (run `bash ci/setup.sh`): peer credentials are required',
@@ -79,7 +83,8 @@ export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<
     spawner: 'native',
     cgroup_version: layout?.version ?? 'none',
     controllers,
-    uid: native.policy.uid,
+    agent_uids:
+      process.geteuid?.() === 0 ? (uidBase > 0 ? `${uidBase} + agent id` : native.policy.uid) : 'kernel uid',
     ...(native.degradedReasons.length ? { degraded_reason: native.degradedReasons.join('; ') } : {}),
   };
   const dropsUid = process.geteuid?.() === 0;
@@ -87,7 +92,11 @@ export async function loadSandbox(mode: SandboxMode, log: pino.Logger): Promise<
     summary,
     peerCredentials,
     ownerOf: (pid) => native.ownerOf(pid),
-    agentUid: () => (dropsUid ? { uid: native.policy.uid, gid: native.policy.gid } : null),
+    agentUid: (id) => {
+      if (!dropsUid) return null;
+      if (uidBase <= 0) return { uid: native.policy.uid, gid: native.policy.gid };
+      return { uid: uidBase + id, gid: uidBase + id };
+    },
     spawner: () => native,
     cgroupRoot: () => native.cgroupRoot,
     cgroupOf: (proc) =>

@@ -452,8 +452,8 @@ export class NativeSpawner implements Spawner {
       setsid: true,
       noNewPrivs: true,
       dropCaps: true,
-      uid: dropToPolicyUid ? this.policy.uid : -1,
-      gid: dropToPolicyUid ? this.policy.gid : -1,
+      uid: dropToPolicyUid ? (s.uid ?? this.policy.uid) : -1,
+      gid: dropToPolicyUid ? (s.gid ?? this.policy.gid) : -1,
       rlimits,
       startTimeoutMs: this.policy.startTimeoutMs,
     };
@@ -483,10 +483,13 @@ export class NativeSpawner implements Spawner {
     const limits = resolveLimits(spec.limits);
     const sandboxed = spec.sandboxed !== false;
     const ns = sandboxed && this.modeValue !== 'plain';
-    const uid =
-      this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.uid : (process.geteuid?.() ?? 0);
-    const gid =
-      this.modeValue === 'root' || process.geteuid?.() === 0 ? this.policy.gid : (process.getegid?.() ?? 0);
+    const dropsUid = this.modeValue === 'root' || process.geteuid?.() === 0;
+    if (spec.uid !== undefined && (!Number.isInteger(spec.uid) || spec.uid <= 0))
+      throw new PolicyError('uid', 'must be a positive integer');
+    if (spec.gid !== undefined && (!Number.isInteger(spec.gid) || spec.gid <= 0))
+      throw new PolicyError('gid', 'must be a positive integer');
+    const uid = dropsUid ? (spec.uid ?? this.policy.uid) : (process.geteuid?.() ?? 0);
+    const gid = dropsUid ? (spec.gid ?? this.policy.gid) : (process.getegid?.() ?? 0);
     // In a mount namespace, directories the uid cannot traverse are masked and what is needed re-exposed
     // (see exposure()), so only the file's own mode matters there.
     const canRun = ns ? modeAllows(file, uid, gid, 1) : reachableBy(file, uid, gid, 1);

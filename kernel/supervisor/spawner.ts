@@ -42,6 +42,12 @@ export interface SpawnSpec {
   sandboxed: boolean;
   network: boolean;
   limits: ResourceLimits;
+  /**
+   * The uid/gid the agent runs as when the kernel is root (one per agent, so agents cannot read each
+   * other's files); the sandbox's default uid when absent.
+   */
+  uid?: number;
+  gid?: number;
 }
 
 /** Why an agent process ended. `oom`, `pids` and `cpu` are only reported by spawners that can tell. */

@@ -47,6 +47,8 @@ export interface AgentDef {
   policy: RestartPolicy;
   /** Which spawner starts it (the sandbox, or plain for `sandboxed: false`). */
   spawner: Spawner;
+  /** The uid/gid it runs as (its own, when the kernel is root). */
+  account?: { uid: number; gid: number };
 }
 
 export interface AgentRecord {
@@ -161,6 +163,8 @@ export class Supervisor {
       sandboxed: d.sandboxed,
       network: d.network,
       limits: d.limits,
+      uid: d.account?.uid,
+      gid: d.account?.gid,
     });
     this.inFlight.add(p);
     let proc: AgentProcess;

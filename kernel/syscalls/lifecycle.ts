@@ -202,7 +202,7 @@ async function spawnAgent(k: Kernel, c: Caller, p: Payload) {
   if (!NAME_RE.test(name))
     throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
   const requestedCwd = optString(p, 'cwd');
-  const cwd = requestedCwd ? path.resolve(requestedCwd) : k.workDir(name, sandboxed);
+  const cwd = requestedCwd ? path.resolve(requestedCwd) : k.workDir(name, id);
   const holder = k.post.resolve(name);
   if (holder !== undefined) throw new NameTakenError(`name already in use: ${name}`, { agent_id: holder });
   // An escalated agent of the same name gives way to the new one.
@@ -236,6 +236,7 @@ async function spawnAgent(k: Kernel, c: Caller, p: Payload) {
       perms,
       policy: policyFrom(p),
       spawner: k.sandbox.spawner(sandboxed),
+      account: k.sandbox.agentUid(id) ?? undefined,
     });
   } catch (e) {
     k.post.release(id);

@@ -1,6 +1,7 @@
 """Probe agent for the kernel's tests: reports who it is, then obeys commands sent by the operator.
 
-Commands (messages from anyone): {"cmd": "hello"}, {"cmd": "env"}, {"cmd": "raw", "op": N,
+Commands (messages from anyone): {"cmd": "hello"}, {"cmd": "env"}, {"cmd": "whoami"},
+{"cmd": "write"|"read", "path": P, "text": T}, {"cmd": "raw", "op": N,
 "payload": {...}, "header_id": N} (sends a frame with a forged header id), {"cmd": "exit", "code": N},
 {"cmd": "spawn", ...}, {"cmd": "call", "op": N, "payload": {...}}. Every answer goes to the sender.
 """
@@ -50,6 +51,18 @@ while True:
         out = raw_call(cmd["op"], cmd.get("payload", {}), cmd.get("header_id", 0))
     elif kind == "call":
         out = c.call_json(cmd["op"], cmd.get("payload", {}))
+    elif kind == "whoami":
+        out = {"uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}
+    elif kind == "write":
+        with open(cmd["path"], "w") as f:
+            f.write(cmd.get("text", ""))
+        out = {"ok": True}
+    elif kind == "read":
+        try:
+            with open(cmd["path"]) as f:
+                out = {"ok": True, "text": f.read()}
+        except OSError as e:
+            out = {"ok": False, "errno": e.errno, "error": str(e)}
     elif kind == "exit":
         sys.exit(cmd.get("code", 0))
     else:
