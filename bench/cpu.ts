@@ -24,7 +24,6 @@ import {
 const flags = parseFlags();
 const QUICK = flags.quick;
 const AGENTS = Number(flags.get('agents') ?? (QUICK ? 200 : 1000));
-// The sandboxed kernel stops at ~340 agents (EMFILE in the native spawner): measure it below that.
 const CONFIGS = [
   { sandbox: 'off', agents: AGENTS },
   { sandbox: 'auto', agents: Number(flags.get('sandboxed-agents') ?? AGENTS) },
@@ -169,7 +168,6 @@ async function main(): Promise<void> {
     '',
     `utime + stime of the kernel process (/proc/<pid>/stat) over ${WINDOW_S} s, first with no agents, then with the idle agents`,
     `(${results.setup.agent}: connected, blocked in RECV with a 300 s timeout), each after ${SETTLE_MS} ms of settling. ${results.setup.resolution}.`,
-    'The sandboxed kernel runs fewer agents: it cannot start more than about 340 (EMFILE, see reports/memory.md).',
     '',
     mdTable(
       ['kernel', 'idle agents', 'window s', 'user s', 'system s', '% of one core', 'kernel VmRSS MiB'],

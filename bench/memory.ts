@@ -163,7 +163,7 @@ async function main(): Promise<void> {
       sampling: 'median of 5 VmRSS samples 400 ms apart, after the settle time',
     },
     configs,
-    // headline: the first configuration (plain processes, the one that reaches 1,000 agents)
+    // headline: the first configuration (plain processes)
     points: main.points,
     kib_per_agent: main.kib_per_agent,
     r2: main.r2,
