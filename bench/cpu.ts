@@ -5,21 +5,12 @@
  *
  *   npm run build && node dist/bench/cpu.js [--quick] [--agents 1000] [--window 30] [--agent c|python] [--sandboxed-agents 1000]
  */
-import os from 'node:os';
 import { Fleet, type AgentKind } from './lib/fleet.js';
 import { profileKernelIfAsked } from './lib/child.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { clockTicks, cpuSeconds, memoryKiB, sleep } from './lib/proc.js';
 import { r } from './lib/stats.js';
-import {
-  barSpec,
-  mdTable,
-  parseFlags,
-  writeChart,
-  writeJson,
-  writeText,
-  type ReportEnvelope,
-} from './lib/report.js';
+import { barSpec, mdTable, parseFlags, writeChart, writeJson, writeText, envelope } from './lib/report.js';
 
 const flags = parseFlags();
 const QUICK = flags.quick;
@@ -128,15 +119,13 @@ async function main(): Promise<void> {
     goal_percent: GOAL_PCT,
     meets_goal: configs.every((c) => c.meets_goal),
   };
-  const env: ReportEnvelope<typeof results> = {
-    bench: 'cpu',
-    command: `npm run build && node dist/bench/cpu.js${QUICK ? ' --quick' : ''}${AGENT !== 'c' ? ` --agent ${AGENT}` : ''}`,
+  const env = envelope('cpu', {
     quick: QUICK,
     machine,
-    loadavg_at_end: os.loadavg().map((x) => r(x)),
-    duration_s: Math.round((Date.now() - t0) / 1000),
+    startedAt: t0,
     results,
-  };
+    extraArgs: AGENT !== 'c' ? ` --agent ${AGENT}` : '',
+  });
   writeJson('cpu', env);
   await writeChart(
     'cpu.svg',

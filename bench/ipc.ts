@@ -9,7 +9,6 @@
  * Node process too. Latencies come from tinybench (one sample per round trip); throughput is messages
  * per second over bursts of BURST pipelined messages.
  */
-import os from 'node:os';
 import path from 'node:path';
 import { Bench, type Task } from 'tinybench';
 import { tempDir, type KernelProcess } from '../harness/kernel.js';
@@ -24,7 +23,7 @@ import {
   writeChart,
   writeJson,
   writeText,
-  type ReportEnvelope,
+  envelope,
 } from './lib/report.js';
 import type { ChildProcess } from 'node:child_process';
 
@@ -191,15 +190,7 @@ async function main(): Promise<void> {
         relay_pipelined_msgs_per_s: Math.round(out[6].ops_per_s),
       },
     };
-    const env: ReportEnvelope<typeof results> = {
-      bench: 'ipc',
-      command: `npm run build && node dist/bench/ipc.js${QUICK ? ' --quick' : ''}`,
-      quick: QUICK,
-      machine,
-      loadavg_at_end: os.loadavg().map((x) => r(x)),
-      duration_s: Math.round((Date.now() - t0) / 1000),
-      results,
-    };
+    const env = envelope('ipc', { quick: QUICK, machine, startedAt: t0, results });
     writeJson('ipc', env);
     await writeChart(
       'ipc-latency.svg',

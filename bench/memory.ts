@@ -13,21 +13,12 @@
  * 1,000 fit anywhere), or the stdlib-only Python one with `--agent python` (~10 MB each). Only the
  * kernel process's RSS is measured.
  */
-import os from 'node:os';
 import { profileKernelIfAsked } from './lib/child.js';
 import { Fleet, type AgentKind } from './lib/fleet.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { cpuSeconds, fdCount, memoryKiB, sleep } from './lib/proc.js';
 import { linearFit, median, r } from './lib/stats.js';
-import {
-  lineSpec,
-  mdTable,
-  parseFlags,
-  writeChart,
-  writeJson,
-  writeText,
-  type ReportEnvelope,
-} from './lib/report.js';
+import { lineSpec, mdTable, parseFlags, writeChart, writeJson, writeText, envelope } from './lib/report.js';
 
 const flags = parseFlags();
 const QUICK = flags.quick;
@@ -170,15 +161,13 @@ async function main(): Promise<void> {
     goal_kib_per_agent: GOAL_KIB,
     meets_goal: configs.every((c) => c.meets_goal),
   };
-  const env: ReportEnvelope<typeof results> = {
-    bench: 'memory',
-    command: `npm run build && node dist/bench/memory.js${QUICK ? ' --quick' : ''}${AGENT !== 'c' ? ` --agent ${AGENT}` : ''}`,
+  const env = envelope('memory', {
     quick: QUICK,
     machine,
-    loadavg_at_end: os.loadavg().map((x) => r(x)),
-    duration_s: Math.round((Date.now() - t0) / 1000),
+    startedAt: t0,
     results,
-  };
+    extraArgs: AGENT !== 'c' ? ` --agent ${AGENT}` : '',
+  });
   writeJson('memory', env);
   await writeChart(
     'memory.svg',

@@ -20,7 +20,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { tempDir, type KernelProcess } from '../harness/kernel.js';
@@ -39,7 +38,7 @@ import {
   writeChart,
   writeJson,
   writeText,
-  type ReportEnvelope,
+  envelope,
 } from './lib/report.js';
 
 const flags = parseFlags();
@@ -480,15 +479,7 @@ async function writeReports(
     bare_start: bareOut.map((b) => ({ ...b, start_ms: rs(b.start_ms) })),
     goal,
   };
-  const env: ReportEnvelope<typeof results> = {
-    bench: 'restart',
-    command: `npm run build && node dist/bench/restart.js${QUICK ? ' --quick' : ''}`,
-    quick: QUICK,
-    machine,
-    loadavg_at_end: os.loadavg().map((x) => r(x)),
-    duration_s: Math.round((Date.now() - t0) / 1000),
-    results,
-  };
+  const env = envelope('restart', { quick: QUICK, machine, startedAt: t0, results });
   writeJson('restart', env);
   await writeChart(
     'restart-latency.svg',

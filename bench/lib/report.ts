@@ -3,11 +3,13 @@
  * (tables), and SVG charts rendered headlessly with Vega-Lite → Vega (`view.toSVG()`).
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import * as vega from 'vega';
 import * as vl from 'vega-lite';
 import { REPO_ROOT } from '../../kernel/config.js';
 import type { MachineInfo } from './machine.js';
+import { r } from './stats.js';
 
 export const REPORTS_DIR = process.env.CLOVE_REPORTS_DIR ?? path.join(REPO_ROOT, 'reports');
 
@@ -143,6 +145,25 @@ export interface ReportEnvelope<T> {
   loadavg_at_end: number[];
   duration_s: number;
   results: T;
+}
+
+/**
+ * The envelope every bench report shares: what ran (`node dist/bench/<bench>.js` plus `extraArgs`), on
+ * which machine, the load at the end and how long it took since `startedAt`.
+ */
+export function envelope<T>(
+  bench: string,
+  o: { quick: boolean; machine: MachineInfo; startedAt: number; results: T; extraArgs?: string },
+): ReportEnvelope<T> {
+  return {
+    bench,
+    command: `npm run build && node dist/bench/${bench}.js${o.quick ? ' --quick' : ''}${o.extraArgs ?? ''}`,
+    quick: o.quick,
+    machine: o.machine,
+    loadavg_at_end: os.loadavg().map((x) => r(x)),
+    duration_s: Math.round((Date.now() - o.startedAt) / 1000),
+    results: o.results,
+  };
 }
 
 /** Command-line flags shared by every bench: `--quick` (fewer iterations). */

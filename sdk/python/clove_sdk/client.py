@@ -435,25 +435,33 @@ class CloveClient:
         """RECV up to ``max_messages``: ``success, messages:[{from, from_name, message, age_ms, seq}],
         count``. With ``timeout`` (seconds, > 0) the kernel holds the reply until a message arrives or the
         timeout passes (one request, no polling)."""
-        payload: dict[str, Any] = {"max": max_messages}
+        return self._take(SyscallOp.SYS_RECV, max_messages, timeout, check)
+
+    def _take(self, op: SyscallOp, max_items: int, timeout: float | None, check: bool | None) -> dict:
+        """RECV / POLL_EVENTS: with ``timeout`` (seconds, > 0) the kernel holds the reply (no polling)."""
+        payload: dict[str, Any] = {"max": max_items}
         wait = 0.0
         if timeout is not None and timeout > 0:
             payload["wait"] = True
             payload["timeout_ms"] = _ms(timeout)
             wait = timeout
-        return self.call_json(SyscallOp.SYS_RECV, payload, check=check, wait=wait)
+        return self.call_json(op, payload, check=check, wait=wait)
+
+    def _take_one(self, op: SyscallOp, key: str, timeout: float | None, check: bool | None) -> dict | None:
+        """One item of ``reply[key]``, waited for in the kernel; ``timeout=None`` waits in 30 s steps."""
+        while True:
+            step = _WAIT_STEP_S if timeout is None else timeout
+            reply = self._take(op, 1, step if step > 0 else None, check)
+            items = reply.get(key) if isinstance(reply, dict) else None
+            if items:
+                return items[0]
+            if timeout is not None or _is_error(reply):
+                return None
 
     def wait_message(self, timeout: float | None = 30.0, *, check: bool | None = None) -> dict | None:
         """Waits (in the kernel) for one message and returns it (``{from, from_name, message, …}``), or
         None when ``timeout`` seconds pass. ``timeout=None`` waits for ever (in 30 s kernel-side steps)."""
-        while True:
-            step = _WAIT_STEP_S if timeout is None else timeout
-            reply = self.recv_messages(1, timeout=step if step > 0 else None, check=check)
-            messages = reply.get("messages") if isinstance(reply, dict) else None
-            if messages:
-                return messages[0]
-            if timeout is not None or _is_error(reply):
-                return None
+        return self._take_one(SyscallOp.SYS_RECV, "messages", timeout, check)
 
     def broadcast(self, message: Any, include_self: bool = False, *, check: bool | None = None) -> dict:
         """BROADCAST to every named agent: ``success, delivered_count, failed_count``."""
@@ -517,24 +525,11 @@ class CloveClient:
     ) -> dict:
         """POLL_EVENTS: ``success, events:[{type, data, source_agent_id, timestamp}], count, dropped``.
         With ``timeout`` (seconds, > 0) the kernel holds the reply until an event arrives."""
-        payload: dict[str, Any] = {"max": max_events}
-        wait = 0.0
-        if timeout is not None and timeout > 0:
-            payload["wait"] = True
-            payload["timeout_ms"] = _ms(timeout)
-            wait = timeout
-        return self.call_json(SyscallOp.SYS_POLL_EVENTS, payload, check=check, wait=wait)
+        return self._take(SyscallOp.SYS_POLL_EVENTS, max_events, timeout, check)
 
     def wait_event(self, timeout: float | None = 30.0, *, check: bool | None = None) -> dict | None:
         """Waits (in the kernel) for one event and returns it, or None after ``timeout`` seconds."""
-        while True:
-            step = _WAIT_STEP_S if timeout is None else timeout
-            reply = self.poll_events(1, timeout=step if step > 0 else None, check=check)
-            events = reply.get("events") if isinstance(reply, dict) else None
-            if events:
-                return events[0]
-            if timeout is not None or _is_error(reply):
-                return None
+        return self._take_one(SyscallOp.SYS_POLL_EVENTS, "events", timeout, check)
 
     def emit_event(self, event_type: str, data: Any = None, *, check: bool | None = None) -> dict:
         """EMIT a custom event (sent as ``event``, which the kernel reads — the public SDK sent
