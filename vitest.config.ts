@@ -3,7 +3,9 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: [
+      'protocol/**/*.test.ts',
       'kernel/**/*.test.ts',
+      'cli/**/*.test.ts',
       'sdk/typescript/**/*.test.ts',
       'harness/**/*.test.ts',
       'chaos/**/*.test.ts',
@@ -15,7 +17,13 @@ export default defineConfig({
     maxWorkers: 2,
     coverage: {
       provider: 'v8',
-      include: ['kernel/**/*.ts', 'sdk/typescript/**/*.ts', 'harness/**/*.ts'],
+      include: [
+        'protocol/**/*.ts',
+        'kernel/**/*.ts',
+        'cli/**/*.ts',
+        'sdk/typescript/**/*.ts',
+        'harness/**/*.ts',
+      ],
       exclude: ['**/*.test.ts'],
       reporter: ['text-summary', 'json-summary'],
       reportsDirectory: 'reports/coverage',

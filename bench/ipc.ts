@@ -168,7 +168,7 @@ async function main(): Promise<void> {
         client_a: 'this process, TypeScript SDK (sdk/typescript/client.ts)',
         peer_b: 'separate Node process, TypeScript SDK, loop of blocking RECV (max 1000) + pipelined SEND',
         direct_baseline:
-          'separate Node process echoing every 17-byte-header frame (kernel/protocol/frame.ts), one write per reply',
+          'separate Node process echoing every 17-byte-header frame (protocol/frame.ts), one write per reply',
         tinybench: { time_ms_per_task: TIME_MS, rounds: ROUNDS, version: '6.2.4' },
         burst: BURST,
       },

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { NativeSpawner } from '../kernel/sandbox/index.js';
 import { projectRoot } from '../kernel/sandbox/native.js';
-import type { ExitInfo } from '../kernel/supervisor/spawner.js';
+import type { ExitInfo } from '../kernel/sandbox/types.js';
 import { summarize, type Summary } from './spawn/stats.js';
 
 const N = Number(process.env.BENCH_N ?? 500);
@@ -72,6 +72,7 @@ async function main(): Promise<void> {
       sandboxed: true,
       network: false,
       limits: {},
+      account: { uid: 65534, gid: 65534 },
     });
     const t1 = process.hrtime.bigint();
     const info = await new Promise<ExitInfo>((r) => agent.onExit(r));

@@ -1,7 +1,16 @@
 #!/usr/bin/env node
-// The `clove` command: runs the compiled CLI (npm run build writes dist/).
-import { main } from '../dist/kernel/cli/main.js';
+// The `clove` command: the composition root of the compiled CLI (a client) and the kernel daemon
+// (npm run build writes dist/). The CLI never imports the kernel; it is handed the daemon here.
+import { main } from '../dist/cli/main.js';
+import { defaultOptions, KERNEL_VERSION, REPO_ROOT, runKernel } from '../dist/kernel/main.js';
 
-const code = await main(process.argv);
+const daemon = {
+  defaults: () => {
+    const d = defaultOptions();
+    return { dataDir: d.dataDir, mailboxSize: d.mailboxSize, version: KERNEL_VERSION, installDir: REPO_ROOT };
+  },
+  run: (options, afterStart) => runKernel(options, afterStart),
+};
+const code = await main(process.argv, daemon);
 // `clove kernel` and `clove logs -f` keep running until a signal; everything else exits with its code.
 process.exitCode = code;

@@ -6,9 +6,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_MAX_PAYLOAD } from './protocol/frame.js';
+import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/index.js';
 
-export type SandboxMode = 'auto' | 'native' | 'off';
+import type { SandboxMode } from './sandbox/runtime.js';
+
+export type { SandboxMode };
 
 export interface KernelOptions {
   /** Operator socket (mode 0600). */
@@ -56,7 +58,7 @@ function findRoot(from: string): string {
 
 export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOptions {
   return {
-    socketPath: process.env.CLOVE_SOCKET ?? '/tmp/clove.sock',
+    socketPath: process.env[SOCKET_ENV] ?? DEFAULT_SOCKET,
     dataDir: process.env.CLOVE_DATA_DIR ?? path.join(os.homedir(), '.clove'),
     maxPayload: DEFAULT_MAX_PAYLOAD,
     mailboxSize: 1024,

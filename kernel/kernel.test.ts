@@ -15,8 +15,7 @@ import {
   NotFoundError,
   NotSupportedError,
 } from '../sdk/typescript/client.js';
-import { Op } from './protocol/opcodes.js';
-import { encodeFrame, FrameDecoder } from './protocol/frame.js';
+import { encodeFrame, FrameDecoder, Op } from '../protocol/index.js';
 
 const probe = path.join(import.meta.dirname, 'testdata', 'probe_agent.py');
 let tk: TestKernel;

@@ -14,6 +14,19 @@ export interface PeerCred {
 /** [resource (RLIMIT_* number), soft, hard]; a negative limit means RLIM_INFINITY. */
 export type RlimitTuple = [resource: number, soft: number, hard: number];
 
+/**
+ * A directory bound read-only (nosuid, nodev) into the agent's mount namespace through an idmapped
+ * mount (Linux >= 5.12, root mode only: it needs CAP_SYS_ADMIN on the host and a file system that
+ * supports idmapping, e.g. ext4, btrfs, xfs, tmpfs >= 6.3). Files owned by ids the user namespace maps
+ * appear owned by the ids they map to; ids it does not map appear as the overflow id (65534).
+ */
+export interface NativeIdmappedMount {
+  /** Absolute path: the source directory and, in the agent's namespace, its mount point. */
+  path: string;
+  /** A user namespace fd from createIdmapUserns(); still owned (and closed) by the caller. */
+  usernsFd: number;
+}
+
 /** Every field is required: the addon applies no defaults. */
 export interface NativeSpawnOptions {
   /** Absolute path of the agent executable. */
@@ -57,6 +70,12 @@ export interface NativeSpawnOptions {
   masks: string[];
   /** Directories below a mask bound back in (the agent's cwd, socket dir, program, script). At most 32. */
   keep: string[];
+  /**
+   * Directories mounted read-only with an idmapping, e.g. a 0700 script directory owned by root made to
+   * appear owned by the agent's uid. Cloned before the masks hide them, attached after the masks and the
+   * `keep` binds (so an entry covers any kept dir below it). At most 8. The fds are closed in the agent.
+   */
+  idmapped: NativeIdmappedMount[];
   setsid: boolean;
   noNewPrivs: boolean;
   /** Empty the bounding, ambient, permitted and effective capability sets. */
@@ -99,6 +118,13 @@ export interface CloveNative {
   peerCred(fd: number): PeerCred;
   /** An fd (O_CLOEXEC) to a new empty network namespace; the caller owns it. */
   createEmptyNetns(): number;
+  /**
+   * An fd (O_CLOEXEC) to a new user namespace whose uid_map/gid_map are these strings (the format of
+   * /proc/<pid>/uid_map: "inside outside count" lines), for NativeIdmappedMount.usernsFd: with
+   * "0 200007 1" files owned by uid 0 appear owned by uid 200007. No process stays in it; the caller
+   * owns the fd and closes it (fs.closeSync) once the spawns that use it returned.
+   */
+  createIdmapUserns(uidMap: string, gidMap: string): number;
   /** clone3 + sandbox setup + exec; returns once the agent exec'd, throws otherwise. */
   spawn(options: NativeSpawnOptions): NativeChild;
 }

@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
-import { encodeFrame, FrameDecoder } from '../../kernel/protocol/frame.js';
+import { encodeFrame, FrameDecoder } from '../../protocol/index.js';
 import { CloveClient } from '../../sdk/typescript/client.js';
 
 const [mode, sockPath] = process.argv.slice(2);

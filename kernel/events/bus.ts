@@ -3,7 +3,7 @@
  * queue at publish time; queues are bounded and count what they drop (oldest first), and a subscriber
  * may wait for the next event instead of polling.
  */
-import { Waiters } from '../ipc/waiters.js';
+import { Waiters } from '../core/waiters.js';
 
 export const KERNEL_EVENTS = [
   'AGENT_SPAWNED',

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { PostOffice } from './mailboxes.js';
-import { MailboxFullError, NameTakenError, InvalidRequestError } from '../errors.js';
+import { MailboxFullError, NameTakenError, InvalidRequestError } from '../core/errors.js';
 
 const texts = (ms: { message: unknown }[]) => ms.map((m) => m.message);
 

@@ -2,8 +2,8 @@
  * Mailboxes and names. A mailbox belongs to an id (an agent keeps its id, and so its mailbox, across
  * restarts); it is bounded, and a full one refuses the message instead of dropping anything.
  */
-import { MailboxFullError, NameTakenError, InvalidRequestError } from '../errors.js';
-import { Waiters } from './waiters.js';
+import { MailboxFullError, NameTakenError, InvalidRequestError } from '../core/errors.js';
+import { Waiters } from '../core/waiters.js';
 
 export interface Message {
   from: number;

@@ -3,7 +3,7 @@
  * closes the public kernel's escalation holes lives here: `within(child, parent)` — nobody can hand out
  * (or give themselves) a right they do not hold.
  */
-import { InvalidRequestError } from '../errors.js';
+import { InvalidRequestError } from '../core/errors.js';
 
 export interface Permissions {
   can_exec: boolean;

@@ -1,13 +1,14 @@
-/** Public surface of the sandbox (see docs/sandbox.md). */
+/** Public surface of the sandbox layer (see docs/sandbox.md). */
 export { peerCredentials } from './peercred.js';
 export { nativeAvailable } from './native.js';
 export {
   NativeSpawner,
   processTree,
   type NativeSpawnerOptions,
-  type SandboxMode,
+  type SandboxMode as NativeMode,
   type SandboxedAgent,
-} from './spawner.js';
+} from './native-spawner.js';
+export { PlainSpawner } from './plain-spawner.js';
 export {
   DEFAULT_LIMITS,
   defaultPolicy,
@@ -24,15 +25,5 @@ export {
   type Controller,
   type Hierarchy,
 } from './cgroups.js';
-export {
-  agentCgroupMetrics,
-  cgroupMetrics,
-  createSystemSampler,
-  processMetrics,
-  resolveCgroupPath,
-  systemMetrics,
-  type CgroupMetrics,
-  type ProcessMetrics,
-  type SystemMetrics,
-} from './metrics.js';
+export type * from './types.js';
 export * from './errors.js';

@@ -13,7 +13,7 @@ import {
   resolvePolicy,
   sharesToWeight,
 } from './policy.js';
-import { neededDirs } from './spawner.js';
+import { neededDirs } from './native-spawner.js';
 import { TESTDATA } from './testutil.js';
 
 const V2_MOUNTINFO = `25 1 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate

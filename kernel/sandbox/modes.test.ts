@@ -2,9 +2,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ExitInfo } from '../supervisor/spawner.js';
+import type { ExitInfo } from './types.js';
 import { nativeAvailable } from './native.js';
-import { NativeSpawner, type SandboxedAgent } from './spawner.js';
+import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
 import { kv, readLog, sleep, spec, TESTDATA, workDir } from './testutil.js';
 
 const isRoot = process.geteuid?.() === 0;

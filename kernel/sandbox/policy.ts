@@ -3,7 +3,7 @@
  * is a decision lives here.
  */
 import path from 'node:path';
-import type { ResourceLimits } from '../supervisor/spawner.js';
+import type { ResourceLimits } from './types.js';
 import { PolicyError } from './errors.js';
 
 /** Reference defaults of SPAWN `limits` (clove-wire-reference.md section 3.5). */

@@ -7,10 +7,10 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ExitInfo } from '../supervisor/spawner.js';
+import type { ExitInfo } from './types.js';
 import { nativeAvailable } from './native.js';
 import { peerCredentials } from './peercred.js';
-import { NativeSpawner, type SandboxedAgent } from './spawner.js';
+import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
 import {
   childrenOfSelf,
   kv,

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { reachableBy } from './access.js';
-import type { SpawnSpec } from '../supervisor/spawner.js';
+import type { SpawnSpec } from './types.js';
 
 export const TESTDATA = path.join(path.dirname(fileURLToPath(import.meta.url)), 'testdata');
 
@@ -43,6 +43,8 @@ export function spec(over: Partial<SpawnSpec> & { argv: string[]; cwd: string; l
     sandboxed: true,
     network: false,
     limits: {},
+    // The sandbox's unprivileged default (as the kernel gives a uid of its own to each agent).
+    account: { uid: 65534, gid: 65534 },
     ...over,
   };
 }

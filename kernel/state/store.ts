@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
-import { StorageError, PermissionDeniedError } from '../errors.js';
+import { StorageError, PermissionDeniedError } from '../core/errors.js';
 
 export type Scope = 'global' | 'agent' | 'session';
 

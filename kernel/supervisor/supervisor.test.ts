@@ -4,8 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Supervisor, DEFAULT_POLICY, type AgentDef, type RestartPolicy } from './supervisor.js';
 import { AgentLogs } from './logs.js';
-import type { AgentProcess, ExitInfo, SpawnSpec, Spawner } from './spawner.js';
-import { preset } from '../perms/permissions.js';
+import type { AgentProcess, ExitInfo, SpawnSpec, Spawner } from '../sandbox/types.js';
 
 /** A spawner whose "processes" the test ends by hand: for exact control over timing. */
 class FakeSpawner implements Spawner {
@@ -82,7 +81,7 @@ function def(policy: Partial<RestartPolicy> = {}): AgentDef {
     network: false,
     limits: {},
     parentId: 1,
-    perms: preset('standard'),
+    account: null,
     policy: { ...DEFAULT_POLICY, ...policy },
     spawner,
   };

@@ -3,11 +3,17 @@
  * nothing of sockets or mailboxes; the kernel learns what happens through the hooks.
  */
 import fs from 'node:fs';
-import { SpawnError, InvalidStateError, KernelError } from '../errors.js';
-import type { Permissions } from '../perms/permissions.js';
+import { SpawnFailedError, InvalidStateError, KernelError } from '../core/errors.js';
 import type { AgentLogs } from './logs.js';
 import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
-import type { AgentProcess, ExitInfo, IsolationReport, ResourceLimits, Spawner } from './spawner.js';
+import type {
+  Account,
+  AgentProcess,
+  ExitInfo,
+  IsolationReport,
+  ResourceLimits,
+  Spawner,
+} from '../sandbox/types.js';
 
 export type RestartPolicyName = 'never' | 'on-failure' | 'always';
 
@@ -43,12 +49,13 @@ export interface AgentDef {
   network: boolean;
   limits: ResourceLimits;
   parentId: number;
-  perms: Permissions;
   policy: RestartPolicy;
-  /** Which spawner starts it (the sandbox, or plain for `sandboxed: false`). */
+  /** The spawner that starts it (the sandbox runtime's). */
   spawner: Spawner;
-  /** The uid/gid it runs as (its own, when the kernel is root). */
-  account?: { uid: number; gid: number };
+  /** The uid/gid it runs as; null for the kernel's own (decided by the sandbox runtime). */
+  account: Account | null;
+  /** Directories shared with it read-only (its script's directory). */
+  share?: string[];
 }
 
 export interface AgentRecord {
@@ -65,6 +72,8 @@ export interface AgentRecord {
   startedAt: number;
   lastExit: ExitInfo | null;
   lastBeat: number;
+  /** Calls of this agent parked in a blocking wait (RECV, POLL_EVENTS): it is waiting, not silent. */
+  parked: number;
   killedBy: number | null;
   graceMs: number;
   timers: {
@@ -129,6 +138,7 @@ export class Supervisor {
       startedAt: 0,
       lastExit: null,
       lastBeat: 0,
+      parked: 0,
       killedBy: null,
       graceMs: 5000,
       timers: {},
@@ -151,7 +161,7 @@ export class Supervisor {
     try {
       fd = this.logs.open(d.name);
     } catch (e) {
-      throw new SpawnError(`failed to open log file for ${d.name}: ${(e as Error).message}`);
+      throw new SpawnFailedError(`failed to open log file for ${d.name}: ${(e as Error).message}`);
     }
     const p = d.spawner.spawn({
       agentId: d.id,
@@ -163,8 +173,8 @@ export class Supervisor {
       sandboxed: d.sandboxed,
       network: d.network,
       limits: d.limits,
-      uid: d.account?.uid,
-      gid: d.account?.gid,
+      account: d.account,
+      share: d.share,
     });
     this.inFlight.add(p);
     let proc: AgentProcess;
@@ -174,7 +184,7 @@ export class Supervisor {
       // Whatever the spawner throws (a sandbox error naming the syscall, EMFILE, …) is a spawn failure.
       throw e instanceof KernelError
         ? e
-        : new SpawnError(`failed to spawn agent ${d.name}: ${(e as Error).message}`);
+        : new SpawnFailedError(`failed to spawn agent ${d.name}: ${(e as Error).message}`);
     } finally {
       this.inFlight.delete(p);
       fs.closeSync(fd);
@@ -236,6 +246,17 @@ export class Supervisor {
   heartbeat(id: number): void {
     const a = this.agents.get(id);
     if (a) a.lastBeat = Date.now();
+  }
+
+  /**
+   * A call of the agent parked in a blocking wait (+1) or returned (-1). Time parked is not silence:
+   * the watchdog counts the agent alive while any call is parked, and from its return on.
+   */
+  parked(id: number, delta: 1 | -1): void {
+    const a = this.agents.get(id);
+    if (!a) return;
+    a.parked = Math.max(0, a.parked + delta);
+    a.lastBeat = Date.now();
   }
 
   /** Waits until the agent's current process has exited (or returns at once if it has none). */
@@ -420,6 +441,7 @@ export class Supervisor {
     if (ms <= 0) return;
     clearTimeout(a.timers.watchdog);
     const check = (): void => {
+      if (a.parked > 0) a.lastBeat = Date.now();
       const idle = Date.now() - a.lastBeat;
       if (idle >= ms) this.feed(a, 'watchdog_expired');
       else a.timers.watchdog = setTimeout(check, ms - idle);

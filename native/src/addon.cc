@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   clove::InitPeerCred(env, exports);
   clove::InitSpawn(env, exports);
   clove::InitNetns(env, exports);
+  clove::InitUserns(env, exports);
   return exports;
 }
 

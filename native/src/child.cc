@@ -19,6 +19,29 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+// The new mount API (Linux >= 5.12 for MOUNT_ATTR_IDMAP); the syscall numbers are the same on every
+// architecture.
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOUNT_ATTR_IDMAP
+#define MOUNT_ATTR_IDMAP 0x00100000
+#endif
 
 namespace clove {
 
@@ -67,17 +90,17 @@ int MountSetattr(const char* path, unsigned flags, uint64_t set, uint64_t clr) {
   return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, flags, &attr, sizeof(attr));
 }
 
-// mkdir -p without allocation (paths are at most PATH_MAX).
-void MkdirP(const char* path, int statusFd) {
+// mkdir -p without allocation (paths are at most PATH_MAX); what names the step on failure.
+void MkdirP(const char* path, int statusFd, const char* what) {
   char buf[4096];
   size_t n = strlen(path);
-  if (n >= sizeof(buf)) Fail(statusFd, "mkdir(<kept dir>)", ENAMETOOLONG);
+  if (n >= sizeof(buf)) Fail(statusFd, what, ENAMETOOLONG);
   memcpy(buf, path, n + 1);
   for (size_t i = 1; i <= n; i++) {
     if (buf[i] == '/' || buf[i] == 0) {
       char c = buf[i];
       buf[i] = 0;
-      if (mkdir(buf, 0755) != 0 && errno != EEXIST) Fail(statusFd, "mkdir(<kept dir>)", errno);
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) Fail(statusFd, what, errno);
       buf[i] = c;
     }
   }
@@ -122,17 +145,41 @@ void SetupMounts(const Plan& p, int statusFd) {
     if (keep[nkeep] < 0) Fail(statusFd, "open(<kept dir>, O_PATH)", errno);
     nkeep++;
   }
+  // Idmapped binds are detached copies taken while the directories are still visible (the masks would
+  // hide them), made read-only and idmapped while detached (MOUNT_ATTR_IDMAP only applies to a mount
+  // never attached to a namespace), and attached last so neither a mask nor a kept bind covers them.
+  constexpr size_t kMaxIdmapped = 8;
+  int idm[kMaxIdmapped];
+  size_t nidm = p.idmapped.size();
+  if (nidm > kMaxIdmapped) Fail(statusFd, "open_tree(<idmapped dir>)", E2BIG);
+  for (size_t i = 0; i < nidm; i++) {
+    const IdmappedMount& m = p.idmapped[i];
+    idm[i] = (int)syscall(SYS_open_tree, AT_FDCWD, m.path.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+    if (idm[i] < 0) Fail(statusFd, "open_tree(<idmapped dir>, OPEN_TREE_CLONE)", errno);
+    struct mount_attr attr {};
+    attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    attr.userns_fd = (uint64_t)(int64_t)m.usernsFd;  // a negative fd becomes huge: EINVAL, never fd 0
+    if (syscall(SYS_mount_setattr, idm[i], "", AT_EMPTY_PATH, &attr, sizeof(attr)) != 0)
+      Fail(statusFd, "mount_setattr(<idmapped dir>, IDMAP|RDONLY)", errno);
+  }
   for (size_t i = 0; p.maskPtrs[i]; i++) {
     bool tmp = strcmp(p.maskPtrs[i], "/tmp") == 0;
     const char* opts = tmp ? p.tmpfsOptions.c_str() : "mode=0755,size=65536,nr_inodes=4096";
     if (mount("tmpfs", p.maskPtrs[i], "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0) Fail(statusFd, tmp ? "mount(/tmp, tmpfs)" : "mount(<mask>, tmpfs)", errno);
   }
   for (size_t i = 0; i < nkeep; i++) {
-    MkdirP(p.keepPtrs[i], statusFd);
+    MkdirP(p.keepPtrs[i], statusFd, "mkdir(<kept dir>)");
     char src[64];
     FdPath(keep[i], src);
     if (mount(src, p.keepPtrs[i], nullptr, MS_BIND | MS_REC, nullptr) != 0) Fail(statusFd, "mount(<kept dir>, MS_BIND)", errno);
     close(keep[i]);
+  }
+  for (size_t i = 0; i < nidm; i++) {
+    const char* dir = p.idmapped[i].path.c_str();
+    MkdirP(dir, statusFd, "mkdir(<idmapped dir>)");
+    if (syscall(SYS_move_mount, idm[i], "", AT_FDCWD, dir, MOVE_MOUNT_F_EMPTY_PATH) != 0)
+      Fail(statusFd, "move_mount(<idmapped dir>)", errno);
+    close(idm[i]);
   }
   if (!p.tmpfsOptions.empty()) {
     struct stat st;

@@ -6,4 +6,5 @@ namespace clove {
 void InitPeerCred(Napi::Env env, Napi::Object exports);
 void InitSpawn(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
+void InitUserns(Napi::Env env, Napi::Object exports);
 }  // namespace clove

@@ -29,6 +29,13 @@ struct RlimitItem {
   struct rlimit limit;
 };
 
+// A directory bound read-only into the agent's mount namespace through an idmapped mount: files owned
+// by ids the user namespace maps appear owned by the ids it maps them to (see createIdmapUserns).
+struct IdmappedMount {
+  std::string path;   // absolute; both the source and the mount point
+  int usernsFd = -1;  // user namespace fd for MOUNT_ATTR_IDMAP, owned by the caller
+};
+
 struct Plan {
   // exec
   std::string file;                 // agent executable (absolute)
@@ -52,6 +59,7 @@ struct Plan {
   std::vector<std::string> writable;  // bind-mounted read-write on top of the read-only root
   std::vector<std::string> masks;     // directories covered by a fresh tmpfs ("/tmp" gets tmpfsOptions)
   std::vector<std::string> keep;      // directories under a mask bound back in (cwd, socket dir, program)
+  std::vector<IdmappedMount> idmapped;  // cloned before the masks, mounted after them and after keep
   // credentials
   bool setsid = false;
   bool noNewPrivs = false;

@@ -81,6 +81,28 @@ std::vector<std::string> StrArray(const Napi::Object& o, const char* key) {
   return out;
 }
 
+// idmapped: [{path, usernsFd}]. An absent field reads as [] so that callers built before the field
+// existed keep working; anything else must have the declared shape.
+std::vector<IdmappedMount> IdmappedArray(const Napi::Object& o) {
+  Napi::Value v = Field(o, "idmapped");
+  std::vector<IdmappedMount> out;
+  if (v.IsUndefined()) return out;
+  const char* shape = "idmapped must be an array of {path: string, usernsFd: number}";
+  if (!v.IsArray()) throw OptionError(o.Env(), shape);
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsObject()) throw OptionError(o.Env(), shape);
+    Napi::Object m = e.As<Napi::Object>();
+    if (!m.Get("path").IsString() || !m.Get("usernsFd").IsNumber()) throw OptionError(o.Env(), shape);
+    IdmappedMount im;
+    im.path = Str(m, "path");
+    im.usernsFd = (int)Int(m, "usernsFd");
+    out.push_back(std::move(im));
+  }
+  return out;
+}
+
 Plan ParsePlan(const Napi::Object& o) {
   Napi::Env env = o.Env();
   Plan p;
@@ -107,6 +129,7 @@ Plan ParsePlan(const Napi::Object& o) {
   p.writable = StrArray(o, "writable");
   p.masks = StrArray(o, "masks");
   p.keep = StrArray(o, "keep");
+  p.idmapped = IdmappedArray(o);
   p.setsid = Bool(o, "setsid");
   p.noNewPrivs = Bool(o, "noNewPrivs");
   p.dropCaps = Bool(o, "dropCaps");

@@ -14,8 +14,7 @@ import {
   PermissionDeniedError,
   kernelError,
 } from './client.js';
-import { encodeFrame } from '../../kernel/protocol/frame.js';
-import { Op } from '../../kernel/protocol/opcodes.js';
+import { encodeFrame, Op } from '../../protocol/index.js';
 
 const procs: KernelProcess[] = [];
 afterEach(async () => {

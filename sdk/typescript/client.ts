@@ -5,8 +5,16 @@
  */
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { encodeFrame, FrameDecoder } from '../../kernel/protocol/frame.js';
-import { Op } from '../../kernel/protocol/opcodes.js';
+import {
+  DEFAULT_SOCKET,
+  encodeFrame,
+  FrameDecoder,
+  Op,
+  SOCKET_ENV,
+  type OpName,
+  type Replies,
+  type Requests,
+} from '../../protocol/index.js';
 import { ConnectionClosedError, ProtocolError, TimeoutError, kernelError } from './errors.js';
 import type * as T from './types.js';
 
@@ -62,7 +70,7 @@ export class CloveClient {
 
   constructor(options: ClientOptions = {}) {
     this.transport =
-      options.transport ?? unixTransport(options.socketPath ?? process.env.CLOVE_SOCKET ?? '/tmp/clove.sock');
+      options.transport ?? unixTransport(options.socketPath ?? process.env[SOCKET_ENV] ?? DEFAULT_SOCKET);
     this.opts = {
       reconnect: options.reconnect ?? true,
       reconnectAttempts: options.reconnectAttempts ?? 20,
@@ -175,54 +183,61 @@ export class CloveClient {
     return reply as R;
   }
 
+  /** One syscall by its contract name: the request and reply are the contract's types. */
+  syscall<N extends OpName & keyof Requests>(name: N, req: Requests[N]): Promise<Replies[N]> {
+    return this.call(Op[name], req);
+  }
+
   // --- core ---------------------------------------------------------------------------------------
   hello(): Promise<T.HelloReply> {
-    return this.call(Op.HELLO, {});
+    return this.syscall('HELLO', {});
   }
   async echo(data: string | Buffer): Promise<string> {
     return (await this.raw(Op.NOOP, Buffer.isBuffer(data) ? data : Buffer.from(data))).toString('utf8');
   }
+  /** EXIT: the kernel says goodbye (the connection stays open until close()). */
+  async exit(): Promise<string> {
+    return (await this.raw(Op.EXIT, '')).toString('utf8');
+  }
   heartbeat(): Promise<{ success: true }> {
-    return this.call(Op.HEARTBEAT, {});
+    return this.syscall('HEARTBEAT', {});
   }
 
   // --- lifecycle ----------------------------------------------------------------------------------
   spawn(req: T.SpawnRequest): Promise<T.SpawnReply> {
-    return this.call(Op.SPAWN, req);
+    return this.syscall('SPAWN', req);
   }
   kill(target: T.Target, opts: { grace_ms?: number; wait?: boolean } = {}): Promise<T.KillReply> {
-    return this.call(Op.KILL, { ...targetOf(target), ...opts });
+    return this.syscall('KILL', { ...targetOf(target), ...opts });
   }
   list(): Promise<T.AgentInfo[]> {
-    return this.call(Op.LIST, {});
+    return this.syscall('LIST', {});
   }
-  pause(target: T.Target): Promise<{ success: true; paused: true; agent_id: number }> {
-    return this.call(Op.PAUSE, targetOf(target));
+  pause(target: T.Target): Promise<Replies['PAUSE']> {
+    return this.syscall('PAUSE', targetOf(target));
   }
-  resume(target: T.Target): Promise<{ success: true; resumed: true; agent_id: number }> {
-    return this.call(Op.RESUME, targetOf(target));
+  resume(target: T.Target): Promise<Replies['RESUME']> {
+    return this.syscall('RESUME', targetOf(target));
   }
 
   // --- IPC ------------------------------------------------------------------------------------------
-  register(name: string): Promise<{ success: true; agent_id: number; name: string }> {
-    return this.call(Op.REGISTER, { name });
+  register(name: string): Promise<Replies['REGISTER']> {
+    return this.syscall('REGISTER', { name });
   }
-  send(to: T.Target, message: unknown): Promise<{ success: true; delivered_to: number }> {
-    return this.call(Op.SEND, typeof to === 'number' ? { to, message } : { to_name: to, message });
+  send(to: T.Target, message: unknown): Promise<Replies['SEND']> {
+    return this.syscall('SEND', typeof to === 'number' ? { to, message } : { to_name: to, message });
   }
   /** Takes up to `max` messages; with `timeoutMs` the kernel holds the reply until one arrives. */
-  recv(opts: { max?: number; timeoutMs?: number } = {}): Promise<T.RecvReply> {
+  recv(opts: { max?: number; timeoutMs?: number; lease?: boolean } = {}): Promise<T.RecvReply> {
     const wait = opts.timeoutMs !== undefined;
-    return this.call(Op.RECV, {
+    return this.syscall('RECV', {
       max: opts.max ?? 10,
       ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}),
+      ...(opts.lease ? { lease: true } : {}),
     });
   }
-  broadcast(
-    message: unknown,
-    includeSelf = false,
-  ): Promise<{ success: true; delivered_count: number; failed_count: number }> {
-    return this.call(Op.BROADCAST, { message, include_self: includeSelf });
+  broadcast(message: unknown, includeSelf = false): Promise<Replies['BROADCAST']> {
+    return this.syscall('BROADCAST', { message, include_self: includeSelf });
   }
 
   // --- state ----------------------------------------------------------------------------------------
@@ -230,53 +245,148 @@ export class CloveClient {
     key: string,
     value: unknown,
     opts: { scope?: T.Scope; ttl?: number } = {},
-  ): Promise<{ success: true; key: string }> {
-    return this.call(Op.STORE, { key, value, ...opts });
+  ): Promise<Replies['STORE']> {
+    return this.syscall('STORE', { key, value, ...opts });
   }
   fetch(key: string, scope?: T.Scope): Promise<T.FetchReply> {
-    return this.call(Op.FETCH, scope ? { key, scope } : { key });
+    return this.syscall('FETCH', scope ? { key, scope } : { key });
   }
-  delete(key: string, scope?: T.Scope): Promise<{ success: true; deleted: boolean }> {
-    return this.call(Op.DELETE, scope ? { key, scope } : { key });
+  delete(key: string, scope?: T.Scope): Promise<Replies['DELETE']> {
+    return this.syscall('DELETE', scope ? { key, scope } : { key });
   }
-  keys(prefix = ''): Promise<{ success: true; keys: string[]; count: number }> {
-    return this.call(Op.KEYS, { prefix });
+  keys(prefix = ''): Promise<Replies['KEYS']> {
+    return this.syscall('KEYS', { prefix });
   }
 
   // --- events ---------------------------------------------------------------------------------------
-  subscribe(events: string[]): Promise<{ success: true; subscribed: string[] }> {
-    return this.call(Op.SUBSCRIBE, { event_types: events });
+  subscribe(events: string[]): Promise<Replies['SUBSCRIBE']> {
+    return this.syscall('SUBSCRIBE', { event_types: events });
   }
-  unsubscribe(events: string[] | 'all'): Promise<{ success: true; unsubscribed: string[] }> {
-    return this.call(Op.UNSUBSCRIBE, events === 'all' ? { all: true } : { event_types: events });
+  unsubscribe(events: string[] | 'all'): Promise<Replies['UNSUBSCRIBE']> {
+    return this.syscall('UNSUBSCRIBE', events === 'all' ? { all: true } : { event_types: events });
   }
-  pollEvents(opts: { max?: number; timeoutMs?: number } = {}): Promise<T.PollReply> {
+  pollEvents(opts: { max?: number; timeoutMs?: number } = {}): Promise<T.PollEventsReply> {
     const wait = opts.timeoutMs !== undefined;
-    return this.call(Op.POLL_EVENTS, {
+    return this.syscall('POLL_EVENTS', {
       max: opts.max ?? 100,
       ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}),
     });
   }
-  emit(event: string, data: unknown = {}): Promise<{ success: true; event: string; delivered_to: number }> {
-    return this.call(Op.EMIT, { event, data });
+  emit(event: string, data: unknown = {}): Promise<Replies['EMIT']> {
+    return this.syscall('EMIT', { event, data });
   }
 
   // --- permissions ----------------------------------------------------------------------------------
-  getPerms(
-    agentId?: number,
-  ): Promise<{ success: true; agent_id: number; permissions: Record<string, unknown> }> {
-    return this.call(Op.GET_PERMS, agentId ? { agent_id: agentId } : {});
+  getPerms(agentId?: number): Promise<Replies['GET_PERMS']> {
+    return this.syscall('GET_PERMS', agentId ? { agent_id: agentId } : {});
   }
-  setPerms(
-    agentId: number,
-    permissions: Record<string, unknown> | string,
-  ): Promise<{ success: true; agent_id: number }> {
-    return this.call(
-      Op.SET_PERMS,
+  setPerms(agentId: number, permissions: Record<string, unknown> | string): Promise<Replies['SET_PERMS']> {
+    return this.syscall(
+      'SET_PERMS',
       typeof permissions === 'string'
-        ? { agent_id: agentId, level: permissions }
+        ? { agent_id: agentId, level: permissions as never }
         : { agent_id: agentId, permissions },
     );
+  }
+
+  // --- metrics --------------------------------------------------------------------------------------
+  systemMetrics(): Promise<Replies['METRICS_SYSTEM']> {
+    return this.syscall('METRICS_SYSTEM', {});
+  }
+  agentMetrics(agentId?: number): Promise<Replies['METRICS_AGENT']> {
+    return this.syscall('METRICS_AGENT', agentId ? { agent_id: agentId } : {});
+  }
+  allAgentMetrics(): Promise<Replies['METRICS_ALL_AGENTS']> {
+    return this.syscall('METRICS_ALL_AGENTS', {});
+  }
+  cgroupMetrics(cgroupPath?: string): Promise<Replies['METRICS_CGROUP']> {
+    return this.syscall('METRICS_CGROUP', cgroupPath ? { cgroup_path: cgroupPath } : {});
+  }
+
+  // --- families of the public kernel this kernel does not implement yet (replies: not_supported) ------
+  think(req: Requests['THINK']): Promise<Replies['THINK']> {
+    return this.syscall('THINK', req);
+  }
+  llmReport(req: Requests['LLM_REPORT']): Promise<Replies['LLM_REPORT']> {
+    return this.syscall('LLM_REPORT', req);
+  }
+  exec(req: Requests['EXEC']): Promise<Replies['EXEC']> {
+    return this.syscall('EXEC', req);
+  }
+  readFile(req: Requests['READ']): Promise<Replies['READ']> {
+    return this.syscall('READ', req);
+  }
+  writeFile(req: Requests['WRITE']): Promise<Replies['WRITE']> {
+    return this.syscall('WRITE', req);
+  }
+  http(req: Requests['HTTP']): Promise<Replies['HTTP']> {
+    return this.syscall('HTTP', req);
+  }
+  asyncPoll(req: Requests['ASYNC_POLL'] = {}): Promise<Replies['ASYNC_POLL']> {
+    return this.syscall('ASYNC_POLL', req);
+  }
+  startRecording(req: Requests['RECORD_START'] = {}): Promise<Replies['RECORD_START']> {
+    return this.syscall('RECORD_START', req);
+  }
+  stopRecording(): Promise<Replies['RECORD_STOP']> {
+    return this.syscall('RECORD_STOP', {});
+  }
+  recordingStatus(req: Requests['RECORD_STATUS'] = {}): Promise<Replies['RECORD_STATUS']> {
+    return this.syscall('RECORD_STATUS', req);
+  }
+  startReplay(req: Requests['REPLAY_START']): Promise<Replies['REPLAY_START']> {
+    return this.syscall('REPLAY_START', req);
+  }
+  replayStatus(): Promise<Replies['REPLAY_STATUS']> {
+    return this.syscall('REPLAY_STATUS', {});
+  }
+  getAuditLog(req: Requests['GET_AUDIT_LOG'] = {}): Promise<Replies['GET_AUDIT_LOG']> {
+    return this.syscall('GET_AUDIT_LOG', req);
+  }
+  setAuditConfig(req: Requests['SET_AUDIT_CONFIG']): Promise<Replies['SET_AUDIT_CONFIG']> {
+    return this.syscall('SET_AUDIT_CONFIG', req);
+  }
+  worldCreate(req: Requests['WORLD_CREATE']): Promise<Replies['WORLD_CREATE']> {
+    return this.syscall('WORLD_CREATE', req);
+  }
+  worldDestroy(req: Requests['WORLD_DESTROY']): Promise<Replies['WORLD_DESTROY']> {
+    return this.syscall('WORLD_DESTROY', req);
+  }
+  worldList(): Promise<Replies['WORLD_LIST']> {
+    return this.syscall('WORLD_LIST', {});
+  }
+  worldJoin(req: Requests['WORLD_JOIN']): Promise<Replies['WORLD_JOIN']> {
+    return this.syscall('WORLD_JOIN', req);
+  }
+  worldLeave(): Promise<Replies['WORLD_LEAVE']> {
+    return this.syscall('WORLD_LEAVE', {});
+  }
+  worldEvent(req: Requests['WORLD_EVENT']): Promise<Replies['WORLD_EVENT']> {
+    return this.syscall('WORLD_EVENT', req);
+  }
+  worldState(req: Requests['WORLD_STATE']): Promise<Replies['WORLD_STATE']> {
+    return this.syscall('WORLD_STATE', req);
+  }
+  worldSnapshot(req: Requests['WORLD_SNAPSHOT']): Promise<Replies['WORLD_SNAPSHOT']> {
+    return this.syscall('WORLD_SNAPSHOT', req);
+  }
+  worldRestore(req: Requests['WORLD_RESTORE']): Promise<Replies['WORLD_RESTORE']> {
+    return this.syscall('WORLD_RESTORE', req);
+  }
+  tunnelConnect(req: Requests['TUNNEL_CONNECT']): Promise<Replies['TUNNEL_CONNECT']> {
+    return this.syscall('TUNNEL_CONNECT', req);
+  }
+  tunnelDisconnect(): Promise<Replies['TUNNEL_DISCONNECT']> {
+    return this.syscall('TUNNEL_DISCONNECT', {});
+  }
+  tunnelStatus(): Promise<Replies['TUNNEL_STATUS']> {
+    return this.syscall('TUNNEL_STATUS', {});
+  }
+  tunnelListRemotes(): Promise<Replies['TUNNEL_LIST_REMOTES']> {
+    return this.syscall('TUNNEL_LIST_REMOTES', {});
+  }
+  tunnelConfig(req: Requests['TUNNEL_CONFIG']): Promise<Replies['TUNNEL_CONFIG']> {
+    return this.syscall('TUNNEL_CONFIG', req);
   }
 
   /** Closes the connection; calls in flight fail with ConnectionClosedError. */

@@ -35,11 +35,10 @@ from .errors import (
     UnexpectedReplyError,
     kernel_error,
 )
-from .protocol import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, SyscallOp, encode_frame
+from .protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET_PATH, SOCKET_ENV, Frame, FrameDecoder, SyscallOp, encode_frame
 
 __all__ = ["CloveClient", "AgentOSClient", "connect", "DEFAULT_SOCKET_PATH", "default_socket_path"]
 
-DEFAULT_SOCKET_PATH = "/tmp/clove.sock"
 _RECV_CHUNK = 65536
 # the longest single kernel-side wait one wait_message()/wait_event() step asks for
 _WAIT_STEP_S = 30.0
@@ -47,7 +46,7 @@ _WAIT_STEP_S = 30.0
 
 def default_socket_path() -> str:
     """``$CLOVE_SOCKET`` if set (the kernel sets it for the agents it spawns), else ``/tmp/clove.sock``."""
-    return os.environ.get("CLOVE_SOCKET") or DEFAULT_SOCKET_PATH
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET_PATH
 
 
 def _is_error(reply: Any) -> bool:

@@ -569,7 +569,8 @@ def test_watchdog_restarts_a_silent_agent(kernel, op):
     op.subscribe(["AGENT_RESTARTING"])
     r = spawn_echo(kernel, op, "quiet", restart_policy="always", watchdog_ms=800, backoff_initial_ms=50)
     ask(kernel, op, "quiet", {"cmd": "heartbeat"})
-    # the agent now blocks in RECV for 30 s: silent, so the watchdog must fire
+    # the agent now sleeps without a syscall (time parked in a blocking RECV would not be silence)
+    ask(kernel, op, "quiet", {"cmd": "hang", "seconds": 30})
     ev, _ = wait_event(op, lambda e: e["type"] == "AGENT_RESTARTING" and e["data"].get("agent_id") == r["id"], timeout=10)
     assert ev["data"]["agent_id"] == r["id"]
 

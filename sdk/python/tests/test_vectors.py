@@ -1,4 +1,4 @@
-"""The shared byte-level vectors (sdk/vectors/frames.json) against the decoder and the encoder."""
+"""The shared byte-level vectors (protocol/vectors/frames.json) against the decoder and the encoder."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from clove_sdk.errors import BadMagicError, PayloadTooLargeError, ProtocolError
 from clove_sdk.protocol import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, MAGIC, FrameDecoder, encode_frame
 
-VECTORS_PATH = Path(__file__).resolve().parent.parent.parent / "vectors" / "frames.json"
+VECTORS_PATH = Path(__file__).resolve().parents[3] / "protocol" / "vectors" / "frames.json"
 DOC = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 VECTORS = DOC["vectors"]
 ERRORS = {"bad_magic": BadMagicError, "payload_too_large": PayloadTooLargeError}

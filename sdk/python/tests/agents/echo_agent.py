@@ -9,10 +9,12 @@ Messages are JSON objects; {"cmd": ...} ones are commands, anything else is echo
   {"cmd": "heartbeat"}             -> the kernel's reply to HEARTBEAT
   {"cmd": "getperms"} / {"cmd": "setperms", level?, permissions?, agent_id?} -> the kernel's reply
   {"cmd": "exit", "code": n}      -> replies {"bye": n}, then exits with status n
+  {"cmd": "hang", "seconds": n}   -> replies {"hanging": n}, then sleeps n seconds without a syscall
 """
 
 import os
 import sys
+import time
 
 try:
     import clove_sdk  # noqa: F401  (the kernel puts sdk/python on PYTHONPATH)
@@ -65,6 +67,10 @@ def main() -> int:
             elif cmd == "setperms":
                 r = c.set_permissions(body.get("permissions"), body.get("level"), body.get("agent_id"))
                 c.send_message({"reply": r}, to=sender)
+            elif cmd == "hang":
+                seconds = float(body.get("seconds", 30))
+                c.send_message({"hanging": seconds}, to=sender)
+                time.sleep(seconds)
             elif cmd == "exit":
                 code = int(body.get("code", 0))
                 c.send_message({"bye": code}, to=sender)

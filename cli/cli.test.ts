@@ -1,0 +1,105 @@
+/**
+ * The `clove` command against a real kernel process: the commands work and their exit codes are the
+ * documented ones (docs/cli.md).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { REPO_ROOT, startKernelProcess, tempDir, until, type KernelProcess } from '../harness/kernel.js';
+
+const bin = path.join(REPO_ROOT, 'bin', 'clove.js');
+let kp: KernelProcess;
+let agent: string;
+
+function clove(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [bin, '--socket', kp.socketPath, ...args], (e, out, err) =>
+      resolve({ code: e ? ((e as { code?: number }).code ?? 1) : 0, out, err }),
+    );
+  });
+}
+
+beforeAll(async () => {
+  kp = await startKernelProcess({ extra: ['--log-level', 'error'] });
+  agent = path.join(tempDir(), 'talker.py');
+  fs.writeFileSync(
+    agent,
+    [
+      'from clove_sdk import CloveClient',
+      'c = CloveClient()',
+      'print("talker ready", flush=True)',
+      'while True:',
+      '    m = c.wait_message(timeout=30)',
+      '    if m: print("got", m["message"], flush=True)',
+    ].join('\n'),
+  );
+});
+afterAll(async () => kp?.stop());
+
+describe('clove CLI', () => {
+  it('run, ps, send, logs, kill', async () => {
+    const run = await clove('run', agent, '--name', 'talker', '--restart', 'on-failure');
+    expect(run.code).toBe(0);
+    expect(run.out).toMatch(/^talker \(id \d+, pid \d+\)/);
+    const ps = await clove('ps');
+    expect(ps.out).toMatch(/talker\s+RUNNING/);
+    const json = JSON.parse((await clove('ps', '--json')).out);
+    expect(json[0]).toMatchObject({ name: 'talker', state: 'RUNNING', restart_policy: 'on-failure' });
+    expect((await clove('send', 'talker', '{"hello":"world"}')).code).toBe(0);
+    await until(
+      async () => (await clove('logs', 'talker')).out.includes("got {'hello': 'world'}"),
+      10_000,
+      'log line',
+    );
+    expect((await clove('logs', 'talker', '-n', '1')).out.trim()).toBe("got {'hello': 'world'}");
+    expect((await clove('kill', 'talker')).code).toBe(0);
+    expect((await clove('ps', '--json')).out.trim()).toBe('[]');
+  });
+
+  it('exit codes: 7 no such agent, 2 usage, 1 refused, 6 unreachable', async () => {
+    expect((await clove('kill', 'ghost')).code).toBe(7);
+    expect((await clove('logs', 'ghost')).code).toBe(7);
+    expect((await clove('frobnicate')).code).toBe(2);
+    expect((await clove('run', '/does/not/exist.py')).code).toBe(1);
+    const r = await new Promise<number>((resolve) =>
+      execFile(process.execPath, [bin, '--socket', '/tmp/nowhere.sock', 'ps'], (e) =>
+        resolve((e as { code?: number } | null)?.code ?? 0),
+      ),
+    );
+    expect(r).toBe(6);
+  });
+});
+
+describe('clove kernel shutdown', () => {
+  it('SIGTERM to its whole process group (Ctrl-C, timeout) stops agents once, removes sockets, exits 0', async () => {
+    const { spawn } = await import('node:child_process');
+    const dir = tempDir();
+    const sock = path.join(dir, 'k.sock');
+    const data = path.join(dir, 'data');
+    const child = spawn(
+      process.execPath,
+      [bin, '--socket', sock, 'kernel', '--data-dir', data, '--log-level', 'error'],
+      {
+        detached: true,
+        stdio: 'ignore',
+      },
+    );
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const { waitForSocket } = await import('../harness/kernel.js');
+    await waitForSocket(sock, 15_000);
+    const { CloveClient } = await import('../../sdk/typescript/client.js');
+    const c = await CloveClient.connect({ socketPath: sock, reconnect: false });
+    const pids: number[] = [];
+    for (let i = 0; i < 3; i++)
+      pids.push((await c.spawn({ name: `t${i}`, script: agent, restart_policy: 'always' })).pid);
+    c.close();
+    process.kill(-child.pid!, 'SIGTERM');
+    expect(await exited).toBe(0);
+    expect(fs.existsSync(sock)).toBe(false);
+    expect(fs.existsSync(path.join(data, 'run', 'agent.sock'))).toBe(false);
+    for (const p of pids) expect(fs.existsSync(`/proc/${p}`)).toBe(false);
+    for (let i = 0; i < 3; i++)
+      expect(fs.readFileSync(path.join(data, 'logs', `t${i}.log`), 'utf8')).not.toMatch(/restarting/);
+  });
+});

@@ -1,0 +1,100 @@
+/**
+ * What a syscall family sees of the kernel: who is calling, the services it may use, and hooks on the
+ * caller's connection. Families never hold the kernel object; the kernel (kernel.ts) builds the
+ * services once and the dispatcher hands each call a SyscallContext.
+ */
+import type { ArgsOf, OpName, Replies } from '../../protocol/index.js';
+import type { Permissions } from '../perms/permissions.js';
+import type { AgentService } from '../agents/agents.js';
+import type { PostOffice } from '../ipc/mailboxes.js';
+import type { EventBus, KernelEventType } from '../events/bus.js';
+import type { StateStore } from '../state/store.js';
+import type { MetricsService } from '../metrics/service.js';
+import type { Principals, Principal } from './principals.js';
+import type { Logger } from 'pino';
+
+export type { Principal };
+
+/** The caller of one syscall: its identity and its rights at the time of the call. */
+export interface Caller extends Principal {
+  perms: Permissions;
+}
+
+/** What a family may say about the kernel itself (HELLO). */
+export interface KernelInfo {
+  version: string;
+  maxPayload: number;
+  dataDir: string;
+  agentSocket: string;
+  sandbox: Record<string, unknown>;
+}
+
+/** The shared services, built once by the kernel. A family that needs a service of its own builds it in its factory. */
+export interface Services {
+  kernel: KernelInfo;
+  principals: Principals;
+  agents: AgentService;
+  mail: PostOffice;
+  events: EventBus;
+  store: StateStore;
+  metrics: MetricsService;
+  /** Publishes a kernel event (source 0) or a client's (source = its id). */
+  publish(type: KernelEventType, data: Record<string, unknown>, source: number): number;
+  log: Logger;
+}
+
+/** Where a call came from: the seat for transports other than the Unix sockets (relay, HTTP). */
+export interface TransportInfo {
+  /** e.g. `unix:operator`, `unix:agent`. */
+  kind: string;
+}
+
+export interface SyscallContext {
+  readonly caller: Caller;
+  readonly services: Services;
+  readonly transport: TransportInfo;
+  /** Aborted when the caller's connection closes. */
+  readonly signal: AbortSignal;
+  /**
+   * Parks the call until `ready()` holds, `timeoutMs` passes or the connection closes, sleeping on
+   * `wait` (which resolves when something arrives). Time parked counts as activity for the watchdog.
+   */
+  park(
+    ready: () => boolean,
+    wait: (ms: number, signal: AbortSignal) => Promise<unknown>,
+    timeoutMs: number,
+  ): Promise<void>;
+  /** Runs `fn` once when the caller's connection closes (at once if it already has). */
+  onClose(fn: () => void): void;
+}
+
+export type RawReply = Buffer | string;
+export type ReplyOf<N extends OpName> = N extends keyof Replies ? Replies[N] : RawReply;
+export type RequestOf<N extends OpName> = N extends keyof ArgsOf ? ArgsOf[N] : Buffer;
+
+export type Handler<N extends OpName> = (
+  ctx: SyscallContext,
+  req: RequestOf<N>,
+) => ReplyOf<N> | Promise<ReplyOf<N>>;
+
+export type Handlers = { [N in OpName]?: Handler<N> };
+
+/** A syscall family: a name and its handlers, keyed by the contract's opcode names. */
+export interface Family {
+  name: string;
+  handlers: Handlers;
+  /** Releases what the family holds (kernel shutdown). */
+  close?(): void | Promise<void>;
+}
+
+/** What a family factory gets to build its handlers (and any service of its own). */
+export interface FamilyEnv {
+  services: Services;
+}
+
+export type FamilyFactory = (env: FamilyEnv) => Family;
+
+/** Declares a family; the identity function only fixes its types. */
+export function defineFamily(factory: FamilyFactory): FamilyFactory {
+  return factory;
+}

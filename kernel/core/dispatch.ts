@@ -1,0 +1,138 @@
+/**
+ * The syscall table and the path of one request through it: look the opcode up, parse and validate
+ * the payload against the contract, ask the router where the call runs, build the caller's context and
+ * run the family's handler. Anything a handler throws becomes an error reply; nothing a client sends
+ * can throw past this point.
+ */
+import { Op, opInfo, opName, type Frame, type OpName } from '../../protocol/index.js';
+import { preset } from '../perms/permissions.js';
+import type { Connection, Reply } from './connection.js';
+import type { Caller, FamilyFactory, Handler, Services, SyscallContext } from './context.js';
+import { errorReply, NotSupportedError, UnknownOpcodeError } from './errors.js';
+import { parseObject, validateRequest } from './validate.js';
+import { parkUntil } from './waiters.js';
+
+/** The watchdog's view of activity: every syscall is a beat, a parked call keeps the caller alive. */
+export interface Liveness {
+  beat(id: number): void;
+  /** +1 when a call of `id` parks in a blocking wait, -1 when it returns. */
+  parked(id: number, delta: 1 | -1): void;
+}
+
+/**
+ * Where a call runs. The local router runs everything here; a cluster router (a later issue) forwards
+ * calls whose target lives on another node and returns that node's reply. Handlers never know.
+ */
+export interface Router {
+  route(op: OpName, req: unknown, caller: Caller): 'local' | Promise<Reply>;
+}
+
+export const localRouter: Router = { route: () => 'local' };
+
+interface Entry {
+  name: OpName;
+  family: string;
+  raw: boolean;
+  fn: Handler<OpName>;
+}
+
+export class Dispatcher {
+  private readonly table = new Map<number, Entry>();
+  private readonly closers: (() => void | Promise<void>)[] = [];
+
+  constructor(
+    private readonly services: Services,
+    private readonly liveness: Liveness,
+    private readonly router: Router = localRouter,
+  ) {}
+
+  /** Adds a family's handlers; an opcode registered twice is a programming error. */
+  register(factory: FamilyFactory): void {
+    const family = factory({ services: this.services });
+    for (const [name, fn] of Object.entries(family.handlers)) {
+      const code = Op[name as OpName];
+      const prev = this.table.get(code);
+      if (prev) throw new Error(`syscall ${name} registered by ${prev.family} and ${family.name}`);
+      const info = opInfo(code)!;
+      this.table.set(code, {
+        name: name as OpName,
+        family: family.name,
+        raw: info.raw,
+        fn: fn as Handler<OpName>,
+      });
+    }
+    if (family.close) this.closers.push(() => family.close!());
+  }
+
+  /** Opcodes of the contract that no family implements. */
+  unimplemented(): OpName[] {
+    return (Object.keys(Op) as OpName[]).filter((n) => !this.table.has(Op[n]));
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.closers) await c();
+  }
+
+  dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply> {
+    const principal = conn.principal;
+    const { principals } = this.services;
+    if (principal.role === 'agent') {
+      this.liveness.beat(principal.id);
+      principals.stats(principal.id).syscalls++;
+    }
+    const entry = this.table.get(frame.opcode);
+    if (!entry) {
+      return errorReply(
+        opInfo(frame.opcode)
+          ? new NotSupportedError(`${opName(frame.opcode)} is not supported by this kernel yet`)
+          : new UnknownOpcodeError(`unknown opcode 0x${frame.opcode.toString(16).padStart(2, '0')}`),
+      );
+    }
+    const caller: Caller = { ...principal, perms: principals.rights(principal.id) ?? preset('minimal') };
+    try {
+      let req: unknown = frame.payload;
+      if (!entry.raw) {
+        const payload = parseObject(frame.payload);
+        validateRequest(entry.name, payload);
+        req = payload;
+      }
+      const routed = this.router.route(entry.name, req, caller);
+      const r = routed === 'local' ? entry.fn(this.context(conn, caller), req as never) : routed;
+      if (r instanceof Promise) return r.catch((e: unknown) => this.fail(entry.name, caller, e));
+      return r;
+    } catch (e) {
+      return this.fail(entry.name, caller, e);
+    }
+  }
+
+  private context(conn: Connection, caller: Caller): SyscallContext {
+    const signal = conn.abort.signal;
+    const liveness = this.liveness;
+    return {
+      caller,
+      services: this.services,
+      transport: { kind: conn.transport },
+      signal,
+      async park(ready, wait, timeoutMs) {
+        if (ready() || signal.aborted) return;
+        liveness.parked(caller.id, 1);
+        try {
+          await parkUntil(ready, wait, timeoutMs, signal);
+        } finally {
+          liveness.parked(caller.id, -1);
+        }
+      },
+      onClose(fn) {
+        if (signal.aborted) queueMicrotask(fn);
+        else signal.addEventListener('abort', fn, { once: true });
+      },
+    };
+  }
+
+  private fail(op: OpName, caller: Caller, e: unknown): Reply {
+    const reply = errorReply(e);
+    if (reply.code === 'internal')
+      this.services.log.error({ err: e, op, caller: caller.id }, 'syscall failed');
+    return reply;
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * Who is on the other end of a connection (docs/protocol.md §2), and what each live principal holds in
+ * the core: its id, its rights and its counters. One id space for agents and connections, assigned from
+ * 1 upwards and never reused while the kernel runs.
+ */
+import { parsePermissions, preset, within, type Permissions } from '../perms/permissions.js';
+
+export type Role = 'agent' | 'operator' | 'client';
+
+export interface Principal {
+  id: number;
+  role: Role;
+  /** The agent's name, or a label for a non-agent connection. */
+  name: string;
+}
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export interface Stats {
+  syscalls: number;
+  sent: number;
+  received: number;
+}
+
+/** Which socket a connection came in on: the operator socket (0600) or the agents' socket. */
+export type Door = 'operator' | 'agent';
+
+export interface AgentLookup {
+  /** The agent a peer pid belongs to (its process tree), if any. */
+  agentOfPid(pid: number): { id: number; name: string } | undefined;
+  /** Resolves once spawns under way have settled (a child may connect before its spawn is recorded). */
+  spawnsSettled(): Promise<void>;
+}
+
+export class Principals {
+  private nextId = 1;
+  private readonly perms = new Map<number, Permissions>();
+  private readonly counters = new Map<number, Stats>();
+  private readonly clients = new Set<number>();
+
+  constructor(
+    private readonly agents: AgentLookup,
+    /** The uid that owns the kernel: it and root are operators. */
+    private readonly ownerUid: number,
+  ) {}
+
+  allocate(): number {
+    return this.nextId++;
+  }
+
+  /**
+   * Decides who a new connection is: a process of a spawned agent is that agent (on either socket);
+   * anybody else is an operator (kernel owner or root, operator socket) or a client; the agents' socket
+   * refuses non-agents (null).
+   */
+  async identify(cred: PeerCred, door: Door): Promise<Principal | null> {
+    let agent = this.agents.agentOfPid(cred.pid);
+    if (!agent) {
+      await this.agents.spawnsSettled();
+      agent = this.agents.agentOfPid(cred.pid);
+    }
+    if (agent) return { id: agent.id, role: 'agent', name: agent.name };
+    if (door === 'agent') return null;
+    const id = this.allocate();
+    if (cred.uid === this.ownerUid || cred.uid === 0) return { id, role: 'operator', name: `operator-${id}` };
+    return { id, role: 'client', name: `client-${id}` };
+  }
+
+  /** A non-agent connection opened: operators may do anything, clients get `standard` rights. */
+  clientOpened(p: Principal): void {
+    if (p.role === 'agent') return;
+    this.clients.add(p.id);
+    this.perms.set(p.id, preset(p.role === 'operator' ? 'unrestricted' : 'standard'));
+  }
+
+  /** A live non-agent connection (clients are addressed by their connection's id). */
+  isClient(id: number): boolean {
+    return this.clients.has(id);
+  }
+
+  rights(id: number): Permissions | undefined {
+    return this.perms.get(id);
+  }
+
+  hasRights(id: number): boolean {
+    return this.perms.has(id);
+  }
+
+  setRights(id: number, p: Permissions): void {
+    this.perms.set(id, p);
+  }
+
+  /** Rights from a `permissions` object or a level name (SPAWN, SET_PERMS). */
+  parseRights(v: unknown): Permissions {
+    return parsePermissions(v);
+  }
+
+  /** True when `child` grants nothing `parent` does not (nobody hands out a right they lack). */
+  within(child: Permissions, parent: Permissions): boolean {
+    return within(child, parent);
+  }
+
+  /** Per-principal counters (METRICS_AGENT's kernel_stats). */
+  stats(id: number): Stats {
+    let s = this.counters.get(id);
+    if (!s) {
+      s = { syscalls: 0, sent: 0, received: 0 };
+      this.counters.set(id, s);
+    }
+    return s;
+  }
+
+  /** Forgets a principal that is gone for good (a closed client, a released agent). */
+  forget(id: number): void {
+    this.clients.delete(id);
+    this.perms.delete(id);
+    this.counters.delete(id);
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * Request validation against the contract's JSON Schemas (protocol/families/*.json), compiled once per
+ * opcode on first use. Defaults written in the contract are filled in, so a handler gets its request
+ * complete and typed (`ArgsOf[op]`). Every failure is an InvalidRequestError that names the field and
+ * what it must be, so a client with a wrong payload learns exactly what to fix.
+ */
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
+import { REQUEST_SCHEMAS, SCHEMA_DEFS, type OpName } from '../../protocol/index.js';
+import { InvalidRequestError } from './errors.js';
+
+export type Payload = Record<string, unknown>;
+
+const ajv = new Ajv2020({
+  useDefaults: true,
+  allErrors: false,
+  allowUnionTypes: true,
+  strict: false,
+});
+ajv.addSchema(SCHEMA_DEFS);
+const compiled = new Map<OpName, ValidateFunction>();
+
+/** Parses a payload as a JSON object; an empty payload is `{}` (the public SDK always sends an object). */
+export function parseObject(buf: Buffer): Payload {
+  if (buf.length === 0) return {};
+  let v: unknown;
+  try {
+    v = JSON.parse(buf.toString('utf8'));
+  } catch (e) {
+    throw new InvalidRequestError(`invalid request: payload is not valid JSON (${(e as Error).message})`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+    throw new InvalidRequestError('invalid request: payload must be a JSON object');
+  }
+  return v as Payload;
+}
+
+/** Checks `payload` against the request schema of `op` and fills in its defaults (in place). */
+export function validateRequest(op: OpName, payload: Payload): void {
+  let validate = compiled.get(op);
+  if (!validate) {
+    const schema = REQUEST_SCHEMAS[op];
+    if (!schema) return;
+    validate = ajv.compile(schema);
+    compiled.set(op, validate);
+  }
+  if (!validate(payload)) throw new InvalidRequestError(describe(validate.errors?.[0], payload));
+}
+
+function kindOf(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v;
+}
+
+const A: Record<string, string> = {
+  string: 'a string',
+  number: 'a number',
+  integer: 'an integer',
+  boolean: 'a boolean',
+  object: 'an object',
+  array: 'an array',
+  null: 'null',
+};
+
+/** One ajv error as a sentence: `invalid request: field 'limits.memory' must be >= 4194304`. */
+function describe(e: ErrorObject | null | undefined, payload: Payload): string {
+  if (!e) return 'invalid request';
+  const parts = e.instancePath
+    .split('/')
+    .slice(1)
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+  let value: unknown = payload;
+  for (const p of parts) value = (value as Record<string, unknown> | undefined)?.[p];
+  const field = parts.join('.');
+  const p = e.params as Record<string, unknown>;
+  let what: string;
+  switch (e.keyword) {
+    case 'type': {
+      const types = String(p.type).split(',');
+      // An integer field given something that is not a number at all is "not a number".
+      const want =
+        types.length === 1 && types[0] === 'integer' && typeof value !== 'number' ? ['number'] : types;
+      what = `must be ${want.map((t) => A[t] ?? t).join(' or ')}, got ${kindOf(value)}`;
+      break;
+    }
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+    case 'exclusiveMaximum':
+      what = `must be ${p.comparison} ${p.limit}`;
+      break;
+    case 'enum':
+      what = `must be one of ${(p.allowedValues as unknown[]).join(', ')}`;
+      break;
+    case 'pattern':
+      what = `must match ${p.pattern}`;
+      break;
+    case 'const':
+      what = `must be ${JSON.stringify(p.allowedValue)}`;
+      break;
+    case 'required':
+      return `invalid request: field '${[...parts, p.missingProperty].join('.')}' is required`;
+    default:
+      what = e.message ?? 'is invalid';
+  }
+  return field ? `invalid request: field '${field}' ${what}` : `invalid request: payload ${what}`;
+}

@@ -1,0 +1,60 @@
+/**
+ * The daemon entry: runs a kernel in the foreground until SIGTERM or SIGINT. The `clove` command
+ * (cli/) reaches it only through bin/clove.js, which hands it to the CLI as its `daemon`.
+ */
+import { defaultOptions, REPO_ROOT, type KernelOptions } from './config.js';
+import { KernelStartError } from './core/errors.js';
+import { Kernel } from './kernel.js';
+
+export { defaultOptions, REPO_ROOT };
+export { KERNEL_VERSION } from './version.js';
+export type { KernelOptions };
+
+export interface RunningKernel {
+  socketPath: string;
+  log(msg: string, fields?: Record<string, unknown>): void;
+}
+
+/**
+ * Starts the kernel; returns its exit code once it stopped (0), or at once when it could not start
+ * (the KernelStartError's code, docs/cli.md). `afterStart` runs once it accepts connections.
+ */
+export async function runKernel(
+  options: Partial<KernelOptions>,
+  afterStart?: (k: RunningKernel) => Promise<void>,
+): Promise<number> {
+  const kernel = new Kernel(defaultOptions(options));
+  try {
+    await kernel.start();
+  } catch (e) {
+    if (e instanceof KernelStartError) {
+      process.stderr.write(`clove: ${e.message}\n`);
+      return e.exitCode;
+    }
+    throw e;
+  }
+  // One client must never take the kernel down: a bug that escapes a handler is logged, not fatal.
+  process.on('uncaughtException', (err) =>
+    kernel.log.error({ err }, 'uncaught exception (kernel keeps running)'),
+  );
+  process.on('unhandledRejection', (err) =>
+    kernel.log.error({ err }, 'unhandled rejection (kernel keeps running)'),
+  );
+  let stopping = false;
+  const done = new Promise<number>((resolve) => {
+    const stop = (sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      kernel.log.info({ signal: sig }, 'stopping: agents get SIGTERM, then SIGKILL after the grace period');
+      kernel.close().then(() => resolve(0));
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  if (afterStart)
+    await afterStart({
+      socketPath: kernel.opts.socketPath,
+      log: (msg, fields) => kernel.log.info(fields ?? {}, msg),
+    });
+  return done;
+}

@@ -1,2 +1,0 @@
-export * from './frame.js';
-export * from './opcodes.js';

@@ -1,0 +1,733 @@
+/**
+ * NativeSpawner: the sandboxed implementation of the supervisor's Spawner (kind "native").
+ *
+ * Per agent: clone3 into new PID, mount, UTS and IPC namespaces (network: one shared empty netns unless
+ * granted), born into its cgroups (v2 CLONE_INTO_CGROUP; v1 joins before exec), read-only root with a
+ * writable cwd and a private /tmp, private /proc, no capabilities, NO_NEW_PRIVS, an unprivileged uid.
+ * PID 1 of the namespace is native clove-init, which forwards signals and reports the agent's status.
+ * See docs/sandbox.md.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from './types.js';
+import type {
+  CloveNative,
+  NativeChild,
+  NativeExit,
+  NativeSpawnOptions,
+  RlimitTuple,
+} from '../../native/index.js';
+import { exposure, modeAllows, reachableBy } from './access.js';
+import { REPO_ROOT } from '../config.js';
+import { AgentCgroup, CgroupRoot, detectHostLayout, type CgroupLayout } from './cgroups.js';
+import {
+  fromNative,
+  PolicyError,
+  SandboxSpawnError,
+  SandboxUnavailableError,
+  SyscallError,
+} from './errors.js';
+import { initHelperPath, loadNative } from './native.js';
+import {
+  agentHostname,
+  cgroupLeafName,
+  checkAbsolute,
+  resolveLimits,
+  resolvePolicy,
+  sharesToWeight,
+  type SandboxPolicy,
+} from './policy.js';
+
+const RLIMIT_CORE = 4;
+
+/**
+ * Clove's own installation (the SDKs, the compiled TypeScript, node_modules, clove-init) stays visible
+ * to every agent, read-only, even when it lives under the masked /tmp or an unreadable home.
+ */
+const INSTALLATION = [REPO_ROOT];
+const RLIMIT_NOFILE = 7;
+
+/** How a spawner isolates, decided once at start-up. */
+export type SandboxMode = 'root' | 'rootless' | 'plain';
+
+export interface NativeSpawnerOptions extends Partial<SandboxPolicy> {
+  /** Where loud warnings go (degraded modes). Default console.warn. */
+  warn?: (message: string) => void;
+}
+
+let instanceCounter = 0;
+
+const SIGNALS = os.constants.signals as Record<string, number>;
+function signalName(n: number | null): NodeJS.Signals | null {
+  if (n === null) return null;
+  for (const [k, v] of Object.entries(SIGNALS)) if (v === n) return k as NodeJS.Signals;
+  return null;
+}
+
+/** Host pids of every process below `root` (inclusive), through /proc/<pid>/task/<tid>/children. */
+export function processTree(root: number): number[] {
+  const out: number[] = [];
+  const todo = [root];
+  while (todo.length > 0 && out.length < 100_000) {
+    const pid = todo.pop()!;
+    out.push(pid);
+    let tasks: string[] = [];
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const t of tasks) {
+      try {
+        for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' '))
+          if (c.trim()) todo.push(Number(c));
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Directories an agent must be able to reach: its cwd, the agent socket's directory, its program's
+ * installation prefix (the parent of a `bin` dir, so an interpreter finds its libraries), the
+ * directories of absolute paths among its arguments (its script) and of PYTHONPATH/NODE_PATH entries.
+ */
+export function neededDirs(file: string, argv: string[], env: Record<string, string>, cwd: string): string[] {
+  const out = [cwd];
+  const dirOf = (p: string): string | undefined => {
+    try {
+      return fs.statSync(p).isDirectory() ? p : path.dirname(p);
+    } catch {
+      return undefined;
+    }
+  };
+  let real = file;
+  try {
+    real = fs.realpathSync(file);
+  } catch {
+    /* reported at exec */
+  }
+  for (const f of new Set([file, real])) {
+    const d = path.dirname(f);
+    out.push(path.basename(d) === 'bin' ? path.dirname(d) : d);
+  }
+  if (env.CLOVE_SOCKET && path.isAbsolute(env.CLOVE_SOCKET)) out.push(path.dirname(env.CLOVE_SOCKET));
+  for (const a of argv.slice(1)) if (path.isAbsolute(a)) out.push(dirOf(a) ?? '');
+  for (const k of ['PYTHONPATH', 'NODE_PATH'])
+    for (const p of (env[k] ?? '').split(':')) if (path.isAbsolute(p)) out.push(dirOf(p) ?? '');
+  return out.filter(Boolean);
+}
+
+function nsInode(pid: number): string | undefined {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return undefined;
+  }
+}
+
+class SandboxedAgent implements AgentProcess {
+  readonly pid: number;
+  private exitInfo?: ExitInfo;
+  private readonly callbacks: Array<(info: ExitInfo) => void> = [];
+  private frozen = false;
+
+  constructor(
+    private readonly spawner: NativeSpawner,
+    readonly agentId: number,
+    private readonly child: NativeChild,
+    readonly isolation: IsolationReport,
+    readonly cgroup: AgentCgroup | undefined,
+    /** The tree root is a clove-init in its own PID namespace (true) or the agent itself (false). */
+    private readonly hasInit: boolean,
+    readonly pidNamespace: string | undefined,
+  ) {
+    this.pid = child.pid;
+    child.watch((exit) => void this.finish(exit));
+  }
+
+  /** Host pid of the agent program itself (below clove-init), when it is still running. */
+  mainPid(): number | undefined {
+    if (!this.hasInit) return this.exitInfo ? undefined : this.pid;
+    const tree = processTree(this.pid);
+    return tree.length > 1 ? tree[1] : undefined;
+  }
+
+  get exited(): boolean {
+    return this.exitInfo !== undefined;
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.exitInfo || this.child.exited) return;
+    try {
+      this.deliver(sig);
+    } catch {
+      /* never throws for a dead (or dying) agent */
+    }
+  }
+
+  private deliver(sig: NodeJS.Signals): void {
+    if (sig === 'SIGSTOP' || sig === 'SIGTSTP') {
+      if (this.cgroup?.freeze(true)) {
+        this.frozen = true;
+        return;
+      }
+      this.signalTree('SIGSTOP');
+      return;
+    }
+    if (sig === 'SIGCONT') {
+      if (this.frozen) this.cgroup?.freeze(false);
+      this.frozen = false;
+      this.signalTree('SIGCONT');
+      return;
+    }
+    const num = SIGNALS[sig];
+    if (num === undefined) throw new PolicyError('signal', `unknown signal ${sig}`);
+    if (this.hasInit) {
+      // SIGKILL ends clove-init, and the kernel then kills its whole namespace; other signals are
+      // forwarded by clove-init to every process of the namespace.
+      this.child.kill(num);
+    } else {
+      // Plain mode: the agent leads its own session/process group; its cgroup (if any) catches the rest.
+      try {
+        process.kill(-this.pid, sig);
+      } catch {
+        this.child.kill(num);
+      }
+      if (sig === 'SIGKILL') this.cgroup?.killAll();
+    }
+    // A frozen agent cannot act on a signal: thaw it for the ones that end it (KILL of a paused agent
+    // must not leave a stopped orphan behind).
+    if (this.frozen && ['SIGKILL', 'SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'].includes(sig)) {
+      this.cgroup?.freeze(false);
+      this.frozen = false;
+    }
+  }
+
+  private signalTree(sig: NodeJS.Signals): void {
+    const pids = this.cgroup?.procs() ?? processTree(this.pid);
+    for (const p of pids) {
+      try {
+        process.kill(p, sig);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  onExit(cb: (info: ExitInfo) => void): void {
+    if (this.exitInfo) {
+      const info = this.exitInfo;
+      queueMicrotask(() => cb(info));
+    } else {
+      this.callbacks.push(cb);
+    }
+  }
+
+  private async finish(exit: NativeExit): Promise<void> {
+    const status = exit.agent ?? { code: exit.code, signal: exit.signal };
+    let code = status.code;
+    let signal = signalName(status.signal);
+    if (code === null && signal === null) signal = 'SIGKILL'; // reaped by someone else: assume killed
+    let reason: ExitInfo['reason'] = signal ? 'signal' : 'exit';
+    const cg = this.cgroup;
+    if (cg) {
+      if (!this.hasInit) await this.spawner.drainCgroup(cg);
+      const abnormal = signal !== null || code !== 0;
+      if (cg.oomKills() > 0 && abnormal) reason = 'oom';
+      else if (cg.pidsMaxEvents() > 0 && abnormal) reason = 'pids';
+      await this.spawner.removeCgroup(cg);
+    } else if (!this.hasInit) {
+      try {
+        process.kill(-this.pid, 'SIGKILL'); // what the plain agent left in its process group
+      } catch {
+        /* none */
+      }
+    }
+    if (code !== null) signal = null;
+    else code = null;
+    this.exitInfo = { code, signal, reason };
+    this.spawner.forget(this);
+    for (const cb of this.callbacks.splice(0)) {
+      try {
+        cb(this.exitInfo);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+}
+
+export class NativeSpawner implements Spawner {
+  readonly kind = 'native';
+  readonly policy: SandboxPolicy;
+  private readonly warn: (m: string) => void;
+  private native?: CloveNative;
+  private ready = false;
+  private modeValue: SandboxMode = 'plain';
+  private readonly reasons: string[] = [];
+  private netnsFd = -1;
+  private cgroups?: CgroupRoot;
+  private readonly live = new Set<SandboxedAgent>();
+  /** cgroup path (identity hierarchy) -> agent id. */
+  private readonly byCgroup = new Map<string, number>();
+  /** PID namespace inode -> agent id (identity without cgroups). */
+  private readonly byPidNs = new Map<string, number>();
+  readonly instance: string;
+
+  constructor(options: NativeSpawnerOptions = {}) {
+    const { warn, ...policy } = options;
+    this.policy = resolvePolicy(policy);
+    this.warn = warn ?? ((m) => console.warn(m));
+    this.instance = `${process.pid}.${instanceCounter++}`;
+  }
+
+  /** The isolation mode chosen at start-up (after init()). */
+  get mode(): SandboxMode {
+    return this.modeValue;
+  }
+
+  /** The cgroup layout in use (after init()). */
+  get layout(): CgroupLayout | undefined {
+    return this.cgroups?.layout;
+  }
+
+  /** The cgroup root of this spawner (after init()); used by metrics to confine client paths. */
+  get cgroupRoot(): CgroupRoot | undefined {
+    return this.cgroups;
+  }
+
+  /** Why the sandbox is degraded, empty when it is complete. */
+  get degradedReasons(): readonly string[] {
+    return this.reasons;
+  }
+
+  /**
+   * Start-up: loads the addon, picks the mode (probing namespaces), detects cgroups per controller and
+   * creates this spawner's cgroup root, creates the shared empty netns. Idempotent; spawn() calls it.
+   */
+  init(): void {
+    if (this.ready) return;
+    this.native = loadNative();
+    const want = this.policy.mode;
+    const isRoot = process.geteuid?.() === 0;
+    const candidates: SandboxMode[] =
+      want === 'auto' ? (isRoot ? ['root', 'rootless', 'plain'] : ['rootless', 'plain']) : [want];
+    for (const m of candidates) {
+      try {
+        if (m === 'root') {
+          if (!isRoot) throw new Error('not running as root');
+          this.netnsFd = this.native.createEmptyNetns();
+        }
+        this.modeValue = m;
+        this.probe();
+        break;
+      } catch (err) {
+        this.reasons.push(`${m} sandbox unavailable: ${(err as Error).message}`);
+        if (this.netnsFd >= 0) fs.closeSync(this.netnsFd);
+        this.netnsFd = -1;
+        if (m === candidates[candidates.length - 1]) throw fromNative(err);
+      }
+    }
+    if (this.modeValue !== 'root') this.reasons.push(`running in ${this.modeValue} mode`);
+    if (isRoot || this.modeValue !== 'plain') {
+      try {
+        this.cgroups = new CgroupRoot(detectHostLayout(), this.instance);
+        this.cgroups.init();
+        this.reasons.push(...this.cgroups.problems);
+        if (this.cgroups.roots.size === 0) this.cgroups = undefined;
+        else
+          for (const c of ['memory', 'cpu', 'pids'] as const)
+            if (!this.cgroups.layout.controllers[c]) this.reasons.push(`cgroup controller ${c} unavailable`);
+      } catch (err) {
+        this.reasons.push(`cgroups unavailable: ${(err as Error).message}`);
+        this.cgroups = undefined;
+      }
+    } else {
+      this.reasons.push('cgroups unavailable without root');
+    }
+    this.ready = true;
+    if (this.reasons.length > 0) {
+      const msg = `clove sandbox DEGRADED (${this.modeValue}): ${this.reasons.join('; ')}`;
+      if (this.policy.require) {
+        this.close();
+        throw new SandboxUnavailableError(msg);
+      }
+      this.warn(`WARNING: ${msg}`);
+    }
+  }
+
+  /** Spawns /bin/true in the chosen mode; throws when the mode does not work on this host. */
+  private probe(): void {
+    const log = fs.openSync('/dev/null', 'w');
+    try {
+      const opts = this.nativeOptions(
+        {
+          file: '/bin/true',
+          argv: ['true'],
+          env: [],
+          cwd: '/',
+          logFd: log,
+          network: false,
+          sandboxed: true,
+          name: 'probe',
+        },
+        undefined,
+        2,
+      );
+      const child = this.native!.spawn(opts);
+      child.kill(9);
+      child.watch(() => undefined);
+    } finally {
+      fs.closeSync(log);
+    }
+  }
+
+  private nativeOptions(
+    s: {
+      file: string;
+      argv: string[];
+      env: string[];
+      cwd: string;
+      logFd: number;
+      network: boolean;
+      sandboxed: boolean;
+      name: string;
+      keep?: string[];
+      uid?: number;
+      gid?: number;
+      idmapped?: { path: string; usernsFd: number }[];
+    },
+    cg: AgentCgroup | undefined,
+    _maxPids: number,
+  ): NativeSpawnOptions {
+    const m = this.modeValue;
+    const ns = s.sandboxed && m !== 'plain';
+    const writable: string[] = [];
+    if (ns && this.policy.writableCwd && s.cwd !== '/') writable.push(s.cwd);
+    if (ns) writable.push(...this.policy.writablePaths);
+    const rlimits: RlimitTuple[] = [
+      [RLIMIT_NOFILE, this.policy.maxOpenFiles, this.policy.maxOpenFiles],
+      [RLIMIT_CORE, 0, 0],
+    ];
+    return {
+      file: s.file,
+      argv: s.argv,
+      env: s.env,
+      cwd: s.cwd,
+      stdoutFd: s.logFd,
+      initPath: ns ? initHelperPath() : '',
+      newPid: ns,
+      newMount: ns,
+      newUts: ns,
+      newIpc: ns,
+      newNet: ns && m === 'rootless' && !s.network,
+      newCgroup: false,
+      newUser: ns && m === 'rootless',
+      uidMap: `0 ${process.geteuid?.() ?? 0} 1`,
+      gidMap: `0 ${process.getegid?.() ?? 0} 1`,
+      netnsFd: ns && m === 'root' && !s.network ? this.netnsFd : -1,
+      hostname: ns ? agentHostname(s.name) : '',
+      cgroupDir: cg?.v2Dir ?? '',
+      cgroupProcs: cg?.v1Procs ?? [],
+      readOnlyRoot: ns,
+      mountProc: ns,
+      tmpfsOptions: ns ? `size=${this.policy.tmpSize},mode=1777,nr_inodes=65536` : '',
+      writable,
+      ...(ns ? this.mounts(s.keep ?? [], writable, s.uid, s.gid, s.idmapped ?? []) : { masks: [], keep: [] }),
+      idmapped: ns ? (s.idmapped ?? []) : [],
+      // Always a session of its own: a terminal's Ctrl-C (or `timeout`) signals the kernel, which stops agents in order.
+      setsid: true,
+      noNewPrivs: true,
+      dropCaps: true,
+      // Rootless mode maps only the kernel's uid: an account cannot be applied there.
+      uid: m !== 'rootless' && s.uid !== undefined ? s.uid : -1,
+      gid: m !== 'rootless' && s.gid !== undefined ? s.gid : -1,
+      rlimits,
+      startTimeoutMs: this.policy.startTimeoutMs,
+    };
+  }
+
+  /**
+   * The agent's view of the file system: what to mask and what to bind back in (exposure()), minus what
+   * an idmapped mount covers (it goes on top of any kept directory at or below it).
+   */
+  private mounts(
+    needed: string[],
+    writable: string[],
+    uid: number | undefined,
+    gid: number | undefined,
+    idmapped: { path: string }[],
+  ): { masks: string[]; keep: string[] } {
+    const e = exposure(
+      [...writable, ...needed, ...idmapped.map((i) => i.path), ...INSTALLATION],
+      uid ?? process.geteuid?.() ?? 0,
+      gid ?? process.getegid?.() ?? 0,
+      true,
+    );
+    const covered = (k: string) => idmapped.some((i) => k === i.path || k.startsWith(i.path + '/'));
+    return { masks: e.masks, keep: e.keep.filter((k) => !covered(k)) };
+  }
+
+  /**
+   * Shared directories the agent's uid cannot read as they are (a script in a 0700 `mktemp -d`): each
+   * gets a user namespace mapping its owner to the agent's uid, for an idmapped read-only mount. The
+   * caller closes the returned fds once the agent has started.
+   */
+  private idmapShares(share: string[], uid: number, gid: number): { path: string; usernsFd: number }[] {
+    const out: { path: string; usernsFd: number }[] = [];
+    try {
+      for (const raw of share) {
+        const dir = checkAbsolute('share', raw);
+        let st: fs.Stats;
+        try {
+          st = fs.statSync(dir);
+        } catch {
+          continue;
+        }
+        if (!st.isDirectory() || modeAllows(dir, uid, gid, 5) || out.some((o) => o.path === dir)) continue;
+        const usernsFd = this.native!.createIdmapUserns(`${st.uid} ${uid} 1`, `${st.gid} ${gid} 1`);
+        out.push({ path: dir, usernsFd });
+      }
+    } catch (err) {
+      for (const o of out) fs.closeSync(o.usernsFd);
+      throw fromNative(err);
+    }
+    return out;
+  }
+
+  async spawn(spec: SpawnSpec): Promise<AgentProcess> {
+    return this.spawnSync(spec);
+  }
+
+  /** spawn() without the promise: the work is synchronous (a few ms). */
+  spawnSync(spec: SpawnSpec): SandboxedAgent {
+    this.init();
+    const argv = spec.argv;
+    if (!Array.isArray(argv) || argv.length === 0 || argv.some((a) => typeof a !== 'string'))
+      throw new PolicyError('argv', 'must be a non-empty array of strings');
+    const file = checkAbsolute('argv[0]', argv[0]);
+    const cwd = checkAbsolute('cwd', spec.cwd);
+    if (!Number.isInteger(spec.logFd) || spec.logFd < 0) throw new PolicyError('logFd', 'must be an open fd');
+    if (!Number.isInteger(spec.agentId) || spec.agentId < 0)
+      throw new PolicyError('agentId', 'must be a non-negative integer');
+    const env: string[] = [];
+    for (const [k, v] of Object.entries(spec.env ?? {})) {
+      if (!k || k.includes('=') || k.includes('\0') || typeof v !== 'string' || v.includes('\0'))
+        throw new PolicyError(`env.${k}`, 'invalid variable');
+      env.push(`${k}=${v}`);
+    }
+    const limits = resolveLimits(spec.limits);
+    const sandboxed = spec.sandboxed !== false;
+    const ns = sandboxed && this.modeValue !== 'plain';
+    const account = this.modeValue === 'rootless' ? null : spec.account;
+    if (
+      account &&
+      (!Number.isInteger(account.uid) ||
+        account.uid <= 0 ||
+        !Number.isInteger(account.gid) ||
+        account.gid <= 0)
+    )
+      throw new PolicyError('account', 'uid and gid must be positive integers');
+    const uid = account?.uid ?? process.geteuid?.() ?? 0;
+    const gid = account?.gid ?? process.getegid?.() ?? 0;
+    // In a mount namespace, directories the uid cannot traverse are masked and what is needed re-exposed
+    // (see exposure()), so only the file's own mode matters there.
+    const canRun = ns ? modeAllows(file, uid, gid, 1) : reachableBy(file, uid, gid, 1);
+    if (!canRun) {
+      throw new SandboxSpawnError(
+        `${file} is not executable by the agent uid ${uid} (check the mode of every parent directory)`,
+        'EACCES',
+        { syscall: 'execve', errno: os.constants.errno.EACCES },
+      );
+    }
+    if (!(ns ? modeAllows(cwd, uid, gid, 1) : reachableBy(cwd, uid, gid, 1))) {
+      throw new SandboxSpawnError(`cwd ${cwd} is not reachable by the agent uid ${uid}`, 'EACCES', {
+        syscall: 'chdir',
+        errno: os.constants.errno.EACCES,
+      });
+    }
+
+    let cg: AgentCgroup | undefined;
+    if (this.cgroups) {
+      try {
+        cg = this.cgroups.create(cgroupLeafName(spec.name, spec.agentId), {
+          memory: limits.memory,
+          // clove-init is one more process of the agent's cgroup.
+          maxPids: limits.max_pids + (ns ? 1 : 0),
+          cpuQuota: limits.cpu_quota,
+          cpuPeriod: limits.cpu_period,
+          cpuShares: limits.cpu_shares,
+          cpuWeight: sharesToWeight(limits.cpu_shares),
+        });
+      } catch (err) {
+        throw new SandboxSpawnError(
+          `cannot create the agent's cgroup: ${(err as Error).message}`,
+          (err as { code?: string }).code ?? 'ECGROUP',
+          { cause: err },
+        );
+      }
+    }
+    let child: NativeChild;
+    let idmapped: { path: string; usernsFd: number }[] = [];
+    try {
+      idmapped = ns && account ? this.idmapShares(spec.share ?? [], uid, gid) : [];
+      const keep = neededDirs(file, argv, spec.env ?? {}, cwd);
+      child = this.native!.spawn(
+        this.nativeOptions(
+          {
+            file,
+            argv,
+            env,
+            cwd,
+            logFd: spec.logFd,
+            network: spec.network,
+            sandboxed,
+            name: spec.name,
+            keep,
+            ...(account ? { uid, gid } : {}),
+            idmapped,
+          },
+          cg,
+          limits.max_pids,
+        ),
+      );
+    } catch (err) {
+      cg?.remove();
+      const e = fromNative(err);
+      if (e instanceof SyscallError)
+        throw new SandboxSpawnError(`cannot start agent ${spec.name}: ${e.message}`, e.code, {
+          cause: e,
+          syscall: e.syscall,
+          errno: e.errno,
+        });
+      throw e;
+    } finally {
+      // The agent holds its idmapped mounts; the namespaces that described them are no longer needed.
+      for (const i of idmapped) fs.closeSync(i.usernsFd);
+    }
+    const isolation = this.report(spec, ns, cg);
+    const agent = new SandboxedAgent(
+      this,
+      spec.agentId,
+      child,
+      isolation,
+      cg,
+      ns,
+      ns ? nsInode(child.pid) : undefined,
+    );
+    this.live.add(agent);
+    if (cg) {
+      const h = this.cgroups!.identityHierarchy();
+      const rel = h ? cg.relPaths.get(h) : undefined;
+      if (rel) this.byCgroup.set(rel, spec.agentId);
+    }
+    if (agent.pidNamespace) this.byPidNs.set(agent.pidNamespace, spec.agentId);
+    return agent;
+  }
+
+  private report(spec: SpawnSpec, ns: boolean, cg: AgentCgroup | undefined): IsolationReport {
+    const netIsolated = ns && !spec.network;
+    const cgroups = {
+      available: cg !== undefined,
+      memory_limit: cg?.applied.memory ?? false,
+      cpu_quota: cg?.applied.cpu ?? false,
+      pids_limit: cg?.applied.pids ?? false,
+      version: this.cgroups?.layout.version ?? 'none',
+    };
+    const reasons = [...this.reasons];
+    if (spec.sandboxed === false) reasons.push('sandboxed: false requested');
+    const fully =
+      ns &&
+      this.modeValue === 'root' &&
+      cgroups.memory_limit &&
+      cgroups.cpu_quota &&
+      cgroups.pids_limit &&
+      (netIsolated || spec.network);
+    const r: IsolationReport = {
+      fully_isolated: fully,
+      namespaces: {
+        pid: ns,
+        net: netIsolated,
+        mnt: ns,
+        uts: ns,
+        ipc: ns,
+        user: ns && this.modeValue === 'rootless',
+      },
+      cgroups,
+    };
+    if (!fully || reasons.length > 0) r.degraded_reason = reasons.join('; ') || 'incomplete isolation';
+    return r;
+  }
+
+  ownerOf(pid: number): number | undefined {
+    if (!Number.isInteger(pid) || pid <= 0) return undefined;
+    if (this.cgroups && this.byCgroup.size > 0) {
+      const p = this.cgroups.identityPathOf(pid);
+      if (p !== undefined) {
+        for (let cur = p; cur.length > 1; cur = path.posix.dirname(cur)) {
+          const id = this.byCgroup.get(cur);
+          if (id !== undefined) return id;
+        }
+      }
+    }
+    if (this.byPidNs.size > 0) {
+      const ino = nsInode(pid);
+      if (ino) return this.byPidNs.get(ino);
+    }
+    return undefined;
+  }
+
+  /** Live agents (for metrics and shutdown). */
+  agents(): ReadonlySet<SandboxedAgent> {
+    return this.live;
+  }
+
+  /** @internal */
+  forget(agent: SandboxedAgent): void {
+    this.live.delete(agent);
+    for (const [k, v] of this.byCgroup)
+      if (v === agent.agentId && agent.cgroup && [...agent.cgroup.relPaths.values()].includes(k))
+        this.byCgroup.delete(k);
+    if (agent.pidNamespace && this.byPidNs.get(agent.pidNamespace) === agent.agentId)
+      this.byPidNs.delete(agent.pidNamespace);
+  }
+
+  /** @internal Kills what a plain-mode agent left in its cgroup and waits until the cgroup is empty. */
+  async drainCgroup(cg: AgentCgroup): Promise<void> {
+    for (let i = 0; i < 200 && cg.procs().length > 0; i++) {
+      cg.killAll();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  /** @internal Removes an agent's cgroups, retrying while the kernel still finishes tearing them down. */
+  async removeCgroup(cg: AgentCgroup): Promise<void> {
+    for (let i = 0; i < 200; i++) {
+      if (cg.remove()) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    this.warn(`clove sandbox: could not remove cgroup ${[...cg.dirs.values()].join(', ')}`);
+  }
+
+  /** Kills the agents still alive, waits for them, removes the cgroup root and closes the netns fd. */
+  async close(): Promise<void> {
+    const pending = [...this.live].map((a) => new Promise<void>((resolve) => a.onExit(() => resolve())));
+    for (const a of this.live) a.signal('SIGKILL');
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(pending), new Promise((r) => (timer = setTimeout(r, 5000)))]);
+    // The fallback timer must not keep the process alive once every agent is gone.
+    clearTimeout(timer);
+    this.cgroups?.close();
+    if (this.netnsFd >= 0) fs.closeSync(this.netnsFd);
+    this.netnsFd = -1;
+    this.ready = false;
+  }
+}
+
+export type { SandboxedAgent };

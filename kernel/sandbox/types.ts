@@ -1,0 +1,95 @@
+/**
+ * The seam between the supervisor and whatever starts agent processes. The supervisor only ever sees
+ * this interface: the plain spawner (child_process, `--sandbox off`) and the native sandboxed spawner
+ * (native/ addon) both implement it, and both live in kernel/sandbox/.
+ */
+
+/** A uid/gid an agent runs as. */
+export interface Account {
+  uid: number;
+  gid: number;
+}
+
+/** Isolation actually applied to one agent, reported in SPAWN replies (field names of the reference). */
+export interface IsolationReport {
+  fully_isolated: boolean;
+  namespaces: { pid: boolean; net: boolean; mnt: boolean; uts: boolean; ipc?: boolean; user?: boolean };
+  cgroups: {
+    available: boolean;
+    memory_limit: boolean;
+    cpu_quota: boolean;
+    pids_limit: boolean;
+    version?: string;
+  };
+  degraded_reason?: string;
+}
+
+/** Resource limits of the reference's SPAWN `limits` object (all optional; defaults live in the sandbox). */
+export interface ResourceLimits {
+  memory?: number;
+  max_pids?: number;
+  cpu_quota?: number;
+  cpu_period?: number;
+  cpu_shares?: number;
+}
+
+export interface SpawnSpec {
+  /** Kernel-assigned agent id (stable across restarts). */
+  agentId: number;
+  name: string;
+  /** argv[0] is an absolute path to the executable (interpreters are resolved once by the kernel). */
+  argv: string[];
+  /** The complete environment of the agent: nothing of the kernel's own is inherited. */
+  env: Record<string, string>;
+  cwd: string;
+  /** An fd opened O_APPEND on the agent's log file; it becomes the agent's stdout and stderr. */
+  logFd: number;
+  /** Sandbox request: `sandboxed` false means a plain process; `network` grants a network namespace with access. */
+  sandboxed: boolean;
+  network: boolean;
+  limits: ResourceLimits;
+  /**
+   * The uid/gid the agent runs as, decided by the sandbox runtime (runtime.ts `account()`): its own when
+   * the kernel is root and it is sandboxed, null for the kernel's own uid (unsandboxed agents, a kernel
+   * that is not root). Spawners apply it; they never choose one.
+   */
+  account: Account | null;
+  /**
+   * Directories the caller may share with the agent read-only (the script's directory): the sandbox
+   * makes them visible, idmapped to the agent's uid when that uid could not read them otherwise.
+   */
+  share?: string[];
+}
+
+/** Why an agent process ended. `oom`, `pids` and `cpu` are only reported by spawners that can tell. */
+export type ExitReason = 'exit' | 'signal' | 'oom' | 'pids' | 'cpu';
+
+export interface ExitInfo {
+  /** Exit status when the process exited normally, else null. */
+  code: number | null;
+  /** Signal name (e.g. SIGKILL) when a signal ended it, else null. */
+  signal: NodeJS.Signals | null;
+  reason: ExitReason;
+}
+
+export interface AgentProcess {
+  readonly pid: number;
+  readonly isolation: IsolationReport;
+  /** Sends a signal to the agent and every process it started. Never throws for an already dead agent. */
+  signal(sig: NodeJS.Signals): void;
+  /** Called exactly once, after the agent and its process tree are gone and reaped. */
+  onExit(cb: (info: ExitInfo) => void): void;
+}
+
+export interface Spawner {
+  readonly kind: string;
+  /** Starts an agent; throws SpawnError (kernel/errors.ts) when it cannot be started at all. */
+  spawn(spec: SpawnSpec): Promise<AgentProcess>;
+  /**
+   * Maps a peer pid (from SO_PEERCRED) to the agent whose process tree it belongs to, when the spawner
+   * can tell by construction (e.g. cgroup membership). Undefined means "ask /proc's parent chain".
+   */
+  ownerOf?(pid: number): number | undefined;
+  /** Releases spawner-wide resources (cgroup roots, namespace fds) at kernel shutdown. */
+  close?(): Promise<void>;
+}

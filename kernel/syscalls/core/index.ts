@@ -1,0 +1,34 @@
+/** Core family: NOOP, HELLO, EXIT, HEARTBEAT. */
+import { PROTOCOL_VERSION } from '../../../protocol/index.js';
+import { defineFamily } from '../../core/family.js';
+
+export default defineFamily(({ services }) => ({
+  name: 'core',
+  handlers: {
+    NOOP: (_ctx, payload) => Buffer.from(payload),
+    HELLO: ({ caller }) => {
+      const k = services.kernel;
+      return {
+        success: true,
+        protocol_version: PROTOCOL_VERSION,
+        kernel_version: k.version,
+        agent_id: caller.id,
+        role: caller.role,
+        name: caller.name,
+        features: {
+          llm_in_kernel: false,
+          sys_think_stub: true,
+          async_default_exec_http: true,
+          blocking_recv: true,
+          heartbeat: true,
+          max_payload: k.maxPayload,
+        },
+        sandbox: k.sandbox,
+        ...(caller.role === 'operator' ? { data_dir: k.dataDir, agent_socket: k.agentSocket } : {}),
+      };
+    },
+    EXIT: () => 'goodbye',
+    // Every syscall is a heartbeat (the dispatcher records it); this one does nothing else.
+    HEARTBEAT: () => ({ success: true }),
+  },
+}));

@@ -1,0 +1,91 @@
+/**
+ * IPC family: REGISTER, SEND, RECV, BROADCAST. A target is an id that is alive for the kernel: a
+ * supervised agent (running, paused or being restarted — its mailbox waits for it) or an open client.
+ */
+import {
+  defineFamily,
+  InvalidRequestError,
+  MailboxFullError,
+  NotFoundError,
+  type Services,
+} from '../../core/family.js';
+
+function reachable(s: Services, id: number): boolean {
+  const a = s.agents.get(id);
+  if (a) return a.state !== 'FAILED' && a.state !== 'STOPPED';
+  return s.principals.isClient(id);
+}
+
+export default defineFamily(({ services }) => {
+  const { mail, principals } = services;
+  /** Connections (by their close signal) that hold leases: what they took goes back when they close. */
+  const leasing = new WeakSet<AbortSignal>();
+  return {
+    name: 'ipc',
+    handlers: {
+      REGISTER: ({ caller }, req) => {
+        if (!req.name) throw new InvalidRequestError('name required');
+        mail.register(caller.id, req.name);
+        return { success: true, agent_id: caller.id, name: req.name };
+      },
+      SEND: ({ caller }, req) => {
+        let to: number | undefined;
+        if (req.to) to = req.to;
+        else if (req.to_name) {
+          to = mail.resolve(req.to_name);
+          if (to === undefined)
+            throw new NotFoundError(`target agent not found: ${req.to_name}`, { delivered_to: 0 });
+        } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
+        if (!reachable(services, to))
+          throw new NotFoundError(`target agent not found: ${req.to_name ?? to}`, { delivered_to: 0 });
+        mail.deliver(to, caller.id, mail.nameOf(caller.id), req.message === undefined ? {} : req.message);
+        principals.stats(caller.id).sent++;
+        return { success: true, delivered_to: to };
+      },
+      RECV: async (ctx, req) => {
+        const id = ctx.caller.id;
+        if (req.wait && req.max > 0 && mail.size(id) === 0) {
+          await ctx.park(
+            () => mail.size(id) > 0,
+            (ms, signal) => mail.wait(id, ms, signal),
+            req.timeout_ms,
+          );
+        }
+        // A closed connection takes nothing: the messages stay for the next RECV.
+        if (ctx.signal.aborted) return { success: true, messages: [], count: 0 };
+        if (req.lease && !leasing.has(ctx.signal)) {
+          leasing.add(ctx.signal);
+          // Its process died (or hung up) before it could handle what it took: redeliver.
+          ctx.onClose(() => mail.requeueLeases(id, ctx.signal));
+        }
+        const now = Date.now();
+        const messages = mail.take(id, req.max, ctx.signal, req.lease).map((m) => ({
+          from: m.from,
+          from_name: m.from_name,
+          message: m.message,
+          age_ms: now - m.sentAt,
+          seq: m.seq,
+        }));
+        principals.stats(id).received += messages.length;
+        return { success: true, messages, count: messages.length };
+      },
+      BROADCAST: ({ caller }, req) => {
+        const message = req.message === undefined ? {} : req.message;
+        const name = mail.nameOf(caller.id);
+        let delivered = 0;
+        let failed = 0;
+        for (const id of mail.named()) {
+          if ((id === caller.id && !req.include_self) || !reachable(services, id)) continue;
+          try {
+            mail.deliver(id, caller.id, name, message);
+            delivered++;
+          } catch (e) {
+            if (!(e instanceof MailboxFullError)) throw e;
+            failed++;
+          }
+        }
+        return { success: true, delivered_count: delivered, failed_count: failed };
+      },
+    },
+  };
+});

@@ -1,0 +1,52 @@
+/**
+ * Permissions family: GET_PERMS, SET_PERMS. Closes the public kernel's escalation holes: nobody raises
+ * their own rights; an operator may set anybody's; an agent may only narrow (or set within its own) the
+ * rights of agents it spawned.
+ */
+import {
+  defineFamily,
+  InvalidRequestError,
+  NotFoundError,
+  PermissionDeniedError,
+} from '../../core/family.js';
+
+export default defineFamily(({ services }) => {
+  const { agents, principals } = services;
+  return {
+    name: 'perms',
+    handlers: {
+      GET_PERMS: ({ caller }, req) => {
+        const id = req.agent_id || caller.id;
+        if (id !== caller.id) {
+          const a = agents.get(id);
+          if (!a) throw new NotFoundError(`agent not found: ${id}`);
+          if (!agents.mayControl(caller, a))
+            throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s permissions`);
+        }
+        return { success: true, agent_id: id, permissions: principals.rights(id) ?? null };
+      },
+      SET_PERMS: ({ caller }, req) => {
+        const id = req.agent_id || caller.id;
+        if (req.permissions === undefined && req.level === undefined)
+          throw new InvalidRequestError('invalid request: permissions or level required');
+        const next = principals.parseRights(req.permissions ?? req.level);
+        if (caller.role !== 'operator') {
+          if (id === caller.id)
+            throw new PermissionDeniedError('Permission denied: an agent cannot change its own permissions');
+          const a = agents.get(id);
+          if (!a) throw new NotFoundError(`agent not found: ${id}`);
+          if (!agents.mayControl(caller, a))
+            throw new PermissionDeniedError("Permission denied: cannot modify other agent's permissions");
+          if (!principals.within(next, caller.perms))
+            throw new PermissionDeniedError('Permission denied: cannot grant rights you do not have');
+        }
+        const cur = principals.rights(id);
+        if (!cur) throw new NotFoundError(`agent not found: ${id}`);
+        next.llm.tokens_used = cur.llm.tokens_used;
+        next.llm.calls_made = cur.llm.calls_made;
+        principals.setRights(id, next);
+        return { success: true, agent_id: id };
+      },
+    },
+  };
+});
