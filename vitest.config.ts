@@ -9,6 +9,7 @@ export default defineConfig({
       'sdk/typescript/**/*.test.ts',
       'harness/**/*.test.ts',
       'chaos/**/*.test.ts',
+      'ci/**/*.test.ts',
     ],
     testTimeout: 60_000,
     hookTimeout: 60_000,

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { REPO_ROOT, startKernelProcess, tempDir, until, type KernelProcess } from '../harness/kernel.js';
 
@@ -57,6 +58,28 @@ describe('clove CLI', () => {
     expect((await clove('ps', '--json')).out.trim()).toBe('[]');
   });
 
+  it('run --no-sandbox: a plain process with the kernel uid, from a directory only its owner can enter', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'clv-cli-'));
+    fs.copyFileSync(agent, path.join(dir, 'talker.py'));
+    const run = await clove(
+      'run',
+      path.join(dir, 'talker.py'),
+      '--name',
+      'plain-talker',
+      '--no-sandbox',
+      '--json',
+    );
+    expect(run.code, run.err).toBe(0);
+    expect(JSON.parse(run.out).isolation.namespaces.pid).toBe(false);
+    await until(
+      async () => (await clove('logs', 'plain-talker')).out.includes('talker ready'),
+      10_000,
+      'ready',
+    );
+    expect((await clove('kill', 'plain-talker')).code).toBe(0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it('exit codes: 7 no such agent, 2 usage, 1 refused, 6 unreachable', async () => {
     expect((await clove('kill', 'ghost')).code).toBe(7);
     expect((await clove('logs', 'ghost')).code).toBe(7);
@@ -88,7 +111,7 @@ describe('clove kernel shutdown', () => {
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     const { waitForSocket } = await import('../harness/kernel.js');
     await waitForSocket(sock, 15_000);
-    const { CloveClient } = await import('../../sdk/typescript/client.js');
+    const { CloveClient } = await import('../sdk/typescript/client.js');
     const c = await CloveClient.connect({ socketPath: sock, reconnect: false });
     const pids: number[] = [];
     for (let i = 0; i < 3; i++)

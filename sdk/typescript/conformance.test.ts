@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
+import { OPCODES } from '../../protocol/index.js';
 import { startKernel, type TestKernel } from '../../harness/kernel.js';
 import { CloveClient, KernelError } from './client.js';
 
@@ -14,6 +15,8 @@ interface Step {
   args?: Record<string, unknown>;
   expect?: unknown;
   error?: string;
+  /** variable name → dotted path in the reply */
+  save?: Record<string, string>;
 }
 interface Case {
   name: string;
@@ -21,42 +24,118 @@ interface Case {
   steps: Step[];
 }
 
-const suite = JSON.parse(
-  fs.readFileSync(path.join(import.meta.dirname, '..', 'conformance', 'cases.json'), 'utf8'),
-) as { cases: Case[] };
-
-/** SDK-neutral operation → TypeScript SDK call. */
-// Case arguments are untyped JSON from cases.json.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-const OPS: Record<string, (c: CloveClient, a: Record<string, any>) => Promise<unknown>> = {
-  hello: (c) => c.hello(),
-  echo: async (c, a) => ({ data: await c.echo(a.data) }),
-  register: (c, a) => c.register(a.name),
-  send: (c, a) => c.send(a.to_name, a.message),
-  recv: (c, a) => c.recv({ max: a.max, timeoutMs: a.timeout_ms }),
-  store: (c, a) => c.store(a.key, a.value, { scope: a.scope, ttl: a.ttl }),
-  fetch: (c, a) => c.fetch(a.key, a.scope),
-  delete: (c, a) => c.delete(a.key, a.scope),
-  keys: (c, a) => c.keys(a.prefix),
-  subscribe: (c, a) => c.subscribe(a.events),
-  poll: (c, a) => c.pollEvents({ max: a.max, timeoutMs: a.timeout_ms }),
-  emit: (c, a) => c.emit(a.event, a.data),
-  kill: (c, a) => c.kill(a.name),
+const CONFORMANCE = path.join(import.meta.dirname, '..', 'conformance');
+const AGENTS = path.join(CONFORMANCE, 'agents');
+const suite = JSON.parse(fs.readFileSync(path.join(CONFORMANCE, 'cases.json'), 'utf8')) as {
+  operations: Record<string, string>;
+  cases: Case[];
 };
 
+/** Contract opcode → TypeScript SDK call (the client method named in the contract's `sdk.typescript`). */
+// Case arguments are untyped JSON from cases.json.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Call = (c: CloveClient, a: Record<string, any>) => Promise<unknown>;
+const OPS: Record<string, Call> = {
+  NOOP: async (c, a) => ({ data: await c.echo(a.data) }),
+  HELLO: (c) => c.hello(),
+  // The TS SDK returns EXIT's raw text; normalised to what both SDKs can say.
+  EXIT: async (c) => ({ ok: (await c.exit()) === 'goodbye' }),
+  HEARTBEAT: (c) => c.heartbeat(),
+  SPAWN: (c, a) => c.spawn({ name: a.name, script: a.script }),
+  KILL: (c, a) => c.kill(a.name),
+  LIST: (c) => c.list(),
+  PAUSE: (c, a) => c.pause(a.name),
+  RESUME: (c, a) => c.resume(a.name),
+  SEND: (c, a) => c.send(a.to_name, a.message),
+  RECV: (c, a) => c.recv({ max: a.max, timeoutMs: a.timeout_ms }),
+  BROADCAST: (c, a) => c.broadcast(a.message, a.include_self ?? false),
+  REGISTER: (c, a) => c.register(a.name),
+  STORE: (c, a) => c.store(a.key, a.value, { scope: a.scope, ttl: a.ttl }),
+  FETCH: (c, a) => c.fetch(a.key, a.scope),
+  DELETE: (c, a) => c.delete(a.key, a.scope),
+  KEYS: (c, a) => c.keys(a.prefix),
+  GET_PERMS: (c, a) => c.getPerms(a.agent_id),
+  SET_PERMS: (c, a) => c.setPerms(a.agent_id, a.level ?? a.permissions),
+  SUBSCRIBE: (c, a) => c.subscribe(a.events),
+  UNSUBSCRIBE: (c, a) => c.unsubscribe(a.all ? 'all' : a.events),
+  POLL_EVENTS: (c, a) => c.pollEvents({ max: a.max, timeoutMs: a.timeout_ms }),
+  EMIT: (c, a) => c.emit(a.event, a.data),
+  METRICS_SYSTEM: (c) => c.systemMetrics(),
+  METRICS_AGENT: (c, a) => c.agentMetrics(a.agent_id),
+  METRICS_ALL_AGENTS: (c) => c.allAgentMetrics(),
+  METRICS_CGROUP: (c, a) => c.cgroupMetrics(a.cgroup_path),
+  // planned opcodes: the SDK has the call, the kernel answers not_supported
+  EXEC: (c, a) => c.exec({ command: a.command }),
+};
+
+/** `$agents` and `$name` in every string of a case. */
 function subst<T>(v: T, suffix: string): T {
-  return JSON.parse(JSON.stringify(v).replaceAll('$name', suffix)) as T;
+  if (typeof v === 'string') return v.replaceAll('$agents', AGENTS).replaceAll('$name', suffix) as T;
+  if (Array.isArray(v)) return v.map((x: unknown) => subst(x, suffix)) as T;
+  if (v && typeof v === 'object') {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, subst(x, suffix)])) as T;
+  }
+  return v;
 }
 
-/** Subset match: objects recursively, arrays element-wise (same length), scalars by equality. */
-function subset(expected: unknown): unknown {
-  if (Array.isArray(expected)) return expected.map(subset);
-  if (expected && typeof expected === 'object') {
-    return expect.objectContaining(
-      Object.fromEntries(Object.entries(expected).map(([k, v]) => [k, subset(v)])),
-    );
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** `{"$var": name}` anywhere in `v` → the value a previous step saved under that name. */
+function resolveVars(v: unknown, vars: Map<string, unknown>): unknown {
+  if (Array.isArray(v)) return v.map((x) => resolveVars(x, vars));
+  if (isObject(v)) {
+    const keys = Object.keys(v);
+    if (keys.length === 1 && keys[0] === '$var') {
+      const name = v.$var as string;
+      if (!vars.has(name)) throw new Error(`$var ${name} was not saved by an earlier step`);
+      return vars.get(name);
+    }
+    return Object.fromEntries(keys.map((k) => [k, resolveVars(v[k], vars)]));
   }
-  return expected;
+  return v;
+}
+
+/**
+ * The suite's subset match (the same rules as the Python runner): objects recursively (only an object
+ * matches an object), arrays element-wise with the same length, `{"$contains": x}` an array with an
+ * element matching x, scalars by strict equality. Returns where the first mismatch is, or null.
+ */
+function mismatch(expected: unknown, got: unknown, at = '$'): string | null {
+  if (isObject(expected)) {
+    const keys = Object.keys(expected);
+    if (keys.length === 1 && keys[0] === '$contains') {
+      if (!Array.isArray(got)) return `${at}: expected an array, got ${JSON.stringify(got)}`;
+      return got.some((g) => mismatch(expected.$contains, g, at) === null)
+        ? null
+        : `${at}: no element matches ${JSON.stringify(expected.$contains)}`;
+    }
+    if (!isObject(got)) return `${at}: expected an object, got ${JSON.stringify(got)}`;
+    for (const k of keys) {
+      if (!(k in got)) return `${at}.${k}: missing`;
+      const m = mismatch(expected[k], got[k], `${at}.${k}`);
+      if (m) return m;
+    }
+    return null;
+  }
+  if (Array.isArray(expected)) {
+    if (!Array.isArray(got) || got.length !== expected.length) {
+      return `${at}: expected an array of ${expected.length}, got ${JSON.stringify(got)}`;
+    }
+    for (let i = 0; i < expected.length; i++) {
+      const m = mismatch(expected[i], got[i], `${at}[${i}]`);
+      if (m) return m;
+    }
+    return null;
+  }
+  return expected === got ? null : `${at}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(got)}`;
+}
+
+function pick(reply: unknown, dotted: string): unknown {
+  let v: unknown = reply;
+  for (const k of dotted.split('.')) v = isObject(v) ? v[k] : undefined;
+  return v;
 }
 
 let tk: TestKernel;
@@ -65,29 +144,85 @@ beforeAll(async () => {
 });
 afterAll(async () => tk?.stop());
 
+describe('SDK conformance: coverage', () => {
+  const used = new Set(suite.cases.flatMap((c) => c.steps.map((s) => s.op)));
+
+  it('every implemented opcode of the contract has a case', () => {
+    const implemented = OPCODES.filter((o) => o.status === 'implemented').map((o) => o.name);
+    expect(implemented.length).toBeGreaterThan(0);
+    expect(implemented.filter((n) => !used.has(n))).toEqual([]);
+  });
+
+  it('every op of cases.json is a contract opcode, documented, and mapped to its SDK method', async () => {
+    const contract = new Map(OPCODES.map((o) => [o.name as string, o]));
+    expect([...used].filter((op) => !contract.has(op))).toEqual([]);
+    expect([...used].filter((op) => !(op in OPS))).toEqual([]);
+    expect([...used].filter((op) => !(op in suite.operations))).toEqual([]);
+    // Each mapping must go through the client method the contract names: run it on a recording stand-in.
+    for (const [op, call] of Object.entries(OPS)) {
+      const method = contract.get(op)?.sdk.typescript;
+      expect(method, `${op} is not a contract opcode`).toBeDefined();
+      expect(typeof (CloveClient.prototype as unknown as Record<string, unknown>)[method!]).toBe('function');
+      const calls: string[] = [];
+      const recorder = new Proxy(
+        {},
+        {
+          get:
+            (_t, prop) =>
+            (...args: unknown[]) => (calls.push(String(prop)), Promise.resolve(args)),
+        },
+      ) as CloveClient;
+      await call(recorder, {});
+      expect(calls, op).toEqual([method]);
+    }
+  });
+});
+
 describe('SDK conformance: TypeScript', () => {
   suite.cases.forEach((raw, i) => {
     it(raw.name, async () => {
       const c = subst(raw, `ts${i}`);
       const clients = { a: await tk.client(), b: await tk.client() };
-      if (c.b_name) await clients.b.register(c.b_name);
-      for (const s of c.steps) {
-        const call = OPS[s.op];
-        expect(call, `operation ${s.op}`).toBeDefined();
-        if (s.error) {
-          const err = await call(clients[s.client], s.args ?? {}).then(
-            () => null,
-            (e: unknown) => e,
-          );
-          expect(err).toBeInstanceOf(KernelError);
-          expect((err as KernelError).code).toBe(s.error);
-        } else {
-          const reply = await call(clients[s.client], s.args ?? {});
-          if (s.expect !== undefined) expect(reply).toEqual(subset(s.expect));
+      const vars = new Map<string, unknown>();
+      const spawned = new Set<string>();
+      try {
+        if (c.b_name) await clients.b.register(c.b_name);
+        for (const s of c.steps) {
+          const call = OPS[s.op];
+          expect(call, `operation ${s.op}`).toBeDefined();
+          const args = resolveVars(s.args ?? {}, vars) as Record<string, unknown>;
+          if (s.error) {
+            const err = await call(clients[s.client], args).then(
+              () => null,
+              (e: unknown) => e,
+            );
+            expect(err, `${s.op} must fail with ${s.error}`).toBeInstanceOf(KernelError);
+            expect((err as KernelError).code, s.op).toBe(s.error);
+          } else {
+            const reply = await call(clients[s.client], args);
+            if (s.op === 'SPAWN') spawned.add(args.name as string);
+            if (s.op === 'KILL') spawned.delete(args.name as string);
+            if (s.expect !== undefined) {
+              expect(
+                mismatch(resolveVars(s.expect, vars), reply),
+                `${s.op}: ${JSON.stringify(reply)}`,
+              ).toBeNull();
+            }
+            for (const [name, p] of Object.entries(s.save ?? {})) {
+              const v = pick(reply, p);
+              expect(v == null, `${s.op}: nothing at ${p} to save as ${name}: ${JSON.stringify(reply)}`).toBe(
+                false,
+              );
+              vars.set(name, v);
+            }
+          }
         }
+      } finally {
+        // A failed case must not leave its agents running in the shared kernel.
+        for (const name of spawned) await clients.a.kill(name, { grace_ms: 0 }).catch(() => undefined);
+        clients.a.close();
+        clients.b.close();
       }
-      clients.a.close();
-      clients.b.close();
     });
   });
 });

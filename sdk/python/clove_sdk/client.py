@@ -537,9 +537,9 @@ class CloveClient:
 
     # ------------------------------------------------------------------ permissions
 
-    def get_permissions(self, *, check: bool | None = None) -> dict:
-        """GET_PERMS: ``success, permissions{…}`` of the caller."""
-        return self.call_json(SyscallOp.SYS_GET_PERMS, {}, check=check)
+    def get_permissions(self, agent_id: int | None = None, *, check: bool | None = None) -> dict:
+        """GET_PERMS: ``success, agent_id, permissions{…}`` of the caller, or of an agent it controls."""
+        return self.call_json(SyscallOp.SYS_GET_PERMS, {} if agent_id is None else {"agent_id": agent_id}, check=check)
 
     def set_permissions(
         self,
@@ -587,6 +587,10 @@ class CloveClient:
                 payload[k] = v
         return self.call_json(SyscallOp.SYS_THINK, payload, check=check)
 
+    def llm_report(self, tokens: int, success: bool = True) -> dict:
+        """Reports the tokens a client-side LLM call used, for quota accounting."""
+        return self.call_json(SyscallOp.SYS_LLM_REPORT, {"tokens": tokens, "success": success})
+
     def exec(self, command: str, cwd: str | None = None, timeout: int = 30, *, check: bool | None = None) -> dict:
         payload: dict[str, Any] = {"command": command, "timeout": timeout, "async": False}
         if cwd:
@@ -624,6 +628,10 @@ class CloveClient:
         if body:
             payload["body"] = body
         return self.call_json(SyscallOp.SYS_HTTP, payload, check=check)
+
+    def async_poll(self, max_results: int = 10) -> dict:
+        """Takes up to ``max_results`` finished async results."""
+        return self.call_json(SyscallOp.SYS_ASYNC_POLL, {"max": max_results})
 
     def get_audit_log(
         self, category: str | None = None, agent_id: int | None = None, since_id: int = 0, limit: int = 100

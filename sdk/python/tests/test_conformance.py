@@ -10,38 +10,183 @@ import pytest
 
 from clove_sdk import CloveClient
 from clove_sdk.errors import KernelError
+from clove_sdk.protocol import OPCODES
 
-CASES = json.loads((Path(__file__).resolve().parents[2] / "conformance" / "cases.json").read_text(encoding="utf-8"))
+CONFORMANCE = Path(__file__).resolve().parents[2] / "conformance"
+AGENTS = CONFORMANCE / "agents"
+CASES = json.loads((CONFORMANCE / "cases.json").read_text(encoding="utf-8"))
 
-# SDK-neutral operation -> Python SDK call (strict clients: error replies raise KernelError).
+
+def _wait_s(a: dict) -> float | None:
+    return a["timeout_ms"] / 1000 if "timeout_ms" in a else None
+
+
+def _lifecycle(method: str):
+    """kill()/pause()/resume() return a bool like the public SDK; the reply is in last_reply."""
+
+    def call(c, a):
+        getattr(c, method)(a["name"])
+        return c.last_reply
+
+    return call
+
+
+def _exit(c, a):
+    # The Python SDK returns True once the kernel answered (and closes the connection); the TS SDK
+    # returns the raw text `goodbye`. Both are normalised to {"ok": ...}.
+    return {"ok": c.exit()}
+
+
+def _get_perms(c, a):
+    return c.get_permissions(agent_id=a.get("agent_id"))
+
+
+# Contract opcode -> Python SDK call, through the method named in the contract's `sdk.python` (strict
+# clients: error replies raise KernelError).
 OPS = {
-    "hello": lambda c, a: c.hello(),
-    "echo": lambda c, a: {"data": c.echo(a["data"])},
-    "register": lambda c, a: c.register_name(a["name"]),
-    "send": lambda c, a: c.send_message(a["message"], to_name=a["to_name"]),
-    "recv": lambda c, a: c.recv_messages(a.get("max", 10), timeout=a["timeout_ms"] / 1000 if "timeout_ms" in a else None),
-    "store": lambda c, a: c.store(a["key"], a["value"], scope=a.get("scope", "global"), ttl=a.get("ttl")),
-    "fetch": lambda c, a: c.fetch(a["key"], scope=a.get("scope")),
-    "delete": lambda c, a: c.delete_key(a["key"], scope=a.get("scope")),
-    "keys": lambda c, a: c.list_keys(a.get("prefix", "")),
-    "subscribe": lambda c, a: c.subscribe(a["events"]),
-    "poll": lambda c, a: c.poll_events(a.get("max", 100), timeout=a["timeout_ms"] / 1000 if "timeout_ms" in a else None),
-    "emit": lambda c, a: c.emit_event(a["event"], a.get("data")),
-    "kill": lambda c, a: c.last_reply if c.kill(a["name"]) else c.last_reply,
+    "NOOP": lambda c, a: {"data": c.echo(a["data"])},
+    "HELLO": lambda c, a: c.hello(),
+    "EXIT": _exit,
+    "HEARTBEAT": lambda c, a: c.heartbeat(),
+    "SPAWN": lambda c, a: c.spawn(a.get("name"), a.get("script")),
+    "KILL": _lifecycle("kill"),
+    "LIST": lambda c, a: c.list_agents(),
+    "PAUSE": _lifecycle("pause"),
+    "RESUME": _lifecycle("resume"),
+    "SEND": lambda c, a: c.send_message(a["message"], to_name=a["to_name"]),
+    "RECV": lambda c, a: c.recv_messages(a.get("max", 10), timeout=_wait_s(a)),
+    "BROADCAST": lambda c, a: c.broadcast(a.get("message"), include_self=a.get("include_self", False)),
+    "REGISTER": lambda c, a: c.register_name(a["name"]),
+    "STORE": lambda c, a: c.store(a["key"], a["value"], scope=a.get("scope", "global"), ttl=a.get("ttl")),
+    "FETCH": lambda c, a: c.fetch(a["key"], scope=a.get("scope")),
+    "DELETE": lambda c, a: c.delete_key(a["key"], scope=a.get("scope")),
+    "KEYS": lambda c, a: c.list_keys(a.get("prefix", "")),
+    "GET_PERMS": _get_perms,
+    "SET_PERMS": lambda c, a: c.set_permissions(
+        permissions=a.get("permissions"), level=a.get("level"), agent_id=a.get("agent_id")
+    ),
+    "SUBSCRIBE": lambda c, a: c.subscribe(a["events"]),
+    "UNSUBSCRIBE": lambda c, a: c.unsubscribe(a.get("events"), all=a.get("all", False)),
+    "POLL_EVENTS": lambda c, a: c.poll_events(a.get("max", 100), timeout=_wait_s(a)),
+    "EMIT": lambda c, a: c.emit_event(a["event"], a.get("data")),
+    "METRICS_SYSTEM": lambda c, a: c.get_system_metrics(),
+    "METRICS_AGENT": lambda c, a: c.get_agent_metrics(a.get("agent_id")),
+    "METRICS_ALL_AGENTS": lambda c, a: c.get_all_agent_metrics(),
+    "METRICS_CGROUP": lambda c, a: c.get_cgroup_metrics(a.get("cgroup_path")),
+    # planned opcodes: the SDK has the call, the kernel answers not_supported
+    "EXEC": lambda c, a: c.exec(a["command"]),
 }
 
 
 def subst(value, suffix):
-    return json.loads(json.dumps(value).replace("$name", suffix))
+    """``$agents`` and ``$name`` in every string of a case."""
+    if isinstance(value, str):
+        return value.replace("$agents", str(AGENTS)).replace("$name", suffix)
+    if isinstance(value, list):
+        return [subst(v, suffix) for v in value]
+    if isinstance(value, dict):
+        return {k: subst(v, suffix) for k, v in value.items()}
+    return value
 
 
-def matches(expected, got) -> bool:
-    """Subset match: objects recursively, arrays element-wise (same length), scalars by equality."""
+def resolve_vars(value, saved: dict):
+    """``{"$var": name}`` anywhere in value -> the value a previous step saved under that name."""
+    if isinstance(value, list):
+        return [resolve_vars(v, saved) for v in value]
+    if isinstance(value, dict):
+        if list(value) == ["$var"]:
+            assert value["$var"] in saved, f"$var {value['$var']} was not saved by an earlier step"
+            return saved[value["$var"]]
+        return {k: resolve_vars(v, saved) for k, v in value.items()}
+    return value
+
+
+def mismatch(expected, got, at="$") -> str | None:
+    """The suite's subset match (the same rules as the TypeScript runner): objects recursively (only an
+    object matches an object), arrays element-wise with the same length, ``{"$contains": x}`` an array with
+    an element matching x, scalars by strict equality (a bool never equals a number). Returns where the
+    first mismatch is, or None."""
     if isinstance(expected, dict):
-        return isinstance(got, dict) and all(k in got and matches(v, got[k]) for k, v in expected.items())
+        if list(expected) == ["$contains"]:
+            if not isinstance(got, list):
+                return f"{at}: expected an array, got {got!r}"
+            if any(mismatch(expected["$contains"], g, at) is None for g in got):
+                return None
+            return f"{at}: no element matches {expected['$contains']!r}"
+        if not isinstance(got, dict):
+            return f"{at}: expected an object, got {got!r}"
+        for k, v in expected.items():
+            if k not in got:
+                return f"{at}.{k}: missing"
+            m = mismatch(v, got[k], f"{at}.{k}")
+            if m:
+                return m
+        return None
     if isinstance(expected, list):
-        return isinstance(got, list) and len(got) == len(expected) and all(matches(e, g) for e, g in zip(expected, got))
-    return expected == got
+        if not isinstance(got, list) or len(got) != len(expected):
+            return f"{at}: expected an array of {len(expected)}, got {got!r}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            m = mismatch(e, g, f"{at}[{i}]")
+            if m:
+                return m
+        return None
+    if expected == got and isinstance(expected, bool) == isinstance(got, bool):
+        return None
+    return f"{at}: expected {expected!r}, got {got!r}"
+
+
+def pick(reply, dotted: str):
+    for k in dotted.split("."):
+        reply = reply.get(k) if isinstance(reply, dict) else None
+    return reply
+
+
+# ---------------------------------------------------------------- coverage of the contract
+
+USED = {step["op"] for case in CASES["cases"] for step in case["steps"]}
+
+
+def test_every_implemented_opcode_has_a_case():
+    implemented = {name for name, (_family, status, _method) in OPCODES.items() if status == "implemented"}
+    assert implemented
+    assert sorted(implemented - USED) == []
+
+
+def test_every_op_is_a_contract_opcode_documented_and_mapped():
+    assert sorted(USED - set(OPCODES)) == []
+    assert sorted(USED - set(OPS)) == []
+    assert sorted(USED - set(CASES["operations"])) == []
+
+
+class _Recorder:
+    """Stands in for a client and records which methods a mapping calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.last_reply = None
+
+    def __getattr__(self, name):
+        def method(*args, **kwargs):
+            self.calls.append(name)
+            return {}
+
+        return method
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_mapping_uses_the_contract_method(op):
+    assert op in OPCODES, f"{op} is not a contract opcode"
+    method = OPCODES[op][2]
+    assert callable(getattr(CloveClient, method, None)), f"CloveClient has no {method}()"
+    rec = _Recorder()
+    # the arguments the mappings index unconditionally (cases.json always gives them)
+    args = {"data": "", "name": "x", "to_name": "x", "message": 1, "key": "k", "value": 1, "events": ["e"]}
+    args.update(event="e", command="true")
+    OPS[op](rec, args)
+    assert rec.calls == [method], op
+
+
+# ---------------------------------------------------------------- the cases
 
 
 @pytest.mark.integration
@@ -49,16 +194,35 @@ def matches(expected, got) -> bool:
 def test_conformance(kernel, index):
     case = subst(CASES["cases"][index], f"py{index}")
     clients = {"a": kernel.client(strict=True), "b": kernel.client(strict=True)}
-    if case.get("b_name"):
-        clients["b"].register_name(case["b_name"])
-    for step in case["steps"]:
-        call = OPS[step["op"]]
-        client: CloveClient = clients[step["client"]]
-        if "error" in step:
-            with pytest.raises(KernelError) as err:
-                call(client, step.get("args", {}))
-            assert err.value.code == step["error"], step
-        else:
-            reply = call(client, step.get("args", {}))
-            if "expect" in step:
-                assert matches(step["expect"], reply), f"{step['op']}: expected {step['expect']}, got {reply}"
+    saved: dict = {}
+    spawned: set[str] = set()
+    try:
+        if case.get("b_name"):
+            clients["b"].register_name(case["b_name"])
+        for step in case["steps"]:
+            call = OPS[step["op"]]
+            client: CloveClient = clients[step["client"]]
+            args = resolve_vars(step.get("args", {}), saved)
+            if "error" in step:
+                with pytest.raises(KernelError) as err:
+                    call(client, args)
+                assert err.value.code == step["error"], step
+            else:
+                reply = call(client, args)
+                if step["op"] == "SPAWN":
+                    spawned.add(args["name"])
+                elif step["op"] == "KILL":
+                    spawned.discard(args["name"])
+                if "expect" in step:
+                    m = mismatch(resolve_vars(step["expect"], saved), reply)
+                    assert m is None, f"{step['op']}: {m}\nreply: {reply}"
+                for var, dotted in step.get("save", {}).items():
+                    saved[var] = pick(reply, dotted)
+                    assert saved[var] is not None, f"{step['op']}: nothing at {dotted} to save as {var}: {reply}"
+    finally:
+        # a failed case does not leave its agents running (the kernel fixture stops the rest)
+        for name in spawned:
+            try:
+                clients["a"].kill(name, grace_ms=0, check=False)
+            except Exception:  # noqa: BLE001 - best effort cleanup
+                pass
