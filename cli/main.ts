@@ -34,6 +34,8 @@ export interface Daemon {
       dataDir: string;
       maxPayload?: number;
       mailboxSize?: number;
+      /** Default per-agent budgets (docs/protocol.md §4a). */
+      budgets?: Record<string, number>;
       sandbox: 'auto' | 'native' | 'off';
       logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
       durability: 'normal' | 'full';
@@ -51,6 +53,14 @@ function int(v: string): number {
   return n;
 }
 
+/** `name=n` of the --budget option, accumulated. */
+function budget(v: string, acc: Record<string, number> = {}): Record<string, number> {
+  const [name, n] = v.split('=');
+  const value = Number(n);
+  if (!name || !Number.isInteger(value) || value < 0) throw new InvalidArgumentError('must be NAME=N');
+  return { ...acc, [name]: value };
+}
+
 function kv(v: string, acc: Record<string, string>): Record<string, string> {
   const i = v.indexOf('=');
   if (i <= 0) throw new InvalidArgumentError('must be KEY=VALUE');
@@ -63,6 +73,7 @@ function kernelOptions(o: Record<string, unknown>, socketPath: string): Paramete
     dataDir: o.dataDir as string,
     maxPayload: o.maxPayload as number | undefined,
     mailboxSize: o.mailboxSize as number | undefined,
+    ...(o.budget ? { budgets: o.budget as Record<string, number> } : {}),
     sandbox: o.sandbox as 'auto' | 'native' | 'off',
     logLevel: o.logLevel as 'info',
     durability: o.durability as 'normal' | 'full',
@@ -153,6 +164,11 @@ export function program(daemon: Daemon): Command {
       .option('-d, --data-dir <dir>', 'state store, logs and the agent socket', defaults.dataDir)
       .option('--max-payload <bytes>', 'largest request payload', int, DEFAULT_MAX_PAYLOAD)
       .option('--mailbox-size <n>', 'messages a mailbox holds before SEND fails', int, defaults.mailboxSize)
+      .option(
+        '--budget <name=n>',
+        'a default per-agent budget, e.g. connections=128 (repeatable; docs/protocol.md §4a)',
+        budget,
+      )
       .addOption(
         new Option('--sandbox <mode>', 'agent isolation').choices(['auto', 'native', 'off']).default('auto'),
       )

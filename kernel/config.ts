@@ -8,6 +8,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/index.js';
 
+import { DEFAULT_BUDGETS, type Budgets } from './core/budgets.js';
+import { KernelStartError } from './core/errors.js';
 import type { SandboxMode } from './sandbox/runtime.js';
 
 export type { SandboxMode };
@@ -18,10 +20,22 @@ export interface KernelOptions {
   /** State store, agent logs and the agent socket live here. */
   dataDir: string;
   maxPayload: number;
-  /** Messages a mailbox holds before SEND fails with mailbox_full. */
+  /** Messages a mailbox holds before SEND fails with mailbox_full (the default `mailbox_messages` budget). */
   mailboxSize: number;
-  /** Events a subscriber's queue holds before the oldest are dropped (and counted). */
+  /** Events a subscriber's queue holds before the oldest are dropped and counted (`event_queue_events`). */
   eventQueueSize: number;
+  /** Default per-agent budgets (docs/protocol.md "Budgets"); mailboxSize and eventQueueSize win over theirs. */
+  budgets: Partial<Budgets>;
+  /** Bytes of messages and events queued in the whole kernel; beyond it SEND and BROADCAST fail (quota_exceeded). */
+  maxQueuedBytes: number;
+  /** The deepest nesting a JSON request may have (invalid_request beyond). */
+  maxDepth: number;
+  /** The most bytes of messages or events one RECV or POLL_EVENTS reply carries (at least one item). */
+  maxReplyBytes: number;
+  /** File descriptors kept for operators: agents and clients are refused once fewer are left. */
+  operatorReserveFds: number;
+  /** Names only an operator's SPAWN may take (besides the names of the agents operators spawned). */
+  reservedNames: string[];
   logMaxBytes: number;
   logKeep: number;
   /** How often log sizes are checked for rotation. */
@@ -61,8 +75,14 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     socketPath: process.env[SOCKET_ENV] ?? DEFAULT_SOCKET,
     dataDir: process.env.CLOVE_DATA_DIR ?? path.join(os.homedir(), '.clove'),
     maxPayload: DEFAULT_MAX_PAYLOAD,
-    mailboxSize: 1024,
-    eventQueueSize: 1024,
+    mailboxSize: DEFAULT_BUDGETS.mailbox_messages,
+    eventQueueSize: DEFAULT_BUDGETS.event_queue_events,
+    budgets: {},
+    maxQueuedBytes: 512 * 1024 * 1024,
+    maxDepth: 64,
+    maxReplyBytes: 8 * 1024 * 1024,
+    operatorReserveFds: 256,
+    reservedNames: [],
     logMaxBytes: 10 * 1024 * 1024,
     logKeep: 3,
     logCheckIntervalMs: 2000,
@@ -73,5 +93,21 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     logLevel: 'info',
     agentUidBase: 200_000,
     ...overrides,
+  };
+}
+
+/** The default budgets of agents and clients, from the options (an unknown budget name is an error). */
+export function defaultBudgets(o: KernelOptions): Budgets {
+  for (const [k, v] of Object.entries(o.budgets ?? {}))
+    if (!(k in DEFAULT_BUDGETS) || !Number.isInteger(v) || v < 0)
+      throw new KernelStartError(
+        `invalid budget ${k}=${v} (budgets: ${Object.keys(DEFAULT_BUDGETS).join(', ')})`,
+        2,
+      );
+  return {
+    ...DEFAULT_BUDGETS,
+    ...(o.budgets ?? {}),
+    mailbox_messages: o.mailboxSize,
+    event_queue_events: o.eventQueueSize,
   };
 }

@@ -265,6 +265,19 @@ describe('IPC', () => {
     expect(r.messages.map((m) => m.message)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
   });
 
+  it('a poison message (JSON 200,000 levels deep) is refused at SEND; its neighbours arrive', async () => {
+    const a = await tk.client();
+    const b = await tk.client();
+    await b.register('poison-target');
+    await a.send('poison-target', 'before');
+    const deep = '['.repeat(200_000) + ']'.repeat(200_000);
+    const raw = await a.raw(Op.SEND, `{"to_name":"poison-target","message":${deep}}`);
+    expect(JSON.parse(raw.toString())).toMatchObject({ success: false, code: 'invalid_request' });
+    await a.send('poison-target', 'after');
+    const r = await b.recv({ max: 10, timeoutMs: 1000 });
+    expect(r.messages.map((m) => m.message)).toEqual(['before', 'after']);
+  });
+
   it('releases a client name when it disconnects, and fails sends to it', async () => {
     const a = await tk.client();
     await a.register('ephemeral');

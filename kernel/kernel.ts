@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import pino from 'pino';
-import { type KernelOptions, defaultOptions, REPO_ROOT } from './config.js';
+import { type KernelOptions, defaultBudgets, defaultOptions, REPO_ROOT } from './config.js';
 import { AgentService } from './agents/agents.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
@@ -15,7 +15,7 @@ import { Dispatcher } from './core/dispatch.js';
 import { Principals } from './core/principals.js';
 import { claimSocketPath, Server, UnixTransport } from './core/server.js';
 import { EventBus } from './events/bus.js';
-import { PostOffice } from './ipc/mailboxes.js';
+import { PostOffice, QueuedBytes } from './ipc/mailboxes.js';
 import { MetricsService } from './metrics/service.js';
 import { loadSandbox, type SandboxRuntime } from './sandbox/runtime.js';
 import { StateStore } from './state/store.js';
@@ -58,8 +58,10 @@ export class Kernel {
       pino.destination({ dest: 2, sync: true }),
     );
     this.agentSocketPath = path.join(this.opts.dataDir, 'run', 'agent.sock');
-    this.post = new PostOffice(this.opts.mailboxSize);
-    this.events = new EventBus(this.opts.eventQueueSize);
+    const queued = new QueuedBytes(this.opts.maxQueuedBytes);
+    const budgets = (id: number) => this.principals.budgets(id);
+    this.post = new PostOffice(budgets, queued);
+    this.events = new EventBus(budgets, queued);
     this.logs = new AgentLogs({
       dir: path.join(this.opts.dataDir, 'logs'),
       maxBytes: this.opts.logMaxBytes,
@@ -68,7 +70,11 @@ export class Kernel {
     });
     this.supervisor = new Supervisor(this.logs, {
       event: (type, data, source) => this.events.publish(type as never, data, source),
-      release: (a) => this.release(a.def.id),
+      started: (a) => this.agents?.started(a),
+      release: (a) => {
+        this.agents?.released(a);
+        this.release(a.def.id);
+      },
       exited: (a) => this.server?.dropConnectionsOf(a.def.id),
       log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
     });
@@ -78,6 +84,7 @@ export class Kernel {
         spawnsSettled: () => this.supervisor.spawnsSettled(),
       },
       process.getuid?.() ?? 0,
+      defaultBudgets(this.opts),
     );
   }
 
@@ -110,11 +117,16 @@ export class Kernel {
       pythonPath: o.pythonPath,
       installDir: REPO_ROOT,
       python,
+      reservedNames: o.reservedNames,
+      durability: o.durability,
+      onIdentityEnded: (identity) => store.dropAgentNamespace(identity),
     });
     const services: Services = {
       kernel: {
         version: KERNEL_VERSION,
         maxPayload: o.maxPayload,
+        maxDepth: o.maxDepth,
+        maxReplyBytes: o.maxReplyBytes,
         dataDir: o.dataDir,
         agentSocket: this.agentSocketPath,
         sandbox: sandbox.summary,
@@ -140,6 +152,7 @@ export class Kernel {
       log: this.log,
       opened: (conn) => this.principals.clientOpened(conn.principal),
       closed: (conn) => this.connectionClosed(conn),
+      connectionBudget: (p) => this.principals.budgets(p.id).connections,
     }));
     const transport = (file: string, mode: number, door: 'operator' | 'agent') =>
       new UnixTransport({
@@ -149,6 +162,7 @@ export class Kernel {
         principals: this.principals,
         peerCredentials: (s) => sandbox.peerCredentials(s),
         closing: () => this.closing !== null,
+        reserveFds: this.opts.operatorReserveFds,
         log: this.log,
       });
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
@@ -165,6 +179,8 @@ export class Kernel {
       },
       'clove kernel ready',
     );
+    // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
+    await this.agents.restore();
   }
 
   /** A client that is not an agent is gone for good with its connection (families clean up through onClose). */
@@ -191,6 +207,7 @@ export class Kernel {
     this.server?.closeAll();
     await this.dispatcher?.close();
     this.store?.close();
+    this.agents?.close();
     this.logs.close();
     await this.sandbox?.close();
     this.log.info('clove kernel stopped');

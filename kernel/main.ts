@@ -23,8 +23,9 @@ export async function runKernel(
   options: Partial<KernelOptions>,
   afterStart?: (k: RunningKernel) => Promise<void>,
 ): Promise<number> {
-  const kernel = new Kernel(defaultOptions(options));
+  let kernel: Kernel;
   try {
+    kernel = new Kernel(defaultOptions(options));
     await kernel.start();
   } catch (e) {
     if (e instanceof KernelStartError) {

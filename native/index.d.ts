@@ -66,7 +66,11 @@ export interface NativeSpawnOptions {
   tmpfsOptions: string;
   /** Directories bind-mounted read-write on top of the read-only root. */
   writable: string[];
-  /** Directories hidden behind a fresh tmpfs: "/tmp" (sized by tmpfsOptions) and untraversable ancestors (mode 0755, 64 KiB). */
+  /**
+   * Directories hidden behind a fresh tmpfs: "/tmp" (sized by tmpfsOptions); "/run" (and a real
+   * "/var/run") for agents without network; untraversable ancestors (mode 0755, 64 KiB). Paths without
+   * symlinks (the mount follows them).
+   */
   masks: string[];
   /** Directories below a mask bound back in (the agent's cwd, socket dir, program, script). At most 32. */
   keep: string[];
@@ -76,6 +80,16 @@ export interface NativeSpawnOptions {
    * `keep` binds (so an entry covers any kept dir below it). At most 8. The fds are closed in the agent.
    */
   idmapped: NativeIdmappedMount[];
+  /**
+   * Files (the host's pathname Unix sockets) each covered by a bind mount of /dev/null, read-only,
+   * nosuid, nodev, noexec, after every other mount: connect() to the path then fails with ECONNREFUSED
+   * (not a socket any more). Absolute paths without symlinks (the mount follows them). A file gone since
+   * it was listed is skipped (ENOENT, or its bind already detached by the host's unlink); any other
+   * failure fails the spawn naming "mount(<hidden socket>, MS_BIND)". At most 256 (E2BIG beyond).
+   * Requires newMount. May be empty; the addon reads an absent field as [] (callers built before it
+   * existed).
+   */
+  hideFiles: string[];
   setsid: boolean;
   noNewPrivs: boolean;
   /** Empty the bounding, ambient, permitted and effective capability sets. */

@@ -26,7 +26,7 @@ export const Op = {
   SPAWN: 0x10,
   /** SIGTERM, then SIGKILL after `grace_ms`; works on paused agents; never restarted */
   KILL: 0x11,
-  /** a bare array of agents (as in the public kernel) */
+  /** a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned */
   LIST: 0x12,
   /** freeze the agent's whole process tree */
   PAUSE: 0x14,
@@ -34,7 +34,7 @@ export const Op = {
   RESUME: 0x15,
   /** queue a message for an id or a name; a full mailbox refuses it (`mailbox_full`) */
   SEND: 0x20,
-  /** take messages, optionally waiting in the kernel (no polling) */
+  /** take messages (at most `max`, and no more bytes than the reply limit), optionally waiting in the kernel */
   RECV: 0x21,
   /** a message to every named id */
   BROADCAST: 0x22,
@@ -46,7 +46,7 @@ export const Op = {
   FETCH: 0x31,
   /** delete a key the caller may delete */
   DELETE: 0x32,
-  /** keys visible to the caller */
+  /** keys visible to the caller, in order, a page at a time */
   KEYS: 0x33,
   /** the caller's rights, or those of an agent it controls */
   GET_PERMS: 0x40,
@@ -216,7 +216,8 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'a bare array of agents (as in the public kernel)',
+    summary:
+      'a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned',
     sdk: { typescript: 'list', python: 'list_agents' },
   },
   {
@@ -256,7 +257,8 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'take messages, optionally waiting in the kernel (no polling)',
+    summary:
+      'take messages (at most `max`, and no more bytes than the reply limit), optionally waiting in the kernel',
     sdk: { typescript: 'recv', python: 'recv_messages' },
   },
   {
@@ -316,7 +318,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'keys visible to the caller',
+    summary: 'keys visible to the caller, in order, a page at a time',
     sdk: { typescript: 'keys', python: 'list_keys' },
   },
   {
@@ -701,6 +703,7 @@ export const ERROR_CODES = [
   'not_found',
   'name_taken',
   'mailbox_full',
+  'quota_exceeded',
   'invalid_state',
   'spawn_failed',
   'storage_error',
@@ -738,7 +741,14 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
   {
     code: 'mailbox_full',
     class: 'MailboxFullError',
-    description: "the target's mailbox is at its bound; nothing was queued",
+    description:
+      "the target's mailbox is at its bound (messages or bytes: `limit_messages`, `limit_bytes`); nothing was queued",
+  },
+  {
+    code: 'quota_exceeded',
+    class: 'QuotaExceededError',
+    description:
+      'the caller is over one of its budgets (`budget` names it; `limit` and `used` say how far) or the kernel-wide memory budget; nothing was done',
   },
   {
     code: 'invalid_state',
@@ -870,6 +880,54 @@ export interface Permissions {
     calls_made: number;
   };
   max_exec_time_ms: number;
+}
+/**
+ * Per-agent resource bounds the kernel enforces (docs/protocol.md, Budgets). `x-default` is the kernel's default (its configuration may change it); SPAWN may set an agent's own (an agent: at most its own).
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "Budgets".
+ */
+export interface Budgets {
+  /**
+   * messages its mailbox holds (SEND to it beyond: `mailbox_full`)
+   */
+  mailbox_messages?: number;
+  /**
+   * bytes of messages its mailbox holds, taken and leased ones included (`mailbox_full`)
+   */
+  mailbox_bytes?: number;
+  /**
+   * bytes it has queued in other mailboxes that are not yet received (`quota_exceeded`)
+   */
+  outbox_bytes?: number;
+  /**
+   * events its queue holds; beyond, the oldest are dropped and counted in `dropped`
+   */
+  event_queue_events?: number;
+  /**
+   * bytes of events its queue holds; beyond, the oldest are dropped and counted
+   */
+  event_queue_bytes?: number;
+  /**
+   * connections its processes may hold open at once (`quota_exceeded` on the extra one's first request, then it is closed)
+   */
+  connections?: number;
+  /**
+   * names it may REGISTER besides its own (`quota_exceeded`)
+   */
+  names?: number;
+  /**
+   * event topics it may subscribe to (`quota_exceeded`)
+   */
+  subscriptions?: number;
+  /**
+   * state keys it owns, all scopes (`quota_exceeded`)
+   */
+  state_keys?: number;
+  /**
+   * bytes of state values it owns (`quota_exceeded`)
+   */
+  state_bytes?: number;
 }
 /**
  * One of `event_types`, `events`, `event` (looked at in that order).
@@ -1375,6 +1433,7 @@ export interface SpawnRequest {
    */
   network?: boolean;
   limits?: Limits;
+  budgets?: Budgets;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -1450,6 +1509,7 @@ export interface SpawnArgs {
    */
   network: boolean;
   limits?: Limits;
+  budgets?: Budgets;
 }
 /**
  * SPAWN reply.
@@ -1716,9 +1776,13 @@ export interface BroadcastReply {
   success: true;
   delivered_count: number;
   /**
-   * ext: targets whose mailbox was full
+   * ext: recipients whose mailbox was full, or not reached because the sender ran out of budget
    */
   failed_count: number;
+  /**
+   * ext: the sender's budget that stopped the broadcast; recipients not reached count in `failed_count`
+   */
+  quota_exceeded?: string;
 }
 /**
  * REGISTER request.
@@ -1868,6 +1932,14 @@ export interface DeleteReply {
  */
 export interface KeysRequest {
   prefix?: string;
+  /**
+   * ext: keys per reply
+   */
+  limit?: number;
+  /**
+   * ext: continue after this key (the last key of the previous page)
+   */
+  after?: string;
 }
 /**
  * KEYS request as a handler sees it: validated, defaults applied.
@@ -1877,6 +1949,14 @@ export interface KeysRequest {
  */
 export interface KeysArgs {
   prefix: string;
+  /**
+   * ext: keys per reply
+   */
+  limit: number;
+  /**
+   * ext: continue after this key (the last key of the previous page)
+   */
+  after?: string;
 }
 /**
  * KEYS reply.
@@ -1888,6 +1968,10 @@ export interface KeysReply {
   success: true;
   keys: string[];
   count: number;
+  /**
+   * ext: there are keys after the last one returned
+   */
+  more?: boolean;
 }
 /**
  * GET_PERMS request.
@@ -2997,6 +3081,7 @@ export interface HelloReply {
    * Operators only.
    */
   agent_socket?: string;
+  budgets?: Budgets;
 }
 /**
  * HEARTBEAT reply.
@@ -3261,6 +3346,75 @@ export const SCHEMA_DEFS = {
       description:
         "A level name (`unrestricted`, `standard`, `sandboxed`, `readonly`, `minimal`), or a permissions object whose missing fields take the `standard` preset's values (its blocklists are always kept).",
       type: ['string', 'object'],
+    },
+    Budgets: {
+      title: 'Budgets',
+      type: 'object',
+      description:
+        "Per-agent resource bounds the kernel enforces (docs/protocol.md, Budgets). `x-default` is the kernel's default (its configuration may change it); SPAWN may set an agent's own (an agent: at most its own).",
+      properties: {
+        mailbox_messages: {
+          type: 'integer',
+          minimum: 1,
+          description: 'messages its mailbox holds (SEND to it beyond: `mailbox_full`)',
+          'x-default': 1024,
+        },
+        mailbox_bytes: {
+          type: 'integer',
+          minimum: 1024,
+          description: 'bytes of messages its mailbox holds, taken and leased ones included (`mailbox_full`)',
+          'x-default': 16777216,
+        },
+        outbox_bytes: {
+          type: 'integer',
+          minimum: 1024,
+          description: 'bytes it has queued in other mailboxes that are not yet received (`quota_exceeded`)',
+          'x-default': 33554432,
+        },
+        event_queue_events: {
+          type: 'integer',
+          minimum: 1,
+          description: 'events its queue holds; beyond, the oldest are dropped and counted in `dropped`',
+          'x-default': 1024,
+        },
+        event_queue_bytes: {
+          type: 'integer',
+          minimum: 1024,
+          description: 'bytes of events its queue holds; beyond, the oldest are dropped and counted',
+          'x-default': 4194304,
+        },
+        connections: {
+          type: 'integer',
+          minimum: 1,
+          description:
+            "connections its processes may hold open at once (`quota_exceeded` on the extra one's first request, then it is closed)",
+          'x-default': 64,
+        },
+        names: {
+          type: 'integer',
+          minimum: 0,
+          description: 'names it may REGISTER besides its own (`quota_exceeded`)',
+          'x-default': 16,
+        },
+        subscriptions: {
+          type: 'integer',
+          minimum: 0,
+          description: 'event topics it may subscribe to (`quota_exceeded`)',
+          'x-default': 256,
+        },
+        state_keys: {
+          type: 'integer',
+          minimum: 0,
+          description: 'state keys it owns, all scopes (`quota_exceeded`)',
+          'x-default': 10000,
+        },
+        state_bytes: {
+          type: 'integer',
+          minimum: 0,
+          description: 'bytes of state values it owns (`quota_exceeded`)',
+          'x-default': 67108864,
+        },
+      },
     },
     Topics: {
       type: 'object',
@@ -3737,6 +3891,11 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         description: "true: the host's network (needs `can_http` unless operator)",
       },
       limits: { $ref: 'clove#/$defs/Limits' },
+      budgets: {
+        $ref: 'clove#/$defs/Budgets',
+        description:
+          "ext: the new agent's budgets; what is left out takes the kernel's defaults. An agent may give its child at most its own.",
+      },
     },
   },
   KILL: {
@@ -3796,7 +3955,23 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   },
   FETCH: { type: 'object', properties: { key: { type: 'string' }, scope: { $ref: 'clove#/$defs/Scope' } } },
   DELETE: { type: 'object', properties: { key: { type: 'string' }, scope: { $ref: 'clove#/$defs/Scope' } } },
-  KEYS: { type: 'object', properties: { prefix: { type: 'string', default: '' } } },
+  KEYS: {
+    type: 'object',
+    properties: {
+      prefix: { type: 'string', default: '' },
+      limit: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 10000,
+        default: 1000,
+        description: 'ext: keys per reply',
+      },
+      after: {
+        type: 'string',
+        description: 'ext: continue after this key (the last key of the previous page)',
+      },
+    },
+  },
   GET_PERMS: {
     type: 'object',
     properties: { agent_id: { $ref: 'clove#/$defs/AgentId', description: 'default: the caller' } },

@@ -3,11 +3,16 @@
  * control whom (operators everything, an agent what it transitively spawned), the agent a pid belongs
  * to, and the public description of an agent. It composes the supervisor (lifecycle), the post office
  * (names), the principals (rights) and the sandbox runtime (uids, the spawner).
+ *
+ * It also owns agents' identities (registry.ts, docs/protocol.md §2 "An agent's identity and its
+ * name"): which names are reserved, when an identity starts and ends, and the agents a kernel started
+ * again on the same data dir brings back (`restore`).
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { AgentInfo, SpawnArgs, SpawnReply } from '../../protocol/index.js';
+import { budgetsFor, type Budgets } from '../core/budgets.js';
 import type { Caller } from '../core/context.js';
 import {
   InvalidRequestError,
@@ -17,17 +22,21 @@ import {
   SpawnFailedError,
 } from '../core/errors.js';
 import type { Principals } from '../core/principals.js';
-import type { PostOffice } from '../ipc/mailboxes.js';
+import { NAME_RE, type PostOffice } from '../ipc/mailboxes.js';
 import { parsePermissions, within, type Permissions } from '../perms/permissions.js';
 import type { SandboxRuntime } from '../sandbox/runtime.js';
 import type { AgentLogs } from '../supervisor/logs.js';
 import {
   DEFAULT_POLICY,
+  type AgentDef,
   type AgentRecord,
   type RestartPolicy,
   type RestartPolicyName,
   type Supervisor,
 } from '../supervisor/supervisor.js';
+import type { Account } from '../sandbox/types.js';
+import { IdentityRegistry, type IdentityRow, type PersistedAgent, type SpawnedBy } from './registry.js';
+import { reownTree, retireWorkDir } from './workdir.js';
 
 const PROTECTED_ENV = /^(CLOVE_|PATH$|HOME$)/;
 
@@ -46,10 +55,45 @@ export interface AgentServiceOptions {
   installDir: string;
   /** The real python3 interpreter, resolved once at start (null: none found). */
   python: string | null;
+  /** Names only an operator's SPAWN may take (KernelOptions.reservedNames). */
+  reservedNames?: string[];
+  /** Durability of the identity registry's writes (`<data-dir>/state.db`, as the state store's). */
+  durability?: 'normal' | 'full';
+  /** An identity ended: its agent-scope keys can go (the kernel wires it to the state store). */
+  onIdentityEnded?: (identity: string) => void;
+}
+
+/** Why a name cannot be taken, and by whom it is held (0: nobody running). */
+interface Reservation {
+  why: string;
+  holder: number;
 }
 
 export class AgentService {
-  constructor(private readonly o: AgentServiceOptions) {}
+  private readonly registry: IdentityRegistry;
+  /** Live identities held by a supervised agent: identity -> agent id. The others are dormant. */
+  private readonly held = new Map<string, number>();
+  private readonly reserved: Set<string>;
+
+  constructor(private readonly o: AgentServiceOptions) {
+    this.registry = new IdentityRegistry({
+      path: path.join(o.dataDir, 'state.db'),
+      durability: o.durability,
+    });
+    this.reserved = new Set(o.reservedNames ?? []);
+    // SET_PERMS (and anything else that changes an agent's rights or budgets) is persisted with it.
+    o.principals.watch((id) => this.rightsChanged(id));
+  }
+
+  /** Closes the identity registry (after the supervisor shut down). */
+  close(): void {
+    this.registry.close();
+  }
+
+  /** The identity `<name>#<serial>` of a supervised agent. */
+  identityOf(id: number): string | undefined {
+    return this.o.supervisor.get(id)?.def.identity;
+  }
 
   get(id: number): AgentRecord | undefined {
     return this.o.supervisor.get(id);
@@ -60,14 +104,14 @@ export class AgentService {
   }
 
   /** The agent a pid belongs to: by the sandbox's cgroup, else by its parent chain in /proc. */
-  agentOfPid(pid: number): { id: number; name: string } | undefined {
+  agentOfPid(pid: number): { id: number; name: string; identity: string } | undefined {
     if (pid <= 0) return undefined;
     const viaSandbox = this.o.sandbox.ownerOf(pid);
     const a =
       viaSandbox !== undefined
         ? this.o.supervisor.get(viaSandbox)
         : this.byParentChain(pid, this.o.supervisor);
-    return a ? { id: a.def.id, name: a.def.name } : undefined;
+    return a ? { id: a.def.id, name: a.def.name, identity: a.def.identity } : undefined;
   }
 
   private byParentChain(pid: number, sup: Supervisor): AgentRecord | undefined {
@@ -160,7 +204,8 @@ export class AgentService {
 
   /**
    * SPAWN: checks the caller's rights, resolves the request (validated against the contract already)
-   * into the agent's definition, and starts it. The only place a SPAWN request is interpreted.
+   * into the agent's definition, gives it an identity and starts it. The only place a SPAWN request is
+   * interpreted.
    */
   async spawn(caller: Caller, req: SpawnArgs): Promise<SpawnReply> {
     const operator = caller.role === 'operator';
@@ -181,49 +226,82 @@ export class AgentService {
     const sup = this.o.supervisor;
     const id = this.o.principals.allocate();
     const name = req.name ?? `agent_${id}`;
-    const holder = this.o.mail.resolve(name);
-    if (holder !== undefined) throw new NameTakenError(`name already in use: ${name}`, { agent_id: holder });
-    // An escalated agent of the same name gives way to the new one.
-    const failed = sup.list().find((a) => a.def.name === name);
-    if (failed) {
-      if (failed.state !== 'FAILED')
-        throw new NameTakenError(`name already in use: ${name}`, { agent_id: failed.def.id });
-      sup.kill(failed.def.id, caller.id);
-    }
+    if (!NAME_RE.test(name))
+      throw new InvalidRequestError(`invalid request: name must match ${NAME_RE.source}`);
+    const claim = this.claimable(caller, name);
 
     const account = this.o.sandbox.account(id, req.sandboxed);
-    const cwd = req.cwd ? path.resolve(req.cwd) : this.workDir(name, account);
+    const cwd = req.cwd ? path.resolve(req.cwd) : this.workDirOf(name);
     const scriptPath = req.script ? path.resolve(cwd, req.script) : undefined;
     const argv = req.command?.length ? [...req.command] : this.argvFor(scriptPath!, req.python);
     if (req.command?.length && !path.isAbsolute(argv[0])) argv[0] = resolveOnPath(argv[0]);
     const args = req.args ?? (req.command?.length ? [] : [this.o.agentSocket]);
     const env = this.envFor(id, name, req.env ?? {});
 
-    this.o.mail.register(id, name);
-    this.o.principals.setRights(id, perms);
+    const budgets = budgetsFor(
+      this.o.principals.defaultBudgets,
+      req.budgets,
+      operator ? null : this.o.principals.budgets(caller.id),
+    );
+
+    // Everything is checked: from here on the name is taken.
+    if (claim.squatter !== undefined) {
+      this.o.mail.unregister(claim.squatter, name);
+      this.o.log.warn(
+        { name, holder: claim.squatter, by: caller.id },
+        "name taken back from its REGISTER holder for an operator's SPAWN",
+      );
+    }
+    // An escalated agent of the same name gives way to the new one (its identity ends).
+    if (claim.failed) sup.kill(claim.failed.def.id, caller.id);
+    const spawnedBy = this.spawnedBy(caller);
+    const dormant = this.registry.live(name);
+    if (dormant && this.held.has(dormant.identity))
+      throw new NameTakenError(`name already in use: ${name}`, { agent_id: this.held.get(dormant.identity) });
+    if (dormant) {
+      this.o.log.info(
+        { agent: name, identity: dormant.identity, by: caller.id },
+        "an operator's SPAWN takes back a dormant identity",
+      );
+    } else {
+      // A work directory no live identity owns (a data dir of an older kernel): not the new agent's.
+      try {
+        const orphan = retireWorkDir(path.join(this.o.dataDir, 'work'), name, `${name}#orphaned`);
+        if (orphan)
+          this.o.log.warn({ agent: name, moved_to: orphan }, 'moved aside an orphaned work directory');
+      } catch (e) {
+        throw new SpawnFailedError(
+          `cannot move aside the old work directory of ${name}: ${(e as Error).message}`,
+        );
+      }
+    }
+    const row = dormant ?? this.registry.begin(name, spawnedBy);
+    const def: AgentDef = {
+      id,
+      name,
+      identity: row.identity,
+      argv: [...argv, ...args],
+      env,
+      cwd,
+      sandboxed: req.sandboxed,
+      network: req.network,
+      limits: req.limits ?? {},
+      parentId: caller.id,
+      policy: policyOf(req),
+      spawner: this.o.sandbox.spawner(),
+      account,
+      share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
+    };
     let a: AgentRecord;
     try {
-      a = await sup.create({
-        id,
-        name,
-        argv: [...argv, ...args],
-        env,
-        cwd,
-        sandboxed: req.sandboxed,
-        network: req.network,
-        limits: req.limits ?? {},
-        parentId: caller.id,
-        policy: policyOf(req),
-        spawner: this.o.sandbox.spawner(),
-        account,
-        share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
-      });
+      if (!req.cwd) this.prepareWorkDir(name, dormant?.definition?.account ?? null, account);
+      a = await this.start(def, row, perms, budgets, spawnedBy);
     } catch (e) {
-      this.o.mail.release(id);
-      this.o.principals.forget(id);
+      // A new identity whose first start failed never lived; a dormant one stays as it was.
+      if (!dormant) this.endIdentity(row);
       throw e;
     }
-    this.o.log.info({ agent: name, id, pid: a.pid, by: caller.id }, 'agent spawned');
+    this.o.log.info({ agent: name, identity: row.identity, id, pid: a.pid, by: caller.id }, 'agent spawned');
     return {
       success: true,
       id,
@@ -233,6 +311,287 @@ export class AgentService {
       restart_policy: a.def.policy.policy,
       isolation: a.isolation!,
     };
+  }
+
+  /**
+   * Starts an agent under an identity (a SPAWN, or a restore): names it, gives it its rights and
+   * budgets, starts it, and persists its definition.
+   */
+  private async start(
+    def: AgentDef,
+    row: IdentityRow,
+    perms: Permissions,
+    budgets: Budgets,
+    spawnedBy: SpawnedBy,
+  ): Promise<AgentRecord> {
+    this.o.mail.register(def.id, def.name);
+    this.o.principals.setRights(def.id, perms);
+    this.o.principals.setBudgets(def.id, budgets);
+    let a: AgentRecord;
+    try {
+      a = await this.o.supervisor.create(def);
+    } catch (e) {
+      this.o.mail.release(def.id);
+      this.o.principals.forget(def.id);
+      throw e;
+    }
+    this.held.set(row.identity, def.id);
+    try {
+      this.registry.define(row, persisted(def, perms, budgets), spawnedBy);
+    } catch (e) {
+      // The agent runs; it is only not brought back should the kernel die.
+      this.o.log.error(
+        { agent: def.name, identity: row.identity, err: (e as Error).message },
+        'cannot persist the agent',
+      );
+    }
+    return a;
+  }
+
+  /**
+   * Whether `caller` may SPAWN `name`, and what must give way: throws name_taken for a reserved name
+   * (non-operators), a name an agent holds as its own, a running agent's name, and a name squatted by
+   * REGISTER unless an operator spawns (then the squatter loses it). Changes nothing.
+   */
+  private claimable(caller: Caller, name: string): { squatter?: number; failed?: AgentRecord } {
+    const operator = caller.role === 'operator';
+    if (!operator) {
+      const r = this.reservation(caller, name);
+      if (r) throw new NameTakenError(`name reserved: ${name} (${r.why})`, { agent_id: r.holder });
+    }
+    const out: { squatter?: number; failed?: AgentRecord } = {};
+    const holder = this.o.mail.resolve(name);
+    if (holder !== undefined) {
+      // An agent's own spawn name is never taken away; an extra name (REGISTER) is, by an operator.
+      const own = this.o.supervisor.get(holder)?.def.name === name;
+      if (!operator || own) throw new NameTakenError(`name already in use: ${name}`, { agent_id: holder });
+      out.squatter = holder;
+    }
+    const listed = this.o.supervisor.list().find((a) => a.def.name === name);
+    if (listed) {
+      if (listed.state !== 'FAILED')
+        throw new NameTakenError(`name already in use: ${name}`, { agent_id: listed.def.id });
+      out.failed = listed;
+    }
+    return out;
+  }
+
+  /**
+   * Why `name` is reserved against `caller` (undefined: it is not). Reserved are: the names in the
+   * kernel's configuration (always); the name of a live identity spawned by an operator; the name of a
+   * dormant identity (one no agent holds: a `never` agent of a dead kernel). Nobody is refused their own
+   * name. Operators' SPAWN ignores reservations (not their REGISTER).
+   */
+  private reservation(caller: Caller, name: string): Reservation | undefined {
+    const row = this.registry.live(name);
+    const holder = row ? this.held.get(row.identity) : undefined;
+    if (holder !== undefined && holder === caller.id) return undefined;
+    if (this.reserved.has(name))
+      return {
+        why: 'reserved by the kernel configuration for agents spawned by an operator',
+        holder: holder ?? 0,
+      };
+    if (!row) return undefined;
+    if (holder === undefined)
+      return { why: `identity ${row.identity} is dormant; only an operator may spawn it again`, holder: 0 };
+    if (row.spawnedBy === 'operator')
+      return { why: `held by agent ${holder}, spawned by an operator`, holder };
+    return undefined;
+  }
+
+  /**
+   * REGISTER: throws name_taken when `name` is reserved against the caller (docs/protocol.md §2):
+   * configured names, live operator-spawned agents' names and dormant identities' names are never
+   * registered by anybody but their own agent.
+   */
+  mayRegister(caller: Caller, name: string): void {
+    const r = this.reservation(caller, name);
+    if (r) throw new NameTakenError(`name reserved: ${name} (${r.why})`, { agent_id: r.holder });
+  }
+
+  private spawnedBy(caller: Caller): SpawnedBy {
+    if (caller.role === 'operator') return 'operator';
+    if (caller.role === 'agent') return this.identityOf(caller.id) ?? caller.identity ?? 'client';
+    return 'client';
+  }
+
+  /** Supervisor hook: a process of the agent started; its pid is recorded (a dead kernel's leftovers are killed by it). */
+  started(a: AgentRecord): void {
+    const row = this.rowOf(a);
+    if (!row) return;
+    try {
+      this.registry.setPid(row, a.pid, procStart(a.pid));
+    } catch (e) {
+      this.o.log.warn({ agent: a.def.name, err: (e as Error).message }, 'cannot record the agent pid');
+    }
+  }
+
+  /**
+   * Supervisor hook: the agent released its names. Gone for good (it left the supervisor's table) means
+   * its identity ends — unless the kernel is shutting down: then it comes back at the next start.
+   */
+  released(a: AgentRecord): void {
+    if (this.o.supervisor.get(a.def.id) === a) return; // escalated: listed as FAILED, its identity lives
+    if (this.held.get(a.def.identity) === a.def.id) this.held.delete(a.def.identity);
+    if (this.o.supervisor.shuttingDown) return;
+    const row = this.rowOf(a);
+    if (row) this.endIdentity(row);
+  }
+
+  private rowOf(a: AgentRecord): IdentityRow | undefined {
+    const row = this.registry.live(a.def.name);
+    return row?.identity === a.def.identity ? row : undefined;
+  }
+
+  /**
+   * Ends an identity: its row goes, its work directory is moved to `work/.ended/<identity>` (removed when
+   * empty), and the kernel is told (its agent-scope keys go). Never throws.
+   */
+  private endIdentity(row: IdentityRow): void {
+    try {
+      this.registry.end(row);
+    } catch (e) {
+      this.o.log.error({ identity: row.identity, err: (e as Error).message }, 'cannot end the identity');
+    }
+    let kept: string | null = null;
+    try {
+      kept = retireWorkDir(path.join(this.o.dataDir, 'work'), row.name, row.identity);
+    } catch (e) {
+      this.o.log.warn(
+        { identity: row.identity, err: (e as Error).message },
+        'cannot move the work directory of an ended identity',
+      );
+    }
+    try {
+      this.o.onIdentityEnded?.(row.identity);
+    } catch (e) {
+      this.o.log.warn({ identity: row.identity, err: (e as Error).message }, 'cannot drop the agent keys');
+    }
+    this.o.log.info({ agent: row.name, identity: row.identity, work_dir: kept }, 'identity ended');
+  }
+
+  /** Persists an agent's new rights or budgets (SET_PERMS), so that a restore gives it what it had. */
+  private rightsChanged(id: number): void {
+    const a = this.o.supervisor.get(id);
+    const row = a && this.rowOf(a);
+    if (!a || !row?.definition || this.held.get(row.identity) !== id) return;
+    const rights = this.o.principals.rights(id);
+    if (!rights) return;
+    try {
+      this.registry.define(
+        row,
+        { ...row.definition, rights, budgets: budgetsOut(this.o.principals.budgets(id)) },
+        row.spawnedBy,
+      );
+    } catch (e) {
+      this.o.log.warn({ agent: a.def.name, err: (e as Error).message }, 'cannot persist the agent rights');
+    }
+  }
+
+  /**
+   * Kernel start-up, once the sockets listen: what a previous kernel on this data dir left. Processes of
+   * its agents still running are killed (its cgroup roots were emptied by the sandbox already); every
+   * persisted agent whose restart policy is not `never` is started again — same name, identity, rights
+   * and budgets, a new id, its parent's new id when its parent came back too (else 0, the kernel). A
+   * `never` agent's identity stays, dormant, until an operator spawns its name; so does one that fails
+   * to start (logged, not fatal).
+   */
+  async restore(): Promise<void> {
+    for (const l of this.o.sandbox.cgroupRoot()?.leftovers ?? [])
+      this.o.log.warn(
+        { cgroup: l.dir, pids: l.pids },
+        'killed the processes a dead kernel left in its cgroups',
+      );
+    const rows = this.registry.all();
+    await Promise.all(rows.map((r) => this.killLeftover(r)));
+    for (const row of rows) {
+      if (this.held.has(row.identity) || this.registry.live(row.name) !== row) continue;
+      const d = row.definition;
+      if (!d) {
+        // Its first start never completed (the kernel died during the SPAWN): it never lived.
+        this.o.log.warn({ agent: row.name, identity: row.identity }, 'identity never started: ended');
+        this.endIdentity(row);
+        continue;
+      }
+      if (d.policy.policy === 'never') {
+        this.o.log.info(
+          { agent: row.name, identity: row.identity },
+          'agent not restored (restart_policy never): its identity stays, dormant',
+        );
+        continue;
+      }
+      try {
+        const a = await this.restoreOne(row, d);
+        this.o.log.info(
+          { agent: row.name, identity: row.identity, id: a.def.id, pid: a.pid, parent_id: a.def.parentId },
+          'agent restored',
+        );
+      } catch (e) {
+        this.o.log.error(
+          { agent: row.name, identity: row.identity, err: (e as Error).message },
+          'agent not restored: its identity stays, dormant',
+        );
+      }
+    }
+  }
+
+  private restoreOne(row: IdentityRow, d: PersistedAgent): Promise<AgentRecord> {
+    const id = this.o.principals.allocate();
+    const parent = row.spawnedBy === 'operator' || row.spawnedBy === 'client' ? undefined : row.spawnedBy;
+    const account = this.o.sandbox.account(id, d.sandboxed);
+    const def: AgentDef = {
+      id,
+      name: row.name,
+      identity: row.identity,
+      argv: d.argv,
+      env: {
+        ...d.env,
+        CLOVE_SOCKET: this.o.agentSocket,
+        CLOVE_AGENT_ID: String(id),
+        CLOVE_AGENT_NAME: row.name,
+      },
+      cwd: d.cwd,
+      sandboxed: d.sandboxed,
+      network: d.network,
+      limits: d.limits,
+      parentId: (parent !== undefined ? this.held.get(parent) : undefined) ?? 0,
+      policy: { ...DEFAULT_POLICY, ...d.policy },
+      spawner: this.o.sandbox.spawner(),
+      account,
+      share: d.share,
+    };
+    if (d.cwd === this.workDirOf(row.name)) this.prepareWorkDir(row.name, d.account, account);
+    return this.start(
+      def,
+      row,
+      d.rights,
+      budgetsIn(d.budgets, this.o.principals.defaultBudgets),
+      row.spawnedBy,
+    );
+  }
+
+  /**
+   * SIGKILLs the process a dead kernel recorded for the identity, and its process group (plain agents
+   * lead their own), if the pid still names that process (same start time; a zombie leader still holds
+   * its group together).
+   */
+  private async killLeftover(row: IdentityRow): Promise<void> {
+    const pid = row.pid;
+    if (!pid || !row.pidStart || procStart(pid) !== row.pidStart) return;
+    if (!isZombie(pid))
+      this.o.log.warn(
+        { agent: row.name, identity: row.identity, pid },
+        'killing a process left by a dead kernel',
+      );
+    for (const target of [-pid, pid]) {
+      try {
+        process.kill(target, 'SIGKILL');
+      } catch {
+        /* gone, or no such group */
+      }
+    }
+    for (let i = 0; i < 200 && procStart(pid) === row.pidStart && !isZombie(pid); i++)
+      await new Promise((r) => setTimeout(r, 10));
   }
 
   /** The new agent's rights: as asked (never more than the caller's), else the caller's own. */
@@ -264,14 +623,20 @@ export class AgentService {
     }
   }
 
+  /** An agent's own work directory (its default cwd), `<data-dir>/work/<name>`: its identity's. */
+  private workDirOf(name: string): string {
+    return path.join(this.o.dataDir, 'work', name);
+  }
+
   /**
-   * An agent's own work directory (its default cwd), `<data-dir>/work/<name>`: kept across restarts,
-   * owned by the uid it runs as.
+   * Creates the work directory (or re-owns it), owned by the uid the agent runs as. A dir an identity
+   * already had (a restore, a dormant identity taken back) is handed from the uid it last ran as to its
+   * new one.
    */
-  private workDir(name: string, account: { uid: number; gid: number } | null): string {
-    const dir = path.join(this.o.dataDir, 'work', name);
-    this.o.sandbox.prepareWorkDir(dir, account);
-    return dir;
+  private prepareWorkDir(name: string, was: Account | null, now: Account | null): void {
+    const dir = this.workDirOf(name);
+    this.o.sandbox.prepareWorkDir(dir, now);
+    reownTree(dir, was, now);
   }
 
   /** argv for a script: `.py` with python3, `.js`/`.mjs`/`.cjs` with node, anything else executed directly. */
@@ -368,5 +733,59 @@ function parentPid(pid: number): number | null {
     return Number.isInteger(ppid) ? ppid : null;
   } catch {
     return null;
+  }
+}
+
+/** What is persisted of an agent (registry.ts). */
+function persisted(def: AgentDef, rights: Permissions, budgets: Budgets): PersistedAgent {
+  return {
+    v: 1,
+    name: def.name,
+    identity: def.identity,
+    argv: def.argv,
+    env: def.env,
+    cwd: def.cwd,
+    sandboxed: def.sandboxed,
+    network: def.network,
+    limits: def.limits,
+    share: def.share ?? [],
+    policy: def.policy,
+    budgets: budgetsOut(budgets),
+    rights,
+    account: def.account,
+  };
+}
+
+/** Budgets as JSON: an unlimited one is null. */
+function budgetsOut(b: Budgets): Record<string, number | null> {
+  return Object.fromEntries(Object.entries(b).map(([k, v]) => [k, Number.isFinite(v) ? v : null]));
+}
+
+function budgetsIn(b: Record<string, number | null>, defaults: Budgets): Budgets {
+  const out = { ...defaults };
+  for (const k of Object.keys(out) as (keyof Budgets)[]) {
+    const v = b[k];
+    if (v === null) out[k] = Number.POSITIVE_INFINITY;
+    else if (typeof v === 'number') out[k] = v;
+  }
+  return out;
+}
+
+/** A process's start time (/proc/<pid>/stat field 22): with the pid, it names one process for good. */
+function procStart(pid: number): string | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
   }
 }

@@ -3,6 +3,10 @@
  * request order, as the protocol promises), and applies backpressure both ways — a client that
  * pipelines faster than it is served stops being read, and a client that does not read its replies
  * stops being served. Nothing here buffers without bound.
+ *
+ * End of input is not the end of the connection: a client that shuts down its write side (half-close)
+ * still gets the replies to what it sent, then the kernel ends its side. A peer that is gone entirely
+ * (the socket closes, ECONNRESET, EPIPE) is torn down at once, and its parked calls are woken.
  */
 import type net from 'node:net';
 import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
@@ -19,16 +23,25 @@ export interface Dispatcher {
 
 const MAX_QUEUED_REQUESTS = 256;
 const MAX_UNSENT_BYTES = 8 * 1024 * 1024;
+/** How long a connection that sent a bad frame has to answer what came before it; then it is destroyed. */
+const FATAL_GRACE_MS = 500;
+/** How often a half-closed connection with a call pending checks that its peer is still there. */
+const PEER_PROBE_MS = 250;
 
 export class Connection {
   readonly decoder: FrameDecoder;
-  /** Aborted when the connection closes: wakes parked RECV / POLL_EVENTS waits. */
+  /** Aborted when the connection closes (or is condemned by a bad frame): wakes parked RECV / POLL_EVENTS waits. */
   readonly abort = new AbortController();
   private queue: Frame[] = [];
   private busy = false;
+  /** No more replies go out: the kernel is ending its side, or the socket is gone. */
   private closing = false;
-  /** A framing error seen after the queued frames: answered once the queue is served, then close. */
+  /** The peer shut down its write side: no more requests come; those received are still served. */
+  private inputEnded = false;
+  /** A framing error seen after the queued frames: answered once the queue is served, then destroyed. */
   private fatal: { opcode: number; message: string } | null = null;
+  private fatalTimer: NodeJS.Timeout | null = null;
+  private probeTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly socket: net.Socket,
@@ -40,11 +53,18 @@ export class Connection {
   ) {
     this.decoder = new FrameDecoder(maxPayload);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => {
+      // A partial frame held at EOF can never complete: it is forgotten.
+      this.inputEnded = true;
+      this.pump();
+      if (!this.closing) this.probePeer();
+    });
     socket.on('drain', () => this.pump());
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.closing = true;
       this.queue = [];
+      this.stopTimers();
       this.abort.abort();
       this.dispatcher.closed(this);
     });
@@ -55,18 +75,54 @@ export class Connection {
   }
 
   private onData(chunk: Buffer): void {
-    if (this.closing) return;
+    if (this.closing || this.fatal) return;
     const { frames, error } = this.decoder.push(chunk);
     for (const f of frames) this.queue.push(f);
     if (error) {
-      // Serve what came before the bad header, then one error reply, then close.
-      this.fatal = { opcode: error.opcode ?? Op.NOOP, message: error.message };
-      this.dispatcher.badFrame(this, error.message);
-      this.socket.pause();
+      this.condemn(error.opcode ?? Op.NOOP, error.message);
     } else if (this.queue.length >= MAX_QUEUED_REQUESTS) {
       this.socket.pause();
     }
     this.pump();
+  }
+
+  /**
+   * A bad frame: the stream cannot be trusted and the peer may still be writing a huge body, so the
+   * connection must go at once. Reading stops; a parked call is woken (it takes nothing, and so does
+   * any blocking call still queued); what came before the bad header is answered if it is quick (within
+   * FATAL_GRACE_MS), then the error reply, then the socket is destroyed.
+   */
+  private condemn(opcode: number, message: string): void {
+    this.fatal = { opcode, message };
+    this.dispatcher.badFrame(this, message);
+    this.socket.pause();
+    this.abort.abort();
+    this.fatalTimer = setTimeout(() => this.close(), FATAL_GRACE_MS);
+    this.fatalTimer.unref();
+  }
+
+  /**
+   * On a Unix socket a peer that closed and one that only shut down its write side both read as EOF.
+   * They differ on writing: a zero-length write fails with EPIPE once the peer is gone (its close shuts
+   * down our send side too; its half-close does not). So while a call of a half-closed connection is
+   * pending, the peer is probed now and every PEER_PROBE_MS: a gone peer is torn down ('error', then
+   * 'close', which wakes the parked call) instead of a parked RECV taking messages nobody will read.
+   */
+  private probePeer(): void {
+    const probe = (): void => {
+      // Only on an idle write side: a reply still queued reports a gone peer by itself.
+      if (this.closing || this.socket.destroyed || this.socket.writableLength > 0) return;
+      this.socket.write(Buffer.alloc(0));
+    };
+    probe();
+    this.probeTimer = setInterval(probe, PEER_PROBE_MS);
+    this.probeTimer.unref();
+  }
+
+  private stopTimers(): void {
+    if (this.fatalTimer) clearTimeout(this.fatalTimer);
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    this.fatalTimer = this.probeTimer = null;
   }
 
   private pump(): void {
@@ -97,17 +153,32 @@ export class Connection {
       }
       this.send(f.opcode, r);
     }
-    if (this.fatal && !this.busy && !this.closing && this.queue.length === 0) {
-      this.send(this.fatal.opcode, { success: false, error: this.fatal.message, code: 'bad_frame' });
-      this.closing = true;
-      this.socket.end();
-      return;
+    if (this.closing) return;
+    if (!this.busy && this.queue.length === 0) {
+      if (this.fatal) {
+        // Destroyed (not ended) once the error is flushed: a peer still writing gets EPIPE at once.
+        const frame = encodeFrame(this.principal.id, this.fatal.opcode, {
+          success: false,
+          error: this.fatal.message,
+          code: 'bad_frame',
+        });
+        this.closing = true;
+        this.socket.write(frame, () => this.close());
+        return;
+      }
+      if (this.inputEnded) {
+        // Half-closed and every reply is out: end our side too (the socket then closes).
+        this.closing = true;
+        this.stopTimers();
+        this.socket.end();
+        return;
+      }
     }
     if (
-      !this.closing &&
+      !this.fatal &&
+      !this.inputEnded &&
       this.queue.length < MAX_QUEUED_REQUESTS / 2 &&
-      this.socket.isPaused() &&
-      !this.decoder.failed
+      this.socket.isPaused()
     ) {
       this.socket.resume();
     }
@@ -122,6 +193,7 @@ export class Connection {
   close(): void {
     this.closing = true;
     this.queue = [];
+    this.stopTimers();
     this.abort.abort();
     this.socket.destroy();
   }

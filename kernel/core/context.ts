@@ -24,6 +24,10 @@ export interface Caller extends Principal {
 export interface KernelInfo {
   version: string;
   maxPayload: number;
+  /** The deepest nesting a JSON request may have. */
+  maxDepth: number;
+  /** The most bytes of messages or events one RECV or POLL_EVENTS reply carries. */
+  maxReplyBytes: number;
   dataDir: string;
   agentSocket: string;
   sandbox: Record<string, unknown>;
@@ -69,7 +73,9 @@ export interface SyscallContext {
 }
 
 export type RawReply = Buffer | string;
-export type ReplyOf<N extends OpName> = N extends keyof Replies ? Replies[N] : RawReply;
+/** A JSON reply already encoded (a handler that splices stored JSON texts returns the bytes). */
+export type EncodedReply = Buffer;
+export type ReplyOf<N extends OpName> = N extends keyof Replies ? Replies[N] | EncodedReply : RawReply;
 export type RequestOf<N extends OpName> = N extends keyof ArgsOf ? ArgsOf[N] : Buffer;
 
 export type Handler<N extends OpName> = (

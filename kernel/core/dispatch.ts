@@ -9,7 +9,7 @@ import { preset } from '../perms/permissions.js';
 import type { Connection, Reply } from './connection.js';
 import type { Caller, FamilyFactory, Handler, Services, SyscallContext } from './context.js';
 import { errorReply, NotSupportedError, UnknownOpcodeError } from './errors.js';
-import { parseObject, validateRequest } from './validate.js';
+import { checkDepth, parseObject, validateRequest } from './validate.js';
 import { parkUntil } from './waiters.js';
 
 /** The watchdog's view of activity: every syscall is a beat, a parked call keeps the caller alive. */
@@ -93,6 +93,7 @@ export class Dispatcher {
       let req: unknown = frame.payload;
       if (!entry.raw) {
         const payload = parseObject(frame.payload);
+        checkDepth(payload, this.services.kernel.maxDepth);
         validateRequest(entry.name, payload);
         req = payload;
       }

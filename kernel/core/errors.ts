@@ -47,9 +47,13 @@ export class NotFoundError extends KernelError {
 export class NameTakenError extends KernelError {
   readonly code = 'name_taken';
 }
-/** the target's mailbox is at its bound; nothing was queued */
+/** the target's mailbox is at its bound (messages or bytes: `limit_messages`, `limit_bytes`); nothing was queued */
 export class MailboxFullError extends KernelError {
   readonly code = 'mailbox_full';
+}
+/** the caller is over one of its budgets (`budget` names it; `limit` and `used` say how far) or the kernel-wide memory budget; nothing was done */
+export class QuotaExceededError extends KernelError {
+  readonly code = 'quota_exceeded';
 }
 /** e.g. RESUME of an agent that is not paused */
 export class InvalidStateError extends KernelError {

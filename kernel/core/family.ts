@@ -15,6 +15,7 @@ export {
 export * from './errors.js';
 export type { AgentRecord } from '../supervisor/supervisor.js';
 export type { Permissions } from '../perms/permissions.js';
+export { isKernelEvent } from '../events/bus.js';
 
 import { InvalidRequestError } from './errors.js';
 

@@ -4,6 +4,7 @@
  * 1 upwards and never reused while the kernel runs.
  */
 import { parsePermissions, preset, within, type Permissions } from '../perms/permissions.js';
+import { operatorBudgets, type Budgets } from './budgets.js';
 
 export type Role = 'agent' | 'operator' | 'client';
 
@@ -12,6 +13,11 @@ export interface Principal {
   role: Role;
   /** The agent's name, or a label for a non-agent connection. */
   name: string;
+  /**
+   * Agents only: the agent's persistent identity `<name>#<serial>` (docs/protocol.md §2), the same across
+   * its restarts and the kernel's, never the same for two agents that held the name one after the other.
+   */
+  identity?: string;
 }
 
 export interface PeerCred {
@@ -31,7 +37,7 @@ export type Door = 'operator' | 'agent';
 
 export interface AgentLookup {
   /** The agent a peer pid belongs to (its process tree), if any. */
-  agentOfPid(pid: number): { id: number; name: string } | undefined;
+  agentOfPid(pid: number): { id: number; name: string; identity: string } | undefined;
   /** Resolves once spawns under way have settled (a child may connect before its spawn is recorded). */
   spawnsSettled(): Promise<void>;
 }
@@ -41,12 +47,20 @@ export class Principals {
   private readonly perms = new Map<number, Permissions>();
   private readonly counters = new Map<number, Stats>();
   private readonly clients = new Set<number>();
+  private readonly bounds = new Map<number, Budgets>();
+  private readonly watchers: ((id: number) => void)[] = [];
 
   constructor(
     private readonly agents: AgentLookup,
     /** The uid that owns the kernel: it and root are operators. */
     private readonly ownerUid: number,
-  ) {}
+    /** Budgets of agents and clients that were given none of their own. */
+    readonly defaultBudgets: Budgets,
+  ) {
+    this.operator = operatorBudgets(defaultBudgets);
+  }
+
+  private readonly operator: Budgets;
 
   allocate(): number {
     return this.nextId++;
@@ -63,7 +77,7 @@ export class Principals {
       await this.agents.spawnsSettled();
       agent = this.agents.agentOfPid(cred.pid);
     }
-    if (agent) return { id: agent.id, role: 'agent', name: agent.name };
+    if (agent) return { id: agent.id, role: 'agent', name: agent.name, identity: agent.identity };
     if (door === 'agent') return null;
     const id = this.allocate();
     if (cred.uid === this.ownerUid || cred.uid === 0) return { id, role: 'operator', name: `operator-${id}` };
@@ -75,6 +89,17 @@ export class Principals {
     if (p.role === 'agent') return;
     this.clients.add(p.id);
     this.perms.set(p.id, preset(p.role === 'operator' ? 'unrestricted' : 'standard'));
+    this.bounds.set(p.id, p.role === 'operator' ? this.operator : this.defaultBudgets);
+  }
+
+  /** The budgets of a principal: its own (agents, clients), or an operator's (unlimited in what it does). */
+  budgets(id: number): Budgets {
+    return this.bounds.get(id) ?? this.defaultBudgets;
+  }
+
+  setBudgets(id: number, b: Budgets): void {
+    this.bounds.set(id, b);
+    this.changed(id);
   }
 
   /** A live non-agent connection (clients are addressed by their connection's id). */
@@ -92,6 +117,16 @@ export class Principals {
 
   setRights(id: number, p: Permissions): void {
     this.perms.set(id, p);
+    this.changed(id);
+  }
+
+  /** Calls `fn` whenever a principal's rights or budgets are set (the agents service persists them). */
+  watch(fn: (id: number) => void): void {
+    this.watchers.push(fn);
+  }
+
+  private changed(id: number): void {
+    for (const w of this.watchers) w(id);
   }
 
   /** Rights from a `permissions` object or a level name (SPAWN, SET_PERMS). */
@@ -118,6 +153,7 @@ export class Principals {
   forget(id: number): void {
     this.clients.delete(id);
     this.perms.delete(id);
+    this.bounds.delete(id);
     this.counters.delete(id);
   }
 }

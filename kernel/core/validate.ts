@@ -34,6 +34,25 @@ export function parseObject(buf: Buffer): Payload {
   return v as Payload;
 }
 
+/**
+ * Refuses JSON nested deeper than `max` levels, before anything walks it recursively (a 400 KB `[[[[…`
+ * would otherwise be accepted here and fail later, when a reply carrying it is encoded). Iterative.
+ */
+export function checkDepth(value: unknown, max: number): void {
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (depth > max)
+      throw new InvalidRequestError(`invalid request: payload nested deeper than ${max} levels`, {
+        max_depth: max,
+      });
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
+    }
+  }
+}
+
 /** Checks `payload` against the request schema of `op` and fills in its defaults (in place). */
 export function validateRequest(op: OpName, payload: Payload): void {
   let validate = compiled.get(op);

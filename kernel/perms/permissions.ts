@@ -3,23 +3,10 @@
  * closes the public kernel's escalation holes lives here: `within(child, parent)` — nobody can hand out
  * (or give themselves) a right they do not hold.
  */
+import type { Permissions } from '../../protocol/index.js';
 import { InvalidRequestError } from '../core/errors.js';
 
-export interface Permissions {
-  can_exec: boolean;
-  can_read: boolean;
-  can_write: boolean;
-  can_think: boolean;
-  can_spawn: boolean;
-  can_http: boolean;
-  filesystem: { read: string[]; write: string[]; blocked: string[] };
-  exec: string[];
-  blocked_commands: string[];
-  network: string[];
-  http_methods: string[];
-  llm: { max_tokens: number; max_calls: number; tokens_used: number; calls_made: number };
-  max_exec_time_ms: number;
-}
+export type { Permissions };
 
 export const LEVELS = ['unrestricted', 'standard', 'sandboxed', 'readonly', 'minimal'] as const;
 export type Level = (typeof LEVELS)[number];

@@ -233,6 +233,114 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+/** True when the kernel that made the root `dir` (named after its pid) is gone. */
+function staleKernel(pid: number, dir: string): boolean {
+  if (!pidAlive(pid)) return true;
+  const started = startedAtMs(pid);
+  let changed: number;
+  try {
+    changed = fs.statSync(dir).ctimeMs;
+  } catch {
+    return false;
+  }
+  // A process cannot have made a directory before it existed (a second of slack for clock granularity).
+  return started !== undefined && started > changed + 1000;
+}
+
+/** Every cgroup directory of a subtree, deepest first. */
+function subtree(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    let entries: fs.Dirent[] = [];
+    try {
+      entries = fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) if (e.isDirectory()) walk(path.join(d, e.name));
+    out.push(d);
+  };
+  walk(dir);
+  return out;
+}
+
+function procsOf(dir: string): number[] {
+  return (readText(path.join(dir, 'cgroup.procs')) ?? '').split('\n').filter(Boolean).map(Number);
+}
+
+/** Sleeps without returning to the event loop (start-up only: a stale root is emptied before anything else runs). */
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Thaws every frozen cgroup of a subtree (v1 freezer.state, v2 cgroup.freeze): a frozen task never gets its SIGKILL. */
+function thawSubtree(dir: string): void {
+  for (const d of subtree(dir)) {
+    for (const [file, value] of [
+      ['freezer.state', 'THAWED'],
+      ['cgroup.freeze', '0'],
+    ]) {
+      const f = path.join(d, file);
+      if (!fs.existsSync(f)) continue;
+      try {
+        fs.writeFileSync(f, value);
+      } catch {
+        /* best effort */
+      }
+    }
+  }
+}
+
+/**
+ * SIGKILLs every process left in a cgroup subtree and waits (up to `timeoutMs`) until it is empty:
+ * cgroup.kill on v2, else SIGKILL to each pid of every cgroup.procs, repeated while processes remain
+ * (they may fork meanwhile). Frozen cgroups of the subtree are thawed first. Returns the pids found.
+ */
+export function killSubtree(dir: string, timeoutMs = 3000): number[] {
+  const found = new Set<number>();
+  const deadline = Date.now() + timeoutMs;
+  for (let round = 0; ; round++) {
+    const dirs = subtree(dir);
+    const pids = dirs.flatMap(procsOf);
+    if (pids.length === 0) return [...found];
+    for (const p of pids) found.add(p);
+    if (Date.now() > deadline) return [...found];
+    if (round === 0) thawSubtree(dir);
+    if (round % 20 === 0) {
+      const kill = path.join(dir, 'cgroup.kill');
+      let killed = false;
+      if (fs.existsSync(kill)) {
+        try {
+          fs.writeFileSync(kill, '1');
+          killed = true;
+        } catch {
+          /* fall back to signals */
+        }
+      }
+      if (!killed) {
+        for (const p of pids) {
+          try {
+            process.kill(p, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+      }
+    }
+    sleepSync(10);
+  }
+}
+
+/** When a live process with this pid started (ms since the epoch), from /proc; undefined if unknown. */
+function startedAtMs(pid: number): number | undefined {
+  const stat = readText(`/proc/${pid}/stat`);
+  const btime = /^btime (\d+)$/m.exec(readText('/proc/stat') ?? '');
+  if (!stat || !btime) return undefined;
+  const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+  // USER_HZ, the unit of /proc/<pid>/stat times, is 100 on every architecture Linux supports today.
+  return Number.isFinite(ticks) ? Number(btime[1]) * 1000 + ticks * 10 : undefined;
+}
+
 /** Removes a cgroup subtree bottom-up (cgroup dirs hold only virtual files, so rmdir works on non-empty-looking dirs). */
 function removeTree(dir: string): void {
   let entries: fs.Dirent[] = [];
@@ -375,6 +483,8 @@ export class CgroupRoot {
   readonly relRoots = new Map<Hierarchy, string>();
   /** Why some controller is missing, for isolation reports. */
   readonly problems: string[] = [];
+  /** Processes of dead kernels' agents found (and SIGKILLed) in their stale roots at init(), for the log. */
+  readonly leftovers: { dir: string; pids: number[] }[] = [];
 
   constructor(
     readonly layout: CgroupLayout,
@@ -390,11 +500,11 @@ export class CgroupRoot {
 
   /** Creates the roots. Hierarchies that cannot be written are dropped (and reported), never fatal. */
   init(): void {
+    this.cleanStale();
     for (const h of this.hierarchies()) {
       const base = path.join(h.ownDir, 'clove');
       const root = path.join(base, this.instance);
       try {
-        this.cleanStale(base);
         if (h.version === 2) this.enableV2(h, [h.ownDir, base, root]);
         else mkdir(root);
         if (h.version === 1 && h.controllers.includes('cpuset')) {
@@ -443,19 +553,40 @@ export class CgroupRoot {
     }
   }
 
-  /** Roots left by kernels that died (their pid is gone) are removed at start-up. */
-  private cleanStale(base: string): void {
-    let names: string[] = [];
-    try {
-      names = fs.readdirSync(base);
-    } catch {
-      return;
+  /**
+   * Roots left by kernels that died are emptied and removed at start-up: every process still in one (an
+   * unsandboxed or plain-mode agent has no clove-init to die with its kernel) is SIGKILLed first, so that
+   * no agent of a dead kernel runs beside the agents a new kernel starts again. A root is stale when its
+   * kernel's pid is gone, when that pid now names a process that started after the root was last
+   * changed (the pid was reused), or when it carries this very instance's name before this instance
+   * made it (a kernel that had the same pid, e.g. pid 1 of a container).
+   */
+  private cleanStale(): void {
+    const stale: string[] = [];
+    // v2 first: cgroup.kill empties a whole subtree at once; the v1 hierarchies then hold nothing more.
+    for (const h of this.hierarchies().sort((x, y) => y.version - x.version)) {
+      const base = path.join(h.ownDir, 'clove');
+      let names: string[] = [];
+      try {
+        names = fs.readdirSync(base);
+      } catch {
+        continue;
+      }
+      for (const n of names) {
+        const m = /^(\d+)\.\d+$/.exec(n);
+        const dir = path.join(base, n);
+        if (m && (n === this.instance || staleKernel(Number(m[1]), dir))) stale.push(dir);
+      }
     }
-    for (const n of names) {
-      const m = /^(\d+)\.\d+$/.exec(n);
-      if (!m || n === this.instance) continue;
-      if (!pidAlive(Number(m[1]))) removeTree(path.join(base, n));
+    // A task frozen by a v1 freezer in one hierarchy gets no SIGKILL sent through another: thaw them all first.
+    for (const dir of stale) thawSubtree(dir);
+    const seen = new Set<number>();
+    for (const dir of stale) {
+      const pids = killSubtree(dir).filter((p) => !seen.has(p));
+      for (const p of pids) seen.add(p);
+      if (pids.length) this.leftovers.push({ dir, pids });
     }
+    for (const dir of stale) removeTree(dir);
   }
 
   /** Creates an agent's cgroups and writes its limits. */

@@ -38,6 +38,8 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
     return { fd: fs.openSync(file, 'a'), file };
   }
 
+  const INIT_DIR = path.dirname(initHelperPath());
+
   /** A complete root-mode NativeSpawnOptions, as spawner.ts nativeOptions() builds it. */
   function options(o: {
     argv: string[];
@@ -71,7 +73,8 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
       tmpfsOptions: 'size=16m,mode=1777',
       writable: [],
       masks: ['/tmp'],
-      keep: o.keep ?? [],
+      // clove-init must stay reachable when the checkout itself lives below the masked /tmp (a CI clone).
+      keep: [...(o.keep ?? []), ...(INIT_DIR.startsWith('/tmp/') ? [INIT_DIR] : [])],
       idmapped: o.idmapped ?? [],
       setsid: true,
       noNewPrivs: true,

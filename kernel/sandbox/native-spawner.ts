@@ -4,6 +4,8 @@
  * Per agent: clone3 into new PID, mount, UTS and IPC namespaces (network: one shared empty netns unless
  * granted), born into its cgroups (v2 CLONE_INTO_CGROUP; v1 joins before exec), read-only root with a
  * writable cwd and a private /tmp, private /proc, no capabilities, NO_NEW_PRIVS, an unprivileged uid.
+ * Without network, the host's Unix sockets are out of reach too: /run and /var/run are masked and every
+ * other pathname socket still visible is covered by /dev/null (only the kernel's agent socket stays).
  * PID 1 of the namespace is native clove-init, which forwards signals and reports the agent's status.
  * See docs/sandbox.md.
  */
@@ -18,8 +20,9 @@ import type {
   NativeSpawnOptions,
   RlimitTuple,
 } from '../../native/index.js';
-import { exposure, modeAllows, reachableBy } from './access.js';
+import { exposure, hostUnixSockets, modeAllows, reachableBy, runtimeDirs, socketsToHide } from './access.js';
 import { REPO_ROOT } from '../config.js';
+import { nofileLimit } from '../core/rlimits.js';
 import { AgentCgroup, CgroupRoot, detectHostLayout, type CgroupLayout } from './cgroups.js';
 import {
   fromNative,
@@ -47,6 +50,10 @@ const RLIMIT_CORE = 4;
  */
 const INSTALLATION = [REPO_ROOT];
 const RLIMIT_NOFILE = 7;
+const NOFILE_HARD = nofileLimit('hard');
+
+/** NativeSpawnOptions.hideFiles holds at most this many sockets (the addon fails with E2BIG beyond). */
+export const MAX_HIDDEN_SOCKETS = 256;
 
 /** How a spawner isolates, decided once at start-up. */
 export type SandboxMode = 'root' | 'rootless' | 'plain';
@@ -272,6 +279,8 @@ export class NativeSpawner implements Spawner {
   private modeValue: SandboxMode = 'plain';
   private readonly reasons: string[] = [];
   private netnsFd = -1;
+  /** /run and /var/run as real paths (runtimeDirs()), masked for agents without network. */
+  private runDirs: string[] = [];
   private cgroups?: CgroupRoot;
   private readonly live = new Set<SandboxedAgent>();
   /** cgroup path (identity hierarchy) -> agent id. */
@@ -314,6 +323,7 @@ export class NativeSpawner implements Spawner {
   init(): void {
     if (this.ready) return;
     this.native = loadNative();
+    this.runDirs = runtimeDirs();
     const want = this.policy.mode;
     const isRoot = process.geteuid?.() === 0;
     const candidates: SandboxMode[] =
@@ -402,6 +412,8 @@ export class NativeSpawner implements Spawner {
       uid?: number;
       gid?: number;
       idmapped?: { path: string; usernsFd: number }[];
+      /** CLOVE_SOCKET of the agent's environment: its directory stays reachable. */
+      agentSocket?: string;
     },
     cg: AgentCgroup | undefined,
     _maxPids: number,
@@ -411,8 +423,21 @@ export class NativeSpawner implements Spawner {
     const writable: string[] = [];
     if (ns && this.policy.writableCwd && s.cwd !== '/') writable.push(s.cwd);
     if (ns) writable.push(...this.policy.writablePaths);
+    // Without network the agent must not reach the host's Unix sockets either (the empty network
+    // namespace only stops IP and abstract sockets): /run and /var/run are masked, what stays visible
+    // of the rest is covered one by one.
+    const noSockets = ns && !s.network;
+    const view = ns
+      ? this.mounts(s.keep ?? [], writable, s.uid, s.gid, s.idmapped ?? [], noSockets ? this.runDirs : [])
+      : { masks: [], keep: [] };
+    const hideFiles = noSockets ? this.socketsToCover(view, s) : [];
     const rlimits: RlimitTuple[] = [
-      [RLIMIT_NOFILE, this.policy.maxOpenFiles, this.policy.maxOpenFiles],
+      // Never above the kernel's own hard limit: raising it would fail (EPERM) once capabilities are gone.
+      [
+        RLIMIT_NOFILE,
+        Math.min(this.policy.maxOpenFiles, NOFILE_HARD),
+        Math.min(this.policy.maxOpenFiles, NOFILE_HARD),
+      ],
       [RLIMIT_CORE, 0, 0],
     ];
     return {
@@ -439,8 +464,10 @@ export class NativeSpawner implements Spawner {
       mountProc: ns,
       tmpfsOptions: ns ? `size=${this.policy.tmpSize},mode=1777,nr_inodes=65536` : '',
       writable,
-      ...(ns ? this.mounts(s.keep ?? [], writable, s.uid, s.gid, s.idmapped ?? []) : { masks: [], keep: [] }),
+      masks: view.masks,
+      keep: view.keep,
       idmapped: ns ? (s.idmapped ?? []) : [],
+      hideFiles,
       // Always a session of its own: a terminal's Ctrl-C (or `timeout`) signals the kernel, which stops agents in order.
       setsid: true,
       noNewPrivs: true,
@@ -455,7 +482,8 @@ export class NativeSpawner implements Spawner {
 
   /**
    * The agent's view of the file system: what to mask and what to bind back in (exposure()), minus what
-   * an idmapped mount covers (it goes on top of any kept directory at or below it).
+   * an idmapped mount covers (it goes on top of any kept directory at or below it). `privateDirs` are
+   * masked besides /tmp (the runtime dirs for an agent without network).
    */
   private mounts(
     needed: string[],
@@ -463,15 +491,44 @@ export class NativeSpawner implements Spawner {
     uid: number | undefined,
     gid: number | undefined,
     idmapped: { path: string }[],
+    privateDirs: string[],
   ): { masks: string[]; keep: string[] } {
     const e = exposure(
       [...writable, ...needed, ...idmapped.map((i) => i.path), ...INSTALLATION],
       uid ?? process.geteuid?.() ?? 0,
       gid ?? process.getegid?.() ?? 0,
       true,
+      privateDirs,
     );
     const covered = (k: string) => idmapped.some((i) => k === i.path || k.startsWith(i.path + '/'));
     return { masks: e.masks, keep: e.keep.filter((k) => !covered(k)) };
+  }
+
+  /**
+   * The host's pathname Unix sockets (this process's /proc/net/unix, read once per spawn) that stay
+   * visible in the agent's mount namespace, for NativeSpawnOptions.hideFiles: not below a mask (unless
+   * bound back in), not in the agent socket's directory. Should a host have more than the addon takes,
+   * only those the agent's uid could connect to by their mode bits are covered.
+   */
+  private socketsToCover(
+    view: { masks: string[]; keep: string[] },
+    s: {
+      idmapped?: { path: string }[];
+      agentSocket?: string;
+      uid?: number;
+      gid?: number;
+    },
+  ): string[] {
+    const exempt = s.agentSocket && path.isAbsolute(s.agentSocket) ? [path.dirname(s.agentSocket)] : [];
+    const hide = socketsToHide(hostUnixSockets(), {
+      masks: [...view.masks, '/dev/shm'],
+      visible: [...view.keep, ...(s.idmapped ?? []).map((i) => i.path)],
+      exempt,
+    });
+    if (hide.length <= MAX_HIDDEN_SOCKETS) return hide;
+    const uid = s.uid ?? process.geteuid?.() ?? 0;
+    const gid = s.gid ?? process.getegid?.() ?? 0;
+    return hide.filter((p) => reachableBy(p, uid, gid, 2));
   }
 
   /**
@@ -592,6 +649,7 @@ export class NativeSpawner implements Spawner {
             keep,
             ...(account ? { uid, gid } : {}),
             idmapped,
+            agentSocket: spec.env?.CLOVE_SOCKET,
           },
           cg,
           limits.max_pids,

@@ -3,6 +3,7 @@
  * is a decision lives here.
  */
 import path from 'node:path';
+import { SCHEMA_DEFS } from '../../protocol/index.js';
 import type { ResourceLimits } from './types.js';
 import { PolicyError } from './errors.js';
 
@@ -80,6 +81,10 @@ export function checkAbsolute(field: string, p: unknown): string {
   return path.normalize(p);
 }
 
+const LIMIT_BOUNDS = (
+  SCHEMA_DEFS.$defs.Limits as { properties: Record<string, { minimum?: number; maximum?: number }> }
+).properties;
+
 /**
  * SPAWN `limits` with defaults applied. Bounds are what the kernels accept: CFS periods 1 ms..1 s, quotas
  * from 1 ms; memory at least 4 MiB (clove-init and a shell must fit); at least one agent process.
@@ -91,11 +96,15 @@ export function resolveLimits(limits: ResourceLimits | undefined): Required<Reso
     if (!(k in l)) throw new PolicyError(`limits.${k}`, 'unknown limit');
     (l as Record<string, number>)[k] = v as number;
   }
-  int('limits.memory', l.memory, 4 * 1024 * 1024, Number.MAX_SAFE_INTEGER);
-  int('limits.max_pids', l.max_pids, 1, 4_194_304);
-  int('limits.cpu_period', l.cpu_period, 1000, 1_000_000);
-  int('limits.cpu_quota', l.cpu_quota, 1000, Number.MAX_SAFE_INTEGER);
-  int('limits.cpu_shares', l.cpu_shares, 2, 262_144);
+  // The bounds are the contract's (protocol/families/lifecycle.json, `Limits`), checked here too for
+  // callers of the sandbox that do not come through a SPAWN request.
+  for (const [k, b] of Object.entries(LIMIT_BOUNDS))
+    int(
+      `limits.${k}`,
+      (l as Record<string, number>)[k],
+      b.minimum ?? 0,
+      b.maximum ?? Number.MAX_SAFE_INTEGER,
+    );
   return l;
 }
 

@@ -3,6 +3,7 @@
  * this interface: the plain spawner (child_process, `--sandbox off`) and the native sandboxed spawner
  * (native/ addon) both implement it, and both live in kernel/sandbox/.
  */
+import type { Isolation, Limits } from '../../protocol/index.js';
 
 /** A uid/gid an agent runs as. */
 export interface Account {
@@ -10,28 +11,11 @@ export interface Account {
   gid: number;
 }
 
-/** Isolation actually applied to one agent, reported in SPAWN replies (field names of the reference). */
-export interface IsolationReport {
-  fully_isolated: boolean;
-  namespaces: { pid: boolean; net: boolean; mnt: boolean; uts: boolean; ipc?: boolean; user?: boolean };
-  cgroups: {
-    available: boolean;
-    memory_limit: boolean;
-    cpu_quota: boolean;
-    pids_limit: boolean;
-    version?: string;
-  };
-  degraded_reason?: string;
-}
+/** Isolation actually applied to one agent, reported in SPAWN replies (the contract's `Isolation`). */
+export type IsolationReport = Isolation;
 
-/** Resource limits of the reference's SPAWN `limits` object (all optional; defaults live in the sandbox). */
-export interface ResourceLimits {
-  memory?: number;
-  max_pids?: number;
-  cpu_quota?: number;
-  cpu_period?: number;
-  cpu_shares?: number;
-}
+/** SPAWN `limits` (the contract's `Limits`; all optional, defaults live in policy.ts). */
+export type ResourceLimits = Limits;
 
 export interface SpawnSpec {
   /** Kernel-assigned agent id (stable across restarts). */

@@ -9,7 +9,8 @@
  */
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
-import { StorageError, PermissionDeniedError } from '../core/errors.js';
+import { StorageError, PermissionDeniedError, QuotaExceededError } from '../core/errors.js';
+import { overBudget } from '../core/budgets.js';
 
 export type Scope = 'global' | 'agent' | 'session';
 
@@ -48,8 +49,26 @@ export class StateStore {
       this.db.exec(
         'CREATE INDEX IF NOT EXISTS state_expiry ON state (expires_at) WHERE expires_at IS NOT NULL',
       );
+      // What each owner holds (keys, bytes of values), kept by triggers through every write, delete and
+      // sweep, so that a budget check is one lookup; recounted at start in case an older kernel wrote.
+      this.db.exec(`CREATE TABLE IF NOT EXISTS owners (
+        owner TEXT PRIMARY KEY, keys INTEGER NOT NULL, bytes INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TRIGGER IF NOT EXISTS owners_ins AFTER INSERT ON state BEGIN
+          INSERT INTO owners (owner, keys, bytes) VALUES (new.owner, 1, length(CAST(new.value AS BLOB)))
+          ON CONFLICT (owner) DO UPDATE SET keys = keys + 1, bytes = bytes + length(CAST(new.value AS BLOB));
+        END;
+        CREATE TRIGGER IF NOT EXISTS owners_del AFTER DELETE ON state BEGIN
+          UPDATE owners SET keys = keys - 1, bytes = bytes - length(CAST(old.value AS BLOB)) WHERE owner = old.owner;
+        END;
+        CREATE TRIGGER IF NOT EXISTS owners_upd AFTER UPDATE ON state BEGIN
+          UPDATE owners SET keys = keys - 1, bytes = bytes - length(CAST(old.value AS BLOB)) WHERE owner = old.owner;
+          INSERT INTO owners (owner, keys, bytes) VALUES (new.owner, 1, length(CAST(new.value AS BLOB)))
+          ON CONFLICT (owner) DO UPDATE SET keys = keys + 1, bytes = bytes + length(CAST(new.value AS BLOB));
+        END;`);
       // Session keys live as long as one kernel run.
       this.db.prepare("DELETE FROM state WHERE scope = 'session'").run();
+      this.db.exec(`DELETE FROM owners;
+        INSERT INTO owners SELECT owner, count(*), sum(length(CAST(value AS BLOB))) FROM state GROUP BY owner;`);
     } catch (e) {
       throw new StorageError(`cannot open state store at ${opts.path}: ${(e as Error).message}`);
     }
@@ -61,8 +80,11 @@ export class StateStore {
         owner = excluded.owner, expires_at = excluded.expires_at, updated_at = excluded.updated_at`),
       del: this.db.prepare('DELETE FROM state WHERE ns = ? AND key = ?'),
       keys: this.db.prepare(
-        'SELECT key FROM state WHERE ns = ? AND (expires_at IS NULL OR expires_at > ?) AND substr(key, 1, length(?)) = ? ORDER BY key',
+        `SELECT DISTINCT key FROM state WHERE ns IN (?, '') AND (expires_at IS NULL OR expires_at > ?)
+         AND substr(key, 1, length(?)) = ? AND key > ? ORDER BY key LIMIT ?`,
       ),
+      owned: this.db.prepare('SELECT keys, bytes FROM owners WHERE owner = ?'),
+      dropNs: this.db.prepare('DELETE FROM state WHERE ns = ?'),
       sweep: this.db.prepare('DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at <= ?'),
     };
     this.sweeper = setInterval(() => this.sweep(), opts.sweepIntervalMs ?? 5000);
@@ -77,7 +99,7 @@ export class StateStore {
     try {
       return fn();
     } catch (e) {
-      if (e instanceof PermissionDeniedError) throw e;
+      if (e instanceof PermissionDeniedError || e instanceof QuotaExceededError) throw e;
       throw new StorageError(`failed to ${what}: ${(e as Error).message}`);
     }
   }
@@ -99,7 +121,8 @@ export class StateStore {
 
   /**
    * Writes a key. In the shared namespace an existing key belongs to whoever created it: only its owner
-   * (or an operator, `force`) may overwrite it. Returns whether a shared key changed (for STATE_CHANGED).
+   * (or an operator, `force`) may overwrite it. With `budget`, the owner may hold at most that many keys
+   * and bytes of values (quota_exceeded, nothing written).
    */
   put(
     key: string,
@@ -109,19 +132,22 @@ export class StateStore {
     agentName: string,
     ttlSec: number | undefined,
     force: boolean,
+    budget?: { keys: number; bytes: number },
   ): void {
     const now = Date.now();
     const ns = StateStore.ns(scope, agentName);
+    const json = JSON.stringify(value ?? null);
     this.run('store key', () => {
       const tx = this.db.transaction(() => {
         const cur = this.read(ns, key, now);
         if (cur && ns === SHARED_NS && cur.owner !== owner && !force) {
           throw new PermissionDeniedError(`Permission denied: key '${key}' belongs to ${cur.owner}`);
         }
+        if (budget) this.checkBudget(owner, cur?.owner === owner ? cur.value : undefined, json, budget);
         this.stmts.put.run({
           ns,
           key,
-          value: JSON.stringify(value ?? null),
+          value: json,
           scope,
           owner,
           expires_at: ttlSec === undefined ? null : now + Math.round(ttlSec * 1000),
@@ -130,6 +156,29 @@ export class StateStore {
       });
       tx();
     });
+  }
+
+  /** Refuses a write that would take `owner` past its budget; `replaced` is the value it overwrites, if its own. */
+  private checkBudget(
+    owner: string,
+    replaced: string | undefined,
+    json: string,
+    budget: { keys: number; bytes: number },
+  ): void {
+    const held = (this.stmts.owned.get(owner) as { keys: number; bytes: number } | undefined) ?? {
+      keys: 0,
+      bytes: 0,
+    };
+    const keys = held.keys + (replaced === undefined ? 1 : 0);
+    const bytes =
+      held.bytes + Buffer.byteLength(json) - (replaced === undefined ? 0 : Buffer.byteLength(replaced));
+    if (keys > budget.keys) overBudget('state_keys', held.keys, budget.keys, 'too many state keys');
+    if (bytes > budget.bytes) overBudget('state_bytes', held.bytes, budget.bytes, 'too many bytes of state');
+  }
+
+  /** Deletes every key of an agent namespace (the identity it belonged to has ended). */
+  dropAgentNamespace(agentName: string): number {
+    return this.run('drop keys', () => this.stmts.dropNs.run(StateStore.ns('agent', agentName)).changes);
   }
 
   /** Reads a key: with a scope, only there; without, the agent's own namespace first, then the shared one. */
@@ -171,15 +220,22 @@ export class StateStore {
     });
   }
 
-  /** Every key visible to the caller (shared ones and its own agent keys), prefix-matched on the key itself. */
-  keys(prefix: string, agentName: string): string[] {
+  /**
+   * Keys visible to the caller (shared ones and its own agent keys), prefix-matched on the key itself,
+   * in order, at most `limit` after `after`; `more` says whether there are further ones.
+   */
+  keys(prefix: string, agentName: string, limit = 1000, after = ''): { keys: string[]; more: boolean } {
     const now = Date.now();
     return this.run('list keys', () => {
-      const own = this.stmts.keys.all(StateStore.ns('agent', agentName), now, prefix, prefix) as {
-        key: string;
-      }[];
-      const shared = this.stmts.keys.all(SHARED_NS, now, prefix, prefix) as { key: string }[];
-      return [...new Set([...own, ...shared].map((r) => r.key))].sort();
+      const rows = this.stmts.keys.all(
+        StateStore.ns('agent', agentName),
+        now,
+        prefix,
+        prefix,
+        after,
+        limit + 1,
+      ) as { key: string }[];
+      return { keys: rows.slice(0, limit).map((r) => r.key), more: rows.length > limit };
     });
   }
 

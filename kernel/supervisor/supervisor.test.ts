@@ -74,6 +74,7 @@ function def(policy: Partial<RestartPolicy> = {}): AgentDef {
   return {
     id: 7,
     name: 'a7',
+    identity: 'a7#1',
     argv: ['/bin/true'],
     env: {},
     cwd: '/',

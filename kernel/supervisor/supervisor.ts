@@ -42,6 +42,8 @@ export const DEFAULT_POLICY: RestartPolicy = {
 export interface AgentDef {
   id: number;
   name: string;
+  /** Its persistent identity `<name>#<serial>` (kernel/agents/registry.ts); opaque to the supervisor. */
+  identity: string;
   argv: string[];
   env: Record<string, string>;
   cwd: string;
@@ -87,9 +89,14 @@ export interface AgentRecord {
 export interface SupervisorHooks {
   /** A kernel event about an agent (AGENT_SPAWNED, AGENT_EXITED, …). */
   event(type: string, data: Record<string, unknown>, source: number): void;
+  /** A process of the agent was started (its first or a restart); `agent.pid` is its host pid. */
+  started?(agent: AgentRecord): void;
   /** The agent's process (and with it its whole process tree) is gone; it may be restarted. */
   exited(agent: AgentRecord): void;
-  /** The agent is gone for good: release its names, mailbox, subscriptions. */
+  /**
+   * The agent released its names, mailbox, subscriptions: it is gone for good when it has also left the
+   * table (`get(id)` is undefined); an escalated agent stays listed (FAILED) until it is killed or replaced.
+   */
   release(agent: AgentRecord): void;
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
 }
@@ -113,6 +120,11 @@ export class Supervisor {
 
   list(): AgentRecord[] {
     return [...this.agents.values()];
+  }
+
+  /** True once shutdown() began: agents stop because the kernel does, not because they ended. */
+  get shuttingDown(): boolean {
+    return this.stopping;
   }
 
   pidOwner(pid: number): AgentRecord | undefined {
@@ -196,6 +208,7 @@ export class Supervisor {
     a.lastBeat = a.startedAt;
     this.byPid.set(proc.pid, a);
     proc.onExit((info) => this.exited(a, proc, info));
+    this.hooks.started?.(a);
   }
 
   private exited(a: AgentRecord, proc: AgentProcess, info: ExitInfo): void {

@@ -57,6 +57,7 @@ void Plan::Finalize() {
   fill(writable, writablePtrs);
   fill(masks, maskPtrs);
   fill(keep, keepPtrs);
+  fill(hideFiles, hidePtrs);
 }
 
 namespace {
@@ -187,6 +188,25 @@ void SetupMounts(const Plan& p, int statusFd) {
       if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, p.tmpfsOptions.c_str()) != 0)
         Fail(statusFd, "mount(/dev/shm, tmpfs)", errno);
     }
+  }
+  // Host Unix sockets still visible after the masks and keeps (the parent lists them from
+  // /proc/net/unix): each is covered by a bind of /dev/null, so connect() finds a character device, not
+  // a socket (ECONNREFUSED), and sendto() on a datagram path fails the same way. Last, so that no kept
+  // or idmapped bind covers the cover again. Read-only and nosuid like everything (inherited from the
+  // read-only /dev), plus nodev and noexec: the agent cannot even open the device through it. A socket
+  // removed since the scan needs no cover: the bind finds nothing (ENOENT), or, when the host unlinks
+  // the file right after the bind, the kernel detaches the bind with it and the path no longer names
+  // our mount (ENOENT, or EINVAL when a new file took its place).
+  constexpr size_t kMaxHidden = 256;
+  constexpr uint64_t kHideAttrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+  if (p.hideFiles.size() > kMaxHidden) Fail(statusFd, "mount(<hidden socket>, MS_BIND)", E2BIG);
+  for (size_t i = 0; p.hidePtrs[i]; i++) {
+    if (mount("/dev/null", p.hidePtrs[i], nullptr, MS_BIND, nullptr) != 0) {
+      if (errno == ENOENT) continue;
+      Fail(statusFd, "mount(<hidden socket>, MS_BIND)", errno);
+    }
+    if (MountSetattr(p.hidePtrs[i], 0, kHideAttrs, 0) != 0 && errno != ENOENT && errno != EINVAL)
+      Fail(statusFd, "mount_setattr(<hidden socket>, RDONLY|NODEV)", errno);
   }
 }
 

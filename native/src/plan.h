@@ -60,6 +60,7 @@ struct Plan {
   std::vector<std::string> masks;     // directories covered by a fresh tmpfs ("/tmp" gets tmpfsOptions)
   std::vector<std::string> keep;      // directories under a mask bound back in (cwd, socket dir, program)
   std::vector<IdmappedMount> idmapped;  // cloned before the masks, mounted after them and after keep
+  std::vector<std::string> hideFiles;  // host Unix sockets covered by a read-only bind of /dev/null, last
   // credentials
   bool setsid = false;
   bool noNewPrivs = false;
@@ -75,6 +76,7 @@ struct Plan {
   std::vector<char*> writablePtrs;
   std::vector<char*> maskPtrs;
   std::vector<char*> keepPtrs;
+  std::vector<char*> hidePtrs;
   void Finalize();
 };
 

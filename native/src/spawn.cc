@@ -25,6 +25,7 @@
 #include "exports.h"
 #include "fd.h"
 #include "plan.h"
+#include "proc.h"
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -81,6 +82,12 @@ std::vector<std::string> StrArray(const Napi::Object& o, const char* key) {
   return out;
 }
 
+// Like StrArray, but an absent field reads as [] (callers built before the field existed keep working).
+std::vector<std::string> OptStrArray(const Napi::Object& o, const char* key) {
+  if (Field(o, key).IsUndefined()) return {};
+  return StrArray(o, key);
+}
+
 // idmapped: [{path, usernsFd}]. An absent field reads as [] so that callers built before the field
 // existed keep working; anything else must have the declared shape.
 std::vector<IdmappedMount> IdmappedArray(const Napi::Object& o) {
@@ -130,6 +137,7 @@ Plan ParsePlan(const Napi::Object& o) {
   p.masks = StrArray(o, "masks");
   p.keep = StrArray(o, "keep");
   p.idmapped = IdmappedArray(o);
+  p.hideFiles = OptStrArray(o, "hideFiles");
   p.setsid = Bool(o, "setsid");
   p.noNewPrivs = Bool(o, "noNewPrivs");
   p.dropCaps = Bool(o, "dropCaps");
@@ -150,6 +158,8 @@ Plan ParsePlan(const Napi::Object& o) {
   }
   if (p.argv.empty()) throw OptionError(env, "argv must not be empty");
   if (p.stdoutFd < 0) throw OptionError(env, "stdoutFd must be an open fd");
+  // A cover that would silently not be applied is an error.
+  if (!p.hideFiles.empty() && !(p.cloneFlags & CLONE_NEWNS)) throw OptionError(env, "hideFiles requires newMount");
   p.Finalize();
   return p;
 }
@@ -163,32 +173,8 @@ void KillAndReap(int pidfd) {
   }
 }
 
-void WriteProcFile(Napi::Env env, pid_t pid, const char* name, const std::string& content) {
-  std::string path = "/proc/" + std::to_string(pid) + "/" + name;
-  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd.Valid()) throw SysError(env, std::string("open(/proc/<pid>/") + name + ")", errno);
-  if (write(fd.Get(), content.data(), content.size()) != (ssize_t)content.size())
-    throw SysError(env, std::string("write(/proc/<pid>/") + name + ")", errno);
-}
-
-// The child's stack for CloneVm; unmapped when the spawn is over (the child exec'd or exited by then).
-class ChildStack {
- public:
-  static constexpr size_t kSize = 256 * 1024;
-  ChildStack() {
-    void* p = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    base_ = p == MAP_FAILED ? nullptr : p;
-  }
-  ~ChildStack() {
-    if (base_) munmap(base_, kSize);
-  }
-  ChildStack(const ChildStack&) = delete;
-  ChildStack& operator=(const ChildStack&) = delete;
-  void* Base() const { return base_; }
-
- private:
-  void* base_ = nullptr;
-};
+// The child's stack for CloneVm.
+using ChildStack = MappedStack<256 * 1024>;
 
 struct ChildCtx {
   const Plan* plan;

@@ -15,6 +15,7 @@
 #include "errors.h"
 #include "exports.h"
 #include "fd.h"
+#include "proc.h"
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -55,31 +56,7 @@ class Holder {
   UniqueFd pidfd_;
 };
 
-class HolderStack {
- public:
-  static constexpr size_t kSize = 64 * 1024;
-  HolderStack() {
-    void* p = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    base_ = p == MAP_FAILED ? nullptr : p;
-  }
-  ~HolderStack() {
-    if (base_) munmap(base_, kSize);
-  }
-  HolderStack(const HolderStack&) = delete;
-  HolderStack& operator=(const HolderStack&) = delete;
-  void* Base() const { return base_; }
-
- private:
-  void* base_ = nullptr;
-};
-
-void WriteMap(Napi::Env env, long pid, const char* name, const std::string& content) {
-  std::string path = "/proc/" + std::to_string(pid) + "/" + name;
-  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd.Valid()) throw SysError(env, std::string("open(/proc/<pid>/") + name + ")", errno);
-  ssize_t n = write(fd.Get(), content.data(), content.size());
-  if (n != (ssize_t)content.size()) throw SysError(env, std::string("write(/proc/<pid>/") + name + ")", n < 0 ? errno : EIO);
-}
+using HolderStack = MappedStack<64 * 1024>;
 
 // createIdmapUserns(uidMap, gidMap): an fd to a new user namespace with these maps, for
 // mount_setattr(MOUNT_ATTR_IDMAP) in spawn(). No process ever runs in it: it only describes an idmapping.
@@ -134,8 +111,8 @@ Napi::Value CreateIdmapUserns(const Napi::CallbackInfo& info) {
   UniqueFd ns;
   {
     Holder holder(std::move(wr), UniqueFd(pidfdRaw));
-    WriteMap(env, pid, "uid_map", uidMap);
-    WriteMap(env, pid, "gid_map", gidMap);
+    WriteProcFile(env, (pid_t)pid, "uid_map", uidMap);
+    WriteProcFile(env, (pid_t)pid, "gid_map", gidMap);
     std::string path = "/proc/" + std::to_string(pid) + "/ns/user";
     ns.Reset(open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!ns.Valid()) throw SysError(env, "open(/proc/<pid>/ns/user)", errno);

@@ -45,8 +45,10 @@ export class PermissionDeniedError extends KernelError {}
 export class NotFoundError extends KernelError {}
 /** the name belongs to another live agent or client */
 export class NameTakenError extends KernelError {}
-/** the target's mailbox is at its bound; nothing was queued */
+/** the target's mailbox is at its bound (messages or bytes: `limit_messages`, `limit_bytes`); nothing was queued */
 export class MailboxFullError extends KernelError {}
+/** the caller is over one of its budgets (`budget` names it; `limit` and `used` say how far) or the kernel-wide memory budget; nothing was done */
+export class QuotaExceededError extends KernelError {}
 /** e.g. RESUME of an agent that is not paused */
 export class InvalidStateError extends KernelError {}
 /** the process could not be started (reason in `error`) */
@@ -66,6 +68,7 @@ export const KERNEL_ERRORS: Record<ErrorCode, typeof KernelError> = {
   not_found: NotFoundError,
   name_taken: NameTakenError,
   mailbox_full: MailboxFullError,
+  quota_exceeded: QuotaExceededError,
   invalid_state: InvalidStateError,
   spawn_failed: SpawnFailedError,
   storage_error: StorageError,

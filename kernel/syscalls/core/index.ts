@@ -24,7 +24,9 @@ export default defineFamily(({ services }) => ({
           max_payload: k.maxPayload,
         },
         sandbox: k.sandbox,
-        ...(caller.role === 'operator' ? { data_dir: k.dataDir, agent_socket: k.agentSocket } : {}),
+        ...(caller.role === 'operator'
+          ? { data_dir: k.dataDir, agent_socket: k.agentSocket }
+          : { budgets: services.principals.budgets(caller.id) }),
       };
     },
     EXIT: () => 'goodbye',

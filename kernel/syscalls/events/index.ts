@@ -2,7 +2,12 @@
  * Events family: SUBSCRIBE, UNSUBSCRIBE, POLL_EVENTS, EMIT. Clients publish only CUSTOM events (a custom
  * name travels in `data.custom_type`), so nobody can forge a kernel lifecycle event.
  */
-import { defineFamily, InvalidRequestError } from '../../core/family.js';
+import {
+  defineFamily,
+  InvalidRequestError,
+  isKernelEvent,
+  PermissionDeniedError,
+} from '../../core/family.js';
 
 function topics(p: { event_types?: string[]; events?: string[]; event?: string }): string[] | undefined {
   return p.event_types ?? p.events ?? (p.event ? [p.event] : undefined);
@@ -33,11 +38,20 @@ export default defineFamily(({ services }) => {
             req.timeout_ms,
           );
         }
-        const { events: list, dropped } = events.poll(id, req.max);
-        return { success: true, events: list, count: list.length, dropped };
+        const { events: list, dropped } = events.poll(id, req.max, services.kernel.maxReplyBytes);
+        // Events are queued as JSON text; the reply splices them.
+        return Buffer.from(
+          `{"success":true,"events":[${list.map((e) => e.json).join(',')}],"count":${list.length},"dropped":${dropped}}`,
+        );
       },
       EMIT: ({ caller }, req) => {
         const name = req.event ?? req.event_type ?? 'CUSTOM';
+        // Nobody but the kernel publishes its event types; an operator's EMIT of one stays a custom
+        // event that reaches no subscriber of the kernel's.
+        if (isKernelEvent(name) && caller.role !== 'operator')
+          throw new PermissionDeniedError(
+            `Permission denied: ${name} is a kernel event; only the kernel publishes it`,
+          );
         const raw = req.data;
         let data: Record<string, unknown> =
           raw === undefined || raw === null

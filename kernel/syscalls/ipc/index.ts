@@ -7,8 +7,14 @@ import {
   InvalidRequestError,
   MailboxFullError,
   NotFoundError,
+  QuotaExceededError,
   type Services,
 } from '../../core/family.js';
+
+/** A message as the JSON text it is queued as (absent: `{}`). */
+function encode(message: unknown): string {
+  return message === undefined ? '{}' : JSON.stringify(message);
+}
 
 function reachable(s: Services, id: number): boolean {
   const a = s.agents.get(id);
@@ -25,7 +31,8 @@ export default defineFamily(({ services }) => {
     handlers: {
       REGISTER: ({ caller }, req) => {
         if (!req.name) throw new InvalidRequestError('name required');
-        mail.register(caller.id, req.name);
+        services.agents.mayRegister(caller, req.name);
+        mail.register(caller.id, req.name, principals.budgets(caller.id).names);
         return { success: true, agent_id: caller.id, name: req.name };
       },
       SEND: ({ caller }, req) => {
@@ -38,7 +45,7 @@ export default defineFamily(({ services }) => {
         } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
         if (!reachable(services, to))
           throw new NotFoundError(`target agent not found: ${req.to_name ?? to}`, { delivered_to: 0 });
-        mail.deliver(to, caller.id, mail.nameOf(caller.id), req.message === undefined ? {} : req.message);
+        mail.deliver(to, caller.id, mail.nameOf(caller.id), encode(req.message));
         principals.stats(caller.id).sent++;
         return { success: true, delivered_to: to };
       },
@@ -59,32 +66,45 @@ export default defineFamily(({ services }) => {
           ctx.onClose(() => mail.requeueLeases(id, ctx.signal));
         }
         const now = Date.now();
-        const messages = mail.take(id, req.max, ctx.signal, req.lease).map((m) => ({
-          from: m.from,
-          from_name: m.from_name,
-          message: m.message,
-          age_ms: now - m.sentAt,
-          seq: m.seq,
-        }));
+        const messages = mail.take(id, req.max, ctx.signal, req.lease, services.kernel.maxReplyBytes);
         principals.stats(id).received += messages.length;
-        return { success: true, messages, count: messages.length };
+        // The reply splices each message's stored JSON text: nothing is parsed or encoded again.
+        const items = messages.map(
+          (m) =>
+            `{"from":${m.from},"from_name":${JSON.stringify(m.from_name)},"message":${m.json},"age_ms":${now - m.sentAt},"seq":${m.seq}}`,
+        );
+        return Buffer.from(`{"success":true,"messages":[${items.join(',')}],"count":${items.length}}`);
       },
       BROADCAST: ({ caller }, req) => {
-        const message = req.message === undefined ? {} : req.message;
+        const message = encode(req.message);
         const name = mail.nameOf(caller.id);
         let delivered = 0;
         let failed = 0;
+        // A full mailbox skips its recipient; the sender's own budget stops the broadcast, and every
+        // recipient not reached counts as failed (an error if nobody was reached).
+        let stopped: QuotaExceededError | undefined;
         for (const id of mail.named()) {
           if ((id === caller.id && !req.include_self) || !reachable(services, id)) continue;
+          if (stopped) {
+            failed++;
+            continue;
+          }
           try {
             mail.deliver(id, caller.id, name, message);
             delivered++;
           } catch (e) {
-            if (!(e instanceof MailboxFullError)) throw e;
+            if (e instanceof QuotaExceededError && delivered === 0) throw e;
+            if (e instanceof QuotaExceededError) stopped = e;
+            else if (!(e instanceof MailboxFullError)) throw e;
             failed++;
           }
         }
-        return { success: true, delivered_count: delivered, failed_count: failed };
+        return {
+          success: true,
+          delivered_count: delivered,
+          failed_count: failed,
+          ...(stopped ? { quota_exceeded: String(stopped.extra.budget) } : {}),
+        };
       },
     },
   };

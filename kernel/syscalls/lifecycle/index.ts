@@ -15,7 +15,12 @@ export default defineFamily(({ services }) => {
         await agents.kill(caller, a, { graceMs: req.grace_ms, wait: req.wait });
         return { success: true, killed: true, agent_id: a.def.id };
       },
-      LIST: ({ caller }) => agents.list().map((a) => agents.describe(a, caller.role === 'operator')),
+      // Operators see every agent; anybody else itself and the agents it (transitively) spawned.
+      LIST: ({ caller }) =>
+        agents
+          .list()
+          .filter((a) => a.def.id === caller.id || agents.mayControl(caller, a))
+          .map((a) => agents.describe(a, caller.role === 'operator')),
       PAUSE: ({ caller }, req) => {
         const a = agents.controlled(caller, target(req));
         agents.pause(a);

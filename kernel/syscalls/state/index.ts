@@ -1,14 +1,20 @@
 /** State family: STORE, FETCH, DELETE, KEYS (docs/protocol.md, "State store"). */
 import { defineFamily, InvalidRequestError, type Caller } from '../../core/family.js';
 
-/** Who owns what a caller writes: agents by name (stable across restarts), others by role. */
+/** An agent's identity `<name>#<serial>` (docs/protocol.md §2): what it owns in the store is keyed by it. */
+function identity(c: Caller): string {
+  if (!c.identity) throw new Error(`agent ${c.id} has no identity`);
+  return c.identity;
+}
+
+/** Who owns what a caller writes: agents by identity (stable across restarts, never reused), others by role. */
 function owner(c: Caller): string {
-  return c.role === 'agent' ? `agent:${c.name}` : c.role === 'operator' ? 'operator' : `client:${c.id}`;
+  return c.role === 'agent' ? `agent:${identity(c)}` : c.role === 'operator' ? 'operator' : `client:${c.id}`;
 }
 
 /** The namespace of a caller's agent-scope keys. */
 function ns(c: Caller): string {
-  return c.role === 'agent' ? c.name : c.role === 'operator' ? '@operator' : `@client-${c.id}`;
+  return c.role === 'agent' ? identity(c) : c.role === 'operator' ? '@operator' : `@client-${c.id}`;
 }
 
 function keyOf(key: string | undefined): string {
@@ -19,7 +25,7 @@ function keyOf(key: string | undefined): string {
 }
 
 export default defineFamily(({ services }) => {
-  const { store, publish } = services;
+  const { store, publish, principals } = services;
   return {
     name: 'state',
     handlers: {
@@ -27,6 +33,7 @@ export default defineFamily(({ services }) => {
         const key = keyOf(req.key);
         if (req.ttl !== undefined && req.ttl <= 0)
           throw new InvalidRequestError('invalid request: ttl must be a positive number of seconds');
+        const budgets = principals.budgets(caller.id);
         store.put(
           key,
           req.value ?? null,
@@ -35,6 +42,7 @@ export default defineFamily(({ services }) => {
           ns(caller),
           req.ttl,
           caller.role === 'operator',
+          { keys: budgets.state_keys, bytes: budgets.state_bytes },
         );
         if (req.scope === 'global')
           publish('STATE_CHANGED', { key, action: 'store', agent_id: caller.id }, caller.id);
@@ -53,8 +61,8 @@ export default defineFamily(({ services }) => {
         return { success: true, deleted };
       },
       KEYS: ({ caller }, req) => {
-        const keys = store.keys(req.prefix, ns(caller));
-        return { success: true, keys, count: keys.length };
+        const { keys, more } = store.keys(req.prefix, ns(caller), req.limit, req.after);
+        return { success: true, keys, count: keys.length, more };
       },
     },
   };

@@ -155,9 +155,15 @@ class NameTakenError(KernelError):
 
 
 class MailboxFullError(KernelError):
-    """the target's mailbox is at its bound; nothing was queued."""
+    """the target's mailbox is at its bound (messages or bytes: ``limit_messages``, ``limit_bytes``); nothing was queued."""
 
     code = "mailbox_full"
+
+
+class QuotaExceededError(KernelError):
+    """the caller is over one of its budgets (``budget`` names it; ``limit`` and ``used`` say how far) or the kernel-wide memory budget; nothing was done."""
+
+    code = "quota_exceeded"
 
 
 class InvalidStateError(KernelError):
@@ -194,6 +200,7 @@ KERNEL_ERRORS: dict[str, type[KernelError]] = {
     "not_found": NotFoundError,
     "name_taken": NameTakenError,
     "mailbox_full": MailboxFullError,
+    "quota_exceeded": QuotaExceededError,
     "invalid_state": InvalidStateError,
     "spawn_failed": SpawnFailedError,
     "storage_error": StorageError,
