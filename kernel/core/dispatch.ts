@@ -92,8 +92,8 @@ export class Dispatcher {
     try {
       let req: unknown = frame.payload;
       if (!entry.raw) {
+        checkDepth(frame.payload, this.services.kernel.maxDepth);
         const payload = parseObject(frame.payload);
-        checkDepth(payload, this.services.kernel.maxDepth);
         validateRequest(entry.name, payload);
         req = payload;
       }
