@@ -13,31 +13,23 @@
  * identities file restored apart from its state.db could hand out a serial again, and with it another
  * agent's keys.
  */
-import fs from 'node:fs';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { StorageError } from '../core/errors.js';
 import type { Permissions } from '../perms/permissions.js';
-import type { RestartPolicy } from '../supervisor/supervisor.js';
-import type { Account, ResourceLimits } from '../sandbox/types.js';
+import { openDatabase } from '../state/sqlite.js';
+import type { AgentDef } from '../supervisor/supervisor.js';
+import type { Account } from '../sandbox/types.js';
 
 /** Who started an identity: an operator, a client, or an agent (its parent's identity, `<name>#<serial>`). */
 export type SpawnedBy = 'operator' | 'client' | string;
 
 /** What is persisted of an agent (JSON in `agent_identity.definition`), version 1. */
-export interface PersistedAgent {
+export interface PersistedAgent extends Pick<
+  AgentDef,
+  'name' | 'identity' | 'argv' | 'env' | 'cwd' | 'sandboxed' | 'network' | 'limits' | 'policy'
+> {
   v: 1;
-  name: string;
-  identity: string;
-  /** The whole argv, the program's own arguments included. */
-  argv: string[];
-  /** Its environment as the supervisor got it (CLOVE_AGENT_ID and CLOVE_SOCKET are set afresh on restore). */
-  env: Record<string, string>;
-  cwd: string;
-  sandboxed: boolean;
-  network: boolean;
-  limits: ResourceLimits;
   share: string[];
-  policy: RestartPolicy;
   /** Per-agent budgets; null stands for an unlimited one (JSON has no Infinity). */
   budgets: Record<string, number | null>;
   rights: Permissions;
@@ -89,11 +81,7 @@ export class IdentityRegistry {
 
   constructor(opts: RegistryOptions) {
     try {
-      this.db = new Database(opts.path);
-      fs.chmodSync(opts.path, 0o600);
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma(`synchronous = ${opts.durability === 'full' ? 'FULL' : 'NORMAL'}`);
-      this.db.pragma('busy_timeout = 2000');
+      this.db = openDatabase(opts.path, opts.durability);
       this.db.exec(`CREATE TABLE IF NOT EXISTS agent_serial (
         name TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID`);
       this.db.exec(`CREATE TABLE IF NOT EXISTS agent_identity (

@@ -7,8 +7,8 @@
  * a namespace of their own per agent name, so an agent finds its state again after a restart and after
  * a kernel restart.
  */
-import fs from 'node:fs';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { openDatabase } from './sqlite.js';
 import { StorageError, PermissionDeniedError, QuotaExceededError } from '../core/errors.js';
 import { overBudget } from '../core/budgets.js';
 
@@ -36,12 +36,7 @@ export class StateStore {
 
   constructor(opts: StoreOptions) {
     try {
-      this.db = new Database(opts.path);
-      // Agents run as other uids and must never read the store directly (WAL files copy this mode).
-      fs.chmodSync(opts.path, 0o600);
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma(`synchronous = ${opts.durability === 'full' ? 'FULL' : 'NORMAL'}`);
-      this.db.pragma('busy_timeout = 2000');
+      this.db = openDatabase(opts.path, opts.durability);
       this.db.exec(`CREATE TABLE IF NOT EXISTS state (
         ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, scope TEXT NOT NULL,
         owner TEXT NOT NULL, expires_at INTEGER, updated_at INTEGER NOT NULL,

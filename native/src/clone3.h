@@ -4,6 +4,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Flags of newer kernels that glibc's headers may not define yet.
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLONE_NEWCGROUP
+#define CLONE_NEWCGROUP 0x02000000
+#endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
 namespace clove {
 
 // Mirrors struct clone_args of <linux/sched.h> (CLONE_ARGS_SIZE_VER2), which cannot be included next to

@@ -17,12 +17,6 @@
 #include "fd.h"
 #include "proc.h"
 
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
-#ifndef P_PIDFD
-#define P_PIDFD 3
-#endif
 
 namespace clove {
 namespace {
