@@ -6,14 +6,7 @@ import fs from 'node:fs';
 import { SpawnFailedError, InvalidStateError, KernelError } from '../core/errors.js';
 import type { AgentLogs } from './logs.js';
 import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
-import type {
-  Account,
-  AgentProcess,
-  ExitInfo,
-  IsolationReport,
-  ResourceLimits,
-  Spawner,
-} from '../sandbox/types.js';
+import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../sandbox/types.js';
 
 export type RestartPolicyName = 'never' | 'on-failure' | 'always';
 
@@ -39,25 +32,18 @@ export const DEFAULT_POLICY: RestartPolicy = {
   watchdogMs: 0,
 };
 
-export interface AgentDef {
+/**
+ * An agent as the supervisor keeps it: what its spawner gets each time it starts it (SpawnSpec, less
+ * the per-start log fd), plus who spawned it, its restart policy and the spawner.
+ */
+export interface AgentDef extends Omit<SpawnSpec, 'agentId' | 'logFd'> {
   id: number;
-  name: string;
   /** Its persistent identity `<name>#<serial>` (kernel/agents/registry.ts); opaque to the supervisor. */
   identity: string;
-  argv: string[];
-  env: Record<string, string>;
-  cwd: string;
-  sandboxed: boolean;
-  network: boolean;
-  limits: ResourceLimits;
   parentId: number;
   policy: RestartPolicy;
   /** The spawner that starts it (the sandbox runtime's). */
   spawner: Spawner;
-  /** The uid/gid it runs as; null for the kernel's own (decided by the sandbox runtime). */
-  account: Account | null;
-  /** Directories shared with it read-only (its script's directory). */
-  share?: string[];
 }
 
 export interface AgentRecord {
@@ -175,19 +161,7 @@ export class Supervisor {
     } catch (e) {
       throw new SpawnFailedError(`failed to open log file for ${d.name}: ${(e as Error).message}`);
     }
-    const p = d.spawner.spawn({
-      agentId: d.id,
-      name: d.name,
-      argv: d.argv,
-      env: d.env,
-      cwd: d.cwd,
-      logFd: fd,
-      sandboxed: d.sandboxed,
-      network: d.network,
-      limits: d.limits,
-      account: d.account,
-      share: d.share,
-    });
+    const p = d.spawner.spawn({ ...d, agentId: d.id, logFd: fd });
     this.inFlight.add(p);
     let proc: AgentProcess;
     try {
