@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import pino from 'pino';
 import { type KernelOptions, defaultBudgets, defaultOptions, REPO_ROOT } from './config.js';
 import { AgentService } from './agents/agents.js';
+import { AuditLog } from './audit/log.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
@@ -29,12 +30,32 @@ import state from './syscalls/state/index.js';
 import events from './syscalls/events/index.js';
 import perms from './syscalls/perms/index.js';
 import metrics from './syscalls/metrics/index.js';
+import files from './syscalls/files/index.js';
+import exec from './syscalls/exec/index.js';
+import http from './syscalls/http/index.js';
+import llm from './syscalls/llm/index.js';
+import audit from './syscalls/audit/index.js';
+import record from './syscalls/record/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
 
 /** The syscall families, one registration line each (docs/architecture.md: adding a family). */
-const FAMILIES: FamilyFactory[] = [core, lifecycle, ipc, state, events, perms, metrics];
+const FAMILIES: FamilyFactory[] = [
+  core,
+  lifecycle,
+  ipc,
+  state,
+  events,
+  perms,
+  metrics,
+  files,
+  exec,
+  http,
+  llm,
+  audit,
+  record,
+];
 
 export class Kernel {
   readonly opts: KernelOptions;
@@ -46,6 +67,7 @@ export class Kernel {
   private readonly supervisor: Supervisor;
   private readonly principals: Principals;
   private store?: StateStore;
+  private audit?: AuditLog;
   private sandbox?: SandboxRuntime;
   private server?: Server;
   private dispatcher?: Dispatcher;
@@ -69,7 +91,17 @@ export class Kernel {
       checkIntervalMs: this.opts.logCheckIntervalMs,
     });
     this.supervisor = new Supervisor(this.logs, {
-      event: (type, data, source) => this.events.publish(type as never, data, source),
+      event: (type, data, source) => {
+        this.events.publish(type as never, data, source);
+        this.audit?.record({
+          category: 'AGENT_LIFECYCLE',
+          event_type: type,
+          agent_id: Number(data.agent_id ?? 0),
+          agent_name: String(data.name ?? data.agent_name ?? ''),
+          success: type !== 'AGENT_ESCALATED',
+          details: data,
+        });
+      },
       started: (a) => this.agents?.started(a),
       release: (a) => {
         this.agents?.released(a);
@@ -101,6 +133,10 @@ export class Kernel {
     await claimSocketPath(this.agentSocketPath);
     const python = await resolvePython();
     const store = (this.store = new StateStore({
+      path: path.join(o.dataDir, 'state.db'),
+      durability: o.durability,
+    }));
+    const audit = (this.audit = new AuditLog({
       path: path.join(o.dataDir, 'state.db'),
       durability: o.durability,
     }));
@@ -137,6 +173,7 @@ export class Kernel {
       events: this.events,
       store,
       metrics: new MetricsService(sandbox, (id) => this.principals.stats(id)),
+      audit,
       publish: (type, data, source) => this.events.publish(type, data, source),
       log: this.log,
     };
@@ -207,6 +244,7 @@ export class Kernel {
     this.server?.closeAll();
     await this.dispatcher?.close();
     this.store?.close();
+    this.audit?.close();
     this.agents?.close();
     this.logs.close();
     await this.sandbox?.close();

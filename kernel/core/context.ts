@@ -10,6 +10,7 @@ import type { PostOffice } from '../ipc/mailboxes.js';
 import type { EventBus, KernelEventType } from '../events/bus.js';
 import type { StateStore } from '../state/store.js';
 import type { MetricsService } from '../metrics/service.js';
+import type { AuditLog } from '../audit/log.js';
 import type { Principals, Principal } from './principals.js';
 import type { Logger } from 'pino';
 
@@ -42,6 +43,8 @@ export interface Services {
   events: EventBus;
   store: StateStore;
   metrics: MetricsService;
+  /** The audit log: lifecycle and security decisions (the dispatcher records every denial itself). */
+  audit: AuditLog;
   /** Publishes a kernel event (source 0) or a client's (source = its id). */
   publish(type: KernelEventType, data: Record<string, unknown>, source: number): number;
   log: Logger;
