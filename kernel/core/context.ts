@@ -96,9 +96,23 @@ export interface Family {
   close?(): void | Promise<void>;
 }
 
+/** One finished syscall, as observers see it (the audit log's `log_syscalls`, recording). */
+export interface SyscallRecord {
+  op: OpName;
+  caller: Caller;
+  /** The validated request (a Buffer for raw opcodes). */
+  request: unknown;
+  /** The reply as sent (an object, or the encoded bytes for spliced replies). */
+  reply: unknown;
+  success: boolean;
+  durationUs: number;
+}
+
 /** What a family factory gets to build its handlers (and any service of its own). */
 export interface FamilyEnv {
   services: Services;
+  /** Calls `fn` after every syscall (keep it cheap: it runs on the kernel's event loop). */
+  observe(fn: (r: SyscallRecord) => void): void;
 }
 
 export type FamilyFactory = (env: FamilyEnv) => Family;

@@ -7,7 +7,7 @@
 import { Op, opInfo, opName, type Frame, type OpName } from '../../protocol/index.js';
 import { preset } from '../perms/permissions.js';
 import type { Connection, Reply } from './connection.js';
-import type { Caller, FamilyFactory, Handler, Services, SyscallContext } from './context.js';
+import type { Caller, FamilyFactory, Handler, Services, SyscallContext, SyscallRecord } from './context.js';
 import { errorReply, NotSupportedError, UnknownOpcodeError } from './errors.js';
 import { checkDepth, parseObject, validateRequest } from './validate.js';
 import { parkUntil } from './waiters.js';
@@ -39,6 +39,7 @@ interface Entry {
 export class Dispatcher {
   private readonly table = new Map<number, Entry>();
   private readonly closers: (() => void | Promise<void>)[] = [];
+  private readonly observers: ((r: SyscallRecord) => void)[] = [];
 
   constructor(
     private readonly services: Services,
@@ -48,7 +49,7 @@ export class Dispatcher {
 
   /** Adds a family's handlers; an opcode registered twice is a programming error. */
   register(factory: FamilyFactory): void {
-    const family = factory({ services: this.services });
+    const family = factory({ services: this.services, observe: (fn) => this.observers.push(fn) });
     for (const [name, fn] of Object.entries(family.handlers)) {
       const code = Op[name as OpName];
       const prev = this.table.get(code);
@@ -89,6 +90,7 @@ export class Dispatcher {
       );
     }
     const caller: Caller = { ...principal, perms: principals.rights(principal.id) ?? preset('minimal') };
+    const started = process.hrtime.bigint();
     try {
       let req: unknown = frame.payload;
       if (!entry.raw) {
@@ -99,11 +101,52 @@ export class Dispatcher {
       }
       const routed = this.router.route(entry.name, req, caller);
       const r = routed === 'local' ? entry.fn(this.context(conn, caller), req as never) : routed;
-      if (r instanceof Promise) return r.catch((e: unknown) => this.fail(entry.name, caller, e));
-      return r;
+      if (r instanceof Promise)
+        return r.then(
+          (reply) => this.observed(entry.name, caller, req, reply, true, started),
+          (e: unknown) =>
+            this.observed(entry.name, caller, req, this.fail(entry.name, caller, e), false, started),
+        );
+      return this.observed(entry.name, caller, req, r, true, started);
     } catch (e) {
-      return this.fail(entry.name, caller, e);
+      return this.observed(
+        entry.name,
+        caller,
+        frame.payload,
+        this.fail(entry.name, caller, e),
+        false,
+        started,
+      );
     }
+  }
+
+  /** Tells the observers (when there are any) about a finished call; returns its reply. */
+  private observed(
+    op: OpName,
+    caller: Caller,
+    request: unknown,
+    reply: Reply,
+    success: boolean,
+    started: bigint,
+  ): Reply {
+    if (this.observers.length) {
+      const record: SyscallRecord = {
+        op,
+        caller,
+        request,
+        reply,
+        success,
+        durationUs: Number((process.hrtime.bigint() - started) / 1000n),
+      };
+      for (const fn of this.observers) {
+        try {
+          fn(record);
+        } catch (e) {
+          this.services.log.error({ err: e, op }, 'syscall observer failed');
+        }
+      }
+    }
+    return reply;
   }
 
   private context(conn: Connection, caller: Caller): SyscallContext {

@@ -11,6 +11,7 @@ export {
   type Handlers,
   type Services,
   type SyscallContext,
+  type SyscallRecord,
 } from './context.js';
 export * from './errors.js';
 export type { AgentRecord } from '../supervisor/supervisor.js';
