@@ -129,6 +129,18 @@ describe('identity', () => {
     expect((perms.permissions as { can_spawn: boolean }).can_spawn).toBe(false);
   });
 
+  it('an agent may narrow its own rights, never widen them again; GET_PERMS names the level', async () => {
+    await spawnProbe(op, 'modest');
+    const before = await ask(op, 'modest', { cmd: 'call', op: Op.GET_PERMS, payload: {} });
+    expect(before.level).toBe('standard');
+    const down = await ask(op, 'modest', { cmd: 'call', op: Op.SET_PERMS, payload: { level: 'readonly' } });
+    expect(down.success).toBe(true);
+    const after = await ask(op, 'modest', { cmd: 'call', op: Op.GET_PERMS, payload: {} });
+    expect(after).toMatchObject({ level: 'readonly', permissions: { can_write: false } });
+    const up = await ask(op, 'modest', { cmd: 'call', op: Op.SET_PERMS, payload: { level: 'standard' } });
+    expect(up.code).toBe('permission_denied');
+  });
+
   it('an agent with can_spawn controls its children but cannot give them more than it has', async () => {
     await spawnProbe(op, 'parent', { permissions: { can_spawn: true } });
     const tooMuch = await ask(op, 'parent', {
@@ -312,7 +324,7 @@ describe('IPC', () => {
     await expect(op.call(Op.SEND, { to: 'three' })).rejects.toThrow(/field 'to' must be a number/);
     await expect(op.call(Op.SEND, {})).rejects.toThrow(/target agent required/);
     await expect(op.call(Op.RECV, { max: -1 })).rejects.toThrow(InvalidRequestError);
-    await expect(op.call(Op.EXEC, { command: 'ls' })).rejects.toThrow(NotSupportedError);
+    await expect(op.call(Op.WORLD_LIST, {})).rejects.toThrow(NotSupportedError);
     await expect(op.call(0x13, {})).rejects.toThrow(/unknown opcode 0x13/);
   });
 });

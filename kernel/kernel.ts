@@ -10,6 +10,7 @@ import pino from 'pino';
 import { type KernelOptions, defaultBudgets, defaultOptions, REPO_ROOT } from './config.js';
 import { AgentService } from './agents/agents.js';
 import { AuditLog } from './audit/log.js';
+import { AsyncCalls } from './core/async.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
@@ -36,6 +37,7 @@ import http from './syscalls/http/index.js';
 import llm from './syscalls/llm/index.js';
 import audit from './syscalls/audit/index.js';
 import record from './syscalls/record/index.js';
+import asyncFamily from './syscalls/async/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -55,6 +57,7 @@ const FAMILIES: FamilyFactory[] = [
   llm,
   audit,
   record,
+  asyncFamily,
 ];
 
 export class Kernel {
@@ -68,6 +71,19 @@ export class Kernel {
   private readonly principals: Principals;
   private store?: StateStore;
   private audit?: AuditLog;
+  private readonly asyncCalls = new AsyncCalls(
+    (id) => this.principals.budgets(id).async_requests,
+    (id, op, reply) => {
+      if (reply.code === 'permission_denied' || reply.code === 'quota_exceeded')
+        this.audit?.record({
+          category: reply.code === 'permission_denied' ? 'SECURITY' : 'RESOURCE',
+          event_type: reply.code === 'permission_denied' ? 'PERMISSION_DENIED' : 'QUOTA_EXCEEDED',
+          agent_id: id,
+          success: false,
+          details: { syscall: op, async: true, ...reply },
+        });
+    },
+  );
   private sandbox?: SandboxRuntime;
   private server?: Server;
   private dispatcher?: Dispatcher;
@@ -174,6 +190,7 @@ export class Kernel {
       store,
       metrics: new MetricsService(sandbox, (id) => this.principals.stats(id)),
       audit,
+      async: this.asyncCalls,
       publish: (type, data, source) => this.events.publish(type, data, source),
       log: this.log,
     };
@@ -227,6 +244,7 @@ export class Kernel {
 
   /** Forgets a principal that is gone for good: names, mailbox, subscriptions, rights, counters. */
   private release(id: number): void {
+    this.asyncCalls.drop(id);
     this.post.release(id);
     this.events.drop(id);
     this.principals.forget(id);

@@ -94,6 +94,15 @@ export interface NativeSpawnOptions {
   noNewPrivs: boolean;
   /** Empty the bounding, ambient, permitted and effective capability sets. */
   dropCaps: boolean;
+  /**
+   * clove-init installs the agents' seccomp filter (native/src/seccomp.cc, docs/sandbox.md "System
+   * calls") before it forks the agent: denied calls fail with EPERM (clone3 with ENOSYS), calls of
+   * another ABI kill the process. Requires initPath and noNewPrivs (OptionError otherwise); clove-init
+   * also refuses to start the agent when NO_NEW_PRIVS is not set. x86_64 and aarch64 only (elsewhere the
+   * spawn fails with ENOSYS naming "seccomp"). The addon reads an absent field as false (callers built
+   * before it existed).
+   */
+  seccomp?: boolean;
   /** setresuid/setresgid targets (setgroups to none), -1 to keep. */
   uid: number;
   gid: number;
@@ -127,6 +136,114 @@ export interface NativeChild {
   watch(cb: (exit: NativeExit) => void): void;
 }
 
+/**
+ * READ/WRITE mechanics (native/src/files.cc). Paths are resolved below `rootFd` (from fsOpenRoot) with
+ * openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, plus RESOLVE_NO_SYMLINKS when asked), on a short-lived
+ * thread of the addon's own that first takes fsuid `uid`, fsgid `gid`, no supplementary groups and no
+ * capabilities (uid and gid -1: the kernel's own credentials). The addon dups `rootFd`: the caller may
+ * close it once the call returned its promise. Failures reject with an Error carrying `syscall`, `errno`
+ * and `code` (EFBIG also `size`); "S_ISREG" + EINVAL is "not a regular file".
+ */
+export interface NativeFsCall {
+  rootFd: number;
+  uid: number;
+  gid: number;
+}
+
+export interface NativeFsResolveOptions extends NativeFsCall {
+  /** Absolute (inside the root) path; no NUL. */
+  path: string;
+  noSymlinks: boolean;
+}
+
+export interface NativeFsResolved {
+  /** readlink of /proc/self/fd/N: the path inside the root's mount namespace. */
+  realPath: string;
+  type: 'file' | 'directory' | 'symlink' | 'other';
+  size: number;
+}
+
+export interface NativeFsReadOptions extends NativeFsCall {
+  path: string;
+  noSymlinks: boolean;
+  /**
+   * A read of more than this (the smaller of `length` and the rest of the file) fails with EFBIG, from
+   * the file's size alone or once maxBytes + 1 bytes were read (a file that grew, or /proc).
+   */
+  maxBytes: number;
+  offset: number;
+  /** Bytes to read from `offset` (at most maxBytes), -1 for the rest of the file. */
+  length: number;
+}
+
+export interface NativeFsRead {
+  data: Buffer;
+  /** st_size when it was opened. */
+  fileSize: number;
+  realPath: string;
+}
+
+export interface NativeFsWriteOptions extends NativeFsCall {
+  /** Directory of the target; resolved with RESOLVE_NO_SYMLINKS. */
+  dir: string;
+  /** One path component; a symlink there is refused (ELOOP, syscall "target"). */
+  name: string;
+  data: Buffer;
+  /** O_APPEND; otherwise an atomic replacement (O_TMPFILE or an O_EXCL temporary name, then renameat). */
+  append: boolean;
+  /** Mode of a new file (a replaced file keeps its own mode). */
+  fileMode: number;
+}
+
+export interface NativeFsWritten {
+  bytesWritten: number;
+  realDir: string;
+  created: boolean;
+}
+
+/**
+ * EXEC (native/src/enter.cc): a command started INSIDE a running agent's sandbox. A first child joins
+ * the agent's cgroups (v2: born in `cgroupDir`; v1: writes itself into `cgroupProcs`) and, through a
+ * pidfd of `nsPid`, its `namespaces`; its own child — the command, born in the agent's PID namespace and
+ * re-parented to the kernel (CLONE_PARENT) — leads a session of its own, is the subreaper of its orphans,
+ * gets stdin/stdout/stderr from the fds given (every other fd closed), `rlimits`, no capabilities,
+ * NO_NEW_PRIVS, `uid`/`gid`, chdir(`cwd`) as that uid, the agents' seccomp filter when `seccomp`, and
+ * execve(`file`). Every field is required: the addon applies no defaults.
+ */
+export interface NativeExecOptions {
+  /** Host pid whose namespaces are joined (the agent's clove-init), -1 with no namespaces. */
+  nsPid: number;
+  /** Which of nsPid's namespaces to join (those that differ from the kernel's); [] for none. */
+  namespaces: Array<'user' | 'mnt' | 'pid' | 'uts' | 'ipc' | 'net' | 'cgroup'>;
+  /** cgroup v2 directory the command is born in (CLONE_INTO_CGROUP), "" for none. */
+  cgroupDir: string;
+  /** cgroup v1 `tasks` files joined before anything else (while the host's paths are still visible). */
+  cgroupProcs: string[];
+  /** Absolute path, as the agent sees it (after setns into its mount namespace). */
+  file: string;
+  argv: string[];
+  /** Complete environment, "KEY=value". */
+  env: string[];
+  /** Absolute; chdir'd into as `uid` (EACCES, ENOENT reported with syscall "chdir"). */
+  cwd: string;
+  stdinFd: number;
+  stdoutFd: number;
+  stderrFd: number;
+  /** setresuid/setresgid targets (setgroups to none), -1 to keep. */
+  uid: number;
+  gid: number;
+  rlimits: RlimitTuple[];
+  /** Install the agents' seccomp filter (seccomp.h) right before execve. */
+  seccomp: boolean;
+  /** How long execInAgent() waits for the exec before killing the attempt and throwing ETIMEDOUT. */
+  startTimeoutMs: number;
+}
+
+/** resolvePaths(): a path resolved inside a root, or why not. */
+export type NativeResolvedPath =
+  | { path: string; type: 'file' | 'dir' | 'other'; mode: number; uid: number; gid: number }
+  | { errno: number; code: string; syscall: string };
+
 export interface CloveNative {
   /** getsockopt(SO_PEERCRED) on a connected Unix socket. */
   peerCred(fd: number): PeerCred;
@@ -141,4 +258,32 @@ export interface CloveNative {
   createIdmapUserns(uidMap: string, gidMap: string): number;
   /** clone3 + sandbox setup + exec; returns once the agent exec'd, throws otherwise. */
   spawn(options: NativeSpawnOptions): NativeChild;
+  /**
+   * An O_PATH fd (O_CLOEXEC) of /proc/<pid>/root, or of / for pid 0; the caller owns it. With `pidNs`
+   * ("pid:[…]", "" to skip) the process must still be in that PID namespace (ESRCH otherwise), read
+   * through the same /proc/<pid> fd, so a reused pid never lends its root.
+   */
+  fsOpenRoot(pid: number, pidNs: string): number;
+  /** openat2(O_PATH) + fstat + readlink, as `uid`/`gid`. */
+  fsResolve(options: NativeFsResolveOptions): Promise<NativeFsResolved>;
+  /** A regular file's bytes, as `uid`/`gid`. */
+  fsRead(options: NativeFsReadOptions): Promise<NativeFsRead>;
+  /** Appends to, or atomically replaces, a regular file, as `uid`/`gid`. */
+  fsWrite(options: NativeFsWriteOptions): Promise<NativeFsWritten>;
+  /**
+   * Starts a command inside an agent's sandbox (NativeExecOptions); returns once it exec'd, as a Child
+   * whose `pid` is the command's host pid (its process group and session id too). Throws the failing
+   * step's SyscallError otherwise (e.g. "setns(agent namespaces)", "clone3(command)" EAGAIN at the pids
+   * limit, "chdir", "execve").
+   */
+  execInAgent(options: NativeExecOptions): NativeChild;
+  /** pipe2(O_CLOEXEC): [read end, write end], both owned by the caller (for a command's stdio). */
+  createPipe(): [readFd: number, writeFd: number];
+  /**
+   * realpath(3) of absolute `paths` as seen below the directory `root` (e.g. /proc/<pid>/root: the
+   * agent's mount namespace), every step with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), symlinks
+   * followed (at most 40), every directory walked searchable by `uid`/`gid` by its mode bits (EACCES
+   * otherwise; uid -1: no check). Synchronous; one result per path, failures as {errno, code, syscall}.
+   */
+  resolvePaths(root: string, paths: string[], uid: number, gid: number): NativeResolvedPath[];
 }

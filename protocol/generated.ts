@@ -14,13 +14,13 @@ export const NAME_PATTERN = '^[A-Za-z0-9_.:-]{1,64}$';
 export const Op = {
   /** the payload echoed byte for byte */
   NOOP: 0x00,
-  /** a language-model call (planned) */
+  /** a language-model call made by the kernel with the operator's provider; the reply comes once the whole answer is in */
   THINK: 0x01,
-  /** run a command (planned) */
+  /** run a command inside the caller's sandbox: stdout and stderr captured, exit code, timeout */
   EXEC: 0x02,
-  /** read a file (planned) */
+  /** read a regular file, as the agent sees it and with its uid */
   READ: 0x03,
-  /** write a file (planned) */
+  /** write a regular file (atomically replaced, or appended to), as the agent sees it and with its uid */
   WRITE: 0x04,
   /** start a supervised agent */
   SPAWN: 0x10,
@@ -50,9 +50,9 @@ export const Op = {
   KEYS: 0x33,
   /** the caller's rights, or those of an agent it controls */
   GET_PERMS: 0x40,
-  /** replace an agent's rights (operator, or a parent within its own rights) */
+  /** replace an agent's rights: an operator anybody's, an agent its children's within its own, or its own narrower */
   SET_PERMS: 0x41,
-  /** an HTTP request (planned) */
+  /** an HTTP request made by the kernel: domain, method and address checked on every hop */
   HTTP: 0x50,
   /** subscribe to kernel event types, `CUSTOM`, custom names or `*` */
   SUBSCRIBE: 0x60,
@@ -62,22 +62,24 @@ export const Op = {
   POLL_EVENTS: 0x62,
   /** publish a CUSTOM event (a name other than CUSTOM travels in `data.custom_type`) */
   EMIT: 0x63,
-  /** start recording (planned) */
+  /** start recording syscalls with their results: every caller's, or only the agents selected */
   RECORD_START: 0x70,
-  /** stop recording (planned) */
+  /** stop recording; the entries stay for RECORD_STATUS and REPLAY_START (`invalid_state` when not recording) */
   RECORD_STOP: 0x71,
-  /** recording state, optionally the entries (planned) */
+  /** recording state; optionally the whole recording (`export`) or a page of its entries */
   RECORD_STATUS: 0x72,
-  /** replay a recording (planned) */
+  /** replay a recording against this kernel in the background, one stand-in principal per recorded caller (REPLAY_STATUS reports) */
   REPLAY_START: 0x73,
-  /** replay progress (planned) */
+  /** replay progress, and the entries whose replies differed from the recording */
   REPLAY_STATUS: 0x74,
-  /** audit entries (planned) */
+  /** the newest matching audit entries, oldest first (operators only) */
   GET_AUDIT_LOG: 0x76,
-  /** what the audit log records (planned) */
+  /** what the audit log records and how many entries it keeps (operators only; the change is always audited) */
   SET_AUDIT_CONFIG: 0x77,
-  /** take finished async results (planned) */
+  /** the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned) */
   ASYNC_POLL: 0x80,
+  /** take finished async results (EXEC, HTTP, THINK with `async: true`), optionally waiting in the kernel (Clove extension) */
+  ASYNC_RESULTS: 0x88,
   /** create a world (planned) */
   WORLD_CREATE: 0xa0,
   /** destroy a world (planned) */
@@ -116,7 +118,7 @@ export const Op = {
   METRICS_CGROUP: 0xc3,
   /** resets the caller's watchdog deadline (Clove extension) */
   HEARTBEAT: 0xd0,
-  /** tokens used by a client-side LLM call (quota accounting) (planned) */
+  /** tokens used by a client-side LLM call: counted against the quota, marked self-reported */
   LLM_REPORT: 0xf0,
   /** who the caller is, what the kernel offers */
   HELLO: 0xfe,
@@ -153,40 +155,42 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'THINK',
     code: 1,
     family: 'llm',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'a language-model call',
+    summary:
+      "a language-model call made by the kernel with the operator's provider; the reply comes once the whole answer is in",
     sdk: { typescript: 'think', python: 'think' },
   },
   {
     name: 'EXEC',
     code: 2,
     family: 'exec',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'run a command',
+    summary: "run a command inside the caller's sandbox: stdout and stderr captured, exit code, timeout",
     sdk: { typescript: 'exec', python: 'exec' },
   },
   {
     name: 'READ',
     code: 3,
     family: 'files',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'read a file',
+    summary: 'read a regular file, as the agent sees it and with its uid',
     sdk: { typescript: 'readFile', python: 'read_file' },
   },
   {
     name: 'WRITE',
     code: 4,
     family: 'files',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'write a file',
+    summary:
+      'write a regular file (atomically replaced, or appended to), as the agent sees it and with its uid',
     sdk: { typescript: 'writeFile', python: 'write_file' },
   },
   {
@@ -338,17 +342,18 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
-    summary: "replace an agent's rights (operator, or a parent within its own rights)",
+    summary:
+      "replace an agent's rights: an operator anybody's, an agent its children's within its own, or its own narrower",
     sdk: { typescript: 'setPerms', python: 'set_permissions' },
   },
   {
     name: 'HTTP',
     code: 80,
     family: 'http',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'an HTTP request',
+    summary: 'an HTTP request made by the kernel: domain, method and address checked on every hop',
     sdk: { typescript: 'http', python: 'http' },
   },
   {
@@ -395,70 +400,73 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'RECORD_START',
     code: 112,
     family: 'record',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'start recording',
+    summary: "start recording syscalls with their results: every caller's, or only the agents selected",
     sdk: { typescript: 'startRecording', python: 'start_recording' },
   },
   {
     name: 'RECORD_STOP',
     code: 113,
     family: 'record',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'stop recording',
+    summary:
+      'stop recording; the entries stay for RECORD_STATUS and REPLAY_START (`invalid_state` when not recording)',
     sdk: { typescript: 'stopRecording', python: 'stop_recording' },
   },
   {
     name: 'RECORD_STATUS',
     code: 114,
     family: 'record',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'recording state, optionally the entries',
+    summary: 'recording state; optionally the whole recording (`export`) or a page of its entries',
     sdk: { typescript: 'recordingStatus', python: 'get_recording_status' },
   },
   {
     name: 'REPLAY_START',
     code: 115,
     family: 'record',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'replay a recording',
+    summary:
+      'replay a recording against this kernel in the background, one stand-in principal per recorded caller (REPLAY_STATUS reports)',
     sdk: { typescript: 'startReplay', python: 'start_replay' },
   },
   {
     name: 'REPLAY_STATUS',
     code: 116,
     family: 'record',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'replay progress',
+    summary: 'replay progress, and the entries whose replies differed from the recording',
     sdk: { typescript: 'replayStatus', python: 'get_replay_status' },
   },
   {
     name: 'GET_AUDIT_LOG',
     code: 118,
     family: 'audit',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'audit entries',
+    summary: 'the newest matching audit entries, oldest first (operators only)',
     sdk: { typescript: 'getAuditLog', python: 'get_audit_log' },
   },
   {
     name: 'SET_AUDIT_CONFIG',
     code: 119,
     family: 'audit',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'what the audit log records',
+    summary:
+      'what the audit log records and how many entries it keeps (operators only; the change is always audited)',
     sdk: { typescript: 'setAuditConfig', python: 'set_audit_config' },
   },
   {
@@ -468,8 +476,20 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'planned',
     ext: false,
     raw: false,
-    summary: 'take finished async results',
+    summary:
+      "the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS",
     sdk: { typescript: 'asyncPoll', python: 'async_poll' },
+  },
+  {
+    name: 'ASYNC_RESULTS',
+    code: 136,
+    family: 'async',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'take finished async results (EXEC, HTTP, THINK with `async: true`), optionally waiting in the kernel',
+    sdk: { typescript: 'asyncResults', python: 'async_results' },
   },
   {
     name: 'WORLD_CREATE',
@@ -665,10 +685,10 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'LLM_REPORT',
     code: 240,
     family: 'llm',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'tokens used by a client-side LLM call (quota accounting)',
+    summary: 'tokens used by a client-side LLM call: counted against the quota, marked self-reported',
     sdk: { typescript: 'llmReport', python: 'llm_report' },
   },
   {
@@ -707,6 +727,9 @@ export const ERROR_CODES = [
   'invalid_state',
   'spawn_failed',
   'storage_error',
+  'too_large',
+  'io_error',
+  'upstream_failed',
   'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -765,6 +788,24 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     class: 'StorageError',
     description: 'the state store could not write (e.g. disk full); nothing was changed',
   },
+  {
+    code: 'too_large',
+    class: 'TooLargeError',
+    description:
+      'READ: what was asked for is larger than `limit` (`max_bytes`); `file_size` says how large the file is; nothing was read beyond the limit',
+  },
+  {
+    code: 'io_error',
+    class: 'IoError',
+    description:
+      'the operating system refused a file operation for a reason other than permission or existence (`errno` names it, e.g. EROFS, ENOSPC, EISDIR)',
+  },
+  {
+    code: 'upstream_failed',
+    class: 'UpstreamFailedError',
+    description:
+      'a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (`failure`/`reason` says how); the kernel is fine',
+  },
   { code: 'internal', class: 'InternalError', description: 'a bug in the kernel; the kernel keeps running' },
 ];
 
@@ -820,6 +861,17 @@ export type PermissionLevel = 'unrestricted' | 'standard' | 'sandboxed' | 'reado
  * via the `definition` "PermissionsInput".
  */
 export type PermissionsInput = string | { [k: string]: unknown };
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AuditCategory".
+ */
+export type AuditCategory =
+  'SECURITY' | 'AGENT_LIFECYCLE' | 'IPC' | 'STATE_STORE' | 'RESOURCE' | 'SYSCALL' | 'NETWORK' | 'WORLD';
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ReplayState".
+ */
+export type ReplayState = 'idle' | 'running' | 'paused' | 'completed' | 'error';
 /**
  * LIST reply.
  *
@@ -928,6 +980,85 @@ export interface Budgets {
    * bytes of state values it owns (`quota_exceeded`)
    */
   state_bytes?: number;
+  /**
+   * async calls it may have running or finished but not yet taken with ASYNC_RESULTS (`quota_exceeded`)
+   */
+  async_requests?: number;
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AsyncResult".
+ */
+export interface AsyncResult {
+  request_id: number;
+  opcode: number;
+  opcode_name: string;
+  /**
+   * the JSON text of the reply the call would have given synchronously (as the public kernel's ASYNC_POLL)
+   */
+  payload: string;
+  /**
+   * ext: the same reply, as JSON
+   */
+  result?: unknown;
+}
+/**
+ * The reply of an EXEC, HTTP or THINK sent with `async: true` (its result comes with ASYNC_RESULTS).
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AsyncAccepted".
+ */
+export interface AsyncAccepted {
+  success: true;
+  async: true;
+  request_id: number;
+  status: 'accepted';
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AuditEntry".
+ */
+export interface AuditEntry {
+  /**
+   * from 1, increasing; never reused
+   */
+  id: number;
+  /**
+   * UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`
+   */
+  timestamp: string;
+  category: AuditCategory;
+  /**
+   * e.g. `AGENT_SPAWNED`, `PERMISSION_DENIED`, `AUDIT_CONFIG_CHANGED`, `SYSCALL`
+   */
+  event_type: string;
+  /**
+   * who it is about: the caller, or the agent a lifecycle event is about
+   */
+  agent_id: number;
+  /**
+   * omitted when empty
+   */
+  agent_name?: string;
+  success: boolean;
+  details: {
+    [k: string]: unknown;
+  };
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AuditConfig".
+ */
+export interface AuditConfig {
+  max_entries: number;
+  log_syscalls: boolean;
+  log_security: boolean;
+  log_lifecycle: boolean;
+  log_ipc: boolean;
+  log_state: boolean;
+  log_resource: boolean;
+  log_network: boolean;
+  log_world: boolean;
 }
 /**
  * One of `event_types`, `events`, `event` (looked at in that order).
@@ -1034,6 +1165,10 @@ export interface Isolation {
     pids_limit: boolean;
     version?: string;
   };
+  /**
+   * ext: whether the agent runs under the seccomp filter of docs/sandbox.md "System calls" (sandboxed agents); the plain spawner (`--sandbox off`) leaves it out
+   */
+  seccomp?: boolean;
   degraded_reason?: string;
 }
 /**
@@ -1064,6 +1199,29 @@ export interface AgentInfo {
    * operators only
    */
   log_file?: string;
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ChatMessage".
+ */
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ToolCall".
+ */
+export interface ToolCall {
+  /**
+   * the provider's id of the call, when it gives one
+   */
+  id?: string;
+  name: string;
+  /**
+   * the arguments as JSON (the provider's text when it is not JSON)
+   */
+  arguments: unknown;
 }
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1216,25 +1374,136 @@ export interface SystemMetrics {
   };
 }
 /**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "RecordingEntry".
+ */
+export interface RecordingEntry {
+  /**
+   * from 1, in the order the calls finished
+   */
+  sequence_id: number;
+  /**
+   * UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, when the call finished
+   */
+  timestamp: string;
+  /**
+   * the caller
+   */
+  agent_id: number;
+  /**
+   * ext: the caller's name
+   */
+  agent_name?: string;
+  /**
+   * ext: the caller's role (replay gives its stand-in the same)
+   */
+  role?: 'agent' | 'operator' | 'client';
+  opcode: number;
+  opcode_name: string;
+  /**
+   * the request as JSON text (with the contract's defaults filled in), or the raw bytes as UTF-8
+   */
+  payload: string;
+  /**
+   * the reply as JSON text (raw replies as UTF-8)
+   */
+  response: string;
+  duration_us: number;
+  success: boolean;
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ReplayMismatch".
+ */
+export interface ReplayMismatch {
+  /**
+   * 0-based position of the entry in the recording
+   */
+  index: number;
+  sequence_id: number;
+  /**
+   * the recorded caller
+   */
+  agent_id: number;
+  opcode: number;
+  opcode_name: string;
+  /**
+   * the first field that differs, e.g. `value.n` or `messages[0].message` (empty: the whole reply)
+   */
+  path: string;
+  /**
+   * the recorded response (cut at 2000 characters)
+   */
+  expected: string;
+  /**
+   * the reply of the replay (cut at 2000 characters)
+   */
+  got: string;
+}
+/**
  * THINK request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ThinkRequest".
  */
 export interface ThinkRequest {
+  /**
+   * the user's turn (after `messages`); `prompt` or `messages` is required
+   */
   prompt?: string;
+  /**
+   * an image attached to the last user turn: `{data: base64, mime_type}`
+   */
   image?: {
-    data?: string;
+    /**
+     * base64
+     */
+    data: string;
+    /**
+     * default `image/jpeg`
+     */
     mime_type?: string;
   };
   system_instruction?: string;
+  /**
+   * a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)
+   */
   thinking_level?: 'LOW' | 'MEDIUM' | 'HIGH';
   temperature?: number;
+  /**
+   * most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`
+   */
   max_tokens?: number;
+  /**
+   * default the provider's `default_model`
+   */
   model?: string;
-  tools?: unknown[];
+  /**
+   * function declarations: `{name, description, parameters}` or OpenAI's `{type: "function", function: {…}}`; calls come back in `tool_calls`
+   *
+   * @maxItems 128
+   */
+  tools?: {
+    [k: string]: unknown;
+  }[];
+  /**
+   * `true` is refused with `not_supported` for now (the public kernel's default was `true`)
+   */
   async?: boolean;
+  /**
+   * async only
+   */
   request_id?: number;
+  /**
+   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant, content}`
+   *
+   * @maxItems 4096
+   */
+  messages?: ChatMessage[];
+  /**
+   * ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider
+   */
+  provider?: string;
 }
 /**
  * THINK request as a handler sees it: validated, defaults applied.
@@ -1243,19 +1512,63 @@ export interface ThinkRequest {
  * via the `definition` "ThinkArgs".
  */
 export interface ThinkArgs {
+  /**
+   * the user's turn (after `messages`); `prompt` or `messages` is required
+   */
   prompt?: string;
+  /**
+   * an image attached to the last user turn: `{data: base64, mime_type}`
+   */
   image?: {
-    data?: string;
+    /**
+     * base64
+     */
+    data: string;
+    /**
+     * default `image/jpeg`
+     */
     mime_type?: string;
   };
   system_instruction?: string;
+  /**
+   * a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)
+   */
   thinking_level?: 'LOW' | 'MEDIUM' | 'HIGH';
   temperature?: number;
+  /**
+   * most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`
+   */
   max_tokens?: number;
+  /**
+   * default the provider's `default_model`
+   */
   model?: string;
-  tools?: unknown[];
-  async?: boolean;
+  /**
+   * function declarations: `{name, description, parameters}` or OpenAI's `{type: "function", function: {…}}`; calls come back in `tool_calls`
+   *
+   * @maxItems 128
+   */
+  tools?: {
+    [k: string]: unknown;
+  }[];
+  /**
+   * `true` is refused with `not_supported` for now (the public kernel's default was `true`)
+   */
+  async: boolean;
+  /**
+   * async only
+   */
   request_id?: number;
+  /**
+   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant, content}`
+   *
+   * @maxItems 4096
+   */
+  messages?: ChatMessage[];
+  /**
+   * ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider
+   */
+  provider?: string;
 }
 /**
  * THINK reply.
@@ -1264,7 +1577,40 @@ export interface ThinkArgs {
  * via the `definition` "ThinkReply".
  */
 export interface ThinkReply {
-  [k: string]: unknown;
+  success: true;
+  content: string;
+  /**
+   * input + output tokens, as the provider counted them
+   */
+  tokens: number;
+  /**
+   * ext
+   */
+  input_tokens?: number;
+  /**
+   * ext (thinking included)
+   */
+  output_tokens?: number;
+  /**
+   * ext: the provider's name
+   */
+  provider?: string;
+  /**
+   * ext: the model that answered, as the provider names it
+   */
+  model?: string;
+  /**
+   * ext: `stop`, `length`, `tool_calls`, `content_filter`, or the provider's own word
+   */
+  finish_reason?: string;
+  /**
+   * ext: present when the model called tools
+   */
+  tool_calls?: ToolCall[];
+  /**
+   * ext: present (true) when the provider reported no usage and the counts are the kernel's estimate
+   */
+  usage_estimated?: boolean;
 }
 /**
  * EXEC request.
@@ -1273,10 +1619,46 @@ export interface ThinkReply {
  * via the `definition` "ExecRequest".
  */
 export interface ExecRequest {
+  /**
+   * the public kernel's form: run as `/bin/sh -c <command>` when the caller's rights allow the shell (docs/protocol.md "Exec"), else split into words without any expansion, and refused (`permission_denied`) if it needs a shell (`|`, `;`, `&`, `<`, `>`, `$`, quotes left open, globs…); `command` or `argv` is required
+   */
   command?: string;
+  /**
+   * ext: the program and its arguments, run without a shell; a name without `/` is looked up in the command's PATH, in the agent's view
+   *
+   * @minItems 1
+   * @maxItems 4096
+   */
+  argv?: [string, ...string[]];
+  /**
+   * working directory in the agent's view, relative to its own working directory (the default); must exist, be a directory its uid can enter and pass its `filesystem` read rules; never pasted into a shell
+   */
   cwd?: string;
+  /**
+   * seconds (fractions allowed); 0 means the default; at most the caller's `max_exec_time_ms`. At the timeout the command and every process below it are killed (SIGKILL)
+   */
   timeout?: number;
+  /**
+   * ext: variables added to (or replacing) the agent's own environment
+   */
+  env?: {
+    [k: string]: string;
+  };
+  /**
+   * ext: written to the command's standard input, then closed (default: /dev/null)
+   */
+  stdin?: string;
+  /**
+   * ext: bytes kept of `stdout`, of `stderr` and of `output` each; the rest is read and dropped (`truncated: true`)
+   */
+  max_output?: number;
+  /**
+   * `true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`
+   */
   async?: boolean;
+  /**
+   * async only
+   */
   request_id?: number;
 }
 /**
@@ -1286,10 +1668,46 @@ export interface ExecRequest {
  * via the `definition` "ExecArgs".
  */
 export interface ExecArgs {
+  /**
+   * the public kernel's form: run as `/bin/sh -c <command>` when the caller's rights allow the shell (docs/protocol.md "Exec"), else split into words without any expansion, and refused (`permission_denied`) if it needs a shell (`|`, `;`, `&`, `<`, `>`, `$`, quotes left open, globs…); `command` or `argv` is required
+   */
   command?: string;
+  /**
+   * ext: the program and its arguments, run without a shell; a name without `/` is looked up in the command's PATH, in the agent's view
+   *
+   * @minItems 1
+   * @maxItems 4096
+   */
+  argv?: [string, ...string[]];
+  /**
+   * working directory in the agent's view, relative to its own working directory (the default); must exist, be a directory its uid can enter and pass its `filesystem` read rules; never pasted into a shell
+   */
   cwd?: string;
-  timeout?: number;
-  async?: boolean;
+  /**
+   * seconds (fractions allowed); 0 means the default; at most the caller's `max_exec_time_ms`. At the timeout the command and every process below it are killed (SIGKILL)
+   */
+  timeout: number;
+  /**
+   * ext: variables added to (or replacing) the agent's own environment
+   */
+  env?: {
+    [k: string]: string;
+  };
+  /**
+   * ext: written to the command's standard input, then closed (default: /dev/null)
+   */
+  stdin?: string;
+  /**
+   * ext: bytes kept of `stdout`, of `stderr` and of `output` each; the rest is read and dropped (`truncated: true`)
+   */
+  max_output: number;
+  /**
+   * `true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`
+   */
+  async: boolean;
+  /**
+   * async only
+   */
   request_id?: number;
 }
 /**
@@ -1299,7 +1717,58 @@ export interface ExecArgs {
  * via the `definition` "ExecReply".
  */
 export interface ExecReply {
-  [k: string]: unknown;
+  /**
+   * `exit_code` is 0 (false on errors, for a command killed by a signal or at its timeout)
+   */
+  success: boolean;
+  /**
+   * the command's standard output, as UTF-8 (invalid bytes replaced). The public kernel merged stderr into it: that stream is `output`
+   */
+  stdout: string;
+  /**
+   * its standard error (the public kernel always sent "")
+   */
+  stderr: string;
+  /**
+   * ext: stdout and stderr interleaved in the order the kernel read them (the public kernel's `stdout`)
+   */
+  output?: string;
+  /**
+   * its exit status; -1 when a signal ended it or it could not be started
+   */
+  exit_code: number;
+  /**
+   * ext: the signal that ended it (e.g. `SIGKILL`)
+   */
+  signal?: string;
+  /**
+   * ext: killed at its timeout
+   */
+  timed_out?: boolean;
+  /**
+   * ext: a stream was longer than `max_output`
+   */
+  truncated?: boolean;
+  /**
+   * ext
+   */
+  duration_ms?: number;
+  /**
+   * ext: `command` ran as `/bin/sh -c`
+   */
+  shell?: boolean;
+  /**
+   * ext: the real path of the program that ran, in the agent's view
+   */
+  program?: string;
+  /**
+   * failures only
+   */
+  error?: string;
+  /**
+   * failures only (error replies also carry `stdout: ""`, `stderr: ""`, `exit_code: -1`)
+   */
+  code?: string;
 }
 /**
  * READ request.
@@ -1308,7 +1777,26 @@ export interface ExecReply {
  * via the `definition` "ReadRequest".
  */
 export interface ReadRequest {
+  /**
+   * absolute, or relative to the agent's work directory; no `..` components; `~` is not expanded
+   */
   path?: string;
+  /**
+   * ext: a read of more bytes is refused with `too_large` (nothing beyond the limit is read); at most 16 MiB
+   */
+  max_bytes?: number;
+  /**
+   * ext: first byte to read
+   */
+  offset?: number;
+  /**
+   * ext: read at most this many bytes from `offset`; default the rest of the file
+   */
+  length?: number;
+  /**
+   * ext: `auto` replies UTF-8 text when the bytes are valid UTF-8, else base64; `base64` always base64
+   */
+  encoding?: 'auto' | 'base64';
 }
 /**
  * READ request as a handler sees it: validated, defaults applied.
@@ -1317,7 +1805,26 @@ export interface ReadRequest {
  * via the `definition` "ReadArgs".
  */
 export interface ReadArgs {
+  /**
+   * absolute, or relative to the agent's work directory; no `..` components; `~` is not expanded
+   */
   path?: string;
+  /**
+   * ext: a read of more bytes is refused with `too_large` (nothing beyond the limit is read); at most 16 MiB
+   */
+  max_bytes: number;
+  /**
+   * ext: first byte to read
+   */
+  offset: number;
+  /**
+   * ext: read at most this many bytes from `offset`; default the rest of the file
+   */
+  length?: number;
+  /**
+   * ext: `auto` replies UTF-8 text when the bytes are valid UTF-8, else base64; `base64` always base64
+   */
+  encoding: 'auto' | 'base64';
 }
 /**
  * READ reply.
@@ -1326,7 +1833,23 @@ export interface ReadArgs {
  * via the `definition` "ReadReply".
  */
 export interface ReadReply {
-  [k: string]: unknown;
+  success: true;
+  /**
+   * the bytes read: text, or base64 when `encoding` says so
+   */
+  content: string;
+  /**
+   * bytes read (before any base64 encoding)
+   */
+  size: number;
+  /**
+   * ext: present when `content` is base64
+   */
+  encoding?: 'base64';
+  /**
+   * ext: the file's size when it was opened
+   */
+  file_size?: number;
 }
 /**
  * WRITE request.
@@ -1335,9 +1858,22 @@ export interface ReadReply {
  * via the `definition` "WriteRequest".
  */
 export interface WriteRequest {
+  /**
+   * absolute, or relative to the agent's work directory; no `..` components; its directory must exist; a symbolic link at the path itself is refused
+   */
   path?: string;
+  /**
+   * text, or base64 with `encoding: base64`
+   */
   content?: string;
+  /**
+   * `write` replaces the file atomically (readers see the old or the new content, never a part); `append` appends
+   */
   mode?: 'write' | 'append';
+  /**
+   * ext: `base64` when `content` is base64 (binary data)
+   */
+  encoding?: 'utf8' | 'base64';
 }
 /**
  * WRITE request as a handler sees it: validated, defaults applied.
@@ -1346,9 +1882,22 @@ export interface WriteRequest {
  * via the `definition` "WriteArgs".
  */
 export interface WriteArgs {
+  /**
+   * absolute, or relative to the agent's work directory; no `..` components; its directory must exist; a symbolic link at the path itself is refused
+   */
   path?: string;
-  content?: string;
-  mode?: 'write' | 'append';
+  /**
+   * text, or base64 with `encoding: base64`
+   */
+  content: string;
+  /**
+   * `write` replaces the file atomically (readers see the old or the new content, never a part); `append` appends
+   */
+  mode: 'write' | 'append';
+  /**
+   * ext: `base64` when `content` is base64 (binary data)
+   */
+  encoding: 'utf8' | 'base64';
 }
 /**
  * WRITE reply.
@@ -1357,7 +1906,12 @@ export interface WriteArgs {
  * via the `definition` "WriteReply".
  */
 export interface WriteReply {
-  [k: string]: unknown;
+  success: true;
+  bytes_written: number;
+  /**
+   * ext: the file did not exist before
+   */
+  created?: boolean;
 }
 /**
  * SPAWN request.
@@ -2001,6 +2555,10 @@ export interface GetPermsReply {
   success: true;
   agent_id: number;
   permissions: Permissions | null;
+  /**
+   * ext: the preset these rights are (`unrestricted`, `standard`, `sandboxed`, `readonly`, `minimal`), or `custom`
+   */
+  level?: string | null;
 }
 /**
  * SET_PERMS request.
@@ -2041,14 +2599,47 @@ export interface SetPermsReply {
  * via the `definition` "HttpRequest".
  */
 export interface HttpRequest {
+  /**
+   * required; `http` or `https` only, at most 8192 characters, no credentials in it
+   */
   url?: string;
+  /**
+   * an HTTP token, sent upper-cased; checked against `http_methods`
+   */
   method?: string;
+  /**
+   * at most 100, 32 KiB in all; `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`, `Trailer`, `Expect` and `Proxy-*` are refused
+   */
   headers?: {
     [k: string]: string;
   };
+  /**
+   * sent for every method but GET and HEAD; at most 1 MiB
+   */
   body?: string;
+  /**
+   * ext: `base64` for a binary `body`
+   */
+  body_encoding?: 'utf8' | 'base64';
+  /**
+   * seconds for the whole call (connect, redirects, body); 0 or more than 300 means 300
+   */
   timeout?: number;
+  /**
+   * ext: bytes of the response body kept; the rest is not read (`truncated: true`)
+   */
+  max_response_bytes?: number;
+  /**
+   * ext: redirects followed, each hop checked again; 0 returns the 3xx response itself
+   */
+  max_redirects?: number;
+  /**
+   * `true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`
+   */
   async?: boolean;
+  /**
+   * async only
+   */
   request_id?: number;
 }
 /**
@@ -2058,14 +2649,47 @@ export interface HttpRequest {
  * via the `definition` "HttpArgs".
  */
 export interface HttpArgs {
+  /**
+   * required; `http` or `https` only, at most 8192 characters, no credentials in it
+   */
   url?: string;
-  method?: string;
+  /**
+   * an HTTP token, sent upper-cased; checked against `http_methods`
+   */
+  method: string;
+  /**
+   * at most 100, 32 KiB in all; `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`, `Trailer`, `Expect` and `Proxy-*` are refused
+   */
   headers?: {
     [k: string]: string;
   };
+  /**
+   * sent for every method but GET and HEAD; at most 1 MiB
+   */
   body?: string;
-  timeout?: number;
-  async?: boolean;
+  /**
+   * ext: `base64` for a binary `body`
+   */
+  body_encoding: 'utf8' | 'base64';
+  /**
+   * seconds for the whole call (connect, redirects, body); 0 or more than 300 means 300
+   */
+  timeout: number;
+  /**
+   * ext: bytes of the response body kept; the rest is not read (`truncated: true`)
+   */
+  max_response_bytes: number;
+  /**
+   * ext: redirects followed, each hop checked again; 0 returns the 3xx response itself
+   */
+  max_redirects: number;
+  /**
+   * `true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`
+   */
+  async: boolean;
+  /**
+   * async only
+   */
   request_id?: number;
 }
 /**
@@ -2075,7 +2699,53 @@ export interface HttpArgs {
  * via the `definition` "HttpReply".
  */
 export interface HttpReply {
-  [k: string]: unknown;
+  /**
+   * true when a response was received, whatever its status (the public kernel: curl's exit code 0)
+   */
+  success: boolean;
+  /**
+   * the real status of the last response; 0 when none was received
+   */
+  status_code: number;
+  /**
+   * ext: status 200–299
+   */
+  ok?: boolean;
+  /**
+   * ext: response headers, names lower-cased; repeated ones joined with `, ` (`set-cookie` with a newline)
+   */
+  headers?: {
+    [k: string]: string;
+  };
+  body: string;
+  /**
+   * ext: `base64` when the body is not valid UTF-8
+   */
+  body_encoding?: 'utf8' | 'base64';
+  /**
+   * ext: the body was longer than `max_response_bytes`
+   */
+  truncated?: boolean;
+  /**
+   * ext: the URL of the last hop
+   */
+  final_url?: string;
+  /**
+   * ext: redirects followed
+   */
+  redirects?: number;
+  /**
+   * failures only
+   */
+  error?: string;
+  /**
+   * failures only: `upstream_failed` when no usable response came back
+   */
+  code?: string;
+  /**
+   * ext, with `code: upstream_failed`: what went wrong
+   */
+  failure?: 'dns' | 'connect' | 'timeout' | 'tls' | 'protocol' | 'redirects' | 'aborted';
 }
 /**
  * SUBSCRIBE request.
@@ -2250,11 +2920,34 @@ export interface EmitReply {
  * via the `definition` "RecordStartRequest".
  */
 export interface RecordStartRequest {
+  /**
+   * record THINK and LLM_REPORT
+   */
   include_think?: boolean;
+  /**
+   * record HTTP
+   */
   include_http?: boolean;
+  /**
+   * record EXEC
+   */
   include_exec?: boolean;
+  /**
+   * entries kept; later calls are dropped (and counted in `entries_dropped`)
+   */
   max_entries?: number;
-  filter_agents?: number[];
+  /**
+   * ext: bytes of payloads and responses kept; later calls are dropped likewise
+   */
+  max_bytes?: number;
+  /**
+   * record only these callers (ids); with `filter_names`, either matches; neither: every caller
+   */
+  filter_agents?: AgentId[];
+  /**
+   * ext: record only callers with these names (agents spawned later too)
+   */
+  filter_names?: string[];
 }
 /**
  * RECORD_START request as a handler sees it: validated, defaults applied.
@@ -2263,11 +2956,34 @@ export interface RecordStartRequest {
  * via the `definition` "RecordStartArgs".
  */
 export interface RecordStartArgs {
-  include_think?: boolean;
-  include_http?: boolean;
-  include_exec?: boolean;
-  max_entries?: number;
-  filter_agents?: number[];
+  /**
+   * record THINK and LLM_REPORT
+   */
+  include_think: boolean;
+  /**
+   * record HTTP
+   */
+  include_http: boolean;
+  /**
+   * record EXEC
+   */
+  include_exec: boolean;
+  /**
+   * entries kept; later calls are dropped (and counted in `entries_dropped`)
+   */
+  max_entries: number;
+  /**
+   * ext: bytes of payloads and responses kept; later calls are dropped likewise
+   */
+  max_bytes: number;
+  /**
+   * record only these callers (ids); with `filter_names`, either matches; neither: every caller
+   */
+  filter_agents?: AgentId[];
+  /**
+   * ext: record only callers with these names (agents spawned later too)
+   */
+  filter_names?: string[];
 }
 /**
  * RECORD_START reply.
@@ -2276,7 +2992,12 @@ export interface RecordStartArgs {
  * via the `definition` "RecordStartReply".
  */
 export interface RecordStartReply {
-  [k: string]: unknown;
+  success: true;
+  recording: true;
+  /**
+   * ext
+   */
+  state: 'RECORDING';
 }
 /**
  * RECORD_STOP request.
@@ -2299,7 +3020,17 @@ export interface RecordStopArgs {}
  * via the `definition` "RecordStopReply".
  */
 export interface RecordStopReply {
-  [k: string]: unknown;
+  success: true;
+  recording: false;
+  /**
+   * ext
+   */
+  state: 'IDLE';
+  entries_recorded: number;
+  /**
+   * ext: calls not kept because of `max_entries` or `max_bytes`
+   */
+  entries_dropped: number;
 }
 /**
  * RECORD_STATUS request.
@@ -2308,8 +3039,17 @@ export interface RecordStopReply {
  * via the `definition` "RecordStatusRequest".
  */
 export interface RecordStatusRequest {
+  /**
+   * add `recording_data`: every entry, as a JSON array in a string
+   */
   export?: boolean;
+  /**
+   * add `entries`: the first `limit` entries with sequence_id > `since_id`
+   */
   get_entries?: boolean;
+  /**
+   * capped at 1000
+   */
   limit?: number;
   since_id?: number;
 }
@@ -2320,10 +3060,19 @@ export interface RecordStatusRequest {
  * via the `definition` "RecordStatusArgs".
  */
 export interface RecordStatusArgs {
-  export?: boolean;
-  get_entries?: boolean;
-  limit?: number;
-  since_id?: number;
+  /**
+   * add `recording_data`: every entry, as a JSON array in a string
+   */
+  export: boolean;
+  /**
+   * add `entries`: the first `limit` entries with sequence_id > `since_id`
+   */
+  get_entries: boolean;
+  /**
+   * capped at 1000
+   */
+  limit: number;
+  since_id: number;
 }
 /**
  * RECORD_STATUS reply.
@@ -2332,7 +3081,38 @@ export interface RecordStatusArgs {
  * via the `definition` "RecordStatusReply".
  */
 export interface RecordStatusReply {
-  [k: string]: unknown;
+  success: true;
+  recording: boolean;
+  /**
+   * always false (there is no pause)
+   */
+  paused: false;
+  /**
+   * ext
+   */
+  state: 'IDLE' | 'RECORDING';
+  entry_count: number;
+  /**
+   * ext
+   */
+  entries_dropped: number;
+  last_sequence_id: number;
+  /**
+   * ext: bytes of payloads and responses held
+   */
+  bytes: number;
+  include_think: boolean;
+  include_http: boolean;
+  include_exec: boolean;
+  max_entries: number;
+  max_bytes: number;
+  filter_agents: number[];
+  filter_names: string[];
+  /**
+   * with `export`: a JSON array of RecordingEntry
+   */
+  recording_data?: string;
+  entries?: RecordingEntry[];
 }
 /**
  * REPLAY_START request.
@@ -2341,7 +3121,14 @@ export interface RecordStatusReply {
  * via the `definition` "ReplayStartRequest".
  */
 export interface ReplayStartRequest {
+  /**
+   * the export (a JSON array of RecordingEntry, as a string or as JSON), or `{entries: [...]}`; absent: this kernel's last recording
+   */
   recording_data?: unknown;
+  /**
+   * ext: more chunks follow (a recording larger than a frame): the entries are kept and the replay starts with the first call without `more`
+   */
+  more?: boolean;
 }
 /**
  * REPLAY_START request as a handler sees it: validated, defaults applied.
@@ -2350,7 +3137,14 @@ export interface ReplayStartRequest {
  * via the `definition` "ReplayStartArgs".
  */
 export interface ReplayStartArgs {
+  /**
+   * the export (a JSON array of RecordingEntry, as a string or as JSON), or `{entries: [...]}`; absent: this kernel's last recording
+   */
   recording_data?: unknown;
+  /**
+   * ext: more chunks follow (a recording larger than a frame): the entries are kept and the replay starts with the first call without `more`
+   */
+  more: boolean;
 }
 /**
  * REPLAY_START reply.
@@ -2359,7 +3153,12 @@ export interface ReplayStartArgs {
  * via the `definition` "ReplayStartReply".
  */
 export interface ReplayStartReply {
-  [k: string]: unknown;
+  success: true;
+  /**
+   * entries loaded so far
+   */
+  total_entries: number;
+  state: ReplayState;
 }
 /**
  * REPLAY_STATUS request.
@@ -2382,7 +3181,34 @@ export interface ReplayStatusArgs {}
  * via the `definition` "ReplayStatusReply".
  */
 export interface ReplayStatusReply {
-  [k: string]: unknown;
+  success: true;
+  state: ReplayState;
+  total_entries: number;
+  /**
+   * entries done (replayed or skipped)
+   */
+  current_entry: number;
+  entries_replayed: number;
+  entries_skipped: number;
+  progress_percent: number;
+  /**
+   * why the replay stopped (state `error`)
+   */
+  last_error?: string;
+  /**
+   * ext: replayed entries whose reply differed from the recorded one
+   */
+  mismatches: number;
+  /**
+   * ext: the first 20
+   */
+  mismatch_details: ReplayMismatch[];
+  /**
+   * ext: skipped entries by opcode name
+   */
+  skipped_ops: {
+    [k: string]: number;
+  };
 }
 /**
  * GET_AUDIT_LOG request.
@@ -2391,9 +3217,25 @@ export interface ReplayStatusReply {
  * via the `definition` "GetAuditLogRequest".
  */
 export interface GetAuditLogRequest {
+  /**
+   * a category name, any case; empty or absent: every category (an unknown name is `invalid_request`)
+   */
   category?: string;
+  /**
+   * 0 = any
+   */
   agent_id?: number;
+  /**
+   * ext: only entries of this event type
+   */
+  event_type?: string;
+  /**
+   * only entries with a larger id
+   */
   since_id?: number;
+  /**
+   * the newest `limit` matching entries are returned; capped at 1000
+   */
   limit?: number;
 }
 /**
@@ -2403,10 +3245,26 @@ export interface GetAuditLogRequest {
  * via the `definition` "GetAuditLogArgs".
  */
 export interface GetAuditLogArgs {
+  /**
+   * a category name, any case; empty or absent: every category (an unknown name is `invalid_request`)
+   */
   category?: string;
-  agent_id?: number;
-  since_id?: number;
-  limit?: number;
+  /**
+   * 0 = any
+   */
+  agent_id: number;
+  /**
+   * ext: only entries of this event type
+   */
+  event_type?: string;
+  /**
+   * only entries with a larger id
+   */
+  since_id: number;
+  /**
+   * the newest `limit` matching entries are returned; capped at 1000
+   */
+  limit: number;
 }
 /**
  * GET_AUDIT_LOG reply.
@@ -2415,7 +3273,13 @@ export interface GetAuditLogArgs {
  * via the `definition` "GetAuditLogReply".
  */
 export interface GetAuditLogReply {
-  [k: string]: unknown;
+  success: true;
+  count: number;
+  entries: AuditEntry[];
+  /**
+   * ext: older matching entries (id > since_id) were left out by `limit`
+   */
+  more: boolean;
 }
 /**
  * SET_AUDIT_CONFIG request.
@@ -2424,14 +3288,41 @@ export interface GetAuditLogReply {
  * via the `definition` "SetAuditConfigRequest".
  */
 export interface SetAuditConfigRequest {
+  /**
+   * entries kept, oldest trimmed first (initially 10000)
+   */
   max_entries?: number;
+  /**
+   * every syscall as a SYSCALL entry (initially false)
+   */
   log_syscalls?: boolean;
+  /**
+   * initially true
+   */
   log_security?: boolean;
+  /**
+   * initially true
+   */
   log_lifecycle?: boolean;
+  /**
+   * initially false
+   */
   log_ipc?: boolean;
+  /**
+   * initially false
+   */
   log_state?: boolean;
+  /**
+   * initially true
+   */
   log_resource?: boolean;
+  /**
+   * initially false
+   */
   log_network?: boolean;
+  /**
+   * initially false
+   */
   log_world?: boolean;
 }
 /**
@@ -2441,14 +3332,41 @@ export interface SetAuditConfigRequest {
  * via the `definition` "SetAuditConfigArgs".
  */
 export interface SetAuditConfigArgs {
+  /**
+   * entries kept, oldest trimmed first (initially 10000)
+   */
   max_entries?: number;
+  /**
+   * every syscall as a SYSCALL entry (initially false)
+   */
   log_syscalls?: boolean;
+  /**
+   * initially true
+   */
   log_security?: boolean;
+  /**
+   * initially true
+   */
   log_lifecycle?: boolean;
+  /**
+   * initially false
+   */
   log_ipc?: boolean;
+  /**
+   * initially false
+   */
   log_state?: boolean;
+  /**
+   * initially true
+   */
   log_resource?: boolean;
+  /**
+   * initially false
+   */
   log_network?: boolean;
+  /**
+   * initially false
+   */
   log_world?: boolean;
 }
 /**
@@ -2458,7 +3376,8 @@ export interface SetAuditConfigArgs {
  * via the `definition` "SetAuditConfigReply".
  */
 export interface SetAuditConfigReply {
-  [k: string]: unknown;
+  success: true;
+  config: AuditConfig;
 }
 /**
  * ASYNC_POLL request.
@@ -2486,6 +3405,49 @@ export interface AsyncPollArgs {
  */
 export interface AsyncPollReply {
   [k: string]: unknown;
+}
+/**
+ * ASYNC_RESULTS request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AsyncResultsRequest".
+ */
+export interface AsyncResultsRequest {
+  max?: number;
+  /**
+   * hold the reply until a result is ready or `timeout_ms` passes
+   */
+  wait?: boolean;
+  timeout_ms?: number;
+}
+/**
+ * ASYNC_RESULTS request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AsyncResultsArgs".
+ */
+export interface AsyncResultsArgs {
+  max: number;
+  /**
+   * hold the reply until a result is ready or `timeout_ms` passes
+   */
+  wait: boolean;
+  timeout_ms: number;
+}
+/**
+ * ASYNC_RESULTS reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AsyncResultsReply".
+ */
+export interface AsyncResultsReply {
+  success: true;
+  results: AsyncResult[];
+  count: number;
+  /**
+   * calls of the caller still running
+   */
+  pending: number;
 }
 /**
  * WORLD_CREATE request.
@@ -3016,6 +3978,9 @@ export interface HeartbeatReply {
  */
 export interface LlmReportRequest {
   tokens?: number;
+  /**
+   * ignored
+   */
   success?: boolean;
 }
 /**
@@ -3025,7 +3990,10 @@ export interface LlmReportRequest {
  * via the `definition` "LlmReportArgs".
  */
 export interface LlmReportArgs {
-  tokens?: number;
+  tokens: number;
+  /**
+   * ignored
+   */
   success?: boolean;
 }
 /**
@@ -3035,7 +4003,21 @@ export interface LlmReportArgs {
  * via the `definition` "LlmReportReply".
  */
 export interface LlmReportReply {
-  [k: string]: unknown;
+  success: true;
+  tokens: number;
+  quota_exceeded: false;
+  /**
+   * ext: the kernel did not see these tokens; quotas count them, nobody can trust them
+   */
+  self_reported: true;
+  /**
+   * ext: the caller's `llm.tokens_used` after this report
+   */
+  tokens_used?: number;
+  /**
+   * ext: of which self-reported (LLM_REPORT), this kernel run
+   */
+  self_reported_tokens?: number;
 }
 /**
  * HELLO request.
@@ -3127,6 +4109,7 @@ export interface Requests {
   GET_AUDIT_LOG: GetAuditLogRequest;
   SET_AUDIT_CONFIG: SetAuditConfigRequest;
   ASYNC_POLL: AsyncPollRequest;
+  ASYNC_RESULTS: AsyncResultsRequest;
   WORLD_CREATE: WorldCreateRequest;
   WORLD_DESTROY: WorldDestroyRequest;
   WORLD_LIST: WorldListRequest;
@@ -3183,6 +4166,7 @@ export interface ArgsOf {
   GET_AUDIT_LOG: GetAuditLogArgs;
   SET_AUDIT_CONFIG: SetAuditConfigArgs;
   ASYNC_POLL: AsyncPollArgs;
+  ASYNC_RESULTS: AsyncResultsArgs;
   WORLD_CREATE: WorldCreateArgs;
   WORLD_DESTROY: WorldDestroyArgs;
   WORLD_LIST: WorldListArgs;
@@ -3239,6 +4223,7 @@ export interface Replies {
   GET_AUDIT_LOG: GetAuditLogReply;
   SET_AUDIT_CONFIG: SetAuditConfigReply;
   ASYNC_POLL: AsyncPollReply;
+  ASYNC_RESULTS: AsyncResultsReply;
   WORLD_CREATE: WorldCreateReply;
   WORLD_DESTROY: WorldDestroyReply;
   WORLD_LIST: WorldListReply;
@@ -3414,6 +4399,93 @@ export const SCHEMA_DEFS = {
           description: 'bytes of state values it owns (`quota_exceeded`)',
           'x-default': 67108864,
         },
+        async_requests: {
+          type: 'integer',
+          minimum: 0,
+          description:
+            'async calls it may have running or finished but not yet taken with ASYNC_RESULTS (`quota_exceeded`)',
+          'x-default': 64,
+        },
+      },
+    },
+    AsyncResult: {
+      title: 'AsyncResult',
+      type: 'object',
+      required: ['request_id', 'opcode', 'opcode_name', 'payload'],
+      properties: {
+        request_id: { type: 'integer' },
+        opcode: { type: 'integer' },
+        opcode_name: { type: 'string' },
+        payload: {
+          type: 'string',
+          description:
+            "the JSON text of the reply the call would have given synchronously (as the public kernel's ASYNC_POLL)",
+        },
+        result: { description: 'ext: the same reply, as JSON' },
+      },
+    },
+    AsyncAccepted: {
+      title: 'AsyncAccepted',
+      type: 'object',
+      required: ['success', 'async', 'request_id', 'status'],
+      description:
+        'The reply of an EXEC, HTTP or THINK sent with `async: true` (its result comes with ASYNC_RESULTS).',
+      properties: {
+        success: { const: true },
+        async: { const: true },
+        request_id: { type: 'integer' },
+        status: { const: 'accepted' },
+      },
+    },
+    AuditCategory: {
+      type: 'string',
+      enum: ['SECURITY', 'AGENT_LIFECYCLE', 'IPC', 'STATE_STORE', 'RESOURCE', 'SYSCALL', 'NETWORK', 'WORLD'],
+    },
+    AuditEntry: {
+      title: 'AuditEntry',
+      type: 'object',
+      required: ['id', 'timestamp', 'category', 'event_type', 'agent_id', 'success', 'details'],
+      properties: {
+        id: { type: 'integer', description: 'from 1, increasing; never reused' },
+        timestamp: { type: 'string', description: 'UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`' },
+        category: { $ref: 'clove#/$defs/AuditCategory' },
+        event_type: {
+          type: 'string',
+          description: 'e.g. `AGENT_SPAWNED`, `PERMISSION_DENIED`, `AUDIT_CONFIG_CHANGED`, `SYSCALL`',
+        },
+        agent_id: {
+          type: 'integer',
+          description: 'who it is about: the caller, or the agent a lifecycle event is about',
+        },
+        agent_name: { type: 'string', description: 'omitted when empty' },
+        success: { type: 'boolean' },
+        details: { type: 'object', additionalProperties: true },
+      },
+    },
+    AuditConfig: {
+      title: 'AuditConfig',
+      type: 'object',
+      required: [
+        'max_entries',
+        'log_syscalls',
+        'log_security',
+        'log_lifecycle',
+        'log_ipc',
+        'log_state',
+        'log_resource',
+        'log_network',
+        'log_world',
+      ],
+      properties: {
+        max_entries: { type: 'integer' },
+        log_syscalls: { type: 'boolean' },
+        log_security: { type: 'boolean' },
+        log_lifecycle: { type: 'boolean' },
+        log_ipc: { type: 'boolean' },
+        log_state: { type: 'boolean' },
+        log_resource: { type: 'boolean' },
+        log_network: { type: 'boolean' },
+        log_world: { type: 'boolean' },
       },
     },
     Topics: {
@@ -3494,6 +4566,11 @@ export const SCHEMA_DEFS = {
             version: { type: 'string' },
           },
         },
+        seccomp: {
+          type: 'boolean',
+          description:
+            'ext: whether the agent runs under the seccomp filter of docs/sandbox.md "System calls" (sandboxed agents); the plain spawner (`--sandbox off`) leaves it out',
+        },
         degraded_reason: { type: 'string' },
       },
     },
@@ -3530,6 +4607,25 @@ export const SCHEMA_DEFS = {
         exit_reason: { type: ['string', 'null'] },
         mailbox: { type: 'integer', description: 'messages waiting' },
         log_file: { type: 'string', description: 'operators only' },
+      },
+    },
+    ChatMessage: {
+      title: 'ChatMessage',
+      type: 'object',
+      required: ['role', 'content'],
+      properties: {
+        role: { type: 'string', enum: ['system', 'user', 'assistant'] },
+        content: { type: 'string' },
+      },
+    },
+    ToolCall: {
+      title: 'ToolCall',
+      type: 'object',
+      required: ['name', 'arguments'],
+      properties: {
+        id: { type: 'string', description: "the provider's id of the call, when it gives one" },
+        name: { type: 'string' },
+        arguments: { description: "the arguments as JSON (the provider's text when it is not JSON)" },
       },
     },
     AgentMetrics: {
@@ -3765,41 +4861,234 @@ export const SCHEMA_DEFS = {
       title: 'ProcessMetrics',
       description: "The per-process object inside an agent's metrics.",
     },
+    RecordingEntry: {
+      title: 'RecordingEntry',
+      type: 'object',
+      required: [
+        'sequence_id',
+        'timestamp',
+        'agent_id',
+        'opcode',
+        'opcode_name',
+        'payload',
+        'response',
+        'duration_us',
+        'success',
+      ],
+      properties: {
+        sequence_id: { type: 'integer', description: 'from 1, in the order the calls finished' },
+        timestamp: { type: 'string', description: 'UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, when the call finished' },
+        agent_id: { type: 'integer', description: 'the caller' },
+        agent_name: { type: 'string', description: "ext: the caller's name" },
+        role: {
+          type: 'string',
+          enum: ['agent', 'operator', 'client'],
+          description: "ext: the caller's role (replay gives its stand-in the same)",
+        },
+        opcode: { type: 'integer' },
+        opcode_name: { type: 'string' },
+        payload: {
+          type: 'string',
+          description:
+            "the request as JSON text (with the contract's defaults filled in), or the raw bytes as UTF-8",
+        },
+        response: { type: 'string', description: 'the reply as JSON text (raw replies as UTF-8)' },
+        duration_us: { type: 'integer' },
+        success: { type: 'boolean' },
+      },
+    },
+    ReplayState: { type: 'string', enum: ['idle', 'running', 'paused', 'completed', 'error'] },
+    ReplayMismatch: {
+      title: 'ReplayMismatch',
+      type: 'object',
+      required: ['index', 'sequence_id', 'agent_id', 'opcode', 'opcode_name', 'path', 'expected', 'got'],
+      properties: {
+        index: { type: 'integer', description: '0-based position of the entry in the recording' },
+        sequence_id: { type: 'integer' },
+        agent_id: { type: 'integer', description: 'the recorded caller' },
+        opcode: { type: 'integer' },
+        opcode_name: { type: 'string' },
+        path: {
+          type: 'string',
+          description:
+            'the first field that differs, e.g. `value.n` or `messages[0].message` (empty: the whole reply)',
+        },
+        expected: { type: 'string', description: 'the recorded response (cut at 2000 characters)' },
+        got: { type: 'string', description: 'the reply of the replay (cut at 2000 characters)' },
+      },
+    },
   },
 };
 export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   THINK: {
     type: 'object',
     properties: {
-      prompt: { type: 'string' },
-      image: { type: 'object', properties: { data: { type: 'string' }, mime_type: { type: 'string' } } },
+      prompt: {
+        type: 'string',
+        description: "the user's turn (after `messages`); `prompt` or `messages` is required",
+      },
+      image: {
+        type: 'object',
+        required: ['data'],
+        properties: {
+          data: { type: 'string', description: 'base64' },
+          mime_type: { type: 'string', description: 'default `image/jpeg`' },
+        },
+        description: 'an image attached to the last user turn: `{data: base64, mime_type}`',
+      },
       system_instruction: { type: 'string' },
-      thinking_level: { type: 'string', enum: ['LOW', 'MEDIUM', 'HIGH'] },
-      temperature: { type: 'number' },
-      max_tokens: { type: 'integer', minimum: 0 },
-      model: { type: 'string' },
-      tools: { type: 'array', items: {} },
-      async: { type: 'boolean' },
-      request_id: { type: 'integer', minimum: 0 },
+      thinking_level: {
+        type: 'string',
+        enum: ['LOW', 'MEDIUM', 'HIGH'],
+        description: 'a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)',
+      },
+      temperature: { type: 'number', minimum: 0, maximum: 2 },
+      max_tokens: {
+        type: 'integer',
+        minimum: 0,
+        description:
+          "most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`",
+      },
+      model: { type: 'string', description: "default the provider's `default_model`" },
+      tools: {
+        type: 'array',
+        maxItems: 128,
+        items: { type: 'object', additionalProperties: true },
+        description:
+          'function declarations: `{name, description, parameters}` or OpenAI\'s `{type: "function", function: {…}}`; calls come back in `tool_calls`',
+      },
+      async: {
+        type: 'boolean',
+        default: false,
+        description:
+          "`true` is refused with `not_supported` for now (the public kernel's default was `true`)",
+      },
+      request_id: { type: 'integer', minimum: 0, description: 'async only' },
+      messages: {
+        type: 'array',
+        maxItems: 4096,
+        items: { $ref: 'clove#/$defs/ChatMessage' },
+        description:
+          'ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant, content}`',
+      },
+      provider: {
+        type: 'string',
+        description:
+          "ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider",
+      },
     },
   },
   EXEC: {
     type: 'object',
     properties: {
-      command: { type: 'string' },
-      cwd: { type: 'string' },
-      timeout: { type: 'integer', minimum: 0 },
-      async: { type: 'boolean' },
-      request_id: { type: 'integer', minimum: 0 },
+      command: {
+        type: 'string',
+        maxLength: 131072,
+        description:
+          'the public kernel\'s form: run as `/bin/sh -c <command>` when the caller\'s rights allow the shell (docs/protocol.md "Exec"), else split into words without any expansion, and refused (`permission_denied`) if it needs a shell (`|`, `;`, `&`, `<`, `>`, `$`, quotes left open, globs…); `command` or `argv` is required',
+      },
+      argv: {
+        type: 'array',
+        items: { type: 'string', maxLength: 131072 },
+        minItems: 1,
+        maxItems: 4096,
+        description:
+          "ext: the program and its arguments, run without a shell; a name without `/` is looked up in the command's PATH, in the agent's view",
+      },
+      cwd: {
+        type: 'string',
+        maxLength: 4096,
+        description:
+          "working directory in the agent's view, relative to its own working directory (the default); must exist, be a directory its uid can enter and pass its `filesystem` read rules; never pasted into a shell",
+      },
+      timeout: {
+        type: 'number',
+        minimum: 0,
+        default: 30,
+        description:
+          "seconds (fractions allowed); 0 means the default; at most the caller's `max_exec_time_ms`. At the timeout the command and every process below it are killed (SIGKILL)",
+      },
+      env: {
+        type: 'object',
+        additionalProperties: { type: 'string' },
+        maxProperties: 256,
+        description: "ext: variables added to (or replacing) the agent's own environment",
+      },
+      stdin: {
+        type: 'string',
+        maxLength: 1048576,
+        description: "ext: written to the command's standard input, then closed (default: /dev/null)",
+      },
+      max_output: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 4194304,
+        default: 1048576,
+        description:
+          'ext: bytes kept of `stdout`, of `stderr` and of `output` each; the rest is read and dropped (`truncated: true`)',
+      },
+      async: {
+        type: 'boolean',
+        default: false,
+        description:
+          "`true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`",
+      },
+      request_id: { type: 'integer', minimum: 0, description: 'async only' },
     },
   },
-  READ: { type: 'object', properties: { path: { type: 'string' } } },
+  READ: {
+    type: 'object',
+    properties: {
+      path: {
+        type: 'string',
+        description:
+          "absolute, or relative to the agent's work directory; no `..` components; `~` is not expanded",
+      },
+      max_bytes: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 16777216,
+        default: 8388608,
+        description:
+          'ext: a read of more bytes is refused with `too_large` (nothing beyond the limit is read); at most 16 MiB',
+      },
+      offset: { type: 'integer', minimum: 0, default: 0, description: 'ext: first byte to read' },
+      length: {
+        type: 'integer',
+        minimum: 0,
+        description: 'ext: read at most this many bytes from `offset`; default the rest of the file',
+      },
+      encoding: {
+        type: 'string',
+        enum: ['auto', 'base64'],
+        default: 'auto',
+        description:
+          'ext: `auto` replies UTF-8 text when the bytes are valid UTF-8, else base64; `base64` always base64',
+      },
+    },
+  },
   WRITE: {
     type: 'object',
     properties: {
-      path: { type: 'string' },
-      content: { type: 'string' },
-      mode: { type: 'string', enum: ['write', 'append'] },
+      path: {
+        type: 'string',
+        description:
+          "absolute, or relative to the agent's work directory; no `..` components; its directory must exist; a symbolic link at the path itself is refused",
+      },
+      content: { type: 'string', default: '', description: 'text, or base64 with `encoding: base64`' },
+      mode: {
+        type: 'string',
+        enum: ['write', 'append'],
+        default: 'write',
+        description:
+          '`write` replaces the file atomically (readers see the old or the new content, never a part); `append` appends',
+      },
+      encoding: {
+        type: 'string',
+        enum: ['utf8', 'base64'],
+        default: 'utf8',
+        description: 'ext: `base64` when `content` is base64 (binary data)',
+      },
     },
   },
   SPAWN: {
@@ -3979,7 +5268,10 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   SET_PERMS: {
     type: 'object',
     properties: {
-      agent_id: { $ref: 'clove#/$defs/AgentId', description: 'default: the caller (refused for agents)' },
+      agent_id: {
+        $ref: 'clove#/$defs/AgentId',
+        description: 'default: the caller (an agent may only narrow its own)',
+      },
       permissions: { $ref: 'clove#/$defs/PermissionsInput' },
       level: { $ref: 'clove#/$defs/PermissionLevel' },
     },
@@ -3987,13 +5279,54 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   HTTP: {
     type: 'object',
     properties: {
-      url: { type: 'string' },
-      method: { type: 'string' },
-      headers: { type: 'object', additionalProperties: { type: 'string' } },
-      body: { type: 'string' },
-      timeout: { type: 'integer', minimum: 0 },
-      async: { type: 'boolean' },
-      request_id: { type: 'integer', minimum: 0 },
+      url: {
+        type: 'string',
+        description: 'required; `http` or `https` only, at most 8192 characters, no credentials in it',
+      },
+      method: {
+        type: 'string',
+        default: 'GET',
+        description: 'an HTTP token, sent upper-cased; checked against `http_methods`',
+      },
+      headers: {
+        type: 'object',
+        additionalProperties: { type: 'string' },
+        description:
+          'at most 100, 32 KiB in all; `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`, `Trailer`, `Expect` and `Proxy-*` are refused',
+      },
+      body: { type: 'string', description: 'sent for every method but GET and HEAD; at most 1 MiB' },
+      body_encoding: {
+        enum: ['utf8', 'base64'],
+        default: 'utf8',
+        description: 'ext: `base64` for a binary `body`',
+      },
+      timeout: {
+        type: 'number',
+        minimum: 0,
+        default: 30,
+        description: 'seconds for the whole call (connect, redirects, body); 0 or more than 300 means 300',
+      },
+      max_response_bytes: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 8388608,
+        default: 8388608,
+        description: 'ext: bytes of the response body kept; the rest is not read (`truncated: true`)',
+      },
+      max_redirects: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 5,
+        default: 5,
+        description: 'ext: redirects followed, each hop checked again; 0 returns the 3xx response itself',
+      },
+      async: {
+        type: 'boolean',
+        default: false,
+        description:
+          "`true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`",
+      },
+      request_id: { type: 'integer', minimum: 0, description: 'async only' },
     },
   },
   SUBSCRIBE: {
@@ -4032,49 +5365,121 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   RECORD_START: {
     type: 'object',
     properties: {
-      include_think: { type: 'boolean' },
-      include_http: { type: 'boolean' },
-      include_exec: { type: 'boolean' },
-      max_entries: { type: 'integer', minimum: 0 },
-      filter_agents: { type: 'array', items: { type: 'integer', minimum: 0 } },
+      include_think: { type: 'boolean', default: false, description: 'record THINK and LLM_REPORT' },
+      include_http: { type: 'boolean', default: false, description: 'record HTTP' },
+      include_exec: { type: 'boolean', default: false, description: 'record EXEC' },
+      max_entries: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 1000000,
+        default: 50000,
+        description: 'entries kept; later calls are dropped (and counted in `entries_dropped`)',
+      },
+      max_bytes: {
+        type: 'integer',
+        minimum: 1024,
+        maximum: 268435456,
+        default: 67108864,
+        description: 'ext: bytes of payloads and responses kept; later calls are dropped likewise',
+      },
+      filter_agents: {
+        type: 'array',
+        items: { $ref: 'clove#/$defs/AgentId' },
+        description:
+          'record only these callers (ids); with `filter_names`, either matches; neither: every caller',
+      },
+      filter_names: {
+        type: 'array',
+        items: { type: 'string' },
+        description: 'ext: record only callers with these names (agents spawned later too)',
+      },
     },
   },
   RECORD_STOP: { type: 'object' },
   RECORD_STATUS: {
     type: 'object',
     properties: {
-      export: { type: 'boolean' },
-      get_entries: { type: 'boolean' },
-      limit: { type: 'integer', minimum: 0 },
-      since_id: { type: 'integer', minimum: 0 },
+      export: {
+        type: 'boolean',
+        default: false,
+        description: 'add `recording_data`: every entry, as a JSON array in a string',
+      },
+      get_entries: {
+        type: 'boolean',
+        default: false,
+        description: 'add `entries`: the first `limit` entries with sequence_id > `since_id`',
+      },
+      limit: { type: 'integer', minimum: 0, default: 100, description: 'capped at 1000' },
+      since_id: { type: 'integer', minimum: 0, default: 0 },
     },
   },
-  REPLAY_START: { type: 'object', properties: { recording_data: {} } },
+  REPLAY_START: {
+    type: 'object',
+    properties: {
+      recording_data: {
+        description:
+          "the export (a JSON array of RecordingEntry, as a string or as JSON), or `{entries: [...]}`; absent: this kernel's last recording",
+      },
+      more: {
+        type: 'boolean',
+        default: false,
+        description:
+          'ext: more chunks follow (a recording larger than a frame): the entries are kept and the replay starts with the first call without `more`',
+      },
+    },
+  },
   REPLAY_STATUS: { type: 'object' },
   GET_AUDIT_LOG: {
     type: 'object',
     properties: {
-      category: { type: 'string' },
-      agent_id: { type: 'integer', minimum: 0 },
-      since_id: { type: 'integer', minimum: 0 },
-      limit: { type: 'integer', minimum: 0 },
+      category: {
+        type: 'string',
+        description:
+          'a category name, any case; empty or absent: every category (an unknown name is `invalid_request`)',
+      },
+      agent_id: { type: 'integer', minimum: 0, default: 0, description: '0 = any' },
+      event_type: { type: 'string', description: 'ext: only entries of this event type' },
+      since_id: { type: 'integer', minimum: 0, default: 0, description: 'only entries with a larger id' },
+      limit: {
+        type: 'integer',
+        minimum: 0,
+        default: 100,
+        description: 'the newest `limit` matching entries are returned; capped at 1000',
+      },
     },
   },
   SET_AUDIT_CONFIG: {
     type: 'object',
     properties: {
-      max_entries: { type: 'integer', minimum: 1 },
-      log_syscalls: { type: 'boolean' },
-      log_security: { type: 'boolean' },
-      log_lifecycle: { type: 'boolean' },
-      log_ipc: { type: 'boolean' },
-      log_state: { type: 'boolean' },
-      log_resource: { type: 'boolean' },
-      log_network: { type: 'boolean' },
-      log_world: { type: 'boolean' },
+      max_entries: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 1000000,
+        description: 'entries kept, oldest trimmed first (initially 10000)',
+      },
+      log_syscalls: { type: 'boolean', description: 'every syscall as a SYSCALL entry (initially false)' },
+      log_security: { type: 'boolean', description: 'initially true' },
+      log_lifecycle: { type: 'boolean', description: 'initially true' },
+      log_ipc: { type: 'boolean', description: 'initially false' },
+      log_state: { type: 'boolean', description: 'initially false' },
+      log_resource: { type: 'boolean', description: 'initially true' },
+      log_network: { type: 'boolean', description: 'initially false' },
+      log_world: { type: 'boolean', description: 'initially false' },
     },
   },
   ASYNC_POLL: { type: 'object', properties: { max: { type: 'integer', minimum: 0 } } },
+  ASYNC_RESULTS: {
+    type: 'object',
+    properties: {
+      max: { type: 'integer', minimum: 0, maximum: 1000, default: 10 },
+      wait: {
+        type: 'boolean',
+        default: false,
+        description: 'hold the reply until a result is ready or `timeout_ms` passes',
+      },
+      timeout_ms: { type: 'integer', minimum: 0, maximum: 300000, default: 30000 },
+    },
+  },
   WORLD_CREATE: {
     type: 'object',
     properties: { name: { type: 'string' }, config: { type: 'object', additionalProperties: true } },
@@ -4134,7 +5539,10 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   HEARTBEAT: { type: 'object' },
   LLM_REPORT: {
     type: 'object',
-    properties: { tokens: { type: 'integer', minimum: 0 }, success: { type: 'boolean' } },
+    properties: {
+      tokens: { type: 'integer', minimum: 0, maximum: 4294967295, default: 0 },
+      success: { type: 'boolean', description: 'ignored' },
+    },
   },
   HELLO: { type: 'object' },
 };

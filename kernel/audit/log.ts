@@ -1,8 +1,15 @@
 /**
  * The audit log: what was done to agents and every security decision (clove-wire-reference.md §3.14
- * categories), persisted in `<data-dir>/state.db`, bounded to `max_entries` (oldest trimmed first). The
- * dispatcher writes every denial here on its own; services write lifecycle and security events; with
- * `log_syscalls` on, every syscall. Readable and configurable by operators only (the audit family).
+ * categories), persisted in `<data-dir>/state.db` (it survives the kernel), bounded to `max_entries`
+ * (oldest trimmed first). The dispatcher writes every denial here on its own; services write lifecycle
+ * and security events; with `log_syscalls` on, the audit family writes every syscall. Readable and
+ * configurable by operators only (the audit family, docs/protocol.md "Audit").
+ *
+ * Writes: an entry is in the table when `record()` returns, except SYSCALL entries, which are written in
+ * one transaction per event-loop turn (a kernel under load makes thousands of syscalls a second; one
+ * commit each would cost more than the syscalls). Anything that reads or writes otherwise writes them
+ * first, so ids stay in the order things happened; a kernel killed with SIGKILL loses at most the
+ * SYSCALL entries of its last turn.
  */
 import type Database from 'better-sqlite3';
 import { openDatabase } from '../state/sqlite.js';
@@ -18,6 +25,11 @@ export const AUDIT_CATEGORIES = [
   'WORLD',
 ] as const;
 export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
+
+/** The most entries one query returns (GET_AUDIT_LOG `limit` is capped to it). */
+export const AUDIT_QUERY_MAX = 1000;
+/** The largest `max_entries` (the table's bound) a configuration may set. */
+export const AUDIT_MAX_ENTRIES_CAP = 1_000_000;
 
 export interface AuditEntry {
   category: AuditCategory;
@@ -70,10 +82,21 @@ const SWITCH: Record<AuditCategory, keyof AuditConfig> = {
   WORLD: 'log_world',
 };
 
+/** Trim the table once per this many inserts (reads never see more than `max_entries` anyway). */
+const TRIM_EVERY = 100;
+/** Write the pending SYSCALL entries at once when this many wait (a long turn). */
+const BATCH_MAX = 512;
+
+type Row = [number, AuditCategory, string, number, string | null, 0 | 1, string];
+
 export class AuditLog {
   private readonly db: Database.Database;
   private readonly stmts: Record<string, Database.Statement>;
+  private readonly writeBatch: (rows: Row[]) => void;
   private cfg: AuditConfig;
+  private inserted = 0;
+  private pending: Row[] = [];
+  private flushing: NodeJS.Immediate | null = null;
 
   constructor(opts: { path: string; durability?: 'normal' | 'full' }) {
     this.db = openDatabase(opts.path, opts.durability);
@@ -86,6 +109,8 @@ export class AuditLog {
     const row = this.db.prepare("SELECT v FROM audit_config WHERE k = 'config'").get() as
       { v: string } | undefined;
     this.cfg = { ...DEFAULT_AUDIT_CONFIG, ...(row ? (JSON.parse(row.v) as Partial<AuditConfig>) : {}) };
+    // Ids are AUTOINCREMENT and only the oldest are ever deleted: the newest max_entries entries are
+    // exactly those with id > max(id) - max_entries, whether or not the batched trim has run yet.
     this.stmts = {
       insert: this.db
         .prepare(`INSERT INTO audit (at, category, event_type, agent_id, agent_name, success, details)
@@ -96,9 +121,14 @@ export class AuditLog {
       ),
       query: this.db.prepare(`SELECT * FROM (
         SELECT id, at, category, event_type, agent_id, agent_name, success, details FROM audit
-        WHERE id > @since AND (@category IS NULL OR category = @category) AND (@agent = 0 OR agent_id = @agent)
+        WHERE id > @since AND id > (SELECT coalesce(max(id), 0) FROM audit) - @bound
+          AND (@category IS NULL OR category = @category) AND (@agent = 0 OR agent_id = @agent)
+          AND (@event IS NULL OR event_type = @event)
         ORDER BY id DESC LIMIT @limit) ORDER BY id`),
     };
+    this.writeBatch = this.db.transaction((rows: Row[]) => {
+      for (const r of rows) this.stmts.insert.run(...r);
+    });
   }
 
   get config(): Readonly<AuditConfig> {
@@ -110,53 +140,111 @@ export class AuditLog {
     return this.cfg[SWITCH[category]] as boolean;
   }
 
+  /** A category by its reference name, in any case (`security`, `AGENT_LIFECYCLE`…); undefined if unknown. */
+  category(name: string): AuditCategory | undefined {
+    const up = name.trim().toUpperCase();
+    return (AUDIT_CATEGORIES as readonly string[]).includes(up) ? (up as AuditCategory) : undefined;
+  }
+
+  /** The reference's category names. */
+  get categories(): readonly AuditCategory[] {
+    return AUDIT_CATEGORIES;
+  }
+
   /**
-   * Records an entry if its category is switched on; never throws (an audit write that fails must not
-   * fail the syscall it describes): it returns false instead.
+   * Records an entry if its category is switched on (or `force`: an entry that must exist whatever the
+   * switches say, e.g. the change of the switches themselves); never throws (an audit write that fails
+   * must not fail the syscall it describes): it returns false instead.
    */
-  record(e: AuditEntry): boolean {
-    if (!this.enabled(e.category)) return false;
+  record(e: AuditEntry, opts: { force?: boolean } = {}): boolean {
+    if (!opts.force && !this.enabled(e.category)) return false;
+    if (!this.db.open) return false;
     try {
-      this.stmts.insert.run(
+      const row: Row = [
         Date.now(),
         e.category,
         e.event_type,
         e.agent_id,
-        e.agent_name ?? null,
+        e.agent_name || null,
         e.success ? 1 : 0,
         JSON.stringify(e.details),
-      );
-      this.inserted++;
-      // Trim in batches: one DELETE per hundred inserts keeps the table within max_entries + 100.
-      if (this.inserted % 100 === 0) this.stmts.trim.run(this.cfg.max_entries);
+      ];
+      if (e.category === 'SYSCALL') {
+        this.pending.push(row);
+        if (this.pending.length >= BATCH_MAX) this.flush();
+        else this.flushing ??= setImmediate(() => this.flush());
+        return true;
+      }
+      this.flush();
+      this.stmts.insert.run(...row);
+      this.wrote(1);
       return true;
     } catch {
       return false;
     }
   }
 
-  private inserted = 0;
+  /** Writes the pending SYSCALL entries (one transaction). */
+  flush(): void {
+    if (this.flushing) clearImmediate(this.flushing);
+    this.flushing = null;
+    if (!this.pending.length || !this.db.open) return;
+    const rows = this.pending;
+    this.pending = [];
+    try {
+      this.writeBatch(rows);
+      this.wrote(rows.length);
+    } catch {
+      /* an audit write never fails a syscall (see record) */
+    }
+  }
+
+  private wrote(n: number): void {
+    const before = this.inserted;
+    this.inserted += n;
+    if (Math.floor(before / TRIM_EVERY) !== Math.floor(this.inserted / TRIM_EVERY))
+      this.stmts.trim.run(this.cfg.max_entries);
+  }
 
   /** Changes what is recorded (persisted); returns the whole configuration. */
   configure(change: Partial<AuditConfig>): AuditConfig {
-    this.cfg = { ...this.cfg, ...change };
+    this.flush();
+    const next = { ...this.cfg };
+    for (const k of Object.keys(DEFAULT_AUDIT_CONFIG) as (keyof AuditConfig)[]) {
+      const v = change[k];
+      if (v !== undefined) (next as Record<string, unknown>)[k] = v;
+    }
+    next.max_entries = Math.min(AUDIT_MAX_ENTRIES_CAP, Math.max(1, Math.floor(next.max_entries)));
+    this.cfg = next;
     this.stmts.saveConfig.run(JSON.stringify(this.cfg));
     this.stmts.trim.run(this.cfg.max_entries);
-    return this.cfg;
+    return { ...this.cfg };
   }
 
-  /** The newest `limit` entries with id > `since`, of a category and an agent (0: any), oldest first. */
+  /**
+   * The newest `limit` (at most AUDIT_QUERY_MAX) entries with id > `since`, of a category, an agent
+   * (0: any) and an event type, oldest first; `more` when older matching entries were left out.
+   */
   query(q: {
     category?: AuditCategory;
     agentId?: number;
+    eventType?: string;
     since?: number;
     limit?: number;
-  }): StoredAuditEntry[] {
+  }): {
+    entries: StoredAuditEntry[];
+    more: boolean;
+  } {
+    this.flush();
+    const limit = Math.min(AUDIT_QUERY_MAX, Math.max(0, Math.floor(q.limit ?? 100)));
+    if (limit === 0) return { entries: [], more: false };
     const rows = this.stmts.query.all({
       since: q.since ?? 0,
+      bound: this.cfg.max_entries,
       category: q.category ?? null,
       agent: q.agentId ?? 0,
-      limit: q.limit ?? 100,
+      event: q.eventType || null,
+      limit: limit + 1,
     }) as {
       id: number;
       at: number;
@@ -167,19 +255,25 @@ export class AuditLog {
       success: number;
       details: string;
     }[];
-    return rows.map((r) => ({
-      id: r.id,
-      timestamp: new Date(r.at).toISOString(),
-      category: r.category,
-      event_type: r.event_type,
-      agent_id: r.agent_id,
-      ...(r.agent_name ? { agent_name: r.agent_name } : {}),
-      success: r.success === 1,
-      details: JSON.parse(r.details) as Record<string, unknown>,
-    }));
+    const more = rows.length > limit;
+    if (more) rows.shift();
+    return {
+      more,
+      entries: rows.map((r) => ({
+        id: r.id,
+        timestamp: new Date(r.at).toISOString(),
+        category: r.category,
+        event_type: r.event_type,
+        agent_id: r.agent_id,
+        ...(r.agent_name ? { agent_name: r.agent_name } : {}),
+        success: r.success === 1,
+        details: JSON.parse(r.details) as Record<string, unknown>,
+      })),
+    };
   }
 
   close(): void {
+    this.flush();
     if (this.db.open) this.db.close();
   }
 }

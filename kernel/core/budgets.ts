@@ -20,6 +20,7 @@ export const BUDGET_NAMES: readonly BudgetName[] = [
   'subscriptions',
   'state_keys',
   'state_bytes',
+  'async_requests',
 ];
 
 /** The defaults, as the contract states them (`x-default` in protocol/wire.json `Budgets`). */

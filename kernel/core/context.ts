@@ -3,7 +3,7 @@
  * caller's connection. Families never hold the kernel object; the kernel (kernel.ts) builds the
  * services once and the dispatcher hands each call a SyscallContext.
  */
-import type { ArgsOf, OpName, Replies } from '../../protocol/index.js';
+import type { ArgsOf, AsyncAccepted, OpName, Replies } from '../../protocol/index.js';
 import type { Permissions } from '../perms/permissions.js';
 import type { AgentService } from '../agents/agents.js';
 import type { PostOffice } from '../ipc/mailboxes.js';
@@ -11,6 +11,7 @@ import type { EventBus, KernelEventType } from '../events/bus.js';
 import type { StateStore } from '../state/store.js';
 import type { MetricsService } from '../metrics/service.js';
 import type { AuditLog } from '../audit/log.js';
+import type { AsyncCalls } from './async.js';
 import type { Principals, Principal } from './principals.js';
 import type { Logger } from 'pino';
 
@@ -45,6 +46,8 @@ export interface Services {
   metrics: MetricsService;
   /** The audit log: lifecycle and security decisions (the dispatcher records every denial itself). */
   audit: AuditLog;
+  /** Calls made with `async: true`: their results wait for ASYNC_RESULTS. */
+  async: AsyncCalls;
   /** Publishes a kernel event (source 0) or a client's (source = its id). */
   publish(type: KernelEventType, data: Record<string, unknown>, source: number): number;
   log: Logger;
@@ -78,7 +81,10 @@ export interface SyscallContext {
 export type RawReply = Buffer | string;
 /** A JSON reply already encoded (a handler that splices stored JSON texts returns the bytes). */
 export type EncodedReply = Buffer;
-export type ReplyOf<N extends OpName> = N extends keyof Replies ? Replies[N] | EncodedReply : RawReply;
+/** What a handler may reply: its reply, the bytes of it, or (EXEC, HTTP, THINK) the accept of an async call. */
+export type ReplyOf<N extends OpName> = N extends keyof Replies
+  ? Replies[N] | EncodedReply | AsyncAccepted
+  : RawReply;
 export type RequestOf<N extends OpName> = N extends keyof ArgsOf ? ArgsOf[N] : Buffer;
 
 export type Handler<N extends OpName> = (
@@ -113,6 +119,17 @@ export interface FamilyEnv {
   services: Services;
   /** Calls `fn` after every syscall (keep it cheap: it runs on the kernel's event loop). */
   observe(fn: (r: SyscallRecord) => void): void;
+  /**
+   * Runs a call as `principal`, a stand-in the family created itself (Principals.allocate/clientOpened),
+   * through the dispatcher's whole path (Dispatcher.dispatchAs); `signal` stands for its connection
+   * closing. Only the record family's replay uses it.
+   */
+  dispatchAs?(
+    principal: Principal,
+    op: OpName,
+    payload: Buffer,
+    signal: AbortSignal,
+  ): Promise<Buffer | string | object>;
 }
 
 export type FamilyFactory = (env: FamilyEnv) => Family;

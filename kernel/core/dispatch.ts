@@ -7,7 +7,15 @@
 import { Op, opInfo, opName, type Frame, type OpName } from '../../protocol/index.js';
 import { preset } from '../perms/permissions.js';
 import type { Connection, Reply } from './connection.js';
-import type { Caller, FamilyFactory, Handler, Services, SyscallContext, SyscallRecord } from './context.js';
+import type {
+  Caller,
+  FamilyFactory,
+  Handler,
+  Principal,
+  Services,
+  SyscallContext,
+  SyscallRecord,
+} from './context.js';
 import { errorReply, NotSupportedError, UnknownOpcodeError } from './errors.js';
 import { checkDepth, parseObject, validateRequest } from './validate.js';
 import { parkUntil } from './waiters.js';
@@ -29,6 +37,12 @@ export interface Router {
 
 export const localRouter: Router = { route: () => 'local' };
 
+/**
+ * What a call needs of where it came from: a connection, or the stand-in `dispatchAs` builds (who calls,
+ * the signal that ends its blocking waits, the transport kind its handlers see).
+ */
+type CallSite = Pick<Connection, 'principal' | 'transport'> & { abort: { readonly signal: AbortSignal } };
+
 interface Entry {
   name: OpName;
   family: string;
@@ -49,7 +63,11 @@ export class Dispatcher {
 
   /** Adds a family's handlers; an opcode registered twice is a programming error. */
   register(factory: FamilyFactory): void {
-    const family = factory({ services: this.services, observe: (fn) => this.observers.push(fn) });
+    const family = factory({
+      services: this.services,
+      observe: (fn) => this.observers.push(fn),
+      dispatchAs: (principal, op, payload, signal) => this.dispatchAs(principal, op, payload, signal),
+    });
     for (const [name, fn] of Object.entries(family.handlers)) {
       const code = Op[name as OpName];
       const prev = this.table.get(code);
@@ -74,7 +92,20 @@ export class Dispatcher {
     for (const c of this.closers) await c();
   }
 
-  dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply> {
+  /**
+   * Runs one call as `principal` without a connection: the record family's replay, which issues recorded
+   * requests as stand-ins of the recorded callers. The same path as a frame from a socket (validation,
+   * routing, the handler, the observers, denials audited), with the caller's rights as `principals`
+   * holds them; `signal` stands for the connection closing (blocking waits end, `onClose` hooks run) and
+   * handlers see transport kind `replay`. Only a family that creates its own stand-in principals may use
+   * it (FamilyEnv.dispatchAs).
+   */
+  async dispatchAs(principal: Principal, op: OpName, payload: Buffer, signal: AbortSignal): Promise<Reply> {
+    const site: CallSite = { principal, transport: 'replay', abort: { signal } };
+    return this.dispatch(site, { agentId: principal.id, opcode: Op[op], payload });
+  }
+
+  dispatch(conn: CallSite, frame: Frame): Reply | Promise<Reply> {
     const principal = conn.principal;
     const { principals } = this.services;
     if (principal.role === 'agent') {
@@ -149,7 +180,7 @@ export class Dispatcher {
     return reply;
   }
 
-  private context(conn: Connection, caller: Caller): SyscallContext {
+  private context(conn: CallSite, caller: Caller): SyscallContext {
     const signal = conn.abort.signal;
     const liveness = this.liveness;
     return {

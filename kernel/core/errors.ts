@@ -67,6 +67,18 @@ export class SpawnFailedError extends KernelError {
 export class StorageError extends KernelError {
   readonly code = 'storage_error';
 }
+/** READ: what was asked for is larger than `limit` (`max_bytes`); `file_size` says how large the file is; nothing was read beyond the limit */
+export class TooLargeError extends KernelError {
+  readonly code = 'too_large';
+}
+/** the operating system refused a file operation for a reason other than permission or existence (`errno` names it, e.g. EROFS, ENOSPC, EISDIR) */
+export class IoError extends KernelError {
+  readonly code = 'io_error';
+}
+/** a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (`failure`/`reason` says how); the kernel is fine */
+export class UpstreamFailedError extends KernelError {
+  readonly code = 'upstream_failed';
+}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {
   readonly code = 'internal';

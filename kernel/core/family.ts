@@ -17,11 +17,32 @@ export * from './errors.js';
 export type { AgentRecord } from '../supervisor/supervisor.js';
 export type { Permissions } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';
+/** READ/WRITE mechanics: an agent's view of the file system, bounded reads, atomic writes (files family). */
+export * as files from '../sandbox/files.js';
+export { firstMatch, type GlobKind } from '../perms/globs.js';
+/** EXEC mechanics: where a command runs (an agent's own sandbox), its program and cwd found there (exec family). */
+export * as exec from '../sandbox/exec.js';
 
 import { InvalidRequestError } from './errors.js';
+import type { SyscallContext as Ctx } from './context.js';
 
 /** A target named by `id` or `name` (id wins), as KILL/PAUSE/RESUME take it. */
 export function target(p: { id?: number; name?: string }): { id?: number; name?: string } {
   if (!p.id && !p.name) throw new InvalidRequestError('invalid request: id or name required');
   return p.id ? { id: p.id } : { name: p.name };
+}
+
+/**
+ * The reply of a call made with `async: true`: `run` goes on in the background, its reply waits for the
+ * caller's ASYNC_RESULTS (reference §3.4 accept shape). Its signal is not the connection's: it aborts
+ * only when the caller is gone for good.
+ */
+export function acceptAsync(
+  ctx: Ctx,
+  op: { code: number; name: string },
+  requestId: number | undefined,
+  run: (signal: AbortSignal) => Promise<unknown>,
+): { success: true; async: true; request_id: number; status: 'accepted' } {
+  const request_id = ctx.services.async.start(ctx.caller.id, op, requestId, run);
+  return { success: true, async: true, request_id, status: 'accepted' };
 }

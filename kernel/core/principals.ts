@@ -3,7 +3,7 @@
  * the core: its id, its rights and its counters. One id space for agents and connections, assigned from
  * 1 upwards and never reused while the kernel runs.
  */
-import { parsePermissions, preset, within, type Permissions } from '../perms/permissions.js';
+import { levelOf, parsePermissions, preset, within, type Permissions } from '../perms/permissions.js';
 import { operatorBudgets, type Budgets } from './budgets.js';
 
 export type Role = 'agent' | 'operator' | 'client';
@@ -30,6 +30,11 @@ export interface Stats {
   syscalls: number;
   sent: number;
   received: number;
+  /** Bytes HTTP calls made for this principal sent and received on their sockets (the http family). */
+  httpBytes: number;
+  /** Bytes READ returned to this principal and WRITE wrote for it (the files family). */
+  bytesRead: number;
+  bytesWritten: number;
 }
 
 /** Which socket a connection came in on: the operator socket (0600) or the agents' socket. */
@@ -134,6 +139,11 @@ export class Principals {
     return parsePermissions(v);
   }
 
+  /** The preset a set of rights is, or `custom` (GET_PERMS `level`). */
+  levelOf(p: Permissions): string {
+    return levelOf(p);
+  }
+
   /** True when `child` grants nothing `parent` does not (nobody hands out a right they lack). */
   within(child: Permissions, parent: Permissions): boolean {
     return within(child, parent);
@@ -143,7 +153,7 @@ export class Principals {
   stats(id: number): Stats {
     let s = this.counters.get(id);
     if (!s) {
-      s = { syscalls: 0, sent: 0, received: 0 };
+      s = { syscalls: 0, sent: 0, received: 0, httpBytes: 0, bytesRead: 0, bytesWritten: 0 };
       this.counters.set(id, s);
     }
     return s;

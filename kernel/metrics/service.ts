@@ -49,8 +49,8 @@ export class MetricsService {
         llm_tokens_used: 0,
         messages_sent: stats.sent,
         messages_recv: stats.received,
-        bytes_read: 0,
-        bytes_written: 0,
+        bytes_read: stats.bytesRead,
+        bytes_written: stats.bytesWritten,
       },
     };
   }

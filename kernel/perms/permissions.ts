@@ -175,3 +175,10 @@ export function within(child: Permissions, parent: Permissions): boolean {
   if (child.max_exec_time_ms > parent.max_exec_time_ms) return false;
   return true;
 }
+
+/** The preset these rights are (usage counters aside), or `custom`. */
+export function levelOf(p: Permissions): Level | 'custom' {
+  const plain = (x: Permissions) =>
+    JSON.stringify({ ...x, llm: { ...x.llm, tokens_used: 0, calls_made: 0 } });
+  return LEVELS.find((l) => plain(preset(l)) === plain(p)) ?? 'custom';
+}

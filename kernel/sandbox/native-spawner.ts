@@ -6,7 +6,8 @@
  * writable cwd and a private /tmp, private /proc, no capabilities, NO_NEW_PRIVS, an unprivileged uid.
  * Without network, the host's Unix sockets are out of reach too: /run and /var/run are masked and every
  * other pathname socket still visible is covered by /dev/null (only the kernel's agent socket stays).
- * PID 1 of the namespace is native clove-init, which forwards signals and reports the agent's status.
+ * PID 1 of the namespace is native clove-init, which forwards signals and reports the agent's status,
+ * and installs the seccomp filter (native/src/seccomp.cc) under which it and the agent run.
  * See docs/sandbox.md.
  */
 import fs from 'node:fs';
@@ -61,7 +62,16 @@ export type SandboxMode = 'root' | 'rootless' | 'plain';
 export interface NativeSpawnerOptions extends Partial<SandboxPolicy> {
   /** Where loud warnings go (degraded modes). Default console.warn. */
   warn?: (message: string) => void;
+  /**
+   * Sandboxed agents (root and rootless mode) run under the seccomp filter of docs/sandbox.md "System
+   * calls". Default true; false turns it off for every agent of this spawner (reported as
+   * `isolation.seccomp: false`, not fully isolated). Plain mode and unsandboxed agents never get it.
+   */
+  seccomp?: boolean;
 }
+
+/** Architectures the filter is built for (native/src/seccomp.cc). */
+const SECCOMP_ARCHES: readonly string[] = ['x64', 'arm64'];
 
 let instanceCounter = 0;
 
@@ -274,6 +284,8 @@ export class NativeSpawner implements Spawner {
   readonly kind = 'native';
   readonly policy: SandboxPolicy;
   private readonly warn: (m: string) => void;
+  /** Whether sandboxed agents get the seccomp filter (the option, less what init() found missing). */
+  private seccomp: boolean;
   private native?: CloveNative;
   private ready = false;
   private modeValue: SandboxMode = 'plain';
@@ -290,9 +302,12 @@ export class NativeSpawner implements Spawner {
   readonly instance: string;
 
   constructor(options: NativeSpawnerOptions = {}) {
-    const { warn, ...policy } = options;
+    const { warn, seccomp, ...policy } = options;
     this.policy = resolvePolicy(policy);
     this.warn = warn ?? ((m) => console.warn(m));
+    if (seccomp !== undefined && typeof seccomp !== 'boolean')
+      throw new PolicyError('seccomp', `must be a boolean, got ${JSON.stringify(seccomp)}`);
+    this.seccomp = seccomp !== false;
     this.instance = `${process.pid}.${instanceCounter++}`;
   }
 
@@ -326,6 +341,10 @@ export class NativeSpawner implements Spawner {
     this.runDirs = runtimeDirs();
     const want = this.policy.mode;
     const isRoot = process.geteuid?.() === 0;
+    if (this.seccomp && !SECCOMP_ARCHES.includes(process.arch)) {
+      this.seccomp = false;
+      this.reasons.push(`seccomp filter unavailable on ${process.arch}`);
+    }
     const candidates: SandboxMode[] =
       want === 'auto' ? (isRoot ? ['root', 'rootless', 'plain'] : ['rootless', 'plain']) : [want];
     for (const m of candidates) {
@@ -335,7 +354,7 @@ export class NativeSpawner implements Spawner {
           this.netnsFd = this.native.createEmptyNetns();
         }
         this.modeValue = m;
-        this.probe();
+        this.probeSeccomp();
         break;
       } catch (err) {
         this.reasons.push(`${m} sandbox unavailable: ${(err as Error).message}`);
@@ -369,6 +388,27 @@ export class NativeSpawner implements Spawner {
         throw new SandboxUnavailableError(msg);
       }
       this.warn(`WARNING: ${msg}`);
+    }
+  }
+
+  /**
+   * probe(), and when only the seccomp filter failed (a kernel without seccomp filters), the same mode
+   * again without it: a missing filter degrades the sandbox, it does not cost the namespaces.
+   */
+  private probeSeccomp(): void {
+    try {
+      this.probe();
+    } catch (err) {
+      const syscall = (err as { syscall?: unknown }).syscall;
+      if (
+        !this.seccomp ||
+        typeof syscall !== 'string' ||
+        !/^(seccomp|prctl\(PR_GET_NO_NEW_PRIVS)/.test(syscall)
+      )
+        throw err;
+      this.seccomp = false;
+      this.reasons.push(`seccomp filter unavailable: ${(err as Error).message}`);
+      this.probe();
     }
   }
 
@@ -472,6 +512,8 @@ export class NativeSpawner implements Spawner {
       setsid: true,
       noNewPrivs: true,
       dropCaps: true,
+      // clove-init installs it: agents with a namespace of their own (root and rootless mode).
+      seccomp: ns && this.seccomp,
       // Rootless mode maps only the kernel's uid: an account cannot be applied there.
       uid: m !== 'rootless' && s.uid !== undefined ? s.uid : -1,
       gid: m !== 'rootless' && s.gid !== undefined ? s.gid : -1,
@@ -700,8 +742,13 @@ export class NativeSpawner implements Spawner {
     };
     const reasons = [...this.reasons];
     if (spec.sandboxed === false) reasons.push('sandboxed: false requested');
+    // Same rule as nativeOptions(): the filter goes with the namespaces.
+    const seccomp = ns && this.seccomp;
+    if (ns && !seccomp && !reasons.some((r) => r.startsWith('seccomp filter')))
+      reasons.push('seccomp filter off');
     const fully =
       ns &&
+      seccomp &&
       this.modeValue === 'root' &&
       cgroups.memory_limit &&
       cgroups.cpu_quota &&
@@ -718,6 +765,7 @@ export class NativeSpawner implements Spawner {
         user: ns && this.modeValue === 'rootless',
       },
       cgroups,
+      seccomp,
     };
     if (!fully || reasons.length > 0) r.degraded_reason = reasons.join('; ') || 'incomplete isolation';
     return r;

@@ -9,6 +9,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   clove::InitSpawn(env, exports);
   clove::InitNetns(env, exports);
   clove::InitUserns(env, exports);
+  clove::InitFiles(env, exports);
+  clove::InitEnter(env, exports);
   return exports;
 }
 

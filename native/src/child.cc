@@ -288,11 +288,13 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
   DropPrivileges(p, statusFd);
 
   if (!p.initPath.empty()) {
-    // clove-init <agent file> <agent argv...>
-    const char* initArgv[p.argvPtrs.size() + 2];
-    initArgv[0] = "clove-init";
-    initArgv[1] = p.file.c_str();
-    for (size_t i = 0; i < p.argvPtrs.size(); i++) initArgv[i + 2] = p.argvPtrs[i];
+    // clove-init [--seccomp] <agent file> <agent argv...>
+    const char* initArgv[p.argvPtrs.size() + 3];
+    size_t k = 0;
+    initArgv[k++] = "clove-init";
+    if (p.seccomp) initArgv[k++] = "--seccomp";
+    initArgv[k++] = p.file.c_str();
+    for (size_t i = 0; i < p.argvPtrs.size(); i++) initArgv[k + i] = p.argvPtrs[i];
     execve(p.initPath.c_str(), (char* const*)initArgv, p.envpPtrs.data());
     Fail(statusFd, "execve(clove-init)", errno);
   }

@@ -7,4 +7,6 @@ void InitPeerCred(Napi::Env env, Napi::Object exports);
 void InitSpawn(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitUserns(Napi::Env env, Napi::Object exports);
+void InitFiles(Napi::Env env, Napi::Object exports);
+void InitEnter(Napi::Env env, Napi::Object exports);
 }  // namespace clove

@@ -6,8 +6,12 @@
 // before exec'ing us), forks the agent, forwards catchable signals to every process of the namespace
 // and reports the agent's exit status on fd 3 before exiting, which tears the namespace down.
 //
-// Usage (exec'd by the addon, never by hand): clove-init <agent file> <agent argv...>
-// fd 3 = status pipe to the kernel (records of native/src/plan.h).
+// Usage (exec'd by the addon, never by hand): clove-init [--seccomp] <agent file> <agent argv...>
+// fd 3 = status pipe to the kernel (records of native/src/plan.h). The agent file is an absolute path,
+// so options (before it) cannot be mistaken for it.
+//
+// --seccomp: install the agents' seccomp filter (seccomp.h) before forking the agent. clove-init itself
+// runs under it too: nothing it does (signals, fork, exec, wait, write) is denied.
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -17,6 +21,7 @@
 #include <unistd.h>
 
 #include "plan.h"
+#include "seccomp.h"
 
 using clove::Record;
 
@@ -35,8 +40,30 @@ static void SendError(const char* what, int err) {
 
 static void Noop(int) {}
 
+// The agent's file and argv, in static storage: locals live across vfork() may be clobbered.
+static char* agentFile;
+static char** agentArgv;
+
+// Options before the agent file; returns the argv index of the agent file, or -1 on an unknown option.
+static int ParseOptions(int argc, char** argv, bool* seccomp) {
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    if (strcmp(argv[i], "--seccomp") != 0) return -1;
+    *seccomp = true;
+  }
+  return i;
+}
+
 int main(int argc, char** argv, char** envp) {
-  if (argc < 3) return 127;
+  bool seccomp = false;
+  const int first = ParseOptions(argc, argv, &seccomp);  // argv index of the agent file
+  if (first < 0) {
+    SendError("clove-init: unknown option", EINVAL);
+    return 127;
+  }
+  if (argc - first < 2) return 127;
+  agentFile = argv[first];
+  agentArgv = argv + first + 1;
   // Not dumpable: the agent (same uid) may not ptrace us or forge records through our fd 3.
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   // If the kernel daemon dies, its agents die with it instead of running unsupervised.
@@ -56,6 +83,16 @@ int main(int argc, char** argv, char** envp) {
     sigaction(sig, &sa, nullptr);
   }
 
+  // Last thing before the agent: the filter denies nothing clove-init needs from here on. It checks
+  // that NO_NEW_PRIVS was set by the sandbox before we were exec'd and refuses to run otherwise.
+  if (seccomp) {
+    clove::SeccompResult r = clove::InstallAgentSeccomp();
+    if (r.err != 0) {
+      SendError(r.what, r.err);
+      return 127;
+    }
+  }
+
   volatile int execErr = 0;
   pid_t agent = vfork();
   if (agent == 0) {
@@ -65,7 +102,7 @@ int main(int argc, char** argv, char** envp) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    execve(argv[1], argv + 2, envp);
+    execve(agentFile, agentArgv, envp);
     execErr = errno;
     _exit(127);
   }

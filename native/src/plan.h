@@ -65,6 +65,7 @@ struct Plan {
   bool setsid = false;
   bool noNewPrivs = false;
   bool dropCaps = false;
+  bool seccomp = false;             // clove-init --seccomp: the agents' syscall filter (seccomp.h); needs initPath
   int uid = -1;
   int gid = -1;
   std::vector<RlimitItem> rlimits;

@@ -24,6 +24,7 @@
 #include "errors.h"
 #include "exports.h"
 #include "fd.h"
+#include "handle.h"
 #include "plan.h"
 #include "proc.h"
 
@@ -129,6 +130,8 @@ Plan ParsePlan(const Napi::Object& o) {
   p.setsid = Bool(o, "setsid");
   p.noNewPrivs = Bool(o, "noNewPrivs");
   p.dropCaps = Bool(o, "dropCaps");
+  // Absent reads as false (callers built before the field existed).
+  p.seccomp = Field(o, "seccomp").IsUndefined() ? false : Bool(o, "seccomp");
   p.uid = (int)Int(o, "uid");
   p.gid = (int)Int(o, "gid");
   Napi::Value rl = Field(o, "rlimits");
@@ -148,6 +151,9 @@ Plan ParsePlan(const Napi::Object& o) {
   if (p.stdoutFd < 0) throw OptionError(env, "stdoutFd must be an open fd");
   // A cover that would silently not be applied is an error.
   if (!p.hideFiles.empty() && !(p.cloneFlags & CLONE_NEWNS)) throw OptionError(env, "hideFiles requires newMount");
+  // clove-init installs the filter; without it nothing would.
+  if (p.seccomp && p.initPath.empty()) throw OptionError(env, "seccomp requires initPath");
+  if (p.seccomp && !p.noNewPrivs) throw OptionError(env, "seccomp requires noNewPrivs");
   p.Finalize();
   return p;
 }
@@ -445,6 +451,12 @@ Napi::Value Spawn(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+Napi::Object AdoptChild(Napi::Env, pid_t pid, UniqueFd pidfd, UniqueFd status, int agentPid) {
+  Napi::Object obj = childCtor->New({});
+  Child::Unwrap(obj)->Adopt(pid, std::move(pidfd), std::move(status), agentPid);
+  return obj;
+}
 
 void InitSpawn(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = Child::Define(env);

@@ -325,6 +325,14 @@ export class CloveClient {
   asyncPoll(req: Requests['ASYNC_POLL'] = {}): Promise<Replies['ASYNC_POLL']> {
     return this.syscall('ASYNC_POLL', req);
   }
+  /** Takes finished results of `async: true` calls; with `timeoutMs` the kernel holds the reply until one is ready. */
+  asyncResults(opts: { max?: number; timeoutMs?: number } = {}): Promise<Replies['ASYNC_RESULTS']> {
+    const wait = opts.timeoutMs !== undefined;
+    return this.syscall('ASYNC_RESULTS', {
+      max: opts.max ?? 10,
+      ...(wait ? { wait: true, timeout_ms: opts.timeoutMs } : {}),
+    });
+  }
   startRecording(req: Requests['RECORD_START'] = {}): Promise<Replies['RECORD_START']> {
     return this.syscall('RECORD_START', req);
   }

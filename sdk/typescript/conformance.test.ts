@@ -61,11 +61,23 @@ const OPS: Record<string, Call> = {
   POLL_EVENTS: (c, a) => c.pollEvents({ max: a.max, timeoutMs: a.timeout_ms }),
   EMIT: (c, a) => c.emit(a.event, a.data),
   METRICS_SYSTEM: (c) => c.systemMetrics(),
+  ASYNC_RESULTS: (c, a) => c.asyncResults({ max: a.max, timeoutMs: a.timeout_ms }),
   METRICS_AGENT: (c, a) => c.agentMetrics(a.agent_id),
   METRICS_ALL_AGENTS: (c) => c.allAgentMetrics(),
   METRICS_CGROUP: (c, a) => c.cgroupMetrics(a.cgroup_path),
-  // planned opcodes: the SDK has the call, the kernel answers not_supported
   EXEC: (c, a) => c.exec({ command: a.command }),
+  READ: (c, a) => c.readFile({ path: a.path }),
+  WRITE: (c, a) => c.writeFile({ path: a.path, content: a.content }),
+  HTTP: (c, a) => c.http({ url: a.url, method: a.method }),
+  THINK: (c, a) => c.think({ prompt: a.prompt }),
+  LLM_REPORT: (c, a) => c.llmReport({ tokens: a.tokens }),
+  GET_AUDIT_LOG: (c, a) => c.getAuditLog({ category: a.category, limit: a.limit }),
+  SET_AUDIT_CONFIG: (c, a) => c.setAuditConfig(a),
+  RECORD_START: (c) => c.startRecording({}),
+  RECORD_STOP: (c) => c.stopRecording(),
+  RECORD_STATUS: (c, a) => c.recordingStatus({ export: a.export }),
+  REPLAY_START: (c, a) => c.startReplay({ recording_data: a.recording_data }),
+  REPLAY_STATUS: (c) => c.replayStatus(),
 };
 
 /** `$agents` and `$name` in every string of a case. */

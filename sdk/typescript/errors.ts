@@ -55,6 +55,12 @@ export class InvalidStateError extends KernelError {}
 export class SpawnFailedError extends KernelError {}
 /** the state store could not write (e.g. disk full); nothing was changed */
 export class StorageError extends KernelError {}
+/** READ: what was asked for is larger than `limit` (`max_bytes`); `file_size` says how large the file is; nothing was read beyond the limit */
+export class TooLargeError extends KernelError {}
+/** the operating system refused a file operation for a reason other than permission or existence (`errno` names it, e.g. EROFS, ENOSPC, EISDIR) */
+export class IoError extends KernelError {}
+/** a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (`failure`/`reason` says how); the kernel is fine */
+export class UpstreamFailedError extends KernelError {}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {}
 
@@ -72,6 +78,9 @@ export const KERNEL_ERRORS: Record<ErrorCode, typeof KernelError> = {
   invalid_state: InvalidStateError,
   spawn_failed: SpawnFailedError,
   storage_error: StorageError,
+  too_large: TooLargeError,
+  io_error: IoError,
+  upstream_failed: UpstreamFailedError,
   internal: InternalError,
 };
 // end of generated kernel errors

@@ -16,9 +16,11 @@ export default defineFamily(({ services }) => ({
         role: caller.role,
         name: caller.name,
         features: {
-          llm_in_kernel: false,
-          sys_think_stub: true,
-          async_default_exec_http: true,
+          llm_in_kernel: true,
+          sys_think_stub: false,
+          // Unlike the public kernel, EXEC/HTTP/THINK are synchronous unless `async: true` is asked.
+          async_default_exec_http: false,
+          async_results_opcode: 0x88,
           blocking_recv: true,
           heartbeat: true,
           max_payload: k.maxPayload,

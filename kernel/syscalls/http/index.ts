@@ -1,4 +1,46 @@
-/** http family (issue 10): being written; registered so that its folder is all it touches. */
-import { defineFamily } from '../../core/family.js';
+/**
+ * http family (issue 10 §4): HTTP made by the kernel for its caller, with a real client (undici) and
+ * the caller's rights checked on every hop: domain and method lists, and the SSRF rule on every
+ * address actually connected to (client.ts, policy.ts; docs/protocol.md §5 HTTP).
+ */
+import { Op } from '../../../protocol/index.js';
+import { acceptAsync, defineFamily } from '../../core/family.js';
+import { HttpService } from './client.js';
 
-export default defineFamily(() => ({ name: 'http', handlers: {} }));
+export default defineFamily(({ services }) => {
+  const { principals } = services;
+  const http = new HttpService({
+    userAgent: `clove/${services.kernel.version}`,
+    onBytes: (caller, bytes) => {
+      // Counted for agents that are still known (a released agent's counters are gone).
+      if (caller.role === 'agent' && principals.hasRights(caller.id))
+        principals.stats(caller.id).httpBytes += bytes;
+    },
+  });
+  return {
+    name: 'http',
+    handlers: {
+      HTTP: async (ctx, req) => {
+        const prepared = http.prepare(ctx.caller, req);
+        if (req.async)
+          return acceptAsync(ctx, { code: Op.HTTP, name: 'HTTP' }, req.request_id, (signal) =>
+            http.perform(ctx.caller, prepared, signal),
+          );
+        // The call may take up to its timeout: parked, so that the watchdog counts it as activity.
+        let done = false;
+        const call = http.perform(ctx.caller, prepared, ctx.signal).finally(() => (done = true));
+        await ctx.park(
+          () => done,
+          () =>
+            call.then(
+              () => undefined,
+              () => undefined,
+            ),
+          prepared.timeoutMs + 5000,
+        );
+        return call;
+      },
+    },
+    close: () => http.close(),
+  };
+});

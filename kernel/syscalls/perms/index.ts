@@ -23,16 +23,26 @@ export default defineFamily(({ services }) => {
           if (!agents.mayControl(caller, a))
             throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s permissions`);
         }
-        return { success: true, agent_id: id, permissions: principals.rights(id) ?? null };
+        const rights = principals.rights(id);
+        return {
+          success: true,
+          agent_id: id,
+          permissions: rights ?? null,
+          level: rights ? principals.levelOf(rights) : null,
+        };
       },
       SET_PERMS: ({ caller }, req) => {
         const id = req.agent_id || caller.id;
         if (req.permissions === undefined && req.level === undefined)
           throw new InvalidRequestError('invalid request: permissions or level required');
         const next = principals.parseRights(req.permissions ?? req.level);
-        if (caller.role !== 'operator') {
-          if (id === caller.id)
-            throw new PermissionDeniedError('Permission denied: an agent cannot change its own permissions');
+        if (caller.role !== 'operator' && id === caller.id) {
+          // An agent may give up rights, never gain any.
+          if (!principals.within(next, caller.perms))
+            throw new PermissionDeniedError(
+              'Permission denied: an agent can only narrow its own permissions',
+            );
+        } else if (caller.role !== 'operator') {
           const a = agents.get(id);
           if (!a) throw new NotFoundError(`agent not found: ${id}`);
           if (!agents.mayControl(caller, a))

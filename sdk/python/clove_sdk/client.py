@@ -629,6 +629,12 @@ class CloveClient:
             payload["body"] = body
         return self.call_json(SyscallOp.SYS_HTTP, payload, check=check)
 
+    def async_results(self, max_results: int = 10, timeout: float | None = None, *, check: bool | None = None) -> dict:
+        """ASYNC_RESULTS (ext): ``success, results:[{request_id, opcode, opcode_name, payload, result}], count,
+        pending`` — the replies of calls made with ``async=True``. With ``timeout`` (seconds, > 0) the kernel
+        holds the reply until a result is ready."""
+        return self._take(SyscallOp.SYS_ASYNC_RESULTS, max_results, timeout, check)
+
     def async_poll(self, max_results: int = 10) -> dict:
         """Takes up to ``max_results`` finished async results."""
         return self.call_json(SyscallOp.SYS_ASYNC_POLL, {"max": max_results})

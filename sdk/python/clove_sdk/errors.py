@@ -184,6 +184,24 @@ class StorageError(KernelError):
     code = "storage_error"
 
 
+class TooLargeError(KernelError):
+    """READ: what was asked for is larger than ``limit`` (``max_bytes``); ``file_size`` says how large the file is; nothing was read beyond the limit."""
+
+    code = "too_large"
+
+
+class IoError(KernelError):
+    """the operating system refused a file operation for a reason other than permission or existence (``errno`` names it, e.g. EROFS, ENOSPC, EISDIR)."""
+
+    code = "io_error"
+
+
+class UpstreamFailedError(KernelError):
+    """a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (``failure``/``reason`` says how); the kernel is fine."""
+
+    code = "upstream_failed"
+
+
 class InternalError(KernelError):
     """a bug in the kernel; the kernel keeps running."""
 
@@ -204,6 +222,9 @@ KERNEL_ERRORS: dict[str, type[KernelError]] = {
     "invalid_state": InvalidStateError,
     "spawn_failed": SpawnFailedError,
     "storage_error": StorageError,
+    "too_large": TooLargeError,
+    "io_error": IoError,
+    "upstream_failed": UpstreamFailedError,
     "internal": InternalError,
 }
 # end of generated kernel errors

@@ -56,10 +56,10 @@ class SyscallOp(IntEnum):
     log names, e.g. ``SyscallOp.SEND``) are aliases of the same members."""
 
     SYS_NOOP = 0x00  # the payload echoed byte for byte
-    SYS_THINK = 0x01  # a language-model call (planned)
-    SYS_EXEC = 0x02  # run a command (planned)
-    SYS_READ = 0x03  # read a file (planned)
-    SYS_WRITE = 0x04  # write a file (planned)
+    SYS_THINK = 0x01  # a language-model call made by the kernel with the operator's provider; the reply comes once the whole answer is in
+    SYS_EXEC = 0x02  # run a command inside the caller's sandbox: stdout and stderr captured, exit code, timeout
+    SYS_READ = 0x03  # read a regular file, as the agent sees it and with its uid
+    SYS_WRITE = 0x04  # write a regular file (atomically replaced, or appended to), as the agent sees it and with its uid
     SYS_SPAWN = 0x10  # start a supervised agent
     SYS_KILL = 0x11  # SIGTERM, then SIGKILL after grace_ms; works on paused agents; never restarted
     SYS_LIST = 0x12  # a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned
@@ -74,20 +74,21 @@ class SyscallOp(IntEnum):
     SYS_DELETE = 0x32  # delete a key the caller may delete
     SYS_KEYS = 0x33  # keys visible to the caller, in order, a page at a time
     SYS_GET_PERMS = 0x40  # the caller's rights, or those of an agent it controls
-    SYS_SET_PERMS = 0x41  # replace an agent's rights (operator, or a parent within its own rights)
-    SYS_HTTP = 0x50  # an HTTP request (planned)
+    SYS_SET_PERMS = 0x41  # replace an agent's rights: an operator anybody's, an agent its children's within its own, or its own narrower
+    SYS_HTTP = 0x50  # an HTTP request made by the kernel: domain, method and address checked on every hop
     SYS_SUBSCRIBE = 0x60  # subscribe to kernel event types, CUSTOM, custom names or *
     SYS_UNSUBSCRIBE = 0x61  # drop topics, or every topic with all
     SYS_POLL_EVENTS = 0x62  # take queued events, optionally waiting in the kernel
     SYS_EMIT = 0x63  # publish a CUSTOM event (a name other than CUSTOM travels in data.custom_type)
-    SYS_RECORD_START = 0x70  # start recording (planned)
-    SYS_RECORD_STOP = 0x71  # stop recording (planned)
-    SYS_RECORD_STATUS = 0x72  # recording state, optionally the entries (planned)
-    SYS_REPLAY_START = 0x73  # replay a recording (planned)
-    SYS_REPLAY_STATUS = 0x74  # replay progress (planned)
-    SYS_GET_AUDIT_LOG = 0x76  # audit entries (planned)
-    SYS_SET_AUDIT_CONFIG = 0x77  # what the audit log records (planned)
-    SYS_ASYNC_POLL = 0x80  # take finished async results (planned)
+    SYS_RECORD_START = 0x70  # start recording syscalls with their results: every caller's, or only the agents selected
+    SYS_RECORD_STOP = 0x71  # stop recording; the entries stay for RECORD_STATUS and REPLAY_START (invalid_state when not recording)
+    SYS_RECORD_STATUS = 0x72  # recording state; optionally the whole recording (export) or a page of its entries
+    SYS_REPLAY_START = 0x73  # replay a recording against this kernel in the background, one stand-in principal per recorded caller (REPLAY_STATUS reports)
+    SYS_REPLAY_STATUS = 0x74  # replay progress, and the entries whose replies differed from the recording
+    SYS_GET_AUDIT_LOG = 0x76  # the newest matching audit entries, oldest first (operators only)
+    SYS_SET_AUDIT_CONFIG = 0x77  # what the audit log records and how many entries it keeps (operators only; the change is always audited)
+    SYS_ASYNC_POLL = 0x80  # the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned)
+    SYS_ASYNC_RESULTS = 0x88  # take finished async results (EXEC, HTTP, THINK with async: true), optionally waiting in the kernel
     SYS_WORLD_CREATE = 0xA0  # create a world (planned)
     SYS_WORLD_DESTROY = 0xA1  # destroy a world (planned)
     SYS_WORLD_LIST = 0xA2  # list worlds (planned)
@@ -107,7 +108,7 @@ class SyscallOp(IntEnum):
     SYS_METRICS_ALL_AGENTS = 0xC2  # METRICS_AGENT for every agent the caller may see
     SYS_METRICS_CGROUP = 0xC3  # a cgroup of the kernel's own tree (agents: only their own)
     SYS_HEARTBEAT = 0xD0  # resets the caller's watchdog deadline
-    SYS_LLM_REPORT = 0xF0  # tokens used by a client-side LLM call (quota accounting) (planned)
+    SYS_LLM_REPORT = 0xF0  # tokens used by a client-side LLM call: counted against the quota, marked self-reported
     SYS_HELLO = 0xFE  # who the caller is, what the kernel offers
     SYS_EXIT = 0xFF  # raw text goodbye; the connection stays open (the client closes it)
 
@@ -145,6 +146,7 @@ class SyscallOp(IntEnum):
     GET_AUDIT_LOG = 0x76
     SET_AUDIT_CONFIG = 0x77
     ASYNC_POLL = 0x80
+    ASYNC_RESULTS = 0x88
     WORLD_CREATE = 0xA0
     WORLD_DESTROY = 0xA1
     WORLD_LIST = 0xA2
@@ -177,10 +179,10 @@ class SyscallOp(IntEnum):
 #: opcode name -> (family, status, Python SDK method)
 OPCODES: dict[str, tuple[str, str, str]] = {
     "NOOP": ("core", "implemented", "echo"),
-    "THINK": ("llm", "planned", "think"),
-    "EXEC": ("exec", "planned", "exec"),
-    "READ": ("files", "planned", "read_file"),
-    "WRITE": ("files", "planned", "write_file"),
+    "THINK": ("llm", "implemented", "think"),
+    "EXEC": ("exec", "implemented", "exec"),
+    "READ": ("files", "implemented", "read_file"),
+    "WRITE": ("files", "implemented", "write_file"),
     "SPAWN": ("lifecycle", "implemented", "spawn"),
     "KILL": ("lifecycle", "implemented", "kill"),
     "LIST": ("lifecycle", "implemented", "list_agents"),
@@ -196,19 +198,20 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "KEYS": ("state", "implemented", "list_keys"),
     "GET_PERMS": ("perms", "implemented", "get_permissions"),
     "SET_PERMS": ("perms", "implemented", "set_permissions"),
-    "HTTP": ("http", "planned", "http"),
+    "HTTP": ("http", "implemented", "http"),
     "SUBSCRIBE": ("events", "implemented", "subscribe"),
     "UNSUBSCRIBE": ("events", "implemented", "unsubscribe"),
     "POLL_EVENTS": ("events", "implemented", "poll_events"),
     "EMIT": ("events", "implemented", "emit_event"),
-    "RECORD_START": ("record", "planned", "start_recording"),
-    "RECORD_STOP": ("record", "planned", "stop_recording"),
-    "RECORD_STATUS": ("record", "planned", "get_recording_status"),
-    "REPLAY_START": ("record", "planned", "start_replay"),
-    "REPLAY_STATUS": ("record", "planned", "get_replay_status"),
-    "GET_AUDIT_LOG": ("audit", "planned", "get_audit_log"),
-    "SET_AUDIT_CONFIG": ("audit", "planned", "set_audit_config"),
+    "RECORD_START": ("record", "implemented", "start_recording"),
+    "RECORD_STOP": ("record", "implemented", "stop_recording"),
+    "RECORD_STATUS": ("record", "implemented", "get_recording_status"),
+    "REPLAY_START": ("record", "implemented", "start_replay"),
+    "REPLAY_STATUS": ("record", "implemented", "get_replay_status"),
+    "GET_AUDIT_LOG": ("audit", "implemented", "get_audit_log"),
+    "SET_AUDIT_CONFIG": ("audit", "implemented", "set_audit_config"),
     "ASYNC_POLL": ("async", "planned", "async_poll"),
+    "ASYNC_RESULTS": ("async", "implemented", "async_results"),
     "WORLD_CREATE": ("world", "planned", "world_create"),
     "WORLD_DESTROY": ("world", "planned", "world_destroy"),
     "WORLD_LIST": ("world", "planned", "world_list"),
@@ -228,7 +231,7 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "METRICS_ALL_AGENTS": ("metrics", "implemented", "get_all_agent_metrics"),
     "METRICS_CGROUP": ("metrics", "implemented", "get_cgroup_metrics"),
     "HEARTBEAT": ("core", "implemented", "heartbeat"),
-    "LLM_REPORT": ("llm", "planned", "llm_report"),
+    "LLM_REPORT": ("llm", "implemented", "llm_report"),
     "HELLO": ("core", "implemented", "hello"),
     "EXIT": ("core", "implemented", "exit"),
 }

@@ -70,11 +70,23 @@ OPS = {
     "POLL_EVENTS": lambda c, a: c.poll_events(a.get("max", 100), timeout=_wait_s(a)),
     "EMIT": lambda c, a: c.emit_event(a["event"], a.get("data")),
     "METRICS_SYSTEM": lambda c, a: c.get_system_metrics(),
+    "ASYNC_RESULTS": lambda c, a: c.async_results(a.get("max", 10), a["timeout_ms"] / 1000 if "timeout_ms" in a else None),
     "METRICS_AGENT": lambda c, a: c.get_agent_metrics(a.get("agent_id")),
     "METRICS_ALL_AGENTS": lambda c, a: c.get_all_agent_metrics(),
     "METRICS_CGROUP": lambda c, a: c.get_cgroup_metrics(a.get("cgroup_path")),
-    # planned opcodes: the SDK has the call, the kernel answers not_supported
     "EXEC": lambda c, a: c.exec(a["command"]),
+    "READ": lambda c, a: c.read_file(a.get("path", "")),
+    "WRITE": lambda c, a: c.write_file(a.get("path", ""), a.get("content", "")),
+    "HTTP": lambda c, a: c.http(a.get("url", ""), a.get("method", "GET")),
+    "THINK": lambda c, a: c.think(a.get("prompt", "")),
+    "LLM_REPORT": lambda c, a: c.llm_report(a.get("tokens", 0)),
+    "GET_AUDIT_LOG": lambda c, a: c.get_audit_log(a.get("category"), limit=a.get("limit", 100)),
+    "SET_AUDIT_CONFIG": lambda c, a: c.set_audit_config(**a),
+    "RECORD_START": lambda c, a: c.start_recording(),
+    "RECORD_STOP": lambda c, a: c.stop_recording(),
+    "RECORD_STATUS": lambda c, a: c.get_recording_status(a.get("export", False)),
+    "REPLAY_START": lambda c, a: c.start_replay(a.get("recording_data", "")),
+    "REPLAY_STATUS": lambda c, a: c.get_replay_status(),
 }
 
 

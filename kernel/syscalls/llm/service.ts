@@ -1,0 +1,378 @@
+/**
+ * THINK and LLM_REPORT behind the handlers: rights and quotas, the choice of provider, the fair
+ * scheduler, the call, and the accounting from the provider's own usage figures.
+ *
+ * Quotas (`llm` in the caller's rights, 0 = unlimited): before a call, `calls_made` (plus the caller's
+ * calls already admitted) must be below `max_calls`, and `tokens_used` plus what is admitted plus this
+ * call's estimate (its input at ~4 characters a token, plus its `max_tokens`) must not pass
+ * `max_tokens`. After it, `calls_made` and `tokens_used` grow by what the provider reported.
+ */
+import {
+  UpstreamFailedError,
+  InvalidRequestError,
+  NotFoundError,
+  PermissionDeniedError,
+  QuotaExceededError,
+  type Caller,
+  type KernelError,
+  type Permissions,
+  type Services,
+  type SyscallContext,
+} from '../../core/family.js';
+import type { ArgsOf, Replies } from '../../../protocol/index.js';
+import { serves, type LlmConfig, type ProviderConfig } from './config.js';
+import {
+  callProvider,
+  normalizeFinish,
+  ProviderError,
+  type CallProgress,
+  type ChatTurn,
+  type LlmRequest,
+  type LlmResult,
+  type ToolDecl,
+} from './providers.js';
+import { CancelledError, FairScheduler } from './scheduler.js';
+
+export type ThinkRequest = ArgsOf['THINK'];
+export type ThinkResult = Replies['THINK'];
+export type ReportResult = Replies['LLM_REPORT'];
+
+/** What a THINK needs of its caller: who it is, and when to give up (the connection closing). */
+export interface ThinkCall {
+  caller: Caller;
+  signal: AbortSignal;
+  /** The connection's blocking wait (the watchdog counts it as activity); absent: a plain await. */
+  park?: SyscallContext['park'];
+}
+
+const IMAGE_TOKENS = 1000;
+const MIME = /^image\/[a-z0-9.+-]+$/i;
+const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
+
+/** Roughly a token per 4 characters: the estimate admitted before the call. */
+const tokensOf = (chars: number): number => Math.ceil(chars / 4);
+
+interface Usage {
+  calls: number;
+  tokens: number;
+}
+
+export class LlmService {
+  private readonly scheduler: FairScheduler;
+  private readonly byName = new Map<string, ProviderConfig>();
+  /** Calls admitted and not finished, and their estimated tokens, per caller. */
+  private readonly admitted = new Map<number, Usage>();
+  /** Self-reported usage (LLM_REPORT) per caller, this kernel run (callers gone for good are purged). */
+  private readonly selfReported = new Map<number, Usage>();
+  /** Secrets that must never appear in a reply (keys, extra headers). */
+  private readonly secrets: string[];
+
+  constructor(
+    private readonly cfg: LlmConfig,
+    private readonly services: Services,
+  ) {
+    for (const p of cfg.providers) this.byName.set(p.name, p);
+    this.scheduler = new FairScheduler({
+      maxConcurrency: cfg.maxConcurrency,
+      maxQueuePerOwner: cfg.maxQueuePerAgent,
+      laneCap: (lane) => this.byName.get(lane)?.maxConcurrency ?? 1,
+    });
+    this.secrets = cfg.providers
+      .flatMap((p) => [p.apiKey ?? '', ...Object.values(p.headers)])
+      .filter((s) => s.length >= 6)
+      .sort((a, b) => b.length - a.length);
+  }
+
+  close(): void {
+    this.scheduler.close();
+  }
+
+  stats(): ReturnType<FairScheduler['stats']> {
+    return this.scheduler.stats();
+  }
+
+  /** One THINK, start to finish; the reply, or a KernelError. Reusable for `async: true` (the lead's). */
+  async think(call: ThinkCall, req: ThinkRequest): Promise<ThinkResult> {
+    const { caller } = call;
+    const rights = this.services.principals.rights(caller.id) ?? caller.perms;
+    if (!rights.can_think)
+      throw new PermissionDeniedError('Permission denied: LLM calls not allowed (can_think)');
+    const p = this.provider(req);
+    const llmReq = this.request(p, req);
+    const estimate = this.estimate(llmReq);
+    const held = this.admit(caller.id, rights, estimate);
+    const progress: CallProgress = { started: false, outputChars: 0 };
+    let result: LlmResult | undefined;
+    try {
+      const pending = this.scheduler.submit(caller.id, p.name, call.signal, (signal) =>
+        callProvider(p, llmReq, signal, this.cfg.maxContentBytes, progress),
+      );
+      result = await this.wait(call, pending);
+    } catch (e) {
+      // Tokens the provider may have spent on an answer nobody saw are charged as estimated.
+      if (progress.started) this.record(caller.id, 1, estimate.input + tokensOf(progress.outputChars), false);
+      throw this.failure(p, e);
+    } finally {
+      this.release(caller.id, held);
+    }
+    return this.reply(caller.id, p, llmReq, result, estimate.input);
+  }
+
+  /** LLM_REPORT: the caller's own account of a call made outside the kernel. Counted, never trusted. */
+  report(caller: Caller, tokens: number): ReportResult {
+    const { principals } = this.services;
+    const rights = principals.rights(caller.id) ?? caller.perms;
+    const q = rights.llm;
+    // As the public kernel did: whether the quota allowed it is decided before recording, and the
+    // tokens are recorded either way (they were spent).
+    const overCalls = q.max_calls > 0 && q.calls_made >= q.max_calls;
+    const over = overCalls || (q.max_tokens > 0 && q.tokens_used + tokens > q.max_tokens);
+    const before = `tokens_used ${q.tokens_used} of ${q.max_tokens}, calls_made ${q.calls_made} of ${q.max_calls}`;
+    this.record(caller.id, 1, tokens, true);
+    const now = principals.rights(caller.id) ?? rights;
+    const extra = {
+      tokens,
+      self_reported: true,
+      tokens_used: now.llm.tokens_used,
+      self_reported_tokens: this.selfReported.get(caller.id)?.tokens ?? tokens,
+    };
+    if (!rights.can_think)
+      throw new PermissionDeniedError('Permission denied: LLM calls not allowed (can_think)', {
+        ...extra,
+        quota_exceeded: false,
+      });
+    if (over)
+      throw new QuotaExceededError(
+        `quota exceeded: LLM quota (before this report: ${before}); recorded anyway`,
+        {
+          ...extra,
+          quota_exceeded: true,
+          budget: overCalls ? 'llm.max_calls' : 'llm.max_tokens',
+        },
+      );
+    return { success: true, quota_exceeded: false, ...extra } as ReportResult;
+  }
+
+  // -------------------------------------------------------------------------------------------------
+
+  private provider(req: ThinkRequest): ProviderConfig {
+    const cfg = this.cfg;
+    if (!cfg.providers.length)
+      throw new NotFoundError(
+        cfg.error ??
+          'no LLM provider configured (the operator sets CLOVE_LLM_PROVIDERS or writes <data-dir>/llm.json)',
+      );
+    if (req.provider) {
+      const p = this.byName.get(req.provider);
+      if (!p) throw new NotFoundError(`no LLM provider named '${req.provider}'`);
+      if (req.model && p.models.length && !serves(p, req.model))
+        throw new NotFoundError(`LLM provider '${p.name}' does not serve model '${req.model}'`);
+      return p;
+    }
+    if (req.model) {
+      const p = cfg.providers.find((x) => serves(x, req.model!));
+      if (p) return p;
+    }
+    const p = this.byName.get(cfg.defaultProvider!)!;
+    if (req.model && p.models.length && !serves(p, req.model))
+      throw new NotFoundError(`no LLM provider serves model '${req.model}'`);
+    return p;
+  }
+
+  /** The provider-neutral call for a THINK request (its checks are the ones a schema cannot make). */
+  private request(p: ProviderConfig, req: ThinkRequest): LlmRequest {
+    const turns: ChatTurn[] = (req.messages ?? []).map((m) => ({ role: m.role, content: m.content }));
+    let image: ChatTurn['image'];
+    if (req.image) {
+      const mimeType = req.image.mime_type || 'image/jpeg';
+      if (!MIME.test(mimeType))
+        throw new InvalidRequestError(`invalid request: image.mime_type '${mimeType}' is not an image type`);
+      const data = req.image.data.replace(/\s+/g, '');
+      if (!data || !BASE64.test(data))
+        throw new InvalidRequestError('invalid request: image.data must be base64');
+      image = { data, mimeType };
+    }
+    if (req.prompt || image)
+      turns.push({ role: 'user', content: req.prompt ?? '', ...(image ? { image } : {}) });
+    if (!turns.some((t) => t.role !== 'system'))
+      throw new InvalidRequestError('invalid request: prompt or messages required');
+    return {
+      model: req.model || p.defaultModel,
+      ...(req.system_instruction ? { system: req.system_instruction } : {}),
+      turns,
+      maxTokens: req.max_tokens || p.maxTokens,
+      ...(req.temperature !== undefined ? { temperature: req.temperature } : {}),
+      ...(req.thinking_level ? { thinkingLevel: req.thinking_level } : {}),
+      tools: (req.tools ?? []).flatMap(toolDecls),
+    };
+  }
+
+  private estimate(r: LlmRequest): { input: number; total: number } {
+    let chars = (r.system ?? '').length + JSON.stringify(r.tools).length;
+    let images = 0;
+    for (const t of r.turns) {
+      chars += t.content.length;
+      if (t.image) images++;
+    }
+    const input = tokensOf(chars) + images * IMAGE_TOKENS;
+    return { input, total: input + r.maxTokens };
+  }
+
+  /** Admits a call against the quota, holding its estimate until it ends (concurrent calls cannot overshoot). */
+  private admit(id: number, rights: Permissions, estimate: { total: number }): Usage {
+    const q = rights.llm;
+    const held = this.admitted.get(id) ?? { calls: 0, tokens: 0 };
+    if (q.max_calls > 0 && q.calls_made + held.calls >= q.max_calls)
+      throw new QuotaExceededError(
+        `quota exceeded: LLM calls (budget llm.max_calls: ${q.calls_made + held.calls} of ${q.max_calls})`,
+        { budget: 'llm.max_calls', used: q.calls_made + held.calls, limit: q.max_calls },
+      );
+    if (q.max_tokens > 0 && q.tokens_used + held.tokens + estimate.total > q.max_tokens)
+      throw new QuotaExceededError(
+        `quota exceeded: LLM tokens (budget llm.max_tokens: ${q.tokens_used + held.tokens} used or held + ${estimate.total} estimated for this call > ${q.max_tokens}; ask for fewer max_tokens)`,
+        {
+          budget: 'llm.max_tokens',
+          used: q.tokens_used + held.tokens,
+          limit: q.max_tokens,
+          estimate: estimate.total,
+        },
+      );
+    held.calls++;
+    held.tokens += estimate.total;
+    this.admitted.set(id, held);
+    return { calls: 1, tokens: estimate.total };
+  }
+
+  private release(id: number, u: Usage): void {
+    const held = this.admitted.get(id);
+    if (!held) return;
+    held.calls -= u.calls;
+    held.tokens -= u.tokens;
+    if (held.calls <= 0) this.admitted.delete(id);
+  }
+
+  /** Counts usage in the caller's rights, in place, and persists them (an agent's quota outlives a kernel restart). */
+  private record(id: number, calls: number, tokens: number, selfReported: boolean): void {
+    const { principals } = this.services;
+    const rights = principals.rights(id);
+    if (!rights) return; // the caller is gone for good
+    rights.llm.calls_made += calls;
+    rights.llm.tokens_used += tokens;
+    if (selfReported) {
+      if (!this.selfReported.has(id) && this.selfReported.size >= 1024)
+        for (const other of this.selfReported.keys())
+          if (!principals.hasRights(other)) this.selfReported.delete(other);
+      const s = this.selfReported.get(id) ?? { calls: 0, tokens: 0 };
+      s.calls += calls;
+      s.tokens += tokens;
+      this.selfReported.set(id, s);
+    }
+    principals.setRights(id, rights);
+  }
+
+  /** Waits for the scheduled call in the kernel: parked (watchdog activity), given up when the connection closes. */
+  private async wait(call: ThinkCall, pending: Promise<LlmResult>): Promise<LlmResult> {
+    let settled = false;
+    const done = pending.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    if (call.park)
+      await call.park(
+        () => settled,
+        (_ms, signal) =>
+          new Promise<void>((resolve) => {
+            const onAbort = (): void => resolve();
+            signal.addEventListener('abort', onAbort, { once: true });
+            void done.then(() => {
+              signal.removeEventListener('abort', onAbort);
+              resolve();
+            });
+          }),
+        Number.MAX_SAFE_INTEGER,
+      );
+    // Closed while parked: the scheduler cancels the call (queued or running); this reply goes nowhere.
+    return pending;
+  }
+
+  private reply(
+    id: number,
+    p: ProviderConfig,
+    r: LlmRequest,
+    res: LlmResult,
+    inputEstimate: number,
+  ): ThinkResult {
+    let input = res.inputTokens;
+    let output = res.outputTokens;
+    const estimated = input === undefined && output === undefined && res.totalTokens === undefined;
+    if (estimated) {
+      input = inputEstimate;
+      output = tokensOf(res.content.length + JSON.stringify(res.toolCalls).length - 2);
+    }
+    input ??= 0;
+    output ??= Math.max(0, (res.totalTokens ?? 0) - input);
+    const tokens = Math.max(res.totalTokens ?? 0, input + output);
+    this.record(id, 1, tokens, false);
+    const finish = normalizeFinish(res.finishReason ?? 'stop');
+    return {
+      success: true,
+      content: res.content,
+      tokens,
+      input_tokens: input,
+      output_tokens: output,
+      provider: p.name,
+      model: res.model ?? r.model,
+      // Gemini says STOP when it called a tool; the reply says tool_calls, as OpenAI and Anthropic do.
+      finish_reason: res.toolCalls.length && finish === 'stop' ? 'tool_calls' : finish,
+      ...(res.toolCalls.length ? { tool_calls: res.toolCalls } : {}),
+      ...(estimated ? { usage_estimated: true } : {}),
+    };
+  }
+
+  /** A failed call as an error reply: what went wrong with which provider, never a key. */
+  private failure(p: ProviderConfig, e: unknown): unknown {
+    if (e instanceof CancelledError || e instanceof QuotaExceededError) return e;
+    if (!(e instanceof ProviderError)) return e;
+    const extra = { provider: p.name, reason: e.reason, ...(e.status ? { status: e.status } : {}) };
+    const msg = `LLM provider '${p.name}' failed: ${this.redact(e.message).slice(0, 500)}`;
+    let err: KernelError;
+    if (e.reason === 'http' && (e.status === 400 || e.status === 413 || e.status === 422))
+      err = new InvalidRequestError(msg, extra);
+    else if (e.reason === 'http' && e.status === 404) err = new NotFoundError(msg, extra);
+    else if (e.reason === 'http' && e.status === 429)
+      err = new QuotaExceededError(msg, { ...extra, budget: 'provider_rate_limit' });
+    // No wire code says "the upstream service failed" yet: `internal` with `reason` (docs/protocol.md THINK).
+    else err = new UpstreamFailedError(msg, extra);
+    return err;
+  }
+
+  private redact(s: string): string {
+    for (const secret of this.secrets) s = s.split(secret).join('[redacted]');
+    return s;
+  }
+}
+
+/** A THINK `tools` item as function declarations: `{name, description, parameters}`, OpenAI's shape, or Gemini's. */
+function toolDecls(t: Record<string, unknown>): ToolDecl[] {
+  if (Array.isArray(t.functionDeclarations))
+    return t.functionDeclarations.flatMap((f) => toolDecls(f as Record<string, unknown>));
+  const f = (
+    t.type === 'function' && t.function && typeof t.function === 'object' ? t.function : t
+  ) as Record<string, unknown>;
+  if (typeof f.name !== 'string' || !f.name)
+    throw new InvalidRequestError(
+      'invalid request: every tool needs a name (`{name, description, parameters}`)',
+    );
+  const params = f.parameters ?? f.input_schema;
+  if (params !== undefined && (!params || typeof params !== 'object' || Array.isArray(params)))
+    throw new InvalidRequestError(
+      `invalid request: tool '${f.name}': parameters must be a JSON schema object`,
+    );
+  return [
+    {
+      name: f.name,
+      ...(typeof f.description === 'string' ? { description: f.description } : {}),
+      ...(params ? { parameters: params as Record<string, unknown> } : {}),
+    },
+  ];
+}
