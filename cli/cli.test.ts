@@ -80,6 +80,26 @@ describe('clove CLI', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('exec, perms, audit', async () => {
+    const hi = await clove('exec', '--', 'sh', '-c', 'echo hi; echo err >&2');
+    expect([hi.code, hi.out, hi.err]).toEqual([0, 'hi\n', 'err\n']);
+    expect((await clove('exec', '--', 'sh', '-c', 'exit 3')).code).toBe(1);
+    expect((await clove('run', agent, '--name', 'perm-target')).code).toBe(0);
+    const shown = await clove('perms', 'perm-target');
+    expect(shown.out).toMatch(/^perm-target \(id \d+\): standard/);
+    const set = await clove('perms', 'perm-target', '--set', 'readonly', '--json');
+    expect(JSON.parse(set.out)).toMatchObject({ level: 'readonly', permissions: { can_write: false } });
+    const audit = await clove('audit', '--category', 'AGENT_LIFECYCLE', '--agent', 'perm-target', '--json');
+    expect(audit.code).toBe(0);
+    expect(JSON.parse(audit.out)).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ event_type: 'AGENT_SPAWNED', agent_name: 'perm-target' }),
+      ]),
+    );
+    expect((await clove('perms', 'ghost')).code).toBe(7);
+    expect((await clove('kill', 'perm-target')).code).toBe(0);
+  });
+
   it('exit codes: 7 no such agent, 2 usage, 1 refused, 6 unreachable', async () => {
     expect((await clove('kill', 'ghost')).code).toBe(7);
     expect((await clove('logs', 'ghost')).code).toBe(7);

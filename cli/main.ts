@@ -323,7 +323,85 @@ export function program(daemon: Daemon): Command {
       console.log(`delivered to ${r.delivered_to}`);
     });
 
+  p.command('exec')
+    .description("run a command as the kernel's owner, through the kernel (EXEC, audited)")
+    .argument('<command...>', 'program and its arguments (no shell: quote a pipeline as `sh -c "…"`)')
+    .option('-C, --cwd <dir>', 'working directory')
+    .option('-t, --timeout <s>', 'kill it after this many seconds', int)
+    .option('--json', 'print the reply as JSON')
+    .action(async (argv: string[], o) => {
+      const r = (await withClient(p.opts().socket, (c) =>
+        c.exec({ argv, cwd: o.cwd, timeout: o.timeout } as never),
+      )) as unknown as { stdout: string; stderr: string; exit_code: number; timed_out?: boolean };
+      if (o.json) return console.log(JSON.stringify(r));
+      process.stdout.write(r.stdout ?? '');
+      process.stderr.write(r.stderr ?? '');
+      if (r.exit_code !== 0) {
+        throw new CliError(
+          r.timed_out ? 'the command timed out' : `the command exited with ${r.exit_code}`,
+          EXIT.REFUSED,
+        );
+      }
+    });
+
+  p.command('perms')
+    .description("show an agent's rights, or set them to a preset")
+    .argument('<agent>', 'name or id')
+    .option('--set <level>', 'unrestricted, standard, sandboxed, readonly or minimal')
+    .option('--json', 'print JSON')
+    .action(async (a: string, o) => {
+      await withClient(p.opts().socket, async (c) => {
+        const agent = await resolveAgent(c, a);
+        if (o.set) await c.setPerms(agent, o.set);
+        const r = await c.getPerms(agent);
+        if (o.json) return console.log(JSON.stringify(r));
+        const perms = (r.permissions ?? {}) as Record<string, unknown>;
+        console.log(`${a} (id ${agent}): ${r.level}`);
+        for (const [k, v] of Object.entries(perms)) console.log(`  ${k}: ${JSON.stringify(v)}`);
+      });
+    });
+
+  p.command('audit')
+    .description('print the audit log (operators only)')
+    .option('-c, --category <c>', 'SECURITY, AGENT_LIFECYCLE, RESOURCE, SYSCALL, …')
+    .option('-a, --agent <agent>', 'only entries of this agent (name or id)')
+    .option('-n, --limit <n>', 'the newest n entries', int, 50)
+    .option('--json', 'print JSON')
+    .action(async (o) => {
+      await withClient(p.opts().socket, async (c) => {
+        const agentId = o.agent ? await resolveAgent(c, o.agent) : undefined;
+        const r = (await c.getAuditLog({
+          ...(o.category ? { category: o.category } : {}),
+          ...(agentId ? { agent_id: agentId } : {}),
+          limit: o.limit,
+        })) as unknown as { entries: Record<string, unknown>[] };
+        if (o.json) return console.log(JSON.stringify(r.entries));
+        const rows: (string | number)[][] = [['ID', 'TIME', 'CATEGORY', 'EVENT', 'AGENT', 'OK', 'DETAILS']];
+        for (const e of r.entries) {
+          rows.push([
+            e.id as number,
+            String(e.timestamp),
+            String(e.category),
+            String(e.event_type),
+            `${e.agent_name ?? ''}${e.agent_name ? ' ' : ''}(${e.agent_id})`,
+            e.success ? 'yes' : 'no',
+            JSON.stringify(e.details).slice(0, 80),
+          ]);
+        }
+        console.log(table(rows));
+      });
+    });
+
   return p;
+}
+
+/** An agent's id, from an id or a name (through LIST). */
+async function resolveAgent(c: CloveClient, a: string): Promise<number> {
+  const t = target(a);
+  if (typeof t === 'number') return t;
+  const found = (await c.list()).find((x) => x.name === t);
+  if (!found) throw new CliError(`no such agent: ${a}`, EXIT.NOT_FOUND);
+  return found.id;
 }
 
 export async function main(argv: string[], daemon: Daemon): Promise<number> {
