@@ -11,6 +11,7 @@ import { type KernelOptions, defaultBudgets, defaultOptions, REPO_ROOT } from '.
 import { AgentService } from './agents/agents.js';
 import { AuditLog } from './audit/log.js';
 import { AsyncCalls } from './core/async.js';
+import { Op, opInfo, type OpName } from '../protocol/index.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
@@ -73,16 +74,8 @@ export class Kernel {
   private audit?: AuditLog;
   private readonly asyncCalls = new AsyncCalls(
     (id) => this.principals.budgets(id).async_requests,
-    (id, op, reply) => {
-      if (reply.code === 'permission_denied' || reply.code === 'quota_exceeded')
-        this.audit?.record({
-          category: reply.code === 'permission_denied' ? 'SECURITY' : 'RESOURCE',
-          event_type: reply.code === 'permission_denied' ? 'PERMISSION_DENIED' : 'QUOTA_EXCEEDED',
-          agent_id: id,
-          success: false,
-          details: { syscall: op, async: true, ...reply },
-        });
-    },
+    (caller, op, reply) =>
+      this.audit?.refusal(caller, op, opInfo(Op[op as OpName])?.family ?? '', reply, { async: true }),
   );
   private sandbox?: SandboxRuntime;
   private server?: Server;

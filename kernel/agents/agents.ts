@@ -154,9 +154,22 @@ export class AgentService {
     return a;
   }
 
-  /** `find`, then refuse unless the caller may control the agent. */
+  /**
+   * `find`, then refuse unless the caller may control the agent. For non-operators a missing agent is
+   * refused like another's.
+   */
   controlled(caller: Caller, t: { id?: number; name?: string }): AgentRecord {
-    const a = this.find(t);
+    // To anybody but an operator, an agent that is not theirs and one that does not exist look the
+    // same (permission_denied): ids and names of others are not probed this way.
+    let a: AgentRecord;
+    try {
+      a = this.find(t);
+    } catch (e) {
+      if (caller.role === 'operator') throw e;
+      throw new PermissionDeniedError(`Permission denied: agent ${t.name ?? t.id} is not yours to control`, {
+        agent_id: t.id ?? 0,
+      });
+    }
     if (!this.mayControl(caller, a)) {
       throw new PermissionDeniedError(
         `Permission denied: agent ${a.def.id} (${a.def.name}) is not yours to control`,

@@ -26,6 +26,9 @@ export const AUDIT_CATEGORIES = [
 ] as const;
 export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
 
+/** Families whose calls touch the world outside the kernel: every refusal of theirs is audited. */
+const WORLD_FAMILIES: ReadonlySet<string> = new Set(['files', 'exec', 'http', 'llm']);
+
 /** The most entries one query returns (GET_AUDIT_LOG `limit` is capped to it). */
 export const AUDIT_QUERY_MAX = 1000;
 /** The largest `max_entries` (the table's bound) a configuration may set. */
@@ -95,6 +98,42 @@ export class AuditLog {
   private readonly writeBatch: (rows: Row[]) => void;
   private cfg: AuditConfig;
   private inserted = 0;
+
+  /**
+   * Audits a refused syscall, once for every family and for async results alike: every
+   * permission_denied (SECURITY) and quota_exceeded (RESOURCE), and any other refusal by a non-operator
+   * of a call that touches the world (READ, WRITE, EXEC, HTTP, THINK: SECURITY REQUEST_REFUSED). A
+   * failure of the world itself (upstream_failed, io_error) or of the kernel (internal) is not a
+   * refusal.
+   */
+  refusal(
+    caller: { id: number; name: string; role: string },
+    op: string,
+    family: string,
+    reply: Record<string, unknown>,
+    details: Record<string, unknown> = {},
+  ): void {
+    const code = reply.code;
+    let category: AuditCategory;
+    let event: string;
+    if (code === 'permission_denied') [category, event] = ['SECURITY', 'PERMISSION_DENIED'];
+    else if (code === 'quota_exceeded') [category, event] = ['RESOURCE', 'QUOTA_EXCEEDED'];
+    else if (
+      caller.role !== 'operator' &&
+      WORLD_FAMILIES.has(family) &&
+      !['upstream_failed', 'io_error', 'internal'].includes(String(code))
+    )
+      [category, event] = ['SECURITY', 'REQUEST_REFUSED'];
+    else return;
+    this.record({
+      category,
+      event_type: event,
+      agent_id: caller.id,
+      agent_name: caller.name,
+      success: false,
+      details: { syscall: op, ...details, ...reply },
+    });
+  }
   private pending: Row[] = [];
   private flushing: NodeJS.Immediate | null = null;
 

@@ -30,7 +30,11 @@ export class AsyncCalls {
   constructor(
     private readonly limitOf: (id: number) => number,
     /** Told of every failed call (the kernel audits the denials among them, as the dispatcher does). */
-    private readonly failed: (id: number, op: string, reply: Record<string, unknown>) => void = () => {},
+    private readonly failed: (
+      caller: { id: number; name: string; role: string },
+      op: string,
+      reply: Record<string, unknown>,
+    ) => void = () => {},
   ) {}
 
   private slot(id: number): Slot {
@@ -47,11 +51,12 @@ export class AsyncCalls {
    * non-zero one that is not in use). Over the principal's budget: quota_exceeded, nothing started.
    */
   start(
-    id: number,
+    caller: { id: number; name: string; role: string },
     op: { code: number; name: string },
     requested: number | undefined,
     run: (signal: AbortSignal) => Promise<unknown>,
   ): number {
+    const id = caller.id;
     const s = this.slot(id);
     const limit = this.limitOf(id);
     const used = s.running.size + s.done.length;
@@ -73,7 +78,7 @@ export class AsyncCalls {
     };
     run(s.gone.signal).then(finish, (e: unknown) => {
       const reply = errorReply(e);
-      this.failed(id, op.name, reply);
+      this.failed(caller, op.name, reply);
       finish(reply);
     });
     return rid;

@@ -208,17 +208,8 @@ export class Dispatcher {
     const reply = errorReply(e);
     if (reply.code === 'internal')
       this.services.log.error({ err: e, op, caller: caller.id }, 'syscall failed');
-    // Every denial is audited, whichever family refused: here, once, not in each handler.
-    if (reply.code === 'permission_denied' || reply.code === 'quota_exceeded') {
-      this.services.audit.record({
-        category: reply.code === 'permission_denied' ? 'SECURITY' : 'RESOURCE',
-        event_type: reply.code === 'permission_denied' ? 'PERMISSION_DENIED' : 'QUOTA_EXCEEDED',
-        agent_id: caller.id,
-        agent_name: caller.name,
-        success: false,
-        details: { syscall: op, ...reply },
-      });
-    }
+    // Every refusal is audited, whichever family refused: here, once, not in each handler.
+    this.services.audit.refusal(caller, op, opInfo(Op[op])?.family ?? '', reply);
     return reply;
   }
 }

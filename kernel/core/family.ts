@@ -43,6 +43,6 @@ export function acceptAsync(
   requestId: number | undefined,
   run: (signal: AbortSignal) => Promise<unknown>,
 ): { success: true; async: true; request_id: number; status: 'accepted' } {
-  const request_id = ctx.services.async.start(ctx.caller.id, op, requestId, run);
+  const request_id = ctx.services.async.start(ctx.caller, op, requestId, run);
   return { success: true, async: true, request_id, status: 'accepted' };
 }

@@ -22,6 +22,11 @@ export default defineFamily(({ services }) => {
       METRICS_AGENT: ({ caller }, req) => {
         const id = req.agent_id || caller.id;
         const a = agents.get(id);
+        // Only operators learn whether an id is an agent at all; anybody else is refused alike.
+        if (!a && caller.role !== 'operator')
+          throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s metrics`, {
+            agent_id: id,
+          });
         if (!a) throw new NotFoundError('Agent not found', { agent_id: id });
         if (!visible(caller, a))
           throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s metrics`, {

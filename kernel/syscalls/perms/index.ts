@@ -17,12 +17,8 @@ export default defineFamily(({ services }) => {
     handlers: {
       GET_PERMS: ({ caller }, req) => {
         const id = req.agent_id || caller.id;
-        if (id !== caller.id) {
-          const a = agents.get(id);
-          if (!a) throw new NotFoundError(`agent not found: ${id}`);
-          if (!agents.mayControl(caller, a))
-            throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s permissions`);
-        }
+        // Another agent's: an operator's to read, or an ancestor's (others are refused alike, found or not).
+        if (id !== caller.id) agents.controlled(caller, { id });
         const rights = principals.rights(id);
         return {
           success: true,
@@ -43,10 +39,7 @@ export default defineFamily(({ services }) => {
               'Permission denied: an agent can only narrow its own permissions',
             );
         } else if (caller.role !== 'operator') {
-          const a = agents.get(id);
-          if (!a) throw new NotFoundError(`agent not found: ${id}`);
-          if (!agents.mayControl(caller, a))
-            throw new PermissionDeniedError("Permission denied: cannot modify other agent's permissions");
+          agents.controlled(caller, { id });
           if (!principals.within(next, caller.perms))
             throw new PermissionDeniedError('Permission denied: cannot grant rights you do not have');
         }
