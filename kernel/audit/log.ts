@@ -12,6 +12,7 @@
  * SYSCALL entries of its last turn.
  */
 import type Database from 'better-sqlite3';
+import type { AuditConfig } from '../../protocol/index.js';
 import { openDatabase } from '../state/sqlite.js';
 
 export const AUDIT_CATEGORIES = [
@@ -49,18 +50,8 @@ export interface StoredAuditEntry extends AuditEntry {
   timestamp: string;
 }
 
-/** What is recorded (the reference's SET_AUDIT_CONFIG fields and defaults). */
-export interface AuditConfig {
-  max_entries: number;
-  log_syscalls: boolean;
-  log_security: boolean;
-  log_lifecycle: boolean;
-  log_ipc: boolean;
-  log_state: boolean;
-  log_resource: boolean;
-  log_network: boolean;
-  log_world: boolean;
-}
+/** What is recorded (the reference's SET_AUDIT_CONFIG fields; the contract's `AuditConfig`). */
+export type { AuditConfig };
 
 export const DEFAULT_AUDIT_CONFIG: Readonly<AuditConfig> = Object.freeze({
   max_entries: 10_000,

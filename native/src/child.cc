@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "plan.h"
+#include "rawchild.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -61,28 +62,6 @@ void Plan::Finalize() {
 }
 
 namespace {
-
-// Writes a kRecordError naming the failed step and exits; the parent turns it into a SyscallError.
-[[noreturn]] void Fail(int statusFd, const char* what, int err) {
-  Record r{};
-  r.kind = kRecordError;
-  r.err = err;
-  size_t n = strlen(what);
-  if (n >= sizeof(r.what)) n = sizeof(r.what) - 1;
-  memcpy(r.what, what, n);
-  ssize_t ignored = write(statusFd, &r, sizeof(r));
-  (void)ignored;
-  _exit(127);
-}
-
-void ResetSignals() {
-  struct sigaction sa {};
-  sa.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &sa, nullptr);  // EINVAL for KILL/STOP is fine
-  sigset_t none;
-  sigemptyset(&none);
-  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, _NSIG / 8);
-}
 
 int MountSetattr(const char* path, unsigned flags, uint64_t set, uint64_t clr) {
   struct mount_attr attr {};

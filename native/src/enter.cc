@@ -44,6 +44,7 @@
 #include "fd.h"
 #include "handle.h"
 #include "plan.h"
+#include "rawchild.h"
 #include "proc.h"
 #include "seccomp.h"
 
@@ -139,27 +140,6 @@ struct EnterPlan {
 };
 
 // ---- between clone and exec: raw syscalls only ----
-
-[[noreturn]] void Fail(int statusFd, const char* what, int err) {
-  Record r{};
-  r.kind = kRecordError;
-  r.err = err;
-  size_t n = strlen(what);
-  if (n >= sizeof(r.what)) n = sizeof(r.what) - 1;
-  memcpy(r.what, what, n);
-  ssize_t ignored = write(statusFd, &r, sizeof(r));
-  (void)ignored;
-  _exit(127);
-}
-
-void ResetSignals() {
-  struct sigaction sa {};
-  sa.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &sa, nullptr);  // EINVAL for KILL/STOP is fine
-  sigset_t none;
-  sigemptyset(&none);
-  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, _NSIG / 8);
-}
 
 int Lift(int fd, int statusFd, const char* what) {
   int out = fcntl(fd, F_DUPFD, 10);

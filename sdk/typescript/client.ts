@@ -303,7 +303,7 @@ export class CloveClient {
     return this.syscall('METRICS_CGROUP', cgroupPath ? { cgroup_path: cgroupPath } : {});
   }
 
-  // --- families of the public kernel this kernel does not implement yet (replies: not_supported) ------
+  // --- acting on the world, audit, record/replay, async; worlds and the tunnel answer not_supported --
   think(req: Requests['THINK']): Promise<Replies['THINK']> {
     return this.syscall('THINK', req);
   }

@@ -5,25 +5,12 @@
  * off. Bounded: past `max_entries` entries or `max_bytes` bytes of payloads and responses, later calls are
  * dropped and counted (a recording keeps its beginning: a replay needs the state its later calls built on).
  */
+import type { RecordingEntry } from '../../../protocol/index.js';
 import { Op } from '../../../protocol/index.js';
 import type { SyscallRecord } from '../../core/family.js';
 
-export interface RecordingEntry {
-  sequence_id: number;
-  /** UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`: when the call finished. */
-  timestamp: string;
-  agent_id: number;
-  agent_name: string;
-  role: 'agent' | 'operator' | 'client';
-  opcode: number;
-  opcode_name: string;
-  /** The request as JSON text (defaults filled in), or a raw payload as UTF-8. */
-  payload: string;
-  /** The reply as JSON text, or a raw reply as UTF-8. */
-  response: string;
-  duration_us: number;
-  success: boolean;
-}
+/** One recorded call (the contract's `RecordingEntry`, protocol/families/record.json). */
+export type { RecordingEntry };
 
 export interface RecordingConfig {
   include_think: boolean;

@@ -24,6 +24,7 @@
  *   bodies, stored values and event data are compared literally.
  * - **Never blocks the event loop**: the loop yields (setImmediate) every few milliseconds of work.
  */
+import type { ReplayMismatch } from '../../../protocol/index.js';
 import { Op, type OpName } from '../../../protocol/index.js';
 import { InvalidRequestError, type Caller, type FamilyEnv, type Services } from '../../core/family.js';
 import type { RecordingEntry } from './recorder.js';
@@ -103,16 +104,8 @@ export interface ReplayEntry {
   response: string;
 }
 
-export interface Mismatch {
-  index: number;
-  sequence_id: number;
-  agent_id: number;
-  opcode: number;
-  opcode_name: string;
-  path: string;
-  expected: string;
-  got: string;
-}
+/** A reply that differed from the recorded one (the contract's `ReplayMismatch`). */
+export type Mismatch = ReplayMismatch;
 
 /** Parses REPLAY_START's `recording_data` (a string or JSON: an array of entries, or `{entries}`). */
 export function importRecording(data: unknown, first: number): ReplayEntry[] {

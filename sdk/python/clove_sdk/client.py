@@ -559,8 +559,9 @@ class CloveClient:
             payload["agent_id"] = agent_id
         return self.call_json(SyscallOp.SYS_SET_PERMS, payload, check=check)
 
-    # ------------------------------------------------------------------ public-SDK calls this kernel
-    # does not implement yet (they get a not_supported reply); kept so existing code keeps running.
+    # ------------------------------------------------------------------ acting on the world (THINK, EXEC,
+    # READ/WRITE, HTTP, async results), audit, record/replay, metrics; worlds and the tunnel answer
+    # not_supported (kept so existing code keeps running)
 
     def think(
         self,
@@ -572,8 +573,15 @@ class CloveClient:
         temperature: float | None = None,
         model: str | None = None,
         *,
+        max_tokens: int | None = None,
+        messages: list | None = None,
+        provider: str | None = None,
         check: bool | None = None,
     ) -> dict:
+        """THINK: the kernel calls the operator's LLM provider for this agent (its keys never reach the
+        agent) and replies ``success, content, tokens`` (+ ``input_tokens, output_tokens, provider, model,
+        finish_reason``). Tokens come from the provider and count against the agent's quota. The public
+        SDK ran the model locally and sent LLM_REPORT instead."""
         payload: dict[str, Any] = {"prompt": prompt, "async": False}
         if image:
             payload["image"] = {"data": base64.b64encode(image).decode(), "mime_type": image_mime_type}
@@ -582,6 +590,9 @@ class CloveClient:
             ("thinking_level", thinking_level),
             ("temperature", temperature),
             ("model", model),
+            ("max_tokens", max_tokens),
+            ("messages", messages),
+            ("provider", provider),
         ):
             if v is not None:
                 payload[k] = v
