@@ -198,7 +198,10 @@ export function program(daemon: Daemon): Command {
     process.exitCode = await daemon.run(kernelOptions(o, p.opts().socket), async (k) => {
       const script = path.join(defaults.installDir, 'examples', 'swarm', 'worker.py');
       const client = await CloveClient.connect({ socketPath: k.socketPath });
+      // A kernel started again on the same data dir has brought its `always` workers back already.
+      const running = new Set((await client.list()).map((a) => a.name));
       for (let i = 0; i < o.agents; i++) {
+        if (running.has(`worker-${i}`)) continue;
         await client.spawn({
           name: `worker-${i}`,
           script,
@@ -208,6 +211,7 @@ export function program(daemon: Daemon): Command {
       }
       k.log('swarm started: try `clove ps`, `clove kill worker-3`, `clove logs worker-0 -f`', {
         agents: o.agents,
+        restored: [...running].filter((n) => /^worker-\d+$/.test(n)).length,
       });
       client.close();
     });
