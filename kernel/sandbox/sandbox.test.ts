@@ -140,7 +140,8 @@ run('NativeSpawner (root sandbox)', () => {
       const neighbour = (await spawner.spawn(
         spec({
           name: 'neighbour',
-          argv: ['/bin/sleep', '30'],
+          // Long enough to outlive a hog that is slow to die under load; it is stopped by hand below.
+          argv: ['/bin/sleep', '600'],
           cwd: dir,
           logFd: nlog.fd,
           limits: { memory: 64 << 20 },
