@@ -20,6 +20,9 @@ import { claimSocketPath, Server, UnixTransport } from './core/server.js';
 import { EventBus } from './events/bus.js';
 import { PostOffice, QueuedBytes } from './ipc/mailboxes.js';
 import { MetricsService } from './metrics/service.js';
+import { agentCgroupMetrics } from './metrics/cgroup.js';
+import { processMetrics } from './metrics/process.js';
+import { QuotaService } from './quotas/service.js';
 import { loadSandbox, type SandboxRuntime } from './sandbox/runtime.js';
 import { StateStore } from './state/store.js';
 import { AgentLogs } from './supervisor/logs.js';
@@ -39,6 +42,7 @@ import llm from './syscalls/llm/index.js';
 import audit from './syscalls/audit/index.js';
 import record from './syscalls/record/index.js';
 import asyncFamily from './syscalls/async/index.js';
+import quotas from './syscalls/quotas/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -59,6 +63,7 @@ const FAMILIES: FamilyFactory[] = [
   audit,
   record,
   asyncFamily,
+  quotas,
 ];
 
 export class Kernel {
@@ -72,6 +77,7 @@ export class Kernel {
   private readonly principals: Principals;
   private store?: StateStore;
   private audit?: AuditLog;
+  private quotas?: QuotaService;
   private readonly asyncCalls = new AsyncCalls(
     (id) => this.principals.budgets(id).async_requests,
     (caller, op, reply) =>
@@ -111,7 +117,10 @@ export class Kernel {
           details: data,
         });
       },
-      started: (a) => this.agents?.started(a),
+      started: (a) => {
+        this.agents?.started(a);
+        this.quotas?.started(a);
+      },
       release: (a) => {
         this.agents?.released(a);
         this.release(a.def.id);
@@ -164,8 +173,32 @@ export class Kernel {
       python,
       reservedNames: o.reservedNames,
       durability: o.durability,
-      onIdentityEnded: (identity) => store.dropAgentNamespace(identity),
+      onIdentityEnded: (identity) => {
+        store.dropAgentNamespace(identity);
+        this.quotas?.identityEnded(identity);
+      },
     });
+    // Quotas: usage counted by the kernel, CPU and memory read from each agent's cgroup (else its process).
+    const quotaService = (this.quotas = new QuotaService({
+      dbPath: path.join(o.dataDir, 'state.db'),
+      durability: o.durability,
+      agents: this.agents,
+      audit,
+      publish: (type, data, source) => this.events.publish(type, data, source),
+      sample: (a) => {
+        const cg = sandbox.cgroupOf(a.proc);
+        const root = sandbox.cgroupRoot();
+        if (cg && root) {
+          const m = agentCgroupMetrics(root, cg);
+          if (m.valid) return { cpuUsec: m.cpu.usage_usec, memory: m.memory.current };
+        }
+        const p = a.proc ? processMetrics(a.pid) : undefined;
+        return p
+          ? { cpuUsec: (p.cpu.time_user_ms + p.cpu.time_system_ms) * 1000, memory: p.memory.rss }
+          : undefined;
+      },
+      log: this.log,
+    }));
     const services: Services = {
       kernel: {
         version: KERNEL_VERSION,
@@ -183,6 +216,7 @@ export class Kernel {
       store,
       metrics: new MetricsService(sandbox, (id) => this.principals.stats(id)),
       audit,
+      quotas: quotaService,
       async: this.asyncCalls,
       publish: (type, data, source) => this.events.publish(type, data, source),
       log: this.log,
@@ -254,6 +288,7 @@ export class Kernel {
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
     this.server?.closeAll();
     await this.dispatcher?.close();
+    this.quotas?.close();
     this.store?.close();
     this.audit?.close();
     this.agents?.close();

@@ -80,6 +80,10 @@ export const Op = {
   ASYNC_POLL: 0x80,
   /** take finished async results (EXEC, HTTP, THINK with `async: true`), optionally waiting in the kernel (Clove extension) */
   ASYNC_RESULTS: 0x88,
+  /** set or remove quotas of an agent or a clove.yaml service */
+  SET_QUOTA: 0x92,
+  /** an agent's or a service's quotas and usage (all: every one, operators) */
+  GET_QUOTA: 0x93,
   /** create a world (planned) */
   WORLD_CREATE: 0xa0,
   /** destroy a world (planned) */
@@ -492,6 +496,26 @@ export const OPCODES: readonly OpInfo[] = [
     sdk: { typescript: 'asyncResults', python: 'async_results' },
   },
   {
+    name: 'SET_QUOTA',
+    code: 146,
+    family: 'quotas',
+    status: 'implemented',
+    ext: false,
+    raw: false,
+    summary: 'set or remove quotas of an agent or a clove.yaml service',
+    sdk: { typescript: 'setQuota', python: 'set_quota' },
+  },
+  {
+    name: 'GET_QUOTA',
+    code: 147,
+    family: 'quotas',
+    status: 'implemented',
+    ext: false,
+    raw: false,
+    summary: "an agent's or a service's quotas and usage (all: every one, operators)",
+    sdk: { typescript: 'getQuota', python: 'get_quota' },
+  },
+  {
     name: 'WORLD_CREATE',
     code: 160,
     family: 'world',
@@ -819,6 +843,7 @@ export const KERNEL_EVENTS = [
   'AGENT_RESUMED',
   'STATE_CHANGED',
   'CUSTOM',
+  'QUOTA_EXCEEDED',
 ] as const;
 export type KernelEventType = (typeof KERNEL_EVENTS)[number];
 
@@ -867,6 +892,21 @@ export type PermissionsInput = string | { [k: string]: unknown };
  */
 export type AuditCategory =
   'SECURITY' | 'AGENT_LIFECYCLE' | 'IPC' | 'STATE_STORE' | 'RESOURCE' | 'SYSCALL' | 'NETWORK' | 'WORLD';
+/**
+ * memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaName".
+ */
+export type QuotaName =
+  'memory' | 'cpu_time' | 'wall_time' | 'llm_calls' | 'llm_tokens' | 'network_bytes' | 'exec_count';
+/**
+ * what happens at the crossing: deny (later calls of that kind fail with quota_exceeded; not valid for memory, cpu_time, wall_time), pause (the agent, or every agent of the service, is paused like PAUSE and stays paused until RESUME), kill (killed for good like KILL, never restarted)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaPolicy".
+ */
+export type QuotaPolicy = 'deny' | 'pause' | 'kill';
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ReplayState".
@@ -1247,6 +1287,7 @@ export interface AgentMetrics {
     bytes_read: number;
     bytes_written: number;
   };
+  quotas: QuotaUsage;
 }
 /**
  * The per-process object inside an agent's metrics.
@@ -1327,6 +1368,21 @@ export interface CgroupMetrics {
   };
 }
 /**
+ * Usage of every quota name (QuotaName → number in its unit), counted whether or not a limit is set.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaUsage".
+ */
+export interface QuotaUsage {
+  memory: number;
+  cpu_time: number;
+  wall_time: number;
+  llm_calls: number;
+  llm_tokens: number;
+  network_bytes: number;
+  exec_count: number;
+}
+/**
  * The system object of METRICS_SYSTEM (cpu percent: since the previous call).
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1372,6 +1428,96 @@ export interface SystemMetrics {
     errors_in: number;
     errors_out: number;
   };
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaLimit".
+ */
+export interface QuotaLimit {
+  /**
+   * in the quota's unit (QuotaName)
+   */
+  limit: number;
+  policy?: QuotaPolicy;
+}
+/**
+ * Quotas by name (QuotaName); `null` removes that quota (SET_QUOTA). Names not given are left as they are.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaSet".
+ */
+export interface QuotaSet {
+  [k: string]: QuotaLimit | null;
+}
+/**
+ * A clove.yaml service: the agents labelled `clove.project` = project and `clove.service` = service.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ServiceRef".
+ */
+export interface ServiceRef {
+  project: string;
+  service: string;
+}
+/**
+ * One quota as GET_QUOTA shows it.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaState".
+ */
+export interface QuotaState {
+  limit: number;
+  policy: QuotaPolicy;
+  /**
+   * current usage in the quota's unit
+   */
+  used: number;
+  /**
+   * used has reached the limit
+   */
+  exceeded: boolean;
+}
+/**
+ * An agent's quotas and usage (GET_QUOTA).
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "AgentQuotas".
+ */
+export interface AgentQuotas {
+  agent_id: number;
+  name: string;
+  /**
+   * `<name>#<serial>`: quotas and usage belong to it
+   */
+  identity?: string;
+  service?: ServiceRef;
+  quotas: {
+    [k: string]: QuotaState;
+  };
+  usage: QuotaUsage;
+  /**
+   * the quotas of the agent's service (sum over its agents), when it has a service
+   */
+  service_quotas?: {
+    [k: string]: QuotaState;
+  };
+}
+/**
+ * A service's quotas and its usage summed over its agents (GET_QUOTA).
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ServiceQuotas".
+ */
+export interface ServiceQuotas {
+  service: ServiceRef;
+  quotas: {
+    [k: string]: QuotaState;
+  };
+  usage: QuotaUsage;
+  /**
+   * ids of its live agents
+   */
+  agent_ids?: number[];
 }
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1988,6 +2134,7 @@ export interface SpawnRequest {
   network?: boolean;
   limits?: Limits;
   budgets?: Budgets;
+  quotas?: QuotaSet;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -2064,6 +2211,7 @@ export interface SpawnArgs {
   network: boolean;
   limits?: Limits;
   budgets?: Budgets;
+  quotas?: QuotaSet;
 }
 /**
  * SPAWN reply.
@@ -3450,6 +3598,101 @@ export interface AsyncResultsReply {
   pending: number;
 }
 /**
+ * SET_QUOTA request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SetQuotaRequest".
+ */
+export interface SetQuotaRequest {
+  agent_id?: AgentId;
+  name?: string;
+  service?: ServiceRef;
+  quotas: QuotaSet;
+}
+/**
+ * SET_QUOTA request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SetQuotaArgs".
+ */
+export interface SetQuotaArgs {
+  agent_id?: AgentId;
+  name?: string;
+  service?: ServiceRef;
+  quotas: QuotaSet;
+}
+/**
+ * SET_QUOTA reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SetQuotaReply".
+ */
+export interface SetQuotaReply {
+  success: true;
+  /**
+   * the target's quotas after the change
+   */
+  quotas: {
+    [k: string]: QuotaState;
+  };
+}
+/**
+ * GET_QUOTA request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "GetQuotaRequest".
+ */
+export interface GetQuotaRequest {
+  agent_id?: AgentId;
+  name?: string;
+  service?: ServiceRef;
+  /**
+   * every agent and service (operators only)
+   */
+  all?: boolean;
+}
+/**
+ * GET_QUOTA request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "GetQuotaArgs".
+ */
+export interface GetQuotaArgs {
+  agent_id?: AgentId;
+  name?: string;
+  service?: ServiceRef;
+  /**
+   * every agent and service (operators only)
+   */
+  all?: boolean;
+}
+/**
+ * GET_QUOTA reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "GetQuotaReply".
+ */
+export interface GetQuotaReply {
+  success: true;
+  agent_id?: number;
+  name?: string;
+  identity?: string;
+  service?: ServiceRef;
+  quotas?: {
+    [k: string]: QuotaState;
+  };
+  usage?: QuotaUsage;
+  service_quotas?: {
+    [k: string]: QuotaState;
+  };
+  agents?: AgentQuotas[];
+  services?: ServiceQuotas[];
+  /**
+   * a service: ids of its live agents
+   */
+  agent_ids?: number[];
+}
+/**
  * WORLD_CREATE request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -4110,6 +4353,8 @@ export interface Requests {
   SET_AUDIT_CONFIG: SetAuditConfigRequest;
   ASYNC_POLL: AsyncPollRequest;
   ASYNC_RESULTS: AsyncResultsRequest;
+  SET_QUOTA: SetQuotaRequest;
+  GET_QUOTA: GetQuotaRequest;
   WORLD_CREATE: WorldCreateRequest;
   WORLD_DESTROY: WorldDestroyRequest;
   WORLD_LIST: WorldListRequest;
@@ -4167,6 +4412,8 @@ export interface ArgsOf {
   SET_AUDIT_CONFIG: SetAuditConfigArgs;
   ASYNC_POLL: AsyncPollArgs;
   ASYNC_RESULTS: AsyncResultsArgs;
+  SET_QUOTA: SetQuotaArgs;
+  GET_QUOTA: GetQuotaArgs;
   WORLD_CREATE: WorldCreateArgs;
   WORLD_DESTROY: WorldDestroyArgs;
   WORLD_LIST: WorldListArgs;
@@ -4224,6 +4471,8 @@ export interface Replies {
   SET_AUDIT_CONFIG: SetAuditConfigReply;
   ASYNC_POLL: AsyncPollReply;
   ASYNC_RESULTS: AsyncResultsReply;
+  SET_QUOTA: SetQuotaReply;
+  GET_QUOTA: GetQuotaReply;
   WORLD_CREATE: WorldCreateReply;
   WORLD_DESTROY: WorldDestroyReply;
   WORLD_LIST: WorldListReply;
@@ -4643,6 +4892,7 @@ export const SCHEMA_DEFS = {
         'process',
         'cgroup',
         'kernel_stats',
+        'quotas',
       ],
       properties: {
         timestamp: { type: 'integer' },
@@ -4675,6 +4925,11 @@ export const SCHEMA_DEFS = {
             bytes_read: { type: 'integer' },
             bytes_written: { type: 'integer' },
           },
+        },
+        quotas: {
+          $ref: 'clove#/$defs/QuotaUsage',
+          description:
+            "ext: the agent's quota usage (every quota name, in its unit; GET_QUOTA has the limits)",
         },
       },
     },
@@ -4860,6 +5115,104 @@ export const SCHEMA_DEFS = {
       },
       title: 'ProcessMetrics',
       description: "The per-process object inside an agent's metrics.",
+    },
+    QuotaName: {
+      type: 'string',
+      enum: ['memory', 'cpu_time', 'wall_time', 'llm_calls', 'llm_tokens', 'network_bytes', 'exec_count'],
+      description:
+        "memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted)",
+    },
+    QuotaPolicy: {
+      type: 'string',
+      enum: ['deny', 'pause', 'kill'],
+      description:
+        'what happens at the crossing: deny (later calls of that kind fail with quota_exceeded; not valid for memory, cpu_time, wall_time), pause (the agent, or every agent of the service, is paused like PAUSE and stays paused until RESUME), kill (killed for good like KILL, never restarted)',
+    },
+    QuotaLimit: {
+      type: 'object',
+      required: ['limit'],
+      additionalProperties: false,
+      properties: {
+        limit: { type: 'number', minimum: 0, description: "in the quota's unit (QuotaName)" },
+        policy: {
+          $ref: 'clove#/$defs/QuotaPolicy',
+          description:
+            'default: deny for llm_calls, llm_tokens, network_bytes, exec_count; kill for memory, cpu_time, wall_time',
+        },
+      },
+    },
+    QuotaSet: {
+      type: 'object',
+      description:
+        'Quotas by name (QuotaName); `null` removes that quota (SET_QUOTA). Names not given are left as they are.',
+      propertyNames: { $ref: 'clove#/$defs/QuotaName' },
+      additionalProperties: { anyOf: [{ $ref: 'clove#/$defs/QuotaLimit' }, { type: 'null' }] },
+    },
+    ServiceRef: {
+      type: 'object',
+      required: ['project', 'service'],
+      additionalProperties: false,
+      description:
+        'A clove.yaml service: the agents labelled `clove.project` = project and `clove.service` = service.',
+      properties: {
+        project: { type: 'string', minLength: 1, maxLength: 256 },
+        service: { type: 'string', minLength: 1, maxLength: 256 },
+      },
+    },
+    QuotaState: {
+      type: 'object',
+      required: ['limit', 'policy', 'used', 'exceeded'],
+      description: 'One quota as GET_QUOTA shows it.',
+      properties: {
+        limit: { type: 'number' },
+        policy: { $ref: 'clove#/$defs/QuotaPolicy' },
+        used: { type: 'number', description: "current usage in the quota's unit" },
+        exceeded: { type: 'boolean', description: 'used has reached the limit' },
+      },
+    },
+    QuotaUsage: {
+      type: 'object',
+      description:
+        'Usage of every quota name (QuotaName → number in its unit), counted whether or not a limit is set.',
+      required: ['memory', 'cpu_time', 'wall_time', 'llm_calls', 'llm_tokens', 'network_bytes', 'exec_count'],
+      properties: {
+        memory: { type: 'number' },
+        cpu_time: { type: 'number' },
+        wall_time: { type: 'number' },
+        llm_calls: { type: 'number' },
+        llm_tokens: { type: 'number' },
+        network_bytes: { type: 'number' },
+        exec_count: { type: 'number' },
+      },
+    },
+    AgentQuotas: {
+      type: 'object',
+      required: ['agent_id', 'name', 'quotas', 'usage'],
+      description: "An agent's quotas and usage (GET_QUOTA).",
+      properties: {
+        agent_id: { type: 'integer' },
+        name: { type: 'string' },
+        identity: { type: 'string', description: '`<name>#<serial>`: quotas and usage belong to it' },
+        service: { $ref: 'clove#/$defs/ServiceRef' },
+        quotas: { type: 'object', additionalProperties: { $ref: 'clove#/$defs/QuotaState' } },
+        usage: { $ref: 'clove#/$defs/QuotaUsage' },
+        service_quotas: {
+          type: 'object',
+          additionalProperties: { $ref: 'clove#/$defs/QuotaState' },
+          description: "the quotas of the agent's service (sum over its agents), when it has a service",
+        },
+      },
+    },
+    ServiceQuotas: {
+      type: 'object',
+      required: ['service', 'quotas', 'usage'],
+      description: "A service's quotas and its usage summed over its agents (GET_QUOTA).",
+      properties: {
+        service: { $ref: 'clove#/$defs/ServiceRef' },
+        quotas: { type: 'object', additionalProperties: { $ref: 'clove#/$defs/QuotaState' } },
+        usage: { $ref: 'clove#/$defs/QuotaUsage' },
+        agent_ids: { type: 'array', items: { type: 'integer' }, description: 'ids of its live agents' },
+      },
     },
     RecordingEntry: {
       title: 'RecordingEntry',
@@ -5185,6 +5538,11 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         description:
           "ext: the new agent's budgets; what is left out takes the kernel's defaults. An agent may give its child at most its own.",
       },
+      quotas: {
+        $ref: 'clove#/$defs/QuotaSet',
+        description:
+          'ext: the new agent\'s quotas (docs/protocol.md "Quotas"); an agent may give its child no looser quota than its own',
+      },
     },
   },
   KILL: {
@@ -5478,6 +5836,25 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         description: 'hold the reply until a result is ready or `timeout_ms` passes',
       },
       timeout_ms: { type: 'integer', minimum: 0, maximum: 300000, default: 30000 },
+    },
+  },
+  SET_QUOTA: {
+    type: 'object',
+    required: ['quotas'],
+    properties: {
+      agent_id: { $ref: 'clove#/$defs/AgentId', description: 'the target agent (or `name`, or `service`)' },
+      name: { type: 'string' },
+      service: { $ref: 'clove#/$defs/ServiceRef' },
+      quotas: { $ref: 'clove#/$defs/QuotaSet' },
+    },
+  },
+  GET_QUOTA: {
+    type: 'object',
+    properties: {
+      agent_id: { $ref: 'clove#/$defs/AgentId', description: 'default: the caller' },
+      name: { type: 'string' },
+      service: { $ref: 'clove#/$defs/ServiceRef' },
+      all: { type: 'boolean', description: 'every agent and service (operators only)' },
     },
   },
   WORLD_CREATE: {

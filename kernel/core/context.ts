@@ -11,6 +11,7 @@ import type { EventBus, KernelEventType } from '../events/bus.js';
 import type { StateStore } from '../state/store.js';
 import type { MetricsService } from '../metrics/service.js';
 import type { AuditLog } from '../audit/log.js';
+import type { QuotaService } from '../quotas/service.js';
 import type { AsyncCalls } from './async.js';
 import type { Principals, Principal } from './principals.js';
 import type { Logger } from 'pino';
@@ -46,6 +47,8 @@ export interface Services {
   metrics: MetricsService;
   /** The audit log: lifecycle and security decisions (the dispatcher records every denial itself). */
   audit: AuditLog;
+  /** Resource quotas: limits, usage counted by the kernel, enforcement (docs/protocol.md "Quotas"). */
+  quotas: QuotaService;
   /** Calls made with `async: true`: their results wait for ASYNC_RESULTS. */
   async: AsyncCalls;
   /** Publishes a kernel event (source 0) or a client's (source = its id). */

@@ -303,6 +303,16 @@ export class CloveClient {
     return this.syscall('METRICS_CGROUP', cgroupPath ? { cgroup_path: cgroupPath } : {});
   }
 
+  // --- quotas (docs/protocol.md "Quotas") -------------------------------------------------------------
+  /** SET_QUOTA: quotas of an agent (`agent_id`/`name`) or a service (`service`); `null` removes one. */
+  setQuota(req: Requests['SET_QUOTA']): Promise<Replies['SET_QUOTA']> {
+    return this.syscall('SET_QUOTA', req);
+  }
+  /** GET_QUOTA: an agent's (default: the caller's) or a service's quotas and usage; `all` (operators). */
+  getQuota(req: Requests['GET_QUOTA'] = {}): Promise<Replies['GET_QUOTA']> {
+    return this.syscall('GET_QUOTA', req);
+  }
+
   // --- acting on the world, audit, record/replay, async; worlds and the tunnel answer not_supported --
   think(req: Requests['THINK']): Promise<Replies['THINK']> {
     return this.syscall('THINK', req);

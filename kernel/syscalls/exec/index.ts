@@ -210,8 +210,22 @@ export class ExecRunner {
 
   /** prepare + execute: the EXEC reply a synchronous call gives (and an async result would carry). */
   run(ctx: SyscallContext, req: ExecArgs, signal: AbortSignal | undefined = ctx.signal): Promise<ExecReply> {
-    const p = this.prepare(ctx, req);
+    const p = this.admit(ctx, req);
     return this.execute(p, signal);
+  }
+
+  /** prepare, with the exec_count quota: a reached deny quota refuses, an admitted command is counted. */
+  admit(ctx: SyscallContext, req: ExecArgs): PreparedExec {
+    const { quotas } = this.services;
+    try {
+      quotas.check(ctx.caller.id, 'exec_count');
+    } catch (e) {
+      if (e instanceof KernelError) Object.assign(e.extra, FILLER);
+      throw e;
+    }
+    const p = this.prepare(ctx, req);
+    quotas.charge(ctx.caller.id, 'exec_count', 1);
+    return p;
   }
 
   /** Kernel shutdown: kills every command still running and waits for them. */
@@ -229,7 +243,7 @@ export default defineFamily(({ services }) => {
       EXEC: async (ctx, req) => {
         if (req.async) {
           // Every check first: a refused EXEC is an error reply, not an accepted call.
-          const prepared = runner.prepare(ctx, req);
+          const prepared = runner.admit(ctx, req);
           return acceptAsync(ctx, { code: Op.EXEC, name: 'EXEC' }, req.request_id, (signal) =>
             runner.execute(prepared, signal),
           );

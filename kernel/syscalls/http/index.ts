@@ -8,20 +8,26 @@ import { acceptAsync, defineFamily } from '../../core/family.js';
 import { HttpService } from './client.js';
 
 export default defineFamily(({ services }) => {
-  const { principals } = services;
+  const { principals, quotas } = services;
   const http = new HttpService({
     userAgent: `clove/${services.kernel.version}`,
     onBytes: (caller, bytes) => {
       // Counted for agents that are still known (a released agent's counters are gone).
-      if (caller.role === 'agent' && principals.hasRights(caller.id))
+      if (caller.role === 'agent' && principals.hasRights(caller.id)) {
         principals.stats(caller.id).httpBytes += bytes;
+        quotas.charge(caller.id, 'network_bytes', bytes);
+      }
     },
   });
   return {
     name: 'http',
     handlers: {
       HTTP: async (ctx, req) => {
-        const prepared = http.prepare(ctx.caller, req);
+        // A reached network_bytes deny quota refuses the call; a response is cut where the quota ends.
+        quotas.check(ctx.caller.id, 'network_bytes');
+        const checked = http.prepare(ctx.caller, req);
+        const left = quotas.remaining(ctx.caller.id, 'network_bytes');
+        const prepared = left < checked.maxBytes ? { ...checked, maxBytes: Math.floor(left) } : checked;
         if (req.async)
           return acceptAsync(ctx, { code: Op.HTTP, name: 'HTTP' }, req.request_id, (signal) =>
             http.perform(ctx.caller, prepared, signal),

@@ -9,7 +9,13 @@ export default defineFamily(({ services }) => {
   return {
     name: 'lifecycle',
     handlers: {
-      SPAWN: ({ caller }, req) => agents.spawn(caller, req),
+      SPAWN: async ({ caller }, req) => {
+        // Quotas (docs/protocol.md "Quotas"): checked before the spawn, applied to the new identity after.
+        const quotas = services.quotas.spawnQuotas(caller, req.quotas);
+        const r = await agents.spawn(caller, req);
+        services.quotas.applySpawn(r.id, quotas);
+        return r;
+      },
       KILL: async ({ caller }, req) => {
         const a = agents.controlled(caller, target(req));
         await agents.kill(caller, a, { graceMs: req.grace_ms, wait: req.wait });

@@ -6,6 +6,10 @@
  * calls already admitted) must be below `max_calls`, and `tokens_used` plus what is admitted plus this
  * call's estimate (its input at ~4 characters a token, plus its `max_tokens`) must not pass
  * `max_tokens`. After it, `calls_made` and `tokens_used` grow by what the provider reported.
+ *
+ * The resource quotas `llm_calls`/`llm_tokens` (kernel/quotas, SET_QUOTA) are counted beside them, per
+ * identity and per service, from the same provider figures (LLM_REPORT never counts there): a call must
+ * pass both; a reached `deny` quota refuses the call before a provider is asked.
  */
 import {
   UpstreamFailedError,
@@ -100,6 +104,9 @@ export class LlmService {
     const p = this.provider(req);
     const llmReq = this.request(p, req);
     const estimate = this.estimate(llmReq);
+    // Resource quotas (docs/protocol.md "Quotas"): a reached deny quota refuses before any provider call.
+    this.services.quotas.check(caller.id, 'llm_calls');
+    this.services.quotas.check(caller.id, 'llm_tokens');
     const held = this.admit(caller.id, rights, estimate);
     const progress: CallProgress = { started: false, outputChars: 0 };
     let result: LlmResult | undefined;
@@ -254,6 +261,11 @@ export class LlmService {
   /** Counts usage in the caller's rights, in place, and persists them (an agent's quota outlives a kernel restart). */
   private record(id: number, calls: number, tokens: number, selfReported: boolean): void {
     const { principals } = this.services;
+    // The resource quotas count only what the kernel saw the provider spend, never a self-report.
+    if (!selfReported) {
+      this.services.quotas.charge(id, 'llm_calls', calls);
+      this.services.quotas.charge(id, 'llm_tokens', tokens);
+    }
     const rights = principals.rights(id);
     if (!rights) return; // the caller is gone for good
     rights.llm.calls_made += calls;

@@ -13,7 +13,9 @@ import {
 } from '../../core/family.js';
 
 export default defineFamily(({ services }) => {
-  const { agents, metrics } = services;
+  const { agents, metrics, quotas } = services;
+  // The agent object, with its quota usage (counted by the quota service; GET_QUOTA has the limits).
+  const agentMetrics = (a: AgentRecord) => ({ ...metrics.agent(a), quotas: quotas.usageFor(a) });
   const visible = (c: Caller, a: AgentRecord) => c.id === a.def.id || agents.mayControl(c, a);
   return {
     name: 'metrics',
@@ -32,13 +34,13 @@ export default defineFamily(({ services }) => {
           throw new PermissionDeniedError(`Permission denied: cannot read agent ${id}'s metrics`, {
             agent_id: id,
           });
-        return { success: true, metrics: metrics.agent(a) };
+        return { success: true, metrics: agentMetrics(a) };
       },
       METRICS_ALL_AGENTS: ({ caller }) => {
         const list = agents
           .list()
           .filter((a) => visible(caller, a))
-          .map((a) => metrics.agent(a));
+          .map((a) => agentMetrics(a));
         return { success: true, agents: list, count: list.length };
       },
       METRICS_CGROUP: ({ caller }, req) => {

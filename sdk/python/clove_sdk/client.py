@@ -325,6 +325,7 @@ class CloveClient:
         min_uptime_ms: int | None = None,
         watchdog_ms: int | None = None,
         permissions: dict | str | None = None,
+        quotas: dict | None = None,
         check: bool | None = None,
     ) -> dict:
         """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
@@ -353,6 +354,7 @@ class CloveClient:
             "min_uptime_ms": min_uptime_ms,
             "watchdog_ms": watchdog_ms,
             "permissions": permissions,
+            "quotas": quotas,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
         if "script" not in payload and "command" not in payload:
@@ -705,6 +707,46 @@ class CloveClient:
 
     def get_cgroup_metrics(self, cgroup_path: str | None = None) -> dict:
         return self.call_json(SyscallOp.SYS_METRICS_CGROUP, {"cgroup_path": cgroup_path} if cgroup_path else {})
+
+    # ------------------------------------------------------------------ quotas (docs/protocol.md "Quotas")
+
+    def set_quota(
+        self,
+        quotas: dict,
+        agent_id: int | None = None,
+        name: str | None = None,
+        service: dict | None = None,
+    ) -> dict:
+        """SET_QUOTA: ``quotas`` is ``{name: {"limit": n, "policy": "deny"|"pause"|"kill"} | None}``
+        (None removes one) for an agent (``agent_id`` or ``name``) or a service (``{"project", "service"}``)."""
+        payload: dict[str, Any] = {"quotas": quotas}
+        if agent_id is not None:
+            payload["agent_id"] = agent_id
+        if name is not None:
+            payload["name"] = name
+        if service is not None:
+            payload["service"] = service
+        return self.call_json(SyscallOp.SYS_SET_QUOTA, payload)
+
+    def get_quota(
+        self,
+        agent_id: int | None = None,
+        name: str | None = None,
+        service: dict | None = None,
+        all: bool = False,  # noqa: A002 - the wire's name
+    ) -> dict:
+        """GET_QUOTA: an agent's (default: the caller's) or a service's quotas and usage; ``all=True``
+        (operators) every agent's and service's."""
+        payload: dict[str, Any] = {}
+        if agent_id is not None:
+            payload["agent_id"] = agent_id
+        if name is not None:
+            payload["name"] = name
+        if service is not None:
+            payload["service"] = service
+        if all:
+            payload["all"] = True
+        return self.call_json(SyscallOp.SYS_GET_QUOTA, payload)
 
     def world_create(self, name: str, config: dict | None = None) -> dict:
         return self.call_json(SyscallOp.SYS_WORLD_CREATE, {"name": name, "config": config or {}})

@@ -48,7 +48,7 @@ MAX_PAYLOAD_SIZE = DEFAULT_MAX_PAYLOAD  # name used by the public SDK
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET_PATH = "/tmp/clove.sock"
 SOCKET_ENV = "CLOVE_SOCKET"
-KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "CUSTOM")
+KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "CUSTOM", "QUOTA_EXCEEDED")
 
 
 class SyscallOp(IntEnum):
@@ -89,6 +89,8 @@ class SyscallOp(IntEnum):
     SYS_SET_AUDIT_CONFIG = 0x77  # what the audit log records and how many entries it keeps (operators only; the change is always audited)
     SYS_ASYNC_POLL = 0x80  # the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned)
     SYS_ASYNC_RESULTS = 0x88  # take finished async results (EXEC, HTTP, THINK with async: true), optionally waiting in the kernel
+    SYS_SET_QUOTA = 0x92  # set or remove quotas of an agent or a clove.yaml service
+    SYS_GET_QUOTA = 0x93  # an agent's or a service's quotas and usage (all: every one, operators)
     SYS_WORLD_CREATE = 0xA0  # create a world (planned)
     SYS_WORLD_DESTROY = 0xA1  # destroy a world (planned)
     SYS_WORLD_LIST = 0xA2  # list worlds (planned)
@@ -147,6 +149,8 @@ class SyscallOp(IntEnum):
     SET_AUDIT_CONFIG = 0x77
     ASYNC_POLL = 0x80
     ASYNC_RESULTS = 0x88
+    SET_QUOTA = 0x92
+    GET_QUOTA = 0x93
     WORLD_CREATE = 0xA0
     WORLD_DESTROY = 0xA1
     WORLD_LIST = 0xA2
@@ -212,6 +216,8 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "SET_AUDIT_CONFIG": ("audit", "implemented", "set_audit_config"),
     "ASYNC_POLL": ("async", "planned", "async_poll"),
     "ASYNC_RESULTS": ("async", "implemented", "async_results"),
+    "SET_QUOTA": ("quotas", "implemented", "set_quota"),
+    "GET_QUOTA": ("quotas", "implemented", "get_quota"),
     "WORLD_CREATE": ("world", "planned", "world_create"),
     "WORLD_DESTROY": ("world", "planned", "world_destroy"),
     "WORLD_LIST": ("world", "planned", "world_list"),
