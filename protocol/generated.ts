@@ -1210,6 +1210,10 @@ export interface AgentInfo {
    */
   mailbox: number;
   /**
+   * ext: its current process has said HELLO (what `condition: healthy` in clove.yaml waits for when no healthcheck is given)
+   */
+  ready: boolean;
+  /**
    * operators only
    */
   log_file?: string;
@@ -4672,6 +4676,7 @@ export const SCHEMA_DEFS = {
         'exit_reason',
         'mailbox',
         'labels',
+        'ready',
       ],
       properties: {
         id: { type: 'integer' },
@@ -4687,6 +4692,11 @@ export const SCHEMA_DEFS = {
         exit_signal: { type: ['string', 'null'] },
         exit_reason: { type: ['string', 'null'] },
         mailbox: { type: 'integer', description: 'messages waiting' },
+        ready: {
+          type: 'boolean',
+          description:
+            'ext: its current process has said HELLO (what `condition: healthy` in clove.yaml waits for when no healthcheck is given)',
+        },
         log_file: { type: 'string', description: 'operators only' },
         labels: { $ref: 'clove#/$defs/Labels' },
       },

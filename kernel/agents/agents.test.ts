@@ -234,6 +234,16 @@ describe('labels and RESTART', () => {
     });
     const before = (await op.list()).find((x) => x.id === a.id)!;
     expect(before.labels).toEqual({ 'clove.project': 'demo', 'clove.service': 'labelled' });
+    expect(before.ready, 'an agent that never said HELLO is not ready').toBe(false);
+    fs.writeFileSync(
+      path.join(dir, 'hello.py'),
+      'import time\nfrom clove_sdk import CloveClient\nc = CloveClient()\nc.hello()\nwhile True:\n    time.sleep(1)\n',
+    );
+    await op.spawn({ name: 'greeter', script: path.join(dir, 'hello.py') });
+    for (let i = 0; i < 200 && !(await op.list()).find((x) => x.name === 'greeter')?.ready; i++)
+      await new Promise((r) => setTimeout(r, 50));
+    expect((await op.list()).find((x) => x.name === 'greeter')?.ready).toBe(true);
+    await op.kill('greeter');
     const r = await op.restart('labelled', { grace_ms: 2000 });
     expect(r).toMatchObject({ success: true, restarted: true, agent_id: a.id });
     expect(r.pid).toBeGreaterThan(0);

@@ -187,6 +187,12 @@ export class AgentService {
     this.o.log.info({ agent: a.def.name, id: a.def.id, by: caller.id }, 'agent killed');
   }
 
+  /** HELLO from an agent's own process: it is ready (LIST `ready`) until that process ends. */
+  saidHello(id: number): void {
+    const a = this.o.supervisor.get(id);
+    if (a?.proc && !a.helloAt) a.helloAt = Date.now();
+  }
+
   /** RESTART: stops the agent's process and starts it again; with `wait`, resolves once it has started. */
   async restart(caller: Caller, a: AgentRecord, o: { graceMs?: number; wait: boolean }): Promise<number> {
     this.o.supervisor.restart(a.def.id, caller.id, o.graceMs);
@@ -220,6 +226,7 @@ export class AgentService {
       exit_signal: e?.signal ?? null,
       exit_reason: e?.reason ?? null,
       mailbox: this.o.mail.size(a.def.id),
+      ready: a.proc !== null && a.helloAt > 0,
       labels: a.def.labels,
       ...(forOperator ? { log_file: this.o.logs.file(a.def.name) } : {}),
     };

@@ -60,6 +60,8 @@ export interface AgentRecord {
   /** Times of the restarts inside the current intensity window. */
   restartTimes: number[];
   startedAt: number;
+  /** When its current process said HELLO (0: not yet): `ready` in LIST, `condition: healthy` in clove.yaml. */
+  helloAt: number;
   lastExit: ExitInfo | null;
   lastBeat: number;
   /** Calls of this agent parked in a blocking wait (RECV, POLL_EVENTS): it is waiting, not silent. */
@@ -138,6 +140,7 @@ export class Supervisor {
       consecutiveFailures: 0,
       restartTimes: [],
       startedAt: 0,
+      helloAt: 0,
       lastExit: null,
       lastBeat: 0,
       parked: 0,
@@ -183,6 +186,7 @@ export class Supervisor {
     a.pid = proc.pid;
     a.isolation = proc.isolation;
     a.startedAt = Date.now();
+    a.helloAt = 0;
     a.lastBeat = a.startedAt;
     this.byPid.set(proc.pid, a);
     proc.onExit((info) => this.exited(a, proc, info));
