@@ -94,7 +94,7 @@ const serviceOfKey = (k: string): ServiceRef => {
 
 /** An agent's service from its labels, if it is part of one. */
 export function serviceOf(a: AgentRecord): ServiceRef | undefined {
-  const labels = (a.def as { labels?: Record<string, string> }).labels;
+  const labels = a.def.labels;
   const project = labels?.['clove.project'];
   const service = labels?.['clove.service'];
   return project && service ? { project, service } : undefined;
