@@ -190,11 +190,16 @@ export class Kernel {
         const root = sandbox.cgroupRoot();
         if (cg && root) {
           const m = agentCgroupMetrics(root, cg);
-          if (m.valid) return { cpuUsec: m.cpu.usage_usec, memory: m.memory.current };
+          const source = [...cg.dirs.values()][0];
+          if (m.valid && source) return { cpuUsec: m.cpu.usage_usec, memory: m.memory.current, source };
         }
         const p = a.proc ? processMetrics(a.pid) : undefined;
         return p
-          ? { cpuUsec: (p.cpu.time_user_ms + p.cpu.time_system_ms) * 1000, memory: p.memory.rss }
+          ? {
+              cpuUsec: (p.cpu.time_user_ms + p.cpu.time_system_ms) * 1000,
+              memory: p.memory.rss,
+              source: `pid:${a.pid}`,
+            }
           : undefined;
       },
       log: this.log,

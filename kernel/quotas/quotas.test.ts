@@ -290,6 +290,26 @@ describe('measured quotas (pause, kill)', () => {
   );
 
   it(
+    'cpu_time is summed across restarts of the identity',
+    async () => {
+      const id = await spawnAgent('q-cpur', { restart_policy: 'always' });
+      await ask('q-cpur', { cmd: 'burn' });
+      const cpu = async () => (await op.getQuota({ agent_id: id })).usage!.cpu_time;
+      const before = await until(async () => ((await cpu()) >= 300 ? await cpu() : 0), LONG, 'cpu counted');
+      await op.restart('q-cpur');
+      await next((m) => m.type === 'up');
+      // The new process (a new cgroup, a counter from 0) adds to what the old one used: over several
+      // sampler periods the usage never falls back below it.
+      for (let i = 0; i < 12; i++) {
+        expect(await cpu()).toBeGreaterThanOrEqual(before);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await op.kill('q-cpur');
+    },
+    LONG,
+  );
+
+  it(
     'wall_time: killed once its time since the first start is up',
     async () => {
       const id = await spawnAgent('q-wall', { quotas: { wall_time: { limit: 1500 } } });

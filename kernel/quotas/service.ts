@@ -59,6 +59,8 @@ type Limits = Map<QuotaName, Limit>;
 export interface Sample {
   cpuUsec: number;
   memory: number;
+  /** Where the CPU counter was read (a cgroup directory, or `pid:<pid>`): a new source is a new counter. */
+  source: string;
 }
 
 export interface QuotaServiceOptions {
@@ -80,9 +82,10 @@ interface Usage {
   firstStart: number;
   /** CPU ms of processes of this identity that are gone (and of the kernel runs before this one). */
   cpuBase: number;
-  /** CPU ms of the current process, and which process it was read from. */
+  /** CPU ms counted from the current counter, where it is read, and its last raw value (ms). */
   cpuCur: number;
-  cpuProc: unknown;
+  cpuSource: string | undefined;
+  cpuRaw: number;
   memory: number;
 }
 
@@ -226,36 +229,51 @@ export class QuotaService {
 
   /** Every period: CPU and memory of every running agent, wall time, and what crossed. */
   private sampleAll(): void {
-    for (const a of this.o.agents.list()) {
+    const agents = this.o.agents.list();
+    const cpu: [string, number][] = [];
+    for (const a of agents) {
       try {
-        this.sampleOne(a);
+        const ms = this.sampleOne(a);
+        if (ms !== undefined) cpu.push([a.def.identity, ms]);
       } catch (e) {
         this.o.log.warn({ agent: a.def.name, err: (e as Error).message }, 'quota sample failed');
       }
     }
+    // One commit for the round, before anything is enforced (the audit log writes to the same file).
+    try {
+      this.db.transaction(() => {
+        for (const [identity, ms] of cpu) this.stmts.setUsed.run(identity, 'cpu_time', ms);
+      })();
+    } catch (e) {
+      this.o.log.warn({ err: (e as Error).message }, 'cannot persist quota usage');
+    }
+    for (const a of agents) this.evaluate(a, QUOTA_NAMES);
   }
 
-  private sampleOne(a: AgentRecord): void {
+  /**
+   * Reads one agent's CPU and memory; returns its new cpu_time when it grew. A CPU counter is known by
+   * where it is read (`Sample.source`): a new source, or a counter that went back (the cgroup was made
+   * again for a restart), starts a new one, and what the old one counted is kept in the base.
+   */
+  private sampleOne(a: AgentRecord): number | undefined {
     const u = this.usageOf(a.def.identity, true);
-    if (a.proc !== u.cpuProc) {
-      // Another process of the identity (a restart): what the previous one used is kept.
+    const s = a.proc ? this.o.sample(a) : undefined;
+    if (!s) {
+      u.memory = 0;
+      return undefined;
+    }
+    u.memory = s.memory;
+    const raw = s.cpuUsec / 1000;
+    if (s.source !== u.cpuSource || raw < u.cpuRaw) {
       u.cpuBase += u.cpuCur;
       u.cpuCur = 0;
-      u.cpuProc = a.proc;
-      u.memory = 0;
+      u.cpuSource = s.source;
+      u.cpuRaw = 0;
     }
-    if (a.proc) {
-      const s = this.o.sample(a);
-      if (s) {
-        const ms = s.cpuUsec / 1000;
-        if (ms > u.cpuCur) {
-          u.cpuCur = ms;
-          this.persist(a.def.identity, 'cpu_time', u.cpuBase + u.cpuCur);
-        }
-        u.memory = s.memory;
-      }
-    }
-    this.evaluate(a, QUOTA_NAMES);
+    const grew = raw > u.cpuRaw;
+    u.cpuCur += raw - u.cpuRaw;
+    u.cpuRaw = raw;
+    return grew ? Math.round(u.cpuBase + u.cpuCur) : undefined;
   }
 
   /** Announces and enforces every quota of `a` (and of its service) among `names` that is newly reached. */
@@ -528,7 +546,8 @@ export class QuotaService {
         firstStart: 0,
         cpuBase: 0,
         cpuCur: 0,
-        cpuProc: null,
+        cpuSource: undefined,
+        cpuRaw: 0,
         memory: 0,
       };
       this.usage.set(identity, u);
