@@ -75,7 +75,9 @@ OPS = {
     "METRICS_AGENT": lambda c, a: c.get_agent_metrics(a.get("agent_id")),
     "METRICS_ALL_AGENTS": lambda c, a: c.get_all_agent_metrics(),
     "METRICS_CGROUP": lambda c, a: c.get_cgroup_metrics(a.get("cgroup_path")),
-    "SET_QUOTA": lambda c, a: c.set_quota(a.get("quotas", {}), agent_id=a.get("agent_id"), name=a.get("name"), service=a.get("service")),
+    "SET_QUOTA": lambda c, a: c.set_quota(
+        a.get("quotas", {}), agent_id=a.get("agent_id"), name=a.get("name"), service=a.get("service")
+    ),
     "GET_QUOTA": lambda c, a: c.get_quota(a.get("agent_id"), a.get("name"), a.get("service"), a.get("all", False)),
     "EXEC": lambda c, a: c.exec(a["command"]),
     "READ": lambda c, a: c.read_file(a.get("path", "")),
