@@ -477,7 +477,7 @@ export function loadCompose(file: string, opts: { env?: NodeJS.ProcessEnv } = {}
     const pr = explain(v.root.errors![v.root.errors!.length - 1], []);
     throw src.error(pr.path, pr.message, pr.key);
   }
-  return normalize(src, data as RawProject, [...warnings]);
+  return normalize(src, data as RawProject, env, [...warnings]);
 }
 
 /** The plain-value path of a node from the visitor's ancestors (pairs give keys, sequences indices). */
@@ -576,11 +576,11 @@ function sanitizeName(s: string): string {
   );
 }
 
-function normalize(src: Source, raw: RawProject, warnings: string[]): Project {
+function normalize(src: Source, raw: RawProject, env: NodeJS.ProcessEnv, warnings: string[]): Project {
   const dir = path.dirname(src.file);
   const names = Object.keys(raw.agents);
   const byName = new Map<string, Service>();
-  for (const name of names) byName.set(name, service(src, dir, name, raw.agents[name], names));
+  for (const name of names) byName.set(name, service(src, dir, name, raw.agents[name], names, env));
   const order = startOrder(src, names, byName);
   return {
     name: raw.name ?? sanitizeName(path.basename(dir)),
@@ -591,7 +591,14 @@ function normalize(src: Source, raw: RawProject, warnings: string[]): Project {
   };
 }
 
-function service(src: Source, dir: string, name: string, r: RawService, all: string[]): Service {
+function service(
+  src: Source,
+  dir: string,
+  name: string,
+  r: RawService,
+  all: string[],
+  hostEnv: NodeJS.ProcessEnv,
+): Service {
   const at = (...p: PathSeg[]): PathSeg[] => ['agents', name, ...p];
   const fail = (p: PathSeg[], msg: string): never => {
     throw src.error(p, msg);
@@ -604,13 +611,23 @@ function service(src: Source, dir: string, name: string, r: RawService, all: str
     }
   };
   const spawn: SpawnArgsBase = {};
-  if (r.script !== undefined) spawn.script = path.resolve(dir, r.script);
+  if (r.script !== undefined) {
+    spawn.script = path.resolve(dir, r.script);
+    if (!fs.statSync(spawn.script, { throwIfNoEntry: false })?.isFile()) {
+      fail(at('script'), `${spawn.script} is not a file`);
+    }
+  }
   if (r.command !== undefined) spawn.command = [...r.command];
   if (r.python !== undefined) spawn.python = r.python;
   if (r.args !== undefined) spawn.args = [...r.args];
-  const env = environment(src, dir, name, r);
+  const env = environment(src, dir, name, r, hostEnv);
   if (Object.keys(env).length) spawn.env = env;
-  if (r.cwd !== undefined) spawn.cwd = path.resolve(dir, r.cwd);
+  if (r.cwd !== undefined) {
+    spawn.cwd = path.resolve(dir, r.cwd);
+    if (!fs.statSync(spawn.cwd, { throwIfNoEntry: false })?.isDirectory()) {
+      fail(at('cwd'), `${spawn.cwd} is not a directory`);
+    }
+  }
 
   // Restarts: the flat fields, or compose's restart_policy object; the same setting twice is an error.
   const rp = r.restart_policy;
@@ -745,7 +762,13 @@ function service(src: Source, dir: string, name: string, r: RawService, all: str
 }
 
 /** env_file(s) merged in order, then `env` on top; values are strings as the wire wants. */
-function environment(src: Source, dir: string, name: string, r: RawService): Record<string, string> {
+function environment(
+  src: Source,
+  dir: string,
+  name: string,
+  r: RawService,
+  hostEnv: NodeJS.ProcessEnv,
+): Record<string, string> {
   const out: Record<string, string> = {};
   if (r.env_file !== undefined) {
     const list = Array.isArray(r.env_file) ? r.env_file : [r.env_file];
@@ -770,7 +793,7 @@ function environment(src: Source, dir: string, name: string, r: RawService): Rec
       Object.assign(out, dotenv.parse(text));
     });
   }
-  const fromHost = (k: string): string | undefined => process.env[k];
+  const fromHost = (k: string): string | undefined => hostEnv[k];
   if (Array.isArray(r.env)) {
     for (const item of r.env) {
       const eq = item.indexOf('=');
