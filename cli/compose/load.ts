@@ -23,7 +23,8 @@ import {
   type Node as YamlNode,
   type Scalar,
 } from 'yaml';
-import type { SpawnRequest } from '../../protocol/index.js';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { REQUEST_SCHEMAS, SCHEMA_DEFS, type SpawnRequest } from '../../protocol/index.js';
 import { COMPOSE_SCHEMA, NO_DENY_QUOTAS, QUOTA_UNITS, type QuotaName } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 
@@ -162,7 +163,10 @@ class Source {
         );
         if (!pair) break;
         node = pair.value;
-        found = ((key && last) || !pair.value ? pair.key : pair.value) as YamlNode;
+        // `a:` with nothing after it: the empty value sits after the colon; point at the key instead.
+        const empty =
+          !pair.value || (isScalar(pair.value) && pair.value.value === null && !pair.value.source);
+        found = ((key && last) || empty ? pair.key : pair.value) as YamlNode;
       } else if (isSeq(node)) {
         node = node.items[Number(p[i])];
         if (!node) break;
@@ -299,7 +303,8 @@ function explain(e: ErrorObject, base: PathSeg[], inherited?: string): Problem {
     case 'anyOf':
     case 'oneOf': {
       if (e.keyword === 'oneOf' && parent.properties && 'script' in (parent.properties as Schema)) {
-        const d = (e.data ?? {}) as Schema;
+        if (jsonType(e.data) !== 'object') return { path: p, message: `must be a mapping${got(e.data)}` };
+        const d = e.data as Schema;
         // ajv tries oneOf before additionalProperties; a misspelt `script` is better reported as such.
         const known = Object.keys(parent.properties as Schema);
         const unknown = Object.keys(d).find((k) => !known.includes(k) && !k.startsWith('x-'));
@@ -369,6 +374,7 @@ function explain(e: ErrorObject, base: PathSeg[], inherited?: string): Problem {
           .join(' or ')}${got(e.data)}`,
       };
     case 'enum': {
+      if (parent.errorMessage) return { path: p, message: `${String(parent.errorMessage)}${got(e.data)}` };
       const vals = (params.allowedValues as unknown[]).map(String);
       const hint = typeof e.data === 'string' ? didYouMean(e.data, vals) : '';
       return { path: p, message: `must be one of ${vals.join(', ')}${got(e.data)}${hint}` };
@@ -747,6 +753,7 @@ function service(
     }
   }
 
+  checkContract(src, at, r, spawn);
   const serviceQuotas =
     r.service_quotas !== undefined ? quotas(src, at('service_quotas'), r.service_quotas) : null;
   return {
@@ -759,6 +766,56 @@ function service(
     healthcheck,
     hash: configHash(spawn, healthcheck),
   };
+}
+
+let spawnValidator: ValidateFunction | undefined;
+
+/**
+ * The built request against the contract's SPAWN schema, so that a value the kernel would refuse (a
+ * watchdog over a day, a budget under its minimum) is reported at its line now rather than by `up` later.
+ */
+function checkContract(
+  src: Source,
+  at: (...p: PathSeg[]) => PathSeg[],
+  r: RawService,
+  spawn: SpawnArgsBase,
+): void {
+  if (!spawnValidator) {
+    const ajv = new Ajv2020({ allErrors: false, allowUnionTypes: true, strict: false, verbose: true });
+    ajv.addSchema(SCHEMA_DEFS);
+    spawnValidator = ajv.compile(REQUEST_SCHEMAS.SPAWN!);
+  }
+  if (spawnValidator(spawn)) return;
+  const e = spawnValidator.errors![0];
+  const wire = pointerToPath(e.instancePath).map((x) => (/^\d+$/.test(String(x)) ? Number(x) : x));
+  throw src.error(
+    at(...originOf(wire, r)),
+    `SPAWN's ${fieldName(wire) || 'request'} ${e.message ?? 'is not valid'}${got(e.data)}`,
+  );
+}
+
+const RESTART_OBJECT_FIELDS: Record<string, string> = {
+  max_restarts: 'max_attempts',
+  restart_window: 'window',
+  backoff_initial_ms: 'delay',
+  backoff_max_ms: 'max_delay',
+  backoff_multiplier: 'multiplier',
+};
+const LIMIT_FIELDS: Record<string, string> = { cpu_quota: 'cpu', cpu_period: 'cpu', max_pids: 'pids' };
+
+/** The clove.yaml field a SPAWN field was built from. */
+function originOf(wire: PathSeg[], r: RawService): PathSeg[] {
+  const [first, second] = wire;
+  if (
+    first in RESTART_OBJECT_FIELDS &&
+    r[first as keyof RawService] === undefined &&
+    typeof r.restart_policy === 'object'
+  ) {
+    return ['restart_policy', RESTART_OBJECT_FIELDS[first]];
+  }
+  if (first === 'watchdog_ms' && r.watchdog !== undefined) return ['watchdog'];
+  if (first === 'limits' && second !== undefined) return ['limits', LIMIT_FIELDS[second as string] ?? second];
+  return wire;
 }
 
 /** env_file(s) merged in order, then `env` on top; values are strings as the wire wants. */
