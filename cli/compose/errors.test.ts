@@ -140,6 +140,20 @@ describe('ComposeError names file, line, column and field', () => {
     expect(b.detail).toMatch(/^SPAWN's budgets\.mailbox_bytes must be >= 1024 \(got 10\)$/);
   });
 
+  it('labels: clove.* is reserved, keys follow the contract; env keys have no =', () => {
+    const r = failure('agents:\n  a:\n    script: a.py\n    labels: { clove.service: x }\n');
+    expect(at(r)).toEqual({ line: 4, column: 15, field: 'agents.a.labels.clove.service' });
+    expect(r.detail).toBe('"clove.service": clove.* labels are set by clove up');
+    const l = failure('agents:\n  a:\n    script: a.py\n    labels: ["ok=1", "clove.replica=2"]\n');
+    expect(at(l)).toEqual({ line: 4, column: 22, field: 'agents.a.labels[1]' });
+    const k = failure('agents:\n  a:\n    script: a.py\n    labels: { "no spaces": x }\n');
+    expect(at(k)).toEqual({ line: 4, column: 15, field: 'agents.a.labels.no spaces' });
+    expect(k.detail).toMatch(/^key "no spaces" keys are 1–63 letters/);
+    const e = failure('agents:\n  a:\n    script: a.py\n    env: { "A=B": x }\n');
+    expect(at(e)).toEqual({ line: 4, column: 12, field: 'agents.a.env.A=B' });
+    expect(e.detail).toBe('key "A=B" must not contain =');
+  });
+
   it('missing env_file', () => {
     const e = failure('agents:\n  a:\n    script: a.py\n    env_file: [a.py, missing.env]\n');
     expect(at(e)).toEqual({ line: 4, column: 22, field: 'agents.a.env_file[1]' });
