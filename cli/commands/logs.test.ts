@@ -144,6 +144,44 @@ describe('clove logs', () => {
   });
 });
 
+describe('clove logs -f across a kernel restart', () => {
+  it('keeps following while the kernel is away, then picks up the restored and the new agents', async () => {
+    const dir = tempDir();
+    const paths = { socketPath: path.join(dir, 'k.sock'), dataDir: path.join(dir, 'data') };
+    let k = await startKernelProcess({ ...paths, extra: ['--log-level', 'error'] });
+    const log = (name: string) => path.join(paths.dataDir, 'logs', `${name}.log`);
+    const lines = (name: string) => (fs.existsSync(log(name)) ? fs.readFileSync(log(name), 'utf8') : '');
+    const kc = await k.client();
+    await kc.spawn({ name: 'svc-1', script, args: ['svc-1'], restart_policy: 'always' });
+    await until(() => lines('svc-1').includes('svc-1 line 5'), 20_000, 'svc-1 up');
+    const child = spawn(process.execPath, [bin, '--socket', paths.socketPath, 'logs', '-f', 'svc-*'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await until(() => out.includes('svc-1 | svc-1 line 5\n'), 20_000, 'backlog');
+      expect((await k.stop()).code).toBe(0);
+      await until(() => err.includes('cannot reach the kernel'), 20_000, 'the warning');
+      expect(child.exitCode).toBeNull();
+      k = await startKernelProcess({ ...paths, extra: ['--log-level', 'error'] });
+      // svc-1 (restart: always) is back and writes its lines again, into the same file.
+      await until(() => out.split('svc-1 | svc-1 line 5\n').length === 3, 30_000, 'svc-1 restored');
+      await (await k.client()).spawn({ name: 'svc-2', script, args: ['svc-2'] });
+      await until(() => out.includes('svc-2 | svc-2 line 5\n'), 30_000, 'svc-2 joins');
+      expect(err).toContain('kernel reachable again');
+    } finally {
+      child.kill('SIGINT');
+      await k.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    expect(await exited, err).toBe(0);
+  }, 120_000);
+});
+
 describe('logs selection (unit)', () => {
   const a = (id: number, name: string, labels?: Record<string, string>): Listed =>
     ({ id, name, labels, log_file: `/l/${name}.log` }) as Listed;

@@ -361,7 +361,10 @@ async function followAll(
   await new Promise<void>((resolve) => {
     const files = setInterval(pollFiles, POLL_FILES_MS);
     const list = setInterval(() => void refreshList(), POLL_LIST_MS);
+    let stopped = false;
     const stop = () => {
+      if (stopped) return;
+      stopped = true;
       clearInterval(files);
       clearInterval(list);
       process.off('SIGINT', stop);
