@@ -24,8 +24,8 @@ function clove(...args: string[]): Promise<{ code: number; out: string; err: str
 }
 
 /** Spawns an agent and waits until its five startup lines are in its log. */
-async function agent(name: string): Promise<void> {
-  await c.spawn({ name, script, args: [name] });
+async function agent(name: string, labels?: Record<string, string>): Promise<void> {
+  await c.spawn({ name, script, args: [name], ...(labels ? { labels } : {}) });
   const file = path.join(kp.dataDir, 'logs', `${name}.log`);
   await until(
     () => fs.existsSync(file) && fs.readFileSync(file, 'utf8').includes(`${name} line 5\n`),
@@ -56,7 +56,7 @@ beforeAll(async () => {
   );
   await agent('workers-1');
   await agent('workers-2');
-  await agent('other');
+  await agent('other', { 'clove.project': 'demo', 'clove.service': 'backend' });
 }, 60_000);
 afterAll(async () => kp?.stop());
 
@@ -77,6 +77,12 @@ describe('clove logs', () => {
     const all = await clove('logs', '--no-color');
     expect(all.out).toContain('other     | other line 1\n');
     expect(all.out).toContain('workers-1 | workers-1 line 1\n');
+  });
+
+  it('a service name (label clove.service) selects its agents', async () => {
+    const r = await clove('logs', '--tail', '1', 'backend', 'workers-2');
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toBe('other     | other line 5\nworkers-2 | workers-2 line 5\n');
   });
 
   it('--tail 2 gives the last two lines of each agent; one agent named exactly has no prefix', async () => {

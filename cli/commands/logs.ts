@@ -27,8 +27,8 @@ export interface CommandContext {
   defaults: unknown;
 }
 
-/** An agent as LIST returns it, with the labels the lead adds to AgentInfo (absent on older kernels). */
-export type Listed = AgentInfo & { labels?: Record<string, string> };
+/** An agent as LIST returns it (labels may be missing from an older kernel's reply). */
+export type Listed = Omit<AgentInfo, 'labels'> & { labels?: AgentInfo['labels'] };
 
 /** One log to print: the agent's name and its file. */
 export interface LogSource {

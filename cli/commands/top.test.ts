@@ -71,7 +71,7 @@ beforeAll(async () => {
   const idle = path.join(dir, 'idle.py');
   fs.writeFileSync(idle, ['import time', 'while True: time.sleep(30)'].join('\n'));
   const c = await kp.client();
-  await c.spawn({ name: 'pinger', script });
+  await c.spawn({ name: 'pinger', script, labels: { 'clove.project': 'demo', 'clove.service': 'pings' } });
   await c.spawn({ name: 'idle-worker', script: idle });
 }, 60_000);
 afterAll(async () => {
@@ -99,7 +99,7 @@ describe('clove top', () => {
       restarts: 0,
       messages_in: 1,
       messages_out: 1,
-      service: null,
+      service: 'pings',
     });
     expect(p.pid).toBeGreaterThan(0);
     expect(p.memory_bytes).toBeGreaterThan(0);
@@ -117,7 +117,7 @@ describe('clove top', () => {
     const lines = r.out.split('\n');
     expect(lines[0]).toMatch(/^clove top {2}\d\d:\d\d:\d\d {2}agents 2: RUNNING 2$/);
     expect(r.out).toMatch(/NAME\s+SERVICE\s+STATE\s+CPU%\s+MEM\s+RESTARTS\s+MSGS IN\s+MSGS OUT\s+UPTIME/);
-    expect(r.out).toMatch(/pinger\s+-\s+RUNNING\s+\d+\.\d\s+[\d.]+[KMG]\s+0\s+1\s+1\s+\d+[smh]/);
+    expect(r.out).toMatch(/pinger\s+pings\s+RUNNING\s+\d+\.\d\s+[\d.]+[KMG]\s+0\s+1\s+1\s+\d+[smh]/);
     expect(r.out).not.toContain('\u001b['); // not a terminal: no colours
   });
 
@@ -126,7 +126,7 @@ describe('clove top', () => {
     expect(code, out).toBe(0);
     expect(out).toMatch(/NAME\s+SERVICE\s+STATE\s+CPU%\s+MEM\s+RESTARTS\s+MSGS IN\s+MSGS OUT\s+UPTIME/);
     expect(out).toContain('idle-worker');
-    expect(out).toMatch(/pinger\s+-\s+\S*RUNNING/);
+    expect(out).toMatch(/pinger\s+pings\s+\S*RUNNING/);
     expect(out.lastIndexOf('\u001b[?25h')).toBeGreaterThan(out.lastIndexOf('\u001b[?25l'));
   });
 
