@@ -184,7 +184,16 @@ function fmtUptime(ms: number): string {
   return `${Math.floor(s / 86400)}d${Math.floor((s % 86400) / 3600)}h`;
 }
 
-const STATE_ORDER = ['RUNNING', 'STARTING', 'BACKOFF', 'PAUSED', 'STOPPING', 'STOPPED', 'FAILED'];
+const STATE_ORDER = [
+  'RUNNING',
+  'STARTING',
+  'RESTARTING',
+  'BACKOFF',
+  'PAUSED',
+  'STOPPING',
+  'STOPPED',
+  'FAILED',
+];
 
 /** The text of one frame: header lines and the hand-aligned table (colours only when `colored`). */
 export function renderTop(snap: TopSnapshot, colored: boolean, note?: string): string {
@@ -194,7 +203,7 @@ export function renderTop(snap: TopSnapshot, colored: boolean, note?: string): s
       ? c.green(s)
       : s === 'FAILED'
         ? c.red(s)
-        : s === 'BACKOFF' || s === 'STARTING'
+        : s === 'BACKOFF' || s === 'STARTING' || s === 'RESTARTING'
           ? c.yellow(s)
           : s === 'PAUSED' || s === 'STOPPING'
             ? c.magenta(s)
