@@ -111,6 +111,20 @@ describe('clove logs', () => {
     const r = await clove('logs', 'gone');
     expect(r.code, r.err).toBe(0);
     expect(r.out).toContain('gone line 5\n');
+    // A reader that goes away early (`| head -1`) ends it quietly with exit 0 (more than a pipe holds).
+    const big = Array.from({ length: 20_000 }, (_, i) => `big line ${i}\n`).join('');
+    fs.writeFileSync(path.join(kp.dataDir, 'logs', 'big.log'), big);
+    const head = await new Promise<{ code: number; out: string; err: string }>((resolve) =>
+      execFile(
+        'bash',
+        [
+          '-c',
+          `"${process.execPath}" "${bin}" -s "${kp.socketPath}" logs big | head -1; exit \${PIPESTATUS[0]}`,
+        ],
+        (e, out, err) => resolve({ code: e ? ((e as { code?: number }).code ?? 1) : 0, out, err }),
+      ),
+    );
+    expect([head.code, head.out, head.err]).toEqual([0, 'big line 0\n', '']);
   });
 
   it('-f: a new matching agent joins the running follow, a line written in two pieces comes out whole, SIGINT exits 0', async () => {

@@ -118,6 +118,8 @@ function colourFor(colors: ReturnType<typeof pc.createColors>): (name: string) =
 /** Writes lines with the `name | ` prefix (padded to the longest name shown so far) and an optional time. */
 class Printer {
   private width = 0;
+  /** The reader went away (`clove logs | head`): nothing more is written. */
+  closed = false;
   private readonly paint: (name: string) => string;
 
   constructor(
@@ -133,7 +135,7 @@ class Printer {
 
   /** `at` is when the line was read; undefined for backlog lines, whose time is unknown. */
   lines(name: string, lines: Buffer[], at?: Date): void {
-    if (lines.length === 0) return;
+    if (lines.length === 0 || this.closed) return;
     let head = '';
     if (this.o.timestamps) head += `${at ? at.toISOString() : '-'.padEnd(24)} `;
     if (this.o.prefix) head += `${this.paint(name)}${' '.repeat(this.width - name.length)} | `;
@@ -294,6 +296,8 @@ async function logs(ctx: CommandContext, patterns: string[], o: LogsOptions): Pr
     color: o.color && pc.isColorSupported && Boolean(process.stdout.isTTY),
   });
   printer.widen(first.sources.map((s) => s.name));
+  // `clove logs | head`: the reader went away; stop writing and end quietly (exit 0).
+  process.stdout.on('error', () => (printer.closed = true));
   const followed = new Map<string, Followed>();
   for (const s of first.sources) {
     const b = backlog(s.file, o.tail, Boolean(o.follow));
@@ -376,7 +380,6 @@ async function followAll(
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
-    // `clove logs -f | head`: the reader went away, so end quietly.
     process.stdout.on('error', stop);
   });
 }
