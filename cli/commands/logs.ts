@@ -51,10 +51,13 @@ function nonNegativeInt(v: string): number {
  * Agents without a log file (LIST gives it to operators only) are left out.
  */
 export function selectAgents(agents: Listed[], patterns: string[]): LogSource[] {
+  return matching(agents, patterns).flatMap((a) => (a.log_file ? [{ name: a.name, file: a.log_file }] : []));
+}
+
+function matching(agents: Listed[], patterns: string[]): Listed[] {
   const matchers = patterns.map((p) => ({ p, glob: picomatch(p, { dot: true }) }));
-  const out: LogSource[] = [];
+  const out: Listed[] = [];
   for (const a of agents) {
-    if (!a.log_file) continue;
     const service = a.labels?.['clove.service'];
     const hit =
       matchers.length === 0 ||
@@ -62,7 +65,7 @@ export function selectAgents(agents: Listed[], patterns: string[]): LogSource[] 
         ({ p, glob }) =>
           glob(a.name) || (/^\d+$/.test(p) && Number(p) === a.id) || (service !== undefined && glob(service)),
       );
-    if (hit) out.push({ name: a.name, file: a.log_file });
+    if (hit) out.push(a);
   }
   return out;
 }
@@ -275,18 +278,22 @@ async function discover(
   c: CloveClient,
   patterns: string[],
   fallbackDataDir: string,
-): Promise<{ sources: LogSource[]; dataDir: string }> {
+): Promise<{ sources: LogSource[]; dataDir: string; unreadable: number }> {
   const [agents, hello] = await Promise.all([c.list(), c.hello()]);
   const dataDir = hello.data_dir ?? fallbackDataDir;
   const sources = selectAgents(agents as Listed[], patterns);
+  // Matching agents LIST gave no log file for: the caller is not an operator.
+  const unreadable = matching(agents as Listed[], patterns).length - sources.length;
   const known = new Set(agents.map((a) => a.name));
   sources.push(...leftoverLogs(dataDir, patterns, known));
   sources.sort((a, b) => a.name.localeCompare(b.name));
-  return { sources, dataDir };
+  return { sources, dataDir, unreadable };
 }
 
 async function logs(ctx: CommandContext, patterns: string[], o: LogsOptions): Promise<void> {
   const first = await withClient(ctx.socket(), (c) => discover(c, patterns, ctx.dataDir()));
+  if (first.sources.length === 0 && first.unreadable > 0)
+    throw new CliError("only operators (the uid running the kernel) may read agents' logs", EXIT.REFUSED);
   if (first.sources.length === 0 && !o.follow)
     throw new CliError(`no agent matches ${patterns.join(' ') || '(any agent)'}`, EXIT.NOT_FOUND);
   const single = patterns.length === 1 && first.sources.length === 1 && first.sources[0].name === patterns[0];
