@@ -907,6 +907,13 @@ export type PermissionsInput = string | { [k: string]: unknown };
 export type AuditCategory =
   'SECURITY' | 'AGENT_LIFECYCLE' | 'IPC' | 'STATE_STORE' | 'RESOURCE' | 'SYSCALL' | 'NETWORK' | 'WORLD';
 /**
+ * what happens at the crossing: deny (later calls of that kind fail with quota_exceeded; not valid for memory, cpu_time, wall_time), pause (the agent, or every agent of the service, is paused like PAUSE and stays paused until RESUME), kill (killed for good like KILL, never restarted)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaPolicy".
+ */
+export type QuotaPolicy = 'deny' | 'pause' | 'kill';
+/**
  * memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted)
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -914,13 +921,6 @@ export type AuditCategory =
  */
 export type QuotaName =
   'memory' | 'cpu_time' | 'wall_time' | 'llm_calls' | 'llm_tokens' | 'network_bytes' | 'exec_count';
-/**
- * what happens at the crossing: deny (later calls of that kind fail with quota_exceeded; not valid for memory, cpu_time, wall_time), pause (the agent, or every agent of the service, is paused like PAUSE and stays paused until RESUME), kill (killed for good like KILL, never restarted)
- *
- * This interface was referenced by `CloveContract`'s JSON-Schema
- * via the `definition` "QuotaPolicy".
- */
-export type QuotaPolicy = 'deny' | 'pause' | 'kill';
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ReplayState".
@@ -1315,7 +1315,7 @@ export interface AgentMetrics {
     bytes_read: number;
     bytes_written: number;
   };
-  quotas: QuotaUsage;
+  quotas: AgentQuotaMetrics;
 }
 /**
  * The per-process object inside an agent's metrics.
@@ -1396,19 +1396,34 @@ export interface CgroupMetrics {
   };
 }
 /**
- * Usage of every quota name (QuotaName → number in its unit), counted whether or not a limit is set.
+ * Every quota of an agent (QuotaName → QuotaMeter): usage counted whether or not a limit is set; `limit`, `policy`, `exceeded` for the agent's own quotas (GET_QUOTA has its service's).
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
- * via the `definition` "QuotaUsage".
+ * via the `definition` "AgentQuotaMetrics".
  */
-export interface QuotaUsage {
-  memory: number;
-  cpu_time: number;
-  wall_time: number;
-  llm_calls: number;
-  llm_tokens: number;
-  network_bytes: number;
-  exec_count: number;
+export interface AgentQuotaMetrics {
+  memory: QuotaMeter;
+  cpu_time: QuotaMeter;
+  wall_time: QuotaMeter;
+  llm_calls: QuotaMeter;
+  llm_tokens: QuotaMeter;
+  network_bytes: QuotaMeter;
+  exec_count: QuotaMeter;
+}
+/**
+ * One quota of an agent as the metrics replies show it: its usage, and its limit when it has one.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaMeter".
+ */
+export interface QuotaMeter {
+  /**
+   * in the quota's unit
+   */
+  used: number;
+  limit?: number;
+  policy?: QuotaPolicy;
+  exceeded?: boolean;
 }
 /**
  * The system object of METRICS_SYSTEM (cpu percent: since the previous call).
@@ -1504,6 +1519,21 @@ export interface QuotaState {
    * used has reached the limit
    */
   exceeded: boolean;
+}
+/**
+ * Usage of every quota name (QuotaName → number in its unit), counted whether or not a limit is set.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "QuotaUsage".
+ */
+export interface QuotaUsage {
+  memory: number;
+  cpu_time: number;
+  wall_time: number;
+  llm_calls: number;
+  llm_tokens: number;
+  network_bytes: number;
+  exec_count: number;
 }
 /**
  * An agent's quotas and usage (GET_QUOTA).
@@ -5028,9 +5058,9 @@ export const SCHEMA_DEFS = {
           },
         },
         quotas: {
-          $ref: 'clove#/$defs/QuotaUsage',
+          $ref: 'clove#/$defs/AgentQuotaMetrics',
           description:
-            "ext: the agent's quota usage (every quota name, in its unit; GET_QUOTA has the limits)",
+            "ext: the agent's quotas: every quota's usage in its unit, with its limit when it has one (docs/protocol.md §4b)",
         },
       },
     },
@@ -5313,6 +5343,33 @@ export const SCHEMA_DEFS = {
         quotas: { type: 'object', additionalProperties: { $ref: 'clove#/$defs/QuotaState' } },
         usage: { $ref: 'clove#/$defs/QuotaUsage' },
         agent_ids: { type: 'array', items: { type: 'integer' }, description: 'ids of its live agents' },
+      },
+    },
+    QuotaMeter: {
+      type: 'object',
+      required: ['used'],
+      description:
+        'One quota of an agent as the metrics replies show it: its usage, and its limit when it has one.',
+      properties: {
+        used: { type: 'number', description: "in the quota's unit" },
+        limit: { type: 'number' },
+        policy: { $ref: 'clove#/$defs/QuotaPolicy' },
+        exceeded: { type: 'boolean' },
+      },
+    },
+    AgentQuotaMetrics: {
+      type: 'object',
+      required: ['memory', 'cpu_time', 'wall_time', 'llm_calls', 'llm_tokens', 'network_bytes', 'exec_count'],
+      description:
+        "Every quota of an agent (QuotaName → QuotaMeter): usage counted whether or not a limit is set; `limit`, `policy`, `exceeded` for the agent's own quotas (GET_QUOTA has its service's).",
+      properties: {
+        memory: { $ref: 'clove#/$defs/QuotaMeter' },
+        cpu_time: { $ref: 'clove#/$defs/QuotaMeter' },
+        wall_time: { $ref: 'clove#/$defs/QuotaMeter' },
+        llm_calls: { $ref: 'clove#/$defs/QuotaMeter' },
+        llm_tokens: { $ref: 'clove#/$defs/QuotaMeter' },
+        network_bytes: { $ref: 'clove#/$defs/QuotaMeter' },
+        exec_count: { $ref: 'clove#/$defs/QuotaMeter' },
       },
     },
     RecordingEntry: {

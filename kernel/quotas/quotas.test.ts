@@ -163,7 +163,12 @@ describe('counted quotas (deny)', () => {
       expect(q.quotas?.exec_count).toEqual({ limit: 2, policy: 'deny', used: 2, exceeded: true });
       expect(q.usage?.exec_count).toBe(2);
       // Metrics show the usage too.
-      expect((await op.agentMetrics(id)).metrics.quotas.exec_count).toBe(2);
+      expect((await op.agentMetrics(id)).metrics.quotas.exec_count).toEqual({
+        used: 2,
+        limit: 2,
+        policy: 'deny',
+        exceeded: true,
+      });
       // The crossing is audited (RESOURCE).
       const audit = await op.getAuditLog({ category: 'RESOURCE', limit: 100 });
       expect(JSON.stringify(audit)).toContain('QUOTA_EXCEEDED');

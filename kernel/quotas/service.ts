@@ -14,8 +14,10 @@
 import type Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import type {
+  AgentQuotaMetrics,
   AgentQuotas,
   QuotaLimit,
+  QuotaMeter,
   QuotaPolicy,
   QuotaSet,
   QuotaState,
@@ -450,9 +452,16 @@ export class QuotaService {
     return [...keys].map((k) => this.serviceQuotas(serviceOfKey(k)));
   }
 
-  /** An agent's usage of every quota (the metrics replies' `quotas`). */
-  usageFor(a: AgentRecord): QuotaUsage {
-    return this.usageObject((n) => this.used(a.def.identity, n));
+  /** An agent's quotas as the metrics replies show them: every quota's usage, its limit when it has one. */
+  metricsFor(a: AgentRecord): AgentQuotaMetrics {
+    const limits = this.limits.get(`a:${a.def.identity}`);
+    const out: Record<string, QuotaMeter> = {};
+    for (const n of QUOTA_NAMES) {
+      const used = this.used(a.def.identity, n);
+      const l = limits?.get(n);
+      out[n] = l ? { used, limit: l.limit, policy: l.policy, exceeded: used >= l.limit } : { used };
+    }
+    return out as unknown as AgentQuotaMetrics;
   }
 
   /** Whether `caller` may read `a`'s quotas: operators, itself, its ancestors. */

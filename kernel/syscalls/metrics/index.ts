@@ -14,8 +14,8 @@ import {
 
 export default defineFamily(({ services }) => {
   const { agents, metrics, quotas } = services;
-  // The agent object, with its quota usage (counted by the quota service; GET_QUOTA has the limits).
-  const agentMetrics = (a: AgentRecord) => ({ ...metrics.agent(a), quotas: quotas.usageFor(a) });
+  // The agent object, with its quotas: usage counted by the quota service, and the agent's own limits.
+  const agentMetrics = (a: AgentRecord) => ({ ...metrics.agent(a), quotas: quotas.metricsFor(a) });
   const visible = (c: Caller, a: AgentRecord) => c.id === a.def.id || agents.mayControl(c, a);
   return {
     name: 'metrics',

@@ -32,7 +32,10 @@ def test_spawn_with_quotas_then_set_and_get(op):
     assert bad["success"] is False and bad["code"] == "invalid_request"
 
     m = op.get_agent_metrics(agent)
-    assert set(m["metrics"]["quotas"]) >= {"exec_count", "cpu_time"}
+    assert set(m["metrics"]["quotas"]) == names
+    assert m["metrics"]["quotas"]["cpu_time"]["limit"] == 600000
+    assert m["metrics"]["quotas"]["llm_calls"] == {"used": 0, "limit": 7, "policy": "deny", "exceeded": False}
+    assert m["metrics"]["quotas"]["exec_count"] == {"used": 0}
 
     svc = {"project": "py", "service": "web"}
     assert op.set_quota({"network_bytes": {"limit": 1000}}, service=svc)["quotas"]["network_bytes"]["used"] == 0
