@@ -94,9 +94,9 @@ export function fmtBytes(n: number | null | undefined): string {
   return `${v < 10 ? v.toFixed(1) : Math.round(v)}${units[u]}`;
 }
 
-/** An agent's labels (LIST returns `labels` once the kernel has them; {} before). */
+/** An agent's labels ({} when it has none). */
 export function labelsOf(a: AgentInfo): Record<string, string> {
-  return ((a as unknown as { labels?: Record<string, string> }).labels ?? {}) as Record<string, string>;
+  return a.labels ?? {};
 }
 
 /** An agent's id, from an id or a name (through LIST). */
@@ -144,4 +144,13 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Creates a kernel's data dir traversable by agents' uids (0711) when missing: the kernel's own first
+ * recursive mkdir of <data>/logs (0700) would otherwise make it 0700, and sandboxed agents could not reach
+ * <data>/run/agent.sock.
+ */
+export function ensureDataDir(dir: string): void {
+  if (!fs.existsSync(dir)) fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
 }

@@ -12,7 +12,7 @@ import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/ind
 import { ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
 import { registerCompose, type Globals } from './commands/compose.js';
 import { registerStatus } from './commands/status.js';
-import { CliError, EXIT, resolveAgent, table, target, withClient } from './lib.js';
+import { CliError, EXIT, ensureDataDir, resolveAgent, table, target, withClient } from './lib.js';
 
 export { CliError, EXIT, withClient };
 
@@ -150,6 +150,7 @@ export function program(daemon: Daemon): Command {
     )
     .action(async (o) => {
       const dataDir = o.dataDir ? path.resolve(o.dataDir) : g.dataDir();
+      ensureDataDir(dataDir);
       process.exitCode = await daemon.run(kernelOptions(o, g.socket(), dataDir));
     });
 

@@ -22,7 +22,17 @@ import {
   type Project,
   type Service,
 } from '../compose/index.js';
-import { CliError, EXIT, alive, labelsOf, tail, tryConnect, waitFor, withClient } from '../lib.js';
+import {
+  CliError,
+  EXIT,
+  alive,
+  ensureDataDir,
+  labelsOf,
+  tail,
+  tryConnect,
+  waitFor,
+  withClient,
+} from '../lib.js';
 import type { Daemon } from '../main.js';
 
 /** What the commands need of the program: the global options, resolved at action time. */
@@ -142,7 +152,7 @@ async function startBackgroundKernel(
   o: { sandbox: string; logLevel: string },
 ): Promise<{ pid: number; log: string }> {
   const dataDir = g.dataDir();
-  fs.mkdirSync(dataDir, { recursive: true });
+  ensureDataDir(dataDir);
   const log = path.join(dataDir, 'kernel.log');
   const fd = fs.openSync(log, 'a');
   const child = spawn(
@@ -187,15 +197,10 @@ async function startBackgroundKernel(
   return { pid: child.pid!, log };
 }
 
-/** Is this agent healthy: its healthcheck passes, or (without one) it is RUNNING and has talked to the kernel? */
-async function healthy(
-  s: Service,
-  a: AgentInfo,
-  syscalls: Map<number, number>,
-  socket: string,
-): Promise<boolean> {
+/** Is this agent healthy: its healthcheck passes, or (without one) its current process said HELLO (LIST `ready`)? */
+async function healthy(s: Service, a: AgentInfo, socket: string): Promise<boolean> {
   if (a.state !== 'RUNNING') return false;
-  if (!s.healthcheck) return (syscalls.get(a.id) ?? 0) > 0;
+  if (!s.healthcheck) return a.ready;
   const [cmd, ...args] = s.healthcheck.command;
   return new Promise((resolve) =>
     execFile(
@@ -208,12 +213,6 @@ async function healthy(
       (err) => resolve(!err),
     ),
   );
-}
-
-/** The syscall count of every agent (METRICS_ALL_AGENTS): > 0 once it said HELLO or called anything. */
-async function syscallCounts(c: CloveClient): Promise<Map<number, number>> {
-  const m = await c.allAgentMetrics();
-  return new Map(m.agents.map((x) => [x.agent_id, x.kernel_stats.syscall_count]));
 }
 
 /** An agent that cannot start: exit 9 with its last log lines. */
@@ -247,9 +246,8 @@ async function waitService(
     for (const a of agents) if (DEAD.has(a.state)) throw startFailure(a, 'did not start');
     let ok = agents.length === want.length && agents.every((a) => a.state === 'RUNNING');
     if (ok && condition === 'healthy') {
-      const counts = await syscallCounts(c);
       for (const a of agents) {
-        if (await healthy(s, a, counts, socket)) {
+        if (await healthy(s, a, socket)) {
           fails.set(a.name, 0);
           continue;
         }
@@ -344,13 +342,13 @@ export async function applyProject(
       );
     const keep = new Set(mine.filter((a) => !stale.includes(a)).map((a) => a.name));
     const recreated = new Set(stale.map((a) => a.name));
+    for (const a of mine) if (keep.has(a.name)) opts.out(`${a.name} is up to date`);
     for (let i = 0; i < want.length; i++) {
       if (keep.has(want[i])) continue;
       const labels = composeLabels(p, s, s.replicated ? i + 1 : undefined);
       const r = await c.spawn({ ...s.spawn, name: want[i], labels } as SpawnRequest);
       opts.out(`${recreated.has(want[i]) ? 'recreated' : 'started'} ${want[i]} (id ${r.id}, pid ${r.pid})`);
     }
-    for (const a of mine) if (keep.has(a.name)) opts.out(`${a.name} is up to date`);
     await setServiceQuotas(c, p, s);
   }
 }
@@ -378,14 +376,32 @@ async function waitProject(
   }
 }
 
+/** Where each of the project's agents' log files ends now: following starts there. */
+export async function logEnds(c: CloveClient, project: string): Promise<Map<string, number>> {
+  const ends = new Map<string, number>();
+  for (const a of projectAgents(await c.list(), project)) {
+    try {
+      if (a.log_file) ends.set(a.log_file, fs.statSync(a.log_file).size);
+    } catch {
+      // no log yet: it is followed from its start
+    }
+  }
+  return ends;
+}
+
 /**
- * Prints every project agent's new log lines as `name | line`, until `signal` aborts: polls LIST for new
- * agents (and replaced ones: a recreated agent starts a new file) and each file's size (copy-truncate safe).
+ * Prints the project's agents' log lines as `name | line` until `signal` aborts: files in `from` from
+ * that offset, new ones (agents started or recreated meanwhile) from their start. Polls LIST for new
+ * agents and each file's size (a file that shrank was rotated by copy-truncate: read it from 0).
  */
-export async function followProject(c: CloveClient, project: string, signal: AbortSignal): Promise<void> {
-  const pos = new Map<string, number>();
-  const width = () => Math.max(8, ...[...pos.keys()].map((f) => path.basename(f, '.log').length));
-  let first = true;
+export async function followProject(
+  c: CloveClient,
+  project: string,
+  signal: AbortSignal,
+  from: Map<string, number>,
+): Promise<void> {
+  const pos = new Map(from);
+  let width = 8;
   while (!signal.aborted) {
     let agents: AgentInfo[] = [];
     try {
@@ -393,6 +409,7 @@ export async function followProject(c: CloveClient, project: string, signal: Abo
     } catch {
       return; // the kernel went away
     }
+    width = Math.max(width, ...agents.map((a) => a.name.length));
     for (const a of agents) {
       const f = a.log_file;
       if (!f) continue;
@@ -402,33 +419,29 @@ export async function followProject(c: CloveClient, project: string, signal: Abo
       } catch {
         continue;
       }
-      // Lines written before `up` started following are not repeated on a second `up`.
-      if (!pos.has(f)) pos.set(f, first ? size : 0);
-      let at = pos.get(f)!;
+      let at = pos.get(f) ?? 0;
       if (size < at) at = 0;
-      if (size > at) {
-        const fd = fs.openSync(f, 'r');
-        const buf = Buffer.alloc(size - at);
-        fs.readSync(fd, buf, 0, buf.length, at);
-        fs.closeSync(fd);
-        const text = buf.toString('utf8');
-        const end = text.lastIndexOf('\n');
-        if (end < 0) continue;
-        for (const line of text.slice(0, end).split('\n'))
-          process.stdout.write(`${a.name.padEnd(width())} | ${line}\n`);
-        pos.set(f, at + Buffer.byteLength(text.slice(0, end + 1)));
-      }
+      if (size <= at) continue;
+      const fd = fs.openSync(f, 'r');
+      const buf = Buffer.alloc(size - at);
+      fs.readSync(fd, buf, 0, buf.length, at);
+      fs.closeSync(fd);
+      const end = buf.lastIndexOf(0x0a);
+      if (end < 0) continue; // wait for the whole line
+      for (const line of buf.subarray(0, end).toString('utf8').split('\n'))
+        process.stdout.write(`${a.name.padEnd(width)} | ${line}\n`);
+      pos.set(f, at + end + 1);
     }
-    first = false;
     await new Promise((r) => setTimeout(r, 300));
   }
 }
 
-/** Until SIGINT or SIGTERM. */
-function untilSignal(): { signal: AbortSignal; done: Promise<void> } {
+/** Until SIGINT or SIGTERM (or `stop()`). */
+function untilSignal(): { signal: AbortSignal; done: Promise<void>; stop: () => void } {
   const ac = new AbortController();
+  let stop = () => {};
   const done = new Promise<void>((resolve) => {
-    const stop = () => {
+    stop = () => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       ac.abort();
@@ -437,7 +450,7 @@ function untilSignal(): { signal: AbortSignal; done: Promise<void> } {
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
-  return { signal: ac.signal, done };
+  return { signal: ac.signal, done, stop };
 }
 
 /** SIGTERM, wait up to `timeoutMs`, then SIGKILL; resolves once the process is gone. */
@@ -503,6 +516,7 @@ export function registerCompose(p: Command, g: Globals): void {
       if (!c && !o.detach) {
         // The kernel runs in this process; Ctrl-C / SIGTERM stop it and with it every agent.
         process.stderr.write(`clove: using ${project.file}; starting a kernel on ${socket}\n`);
+        ensureDataDir(g.dataDir());
         let failure: CliError | null = null;
         const code = await g.daemon.run(
           {
@@ -515,7 +529,15 @@ export function registerCompose(p: Command, g: Globals): void {
           },
           async (k) => {
             const client = await tryConnect(k.socketPath);
-            if (!client) return;
+            const follower = await tryConnect(k.socketPath);
+            if (!client || !follower) return;
+            const stopFollowing = new AbortController();
+            void followProject(
+              follower,
+              project.name,
+              stopFollowing.signal,
+              await logEnds(client, project.name),
+            ).finally(() => follower.close());
             try {
               await apply(client);
               await waitProject(client, project, selected, socket, timeoutMs);
@@ -523,13 +545,11 @@ export function registerCompose(p: Command, g: Globals): void {
             } catch (e) {
               failure = e instanceof CliError ? e : new CliError((e as Error).message, EXIT.REFUSED);
               process.stderr.write(`clove: ${failure.message}\n`);
-              client.close();
+              stopFollowing.abort();
               process.kill(process.pid, 'SIGTERM');
-              return;
+            } finally {
+              client.close();
             }
-            void followProject(client, project.name, new AbortController().signal).finally(() =>
-              client.close(),
-            );
           },
         );
         process.exitCode = failure ? (failure as CliError).exitCode : code;
@@ -554,19 +574,26 @@ export function registerCompose(p: Command, g: Globals): void {
               : null,
         });
         if (started) say(`started a kernel on ${socket} (pid ${started.pid}, log ${started.log})`);
-        await apply(c);
-        await waitProject(c, project, selected, socket, timeoutMs);
         if (o.detach) {
+          await apply(c);
+          await waitProject(c, project, selected, socket, timeoutMs);
           say(`project ${project.name} is up`);
           return;
         }
         // A kernel already ran: follow the logs; Ctrl-C stops this project's agents, not the kernel.
-        const { signal, done } = untilSignal();
-        const following = followProject(c, project.name, signal);
-        await done;
-        await following;
-        await killAll(c, projectAgents(await c.list(), project.name));
-        say(`stopped project ${project.name}`);
+        const { signal, done, stop } = untilSignal();
+        const following = followProject(c, project.name, signal, await logEnds(c, project.name));
+        try {
+          await apply(c);
+          await waitProject(c, project, selected, socket, timeoutMs);
+          say(`project ${project.name} is up: Ctrl-C stops it`);
+          await done;
+        } finally {
+          stop();
+          await following;
+          await killAll(c, projectAgents(await c.list(), project.name));
+          say(`stopped project ${project.name}`);
+        }
       } finally {
         c.close();
       }
@@ -678,7 +705,7 @@ export function registerCompose(p: Command, g: Globals): void {
           for (const a of hits) chosen.set(a.id, a);
         }
         for (const a of chosen.values()) {
-          const r = await c.call<{ agent_id: number; pid: number }>(0x16, { agent_id: a.id });
+          const r = await c.restart(a.id);
           say(`restarted ${a.name} (id ${r.agent_id}, pid ${r.pid})`);
         }
       });
