@@ -33,6 +33,7 @@ export function logStream(format: LogFormat = 'auto'): pino.DestinationStream | 
     translateTime: 'SYS:HH:MM:ss.l',
     ignore: 'pid,hostname,svc,agent',
     messageFormat: '{if agent}{agent}: {end}{msg}',
+    singleLine: true,
   });
 }
 

@@ -71,7 +71,9 @@ export async function loadProject(
     }
   }
   try {
-    return await loadCompose(path.resolve(f));
+    const p = loadCompose(path.resolve(f));
+    if (!quiet) for (const w of p.warnings) process.stderr.write(`clove: warning: ${w}\n`);
+    return p;
   } catch (e) {
     if (e instanceof ComposeError) throw new CliError(e.message, EXIT.COMPOSE_INVALID);
     if ((e as NodeJS.ErrnoException).code === 'ENOENT')
@@ -500,6 +502,7 @@ export function registerCompose(p: Command, g: Globals): void {
     )
     .action(async (services: string[], o) => {
       const project = await loadProject(o.file, installDir);
+      process.stderr.write(`clove: using ${project.file} (project ${project.name})\n`);
       const selected = withDependencies(project, services);
       const timeoutMs = o.waitTimeout * 1000;
       const socket = g.socket();
@@ -515,7 +518,7 @@ export function registerCompose(p: Command, g: Globals): void {
       let c = await tryConnect(socket);
       if (!c && !o.detach) {
         // The kernel runs in this process; Ctrl-C / SIGTERM stop it and with it every agent.
-        process.stderr.write(`clove: using ${project.file}; starting a kernel on ${socket}\n`);
+        process.stderr.write(`clove: starting a kernel on ${socket}\n`);
         ensureDataDir(g.dataDir());
         let failure: CliError | null = null;
         const code = await g.daemon.run(
