@@ -44,7 +44,7 @@ describe('clove CLI', () => {
     expect(run.code).toBe(0);
     expect(run.out).toMatch(/^talker \(id \d+, pid \d+\)/);
     const ps = await clove('ps');
-    expect(ps.out).toMatch(/talker\s+RUNNING/);
+    expect(ps.out).toMatch(/talker\s+-\s+RUNNING/);
     const json = JSON.parse((await clove('ps', '--json')).out);
     expect(json[0]).toMatchObject({ name: 'talker', state: 'RUNNING', restart_policy: 'on-failure' });
     expect((await clove('send', 'talker', '{"hello":"world"}')).code).toBe(0);

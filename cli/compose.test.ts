@@ -297,3 +297,76 @@ describe('clove config', () => {
     expect(none.err).toMatch(/missing\.yaml/);
   });
 });
+
+describe('healthchecks, a failed start, two projects on one kernel', () => {
+  const p = project();
+  let kernelPid = 0;
+  afterAll(async () => {
+    await clove(p, 'down', '-f', 'bad.yaml', '--timeout', '2');
+    await clove(p, 'down', '--timeout', '2');
+    if (kernelPid && alive(kernelPid)) process.kill(kernelPid, 'SIGKILL');
+  });
+
+  it('depends_on healthy waits for the healthcheck (run by the CLI) to pass', async () => {
+    const log = path.join(p.data, 'logs', 'db.log');
+    fs.writeFileSync(
+      path.join(p.dir, 'clove.yaml'),
+      [
+        'name: hc',
+        'agents:',
+        '  db:',
+        '    script: agent.py',
+        '    env: {ROLE: db, HELLO_DELAY: "1"}',
+        '    healthcheck:',
+        `      test: ["CMD", "grep", "-q", "ready db", "${log}"]`,
+        '      interval: 0.2',
+        '      retries: 100',
+        '  web:',
+        '    script: agent.py',
+        '    env: {ROLE: web}',
+        '    depends_on:',
+        '      db: {condition: healthy}',
+        '',
+      ].join('\n'),
+    );
+    const up = await clove(p, 'up', '-d');
+    expect(up.code, up.err).toBe(0);
+    kernelPid = JSON.parse(fs.readFileSync(path.join(p.data, 'compose', 'hc.json'), 'utf8')).kernel.pid;
+    const t = (name: string) =>
+      Number(
+        /ready \S+ ([\d.]+)/.exec(fs.readFileSync(path.join(p.data, 'logs', `${name}.log`), 'utf8'))![1],
+      );
+    const webLog = path.join(p.data, 'logs', 'web.log');
+    await until(
+      () => fs.existsSync(webLog) && fs.readFileSync(webLog, 'utf8').includes('ready'),
+      30_000,
+      'web',
+    );
+    expect(t('web')).toBeGreaterThanOrEqual(t('db'));
+  }, 120_000);
+
+  it('an agent that exits at start: up -d exits 9 with its last log lines; down of that project keeps the kernel', async () => {
+    fs.writeFileSync(
+      path.join(p.dir, 'crash.py'),
+      'import sys\nprint("boom: no API key", flush=True)\nsys.exit(3)\n',
+    );
+    fs.writeFileSync(
+      path.join(p.dir, 'bad.yaml'),
+      ['name: bad', 'agents:', '  crash:', '    script: crash.py', ''].join('\n'),
+    );
+    const up = await clove(p, 'up', '-d', '-f', 'bad.yaml');
+    expect(up.code).toBe(9);
+    expect(up.err).toMatch(/crash exited with code 3/);
+    expect(up.err).toMatch(/boom: no API key/);
+    const down = await clove(p, 'down', '-f', 'bad.yaml');
+    expect(down.code, down.err).toBe(0);
+    // The kernel `up -d` started for project hc keeps running while hc's agents do.
+    expect(alive(kernelPid)).toBe(true);
+    expect((await ps(p)).map((a) => a.name).sort()).toEqual(['db', 'web']);
+    const restart = await clove(p, 'restart', '*b');
+    expect(restart.out).toMatch(/restarted db/);
+    expect(restart.out).toMatch(/restarted web/);
+    expect((await clove(p, 'down')).code).toBe(0);
+    expect(alive(kernelPid)).toBe(false);
+  }, 120_000);
+});

@@ -217,6 +217,12 @@ async function healthy(s: Service, a: AgentInfo, socket: string): Promise<boolea
   );
 }
 
+/** An agent counts as started once RUNNING and it said HELLO or stayed up MIN_UP_MS (not a crash at start). */
+const MIN_UP_MS = 2000;
+function started(a: AgentInfo): boolean {
+  return a.state === 'RUNNING' && (a.ready || a.uptime_ms >= MIN_UP_MS);
+}
+
 /** An agent that cannot start: exit 9 with its last log lines. */
 function startFailure(a: AgentInfo, why: string): CliError {
   const lines = tail(a.log_file, 15);
@@ -243,10 +249,29 @@ async function waitService(
   const want = replicaNames(s, s.replicas);
   const fails = new Map<string, number>();
   const end = Date.now() + timeoutMs;
+  const logs = path.join((await c.hello()).data_dir ?? '', 'logs');
+  const finished = new Set<string>();
   for (;;) {
     const agents = projectAgents(await c.list(), p.name, s.name).filter((a) => want.includes(a.name));
     for (const a of agents) if (DEAD.has(a.state)) throw startFailure(a, 'did not start');
-    let ok = agents.length === want.length && agents.every((a) => a.state === 'RUNNING');
+    // Gone from LIST: it exited and is not restarted. Exit code 0 is a finished job; anything else failed.
+    for (const name of want) {
+      if (agents.some((a) => a.name === name) || finished.has(name)) continue;
+      const log = path.join(logs, `${name}.log`);
+      const code = /agent exited: exit code (\d+)[^\n]*\n?$/.exec(tail(log, 3))?.[1];
+      if (code === '0' && condition === 'started') {
+        finished.add(name);
+        continue;
+      }
+      const lines = tail(log, 15);
+      throw new CliError(
+        `${name} exited${code ? ` with code ${code}` : ''} and is not restarted${
+          lines ? `; its last log lines:\n${lines}` : ''
+        }`,
+        EXIT.START_FAILED,
+      );
+    }
+    let ok = agents.length + finished.size === want.length && agents.every(started);
     if (ok && condition === 'healthy') {
       for (const a of agents) {
         if (await healthy(s, a, socket)) {
@@ -291,7 +316,7 @@ async function setServiceQuotas(c: CloveClient, p: Project, s: Service): Promise
     await c.call(0x92, { service: { project: p.name, service: s.name }, quotas: s.serviceQuotas });
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === 'unknown_opcode' || code === 'not_supported' || code === 'invalid_opcode')
+    if (code === 'unknown_opcode' || code === 'not_supported')
       process.stderr.write(
         `clove: warning: this kernel has no quotas; service_quotas of ${s.name} ignored\n`,
       );
