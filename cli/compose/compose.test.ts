@@ -287,6 +287,30 @@ describe('replicas, labels and the config hash', () => {
     });
   });
 
+  it("adds the service's own labels (map or list form) under the clove.* ones, and hashes them", () => {
+    const p = load(`agents:
+  a:
+    script: a.py
+    labels: { team: research, tier: 2, gpu: false }
+  b:
+    script: b.py
+    replicas: 1
+    labels: ["team=infra", "note=a=b"]
+`);
+    expect(svc(p, 'a').labels).toEqual({ team: 'research', tier: '2', gpu: 'false' });
+    expect(composeLabels(p, svc(p, 'b'), 1)).toEqual({
+      team: 'infra',
+      note: 'a=b',
+      'clove.project': 'proj',
+      'clove.service': 'b',
+      'clove.config-hash': svc(p, 'b').hash,
+      'clove.replica': '1',
+    });
+    const plain = load('agents:\n  a:\n    script: a.py\n');
+    expect(svc(plain, 'a').labels).toEqual({});
+    expect(svc(p, 'a').hash).not.toBe(svc(plain, 'a').hash);
+  });
+
   it('derives the default project name from the directory, sanitized', () => {
     const dir = projectDir(
       { 'clove.yaml': 'agents:\n  a:\n    script: a.py\n', 'a.py': '' },

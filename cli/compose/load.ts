@@ -23,8 +23,9 @@ import {
   type Node as YamlNode,
   type Scalar,
 } from 'yaml';
-import type { SpawnRequest } from '../../protocol/index.js';
-import { COMPOSE_SCHEMA, NO_DENY_QUOTAS, QUOTA_UNITS, type QuotaName } from './schema.js';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { REQUEST_SCHEMAS, SCHEMA_DEFS, type SpawnRequest } from '../../protocol/index.js';
+import { COMPOSE_SCHEMA, MAX_LABELS, NO_DENY_QUOTAS, QUOTA_UNITS, type QuotaName } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 
 export const COMPOSE_FILES = ['clove.yaml', 'clove.yml'];
@@ -57,9 +58,11 @@ export interface Service {
   replicas: number;
   spawn: SpawnArgsBase;
   serviceQuotas: Quotas | null;
+  /** The service's own `labels:` (never `clove.*`); composeLabels adds the `clove.*` ones. */
+  labels: Record<string, string>;
   dependsOn: { service: string; condition: 'started' | 'healthy' }[];
   healthcheck: Healthcheck | null;
-  /** sha256 (12 hex) of what defines a replica: spawn and healthcheck (not replicas, not serviceQuotas). */
+  /** sha256 (12 hex) of what defines a replica: spawn, labels, healthcheck (not replicas, serviceQuotas). */
   hash: string;
 }
 
@@ -128,6 +131,7 @@ export function replicaNames(s: Service, count: number = s.replicas): string[] {
 /** The labels `up` puts on an agent of service `s` (replica: 1-based, only for replicated services). */
 export function composeLabels(p: Project, s: Service, replica?: number): Record<string, string> {
   const labels: Record<string, string> = {
+    ...s.labels,
     'clove.project': p.name,
     'clove.service': s.name,
     'clove.config-hash': s.hash,
@@ -162,7 +166,10 @@ class Source {
         );
         if (!pair) break;
         node = pair.value;
-        found = ((key && last) || !pair.value ? pair.key : pair.value) as YamlNode;
+        // `a:` with nothing after it: the empty value sits after the colon; point at the key instead.
+        const empty =
+          !pair.value || (isScalar(pair.value) && pair.value.value === null && !pair.value.source);
+        found = ((key && last) || empty ? pair.key : pair.value) as YamlNode;
       } else if (isSeq(node)) {
         node = node.items[Number(p[i])];
         if (!node) break;
@@ -299,7 +306,8 @@ function explain(e: ErrorObject, base: PathSeg[], inherited?: string): Problem {
     case 'anyOf':
     case 'oneOf': {
       if (e.keyword === 'oneOf' && parent.properties && 'script' in (parent.properties as Schema)) {
-        const d = (e.data ?? {}) as Schema;
+        if (jsonType(e.data) !== 'object') return { path: p, message: `must be a mapping${got(e.data)}` };
+        const d = e.data as Schema;
         // ajv tries oneOf before additionalProperties; a misspelt `script` is better reported as such.
         const known = Object.keys(parent.properties as Schema);
         const unknown = Object.keys(d).find((k) => !known.includes(k) && !k.startsWith('x-'));
@@ -350,12 +358,10 @@ function explain(e: ErrorObject, base: PathSeg[], inherited?: string): Problem {
     case 'pattern': {
       if (e.keyword === 'propertyNames' || params.propertyName !== undefined) {
         const k = String(params.propertyName);
+        const names = (parent.propertyNames ?? parent) as Schema;
+        const rule = (names.errorMessage as string | undefined) ?? `must match ${String(names.pattern)}`;
         const what = p[p.length - 1] === 'agents' ? 'service name' : 'key';
-        return {
-          path: [...p, k],
-          key: true,
-          message: `${what} "${k}" must be lower-case letters, digits, - and _, starting with a letter or digit, at most 41 characters`,
-        };
+        return { path: [...p, k], key: true, message: `${what} "${k}" ${rule}` };
       }
       return { path: p, message: `${own ?? `must match ${String(params.pattern)}`}${got(e.data)}` };
     }
@@ -369,6 +375,7 @@ function explain(e: ErrorObject, base: PathSeg[], inherited?: string): Problem {
           .join(' or ')}${got(e.data)}`,
       };
     case 'enum': {
+      if (parent.errorMessage) return { path: p, message: `${String(parent.errorMessage)}${got(e.data)}` };
       const vals = (params.allowedValues as unknown[]).map(String);
       const hint = typeof e.data === 'string' ? didYouMean(e.data, vals) : '';
       return { path: p, message: `must be one of ${vals.join(', ')}${got(e.data)}${hint}` };
@@ -535,6 +542,7 @@ interface RawService {
   permissions?: string | Record<string, unknown>;
   network?: boolean;
   sandboxed?: boolean;
+  labels?: Record<string, string | number | boolean> | string[];
   quotas?: Record<string, QuotaRaw>;
   service_quotas?: Record<string, QuotaRaw>;
   budgets?: Record<string, Size>;
@@ -747,6 +755,8 @@ function service(
     }
   }
 
+  checkContract(src, at, r, spawn);
+  const labels = userLabels(src, at('labels'), r.labels);
   const serviceQuotas =
     r.service_quotas !== undefined ? quotas(src, at('service_quotas'), r.service_quotas) : null;
   return {
@@ -755,10 +765,61 @@ function service(
     replicas: r.replicas ?? 1,
     spawn,
     serviceQuotas,
+    labels,
     dependsOn,
     healthcheck,
-    hash: configHash(spawn, healthcheck),
+    hash: configHash(spawn, labels, healthcheck),
   };
+}
+
+let spawnValidator: ValidateFunction | undefined;
+
+/**
+ * The built request against the contract's SPAWN schema, so that a value the kernel would refuse (a
+ * watchdog over a day, a budget under its minimum) is reported at its line now rather than by `up` later.
+ */
+function checkContract(
+  src: Source,
+  at: (...p: PathSeg[]) => PathSeg[],
+  r: RawService,
+  spawn: SpawnArgsBase,
+): void {
+  if (!spawnValidator) {
+    const ajv = new Ajv2020({ allErrors: false, allowUnionTypes: true, strict: false, verbose: true });
+    ajv.addSchema(SCHEMA_DEFS);
+    spawnValidator = ajv.compile(REQUEST_SCHEMAS.SPAWN!);
+  }
+  if (spawnValidator(spawn)) return;
+  const e = spawnValidator.errors![0];
+  const wire = pointerToPath(e.instancePath).map((x) => (/^\d+$/.test(String(x)) ? Number(x) : x));
+  throw src.error(
+    at(...originOf(wire, r)),
+    `SPAWN's ${fieldName(wire) || 'request'} ${e.message ?? 'is not valid'}${got(e.data)}`,
+  );
+}
+
+const RESTART_OBJECT_FIELDS: Record<string, string> = {
+  max_restarts: 'max_attempts',
+  restart_window: 'window',
+  backoff_initial_ms: 'delay',
+  backoff_max_ms: 'max_delay',
+  backoff_multiplier: 'multiplier',
+};
+const LIMIT_FIELDS: Record<string, string> = { cpu_quota: 'cpu', cpu_period: 'cpu', max_pids: 'pids' };
+
+/** The clove.yaml field a SPAWN field was built from. */
+function originOf(wire: PathSeg[], r: RawService): PathSeg[] {
+  const [first, second] = wire;
+  if (
+    first in RESTART_OBJECT_FIELDS &&
+    r[first as keyof RawService] === undefined &&
+    typeof r.restart_policy === 'object'
+  ) {
+    return ['restart_policy', RESTART_OBJECT_FIELDS[first]];
+  }
+  if (first === 'watchdog_ms' && r.watchdog !== undefined) return ['watchdog'];
+  if (first === 'limits' && second !== undefined) return ['limits', LIMIT_FIELDS[second as string] ?? second];
+  return wire;
 }
 
 /** env_file(s) merged in order, then `env` on top; values are strings as the wire wants. */
@@ -844,6 +905,36 @@ function quotas(src: Source, p: PathSeg[], raw: Record<string, QuotaRaw>): Quota
   return out;
 }
 
+/** A service's own labels as strings; `clove.*` belongs to `clove up`, and the contract caps the count. */
+function userLabels(src: Source, p: PathSeg[], raw: RawService['labels']): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (Array.isArray(raw)) {
+    raw.forEach((item, i) => {
+      const eq = item.indexOf('=');
+      const k = item.slice(0, eq);
+      if (k.startsWith('clove.')) throw src.error([...p, i], `"${k}": clove.* labels are set by clove up`);
+      out[k] = item.slice(eq + 1);
+    });
+  } else if (raw) {
+    for (const [k, v] of Object.entries(raw)) {
+      if (k.startsWith('clove.'))
+        throw src.error([...p, k], `"${k}": clove.* labels are set by clove up`, true);
+      out[k] = String(v);
+    }
+  }
+  for (const [k, v] of Object.entries(out)) {
+    if (v.length > 256)
+      throw src.error([...p, k], `label values are at most 256 characters (got ${v.length})`);
+  }
+  if (Object.keys(out).length > MAX_LABELS - 4) {
+    throw src.error(
+      p,
+      `at most ${MAX_LABELS - 4} labels (clove up adds 4 of the ${MAX_LABELS} an agent may have)`,
+    );
+  }
+  return out;
+}
+
 /** JSON with sorted keys, so that the hash does not depend on the order keys were written in. */
 function canonical(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
@@ -858,8 +949,13 @@ function canonical(v: unknown): string {
   return JSON.stringify(v);
 }
 
-function configHash(spawn: SpawnArgsBase, healthcheck: Healthcheck | null): string {
-  return crypto.createHash('sha256').update(canonical({ spawn, healthcheck })).digest('hex').slice(0, 12);
+function configHash(
+  spawn: SpawnArgsBase,
+  labels: Record<string, string>,
+  healthcheck: Healthcheck | null,
+): string {
+  const what = Object.keys(labels).length ? { spawn, labels, healthcheck } : { spawn, healthcheck };
+  return crypto.createHash('sha256').update(canonical(what)).digest('hex').slice(0, 12);
 }
 
 /** Dependencies first; among services free to start, file order. A cycle is an error naming it. */

@@ -24,6 +24,13 @@ export type QuotaName = keyof typeof QUOTA_UNITS;
 /** Quotas on a resource the kernel cannot refuse bit by bit (memory, time) cannot `deny`. */
 export const NO_DENY_QUOTAS: readonly string[] = ['memory', 'cpu_time', 'wall_time'];
 
+/** Label keys as the contract allows them (`Labels` in protocol/families/lifecycle.json). */
+export const LABEL_KEY_PATTERN: string = SCHEMA_DEFS.$defs.Labels.propertyNames.pattern;
+const LABEL_ITEM_PATTERN = `${LABEL_KEY_PATTERN.slice(0, -1)}=`;
+/** The contract's most labels on one agent; `clove up` uses 4 of them. */
+export const MAX_LABELS: number = SCHEMA_DEFS.$defs.Labels.maxProperties;
+const LABEL_KEY_RULE = 'keys are 1–63 letters, digits, ., -, _, /, starting with a letter or digit';
+
 const budgetNames = Object.keys(SCHEMA_DEFS.$defs.Budgets.properties);
 
 const size = (description: string) => ({ $ref: '#/definitions/size', description });
@@ -120,7 +127,7 @@ const service = {
       anyOf: [
         {
           type: 'object',
-          propertyNames: { pattern: '^[^=]+$' },
+          propertyNames: { pattern: '^[^=]+$', errorMessage: 'must not contain =' },
           additionalProperties: { type: ['string', 'number', 'boolean', 'null'] },
         },
         { type: 'array', items: { type: 'string', pattern: '^[^=]+(=.*)?$' } },
@@ -192,6 +199,19 @@ const service = {
     },
     network: { type: 'boolean', description: "true: the host's network" },
     sandboxed: { type: 'boolean', description: "false: a plain process with the kernel's uid" },
+    labels: {
+      description:
+        'labels of each agent besides the `clove.*` ones `clove up` sets: a map key: value, or a list of "key=value"',
+      anyOf: [
+        {
+          type: 'object',
+          propertyNames: { pattern: LABEL_KEY_PATTERN, errorMessage: LABEL_KEY_RULE },
+          additionalProperties: { type: ['string', 'number', 'boolean'], maxLength: 256 },
+        },
+        { type: 'array', items: { type: 'string', pattern: LABEL_ITEM_PATTERN } },
+      ],
+      errorMessage: `must be a map key: value, or a list of "key=value" strings (${LABEL_KEY_RULE})`,
+    },
     quotas: quotas('quotas of each agent (per replica)'),
     service_quotas: quotas('quotas of the whole service: the sum over its replicas'),
     budgets: {
@@ -284,7 +304,11 @@ export const COMPOSE_SCHEMA: object = {
       type: 'object',
       description: 'the services: name → service',
       minProperties: 1,
-      propertyNames: { pattern: SERVICE_NAME_PATTERN },
+      propertyNames: {
+        pattern: SERVICE_NAME_PATTERN,
+        errorMessage:
+          'must be lower-case letters, digits, - and _, starting with a letter or digit, at most 41 characters',
+      },
       additionalProperties: { $ref: '#/definitions/service' },
     },
   },
