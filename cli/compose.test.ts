@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { REPO_ROOT, tempDir, until } from '../harness/kernel.js';
+import { REPO_ROOT, startKernelProcess, tempDir, until } from '../harness/kernel.js';
 
 const bin = path.join(REPO_ROOT, 'bin', 'clove.js');
 
@@ -261,6 +261,44 @@ describe('clove up in the foreground', () => {
     expect(await exited, err).toBe(0);
     for (const pid of pids) expect(alive(pid)).toBe(false);
     expect(fs.existsSync(p.sock)).toBe(false);
+  }, 120_000);
+});
+
+describe('clove up against a kernel that already runs', () => {
+  it('follows the logs; SIGINT stops the project agents but not the kernel', async () => {
+    const p = project();
+    const kp = await startKernelProcess({
+      socketPath: p.sock,
+      dataDir: p.data,
+      extra: ['--log-level', 'error'],
+    });
+    try {
+      const child = spawn(process.execPath, [bin, '--socket', p.sock, 'up'], {
+        cwd: p.dir,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      let err = '';
+      child.stdout!.on('data', (d) => (out += d));
+      child.stderr!.on('data', (d) => (err += d));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      await until(
+        () => /is up: Ctrl-C/.test(out) && /^workers-3\s+\| ready worker/m.test(out),
+        90_000,
+        'logs',
+      );
+      expect(err).not.toMatch(/starting a kernel/);
+      const pids = (await ps(p)).map((a) => a.pid);
+      expect(pids).toHaveLength(4);
+      child.kill('SIGINT');
+      expect(await exited, err).toBe(0);
+      expect(out).toMatch(/stopped project demo/);
+      for (const pid of pids) expect(alive(pid)).toBe(false);
+      expect(await ps(p)).toEqual([]);
+      expect(alive(kp.child.pid!)).toBe(true);
+    } finally {
+      await kp.stop();
+    }
   }, 120_000);
 });
 
