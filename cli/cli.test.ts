@@ -190,4 +190,41 @@ describe('clove kernel shutdown', () => {
       expect(await exited).toBe(0);
     }
   });
+
+  it('--log-format: pretty is one human-readable line per entry, json (and auto off a terminal) JSON lines', async () => {
+    const { spawn } = await import('node:child_process');
+    const dir = tempDir();
+    for (const format of ['pretty', 'json', 'auto']) {
+      const child = spawn(
+        process.execPath,
+        [
+          bin,
+          '--socket',
+          path.join(dir, `${format}.sock`),
+          '--data-dir',
+          path.join(dir, format),
+          'kernel',
+          '--log-format',
+          format,
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      let err = '';
+      child.stderr!.on('data', (d) => (err += d));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const line = await until(
+        () => err.split('\n').find((l) => l.includes('clove kernel ready')),
+        30_000,
+        'ready',
+      );
+      if (format === 'pretty') {
+        expect(line).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] INFO: clove kernel ready \{.*"socket"/);
+      } else {
+        expect(JSON.parse(line)).toMatchObject({ level: 30, msg: 'clove kernel ready' });
+      }
+      // The shutdown itself is tested above (a signal right after `ready` may precede the kernel's handler).
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
 });

@@ -28,13 +28,18 @@ export interface PsEntry {
   quotas: Record<string, unknown> | null;
 }
 
-/** GET_QUOTA (0x93) of one agent; null when the kernel has no quotas family (or refuses). */
-async function quotaOf(c: CloveClient, id: number): Promise<Record<string, unknown> | null> {
+/**
+ * Every agent's quotas (GET_QUOTA 0x93 with `all`), by agent id; empty when the kernel has no quotas
+ * family. Called through `call` so that this CLI works with kernels and SDKs with or without it.
+ */
+async function quotasByAgent(c: CloveClient): Promise<Map<number, Record<string, unknown>>> {
   try {
-    const r = await c.call<{ quotas?: Record<string, unknown> }>(0x93, { agent_id: id });
-    return r.quotas ?? null;
+    const r = await c.call<{ agents?: { agent_id: number; quotas: Record<string, unknown> }[] }>(0x93, {
+      all: true,
+    });
+    return new Map((r.agents ?? []).map((a) => [a.agent_id, a.quotas]));
   } catch {
-    return null;
+    return new Map();
   }
 }
 
@@ -63,6 +68,7 @@ export async function psEntries(c: CloveClient, all: boolean, services: string[]
   } catch {
     // Metrics are extra: ps still lists agents without them.
   }
+  const quotas = await quotasByAgent(c);
   const out: PsEntry[] = [];
   for (const a of agents.sort((x, y) => x.id - y.id)) {
     const l = labelsOf(a);
@@ -81,7 +87,7 @@ export async function psEntries(c: CloveClient, all: boolean, services: string[]
       memory_bytes: m?.cgroup?.memory?.current ?? m?.process?.memory.rss ?? null,
       restart_policy: a.restart_policy,
       labels: l,
-      quotas: await quotaOf(c, a.id),
+      quotas: quotas.get(a.id) ?? null,
     });
   }
   return out;
