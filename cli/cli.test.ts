@@ -44,7 +44,7 @@ describe('clove CLI', () => {
     expect(run.code).toBe(0);
     expect(run.out).toMatch(/^talker \(id \d+, pid \d+\)/);
     const ps = await clove('ps');
-    expect(ps.out).toMatch(/talker\s+RUNNING/);
+    expect(ps.out).toMatch(/talker\s+-\s+RUNNING/);
     const json = JSON.parse((await clove('ps', '--json')).out);
     expect(json[0]).toMatchObject({ name: 'talker', state: 'RUNNING', restart_policy: 'on-failure' });
     expect((await clove('send', 'talker', '{"hello":"world"}')).code).toBe(0);
@@ -146,31 +146,85 @@ describe('clove kernel shutdown', () => {
       expect(fs.readFileSync(path.join(data, 'logs', `t${i}.log`), 'utf8')).not.toMatch(/restarting/);
   });
 
-  it('clove up twice on the same data dir: the second run brings the same workers back, no error', async () => {
+  it('clove up twice on the same data dir: the second run finds the restored workers up to date, no error', async () => {
     const { spawn } = await import('node:child_process');
     const { waitForSocket } = await import('../harness/kernel.js');
     const { CloveClient } = await import('../sdk/typescript/client.js');
     const dir = tempDir();
     const sock = path.join(dir, 'k.sock');
     const data = path.join(dir, 'data');
+    fs.copyFileSync(agent, path.join(dir, 'talker.py'));
+    fs.writeFileSync(
+      path.join(dir, 'clove.yaml'),
+      [
+        'name: twice',
+        'agents:',
+        '  worker:',
+        '    script: talker.py',
+        '    replicas: 2',
+        '    restart_policy: always',
+        '',
+      ].join('\n'),
+    );
     for (let run = 0; run < 2; run++) {
       let err = '';
-      const child = spawn(process.execPath, [bin, '--socket', sock, 'up', '-n', '2', '--data-dir', data], {
-        stdio: ['ignore', 'ignore', 'pipe'],
+      let out = '';
+      const child = spawn(process.execPath, [bin, '--socket', sock, '--data-dir', data, 'up'], {
+        cwd: dir,
+        stdio: ['ignore', 'pipe', 'pipe'],
       });
+      child.stdout!.on('data', (d) => (out += d));
       child.stderr!.on('data', (d) => (err += d));
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       await waitForSocket(sock, 15_000);
       const c = await CloveClient.connect({ socketPath: sock, reconnect: false });
       const names = await until(async () => {
         const l = (await c.list()).filter((a) => a.state === 'RUNNING').map((a) => a.name);
-        return err.includes('swarm started') && l.length === 2 ? l.sort() : null;
-      }, 15_000);
+        return err.includes('is up') && l.length === 2 ? l.sort() : null;
+      }, 30_000);
       c.close();
-      expect(names).toEqual(['worker-0', 'worker-1']);
-      expect(err).not.toMatch(/name_taken|clove: /);
+      expect(names).toEqual(['worker-1', 'worker-2']);
+      expect(err).not.toMatch(/name_taken|clove: (?!using|starting)/);
+      if (run === 1) expect(out).toMatch(/worker-1 is up to date/);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
+    }
+  });
+
+  it('--log-format: pretty is one human-readable line per entry, json (and auto off a terminal) JSON lines', async () => {
+    const { spawn } = await import('node:child_process');
+    const dir = tempDir();
+    for (const format of ['pretty', 'json', 'auto']) {
+      const child = spawn(
+        process.execPath,
+        [
+          bin,
+          '--socket',
+          path.join(dir, `${format}.sock`),
+          '--data-dir',
+          path.join(dir, format),
+          'kernel',
+          '--log-format',
+          format,
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      let err = '';
+      child.stderr!.on('data', (d) => (err += d));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const line = await until(
+        () => err.split('\n').find((l) => l.includes('clove kernel ready')),
+        30_000,
+        'ready',
+      );
+      if (format === 'pretty') {
+        expect(line).toMatch(/^\[\d\d:\d\d:\d\d\.\d{3}\] INFO: clove kernel ready \{.*"socket"/);
+      } else {
+        expect(JSON.parse(line)).toMatchObject({ level: 30, msg: 'clove kernel ready' });
+      }
+      // The shutdown itself is tested above (a signal right after `ready` may precede the kernel's handler).
+      child.kill('SIGTERM');
+      await exited;
     }
   });
 });

@@ -1,26 +1,21 @@
 /**
- * The `clove` command. Exit codes are API (docs/cli.md):
+ * The `clove` command: the program's skeleton (global options, the kernel, single-agent commands);
+ * compose-style commands live in cli/commands/. Exit codes are API (docs/cli.md, EXIT in cli/lib.ts):
  *   0 success · 1 the kernel refused the request · 2 usage error · 3 cannot listen on the socket path
  *   4 another kernel is running there · 5 the native sandbox layer is missing · 6 cannot reach the kernel
- *   7 no such agent
+ *   7 no such agent · 8 clove.yaml missing or invalid · 9 an agent failed to start or become healthy
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/index.js';
-import { CloveClient, ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
+import { ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
+import { registerCompose, type Globals } from './commands/compose.js';
 import { register as registerLogs } from './commands/logs.js';
+import { registerStatus } from './commands/status.js';
 import { register as registerTop } from './commands/top.js';
+import { CliError, EXIT, ensureDataDir, resolveAgent, table, target, withClient } from './lib.js';
 
-export const EXIT = {
-  OK: 0,
-  REFUSED: 1,
-  USAGE: 2,
-  LISTEN: 3,
-  RUNNING: 4,
-  SANDBOX: 5,
-  UNREACHABLE: 6,
-  NOT_FOUND: 7,
-} as const;
+export { CliError, EXIT, withClient };
 
 /**
  * What the CLI needs of the kernel daemon to run one (`clove kernel`, `clove up`). The CLI is a client:
@@ -39,6 +34,8 @@ export interface Daemon {
       budgets?: Record<string, number>;
       sandbox: 'auto' | 'native' | 'off';
       logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+      /** auto: human-readable on a terminal, JSON when stderr is not one. */
+      logFormat?: 'auto' | 'pretty' | 'json';
       durability: 'normal' | 'full';
     },
     afterStart?: (k: {
@@ -68,64 +65,22 @@ function kv(v: string, acc: Record<string, string>): Record<string, string> {
   return { ...acc, [v.slice(0, i)]: v.slice(i + 1) };
 }
 
-function kernelOptions(o: Record<string, unknown>, socketPath: string): Parameters<Daemon['run']>[0] {
+function kernelOptions(
+  o: Record<string, unknown>,
+  socketPath: string,
+  dataDir: string,
+): Parameters<Daemon['run']>[0] {
   return {
     socketPath,
-    dataDir: o.dataDir as string,
+    dataDir,
     maxPayload: o.maxPayload as number | undefined,
     mailboxSize: o.mailboxSize as number | undefined,
     ...(o.budget ? { budgets: o.budget as Record<string, number> } : {}),
     sandbox: o.sandbox as 'auto' | 'native' | 'off',
     logLevel: o.logLevel as 'info',
     durability: o.durability as 'normal' | 'full',
+    logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
   };
-}
-
-export async function withClient<T>(socket: string, fn: (c: CloveClient) => Promise<T>): Promise<T> {
-  let c: CloveClient;
-  try {
-    c = await CloveClient.connect({ socketPath: socket, reconnect: false });
-  } catch (e) {
-    throw new CliError(`cannot reach the kernel at ${socket}: ${(e as Error).message}`, EXIT.UNREACHABLE);
-  }
-  try {
-    return await fn(c);
-  } finally {
-    c.close();
-  }
-}
-
-export class CliError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode: number,
-  ) {
-    super(message);
-  }
-}
-
-function target(s: string): number | string {
-  return /^\d+$/.test(s) ? Number(s) : s;
-}
-
-function table(rows: (string | number)[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
-  return rows
-    .map((r) =>
-      r
-        .map((c, i) => String(c).padEnd(widths[i]))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n');
-}
-
-function fmtUptime(ms: number): string {
-  if (!ms) return '-';
-  const s = Math.floor(ms / 1000);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60}s`;
-  return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
 }
 
 export function program(daemon: Daemon): Command {
@@ -134,66 +89,51 @@ export function program(daemon: Daemon): Command {
     .description('systemd for AI agents: run every agent as a supervised OS process')
     .version(defaults.version)
     .option('-s, --socket <path>', 'operator socket of the kernel', process.env[SOCKET_ENV] ?? DEFAULT_SOCKET)
+    .option('--data-dir <dir>', `state store, logs and the agent socket (default: ${defaults.dataDir})`)
     .showHelpAfterError()
     .exitOverride();
+  const g: Globals = {
+    daemon,
+    socket: () => p.opts().socket,
+    dataDir: () => path.resolve(p.opts().dataDir ?? defaults.dataDir),
+  };
 
-  const kernelOpts = (c: Command) =>
-    c
-      .option('-d, --data-dir <dir>', 'state store, logs and the agent socket', defaults.dataDir)
-      .option('--max-payload <bytes>', 'largest request payload', int, DEFAULT_MAX_PAYLOAD)
-      .option('--mailbox-size <n>', 'messages a mailbox holds before SEND fails', int, defaults.mailboxSize)
-      .option(
-        '--budget <name=n>',
-        'a default per-agent budget, e.g. connections=128 (repeatable; docs/protocol.md §4a)',
-        budget,
-      )
-      .addOption(
-        new Option('--sandbox <mode>', 'agent isolation').choices(['auto', 'native', 'off']).default('auto'),
-      )
-      .addOption(
-        new Option('--durability <mode>', 'state store fsync policy')
-          .choices(['normal', 'full'])
-          .default('normal'),
-      )
-      .addOption(
-        new Option('--log-level <level>', 'kernel log level')
-          .choices(['debug', 'info', 'warn', 'error', 'silent'])
-          .default('info'),
-      );
-
-  kernelOpts(
-    p.command('kernel').description('run the kernel daemon in the foreground (logs to stderr)'),
-  ).action(async (o) => {
-    process.exitCode = await daemon.run(kernelOptions(o, p.opts().socket));
-  });
-
-  kernelOpts(
-    p
-      .command('up')
-      .description('run the kernel with a demo swarm of agents that message each other')
-      .option('-n, --agents <n>', 'agents in the swarm', int, 10),
-  ).action(async (o) => {
-    process.exitCode = await daemon.run(kernelOptions(o, p.opts().socket), async (k) => {
-      const script = path.join(defaults.installDir, 'examples', 'swarm', 'worker.py');
-      const client = await CloveClient.connect({ socketPath: k.socketPath });
-      // A kernel started again on the same data dir has brought its `always` workers back already.
-      const running = new Set((await client.list()).map((a) => a.name));
-      for (let i = 0; i < o.agents; i++) {
-        if (running.has(`worker-${i}`)) continue;
-        await client.spawn({
-          name: `worker-${i}`,
-          script,
-          args: [String(o.agents)],
-          restart_policy: 'always',
-        });
-      }
-      k.log('swarm started: try `clove ps`, `clove kill worker-3`, `clove logs worker-0 -f`', {
-        agents: o.agents,
-        restored: [...running].filter((n) => /^worker-\d+$/.test(n)).length,
-      });
-      client.close();
+  p.command('kernel')
+    .description('run the kernel daemon in the foreground (logs to stderr)')
+    .option('-d, --data-dir <dir>', 'same as the global --data-dir')
+    .option('--max-payload <bytes>', 'largest request payload', int, DEFAULT_MAX_PAYLOAD)
+    .option('--mailbox-size <n>', 'messages a mailbox holds before SEND fails', int, defaults.mailboxSize)
+    .option(
+      '--budget <name=n>',
+      'a default per-agent budget, e.g. connections=128 (repeatable; docs/protocol.md §4a)',
+      budget,
+    )
+    .addOption(
+      new Option('--sandbox <mode>', 'agent isolation').choices(['auto', 'native', 'off']).default('auto'),
+    )
+    .addOption(
+      new Option('--durability <mode>', 'state store fsync policy')
+        .choices(['normal', 'full'])
+        .default('normal'),
+    )
+    .addOption(
+      new Option('--log-level <level>', 'kernel log level')
+        .choices(['debug', 'info', 'warn', 'error', 'silent'])
+        .default('info'),
+    )
+    .addOption(
+      new Option('--log-format <format>', 'pretty (colours) on a terminal, else JSON')
+        .choices(['auto', 'pretty', 'json'])
+        .default('auto'),
+    )
+    .action(async (o) => {
+      const dataDir = o.dataDir ? path.resolve(o.dataDir) : g.dataDir();
+      ensureDataDir(dataDir);
+      process.exitCode = await daemon.run(kernelOptions(o, g.socket(), dataDir));
     });
-  });
+
+  registerCompose(p, g);
+  registerStatus(p, g);
 
   p.command('run')
     .description('spawn an agent')
@@ -230,31 +170,6 @@ export function program(daemon: Daemon): Command {
       console.log(o.json ? JSON.stringify(reply) : `${reply.name} (id ${reply.id}, pid ${reply.pid})`);
     });
 
-  p.command('ps')
-    .description('list agents')
-    .option('--json', 'print JSON')
-    .action(async (o) => {
-      const agents = await withClient(p.opts().socket, (c) => c.list());
-      if (o.json) return console.log(JSON.stringify(agents));
-      const rows: (string | number)[][] = [
-        ['ID', 'NAME', 'STATE', 'PID', 'RESTARTS', 'UPTIME', 'POLICY', 'LAST EXIT'],
-      ];
-      for (const a of agents.sort((x, y) => x.id - y.id)) {
-        const exit = a.exit_signal ?? (a.exit_code !== null ? `code ${a.exit_code}` : '-');
-        rows.push([
-          a.id,
-          a.name,
-          a.state,
-          a.pid || '-',
-          a.restarts,
-          fmtUptime(a.uptime_ms),
-          a.restart_policy,
-          a.exit_reason === 'oom' ? 'oom' : exit,
-        ]);
-      }
-      console.log(table(rows));
-    });
-
   p.command('kill')
     .description('stop an agent (SIGTERM, then SIGKILL after the grace period); it is not restarted')
     .argument('<agent>', 'name or id')
@@ -264,7 +179,7 @@ export function program(daemon: Daemon): Command {
       console.log(`killed ${a}`);
     });
 
-  const ctx = { socket: () => p.opts().socket as string, dataDir: () => defaults.dataDir, defaults };
+  const ctx = { socket: g.socket, dataDir: g.dataDir, defaults };
   registerLogs(p, ctx);
   registerTop(p, ctx);
 
@@ -355,15 +270,6 @@ export function program(daemon: Daemon): Command {
   return p;
 }
 
-/** An agent's id, from an id or a name (through LIST). */
-async function resolveAgent(c: CloveClient, a: string): Promise<number> {
-  const t = target(a);
-  if (typeof t === 'number') return t;
-  const found = (await c.list()).find((x) => x.name === t);
-  if (!found) throw new CliError(`no such agent: ${a}`, EXIT.NOT_FOUND);
-  return found.id;
-}
-
 export async function main(argv: string[], daemon: Daemon): Promise<number> {
   try {
     await program(daemon).parseAsync(argv);
@@ -376,7 +282,7 @@ export async function main(argv: string[], daemon: Daemon): Promise<number> {
         : EXIT.USAGE;
     }
     if (e instanceof CliError) {
-      process.stderr.write(`clove: ${e.message}\n`);
+      if (e.message) process.stderr.write(`clove: ${e.message}\n`);
       return e.exitCode;
     }
     if (e instanceof NotFoundError) {

@@ -88,11 +88,12 @@ export class Kernel {
   private dispatcher?: Dispatcher;
   private closing: Promise<void> | null = null;
 
-  constructor(options: Partial<KernelOptions> = {}) {
+  /** `logStream`: where the JSON log lines go (default stderr); kernel/main.ts passes a pretty-printer. */
+  constructor(options: Partial<KernelOptions> = {}, logStream?: pino.DestinationStream) {
     this.opts = defaultOptions(options);
     this.log = pino(
       { level: this.opts.logLevel, base: { svc: 'clove' } },
-      pino.destination({ dest: 2, sync: true }),
+      logStream ?? pino.destination({ dest: 2, sync: true }),
     );
     this.agentSocketPath = path.join(this.opts.dataDir, 'run', 'agent.sock');
     const queued = new QueuedBytes(this.opts.maxQueuedBytes);

@@ -2,6 +2,8 @@
  * The daemon entry: runs a kernel in the foreground until SIGTERM or SIGINT. The `clove` command
  * (cli/) reaches it only through bin/clove.js, which hands it to the CLI as its `daemon`.
  */
+import type pino from 'pino';
+import pretty from 'pino-pretty';
 import { defaultOptions, REPO_ROOT, type KernelOptions } from './config.js';
 import { KernelStartError } from './core/errors.js';
 import { Kernel } from './kernel.js';
@@ -15,17 +17,38 @@ export interface RunningKernel {
   log(msg: string, fields?: Record<string, unknown>): void;
 }
 
+export type LogFormat = 'auto' | 'pretty' | 'json';
+
+/**
+ * The kernel's log stream: on a terminal (or asked) human-readable lines — time, level, agent, message,
+ * in colour — through pino-pretty, synchronously like the JSON default; JSON (undefined) otherwise.
+ */
+export function logStream(format: LogFormat = 'auto'): pino.DestinationStream | undefined {
+  const isTty = process.stderr.isTTY === true;
+  if (format === 'json' || (format === 'auto' && !isTty)) return undefined;
+  return pretty({
+    destination: 2,
+    sync: true,
+    colorize: isTty,
+    translateTime: 'SYS:HH:MM:ss.l',
+    ignore: 'pid,hostname,svc,agent',
+    messageFormat: '{if agent}{agent}: {end}{msg}',
+    singleLine: true,
+  });
+}
+
 /**
  * Starts the kernel; returns its exit code once it stopped (0), or at once when it could not start
  * (the KernelStartError's code, docs/cli.md). `afterStart` runs once it accepts connections.
  */
 export async function runKernel(
-  options: Partial<KernelOptions>,
+  options: Partial<KernelOptions> & { logFormat?: LogFormat },
   afterStart?: (k: RunningKernel) => Promise<void>,
 ): Promise<number> {
   let kernel: Kernel;
   try {
-    kernel = new Kernel(defaultOptions(options));
+    const { logFormat, ...opts } = options;
+    kernel = new Kernel(defaultOptions(opts), logStream(logFormat));
     await kernel.start();
   } catch (e) {
     if (e instanceof KernelStartError) {

@@ -1,0 +1,261 @@
+/**
+ * `clove ps` (agents with their service, CPU, memory and quota use) and `clove status` (the kernel, its
+ * agents by state, the projects found in their labels).
+ */
+import fs from 'node:fs';
+import type { Command } from 'commander';
+import type { AgentInfo, AgentMetrics } from '../../protocol/generated.js';
+import type { CloveClient } from '../../sdk/typescript/client.js';
+import { EXIT, CliError, fmtBytes, fmtUptime, labelsOf, table, tryConnect, withClient } from '../lib.js';
+import type { Globals } from './compose.js';
+
+/** One `ps --json` entry (the table shows the same fields). */
+export interface PsEntry {
+  id: number;
+  name: string;
+  project: string | null;
+  service: string | null;
+  replica: number | null;
+  state: string;
+  pid: number;
+  restarts: number;
+  uptime_ms: number;
+  cpu_percent: number | null;
+  memory_bytes: number | null;
+  restart_policy: string;
+  labels: Record<string, string>;
+  /** GET_QUOTA's reply when the kernel has quotas, else null */
+  quotas: Record<string, unknown> | null;
+}
+
+/**
+ * Every agent's quotas (GET_QUOTA 0x93 with `all`), by agent id; empty when the kernel has no quotas
+ * family. Called through `call` so that this CLI works with kernels and SDKs with or without it.
+ */
+async function quotasByAgent(c: CloveClient): Promise<Map<number, Record<string, unknown>>> {
+  try {
+    const r = await c.call<{ agents?: { agent_id: number; quotas: Record<string, unknown> }[] }>(0x93, {
+      all: true,
+    });
+    return new Map((r.agents ?? []).map((a) => [a.agent_id, a.quotas]));
+  } catch {
+    return new Map();
+  }
+}
+
+/** "llm_calls 3/10" for every quota that has a limit and a usage. */
+function fmtQuotas(q: Record<string, unknown> | null): string {
+  if (!q) return '-';
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(q)) {
+    const x = v as { limit?: number; used?: number };
+    if (typeof x?.limit === 'number') parts.push(`${k} ${x.used ?? 0}/${x.limit}`);
+  }
+  return parts.join(' ') || '-';
+}
+
+export async function psEntries(c: CloveClient, all: boolean, services: string[]): Promise<PsEntry[]> {
+  const agents = (await c.list()).filter(
+    (a) =>
+      (all || (a.state !== 'STOPPED' && a.state !== 'FAILED')) &&
+      (!services.length ||
+        services.includes(labelsOf(a)['clove.service'] ?? '') ||
+        services.includes(a.name)),
+  );
+  let metrics = new Map<number, AgentMetrics>();
+  try {
+    metrics = new Map((await c.allAgentMetrics()).agents.map((m) => [m.agent_id, m]));
+  } catch {
+    // Metrics are extra: ps still lists agents without them.
+  }
+  const quotas = await quotasByAgent(c);
+  const out: PsEntry[] = [];
+  for (const a of agents.sort((x, y) => x.id - y.id)) {
+    const l = labelsOf(a);
+    const m = metrics.get(a.id);
+    out.push({
+      id: a.id,
+      name: a.name,
+      project: l['clove.project'] ?? null,
+      service: l['clove.service'] ?? null,
+      replica: l['clove.replica'] ? Number(l['clove.replica']) : null,
+      state: a.state,
+      pid: a.pid,
+      restarts: a.restarts,
+      uptime_ms: a.uptime_ms,
+      cpu_percent: m?.process?.cpu.percent ?? null,
+      memory_bytes: m?.cgroup?.memory?.current ?? m?.process?.memory.rss ?? null,
+      restart_policy: a.restart_policy,
+      labels: l,
+      quotas: quotas.get(a.id) ?? null,
+    });
+  }
+  return out;
+}
+
+/** The pid of the process listening on a Unix socket path (/proc/net/unix → /proc/<pid>/fd), or null. */
+export function socketOwner(socket: string): number | null {
+  let inode: string | undefined;
+  try {
+    for (const line of fs.readFileSync('/proc/net/unix', 'utf8').split('\n')) {
+      const f = line.trim().split(/\s+/);
+      if (f[7] === socket && f[3] === '00010000') inode = f[6];
+    }
+  } catch {
+    return null;
+  }
+  if (!inode) return null;
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(`/proc/${d}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (fs.readlinkSync(`/proc/${d}/fd/${fd}`) === `socket:[${inode}]`) return Number(d);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return null;
+}
+
+/** How long process `pid` has run, from /proc (ms), or null. */
+function processUptimeMs(pid: number): number | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const startTicks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    const uptimeS = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+    return Math.max(0, Math.round((uptimeS - startTicks / 100) * 1000));
+  } catch {
+    return null;
+  }
+}
+
+interface Status {
+  reachable: boolean;
+  socket: string;
+  pid: number | null;
+  version: string | null;
+  data_dir: string | null;
+  uptime_ms: number | null;
+  sandbox: Record<string, unknown> | null;
+  agents: { total: number; by_state: Record<string, number> };
+  projects: { name: string; services: { name: string; replicas: number; running: number }[] }[];
+}
+
+async function status(socket: string): Promise<Status> {
+  const c = await tryConnect(socket);
+  if (!c)
+    return {
+      reachable: false,
+      socket,
+      pid: null,
+      version: null,
+      data_dir: null,
+      uptime_ms: null,
+      sandbox: null,
+      agents: { total: 0, by_state: {} },
+      projects: [],
+    };
+  try {
+    const hello = await c.hello();
+    const agents: AgentInfo[] = await c.list();
+    const byState: Record<string, number> = {};
+    for (const a of agents) byState[a.state] = (byState[a.state] ?? 0) + 1;
+    const projects = new Map<string, Map<string, { replicas: number; running: number }>>();
+    for (const a of agents) {
+      const l = labelsOf(a);
+      const p = l['clove.project'];
+      if (!p) continue;
+      const svcs = projects.get(p) ?? new Map();
+      projects.set(p, svcs);
+      const s = svcs.get(l['clove.service'] ?? '') ?? { replicas: 0, running: 0 };
+      svcs.set(l['clove.service'] ?? '', s);
+      s.replicas++;
+      if (a.state === 'RUNNING') s.running++;
+    }
+    const pid = socketOwner(socket);
+    return {
+      reachable: true,
+      socket,
+      pid,
+      version: hello.kernel_version,
+      data_dir: hello.data_dir ?? null,
+      uptime_ms: pid ? processUptimeMs(pid) : null,
+      sandbox: hello.sandbox,
+      agents: { total: agents.length, by_state: byState },
+      projects: [...projects].map(([name, svcs]) => ({
+        name,
+        services: [...svcs].map(([s, v]) => ({ name: s, ...v })),
+      })),
+    };
+  } finally {
+    c.close();
+  }
+}
+
+export function registerStatus(p: Command, g: Globals): void {
+  p.command('ps')
+    .description('list agents: service, state, pid, restarts, uptime, CPU, memory, quota use')
+    .argument('[services...]', 'only agents of these services (or with these names)')
+    .option('-a, --all', 'also agents that stopped or failed for good')
+    .option('--json', 'print JSON')
+    .action(async (services: string[], o) => {
+      const rows = await withClient(g.socket(), (c) => psEntries(c, !!o.all, services));
+      if (o.json) return console.log(JSON.stringify(rows));
+      const t: (string | number)[][] = [
+        ['ID', 'NAME', 'SERVICE', 'STATE', 'PID', 'RESTARTS', 'UPTIME', 'CPU', 'MEM', 'QUOTAS'],
+      ];
+      for (const r of rows)
+        t.push([
+          r.id,
+          r.name,
+          r.service ? `${r.project}/${r.service}` : '-',
+          r.state,
+          r.pid || '-',
+          r.restarts,
+          fmtUptime(r.uptime_ms),
+          r.cpu_percent === null ? '-' : `${r.cpu_percent.toFixed(1)}%`,
+          fmtBytes(r.memory_bytes),
+          fmtQuotas(r.quotas),
+        ]);
+      console.log(table(t));
+    });
+
+  p.command('status')
+    .description('is the kernel up; its pid, version, uptime, sandbox, agents by state, projects')
+    .option('--json', 'print JSON')
+    .action(async (o) => {
+      const s = await status(g.socket());
+      if (o.json) console.log(JSON.stringify(s));
+      else if (!s.reachable) console.log(`kernel: not reachable on ${s.socket}`);
+      else {
+        const sb = s.sandbox ?? {};
+        console.log(
+          [
+            `kernel:   up, pid ${s.pid ?? '?'}, version ${s.version}, uptime ${fmtUptime(s.uptime_ms ?? 0)}`,
+            `socket:   ${s.socket}`,
+            `data dir: ${s.data_dir ?? '?'}`,
+            `sandbox:  ${String(sb.mode ?? sb.isolation ?? JSON.stringify(sb))}`,
+            `agents:   ${s.agents.total}${
+              s.agents.total
+                ? ` (${Object.entries(s.agents.by_state)
+                    .map(([k, v]) => `${v} ${k}`)
+                    .join(', ')})`
+                : ''
+            }`,
+            ...s.projects.flatMap((p) => [
+              `project ${p.name}:`,
+              ...p.services.map((v) => `  ${v.name}: ${v.running}/${v.replicas} running`),
+            ]),
+          ].join('\n'),
+        );
+      }
+      if (!s.reachable) throw new CliError('', EXIT.UNREACHABLE);
+    });
+}
