@@ -39,6 +39,7 @@ import llm from './syscalls/llm/index.js';
 import audit from './syscalls/audit/index.js';
 import record from './syscalls/record/index.js';
 import asyncFamily from './syscalls/async/index.js';
+import tasks from './syscalls/tasks/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -59,6 +60,7 @@ const FAMILIES: FamilyFactory[] = [
   audit,
   record,
   asyncFamily,
+  tasks,
 ];
 
 export class Kernel {
