@@ -192,9 +192,9 @@ export class TaskService {
     return n;
   }
 
-  /** The live agents of a task's pool. */
+  /** The running agents of a task's pool (a paused one takes nothing new). */
   private pool(t: TaskRec): AgentRecord[] {
-    const agents = this.s.agents.list().filter((a) => this.live(a));
+    const agents = this.s.agents.list().filter((a) => a.state === 'RUNNING');
     if (t.pool) {
       const match = picomatch(t.pool);
       return agents.filter((a) => match(a.def.name));
@@ -433,6 +433,8 @@ export class TaskService {
       if (!st) throw new NotFoundError(`subtask ${req.subtask_id} not found in task ${t.id}`);
     } else {
       st = t.subtasks.find((x) => x.status === 'assigned' && me && x.assignee_identity === me);
+      // One it held once (since reassigned) is refused below like anybody else's.
+      st ??= t.subtasks.find((x) => me && x.holders?.includes(me));
       if (!st)
         throw new InvalidRequestError(
           `invalid request: you hold no open subtask of task ${t.id}; give subtask_id`,
@@ -441,7 +443,7 @@ export class TaskService {
     const assignee = me !== undefined && st.status === 'assigned' && st.assignee_identity === me;
     if (!assignee && !this.isCreator(c, t))
       throw new PermissionDeniedError(
-        `Permission denied: subtask ${st.id} of task ${t.id} is not assigned to you`,
+        `Permission denied: subtask ${st.id} of task ${t.id} is not assigned to you${me && st.holders?.includes(me) ? ' (any more: it went to another agent)' : ''}`,
         { task_id: t.id, subtask_id: st.id },
       );
     if (!OPEN_TASK.has(t.status)) throw new InvalidStateError(`task ${t.id} is already ${t.status}`);
