@@ -440,7 +440,8 @@ export class TaskService {
           `invalid request: you hold no open subtask of task ${t.id}; give subtask_id`,
         );
     }
-    const assignee = me !== undefined && st.status === 'assigned' && st.assignee_identity === me;
+    // Its holder (a finished one too: it learns why it can no longer complete it), not one it was taken from.
+    const assignee = me !== undefined && st.status !== 'pending' && st.assignee_identity === me;
     if (!assignee && !this.isCreator(c, t))
       throw new PermissionDeniedError(
         `Permission denied: subtask ${st.id} of task ${t.id} is not assigned to you${me && st.holders?.includes(me) ? ' (any more: it went to another agent)' : ''}`,
@@ -549,6 +550,16 @@ export class TaskService {
     t.status = status;
     t.finished_at = Date.now();
     if (error !== undefined) t.error = error;
+    // What was still open of a failed task fails with it (its holders can no longer complete it).
+    if (status === 'failed')
+      for (const st of t.subtasks)
+        if (st.status === 'assigned' || st.status === 'pending') {
+          st.status = 'failed';
+          st.error = `the task failed: ${error}`;
+          st.finished_at = t.finished_at;
+          delete st.deadline_at;
+          delete st.waiting_since;
+        }
     const data = {
       task_id: t.id,
       creator_name: t.creator_name,

@@ -326,6 +326,27 @@ describe('tasks', () => {
     await op.kill('ak-2');
   }, 120_000);
 
+  it('a task past its deadline fails, with what was still open; its holder is refused', async () => {
+    await spawnWorker('td-w');
+    const { id } = await op.taskCreate('hurried', {
+      deadline_ms: 1000,
+      subtasks: [{ description: 'never' }],
+    });
+    const a = await op.taskAssign(id, { agent_name: 'td-w', subtask: 'slow' });
+    await waitMsg(op, (m) => m.message.by === 'td-w' && 'took' in m.message);
+    const t = await waitStatus(op, id, (x) => x.status === 'failed');
+    expect(t.error).toBe('task deadline passed');
+    expect(t.subtasks).toMatchObject([
+      { status: 'failed', error: 'the task failed: task deadline passed' },
+      { id: a.subtask_id, status: 'failed', error: 'the task failed: task deadline passed' },
+    ]);
+    await waitMsg(op, (m) => m.message.type === 'task_failed' && m.message.task_id === id);
+    await op.send('td-w', { type: 'go' });
+    const late = await waitMsg(op, (m) => m.message.by === 'td-w' && 'done' in m.message);
+    expect(late.message.reply).toMatchObject({ success: false, code: 'invalid_state' });
+    await op.kill('td-w');
+  }, 120_000);
+
   it('with nobody left in the pool, the subtask waits for a candidate, then fails', async () => {
     await spawnWorker('nc-1');
     const { id } = await op.taskCreate('lonely', { policy: { reassign_wait_ms: 500 } });
