@@ -89,9 +89,12 @@ function wire(t: TaskRec): Task {
 
 export class TaskService {
   private readonly db: Database.Database;
+  /** The open (pending, running) tasks; finished ones are read from the database when asked for. */
   private readonly tasks = new Map<number, TaskRec>();
   private nextSubtaskId = 1;
   private readonly save: Database.Statement;
+  private readonly byId: Database.Statement;
+  private readonly newest: Database.Statement;
   private readonly timer: NodeJS.Timeout;
   private readonly listener: number;
   private readonly stop = new AbortController();
@@ -104,21 +107,22 @@ export class TaskService {
     fs.chmodSync(file, 0o600);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 2000');
+    // One row per task, the whole task as JSON; `last_subtask` keeps subtask ids from being reused.
     this.db.exec(
       `CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, creator_key TEXT NOT NULL,
-         status TEXT NOT NULL, doc TEXT NOT NULL)`,
+         status TEXT NOT NULL, last_subtask INTEGER NOT NULL DEFAULT 0, doc TEXT NOT NULL)`,
     );
     this.save = this.db.prepare(
-      'INSERT INTO tasks (id, creator_key, status, doc) VALUES (?, ?, ?, ?) ' +
-        'ON CONFLICT(id) DO UPDATE SET status = excluded.status, doc = excluded.doc',
+      'INSERT INTO tasks (id, creator_key, status, last_subtask, doc) VALUES (?, ?, ?, ?, ?) ' +
+        'ON CONFLICT(id) DO UPDATE SET status = excluded.status, last_subtask = excluded.last_subtask, doc = excluded.doc',
     );
-    for (const row of this.db.prepare('SELECT doc FROM tasks').all() as { doc: string }[]) {
-      const t = JSON.parse(row.doc) as TaskRec;
-      t.creator_id = 0; // ids are per kernel run
-      for (const st of t.subtasks) {
-        this.nextSubtaskId = Math.max(this.nextSubtaskId, st.id + 1);
-        if (st.assignee_id) st.assignee_id = 0;
-      }
+    this.byId = this.db.prepare('SELECT doc FROM tasks WHERE id = ?');
+    this.newest = this.db.prepare('SELECT id, status, creator_key, doc FROM tasks ORDER BY id DESC');
+    const last = this.db.prepare('SELECT MAX(last_subtask) AS n FROM tasks').get() as { n: number | null };
+    this.nextSubtaskId = (last.n ?? 0) + 1;
+    const open = this.db.prepare("SELECT doc FROM tasks WHERE status IN ('pending', 'running')");
+    for (const row of open.all() as { doc: string }[]) {
+      const t = this.parse(row.doc);
       this.tasks.set(t.id, t);
     }
     // Agent exits are heard in the kernel, through the event bus, by a subscriber of the service's own.
@@ -146,8 +150,29 @@ export class TaskService {
     this.db.close();
   }
 
+  /** Writes a task through; a finished one leaves memory (the database has it). */
   private persist(t: TaskRec): void {
-    this.save.run(t.id, t.creator_key, t.status, JSON.stringify(t));
+    const last = t.subtasks.reduce((m, st) => Math.max(m, st.id), 0);
+    this.save.run(t.id, t.creator_key, t.status, last, JSON.stringify(t));
+    if (!OPEN_TASK.has(t.status)) this.tasks.delete(t.id);
+  }
+
+  /** A stored task; ids of this kernel run are unknown for it (0) until its agents are found again. */
+  private parse(doc: string): TaskRec {
+    const t = JSON.parse(doc) as TaskRec;
+    if (!this.tasks.has(t.id)) {
+      t.creator_id = 0;
+      for (const st of t.subtasks) if (st.assignee_id) st.assignee_id = 0;
+    }
+    return t;
+  }
+
+  /** A task by id: the open one in memory, or a finished one from the database. */
+  private get(id: number): TaskRec | undefined {
+    const open = this.tasks.get(id);
+    if (open) return open;
+    const row = this.byId.get(id) as { doc: string } | undefined;
+    return row ? this.parse(row.doc) : undefined;
   }
 
   // ─── who may do what ──────────────────────────────────────────────────────────────────────
@@ -164,7 +189,7 @@ export class TaskService {
 
   /** The task, if the caller may see it; to non-operators a missing task is refused like another's. */
   private visible(c: Caller, id: number): TaskRec {
-    const t = this.tasks.get(id);
+    const t = this.get(id);
     if (t && (this.isCreator(c, t) || this.isHolder(c, t))) return t;
     if (!t && c.role === 'operator') throw new NotFoundError(`task not found: ${id}`);
     throw new PermissionDeniedError(`Permission denied: task ${id} is not yours`, { task_id: id });
@@ -468,10 +493,12 @@ export class TaskService {
     const all = c.role === 'operator' && !req.mine;
     const key = keyOf(c);
     const out: Task[] = [];
-    for (const t of [...this.tasks.values()].reverse()) {
+    type Row = { id: number; status: string; creator_key: string; doc: string };
+    for (const row of this.newest.iterate() as IterableIterator<Row>) {
       if (out.length >= req.limit) break;
-      if (req.status && t.status !== req.status) continue;
-      if (!all && t.creator_key !== key && !this.isHolder(c, t)) continue;
+      if (req.status && row.status !== req.status) continue;
+      const t = this.tasks.get(row.id) ?? this.parse(row.doc);
+      if (!all && row.creator_key !== key && !this.isHolder(c, t)) continue;
       out.push(wire(t));
     }
     return out;
