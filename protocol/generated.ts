@@ -32,6 +32,8 @@ export const Op = {
   PAUSE: 0x14,
   /** thaw a paused agent */
   RESUME: 0x15,
+  /** ext: stops the agent like KILL (SIGTERM, SIGKILL after `grace_ms`), then starts it again at once whatever its restart policy, under the same identity and name with a new pid; counted in `restarts`, announced by AGENT_EXITED, AGENT_RESTARTING (`requested: true`) and AGENT_SPAWNED. Refused (`invalid_state`) for an agent that is stopping, stopped or escalated (FAILED: spawn it again) */
+  RESTART: 0x16,
   /** queue a message for an id or a name; a full mailbox refuses it (`mailbox_full`) */
   SEND: 0x20,
   /** take messages (at most `max`, and no more bytes than the reply limit), optionally waiting in the kernel */
@@ -253,6 +255,17 @@ export const OPCODES: readonly OpInfo[] = [
     raw: false,
     summary: 'thaw a paused agent',
     sdk: { typescript: 'resume', python: 'resume' },
+  },
+  {
+    name: 'RESTART',
+    code: 22,
+    family: 'lifecycle',
+    status: 'implemented',
+    ext: false,
+    raw: false,
+    summary:
+      'ext: stops the agent like KILL (SIGTERM, SIGKILL after `grace_ms`), then starts it again at once whatever its restart policy, under the same identity and name with a new pid; counted in `restarts`, announced by AGENT_EXITED, AGENT_RESTARTING (`requested: true`) and AGENT_SPAWNED. Refused (`invalid_state`) for an agent that is stopping, stopped or escalated (FAILED: spawn it again)',
+    sdk: { typescript: 'restart', python: 'restart' },
   },
   {
     name: 'SEND',
@@ -912,7 +925,8 @@ export type Scope = 'global' | 'agent' | 'session';
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "AgentState".
  */
-export type AgentState = 'STARTING' | 'RUNNING' | 'PAUSED' | 'STOPPING' | 'BACKOFF' | 'STOPPED' | 'FAILED';
+export type AgentState =
+  'STARTING' | 'RUNNING' | 'PAUSED' | 'STOPPING' | 'RESTARTING' | 'BACKOFF' | 'STOPPED' | 'FAILED';
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "Role".
@@ -1290,9 +1304,23 @@ export interface AgentInfo {
    */
   mailbox: number;
   /**
+   * ext: its current process has said HELLO (what `condition: healthy` in clove.yaml waits for when no healthcheck is given)
+   */
+  ready: boolean;
+  /**
    * operators only
    */
   log_file?: string;
+  labels: Labels;
+}
+/**
+ * ext: free-form labels of an agent (as docker labels): `clove up` sets `clove.project`, `clove.service`, `clove.replica`, `clove.config-hash`. At most 32; keys of 1–63 letters, digits, `.`, `-`, `_`, `/`; values up to 256 characters. Kept across restarts of the agent and of the kernel; never inherited.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "Labels".
+ */
+export interface Labels {
+  [k: string]: string;
 }
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -2187,6 +2215,7 @@ export interface SpawnRequest {
   network?: boolean;
   limits?: Limits;
   budgets?: Budgets;
+  labels?: Labels;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -2263,6 +2292,7 @@ export interface SpawnArgs {
   network: boolean;
   limits?: Limits;
   budgets?: Budgets;
+  labels?: Labels;
 }
 /**
  * SPAWN reply.
@@ -2401,6 +2431,57 @@ export interface ResumeReply {
   success: true;
   resumed: true;
   agent_id: number;
+}
+/**
+ * RESTART request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "RestartRequest".
+ */
+export interface RestartRequest {
+  id?: AgentId;
+  name?: string;
+  /**
+   * default 5000
+   */
+  grace_ms?: number;
+  /**
+   * reply once the new process has started
+   */
+  wait?: boolean;
+}
+/**
+ * RESTART request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "RestartArgs".
+ */
+export interface RestartArgs {
+  id?: AgentId;
+  name?: string;
+  /**
+   * default 5000
+   */
+  grace_ms?: number;
+  /**
+   * reply once the new process has started
+   */
+  wait: boolean;
+}
+/**
+ * RESTART reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "RestartReply".
+ */
+export interface RestartReply {
+  success: true;
+  restarted: true;
+  agent_id: number;
+  /**
+   * the new process (0 when `wait` is false and it has not started yet)
+   */
+  pid: number;
 }
 /**
  * SEND request.
@@ -4575,6 +4656,7 @@ export interface Requests {
   LIST: ListRequest;
   PAUSE: PauseRequest;
   RESUME: ResumeRequest;
+  RESTART: RestartRequest;
   SEND: SendRequest;
   RECV: RecvRequest;
   BROADCAST: BroadcastRequest;
@@ -4637,6 +4719,7 @@ export interface ArgsOf {
   LIST: ListArgs;
   PAUSE: PauseArgs;
   RESUME: ResumeArgs;
+  RESTART: RestartArgs;
   SEND: SendArgs;
   RECV: RecvArgs;
   BROADCAST: BroadcastArgs;
@@ -4699,6 +4782,7 @@ export interface Replies {
   LIST: ListReply;
   PAUSE: PauseReply;
   RESUME: ResumeReply;
+  RESTART: RestartReply;
   SEND: SendReply;
   RECV: RecvReply;
   BROADCAST: BroadcastReply;
@@ -4760,7 +4844,7 @@ export const SCHEMA_DEFS = {
     Scope: { type: 'string', enum: ['global', 'agent', 'session'] },
     AgentState: {
       type: 'string',
-      enum: ['STARTING', 'RUNNING', 'PAUSED', 'STOPPING', 'BACKOFF', 'STOPPED', 'FAILED'],
+      enum: ['STARTING', 'RUNNING', 'PAUSED', 'STOPPING', 'RESTARTING', 'BACKOFF', 'STOPPED', 'FAILED'],
     },
     Role: { type: 'string', enum: ['agent', 'operator', 'client'] },
     ErrorReply: {
@@ -5101,6 +5185,8 @@ export const SCHEMA_DEFS = {
         'exit_signal',
         'exit_reason',
         'mailbox',
+        'labels',
+        'ready',
       ],
       properties: {
         id: { type: 'integer' },
@@ -5116,8 +5202,23 @@ export const SCHEMA_DEFS = {
         exit_signal: { type: ['string', 'null'] },
         exit_reason: { type: ['string', 'null'] },
         mailbox: { type: 'integer', description: 'messages waiting' },
+        ready: {
+          type: 'boolean',
+          description:
+            'ext: its current process has said HELLO (what `condition: healthy` in clove.yaml waits for when no healthcheck is given)',
+        },
         log_file: { type: 'string', description: 'operators only' },
+        labels: { $ref: 'clove#/$defs/Labels' },
       },
+    },
+    Labels: {
+      title: 'Labels',
+      type: 'object',
+      description:
+        'ext: free-form labels of an agent (as docker labels): `clove up` sets `clove.project`, `clove.service`, `clove.replica`, `clove.config-hash`. At most 32; keys of 1–63 letters, digits, `.`, `-`, `_`, `/`; values up to 256 characters. Kept across restarts of the agent and of the kernel; never inherited.',
+      maxProperties: 32,
+      propertyNames: { pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$' },
+      additionalProperties: { type: 'string', maxLength: 256 },
     },
     ChatMessage: {
       title: 'ChatMessage',
@@ -5792,6 +5893,7 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         description:
           "ext: the new agent's budgets; what is left out takes the kernel's defaults. An agent may give its child at most its own.",
       },
+      labels: { $ref: 'clove#/$defs/Labels' },
     },
   },
   KILL: {
@@ -5806,6 +5908,15 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   LIST: { type: 'object' },
   PAUSE: { type: 'object', properties: { id: { $ref: 'clove#/$defs/AgentId' }, name: { type: 'string' } } },
   RESUME: { type: 'object', properties: { id: { $ref: 'clove#/$defs/AgentId' }, name: { type: 'string' } } },
+  RESTART: {
+    type: 'object',
+    properties: {
+      id: { $ref: 'clove#/$defs/AgentId' },
+      name: { type: 'string' },
+      grace_ms: { type: 'integer', minimum: 0, maximum: 600000, description: 'default 5000' },
+      wait: { type: 'boolean', default: true, description: 'reply once the new process has started' },
+    },
+  },
   SEND: {
     type: 'object',
     properties: {

@@ -218,3 +218,41 @@ describe('the watchdog and blocking calls', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });
+
+describe('labels and RESTART', () => {
+  it('labels are kept and listed; bad labels are refused; RESTART gives a new process under the same name', async () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, 'idle.py'), 'import time\nwhile True:\n    time.sleep(1)\n');
+    const script = path.join(dir, 'idle.py');
+    await expect(op.spawn({ name: 'badlabel', script, labels: { 'no spaces': 'x' } })).rejects.toMatchObject({
+      code: 'invalid_request',
+    });
+    const a = await op.spawn({
+      name: 'labelled',
+      script,
+      labels: { 'clove.project': 'demo', 'clove.service': 'labelled' },
+    });
+    const before = (await op.list()).find((x) => x.id === a.id)!;
+    expect(before.labels).toEqual({ 'clove.project': 'demo', 'clove.service': 'labelled' });
+    expect(before.ready, 'an agent that never said HELLO is not ready').toBe(false);
+    fs.writeFileSync(
+      path.join(dir, 'hello.py'),
+      'import time\nfrom clove_sdk import CloveClient\nc = CloveClient()\nc.hello()\nwhile True:\n    time.sleep(1)\n',
+    );
+    await op.spawn({ name: 'greeter', script: path.join(dir, 'hello.py') });
+    for (let i = 0; i < 200 && !(await op.list()).find((x) => x.name === 'greeter')?.ready; i++)
+      await new Promise((r) => setTimeout(r, 50));
+    expect((await op.list()).find((x) => x.name === 'greeter')?.ready).toBe(true);
+    await op.kill('greeter');
+    const r = await op.restart('labelled', { grace_ms: 2000 });
+    expect(r).toMatchObject({ success: true, restarted: true, agent_id: a.id });
+    expect(r.pid).toBeGreaterThan(0);
+    expect(r.pid).not.toBe(a.pid);
+    const after = (await op.list()).find((x) => x.id === a.id)!;
+    expect(after).toMatchObject({ state: 'RUNNING', restarts: 1, pid: r.pid, restart_policy: 'never' });
+    expect(after.labels).toEqual(before.labels);
+    await op.kill('labelled');
+    await expect(op.restart('labelled')).rejects.toMatchObject({ code: 'not_found' });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});

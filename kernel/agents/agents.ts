@@ -192,6 +192,21 @@ export class AgentService {
     this.o.log.info({ agent: a.def.name, id: a.def.id, by: caller.id }, 'agent killed');
   }
 
+  /** HELLO from an agent's own process: it is ready (LIST `ready`) until that process ends. */
+  saidHello(id: number): void {
+    const a = this.o.supervisor.get(id);
+    if (a?.proc && !a.helloAt) a.helloAt = Date.now();
+  }
+
+  /** RESTART: stops the agent's process and starts it again; with `wait`, resolves once it has started. */
+  async restart(caller: Caller, a: AgentRecord, o: { graceMs?: number; wait: boolean }): Promise<number> {
+    this.o.supervisor.restart(a.def.id, caller.id, o.graceMs);
+    this.o.log.info({ agent: a.def.name, id: a.def.id, by: caller.id }, 'agent restart');
+    if (!o.wait) return 0;
+    await this.o.supervisor.waitStarted(a.def.id);
+    return a.proc ? a.pid : 0;
+  }
+
   pause(a: AgentRecord): void {
     this.o.supervisor.pause(a.def.id);
   }
@@ -216,6 +231,8 @@ export class AgentService {
       exit_signal: e?.signal ?? null,
       exit_reason: e?.reason ?? null,
       mailbox: this.o.mail.size(a.def.id),
+      ready: a.proc !== null && a.helloAt > 0,
+      labels: a.def.labels,
       ...(forOperator ? { log_file: this.o.logs.file(a.def.name) } : {}),
     };
   }
@@ -309,6 +326,7 @@ export class AgentService {
       spawner: this.o.sandbox.spawner(),
       account,
       share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
+      labels: { ...(req.labels ?? {}) },
     };
     let a: AgentRecord;
     try {
@@ -577,6 +595,7 @@ export class AgentService {
       spawner: this.o.sandbox.spawner(),
       account,
       share: d.share,
+      labels: d.labels ?? {},
     };
     if (d.cwd === this.workDirOf(row.name)) this.prepareWorkDir(row.name, d.account, account);
     return this.start(
@@ -771,6 +790,7 @@ function persisted(def: AgentDef, rights: Permissions, budgets: Budgets): Persis
     budgets: budgetsOut(budgets),
     rights,
     account: def.account,
+    labels: def.labels,
   };
 }
 

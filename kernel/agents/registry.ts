@@ -35,6 +35,8 @@ export interface PersistedAgent extends Pick<
   rights: Permissions;
   /** The uid/gid it last ran as (null: the kernel's): its work directory is re-owned to its next uid. */
   account: Account | null;
+  /** SPAWN `labels` (absent in definitions written before labels existed). */
+  labels?: Record<string, string>;
 }
 
 /** A live identity. */

@@ -157,7 +157,12 @@ describe('kernel death is survivable', () => {
     const k1 = await start(data, sock);
     const obs1 = await Observer.on(k1);
     const op1 = obs1.c;
-    await op1.spawn({ name: 'ever', script, restart_policy: 'always' });
+    await op1.spawn({
+      name: 'ever',
+      script,
+      restart_policy: 'always',
+      labels: { 'clove.project': 'p', 'clove.service': 'ever' },
+    });
     // Unsandboxed: no clove-init, no PDEATHSIG; only the next kernel's cleanup can stop it.
     await op1.spawn({ name: 'onfail', script, restart_policy: 'on-failure', sandboxed: false });
     await op1.spawn({ name: 'once', script, restart_policy: 'never' });
@@ -206,6 +211,11 @@ describe('kernel death is survivable', () => {
     expect(byName.onfail.restart_policy).toBe('on-failure');
     expect(byName.once, 'a never agent is not started again').toBeUndefined();
     expect(byName.ever.parent_id).toBe(0);
+    expect(byName.ever.labels, 'labels come back with the agent').toEqual({
+      'clove.project': 'p',
+      'clove.service': 'ever',
+    });
+    expect(byName.onfail.labels).toEqual({});
     for (const n of ['ever', 'onfail']) strays.add(byName[n].pid);
     await until(() => k2.stderr().includes('its identity stays, dormant'), 5000, 'the restore log');
     expect(k2.stderr().match(/"agent restored"/g)?.length).toBe(2);

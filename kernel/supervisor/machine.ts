@@ -4,7 +4,16 @@
  * The supervisor classifies an exit into `exit_restart`, `exit_final` or `exit_escalate` (policy,
  * restart intensity) before it looks the cell up, so that the table itself stays free of guards.
  */
-export const STATES = ['STARTING', 'RUNNING', 'PAUSED', 'STOPPING', 'BACKOFF', 'STOPPED', 'FAILED'] as const;
+export const STATES = [
+  'STARTING',
+  'RUNNING',
+  'PAUSED',
+  'STOPPING',
+  'RESTARTING',
+  'BACKOFF',
+  'STOPPED',
+  'FAILED',
+] as const;
 export type State = (typeof STATES)[number];
 
 export const EVENTS = [
@@ -13,6 +22,7 @@ export const EVENTS = [
   'exit_final',
   'exit_escalate',
   'kill',
+  'restart',
   'pause',
   'resume',
   'backoff_elapsed',
@@ -33,6 +43,7 @@ export type Action =
   | 'sigcont'
   | 'arm_grace'
   | 'schedule_restart'
+  | 'count_restart' // a restart asked for (RESTART): counted and announced, started at once
   | 'cancel_restart'
   | 'start'
   | 'reset_failures'
@@ -64,10 +75,12 @@ export const TABLE: Record<State, Partial<Record<Event, Cell>>> = {
     started: { next: 'RUNNING', actions: ['arm_timers', 'emit_started'] },
     ...exitCells,
     kill: { next: 'STOPPING', actions: ['arm_grace'] },
+    restart: { next: 'RESTARTING', actions: ['arm_grace'] },
   },
   RUNNING: {
     ...exitCells,
     kill: { next: 'STOPPING', actions: ['disarm_timers', 'sigterm', 'arm_grace'] },
+    restart: { next: 'RESTARTING', actions: ['disarm_timers', 'sigterm', 'arm_grace'] },
     pause: { next: 'PAUSED', actions: ['disarm_watchdog', 'sigstop', 'emit_paused'] },
     uptime_reached: { next: 'RUNNING', actions: ['reset_failures'] },
     watchdog_expired: { next: 'RUNNING', actions: ['sigkill'] },
@@ -75,6 +88,7 @@ export const TABLE: Record<State, Partial<Record<Event, Cell>>> = {
   PAUSED: {
     ...exitCells,
     kill: { next: 'STOPPING', actions: ['disarm_timers', 'sigterm', 'sigcont', 'arm_grace'] },
+    restart: { next: 'RESTARTING', actions: ['disarm_timers', 'sigterm', 'sigcont', 'arm_grace'] },
     resume: { next: 'RUNNING', actions: ['sigcont', 'arm_watchdog', 'emit_resumed'] },
     uptime_reached: { next: 'PAUSED', actions: ['reset_failures'] },
   },
@@ -87,8 +101,19 @@ export const TABLE: Record<State, Partial<Record<Event, Cell>>> = {
     kill: { next: 'STOPPING', actions: [] },
     grace_elapsed: { next: 'STOPPING', actions: ['sigkill'] },
   },
+  // RESTART asked for: the process is stopped like KILL, then started again whatever the policy.
+  RESTARTING: {
+    started: { next: 'RESTARTING', actions: ['sigterm'] },
+    exit_restart: { next: 'STARTING', actions: ['disarm_timers', 'emit_exited', 'count_restart', 'start'] },
+    exit_final: { next: 'STARTING', actions: ['disarm_timers', 'emit_exited', 'count_restart', 'start'] },
+    exit_escalate: { next: 'STARTING', actions: ['disarm_timers', 'emit_exited', 'count_restart', 'start'] },
+    kill: { next: 'STOPPING', actions: [] },
+    restart: { next: 'RESTARTING', actions: [] },
+    grace_elapsed: { next: 'RESTARTING', actions: ['sigkill'] },
+  },
   BACKOFF: {
     backoff_elapsed: { next: 'STARTING', actions: ['start'] },
+    restart: { next: 'STARTING', actions: ['cancel_restart', 'reset_failures', 'start'] },
     kill: { next: 'STOPPED', actions: ['cancel_restart', 'release'] },
   },
   STOPPED: {},

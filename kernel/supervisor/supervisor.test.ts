@@ -85,6 +85,7 @@ function def(policy: Partial<RestartPolicy> = {}): AgentDef {
     account: null,
     policy: { ...DEFAULT_POLICY, ...policy },
     spawner,
+    labels: {},
   };
 }
 
@@ -119,6 +120,41 @@ describe('Supervisor', () => {
     expect(delays).toEqual([0, 100, 200, 300, 300]);
     expect(a.restarts).toBe(5);
     expect(spawner.procs.every((p) => p.spec.agentId === 7 && p.spec.name === 'a7')).toBe(true);
+  });
+
+  it('RESTART stops the process and starts it again whatever the policy, counted and announced', async () => {
+    const a = await sup.create(def({ policy: 'never' }));
+    const first = spawner.last();
+    sup.restart(7, 1);
+    expect(a.state).toBe('RESTARTING');
+    const started = sup.waitStarted(7);
+    await flush();
+    expect(first.signals).toEqual(['SIGTERM']);
+    await started;
+    expect(a.state).toBe('RUNNING');
+    expect(spawner.procs.length).toBe(2);
+    expect(a.restarts).toBe(1);
+    const types = events.map((e) => e.type);
+    expect(types.slice(-3)).toEqual(['AGENT_EXITED', 'AGENT_RESTARTING', 'AGENT_SPAWNED']);
+    expect(events.find((e) => e.type === 'AGENT_RESTARTING')!.data.requested).toBe(true);
+    expect(released).toEqual([]);
+  });
+
+  it('RESTART of an agent that ignores SIGTERM SIGKILLs it after the grace period; KILL during it wins', async () => {
+    spawner.ignoreSignals = true;
+    const a = await sup.create(def({ policy: 'always' }));
+    sup.restart(7, 1, 50);
+    await vi.advanceTimersByTimeAsync(60);
+    expect(spawner.last().signals).toEqual(['SIGTERM', 'SIGKILL']);
+    spawner.last().exit({ code: null, signal: 'SIGKILL', reason: 'signal' });
+    await flush();
+    expect(a.state).toBe('RUNNING');
+    sup.restart(7, 1, 50);
+    sup.kill(7, 1);
+    spawner.last().exit({ code: null, signal: 'SIGTERM', reason: 'signal' });
+    await flush();
+    expect(a.state).toBe('STOPPED');
+    expect(spawner.procs.length).toBe(2);
   });
 
   it('resets the failure count by a timer after sustained uptime', async () => {

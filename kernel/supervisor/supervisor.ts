@@ -44,6 +44,8 @@ export interface AgentDef extends Omit<SpawnSpec, 'agentId' | 'logFd'> {
   policy: RestartPolicy;
   /** The spawner that starts it (the sandbox runtime's). */
   spawner: Spawner;
+  /** Free-form labels (SPAWN `labels`; `clove up` sets `clove.project`, `clove.service`, …); opaque here. */
+  labels: Record<string, string>;
 }
 
 export interface AgentRecord {
@@ -58,6 +60,8 @@ export interface AgentRecord {
   /** Times of the restarts inside the current intensity window. */
   restartTimes: number[];
   startedAt: number;
+  /** When its current process said HELLO (0: not yet): `ready` in LIST, `condition: healthy` in clove.yaml. */
+  helloAt: number;
   lastExit: ExitInfo | null;
   lastBeat: number;
   /** Calls of this agent parked in a blocking wait (RECV, POLL_EVENTS): it is waiting, not silent. */
@@ -92,6 +96,8 @@ export class Supervisor {
   private byPid = new Map<number, AgentRecord>();
   private inFlight = new Set<Promise<unknown>>();
   private exitWaiters = new Map<number, (() => void)[]>();
+  /** Waiters for an agent's next start (RESTART with `wait`): resolved when it is RUNNING, STOPPED or FAILED. */
+  private startWaiters = new Map<number, (() => void)[]>();
   /** Set by shutdown(): nothing is restarted any more. */
   private stopping = false;
 
@@ -134,6 +140,7 @@ export class Supervisor {
       consecutiveFailures: 0,
       restartTimes: [],
       startedAt: 0,
+      helloAt: 0,
       lastExit: null,
       lastBeat: 0,
       parked: 0,
@@ -179,6 +186,7 @@ export class Supervisor {
     a.pid = proc.pid;
     a.isolation = proc.isolation;
     a.startedAt = Date.now();
+    a.helloAt = 0;
     a.lastBeat = a.startedAt;
     this.byPid.set(proc.pid, a);
     proc.onExit((info) => this.exited(a, proc, info));
@@ -198,7 +206,7 @@ export class Supervisor {
 
   /** Turns an exit into exit_restart / exit_final / exit_escalate, by policy and restart intensity. */
   private classify(a: AgentRecord, info: ExitInfo): Event {
-    if (a.state === 'STOPPING' || this.stopping) return 'exit_final';
+    if (a.state === 'STOPPING' || a.state === 'RESTARTING' || this.stopping) return 'exit_final';
     const p = a.def.policy;
     const failed = info.signal !== null || info.code !== 0 || info.reason !== 'exit';
     const restart = p.policy === 'always' || (p.policy === 'on-failure' && failed);
@@ -214,6 +222,15 @@ export class Supervisor {
     a.killedBy = by;
     if (graceMs !== undefined) a.graceMs = graceMs;
     this.request(a, 'kill');
+    return a;
+  }
+
+  /** RESTART: stops the process like KILL (SIGTERM, SIGKILL after the grace period), then starts it again. */
+  restart(id: number, by: number, graceMs?: number): AgentRecord {
+    const a = this.must(id);
+    if (graceMs !== undefined) a.graceMs = graceMs;
+    this.request(a, 'restart');
+    this.hooks.log('info', 'agent restart requested', { agent: a.def.name, by });
     return a;
   }
 
@@ -280,6 +297,20 @@ export class Supervisor {
   private apply(a: AgentRecord, ev: Event, next: State, actions: Action[]): void {
     a.state = next;
     for (const act of actions) this.run(a, act, ev);
+    if (a.state === 'RUNNING' || a.state === 'STOPPED' || a.state === 'FAILED')
+      for (const w of this.startWaiters.get(a.def.id)?.splice(0) ?? []) w();
+  }
+
+  /** Waits until the agent is running again, or has stopped or failed (resolves at once when it is running). */
+  waitStarted(id: number): Promise<void> {
+    const a = this.agents.get(id);
+    if (!a || a.state === 'RUNNING' || a.state === 'STOPPED' || a.state === 'FAILED')
+      return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.startWaiters.get(id) ?? [];
+      list.push(resolve);
+      this.startWaiters.set(id, list);
+    });
   }
 
   private run(a: AgentRecord, act: Action, ev: Event): void {
@@ -354,6 +385,23 @@ export class Supervisor {
         else t.backoff = setTimeout(() => this.feed(a, 'backoff_elapsed'), delay);
         return;
       }
+      case 'count_restart':
+        a.restarts++;
+        a.consecutiveFailures = 0;
+        this.hooks.event(
+          'AGENT_RESTARTING',
+          {
+            agent_id: d.id,
+            agent_name: d.name,
+            restart_count: a.restarts,
+            delay_ms: 0,
+            requested: true,
+            ...exitFields(a.lastExit),
+          },
+          0,
+        );
+        this.logs.note(d.name, `restarting as asked (restart ${a.restarts})`);
+        return;
       case 'cancel_restart':
         clearTimeout(t.backoff);
         t.backoff = undefined;

@@ -207,6 +207,11 @@ export class CloveClient {
   spawn(req: T.SpawnRequest): Promise<T.SpawnReply> {
     return this.syscall('SPAWN', req);
   }
+  /** RESTART: stops the agent (SIGTERM, SIGKILL after `grace_ms`) and starts it again; the reply has its new pid. */
+  restart(target: T.Target, opts: { grace_ms?: number; wait?: boolean } = {}): Promise<T.RestartReply> {
+    return this.syscall('RESTART', { ...targetOf(target), ...opts });
+  }
+
   kill(target: T.Target, opts: { grace_ms?: number; wait?: boolean } = {}): Promise<T.KillReply> {
     return this.syscall('KILL', { ...targetOf(target), ...opts });
   }

@@ -43,6 +43,7 @@ const OPS: Record<string, Call> = {
   HEARTBEAT: (c) => c.heartbeat(),
   SPAWN: (c, a) => c.spawn({ name: a.name, script: a.script }),
   KILL: (c, a) => c.kill(a.name),
+  RESTART: (c, a) => c.restart(a.name),
   LIST: (c) => c.list(),
   PAUSE: (c, a) => c.pause(a.name),
   RESUME: (c, a) => c.resume(a.name),

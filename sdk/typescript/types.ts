@@ -14,6 +14,7 @@ export type {
   Isolation,
   KernelEvent,
   KillReply,
+  RestartReply,
   Limits,
   Message,
   Permissions,

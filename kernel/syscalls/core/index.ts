@@ -8,6 +8,7 @@ export default defineFamily(({ services }) => ({
     NOOP: (_ctx, payload) => Buffer.from(payload),
     HELLO: ({ caller }) => {
       const k = services.kernel;
+      if (caller.role === 'agent') services.agents.saidHello(caller.id);
       return {
         success: true,
         protocol_version: PROTOCOL_VERSION,

@@ -1,5 +1,5 @@
 /**
- * Lifecycle family: SPAWN, KILL, LIST, PAUSE, RESUME. Who may act on whom is the agents service's
+ * Lifecycle family: SPAWN, KILL, RESTART, LIST, PAUSE, RESUME. Who may act on whom is the agents service's
  * rule: operators on every agent, an agent on the agents it (transitively) spawned.
  */
 import { defineFamily, target } from '../../core/family.js';
@@ -14,6 +14,11 @@ export default defineFamily(({ services }) => {
         const a = agents.controlled(caller, target(req));
         await agents.kill(caller, a, { graceMs: req.grace_ms, wait: req.wait });
         return { success: true, killed: true, agent_id: a.def.id };
+      },
+      RESTART: async ({ caller }, req) => {
+        const a = agents.controlled(caller, target(req));
+        const pid = await agents.restart(caller, a, { graceMs: req.grace_ms, wait: req.wait });
+        return { success: true, restarted: true, agent_id: a.def.id, pid };
       },
       // Operators see every agent; anybody else itself and the agents it (transitively) spawned.
       LIST: ({ caller }) =>

@@ -389,6 +389,18 @@ class CloveClient:
         whole reply is in ``client.last_reply``."""
         return self._lifecycle(SyscallOp.SYS_KILL, "killed", name, agent_id, check, grace_ms=grace_ms)
 
+    def restart(
+        self,
+        name: str | int | None = None,
+        agent_id: int | None = None,
+        *,
+        grace_ms: int | None = None,
+        check: bool | None = None,
+    ) -> bool:
+        """RESTART an agent by name or id: stopped like KILL, then started again at once whatever its restart
+        policy. True if restarted; its new pid is ``client.last_reply["pid"]``."""
+        return self._lifecycle(SyscallOp.SYS_RESTART, "restarted", name, agent_id, check, grace_ms=grace_ms)
+
     def pause(self, name: str | int | None = None, agent_id: int | None = None, *, check: bool | None = None) -> bool:
         """PAUSE an agent (SIGSTOP to its process group). True on success."""
         return self._lifecycle(SyscallOp.SYS_PAUSE, "paused", name, agent_id, check)

@@ -65,6 +65,7 @@ class SyscallOp(IntEnum):
     SYS_LIST = 0x12  # a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned
     SYS_PAUSE = 0x14  # freeze the agent's whole process tree
     SYS_RESUME = 0x15  # thaw a paused agent
+    SYS_RESTART = 0x16  # ext: stops the agent like KILL (SIGTERM, SIGKILL after grace_ms), then starts it again at once whatever its restart policy, under the same identity and name with a new pid; counted in restarts, announced by AGENT_EXITED, AGENT_RESTARTING (requested: true) and AGENT_SPAWNED. Refused (invalid_state) for an agent that is stopping, stopped or escalated (FAILED: spawn it again)
     SYS_SEND = 0x20  # queue a message for an id or a name; a full mailbox refuses it (mailbox_full)
     SYS_RECV = 0x21  # take messages (at most max, and no more bytes than the reply limit), optionally waiting in the kernel
     SYS_BROADCAST = 0x22  # a message to every named id
@@ -128,6 +129,7 @@ class SyscallOp(IntEnum):
     LIST = 0x12
     PAUSE = 0x14
     RESUME = 0x15
+    RESTART = 0x16
     SEND = 0x20
     RECV = 0x21
     BROADCAST = 0x22
@@ -198,6 +200,7 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "LIST": ("lifecycle", "implemented", "list_agents"),
     "PAUSE": ("lifecycle", "implemented", "pause"),
     "RESUME": ("lifecycle", "implemented", "resume"),
+    "RESTART": ("lifecycle", "implemented", "restart"),
     "SEND": ("ipc", "implemented", "send_message"),
     "RECV": ("ipc", "implemented", "recv_messages"),
     "BROADCAST": ("ipc", "implemented", "broadcast"),

@@ -50,6 +50,7 @@ OPS = {
     "HEARTBEAT": lambda c, a: c.heartbeat(),
     "SPAWN": lambda c, a: c.spawn(a.get("name"), a.get("script")),
     "KILL": _lifecycle("kill"),
+    "RESTART": _lifecycle("restart"),
     "LIST": lambda c, a: c.list_agents(),
     "PAUSE": _lifecycle("pause"),
     "RESUME": _lifecycle("resume"),
