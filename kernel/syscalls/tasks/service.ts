@@ -58,9 +58,9 @@ const LIVE_STATES = new Set(['STARTING', 'RUNNING', 'PAUSED']);
 const OPEN_TASK: ReadonlySet<string> = new Set(['pending', 'running']);
 const SWEEP_MS = 250;
 
-/** An agent's labels (SPAWN `labels`), if the kernel keeps them. */
+/** An agent's labels (SPAWN `labels`; `clove up` sets `clove.project` and `clove.service`). */
 function labelsOf(a: AgentRecord): Record<string, string> {
-  return (a.def as { labels?: Record<string, string> }).labels ?? {};
+  return a.def.labels ?? {};
 }
 
 /** Who a caller is for ownership: agents by identity (stable across restarts), others by role. */

@@ -347,6 +347,45 @@ describe('tasks', () => {
     await op.kill('td-w');
   }, 120_000);
 
+  it("without a pool, the first assignee's clove.project + clove.service labels are the pool", async () => {
+    const labels = (service: string) => ({ labels: { 'clove.project': 'tp', 'clove.service': service } });
+    await spawnWorker('svc-1', labels('svc'));
+    await spawnWorker('svc-2', labels('svc'));
+    await spawnWorker('other-1', labels('other'));
+    const { id } = await op.taskCreate('by label');
+    const a = await op.taskAssign(id, { agent_name: 'svc-1', subtask: 'job' });
+    await waitMsg(op, (m) => m.message.by === 'svc-1' && 'took' in m.message);
+    // With the pool fixed, an assignment naming nobody goes to the least loaded agent of the service.
+    const b = await op.taskAssign(id, { subtask: 'job 2' });
+    expect(b.agent_name).toBe('svc-2');
+    await waitMsg(op, (m) => m.message.by === 'svc-2' && 'took' in m.message);
+    process.kill((await op.list()).find((x) => x.name === 'svc-1')!.pid, 'SIGKILL');
+    const took = await waitMsg(op, (m) => m.message.by === 'svc-2' && 'took' in m.message);
+    expect(took.message.took).toMatchObject({ subtask_id: a.subtask_id, attempt: 2 });
+    await op.kill('svc-2');
+    await op.kill('other-1');
+  }, 120_000);
+
+  it('RESTART of the assignee: the new process of the same agent gets the subtask again', async () => {
+    await spawnWorker('rr-1');
+    const { id } = await op.taskCreate('again', { pool: 'rr-*' });
+    const a = await op.taskAssign(id, { agent_name: 'rr-1', subtask: 'once more' });
+    await waitMsg(
+      op,
+      (m) =>
+        m.message.by === 'rr-1' &&
+        'took' in m.message &&
+        (m.message.took as { attempt: number }).attempt === 1,
+    );
+    await op.restart('rr-1', { wait: true });
+    const took = await waitMsg(op, (m) => m.message.by === 'rr-1' && 'took' in m.message);
+    expect(took.message.took).toMatchObject({ subtask_id: a.subtask_id, attempt: 2 });
+    await op.send('rr-1', { type: 'go' });
+    await waitMsg(op, (m) => m.message.by === 'rr-1' && 'done' in m.message);
+    expect((await op.taskStatus(id)).status).toBe('completed');
+    await op.kill('rr-1');
+  }, 120_000);
+
   it('with nobody left in the pool, the subtask waits for a candidate, then fails', async () => {
     await spawnWorker('nc-1');
     const { id } = await op.taskCreate('lonely', { policy: { reassign_wait_ms: 500 } });
