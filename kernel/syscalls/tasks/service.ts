@@ -275,6 +275,7 @@ export class TaskService {
       subtask: st.description,
       payload: st.payload ?? null,
       task: t.description,
+      creator: t.creator_name,
       attempt,
       ...(deadline_at !== undefined ? { deadline_at } : {}),
     };
@@ -431,8 +432,14 @@ export class TaskService {
       attempts: 0,
       created_at: now,
     };
+    const before = st.payload;
     if (req.payload !== undefined) st.payload = req.payload;
-    this.hand(t, st, a, { id: c.id, name: this.s.mail.nameOf(c.id) || c.name }, req.deadline_ms);
+    try {
+      this.hand(t, st, a, { id: c.id, name: this.s.mail.nameOf(c.id) || c.name }, req.deadline_ms);
+    } catch (e) {
+      st.payload = before; // a refused assignment (a full mailbox) changes nothing
+      throw e;
+    }
     if (fresh) {
       this.nextSubtaskId++;
       t.subtasks.push(st);

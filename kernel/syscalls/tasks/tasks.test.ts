@@ -143,6 +143,7 @@ describe('tasks', () => {
       subtask: 'run tests',
       payload: { suite: 'unit' },
       task: 'Build and test',
+      creator: 'operator-' + String((await op.hello()).agent_id),
       attempt: 1,
     });
     const assigned = await waitEvent(ev, (e) => e.type === 'TASK_ASSIGNED' && e.data.task_id === id);
@@ -329,7 +330,7 @@ describe('tasks', () => {
   it('a task past its deadline fails, with what was still open; its holder is refused', async () => {
     await spawnWorker('td-w');
     const { id } = await op.taskCreate('hurried', {
-      deadline_ms: 1000,
+      deadline_ms: 3000,
       subtasks: [{ description: 'never' }],
     });
     const a = await op.taskAssign(id, { agent_name: 'td-w', subtask: 'slow' });
