@@ -4,11 +4,12 @@
  *   4 another kernel is running there · 5 the native sandbox layer is missing · 6 cannot reach the kernel
  *   7 no such agent
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/index.js';
 import { CloveClient, ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
+import { register as registerLogs } from './commands/logs.js';
+import { register as registerTop } from './commands/top.js';
 
 export const EXIT = {
   OK: 0,
@@ -80,7 +81,7 @@ function kernelOptions(o: Record<string, unknown>, socketPath: string): Paramete
   };
 }
 
-async function withClient<T>(socket: string, fn: (c: CloveClient) => Promise<T>): Promise<T> {
+export async function withClient<T>(socket: string, fn: (c: CloveClient) => Promise<T>): Promise<T> {
   let c: CloveClient;
   try {
     c = await CloveClient.connect({ socketPath: socket, reconnect: false });
@@ -94,7 +95,7 @@ async function withClient<T>(socket: string, fn: (c: CloveClient) => Promise<T>)
   }
 }
 
-class CliError extends Error {
+export class CliError extends Error {
   constructor(
     message: string,
     readonly exitCode: number,
@@ -125,29 +126,6 @@ function fmtUptime(ms: number): string {
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${s % 60}s`;
   return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
-}
-
-/** Follows a file like `tail -f`, surviving copy-truncate rotation. */
-async function follow(file: string, fromSize: number): Promise<never> {
-  let pos = fromSize;
-  for (;;) {
-    await new Promise((r) => setTimeout(r, 200));
-    let size: number;
-    try {
-      size = fs.statSync(file).size;
-    } catch {
-      continue;
-    }
-    if (size < pos) pos = 0;
-    if (size > pos) {
-      const fd = fs.openSync(file, 'r');
-      const buf = Buffer.alloc(size - pos);
-      fs.readSync(fd, buf, 0, buf.length, pos);
-      fs.closeSync(fd);
-      process.stdout.write(buf);
-      pos = size;
-    }
-  }
 }
 
 export function program(daemon: Daemon): Command {
@@ -286,31 +264,9 @@ export function program(daemon: Daemon): Command {
       console.log(`killed ${a}`);
     });
 
-  p.command('logs')
-    .description("print an agent's log")
-    .argument('<agent>', 'name or id')
-    .option('-f, --follow', 'keep printing as the log grows')
-    .option('-n, --lines <n>', 'print only the last n lines', int)
-    .action(async (a: string, o) => {
-      const file = await withClient(p.opts().socket, async (c) => {
-        const agents = await c.list();
-        const t = target(a);
-        const found = agents.find((x) => x.name === t || x.id === t);
-        if (found?.log_file) return found.log_file;
-        const hello = await c.hello();
-        const guess = path.join(hello.data_dir ?? defaults.dataDir, 'logs', `${a}.log`);
-        if (fs.existsSync(guess)) return guess;
-        throw new CliError(`no such agent: ${a}`, EXIT.NOT_FOUND);
-      });
-      let text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
-      if (o.lines !== undefined)
-        text = text
-          .split('\n')
-          .slice(-(o.lines + 1))
-          .join('\n');
-      process.stdout.write(text);
-      if (o.follow) await follow(file, Buffer.byteLength(fs.existsSync(file) ? fs.readFileSync(file) : ''));
-    });
+  const ctx = { socket: () => p.opts().socket as string, dataDir: () => defaults.dataDir, defaults };
+  registerLogs(p, ctx);
+  registerTop(p, ctx);
 
   p.command('send')
     .description('send a message (JSON, or a plain string) to an agent')

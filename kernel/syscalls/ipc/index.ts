@@ -99,6 +99,7 @@ export default defineFamily(({ services }) => {
             failed++;
           }
         }
+        principals.stats(caller.id).sent += delivered;
         return {
           success: true,
           delivered_count: delivered,
