@@ -3700,7 +3700,7 @@ export interface TaskAssignRequest {
    */
   agent_name?: string;
   /**
-   * a new subtask's description
+   * a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)
    */
   subtask?: string;
   /**
@@ -3730,7 +3730,7 @@ export interface TaskAssignArgs {
    */
   agent_name?: string;
   /**
-   * a new subtask's description
+   * a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)
    */
   subtask?: string;
   /**
@@ -3895,7 +3895,7 @@ export interface TaskListReply {
 export interface TaskCreateRequest {
   description: string;
   /**
-   * subtasks created `pending`, assigned later with TASK_ASSIGN `subtask_id`
+   * subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest
    *
    * @maxItems 1000
    */
@@ -3933,7 +3933,7 @@ export interface TaskCreateRequest {
 export interface TaskCreateArgs {
   description: string;
   /**
-   * subtasks created `pending`, assigned later with TASK_ASSIGN `subtask_id`
+   * subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest
    *
    * @maxItems 1000
    */
@@ -6193,7 +6193,13 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       task_id: { $ref: 'clove#/$defs/TaskTarget' },
       agent_id: { $ref: 'clove#/$defs/AgentId', description: 'the assignee (wins over `agent_name`)' },
       agent_name: { type: 'string', description: 'the assignee by name' },
-      subtask: { type: 'string', minLength: 1, maxLength: 4096, description: "a new subtask's description" },
+      subtask: {
+        type: 'string',
+        minLength: 1,
+        maxLength: 4096,
+        description:
+          "a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)",
+      },
       subtask_id: { type: 'integer', minimum: 1, description: 'an existing pending subtask of the task' },
       payload: {
         description: "any JSON handed to the assignee (a new subtask's, or replacing a pending one's)",
@@ -6244,7 +6250,8 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       subtasks: {
         type: 'array',
         maxItems: 1000,
-        description: 'subtasks created `pending`, assigned later with TASK_ASSIGN `subtask_id`',
+        description:
+          'subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest',
         items: {
           type: 'object',
           properties: {

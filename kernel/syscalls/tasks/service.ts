@@ -407,8 +407,14 @@ export class TaskService {
       if (!st) throw new NotFoundError(`subtask ${req.subtask_id} not found in task ${t.id}`);
       if (st.status !== 'pending')
         throw new InvalidStateError(`subtask ${st.id} of task ${t.id} is ${st.status}, not pending`);
-    } else if (req.subtask === undefined)
-      throw new InvalidRequestError('invalid request: subtask (a description) or subtask_id required');
+    } else if (req.subtask === undefined) {
+      // Neither: the task's next pending subtask (one given at TASK_CREATE, not one waiting to be reassigned).
+      st = t.subtasks.find((x) => x.status === 'pending' && x.waiting_since === undefined);
+      if (!st)
+        throw new InvalidRequestError(
+          `invalid request: task ${t.id} has no pending subtask; give subtask (a description)`,
+        );
+    }
     // The assignee: named (it must be reachable, as for SEND), or the pool's least loaded live agent.
     let a: AgentRecord | undefined;
     if (req.agent_id !== undefined || req.agent_name !== undefined) {

@@ -257,6 +257,29 @@ describe('tasks', () => {
     await op.kill('bg-w');
   }, 120_000);
 
+  it('TASK_ASSIGN naming no subtask hands out the next pending one given at TASK_CREATE', async () => {
+    await spawnWorker('nx-1');
+    await spawnWorker('nx-2');
+    const { id, task } = await op.taskCreate('split', {
+      pool: 'nx-*',
+      subtasks: [{ description: 'part 1', payload: 1 }, { subtask: 'part 2' }],
+    });
+    const first = await op.taskAssign(id, {});
+    const second = await op.taskAssign(id, {});
+    expect([first.subtask_id, second.subtask_id]).toEqual(task.subtasks.map((s) => s.id));
+    // The least loaded agent of the pool each time: both workers got one.
+    expect(new Set([first.agent_name, second.agent_name])).toEqual(new Set(['nx-1', 'nx-2']));
+    await expect(op.taskAssign(id, {})).rejects.toMatchObject({ code: 'invalid_request' });
+    for (const w of ['nx-1', 'nx-2']) {
+      await waitMsg(op, (m) => m.message.by === w && 'took' in m.message);
+      await op.send(w, { type: 'go' });
+      await waitMsg(op, (m) => m.message.by === w && 'done' in m.message);
+    }
+    expect((await op.taskStatus(id)).status).toBe('completed');
+    await op.kill('nx-1');
+    await op.kill('nx-2');
+  }, 120_000);
+
   it('a subtask whose deadline passes is reassigned to another agent of the pool, which completes it', async () => {
     const ev = await tk.client();
     await ev.subscribe(['TASK_REASSIGNED']);
