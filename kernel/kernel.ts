@@ -43,6 +43,7 @@ import audit from './syscalls/audit/index.js';
 import record from './syscalls/record/index.js';
 import asyncFamily from './syscalls/async/index.js';
 import quotas from './syscalls/quotas/index.js';
+import tasks from './syscalls/tasks/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -64,6 +65,7 @@ const FAMILIES: FamilyFactory[] = [
   record,
   asyncFamily,
   quotas,
+  tasks,
 ];
 
 export class Kernel {

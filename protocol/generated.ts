@@ -80,6 +80,16 @@ export const Op = {
   SET_AUDIT_CONFIG: 0x77,
   /** the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned) */
   ASYNC_POLL: 0x80,
+  /** hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks); it gets a `task_assigned` message and a TASK_ASSIGNED event (Clove extension) */
+  TASK_ASSIGN: 0x81,
+  /** a task with its subtasks, their assignees, attempts, results and errors, and the task's aggregated results (creator, assignees, operators) (Clove extension) */
+  TASK_STATUS: 0x82,
+  /** finish a subtask with a result, or fail it with `error` (the task's policy decides: reassign or fail); only its assignee, the task's creator or an operator (Clove extension) */
+  TASK_COMPLETE: 0x83,
+  /** the tasks the caller created or holds a subtask of (operators: all, unless `mine`), newest first (Clove extension) */
+  TASK_LIST: 0x84,
+  /** create a task (optionally with subtasks, a deadline, a failure policy and a pool of agents); counts against the creator's `tasks` budget while open (Clove extension) */
+  TASK_CREATE: 0x85,
   /** take finished async results (EXEC, HTTP, THINK with `async: true`), optionally waiting in the kernel (Clove extension) */
   ASYNC_RESULTS: 0x88,
   /** set or remove quotas of an agent or a clove.yaml service */
@@ -498,6 +508,61 @@ export const OPCODES: readonly OpInfo[] = [
     sdk: { typescript: 'asyncPoll', python: 'async_poll' },
   },
   {
+    name: 'TASK_ASSIGN',
+    code: 129,
+    family: 'tasks',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks); it gets a `task_assigned` message and a TASK_ASSIGNED event',
+    sdk: { typescript: 'taskAssign', python: 'task_assign' },
+  },
+  {
+    name: 'TASK_STATUS',
+    code: 130,
+    family: 'tasks',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "a task with its subtasks, their assignees, attempts, results and errors, and the task's aggregated results (creator, assignees, operators)",
+    sdk: { typescript: 'taskStatus', python: 'task_status' },
+  },
+  {
+    name: 'TASK_COMPLETE',
+    code: 131,
+    family: 'tasks',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "finish a subtask with a result, or fail it with `error` (the task's policy decides: reassign or fail); only its assignee, the task's creator or an operator",
+    sdk: { typescript: 'taskComplete', python: 'task_complete' },
+  },
+  {
+    name: 'TASK_LIST',
+    code: 132,
+    family: 'tasks',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'the tasks the caller created or holds a subtask of (operators: all, unless `mine`), newest first',
+    sdk: { typescript: 'taskList', python: 'task_list' },
+  },
+  {
+    name: 'TASK_CREATE',
+    code: 133,
+    family: 'tasks',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "create a task (optionally with subtasks, a deadline, a failure policy and a pool of agents); counts against the creator's `tasks` budget while open",
+    sdk: { typescript: 'taskCreate', python: 'task_create' },
+  },
+  {
     name: 'ASYNC_RESULTS',
     code: 136,
     family: 'async',
@@ -855,8 +920,12 @@ export const KERNEL_EVENTS = [
   'AGENT_PAUSED',
   'AGENT_RESUMED',
   'STATE_CHANGED',
-  'CUSTOM',
+  'TASK_ASSIGNED',
+  'TASK_REASSIGNED',
+  'TASK_COMPLETED',
+  'TASK_FAILED',
   'QUOTA_EXCEEDED',
+  'CUSTOM',
 ] as const;
 export type KernelEventType = (typeof KERNEL_EVENTS)[number];
 
@@ -926,6 +995,27 @@ export type QuotaName =
  * via the `definition` "ReplayState".
  */
 export type ReplayState = 'idle' | 'running' | 'paused' | 'completed' | 'error';
+/**
+ * `pending`: no subtask assigned yet; `running`: some subtask open; `completed`: every subtask completed; `failed`: a subtask failed for good (or the task's deadline passed)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskStatus".
+ */
+export type TaskStatus = 'pending' | 'running' | 'completed' | 'failed';
+/**
+ * `pending`: nobody holds it (not yet assigned, or waiting for a candidate to reassign to)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SubtaskStatus".
+ */
+export type SubtaskStatus = 'pending' | 'assigned' | 'completed' | 'failed';
+/**
+ * a task id
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskTarget".
+ */
+export type TaskTarget = number;
 /**
  * LIST reply.
  *
@@ -1038,6 +1128,10 @@ export interface Budgets {
    * async calls it may have running or finished but not yet taken with ASYNC_RESULTS (`quota_exceeded`)
    */
   async_requests?: number;
+  /**
+   * open (pending or running) tasks it may have created (TASK_CREATE: `quota_exceeded`)
+   */
+  tasks?: number;
 }
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1643,6 +1737,111 @@ export interface ReplayMismatch {
    * the reply of the replay (cut at 2000 characters)
    */
   got: string;
+}
+/**
+ * what happens when a subtask fails (its assignee's process exited, its deadline passed, or TASK_COMPLETE with `error`)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskPolicy".
+ */
+export interface TaskPolicy {
+  /**
+   * `reassign`: to another live agent of the pool, until `max_attempts`; `fail`: the subtask (and the task) fails at once
+   */
+  on_failure?: 'reassign' | 'fail';
+  /**
+   * assignments a subtask may have in all
+   */
+  max_attempts?: number;
+  /**
+   * default deadline of each assignment, ms after it is assigned
+   */
+  subtask_timeout_ms?: number;
+  /**
+   * how long a subtask to reassign waits for a live agent of the pool (a restarted agent of the same name counts) before it fails
+   */
+  reassign_wait_ms?: number;
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "Subtask".
+ */
+export interface Subtask {
+  /**
+   * the subtask's id (unique in the kernel)
+   */
+  id: number;
+  description: string;
+  /**
+   * any JSON given with it
+   */
+  payload?: unknown;
+  status: SubtaskStatus;
+  /**
+   * the agent holding it now (or last), 0 when that agent is gone
+   */
+  assignee_id?: number;
+  assignee_name?: string;
+  /**
+   * assignments so far
+   */
+  attempts: number;
+  /**
+   * what TASK_COMPLETE gave
+   */
+  result?: unknown;
+  /**
+   * why it failed (or why its last attempt failed)
+   */
+  error?: string;
+  /**
+   * ms since the epoch when the current assignment expires
+   */
+  deadline_at?: number;
+  /**
+   * ms since the epoch
+   */
+  created_at: number;
+  assigned_at?: number;
+  finished_at?: number;
+}
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "Task".
+ */
+export interface Task {
+  id: number;
+  description: string;
+  status: TaskStatus;
+  /**
+   * 0 when the creator is gone
+   */
+  creator_id?: number;
+  creator_name: string;
+  policy?: TaskPolicy;
+  /**
+   * glob of agent names eligible for (re)assignment
+   */
+  pool?: string;
+  /**
+   * any JSON given at TASK_CREATE
+   */
+  metadata?: unknown;
+  /**
+   * ms since the epoch; the task fails when it passes unfinished
+   */
+  deadline_at?: number;
+  subtasks: Subtask[];
+  /**
+   * the results of the completed subtasks, keyed by subtask id (as a string)
+   */
+  results: {};
+  /**
+   * why the task failed
+   */
+  error?: string;
+  created_at: number;
+  finished_at?: number;
 }
 /**
  * THINK request.
@@ -3666,6 +3865,296 @@ export interface AsyncPollReply {
   [k: string]: unknown;
 }
 /**
+ * TASK_ASSIGN request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskAssignRequest".
+ */
+export interface TaskAssignRequest {
+  task_id: TaskTarget;
+  agent_id?: AgentId;
+  /**
+   * the assignee by name
+   */
+  agent_name?: string;
+  /**
+   * a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)
+   */
+  subtask?: string;
+  /**
+   * an existing pending subtask of the task
+   */
+  subtask_id?: number;
+  /**
+   * any JSON handed to the assignee (a new subtask's, or replacing a pending one's)
+   */
+  payload?: unknown;
+  /**
+   * this assignment expires after so many ms (default: the policy's `subtask_timeout_ms`)
+   */
+  deadline_ms?: number;
+}
+/**
+ * TASK_ASSIGN request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskAssignArgs".
+ */
+export interface TaskAssignArgs {
+  task_id: TaskTarget;
+  agent_id?: AgentId;
+  /**
+   * the assignee by name
+   */
+  agent_name?: string;
+  /**
+   * a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)
+   */
+  subtask?: string;
+  /**
+   * an existing pending subtask of the task
+   */
+  subtask_id?: number;
+  /**
+   * any JSON handed to the assignee (a new subtask's, or replacing a pending one's)
+   */
+  payload?: unknown;
+  /**
+   * this assignment expires after so many ms (default: the policy's `subtask_timeout_ms`)
+   */
+  deadline_ms?: number;
+}
+/**
+ * TASK_ASSIGN reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskAssignReply".
+ */
+export interface TaskAssignReply {
+  success: true;
+  task_id?: number;
+  subtask_id: number;
+  agent_id: number;
+  agent_name: string;
+}
+/**
+ * TASK_STATUS request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskStatusRequest".
+ */
+export interface TaskStatusRequest {
+  task_id: TaskTarget;
+}
+/**
+ * TASK_STATUS request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskStatusArgs".
+ */
+export interface TaskStatusArgs {
+  task_id: TaskTarget;
+}
+/**
+ * TASK_STATUS reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskStatusReply".
+ */
+export interface TaskStatusReply {
+  success: true;
+  task: Task;
+  status?: TaskStatus;
+  /**
+   * the task's `results`, again at the top level
+   */
+  results?: {};
+}
+/**
+ * TASK_COMPLETE request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskCompleteRequest".
+ */
+export interface TaskCompleteRequest {
+  task_id: TaskTarget;
+  /**
+   * default: the caller's open subtask of the task
+   */
+  subtask_id?: number;
+  /**
+   * any JSON
+   */
+  result?: unknown;
+  /**
+   * the subtask failed, and why
+   */
+  error?: string;
+}
+/**
+ * TASK_COMPLETE request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskCompleteArgs".
+ */
+export interface TaskCompleteArgs {
+  task_id: TaskTarget;
+  /**
+   * default: the caller's open subtask of the task
+   */
+  subtask_id?: number;
+  /**
+   * any JSON
+   */
+  result?: unknown;
+  /**
+   * the subtask failed, and why
+   */
+  error?: string;
+}
+/**
+ * TASK_COMPLETE reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskCompleteReply".
+ */
+export interface TaskCompleteReply {
+  success: true;
+  task_id: number;
+  subtask_id: number;
+  subtask_status?: SubtaskStatus;
+  task_status: TaskStatus;
+}
+/**
+ * TASK_LIST request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskListRequest".
+ */
+export interface TaskListRequest {
+  status?: TaskStatus;
+  /**
+   * only tasks the caller created or holds a subtask of (what non-operators always get)
+   */
+  mine?: boolean;
+  limit?: number;
+}
+/**
+ * TASK_LIST request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskListArgs".
+ */
+export interface TaskListArgs {
+  status?: TaskStatus;
+  /**
+   * only tasks the caller created or holds a subtask of (what non-operators always get)
+   */
+  mine: boolean;
+  limit: number;
+}
+/**
+ * TASK_LIST reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskListReply".
+ */
+export interface TaskListReply {
+  success: true;
+  tasks: Task[];
+  count: number;
+}
+/**
+ * TASK_CREATE request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskCreateRequest".
+ */
+export interface TaskCreateRequest {
+  description: string;
+  /**
+   * subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest
+   *
+   * @maxItems 1000
+   */
+  subtasks?: {
+    description?: string;
+    /**
+     * same as `description`
+     */
+    subtask?: string;
+    /**
+     * any JSON handed to the assignee
+     */
+    payload?: unknown;
+  }[];
+  /**
+   * the task fails if not finished this many ms from now
+   */
+  deadline_ms?: number;
+  policy?: TaskPolicy;
+  /**
+   * glob of agent names eligible for (re)assignment, e.g. `workers-*`; default: agents with the same `clove.service` label as the first assignee (or, without one, the first assignee's name)
+   */
+  pool?: string;
+  /**
+   * any JSON, returned with the task
+   */
+  metadata?: unknown;
+}
+/**
+ * TASK_CREATE request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskCreateArgs".
+ */
+export interface TaskCreateArgs {
+  description: string;
+  /**
+   * subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest
+   *
+   * @maxItems 1000
+   */
+  subtasks?: {
+    description?: string;
+    /**
+     * same as `description`
+     */
+    subtask?: string;
+    /**
+     * any JSON handed to the assignee
+     */
+    payload?: unknown;
+  }[];
+  /**
+   * the task fails if not finished this many ms from now
+   */
+  deadline_ms?: number;
+  policy?: TaskPolicy;
+  /**
+   * glob of agent names eligible for (re)assignment, e.g. `workers-*`; default: agents with the same `clove.service` label as the first assignee (or, without one, the first assignee's name)
+   */
+  pool?: string;
+  /**
+   * any JSON, returned with the task
+   */
+  metadata?: unknown;
+}
+/**
+ * TASK_CREATE reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TaskCreateReply".
+ */
+export interface TaskCreateReply {
+  success: true;
+  /**
+   * the task's id
+   */
+  id: number;
+  task: Task;
+}
+/**
  * ASYNC_RESULTS request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -4464,6 +4953,11 @@ export interface Requests {
   GET_AUDIT_LOG: GetAuditLogRequest;
   SET_AUDIT_CONFIG: SetAuditConfigRequest;
   ASYNC_POLL: AsyncPollRequest;
+  TASK_ASSIGN: TaskAssignRequest;
+  TASK_STATUS: TaskStatusRequest;
+  TASK_COMPLETE: TaskCompleteRequest;
+  TASK_LIST: TaskListRequest;
+  TASK_CREATE: TaskCreateRequest;
   ASYNC_RESULTS: AsyncResultsRequest;
   SET_QUOTA: SetQuotaRequest;
   GET_QUOTA: GetQuotaRequest;
@@ -4524,6 +5018,11 @@ export interface ArgsOf {
   GET_AUDIT_LOG: GetAuditLogArgs;
   SET_AUDIT_CONFIG: SetAuditConfigArgs;
   ASYNC_POLL: AsyncPollArgs;
+  TASK_ASSIGN: TaskAssignArgs;
+  TASK_STATUS: TaskStatusArgs;
+  TASK_COMPLETE: TaskCompleteArgs;
+  TASK_LIST: TaskListArgs;
+  TASK_CREATE: TaskCreateArgs;
   ASYNC_RESULTS: AsyncResultsArgs;
   SET_QUOTA: SetQuotaArgs;
   GET_QUOTA: GetQuotaArgs;
@@ -4584,6 +5083,11 @@ export interface Replies {
   GET_AUDIT_LOG: GetAuditLogReply;
   SET_AUDIT_CONFIG: SetAuditConfigReply;
   ASYNC_POLL: AsyncPollReply;
+  TASK_ASSIGN: TaskAssignReply;
+  TASK_STATUS: TaskStatusReply;
+  TASK_COMPLETE: TaskCompleteReply;
+  TASK_LIST: TaskListReply;
+  TASK_CREATE: TaskCreateReply;
   ASYNC_RESULTS: AsyncResultsReply;
   SET_QUOTA: SetQuotaReply;
   GET_QUOTA: GetQuotaReply;
@@ -4768,6 +5272,12 @@ export const SCHEMA_DEFS = {
           description:
             'async calls it may have running or finished but not yet taken with ASYNC_RESULTS (`quota_exceeded`)',
           'x-default': 64,
+        },
+        tasks: {
+          type: 'integer',
+          minimum: 0,
+          description: 'open (pending or running) tasks it may have created (TASK_CREATE: `quota_exceeded`)',
+          'x-default': 1000,
         },
       },
     },
@@ -5428,6 +5938,103 @@ export const SCHEMA_DEFS = {
         got: { type: 'string', description: 'the reply of the replay (cut at 2000 characters)' },
       },
     },
+    TaskStatus: {
+      type: 'string',
+      enum: ['pending', 'running', 'completed', 'failed'],
+      description:
+        "`pending`: no subtask assigned yet; `running`: some subtask open; `completed`: every subtask completed; `failed`: a subtask failed for good (or the task's deadline passed)",
+    },
+    SubtaskStatus: {
+      type: 'string',
+      enum: ['pending', 'assigned', 'completed', 'failed'],
+      description: '`pending`: nobody holds it (not yet assigned, or waiting for a candidate to reassign to)',
+    },
+    TaskPolicy: {
+      type: 'object',
+      additionalProperties: false,
+      description:
+        "what happens when a subtask fails (its assignee's process exited, its deadline passed, or TASK_COMPLETE with `error`)",
+      properties: {
+        on_failure: {
+          type: 'string',
+          enum: ['reassign', 'fail'],
+          default: 'reassign',
+          description:
+            '`reassign`: to another live agent of the pool, until `max_attempts`; `fail`: the subtask (and the task) fails at once',
+        },
+        max_attempts: {
+          type: 'integer',
+          minimum: 1,
+          maximum: 100,
+          default: 3,
+          description: 'assignments a subtask may have in all',
+        },
+        subtask_timeout_ms: {
+          type: 'integer',
+          minimum: 1,
+          description: 'default deadline of each assignment, ms after it is assigned',
+        },
+        reassign_wait_ms: {
+          type: 'integer',
+          minimum: 0,
+          default: 30000,
+          description:
+            'how long a subtask to reassign waits for a live agent of the pool (a restarted agent of the same name counts) before it fails',
+        },
+      },
+    },
+    Subtask: {
+      type: 'object',
+      required: ['id', 'description', 'status', 'attempts', 'created_at'],
+      properties: {
+        id: { type: 'integer', description: "the subtask's id (unique in the kernel)" },
+        description: { type: 'string' },
+        payload: { description: 'any JSON given with it' },
+        status: { $ref: 'clove#/$defs/SubtaskStatus' },
+        assignee_id: {
+          type: 'integer',
+          description: 'the agent holding it now (or last), 0 when that agent is gone',
+        },
+        assignee_name: { type: 'string' },
+        attempts: { type: 'integer', description: 'assignments so far' },
+        result: { description: 'what TASK_COMPLETE gave' },
+        error: { type: 'string', description: 'why it failed (or why its last attempt failed)' },
+        deadline_at: {
+          type: 'number',
+          description: 'ms since the epoch when the current assignment expires',
+        },
+        created_at: { type: 'number', description: 'ms since the epoch' },
+        assigned_at: { type: 'number' },
+        finished_at: { type: 'number' },
+      },
+    },
+    Task: {
+      type: 'object',
+      required: ['id', 'description', 'status', 'creator_name', 'subtasks', 'results', 'created_at'],
+      properties: {
+        id: { type: 'integer' },
+        description: { type: 'string' },
+        status: { $ref: 'clove#/$defs/TaskStatus' },
+        creator_id: { type: 'integer', description: '0 when the creator is gone' },
+        creator_name: { type: 'string' },
+        policy: { $ref: 'clove#/$defs/TaskPolicy' },
+        pool: { type: 'string', description: 'glob of agent names eligible for (re)assignment' },
+        metadata: { description: 'any JSON given at TASK_CREATE' },
+        deadline_at: {
+          type: 'number',
+          description: 'ms since the epoch; the task fails when it passes unfinished',
+        },
+        subtasks: { type: 'array', items: { $ref: 'clove#/$defs/Subtask' } },
+        results: {
+          type: 'object',
+          description: 'the results of the completed subtasks, keyed by subtask id (as a string)',
+        },
+        error: { type: 'string', description: 'why the task failed' },
+        created_at: { type: 'number' },
+        finished_at: { type: 'number' },
+      },
+    },
+    TaskTarget: { type: 'integer', minimum: 1, description: 'a task id' },
   },
 };
 export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
@@ -5994,6 +6601,97 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
     },
   },
   ASYNC_POLL: { type: 'object', properties: { max: { type: 'integer', minimum: 0 } } },
+  TASK_ASSIGN: {
+    type: 'object',
+    required: ['task_id'],
+    properties: {
+      task_id: { $ref: 'clove#/$defs/TaskTarget' },
+      agent_id: { $ref: 'clove#/$defs/AgentId', description: 'the assignee (wins over `agent_name`)' },
+      agent_name: { type: 'string', description: 'the assignee by name' },
+      subtask: {
+        type: 'string',
+        minLength: 1,
+        maxLength: 4096,
+        description:
+          "a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)",
+      },
+      subtask_id: { type: 'integer', minimum: 1, description: 'an existing pending subtask of the task' },
+      payload: {
+        description: "any JSON handed to the assignee (a new subtask's, or replacing a pending one's)",
+      },
+      deadline_ms: {
+        type: 'integer',
+        minimum: 1,
+        description: "this assignment expires after so many ms (default: the policy's `subtask_timeout_ms`)",
+      },
+    },
+  },
+  TASK_STATUS: {
+    type: 'object',
+    required: ['task_id'],
+    properties: { task_id: { $ref: 'clove#/$defs/TaskTarget' } },
+  },
+  TASK_COMPLETE: {
+    type: 'object',
+    required: ['task_id'],
+    properties: {
+      task_id: { $ref: 'clove#/$defs/TaskTarget' },
+      subtask_id: {
+        type: 'integer',
+        minimum: 1,
+        description: "default: the caller's open subtask of the task",
+      },
+      result: { description: 'any JSON' },
+      error: { type: 'string', minLength: 1, maxLength: 4096, description: 'the subtask failed, and why' },
+    },
+  },
+  TASK_LIST: {
+    type: 'object',
+    properties: {
+      status: { $ref: 'clove#/$defs/TaskStatus' },
+      mine: {
+        type: 'boolean',
+        default: false,
+        description: 'only tasks the caller created or holds a subtask of (what non-operators always get)',
+      },
+      limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+    },
+  },
+  TASK_CREATE: {
+    type: 'object',
+    required: ['description'],
+    properties: {
+      description: { type: 'string', minLength: 1, maxLength: 4096 },
+      subtasks: {
+        type: 'array',
+        maxItems: 1000,
+        description:
+          'subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest',
+        items: {
+          type: 'object',
+          properties: {
+            description: { type: 'string', minLength: 1, maxLength: 4096 },
+            subtask: { type: 'string', minLength: 1, maxLength: 4096, description: 'same as `description`' },
+            payload: { description: 'any JSON handed to the assignee' },
+          },
+        },
+      },
+      deadline_ms: {
+        type: 'integer',
+        minimum: 1,
+        description: 'the task fails if not finished this many ms from now',
+      },
+      policy: { $ref: 'clove#/$defs/TaskPolicy' },
+      pool: {
+        type: 'string',
+        minLength: 1,
+        maxLength: 256,
+        description:
+          "glob of agent names eligible for (re)assignment, e.g. `workers-*`; default: agents with the same `clove.service` label as the first assignee (or, without one, the first assignee's name)",
+      },
+      metadata: { description: 'any JSON, returned with the task' },
+    },
+  },
   ASYNC_RESULTS: {
     type: 'object',
     properties: {

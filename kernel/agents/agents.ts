@@ -130,6 +130,11 @@ export class AgentService {
     return this.o.supervisor.spawnsSettled();
   }
 
+  /** True once the kernel began stopping: agents exit because it does, not because they failed. */
+  get shuttingDown(): boolean {
+    return this.o.supervisor.shuttingDown;
+  }
+
   /** True when `caller` may act on `agent`: an operator, or an ancestor through the spawn chain. */
   mayControl(caller: Caller, agent: AgentRecord): boolean {
     if (caller.role === 'operator') return true;

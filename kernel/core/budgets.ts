@@ -21,6 +21,7 @@ export const BUDGET_NAMES: readonly BudgetName[] = [
   'state_keys',
   'state_bytes',
   'async_requests',
+  'tasks',
 ];
 
 /** The defaults, as the contract states them (`x-default` in protocol/wire.json `Budgets`). */

@@ -263,6 +263,35 @@ export class CloveClient {
     return this.syscall('KEYS', { prefix });
   }
 
+  // --- tasks ----------------------------------------------------------------------------------------
+  /** TASK_CREATE: a task (optionally with pending subtasks, a deadline, a failure policy, a pool). */
+  taskCreate(
+    description: string,
+    opts: Omit<Requests['TASK_CREATE'], 'description'> = {},
+  ): Promise<Replies['TASK_CREATE']> {
+    return this.syscall('TASK_CREATE', { description, ...opts });
+  }
+  /** TASK_ASSIGN: a new (`subtask`) or pending (`subtask_id`) subtask to an agent, or to the pool's least loaded. */
+  taskAssign(
+    taskId: number,
+    opts: Omit<Requests['TASK_ASSIGN'], 'task_id'>,
+  ): Promise<Replies['TASK_ASSIGN']> {
+    return this.syscall('TASK_ASSIGN', { task_id: taskId, ...opts });
+  }
+  taskStatus(taskId: number): Promise<Replies['TASK_STATUS']> {
+    return this.syscall('TASK_STATUS', { task_id: taskId });
+  }
+  /** TASK_COMPLETE: the caller's open subtask of the task (or `subtask_id`); `error` fails it. */
+  taskComplete(
+    taskId: number,
+    opts: Omit<Requests['TASK_COMPLETE'], 'task_id'> = {},
+  ): Promise<Replies['TASK_COMPLETE']> {
+    return this.syscall('TASK_COMPLETE', { task_id: taskId, ...opts });
+  }
+  taskList(opts: Requests['TASK_LIST'] = {}): Promise<Replies['TASK_LIST']> {
+    return this.syscall('TASK_LIST', opts);
+  }
+
   // --- events ---------------------------------------------------------------------------------------
   subscribe(events: string[]): Promise<Replies['SUBSCRIBE']> {
     return this.syscall('SUBSCRIBE', { event_types: events });

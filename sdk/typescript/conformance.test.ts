@@ -55,6 +55,13 @@ const OPS: Record<string, Call> = {
   FETCH: (c, a) => c.fetch(a.key, a.scope),
   DELETE: (c, a) => c.delete(a.key, a.scope),
   KEYS: (c, a) => c.keys(a.prefix),
+  TASK_CREATE: (c, a) => c.taskCreate(a.description, { subtasks: a.subtasks, pool: a.pool }),
+  TASK_ASSIGN: (c, a) =>
+    c.taskAssign(a.task_id, { agent_name: a.agent_name, subtask: a.subtask, payload: a.payload }),
+  TASK_STATUS: (c, a) => c.taskStatus(a.task_id),
+  TASK_COMPLETE: (c, a) =>
+    c.taskComplete(a.task_id, { subtask_id: a.subtask_id, result: a.result, error: a.error }),
+  TASK_LIST: (c, a) => c.taskList({ status: a.status, mine: a.mine }),
   GET_PERMS: (c, a) => c.getPerms(a.agent_id),
   SET_PERMS: (c, a) => c.setPerms(a.agent_id, a.level ?? a.permissions),
   SUBSCRIBE: (c, a) => c.subscribe(a.events),

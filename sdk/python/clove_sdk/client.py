@@ -512,6 +512,85 @@ class CloveClient:
         """KEYS visible to the caller: ``success, keys, count``."""
         return self.call_json(SyscallOp.SYS_KEYS, {"prefix": prefix} if prefix else {}, check=check)
 
+    # ------------------------------------------------------------------ tasks
+
+    def task_create(
+        self, description: str, subtasks: list[Any] | None = None, *, check: bool | None = None, **opts: Any
+    ) -> dict:
+        """TASK_CREATE: ``success, id, task``. ``subtasks``: descriptions or ``{description, payload}``
+        dicts (created pending); ``opts``: ``deadline_ms``, ``policy`` (``on_failure``, ``max_attempts``,
+        ``subtask_timeout_ms``, ``reassign_wait_ms``), ``pool`` (a glob of agent names), ``metadata``."""
+        payload: dict[str, Any] = {"description": description, **{k: v for k, v in opts.items() if v is not None}}
+        if subtasks is not None:
+            payload["subtasks"] = [{"description": s} if isinstance(s, str) else s for s in subtasks]
+        return self.call_json(SyscallOp.SYS_TASK_CREATE, payload, check=check)
+
+    def task_assign(
+        self,
+        task_id: int,
+        agent_id: int | None = None,
+        subtask: str | None = None,
+        agent_name: str | None = None,
+        payload: Any = None,
+        subtask_id: int | None = None,
+        deadline_ms: int | None = None,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        """TASK_ASSIGN a new ``subtask`` (or pending ``subtask_id``) to ``agent_id``/``agent_name``, or,
+        naming neither, to the least loaded live agent of the task's pool: ``success, subtask_id,
+        agent_id, agent_name``. The assignee gets a ``task_assigned`` message."""
+        req: dict[str, Any] = {"task_id": task_id}
+        for k, v in (
+            ("agent_id", agent_id),
+            ("agent_name", agent_name),
+            ("subtask", subtask),
+            ("subtask_id", subtask_id),
+            ("payload", payload),
+            ("deadline_ms", deadline_ms),
+        ):
+            if v is not None:
+                req[k] = v
+        return self.call_json(SyscallOp.SYS_TASK_ASSIGN, req, check=check)
+
+    def task_status(self, task_id: int, *, check: bool | None = None) -> dict:
+        """TASK_STATUS: ``success, task, status, results`` (the task with its subtasks)."""
+        return self.call_json(SyscallOp.SYS_TASK_STATUS, {"task_id": task_id}, check=check)
+
+    def task_complete(
+        self,
+        task_id: int,
+        result: Any = None,
+        subtask_id: int | None = None,
+        error: str | None = None,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        """TASK_COMPLETE the caller's open subtask of ``task_id`` (or ``subtask_id``) with ``result``;
+        ``error`` fails it instead (the task's policy reassigns or fails it): ``success, task_status``."""
+        req: dict[str, Any] = {"task_id": task_id}
+        if result is not None:
+            req["result"] = result
+        if subtask_id is not None:
+            req["subtask_id"] = subtask_id
+        if error is not None:
+            req["error"] = error
+        return self.call_json(SyscallOp.SYS_TASK_COMPLETE, req, check=check)
+
+    def task_list(
+        self, status: str | None = None, mine: bool = False, limit: int | None = None, *, check: bool | None = None
+    ) -> dict:
+        """TASK_LIST: ``success, tasks, count`` — tasks the caller created or holds a subtask of
+        (operators: all, unless ``mine``)."""
+        req: dict[str, Any] = {}
+        if status is not None:
+            req["status"] = status
+        if mine:
+            req["mine"] = True
+        if limit is not None:
+            req["limit"] = limit
+        return self.call_json(SyscallOp.SYS_TASK_LIST, req, check=check)
+
     # ------------------------------------------------------------------ events
 
     def subscribe(self, event_types: list[str] | str, *, check: bool | None = None) -> dict:

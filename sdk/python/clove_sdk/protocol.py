@@ -48,7 +48,7 @@ MAX_PAYLOAD_SIZE = DEFAULT_MAX_PAYLOAD  # name used by the public SDK
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET_PATH = "/tmp/clove.sock"
 SOCKET_ENV = "CLOVE_SOCKET"
-KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "CUSTOM", "QUOTA_EXCEEDED")
+KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "TASK_ASSIGNED", "TASK_REASSIGNED", "TASK_COMPLETED", "TASK_FAILED", "QUOTA_EXCEEDED", "CUSTOM")
 
 
 class SyscallOp(IntEnum):
@@ -89,6 +89,11 @@ class SyscallOp(IntEnum):
     SYS_GET_AUDIT_LOG = 0x76  # the newest matching audit entries, oldest first (operators only)
     SYS_SET_AUDIT_CONFIG = 0x77  # what the audit log records and how many entries it keeps (operators only; the change is always audited)
     SYS_ASYNC_POLL = 0x80  # the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned)
+    SYS_TASK_ASSIGN = 0x81  # hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks); it gets a task_assigned message and a TASK_ASSIGNED event
+    SYS_TASK_STATUS = 0x82  # a task with its subtasks, their assignees, attempts, results and errors, and the task's aggregated results (creator, assignees, operators)
+    SYS_TASK_COMPLETE = 0x83  # finish a subtask with a result, or fail it with error (the task's policy decides: reassign or fail); only its assignee, the task's creator or an operator
+    SYS_TASK_LIST = 0x84  # the tasks the caller created or holds a subtask of (operators: all, unless mine), newest first
+    SYS_TASK_CREATE = 0x85  # create a task (optionally with subtasks, a deadline, a failure policy and a pool of agents); counts against the creator's tasks budget while open
     SYS_ASYNC_RESULTS = 0x88  # take finished async results (EXEC, HTTP, THINK with async: true), optionally waiting in the kernel
     SYS_SET_QUOTA = 0x92  # set or remove quotas of an agent or a clove.yaml service
     SYS_GET_QUOTA = 0x93  # an agent's or a service's quotas and usage (all: every one, operators)
@@ -150,6 +155,11 @@ class SyscallOp(IntEnum):
     GET_AUDIT_LOG = 0x76
     SET_AUDIT_CONFIG = 0x77
     ASYNC_POLL = 0x80
+    TASK_ASSIGN = 0x81
+    TASK_STATUS = 0x82
+    TASK_COMPLETE = 0x83
+    TASK_LIST = 0x84
+    TASK_CREATE = 0x85
     ASYNC_RESULTS = 0x88
     SET_QUOTA = 0x92
     GET_QUOTA = 0x93
@@ -218,6 +228,11 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "GET_AUDIT_LOG": ("audit", "implemented", "get_audit_log"),
     "SET_AUDIT_CONFIG": ("audit", "implemented", "set_audit_config"),
     "ASYNC_POLL": ("async", "planned", "async_poll"),
+    "TASK_ASSIGN": ("tasks", "implemented", "task_assign"),
+    "TASK_STATUS": ("tasks", "implemented", "task_status"),
+    "TASK_COMPLETE": ("tasks", "implemented", "task_complete"),
+    "TASK_LIST": ("tasks", "implemented", "task_list"),
+    "TASK_CREATE": ("tasks", "implemented", "task_create"),
     "ASYNC_RESULTS": ("async", "implemented", "async_results"),
     "SET_QUOTA": ("quotas", "implemented", "set_quota"),
     "GET_QUOTA": ("quotas", "implemented", "get_quota"),

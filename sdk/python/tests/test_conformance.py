@@ -62,6 +62,15 @@ OPS = {
     "FETCH": lambda c, a: c.fetch(a["key"], scope=a.get("scope")),
     "DELETE": lambda c, a: c.delete_key(a["key"], scope=a.get("scope")),
     "KEYS": lambda c, a: c.list_keys(a.get("prefix", "")),
+    "TASK_CREATE": lambda c, a: c.task_create(a.get("description"), a.get("subtasks"), pool=a.get("pool")),
+    "TASK_ASSIGN": lambda c, a: c.task_assign(
+        a.get("task_id"), agent_name=a.get("agent_name"), subtask=a.get("subtask"), payload=a.get("payload")
+    ),
+    "TASK_STATUS": lambda c, a: c.task_status(a.get("task_id")),
+    "TASK_COMPLETE": lambda c, a: c.task_complete(
+        a.get("task_id"), result=a.get("result"), subtask_id=a.get("subtask_id"), error=a.get("error")
+    ),
+    "TASK_LIST": lambda c, a: c.task_list(status=a.get("status"), mine=a.get("mine", False)),
     "GET_PERMS": _get_perms,
     "SET_PERMS": lambda c, a: c.set_permissions(
         permissions=a.get("permissions"), level=a.get("level"), agent_id=a.get("agent_id")
