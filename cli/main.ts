@@ -15,8 +15,6 @@ import { registerStatus } from './commands/status.js';
 import { register as registerTop } from './commands/top.js';
 import { CliError, EXIT, ensureDataDir, resolveAgent, table, target, withClient } from './lib.js';
 
-export { CliError, EXIT, withClient };
-
 /**
  * What the CLI needs of the kernel daemon to run one (`clove kernel`, `clove up`). The CLI is a client:
  * it never imports the kernel; bin/clove.js hands it this.

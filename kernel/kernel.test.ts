@@ -113,6 +113,10 @@ describe('identity', () => {
     expect(fs.statSync(tk.socketPath).mode & 0o777).toBe(0o600);
     expect(fs.statSync(tk.kernel.agentSocketPath).mode & 0o777).toBe(0o666);
     expect(fs.statSync(path.dirname(tk.kernel.agentSocketPath)).mode & 0o777).toBe(0o711);
+    // A data dir the kernel made itself lets other uids pass (its logs/ inside stays 0700).
+    const dataDir = path.dirname(path.dirname(tk.kernel.agentSocketPath));
+    expect(fs.statSync(dataDir).mode & 0o777).toBe(0o711);
+    expect(fs.statSync(path.join(dataDir, 'logs')).mode & 0o777).toBe(0o700);
   });
 
   it('an agent cannot raise its own rights, nor spawn without can_spawn', async () => {

@@ -102,6 +102,9 @@ export class Kernel {
     const budgets = (id: number) => this.principals.budgets(id);
     this.post = new PostOffice(budgets, queued);
     this.events = new EventBus(budgets, queued);
+    // First, so that the logs directory (0700) does not create it 0700: agents of other uids must be
+    // able to pass through it to run/agent.sock.
+    fs.mkdirSync(this.opts.dataDir, { recursive: true, mode: 0o711 });
     this.logs = new AgentLogs({
       dir: path.join(this.opts.dataDir, 'logs'),
       maxBytes: this.opts.logMaxBytes,

@@ -313,7 +313,7 @@ async function killAll(c: CloveClient, agents: AgentInfo[], graceMs?: number): P
 async function setServiceQuotas(c: CloveClient, p: Project, s: Service): Promise<void> {
   if (!s.serviceQuotas) return;
   try {
-    await c.call(0x92, { service: { project: p.name, service: s.name }, quotas: s.serviceQuotas });
+    await c.setQuota({ service: { project: p.name, service: s.name }, quotas: s.serviceQuotas });
   } catch (e) {
     const code = (e as { code?: string }).code;
     if (code === 'unknown_opcode' || code === 'not_supported')

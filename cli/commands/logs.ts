@@ -18,7 +18,7 @@ import picomatch from 'picomatch';
 import pc from 'picocolors';
 import type { AgentInfo } from '../../protocol/index.js';
 import { CloveClient } from '../../sdk/typescript/client.js';
-import { CliError, EXIT, withClient } from '../main.js';
+import { CliError, EXIT, withClient } from '../lib.js';
 
 /** What a command module gets from the program (see the header). */
 export interface CommandContext {

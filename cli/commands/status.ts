@@ -29,27 +29,37 @@ export interface PsEntry {
 }
 
 /**
- * Every agent's quotas (GET_QUOTA 0x93 with `all`), by agent id; empty when the kernel has no quotas
- * family. Called through `call` so that this CLI works with kernels and SDKs with or without it.
+ * Every agent's quotas (GET_QUOTA with `all`), by agent id; empty when the kernel cannot tell (an
+ * older kernel without the quotas family: `ps` still lists its agents).
  */
 async function quotasByAgent(c: CloveClient): Promise<Map<number, Record<string, unknown>>> {
   try {
-    const r = await c.call<{ agents?: { agent_id: number; quotas: Record<string, unknown> }[] }>(0x93, {
-      all: true,
-    });
+    const r = (await c.getQuota({ all: true })) as {
+      agents?: { agent_id: number; quotas: Record<string, unknown> }[];
+    };
     return new Map((r.agents ?? []).map((a) => [a.agent_id, a.quotas]));
   } catch {
     return new Map();
   }
 }
 
-/** "llm_calls 3/10" for every quota that has a limit and a usage. */
-function fmtQuotas(q: Record<string, unknown> | null): string {
+/** A quota's amount in its unit (docs/protocol.md §4b): bytes, milliseconds, or a count. */
+export function fmtQuotaAmount(name: string, n: number): string {
+  if (name === 'memory' || name === 'network_bytes') return fmtBytes(n);
+  if (name === 'cpu_time' || name === 'wall_time') return n < 1000 ? `${n}ms` : fmtUptime(n);
+  return String(n);
+}
+
+/** "memory 11M/96M llm_calls 3/10" for every quota that has a limit; `!` marks one reached. */
+export function fmtQuotas(q: Record<string, unknown> | null): string {
   if (!q) return '-';
   const parts: string[] = [];
   for (const [k, v] of Object.entries(q)) {
-    const x = v as { limit?: number; used?: number };
-    if (typeof x?.limit === 'number') parts.push(`${k} ${x.used ?? 0}/${x.limit}`);
+    const x = v as { limit?: number; used?: number; exceeded?: boolean };
+    if (typeof x?.limit === 'number')
+      parts.push(
+        `${k} ${fmtQuotaAmount(k, x.used ?? 0)}/${fmtQuotaAmount(k, x.limit)}${x.exceeded ? '!' : ''}`,
+      );
   }
   return parts.join(' ') || '-';
 }

@@ -22,7 +22,7 @@ import { createLogUpdate } from 'log-update';
 import pc from 'picocolors';
 import type { AgentMetrics, SystemMetrics } from '../../protocol/index.js';
 import { CloveClient } from '../../sdk/typescript/client.js';
-import { EXIT, CliError } from '../main.js';
+import { CliError, EXIT, fmtBytes, fmtUptime } from '../lib.js';
 import type { CommandContext, Listed } from './logs.js';
 
 /** One agent's line of the view (also the `--json` shape). */
@@ -161,27 +161,6 @@ export function snapshot(cur: Sample, prev: Sample | null): TopSnapshot {
       : null,
     agents,
   };
-}
-
-export function fmtBytes(n: number | null): string {
-  if (n === null) return '-';
-  const units = ['B', 'K', 'M', 'G', 'T'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v < 10 ? v.toFixed(1) : Math.round(v)}${units[i]}`;
-}
-
-function fmtUptime(ms: number): string {
-  if (!ms) return '-';
-  const s = Math.floor(ms / 1000);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60}s`;
-  if (s < 86400) return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
-  return `${Math.floor(s / 86400)}d${Math.floor((s % 86400) / 3600)}h`;
 }
 
 const STATE_ORDER = [

@@ -24,25 +24,25 @@ import {
   type Scalar,
 } from 'yaml';
 import { Ajv2020 } from 'ajv/dist/2020.js';
-import { REQUEST_SCHEMAS, SCHEMA_DEFS, type SpawnRequest } from '../../protocol/index.js';
+import {
+  REQUEST_SCHEMAS,
+  SCHEMA_DEFS,
+  type QuotaLimit,
+  type QuotaPolicy,
+  type SpawnRequest,
+} from '../../protocol/index.js';
 import { COMPOSE_SCHEMA, MAX_LABELS, NO_DENY_QUOTAS, QUOTA_UNITS, type QuotaName } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 
 export const COMPOSE_FILES = ['clove.yaml', 'clove.yml'];
 
-export type QuotaPolicy = 'deny' | 'pause' | 'kill';
-export interface QuotaSpec {
-  limit: number;
-  policy?: QuotaPolicy;
-}
+export type { QuotaPolicy };
+/** One quota as SPAWN and SET_QUOTA take it (the contract's QuotaLimit). */
+export type QuotaSpec = QuotaLimit;
 export type Quotas = Record<string, QuotaSpec>;
 
-/**
- * What SPAWN takes for one replica, minus `name` and `labels` (the CLI adds them). Typed from the contract's
- * SpawnRequest; `quotas` is declared here because the contract does not have it yet (the quotas helper adds
- * it with this wire shape).
- */
-export type SpawnArgsBase = Omit<SpawnRequest, 'name' | 'labels' | 'quotas'> & { quotas?: Quotas };
+/** What SPAWN takes for one replica, minus `name` and `labels` (the CLI adds them). */
+export type SpawnArgsBase = Omit<SpawnRequest, 'name' | 'labels'>;
 
 export interface Healthcheck {
   command: string[];

@@ -23,17 +23,20 @@ with CloveClient() as c:
     while opts.rounds == 0 or rnd < opts.rounds:
         rnd += 1
         t0 = time.monotonic()
+        step = opts.limit // opts.chunks
+        ranges = [(i * step, opts.limit if i == opts.chunks - 1 else (i + 1) * step) for i in range(opts.chunks)]
+        # Every subtask is given at creation (a task is complete when all of its subtasks are), then each
+        # is handed to the least busy live worker of the pool.
         task = c.task_create(
             f"round {rnd}: count the primes below {opts.limit}",
+            [{"description": f"primes in [{lo}, {hi})", "payload": {"range": [lo, hi]}} for lo, hi in ranges],
             pool="workers-*",
             policy={"on_failure": "reassign", "max_attempts": 5},
             deadline_ms=120_000,
         )
         tid = task["id"]
-        step = opts.limit // opts.chunks
-        for i in range(opts.chunks):
-            lo, hi = i * step, opts.limit if i == opts.chunks - 1 else (i + 1) * step
-            c.task_assign(tid, subtask=f"primes in [{lo}, {hi})", payload={"range": [lo, hi]})
+        for _ in ranges:
+            c.task_assign(tid)
         while True:  # the kernel's word on the task: task_completed or task_failed
             body = (c.wait_message(timeout=None).get("message")) or {}
             if isinstance(body, dict) and body.get("task_id") == tid and body.get("type") in ("task_completed", "task_failed"):
