@@ -166,7 +166,7 @@ describe('identity', () => {
   });
 
   it("as root, every agent runs as a uid of its own and cannot read another agent's files", async () => {
-    // A data dir outside /tmp, so that agents' namespaces show it (a private /tmp would hide it anyway).
+    // A data dir outside /tmp (a private /tmp would hide it anyway), searchable by everybody.
     const dataDir = fs.mkdtempSync('/var/tmp/clv-uid-');
     fs.chmodSync(dataDir, 0o711);
     const k = await startKernel({ dataDir });
@@ -182,8 +182,18 @@ describe('identity', () => {
       const secret = path.join(wa.cwd as string, 'secret.txt');
       expect((await ask(o, 'uid-a', { cmd: 'write', path: secret, text: 'mine' })).ok).toBe(true);
       expect((await ask(o, 'uid-a', { cmd: 'read', path: secret })).text).toBe('mine');
+      // Two walls: the data dir is masked in every agent's view (b does not even see a's directory)…
       const stolen = await ask(o, 'uid-b', { cmd: 'read', path: secret });
-      expect(stolen).toMatchObject({ ok: false, errno: 13 }); // EACCES: visible, but not b's
+      expect(stolen).toMatchObject({ ok: false, errno: 2 }); // ENOENT
+      for (const f of ['state.db', 'logs/uid-a.log'])
+        expect(await ask(o, 'uid-b', { cmd: 'read', path: path.join(dataDir, f) }), f).toMatchObject({
+          ok: false,
+          errno: 2,
+        });
+      // … and on the host a's directory and file belong to a's uid alone.
+      expect(fs.statSync(wa.cwd as string)).toMatchObject({ uid: wa.uid });
+      expect(fs.statSync(wa.cwd as string).mode & 0o077).toBe(0);
+      expect(fs.statSync(secret).uid).toBe(wa.uid);
     } finally {
       await k.stop();
       fs.rmSync(dataDir, { recursive: true, force: true });

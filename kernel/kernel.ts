@@ -164,7 +164,7 @@ export class Kernel {
       path: path.join(o.dataDir, 'state.db'),
       durability: o.durability,
     }));
-    const sandbox = (this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase));
+    const sandbox = (this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase, o.dataDir));
     this.agents = new AgentService({
       supervisor: this.supervisor,
       mail: this.post,

@@ -131,8 +131,8 @@ function readState(dataDir: string, project: string): ProjectState | null {
 }
 
 function writeState(dataDir: string, s: ProjectState): void {
-  fs.mkdirSync(path.join(dataDir, 'compose'), { recursive: true });
-  fs.writeFileSync(stateFile(dataDir, s.project), JSON.stringify(s, null, 2) + '\n');
+  fs.mkdirSync(path.join(dataDir, 'compose'), { recursive: true, mode: 0o700 });
+  fs.writeFileSync(stateFile(dataDir, s.project), JSON.stringify(s, null, 2) + '\n', { mode: 0o600 });
 }
 
 /** Is `pid` still the kernel `up` started (and not a reused pid)? */
@@ -156,7 +156,7 @@ async function startBackgroundKernel(
   const dataDir = g.dataDir();
   ensureDataDir(dataDir);
   const log = path.join(dataDir, 'kernel.log');
-  const fd = fs.openSync(log, 'a');
+  const fd = fs.openSync(log, 'a', 0o600);
   const child = spawn(
     process.execPath,
     [

@@ -468,7 +468,10 @@ export class NativeSpawner implements Spawner {
     // of the rest is covered one by one.
     const noSockets = ns && !s.network;
     const view = ns
-      ? this.mounts(s.keep ?? [], writable, s.uid, s.gid, s.idmapped ?? [], noSockets ? this.runDirs : [])
+      ? this.mounts(s.keep ?? [], writable, s.uid, s.gid, s.idmapped ?? [], [
+          ...this.policy.privatePaths,
+          ...(noSockets ? this.runDirs : []),
+        ])
       : { masks: [], keep: [] };
     const hideFiles = noSockets ? this.socketsToCover(view, s) : [];
     const rlimits: RlimitTuple[] = [
@@ -525,7 +528,7 @@ export class NativeSpawner implements Spawner {
   /**
    * The agent's view of the file system: what to mask and what to bind back in (exposure()), minus what
    * an idmapped mount covers (it goes on top of any kept directory at or below it). `privateDirs` are
-   * masked besides /tmp (the runtime dirs for an agent without network).
+   * masked besides /tmp (the policy's privatePaths; the runtime dirs for an agent without network).
    */
   private mounts(
     needed: string[],

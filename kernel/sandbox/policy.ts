@@ -29,6 +29,13 @@ export interface SandboxPolicy {
   writableCwd: boolean;
   /** Extra directories made writable for every agent. Default none. */
   writablePaths: string[];
+  /**
+   * Directories masked in every sandboxed agent's view (an empty tmpfs), whatever their modes: only
+   * what an agent needs below them stays visible (its work directory, the agent socket's directory).
+   * The kernel passes its data dir, so that agents never see each other's work directories, the state
+   * store or the logs. Default none.
+   */
+  privatePaths: string[];
   /** How long spawn() waits for the agent's exec. Default 10 s. */
   startTimeoutMs: number;
   /**
@@ -48,6 +55,7 @@ export function defaultPolicy(env: NodeJS.ProcessEnv = process.env): SandboxPoli
     tmpSize: 64 * 1024 * 1024,
     writableCwd: true,
     writablePaths: [],
+    privatePaths: [],
     startTimeoutMs: 10_000,
     mode: 'auto',
     require: env.CI === 'true',
@@ -72,7 +80,8 @@ export function resolvePolicy(partial: Partial<SandboxPolicy> = {}): SandboxPoli
   if (!['auto', 'root', 'rootless', 'plain'].includes(p.mode))
     throw new PolicyError('mode', `unknown mode ${String(p.mode)}`);
   for (const w of p.writablePaths) checkAbsolute('writablePaths', w);
-  return { ...p, writablePaths: [...p.writablePaths] };
+  for (const w of p.privatePaths) checkAbsolute('privatePaths', w);
+  return { ...p, writablePaths: [...p.writablePaths], privatePaths: [...p.privatePaths] };
 }
 
 export function checkAbsolute(field: string, p: unknown): string {

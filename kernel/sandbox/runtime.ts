@@ -4,6 +4,7 @@
  * to. The agent's uid is decided here and nowhere else (`account`).
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { KernelStartError } from '../core/errors.js';
@@ -34,7 +35,16 @@ export interface SandboxRuntime {
   close(): Promise<void>;
 }
 
-export async function loadSandbox(mode: SandboxMode, log: Logger, uidBase: number): Promise<SandboxRuntime> {
+/**
+ * `dataDir` is masked in every sandboxed agent's view (policy privatePaths): an agent sees its own work
+ * directory and the agent socket there, never the state store, the logs or other agents' directories.
+ */
+export async function loadSandbox(
+  mode: SandboxMode,
+  log: Logger,
+  uidBase: number,
+  dataDir?: string,
+): Promise<SandboxRuntime> {
   if (!sandbox.nativeAvailable()) {
     throw new KernelStartError(
       'the native addon is not built (run `bash ci/setup.sh`): peer credentials are required',
@@ -66,6 +76,7 @@ export async function loadSandbox(mode: SandboxMode, log: Logger, uidBase: numbe
   }
   const native = new sandbox.NativeSpawner({
     warn: (m) => log.warn(m),
+    ...(dataDir ? { privatePaths: [path.resolve(dataDir)] } : {}),
     // `--sandbox native` insists on the complete sandbox; `auto` degrades loudly (except in CI).
     ...(mode === 'native' ? { require: true } : {}),
   });

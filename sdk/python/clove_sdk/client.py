@@ -59,6 +59,11 @@ def _is_error(reply: Any) -> bool:
     return "error" in reply
 
 
+def _given(**fields: Any) -> dict:
+    """A request of the fields that were given: None means left out (the kernel's default)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _ms(seconds: float) -> int:
     return max(0, int(round(seconds * 1000)))
 
@@ -540,17 +545,15 @@ class CloveClient:
         """TASK_ASSIGN a new ``subtask`` (or pending ``subtask_id``) to ``agent_id``/``agent_name``, or,
         naming neither, to the least loaded live agent of the task's pool: ``success, subtask_id,
         agent_id, agent_name``. The assignee gets a ``task_assigned`` message."""
-        req: dict[str, Any] = {"task_id": task_id}
-        for k, v in (
-            ("agent_id", agent_id),
-            ("agent_name", agent_name),
-            ("subtask", subtask),
-            ("subtask_id", subtask_id),
-            ("payload", payload),
-            ("deadline_ms", deadline_ms),
-        ):
-            if v is not None:
-                req[k] = v
+        req = _given(
+            task_id=task_id,
+            agent_id=agent_id,
+            agent_name=agent_name,
+            subtask=subtask,
+            subtask_id=subtask_id,
+            payload=payload,
+            deadline_ms=deadline_ms,
+        )
         return self.call_json(SyscallOp.SYS_TASK_ASSIGN, req, check=check)
 
     def task_status(self, task_id: int, *, check: bool | None = None) -> dict:
@@ -568,13 +571,7 @@ class CloveClient:
     ) -> dict:
         """TASK_COMPLETE the caller's open subtask of ``task_id`` (or ``subtask_id``) with ``result``;
         ``error`` fails it instead (the task's policy reassigns or fails it): ``success, task_status``."""
-        req: dict[str, Any] = {"task_id": task_id}
-        if result is not None:
-            req["result"] = result
-        if subtask_id is not None:
-            req["subtask_id"] = subtask_id
-        if error is not None:
-            req["error"] = error
+        req = _given(task_id=task_id, result=result, subtask_id=subtask_id, error=error)
         return self.call_json(SyscallOp.SYS_TASK_COMPLETE, req, check=check)
 
     def task_list(
@@ -582,13 +579,7 @@ class CloveClient:
     ) -> dict:
         """TASK_LIST: ``success, tasks, count`` — tasks the caller created or holds a subtask of
         (operators: all, unless ``mine``)."""
-        req: dict[str, Any] = {}
-        if status is not None:
-            req["status"] = status
-        if mine:
-            req["mine"] = True
-        if limit is not None:
-            req["limit"] = limit
+        req = _given(status=status, mine=True if mine else None, limit=limit)
         return self.call_json(SyscallOp.SYS_TASK_LIST, req, check=check)
 
     # ------------------------------------------------------------------ events
@@ -643,13 +634,7 @@ class CloveClient:
         check: bool | None = None,
     ) -> dict:
         """SET_PERMS of ``agent_id`` (operators, or a parent on its children within its own rights)."""
-        payload: dict[str, Any] = {}
-        if permissions is not None:
-            payload["permissions"] = permissions
-        if level is not None:
-            payload["level"] = level
-        if agent_id is not None:
-            payload["agent_id"] = agent_id
+        payload = _given(permissions=permissions, level=level, agent_id=agent_id)
         return self.call_json(SyscallOp.SYS_SET_PERMS, payload, check=check)
 
     # ------------------------------------------------------------------ acting on the world (THINK, EXEC,
@@ -810,13 +795,7 @@ class CloveClient:
     ) -> dict:
         """SET_QUOTA: ``quotas`` is ``{name: {"limit": n, "policy": "deny"|"pause"|"kill"} | None}``
         (None removes one) for an agent (``agent_id`` or ``name``) or a service (``{"project", "service"}``)."""
-        payload: dict[str, Any] = {"quotas": quotas}
-        if agent_id is not None:
-            payload["agent_id"] = agent_id
-        if name is not None:
-            payload["name"] = name
-        if service is not None:
-            payload["service"] = service
+        payload = _given(quotas=quotas, agent_id=agent_id, name=name, service=service)
         return self.call_json(SyscallOp.SYS_SET_QUOTA, payload)
 
     def get_quota(
@@ -828,15 +807,7 @@ class CloveClient:
     ) -> dict:
         """GET_QUOTA: an agent's (default: the caller's) or a service's quotas and usage; ``all=True``
         (operators) every agent's and service's."""
-        payload: dict[str, Any] = {}
-        if agent_id is not None:
-            payload["agent_id"] = agent_id
-        if name is not None:
-            payload["name"] = name
-        if service is not None:
-            payload["service"] = service
-        if all:
-            payload["all"] = True
+        payload = _given(agent_id=agent_id, name=name, service=service, all=True if all else None)
         return self.call_json(SyscallOp.SYS_GET_QUOTA, payload)
 
     def world_create(self, name: str, config: dict | None = None) -> dict:
