@@ -310,9 +310,18 @@ describe('clove config', () => {
     expect(JSON.parse(schema.out)).toMatchObject({ $schema: expect.stringContaining('json-schema.org') });
     const json = await clove(p, 'config', '--json');
     expect(json.code, json.err).toBe(0);
-    expect(JSON.parse(json.out)).toMatchObject({
+    const cfg = JSON.parse(json.out);
+    expect(Object.keys(cfg.services)).toEqual(['db', 'workers']); // in start order
+    expect(cfg).toMatchObject({
       name: 'demo',
-      services: [{ name: 'db' }, { name: 'workers' }],
+      services: {
+        db: { replicas: 1, agents: ['db'], spawn: { restart_policy: 'always' } },
+        workers: {
+          replicas: 3,
+          agents: ['workers-1', 'workers-2', 'workers-3'],
+          depends_on: { db: { condition: 'healthy' } },
+        },
+      },
     });
     expect((await clove(p, 'config', '-q')).out).toBe('');
   });

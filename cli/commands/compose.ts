@@ -749,6 +749,38 @@ export function registerCompose(p: Command, g: Globals): void {
       if (o.schema) return say(JSON.stringify(COMPOSE_SCHEMA, null, 2));
       const project = await loadProject(o.file, installDir, o.quiet);
       if (o.quiet) return;
-      say(o.json ? JSON.stringify(project, null, 2) : toYaml(project));
+      const view = normalized(project);
+      say(o.json ? JSON.stringify(view, null, 2) : toYaml(view));
     });
+}
+
+/**
+ * What `clove config` prints: the project as the kernel will be asked to run it — each service's SPAWN
+ * request (wire names and units), its agents' names, and the rest in clove.yaml's own words.
+ */
+function normalized(p: Project): Record<string, unknown> {
+  return {
+    name: p.name,
+    file: p.file,
+    services: Object.fromEntries(
+      p.services.map((s) => [
+        s.name,
+        {
+          replicas: s.replicas,
+          agents: replicaNames(s),
+          spawn: s.spawn,
+          ...(s.serviceQuotas ? { service_quotas: s.serviceQuotas } : {}),
+          ...(s.dependsOn.length
+            ? {
+                depends_on: Object.fromEntries(
+                  s.dependsOn.map((d) => [d.service, { condition: d.condition }]),
+                ),
+              }
+            : {}),
+          ...(s.healthcheck ? { healthcheck: s.healthcheck } : {}),
+          config_hash: s.hash,
+        },
+      ]),
+    ),
+  };
 }

@@ -221,6 +221,27 @@ agents:
     expect(idle.healthcheck).toBeNull();
     expect(idle.spawn.env).toEqual({ PRICE: '$5', HOST_ONLY: 'h' });
   });
+
+  it("reads the project's .env for interpolation; the caller's environment wins", () => {
+    const p = load(
+      'agents:\n  a:\n    script: a.py\n    env: {X: "${X}", Y: "${Y}"}\n',
+      { '.env': 'X=from-dotenv\nY=from-dotenv\n' },
+      { Y: 'from-caller' },
+    );
+    expect(p.services[0].spawn.env).toEqual({ X: 'from-dotenv', Y: 'from-caller' });
+  });
+
+  it('splits a command line as a shell splits words', () => {
+    const p = load('agents:\n  a:\n    command: python3 -c \'print("a b")\' --name "x y" $HOME\\ z\n');
+    expect(p.services[0].spawn.command).toEqual([
+      'python3',
+      '-c',
+      'print("a b")',
+      '--name',
+      'x y',
+      '$HOME z',
+    ]);
+  });
 });
 
 describe('interpolation', () => {

@@ -64,9 +64,11 @@ describe('ComposeError names file, line, column and field', () => {
     const m = failure('agents:\n  a:\n');
     expect(at(m)).toEqual({ line: 2, column: 3, field: 'agents.a' });
     expect(m.detail).toBe('must be a mapping (got null)');
-    const c = failure('agents:\n  a:\n    command: python3 a.py\n');
+    const c = failure('agents:\n  a:\n    command: python3 a.py | tee log\n');
     expect(c.field).toBe('agents.a.command');
-    expect(c.detail).toMatch(/^must be a list of strings like \["python3", "agent.py"\].*shell-words/);
+    expect(c.detail).toMatch(/^shell syntax "\|" needs a shell: write \["sh", "-c", /);
+    const d = failure('agents:\n  a:\n    command: {x: 1}\n');
+    expect(d.detail).toBe('must be a list of strings like ["python3", "agent.py"] or a command line');
   });
 
   it('bad size', () => {

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import dotenv from 'dotenv';
+import { parse as shellParse } from 'shell-quote';
 import {
   LineCounter,
   isAlias,
@@ -430,7 +431,7 @@ function interpolate(s: string, env: NodeJS.ProcessEnv, warnings: Set<string>): 
 /** Read, parse, validate and normalize a compose file. Throws ComposeError. */
 export function loadCompose(file: string, opts: { env?: NodeJS.ProcessEnv } = {}): Project {
   const abs = path.resolve(file);
-  const env = opts.env ?? process.env;
+  const env = { ...projectDotEnv(path.dirname(abs)), ...(opts.env ?? process.env) };
   let text: string;
   try {
     text = fs.readFileSync(abs, 'utf8');
@@ -512,7 +513,7 @@ type Size = string | number;
 type QuotaRaw = Size | { limit: Size; policy?: QuotaPolicy };
 interface RawService {
   script?: string;
-  command?: string[];
+  command?: string[] | string;
   python?: string;
   args?: string[];
   cwd?: string;
@@ -625,7 +626,8 @@ function service(
       fail(at('script'), `${spawn.script} is not a file`);
     }
   }
-  if (r.command !== undefined) spawn.command = [...r.command];
+  if (typeof r.command === 'string') spawn.command = num(at('command'), () => words(r.command as string));
+  else if (r.command !== undefined) spawn.command = [...r.command];
   if (r.python !== undefined) spawn.python = r.python;
   if (r.args !== undefined) spawn.args = [...r.args];
   const env = environment(src, dir, name, r, hostEnv);
@@ -991,4 +993,37 @@ function findCycle(left: string[], byName: Map<string, Service>): string[] {
       .find((d) => left.includes(d))!;
   }
   return [...seen.slice(seen.indexOf(cur)), cur];
+}
+
+/**
+ * A command line split into argv as a shell splits words (quotes, escapes; `$VAR` stays as written:
+ * interpolation is `${VAR}`'s job). Pipes, redirections, globs and comments would need a shell: refused.
+ */
+function words(line: string): string[] {
+  const out: string[] = [];
+  for (const t of shellParse(line, (k) => `$${k}`)) {
+    if (typeof t !== 'string')
+      throw new Error(
+        `shell syntax ${JSON.stringify('op' in t ? t.op : 'comment' in t ? '#' : t)} needs a shell: write ["sh", "-c", ${JSON.stringify(line)}]`,
+      );
+    out.push(t);
+  }
+  if (!out.length) throw new Error('is an empty command line');
+  return out;
+}
+
+/**
+ * The `.env` file beside clove.yaml, as compose reads it: its variables are there for `${VAR}`
+ * interpolation, under the caller's environment (which wins). Absent: nothing.
+ */
+function projectDotEnv(dir: string): Record<string, string> {
+  const f = path.join(dir, '.env');
+  let text: string;
+  try {
+    text = fs.readFileSync(f, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw new ComposeError(f, `cannot read the file: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  return dotenv.parse(text);
 }

@@ -109,12 +109,13 @@ const service = {
       description: 'the agent program, relative to this file; `.py` runs with python3, `.js` with node',
     },
     command: {
-      type: 'array',
+      type: ['array', 'string'],
+      minLength: 1,
       minItems: 1,
       items: { type: 'string' },
-      description: 'explicit argv instead of `script`, e.g. ["python3", "agent.py"]',
-      errorMessage:
-        'must be a list of strings like ["python3", "agent.py"] (a command string is not split: Clove ships no shell-words parser)',
+      description:
+        'explicit argv instead of `script`: a list like ["python3", "agent.py"], or a string split as a shell splits words (quotes, escapes; no pipes, redirections or globs: use ["sh", "-c", "…"] for those)',
+      errorMessage: 'must be a list of strings like ["python3", "agent.py"] or a command line',
     },
     python: { type: 'string', description: 'interpreter for a `.py` script' },
     args: { type: 'array', items: { type: 'string' }, description: 'argv after the script' },
