@@ -63,6 +63,8 @@ describe('the example swarm (npm start)', () => {
         .filter((l) => /^round \d+:/.test(l));
     await until(() => rounds().length >= 1, 60_000, 'a first round');
     expect(rounds()[0]).toContain(`${PRIMES} primes below 200000`);
+    // Equally idle workers take turns: the 8 subtasks of a round spread over all 4.
+    expect(rounds()[0]).toContain('4 workers helped');
 
     // SIGKILL every worker but one, by pid: they come back, and the rounds go on with the right count.
     const seen = rounds().length;

@@ -91,6 +91,9 @@ export class TaskService {
   private readonly db: Database.Database;
   /** The open (pending, running) tasks; finished ones are read from the database when asked for. */
   private readonly tasks = new Map<number, TaskRec>();
+  /** When each agent identity was last handed a subtask: among equally loaded agents, the one that waited longest goes first. */
+  private readonly lastAssigned = new Map<string, number>();
+  private assignments = 0;
   private nextSubtaskId = 1;
   private readonly save: Database.Statement;
   private readonly byId: Database.Statement;
@@ -235,11 +238,18 @@ export class TaskService {
     return [];
   }
 
-  /** The pool's live agent with the fewest open subtasks, avoiding `avoid` while another is available. */
+  /**
+   * The pool's live agent with the fewest open subtasks (ties: the one handed a subtask least recently),
+   * avoiding `avoid` while another is available.
+   */
   private pick(t: TaskRec, avoid: string[] = []): AgentRecord | undefined {
     const load = this.load();
+    const last = (a: AgentRecord) => this.lastAssigned.get(a.def.identity) ?? 0;
     const all = this.pool(t).sort(
-      (a, b) => (load.get(a.def.identity) ?? 0) - (load.get(b.def.identity) ?? 0) || a.def.id - b.def.id,
+      (a, b) =>
+        (load.get(a.def.identity) ?? 0) - (load.get(b.def.identity) ?? 0) ||
+        last(a) - last(b) ||
+        a.def.id - b.def.id,
     );
     return all.find((a) => !avoid.includes(a.def.identity)) ?? all[0];
   }
@@ -285,6 +295,10 @@ export class TaskService {
     st.assignee_id = a.def.id;
     st.assignee_name = a.def.name;
     st.assignee_identity = a.def.identity;
+    // Kept in recency order and bounded: an identity not handed anything for 4096 assignments counts as never.
+    this.lastAssigned.delete(a.def.identity);
+    this.lastAssigned.set(a.def.identity, ++this.assignments);
+    if (this.lastAssigned.size > 4096) this.lastAssigned.delete(this.lastAssigned.keys().next().value!);
     st.assignee_pid = a.pid;
     st.holders = [...new Set([...(st.holders ?? []), a.def.identity])];
     st.assigned_at = now;
