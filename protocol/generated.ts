@@ -80,7 +80,7 @@ export const Op = {
   SET_AUDIT_CONFIG: 0x77,
   /** the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned) */
   ASYNC_POLL: 0x80,
-  /** hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks); it gets a `task_assigned` message and a TASK_ASSIGNED event (Clove extension) */
+  /** hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks, ties to the one served least recently); it gets a `task_assigned` message and a TASK_ASSIGNED event (Clove extension) */
   TASK_ASSIGN: 0x81,
   /** a task with its subtasks, their assignees, attempts, results and errors, and the task's aggregated results (creator, assignees, operators) (Clove extension) */
   TASK_STATUS: 0x82,
@@ -515,7 +515,7 @@ export const OPCODES: readonly OpInfo[] = [
     ext: true,
     raw: false,
     summary:
-      'hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks); it gets a `task_assigned` message and a TASK_ASSIGNED event',
+      'hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks, ties to the one served least recently); it gets a `task_assigned` message and a TASK_ASSIGNED event',
     sdk: { typescript: 'taskAssign', python: 'task_assign' },
   },
   {

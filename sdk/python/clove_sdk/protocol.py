@@ -89,7 +89,7 @@ class SyscallOp(IntEnum):
     SYS_GET_AUDIT_LOG = 0x76  # the newest matching audit entries, oldest first (operators only)
     SYS_SET_AUDIT_CONFIG = 0x77  # what the audit log records and how many entries it keeps (operators only; the change is always audited)
     SYS_ASYNC_POLL = 0x80  # the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS (planned)
-    SYS_TASK_ASSIGN = 0x81  # hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks); it gets a task_assigned message and a TASK_ASSIGNED event
+    SYS_TASK_ASSIGN = 0x81  # hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks, ties to the one served least recently); it gets a task_assigned message and a TASK_ASSIGNED event
     SYS_TASK_STATUS = 0x82  # a task with its subtasks, their assignees, attempts, results and errors, and the task's aggregated results (creator, assignees, operators)
     SYS_TASK_COMPLETE = 0x83  # finish a subtask with a result, or fail it with error (the task's policy decides: reassign or fail); only its assignee, the task's creator or an operator
     SYS_TASK_LIST = 0x84  # the tasks the caller created or holds a subtask of (operators: all, unless mine), newest first
