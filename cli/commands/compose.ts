@@ -7,6 +7,7 @@
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import pc from 'picocolors';
 import picomatch from 'picomatch';
 import { stringify as toYaml } from 'yaml';
 import { Option, type Command } from 'commander';
@@ -34,6 +35,7 @@ import {
   withClient,
 } from '../lib.js';
 import type { Daemon } from '../main.js';
+import { Followed, Printer } from './logs.js';
 
 /** What the commands need of the program: the global options, resolved at action time. */
 export interface Globals {
@@ -417,9 +419,10 @@ export async function logEnds(c: CloveClient, project: string): Promise<Map<stri
 }
 
 /**
- * Prints the project's agents' log lines as `name | line` until `signal` aborts: files in `from` from
- * that offset, new ones (agents started or recreated meanwhile) from their start. Polls LIST for new
- * agents and each file's size (a file that shrank was rotated by copy-truncate: read it from 0).
+ * Prints the project's agents' log lines as `name | line` (clove logs' printer: stable colours on a
+ * terminal) until `signal` aborts: files in `from` from that offset, new ones (agents started or
+ * recreated meanwhile) from their start; each file followed like `clove logs -f` does (rotation, partial
+ * lines). Polls LIST every second for new agents, the files every 200 ms.
  */
 export async function followProject(
   c: CloveClient,
@@ -427,40 +430,32 @@ export async function followProject(
   signal: AbortSignal,
   from: Map<string, number>,
 ): Promise<void> {
-  const pos = new Map(from);
-  let width = 8;
+  const printer = new Printer({
+    prefix: true,
+    timestamps: false,
+    color: pc.isColorSupported && Boolean(process.stdout.isTTY),
+  });
+  const followed = new Map<string, Followed>();
+  let listedAt = 0;
   while (!signal.aborted) {
-    let agents: AgentInfo[] = [];
-    try {
-      agents = projectAgents(await c.list(), project);
-    } catch {
-      return; // the kernel went away
-    }
-    width = Math.max(width, ...agents.map((a) => a.name.length));
-    for (const a of agents) {
-      const f = a.log_file;
-      if (!f) continue;
-      let size = 0;
+    if (Date.now() - listedAt >= 1000) {
+      listedAt = Date.now();
+      let agents: AgentInfo[];
       try {
-        size = fs.statSync(f).size;
+        agents = projectAgents(await c.list(), project);
       } catch {
-        continue;
+        return; // the kernel went away
       }
-      let at = pos.get(f) ?? 0;
-      if (size < at) at = 0;
-      if (size <= at) continue;
-      const fd = fs.openSync(f, 'r');
-      const buf = Buffer.alloc(size - at);
-      fs.readSync(fd, buf, 0, buf.length, at);
-      fs.closeSync(fd);
-      const end = buf.lastIndexOf(0x0a);
-      if (end < 0) continue; // wait for the whole line
-      for (const line of buf.subarray(0, end).toString('utf8').split('\n'))
-        process.stdout.write(`${a.name.padEnd(width)} | ${line}\n`);
-      pos.set(f, at + end + 1);
+      for (const a of agents) {
+        if (!a.log_file || followed.has(a.log_file)) continue;
+        printer.widen([a.name]);
+        followed.set(a.log_file, new Followed({ name: a.name, file: a.log_file }, from.get(a.log_file) ?? 0));
+      }
     }
-    await new Promise((r) => setTimeout(r, 300));
+    for (const f of followed.values()) printer.lines(f.src.name, f.poll());
+    await new Promise((r) => setTimeout(r, 200));
   }
+  for (const f of followed.values()) printer.lines(f.src.name, [...f.poll(), ...f.flush()]);
 }
 
 /** Until SIGINT or SIGTERM (or `stop()`). */

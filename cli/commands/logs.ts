@@ -119,7 +119,7 @@ function colourFor(colors: ReturnType<typeof pc.createColors>): (name: string) =
 }
 
 /** Writes lines with the `name | ` prefix (padded to the longest name shown so far) and an optional time. */
-class Printer {
+export class Printer {
   private width = 0;
   /** The reader went away (`clove logs | head`): nothing more is written. */
   closed = false;
@@ -180,7 +180,7 @@ function backlog(
  * line until its newline arrives, and survives copy-and-truncate rotation (the bytes written between
  * the last poll and the rotation are read back from `<file>.1`) and a file replaced by a new one.
  */
-class Followed {
+export class Followed {
   private rest: Buffer = Buffer.alloc(0);
   private ino = 0;
 
