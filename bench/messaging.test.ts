@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startKernelProcess, type KernelProcess } from '../harness/kernel.js';
-import { runSystem, which, type Cell, type System } from './messaging.js';
+import { mergeRounds, runSystem, which, type Cell, type System } from './messaging.js';
 import { ACK_EVERY } from './lib/msg-peer-protocol.js';
 
 function clientInstalled(name: string): boolean {
@@ -46,6 +46,28 @@ function check(cells: Cell[], system: System): void {
     expect(c.rtt_us.p50).toBeGreaterThan(0);
   }
 }
+
+describe('mergeRounds', () => {
+  it('takes the median rate of the rounds and pools their round trips', () => {
+    const round = (rate: number, rtt: number[]): Cell => ({
+      system: 'relay',
+      size: 64,
+      pairs: 1,
+      delivered: rate,
+      seconds: 1,
+      msgs_per_s: rate,
+      msgs_per_s_rounds: [rate],
+      rtt_us: { n: rtt.length, min: 0, p50: 0, p95: 0, p99: 0, max: 0, mean: 0 },
+      rtt_samples: rtt,
+    });
+    const [m] = mergeRounds([round(100, [1, 2]), round(300, [3]), round(200, [4, 5])]);
+    expect(m.msgs_per_s).toBe(200);
+    expect(m.msgs_per_s_rounds).toEqual([100, 300, 200]);
+    expect(m.delivered).toBe(600);
+    expect(m.rtt_us.n).toBe(5);
+    expect(m.rtt_us.p50).toBe(3);
+  });
+});
 
 describe('messaging bench runners', () => {
   for (const system of ['relay', 'relay-c', 'redis', 'nats'] as const)

@@ -19,7 +19,7 @@ import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { BENCH_SRC, DIST_BENCH, profileKernelIfAsked, startKernel, stopChild } from './lib/child.js';
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './lib/msg-peer-protocol.js';
-import { summarize, r, type Summary } from './lib/stats.js';
+import { median, summarize, r, type Summary } from './lib/stats.js';
 import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
 import type * as vl from 'vega-lite';
 
@@ -39,8 +39,13 @@ export interface Cell {
   pairs: number;
   delivered: number;
   seconds: number;
+  /** Median over the rounds of (messages delivered / slowest producer's time). */
   msgs_per_s: number;
+  /** The rate of each round, in the order run. */
+  msgs_per_s_rounds: number[];
   rtt_us: Summary;
+  /** Every round trip of every round and pair (µs); not written to the report. */
+  rtt_samples: number[];
 }
 
 const PEER = path.join(DIST_BENCH, 'lib', 'msg-peer.js');
@@ -262,15 +267,41 @@ async function startClove(pairs: number, kp: KernelProcess): Promise<Fleet> {
 function cell(system: System, size: number, pairs: number, outs: Outcome[]): Cell {
   const delivered = outs.reduce((a, o) => a + o.delivered, 0);
   const seconds = Math.max(...outs.map((o) => o.seconds));
+  const rtt = outs.flatMap((o) => o.rtt_us);
+  const rate = Math.round(delivered / seconds);
   return {
     system,
     size,
     pairs,
     delivered,
     seconds: r(seconds),
-    msgs_per_s: Math.round(delivered / seconds),
-    rtt_us: roundSummary(summarize(outs.flatMap((o) => o.rtt_us))),
+    msgs_per_s: rate,
+    msgs_per_s_rounds: [rate],
+    rtt_us: roundSummary(summarize(rtt)),
+    rtt_samples: rtt,
   };
+}
+
+/** Folds the cells of several rounds into one per system × size × shape (median rate, pooled round trips). */
+export function mergeRounds(cells: Cell[]): Cell[] {
+  const by = new Map<string, Cell[]>();
+  for (const c of cells) {
+    const k = `${c.system}/${c.size}/${c.pairs}`;
+    by.set(k, [...(by.get(k) ?? []), c]);
+  }
+  return [...by.values()].map((cs) => {
+    const rtt = cs.flatMap((c) => c.rtt_samples);
+    const rates = cs.flatMap((c) => c.msgs_per_s_rounds);
+    return {
+      ...cs[0],
+      delivered: cs.reduce((a, c) => a + c.delivered, 0),
+      seconds: r(cs.reduce((a, c) => a + c.seconds, 0)),
+      msgs_per_s: Math.round(median(rates)),
+      msgs_per_s_rounds: rates,
+      rtt_us: roundSummary(summarize(rtt)),
+      rtt_samples: rtt,
+    };
+  });
 }
 
 /**
@@ -414,6 +445,7 @@ async function main(): Promise<void> {
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
+  const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
   const only = flags.get('systems')?.split(',') as System[] | undefined;
   const systems = SYSTEMS.filter((s) => !only || only.includes(s));
   const sizes = [64, 1024];
@@ -422,26 +454,38 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   console.log(`messaging bench (${QUICK ? 'quick' : 'full'}) on ${machineLine(machine)}`);
   profileKernelIfAsked(flags.get('cpu-prof'));
-  const cells: Cell[] = [];
+  const all: Cell[] = [];
   const skipped: string[] = [];
-  for (const system of systems) {
+  const present = systems.filter((system) => {
     if ((system === 'redis' || system === 'nats') && !which(`${system}-server`)) {
       skipped.push(`${system}: ${system}-server not installed (bash bench/setup.sh)`);
-      continue;
+      return false;
     }
-    const kernel = system === 'clove' ? await startKernel({ extra: ['--log-level', 'error'] }) : undefined;
-    try {
-      cells.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel })));
-    } finally {
-      await kernel?.stop();
+    return true;
+  });
+  // Rounds interleave the systems, each round starting one system later, so that a burst of load from
+  // elsewhere on this shared machine does not land on one system only.
+  for (let round = 0; round < rounds; round++) {
+    console.log(`round ${round + 1} of ${rounds}`);
+    for (let k = 0; k < present.length; k++) {
+      const system = present[(k + round) % present.length];
+      const kernel = system === 'clove' ? await startKernel({ extra: ['--log-level', 'error'] }) : undefined;
+      try {
+        all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel })));
+      } finally {
+        await kernel?.stop();
+      }
     }
   }
+  const order = (c: Cell): number => present.indexOf(c.system) * 1e6 + c.pairs * 1e5 + c.size;
+  const cells = mergeRounds(all).sort((a, b) => order(a) - order(b));
   const g = goals(cells);
   const results = {
     setup: {
       sizes,
       shapes: shapes.map(SHAPE_LABEL),
       throughput_ms: ms,
+      rounds,
       window: WINDOW,
       ack_every: ACK_EVERY,
       pings_per_pair: pings,
@@ -453,7 +497,7 @@ async function main(): Promise<void> {
       nats: 'nats-server on 127.0.0.1 TCP (no Unix socket listener), core pub/sub; npm nats client',
       skipped,
     },
-    cells,
+    cells: cells.map(({ rtt_samples: _s, ...c }) => c),
     goals: g,
   };
   const env = envelope('messaging', { quick: QUICK, machine, startedAt: t0, results });
@@ -471,6 +515,8 @@ async function main(): Promise<void> {
     `${WINDOW} messages unacknowledged, its consumer acknowledges every ${ACK_EVERY}; messages/s is every delivered`,
     `message over the slowest producer's time (${ms} ms of sending, then the drain). Round trip: producer → broker →`,
     `consumer → broker → producer, one message in flight per pair, ${pings} per pair (pooled over the pairs).`,
+    `${rounds} round(s), the systems interleaved; msgs/s is the median of the rounds (each round's in`,
+    'reports/messaging.json), round trips are pooled over the rounds.',
     '',
     `- Clove: ${results.setup.clove}.`,
     '- Raw relay floor (Node): one Node process on a Unix socket with the same 17-byte framing; complete frames of',
@@ -481,12 +527,13 @@ async function main(): Promise<void> {
     ...(skipped.length ? ['', `Skipped: ${skipped.join('; ')}.`] : []),
     '',
     mdTable(
-      ['system', 'size', 'shape', 'msgs/s', 'RTT p50 µs', 'RTT p99 µs', 'samples'],
+      ['system', 'size', 'shape', 'msgs/s', 'msgs/s range of rounds', 'RTT p50 µs', 'RTT p99 µs', 'samples'],
       cells.map((c) => [
         LABELS[c.system],
         SIZE_LABEL(c.size),
         SHAPE_LABEL(c.pairs),
         c.msgs_per_s.toLocaleString('en-US'),
+        `${Math.min(...c.msgs_per_s_rounds).toLocaleString('en-US')}–${Math.max(...c.msgs_per_s_rounds).toLocaleString('en-US')}`,
         c.rtt_us.p50,
         c.rtt_us.p99,
         c.rtt_us.n,
