@@ -544,6 +544,8 @@ async function main(): Promise<void> {
     '',
     "## Issue 12's goals in this run",
     '',
+    `${g.filter((x) => x.met).length} of ${g.length} goals met in this run.`,
+    '',
     mdTable(
       ['goal', 'met', 'this run'],
       g.map((x) => [x.goal, x.met ? 'yes' : '**no**', x.detail]),
