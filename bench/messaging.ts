@@ -23,10 +23,11 @@ import { median, summarize, r, type Summary } from './lib/stats.js';
 import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
 import type * as vl from 'vega-lite';
 
-export type System = 'clove' | 'relay' | 'relay-c' | 'redis' | 'nats';
-export const SYSTEMS: System[] = ['clove', 'relay', 'relay-c', 'redis', 'nats'];
+export type System = 'clove' | 'clove-plain' | 'relay' | 'relay-c' | 'redis' | 'nats';
+export const SYSTEMS: System[] = ['clove', 'clove-plain', 'relay', 'relay-c', 'redis', 'nats'];
 export const LABELS: Record<System, string> = {
   clove: 'Clove (kernel process, sandboxed agents, TS SDK)',
+  'clove-plain': 'Clove, agents unsandboxed (diagnostic)',
   relay: 'raw relay floor (Node)',
   'relay-c': 'raw relay floor (C, epoll)',
   redis: 'Redis pub/sub',
@@ -132,7 +133,10 @@ interface Fleet {
 }
 
 /** Brokers and peers of every system but Clove; their producers take orders on stdin. */
-async function startExternal(system: Exclude<System, 'clove'>, pairs: number): Promise<Fleet> {
+async function startExternal(
+  system: Exclude<System, 'clove' | 'clove-plain'>,
+  pairs: number,
+): Promise<Fleet> {
   const dir = tempDir('clvmsg');
   const children: ChildProcess[] = [];
   const peers: Peer[] = [];
@@ -220,7 +224,7 @@ async function compileC(src: string, out: string): Promise<void> {
  * spawned by SPAWN as `clove up` would; the bench talks to the producers through the kernel as the agent
  * named `bench`.
  */
-async function startClove(pairs: number, kp: KernelProcess): Promise<Fleet> {
+async function startClove(pairs: number, kp: KernelProcess, sandboxed: boolean): Promise<Fleet> {
   const c: CloveClient = await kp.client();
   await c.register('bench');
   const ids: number[] = [];
@@ -230,6 +234,8 @@ async function startClove(pairs: number, kp: KernelProcess): Promise<Fleet> {
       name,
       script: PEER,
       env: { MSG_SYSTEM: 'clove', MSG_ROLE: role, MSG_PAIR: String(i) },
+      // SPAWN's default (sandboxed) unless measuring what the sandbox costs.
+      ...(sandboxed ? {} : { sandboxed: false }),
     });
     ids.push(res.id);
   };
@@ -315,7 +321,9 @@ export async function runSystem(
   const cells: Cell[] = [];
   for (const pairs of o.shapes) {
     const fleet =
-      system === 'clove' ? await startClove(pairs, o.kernel!) : await startExternal(system, pairs);
+      system === 'clove' || system === 'clove-plain'
+        ? await startClove(pairs, o.kernel!, system === 'clove')
+        : await startExternal(system, pairs);
     try {
       // A short warm-up run (JIT, connections, caches) that is not measured.
       await fleet.run({ size: o.sizes[0], ms: Math.min(300, o.ms), pings: Math.min(50, o.pings) });
@@ -469,7 +477,9 @@ async function main(): Promise<void> {
     console.log(`round ${round + 1} of ${rounds}`);
     for (let k = 0; k < present.length; k++) {
       const system = present[(k + round) % present.length];
-      const kernel = system === 'clove' ? await startKernel({ extra: ['--log-level', 'error'] }) : undefined;
+      const kernel = system.startsWith('clove')
+        ? await startKernel({ extra: ['--log-level', 'error'] })
+        : undefined;
       try {
         all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel })));
       } finally {
@@ -519,6 +529,8 @@ async function main(): Promise<void> {
     'reports/messaging.json), round trips are pooled over the rounds.',
     '',
     `- Clove: ${results.setup.clove}.`,
+    '- Clove, agents unsandboxed: the same with SPAWN `sandboxed: false` (plain processes with the kernel uid), a',
+    '  diagnostic row to show what the sandbox costs on this path; the goals use the sandboxed row.',
     '- Raw relay floor (Node): one Node process on a Unix socket with the same 17-byte framing; complete frames of',
     '  each read go to the paired connection in one write (bench/lib/msg-peer.ts `relayServer`).',
     '- Raw relay floor (C): the same relay in C with epoll (bench/lib/relay.c), clients are the same Node peers.',
