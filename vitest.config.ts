@@ -10,6 +10,7 @@ export default defineConfig({
       'harness/**/*.test.ts',
       'chaos/**/*.test.ts',
       'ci/**/*.test.ts',
+      'bench/messaging.test.ts',
     ],
     testTimeout: 60_000,
     hookTimeout: 60_000,

@@ -1,0 +1,339 @@
+/**
+ * One peer of the messaging comparison (bench/messaging.ts), run as its own process so that brokers and
+ * clients compete for the same cores:
+ *
+ *   node dist/bench/lib/msg-peer.js <system> <role> <pair> <address>
+ *
+ * system: clove | relay | redis | nats; role: producer | consumer | relay-server (the Node relay);
+ * pair: the pair index (producer i talks to consumer i); address: the kernel socket, relay socket,
+ * Redis socket or NATS URL. Clove peers are agents spawned by the kernel (SPAWN; sandboxed as `clove up`
+ * does by default), so they read all of this from $MSG_* environment variables instead, and take their
+ * orders from the bench through the kernel (a message from the agent named `bench`).
+ *
+ * Every message body is `size` bytes; its first byte says what it is: `d` data, `p` ping (echoed back),
+ * `a` acknowledgement (a consumer sends one after every ACK_EVERY data messages). A producer keeps at
+ * most WINDOW data messages unacknowledged: throughput is measured with a bounded window.
+ *
+ * Orders (one JSON line on stdin, or a Clove message): `{size, ms, pings}` → the producer sends data for
+ * `ms` ms (in whole acknowledgement batches) then waits until all are acknowledged, then does `pings`
+ * round trips one at a time; it answers `{delivered, seconds, rtt_us: [...]}`.
+ */
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { pathToFileURL } from 'node:url';
+import { encodeFrame, FrameDecoder } from '../../protocol/index.js';
+import { CloveClient } from '../../sdk/typescript/client.js';
+
+import { ACK_EVERY, WINDOW, type Order, type Outcome } from './msg-peer-protocol.js';
+
+/** The opcode the relay clients put on their frames (any opcode: the relay does not look at it). */
+const RELAY_OP = 0x20;
+
+/** What a producer needs from a system: send one body to its consumer, and hear what comes back. */
+interface Link {
+  send(body: Buffer): void;
+  /** Called with each body the consumer sends back (acks and pongs). */
+  onReply: (body: Buffer) => void;
+  /** Flushes what send() buffered, where the client buffers (NATS, Redis pipelines). */
+  flush?(): void;
+}
+
+const env = process.env;
+// A Clove agent gets the kernel's socket as its only argument (SPAWN's default) and the rest in $MSG_*.
+const argv = env.MSG_SYSTEM
+  ? [env.MSG_SYSTEM, env.MSG_ROLE, env.MSG_PAIR, env.CLOVE_SOCKET ?? process.argv[2]]
+  : process.argv.slice(2);
+const [system, role] = argv;
+const pair = Number(argv[2] ?? 0);
+const address = argv[3] ?? '';
+
+function body(kind: 'd' | 'p', size: number): Buffer {
+  const b = Buffer.alloc(size, 'x');
+  b[0] = kind.charCodeAt(0);
+  return b;
+}
+
+/**
+ * The producer's measuring loop, the same for every system: a bounded window of data messages, then one
+ * ping at a time. Why shared: the systems must be measured doing exactly the same job.
+ */
+async function produce(link: Link, o: Order): Promise<Outcome> {
+  let acked = 0;
+  let pong: (() => void) | null = null;
+  let wake: (() => void) | null = null;
+  link.onReply = (b) => {
+    if (b[0] === 0x61 /* a */) {
+      acked += ACK_EVERY;
+      wake?.();
+    } else if (b[0] === 0x70 /* p */) pong?.();
+  };
+  const data = body('d', o.size);
+  let sent = 0;
+  const t0 = process.hrtime.bigint();
+  const deadline = Date.now() + o.ms;
+  let tEnd = t0;
+  for (;;) {
+    const stop = Date.now() >= deadline;
+    if (!stop) {
+      while (sent - acked + ACK_EVERY <= WINDOW) {
+        for (let i = 0; i < ACK_EVERY; i++) link.send(data);
+        sent += ACK_EVERY;
+      }
+      link.flush?.();
+    }
+    if (stop && acked >= sent) break;
+    await new Promise<void>((r) => (wake = r));
+    wake = null;
+    tEnd = process.hrtime.bigint();
+  }
+  const seconds = Number(tEnd - t0) / 1e9;
+  const ping = body('p', o.size);
+  const rtt: number[] = [];
+  for (let i = 0; i < o.pings; i++) {
+    const got = new Promise<void>((r) => (pong = r));
+    const s = process.hrtime.bigint();
+    link.send(ping);
+    link.flush?.();
+    await got;
+    rtt.push(Number(process.hrtime.bigint() - s) / 1000);
+  }
+  pong = null;
+  return { delivered: sent, seconds, rtt_us: rtt };
+}
+
+/** The consumer's side, the same for every system: echo pings, acknowledge every ACK_EVERY data. */
+function consumer(reply: (b: Buffer) => void, flush?: () => void): (b: Buffer) => void {
+  let count = 0;
+  const ack = Buffer.from('a');
+  return (b) => {
+    if (b[0] === 0x70 /* p */) {
+      reply(b);
+      flush?.();
+    } else if (++count % ACK_EVERY === 0) {
+      reply(ack);
+      flush?.();
+    }
+  };
+}
+
+/** Orders from the bench on stdin, answers on stdout (every system but Clove). */
+function serveStdin(link: Link): void {
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on('line', (l) => {
+    void produce(link, JSON.parse(l) as Order).then((out) =>
+      process.stdout.write(JSON.stringify(out) + '\n'),
+    );
+  });
+  rl.on('close', () => process.exit(0));
+}
+
+// --- Clove -----------------------------------------------------------------------------------------
+
+/**
+ * Clove peers: agents on the TypeScript SDK. Bodies travel as JSON strings of `size` bytes (`"d…"`), sent
+ * by name with SEND; a blocking RECV with `max` takes them in batches. SENDs are pipelined ahead of the
+ * blocking RECV on the one connection (replies come back in order).
+ */
+async function clovePeer(): Promise<void> {
+  const c = await CloveClient.connect({ socketPath: address, reconnect: false });
+  await c.hello();
+  const peerName = `msg-${role === 'producer' ? 'c' : 'p'}${pair}`;
+  const asString = (b: Buffer): string => b.toString('latin1', 0, b.length - 2);
+  const asBuffer = (m: unknown): Buffer => Buffer.from(typeof m === 'string' ? m : '', 'latin1');
+  if (role === 'consumer') {
+    const pending: string[] = [];
+    const onBody = consumer((b) => pending.push(b.toString('latin1')));
+    for (;;) {
+      const r = await c.recv({ max: 1000, timeoutMs: 300_000 });
+      for (const m of r.messages) onBody(asBuffer(m.message));
+      // Not awaited: pipelined ahead of the next blocking RECV.
+      for (const s of pending.splice(0)) void c.send(peerName, s);
+    }
+  }
+  // producer: orders come from the agent named `bench`.
+  const out: string[] = [];
+  const link: Link = {
+    send: (b) => out.push(asString(b)),
+    onReply: () => {},
+  };
+  for (;;) {
+    const r = await c.recv({ max: 1, timeoutMs: 300_000 });
+    const order = r.messages[0]?.message as Order | undefined;
+    if (!order || typeof order !== 'object') continue;
+    const running = produce(link, order);
+    let done = false;
+    void running.then(() => (done = true));
+    // The producer's I/O loop: write what produce() queued (SENDs), then a blocking RECV for replies.
+    while (!done) {
+      const sends = out.splice(0).map((s) => c.send(peerName, s));
+      const got = await c.recv({ max: 1000, timeoutMs: 30_000 });
+      for (const s of await Promise.all(sends))
+        if (!s.success) throw new Error(`SEND to ${peerName} failed: ${JSON.stringify(s)}`);
+      for (const m of got.messages) link.onReply(asBuffer(m.message));
+      if (got.count === 0) throw new Error(`no reply from ${peerName} within 30 s`);
+      // produce() reacts to the replies in microtasks; by the next turn it has queued what follows, or ended.
+      await new Promise((res) => setImmediate(res));
+    }
+    await c.send('bench', await running);
+  }
+}
+
+// --- raw relay (the floor) -------------------------------------------------------------------------
+
+/**
+ * The raw relay: listens on a Unix socket; each client's first frame names it (`P<i>` or `C<i>`); after
+ * that, the complete frames of every read go to the paired connection in one write. No parsing beyond the
+ * 17-byte header: the floor a broker in Node can reach on this machine.
+ */
+function relayServer(): void {
+  fs.rmSync(address, { force: true });
+  const peers = new Map<string, net.Socket>();
+  const server = net.createServer((s) => {
+    const dec = new FrameDecoder(16 * 1024 * 1024);
+    let me = '';
+    s.on('data', (chunk: Buffer) => {
+      const { frames, error } = dec.push(chunk);
+      if (error) return s.destroy();
+      let i = 0;
+      if (!me && frames.length > 0) {
+        me = frames[0].payload.toString();
+        peers.set(me, s);
+        i = 1;
+      }
+      if (i >= frames.length) return;
+      const other = peers.get((me[0] === 'P' ? 'C' : 'P') + me.slice(1));
+      if (!other) return;
+      const bufs = [];
+      for (; i < frames.length; i++) bufs.push(encodeFrame(0, frames[i].opcode, frames[i].payload));
+      other.write(bufs.length === 1 ? bufs[0] : Buffer.concat(bufs));
+    });
+    s.on('error', () => s.destroy());
+  });
+  server.listen(address, () => process.stdout.write('ready 0\n'));
+}
+
+async function relayPeer(): Promise<void> {
+  const s = await new Promise<net.Socket>((res, rej) => {
+    const x = net.connect(address, () => res(x));
+    x.once('error', rej);
+  });
+  s.setNoDelay(true);
+  s.write(encodeFrame(0, RELAY_OP, Buffer.from(`${role === 'producer' ? 'P' : 'C'}${pair}`)));
+  const dec = new FrameDecoder(16 * 1024 * 1024);
+  let queued: Buffer[] = [];
+  const flush = (): void => {
+    if (queued.length === 0) return;
+    s.write(queued.length === 1 ? queued[0] : Buffer.concat(queued));
+    queued = [];
+  };
+  const link: Link = {
+    send: (b) => queued.push(encodeFrame(0, RELAY_OP, b)),
+    onReply: () => {},
+    flush,
+  };
+  const onBody =
+    role === 'consumer'
+      ? consumer(
+          (b) => queued.push(encodeFrame(0, RELAY_OP, b)),
+          () => {},
+        )
+      : (b: Buffer) => link.onReply(b);
+  s.on('data', (chunk: Buffer) => {
+    const { frames, error } = dec.push(chunk);
+    if (error) throw error;
+    for (const f of frames) onBody(f.payload);
+    if (role === 'consumer') flush();
+  });
+  process.stdout.write('ready 0\n');
+  if (role === 'producer') serveStdin(link);
+}
+
+// --- Redis pub/sub and NATS --------------------------------------------------------------------------
+
+/**
+ * Loads an npm client the repository may not list yet (`redis`, `nats`): from node_modules, else from the
+ * directories in $NODE_PATH (ESM import() ignores NODE_PATH, so it is resolved by hand).
+ */
+export async function loadClient<T>(name: string): Promise<T> {
+  const req = createRequire(import.meta.url);
+  const paths = (env.NODE_PATH ?? '').split(path.delimiter).filter(Boolean);
+  const file = req.resolve(name, { paths: [path.dirname(new URL(import.meta.url).pathname), ...paths] });
+  const mod = (await import(pathToFileURL(file).href)) as T & { default?: T };
+  // A CommonJS package's exports may only be visible on `default`.
+  return { ...(mod.default ?? {}), ...mod } as T;
+}
+
+interface RedisClient {
+  connect(): Promise<unknown>;
+  duplicate(): RedisClient;
+  publish(channel: string, message: Buffer): Promise<number>;
+  subscribe(channel: string, listener: (m: Buffer) => void, bufferMode: true): Promise<void>;
+}
+
+/** Redis pub/sub: data on channel `m<i>`, acks and pongs back on `r<i>`; a publisher and a subscriber connection each. */
+async function redisPeer(): Promise<void> {
+  const { createClient } = await loadClient<{ createClient(o: unknown): RedisClient }>('redis');
+  const pub = createClient({ socket: { path: address } });
+  const sub = pub.duplicate();
+  await pub.connect();
+  await sub.connect();
+  const fail = (e: unknown): void => {
+    console.error(e);
+    process.exit(1);
+  };
+  if (role === 'consumer') {
+    const onBody = consumer((b) => void pub.publish(`r${pair}`, b).catch(fail));
+    await sub.subscribe(`m${pair}`, onBody, true);
+    process.stdout.write('ready 0\n');
+    return;
+  }
+  const link: Link = { send: (b) => void pub.publish(`m${pair}`, b).catch(fail), onReply: () => {} };
+  await sub.subscribe(`r${pair}`, (m) => link.onReply(m), true);
+  process.stdout.write('ready 0\n');
+  serveStdin(link);
+}
+
+interface NatsConnection {
+  publish(subject: string, data: Uint8Array): void;
+  subscribe(subject: string, o: { callback(err: unknown, m: { data: Uint8Array }): void }): unknown;
+  flush(): Promise<void>;
+}
+
+/** Core NATS (no JetStream): data on subject `m.<i>`, acks and pongs back on `r.<i>`, one connection. */
+async function natsPeer(): Promise<void> {
+  const { connect } = await loadClient<{ connect(o: unknown): Promise<NatsConnection> }>('nats');
+  const nc = await connect({ servers: address });
+  const buf = (d: Uint8Array): Buffer => Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+  if (role === 'consumer') {
+    const onBody = consumer((b) => nc.publish(`r.${pair}`, b));
+    nc.subscribe(`m.${pair}`, { callback: (_e, m) => onBody(buf(m.data)) });
+    await nc.flush();
+    process.stdout.write('ready 0\n');
+    return;
+  }
+  const link: Link = { send: (b) => nc.publish(`m.${pair}`, b), onReply: () => {} };
+  nc.subscribe(`r.${pair}`, { callback: (_e, m) => link.onReply(buf(m.data)) });
+  await nc.flush();
+  process.stdout.write('ready 0\n');
+  serveStdin(link);
+}
+
+process.on('SIGTERM', () => process.exit(0));
+const main: Record<string, () => unknown> = {
+  clove: clovePeer,
+  relay: () => (role === 'relay-server' ? relayServer() : relayPeer()),
+  redis: redisPeer,
+  nats: natsPeer,
+};
+const run = main[system ?? ''];
+if (!run) {
+  console.error('usage: msg-peer.js clove|relay|redis|nats producer|consumer|relay-server <pair> <address>');
+  process.exit(2);
+} else
+  Promise.resolve(run()).catch((e) => {
+    console.error(`msg-peer ${system} ${role} ${pair}:`, e);
+    process.exit(1);
+  });

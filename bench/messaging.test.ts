@@ -1,0 +1,97 @@
+/**
+ * Smoke test of the messaging bench's runners (no speed asserts): each system's broker and peers start,
+ * exchange a few windows of messages and round trips, and stop. Redis and NATS are skipped when their
+ * servers (bash bench/setup.sh) or npm clients (`redis`, `nats`) are not installed.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startKernelProcess, type KernelProcess } from '../harness/kernel.js';
+import { mergeRounds, runSystem, which, type Cell, type System } from './messaging.js';
+import { ACK_EVERY } from './lib/msg-peer-protocol.js';
+
+function clientInstalled(name: string): boolean {
+  const paths = (process.env.NODE_PATH ?? '').split(path.delimiter).filter(Boolean);
+  try {
+    createRequire(import.meta.url).resolve(name, { paths: [import.meta.dirname, ...paths] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const available: Record<Exclude<System, 'clove'>, boolean> = {
+  relay: true,
+  'relay-c': which('cc') !== null,
+  redis: which('redis-server') !== null && clientInstalled('redis'),
+  nats: which('nats-server') !== null && clientInstalled('nats'),
+};
+
+const o = { shapes: [1, 2], sizes: [64, 1024], ms: 50, pings: 5 };
+
+function check(cells: Cell[], system: System): void {
+  expect(cells.map((c) => [c.size, c.pairs])).toEqual([
+    [64, 1],
+    [1024, 1],
+    [64, 2],
+    [1024, 2],
+  ]);
+  for (const c of cells) {
+    expect(c.system).toBe(system);
+    // Every message sent was acknowledged, in whole acknowledgement batches, by every pair.
+    expect(c.delivered).toBeGreaterThanOrEqual(ACK_EVERY * c.pairs);
+    expect(c.delivered % ACK_EVERY).toBe(0);
+    expect(c.msgs_per_s).toBeGreaterThan(0);
+    expect(c.rtt_us.n).toBe(o.pings * c.pairs);
+    expect(c.rtt_us.p50).toBeGreaterThan(0);
+  }
+}
+
+describe('mergeRounds', () => {
+  it('takes the median rate of the rounds and pools their round trips', () => {
+    const round = (rate: number, rtt: number[]): Cell => ({
+      system: 'relay',
+      size: 64,
+      pairs: 1,
+      delivered: rate,
+      seconds: 1,
+      msgs_per_s: rate,
+      msgs_per_s_rounds: [rate],
+      rtt_us: { n: rtt.length, min: 0, p50: 0, p95: 0, p99: 0, max: 0, mean: 0 },
+      rtt_samples: rtt,
+    });
+    const [m] = mergeRounds([round(100, [1, 2]), round(300, [3]), round(200, [4, 5])]);
+    expect(m.msgs_per_s).toBe(200);
+    expect(m.msgs_per_s_rounds).toEqual([100, 300, 200]);
+    expect(m.delivered).toBe(600);
+    expect(m.rtt_us.n).toBe(5);
+    expect(m.rtt_us.p50).toBe(3);
+  });
+});
+
+describe('messaging bench runners', () => {
+  for (const system of ['relay', 'relay-c', 'redis', 'nats'] as const)
+    it.skipIf(!available[system])(
+      `${system}: starts, exchanges messages and round trips, stops`,
+      async () => {
+        check(await runSystem(system, o), system);
+      },
+    );
+
+  describe('clove', () => {
+    let kp: KernelProcess;
+    beforeAll(async () => {
+      kp = await startKernelProcess({ extra: ['--log-level', 'error'] });
+    });
+    afterAll(async () => {
+      await kp?.stop();
+    });
+
+    it('clove: sandboxed agents exchange messages through the kernel, and are gone afterwards', async () => {
+      check(await runSystem('clove', { ...o, kernel: kp }), 'clove');
+      const c = await kp.client();
+      const left = (await c.list()).filter((a) => a.name.startsWith('msg-') && a.running);
+      expect(left).toEqual([]);
+    });
+  });
+});

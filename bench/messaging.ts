@@ -1,0 +1,593 @@
+/**
+ * Messaging comparison (issue 12): Clove beside a raw Unix-socket relay (the floor), Redis pub/sub and
+ * core NATS, in one run on this machine, for 64-byte and 1-KiB messages, 1→1 and 4→4 (pairs).
+ *
+ *   bash bench/setup.sh && npm run build && node dist/bench/messaging.js [--quick] [--time MS] [--pings N]
+ *
+ * Every peer is its own process (bench/lib/msg-peer.ts), so brokers and clients share the machine's cores
+ * as Clove's kernel and agents do. Per system, size and shape: messages/s delivered with a bounded window
+ * (WINDOW unacknowledged per producer, an ack every ACK_EVERY), then round trips producer → broker →
+ * consumer → broker → producer, one in flight per pair.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import readline from 'node:readline';
+import { tempDir, waitForSocket, until, type KernelProcess } from '../harness/kernel.js';
+import type { CloveClient } from '../sdk/typescript/client.js';
+import { machineInfo, machineLine } from './lib/machine.js';
+import { BENCH_SRC, DIST_BENCH, profileKernelIfAsked, startKernel, stopChild } from './lib/child.js';
+import { ACK_EVERY, WINDOW, type Order, type Outcome } from './lib/msg-peer-protocol.js';
+import { median, summarize, r, type Summary } from './lib/stats.js';
+import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
+import type * as vl from 'vega-lite';
+
+export type System = 'clove' | 'clove-plain' | 'relay' | 'relay-c' | 'redis' | 'nats';
+export const SYSTEMS: System[] = ['clove', 'clove-plain', 'relay', 'relay-c', 'redis', 'nats'];
+export const LABELS: Record<System, string> = {
+  clove: 'Clove (kernel process, sandboxed agents, TS SDK)',
+  'clove-plain': 'Clove, agents unsandboxed (diagnostic)',
+  relay: 'raw relay floor (Node)',
+  'relay-c': 'raw relay floor (C, epoll)',
+  redis: 'Redis pub/sub',
+  nats: 'NATS (core, no JetStream)',
+};
+
+export interface Cell {
+  system: System;
+  size: number;
+  pairs: number;
+  delivered: number;
+  seconds: number;
+  /** Median over the rounds of (messages delivered / slowest producer's time). */
+  msgs_per_s: number;
+  /** The rate of each round, in the order run. */
+  msgs_per_s_rounds: number[];
+  rtt_us: Summary;
+  /** Every round trip of every round and pair (µs); not written to the report. */
+  rtt_samples: number[];
+}
+
+const PEER = path.join(DIST_BENCH, 'lib', 'msg-peer.js');
+export const RELAY_C_SRC = path.join(BENCH_SRC, 'lib', 'relay.c');
+
+/** Where a program is, on PATH or in the sbin directories Debian puts daemons in (null when absent). */
+export function which(cmd: string): string | null {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/local/sbin', '/sbin'];
+  for (const d of dirs) {
+    const f = path.join(d, cmd);
+    try {
+      fs.accessSync(f, fs.constants.X_OK);
+      return f;
+    } catch {
+      // next
+    }
+  }
+  return null;
+}
+
+/** A peer process with a line-based stdin/stdout conversation. */
+class Peer {
+  private lines: string[] = [];
+  private waiters: ((l: string) => void)[] = [];
+  readonly exited: Promise<number | null>;
+  constructor(readonly child: ChildProcess) {
+    readline.createInterface({ input: child.stdout! }).on('line', (l) => {
+      const w = this.waiters.shift();
+      if (w) w(l);
+      else this.lines.push(l);
+    });
+    this.exited = new Promise((res) => child.once('exit', (code) => res(code)));
+  }
+  /** The next line, or an error naming the peer if it exits first. */
+  line(what: string): Promise<string> {
+    const l = this.lines.shift();
+    if (l !== undefined) return Promise.resolve(l);
+    return Promise.race([
+      new Promise<string>((res) => this.waiters.push(res)),
+      this.exited.then((code) => {
+        throw new Error(`${what} exited with ${code} before answering`);
+      }),
+    ]);
+  }
+  send(l: string): void {
+    this.child.stdin!.write(l + '\n');
+  }
+}
+
+async function startPeer(cmd: string, args: string[], what: string): Promise<Peer> {
+  const p = new Peer(spawn(cmd, args, { stdio: ['pipe', 'pipe', 'inherit'] }));
+  const ready = await p.line(what);
+  if (!ready.startsWith('ready')) throw new Error(`${what}: ${ready}`);
+  return p;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => res(port));
+    });
+    s.once('error', rej);
+  });
+}
+
+async function waitForPort(port: number, timeoutMs: number, exited: Promise<unknown>): Promise<void> {
+  let dead = false;
+  void exited.then(() => (dead = true));
+  await until(async () => {
+    if (dead) throw new Error(`server for port ${port} exited`);
+    return new Promise<boolean>((res) => {
+      const s = net.connect(port, '127.0.0.1', () => (s.destroy(), res(true)));
+      s.once('error', () => res(false));
+    });
+  }, timeoutMs);
+}
+
+/** One system with its broker and `pairs` producer/consumer pairs up. */
+interface Fleet {
+  run(o: Order): Promise<Outcome[]>;
+  stop(): Promise<void>;
+}
+
+/** Brokers and peers of every system but Clove; their producers take orders on stdin. */
+async function startExternal(
+  system: Exclude<System, 'clove' | 'clove-plain'>,
+  pairs: number,
+): Promise<Fleet> {
+  const dir = tempDir('clvmsg');
+  const children: ChildProcess[] = [];
+  const peers: Peer[] = [];
+  try {
+    let address: string;
+    let peerSystem = system;
+    if (system === 'relay') {
+      address = path.join(dir, 'relay.sock');
+      const p = await startPeer(process.execPath, [PEER, 'relay', 'relay-server', '0', address], 'relay');
+      children.push(p.child);
+    } else if (system === 'relay-c') {
+      address = path.join(dir, 'relay.sock');
+      const bin = path.join(dir, 'relay');
+      await compileC(RELAY_C_SRC, bin);
+      const p = await startPeer(bin, [address], 'C relay');
+      children.push(p.child);
+      peerSystem = 'relay';
+    } else if (system === 'redis') {
+      address = path.join(dir, 'redis.sock');
+      const exe = which('redis-server');
+      if (!exe) throw new Error('redis-server is not installed (run bash bench/setup.sh)');
+      // Persistence off (no RDB snapshots, no AOF), Unix socket only.
+      const c = spawn(
+        exe,
+        ['--port', '0', '--unixsocket', address, '--save', '', '--appendonly', 'no', '--dir', dir],
+        { stdio: ['ignore', 'ignore', 'inherit'] },
+      );
+      children.push(c);
+      await waitForSocket(address, 15_000, new Promise((res) => c.once('exit', res)));
+    } else {
+      const exe = which('nats-server');
+      if (!exe) throw new Error('nats-server is not installed (run bash bench/setup.sh)');
+      const port = await freePort();
+      address = `nats://127.0.0.1:${port}`;
+      // Core NATS on loopback TCP (nats-server has no Unix-socket listener); no JetStream.
+      const c = spawn(exe, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+      children.push(c);
+      // nats-server logs every start and stop on stderr: kept, and shown only if it fails.
+      let log = '';
+      c.stderr!.on('data', (d) => (log = (log + d).slice(-4000)));
+      c.once('exit', (code, sig) => {
+        if (code !== 0 && sig !== 'SIGTERM') console.error(`nats-server exited with ${code ?? sig}:\n${log}`);
+      });
+      await waitForPort(port, 15_000, new Promise((res) => c.once('exit', res)));
+    }
+    for (const role of ['consumer', 'producer'])
+      for (let i = 0; i < pairs; i++) {
+        const p = await startPeer(
+          process.execPath,
+          [PEER, peerSystem, role, String(i), address],
+          `${system} ${role} ${i}`,
+        );
+        children.push(p.child);
+        if (role === 'producer') peers.push(p);
+      }
+  } catch (e) {
+    for (const c of children.reverse()) await stopChild(c);
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  return {
+    async run(o) {
+      for (const p of peers) p.send(JSON.stringify(o));
+      return Promise.all(peers.map(async (p) => JSON.parse(await p.line(`${system} producer`)) as Outcome));
+    },
+    async stop() {
+      // Producers and consumers first, then the broker.
+      for (const c of children.reverse()) await stopChild(c);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Compiles the C relay once per path (cc -O2); why here: the bench must not need a build step of its own. */
+async function compileC(src: string, out: string): Promise<void> {
+  await new Promise<void>((res, rej) => {
+    const c = spawn('cc', ['-O2', '-o', out, src], { stdio: ['ignore', 'inherit', 'inherit'] });
+    c.once('error', rej);
+    c.once('exit', (code) => (code === 0 ? res() : rej(new Error(`cc ${src} exited with ${code}`))));
+  });
+}
+
+/**
+ * Clove: a kernel process (default options, as `clove kernel` starts it: sandbox `auto`) and its agents,
+ * spawned by SPAWN as `clove up` would; the bench talks to the producers through the kernel as the agent
+ * named `bench`.
+ */
+async function startClove(pairs: number, kp: KernelProcess, sandboxed: boolean): Promise<Fleet> {
+  const c: CloveClient = await kp.client();
+  await c.register('bench');
+  const ids: number[] = [];
+  const spawnPeer = async (role: string, i: number): Promise<void> => {
+    const name = `msg-${role[0]}${i}`;
+    const res = await c.spawn({
+      name,
+      script: PEER,
+      env: { MSG_SYSTEM: 'clove', MSG_ROLE: role, MSG_PAIR: String(i) },
+      // SPAWN's default (sandboxed) unless measuring what the sandbox costs.
+      ...(sandboxed ? {} : { sandboxed: false }),
+    });
+    ids.push(res.id);
+  };
+  try {
+    for (const role of ['consumer', 'producer']) for (let i = 0; i < pairs; i++) await spawnPeer(role, i);
+    // Ready once every agent said HELLO (LIST `ready`).
+    await until(async () => {
+      const list = await c.list();
+      return ids.every((id) => list.find((a) => a.id === id)?.ready);
+    }, 30_000);
+  } catch (e) {
+    for (const id of ids) await c.kill(id, { grace_ms: 0 }).catch(() => {});
+    c.close();
+    throw e;
+  }
+  return {
+    async run(o) {
+      for (let i = 0; i < pairs; i++) await c.send(`msg-p${i}`, o);
+      const out: Outcome[] = [];
+      while (out.length < pairs) {
+        const got = await c.recv({ max: pairs, timeoutMs: 120_000 });
+        if (got.count === 0) throw new Error('clove: a producer did not answer within 120 s');
+        for (const m of got.messages) out.push(m.message as Outcome);
+      }
+      return out;
+    },
+    async stop() {
+      for (const id of ids) await c.kill(id, { grace_ms: 0, wait: true }).catch(() => {});
+      c.close();
+    },
+  };
+}
+
+/** The cell of one run: aggregate rate (all delivered over the slowest producer's time), pooled round trips. */
+function cell(system: System, size: number, pairs: number, outs: Outcome[]): Cell {
+  const delivered = outs.reduce((a, o) => a + o.delivered, 0);
+  const seconds = Math.max(...outs.map((o) => o.seconds));
+  const rtt = outs.flatMap((o) => o.rtt_us);
+  const rate = Math.round(delivered / seconds);
+  return {
+    system,
+    size,
+    pairs,
+    delivered,
+    seconds: r(seconds),
+    msgs_per_s: rate,
+    msgs_per_s_rounds: [rate],
+    rtt_us: roundSummary(summarize(rtt)),
+    rtt_samples: rtt,
+  };
+}
+
+/** Folds the cells of several rounds into one per system × size × shape (median rate, pooled round trips). */
+export function mergeRounds(cells: Cell[]): Cell[] {
+  const by = new Map<string, Cell[]>();
+  for (const c of cells) {
+    const k = `${c.system}/${c.size}/${c.pairs}`;
+    by.set(k, [...(by.get(k) ?? []), c]);
+  }
+  return [...by.values()].map((cs) => {
+    const rtt = cs.flatMap((c) => c.rtt_samples);
+    const rates = cs.flatMap((c) => c.msgs_per_s_rounds);
+    return {
+      ...cs[0],
+      delivered: cs.reduce((a, c) => a + c.delivered, 0),
+      seconds: r(cs.reduce((a, c) => a + c.seconds, 0)),
+      msgs_per_s: Math.round(median(rates)),
+      msgs_per_s_rounds: rates,
+      rtt_us: roundSummary(summarize(rtt)),
+      rtt_samples: rtt,
+    };
+  });
+}
+
+/**
+ * Runs one system for every shape and size: starts its broker and peers per shape, measures, stops them.
+ * Used by the bench and by its smoke test (tiny `ms` and `pings`).
+ */
+export async function runSystem(
+  system: System,
+  o: { shapes: number[]; sizes: number[]; ms: number; pings: number; kernel?: KernelProcess },
+): Promise<Cell[]> {
+  const cells: Cell[] = [];
+  for (const pairs of o.shapes) {
+    const fleet =
+      system === 'clove' || system === 'clove-plain'
+        ? await startClove(pairs, o.kernel!, system === 'clove')
+        : await startExternal(system, pairs);
+    try {
+      // A short warm-up run (JIT, connections, caches) that is not measured.
+      await fleet.run({ size: o.sizes[0], ms: Math.min(300, o.ms), pings: Math.min(50, o.pings) });
+      for (const size of o.sizes) {
+        const outs = await fleet.run({ size, ms: o.ms, pings: o.pings });
+        cells.push(cell(system, size, pairs, outs));
+        const c = cells[cells.length - 1];
+        console.log(
+          `${system.padEnd(8)} ${String(size).padStart(5)} B ${pairs}→${pairs}: ` +
+            `${c.msgs_per_s.toLocaleString('en-US')} msgs/s, RTT p50 ${c.rtt_us.p50} µs p99 ${c.rtt_us.p99} µs`,
+        );
+      }
+    } finally {
+      await fleet.stop();
+    }
+  }
+  return cells;
+}
+
+function roundSummary(s: Summary): Summary {
+  return {
+    n: s.n,
+    min: r(s.min),
+    p50: r(s.p50),
+    p95: r(s.p95),
+    p99: r(s.p99),
+    max: r(s.max),
+    mean: r(s.mean),
+  };
+}
+
+const SIZE_LABEL = (n: number): string => (n >= 1024 ? `${n / 1024} KiB` : `${n} B`);
+const SHAPE_LABEL = (p: number): string => `${p}→${p}`;
+
+/** Grouped bars: msgs/s and RTT p50/p99 per size × shape, one colour per system. */
+function chartSpec(cells: Cell[]): vl.TopLevelSpec {
+  const rows = cells.map((c) => ({
+    case: `${SIZE_LABEL(c.size)} ${SHAPE_LABEL(c.pairs)}`,
+    system: LABELS[c.system],
+    msgs: c.msgs_per_s,
+    p50: c.rtt_us.p50,
+    p99: c.rtt_us.p99,
+  }));
+  const panel = (field: string, title: string): vl.TopLevelSpec =>
+    ({
+      width: 520,
+      height: 220,
+      title,
+      mark: 'bar',
+      encoding: {
+        y: { field: 'case', type: 'nominal', title: null, sort: null },
+        yOffset: { field: 'system', sort: null },
+        x: { field, type: 'quantitative', title: null },
+        color: { field: 'system', type: 'nominal', title: null, sort: null, legend: { orient: 'bottom' } },
+      },
+    }) as unknown as vl.TopLevelSpec;
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: 'Messaging: Clove vs raw relay, Redis pub/sub, NATS (same run, same machine)',
+    background: 'white',
+    data: { values: rows },
+    vconcat: [
+      panel('msgs', 'messages/s delivered (bounded window), higher is better'),
+      panel('p50', 'round trip p50 (µs), lower is better'),
+      panel('p99', 'round trip p99 (µs), lower is better'),
+    ],
+  } as unknown as vl.TopLevelSpec;
+}
+
+interface Goal {
+  goal: string;
+  met: boolean;
+  detail: string;
+}
+
+/** The goals of issue 12, judged on the cells of this run. */
+export function goals(cells: Cell[]): Goal[] {
+  const get = (s: System, size: number, pairs: number): Cell | undefined =>
+    cells.find((c) => c.system === s && c.size === size && c.pairs === pairs);
+  const cases = [...new Set(cells.map((c) => `${c.size}/${c.pairs}`))].map((k) => k.split('/').map(Number));
+  const out: Goal[] = [];
+  const best64 = Math.max(
+    0,
+    ...cells.filter((c) => c.system === 'clove' && c.size === 64).map((c) => c.msgs_per_s),
+  );
+  out.push({
+    goal: '≥ 1,000,000 messages/s aggregate at 64 B',
+    met: best64 >= 1_000_000,
+    detail: `best Clove 64 B shape: ${best64.toLocaleString('en-US')} msgs/s (${r(best64 / 1_000_000)}× the goal)`,
+  });
+  for (const [size, pairs] of cases) {
+    const c = get('clove', size, pairs);
+    if (!c) continue;
+    const k = `${SIZE_LABEL(size)} ${SHAPE_LABEL(pairs)}`;
+    const floor = get('relay', size, pairs);
+    const cFloor = get('relay-c', size, pairs);
+    if (floor)
+      out.push({
+        goal: `${k}: RTT p50 ≤ 1.5× the raw relay floor (Node)`,
+        met: c.rtt_us.p50 <= 1.5 * floor.rtt_us.p50,
+        detail:
+          `${c.rtt_us.p50} µs vs floor ${floor.rtt_us.p50} µs (${r(c.rtt_us.p50 / floor.rtt_us.p50)}×)` +
+          (cFloor ? `; C floor ${cFloor.rtt_us.p50} µs (${r(c.rtt_us.p50 / cFloor.rtt_us.p50)}×)` : ''),
+      });
+    out.push({
+      goal: `${k}: RTT p99 ≤ 1 ms`,
+      met: c.rtt_us.p99 <= 1000,
+      detail: `${c.rtt_us.p99} µs`,
+    });
+    for (const rival of ['redis', 'nats'] as const) {
+      const x = get(rival, size, pairs);
+      if (!x) continue;
+      out.push({
+        goal: `${k}: ahead of ${LABELS[rival]} (more msgs/s and lower RTT p50)`,
+        met: c.msgs_per_s > x.msgs_per_s && c.rtt_us.p50 < x.rtt_us.p50,
+        detail:
+          `${c.msgs_per_s.toLocaleString('en-US')} vs ${x.msgs_per_s.toLocaleString('en-US')} msgs/s ` +
+          `(${r(c.msgs_per_s / x.msgs_per_s)}×); p50 ${c.rtt_us.p50} vs ${x.rtt_us.p50} µs`,
+      });
+    }
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const flags = parseFlags();
+  const QUICK = flags.quick;
+  const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
+  const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
+  const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
+  const only = flags.get('systems')?.split(',') as System[] | undefined;
+  const systems = SYSTEMS.filter((s) => !only || only.includes(s));
+  const sizes = [64, 1024];
+  const shapes = [1, 4];
+  const machine = machineInfo();
+  const t0 = Date.now();
+  console.log(`messaging bench (${QUICK ? 'quick' : 'full'}) on ${machineLine(machine)}`);
+  profileKernelIfAsked(flags.get('cpu-prof'));
+  const all: Cell[] = [];
+  const skipped: string[] = [];
+  const present = systems.filter((system) => {
+    if ((system === 'redis' || system === 'nats') && !which(`${system}-server`)) {
+      skipped.push(`${system}: ${system}-server not installed (bash bench/setup.sh)`);
+      return false;
+    }
+    return true;
+  });
+  // Rounds interleave the systems, each round starting one system later, so that a burst of load from
+  // elsewhere on this shared machine does not land on one system only.
+  for (let round = 0; round < rounds; round++) {
+    console.log(`round ${round + 1} of ${rounds}`);
+    for (let k = 0; k < present.length; k++) {
+      const system = present[(k + round) % present.length];
+      const kernel = system.startsWith('clove')
+        ? await startKernel({ extra: ['--log-level', 'error'] })
+        : undefined;
+      try {
+        all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel })));
+      } finally {
+        await kernel?.stop();
+      }
+    }
+  }
+  const order = (c: Cell): number => present.indexOf(c.system) * 1e6 + c.pairs * 1e5 + c.size;
+  const cells = mergeRounds(all).sort((a, b) => order(a) - order(b));
+  const g = goals(cells);
+  const results = {
+    setup: {
+      sizes,
+      shapes: shapes.map(SHAPE_LABEL),
+      throughput_ms: ms,
+      rounds,
+      window: WINDOW,
+      ack_every: ACK_EVERY,
+      pings_per_pair: pings,
+      systems: Object.fromEntries(systems.map((s) => [s, LABELS[s]])),
+      clove:
+        'kernel: child process with default options (sandbox auto, as `clove kernel`/`clove up` start it); ' +
+        'agents spawned with SPAWN (default sandbox), TypeScript SDK, SEND by name, blocking RECV max 1000',
+      redis: 'redis-server, Unix socket, --save "" --appendonly no; npm redis client, PUBLISH/SUBSCRIBE',
+      nats: 'nats-server on 127.0.0.1 TCP (no Unix socket listener), core pub/sub; npm nats client',
+      skipped,
+    },
+    cells: cells.map(({ rtt_samples: _s, ...c }) => c),
+    goals: g,
+  };
+  const env = envelope('messaging', { quick: QUICK, machine, startedAt: t0, results });
+  writeJson('messaging', env);
+  await writeChart('messaging.svg', chartSpec(cells));
+  const md = [
+    '# Messaging: Clove beside a raw relay, Redis pub/sub and NATS',
+    '',
+    `Machine: ${machineLine(machine)}; load average at end ${env.loadavg_at_end.join(' / ')}.`,
+    '',
+    `Reproduce: \`bash bench/setup.sh && ${env.command}\` (${env.duration_s} s), or \`npm run bench:messaging\`.`,
+    '',
+    'Each peer is its own process: the broker (Clove kernel, relay, redis-server, nats-server), N producers and',
+    `N consumers (1→1: one pair; 4→4: four pairs, producer i to consumer i). Throughput: each producer keeps at most`,
+    `${WINDOW} messages unacknowledged, its consumer acknowledges every ${ACK_EVERY}; messages/s is every delivered`,
+    `message over the slowest producer's time (${ms} ms of sending, then the drain). Round trip: producer → broker →`,
+    `consumer → broker → producer, one message in flight per pair, ${pings} per pair (pooled over the pairs).`,
+    `${rounds} round(s), the systems interleaved; msgs/s is the median of the rounds (each round's in`,
+    'reports/messaging.json), round trips are pooled over the rounds.',
+    '',
+    `- Clove: ${results.setup.clove}.`,
+    '- Clove, agents unsandboxed: the same with SPAWN `sandboxed: false` (plain processes with the kernel uid), a',
+    '  diagnostic row to show what the sandbox costs on this path; the goals use the sandboxed row.',
+    '- Raw relay floor (Node): one Node process on a Unix socket with the same 17-byte framing; complete frames of',
+    '  each read go to the paired connection in one write (bench/lib/msg-peer.ts `relayServer`).',
+    '- Raw relay floor (C): the same relay in C with epoll (bench/lib/relay.c), clients are the same Node peers.',
+    `- Redis: ${results.setup.redis}.`,
+    `- NATS: ${results.setup.nats}; JetStream is not used.`,
+    ...(skipped.length ? ['', `Skipped: ${skipped.join('; ')}.`] : []),
+    '',
+    mdTable(
+      ['system', 'size', 'shape', 'msgs/s', 'msgs/s range of rounds', 'RTT p50 µs', 'RTT p99 µs', 'samples'],
+      cells.map((c) => [
+        LABELS[c.system],
+        SIZE_LABEL(c.size),
+        SHAPE_LABEL(c.pairs),
+        c.msgs_per_s.toLocaleString('en-US'),
+        `${Math.min(...c.msgs_per_s_rounds).toLocaleString('en-US')}–${Math.max(...c.msgs_per_s_rounds).toLocaleString('en-US')}`,
+        c.rtt_us.p50,
+        c.rtt_us.p99,
+        c.rtt_us.n,
+      ]),
+    ),
+    '',
+    '![messages/s and round trips per system](messaging.svg)',
+    '',
+    "## Issue 12's goals in this run",
+    '',
+    `${g.filter((x) => x.met).length} of ${g.length} goals met in this run.`,
+    '',
+    mdTable(
+      ['goal', 'met', 'this run'],
+      g.map((x) => [x.goal, x.met ? 'yes' : '**no**', x.detail]),
+    ),
+    '',
+    '"Ahead" means more messages/s and a lower round-trip p50 on that size and shape. The goal rows are computed',
+    'from the table above by `goals()` in bench/messaging.ts.',
+    '',
+    '## Notes',
+    '',
+    "- Clove's agents run with SPAWN's default limits (1 CPU each through the cgroup quota, 256 MiB, 64 pids), each",
+    '  as its own uid in its own namespaces with seccomp (the isolation SPAWN reports), as `clove up` runs them.',
+    "  Its producer sends with pipelined SENDs then waits in a blocking RECV on the same connection (the SDK's",
+    '  replies are ordered); one event-loop turn between a reply and the next write is part of its round trip.',
+    '- Redis and NATS clients are the npm packages `redis` and `nats`; each publish is one client call, batched',
+    '  by the client (node-redis pipelines the commands of one tick; nats.js buffers until a flush).',
+    '- Where the kernel spends its time: `node dist/bench/messaging.js --systems clove --cpu-prof <dir>`, then',
+    '  `node dist/bench/profile-summary.js <dir>/*.cpuprofile`.',
+    '- Numbers taken while other work ran on the machine are noisy (load averages above: this machine is shared',
+    '  with builds and tests); compare systems only within one run.',
+  ].join('\n');
+  writeText('messaging.md', md);
+  console.log(md);
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(DIST_BENCH, 'messaging.js'))
+  main().then(
+    () => process.exit(0),
+    (e) => {
+      console.error(e);
+      process.exit(1);
+    },
+  );
