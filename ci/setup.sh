@@ -9,6 +9,9 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v make >/dev/null || need_apt+=(make)
+# The messaging bench's smoke test runs Clove beside real Redis pub/sub and NATS (bench/messaging.test.ts).
+command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || need_apt+=(redis-server)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

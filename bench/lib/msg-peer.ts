@@ -18,12 +18,9 @@
  * `ms` ms (in whole acknowledgement batches) then waits until all are acknowledged, then does `pings`
  * round trips one at a time; it answers `{delivered, seconds, rtt_us: [...]}`.
  */
-import { createRequire } from 'node:module';
 import net from 'node:net';
 import fs from 'node:fs';
-import path from 'node:path';
 import readline from 'node:readline';
-import { pathToFileURL } from 'node:url';
 import { encodeFrame, FrameDecoder } from '../../protocol/index.js';
 import { CloveClient } from '../../sdk/typescript/client.js';
 
@@ -253,19 +250,6 @@ async function relayPeer(): Promise<void> {
 
 // --- Redis pub/sub and NATS --------------------------------------------------------------------------
 
-/**
- * Loads an npm client the repository may not list yet (`redis`, `nats`): from node_modules, else from the
- * directories in $NODE_PATH (ESM import() ignores NODE_PATH, so it is resolved by hand).
- */
-export async function loadClient<T>(name: string): Promise<T> {
-  const req = createRequire(import.meta.url);
-  const paths = (env.NODE_PATH ?? '').split(path.delimiter).filter(Boolean);
-  const file = req.resolve(name, { paths: [path.dirname(new URL(import.meta.url).pathname), ...paths] });
-  const mod = (await import(pathToFileURL(file).href)) as T & { default?: T };
-  // A CommonJS package's exports may only be visible on `default`.
-  return { ...(mod.default ?? {}), ...mod } as T;
-}
-
 interface RedisClient {
   connect(): Promise<unknown>;
   duplicate(): RedisClient;
@@ -275,7 +259,7 @@ interface RedisClient {
 
 /** Redis pub/sub: data on channel `m<i>`, acks and pongs back on `r<i>`; a publisher and a subscriber connection each. */
 async function redisPeer(): Promise<void> {
-  const { createClient } = await loadClient<{ createClient(o: unknown): RedisClient }>('redis');
+  const { createClient } = (await import('redis')) as unknown as { createClient(o: unknown): RedisClient };
   const pub = createClient({ socket: { path: address } });
   const sub = pub.duplicate();
   await pub.connect();
@@ -304,7 +288,7 @@ interface NatsConnection {
 
 /** Core NATS (no JetStream): data on subject `m.<i>`, acks and pongs back on `r.<i>`, one connection. */
 async function natsPeer(): Promise<void> {
-  const { connect } = await loadClient<{ connect(o: unknown): Promise<NatsConnection> }>('nats');
+  const { connect } = (await import('nats')) as unknown as { connect(o: unknown): Promise<NatsConnection> };
   const nc = await connect({ servers: address });
   const buf = (d: Uint8Array): Buffer => Buffer.from(d.buffer, d.byteOffset, d.byteLength);
   if (role === 'consumer') {
