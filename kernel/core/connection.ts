@@ -40,6 +40,8 @@ const MAX_UNSENT_BYTES = 8 * 1024 * 1024;
  * that 'drain' follows): a client that does not read holds at most this much of its pushes in the kernel.
  */
 const PUSH_HIGH_WATER = 1024 * 1024;
+/** A corked batch of replies is written out at this size (one writev each), not held to its end. */
+const CORK_FLUSH_BYTES = 64 * 1024;
 /** How long a connection that sent a bad frame has to answer what came before it; then it is destroyed. */
 const FATAL_GRACE_MS = 500;
 /** How often a half-closed connection with a call pending checks that its peer is still there. */
@@ -59,6 +61,8 @@ export class Connection {
   private fatal: { opcode: number; message: string } | null = null;
   private fatalTimer: NodeJS.Timeout | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
+  /** Bytes of replies written under the current pump's cork (-1: not corked). */
+  private corked = -1;
 
   constructor(
     readonly socket: net.Socket,
@@ -151,9 +155,11 @@ export class Connection {
   private pump(): void {
     if (this.socket.destroyed) return this.serve();
     this.socket.cork();
+    this.corked = 0;
     try {
       this.serve();
     } finally {
+      this.corked = -1;
       this.socket.uncork();
     }
   }
@@ -219,7 +225,14 @@ export class Connection {
 
   send(opcode: number, reply: Reply): void {
     if (this.closing || this.socket.destroyed) return;
-    this.socket.write(encodeFrame(this.principal.id, opcode, reply));
+    const frame = encodeFrame(this.principal.id, opcode, reply);
+    this.socket.write(frame);
+    // A long batch leaves in CORK_FLUSH_BYTES writes: the peer starts reading before the batch ends.
+    if (this.corked >= 0 && (this.corked += frame.length) >= CORK_FLUSH_BYTES) {
+      this.socket.uncork();
+      this.socket.cork();
+      this.corked = 0;
+    }
   }
 
   /**
