@@ -109,6 +109,31 @@ describe('push delivery', () => {
     expect((await b.recv({ max: 10 })).messages.map((m) => m.message)).toEqual(['kept']);
   });
 
+  it('an SDK iterator that is not consumed holds a bounded number of pushes; the rest waits in the kernel', async () => {
+    const N = 10_000;
+    tk = await startKernel({ mailboxSize: 2 * N });
+    const a = await tk.client();
+    const b = await tk.client();
+    const bId = (await b.hello()).agent_id;
+    const it = b.messages()[Symbol.asyncIterator]();
+    const first = it.next();
+    await until(
+      async () => (await post(tk!).size(bId)) === 0 && (await b.hello()).push?.messages,
+      10_000,
+      'push on',
+    );
+    for (let i = 0; i < N; i += 500)
+      await Promise.all(Array.from({ length: 500 }, (_, j) => a.send(bId, { i: i + j })));
+    // The client stops reading at 4,096 held pushes (plus the rest of the chunk it was reading); the
+    // kernel then stops at its push window.
+    const held = (b as unknown as { pushed: { message: { items: unknown[] } } }).pushed.message.items.length;
+    expect(held).toBeLessThanOrEqual(4096 + 2000);
+    expect(post(tk).size(bId)).toBeGreaterThan(0);
+    const all = [(await first).value!, ...(await take(it, N - 1))];
+    expect(all.map((m) => (m.message as { i: number }).i)).toEqual([...Array(N).keys()]);
+    expect(post(tk).size(bId)).toBe(0);
+  }, 120_000);
+
   it('a client that does not read pauses delivery: the rest stays in its mailbox, budgets hold', async () => {
     const N = 10_000;
     tk = await startKernel({ mailboxSize: 2 * N, budgets: { mailbox_bytes: 64 << 20 } });
