@@ -217,8 +217,8 @@ export class CloveClient {
    * The caller's messages as the kernel pushes them (PUSH, opted in with HELLO on first use): `for await
    * (const m of client.messages())`. Each message is taken out of the mailbox as RECV takes it (no
    * lease). The iteration ends when the client is closed (after the items already received). Held
-   * pushes are bounded (PUSH_BUFFER): a
-   * consumer that falls behind stops the connection being read (replies wait too) until it catches up.
+   * pushes are bounded (PUSH_BUFFER): a consumer that falls behind stops the connection being read
+   * (replies wait too) until it catches up.
    */
   messages(): AsyncGenerator<T.PushedMessage> {
     return this.iterate('message');

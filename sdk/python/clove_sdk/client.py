@@ -409,7 +409,8 @@ class CloveClient:
     def on_message(self, fn) -> None:
         """Calls ``fn(message)`` on a reader thread for each pushed message (opts in). Calls on this client
         keep working from other threads: their replies come through the reader. ``fn`` runs on the
-        reader: while it runs nothing else is read (the kernel holds the rest), so keep it short."""
+        reader: while it runs nothing else is read (the kernel holds the rest), so keep it short, and do
+        not make calls on this client from it (their replies would wait for the reader)."""
         self._subscribe_push("message", "messages", fn)
 
     def on_event(self, fn) -> None:
