@@ -44,6 +44,24 @@ interface TaskOut {
   ops_per_s: number;
 }
 
+/**
+ * Issue 12 step 0, as measured (each step's figures come from full runs of this script at that step's
+ * code, two runs each; the machine was shared with other benchmarks, see the load averages). Pipelined
+ * figures are messages/s; compare each kernel figure with the direct row of the same run.
+ */
+const STEPS = {
+  machine: '2 cores AMD EPYC, 23.5 GiB, Linux 6.18.44-fc-v1098, Node v20.20.2 (2026-12-02)',
+  runs: [
+    ['before: one write per reply (e076bd7)', '08:44', 6.94, 93_679, 61_083, 35_040, 645],
+    ['before: one write per reply (e076bd7)', '08:45', 4.32, 104_363, 76_416, 34_120, 534],
+    ['0a: replies of one read corked, one writev per batch', '08:47', 4.19, 84_685, 50_633, 19_947, 482],
+    ['0a: replies of one read corked, one writev per batch', '08:48', 6.68, 73_399, 39_696, 16_580, 554],
+    ['0b: corked, flushed every 64 KiB (kept)', '09:10', 9.74, 51_866, 22_815, 17_204, 479],
+    ['0b: corked, flushed every 64 KiB (kept)', '09:12', 10.52, 48_486, 31_931, 22_952, 522],
+    ['3: 0b and push delivery (HELLO push; this code)', '09:15', 10.15, 78_149, 87_220, 30_960, 425],
+  ] as const,
+};
+
 /** Samples of one task over every round (tinybench keeps them with retainSamples). */
 const collected = new Map<string, number[]>();
 
@@ -233,11 +251,44 @@ async function main(): Promise<void> {
       `- Relay A→B→A (two SENDs, two blocking RECVs, four kernel hops): p50 ${h.relay_rtt_p50_us} µs, p99 ${h.relay_rtt_p99_us} µs.`,
       `- Pipelined: ${h.relay_pipelined_msgs_per_s.toLocaleString('en-US')} messages/s delivered A→B, ${h.noop_pipelined_msgs_per_s.toLocaleString('en-US')} NOOP/s, direct socket ${h.direct_pipelined_msgs_per_s.toLocaleString('en-US')} frames/s` +
         ` (${h.direct_corked_pipelined_msgs_per_s.toLocaleString('en-US')} frames/s when the echo server sends the replies to one read in one writev).`,
-      "- Where the kernel's time goes under pipelined load (`node dist/bench/ipc.js --cpu-prof <dir>`, then",
-      '  `node dist/bench/profile-summary.js <dir>/*.cpuprofile`): about half of its busy time in `writeBuffer`/`writev`, one',
-      '  write syscall per reply (`Connection.send` → `socket.write` per frame). Coalescing the replies of one read into one',
-      '  writev (the "direct, … one writev" row) is measured beside it: compare the two direct rows of the same run before',
-      '  changing the kernel; in the runs so far the client, not the echo side, bounds pipelined throughput.',
+      "- Where the kernel's time goes under pipelined load: `node dist/bench/ipc.js --cpu-prof <dir>`, then",
+      '  `node dist/bench/profile-summary.js <dir>/*.cpuprofile`. Before step 0 about half of its busy time was in',
+      '  `writeBuffer`/`writev`, one write syscall per reply; the replies of one read now leave corked (below).',
+      '',
+      '## Steps (issue 12, step 0)',
+      '',
+      `Machine: ${STEPS.machine}; load average at the start of each run in the table (other benchmarks shared the machine).`,
+      '',
+      mdTable(
+        [
+          'step',
+          'run (UTC)',
+          'load',
+          'direct pipelined/s',
+          'clove NOOP pipelined/s',
+          'clove SEND→RECV /s',
+          'relay p50 µs',
+        ],
+        STEPS.runs.map(([step, at, load, direct, noop, relay, p50]) => [
+          step,
+          at,
+          load,
+          direct.toLocaleString('en-US'),
+          noop.toLocaleString('en-US'),
+          relay.toLocaleString('en-US'),
+          p50,
+        ]),
+      ),
+      '',
+      '- Step 0a/0b, coalesced writes (kernel/core/connection.ts): the replies produced while serving the frames of one',
+      '  read are written under `socket.cork()`, flushed every 64 KiB, so they leave in a few `writev` calls; a reply',
+      "  produced later (a parked RECV) is written at once. The kernel's write syscalls for 10,000 pipelined NOOPs fell",
+      '  from about 300 to about 12 (kernel/core/coalesce.test.ts counts them). 0a held the whole batch to its end; 0b',
+      '  lets the peer start reading after 64 KiB. On this shared machine (load 4 to 10 on 2 cores) the throughput',
+      '  figures move more between runs than between steps: no gain is measurable in them yet, and none is claimed.',
+      '- Step 0, RECV replies without re-encoding: already so before this issue. Mailboxes hold each message as its JSON',
+      '  text and RECV splices those texts into its reply (kernel/syscalls/ipc/index.ts); pushed messages (step 3) are',
+      '  built the same way. Nothing to change, so no figure.',
       '',
       '![round-trip latency histograms](ipc-latency.svg)',
       '',

@@ -42,6 +42,8 @@ export const Op = {
   BROADCAST: 0x22,
   /** bind a further name to the caller */
   REGISTER: 0x23,
+  /** unsolicited: a message or an event pushed to a connection that opted in (HELLO `push`); a client never sends it (Clove extension) */
+  PUSH: 0x24,
   /** write a key; global keys belong to whoever created them */
   STORE: 0x30,
   /** read a key: without a scope, agent scope first, then global/session */
@@ -311,6 +313,17 @@ export const OPCODES: readonly OpInfo[] = [
     raw: false,
     summary: 'bind a further name to the caller',
     sdk: { typescript: 'register', python: 'register_name' },
+  },
+  {
+    name: 'PUSH',
+    code: 36,
+    family: 'ipc',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'unsolicited: a message or an event pushed to a connection that opted in (HELLO `push`); a client never sends it',
+    sdk: { typescript: 'messages', python: 'messages' },
   },
   {
     name: 'STORE',
@@ -2826,6 +2839,71 @@ export interface RegisterReply {
   name: string;
 }
 /**
+ * PUSH request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "PushRequest".
+ */
+export interface PushRequest {}
+/**
+ * PUSH request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "PushArgs".
+ */
+export interface PushArgs {}
+/**
+ * PUSH reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "PushReply".
+ */
+export interface PushReply {
+  kind: 'message' | 'event';
+  /**
+   * message: the sender's id
+   */
+  from?: number;
+  /**
+   * message
+   */
+  from_name?: string;
+  /**
+   * message: any JSON value, byte for byte as sent
+   */
+  message?: unknown;
+  /**
+   * message
+   */
+  age_ms?: number;
+  /**
+   * message: per sender, strictly increasing
+   */
+  seq?: number;
+  /**
+   * event: its type
+   */
+  type?: string;
+  /**
+   * event
+   */
+  data?: {
+    [k: string]: unknown;
+  };
+  /**
+   * event
+   */
+  source_agent_id?: number;
+  /**
+   * event
+   */
+  timestamp?: number;
+  /**
+   * event: events of this subscriber dropped (queue full) before this one, when any
+   */
+  dropped?: number;
+}
+/**
  * STORE request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -4868,14 +4946,42 @@ export interface LlmReportReply {
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "HelloRequest".
  */
-export interface HelloRequest {}
+export interface HelloRequest {
+  /**
+   * ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.
+   */
+  push?: {
+    /**
+     * push the caller's messages (taken from its mailbox as RECV takes them, without a lease)
+     */
+    messages?: boolean;
+    /**
+     * push the events of the caller's subscriptions (SUBSCRIBE still chooses them)
+     */
+    events?: boolean;
+  };
+}
 /**
  * HELLO request as a handler sees it: validated, defaults applied.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "HelloArgs".
  */
-export interface HelloArgs {}
+export interface HelloArgs {
+  /**
+   * ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.
+   */
+  push?: {
+    /**
+     * push the caller's messages (taken from its mailbox as RECV takes them, without a lease)
+     */
+    messages?: boolean;
+    /**
+     * push the events of the caller's subscriptions (SUBSCRIBE still chooses them)
+     */
+    events?: boolean;
+  };
+}
 /**
  * HELLO reply.
  *
@@ -4907,6 +5013,13 @@ export interface HelloReply {
    */
   agent_socket?: string;
   budgets?: Budgets;
+  /**
+   * ext: what this connection has pushed to it now
+   */
+  push?: {
+    messages: boolean;
+    events: boolean;
+  };
 }
 /**
  * HEARTBEAT reply.
@@ -4934,6 +5047,7 @@ export interface Requests {
   RECV: RecvRequest;
   BROADCAST: BroadcastRequest;
   REGISTER: RegisterRequest;
+  PUSH: PushRequest;
   STORE: StoreRequest;
   FETCH: FetchRequest;
   DELETE: DeleteRequest;
@@ -4999,6 +5113,7 @@ export interface ArgsOf {
   RECV: RecvArgs;
   BROADCAST: BroadcastArgs;
   REGISTER: RegisterArgs;
+  PUSH: PushArgs;
   STORE: StoreArgs;
   FETCH: FetchArgs;
   DELETE: DeleteArgs;
@@ -5064,6 +5179,7 @@ export interface Replies {
   RECV: RecvReply;
   BROADCAST: BroadcastReply;
   REGISTER: RegisterReply;
+  PUSH: PushReply;
   STORE: StoreReply;
   FETCH: FetchReply;
   DELETE: DeleteReply;
@@ -6366,6 +6482,7 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
     },
   },
   REGISTER: { type: 'object', properties: { name: { type: 'string' } } },
+  PUSH: { type: 'object', description: 'none: sent by a client, PUSH is refused (`invalid_request`)' },
   STORE: {
     type: 'object',
     properties: {
@@ -6787,5 +6904,26 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       success: { type: 'boolean', description: 'ignored' },
     },
   },
-  HELLO: { type: 'object' },
+  HELLO: {
+    type: 'object',
+    properties: {
+      push: {
+        type: 'object',
+        additionalProperties: false,
+        description:
+          "ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.",
+        properties: {
+          messages: {
+            type: 'boolean',
+            description:
+              "push the caller's messages (taken from its mailbox as RECV takes them, without a lease)",
+          },
+          events: {
+            type: 'boolean',
+            description: "push the events of the caller's subscriptions (SUBSCRIBE still chooses them)",
+          },
+        },
+      },
+    },
+  },
 };

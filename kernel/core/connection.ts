@@ -14,6 +14,18 @@ import type { Principal } from './principals.js';
 
 export type Reply = Buffer | string | object;
 
+/** Where a push loop writes (a connection that opted in with HELLO `push`). */
+export interface PushPort {
+  /** Aborted when the connection closes. */
+  readonly signal: AbortSignal;
+  /** Whether more pushed frames may be written now. */
+  room(): boolean;
+  /** Writes PUSH frames (JSON texts), in order, in one writev. */
+  write(payloads: (string | Buffer)[]): void;
+  /** Resolves when there is room again, or the connection closed. */
+  drained(): Promise<void>;
+}
+
 export interface Dispatcher {
   dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply>;
   closed(conn: Connection): void;
@@ -23,6 +35,13 @@ export interface Dispatcher {
 
 const MAX_QUEUED_REQUESTS = 256;
 const MAX_UNSENT_BYTES = 8 * 1024 * 1024;
+/**
+ * Pushed frames stop while this many bytes wait for the peer (above the socket's high-water mark, so
+ * that 'drain' follows): a client that does not read holds at most this much of its pushes in the kernel.
+ */
+const PUSH_HIGH_WATER = 1024 * 1024;
+/** A corked batch of replies is written out at this size (one writev each), not held to its end. */
+const CORK_FLUSH_BYTES = 64 * 1024;
 /** How long a connection that sent a bad frame has to answer what came before it; then it is destroyed. */
 const FATAL_GRACE_MS = 500;
 /** How often a half-closed connection with a call pending checks that its peer is still there. */
@@ -42,6 +61,8 @@ export class Connection {
   private fatal: { opcode: number; message: string } | null = null;
   private fatalTimer: NodeJS.Timeout | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
+  /** Bytes of replies written under the current pump's cork (-1: not corked). */
+  private corked = -1;
 
   constructor(
     readonly socket: net.Socket,
@@ -125,7 +146,25 @@ export class Connection {
     this.fatalTimer = this.probeTimer = null;
   }
 
+  /**
+   * Serves queued requests under one cork: the replies a batch produces synchronously leave in one
+   * writev instead of one write syscall each. A reply produced later (a parked RECV) is written by its
+   * own pump or send, so it is never held back waiting for others. Corked bytes count in
+   * writableLength, so the MAX_UNSENT_BYTES bound still applies.
+   */
   private pump(): void {
+    if (this.socket.destroyed) return this.serve();
+    this.socket.cork();
+    this.corked = 0;
+    try {
+      this.serve();
+    } finally {
+      this.corked = -1;
+      this.socket.uncork();
+    }
+  }
+
+  private serve(): void {
     while (
       !this.busy &&
       !this.closing &&
@@ -186,8 +225,44 @@ export class Connection {
 
   send(opcode: number, reply: Reply): void {
     if (this.closing || this.socket.destroyed) return;
-    this.socket.write(encodeFrame(this.principal.id, opcode, reply));
+    const frame = encodeFrame(this.principal.id, opcode, reply);
+    this.socket.write(frame);
+    // A long batch leaves in CORK_FLUSH_BYTES writes: the peer starts reading before the batch ends.
+    if (this.corked >= 0 && (this.corked += frame.length) >= CORK_FLUSH_BYTES) {
+      this.socket.uncork();
+      this.socket.cork();
+      this.corked = 0;
+    }
   }
+
+  /**
+   * The connection as a push target (HELLO `push`): unsolicited PUSH frames are written only while the
+   * bytes not yet taken by the peer stay under PUSH_HIGH_WATER, so a client that does not read stops
+   * delivery (what is not pushed stays in its mailbox) and replies keep their own room below
+   * MAX_UNSENT_BYTES.
+   */
+  readonly push: PushPort = {
+    signal: this.abort.signal,
+    room: () => !this.closing && !this.socket.destroyed && this.socket.writableLength < PUSH_HIGH_WATER,
+    write: (payloads) => {
+      if (this.closing || this.socket.destroyed) return;
+      this.socket.cork();
+      for (const p of payloads) this.socket.write(encodeFrame(this.principal.id, Op.PUSH, p));
+      this.socket.uncork();
+    },
+    drained: () =>
+      new Promise<void>((resolve) => {
+        if (this.closing || this.socket.destroyed || this.socket.writableLength < PUSH_HIGH_WATER)
+          return resolve();
+        const done = (): void => {
+          this.socket.off('drain', done);
+          this.abort.signal.removeEventListener('abort', done);
+          resolve();
+        };
+        this.socket.on('drain', done);
+        this.abort.signal.addEventListener('abort', done, { once: true });
+      }),
+  };
 
   /** Closes at once: parked waits are woken (and take nothing) before the socket reports its close. */
   close(): void {

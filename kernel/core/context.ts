@@ -14,6 +14,7 @@ import type { AuditLog } from '../audit/log.js';
 import type { QuotaService } from '../quotas/service.js';
 import type { AsyncCalls } from './async.js';
 import type { Principals, Principal } from './principals.js';
+import type { PushPort } from './connection.js';
 import type { Logger } from 'pino';
 
 export type { Principal };
@@ -79,6 +80,8 @@ export interface SyscallContext {
   ): Promise<void>;
   /** Runs `fn` once when the caller's connection closes (at once if it already has). */
   onClose(fn: () => void): void;
+  /** The caller's connection as a target of unsolicited PUSH frames (absent for calls without a socket). */
+  readonly push?: PushPort;
 }
 
 export type RawReply = Buffer | string;

@@ -6,7 +6,7 @@
  */
 import { Op, opInfo, opName, type Frame, type OpName } from '../../protocol/index.js';
 import { preset } from '../perms/permissions.js';
-import type { Connection, Reply } from './connection.js';
+import type { Connection, PushPort, Reply } from './connection.js';
 import type {
   Caller,
   FamilyFactory,
@@ -41,7 +41,10 @@ export const localRouter: Router = { route: () => 'local' };
  * What a call needs of where it came from: a connection, or the stand-in `dispatchAs` builds (who calls,
  * the signal that ends its blocking waits, the transport kind its handlers see).
  */
-type CallSite = Pick<Connection, 'principal' | 'transport'> & { abort: { readonly signal: AbortSignal } };
+type CallSite = Pick<Connection, 'principal' | 'transport'> & {
+  abort: { readonly signal: AbortSignal };
+  push?: PushPort;
+};
 
 interface Entry {
   name: OpName;
@@ -188,6 +191,7 @@ export class Dispatcher {
       services: this.services,
       transport: { kind: conn.transport },
       signal,
+      push: conn.push,
       async park(ready, wait, timeoutMs) {
         if (ready() || signal.aborted) return;
         liveness.parked(caller.id, 1);

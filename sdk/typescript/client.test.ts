@@ -50,6 +50,57 @@ describe('CloveClient', () => {
     c.close();
   });
 
+  it('tells pushes from replies by opcode: replies stay matched to their calls, pushes go to the iterators', async () => {
+    let pushes = 0;
+    const c = await CloveClient.connect({
+      transport: fakeTransport((chunk, reply) => {
+        const op = chunk.readUInt8(8);
+        // Before every reply, a pushed message and a pushed event.
+        reply(
+          encodeFrame(7, Op.PUSH, {
+            kind: 'message',
+            from: 1,
+            from_name: 'a',
+            message: pushes,
+            age_ms: 0,
+            seq: ++pushes,
+          }),
+        );
+        reply(
+          encodeFrame(7, Op.PUSH, {
+            kind: 'event',
+            type: 'CUSTOM',
+            data: { n: pushes },
+            source_agent_id: 1,
+            timestamp: 0,
+          }),
+        );
+        reply(
+          encodeFrame(
+            7,
+            op,
+            op === Op.HELLO
+              ? { success: true, agent_id: 7, push: { messages: true, events: false } }
+              : { success: true, n: pushes },
+          ),
+        );
+      }),
+    });
+    const msgs = c.messages()[Symbol.asyncIterator]();
+    const evs = c.events()[Symbol.asyncIterator]();
+    const m0 = await msgs.next(); // opts in (HELLO push), which itself came after one push of each
+    expect(m0.value).toMatchObject({ message: 0, seq: 1 });
+    expect(m0.value).not.toHaveProperty('kind');
+    expect((await c.call<{ n: number }>(Op.HEARTBEAT)).n).toBeGreaterThan(0);
+    expect((await msgs.next()).value?.seq).toBe(2); // pushed before HEARTBEAT's reply
+    expect((await evs.next()).value).toMatchObject({ type: 'CUSTOM', data: { n: 1 } });
+    c.close();
+    // After close, what was already received is still handed out, then the iteration ends.
+    let left = 0;
+    while (!(await msgs.next()).done) left++;
+    expect(left).toBe(1);
+  });
+
   it('times out a call that gets no reply and fails what was in flight', async () => {
     const c = await CloveClient.connect({
       transport: fakeTransport(() => {}),

@@ -49,6 +49,33 @@ export interface ClientOptions {
   maxPayload?: number;
 }
 
+/** Pushed items held for an iterator; past this many the connection stops being read until it takes some. */
+const PUSH_BUFFER = 4096;
+
+/** One kind of pushed item (messages or events): what arrived and the iterators waiting for it. */
+class PushQueue<T> {
+  items: T[] = [];
+  waiting: ((v: IteratorResult<T>) => void)[] = [];
+  ended = false;
+
+  put(v: T): void {
+    const w = this.waiting.shift();
+    if (w) w({ value: v, done: false });
+    else this.items.push(v);
+  }
+
+  next(): Promise<IteratorResult<T>> {
+    if (this.items.length) return Promise.resolve({ value: this.items.shift()!, done: false });
+    if (this.ended) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((r) => this.waiting.push(r));
+  }
+
+  end(): void {
+    this.ended = true;
+    for (const w of this.waiting.splice(0)) w({ value: undefined, done: true });
+  }
+}
+
 interface Pending {
   op: number;
   resolve: (v: Buffer) => void;
@@ -67,6 +94,9 @@ export class CloveClient {
   private readonly opts: Required<Omit<ClientOptions, 'socketPath' | 'transport'>>;
   /** The id the kernel gives this connection (learned from every reply header). */
   agentId = 0;
+  /** What this client asked to have pushed (HELLO `push`); asked again on a reconnect. */
+  private pushMode = { messages: false, events: false };
+  private pushed = { message: new PushQueue<T.PushedMessage>(), event: new PushQueue<T.PushedEvent>() };
 
   constructor(options: ClientOptions = {}) {
     this.transport =
@@ -105,6 +135,11 @@ export class CloveClient {
         const s = await this.transport();
         this.attach(s);
         this.everConnected = true;
+        // A new connection pushes nothing until asked: ask again first thing (its reply is not awaited).
+        if (this.pushMode.messages || this.pushMode.events) {
+          this.pending.push({ op: Op.HELLO, resolve: () => {}, reject: () => {} });
+          s.write(encodeFrame(0, Op.HELLO, { push: this.pushMode }));
+        }
         return s;
       } catch (e) {
         last = e as Error;
@@ -121,6 +156,11 @@ export class CloveClient {
       const { frames, error } = decoder.push(chunk);
       for (const f of frames) {
         this.agentId = f.agentId;
+        // Pushes have their own opcode and come between replies; replies keep the order of requests.
+        if (f.opcode === Op.PUSH) {
+          this.onPush(s, f.payload);
+          continue;
+        }
         const p = this.pending.shift();
         if (!p) continue;
         clearTimeout(p.timer);
@@ -130,6 +170,63 @@ export class CloveClient {
     });
     s.on('error', (e) => this.drop(s, new ConnectionClosedError(e.message)));
     s.on('close', () => this.drop(s, new ConnectionClosedError('connection to the kernel closed')));
+  }
+
+  private onPush(s: Duplex, payload: Buffer): void {
+    let item: { kind?: unknown };
+    try {
+      item = JSON.parse(payload.toString('utf8')) as { kind?: unknown };
+    } catch {
+      this.drop(s, new ProtocolError('pushed frame from kernel is not JSON'));
+      return;
+    }
+    const { kind, ...rest } = item;
+    if (kind === 'message') this.pushed.message.put(rest as T.PushedMessage);
+    else if (kind === 'event') this.pushed.event.put(rest as T.PushedEvent);
+    // Bounded: a consumer that falls behind stops the reading, and the kernel keeps the rest.
+    if (this.pushed.message.items.length + this.pushed.event.items.length >= PUSH_BUFFER) s.pause();
+  }
+
+  /** An iterator took an item: read again once the held pushes are under half the bound. */
+  private tookPush(): void {
+    const held = this.pushed.message.items.length + this.pushed.event.items.length;
+    if (this.sock && held < PUSH_BUFFER / 2 && this.sock.isPaused()) this.sock.resume();
+  }
+
+  /** Asks the kernel to push (or stop pushing) messages and/or events on this connection. */
+  async setPush(mode: { messages?: boolean; events?: boolean }): Promise<T.HelloReply> {
+    this.pushMode = { messages: mode.messages === true, events: mode.events === true };
+    return this.syscall('HELLO', { push: this.pushMode });
+  }
+
+  private async *iterate<K extends 'message' | 'event'>(
+    kind: K,
+  ): AsyncGenerator<K extends 'message' ? T.PushedMessage : T.PushedEvent> {
+    const key = kind === 'message' ? 'messages' : 'events';
+    if (!this.pushMode[key]) await this.setPush({ ...this.pushMode, [key]: true });
+    const q = this.pushed[kind];
+    for (;;) {
+      const r = await q.next();
+      if (r.done) return;
+      this.tookPush();
+      yield r.value as K extends 'message' ? T.PushedMessage : T.PushedEvent;
+    }
+  }
+
+  /**
+   * The caller's messages as the kernel pushes them (PUSH, opted in with HELLO on first use): `for await
+   * (const m of client.messages())`. Each message is taken out of the mailbox as RECV takes it (no
+   * lease). The iteration ends when the client is closed (after the items already received). Held
+   * pushes are bounded (PUSH_BUFFER): a consumer that falls behind stops the connection being read
+   * (replies wait too) until it catches up.
+   */
+  messages(): AsyncGenerator<T.PushedMessage> {
+    return this.iterate('message');
+  }
+
+  /** The events of the caller's subscriptions as the kernel pushes them (SUBSCRIBE chooses them). */
+  events(): AsyncGenerator<T.PushedEvent> {
+    return this.iterate('event');
   }
 
   private drop(s: Duplex, err: Error): void {
@@ -446,6 +543,8 @@ export class CloveClient {
     this.closed = true;
     const s = this.sock;
     if (s) this.drop(s, new ConnectionClosedError('client closed'));
+    this.pushed.message.end();
+    this.pushed.event.end();
   }
 }
 

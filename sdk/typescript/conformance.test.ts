@@ -48,6 +48,16 @@ const OPS: Record<string, Call> = {
   PAUSE: (c, a) => c.pause(a.name),
   RESUME: (c, a) => c.resume(a.name),
   SEND: (c, a) => c.send(a.to_name, a.message),
+  PUSH: async (c, a) => {
+    const it = c.messages() as AsyncGenerator<unknown> | Promise<unknown>;
+    if (it instanceof Promise) return it; // the mapping check's recording stand-in
+    const timeout = new Promise<never>((_r, j) =>
+      setTimeout(() => j(new Error('no message pushed in time')), a.timeout_ms ?? 10_000).unref(),
+    );
+    // A fresh iterator per step: the pushed items are queued on the client, not on the iterator.
+    const r = await Promise.race([it.next(), timeout]);
+    return { kind: 'message', ...(r.value as object) };
+  },
   RECV: (c, a) => c.recv({ max: a.max, timeoutMs: a.timeout_ms }),
   BROADCAST: (c, a) => c.broadcast(a.message, a.include_self ?? false),
   REGISTER: (c, a) => c.register(a.name),

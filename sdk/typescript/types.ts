@@ -2,7 +2,7 @@
  * Request and reply shapes of the syscalls: generated from the contract (protocol/families/*.json), so
  * the SDK and the kernel cannot disagree. A few names of earlier SDK versions are kept as aliases.
  */
-import type { Isolation, PollEventsReply } from '../../protocol/index.js';
+import type { Isolation, KernelEvent, Message, PollEventsReply } from '../../protocol/index.js';
 
 export type {
   AgentInfo,
@@ -33,3 +33,7 @@ export type {
 export type Target = number | string;
 export type PollReply = PollEventsReply;
 export type IsolationReport = Isolation;
+/** A message pushed by the kernel (PUSH, kind `message`): RECV's fields. */
+export type PushedMessage = Message;
+/** An event pushed by the kernel (PUSH, kind `event`): POLL_EVENTS' fields, and the drop count when any. */
+export type PushedEvent = KernelEvent & { dropped?: number };

@@ -1,14 +1,30 @@
 /** Core family: NOOP, HELLO, EXIT, HEARTBEAT. */
 import { PROTOCOL_VERSION } from '../../../protocol/index.js';
-import { defineFamily } from '../../core/family.js';
+import { defineFamily, pushMode, setPush } from '../../core/family.js';
 
 export default defineFamily(({ services }) => ({
   name: 'core',
   handlers: {
     NOOP: (_ctx, payload) => Buffer.from(payload),
-    HELLO: ({ caller }) => {
+    HELLO: ({ caller, push }, req) => {
       const k = services.kernel;
       if (caller.role === 'agent') services.agents.saidHello(caller.id);
+      // `push` (absent: unchanged) sets what this connection is sent unasked; a call without a socket has none.
+      if (req.push && push) {
+        setPush(
+          push,
+          caller.id,
+          { messages: req.push.messages === true, events: req.push.events === true },
+          {
+            mail: services.mail,
+            events: services.events,
+            maxBytes: k.maxReplyBytes,
+            received: (n) => {
+              services.principals.stats(caller.id).received += n;
+            },
+          },
+        );
+      }
       return {
         success: true,
         protocol_version: PROTOCOL_VERSION,
@@ -25,7 +41,9 @@ export default defineFamily(({ services }) => ({
           blocking_recv: true,
           heartbeat: true,
           max_payload: k.maxPayload,
+          push: true,
         },
+        push: pushMode(push),
         sandbox: k.sandbox,
         ...(caller.role === 'operator'
           ? { data_dir: k.dataDir, agent_socket: k.agentSocket }

@@ -75,6 +75,11 @@ export default defineFamily(({ services }) => {
         );
         return Buffer.from(`{"success":true,"messages":[${items.join(',')}],"count":${items.length}}`);
       },
+      PUSH: () => {
+        throw new InvalidRequestError(
+          'PUSH is sent by the kernel, never by a client: opt in to pushed messages and events with HELLO {"push": {"messages": true, "events": true}}',
+        );
+      },
       BROADCAST: ({ caller }, req) => {
         const message = encode(req.message);
         const name = mail.nameOf(caller.id);

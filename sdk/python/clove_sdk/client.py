@@ -42,6 +42,8 @@ __all__ = ["CloveClient", "AgentOSClient", "connect", "DEFAULT_SOCKET_PATH", "de
 _RECV_CHUNK = 65536
 # the longest single kernel-side wait one wait_message()/wait_event() step asks for
 _WAIT_STEP_S = 30.0
+# pushed items held for messages()/events(); past this the reader thread stops reading until some are taken
+_PUSH_BUFFER = 4096
 
 
 def default_socket_path() -> str:
@@ -107,6 +109,13 @@ class CloveClient:
         self.hello_info: dict | None = None
         #: the whole reply of the last kill()/pause()/resume() (they return a bool, as in the public SDK)
         self.last_reply: Any = None
+        # push delivery (HELLO push): what was asked, what arrived, and the optional reader thread
+        self._push_mode = {"messages": False, "events": False}
+        self._pushed: dict[str, deque] = {"message": deque(), "event": deque()}
+        self._callbacks: dict[str, Any] = {}
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._reader_error: Exception | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -144,6 +153,12 @@ class CloveClient:
             self._sock = sock
             self._decoder.reset()
             self._pending.clear()
+            self._reader_error = None
+            if self._push_mode["messages"] or self._push_mode["events"]:
+                # a new connection pushes nothing until asked: ask again, then read again if a callback wants it
+                self.call_json(SyscallOp.SYS_HELLO, {"push": dict(self._push_mode)})
+                if self._callbacks:
+                    self._start_reader()
 
     def disconnect(self) -> None:
         """Closes the connection (idempotent)."""
@@ -153,9 +168,18 @@ class CloveClient:
             self._decoder.reset()
             if sock is not None:
                 try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a reader thread blocked in recv
+                except OSError:
+                    pass
+                try:
                     sock.close()
                 except OSError:
                     pass
+        with self._cond:
+            self._cond.notify_all()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=5)
 
     close = disconnect
 
@@ -193,27 +217,86 @@ class CloveClient:
         with self._lock:
             return self._recv_frame(self.timeout)
 
+    def _route(self, frames: list[Frame]) -> None:
+        """Pushed frames (their own opcode, between replies) go to the push queues; replies, in order, to
+        ``_pending``."""
+        callbacks = []
+        with self._cond:
+            for f in frames:
+                self._agent_id = f.agent_id
+                if f.opcode != SyscallOp.SYS_PUSH:
+                    self._pending.append(f)
+                    continue
+                try:
+                    item = f.json()
+                except ValueError as e:
+                    raise ProtocolError("pushed frame from the kernel is not JSON") from e
+                kind = item.pop("kind", None) if isinstance(item, dict) else None
+                if kind not in self._pushed:
+                    continue
+                fn = self._callbacks.get(kind)
+                if fn is not None:
+                    callbacks.append((fn, item))
+                else:
+                    self._pushed[kind].append(item)
+            self._cond.notify_all()
+        for fn, item in callbacks:
+            fn(item)
+
     def _recv_frame(self, timeout: float | None) -> Frame:
+        if self._reader is not None:
+            return self._await_reply(timeout)
         if self._pending:
             return self._pending.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self._read_some(deadline)
+            except TimeoutError as e:
+                raise TimeoutError(f"no reply from the kernel within {timeout:g} s") from e
+            if self._pending:
+                return self._pending.popleft()
+
+    def _await_reply(self, timeout: float | None) -> Frame:
+        """With a reader thread, replies arrive through it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._pending:
+                if self._reader_error is not None or self._sock is None:
+                    raise ConnectionClosedError(f"connection to the kernel lost: {self._reader_error}")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._pending:
+                return self._pending.popleft()
+        self.disconnect()
+        raise TimeoutError(f"no reply from the kernel within {timeout:g} s")
+
+    def _read_some(self, deadline: float | None, *, idle_ok: bool = False) -> bool:
+        """Reads until at least one frame arrived (a reply or a push) and routes what came. At ``deadline``
+        (monotonic) it returns False when ``idle_ok`` (waiting for a push), else disconnects and raises."""
         sock = self._sock
         if sock is None:
             raise ConnectionClosedError("not connected")
-        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if idle_ok:
+                        return False
                     self.disconnect()
-                    raise TimeoutError(f"no reply from the kernel within {timeout:g} s")
+                    raise TimeoutError("no reply from the kernel in time")
                 sock.settimeout(left)
             else:
                 sock.settimeout(None)
             try:
                 chunk = sock.recv(_RECV_CHUNK)
             except socket.timeout as e:
+                if idle_ok:
+                    return False
                 self.disconnect()
-                raise TimeoutError(f"no reply from the kernel within {timeout:g} s") from e
+                raise TimeoutError("no reply from the kernel in time") from e
             except OSError as e:
                 self.disconnect()
                 raise ConnectionClosedError(f"connection to the kernel lost: {e}") from e
@@ -226,9 +309,8 @@ class CloveClient:
                 self.disconnect()
                 raise
             if frames:
-                self._agent_id = frames[-1].agent_id
-                self._pending.extend(frames[1:])
-                return frames[0]
+                self._route(frames)
+                return True
 
     def call(self, opcode: int, payload: bytes | str = b"", *, wait: float = 0.0) -> Frame:
         """Sends one request and returns its reply frame. ``wait`` is how long the kernel was asked to
@@ -268,6 +350,126 @@ class CloveClient:
     def _check(self, reply: Any, check: bool | None) -> None:
         if (self.strict if check is None else check) and _is_error(reply):
             raise kernel_error(reply)
+
+    # ------------------------------------------------------------------ push delivery
+
+    def set_push(self, messages: bool = False, events: bool = False, *, check: bool | None = None) -> dict:
+        """HELLO ``push`` (ext): the kernel sends this connection its messages and/or subscribed events as
+        they arrive (PUSH frames), taking them as RECV / POLL_EVENTS do (messages without a lease).
+        ``set_push()`` turns it off. Returns the HELLO reply (``push`` says what is on)."""
+        self._push_mode = {"messages": bool(messages), "events": bool(events)}
+        return self.call_json(SyscallOp.SYS_HELLO, {"push": dict(self._push_mode)}, check=check)
+
+    def _iterate(self, kind: str, timeout: float | None):
+        key = "messages" if kind == "message" else "events"
+        if not self._push_mode[key]:
+            self.set_push(**{**self._push_mode, key: True}, check=True)
+        queue = self._pushed[kind]
+        while True:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            item = None
+            with self._cond:
+                if queue:
+                    item = queue.popleft()
+                    self._cond.notify_all()  # a reader thread waiting for room reads again
+            if item is not None:
+                yield item
+                continue
+            if self._reader is not None:
+                with self._cond:
+                    while not queue and self._sock is not None and self._reader_error is None:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return
+                        self._cond.wait(left)
+                    if not queue:
+                        return
+                continue
+            with self._lock:
+                if queue:
+                    continue
+                if self._sock is None:
+                    return
+                if not self._read_some(deadline, idle_ok=True):
+                    return
+
+    def messages(self, timeout: float | None = None):
+        """A blocking iterator over the messages the kernel pushes (opts in on first use):
+        ``for m in client.messages(): …`` yields ``{from, from_name, message, age_ms, seq}`` in order.
+        ``timeout`` (seconds) ends the iteration after that long without a message; the iteration also
+        ends when the client is closed. Without a reader thread (:meth:`on_message`), the iterator reads
+        the socket itself, holding the client's lock while it waits."""
+        return self._iterate("message", timeout)
+
+    def events(self, timeout: float | None = None):
+        """A blocking iterator over the events of the caller's subscriptions, as the kernel pushes them
+        (``{type, data, source_agent_id, timestamp}``, and ``dropped`` when events were lost)."""
+        return self._iterate("event", timeout)
+
+    def on_message(self, fn) -> None:
+        """Calls ``fn(message)`` on a reader thread for each pushed message (opts in). Calls on this client
+        keep working from other threads: their replies come through the reader. ``fn`` runs on the
+        reader: while it runs nothing else is read (the kernel holds the rest), so keep it short, and do
+        not make calls on this client from it (their replies would wait for the reader)."""
+        self._subscribe_push("message", "messages", fn)
+
+    def on_event(self, fn) -> None:
+        """Calls ``fn(event)`` on the reader thread for each pushed event (see :meth:`on_message`)."""
+        self._subscribe_push("event", "events", fn)
+
+    def _subscribe_push(self, kind: str, key: str, fn) -> None:
+        with self._lock:
+            self._connect()
+            with self._cond:
+                self._callbacks[kind] = fn
+                # what arrived before the callback was set goes to it first
+                held = list(self._pushed[kind])
+                self._pushed[kind].clear()
+            for item in held:
+                fn(item)
+            if not self._push_mode[key]:
+                self.set_push(**{**self._push_mode, key: True}, check=True)
+            self._start_reader()
+
+    def _start_reader(self) -> None:
+        if self._reader is not None and self._reader.is_alive():
+            return
+        sock = self._sock
+        if sock is None:
+            return
+        sock.settimeout(None)
+        t = threading.Thread(target=self._read_loop, args=(sock,), name="clove-push-reader", daemon=True)
+        self._reader = t
+        t.start()
+
+    def _read_loop(self, sock: socket.socket) -> None:
+        """The reader thread: routes every frame (replies to the waiting callers, pushes to callbacks or
+        queues) until the connection ends. A queue at _PUSH_BUFFER stops the reading until it is taken from."""
+        try:
+            while True:
+                with self._cond:
+                    while (
+                        len(self._pushed["message"]) + len(self._pushed["event"]) >= _PUSH_BUFFER
+                        and self._sock is sock
+                    ):
+                        self._cond.wait()
+                if self._sock is not sock:
+                    return
+                chunk = sock.recv(_RECV_CHUNK)
+                if not chunk:
+                    raise ConnectionClosedError("the kernel closed the connection")
+                frames = self._decoder.feed(chunk)
+                if frames:
+                    self._route(frames)
+        except Exception as e:  # noqa: BLE001 - handed to the callers waiting for replies
+            with self._cond:
+                self._reader_error = e
+                self._cond.notify_all()
+        finally:
+            with self._cond:
+                if self._reader is threading.current_thread():
+                    self._reader = None
+                self._cond.notify_all()
 
     # ------------------------------------------------------------------ core
 

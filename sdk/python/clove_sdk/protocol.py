@@ -70,6 +70,7 @@ class SyscallOp(IntEnum):
     SYS_RECV = 0x21  # take messages (at most max, and no more bytes than the reply limit), optionally waiting in the kernel
     SYS_BROADCAST = 0x22  # a message to every named id
     SYS_REGISTER = 0x23  # bind a further name to the caller
+    SYS_PUSH = 0x24  # unsolicited: a message or an event pushed to a connection that opted in (HELLO push); a client never sends it
     SYS_STORE = 0x30  # write a key; global keys belong to whoever created them
     SYS_FETCH = 0x31  # read a key: without a scope, agent scope first, then global/session
     SYS_DELETE = 0x32  # delete a key the caller may delete
@@ -136,6 +137,7 @@ class SyscallOp(IntEnum):
     RECV = 0x21
     BROADCAST = 0x22
     REGISTER = 0x23
+    PUSH = 0x24
     STORE = 0x30
     FETCH = 0x31
     DELETE = 0x32
@@ -209,6 +211,7 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "RECV": ("ipc", "implemented", "recv_messages"),
     "BROADCAST": ("ipc", "implemented", "broadcast"),
     "REGISTER": ("ipc", "implemented", "register_name"),
+    "PUSH": ("ipc", "implemented", "messages"),
     "STORE": ("state", "implemented", "store"),
     "FETCH": ("state", "implemented", "fetch"),
     "DELETE": ("state", "implemented", "delete_key"),

@@ -1,0 +1,162 @@
+/**
+ * Push delivery (HELLO `push`, PUSH 0x24) against a real kernel: opted-in clients get messages and events
+ * without RECV, in order, exactly once; other clients never see an unsolicited frame; a client that does
+ * not read pauses delivery and the rest stays in its mailbox.
+ */
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startKernel, until, type TestKernel } from '../../harness/kernel.js';
+import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
+import type { CloveClient, PushedMessage } from '../../sdk/typescript/client.js';
+import type { PostOffice } from './mailboxes.js';
+
+let tk: TestKernel | undefined;
+afterEach(async () => {
+  await tk?.stop();
+  tk = undefined;
+});
+
+/** A client on a bare socket: every frame it receives is kept, in order. */
+async function rawClient(socketPath: string) {
+  const s = net.connect(socketPath);
+  await new Promise((r, j) => s.once('connect', r).once('error', j));
+  const dec = new FrameDecoder(1 << 30);
+  const frames: Frame[] = [];
+  s.on('data', (c: Buffer) => frames.push(...dec.push(c).frames));
+  let replies = 0;
+  const call = async (op: number, payload: unknown): Promise<Record<string, unknown>> => {
+    const want = ++replies;
+    s.write(encodeFrame(0, op, payload));
+    const f = await until(() => frames.filter((x) => x.opcode !== Op.PUSH)[want - 1], 20_000, 'a reply');
+    return JSON.parse(f.payload.toString()) as Record<string, unknown>;
+  };
+  return { s, frames, call };
+}
+
+const post = (k: TestKernel): PostOffice => (k.kernel as unknown as { post: PostOffice }).post;
+
+async function take<T>(it: AsyncIterator<T>, n: number): Promise<T[]> {
+  const out: T[] = [];
+  while (out.length < n) {
+    const r = await it.next();
+    if (r.done) break;
+    out.push(r.value);
+  }
+  return out;
+}
+
+describe('push delivery', () => {
+  it('pushes messages to an opted-in client in order, taking them from the mailbox exactly once', async () => {
+    tk = await startKernel();
+    const a = await tk.client();
+    const b: CloveClient = await tk.client();
+    const bId = (await b.hello()).agent_id;
+    const it = b.messages()[Symbol.asyncIterator]();
+    const first = it.next(); // opts in
+    await until(async () => (await b.hello()).push?.messages, 10_000, 'push on');
+    for (let i = 0; i < 200; i++) await a.send(bId, { i });
+    const got = [await first, ...(await take(it, 199)).map((value) => ({ value, done: false }))];
+    const msgs = got.map((r) => r.value as PushedMessage);
+    expect(msgs.map((m) => (m.message as { i: number }).i)).toEqual([...Array(200).keys()]);
+    expect(msgs.every((m, i) => m.seq > (msgs[i - 1]?.seq ?? 0) && !('kind' in m))).toBe(true);
+    expect(msgs[0].from).toBe(a.agentId);
+    // Taken, not copied: nothing is left for RECV.
+    expect(post(tk).size(bId)).toBe(0);
+    expect((await b.recv({ max: 10 })).count).toBe(0);
+  });
+
+  it('never sends an unsolicited frame to a client that did not opt in; RECV works as before', async () => {
+    tk = await startKernel();
+    const a = await tk.client();
+    const r = await rawClient(tk.socketPath);
+    const hello = await r.call(Op.HELLO, {});
+    expect(hello.push).toEqual({ messages: false, events: false });
+    expect((hello.features as { push: boolean }).push).toBe(true);
+    await r.call(Op.SUBSCRIBE, { event_types: ['CUSTOM'] });
+    for (let i = 0; i < 20; i++) await a.send(hello.agent_id as number, { i });
+    await a.emit('CUSTOM', { x: 1 });
+    const recv = await r.call(Op.RECV, { max: 100 });
+    expect(recv.count).toBe(20);
+    const ev = await r.call(Op.POLL_EVENTS, { max: 10 });
+    expect(ev.count).toBe(1);
+    expect(r.frames.map((f) => f.opcode)).toEqual([Op.HELLO, Op.SUBSCRIBE, Op.RECV, Op.POLL_EVENTS]);
+    // A client that sends PUSH is told what it is for.
+    // (Its reply carries the PUSH opcode: this client opted in to nothing, so it is the only one.)
+    r.s.write(encodeFrame(0, Op.PUSH, {}));
+    const f = await until(() => r.frames[4], 20_000, 'the reply to PUSH');
+    const refused = JSON.parse(f.payload.toString()) as Record<string, unknown>;
+    expect(refused).toMatchObject({ success: false, code: 'invalid_request' });
+    expect(String(refused.error)).toMatch(/HELLO/);
+    r.s.destroy();
+  });
+
+  it('pushes subscribed events, and stops pushing when HELLO turns push off', async () => {
+    tk = await startKernel();
+    const a = await tk.client();
+    const b = await tk.client();
+    const bId = (await b.hello()).agent_id;
+    await b.subscribe(['CUSTOM']);
+    const it = b.events()[Symbol.asyncIterator]();
+    const first = it.next();
+    await until(async () => (await b.hello()).push?.events, 10_000, 'push on');
+    for (let i = 0; i < 5; i++) await a.emit('CUSTOM', { i });
+    const evs = [(await first).value!, ...(await take(it, 4))];
+    expect(evs.map((e) => e.data.i)).toEqual([0, 1, 2, 3, 4]);
+    expect(evs[0]).toMatchObject({ type: 'CUSTOM', source_agent_id: a.agentId });
+    // Off: messages stay in the mailbox for RECV.
+    expect((await b.setPush({})).push).toEqual({ messages: false, events: false });
+    await a.send(bId, 'kept');
+    expect((await b.recv({ max: 10 })).messages.map((m) => m.message)).toEqual(['kept']);
+  });
+
+  it('an SDK iterator that is not consumed holds a bounded number of pushes; the rest waits in the kernel', async () => {
+    const N = 10_000;
+    tk = await startKernel({ mailboxSize: 2 * N });
+    const a = await tk.client();
+    const b = await tk.client();
+    const bId = (await b.hello()).agent_id;
+    const it = b.messages()[Symbol.asyncIterator]();
+    const first = it.next();
+    await until(
+      async () => (await post(tk!).size(bId)) === 0 && (await b.hello()).push?.messages,
+      10_000,
+      'push on',
+    );
+    for (let i = 0; i < N; i += 500)
+      await Promise.all(Array.from({ length: 500 }, (_, j) => a.send(bId, { i: i + j })));
+    // The client stops reading at 4,096 held pushes (plus the rest of the chunk it was reading); the
+    // kernel then stops at its push window.
+    const held = (b as unknown as { pushed: { message: { items: unknown[] } } }).pushed.message.items.length;
+    expect(held).toBeLessThanOrEqual(4096 + 2000);
+    expect(post(tk).size(bId)).toBeGreaterThan(0);
+    const all = [(await first).value!, ...(await take(it, N - 1))];
+    expect(all.map((m) => (m.message as { i: number }).i)).toEqual([...Array(N).keys()]);
+    expect(post(tk).size(bId)).toBe(0);
+  }, 120_000);
+
+  it('a client that does not read pauses delivery: the rest stays in its mailbox, budgets hold', async () => {
+    const N = 10_000;
+    tk = await startKernel({ mailboxSize: 2 * N, budgets: { mailbox_bytes: 64 << 20 } });
+    const a = await tk.client();
+    const r = await rawClient(tk.socketPath);
+    const hello = await r.call(Op.HELLO, { push: { messages: true } });
+    const id = hello.agent_id as number;
+    r.s.pause(); // reads nothing from now on
+    const body = 'x'.repeat(1024);
+    for (let i = 0; i < N; i += 500)
+      await Promise.all(Array.from({ length: 500 }, (_, j) => a.send(id, { i: i + j, body })));
+    // At most what fits the push window (1 MiB) and the socket buffers left the mailbox.
+    const held = post(tk).size(id);
+    expect(held).toBeGreaterThan(N - 3000);
+    expect(post(tk).bytes(id)).toBeLessThanOrEqual(64 << 20);
+    // Reading again: everything arrives, in order, once.
+    r.s.resume();
+    await until(() => r.frames.filter((f) => f.opcode === Op.PUSH).length >= N, 60_000, 'all pushes');
+    const is = r.frames
+      .filter((f) => f.opcode === Op.PUSH)
+      .map((f) => (JSON.parse(f.payload.toString()) as { message: { i: number } }).message.i);
+    expect(is).toEqual([...Array(N).keys()]);
+    expect(post(tk).size(id)).toBe(0);
+    r.s.destroy();
+  }, 120_000);
+});

@@ -1,0 +1,137 @@
+/**
+ * Push delivery (HELLO `push`): for a connection that opted in, a loop takes the caller's messages out
+ * of its mailbox (as RECV takes them: removed, so never delivered twice) and its subscribed events out
+ * of its event queue (as POLL_EVENTS does), and writes each as one PUSH frame. It writes only while the
+ * connection has room (PushPort.room): a client that does not read pauses delivery, and what is not
+ * pushed stays in the mailbox under its budgets. Pushed messages are taken without a lease: once a
+ * message is handed to the socket it is delivered (a client that needs redelivery after a crash uses
+ * RECV with `lease`). The pusher is a holder of its own, so it never acknowledges a RECV's lease.
+ */
+import type { PushPort } from '../core/connection.js';
+import type { EventBus } from '../events/bus.js';
+import type { PostOffice } from './mailboxes.js';
+
+/** Items taken per turn: small enough that a flood of messages does not hold the event loop. */
+const BATCH = 64;
+/** A parked pusher re-checks this often even without a wake-up (a wake-up is the normal path). */
+const IDLE_MS = 60_000;
+
+export interface PushMode {
+  messages: boolean;
+  events: boolean;
+}
+
+interface Sources {
+  mail: PostOffice;
+  events: EventBus;
+  /** The most bytes one turn takes (the kernel's reply limit). */
+  maxBytes: number;
+  /** Counts messages as received (the caller's stats), as RECV does. */
+  received(n: number): void;
+}
+
+class Pusher {
+  mode: PushMode = { messages: false, events: false };
+  private running = false;
+  /** Ends the current idle wait when the mode changes. */
+  private nudge = new AbortController();
+
+  constructor(
+    private readonly port: PushPort,
+    private readonly id: number,
+    private readonly src: Sources,
+  ) {}
+
+  set(mode: PushMode): void {
+    this.mode = mode;
+    this.nudge.abort();
+    if (!this.running && (mode.messages || mode.events)) {
+      this.running = true;
+      // After the current call's reply: HELLO's reply leaves before the first push.
+      setImmediate(() => {
+        this.run().finally(() => {
+          this.running = false;
+        });
+      });
+    }
+  }
+
+  private active(): boolean {
+    return !this.port.signal.aborted && (this.mode.messages || this.mode.events);
+  }
+
+  private async run(): Promise<void> {
+    const { mail, events } = this.src;
+    while (this.active()) {
+      if (!this.port.room()) {
+        await this.port.drained();
+        continue;
+      }
+      const out: string[] = [];
+      if (this.mode.messages) {
+        const now = Date.now();
+        const ms = mail.take(this.id, BATCH, this, false, this.src.maxBytes);
+        for (const m of ms)
+          out.push(
+            `{"kind":"message","from":${m.from},"from_name":${JSON.stringify(m.from_name)},"message":${m.json},"age_ms":${now - m.sentAt},"seq":${m.seq}}`,
+          );
+        if (ms.length) this.src.received(ms.length);
+      }
+      if (this.mode.events) {
+        const { events: list, dropped } = events.poll(this.id, BATCH, this.src.maxBytes);
+        list.forEach((e, i) =>
+          out.push(
+            // An event's JSON text is an object: `kind` (and the drop count, once) go in front.
+            `{"kind":"event",${i === 0 && dropped > 0 ? `"dropped":${dropped},` : ''}${e.json.slice(1)}`,
+          ),
+        );
+      }
+      if (out.length) {
+        this.port.write(out);
+        // Let other connections run between turns.
+        await new Promise<void>((r) => setImmediate(r));
+        continue;
+      }
+      await this.idle();
+    }
+  }
+
+  /** Sleeps until a message or an event arrives for the id, the mode changes, or the connection closes. */
+  private async idle(): Promise<void> {
+    if (this.nudge.signal.aborted) this.nudge = new AbortController();
+    const stop = new AbortController();
+    const end = (): void => stop.abort();
+    this.port.signal.addEventListener('abort', end, { once: true });
+    this.nudge.signal.addEventListener('abort', end, { once: true });
+    const waits: Promise<unknown>[] = [];
+    if (this.mode.messages) waits.push(this.src.mail.wait(this.id, IDLE_MS, stop.signal));
+    if (this.mode.events) waits.push(this.src.events.wait(this.id, IDLE_MS, stop.signal));
+    try {
+      await Promise.race(waits);
+    } finally {
+      stop.abort();
+      this.port.signal.removeEventListener('abort', end);
+      this.nudge.signal.removeEventListener('abort', end);
+    }
+  }
+}
+
+const pushers = new WeakMap<PushPort, Pusher>();
+
+/** Sets what `port` (the caller's connection, id `id`) has pushed to it; returns the mode now in force. */
+export function setPush(port: PushPort, id: number, mode: PushMode, src: Sources): PushMode {
+  let p = pushers.get(port);
+  if (!p) {
+    if (!mode.messages && !mode.events) return mode;
+    p = new Pusher(port, id, src);
+    pushers.set(port, p);
+  }
+  p.set(mode);
+  return mode;
+}
+
+/** What `port` has pushed to it now. */
+export function pushMode(port: PushPort | undefined): PushMode {
+  const m = port && pushers.get(port)?.mode;
+  return m ? { ...m } : { messages: false, events: false };
+}
