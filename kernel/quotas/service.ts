@@ -229,9 +229,13 @@ export class QuotaService {
     this.evaluate(a, [name]);
   }
 
-  /** Every period: CPU and memory of every running agent, wall time, and what crossed. */
+  /**
+   * Every period: CPU and memory of the agents that have a measured quota (their own or their service's),
+   * wall time, and what crossed. Agents without one are read only when their usage is asked for
+   * (GET_QUOTA, the metrics replies): an idle kernel with thousands of agents reads no cgroup file.
+   */
   private sampleAll(): void {
-    const agents = this.o.agents.list();
+    const agents = this.o.agents.list().filter((a) => this.watched(a));
     const cpu: [string, number][] = [];
     for (const a of agents) {
       try {
@@ -242,6 +246,35 @@ export class QuotaService {
       }
     }
     // One commit for the round, before anything is enforced (the audit log writes to the same file).
+    this.persistCpu(cpu);
+    for (const a of agents) this.evaluate(a, QUOTA_NAMES);
+  }
+
+  /** Whether `a` or its service has a measured quota (memory, cpu_time, wall_time): the sampler reads it. */
+  private watched(a: AgentRecord): boolean {
+    return this.scopesOf(a).some(({ scope }) => {
+      const l = this.limits.get(scope);
+      return l !== undefined && [...MEASURED].some((n) => l.has(n));
+    });
+  }
+
+  /** Brings an agent the sampler skips up to date before its usage is shown. */
+  private refresh(agents: AgentRecord[]): void {
+    const cpu: [string, number][] = [];
+    for (const a of agents) {
+      if (this.watched(a)) continue;
+      try {
+        const ms = this.sampleOne(a);
+        if (ms !== undefined) cpu.push([a.def.identity, ms]);
+      } catch {
+        // shown as last read
+      }
+    }
+    this.persistCpu(cpu);
+  }
+
+  private persistCpu(cpu: [string, number][]): void {
+    if (!cpu.length) return;
     try {
       this.db.transaction(() => {
         for (const [identity, ms] of cpu) this.stmts.setUsed.run(identity, 'cpu_time', ms);
@@ -249,7 +282,6 @@ export class QuotaService {
     } catch (e) {
       this.o.log.warn({ err: (e as Error).message }, 'cannot persist quota usage');
     }
-    for (const a of agents) this.evaluate(a, QUOTA_NAMES);
   }
 
   /**
@@ -418,6 +450,7 @@ export class QuotaService {
   agentQuotas(a: AgentRecord): AgentQuotas {
     const id = a.def.identity;
     const service = serviceOf(a);
+    this.refresh(service ? this.agentsOf(service) : [a]);
     const out: AgentQuotas = {
       agent_id: a.def.id,
       name: a.def.name,
@@ -433,6 +466,7 @@ export class QuotaService {
 
   /** GET_QUOTA for a service. */
   serviceQuotas(service: ServiceRef): ServiceQuotas {
+    this.refresh(this.agentsOf(service));
     return {
       service,
       quotas: this.states(`s:${serviceKey(service)}`, (n) => this.serviceUsed(service, n)),
@@ -454,6 +488,7 @@ export class QuotaService {
 
   /** An agent's quotas as the metrics replies show them: every quota's usage, its limit when it has one. */
   metricsFor(a: AgentRecord): AgentQuotaMetrics {
+    this.refresh([a]);
     const limits = this.limits.get(`a:${a.def.identity}`);
     const out: Record<string, QuotaMeter> = {};
     for (const n of QUOTA_NAMES) {
