@@ -5,6 +5,7 @@
  * 12's scale, goal ≤ 2 % of one core).
  *
  *   npm run build && node dist/bench/cpu.js [--quick] [--agents 1000] [--window 30] [--agent c|python] [--sandboxed-agents 1000]
+ *       [--sandboxes off,auto]
  */
 import { Fleet, type AgentKind } from './lib/fleet.js';
 import { profileKernelIfAsked } from './lib/child.js';
@@ -16,10 +17,12 @@ import { barSpec, mdTable, parseFlags, writeChart, writeJson, writeText, envelop
 const flags = parseFlags();
 const QUICK = flags.quick;
 const AGENTS = Number(flags.get('agents') ?? (QUICK ? 200 : 1000));
+/** `--sandboxes auto` measures the sandboxed kernel alone (at 10,000 agents each kernel takes minutes). */
+const SANDBOXES = (flags.get('sandboxes') ?? 'off,auto').split(',');
 const CONFIGS = [
   { sandbox: 'off', agents: AGENTS },
   { sandbox: 'auto', agents: Number(flags.get('sandboxed-agents') ?? AGENTS) },
-];
+].filter((c) => SANDBOXES.includes(c.sandbox));
 const WINDOW_S = Number(flags.get('window') ?? (QUICK ? 10 : 30));
 const AGENT = (flags.get('agent') ?? 'c') as AgentKind;
 const SETTLE_MS = QUICK ? 3000 : 5000;

@@ -252,11 +252,21 @@ void EnsureReaper(Napi::Env env) {
   r->wr.Reset(fds[1]);
   // Room for many exits at once (a full pipe only makes inits wait); best effort.
   fcntl(fds[0], F_SETPIPE_SZ, 1 << 20);
-  int rc = fcntl(fds[0], F_SETFL, O_NONBLOCK) == 0 ? 0 : -errno;
-  if (rc == 0) rc = uv_signal_init(loop, &r->signal);
-  if (rc == 0) rc = uv_signal_start(&r->signal, [](uv_signal_t*, int) { ReapAll(); }, SIGCHLD);
+  if (fcntl(fds[0], F_SETFL, O_NONBLOCK) != 0) {
+    int err = errno;
+    delete r;
+    throw SysError(env, "fcntl(exit pipe, O_NONBLOCK)", err);
+  }
+  int rc = uv_signal_init(loop, &r->signal);
   if (rc != 0) {
-    delete r;  // nothing was spawned with it; the handles are not started
+    delete r;
+    throw SysError(env, "uv_signal_init", -rc);
+  }
+  rc = uv_signal_start(&r->signal, [](uv_signal_t*, int) { ReapAll(); }, SIGCHLD);
+  if (rc != 0) {
+    // Nothing was spawned with it; the initialised handle is closed, and `r` freed, by the loop.
+    r->signal.data = r;
+    uv_close(reinterpret_cast<uv_handle_t*>(&r->signal), [](uv_handle_t* h) { delete static_cast<Reaper*>(h->data); });
     throw SysError(env, "uv_signal_start(SIGCHLD)", -rc);
   }
   uv_unref(reinterpret_cast<uv_handle_t*>(&r->signal));
