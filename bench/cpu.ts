@@ -1,9 +1,11 @@
 /**
  * Kernel CPU with idle agents: utime+stime of the kernel process (/proc/<pid>/stat) over a window of
  * WINDOW seconds with 0 agents and then with N idle agents, as a percentage of one core; for a kernel
- * with `--sandbox off` and one with the default `--sandbox auto`, 1,000 agents each.
+ * with `--sandbox off` and one with the default `--sandbox auto`, 1,000 agents each (`--agents 10000`: issue
+ * 12's scale, goal ≤ 2 % of one core).
  *
  *   npm run build && node dist/bench/cpu.js [--quick] [--agents 1000] [--window 30] [--agent c|python] [--sandboxed-agents 1000]
+ *       [--sandboxes off,auto]
  */
 import { Fleet, type AgentKind } from './lib/fleet.js';
 import { profileKernelIfAsked } from './lib/child.js';
@@ -15,14 +17,17 @@ import { barSpec, mdTable, parseFlags, writeChart, writeJson, writeText, envelop
 const flags = parseFlags();
 const QUICK = flags.quick;
 const AGENTS = Number(flags.get('agents') ?? (QUICK ? 200 : 1000));
+/** `--sandboxes auto` measures the sandboxed kernel alone (at 10,000 agents each kernel takes minutes). */
+const SANDBOXES = (flags.get('sandboxes') ?? 'off,auto').split(',');
 const CONFIGS = [
   { sandbox: 'off', agents: AGENTS },
   { sandbox: 'auto', agents: Number(flags.get('sandboxed-agents') ?? AGENTS) },
-];
+].filter((c) => SANDBOXES.includes(c.sandbox));
 const WINDOW_S = Number(flags.get('window') ?? (QUICK ? 10 : 30));
 const AGENT = (flags.get('agent') ?? 'c') as AgentKind;
 const SETTLE_MS = QUICK ? 3000 : 5000;
-const GOAL_PCT = 1;
+/** Issue 12's goal with 10,000 idle agents; the earlier one (≤ 1 %) with 1,000. */
+const GOAL_PCT = Math.max(...CONFIGS.map((c) => c.agents)) >= 10_000 ? 2 : 1;
 
 interface Window {
   agents: number;

@@ -16,6 +16,7 @@ import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
 import { Principals } from './core/principals.js';
+import { describeNofile, raiseNofileLimit } from './core/rlimits.js';
 import { claimSocketPath, Server, UnixTransport } from './core/server.js';
 import { EventBus } from './events/bus.js';
 import { PostOffice, QueuedBytes } from './ipc/mailboxes.js';
@@ -23,6 +24,7 @@ import { MetricsService } from './metrics/service.js';
 import { agentCgroupMetrics } from './metrics/cgroup.js';
 import { processMetrics } from './metrics/process.js';
 import { QuotaService } from './quotas/service.js';
+import { loadNative, nativeAvailable } from './sandbox/native.js';
 import { loadSandbox, type SandboxRuntime } from './sandbox/runtime.js';
 import { StateStore } from './state/store.js';
 import { AgentLogs } from './supervisor/logs.js';
@@ -148,6 +150,8 @@ export class Kernel {
 
   async start(): Promise<void> {
     const o = this.opts;
+    // Before the first socket: descriptors must not be what stops the kernel short of its agents.
+    const nofile = nativeAvailable() ? raiseNofileLimit((s, h) => loadNative().setNofile(s, h)) : null;
     fs.mkdirSync(o.dataDir, { recursive: true, mode: 0o711 });
     fs.mkdirSync(path.join(o.dataDir, 'work'), { recursive: true, mode: 0o711 });
     fs.mkdirSync(path.dirname(this.agentSocketPath), { recursive: true, mode: 0o711 });
@@ -271,6 +275,8 @@ export class Kernel {
       },
       'clove kernel ready',
     );
+    const fds = describeNofile(nofile, o.operatorReserveFds);
+    this.log[fds.level](fds.fields, fds.msg);
     // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
     await this.agents.restore();
   }

@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "clove_native",
-      "sources": ["src/addon.cc", "src/errors.cc", "src/peercred.cc", "src/spawn.cc", "src/child.cc", "src/netns.cc", "src/userns.cc", "src/clone3.cc", "src/files.cc", "src/seccomp.cc", "src/enter.cc"],
+      "sources": ["src/addon.cc", "src/errors.cc", "src/peercred.cc", "src/spawn.cc", "src/child.cc", "src/netns.cc", "src/userns.cc", "src/clone3.cc", "src/files.cc", "src/seccomp.cc", "src/enter.cc", "src/rlimit.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],
       "cflags!": ["-fno-exceptions"],

@@ -247,6 +247,11 @@ export type NativeResolvedPath =
 export interface CloveNative {
   /** getsockopt(SO_PEERCRED) on a connected Unix socket. */
   peerCred(fd: number): PeerCred;
+  /**
+   * setrlimit(RLIMIT_NOFILE, {soft, hard}) of this process (SysError EPERM when raising the hard limit
+   * without CAP_SYS_RESOURCE or above fs.nr_open).
+   */
+  setNofile(soft: number, hard: number): void;
   /** An fd (O_CLOEXEC) to a new empty network namespace; the caller owns it. */
   createEmptyNetns(): number;
   /**

@@ -263,12 +263,16 @@ const FD_NEAR_MARGIN = 256;
 
 /**
  * The process's file descriptors, so that agents cannot take the last ones an operator needs to
- * connect and kill them. The soft RLIMIT_NOFILE is read once; the descriptors in use are counted in
+ * connect and kill them. The soft RLIMIT_NOFILE is remembered (kernel/core/rlimits.ts); the descriptors in use are counted in
  * /proc/self/fd now and then, and estimated in between from the sockets accepted and closed since (the
  * part that moves fast), so that an accept costs nothing unless the kernel is near its limit.
  */
 class FdGauge {
-  readonly limit = nofileLimit('soft');
+  /** The soft RLIMIT_NOFILE as it is now (the kernel raises it at start: kernel/core/rlimits.ts). */
+  get limit(): number {
+    return nofileLimit('soft');
+  }
+
   private sockets = 0;
   private base = { fds: 0, sockets: 0, at: Number.NEGATIVE_INFINITY };
   private warnedAt = Number.NEGATIVE_INFINITY;

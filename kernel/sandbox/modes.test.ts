@@ -78,7 +78,8 @@ run('NativeSpawner degraded modes', () => {
       expect(a.isolation.namespaces).toMatchObject({ pid: false, net: false, mnt: false, uts: false });
       expect(a.isolation.cgroups.memory_limit).toBe(true);
       expect(a.isolation.degraded_reason).toMatch(/plain/);
-      await sleep(100);
+      // sh and its two sleeps, once sh has forked them (wait for it: the machine may be busy)
+      for (let i = 0; i < 200 && a.cgroup!.procs().length < 3; i++) await sleep(50);
       const procs = a.cgroup!.procs();
       expect(procs.length).toBe(3);
       expect(sp.ownerOf(procs[2])).toBe(sp.ownerOf(a.pid));

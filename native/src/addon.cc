@@ -11,6 +11,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   clove::InitUserns(env, exports);
   clove::InitFiles(env, exports);
   clove::InitEnter(env, exports);
+  clove::InitRlimit(env, exports);
   return exports;
 }
 

@@ -251,12 +251,16 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
   int out = Lift(p.stdoutFd, statusFd, "fcntl(logFd, F_DUPFD)");
   int in = Lift(devnull, statusFd, "fcntl(/dev/null, F_DUPFD)");
   int st = Lift(statusFd, statusFd, "fcntl(status, F_DUPFD)");
+  const bool exitPipe = !p.initPath.empty() && p.exitFd >= 0;
+  int ex = exitPipe ? Lift(p.exitFd, statusFd, "fcntl(exit pipe, F_DUPFD)") : -1;
   statusFd = st;
   if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 || dup2(st, 3) < 0) Fail(statusFd, "dup2", errno);
   statusFd = 3;
-  // No kernel fd may reach the agent: everything past stdio+status goes now, status goes at exec
-  // (clove-init keeps it, a directly exec'd agent closes it, which tells the parent exec succeeded).
-  if (syscall(SYS_close_range, 4U, ~0U, 0U) != 0) Fail(statusFd, "close_range", errno);
+  if (exitPipe && dup2(ex, 4) < 0) Fail(statusFd, "dup2(exit pipe)", errno);
+  // No kernel fd may reach the agent: everything past stdio+status (+ clove-init's exit pipe) goes now,
+  // status goes at exec (clove-init keeps it until the agent runs, a directly exec'd agent closes it,
+  // which tells the parent exec succeeded); clove-init marks the exit pipe close-on-exec for the agent.
+  if (syscall(SYS_close_range, exitPipe ? 5U : 4U, ~0U, 0U) != 0) Fail(statusFd, "close_range", errno);
   if (p.initPath.empty() && fcntl(3, F_SETFD, FD_CLOEXEC) != 0) Fail(statusFd, "fcntl(status, FD_CLOEXEC)", errno);
   // Limits only now: the kernel may hold more fds than RLIMIT_NOFILE allows, and moving ours out of
   // the way above them (F_DUPFD) must not fail with EMFILE.
@@ -267,11 +271,12 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
   DropPrivileges(p, statusFd);
 
   if (!p.initPath.empty()) {
-    // clove-init [--seccomp] <agent file> <agent argv...>
-    const char* initArgv[p.argvPtrs.size() + 3];
+    // clove-init [--seccomp] [--exit-token=<n>] <agent file> <agent argv...>
+    const char* initArgv[p.argvPtrs.size() + 4];
     size_t k = 0;
     initArgv[k++] = "clove-init";
     if (p.seccomp) initArgv[k++] = "--seccomp";
+    if (exitPipe) initArgv[k++] = p.exitTokenArg.c_str();
     initArgv[k++] = p.file.c_str();
     for (size_t i = 0; i < p.argvPtrs.size(); i++) initArgv[k + i] = p.argvPtrs[i];
     execve(p.initPath.c_str(), (char* const*)initArgv, p.envpPtrs.data());

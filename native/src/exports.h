@@ -9,4 +9,5 @@ void InitNetns(Napi::Env env, Napi::Object exports);
 void InitUserns(Napi::Env env, Napi::Object exports);
 void InitFiles(Napi::Env env, Napi::Object exports);
 void InitEnter(Napi::Env env, Napi::Object exports);
+void InitRlimit(Napi::Env env, Napi::Object exports);
 }  // namespace clove

@@ -6,15 +6,21 @@
 // before exec'ing us), forks the agent, forwards catchable signals to every process of the namespace
 // and reports the agent's exit status on fd 3 before exiting, which tears the namespace down.
 //
-// Usage (exec'd by the addon, never by hand): clove-init [--seccomp] <agent file> <agent argv...>
+// Usage (exec'd by the addon, never by hand): clove-init [--seccomp] [--exit-token=<n>] <agent file> <agent argv...>
 // fd 3 = status pipe to the kernel (records of native/src/plan.h). The agent file is an absolute path,
 // so options (before it) cannot be mistaken for it.
+//
+// --exit-token=<n>: fd 4 is the kernel's exit pipe, shared by every agent (the kernel keeps no fd per
+// agent, native/src/spawn.cc): fd 3 is closed once the agent runs, and the agent's exit status goes on
+// fd 4 as a kRecordExited whose err is <n>.
 //
 // --seccomp: install the agents' seccomp filter (seccomp.h) before forking the agent. clove-init itself
 // runs under it too: nothing it does (signals, fork, exec, wait, write) is denied.
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -25,9 +31,9 @@
 
 using clove::Record;
 
-static void Send(const Record& r) {
+static void Send(const Record& r, int fd = 3) {
   ssize_t n;
-  do n = write(3, &r, sizeof(r)); while (n < 0 && errno == EINTR);
+  do n = write(fd, &r, sizeof(r)); while (n < 0 && errno == EINTR);
 }
 
 static void SendError(const char* what, int err) {
@@ -43,20 +49,29 @@ static void Noop(int) {}
 // The agent's file and argv, in static storage: locals live across vfork() may be clobbered.
 static char* agentFile;
 static char** agentArgv;
+// --exit-token, or -1 (static for the same reason).
+static long exitToken = -1;
 
 // Options before the agent file; returns the argv index of the agent file, or -1 on an unknown option.
-static int ParseOptions(int argc, char** argv, bool* seccomp) {
+static int ParseOptions(int argc, char** argv, bool* seccomp, long* exitToken) {
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
-    if (strcmp(argv[i], "--seccomp") != 0) return -1;
-    *seccomp = true;
+    if (strcmp(argv[i], "--seccomp") == 0) {
+      *seccomp = true;
+    } else if (strncmp(argv[i], "--exit-token=", 13) == 0) {
+      char* end = nullptr;
+      *exitToken = strtol(argv[i] + 13, &end, 10);
+      if (*end != 0 || *exitToken < 0 || *exitToken > INT32_MAX) return -1;
+    } else {
+      return -1;
+    }
   }
   return i;
 }
 
 int main(int argc, char** argv, char** envp) {
   bool seccomp = false;
-  const int first = ParseOptions(argc, argv, &seccomp);  // argv index of the agent file
+  const int first = ParseOptions(argc, argv, &seccomp, &exitToken);  // argv index of the agent file
   if (first < 0) {
     SendError("clove-init: unknown option", EINVAL);
     return 127;
@@ -69,6 +84,7 @@ int main(int argc, char** argv, char** envp) {
   // If the kernel daemon dies, its agents die with it instead of running unsupervised.
   prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   fcntl(3, F_SETFD, FD_CLOEXEC);
+  if (exitToken >= 0) fcntl(4, F_SETFD, FD_CLOEXEC);
 
   // A handler (not SIG_DFL) is what makes the kernel deliver signals to a namespace init at all; we
   // keep them blocked and collect them with sigwaitinfo.
@@ -119,6 +135,9 @@ int main(int argc, char** argv, char** envp) {
   started.kind = clove::kRecordStarted;
   started.value = agent;
   Send(started);
+  // With an exit token the exit goes on the kernel's shared pipe (fd 4): fd 3 is not needed any more,
+  // and the kernel closed its end of it.
+  if (exitToken >= 0) close(3);
   const bool nsInit = getpid() == 1;
 
   for (;;) {
@@ -133,7 +152,12 @@ int main(int argc, char** argv, char** envp) {
         Record r{};
         r.kind = clove::kRecordExited;
         r.value = status;
-        Send(r);
+        if (exitToken >= 0) {
+          r.err = (int32_t)exitToken;
+          Send(r, 4);
+        } else {
+          Send(r);
+        }
         // Our exit kills whatever the agent left behind in the namespace.
         if (WIFEXITED(status)) return WEXITSTATUS(status);
         return 128 + WTERMSIG(status);

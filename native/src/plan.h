@@ -13,7 +13,8 @@ namespace clove {
 enum RecordKind : uint32_t {
   kRecordError = 1,    // setup or exec failed: err = errno, what = syscall
   kRecordStarted = 2,  // the agent exec'd: value = its pid (in the agent's pid namespace)
-  kRecordExited = 3,   // the agent was reaped by init: value = raw wait status
+  kRecordExited = 3,   // the agent was reaped by init: value = raw wait status; on the shared exit
+                       // pipe (fd 4, see spawn.cc's Reaper) err = the spawn's exit token
 };
 
 struct Record {
@@ -44,6 +45,10 @@ struct Plan {
   std::string initPath;             // clove-init, or empty to exec the agent directly
   std::string cwd;
   int stdoutFd = -1;
+  // The kernel's shared exit pipe (write end) and this spawn's token on it: clove-init gets the pipe as
+  // fd 4 and `--exit-token=<n>`, and reports the agent's status there; -1/empty = on fd 3 as before.
+  int exitFd = -1;
+  std::string exitTokenArg;
   // namespaces
   uint64_t cloneFlags = 0;          // CLONE_NEW* only
   int netnsFd = -1;                 // setns(CLONE_NEWNET) target, -1 = keep
