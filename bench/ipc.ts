@@ -15,7 +15,7 @@ import { tempDir, type KernelProcess } from '../harness/kernel.js';
 import { CloveClient, unixTransport } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { startHelper, stopChild, profileKernelIfAsked, startKernel } from './lib/child.js';
-import { summarize, r, type Summary } from './lib/stats.js';
+import { summarize, r, roundSummary, type Summary } from './lib/stats.js';
 import {
   facetHistogramSpec,
   mdTable,
@@ -313,17 +313,6 @@ function clip(xs: number[]): number[] {
   return s.slice(0, Math.max(1, Math.floor(s.length * 0.995)));
 }
 
-function roundSummary(s: Summary): Summary {
-  return {
-    n: s.n,
-    min: r(s.min),
-    p50: r(s.p50),
-    p95: r(s.p95),
-    p99: r(s.p99),
-    max: r(s.max),
-    mean: r(s.mean),
-  };
-}
 
 main().then(
   () => process.exit(0),

@@ -19,7 +19,7 @@ import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { BENCH_SRC, DIST_BENCH, profileKernelIfAsked, startKernel, stopChild } from './lib/child.js';
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './lib/msg-peer-protocol.js';
-import { median, summarize, r, type Summary } from './lib/stats.js';
+import { median, summarize, r, roundSummary, type Summary } from './lib/stats.js';
 import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
 import type * as vl from 'vega-lite';
 
@@ -343,17 +343,6 @@ export async function runSystem(
   return cells;
 }
 
-function roundSummary(s: Summary): Summary {
-  return {
-    n: s.n,
-    min: r(s.min),
-    p50: r(s.p50),
-    p95: r(s.p95),
-    p99: r(s.p99),
-    max: r(s.max),
-    mean: r(s.mean),
-  };
-}
 
 const SIZE_LABEL = (n: number): string => (n >= 1024 ? `${n / 1024} KiB` : `${n} B`);
 const SHAPE_LABEL = (p: number): string => `${p}→${p}`;

@@ -29,7 +29,7 @@ import { machineInfo, machineLine, realPythonPath, shimPythonPath } from './lib/
 import { DIST_BENCH, timeCommand, profileKernelIfAsked, startKernel } from './lib/child.js';
 import { Pm2 } from './lib/pm2.js';
 import { sleep } from './lib/proc.js';
-import { r, summarize, type Summary } from './lib/stats.js';
+import { r, roundSummary, summarize, type Summary } from './lib/stats.js';
 import {
   barSpec,
   facetHistogramSpec,
@@ -444,15 +444,7 @@ async function writeReports(
         faster_than_pm2_kernel_signal: pm2 ? clove.restart_ms.p95 < pm2.restart_ms.p95 : null,
       }
     : null;
-  const rs = (s: Summary) => ({
-    n: s.n,
-    min: r(s.min),
-    p50: r(s.p50),
-    p95: r(s.p95),
-    p99: r(s.p99),
-    max: r(s.max),
-    mean: r(s.mean),
-  });
+  const rs = roundSummary;
   const results = {
     setup: {
       agent: 'bench/agents/ready_agent.py',

@@ -64,3 +64,16 @@ export function r(x: number, digits = 3): number {
   const dec = Math.max(0, Math.min(3, digits - 1 - mag));
   return Number(x.toFixed(dec));
 }
+
+/** A summary with every figure rounded (r()), as the reports' JSON keeps it. */
+export function roundSummary(s: Summary): Summary {
+  return {
+    n: s.n,
+    min: r(s.min),
+    p50: r(s.p50),
+    p95: r(s.p95),
+    p99: r(s.p99),
+    max: r(s.max),
+    mean: r(s.mean),
+  };
+}
