@@ -313,7 +313,6 @@ function clip(xs: number[]): number[] {
   return s.slice(0, Math.max(1, Math.floor(s.length * 0.995)));
 }
 
-
 main().then(
   () => process.exit(0),
   (e) => {

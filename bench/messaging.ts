@@ -343,7 +343,6 @@ export async function runSystem(
   return cells;
 }
 
-
 const SIZE_LABEL = (n: number): string => (n >= 1024 ? `${n / 1024} KiB` : `${n} B`);
 const SHAPE_LABEL = (p: number): string => `${p}→${p}`;
 
