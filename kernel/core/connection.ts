@@ -241,28 +241,37 @@ export class Connection {
    * delivery (what is not pushed stays in its mailbox) and replies keep their own room below
    * MAX_UNSENT_BYTES.
    */
-  readonly push: PushPort = {
-    signal: this.abort.signal,
-    room: () => !this.closing && !this.socket.destroyed && this.socket.writableLength < PUSH_HIGH_WATER,
-    write: (payloads) => {
-      if (this.closing || this.socket.destroyed) return;
-      this.socket.cork();
-      for (const p of payloads) this.socket.write(encodeFrame(this.principal.id, Op.PUSH, p));
-      this.socket.uncork();
-    },
-    drained: () =>
-      new Promise<void>((resolve) => {
-        if (this.closing || this.socket.destroyed || this.socket.writableLength < PUSH_HIGH_WATER)
-          return resolve();
-        const done = (): void => {
-          this.socket.off('drain', done);
-          this.abort.signal.removeEventListener('abort', done);
-          resolve();
-        };
-        this.socket.on('drain', done);
-        this.abort.signal.addEventListener('abort', done, { once: true });
-      }),
-  };
+  get push(): PushPort {
+    return (this.pushPort ??= this.pushPortOf());
+  }
+
+  private pushPort?: PushPort;
+
+  /** Made on first use: most connections never push. */
+  private pushPortOf(): PushPort {
+    return {
+      signal: this.abort.signal,
+      room: () => !this.closing && !this.socket.destroyed && this.socket.writableLength < PUSH_HIGH_WATER,
+      write: (payloads) => {
+        if (this.closing || this.socket.destroyed) return;
+        this.socket.cork();
+        for (const p of payloads) this.socket.write(encodeFrame(this.principal.id, Op.PUSH, p));
+        this.socket.uncork();
+      },
+      drained: () =>
+        new Promise<void>((resolve) => {
+          if (this.closing || this.socket.destroyed || this.socket.writableLength < PUSH_HIGH_WATER)
+            return resolve();
+          const done = (): void => {
+            this.socket.off('drain', done);
+            this.abort.signal.removeEventListener('abort', done);
+            resolve();
+          };
+          this.socket.on('drain', done);
+          this.abort.signal.addEventListener('abort', done, { once: true });
+        }),
+    };
+  }
 
   /** Closes at once: parked waits are woken (and take nothing) before the socket reports its close. */
   close(): void {

@@ -191,7 +191,10 @@ export class Dispatcher {
       services: this.services,
       transport: { kind: conn.transport },
       signal,
-      push: conn.push,
+      // Read only by HELLO: a connection that never pushes never makes its push port.
+      get push() {
+        return conn.push;
+      },
       async park(ready, wait, timeoutMs) {
         if (ready() || signal.aborted) return;
         liveness.parked(caller.id, 1);
