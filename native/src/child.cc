@@ -196,32 +196,6 @@ int Lift(int fd, int statusFd, const char* what) {
   return out;
 }
 
-void DropPrivileges(const Plan& p, int statusFd) {
-  if (p.noNewPrivs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(statusFd, "prctl(PR_SET_NO_NEW_PRIVS)", errno);
-  if (p.dropCaps) {
-    for (int cap = 0; cap < 64; cap++) {
-      if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
-        if (errno == EINVAL) break;  // past CAP_LAST_CAP
-        Fail(statusFd, "prctl(PR_CAPBSET_DROP)", errno);
-      }
-    }
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
-      Fail(statusFd, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", errno);
-  }
-  // Raw syscalls: glibc's set*id broadcast to "all threads" would wait for Node's threads, which do not
-  // exist in this process.
-  if (p.gid >= 0) {
-    if (syscall(SYS_setgroups, 0, nullptr) != 0) Fail(statusFd, "setgroups", errno);
-    if (syscall(SYS_setresgid, p.gid, p.gid, p.gid) != 0) Fail(statusFd, "setresgid", errno);
-  }
-  if (p.uid >= 0 && syscall(SYS_setresuid, p.uid, p.uid, p.uid) != 0) Fail(statusFd, "setresuid", errno);
-  if (p.dropCaps) {
-    struct __user_cap_header_struct hdr {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2] {};
-    if (syscall(SYS_capset, &hdr, data) != 0) Fail(statusFd, "capset", errno);
-  }
-}
-
 }  // namespace
 
 void ChildMain(const Plan& p, int statusFd, int syncFd) {
@@ -268,7 +242,7 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
     if (prlimit(0, (__rlimit_resource)r.resource, &r.limit, nullptr) != 0) Fail(statusFd, "prlimit", errno);
   }
 
-  DropPrivileges(p, statusFd);
+  DropPrivileges(p.uid, p.gid, p.noNewPrivs, p.dropCaps, statusFd);
 
   if (!p.initPath.empty()) {
     // clove-init [--seccomp] [--exit-token=<n>] <agent file> <agent argv...>

@@ -43,6 +43,7 @@
 #include "exports.h"
 #include "fd.h"
 #include "handle.h"
+#include "options.h"
 #include "plan.h"
 #include "rawchild.h"
 #include "proc.h"
@@ -68,42 +69,7 @@ namespace clove {
 
 namespace {
 
-// ---- option parsing (the TypeScript layer validated everything; this only guards against garbage) ----
-
-std::string Str(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsString()) throw OptionError(o.Env(), std::string(key) + " must be a string");
-  std::string s = v.As<Napi::String>().Utf8Value();
-  if (s.find('\0') != std::string::npos) throw OptionError(o.Env(), std::string(key) + " contains NUL");
-  return s;
-}
-
-int64_t Int(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) throw OptionError(o.Env(), std::string(key) + " must be a number");
-  return v.As<Napi::Number>().Int64Value();
-}
-
-bool Bool(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsBoolean()) throw OptionError(o.Env(), std::string(key) + " must be a boolean");
-  return v.As<Napi::Boolean>().Value();
-}
-
-std::vector<std::string> StrArray(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsArray()) throw OptionError(o.Env(), std::string(key) + " must be an array of strings");
-  Napi::Array a = v.As<Napi::Array>();
-  std::vector<std::string> out;
-  for (uint32_t i = 0; i < a.Length(); i++) {
-    Napi::Value e = a.Get(i);
-    if (!e.IsString()) throw OptionError(o.Env(), std::string(key) + " must be an array of strings");
-    std::string s = e.As<Napi::String>().Utf8Value();
-    if (s.find('\0') != std::string::npos) throw OptionError(o.Env(), std::string(key) + " contains NUL");
-    out.push_back(std::move(s));
-  }
-  return out;
-}
+// ---- options (options.h reads the fields) ----
 
 std::vector<char*> Ptrs(std::vector<std::string>& v) {
   std::vector<char*> out;
@@ -166,24 +132,7 @@ int Lift(int fd, int statusFd, const char* what) {
   for (const auto& r : p.rlimits) {
     if (prlimit(0, (__rlimit_resource)r.resource, &r.limit, nullptr) != 0) Fail(statusFd, "prlimit", errno);
   }
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(statusFd, "prctl(PR_SET_NO_NEW_PRIVS)", errno);
-  for (int cap = 0; cap < 64; cap++) {
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
-      if (errno == EINVAL) break;  // past CAP_LAST_CAP
-      Fail(statusFd, "prctl(PR_CAPBSET_DROP)", errno);
-    }
-  }
-  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
-    Fail(statusFd, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", errno);
-  // Raw syscalls: glibc's set*id would try to broadcast to Node's threads, which are not in this process.
-  if (p.gid >= 0) {
-    if (syscall(SYS_setgroups, 0, nullptr) != 0) Fail(statusFd, "setgroups", errno);
-    if (syscall(SYS_setresgid, p.gid, p.gid, p.gid) != 0) Fail(statusFd, "setresgid", errno);
-  }
-  if (p.uid >= 0 && syscall(SYS_setresuid, p.uid, p.uid, p.uid) != 0) Fail(statusFd, "setresuid", errno);
-  struct __user_cap_header_struct hdr {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2] {};
-  if (syscall(SYS_capset, &hdr, data) != 0) Fail(statusFd, "capset", errno);
+  DropPrivileges(p.uid, p.gid, /*noNewPrivs=*/true, /*dropCaps=*/true, statusFd);
   // After the uid change (which clears it): the command dies with the kernel, like the agents do.
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) Fail(statusFd, "prctl(PR_SET_PDEATHSIG)", errno);
   // As the agent: a directory its uid cannot enter is refused here, with EACCES.

@@ -27,6 +27,7 @@
 #include "exports.h"
 #include "fd.h"
 #include "handle.h"
+#include "options.h"
 #include "plan.h"
 #include "proc.h"
 
@@ -34,55 +35,18 @@
 namespace clove {
 namespace {
 
-// ---- option parsing: the TypeScript layer validated everything, these only guard against garbage ----
-
-Napi::Value Field(const Napi::Object& o, const char* key) { return o.Get(key); }
-
-std::string Str(const Napi::Object& o, const char* key) {
-  Napi::Value v = Field(o, key);
-  if (!v.IsString()) throw OptionError(o.Env(), std::string(key) + " must be a string");
-  std::string s = v.As<Napi::String>().Utf8Value();
-  if (s.find('\0') != std::string::npos) throw OptionError(o.Env(), std::string(key) + " contains NUL");
-  return s;
-}
-
-int64_t Int(const Napi::Object& o, const char* key) {
-  Napi::Value v = Field(o, key);
-  if (!v.IsNumber()) throw OptionError(o.Env(), std::string(key) + " must be a number");
-  return v.As<Napi::Number>().Int64Value();
-}
-
-bool Bool(const Napi::Object& o, const char* key) {
-  Napi::Value v = Field(o, key);
-  if (!v.IsBoolean()) throw OptionError(o.Env(), std::string(key) + " must be a boolean");
-  return v.As<Napi::Boolean>().Value();
-}
-
-std::vector<std::string> StrArray(const Napi::Object& o, const char* key) {
-  Napi::Value v = Field(o, key);
-  if (!v.IsArray()) throw OptionError(o.Env(), std::string(key) + " must be an array of strings");
-  Napi::Array a = v.As<Napi::Array>();
-  std::vector<std::string> out;
-  for (uint32_t i = 0; i < a.Length(); i++) {
-    Napi::Value e = a.Get(i);
-    if (!e.IsString()) throw OptionError(o.Env(), std::string(key) + " must be an array of strings");
-    std::string s = e.As<Napi::String>().Utf8Value();
-    if (s.find('\0') != std::string::npos) throw OptionError(o.Env(), std::string(key) + " contains NUL");
-    out.push_back(std::move(s));
-  }
-  return out;
-}
+// ---- option parsing beyond options.h ----
 
 // Like StrArray, but an absent field reads as [] (callers built before the field existed keep working).
 std::vector<std::string> OptStrArray(const Napi::Object& o, const char* key) {
-  if (Field(o, key).IsUndefined()) return {};
+  if (o.Get(key).IsUndefined()) return {};
   return StrArray(o, key);
 }
 
 // idmapped: [{path, usernsFd}]. An absent field reads as [] so that callers built before the field
 // existed keep working; anything else must have the declared shape.
 std::vector<IdmappedMount> IdmappedArray(const Napi::Object& o) {
-  Napi::Value v = Field(o, "idmapped");
+  Napi::Value v = o.Get("idmapped");
   std::vector<IdmappedMount> out;
   if (v.IsUndefined()) return out;
   const char* shape = "idmapped must be an array of {path: string, usernsFd: number}";
@@ -133,10 +97,10 @@ Plan ParsePlan(const Napi::Object& o) {
   p.noNewPrivs = Bool(o, "noNewPrivs");
   p.dropCaps = Bool(o, "dropCaps");
   // Absent reads as false (callers built before the field existed).
-  p.seccomp = Field(o, "seccomp").IsUndefined() ? false : Bool(o, "seccomp");
+  p.seccomp = o.Get("seccomp").IsUndefined() ? false : Bool(o, "seccomp");
   p.uid = (int)Int(o, "uid");
   p.gid = (int)Int(o, "gid");
-  Napi::Value rl = Field(o, "rlimits");
+  Napi::Value rl = o.Get("rlimits");
   if (!rl.IsArray()) throw OptionError(env, "rlimits must be an array of [resource, soft, hard]");
   Napi::Array ra = rl.As<Napi::Array>();
   for (uint32_t i = 0; i < ra.Length(); i++) {
