@@ -2,7 +2,9 @@
   "targets": [
     {
       "target_name": "clove_native",
-      "sources": ["src/addon.cc", "src/errors.cc", "src/peercred.cc", "src/spawn.cc", "src/child.cc", "src/netns.cc", "src/userns.cc", "src/clone3.cc", "src/files.cc", "src/seccomp.cc", "src/enter.cc", "src/rlimit.cc"],
+      "sources": ["src/addon.cc", "src/errors.cc", "src/peercred.cc", "src/spawn.cc", "src/child.cc", "src/netns.cc", "src/userns.cc", "src/clone3.cc", "src/files.cc", "src/seccomp.cc", "src/enter.cc", "src/rlimit.cc",
+                  "src/fast/frame.cc", "src/fast/store.cc", "src/fast/ops.cc", "src/fast/store_napi.cc", "src/fast/reactor.cc"],
+      "libraries": ["-lsimdjson", "-lpthread"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],
       "cflags!": ["-fno-exceptions"],

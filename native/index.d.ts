@@ -244,7 +244,104 @@ export type NativeResolvedPath =
   | { path: string; type: 'file' | 'dir' | 'other'; mode: number; uid: number; gid: number }
   | { errno: number; code: string; syscall: string };
 
+/* ---- The fast path (docs/fastpath.md; native/src/fast/) ---- */
+
+export interface NativeMailBudgets {
+  mailboxMessages: number;
+  mailboxBytes: number;
+  outboxBytes: number;
+}
+
+/** A queued message: `json` is the sender's text byte for byte; `bytes` its UTF-8 length. */
+export interface NativeMessage {
+  from: number;
+  fromName: string;
+  json: string;
+  bytes: number;
+  seq: number;
+  sentAt: number;
+}
+
+/** Why MailStore.deliver refused (nothing was queued). */
+export interface NativeRefusal {
+  refused: 'mailbox_full' | 'outbox_bytes' | 'kernel_queued_bytes' | 'no_budgets' | 'unreachable';
+  /** mailbox_full: messages queued; otherwise bytes held. */
+  used: number;
+  /** mailbox_full: bytes queued. */
+  bytes: number;
+  /** mailbox_full: the message limit; otherwise the byte limit. */
+  limit: number;
+  /** mailbox_full: the byte limit. */
+  limitBytes: number;
+}
+
+export interface NativeMailStats {
+  syscalls: number;
+  sent: number;
+  received: number;
+  /** Date.now() of its last fast-path call; 0 when none. */
+  lastActiveMs: number;
+}
+
+/**
+ * Mailboxes, names and budgets shared by the reactor thread and JavaScript (semantics of
+ * kernel/ipc/mailboxes.ts); every method is synchronous and thread-safe. Holders of leases are numbers.
+ */
+export declare class NativeMailStore {
+  constructor(o: { queuedBytesLimit: number; maxReplyBytes: number; maxDepth: number });
+  setBudgets(id: number, b: NativeMailBudgets): void;
+  setReachable(id: number, reachable: boolean): void;
+  deliver(to: number, from: number, json: string): NativeMessage | NativeRefusal;
+  take(id: number, max: number, holder: number, lease: boolean, maxBytes: number): NativeMessage[];
+  requeueLeases(id: number, holder: number): number;
+  size(id: number): number;
+  bytes(id: number): number;
+  queuedBytes(): number;
+  /** "" on success, else "invalid" | "taken:<id>" | "budget:<held>:<max>"; maxExtra -1: unbounded. */
+  register(id: number, name: string, maxExtra: number): string;
+  unregister(id: number, name: string): boolean;
+  /** -1 when no id holds the name. */
+  resolve(name: string): number;
+  nameOf(id: number): string;
+  named(): number[];
+  release(id: number): void;
+  stats(id: number): NativeMailStats;
+  /** Ids (watched ones only) whose mailbox gained messages, in batches, on the JS thread. */
+  onMail(fn: (ids: number[]) => void): void;
+  watch(id: number, on: boolean): void;
+}
+
+export type NativeReactorEvent =
+  | { type: 'data'; conn: number; data: Buffer }
+  | { type: 'end'; conn: number }
+  | { type: 'drain'; conn: number; unsent: number }
+  | { type: 'close'; conn: number; error?: string };
+
+/** The reactor thread: owns adopted connections, serves the fast calls, hands the rest to `onEvents`. */
+export declare class NativeReactor {
+  constructor(o: {
+    store: NativeMailStore;
+    maxPayload: number;
+    onEvents: (events: NativeReactorEvent[]) => void;
+  });
+  /** Takes a dup of `fd` (the caller still closes its own); returns the connection's id. */
+  adopt(fd: number, o: { principal: number; fast: boolean; initial?: Buffer }): number;
+  /** Queues `data` (written at once when possible); `answered`: forwarded requests it answers. Returns bytes unsent. */
+  write(conn: number, data: Buffer, answered: number): number;
+  setFast(conn: number, fast: boolean): void;
+  setPush(conn: number, messages: boolean): void;
+  pause(conn: number): void;
+  resume(conn: number): void;
+  /** Shuts down the kernel's write side once everything queued is written. */
+  end(conn: number): void;
+  destroy(conn: number): void;
+  /** Stops the thread and closes every connection. */
+  close(): void;
+}
+
 export interface CloveNative {
+  MailStore: typeof NativeMailStore;
+  Reactor: typeof NativeReactor;
   /** getsockopt(SO_PEERCRED) on a connected Unix socket. */
   peerCred(fd: number): PeerCred;
   /**

@@ -12,6 +12,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   clove::InitFiles(env, exports);
   clove::InitEnter(env, exports);
   clove::InitRlimit(env, exports);
+  clove::InitMailStore(env, exports);
+  clove::InitReactor(env, exports);
   return exports;
 }
 

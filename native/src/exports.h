@@ -10,4 +10,7 @@ void InitUserns(Napi::Env env, Napi::Object exports);
 void InitFiles(Napi::Env env, Napi::Object exports);
 void InitEnter(Napi::Env env, Napi::Object exports);
 void InitRlimit(Napi::Env env, Napi::Object exports);
+// The fast path (src/fast/, docs/fastpath.md).
+void InitMailStore(Napi::Env env, Napi::Object exports);
+void InitReactor(Napi::Env env, Napi::Object exports);
 }  // namespace clove
