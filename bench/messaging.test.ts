@@ -5,10 +5,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startKernelProcess, type KernelProcess } from '../harness/kernel.js';
-import { mergeRounds, runSystem, which, type Cell, type System } from './messaging.js';
+import { mergeRounds, runSystem, which, type Cell, type CloveSystem, type System } from './messaging.js';
 import { ACK_EVERY } from './lib/msg-peer-protocol.js';
 
-const available: Record<Exclude<System, 'clove'>, boolean> = {
+const available: Record<Exclude<System, CloveSystem>, boolean> = {
   relay: true,
   'relay-c': which('cc') !== null,
   redis: which('redis-server') !== null,
@@ -66,20 +66,25 @@ describe('messaging bench runners', () => {
       },
     );
 
-  describe('clove', () => {
-    let kp: KernelProcess;
-    beforeAll(async () => {
-      kp = await startKernelProcess({ extra: ['--log-level', 'error'] });
-    });
-    afterAll(async () => {
-      await kp?.stop();
-    });
+  // The TypeScript path with SEND + RECV, and the fast path with SEND_BATCH + push.
+  for (const [system, extra] of [
+    ['clove', []],
+    ['clove-fast-batch', ['--fast-path']],
+  ] as [CloveSystem, string[]][])
+    describe(system, () => {
+      let kp: KernelProcess;
+      beforeAll(async () => {
+        kp = await startKernelProcess({ extra: ['--log-level', 'error', ...extra] });
+      });
+      afterAll(async () => {
+        await kp?.stop();
+      });
 
-    it('clove: sandboxed agents exchange messages through the kernel, and are gone afterwards', async () => {
-      check(await runSystem('clove', { ...o, kernel: kp }), 'clove');
-      const c = await kp.client();
-      const left = (await c.list()).filter((a) => a.name.startsWith('msg-') && a.running);
-      expect(left).toEqual([]);
+      it(`${system}: sandboxed agents exchange messages through the kernel, and are gone afterwards`, async () => {
+        check(await runSystem(system, { ...o, kernel: kp }), system);
+        const c = await kp.client();
+        const left = (await c.list()).filter((a) => a.name.startsWith('msg-') && a.running);
+        expect(left).toEqual([]);
+      });
     });
-  });
 });

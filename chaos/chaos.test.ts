@@ -7,8 +7,13 @@
 import { describe, expect, it } from 'vitest';
 import { runChaos } from './run.js';
 
-// `auto` uses the native sandbox where it works (limits enforced); `off` checks plain processes too.
-describe.each(['auto', 'off'] as const)('chaos: 30 agents, 6 mixed faults, sandbox %s', (sandbox) => {
+// `auto` uses the native sandbox where it works (limits enforced); `off` checks plain processes too; the
+// last runs the kernel with its native fast path (docs/fastpath.md).
+describe.each([
+  ['auto', false],
+  ['off', false],
+  ['auto', true],
+] as const)('chaos: 30 agents, 6 mixed faults, sandbox %s, fast path %s', (sandbox, fastPath) => {
   it('keeps the 24 others undisturbed, restarts the 6 and loses no message', async () => {
     const log: string[] = [];
     const r = await runChaos({
@@ -21,6 +26,7 @@ describe.each(['auto', 'off'] as const)('chaos: 30 agents, 6 mixed faults, sandb
       intervalMs: 300,
       timeoutS: 40,
       sandbox,
+      fastPath,
       log: (l) => log.push(l),
     });
     if (sandbox === 'off') expect(r.sandbox).toEqual({ memory: false, pids: false, cpu: false });

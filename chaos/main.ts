@@ -40,6 +40,7 @@ const program = new Command()
     'process',
   )
   .option('--sandbox <mode>', "the kernel's --sandbox: auto, native or off", 'auto')
+  .option('--fast-path', "the kernel's --fast-path: connections and messages in the native reactor")
   .option('--json', 'print the result as one JSON object on the last line')
   .option('--record <file.cast>', 'record the live view as an asciicast v2 file')
   .option('--svg <file.svg>', 'render the recording as an animated SVG (svg-term)')
@@ -58,6 +59,7 @@ const o = program.opts<{
   watchdogMs: number;
   kernel: string;
   sandbox: string;
+  fastPath?: boolean;
   json?: boolean;
   record?: string;
   svg?: string;
@@ -98,6 +100,7 @@ try {
     nodeEvery: o.nodeEvery,
     kernelMode: o.kernel as 'process' | 'inproc',
     sandbox: o.sandbox as 'auto' | 'native' | 'off',
+    fastPath: o.fastPath === true,
     timeoutS: o.timeout,
     settings: { watchdogMs: o.watchdogMs },
     onTick:

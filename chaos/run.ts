@@ -43,6 +43,8 @@ export interface ChaosOptions {
   kernelMode?: 'inproc' | 'process';
   /** The kernel's --sandbox (default auto: the native sandbox when available). */
   sandbox?: 'auto' | 'native' | 'off';
+  /** The kernel's --fast-path (docs/fastpath.md): agents' connections and messages in the native reactor. */
+  fastPath?: boolean;
   settings?: Partial<FaultSettings>;
   /** Upper bound of every wait (recovery, stop, drain). */
   timeoutS?: number;
@@ -150,7 +152,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     intervalMs: o.intervalMs ?? 500,
     nodeEvery: o.nodeEvery,
     kernelMode: o.kernelMode,
-    kernel: o.sandbox ? { sandbox: o.sandbox } : {},
+    kernel: { ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(o.fastPath ? { fastPath: true } : {}) },
   });
   let ticker: NodeJS.Timeout | undefined;
   let lastList: AgentInfo[] = [];

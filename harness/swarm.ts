@@ -78,6 +78,7 @@ async function startSwarmKernel(mode: 'inproc' | 'process', k: Partial<KernelOpt
     o.logLevel === 'silent' ? 'error' : String(o.logLevel),
   ];
   if (o.sandbox) extra.push('--sandbox', o.sandbox);
+  if (o.fastPath) extra.push('--fast-path');
   const kp = await startKernelProcess({ extra });
   return {
     mode,

@@ -130,9 +130,12 @@ function serveStdin(link: Link): void {
 // --- Clove -----------------------------------------------------------------------------------------
 
 /**
- * Clove peers: agents on the TypeScript SDK. Bodies travel as JSON strings of `size` bytes (`"d…"`), sent
- * by name with SEND; a blocking RECV with `max` takes them in batches. SENDs are pipelined ahead of the
- * blocking RECV on the one connection (replies come back in order).
+ * Clove peers: agents on the TypeScript SDK. Bodies travel as JSON strings of `size` bytes (`"d…"`).
+ *
+ * MSG_MODE `send` (default): sent by name with one SEND each, taken with a blocking RECV `max` 1000 in
+ * batches; SENDs are pipelined ahead of the blocking RECV on the one connection (replies come back in order).
+ * MSG_MODE `batch`: what a client built for rate does: the bodies queued in one turn leave in one
+ * SEND_BATCH, and messages arrive pushed (HELLO push, `client.messages()`), no RECV at all.
  */
 async function clovePeer(): Promise<void> {
   const c = await CloveClient.connect({ socketPath: address, reconnect: false });
@@ -140,6 +143,7 @@ async function clovePeer(): Promise<void> {
   const peerName = `msg-${role === 'producer' ? 'c' : 'p'}${pair}`;
   const asString = (b: Buffer): string => b.toString('latin1', 0, b.length - 2);
   const asBuffer = (m: unknown): Buffer => Buffer.from(typeof m === 'string' ? m : '', 'latin1');
+  if (env.MSG_MODE === 'batch') return clovePushPeer(c, peerName, asString, asBuffer);
   if (role === 'consumer') {
     const pending: string[] = [];
     const onBody = consumer((b) => pending.push(b.toString('latin1')));
@@ -175,6 +179,37 @@ async function clovePeer(): Promise<void> {
       await new Promise((res) => setImmediate(res));
     }
     await c.send('bench', await running);
+  }
+}
+
+/** MSG_MODE `batch`: SEND_BATCH out, pushed messages in (see clovePeer). */
+async function clovePushPeer(
+  c: CloveClient,
+  peerName: string,
+  asString: (b: Buffer) => string,
+  asBuffer: (m: unknown) => Buffer,
+): Promise<void> {
+  let out: string[] = [];
+  const flush = (): void => {
+    if (out.length === 0) return;
+    const items = out.map((message) => ({ to_name: peerName, message }));
+    out = [];
+    void c.sendBatch(items).then((r) => {
+      if (r.failed_count > 0) throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results.find((x) => 'error' in x))}`);
+    });
+  };
+  // A consumer sends each ack and pong at once (one item); a producer's bodies leave per window batch.
+  const onBody =
+    role === 'consumer'
+      ? consumer((b) => out.push(b.toString('latin1')), flush)
+      : (b: Buffer): void => link.onReply(b);
+  const link: Link = { send: (b) => out.push(asString(b)), onReply: () => {}, flush };
+  for await (const m of c.messages()) {
+    if (m.from_name === 'bench') {
+      void produce(link, m.message as Order).then((res) => c.send('bench', res));
+      continue;
+    }
+    onBody(asBuffer(m.message));
   }
 }
 

@@ -170,11 +170,6 @@ function pick(reply: unknown, dotted: string): unknown {
   return v;
 }
 
-let tk: TestKernel;
-beforeAll(async () => {
-  tk = await startKernel();
-});
-afterAll(async () => tk?.stop());
 
 describe('SDK conformance: coverage', () => {
   const used = new Set(suite.cases.flatMap((c) => c.steps.map((s) => s.op)));
@@ -210,7 +205,17 @@ describe('SDK conformance: coverage', () => {
   });
 });
 
-describe('SDK conformance: TypeScript', () => {
+// Both paths of the kernel: the TypeScript one, and the native fast path (docs/fastpath.md).
+describe.each([
+  ['TypeScript path', false],
+  ['native fast path', true],
+] as const)('SDK conformance: TypeScript SDK, kernel on the %s', (_label, fastPath) => {
+  let tk: TestKernel;
+  beforeAll(async () => {
+    tk = await startKernel({ fastPath });
+  });
+  afterAll(async () => tk?.stop());
+
   suite.cases.forEach((raw, i) => {
     it(raw.name, async () => {
       const c = subst(raw, `ts${i}`);

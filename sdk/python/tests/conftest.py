@@ -51,8 +51,9 @@ def kernel_missing() -> str | None:
 class Kernel:
     """A running kernel: its socket, data dir, log, and helpers to make clients and spawn agents."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, fast_path: bool = False) -> None:
         self.root = root
+        self.fast_path = fast_path
         self.socket = os.path.join(root, "clove.sock")
         self.data_dir = os.path.join(root, "data")
         self.log_path = os.path.join(root, "kernel.log")
@@ -69,7 +70,8 @@ class Kernel:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            ["node", str(CLOVE_JS), "kernel", "--socket", self.socket, "--data-dir", self.data_dir],
+            ["node", str(CLOVE_JS), "kernel", "--socket", self.socket, "--data-dir", self.data_dir]
+            + (["--fast-path"] if self.fast_path else []),
             cwd=str(REPO),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -120,8 +122,7 @@ class Kernel:
         return "\n".join(out)
 
 
-@pytest.fixture
-def kernel():
+def _kernel(fast_path: bool):
     why = kernel_missing()
     if why:
         # In CI a missing kernel is a failure, never a silent skip.
@@ -129,7 +130,7 @@ def kernel():
             pytest.fail(f"KERNEL NOT READY: {why}")
         pytest.skip(f"KERNEL NOT READY: {why}")
     root = tempfile.mkdtemp(prefix="clv", dir="/tmp")
-    k = Kernel(root)
+    k = Kernel(root, fast_path)
     try:
         k.start()
         yield k
@@ -139,6 +140,18 @@ def kernel():
             print(f"kernel dir kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def kernel():
+    """A kernel on the TypeScript path (the default)."""
+    yield from _kernel(False)
+
+
+@pytest.fixture(params=[False, True], ids=["ts-path", "fast-path"])
+def any_path_kernel(request):
+    """The same test against a kernel on each path: TypeScript, and the native fast path (--fast-path)."""
+    yield from _kernel(request.param)
 
 
 @pytest.fixture

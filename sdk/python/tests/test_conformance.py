@@ -228,7 +228,8 @@ def test_mapping_uses_the_contract_method(op):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("index", range(len(CASES["cases"])), ids=[c["name"] for c in CASES["cases"]])
-def test_conformance(kernel, index):
+def test_conformance(any_path_kernel, index):
+    kernel = any_path_kernel
     case = subst(CASES["cases"][index], f"py{index}")
     clients = {"a": kernel.client(strict=True), "b": kernel.client(strict=True)}
     saved: dict = {}
