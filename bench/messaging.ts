@@ -9,7 +9,7 @@
  * (WINDOW unacknowledged per producer, an ack every ACK_EVERY), then round trips producer → broker →
  * consumer → broker → producer, one in flight per pair.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -24,14 +24,7 @@ import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from 
 import type * as vl from 'vega-lite';
 
 export type System =
-  | 'clove-fast-batch'
-  | 'clove-fast'
-  | 'clove'
-  | 'clove-plain'
-  | 'relay'
-  | 'relay-c'
-  | 'redis'
-  | 'nats';
+  'clove-fast-batch' | 'clove-fast' | 'clove' | 'clove-plain' | 'relay' | 'relay-c' | 'redis' | 'nats';
 export type CloveSystem = 'clove-fast-batch' | 'clove-fast' | 'clove' | 'clove-plain';
 const isClove = (s: System): s is CloveSystem => s.startsWith('clove');
 /** The kernel flags and the peers' mode of each Clove row. */
@@ -44,7 +37,15 @@ const CLOVE_RUN: Record<CloveSystem, { kernel: string[]; mode: 'send' | 'batch';
 /** The rows issue 12's goals are judged on, each on its own. */
 export const GOAL_SYSTEMS: CloveSystem[] = ['clove-fast-batch', 'clove-fast'];
 /** What a run measures unless `--systems` says otherwise (`clove-plain` is a diagnostic asked for by name). */
-export const SYSTEMS: System[] = ['clove-fast-batch', 'clove-fast', 'clove', 'relay', 'relay-c', 'redis', 'nats'];
+export const SYSTEMS: System[] = [
+  'clove-fast-batch',
+  'clove-fast',
+  'clove',
+  'relay',
+  'relay-c',
+  'redis',
+  'nats',
+];
 export const LABELS: Record<System, string> = {
   'clove-fast-batch': 'Clove fast path, SEND_BATCH + push (sandboxed agents, TS SDK)',
   'clove-fast': 'Clove fast path, SEND + RECV (sandboxed agents, TS SDK)',
@@ -155,10 +156,7 @@ interface Fleet {
 }
 
 /** Brokers and peers of every system but Clove; their producers take orders on stdin. */
-async function startExternal(
-  system: Exclude<System, CloveSystem>,
-  pairs: number,
-): Promise<Fleet> {
+async function startExternal(system: Exclude<System, CloveSystem>, pairs: number): Promise<Fleet> {
   const dir = tempDir('clvmsg');
   const children: ChildProcess[] = [];
   const peers: Peer[] = [];
@@ -343,10 +341,9 @@ export async function runSystem(
 ): Promise<Cell[]> {
   const cells: Cell[] = [];
   for (const pairs of o.shapes) {
-    const fleet =
-      isClove(system)
-        ? await startClove(pairs, o.kernel!, system)
-        : await startExternal(system, pairs);
+    const fleet = isClove(system)
+      ? await startClove(pairs, o.kernel!, system)
+      : await startExternal(system, pairs);
     try {
       // A short warm-up run (JIT, connections, caches) that is not measured.
       await fleet.run({ size: o.sizes[0], ms: Math.min(300, o.ms), pings: Math.min(50, o.pings) });
@@ -459,6 +456,96 @@ export function goals(cells: Cell[], clove: CloveSystem = 'clove-fast-batch'): G
   return out;
 }
 
+interface Profile {
+  system: CloveSystem;
+  /** `perf report` lines: share of the kernel's samples by thread, and the hottest symbols. */
+  threads: string[];
+  symbols: string[];
+  /** perf's sample count (e.g. "12K"). */
+  samples: string;
+}
+
+/**
+ * `perf record` of the kernel process (every thread: the JS thread and, with --fast-path, the reactor)
+ * while a Clove row runs; stop() summarises it with `perf report`. Why perf and not --cpu-prof: the fast
+ * path's time is in native code and in the kernel's syscalls, which a V8 profile does not see.
+ */
+function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Promise<Profile> } {
+  fs.mkdirSync(dir, { recursive: true });
+  const data = path.join(dir, `${system}.perf.data`);
+  const rec = spawn('perf', ['record', '-q', '-F', '499', '-g', '-p', String(pid), '-o', data], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const report = (sort: string, limit: string): { lines: string[]; samples: string } => {
+    const r = spawnSync(
+      'perf',
+      [
+        'report',
+        '-i',
+        data,
+        '--stdio',
+        '--no-children',
+        '-g',
+        'none',
+        '--sort',
+        sort,
+        '--percent-limit',
+        limit,
+      ],
+      { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+    );
+    const out = r.stdout ?? '';
+    return {
+      lines: out
+        .split('\n')
+        .filter((l) => /^\s+\d/.test(l))
+        .map((l) => l.trim()),
+      samples: /# Samples: (\S+)/.exec(out)?.[1] ?? '?',
+    };
+  };
+  return {
+    async stop() {
+      rec.kill('SIGINT');
+      await new Promise((res) => rec.once('exit', res));
+      const threads = report('comm', '1');
+      return {
+        system,
+        threads: threads.lines,
+        symbols: report('comm,dso,sym', '1.5').lines.slice(0, 25),
+        samples: threads.samples,
+      };
+    },
+  };
+}
+
+function profileSection(profiles: Profile[]): string[] {
+  return [
+    "## Where the kernel's time goes",
+    '',
+    'From `--perf <dir>`: `perf record -F 499 -g` of the kernel process during the first round of each Clove row',
+    '(every size and shape of that row), then `perf report --no-children` (self time). `node` is the JavaScript',
+    "thread; `clove-reactor` the fast path's thread; `[kernel.kallsyms]` is time in Linux on the kernel's behalf",
+    '(socket reads and writes, scheduling).',
+    '',
+    ...profiles.flatMap((p) => [
+      `### ${LABELS[p.system]}`,
+      '',
+      `${p.samples} samples. By thread:`,
+      '',
+      '```',
+      ...p.threads,
+      '```',
+      '',
+      'Hottest symbols (thread, object, symbol; ≥ 1.5 % of samples):',
+      '',
+      '```',
+      ...p.symbols,
+      '```',
+      '',
+    ]),
+  ];
+}
+
 async function main(): Promise<void> {
   const flags = parseFlags();
   const QUICK = flags.quick;
@@ -466,6 +553,8 @@ async function main(): Promise<void> {
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
   const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
   const only = flags.get('systems')?.split(',') as System[] | undefined;
+  const perfDir = flags.get('perf') ? path.resolve(flags.get('perf')!) : undefined;
+  const profiles: Profile[] = [];
   const systems = SYSTEMS.filter((s) => !only || only.includes(s));
   const sizes = [64, 1024];
   const shapes = [1, 4];
@@ -489,11 +578,21 @@ async function main(): Promise<void> {
     for (let k = 0; k < present.length; k++) {
       const system = present[(k + round) % present.length];
       const kernel = isClove(system)
-        ? await startKernel({ extra: ['--log-level', 'error', ...CLOVE_RUN[system].kernel] })
+        ? await startKernel({
+            extra: ['--log-level', 'error', ...CLOVE_RUN[system].kernel],
+            // JIT frames named in perf's report (/tmp/perf-<pid>.map).
+            ...(perfDir ? { nodeArgs: ['--perf-basic-prof'] } : {}),
+          })
         : undefined;
+      // The kernel's profile is taken in the first round only (one per Clove row).
+      const perf =
+        kernel && isClove(system) && perfDir && round === 0
+          ? startPerf(kernel.child.pid!, perfDir, system)
+          : undefined;
       try {
         all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel })));
       } finally {
+        if (perf) profiles.push(await perf.stop());
         await kernel?.stop();
       }
     }
@@ -587,6 +686,7 @@ async function main(): Promise<void> {
     '"Ahead" means more messages/s and a lower round-trip p50 on that size and shape. The goal rows are computed',
     'from the table above by `goals()` in bench/messaging.ts.',
     '',
+    ...(profiles.length ? profileSection(profiles) : []),
     '## Notes',
     '',
     "- Clove's agents run with SPAWN's default limits (1 CPU each through the cgroup quota, 256 MiB, 64 pids), each",

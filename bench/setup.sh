@@ -2,6 +2,7 @@
 # Installs what the benches compare against, when missing (idempotent; Debian/Ubuntu, as root):
 #   bubblewrap (bwrap)         bench/spawn-latency.ts
 #   redis-server, nats-server  bench/messaging.ts (Redis pub/sub and core NATS beside Clove)
+#   perf (linux-perf)          bench/messaging.ts --perf (where the kernel's time goes, native and JS)
 # ci/setup.sh does not need any of these: only the benches do.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 have bwrap || missing+=(bubblewrap)
 have redis-server || missing+=(redis-server)
 have nats-server || missing+=(nats-server)
+have perf || missing+=(linux-perf)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -64,10 +64,15 @@ export function profileKernelIfAsked(dir: string | undefined): void {
  * Starts the kernel as a process through the harness, under `node --cpu-prof` when profiling was asked
  * for (the profile is written to that directory when the kernel exits).
  */
-export async function startKernel(args: { extra?: string[] } = {}): Promise<KernelProcess> {
+export async function startKernel(
+  args: { extra?: string[]; nodeArgs?: string[] } = {},
+): Promise<KernelProcess> {
   if (!profileDir) return startKernelProcess(args);
   fs.mkdirSync(profileDir, { recursive: true });
-  const k = await startKernelProcess({ ...args, nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] });
+  const k = await startKernelProcess({
+    ...args,
+    nodeArgs: [...(args.nodeArgs ?? []), '--cpu-prof', `--cpu-prof-dir=${profileDir}`],
+  });
   const stop = k.stop;
   return {
     ...k,

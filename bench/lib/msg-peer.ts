@@ -195,7 +195,8 @@ async function clovePushPeer(
     const items = out.map((message) => ({ to_name: peerName, message }));
     out = [];
     void c.sendBatch(items).then((r) => {
-      if (r.failed_count > 0) throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results.find((x) => 'error' in x))}`);
+      if (r.failed_count > 0)
+        throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results.find((x) => 'error' in x))}`);
     });
   };
   // A consumer sends each ack and pong at once (one item); a producer's bodies leave per window batch.

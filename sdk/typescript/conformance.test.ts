@@ -170,7 +170,6 @@ function pick(reply: unknown, dotted: string): unknown {
   return v;
 }
 
-
 describe('SDK conformance: coverage', () => {
   const used = new Set(suite.cases.flatMap((c) => c.steps.map((s) => s.op)));
 
