@@ -44,6 +44,8 @@ export const Op = {
   REGISTER: 0x23,
   /** unsolicited: a message or an event pushed to a connection that opted in (HELLO `push`); a client never sends it (Clove extension) */
   PUSH: 0x24,
+  /** queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered (Clove extension) */
+  SEND_BATCH: 0x25,
   /** write a key; global keys belong to whoever created them */
   STORE: 0x30,
   /** read a key: without a scope, agent scope first, then global/session */
@@ -324,6 +326,17 @@ export const OPCODES: readonly OpInfo[] = [
     summary:
       'unsolicited: a message or an event pushed to a connection that opted in (HELLO `push`); a client never sends it',
     sdk: { typescript: 'messages', python: 'messages' },
+  },
+  {
+    name: 'SEND_BATCH',
+    code: 37,
+    family: 'ipc',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered',
+    sdk: { typescript: 'sendBatch', python: 'send_batch' },
   },
   {
     name: 'STORE',
@@ -1266,6 +1279,40 @@ export interface Message {
    * ext: per sender, strictly increasing
    */
   seq: number;
+}
+/**
+ * One message of SEND_BATCH: SEND's request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "BatchItem".
+ */
+export interface BatchItem {
+  to?: AgentId;
+  to_name?: string;
+  /**
+   * any JSON; default `{}`
+   */
+  message?: unknown;
+}
+/**
+ * What became of one SEND_BATCH item: `delivered_to` when it was queued, else `error` and `code` (the error SEND would have given: `not_found`, `mailbox_full`, `quota_exceeded`, `invalid_request`).
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "BatchResult".
+ */
+export interface BatchResult {
+  /**
+   * the id it was queued for
+   */
+  delivered_to?: number;
+  /**
+   * why it was refused (SEND's error text)
+   */
+  error?: string;
+  /**
+   * the error's code (protocol/wire.json)
+   */
+  code?: string;
 }
 /**
  * An agent named by `id` or `name` (`id` wins when both are given).
@@ -2902,6 +2949,51 @@ export interface PushReply {
    * event: events of this subscriber dropped (queue full) before this one, when any
    */
   dropped?: number;
+}
+/**
+ * SEND_BATCH request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SendBatchRequest".
+ */
+export interface SendBatchRequest {
+  /**
+   * 1 to 4096 items, each `{to?, to_name?, message?}` as SEND's request; a request of the wrong shape (no items, too many, an item that is not an object or has a field of the wrong type) is refused as a whole (`invalid_request`) and delivers nothing
+   *
+   * @minItems 1
+   * @maxItems 4096
+   */
+  messages: [BatchItem, ...BatchItem[]];
+}
+/**
+ * SEND_BATCH request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SendBatchArgs".
+ */
+export interface SendBatchArgs {
+  /**
+   * 1 to 4096 items, each `{to?, to_name?, message?}` as SEND's request; a request of the wrong shape (no items, too many, an item that is not an object or has a field of the wrong type) is refused as a whole (`invalid_request`) and delivers nothing
+   *
+   * @minItems 1
+   * @maxItems 4096
+   */
+  messages: [BatchItem, ...BatchItem[]];
+}
+/**
+ * SEND_BATCH reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SendBatchReply".
+ */
+export interface SendBatchReply {
+  success: true;
+  delivered_count: number;
+  failed_count: number;
+  /**
+   * one per item, in the order of `messages`
+   */
+  results: BatchResult[];
 }
 /**
  * STORE request.
@@ -5048,6 +5140,7 @@ export interface Requests {
   BROADCAST: BroadcastRequest;
   REGISTER: RegisterRequest;
   PUSH: PushRequest;
+  SEND_BATCH: SendBatchRequest;
   STORE: StoreRequest;
   FETCH: FetchRequest;
   DELETE: DeleteRequest;
@@ -5114,6 +5207,7 @@ export interface ArgsOf {
   BROADCAST: BroadcastArgs;
   REGISTER: RegisterArgs;
   PUSH: PushArgs;
+  SEND_BATCH: SendBatchArgs;
   STORE: StoreArgs;
   FETCH: FetchArgs;
   DELETE: DeleteArgs;
@@ -5180,6 +5274,7 @@ export interface Replies {
   BROADCAST: BroadcastReply;
   REGISTER: RegisterReply;
   PUSH: PushReply;
+  SEND_BATCH: SendBatchReply;
   STORE: StoreReply;
   FETCH: FetchReply;
   DELETE: DeleteReply;
@@ -5507,6 +5602,27 @@ export const SCHEMA_DEFS = {
         message: { description: 'any JSON value' },
         age_ms: { type: 'integer' },
         seq: { type: 'integer', description: 'ext: per sender, strictly increasing' },
+      },
+    },
+    BatchItem: {
+      title: 'BatchItem',
+      type: 'object',
+      description: "One message of SEND_BATCH: SEND's request.",
+      properties: {
+        to: { $ref: 'clove#/$defs/AgentId', description: 'target id (wins over `to_name`)' },
+        to_name: { type: 'string' },
+        message: { description: 'any JSON; default `{}`' },
+      },
+    },
+    BatchResult: {
+      title: 'BatchResult',
+      type: 'object',
+      description:
+        'What became of one SEND_BATCH item: `delivered_to` when it was queued, else `error` and `code` (the error SEND would have given: `not_found`, `mailbox_full`, `quota_exceeded`, `invalid_request`).',
+      properties: {
+        delivered_to: { type: 'integer', description: 'the id it was queued for' },
+        error: { type: 'string', description: "why it was refused (SEND's error text)" },
+        code: { type: 'string', description: "the error's code (protocol/wire.json)" },
       },
     },
     Target: {
@@ -6483,6 +6599,20 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   },
   REGISTER: { type: 'object', properties: { name: { type: 'string' } } },
   PUSH: { type: 'object', description: 'none: sent by a client, PUSH is refused (`invalid_request`)' },
+  SEND_BATCH: {
+    type: 'object',
+    required: ['messages'],
+    properties: {
+      messages: {
+        type: 'array',
+        minItems: 1,
+        maxItems: 4096,
+        description:
+          "1 to 4096 items, each `{to?, to_name?, message?}` as SEND's request; a request of the wrong shape (no items, too many, an item that is not an object or has a field of the wrong type) is refused as a whole (`invalid_request`) and delivers nothing",
+        items: { $ref: 'clove#/$defs/BatchItem' },
+      },
+    },
+  },
   STORE: {
     type: 'object',
     properties: {

@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { Duplex } from 'node:stream';
-import { startKernelProcess, tempDir, type KernelProcess } from '../../harness/kernel.js';
+import { startKernel, startKernelProcess, tempDir, type KernelProcess } from '../../harness/kernel.js';
 import {
   CloveClient,
   ConnectionClosedError,
@@ -139,6 +139,37 @@ describe('CloveClient', () => {
     expect(first).toBeGreaterThanOrEqual(1);
     c.close();
   });
+
+  it('pipelined calls of one tick (written together) are answered in order; a big frame among them arrives whole', async () => {
+    const tk = await startKernel({ mailboxSize: 4096 });
+    try {
+      const c = await tk.client();
+      const me = (await c.hello()).agent_id;
+      // Near the 1 MiB frame limit, not ASCII-only: a frame cut or joined wrongly would not compare equal.
+      const big = Buffer.from('é'.repeat(450_000) + 'tail');
+      const batch = Array.from({ length: 4096 }, (_, i) => ({ to: me, message: i }));
+      const calls: Promise<unknown>[] = [];
+      for (let i = 0; i < 300; i++) {
+        calls.push(c.echo(`small-${i}`));
+        if (i === 100) calls.push(c.echo(big));
+        if (i === 200) calls.push(c.sendBatch(batch));
+      }
+      const out = await Promise.all(calls);
+      const echoes = out.filter((x): x is string => typeof x === 'string');
+      expect(echoes.filter((x) => x.startsWith('small-'))).toEqual(
+        Array.from({ length: 300 }, (_, i) => `small-${i}`),
+      );
+      expect(echoes.find((x) => x.endsWith('tail')) === big.toString()).toBe(true);
+      expect(out[202]).toMatchObject({ success: true, delivered_count: 4096, failed_count: 0 });
+      const got: unknown[] = [];
+      while (got.length < 4096) got.push(...(await c.recv({ max: 4096 })).messages.map((m) => m.message));
+      expect(got).toEqual(batch.map((m) => m.message));
+      // Calls of later ticks are not held back by the ones before.
+      expect(await c.echo('after')).toBe('after');
+    } finally {
+      await tk.stop();
+    }
+  }, 60_000);
 
   it('builds the error class of each code', () => {
     expect(kernelError({ success: false, error: 'x', code: 'permission_denied' })).toBeInstanceOf(

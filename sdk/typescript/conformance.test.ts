@@ -41,13 +41,14 @@ const OPS: Record<string, Call> = {
   // The TS SDK returns EXIT's raw text; normalised to what both SDKs can say.
   EXIT: async (c) => ({ ok: (await c.exit()) === 'goodbye' }),
   HEARTBEAT: (c) => c.heartbeat(),
-  SPAWN: (c, a) => c.spawn({ name: a.name, script: a.script }),
+  SPAWN: (c, a) => c.spawn({ name: a.name, script: a.script, budgets: a.budgets }),
   KILL: (c, a) => c.kill(a.name),
   RESTART: (c, a) => c.restart(a.name),
   LIST: (c) => c.list(),
   PAUSE: (c, a) => c.pause(a.name),
   RESUME: (c, a) => c.resume(a.name),
   SEND: (c, a) => c.send(a.to_name, a.message),
+  SEND_BATCH: (c, a) => c.sendBatch(a.messages),
   PUSH: async (c, a) => {
     const it = c.messages() as AsyncGenerator<unknown> | Promise<unknown>;
     if (it instanceof Promise) return it; // the mapping check's recording stand-in

@@ -6,6 +6,7 @@ import type { Isolation, KernelEvent, Message, PollEventsReply } from '../../pro
 
 export type {
   AgentInfo,
+  BatchResult,
   AgentMetrics,
   AgentState,
   CgroupMetrics,
@@ -22,6 +23,7 @@ export type {
   ProcessMetrics,
   RecvReply,
   Requests,
+  SendBatchReply,
   Replies,
   Scope,
   SpawnReply,
@@ -37,3 +39,13 @@ export type IsolationReport = Isolation;
 export type PushedMessage = Message;
 /** An event pushed by the kernel (PUSH, kind `event`): POLL_EVENTS' fields, and the drop count when any. */
 export type PushedEvent = KernelEvent & { dropped?: number };
+/**
+ * One message of `sendBatch`: a target id (`to`, wins) or name (`toName`, or the wire's `to_name`), and
+ * any JSON `message` (default `{}`).
+ */
+export interface BatchMessage {
+  to?: number;
+  toName?: string;
+  to_name?: string;
+  message?: unknown;
+}

@@ -1,9 +1,11 @@
 /**
- * IPC family: REGISTER, SEND, RECV, BROADCAST. A target is an id that is alive for the kernel: a
+ * IPC family: REGISTER, SEND, SEND_BATCH, RECV, BROADCAST. A target is an id that is alive for the kernel: a
  * supervised agent (running, paused or being restarted — its mailbox waits for it) or an open client.
  */
+import type { BatchItem, BatchResult } from '../../../protocol/index.js';
 import {
   defineFamily,
+  errorReply,
   InvalidRequestError,
   MailboxFullError,
   NotFoundError,
@@ -26,6 +28,26 @@ export default defineFamily(({ services }) => {
   const { mail, principals } = services;
   /** Connections (by their close signal) that hold leases: what they took goes back when they close. */
   const leasing = new WeakSet<AbortSignal>();
+
+  /**
+   * One SEND from `from`: resolves the target (`to` wins over `to_name`), queues the message and counts
+   * it; throws what SEND refuses with. SEND and every item of SEND_BATCH go through here, so the two
+   * cannot differ in what they accept or in their error texts.
+   */
+  function send(from: number, req: BatchItem): number {
+    let to: number | undefined;
+    if (req.to) to = req.to;
+    else if (req.to_name) {
+      to = mail.resolve(req.to_name);
+      if (to === undefined)
+        throw new NotFoundError(`target agent not found: ${req.to_name}`, { delivered_to: 0 });
+    } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
+    if (!reachable(services, to))
+      throw new NotFoundError(`target agent not found: ${req.to_name ?? to}`, { delivered_to: 0 });
+    mail.deliver(to, from, mail.nameOf(from), encode(req.message));
+    principals.stats(from).sent++;
+    return to;
+  }
   return {
     name: 'ipc',
     handlers: {
@@ -35,19 +57,31 @@ export default defineFamily(({ services }) => {
         mail.register(caller.id, req.name, principals.budgets(caller.id).names);
         return { success: true, agent_id: caller.id, name: req.name };
       },
-      SEND: ({ caller }, req) => {
-        let to: number | undefined;
-        if (req.to) to = req.to;
-        else if (req.to_name) {
-          to = mail.resolve(req.to_name);
-          if (to === undefined)
-            throw new NotFoundError(`target agent not found: ${req.to_name}`, { delivered_to: 0 });
-        } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
-        if (!reachable(services, to))
-          throw new NotFoundError(`target agent not found: ${req.to_name ?? to}`, { delivered_to: 0 });
-        mail.deliver(to, caller.id, mail.nameOf(caller.id), encode(req.message));
-        principals.stats(caller.id).sent++;
-        return { success: true, delivered_to: to };
+      SEND: ({ caller }, req) => ({ success: true, delivered_to: send(caller.id, req) }),
+      SEND_BATCH: ({ caller }, req) => {
+        const results: BatchResult[] = [];
+        let delivered = 0;
+        // Each item is a SEND of its own: a refused item gets the error SEND would have given (audited as
+        // a refusal of SEND_BATCH) and stops nothing. Even a failure of the kernel stays with its item,
+        // so the reply always says which items were queued and a client never resends a delivered one.
+        req.messages.forEach((item, i) => {
+          try {
+            results.push({ delivered_to: send(caller.id, item) });
+            delivered++;
+          } catch (e) {
+            const reply = errorReply(e);
+            if (reply.code === 'internal')
+              services.log.error({ err: e, op: 'SEND_BATCH', caller: caller.id, item: i }, 'syscall failed');
+            services.audit.refusal(caller, 'SEND_BATCH', 'ipc', reply, { item: i });
+            results.push({ error: String(reply.error), code: String(reply.code) });
+          }
+        });
+        return {
+          success: true,
+          delivered_count: delivered,
+          failed_count: results.length - delivered,
+          results,
+        };
       },
       RECV: async (ctx, req) => {
         const id = ctx.caller.id;

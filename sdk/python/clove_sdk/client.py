@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import (
@@ -533,6 +534,7 @@ class CloveClient:
         watchdog_ms: int | None = None,
         permissions: dict | str | None = None,
         quotas: dict | None = None,
+        budgets: dict | None = None,
         check: bool | None = None,
     ) -> dict:
         """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
@@ -562,6 +564,7 @@ class CloveClient:
             "watchdog_ms": watchdog_ms,
             "permissions": permissions,
             "quotas": quotas,
+            "budgets": budgets,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
         if "script" not in payload and "command" not in payload:
@@ -648,6 +651,29 @@ class CloveClient:
         if to_name is not None:
             payload["to_name"] = to_name
         return self.call_json(SyscallOp.SYS_SEND, payload, check=check)
+
+    def send_batch(self, items: Iterable[Mapping[str, Any]], *, check: bool | None = None) -> dict:
+        """SEND_BATCH (ext): many messages in one request (1 to 4096 items). Each item is a dict with
+        ``to`` (an id; a str is a name) or ``to_name``, and ``message`` (any JSON; default ``{}``). Items are
+        independent: the reply is ``success, delivered_count, failed_count, results``, with per item, in
+        order, ``{"delivered_to": id}`` or the ``{"error", "code"}`` SEND would have given. Only a request
+        of the wrong shape (no items, more than 4096, an item that is not a dict) fails as a whole."""
+        messages = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise TypeError(f"send_batch items are dicts with to/to_name/message, not {type(item).__name__}")
+            m: dict[str, Any] = {}
+            to, to_name = item.get("to"), item.get("to_name")
+            if isinstance(to, str):
+                to, to_name = None, to
+            if to is not None:
+                m["to"] = to
+            if to_name is not None:
+                m["to_name"] = to_name
+            if "message" in item:
+                m["message"] = item["message"]
+            messages.append(m)
+        return self.call_json(SyscallOp.SYS_SEND_BATCH, {"messages": messages}, check=check)
 
     def recv_messages(
         self, max_messages: int = 10, timeout: float | None = None, *, check: bool | None = None

@@ -71,6 +71,7 @@ class SyscallOp(IntEnum):
     SYS_BROADCAST = 0x22  # a message to every named id
     SYS_REGISTER = 0x23  # bind a further name to the caller
     SYS_PUSH = 0x24  # unsolicited: a message or an event pushed to a connection that opted in (HELLO push); a client never sends it
+    SYS_SEND_BATCH = 0x25  # queue many messages in one request, each item as SEND would (to wins over to_name); items are independent: a refused item gets its error in results and the others are delivered
     SYS_STORE = 0x30  # write a key; global keys belong to whoever created them
     SYS_FETCH = 0x31  # read a key: without a scope, agent scope first, then global/session
     SYS_DELETE = 0x32  # delete a key the caller may delete
@@ -138,6 +139,7 @@ class SyscallOp(IntEnum):
     BROADCAST = 0x22
     REGISTER = 0x23
     PUSH = 0x24
+    SEND_BATCH = 0x25
     STORE = 0x30
     FETCH = 0x31
     DELETE = 0x32
@@ -212,6 +214,7 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "BROADCAST": ("ipc", "implemented", "broadcast"),
     "REGISTER": ("ipc", "implemented", "register_name"),
     "PUSH": ("ipc", "implemented", "messages"),
+    "SEND_BATCH": ("ipc", "implemented", "send_batch"),
     "STORE": ("state", "implemented", "store"),
     "FETCH": ("state", "implemented", "fetch"),
     "DELETE": ("state", "implemented", "delete_key"),

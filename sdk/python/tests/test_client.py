@@ -152,14 +152,14 @@ def test_request_shapes(fake):
     c = fake.client()
     c.spawn("w", "/a/w.py", args=["x"], env={"A": "1"}, cwd="/tmp", restart_policy="on-failure",
             backoff_initial_ms=50, backoff_multiplier=1.5, backoff_max_ms=900, min_uptime_ms=10,
-            watchdog_ms=2000, permissions="standard", limits={"memory": 1})
+            watchdog_ms=2000, permissions="standard", limits={"memory": 1}, budgets={"mailbox_messages": 2})
     op, p = last(fake)
     assert op == 0x10
     assert p == {"name": "w", "script": "/a/w.py", "sandboxed": True, "network": False,
                  "restart_policy": "on-failure", "max_restarts": 5, "restart_window": 300, "limits": {"memory": 1},
                  "args": ["x"], "env": {"A": "1"}, "cwd": "/tmp", "backoff_initial_ms": 50,
                  "backoff_multiplier": 1.5, "backoff_max_ms": 900, "min_uptime_ms": 10, "watchdog_ms": 2000,
-                 "permissions": "standard"}
+                 "permissions": "standard", "budgets": {"mailbox_messages": 2}}
     c.kill(agent_id=0)
     assert last(fake) == (0x11, {"id": 0})  # id 0 is sent (the public SDK dropped it)
     c.kill(5)
@@ -188,6 +188,15 @@ def test_request_shapes(fake):
     assert last(fake) == (0x20, {"message": {"a": 1}, "to_name": "bob"})
     c.send_message("x", to=4)
     assert last(fake) == (0x20, {"message": "x", "to": 4})
+    c.send_batch([{"to": "bob", "message": {"a": 1}}, {"to": 4, "to_name": "x", "message": "x"}, {"to_name": "c"}])
+    assert last(fake) == (
+        0x25,
+        {"messages": [{"to_name": "bob", "message": {"a": 1}}, {"to": 4, "to_name": "x", "message": "x"}, {"to_name": "c"}]},
+    )
+    c.send_batch(m for m in [{"to": 0, "message": None}])  # any iterable; id 0 and a null message are sent
+    assert last(fake) == (0x25, {"messages": [{"to": 0, "message": None}]})
+    with pytest.raises(TypeError):
+        c.send_batch(["bob"])
     c.store("k", [1], scope="agent", ttl=3)
     assert last(fake) == (0x30, {"key": "k", "value": [1], "scope": "agent", "ttl": 3})
     c.fetch("k", scope="session")

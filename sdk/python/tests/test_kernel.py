@@ -202,6 +202,32 @@ def test_many_messages_keep_order(kernel, op):
     assert got == list(range(20))
 
 
+def test_send_batch_round_trip(kernel, op):
+    r = spawn_echo(kernel, op, "echo-batch")
+    items = [{"to": r["id"] if i % 2 else "echo-batch", "message": {"i": i}} for i in range(40)]
+    items.insert(7, {"to_name": "nobody-batch", "message": {"i": -1}})
+    reply = op.send_batch(items)
+    assert reply["success"] is True, reply
+    assert (reply["delivered_count"], reply["failed_count"]) == (40, 1), reply
+    assert reply["results"][7] == {"error": "target agent not found: nobody-batch", "code": "not_found"}
+    assert all(x == {"delivered_to": r["id"]} for i, x in enumerate(reply["results"]) if i != 7), reply
+    # the agent receives them in the order of the batch, as from the operator
+    me = op.hello()["agent_id"]
+    got = []
+    deadline = time.monotonic() + 30
+    while len(got) < 40 and time.monotonic() < deadline:
+        for m in op.recv_messages(50, timeout=2)["messages"]:
+            assert m["message"]["from"] == me, m
+            got.append(m["message"]["echo"]["i"])
+    assert got == list(range(40))
+    # a request of the wrong shape is refused as a whole
+    with pytest.raises(InvalidRequestError):
+        op.send_batch([], check=True)
+    bad = op.send_batch([{"to_name": "echo-batch", "message": "never"}, {"to": -1}])
+    assert bad["success"] is False and bad["code"] == "invalid_request", bad
+    assert op.recv_messages(10, timeout=0.5)["count"] == 0
+
+
 def test_blocking_recv_returns_when_a_message_arrives(kernel, op):
     me = op.hello()["agent_id"]
     sender = kernel.client()
