@@ -325,10 +325,7 @@ export declare class NativeMailStore {
     park?: { id: number; holder: number; max: number; lease: boolean; timeoutMs: number };
   };
   /** Test-only: Resume() of a parked RECV; the reply frame, or null while it keeps waiting. */
-  resume(
-    park: { id: number; holder: number; max: number; lease: boolean },
-    timedOut: boolean,
-  ): Buffer | null;
+  resume(park: { id: number; holder: number; max: number; lease: boolean }, timedOut: boolean): Buffer | null;
   /** Test-only: PushMessages(); the PUSH frames written (one per message). */
   pushMessages(id: number, holder: number, max: number): Buffer;
 }

@@ -20,7 +20,11 @@ const makeJs: Make = (budgets, limit) => {
 };
 
 const makeNative: Make = (budgets, limit) => {
-  const store = new (loadNative().MailStore)({ queuedBytesLimit: limit, maxReplyBytes: 8 << 20, maxDepth: 64 });
+  const store = new (loadNative().MailStore)({
+    queuedBytesLimit: limit,
+    maxReplyBytes: 8 << 20,
+    maxDepth: 64,
+  });
   return { po: new NativePostOffice(store, budgets), queued: () => store.queuedBytes() };
 };
 
@@ -192,7 +196,11 @@ describe.each([
 
 describe('NativePostOffice', () => {
   it('wakes its waiters for deliveries made outside JavaScript (onMail)', async () => {
-    const store = new (loadNative().MailStore)({ queuedBytesLimit: 1 << 20, maxReplyBytes: 1 << 20, maxDepth: 64 });
+    const store = new (loadNative().MailStore)({
+      queuedBytesLimit: 1 << 20,
+      maxReplyBytes: 1 << 20,
+      maxDepth: 64,
+    });
     const po = new NativePostOffice(store, () => DEFAULT_BUDGETS);
     po.deliver(1, 2, 's', '0');
     po.take(1, 10, {});
@@ -204,7 +212,11 @@ describe('NativePostOffice', () => {
   });
 
   it('maps a bound object to the reactor connection number as its lease holder', () => {
-    const store = new (loadNative().MailStore)({ queuedBytesLimit: 1 << 20, maxReplyBytes: 1 << 20, maxDepth: 64 });
+    const store = new (loadNative().MailStore)({
+      queuedBytesLimit: 1 << 20,
+      maxReplyBytes: 1 << 20,
+      maxDepth: 64,
+    });
     const po = new NativePostOffice(store, () => DEFAULT_BUDGETS);
     const signal = new AbortController().signal;
     po.bindHolder(signal, 7);
@@ -216,7 +228,11 @@ describe('NativePostOffice', () => {
   });
 
   it('re-tells the store the budgets after a release, and when they change', () => {
-    const store = new (loadNative().MailStore)({ queuedBytesLimit: 1 << 20, maxReplyBytes: 1 << 20, maxDepth: 64 });
+    const store = new (loadNative().MailStore)({
+      queuedBytesLimit: 1 << 20,
+      maxReplyBytes: 1 << 20,
+      maxDepth: 64,
+    });
     let b: Budgets = { ...DEFAULT_BUDGETS, mailbox_messages: 1 };
     const po = new NativePostOffice(store, () => b);
     po.deliver(1, 2, 's', '1');
