@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { PostOffice, QueuedBytes, type Mail } from './mailboxes.js';
-import { NativePostOffice } from './native-mail.js';
+import { NativePostOffice, createNativeMail } from './native-mail.js';
 import { MailboxFullError, NameTakenError, InvalidRequestError, QuotaExceededError } from '../core/errors.js';
 import { DEFAULT_BUDGETS, type Budgets } from '../core/budgets.js';
 import { loadNative } from '../sandbox/native.js';
@@ -243,5 +243,23 @@ describe('NativePostOffice', () => {
     po.release(2);
     po.deliver(1, 2, 's', '3');
     expect(po.size(1)).toBe(1);
+  });
+
+  it("createNativeMail: events count the store's message bytes against the same kernel limit", () => {
+    const { mail, eventBytes, store } = createNativeMail(loadNative(), {
+      budgetsOf: () => DEFAULT_BUDGETS,
+      queuedBytesLimit: 100,
+      maxReplyBytes: 1 << 20,
+      maxDepth: 64,
+    });
+    mail.deliver(1, 2, 's', JSON.stringify('m'.repeat(58)));
+    expect(store.queuedBytes()).toBe(60);
+    expect(eventBytes.fits(40)).toBe(true);
+    expect(eventBytes.fits(41)).toBe(false);
+    expect(() => eventBytes.take(41, 'event queues')).toThrow(/kernel_queued_bytes: 60 of 100/);
+    eventBytes.take(30, 'event queues');
+    expect(eventBytes.used).toBe(30);
+    mail.take(1, 10, {});
+    expect(eventBytes.fits(70)).toBe(true);
   });
 });

@@ -162,9 +162,9 @@ export class NativePostOffice implements Mail {
       this.waiters.set(id, w);
       this.store.watch(id, true);
     }
-    // A delivery by the reactor before `watch` took effect would not be reported: look once more.
-    if (this.store.size(id) > 0) return;
     try {
+      // A delivery by the reactor before `watch` took effect would not be reported: look once more.
+      if (this.store.size(id) > 0) return;
       await w.wait(ms, signal);
     } finally {
       if (w.size === 0 && this.waiters.get(id) === w) {

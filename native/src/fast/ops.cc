@@ -335,6 +335,16 @@ Verdict Serve(MailStore& store, const Call& call, std::string& out, ParkedRecv* 
   if (call.opcode != kOpSend && call.opcode != kOpSendBatch && call.opcode != kOpRecv &&
       call.opcode != kOpBroadcast)
     return Verdict::ToJs;
+  // A huge frame (a big SEND_BATCH) grows the thread's buffers: give that memory back afterwards.
+  struct Shrink {
+    size_t n;
+    ~Shrink() {
+      if (n <= (1u << 20)) return;
+      std::string().swap(tl.padded);
+      tl.dom = simdjson::dom::parser();
+      tl.ondemand = od::parser();
+    }
+  } shrink{call.payload.size()};
   try {
     simdjson::padded_string_view json;
     if (!Prepare(call.payload, store.max_depth(), json)) return Verdict::ToJs;

@@ -91,7 +91,19 @@ struct MailStore::Impl {
     struct Added {
       uint64_t messages = 0, bytes = 0;
     };
-    std::unordered_map<uint32_t, Added> added;
+    // What earlier items of this call add to each mailbox (a linear list: calls name few mailboxes;
+    // a map once they name many).
+    std::vector<std::pair<uint32_t, Added>> few;
+    std::unordered_map<uint32_t, Added> many;
+    auto added_to = [&](uint32_t id) -> Added& {
+      if (many.empty()) {
+        for (auto& [k, v] : few)
+          if (k == id) return v;
+        if (few.size() < 16) return few.emplace_back(id, Added{}).second;
+        for (auto& [k, v] : few) many[k] = v;
+      }
+      return many[id];
+    };
     uint64_t sent = 0;
     auto ob = outbox.find(from);
     uint64_t sent0 = ob == outbox.end() ? 0 : ob->second;
@@ -100,7 +112,7 @@ struct MailStore::Impl {
       if (tb == budgets.end()) return {Refusal::NoBudgets};
       if (reachable_only && !reachable.count(d.to)) return {Refusal::Unreachable};
       uint64_t n = d.json.size();
-      Added& a = added[d.to];
+      Added& a = added_to(d.to);
       auto bi = boxes.find(d.to);
       uint64_t held = (bi == boxes.end() ? 0 : bi->second.queue.size()) + a.messages;
       uint64_t bytes = (bi == boxes.end() ? 0 : bi->second.bytes) + a.bytes;
@@ -117,10 +129,11 @@ struct MailStore::Impl {
     std::string name = from_name ? *from_name : FirstName(from);
     int64_t now = NowMs();
     std::vector<uint32_t> gained;
+    std::unordered_set<uint32_t> seen;
     for (const MailStore::Delivery& d : items) {
       Message& m = Commit(d.to, from, d.json, name, now);
       if (out) *out = m;
-      if (std::find(gained.begin(), gained.end(), d.to) == gained.end()) gained.push_back(d.to);
+      if (items.size() == 1 || seen.insert(d.to).second) gained.push_back(d.to);
     }
     Notify(gained, lock);
     return {};
