@@ -291,7 +291,8 @@ export declare class NativeMailStore {
   constructor(o: { queuedBytesLimit: number; maxReplyBytes: number; maxDepth: number });
   setBudgets(id: number, b: NativeMailBudgets): void;
   setReachable(id: number, reachable: boolean): void;
-  deliver(to: number, from: number, json: string): NativeMessage | NativeRefusal;
+  /** `fromName`: the message's from_name (default: the sender's first name); reachability is not checked. */
+  deliver(to: number, from: number, json: string, fromName?: string): NativeMessage | NativeRefusal;
   take(id: number, max: number, holder: number, lease: boolean, maxBytes: number): NativeMessage[];
   requeueLeases(id: number, holder: number): number;
   size(id: number): number;
@@ -309,6 +310,24 @@ export declare class NativeMailStore {
   /** Ids (watched ones only) whose mailbox gained messages, in batches, on the JS thread. */
   onMail(fn: (ids: number[]) => void): void;
   watch(id: number, on: boolean): void;
+  /**
+   * Test-only (kernel/ipc/native-ops.test.ts): the fast path's Serve() for one frame's payload, without a
+   * reactor. `out` holds the reply frame (verdict 'done'); `park` what a parked RECV waits for.
+   */
+  serve(
+    caller: number,
+    holder: number,
+    opcode: number,
+    payload: Buffer,
+  ): {
+    verdict: 'done' | 'tojs' | 'park';
+    out: Buffer;
+    park?: { id: number; holder: number; max: number; lease: boolean; timeoutMs: number };
+  };
+  /** Test-only: Resume() of a parked RECV; the reply frame, or null while it keeps waiting. */
+  resume(park: { id: number; holder: number; max: number; lease: boolean }, timedOut: boolean): Buffer | null;
+  /** Test-only: PushMessages(); the PUSH frames written (one per message). */
+  pushMessages(id: number, holder: number, max: number): Buffer;
 }
 
 export type NativeReactorEvent =

@@ -22,7 +22,7 @@ import {
   SpawnFailedError,
 } from '../core/errors.js';
 import type { Principals } from '../core/principals.js';
-import { NAME_RE, type PostOffice } from '../ipc/mailboxes.js';
+import { NAME_RE, type Mail } from '../ipc/mailboxes.js';
 import { parsePermissions, within, type Permissions } from '../perms/permissions.js';
 import type { SandboxRuntime } from '../sandbox/runtime.js';
 import type { AgentLogs } from '../supervisor/logs.js';
@@ -42,7 +42,7 @@ const PROTECTED_ENV = /^(CLOVE_|PATH$|HOME$)/;
 
 export interface AgentServiceOptions {
   supervisor: Supervisor;
-  mail: PostOffice;
+  mail: Mail;
   principals: Principals;
   sandbox: SandboxRuntime;
   logs: AgentLogs;

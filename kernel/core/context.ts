@@ -6,7 +6,7 @@
 import type { ArgsOf, AsyncAccepted, OpName, Replies } from '../../protocol/index.js';
 import type { Permissions } from '../perms/permissions.js';
 import type { AgentService } from '../agents/agents.js';
-import type { PostOffice } from '../ipc/mailboxes.js';
+import type { Mail } from '../ipc/mailboxes.js';
 import type { EventBus, KernelEventType } from '../events/bus.js';
 import type { StateStore } from '../state/store.js';
 import type { MetricsService } from '../metrics/service.js';
@@ -42,7 +42,7 @@ export interface Services {
   kernel: KernelInfo;
   principals: Principals;
   agents: AgentService;
-  mail: PostOffice;
+  mail: Mail;
   events: EventBus;
   store: StateStore;
   metrics: MetricsService;

@@ -58,7 +58,27 @@ export class QueuedBytes {
 
 export const NAME_RE = new RegExp(NAME_PATTERN);
 
-export class PostOffice {
+/**
+ * The mailboxes and names the kernel's services use: PostOffice (JavaScript) or, with the fast path,
+ * NativePostOffice (kernel/ipc/native-mail.ts) over the addon's store shared with the reactor.
+ * `holder` is whoever takes under a lease (a connection's close signal, a pusher).
+ */
+export interface Mail {
+  size(id: number): number;
+  bytes(id: number): number;
+  deliver(to: number, from: number, fromName: string, json: string): Message;
+  take(id: number, max: number, holder: object, lease?: boolean, maxBytes?: number): Message[];
+  requeueLeases(id: number, holder: object): number;
+  wait(id: number, ms: number, signal: AbortSignal): Promise<void>;
+  register(id: number, name: string, maxExtra?: number): void;
+  unregister(id: number, name: string): boolean;
+  resolve(name: string): number | undefined;
+  nameOf(id: number): string;
+  named(): number[];
+  release(id: number): void;
+}
+
+export class PostOffice implements Mail {
   private boxes = new Map<number, Mailbox>();
   private nameToId = new Map<string, number>();
   private idToNames = new Map<number, string[]>();

@@ -9,7 +9,7 @@
  */
 import type { PushPort } from '../core/connection.js';
 import type { EventBus } from '../events/bus.js';
-import type { PostOffice } from './mailboxes.js';
+import type { Mail } from './mailboxes.js';
 
 /** Items taken per turn: small enough that a flood of messages does not hold the event loop. */
 const BATCH = 64;
@@ -22,7 +22,7 @@ export interface PushMode {
 }
 
 interface Sources {
-  mail: PostOffice;
+  mail: Mail;
   events: EventBus;
   /** The most bytes one turn takes (the kernel's reply limit). */
   maxBytes: number;

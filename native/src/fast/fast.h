@@ -86,6 +86,8 @@ class MailStore {
   ~MailStore();
 
   void SetListener(MailListener l);
+  // A second listener slot, for the JS MailStore object (store_napi.cc): both are called.
+  void SetJsListener(MailListener l);
   size_t max_reply_bytes() const;
   int max_depth() const;
 
@@ -94,8 +96,18 @@ class MailStore {
   void SetReachable(uint32_t id, bool reachable);
   bool Reachable(uint32_t id);
 
-  // Queues a message for `to`, or refuses with nothing queued. Counts nothing in Stats.
-  Refused Deliver(uint32_t to, uint32_t from, std::string_view json, Message* out = nullptr);
+  // Queues a message for `to`, or refuses with nothing queued. Counts nothing in Stats. Its from_name is
+  // `from_name` when given (the kernel's own messages, tasks), else the sender's first name. Reachability
+  // is not checked (PostOffice.deliver does not either: the SEND handler does).
+  Refused Deliver(uint32_t to, uint32_t from, std::string_view json, Message* out = nullptr,
+                  const std::string* from_name = nullptr);
+  // All or nothing under one lock: queues every item (in order, as consecutive Deliver calls would) only
+  // when every one fits; with `reachable_only`, an unreachable target refuses all (Refusal::Unreachable).
+  struct Delivery {
+    uint32_t to = 0;
+    std::string_view json;
+  };
+  Refused DeliverAll(uint32_t from, const std::vector<Delivery>& items, bool reachable_only);
   // Takes up to `max` messages, at most `max_bytes` of them (but always the first), for `holder`;
   // acknowledges the holder's previous lease; with `lease`, keeps what it returns leased to `holder`.
   std::vector<Message> Take(uint32_t id, size_t max, Holder holder, bool lease, size_t max_bytes);

@@ -1,10 +1,388 @@
-// STUB (issue 12 helper "store" replaces this file): every call goes to JavaScript.
+// SEND, SEND_BATCH, RECV and BROADCAST served without JavaScript (docs/fastpath.md, Rule 1): a call is
+// completed here only when it is in the plain shape and succeeds; anything else is handed to JavaScript
+// untouched (Verdict::ToJs), which serves it over the same store with the kernel's errors and audit.
+//
+// Parsing: the kernel's own depth scan (kernel/core/validate.ts checkDepth), then a simdjson DOM parse of
+// the whole payload (syntax, UTF-8, numbers in range, anywhere), then an On-Demand pass over the envelope
+// for the fields and the message's raw bytes, which are queued byte for byte.
+#include <simdjson.h>
+
+#include <cstring>
+#include <utility>
+#include <limits>
+
 #include "fast.h"
 
 namespace clove::fast {
 
-Verdict Serve(MailStore&, const Call&, std::string&, ParkedRecv*) { return Verdict::ToJs; }
-bool Resume(MailStore&, const ParkedRecv&, bool timed_out, std::string&) { return timed_out; }
-size_t PushMessages(MailStore&, uint32_t, Holder, size_t, std::string&) { return 0; }
+namespace {
+
+using simdjson::error_code;
+namespace od = simdjson::ondemand;
+
+// Per thread: the payload copied with simdjson's padding, and the parsers (reused: no allocation per call).
+struct Parsers {
+  std::string padded;
+  od::parser ondemand;
+  simdjson::dom::parser dom;
+};
+thread_local Parsers tl;
+
+// kernel/core/validate.ts checkDepth, byte for byte: brackets outside strings, deeper than `max` refuses.
+bool DepthOk(std::string_view p, int max) {
+  int depth = 0;
+  const char* s = p.data();
+  size_t n = p.size();
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (c == '"') {
+      size_t j = i;
+      for (;;) {
+        const void* q = std::memchr(s + j + 1, '"', n - j - 1);
+        if (!q) return true;  // unterminated: the parser says so
+        j = static_cast<const char*>(q) - s;
+        size_t k = j - 1;
+        while (k < n && s[k] == '\\') k--;
+        if ((j - 1 - k) % 2 == 0) break;
+      }
+      i = j;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max) return false;
+    } else if (c == ']' || c == '}') {
+      depth--;
+    }
+  }
+  return true;
+}
+
+// Copies `p` into the thread's padded buffer and checks it completely (depth, then syntax and numbers).
+bool Prepare(std::string_view p, int max_depth, simdjson::padded_string_view& out) {
+  if (!DepthOk(p, max_depth)) return false;
+  tl.padded.resize(p.size() + simdjson::SIMDJSON_PADDING);
+  std::memcpy(tl.padded.data(), p.data(), p.size());
+  std::memset(tl.padded.data() + p.size(), 0, simdjson::SIMDJSON_PADDING);
+  simdjson::dom::element e;
+  if (tl.dom.parse(tl.padded.data(), p.size(), false).get(e)) return false;
+  if (!e.is_object()) return false;
+  out = simdjson::padded_string_view(tl.padded.data(), p.size(), tl.padded.size());
+  return true;
+}
+
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// The bytes of one value as they stand in the payload (without the whitespace after it).
+bool RawValue(od::value v, std::string_view& raw) {
+  od::json_type t;
+  if (v.type().get(t)) return false;
+  if (t == od::json_type::object) {
+    od::object o;
+    if (v.get_object().get(o) || o.raw_json().get(raw)) return false;
+  } else if (t == od::json_type::array) {
+    od::array a;
+    if (v.get_array().get(a) || a.raw_json().get(raw)) return false;
+  } else {
+    raw = v.raw_json_token();
+  }
+  while (!raw.empty() && IsSpace(raw.back())) raw.remove_suffix(1);
+  return !raw.empty();
+}
+
+// One SEND (or SEND_BATCH item): where to, and the message's bytes.
+struct Target {
+  uint64_t to = 0;
+  bool has_name = false;
+  std::string to_name;
+  bool has_message = false;
+  std::string_view message;
+};
+
+// Reads `to`, `to_name`, `message` of one object; false for anything not in the plain shape.
+bool ReadTarget(od::object obj, Target& t) {
+  bool seen_to = false;
+  for (auto f : obj) {
+    od::field field;
+    if (std::move(f).get(field)) return false;
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return false;
+    if (key == "to") {
+      if (seen_to) return false;
+      seen_to = true;
+      if (field.value().get_uint64().get(t.to) || t.to > std::numeric_limits<uint32_t>::max()) return false;
+    } else if (key == "to_name") {
+      if (t.has_name) return false;
+      t.has_name = true;
+      std::string_view n;
+      if (field.value().get_string().get(n)) return false;
+      t.to_name.assign(n);
+    } else if (key == "message") {
+      if (t.has_message) return false;
+      t.has_message = true;
+      if (!RawValue(field.value(), t.message)) return false;
+    }
+    // Other fields: allowed by the contract, already validated by the DOM pass, skipped.
+  }
+  return true;
+}
+
+// SEND's target resolution (kernel/syscalls/ipc/index.ts): `to` wins (0 is absent), then `to_name`.
+bool Resolve(MailStore& store, const Target& t, uint32_t& to) {
+  if (t.to) {
+    to = static_cast<uint32_t>(t.to);
+    return true;
+  }
+  if (!t.has_name || t.to_name.empty()) return false;
+  int64_t id = store.Resolve(t.to_name);
+  if (id < 0) return false;
+  to = static_cast<uint32_t>(id);
+  return true;
+}
+
+std::string_view MessageOf(const Target& t) { return t.has_message ? t.message : std::string_view("{}"); }
+
+// JSON.stringify of a string (the escapes V8 writes), appended to `s`.
+void AppendJsonString(std::string& s, std::string_view v) {
+  static const char* hex = "0123456789abcdef";
+  s += '"';
+  for (unsigned char c : v) {
+    switch (c) {
+      case '"': s += "\\\""; break;
+      case '\\': s += "\\\\"; break;
+      case '\b': s += "\\b"; break;
+      case '\f': s += "\\f"; break;
+      case '\n': s += "\\n"; break;
+      case '\r': s += "\\r"; break;
+      case '\t': s += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          s += "\\u00";
+          s += hex[c >> 4];
+          s += hex[c & 15];
+        } else {
+          s += static_cast<char>(c);
+        }
+    }
+  }
+  s += '"';
+}
+
+// One message as RECV's reply carries it (push: with "kind":"message" in front, as kernel/ipc/push.ts).
+void AppendMessage(std::string& s, const Message& m, int64_t now, bool push) {
+  s += push ? "{\"kind\":\"message\",\"from\":" : "{\"from\":";
+  s += std::to_string(m.from);
+  s += ",\"from_name\":";
+  AppendJsonString(s, m.from_name);
+  s += ",\"message\":";
+  s += m.json;
+  s += ",\"age_ms\":";
+  s += std::to_string(now - m.sent_at_ms);
+  s += ",\"seq\":";
+  s += std::to_string(m.seq);
+  s += '}';
+}
+
+// RECV's reply frame for what was taken; counts the call.
+void ReplyRecv(MailStore& store, uint32_t id, const std::vector<Message>& ms, std::string& out) {
+  int64_t now = NowMs();
+  std::string p = "{\"success\":true,\"messages\":[";
+  size_t total = 0;
+  for (const Message& m : ms) total += m.json.size() + m.from_name.size() + 64;
+  p.reserve(p.size() + total + 32);
+  for (size_t i = 0; i < ms.size(); i++) {
+    if (i) p += ',';
+    AppendMessage(p, ms[i], now, false);
+  }
+  p += "],\"count\":";
+  p += std::to_string(ms.size());
+  p += '}';
+  store.Count(id, 1, 0, ms.size());
+  AppendFrame(out, id, kOpRecv, p);
+}
+
+Verdict ServeSend(MailStore& store, const Call& call, od::document& doc, std::string& out) {
+  od::object obj;
+  if (doc.get_object().get(obj)) return Verdict::ToJs;
+  Target t;
+  if (!ReadTarget(obj, t)) return Verdict::ToJs;
+  uint32_t to;
+  if (!Resolve(store, t, to)) return Verdict::ToJs;
+  std::vector<MailStore::Delivery> one{{to, MessageOf(t)}};
+  if (store.DeliverAll(call.caller, one, true).why != Refusal::None) return Verdict::ToJs;
+  store.Count(call.caller, 1, 1, 0);
+  std::string p = "{\"success\":true,\"delivered_to\":" + std::to_string(to) + "}";
+  AppendFrame(out, call.caller, call.opcode, p);
+  return Verdict::Done;
+}
+
+Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, std::string& out) {
+  od::object obj;
+  if (doc.get_object().get(obj)) return Verdict::ToJs;
+  std::vector<Target> items;
+  bool seen = false;
+  for (auto f : obj) {
+    od::field field;
+    if (std::move(f).get(field)) return Verdict::ToJs;
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return Verdict::ToJs;
+    if (key != "messages") continue;
+    if (seen) return Verdict::ToJs;
+    seen = true;
+    od::array arr;
+    if (field.value().get_array().get(arr)) return Verdict::ToJs;
+    for (auto e : arr) {
+      od::object item;
+      if (e.get_object().get(item)) return Verdict::ToJs;
+      if (items.size() >= 4096) return Verdict::ToJs;
+      items.emplace_back();
+      if (!ReadTarget(item, items.back())) return Verdict::ToJs;
+    }
+  }
+  if (items.empty()) return Verdict::ToJs;
+  std::vector<MailStore::Delivery> ds;
+  ds.reserve(items.size());
+  for (const Target& t : items) {
+    uint32_t to;
+    if (!Resolve(store, t, to)) return Verdict::ToJs;
+    ds.push_back({to, MessageOf(t)});
+  }
+  if (store.DeliverAll(call.caller, ds, true).why != Refusal::None) return Verdict::ToJs;
+  store.Count(call.caller, 1, ds.size(), 0);
+  std::string p = "{\"success\":true,\"delivered_count\":" + std::to_string(ds.size()) +
+                  ",\"failed_count\":0,\"results\":[";
+  p.reserve(p.size() + ds.size() * 24 + 4);
+  for (size_t i = 0; i < ds.size(); i++) {
+    if (i) p += ',';
+    p += "{\"delivered_to\":";
+    p += std::to_string(ds[i].to);
+    p += '}';
+  }
+  p += "]}";
+  AppendFrame(out, call.caller, call.opcode, p);
+  return Verdict::Done;
+}
+
+Verdict ServeBroadcast(MailStore& store, const Call& call, od::document& doc, std::string& out) {
+  od::object obj;
+  if (doc.get_object().get(obj)) return Verdict::ToJs;
+  bool has_message = false, has_self = false, include_self = false;
+  std::string_view message = "{}";
+  for (auto f : obj) {
+    od::field field;
+    if (std::move(f).get(field)) return Verdict::ToJs;
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return Verdict::ToJs;
+    if (key == "message") {
+      if (has_message) return Verdict::ToJs;
+      has_message = true;
+      if (!RawValue(field.value(), message)) return Verdict::ToJs;
+    } else if (key == "include_self") {
+      if (has_self) return Verdict::ToJs;
+      has_self = true;
+      if (field.value().get_bool().get(include_self)) return Verdict::ToJs;
+    }
+  }
+  std::vector<MailStore::Delivery> ds;
+  for (uint32_t id : store.Named()) {
+    if ((id == call.caller && !include_self) || !store.Reachable(id)) continue;
+    ds.push_back({id, message});
+  }
+  // Reachability is checked again under the lock: a target gone in between sends the call to JavaScript.
+  if (!ds.empty() && store.DeliverAll(call.caller, ds, true).why != Refusal::None) return Verdict::ToJs;
+  store.Count(call.caller, 1, ds.size(), 0);
+  std::string p = "{\"success\":true,\"delivered_count\":" + std::to_string(ds.size()) + ",\"failed_count\":0}";
+  AppendFrame(out, call.caller, call.opcode, p);
+  return Verdict::Done;
+}
+
+Verdict ServeRecv(MailStore& store, const Call& call, od::document& doc, std::string& out, ParkedRecv* park) {
+  od::object obj;
+  if (doc.get_object().get(obj)) return Verdict::ToJs;
+  uint64_t max = 10, timeout_ms = 30000;
+  bool wait = false, lease = false;
+  unsigned seen = 0;
+  for (auto f : obj) {
+    od::field field;
+    if (std::move(f).get(field)) return Verdict::ToJs;
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return Verdict::ToJs;
+    unsigned bit = key == "max" ? 1 : key == "wait" ? 2 : key == "timeout_ms" ? 4 : key == "lease" ? 8 : 0;
+    if (!bit) continue;
+    if (seen & bit) return Verdict::ToJs;
+    seen |= bit;
+    od::value v = field.value();
+    bool bad = bit == 1   ? v.get_uint64().get(max) != simdjson::SUCCESS
+               : bit == 2 ? v.get_bool().get(wait) != simdjson::SUCCESS
+               : bit == 4 ? v.get_uint64().get(timeout_ms) != simdjson::SUCCESS
+                          : v.get_bool().get(lease) != simdjson::SUCCESS;
+    if (bad) return Verdict::ToJs;
+  }
+  if (max > 10000 || timeout_ms > 300000) return Verdict::ToJs;
+  if (wait && max > 0 && store.Size(call.caller) == 0) {
+    if (!park) return Verdict::ToJs;
+    park->id = call.caller;
+    park->holder = call.holder;
+    park->max = max;
+    park->lease = lease;
+    park->deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    return Verdict::Park;
+  }
+  ReplyRecv(store, call.caller, store.Take(call.caller, max, call.holder, lease, store.max_reply_bytes()), out);
+  return Verdict::Done;
+}
+
+}  // namespace
+
+Verdict Serve(MailStore& store, const Call& call, std::string& out, ParkedRecv* park) {
+  if (call.opcode != kOpSend && call.opcode != kOpSendBatch && call.opcode != kOpRecv &&
+      call.opcode != kOpBroadcast)
+    return Verdict::ToJs;
+  // A huge frame (a big SEND_BATCH) grows the thread's buffers: give that memory back afterwards.
+  struct Shrink {
+    size_t n;
+    ~Shrink() {
+      if (n <= (1u << 20)) return;
+      std::string().swap(tl.padded);
+      tl.dom = simdjson::dom::parser();
+      tl.ondemand = od::parser();
+    }
+  } shrink{call.payload.size()};
+  try {
+    simdjson::padded_string_view json;
+    if (!Prepare(call.payload, store.max_depth(), json)) return Verdict::ToJs;
+    od::document doc;
+    if (tl.ondemand.iterate(json).get(doc)) return Verdict::ToJs;
+    switch (call.opcode) {
+      case kOpSend: return ServeSend(store, call, doc, out);
+      case kOpSendBatch: return ServeSendBatch(store, call, doc, out);
+      case kOpBroadcast: return ServeBroadcast(store, call, doc, out);
+      default: return ServeRecv(store, call, doc, out, park);
+    }
+  } catch (...) {
+    // Nothing was committed before a throw (commits are the last step): JavaScript serves it.
+    return Verdict::ToJs;
+  }
+}
+
+bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::string& out) {
+  if (!timed_out && store.Size(park.id) == 0) return false;
+  std::vector<Message> ms = store.Take(park.id, park.max, park.holder, park.lease, store.max_reply_bytes());
+  // Another taker was first: keep waiting (the take acknowledged the holder's lease, as this RECV would).
+  if (ms.empty() && !timed_out) return false;
+  ReplyRecv(store, park.id, ms, out);
+  return true;
+}
+
+size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, std::string& out) {
+  std::vector<Message> ms = store.Take(id, max, holder, false, store.max_reply_bytes());
+  if (ms.empty()) return 0;
+  int64_t now = NowMs();
+  std::string p;
+  for (const Message& m : ms) {
+    p.clear();
+    AppendMessage(p, m, now, true);
+    AppendFrame(out, id, kOpPush, p);
+  }
+  store.Count(id, 0, 0, ms.size());
+  return ms.size();
+}
 
 }  // namespace clove::fast
