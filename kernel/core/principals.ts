@@ -54,6 +54,7 @@ export class Principals {
   private readonly clients = new Set<number>();
   private readonly bounds = new Map<number, Budgets>();
   private readonly watchers: ((id: number) => void)[] = [];
+  private readonly clientWatchers: ((id: number, open: boolean) => void)[] = [];
 
   constructor(
     private readonly agents: AgentLookup,
@@ -95,6 +96,12 @@ export class Principals {
     this.clients.add(p.id);
     this.perms.set(p.id, preset(p.role === 'operator' ? 'unrestricted' : 'standard'));
     this.bounds.set(p.id, p.role === 'operator' ? this.operator : this.defaultBudgets);
+    for (const w of this.clientWatchers) w(p.id, true);
+  }
+
+  /** Calls `fn` when a non-agent connection opens, and when it is forgotten (the fast path's reachability). */
+  watchClients(fn: (id: number, open: boolean) => void): void {
+    this.clientWatchers.push(fn);
   }
 
   /** The budgets of a principal: its own (agents, clients), or an operator's (unlimited in what it does). */
@@ -161,7 +168,7 @@ export class Principals {
 
   /** Forgets a principal that is gone for good (a closed client, a released agent). */
   forget(id: number): void {
-    this.clients.delete(id);
+    if (this.clients.delete(id)) for (const w of this.clientWatchers) w(id, false);
     this.perms.delete(id);
     this.bounds.delete(id);
     this.counters.delete(id);

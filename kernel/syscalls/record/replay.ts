@@ -41,6 +41,7 @@ export const REPLAYED: ReadonlySet<string> = new Set([
   'HEARTBEAT',
   'REGISTER',
   'SEND',
+  'SEND_BATCH',
   'RECV',
   'BROADCAST',
   'STORE',
@@ -373,23 +374,18 @@ export class Replay {
     switch (e.op) {
       case 'SEND': {
         const sent = parse(e.response) as { success?: unknown; delivered_to?: unknown } | undefined;
-        // Recorded as delivered to somebody outside the recording: not reproducible here.
-        if (
-          sent?.success === true &&
-          typeof sent.delivered_to === 'number' &&
-          !this.standIns.has(sent.delivered_to)
-        )
-          return null;
-        if (typeof r.to === 'number' && r.to > 0) {
-          if (!map('to')) return null;
-        } else if (typeof r.to_name === 'string') {
-          const rec = this.byName.get(r.to_name);
-          const s = rec !== undefined ? this.standIns.get(rec) : undefined;
-          if (s && !s.named) r.to = s.principal.id;
-          else if (!s) {
-            const holder = this.services.mail.resolve(r.to_name);
-            if (holder !== undefined && !this.owns(holder)) return null;
-          }
+        if (!this.retarget(r, sent)) return null;
+        break;
+      }
+      case 'SEND_BATCH': {
+        // Replayed only when every item is: a batch is one call, and its reply is compared whole.
+        const sent = parse(e.response) as { results?: unknown[] } | undefined;
+        const items = Array.isArray(r.messages) ? (r.messages as unknown[]) : [];
+        for (const [i, item] of items.entries()) {
+          if (!item || typeof item !== 'object') continue;
+          const res = sent?.results?.[i] as { delivered_to?: unknown } | undefined;
+          const one = res && typeof res.delivered_to === 'number' ? { success: true, ...res } : undefined;
+          if (!this.retarget(item as Record<string, unknown>, one)) return null;
         }
         break;
       }
@@ -403,6 +399,36 @@ export class Replay {
         break;
     }
     return Buffer.from(JSON.stringify(r), 'utf8');
+  }
+
+  /**
+   * Points a recorded SEND target (`to` / `to_name` of a SEND or of one SEND_BATCH item) at the stand-in
+   * it was recorded against; false when it reached somebody outside the recording (not reproducible here).
+   */
+  private retarget(
+    r: Record<string, unknown>,
+    sent: { success?: unknown; delivered_to?: unknown } | undefined,
+  ): boolean {
+    if (
+      sent?.success === true &&
+      typeof sent.delivered_to === 'number' &&
+      !this.standIns.has(sent.delivered_to)
+    )
+      return false;
+    if (typeof r.to === 'number' && r.to > 0) {
+      const s = this.standIns.get(r.to);
+      if (!s) return false; // an id outside the recording means somebody else here
+      r.to = s.principal.id;
+    } else if (typeof r.to_name === 'string') {
+      const rec = this.byName.get(r.to_name);
+      const s = rec !== undefined ? this.standIns.get(rec) : undefined;
+      if (s && !s.named) r.to = s.principal.id;
+      else if (!s) {
+        const holder = this.services.mail.resolve(r.to_name);
+        if (holder !== undefined && !this.owns(holder)) return false;
+      }
+    }
+    return true;
   }
 
   /** null when the replayed reply matches the recorded one; else the path of the first difference. */
@@ -423,7 +449,10 @@ export class Replay {
   ): string | null {
     if (!user && key !== undefined) {
       if (VOLATILE.has(key)) return null;
-      if ((ID_FIELDS.has(key) || (key === 'delivered_to' && op === 'SEND')) && typeof exp === 'number') {
+      if (
+        (ID_FIELDS.has(key) || (key === 'delivered_to' && (op === 'SEND' || op === 'SEND_BATCH'))) &&
+        typeof exp === 'number'
+      ) {
         const s = this.standIns.get(exp);
         if (!s) return null; // somebody outside the recording: its id is this kernel's business
         return got === s.principal.id ? null : path;
