@@ -172,7 +172,8 @@ describe.runIf(native)('fast path IO (reactor thread)', () => {
 
 describe.runIf(native)('fast path shutdown', () => {
   it('a kernel stops with connections open, a parked call and a half-read frame: no hang, no thread left', async () => {
-    const threads = (): number => Number(/Threads:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]);
+    const threads = (): number =>
+      Number(/Threads:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]);
     const before = threads();
     const tk = await startKernel({ fastPath: true });
     const conns = await Promise.all(Array.from({ length: 20 }, () => raw(tk.socketPath)));

@@ -6,12 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import type {
-  NativeMailStore,
-  NativeReactor,
-  NativeReactorEvent,
-  CloveNative,
-} from '../../native/index.js';
+import type { NativeMailStore, NativeReactor, NativeReactorEvent, CloveNative } from '../../native/index.js';
 import { loadNative } from '../sandbox/native.js';
 
 /** What a Connection uses of its socket: a net.Socket, or a NativeSocket over the reactor. */
