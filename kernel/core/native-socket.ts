@@ -65,6 +65,16 @@ export class NativeSocket extends EventEmitter implements ConnStream {
     this.answered += n;
   }
 
+  /** Rule 4: with `false` every frame of this connection goes to JavaScript (a syscall observer needs them). */
+  setFast(on: boolean): void {
+    if (!this.destroyed_) this.reactor.setFast(this.conn, on);
+  }
+
+  /** Rule 6: the reactor writes PUSH frames of this principal's messages (HELLO `push.messages`). */
+  setPush(messages: boolean): void {
+    if (!this.destroyed_) this.reactor.setPush(this.conn, messages);
+  }
+
   write(data: Buffer, cb?: (err?: Error | null) => void): boolean {
     if (this.destroyed_) return false;
     if (this.corks > 0 && data.length > 0) {

@@ -107,7 +107,7 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   static Napi::Function Define(Napi::Env env);
   explicit Reactor(const Napi::CallbackInfo& info);
   ~Reactor() override {
-    if (!stopped_) cleanup_.Remove(Env());
+    if (!cleaned_up_) cleanup_.Remove(Env());
     Stop();
   }
 
@@ -161,6 +161,7 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   std::atomic<bool> stopping_{false};
   bool stopped_ = false;
   Napi::Env::CleanupHook<void (*)(Reactor*), Reactor> cleanup_;
+  bool cleaned_up_ = false;  // the environment's cleanup hook ran (it is not to be removed then)
 
   // Connections by id: the JS thread looks them up (write), the reactor thread adds and removes them.
   std::mutex conns_mu_;
@@ -221,7 +222,12 @@ Reactor::Reactor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Reactor>(inf
   thread_ = std::thread([this] { Run(); });
   // At process exit the object may never be collected: the thread is joined by the environment's
   // cleanup instead, so no thread is left behind.
-  cleanup_ = env.AddCleanupHook(+[](Reactor* r) { r->Stop(); }, this);
+  cleanup_ = env.AddCleanupHook(
+      +[](Reactor* r) {
+        r->cleaned_up_ = true;
+        r->Stop();
+      },
+      this);
 }
 
 void Reactor::Wake() {
