@@ -832,22 +832,27 @@ void Reactor::SendBatch() {
   napi_status s = tsfn_.NonBlockingCall(events, [](Napi::Env env, Napi::Function fn, std::vector<Event>* evs) {
     std::unique_ptr<std::vector<Event>> owned(evs);
     if (static_cast<napi_env>(env) == nullptr || fn.IsEmpty()) return;  // the environment is going away
-    Napi::Array arr = Napi::Array::New(env, evs->size());
-    static const char* kTypes[] = {"data", "end", "drain", "close"};
-    for (size_t i = 0; i < evs->size(); i++) {
-      Event& e = (*evs)[i];
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("type", kTypes[e.type]);
-      o.Set("conn", Napi::Number::New(env, static_cast<double>(e.conn)));
-      if (e.type == Event::Data) o.Set("data", Napi::Buffer<char>::Copy(env, e.data.data(), e.data.size()));
-      if (e.type == Event::Drain) o.Set("unsent", Napi::Number::New(env, static_cast<double>(e.unsent)));
-      if (e.type == Event::Close && !e.data.empty()) o.Set("error", e.data);
-      arr[i] = o;
-    }
     try {
+      Napi::Array arr = Napi::Array::New(env, evs->size());
+      static const char* kTypes[] = {"data", "end", "drain", "close"};
+      for (size_t i = 0; i < evs->size(); i++) {
+        Event& e = (*evs)[i];
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("type", kTypes[e.type]);
+        o.Set("conn", Napi::Number::New(env, static_cast<double>(e.conn)));
+        if (e.type == Event::Data) o.Set("data", Napi::Buffer<char>::Copy(env, e.data.data(), e.data.size()));
+        if (e.type == Event::Drain) o.Set("unsent", Napi::Number::New(env, static_cast<double>(e.unsent)));
+        if (e.type == Event::Close && !e.data.empty()) o.Set("error", e.data);
+        arr[i] = o;
+      }
       fn.Call({arr});
     } catch (const Napi::Error& e) {
-      e.ThrowAsJavaScriptException();  // an uncaught exception of the kernel, not of the reactor
+      // An exception of the kernel's handler is the kernel's uncaught exception; while the environment
+      // shuts down (nothing can run any more) the events are dropped.
+      try {
+        e.ThrowAsJavaScriptException();
+      } catch (...) {
+      }
     }
   });
   if (s != napi_ok) delete events;
