@@ -35,6 +35,8 @@ export interface Daemon {
       /** auto: human-readable on a terminal, JSON when stderr is not one. */
       logFormat?: 'auto' | 'pretty' | 'json';
       durability: 'normal' | 'full';
+      /** The native fast path (docs/fastpath.md); default: CLOVE_FAST_PATH=1. */
+      fastPath?: boolean;
     },
     afterStart?: (k: {
       socketPath: string;
@@ -78,6 +80,7 @@ function kernelOptions(
     logLevel: o.logLevel as 'info',
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
+    ...(o.fastPath ? { fastPath: true } : {}),
   };
 }
 
@@ -124,6 +127,7 @@ export function program(daemon: Daemon): Command {
         .choices(['auto', 'pretty', 'json'])
         .default('auto'),
     )
+    .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
     .action(async (o) => {
       const dataDir = o.dataDir ? path.resolve(o.dataDir) : g.dataDir();
       ensureDataDir(dataDir);

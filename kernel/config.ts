@@ -54,6 +54,11 @@ export interface KernelOptions {
    * 0: every agent runs as the sandbox's single uid (65534).
    */
   agentUidBase: number;
+  /**
+   * The native fast path (docs/fastpath.md): connections are owned by the addon's reactor thread.
+   * Default: on when the environment has CLOVE_FAST_PATH=1.
+   */
+  fastPath: boolean;
 }
 
 /** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
@@ -92,6 +97,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     pythonPath: [],
     logLevel: 'info',
     agentUidBase: 200_000,
+    fastPath: process.env.CLOVE_FAST_PATH === '1',
     ...overrides,
   };
 }

@@ -15,6 +15,7 @@ import { Op, opInfo, type OpName } from '../protocol/index.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
+import { FastPath } from './core/native-socket.js';
 import { Principals } from './core/principals.js';
 import { describeNofile, raiseNofileLimit } from './core/rlimits.js';
 import { claimSocketPath, Server, UnixTransport } from './core/server.js';
@@ -89,6 +90,8 @@ export class Kernel {
   );
   private sandbox?: SandboxRuntime;
   private server?: Server;
+  /** With `fastPath` on: the reactor thread and its mail store (docs/fastpath.md). */
+  private fastPath?: FastPath;
   private dispatcher?: Dispatcher;
   private closing: Promise<void> | null = null;
 
@@ -250,6 +253,20 @@ export class Kernel {
       closed: (conn) => this.connectionClosed(conn),
       connectionBudget: (p) => this.principals.budgets(p.id).connections,
     }));
+    if (o.fastPath)
+      this.fastPath = new FastPath({
+        maxPayload: o.maxPayload,
+        queuedBytesLimit: o.maxQueuedBytes,
+        maxReplyBytes: o.maxReplyBytes,
+        maxDepth: o.maxDepth,
+      });
+    this.log.info(
+      { fast_path: o.fastPath },
+      o.fastPath
+        ? 'fast path on: connections are served by the native reactor thread'
+        : 'fast path off: connections are served by TypeScript',
+    );
+    const fastPath = this.fastPath;
     const transport = (file: string, mode: number, door: 'operator' | 'agent') =>
       new UnixTransport({
         path: file,
@@ -259,6 +276,7 @@ export class Kernel {
         peerCredentials: (s) => sandbox.peerCredentials(s),
         closing: () => this.closing !== null,
         reserveFds: this.opts.operatorReserveFds,
+        ...(fastPath ? { fastPath } : {}),
         log: this.log,
       });
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
@@ -304,6 +322,8 @@ export class Kernel {
     this.server?.stopListening();
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
     this.server?.closeAll();
+    // After closeAll: every adopted connection is closed already; this joins the reactor thread.
+    this.fastPath?.close();
     await this.dispatcher?.close();
     this.quotas?.close();
     this.store?.close();

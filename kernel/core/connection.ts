@@ -8,8 +8,8 @@
  * still gets the replies to what it sent, then the kernel ends its side. A peer that is gone entirely
  * (the socket closes, ECONNRESET, EPIPE) is torn down at once, and its parked calls are woken.
  */
-import type net from 'node:net';
 import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
+import type { ConnStream } from './native-socket.js';
 import type { Principal } from './principals.js';
 
 export type Reply = Buffer | string | object;
@@ -65,7 +65,7 @@ export class Connection {
   private corked = -1;
 
   constructor(
-    readonly socket: net.Socket,
+    readonly socket: ConnStream,
     readonly principal: Principal,
     /** The transport it came in on (e.g. `unix:agent`). */
     readonly transport: string,
@@ -226,6 +226,9 @@ export class Connection {
   send(opcode: number, reply: Reply): void {
     if (this.closing || this.socket.destroyed) return;
     const frame = encodeFrame(this.principal.id, opcode, reply);
+    // On the fast path the reactor holds a connection's later fast calls until their forwarded
+    // predecessors are answered: it is told that this frame answers one (a PUSH frame answers none).
+    this.socket.answers?.(1);
     this.socket.write(frame);
     // A long batch leaves in CORK_FLUSH_BYTES writes: the peer starts reading before the batch ends.
     if (this.corked >= 0 && (this.corked += frame.length) >= CORK_FLUSH_BYTES) {

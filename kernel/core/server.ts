@@ -10,13 +10,14 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { encodeFrame, HEADER_SIZE, MAGIC, Op, type Frame } from '../../protocol/index.js';
 import { Connection, type Dispatcher as ConnectionHooks, type Reply } from './connection.js';
+import type { ConnStream, FastPath, NativeSocket } from './native-socket.js';
 import type { Dispatcher } from './dispatch.js';
 import { errorReply, KernelStartError, QuotaExceededError } from './errors.js';
 import { nofileLimit } from './rlimits.js';
 import type { Door, PeerCred, Principal, Principals } from './principals.js';
 
-/** Hands an accepted, identified socket to the server. */
-export type Accept = (sock: net.Socket, principal: Principal) => void;
+/** Hands an accepted, identified socket (or, on the fast path, the reactor's connection) to the server. */
+export type Accept = (sock: ConnStream, principal: Principal) => void;
 
 export interface Transport {
   /** Reported to handlers as `ctx.transport.kind`, e.g. `unix:agent`. */
@@ -41,6 +42,8 @@ export interface UnixTransportOptions {
    * (KernelOptions.operatorReserveFds). Default 0.
    */
   reserveFds?: number;
+  /** With the fast path on: identified sockets are adopted by its reactor (docs/fastpath.md). */
+  fastPath?: FastPath;
   log: Logger;
 }
 
@@ -101,6 +104,21 @@ export class UnixTransport implements Transport {
       sock.destroy();
       return;
     }
+    if (this.o.fastPath) {
+      // Accepted paused (pauseOnConnect) and not read since: the reactor gets the whole stream.
+      let adopted: NativeSocket;
+      try {
+        adopted = this.o.fastPath.adopt(sock, principal.id);
+      } catch (e) {
+        this.o.log.warn({ err: (e as Error).message }, 'fast path: cannot adopt connection');
+        sock.destroy();
+        return;
+      }
+      // The reactor holds a dup of the descriptor until the connection closes.
+      fdGauge.track(adopted);
+      accept(adopted, principal);
+      return;
+    }
     accept(sock, principal);
   }
 
@@ -134,7 +152,7 @@ export class Server implements ConnectionHooks {
   private readonly live = new Map<number, number>();
   private readonly counted = new Set<Connection>();
   /** Over-budget sockets still to be answered, with their principal's id. */
-  private readonly refusals = new Map<net.Socket, number>();
+  private readonly refusals = new Map<ConnStream, number>();
   private refusalWarnedAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly o: ServerOptions) {}
@@ -166,7 +184,7 @@ export class Server implements ConnectionHooks {
    * socket is destroyed. It holds no budget; at most MAX_REFUSALS_PER_PRINCIPAL wait at once, each for
    * at most REFUSAL_TIMEOUT_MS, and only the first header's bytes are kept.
    */
-  private refuse(sock: net.Socket, principal: Principal, used: number, limit: number): void {
+  private refuse(sock: ConnStream, principal: Principal, used: number, limit: number): void {
     let waiting = 0;
     for (const id of this.refusals.values()) if (id === principal.id) waiting++;
     const now = Date.now();
@@ -278,8 +296,8 @@ class FdGauge {
   private warnedAt = Number.NEGATIVE_INFINITY;
   private refusedSinceWarning = 0;
 
-  /** Counts an accepted socket until it closes. */
-  track(sock: net.Socket): void {
+  /** Counts an accepted socket (or an adopted connection's descriptor) until it closes. */
+  track(sock: { once(event: 'close', fn: () => void): unknown }): void {
     this.sockets++;
     sock.once('close', () => this.sockets--);
   }

@@ -22,7 +22,7 @@
 namespace clove::fast {
 
 // Wire constants (protocol/wire.json); kept here so that the fast path never includes the addon's JS glue.
-inline constexpr uint32_t kMagic = 0x544E4741;  // "AGNT" little-endian
+inline constexpr uint32_t kMagic = 0x41474E54;  // protocol MAGIC (wire.json); read as a u32 LE
 inline constexpr size_t kHeaderSize = 17;       // magic u32 LE, agent id u32 LE, opcode u8, size u64 LE
 inline constexpr uint8_t kOpSend = 0x20;
 inline constexpr uint8_t kOpRecv = 0x21;
