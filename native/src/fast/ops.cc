@@ -7,6 +7,8 @@
 // for the fields and the message's raw bytes, which are queued byte for byte.
 #include <simdjson.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <utility>
 #include <limits>
@@ -143,6 +145,15 @@ std::string_view MessageOf(const Target& t) { return t.has_message ? t.message :
 void AppendJsonString(std::string& s, std::string_view v) {
   static const char* hex = "0123456789abcdef";
   s += '"';
+  // Names are plain: one append when nothing needs escaping.
+  if (std::none_of(v.begin(), v.end(), [](char ch) {
+        auto c = static_cast<unsigned char>(ch);
+        return c < 0x20 || c == '"' || c == '\\';
+      })) {
+    s.append(v);
+    s += '"';
+    return;
+  }
   for (unsigned char c : v) {
     switch (c) {
       case '"': s += "\\\""; break;
@@ -165,18 +176,26 @@ void AppendJsonString(std::string& s, std::string_view v) {
   s += '"';
 }
 
+// Appends the decimal digits of `n` (std::to_string without the temporary).
+template <typename T>
+void AppendNumber(std::string& s, T n) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, n);
+  s.append(buf, r.ptr);
+}
+
 // One message as RECV's reply carries it (push: with "kind":"message" in front, as kernel/ipc/push.ts).
 void AppendMessage(std::string& s, const Message& m, int64_t now, bool push) {
   s += push ? "{\"kind\":\"message\",\"from\":" : "{\"from\":";
-  s += std::to_string(m.from);
+  AppendNumber(s, m.from);
   s += ",\"from_name\":";
   AppendJsonString(s, m.from_name);
   s += ",\"message\":";
   s += m.json;
   s += ",\"age_ms\":";
-  s += std::to_string(now - m.sent_at_ms);
+  AppendNumber(s, now - m.sent_at_ms);
   s += ",\"seq\":";
-  s += std::to_string(m.seq);
+  AppendNumber(s, m.seq);
   s += '}';
 }
 
@@ -206,7 +225,7 @@ void ReplyRecv(MailStore& store, uint32_t id, const std::vector<Message>& ms, st
     AppendMessage(out, ms[i], now, false);
   }
   out += "],\"count\":";
-  out += std::to_string(ms.size());
+  AppendNumber(out, ms.size());
   out += '}';
   FinishFrame(out, at);
   store.Count(id, 1, 0, ms.size());
@@ -225,7 +244,7 @@ Verdict ServeSend(MailStore& store, const Call& call, od::document& doc, std::st
   store.Count(call.caller, 1, 1, 0);
   size_t at = BeginFrame(out, call.caller, call.opcode);
   out += "{\"success\":true,\"delivered_to\":";
-  out += std::to_string(to);
+  AppendNumber(out, to);
   out += '}';
   FinishFrame(out, at);
   return Verdict::Done;
@@ -267,12 +286,12 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
   out.reserve(out.size() + kHeaderSize + 96 + ds.size() * 28);
   size_t at = BeginFrame(out, call.caller, call.opcode);
   out += "{\"success\":true,\"delivered_count\":";
-  out += std::to_string(ds.size());
+  AppendNumber(out, ds.size());
   out += ",\"failed_count\":0,\"results\":[";
   for (size_t i = 0; i < ds.size(); i++) {
     if (i) out += ',';
     out += "{\"delivered_to\":";
-    out += std::to_string(ds[i].to);
+    AppendNumber(out, ds[i].to);
     out += '}';
   }
   out += "]}";
@@ -310,7 +329,7 @@ Verdict ServeBroadcast(MailStore& store, const Call& call, od::document& doc, st
   store.Count(call.caller, 1, ds.size(), 0);
   size_t at = BeginFrame(out, call.caller, call.opcode);
   out += "{\"success\":true,\"delivered_count\":";
-  out += std::to_string(ds.size());
+  AppendNumber(out, ds.size());
   out += ",\"failed_count\":0}";
   FinishFrame(out, at);
   return Verdict::Done;
