@@ -7,6 +7,8 @@
 // for the fields and the message's raw bytes, which are queued byte for byte.
 #include <simdjson.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <utility>
 #include <limits>
@@ -143,6 +145,15 @@ std::string_view MessageOf(const Target& t) { return t.has_message ? t.message :
 void AppendJsonString(std::string& s, std::string_view v) {
   static const char* hex = "0123456789abcdef";
   s += '"';
+  // Names are plain: one append when nothing needs escaping.
+  if (std::none_of(v.begin(), v.end(), [](char ch) {
+        auto c = static_cast<unsigned char>(ch);
+        return c < 0x20 || c == '"' || c == '\\';
+      })) {
+    s.append(v);
+    s += '"';
+    return;
+  }
   for (unsigned char c : v) {
     switch (c) {
       case '"': s += "\\\""; break;
@@ -165,37 +176,59 @@ void AppendJsonString(std::string& s, std::string_view v) {
   s += '"';
 }
 
+// Appends the decimal digits of `n` (std::to_string without the temporary).
+template <typename T>
+void AppendNumber(std::string& s, T n) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, n);
+  s.append(buf, r.ptr);
+}
+
 // One message as RECV's reply carries it (push: with "kind":"message" in front, as kernel/ipc/push.ts).
 void AppendMessage(std::string& s, const Message& m, int64_t now, bool push) {
   s += push ? "{\"kind\":\"message\",\"from\":" : "{\"from\":";
-  s += std::to_string(m.from);
+  AppendNumber(s, m.from);
   s += ",\"from_name\":";
   AppendJsonString(s, m.from_name);
   s += ",\"message\":";
   s += m.json;
   s += ",\"age_ms\":";
-  s += std::to_string(now - m.sent_at_ms);
+  AppendNumber(s, now - m.sent_at_ms);
   s += ",\"seq\":";
-  s += std::to_string(m.seq);
+  AppendNumber(s, m.seq);
   s += '}';
+}
+
+// A frame written in place (no copy of its payload): BeginFrame writes the header of AppendFrame,
+// FinishFrame sets its size once the payload is appended after it.
+size_t BeginFrame(std::string& out, uint32_t id, uint8_t opcode) {
+  size_t at = out.size();
+  AppendFrame(out, id, opcode, {});
+  return at;
+}
+
+void FinishFrame(std::string& out, size_t at) {
+  uint64_t size = out.size() - at - kHeaderSize;
+  std::memcpy(out.data() + at + 9, &size, 8);
 }
 
 // RECV's reply frame for what was taken; counts the call.
 void ReplyRecv(MailStore& store, uint32_t id, const std::vector<Message>& ms, std::string& out) {
   int64_t now = NowMs();
-  std::string p = "{\"success\":true,\"messages\":[";
-  size_t total = 0;
-  for (const Message& m : ms) total += m.json.size() + m.from_name.size() + 64;
-  p.reserve(p.size() + total + 32);
+  size_t total = 64;
+  for (const Message& m : ms) total += m.json.size() + m.from_name.size() + 80;
+  out.reserve(out.size() + kHeaderSize + total);
+  size_t at = BeginFrame(out, id, kOpRecv);
+  out += "{\"success\":true,\"messages\":[";
   for (size_t i = 0; i < ms.size(); i++) {
-    if (i) p += ',';
-    AppendMessage(p, ms[i], now, false);
+    if (i) out += ',';
+    AppendMessage(out, ms[i], now, false);
   }
-  p += "],\"count\":";
-  p += std::to_string(ms.size());
-  p += '}';
+  out += "],\"count\":";
+  AppendNumber(out, ms.size());
+  out += '}';
+  FinishFrame(out, at);
   store.Count(id, 1, 0, ms.size());
-  AppendFrame(out, id, kOpRecv, p);
 }
 
 Verdict ServeSend(MailStore& store, const Call& call, od::document& doc, std::string& out) {
@@ -205,11 +238,15 @@ Verdict ServeSend(MailStore& store, const Call& call, od::document& doc, std::st
   if (!ReadTarget(obj, t)) return Verdict::ToJs;
   uint32_t to;
   if (!Resolve(store, t, to)) return Verdict::ToJs;
-  std::vector<MailStore::Delivery> one{{to, MessageOf(t)}};
+  thread_local std::vector<MailStore::Delivery> one(1);
+  one[0] = {to, MessageOf(t)};
   if (store.DeliverAll(call.caller, one, true).why != Refusal::None) return Verdict::ToJs;
   store.Count(call.caller, 1, 1, 0);
-  std::string p = "{\"success\":true,\"delivered_to\":" + std::to_string(to) + "}";
-  AppendFrame(out, call.caller, call.opcode, p);
+  size_t at = BeginFrame(out, call.caller, call.opcode);
+  out += "{\"success\":true,\"delivered_to\":";
+  AppendNumber(out, to);
+  out += '}';
+  FinishFrame(out, at);
   return Verdict::Done;
 }
 
@@ -246,17 +283,19 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
   }
   if (store.DeliverAll(call.caller, ds, true).why != Refusal::None) return Verdict::ToJs;
   store.Count(call.caller, 1, ds.size(), 0);
-  std::string p = "{\"success\":true,\"delivered_count\":" + std::to_string(ds.size()) +
-                  ",\"failed_count\":0,\"results\":[";
-  p.reserve(p.size() + ds.size() * 24 + 4);
+  out.reserve(out.size() + kHeaderSize + 96 + ds.size() * 28);
+  size_t at = BeginFrame(out, call.caller, call.opcode);
+  out += "{\"success\":true,\"delivered_count\":";
+  AppendNumber(out, ds.size());
+  out += ",\"failed_count\":0,\"results\":[";
   for (size_t i = 0; i < ds.size(); i++) {
-    if (i) p += ',';
-    p += "{\"delivered_to\":";
-    p += std::to_string(ds[i].to);
-    p += '}';
+    if (i) out += ',';
+    out += "{\"delivered_to\":";
+    AppendNumber(out, ds[i].to);
+    out += '}';
   }
-  p += "]}";
-  AppendFrame(out, call.caller, call.opcode, p);
+  out += "]}";
+  FinishFrame(out, at);
   return Verdict::Done;
 }
 
@@ -288,8 +327,11 @@ Verdict ServeBroadcast(MailStore& store, const Call& call, od::document& doc, st
   // Reachability is checked again under the lock: a target gone in between sends the call to JavaScript.
   if (!ds.empty() && store.DeliverAll(call.caller, ds, true).why != Refusal::None) return Verdict::ToJs;
   store.Count(call.caller, 1, ds.size(), 0);
-  std::string p = "{\"success\":true,\"delivered_count\":" + std::to_string(ds.size()) + ",\"failed_count\":0}";
-  AppendFrame(out, call.caller, call.opcode, p);
+  size_t at = BeginFrame(out, call.caller, call.opcode);
+  out += "{\"success\":true,\"delivered_count\":";
+  AppendNumber(out, ds.size());
+  out += ",\"failed_count\":0}";
+  FinishFrame(out, at);
   return Verdict::Done;
 }
 
@@ -375,11 +417,10 @@ size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, st
   std::vector<Message> ms = store.Take(id, max, holder, false, store.max_reply_bytes());
   if (ms.empty()) return 0;
   int64_t now = NowMs();
-  std::string p;
   for (const Message& m : ms) {
-    p.clear();
-    AppendMessage(p, m, now, true);
-    AppendFrame(out, id, kOpPush, p);
+    size_t at = BeginFrame(out, id, kOpPush);
+    AppendMessage(out, m, now, true);
+    FinishFrame(out, at);
   }
   store.Count(id, 0, 0, ms.size());
   return ms.size();

@@ -93,14 +93,18 @@ struct MailStore::Impl {
     };
     // What earlier items of this call add to each mailbox (a linear list: calls name few mailboxes;
     // a map once they name many).
-    std::vector<std::pair<uint32_t, Added>> few;
+    std::pair<uint32_t, Added> few[16];
+    size_t nfew = 0;
     std::unordered_map<uint32_t, Added> many;
     auto added_to = [&](uint32_t id) -> Added& {
       if (many.empty()) {
-        for (auto& [k, v] : few)
-          if (k == id) return v;
-        if (few.size() < 16) return few.emplace_back(id, Added{}).second;
-        for (auto& [k, v] : few) many[k] = v;
+        for (size_t i = 0; i < nfew; i++)
+          if (few[i].first == id) return few[i].second;
+        if (nfew < 16) {
+          few[nfew] = {id, Added{}};
+          return few[nfew++].second;
+        }
+        for (size_t i = 0; i < nfew; i++) many[few[i].first] = few[i].second;
       }
       return many[id];
     };
@@ -128,21 +132,29 @@ struct MailStore::Impl {
     }
     std::string name = from_name ? *from_name : FirstName(from);
     int64_t now = NowMs();
+    if (items.size() == 1) {
+      Message& m = Commit(items[0].to, from, items[0].json, name, now);
+      if (out) *out = m;
+      uint32_t to = items[0].to;
+      Notify(&to, 1, lock);
+      return {};
+    }
     std::vector<uint32_t> gained;
     std::unordered_set<uint32_t> seen;
     for (const MailStore::Delivery& d : items) {
       Message& m = Commit(d.to, from, d.json, name, now);
       if (out) *out = m;
-      if (items.size() == 1 || seen.insert(d.to).second) gained.push_back(d.to);
+      if (seen.insert(d.to).second) gained.push_back(d.to);
     }
-    Notify(gained, lock);
+    Notify(gained.data(), gained.size(), lock);
     return {};
   }
 
-  void Notify(const std::vector<uint32_t>& ids, std::unique_lock<std::mutex>& lock) {
+  void Notify(const uint32_t* ids, size_t n, std::unique_lock<std::mutex>& lock) {
     std::shared_ptr<const MailListener> l = listener, jl = js_listener;
     lock.unlock();
-    for (uint32_t id : ids) {
+    for (size_t i = 0; i < n; i++) {
+      uint32_t id = ids[i];
       if (l && *l) (*l)(id);
       if (jl && *jl) (*jl)(id);
     }
@@ -240,7 +252,7 @@ size_t MailStore::RequeueLeases(uint32_t id, Holder holder) {
   b.leases.erase(it);
   for (auto m = leased.rbegin(); m != leased.rend(); ++m) b.queue.push_front(std::move(*m));
   size_t n = leased.size();
-  s.Notify({id}, lock);
+  s.Notify(&id, 1, lock);
   return n;
 }
 
