@@ -15,12 +15,13 @@ import { Op, opInfo, type OpName } from '../protocol/index.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
-import { FastPath } from './core/native-socket.js';
-import { Principals } from './core/principals.js';
+import { FastPath, NativeSocket } from './core/native-socket.js';
+import { Principals, type Stats } from './core/principals.js';
 import { describeNofile, raiseNofileLimit } from './core/rlimits.js';
 import { claimSocketPath, Server, UnixTransport } from './core/server.js';
 import { EventBus } from './events/bus.js';
-import { PostOffice, QueuedBytes } from './ipc/mailboxes.js';
+import { PostOffice, QueuedBytes, type Mail } from './ipc/mailboxes.js';
+import { createNativeMail, type NativePostOffice } from './ipc/native-mail.js';
 import { MetricsService } from './metrics/service.js';
 import { agentCgroupMetrics } from './metrics/cgroup.js';
 import { processMetrics } from './metrics/process.js';
@@ -75,7 +76,11 @@ export class Kernel {
   readonly opts: KernelOptions;
   readonly log: pino.Logger;
   readonly agentSocketPath: string;
-  private readonly post: PostOffice;
+  private readonly post: Mail;
+  /** With the fast path: the same object as `post`, over the native store the reactor serves from. */
+  private readonly nativeMail?: NativePostOffice;
+  /** Whether some observer must see every call in JavaScript (log_syscalls, recording): no fast calls then. */
+  private recording = false;
   private readonly events: EventBus;
   private readonly logs: AgentLogs;
   private readonly supervisor: Supervisor;
@@ -103,10 +108,22 @@ export class Kernel {
       logStream ?? pino.destination({ dest: 2, sync: true }),
     );
     this.agentSocketPath = path.join(this.opts.dataDir, 'run', 'agent.sock');
-    const queued = new QueuedBytes(this.opts.maxQueuedBytes);
     const budgets = (id: number) => this.principals.budgets(id);
-    this.post = new PostOffice(budgets, queued);
-    this.events = new EventBus(budgets, queued);
+    if (this.opts.fastPath) {
+      // One set of mailboxes for both paths: the native store, which the reactor thread serves from.
+      const native = createNativeMail(loadNative(), {
+        budgetsOf: budgets,
+        queuedBytesLimit: this.opts.maxQueuedBytes,
+        maxReplyBytes: this.opts.maxReplyBytes,
+        maxDepth: this.opts.maxDepth,
+      });
+      this.post = this.nativeMail = native.mail;
+      this.events = new EventBus(budgets, native.eventBytes);
+    } else {
+      const queued = new QueuedBytes(this.opts.maxQueuedBytes);
+      this.post = new PostOffice(budgets, queued);
+      this.events = new EventBus(budgets, queued);
+    }
     // First, so that the logs directory (0700) does not create it 0700: agents of other uids must be
     // able to pass through it to run/agent.sock.
     fs.mkdirSync(this.opts.dataDir, { recursive: true, mode: 0o711 });
@@ -119,6 +136,7 @@ export class Kernel {
     this.supervisor = new Supervisor(this.logs, {
       event: (type, data, source) => {
         this.events.publish(type as never, data, source);
+        if (this.nativeMail && typeof data.agent_id === 'number') this.syncReachable(data.agent_id);
         this.audit?.record({
           category: 'AGENT_LIFECYCLE',
           event_type: type,
@@ -129,6 +147,7 @@ export class Kernel {
         });
       },
       started: (a) => {
+        this.syncReachable(a.def.id);
         this.agents?.started(a);
         this.quotas?.started(a);
       },
@@ -232,7 +251,7 @@ export class Kernel {
       mail: this.post,
       events: this.events,
       store,
-      metrics: new MetricsService(sandbox, (id) => this.principals.stats(id)),
+      metrics: new MetricsService(sandbox, (id) => this.statsOf(id)),
       audit,
       quotas: quotaService,
       async: this.asyncCalls,
@@ -249,17 +268,40 @@ export class Kernel {
       dispatcher,
       maxPayload: o.maxPayload,
       log: this.log,
-      opened: (conn) => this.principals.clientOpened(conn.principal),
+      opened: (conn) => {
+        this.principals.clientOpened(conn.principal);
+        // A RECV with `lease` served in JavaScript holds its lease as the reactor's connection does.
+        if (this.nativeMail && conn.socket instanceof NativeSocket)
+          this.nativeMail.bindHolder(conn.abort.signal, conn.socket.conn);
+      },
       closed: (conn) => this.connectionClosed(conn),
       connectionBudget: (p) => this.principals.budgets(p.id).connections,
     }));
-    if (o.fastPath)
+    if (o.fastPath) {
+      const mail = this.nativeMail!;
+      this.principals.watchClients((id, open) => {
+        // Budgets first: the reactor refuses (hands to JavaScript) an id it has no budgets for.
+        if (open) mail.refreshBudgets(id);
+        mail.setReachable(id, open);
+      });
+      this.principals.watch((id) => mail.refreshBudgets(id));
       this.fastPath = new FastPath({
+        store: mail.store,
+        fastFor: (id) => this.fastFor(id),
         maxPayload: o.maxPayload,
         queuedBytesLimit: o.maxQueuedBytes,
         maxReplyBytes: o.maxReplyBytes,
         maxDepth: o.maxDepth,
       });
+      // Recording and log_syscalls see every call: while either is on, every call goes to JavaScript.
+      dispatcher.observe((r) => {
+        if (!r.success) return;
+        if (r.op === 'RECORD_START') this.recording = true;
+        else if (r.op === 'RECORD_STOP') this.recording = false;
+        else if (r.op !== 'SET_AUDIT_CONFIG') return;
+        this.fastPath?.refresh();
+      });
+    }
     this.log.info(
       { fast_path: o.fastPath },
       o.fastPath
@@ -297,6 +339,38 @@ export class Kernel {
     this.log[fds.level](fds.fields, fds.msg);
     // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
     await this.agents.restore();
+  }
+
+  /** Tells the fast path whether an agent may be sent to (as the ipc family decides: alive for the kernel). */
+  private syncReachable(id: number): void {
+    const a = this.supervisor.get(id);
+    if (!this.nativeMail || !a) return;
+    const reachable = a.state !== 'FAILED' && a.state !== 'STOPPED';
+    if (reachable) this.nativeMail.refreshBudgets(id);
+    this.nativeMail.setReachable(id, reachable);
+  }
+
+  /**
+   * Whether a principal's calls may be served by the reactor: not while the audit log writes every call
+   * or a recording runs (observers see only calls made in JavaScript), and never for an agent with a
+   * watchdog (the watchdog counts its calls, and its parked RECVs, as signs of life).
+   */
+  private fastFor(id: number): boolean {
+    if (this.recording || this.audit?.enabled('SYSCALL')) return false;
+    return !((this.supervisor.get(id)?.def.policy.watchdogMs ?? 0) > 0);
+  }
+
+  /** A principal's counters, with the calls the fast path served (counted in the native store). */
+  private statsOf(id: number): Stats {
+    const s = this.principals.stats(id);
+    if (!this.nativeMail) return s;
+    const n = this.nativeMail.stats(id);
+    return {
+      ...s,
+      syscalls: s.syscalls + n.syscalls,
+      sent: s.sent + n.sent,
+      received: s.received + n.received,
+    };
   }
 
   /** A client that is not an agent is gone for good with its connection (families clean up through onClose). */

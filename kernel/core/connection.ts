@@ -24,6 +24,11 @@ export interface PushPort {
   write(payloads: (string | Buffer)[]): void;
   /** Resolves when there is room again, or the connection closed. */
   drained(): Promise<void>;
+  /**
+   * On the fast path: messages are pushed by the reactor itself (docs/fastpath.md, Rule 6); this switches
+   * it. Absent for a connection served by TypeScript, where push.ts pushes messages too.
+   */
+  nativeMessages?(on: boolean): void;
 }
 
 export interface Dispatcher {
@@ -252,7 +257,9 @@ export class Connection {
 
   /** Made on first use: most connections never push. */
   private pushPortOf(): PushPort {
+    const native = this.socket.setPush?.bind(this.socket);
     return {
+      ...(native ? { nativeMessages: (on: boolean) => native(on) } : {}),
       signal: this.abort.signal,
       room: () => !this.closing && !this.socket.destroyed && this.socket.writableLength < PUSH_HIGH_WATER,
       write: (payloads) => {

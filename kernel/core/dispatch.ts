@@ -86,6 +86,11 @@ export class Dispatcher {
     if (family.close) this.closers.push(() => family.close!());
   }
 
+  /** Adds an observer of every finished call (as families' `observe`): the kernel's own bookkeeping. */
+  observe(fn: (r: SyscallRecord) => void): void {
+    this.observers.push(fn);
+  }
+
   /** Opcodes of the contract that no family implements. */
   unimplemented(): OpName[] {
     return (Object.keys(Op) as OpName[]).filter((n) => !this.table.has(Op[n]));

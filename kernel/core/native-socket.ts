@@ -28,6 +28,8 @@ export interface ConnStream {
   destroy(): unknown;
   /** The next bytes written answer `n` requests (the reactor holds later fast calls until they are). */
   answers?(n: number): void;
+  /** The reactor pushes this connection's messages itself (HELLO push on the fast path). */
+  setPush?(messages: boolean): void;
 }
 
 /**
@@ -195,6 +197,14 @@ export class NativeSocket extends EventEmitter implements ConnStream {
 
 export interface FastPathOptions {
   maxPayload: number;
+  /** The mail store the kernel's services use (NativePostOffice's); a new one when absent (tests). */
+  store?: NativeMailStore;
+  /**
+   * Whether a principal's connections may be served natively now: false while something must see each of
+   * its calls in JavaScript (an agent's watchdog, log_syscalls, recording). Asked at adoption and by
+   * refresh(). Default: always.
+   */
+  fastFor?: (principal: number) => boolean;
   /** The kernel-wide limit of queued message bytes (KernelOptions.maxQueuedBytes). */
   queuedBytesLimit: number;
   maxReplyBytes: number;
@@ -211,12 +221,18 @@ export class FastPath {
   private readonly sockets = new Map<number, NativeSocket>();
   private closed = false;
 
+  private readonly fastFor: (principal: number) => boolean;
+  private readonly principalOf = new Map<number, number>();
+
   constructor(o: FastPathOptions, native: CloveNative = loadNative()) {
-    this.store = new native.MailStore({
-      queuedBytesLimit: o.queuedBytesLimit,
-      maxReplyBytes: o.maxReplyBytes,
-      maxDepth: o.maxDepth,
-    });
+    this.fastFor = o.fastFor ?? (() => true);
+    this.store =
+      o.store ??
+      new native.MailStore({
+        queuedBytesLimit: o.queuedBytesLimit,
+        maxReplyBytes: o.maxReplyBytes,
+        maxDepth: o.maxDepth,
+      });
     this.reactor = new native.Reactor({
       store: this.store,
       maxPayload: o.maxPayload,
@@ -237,12 +253,22 @@ export class FastPath {
   adopt(sock: net.Socket, principal: number, initial?: Buffer): NativeSocket {
     const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) throw new Error('fast path: the socket has no file descriptor');
-    const conn = this.reactor.adopt(fd, { principal, fast: true, ...(initial ? { initial } : {}) });
+    const fast = this.fastFor(principal);
+    const conn = this.reactor.adopt(fd, { principal, fast, ...(initial ? { initial } : {}) });
     sock.destroy();
     const s = new NativeSocket(this.reactor, conn);
     this.sockets.set(conn, s);
-    s.once('close', () => this.sockets.delete(conn));
+    this.principalOf.set(conn, principal);
+    s.once('close', () => {
+      this.sockets.delete(conn);
+      this.principalOf.delete(conn);
+    });
     return s;
+  }
+
+  /** Asks `fastFor` again for every connection (an observer was switched on or off). */
+  refresh(): void {
+    for (const [conn, s] of this.sockets) s.setFast(this.fastFor(this.principalOf.get(conn)!));
   }
 
   private route(events: NativeReactorEvent[]): void {

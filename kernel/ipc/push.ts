@@ -118,20 +118,35 @@ class Pusher {
 
 const pushers = new WeakMap<PushPort, Pusher>();
 
-/** Sets what `port` (the caller's connection, id `id`) has pushed to it; returns the mode now in force. */
+/** Connections whose messages the fast path's reactor pushes (nativeMessages switched on). */
+const nativePushed = new WeakSet<PushPort>();
+
+/**
+ * Sets what `port` (the caller's connection, id `id`) has pushed to it; returns the mode now in force. On
+ * the fast path the reactor pushes the messages, and the loop here only the events.
+ */
 export function setPush(port: PushPort, id: number, mode: PushMode, src: Sources): PushMode {
+  let loop = mode;
+  if (port.nativeMessages) {
+    port.nativeMessages(mode.messages);
+    if (mode.messages) nativePushed.add(port);
+    else nativePushed.delete(port);
+    loop = { messages: false, events: mode.events };
+  }
   let p = pushers.get(port);
   if (!p) {
-    if (!mode.messages && !mode.events) return mode;
+    if (!loop.messages && !loop.events) return mode;
     p = new Pusher(port, id, src);
     pushers.set(port, p);
   }
-  p.set(mode);
+  p.set(loop);
   return mode;
 }
 
 /** What `port` has pushed to it now. */
 export function pushMode(port: PushPort | undefined): PushMode {
   const m = port && pushers.get(port)?.mode;
-  return m ? { ...m } : { messages: false, events: false };
+  const out = m ? { ...m } : { messages: false, events: false };
+  if (port && nativePushed.has(port)) out.messages = true;
+  return out;
 }

@@ -360,13 +360,27 @@ void Reactor::Run() {
       // Cannot happen with a valid epoll fd; stop rather than spin.
       break;
     }
+    // Commands first: what JavaScript asked before a frame arrived (setFast, answered replies) applies
+    // to that frame, whichever order epoll reports the wake-up and the frame in.
     bool woke = false;
+    for (int i = 0; i < n; i++) woke = woke || evs[i].data.u64 == 0;
+    if (woke) {
+      uint64_t v;
+      ssize_t r = ::read(wake_.Get(), &v, sizeof v);
+      (void)r;
+      {
+        std::lock_guard<std::mutex> l(cmd_mu_);
+        woken_ = false;
+      }
+      RunCommands();
+      RunMail();
+    } else {
+      // Posted after epoll_wait returned: the wake-up comes next turn, the commands apply now.
+      RunCommands();
+    }
     for (int i = 0; i < n; i++) {
       uint64_t id = evs[i].data.u64;
-      if (id == 0) {
-        woke = true;
-        continue;
-      }
+      if (id == 0) continue;
       ConnPtr c = Find(id);
       if (!c) continue;
       uint32_t e = evs[i].events;
@@ -381,17 +395,6 @@ void Reactor::Run() {
       }
       if (e & EPOLLIN) OnReadable(c);
       if ((e & EPOLLOUT) && Find(id)) OnWritable(c);
-    }
-    if (woke) {
-      uint64_t v;
-      ssize_t r = ::read(wake_.Get(), &v, sizeof v);
-      (void)r;
-      {
-        std::lock_guard<std::mutex> l(cmd_mu_);
-        woken_ = false;
-      }
-      RunCommands();
-      RunMail();
     }
     RunTimers();
     for (auto& c : dirty_) {
