@@ -166,6 +166,7 @@ describe('Supervisor', () => {
     expect(a.consecutiveFailures).toBe(1);
     await vi.advanceTimersByTimeAsync(2);
     expect(a.consecutiveFailures).toBe(0);
+    expect(a.timers.uptime).toBeUndefined(); // a fired timer is not kept
   });
 
   it('escalates when the restart intensity is exceeded, and stops restarting', async () => {

@@ -341,7 +341,11 @@ export class Supervisor {
     const t = a.timers;
     switch (act) {
       case 'arm_timers':
-        t.uptime = setTimeout(() => this.feed(a, 'uptime_reached'), d.policy.minUptimeMs);
+        // A fired timer is dropped: 10,000 long-running agents would each keep theirs (~200 bytes) for ever.
+        t.uptime = setTimeout(() => {
+          t.uptime = undefined;
+          this.feed(a, 'uptime_reached');
+        }, d.policy.minUptimeMs);
         this.armWatchdog(a);
         return;
       case 'arm_watchdog':
