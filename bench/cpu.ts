@@ -12,7 +12,16 @@ import { profileKernelIfAsked } from './lib/child.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { clockTicks, cpuSeconds, memoryKiB, sleep } from './lib/proc.js';
 import { r } from './lib/stats.js';
-import { barSpec, mdTable, parseFlags, writeChart, writeJson, writeText, envelope } from './lib/report.js';
+import {
+  barSpec,
+  givenFlags,
+  mdTable,
+  parseFlags,
+  writeChart,
+  writeJson,
+  writeText,
+  envelope,
+} from './lib/report.js';
 
 const flags = parseFlags();
 const QUICK = flags.quick;
@@ -129,7 +138,7 @@ async function main(): Promise<void> {
     machine,
     startedAt: t0,
     results,
-    extraArgs: AGENT !== 'c' ? ` --agent ${AGENT}` : '',
+    extraArgs: givenFlags(flags, ['agents', 'sandboxed-agents', 'sandboxes', 'window', 'agent']),
   });
   writeJson('cpu', env);
   await writeChart(

@@ -19,7 +19,16 @@ import { Fleet, type AgentKind } from './lib/fleet.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { cpuSeconds, fdCount, memoryKiB, sleep } from './lib/proc.js';
 import { linearFit, median, r } from './lib/stats.js';
-import { lineSpec, mdTable, parseFlags, writeChart, writeJson, writeText, envelope } from './lib/report.js';
+import {
+  givenFlags,
+  lineSpec,
+  mdTable,
+  parseFlags,
+  writeChart,
+  writeJson,
+  writeText,
+  envelope,
+} from './lib/report.js';
 
 const flags = parseFlags();
 const QUICK = flags.quick;
@@ -172,7 +181,7 @@ async function main(): Promise<void> {
     machine,
     startedAt: t0,
     results,
-    extraArgs: AGENT !== 'c' ? ` --agent ${AGENT}` : '',
+    extraArgs: givenFlags(flags, ['agents', 'configs', 'agent']),
   });
   writeJson('memory', env);
   await writeChart(

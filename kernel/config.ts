@@ -38,7 +38,7 @@ export interface KernelOptions {
   reservedNames: string[];
   logMaxBytes: number;
   logKeep: number;
-  /** How often log sizes are checked for rotation. */
+  /** How often a growing log's size is checked for rotation (a quiet log's less often, down to 16× this). */
   logCheckIntervalMs: number;
   /** Grace period between SIGTERM and SIGKILL when the kernel stops its agents. */
   shutdownGraceMs: number;

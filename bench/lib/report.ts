@@ -167,6 +167,18 @@ export function envelope<T>(
 }
 
 /** Command-line flags shared by every bench: `--quick` (fewer iterations). */
+/**
+ * The flags a report's "Reproduce" line must repeat (`--agents 10000`, `--configs …`): every `--name value`
+ * of `names` that was given, in that order.
+ */
+export function givenFlags(flags: { get(name: string): string | undefined }, names: string[]): string {
+  return names
+    .map((n) => [n, flags.get(n)] as const)
+    .filter(([, v]) => v !== undefined)
+    .map(([n, v]) => ` --${n} ${v}`)
+    .join('');
+}
+
 export function parseFlags(argv = process.argv.slice(2)): {
   quick: boolean;
   get(name: string): string | undefined;

@@ -147,8 +147,7 @@ export class AgentService {
 
   /** The agent named by id or name (escalated agents have released their names, but are still found). */
   find(t: { id?: number; name?: string }): AgentRecord {
-    const byName = (name: string) =>
-      this.o.mail.resolve(name) ?? this.o.supervisor.list().find((a) => a.def.name === name)?.def.id;
+    const byName = (name: string) => this.o.mail.resolve(name) ?? this.o.supervisor.named(name)?.def.id;
     const id = t.id ?? (t.name !== undefined ? byName(t.name) : undefined);
     const a = id !== undefined ? this.o.supervisor.get(id) : undefined;
     if (!a)
@@ -403,7 +402,7 @@ export class AgentService {
       if (!operator || own) throw new NameTakenError(`name already in use: ${name}`, { agent_id: holder });
       out.squatter = holder;
     }
-    const listed = this.o.supervisor.list().find((a) => a.def.name === name);
+    const listed = this.o.supervisor.named(name);
     if (listed) {
       if (listed.state !== 'FAILED')
         throw new NameTakenError(`name already in use: ${name}`, { agent_id: listed.def.id });

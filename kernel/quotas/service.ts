@@ -235,6 +235,8 @@ export class QuotaService {
    * (GET_QUOTA, the metrics replies): an idle kernel with thousands of agents reads no cgroup file.
    */
   private sampleAll(): void {
+    // No measured quota anywhere (the common case): not even a walk over the agents.
+    if (!this.anyMeasured()) return;
     const agents = this.o.agents.list().filter((a) => this.watched(a));
     const cpu: [string, number][] = [];
     for (const a of agents) {
@@ -248,6 +250,12 @@ export class QuotaService {
     // One commit for the round, before anything is enforced (the audit log writes to the same file).
     this.persistCpu(cpu);
     for (const a of agents) this.evaluate(a, QUOTA_NAMES);
+  }
+
+  /** Whether any scope has a measured quota (memory, cpu_time, wall_time): O(scopes with limits). */
+  private anyMeasured(): boolean {
+    for (const l of this.limits.values()) for (const n of MEASURED) if (l.has(n)) return true;
+    return false;
   }
 
   /** Whether `a` or its service has a measured quota (memory, cpu_time, wall_time): the sampler reads it. */

@@ -629,7 +629,10 @@ export class CgroupRoot {
       const cpu = cg.dir('cpu');
       if (cpu && c.cpu) {
         if (c.cpu.version === 1) {
-          write(path.join(cpu, 'cpu.cfs_period_us'), String(limits.cpuPeriod));
+          // Each write of the period or the quota walks every task group of the host (O(cgroups)): the
+          // period is written only when it is not already the one asked for (a new cgroup's is 100 ms).
+          if (readNumber(path.join(cpu, 'cpu.cfs_period_us')) !== limits.cpuPeriod)
+            write(path.join(cpu, 'cpu.cfs_period_us'), String(limits.cpuPeriod));
           write(path.join(cpu, 'cpu.cfs_quota_us'), String(limits.cpuQuota));
           write(path.join(cpu, 'cpu.shares'), String(limits.cpuShares));
         } else {

@@ -797,12 +797,11 @@ export class NativeSpawner implements Spawner {
     return this.live;
   }
 
-  /** @internal */
+  /** @internal An agent's process is gone: off the tables, by its own keys (no walk over every agent's). */
   forget(agent: SandboxedAgent): void {
     this.live.delete(agent);
-    for (const [k, v] of this.byCgroup)
-      if (v === agent.agentId && agent.cgroup && [...agent.cgroup.relPaths.values()].includes(k))
-        this.byCgroup.delete(k);
+    for (const k of agent.cgroup?.relPaths.values() ?? [])
+      if (this.byCgroup.get(k) === agent.agentId) this.byCgroup.delete(k);
     if (agent.pidNamespace && this.byPidNs.get(agent.pidNamespace) === agent.agentId)
       this.byPidNs.delete(agent.pidNamespace);
   }

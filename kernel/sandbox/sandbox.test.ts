@@ -227,6 +227,33 @@ run('NativeSpawner (root sandbox)', () => {
     expect(used / wall).toBeGreaterThan(0.05);
   });
 
+  it('(v) the CPU period and quota land in the cgroup as asked: the default period, and another', async () => {
+    const cpu = spawner.layout!.controllers.cpu;
+    if (!cpu) return; // no cpu controller here: nothing to read back
+    for (const period of [100_000, 50_000]) {
+      const log = newLog();
+      const a = (await spawner.spawn(
+        spec({
+          name: `period${period}`,
+          argv: ['/bin/sleep', '30'],
+          cwd: dir,
+          logFd: log.fd,
+          limits: { cpu_quota: 20_000, cpu_period: period },
+        }),
+      )) as SandboxedAgent;
+      const d = a.cgroup!.dir('cpu')!;
+      const read = (f: string) => fs.readFileSync(path.join(d, f), 'utf8').trim();
+      if (cpu.version === 1) {
+        expect(read('cpu.cfs_period_us')).toBe(String(period));
+        expect(read('cpu.cfs_quota_us')).toBe('20000');
+      } else {
+        expect(read('cpu.max')).toBe(`20000 ${period}`);
+      }
+      a.signal('SIGKILL');
+      await exitOf(a);
+    }
+  });
+
   it('(vi) no kernel fd is open in the agent', async () => {
     // Extra fds in the kernel: a listening socket and an open file, without CLOEXEC games.
     const server = net.createServer();

@@ -166,6 +166,7 @@ describe('Supervisor', () => {
     expect(a.consecutiveFailures).toBe(1);
     await vi.advanceTimersByTimeAsync(2);
     expect(a.consecutiveFailures).toBe(0);
+    expect(a.timers.uptime).toBeUndefined(); // a fired timer is not kept
   });
 
   it('escalates when the restart intensity is exceeded, and stops restarting', async () => {
@@ -276,5 +277,29 @@ describe('Supervisor', () => {
     spawner.failNext = 1;
     await expect(sup.create(def({ policy: 'always' }))).rejects.toThrow(/exec failed/);
     expect(sup.get(7)).toBeUndefined();
+  });
+
+  it('named(): the oldest listed agent of a name, kept in step with the table', async () => {
+    spawner.failNext = 1;
+    await expect(sup.create(def())).rejects.toThrow(/exec failed/);
+    expect(sup.named('a7')).toBeUndefined(); // a failed first start leaves no name behind
+    const a = await sup.create(
+      def({ policy: 'on-failure', maxRestarts: 0, windowMs: 10_000, backoffInitialMs: 1 }),
+    );
+    spawner.last().exit(crash());
+    await flush();
+    expect(a.state).toBe('FAILED');
+    expect(sup.named('a7')).toBe(a); // escalated: still listed, still found
+    // Its replacement under the same name (an operator's SPAWN kills the escalated one right after).
+    const b = await sup.create({ ...def(), id: 8 });
+    expect(sup.named('a7')).toBe(a);
+    sup.kill(7, 1);
+    expect(sup.named('a7')).toBe(b);
+    sup.kill(8, 1);
+    await flush();
+    expect(b.state).toBe('STOPPED');
+    expect(sup.get(8)).toBeUndefined();
+    expect(sup.named('a7')).toBeUndefined();
+    expect(sup.list()).toEqual([]);
   });
 });

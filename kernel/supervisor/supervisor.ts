@@ -94,6 +94,8 @@ export interface SupervisorHooks {
 export class Supervisor {
   private agents = new Map<number, AgentRecord>();
   private byPid = new Map<number, AgentRecord>();
+  /** The listed agents by name, oldest first (an escalated agent and its replacement may share one for a moment). */
+  private byName = new Map<string, AgentRecord[]>();
   private inFlight = new Set<Promise<unknown>>();
   private exitWaiters = new Map<number, (() => void)[]>();
   /** Waiters for an agent's next start (RESTART with `wait`): resolved when it is RUNNING, STOPPED or FAILED. */
@@ -112,6 +114,27 @@ export class Supervisor {
 
   list(): AgentRecord[] {
     return [...this.agents.values()];
+  }
+
+  /** The oldest listed agent named `name`, without a scan of the table (SPAWN asks it each time). */
+  named(name: string): AgentRecord | undefined {
+    return this.byName.get(name)?.[0];
+  }
+
+  /** Lists `a` (its id, its name). */
+  private enter(a: AgentRecord): void {
+    this.agents.set(a.def.id, a);
+    const same = this.byName.get(a.def.name);
+    if (same) same.push(a);
+    else this.byName.set(a.def.name, [a]);
+  }
+
+  /** Takes `a` off the table (its id, its name). */
+  private leave(a: AgentRecord): void {
+    this.agents.delete(a.def.id);
+    const same = this.byName.get(a.def.name)?.filter((x) => x !== a);
+    if (same?.length) this.byName.set(a.def.name, same);
+    else this.byName.delete(a.def.name);
   }
 
   /** True once shutdown() began: agents stop because the kernel does, not because they ended. */
@@ -148,11 +171,11 @@ export class Supervisor {
       graceMs: 5000,
       timers: {},
     };
-    this.agents.set(def.id, a);
+    this.enter(a);
     try {
       await this.launch(a);
     } catch (e) {
-      this.agents.delete(def.id);
+      this.leave(a);
       this.logs.forget(def.name);
       throw e;
     }
@@ -318,7 +341,11 @@ export class Supervisor {
     const t = a.timers;
     switch (act) {
       case 'arm_timers':
-        t.uptime = setTimeout(() => this.feed(a, 'uptime_reached'), d.policy.minUptimeMs);
+        // A fired timer is dropped: 10,000 long-running agents would each keep theirs (~200 bytes) for ever.
+        t.uptime = setTimeout(() => {
+          t.uptime = undefined;
+          this.feed(a, 'uptime_reached');
+        }, d.policy.minUptimeMs);
         this.armWatchdog(a);
         return;
       case 'arm_watchdog':
@@ -439,7 +466,7 @@ export class Supervisor {
         return;
       case 'release':
         for (const k of Object.keys(t) as (keyof typeof t)[]) clearTimeout(t[k]);
-        this.agents.delete(d.id);
+        this.leave(a);
         this.logs.forget(d.name);
         this.hooks.release(a);
         return;
