@@ -12,6 +12,7 @@ import { PostOffice, QueuedBytes, type Mail } from './mailboxes.js';
 import ipcFamily from '../syscalls/ipc/index.js';
 import type { Services, SyscallContext } from '../core/context.js';
 import { checkDepth, parseObject, validateRequest } from '../core/validate.js';
+import { MAGIC } from '../../protocol/index.js';
 
 const SEND = 0x20;
 const RECV = 0x21;
@@ -31,7 +32,7 @@ function frames(buf: Buffer): Frame[] {
   const out: Frame[] = [];
   let at = 0;
   while (at < buf.length) {
-    expect(buf.readUInt32LE(at)).toBe(0x544e4741);
+    expect(buf.readUInt32LE(at)).toBe(MAGIC);
     const size = Number(buf.readBigUInt64LE(at + 9));
     out.push({
       agentId: buf.readUInt32LE(at + 4),

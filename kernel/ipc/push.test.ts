@@ -122,8 +122,11 @@ describe('push delivery', () => {
       10_000,
       'push on',
     );
+    // 1 KiB each: 10 MB in all, far more than the client's 4,096 held pushes, the socket buffers and the
+    // kernel's 1 MiB push window together, however fast the kernel pushes.
+    const pad = 'x'.repeat(1000);
     for (let i = 0; i < N; i += 500)
-      await Promise.all(Array.from({ length: 500 }, (_, j) => a.send(bId, { i: i + j })));
+      await Promise.all(Array.from({ length: 500 }, (_, j) => a.send(bId, { i: i + j, pad })));
     // The client stops reading at 4,096 held pushes (plus the rest of the chunk it was reading); the
     // kernel then stops at its push window.
     const held = (b as unknown as { pushed: { message: { items: unknown[] } } }).pushed.message.items.length;

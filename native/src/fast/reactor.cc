@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -343,6 +344,8 @@ Napi::Value Reactor::Write(const Napi::CallbackInfo& info) {
 // ---- the reactor thread ----
 
 void Reactor::Run() {
+  // Named so that top, perf and /proc/<pid>/task show the fast path's thread apart from Node's.
+  pthread_setname_np(pthread_self(), "clove-reactor");
   std::vector<epoll_event> evs(256);
   while (!stopping_) {
     int timeout = -1;
@@ -587,6 +590,14 @@ void Reactor::Ingest(const ConnPtr& c, const char* data, size_t n) {
       c->bad = true;
       c->held.push_back(Held{std::string(p + off, len - off), true});
       off = len;
+      // The connection is condemned: a RECV parked here is woken and takes nothing (as Connection does
+      // in TypeScript), so that the error reply after it is not held back until the RECV's deadline.
+      if (c->parked) {
+        c->parked = false;
+        parked_.erase(c.get());
+        AppendFrame(c->replies, c->principal, kOpRecv, R"({"success":true,"messages":[],"count":0})");
+        Reply(c);
+      }
       break;
     }
     if (len - off - kHeaderSize < size) break;
