@@ -89,7 +89,13 @@ describe.skipIf(!nativeAvailable())('fast path: messages served by the reactor',
     const a = await named('fp-a');
     const b = await named('fp-b');
     const before = mailOf(tk).stats(a.id);
-    const odd = { s: 'é\u2028"\\\u0000', n: 12345678901234567890, f: 1.5e-7, deep: [[[{ x: null }]]] };
+    const odd = {
+      s: 'é\u2028"\\\u0000',
+      n: Number.MAX_SAFE_INTEGER,
+      big: 1e300,
+      f: 1.5e-7,
+      deep: [[[{ x: null }]]],
+    };
     expect(await a.c.send('fp-b', odd)).toMatchObject({ success: true, delivered_to: b.id });
     const batch = await a.c.sendBatch([
       { to: b.id, message: 1 },
