@@ -190,14 +190,19 @@ async function clovePushPeer(
   asBuffer: (m: unknown) => Buffer,
 ): Promise<void> {
   let out: string[] = [];
+  // One SEND_BATCH per flush, split so that no frame nears the kernel's payload limit (1 MiB).
   const flush = (): void => {
-    if (out.length === 0) return;
-    const items = out.map((message) => ({ to_name: peerName, message }));
-    out = [];
-    void c.sendBatch(items).then((r) => {
-      if (r.failed_count > 0)
-        throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results.find((x) => 'error' in x))}`);
-    });
+    while (out.length > 0) {
+      let n = 0;
+      for (let bytes = 0; n < out.length && n < 4096 && bytes < 256 * 1024; n++) bytes += out[n].length + 64;
+      const items = out.splice(0, n).map((message) => ({ to_name: peerName, message }));
+      void c.sendBatch(items).then((r) => {
+        if (r.failed_count > 0)
+          throw new Error(
+            `SEND_BATCH to ${peerName}: ${JSON.stringify(r.results.find((x) => 'error' in x))}`,
+          );
+      });
+    }
   };
   // A consumer sends each ack and pong at once (one item); a producer's bodies leave per window batch.
   const onBody =
