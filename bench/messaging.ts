@@ -466,9 +466,11 @@ interface Profile {
 }
 
 /**
- * `perf record` of the kernel process (every thread: the JS thread and, with --fast-path, the reactor)
- * while a Clove row runs; stop() summarises it with `perf report`. Why perf and not --cpu-prof: the fast
- * path's time is in native code and in the kernel's syscalls, which a V8 profile does not see.
+ * `perf record` of the kernel process while a Clove row runs. perf follows the processes the kernel
+ * starts, so the agents (the bench's producers and consumers) are in the same record: stop() splits the
+ * samples into the kernel's JavaScript thread, its reactor thread, its other threads (V8's GC and
+ * compiler, libuv's pool) and the agents, and lists the kernel threads' hottest symbols. Why perf and not
+ * --cpu-prof: the fast path's time is in native code and in Linux's socket calls, which V8 does not see.
  */
 function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Promise<Profile> } {
   fs.mkdirSync(dir, { recursive: true });
@@ -476,7 +478,13 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
   const rec = spawn('perf', ['record', '-q', '-F', '499', '-g', '-p', String(pid), '-o', data], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
-  const report = (sort: string, limit: string): { lines: string[]; samples: string } => {
+  // The kernel's threads now (the reactor and V8's threads start with the process).
+  const kernelTids = new Set(fs.readdirSync(`/proc/${pid}/task`).map(Number));
+  const report = (
+    sort: string,
+    limit: string,
+    extra: string[] = [],
+  ): { lines: string[]; samples: string } => {
     const r = spawnSync(
       'perf',
       [
@@ -491,6 +499,7 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
         sort,
         '--percent-limit',
         limit,
+        ...extra,
       ],
       { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
     );
@@ -505,14 +514,31 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
   };
   return {
     async stop() {
+      for (const t of fs.readdirSync(`/proc/${pid}/task`)) kernelTids.add(Number(t));
       rec.kill('SIGINT');
       await new Promise((res) => rec.once('exit', res));
-      const threads = report('comm', '1');
+      // `pid` in perf's report is the thread id: "12.3%  4242:clove-reactor".
+      const byThread = report('pid', '0');
+      const share = { js: 0, reactor: 0, other: 0, agents: 0 };
+      for (const l of byThread.lines) {
+        const m = /^([\d.]+)%\s+(\d+):(\S+)/.exec(l);
+        if (!m) continue;
+        const [pct, tid, comm] = [Number(m[1]), Number(m[2]), m[3]];
+        if (tid === pid) share.js += pct;
+        else if (kernelTids.has(tid)) share[comm === 'clove-reactor' ? 'reactor' : 'other'] += pct;
+        else share.agents += pct;
+      }
+      const pc = (x: number): string => `${x.toFixed(1).padStart(5)} %`;
       return {
         system,
-        threads: threads.lines,
-        symbols: report('comm,dso,sym', '1.5').lines.slice(0, 25),
-        samples: threads.samples,
+        threads: [
+          `${pc(share.js)}  kernel: JavaScript thread`,
+          `${pc(share.reactor)}  kernel: reactor thread (clove-reactor)`,
+          `${pc(share.other)}  kernel: other threads (V8 GC and compiler, libuv pool)`,
+          `${pc(share.agents)}  the agents (producers and consumers, Node + TS SDK)`,
+        ],
+        symbols: report('comm,dso,sym', '0.5', ['--tid', [...kernelTids].join(',')]).lines.slice(0, 25),
+        samples: byThread.samples,
       };
     },
   };
@@ -522,21 +548,22 @@ function profileSection(profiles: Profile[]): string[] {
   return [
     "## Where the kernel's time goes",
     '',
-    'From `--perf <dir>`: `perf record -F 499 -g` of the kernel process during the first round of each Clove row',
-    '(every size and shape of that row), then `perf report --no-children` (self time). `node` is the JavaScript',
-    "thread; `clove-reactor` the fast path's thread; `[kernel.kallsyms]` is time in Linux on the kernel's behalf",
-    '(socket reads and writes, scheduling).',
+    'From `--perf <dir>`: `perf record -F 499 -g` of the kernel process and the agents it starts, during the first',
+    'round of each Clove row (every size and shape of that row), then `perf report --no-children` (self time).',
+    "Shares are of all samples (the kernel and its agents on the 2 cores); the symbols are the kernel threads' only,",
+    "as a share of all samples. `[kernel.kallsyms]` is time in Linux on the thread's behalf (socket reads and",
+    'writes, wake-ups, scheduling).',
     '',
     ...profiles.flatMap((p) => [
       `### ${LABELS[p.system]}`,
       '',
-      `${p.samples} samples. By thread:`,
+      `${p.samples} samples. Where they fell:`,
       '',
       '```',
       ...p.threads,
       '```',
       '',
-      'Hottest symbols (thread, object, symbol; ≥ 1.5 % of samples):',
+      "The kernel's hottest symbols (thread, object, symbol; ≥ 0.5 % of all samples):",
       '',
       '```',
       ...p.symbols,
@@ -691,12 +718,15 @@ async function main(): Promise<void> {
     '',
     "- Clove's agents run with SPAWN's default limits (1 CPU each through the cgroup quota, 256 MiB, 64 pids), each",
     '  as its own uid in its own namespaces with seccomp (the isolation SPAWN reports), as `clove up` runs them.',
-    "  Its producer sends with pipelined SENDs then waits in a blocking RECV on the same connection (the SDK's",
-    '  replies are ordered); one event-loop turn between a reply and the next write is part of its round trip.',
+    '  With SEND + RECV its producer sends with pipelined SENDs then waits in a blocking RECV on the same connection',
+    "  (the SDK's replies are ordered); one event-loop turn between a reply and the next write is part of its round",
+    '  trip. With SEND_BATCH + push, replies and messages arrive on one connection as they come (`client.messages()`).',
+    '- The fast path (`clove kernel --fast-path`, docs/fastpath.md) serves SEND, SEND_BATCH, RECV and BROADCAST in',
+    "  the addon's reactor thread; the TypeScript path is the kernel without the flag.",
     '- Redis and NATS clients are the npm packages `redis` and `nats`; each publish is one client call, batched',
     '  by the client (node-redis pipelines the commands of one tick; nats.js buffers until a flush).',
-    '- Where the kernel spends its time: `node dist/bench/messaging.js --systems clove --cpu-prof <dir>`, then',
-    '  `node dist/bench/profile-summary.js <dir>/*.cpuprofile`.',
+    "- Where the time goes: `--perf <dir>` (above; `bash bench/setup.sh` installs perf); the kernel's JavaScript",
+    '  alone: `--cpu-prof <dir>`, then `node dist/bench/profile-summary.js <dir>/*.cpuprofile`.',
     '- Numbers taken while other work ran on the machine are noisy (load averages above: this machine is shared',
     '  with builds and tests); compare systems only within one run.',
   ].join('\n');

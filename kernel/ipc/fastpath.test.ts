@@ -16,13 +16,9 @@ function mailOf(tk: TestKernel): NativePostOffice {
   return (tk.kernel as unknown as { nativeMail: NativePostOffice }).nativeMail;
 }
 
-/**
- * A Python agent that takes one message under a lease and dies before acknowledging it (first run), then
- * (restarted) takes it again and tells its sender.
- */
-const LEASER = `
+/** The start of the test agents: a raw protocol client (stdlib only) that has said HELLO. */
+const RAW_CLIENT = `
 import json, os, socket, struct, sys
-MARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "leaser.mark")
 s = socket.socket(socket.AF_UNIX); s.connect(os.environ["CLOVE_SOCKET"])
 def call(op, obj):
     b = json.dumps(obj).encode()
@@ -33,6 +29,13 @@ def call(op, obj):
     while len(p) < n: p += s.recv(n - len(p))
     return json.loads(p)
 call(0xFE, {})
+`;
+
+/**
+ * A Python agent that takes one message under a lease and dies before acknowledging it (first run), then
+ * (restarted) takes it again and tells its sender.
+ */
+const LEASER = `${RAW_CLIENT}MARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "leaser.mark")
 r = call(0x21, {"max": 1, "wait": True, "timeout_ms": 60000, "lease": True})
 if not os.path.exists(MARK):
     open(MARK, "w").close()
@@ -47,19 +50,7 @@ while True:
  * A Python agent that echoes every message back to its sender by id, through blocking RECVs under a lease
  * (a message taken by a process that is killed before its next RECV is delivered again).
  */
-const ECHO = `
-import json, os, socket, struct, sys
-s = socket.socket(socket.AF_UNIX); s.connect(os.environ["CLOVE_SOCKET"])
-def call(op, obj):
-    b = json.dumps(obj).encode()
-    s.sendall(struct.pack("<IIBQ", 0x41474E54, 0, op, len(b)) + b)
-    h = b""
-    while len(h) < 17: h += s.recv(17 - len(h))
-    n = struct.unpack("<Q", h[9:17])[0]; p = b""
-    while len(p) < n: p += s.recv(n - len(p))
-    return json.loads(p)
-call(0xFE, {})
-while True:
+const ECHO = `${RAW_CLIENT}while True:
     r = call(0x21, {"max": 100, "wait": True, "timeout_ms": 60000, "lease": True})
     for m in r["messages"]:
         call(0x20, {"to": m["from"], "message": {"echo": m["message"], "seq": m["seq"]}})
