@@ -537,7 +537,10 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
           `${pc(share.other)}  kernel: other threads (V8 GC and compiler, libuv pool)`,
           `${pc(share.agents)}  the agents (producers and consumers, Node + TS SDK)`,
         ],
-        symbols: report('comm,dso,sym', '0.5', ['--tid', [...kernelTids].join(',')]).lines.slice(0, 25),
+        // Lines "1.2%  4242:clove-reactor  [kernel.kallsyms]  [k] sym": the kernel's threads only.
+        symbols: report('pid,dso,sym', '0.3')
+          .lines.filter((l) => kernelTids.has(Number(/^[\d.]+%\s+(\d+):/.exec(l)?.[1])))
+          .slice(0, 25),
         samples: byThread.samples,
       };
     },
