@@ -189,7 +189,7 @@ async function clovePushPeer(
   asString: (b: Buffer) => string,
   asBuffer: (m: unknown) => Buffer,
 ): Promise<void> {
-  let out: string[] = [];
+  const out: string[] = [];
   // One SEND_BATCH per flush, split so that no frame nears the kernel's payload limit (1 MiB).
   const flush = (): void => {
     while (out.length > 0) {
