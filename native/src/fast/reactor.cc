@@ -146,6 +146,7 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   void MaybeEnd(const ConnPtr& c);
   void PushMail(const ConnPtr& c);
   void Reply(const ConnPtr& c);
+  void Unpark(const ConnPtr& c, const std::string& reply);
   void Flush(const ConnPtr& c);
   size_t WriteOut(Conn& c);  // under c.mu: writes what is queued; returns errno or 0
   void Interest(const ConnPtr& c);
@@ -497,13 +498,7 @@ void Reactor::RunMail() {
       if (!c->fd.Valid()) continue;
       if (c->parked) {
         std::string out;
-        if (fast::Resume(*store_, c->park, false, out)) {
-          c->parked = false;
-          parked_.erase(c.get());
-          c->replies += out;
-          Reply(c);
-          Process(c);
-        }
+        if (fast::Resume(*store_, c->park, false, out)) Unpark(c, out);
       }
       PushMail(c);
     }
@@ -539,11 +534,7 @@ void Reactor::RunTimers() {
     if (c->park.deadline <= now) {
       std::string out;
       fast::Resume(*store_, c->park, true, out);
-      c->parked = false;
-      parked_.erase(c.get());
-      c->replies += out;
-      Reply(c);
-      Process(c);
+      Unpark(c, out);
       Interest(c);
     }
   }
@@ -593,10 +584,9 @@ void Reactor::Ingest(const ConnPtr& c, const char* data, size_t n) {
       // The connection is condemned: a RECV parked here is woken and takes nothing (as Connection does
       // in TypeScript), so that the error reply after it is not held back until the RECV's deadline.
       if (c->parked) {
-        c->parked = false;
-        parked_.erase(c.get());
-        AppendFrame(c->replies, c->principal, kOpRecv, R"({"success":true,"messages":[],"count":0})");
-        Reply(c);
+        std::string out;
+        AppendFrame(out, c->principal, kOpRecv, R"({"success":true,"messages":[],"count":0})");
+        Unpark(c, out);
       }
       break;
     }
@@ -672,6 +662,15 @@ void Reactor::PushMail(const ConnPtr& c) {
     if (c->replies.size() >= kFlushAt) Flush(c);
   }
   Reply(c);
+}
+
+// A parked RECV is answered (`reply`: its whole frame) and the frames held behind it are served.
+void Reactor::Unpark(const ConnPtr& c, const std::string& reply) {
+  c->parked = false;
+  parked_.erase(c.get());
+  c->replies += reply;
+  Reply(c);
+  Process(c);
 }
 
 void Reactor::Reply(const ConnPtr& c) {
