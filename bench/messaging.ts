@@ -610,8 +610,17 @@ async function main(): Promise<void> {
       const kernel = isClove(system)
         ? await startKernel({
             extra: ['--log-level', 'error', ...CLOVE_RUN[system].kernel],
-            // JIT frames named in perf's report (/tmp/perf-<pid>.map).
-            ...(perfDir ? { nodeArgs: ['--perf-basic-prof'] } : {}),
+            // JIT frames named in perf's report (/tmp/perf-<pid>.map); V8's log goes beside the profile,
+            // not into the working directory.
+            ...(perfDir
+              ? {
+                  nodeArgs: [
+                    '--perf-basic-prof',
+                    '--no-logfile-per-isolate',
+                    `--logfile=${path.join(perfDir, `${system}.v8.log`)}`,
+                  ],
+                }
+              : {}),
           })
         : undefined;
       // The kernel's profile is taken in the first round only (one per Clove row).
