@@ -20,7 +20,7 @@ import { Principals, type Stats } from './core/principals.js';
 import { describeNofile, raiseNofileLimit } from './core/rlimits.js';
 import { claimSocketPath, Server, UnixTransport } from './core/server.js';
 import { EventBus } from './events/bus.js';
-import { PostOffice, QueuedBytes, type Mail } from './ipc/mailboxes.js';
+import { PostOffice, QueuedBytes, reachableState, type Mail } from './ipc/mailboxes.js';
 import { createNativeMail, type NativePostOffice } from './ipc/native-mail.js';
 import { MetricsService } from './metrics/service.js';
 import { agentCgroupMetrics } from './metrics/cgroup.js';
@@ -345,7 +345,7 @@ export class Kernel {
   private syncReachable(id: number): void {
     const a = this.supervisor.get(id);
     if (!this.nativeMail || !a) return;
-    const reachable = a.state !== 'FAILED' && a.state !== 'STOPPED';
+    const reachable = reachableState(a.state);
     if (reachable) this.nativeMail.refreshBudgets(id);
     this.nativeMail.setReachable(id, reachable);
   }

@@ -59,6 +59,22 @@ export class QueuedBytes {
 export const NAME_RE = new RegExp(NAME_PATTERN);
 
 /**
+ * Whether an agent in `state` may be sent to: running, paused or being restarted (its mailbox waits for
+ * it), not FAILED or STOPPED. The ipc family and the fast path's reachability both ask this.
+ */
+export function reachableState(state: string): boolean {
+  return state !== 'FAILED' && state !== 'STOPPED';
+}
+
+/**
+ * A taken message's fields as RECV replies and PUSH frames carry them (without braces: a PUSH puts
+ * `"kind"` in front). Its stored JSON text is spliced in: nothing is parsed or encoded again.
+ */
+export function messageFields(m: Message, now: number): string {
+  return `"from":${m.from},"from_name":${JSON.stringify(m.from_name)},"message":${m.json},"age_ms":${now - m.sentAt},"seq":${m.seq}`;
+}
+
+/**
  * The mailboxes and names the kernel's services use: PostOffice (JavaScript) or, with the fast path,
  * NativePostOffice (kernel/ipc/native-mail.ts) over the addon's store shared with the reactor.
  * `holder` is whoever takes under a lease (a connection's close signal, a pusher).

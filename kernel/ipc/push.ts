@@ -9,7 +9,7 @@
  */
 import type { PushPort } from '../core/connection.js';
 import type { EventBus } from '../events/bus.js';
-import type { Mail } from './mailboxes.js';
+import { messageFields, type Mail } from './mailboxes.js';
 
 /** Items taken per turn: small enough that a flood of messages does not hold the event loop. */
 const BATCH = 64;
@@ -71,10 +71,7 @@ class Pusher {
       if (this.mode.messages) {
         const now = Date.now();
         const ms = mail.take(this.id, BATCH, this, false, this.src.maxBytes);
-        for (const m of ms)
-          out.push(
-            `{"kind":"message","from":${m.from},"from_name":${JSON.stringify(m.from_name)},"message":${m.json},"age_ms":${now - m.sentAt},"seq":${m.seq}}`,
-          );
+        for (const m of ms) out.push(`{"kind":"message",${messageFields(m, now)}}`);
         if (ms.length) this.src.received(ms.length);
       }
       if (this.mode.events) {

@@ -7,6 +7,8 @@ import {
   defineFamily,
   errorReply,
   InvalidRequestError,
+  messageFields,
+  reachableState,
   MailboxFullError,
   NotFoundError,
   QuotaExceededError,
@@ -20,7 +22,7 @@ function encode(message: unknown): string {
 
 function reachable(s: Services, id: number): boolean {
   const a = s.agents.get(id);
-  if (a) return a.state !== 'FAILED' && a.state !== 'STOPPED';
+  if (a) return reachableState(a.state);
   return s.principals.isClient(id);
 }
 
@@ -103,10 +105,7 @@ export default defineFamily(({ services }) => {
         const messages = mail.take(id, req.max, ctx.signal, req.lease, services.kernel.maxReplyBytes);
         principals.stats(id).received += messages.length;
         // The reply splices each message's stored JSON text: nothing is parsed or encoded again.
-        const items = messages.map(
-          (m) =>
-            `{"from":${m.from},"from_name":${JSON.stringify(m.from_name)},"message":${m.json},"age_ms":${now - m.sentAt},"seq":${m.seq}}`,
-        );
+        const items = messages.map((m) => `{${messageFields(m, now)}}`);
         return Buffer.from(`{"success":true,"messages":[${items.join(',')}],"count":${items.length}}`);
       },
       PUSH: () => {

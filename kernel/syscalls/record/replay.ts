@@ -363,18 +363,10 @@ export class Replay {
     }
     if (!req || typeof req !== 'object' || Array.isArray(req)) return Buffer.from(e.payload, 'utf8');
     const r = req as Record<string, unknown>;
-    const map = (field: string): boolean => {
-      const v = r[field];
-      if (typeof v !== 'number' || v <= 0) return true;
-      const s = this.standIns.get(v);
-      if (!s) return false; // an id outside the recording means somebody else here
-      r[field] = s.principal.id;
-      return true;
-    };
     switch (e.op) {
       case 'SEND': {
         const sent = parse(e.response) as { success?: unknown; delivered_to?: unknown } | undefined;
-        if (!this.retarget(r, sent)) return null;
+        if (!this.retarget(r, sent?.success === true ? sent.delivered_to : undefined)) return null;
         break;
       }
       case 'SEND_BATCH': {
@@ -384,14 +376,13 @@ export class Replay {
         for (const [i, item] of items.entries()) {
           if (!item || typeof item !== 'object') continue;
           const res = sent?.results?.[i] as { delivered_to?: unknown } | undefined;
-          const one = res && typeof res.delivered_to === 'number' ? { success: true, ...res } : undefined;
-          if (!this.retarget(item as Record<string, unknown>, one)) return null;
+          if (!this.retarget(item as Record<string, unknown>, res?.delivered_to)) return null;
         }
         break;
       }
       case 'GET_PERMS':
       case 'SET_PERMS':
-        if (!map('agent_id')) return null;
+        if (!this.mapId(r, 'agent_id')) return null;
         break;
       case 'RECV':
       case 'POLL_EVENTS':
@@ -401,25 +392,25 @@ export class Replay {
     return Buffer.from(JSON.stringify(r), 'utf8');
   }
 
+  /** Rewrites a recorded id in `r[field]` to its stand-in's; false when it is somebody outside the recording. */
+  private mapId(r: Record<string, unknown>, field: string): boolean {
+    const v = r[field];
+    if (typeof v !== 'number' || v <= 0) return true;
+    const s = this.standIns.get(v);
+    if (!s) return false; // an id outside the recording means somebody else here
+    r[field] = s.principal.id;
+    return true;
+  }
+
   /**
    * Points a recorded SEND target (`to` / `to_name` of a SEND or of one SEND_BATCH item) at the stand-in
-   * it was recorded against; false when it reached somebody outside the recording (not reproducible here).
+   * it was recorded against; false when it reached somebody outside the recording (`deliveredTo`: where
+   * the recording says it was delivered, if it was), which is not reproducible here.
    */
-  private retarget(
-    r: Record<string, unknown>,
-    sent: { success?: unknown; delivered_to?: unknown } | undefined,
-  ): boolean {
-    if (
-      sent?.success === true &&
-      typeof sent.delivered_to === 'number' &&
-      !this.standIns.has(sent.delivered_to)
-    )
-      return false;
-    if (typeof r.to === 'number' && r.to > 0) {
-      const s = this.standIns.get(r.to);
-      if (!s) return false; // an id outside the recording means somebody else here
-      r.to = s.principal.id;
-    } else if (typeof r.to_name === 'string') {
+  private retarget(r: Record<string, unknown>, deliveredTo: unknown): boolean {
+    if (typeof deliveredTo === 'number' && !this.standIns.has(deliveredTo)) return false;
+    if (typeof r.to === 'number' && r.to > 0) return this.mapId(r, 'to');
+    if (typeof r.to_name === 'string') {
       const rec = this.byName.get(r.to_name);
       const s = rec !== undefined ? this.standIns.get(rec) : undefined;
       if (s && !s.named) r.to = s.principal.id;
