@@ -5,7 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startKernelProcess, type KernelProcess } from '../harness/kernel.js';
-import { mergeRounds, runSystem, which, type Cell, type CloveSystem, type System } from './messaging.js';
+import { which } from '../harness/services.js';
+import { mergeRounds, runSystem, type Cell, type CloveSystem, type System } from './messaging.js';
 import { ACK_EVERY } from './lib/msg-peer-protocol.js';
 
 const available: Record<Exclude<System, CloveSystem>, boolean> = {

@@ -11,10 +11,10 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { tempDir, waitForSocket, until, type KernelProcess } from '../harness/kernel.js';
+import { freePort, waitForPort, which } from '../harness/services.js';
 import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { BENCH_SRC, DIST_BENCH, profileKernelIfAsked, startKernel, stopChild } from './lib/child.js';
@@ -75,21 +75,6 @@ export interface Cell {
 const PEER = path.join(DIST_BENCH, 'lib', 'msg-peer.js');
 export const RELAY_C_SRC = path.join(BENCH_SRC, 'lib', 'relay.c');
 
-/** Where a program is, on PATH or in the sbin directories Debian puts daemons in (null when absent). */
-export function which(cmd: string): string | null {
-  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/local/sbin', '/sbin'];
-  for (const d of dirs) {
-    const f = path.join(d, cmd);
-    try {
-      fs.accessSync(f, fs.constants.X_OK);
-      return f;
-    } catch {
-      // next
-    }
-  }
-  return null;
-}
-
 /** A peer process with a line-based stdin/stdout conversation. */
 class Peer {
   private lines: string[] = [];
@@ -124,29 +109,6 @@ async function startPeer(cmd: string, args: string[], what: string): Promise<Pee
   const ready = await p.line(what);
   if (!ready.startsWith('ready')) throw new Error(`${what}: ${ready}`);
   return p;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => res(port));
-    });
-    s.once('error', rej);
-  });
-}
-
-async function waitForPort(port: number, timeoutMs: number, exited: Promise<unknown>): Promise<void> {
-  let dead = false;
-  void exited.then(() => (dead = true));
-  await until(async () => {
-    if (dead) throw new Error(`server for port ${port} exited`);
-    return new Promise<boolean>((res) => {
-      const s = net.connect(port, '127.0.0.1', () => (s.destroy(), res(true)));
-      s.once('error', () => res(false));
-    });
-  }, timeoutMs);
 }
 
 /** One system with its broker and `pairs` producer/consumer pairs up. */

@@ -14,22 +14,10 @@ import { NativeSpawner } from '../kernel/sandbox/index.js';
 import { projectRoot } from '../kernel/sandbox/native.js';
 import type { ExitInfo } from '../kernel/sandbox/types.js';
 import { summarize, type Summary } from './spawn/stats.js';
+import { which } from '../harness/services.js';
 
 const N = Number(process.env.BENCH_N ?? 500);
 const WARMUP = 20;
-
-function which(cmd: string): string | undefined {
-  for (const d of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = path.join(d, cmd);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return undefined;
-}
 
 function runChild(file: string, args: string[]): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -12,6 +12,8 @@ command -v make >/dev/null || need_apt+=(make)
 # The messaging bench's smoke test runs Clove beside real Redis pub/sub and NATS (bench/messaging.test.ts).
 command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || need_apt+=(redis-server)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+# The cluster (kernel/cluster/) stands on etcd and NATS JetStream; its tests start both (harness/services.ts).
+command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 # The native fast path scans SEND envelopes with simdjson (native/src/fast/ops.cc).
 [ -f /usr/include/simdjson.h ] || need_apt+=(libsimdjson-dev)
 if ((${#need_apt[@]})); then

@@ -11,6 +11,7 @@ import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/ind
 import { DEFAULT_BUDGETS, type Budgets } from './core/budgets.js';
 import { KernelStartError } from './core/errors.js';
 import type { SandboxMode } from './sandbox/runtime.js';
+import type { ClusterOptions } from './cluster/types.js';
 
 export type { SandboxMode };
 
@@ -59,6 +60,8 @@ export interface KernelOptions {
    * Default: on when the environment has CLOVE_FAST_PATH=1.
    */
   fastPath: boolean;
+  /** Member of a cluster (docs/cluster.md): null for a kernel on its own, which needs no etcd or NATS. */
+  cluster: ClusterOptions | null;
 }
 
 /** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
@@ -98,6 +101,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     logLevel: 'info',
     agentUidBase: 200_000,
     fastPath: process.env.CLOVE_FAST_PATH === '1',
+    cluster: null,
     ...overrides,
   };
 }

@@ -1,0 +1,173 @@
+/**
+ * External services that tests, benches and clusters need, started as real host processes on free
+ * loopback ports in temporary directories and always stopped: etcd (Debian `etcd-server`) and NATS with
+ * JetStream (Debian `nats-server`). ci/setup.sh installs both.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { tempDir, until } from './kernel.js';
+
+/** Where a program is, on PATH or in the sbin directories Debian puts daemons in (null when absent). */
+export function which(cmd: string): string | null {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/local/sbin', '/sbin'];
+  for (const d of dirs) {
+    const f = path.join(d, cmd);
+    try {
+      fs.accessSync(f, fs.constants.X_OK);
+      return f;
+    } catch {
+      // next
+    }
+  }
+  return null;
+}
+
+/** A TCP port nobody listens on right now (on `host`). */
+export function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = net.createServer();
+    s.listen(0, host, () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => res(port));
+    });
+    s.once('error', rej);
+  });
+}
+
+/** Waits until something accepts on host:port; fails early when `exited` settles first. */
+export async function waitForPort(
+  port: number,
+  timeoutMs: number,
+  exited: Promise<unknown>,
+  host = '127.0.0.1',
+): Promise<void> {
+  let dead = false;
+  void exited.then(() => (dead = true));
+  await until(
+    async () => {
+      if (dead) throw new Error(`server for ${host}:${port} exited`);
+      return new Promise<boolean>((res) => {
+        const s = net.connect(port, host, () => (s.destroy(), res(true)));
+        s.once('error', () => res(false));
+      });
+    },
+    timeoutMs,
+    `${host}:${port} to accept`,
+  );
+}
+
+export interface ServiceProcess {
+  /** e.g. `http://127.0.0.1:2379` for etcd, `nats://127.0.0.1:4222` for NATS. */
+  url: string;
+  host: string;
+  port: number;
+  child: ChildProcess;
+  dir: string;
+  /** Its stderr/stdout, last 8 KiB (for failure messages). */
+  log(): string;
+  /** SIGSTOP / SIGCONT: a hung server. */
+  pause(): void;
+  resume(): void;
+  /** Stops it and removes its directory (idempotent). */
+  stop(): Promise<void>;
+}
+
+async function startService(
+  what: string,
+  exe: string,
+  args: (dir: string, port: number) => string[],
+  url: (port: number) => string,
+  host: string,
+  port?: number,
+): Promise<ServiceProcess> {
+  const dir = tempDir(`clv${what}`);
+  const p = port ?? (await freePort(host));
+  const child = spawn(exe, args(dir, p), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (d: Buffer) => (log = (log + d.toString()).slice(-8192));
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  const exited = new Promise<void>((res) => child.once('exit', () => res()));
+  try {
+    await waitForPort(p, 20_000, exited, host);
+  } catch (e) {
+    child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw new Error(`${what} did not start: ${(e as Error).message}\n${log}`);
+  }
+  let stopped = false;
+  return {
+    url: url(p),
+    host,
+    port: p,
+    child,
+    dir,
+    log: () => log,
+    pause: () => child.kill('SIGSTOP'),
+    resume: () => child.kill('SIGCONT'),
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGCONT');
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(t);
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A single-member etcd (Debian's etcd 3.4) on `host`; data in a temporary directory. */
+export async function startEtcd(opts: { host?: string; port?: number } = {}): Promise<ServiceProcess> {
+  const exe = which('etcd');
+  if (!exe) throw new Error('etcd is not installed (ci/setup.sh installs etcd-server)');
+  const host = opts.host ?? '127.0.0.1';
+  const peerPort = await freePort(host);
+  return startService(
+    'etcd',
+    exe,
+    (dir, port) => [
+      '--name',
+      'clove-test',
+      '--data-dir',
+      path.join(dir, 'data'),
+      '--listen-client-urls',
+      `http://${host}:${port}`,
+      '--advertise-client-urls',
+      `http://${host}:${port}`,
+      '--listen-peer-urls',
+      `http://${host}:${peerPort}`,
+      '--initial-advertise-peer-urls',
+      `http://${host}:${peerPort}`,
+      '--initial-cluster',
+      `clove-test=http://${host}:${peerPort}`,
+      '--log-level',
+      'warn',
+      '--logger',
+      'zap',
+    ],
+    (port) => `http://${host}:${port}`,
+    host,
+    opts.port,
+  );
+}
+
+/** nats-server with JetStream (file storage in a temporary directory) on `host`. */
+export async function startNats(opts: { host?: string; port?: number } = {}): Promise<ServiceProcess> {
+  const exe = which('nats-server');
+  if (!exe) throw new Error('nats-server is not installed (ci/setup.sh installs it)');
+  const host = opts.host ?? '127.0.0.1';
+  return startService(
+    'nats',
+    exe,
+    (dir, port) => ['-a', host, '-p', String(port), '-js', '-sd', path.join(dir, 'js')],
+    (port) => `nats://${host}:${port}`,
+    host,
+    opts.port,
+  );
+}
