@@ -327,7 +327,7 @@ export declare class NativeMailStore {
   /** Test-only: Resume() of a parked RECV; the reply frame, or null while it keeps waiting. */
   resume(park: { id: number; holder: number; max: number; lease: boolean }, timedOut: boolean): Buffer | null;
   /** Test-only: PushMessages(); the PUSH frames written (one per message). */
-  pushMessages(id: number, holder: number, max: number): Buffer;
+  pushMessages(id: number, holder: number, max: number, batch?: boolean): Buffer;
 }
 
 export type NativeReactorEvent =
@@ -348,7 +348,8 @@ export declare class NativeReactor {
   /** Queues `data` (written at once when possible); `answered`: forwarded requests it answers. Returns bytes unsent. */
   write(conn: number, data: Buffer, answered: number): number;
   setFast(conn: number, fast: boolean): void;
-  setPush(conn: number, messages: boolean): void;
+  /** The reactor pushes `conn`'s messages (`batch`: several to a PUSH frame). */
+  setPush(conn: number, messages: boolean, batch?: boolean): void;
   pause(conn: number): void;
   resume(conn: number): void;
   /** Shuts down the kernel's write side once everything queued is written. */

@@ -2906,7 +2906,11 @@ export interface PushArgs {}
  * via the `definition` "PushReply".
  */
 export interface PushReply {
-  kind: 'message' | 'event';
+  kind: 'message' | 'messages' | 'event';
+  /**
+   * messages (`push.batch`): RECV's items, in mailbox order
+   */
+  messages?: Message[];
   /**
    * message: the sender's id
    */
@@ -5051,6 +5055,10 @@ export interface HelloRequest {
      * push the events of the caller's subscriptions (SUBSCRIBE still chooses them)
      */
     events?: boolean;
+    /**
+     * messages arrive several to a frame: one PUSH `{"kind": "messages", "messages": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message
+     */
+    batch?: boolean;
   };
 }
 /**
@@ -5072,6 +5080,10 @@ export interface HelloArgs {
      * push the events of the caller's subscriptions (SUBSCRIBE still chooses them)
      */
     events?: boolean;
+    /**
+     * messages arrive several to a frame: one PUSH `{"kind": "messages", "messages": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message
+     */
+    batch?: boolean;
   };
 }
 /**
@@ -5111,6 +5123,7 @@ export interface HelloReply {
   push?: {
     messages: boolean;
     events: boolean;
+    batch?: boolean;
   };
 }
 /**
@@ -7051,6 +7064,11 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
           events: {
             type: 'boolean',
             description: "push the events of the caller's subscriptions (SUBSCRIBE still chooses them)",
+          },
+          batch: {
+            type: 'boolean',
+            description:
+              'messages arrive several to a frame: one PUSH `{"kind": "messages", "messages": [...]}` carries what the mailbox held (RECV\'s items, up to the reply byte limit) instead of one frame per message',
           },
         },
       },

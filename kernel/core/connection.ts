@@ -28,7 +28,7 @@ export interface PushPort {
    * On the fast path: messages are pushed by the reactor itself (docs/fastpath.md, Rule 6); this switches
    * it. Absent for a connection served by TypeScript, where push.ts pushes messages too.
    */
-  nativeMessages?(on: boolean): void;
+  nativeMessages?(on: boolean, batch: boolean): void;
 }
 
 export interface Dispatcher {
@@ -259,7 +259,7 @@ export class Connection {
   private pushPortOf(): PushPort {
     const native = this.socket.setPush?.bind(this.socket);
     return {
-      ...(native ? { nativeMessages: (on: boolean) => native(on) } : {}),
+      ...(native ? { nativeMessages: (on: boolean, batch: boolean) => native(on, batch) } : {}),
       signal: this.abort.signal,
       room: () => !this.closing && !this.socket.destroyed && this.socket.writableLength < PUSH_HIGH_WATER,
       write: (payloads) => {

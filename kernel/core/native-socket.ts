@@ -29,7 +29,7 @@ export interface ConnStream {
   /** The next bytes written answer `n` requests (the reactor holds later fast calls until they are). */
   answers?(n: number): void;
   /** The reactor pushes this connection's messages itself (HELLO push on the fast path). */
-  setPush?(messages: boolean): void;
+  setPush?(messages: boolean, batch: boolean): void;
 }
 
 /**
@@ -73,8 +73,8 @@ export class NativeSocket extends EventEmitter implements ConnStream {
   }
 
   /** Rule 6: the reactor writes PUSH frames of this principal's messages (HELLO `push.messages`). */
-  setPush(messages: boolean): void {
-    if (!this.destroyed_) this.reactor.setPush(this.conn, messages);
+  setPush(messages: boolean, batch: boolean): void {
+    if (!this.destroyed_) this.reactor.setPush(this.conn, messages, batch);
   }
 
   write(data: Buffer, cb?: (err?: Error | null) => void): boolean {

@@ -446,6 +446,25 @@ describe('fast path ops (MailStore.serve)', () => {
     expect(w.store.pushMessages(1, 5, 64).length).toBe(0);
   });
 
+  it('push batch: one PUSH frame for what was taken, RECV items under "messages", as push.ts writes it', () => {
+    const w = world();
+    for (const m of ['{"n":1}', '[2]', '"three"']) w.serve(2, SEND, `{"to":1,"message":${m}}`);
+    const fs = frames(w.store.pushMessages(1, 5, 2, true));
+    expect(fs.map((f) => [f.agentId, f.opcode])).toEqual([[1, PUSH]]);
+    const text = fs[0]!.payload.toString();
+    expect(text).toMatch(
+      /^\{"kind":"messages","messages":\[\{"from":2,"from_name":"a2","message":\{"n":1\},"age_ms":\d+,"seq":1\},\{"from":2,"from_name":"a2","message":\[2\],"age_ms":\d+,"seq":2\}\],"count":2\}$/,
+    );
+    expect(w.store.size(1)).toBe(1);
+    expect(w.store.stats(1)).toMatchObject({ syscalls: 0, received: 2 });
+    expect(JSON.parse(frames(w.store.pushMessages(1, 5, 64, true))[0]!.payload.toString())).toMatchObject({
+      kind: 'messages',
+      messages: [{ message: 'three', seq: 3 }],
+      count: 1,
+    });
+    expect(w.store.pushMessages(1, 5, 64, true).length).toBe(0);
+  });
+
   it('counts what it completes: syscalls, sent, received, last activity', () => {
     const w = world();
     const before = Date.now();

@@ -163,3 +163,34 @@ describe('push delivery', () => {
     r.s.destroy();
   }, 120_000);
 });
+
+describe.each([
+  ['TypeScript path', false],
+  ['fast path', true],
+])('push.batch on the %s', (_name, fastPath) => {
+  it('what the mailbox holds arrives in one PUSH frame, RECV items under "messages", in order, taken once', async () => {
+    tk = await startKernel({ fastPath });
+    const a = await tk.client();
+    const r = await rawClient(tk.socketPath);
+    const id = (await r.call(Op.HELLO, {})).agent_id as number;
+    const sent = await a.sendBatch(Array.from({ length: 50 }, (_, i) => ({ to: id, message: { i } })));
+    expect(sent.delivered_count).toBe(50);
+    const hello = await r.call(Op.HELLO, { push: { messages: true, batch: true } });
+    expect(hello.push).toEqual({ messages: true, events: false, batch: true });
+    const pushed = (): {
+      kind: string;
+      messages: { message: { i: number }; seq: number }[];
+      count: number;
+    }[] => r.frames.filter((f) => f.opcode === Op.PUSH).map((f) => JSON.parse(f.payload.toString()));
+    await until(() => pushed().length === 1, 20_000, 'one batched push');
+    const [frame] = pushed();
+    expect(frame!.kind).toBe('messages');
+    expect(frame!.count).toBe(50);
+    expect(frame!.messages.map((m) => m.message.i)).toEqual([...Array(50).keys()]);
+    expect(frame!.messages.every((m) => !('kind' in m) && m.seq > 0)).toBe(true);
+    await a.send(id, { i: 50 });
+    await until(() => pushed().length === 2, 20_000, 'the next push');
+    expect(pushed()[1]).toMatchObject({ kind: 'messages', count: 1, messages: [{ message: { i: 50 } }] });
+    expect((await r.call(Op.RECV, { max: 10 })).count).toBe(0);
+  });
+});

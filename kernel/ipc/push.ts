@@ -13,12 +13,16 @@ import { messageFields, type Mail } from './mailboxes.js';
 
 /** Items taken per turn: small enough that a flood of messages does not hold the event loop. */
 const BATCH = 64;
+/** Messages in one batched PUSH frame at most (and the reply byte limit), as the reactor's. */
+const BATCH_FRAME = 4096;
 /** A parked pusher re-checks this often even without a wake-up (a wake-up is the normal path). */
 const IDLE_MS = 60_000;
 
 export interface PushMode {
   messages: boolean;
   events: boolean;
+  /** Messages several to a frame (`{"kind":"messages","messages":[…]}`) instead of one frame each. */
+  batch?: boolean;
 }
 
 interface Sources {
@@ -70,8 +74,11 @@ class Pusher {
       const out: string[] = [];
       if (this.mode.messages) {
         const now = Date.now();
-        const ms = mail.take(this.id, BATCH, this, false, this.src.maxBytes);
-        for (const m of ms) out.push(`{"kind":"message",${messageFields(m, now)}}`);
+        const ms = mail.take(this.id, this.mode.batch ? BATCH_FRAME : BATCH, this, false, this.src.maxBytes);
+        if (this.mode.batch && ms.length) {
+          const items = ms.map((m) => `{${messageFields(m, now)}}`);
+          out.push(`{"kind":"messages","messages":[${items.join(',')}],"count":${items.length}}`);
+        } else for (const m of ms) out.push(`{"kind":"message",${messageFields(m, now)}}`);
         if (ms.length) this.src.received(ms.length);
       }
       if (this.mode.events) {
@@ -115,8 +122,8 @@ class Pusher {
 
 const pushers = new WeakMap<PushPort, Pusher>();
 
-/** Connections whose messages the fast path's reactor pushes (nativeMessages switched on). */
-const nativePushed = new WeakSet<PushPort>();
+/** Connections whose messages the fast path's reactor pushes (nativeMessages switched on), and how. */
+const nativePushed = new WeakMap<PushPort, { batch: boolean }>();
 
 /**
  * Sets what `port` (the caller's connection, id `id`) has pushed to it; returns the mode now in force. On
@@ -125,8 +132,8 @@ const nativePushed = new WeakSet<PushPort>();
 export function setPush(port: PushPort, id: number, mode: PushMode, src: Sources): PushMode {
   let loop = mode;
   if (port.nativeMessages) {
-    port.nativeMessages(mode.messages);
-    if (mode.messages) nativePushed.add(port);
+    port.nativeMessages(mode.messages, mode.batch === true);
+    if (mode.messages) nativePushed.set(port, { batch: mode.batch === true });
     else nativePushed.delete(port);
     loop = { messages: false, events: mode.events };
   }
@@ -143,7 +150,9 @@ export function setPush(port: PushPort, id: number, mode: PushMode, src: Sources
 /** What `port` has pushed to it now. */
 export function pushMode(port: PushPort | undefined): PushMode {
   const m = port && pushers.get(port)?.mode;
-  const out = m ? { ...m } : { messages: false, events: false };
-  if (port && nativePushed.has(port)) out.messages = true;
+  const out: PushMode = m ? { ...m } : { messages: false, events: false };
+  const native = port && nativePushed.get(port);
+  if (native) Object.assign(out, { messages: true, batch: native.batch });
+  if (!out.messages) delete out.batch;
   return out;
 }

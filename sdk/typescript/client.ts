@@ -95,7 +95,7 @@ export class CloveClient {
   /** The id the kernel gives this connection (learned from every reply header). */
   agentId = 0;
   /** What this client asked to have pushed (HELLO `push`); asked again on a reconnect. */
-  private pushMode = { messages: false, events: false };
+  private pushMode = { messages: false, events: false, batch: false };
   private pushed = { message: new PushQueue<T.PushedMessage>(), event: new PushQueue<T.PushedEvent>() };
   /** The socket corked for the current tick (see `write`), if any. */
   private corked: Duplex | null = null;
@@ -183,7 +183,9 @@ export class CloveClient {
       return;
     }
     const { kind, ...rest } = item;
-    if (kind === 'message') this.pushed.message.put(rest as T.PushedMessage);
+    if (kind === 'messages')
+      for (const m of (rest as { messages: T.PushedMessage[] }).messages) this.pushed.message.put(m);
+    else if (kind === 'message') this.pushed.message.put(rest as T.PushedMessage);
     else if (kind === 'event') this.pushed.event.put(rest as T.PushedEvent);
     // Bounded: a consumer that falls behind stops the reading, and the kernel keeps the rest.
     if (this.pushed.message.items.length + this.pushed.event.items.length >= PUSH_BUFFER) s.pause();
@@ -197,7 +199,12 @@ export class CloveClient {
 
   /** Asks the kernel to push (or stop pushing) messages and/or events on this connection. */
   async setPush(mode: { messages?: boolean; events?: boolean }): Promise<T.HelloReply> {
-    this.pushMode = { messages: mode.messages === true, events: mode.events === true };
+    // Messages come several to a frame (push.batch): the iterator still yields them one by one.
+    this.pushMode = {
+      messages: mode.messages === true,
+      events: mode.events === true,
+      batch: mode.messages === true,
+    };
     return this.syscall('HELLO', { push: this.pushMode });
   }
 

@@ -14,7 +14,11 @@ export default defineFamily(({ services }) => ({
         setPush(
           push,
           caller.id,
-          { messages: req.push.messages === true, events: req.push.events === true },
+          {
+            messages: req.push.messages === true,
+            events: req.push.events === true,
+            ...(req.push.batch === true ? { batch: true } : {}),
+          },
           {
             mail: services.mail,
             events: services.events,

@@ -413,10 +413,24 @@ bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::strin
   return true;
 }
 
-size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, std::string& out) {
+size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, bool batch, std::string& out) {
   std::vector<Message> ms = store.Take(id, max, holder, false, store.max_reply_bytes());
   if (ms.empty()) return 0;
   int64_t now = NowMs();
+  if (batch) {
+    size_t at = BeginFrame(out, id, kOpPush);
+    out += "{\"kind\":\"messages\",\"messages\":[";
+    for (size_t i = 0; i < ms.size(); i++) {
+      if (i) out += ',';
+      AppendMessage(out, ms[i], now, false);
+    }
+    out += "],\"count\":";
+    AppendNumber(out, ms.size());
+    out += '}';
+    FinishFrame(out, at);
+    store.Count(id, 0, 0, ms.size());
+    return ms.size();
+  }
   for (const Message& m : ms) {
     size_t at = BeginFrame(out, id, kOpPush);
     AppendMessage(out, m, now, true);

@@ -42,6 +42,7 @@ constexpr size_t kResumeUnsent = kMaxUnsent / 2; // ...and starts again below th
 constexpr size_t kDrainMark = 64 * 1024;         // JavaScript gets `drain` when unsent falls below this
 constexpr size_t kPushRoom = 1024 * 1024;        // PUSH frames are written while unsent stays below this
 constexpr size_t kPushBatch = 64;                // messages taken per PushMessages call
+constexpr size_t kPushBatchFrame = 4096;         // at most this many in one batched PUSH frame
 constexpr auto kProbeEvery = std::chrono::milliseconds(250);
 constexpr int kMaxIov = 64;
 
@@ -76,6 +77,7 @@ struct Conn {
   // The reactor thread's own.
   bool fast = true;
   bool push = false;
+  bool push_batch = false;  // HELLO push.batch: several messages to a PUSH frame
   std::string in;  // bytes of an incomplete frame
   std::deque<Held> held;
   size_t pending_js = 0;  // frames forwarded to JavaScript and not yet answered
@@ -99,7 +101,7 @@ using ConnPtr = std::shared_ptr<Conn>;
 struct Command {
   enum Type : uint8_t { Adopt, Answered, SetFast, SetPush, Pause, Resume, End, Destroy } type;
   uint64_t conn;
-  uint64_t n = 0;  // Answered: how many; SetFast/SetPush/: 0 or 1
+  uint64_t n = 0;  // Answered: how many; SetFast: 0 or 1; SetPush: 0 off, 1 one frame each, 2 batched
   std::string initial;
 };
 
@@ -117,7 +119,9 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   Napi::Value Adopt(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
   void SetFast(const Napi::CallbackInfo& info) { Post(Command{Command::SetFast, ConnArg(info), Bool(info, 1)}); }
-  void SetPush(const Napi::CallbackInfo& info) { Post(Command{Command::SetPush, ConnArg(info), Bool(info, 1)}); }
+  void SetPush(const Napi::CallbackInfo& info) {
+    Post(Command{Command::SetPush, ConnArg(info), Bool(info, 1) ? (Bool(info, 2) ? 2u : 1u) : 0u});
+  }
   void Pause(const Napi::CallbackInfo& info) { Post(Command{Command::Pause, ConnArg(info)}); }
   void Resume(const Napi::CallbackInfo& info) { Post(Command{Command::Resume, ConnArg(info)}); }
   void End(const Napi::CallbackInfo& info) { Post(Command{Command::End, ConnArg(info)}); }
@@ -462,6 +466,7 @@ void Reactor::RunCommands() {
         break;
       case Command::SetPush:
         c->push = cmd.n != 0;
+        c->push_batch = cmd.n == 2;
         PushMail(c);
         break;
       case Command::Pause:
@@ -657,7 +662,8 @@ void Reactor::MaybeEnd(const ConnPtr& c) {
 void Reactor::PushMail(const ConnPtr& c) {
   if (!c->push || !c->fd.Valid() || c->bad) return;
   while (c->unsent + c->replies.size() < kPushRoom) {
-    size_t n = PushMessages(*store_, c->principal, c->id, kPushBatch, c->replies);
+    size_t n = PushMessages(*store_, c->principal, c->id, c->push_batch ? kPushBatchFrame : kPushBatch,
+                            c->push_batch, c->replies);
     if (n == 0) break;
     if (c->replies.size() >= kFlushAt) Flush(c);
   }

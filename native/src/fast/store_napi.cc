@@ -316,7 +316,8 @@ class JsMailStore : public Napi::ObjectWrap<JsMailStore> {
   // Test-only: PushMessages(); the PUSH frames it wrote.
   Napi::Value Push_(const Napi::CallbackInfo& info) {
     std::string out;
-    PushMessages(*store, Id(info, 0), HolderOf(info, 1), static_cast<size_t>(ToU64(info[2])), out);
+    PushMessages(*store, Id(info, 0), HolderOf(info, 1), static_cast<size_t>(ToU64(info[2])),
+                 info.Length() > 3 && info[3].ToBoolean().Value(), out);
     return Napi::Buffer<char>::Copy(info.Env(), out.data(), out.size());
   }
 };

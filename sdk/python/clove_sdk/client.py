@@ -157,7 +157,7 @@ class CloveClient:
             self._reader_error = None
             if self._push_mode["messages"] or self._push_mode["events"]:
                 # a new connection pushes nothing until asked: ask again, then read again if a callback wants it
-                self.call_json(SyscallOp.SYS_HELLO, {"push": dict(self._push_mode)})
+                self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()})
                 if self._callbacks:
                     self._start_reader()
 
@@ -233,13 +233,18 @@ class CloveClient:
                 except ValueError as e:
                     raise ProtocolError("pushed frame from the kernel is not JSON") from e
                 kind = item.pop("kind", None) if isinstance(item, dict) else None
+                # push.batch: several messages to a frame, handed on one by one
+                items = item.get("messages", []) if kind == "messages" else [item]
+                if kind == "messages":
+                    kind = "message"
                 if kind not in self._pushed:
                     continue
                 fn = self._callbacks.get(kind)
-                if fn is not None:
-                    callbacks.append((fn, item))
-                else:
-                    self._pushed[kind].append(item)
+                for one in items:
+                    if fn is not None:
+                        callbacks.append((fn, one))
+                    else:
+                        self._pushed[kind].append(one)
             self._cond.notify_all()
         for fn, item in callbacks:
             fn(item)
@@ -359,7 +364,11 @@ class CloveClient:
         they arrive (PUSH frames), taking them as RECV / POLL_EVENTS do (messages without a lease).
         ``set_push()`` turns it off. Returns the HELLO reply (``push`` says what is on)."""
         self._push_mode = {"messages": bool(messages), "events": bool(events)}
-        return self.call_json(SyscallOp.SYS_HELLO, {"push": dict(self._push_mode)}, check=check)
+        return self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()}, check=check)
+
+    def _push_request(self) -> dict:
+        # messages several to a frame (push.batch): fewer frames to decode; handed on one by one
+        return {**self._push_mode, "batch": self._push_mode["messages"]}
 
     def _iterate(self, kind: str, timeout: float | None):
         key = "messages" if kind == "message" else "events"

@@ -12,7 +12,7 @@ from clove_sdk.protocol import FrameDecoder, SyscallOp, encode_frame
 def test_messages_iterator_gets_pushes_in_order_exactly_once(kernel):
     a, b = kernel.client(), kernel.client(strict=True)
     b_id = b.hello()["agent_id"]
-    assert b.set_push(messages=True)["push"] == {"messages": True, "events": False}
+    assert b.set_push(messages=True)["push"] == {"messages": True, "events": False, "batch": True}
     for i in range(100):
         assert a.send_message({"i": i}, to=b_id)["success"]
     got = []
