@@ -24,6 +24,8 @@ import {
 } from './lib/report.js';
 
 const flags = parseFlags();
+/** More arguments of `clove kernel`, e.g. `--kernel-args=--fast-path` (measured with the native reactor). */
+const KERNEL_ARGS = (flags.get('kernel-args') ?? '').split(' ').filter(Boolean);
 const QUICK = flags.quick;
 const AGENTS = Number(flags.get('agents') ?? (QUICK ? 200 : 1000));
 /** `--sandboxes auto` measures the sandboxed kernel alone (at 10,000 agents each kernel takes minutes). */
@@ -76,7 +78,7 @@ interface ConfigOut {
 }
 
 async function runConfig(sandbox: string, agents: number): Promise<ConfigOut> {
-  const fleet = await Fleet.start(AGENT, ['--sandbox', sandbox]);
+  const fleet = await Fleet.start(AGENT, ['--sandbox', sandbox, ...KERNEL_ARGS]);
   const windows: Window[] = [];
   let spawnS = 0;
   try {
@@ -138,7 +140,14 @@ async function main(): Promise<void> {
     machine,
     startedAt: t0,
     results,
-    extraArgs: givenFlags(flags, ['agents', 'sandboxed-agents', 'sandboxes', 'window', 'agent']),
+    extraArgs: givenFlags(flags, [
+      'agents',
+      'sandboxed-agents',
+      'sandboxes',
+      'window',
+      'agent',
+      'kernel-args',
+    ]),
   });
   writeJson('cpu', env);
   await writeChart(

@@ -31,6 +31,8 @@ import {
 } from './lib/report.js';
 
 const flags = parseFlags();
+/** More arguments of `clove kernel`, e.g. `--kernel-args=--fast-path` (measured with the native reactor). */
+const KERNEL_ARGS = (flags.get('kernel-args') ?? '').split(' ').filter(Boolean);
 const QUICK = flags.quick;
 const MAX_AGENTS = flags.get('agents') ? Number(flags.get('agents')) : undefined;
 const scaled = (n: number) => `0,${Math.round(n / 10)},${Math.round(n / 2)},${n}`;
@@ -82,7 +84,7 @@ interface ConfigOut {
 }
 
 async function runConfig(sandbox: string, levels: number[]): Promise<ConfigOut> {
-  const fleet = await Fleet.start(AGENT, ['--sandbox', sandbox]);
+  const fleet = await Fleet.start(AGENT, ['--sandbox', sandbox, ...KERNEL_ARGS]);
   const points: Point[] = [];
   let error: string | null = null;
   let kernelCpuS = 0;
@@ -181,7 +183,7 @@ async function main(): Promise<void> {
     machine,
     startedAt: t0,
     results,
-    extraArgs: givenFlags(flags, ['agents', 'configs', 'agent']),
+    extraArgs: givenFlags(flags, ['agents', 'configs', 'agent', 'kernel-args']),
   });
   writeJson('memory', env);
   await writeChart(
