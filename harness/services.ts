@@ -157,15 +157,20 @@ export async function startEtcd(opts: { host?: string; port?: number } = {}): Pr
   );
 }
 
-/** nats-server with JetStream (file storage in a temporary directory) on `host`. */
-export async function startNats(opts: { host?: string; port?: number } = {}): Promise<ServiceProcess> {
+/**
+ * nats-server with JetStream (file storage in a temporary directory) on `host`. A restart of "the same"
+ * server: start it again with the `port` and a `storeDir` of your own (kept by stop(); you remove it).
+ */
+export async function startNats(
+  opts: { host?: string; port?: number; storeDir?: string } = {},
+): Promise<ServiceProcess> {
   const exe = which('nats-server');
   if (!exe) throw new Error('nats-server is not installed (ci/setup.sh installs it)');
   const host = opts.host ?? '127.0.0.1';
   return startService(
     'nats',
     exe,
-    (dir, port) => ['-a', host, '-p', String(port), '-js', '-sd', path.join(dir, 'js')],
+    (dir, port) => ['-a', host, '-p', String(port), '-js', '-sd', opts.storeDir ?? path.join(dir, 'js')],
     (port) => `nats://${host}:${port}`,
     host,
     opts.port,
