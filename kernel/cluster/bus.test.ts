@@ -242,8 +242,38 @@ describe('JetStreamBus mail', () => {
     expect(await streamMessages(p)).toBe(2);
     // Another name is not affected.
     await a.send(mail('v', '1'));
-    const big = await a.send(mail('v', JSON.stringify('x'.repeat(2 * 1024 * 1024)))).catch((e: unknown) => e);
+    // Beyond the server's max_payload (startNats: 8 MiB).
+    const big = await a.send(mail('v', JSON.stringify('x'.repeat(9 * 1024 * 1024)))).catch((e: unknown) => e);
     expect(big).toBeInstanceOf(MailTooLargeError);
+    expect((big as Error).message).toMatch(/"v".*at most 8388608/);
+  });
+
+  it('carries a message as large as a kernel frame, full of characters JSON escapes', async () => {
+    const p = freshPrefix();
+    const a = await bus('a', p);
+    const b = await bus('b', p);
+    const got: RemoteMessage[] = [];
+    await b.own('w', (m) => (got.push(m), true));
+    const text = JSON.stringify({ q: '"\\'.repeat(340_000) });
+    expect(text.length).toBeGreaterThan(1_000_000);
+    await a.send(mail('w', text));
+    await until(() => got.length === 1, 30_000, 'the large message');
+    expect(got[0].message === text).toBe(true);
+  });
+
+  it('shares one name between two nodes owning it at once (a partition): each message goes to one of them', async () => {
+    const p = freshPrefix();
+    const a = await bus('a', p);
+    const b = await bus('b', p);
+    const c = await bus('c', p);
+    const got: string[] = [];
+    await b.own('w', (m) => (got.push(m.msgId), true));
+    await c.own('w', (m) => (got.push(m.msgId), true));
+    const sent = Array.from({ length: 40 }, (_, i) => mail('w', String(i)));
+    for (const m of sent) await a.send(m);
+    await until(() => got.length >= 40, 30_000, 'all 40');
+    await until(async () => (await streamMessages(p)) === 0, 20_000, 'every message acknowledged');
+    expect(got.sort()).toEqual(sent.map((m) => m.msgId).sort());
   });
 });
 
@@ -376,4 +406,40 @@ describe('JetStreamBus lifecycle', () => {
       fs.rmSync(storeDir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('makes the stream and consumers again when NATS comes back without its store', async () => {
+    let server = await startNats();
+    try {
+      const p = freshPrefix();
+      const a = await bus('a', p, {}, server.url);
+      const b = await bus('b', p, {}, server.url);
+      const got: string[] = [];
+      await b.own('w', (m) => (got.push(m.message), true));
+      await a.send(mail('w', '"before"'));
+      await until(() => got.length === 1, 20_000, 'mail before the loss');
+
+      const port = server.port;
+      await server.stop(); // removes its store
+      server = await startNats({ port });
+
+      const after = mail('w', '"after"');
+      await until(
+        async () => {
+          try {
+            await a.send(after);
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        60_000,
+        'a to send again (the stream made again)',
+      );
+      await until(() => got.length === 2, 90_000, 'b’s consumer made again to get new mail');
+      expect(got).toEqual(['"before"', '"after"']);
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+    }
+  }, 150_000);
 });

@@ -212,13 +212,24 @@ export class JetStreamBus implements ClusterBus {
   async send(msg: RemoteMessage): Promise<void> {
     const js = this.running('send mail').js!;
     const data = jc.encode(msg);
-    try {
-      await js.publish(`${this.prefix}.mail.${nameToken(msg.to)}`, data, {
+    const publish = () =>
+      js.publish(`${this.prefix}.mail.${nameToken(msg.to)}`, data, {
         msgID: msg.msgId,
         timeout: PUBLISH_TIMEOUT_MS,
       });
+    try {
+      await publish();
     } catch (e) {
-      throw this.sendError(msg.to, data.length, e);
+      if (!(e instanceof NatsError && e.code === ErrorCode.NoResponders && !e.api_error)) {
+        throw this.sendError(msg.to, data.length, e);
+      }
+      // Nobody stores the subject: NATS came back without its store. Make the stream again, once.
+      try {
+        await this.ensureStream();
+        await publish();
+      } catch (e2) {
+        throw this.sendError(msg.to, data.length, e2);
+      }
     }
   }
 
@@ -316,9 +327,9 @@ export class JetStreamBus implements ClusterBus {
     return this.closing || !this.nc || this.nc.isClosed() ? null : this.nc;
   }
 
-  /** Reconnect delay: 250 ms doubling to 5 s with jitter, reset once connected again. */
+  /** Reconnect delay: 250 ms doubling to 2 s with jitter, reset once connected again. */
   private reconnectDelay(): number {
-    const d = Math.min(250 * 2 ** this.reconnectAttempt, 5000);
+    const d = Math.min(250 * 2 ** this.reconnectAttempt, 2000);
     this.reconnectAttempt++;
     return d / 2 + Math.random() * (d / 2);
   }
@@ -438,6 +449,8 @@ export class JetStreamBus implements ClusterBus {
         return;
       } catch (e) {
         if (o.stopped || this.closing) return;
+        // NATS came back without its store: the stream is made again (its mail is gone with the store).
+        if (jsErrCode(e) === JS_STREAM_NOT_FOUND) await this.ensureStream().catch(() => {});
         const delay = Math.min(250 * 2 ** attempt, 5000);
         this.log.warn(
           { name: o.name, err: (e as Error).message, retryMs: delay },
@@ -457,6 +470,8 @@ export class JetStreamBus implements ClusterBus {
           try {
             if (s.type === 'stream_not_found') await this.ensureStream();
             await this.ensureConsumer(o.name);
+            // The consume would retry only after its backoff (its pull expiry): end it and bind at once.
+            await messages.close();
           } catch (e) {
             this.log.warn({ name: o.name, err: (e as Error).message }, 'cannot make mail consumer again');
           }
