@@ -164,7 +164,14 @@ export async function startEtcd(opts: { host?: string; port?: number } = {}): Pr
  * bus envelope (docs/cluster.md).
  */
 export async function startNats(
-  opts: { host?: string; port?: number; storeDir?: string; maxPayload?: number } = {},
+  opts: {
+    host?: string;
+    port?: number;
+    storeDir?: string;
+    maxPayload?: number;
+    /** Clients must log in with this user and password (`nats://user:password@host:port`). */
+    auth?: { user: string; password: string };
+  } = {},
 ): Promise<ServiceProcess> {
   const exe = which('nats-server');
   if (!exe) throw new Error('nats-server is not installed (ci/setup.sh installs it)');
@@ -174,7 +181,10 @@ export async function startNats(
     exe,
     (dir, port) => {
       const conf = path.join(dir, 'nats.conf');
-      fs.writeFileSync(conf, `max_payload: ${opts.maxPayload ?? 8 * 1024 * 1024}\n`);
+      const auth = opts.auth
+        ? `authorization {\n  user: ${JSON.stringify(opts.auth.user)}\n  password: ${JSON.stringify(opts.auth.password)}\n}\n`
+        : '';
+      fs.writeFileSync(conf, `max_payload: ${opts.maxPayload ?? 8 * 1024 * 1024}\n${auth}`);
       return [
         '-c',
         conf,

@@ -12,9 +12,11 @@ import pino from 'pino';
 import { connect, JSONCodec } from 'nats';
 import { startNats, freePort, type ServiceProcess } from '../../harness/services.js';
 import { until } from '../../harness/kernel.js';
-import { JetStreamBus, nameToken } from './bus.js';
+import { JetStreamBus, nameToken, natsServers } from './bus.js';
 import {
+  BusAuthError,
   BusClosedError,
+  BusConfigError,
   BusUnreachableError,
   MailRejectedError,
   MailTooLargeError,
@@ -340,6 +342,19 @@ describe('JetStreamBus events, broadcasts and calls', () => {
 });
 
 describe('JetStreamBus lifecycle', () => {
+  it('splits credentials off the NATS URLs', () => {
+    expect(natsServers(['nats://u:p%40ss@h1:4222', 'nats://u:p%40ss@h2:4222'])).toEqual({
+      servers: ['nats://h1:4222', 'nats://h2:4222'],
+      auth: { user: 'u', pass: 'p@ss' },
+    });
+    expect(natsServers(['nats://tok@h:4222']).auth).toEqual({ token: 'tok' });
+    expect(natsServers(['nats://h:4222', '127.0.0.1:4222'])).toEqual({
+      servers: ['nats://h:4222', '127.0.0.1:4222'],
+      auth: {},
+    });
+    expect(() => natsServers(['nats://a:b@h1:1', 'nats://c:d@h2:1'])).toThrow(BusConfigError);
+  });
+
   it('fails start() naming the servers when NATS is unreachable; close is idempotent; use after close fails', async () => {
     const port = await freePort();
     const dead = new JetStreamBus(
@@ -363,6 +378,32 @@ describe('JetStreamBus lifecycle', () => {
     await a.close();
     await expect(a.send(mail('w', '1'))).rejects.toBeInstanceOf(BusClosedError);
     await expect(a.own('w', () => true)).rejects.toBeInstanceOf(BusClosedError);
+  });
+
+  it('logs in with the credentials of the server URL and never names them in errors', async () => {
+    const server = await startNats({ auth: { user: 'clove', password: 's3cr3t' } });
+    try {
+      const url = (cred: string) => `nats://${cred}@127.0.0.1:${server.port}`;
+      const p = freshPrefix();
+      const a = await bus('a', p, {}, url('clove:s3cr3t'));
+      const b = await bus('b', p, {}, url('clove:s3cr3t'));
+      const got: string[] = [];
+      await b.own('w', (m) => (got.push(m.message), true));
+      await a.send(mail('w', '"authenticated"'));
+      await until(() => got.length === 1, 20_000, 'mail between logged-in nodes');
+
+      const wrong = new JetStreamBus(
+        { etcd: [], nats: [url('clove:wrong')], node: 'x', advertise: '', leaseTtlS: 10, prefix: p },
+        { log, connectTimeoutMs: 20_000 },
+      );
+      const err = await wrong.start().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BusAuthError);
+      expect((err as Error).message).toContain(`nats://127.0.0.1:${server.port}`);
+      expect((err as Error).message).not.toContain('wrong');
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+    }
   });
 
   it('reconnects after NATS restarts on the same store: waiting mail survives, consumers resume', async () => {

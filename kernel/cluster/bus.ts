@@ -28,6 +28,7 @@ import {
 } from 'nats';
 import type { Logger } from 'pino';
 import {
+  BusAuthError,
   BusClosedError,
   BusConfigError,
   BusUnreachableError,
@@ -107,6 +108,9 @@ export class JetStreamBus implements ClusterBus {
   private readonly mail: MailOptions;
   private readonly log: Logger;
   private readonly connectTimeoutMs: number;
+  /** The servers without credentials (what errors and logs name), and the credentials the URLs carried. */
+  private readonly servers: string[];
+  private readonly auth: { user?: string; pass?: string; token?: string };
   private nc: NatsConnection | null = null;
   private js: JetStreamClient | null = null;
   private jsm: JetStreamManager | null = null;
@@ -129,6 +133,7 @@ export class JetStreamBus implements ClusterBus {
       throw new BusConfigError(`node name ${JSON.stringify(opts.node)} must match ${TOKEN_RE.source}`);
     }
     if (opts.nats.length === 0) throw new BusConfigError('no NATS server given (--nats nats://HOST:PORT)');
+    ({ servers: this.servers, auth: this.auth } = natsServers(opts.nats));
     this.mail = { ...MAIL_DEFAULTS, ...opts.mail };
     for (const [k, v] of Object.entries(this.mail)) {
       if (!Number.isFinite(v) || v <= 0)
@@ -156,7 +161,8 @@ export class JetStreamBus implements ClusterBus {
     for (let attempt = 0; ; attempt++) {
       try {
         this.nc = await connect({
-          servers: this.opts.nats,
+          ...this.auth,
+          servers: this.servers,
           name: `clove-${this.node}`,
           maxReconnectAttempts: -1,
           reconnectDelayHandler: () => this.reconnectDelay(),
@@ -166,8 +172,11 @@ export class JetStreamBus implements ClusterBus {
         });
         break;
       } catch (e) {
+        if (e instanceof NatsError && (e.isAuthError() || e.isPermissionError())) {
+          throw new BusAuthError(this.servers, e.message, { cause: e });
+        }
         if (Date.now() + 250 >= deadline) {
-          throw new BusUnreachableError(this.opts.nats, (e as Error).message, { cause: e });
+          throw new BusUnreachableError(this.servers, (e as Error).message, { cause: e });
         }
         await sleep(Math.min(250 * 2 ** attempt, 2000, Math.max(0, deadline - Date.now())));
       }
@@ -182,12 +191,12 @@ export class JetStreamBus implements ClusterBus {
       await nc.close().catch(() => {});
       this.nc = null;
       if (e instanceof BusConfigError) throw e;
-      throw new BusUnreachableError(this.opts.nats, `JetStream: ${(e as Error).message}`, { cause: e });
+      throw new BusUnreachableError(this.servers, `JetStream: ${(e as Error).message}`, { cause: e });
     }
     nc.subscribe(`${this.prefix}.events.*`, { callback: (err, m) => this.onEventMsg(err, m) });
     nc.subscribe(`${this.prefix}.broadcast`, { callback: (err, m) => this.onBroadcastMsg(err, m) });
     if (this.handler) this.subscribeRpc();
-    this.log.info({ servers: this.opts.nats, stream: this.stream }, 'cluster bus connected');
+    this.log.info({ servers: this.servers, stream: this.stream }, 'cluster bus connected');
   }
 
   /** Stops consuming every name and drains the connection (pending acks and replies go out first). Idempotent. */
@@ -338,12 +347,12 @@ export class JetStreamBus implements ClusterBus {
   private async watchStatus(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type === Events.Disconnect) {
-        this.log.warn({ server: s.data, servers: this.opts.nats }, 'cluster bus lost NATS; reconnecting');
+        this.log.warn({ server: s.data, servers: this.servers }, 'cluster bus lost NATS; reconnecting');
       } else if (s.type === Events.Reconnect) {
         this.reconnectAttempt = 0;
         this.log.info({ server: s.data }, 'cluster bus reconnected to NATS');
       } else if (s.type === Events.Error) {
-        this.log.warn({ err: s.data, servers: this.opts.nats }, 'cluster bus NATS error');
+        this.log.warn({ err: s.data, servers: this.servers }, 'cluster bus NATS error');
       }
     }
   }
@@ -552,7 +561,7 @@ export class JetStreamBus implements ClusterBus {
       if (e.code === ErrorCode.Timeout) {
         return new MailNotStoredError(
           to,
-          `no acknowledgement within ${PUBLISH_TIMEOUT_MS} ms from ${this.opts.nats.join(', ')}`,
+          `no acknowledgement within ${PUBLISH_TIMEOUT_MS} ms from ${this.servers.join(', ')}`,
           { cause: e },
         );
       }
@@ -634,6 +643,34 @@ export class JetStreamBus implements ClusterBus {
       this.log.warn({ err: (e as Error).message }, 'cannot answer a call');
     }
   }
+}
+
+/**
+ * Splits credentials off the server URLs (`nats://user:pass@host:port`, `nats://token@host:port`): the
+ * nats client takes them as options, and errors and logs must name the servers without them.
+ */
+export function natsServers(urls: string[]): {
+  servers: string[];
+  auth: { user?: string; pass?: string; token?: string };
+} {
+  let auth: { user?: string; pass?: string; token?: string } | undefined;
+  const servers = urls.map((u) => {
+    let url: URL;
+    try {
+      url = new URL(u);
+    } catch {
+      return u; // host:port without a scheme: the client accepts it as it is
+    }
+    const user = decodeURIComponent(url.username);
+    const pass = decodeURIComponent(url.password);
+    const these = !user ? {} : pass ? { user, pass } : { token: user };
+    if (auth && JSON.stringify(auth) !== JSON.stringify(these)) {
+      throw new BusConfigError('the NATS server URLs carry different credentials: give the same to each');
+    }
+    auth = these;
+    return user ? `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}` : u;
+  });
+  return { servers, auth: auth ?? {} };
 }
 
 function decode(data: Uint8Array): unknown {
