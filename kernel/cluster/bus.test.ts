@@ -46,6 +46,7 @@ async function bus(
   prefix: string,
   mail: Partial<MailOptions> = {},
   url = nats.url,
+  beforeStart?: (b: JetStreamBus) => void,
 ): Promise<JetStreamBus> {
   const opts: ClusterOptions = {
     etcd: [],
@@ -58,6 +59,7 @@ async function bus(
   };
   const b = new JetStreamBus(opts, { log });
   buses.push(b);
+  beforeStart?.(b);
   await b.start();
   return b;
 }
@@ -316,12 +318,14 @@ describe('JetStreamBus events, broadcasts and calls', () => {
   it('answers calls, returns a handler’s error with its code, and names an unserved node unreachable', async () => {
     const p = freshPrefix();
     const a = await bus('a', p);
-    const b = await bus('b', p);
-    b.serve(async (method, args, from) => {
-      if (method === 'echo') return { args, from };
-      if (method === 'nothing') return undefined;
-      throw Object.assign(new Error('no agent named x'), { code: 'not_found' });
-    });
+    // Served before start: start() resolves with the subscription in place.
+    await bus('b', p, {}, nats.url, (b) =>
+      b.serve(async (method, args, from) => {
+        if (method === 'echo') return { args, from };
+        if (method === 'nothing') return undefined;
+        throw Object.assign(new Error('no agent named x'), { code: 'not_found' });
+      }),
+    );
     expect(await a.call('b', 'echo', { big: '123456789012345678901234567890', u: 'é' })).toEqual({
       args: { big: '123456789012345678901234567890', u: 'é' },
       from: 'a',
@@ -447,6 +451,44 @@ describe('JetStreamBus lifecycle', () => {
       fs.rmSync(storeDir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('keeps trying to own a name while NATS is down and binds once it is back; disown does not wait', async () => {
+    const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clvjs'));
+    let server = await startNats({ storeDir });
+    try {
+      const p = freshPrefix();
+      const a = await bus('a', p, {}, server.url);
+      const b = await bus('b', p, {}, server.url);
+      await server.stop();
+      const got: string[] = [];
+      let owned = false;
+      const owning = b.own('x', (m) => (got.push(m.message), true)).then(() => (owned = true));
+      const dropped = b.own('y', () => true);
+      await b.disown('y'); // returns while the bind of y still waits for NATS
+      server = await startNats({ storeDir, port: server.port });
+      await owning;
+      await dropped;
+      expect(owned).toBe(true);
+      await until(
+        async () => {
+          try {
+            await a.send(mail('x', '"bound late"', { msgId: 'late-1' }));
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        60_000,
+        'a to send again',
+      );
+      await until(() => got.length === 1, 60_000, 'the mail of the late-bound name');
+      expect(got).toEqual(['"bound late"']);
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+      fs.rmSync(storeDir, { recursive: true, force: true });
+    }
+  }, 150_000);
 
   it('makes the stream and consumers again when NATS comes back without its store', async () => {
     let server = await startNats();

@@ -196,6 +196,8 @@ export class JetStreamBus implements ClusterBus {
     nc.subscribe(`${this.prefix}.events.*`, { callback: (err, m) => this.onEventMsg(err, m) });
     nc.subscribe(`${this.prefix}.broadcast`, { callback: (err, m) => this.onBroadcastMsg(err, m) });
     if (this.handler) this.subscribeRpc();
+    // Once start() resolves the server has the subscriptions: the first event or call is not missed.
+    await nc.flush();
     this.log.info({ servers: this.servers, stream: this.stream }, 'cluster bus connected');
   }
 
@@ -318,6 +320,10 @@ export class JetStreamBus implements ClusterBus {
     return reply.result;
   }
 
+  /**
+   * Answers calls to this node. Given before start(), the subscription is in place when start()
+   * resolves; given later, calls made at once may still find no responder (NodeUnreachableError).
+   */
   serve(handler: (method: string, args: unknown, from: string) => Promise<unknown>): void {
     this.handler = handler;
     if (this.nc && !this.rpcSub) this.subscribeRpc();
@@ -494,10 +500,13 @@ export class JetStreamBus implements ClusterBus {
     o.ready = this.bind(o);
   }
 
-  /** Stops a name's consume loop (mail it did not ack is redelivered to the next owner). */
+  /**
+   * Stops a name's consume loop (mail it did not ack is redelivered to the next owner). Does not wait for
+   * a bind in progress (NATS may be down): bind closes what it made once it sees `stopped`, and mail that
+   * arrives meanwhile is nak'ed at once.
+   */
   private async stopOwned(o: Owned): Promise<void> {
     o.stopped = true;
-    await o.ready.catch(() => {});
     const m = o.messages;
     o.messages = undefined;
     if (m) await m.close().catch(() => {});
