@@ -252,6 +252,31 @@ describe('JetStreamBus mail', () => {
     expect((big as Error).message).toMatch(/"v".*at most 8388608/);
   });
 
+  it('brings the stream and a consumer to the limits of the kernel that starts later', async () => {
+    const p = freshPrefix();
+    const a = await bus('a', p, { maxPendingPerName: 1, ackWaitS: 2 });
+    await a.own('w', () => false); // made with a's ack wait
+    await a.disown('w');
+    await a.send(mail('v', '1'));
+    await expect(a.send(mail('v', '2'))).rejects.toBeInstanceOf(MailRejectedError);
+    const b = await bus('b', p, { maxPendingPerName: 3, ackWaitS: 7 });
+    await a.send(mail('v', '2'));
+    const got: string[] = [];
+    await b.own('w', (m) => (got.push(m.message), true));
+    const nc = await connect({ servers: nats.url });
+    try {
+      const jsm = await nc.jetstreamManager();
+      const si = await jsm.streams.info(`${p.toUpperCase()}_MAIL`);
+      expect(si.config.max_msgs_per_subject).toBe(3);
+      const ci = await jsm.consumers.info(`${p.toUpperCase()}_MAIL`, `mail_${nameToken('w')}`);
+      expect(ci.config.ack_wait).toBe(7e9);
+    } finally {
+      await nc.close();
+    }
+    await a.send(mail('w', '"still flows"'));
+    await until(() => got.length === 1, 20_000, 'mail on the updated consumer');
+  });
+
   it('carries a message as large as a kernel frame, full of characters JSON escapes', async () => {
     const p = freshPrefix();
     const a = await bus('a', p);
@@ -339,6 +364,11 @@ describe('JetStreamBus events, broadcasts and calls', () => {
       code: 'not_found',
       remoteMessage: 'no agent named x',
     });
+    // A node that serves after it started: a call that came first waits for the handler.
+    const late = await bus('late', p);
+    const answer = a.call('late', 'echo', 1);
+    late.serve(async (method, args) => ({ method, args }));
+    expect(await answer).toEqual({ method: 'echo', args: 1 });
     const gone = await a.call('zz', 'list', {}).catch((e: unknown) => e);
     expect(gone).toBeInstanceOf(NodeUnreachableError);
     expect((gone as Error).message).toMatch(/"zz"/);

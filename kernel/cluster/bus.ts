@@ -24,7 +24,6 @@ import {
   type Msg,
   type NatsConnection,
   type StreamConfig,
-  type Subscription,
 } from 'nats';
 import type { Logger } from 'pino';
 import {
@@ -61,6 +60,8 @@ export const MAIL_DEFAULTS: MailOptions = {
 /** Default timeout of call() and of a JetStream publish's acknowledgement. */
 const CALL_TIMEOUT_MS = 10_000;
 const PUBLISH_TIMEOUT_MS = 10_000;
+/** How long a call that came before serve() waits for it. */
+const HANDLER_WAIT_MS = 10_000;
 /** How long start() keeps trying to reach a NATS server before it gives up. */
 const CONNECT_TIMEOUT_MS = 30_000;
 /** JetStream API error codes (nats-server's errors.json). */
@@ -119,7 +120,8 @@ export class JetStreamBus implements ClusterBus {
   private readonly eventListeners = new Set<(e: RemoteEvent) => void>();
   private readonly broadcastListeners = new Set<(b: RemoteBroadcast) => void>();
   private handler: ((method: string, args: unknown, from: string) => Promise<unknown>) | null = null;
-  private rpcSub: Subscription | null = null;
+  /** Calls that came before serve(): woken by it. */
+  private readonly handlerWaiters: (() => void)[] = [];
   private reconnectAttempt = 0;
 
   constructor(
@@ -195,7 +197,7 @@ export class JetStreamBus implements ClusterBus {
     }
     nc.subscribe(`${this.prefix}.events.*`, { callback: (err, m) => this.onEventMsg(err, m) });
     nc.subscribe(`${this.prefix}.broadcast`, { callback: (err, m) => this.onBroadcastMsg(err, m) });
-    if (this.handler) this.subscribeRpc();
+    this.subscribeRpc();
     // Once start() resolves the server has the subscriptions: the first event or call is not missed.
     await nc.flush();
     this.log.info({ servers: this.servers, stream: this.stream }, 'cluster bus connected');
@@ -321,12 +323,12 @@ export class JetStreamBus implements ClusterBus {
   }
 
   /**
-   * Answers calls to this node. Given before start(), the subscription is in place when start()
-   * resolves; given later, calls made at once may still find no responder (NodeUnreachableError).
+   * Answers calls to this node. The node's call subject is subscribed from start() on: calls that come
+   * before serve() wait for it (up to HANDLER_WAIT_MS, then `not_supported`).
    */
   serve(handler: (method: string, args: unknown, from: string) => Promise<unknown>): void {
     this.handler = handler;
-    if (this.nc && !this.rpcSub) this.subscribeRpc();
+    for (const w of this.handlerWaiters.splice(0)) w();
   }
 
   // ── internals ──────────────────────────────────────────────────────────────────────────────
@@ -433,7 +435,10 @@ export class JetStreamBus implements ClusterBus {
     try {
       const have = (await jsm.consumers.info(this.stream, durable)).config;
       if (have.ack_wait !== want.ack_wait) {
-        await jsm.consumers.update(this.stream, durable, { ack_wait: want.ack_wait });
+        // Another node made it with another ack wait: ours, if the server lets us (it still works if not).
+        await jsm.consumers
+          .update(this.stream, durable, { ack_wait: want.ack_wait })
+          .catch((e: Error) => this.log.warn({ name, err: e.message }, 'cannot update the mail consumer'));
       }
     } catch (e) {
       if (jsErrCode(e) !== JS_CONSUMER_NOT_FOUND) throw e;
@@ -618,11 +623,25 @@ export class JetStreamBus implements ClusterBus {
   }
 
   private subscribeRpc(): void {
-    this.rpcSub = this.nc!.subscribe(`${this.prefix}.rpc.${this.node}`, {
+    this.nc!.subscribe(`${this.prefix}.rpc.${this.node}`, {
       callback: (err, m) => {
         if (!err) void this.answer(m);
       },
     });
+  }
+
+  /** Whether a handler is there, waiting a while for serve() when a call came first (the node is starting). */
+  private async waitHandler(): Promise<boolean> {
+    if (this.handler) return true;
+    let wake!: () => void;
+    const served = new Promise<void>((r) => (wake = r));
+    this.handlerWaiters.push(wake);
+    const timer = setTimeout(wake, HANDLER_WAIT_MS);
+    await served;
+    clearTimeout(timer);
+    const i = this.handlerWaiters.indexOf(wake);
+    if (i >= 0) this.handlerWaiters.splice(i, 1);
+    return this.handler !== null;
   }
 
   /** Runs the handler for one call and replies with its result or its error's message and code. */
@@ -631,11 +650,11 @@ export class JetStreamBus implements ClusterBus {
     let reply: RpcReply;
     if (!req || typeof req !== 'object' || typeof req.method !== 'string' || typeof req.from !== 'string') {
       reply = { ok: false, code: 'invalid_request', error: 'a call needs {method, args, from}' };
-    } else if (!this.handler) {
+    } else if (!(await this.waitHandler())) {
       reply = { ok: false, code: 'not_supported', error: 'this node serves no calls' };
     } else {
       try {
-        const result = await this.handler(req.method, req.args, req.from);
+        const result = await this.handler!(req.method, req.args, req.from);
         reply = { ok: true, result: result === undefined ? null : result };
       } catch (e) {
         const code = (e as { code?: unknown }).code;
