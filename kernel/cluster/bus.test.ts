@@ -319,6 +319,8 @@ describe('JetStreamBus events, broadcasts and calls', () => {
     b.onEvent((e) => evB.push(e));
     a.onBroadcast((x) => brA.push(x));
     b.onBroadcast((x) => brB.push(x));
+    // What cannot be published (not JSON) is logged, never thrown into the kernel's event path.
+    expect(() => a.publishEvent({ type: 'x', data: { n: 1n }, source: 0, node: 'a', at: 0 })).not.toThrow();
     const e1: RemoteEvent = {
       type: 'agent_started',
       data: { id: 7, name: 'w' },
@@ -408,8 +410,10 @@ describe('JetStreamBus lifecycle', () => {
 
     const p = freshPrefix();
     const a = await bus('a', p);
+    await Promise.all([a.start(), a.start()]); // started already: nothing more
     await a.close();
     await a.close();
+    await expect(a.start()).rejects.toBeInstanceOf(BusClosedError);
     await expect(a.send(mail('w', '1'))).rejects.toBeInstanceOf(BusClosedError);
     await expect(a.own('w', () => true)).rejects.toBeInstanceOf(BusClosedError);
   });

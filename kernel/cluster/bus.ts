@@ -116,6 +116,7 @@ export class JetStreamBus implements ClusterBus {
   private js: JetStreamClient | null = null;
   private jsm: JetStreamManager | null = null;
   private closing: Promise<void> | null = null;
+  private starting: Promise<void> | null = null;
   private readonly owned = new Map<string, Owned>();
   private readonly eventListeners = new Set<(e: RemoteEvent) => void>();
   private readonly broadcastListeners = new Set<(b: RemoteBroadcast) => void>();
@@ -156,9 +157,17 @@ export class JetStreamBus implements ClusterBus {
    * with a growing delay), makes sure the mail stream exists with this node's limits, and subscribes to
    * events, broadcasts and this node's calls.
    */
-  async start(): Promise<void> {
-    if (this.closing) throw new BusClosedError('start');
-    if (this.nc) return;
+  start(): Promise<void> {
+    if (this.closing) return Promise.reject(new BusClosedError('start'));
+    // Concurrent starts share one; a failed start may be tried again.
+    this.starting ??= this.connectAndSetUp().catch((e: unknown) => {
+      this.starting = null;
+      throw e;
+    });
+    return this.starting;
+  }
+
+  private async connectAndSetUp(): Promise<void> {
     const deadline = Date.now() + this.connectTimeoutMs;
     for (let attempt = 0; ; attempt++) {
       try {
@@ -273,9 +282,7 @@ export class JetStreamBus implements ClusterBus {
   }
 
   publishEvent(e: RemoteEvent): void {
-    const nc = this.connected();
-    if (!nc) return;
-    nc.publish(`${this.prefix}.events.${this.node}`, jc.encode(e));
+    this.publishCore(`${this.prefix}.events.${this.node}`, e, 'event');
   }
 
   onEvent(listener: (e: RemoteEvent) => void): () => void {
@@ -284,9 +291,7 @@ export class JetStreamBus implements ClusterBus {
   }
 
   broadcast(b: RemoteBroadcast): void {
-    const nc = this.connected();
-    if (!nc) return;
-    nc.publish(`${this.prefix}.broadcast`, jc.encode(b));
+    this.publishCore(`${this.prefix}.broadcast`, b, 'broadcast');
   }
 
   onBroadcast(listener: (b: RemoteBroadcast) => void): () => void {
@@ -307,6 +312,11 @@ export class JetStreamBus implements ClusterBus {
         throw new NodeUnreachableError(node, method);
       if (e instanceof NatsError && e.code === ErrorCode.Timeout)
         throw new CallTimeoutError(node, method, timeoutMs);
+      if (
+        e instanceof NatsError &&
+        (e.code === ErrorCode.ConnectionClosed || e.code === ErrorCode.ConnectionDraining)
+      )
+        throw new BusClosedError(`call ${method} on node ${node}`);
       throw e;
     }
     const reply = decode(m.data) as RpcReply | undefined;
@@ -339,9 +349,18 @@ export class JetStreamBus implements ClusterBus {
     return { nc: this.nc, js: this.js, jsm: this.jsm };
   }
 
-  /** The connection for fire-and-forget publishes (events, broadcasts): none after close. */
-  private connected(): NatsConnection | null {
-    return this.closing || !this.nc || this.nc.isClosed() ? null : this.nc;
+  /**
+   * A fire-and-forget publish (events, broadcasts: at most once, like core NATS): never throws into the
+   * kernel's event path; what cannot go (not started, closed, not JSON, over max_payload) is logged.
+   */
+  private publishCore(subject: string, value: unknown, what: string): void {
+    const nc = this.nc;
+    if (this.closing || !nc || nc.isClosed()) return;
+    try {
+      nc.publish(subject, jc.encode(value));
+    } catch (e) {
+      this.log.warn({ subject, err: (e as Error).message }, `cannot publish the ${what}`);
+    }
   }
 
   /** Reconnect delay: 250 ms doubling to 2 s with jitter, reset once connected again. */
