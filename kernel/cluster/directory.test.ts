@@ -4,6 +4,9 @@
  * every wait is for a condition.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pino from 'pino';
 import { Etcd3 } from 'etcd3';
 import { startEtcd, freePort, type ServiceProcess } from '../../harness/services.js';
@@ -272,6 +275,89 @@ describe('EtcdDirectory', () => {
     await until(() => b.owner('p1') === undefined, 10_000, 'p1 gone with the old lease');
     expect((await b.claim({ name: 'p1', id: b.allocateId(), identity: 'p1#1' })).node).toBe('b');
     expect(a.allocateId()).toBeGreaterThan(0);
+  });
+
+  it("a lease that etcd drops behind the node's back is reported lost, claims are refused, and rejoin works", async () => {
+    const p = newPrefix();
+    const a = dir('a', p);
+    const b = dir('b', p);
+    await a.start();
+    await b.start();
+    await a.claim({ name: 'r1', id: a.allocateId(), identity: 'r1#1' });
+    await until(() => b.owner('r1'), 10_000, 'b sees r1');
+    const seenA = events(a);
+    const seenB = events(b);
+    const raw = new Etcd3({ hosts: etcd.url });
+    try {
+      const kv = (await raw.get(`/${p}/nodes/a`).exec()).kvs[0];
+      await raw.leaseClient.leaseRevoke({ ID: kv.lease });
+    } finally {
+      raw.close();
+    }
+    await until(() => seenA.some((e) => e.type === 'lease-lost'), 10_000, 'a to see its lease lost');
+    await until(() => seenB.some((e) => e.type === 'node-lost' && e.node === 'a'), 10_000, 'b to see a lost');
+    await until(() => b.owner('r1') === undefined, 10_000, 'r1 free');
+    expect(seenB).toContainEqual({ type: 'name-released', name: 'r1', node: 'a' });
+    expect(seenA.filter((e) => e.type === 'node-lost')).toEqual([]); // never about itself
+    await expect(a.claim({ name: 'r2', id: 1, identity: 'r2#1' })).rejects.toThrow(LeaseLostError);
+    await a.rejoin();
+    await until(
+      () => seenB.some((e) => e.type === 'node-joined' && e.node.node === 'a'),
+      10_000,
+      'b to see a again',
+    );
+    expect((await a.claim({ name: 'r2', id: a.allocateId(), identity: 'r2#1' })).node).toBe('a');
+  });
+
+  it('etcd stopped and started again within the TTL: leases and names survive, the watch resumes', async () => {
+    const port = await freePort();
+    const peerPort = await freePort();
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clvetcd-data-'));
+    let own = await startEtcd({ port, peerPort, dataDir });
+    const mk = (node: string) => {
+      const d = new EtcdDirectory(
+        { etcd: [own.url], nats: [], node, advertise: 'x:1', leaseTtlS: 15, prefix: 'restart' },
+        { log: log.child({ node }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
+      );
+      open.push(d);
+      return d;
+    };
+    try {
+      const a = mk('a');
+      const b = mk('b');
+      await a.start();
+      await b.start();
+      await a.claim({ name: 'kept', id: a.allocateId(), identity: 'kept#1' });
+      await until(() => b.owner('kept'), 10_000, 'b sees kept');
+      const seen: DirectoryEvent[] = [];
+      a.on((e) => seen.push(e));
+      b.on((e) => seen.push(e));
+      await own.stop();
+      own = await startEtcd({ port, peerPort, dataDir });
+      // The watch reconnects: a claim made now is seen on the other node.
+      const ib = await until(
+        () =>
+          b.claim({ name: 'after', id: b.allocateId(), identity: 'after#1' }).then(
+            (o) => o.id,
+            () => 0,
+          ),
+        30_000,
+        'b to claim after the restart',
+      );
+      await until(
+        () => a.ownerOfId(ib)?.name === 'after',
+        30_000,
+        'a to see the claim made after the restart',
+      );
+      expect(a.owner('kept')?.node).toBe('a');
+      expect(b.owner('kept')?.node).toBe('a');
+      expect(a.status).toBe('joined');
+      expect(seen.filter((e) => e.type === 'lease-lost' || e.type === 'node-lost')).toEqual([]);
+    } finally {
+      for (const d of open.splice(0)) await d.close();
+      await own.stop();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it("definitions: a crashed node's definition is found and taken over exactly once", async () => {

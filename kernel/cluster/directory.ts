@@ -6,7 +6,7 @@
  * that one etcd watch keeps current.
  */
 import os from 'node:os';
-import { Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import type {
   ClusterAgentDef,
@@ -322,7 +322,8 @@ export class EtcdDirectory implements ClusterDirectory {
           .leaseTimeToLive({ ID: kv.lease })
           .then((r) => Number(r.TTL))
           .catch(() => this.opts.leaseTtlS);
-        deadline = Date.now() + Math.max(ttl, 0) * 1000 + 1000;
+        // etcd reports whole seconds and revokes expired leases in a loop: leave it time to do so.
+        deadline = Date.now() + (Math.max(ttl, 0) + 1) * 1000 + 1500;
         this.log.warn({ node: this.node, key, ttl }, 'node name held by a lease: waiting for it to expire');
       }
       if (deadline === null || Date.now() > deadline) {
@@ -861,8 +862,14 @@ export class EtcdDirectory implements ClusterDirectory {
     throw new DirectoryClosedError(this.node, what, this.state === 'new' ? 'not started' : this.state);
   }
 
+  /** What a failed etcd request means: our lease unknown to etcd is a lost lease, the rest etcd away. */
   private unreachable(what: string, e: unknown): Error {
-    if (e instanceof EtcdUnreachableError || e instanceof DirectoryClosedError) return e;
+    if (e instanceof EtcdUnreachableError || e instanceof DirectoryClosedError || e instanceof LeaseLostError)
+      return e;
+    if (e instanceof EtcdLeaseInvalidError) {
+      this.loseLease(`etcd no longer knows the lease (${what})`);
+      return new LeaseLostError(this.node, what);
+    }
     return new EtcdUnreachableError(this.endpoints, what, e);
   }
 
