@@ -114,6 +114,7 @@ export class EtcdDirectory implements ClusterDirectory {
   private watchBroken = false;
   private timers: NodeJS.Timeout[] = [];
   private closing: Promise<void> | null = null;
+  private rejoining: Promise<void> | null = null;
 
   private readonly nodeCache = new Map<string, Cached<NodeInfo>>();
   private readonly nameCache = new Map<string, Cached<NameOwner>>();
@@ -180,6 +181,13 @@ export class EtcdDirectory implements ClusterDirectory {
       dialTimeout: timeout,
       // Unary calls get a deadline (a paused etcd must fail them); streams (watch, keep-alive) none.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+      // A connection that silently died (a partition drops packets) is found by pings, not by TCP's
+      // retransmission timeout of minutes; etcd refuses pings closer than 5 s (--grpc-keepalive-min-time).
+      grpcOptions: {
+        'grpc.keepalive_time_ms': 6000,
+        'grpc.keepalive_timeout_ms': 5000,
+        'grpc.keepalive_permit_without_calls': 1,
+      },
     });
     try {
       await this.reload();
@@ -201,16 +209,23 @@ export class EtcdDirectory implements ClusterDirectory {
    * first, so that ids keep counting) and publishes NodeInfo. Names are not re-claimed: the caller
    * claims again what it still runs. One attempt: throws EtcdUnreachableError while etcd is away.
    */
-  async rejoin(): Promise<void> {
-    if (this.state === 'joined') return;
-    if (this.state !== 'lost') throw new DirectoryClosedError(this.node, 'rejoin', this.state);
+  rejoin(): Promise<void> {
+    if (this.state === 'joined') return Promise.resolve();
+    if (this.rejoining) return this.rejoining;
+    if (this.state !== 'lost')
+      return Promise.reject(new DirectoryClosedError(this.node, 'rejoin', this.state));
+    this.rejoining = this.rejoinOnce().finally(() => (this.rejoining = null));
+    return this.rejoining;
+  }
+
+  private async rejoinOnce(): Promise<void> {
     this.state = 'starting';
     try {
-      for (const old of this.oldLeases.splice(0)) {
-        await old.revoke().catch((e: unknown) => {
-          this.oldLeases.push(old);
+      while (this.oldLeases.length > 0) {
+        await this.oldLeases[0].revoke().catch((e: unknown) => {
           throw this.unreachable('revoke the lost lease', e);
         });
+        this.oldLeases.shift();
       }
       await this.join();
     } catch (e) {
@@ -220,6 +235,8 @@ export class EtcdDirectory implements ClusterDirectory {
     }
     this.state = 'joined';
     this.log.info({ node: this.node, slot: this.slots[0], lease: this.leaseId }, 'rejoined the cluster');
+    // Names may have moved while we were away: make the caches equal to etcd now (the watch goes on).
+    await this.reload().catch((e: unknown) => this.log.warn({ err: e }, 'reload after rejoin failed'));
   }
 
   close(): Promise<void> {
