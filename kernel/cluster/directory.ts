@@ -399,12 +399,16 @@ export class EtcdDirectory implements ClusterDirectory {
   /**
    * Our own watchdog over the keep-alive: etcd3 reports a lost lease only when it can reach etcd again
    * (or after twice the TTL). A lease whose last renewal was *sent* more than a TTL ago may have
-   * expired in etcd, and its names be someone else's: report it lost before that.
+   * expired in etcd, and its names be someone else's: report it lost a little before that (a fifth
+   * of the TTL, 0.25..2 s).
    */
   private checkLease(): void {
     if (this.state !== 'joined') return;
     const silentMs = Date.now() - this.renewedAt;
-    if (silentMs >= this.opts.leaseTtlS * 1000 - 250) {
+    const ttlMs = this.opts.leaseTtlS * 1000;
+    // A margin before etcd may expire it, for the kernel to stop what ran under our names.
+    const margin = Math.min(Math.max(ttlMs / 5, 250), 2000);
+    if (silentMs >= ttlMs - margin) {
       this.loseLease(`no keep-alive answered for ${Math.round(silentMs)} ms (TTL ${this.opts.leaseTtlS} s)`);
     }
   }
