@@ -12,7 +12,13 @@ import { Etcd3 } from 'etcd3';
 import { startEtcd, freePort, type ServiceProcess } from '../../harness/services.js';
 import { until } from '../../harness/kernel.js';
 import { EtcdDirectory, SLOT_SIZE } from './directory.js';
-import { EtcdUnreachableError, LeaseLostError, NodeNameInUseError } from './errors.js';
+import {
+  ClusterOptionError,
+  EtcdUnreachableError,
+  IdsExhaustedError,
+  LeaseLostError,
+  NodeNameInUseError,
+} from './errors.js';
 import type { DirectoryEvent } from './types.js';
 
 const log = pino({ level: process.env.CLOVE_TEST_LOG ?? 'silent' });
@@ -138,6 +144,27 @@ describe('EtcdDirectory', () => {
     let last = 0;
     for (let i = 0; i < 20; i++) last = a.allocateId();
     expect(Math.floor(last / SLOT_SIZE)).toBe(Math.floor(first / SLOT_SIZE) + 1);
+  });
+
+  it('a used-up slot with no next slot ready is a clear error until the next slot is claimed', async () => {
+    const p = newPrefix();
+    const a = dir('a', p);
+    await a.start();
+    const first = a.allocateId();
+    a.skipIds(SLOT_SIZE); // jumps past the 90 % mark without an allocation there: nothing claimed ahead
+    expect(() => a.allocateId()).toThrow(IdsExhaustedError);
+    await a.spareReady();
+    expect(Math.floor(a.allocateId() / SLOT_SIZE)).toBe(Math.floor(first / SLOT_SIZE) + 1);
+  });
+
+  it('refuses a malformed node name before contacting etcd', () => {
+    expect(
+      () =>
+        new EtcdDirectory(
+          { etcd: [etcd.url], nats: [], node: 'no/slash', advertise: 'x:1', leaseTtlS: 10, prefix: 'clove' },
+          { log, version: 'test' },
+        ),
+    ).toThrow(ClusterOptionError);
   });
 
   it('claiming a name this node owns again keeps it and rewrites its id; release frees it for another node', async () => {
