@@ -15,6 +15,7 @@ import { until } from '../../harness/kernel.js';
 import { EtcdDirectory, SLOT_SIZE } from './directory.js';
 import {
   ClusterOptionError,
+  DirectoryClosedError,
   EtcdUnreachableError,
   IdsExhaustedError,
   LeaseLostError,
@@ -534,6 +535,26 @@ describe('EtcdDirectory', () => {
     expect((await c.defsOf('b')).map((d) => d.name)).toEqual(['keeper']);
     await c.dropDef('keeper'); // not c's: stays
     expect((await b.defsOf('b')).map((d) => d.name)).toEqual(['keeper']);
+  });
+
+  it('close() while start() is joining wins: start rejects, nothing of the node stays', async () => {
+    const p = newPrefix();
+    const b = dir('b', p);
+    await b.start();
+    for (let i = 0; i < 5; i++) {
+      const a = dir('a', p, 2);
+      const starting = a.start().then(
+        () => 'started',
+        (e: unknown) => e,
+      );
+      await new Promise((r) => setTimeout(r, i * 5));
+      await a.close();
+      const r = await starting;
+      // Closing may land after start finished (then start resolved); never a half-started directory.
+      if (r !== 'started') expect(r).toBeInstanceOf(DirectoryClosedError);
+      expect(a.status).toBe('closed');
+      await until(() => !b.nodes().some((n) => n.node === 'a'), 20_000, 'a gone from b');
+    }
   });
 
   it('refuses to start when etcd does not answer, naming the endpoint', async () => {

@@ -194,9 +194,16 @@ export class EtcdDirectory implements ClusterDirectory {
       this.startWatch();
       await this.join();
     } catch (e) {
+      const closedMeanwhile = this.closing !== null;
       this.state = 'closed';
-      await this.shutdown(true);
-      throw e;
+      this.closing ??= this.shutdown(true);
+      await this.closing;
+      throw closedMeanwhile ? new DirectoryClosedError(this.node, 'start', 'closed') : e;
+    }
+    // close() while we were joining: it wins (its shutdown revokes what we just took).
+    if (this.closing) {
+      this.dropLease(true);
+      throw new DirectoryClosedError(this.node, 'start', 'closed');
     }
     this.state = 'joined';
     this.timers.push(setInterval(() => void this.refresh(), this.refreshMs));
@@ -231,7 +238,11 @@ export class EtcdDirectory implements ClusterDirectory {
     } catch (e) {
       if (this.state === 'starting') this.state = 'lost';
       this.dropLease();
-      throw e;
+      throw this.closing ? new DirectoryClosedError(this.node, 'rejoin', 'closed') : e;
+    }
+    if (this.closing) {
+      this.dropLease(true);
+      throw new DirectoryClosedError(this.node, 'rejoin', 'closed');
     }
     this.state = 'joined';
     this.log.info({ node: this.node, slot: this.slots[0], lease: this.leaseId }, 'rejoined the cluster');
@@ -887,6 +898,7 @@ export class EtcdDirectory implements ClusterDirectory {
   private unreachable(what: string, e: unknown): Error {
     if (e instanceof EtcdUnreachableError || e instanceof DirectoryClosedError || e instanceof LeaseLostError)
       return e;
+    if (this.closing) return new DirectoryClosedError(this.node, what, 'closed');
     if (e instanceof EtcdLeaseInvalidError) {
       this.loseLease(`etcd no longer knows the lease (${what})`);
       return new LeaseLostError(this.node, what);
