@@ -473,6 +473,43 @@ describe('EtcdDirectory', () => {
     }
   });
 
+  it('a watch etcd cancels (history compacted while it was away) is created again after a reload', async () => {
+    const p = newPrefix();
+    const px = await etcdProxy(etcd.port);
+    const raw = new Etcd3({ hosts: etcd.url });
+    try {
+      const a = new EtcdDirectory(
+        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 15, prefix: p },
+        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
+      );
+      open.push(a);
+      const b = dir('b', p);
+      await a.start();
+      await b.start();
+      await b.claim({ name: 'old', id: b.allocateId(), identity: 'old#1' });
+      await until(() => a.owner('old'), 10_000, 'a sees old');
+      const seenA = events(a);
+      px.cut();
+      await b.release('old');
+      const nid = b.allocateId();
+      await b.claim({ name: 'new', id: nid, identity: 'new#1' });
+      const now = (await raw.get(`/${p}/nodes/b`).exec()).header.revision;
+      await raw.kv.compact({ revision: now, physical: true });
+      px.heal();
+      await until(() => a.owner('new')?.node === 'b', 30_000, 'a to learn new');
+      await until(() => a.owner('old') === undefined, 30_000, 'a to learn old is gone');
+      expect(a.ownerOfId(nid)?.name).toBe('new');
+      expect(seenA).toContainEqual({ type: 'name-released', name: 'old', node: 'b' });
+      // The new watch goes on: a later claim is seen too.
+      await b.claim({ name: 'later', id: b.allocateId(), identity: 'later#1' });
+      await until(() => a.owner('later'), 30_000, 'a to learn later');
+    } finally {
+      for (const d of open.splice(0)) await d.close();
+      raw.close();
+      px.close();
+    }
+  });
+
   it('a node partitioned from etcd past its TTL reports lease-lost before its names move, and rejoins after', async () => {
     const p = newPrefix();
     const px = await etcdProxy(etcd.port);
