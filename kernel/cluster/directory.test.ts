@@ -15,6 +15,7 @@ import { until } from '../../harness/kernel.js';
 import { EtcdDirectory, SLOT_SIZE } from './directory.js';
 import {
   ClusterOptionError,
+  DefRevisionMissingError,
   DirectoryClosedError,
   EtcdUnreachableError,
   IdsExhaustedError,
@@ -566,6 +567,9 @@ describe('EtcdDirectory', () => {
     expect(found.map((d) => d.name)).toEqual(['keeper']);
     expect(found[0].spec).toEqual({ cmd: ['python3', 'k.py'], restart: 'always' });
     const stale = (await c.defsOf('a'))[0];
+    await expect(b.takeOver({ name: 'keeper', node: 'a', spec: {} })).rejects.toThrow(
+      DefRevisionMissingError,
+    );
     expect(await b.takeOver(found[0])).toBe(true);
     expect(await c.takeOver(stale)).toBe(false);
     expect(await c.defsOf('a')).toEqual([]);
