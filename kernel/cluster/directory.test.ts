@@ -4,13 +4,14 @@
  * every wait is for a condition.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { Etcd3 } from 'etcd3';
-import { startEtcd, freePort, type ServiceProcess } from '../../harness/services.js';
+import { startEtcd, freePort, which, type ServiceProcess } from '../../harness/services.js';
 import { until } from '../../harness/kernel.js';
 import { EtcdDirectory, SLOT_SIZE } from './directory.js';
 import {
@@ -116,6 +117,17 @@ async function etcdProxy(target: number) {
       server.close();
     },
   };
+}
+
+/** Whether this process may change the firewall (root, iptables installed, CAP_NET_ADMIN). */
+function canIptables(): boolean {
+  if (process.getuid?.() !== 0 || !which('iptables')) return false;
+  try {
+    execFileSync('iptables', ['-S', 'INPUT'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 describe('EtcdDirectory', () => {
@@ -552,6 +564,60 @@ describe('EtcdDirectory', () => {
       px.close();
     }
   });
+
+  // A real partition: the kernel's packets to etcd are dropped (iptables, as harness/cluster does it).
+  it.skipIf(!canIptables())(
+    'a real packet-dropping partition: lease-lost while cut off, rejoin once healed',
+    async () => {
+      const own = await startEtcd();
+      const rules = ['--dport', '--sport'].map((dir) => [
+        'INPUT',
+        '-p',
+        'tcp',
+        dir,
+        String(own.port),
+        '-j',
+        'DROP',
+        '-m',
+        'comment',
+        '--comment',
+        `clove-directory-test-${process.pid}`,
+      ]);
+      const ipt = (op: '-I' | '-D', r: string[]) => execFileSync('iptables', [op, ...r], { stdio: 'ignore' });
+      const a = new EtcdDirectory(
+        { etcd: [own.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 4, prefix: 'drop' },
+        { log: log.child({ node: 'a' }), version: 'test', requestTimeoutMs: 2000 },
+      );
+      open.push(a);
+      let cut = false;
+      try {
+        await a.start();
+        await a.claim({ name: 'm', id: a.allocateId(), identity: 'm#1' });
+        const seen = events(a);
+        for (const r of rules) ipt('-I', r);
+        cut = true;
+        await until(() => seen.some((e) => e.type === 'lease-lost'), 30_000, 'lease-lost');
+        await expect(a.claim({ name: 'm2', id: 1, identity: 'm2#1' })).rejects.toThrow(LeaseLostError);
+        for (const r of rules) ipt('-D', r);
+        cut = false;
+        await until(
+          () =>
+            a.rejoin().then(
+              () => true,
+              () => false,
+            ),
+          60_000,
+          'a to rejoin after the heal',
+        );
+        await until(() => a.owner('m') === undefined, 30_000, 'm gone with the old lease');
+        expect(a.nodes().map((n) => n.node)).toEqual(['a']);
+      } finally {
+        if (cut) for (const r of rules) ipt('-D', r);
+        for (const d of open.splice(0)) await d.close();
+        await own.stop();
+      }
+    },
+  );
 
   it("definitions: a crashed node's definition is found and taken over exactly once", async () => {
     const p = newPrefix();
