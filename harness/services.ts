@@ -122,12 +122,18 @@ async function startService(
   };
 }
 
-/** A single-member etcd (Debian's etcd 3.4) on `host`; data in a temporary directory. */
-export async function startEtcd(opts: { host?: string; port?: number } = {}): Promise<ServiceProcess> {
+/**
+ * A single-member etcd (Debian's etcd 3.4) on `host`; data in a temporary directory. A restart of "the
+ * same" etcd: start it again with the `port`, `peerPort` and a `dataDir` of your own (kept by stop();
+ * you remove it).
+ */
+export async function startEtcd(
+  opts: { host?: string; port?: number; peerPort?: number; dataDir?: string } = {},
+): Promise<ServiceProcess> {
   const exe = which('etcd');
   if (!exe) throw new Error('etcd is not installed (ci/setup.sh installs etcd-server)');
   const host = opts.host ?? '127.0.0.1';
-  const peerPort = await freePort(host);
+  const peerPort = opts.peerPort ?? (await freePort(host));
   return startService(
     'etcd',
     exe,
@@ -135,7 +141,7 @@ export async function startEtcd(opts: { host?: string; port?: number } = {}): Pr
       '--name',
       'clove-test',
       '--data-dir',
-      path.join(dir, 'data'),
+      opts.dataDir ?? path.join(dir, 'data'),
       '--listen-client-urls',
       `http://${host}:${port}`,
       '--advertise-client-urls',

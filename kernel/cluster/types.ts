@@ -118,8 +118,16 @@ export interface ClusterDirectory {
   defsOf(node: string): Promise<ClusterAgentDef[]>;
   /** Moves a lost node's definition to this node (CAS on its revision): true when this node won it. */
   takeOver(def: ClusterAgentDef): Promise<boolean>;
-  /** Refreshes this node's NodeInfo now (the directory also does it on a timer). */
-  publish(info: Omit<NodeInfo, 'node' | 'updatedAt'>): Promise<void>;
+  /**
+   * Refreshes this node's NodeInfo now (the directory also does it on a timer). The fields given are
+   * kept for later refreshes (e.g. `agents`); free memory, idle CPU and cores are measured at each one.
+   */
+  publish(info: Partial<Omit<NodeInfo, 'node' | 'updatedAt'>>): Promise<void>;
+  /**
+   * After `lease-lost`: joins again with a new lease (nodes/<node>, an id slot, NodeInfo). Names are
+   * not re-claimed. One attempt: rejects while etcd is unreachable (call it again later).
+   */
+  rejoin(): Promise<void>;
   on(listener: (e: DirectoryEvent) => void): () => void;
 }
 
