@@ -122,12 +122,18 @@ async function startService(
   };
 }
 
-/** A single-member etcd (Debian's etcd 3.4) on `host`; data in a temporary directory. */
-export async function startEtcd(opts: { host?: string; port?: number } = {}): Promise<ServiceProcess> {
+/**
+ * A single-member etcd (Debian's etcd 3.4) on `host`; data in a temporary directory. A restart of "the
+ * same" etcd: start it again with the `port`, `peerPort` and a `dataDir` of your own (kept by stop();
+ * you remove it).
+ */
+export async function startEtcd(
+  opts: { host?: string; port?: number; peerPort?: number; dataDir?: string } = {},
+): Promise<ServiceProcess> {
   const exe = which('etcd');
   if (!exe) throw new Error('etcd is not installed (ci/setup.sh installs etcd-server)');
   const host = opts.host ?? '127.0.0.1';
-  const peerPort = await freePort(host);
+  const peerPort = opts.peerPort ?? (await freePort(host));
   return startService(
     'etcd',
     exe,
@@ -135,7 +141,7 @@ export async function startEtcd(opts: { host?: string; port?: number } = {}): Pr
       '--name',
       'clove-test',
       '--data-dir',
-      path.join(dir, 'data'),
+      opts.dataDir ?? path.join(dir, 'data'),
       '--listen-client-urls',
       `http://${host}:${port}`,
       '--advertise-client-urls',
@@ -157,15 +163,20 @@ export async function startEtcd(opts: { host?: string; port?: number } = {}): Pr
   );
 }
 
-/** nats-server with JetStream (file storage in a temporary directory) on `host`. */
-export async function startNats(opts: { host?: string; port?: number } = {}): Promise<ServiceProcess> {
+/**
+ * nats-server with JetStream (file storage in a temporary directory) on `host`. A restart of "the same"
+ * server: start it again with the `port` and a `storeDir` of your own (kept by stop(); you remove it).
+ */
+export async function startNats(
+  opts: { host?: string; port?: number; storeDir?: string } = {},
+): Promise<ServiceProcess> {
   const exe = which('nats-server');
   if (!exe) throw new Error('nats-server is not installed (ci/setup.sh installs it)');
   const host = opts.host ?? '127.0.0.1';
   return startService(
     'nats',
     exe,
-    (dir, port) => ['-a', host, '-p', String(port), '-js', '-sd', path.join(dir, 'js')],
+    (dir, port) => ['-a', host, '-p', String(port), '-js', '-sd', opts.storeDir ?? path.join(dir, 'js')],
     (port) => `nats://${host}:${port}`,
     host,
     opts.port,
