@@ -78,7 +78,10 @@ const FAMILIES: FamilyFactory[] = [
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
-export type ClusterEngineFactory = (o: ClusterOptions, log: pino.Logger) => Promise<ClusterEngines>;
+export type ClusterEngineFactory = (
+  o: ClusterOptions,
+  deps: { log: pino.Logger; version: string },
+) => Promise<ClusterEngines>;
 
 export class Kernel {
   readonly opts: KernelOptions;
@@ -130,6 +133,7 @@ export class Kernel {
         queuedBytesLimit: this.opts.maxQueuedBytes,
         maxReplyBytes: this.opts.maxReplyBytes,
         maxDepth: this.opts.maxDepth,
+        broadcastToJs: this.opts.cluster !== null,
       });
       this.post = this.nativeMail = native.mail;
       this.events = new EventBus(budgets, native.eventBytes);
@@ -254,7 +258,10 @@ export class Kernel {
       // Loaded only here: a kernel without --cluster never imports etcd3 or nats.
       const mod = await import('./cluster/cluster.js');
       const joining = async () => {
-        const engines = await (this.clusterEngines ?? mod.createEngines)(o.cluster!, this.log);
+        const engines = await (this.clusterEngines ?? mod.createEngines)(o.cluster!, {
+          log: this.log,
+          version: KERNEL_VERSION,
+        });
         const c = new mod.ClusterService(o.cluster!, engines, {
           mail: this.post,
           events: this.events,

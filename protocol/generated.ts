@@ -884,6 +884,7 @@ export const ERROR_CODES = [
   'too_large',
   'io_error',
   'upstream_failed',
+  'cluster_unavailable',
   'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -959,6 +960,12 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     class: 'UpstreamFailedError',
     description:
       'a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (`failure`/`reason` says how); the kernel is fine',
+  },
+  {
+    code: 'cluster_unavailable',
+    class: 'ClusterUnavailableError',
+    description:
+      "ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again",
   },
   { code: 'internal', class: 'InternalError', description: 'a bug in the kernel; the kernel keeps running' },
 ];

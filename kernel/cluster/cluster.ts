@@ -16,17 +16,19 @@
  *   by placement, which spawns them under the same names (their waiting mail follows the name);
  * - lease loss (a partition): the agents whose names this node owned are stopped, then the node rejoins.
  */
-import os from 'node:os';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { AgentInfo, ClusterNode, SpawnArgs } from '../../protocol/index.js';
 import type { AgentService, ClusterNames } from '../agents/agents.js';
 import type { Caller } from '../core/context.js';
 import {
+  ClusterUnavailableError,
+  KernelError,
   MailboxFullError,
   NameTakenError,
   PermissionDeniedError,
   QuotaExceededError,
+  TooLargeError,
 } from '../core/errors.js';
 import type { Principals } from '../core/principals.js';
 import type { EventBus, KernelEventType } from '../events/bus.js';
@@ -41,25 +43,14 @@ import type {
   DirectoryEvent,
   NameOwner,
   NodeInfo,
+  RemoteBroadcast,
   RemoteEvent,
   RemoteMessage,
 } from './types.js';
 
-/** A message to every named agent of every node (BROADCAST): RemoteMessage without a destination. */
-export type RemoteBroadcast = Omit<RemoteMessage, 'to'> & { includeSelf?: boolean };
-
-/** The bus as this service uses it: BROADCAST between nodes is the bus's too (when it offers it). */
-export type Bus = ClusterBus & {
-  broadcast?(msg: RemoteBroadcast): Promise<void> | void;
-  onBroadcast?(listener: (msg: RemoteBroadcast) => void): () => void;
-};
-
-/** The directory as this service uses it: `rejoin` after a lost lease (when it offers it). */
-export type Directory = ClusterDirectory & { rejoin?(): Promise<void> };
-
 export interface ClusterEngines {
-  directory: Directory;
-  bus: Bus;
+  directory: ClusterDirectory;
+  bus: ClusterBus;
 }
 
 export interface ClusterDeps {
@@ -88,27 +79,40 @@ const PUBLISH_EVERY_MS = 5000;
 const LIST_TIMEOUT_MS = 5000;
 
 /** Builds the real engines (etcd, NATS JetStream): imported here, only for a clustered kernel. */
-export async function createEngines(o: ClusterOptions, log: Logger): Promise<ClusterEngines> {
-  // TODO(merge): literal specifiers once directory.ts and bus.ts are merged.
-  const [dir, bus] = (await Promise.all([
-    import('./directory.js' as string),
-    import('./bus.js' as string),
-  ])) as [
-    { EtcdDirectory: new (o: ClusterOptions, log: Logger) => unknown },
-    { JetStreamBus: new (o: ClusterOptions, log: Logger) => unknown },
-  ];
+export async function createEngines(
+  o: ClusterOptions,
+  deps: { log: Logger; version: string },
+): Promise<ClusterEngines> {
+  const [dir, bus] = await Promise.all([import('./directory.js'), import('./bus.js')]);
   return {
-    directory: new dir.EtcdDirectory(o, log) as Directory,
-    bus: new bus.JetStreamBus(o, log) as Bus,
+    directory: new dir.EtcdDirectory(o, { log: deps.log, version: deps.version }),
+    bus: new bus.JetStreamBus(o, { log: deps.log }),
   };
+}
+
+/**
+ * A failure of the directory or the bus as the wire says it (docs/cluster.md): their errors carry a
+ * `code`; what the cluster could not do is cluster_unavailable, mail over the stream's limits is
+ * mailbox_full, a message NATS cannot carry too_large.
+ */
+export function wireError(e: unknown, what: string): Error {
+  if (e instanceof KernelError) return e;
+  const code = (e as { code?: unknown })?.code;
+  const msg = (e as Error)?.message ?? String(e);
+  if (code === 'mail_rejected') return new MailboxFullError(`${what}: ${msg}`, { delivered_to: 0 });
+  if (code === 'mail_too_large') return new TooLargeError(`${what}: ${msg}`, { delivered_to: 0 });
+  if (typeof code === 'string') return new ClusterUnavailableError(`${what}: ${msg}`, { delivered_to: 0 });
+  return e instanceof Error ? e : new Error(msg);
 }
 
 export class ClusterService implements ClusterNames {
   readonly node: string;
-  private readonly directory: Directory;
-  private readonly bus: Bus;
+  private readonly directory: ClusterDirectory;
+  private readonly bus: ClusterBus;
   /** Cluster-wide names this node owns, and the local id holding each. */
   private readonly owned = new Map<string, number>();
+  /** Releases under way, by name: a claim of the same name waits for it (else it could undo the claim). */
+  private readonly releasing = new Map<string, Promise<void>>();
   /** Names whose definition this node stored (restartable agents spawned here). */
   private readonly defs = new Set<string>();
   /** Agents stopped because the node lost its lease: their definitions are someone else's now. */
@@ -120,7 +124,6 @@ export class ClusterService implements ClusterNames {
   private timer?: NodeJS.Timeout;
   private closing = false;
   private readonly startedAt = Date.now();
-  private cpuPrev = os.cpus();
 
   constructor(
     readonly opts: ClusterOptions,
@@ -146,7 +149,7 @@ export class ClusterService implements ClusterNames {
     this.unsubscribe.push(this.directory.on((e) => this.directoryEvent(e)));
     this.unsubscribe.push(this.d.events.tap((type, data, source) => this.localEvent(type, data, source)));
     this.unsubscribe.push(this.bus.onEvent((e) => this.remoteEvent(e)));
-    if (this.bus.onBroadcast) this.unsubscribe.push(this.bus.onBroadcast((m) => this.remoteBroadcast(m)));
+    this.unsubscribe.push(this.bus.onBroadcast((m) => this.remoteBroadcast(m)));
     this.bus.serve((method, args, from) => this.serve(method, args, from));
     await this.publishInfo();
     this.timer = setInterval(() => void this.publishInfo(), PUBLISH_EVERY_MS);
@@ -179,31 +182,41 @@ export class ClusterService implements ClusterNames {
   async claim(name: string, id: number, identity: string, conflict?: string): Promise<void> {
     const text = conflict ?? `name already in use: ${name}`;
     if (this.owned.get(name) === id) return;
-    let owner = await this.directory.claim({ name, id, identity });
-    if (owner.node === this.node && owner.id !== id && this.d.mail.resolve(name) !== owner.id) {
-      // A stale claim of this node (its holder gave the name up here, e.g. to an operator's SPAWN).
-      await this.directory.release(name);
+    await this.releasing.get(name);
+    const what = `cannot claim the name ${name} in the cluster`;
+    let owner: NameOwner;
+    try {
       owner = await this.directory.claim({ name, id, identity });
+      if (owner.node === this.node && owner.id !== id && this.d.mail.resolve(name) !== owner.id) {
+        // A stale claim of this node (its holder gave the name up here, e.g. to an operator's SPAWN).
+        await this.directory.release(name);
+        owner = await this.directory.claim({ name, id, identity });
+      }
+    } catch (e) {
+      throw wireError(e, what);
     }
     if (owner.node !== this.node || owner.id !== id)
       throw new NameTakenError(text, { agent_id: owner.id, node: owner.node });
     this.owned.set(name, id);
-    try {
-      await this.bus.own(name, (m) => this.deliverLocal(m));
-    } catch (e) {
-      this.owned.delete(name);
-      await this.directory.release(name).catch(() => undefined);
-      throw e;
-    }
+    // Bound in the background (the bus keeps trying while NATS is away): mail waits in the stream.
+    this.bus
+      .own(name, (m) => this.deliverLocal(m))
+      .catch((e: Error) => this.d.log.error({ name, err: e.message }, 'cannot consume the mail of a name'));
   }
 
   /** Gives a name back cluster-wide (never throws: logged). */
   release(name: string): void {
     if (!this.owned.delete(name)) return;
-    void this.bus
-      .disown(name)
+    // Stopping: the lease is revoked at close, and with it every name of this node.
+    if (this.closing) return;
+    const done = (this.releasing.get(name) ?? Promise.resolve())
+      .then(() => this.bus.disown(name))
       .then(() => this.directory.release(name))
-      .catch((e: Error) => this.d.log.warn({ name, err: e.message }, 'cannot release the cluster name'));
+      .catch((e: Error) => this.d.log.warn({ name, err: e.message }, 'cannot release the cluster name'))
+      .finally(() => {
+        if (this.releasing.get(name) === done) this.releasing.delete(name);
+      });
+    this.releasing.set(name, done);
   }
 
   /**
@@ -270,31 +283,34 @@ export class ClusterService implements ClusterNames {
 
   /** Sends one message to a remote owner's name; resolves once JetStream stored it. */
   async send(owner: NameOwner, from: number, json: string): Promise<void> {
-    await this.bus.send({
-      to: owner.name,
-      from,
-      fromName: this.d.mail.nameOf(from) || null,
-      fromNode: this.node,
-      message: json,
-      msgId: randomUUID(),
-      sentAt: Date.now(),
-    });
+    try {
+      await this.bus.send({
+        to: owner.name,
+        from,
+        fromName: this.d.mail.nameOf(from) || null,
+        fromNode: this.node,
+        message: json,
+        msgId: randomUUID(),
+        sentAt: Date.now(),
+      });
+    } catch (e) {
+      throw wireError(e, `cannot send to ${owner.name}@${owner.node}`);
+    }
   }
 
   /** BROADCAST to the other nodes' named agents (fire and forget; logged when the bus refuses). */
-  broadcast(from: number, json: string): void {
-    if (!this.bus.broadcast) return;
-    const msg: RemoteBroadcast = {
-      from,
-      fromName: this.d.mail.nameOf(from) || null,
-      fromNode: this.node,
-      message: json,
-      msgId: randomUUID(),
-      sentAt: Date.now(),
-    };
-    void Promise.resolve()
-      .then(() => this.bus.broadcast!(msg))
-      .catch((e: Error) => this.d.log.warn({ err: e.message }, 'cannot broadcast to the other nodes'));
+  broadcast(from: number, json: string, includeSelf: boolean): void {
+    try {
+      this.bus.broadcast({
+        from,
+        fromName: this.d.mail.nameOf(from) || null,
+        fromNode: this.node,
+        message: json,
+        includeSelf,
+      });
+    } catch (e) {
+      this.d.log.warn({ err: (e as Error).message }, 'cannot broadcast to the other nodes');
+    }
   }
 
   /** Another node's BROADCAST: to every local named agent that may be sent to (full mailboxes skipped). */
@@ -421,31 +437,30 @@ export class ClusterService implements ClusterNames {
       if (a.state !== 'STOPPED' && a.state !== 'FAILED')
         await this.d.agents.kill(KERNEL_CALLER, a, { wait: false }).catch(() => undefined);
     }
-    if (this.directory.rejoin && !this.closing) {
-      await this.directory.rejoin();
-      this.d.log.info({ node: this.node }, 'joined the cluster again');
+    await this.rejoin();
+  }
+
+  /** Joins again after a lost lease, retrying while etcd is unreachable (until the kernel stops). */
+  private async rejoin(): Promise<void> {
+    for (let delay = 500; !this.closing; delay = Math.min(delay * 2, 10_000)) {
+      try {
+        await this.directory.rejoin();
+        this.d.log.info({ node: this.node }, 'joined the cluster again');
+        return;
+      } catch (e) {
+        this.d.log.warn({ err: (e as Error).message, retry_ms: delay }, 'cannot join the cluster again yet');
+        await new Promise((r) => setTimeout(r, delay).unref());
+      }
     }
   }
 
-  /** Refreshes this node's NodeInfo in etcd (free memory, idle CPU, agents). */
+  /** Refreshes this node's NodeInfo in etcd (the directory measures memory and CPU; agents are ours). */
   private async publishInfo(): Promise<void> {
-    const now = os.cpus();
-    let idle = 0;
-    for (let i = 0; i < now.length; i++) {
-      const a = now[i].times;
-      const b = this.cpuPrev[i]?.times ?? a;
-      const total = a.user + a.nice + a.sys + a.idle + a.irq - (b.user + b.nice + b.sys + b.idle + b.irq);
-      idle += total > 0 ? (a.idle - b.idle) / total : 1;
-    }
-    this.cpuPrev = now;
     try {
       await this.directory.publish({
         advertise: this.opts.advertise,
         version: this.d.version,
         startedAt: this.startedAt,
-        freeMemory: os.freemem(),
-        idleCpu: Math.round(idle * 100) / 100,
-        cores: now.length,
         agents: this.d.agents.list().length,
       });
     } catch (e) {

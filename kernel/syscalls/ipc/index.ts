@@ -218,7 +218,7 @@ export default defineFamily(({ services }) => {
         }
         principals.stats(caller.id).sent += delivered;
         // Clustered: the other nodes' named agents get it too (counted there, not here).
-        services.cluster?.broadcast(caller.id, message);
+        services.cluster?.broadcast(caller.id, message, req.include_self);
         return {
           success: true,
           delivered_count: delivered,
