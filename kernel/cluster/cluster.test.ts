@@ -7,20 +7,26 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
 import { startEtcd, startNats, type ServiceProcess } from '../../harness/services.js';
 import {
   REPO_ROOT,
   startKernel,
   startKernelProcess,
+  tempDir,
   until,
   type KernelProcess,
   type TestKernel,
 } from '../../harness/kernel.js';
-import type { CloveClient } from '../../sdk/typescript/client.js';
+import { CloveClient } from '../../sdk/typescript/client.js';
+import { Kernel } from '../kernel.js';
+import { createEngines } from './cluster.js';
 import { nativeAvailable } from '../sandbox/native.js';
 import { Op } from '../../protocol/index.js';
-import type { ClusterOptions } from './types.js';
+import type { ClusterOptions, DirectoryEvent } from './types.js';
 import { clusterOptions } from '../config.js';
 import { KernelStartError } from '../core/errors.js';
 
@@ -307,8 +313,62 @@ describe('a node lost', () => {
     expect(got[0]).toMatchObject({ from: back.id, from_name: name, message: { to_cmd: 'hello' } });
     const nodes = (await ctl.c.clusterNodes()).nodes;
     expect(nodes.find((n) => n.node === 'c')).toMatchObject({ alive: false });
-    await ctl.c.kill(name);
+    await (await (back.node === 'a' ? a : b).client()).kill(name);
   }, 180_000);
+});
+
+describe('a lost lease (partition)', () => {
+  it('stops the agents whose names the node owned, keeps their definitions for the new owners, and rejoins', async () => {
+    const dir = tempDir();
+    let inject: ((e: DirectoryEvent) => void) | undefined;
+    const engines = async (o: ClusterOptions, deps: { log: Logger; version: string }) => {
+      const eng = await createEngines(o, deps);
+      const on = eng.directory.on.bind(eng.directory);
+      eng.directory.on = (l) => {
+        inject = l;
+        return on(l);
+      };
+      return eng;
+    };
+    const k = new Kernel(
+      {
+        socketPath: path.join(dir, 'e.sock'),
+        dataDir: path.join(dir, 'data'),
+        logLevel: 'silent',
+        sandbox: 'off',
+        shutdownGraceMs: 2000,
+        cluster: clusterOpts('e'),
+      },
+      undefined,
+      engines,
+    );
+    await k.start();
+    const etcdClient = new Etcd3({ hosts: etcd.url });
+    try {
+      const c = await CloveClient.connect({ socketPath: path.join(dir, 'e.sock') });
+      const name = uniq('victim');
+      const s = await c.spawn({ name, script: idle, sandboxed: false, restart_policy: 'always' });
+      expect(JSON.parse((await etcdClient.get(`/${prefix}/defs/${name}`).string()) ?? '{}')).toMatchObject({
+        name,
+        node: 'e',
+      });
+      inject!({ type: 'lease-lost' });
+      // Killed for good (not restarted under its policy: its name may be someone else's now).
+      await until(
+        async () => !(await c.list()).some((a) => a.id === s.id && a.state !== 'STOPPED'),
+        30_000,
+        `${name} to stop`,
+      );
+      // Its definition stays for whoever takes the name over.
+      expect(await etcdClient.get(`/${prefix}/defs/${name}`).string()).not.toBeNull();
+      expect((await c.clusterStatus()).names_owned).toBe(0);
+      c.close();
+    } finally {
+      etcdClient.close();
+      await k.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('cluster flags (clove kernel)', () => {
