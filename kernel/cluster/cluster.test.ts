@@ -166,6 +166,21 @@ describe('one cluster of two kernels', () => {
     await cb.kill(name);
   });
 
+  it('SPAWNs of one name at once, twice on a and once on b: exactly one wins, the others are name_taken', async () => {
+    const name = uniq('race');
+    const clients = [await a.client(), await a.client(), await b.client()];
+    const rs = await Promise.allSettled(
+      clients.map((c) => c.spawn({ name, script: idle, sandboxed: false })),
+    );
+    const won = rs.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
+    expect(won).toHaveLength(1);
+    for (const r of rs)
+      if (r.status === 'rejected') expect((r.reason as { code: string }).code).toBe('name_taken');
+    const winner = clients[won[0]];
+    expect((await winner.list()).find((x) => x.name === name)?.state).toBe('RUNNING');
+    await winner.kill(name);
+  });
+
   it('an unknown name or name@node is not_found; SEND_BATCH mixes local and remote items in order', async () => {
     const x = await named(a, uniq('x'));
     const y = await named(a, uniq('y'));
@@ -409,6 +424,39 @@ describe('cluster flags (clove kernel)', () => {
 });
 
 describe('a kernel without --cluster', () => {
+  it('never loads etcd3 or nats (a clustered one does)', async () => {
+    // A child process: this test process has loaded both already.
+    const script = `
+      import { createRequire } from 'node:module';
+      import fs from 'node:fs';
+      import os from 'node:os';
+      import path from 'node:path';
+      const { Kernel } = await import(${JSON.stringify(path.join(REPO_ROOT, 'dist', 'kernel', 'kernel.js'))});
+      const cache = () => Object.keys(createRequire(import.meta.url)('node:module')._cache);
+      const loaded = () => ['etcd3', 'nats'].filter((m) => cache().some((f) => f.includes('/node_modules/' + m + '/')));
+      const out = {};
+      for (const cluster of [null, JSON.parse(process.env.CLUSTER)]) {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'clv'));
+        const k = new Kernel({ socketPath: path.join(dir, 's'), dataDir: path.join(dir, 'd'), logLevel: 'silent', sandbox: 'off', cluster });
+        await k.start();
+        out[cluster ? 'clustered' : 'alone'] = loaded();
+        await k.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+      console.log(JSON.stringify(out));
+      process.exit(0);
+    `;
+    const out = await new Promise<string>((res, rej) =>
+      execFile(
+        process.execPath,
+        ['--input-type=module', '-e', script],
+        { encoding: 'utf8', env: { ...process.env, CLUSTER: JSON.stringify(clusterOpts('solo')) } },
+        (err, stdout, stderr) => (err ? rej(new Error(`${err.message}\n${stderr}`)) : res(stdout)),
+      ),
+    );
+    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ alone: [], clustered: ['etcd3', 'nats'] });
+  });
+
   it('answers CLUSTER_NODES and CLUSTER_STATUS with clustered: false', async () => {
     const k = await startKernel({ sandbox: 'off' });
     try {
