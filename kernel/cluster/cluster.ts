@@ -409,13 +409,18 @@ export class ClusterService implements ClusterNames {
     return survivors[0]?.node;
   }
 
-  /** A node's lease expired: its restartable agents come back here when placement chooses this node. */
+  /**
+   * A node's lease expired: its restartable agents come back here when placement chooses this node. The
+   * others look again after a lease's time and take over what is still the lost node's (the chosen
+   * survivor may have died too, or seen other free-memory figures): the CAS keeps it to one winner.
+   */
   private async nodeLost(lost: string): Promise<void> {
     if (this.closing) return;
     this.d.log.warn({ node: lost }, 'cluster node lost');
-    const defs = await this.directory.defsOf(lost);
-    if (!defs.length || this.placement(lost) !== this.node) return;
-    for (const def of defs) {
+    if (this.placement(lost) !== this.node)
+      await new Promise((r) => setTimeout(r, this.opts.leaseTtlS * 1000).unref());
+    if (this.closing || this.directory.nodes().some((n) => n.node === lost)) return;
+    for (const def of await this.directory.defsOf(lost)) {
       if (this.closing) return;
       if (!(await this.directory.takeOver(def))) continue;
       try {
