@@ -348,7 +348,9 @@ export class ClusterService implements ClusterNames {
       try {
         this.d.mail.deliver(id, m.from, m.fromName ?? '', m.message);
       } catch (e) {
-        if (!(e instanceof MailboxFullError || e instanceof QuotaExceededError)) throw e;
+        // A full mailbox skips its recipient, as a local BROADCAST does; anything else is a bug, logged.
+        if (!(e instanceof MailboxFullError || e instanceof QuotaExceededError))
+          this.d.log.error({ err: e, to: id, from_node: m.fromNode }, 'cannot deliver a broadcast');
       }
     }
   }
