@@ -2,10 +2,13 @@
  * The Docker provider: two node containers of the locally built image (real dockerd, through dockerode),
  * beside real etcd and NATS (provider-suite.ts); plus the image cache and the sweep of leftovers.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import Docker from 'dockerode';
 import { describe, expect, it } from 'vitest';
 import { DockerProvider, dockerUnavailable, sweepContainers } from './docker.js';
-import { ensureNodeImage, HARNESS_LABEL } from './image.js';
+import { ensureNodeImage, HARNESS_LABEL, pruneNodeImages } from './image.js';
+import { tempDir } from '../kernel.js';
 import { describeProvider } from './provider-suite.js';
 
 const docker = new Docker();
@@ -32,6 +35,27 @@ describe.skipIf(why !== null)('docker node image and leftovers', () => {
     expect(again.tag).toMatch(/^clove-node:[0-9a-f]{16}$/);
     expect((await docker.getImage(again.tag).inspect()).Config.Env).toContain(`CLOVE_PYTHON=${again.python}`);
   }, 300_000);
+
+  it('prune removes an older project image and keeps the current one and its base', async () => {
+    const img = await ensureNodeImage(docker);
+    const old = `clove-node:prune${process.pid}`;
+    const ctx = tempDir('clvprune');
+    fs.writeFileSync(
+      path.join(ctx, 'Dockerfile'),
+      `FROM ${img.baseTag}\nLABEL clove.harness.test=${process.pid}\n`,
+    );
+    try {
+      const stream = await docker.buildImage({ context: ctx, src: ['Dockerfile'] }, { t: old });
+      await new Promise((res, rej) => docker.modem.followProgress(stream, (e) => (e ? rej(e) : res(null))));
+    } finally {
+      fs.rmSync(ctx, { recursive: true, force: true });
+    }
+    const removed = await pruneNodeImages(docker, img);
+    expect(removed).toContain(old);
+    await expect(docker.getImage(old).inspect()).rejects.toThrow();
+    expect((await docker.getImage(img.tag).inspect()).Id).toBeTruthy();
+    expect((await docker.getImage(img.baseTag).inspect()).Id).toBeTruthy();
+  }, 120_000);
 
   it('the sweep removes a harness container whose owner process is gone, and leaves a live owner’s alone', async () => {
     const img = await ensureNodeImage(docker);

@@ -86,20 +86,25 @@ export async function ensureNodeImage(docker: Docker, opts: { root?: string } = 
   return { tag, baseTag, python, builtBase, builtProject };
 }
 
-/** Removes every harness image but `keep` (old project builds pile up otherwise; a base is ~400 MB). */
+/**
+ * Removes every harness image but `keep` and what no container uses (old project builds pile up
+ * otherwise; a base is ~400 MB). Two passes: a base goes only once the project images built on it are gone.
+ */
 export async function pruneNodeImages(docker: Docker, keep: NodeImage): Promise<string[]> {
   const removed: string[] = [];
-  const images = await docker.listImages({
-    filters: JSON.stringify({ reference: ['clove-node', 'clove-node-base'] }),
-  });
-  for (const img of images) {
-    const tags = img.RepoTags ?? [];
-    if (tags.includes(keep.tag) || tags.includes(keep.baseTag)) continue;
-    try {
-      await docker.getImage(img.Id).remove({ force: false });
-      removed.push(...tags);
-    } catch {
-      // in use by a container, or a parent of a kept image: stays
+  for (let pass = 0; pass < 2; pass++) {
+    const images = await docker.listImages({
+      filters: JSON.stringify({ reference: ['clove-node', 'clove-node-base'] }),
+    });
+    for (const img of images) {
+      const tags = img.RepoTags ?? [];
+      if (tags.includes(keep.tag) || tags.includes(keep.baseTag)) continue;
+      try {
+        await docker.getImage(img.Id).remove({ force: false });
+        removed.push(...tags);
+      } catch {
+        // used by a container, the parent of another image, or several tags: stays
+      }
     }
   }
   return removed;

@@ -51,6 +51,24 @@ export interface NodeContext {
   dir: string;
 }
 
+/**
+ * The kernel arguments of a cluster node (issue 13: `--cluster etcd://H:P --nats nats://H:P --node NAME
+ * --advertise HOST:PORT`) from its context, followed by `extra`; the advertised port defaults to 7070.
+ */
+export function clusterKernelArgs(ctx: NodeContext, extra: string[] = [], port = 7070): string[] {
+  return [
+    '--cluster',
+    ctx.etcdUrl.replace(/^http:/, 'etcd:'),
+    '--nats',
+    ctx.natsUrl,
+    '--node',
+    ctx.name,
+    '--advertise',
+    `${ctx.address}:${port}`,
+    ...extra,
+  ];
+}
+
 export interface ClusterStartOptions {
   nodes: NodeSpec[];
   /** etcd: started here (default), `false` for none, or the URL of one the caller runs (on 127.0.0.1). */
