@@ -35,6 +35,22 @@ await c.store('js-agent', { node: process.version });
 setInterval(() => {}, 1 << 30);
 `;
 
+/** Connects to HOST PORT again and again, and keeps in the state store whether the last try got through. */
+const PROBE_AGENT = `import socket, sys, time
+from clove_sdk import connect
+c = connect()
+host, port, n = sys.argv[1], int(sys.argv[2]), 0
+while True:
+    n += 1
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        ok = True
+    except OSError:
+        ok = False
+    c.store("probe", {"ok": ok, "n": n}, check=True)
+    time.sleep(0.1)
+`;
+
 /** Whether a TCP connection from `from` to `to`:`port` is accepted within `timeoutMs`. */
 export function tcpConnects(from: string, to: string, port: number, timeoutMs = 2000): Promise<boolean> {
   return new Promise((res) => {
@@ -181,6 +197,42 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
           await cluster.rejoin(a);
           expect(await tcpConnects('127.0.0.1', A, port(a.context.etcdUrl))).toBe(true);
           expect(await tcpConnects('127.0.0.1', A, port(a.context.natsUrl))).toBe(true);
+        },
+      );
+
+      it.skipIf(!root)(
+        'from the node itself (an agent with network on it), etcd at its URL goes away on isolate and comes back on rejoin',
+        async () => {
+          const a = cluster.node('a');
+          fs.writeFileSync(path.join(a.dir, 'probe.py'), PROBE_AGENT, { mode: 0o644 });
+          const c = await a.client();
+          const u = new URL(a.context.etcdUrl);
+          await c.spawn({
+            name: 'probe',
+            script: path.join(a.dir, 'probe.py'),
+            args: [u.hostname, u.port],
+            network: true,
+          });
+          // Each wait needs tries that started after the change: n moves past the value seen at the change.
+          const probe = async () =>
+            (await c.fetch('probe', 'global')).value as { ok: boolean; n: number } | null;
+          const settle = async (ok: boolean, what: string) => {
+            const from = (await probe())?.n ?? 0;
+            await until(
+              async () => {
+                const p = await probe();
+                return p && p.n > from + 1 && p.ok === ok;
+              },
+              60_000,
+              what,
+            );
+          };
+          await settle(true, 'the probe to reach etcd');
+          await cluster.isolate(a);
+          await settle(false, 'the probe to lose etcd');
+          await cluster.rejoin(a);
+          await settle(true, 'the probe to reach etcd again');
+          await c.kill('probe');
         },
       );
 
