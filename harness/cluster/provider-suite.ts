@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../kernel.js';
 import {
   canUseIptables,
+  clusterKernelArgs,
   harnessRules,
   socketAccepts,
   type ClusterHandle,
@@ -110,6 +111,14 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
           expect(fs.existsSync(n.dataDir)).toBe(true);
         }
         expect(cluster.node('a').socketPath).not.toBe(cluster.node('b').socketPath);
+        const args = clusterKernelArgs(cluster.node('a').context, ['--log-level', 'warn']);
+        expect(args.slice(0, 4)).toEqual([
+          '--cluster',
+          `etcd://${A}:${new URL(cluster.etcdUrl!).port}`,
+          '--nats',
+          `nats://${A}:${new URL(cluster.natsUrl!).port}`,
+        ]);
+        expect(args.slice(4)).toEqual(['--node', 'a', '--advertise', `${A}:7070`, '--log-level', 'warn']);
       });
 
       it('runs a python3 agent and a node agent on a node, both reaching the kernel through the SDKs', async () => {
@@ -165,7 +174,7 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
           try {
             expect(await tcpConnects(A, B, lb.port)).toBe(true);
             expect(await tcpConnects(B, A, la.port)).toBe(true);
-            await cluster.partition(cluster.node('a'), cluster.node('b'));
+            await cluster.partition(cluster.node('a'), 'b'); // by handle and by name
             expect(await tcpConnects(A, B, lb.port)).toBe(false);
             expect(await tcpConnects(B, A, la.port)).toBe(false);
             // Other addresses are not affected.

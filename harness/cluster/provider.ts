@@ -110,7 +110,7 @@ export interface ClusterHandle {
   readonly etcd: ServiceProcess | null;
   readonly nats: ServiceProcess | null;
   node(name: string): NodeHandle;
-  /** Drops every packet between two addresses, both ways (iptables INPUT DROP). */
+  /** Drops every packet between two nodes (handles, names or addresses), both ways (iptables INPUT DROP). */
   partition(a: NodeHandle | string, b: NodeHandle | string): Promise<void>;
   heal(a: NodeHandle | string, b: NodeHandle | string): Promise<void>;
   /** Cuts a node off from etcd, NATS and every other address (its lease expires, its mail stops). */
@@ -368,7 +368,9 @@ export async function startCluster(
     // Nodes start one after another: a cluster kernel joining is what its tests look at, and two cores.
     for (const d of drivers) await d.start();
 
-    const addr = (x: NodeHandle | string) => (typeof x === 'string' ? x : x.address);
+    // A node by handle, by name, or any address.
+    const addr = (x: NodeHandle | string) =>
+      typeof x !== 'string' ? x.address : (handles.find((h) => h.name === x)?.address ?? x);
     const needFirewall = (what: string) => {
       if (!firewall)
         throw new Error(`${what} needs iptables as root (this process is uid ${process.getuid?.()})`);
