@@ -251,15 +251,13 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
         await c.spawn({ name: 'py2', script: path.join(a.dir, 'py_agent.py') });
         if (root) await cluster.partition(A, B);
         const dirs = [...cluster.nodes.map((n) => n.dir), cluster.etcd!.dir, cluster.nats!.dir];
+        const mine = async () => (await harnessRules()).filter((r) => r.args.includes(cluster.ruleTag!));
+        // The partition's 2 DROP rules and the 4 DNAT rules (2 nodes × etcd, NATS).
+        if (root) expect((await mine()).length).toBe(6);
         await cluster.stop();
         for (const d of dirs) expect(fs.existsSync(d)).toBe(false);
         for (const n of cluster.nodes) expect(await socketAccepts(n.socketPath)).toBe(false);
-        if (root) {
-          const mine = (await harnessRules()).filter((r) =>
-            r.args.some((x) => x.startsWith(`clove.harness:${process.pid}:`)),
-          );
-          expect(mine).toEqual([]);
-        }
+        if (root) expect(await mine()).toEqual([]);
         await opts.afterStop?.(cluster);
         await cluster.stop(); // idempotent
       }, 120_000);
