@@ -19,6 +19,30 @@ export interface ClusterOptions {
   leaseTtlS: number;
   /** Key prefix in etcd, stream and subject prefix in NATS: several clusters may share the servers. */
   prefix: string;
+  /** Limits of the mail stream and its consumers (JetStreamBus); every field has a default. */
+  mail?: Partial<MailOptions>;
+}
+
+/**
+ * The mail stream's limits (`<PREFIX>_MAIL`, file storage, work-queue retention: a message is removed
+ * once its owner acknowledged it). The stream refuses new mail beyond a limit (discard new), never
+ * drops mail already accepted except past `maxAgeS`.
+ */
+export interface MailOptions {
+  /** Mail waiting for one name (not yet acknowledged by its owner): default 10000. */
+  maxPendingPerName: number;
+  /** Bytes of all waiting mail in the stream: default 1 GiB. */
+  maxBytes: number;
+  /** How long mail waits for an owner before it expires: default 7 days. */
+  maxAgeS: number;
+  /** JetStream drops a second publish of one msgId within this window: default 120 s. */
+  duplicateWindowS: number;
+  /** A delivered message not acknowledged within this is delivered again (to whoever owns the name): default 30 s. */
+  ackWaitS: number;
+  /** Redelivery delay when the local mailbox is full (deliver returned false): default 200 ms. */
+  fullRetryMs: number;
+  /** msgIds remembered per owned name to drop redeliveries of mail already delivered: default 4096. */
+  recentIds: number;
 }
 
 /** What a node publishes about itself (refreshed every few seconds while it lives). */
@@ -94,8 +118,16 @@ export interface ClusterDirectory {
   defsOf(node: string): Promise<ClusterAgentDef[]>;
   /** Moves a lost node's definition to this node (CAS on its revision): true when this node won it. */
   takeOver(def: ClusterAgentDef): Promise<boolean>;
-  /** Refreshes this node's NodeInfo now (the directory also does it on a timer). */
-  publish(info: Omit<NodeInfo, 'node' | 'updatedAt'>): Promise<void>;
+  /**
+   * Refreshes this node's NodeInfo now (the directory also does it on a timer). The fields given are
+   * kept for later refreshes (e.g. `agents`); free memory, idle CPU and cores are measured at each one.
+   */
+  publish(info: Partial<Omit<NodeInfo, 'node' | 'updatedAt'>>): Promise<void>;
+  /**
+   * After `lease-lost`: joins again with a new lease (nodes/<node>, an id slot, NodeInfo). Names are
+   * not re-claimed. One attempt: rejects while etcd is unreachable (call it again later).
+   */
+  rejoin(): Promise<void>;
   on(listener: (e: DirectoryEvent) => void): () => void;
 }
 
@@ -111,6 +143,17 @@ export interface RemoteMessage {
   /** Unique per message (JetStream de-duplicates on it). */
   msgId: string;
   sentAt: number;
+}
+
+/** A BROADCAST of an agent, carried to every other node (each delivers it to its local named agents). */
+export interface RemoteBroadcast {
+  from: number;
+  fromName: string | null;
+  fromNode: string;
+  /** The message's JSON text exactly as the sender's BROADCAST carried it. */
+  message: string;
+  /** Whether the sender itself receives it (as the BROADCAST said). */
+  includeSelf: boolean;
 }
 
 /** An event published on one node, seen on every other. */
@@ -141,6 +184,10 @@ export interface ClusterBus {
   disown(name: string): Promise<void>;
   publishEvent(e: RemoteEvent): void;
   onEvent(listener: (e: RemoteEvent) => void): () => void;
+  /** Carries a BROADCAST to every other node (core NATS: at most once, like events). */
+  broadcast(b: RemoteBroadcast): void;
+  /** BROADCASTs of other nodes (never this node's own). */
+  onBroadcast(listener: (b: RemoteBroadcast) => void): () => void;
   /** Kernel-to-kernel calls (LIST of a remote node, KILL of a remote agent, …): JSON in, JSON out. */
   call(node: string, method: string, args: unknown, timeoutMs?: number): Promise<unknown>;
   serve(handler: (method: string, args: unknown, from: string) => Promise<unknown>): void;
