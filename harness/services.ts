@@ -187,9 +187,18 @@ export async function startEtcd(
 /**
  * nats-server with JetStream (file storage in a temporary directory) on `host`. A restart of "the same"
  * server: start it again with the `port` and a `storeDir` of your own (kept by stop(); you remove it).
+ * `maxPayload` (default 8 MiB, NATS's own default is 1 MiB) must hold a kernel's largest message in its
+ * bus envelope (docs/cluster.md).
  */
 export async function startNats(
-  opts: { host?: string; port?: number; storeDir?: string } = {},
+  opts: {
+    host?: string;
+    port?: number;
+    storeDir?: string;
+    maxPayload?: number;
+    /** Clients must log in with this user and password (`nats://user:password@host:port`). */
+    auth?: { user: string; password: string };
+  } = {},
 ): Promise<ServiceProcess> {
   const exe = which('nats-server');
   if (!exe) throw new Error('nats-server is not installed (ci/setup.sh installs it)');
@@ -197,7 +206,24 @@ export async function startNats(
   return startService(
     'nats',
     exe,
-    (dir, port) => ['-a', host, '-p', String(port), '-js', '-sd', opts.storeDir ?? path.join(dir, 'js')],
+    (dir, port) => {
+      const conf = path.join(dir, 'nats.conf');
+      const auth = opts.auth
+        ? `authorization {\n  user: ${JSON.stringify(opts.auth.user)}\n  password: ${JSON.stringify(opts.auth.password)}\n}\n`
+        : '';
+      fs.writeFileSync(conf, `max_payload: ${opts.maxPayload ?? 8 * 1024 * 1024}\n${auth}`);
+      return [
+        '-c',
+        conf,
+        '-a',
+        host,
+        '-p',
+        String(port),
+        '-js',
+        '-sd',
+        opts.storeDir ?? path.join(dir, 'js'),
+      ];
+    },
     (port) => `nats://${host}:${port}`,
     host,
     opts.port,

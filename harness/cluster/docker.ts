@@ -18,6 +18,7 @@
  * and `clove.harness.dir`; stop() removes them, and every start first removes leftovers whose owning
  * process is gone (a run killed before its stop()).
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import Docker from 'dockerode';
@@ -257,8 +258,6 @@ class ContainerNode implements NodeDriver {
   }
 }
 
-let clusters = 0;
-
 export class DockerProvider implements ClusterProvider {
   readonly kind = 'docker' as const;
   readonly docker: Docker;
@@ -283,7 +282,8 @@ export class DockerProvider implements ClusterProvider {
     if (why) throw new Error(why);
     await sweepContainers(this.docker);
     const image = await this.ensureImage();
-    const cluster = `${process.pid}-${++clusters}`;
+    // Unique even when two test files share a process (vitest threads): containers are named after it.
+    const cluster = `${process.pid}-${randomBytes(4).toString('hex')}`;
     return startCluster(
       opts,
       () => tempDir('clvdock'),

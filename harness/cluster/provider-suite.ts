@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../kernel.js';
 import {
   canUseIptables,
+  clusterKernelArgs,
   harnessRules,
   socketAccepts,
   type ClusterHandle,
@@ -33,6 +34,22 @@ const { CloveClient } = await import(pathToFileURL(path.join(root, 'dist', 'sdk'
 const c = await CloveClient.connect();
 await c.store('js-agent', { node: process.version });
 setInterval(() => {}, 1 << 30);
+`;
+
+/** Connects to HOST PORT again and again, and keeps in the state store whether the last try got through. */
+const PROBE_AGENT = `import socket, sys, time
+from clove_sdk import connect
+c = connect()
+host, port, n = sys.argv[1], int(sys.argv[2]), 0
+while True:
+    n += 1
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        ok = True
+    except OSError:
+        ok = False
+    c.store("probe", {"ok": ok, "n": n}, check=True)
+    time.sleep(0.1)
 `;
 
 /** Whether a TCP connection from `from` to `to`:`port` is accepted within `timeoutMs`. */
@@ -94,6 +111,14 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
           expect(fs.existsSync(n.dataDir)).toBe(true);
         }
         expect(cluster.node('a').socketPath).not.toBe(cluster.node('b').socketPath);
+        const args = clusterKernelArgs(cluster.node('a').context, ['--log-level', 'warn']);
+        expect(args.slice(0, 4)).toEqual([
+          '--cluster',
+          `etcd://${A}:${new URL(cluster.etcdUrl!).port}`,
+          '--nats',
+          `nats://${A}:${new URL(cluster.natsUrl!).port}`,
+        ]);
+        expect(args.slice(4)).toEqual(['--node', 'a', '--advertise', `${A}:7070`, '--log-level', 'warn']);
       });
 
       it('runs a python3 agent and a node agent on a node, both reaching the kernel through the SDKs', async () => {
@@ -149,7 +174,7 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
           try {
             expect(await tcpConnects(A, B, lb.port)).toBe(true);
             expect(await tcpConnects(B, A, la.port)).toBe(true);
-            await cluster.partition(cluster.node('a'), cluster.node('b'));
+            await cluster.partition(cluster.node('a'), 'b'); // by handle and by name
             expect(await tcpConnects(A, B, lb.port)).toBe(false);
             expect(await tcpConnects(B, A, la.port)).toBe(false);
             // Other addresses are not affected.
@@ -184,21 +209,55 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
         },
       );
 
+      it.skipIf(!root)(
+        'from the node itself (an agent with network on it), etcd at its URL goes away on isolate and comes back on rejoin',
+        async () => {
+          const a = cluster.node('a');
+          fs.writeFileSync(path.join(a.dir, 'probe.py'), PROBE_AGENT, { mode: 0o644 });
+          const c = await a.client();
+          const u = new URL(a.context.etcdUrl);
+          await c.spawn({
+            name: 'probe',
+            script: path.join(a.dir, 'probe.py'),
+            args: [u.hostname, u.port],
+            network: true,
+          });
+          // Each wait needs tries that started after the change: n moves past the value seen at the change.
+          const probe = async () =>
+            (await c.fetch('probe', 'global')).value as { ok: boolean; n: number } | null;
+          const settle = async (ok: boolean, what: string) => {
+            const from = (await probe())?.n ?? 0;
+            await until(
+              async () => {
+                const p = await probe();
+                return p && p.n > from + 1 && p.ok === ok;
+              },
+              60_000,
+              what,
+            );
+          };
+          await settle(true, 'the probe to reach etcd');
+          await cluster.isolate(a);
+          await settle(false, 'the probe to lose etcd');
+          await cluster.rejoin(a);
+          await settle(true, 'the probe to reach etcd again');
+          await c.kill('probe');
+        },
+      );
+
       it('stop() leaves no node process or container, no iptables rule and no temporary directory', async () => {
         const a = cluster.node('a');
         const c = await a.client();
         await c.spawn({ name: 'py2', script: path.join(a.dir, 'py_agent.py') });
         if (root) await cluster.partition(A, B);
         const dirs = [...cluster.nodes.map((n) => n.dir), cluster.etcd!.dir, cluster.nats!.dir];
+        const mine = async () => (await harnessRules()).filter((r) => r.args.includes(cluster.ruleTag!));
+        // The partition's 2 DROP rules and the 4 DNAT rules (2 nodes × etcd, NATS).
+        if (root) expect((await mine()).length).toBe(6);
         await cluster.stop();
         for (const d of dirs) expect(fs.existsSync(d)).toBe(false);
         for (const n of cluster.nodes) expect(await socketAccepts(n.socketPath)).toBe(false);
-        if (root) {
-          const mine = (await harnessRules()).filter((r) =>
-            r.args.some((x) => x.startsWith(`clove.harness:${process.pid}:`)),
-          );
-          expect(mine).toEqual([]);
-        }
+        if (root) expect(await mine()).toEqual([]);
         await opts.afterStop?.(cluster);
         await cluster.stop(); // idempotent
       }, 120_000);

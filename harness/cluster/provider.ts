@@ -17,6 +17,7 @@
  * loopback every connection's source address is 127.0.0.1.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { promisify } from 'node:util';
@@ -110,7 +111,7 @@ export interface ClusterHandle {
   readonly etcd: ServiceProcess | null;
   readonly nats: ServiceProcess | null;
   node(name: string): NodeHandle;
-  /** Drops every packet between two addresses, both ways (iptables INPUT DROP). */
+  /** Drops every packet between two nodes (handles, names or addresses), both ways (iptables INPUT DROP). */
   partition(a: NodeHandle | string, b: NodeHandle | string): Promise<void>;
   heal(a: NodeHandle | string, b: NodeHandle | string): Promise<void>;
   /** Cuts a node off from etcd, NATS and every other address (its lease expires, its mail stops). */
@@ -118,6 +119,8 @@ export interface ClusterHandle {
   rejoin(node: NodeHandle | string): Promise<void>;
   /** Stops every node, removes every rule, container and directory, stops the services it started. Idempotent. */
   stop(): Promise<void>;
+  /** The comment on this cluster's iptables rules (null without iptables). */
+  readonly ruleTag: string | null;
 }
 
 export interface ClusterProvider {
@@ -246,8 +249,6 @@ export interface DriverSpec {
   startTimeoutMs: number;
 }
 
-let clusters = 0;
-
 const ADDRESS = /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/;
 
 /**
@@ -267,7 +268,9 @@ export async function startCluster(
     if (!ADDRESS.test(n.address) || n.address === '127.0.0.1')
       throw new Error(`node ${n.name}: address ${n.address} is not a 127.x.y.z address other than 127.0.0.1`);
   }
-  const firewall = canUseIptables() ? new Firewall(`${RULE_TAG}:${process.pid}:${++clusters}`) : null;
+  const firewall = canUseIptables()
+    ? new Firewall(`${RULE_TAG}:${process.pid}:${randomBytes(4).toString('hex')}`)
+    : null;
   await sweepRules();
   let etcd: ServiceProcess | null = null;
   let nats: ServiceProcess | null = null;
@@ -368,7 +371,9 @@ export async function startCluster(
     // Nodes start one after another: a cluster kernel joining is what its tests look at, and two cores.
     for (const d of drivers) await d.start();
 
-    const addr = (x: NodeHandle | string) => (typeof x === 'string' ? x : x.address);
+    // A node by handle, by name, or any address.
+    const addr = (x: NodeHandle | string) =>
+      typeof x !== 'string' ? x.address : (handles.find((h) => h.name === x)?.address ?? x);
     const needFirewall = (what: string) => {
       if (!firewall)
         throw new Error(`${what} needs iptables as root (this process is uid ${process.getuid?.()})`);
@@ -413,6 +418,7 @@ export async function startCluster(
         for (const r of isolateRules(addr(x))) await fw.remove('filter', 'INPUT', r);
       },
       stop,
+      ruleTag: firewall?.tag ?? null,
     };
     return handle;
   } catch (err) {

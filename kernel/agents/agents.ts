@@ -71,8 +71,8 @@ export interface AgentServiceOptions {
 export interface ClusterNames {
   /** Claims `name` for `id` in the whole cluster; throws name_taken when another node (or id) has it. */
   claim(name: string, id: number, identity: string): Promise<void>;
-  /** Gives a claimed name back (never throws). */
-  release(name: string): void;
+  /** Gives a claimed name back if `id` holds it (never throws). */
+  release(name: string, id: number): void;
   /** An agent was spawned here (SPAWN or a takeover): `request` is what would spawn it again elsewhere. */
   spawned(a: AgentRecord, request: SpawnArgs): Promise<void>;
 }
@@ -392,7 +392,7 @@ export class AgentService {
     try {
       this.o.mail.register(def.id, def.name);
     } catch (e) {
-      this.cluster?.release(def.name);
+      this.cluster?.release(def.name, def.id);
       throw e;
     }
     this.o.principals.setRights(def.id, perms);
@@ -403,7 +403,7 @@ export class AgentService {
     } catch (e) {
       this.o.mail.release(def.id);
       this.o.principals.forget(def.id);
-      this.cluster?.release(def.name);
+      this.cluster?.release(def.name, def.id);
       throw e;
     }
     this.held.set(row.identity, def.id);

@@ -30,6 +30,18 @@ export class BusUnreachableError extends BusError {
   }
 }
 
+/** A NATS server refused the bus's credentials (none given, or wrong ones: `nats://user:pass@host:port`). */
+export class BusAuthError extends BusError {
+  readonly code = 'bus_auth';
+  constructor(
+    readonly servers: string[],
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`NATS at ${servers.join(', ')} refused the credentials: ${detail}`, options);
+  }
+}
+
 /** The bus was used after close() (or before start()). */
 export class BusClosedError extends BusError {
   readonly code = 'bus_closed';

@@ -12,9 +12,11 @@ import pino from 'pino';
 import { connect, JSONCodec } from 'nats';
 import { startNats, freePort, type ServiceProcess } from '../../harness/services.js';
 import { until } from '../../harness/kernel.js';
-import { JetStreamBus, nameToken } from './bus.js';
+import { JetStreamBus, nameToken, natsServers } from './bus.js';
 import {
+  BusAuthError,
   BusClosedError,
+  BusConfigError,
   BusUnreachableError,
   MailRejectedError,
   MailTooLargeError,
@@ -44,6 +46,7 @@ async function bus(
   prefix: string,
   mail: Partial<MailOptions> = {},
   url = nats.url,
+  beforeStart?: (b: JetStreamBus) => void,
 ): Promise<JetStreamBus> {
   const opts: ClusterOptions = {
     etcd: [],
@@ -56,6 +59,7 @@ async function bus(
   };
   const b = new JetStreamBus(opts, { log });
   buses.push(b);
+  beforeStart?.(b);
   await b.start();
   return b;
 }
@@ -242,8 +246,63 @@ describe('JetStreamBus mail', () => {
     expect(await streamMessages(p)).toBe(2);
     // Another name is not affected.
     await a.send(mail('v', '1'));
-    const big = await a.send(mail('v', JSON.stringify('x'.repeat(2 * 1024 * 1024)))).catch((e: unknown) => e);
+    // Beyond the server's max_payload (startNats: 8 MiB).
+    const big = await a.send(mail('v', JSON.stringify('x'.repeat(9 * 1024 * 1024)))).catch((e: unknown) => e);
     expect(big).toBeInstanceOf(MailTooLargeError);
+    expect((big as Error).message).toMatch(/"v".*at most 8388608/);
+  });
+
+  it('brings the stream and a consumer to the limits of the kernel that starts later', async () => {
+    const p = freshPrefix();
+    const a = await bus('a', p, { maxPendingPerName: 1, ackWaitS: 2 });
+    await a.own('w', () => false); // made with a's ack wait
+    await a.disown('w');
+    await a.send(mail('v', '1'));
+    await expect(a.send(mail('v', '2'))).rejects.toBeInstanceOf(MailRejectedError);
+    const b = await bus('b', p, { maxPendingPerName: 3, ackWaitS: 7 });
+    await a.send(mail('v', '2'));
+    const got: string[] = [];
+    await b.own('w', (m) => (got.push(m.message), true));
+    const nc = await connect({ servers: nats.url });
+    try {
+      const jsm = await nc.jetstreamManager();
+      const si = await jsm.streams.info(`${p.toUpperCase()}_MAIL`);
+      expect(si.config.max_msgs_per_subject).toBe(3);
+      const ci = await jsm.consumers.info(`${p.toUpperCase()}_MAIL`, `mail_${nameToken('w')}`);
+      expect(ci.config.ack_wait).toBe(7e9);
+    } finally {
+      await nc.close();
+    }
+    await a.send(mail('w', '"still flows"'));
+    await until(() => got.length === 1, 20_000, 'mail on the updated consumer');
+  });
+
+  it('carries a message as large as a kernel frame, full of characters JSON escapes', async () => {
+    const p = freshPrefix();
+    const a = await bus('a', p);
+    const b = await bus('b', p);
+    const got: RemoteMessage[] = [];
+    await b.own('w', (m) => (got.push(m), true));
+    const text = JSON.stringify({ q: '"\\'.repeat(340_000) });
+    expect(text.length).toBeGreaterThan(1_000_000);
+    await a.send(mail('w', text));
+    await until(() => got.length === 1, 30_000, 'the large message');
+    expect(got[0].message === text).toBe(true);
+  });
+
+  it('shares one name between two nodes owning it at once (a partition): each message goes to one of them', async () => {
+    const p = freshPrefix();
+    const a = await bus('a', p);
+    const b = await bus('b', p);
+    const c = await bus('c', p);
+    const got: string[] = [];
+    await b.own('w', (m) => (got.push(m.msgId), true));
+    await c.own('w', (m) => (got.push(m.msgId), true));
+    const sent = Array.from({ length: 40 }, (_, i) => mail('w', String(i)));
+    for (const m of sent) await a.send(m);
+    await until(() => got.length >= 40, 30_000, 'all 40');
+    await until(async () => (await streamMessages(p)) === 0, 20_000, 'every message acknowledged');
+    expect(got.sort()).toEqual(sent.map((m) => m.msgId).sort());
   });
 });
 
@@ -260,6 +319,8 @@ describe('JetStreamBus events, broadcasts and calls', () => {
     b.onEvent((e) => evB.push(e));
     a.onBroadcast((x) => brA.push(x));
     b.onBroadcast((x) => brB.push(x));
+    // What cannot be published (not JSON) is logged, never thrown into the kernel's event path.
+    expect(() => a.publishEvent({ type: 'x', data: { n: 1n }, source: 0, node: 'a', at: 0 })).not.toThrow();
     const e1: RemoteEvent = {
       type: 'agent_started',
       data: { id: 7, name: 'w' },
@@ -284,12 +345,14 @@ describe('JetStreamBus events, broadcasts and calls', () => {
   it('answers calls, returns a handler’s error with its code, and names an unserved node unreachable', async () => {
     const p = freshPrefix();
     const a = await bus('a', p);
-    const b = await bus('b', p);
-    b.serve(async (method, args, from) => {
-      if (method === 'echo') return { args, from };
-      if (method === 'nothing') return undefined;
-      throw Object.assign(new Error('no agent named x'), { code: 'not_found' });
-    });
+    // Served before start: start() resolves with the subscription in place.
+    await bus('b', p, {}, nats.url, (b) =>
+      b.serve(async (method, args, from) => {
+        if (method === 'echo') return { args, from };
+        if (method === 'nothing') return undefined;
+        throw Object.assign(new Error('no agent named x'), { code: 'not_found' });
+      }),
+    );
     expect(await a.call('b', 'echo', { big: '123456789012345678901234567890', u: 'é' })).toEqual({
       args: { big: '123456789012345678901234567890', u: 'é' },
       from: 'a',
@@ -303,6 +366,11 @@ describe('JetStreamBus events, broadcasts and calls', () => {
       code: 'not_found',
       remoteMessage: 'no agent named x',
     });
+    // A node that serves after it started: a call that came first waits for the handler.
+    const late = await bus('late', p);
+    const answer = a.call('late', 'echo', 1);
+    late.serve(async (method, args) => ({ method, args }));
+    expect(await answer).toEqual({ method: 'echo', args: 1 });
     const gone = await a.call('zz', 'list', {}).catch((e: unknown) => e);
     expect(gone).toBeInstanceOf(NodeUnreachableError);
     expect((gone as Error).message).toMatch(/"zz"/);
@@ -310,6 +378,19 @@ describe('JetStreamBus events, broadcasts and calls', () => {
 });
 
 describe('JetStreamBus lifecycle', () => {
+  it('splits credentials off the NATS URLs', () => {
+    expect(natsServers(['nats://u:p%40ss@h1:4222', 'nats://u:p%40ss@h2:4222'])).toEqual({
+      servers: ['nats://h1:4222', 'nats://h2:4222'],
+      auth: { user: 'u', pass: 'p@ss' },
+    });
+    expect(natsServers(['nats://tok@h:4222']).auth).toEqual({ token: 'tok' });
+    expect(natsServers(['nats://h:4222', '127.0.0.1:4222'])).toEqual({
+      servers: ['nats://h:4222', '127.0.0.1:4222'],
+      auth: {},
+    });
+    expect(() => natsServers(['nats://a:b@h1:1', 'nats://c:d@h2:1'])).toThrow(BusConfigError);
+  });
+
   it('fails start() naming the servers when NATS is unreachable; close is idempotent; use after close fails', async () => {
     const port = await freePort();
     const dead = new JetStreamBus(
@@ -329,10 +410,38 @@ describe('JetStreamBus lifecycle', () => {
 
     const p = freshPrefix();
     const a = await bus('a', p);
+    await Promise.all([a.start(), a.start()]); // started already: nothing more
     await a.close();
     await a.close();
+    await expect(a.start()).rejects.toBeInstanceOf(BusClosedError);
     await expect(a.send(mail('w', '1'))).rejects.toBeInstanceOf(BusClosedError);
     await expect(a.own('w', () => true)).rejects.toBeInstanceOf(BusClosedError);
+  });
+
+  it('logs in with the credentials of the server URL and never names them in errors', async () => {
+    const server = await startNats({ auth: { user: 'clove', password: 's3cr3t' } });
+    try {
+      const url = (cred: string) => `nats://${cred}@127.0.0.1:${server.port}`;
+      const p = freshPrefix();
+      const a = await bus('a', p, {}, url('clove:s3cr3t'));
+      const b = await bus('b', p, {}, url('clove:s3cr3t'));
+      const got: string[] = [];
+      await b.own('w', (m) => (got.push(m.message), true));
+      await a.send(mail('w', '"authenticated"'));
+      await until(() => got.length === 1, 20_000, 'mail between logged-in nodes');
+
+      const wrong = new JetStreamBus(
+        { etcd: [], nats: [url('clove:wrong')], node: 'x', advertise: '', leaseTtlS: 10, prefix: p },
+        { log, connectTimeoutMs: 20_000 },
+      );
+      const err = await wrong.start().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BusAuthError);
+      expect((err as Error).message).toContain(`nats://127.0.0.1:${server.port}`);
+      expect((err as Error).message).not.toContain('wrong');
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+    }
   });
 
   it('reconnects after NATS restarts on the same store: waiting mail survives, consumers resume', async () => {
@@ -376,4 +485,78 @@ describe('JetStreamBus lifecycle', () => {
       fs.rmSync(storeDir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('keeps trying to own a name while NATS is down and binds once it is back; disown does not wait', async () => {
+    const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clvjs'));
+    let server = await startNats({ storeDir });
+    try {
+      const p = freshPrefix();
+      const a = await bus('a', p, {}, server.url);
+      const b = await bus('b', p, {}, server.url);
+      await server.stop();
+      const got: string[] = [];
+      let owned = false;
+      const owning = b.own('x', (m) => (got.push(m.message), true)).then(() => (owned = true));
+      const dropped = b.own('y', () => true);
+      await b.disown('y'); // returns while the bind of y still waits for NATS
+      server = await startNats({ storeDir, port: server.port });
+      await owning;
+      await dropped;
+      expect(owned).toBe(true);
+      await until(
+        async () => {
+          try {
+            await a.send(mail('x', '"bound late"', { msgId: 'late-1' }));
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        60_000,
+        'a to send again',
+      );
+      await until(() => got.length === 1, 60_000, 'the mail of the late-bound name');
+      expect(got).toEqual(['"bound late"']);
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+      fs.rmSync(storeDir, { recursive: true, force: true });
+    }
+  }, 150_000);
+
+  it('makes the stream and consumers again when NATS comes back without its store', async () => {
+    let server = await startNats();
+    try {
+      const p = freshPrefix();
+      const a = await bus('a', p, {}, server.url);
+      const b = await bus('b', p, {}, server.url);
+      const got: string[] = [];
+      await b.own('w', (m) => (got.push(m.message), true));
+      await a.send(mail('w', '"before"'));
+      await until(() => got.length === 1, 20_000, 'mail before the loss');
+
+      const port = server.port;
+      await server.stop(); // removes its store
+      server = await startNats({ port });
+
+      const after = mail('w', '"after"');
+      await until(
+        async () => {
+          try {
+            await a.send(after);
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        60_000,
+        'a to send again (the stream made again)',
+      );
+      await until(() => got.length === 2, 90_000, 'b’s consumer made again to get new mail');
+      expect(got).toEqual(['"before"', '"after"']);
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+    }
+  }, 150_000);
 });

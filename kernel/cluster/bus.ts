@@ -24,10 +24,10 @@ import {
   type Msg,
   type NatsConnection,
   type StreamConfig,
-  type Subscription,
 } from 'nats';
 import type { Logger } from 'pino';
 import {
+  BusAuthError,
   BusClosedError,
   BusConfigError,
   BusUnreachableError,
@@ -60,6 +60,8 @@ export const MAIL_DEFAULTS: MailOptions = {
 /** Default timeout of call() and of a JetStream publish's acknowledgement. */
 const CALL_TIMEOUT_MS = 10_000;
 const PUBLISH_TIMEOUT_MS = 10_000;
+/** How long a call that came before serve() waits for it. */
+const HANDLER_WAIT_MS = 10_000;
 /** How long start() keeps trying to reach a NATS server before it gives up. */
 const CONNECT_TIMEOUT_MS = 30_000;
 /** JetStream API error codes (nats-server's errors.json). */
@@ -107,15 +109,20 @@ export class JetStreamBus implements ClusterBus {
   private readonly mail: MailOptions;
   private readonly log: Logger;
   private readonly connectTimeoutMs: number;
+  /** The servers without credentials (what errors and logs name), and the credentials the URLs carried. */
+  private readonly servers: string[];
+  private readonly auth: { user?: string; pass?: string; token?: string };
   private nc: NatsConnection | null = null;
   private js: JetStreamClient | null = null;
   private jsm: JetStreamManager | null = null;
   private closing: Promise<void> | null = null;
+  private starting: Promise<void> | null = null;
   private readonly owned = new Map<string, Owned>();
   private readonly eventListeners = new Set<(e: RemoteEvent) => void>();
   private readonly broadcastListeners = new Set<(b: RemoteBroadcast) => void>();
   private handler: ((method: string, args: unknown, from: string) => Promise<unknown>) | null = null;
-  private rpcSub: Subscription | null = null;
+  /** Calls that came before serve(): woken by it. */
+  private readonly handlerWaiters: (() => void)[] = [];
   private reconnectAttempt = 0;
 
   constructor(
@@ -129,6 +136,7 @@ export class JetStreamBus implements ClusterBus {
       throw new BusConfigError(`node name ${JSON.stringify(opts.node)} must match ${TOKEN_RE.source}`);
     }
     if (opts.nats.length === 0) throw new BusConfigError('no NATS server given (--nats nats://HOST:PORT)');
+    ({ servers: this.servers, auth: this.auth } = natsServers(opts.nats));
     this.mail = { ...MAIL_DEFAULTS, ...opts.mail };
     for (const [k, v] of Object.entries(this.mail)) {
       if (!Number.isFinite(v) || v <= 0)
@@ -149,14 +157,23 @@ export class JetStreamBus implements ClusterBus {
    * with a growing delay), makes sure the mail stream exists with this node's limits, and subscribes to
    * events, broadcasts and this node's calls.
    */
-  async start(): Promise<void> {
-    if (this.closing) throw new BusClosedError('start');
-    if (this.nc) return;
+  start(): Promise<void> {
+    if (this.closing) return Promise.reject(new BusClosedError('start'));
+    // Concurrent starts share one; a failed start may be tried again.
+    this.starting ??= this.connectAndSetUp().catch((e: unknown) => {
+      this.starting = null;
+      throw e;
+    });
+    return this.starting;
+  }
+
+  private async connectAndSetUp(): Promise<void> {
     const deadline = Date.now() + this.connectTimeoutMs;
     for (let attempt = 0; ; attempt++) {
       try {
         this.nc = await connect({
-          servers: this.opts.nats,
+          ...this.auth,
+          servers: this.servers,
           name: `clove-${this.node}`,
           maxReconnectAttempts: -1,
           reconnectDelayHandler: () => this.reconnectDelay(),
@@ -166,8 +183,11 @@ export class JetStreamBus implements ClusterBus {
         });
         break;
       } catch (e) {
+        if (e instanceof NatsError && (e.isAuthError() || e.isPermissionError())) {
+          throw new BusAuthError(this.servers, e.message, { cause: e });
+        }
         if (Date.now() + 250 >= deadline) {
-          throw new BusUnreachableError(this.opts.nats, (e as Error).message, { cause: e });
+          throw new BusUnreachableError(this.servers, (e as Error).message, { cause: e });
         }
         await sleep(Math.min(250 * 2 ** attempt, 2000, Math.max(0, deadline - Date.now())));
       }
@@ -182,12 +202,14 @@ export class JetStreamBus implements ClusterBus {
       await nc.close().catch(() => {});
       this.nc = null;
       if (e instanceof BusConfigError) throw e;
-      throw new BusUnreachableError(this.opts.nats, `JetStream: ${(e as Error).message}`, { cause: e });
+      throw new BusUnreachableError(this.servers, `JetStream: ${(e as Error).message}`, { cause: e });
     }
     nc.subscribe(`${this.prefix}.events.*`, { callback: (err, m) => this.onEventMsg(err, m) });
     nc.subscribe(`${this.prefix}.broadcast`, { callback: (err, m) => this.onBroadcastMsg(err, m) });
-    if (this.handler) this.subscribeRpc();
-    this.log.info({ servers: this.opts.nats, stream: this.stream }, 'cluster bus connected');
+    this.subscribeRpc();
+    // Once start() resolves the server has the subscriptions: the first event or call is not missed.
+    await nc.flush();
+    this.log.info({ servers: this.servers, stream: this.stream }, 'cluster bus connected');
   }
 
   /** Stops consuming every name and drains the connection (pending acks and replies go out first). Idempotent. */
@@ -212,13 +234,24 @@ export class JetStreamBus implements ClusterBus {
   async send(msg: RemoteMessage): Promise<void> {
     const js = this.running('send mail').js!;
     const data = jc.encode(msg);
-    try {
-      await js.publish(`${this.prefix}.mail.${nameToken(msg.to)}`, data, {
+    const publish = () =>
+      js.publish(`${this.prefix}.mail.${nameToken(msg.to)}`, data, {
         msgID: msg.msgId,
         timeout: PUBLISH_TIMEOUT_MS,
       });
+    try {
+      await publish();
     } catch (e) {
-      throw this.sendError(msg.to, data.length, e);
+      if (!(e instanceof NatsError && e.code === ErrorCode.NoResponders && !e.api_error)) {
+        throw this.sendError(msg.to, data.length, e);
+      }
+      // Nobody stores the subject: NATS came back without its store. Make the stream again, once.
+      try {
+        await this.ensureStream();
+        await publish();
+      } catch (e2) {
+        throw this.sendError(msg.to, data.length, e2);
+      }
     }
   }
 
@@ -249,9 +282,7 @@ export class JetStreamBus implements ClusterBus {
   }
 
   publishEvent(e: RemoteEvent): void {
-    const nc = this.connected();
-    if (!nc) return;
-    nc.publish(`${this.prefix}.events.${this.node}`, jc.encode(e));
+    this.publishCore(`${this.prefix}.events.${this.node}`, e, 'event');
   }
 
   onEvent(listener: (e: RemoteEvent) => void): () => void {
@@ -260,9 +291,7 @@ export class JetStreamBus implements ClusterBus {
   }
 
   broadcast(b: RemoteBroadcast): void {
-    const nc = this.connected();
-    if (!nc) return;
-    nc.publish(`${this.prefix}.broadcast`, jc.encode(b));
+    this.publishCore(`${this.prefix}.broadcast`, b, 'broadcast');
   }
 
   onBroadcast(listener: (b: RemoteBroadcast) => void): () => void {
@@ -283,6 +312,11 @@ export class JetStreamBus implements ClusterBus {
         throw new NodeUnreachableError(node, method);
       if (e instanceof NatsError && e.code === ErrorCode.Timeout)
         throw new CallTimeoutError(node, method, timeoutMs);
+      if (
+        e instanceof NatsError &&
+        (e.code === ErrorCode.ConnectionClosed || e.code === ErrorCode.ConnectionDraining)
+      )
+        throw new BusClosedError(`call ${method} on node ${node}`);
       throw e;
     }
     const reply = decode(m.data) as RpcReply | undefined;
@@ -298,9 +332,13 @@ export class JetStreamBus implements ClusterBus {
     return reply.result;
   }
 
+  /**
+   * Answers calls to this node. The node's call subject is subscribed from start() on: calls that come
+   * before serve() wait for it (up to HANDLER_WAIT_MS, then `not_supported`).
+   */
   serve(handler: (method: string, args: unknown, from: string) => Promise<unknown>): void {
     this.handler = handler;
-    if (this.nc && !this.rpcSub) this.subscribeRpc();
+    for (const w of this.handlerWaiters.splice(0)) w();
   }
 
   // ── internals ──────────────────────────────────────────────────────────────────────────────
@@ -311,14 +349,23 @@ export class JetStreamBus implements ClusterBus {
     return { nc: this.nc, js: this.js, jsm: this.jsm };
   }
 
-  /** The connection for fire-and-forget publishes (events, broadcasts): none after close. */
-  private connected(): NatsConnection | null {
-    return this.closing || !this.nc || this.nc.isClosed() ? null : this.nc;
+  /**
+   * A fire-and-forget publish (events, broadcasts: at most once, like core NATS): never throws into the
+   * kernel's event path; what cannot go (not started, closed, not JSON, over max_payload) is logged.
+   */
+  private publishCore(subject: string, value: unknown, what: string): void {
+    const nc = this.nc;
+    if (this.closing || !nc || nc.isClosed()) return;
+    try {
+      nc.publish(subject, jc.encode(value));
+    } catch (e) {
+      this.log.warn({ subject, err: (e as Error).message }, `cannot publish the ${what}`);
+    }
   }
 
-  /** Reconnect delay: 250 ms doubling to 5 s with jitter, reset once connected again. */
+  /** Reconnect delay: 250 ms doubling to 2 s with jitter, reset once connected again. */
   private reconnectDelay(): number {
-    const d = Math.min(250 * 2 ** this.reconnectAttempt, 5000);
+    const d = Math.min(250 * 2 ** this.reconnectAttempt, 2000);
     this.reconnectAttempt++;
     return d / 2 + Math.random() * (d / 2);
   }
@@ -327,12 +374,12 @@ export class JetStreamBus implements ClusterBus {
   private async watchStatus(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type === Events.Disconnect) {
-        this.log.warn({ server: s.data, servers: this.opts.nats }, 'cluster bus lost NATS; reconnecting');
+        this.log.warn({ server: s.data, servers: this.servers }, 'cluster bus lost NATS; reconnecting');
       } else if (s.type === Events.Reconnect) {
         this.reconnectAttempt = 0;
         this.log.info({ server: s.data }, 'cluster bus reconnected to NATS');
       } else if (s.type === Events.Error) {
-        this.log.warn({ err: s.data, servers: this.opts.nats }, 'cluster bus NATS error');
+        this.log.warn({ err: s.data, servers: this.servers }, 'cluster bus NATS error');
       }
     }
   }
@@ -407,7 +454,10 @@ export class JetStreamBus implements ClusterBus {
     try {
       const have = (await jsm.consumers.info(this.stream, durable)).config;
       if (have.ack_wait !== want.ack_wait) {
-        await jsm.consumers.update(this.stream, durable, { ack_wait: want.ack_wait });
+        // Another node made it with another ack wait: ours, if the server lets us (it still works if not).
+        await jsm.consumers
+          .update(this.stream, durable, { ack_wait: want.ack_wait })
+          .catch((e: Error) => this.log.warn({ name, err: e.message }, 'cannot update the mail consumer'));
       }
     } catch (e) {
       if (jsErrCode(e) !== JS_CONSUMER_NOT_FOUND) throw e;
@@ -438,6 +488,8 @@ export class JetStreamBus implements ClusterBus {
         return;
       } catch (e) {
         if (o.stopped || this.closing) return;
+        // NATS came back without its store: the stream is made again (its mail is gone with the store).
+        if (jsErrCode(e) === JS_STREAM_NOT_FOUND) await this.ensureStream().catch(() => {});
         const delay = Math.min(250 * 2 ** attempt, 5000);
         this.log.warn(
           { name: o.name, err: (e as Error).message, retryMs: delay },
@@ -457,6 +509,8 @@ export class JetStreamBus implements ClusterBus {
           try {
             if (s.type === 'stream_not_found') await this.ensureStream();
             await this.ensureConsumer(o.name);
+            // The consume would retry only after its backoff (its pull expiry): end it and bind at once.
+            await messages.close();
           } catch (e) {
             this.log.warn({ name: o.name, err: (e as Error).message }, 'cannot make mail consumer again');
           }
@@ -470,10 +524,13 @@ export class JetStreamBus implements ClusterBus {
     o.ready = this.bind(o);
   }
 
-  /** Stops a name's consume loop (mail it did not ack is redelivered to the next owner). */
+  /**
+   * Stops a name's consume loop (mail it did not ack is redelivered to the next owner). Does not wait for
+   * a bind in progress (NATS may be down): bind closes what it made once it sees `stopped`, and mail that
+   * arrives meanwhile is nak'ed at once.
+   */
   private async stopOwned(o: Owned): Promise<void> {
     o.stopped = true;
-    await o.ready.catch(() => {});
     const m = o.messages;
     o.messages = undefined;
     if (m) await m.close().catch(() => {});
@@ -537,7 +594,7 @@ export class JetStreamBus implements ClusterBus {
       if (e.code === ErrorCode.Timeout) {
         return new MailNotStoredError(
           to,
-          `no acknowledgement within ${PUBLISH_TIMEOUT_MS} ms from ${this.opts.nats.join(', ')}`,
+          `no acknowledgement within ${PUBLISH_TIMEOUT_MS} ms from ${this.servers.join(', ')}`,
           { cause: e },
         );
       }
@@ -585,11 +642,25 @@ export class JetStreamBus implements ClusterBus {
   }
 
   private subscribeRpc(): void {
-    this.rpcSub = this.nc!.subscribe(`${this.prefix}.rpc.${this.node}`, {
+    this.nc!.subscribe(`${this.prefix}.rpc.${this.node}`, {
       callback: (err, m) => {
         if (!err) void this.answer(m);
       },
     });
+  }
+
+  /** Whether a handler is there, waiting a while for serve() when a call came first (the node is starting). */
+  private async waitHandler(): Promise<boolean> {
+    if (this.handler) return true;
+    let wake!: () => void;
+    const served = new Promise<void>((r) => (wake = r));
+    this.handlerWaiters.push(wake);
+    const timer = setTimeout(wake, HANDLER_WAIT_MS);
+    await served;
+    clearTimeout(timer);
+    const i = this.handlerWaiters.indexOf(wake);
+    if (i >= 0) this.handlerWaiters.splice(i, 1);
+    return this.handler !== null;
   }
 
   /** Runs the handler for one call and replies with its result or its error's message and code. */
@@ -598,11 +669,11 @@ export class JetStreamBus implements ClusterBus {
     let reply: RpcReply;
     if (!req || typeof req !== 'object' || typeof req.method !== 'string' || typeof req.from !== 'string') {
       reply = { ok: false, code: 'invalid_request', error: 'a call needs {method, args, from}' };
-    } else if (!this.handler) {
+    } else if (!(await this.waitHandler())) {
       reply = { ok: false, code: 'not_supported', error: 'this node serves no calls' };
     } else {
       try {
-        const result = await this.handler(req.method, req.args, req.from);
+        const result = await this.handler!(req.method, req.args, req.from);
         reply = { ok: true, result: result === undefined ? null : result };
       } catch (e) {
         const code = (e as { code?: unknown }).code;
@@ -619,6 +690,34 @@ export class JetStreamBus implements ClusterBus {
       this.log.warn({ err: (e as Error).message }, 'cannot answer a call');
     }
   }
+}
+
+/**
+ * Splits credentials off the server URLs (`nats://user:pass@host:port`, `nats://token@host:port`): the
+ * nats client takes them as options, and errors and logs must name the servers without them.
+ */
+export function natsServers(urls: string[]): {
+  servers: string[];
+  auth: { user?: string; pass?: string; token?: string };
+} {
+  let auth: { user?: string; pass?: string; token?: string } | undefined;
+  const servers = urls.map((u) => {
+    let url: URL;
+    try {
+      url = new URL(u);
+    } catch {
+      return u; // host:port without a scheme: the client accepts it as it is
+    }
+    const user = decodeURIComponent(url.username);
+    const pass = decodeURIComponent(url.password);
+    const these = !user ? {} : pass ? { user, pass } : { token: user };
+    if (auth && JSON.stringify(auth) !== JSON.stringify(these)) {
+      throw new BusConfigError('the NATS server URLs carry different credentials: give the same to each');
+    }
+    auth = these;
+    return user ? `${url.protocol}//${url.host}${url.pathname === '/' ? '' : url.pathname}` : u;
+  });
+  return { servers, auth: auth ?? {} };
 }
 
 function decode(data: Uint8Array): unknown {

@@ -7,20 +7,26 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import type { Logger } from 'pino';
 import { startEtcd, startNats, type ServiceProcess } from '../../harness/services.js';
 import {
   REPO_ROOT,
   startKernel,
   startKernelProcess,
+  tempDir,
   until,
   type KernelProcess,
   type TestKernel,
 } from '../../harness/kernel.js';
-import type { CloveClient } from '../../sdk/typescript/client.js';
+import { CloveClient } from '../../sdk/typescript/client.js';
+import { Kernel } from '../kernel.js';
+import { createEngines } from './cluster.js';
 import { nativeAvailable } from '../sandbox/native.js';
 import { Op } from '../../protocol/index.js';
-import type { ClusterOptions } from './types.js';
+import type { ClusterOptions, DirectoryEvent } from './types.js';
 import { clusterOptions } from '../config.js';
 import { KernelStartError } from '../core/errors.js';
 
@@ -158,6 +164,21 @@ describe('one cluster of two kernels', () => {
     );
     expect(again.id).not.toBe(s.id);
     await cb.kill(name);
+  });
+
+  it('SPAWNs of one name at once, twice on a and once on b: exactly one wins, the others are name_taken', async () => {
+    const name = uniq('race');
+    const clients = [await a.client(), await a.client(), await b.client()];
+    const rs = await Promise.allSettled(
+      clients.map((c) => c.spawn({ name, script: idle, sandboxed: false })),
+    );
+    const won = rs.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []));
+    expect(won).toHaveLength(1);
+    for (const r of rs)
+      if (r.status === 'rejected') expect((r.reason as { code: string }).code).toBe('name_taken');
+    const winner = clients[won[0]];
+    expect((await winner.list()).find((x) => x.name === name)?.state).toBe('RUNNING');
+    await winner.kill(name);
   });
 
   it('an unknown name or name@node is not_found; SEND_BATCH mixes local and remote items in order', async () => {
@@ -307,8 +328,62 @@ describe('a node lost', () => {
     expect(got[0]).toMatchObject({ from: back.id, from_name: name, message: { to_cmd: 'hello' } });
     const nodes = (await ctl.c.clusterNodes()).nodes;
     expect(nodes.find((n) => n.node === 'c')).toMatchObject({ alive: false });
-    await ctl.c.kill(name);
+    await (await (back.node === 'a' ? a : b).client()).kill(name);
   }, 180_000);
+});
+
+describe('a lost lease (partition)', () => {
+  it('stops the agents whose names the node owned, keeps their definitions for the new owners, and rejoins', async () => {
+    const dir = tempDir();
+    let inject: ((e: DirectoryEvent) => void) | undefined;
+    const engines = async (o: ClusterOptions, deps: { log: Logger; version: string }) => {
+      const eng = await createEngines(o, deps);
+      const on = eng.directory.on.bind(eng.directory);
+      eng.directory.on = (l) => {
+        inject = l;
+        return on(l);
+      };
+      return eng;
+    };
+    const k = new Kernel(
+      {
+        socketPath: path.join(dir, 'e.sock'),
+        dataDir: path.join(dir, 'data'),
+        logLevel: 'silent',
+        sandbox: 'off',
+        shutdownGraceMs: 2000,
+        cluster: clusterOpts('e'),
+      },
+      undefined,
+      engines,
+    );
+    await k.start();
+    const etcdClient = new Etcd3({ hosts: etcd.url });
+    try {
+      const c = await CloveClient.connect({ socketPath: path.join(dir, 'e.sock') });
+      const name = uniq('victim');
+      const s = await c.spawn({ name, script: idle, sandboxed: false, restart_policy: 'always' });
+      expect(JSON.parse((await etcdClient.get(`/${prefix}/defs/${name}`).string()) ?? '{}')).toMatchObject({
+        name,
+        node: 'e',
+      });
+      inject!({ type: 'lease-lost' });
+      // Killed for good (not restarted under its policy: its name may be someone else's now).
+      await until(
+        async () => !(await c.list()).some((a) => a.id === s.id && a.state !== 'STOPPED'),
+        30_000,
+        `${name} to stop`,
+      );
+      // Its definition stays for whoever takes the name over.
+      expect(await etcdClient.get(`/${prefix}/defs/${name}`).string()).not.toBeNull();
+      expect((await c.clusterStatus()).names_owned).toBe(0);
+      c.close();
+    } finally {
+      etcdClient.close();
+      await k.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('cluster flags (clove kernel)', () => {
@@ -349,6 +424,39 @@ describe('cluster flags (clove kernel)', () => {
 });
 
 describe('a kernel without --cluster', () => {
+  it('never loads etcd3 or nats (a clustered one does)', async () => {
+    // A child process: this test process has loaded both already.
+    const script = `
+      import { createRequire } from 'node:module';
+      import fs from 'node:fs';
+      import os from 'node:os';
+      import path from 'node:path';
+      const { Kernel } = await import(${JSON.stringify(path.join(REPO_ROOT, 'dist', 'kernel', 'kernel.js'))});
+      const cache = () => Object.keys(createRequire(import.meta.url)('node:module')._cache);
+      const loaded = () => ['etcd3', 'nats'].filter((m) => cache().some((f) => f.includes('/node_modules/' + m + '/')));
+      const out = {};
+      for (const cluster of [null, JSON.parse(process.env.CLUSTER)]) {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'clv'));
+        const k = new Kernel({ socketPath: path.join(dir, 's'), dataDir: path.join(dir, 'd'), logLevel: 'silent', sandbox: 'off', cluster });
+        await k.start();
+        out[cluster ? 'clustered' : 'alone'] = loaded();
+        await k.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+      console.log(JSON.stringify(out));
+      process.exit(0);
+    `;
+    const out = await new Promise<string>((res, rej) =>
+      execFile(
+        process.execPath,
+        ['--input-type=module', '-e', script],
+        { encoding: 'utf8', env: { ...process.env, CLUSTER: JSON.stringify(clusterOpts('solo')) } },
+        (err, stdout, stderr) => (err ? rej(new Error(`${err.message}\n${stderr}`)) : res(stdout)),
+      ),
+    );
+    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ alone: [], clustered: ['etcd3', 'nats'] });
+  });
+
   it('answers CLUSTER_NODES and CLUSTER_STATUS with clustered: false', async () => {
     const k = await startKernel({ sandbox: 'off' });
     try {

@@ -75,6 +75,9 @@ const KERNEL_CALLER: Caller = { id: 0, role: 'operator', name: 'cluster', perms:
 /** How often this node's NodeInfo (free memory, idle CPU, agents) is refreshed in etcd. */
 const PUBLISH_EVERY_MS = 5000;
 
+/** Ids below this are in slot 0, which the directory never gives out (docs/cluster.md "Ids"). */
+const SLOT_0_END = 2 ** 20;
+
 /** How long LIST `all_nodes` waits for another node's answer. */
 const LIST_TIMEOUT_MS = 5000;
 
@@ -111,6 +114,8 @@ export class ClusterService implements ClusterNames {
   private readonly bus: ClusterBus;
   /** Cluster-wide names this node owns, and the local id holding each. */
   private readonly owned = new Map<string, number>();
+  /** Claims under way, by name: a second local claimant is refused at once. */
+  private readonly claiming = new Map<string, number>();
   /** Releases under way, by name: a claim of the same name waits for it (else it could undo the claim). */
   private readonly releasing = new Map<string, Promise<void>>();
   /** Names whose definition this node stored (restartable agents spawned here). */
@@ -124,6 +129,7 @@ export class ClusterService implements ClusterNames {
   private timer?: NodeJS.Timeout;
   private closing = false;
   private readonly startedAt = Date.now();
+  private localId = 0;
 
   constructor(
     readonly opts: ClusterOptions,
@@ -144,7 +150,7 @@ export class ClusterService implements ClusterNames {
       await this.directory.close().catch(() => undefined);
       throw e;
     }
-    this.d.principals.useAllocator(() => this.directory.allocateId());
+    this.d.principals.useAllocator(() => this.allocateId());
     for (const n of this.directory.nodes()) this.known.set(n.node, n);
     this.unsubscribe.push(this.directory.on((e) => this.directoryEvent(e)));
     this.unsubscribe.push(this.d.events.tap((type, data, source) => this.localEvent(type, data, source)));
@@ -158,6 +164,21 @@ export class ClusterService implements ClusterNames {
       { node: this.node, advertise: this.opts.advertise, nodes: this.directory.nodes().length },
       'joined the cluster',
     );
+  }
+
+  /**
+   * An id from this node's slots; while the directory cannot give one (the lease is lost) an id of slot 0,
+   * which no node's slots hold, so that operators can still connect (such an id is unique on this node
+   * only; nothing cluster-wide is claimed while the lease is lost anyway).
+   */
+  private allocateId(): number {
+    try {
+      return this.directory.allocateId();
+    } catch (e) {
+      this.d.log.warn({ err: (e as Error).message }, 'no cluster id: a local one is used');
+      this.localId = (this.localId % (SLOT_0_END - 1)) + 1;
+      return this.localId;
+    }
   }
 
   /** The kernel began stopping: lost nodes are no longer taken over here, definitions stay. */
@@ -182,18 +203,23 @@ export class ClusterService implements ClusterNames {
   async claim(name: string, id: number, identity: string, conflict?: string): Promise<void> {
     const text = conflict ?? `name already in use: ${name}`;
     if (this.owned.get(name) === id) return;
-    await this.releasing.get(name);
-    const what = `cannot claim the name ${name} in the cluster`;
+    // Another local principal holding or claiming it is a local conflict: etcd is not asked (the
+    // directory lets this node move its own claim to another id).
+    const pending = this.claiming.get(name);
+    const held = this.owned.get(name);
+    if (pending !== undefined && pending !== id)
+      throw new NameTakenError(text, { agent_id: pending, node: this.node });
+    if (held !== undefined && held !== id && this.d.mail.resolve(name) === held)
+      throw new NameTakenError(text, { agent_id: held, node: this.node });
+    this.claiming.set(name, id);
     let owner: NameOwner;
     try {
+      await this.releasing.get(name);
       owner = await this.directory.claim({ name, id, identity });
-      if (owner.node === this.node && owner.id !== id && this.d.mail.resolve(name) !== owner.id) {
-        // A stale claim of this node (its holder gave the name up here, e.g. to an operator's SPAWN).
-        await this.directory.release(name);
-        owner = await this.directory.claim({ name, id, identity });
-      }
     } catch (e) {
-      throw wireError(e, what);
+      throw wireError(e, `cannot claim the name ${name} in the cluster`);
+    } finally {
+      if (this.claiming.get(name) === id) this.claiming.delete(name);
     }
     if (owner.node !== this.node || owner.id !== id)
       throw new NameTakenError(text, { agent_id: owner.id, node: owner.node });
@@ -204,8 +230,9 @@ export class ClusterService implements ClusterNames {
       .catch((e: Error) => this.d.log.error({ name, err: e.message }, 'cannot consume the mail of a name'));
   }
 
-  /** Gives a name back cluster-wide (never throws: logged). */
-  release(name: string): void {
+  /** Gives a name back cluster-wide (never throws: logged); with `id`, only if `id` holds it here. */
+  release(name: string, id?: number): void {
+    if (id !== undefined && this.owned.get(name) !== id) return;
     if (!this.owned.delete(name)) return;
     // Stopping: the lease is revoked at close, and with it every name of this node.
     if (this.closing) return;
@@ -382,13 +409,18 @@ export class ClusterService implements ClusterNames {
     return survivors[0]?.node;
   }
 
-  /** A node's lease expired: its restartable agents come back here when placement chooses this node. */
+  /**
+   * A node's lease expired: its restartable agents come back here when placement chooses this node. The
+   * others look again after a lease's time and take over what is still the lost node's (the chosen
+   * survivor may have died too, or seen other free-memory figures): the CAS keeps it to one winner.
+   */
   private async nodeLost(lost: string): Promise<void> {
     if (this.closing) return;
     this.d.log.warn({ node: lost }, 'cluster node lost');
-    const defs = await this.directory.defsOf(lost);
-    if (!defs.length || this.placement(lost) !== this.node) return;
-    for (const def of defs) {
+    if (this.placement(lost) !== this.node)
+      await new Promise((r) => setTimeout(r, this.opts.leaseTtlS * 1000).unref());
+    if (this.closing || this.directory.nodes().some((n) => n.node === lost)) return;
+    for (const def of await this.directory.defsOf(lost)) {
       if (this.closing) return;
       if (!(await this.directory.takeOver(def))) continue;
       try {

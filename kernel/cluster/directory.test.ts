@@ -5,6 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -12,7 +13,14 @@ import { Etcd3 } from 'etcd3';
 import { startEtcd, freePort, type ServiceProcess } from '../../harness/services.js';
 import { until } from '../../harness/kernel.js';
 import { EtcdDirectory, SLOT_SIZE } from './directory.js';
-import { EtcdUnreachableError, LeaseLostError, NodeNameInUseError } from './errors.js';
+import {
+  ClusterOptionError,
+  DirectoryClosedError,
+  EtcdUnreachableError,
+  IdsExhaustedError,
+  LeaseLostError,
+  NodeNameInUseError,
+} from './errors.js';
 import type { DirectoryEvent } from './types.js';
 
 const log = pino({ level: process.env.CLOVE_TEST_LOG ?? 'silent' });
@@ -56,6 +64,57 @@ function events(d: EtcdDirectory): DirectoryEvent[] {
   const seen: DirectoryEvent[] = [];
   d.on((e) => seen.push(e));
   return seen;
+}
+
+/**
+ * A TCP proxy in front of etcd for one node: `cut()` resets its connections and refuses new ones (a
+ * crashed link), `blackhole()` holds every byte back without closing anything (a partition that drops
+ * packets), `heal()` lets everything through again (held bytes first, in order).
+ */
+async function etcdProxy(target: number) {
+  let mode: 'open' | 'cut' | 'black' = 'open';
+  const links = new Set<{ a: net.Socket; b: net.Socket; held: [net.Socket, Buffer][] }>();
+  const server = net.createServer((a) => {
+    if (mode === 'cut') return void a.destroy();
+    const b = net.connect(target, '127.0.0.1');
+    const link = { a, b, held: [] as [net.Socket, Buffer][] };
+    links.add(link);
+    const end = () => {
+      links.delete(link);
+      a.destroy();
+      b.destroy();
+    };
+    const forward = (to: net.Socket) => (d: Buffer) => {
+      if (mode === 'black') link.held.push([to, d]);
+      else to.write(d);
+    };
+    a.on('data', forward(b));
+    b.on('data', forward(a));
+    for (const s of [a, b]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    cut() {
+      mode = 'cut';
+      for (const l of links) l.a.destroy();
+    },
+    blackhole() {
+      mode = 'black';
+    },
+    heal() {
+      mode = 'open';
+      for (const l of links) for (const [to, d] of l.held.splice(0)) to.write(d);
+    },
+    close() {
+      for (const l of links) l.a.destroy();
+      server.close();
+    },
+  };
 }
 
 describe('EtcdDirectory', () => {
@@ -138,6 +197,27 @@ describe('EtcdDirectory', () => {
     let last = 0;
     for (let i = 0; i < 20; i++) last = a.allocateId();
     expect(Math.floor(last / SLOT_SIZE)).toBe(Math.floor(first / SLOT_SIZE) + 1);
+  });
+
+  it('a used-up slot with no next slot ready is a clear error until the next slot is claimed', async () => {
+    const p = newPrefix();
+    const a = dir('a', p);
+    await a.start();
+    const first = a.allocateId();
+    a.skipIds(SLOT_SIZE); // jumps past the 90 % mark without an allocation there: nothing claimed ahead
+    expect(() => a.allocateId()).toThrow(IdsExhaustedError);
+    await a.spareReady();
+    expect(Math.floor(a.allocateId() / SLOT_SIZE)).toBe(Math.floor(first / SLOT_SIZE) + 1);
+  });
+
+  it('refuses a malformed node name before contacting etcd', () => {
+    expect(
+      () =>
+        new EtcdDirectory(
+          { etcd: [etcd.url], nats: [], node: 'no/slash', advertise: 'x:1', leaseTtlS: 10, prefix: 'clove' },
+          { log, version: 'test' },
+        ),
+    ).toThrow(ClusterOptionError);
   });
 
   it('claiming a name this node owns again keeps it and rewrites its id; release frees it for another node', async () => {
@@ -360,6 +440,81 @@ describe('EtcdDirectory', () => {
     }
   });
 
+  it('a watch cut off from etcd reconnects and catches up with what changed meanwhile', async () => {
+    const p = newPrefix();
+    const px = await etcdProxy(etcd.port);
+    try {
+      const a = new EtcdDirectory(
+        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 15, prefix: p },
+        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
+      );
+      open.push(a);
+      const b = dir('b', p);
+      const c = dir('c', p);
+      await a.start();
+      await b.start();
+      await c.start();
+      await until(() => a.nodes().length === 3, 10_000, 'a to see b and c');
+      const seenA = events(a);
+      px.cut();
+      const yid = b.allocateId();
+      await b.claim({ name: 'y', id: yid, identity: 'y#1' });
+      await c.close();
+      px.heal();
+      await until(() => a.owner('y')?.node === 'b', 30_000, 'a to learn y');
+      await until(() => a.nodes().length === 2, 30_000, 'a to learn c is gone');
+      expect(a.ownerOfId(yid)?.name).toBe('y');
+      expect(seenA).toContainEqual({ type: 'node-lost', node: 'c' });
+      expect(seenA.some((e) => e.type === 'name-claimed' && e.owner.name === 'y')).toBe(true);
+      expect(a.status).toBe('joined');
+    } finally {
+      for (const d of open.splice(0)) await d.close();
+      px.close();
+    }
+  });
+
+  it('a node partitioned from etcd past its TTL reports lease-lost before its names move, and rejoins after', async () => {
+    const p = newPrefix();
+    const px = await etcdProxy(etcd.port);
+    try {
+      const a = new EtcdDirectory(
+        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 3, prefix: p },
+        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
+      );
+      open.push(a);
+      const b = dir('b', p);
+      await a.start();
+      await b.start();
+      await a.claim({ name: 'm', id: a.allocateId(), identity: 'm#1' });
+      await until(() => b.owner('m'), 10_000, 'b sees m');
+      // The order of what happens, as one list: a must give m up before b can have it.
+      const history: string[] = [];
+      a.on((e) => e.type === 'lease-lost' && history.push('a:lease-lost'));
+      b.on((e) => e.type === 'name-released' && e.name === 'm' && history.push('b:m-released'));
+      px.blackhole();
+      await until(() => history.includes('b:m-released'), 30_000, 'm to expire');
+      expect(history[0]).toBe('a:lease-lost');
+      const bm = b.allocateId();
+      expect((await b.claim({ name: 'm', id: bm, identity: 'm#2' })).node).toBe('b');
+      px.heal();
+      await until(
+        () =>
+          a.rejoin().then(
+            () => true,
+            () => false,
+          ),
+        60_000,
+        'a to rejoin',
+      );
+      await until(() => a.owner('m')?.node === 'b', 30_000, 'a to see m at b');
+      expect((await a.claim({ name: 'm', id: a.allocateId(), identity: 'm#3' })).node).toBe('b');
+      await until(() => b.nodes().length === 2, 10_000, 'b to see a back');
+    } finally {
+      for (const d of open.splice(0)) await d.close();
+      px.close();
+    }
+  });
+
   it("definitions: a crashed node's definition is found and taken over exactly once", async () => {
     const p = newPrefix();
     const a = dir('a', p, 2);
@@ -380,6 +535,26 @@ describe('EtcdDirectory', () => {
     expect((await c.defsOf('b')).map((d) => d.name)).toEqual(['keeper']);
     await c.dropDef('keeper'); // not c's: stays
     expect((await b.defsOf('b')).map((d) => d.name)).toEqual(['keeper']);
+  });
+
+  it('close() while start() is joining wins: start rejects, nothing of the node stays', async () => {
+    const p = newPrefix();
+    const b = dir('b', p);
+    await b.start();
+    for (let i = 0; i < 5; i++) {
+      const a = dir('a', p, 2);
+      const starting = a.start().then(
+        () => 'started',
+        (e: unknown) => e,
+      );
+      await new Promise((r) => setTimeout(r, i * 5));
+      await a.close();
+      const r = await starting;
+      // Closing may land after start finished (then start resolved); never a half-started directory.
+      if (r !== 'started') expect(r).toBeInstanceOf(DirectoryClosedError);
+      expect(a.status).toBe('closed');
+      await until(() => !b.nodes().some((n) => n.node === 'a'), 20_000, 'a gone from b');
+    }
   });
 
   it('refuses to start when etcd does not answer, naming the endpoint', async () => {

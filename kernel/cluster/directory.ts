@@ -114,6 +114,7 @@ export class EtcdDirectory implements ClusterDirectory {
   private watchBroken = false;
   private timers: NodeJS.Timeout[] = [];
   private closing: Promise<void> | null = null;
+  private rejoining: Promise<void> | null = null;
 
   private readonly nodeCache = new Map<string, Cached<NodeInfo>>();
   private readonly nameCache = new Map<string, Cached<NameOwner>>();
@@ -180,15 +181,29 @@ export class EtcdDirectory implements ClusterDirectory {
       dialTimeout: timeout,
       // Unary calls get a deadline (a paused etcd must fail them); streams (watch, keep-alive) none.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+      // A connection that silently died (a partition drops packets) is found by pings, not by TCP's
+      // retransmission timeout of minutes; etcd refuses pings closer than 5 s (--grpc-keepalive-min-time).
+      grpcOptions: {
+        'grpc.keepalive_time_ms': 6000,
+        'grpc.keepalive_timeout_ms': 5000,
+        'grpc.keepalive_permit_without_calls': 1,
+      },
     });
     try {
       await this.reload();
       this.startWatch();
       await this.join();
     } catch (e) {
+      const closedMeanwhile = this.closing !== null;
       this.state = 'closed';
-      await this.shutdown(true);
-      throw e;
+      this.closing ??= this.shutdown(true);
+      await this.closing;
+      throw closedMeanwhile ? new DirectoryClosedError(this.node, 'start', 'closed') : e;
+    }
+    // close() while we were joining: it wins (its shutdown revokes what we just took).
+    if (this.closing) {
+      this.dropLease(true);
+      throw new DirectoryClosedError(this.node, 'start', 'closed');
     }
     this.state = 'joined';
     this.timers.push(setInterval(() => void this.refresh(), this.refreshMs));
@@ -201,25 +216,38 @@ export class EtcdDirectory implements ClusterDirectory {
    * first, so that ids keep counting) and publishes NodeInfo. Names are not re-claimed: the caller
    * claims again what it still runs. One attempt: throws EtcdUnreachableError while etcd is away.
    */
-  async rejoin(): Promise<void> {
-    if (this.state === 'joined') return;
-    if (this.state !== 'lost') throw new DirectoryClosedError(this.node, 'rejoin', this.state);
+  rejoin(): Promise<void> {
+    if (this.state === 'joined') return Promise.resolve();
+    if (this.rejoining) return this.rejoining;
+    if (this.state !== 'lost')
+      return Promise.reject(new DirectoryClosedError(this.node, 'rejoin', this.state));
+    this.rejoining = this.rejoinOnce().finally(() => (this.rejoining = null));
+    return this.rejoining;
+  }
+
+  private async rejoinOnce(): Promise<void> {
     this.state = 'starting';
     try {
-      for (const old of this.oldLeases.splice(0)) {
-        await old.revoke().catch((e: unknown) => {
-          this.oldLeases.push(old);
+      while (this.oldLeases.length > 0) {
+        await this.oldLeases[0].revoke().catch((e: unknown) => {
           throw this.unreachable('revoke the lost lease', e);
         });
+        this.oldLeases.shift();
       }
       await this.join();
     } catch (e) {
       if (this.state === 'starting') this.state = 'lost';
       this.dropLease();
-      throw e;
+      throw this.closing ? new DirectoryClosedError(this.node, 'rejoin', 'closed') : e;
+    }
+    if (this.closing) {
+      this.dropLease(true);
+      throw new DirectoryClosedError(this.node, 'rejoin', 'closed');
     }
     this.state = 'joined';
     this.log.info({ node: this.node, slot: this.slots[0], lease: this.leaseId }, 'rejoined the cluster');
+    // Names may have moved while we were away: make the caches equal to etcd now (the watch goes on).
+    await this.reload().catch((e: unknown) => this.log.warn({ err: e }, 'reload after rejoin failed'));
   }
 
   close(): Promise<void> {
@@ -382,12 +410,16 @@ export class EtcdDirectory implements ClusterDirectory {
   /**
    * Our own watchdog over the keep-alive: etcd3 reports a lost lease only when it can reach etcd again
    * (or after twice the TTL). A lease whose last renewal was *sent* more than a TTL ago may have
-   * expired in etcd, and its names be someone else's: report it lost before that.
+   * expired in etcd, and its names be someone else's: report it lost a little before that (a fifth
+   * of the TTL, 0.25..2 s).
    */
   private checkLease(): void {
     if (this.state !== 'joined') return;
     const silentMs = Date.now() - this.renewedAt;
-    if (silentMs >= this.opts.leaseTtlS * 1000 - 250) {
+    const ttlMs = this.opts.leaseTtlS * 1000;
+    // A margin before etcd may expire it, for the kernel to stop what ran under our names.
+    const margin = Math.min(Math.max(ttlMs / 5, 250), 2000);
+    if (silentMs >= ttlMs - margin) {
       this.loseLease(`no keep-alive answered for ${Math.round(silentMs)} ms (TTL ${this.opts.leaseTtlS} s)`);
     }
   }
@@ -866,6 +898,7 @@ export class EtcdDirectory implements ClusterDirectory {
   private unreachable(what: string, e: unknown): Error {
     if (e instanceof EtcdUnreachableError || e instanceof DirectoryClosedError || e instanceof LeaseLostError)
       return e;
+    if (this.closing) return new DirectoryClosedError(this.node, what, 'closed');
     if (e instanceof EtcdLeaseInvalidError) {
       this.loseLease(`etcd no longer knows the lease (${what})`);
       return new LeaseLostError(this.node, what);

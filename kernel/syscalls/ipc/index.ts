@@ -115,7 +115,7 @@ export default defineFamily(({ services }) => {
           try {
             mail.register(caller.id, req.name, principals.budgets(caller.id).names);
           } catch (e) {
-            cluster.release(req.name);
+            cluster.release(req.name, caller.id);
             throw e;
           }
         } else mail.register(caller.id, req.name, principals.budgets(caller.id).names);
