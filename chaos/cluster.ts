@@ -51,6 +51,12 @@ export interface ClusterChaosOptions {
    * sender's report may arrive that much after the kernel accepted it. Default 2000 ms.
    */
   reportSlackMs?: number;
+  /**
+   * The bus's ack wait (docs/cluster.md, `ackWaitS`, 30 s): mail a faulted node had taken from JetStream
+   * without acknowledging it goes to the new owner after it, so the drain waits that long for mail to
+   * victims before counting it lost.
+   */
+  ackWaitS?: number;
   timeoutS?: number;
   onTick?: (v: ClusterLiveView) => void;
   log?: (line: string) => void;
@@ -114,12 +120,16 @@ export interface ClusterChaosResult {
   messages_lost: number;
   lost_sample: string[];
   /**
-   * Acknowledged before the fault to an agent of the faulted node and never received: the node's
-   * in-memory mailbox (or an isolated agent's receipts it could no longer report) went with the fault.
+   * Never received, to an agent of the faulted node, and acknowledged into that node's memory: sent
+   * before the fault (its report seen within report_slack_ms of it), or between two of its agents. The
+   * node's in-memory mailboxes (or an isolated agent's receipts it could no longer report) went with the
+   * fault: docs/cluster.md "Limits".
    */
   messages_lost_with_node: number;
   lost_with_node_sample: string[];
   duplicates_redelivered: number;
+  /** Mail to victims that arrived only after the ack wait (held unacknowledged by the faulted node). */
+  delivered_after_ack_wait: number;
   /** SENDs refused not_found while a victim's name had no owner (between lease loss and takeover). */
   sends_refused_not_found: number;
   /** Errors the victims' faulted lives reported (e.g. cluster_unavailable while isolated). */
@@ -321,7 +331,16 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
       () => null,
       (e: Error) => e,
     );
-    const acct = await swarm.drain(timeoutMs);
+    let acct = await swarm.drain(timeoutMs);
+    const toVictims = () => swarm.accounting().lost.filter((k) => victimSet.has(keyParts(k).dst)).length;
+    const heldBefore = toVictims();
+    const redeliverBy = Math.min(t0 + (o.ackWaitS ?? 30) * 1000 + 10_000, Date.now() + timeoutMs);
+    if (heldBefore > 0 && Date.now() < redeliverBy) {
+      log(`${heldBefore} messages to the faulted node's agents not received yet: waiting for the ack wait`);
+      await until(() => toVictims() === 0 || Date.now() > redeliverBy, timeoutMs, 'redeliveries');
+      acct = swarm.accounting();
+    }
+    const afterAckWait = heldBefore - toVictims();
     resolveServing();
 
     setPhase('verifying');
@@ -403,13 +422,18 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
     const withNode: string[] = [];
     const lost: string[] = [];
     for (const k of acct.lost) {
-      const { dst } = keyParts(k);
+      const { src, epoch, dst } = keyParts(k);
       const at = swarm.sentAt.get(k) ?? Infinity;
-      if (victimSet.has(dst) && at <= t0 + slackMs) withNode.push(k);
+      // Between two agents of the faulted node: local mail, only ever in that node's memory.
+      const local = victimSet.has(src) && epochBefore.get(src) === epoch;
+      if (victimSet.has(dst) && (local || at <= t0 + slackMs)) withNode.push(k);
       else lost.push(k);
     }
+    const withTime = (k: string) => `${k} (reported ${(swarm.sentAt.get(k) ?? NaN) - t0} ms after the fault)`;
     if (lost.length)
-      failures.push(`${lost.length} acknowledged messages lost (e.g. ${lost.slice(0, 3).join(', ')})`);
+      failures.push(
+        `${lost.length} acknowledged messages lost (e.g. ${lost.slice(0, 3).map(withTime).join(', ')})`,
+      );
     if (acct.sent < 1) failures.push('no message was sent');
 
     const runtimes = { python: 0, node: 0 };
@@ -440,10 +464,11 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
       messages_sent: acct.sent,
       messages_delivered: acct.delivered,
       messages_lost: lost.length,
-      lost_sample: lost.slice(0, 10),
+      lost_sample: lost.slice(0, 10).map(withTime),
       messages_lost_with_node: withNode.length,
-      lost_with_node_sample: withNode.slice(0, 10),
+      lost_with_node_sample: withNode.slice(0, 10).map(withTime),
       duplicates_redelivered: acct.duplicates,
+      delivered_after_ack_wait: afterAckWait,
       sends_refused_not_found: refused,
       victim_errors_before_takeover: victimErrors,
       owner_samples: watch.samples,

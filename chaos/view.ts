@@ -208,6 +208,7 @@ export function renderClusterSummary(r: ClusterChaosResult): string {
     ['messages lost', String(r.messages_lost)],
     ['lost with the node (Limits)', String(r.messages_lost_with_node)],
     ['redelivered (deduplicated)', String(r.duplicates_redelivered)],
+    ['delivered after the ack wait', String(r.delivered_after_ack_wait)],
     ['SENDs refused not_found', String(r.sends_refused_not_found)],
     [
       'fault → serving p50 / p95 / max',
