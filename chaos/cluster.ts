@@ -137,6 +137,8 @@ export interface ClusterChaosResult {
   owner_samples: number;
   double_owners: DoubleOwner[];
   takeover_ms: Summary;
+  /** Every "lost the etcd lease" a kernel logged (ms after the fault): expected only on an isolated node. */
+  lease_losses: { node: string; at_ms: number; why: string }[];
   /** partition: the isolated node is alive in the cluster again, holding none of its old names. */
   rejoined: boolean | null;
   report_slack_ms: number;
@@ -250,7 +252,8 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
       ticker = setInterval(tick, 250);
       tick();
     }
-    watch.start();
+    // Each sample is a LIST all_nodes on every node (3 LISTs each): fewer of them for a big swarm.
+    watch.start(Math.max(300, o.agents * 5));
 
     setPhase('spawning');
     await cs.spawnAll();
@@ -412,6 +415,26 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
       if (errs) failures.push(`${v} reported errors after the takeover: ${[...new Set(errs)].join(',')}`);
     }
 
+    // A node that was not faulted losing its lease (an overloaded machine for the TTL) explains the rest.
+    const leaseLosses: ClusterChaosResult['lease_losses'] = [];
+    for (const n of cs.nodes) {
+      const text = await n.logs().catch(() => '');
+      for (const line of text.split('\n')) {
+        if (!line.includes('lost the etcd lease')) continue;
+        try {
+          const j = JSON.parse(line) as { time?: number; why?: string };
+          leaseLosses.push({ node: n.name, at_ms: (j.time ?? NaN) - t0, why: j.why ?? '' });
+        } catch {
+          // Not a pino line.
+        }
+      }
+    }
+    for (const l of leaseLosses)
+      if (o.fault !== 'partition' || l.node !== faulted[0])
+        failures.push(
+          `${l.node} lost its lease ${l.at_ms} ms after the fault without being faulted (${l.why}): too loaded for --lease-ttl ${leaseTtlS}?`,
+        );
+
     const doubles = watch.doubles();
     for (const d of doubles)
       failures.push(
@@ -474,6 +497,7 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
       owner_samples: watch.samples,
       double_owners: doubles,
       takeover_ms: summarize(latencies),
+      lease_losses: leaseLosses,
       rejoined,
       report_slack_ms: slackMs,
       duration_s: Math.round((Date.now() - started) / 100) / 10,

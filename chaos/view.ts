@@ -215,6 +215,10 @@ export function renderClusterSummary(r: ClusterChaosResult): string {
       `${ms(r.takeover_ms.p50)} / ${ms(r.takeover_ms.p95)} / ${ms(r.takeover_ms.max)}`,
     ],
   );
+  t.push([
+    'lease losses',
+    r.lease_losses.map((l) => `${l.node} at ${(l.at_ms / 1000).toFixed(1)} s`).join(', ') || 'none',
+  ]);
   if (r.rejoined !== null) t.push(['rejoined', r.rejoined ? 'yes, holding none of its old names' : 'no']);
   t.push(
     ['machine', `${r.machine.cores} cores, Linux ${r.machine.kernel_release}, Node ${r.machine.node}`],
