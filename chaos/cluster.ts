@@ -203,6 +203,7 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
   const servingAt = new Map<string, number>();
   let t0 = 0;
   let ticker: NodeJS.Timeout | undefined;
+  let tick = () => {};
   log(
     `nodes ${nodeNames.join(' ')} (${provider}); collector on ${collectorNode}; ${o.fault}: ${faulted.join(' ')}`,
   );
@@ -210,10 +211,13 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
   /** Where a victim runs now, if RUNNING somewhere other than its faulted home. */
   const newHome = (a: AgentInfo | undefined) =>
     a && a.state === 'RUNNING' && a.node && !faulted.includes(a.node) ? a.node : null;
+  /** Victims serving in a life after the one the fault hit (nothing before the fault). */
   const resolveServing = () => {
+    if (!t0) return false;
     for (const v of victims) {
-      if (servingAt.has(v)) continue;
-      const at = swarm.servingAfter(v, epochBefore.get(v) ?? '');
+      const before = epochBefore.get(v);
+      if (servingAt.has(v) || before === undefined) continue;
+      const at = swarm.servingAfter(v, before);
       if (at !== undefined) servingAt.set(v, at);
     }
     return victims.every((v) => servingAt.has(v));
@@ -221,8 +225,8 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
 
   try {
     if (o.onTick) {
-      const tick = () => {
-        const cur = watch.current();
+      tick = () => {
+        const cur = watch.current((n) => status.get(n) === 'live' || status.get(n) === 'rejoined');
         resolveServing();
         const agents = swarm.names.map((n, i) => {
           const a = cur.get(n);
@@ -464,6 +468,7 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
     const latencies = moved.flatMap((m) => (m.takeover_ms === null ? [] : [m.takeover_ms]));
 
     setPhase('done');
+    tick(); // the last frame: phase done
     return {
       ok: failures.length === 0,
       failures,

@@ -60,7 +60,12 @@ const program = new Command()
   .option('--kill-node <k>', 'with --nodes: kill k nodes (never the collector’s) after the warm-up', int(1))
   .option('--partition', 'with --nodes: isolate one node past its lease TTL, then rejoin it')
   .option('--provider <kind>', 'with --nodes: processes (kernels as child processes) or docker', 'processes')
-  .option('--lease-ttl <s>', "with --nodes: the kernels' --lease-ttl", int(2), 3);
+  .option(
+    '--lease-ttl <s>',
+    "with --nodes: the kernels' --lease-ttl (3 s is enough for a small swarm; a loaded machine needs more)",
+    int(2),
+    10,
+  );
 
 program.parse();
 const o = program.opts<{

@@ -225,14 +225,18 @@ export class OwnerWatch {
     return out;
   }
 
-  /** Each name's current entry across the latest answers (a RUNNING one wins), with its node. */
-  current(): Map<string, AgentInfo> {
+  /**
+   * Each name's entry across the latest answers: RUNNING on a node `trusted` says is in the cluster (not
+   * an isolated one, whose own answer is stale) first, then RUNNING anywhere, then the latest seen.
+   */
+  current(trusted: (node: string) => boolean = () => true): Map<string, AgentInfo> {
+    const rank = (a: AgentInfo) => (a.running ? (trusted(a.node ?? '') ? 2 : 1) : 0);
     const out = new Map<string, AgentInfo & { seenAt: number }>();
     for (const [node, { at, agents }] of this.latest)
       for (const a of agents) {
         const had = out.get(a.name);
         const mine = { ...a, node: a.node ?? node, seenAt: at };
-        if (!had || (a.running && (!had.running || at > had.seenAt)) || (!had.running && at > had.seenAt))
+        if (!had || rank(mine) > rank(had) || (rank(mine) === rank(had) && at > had.seenAt))
           out.set(a.name, mine);
       }
     return out;
