@@ -50,7 +50,7 @@ export class BusClosedError extends BusError {
   }
 }
 
-/** JetStream did not store a message in time (disconnected, no JetStream, no mail stream): nothing was sent. */
+/** Nothing stores the mail subject (no JetStream, the mail stream gone and not made again): nothing was stored. */
 export class MailNotStoredError extends BusError {
   readonly code = 'mail_not_stored';
   constructor(
@@ -59,6 +59,25 @@ export class MailNotStoredError extends BusError {
     options?: { cause?: unknown },
   ) {
     super(`mail to ${JSON.stringify(to)} not stored by JetStream: ${detail}`, options);
+  }
+}
+
+/**
+ * JetStream's acknowledgement did not come in time (NATS hung or cut off mid-publish): the message may
+ * or may not be stored. Sending it again with the same msgId is safe (JetStream keeps one copy).
+ */
+export class MailUnconfirmedError extends BusError {
+  readonly code = 'mail_unconfirmed';
+  constructor(
+    readonly to: string,
+    readonly timeoutMs: number,
+    servers: string[],
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `mail to ${JSON.stringify(to)} not confirmed by JetStream at ${servers.join(', ')} within ${timeoutMs} ms: it may or may not be stored`,
+      options,
+    );
   }
 }
 

@@ -20,6 +20,7 @@ import {
   BusUnreachableError,
   MailRejectedError,
   MailTooLargeError,
+  MailUnconfirmedError,
   NodeUnreachableError,
   RemoteCallError,
 } from './bus-errors.js';
@@ -523,6 +524,51 @@ describe('JetStreamBus lifecycle', () => {
       fs.rmSync(storeDir, { recursive: true, force: true });
     }
   }, 150_000);
+
+  it('a send NATS hangs on is unconfirmed; sent again with its msgId after the hang, it arrives once', async () => {
+    const server = await startNats();
+    try {
+      const p = freshPrefix();
+      const a = new JetStreamBus(
+        { etcd: [], nats: [server.url], node: 'a', advertise: '', leaseTtlS: 10, prefix: p },
+        { log, publishTimeoutMs: 1500 },
+      );
+      buses.push(a);
+      await a.start();
+      const b = await bus('b', p, {}, server.url);
+      const got: string[] = [];
+      await b.own('w', (m) => (got.push(m.msgId), true));
+      const m1 = mail('w', '"in the hang"');
+      server.pause();
+      let err: unknown;
+      try {
+        err = await a.send(m1).catch((e: unknown) => e);
+      } finally {
+        server.resume();
+      }
+      expect(err).toBeInstanceOf(MailUnconfirmedError);
+      expect((err as Error).message).toMatch(/may or may not be stored/);
+      await until(
+        async () => {
+          try {
+            await a.send(m1);
+            return true;
+          } catch {
+            return false;
+          }
+        },
+        60_000,
+        'the send again',
+      );
+      const m2 = mail('w', '"after"');
+      await a.send(m2);
+      await until(() => got.includes(m2.msgId), 30_000, 'the later mail');
+      expect(got).toEqual([m1.msgId, m2.msgId]);
+    } finally {
+      await Promise.all(buses.splice(0).map((x) => x.close()));
+      await server.stop();
+    }
+  }, 120_000);
 
   it('makes the stream and consumers again when NATS comes back without its store', async () => {
     let server = await startNats();

@@ -35,6 +35,7 @@ import {
   MailNotStoredError,
   MailRejectedError,
   MailTooLargeError,
+  MailUnconfirmedError,
   NodeUnreachableError,
   RemoteCallError,
 } from './bus-errors.js';
@@ -79,6 +80,8 @@ export interface BusDeps {
   log: Logger;
   /** How long start() keeps trying to reach NATS (default 30 s). */
   connectTimeoutMs?: number;
+  /** How long send() waits for JetStream's acknowledgement (default 10 s). */
+  publishTimeoutMs?: number;
 }
 
 /** One name this node consumes. */
@@ -109,6 +112,7 @@ export class JetStreamBus implements ClusterBus {
   private readonly mail: MailOptions;
   private readonly log: Logger;
   private readonly connectTimeoutMs: number;
+  private readonly publishTimeoutMs: number;
   /** The servers without credentials (what errors and logs name), and the credentials the URLs carried. */
   private readonly servers: string[];
   private readonly auth: { user?: string; pass?: string; token?: string };
@@ -150,6 +154,7 @@ export class JetStreamBus implements ClusterBus {
     this.stream = `${opts.prefix.toUpperCase()}_MAIL`;
     this.log = deps.log.child({ part: 'cluster-bus' });
     this.connectTimeoutMs = deps.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
+    this.publishTimeoutMs = deps.publishTimeoutMs ?? PUBLISH_TIMEOUT_MS;
   }
 
   /**
@@ -196,7 +201,7 @@ export class JetStreamBus implements ClusterBus {
     void this.watchStatus(nc);
     try {
       this.jsm = await nc.jetstreamManager();
-      this.js = nc.jetstream({ timeout: PUBLISH_TIMEOUT_MS });
+      this.js = nc.jetstream({ timeout: this.publishTimeoutMs });
       await this.ensureStream();
     } catch (e) {
       await nc.close().catch(() => {});
@@ -237,7 +242,7 @@ export class JetStreamBus implements ClusterBus {
     const publish = () =>
       js.publish(`${this.prefix}.mail.${nameToken(msg.to)}`, data, {
         msgID: msg.msgId,
-        timeout: PUBLISH_TIMEOUT_MS,
+        timeout: this.publishTimeoutMs,
       });
     try {
       await publish();
@@ -592,11 +597,7 @@ export class JetStreamBus implements ClusterBus {
         });
       }
       if (e.code === ErrorCode.Timeout) {
-        return new MailNotStoredError(
-          to,
-          `no acknowledgement within ${PUBLISH_TIMEOUT_MS} ms from ${this.servers.join(', ')}`,
-          { cause: e },
-        );
+        return new MailUnconfirmedError(to, this.publishTimeoutMs, this.servers, { cause: e });
       }
       if (e.code === ErrorCode.ConnectionClosed || e.code === ErrorCode.ConnectionDraining) {
         return new BusClosedError('send mail');

@@ -4,17 +4,19 @@
  * every wait is for a condition.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { Etcd3 } from 'etcd3';
-import { startEtcd, freePort, type ServiceProcess } from '../../harness/services.js';
+import { startEtcd, freePort, which, type ServiceProcess } from '../../harness/services.js';
 import { until } from '../../harness/kernel.js';
 import { EtcdDirectory, SLOT_SIZE } from './directory.js';
 import {
   ClusterOptionError,
+  DefRevisionMissingError,
   DirectoryClosedError,
   EtcdUnreachableError,
   IdsExhaustedError,
@@ -115,6 +117,17 @@ async function etcdProxy(target: number) {
       server.close();
     },
   };
+}
+
+/** Whether this process may change the firewall (root, iptables installed, CAP_NET_ADMIN). */
+function canIptables(): boolean {
+  if (process.getuid?.() !== 0 || !which('iptables')) return false;
+  try {
+    execFileSync('iptables', ['-S', 'INPUT'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 describe('EtcdDirectory', () => {
@@ -473,6 +486,43 @@ describe('EtcdDirectory', () => {
     }
   });
 
+  it('a watch etcd cancels (history compacted while it was away) is created again after a reload', async () => {
+    const p = newPrefix();
+    const px = await etcdProxy(etcd.port);
+    const raw = new Etcd3({ hosts: etcd.url });
+    try {
+      const a = new EtcdDirectory(
+        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 15, prefix: p },
+        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
+      );
+      open.push(a);
+      const b = dir('b', p);
+      await a.start();
+      await b.start();
+      await b.claim({ name: 'old', id: b.allocateId(), identity: 'old#1' });
+      await until(() => a.owner('old'), 10_000, 'a sees old');
+      const seenA = events(a);
+      px.cut();
+      await b.release('old');
+      const nid = b.allocateId();
+      await b.claim({ name: 'new', id: nid, identity: 'new#1' });
+      const now = (await raw.get(`/${p}/nodes/b`).exec()).header.revision;
+      await raw.kv.compact({ revision: now, physical: true });
+      px.heal();
+      await until(() => a.owner('new')?.node === 'b', 30_000, 'a to learn new');
+      await until(() => a.owner('old') === undefined, 30_000, 'a to learn old is gone');
+      expect(a.ownerOfId(nid)?.name).toBe('new');
+      expect(seenA).toContainEqual({ type: 'name-released', name: 'old', node: 'b' });
+      // The new watch goes on: a later claim is seen too.
+      await b.claim({ name: 'later', id: b.allocateId(), identity: 'later#1' });
+      await until(() => a.owner('later'), 30_000, 'a to learn later');
+    } finally {
+      for (const d of open.splice(0)) await d.close();
+      raw.close();
+      px.close();
+    }
+  });
+
   it('a node partitioned from etcd past its TTL reports lease-lost before its names move, and rejoins after', async () => {
     const p = newPrefix();
     const px = await etcdProxy(etcd.port);
@@ -515,6 +565,60 @@ describe('EtcdDirectory', () => {
     }
   });
 
+  // A real partition: the kernel's packets to etcd are dropped (iptables, as harness/cluster does it).
+  it.skipIf(!canIptables())(
+    'a real packet-dropping partition: lease-lost while cut off, rejoin once healed',
+    async () => {
+      const own = await startEtcd();
+      const rules = ['--dport', '--sport'].map((dir) => [
+        'INPUT',
+        '-p',
+        'tcp',
+        dir,
+        String(own.port),
+        '-j',
+        'DROP',
+        '-m',
+        'comment',
+        '--comment',
+        `clove-directory-test-${process.pid}`,
+      ]);
+      const ipt = (op: '-I' | '-D', r: string[]) => execFileSync('iptables', [op, ...r], { stdio: 'ignore' });
+      const a = new EtcdDirectory(
+        { etcd: [own.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 4, prefix: 'drop' },
+        { log: log.child({ node: 'a' }), version: 'test', requestTimeoutMs: 2000 },
+      );
+      open.push(a);
+      let cut = false;
+      try {
+        await a.start();
+        await a.claim({ name: 'm', id: a.allocateId(), identity: 'm#1' });
+        const seen = events(a);
+        for (const r of rules) ipt('-I', r);
+        cut = true;
+        await until(() => seen.some((e) => e.type === 'lease-lost'), 30_000, 'lease-lost');
+        await expect(a.claim({ name: 'm2', id: 1, identity: 'm2#1' })).rejects.toThrow(LeaseLostError);
+        for (const r of rules) ipt('-D', r);
+        cut = false;
+        await until(
+          () =>
+            a.rejoin().then(
+              () => true,
+              () => false,
+            ),
+          60_000,
+          'a to rejoin after the heal',
+        );
+        await until(() => a.owner('m') === undefined, 30_000, 'm gone with the old lease');
+        expect(a.nodes().map((n) => n.node)).toEqual(['a']);
+      } finally {
+        if (cut) for (const r of rules) ipt('-D', r);
+        for (const d of open.splice(0)) await d.close();
+        await own.stop();
+      }
+    },
+  );
+
   it("definitions: a crashed node's definition is found and taken over exactly once", async () => {
     const p = newPrefix();
     const a = dir('a', p, 2);
@@ -529,6 +633,9 @@ describe('EtcdDirectory', () => {
     expect(found.map((d) => d.name)).toEqual(['keeper']);
     expect(found[0].spec).toEqual({ cmd: ['python3', 'k.py'], restart: 'always' });
     const stale = (await c.defsOf('a'))[0];
+    await expect(b.takeOver({ name: 'keeper', node: 'a', spec: {} })).rejects.toThrow(
+      DefRevisionMissingError,
+    );
     expect(await b.takeOver(found[0])).toBe(true);
     expect(await c.takeOver(stale)).toBe(false);
     expect(await c.defsOf('a')).toEqual([]);

@@ -187,6 +187,9 @@ export class EtcdDirectory implements ClusterDirectory {
         'grpc.keepalive_time_ms': 6000,
         'grpc.keepalive_timeout_ms': 5000,
         'grpc.keepalive_permit_without_calls': 1,
+        // gRPC backs reconnects off up to 2 minutes by default: a healed partition must not wait that long.
+        'grpc.initial_reconnect_backoff_ms': 500,
+        'grpc.max_reconnect_backoff_ms': 5000,
       },
     });
     try {
