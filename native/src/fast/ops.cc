@@ -199,6 +199,18 @@ void AppendMessage(std::string& s, const Message& m, int64_t now, bool push) {
   s += '}';
 }
 
+// `"messages":[RECV's items],"count":n}`: the end of a RECV reply and of a batched PUSH alike.
+void AppendMessageList(std::string& s, const std::vector<Message>& ms, int64_t now) {
+  s += "\"messages\":[";
+  for (size_t i = 0; i < ms.size(); i++) {
+    if (i) s += ',';
+    AppendMessage(s, ms[i], now, false);
+  }
+  s += "],\"count\":";
+  AppendNumber(s, ms.size());
+  s += '}';
+}
+
 // A frame written in place (no copy of its payload): BeginFrame writes the header of AppendFrame,
 // FinishFrame sets its size once the payload is appended after it.
 size_t BeginFrame(std::string& out, uint32_t id, uint8_t opcode) {
@@ -219,14 +231,8 @@ void ReplyRecv(MailStore& store, uint32_t id, const std::vector<Message>& ms, st
   for (const Message& m : ms) total += m.json.size() + m.from_name.size() + 80;
   out.reserve(out.size() + kHeaderSize + total);
   size_t at = BeginFrame(out, id, kOpRecv);
-  out += "{\"success\":true,\"messages\":[";
-  for (size_t i = 0; i < ms.size(); i++) {
-    if (i) out += ',';
-    AppendMessage(out, ms[i], now, false);
-  }
-  out += "],\"count\":";
-  AppendNumber(out, ms.size());
-  out += '}';
+  out += "{\"success\":true,";
+  AppendMessageList(out, ms, now);
   FinishFrame(out, at);
   store.Count(id, 1, 0, ms.size());
 }
@@ -420,14 +426,8 @@ size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, bo
   int64_t now = NowMs();
   if (batch) {
     size_t at = BeginFrame(out, id, kOpPush);
-    out += "{\"kind\":\"messages\",\"messages\":[";
-    for (size_t i = 0; i < ms.size(); i++) {
-      if (i) out += ',';
-      AppendMessage(out, ms[i], now, false);
-    }
-    out += "],\"count\":";
-    AppendNumber(out, ms.size());
-    out += '}';
+    out += "{\"kind\":\"messages\",";
+    AppendMessageList(out, ms, now);
     FinishFrame(out, at);
     store.Count(id, 0, 0, ms.size());
     return ms.size();
