@@ -18,9 +18,13 @@ export const color = {
 function cell(a: LiveView['agents'][number]): string {
   // A faulted agent that is not serving again yet: dead/dying (red) or restarted but still booting (blue).
   if (a.hit && !a.serving) return a.state === 'RUNNING' && a.restarts > 0 ? color.blue('◐') : color.red('✖');
-  switch (a.state) {
-    case 'RUNNING':
-      return a.hit ? color.cyan('↻') : a.fault ? color.green('◆') : color.green('●');
+  if (a.state === 'RUNNING') return a.hit ? color.cyan('↻') : a.fault ? color.green('◆') : color.green('●');
+  return stateCell(a.state);
+}
+
+/** An agent in any state but RUNNING (whose mark says more: faulted, moved, restarted). */
+function stateCell(state: string): string {
+  switch (state) {
     case 'STARTING':
       return color.blue('◐');
     case 'BACKOFF':
@@ -118,20 +122,9 @@ export function renderSummary(r: ChaosResult): string {
 
 function clusterCell(a: ClusterLiveView['agents'][number]): string {
   if (a.victim && !a.serving) return a.state === 'RUNNING' && a.moved ? color.blue('◐') : color.red('✖');
-  switch (a.state) {
-    case 'RUNNING':
-      return a.moved ? color.cyan('↻') : a.victim ? color.green('◆') : color.green('●');
-    case 'STARTING':
-      return color.blue('◐');
-    case 'BACKOFF':
-      return color.yellow('○');
-    case 'STOPPING':
-      return color.magenta('◌');
-    case 'FAILED':
-      return color.red('▣');
-    default:
-      return color.gray('·');
-  }
+  if (a.state === 'RUNNING')
+    return a.moved ? color.cyan('↻') : a.victim ? color.green('◆') : color.green('●');
+  return stateCell(a.state);
 }
 
 export interface ClusterViewHeader {
