@@ -12,7 +12,7 @@ import { ClusterSwarm, OwnerWatch, type DoubleOwner, type ProviderKind } from '.
 import { until } from '../harness/kernel.js';
 import { mulberry32, sample, sleep, summarize, type Summary } from '../harness/timing.js';
 import type { AgentInfo } from '../sdk/typescript/client.js';
-import { machine, type Machine } from './run.js';
+import { disturbance, machine, type Machine } from './run.js';
 
 export type ClusterFault = 'kill-node' | 'partition';
 
@@ -377,22 +377,15 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
 
     const disturbed: { name: string; why: string }[] = [];
     for (const n of survivors) {
-      const t = swarm.track(n);
       const a = after.get(n);
-      const b = countsAtFault.get(n) ?? { sent: 0, got: 0 };
-      const why: string[] = [];
-      if (!a) why.push('gone from LIST');
-      else {
-        if (a.restarts !== 0) why.push(`restarted ${a.restarts}x`);
-        if (a.pid !== before.get(n)?.pid || a.pid !== t.pid) why.push(`pid changed ${t.pid} -> ${a.pid}`);
-        if (a.state !== 'RUNNING') why.push(`state ${a.state}`);
-        if (a.node !== home.get(n)) why.push(`moved ${home.get(n)} -> ${a.node}`);
-      }
-      if (t.epochs.length !== 1) why.push(`${t.epochs.length} lives`);
-      const errs = otherErrors.get(n);
-      if (errs) why.push(`errors: ${[...new Set(errs)].join(',')}`);
-      if (t.sent - b.sent < 1) why.push('sent nothing after the fault');
-      if (t.got - b.got < 1) why.push('received nothing after the fault');
+      const why = disturbance(
+        swarm.track(n),
+        a,
+        before.get(n)?.pid,
+        countsAtFault.get(n),
+        otherErrors.get(n),
+      );
+      if (a && a.node !== home.get(n)) why.push(`moved ${home.get(n)} -> ${a.node}`);
       if (why.length) disturbed.push({ name: n, why: why.join('; ') });
     }
     for (const d of disturbed) failures.push(`survivor ${d.name} disturbed: ${d.why}`);

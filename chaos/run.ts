@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Swarm } from '../harness/swarm.js';
+import { Swarm, type AgentTrack } from '../harness/swarm.js';
 import {
   DEFAULT_FAULT_SETTINGS,
   capsOf,
@@ -108,6 +108,32 @@ export interface ChaosResult {
   /** Delay of this process's event loop (kernel + collector) over the run. */
   event_loop_delay_ms: { p99: number; max: number };
   machine: Machine;
+}
+
+/**
+ * Why an agent that no fault touched counts as disturbed (none: undisturbed): gone, restarted, another
+ * pid or state than before, more than one life, errors, or no traffic either way since the faults.
+ * The chaos runs on one kernel and across nodes judge survivors by this one rule.
+ */
+export function disturbance(
+  t: AgentTrack,
+  a: AgentInfo | undefined,
+  pidBefore: number | undefined,
+  atFault: { sent: number; got: number } = { sent: 0, got: 0 },
+  errors: string[] = [],
+): string[] {
+  const why: string[] = [];
+  if (!a) why.push('gone from LIST');
+  else {
+    if (a.restarts !== 0) why.push(`restarted ${a.restarts}x`);
+    if (a.pid !== pidBefore || a.pid !== t.pid) why.push(`pid changed ${t.pid} -> ${a.pid}`);
+    if (a.state !== 'RUNNING') why.push(`state ${a.state}`);
+  }
+  if (t.epochs.length !== 1) why.push(`${t.epochs.length} lives`);
+  if (errors.length) why.push(`errors: ${[...new Set(errors)].join(',')}`);
+  if (t.sent - atFault.sent < 1) why.push('sent nothing after the faults');
+  if (t.got - atFault.got < 1) why.push('received nothing after the faults');
+  return why;
 }
 
 export function machine(): Machine {
@@ -254,19 +280,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const disturbed: { name: string; why: string }[] = [];
     for (const n of survivors) {
       const t = swarm.track(n);
-      const a = after.get(n);
-      const b = countsAtFault.get(n) ?? { sent: 0, got: 0 };
-      const why: string[] = [];
-      if (!a) why.push('gone from LIST');
-      else {
-        if (a.restarts !== 0) why.push(`restarted ${a.restarts}x`);
-        if (a.pid !== before.get(n)?.pid || a.pid !== t.pid) why.push(`pid changed ${t.pid} -> ${a.pid}`);
-        if (a.state !== 'RUNNING') why.push(`state ${a.state}`);
-      }
-      if (t.epochs.length !== 1) why.push(`${t.epochs.length} lives`);
-      if (t.errors.length) why.push(`errors: ${t.errors.map((e) => e.code ?? e.op).join(',')}`);
-      if (t.sent - b.sent < 1) why.push('sent nothing after the faults');
-      if (t.got - b.got < 1) why.push('received nothing after the faults');
+      const why = disturbance(
+        t,
+        after.get(n),
+        before.get(n)?.pid,
+        countsAtFault.get(n),
+        t.errors.map((e) => String(e.code ?? e.op)),
+      );
       if (why.length) disturbed.push({ name: n, why: why.join('; ') });
     }
     for (const d of disturbed) failures.push(`survivor ${d.name} disturbed: ${d.why}`);
