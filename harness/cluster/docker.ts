@@ -31,6 +31,7 @@ import {
   type NodeImage,
 } from './image.js';
 import {
+  alive,
   startCluster,
   type ClusterHandle,
   type ClusterProvider,
@@ -100,15 +101,6 @@ export async function dockerUnavailable(docker = new Docker()): Promise<string |
     return null;
   } catch (e) {
     return `docker does not answer on ${(docker.modem as { socketPath?: string }).socketPath ?? 'its socket'} (run ci/docker.sh): ${(e as Error).message}`;
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
