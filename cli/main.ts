@@ -37,6 +37,15 @@ export interface Daemon {
       durability: 'normal' | 'full';
       /** The native fast path (docs/fastpath.md); default: CLOVE_FAST_PATH=1. */
       fastPath?: boolean;
+      /** `--cluster` and its companions as given (validated by the kernel: docs/cluster.md). */
+      clusterFlags?: {
+        cluster?: string;
+        nats?: string;
+        node?: string;
+        advertise?: string;
+        leaseTtl?: number;
+        prefix?: string;
+      };
     },
     afterStart?: (k: {
       socketPath: string;
@@ -81,6 +90,18 @@ function kernelOptions(
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
     ...(o.fastPath ? { fastPath: true } : {}),
+    ...(o.cluster || o.nats || o.node || o.advertise || o.leaseTtl || o.clusterPrefix
+      ? {
+          clusterFlags: {
+            cluster: o.cluster as string | undefined,
+            nats: o.nats as string | undefined,
+            node: o.node as string | undefined,
+            advertise: o.advertise as string | undefined,
+            leaseTtl: o.leaseTtl as number | undefined,
+            prefix: o.clusterPrefix as string | undefined,
+          },
+        }
+      : {}),
   };
 }
 
@@ -128,6 +149,18 @@ export function program(daemon: Daemon): Command {
         .default('auto'),
     )
     .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
+    .option('--cluster <etcd>', 'join a cluster: etcd endpoints, etcd://HOST:PORT[,…] (docs/cluster.md)')
+    .option('--nats <url>', 'NATS JetStream servers of the cluster, nats://HOST:PORT[,…]')
+    .option('--node <name>', 'this node in the cluster (default: the host name)')
+    .option(
+      '--advertise <host:port>',
+      'where other nodes and operators reach this node (default: <host>:7070)',
+    )
+    .option('--lease-ttl <s>', "seconds until a silent node's names expire (default 10)", int)
+    .option(
+      '--cluster-prefix <p>',
+      'etcd key and NATS subject prefix: clusters sharing servers (default clove)',
+    )
     .action(async (o) => {
       const dataDir = o.dataDir ? path.resolve(o.dataDir) : g.dataDir();
       ensureDataDir(dataDir);

@@ -121,3 +121,90 @@ export function defaultBudgets(o: KernelOptions): Budgets {
     event_queue_events: o.eventQueueSize,
   };
 }
+
+/** The cluster flags as `clove kernel` takes them (strings; docs/cli.md), before validation. */
+export interface ClusterFlags {
+  /** `--cluster`: etcd endpoints, comma-separated (`etcd://H:P` means `http://H:P`). */
+  cluster?: string;
+  /** `--nats`: NATS servers, comma-separated. */
+  nats?: string;
+  node?: string;
+  advertise?: string;
+  leaseTtl?: number;
+  prefix?: string;
+}
+
+const NODE_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const PREFIX_RE = /^[A-Za-z0-9_-]{1,32}$/;
+const HOST_PORT_RE = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$/;
+
+/**
+ * The cluster's options from `clove kernel`'s flags, with their defaults (node: the host name; advertise:
+ * `<host name>:7070`; lease 10 s; prefix `clove`), or null without `--cluster`. A bad flag is a start
+ * error (exit 2) naming it.
+ */
+export function clusterOptions(f: ClusterFlags): ClusterOptions | null {
+  const bad = (msg: string) => new KernelStartError(msg, 2);
+  if (!f.cluster) {
+    const stray = (['nats', 'node', 'advertise', 'leaseTtl', 'prefix'] as const).filter(
+      (k) => f[k] !== undefined,
+    );
+    if (stray.length) throw bad(`--${flagName(stray[0])} needs --cluster etcd://HOST:PORT`);
+    return null;
+  }
+  if (!f.nats) throw bad('--cluster needs --nats nats://HOST:PORT (cross-node mail and events)');
+  const etcd = endpoints(f.cluster, ['etcd:', 'http:', 'https:'], '--cluster').map((u) =>
+    u.replace(/^etcd:/, 'http:'),
+  );
+  const nats = endpoints(f.nats, ['nats:', 'tls:'], '--nats');
+  const host =
+    os
+      .hostname()
+      .split('.')[0]
+      .replace(/[^A-Za-z0-9_-]/g, '-')
+      .slice(0, 64) || 'node';
+  const node = f.node ?? host;
+  if (!NODE_RE.test(node))
+    throw bad(`invalid --node ${JSON.stringify(node)}: use 1-64 letters, digits, _ or -`);
+  const advertise = f.advertise ?? `${host}:7070`;
+  const m = HOST_PORT_RE.exec(advertise);
+  if (!m || Number(m[2]) > 65535)
+    throw bad(`invalid --advertise ${JSON.stringify(advertise)}: use HOST:PORT`);
+  const leaseTtlS = f.leaseTtl ?? 10;
+  if (!Number.isInteger(leaseTtlS) || leaseTtlS < 2 || leaseTtlS > 3600)
+    throw bad(`invalid --lease-ttl ${leaseTtlS}: whole seconds from 2 to 3600`);
+  const prefix = f.prefix ?? 'clove';
+  if (!PREFIX_RE.test(prefix))
+    throw bad(`invalid --cluster-prefix ${JSON.stringify(prefix)}: use 1-32 letters, digits, _ or -`);
+  return { etcd, nats, node, advertise, leaseTtlS, prefix };
+}
+
+function flagName(k: keyof ClusterFlags): string {
+  return k === 'leaseTtl' ? 'lease-ttl' : k === 'prefix' ? 'cluster-prefix' : k;
+}
+
+/** Comma-separated URLs with one of `schemes` and a host and port (KernelStartError naming the flag). */
+function endpoints(v: string, schemes: string[], flag: string): string[] {
+  const out = v
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+  if (!out.length) throw new KernelStartError(`${flag} needs at least one endpoint`, 2);
+  for (const e of out) {
+    let u: URL;
+    try {
+      u = new URL(e);
+    } catch {
+      throw new KernelStartError(
+        `invalid ${flag} endpoint ${JSON.stringify(e)}: use ${schemes[0]}//HOST:PORT`,
+        2,
+      );
+    }
+    if (!schemes.includes(u.protocol) || !u.hostname || !u.port)
+      throw new KernelStartError(
+        `invalid ${flag} endpoint ${JSON.stringify(e)}: use ${schemes.map((x) => `${x}//`).join(' or ')}HOST:PORT`,
+        2,
+      );
+  }
+  return out;
+}

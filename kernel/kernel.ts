@@ -15,6 +15,7 @@ import { Op, opInfo, type OpName } from '../protocol/index.js';
 import type { Connection } from './core/connection.js';
 import type { FamilyFactory, Services } from './core/context.js';
 import { Dispatcher } from './core/dispatch.js';
+import { KernelStartError } from './core/errors.js';
 import { FastPath, NativeSocket } from './core/native-socket.js';
 import { Principals, type Stats } from './core/principals.js';
 import { describeNofile, raiseNofileLimit } from './core/rlimits.js';
@@ -48,6 +49,9 @@ import record from './syscalls/record/index.js';
 import asyncFamily from './syscalls/async/index.js';
 import quotas from './syscalls/quotas/index.js';
 import tasks from './syscalls/tasks/index.js';
+import cluster from './syscalls/cluster/index.js';
+import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
+import type { ClusterOptions } from './cluster/types.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -70,7 +74,14 @@ const FAMILIES: FamilyFactory[] = [
   asyncFamily,
   quotas,
   tasks,
+  cluster,
 ];
+
+/** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
+export type ClusterEngineFactory = (
+  o: ClusterOptions,
+  deps: { log: pino.Logger; version: string },
+) => Promise<ClusterEngines>;
 
 export class Kernel {
   readonly opts: KernelOptions;
@@ -99,9 +110,15 @@ export class Kernel {
   private fastPath?: FastPath;
   private dispatcher?: Dispatcher;
   private closing: Promise<void> | null = null;
+  /** With `--cluster` (docs/cluster.md): names, ids, mail, events and agents across nodes. */
+  private cluster?: ClusterService;
 
   /** `logStream`: where the JSON log lines go (default stderr); kernel/main.ts passes a pretty-printer. */
-  constructor(options: Partial<KernelOptions> = {}, logStream?: pino.DestinationStream) {
+  constructor(
+    options: Partial<KernelOptions> = {},
+    logStream?: pino.DestinationStream,
+    private readonly clusterEngines?: ClusterEngineFactory,
+  ) {
     this.opts = defaultOptions(options);
     this.log = pino(
       { level: this.opts.logLevel, base: { svc: 'clove' } },
@@ -116,6 +133,7 @@ export class Kernel {
         queuedBytesLimit: this.opts.maxQueuedBytes,
         maxReplyBytes: this.opts.maxReplyBytes,
         maxDepth: this.opts.maxDepth,
+        broadcastToJs: this.opts.cluster !== null,
       });
       this.post = this.nativeMail = native.mail;
       this.events = new EventBus(budgets, native.eventBytes);
@@ -236,6 +254,35 @@ export class Kernel {
       },
       log: this.log,
     }));
+    if (o.cluster) {
+      // Loaded only here: a kernel without --cluster never imports etcd3 or nats.
+      const mod = await import('./cluster/cluster.js');
+      const joining = async () => {
+        const engines = await (this.clusterEngines ?? mod.createEngines)(o.cluster!, {
+          log: this.log,
+          version: KERNEL_VERSION,
+        });
+        const c = new mod.ClusterService(o.cluster!, engines, {
+          mail: this.post,
+          events: this.events,
+          agents: this.agents!,
+          principals: this.principals,
+          log: this.log,
+          version: KERNEL_VERSION,
+        });
+        await c.start();
+        return c;
+      };
+      try {
+        this.cluster = await joining();
+      } catch (e) {
+        throw new KernelStartError(
+          `cannot join the cluster (etcd ${o.cluster.etcd.join(',')}, NATS ${o.cluster.nats.join(',')}): ${(e as Error).message}`,
+          10,
+        );
+      }
+      this.agents.attachCluster(this.cluster);
+    }
     const services: Services = {
       kernel: {
         version: KERNEL_VERSION,
@@ -256,6 +303,7 @@ export class Kernel {
       quotas: quotaService,
       async: this.asyncCalls,
       publish: (type, data, source) => this.events.publish(type, data, source),
+      ...(this.cluster ? { cluster: this.cluster } : {}),
       log: this.log,
     };
     const supervisor = this.supervisor;
@@ -381,6 +429,7 @@ export class Kernel {
   /** Forgets a principal that is gone for good: names, mailbox, subscriptions, rights, counters. */
   private release(id: number): void {
     this.asyncCalls.drop(id);
+    this.cluster?.releaseId(id);
     this.post.release(id);
     this.events.drop(id);
     this.principals.forget(id);
@@ -394,8 +443,11 @@ export class Kernel {
 
   private async doClose(): Promise<void> {
     this.server?.stopListening();
+    this.cluster?.beginClose();
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
     this.server?.closeAll();
+    // The lease is revoked: this node's names go at once (its restartable agents' definitions stay).
+    await this.cluster?.close();
     // After closeAll: every adopted connection is closed already; this joins the reactor thread.
     this.fastPath?.close();
     await this.dispatcher?.close();

@@ -4,7 +4,13 @@
  */
 import type pino from 'pino';
 import pretty from 'pino-pretty';
-import { defaultOptions, REPO_ROOT, type KernelOptions } from './config.js';
+import {
+  clusterOptions,
+  defaultOptions,
+  REPO_ROOT,
+  type ClusterFlags,
+  type KernelOptions,
+} from './config.js';
 import { KernelStartError } from './core/errors.js';
 import { Kernel } from './kernel.js';
 
@@ -42,13 +48,14 @@ export function logStream(format: LogFormat = 'auto'): pino.DestinationStream | 
  * (the KernelStartError's code, docs/cli.md). `afterStart` runs once it accepts connections.
  */
 export async function runKernel(
-  options: Partial<KernelOptions> & { logFormat?: LogFormat },
+  options: Partial<KernelOptions> & { logFormat?: LogFormat; clusterFlags?: ClusterFlags },
   afterStart?: (k: RunningKernel) => Promise<void>,
 ): Promise<number> {
   let kernel: Kernel;
   try {
-    const { logFormat, ...opts } = options;
-    kernel = new Kernel(defaultOptions(opts), logStream(logFormat));
+    const { logFormat, clusterFlags, ...opts } = options;
+    const cluster = clusterFlags ? clusterOptions(clusterFlags) : undefined;
+    kernel = new Kernel(defaultOptions({ ...opts, ...(cluster ? { cluster } : {}) }), logStream(logFormat));
     await kernel.start();
   } catch (e) {
     if (e instanceof KernelStartError) {

@@ -288,7 +288,13 @@ export interface NativeMailStats {
  * kernel/ipc/mailboxes.ts); every method is synchronous and thread-safe. Holders of leases are numbers.
  */
 export declare class NativeMailStore {
-  constructor(o: { queuedBytesLimit: number; maxReplyBytes: number; maxDepth: number });
+  /** `broadcastToJs`: the reactor hands every BROADCAST to JavaScript (a clustered kernel's go to other nodes too). */
+  constructor(o: {
+    queuedBytesLimit: number;
+    maxReplyBytes: number;
+    maxDepth: number;
+    broadcastToJs?: boolean;
+  });
   setBudgets(id: number, b: NativeMailBudgets): void;
   setReachable(id: number, reachable: boolean): void;
   /** `fromName`: the message's from_name (default: the sender's first name); reachability is not checked. */

@@ -26,7 +26,7 @@ export const Op = {
   SPAWN: 0x10,
   /** SIGTERM, then SIGKILL after `grace_ms`; works on paused agents; never restarted */
   KILL: 0x11,
-  /** a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned */
+  /** a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned; on a clustered kernel, `all_nodes: true` (operators only) adds every other live node's agents, each with its `node` */
   LIST: 0x12,
   /** freeze the agent's whole process tree */
   PAUSE: 0x14,
@@ -136,6 +136,10 @@ export const Op = {
   METRICS_ALL_AGENTS: 0xc2,
   /** a cgroup of the kernel's own tree (agents: only their own) */
   METRICS_CGROUP: 0xc3,
+  /** the nodes of the cluster: every live node, then the nodes this kernel saw lost (`alive: false`); a kernel without `--cluster` answers `clustered: false` and no nodes (Clove extension) */
+  CLUSTER_NODES: 0xc8,
+  /** this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns (Clove extension) */
+  CLUSTER_STATUS: 0xc9,
   /** resets the caller's watchdog deadline (Clove extension) */
   HEARTBEAT: 0xd0,
   /** tokens used by a client-side LLM call: counted against the quota, marked self-reported */
@@ -241,7 +245,7 @@ export const OPCODES: readonly OpInfo[] = [
     ext: false,
     raw: false,
     summary:
-      'a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned',
+      "a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned; on a clustered kernel, `all_nodes: true` (operators only) adds every other live node's agents, each with its `node`",
     sdk: { typescript: 'list', python: 'list_agents' },
   },
   {
@@ -800,6 +804,28 @@ export const OPCODES: readonly OpInfo[] = [
     sdk: { typescript: 'cgroupMetrics', python: 'get_cgroup_metrics' },
   },
   {
+    name: 'CLUSTER_NODES',
+    code: 200,
+    family: 'cluster',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'the nodes of the cluster: every live node, then the nodes this kernel saw lost (`alive: false`); a kernel without `--cluster` answers `clustered: false` and no nodes',
+    sdk: { typescript: 'clusterNodes', python: 'cluster_nodes' },
+  },
+  {
+    name: 'CLUSTER_STATUS',
+    code: 201,
+    family: 'cluster',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns",
+    sdk: { typescript: 'clusterStatus', python: 'cluster_status' },
+  },
+  {
     name: 'HEARTBEAT',
     code: 208,
     family: 'core',
@@ -858,6 +884,7 @@ export const ERROR_CODES = [
   'too_large',
   'io_error',
   'upstream_failed',
+  'cluster_unavailable',
   'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -933,6 +960,12 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     class: 'UpstreamFailedError',
     description:
       'a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (`failure`/`reason` says how); the kernel is fine',
+  },
+  {
+    code: 'cluster_unavailable',
+    class: 'ClusterUnavailableError',
+    description:
+      "ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again",
   },
   { code: 'internal', class: 'InternalError', description: 'a bug in the kernel; the kernel keeps running' },
 ];
@@ -1235,6 +1268,52 @@ export interface AuditConfig {
   log_world: boolean;
 }
 /**
+ * A node of the cluster, as it last published itself in etcd (refreshed every few seconds while it lives).
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterNode".
+ */
+export interface ClusterNode {
+  node: string;
+  /**
+   * HOST:PORT where other nodes and operators reach it
+   */
+  advertise: string;
+  /**
+   * its kernel version
+   */
+  version: string;
+  /**
+   * ms since the epoch
+   */
+  started_at: number;
+  /**
+   * bytes, at its last refresh
+   */
+  free_memory: number;
+  /**
+   * idle cores (0..cores), at its last refresh
+   */
+  idle_cpu: number;
+  cores: number;
+  /**
+   * supervised agents on it
+   */
+  agents: number;
+  /**
+   * ms since the epoch of its last refresh
+   */
+  updated_at: number;
+  /**
+   * false for a node this kernel saw lost (its lease expired) and that has not joined again
+   */
+  alive: boolean;
+  /**
+   * the node that answers
+   */
+  self: boolean;
+}
+/**
  * One of `event_types`, `events`, `event` (looked at in that order).
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1412,6 +1491,10 @@ export interface AgentInfo {
    */
   log_file?: string;
   labels: Labels;
+  /**
+   * ext: the cluster node the agent runs on (docs/cluster.md); only on a clustered kernel
+   */
+  node?: string;
 }
 /**
  * ext: free-form labels of an agent (as docker labels): `clove up` sets `clove.project`, `clove.service`, `clove.replica`, `clove.config-hash`. At most 32; keys of 1–63 letters, digits, `.`, `-`, `_`, `/`; values up to 256 characters. Kept across restarts of the agent and of the kernel; never inherited.
@@ -2600,14 +2683,24 @@ export interface KillReply {
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ListRequest".
  */
-export interface ListRequest {}
+export interface ListRequest {
+  /**
+   * ext: also list the agents of every other node of the cluster (operators only; a kernel without --cluster lists its own)
+   */
+  all_nodes?: boolean;
+}
 /**
  * LIST request as a handler sees it: validated, defaults applied.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ListArgs".
  */
-export interface ListArgs {}
+export interface ListArgs {
+  /**
+   * ext: also list the agents of every other node of the cluster (operators only; a kernel without --cluster lists its own)
+   */
+  all_nodes: boolean;
+}
 /**
  * PAUSE request.
  *
@@ -4968,6 +5061,78 @@ export interface MetricsCgroupReply {
   metrics: CgroupMetrics;
 }
 /**
+ * CLUSTER_NODES request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterNodesRequest".
+ */
+export interface ClusterNodesRequest {}
+/**
+ * CLUSTER_NODES request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterNodesArgs".
+ */
+export interface ClusterNodesArgs {}
+/**
+ * CLUSTER_NODES reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterNodesReply".
+ */
+export interface ClusterNodesReply {
+  success: true;
+  clustered: boolean;
+  nodes: ClusterNode[];
+}
+/**
+ * CLUSTER_STATUS request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterStatusRequest".
+ */
+export interface ClusterStatusRequest {}
+/**
+ * CLUSTER_STATUS request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterStatusArgs".
+ */
+export interface ClusterStatusArgs {}
+/**
+ * CLUSTER_STATUS reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ClusterStatusReply".
+ */
+export interface ClusterStatusReply {
+  success: true;
+  clustered: boolean;
+  /**
+   * this node's name (null without `--cluster`)
+   */
+  node: string | null;
+  advertise?: string;
+  /**
+   * key prefix in etcd, subject prefix in NATS
+   */
+  prefix?: string;
+  lease_ttl_s?: number;
+  /**
+   * operators only
+   */
+  etcd?: string[];
+  /**
+   * operators only
+   */
+  nats?: string[];
+  nodes_alive?: number;
+  /**
+   * cluster-wide names this node owns (agents' names and REGISTERed names)
+   */
+  names_owned?: number;
+}
+/**
  * HEARTBEAT request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -5199,6 +5364,8 @@ export interface Requests {
   METRICS_AGENT: MetricsAgentRequest;
   METRICS_ALL_AGENTS: MetricsAllAgentsRequest;
   METRICS_CGROUP: MetricsCgroupRequest;
+  CLUSTER_NODES: ClusterNodesRequest;
+  CLUSTER_STATUS: ClusterStatusRequest;
   HEARTBEAT: HeartbeatRequest;
   LLM_REPORT: LlmReportRequest;
   HELLO: HelloRequest;
@@ -5266,6 +5433,8 @@ export interface ArgsOf {
   METRICS_AGENT: MetricsAgentArgs;
   METRICS_ALL_AGENTS: MetricsAllAgentsArgs;
   METRICS_CGROUP: MetricsCgroupArgs;
+  CLUSTER_NODES: ClusterNodesArgs;
+  CLUSTER_STATUS: ClusterStatusArgs;
   HEARTBEAT: HeartbeatArgs;
   LLM_REPORT: LlmReportArgs;
   HELLO: HelloArgs;
@@ -5333,6 +5502,8 @@ export interface Replies {
   METRICS_AGENT: MetricsAgentReply;
   METRICS_ALL_AGENTS: MetricsAllAgentsReply;
   METRICS_CGROUP: MetricsCgroupReply;
+  CLUSTER_NODES: ClusterNodesReply;
+  CLUSTER_STATUS: ClusterStatusReply;
   HEARTBEAT: HeartbeatReply;
   LLM_REPORT: LlmReportReply;
   HELLO: HelloReply;
@@ -5585,6 +5756,42 @@ export const SCHEMA_DEFS = {
         log_world: { type: 'boolean' },
       },
     },
+    ClusterNode: {
+      title: 'ClusterNode',
+      type: 'object',
+      description:
+        'A node of the cluster, as it last published itself in etcd (refreshed every few seconds while it lives).',
+      required: [
+        'node',
+        'advertise',
+        'version',
+        'started_at',
+        'free_memory',
+        'idle_cpu',
+        'cores',
+        'agents',
+        'updated_at',
+        'alive',
+        'self',
+      ],
+      properties: {
+        node: { type: 'string' },
+        advertise: { type: 'string', description: 'HOST:PORT where other nodes and operators reach it' },
+        version: { type: 'string', description: 'its kernel version' },
+        started_at: { type: 'integer', description: 'ms since the epoch' },
+        free_memory: { type: 'integer', description: 'bytes, at its last refresh' },
+        idle_cpu: { type: 'number', description: 'idle cores (0..cores), at its last refresh' },
+        cores: { type: 'integer' },
+        agents: { type: 'integer', description: 'supervised agents on it' },
+        updated_at: { type: 'integer', description: 'ms since the epoch of its last refresh' },
+        alive: {
+          type: 'boolean',
+          description:
+            'false for a node this kernel saw lost (its lease expired) and that has not joined again',
+        },
+        self: { type: 'boolean', description: 'the node that answers' },
+      },
+    },
     Topics: {
       type: 'object',
       description: 'One of `event_types`, `events`, `event` (looked at in that order).',
@@ -5733,6 +5940,11 @@ export const SCHEMA_DEFS = {
         },
         log_file: { type: 'string', description: 'operators only' },
         labels: { $ref: 'clove#/$defs/Labels' },
+        node: {
+          type: 'string',
+          description:
+            'ext: the cluster node the agent runs on (docs/cluster.md); only on a clustered kernel',
+        },
       },
     },
     Labels: {
@@ -6565,7 +6777,17 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       wait: { type: 'boolean', default: true, description: 'ext: reply once the process is gone' },
     },
   },
-  LIST: { type: 'object' },
+  LIST: {
+    type: 'object',
+    properties: {
+      all_nodes: {
+        type: 'boolean',
+        default: false,
+        description:
+          'ext: also list the agents of every other node of the cluster (operators only; a kernel without --cluster lists its own)',
+      },
+    },
+  },
   PAUSE: { type: 'object', properties: { id: { $ref: 'clove#/$defs/AgentId' }, name: { type: 'string' } } },
   RESUME: { type: 'object', properties: { id: { $ref: 'clove#/$defs/AgentId' }, name: { type: 'string' } } },
   RESTART: {
@@ -7039,6 +7261,8 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       },
     },
   },
+  CLUSTER_NODES: { type: 'object' },
+  CLUSTER_STATUS: { type: 'object' },
   HEARTBEAT: { type: 'object' },
   LLM_REPORT: {
     type: 'object',

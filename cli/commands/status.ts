@@ -13,6 +13,8 @@ import type { Globals } from './compose.js';
 export interface PsEntry {
   id: number;
   name: string;
+  /** The cluster node it runs on (null: a kernel without --cluster). */
+  node: string | null;
   project: string | null;
   service: string | null;
   replica: number | null;
@@ -64,8 +66,17 @@ export function fmtQuotas(q: Record<string, unknown> | null): string {
   return parts.join(' ') || '-';
 }
 
-export async function psEntries(c: CloveClient, all: boolean, services: string[]): Promise<PsEntry[]> {
-  const agents = (await c.list()).filter(
+/**
+ * `ps` rows. `allNodes`: every node's agents of a clustered kernel (LIST `all_nodes`); metrics and quotas
+ * are this node's only, so other nodes' agents show none.
+ */
+export async function psEntries(
+  c: CloveClient,
+  all: boolean,
+  services: string[],
+  allNodes = false,
+): Promise<PsEntry[]> {
+  const agents = (await c.list(allNodes ? { all_nodes: true } : {})).filter(
     (a) =>
       (all || (a.state !== 'STOPPED' && a.state !== 'FAILED')) &&
       (!services.length ||
@@ -82,10 +93,12 @@ export async function psEntries(c: CloveClient, all: boolean, services: string[]
   const out: PsEntry[] = [];
   for (const a of agents.sort((x, y) => x.id - y.id)) {
     const l = labelsOf(a);
+    // Ids are unique cluster-wide: another node's agent has no metrics or quotas here.
     const m = metrics.get(a.id);
     out.push({
       id: a.id,
       name: a.name,
+      node: a.node ?? null,
       project: l['clove.project'] ?? null,
       service: l['clove.service'] ?? null,
       replica: l['clove.replica'] ? Number(l['clove.replica']) : null,
@@ -216,15 +229,30 @@ export function registerStatus(p: Command, g: Globals): void {
     .option('-a, --all', 'also agents that stopped or failed for good')
     .option('--json', 'print JSON')
     .action(async (services: string[], o) => {
-      const rows = await withClient(g.socket(), (c) => psEntries(c, !!o.all, services));
+      const rows = await withClient(g.socket(), (c) => psEntries(c, !!o.all, services, true));
       if (o.json) return console.log(JSON.stringify(rows));
+      // A clustered kernel's agents name their node: the NODE column appears then.
+      const nodes = rows.some((r) => r.node !== null);
       const t: (string | number)[][] = [
-        ['ID', 'NAME', 'SERVICE', 'STATE', 'PID', 'RESTARTS', 'UPTIME', 'CPU', 'MEM', 'QUOTAS'],
+        [
+          'ID',
+          'NAME',
+          ...(nodes ? ['NODE'] : []),
+          'SERVICE',
+          'STATE',
+          'PID',
+          'RESTARTS',
+          'UPTIME',
+          'CPU',
+          'MEM',
+          'QUOTAS',
+        ],
       ];
       for (const r of rows)
         t.push([
           r.id,
           r.name,
+          ...(nodes ? [r.node ?? '-'] : []),
           r.service ? `${r.project}/${r.service}` : '-',
           r.state,
           r.pid || '-',
@@ -233,6 +261,32 @@ export function registerStatus(p: Command, g: Globals): void {
           r.cpu_percent === null ? '-' : `${r.cpu_percent.toFixed(1)}%`,
           fmtBytes(r.memory_bytes),
           fmtQuotas(r.quotas),
+        ]);
+      console.log(table(t));
+    });
+
+  p.command('nodes')
+    .description('list the nodes of the cluster: address, version, agents, free memory, idle CPU, uptime')
+    .option('--json', 'print JSON')
+    .action(async (o) => {
+      const r = await withClient(g.socket(), (c) => c.clusterNodes());
+      if (o.json) return console.log(JSON.stringify(r.nodes));
+      if (!r.clustered) return console.log('this kernel is not in a cluster (start it with --cluster)');
+      const t: (string | number)[][] = [
+        ['NODE', 'STATUS', 'ADVERTISE', 'VERSION', 'AGENTS', 'FREE MEM', 'IDLE CPU', 'UPTIME', 'SEEN'],
+      ];
+      const now = Date.now();
+      for (const n of r.nodes)
+        t.push([
+          n.self ? `${n.node} *` : n.node,
+          n.alive ? 'alive' : 'lost',
+          n.advertise,
+          n.version,
+          n.agents,
+          fmtBytes(n.free_memory),
+          `${n.idle_cpu.toFixed(1)}/${n.cores}`,
+          n.alive ? fmtUptime(now - n.started_at) : '-',
+          `${fmtUptime(Math.max(0, now - n.updated_at))} ago`,
         ]);
       console.log(table(t));
     });

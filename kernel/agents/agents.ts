@@ -63,6 +63,20 @@ export interface AgentServiceOptions {
   onIdentityEnded?: (identity: string) => void;
 }
 
+/**
+ * What a clustered kernel adds to names (kernel/cluster/cluster.ts): an agent's name is claimed
+ * cluster-wide before it is registered here, and a restartable agent's definition is stored so that it
+ * outlives this node.
+ */
+export interface ClusterNames {
+  /** Claims `name` for `id` in the whole cluster; throws name_taken when another node (or id) has it. */
+  claim(name: string, id: number, identity: string): Promise<void>;
+  /** Gives a claimed name back if `id` holds it (never throws). */
+  release(name: string, id: number): void;
+  /** An agent was spawned here (SPAWN or a takeover): `request` is what would spawn it again elsewhere. */
+  spawned(a: AgentRecord, request: SpawnArgs): Promise<void>;
+}
+
 /** Why a name cannot be taken, and by whom it is held (0: nobody running). */
 interface Reservation {
   why: string;
@@ -74,6 +88,7 @@ export class AgentService {
   /** Live identities held by a supervised agent: identity -> agent id. The others are dormant. */
   private readonly held = new Map<string, number>();
   private readonly reserved: Set<string>;
+  private cluster?: ClusterNames;
 
   constructor(private readonly o: AgentServiceOptions) {
     this.registry = new IdentityRegistry({
@@ -83,6 +98,11 @@ export class AgentService {
     this.reserved = new Set(o.reservedNames ?? []);
     // SET_PERMS (and anything else that changes an agent's rights or budgets) is persisted with it.
     o.principals.watch((id) => this.rightsChanged(id));
+  }
+
+  /** A clustered kernel: names are claimed cluster-wide from now on (before the first agent starts). */
+  attachCluster(c: ClusterNames): void {
+    this.cluster = c;
   }
 
   /** Closes the identity registry (after the supervisor shut down). */
@@ -337,6 +357,14 @@ export class AgentService {
       throw e;
     }
     this.o.log.info({ agent: name, identity: row.identity, id, pid: a.pid, by: caller.id }, 'agent spawned');
+    // What would spawn it again on another node: the request as run here, with its rights made explicit.
+    await this.cluster?.spawned(a, {
+      ...req,
+      name,
+      ...(scriptPath ? { script: scriptPath } : {}),
+      permissions: perms,
+      level: undefined,
+    } as unknown as SpawnArgs);
     return {
       success: true,
       id,
@@ -359,7 +387,14 @@ export class AgentService {
     budgets: Budgets,
     spawnedBy: SpawnedBy,
   ): Promise<AgentRecord> {
-    this.o.mail.register(def.id, def.name);
+    // Clustered: the name is the cluster's first (a name another node holds is name_taken here too).
+    if (this.cluster) await this.cluster.claim(def.name, def.id, row.identity);
+    try {
+      this.o.mail.register(def.id, def.name);
+    } catch (e) {
+      this.cluster?.release(def.name, def.id);
+      throw e;
+    }
     this.o.principals.setRights(def.id, perms);
     this.o.principals.setBudgets(def.id, budgets);
     let a: AgentRecord;
@@ -368,6 +403,7 @@ export class AgentService {
     } catch (e) {
       this.o.mail.release(def.id);
       this.o.principals.forget(def.id);
+      this.cluster?.release(def.name, def.id);
       throw e;
     }
     this.held.set(row.identity, def.id);

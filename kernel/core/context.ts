@@ -13,6 +13,7 @@ import type { MetricsService } from '../metrics/service.js';
 import type { AuditLog } from '../audit/log.js';
 import type { QuotaService } from '../quotas/service.js';
 import type { AsyncCalls } from './async.js';
+import type { ClusterService } from '../cluster/cluster.js';
 import type { Principals, Principal } from './principals.js';
 import type { PushPort } from './connection.js';
 import type { Logger } from 'pino';
@@ -52,6 +53,8 @@ export interface Services {
   quotas: QuotaService;
   /** Calls made with `async: true`: their results wait for ASYNC_RESULTS. */
   async: AsyncCalls;
+  /** With `--cluster` only (docs/cluster.md): names, mail and agents of the other nodes. */
+  cluster?: ClusterService;
   /** Publishes a kernel event (source 0) or a client's (source = its id). */
   publish(type: KernelEventType, data: Record<string, unknown>, source: number): number;
   log: Logger;

@@ -79,6 +79,10 @@ export class IoError extends KernelError {
 export class UpstreamFailedError extends KernelError {
   readonly code = 'upstream_failed';
 }
+/** ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again */
+export class ClusterUnavailableError extends KernelError {
+  readonly code = 'cluster_unavailable';
+}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {
   readonly code = 'internal';

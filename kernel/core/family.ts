@@ -15,6 +15,8 @@ export {
 } from './context.js';
 export * from './errors.js';
 export type { AgentRecord } from '../supervisor/supervisor.js';
+export type { ClusterService } from '../cluster/cluster.js';
+export type { NameOwner } from '../cluster/types.js';
 export type { Permissions } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';
 /** Push delivery (HELLO `push`): what a connection is sent unasked (core family). */

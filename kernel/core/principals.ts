@@ -68,8 +68,16 @@ export class Principals {
 
   private readonly operator: Budgets;
 
+  /** A cluster's allocator (ids unique cluster-wide, docs/cluster.md); absent: 1, 2, 3… */
+  private allocator?: () => number;
+
   allocate(): number {
-    return this.nextId++;
+    return this.allocator ? this.allocator() : this.nextId++;
+  }
+
+  /** From now on ids come from `fn` (a clustered kernel: the directory's slots). */
+  useAllocator(fn: () => number): void {
+    this.allocator = fn;
   }
 
   /**

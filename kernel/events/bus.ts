@@ -35,8 +35,12 @@ interface Subscriber {
   waiters: Waiters<void>;
 }
 
+/** Sees every event published on this kernel (a cluster re-publishes them to the other nodes). */
+export type EventTap = (type: KernelEventType, data: Record<string, unknown>, source: number) => void;
+
 export class EventBus {
   private subs = new Map<number, Subscriber>();
+  private readonly taps: EventTap[] = [];
 
   constructor(
     private readonly budgetsOf: (id: number) => Budgets,
@@ -80,6 +84,28 @@ export class EventBus {
    * `CUSTOM`, `*` and its own name, never those of a kernel event type.
    */
   publish(type: KernelEventType, data: Record<string, unknown>, source: number): number {
+    for (const t of this.taps) t(type, data, source);
+    return this.fanOut(type, data, source);
+  }
+
+  /**
+   * Publishes an event another node published (kernel/cluster/cluster.ts): to local subscribers only,
+   * never to the taps, so that it is not sent back out.
+   */
+  publishRemote(type: KernelEventType, data: Record<string, unknown>, source: number): number {
+    return this.fanOut(type, data, source);
+  }
+
+  /** Calls `fn` with every event published on this kernel (not with events from other nodes). */
+  tap(fn: EventTap): () => void {
+    this.taps.push(fn);
+    return () => {
+      const i = this.taps.indexOf(fn);
+      if (i >= 0) this.taps.splice(i, 1);
+    };
+  }
+
+  private fanOut(type: KernelEventType, data: Record<string, unknown>, source: number): number {
     const custom = type === 'CUSTOM' && typeof data.custom_type === 'string' ? data.custom_type : null;
     let ev: QueuedEvent | null = null;
     let n = 0;

@@ -243,12 +243,15 @@ export function createNativeMail(
     queuedBytesLimit: number;
     maxReplyBytes: number;
     maxDepth: number;
+    /** A clustered kernel: BROADCAST goes to JavaScript (it reaches the other nodes from there). */
+    broadcastToJs?: boolean;
   },
 ): { store: NativeMailStore; mail: NativePostOffice; eventBytes: SharedQueuedBytes } {
   const store = new native.MailStore({
     queuedBytesLimit: o.queuedBytesLimit,
     maxReplyBytes: o.maxReplyBytes,
     maxDepth: o.maxDepth,
+    ...(o.broadcastToJs ? { broadcastToJs: true } : {}),
   });
   const mail = new NativePostOffice(store, o.budgetsOf);
   return { store, mail, eventBytes: new SharedQueuedBytes(o.queuedBytesLimit, mail) };

@@ -339,8 +339,9 @@ export class CloveClient {
   kill(target: T.Target, opts: { grace_ms?: number; wait?: boolean } = {}): Promise<T.KillReply> {
     return this.syscall('KILL', { ...targetOf(target), ...opts });
   }
-  list(): Promise<T.AgentInfo[]> {
-    return this.syscall('LIST', {});
+  /** LIST; `{ all_nodes: true }` on a clustered kernel (operators) adds every other node's agents. */
+  list(req: Requests['LIST'] = {}): Promise<T.AgentInfo[]> {
+    return this.syscall('LIST', req);
   }
   pause(target: T.Target): Promise<Replies['PAUSE']> {
     return this.syscall('PAUSE', targetOf(target));
@@ -485,6 +486,14 @@ export class CloveClient {
   /** GET_QUOTA: an agent's (default: the caller's) or a service's quotas and usage; `all` (operators). */
   getQuota(req: Requests['GET_QUOTA'] = {}): Promise<Replies['GET_QUOTA']> {
     return this.syscall('GET_QUOTA', req);
+  }
+
+  // --- the cluster (docs/cluster.md); a kernel without --cluster answers clustered: false ----------
+  clusterNodes(): Promise<Replies['CLUSTER_NODES']> {
+    return this.syscall('CLUSTER_NODES', {});
+  }
+  clusterStatus(): Promise<Replies['CLUSTER_STATUS']> {
+    return this.syscall('CLUSTER_STATUS', {});
   }
 
   // --- acting on the world, audit, record/replay, async; worlds and the tunnel answer not_supported --

@@ -61,6 +61,8 @@ export class TooLargeError extends KernelError {}
 export class IoError extends KernelError {}
 /** a service the kernel called for the caller (an HTTP server, an LLM provider) failed or did not answer (`failure`/`reason` says how); the kernel is fine */
 export class UpstreamFailedError extends KernelError {}
+/** ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again */
+export class ClusterUnavailableError extends KernelError {}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {}
 
@@ -81,6 +83,7 @@ export const KERNEL_ERRORS: Record<ErrorCode, typeof KernelError> = {
   too_large: TooLargeError,
   io_error: IoError,
   upstream_failed: UpstreamFailedError,
+  cluster_unavailable: ClusterUnavailableError,
   internal: InternalError,
 };
 // end of generated kernel errors

@@ -1,6 +1,8 @@
 /**
  * IPC family: REGISTER, SEND, SEND_BATCH, RECV, BROADCAST. A target is an id that is alive for the kernel: a
  * supervised agent (running, paused or being restarted — its mailbox waits for it) or an open client.
+ * Clustered (docs/cluster.md): a target no local agent takes — `name@node`, a name or an agent id another
+ * node owns — is sent through the cluster's bus, and BROADCAST reaches the other nodes too.
  */
 import type { BatchItem, BatchResult } from '../../../protocol/index.js';
 import {
@@ -10,14 +12,24 @@ import {
   messageFields,
   reachableState,
   MailboxFullError,
+  NameTakenError,
   NotFoundError,
   QuotaExceededError,
+  type Caller,
+  type ClusterService,
+  type NameOwner,
   type Services,
 } from '../../core/family.js';
 
 /** A message as the JSON text it is queued as (absent: `{}`). */
 function encode(message: unknown): string {
   return message === undefined ? '{}' : JSON.stringify(message);
+}
+
+/** `name@node` split at its last `@` (names never hold one): node undefined for a plain name. */
+function splitAddress(address: string): { name: string; node?: string } {
+  const at = address.lastIndexOf('@');
+  return at < 0 ? { name: address } : { name: address.slice(0, at), node: address.slice(at + 1) };
 }
 
 function reachable(s: Services, id: number): boolean {
@@ -32,58 +44,125 @@ export default defineFamily(({ services }) => {
   const leasing = new WeakSet<AbortSignal>();
 
   /**
-   * One SEND from `from`: resolves the target (`to` wins over `to_name`), queues the message and counts
-   * it; throws what SEND refuses with. SEND and every item of SEND_BATCH go through here, so the two
-   * cannot differ in what they accept or in their error texts.
+   * Whom a SEND reaches: a local id (`to` wins over `to_name`), or — clustered — the owner on another
+   * node of the name, `name@node` or agent id no local agent takes. Throws what SEND refuses with.
    */
-  function send(from: number, req: BatchItem): number {
-    let to: number | undefined;
-    if (req.to) to = req.to;
-    else if (req.to_name) {
-      to = mail.resolve(req.to_name);
-      if (to === undefined)
-        throw new NotFoundError(`target agent not found: ${req.to_name}`, { delivered_to: 0 });
-    } else throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
-    if (!reachable(services, to))
-      throw new NotFoundError(`target agent not found: ${req.to_name ?? to}`, { delivered_to: 0 });
+  function target(req: BatchItem, cluster: ClusterService | undefined): number | NameOwner {
+    const notFound = (what: unknown) =>
+      new NotFoundError(`target agent not found: ${String(what)}`, { delivered_to: 0 });
+    if (req.to) {
+      if (reachable(services, req.to)) return req.to;
+      const owner = cluster?.remoteOwner({ id: req.to });
+      if (owner) return owner;
+      throw notFound(req.to);
+    }
+    if (!req.to_name)
+      throw new InvalidRequestError('target agent required (to or to_name)', { delivered_to: 0 });
+    const { name, node } = cluster ? splitAddress(req.to_name) : { name: req.to_name, node: undefined };
+    if (node === undefined || node === cluster?.node) {
+      const to = mail.resolve(name);
+      if (to !== undefined) {
+        if (!reachable(services, to)) throw notFound(req.to_name);
+        return to;
+      }
+      if (node !== undefined) throw notFound(req.to_name);
+    }
+    const owner = cluster?.remoteOwner({ name, node });
+    if (owner) return owner;
+    throw notFound(req.to_name);
+  }
+
+  /**
+   * One SEND from `from`: resolves the target, queues the message (or hands it to the cluster's bus) and
+   * counts it; throws what SEND refuses with. SEND and every item of SEND_BATCH go through here, so the two
+   * cannot differ in what they accept or in their error texts. A promise only for a remote target.
+   */
+  function send(from: number, req: BatchItem): number | Promise<number> {
+    const cluster = services.cluster;
+    const to = target(req, cluster);
+    if (typeof to !== 'number') {
+      return cluster!.send(to, from, encode(req.message)).then(() => {
+        principals.stats(from).sent++;
+        return to.id;
+      });
+    }
     mail.deliver(to, from, mail.nameOf(from), encode(req.message));
     principals.stats(from).sent++;
     return to;
   }
+
+  /** SEND_BATCH's item `i`: its result, or its refusal (audited as a refusal of SEND_BATCH). */
+  function refused(caller: Caller, i: number, e: unknown): BatchResult {
+    const reply = errorReply(e);
+    if (reply.code === 'internal')
+      services.log.error({ err: e, op: 'SEND_BATCH', caller: caller.id, item: i }, 'syscall failed');
+    services.audit.refusal(caller, 'SEND_BATCH', 'ipc', reply, { item: i });
+    return { error: String(reply.error), code: String(reply.code) };
+  }
+
   return {
     name: 'ipc',
     handlers: {
-      REGISTER: ({ caller }, req) => {
+      REGISTER: async ({ caller }, req) => {
         if (!req.name) throw new InvalidRequestError('name required');
         services.agents.mayRegister(caller, req.name);
-        mail.register(caller.id, req.name, principals.budgets(caller.id).names);
+        const cluster = services.cluster;
+        // Clustered: the name is claimed in the whole cluster first (the same refusal as a local holder's).
+        if (cluster && mail.resolve(req.name) !== caller.id) {
+          const held = mail.resolve(req.name);
+          if (held !== undefined) throw new NameTakenError('name already registered', { agent_id: held });
+          await cluster.claim(req.name, caller.id, caller.identity ?? caller.name, 'name already registered');
+          try {
+            mail.register(caller.id, req.name, principals.budgets(caller.id).names);
+          } catch (e) {
+            cluster.release(req.name, caller.id);
+            throw e;
+          }
+        } else mail.register(caller.id, req.name, principals.budgets(caller.id).names);
         return { success: true, agent_id: caller.id, name: req.name };
       },
-      SEND: ({ caller }, req) => ({ success: true, delivered_to: send(caller.id, req) }),
+      SEND: ({ caller }, req) => {
+        const to = send(caller.id, req);
+        return typeof to === 'number'
+          ? { success: true, delivered_to: to }
+          : to.then((id) => ({ success: true as const, delivered_to: id }));
+      },
       SEND_BATCH: ({ caller }, req) => {
         const results: BatchResult[] = [];
         let delivered = 0;
-        // Each item is a SEND of its own: a refused item gets the error SEND would have given (audited as
-        // a refusal of SEND_BATCH) and stops nothing. Even a failure of the kernel stays with its item,
-        // so the reply always says which items were queued and a client never resends a delivered one.
-        req.messages.forEach((item, i) => {
-          try {
-            results.push({ delivered_to: send(caller.id, item) });
-            delivered++;
-          } catch (e) {
-            const reply = errorReply(e);
-            if (reply.code === 'internal')
-              services.log.error({ err: e, op: 'SEND_BATCH', caller: caller.id, item: i }, 'syscall failed');
-            services.audit.refusal(caller, 'SEND_BATCH', 'ipc', reply, { item: i });
-            results.push({ error: String(reply.error), code: String(reply.code) });
-          }
-        });
-        return {
-          success: true,
+        const reply = () => ({
+          success: true as const,
           delivered_count: delivered,
           failed_count: results.length - delivered,
           results,
+        });
+        // Each item is a SEND of its own: a refused item gets the error SEND would have given (audited as
+        // a refusal of SEND_BATCH) and stops nothing. Even a failure of the kernel stays with its item,
+        // so the reply always says which items were queued and a client never resends a delivered one.
+        // Items go in order; the first remote one (clustered) makes the rest wait for it.
+        const run = async (from: number, first: Promise<number>): Promise<ReturnType<typeof reply>> => {
+          for (let i = from; i < req.messages.length; i++) {
+            try {
+              const to = i === from ? await first : await send(caller.id, req.messages[i]);
+              results.push({ delivered_to: to });
+              delivered++;
+            } catch (e) {
+              results.push(refused(caller, i, e));
+            }
+          }
+          return reply();
         };
+        for (let i = 0; i < req.messages.length; i++) {
+          try {
+            const to = send(caller.id, req.messages[i]);
+            if (typeof to !== 'number') return run(i, to);
+            results.push({ delivered_to: to });
+            delivered++;
+          } catch (e) {
+            results.push(refused(caller, i, e));
+          }
+        }
+        return reply();
       },
       RECV: async (ctx, req) => {
         const id = ctx.caller.id;
@@ -138,6 +217,8 @@ export default defineFamily(({ services }) => {
           }
         }
         principals.stats(caller.id).sent += delivered;
+        // Clustered: the other nodes' named agents get it too (counted there, not here).
+        services.cluster?.broadcast(caller.id, message, req.include_self);
         return {
           success: true,
           delivered_count: delivered,

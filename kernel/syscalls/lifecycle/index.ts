@@ -27,11 +27,17 @@ export default defineFamily(({ services }) => {
         return { success: true, restarted: true, agent_id: a.def.id, pid };
       },
       // Operators see every agent; anybody else itself and the agents it (transitively) spawned.
-      LIST: ({ caller }) =>
-        agents
+      // Clustered: each agent names its node; `all_nodes` (operators) adds the other nodes' agents.
+      LIST: ({ caller }, req) => {
+        const cluster = services.cluster;
+        const local = agents
           .list()
           .filter((a) => a.def.id === caller.id || agents.mayControl(caller, a))
-          .map((a) => agents.describe(a, caller.role === 'operator')),
+          .map((a) => agents.describe(a, caller.role === 'operator'))
+          .map((a) => (cluster ? { ...a, node: cluster.node } : a));
+        if (!cluster || !req.all_nodes) return local;
+        return cluster.remoteList(caller).then((remote) => [...local, ...remote]);
+      },
       PAUSE: ({ caller }, req) => {
         const a = agents.controlled(caller, target(req));
         agents.pause(a);

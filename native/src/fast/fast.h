@@ -90,6 +90,9 @@ class MailStore {
   void SetJsListener(MailListener l);
   size_t max_reply_bytes() const;
   int max_depth() const;
+  // A clustered kernel's BROADCAST also goes to the other nodes: the reactor hands it to JavaScript then.
+  void SetBroadcastToJs(bool on);
+  bool broadcast_to_js() const;
 
   // Identities: budgets must be set before an id can receive or send on the fast path.
   void SetBudgets(uint32_t id, const Budgets& b);

@@ -300,6 +300,7 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
 }
 
 Verdict ServeBroadcast(MailStore& store, const Call& call, od::document& doc, std::string& out) {
+  if (store.broadcast_to_js()) return Verdict::ToJs;
   od::object obj;
   if (doc.get_object().get(obj)) return Verdict::ToJs;
   bool has_message = false, has_self = false, include_self = false;

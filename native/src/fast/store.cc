@@ -2,6 +2,7 @@
 // the JS thread. One mutex guards everything; listeners are called only after it is released, so a
 // listener may call back into the store.
 #include <algorithm>
+#include <atomic>
 #include <unordered_set>
 
 #include "fast.h"
@@ -37,6 +38,7 @@ struct MailStore::Impl {
   std::shared_ptr<const MailListener> js_listener;
   size_t max_reply_bytes;
   int max_depth;
+  std::atomic<bool> broadcast_to_js{false};
   uint64_t queued_limit;
   uint64_t queued = 0;
   std::unordered_map<uint32_t, Box> boxes;
@@ -179,6 +181,8 @@ void MailStore::SetJsListener(MailListener l) {
 }
 size_t MailStore::max_reply_bytes() const { return impl_->max_reply_bytes; }
 int MailStore::max_depth() const { return impl_->max_depth; }
+void MailStore::SetBroadcastToJs(bool on) { impl_->broadcast_to_js.store(on); }
+bool MailStore::broadcast_to_js() const { return impl_->broadcast_to_js.load(); }
 
 void MailStore::SetBudgets(uint32_t id, const Budgets& b) {
   std::lock_guard<std::mutex> g(impl_->mu);

@@ -115,6 +115,7 @@ class JsMailStore : public Napi::ObjectWrap<JsMailStore> {
     store = std::make_shared<MailStore>(ToU64(o.Get("queuedBytesLimit")),
                                         static_cast<size_t>(ToU64(o.Get("maxReplyBytes"))),
                                         o.Get("maxDepth").As<Napi::Number>().Int32Value());
+    if (o.Has("broadcastToJs")) store->SetBroadcastToJs(o.Get("broadcastToJs").ToBoolean().Value());
     watch = std::make_shared<Watch>();
     std::weak_ptr<Watch> w = watch;
     store->SetJsListener([w](uint32_t id) {

@@ -630,9 +630,10 @@ class CloveClient:
         """RESUME a paused agent (SIGCONT). True on success."""
         return self._lifecycle(SyscallOp.SYS_RESUME, "resumed", name, agent_id, check)
 
-    def list_agents(self, *, check: bool | None = None) -> list:
-        """LIST: the agents, as a list of ``{id, name, pid, state, running, restarts, uptime_ms, …}``."""
-        reply = self.call_json(SyscallOp.SYS_LIST, {}, check=check)
+    def list_agents(self, *, all_nodes: bool = False, check: bool | None = None) -> list:
+        """LIST: the agents, as a list of ``{id, name, pid, state, running, restarts, uptime_ms, …}``;
+        ``all_nodes=True`` on a clustered kernel (operators) adds every other node's agents (with ``node``)."""
+        reply = self.call_json(SyscallOp.SYS_LIST, {"all_nodes": True} if all_nodes else {}, check=check)
         if isinstance(reply, list):
             return reply
         if isinstance(reply, dict) and isinstance(reply.get("agents"), list):
@@ -1046,6 +1047,14 @@ class CloveClient:
         (operators) every agent's and service's."""
         payload = _given(agent_id=agent_id, name=name, service=service, all=True if all else None)
         return self.call_json(SyscallOp.SYS_GET_QUOTA, payload)
+
+    def cluster_nodes(self) -> dict:
+        """CLUSTER_NODES: ``{clustered, nodes}`` (each node with ``alive`` and ``self``); no nodes without --cluster."""
+        return self.call_json(SyscallOp.SYS_CLUSTER_NODES, {})
+
+    def cluster_status(self) -> dict:
+        """CLUSTER_STATUS: ``{clustered, node, …}``: this kernel's membership (``node`` None without --cluster)."""
+        return self.call_json(SyscallOp.SYS_CLUSTER_STATUS, {})
 
     def world_create(self, name: str, config: dict | None = None) -> dict:
         return self.call_json(SyscallOp.SYS_WORLD_CREATE, {"name": name, "config": config or {}})

@@ -202,6 +202,12 @@ class UpstreamFailedError(KernelError):
     code = "upstream_failed"
 
 
+class ClusterUnavailableError(KernelError):
+    """ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again."""
+
+    code = "cluster_unavailable"
+
+
 class InternalError(KernelError):
     """a bug in the kernel; the kernel keeps running."""
 
@@ -225,6 +231,7 @@ KERNEL_ERRORS: dict[str, type[KernelError]] = {
     "too_large": TooLargeError,
     "io_error": IoError,
     "upstream_failed": UpstreamFailedError,
+    "cluster_unavailable": ClusterUnavailableError,
     "internal": InternalError,
 }
 # end of generated kernel errors

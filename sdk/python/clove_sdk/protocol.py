@@ -62,7 +62,7 @@ class SyscallOp(IntEnum):
     SYS_WRITE = 0x04  # write a regular file (atomically replaced, or appended to), as the agent sees it and with its uid
     SYS_SPAWN = 0x10  # start a supervised agent
     SYS_KILL = 0x11  # SIGTERM, then SIGKILL after grace_ms; works on paused agents; never restarted
-    SYS_LIST = 0x12  # a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned
+    SYS_LIST = 0x12  # a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned; on a clustered kernel, all_nodes: true (operators only) adds every other live node's agents, each with its node
     SYS_PAUSE = 0x14  # freeze the agent's whole process tree
     SYS_RESUME = 0x15  # thaw a paused agent
     SYS_RESTART = 0x16  # ext: stops the agent like KILL (SIGTERM, SIGKILL after grace_ms), then starts it again at once whatever its restart policy, under the same identity and name with a new pid; counted in restarts, announced by AGENT_EXITED, AGENT_RESTARTING (requested: true) and AGENT_SPAWNED. Refused (invalid_state) for an agent that is stopping, stopped or escalated (FAILED: spawn it again)
@@ -117,6 +117,8 @@ class SyscallOp(IntEnum):
     SYS_METRICS_AGENT = 0xC1  # one agent's process, cgroup and kernel counters
     SYS_METRICS_ALL_AGENTS = 0xC2  # METRICS_AGENT for every agent the caller may see
     SYS_METRICS_CGROUP = 0xC3  # a cgroup of the kernel's own tree (agents: only their own)
+    SYS_CLUSTER_NODES = 0xC8  # the nodes of the cluster: every live node, then the nodes this kernel saw lost (alive: false); a kernel without --cluster answers clustered: false and no nodes
+    SYS_CLUSTER_STATUS = 0xC9  # this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns
     SYS_HEARTBEAT = 0xD0  # resets the caller's watchdog deadline
     SYS_LLM_REPORT = 0xF0  # tokens used by a client-side LLM call: counted against the quota, marked self-reported
     SYS_HELLO = 0xFE  # who the caller is, what the kernel offers
@@ -185,6 +187,8 @@ class SyscallOp(IntEnum):
     METRICS_AGENT = 0xC1
     METRICS_ALL_AGENTS = 0xC2
     METRICS_CGROUP = 0xC3
+    CLUSTER_NODES = 0xC8
+    CLUSTER_STATUS = 0xC9
     HEARTBEAT = 0xD0
     LLM_REPORT = 0xF0
     HELLO = 0xFE
@@ -260,6 +264,8 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "METRICS_AGENT": ("metrics", "implemented", "get_agent_metrics"),
     "METRICS_ALL_AGENTS": ("metrics", "implemented", "get_all_agent_metrics"),
     "METRICS_CGROUP": ("metrics", "implemented", "get_cgroup_metrics"),
+    "CLUSTER_NODES": ("cluster", "implemented", "cluster_nodes"),
+    "CLUSTER_STATUS": ("cluster", "implemented", "cluster_status"),
     "HEARTBEAT": ("core", "implemented", "heartbeat"),
     "LLM_REPORT": ("llm", "implemented", "llm_report"),
     "HELLO": ("core", "implemented", "hello"),

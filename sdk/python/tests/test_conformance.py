@@ -61,7 +61,7 @@ OPS = {
     "SPAWN": lambda c, a: c.spawn(a.get("name"), a.get("script"), budgets=a.get("budgets")),
     "KILL": _lifecycle("kill"),
     "RESTART": _lifecycle("restart"),
-    "LIST": lambda c, a: c.list_agents(),
+    "LIST": lambda c, a: c.list_agents(all_nodes=a.get("all_nodes", False)),
     "PAUSE": _lifecycle("pause"),
     "RESUME": _lifecycle("resume"),
     "SEND": lambda c, a: c.send_message(a["message"], to_name=a["to_name"]),
@@ -95,6 +95,8 @@ OPS = {
     "ASYNC_RESULTS": lambda c, a: c.async_results(a.get("max", 10), a["timeout_ms"] / 1000 if "timeout_ms" in a else None),
     "METRICS_AGENT": lambda c, a: c.get_agent_metrics(a.get("agent_id")),
     "METRICS_ALL_AGENTS": lambda c, a: c.get_all_agent_metrics(),
+    "CLUSTER_NODES": lambda c, a: c.cluster_nodes(),
+    "CLUSTER_STATUS": lambda c, a: c.cluster_status(),
     "METRICS_CGROUP": lambda c, a: c.get_cgroup_metrics(a.get("cgroup_path")),
     "SET_QUOTA": lambda c, a: c.set_quota(
         a.get("quotas", {}), agent_id=a.get("agent_id"), name=a.get("name"), service=a.get("service")
