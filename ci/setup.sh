@@ -30,4 +30,6 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 npm run --silent build:native
 npm run --silent build
+# The cluster harness runs nodes as Docker containers (harness/cluster/docker.ts): docker.io and a running dockerd.
+bash ci/docker.sh
 echo "clove: set-up done"

@@ -69,9 +69,17 @@ export interface KernelProcess {
 
 /** Starts `clove kernel` as a child process (needs `npm run build`) and waits until it accepts. */
 export async function startKernelProcess(
-  args: { socketPath?: string; dataDir?: string; extra?: string[]; nodeArgs?: string[] } = {},
+  args: {
+    socketPath?: string;
+    dataDir?: string;
+    extra?: string[];
+    nodeArgs?: string[];
+    /** How long it may take to listen (default 15 s). */
+    timeoutMs?: number;
+  } = {},
 ): Promise<KernelProcess> {
-  const dir = tempDir();
+  // A temporary directory only for what the caller did not place (a restarted node reuses its own).
+  const dir = args.socketPath && args.dataDir ? '' : tempDir();
   const socketPath = args.socketPath ?? path.join(dir, 'clove.sock');
   const dataDir = args.dataDir ?? path.join(dir, 'data');
   const child = spawn(
@@ -96,7 +104,7 @@ export async function startKernelProcess(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
-  await waitForSocket(socketPath, 15_000, exited);
+  await waitForSocket(socketPath, args.timeoutMs ?? 15_000, exited);
   const clients: CloveClient[] = [];
   return {
     child,

@@ -27,6 +27,28 @@ describe('harness services', () => {
     expect(await accepts(etcd.port)).toBe(false);
   });
 
+  it('restarts etcd on the same port with the same data (an outage, not a new server)', async () => {
+    const etcd = await startEtcd();
+    started.push(etcd);
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    const put = await fetch(`${etcd.url}/v3/kv/put`, {
+      method: 'POST',
+      body: JSON.stringify({ key: b64('k'), value: b64('kept') }),
+    });
+    expect(put.ok).toBe(true);
+    const before = etcd.child.pid;
+    await etcd.restart();
+    expect(etcd.child.pid).not.toBe(before);
+    const r = await fetch(`${etcd.url}/v3/kv/range`, {
+      method: 'POST',
+      body: JSON.stringify({ key: b64('k') }),
+    });
+    const kvs = ((await r.json()) as { kvs?: Array<{ value: string }> }).kvs ?? [];
+    expect(kvs.map((kv) => Buffer.from(kv.value, 'base64').toString())).toEqual(['kept']);
+    await etcd.stop();
+    await expect(etcd.restart()).rejects.toThrow(/stopped/);
+  });
+
   it('starts NATS with JetStream enabled', async () => {
     const nats = await startNats();
     started.push(nats);

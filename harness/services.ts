@@ -70,6 +70,8 @@ export interface ServiceProcess {
   /** SIGSTOP / SIGCONT: a hung server. */
   pause(): void;
   resume(): void;
+  /** Stops it (SIGTERM, SIGKILL after 5 s) and starts it again on the same port with the same data: an outage of the service. */
+  restart(): Promise<void>;
   /** Stops it and removes its directory (idempotent). */
   stop(): Promise<void>;
 }
@@ -84,42 +86,61 @@ async function startService(
 ): Promise<ServiceProcess> {
   const dir = tempDir(`clv${what}`);
   const p = port ?? (await freePort(host));
-  const child = spawn(exe, args(dir, p), { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const keep = (d: Buffer) => (log = (log + d.toString()).slice(-8192));
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const exited = new Promise<void>((res) => child.once('exit', () => res()));
+  // One run of the server: a restart is a second run with the same arguments (same port, same data).
+  const run = async () => {
+    const child = spawn(exe, args(dir, p), { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
+    const exited = new Promise<void>((res) => child.once('exit', () => res()));
+    try {
+      await waitForPort(p, 20_000, exited, host);
+    } catch (e) {
+      child.kill('SIGKILL');
+      throw new Error(`${what} did not start: ${(e as Error).message}\n${log}`);
+    }
+    return { child, exited };
+  };
+  const halt = async (r: { child: ChildProcess; exited: Promise<void> }) => {
+    if (r.child.exitCode !== null || r.child.signalCode !== null) return;
+    r.child.kill('SIGCONT');
+    r.child.kill('SIGTERM');
+    const t = setTimeout(() => r.child.kill('SIGKILL'), 5000);
+    await r.exited;
+    clearTimeout(t);
+  };
+  let cur: Awaited<ReturnType<typeof run>>;
   try {
-    await waitForPort(p, 20_000, exited, host);
+    cur = await run();
   } catch (e) {
-    child.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
-    throw new Error(`${what} did not start: ${(e as Error).message}\n${log}`);
+    throw e;
   }
   let stopped = false;
-  return {
+  const svc: ServiceProcess = {
     url: url(p),
     host,
     port: p,
-    child,
+    child: cur.child,
     dir,
     log: () => log,
-    pause: () => child.kill('SIGSTOP'),
-    resume: () => child.kill('SIGCONT'),
+    pause: () => cur.child.kill('SIGSTOP'),
+    resume: () => cur.child.kill('SIGCONT'),
+    restart: async () => {
+      if (stopped) throw new Error(`${what} was stopped: it cannot restart`);
+      await halt(cur);
+      cur = await run();
+      svc.child = cur.child;
+    },
     stop: async () => {
       if (stopped) return;
       stopped = true;
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGCONT');
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(t);
-      }
+      await halt(cur);
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+  return svc;
 }
 
 /**
