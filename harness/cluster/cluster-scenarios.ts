@@ -64,15 +64,17 @@ while True:
         c.wait_message(timeout=5)
 `;
 
-/** Keeps every message it got in the state store of its node (key `keeper`). */
-export const KEEPER_AGENT = `from clove_sdk import connect
+/** Keeps every message it got in the state store of its node (key argv[1], default `keeper`). */
+export const KEEPER_AGENT = `import sys
+from clove_sdk import connect
 c = connect()
+key = sys.argv[1] if len(sys.argv) > 1 else "keeper"
 got = []
 while True:
     m = c.wait_message(timeout=None)
     if m:
         got.append(m["message"])
-        c.store("keeper", {"got": got}, check=True)
+        c.store(key, {"got": got}, check=True)
 `;
 
 /** An agent that only runs. */
