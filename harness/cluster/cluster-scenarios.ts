@@ -64,11 +64,11 @@ while True:
         c.wait_message(timeout=5)
 `;
 
-/** Keeps every message it got in the state store of its node (key argv[1], default `keeper`). */
+/** Keeps every message it got in the state store of its node, under the key its last argument names. */
 export const KEEPER_AGENT = `import sys
 from clove_sdk import connect
 c = connect()
-key = sys.argv[1] if len(sys.argv) > 1 else "keeper"
+key = sys.argv[-1]
 got = []
 while True:
     m = c.wait_message(timeout=None)

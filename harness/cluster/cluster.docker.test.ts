@@ -106,6 +106,7 @@ for (const [label, make, base, skip] of [
         await c2.spawn({
           name: 'keeper',
           script: sharedScript(cluster, 'keeper.py', KEEPER_AGENT),
+          args: ['keeper'],
           restart_policy: 'always',
         });
         await until(
@@ -190,6 +191,10 @@ for (const [label, make, base, skip] of [
           },
           60_000,
           'n2 not to run keeper',
+        );
+        const n2log = (await n2.logs()).split('\n').filter((l) => l.includes('keeper'));
+        console.log(
+          `[cluster-timing] ${label}: n2's log about keeper after its restart:\n${n2log.slice(-5).join('\n')}`,
         );
         expect(await runningOn(cluster, clients, 'keeper')).toEqual([moved.node]);
         const owners = (await everywhere(c1)).filter((a) => a.name === 'keeper' && a.state === 'RUNNING');
