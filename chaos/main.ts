@@ -3,14 +3,25 @@
  * and Node agents exchanging numbered messages, kills (or otherwise faults) seeded-random victims, and
  * verifies: survivors undisturbed, victims restarted and serving, no message lost. Exit code 0 only
  * if every invariant holds; `--json` prints one JSON object as the last line.
+ *
+ * `npm run chaos -- --nodes 3 --agents 150 --kill-node 1` (or `--partition`): the same across a cluster
+ * of kernels (chaos/cluster.ts, docs/cluster.md "Chaos across nodes").
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { createLogUpdate } from 'log-update';
 import { FAULT_KINDS, isFaultKind, type FaultKind } from '../harness/faults.js';
+import { closeAllClusters } from '../harness/clusterswarm.js';
 import { closeAllSwarms } from '../harness/swarm.js';
 import { CastRecorder, castToSvg } from './cast.js';
+import { runClusterChaos, type ClusterChaosResult } from './cluster.js';
 import { runChaos, type ChaosResult } from './run.js';
-import { renderFrame, renderSummary, type ViewHeader } from './view.js';
+import {
+  renderClusterFrame,
+  renderClusterSummary,
+  renderFrame,
+  renderSummary,
+  type ViewHeader,
+} from './view.js';
 
 function int(min: number) {
   return (v: string): number => {
@@ -44,7 +55,17 @@ const program = new Command()
   .option('--json', 'print the result as one JSON object on the last line')
   .option('--record <file.cast>', 'record the live view as an asciicast v2 file')
   .option('--svg <file.svg>', 'render the recording as an animated SVG (svg-term)')
-  .option('--no-live', 'no live view (progress lines on stderr instead)');
+  .option('--no-live', 'no live view (progress lines on stderr instead)')
+  .option('--nodes <n>', 'a cluster of n kernels on etcd and NATS (docs/cluster.md): node faults', int(2))
+  .option('--kill-node <k>', 'with --nodes: kill k nodes (never the collector’s) after the warm-up', int(1))
+  .option('--partition', 'with --nodes: isolate one node past its lease TTL, then rejoin it')
+  .option('--provider <kind>', 'with --nodes: processes (kernels as child processes) or docker', 'processes')
+  .option(
+    '--lease-ttl <s>',
+    "with --nodes: the kernels' --lease-ttl (3 s is enough for a small swarm; a loaded machine needs more)",
+    int(2),
+    10,
+  );
 
 program.parse();
 const o = program.opts<{
@@ -64,7 +85,99 @@ const o = program.opts<{
   record?: string;
   svg?: string;
   live: boolean;
+  nodes?: number;
+  killNode?: number;
+  partition?: boolean;
+  provider: string;
+  leaseTtl: number;
 }>();
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`\n${sig}: stopping the kernels and every agent…\n`);
+    void Promise.allSettled([closeAllSwarms(), closeAllClusters()]).finally(() => process.exit(130));
+  });
+}
+
+if (o.nodes !== undefined) await clusterMain(o.nodes);
+else if (o.killNode !== undefined || o.partition)
+  program.error('--kill-node and --partition are node faults: give --nodes too');
+
+/** The cluster run (--nodes): its own view, summary and JSON; exits the process. */
+async function clusterMain(nodes: number): Promise<never> {
+  const src = (k: string) => program.getOptionValueSource(k);
+  if (src('kill') === 'cli' || src('fault') === 'cli')
+    program.error(
+      '--kill and --fault fault agents of one kernel; with --nodes use --kill-node or --partition',
+    );
+  if (o.partition && o.killNode !== undefined) program.error('give --kill-node or --partition, not both');
+  if (o.provider !== 'processes' && o.provider !== 'docker')
+    program.error('--provider must be processes or docker');
+  if (o.kernel !== 'process') program.error('--kernel inproc is for one kernel; cluster nodes are processes');
+  if (!['auto', 'native', 'off'].includes(o.sandbox)) program.error('--sandbox must be auto, native or off');
+  const killNodes = o.killNode ?? 1;
+  if (!o.partition && killNodes > nodes - 1)
+    program.error(
+      `--kill-node ${killNodes}: at most ${nodes - 1} of ${nodes} nodes (the collector's survives)`,
+    );
+  const fault = o.partition ? 'partition' : 'kill-node';
+  const header = {
+    nodes,
+    agents: o.agents,
+    fault: o.partition ? 'partition' : `kill-node ${killNodes}`,
+    provider: o.provider,
+    seed: o.seed,
+  };
+  const live = o.live && process.stdout.isTTY === true;
+  const recorder =
+    o.record || o.svg
+      ? new CastRecorder(80, 24, `clove chaos: ${nodes} nodes, ${o.agents} agents, ${header.fault}`)
+      : null;
+  const logUpdate = live ? createLogUpdate(process.stdout) : null;
+  let result: ClusterChaosResult;
+  try {
+    result = await runClusterChaos({
+      nodes,
+      agents: o.agents,
+      fault,
+      killNodes,
+      provider: o.provider as 'processes' | 'docker',
+      leaseTtlS: o.leaseTtl,
+      durationS: o.duration,
+      seed: o.seed,
+      intervalMs: o.interval,
+      nodeEvery: o.nodeEvery,
+      sandbox: o.sandbox as 'auto' | 'native' | 'off',
+      fastPath: o.fastPath === true,
+      timeoutS: o.timeout,
+      onTick:
+        live || recorder
+          ? (v) => {
+              const frame = renderClusterFrame(header, v);
+              logUpdate?.(frame);
+              recorder?.frame(frame, v.phase === 'done');
+            }
+          : undefined,
+      log: live ? undefined : (line) => process.stderr.write(`${line}\n`),
+    });
+  } catch (e) {
+    logUpdate?.done();
+    process.stderr.write(`chaos run failed: ${(e as Error).stack ?? e}\n`);
+    await Promise.allSettled([closeAllSwarms(), closeAllClusters()]);
+    process.exit(2);
+  }
+  logUpdate?.done();
+  const summary = renderClusterSummary(result);
+  process.stdout.write(`\n${summary}\n`);
+  if (recorder) {
+    recorder.print(summary);
+    if (o.record) recorder.save(o.record);
+    if (o.svg) await castToSvg(recorder.toString(), o.svg);
+    process.stderr.write(`recorded${o.record ? ` ${o.record}` : ''}${o.svg ? ` ${o.svg}` : ''}\n`);
+  }
+  if (o.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  process.exit(result.ok ? 0 : 1);
+}
 
 if (o.fault !== 'mixed' && !isFaultKind(o.fault))
   program.error(`unknown fault kind ${o.fault} (${FAULT_KINDS.join(', ')}, mixed)`);
@@ -79,14 +192,6 @@ const recorder =
     ? new CastRecorder(80, 24, `clove chaos: ${o.agents} agents, ${o.kill} × ${o.fault}`)
     : null;
 const logUpdate = live ? createLogUpdate(process.stdout) : null;
-
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    logUpdate?.done();
-    process.stderr.write(`\n${sig}: stopping the kernel and every agent…\n`);
-    void closeAllSwarms().finally(() => process.exit(130));
-  });
-}
 
 let result: ChaosResult;
 try {

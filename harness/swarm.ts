@@ -51,11 +51,20 @@ export interface SwarmOptions {
    * event loop). `process`: `clove kernel` as a child process, like the real daemon (needs the build).
    */
   kernelMode?: 'inproc' | 'process';
+  /**
+   * A kernel (or cluster) started by the caller, used instead of starting one: its client() is where the
+   * collector, the operator and the event listener connect; close() stops it (chaos/cluster.ts).
+   */
+  kernelHandle?: SwarmKernel;
+  /** The agents' scripts as the kernels see them (default PY_AGENT and NODE_AGENT). */
+  scripts?: { python: string; node: string };
+  /** list() asks LIST `all_nodes` (a cluster: every node's agents, each with its `node`). */
+  listAllNodes?: boolean;
 }
 
 /** The part of a harness kernel (in-process or child process) a swarm needs. */
 export interface SwarmKernel {
-  mode: 'inproc' | 'process';
+  mode: 'inproc' | 'process' | 'cluster';
   client(): Promise<CloveClient>;
   stop(): Promise<unknown>;
 }
@@ -153,6 +162,8 @@ export class Swarm {
   readonly faultAcks: FaultAck[] = [];
   readonly sentKeys = new Set<string>();
   readonly recvKeys = new Set<string>();
+  /** Collector time at which each sent key was first reported (an upper bound of when it was accepted). */
+  readonly sentAt = new Map<string, number>();
   duplicates = 0;
   reportsSeen = 0;
   private opSeq = 0;
@@ -167,7 +178,9 @@ export class Swarm {
     readonly ctl: CloveClient,
     private readonly collector: CloveClient,
     private readonly eventsClient: CloveClient,
-    readonly opts: Required<Omit<SwarmOptions, 'spawnExtra' | 'kernel' | 'focus' | 'kernelMode'>> &
+    readonly opts: Required<
+      Omit<SwarmOptions, 'spawnExtra' | 'kernel' | 'focus' | 'kernelMode' | 'kernelHandle'>
+    > &
       Pick<SwarmOptions, 'spawnExtra' | 'focus'>,
   ) {
     this.names = Array.from({ length: opts.agents }, (_, i) => `${opts.prefix}${i}`);
@@ -175,7 +188,7 @@ export class Swarm {
 
   /** Starts a kernel in this process, the collector and the event listener (no agents yet). */
   static async start(o: SwarmOptions): Promise<Swarm> {
-    const tk = await startSwarmKernel(o.kernelMode ?? 'inproc', o.kernel ?? {});
+    const tk = o.kernelHandle ?? (await startSwarmKernel(o.kernelMode ?? 'inproc', o.kernel ?? {}));
     try {
       const ctl = await tk.client();
       const collector = await tk.client();
@@ -191,6 +204,8 @@ export class Swarm {
         restartPolicy: o.restartPolicy ?? 'always',
         spawnExtra: o.spawnExtra,
         focus: o.focus,
+        scripts: o.scripts ?? { python: PY_AGENT, node: NODE_AGENT },
+        listAllNodes: o.listAllNodes ?? false,
       });
       s.loops.push(s.collectLoop(), s.eventLoop());
       open.add(s);
@@ -226,13 +241,14 @@ export class Swarm {
     for (let i = 0; i < this.names.length; i++) await this.spawnOne(i);
   }
 
-  async spawnOne(i: number, extra: Partial<SpawnRequest> = {}): Promise<AgentTrack> {
+  /** Spawns agent `i` through `via` (another kernel's operator client; default this swarm's). */
+  async spawnOne(i: number, extra: Partial<SpawnRequest> = {}, via?: CloveClient): Promise<AgentTrack> {
     const name = this.names[i];
     const runtime = this.runtimeOf(i);
     const o = this.opts;
     const req: SpawnRequest = {
       name,
-      script: runtime === 'node' ? NODE_AGENT : PY_AGENT,
+      script: runtime === 'node' ? o.scripts.node : o.scripts.python,
       restart_policy: o.restartPolicy,
       env: {
         SWARM_PREFIX: o.prefix,
@@ -245,7 +261,7 @@ export class Swarm {
       ...o.spawnExtra?.(name, i),
       ...extra,
     };
-    const r = await this.ctl.spawn(req);
+    const r = await (via ?? this.ctl).spawn(req);
     const t: AgentTrack = {
       name,
       index: i,
@@ -305,7 +321,9 @@ export class Swarm {
           break;
         case 'tick': {
           for (const [dst, n] of (r.sent as [string, number][]) ?? []) {
-            this.sentKeys.add(`${r.name}@${r.e}>${dst}#${n}`);
+            const key = `${r.name}@${r.e}>${dst}#${n}`;
+            this.sentKeys.add(key);
+            if (!this.sentAt.has(key)) this.sentAt.set(key, at);
             t.sent++;
             t.lastSentAt = at;
             if (!t.firstSentAt.has(r.e)) t.firstSentAt.set(r.e, at);
@@ -363,6 +381,7 @@ export class Swarm {
       return false;
     }
     this.sentKeys.add(`chaos@op>${to}#${n}`);
+    this.sentAt.set(`chaos@op>${to}#${n}`, Date.now());
     return true;
   }
 
@@ -381,11 +400,17 @@ export class Swarm {
   }
 
   list(): Promise<AgentInfo[]> {
-    return this.ctl.list();
+    return this.ctl.list(this.opts.listAllNodes ? { all_nodes: true } : {});
   }
 
+  /** By name; when a name is listed twice (a cluster: a stale copy on another node), the live one wins. */
   async listByName(): Promise<Map<string, AgentInfo>> {
-    return new Map((await this.list()).map((a) => [a.name, a]));
+    const out = new Map<string, AgentInfo>();
+    for (const a of await this.list()) {
+      const had = out.get(a.name);
+      if (!had || (!had.running && a.running)) out.set(a.name, a);
+    }
+    return out;
   }
 
   /** Until every agent has reported "up" at least once. */

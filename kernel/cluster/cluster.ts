@@ -96,7 +96,10 @@ export async function createEngines(
   o: ClusterOptions,
   deps: { log: Logger; version: string },
 ): Promise<ClusterEngines> {
-  const [dir, bus] = await Promise.all([import('./directory.js'), import('./bus.js')]);
+  // One after the other: Node 20 importing both at once (etcd3's and nats's CommonJS graphs loading
+  // concurrently) sometimes saw nats half-initialised ("JSONCodec is not a function").
+  const dir = await import('./directory.js');
+  const bus = await import('./bus.js');
   return {
     directory: new dir.EtcdDirectory(o, { log: deps.log, version: deps.version }),
     bus: new bus.JetStreamBus(o, { log: deps.log }),
