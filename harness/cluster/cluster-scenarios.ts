@@ -9,7 +9,6 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { expect } from 'vitest';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { REPO_ROOT, until } from '../kernel.js';
 import { canUseIptables, type ClusterHandle, type NodeHandle } from './provider.js';
@@ -167,5 +166,3 @@ export async function waitAlive(
 export async function fetchValue<T>(c: CloveClient, key: string): Promise<T | null> {
   return ((await c.fetch(key, 'global')).value ?? null) as T | null;
 }
-
-export { expect };
