@@ -492,12 +492,13 @@ export class JetStreamBus implements ClusterBus {
   /**
    * Binds a name's consumer and consumes it with a callback (no client-side buffer: a message is
    * delivered, acked or nak'ed as it arrives). Retries with backoff until bound, disowned or closed; when
-   * the consume loop ends on its own (consumer or stream gone), binds again.
+   * the consume loop ends on its own (consumer or stream gone), binds again. `fresh`: the first binding of
+   * an own() (ensureConsumer's `fresh`).
    */
-  private async bind(o: Owned): Promise<void> {
+  private async bind(o: Owned, fresh = true): Promise<void> {
     for (let attempt = 0; !o.stopped && !this.closing; attempt++) {
       try {
-        const durable = await this.ensureConsumer(o.name, true);
+        const durable = await this.ensureConsumer(o.name, fresh);
         if (o.stopped) return;
         const consumer = await this.js!.consumers.get(this.stream, durable);
         const messages = await consumer.consume({ max_messages: 100, callback: (m) => this.onMail(o, m) });
@@ -544,7 +545,9 @@ export class JetStreamBus implements ClusterBus {
     if (o.stopped || this.closing || this.owned.get(o.name) !== o) return;
     this.log.warn({ name: o.name, err: err ? err.message : undefined }, 'mail consume ended; binding again');
     o.messages = undefined;
-    o.ready = this.bind(o);
+    // Not fresh: the consumer is this node's already, and a second owner of a moment (a partition) would
+    // otherwise take it from this one and back again.
+    o.ready = this.bind(o, false);
   }
 
   /**
