@@ -104,7 +104,19 @@ export async function startKernelProcess(
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
-  await waitForSocket(socketPath, args.timeoutMs ?? 15_000, exited);
+  try {
+    await waitForSocket(socketPath, args.timeoutMs ?? 15_000, exited);
+  } catch (e) {
+    // What the kernel said before it died (why it could not join a cluster, a bad flag…) is the clue.
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    const { code, signal } = await exited;
+    throw new Error(
+      `${(e as Error).message} (exit ${code ?? signal}); stderr: ${err.slice(-2000).trim() || '(empty)'}`,
+      {
+        cause: e,
+      },
+    );
+  }
   const clients: CloveClient[] = [];
   return {
     child,

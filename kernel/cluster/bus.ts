@@ -440,8 +440,14 @@ export class JetStreamBus implements ClusterBus {
     }
   }
 
-  /** Creates the durable consumer of a name if it does not exist (or updates its ack wait). */
-  private async ensureConsumer(name: string): Promise<string> {
+  /**
+   * Creates the durable consumer of a name if it does not exist (or updates its ack wait). With `fresh`
+   * (a node starting to own the name, which it claimed in etcd first: no one else owns it), a consumer
+   * that still has mail handed out unacknowledged or pulls waiting is made again: they belong to a
+   * previous owner that died or was cut off without the server noticing, and would hold that mail until
+   * its ack wait (30 s) — the work-queue stream keeps every unacknowledged message for the new consumer.
+   */
+  private async ensureConsumer(name: string, fresh = false): Promise<string> {
     const jsm = this.jsm!;
     const token = nameToken(name);
     const durable = `mail_${token}`;
@@ -457,7 +463,19 @@ export class JetStreamBus implements ClusterBus {
       inactive_threshold: nanos(this.mail.maxAgeS * 1000),
     };
     try {
-      const have = (await jsm.consumers.info(this.stream, durable)).config;
+      const info = await jsm.consumers.info(this.stream, durable);
+      if (fresh && (info.num_ack_pending > 0 || info.num_waiting > 0)) {
+        this.log.info(
+          { name, ackPending: info.num_ack_pending, waiting: info.num_waiting },
+          'mail consumer held by a previous owner: making it again',
+        );
+        await jsm.consumers.delete(this.stream, durable).catch((e: unknown) => {
+          if (jsErrCode(e) !== JS_CONSUMER_NOT_FOUND) throw e;
+        });
+        await jsm.consumers.add(this.stream, want);
+        return durable;
+      }
+      const have = info.config;
       if (have.ack_wait !== want.ack_wait) {
         // Another node made it with another ack wait: ours, if the server lets us (it still works if not).
         await jsm.consumers
@@ -474,12 +492,13 @@ export class JetStreamBus implements ClusterBus {
   /**
    * Binds a name's consumer and consumes it with a callback (no client-side buffer: a message is
    * delivered, acked or nak'ed as it arrives). Retries with backoff until bound, disowned or closed; when
-   * the consume loop ends on its own (consumer or stream gone), binds again.
+   * the consume loop ends on its own (consumer or stream gone), binds again. `fresh`: the first binding of
+   * an own() (ensureConsumer's `fresh`).
    */
-  private async bind(o: Owned): Promise<void> {
+  private async bind(o: Owned, fresh = true): Promise<void> {
     for (let attempt = 0; !o.stopped && !this.closing; attempt++) {
       try {
-        const durable = await this.ensureConsumer(o.name);
+        const durable = await this.ensureConsumer(o.name, fresh);
         if (o.stopped) return;
         const consumer = await this.js!.consumers.get(this.stream, durable);
         const messages = await consumer.consume({ max_messages: 100, callback: (m) => this.onMail(o, m) });
@@ -526,7 +545,9 @@ export class JetStreamBus implements ClusterBus {
     if (o.stopped || this.closing || this.owned.get(o.name) !== o) return;
     this.log.warn({ name: o.name, err: err ? err.message : undefined }, 'mail consume ended; binding again');
     o.messages = undefined;
-    o.ready = this.bind(o);
+    // Not fresh: the consumer is this node's already, and a second owner of a moment (a partition) would
+    // otherwise take it from this one and back again.
+    o.ready = this.bind(o, false);
   }
 
   /**
