@@ -1367,6 +1367,9 @@ export interface Message {
  */
 export interface BatchItem {
   to?: AgentId;
+  /**
+   * a name; on a clustered kernel also a name another node owns, or `name@node` (docs/cluster.md)
+   */
   to_name?: string;
   /**
    * any JSON; default `{}`
@@ -2822,6 +2825,9 @@ export interface RestartReply {
  */
 export interface SendRequest {
   to?: AgentId;
+  /**
+   * a name; on a clustered kernel also a name another node owns, or `name@node` (docs/cluster.md)
+   */
   to_name?: string;
   /**
    * any JSON; default `{}`
@@ -2836,6 +2842,9 @@ export interface SendRequest {
  */
 export interface SendArgs {
   to?: AgentId;
+  /**
+   * a name; on a clustered kernel also a name another node owns, or `name@node` (docs/cluster.md)
+   */
   to_name?: string;
   /**
    * any JSON; default `{}`
@@ -5830,7 +5839,11 @@ export const SCHEMA_DEFS = {
       description: "One message of SEND_BATCH: SEND's request.",
       properties: {
         to: { $ref: 'clove#/$defs/AgentId', description: 'target id (wins over `to_name`)' },
-        to_name: { type: 'string' },
+        to_name: {
+          type: 'string',
+          description:
+            'a name; on a clustered kernel also a name another node owns, or `name@node` (docs/cluster.md)',
+        },
         message: { description: 'any JSON; default `{}`' },
       },
     },
@@ -6803,7 +6816,11 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
     type: 'object',
     properties: {
       to: { $ref: 'clove#/$defs/AgentId', description: 'target id (wins over `to_name`)' },
-      to_name: { type: 'string' },
+      to_name: {
+        type: 'string',
+        description:
+          'a name; on a clustered kernel also a name another node owns, or `name@node` (docs/cluster.md)',
+      },
       message: { description: 'any JSON; default `{}`' },
     },
   },
