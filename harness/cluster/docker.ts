@@ -155,7 +155,7 @@ class ContainerNode implements NodeDriver {
     const missing = missingCaps();
     const hostConfig: Docker.HostConfig & { CgroupnsMode?: string } = {
       NetworkMode: 'host',
-      Binds: [`${s.dir}:${s.dir}`, '/sys/fs/cgroup:/sys/fs/cgroup:rw'],
+      Binds: [`${s.dir}:${s.dir}`, `${s.sharedDir}:${s.sharedDir}`, '/sys/fs/cgroup:/sys/fs/cgroup:rw'],
       SecurityOpt: ['seccomp=unconfined', 'apparmor=unconfined'],
       // What the CLI's `--security-opt systempaths=unconfined` becomes: nothing of /proc and /sys masked.
       MaskedPaths: [],
@@ -263,14 +263,18 @@ export class DockerProvider implements ClusterProvider {
   readonly docker: Docker;
   private image: NodeImage | null = null;
 
-  constructor(opts: { docker?: Docker } = {}) {
+  private readonly root: string | undefined;
+
+  /** `root`: the checkout whose build the nodes run (default: this one). */
+  constructor(opts: { docker?: Docker; root?: string } = {}) {
     this.docker = opts.docker ?? new Docker();
+    this.root = opts.root;
   }
 
   /** The node image (built once per provider, and once per content across runs: image.ts). */
   async ensureImage(): Promise<NodeImage> {
     if (!this.image) {
-      this.image = await ensureNodeImage(this.docker);
+      this.image = await ensureNodeImage(this.docker, { root: this.root });
       // A new build leaves the previous ones unused (~400 MB a base): images no container uses go.
       if (this.image.builtBase || this.image.builtProject) await pruneNodeImages(this.docker, this.image);
     }

@@ -144,6 +144,31 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
         expect(states).toMatchObject({ py: 'RUNNING', js: 'RUNNING' });
       });
 
+      it('a script in the shared directory runs on every node, a node directory only on its node', async () => {
+        fs.writeFileSync(path.join(cluster.sharedDir, 'py_agent.py'), PY_AGENT, { mode: 0o644 });
+        for (const n of cluster.nodes) {
+          const c = await n.client();
+          await c.delete('py-agent', 'global');
+          await c.spawn({ name: 'shared', script: path.join(cluster.sharedDir, 'py_agent.py') });
+          await until(
+            async () => (await c.fetch('py-agent', 'global')).value,
+            60_000,
+            `the agent on ${n.name}`,
+          );
+          await c.kill('shared');
+        }
+        // b cannot run what lives in a's directory (in a container it is not even there).
+        const b = await cluster.node('b').client();
+        const own = await b
+          .spawn({ name: 'notmine', script: path.join(cluster.node('a').dir, 'py_agent.py') })
+          .then(
+            () => null,
+            (e: Error) => e,
+          );
+        if (label === 'docker') expect(own?.message).toMatch(/not found|not readable/);
+        else if (!own) await b.kill('notmine');
+      });
+
       it('pause: a call to the node times out; resume: it answers again', async () => {
         const b = cluster.node('b');
         await b.pause();
@@ -250,7 +275,12 @@ export function describeProvider(label: string, make: () => ClusterProvider, opt
         const c = await a.client();
         await c.spawn({ name: 'py2', script: path.join(a.dir, 'py_agent.py') });
         if (root) await cluster.partition(A, B);
-        const dirs = [...cluster.nodes.map((n) => n.dir), cluster.etcd!.dir, cluster.nats!.dir];
+        const dirs = [
+          ...cluster.nodes.map((n) => n.dir),
+          cluster.sharedDir,
+          cluster.etcd!.dir,
+          cluster.nats!.dir,
+        ];
         const mine = async () => (await harnessRules()).filter((r) => r.args.includes(cluster.ruleTag!));
         // The partition's 2 DROP rules and the 4 DNAT rules (2 nodes × etcd, NATS).
         if (root) expect((await mine()).length).toBe(6);

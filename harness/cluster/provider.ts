@@ -107,6 +107,11 @@ export interface ClusterHandle {
   /** The services as the host reaches them (127.0.0.1). */
   readonly etcdUrl: string | null;
   readonly natsUrl: string | null;
+  /**
+   * A directory every node sees at the same path (bind-mounted into each container): put the scripts of
+   * agents that must be able to start on any node (a node's own `dir` is visible to it alone).
+   */
+  readonly sharedDir: string;
   /** The services the cluster started itself (restart() for an outage; null when the caller gave a URL or none). */
   readonly etcd: ServiceProcess | null;
   readonly nats: ServiceProcess | null;
@@ -243,6 +248,8 @@ export interface DriverSpec {
   name: string;
   address: string;
   dir: string;
+  /** The cluster's shared directory (ClusterHandle.sharedDir). */
+  sharedDir: string;
   socketPath: string;
   dataDir: string;
   kernelArgs: string[];
@@ -274,7 +281,8 @@ export async function startCluster(
   await sweepRules();
   let etcd: ServiceProcess | null = null;
   let nats: ServiceProcess | null = null;
-  const dirs: string[] = [];
+  const sharedDir = makeDir();
+  const dirs: string[] = [sharedDir];
   const drivers: NodeDriver[] = [];
   const clients: CloveClient[] = [];
   let stopped = false;
@@ -343,6 +351,7 @@ export async function startCluster(
         name: spec.name,
         address: spec.address,
         dir,
+        sharedDir,
         socketPath,
         dataDir,
         kernelArgs,
@@ -392,6 +401,7 @@ export async function startCluster(
       nodes: handles,
       etcdUrl: e.url,
       natsUrl: n.url,
+      sharedDir,
       etcd,
       nats,
       node: (name) => {
