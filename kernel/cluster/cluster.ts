@@ -556,6 +556,11 @@ export class ClusterService implements ClusterNames {
     return this.bus.call(node, method, args, timeoutMs);
   }
 
+  /** The live members now (this node's view of etcd), this one included. */
+  liveNodes(): string[] {
+    return this.directory.nodes().map((n) => n.node);
+  }
+
   /** Whether `node` is a live member now (this node's view of etcd). */
   isAlive(node: string): boolean {
     return this.directory.nodes().some((n) => n.node === node);

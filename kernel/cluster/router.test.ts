@@ -103,6 +103,20 @@ describe('operators act on agents of other nodes', () => {
     await cb.kill(held);
   });
 
+  it('KILL right after another node spawned it (before this node saw its name) still reaches it; a miss is not_found', async () => {
+    for (let i = 0; i < 3; i++) {
+      const name = uniq('fresh');
+      const r = await cb.spawn({ name, script: idle, sandboxed: false });
+      await expect(ca.kill(i % 2 ? name : r.id, { wait: true })).resolves.toMatchObject({
+        killed: true,
+        agent_id: r.id,
+      });
+      expect(await onNode(cb, name)).toBeUndefined();
+    }
+    await expect(ca.kill(uniq('nobody'))).rejects.toMatchObject({ code: 'not_found' });
+    await expect(ca.pause(4_000_000)).rejects.toMatchObject({ code: 'not_found' });
+  });
+
   it("a non-operator's SPAWN with node is refused (permission_denied) and audited", async () => {
     const pa = uniq('probe');
     const ctl = await a.client();

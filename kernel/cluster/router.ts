@@ -78,12 +78,38 @@ export class ClusterRouter implements Router {
       /* not here: perhaps another node's */
     }
     const owner = cluster.remoteOwner(target);
-    if (!owner) return 'local';
+    if (!owner) return this.search(cluster, op, req as Record<string, unknown>, target);
     const grace =
       typeof (req as { grace_ms?: unknown }).grace_ms === 'number'
         ? (req as { grace_ms: number }).grace_ms
         : 5000;
     return this.forward(cluster, owner.node, op, req as Record<string, unknown>, grace + CALL_SLACK_MS);
+  }
+
+  /**
+   * A target neither here nor in this node's copy of etcd's names: the copy may lag (an agent spawned on
+   * another node a moment ago), so every other live node is asked; at most one has it (ids and names are
+   * unique cluster-wide). Its reply is the reply; nobody having it is `not_found` as a local miss says it.
+   */
+  private async search(
+    cluster: ClusterService,
+    op: OpName,
+    req: Record<string, unknown>,
+    target: { id?: number; name?: string },
+  ): Promise<Reply> {
+    const grace = typeof req.grace_ms === 'number' ? req.grace_ms : 5000;
+    const others = cluster.liveNodes().filter((n) => n !== cluster.node);
+    const replies = await Promise.all(
+      others.map((n) =>
+        this.forward(cluster, n, op, req, grace + CALL_SLACK_MS).catch((e: Error) => {
+          this.d.log.warn({ node: n, op, err: e.message }, 'node did not answer a forwarded call');
+          return undefined;
+        }),
+      ),
+    );
+    const found = replies.find((r) => r && (r as { code?: unknown }).code !== 'not_found');
+    if (found) return found;
+    throw new NotFoundError(`agent not found: ${target.name ?? target.id}`, { agent_id: target.id ?? 0 });
   }
 
   /** SPAWN `node`: here when it is this node, else forwarded; refused without a cluster or an operator. */
