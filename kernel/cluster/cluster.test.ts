@@ -181,6 +181,25 @@ describe('one cluster of two kernels', () => {
     await winner.kill(name);
   });
 
+  it("an operator on a restarts and kills b's agents by name, name@node and id; an unknown one is not_found", async () => {
+    const ca = await a.client();
+    const cb = await b.client();
+    const n1 = uniq('remote');
+    const n2 = uniq('remote');
+    const s1 = await cb.spawn({ name: n1, script: idle, sandboxed: false });
+    const s2 = await cb.spawn({ name: n2, script: idle, sandboxed: false });
+    const r = await ca.restart(n1, { wait: true });
+    expect(r).toMatchObject({ success: true, restarted: true, agent_id: s1.id });
+    expect(r.pid).toBeGreaterThan(0);
+    expect(r.pid).not.toBe(s1.pid);
+    expect(await ca.kill(`${n1}@b`, { wait: true })).toMatchObject({ killed: true, agent_id: s1.id });
+    expect(await ca.kill(s2.id, { wait: true })).toMatchObject({ killed: true, agent_id: s2.id });
+    const left = await cb.list();
+    for (const id of [s1.id, s2.id])
+      expect(left.find((x) => x.id === id && x.state !== 'STOPPED')).toBeUndefined();
+    await expect(ca.kill(`${n1}@b`)).rejects.toMatchObject({ code: 'not_found' });
+  });
+
   it('an unknown name or name@node is not_found; SEND_BATCH mixes local and remote items in order', async () => {
     const x = await named(a, uniq('x'));
     const y = await named(a, uniq('y'));

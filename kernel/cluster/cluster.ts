@@ -23,7 +23,9 @@ import type { AgentService, ClusterNames } from '../agents/agents.js';
 import type { Caller } from '../core/context.js';
 import {
   ClusterUnavailableError,
+  InvalidStateError,
   KernelError,
+  NotFoundError,
   MailboxFullError,
   NameTakenError,
   PermissionDeniedError,
@@ -69,6 +71,14 @@ interface DefSpec {
   request: SpawnArgs;
 }
 
+/** A KILL or RESTART asked of another node (bus call `control`). */
+interface ControlArgs {
+  op: 'kill' | 'restart';
+  name: string;
+  grace_ms?: number;
+  wait: boolean;
+}
+
 /** The caller a takeover spawns as: the kernel itself, with an operator's rights. */
 const KERNEL_CALLER: Caller = { id: 0, role: 'operator', name: 'cluster', perms: preset('unrestricted') };
 
@@ -104,6 +114,14 @@ export function wireError(e: unknown, what: string): Error {
   const msg = (e as Error)?.message ?? String(e);
   if (code === 'mail_rejected') return new MailboxFullError(`${what}: ${msg}`, { delivered_to: 0 });
   if (code === 'mail_too_large') return new TooLargeError(`${what}: ${msg}`, { delivered_to: 0 });
+  // Another kernel's refusal (a call it served): the same condition here.
+  const remote = (e as { remoteMessage?: unknown })?.remoteMessage;
+  if (typeof remote === 'string') {
+    const text = `${what}: ${remote}`;
+    if (code === 'not_found') return new NotFoundError(text);
+    if (code === 'permission_denied') return new PermissionDeniedError(text);
+    if (code === 'invalid_state') return new InvalidStateError(text);
+  }
   if (typeof code === 'string') return new ClusterUnavailableError(`${what}: ${msg}`, { delivered_to: 0 });
   return e instanceof Error ? e : new Error(msg);
 }
@@ -506,15 +524,57 @@ export class ClusterService implements ClusterNames {
 
   // ---- kernel-to-kernel calls and operators --------------------------------------------------------------
 
-  private async serve(method: string, _args: unknown, from: string): Promise<unknown> {
+  private async serve(method: string, args: unknown, from: string): Promise<unknown> {
     switch (method) {
       case 'list':
         return this.localList();
+      case 'control':
+        return this.localControl(args as ControlArgs, from);
       default: {
         const fn = this.extraCalls.get(method);
-        if (fn) return fn(_args, from);
+        if (fn) return fn(args, from);
         throw new Error(`unknown cluster call ${method} from ${from}`);
       }
+    }
+  }
+
+  /**
+   * KILL or RESTART of an agent of this node asked by an operator on another node (checked there): done
+   * as the kernel, audited here as the lifecycle family's calls are.
+   */
+  private async localControl(a: ControlArgs, from: string): Promise<{ agent_id: number; pid: number }> {
+    const agent = this.d.agents.find({ name: a.name });
+    const opts = { graceMs: a.grace_ms, wait: a.wait };
+    this.d.log.info({ agent: a.name, op: a.op, from_node: from }, 'agent controlled from another node');
+    if (a.op === 'restart') {
+      const pid = await this.d.agents.restart(KERNEL_CALLER, agent, opts);
+      return { agent_id: agent.def.id, pid };
+    }
+    await this.d.agents.kill(KERNEL_CALLER, agent, opts);
+    return { agent_id: agent.def.id, pid: 0 };
+  }
+
+  /**
+   * KILL / RESTART of another node's agent (`owner`, from `remoteOwner`): operators only (an agent may
+   * control only the agents it spawned, which run on its own node).
+   */
+  async control(
+    caller: Caller,
+    op: ControlArgs['op'],
+    owner: NameOwner,
+    opts: { graceMs?: number; wait: boolean },
+  ): Promise<{ agent_id: number; pid: number }> {
+    if (caller.role !== 'operator')
+      throw new PermissionDeniedError(
+        `Permission denied: agent ${owner.name} runs on node ${owner.node}; only an operator controls another node's agents`,
+        { agent_id: owner.id },
+      );
+    const args: ControlArgs = { op, name: owner.name, grace_ms: opts.graceMs, wait: opts.wait };
+    try {
+      const timeout = (opts.graceMs ?? 10_000) + LIST_TIMEOUT_MS + (opts.wait ? 30_000 : 0);
+      return (await this.bus.call(owner.node, 'control', args, timeout)) as { agent_id: number; pid: number };
+    } catch (e) {
+      throw wireError(e, `cannot ${op} ${owner.name} on node ${owner.node}`);
     }
   }
 

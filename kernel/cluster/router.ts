@@ -36,6 +36,12 @@ const SPAWN_TIMEOUT_MS = 60_000;
 /** Beyond a KILL's or RESTART's grace period (default 5 s), the time the other node may take. */
 const CALL_SLACK_MS = 30_000;
 
+/** How long the owner may take for a KILL or RESTART: its grace period (default 5 s) and some slack. */
+function graceOf(req: unknown): number {
+  const g = (req as { grace_ms?: unknown }).grace_ms;
+  return (typeof g === 'number' ? g : 5000) + CALL_SLACK_MS;
+}
+
 interface ForwardedCall {
   op: OpName;
   req: Record<string, unknown>;
@@ -70,6 +76,16 @@ export class ClusterRouter implements Router {
     const t = req as { id?: number; name?: string };
     // A local agent by that id or name wins (as SEND's local name does); the handler reports the rest.
     if (!t.id && !t.name) return 'local';
+    const timeoutMs = graceOf(req);
+    const fwd = req as Record<string, unknown>;
+    // `name@node` (as SEND takes it): that node's agent; `name@<this node>` is the local name.
+    const at = t.id ? -1 : t.name!.lastIndexOf('@');
+    if (at > 0) {
+      const node = t.name!.slice(at + 1);
+      if (node === cluster.node) return 'local';
+      if (!cluster.isAlive(node)) return 'local';
+      return this.forward(cluster, node, op, { ...fwd, name: t.name!.slice(0, at) }, timeoutMs);
+    }
     const target = t.id ? { id: t.id } : { name: t.name! };
     try {
       this.d.agents.find(target);
@@ -78,12 +94,8 @@ export class ClusterRouter implements Router {
       /* not here: perhaps another node's */
     }
     const owner = cluster.remoteOwner(target);
-    if (!owner) return this.search(cluster, op, req as Record<string, unknown>, target);
-    const grace =
-      typeof (req as { grace_ms?: unknown }).grace_ms === 'number'
-        ? (req as { grace_ms: number }).grace_ms
-        : 5000;
-    return this.forward(cluster, owner.node, op, req as Record<string, unknown>, grace + CALL_SLACK_MS);
+    if (!owner) return this.search(cluster, op, fwd, target);
+    return this.forward(cluster, owner.node, op, fwd, timeoutMs);
   }
 
   /**
@@ -97,11 +109,11 @@ export class ClusterRouter implements Router {
     req: Record<string, unknown>,
     target: { id?: number; name?: string },
   ): Promise<Reply> {
-    const grace = typeof req.grace_ms === 'number' ? req.grace_ms : 5000;
+    const timeoutMs = graceOf(req);
     const others = cluster.liveNodes().filter((n) => n !== cluster.node);
     const replies = await Promise.all(
       others.map((n) =>
-        this.forward(cluster, n, op, req, grace + CALL_SLACK_MS).catch((e: Error) => {
+        this.forward(cluster, n, op, req, timeoutMs).catch((e: Error) => {
           this.d.log.warn({ node: n, op, err: e.message }, 'node did not answer a forwarded call');
           return undefined;
         }),
