@@ -87,10 +87,15 @@ export async function ensureNodeImage(docker: Docker, opts: { root?: string } = 
 }
 
 /**
- * Removes every harness image but `keep` and what no container uses (old project builds pile up
- * otherwise; a base is ~400 MB). Two passes: a base goes only once the project images built on it are gone.
+ * Removes every harness image but `keep`, those a container uses and those younger than `minAgeMs` (old
+ * project builds pile up otherwise; a base is ~400 MB). Two passes: a base goes only once the project
+ * images built on it are gone.
  */
-export async function pruneNodeImages(docker: Docker, keep: NodeImage): Promise<string[]> {
+export async function pruneNodeImages(
+  docker: Docker,
+  keep: NodeImage,
+  minAgeMs = 10 * 60_000,
+): Promise<string[]> {
   const removed: string[] = [];
   for (let pass = 0; pass < 2; pass++) {
     const images = await docker.listImages({
@@ -99,6 +104,8 @@ export async function pruneNodeImages(docker: Docker, keep: NodeImage): Promise<
     for (const img of images) {
       const tags = img.RepoTags ?? [];
       if (tags.includes(keep.tag) || tags.includes(keep.baseTag)) continue;
+      // Another checkout's run may have just built it and not yet started its containers.
+      if (img.Created * 1000 > Date.now() - minAgeMs) continue;
       try {
         await docker.getImage(img.Id).remove({ force: false });
         removed.push(...tags);
