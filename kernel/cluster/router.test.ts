@@ -74,6 +74,10 @@ describe('operators act on agents of other nodes', () => {
     expect((await onNode(cb, name))?.state).toBe('PAUSED');
     await expect(ca.resume(r.id)).resolves.toMatchObject({ resumed: true, agent_id: r.id });
     expect((await onNode(cb, name))?.state).toBe('RUNNING');
+    // name@node names the node itself.
+    await expect(ca.pause(`${name}@b`)).resolves.toMatchObject({ paused: true, agent_id: r.id });
+    await expect(ca.resume(`${name}@b`)).resolves.toMatchObject({ resumed: true, agent_id: r.id });
+    await expect(ca.pause(`${name}@a`)).rejects.toMatchObject({ code: 'not_found' });
 
     const rs = await ca.restart(name, { wait: true, grace_ms: 2000 });
     expect(rs).toMatchObject({ restarted: true, agent_id: r.id });
