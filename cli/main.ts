@@ -186,6 +186,7 @@ export function program(daemon: Daemon): Command {
     .option('-e, --env <KEY=VALUE>', 'environment variable for the agent (repeatable)', kv, {})
     .option('--no-sandbox', 'run as a plain process (operator only)')
     .option('--network', 'grant network access')
+    .option('--node <node>', 'run it on this node of the cluster (a clustered kernel)')
     .option('--json', 'print the reply as JSON')
     .action(async (script: string, args: string[], o) => {
       const reply = await withClient(p.opts().socket, (c) =>
@@ -200,6 +201,7 @@ export function program(daemon: Daemon): Command {
           env: o.env,
           sandboxed: o.sandbox,
           network: o.network ?? false,
+          ...(o.node ? { node: o.node } : {}),
         }),
       );
       console.log(o.json ? JSON.stringify(reply) : `${reply.name} (id ${reply.id}, pid ${reply.pid})`);

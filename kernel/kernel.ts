@@ -51,6 +51,7 @@ import quotas from './syscalls/quotas/index.js';
 import tasks from './syscalls/tasks/index.js';
 import cluster from './syscalls/cluster/index.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
+import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
 
 export { KERNEL_VERSION } from './version.js';
@@ -307,11 +308,23 @@ export class Kernel {
       log: this.log,
     };
     const supervisor = this.supervisor;
-    const dispatcher = (this.dispatcher = new Dispatcher(services, {
-      beat: (id) => supervisor.heartbeat(id),
-      parked: (id, delta) => supervisor.parked(id, delta),
-    }));
+    // Operators' calls on agents of other nodes go there (kernel/cluster/router.ts); SPAWN `node` too.
+    const router = new ClusterRouter({
+      ...(this.cluster ? { cluster: this.cluster } : {}),
+      agents: this.agents,
+      principals: this.principals,
+      log: this.log,
+    });
+    const dispatcher = (this.dispatcher = new Dispatcher(
+      services,
+      {
+        beat: (id) => supervisor.heartbeat(id),
+        parked: (id, delta) => supervisor.parked(id, delta),
+      },
+      router,
+    ));
     for (const family of FAMILIES) dispatcher.register(family);
+    router.attach(dispatcher);
     const server = (this.server = new Server({
       dispatcher,
       maxPayload: o.maxPayload,

@@ -885,6 +885,7 @@ export const ERROR_CODES = [
   'io_error',
   'upstream_failed',
   'cluster_unavailable',
+  'not_clustered',
   'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -966,6 +967,12 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     class: 'ClusterUnavailableError',
     description:
       "ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again",
+  },
+  {
+    code: 'not_clustered',
+    class: 'NotClusteredError',
+    description:
+      'ext: a request only a clustered kernel can serve (SPAWN `node`) reached a kernel without --cluster; nothing was done',
   },
   { code: 'internal', class: 'InternalError', description: 'a bug in the kernel; the kernel keeps running' },
 ];
@@ -2539,6 +2546,10 @@ export interface SpawnRequest {
   budgets?: Budgets;
   labels?: Labels;
   quotas?: QuotaSet;
+  /**
+   * ext: run it on this node of the cluster (operators only; docs/cluster.md "Operators"); the reply is that node's. A kernel without --cluster refuses it (`not_clustered`), an unknown or lost node is `not_found`
+   */
+  node?: string;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -2617,6 +2628,10 @@ export interface SpawnArgs {
   budgets?: Budgets;
   labels?: Labels;
   quotas?: QuotaSet;
+  /**
+   * ext: run it on this node of the cluster (operators only; docs/cluster.md "Operators"); the reply is that node's. A kernel without --cluster refuses it (`not_clustered`), an unknown or lost node is `not_found`
+   */
+  node?: string;
 }
 /**
  * SPAWN reply.
@@ -6778,6 +6793,12 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         $ref: 'clove#/$defs/QuotaSet',
         description:
           'ext: the new agent\'s quotas (docs/protocol.md "Quotas"); an agent may give its child no looser quota than its own',
+      },
+      node: {
+        type: 'string',
+        minLength: 1,
+        description:
+          'ext: run it on this node of the cluster (operators only; docs/cluster.md "Operators"); the reply is that node\'s. A kernel without --cluster refuses it (`not_clustered`), an unknown or lost node is `not_found`',
       },
     },
   },

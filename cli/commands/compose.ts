@@ -35,6 +35,7 @@ import {
   withClient,
 } from '../lib.js';
 import type { Daemon } from '../main.js';
+import { PlacementError, placeReplicas, type NodeLoad } from '../compose/placement.js';
 import { Followed, Printer } from './logs.js';
 
 /** What the commands need of the program: the global options, resolved at action time. */
@@ -110,6 +111,56 @@ function withDependencies(p: Project, names: string[]): Service[] {
   };
   names.forEach(add);
   return p.services.filter((s) => want.has(s.name));
+}
+
+/**
+ * Every agent the project may have: on a clustered kernel every node's (LIST `all_nodes`, each with its
+ * `node`); a kernel without --cluster lists its own.
+ */
+function listAll(c: CloveClient): Promise<AgentInfo[]> {
+  return c.list({ all_nodes: true });
+}
+
+/** The cluster as `up` and `scale` place replicas on it: null for a kernel without --cluster. */
+async function clusterNodes(c: CloveClient): Promise<NodeLoad[] | null> {
+  try {
+    const r = await c.clusterNodes();
+    return r.clustered ? r.nodes : null;
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'unknown_opcode' || code === 'not_supported') return null;
+    throw e;
+  }
+}
+
+/**
+ * The nodes of `count` new replicas of `s` (null entries: a kernel without --cluster, which places
+ * nothing; `placement:` then only earns a warning). `running` are the replicas it keeps.
+ */
+function placeNew(
+  nodes: NodeLoad[] | null,
+  s: Service,
+  running: AgentInfo[],
+  count: number,
+): (string | null)[] {
+  if (!nodes) {
+    if (s.placement)
+      process.stderr.write(`clove: warning: the kernel is not clustered: placement of ${s.name} ignored\n`);
+    return new Array<string | null>(count).fill(null);
+  }
+  const have = new Map<string, number>();
+  for (const a of running) if (a.node) have.set(a.node, (have.get(a.node) ?? 0) + 1);
+  try {
+    return placeReplicas(nodes, have, s.placement, count, s.name);
+  } catch (e) {
+    if (e instanceof PlacementError) throw new CliError(e.message, EXIT.START_FAILED);
+    throw e;
+  }
+}
+
+/** A replica running where `placement.nodes` no longer allows it: `up` moves it (recreates it). */
+function misplaced(s: Service, a: AgentInfo, clustered: boolean): boolean {
+  return clustered && !!s.placement?.nodes && !!a.node && !s.placement.nodes.includes(a.node);
 }
 
 /** The state file that remembers whether `up` started the kernel. */
@@ -254,7 +305,7 @@ async function waitService(
   const logs = path.join((await c.hello()).data_dir ?? '', 'logs');
   const finished = new Set<string>();
   for (;;) {
-    const agents = projectAgents(await c.list(), p.name, s.name).filter((a) => want.includes(a.name));
+    const agents = projectAgents(await listAll(c), p.name, s.name).filter((a) => want.includes(a.name));
     for (const a of agents) if (DEAD.has(a.state)) throw startFailure(a, 'did not start');
     // Gone from LIST: it exited and is not restarted. Exit code 0 is a finished job; anything else failed.
     for (const name of want) {
@@ -341,7 +392,7 @@ export async function applyProject(
     out: (s: string) => void;
   },
 ): Promise<void> {
-  const agents = projectAgents(await c.list(), p.name);
+  const agents = projectAgents(await listAll(c), p.name);
   const known = new Set(p.services.map((s) => s.name));
   const orphans = agents.filter((a) => !known.has(labelsOf(a)[L.service]));
   if (orphans.length && opts.removeOrphans) {
@@ -355,14 +406,19 @@ export async function applyProject(
     );
   }
   const byName = new Map(p.services.map((s) => [s.name, s]));
+  const nodes = await clusterNodes(c);
   for (const s of withDependencies(p, opts.services)) {
     for (const d of s.dependsOn) {
       await waitService(c, p, byName.get(d.service)!, d.condition, opts.socket, opts.timeoutMs);
     }
-    const mine = projectAgents(await c.list(), p.name, s.name);
+    const mine = projectAgents(await listAll(c), p.name, s.name);
     const want = replicaNames(s, s.replicas);
     const stale = mine.filter(
-      (a) => !want.includes(a.name) || labelsOf(a)[L.hash] !== s.hash || DEAD.has(a.state),
+      (a) =>
+        !want.includes(a.name) ||
+        labelsOf(a)[L.hash] !== s.hash ||
+        DEAD.has(a.state) ||
+        misplaced(s, a, nodes !== null),
     );
     if (stale.length)
       await killAll(
@@ -372,11 +428,25 @@ export async function applyProject(
     const keep = new Set(mine.filter((a) => !stale.includes(a)).map((a) => a.name));
     const recreated = new Set(stale.map((a) => a.name));
     for (const a of mine) if (keep.has(a.name)) opts.out(`${a.name} is up to date`);
-    for (let i = 0; i < want.length; i++) {
-      if (keep.has(want[i])) continue;
+    const missing = want.flatMap((n, i) => (keep.has(n) ? [] : [i]));
+    const where = placeNew(
+      nodes,
+      s,
+      mine.filter((a) => keep.has(a.name)),
+      missing.length,
+    );
+    for (const [k, i] of missing.entries()) {
       const labels = composeLabels(p, s, s.replicated ? i + 1 : undefined);
-      const r = await c.spawn({ ...s.spawn, name: want[i], labels } as SpawnRequest);
-      opts.out(`${recreated.has(want[i]) ? 'recreated' : 'started'} ${want[i]} (id ${r.id}, pid ${r.pid})`);
+      const node = where[k];
+      const r = await c.spawn({
+        ...s.spawn,
+        name: want[i],
+        labels,
+        ...(node ? { node } : {}),
+      } as SpawnRequest);
+      opts.out(
+        `${recreated.has(want[i]) ? 'recreated' : 'started'} ${want[i]}${node ? ` on ${node}` : ''} (id ${r.id}, pid ${r.pid})`,
+      );
     }
     await setServiceQuotas(c, p, s);
   }
@@ -614,7 +684,7 @@ export function registerCompose(p: Command, g: Globals): void {
         } finally {
           stop();
           await following;
-          await killAll(c, projectAgents(await c.list(), project.name));
+          await killAll(c, projectAgents(await listAll(c), project.name));
           say(`stopped project ${project.name}`);
         }
       } finally {
@@ -635,7 +705,7 @@ export function registerCompose(p: Command, g: Globals): void {
       if (c) {
         try {
           dataDir = (await c.hello()).data_dir ?? dataDir;
-          const mine = projectAgents(await c.list(), project.name);
+          const mine = projectAgents(await listAll(c), project.name);
           const order = project.services.map((s) => s.name);
           // Reverse start order: dependants first; orphans (not in the file) before everything.
           const rank = (a: AgentInfo) => order.indexOf(labelsOf(a)[L.service]);
@@ -683,8 +753,9 @@ export function registerCompose(p: Command, g: Globals): void {
         return { s, n: Number(m[2]) };
       });
       await withClient(g.socket(), async (c) => {
+        const nodes = await clusterNodes(c);
         for (const { s, n } of wanted) {
-          const mine = projectAgents(await c.list(), project.name, s.name);
+          const mine = projectAgents(await listAll(c), project.name, s.name);
           const want = replicaNames(s, n);
           // Newest (highest index) first.
           const extra = mine
@@ -692,14 +763,22 @@ export function registerCompose(p: Command, g: Globals): void {
             .sort((x, y) => replicaIndex(y) - replicaIndex(x));
           for (const a of extra) await killAll(c, [a]);
           const have = new Set(mine.map((a) => a.name));
-          for (let i = 0; i < want.length; i++) {
-            if (have.has(want[i])) continue;
+          const missing = want.flatMap((n, i) => (have.has(n) ? [] : [i]));
+          const where = placeNew(
+            nodes,
+            s,
+            mine.filter((a) => want.includes(a.name)),
+            missing.length,
+          );
+          for (const [k, i] of missing.entries()) {
+            const node = where[k];
             const r = await c.spawn({
               ...s.spawn,
               name: want[i],
               labels: composeLabels(project, s, i + 1),
+              ...(node ? { node } : {}),
             } as SpawnRequest);
-            say(`started ${want[i]} (id ${r.id}, pid ${r.pid})`);
+            say(`started ${want[i]}${node ? ` on ${node}` : ''} (id ${r.id}, pid ${r.pid})`);
           }
           if (extra.length) say(`stopped ${extra.map((a) => a.name).join(', ')}`);
           say(`${s.name}: ${n} replicas`);
@@ -712,7 +791,7 @@ export function registerCompose(p: Command, g: Globals): void {
     .argument('<targets...>', 'agent name or id, service name, or glob such as "workers-*"')
     .action(async (targets: string[]) => {
       await withClient(g.socket(), async (c) => {
-        const agents = await c.list();
+        const agents = await listAll(c);
         const chosen = new Map<number, AgentInfo>();
         for (const t of targets) {
           const isGlob = picomatch.scan(t).isGlob;

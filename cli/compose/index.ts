@@ -8,6 +8,7 @@ export {
   loadCompose,
   replicaNames,
   type Healthcheck,
+  type Placement,
   type Project,
   type QuotaPolicy,
   type QuotaSpec,

@@ -45,6 +45,16 @@ export type Quotas = Record<string, QuotaSpec>;
 /** What SPAWN takes for one replica, minus `name` and `labels` (the CLI adds them). */
 export type SpawnArgsBase = Omit<SpawnRequest, 'name' | 'labels'>;
 
+/** Where a service's replicas run on a clustered kernel (`placement:`; docs/compose.md "Placement"). */
+export interface Placement {
+  /** Only these nodes; null: every live node. */
+  nodes: string[] | null;
+  /** true: fewest replicas of the service first; false: the roomiest node until `maxPerNode`. */
+  spread: boolean;
+  /** At most this many replicas of the service on one node; null: no bound. */
+  maxPerNode: number | null;
+}
+
 export interface Healthcheck {
   command: string[];
   interval_ms: number;
@@ -63,6 +73,8 @@ export interface Service {
   labels: Record<string, string>;
   dependsOn: { service: string; condition: 'started' | 'healthy' }[];
   healthcheck: Healthcheck | null;
+  /** `placement:` as given; null: spread over every live node (a clustered kernel only). */
+  placement: Placement | null;
   /** sha256 (12 hex) of what defines a replica: spawn, labels, healthcheck (not replicas, serviceQuotas). */
   hash: string;
 }
@@ -555,6 +567,7 @@ interface RawService {
     retries?: number;
     disable?: boolean;
   };
+  placement?: { nodes?: string[]; spread?: boolean; max_per_node?: number };
 }
 interface RawProject {
   version?: string | number;
@@ -757,6 +770,7 @@ function service(
     }
   }
 
+  const placement = r.placement ? placementOf(r, (p, msg) => fail(at('placement', ...p), msg)) : null;
   checkContract(src, at, r, spawn);
   const labels = userLabels(src, at('labels'), r.labels);
   const serviceQuotas =
@@ -770,8 +784,29 @@ function service(
     labels,
     dependsOn,
     healthcheck,
+    placement,
     hash: configHash(spawn, labels, healthcheck),
   };
+}
+
+/**
+ * A service's `placement:` (its shape is the schema's): a bound the listed nodes cannot hold all
+ * `replicas` under is an error of the file, not of `up`.
+ */
+function placementOf(r: RawService, fail: (p: PathSeg[], msg: string) => never): Placement {
+  const p = r.placement!;
+  const out: Placement = {
+    nodes: p.nodes ? [...p.nodes] : null,
+    spread: p.spread ?? true,
+    maxPerNode: p.max_per_node ?? null,
+  };
+  const replicas = r.replicas ?? 1;
+  if (out.nodes && out.maxPerNode !== null && out.nodes.length * out.maxPerNode < replicas)
+    fail(
+      ['max_per_node'],
+      `${replicas} replicas do not fit on ${out.nodes.length} node(s) with at most ${out.maxPerNode} each`,
+    );
+  return out;
 }
 
 let spawnValidator: ValidateFunction | undefined;

@@ -278,6 +278,31 @@ const service = {
         disable: { type: 'boolean', description: 'true: no healthcheck' },
       },
     },
+    placement: {
+      type: 'object',
+      description:
+        'which nodes of a cluster run the replicas (docs/compose.md "Placement"); a kernel without --cluster ignores it with a warning',
+      additionalProperties: false,
+      properties: {
+        nodes: {
+          type: 'array',
+          minItems: 1,
+          uniqueItems: true,
+          items: { type: 'string', minLength: 1 },
+          description: 'only these nodes (default: every live node)',
+        },
+        spread: {
+          type: 'boolean',
+          description:
+            'true (default): each replica to the node with the fewest replicas of this service, then the most free memory, then the most idle CPU; false: the roomiest node until max_per_node',
+        },
+        max_per_node: {
+          type: 'integer',
+          minimum: 1,
+          description: 'at most this many replicas of this service on one node',
+        },
+      },
+    },
   },
 };
 

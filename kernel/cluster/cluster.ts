@@ -147,6 +147,8 @@ export class ClusterService implements ClusterNames {
   private readonly lost = new Map<string, NodeInfo>();
   private readonly known = new Map<string, NodeInfo>();
   private readonly unsubscribe: (() => void)[] = [];
+  /** Kernel-to-kernel calls served by other parts of the kernel (`handle`): the router's forwarded calls. */
+  private readonly extraCalls = new Map<string, (args: unknown, from: string) => Promise<unknown>>();
   private timer?: NodeJS.Timeout;
   private closing = false;
   private readonly startedAt = Date.now();
@@ -531,8 +533,11 @@ export class ClusterService implements ClusterNames {
         return this.localList();
       case 'control':
         return this.localControl(args as ControlArgs, from);
-      default:
+      default: {
+        const fn = this.extraCalls.get(method);
+        if (fn) return fn(args, from);
         throw new Error(`unknown cluster call ${method} from ${from}`);
+      }
     }
   }
 
@@ -599,6 +604,29 @@ export class ClusterService implements ClusterNames {
       ),
     );
     return lists.flat();
+  }
+
+  /**
+   * Serves `clove.rpc` calls of `method` with `fn` (kernel/cluster/router.ts forwards operators' calls
+   * this way), so that the forwarding code lives outside this file.
+   */
+  handle(method: string, fn: (args: unknown, from: string) => Promise<unknown>): void {
+    this.extraCalls.set(method, fn);
+  }
+
+  /** A kernel-to-kernel call to `node` (the bus's errors as they are: the caller maps them). */
+  call(node: string, method: string, args: unknown, timeoutMs: number): Promise<unknown> {
+    return this.bus.call(node, method, args, timeoutMs);
+  }
+
+  /** The live members now (this node's view of etcd), this one included. */
+  liveNodes(): string[] {
+    return this.directory.nodes().map((n) => n.node);
+  }
+
+  /** Whether `node` is a live member now (this node's view of etcd). */
+  isAlive(node: string): boolean {
+    return this.directory.nodes().some((n) => n.node === node);
   }
 
   /** CLUSTER_NODES: every live node, then the nodes seen lost. */

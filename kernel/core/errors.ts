@@ -83,6 +83,10 @@ export class UpstreamFailedError extends KernelError {
 export class ClusterUnavailableError extends KernelError {
   readonly code = 'cluster_unavailable';
 }
+/** ext: a request only a clustered kernel can serve (SPAWN `node`) reached a kernel without --cluster; nothing was done */
+export class NotClusteredError extends KernelError {
+  readonly code = 'not_clustered';
+}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {
   readonly code = 'internal';

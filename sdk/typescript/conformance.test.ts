@@ -41,7 +41,7 @@ const OPS: Record<string, Call> = {
   // The TS SDK returns EXIT's raw text; normalised to what both SDKs can say.
   EXIT: async (c) => ({ ok: (await c.exit()) === 'goodbye' }),
   HEARTBEAT: (c) => c.heartbeat(),
-  SPAWN: (c, a) => c.spawn({ name: a.name, script: a.script, budgets: a.budgets }),
+  SPAWN: (c, a) => c.spawn({ name: a.name, script: a.script, budgets: a.budgets, node: a.node }),
   KILL: (c, a) => c.kill(a.name),
   RESTART: (c, a) => c.restart(a.name),
   LIST: (c, a) => c.list(a.all_nodes ? { all_nodes: true } : {}),

@@ -63,6 +63,8 @@ export class IoError extends KernelError {}
 export class UpstreamFailedError extends KernelError {}
 /** ext: the cluster's etcd or NATS did not answer, or this node lost its lease (docs/cluster.md): nothing was sent, claimed or listed; try again */
 export class ClusterUnavailableError extends KernelError {}
+/** ext: a request only a clustered kernel can serve (SPAWN `node`) reached a kernel without --cluster; nothing was done */
+export class NotClusteredError extends KernelError {}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {}
 
@@ -84,6 +86,7 @@ export const KERNEL_ERRORS: Record<ErrorCode, typeof KernelError> = {
   io_error: IoError,
   upstream_failed: UpstreamFailedError,
   cluster_unavailable: ClusterUnavailableError,
+  not_clustered: NotClusteredError,
   internal: InternalError,
 };
 // end of generated kernel errors

@@ -544,11 +544,13 @@ class CloveClient:
         permissions: dict | str | None = None,
         quotas: dict | None = None,
         budgets: dict | None = None,
+        node: str | None = None,
         check: bool | None = None,
     ) -> dict:
         """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
         isolation``. ``name`` None lets the kernel pick ``agent_<id>``. Keyword-only arguments are Clove
-        extensions (docs/protocol.md §5); those left at None are not sent (kernel defaults apply)."""
+        extensions (docs/protocol.md §5); those left at None are not sent (kernel defaults apply). ``node``
+        runs it on that node of the cluster (operators; docs/cluster.md "Operators")."""
         payload: dict[str, Any] = {
             "sandboxed": sandboxed,
             "network": network,
@@ -574,6 +576,7 @@ class CloveClient:
             "permissions": permissions,
             "quotas": quotas,
             "budgets": budgets,
+            "node": node,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
         if "script" not in payload and "command" not in payload:

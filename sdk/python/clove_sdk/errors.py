@@ -208,6 +208,12 @@ class ClusterUnavailableError(KernelError):
     code = "cluster_unavailable"
 
 
+class NotClusteredError(KernelError):
+    """ext: a request only a clustered kernel can serve (SPAWN ``node``) reached a kernel without --cluster; nothing was done."""
+
+    code = "not_clustered"
+
+
 class InternalError(KernelError):
     """a bug in the kernel; the kernel keeps running."""
 
@@ -232,6 +238,7 @@ KERNEL_ERRORS: dict[str, type[KernelError]] = {
     "io_error": IoError,
     "upstream_failed": UpstreamFailedError,
     "cluster_unavailable": ClusterUnavailableError,
+    "not_clustered": NotClusteredError,
     "internal": InternalError,
 }
 # end of generated kernel errors

@@ -58,7 +58,7 @@ OPS = {
     "HELLO": lambda c, a: c.hello(),
     "EXIT": _exit,
     "HEARTBEAT": lambda c, a: c.heartbeat(),
-    "SPAWN": lambda c, a: c.spawn(a.get("name"), a.get("script"), budgets=a.get("budgets")),
+    "SPAWN": lambda c, a: c.spawn(a.get("name"), a.get("script"), budgets=a.get("budgets"), node=a.get("node")),
     "KILL": _lifecycle("kill"),
     "RESTART": _lifecycle("restart"),
     "LIST": lambda c, a: c.list_agents(all_nodes=a.get("all_nodes", False)),
