@@ -150,15 +150,7 @@ async function clusterMain(nodes: number): Promise<never> {
       sandbox: o.sandbox as 'auto' | 'native' | 'off',
       fastPath: o.fastPath === true,
       timeoutS: o.timeout,
-      onTick:
-        live || recorder
-          ? (v) => {
-              const frame = renderClusterFrame(header, v);
-              logUpdate?.(frame);
-              recorder?.frame(frame, v.phase === 'done');
-            }
-          : undefined,
-      log: live ? undefined : (line) => process.stderr.write(`${line}\n`),
+      ...viewHooks(live, recorder, logUpdate, (v) => [renderClusterFrame(header, v), v.phase === 'done']),
     });
   } catch (e) {
     logUpdate?.done();
@@ -208,15 +200,7 @@ try {
     fastPath: o.fastPath === true,
     timeoutS: o.timeout,
     settings: { watchdogMs: o.watchdogMs },
-    onTick:
-      live || recorder
-        ? (v) => {
-            const frame = renderFrame(header, v);
-            logUpdate?.(frame);
-            recorder?.frame(frame, v.phase === 'done');
-          }
-        : undefined,
-    log: live ? undefined : (line) => process.stderr.write(`${line}\n`),
+    ...viewHooks(live, recorder, logUpdate, (v) => [renderFrame(header, v), v.phase === 'done']),
   });
 } catch (e) {
   logUpdate?.done();
@@ -241,3 +225,26 @@ if (o.json) {
   );
 }
 process.exit(result.ok ? 0 : 1);
+
+/**
+ * What a run reports to: the live view (and the recording) gets each frame, else progress lines go to
+ * stderr. Both the run on one kernel and the cluster run use it.
+ */
+function viewHooks<V>(
+  live: boolean,
+  recorder: CastRecorder | null,
+  logUpdate: ((s: string) => void) | null,
+  render: (v: V) => [frame: string, last: boolean],
+): { onTick?: (v: V) => void; log?: (line: string) => void } {
+  return {
+    onTick:
+      live || recorder
+        ? (v) => {
+            const [frame, last] = render(v);
+            logUpdate?.(frame);
+            recorder?.frame(frame, last);
+          }
+        : undefined,
+    log: live ? undefined : (line) => process.stderr.write(`${line}\n`),
+  };
+}
