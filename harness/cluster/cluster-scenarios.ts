@@ -11,7 +11,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { REPO_ROOT, until } from '../kernel.js';
-import { canUseIptables, type ClusterHandle, type NodeHandle } from './provider.js';
+import Docker from 'dockerode';
+import { DockerProvider, dockerUnavailable } from './docker.js';
+import { ProcessProvider } from './processes.js';
+import { canUseIptables, type ClusterHandle, type ClusterProvider, type NodeHandle } from './provider.js';
 
 const run = promisify(execFile);
 
@@ -165,4 +168,25 @@ export async function waitAlive(
 /** The value under `key` in a node's state store (global scope), null when absent. */
 export async function fetchValue<T>(c: CloveClient, key: string): Promise<T | null> {
   return ((await c.fetch(key, 'global')).value ?? null) as T | null;
+}
+
+/** The three nodes of the scenarios. */
+export const ALL = ['n1', 'n2', 'n3'];
+
+/**
+ * The providers a scenario file runs on — Docker and processes — each with the first byte of its nodes'
+ * loopback addresses (test files run at once and iptables rules are global: each file has its own) and
+ * why it is skipped here (null: it runs).
+ */
+export async function providers(
+  dockerBase: number,
+  processesBase: number,
+): Promise<Array<[label: string, make: () => ClusterProvider, base: number, skip: string | null]>> {
+  const docker = new Docker();
+  const noCluster = await whyNoCluster();
+  const noDocker = (await dockerUnavailable(docker)) ?? noCluster;
+  return [
+    ['Docker', () => new DockerProvider({ docker }), dockerBase, noDocker],
+    ['processes', () => new ProcessProvider(), processesBase, noCluster],
+  ];
 }

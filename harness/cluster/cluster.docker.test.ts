@@ -5,7 +5,6 @@
  * survivor, with the mail sent to it meanwhile; n2 restarted joins again without taking its old name back.
  * Scenario times are logged as `[cluster-timing]` lines (no duration is asserted).
  */
-import Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { until } from '../kernel.js';
@@ -22,22 +21,12 @@ import {
   sharedScript,
   timing,
   waitAlive,
-  whyNoCluster,
+  providers,
+  ALL,
 } from './cluster-scenarios.js';
-import { DockerProvider, dockerUnavailable } from './docker.js';
-import { ProcessProvider } from './processes.js';
-import { clusterKernelArgs, type ClusterHandle, type ClusterProvider } from './provider.js';
+import { clusterKernelArgs, type ClusterHandle } from './provider.js';
 
-const docker = new Docker();
-const noCluster = await whyNoCluster();
-const noDocker = (await dockerUnavailable(docker)) ?? noCluster;
-
-const ALL = ['n1', 'n2', 'n3'];
-
-for (const [label, make, base, skip] of [
-  ['Docker', () => new DockerProvider({ docker }), 62, noDocker],
-  ['processes', () => new ProcessProvider(), 72, noCluster],
-] as Array<[string, () => ClusterProvider, number, string | null]>) {
+for (const [label, make, base, skip] of await providers(62, 72)) {
   describe.skipIf(skip !== null)(
     `node loss in a three-node ${label} cluster${skip ? ` (skipped: ${skip})` : ''}`,
     () => {

@@ -8,7 +8,6 @@
  *   mail still crosses between them (it goes through NATS).
  * Scenario times are logged as `[cluster-timing]` lines (no duration is asserted).
  */
-import Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { until } from '../kernel.js';
@@ -23,17 +22,10 @@ import {
   sharedScript,
   timing,
   waitAlive,
-  whyNoCluster,
+  providers,
+  ALL,
 } from './cluster-scenarios.js';
-import { DockerProvider, dockerUnavailable } from './docker.js';
-import { ProcessProvider } from './processes.js';
-import { clusterKernelArgs, type ClusterHandle, type ClusterProvider } from './provider.js';
-
-const docker = new Docker();
-const noCluster = await whyNoCluster();
-const noDocker = (await dockerUnavailable(docker)) ?? noCluster;
-
-const ALL = ['n1', 'n2', 'n3'];
+import { clusterKernelArgs, type ClusterHandle } from './provider.js';
 
 /**
  * Samples, until stopped, on which nodes each name is RUNNING (every node's local LIST), and keeps every
@@ -65,10 +57,7 @@ function sampleOwners(cluster: ClusterHandle, clients: Map<string, CloveClient>,
   };
 }
 
-for (const [label, make, base, skip] of [
-  ['Docker', () => new DockerProvider({ docker }), 82, noDocker],
-  ['processes', () => new ProcessProvider(), 92, noCluster],
-] as Array<[string, () => ClusterProvider, number, string | null]>) {
+for (const [label, make, base, skip] of await providers(82, 92)) {
   describe.skipIf(skip !== null)(
     `partitions in a three-node ${label} cluster${skip ? ` (skipped: ${skip})` : ''}`,
     () => {
