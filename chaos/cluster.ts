@@ -12,7 +12,7 @@ import { ClusterSwarm, OwnerWatch, type DoubleOwner, type ProviderKind } from '.
 import { until } from '../harness/kernel.js';
 import { mulberry32, sample, sleep, summarize, type Summary } from '../harness/timing.js';
 import type { AgentInfo } from '../sdk/typescript/client.js';
-import { disturbance, machine, type Machine } from './run.js';
+import { disturbance, machine, warmUp, type Machine } from './run.js';
 
 export type ClusterFault = 'kill-node' | 'partition';
 
@@ -264,9 +264,7 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
     await swarm.waitUp(timeoutMs);
 
     setPhase('warm-up');
-    const trafficStart = Date.now();
-    await swarm.waitTraffic(timeoutMs);
-    await sleep(Math.max(0, (o.durationS * 1000) / 3 - (Date.now() - trafficStart)));
+    const trafficStart = await warmUp(swarm, timeoutMs, o.durationS);
 
     setPhase('injecting');
     const before = await swarm.listByName();

@@ -136,6 +136,21 @@ export function disturbance(
   return why;
 }
 
+/**
+ * Warm-up: traffic flows, then a third of the run's minimum duration passes before any fault. Returns
+ * when the warm-up started (the run's traffic is timed from it).
+ */
+export async function warmUp(
+  swarm: Pick<Swarm, 'waitTraffic'>,
+  timeoutMs: number,
+  durationS: number,
+): Promise<number> {
+  const start = Date.now();
+  await swarm.waitTraffic(timeoutMs);
+  await sleep(Math.max(0, (durationS * 1000) / 3 - (Date.now() - start)));
+  return start;
+}
+
 export function machine(): Machine {
   return {
     cores: os.cpus().length,
@@ -238,9 +253,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     await swarm.waitUp(timeoutMs);
 
     setPhase('warm-up');
-    const trafficStart = Date.now();
-    await swarm.waitTraffic(timeoutMs);
-    await sleep(Math.max(0, (o.durationS * 1000) / 3 - (Date.now() - trafficStart)));
+    const trafficStart = await warmUp(swarm, timeoutMs, o.durationS);
 
     setPhase('injecting');
     const before = await swarm.listByName();
