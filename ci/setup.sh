@@ -16,6 +16,10 @@ command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 # The native fast path scans SEND envelopes with simdjson (native/src/fast/ops.cc).
 [ -f /usr/include/simdjson.h ] || need_apt+=(libsimdjson-dev)
+# The dashboard's browser test drives Debian's Chromium with playwright-core (kernel/http/dashboard/).
+command -v chromium >/dev/null || need_apt+=(chromium)
+# deploy/systemd/clove.service is checked with systemd-analyze verify (deploy/deploy.test.ts).
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
