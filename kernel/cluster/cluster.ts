@@ -71,14 +71,6 @@ interface DefSpec {
   request: SpawnArgs;
 }
 
-/** A KILL or RESTART asked of another node (bus call `control`). */
-interface ControlArgs {
-  op: 'kill' | 'restart';
-  name: string;
-  grace_ms?: number;
-  wait: boolean;
-}
-
 /** The caller a takeover spawns as: the kernel itself, with an operator's rights. */
 const KERNEL_CALLER: Caller = { id: 0, role: 'operator', name: 'cluster', perms: preset('unrestricted') };
 
@@ -531,8 +523,6 @@ export class ClusterService implements ClusterNames {
     switch (method) {
       case 'list':
         return this.localList();
-      case 'control':
-        return this.localControl(args as ControlArgs, from);
       default: {
         const fn = this.extraCalls.get(method);
         if (fn) return fn(args, from);
@@ -542,43 +532,20 @@ export class ClusterService implements ClusterNames {
   }
 
   /**
-   * KILL or RESTART of an agent of this node asked by an operator on another node (checked there): done
-   * as the kernel, audited here as the lifecycle family's calls are.
+   * Why a KILL or RESTART of another node's agent (`owner`, from `remoteOwner`) is not done here. An
+   * operator's call reaches the owner through ClusterRouter before any handler runs; a handler sees it only
+   * when the router could not forward it (the owner died meanwhile, or the call was itself forwarded from
+   * another node): not found here. Anybody else controls only the agents it spawned, on its own node.
    */
-  private async localControl(a: ControlArgs, from: string): Promise<{ agent_id: number; pid: number }> {
-    const agent = this.d.agents.find({ name: a.name });
-    const opts = { graceMs: a.grace_ms, wait: a.wait };
-    this.d.log.info({ agent: a.name, op: a.op, from_node: from }, 'agent controlled from another node');
-    if (a.op === 'restart') {
-      const pid = await this.d.agents.restart(KERNEL_CALLER, agent, opts);
-      return { agent_id: agent.def.id, pid };
-    }
-    await this.d.agents.kill(KERNEL_CALLER, agent, opts);
-    return { agent_id: agent.def.id, pid: 0 };
-  }
-
-  /**
-   * KILL / RESTART of another node's agent (`owner`, from `remoteOwner`): operators only (an agent may
-   * control only the agents it spawned, which run on its own node).
-   */
-  async control(
-    caller: Caller,
-    op: ControlArgs['op'],
-    owner: NameOwner,
-    opts: { graceMs?: number; wait: boolean },
-  ): Promise<{ agent_id: number; pid: number }> {
+  controlRefused(caller: Caller, op: 'KILL' | 'RESTART', owner: NameOwner): Error {
     if (caller.role !== 'operator')
-      throw new PermissionDeniedError(
+      return new PermissionDeniedError(
         `Permission denied: agent ${owner.name} runs on node ${owner.node}; only an operator controls another node's agents`,
         { agent_id: owner.id },
       );
-    const args: ControlArgs = { op, name: owner.name, grace_ms: opts.graceMs, wait: opts.wait };
-    try {
-      const timeout = (opts.graceMs ?? 10_000) + LIST_TIMEOUT_MS + (opts.wait ? 30_000 : 0);
-      return (await this.bus.call(owner.node, 'control', args, timeout)) as { agent_id: number; pid: number };
-    } catch (e) {
-      throw wireError(e, `cannot ${op} ${owner.name} on node ${owner.node}`);
-    }
+    return new NotFoundError(
+      `cannot ${op} ${owner.name}: it runs on node ${owner.node}, which did not take the call; try again`,
+    );
   }
 
   private localList(): AgentInfo[] {

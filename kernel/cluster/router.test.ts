@@ -148,4 +148,35 @@ describe('operators act on agents of other nodes', () => {
     expect((await cb.list()).some((x) => x.parent_id === s.id)).toBe(false);
     await ctl.kill(pa);
   });
+
+  it("a non-operator's KILL of another node's agent is refused (permission_denied), audited, and the agent runs on", async () => {
+    const far = uniq('far');
+    const r = await cb.spawn({ name: far, script: idle, sandboxed: false });
+    await until(
+      async () => (await ca.list({ all_nodes: true })).some((x) => x.name === far),
+      30_000,
+      'a to see it',
+    );
+    const ctl = await a.client();
+    await ctl.register(uniq('ctl'));
+    const pa = uniq('probe');
+    const s = await ctl.spawn({ name: pa, script: probe, sandboxed: false, level: 'unrestricted' });
+    await ctl.send(pa, { cmd: 'call', op: Op.KILL, payload: { name: far } });
+    const answer = await until(
+      async () => (await ctl.recv({ max: 1, timeoutMs: 1000 })).messages[0],
+      30_000,
+      'the probe to answer',
+    );
+    expect(answer.message).toMatchObject({
+      type: 'answer',
+      out: { success: false, code: 'permission_denied' },
+    });
+    const audit = await ca.getAuditLog({ category: 'SECURITY', agent_id: s.id, limit: 100 });
+    expect(
+      audit.entries.some((e) => e.event_type === 'PERMISSION_DENIED' && JSON.stringify(e).includes('KILL')),
+    ).toBe(true);
+    expect(await onNode(cb, far)).toMatchObject({ id: r.id, state: 'RUNNING' });
+    await ctl.kill(pa);
+    await cb.kill(far);
+  });
 });

@@ -40,26 +40,14 @@ export default defineFamily(({ services }) => {
       },
       KILL: async ({ caller }, req) => {
         const { owner, local } = remote(target(req));
-        if (owner) {
-          const r = await services.cluster!.control(caller, 'kill', owner, {
-            graceMs: req.grace_ms,
-            wait: req.wait,
-          });
-          return { success: true, killed: true, agent_id: r.agent_id };
-        }
+        if (owner) throw services.cluster!.controlRefused(caller, 'KILL', owner);
         const a = agents.controlled(caller, local);
         await agents.kill(caller, a, { graceMs: req.grace_ms, wait: req.wait });
         return { success: true, killed: true, agent_id: a.def.id };
       },
       RESTART: async ({ caller }, req) => {
         const { owner, local } = remote(target(req));
-        if (owner) {
-          const r = await services.cluster!.control(caller, 'restart', owner, {
-            graceMs: req.grace_ms,
-            wait: req.wait,
-          });
-          return { success: true, restarted: true, agent_id: r.agent_id, pid: r.pid };
-        }
+        if (owner) throw services.cluster!.controlRefused(caller, 'RESTART', owner);
         const a = agents.controlled(caller, local);
         const pid = await agents.restart(caller, a, { graceMs: req.grace_ms, wait: req.wait });
         return { success: true, restarted: true, agent_id: a.def.id, pid };
