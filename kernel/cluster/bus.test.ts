@@ -463,14 +463,11 @@ describe('JetStreamBus lifecycle', () => {
       // Sends retry until a is connected again (the same msgId: JetStream keeps one).
       const after = mail('v', '"after the restart"');
       await until(
-        async () => {
-          try {
-            await a.send(after);
-            return true;
-          } catch {
-            return false;
-          }
-        },
+        () =>
+          a.send(after).then(
+            () => true,
+            () => false,
+          ),
         60_000,
         'a to send again',
       );
@@ -587,14 +584,11 @@ describe('JetStreamBus lifecycle', () => {
 
       const after = mail('w', '"after"');
       await until(
-        async () => {
-          try {
-            await a.send(after);
-            return true;
-          } catch {
-            return false;
-          }
-        },
+        () =>
+          a.send(after).then(
+            () => true,
+            () => false,
+          ),
         60_000,
         'a to send again (the stream made again)',
       );

@@ -41,18 +41,31 @@ afterEach(async () => {
   for (const d of open.splice(0)) await d.close();
 });
 
-/** A directory for `node` in this test's own key prefix (tests do not see each other's keys). */
-function dir(node: string, prefix: string, leaseTtlS = 10): EtcdDirectory {
+/**
+ * A directory for `node` in this test's own key prefix (tests do not see each other's keys); `url` is
+ * another etcd (or a proxy in front of this one), `fast` shortens its request timeout to 2 s.
+ */
+function dir(
+  node: string,
+  prefix: string,
+  leaseTtlS = 10,
+  o: { url?: string; fast?: boolean; refreshMs?: number } = {},
+): EtcdDirectory {
   const d = new EtcdDirectory(
     {
-      etcd: [etcd.url.replace('http://', 'etcd://')],
+      etcd: [o.url ?? etcd.url.replace('http://', 'etcd://')],
       nats: [],
       node,
       advertise: `127.0.0.1:${7000 + open.length}`,
       leaseTtlS,
       prefix,
     },
-    { log: log.child({ node }), version: 'test', refreshMs: 500, requestTimeoutMs: 3000 },
+    {
+      log: log.child({ node }),
+      version: 'test',
+      refreshMs: o.refreshMs ?? 500,
+      requestTimeoutMs: o.fast ? 2000 : 3000,
+    },
   );
   open.push(d);
   return d;
@@ -407,14 +420,7 @@ describe('EtcdDirectory', () => {
     const peerPort = await freePort();
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'clvetcd-data-'));
     let own = await startEtcd({ port, peerPort, dataDir });
-    const mk = (node: string) => {
-      const d = new EtcdDirectory(
-        { etcd: [own.url], nats: [], node, advertise: 'x:1', leaseTtlS: 15, prefix: 'restart' },
-        { log: log.child({ node }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
-      );
-      open.push(d);
-      return d;
-    };
+    const mk = (node: string) => dir(node, 'restart', 15, { url: own.url, fast: true });
     try {
       const a = mk('a');
       const b = mk('b');
@@ -457,11 +463,7 @@ describe('EtcdDirectory', () => {
     const p = newPrefix();
     const px = await etcdProxy(etcd.port);
     try {
-      const a = new EtcdDirectory(
-        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 15, prefix: p },
-        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
-      );
-      open.push(a);
+      const a = dir('a', p, 15, { url: px.url, fast: true });
       const b = dir('b', p);
       const c = dir('c', p);
       await a.start();
@@ -491,11 +493,7 @@ describe('EtcdDirectory', () => {
     const px = await etcdProxy(etcd.port);
     const raw = new Etcd3({ hosts: etcd.url });
     try {
-      const a = new EtcdDirectory(
-        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 15, prefix: p },
-        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
-      );
-      open.push(a);
+      const a = dir('a', p, 15, { url: px.url, fast: true });
       const b = dir('b', p);
       await a.start();
       await b.start();
@@ -527,11 +525,7 @@ describe('EtcdDirectory', () => {
     const p = newPrefix();
     const px = await etcdProxy(etcd.port);
     try {
-      const a = new EtcdDirectory(
-        { etcd: [px.url], nats: [], node: 'a', advertise: 'x:1', leaseTtlS: 3, prefix: p },
-        { log: log.child({ node: 'a' }), version: 'test', refreshMs: 500, requestTimeoutMs: 2000 },
-      );
-      open.push(a);
+      const a = dir('a', p, 3, { url: px.url, fast: true });
       const b = dir('b', p);
       await a.start();
       await b.start();

@@ -41,6 +41,31 @@ async function onNode(c: CloveClient, name: string) {
   return (await c.list()).find((x) => x.name === name);
 }
 
+/**
+ * A probe agent spawned by a client of `a` (role agent, unrestricted rights) makes the call `op` with
+ * `payload`; its answer and its id (for the audit log).
+ */
+async function probeCall(op: number, payload: Record<string, unknown>) {
+  const ctl = await a.client();
+  await ctl.register(uniq('ctl'));
+  const pa = uniq('probe');
+  const s = await ctl.spawn({ name: pa, script: probe, sandboxed: false, level: 'unrestricted' });
+  await ctl.send(pa, { cmd: 'call', op, payload });
+  const answer = await until(
+    async () => (await ctl.recv({ max: 1, timeoutMs: 1000 })).messages[0],
+    30_000,
+    'the probe to answer',
+  );
+  await ctl.kill(pa);
+  return { answer: answer.message, id: s.id };
+}
+
+/** Whether the audit log holds a PERMISSION_DENIED of `op` by agent `id`. */
+async function deniedAudited(id: number, op: string): Promise<boolean> {
+  const audit = await ca.getAuditLog({ category: 'SECURITY', agent_id: id, limit: 100 });
+  return audit.entries.some((e) => e.event_type === 'PERMISSION_DENIED' && JSON.stringify(e).includes(op));
+}
+
 beforeAll(async () => {
   [etcd, nats] = await Promise.all([startEtcd(), startNats()]);
   a = await startKernel({ sandbox: 'off', fastPath: false, cluster: clusterOpts('a') });
@@ -122,31 +147,11 @@ describe('operators act on agents of other nodes', () => {
   });
 
   it("a non-operator's SPAWN with node is refused (permission_denied) and audited", async () => {
-    const pa = uniq('probe');
-    const ctl = await a.client();
-    const me = uniq('ctl');
-    await ctl.register(me);
-    const s = await ctl.spawn({ name: pa, script: probe, sandboxed: false, level: 'unrestricted' });
-    await ctl.send(pa, {
-      cmd: 'call',
-      op: Op.SPAWN,
-      payload: { name: uniq('child'), script: idle, node: 'b' },
-    });
-    const answer = await until(
-      async () => (await ctl.recv({ max: 1, timeoutMs: 1000 })).messages[0],
-      30_000,
-      'the probe to answer',
-    );
-    expect(answer.message).toMatchObject({
-      type: 'answer',
-      out: { success: false, code: 'permission_denied' },
-    });
-    const audit = await ca.getAuditLog({ category: 'SECURITY', agent_id: s.id, limit: 100 });
-    expect(
-      audit.entries.some((e) => e.event_type === 'PERMISSION_DENIED' && JSON.stringify(e).includes('SPAWN')),
-    ).toBe(true);
-    expect((await cb.list()).some((x) => x.parent_id === s.id)).toBe(false);
-    await ctl.kill(pa);
+    const child = uniq('child');
+    const { answer, id } = await probeCall(Op.SPAWN, { name: child, script: idle, node: 'b' });
+    expect(answer).toMatchObject({ type: 'answer', out: { success: false, code: 'permission_denied' } });
+    expect(await deniedAudited(id, 'SPAWN')).toBe(true);
+    expect((await cb.list()).some((x) => x.name === child)).toBe(false);
   });
 
   it("a non-operator's KILL of another node's agent is refused (permission_denied), audited, and the agent runs on", async () => {
@@ -157,26 +162,10 @@ describe('operators act on agents of other nodes', () => {
       30_000,
       'a to see it',
     );
-    const ctl = await a.client();
-    await ctl.register(uniq('ctl'));
-    const pa = uniq('probe');
-    const s = await ctl.spawn({ name: pa, script: probe, sandboxed: false, level: 'unrestricted' });
-    await ctl.send(pa, { cmd: 'call', op: Op.KILL, payload: { name: far } });
-    const answer = await until(
-      async () => (await ctl.recv({ max: 1, timeoutMs: 1000 })).messages[0],
-      30_000,
-      'the probe to answer',
-    );
-    expect(answer.message).toMatchObject({
-      type: 'answer',
-      out: { success: false, code: 'permission_denied' },
-    });
-    const audit = await ca.getAuditLog({ category: 'SECURITY', agent_id: s.id, limit: 100 });
-    expect(
-      audit.entries.some((e) => e.event_type === 'PERMISSION_DENIED' && JSON.stringify(e).includes('KILL')),
-    ).toBe(true);
+    const { answer, id } = await probeCall(Op.KILL, { name: far });
+    expect(answer).toMatchObject({ type: 'answer', out: { success: false, code: 'permission_denied' } });
+    expect(await deniedAudited(id, 'KILL')).toBe(true);
     expect(await onNode(cb, far)).toMatchObject({ id: r.id, state: 'RUNNING' });
-    await ctl.kill(pa);
     await cb.kill(far);
   });
 });
