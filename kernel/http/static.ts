@@ -36,18 +36,15 @@ export interface DashboardOptions {
   root?: string;
 }
 
-function securityHeaders(c: Context): void {
-  c.header('X-Content-Type-Options', 'nosniff');
-  c.header('Referrer-Policy', 'no-referrer');
-  c.header('X-Frame-Options', 'DENY');
+function securityHeaders(h: Headers): void {
+  h.set('X-Content-Type-Options', 'nosniff');
+  h.set('Referrer-Policy', 'no-referrer');
+  h.set('X-Frame-Options', 'DENY');
 }
 
 /** The answer when dist/dashboard/index.html does not exist. */
 function notBuilt(c: Context, root: string): Response {
-  securityHeaders(c);
-  c.header('Cache-Control', 'no-store');
-  c.header('Retry-After', '60');
-  return c.html(
+  const res = c.html(
     `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Clove dashboard not built</title></head>` +
       `<body style="font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;line-height:1.5">` +
       `<h1>The dashboard was not built</h1>` +
@@ -56,6 +53,10 @@ function notBuilt(c: Context, root: string): Response {
       `<p>The REST API under <code>/api/v1/</code> works without it.</p></body></html>`,
     503,
   );
+  securityHeaders(res.headers);
+  res.headers.set('Cache-Control', 'no-store');
+  res.headers.set('Retry-After', '60');
+  return res;
 }
 
 function escapeHtml(s: string): string {
@@ -71,34 +72,31 @@ export function mountDashboard<E extends Env>(app: Hono<E>, opts: DashboardOptio
   let handlers: { page: MiddlewareHandler<E>; assets: MiddlewareHandler<E> } | null = null;
   const serve = () =>
     (handlers ??= {
-      page: serveStatic<E>({
-        root,
-        path: 'index.html',
-        onFound: (_p, c) => {
-          securityHeaders(c);
-          c.header('Cache-Control', 'no-cache');
-          c.header('Content-Security-Policy', DASHBOARD_CSP);
-        },
-      }),
-      assets: serveStatic<E>({
-        root,
-        onFound: (_p, c) => {
-          securityHeaders(c);
-          // vite names every asset by its content hash: a changed file has a new name.
-          c.header('Cache-Control', 'public, max-age=31536000, immutable');
-        },
-      }),
+      page: serveStatic<E>({ root, path: 'index.html' }),
+      assets: serveStatic<E>({ root }),
     });
 
   // Checked per request, so a build made while the kernel runs is served without a restart.
   const built = (): boolean => fs.existsSync(index);
 
   for (const route of ['/', '/index.html']) {
-    app.get(route, async (c, next) => (built() ? serve().page(c, next) : notBuilt(c, root)));
+    app.get(route, async (c, next) => {
+      if (!built()) return notBuilt(c, root);
+      const res = await serve().page(c, next);
+      if (!res) return c.text('dashboard index.html is missing', 404);
+      securityHeaders(res.headers);
+      res.headers.set('Cache-Control', 'no-cache');
+      res.headers.set('Content-Security-Policy', DASHBOARD_CSP);
+      return res;
+    });
   }
   app.get('/assets/*', async (c, next) => {
     if (!built()) return notBuilt(c, root);
     const res = await serve().assets(c, next);
-    return res ?? c.text(`no such dashboard asset: ${c.req.path}`, 404);
+    if (!res) return c.text(`no such dashboard asset: ${c.req.path}`, 404);
+    securityHeaders(res.headers);
+    // vite names every asset by its content hash: a changed file has a new name.
+    if (res.ok) res.headers.set('Cache-Control', 'public, max-age=31536000, immutable');
+    return res;
   });
 }

@@ -134,8 +134,14 @@ export class Api {
   agents(): Promise<AgentRow[]> {
     return this.call<unknown>('GET', 'agents').then((b) => listOf<AgentRow>(b, 'agents'));
   }
-  events(limit = 100): Promise<KernelEvent[]> {
-    return this.call<unknown>('GET', `events?limit=${limit}`).then((b) => listOf<KernelEvent>(b, 'events'));
+  /** The newest `limit` events, oldest first: GET events pages forward from `since`, so ask where it ends. */
+  async events(limit = 100): Promise<KernelEvent[]> {
+    const head = await this.call<{ last_seq?: number } | unknown[]>('GET', 'events?limit=1');
+    const last = Array.isArray(head) ? 0 : (head?.last_seq ?? 0);
+    const since = Math.max(0, last - limit);
+    return this.call<unknown>('GET', `events?since=${since}&limit=${limit}`).then((b) =>
+      listOf<KernelEvent>(b, 'events'),
+    );
   }
   services(): Promise<ServiceRow[]> {
     return this.call<unknown>('GET', 'services').then((b) => listOf<ServiceRow>(b, 'services'));

@@ -214,7 +214,7 @@ export class CloveDashboard extends LitElement {
     if (gen !== this.generation) return;
     this.phase = 'ready';
     void api.events(100).then(
-      (evs) => gen === this.generation && this.mergeEvents(evs.slice().reverse()),
+      (evs) => gen === this.generation && this.mergeEvents(evs),
       () => undefined,
     );
     void this.refreshServices();
@@ -310,7 +310,7 @@ export class CloveDashboard extends LitElement {
     const key = (e: KernelEvent) =>
       e.seq !== undefined ? `s${e.seq}` : `${e.timestamp}:${e.type}:${JSON.stringify(e.data ?? {})}`;
     const seen = new Set(this.events.map(key));
-    const add = newOnes.filter((e) => !seen.has(key(e))).reverse();
+    const add = newOnes.filter((e) => !seen.has(key(e)));
     if (!add.length) return;
     this.events = [...add, ...this.events]
       .sort((a, b) => (b.seq ?? b.timestamp) - (a.seq ?? a.timestamp))
