@@ -53,6 +53,7 @@ import cluster from './syscalls/cluster/index.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
+import type { HttpHandle } from './http/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -113,6 +114,16 @@ export class Kernel {
   private closing: Promise<void> | null = null;
   /** With `--cluster` (docs/cluster.md): names, ids, mail, events and agents across nodes. */
   private cluster?: ClusterService;
+  /** With `--http` (docs/http.md): the HTTP API, the dashboard and /metrics. */
+  private http?: HttpHandle;
+  private readonly startedAt = Date.now();
+  /** The sockets accept (readiness: /readyz). */
+  private listening = false;
+
+  /** Where the HTTP API listens (`http://HOST:PORT`), when it does. */
+  get httpUrl(): string | undefined {
+    return this.http?.url;
+  }
 
   /** `logStream`: where the JSON log lines go (default stderr); kernel/main.ts passes a pretty-printer. */
   constructor(
@@ -387,6 +398,7 @@ export class Kernel {
       transport(this.agentSocketPath, 0o666, 'agent'),
       transport(o.socketPath, 0o600, 'operator'),
     ]);
+    this.listening = true;
     this.log.info(
       {
         socket: o.socketPath,
@@ -396,10 +408,40 @@ export class Kernel {
       },
       'clove kernel ready',
     );
+    if (o.http) await this.startHttp(o.http, dispatcher);
     const fds = describeNofile(nofile, o.operatorReserveFds);
     this.log[fds.level](fds.fields, fds.msg);
     // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
     await this.agents.restore();
+  }
+
+  /** The HTTP API (loaded only with --http: a kernel without it never imports hono, ws or prom-client). */
+  private async startHttp(at: { host: string; port: number }, dispatcher: Dispatcher): Promise<void> {
+    const { startHttp } = await import('./http/index.js');
+    try {
+      this.http = await startHttp({
+        ...at,
+        dataDir: this.opts.dataDir,
+        dispatcher,
+        principals: this.principals,
+        events: this.events,
+        log: this.log,
+        ready: () => this.closing === null && this.listening,
+        info: () => ({
+          version: KERNEL_VERSION,
+          pid: process.pid,
+          started_at: this.startedAt,
+          uptime_ms: Date.now() - this.startedAt,
+          fast_path: this.opts.fastPath,
+          node: this.opts.cluster?.node ?? null,
+          sandbox: this.sandbox?.summary ?? null,
+        }),
+        templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
+      });
+    } catch (e) {
+      await this.close();
+      throw new KernelStartError(`cannot serve HTTP on ${at.host}:${at.port}: ${(e as Error).message}`, 2);
+    }
   }
 
   /** Tells the fast path whether an agent may be sent to (as the ipc family decides: alive for the kernel). */
@@ -456,6 +498,7 @@ export class Kernel {
 
   private async doClose(): Promise<void> {
     this.server?.stopListening();
+    await this.http?.close();
     this.cluster?.beginClose();
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
     this.server?.closeAll();
