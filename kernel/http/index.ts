@@ -13,6 +13,7 @@ import { fromReply } from './errors.js';
 import { createPrometheus } from './prometheus.js';
 import { makeScale, type SpawnTemplates } from './scale.js';
 import { HttpService } from './service.js';
+import { mountDashboard } from './static.js';
 import { ensureToken } from './token.js';
 
 export { createApi, type Api, type ApiDeps } from './api.js';
@@ -90,6 +91,7 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
     info: o.info,
     metrics: () => prom.expose(),
     scale: makeScale(call, o.templates),
+    mountStatic: (app) => mountDashboard(app),
   });
   rows.of = () => api.agents();
   const service = new HttpService({ api, token, host: o.host, port: o.port, log: o.log });
