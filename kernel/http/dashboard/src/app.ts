@@ -68,18 +68,15 @@ const CHARTS: ChartDef[] = [
     keys: ['cpuSystem', 'cpuAgents'],
     series: [
       { label: 'machine', color: '#8a94a6' },
-      { label: 'agents', color: '#3ecf8e' },
+      { label: 'all agents', color: '#3ecf8e' },
     ],
     unit: (v) => `${v.toFixed(0)}%`,
   },
   {
     id: 'memory',
-    heading: 'Memory',
-    keys: ['memSystem', 'memAgents'],
-    series: [
-      { label: 'machine used', color: '#8a94a6' },
-      { label: 'agents', color: '#e0af68' },
-    ],
+    heading: "Agents' memory",
+    keys: ['memAgents'],
+    series: [{ label: 'all agents', color: '#e0af68' }],
     unit: (v) => bytes(v),
   },
 ];
@@ -739,7 +736,8 @@ export class CloveDashboard extends LitElement {
                 <td class="actions">
                   <button
                     data-testid="scale-down"
-                    ?disabled=${s.replicas <= 0}
+                    title=${s.replicas <= 1 ? 'the last replica: stop it with clove down' : 'one replica less'}
+                    ?disabled=${s.replicas <= 1}
                     @click=${() => this.scale(s, -1)}
                   >
                     −1

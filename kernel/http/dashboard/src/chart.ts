@@ -51,7 +51,7 @@ export class CloveChart extends LitElement {
           stroke: '#8a94a6',
           grid: { stroke: '#2a3140' },
           ticks: { stroke: '#2a3140' },
-          size: 64,
+          size: 76,
           values: (_u, vals) => vals.map((v) => fmt(v)),
         },
       ],
