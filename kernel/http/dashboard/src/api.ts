@@ -69,8 +69,9 @@ export class ApiError extends Error {
   ) {
     super(message);
   }
+  /** The token is missing, wrong or revoked (a 403 is a refusal of one call, not of the token). */
   get unauthorized(): boolean {
-    return this.status === 401 || this.status === 403;
+    return this.status === 401;
   }
 }
 
@@ -175,7 +176,8 @@ export async function probeFleet(token: string): Promise<Machine[] | null> {
       agents: typeof m.agents === 'number' ? m.agents : undefined,
     }));
   } catch (e) {
-    if (e instanceof ApiError && (e.unauthorized || e.status === 0)) throw e;
+    // 401: wrong token; 403: a token that may not use the API (a relay's machine token); 0: unreachable.
+    if (e instanceof ApiError && (e.unauthorized || e.status === 403 || e.status === 0)) throw e;
     return null;
   }
 }

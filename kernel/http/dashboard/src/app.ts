@@ -98,6 +98,7 @@ export class CloveDashboard extends LitElement {
     notice: { state: true },
     armedKill: { state: true },
     busy: { state: true },
+    loadError: { state: true },
   };
 
   phase: Phase = 'loading';
@@ -113,6 +114,7 @@ export class CloveDashboard extends LitElement {
   logs: string[] = [];
   logsError = '';
   notice: { text: string; kind: 'ok' | 'error' } | null = null;
+  loadError = '';
   armedKill: number | null = null;
   busy = new Set<string>();
 
@@ -123,6 +125,7 @@ export class CloveDashboard extends LitElement {
   private timers: ReturnType<typeof setInterval>[] = [];
   private generation = 0;
   private noticeTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private armTimer: ReturnType<typeof setTimeout> | null = null;
 
   protected override createRenderRoot(): HTMLElement {
@@ -147,13 +150,21 @@ export class CloveDashboard extends LitElement {
   private async start(): Promise<void> {
     this.phase = 'loading';
     this.authError = '';
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     let machines: Machine[] | null;
     try {
       machines = await probeFleet(this.token!);
     } catch (e) {
       if (e instanceof ApiError && e.unauthorized) return this.toAuth('The token was refused.');
-      return this.toAuth(`Cannot reach the API: ${(e as Error).message}`);
+      if (e instanceof ApiError && e.status === 403)
+        return this.toAuth(`The token may not use this API: ${e.message}`);
+      // Unreachable (the kernel restarting, the network): keep the token and try again.
+      this.loadError = `Cannot reach the API (${(e as Error).message}); trying again…`;
+      this.retryTimer = setTimeout(() => void this.start(), 3000);
+      return;
     }
+    this.loadError = '';
     this.fleet = machines;
     if (machines) {
       let saved: string | null = null;
@@ -243,6 +254,8 @@ export class CloveDashboard extends LitElement {
 
   private stopLive(): void {
     this.generation++;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     this.stream?.stop();
     this.stream = null;
     for (const t of this.timers) clearInterval(t);
@@ -412,7 +425,7 @@ export class CloveDashboard extends LitElement {
         ${this.fleet ? this.renderMachines() : nothing}
         ${
           this.phase === 'loading'
-            ? html`<p class="muted" data-testid="loading">Connecting…</p>`
+            ? html`<p class="muted" data-testid="loading">${this.loadError || 'Connecting…'}</p>`
             : this.fleet && !this.machine
               ? html`<p class="muted">No machine is connected to this relay yet.</p>`
               : this.renderKernel()
