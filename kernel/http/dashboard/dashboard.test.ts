@@ -46,9 +46,10 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
   let browser: Browser;
   let base: string;
   let token: string;
+  let port: number;
 
   beforeAll(async () => {
-    const port = await freePort();
+    port = await freePort();
     base = `http://127.0.0.1:${port}`;
     kp = await startKernelProcess({ extra: ['--log-level', 'error', '--http', `127.0.0.1:${port}`] });
     const tokenFile = path.join(kp.dataDir, 'http-token');
@@ -257,6 +258,33 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
     expect(await page.evaluate(() => sessionStorage.getItem('clove.token'))).toBeNull();
     await page.getByTestId('token-input').fill(token);
     await page.getByTestId('token-submit').click();
+    await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
+    await page.close();
+  });
+  it('shows the stream dropping when the kernel stops, and is live again when it is back', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${base}/#token=${token}`);
+    const state = () => page.getByTestId('conn-status').getAttribute('data-state');
+    await expect.poll(state, WAIT).toBe('open');
+    await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
+
+    const { socketPath, dataDir } = kp;
+    await kp.stop();
+    await expect.poll(state, WAIT).toBe('reconnecting');
+    // The same data dir (same token; the agents with a restart policy start again) and the same port.
+    kp = await startKernelProcess({
+      socketPath,
+      dataDir,
+      extra: ['--log-level', 'error', '--http', `127.0.0.1:${port}`],
+    });
+    client = await kp.client();
+    await expect.poll(state, { ...WAIT, timeout: 60_000 }).toBe('open');
+    const charlie = await until(
+      async () => (await client.list()).find((a) => a.name === 'charlie' && a.state === 'RUNNING'),
+      30_000,
+      'charlie running again',
+    );
+    await expect.poll(() => cell(page, 'charlie', 'agent-pid'), WAIT).toBe(String(charlie.pid));
     await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
     await page.close();
   });

@@ -301,7 +301,21 @@ export class CloveDashboard extends LitElement {
   }
 
   private onStatus(s: StreamStatus): void {
+    const wasDown = this.status === 'reconnecting';
     this.status = s;
+    // Back after a drop: events may have been missed, and a restarted kernel numbers them from 1 again.
+    if (s === 'open' && wasDown && this.api) {
+      const gen = this.generation;
+      this.api.events(100).then(
+        (evs) => {
+          if (gen !== this.generation) return;
+          this.events = [];
+          this.mergeEvents(evs);
+        },
+        () => undefined,
+      );
+      void this.refreshServices();
+    }
     // A stream that keeps failing may be a revoked token: ask the REST API, which says 401 clearly.
     if (s === 'reconnecting' && this.api) {
       const gen = this.generation;
