@@ -196,8 +196,12 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
       .toContain("charlie got {'n': 3}");
     expect(await cell(page, 'charlie', 'agent-quota')).toMatch(/^\d+% memory$/);
 
-    // The charts have points to draw (the ring fills a sample a second).
+    // The charts draw the stream's metrics messages (a sample a second); ten for the screenshot.
     await expect.poll(() => page.locator('clove-chart canvas').count(), WAIT).toBe(4);
+    await expect
+      .poll(async () => Number(await page.getByTestId('charts').getAttribute('data-samples')), WAIT)
+      .toBeGreaterThanOrEqual(10);
+    await page.getByTestId('notice').waitFor({ state: 'detached', timeout: WAIT.timeout });
 
     fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });

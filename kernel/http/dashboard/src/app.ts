@@ -556,7 +556,7 @@ export class CloveDashboard extends LitElement {
           <span>Machine memory</span><strong>${bytes(mem?.used)} / ${bytes(mem?.total)}</strong>
         </div>
       </section>
-      <section class="charts" data-testid="charts">
+      <section class="charts" data-testid="charts" data-samples=${this.sampler.ring.size}>
         ${CHARTS.map(
           (c) =>
             html`<clove-chart
