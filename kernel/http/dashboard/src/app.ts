@@ -244,7 +244,11 @@ export class CloveDashboard extends LitElement {
       setInterval(async () => {
         try {
           const m = await probeFleet(this.token!);
-          if (m) this.fleet = m;
+          if (!m) return;
+          this.fleet = m;
+          // The first machine to connect to an empty relay is opened without a click.
+          const first = m.find((x) => x.connected);
+          if (!this.machine && first) void this.openMachine(first.id);
         } catch (e) {
           if (e instanceof ApiError && e.unauthorized) this.toAuth('The token was refused.');
         }
