@@ -62,6 +62,19 @@ export interface KernelOptions {
   fastPath: boolean;
   /** Member of a cluster (docs/cluster.md): null for a kernel on its own, which needs no etcd or NATS. */
   cluster: ClusterOptions | null;
+  /**
+   * Dial this relay at start (docs/relay.md): `clove kernel --relay URL --machine-id ID
+   * --relay-token-file F`; null: no tunnel until an operator's TUNNEL_CONNECT.
+   */
+  relay: RelayOptions | null;
+}
+
+/** The relay a kernel dials at start. */
+export interface RelayOptions {
+  url: string;
+  machineId: string;
+  /** A file holding the machine token (read at start; keep it 0600). */
+  tokenFile: string;
 }
 
 /** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
@@ -102,6 +115,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     agentUidBase: 200_000,
     fastPath: process.env.CLOVE_FAST_PATH === '1',
     cluster: null,
+    relay: null,
     ...overrides,
   };
 }

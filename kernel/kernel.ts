@@ -50,6 +50,9 @@ import asyncFamily from './syscalls/async/index.js';
 import quotas from './syscalls/quotas/index.js';
 import tasks from './syscalls/tasks/index.js';
 import cluster from './syscalls/cluster/index.js';
+import tunnel from './syscalls/tunnel/index.js';
+import { TunnelClient, tunnelUrl, type TunnelApi } from './tunnel/client.js';
+import { RelayTransport } from './tunnel/transport.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
@@ -76,6 +79,7 @@ const FAMILIES: FamilyFactory[] = [
   quotas,
   tasks,
   cluster,
+  tunnel,
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
@@ -113,6 +117,11 @@ export class Kernel {
   private closing: Promise<void> | null = null;
   /** With `--cluster` (docs/cluster.md): names, ids, mail, events and agents across nodes. */
   private cluster?: ClusterService;
+  /** Remote wire-protocol sessions through the relay, and the tunnel that carries them (docs/relay.md). */
+  private remotes?: RelayTransport;
+  private tunnel?: TunnelClient;
+  /** The HTTP API as the tunnel serves it (set when the kernel has one). */
+  private tunnelApi?: TunnelApi;
 
   /** `logStream`: where the JSON log lines go (default stderr); kernel/main.ts passes a pretty-printer. */
   constructor(
@@ -200,6 +209,8 @@ export class Kernel {
     // Before anything touches the data dir: refuse to start beside a live kernel.
     await claimSocketPath(o.socketPath);
     await claimSocketPath(this.agentSocketPath);
+    const relayToken = o.relay ? readTokenFile(o.relay.tokenFile) : null;
+    if (o.relay) checkRelayUrl(o.relay.url);
     const python = await resolvePython();
     const store = (this.store = new StateStore({
       path: path.join(o.dataDir, 'state.db'),
@@ -284,6 +295,19 @@ export class Kernel {
       }
       this.agents.attachCluster(this.cluster);
     }
+    const remotes = (this.remotes = new RelayTransport(
+      this.principals,
+      () => this.closing !== null,
+      this.log,
+    ));
+    const agentsService = this.agents;
+    const tunnelClient = (this.tunnel = new TunnelClient({
+      log: this.log,
+      version: KERNEL_VERSION,
+      agents: () => agentsService.list().length,
+      api: () => this.tunnelApi,
+      remotes,
+    }));
     const services: Services = {
       kernel: {
         version: KERNEL_VERSION,
@@ -305,6 +329,7 @@ export class Kernel {
       async: this.asyncCalls,
       publish: (type, data, source) => this.events.publish(type, data, source),
       ...(this.cluster ? { cluster: this.cluster } : {}),
+      tunnel: { client: tunnelClient, remotes },
       log: this.log,
     };
     const supervisor = this.supervisor;
@@ -384,6 +409,7 @@ export class Kernel {
       });
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
     await server.listen([
+      remotes,
       transport(this.agentSocketPath, 0o666, 'agent'),
       transport(o.socketPath, 0o600, 'operator'),
     ]);
@@ -400,6 +426,15 @@ export class Kernel {
     this.log[fds.level](fds.fields, fds.msg);
     // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
     await this.agents.restore();
+    if (o.relay) {
+      // Dialled in the background: a relay that is down now is retried with backoff.
+      tunnelClient.configure({
+        relayUrl: o.relay.url,
+        machineId: o.relay.machineId,
+        token: relayToken,
+      });
+      await tunnelClient.connect(false);
+    }
   }
 
   /** Tells the fast path whether an agent may be sent to (as the ipc family decides: alive for the kernel). */
@@ -455,6 +490,7 @@ export class Kernel {
   }
 
   private async doClose(): Promise<void> {
+    this.tunnel?.close();
     this.server?.stopListening();
     this.cluster?.beginClose();
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
@@ -471,6 +507,28 @@ export class Kernel {
     this.logs.close();
     await this.sandbox?.close();
     this.log.info('clove kernel stopped');
+  }
+}
+
+/** The machine token in `file` (its first line), or a start error naming the file. */
+function readTokenFile(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new KernelStartError(`cannot read the relay token file ${file}: ${(e as Error).message}`, 2);
+  }
+  const token = text.split('\n')[0]!.trim();
+  if (!token) throw new KernelStartError(`the relay token file ${file} is empty`, 2);
+  return token;
+}
+
+/** A start error unless `url` is a relay URL the tunnel can dial. */
+function checkRelayUrl(url: string): void {
+  try {
+    tunnelUrl(url);
+  } catch (e) {
+    throw new KernelStartError(`--relay: ${(e as Error).message}`, 2);
   }
 }
 
