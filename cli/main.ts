@@ -46,6 +46,8 @@ export interface Daemon {
         leaseTtl?: number;
         prefix?: string;
       };
+      /** `--http HOST:PORT` as given (validated by the kernel: docs/http.md). */
+      httpFlag?: string;
     },
     afterStart?: (k: {
       socketPath: string;
@@ -90,6 +92,7 @@ function kernelOptions(
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
     ...(o.fastPath ? { fastPath: true } : {}),
+    ...(o.http ? { httpFlag: o.http as string } : {}),
     ...(o.cluster || o.nats || o.node || o.advertise || o.leaseTtl || o.clusterPrefix
       ? {
           clusterFlags: {
@@ -149,6 +152,10 @@ export function program(daemon: Daemon): Command {
         .default('auto'),
     )
     .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
+    .option(
+      '--http <host:port>',
+      'serve the HTTP API, dashboard and /metrics there (token in <data-dir>/http-token; docs/http.md)',
+    )
     .option('--cluster <etcd>', 'join a cluster: etcd endpoints, etcd://HOST:PORT[,…] (docs/cluster.md)')
     .option('--nats <url>', 'NATS JetStream servers of the cluster, nats://HOST:PORT[,…]')
     .option('--node <name>', 'this node in the cluster (default: the host name)')

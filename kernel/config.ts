@@ -67,6 +67,8 @@ export interface KernelOptions {
    * --relay-token-file F`; null: no tunnel until an operator's TUNNEL_CONNECT.
    */
   relay: RelayOptions | null;
+  /** `--http HOST:PORT` (docs/http.md): the HTTP API, dashboard and /metrics; null (default) is off. */
+  http: { host: string; port: number } | null;
 }
 
 /** The relay a kernel dials at start. */
@@ -116,6 +118,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     fastPath: process.env.CLOVE_FAST_PATH === '1',
     cluster: null,
     relay: null,
+    http: null,
     ...overrides,
   };
 }
@@ -191,6 +194,18 @@ export function clusterOptions(f: ClusterFlags): ClusterOptions | null {
   if (!PREFIX_RE.test(prefix))
     throw bad(`invalid --cluster-prefix ${JSON.stringify(prefix)}: use 1-32 letters, digits, _ or -`);
   return { etcd, nats, node, advertise, leaseTtlS, prefix };
+}
+
+/**
+ * `--http HOST:PORT` as the kernel's option (port 0: any free port). A bad value is a start error
+ * (exit 2) naming the flag; a host name that is not an address is resolved when the listener binds.
+ */
+export function httpOption(v: string | undefined): { host: string; port: number } | null {
+  if (v === undefined) return null;
+  const m = HOST_PORT_RE.exec(v);
+  if (!m || Number(m[2]) > 65535)
+    throw new KernelStartError(`invalid --http ${JSON.stringify(v)}: use HOST:PORT, e.g. 127.0.0.1:7080`, 2);
+  return { host: m[1].replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]) };
 }
 
 function flagName(k: keyof ClusterFlags): string {

@@ -56,6 +56,7 @@ import { RelayTransport } from './tunnel/transport.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
+import type { HttpHandle } from './http/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -120,8 +121,18 @@ export class Kernel {
   /** Remote wire-protocol sessions through the relay, and the tunnel that carries them (docs/relay.md). */
   private remotes?: RelayTransport;
   private tunnel?: TunnelClient;
-  /** The HTTP API as the tunnel serves it (set when the kernel has one). */
-  private tunnelApi?: TunnelApi;
+  /** The HTTP API as the tunnel serves it: --http's, or one built for the tunnel on first use. */
+  private tunnelApi?: Promise<TunnelApi & { close?(): void }>;
+  /** With `--http` (docs/http.md): the HTTP API, the dashboard and /metrics. */
+  private http?: HttpHandle;
+  private readonly startedAt = Date.now();
+  /** The sockets accept (readiness: /readyz). */
+  private listening = false;
+
+  /** Where the HTTP API listens (`http://HOST:PORT`), when it does. */
+  get httpUrl(): string | undefined {
+    return this.http?.url;
+  }
 
   /** `logStream`: where the JSON log lines go (default stderr); kernel/main.ts passes a pretty-printer. */
   constructor(
@@ -305,7 +316,7 @@ export class Kernel {
       log: this.log,
       version: KERNEL_VERSION,
       agents: () => agentsService.list().length,
-      api: () => this.tunnelApi,
+      api: () => this.apiForTunnel(),
       remotes,
     }));
     const services: Services = {
@@ -413,6 +424,7 @@ export class Kernel {
       transport(this.agentSocketPath, 0o666, 'agent'),
       transport(o.socketPath, 0o600, 'operator'),
     ]);
+    this.listening = true;
     this.log.info(
       {
         socket: o.socketPath,
@@ -422,6 +434,7 @@ export class Kernel {
       },
       'clove kernel ready',
     );
+    if (o.http) await this.startHttp(o.http, dispatcher);
     const fds = describeNofile(nofile, o.operatorReserveFds);
     this.log[fds.level](fds.fields, fds.msg);
     // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
@@ -435,6 +448,73 @@ export class Kernel {
       });
       await tunnelClient.connect(false);
     }
+  }
+
+  /** The HTTP API (loaded only with --http: a kernel without it never imports hono, ws or prom-client). */
+  private async startHttp(at: { host: string; port: number }, dispatcher: Dispatcher): Promise<void> {
+    const { startHttp } = await import('./http/index.js');
+    try {
+      this.http = await startHttp({
+        ...at,
+        dataDir: this.opts.dataDir,
+        dispatcher,
+        principals: this.principals,
+        events: this.events,
+        log: this.log,
+        ready: () => this.closing === null && this.listening,
+        info: () => ({
+          version: KERNEL_VERSION,
+          pid: process.pid,
+          started_at: this.startedAt,
+          uptime_ms: Date.now() - this.startedAt,
+          fast_path: this.opts.fastPath,
+          node: this.opts.cluster?.node ?? null,
+          sandbox: this.sandbox?.summary ?? null,
+        }),
+        templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
+      });
+    } catch (e) {
+      await this.close();
+      throw new KernelStartError(`cannot serve HTTP on ${at.host}:${at.port}: ${(e as Error).message}`, 2);
+    }
+  }
+
+  /** The API the tunnel forwards to: --http's app and stream, else the same app built without a listener. */
+  private apiForTunnel(): Promise<TunnelApi & { close?(): void }> {
+    if (this.tunnelApi) return this.tunnelApi;
+    const http = this.http;
+    this.tunnelApi = http
+      ? import('./http/index.js').then(({ ensureToken }) => ({
+          fetch: (req: Request) => http.api.app.fetch(req),
+          subscribe: (send: (m: string) => void) => http.api.subscribe(send),
+          token: ensureToken(this.opts.dataDir),
+        }))
+      : import('./tunnel/api.js').then(({ buildTunnelApi }) =>
+          buildTunnelApi({
+            dataDir: this.opts.dataDir,
+            dispatcher: this.dispatcher!,
+            principals: this.principals,
+            events: this.events,
+            log: this.log,
+            ready: () => this.closing === null && this.listening,
+            info: () => this.info(),
+            templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
+          }),
+        );
+    return this.tunnelApi;
+  }
+
+  /** What /api/v1/system says about the kernel itself. */
+  private info(): Record<string, unknown> {
+    return {
+      version: KERNEL_VERSION,
+      pid: process.pid,
+      started_at: this.startedAt,
+      uptime_ms: Date.now() - this.startedAt,
+      fast_path: this.opts.fastPath,
+      node: this.opts.cluster?.node ?? null,
+      sandbox: this.sandbox?.summary ?? null,
+    };
   }
 
   /** Tells the fast path whether an agent may be sent to (as the ipc family decides: alive for the kernel). */
@@ -491,7 +571,9 @@ export class Kernel {
 
   private async doClose(): Promise<void> {
     this.tunnel?.close();
+    void this.tunnelApi?.then((a) => a.close?.()).catch(() => {});
     this.server?.stopListening();
+    await this.http?.close();
     this.cluster?.beginClose();
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
     this.server?.closeAll();

@@ -6,7 +6,7 @@
  * family steers it.
  */
 import type { Logger } from 'pino';
-import { WebSocket, type RawData } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 import {
   CLOSE_REPLACED,
   CLOSE_REVOKED,
@@ -43,8 +43,8 @@ export interface TunnelDeps {
   version: string;
   /** Agents supervised here (the relay's fleet view). */
   agents(): number;
-  /** The API, once the kernel has one (absent: HTTP calls through the tunnel get 503). */
-  api(): TunnelApi | undefined;
+  /** The kernel's API (built on first use when the kernel has no `--http`); undefined: 503. */
+  api(): Promise<TunnelApi | undefined>;
   remotes: RelayTransport;
 }
 
@@ -57,6 +57,9 @@ export class TunnelConnectError extends Error {
     super(message);
   }
 }
+
+/** OPEN (the ws module itself is loaded only when the kernel first dials). */
+const OPEN = 1;
 
 /** How long TUNNEL_CONNECT waits for the relay's welcome. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -218,11 +221,21 @@ export class TunnelClient {
     };
   }
 
+  /** Dials once (the ws module loaded on first use: a kernel that never tunnels never imports it). */
   private dial(gen: number): void {
-    const { relayUrl, machineId, token } = this.settings;
     this.state = 'connecting';
+    import('ws').then(
+      ({ WebSocket: Ws }) => {
+        if (gen === this.generation) this.open(gen, Ws);
+      },
+      (e: Error) => this.lost(gen, `cannot load ws: ${e.message}`),
+    );
+  }
+
+  private open(gen: number, Ws: typeof WebSocket): void {
+    const { relayUrl, machineId, token } = this.settings;
     const url = tunnelUrl(relayUrl!);
-    const ws = new WebSocket(url, {
+    const ws = new Ws(url, {
       headers: { authorization: `Bearer ${token}`, 'x-clove-machine': machineId! },
       maxPayload: LIMITS.tunnelMessage,
       handshakeTimeout: CONNECT_TIMEOUT_MS,
@@ -330,7 +343,7 @@ export class TunnelClient {
   }
 
   private send(m: KernelMessage): void {
-    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
+    if (this.ws?.readyState === OPEN) this.ws.send(JSON.stringify(m));
   }
 
   /** True while the tunnel's send queue has room (streams are closed rather than queued beyond). */
@@ -384,7 +397,12 @@ export class TunnelClient {
         [['content-type', 'application/json']],
         Buffer.from(JSON.stringify({ error: code, message })),
       );
-    const api = this.d.api();
+    let api: TunnelApi | undefined;
+    try {
+      api = await this.d.api();
+    } catch (e) {
+      return error(503, 'internal', `the kernel's API is not available: ${(e as Error).message}`);
+    }
     if (!api) return error(503, 'not_supported', 'this kernel has no HTTP API');
     if (!m.path.startsWith('/')) return error(400, 'invalid_request', 'bad path');
     const abort = new AbortController();
@@ -415,33 +433,48 @@ export class TunnelClient {
     }
   }
 
+  /**
+   * A user's stream through the relay: a subscriber of the API's stream whose messages go over the
+   * tunnel. Registered at once (a close may come before the API is built); dropped, not queued, when
+   * the tunnel's send queue is full.
+   */
+  private async openStream(id: number, closeRemote: (code: number, reason: string) => void): Promise<void> {
+    let unsubscribe: (() => void) | null = null;
+    let closed = false;
+    this.channels.set(id, {
+      close: () => {
+        closed = true;
+        unsubscribe?.();
+      },
+    });
+    const api = await this.d.api().catch(() => undefined);
+    if (closed) return;
+    if (!api?.subscribe) return closeRemote(1011, 'this kernel has no stream');
+    unsubscribe = api.subscribe((message) => {
+      if (!this.channels.has(id)) return;
+      if (!this.hasRoom()) {
+        // The relay (or its link) is slower than the stream: the subscriber goes, not the memory.
+        unsubscribe?.();
+        closeRemote(1013, 'the tunnel is not keeping up');
+        return;
+      }
+      this.send({ t: 'data', id, data: message });
+    });
+  }
+
   private openChannel(id: number, kind: string, user: string): void {
     const closeRemote = (code: number, reason: string) => {
       if (this.channels.delete(id)) this.send({ t: 'close', id, code, reason });
     };
     if (kind === 'stream') {
-      const api = this.d.api();
-      if (!api?.subscribe)
-        return this.send({ t: 'close', id, code: 1011, reason: 'this kernel has no stream' });
-      let unsubscribe: () => void = () => {};
-      this.channels.set(id, { close: () => unsubscribe() });
-      unsubscribe = api.subscribe((message) => {
-        if (!this.channels.has(id)) return;
-        if (!this.hasRoom()) {
-          // The relay (or its link) is slower than the stream: the subscriber goes, not the memory.
-          unsubscribe();
-          closeRemote(1013, 'the tunnel is not keeping up');
-          return;
-        }
-        this.send({ t: 'data', id, data: message });
-      });
+      void this.openStream(id, closeRemote);
       return;
     }
     if (kind !== 'agent') return this.send({ t: 'close', id, code: 1003, reason: `unknown channel ${kind}` });
     let session: RemoteSession | null = null;
     session = this.d.remotes.open(user, {
       write: (data, done) => {
-        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return done();
+        if (!this.ws || this.ws.readyState !== OPEN) return done();
         this.ws.send(JSON.stringify({ t: 'data', id, data: data.toString('base64'), binary: true }), () =>
           done(),
         );
