@@ -11,6 +11,7 @@ import { Hono, type Context } from 'hono';
 import type { AgentInfo, AgentMetrics, OpName, SystemMetrics } from '../../protocol/index.js';
 import { ApiError } from './errors.js';
 import { EventHistory, type ApiEvent } from './history.js';
+import { openApiDocument } from './openapi.js';
 import { bearerOf, tokenMatches } from './token.js';
 
 /** A kernel event as the event bus's taps see it. */
@@ -22,6 +23,12 @@ export interface ApiDeps {
   token: string;
   /** Runs a syscall as the API's operator principal; resolves to its reply, throws ApiError on an error reply. */
   call(op: OpName, payload: Buffer | object, signal?: AbortSignal): Promise<unknown>;
+  /**
+   * The same for the API's own reads (the agents' rows, the system's figures: every stream tick and
+   * scrape makes them); a principal of its own so that /metrics does not count its own scrapes.
+   * Default: `call`.
+   */
+  read?: ApiDeps['call'];
   /** Subscribes to every event published on this kernel; returns the unsubscribe. */
   tapEvents(fn: EventTap): () => void;
   /** Whether the kernel accepts calls (listening, not shutting down): /readyz. */
@@ -65,6 +72,8 @@ export interface AgentRow {
   memory_bytes: number;
   messages_in: number;
   messages_out: number;
+  /** Syscalls the agent made (fast path included). */
+  syscalls: number;
   mailbox_depth: number;
   quotas: Record<string, { used: number; limit?: number; exceeded?: boolean }>;
 }
@@ -101,6 +110,7 @@ export function createApi(deps: ApiDeps): Api {
   const history = new EventHistory();
   const subscribers = new Set<(json: string) => void>();
   const cpuSeen = new Map<number, { seconds: number; at: number }>();
+  const read = deps.read ?? deps.call;
 
   const broadcast = (msg: object) => {
     if (!subscribers.size) return;
@@ -121,8 +131,8 @@ export function createApi(deps: ApiDeps): Api {
   /** The agents' rows: LIST joined with METRICS_ALL_AGENTS; CPU percent from the change since the last look. */
   const agents = async (signal?: AbortSignal): Promise<AgentRow[]> => {
     const [list, all] = await Promise.all([
-      deps.call('LIST', {}, signal) as Promise<AgentInfo[]>,
-      deps.call('METRICS_ALL_AGENTS', {}, signal) as Promise<{ agents: AgentMetrics[] }>,
+      read('LIST', {}, signal) as Promise<AgentInfo[]>,
+      read('METRICS_ALL_AGENTS', {}, signal) as Promise<{ agents: AgentMetrics[] }>,
     ]);
     const byId = new Map(all.agents.map((m) => [m.agent_id, m]));
     const now = Date.now();
@@ -167,6 +177,7 @@ export function createApi(deps: ApiDeps): Api {
         memory_bytes: cg ? cg.memory.current : (m?.process?.memory.rss ?? 0),
         messages_in: m?.kernel_stats.messages_recv ?? 0,
         messages_out: m?.kernel_stats.messages_sent ?? 0,
+        syscalls: m?.kernel_stats.syscall_count ?? 0,
         mailbox_depth: a.mailbox,
         quotas,
       };
@@ -176,14 +187,14 @@ export function createApi(deps: ApiDeps): Api {
   };
 
   const findAgent = async (key: string, signal?: AbortSignal): Promise<AgentInfo> => {
-    const list = (await deps.call('LIST', {}, signal)) as AgentInfo[];
+    const list = (await read('LIST', {}, signal)) as AgentInfo[];
     const a = /^\d+$/.test(key) ? list.find((x) => x.id === Number(key)) : list.find((x) => x.name === key);
     if (!a) throw new ApiError('not_found', `no such agent: ${key}`);
     return a;
   };
 
   const system = async (signal?: AbortSignal) => {
-    const r = (await deps.call('METRICS_SYSTEM', {}, signal)) as { metrics: SystemMetrics };
+    const r = (await read('METRICS_SYSTEM', {}, signal)) as { metrics: SystemMetrics };
     return r.metrics;
   };
 
@@ -223,6 +234,7 @@ export function createApi(deps: ApiDeps): Api {
     deps.ready() ? c.json({ status: 'ready' }) : c.json({ status: 'not ready' }, 503),
   );
 
+  app.get('/api/v1/openapi.json', (c) => c.json(openApiDocument()));
   app.get('/api/v1/agents', async (c) => c.json(await agents(c.req.raw.signal)));
   app.post('/api/v1/agents', async (c) => {
     const body = Buffer.from(await c.req.arrayBuffer());

@@ -13,6 +13,7 @@ import { fromReply } from './errors.js';
 import { createPrometheus } from './prometheus.js';
 import { makeScale, type SpawnTemplates } from './scale.js';
 import { HttpService } from './service.js';
+import { mountDashboard } from './static.js';
 import { ensureToken } from './token.js';
 
 export { createApi, type Api, type ApiDeps } from './api.js';
@@ -42,11 +43,12 @@ export interface HttpHandle {
 }
 
 /**
- * The operator principal REST verbs run as: allocated like a connection's, opened with an operator's
- * rights, never released while the kernel runs (its calls' denials are audited under its name, `http`).
+ * An operator principal the API's calls run as: allocated like a connection's, opened with an
+ * operator's rights, never released while the kernel runs (denials are audited under its name):
+ * `http` for the REST verbs, `http-monitor` for the API's own reads.
  */
-export function apiPrincipal(principals: Principals): Principal {
-  const p: Principal = { id: principals.allocate(), role: 'operator', name: 'http' };
+export function apiPrincipal(principals: Principals, name: string): Principal {
+  const p: Principal = { id: principals.allocate(), role: 'operator', name };
   principals.clientOpened(p);
   return p;
 }
@@ -70,9 +72,11 @@ export function callerFor(
 /** Builds the API and listens on `host:port`; the URL it logs carries the token (`#token=`) for the dashboard. */
 export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
   const token = ensureToken(o.dataDir);
-  const principal = apiPrincipal(o.principals);
+  const principal = apiPrincipal(o.principals, 'http');
+  const reader = apiPrincipal(o.principals, 'http-monitor');
   const life = new AbortController();
   const call = callerFor(o.dispatcher, principal, life.signal);
+  const read = callerFor(o.dispatcher, reader, life.signal);
   const tapEvents: ApiDeps['tapEvents'] = (fn) => o.events.tap(fn);
   // The collectors read the API's rows; the API exposes the collectors: the rows come late-bound.
   const rows = { of: async (): Promise<AgentRow[]> => [] };
@@ -80,16 +84,18 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
     rows: () => rows.of(),
     observe: (fn) => o.dispatcher.observe(fn),
     tapEvents,
-    ignore: principal.id,
+    ignore: reader.id,
   });
   const api = createApi({
     token,
     call,
+    read,
     tapEvents,
     ready: o.ready,
     info: o.info,
     metrics: () => prom.expose(),
     scale: makeScale(call, o.templates),
+    mountStatic: (app) => mountDashboard(app),
   });
   rows.of = () => api.agents();
   const service = new HttpService({ api, token, host: o.host, port: o.port, log: o.log });

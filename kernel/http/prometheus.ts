@@ -20,7 +20,7 @@ export interface PrometheusDeps {
   rows(): Promise<AgentRow[]>;
   observe(fn: (r: SyscallRecord) => void): void;
   tapEvents(fn: EventTap): () => void;
-  /** The principal whose calls are not counted: the API's own (its scrapes would count themselves). */
+  /** The principal whose calls are not counted: the API's own reads (its scrapes would count themselves). */
   ignore?: number;
 }
 
@@ -90,6 +90,15 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
     registers,
     collect() {
       absolute(this, (r) => [[{ agent: r.name }, r.messages_out]]);
+    },
+  });
+  new Counter({
+    name: 'clove_agent_syscalls_total',
+    help: 'Syscalls an agent made, fast path included (the native store counts the calls the reactor served)',
+    labelNames: ['agent'],
+    registers,
+    collect() {
+      absolute(this, (r) => [[{ agent: r.name }, r.syscalls]]);
     },
   });
   new Gauge({

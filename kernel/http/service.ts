@@ -58,6 +58,11 @@ export class HttpService {
     return server.address() as AddressInfo;
   }
 
+  /** Stream clients connected now. */
+  get clients(): number {
+    return this.sockets.size;
+  }
+
   get address(): AddressInfo | undefined {
     return (this.server?.address() as AddressInfo | null) ?? undefined;
   }
