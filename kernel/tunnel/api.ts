@@ -16,20 +16,23 @@ export async function buildTunnelApi(o: TunnelApiOptions): Promise<TunnelApi & {
   const { createPrometheus } = await import('../http/prometheus.js');
   const { makeScale } = await import('../http/scale.js');
   const token = http.ensureToken(o.dataDir);
-  const principal = http.apiPrincipal(o.principals);
+  const principal = http.apiPrincipal(o.principals, 'http');
+  const reader = http.apiPrincipal(o.principals, 'http-monitor');
   const life = new AbortController();
   const call = http.callerFor(o.dispatcher, principal, life.signal);
+  const read = http.callerFor(o.dispatcher, reader, life.signal);
   const tapEvents = (fn: Parameters<typeof o.events.tap>[0]) => o.events.tap(fn);
   const rows = { of: async () => [] as Awaited<ReturnType<typeof api.agents>> };
   const prom = createPrometheus({
     rows: () => rows.of(),
     observe: (fn) => o.dispatcher.observe(fn),
     tapEvents,
-    ignore: principal.id,
+    ignore: reader.id,
   });
   const api = http.createApi({
     token,
     call,
+    read,
     tapEvents,
     ready: o.ready,
     info: o.info,
