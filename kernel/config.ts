@@ -62,8 +62,21 @@ export interface KernelOptions {
   fastPath: boolean;
   /** Member of a cluster (docs/cluster.md): null for a kernel on its own, which needs no etcd or NATS. */
   cluster: ClusterOptions | null;
+  /**
+   * Dial this relay at start (docs/relay.md): `clove kernel --relay URL --machine-id ID
+   * --relay-token-file F`; null: no tunnel until an operator's TUNNEL_CONNECT.
+   */
+  relay: RelayOptions | null;
   /** `--http HOST:PORT` (docs/http.md): the HTTP API, dashboard and /metrics; null (default) is off. */
   http: { host: string; port: number } | null;
+}
+
+/** The relay a kernel dials at start. */
+export interface RelayOptions {
+  url: string;
+  machineId: string;
+  /** A file holding the machine token (read at start; keep it 0600). */
+  tokenFile: string;
 }
 
 /** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
@@ -104,6 +117,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     agentUidBase: 200_000,
     fastPath: process.env.CLOVE_FAST_PATH === '1',
     cluster: null,
+    relay: null,
     http: null,
     ...overrides,
   };

@@ -26,6 +26,7 @@ export const STATUS: Record<ApiErrorCode, number> = {
   upstream_failed: 502,
   cluster_unavailable: 503,
   not_clustered: 409,
+  tunnel_failed: 502,
   internal: 500,
   unauthorized: 401,
 };
