@@ -154,8 +154,10 @@ async function main(): Promise<void> {
     '',
     `autocannon ${CONNECTIONS} connections for ${SECONDS} s per row, one row at a time, against a kernel process`,
     `(\`clove kernel --http 127.0.0.1:0\`) running ${AGENTS} sandboxed agents (\`sleep\`), spawned through`,
-    '`POST /api/v1/agents`. `GET /api/v1/agents` and `GET /metrics` read every agent (LIST, METRICS_ALL_AGENTS:',
-    "each agent's cgroup files) on every request; `/healthz` is the bare HTTP stack.",
+    '`POST /api/v1/agents`. `GET /api/v1/agents` and `GET /metrics` run LIST on every request and join it with',
+    "the agents' measured figures (METRICS_ALL_AGENTS: each agent's cgroup and /proc files), taken at most once",
+    'a second and shared by every request; `/metrics` also renders ~15 series per agent and the process metrics.',
+    '`/healthz` is the bare HTTP stack (Hono on @hono/node-server).',
     '',
     mdTable(
       [
