@@ -536,7 +536,9 @@ export class CloveDashboard extends LitElement {
                     >${m.connected ? 'connected' : 'offline'}</span
                   >
                 </td>
-                <td class="num">${m.agents ?? '—'}</td>
+                <td class="num" data-testid="machine-agents">
+                  ${m.id === this.machine && this.phase === 'ready' ? this.agents.length : (m.agents ?? '—')}
+                </td>
               </tr>`,
           )}
         </tbody>
