@@ -214,6 +214,13 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
     await page.goto(`${base}/#token=${token}`);
     await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
 
+    // The filter narrows the grid (here by a label value), and clearing it brings every row back.
+    await page.getByTestId('agent-filter').fill('demo');
+    await expect.poll(() => page.getByTestId('agent-row').count(), WAIT).toBe(1);
+    expect(await row(page, 'web-1').count()).toBe(1);
+    await page.getByTestId('agent-filter').fill('');
+    await expect.poll(() => page.getByTestId('agent-row').count(), WAIT).toBe(4);
+
     await row(page, 'charlie').getByTestId('action-pause').click();
     await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('PAUSED');
     expect((await client.list()).find((a) => a.name === 'charlie')!.state).toBe('PAUSED');

@@ -147,9 +147,6 @@ export class Api {
   services(): Promise<ServiceRow[]> {
     return this.call<unknown>('GET', 'services').then((b) => listOf<ServiceRow>(b, 'services'));
   }
-  system(): Promise<Record<string, unknown>> {
-    return this.call('GET', 'system');
-  }
   logs(id: number, tail: number, signal?: AbortSignal): Promise<string[]> {
     return this.call<{ lines?: string[] }>('GET', `agents/${id}/logs?tail=${tail}`, undefined, signal).then(
       (b) => b?.lines ?? [],

@@ -28,6 +28,8 @@ type Phase = 'auth' | 'loading' | 'ready';
 type Verb = 'kill' | 'restart' | 'pause' | 'resume';
 
 const MAX_EVENTS = 200;
+/** Rows the grid draws at most (a kernel may run thousands of agents; the filter narrows them). */
+const MAX_ROWS = 300;
 const LOG_TAIL = 200;
 const MACHINE_KEY = 'clove.machine';
 
@@ -81,6 +83,12 @@ const CHARTS: ChartDef[] = [
   },
 ];
 
+/** Whether an agent matches the grid's filter (name, state, node, a label's key or value). */
+function matches(a: AgentRow, needle: string): boolean {
+  const hay = [a.name, a.state, a.node ?? '', String(a.id), ...Object.entries(a.labels ?? {}).flat()];
+  return hay.some((h) => h.toLowerCase().includes(needle));
+}
+
 export class CloveDashboard extends LitElement {
   static override properties = {
     phase: { state: true },
@@ -99,6 +107,7 @@ export class CloveDashboard extends LitElement {
     armedKill: { state: true },
     busy: { state: true },
     loadError: { state: true },
+    filter: { state: true },
   };
 
   phase: Phase = 'loading';
@@ -115,6 +124,7 @@ export class CloveDashboard extends LitElement {
   logsError = '';
   notice: { text: string; kind: 'ok' | 'error' } | null = null;
   loadError = '';
+  filter = '';
   armedKill: number | null = null;
   busy = new Set<string>();
 
@@ -581,9 +591,33 @@ export class CloveDashboard extends LitElement {
   }
 
   private renderAgents(): TemplateResult {
-    const rows = this.agents.slice().sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
+    const needle = this.filter.trim().toLowerCase();
+    const matching = this.agents
+      .filter((a) => !needle || matches(a, needle))
+      .sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
+    const rows = matching.slice(0, MAX_ROWS);
     return html`<section class="card">
-      <h2>Agents</h2>
+      <div class="title-row">
+        <h2>Agents</h2>
+        <input
+          class="filter"
+          data-testid="agent-filter"
+          type="search"
+          placeholder="filter: name, state, label, node"
+          aria-label="filter agents"
+          .value=${this.filter}
+          @input=${(e: Event) => (this.filter = (e.target as HTMLInputElement).value)}
+        />
+        ${
+          matching.length > rows.length
+            ? html`<span class="muted" data-testid="agents-truncated"
+                >showing ${rows.length} of ${matching.length}: filter to narrow</span
+              >`
+            : needle
+              ? html`<span class="muted">${matching.length} of ${this.agents.length}</span>`
+              : nothing
+        }
+      </div>
       <div class="scroll">
         <table class="agents" data-testid="agents-grid">
           <thead>
