@@ -39,6 +39,8 @@ const MSG = {
     'a syscall family never imports another family (or kernel/syscalls/ itself): share code through kernel/core/family.ts.',
   testInfra:
     'production code (protocol/, kernel/, sdk/, cli/) never imports test infrastructure (harness/, bench/, chaos/, scenarios/); only *.test.ts files and kernel/sandbox/testutil.ts may.',
+  dashboard:
+    'the dashboard (kernel/http/dashboard/) is browser code: it imports only its own folder and packages, and reaches the kernel over HTTP.',
   kernelObject:
     'only kernel/main.ts, harness/ and test files import kernel/kernel.ts: everything else goes through the protocol (or, for families, kernel/core/family.ts).',
 };
@@ -75,6 +77,13 @@ const PRODUCTION_ZONES = [
   // Rule 4 (and the test-infrastructure half of rule 1): production code never imports test
   // infrastructure. protocol/ is covered by rule 2's zone above.
   { target: ['kernel', 'sdk', 'cli'], from: TEST_INFRA, message: MSG.testInfra },
+  // Rule 6: the dashboard is bundled for the browser by vite (its own tsconfig, DOM lib).
+  {
+    target: ['kernel/http/dashboard'],
+    from: ['.'],
+    except: ['./kernel/http/dashboard', './node_modules'],
+    message: MSG.dashboard,
+  },
 ];
 
 /** Rule 5: nothing but kernel/kernel.ts, kernel/main.ts, harness/ and tests import kernel/kernel.ts. */

@@ -26,7 +26,7 @@ export default defineConfig({
         'sdk/typescript/**/*.ts',
         'harness/**/*.ts',
       ],
-      exclude: ['**/*.test.ts'],
+      exclude: ['**/*.test.ts', 'kernel/http/dashboard/**'],
       reporter: ['text-summary', 'json-summary'],
       reportsDirectory: 'reports/coverage',
     },

@@ -10,6 +10,11 @@ const daemon = {
     return { dataDir: d.dataDir, mailboxSize: d.mailboxSize, version: KERNEL_VERSION, installDir: REPO_ROOT };
   },
   run: (options, afterStart) => runKernel(options, afterStart),
+  // Loaded only for `clove relay`: the relay's module is not the kernel's.
+  relay: {
+    run: async (o) => (await import('../dist/kernel/relay/main.js')).runRelay(o),
+    tokens: async (dir) => (await import('../dist/kernel/relay/main.js')).relayTokens(dir),
+  },
 };
 const code = await main(process.argv, daemon);
 // `clove kernel` and `clove logs -f` keep running until a signal; everything else exits with its code.

@@ -24,6 +24,7 @@ const RULE = {
   testInfra: 'production code (protocol/, kernel/, sdk/, cli/) never imports test infrastructure',
   kernelObject: 'only kernel/main.ts, harness/ and test files import kernel/kernel.ts',
   clientTests: 'client tests (sdk/, cli/ *.test.ts) may use harness/',
+  dashboard: 'the dashboard (kernel/http/dashboard/) is browser code',
 } as const;
 
 let eslint: ESLint;
@@ -210,5 +211,19 @@ describe('rule 5: only kernel/main.ts, harness/ and tests import kernel/kernel.t
     await expectClean('harness/other.ts', "export { Kernel } from '../kernel/kernel.js';\n");
     await expectClean('kernel/other.test.ts', "export { Kernel } from './kernel.js';\n");
     await expectClean('chaos/other.test.ts', "export { Kernel } from '../kernel/kernel.js';\n");
+  });
+});
+
+describe('rule 6: the dashboard is browser code', () => {
+  const file = 'kernel/http/dashboard/src/__fixture__.ts';
+  it('the dashboard importing the kernel or the contract is reported', async () => {
+    await expectViolation(file, "import { REPO_ROOT } from '../../../config.js';\n", 'dashboard');
+    await expectViolation(file, "import * as p from '../../../../protocol/index.js';\n", 'dashboard');
+  });
+  it('its own folder and packages are allowed', async () => {
+    await expectClean(
+      file,
+      "import { Api } from './api.js';\nimport { html } from 'lit';\nvoid Api;\nvoid html;\n",
+    );
   });
 });

@@ -11,6 +11,7 @@ import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/ind
 import { ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
 import { registerCompose, type Globals } from './commands/compose.js';
 import { register as registerLogs } from './commands/logs.js';
+import { registerRelay, registerTunnel, type RelayDaemon } from './commands/relay.js';
 import { registerStatus } from './commands/status.js';
 import { register as registerTop } from './commands/top.js';
 import { CliError, EXIT, ensureDataDir, resolveAgent, table, target, withClient } from './lib.js';
@@ -46,12 +47,18 @@ export interface Daemon {
         leaseTtl?: number;
         prefix?: string;
       };
+      /** `--http HOST:PORT` as given (validated by the kernel: docs/http.md). */
+      httpFlag?: string;
+      /** `--relay URL --machine-id ID --relay-token-file F`: dial that relay at start (docs/relay.md). */
+      relay?: { url: string; machineId: string; tokenFile: string };
     },
     afterStart?: (k: {
       socketPath: string;
       log(msg: string, fields?: Record<string, unknown>): void;
     }) => Promise<void>,
   ): Promise<number>;
+  /** `clove relay`: the relay server and its token file (kernel/relay/). */
+  relay?: RelayDaemon;
 }
 
 function int(v: string): number {
@@ -90,6 +97,8 @@ function kernelOptions(
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
     ...(o.fastPath ? { fastPath: true } : {}),
+    ...(o.http ? { httpFlag: o.http as string } : {}),
+    ...relayOption(o),
     ...(o.cluster || o.nats || o.node || o.advertise || o.leaseTtl || o.clusterPrefix
       ? {
           clusterFlags: {
@@ -102,6 +111,26 @@ function kernelOptions(
           },
         }
       : {}),
+  };
+}
+
+/** `--relay`, `--machine-id` and `--relay-token-file`: all three or none (a usage error names what is missing). */
+function relayOption(o: Record<string, unknown>): {
+  relay?: { url: string; machineId: string; tokenFile: string };
+} {
+  const given = [o.relay, o.machineId, o.relayTokenFile].filter((v) => v !== undefined).length;
+  if (given === 0) return {};
+  if (given < 3)
+    throw new CliError(
+      '--relay, --machine-id and --relay-token-file go together (docs/relay.md)',
+      EXIT.USAGE,
+    );
+  return {
+    relay: {
+      url: o.relay as string,
+      machineId: o.machineId as string,
+      tokenFile: path.resolve(o.relayTokenFile as string),
+    },
   };
 }
 
@@ -149,6 +178,13 @@ export function program(daemon: Daemon): Command {
         .default('auto'),
     )
     .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
+    .option(
+      '--http <host:port>',
+      'serve the HTTP API, dashboard and /metrics there (token in <data-dir>/http-token; docs/http.md)',
+    )
+    .option('--relay <url>', 'dial this relay at start and keep a tunnel to it (docs/relay.md)')
+    .option('--machine-id <id>', 'the machine name the relay token was made for (with --relay)')
+    .option('--relay-token-file <file>', 'a file holding the machine token (with --relay)')
     .option('--cluster <etcd>', 'join a cluster: etcd endpoints, etcd://HOST:PORT[,…] (docs/cluster.md)')
     .option('--nats <url>', 'NATS JetStream servers of the cluster, nats://HOST:PORT[,…]')
     .option('--node <name>', 'this node in the cluster (default: the host name)')
@@ -169,6 +205,8 @@ export function program(daemon: Daemon): Command {
 
   registerCompose(p, g);
   registerStatus(p, g);
+  registerRelay(p, g, daemon.relay);
+  registerTunnel(p, g);
 
   p.command('run')
     .description('spawn an agent')

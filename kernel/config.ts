@@ -62,6 +62,21 @@ export interface KernelOptions {
   fastPath: boolean;
   /** Member of a cluster (docs/cluster.md): null for a kernel on its own, which needs no etcd or NATS. */
   cluster: ClusterOptions | null;
+  /**
+   * Dial this relay at start (docs/relay.md): `clove kernel --relay URL --machine-id ID
+   * --relay-token-file F`; null: no tunnel until an operator's TUNNEL_CONNECT.
+   */
+  relay: RelayOptions | null;
+  /** `--http HOST:PORT` (docs/http.md): the HTTP API, dashboard and /metrics; null (default) is off. */
+  http: { host: string; port: number } | null;
+}
+
+/** The relay a kernel dials at start. */
+export interface RelayOptions {
+  url: string;
+  machineId: string;
+  /** A file holding the machine token (read at start; keep it 0600). */
+  tokenFile: string;
 }
 
 /** The repository (package) root, from sources (kernel/) and from the build (dist/kernel/) alike. */
@@ -102,6 +117,8 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     agentUidBase: 200_000,
     fastPath: process.env.CLOVE_FAST_PATH === '1',
     cluster: null,
+    relay: null,
+    http: null,
     ...overrides,
   };
 }
@@ -177,6 +194,18 @@ export function clusterOptions(f: ClusterFlags): ClusterOptions | null {
   if (!PREFIX_RE.test(prefix))
     throw bad(`invalid --cluster-prefix ${JSON.stringify(prefix)}: use 1-32 letters, digits, _ or -`);
   return { etcd, nats, node, advertise, leaseTtlS, prefix };
+}
+
+/**
+ * `--http HOST:PORT` as the kernel's option (port 0: any free port). A bad value is a start error
+ * (exit 2) naming the flag; a host name that is not an address is resolved when the listener binds.
+ */
+export function httpOption(v: string | undefined): { host: string; port: number } | null {
+  if (v === undefined) return null;
+  const m = HOST_PORT_RE.exec(v);
+  if (!m || Number(m[2]) > 65535)
+    throw new KernelStartError(`invalid --http ${JSON.stringify(v)}: use HOST:PORT, e.g. 127.0.0.1:7080`, 2);
+  return { host: m[1].replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]) };
 }
 
 function flagName(k: keyof ClusterFlags): string {

@@ -50,9 +50,13 @@ import asyncFamily from './syscalls/async/index.js';
 import quotas from './syscalls/quotas/index.js';
 import tasks from './syscalls/tasks/index.js';
 import cluster from './syscalls/cluster/index.js';
+import tunnel from './syscalls/tunnel/index.js';
+import { TunnelClient, tunnelUrl, type TunnelApi } from './tunnel/client.js';
+import { RelayTransport } from './tunnel/transport.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
+import type { HttpHandle } from './http/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -76,6 +80,7 @@ const FAMILIES: FamilyFactory[] = [
   quotas,
   tasks,
   cluster,
+  tunnel,
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
@@ -113,6 +118,21 @@ export class Kernel {
   private closing: Promise<void> | null = null;
   /** With `--cluster` (docs/cluster.md): names, ids, mail, events and agents across nodes. */
   private cluster?: ClusterService;
+  /** Remote wire-protocol sessions through the relay, and the tunnel that carries them (docs/relay.md). */
+  private remotes?: RelayTransport;
+  private tunnel?: TunnelClient;
+  /** The HTTP API as the tunnel serves it: --http's, or one built for the tunnel on first use. */
+  private tunnelApi?: Promise<TunnelApi & { close?(): void }>;
+  /** With `--http` (docs/http.md): the HTTP API, the dashboard and /metrics. */
+  private http?: HttpHandle;
+  private readonly startedAt = Date.now();
+  /** The sockets accept (readiness: /readyz). */
+  private listening = false;
+
+  /** Where the HTTP API listens (`http://HOST:PORT`), when it does. */
+  get httpUrl(): string | undefined {
+    return this.http?.url;
+  }
 
   /** `logStream`: where the JSON log lines go (default stderr); kernel/main.ts passes a pretty-printer. */
   constructor(
@@ -200,6 +220,8 @@ export class Kernel {
     // Before anything touches the data dir: refuse to start beside a live kernel.
     await claimSocketPath(o.socketPath);
     await claimSocketPath(this.agentSocketPath);
+    const relayToken = o.relay ? readTokenFile(o.relay.tokenFile) : null;
+    if (o.relay) checkRelayUrl(o.relay.url);
     const python = await resolvePython();
     const store = (this.store = new StateStore({
       path: path.join(o.dataDir, 'state.db'),
@@ -284,6 +306,19 @@ export class Kernel {
       }
       this.agents.attachCluster(this.cluster);
     }
+    const remotes = (this.remotes = new RelayTransport(
+      this.principals,
+      () => this.closing !== null,
+      this.log,
+    ));
+    const agentsService = this.agents;
+    const tunnelClient = (this.tunnel = new TunnelClient({
+      log: this.log,
+      version: KERNEL_VERSION,
+      agents: () => agentsService.list().length,
+      api: () => this.apiForTunnel(),
+      remotes,
+    }));
     const services: Services = {
       kernel: {
         version: KERNEL_VERSION,
@@ -305,6 +340,7 @@ export class Kernel {
       async: this.asyncCalls,
       publish: (type, data, source) => this.events.publish(type, data, source),
       ...(this.cluster ? { cluster: this.cluster } : {}),
+      tunnel: { client: tunnelClient, remotes },
       log: this.log,
     };
     const supervisor = this.supervisor;
@@ -384,9 +420,11 @@ export class Kernel {
       });
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
     await server.listen([
+      remotes,
       transport(this.agentSocketPath, 0o666, 'agent'),
       transport(o.socketPath, 0o600, 'operator'),
     ]);
+    this.listening = true;
     this.log.info(
       {
         socket: o.socketPath,
@@ -396,10 +434,87 @@ export class Kernel {
       },
       'clove kernel ready',
     );
+    if (o.http) await this.startHttp(o.http, dispatcher);
     const fds = describeNofile(nofile, o.operatorReserveFds);
     this.log[fds.level](fds.fields, fds.msg);
     // What a previous kernel on this data dir left: its agents come back (docs/protocol.md §2).
     await this.agents.restore();
+    if (o.relay) {
+      // Dialled in the background: a relay that is down now is retried with backoff.
+      tunnelClient.configure({
+        relayUrl: o.relay.url,
+        machineId: o.relay.machineId,
+        token: relayToken,
+      });
+      await tunnelClient.connect(false);
+    }
+  }
+
+  /** The HTTP API (loaded only with --http: a kernel without it never imports hono, ws or prom-client). */
+  private async startHttp(at: { host: string; port: number }, dispatcher: Dispatcher): Promise<void> {
+    const { startHttp } = await import('./http/index.js');
+    try {
+      this.http = await startHttp({
+        ...at,
+        dataDir: this.opts.dataDir,
+        dispatcher,
+        principals: this.principals,
+        events: this.events,
+        log: this.log,
+        ready: () => this.closing === null && this.listening,
+        info: () => ({
+          version: KERNEL_VERSION,
+          pid: process.pid,
+          started_at: this.startedAt,
+          uptime_ms: Date.now() - this.startedAt,
+          fast_path: this.opts.fastPath,
+          node: this.opts.cluster?.node ?? null,
+          sandbox: this.sandbox?.summary ?? null,
+        }),
+        templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
+      });
+    } catch (e) {
+      await this.close();
+      throw new KernelStartError(`cannot serve HTTP on ${at.host}:${at.port}: ${(e as Error).message}`, 2);
+    }
+  }
+
+  /** The API the tunnel forwards to: --http's app and stream, else the same app built without a listener. */
+  private apiForTunnel(): Promise<TunnelApi & { close?(): void }> {
+    if (this.tunnelApi) return this.tunnelApi;
+    const http = this.http;
+    this.tunnelApi = http
+      ? import('./http/index.js').then(({ ensureToken }) => ({
+          fetch: (req: Request) => http.api.app.fetch(req),
+          subscribe: (send: (m: string) => void) => http.api.subscribe(send),
+          token: ensureToken(this.opts.dataDir),
+        }))
+      : import('./tunnel/api.js').then(({ buildTunnelApi }) =>
+          buildTunnelApi({
+            dataDir: this.opts.dataDir,
+            dispatcher: this.dispatcher!,
+            principals: this.principals,
+            events: this.events,
+            log: this.log,
+            ready: () => this.closing === null && this.listening,
+            info: () => this.info(),
+            templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
+          }),
+        );
+    return this.tunnelApi;
+  }
+
+  /** What /api/v1/system says about the kernel itself. */
+  private info(): Record<string, unknown> {
+    return {
+      version: KERNEL_VERSION,
+      pid: process.pid,
+      started_at: this.startedAt,
+      uptime_ms: Date.now() - this.startedAt,
+      fast_path: this.opts.fastPath,
+      node: this.opts.cluster?.node ?? null,
+      sandbox: this.sandbox?.summary ?? null,
+    };
   }
 
   /** Tells the fast path whether an agent may be sent to (as the ipc family decides: alive for the kernel). */
@@ -455,7 +570,10 @@ export class Kernel {
   }
 
   private async doClose(): Promise<void> {
+    this.tunnel?.close();
+    void this.tunnelApi?.then((a) => a.close?.()).catch(() => {});
     this.server?.stopListening();
+    await this.http?.close();
     this.cluster?.beginClose();
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
     this.server?.closeAll();
@@ -471,6 +589,28 @@ export class Kernel {
     this.logs.close();
     await this.sandbox?.close();
     this.log.info('clove kernel stopped');
+  }
+}
+
+/** The machine token in `file` (its first line), or a start error naming the file. */
+function readTokenFile(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new KernelStartError(`cannot read the relay token file ${file}: ${(e as Error).message}`, 2);
+  }
+  const token = text.split('\n')[0]!.trim();
+  if (!token) throw new KernelStartError(`the relay token file ${file} is empty`, 2);
+  return token;
+}
+
+/** A start error unless `url` is a relay URL the tunnel can dial. */
+function checkRelayUrl(url: string): void {
+  try {
+    tunnelUrl(url);
+  } catch (e) {
+    throw new KernelStartError(`--relay: ${(e as Error).message}`, 2);
   }
 }
 

@@ -7,6 +7,7 @@ import pretty from 'pino-pretty';
 import {
   clusterOptions,
   defaultOptions,
+  httpOption,
   REPO_ROOT,
   type ClusterFlags,
   type KernelOptions,
@@ -48,14 +49,18 @@ export function logStream(format: LogFormat = 'auto'): pino.DestinationStream | 
  * (the KernelStartError's code, docs/cli.md). `afterStart` runs once it accepts connections.
  */
 export async function runKernel(
-  options: Partial<KernelOptions> & { logFormat?: LogFormat; clusterFlags?: ClusterFlags },
+  options: Partial<KernelOptions> & { logFormat?: LogFormat; clusterFlags?: ClusterFlags; httpFlag?: string },
   afterStart?: (k: RunningKernel) => Promise<void>,
 ): Promise<number> {
   let kernel: Kernel;
   try {
-    const { logFormat, clusterFlags, ...opts } = options;
+    const { logFormat, clusterFlags, httpFlag, ...opts } = options;
     const cluster = clusterFlags ? clusterOptions(clusterFlags) : undefined;
-    kernel = new Kernel(defaultOptions({ ...opts, ...(cluster ? { cluster } : {}) }), logStream(logFormat));
+    const http = httpOption(httpFlag);
+    kernel = new Kernel(
+      defaultOptions({ ...opts, ...(cluster ? { cluster } : {}), ...(http ? { http } : {}) }),
+      logStream(logFormat),
+    );
     await kernel.start();
   } catch (e) {
     if (e instanceof KernelStartError) {

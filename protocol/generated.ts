@@ -118,15 +118,15 @@ export const Op = {
   WORLD_SNAPSHOT: 0xa7,
   /** a world from a snapshot (planned) */
   WORLD_RESTORE: 0xa8,
-  /** connect to a relay (planned) */
+  /** connect this kernel to a relay (operators only); fields given replace the configured ones; waits for the relay's answer (at most 10 s), then keeps the tunnel up with reconnects */
   TUNNEL_CONNECT: 0xb0,
-  /** disconnect from the relay (planned) */
+  /** close the tunnel and stop reconnecting (operators only); remote sessions are closed; succeeds when not connected */
   TUNNEL_DISCONNECT: 0xb1,
-  /** relay connection state (planned) */
+  /** the tunnel's state (operators only) */
   TUNNEL_STATUS: 0xb2,
-  /** agents reachable through the relay (planned) */
+  /** wire-protocol sessions opened through the relay (operators only) */
   TUNNEL_LIST_REMOTES: 0xb3,
-  /** relay settings (planned) */
+  /** set the relay settings used by the next connection (operators only); a live tunnel is not dropped */
   TUNNEL_CONFIG: 0xb4,
   /** host cpu, memory, swap, disk, network */
   METRICS_SYSTEM: 0xc0,
@@ -717,50 +717,53 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'TUNNEL_CONNECT',
     code: 176,
     family: 'tunnel',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'connect to a relay',
+    summary:
+      "connect this kernel to a relay (operators only); fields given replace the configured ones; waits for the relay's answer (at most 10 s), then keeps the tunnel up with reconnects",
     sdk: { typescript: 'tunnelConnect', python: 'tunnel_connect' },
   },
   {
     name: 'TUNNEL_DISCONNECT',
     code: 177,
     family: 'tunnel',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'disconnect from the relay',
+    summary:
+      'close the tunnel and stop reconnecting (operators only); remote sessions are closed; succeeds when not connected',
     sdk: { typescript: 'tunnelDisconnect', python: 'tunnel_disconnect' },
   },
   {
     name: 'TUNNEL_STATUS',
     code: 178,
     family: 'tunnel',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'relay connection state',
+    summary: "the tunnel's state (operators only)",
     sdk: { typescript: 'tunnelStatus', python: 'tunnel_status' },
   },
   {
     name: 'TUNNEL_LIST_REMOTES',
     code: 179,
     family: 'tunnel',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'agents reachable through the relay',
+    summary: 'wire-protocol sessions opened through the relay (operators only)',
     sdk: { typescript: 'tunnelListRemotes', python: 'tunnel_list_remotes' },
   },
   {
     name: 'TUNNEL_CONFIG',
     code: 180,
     family: 'tunnel',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
-    summary: 'relay settings',
+    summary:
+      'set the relay settings used by the next connection (operators only); a live tunnel is not dropped',
     sdk: { typescript: 'tunnelConfig', python: 'tunnel_config' },
   },
   {
@@ -886,6 +889,7 @@ export const ERROR_CODES = [
   'upstream_failed',
   'cluster_unavailable',
   'not_clustered',
+  'tunnel_failed',
   'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -973,6 +977,12 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     class: 'NotClusteredError',
     description:
       'ext: a request only a clustered kernel can serve (SPAWN `node`) reached a kernel without --cluster; nothing was done',
+  },
+  {
+    code: 'tunnel_failed',
+    class: 'TunnelFailedError',
+    description:
+      "ext: TUNNEL_CONNECT could not reach the relay, or the relay refused this kernel's machine token (`reason` says which); the kernel is not connected and does not retry",
   },
   { code: 'internal', class: 'InternalError', description: 'a bug in the kernel; the kernel keeps running' },
 ];
@@ -1995,6 +2005,30 @@ export interface Task {
   error?: string;
   created_at: number;
   finished_at?: number;
+}
+/**
+ * A wire-protocol session opened through the relay: a client with a kernel-assigned id, never an operator, never an existing agent.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "TunnelRemote".
+ */
+export interface TunnelRemote {
+  /**
+   * the id the kernel gave the session (frames' agent_id fields are ignored)
+   */
+  agent_id: number;
+  /**
+   * `relay:<user>#<id>`
+   */
+  name: string;
+  /**
+   * the relay user whose token opened it
+   */
+  user?: string;
+  /**
+   * ISO 8601 time
+   */
+  connected_at: string;
 }
 /**
  * THINK request.
@@ -4847,8 +4881,17 @@ export interface WorldRestoreReply {
  * via the `definition` "TunnelConnectRequest".
  */
 export interface TunnelConnectRequest {
+  /**
+   * ws://, wss://, http:// or https:// URL of the relay; `/tunnel` is its default path. Required unless configured
+   */
   relay_url?: string;
+  /**
+   * the machine name the token was made for. Required unless configured
+   */
   machine_id?: string;
+  /**
+   * the machine token (`clove relay token add --machine`). Required unless configured
+   */
   token?: string;
 }
 /**
@@ -4858,8 +4901,17 @@ export interface TunnelConnectRequest {
  * via the `definition` "TunnelConnectArgs".
  */
 export interface TunnelConnectArgs {
+  /**
+   * ws://, wss://, http:// or https:// URL of the relay; `/tunnel` is its default path. Required unless configured
+   */
   relay_url?: string;
+  /**
+   * the machine name the token was made for. Required unless configured
+   */
   machine_id?: string;
+  /**
+   * the machine token (`clove relay token add --machine`). Required unless configured
+   */
   token?: string;
 }
 /**
@@ -4869,7 +4921,9 @@ export interface TunnelConnectArgs {
  * via the `definition` "TunnelConnectReply".
  */
 export interface TunnelConnectReply {
-  [k: string]: unknown;
+  success: true;
+  relay_url: string;
+  machine_id: string;
 }
 /**
  * TUNNEL_DISCONNECT request.
@@ -4892,7 +4946,7 @@ export interface TunnelDisconnectArgs {}
  * via the `definition` "TunnelDisconnectReply".
  */
 export interface TunnelDisconnectReply {
-  [k: string]: unknown;
+  success: true;
 }
 /**
  * TUNNEL_STATUS request.
@@ -4915,7 +4969,31 @@ export interface TunnelStatusArgs {}
  * via the `definition` "TunnelStatusReply".
  */
 export interface TunnelStatusReply {
-  [k: string]: unknown;
+  success: true;
+  connected: boolean;
+  relay_url: string | null;
+  machine_id: string | null;
+  remote_agent_count: number;
+  /**
+   * ext: idle (never asked), connecting, connected, waiting (to reconnect), stopped (refused by the relay, or replaced by another session of the same machine)
+   */
+  state?: 'idle' | 'connecting' | 'connected' | 'waiting' | 'stopped';
+  /**
+   * ext: ISO 8601 time of the current session
+   */
+  connected_at?: string | null;
+  /**
+   * ext: sessions opened again after one was lost
+   */
+  reconnects?: number;
+  /**
+   * ext: seconds, the base of the reconnect backoff
+   */
+  reconnect_interval?: number;
+  /**
+   * ext: why the last attempt or session failed
+   */
+  last_error?: string | null;
 }
 /**
  * TUNNEL_LIST_REMOTES request.
@@ -4938,7 +5016,9 @@ export interface TunnelListRemotesArgs {}
  * via the `definition` "TunnelListRemotesReply".
  */
 export interface TunnelListRemotesReply {
-  [k: string]: unknown;
+  success: true;
+  agents: TunnelRemote[];
+  count: number;
 }
 /**
  * TUNNEL_CONFIG request.
@@ -4950,6 +5030,9 @@ export interface TunnelConfigRequest {
   relay_url?: string;
   machine_id?: string;
   token?: string;
+  /**
+   * seconds: the first reconnect delay, doubled after each failure up to 60 s (or this, if larger), with jitter; 0 is taken as 1
+   */
   reconnect_interval?: number;
 }
 /**
@@ -4962,7 +5045,10 @@ export interface TunnelConfigArgs {
   relay_url?: string;
   machine_id?: string;
   token?: string;
-  reconnect_interval?: number;
+  /**
+   * seconds: the first reconnect delay, doubled after each failure up to 60 s (or this, if larger), with jitter; 0 is taken as 1
+   */
+  reconnect_interval: number;
 }
 /**
  * TUNNEL_CONFIG reply.
@@ -4971,7 +5057,7 @@ export interface TunnelConfigArgs {
  * via the `definition` "TunnelConfigReply".
  */
 export interface TunnelConfigReply {
-  [k: string]: unknown;
+  success: true;
 }
 /**
  * METRICS_SYSTEM request.
@@ -6520,6 +6606,22 @@ export const SCHEMA_DEFS = {
       },
     },
     TaskTarget: { type: 'integer', minimum: 1, description: 'a task id' },
+    TunnelRemote: {
+      title: 'TunnelRemote',
+      type: 'object',
+      description:
+        'A wire-protocol session opened through the relay: a client with a kernel-assigned id, never an operator, never an existing agent.',
+      required: ['agent_id', 'name', 'connected_at'],
+      properties: {
+        agent_id: {
+          type: 'integer',
+          description: "the id the kernel gave the session (frames' agent_id fields are ignored)",
+        },
+        name: { type: 'string', description: '`relay:<user>#<id>`' },
+        user: { type: 'string', description: 'the relay user whose token opened it' },
+        connected_at: { type: 'string', description: 'ISO 8601 time' },
+      },
+    },
   },
 };
 export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
@@ -7270,7 +7372,21 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   },
   TUNNEL_CONNECT: {
     type: 'object',
-    properties: { relay_url: { type: 'string' }, machine_id: { type: 'string' }, token: { type: 'string' } },
+    properties: {
+      relay_url: {
+        type: 'string',
+        description:
+          'ws://, wss://, http:// or https:// URL of the relay; `/tunnel` is its default path. Required unless configured',
+      },
+      machine_id: {
+        type: 'string',
+        description: 'the machine name the token was made for. Required unless configured',
+      },
+      token: {
+        type: 'string',
+        description: 'the machine token (`clove relay token add --machine`). Required unless configured',
+      },
+    },
   },
   TUNNEL_DISCONNECT: { type: 'object' },
   TUNNEL_STATUS: { type: 'object' },
@@ -7281,7 +7397,14 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       relay_url: { type: 'string' },
       machine_id: { type: 'string' },
       token: { type: 'string' },
-      reconnect_interval: { type: 'integer', minimum: 0 },
+      reconnect_interval: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 3600,
+        default: 5,
+        description:
+          'seconds: the first reconnect delay, doubled after each failure up to 60 s (or this, if larger), with jitter; 0 is taken as 1',
+      },
     },
   },
   METRICS_SYSTEM: { type: 'object' },

@@ -257,6 +257,18 @@ export class AgentService {
   }
 
   /**
+   * The SPAWN request an agent was started with, as run (script path absolute, rights explicit): what
+   * the HTTP API's scale copies to start a service's next replica. Undefined for an agent persisted
+   * before requests were kept.
+   */
+  spawnRequestOf(id: number): SpawnArgs | undefined {
+    const a = this.o.supervisor.get(id);
+    const row = a ? this.registry.live(a.def.name) : undefined;
+    const r = row?.definition?.request;
+    return r ? structuredClone(r) : undefined;
+  }
+
+  /**
    * SPAWN: checks the caller's rights, resolves the request (validated against the contract already)
    * into the agent's definition, gives it an identity and starts it. The only place a SPAWN request is
    * interpreted.
@@ -347,10 +359,19 @@ export class AgentService {
       share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
       labels: { ...(req.labels ?? {}) },
     };
+    // What would spawn it again (another node, or a scaled service's next replica): the request as
+    // run here, its script's path absolute, its rights made explicit.
+    const asRun = {
+      ...req,
+      name,
+      ...(scriptPath ? { script: scriptPath } : {}),
+      permissions: perms,
+      level: undefined,
+    } as unknown as SpawnArgs;
     let a: AgentRecord;
     try {
       if (!req.cwd) this.prepareWorkDir(name, dormant?.definition?.account ?? null, account);
-      a = await this.start(def, row, perms, budgets, spawnedBy);
+      a = await this.start(def, row, perms, budgets, spawnedBy, asRun);
     } catch (e) {
       // A new identity whose first start failed never lived; a dormant one stays as it was.
       if (!dormant) this.endIdentity(row);
@@ -358,13 +379,7 @@ export class AgentService {
     }
     this.o.log.info({ agent: name, identity: row.identity, id, pid: a.pid, by: caller.id }, 'agent spawned');
     // What would spawn it again on another node: the request as run here, with its rights made explicit.
-    await this.cluster?.spawned(a, {
-      ...req,
-      name,
-      ...(scriptPath ? { script: scriptPath } : {}),
-      permissions: perms,
-      level: undefined,
-    } as unknown as SpawnArgs);
+    await this.cluster?.spawned(a, asRun);
     return {
       success: true,
       id,
@@ -386,6 +401,7 @@ export class AgentService {
     perms: Permissions,
     budgets: Budgets,
     spawnedBy: SpawnedBy,
+    request?: SpawnArgs,
   ): Promise<AgentRecord> {
     // Clustered: the name is the cluster's first (a name another node holds is name_taken here too).
     if (this.cluster) await this.cluster.claim(def.name, def.id, row.identity);
@@ -408,7 +424,7 @@ export class AgentService {
     }
     this.held.set(row.identity, def.id);
     try {
-      this.registry.define(row, persisted(def, perms, budgets), spawnedBy);
+      this.registry.define(row, persisted(def, perms, budgets, request), spawnedBy);
     } catch (e) {
       // The agent runs; it is only not brought back should the kernel die.
       this.o.log.error(
@@ -639,6 +655,7 @@ export class AgentService {
       d.rights,
       budgetsIn(d.budgets, this.o.principals.defaultBudgets),
       row.spawnedBy,
+      d.request,
     );
   }
 
@@ -809,7 +826,12 @@ function parentPid(pid: number): number | null {
 }
 
 /** What is persisted of an agent (registry.ts). */
-function persisted(def: AgentDef, rights: Permissions, budgets: Budgets): PersistedAgent {
+function persisted(
+  def: AgentDef,
+  rights: Permissions,
+  budgets: Budgets,
+  request: SpawnArgs | undefined,
+): PersistedAgent {
   return {
     v: 1,
     name: def.name,
@@ -826,6 +848,7 @@ function persisted(def: AgentDef, rights: Permissions, budgets: Budgets): Persis
     rights,
     account: def.account,
     labels: def.labels,
+    ...(request ? { request } : {}),
   };
 }
 

@@ -15,6 +15,7 @@
  */
 import type Database from 'better-sqlite3';
 import { StorageError } from '../core/errors.js';
+import type { SpawnArgs } from '../../protocol/index.js';
 import type { Permissions } from '../perms/permissions.js';
 import { openDatabase } from '../state/sqlite.js';
 import type { AgentDef } from '../supervisor/supervisor.js';
@@ -37,6 +38,8 @@ export interface PersistedAgent extends Pick<
   account: Account | null;
   /** SPAWN `labels` (absent in definitions written before labels existed). */
   labels?: Record<string, string>;
+  /** The SPAWN request as run (absent in definitions written before it was kept): a scaled service's template. */
+  request?: SpawnArgs;
 }
 
 /** A live identity. */

@@ -14,6 +14,8 @@ import type { AuditLog } from '../audit/log.js';
 import type { QuotaService } from '../quotas/service.js';
 import type { AsyncCalls } from './async.js';
 import type { ClusterService } from '../cluster/cluster.js';
+import type { TunnelClient } from '../tunnel/client.js';
+import type { RelayTransport } from '../tunnel/transport.js';
 import type { Principals, Principal } from './principals.js';
 import type { PushPort } from './connection.js';
 import type { Logger } from 'pino';
@@ -55,6 +57,8 @@ export interface Services {
   async: AsyncCalls;
   /** With `--cluster` only (docs/cluster.md): names, mail and agents of the other nodes. */
   cluster?: ClusterService;
+  /** The tunnel to a relay (docs/relay.md) and the remote sessions that came through it. */
+  tunnel: { client: TunnelClient; remotes: RelayTransport };
   /** Publishes a kernel event (source 0) or a client's (source = its id). */
   publish(type: KernelEventType, data: Record<string, unknown>, source: number): number;
   log: Logger;

@@ -105,11 +105,18 @@ export class Dispatcher {
    * requests as stand-ins of the recorded callers. The same path as a frame from a socket (validation,
    * routing, the handler, the observers, denials audited), with the caller's rights as `principals`
    * holds them; `signal` stands for the connection closing (blocking waits end, `onClose` hooks run) and
-   * handlers see transport kind `replay`. Only a family that creates its own stand-in principals may use
-   * it (FamilyEnv.dispatchAs).
+   * handlers see transport kind `transport` (`replay` unless told). Only a family that creates its own
+   * stand-in principals may use it (FamilyEnv.dispatchAs), and the kernel's HTTP API (kernel/http/),
+   * whose REST verbs run as the operator principal the kernel made for it, with transport kind `http`.
    */
-  async dispatchAs(principal: Principal, op: OpName, payload: Buffer, signal: AbortSignal): Promise<Reply> {
-    const site: CallSite = { principal, transport: 'replay', abort: { signal } };
+  async dispatchAs(
+    principal: Principal,
+    op: OpName,
+    payload: Buffer,
+    signal: AbortSignal,
+    transport = 'replay',
+  ): Promise<Reply> {
+    const site: CallSite = { principal, transport, abort: { signal } };
     return this.dispatch(site, { agentId: principal.id, opcode: Op[op], payload });
   }
 

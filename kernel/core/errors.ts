@@ -87,6 +87,10 @@ export class ClusterUnavailableError extends KernelError {
 export class NotClusteredError extends KernelError {
   readonly code = 'not_clustered';
 }
+/** ext: TUNNEL_CONNECT could not reach the relay, or the relay refused this kernel's machine token (`reason` says which); the kernel is not connected and does not retry */
+export class TunnelFailedError extends KernelError {
+  readonly code = 'tunnel_failed';
+}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {
   readonly code = 'internal';

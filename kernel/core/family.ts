@@ -16,6 +16,8 @@ export {
 export * from './errors.js';
 export type { AgentRecord } from '../supervisor/supervisor.js';
 export type { ClusterService } from '../cluster/cluster.js';
+/** The tunnel family's service and its connect failure (kernel/tunnel/). */
+export { TunnelConnectError, type TunnelClient } from '../tunnel/client.js';
 export type { NameOwner } from '../cluster/types.js';
 export type { Permissions } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';

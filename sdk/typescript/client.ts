@@ -496,7 +496,7 @@ export class CloveClient {
     return this.syscall('CLUSTER_STATUS', {});
   }
 
-  // --- acting on the world, audit, record/replay, async; worlds and the tunnel answer not_supported --
+  // --- acting on the world, audit, record/replay, async, the tunnel (operators); worlds: not_supported
   think(req: Requests['THINK']): Promise<Replies['THINK']> {
     return this.syscall('THINK', req);
   }

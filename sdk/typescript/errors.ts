@@ -65,6 +65,8 @@ export class UpstreamFailedError extends KernelError {}
 export class ClusterUnavailableError extends KernelError {}
 /** ext: a request only a clustered kernel can serve (SPAWN `node`) reached a kernel without --cluster; nothing was done */
 export class NotClusteredError extends KernelError {}
+/** ext: TUNNEL_CONNECT could not reach the relay, or the relay refused this kernel's machine token (`reason` says which); the kernel is not connected and does not retry */
+export class TunnelFailedError extends KernelError {}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {}
 
@@ -87,6 +89,7 @@ export const KERNEL_ERRORS: Record<ErrorCode, typeof KernelError> = {
   upstream_failed: UpstreamFailedError,
   cluster_unavailable: ClusterUnavailableError,
   not_clustered: NotClusteredError,
+  tunnel_failed: TunnelFailedError,
   internal: InternalError,
 };
 // end of generated kernel errors

@@ -879,8 +879,8 @@ class CloveClient:
         return self.call_json(SyscallOp.SYS_SET_PERMS, payload, check=check)
 
     # ------------------------------------------------------------------ acting on the world (THINK, EXEC,
-    # READ/WRITE, HTTP, async results), audit, record/replay, metrics; worlds and the tunnel answer
-    # not_supported (kept so existing code keeps running)
+    # READ/WRITE, HTTP, async results), audit, record/replay, metrics, the tunnel (operators only);
+    # worlds answer not_supported (kept so existing code keeps running)
 
     def think(
         self,
@@ -1088,8 +1088,14 @@ class CloveClient:
     def world_restore(self, snapshot: dict, new_world_id: str | None = None) -> dict:
         return self.call_json(SyscallOp.SYS_WORLD_RESTORE, {"snapshot": snapshot, "new_world_id": new_world_id or ""})
 
-    def tunnel_connect(self, relay_url: str, machine_id: str | None = None, token: str | None = None) -> dict:
-        payload: dict[str, Any] = {"relay_url": relay_url}
+    def tunnel_connect(
+        self, relay_url: str | None = None, machine_id: str | None = None, token: str | None = None
+    ) -> dict:
+        """TUNNEL_CONNECT (operators only): dial a relay (docs/relay.md); fields not given come from
+        TUNNEL_CONFIG. Raises TunnelFailedError when the relay cannot be reached or refuses the token."""
+        payload: dict[str, Any] = {}
+        if relay_url:
+            payload["relay_url"] = relay_url
         if machine_id:
             payload["machine_id"] = machine_id
         if token:
@@ -1097,12 +1103,15 @@ class CloveClient:
         return self.call_json(SyscallOp.SYS_TUNNEL_CONNECT, payload)
 
     def tunnel_disconnect(self) -> dict:
+        """TUNNEL_DISCONNECT (operators only): close the tunnel and stop reconnecting."""
         return self.call_json(SyscallOp.SYS_TUNNEL_DISCONNECT, {})
 
     def tunnel_status(self) -> dict:
+        """TUNNEL_STATUS (operators only): ``{connected, relay_url, machine_id, remote_agent_count, state, …}``."""
         return self.call_json(SyscallOp.SYS_TUNNEL_STATUS, {})
 
     def tunnel_list_remotes(self) -> dict:
+        """TUNNEL_LIST_REMOTES (operators only): ``{agents: [{agent_id, name, user, connected_at}], count}``."""
         return self.call_json(SyscallOp.SYS_TUNNEL_LIST_REMOTES, {})
 
     def tunnel_config(

@@ -214,6 +214,12 @@ class NotClusteredError(KernelError):
     code = "not_clustered"
 
 
+class TunnelFailedError(KernelError):
+    """ext: TUNNEL_CONNECT could not reach the relay, or the relay refused this kernel's machine token (``reason`` says which); the kernel is not connected and does not retry."""
+
+    code = "tunnel_failed"
+
+
 class InternalError(KernelError):
     """a bug in the kernel; the kernel keeps running."""
 
@@ -239,6 +245,7 @@ KERNEL_ERRORS: dict[str, type[KernelError]] = {
     "upstream_failed": UpstreamFailedError,
     "cluster_unavailable": ClusterUnavailableError,
     "not_clustered": NotClusteredError,
+    "tunnel_failed": TunnelFailedError,
     "internal": InternalError,
 }
 # end of generated kernel errors

@@ -108,11 +108,11 @@ class SyscallOp(IntEnum):
     SYS_WORLD_STATE = 0xA6  # a world's state and metrics (planned)
     SYS_WORLD_SNAPSHOT = 0xA7  # a world's snapshot (planned)
     SYS_WORLD_RESTORE = 0xA8  # a world from a snapshot (planned)
-    SYS_TUNNEL_CONNECT = 0xB0  # connect to a relay (planned)
-    SYS_TUNNEL_DISCONNECT = 0xB1  # disconnect from the relay (planned)
-    SYS_TUNNEL_STATUS = 0xB2  # relay connection state (planned)
-    SYS_TUNNEL_LIST_REMOTES = 0xB3  # agents reachable through the relay (planned)
-    SYS_TUNNEL_CONFIG = 0xB4  # relay settings (planned)
+    SYS_TUNNEL_CONNECT = 0xB0  # connect this kernel to a relay (operators only); fields given replace the configured ones; waits for the relay's answer (at most 10 s), then keeps the tunnel up with reconnects
+    SYS_TUNNEL_DISCONNECT = 0xB1  # close the tunnel and stop reconnecting (operators only); remote sessions are closed; succeeds when not connected
+    SYS_TUNNEL_STATUS = 0xB2  # the tunnel's state (operators only)
+    SYS_TUNNEL_LIST_REMOTES = 0xB3  # wire-protocol sessions opened through the relay (operators only)
+    SYS_TUNNEL_CONFIG = 0xB4  # set the relay settings used by the next connection (operators only); a live tunnel is not dropped
     SYS_METRICS_SYSTEM = 0xC0  # host cpu, memory, swap, disk, network
     SYS_METRICS_AGENT = 0xC1  # one agent's process, cgroup and kernel counters
     SYS_METRICS_ALL_AGENTS = 0xC2  # METRICS_AGENT for every agent the caller may see
@@ -255,11 +255,11 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "WORLD_STATE": ("world", "planned", "world_state"),
     "WORLD_SNAPSHOT": ("world", "planned", "world_snapshot"),
     "WORLD_RESTORE": ("world", "planned", "world_restore"),
-    "TUNNEL_CONNECT": ("tunnel", "planned", "tunnel_connect"),
-    "TUNNEL_DISCONNECT": ("tunnel", "planned", "tunnel_disconnect"),
-    "TUNNEL_STATUS": ("tunnel", "planned", "tunnel_status"),
-    "TUNNEL_LIST_REMOTES": ("tunnel", "planned", "tunnel_list_remotes"),
-    "TUNNEL_CONFIG": ("tunnel", "planned", "tunnel_config"),
+    "TUNNEL_CONNECT": ("tunnel", "implemented", "tunnel_connect"),
+    "TUNNEL_DISCONNECT": ("tunnel", "implemented", "tunnel_disconnect"),
+    "TUNNEL_STATUS": ("tunnel", "implemented", "tunnel_status"),
+    "TUNNEL_LIST_REMOTES": ("tunnel", "implemented", "tunnel_list_remotes"),
+    "TUNNEL_CONFIG": ("tunnel", "implemented", "tunnel_config"),
     "METRICS_SYSTEM": ("metrics", "implemented", "get_system_metrics"),
     "METRICS_AGENT": ("metrics", "implemented", "get_agent_metrics"),
     "METRICS_ALL_AGENTS": ("metrics", "implemented", "get_all_agent_metrics"),

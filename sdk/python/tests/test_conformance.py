@@ -97,6 +97,11 @@ OPS = {
     "METRICS_ALL_AGENTS": lambda c, a: c.get_all_agent_metrics(),
     "CLUSTER_NODES": lambda c, a: c.cluster_nodes(),
     "CLUSTER_STATUS": lambda c, a: c.cluster_status(),
+    "TUNNEL_CONNECT": lambda c, a: c.tunnel_connect(a.get("relay_url"), a.get("machine_id"), a.get("token")),
+    "TUNNEL_DISCONNECT": lambda c, a: c.tunnel_disconnect(),
+    "TUNNEL_STATUS": lambda c, a: c.tunnel_status(),
+    "TUNNEL_LIST_REMOTES": lambda c, a: c.tunnel_list_remotes(),
+    "TUNNEL_CONFIG": lambda c, a: c.tunnel_config(**a),
     "METRICS_CGROUP": lambda c, a: c.get_cgroup_metrics(a.get("cgroup_path")),
     "SET_QUOTA": lambda c, a: c.set_quota(
         a.get("quotas", {}), agent_id=a.get("agent_id"), name=a.get("name"), service=a.get("service")
