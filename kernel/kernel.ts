@@ -50,6 +50,9 @@ import asyncFamily from './syscalls/async/index.js';
 import quotas from './syscalls/quotas/index.js';
 import tasks from './syscalls/tasks/index.js';
 import cluster from './syscalls/cluster/index.js';
+import world from './syscalls/world/index.js';
+import { WorldService } from './worlds/service.js';
+import { applyPressure } from './worlds/pressure.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
@@ -76,6 +79,7 @@ const FAMILIES: FamilyFactory[] = [
   quotas,
   tasks,
   cluster,
+  world,
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
@@ -100,6 +104,7 @@ export class Kernel {
   private store?: StateStore;
   private audit?: AuditLog;
   private quotas?: QuotaService;
+  private worlds?: WorldService;
   private readonly asyncCalls = new AsyncCalls(
     (id) => this.principals.budgets(id).async_requests,
     (caller, op, reply) =>
@@ -224,7 +229,12 @@ export class Kernel {
       python,
       reservedNames: o.reservedNames,
       durability: o.durability,
+      worlds: {
+        check: (id) => this.worlds!.check(id),
+        place: (identity, id) => this.worlds!.place(identity, id),
+      },
       onIdentityEnded: (identity) => {
+        this.worlds?.identityEnded(identity);
         store.dropAgentNamespace(identity);
         this.quotas?.identityEnded(identity);
       },
@@ -255,6 +265,22 @@ export class Kernel {
       },
       log: this.log,
     }));
+    // Worlds (docs/worlds.md): in the state db; members by identity, so after agents' identities.
+    const agents = this.agents;
+    this.worlds = new WorldService({
+      dbPath: path.join(o.dataDir, 'state.db'),
+      durability: o.durability,
+      agents: () =>
+        agents.list().map((a) => ({ id: a.def.id, identity: a.def.identity, pid: a.proc ? a.pid : 0 })),
+      identityOf: (id) => agents.identityOf(id),
+      publish: (type, data, source) => this.events.publish(type, data, source),
+      pressure: (id, p) => {
+        const a = agents.get(id);
+        const cg = a ? sandbox.cgroupOf(a.proc) : undefined;
+        return cg ? applyPressure(cg, p) : undefined;
+      },
+      log: this.log,
+    });
     if (o.cluster) {
       // Loaded only here: a kernel without --cluster never imports etcd3 or nats.
       const mod = await import('./cluster/cluster.js');
@@ -303,6 +329,7 @@ export class Kernel {
       audit,
       quotas: quotaService,
       async: this.asyncCalls,
+      worlds: this.worlds,
       publish: (type, data, source) => this.events.publish(type, data, source),
       ...(this.cluster ? { cluster: this.cluster } : {}),
       log: this.log,
@@ -465,6 +492,7 @@ export class Kernel {
     this.fastPath?.close();
     await this.dispatcher?.close();
     this.quotas?.close();
+    this.worlds?.close();
     this.store?.close();
     this.audit?.close();
     this.agents?.close();

@@ -14,6 +14,7 @@ import type { AuditLog } from '../audit/log.js';
 import type { QuotaService } from '../quotas/service.js';
 import type { AsyncCalls } from './async.js';
 import type { ClusterService } from '../cluster/cluster.js';
+import type { WorldService } from '../worlds/service.js';
 import type { Principals, Principal } from './principals.js';
 import type { PushPort } from './connection.js';
 import type { Logger } from 'pino';
@@ -53,6 +54,8 @@ export interface Services {
   quotas: QuotaService;
   /** Calls made with `async: true`: their results wait for ASYNC_RESULTS. */
   async: AsyncCalls;
+  /** Simulated worlds (docs/worlds.md): the files, http and exec families ask it first for a member. */
+  worlds: WorldService;
   /** With `--cluster` only (docs/cluster.md): names, mail and agents of the other nodes. */
   cluster?: ClusterService;
   /** Publishes a kernel event (source 0) or a client's (source = its id). */

@@ -16,6 +16,7 @@ export {
 export * from './errors.js';
 export type { AgentRecord } from '../supervisor/supervisor.js';
 export type { ClusterService } from '../cluster/cluster.js';
+export type { WorldService } from '../worlds/service.js';
 export type { NameOwner } from '../cluster/types.js';
 export type { Permissions } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';
