@@ -273,6 +273,10 @@ export class Kernel {
       agents: () =>
         agents.list().map((a) => ({ id: a.def.id, identity: a.def.identity, pid: a.proc ? a.pid : 0 })),
       identityOf: (id) => agents.identityOf(id),
+      mayControl: (caller, id) => {
+        const a = agents.get(id);
+        return a !== undefined && agents.mayControl(caller, a);
+      },
       publish: (type, data, source) => this.events.publish(type, data, source),
       pressure: (id, p) => {
         const a = agents.get(id);

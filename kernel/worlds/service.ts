@@ -33,6 +33,8 @@ export interface WorldDeps {
   /** Live agents: id, identity and host pid. */
   agents(): { id: number; identity: string; pid: number }[];
   identityOf(id: number): string | undefined;
+  /** Whether `caller` may act on agent `id` (operators; an agent on its descendants): KILL's rule. */
+  mayControl(caller: Caller, id: number): boolean;
   publish(type: KernelEventType, data: Record<string, unknown>, source: number): void;
   /**
    * Lowers an agent's cgroup memory/CPU for resource_pressure; returns the undo, or undefined when the
@@ -251,7 +253,7 @@ export class WorldService {
       agent_count: this.memberIds(w).length,
       syscall_count: w.counters.syscall_count,
       vfs_enabled: w.vfsEnabled,
-      network_mock_enabled: w.networkMode !== 'passthrough' || w.mockFor('') !== undefined,
+      network_mock_enabled: w.networkMode !== 'passthrough' || w.mockCount > 0,
       chaos_enabled: w.chaosEnabled,
       seed: w.seed,
     }));
@@ -331,7 +333,7 @@ export class WorldService {
     num(p, 'latency_ms', 0, 0, 600_000);
     const duration = num(p, 'duration_ms', 0, 0, 7 * 24 * 3600_000);
     const members = this.memberIds(w);
-    if (t === 'agent_crash') return this.crash(w, p, members);
+    if (t === 'agent_crash') return this.crash(caller, w, p, members);
     const now = Date.now();
     const e: ActiveEvent = {
       id: w.nextEventId++,
@@ -349,6 +351,8 @@ export class WorldService {
       const slowed = new Set<number>();
       applied = [];
       for (const id of members) {
+        // As agent_crash: a creator that is not an operator presses only its own descendants.
+        if (!this.d.mayControl(caller, id)) continue;
         let u: (() => void) | undefined;
         try {
           u = this.d.pressure?.(id, { memoryHighBytes: mem, cpuPercent: cpu });
@@ -375,16 +379,26 @@ export class WorldService {
   }
 
   /** agent_crash: SIGKILL of `target` or of `count` members drawn from the world's PRNG. */
-  private crash(w: World, p: Record<string, unknown>, members: number[]): Replies['WORLD_EVENT'] {
+  private crash(
+    caller: Caller,
+    w: World,
+    p: Record<string, unknown>,
+    members: number[],
+  ): Replies['WORLD_EVENT'] {
     const live = this.d.agents().filter((a) => members.includes(a.id) && a.pid > 0);
     let victims: typeof live;
     if (p.target !== undefined) {
       const v = live.find((a) => a.id === p.target);
       if (!v)
         throw new InvalidRequestError(`invalid request: agent ${String(p.target)} is not a running member`);
+      if (!this.d.mayControl(caller, v.id))
+        throw new PermissionDeniedError(
+          `Permission denied: agent_crash of agent ${v.id}, which is not yours`,
+        );
       victims = [v];
     } else {
-      const pool = [...live];
+      // A creator that is not an operator crashes only its own descendants (KILL's rule).
+      const pool = live.filter((a) => this.d.mayControl(caller, a.id));
       const n = Math.min(num(p, 'count', 1, 1, 1000), pool.length);
       victims = [];
       for (let i = 0; i < n; i++) victims.push(pool.splice(w.between(0, pool.length - 1), 1)[0]);

@@ -393,6 +393,10 @@ export class World {
     return undefined;
   }
 
+  get mockCount(): number {
+    return this.exactMocks.size + this.patternMocks.length;
+  }
+
   get networkMode(): 'passthrough' | 'mock' | 'record' {
     return this.config.network?.mode ?? 'passthrough';
   }
@@ -483,7 +487,7 @@ export class World {
       },
       network_metrics: {
         mode: this.networkMode,
-        mock_count: this.exactMocks.size + this.patternMocks.length,
+        mock_count: this.mockCount,
         requests_intercepted: c.requests_intercepted,
         requests_passed_through: c.requests_passed_through,
         requests_failed: c.requests_failed,

@@ -542,6 +542,15 @@ describe('who may do what', () => {
     expect(await py(owner, `result = c.world_event(${J(w)}, "disk_fail", check=False)`)).toMatchObject({
       success: true,
     });
+    // the creator's chaos reaches only agents it may control: not one an operator put in its world
+    await op.worldJoin({ world_id: w, agent_id: other.id });
+    expect(await py(owner, `result = c.world_event(${J(w)}, "agent_crash", check=False)`)).toMatchObject({
+      code: 'invalid_state',
+    });
+    expect(
+      await py(owner, `result = c.world_event(${J(w)}, "agent_crash", {"target": ${other.id}}, check=False)`),
+    ).toMatchObject({ code: 'permission_denied' });
+    expect(await py(other, 'result = c.world_leave(check=False)')).toMatchObject({ success: true });
     expect(await py(owner, `result = c.world_destroy(${J(w)}, check=False)`)).toMatchObject({
       success: true,
     });
