@@ -102,7 +102,9 @@ OPS = {
     "WORLD_LIST": lambda c, a: c.world_list(),
     "WORLD_JOIN": lambda c, a: c.world_join(a.get("world_id"), a.get("agent_id")),
     "WORLD_LEAVE": lambda c, a: c.world_leave(a.get("agent_id")),
-    "WORLD_EVENT": lambda c, a: c.world_event(a.get("world_id"), a.get("event_type"), a.get("params"), a.get("clear", False)),
+    "WORLD_EVENT": lambda c, a: c.world_event(
+        a.get("world_id"), a.get("event_type"), a.get("params"), a.get("clear", False)
+    ),
     "WORLD_STATE": lambda c, a: c.world_state(a.get("world_id")),
     "WORLD_SNAPSHOT": lambda c, a: c.world_snapshot(a.get("world_id")),
     "WORLD_RESTORE": lambda c, a: c.world_restore(a.get("snapshot"), a.get("new_world_id")),
