@@ -25,7 +25,7 @@ export const CHAOS_EVENTS = [
 export type ChaosEvent = (typeof CHAOS_EVENTS)[number];
 
 export interface VFile {
-  /** base64 of the bytes (binary-safe, JSON-able for snapshots and the database). */
+  /** The bytes (stored and snapshotted as base64, or text when they are UTF-8). */
   content: Buffer;
   mode: 'rw' | 'r';
   created_at: number;
