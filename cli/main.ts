@@ -14,6 +14,7 @@ import { register as registerLogs } from './commands/logs.js';
 import { registerRelay, registerTunnel, type RelayDaemon } from './commands/relay.js';
 import { registerStatus } from './commands/status.js';
 import { register as registerTop } from './commands/top.js';
+import { register as registerWorld } from './commands/world.js';
 import { CliError, EXIT, ensureDataDir, resolveAgent, table, target, withClient } from './lib.js';
 
 /**
@@ -225,6 +226,7 @@ export function program(daemon: Daemon): Command {
     .option('--no-sandbox', 'run as a plain process (operator only)')
     .option('--network', 'grant network access')
     .option('--node <node>', 'run it on this node of the cluster (a clustered kernel)')
+    .option('--world <id>', 'put it in this world from its first syscall (docs/worlds.md)')
     .option('--json', 'print the reply as JSON')
     .action(async (script: string, args: string[], o) => {
       const reply = await withClient(p.opts().socket, (c) =>
@@ -240,6 +242,7 @@ export function program(daemon: Daemon): Command {
           sandboxed: o.sandbox,
           network: o.network ?? false,
           ...(o.node ? { node: o.node } : {}),
+          ...(o.world ? { world: o.world } : {}),
         }),
       );
       console.log(o.json ? JSON.stringify(reply) : `${reply.name} (id ${reply.id}, pid ${reply.pid})`);
@@ -257,6 +260,7 @@ export function program(daemon: Daemon): Command {
   const ctx = { socket: g.socket, dataDir: g.dataDir, defaults };
   registerLogs(p, ctx);
   registerTop(p, ctx);
+  registerWorld(p, ctx);
 
   p.command('send')
     .description('send a message (JSON, or a plain string) to an agent')

@@ -338,7 +338,7 @@ describe('IPC', () => {
     await expect(op.call(Op.SEND, { to: 'three' })).rejects.toThrow(/field 'to' must be a number/);
     await expect(op.call(Op.SEND, {})).rejects.toThrow(/target agent required/);
     await expect(op.call(Op.RECV, { max: -1 })).rejects.toThrow(InvalidRequestError);
-    await expect(op.call(Op.WORLD_LIST, {})).rejects.toThrow(NotSupportedError);
+    await expect(op.call(Op.ASYNC_POLL, {})).rejects.toThrow(NotSupportedError);
     await expect(op.call(0x13, {})).rejects.toThrow(/unknown opcode 0x13/);
   });
 });

@@ -53,6 +53,9 @@ import cluster from './syscalls/cluster/index.js';
 import tunnel from './syscalls/tunnel/index.js';
 import { TunnelClient, tunnelUrl, type TunnelApi } from './tunnel/client.js';
 import { RelayTransport } from './tunnel/transport.js';
+import world from './syscalls/world/index.js';
+import { WorldService } from './worlds/service.js';
+import { applyPressure } from './worlds/pressure.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
@@ -81,6 +84,7 @@ const FAMILIES: FamilyFactory[] = [
   tasks,
   cluster,
   tunnel,
+  world,
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
@@ -105,6 +109,7 @@ export class Kernel {
   private store?: StateStore;
   private audit?: AuditLog;
   private quotas?: QuotaService;
+  private worlds?: WorldService;
   private readonly asyncCalls = new AsyncCalls(
     (id) => this.principals.budgets(id).async_requests,
     (caller, op, reply) =>
@@ -246,7 +251,12 @@ export class Kernel {
       python,
       reservedNames: o.reservedNames,
       durability: o.durability,
+      worlds: {
+        check: (id) => this.worlds!.check(id),
+        place: (identity, id) => this.worlds!.place(identity, id),
+      },
       onIdentityEnded: (identity) => {
+        this.worlds?.identityEnded(identity);
         store.dropAgentNamespace(identity);
         this.quotas?.identityEnded(identity);
       },
@@ -277,6 +287,26 @@ export class Kernel {
       },
       log: this.log,
     }));
+    // Worlds (docs/worlds.md): in the state db; members by identity, so after agents' identities.
+    const agents = this.agents;
+    this.worlds = new WorldService({
+      dbPath: path.join(o.dataDir, 'state.db'),
+      durability: o.durability,
+      agents: () =>
+        agents.list().map((a) => ({ id: a.def.id, identity: a.def.identity, pid: a.proc ? a.pid : 0 })),
+      identityOf: (id) => agents.identityOf(id),
+      mayControl: (caller, id) => {
+        const a = agents.get(id);
+        return a !== undefined && agents.mayControl(caller, a);
+      },
+      publish: (type, data, source) => this.events.publish(type, data, source),
+      pressure: (id, p) => {
+        const a = agents.get(id);
+        const cg = a ? sandbox.cgroupOf(a.proc) : undefined;
+        return cg ? applyPressure(cg, p) : undefined;
+      },
+      log: this.log,
+    });
     if (o.cluster) {
       // Loaded only here: a kernel without --cluster never imports etcd3 or nats.
       const mod = await import('./cluster/cluster.js');
@@ -338,6 +368,7 @@ export class Kernel {
       audit,
       quotas: quotaService,
       async: this.asyncCalls,
+      worlds: this.worlds,
       publish: (type, data, source) => this.events.publish(type, data, source),
       ...(this.cluster ? { cluster: this.cluster } : {}),
       tunnel: { client: tunnelClient, remotes },
@@ -583,6 +614,7 @@ export class Kernel {
     this.fastPath?.close();
     await this.dispatcher?.close();
     this.quotas?.close();
+    this.worlds?.close();
     this.store?.close();
     this.audit?.close();
     this.agents?.close();

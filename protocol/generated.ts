@@ -100,23 +100,23 @@ export const Op = {
   SET_QUOTA: 0x92,
   /** an agent's or a service's quotas and usage (all: every one, operators) */
   GET_QUOTA: 0x93,
-  /** create a world (planned) */
+  /** create a world */
   WORLD_CREATE: 0xa0,
-  /** destroy a world (planned) */
+  /** destroy a world */
   WORLD_DESTROY: 0xa1,
-  /** list worlds (planned) */
+  /** list worlds */
   WORLD_LIST: 0xa2,
-  /** join a world (planned) */
+  /** join a world */
   WORLD_JOIN: 0xa3,
-  /** leave the caller's world (planned) */
+  /** leave the caller's world */
   WORLD_LEAVE: 0xa4,
-  /** inject a chaos event (planned) */
+  /** inject a chaos event */
   WORLD_EVENT: 0xa5,
-  /** a world's state and metrics (planned) */
+  /** a world's state and metrics */
   WORLD_STATE: 0xa6,
-  /** a world's snapshot (planned) */
+  /** a world's snapshot */
   WORLD_SNAPSHOT: 0xa7,
-  /** a world from a snapshot (planned) */
+  /** a world from a snapshot */
   WORLD_RESTORE: 0xa8,
   /** connect this kernel to a relay (operators only); fields given replace the configured ones; waits for the relay's answer (at most 10 s), then keeps the tunnel up with reconnects */
   TUNNEL_CONNECT: 0xb0,
@@ -627,7 +627,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_CREATE',
     code: 160,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: 'create a world',
@@ -637,7 +637,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_DESTROY',
     code: 161,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: 'destroy a world',
@@ -647,7 +647,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_LIST',
     code: 162,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: 'list worlds',
@@ -657,7 +657,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_JOIN',
     code: 163,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: 'join a world',
@@ -667,7 +667,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_LEAVE',
     code: 164,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: "leave the caller's world",
@@ -677,7 +677,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_EVENT',
     code: 165,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: 'inject a chaos event',
@@ -687,7 +687,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_STATE',
     code: 166,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: "a world's state and metrics",
@@ -697,7 +697,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_SNAPSHOT',
     code: 167,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: "a world's snapshot",
@@ -707,7 +707,7 @@ export const OPCODES: readonly OpInfo[] = [
     name: 'WORLD_RESTORE',
     code: 168,
     family: 'world',
-    status: 'planned',
+    status: 'implemented',
     ext: false,
     raw: false,
     summary: 'a world from a snapshot',
@@ -1001,6 +1001,7 @@ export const KERNEL_EVENTS = [
   'TASK_COMPLETED',
   'TASK_FAILED',
   'QUOTA_EXCEEDED',
+  'WORLD_CHAOS',
   'CUSTOM',
 ] as const;
 export type KernelEventType = (typeof KERNEL_EVENTS)[number];
@@ -1092,6 +1093,20 @@ export type SubtaskStatus = 'pending' | 'assigned' | 'completed' | 'failed';
  * via the `definition` "TaskTarget".
  */
 export type TaskTarget = number;
+/**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ChaosEventType".
+ */
+export type ChaosEventType =
+  | 'disk_full'
+  | 'disk_fail'
+  | 'network_partition'
+  | 'slow_io'
+  | 'latency_spike'
+  | 'packet_loss'
+  | 'agent_crash'
+  | 'resource_pressure'
+  | 'clear';
 /**
  * LIST reply.
  *
@@ -2031,6 +2046,133 @@ export interface TunnelRemote {
   connected_at: string;
 }
 /**
+ * a world's configuration (reference §3.11; docs/worlds.md)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "WorldConfig".
+ */
+export interface WorldConfig {
+  name?: string;
+  description?: string;
+  /**
+   * ext: the seed of the world's one PRNG (every chaos draw); default random, reported by WORLD_STATE
+   */
+  seed?: number;
+  /**
+   * ext: bounds of the virtual file system
+   */
+  limits?: {
+    max_file_bytes?: number;
+    max_total_bytes?: number;
+    max_files?: number;
+  };
+  virtual_filesystem?: {
+    /**
+     * path → content, or {content, mode: rw | r}
+     */
+    initial_files?: {
+      [k: string]:
+        | string
+        | {
+            content: string;
+            mode?: 'rw' | 'r';
+          };
+    };
+    /**
+     * globs of paths members may read but never write
+     *
+     * @maxItems 1000
+     */
+    readonly_patterns?: string[];
+    /**
+     * when non-empty, paths a new file may be created at
+     *
+     * @maxItems 1000
+     */
+    writable_patterns?: string[];
+    /**
+     * globs of paths the world serves (default `/**` when any file or pattern is configured); other paths are the real files
+     *
+     * @maxItems 1000
+     */
+    intercept_patterns?: string[];
+  };
+  network?: {
+    mode?: 'passthrough' | 'mock' | 'record';
+    /**
+     * URL (exact, tried first) or pattern (`*` = anything) → response
+     */
+    mock_responses?: {
+      /**
+       * a body (status 200), or the whole response
+       */
+      [k: string]:
+        | string
+        | {
+            status?: number;
+            body?: string;
+            latency_ms?: number;
+            headers?: {
+              [k: string]: string;
+            };
+          };
+    };
+    default_response?: {
+      status?: number;
+      body?: string;
+      latency_ms?: number;
+      headers?: {
+        [k: string]: string;
+      };
+    };
+    /**
+     * hosts a mock world still passes through (under the agent's own HTTP rights)
+     */
+    allowed_domains?: string[];
+    fail_unmatched?: boolean;
+  };
+  /**
+   * ext: EXEC in the world
+   */
+  exec?: {
+    /**
+     * command pattern (`*` = anything; matched against `command`, or `argv` joined by spaces) → stdout, or {stdout, stderr, exit_code, latency_ms}
+     */
+    mock_commands?: {
+      [k: string]:
+        | string
+        | {
+            stdout?: string;
+            stderr?: string;
+            exit_code?: number;
+            latency_ms?: number;
+          };
+    };
+    /**
+     * `real`: an unmatched command runs for real under the agent's EXEC rights; `refuse`: permission_denied
+     */
+    unmatched?: 'real' | 'refuse';
+  };
+  chaos?: {
+    enabled?: boolean;
+    failure_rate?: number;
+    latency?: {
+      min_ms?: number;
+      max_ms?: number;
+    };
+    /**
+     * @maxItems 1000
+     */
+    rules?: {
+      type: 'file_read_fail' | 'file_write_fail' | 'network_timeout' | 'network_fail' | 'exec_fail';
+      path_pattern?: string;
+      url_pattern?: string;
+      command_pattern?: string;
+      probability?: number;
+    }[];
+  };
+}
+/**
  * THINK request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -2359,6 +2501,18 @@ export interface ExecReply {
    * failures only (error replies also carry `stdout: ""`, `stderr: ""`, `exit_code: -1`)
    */
   code?: string;
+  /**
+   * ext: the world that served or shaped the call (docs/worlds.md)
+   */
+  world?: string;
+  /**
+   * ext: answered by the world, not by a server or a process
+   */
+  mocked?: boolean;
+  /**
+   * ext: a failure the world's chaos injected
+   */
+  chaos?: boolean;
 }
 /**
  * READ request.
@@ -2440,6 +2594,14 @@ export interface ReadReply {
    * ext: the file's size when it was opened
    */
   file_size?: number;
+  /**
+   * ext: the world that served or shaped the call (docs/worlds.md)
+   */
+  world?: string;
+  /**
+   * ext: served by the world's virtual file system
+   */
+  virtual?: boolean;
 }
 /**
  * WRITE request.
@@ -2502,6 +2664,14 @@ export interface WriteReply {
    * ext: the file did not exist before
    */
   created?: boolean;
+  /**
+   * ext: the world that served or shaped the call (docs/worlds.md)
+   */
+  world?: string;
+  /**
+   * ext: served by the world's virtual file system
+   */
+  virtual?: boolean;
 }
 /**
  * SPAWN request.
@@ -2584,6 +2754,10 @@ export interface SpawnRequest {
    * ext: run it on this node of the cluster (operators only; docs/cluster.md "Operators"); the reply is that node's. A kernel without --cluster refuses it (`not_clustered`), an unknown or lost node is `not_found`
    */
   node?: string;
+  /**
+   * ext: the world the new agent is in from its first syscall (WORLD_JOIN rules: docs/worlds.md); survives its restarts
+   */
+  world?: string;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -2666,6 +2840,10 @@ export interface SpawnArgs {
    * ext: run it on this node of the cluster (operators only; docs/cluster.md "Operators"); the reply is that node's. A kernel without --cluster refuses it (`not_clustered`), an unknown or lost node is `not_found`
    */
   node?: string;
+  /**
+   * ext: the world the new agent is in from its first syscall (WORLD_JOIN rules: docs/worlds.md); survives its restarts
+   */
+  world?: string;
 }
 /**
  * SPAWN reply.
@@ -3529,6 +3707,26 @@ export interface HttpReply {
    * ext, with `code: upstream_failed`: what went wrong
    */
   failure?: 'dns' | 'connect' | 'timeout' | 'tls' | 'protocol' | 'redirects' | 'aborted';
+  /**
+   * ext: the world that served or shaped the call (docs/worlds.md)
+   */
+  world?: string;
+  /**
+   * ext: answered by the world, not by a server or a process
+   */
+  mocked?: boolean;
+  /**
+   * ext: a failure the world's chaos injected
+   */
+  chaos?: boolean;
+  /**
+   * ext, mocked: what answered
+   */
+  source?: 'mock' | 'recording' | 'default';
+  /**
+   * ext: a record world kept the response
+   */
+  recorded?: boolean;
 }
 /**
  * SUBSCRIBE request.
@@ -4625,9 +4823,7 @@ export interface GetQuotaReply {
  */
 export interface WorldCreateRequest {
   name?: string;
-  config?: {
-    [k: string]: unknown;
-  };
+  config?: WorldConfig;
 }
 /**
  * WORLD_CREATE request as a handler sees it: validated, defaults applied.
@@ -4636,10 +4832,8 @@ export interface WorldCreateRequest {
  * via the `definition` "WorldCreateArgs".
  */
 export interface WorldCreateArgs {
-  name?: string;
-  config?: {
-    [k: string]: unknown;
-  };
+  name: string;
+  config?: WorldConfig;
 }
 /**
  * WORLD_CREATE reply.
@@ -4648,7 +4842,13 @@ export interface WorldCreateArgs {
  * via the `definition` "WorldCreateReply".
  */
 export interface WorldCreateReply {
-  [k: string]: unknown;
+  success: true;
+  world_id: string;
+  name: string;
+  /**
+   * ext
+   */
+  seed?: number;
 }
 /**
  * WORLD_DESTROY request.
@@ -4657,6 +4857,9 @@ export interface WorldCreateReply {
  * via the `definition` "WorldDestroyRequest".
  */
 export interface WorldDestroyRequest {
+  /**
+   * required
+   */
   world_id?: string;
   force?: boolean;
 }
@@ -4667,8 +4870,11 @@ export interface WorldDestroyRequest {
  * via the `definition` "WorldDestroyArgs".
  */
 export interface WorldDestroyArgs {
+  /**
+   * required
+   */
   world_id?: string;
-  force?: boolean;
+  force: boolean;
 }
 /**
  * WORLD_DESTROY reply.
@@ -4677,7 +4883,12 @@ export interface WorldDestroyArgs {
  * via the `definition` "WorldDestroyReply".
  */
 export interface WorldDestroyReply {
-  [k: string]: unknown;
+  success: true;
+  world_id: string;
+  /**
+   * ext
+   */
+  members_removed?: number;
 }
 /**
  * WORLD_LIST request.
@@ -4700,7 +4911,23 @@ export interface WorldListArgs {}
  * via the `definition` "WorldListReply".
  */
 export interface WorldListReply {
-  [k: string]: unknown;
+  success: true;
+  count: number;
+  worlds: {
+    id?: string;
+    name?: string;
+    description?: string;
+    agent_count?: number;
+    syscall_count?: number;
+    vfs_enabled?: boolean;
+    network_mock_enabled?: boolean;
+    chaos_enabled?: boolean;
+    /**
+     * ext
+     */
+    creator?: string;
+    [k: string]: unknown;
+  }[];
 }
 /**
  * WORLD_JOIN request.
@@ -4709,7 +4936,14 @@ export interface WorldListReply {
  * via the `definition` "WorldJoinRequest".
  */
 export interface WorldJoinRequest {
+  /**
+   * required
+   */
   world_id?: string;
+  /**
+   * ext, operators only: the agent to put in the world (default the caller)
+   */
+  agent_id?: number;
 }
 /**
  * WORLD_JOIN request as a handler sees it: validated, defaults applied.
@@ -4718,7 +4952,14 @@ export interface WorldJoinRequest {
  * via the `definition` "WorldJoinArgs".
  */
 export interface WorldJoinArgs {
+  /**
+   * required
+   */
   world_id?: string;
+  /**
+   * ext, operators only: the agent to put in the world (default the caller)
+   */
+  agent_id?: number;
 }
 /**
  * WORLD_JOIN reply.
@@ -4727,7 +4968,12 @@ export interface WorldJoinArgs {
  * via the `definition` "WorldJoinReply".
  */
 export interface WorldJoinReply {
-  [k: string]: unknown;
+  success: true;
+  world_id: string;
+  /**
+   * ext
+   */
+  agent_id?: number;
 }
 /**
  * WORLD_LEAVE request.
@@ -4735,14 +4981,24 @@ export interface WorldJoinReply {
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "WorldLeaveRequest".
  */
-export interface WorldLeaveRequest {}
+export interface WorldLeaveRequest {
+  /**
+   * ext, operators only: the agent to take out (default the caller)
+   */
+  agent_id?: number;
+}
 /**
  * WORLD_LEAVE request as a handler sees it: validated, defaults applied.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "WorldLeaveArgs".
  */
-export interface WorldLeaveArgs {}
+export interface WorldLeaveArgs {
+  /**
+   * ext, operators only: the agent to take out (default the caller)
+   */
+  agent_id?: number;
+}
 /**
  * WORLD_LEAVE reply.
  *
@@ -4750,7 +5006,11 @@ export interface WorldLeaveArgs {}
  * via the `definition` "WorldLeaveReply".
  */
 export interface WorldLeaveReply {
-  [k: string]: unknown;
+  success: true;
+  /**
+   * ext
+   */
+  world_id?: string;
 }
 /**
  * WORLD_EVENT request.
@@ -4759,11 +5019,24 @@ export interface WorldLeaveReply {
  * via the `definition` "WorldEventRequest".
  */
 export interface WorldEventRequest {
+  /**
+   * required
+   */
   world_id?: string;
+  /**
+   * required: a chaos event (ChaosEventType) or `clear`
+   */
   event_type?: string;
+  /**
+   * duration_ms (0 = until cleared), probability, latency_ms, memory_high_bytes, cpu_max_percent, target (agent id, agent_crash)
+   */
   params?: {
     [k: string]: unknown;
   };
+  /**
+   * ext: remove the active events of `event_type` (every event when `event_type` is `clear`)
+   */
+  clear?: boolean;
 }
 /**
  * WORLD_EVENT request as a handler sees it: validated, defaults applied.
@@ -4772,11 +5045,24 @@ export interface WorldEventRequest {
  * via the `definition` "WorldEventArgs".
  */
 export interface WorldEventArgs {
+  /**
+   * required
+   */
   world_id?: string;
+  /**
+   * required: a chaos event (ChaosEventType) or `clear`
+   */
   event_type?: string;
+  /**
+   * duration_ms (0 = until cleared), probability, latency_ms, memory_high_bytes, cpu_max_percent, target (agent id, agent_crash)
+   */
   params?: {
     [k: string]: unknown;
   };
+  /**
+   * ext: remove the active events of `event_type` (every event when `event_type` is `clear`)
+   */
+  clear: boolean;
 }
 /**
  * WORLD_EVENT reply.
@@ -4785,7 +5071,25 @@ export interface WorldEventArgs {
  * via the `definition` "WorldEventReply".
  */
 export interface WorldEventReply {
-  [k: string]: unknown;
+  success: true;
+  world_id: string;
+  event_type: string;
+  /**
+   * ext: the active event's id (0 for instant events and clears)
+   */
+  event_id?: number;
+  /**
+   * ext: Unix ms; absent when it lasts until cleared
+   */
+  expires_at?: number;
+  /**
+   * ext: active events removed
+   */
+  cleared?: number;
+  /**
+   * ext: agent_crash: the agents killed
+   */
+  affected?: number[];
 }
 /**
  * WORLD_STATE request.
@@ -4794,6 +5098,9 @@ export interface WorldEventReply {
  * via the `definition` "WorldStateRequest".
  */
 export interface WorldStateRequest {
+  /**
+   * required
+   */
   world_id?: string;
 }
 /**
@@ -4803,6 +5110,9 @@ export interface WorldStateRequest {
  * via the `definition` "WorldStateArgs".
  */
 export interface WorldStateArgs {
+  /**
+   * required
+   */
   world_id?: string;
 }
 /**
@@ -4812,7 +5122,30 @@ export interface WorldStateArgs {
  * via the `definition` "WorldStateReply".
  */
 export interface WorldStateReply {
-  [k: string]: unknown;
+  success: true;
+  state: {
+    world_id?: string;
+    name?: string;
+    agent_count?: number;
+    syscall_count?: number;
+    /**
+     * ext
+     */
+    seed?: number;
+    vfs_metrics?: {};
+    network_metrics?: {};
+    /**
+     * ext
+     */
+    exec_metrics?: {};
+    chaos_metrics?: {};
+    agents?: number[];
+    /**
+     * ext: identities and ids
+     */
+    members?: unknown[];
+    [k: string]: unknown;
+  };
 }
 /**
  * WORLD_SNAPSHOT request.
@@ -4821,6 +5154,9 @@ export interface WorldStateReply {
  * via the `definition` "WorldSnapshotRequest".
  */
 export interface WorldSnapshotRequest {
+  /**
+   * required
+   */
   world_id?: string;
 }
 /**
@@ -4830,6 +5166,9 @@ export interface WorldSnapshotRequest {
  * via the `definition` "WorldSnapshotArgs".
  */
 export interface WorldSnapshotArgs {
+  /**
+   * required
+   */
   world_id?: string;
 }
 /**
@@ -4839,7 +5178,10 @@ export interface WorldSnapshotArgs {
  * via the `definition` "WorldSnapshotReply".
  */
 export interface WorldSnapshotReply {
-  [k: string]: unknown;
+  success: true;
+  snapshot: {
+    [k: string]: unknown;
+  };
 }
 /**
  * WORLD_RESTORE request.
@@ -4863,7 +5205,7 @@ export interface WorldRestoreArgs {
   snapshot?: {
     [k: string]: unknown;
   };
-  new_world_id?: string;
+  new_world_id: string;
 }
 /**
  * WORLD_RESTORE reply.
@@ -4872,7 +5214,16 @@ export interface WorldRestoreArgs {
  * via the `definition` "WorldRestoreReply".
  */
 export interface WorldRestoreReply {
-  [k: string]: unknown;
+  success: true;
+  world_id: string;
+  /**
+   * ext: agents mapped back (they exist and are in no other world)
+   */
+  members_restored?: number[];
+  /**
+   * ext: snapshot members left out
+   */
+  members_dropped?: string[];
 }
 /**
  * TUNNEL_CONNECT request.
@@ -6622,6 +6973,201 @@ export const SCHEMA_DEFS = {
         connected_at: { type: 'string', description: 'ISO 8601 time' },
       },
     },
+    WorldConfig: {
+      type: 'object',
+      additionalProperties: false,
+      description: "a world's configuration (reference §3.11; docs/worlds.md)",
+      properties: {
+        name: { type: 'string', maxLength: 256 },
+        description: { type: 'string', maxLength: 4096 },
+        seed: {
+          type: 'integer',
+          minimum: 0,
+          maximum: 4294967295,
+          description:
+            "ext: the seed of the world's one PRNG (every chaos draw); default random, reported by WORLD_STATE",
+        },
+        limits: {
+          type: 'object',
+          additionalProperties: false,
+          description: 'ext: bounds of the virtual file system',
+          properties: {
+            max_file_bytes: { type: 'integer', minimum: 0, maximum: 16777216, default: 1048576 },
+            max_total_bytes: { type: 'integer', minimum: 0, maximum: 268435456, default: 16777216 },
+            max_files: { type: 'integer', minimum: 0, maximum: 100000, default: 1000 },
+          },
+        },
+        virtual_filesystem: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            initial_files: {
+              type: 'object',
+              additionalProperties: {
+                oneOf: [
+                  { type: 'string' },
+                  {
+                    type: 'object',
+                    additionalProperties: false,
+                    required: ['content'],
+                    properties: { content: { type: 'string' }, mode: { enum: ['rw', 'r'], default: 'rw' } },
+                  },
+                ],
+              },
+              description: 'path → content, or {content, mode: rw | r}',
+            },
+            readonly_patterns: {
+              type: 'array',
+              items: { type: 'string', minLength: 1, maxLength: 1024 },
+              maxItems: 1000,
+              description: 'globs of paths members may read but never write',
+            },
+            writable_patterns: {
+              type: 'array',
+              items: { type: 'string', minLength: 1, maxLength: 1024 },
+              maxItems: 1000,
+              description: 'when non-empty, paths a new file may be created at',
+            },
+            intercept_patterns: {
+              type: 'array',
+              items: { type: 'string', minLength: 1, maxLength: 1024 },
+              maxItems: 1000,
+              description:
+                'globs of paths the world serves (default `/**` when any file or pattern is configured); other paths are the real files',
+            },
+          },
+        },
+        network: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            mode: { enum: ['passthrough', 'mock', 'record'], default: 'passthrough' },
+            mock_responses: {
+              type: 'object',
+              additionalProperties: {
+                oneOf: [
+                  { type: 'string' },
+                  {
+                    type: 'object',
+                    additionalProperties: false,
+                    properties: {
+                      status: { type: 'integer', minimum: 100, maximum: 599, default: 200 },
+                      body: { type: 'string', default: '' },
+                      latency_ms: { type: 'integer', minimum: 0, maximum: 600000 },
+                      headers: { type: 'object', additionalProperties: { type: 'string' } },
+                    },
+                  },
+                ],
+                description: 'a body (status 200), or the whole response',
+              },
+              description: 'URL (exact, tried first) or pattern (`*` = anything) → response',
+            },
+            default_response: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                status: { type: 'integer', minimum: 100, maximum: 599, default: 404 },
+                body: { type: 'string', default: 'Not Found' },
+                latency_ms: { type: 'integer', minimum: 0, maximum: 600000 },
+                headers: { type: 'object', additionalProperties: { type: 'string' } },
+              },
+            },
+            allowed_domains: {
+              type: 'array',
+              items: { type: 'string' },
+              description: "hosts a mock world still passes through (under the agent's own HTTP rights)",
+            },
+            fail_unmatched: { type: 'boolean', default: false },
+          },
+        },
+        exec: {
+          type: 'object',
+          additionalProperties: false,
+          description: 'ext: EXEC in the world',
+          properties: {
+            mock_commands: {
+              type: 'object',
+              additionalProperties: {
+                oneOf: [
+                  { type: 'string' },
+                  {
+                    type: 'object',
+                    additionalProperties: false,
+                    properties: {
+                      stdout: { type: 'string', default: '' },
+                      stderr: { type: 'string', default: '' },
+                      exit_code: { type: 'integer', minimum: 0, maximum: 255, default: 0 },
+                      latency_ms: { type: 'integer', minimum: 0, maximum: 600000 },
+                    },
+                  },
+                ],
+              },
+              description:
+                'command pattern (`*` = anything; matched against `command`, or `argv` joined by spaces) → stdout, or {stdout, stderr, exit_code, latency_ms}',
+            },
+            unmatched: {
+              enum: ['real', 'refuse'],
+              default: 'real',
+              description:
+                "`real`: an unmatched command runs for real under the agent's EXEC rights; `refuse`: permission_denied",
+            },
+          },
+        },
+        chaos: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            enabled: { type: 'boolean', default: false },
+            failure_rate: { type: 'number', minimum: 0, maximum: 1, default: 0 },
+            latency: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                min_ms: { type: 'integer', minimum: 0, maximum: 600000, default: 0 },
+                max_ms: { type: 'integer', minimum: 0, maximum: 600000, default: 0 },
+              },
+            },
+            rules: {
+              type: 'array',
+              maxItems: 1000,
+              items: {
+                type: 'object',
+                additionalProperties: false,
+                required: ['type'],
+                properties: {
+                  type: {
+                    enum: [
+                      'file_read_fail',
+                      'file_write_fail',
+                      'network_timeout',
+                      'network_fail',
+                      'exec_fail',
+                    ],
+                  },
+                  path_pattern: { type: 'string' },
+                  url_pattern: { type: 'string' },
+                  command_pattern: { type: 'string' },
+                  probability: { type: 'number', minimum: 0, maximum: 1, default: 1 },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+    ChaosEventType: {
+      enum: [
+        'disk_full',
+        'disk_fail',
+        'network_partition',
+        'slow_io',
+        'latency_spike',
+        'packet_loss',
+        'agent_crash',
+        'resource_pressure',
+        'clear',
+      ],
+    },
   },
 };
 export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
@@ -6901,6 +7447,11 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         minLength: 1,
         description:
           'ext: run it on this node of the cluster (operators only; docs/cluster.md "Operators"); the reply is that node\'s. A kernel without --cluster refuses it (`not_clustered`), an unknown or lost node is `not_found`',
+      },
+      world: {
+        type: 'string',
+        description:
+          'ext: the world the new agent is in from its first syscall (WORLD_JOIN rules: docs/worlds.md); survives its restarts',
       },
     },
   },
@@ -7347,27 +7898,66 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   },
   WORLD_CREATE: {
     type: 'object',
-    properties: { name: { type: 'string' }, config: { type: 'object', additionalProperties: true } },
+    properties: {
+      name: { type: 'string', maxLength: 256, default: 'unnamed' },
+      config: { $ref: 'clove#/$defs/WorldConfig' },
+    },
   },
-  WORLD_DESTROY: { type: 'object', properties: { world_id: { type: 'string' }, force: { type: 'boolean' } } },
+  WORLD_DESTROY: {
+    type: 'object',
+    properties: {
+      world_id: { type: 'string', description: 'required' },
+      force: { type: 'boolean', default: false },
+    },
+  },
   WORLD_LIST: { type: 'object' },
-  WORLD_JOIN: { type: 'object', properties: { world_id: { type: 'string' } } },
-  WORLD_LEAVE: { type: 'object' },
+  WORLD_JOIN: {
+    type: 'object',
+    properties: {
+      world_id: { type: 'string', description: 'required' },
+      agent_id: {
+        type: 'integer',
+        minimum: 1,
+        description: 'ext, operators only: the agent to put in the world (default the caller)',
+      },
+    },
+  },
+  WORLD_LEAVE: {
+    type: 'object',
+    properties: {
+      agent_id: {
+        type: 'integer',
+        minimum: 1,
+        description: 'ext, operators only: the agent to take out (default the caller)',
+      },
+    },
+  },
   WORLD_EVENT: {
     type: 'object',
     properties: {
-      world_id: { type: 'string' },
-      event_type: { type: 'string' },
-      params: { type: 'object', additionalProperties: true },
+      world_id: { type: 'string', description: 'required' },
+      event_type: { type: 'string', description: 'required: a chaos event (ChaosEventType) or `clear`' },
+      params: {
+        type: 'object',
+        additionalProperties: true,
+        description:
+          'duration_ms (0 = until cleared), probability, latency_ms, memory_high_bytes, cpu_max_percent, target (agent id, agent_crash)',
+      },
+      clear: {
+        type: 'boolean',
+        default: false,
+        description:
+          'ext: remove the active events of `event_type` (every event when `event_type` is `clear`)',
+      },
     },
   },
-  WORLD_STATE: { type: 'object', properties: { world_id: { type: 'string' } } },
-  WORLD_SNAPSHOT: { type: 'object', properties: { world_id: { type: 'string' } } },
+  WORLD_STATE: { type: 'object', properties: { world_id: { type: 'string', description: 'required' } } },
+  WORLD_SNAPSHOT: { type: 'object', properties: { world_id: { type: 'string', description: 'required' } } },
   WORLD_RESTORE: {
     type: 'object',
     properties: {
       snapshot: { type: 'object', additionalProperties: true },
-      new_world_id: { type: 'string' },
+      new_world_id: { type: 'string', default: '', maxLength: 64 },
     },
   },
   TUNNEL_CONNECT: {

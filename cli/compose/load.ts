@@ -554,6 +554,7 @@ interface RawService {
   limits?: { memory?: Size; cpu?: number; pids?: number; cpu_shares?: number };
   permissions?: string | Record<string, unknown>;
   network?: boolean;
+  world?: string;
   sandboxed?: boolean;
   labels?: Record<string, string | number | boolean> | string[];
   quotas?: Record<string, QuotaRaw>;
@@ -717,6 +718,7 @@ function service(
   }
   if (r.permissions !== undefined) spawn.permissions = r.permissions;
   if (r.network !== undefined) spawn.network = r.network;
+  if (r.world !== undefined) spawn.world = r.world;
   if (r.sandboxed !== undefined) spawn.sandboxed = r.sandboxed;
   if (r.quotas !== undefined) spawn.quotas = quotas(src, at('quotas'), r.quotas);
   if (r.budgets !== undefined) {

@@ -199,6 +199,12 @@ const service = {
       errorMessage: `must be one of ${PERMISSION_LEVELS.join(', ')}, or a permissions object`,
     },
     network: { type: 'boolean', description: "true: the host's network" },
+    world: {
+      type: 'string',
+      minLength: 1,
+      description:
+        'the id of a world (docs/worlds.md) every agent of the service is in from its first syscall; it must exist (`clove world create`)',
+    },
     sandboxed: { type: 'boolean', description: "false: a plain process with the kernel's uid" },
     labels: {
       description:

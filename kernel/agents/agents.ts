@@ -59,6 +59,8 @@ export interface AgentServiceOptions {
   reservedNames?: string[];
   /** Durability of the identity registry's writes (`<data-dir>/state.db`, as the state store's). */
   durability?: 'normal' | 'full';
+  /** Worlds (docs/worlds.md): a SPAWN `world` is checked first and the identity placed before it starts. */
+  worlds?: { check(worldId: string): void; place(identity: string, worldId: string): void };
   /** An identity ended: its agent-scope keys can go (the kernel wires it to the state store). */
   onIdentityEnded?: (identity: string) => void;
 }
@@ -288,6 +290,7 @@ export class AgentService {
     if (req.network && !operator && !caller.perms.can_http)
       throw new PermissionDeniedError('Permission denied: cannot grant network access you do not have');
     const perms = this.rightsFor(caller, req);
+    if (req.world) this.o.worlds?.check(req.world);
 
     const sup = this.o.supervisor;
     const id = this.o.principals.allocate();
@@ -371,6 +374,8 @@ export class AgentService {
     let a: AgentRecord;
     try {
       if (!req.cwd) this.prepareWorkDir(name, dormant?.definition?.account ?? null, account);
+      // In its world from its first syscall: placed before the process starts.
+      if (req.world) this.o.worlds?.place(row.identity, req.world);
       a = await this.start(def, row, perms, budgets, spawnedBy, asRun);
     } catch (e) {
       // A new identity whose first start failed never lived; a dormant one stays as it was.

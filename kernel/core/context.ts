@@ -16,6 +16,7 @@ import type { AsyncCalls } from './async.js';
 import type { ClusterService } from '../cluster/cluster.js';
 import type { TunnelClient } from '../tunnel/client.js';
 import type { RelayTransport } from '../tunnel/transport.js';
+import type { WorldService } from '../worlds/service.js';
 import type { Principals, Principal } from './principals.js';
 import type { PushPort } from './connection.js';
 import type { Logger } from 'pino';
@@ -55,6 +56,8 @@ export interface Services {
   quotas: QuotaService;
   /** Calls made with `async: true`: their results wait for ASYNC_RESULTS. */
   async: AsyncCalls;
+  /** Simulated worlds (docs/worlds.md): the files, http and exec families ask it first for a member. */
+  worlds: WorldService;
   /** With `--cluster` only (docs/cluster.md): names, mail and agents of the other nodes. */
   cluster?: ClusterService;
   /** The tunnel to a relay (docs/relay.md) and the remote sessions that came through it. */

@@ -18,6 +18,7 @@ export type { AgentRecord } from '../supervisor/supervisor.js';
 export type { ClusterService } from '../cluster/cluster.js';
 /** The tunnel family's service and its connect failure (kernel/tunnel/). */
 export { TunnelConnectError, type TunnelClient } from '../tunnel/client.js';
+export type { WorldService } from '../worlds/service.js';
 export type { NameOwner } from '../cluster/types.js';
 export type { Permissions } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';

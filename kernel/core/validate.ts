@@ -133,3 +133,25 @@ function describe(e: ErrorObject | null | undefined, payload: Payload): string {
   }
   return field ? `invalid request: field '${field}' ${what}` : `invalid request: payload ${what}`;
 }
+
+const compiledDefs = new Map<string, ValidateFunction>();
+
+/**
+ * Checks `value` against one of the contract's `$defs` (e.g. a world's config inside a snapshot, which
+ * no request schema covers); `field` names where it came from in the error.
+ */
+export function validateDef(def: string, value: unknown, field: string): void {
+  let validate = compiledDefs.get(def);
+  if (!validate) {
+    validate = ajv.compile({ $ref: `clove#/$defs/${def}` });
+    compiledDefs.set(def, validate);
+  }
+  if (!validate(value)) {
+    const d = describe(validate.errors?.[0], value as Payload);
+    throw new InvalidRequestError(
+      d
+        .replace("field '", `field '${field}.`)
+        .replace('invalid request: payload', `invalid request: field '${field}'`),
+    );
+  }
+}

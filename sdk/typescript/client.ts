@@ -496,7 +496,7 @@ export class CloveClient {
     return this.syscall('CLUSTER_STATUS', {});
   }
 
-  // --- acting on the world, audit, record/replay, async, the tunnel (operators); worlds: not_supported
+  // --- acting on the world, audit, record/replay, async, worlds (docs/worlds.md), the tunnel (operators) --
   think(req: Requests['THINK']): Promise<Replies['THINK']> {
     return this.syscall('THINK', req);
   }
@@ -559,8 +559,8 @@ export class CloveClient {
   worldJoin(req: Requests['WORLD_JOIN']): Promise<Replies['WORLD_JOIN']> {
     return this.syscall('WORLD_JOIN', req);
   }
-  worldLeave(): Promise<Replies['WORLD_LEAVE']> {
-    return this.syscall('WORLD_LEAVE', {});
+  worldLeave(req: Requests['WORLD_LEAVE'] = {}): Promise<Replies['WORLD_LEAVE']> {
+    return this.syscall('WORLD_LEAVE', req);
   }
   worldEvent(req: Requests['WORLD_EVENT']): Promise<Replies['WORLD_EVENT']> {
     return this.syscall('WORLD_EVENT', req);

@@ -241,6 +241,28 @@ export default defineFamily(({ services }) => {
     name: 'exec',
     handlers: {
       EXEC: async (ctx, req) => {
+        // A world's member: its command mocks and chaos, else the real EXEC under its own rights.
+        if (services.worlds.of(ctx.caller.id)) {
+          const real = (signal: AbortSignal) => () => runner.execute(runner.admit(ctx, req), signal);
+          if (req.async)
+            return acceptAsync(ctx, { code: Op.EXEC, name: 'EXEC' }, req.request_id, async (signal) =>
+              services.worlds.exec(ctx.caller, req, real(signal), signal),
+            );
+          let out: ExecReply | undefined;
+          let failed: unknown;
+          const done = services.worlds.exec(ctx.caller, req, real(ctx.signal), ctx.signal).then(
+            (r) => (out = r),
+            (e: unknown) => (failed = e ?? new Error('EXEC failed')),
+          );
+          await ctx.park(
+            () => out !== undefined || failed !== undefined,
+            () => done,
+            24 * 3600 * 1000,
+          );
+          await done;
+          if (failed !== undefined) throw failed;
+          if (out) return out;
+        }
         if (req.async) {
           // Every check first: a refused EXEC is an error reply, not an accepted call.
           const prepared = runner.admit(ctx, req);

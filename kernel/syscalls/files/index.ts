@@ -1,5 +1,6 @@
 /**
- * files family: READ and WRITE (docs/protocol.md §5 "Files"). The policy half: who may read or write
+ * files family: READ and WRITE (docs/protocol.md §5 "Files"); a world's member is served by its world
+ * first (docs/worlds.md). The policy half: who may read or write
  * which path. The mechanics — the agent's own view of the file system, its uid, bounded reads, atomic
  * writes — are the sandbox layer's (kernel/sandbox/files.ts, reached as `files` through family.ts).
  *
@@ -161,6 +162,9 @@ export default defineFamily(({ services }) => {
 
   async function read(ctx: SyscallContext, req: ArgsOf['READ']): Promise<Replies['READ']> {
     const F = READ_FILLER;
+    // A world's member: its chaos first, and its virtual files instead of the real ones (docs/worlds.md).
+    const virtual = await services.worlds.read(ctx.caller, req, ctx.signal);
+    if (virtual) return virtual;
     const { perms } = ctx.caller;
     if (!perms.can_read)
       throw new PermissionDeniedError('Permission denied: reading files is not allowed', F);
@@ -202,6 +206,8 @@ export default defineFamily(({ services }) => {
 
   async function write(ctx: SyscallContext, req: ArgsOf['WRITE']): Promise<Replies['WRITE']> {
     const F = WRITE_FILLER;
+    const virtual = await services.worlds.write(ctx.caller, req, ctx.signal);
+    if (virtual) return virtual;
     const { perms } = ctx.caller;
     if (!perms.can_write)
       throw new PermissionDeniedError('Permission denied: writing files is not allowed', F);

@@ -23,18 +23,27 @@ export default defineFamily(({ services }) => {
     name: 'http',
     handlers: {
       HTTP: async (ctx, req) => {
-        // A reached network_bytes deny quota refuses the call; a response is cut where the quota ends.
-        quotas.check(ctx.caller.id, 'network_bytes');
-        const checked = http.prepare(ctx.caller, req);
-        const left = quotas.remaining(ctx.caller.id, 'network_bytes');
-        const prepared = left < checked.maxBytes ? { ...checked, maxBytes: Math.floor(left) } : checked;
-        if (req.async)
-          return acceptAsync(ctx, { code: Op.HTTP, name: 'HTTP' }, req.request_id, (signal) =>
-            http.perform(ctx.caller, prepared, signal),
-          );
+        // Every check of a real request: the caller's quota and HTTP rights (a world's passthrough too).
+        const check = () => {
+          // A reached network_bytes deny quota refuses the call; a response is cut where the quota ends.
+          quotas.check(ctx.caller.id, 'network_bytes');
+          const checked = http.prepare(ctx.caller, req);
+          const left = quotas.remaining(ctx.caller.id, 'network_bytes');
+          return left < checked.maxBytes ? { ...checked, maxBytes: Math.floor(left) } : checked;
+        };
+        // A world's member: mocks, recordings and chaos, else the real request under its own rights.
+        const inWorld = services.worlds.of(ctx.caller.id) !== undefined;
+        const perform = (signal: AbortSignal) =>
+          inWorld
+            ? services.worlds
+                .http(ctx.caller, req, () => http.perform(ctx.caller, check(), signal), signal)
+                .then((r) => r ?? http.perform(ctx.caller, check(), signal))
+            : http.perform(ctx.caller, prepared!, signal);
+        const prepared = inWorld ? undefined : check();
+        if (req.async) return acceptAsync(ctx, { code: Op.HTTP, name: 'HTTP' }, req.request_id, perform);
         // The call may take up to its timeout: parked, so that the watchdog counts it as activity.
         let done = false;
-        const call = http.perform(ctx.caller, prepared, ctx.signal).finally(() => (done = true));
+        const call = perform(ctx.signal).finally(() => (done = true));
         await ctx.park(
           () => done,
           () =>
@@ -42,7 +51,7 @@ export default defineFamily(({ services }) => {
               () => undefined,
               () => undefined,
             ),
-          prepared.timeoutMs + 5000,
+          (prepared?.timeoutMs ?? 600_000) + 5000,
         );
         return call;
       },

@@ -545,6 +545,7 @@ class CloveClient:
         quotas: dict | None = None,
         budgets: dict | None = None,
         node: str | None = None,
+        world: str | None = None,
         check: bool | None = None,
     ) -> dict:
         """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
@@ -577,6 +578,7 @@ class CloveClient:
             "quotas": quotas,
             "budgets": budgets,
             "node": node,
+            "world": world,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
         if "script" not in payload and "command" not in payload:
@@ -1059,34 +1061,55 @@ class CloveClient:
         """CLUSTER_STATUS: ``{clustered, node, …}``: this kernel's membership (``node`` None without --cluster)."""
         return self.call_json(SyscallOp.SYS_CLUSTER_STATUS, {})
 
-    def world_create(self, name: str, config: dict | None = None) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_CREATE, {"name": name, "config": config or {}})
+    def world_create(self, name: str, config: dict | None = None, *, check: bool | None = None) -> dict:
+        """WORLD_CREATE: a world from its config (docs/worlds.md): ``world_id, name, seed``."""
+        return self.call_json(SyscallOp.SYS_WORLD_CREATE, {"name": name, "config": config or {}}, check=check)
 
-    def world_destroy(self, world_id: str, force: bool = False) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_DESTROY, {"world_id": world_id, "force": force})
+    def world_destroy(self, world_id: str, force: bool = False, *, check: bool | None = None) -> dict:
+        """WORLD_DESTROY (operators or the world's creator); ``force`` also when it has members."""
+        return self.call_json(SyscallOp.SYS_WORLD_DESTROY, {"world_id": world_id, "force": force}, check=check)
 
     def world_list(self) -> dict:
+        """WORLD_LIST: ``worlds, count``."""
         return self.call_json(SyscallOp.SYS_WORLD_LIST, {})
 
-    def world_join(self, world_id: str) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_JOIN, {"world_id": world_id})
+    def world_join(self, world_id: str, agent_id: int | None = None, *, check: bool | None = None) -> dict:
+        """WORLD_JOIN: the caller (or, for operators, ``agent_id``) is in the world from now on."""
+        return self.call_json(SyscallOp.SYS_WORLD_JOIN, _given(world_id=world_id, agent_id=agent_id), check=check)
 
-    def world_leave(self) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_LEAVE, {})
+    def world_leave(self, agent_id: int | None = None, *, check: bool | None = None) -> dict:
+        """WORLD_LEAVE: the caller (or, for operators, ``agent_id``) leaves its world."""
+        return self.call_json(SyscallOp.SYS_WORLD_LEAVE, _given(agent_id=agent_id), check=check)
 
-    def world_event(self, world_id: str, event_type: str, params: dict | None = None) -> dict:
+    def world_event(
+        self,
+        world_id: str,
+        event_type: str,
+        params: dict | None = None,
+        clear: bool = False,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        """WORLD_EVENT: inject a chaos event (operators or the creator); ``clear=True`` removes events of that
+        type (``event_type="clear"``: all)."""
+        payload = {"world_id": world_id, "event_type": event_type, "params": params or {}}
+        if clear:
+            payload["clear"] = True
+        return self.call_json(SyscallOp.SYS_WORLD_EVENT, payload, check=check)
+
+    def world_state(self, world_id: str, *, check: bool | None = None) -> dict:
+        """WORLD_STATE: ``state`` (metrics, seed, active events, members)."""
+        return self.call_json(SyscallOp.SYS_WORLD_STATE, {"world_id": world_id}, check=check)
+
+    def world_snapshot(self, world_id: str, *, check: bool | None = None) -> dict:
+        """WORLD_SNAPSHOT (operators or the creator): ``snapshot`` for WORLD_RESTORE."""
+        return self.call_json(SyscallOp.SYS_WORLD_SNAPSHOT, {"world_id": world_id}, check=check)
+
+    def world_restore(self, snapshot: dict, new_world_id: str | None = None, *, check: bool | None = None) -> dict:
+        """WORLD_RESTORE: a new world from a snapshot: ``world_id, members_restored, members_dropped``."""
         return self.call_json(
-            SyscallOp.SYS_WORLD_EVENT, {"world_id": world_id, "event_type": event_type, "params": params or {}}
+            SyscallOp.SYS_WORLD_RESTORE, {"snapshot": snapshot, "new_world_id": new_world_id or ""}, check=check
         )
-
-    def world_state(self, world_id: str) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_STATE, {"world_id": world_id})
-
-    def world_snapshot(self, world_id: str) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_SNAPSHOT, {"world_id": world_id})
-
-    def world_restore(self, snapshot: dict, new_world_id: str | None = None) -> dict:
-        return self.call_json(SyscallOp.SYS_WORLD_RESTORE, {"snapshot": snapshot, "new_world_id": new_world_id or ""})
 
     def tunnel_connect(
         self, relay_url: str | None = None, machine_id: str | None = None, token: str | None = None

@@ -48,7 +48,7 @@ MAX_PAYLOAD_SIZE = DEFAULT_MAX_PAYLOAD  # name used by the public SDK
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET_PATH = "/tmp/clove.sock"
 SOCKET_ENV = "CLOVE_SOCKET"
-KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "TASK_ASSIGNED", "TASK_REASSIGNED", "TASK_COMPLETED", "TASK_FAILED", "QUOTA_EXCEEDED", "CUSTOM")
+KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "TASK_ASSIGNED", "TASK_REASSIGNED", "TASK_COMPLETED", "TASK_FAILED", "QUOTA_EXCEEDED", "WORLD_CHAOS", "CUSTOM")
 
 
 class SyscallOp(IntEnum):
@@ -99,15 +99,15 @@ class SyscallOp(IntEnum):
     SYS_ASYNC_RESULTS = 0x88  # take finished async results (EXEC, HTTP, THINK with async: true), optionally waiting in the kernel
     SYS_SET_QUOTA = 0x92  # set or remove quotas of an agent or a clove.yaml service
     SYS_GET_QUOTA = 0x93  # an agent's or a service's quotas and usage (all: every one, operators)
-    SYS_WORLD_CREATE = 0xA0  # create a world (planned)
-    SYS_WORLD_DESTROY = 0xA1  # destroy a world (planned)
-    SYS_WORLD_LIST = 0xA2  # list worlds (planned)
-    SYS_WORLD_JOIN = 0xA3  # join a world (planned)
-    SYS_WORLD_LEAVE = 0xA4  # leave the caller's world (planned)
-    SYS_WORLD_EVENT = 0xA5  # inject a chaos event (planned)
-    SYS_WORLD_STATE = 0xA6  # a world's state and metrics (planned)
-    SYS_WORLD_SNAPSHOT = 0xA7  # a world's snapshot (planned)
-    SYS_WORLD_RESTORE = 0xA8  # a world from a snapshot (planned)
+    SYS_WORLD_CREATE = 0xA0  # create a world
+    SYS_WORLD_DESTROY = 0xA1  # destroy a world
+    SYS_WORLD_LIST = 0xA2  # list worlds
+    SYS_WORLD_JOIN = 0xA3  # join a world
+    SYS_WORLD_LEAVE = 0xA4  # leave the caller's world
+    SYS_WORLD_EVENT = 0xA5  # inject a chaos event
+    SYS_WORLD_STATE = 0xA6  # a world's state and metrics
+    SYS_WORLD_SNAPSHOT = 0xA7  # a world's snapshot
+    SYS_WORLD_RESTORE = 0xA8  # a world from a snapshot
     SYS_TUNNEL_CONNECT = 0xB0  # connect this kernel to a relay (operators only); fields given replace the configured ones; waits for the relay's answer (at most 10 s), then keeps the tunnel up with reconnects
     SYS_TUNNEL_DISCONNECT = 0xB1  # close the tunnel and stop reconnecting (operators only); remote sessions are closed; succeeds when not connected
     SYS_TUNNEL_STATUS = 0xB2  # the tunnel's state (operators only)
@@ -246,15 +246,15 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "ASYNC_RESULTS": ("async", "implemented", "async_results"),
     "SET_QUOTA": ("quotas", "implemented", "set_quota"),
     "GET_QUOTA": ("quotas", "implemented", "get_quota"),
-    "WORLD_CREATE": ("world", "planned", "world_create"),
-    "WORLD_DESTROY": ("world", "planned", "world_destroy"),
-    "WORLD_LIST": ("world", "planned", "world_list"),
-    "WORLD_JOIN": ("world", "planned", "world_join"),
-    "WORLD_LEAVE": ("world", "planned", "world_leave"),
-    "WORLD_EVENT": ("world", "planned", "world_event"),
-    "WORLD_STATE": ("world", "planned", "world_state"),
-    "WORLD_SNAPSHOT": ("world", "planned", "world_snapshot"),
-    "WORLD_RESTORE": ("world", "planned", "world_restore"),
+    "WORLD_CREATE": ("world", "implemented", "world_create"),
+    "WORLD_DESTROY": ("world", "implemented", "world_destroy"),
+    "WORLD_LIST": ("world", "implemented", "world_list"),
+    "WORLD_JOIN": ("world", "implemented", "world_join"),
+    "WORLD_LEAVE": ("world", "implemented", "world_leave"),
+    "WORLD_EVENT": ("world", "implemented", "world_event"),
+    "WORLD_STATE": ("world", "implemented", "world_state"),
+    "WORLD_SNAPSHOT": ("world", "implemented", "world_snapshot"),
+    "WORLD_RESTORE": ("world", "implemented", "world_restore"),
     "TUNNEL_CONNECT": ("tunnel", "implemented", "tunnel_connect"),
     "TUNNEL_DISCONNECT": ("tunnel", "implemented", "tunnel_disconnect"),
     "TUNNEL_STATUS": ("tunnel", "implemented", "tunnel_status"),

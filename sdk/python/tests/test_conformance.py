@@ -102,6 +102,17 @@ OPS = {
     "TUNNEL_STATUS": lambda c, a: c.tunnel_status(),
     "TUNNEL_LIST_REMOTES": lambda c, a: c.tunnel_list_remotes(),
     "TUNNEL_CONFIG": lambda c, a: c.tunnel_config(**a),
+    "WORLD_CREATE": lambda c, a: c.world_create(a.get("name"), a.get("config")),
+    "WORLD_DESTROY": lambda c, a: c.world_destroy(a.get("world_id"), a.get("force", False)),
+    "WORLD_LIST": lambda c, a: c.world_list(),
+    "WORLD_JOIN": lambda c, a: c.world_join(a.get("world_id"), a.get("agent_id")),
+    "WORLD_LEAVE": lambda c, a: c.world_leave(a.get("agent_id")),
+    "WORLD_EVENT": lambda c, a: c.world_event(
+        a.get("world_id"), a.get("event_type"), a.get("params"), a.get("clear", False)
+    ),
+    "WORLD_STATE": lambda c, a: c.world_state(a.get("world_id")),
+    "WORLD_SNAPSHOT": lambda c, a: c.world_snapshot(a.get("world_id")),
+    "WORLD_RESTORE": lambda c, a: c.world_restore(a.get("snapshot"), a.get("new_world_id")),
     "METRICS_CGROUP": lambda c, a: c.get_cgroup_metrics(a.get("cgroup_path")),
     "SET_QUOTA": lambda c, a: c.set_quota(
         a.get("quotas", {}), agent_id=a.get("agent_id"), name=a.get("name"), service=a.get("service")

@@ -473,7 +473,7 @@ def test_error_mapping_default_returns_dicts(kernel, op):
     spawn_echo(kernel, op, "taken")
     r = op.register_name("taken")
     assert r["success"] is False and r["code"] == "name_taken", r
-    r = op.world_list()
+    r = op.async_poll()
     assert r["success"] is False and r["code"] == "not_supported", r
 
 
@@ -483,7 +483,7 @@ def test_error_mapping_strict(kernel):
         c.send_message({"x": 1}, to_name="nobody-here")
     assert ei.value.code == "not_found" and ei.value.reply["success"] is False
     with pytest.raises(NotSupportedError):
-        c.call_json(SyscallOp.WORLD_LIST, {}, check=True)
+        c.call_json(SyscallOp.ASYNC_POLL, {}, check=True)
     with pytest.raises(InvalidRequestError):
         c.call_json(SyscallOp.SEND, {"to": "not-an-id", "message": {}})
     spawn_echo(kernel, c, "busy")
