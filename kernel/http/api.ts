@@ -41,6 +41,8 @@ export interface ApiDeps {
   scale?(project: string, service: string, replicas: number, signal?: AbortSignal): Promise<ScaleResult>;
   /** Mounts the dashboard's static files (kernel/http/static.ts) after the API's routes. */
   mountStatic?(app: Hono): void;
+  /** How old the agents' measured figures (CPU, memory, messages, quotas) may be (default 1000 ms). */
+  metricsMaxAgeMs?: number;
   /** How often the stream sends a metrics message (default 1000 ms). */
   streamIntervalMs?: number;
 }
@@ -109,7 +111,6 @@ export function createApi(deps: ApiDeps): Api {
   const app = new Hono();
   const history = new EventHistory();
   const subscribers = new Set<(json: string) => void>();
-  const cpuSeen = new Map<number, { seconds: number; at: number }>();
   const read = deps.read ?? deps.call;
 
   const broadcast = (msg: object) => {
@@ -128,37 +129,80 @@ export function createApi(deps: ApiDeps): Api {
     broadcast({ type: 'event', event });
   });
 
-  /** The agents' rows: LIST joined with METRICS_ALL_AGENTS; CPU percent from the change since the last look. */
+  /** An agent's measured figures (METRICS_ALL_AGENTS), as the rows show them. */
+  interface Measured {
+    cpu_seconds: number;
+    cpu_percent: number;
+    memory_bytes: number;
+    messages_in: number;
+    messages_out: number;
+    syscalls: number;
+    quotas: AgentRow['quotas'];
+  }
+  const maxAge = deps.metricsMaxAgeMs ?? 1000;
+  let measured: { at: number; byId: Map<number, Measured> } | undefined;
+  let measuring: Promise<Map<number, Measured>> | undefined;
+  const prevCpu = new Map<number, { seconds: number; at: number }>();
+
+  /**
+   * METRICS_ALL_AGENTS reads every agent's cgroup and /proc files (milliseconds per agent): taken at
+   * most once per `maxAge` whoever asks (rows, stream, scrapes), one call at a time, shared. CPU percent
+   * is the change of CPU seconds since the previous measurement.
+   */
+  const measure = (fresh = false): Promise<Map<number, Measured>> => {
+    if (!fresh && measured && Date.now() - measured.at < maxAge) return Promise.resolve(measured.byId);
+    measuring ??= (async () => {
+      try {
+        const all = (await read('METRICS_ALL_AGENTS', {})) as { agents: AgentMetrics[] };
+        const now = Date.now();
+        const byId = new Map<number, Measured>();
+        for (const m of all.agents) {
+          const cg = m.cgroup?.valid ? m.cgroup : null;
+          const seconds = cg
+            ? cg.cpu.usage_usec / 1e6
+            : m.process
+              ? (m.process.cpu.time_user_ms + m.process.cpu.time_system_ms) / 1000
+              : 0;
+          const prev = prevCpu.get(m.agent_id);
+          const percent =
+            prev && now > prev.at && seconds >= prev.seconds
+              ? Math.round(((seconds - prev.seconds) / ((now - prev.at) / 1000)) * 10000) / 100
+              : 0;
+          prevCpu.set(m.agent_id, { seconds, at: now });
+          const quotas: AgentRow['quotas'] = {};
+          for (const [k, q] of Object.entries(m.quotas ?? {}))
+            quotas[k] = {
+              used: q.used,
+              ...(q.limit !== undefined ? { limit: q.limit } : {}),
+              ...(q.exceeded !== undefined ? { exceeded: q.exceeded } : {}),
+            };
+          byId.set(m.agent_id, {
+            cpu_seconds: seconds,
+            cpu_percent: percent,
+            memory_bytes: cg ? cg.memory.current : (m.process?.memory.rss ?? 0),
+            messages_in: m.kernel_stats.messages_recv,
+            messages_out: m.kernel_stats.messages_sent,
+            syscalls: m.kernel_stats.syscall_count,
+            quotas,
+          });
+        }
+        for (const id of prevCpu.keys()) if (!byId.has(id)) prevCpu.delete(id);
+        measured = { at: Date.now(), byId };
+        return byId;
+      } finally {
+        measuring = undefined;
+      }
+    })();
+    return measuring;
+  };
+
+  /** The agents' rows: LIST (as of now) joined with the latest measurement (at most `maxAge` old). */
   const agents = async (signal?: AbortSignal): Promise<AgentRow[]> => {
-    const [list, all] = await Promise.all([
-      read('LIST', {}, signal) as Promise<AgentInfo[]>,
-      read('METRICS_ALL_AGENTS', {}, signal) as Promise<{ agents: AgentMetrics[] }>,
-    ]);
-    const byId = new Map(all.agents.map((m) => [m.agent_id, m]));
-    const now = Date.now();
-    const seen = new Set<number>();
-    const rows = list.map((a) => {
+    const [list, cached] = await Promise.all([read('LIST', {}, signal) as Promise<AgentInfo[]>, measure()]);
+    // An agent newer than the measurement is measured at once (a new row never shows zeros).
+    const byId = list.some((a) => !cached.has(a.id)) ? await measure(true) : cached;
+    return list.map((a) => {
       const m = byId.get(a.id);
-      seen.add(a.id);
-      const cg = m?.cgroup?.valid ? m.cgroup : null;
-      const seconds = cg
-        ? cg.cpu.usage_usec / 1e6
-        : m?.process
-          ? (m.process.cpu.time_user_ms + m.process.cpu.time_system_ms) / 1000
-          : 0;
-      const prev = cpuSeen.get(a.id);
-      const percent =
-        prev && now > prev.at && seconds >= prev.seconds
-          ? Math.round(((seconds - prev.seconds) / ((now - prev.at) / 1000)) * 10000) / 100
-          : 0;
-      cpuSeen.set(a.id, { seconds, at: now });
-      const quotas: AgentRow['quotas'] = {};
-      for (const [k, q] of Object.entries(m?.quotas ?? {}))
-        quotas[k] = {
-          used: q.used,
-          ...(q.limit !== undefined ? { limit: q.limit } : {}),
-          ...(q.exceeded !== undefined ? { exceeded: q.exceeded } : {}),
-        };
       return {
         id: a.id,
         name: a.name,
@@ -172,18 +216,16 @@ export function createApi(deps: ApiDeps): Api {
         labels: a.labels ?? {},
         exit_code: a.exit_code,
         exit_reason: a.exit_reason,
-        cpu_percent: percent,
-        cpu_seconds: seconds,
-        memory_bytes: cg ? cg.memory.current : (m?.process?.memory.rss ?? 0),
-        messages_in: m?.kernel_stats.messages_recv ?? 0,
-        messages_out: m?.kernel_stats.messages_sent ?? 0,
-        syscalls: m?.kernel_stats.syscall_count ?? 0,
+        cpu_percent: m?.cpu_percent ?? 0,
+        cpu_seconds: m?.cpu_seconds ?? 0,
+        memory_bytes: m?.memory_bytes ?? 0,
+        messages_in: m?.messages_in ?? 0,
+        messages_out: m?.messages_out ?? 0,
+        syscalls: m?.syscalls ?? 0,
         mailbox_depth: a.mailbox,
-        quotas,
+        quotas: m?.quotas ?? {},
       };
     });
-    for (const id of cpuSeen.keys()) if (!seen.has(id)) cpuSeen.delete(id);
-    return rows;
   };
 
   const findAgent = async (key: string, signal?: AbortSignal): Promise<AgentInfo> => {

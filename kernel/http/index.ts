@@ -103,6 +103,11 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${host}:${addr.port}`;
   o.log.info({ http: url }, `http api listening: dashboard at ${url}/#token=${token}`);
+  if (!isLoopback(addr.address))
+    o.log.warn(
+      { http: url },
+      'http api on a non-loopback address: plain HTTP, anyone who can reach it and holds the token is an operator (put TLS in front, or use the relay)',
+    );
   return {
     api,
     service,
@@ -114,4 +119,9 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
       await service.close();
     },
   };
+}
+
+/** 127.0.0.0/8, ::1 and IPv4-mapped loopback: the addresses only this machine reaches. */
+function isLoopback(address: string): boolean {
+  return /^(127\.|::1$|::ffff:127\.)/.test(address);
 }
