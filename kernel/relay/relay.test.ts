@@ -342,3 +342,54 @@ describe('reconnect', () => {
     expect(await op.tunnelStatus()).toMatchObject({ connected: false, state: 'stopped' });
   }, 60_000);
 });
+
+describe('limits, with a stand-in kernel on the tunnel', () => {
+  it('a silent kernel costs a 504 after the timeout; a big body is 413; a second session replaces the first (4409)', async () => {
+    const d = tempDir('rlim');
+    const store = new TokenStore(d);
+    const machine = store.add('machine', 'slow').token;
+    const user = store.add('user', 'u').token;
+    const r = new Relay({ host: '127.0.0.1', port: 0, dataDir: d, log, requestTimeoutMs: 300 });
+    const p = await r.start();
+    /** A fake kernel: dials /tunnel, records what it gets, answers nothing. */
+    const dial = async () => {
+      const ws = new WebSocket(`ws://127.0.0.1:${p}/tunnel`, {
+        headers: { authorization: `Bearer ${machine}`, 'x-clove-machine': 'slow' },
+      });
+      const got: { t: string; id?: number }[] = [];
+      ws.on('message', (m) => got.push(JSON.parse(m.toString())));
+      const closed = new Promise<number>((res) => ws.once('close', (code) => res(code)));
+      await until(() => got.some((m) => m.t === 'welcome'), 10_000, 'welcome');
+      return { ws, got, closed };
+    };
+    try {
+      const k1 = await dial();
+      const auth = { authorization: `Bearer ${user}` };
+      const slow = await fetch(`http://127.0.0.1:${p}/api/v1/machines/slow/agents`, { headers: auth });
+      expect(slow.status).toBe(504);
+      expect(((await slow.json()) as { error: string }).error).toBe('upstream_failed');
+      // The kernel was asked, then told to stop working on it.
+      await until(() => k1.got.some((m) => m.t === 'cancel'), 5_000, 'the cancel');
+      const req = k1.got.find((m) => m.t === 'req') as unknown as {
+        path: string;
+        headers: [string, string][];
+      };
+      expect(req.path).toBe('/api/v1/agents');
+      // The user's token never reaches the kernel.
+      expect(JSON.stringify(req.headers)).not.toContain(user);
+      const big = await fetch(`http://127.0.0.1:${p}/api/v1/machines/slow/agents`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: 'x'.repeat(2 * 1024 * 1024),
+      });
+      expect(big.status).toBe(413);
+      const k2 = await dial();
+      expect(await k1.closed).toBe(4409);
+      expect(r.connected()).toEqual(['slow']);
+      k2.ws.close();
+    } finally {
+      await r.close();
+      fs.rmSync(d, { recursive: true, force: true });
+    }
+  }, 30_000);
+});
