@@ -461,6 +461,7 @@ export class Kernel {
         principals: this.principals,
         events: this.events,
         log: this.log,
+        maxBodyBytes: this.opts.maxPayload,
         ready: () => this.closing === null && this.listening,
         info: () => ({
           version: KERNEL_VERSION,
@@ -573,9 +574,10 @@ export class Kernel {
     this.tunnel?.close();
     void this.tunnelApi?.then((a) => a.close?.()).catch(() => {});
     this.server?.stopListening();
-    await this.http?.close();
     this.cluster?.beginClose();
+    // The HTTP API answers (/readyz: 503) while the agents stop, then goes before the connections do.
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
+    await this.http?.close();
     this.server?.closeAll();
     // The lease is revoked: this node's names go at once (its restartable agents' definitions stay).
     await this.cluster?.close();

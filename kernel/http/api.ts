@@ -8,6 +8,7 @@
  */
 import fs from 'node:fs';
 import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import type { AgentInfo, AgentMetrics, OpName, SystemMetrics } from '../../protocol/index.js';
 import { ApiError } from './errors.js';
 import { EventHistory, type ApiEvent } from './history.js';
@@ -43,6 +44,8 @@ export interface ApiDeps {
   mountStatic?(app: Hono): void;
   /** How old the agents' measured figures (CPU, memory, messages, quotas) may be (default 1000 ms). */
   metricsMaxAgeMs?: number;
+  /** The largest request body (default 1 MiB, the socket's default payload limit); larger: 413 too_large. */
+  maxBodyBytes?: number;
   /** How often the stream sends a metrics message (default 1000 ms). */
   streamIntervalMs?: number;
 }
@@ -271,6 +274,18 @@ export function createApi(deps: ApiDeps): Api {
     return next();
   });
 
+  const maxBody = deps.maxBodyBytes ?? 1024 * 1024;
+  app.use(
+    '/api/*',
+    bodyLimit({
+      maxSize: maxBody,
+      onError: async (c) => {
+        await discardBody(c.req.raw);
+        return c.json({ error: 'too_large', message: `request body larger than ${maxBody} bytes` }, 413);
+      },
+    }),
+  );
+
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.get('/readyz', (c) =>
     deps.ready() ? c.json({ status: 'ready' }) : c.json({ status: 'not ready' }, 503),
@@ -378,6 +393,26 @@ async function optionalBody(c: Context): Promise<Record<string, unknown>> {
   if (v === null || typeof v !== 'object' || Array.isArray(v))
     throw new ApiError('invalid_request', 'invalid request: body must be a JSON object');
   return v as Record<string, unknown>;
+}
+
+/**
+ * Reads what is left of a refused body and drops it (up to 64 MiB, never buffered): a client still
+ * sending its body must get to read the 413, not a connection closed under it.
+ */
+async function discardBody(req: Request): Promise<void> {
+  const reader = req.body?.getReader();
+  if (!reader) return;
+  let n = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done || (n += value.byteLength) > 64 << 20) break;
+    }
+  } catch {
+    // the client went away
+  } finally {
+    reader.releaseLock();
+  }
 }
 
 /** An integer query parameter within [min, max], `dflt` when absent; anything else is a 400 naming it. */

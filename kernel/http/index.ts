@@ -31,6 +31,8 @@ export interface HttpStartOptions {
   log: Logger;
   ready(): boolean;
   info(): Record<string, unknown>;
+  /** The largest request body (the kernel's --max-payload). */
+  maxBodyBytes: number;
   /** The SPAWN request an agent was started with (the agents service keeps it): server-side scale. */
   templates: SpawnTemplates;
 }
@@ -96,6 +98,7 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
     metrics: () => prom.expose(),
     scale: makeScale(call, o.templates),
     mountStatic: (app) => mountDashboard(app),
+    maxBodyBytes: o.maxBodyBytes,
   });
   rows.of = () => api.agents();
   const service = new HttpService({ api, token, host: o.host, port: o.port, log: o.log });
