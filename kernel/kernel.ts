@@ -493,6 +493,7 @@ export class Kernel {
       : import('./tunnel/api.js').then(({ buildTunnelApi }) =>
           buildTunnelApi({
             dataDir: this.opts.dataDir,
+            maxBodyBytes: this.opts.maxPayload,
             dispatcher: this.dispatcher!,
             principals: this.principals,
             events: this.events,

@@ -38,6 +38,7 @@ export async function buildTunnelApi(o: TunnelApiOptions): Promise<TunnelApi & {
     info: o.info,
     metrics: () => prom.expose(),
     scale: makeScale(call, o.templates),
+    maxBodyBytes: o.maxBodyBytes,
   });
   rows.of = () => api.agents();
   return {
