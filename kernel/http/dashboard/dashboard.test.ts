@@ -46,9 +46,10 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
   let browser: Browser;
   let base: string;
   let token: string;
+  let port: number;
 
   beforeAll(async () => {
-    const port = await freePort();
+    port = await freePort();
     base = `http://127.0.0.1:${port}`;
     kp = await startKernelProcess({ extra: ['--log-level', 'error', '--http', `127.0.0.1:${port}`] });
     const tokenFile = path.join(kp.dataDir, 'http-token');
@@ -195,8 +196,12 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
       .toContain("charlie got {'n': 3}");
     expect(await cell(page, 'charlie', 'agent-quota')).toMatch(/^\d+% memory$/);
 
-    // The charts have points to draw (the ring fills a sample a second).
+    // The charts draw the stream's metrics messages (a sample a second); ten for the screenshot.
     await expect.poll(() => page.locator('clove-chart canvas').count(), WAIT).toBe(4);
+    await expect
+      .poll(async () => Number(await page.getByTestId('charts').getAttribute('data-samples')), WAIT)
+      .toBeGreaterThanOrEqual(10);
+    await page.getByTestId('notice').waitFor({ state: 'detached', timeout: WAIT.timeout });
 
     fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
@@ -208,6 +213,13 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
     const page = await browser.newPage({ viewport: { width: 1440, height: 1100 } });
     await page.goto(`${base}/#token=${token}`);
     await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
+
+    // The filter narrows the grid (here by a label value), and clearing it brings every row back.
+    await page.getByTestId('agent-filter').fill('demo');
+    await expect.poll(() => page.getByTestId('agent-row').count(), WAIT).toBe(1);
+    expect(await row(page, 'web-1').count()).toBe(1);
+    await page.getByTestId('agent-filter').fill('');
+    await expect.poll(() => page.getByTestId('agent-row').count(), WAIT).toBe(4);
 
     await row(page, 'charlie').getByTestId('action-pause').click();
     await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('PAUSED');
@@ -257,6 +269,33 @@ describe.runIf(haveChromium)('the dashboard in a browser', () => {
     expect(await page.evaluate(() => sessionStorage.getItem('clove.token'))).toBeNull();
     await page.getByTestId('token-input').fill(token);
     await page.getByTestId('token-submit').click();
+    await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
+    await page.close();
+  });
+  it('shows the stream dropping when the kernel stops, and is live again when it is back', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${base}/#token=${token}`);
+    const state = () => page.getByTestId('conn-status').getAttribute('data-state');
+    await expect.poll(state, WAIT).toBe('open');
+    await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
+
+    const { socketPath, dataDir } = kp;
+    await kp.stop();
+    await expect.poll(state, WAIT).toBe('reconnecting');
+    // The same data dir (same token; the agents with a restart policy start again) and the same port.
+    kp = await startKernelProcess({
+      socketPath,
+      dataDir,
+      extra: ['--log-level', 'error', '--http', `127.0.0.1:${port}`],
+    });
+    client = await kp.client();
+    await expect.poll(state, { ...WAIT, timeout: 60_000 }).toBe('open');
+    const charlie = await until(
+      async () => (await client.list()).find((a) => a.name === 'charlie' && a.state === 'RUNNING'),
+      30_000,
+      'charlie running again',
+    );
+    await expect.poll(() => cell(page, 'charlie', 'agent-pid'), WAIT).toBe(String(charlie.pid));
     await expect.poll(() => cell(page, 'charlie', 'agent-state'), WAIT).toBe('RUNNING');
     await page.close();
   });

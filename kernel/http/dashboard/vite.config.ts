@@ -13,6 +13,13 @@ export default defineConfig({
   base: './',
   logLevel: 'warn',
   publicDir: false,
+  // `npx vite --config kernel/http/dashboard/vite.config.ts`: the page with hot reload, its API calls
+  // passed to a running kernel (`clove kernel --http 127.0.0.1:7070`, or CLOVE_HTTP=http://host:port).
+  server: {
+    proxy: {
+      '/api': { target: process.env.CLOVE_HTTP ?? 'http://127.0.0.1:7070', ws: true, changeOrigin: true },
+    },
+  },
   build: {
     outDir: path.resolve(here, '../../../dist/dashboard'),
     emptyOutDir: true,

@@ -147,9 +147,6 @@ export class Api {
   services(): Promise<ServiceRow[]> {
     return this.call<unknown>('GET', 'services').then((b) => listOf<ServiceRow>(b, 'services'));
   }
-  system(): Promise<Record<string, unknown>> {
-    return this.call('GET', 'system');
-  }
   logs(id: number, tail: number, signal?: AbortSignal): Promise<string[]> {
     return this.call<{ lines?: string[] }>('GET', `agents/${id}/logs?tail=${tail}`, undefined, signal).then(
       (b) => b?.lines ?? [],
@@ -194,7 +191,9 @@ export class Stream {
   private timer: ReturnType<typeof setTimeout> | null = null;
   private delay = 500;
   private stopped = false;
-  /** How many times the connection has dropped (shown next to the status). */
+  private lastMessage = 0;
+  private watchdog: ReturnType<typeof setInterval> | null = null;
+  /** How many times the connection has dropped. */
   drops = 0;
 
   constructor(
@@ -206,6 +205,12 @@ export class Stream {
 
   start(): void {
     this.stopped = false;
+    // A metrics message comes every second: a connection silent for 10 s is dead even if TCP has not
+    // noticed (a relay or a proxy that went away), so drop it and dial again.
+    this.watchdog = setInterval(() => {
+      const ws = this.ws;
+      if (ws && ws.readyState === WebSocket.OPEN && Date.now() - this.lastMessage > 10_000) this.drop(ws);
+    }, 2000);
     this.open();
   }
 
@@ -213,6 +218,8 @@ export class Stream {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = null;
     const ws = this.ws;
     this.ws = null;
     ws?.close(1000, 'bye');
@@ -232,10 +239,13 @@ export class Stream {
     }
     this.ws = ws;
     ws.onopen = () => {
-      if (this.ws === ws) this.onStatus('open');
+      if (this.ws !== ws) return;
+      this.lastMessage = Date.now();
+      this.onStatus('open');
     };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
+      this.lastMessage = Date.now();
       this.delay = 500;
       let msg: StreamMessage;
       try {
@@ -246,11 +256,15 @@ export class Stream {
       this.onMessage(msg);
     };
     ws.onclose = () => {
-      if (this.ws !== ws || this.stopped) return;
-      this.ws = null;
-      this.drops++;
-      this.retry();
+      if (this.ws === ws && !this.stopped) this.drop(ws);
     };
+  }
+
+  private drop(ws: WebSocket): void {
+    this.ws = null;
+    ws.close();
+    this.drops++;
+    this.retry();
   }
 
   private retry(): void {

@@ -28,6 +28,8 @@ type Phase = 'auth' | 'loading' | 'ready';
 type Verb = 'kill' | 'restart' | 'pause' | 'resume';
 
 const MAX_EVENTS = 200;
+/** Rows the grid draws at most (a kernel may run thousands of agents; the filter narrows them). */
+const MAX_ROWS = 300;
 const LOG_TAIL = 200;
 const MACHINE_KEY = 'clove.machine';
 
@@ -81,6 +83,12 @@ const CHARTS: ChartDef[] = [
   },
 ];
 
+/** Whether an agent matches the grid's filter (name, state, node, a label's key or value). */
+function matches(a: AgentRow, needle: string): boolean {
+  const hay = [a.name, a.state, a.node ?? '', String(a.id), ...Object.entries(a.labels ?? {}).flat()];
+  return hay.some((h) => h.toLowerCase().includes(needle));
+}
+
 export class CloveDashboard extends LitElement {
   static override properties = {
     phase: { state: true },
@@ -99,6 +107,7 @@ export class CloveDashboard extends LitElement {
     armedKill: { state: true },
     busy: { state: true },
     loadError: { state: true },
+    filter: { state: true },
   };
 
   phase: Phase = 'loading';
@@ -115,6 +124,7 @@ export class CloveDashboard extends LitElement {
   logsError = '';
   notice: { text: string; kind: 'ok' | 'error' } | null = null;
   loadError = '';
+  filter = '';
   armedKill: number | null = null;
   busy = new Set<string>();
 
@@ -244,7 +254,11 @@ export class CloveDashboard extends LitElement {
       setInterval(async () => {
         try {
           const m = await probeFleet(this.token!);
-          if (m) this.fleet = m;
+          if (!m) return;
+          this.fleet = m;
+          // The first machine to connect to an empty relay is opened without a click.
+          const first = m.find((x) => x.connected);
+          if (!this.machine && first) void this.openMachine(first.id);
         } catch (e) {
           if (e instanceof ApiError && e.unauthorized) this.toAuth('The token was refused.');
         }
@@ -301,7 +315,21 @@ export class CloveDashboard extends LitElement {
   }
 
   private onStatus(s: StreamStatus): void {
+    const wasDown = this.status === 'reconnecting';
     this.status = s;
+    // Back after a drop: events may have been missed, and a restarted kernel numbers them from 1 again.
+    if (s === 'open' && wasDown && this.api) {
+      const gen = this.generation;
+      this.api.events(100).then(
+        (evs) => {
+          if (gen !== this.generation) return;
+          this.events = [];
+          this.mergeEvents(evs);
+        },
+        () => undefined,
+      );
+      void this.refreshServices();
+    }
     // A stream that keeps failing may be a revoked token: ask the REST API, which says 401 clearly.
     if (s === 'reconnecting' && this.api) {
       const gen = this.generation;
@@ -518,7 +546,9 @@ export class CloveDashboard extends LitElement {
                     >${m.connected ? 'connected' : 'offline'}</span
                   >
                 </td>
-                <td class="num">${m.agents ?? '—'}</td>
+                <td class="num" data-testid="machine-agents">
+                  ${m.id === this.machine && this.phase === 'ready' ? this.agents.length : (m.agents ?? '—')}
+                </td>
               </tr>`,
           )}
         </tbody>
@@ -542,7 +572,7 @@ export class CloveDashboard extends LitElement {
           <span>Machine memory</span><strong>${bytes(mem?.used)} / ${bytes(mem?.total)}</strong>
         </div>
       </section>
-      <section class="charts" data-testid="charts">
+      <section class="charts" data-testid="charts" data-samples=${this.sampler.ring.size}>
         ${CHARTS.map(
           (c) =>
             html`<clove-chart
@@ -561,9 +591,33 @@ export class CloveDashboard extends LitElement {
   }
 
   private renderAgents(): TemplateResult {
-    const rows = this.agents.slice().sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
+    const needle = this.filter.trim().toLowerCase();
+    const matching = this.agents
+      .filter((a) => !needle || matches(a, needle))
+      .sort((a, b) => a.name.localeCompare(b.name) || a.id - b.id);
+    const rows = matching.slice(0, MAX_ROWS);
     return html`<section class="card">
-      <h2>Agents</h2>
+      <div class="title-row">
+        <h2>Agents</h2>
+        <input
+          class="filter"
+          data-testid="agent-filter"
+          type="search"
+          placeholder="filter: name, state, label, node"
+          aria-label="filter agents"
+          .value=${this.filter}
+          @input=${(e: Event) => (this.filter = (e.target as HTMLInputElement).value)}
+        />
+        ${
+          matching.length > rows.length
+            ? html`<span class="muted" data-testid="agents-truncated"
+                >showing ${rows.length} of ${matching.length}: filter to narrow</span
+              >`
+            : needle
+              ? html`<span class="muted">${matching.length} of ${this.agents.length}</span>`
+              : nothing
+        }
+      </div>
       <div class="scroll">
         <table class="agents" data-testid="agents-grid">
           <thead>

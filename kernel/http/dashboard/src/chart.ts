@@ -46,7 +46,15 @@ export class CloveChart extends LitElement {
         y: { range: (_u, min, max) => [Math.min(0, min), Math.max(1, max) * 1.1] },
       },
       axes: [
-        { stroke: '#8a94a6', grid: { stroke: '#2a3140' }, ticks: { stroke: '#2a3140' } },
+        {
+          stroke: '#8a94a6',
+          grid: { stroke: '#2a3140' },
+          ticks: { stroke: '#2a3140' },
+          // Whole seconds and up, as wall-clock times (the samples are a second apart).
+          incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
+          space: 60,
+          values: (_u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour12: false })),
+        },
         {
           stroke: '#8a94a6',
           grid: { stroke: '#2a3140' },
