@@ -343,6 +343,39 @@ describe('reconnect', () => {
   }, 60_000);
 });
 
+describe('a fast-path kernel (docs/fastpath.md) behind the tunnel', () => {
+  it('serves remote sessions in JavaScript with their own identity; messages reach them both ways', async () => {
+    const store = new TokenStore(path.join(dir, 'relay'));
+    const fastToken = store.add('machine', 'fast').token;
+    const fast = await startKernel({ fastPath: true });
+    try {
+      const c = await fast.client();
+      await c.tunnelConnect({ relay_url: `ws://127.0.0.1:${port}`, machine_id: 'fast', token: fastToken });
+      const s = await remoteSession(tok.alice, 'fast');
+      try {
+        const hello = await s.call(Op.HELLO, {});
+        const sid = hello.body.agent_id as number;
+        expect(hello.body.role).toBe('client');
+        expect((await s.call(Op.SEND, { to: (await c.hello()).agent_id, message: 'up' })).body.success).toBe(
+          true,
+        );
+        expect((await c.recv({ max: 1, timeoutMs: 10_000 })).messages[0]).toMatchObject({
+          from: sid,
+          message: 'up',
+        });
+        await c.send(sid, 'down');
+        const got = await s.call(Op.RECV, { max: 1, timeout_ms: 10_000 });
+        expect(got.body.messages[0]).toMatchObject({ message: 'down' });
+      } finally {
+        s.close();
+      }
+    } finally {
+      await fast.stop();
+      store.revoke('machine:fast');
+    }
+  }, 60_000);
+});
+
 describe('limits, with a stand-in kernel on the tunnel', () => {
   it('a silent kernel costs a 504 after the timeout; a big body is 413; a second session replaces the first (4409)', async () => {
     const d = tempDir('rlim');
