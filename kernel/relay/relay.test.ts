@@ -419,6 +419,16 @@ describe('limits, with a stand-in kernel on the tunnel', () => {
       const k2 = await dial();
       expect(await k1.closed).toBe(4409);
       expect(r.connected()).toEqual(['slow']);
+      // A kernel sending nonsense loses those messages; the relay and the tunnel stay up.
+      const pending = fetch(`http://127.0.0.1:${p}/api/v1/machines/slow/system`, { headers: auth });
+      await until(() => k2.got.some((m) => m.t === 'req'), 5_000, 'the request');
+      const id = k2.got.find((m) => m.t === 'req')!.id!;
+      k2.ws.send('not json');
+      k2.ws.send(JSON.stringify({ t: 'res', id, status: 200, headers: 5, body: 'e30=' }));
+      k2.ws.send(JSON.stringify({ t: 'data', id: 'x', data: 7 }));
+      expect((await pending).status).toBe(502);
+      expect((await fetch(`http://127.0.0.1:${p}/healthz`)).status).toBe(200);
+      expect(r.connected()).toEqual(['slow']);
       k2.ws.close();
     } finally {
       await r.close();
