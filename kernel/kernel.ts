@@ -53,7 +53,7 @@ import cluster from './syscalls/cluster/index.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
-import type { HttpHandle } from './http/index.js';
+import type { HttpHandle, KernelApiOptions } from './http/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -419,30 +419,34 @@ export class Kernel {
   private async startHttp(at: { host: string; port: number }, dispatcher: Dispatcher): Promise<void> {
     const { startHttp } = await import('./http/index.js');
     try {
-      this.http = await startHttp({
-        ...at,
-        dataDir: this.opts.dataDir,
-        dispatcher,
-        principals: this.principals,
-        events: this.events,
-        log: this.log,
-        maxBodyBytes: this.opts.maxPayload,
-        ready: () => this.closing === null && this.listening,
-        info: () => ({
-          version: KERNEL_VERSION,
-          pid: process.pid,
-          started_at: this.startedAt,
-          uptime_ms: Date.now() - this.startedAt,
-          fast_path: this.opts.fastPath,
-          node: this.opts.cluster?.node ?? null,
-          sandbox: this.sandbox?.summary ?? null,
-        }),
-        templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
-      });
+      this.http = await startHttp({ ...at, ...this.apiOptions(dispatcher) });
     } catch (e) {
       await this.close();
       throw new KernelStartError(`cannot serve HTTP on ${at.host}:${at.port}: ${(e as Error).message}`, 2);
     }
+  }
+
+  /** What the HTTP API (kernel/http/: `startHttp`, or `createKernelApi` for a listener of its own) needs. */
+  private apiOptions(dispatcher: Dispatcher): KernelApiOptions {
+    return {
+      dataDir: this.opts.dataDir,
+      dispatcher,
+      principals: this.principals,
+      events: this.events,
+      log: this.log,
+      maxBodyBytes: this.opts.maxPayload,
+      ready: () => this.closing === null && this.listening,
+      info: () => ({
+        version: KERNEL_VERSION,
+        pid: process.pid,
+        started_at: this.startedAt,
+        uptime_ms: Date.now() - this.startedAt,
+        fast_path: this.opts.fastPath,
+        node: this.opts.cluster?.node ?? null,
+        sandbox: this.sandbox?.summary ?? null,
+      }),
+      templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) },
+    };
   }
 
   /** Tells the fast path whether an agent may be sent to (as the ipc family decides: alive for the kernel). */
