@@ -333,6 +333,12 @@ export function createApi(deps: ApiDeps): Api {
   app.get('/api/v1/agents/:id/logs', async (c) => {
     const tail = intParam(c, 'tail', 100, 1, 10_000);
     const a = await findAgent(c.req.param('id'), c.req.raw.signal);
+    // A log file lives on its agent's node: another node's path means nothing here.
+    if ((a.node ?? null) !== (deps.info().node ?? null))
+      throw new ApiError(
+        'not_supported',
+        `${a.name} runs on node ${a.node}: read its logs through that node's API`,
+      );
     return c.json({ agent_id: a.id, name: a.name, lines: a.log_file ? tailLines(a.log_file, tail) : [] });
   });
 
