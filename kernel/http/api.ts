@@ -132,6 +132,20 @@ export function createApi(deps: ApiDeps): Api {
     broadcast({ type: 'event', event });
   });
 
+  /**
+   * Every agent: on a cluster, every live node's (LIST `all_nodes`; KILL and the other verbs reach them
+   * through the cluster router); this node's alone while the cluster does not answer.
+   */
+  const listAll = async (signal?: AbortSignal): Promise<AgentInfo[]> => {
+    try {
+      return (await read('LIST', { all_nodes: true }, signal)) as AgentInfo[];
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'cluster_unavailable')
+        return (await read('LIST', {}, signal)) as AgentInfo[];
+      throw e;
+    }
+  };
+
   /** An agent's measured figures (METRICS_ALL_AGENTS), as the rows show them. */
   interface Measured {
     cpu_seconds: number;
@@ -201,9 +215,12 @@ export function createApi(deps: ApiDeps): Api {
 
   /** The agents' rows: LIST (as of now) joined with the latest measurement (at most `maxAge` old). */
   const agents = async (signal?: AbortSignal): Promise<AgentRow[]> => {
-    const [list, cached] = await Promise.all([read('LIST', {}, signal) as Promise<AgentInfo[]>, measure()]);
-    // An agent newer than the measurement is measured at once (a new row never shows zeros).
-    const byId = list.some((a) => !cached.has(a.id)) ? await measure(true) : cached;
+    const [list, cached] = await Promise.all([listAll(signal), measure()]);
+    // A local agent newer than the measurement is measured at once (a new row never shows zeros);
+    // other nodes' agents are measured by their own kernels (their rows here carry LIST's fields).
+    const here = deps.info().node ?? null;
+    const local = (a: AgentInfo) => (a.node ?? null) === here;
+    const byId = list.some((a) => local(a) && !cached.has(a.id)) ? await measure(true) : cached;
     return list.map((a) => {
       const m = byId.get(a.id);
       return {
@@ -232,7 +249,7 @@ export function createApi(deps: ApiDeps): Api {
   };
 
   const findAgent = async (key: string, signal?: AbortSignal): Promise<AgentInfo> => {
-    const list = (await read('LIST', {}, signal)) as AgentInfo[];
+    const list = await listAll(signal);
     const a = /^\d+$/.test(key) ? list.find((x) => x.id === Number(key)) : list.find((x) => x.name === key);
     if (!a) throw new ApiError('not_found', `no such agent: ${key}`);
     return a;
@@ -316,6 +333,12 @@ export function createApi(deps: ApiDeps): Api {
   app.get('/api/v1/agents/:id/logs', async (c) => {
     const tail = intParam(c, 'tail', 100, 1, 10_000);
     const a = await findAgent(c.req.param('id'), c.req.raw.signal);
+    // A log file lives on its agent's node: another node's path means nothing here.
+    if ((a.node ?? null) !== (deps.info().node ?? null))
+      throw new ApiError(
+        'not_supported',
+        `${a.name} runs on node ${a.node}: read its logs through that node's API`,
+      );
     return c.json({ agent_id: a.id, name: a.name, lines: a.log_file ? tailLines(a.log_file, tail) : [] });
   });
 
