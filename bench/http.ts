@@ -8,12 +8,16 @@
  * Writes reports/http.json and reports/http.md. The rows are a list of targets (`TARGETS`): a relay
  * in front of the kernel adds its rows there (same paths through /api/v1/machines/:machine/...).
  */
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { KernelProcess } from '../harness/kernel.js';
-import { until } from '../harness/kernel.js';
+import { REPO_ROOT, tempDir, until } from '../harness/kernel.js';
+import { freePort, waitForPort } from '../harness/services.js';
 import { machineInfo, machineLine } from './lib/machine.js';
-import { startKernel } from './lib/child.js';
+import { startKernel, stopChild } from './lib/child.js';
 import { envelope, givenFlags, mdTable, parseFlags, writeJson, writeText } from './lib/report.js';
 import { r } from './lib/stats.js';
 
@@ -106,11 +110,66 @@ async function apiOf(k: KernelProcess): Promise<{ url: string; token: string }> 
   return { url: m[1], token: m[2] };
 }
 
+/**
+ * A relay process (`clove relay`) with a machine token for the kernel and a user token for the bench
+ * (made with `clove relay token add`), so that the relay's rows go relay → tunnel → kernel.
+ */
+async function startRelay(): Promise<{
+  url: string;
+  machineTokenFile: string;
+  userToken: string;
+  dir: string;
+  stop(): Promise<void>;
+}> {
+  const dir = tempDir('rbench');
+  const clove = path.join(REPO_ROOT, 'bin', 'clove.js');
+  const tokenOf = (...a: string[]) =>
+    execFileSync(process.execPath, [clove, 'relay', '--data-dir', dir, 'token', 'add', ...a], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  const machineTokenFile = path.join(dir, 'machine-token');
+  fs.writeFileSync(machineTokenFile, `${tokenOf('--machine', 'bench')}\n`, { mode: 0o600 });
+  const userToken = tokenOf('--user', 'bench');
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    [clove, 'relay', '--listen', `127.0.0.1:${port}`, '--data-dir', dir, '--log-level', 'warn'],
+    { stdio: ['ignore', 'ignore', 'inherit'] },
+  );
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  await waitForPort(port, 15_000, exited);
+  return {
+    url: `http://127.0.0.1:${port}`,
+    machineTokenFile,
+    userToken,
+    dir,
+    stop: async () => {
+      await stopChild(child);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   const machine = machineInfo();
+  const relay = await startRelay();
   const k = await startKernel({
-    extra: ['--http', '127.0.0.1:0', '--log-format', 'json', '--log-level', 'info'],
+    extra: [
+      '--http',
+      '127.0.0.1:0',
+      '--log-format',
+      'json',
+      '--log-level',
+      'info',
+      '--relay',
+      relay.url,
+      '--machine-id',
+      'bench',
+      '--relay-token-file',
+      relay.machineTokenFile,
+    ],
   });
   const rows: Row[] = [];
   try {
@@ -131,11 +190,31 @@ async function main(): Promise<void> {
       { name: 'GET /api/v1/agents', via: 'kernel', url: `${url}/api/v1/agents`, headers },
       { name: 'GET /metrics', via: 'kernel', url: `${url}/metrics`, headers },
       { name: 'GET /healthz', via: 'kernel', url: `${url}/healthz`, headers: {} },
-      // The relay's rows (relay → tunnel → this kernel) are added here.
     ];
+    // The relay's rows: the same paths, relay → tunnel → this kernel; and the relay's own fleet view.
+    const viaRelay = 'relay → tunnel → kernel';
+    const userHeaders = { authorization: `Bearer ${relay.userToken}` };
+    const base = `${relay.url}/api/v1/machines/bench`;
+    await until(
+      async () => (await fetch(`${base}/agents`, { headers: userHeaders })).status === 200,
+      30_000,
+      'the kernel to be reachable through the relay',
+    );
+    TARGETS.push(
+      { name: 'GET /api/v1/agents', via: viaRelay, url: `${base}/agents`, headers: userHeaders },
+      { name: 'GET /api/v1/system', via: viaRelay, url: `${base}/system`, headers: userHeaders },
+      {
+        name: 'GET /api/v1/machines',
+        via: 'relay',
+        url: `${relay.url}/api/v1/machines`,
+        headers: userHeaders,
+      },
+      { name: 'GET /healthz', via: 'relay', url: `${relay.url}/healthz`, headers: {} },
+    );
     rows.push(...(await measure(TARGETS)));
   } finally {
     await k.stop();
+    await relay.stop();
   }
   const env = envelope('http', {
     quick: QUICK,
@@ -158,6 +237,10 @@ async function main(): Promise<void> {
     "the agents' measured figures (METRICS_ALL_AGENTS: each agent's cgroup and /proc files), taken at most once",
     'a second and shared by every request; `/metrics` also renders ~15 series per agent and the process metrics.',
     '`/healthz` is the bare HTTP stack (Hono on @hono/node-server).',
+    '',
+    'Rows via `relay → tunnel → kernel`: the same kernel dialled out to a relay process (`clove relay`, on this',
+    'machine), and autocannon calls the relay with a user token; each request crosses the relay, one WebSocket',
+    "(the tunnel, JSON messages with base64 bodies) and the kernel's API app. `via relay` rows are the relay alone.",
     '',
     mdTable(
       [

@@ -59,7 +59,7 @@ import { applyPressure } from './worlds/pressure.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
 import { ClusterRouter } from './cluster/router.js';
 import type { ClusterOptions } from './cluster/types.js';
-import type { HttpHandle } from './http/index.js';
+import type { HttpHandle, KernelApiOptions } from './http/index.js';
 
 export { KERNEL_VERSION } from './version.js';
 export { KernelStartError } from './core/errors.js';
@@ -485,25 +485,7 @@ export class Kernel {
   private async startHttp(at: { host: string; port: number }, dispatcher: Dispatcher): Promise<void> {
     const { startHttp } = await import('./http/index.js');
     try {
-      this.http = await startHttp({
-        ...at,
-        dataDir: this.opts.dataDir,
-        dispatcher,
-        principals: this.principals,
-        events: this.events,
-        log: this.log,
-        ready: () => this.closing === null && this.listening,
-        info: () => ({
-          version: KERNEL_VERSION,
-          pid: process.pid,
-          started_at: this.startedAt,
-          uptime_ms: Date.now() - this.startedAt,
-          fast_path: this.opts.fastPath,
-          node: this.opts.cluster?.node ?? null,
-          sandbox: this.sandbox?.summary ?? null,
-        }),
-        templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
-      });
+      this.http = await startHttp({ ...at, ...this.apiOptions(dispatcher) });
     } catch (e) {
       await this.close();
       throw new KernelStartError(`cannot serve HTTP on ${at.host}:${at.port}: ${(e as Error).message}`, 2);
@@ -514,37 +496,45 @@ export class Kernel {
   private apiForTunnel(): Promise<TunnelApi & { close?(): void }> {
     if (this.tunnelApi) return this.tunnelApi;
     const http = this.http;
-    this.tunnelApi = http
-      ? import('./http/index.js').then(({ ensureToken }) => ({
+    const dispatcher = this.dispatcher!;
+    this.tunnelApi = import('./http/index.js').then(({ ensureToken, createKernelApi }) => {
+      if (http)
+        return {
           fetch: (req: Request) => http.api.app.fetch(req),
           subscribe: (send: (m: string) => void) => http.api.subscribe(send),
           token: ensureToken(this.opts.dataDir),
-        }))
-      : import('./tunnel/api.js').then(({ buildTunnelApi }) =>
-          buildTunnelApi({
-            dataDir: this.opts.dataDir,
-            dispatcher: this.dispatcher!,
-            principals: this.principals,
-            events: this.events,
-            log: this.log,
-            ready: () => this.closing === null && this.listening,
-            info: () => this.info(),
-            templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) as never },
-          }),
-        );
+        };
+      const k = createKernelApi(this.apiOptions(dispatcher));
+      return {
+        fetch: (req: Request) => k.api.app.fetch(req),
+        subscribe: (send: (m: string) => void) => k.api.subscribe(send),
+        token: k.token,
+        close: () => k.close(),
+      };
+    });
     return this.tunnelApi;
   }
 
-  /** What /api/v1/system says about the kernel itself. */
-  private info(): Record<string, unknown> {
+  /** What the HTTP API (kernel/http/: `startHttp`, or `createKernelApi` for a listener of its own) needs. */
+  private apiOptions(dispatcher: Dispatcher): KernelApiOptions {
     return {
-      version: KERNEL_VERSION,
-      pid: process.pid,
-      started_at: this.startedAt,
-      uptime_ms: Date.now() - this.startedAt,
-      fast_path: this.opts.fastPath,
-      node: this.opts.cluster?.node ?? null,
-      sandbox: this.sandbox?.summary ?? null,
+      dataDir: this.opts.dataDir,
+      dispatcher,
+      principals: this.principals,
+      events: this.events,
+      log: this.log,
+      maxBodyBytes: this.opts.maxPayload,
+      ready: () => this.closing === null && this.listening,
+      info: () => ({
+        version: KERNEL_VERSION,
+        pid: process.pid,
+        started_at: this.startedAt,
+        uptime_ms: Date.now() - this.startedAt,
+        fast_path: this.opts.fastPath,
+        node: this.opts.cluster?.node ?? null,
+        sandbox: this.sandbox?.summary ?? null,
+      }),
+      templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) },
     };
   }
 
@@ -604,9 +594,10 @@ export class Kernel {
     this.tunnel?.close();
     void this.tunnelApi?.then((a) => a.close?.()).catch(() => {});
     this.server?.stopListening();
-    await this.http?.close();
     this.cluster?.beginClose();
+    // The HTTP API answers (/readyz: 503) while the agents stop, then goes before the connections do.
     await this.supervisor.shutdown(this.opts.shutdownGraceMs);
+    await this.http?.close();
     this.server?.closeAll();
     // The lease is revoked: this node's names go at once (its restartable agents' definitions stay).
     await this.cluster?.close();

@@ -274,6 +274,13 @@ describe('HTTP API on a real kernel', () => {
       expect(dup2.body.error).toBe('name_taken');
       await h.req('POST', '/api/v1/agents/twin/kill');
 
+      const huge = await h.json('POST', '/api/v1/agents', {
+        command: ['sleep', '1'],
+        env: { X: 'x'.repeat(2 << 20) },
+      });
+      expect(huge.status).toBe(413);
+      expect(huge.body.error).toBe('too_large');
+
       const route = await h.json('GET', '/api/v1/nothing');
       expect(route.status).toBe(404);
       expect(route.body.error).toBe('not_found');
@@ -627,6 +634,51 @@ describe('HTTP API on a fast-path kernel', () => {
       expect(sample(s, 'clove_agent_syscalls_total', { agent: 'fastchat' })).toBeGreaterThanOrEqual(8);
       const sys = await h.json<{ kernel: { fast_path: boolean } }>('GET', '/api/v1/system');
       expect(sys.body.kernel.fast_path).toBe(true);
+    } finally {
+      await k.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('scale after a kernel restart', () => {
+  it('copies the SPAWN request a restored replica was persisted with', async () => {
+    const dir = tempDir();
+    const opts = {
+      http: { host: '127.0.0.1', port: 0 },
+      dataDir: path.join(dir, 'data'),
+      socketPath: path.join(dir, 'k.sock'),
+    };
+    const labels = { 'clove.project': 'p', 'clove.service': 'web', 'clove.replica': '1' };
+    let k = await startKernel(opts);
+    try {
+      const r = await http(k).json('POST', '/api/v1/agents', {
+        command: ['sleep', '1000'],
+        name: 'web-1',
+        labels,
+        restart_policy: 'always',
+      });
+      expect(r.status).toBe(201);
+      await k.stop();
+      k = await startKernel(opts);
+      const h = http(k);
+      await until(
+        async () => (await h.json('GET', '/api/v1/agents/web-1')).body.state === 'RUNNING',
+        20_000,
+        'web-1 restored',
+      );
+      const up = await h.json('POST', '/api/v1/services/p/web/scale', { replicas: 2 });
+      expect(up.status, JSON.stringify(up.body)).toBe(200);
+      expect(up.body.started).toEqual(['web-2']);
+      const w2 = await h.json<{ labels: Record<string, string>; restart_policy: string; state: string }>(
+        'GET',
+        '/api/v1/agents/web-2',
+      );
+      expect(w2.body).toMatchObject({
+        labels: { ...labels, 'clove.replica': '2' },
+        restart_policy: 'always',
+        state: 'RUNNING',
+      });
     } finally {
       await k.stop();
       fs.rmSync(dir, { recursive: true, force: true });

@@ -8,6 +8,7 @@
  */
 import fs from 'node:fs';
 import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
 import type { AgentInfo, AgentMetrics, OpName, SystemMetrics } from '../../protocol/index.js';
 import { ApiError } from './errors.js';
 import { EventHistory, type ApiEvent } from './history.js';
@@ -43,6 +44,8 @@ export interface ApiDeps {
   mountStatic?(app: Hono): void;
   /** How old the agents' measured figures (CPU, memory, messages, quotas) may be (default 1000 ms). */
   metricsMaxAgeMs?: number;
+  /** The largest request body (default 1 MiB, the socket's default payload limit); larger: 413 too_large. */
+  maxBodyBytes?: number;
   /** How often the stream sends a metrics message (default 1000 ms). */
   streamIntervalMs?: number;
 }
@@ -129,6 +132,20 @@ export function createApi(deps: ApiDeps): Api {
     broadcast({ type: 'event', event });
   });
 
+  /**
+   * Every agent: on a cluster, every live node's (LIST `all_nodes`; KILL and the other verbs reach them
+   * through the cluster router); this node's alone while the cluster does not answer.
+   */
+  const listAll = async (signal?: AbortSignal): Promise<AgentInfo[]> => {
+    try {
+      return (await read('LIST', { all_nodes: true }, signal)) as AgentInfo[];
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'cluster_unavailable')
+        return (await read('LIST', {}, signal)) as AgentInfo[];
+      throw e;
+    }
+  };
+
   /** An agent's measured figures (METRICS_ALL_AGENTS), as the rows show them. */
   interface Measured {
     cpu_seconds: number;
@@ -198,9 +215,12 @@ export function createApi(deps: ApiDeps): Api {
 
   /** The agents' rows: LIST (as of now) joined with the latest measurement (at most `maxAge` old). */
   const agents = async (signal?: AbortSignal): Promise<AgentRow[]> => {
-    const [list, cached] = await Promise.all([read('LIST', {}, signal) as Promise<AgentInfo[]>, measure()]);
-    // An agent newer than the measurement is measured at once (a new row never shows zeros).
-    const byId = list.some((a) => !cached.has(a.id)) ? await measure(true) : cached;
+    const [list, cached] = await Promise.all([listAll(signal), measure()]);
+    // A local agent newer than the measurement is measured at once (a new row never shows zeros);
+    // other nodes' agents are measured by their own kernels (their rows here carry LIST's fields).
+    const here = deps.info().node ?? null;
+    const local = (a: AgentInfo) => (a.node ?? null) === here;
+    const byId = list.some((a) => local(a) && !cached.has(a.id)) ? await measure(true) : cached;
     return list.map((a) => {
       const m = byId.get(a.id);
       return {
@@ -229,7 +249,7 @@ export function createApi(deps: ApiDeps): Api {
   };
 
   const findAgent = async (key: string, signal?: AbortSignal): Promise<AgentInfo> => {
-    const list = (await read('LIST', {}, signal)) as AgentInfo[];
+    const list = await listAll(signal);
     const a = /^\d+$/.test(key) ? list.find((x) => x.id === Number(key)) : list.find((x) => x.name === key);
     if (!a) throw new ApiError('not_found', `no such agent: ${key}`);
     return a;
@@ -271,6 +291,18 @@ export function createApi(deps: ApiDeps): Api {
     return next();
   });
 
+  const maxBody = deps.maxBodyBytes ?? 1024 * 1024;
+  app.use(
+    '/api/*',
+    bodyLimit({
+      maxSize: maxBody,
+      onError: async (c) => {
+        await discardBody(c.req.raw);
+        return c.json({ error: 'too_large', message: `request body larger than ${maxBody} bytes` }, 413);
+      },
+    }),
+  );
+
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
   app.get('/readyz', (c) =>
     deps.ready() ? c.json({ status: 'ready' }) : c.json({ status: 'not ready' }, 503),
@@ -301,6 +333,12 @@ export function createApi(deps: ApiDeps): Api {
   app.get('/api/v1/agents/:id/logs', async (c) => {
     const tail = intParam(c, 'tail', 100, 1, 10_000);
     const a = await findAgent(c.req.param('id'), c.req.raw.signal);
+    // A log file lives on its agent's node: another node's path means nothing here.
+    if ((a.node ?? null) !== (deps.info().node ?? null))
+      throw new ApiError(
+        'not_supported',
+        `${a.name} runs on node ${a.node}: read its logs through that node's API`,
+      );
     return c.json({ agent_id: a.id, name: a.name, lines: a.log_file ? tailLines(a.log_file, tail) : [] });
   });
 
@@ -378,6 +416,26 @@ async function optionalBody(c: Context): Promise<Record<string, unknown>> {
   if (v === null || typeof v !== 'object' || Array.isArray(v))
     throw new ApiError('invalid_request', 'invalid request: body must be a JSON object');
   return v as Record<string, unknown>;
+}
+
+/**
+ * Reads what is left of a refused body and drops it (up to 64 MiB, never buffered): a client still
+ * sending its body must get to read the 413, not a connection closed under it.
+ */
+async function discardBody(req: Request): Promise<void> {
+  const reader = req.body?.getReader();
+  if (!reader) return;
+  let n = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done || (n += value.byteLength) > 64 << 20) break;
+    }
+  } catch {
+    // the client went away
+  } finally {
+    reader.releaseLock();
+  }
 }
 
 /** An integer query parameter within [min, max], `dflt` when absent; anything else is a 400 naming it. */

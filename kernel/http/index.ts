@@ -21,9 +21,7 @@ export { ApiError } from './errors.js';
 export { HttpService, STREAM_PATH } from './service.js';
 export { ensureToken, tokenFile } from './token.js';
 
-export interface HttpStartOptions {
-  host: string;
-  port: number;
+export interface KernelApiOptions {
   dataDir: string;
   dispatcher: Dispatcher;
   principals: Principals;
@@ -31,8 +29,22 @@ export interface HttpStartOptions {
   log: Logger;
   ready(): boolean;
   info(): Record<string, unknown>;
+  /** The largest request body (the kernel's --max-payload). */
+  maxBodyBytes: number;
   /** The SPAWN request an agent was started with (the agents service keeps it): server-side scale. */
   templates: SpawnTemplates;
+}
+
+export interface HttpStartOptions extends KernelApiOptions {
+  host: string;
+  port: number;
+}
+
+export interface KernelApi {
+  api: Api;
+  token: string;
+  /** Ends the API's calls, its stream and its event taps. */
+  close(): void;
 }
 
 export interface HttpHandle {
@@ -69,8 +81,11 @@ export function callerFor(
   };
 }
 
-/** Builds the API and listens on `host:port`; the URL it logs carries the token (`#token=`) for the dashboard. */
-export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
+/**
+ * The kernel's API without a listener: the token, its two operator principals, the Prometheus registry
+ * and the app. `startHttp` listens with it; the relay's tunnel can serve it without any listener.
+ */
+export function createKernelApi(o: KernelApiOptions): KernelApi {
   const token = ensureToken(o.dataDir);
   const principal = apiPrincipal(o.principals, 'http');
   const reader = apiPrincipal(o.principals, 'http-monitor');
@@ -96,8 +111,24 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
     metrics: () => prom.expose(),
     scale: makeScale(call, o.templates),
     mountStatic: (app) => mountDashboard(app),
+    maxBodyBytes: o.maxBodyBytes,
   });
   rows.of = () => api.agents();
+  return {
+    api,
+    token,
+    close: () => {
+      life.abort();
+      api.close();
+      prom.close();
+    },
+  };
+}
+
+/** Builds the API and listens on `host:port`; the URL it logs carries the token (`#token=`) for the dashboard. */
+export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
+  const k = createKernelApi(o);
+  const { api, token } = k;
   const service = new HttpService({ api, token, host: o.host, port: o.port, log: o.log });
   const addr = await service.listen();
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
@@ -113,9 +144,7 @@ export async function startHttp(o: HttpStartOptions): Promise<HttpHandle> {
     service,
     url,
     close: async () => {
-      life.abort();
-      api.close();
-      prom.close();
+      k.close();
       await service.close();
     },
   };

@@ -6,13 +6,13 @@
  * next replica's name and labels; scaling down stops the highest replicas first. Every step is a
  * syscall as the API's operator (SPAWN, KILL), so rights, audit and the cluster router apply.
  */
-import type { AgentInfo, OpName } from '../../protocol/index.js';
+import type { AgentInfo, SpawnArgs } from '../../protocol/index.js';
 import { LABEL, type ApiDeps, type ScaleResult } from './api.js';
 import { ApiError } from './errors.js';
 
 export interface SpawnTemplates {
   /** The SPAWN request the agent `id` was started with, if it is known. */
-  spawnRequestOf(id: number): Record<string, unknown> | undefined;
+  spawnRequestOf(id: number): SpawnArgs | undefined;
 }
 
 const DEAD = new Set(['STOPPED', 'FAILED']);
@@ -24,7 +24,8 @@ function replicaOf(a: AgentInfo): number {
 
 export function makeScale(call: ApiDeps['call'], templates: SpawnTemplates): NonNullable<ApiDeps['scale']> {
   return async (project, service, replicas, signal): Promise<ScaleResult> => {
-    const list = (await call('LIST' as OpName, {}, signal)) as AgentInfo[];
+    // Every node's replicas (a kernel without --cluster lists its own).
+    const list = (await call('LIST', { all_nodes: true }, signal)) as AgentInfo[];
     const mine = list.filter(
       (a) => a.labels?.[LABEL.project] === project && a.labels?.[LABEL.service] === service,
     );
@@ -44,7 +45,7 @@ export function makeScale(call: ApiDeps['call'], templates: SpawnTemplates): Non
     const stopped: string[] = [];
     // Highest replica first, as `clove scale` does.
     for (const a of alive.filter((x) => !want.has(x.name)).sort((x, y) => replicaOf(y) - replicaOf(x))) {
-      await call('KILL' as OpName, { id: a.id }, signal);
+      await call('KILL', { id: a.id }, signal);
       stopped.push(a.name);
     }
     const have = new Set(alive.map((a) => a.name));
@@ -64,8 +65,8 @@ export function makeScale(call: ApiDeps['call'], templates: SpawnTemplates): Non
         );
       for (const name of missing) {
         const i = Number(name.slice(service.length + 1));
-        const labels = { ...((template.labels as Record<string, string>) ?? {}), [LABEL.replica]: String(i) };
-        await call('SPAWN' as OpName, { ...template, name, labels }, signal);
+        const labels = { ...(template.labels ?? {}), [LABEL.replica]: String(i) };
+        await call('SPAWN', { ...template, name, labels }, signal);
         started.push(name);
       }
     }

@@ -39,6 +39,9 @@ export async function runRelay(o: RelayRunOptions): Promise<number> {
     process.stderr.write(`clove: cannot start the relay on ${o.host}:${o.port}: ${(e as Error).message}\n`);
     return 2;
   }
+  // One kernel or user must never take the relay down: a bug that escapes a handler is logged.
+  process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception (relay keeps running)'));
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection (relay keeps running)'));
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {

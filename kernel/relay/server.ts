@@ -72,6 +72,26 @@ function fail(c: Context, status: number, error: string, message: string): Respo
   return c.json({ error, message }, status as never);
 }
 
+/**
+ * Reads and drops the rest of a refused body (at most 16 MiB), so that the client, still writing, reads
+ * the 413 instead of a reset connection.
+ */
+async function discard(req: Request): Promise<void> {
+  const reader = req.body?.getReader();
+  if (!reader) return;
+  let n = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done || (n += value.byteLength) > 16 << 20) break;
+    }
+  } catch {
+    // the client went away
+  } finally {
+    reader.releaseLock();
+  }
+}
+
 /** The token a request carries: `Authorization: Bearer`, or a browser WebSocket's `bearer.<token>` subprotocol. */
 function presentedToken(headers: http.IncomingHttpHeaders | Headers): string | undefined {
   const get = (k: string): string | undefined => {
@@ -108,7 +128,14 @@ class MachineSession {
     private readonly log: Logger,
     private readonly onGone: (s: MachineSession) => void,
   ) {
-    ws.on('message', (data, binary) => this.onMessage(data, binary));
+    ws.on('message', (data, binary) => {
+      // A kernel that sends nonsense (a bug, another version) loses that message, not the relay.
+      try {
+        this.onMessage(data, binary);
+      } catch (e) {
+        log.warn({ machine, err: (e as Error).message }, 'tunnel: a message the relay cannot use (ignored)');
+      }
+    });
     ws.on('pong', () => this.touch());
     ws.on('close', (code) => this.gone(code));
     ws.on('error', (e) => log.warn({ machine, err: e.message }, 'tunnel error'));
@@ -235,11 +262,7 @@ class MachineSession {
         if (!p) return;
         this.pending.delete(m.id);
         clearTimeout(p.timer);
-        const headers = new Headers();
-        for (const [k, v] of m.headers ?? []) if (!HOP_BY_HOP.has(k.toLowerCase())) headers.append(k, v);
-        const body = m.body ? Buffer.from(m.body, 'base64') : null;
-        const noBody = m.status === 204 || m.status === 304;
-        p.resolve(new Response(noBody ? null : body, { status: m.status, headers }));
+        p.resolve(this.response(m));
         break;
       }
       case 'data': {
@@ -262,6 +285,23 @@ class MachineSession {
       }
       default:
         break;
+    }
+  }
+
+  /** The user's response from a kernel's `res`; a malformed one is a 502, never a request left hanging. */
+  private response(m: Extract<KernelMessage, { t: 'res' }>): Response {
+    try {
+      const headers = new Headers();
+      for (const [k, v] of m.headers ?? []) if (!HOP_BY_HOP.has(k.toLowerCase())) headers.append(k, v);
+      const body = m.body ? Buffer.from(m.body, 'base64') : null;
+      const noBody = m.status === 204 || m.status === 304;
+      return new Response(noBody ? null : body, { status: m.status, headers });
+    } catch (e) {
+      this.log.warn({ machine: this.machine, err: (e as Error).message }, 'tunnel: a malformed response');
+      return Response.json(
+        { error: 'upstream_failed', message: `machine ${this.machine} sent a malformed response` },
+        { status: 502 },
+      );
     }
   }
 
@@ -365,7 +405,10 @@ export class Relay {
       '/api/v1/machines/:machine/*',
       bodyLimit({
         maxSize: LIMITS.requestBody,
-        onError: (c) => fail(c, 413, 'too_large', `request body larger than ${LIMITS.requestBody} bytes`),
+        onError: async (c) => {
+          await discard(c.req.raw);
+          return fail(c, 413, 'too_large', `request body larger than ${LIMITS.requestBody} bytes`);
+        },
       }),
       async (c) => {
         const machine = c.req.param('machine');

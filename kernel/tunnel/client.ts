@@ -263,7 +263,13 @@ export class TunnelClient {
     ws.on('message', (data, binary) => {
       if (gen !== this.generation) return;
       this.lastHeard = Date.now();
-      if (!binary) this.onMessage(gen, data);
+      if (binary) return;
+      // A relay that sends nonsense loses that message, not the kernel.
+      try {
+        this.onMessage(gen, data);
+      } catch (e) {
+        this.d.log.warn({ err: (e as Error).message }, 'tunnel: a message the kernel cannot use (ignored)');
+      }
     });
     ws.on('close', (code, reason) => {
       if (code === CLOSE_REPLACED || code === CLOSE_REVOKED)
