@@ -68,7 +68,8 @@ function parseMetrics(text: string): Samples {
     'out = {}',
     'for fam in text_string_to_metric_families(sys.stdin.read()):',
     '    for s in fam.samples:',
-    '        out.setdefault(s.name, []).append({"labels": s.labels, "value": s.value})',
+    // NaN is a legal sample (prom-client's event-loop lag before its first sample); JSON has none.
+    '        out.setdefault(s.name, []).append({"labels": s.labels, "value": s.value if s.value == s.value else None})',
     'print(json.dumps(out))',
   ].join('\n');
   return JSON.parse(execFileSync('python3', ['-c', py], { input: text, encoding: 'utf8' }));
