@@ -158,6 +158,31 @@ describe('terraform module: HCL check (go run deploy/terraform/check)', () => {
   }, 600_000);
 });
 
+describe('terraform module: the cloud-init template', () => {
+  const checkDir = path.join(DEPLOY, 'terraform', 'check');
+  const goEnv = { ...process.env, GOFLAGS: '-mod=mod', GOTOOLCHAIN: 'local' };
+
+  it('a template that renders to broken YAML, or a file written without content, is caught', async () => {
+    const dir = copyDeploy();
+    try {
+      const tpl = path.join(dir, 'terraform', 'cloud-init.yaml.tftpl');
+      const good = fs.readFileSync(tpl, 'utf8');
+      edit(tpl, '  - path: /etc/default/clove-relay', '   - path: /etc/default/clove-relay');
+      let r = await run('go', ['run', '.', path.join(dir, 'terraform')], { cwd: checkDir, env: goEnv });
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(/cloud-init cloud-init\.yaml\.tftpl: rendered, it is not YAML/);
+      fs.writeFileSync(tpl, good);
+      edit(tpl, 'content: ${jsonencode(relay_unit)}', 'content: ""');
+      r = await run('go', ['run', '.', path.join(dir, 'terraform')], { cwd: checkDir, env: goEnv });
+      expect(r.code).toBe(1);
+      expect(r.stdout).toContain('write_files[1] (/etc/systemd/system/clove-relay.service) has no content');
+      expect(r.stdout).toContain('passes "relay_unit", which the template never uses');
+    } finally {
+      fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+    }
+  }, 600_000);
+});
+
 describe('kubernetes manifests: kubernetes-validate (strict, pinned version)', () => {
   const check = (dir?: string) =>
     run('python3', [path.join(DEPLOY, 'k8s', 'check.py'), ...(dir ? [dir] : [])]);

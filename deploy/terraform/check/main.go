@@ -9,7 +9,10 @@
 //   - every variable without a default has a description, and every variable is used;
 //   - every output refers to something of the module;
 //   - file() and templatefile() name files that exist, and a templatefile()'s template uses only the
-//     variables it is given (so a shell "${VAR}" that should have been "$${VAR}" is caught).
+//     variables it is given (so a shell "${VAR}" that should have been "$${VAR}" is caught);
+//   - a cloud-init template (#cloud-config) renders — file() arguments read for real, the others as
+//     placeholders — into YAML that parses, a mapping with write_files entries that each have a path
+//     and content.
 //
 // Usage: go run . [MODULE_DIR]   (default: the parent folder, deploy/terraform). Exit 1 on any problem.
 package main
@@ -26,6 +29,9 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/terraform-config-inspect/tfconfig"
 	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
+	"gopkg.in/yaml.v3"
 )
 
 // problem is one finding, printed as file:line:col: message.
@@ -336,6 +342,9 @@ func (m *module) checkFileCall(call *hclsyntax.FunctionCallExpr) {
 			m.problems = append(m.problems, problem{tr.SourceRange(), fmt.Sprintf("template %s uses %q, which templatefile() does not pass (a shell variable must be written $${%s})", rel, name, name)})
 		}
 	}
+	if strings.HasPrefix(string(src), "#cloud-config") {
+		m.checkCloudInit(call, rel, tmpl, obj)
+	}
 	for name := range given {
 		used := false
 		for _, tr := range tmpl.Variables() {
@@ -372,4 +381,71 @@ func modulePath(expr hclsyntax.Expression) (string, bool) {
 		}
 	}
 	return strings.TrimPrefix(b.String(), "/"), true
+}
+
+// checkCloudInit renders a cloud-init template the way templatefile() would — arguments that are file()
+// calls with their files' contents, every other argument as the string "placeholder-<name>" — and checks
+// the result is what cloud-init reads: YAML, a mapping, and write_files entries with a path and content.
+func (m *module) checkCloudInit(call *hclsyntax.FunctionCallExpr, rel string, tmpl hclsyntax.Expression, obj *hclsyntax.ObjectConsExpr) {
+	bad := func(format string, args ...any) {
+		m.problems = append(m.problems, problem{call.Range(), fmt.Sprintf("cloud-init %s: ", rel) + fmt.Sprintf(format, args...)})
+	}
+	vars := map[string]cty.Value{}
+	for _, item := range obj.Items {
+		key, diags := item.KeyExpr.Value(nil)
+		if diags.HasErrors() || key.Type() != cty.String {
+			continue
+		}
+		name := key.AsString()
+		vars[name] = cty.StringVal("placeholder-" + name)
+		if fc, ok := item.ValueExpr.(*hclsyntax.FunctionCallExpr); ok && fc.Name == "file" && len(fc.Args) == 1 {
+			if p, ok := modulePath(fc.Args[0]); ok {
+				if b, err := os.ReadFile(filepath.Join(m.dir, p)); err == nil {
+					vars[name] = cty.StringVal(string(b))
+				}
+			}
+		}
+	}
+	ctx := &hcl.EvalContext{
+		Variables: vars,
+		Functions: map[string]function.Function{
+			"jsonencode": stdlib.JSONEncodeFunc,
+			"upper":      stdlib.UpperFunc,
+			"lower":      stdlib.LowerFunc,
+			"join":       stdlib.JoinFunc,
+			"trimspace":  stdlib.TrimSpaceFunc,
+		},
+	}
+	out, diags := tmpl.Value(ctx)
+	if diags.HasErrors() {
+		bad("does not render: %s", diags.Error())
+		return
+	}
+	if !out.Type().Equals(cty.String) || !out.IsKnown() {
+		bad("does not render to a string")
+		return
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal([]byte(out.AsString()), &doc); err != nil {
+		bad("rendered, it is not YAML: %v", err)
+		return
+	}
+	if doc == nil {
+		bad("rendered, it is empty")
+		return
+	}
+	files, _ := doc["write_files"].([]any)
+	for i, f := range files {
+		entry, ok := f.(map[string]any)
+		if !ok {
+			bad("write_files[%d] is not a mapping", i)
+			continue
+		}
+		if p, _ := entry["path"].(string); !strings.HasPrefix(p, "/") {
+			bad("write_files[%d] has no absolute path", i)
+		}
+		if c, _ := entry["content"].(string); c == "" {
+			bad("write_files[%d] (%v) has no content", i, entry["path"])
+		}
+	}
 }
