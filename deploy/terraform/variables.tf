@@ -1,7 +1,11 @@
 variable "name" {
-  description = "Name of the instance and prefix of everything the module creates."
+  description = "Name of the instance and prefix of everything the module creates; the kernel's machine id unless machine_id is set."
   type        = string
   default     = "clove"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,64}$", var.name))
+    error_message = "name must match [A-Za-z0-9_-]{1,64} (it is the kernel's machine id by default)."
+  }
 }
 
 variable "vpc_id" {
@@ -44,6 +48,10 @@ variable "machine_id" {
   description = "The kernel's machine id at the relay (clove kernel --machine-id). Default: name."
   type        = string
   default     = null
+  validation {
+    condition     = var.machine_id == null || can(regex("^[A-Za-z0-9_-]{1,64}$", var.machine_id))
+    error_message = "machine_id must match [A-Za-z0-9_-]{1,64}."
+  }
 }
 
 variable "instance_type" {
