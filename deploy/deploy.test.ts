@@ -123,6 +123,31 @@ describe('systemd units: systemd-analyze verify (strict)', () => {
   });
 });
 
+describe("systemd units: the relay's hardening (systemd-analyze security --offline)", () => {
+  it('the relay unit scores at most its declared exposure; a weakened copy fails', async () => {
+    const verify = path.join(DEPLOY, 'systemd', 'verify.sh');
+    const ok = await must('bash', [verify]);
+    expect(ok).toMatch(/clove-relay\.service: exposure \d\.\d \(at most 2\.0\)/);
+    const dir = copyDeploy();
+    try {
+      const unit = path.join(dir, 'systemd', 'clove-relay.service');
+      for (const line of [
+        'ProtectSystem=strict',
+        'PrivateDevices=yes',
+        'RestrictNamespaces=yes',
+        'CapabilityBoundingSet=',
+      ])
+        edit(unit, new RegExp(`^${line}\n`, 'm'), '');
+      edit(unit, /^SystemCallFilter=.*\n/m, '');
+      const r = await run('bash', [verify, unit]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/clove-relay\.service: exposure \d\.\d is above its limit 2\.0/);
+    } finally {
+      fs.rmSync(path.dirname(dir), { recursive: true, force: true });
+    }
+  });
+});
+
 describe('terraform module: HCL check (go run deploy/terraform/check)', () => {
   const checkDir = path.join(DEPLOY, 'terraform', 'check');
   // The module cache is Go's default (GOPATH): the first run downloads hcl/v2 and terraform-config-inspect.

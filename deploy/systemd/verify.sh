@@ -8,6 +8,9 @@
 # units under test in /etc/systemd/system, and /usr/local/bin/clove as a wrapper that runs this checkout's
 # bin/clove.js.
 #
+# A unit that says "# exposure: at most N" (N from 0.0 to 10.0) is also scored with `systemd-analyze security
+# --offline` and fails above N: the relay's hardening cannot silently wear off.
+#
 # Usage: deploy/systemd/verify.sh UNIT.service…   (default: the units of this folder)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -50,4 +53,20 @@ if [ "$status" -ne 0 ] || [ -n "$out" ]; then
   echo "verify: FAILED (exit $status)" >&2
   exit 1
 fi
+for u in "$@"; do
+  max="$(sed -n 's/^# exposure: at most \([0-9]*\.[0-9]\)$/\1/p' "$u" | head -1)"
+  [ -n "$max" ] || continue
+  name="$(basename "$u")"
+  threshold="$(printf '%s' "$max" | tr -d .)"
+  status=0
+  out="$(SYSTEMD_LOG_COLOR=0 systemd-analyze security --offline=yes --root="$root" --no-pager \
+    --threshold="$threshold" "$name" 2>&1)" || status=$?
+  level="$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+  if [ "$status" -ne 0 ] || [ -z "$level" ]; then
+    printf '%s\n' "$out" | grep -E '^✗' | head -20 >&2 || true
+    echo "verify: $name: exposure ${level:-?} is above its limit $max (systemd-analyze security)" >&2
+    exit 1
+  fi
+  echo "verify: $name: exposure $level (at most $max)"
+done
 echo "verify: ok: $*"
