@@ -11,6 +11,7 @@ export default defineConfig({
       'chaos/**/*.test.ts',
       'ci/**/*.test.ts',
       'bench/messaging.test.ts',
+      'deploy/**/*.test.ts',
     ],
     testTimeout: 60_000,
     hookTimeout: 60_000,

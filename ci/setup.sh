@@ -20,6 +20,8 @@ command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 command -v chromium >/dev/null || need_apt+=(chromium)
 # deploy/systemd/clove.service is checked with systemd-analyze verify (deploy/deploy.test.ts).
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The deploy test builds the Docker image on a local Debian base made with debootstrap (deploy/docker/local-base.sh).
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -1,0 +1,10 @@
+# A module: the caller configures the AWS provider (region, credentials).
+terraform {
+  required_version = ">= 1.5.0"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0, < 7.0"
+    }
+  }
+}
