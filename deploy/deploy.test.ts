@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, tempDir, waitForSocket } from '../harness/kernel.js';
 import { dockerUnavailable } from '../harness/cluster/docker.js';
 import { alive } from '../harness/cluster/provider.js';
+import { freePort } from '../harness/services.js';
 import { CloveClient } from '../sdk/typescript/client.js';
 
 const DEPLOY = path.join(REPO_ROOT, 'deploy');
@@ -250,6 +251,7 @@ describe('docker image: build on a local base, run, serve', () => {
   let work = '';
   let dataDir = '';
   let client: CloveClient | null = null;
+  let httpPort = 0;
 
   /** Removes containers of this file whose test process is gone (a run killed before its afterAll). */
   async function sweep(): Promise<void> {
@@ -332,6 +334,7 @@ describe('docker image: build on a local base, run, serve', () => {
       '/sys/fs/cgroup:/sys/fs/cgroup:rw',
     ];
     container = `clove-deploy-test-${process.pid}`;
+    httpPort = await freePort();
     await must('docker', [
       'run',
       '-d',
@@ -349,6 +352,8 @@ describe('docker image: build on a local base, run, serve', () => {
       tag,
       '--log-format',
       'json',
+      '--http',
+      `127.0.0.1:${httpPort}`,
     ]);
     const socket = path.join(dataDir, 'clove.sock');
     try {
@@ -411,6 +416,35 @@ describe('docker image: build on a local base, run, serve', () => {
     expect(Number(m?.[1])).toBeGreaterThan(0);
     expect(Number(m?.[2])).toBeLessThan(10);
   }, 180_000);
+
+  it('the HTTP API serves health, its OpenAPI document, metrics and the prebuilt dashboard from the image', async () => {
+    if (!client) throw new Error(reason ?? 'no kernel');
+    const base = `http://127.0.0.1:${httpPort}`;
+    const health = await poll(async () => {
+      const r = await fetch(`${base}/healthz`).catch(() => undefined);
+      return r?.ok ? r : undefined;
+    }, 'the HTTP API to answer');
+    expect(health.status).toBe(200);
+    // The token file is written by root in the container, 0600, on the mounted data volume.
+    const tokenFile = path.join(dataDir, 'http-token');
+    expect(fs.statSync(tokenFile).mode & 0o777).toBe(0o600);
+    const token = fs.readFileSync(tokenFile, 'utf8').trim();
+    expect((await fetch(`${base}/api/v1/agents`)).status).toBe(401);
+    const auth = { headers: { authorization: `Bearer ${token}` } };
+    const agents = await fetch(`${base}/api/v1/agents`, auth);
+    expect(agents.status).toBe(200);
+    const openapi = await fetch(`${base}/api/v1/openapi.json`, auth);
+    expect(openapi.status).toBe(200);
+    const doc = (await openapi.json()) as { openapi: string; paths: Record<string, unknown> };
+    expect(doc.openapi).toMatch(/^3\./);
+    expect(Object.keys(doc.paths)).toContain('/api/v1/agents');
+    const metrics = await fetch(`${base}/metrics`, auth);
+    expect(metrics.status).toBe(200);
+    expect(await metrics.text()).toMatch(/^# HELP clove_/m);
+    const page = await fetch(`${base}/`);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toMatch(/<script[^>]+src="[^"]+\.js"/);
+  }, 120_000);
 
   it('the HEALTHCHECK (clove status) reports healthy', async () => {
     if (!container) throw new Error(reason ?? 'no container');
