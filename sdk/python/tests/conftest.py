@@ -155,6 +155,37 @@ def any_path_kernel(request):
 
 
 @pytest.fixture
+def provider_stub():
+    """A local OpenAI-compatible provider (tests/provider_stub.py); set ``.responder`` to script it."""
+    from provider_stub import ProviderStub, Reply
+
+    with ProviderStub(lambda _body: Reply(content="stub answer")) as stub:
+        yield stub
+
+
+@pytest.fixture
+def llm_kernel(provider_stub):
+    """A kernel whose THINK goes to ``provider_stub`` (its ``<data-dir>/llm.json`` is written first)."""
+    from provider_stub import write_llm_config
+
+    why = kernel_missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"KERNEL NOT READY: {why}")
+        pytest.skip(f"KERNEL NOT READY: {why}")
+    root = tempfile.mkdtemp(prefix="clv", dir="/tmp")
+    k = Kernel(root)
+    write_llm_config(k.data_dir, provider_stub.base_url)
+    try:
+        k.start()
+        yield k
+    finally:
+        k.stop()
+        if not os.environ.get("CLOVE_KEEP_TMP"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def op(kernel):
     """An operator client of the kernel (strict off, like the public SDK)."""
     return kernel.client()
