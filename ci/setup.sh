@@ -35,6 +35,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build:native
+# The agent frameworks the Python SDK's adapters are tested on (issue 16), pinned, in their own venv.
+bash ci/frameworks.sh
 npm run --silent build
 # The cluster harness runs nodes as Docker containers (harness/cluster/docker.ts): docker.io and a running dockerd.
 bash ci/docker.sh
