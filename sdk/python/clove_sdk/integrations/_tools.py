@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Optional
 
 from ..client import CloveClient
 
-__all__ = ["Param", "ToolSpec", "ToolRefused", "TOOL_SPECS", "run_tool", "args_model", "REQUIRED"]
+__all__ = ["Param", "ToolSpec", "ToolRefused", "TOOL_SPECS", "run_tool", "args_model", "tool_names", "REQUIRED"]
 
 
 class _Required:
@@ -62,7 +62,7 @@ class ToolRefused(Exception):
         self.reply = reply
         self.code = str(reply.get("code") or "error")
         self.error = str(reply.get("error") or "refused")
-        super().__init__(f"{tool}: the kernel refused it: {self.error} ({self.code})")
+        super().__init__(f"{tool}: the kernel refused: {self.error} [{self.code}]")
 
 
 def _send(c: CloveClient, a: dict[str, Any]) -> Any:
@@ -194,6 +194,19 @@ TOOL_SPECS: dict[str, ToolSpec] = {
         ),
     )
 }
+
+
+def tool_names(include: Any = None) -> list[str]:
+    """The tools ``include`` names (``"store"`` or ``"clove_store"``; None: all of them), in order."""
+    if include is None:
+        return list(TOOL_SPECS)
+    if isinstance(include, str):
+        raise TypeError("include is a list of tool names, not a string")
+    names = [n if n.startswith("clove_") else f"clove_{n}" for n in include]
+    unknown = [n for n in names if n not in TOOL_SPECS]
+    if unknown:
+        raise ValueError(f"clove_tools: unknown tools {unknown}; known: {list(TOOL_SPECS)}")
+    return names
 
 
 def run_tool(spec: ToolSpec, client: CloveClient, args: dict[str, Any]) -> str:

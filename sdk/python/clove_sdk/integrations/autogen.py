@@ -53,7 +53,7 @@ from ..client import CloveClient
 from ..errors import kernel_error
 from ..protocol import SyscallOp
 from ._mailbox import Caller, RemoteCallError, serve, shared_caller
-from ._tools import TOOL_SPECS, ToolRefused, args_model, run_tool
+from ._tools import TOOL_SPECS, ToolRefused, args_model, run_tool, tool_names
 
 __all__ = [
     "CloveChatCompletionClient",
@@ -430,15 +430,12 @@ class CloveTool(BaseTool[BaseModel, BaseModel]):
 
 
 def clove_tools(
-    client: CloveClient | None = None, *, socket_path: str | None = None, only: list[str] | None = None
+    client: CloveClient | None = None, include: list[str] | None = None, *, socket_path: str | None = None
 ) -> list[CloveTool]:
     """AutoGen tools for Clove's syscalls: ``clove_send``, ``clove_recv``, ``clove_store``, ``clove_fetch``,
-    ``clove_http``, ``clove_exec``, ``clove_read``, ``clove_write`` (or the ``only`` ones), sharing
-    ``client`` if given, else one connection of their own."""
-    names = list(TOOL_SPECS) if only is None else list(only)
-    unknown = [n for n in names if n not in TOOL_SPECS]
-    if unknown:
-        raise ValueError(f"clove_tools: no tool named {', '.join(unknown)} (there are {', '.join(TOOL_SPECS)})")
+    ``clove_http``, ``clove_exec``, ``clove_read``, ``clove_write``, or those ``include`` names (``"store"``
+    or ``"clove_store"``). They share ``client`` if given, else one connection of their own."""
+    names = tool_names(include)
     shared = client or CloveClient(socket_path, timeout=60.0)
     return [CloveTool(n, shared) for n in names]
 

@@ -64,7 +64,7 @@ from pydantic import BaseModel, Field, PrivateAttr  # noqa: E402
 from ..client import CloveClient  # noqa: E402
 from ..protocol import SyscallOp  # noqa: E402
 from ._mailbox import Caller, RemoteCallError, serve, shared_caller  # noqa: E402
-from ._tools import TOOL_SPECS, ToolRefused, args_model, run_tool  # noqa: E402
+from ._tools import TOOL_SPECS, ToolRefused, args_model, run_tool, tool_names  # noqa: E402
 
 __all__ = [
     "CloveLLM",
@@ -359,15 +359,12 @@ class CloveTool(BaseTool):
 
 
 def clove_tools(
-    client: CloveClient | None = None, *, socket_path: str | None = None, only: list[str] | None = None
+    client: CloveClient | None = None, include: list[str] | None = None, *, socket_path: str | None = None
 ) -> list[CloveTool]:
     """CrewAI tools for Clove's syscalls: ``clove_send``, ``clove_recv``, ``clove_store``, ``clove_fetch``,
-    ``clove_http``, ``clove_exec``, ``clove_read``, ``clove_write`` (or the ``only`` ones). They share
-    ``client`` if given, else one connection of their own."""
-    names = list(TOOL_SPECS) if only is None else list(only)
-    unknown = [n for n in names if n not in TOOL_SPECS]
-    if unknown:
-        raise ValueError(f"clove_tools: no tool named {', '.join(unknown)} (there are {', '.join(TOOL_SPECS)})")
+    ``clove_http``, ``clove_exec``, ``clove_read``, ``clove_write``, or those ``include`` names (``"store"``
+    or ``"clove_store"``). They share ``client`` if given, else one connection of their own."""
+    names = tool_names(include)
     shared = client or CloveClient(socket_path, timeout=60.0)
     return [
         CloveTool(

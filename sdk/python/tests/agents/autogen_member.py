@@ -21,7 +21,7 @@ def main() -> None:
         name,
         model_client=CloveChatCompletionClient(),
         system_message=system,
-        tools=clove_tools(only=tools) if tools else None,
+        tools=clove_tools(include=tools) if tools else None,
         reflect_on_tool_use=bool(tools),
     )
     print(f"autogen agent {name!r} serving", flush=True)

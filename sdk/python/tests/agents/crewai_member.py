@@ -21,7 +21,7 @@ def main() -> None:
         goal=goal,
         backstory=f"the {role} of a small crew; each member is its own Clove agent",
         llm=CloveLLM(),
-        tools=clove_tools(only=tools) if tools else [],
+        tools=clove_tools(include=tools) if tools else [],
         allow_delegation=False,
         max_iter=4,
         verbose=False,

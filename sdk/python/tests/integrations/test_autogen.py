@@ -53,7 +53,7 @@ def test_assistant_agent_calls_a_clove_tool_through_think(llm_kernel, provider_s
     agent = AssistantAgent(
         "keeper",
         model_client=model,
-        tools=adapter.clove_tools(op, only=["clove_store"]),
+        tools=adapter.clove_tools(op, include=["store"]),
         reflect_on_tool_use=True,
         system_message="You keep things.",
     )
@@ -89,7 +89,7 @@ def test_a_refused_tool_is_an_error_result_the_model_reads(llm_kernel, provider_
     agent = AssistantAgent(
         "reader",
         model_client=adapter.CloveChatCompletionClient(client=op),
-        tools=adapter.clove_tools(op, only=["clove_read"]),
+        tools=adapter.clove_tools(op, include=["read"]),
         reflect_on_tool_use=True,
     )
     result = asyncio.run(agent.run(task="Read /tmp/../etc/shadow."))

@@ -67,7 +67,7 @@ def test_clove_llm_runs_a_task_with_a_clove_tool_through_the_kernel(llm_kernel, 
         goal="remember the answer",
         backstory="keeps things",
         llm=llm,
-        tools=adapter.clove_tools(op, only=["clove_store", "clove_fetch"]),
+        tools=adapter.clove_tools(op, include=["store", "fetch"]),
         allow_delegation=False,
     )
     task = Task(description="Store the answer 42 under crew/answer.", expected_output="a note", agent=agent)
@@ -103,7 +103,7 @@ def test_a_refused_tool_is_a_tool_failure_and_the_model_reads_why(llm_kernel, pr
         goal="read files",
         backstory="reads",
         llm=adapter.CloveLLM(client=op),
-        tools=adapter.clove_tools(op, only=["clove_read"]),
+        tools=adapter.clove_tools(op, include=["read"]),
         allow_delegation=False,
     )
     task = Task(description="Read /tmp/../etc/shadow.", expected_output="its content", agent=agent)
