@@ -156,6 +156,28 @@ def test_the_model_client_is_an_autogen_component(llm_kernel):
     assert model.count_tokens(msgs) >= 100
     assert model.remaining_tokens(msgs) == 32768 - model.count_tokens(msgs)
     assert model.model_info["function_calling"] is True and model.model_info["vision"] is False
+    with pytest.raises(ValueError, match="JSON mode"):
+        asyncio.run(model.create(msgs, json_output=True))
+    with pytest.raises(ValueError, match="unknown create args"):
+        asyncio.run(model.create(msgs, extra_create_args={"top_k": 3}))
+
+
+def test_tool_choice_reaches_the_provider(llm_kernel, provider_stub):
+    adapter = _autogen()
+    from autogen_core.models import UserMessage
+
+    op = llm_kernel.client(timeout=60)
+    provider_stub.responder = lambda body: Reply(
+        tool_calls=[{"name": "clove_fetch", "arguments": {"key": "k"}}]
+    )
+    model = adapter.CloveChatCompletionClient(client=op)
+    store, fetch = adapter.clove_tools(op, include=["store", "fetch"])
+    msgs = [UserMessage(content="fetch k", source="user")]
+    r = asyncio.run(model.create(msgs, tools=[store, fetch], tool_choice=fetch))
+    assert r.finish_reason == "function_calls" and r.content[0].name == "clove_fetch"
+    asyncio.run(model.create(msgs, tools=[store, fetch], tool_choice="required"))
+    asked = [body.get("tool_choice") for body in provider_stub.requests]
+    assert asked == [{"type": "function", "function": {"name": "clove_fetch"}}, "required"]
 
 
 def _agent(op, name):
@@ -297,3 +319,18 @@ def test_a_turn_sent_again_runs_once_and_is_answered_once(llm_kernel, provider_s
     ]
     # the answers to the copies reached the caller too, and were dropped
     assert not caller.unrelated
+
+    # reset, save_state and load_state reach the remote agent too
+    from autogen_core import CancellationToken
+
+    state = asyncio.run(proxy.save_state())
+    assert [m["content"] for m in state["llm_context"]["messages"]] == ["hello", "ANSWER 1", "and again", "ANSWER 2"]
+    asyncio.run(proxy.on_reset(CancellationToken()))
+    asyncio.run(proxy.run(task="after the reset"))
+    assert [m["content"] for m in provider_stub.requests[-1]["messages"]] == [
+        "You are the solo agent.",
+        "after the reset",
+    ]
+    asyncio.run(proxy.load_state(state))
+    asyncio.run(proxy.run(task="after the load"))
+    assert [m["content"] for m in provider_stub.requests[-1]["messages"]][-2:] == ["ANSWER 2", "after the load"]

@@ -15,8 +15,6 @@ import pytest
 from conftest import require
 from provider_stub import Reply, last_text
 
-from clove_sdk.integrations._mailbox import Caller
-
 for _k, _v in (
     ("OTEL_SDK_DISABLED", "true"),
     ("CREWAI_DISABLE_TELEMETRY", "true"),
@@ -117,6 +115,31 @@ def test_a_refused_tool_is_a_tool_failure_and_the_model_reads_why(llm_kernel, pr
     assert tool_turn["role"] == "tool" and "permission_denied" in tool_turn["content"]
 
 
+def test_think_messages_keep_turns_and_refuse_what_think_cannot_take():
+    _crewai()
+    from clove_sdk.integrations.crewai import think_messages
+
+    call = {"id": "c1", "type": "function", "function": {"name": "clove_fetch", "arguments": '{"key": "k"}'}}
+    called = {"id": "c1", "name": "clove_fetch", "arguments": {"key": "k"}}  # THINK's shape: arguments parsed
+    assert think_messages(
+        [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "name": "clove_fetch", "content": "{}"},
+        ]
+    ) == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": "", "tool_calls": [called]},
+        {"role": "tool", "content": "{}", "tool_call_id": "c1", "name": "clove_fetch"},
+    ]
+    with pytest.raises(ValueError, match="image_url"):
+        think_messages([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    with pytest.raises(ValueError, match="no tool_call_id"):
+        think_messages([{"role": "tool", "content": "x"}])
+
+
 def _spawn_member(op, name, role, goal, tools=""):
     r = op.spawn(
         name,
@@ -170,11 +193,12 @@ def test_crew_members_are_clove_agents_and_a_member_killed_mid_task_comes_back(l
     _spawn_member(op, "researcher", "researcher", "find facts", "clove_store")
     _spawn_member(op, "writer", "writer", "write articles")
 
-    caller = Caller(llm_kernel.client(timeout=60))  # the coordinator's connection: its own mailbox
+    # the coordinator: the stand-ins share one connection (a client's own mailbox) to the kernel's socket
+    sock = llm_kernel.socket
     researcher = adapter.CloveMember(
-        member="researcher", caller=caller, role="researcher", goal="find facts", backstory="-"
+        member="researcher", socket_path=sock, role="researcher", goal="find facts", backstory="-"
     )
-    writer = adapter.CloveMember(member="writer", caller=caller, role="writer", goal="write articles", backstory="-")
+    writer = adapter.CloveMember(member="writer", socket_path=sock, role="writer", goal="write articles", backstory="-")
     research = Task(description="Find one fact about cloves.", expected_output="a fact", agent=researcher)
     article = Task(description="Write a one-line article from the fact.", expected_output="an article", agent=writer)
     crew = Crew(agents=[researcher, writer], tasks=[research, article], process=Process.sequential)
