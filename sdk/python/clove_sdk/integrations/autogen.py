@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import socket
+import threading
 from typing import Any, AsyncGenerator, Literal, Mapping, Sequence
 
 from autogen_agentchat.agents import BaseChatAgent
@@ -135,6 +136,15 @@ def _hang_up(conn: CloveClient) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _cancel_stream(conn: CloveClient, stream_id: Any, close: bool) -> None:
+    try:
+        conn.call_json(_THINK_STREAM_CANCEL, {"stream_id": stream_id}, check=False)
+    except Exception:  # noqa: BLE001 - a connection that is gone took its stream with it
+        pass
+    if close:
+        conn.close()
 
 
 def _tool_declaration(t: Tool | ToolSchema) -> dict[str, Any]:
@@ -316,7 +326,8 @@ class CloveChatCompletionClient(ChatCompletionClient, Component[CloveChatComplet
                 cancellation_token.link_future(fut)
             reply = await fut
         finally:
-            if own:
+            # a cancelled call's worker is still in it: the hung-up connection closes itself there
+            if own and fut.done() and not fut.cancelled():
                 conn.close()
         return self._result(reply, payload)
 
@@ -368,11 +379,10 @@ class CloveChatCompletionClient(ChatCompletionClient, Component[CloveChatComplet
                     return
         finally:
             if stream_id is not None and not done:
-                try:  # the consumer stopped early, or a step failed: the kernel stops the provider call
-                    conn.call_json(_THINK_STREAM_CANCEL, {"stream_id": stream_id}, check=False)
-                except Exception:  # noqa: BLE001 - closing the connection below cancels it as well
-                    pass
-            if own:
+                # the consumer stopped early, was cancelled, or a step failed: the kernel stops the provider
+                # call (a worker may still hold the connection in a step: not on the event loop's thread)
+                threading.Thread(target=_cancel_stream, args=(conn, stream_id, own), daemon=True).start()
+            elif own:
                 conn.close()
 
     # -- what AutoGen asks of a model client ------------------------------------------------------------

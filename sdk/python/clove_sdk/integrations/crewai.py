@@ -113,6 +113,11 @@ def _arguments(raw: Any) -> Any:
     return raw if raw is not None else {}
 
 
+def _json_text(args: Any) -> str:
+    """Arguments as CrewAI's executor takes them: JSON text (a provider's non-JSON text stays as it was)."""
+    return args if isinstance(args, str) else json.dumps(args if args is not None else {})
+
+
 def think_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """CrewAI's (OpenAI-shaped) messages as THINK's ``messages``: ``system``/``user``/``assistant`` turns,
     an assistant turn's ``tool_calls`` (``{id, name, arguments}``), ``tool`` turns with ``tool_call_id``."""
@@ -235,7 +240,7 @@ class CloveLLM(BaseLLM):
                     {
                         "id": tc.get("id") or f"call_{i}",
                         "type": "function",
-                        "function": {"name": tc["name"], "arguments": json.dumps(tc.get("arguments", {}))},
+                        "function": {"name": tc["name"], "arguments": _json_text(tc.get("arguments"))},
                     }
                     for i, tc in enumerate(calls)
                 ]
