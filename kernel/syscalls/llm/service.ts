@@ -117,11 +117,6 @@ export class LlmService {
     this.scheduler.close();
   }
 
-  /** Streams open (tests). */
-  get openStreams(): number {
-    return this.streams.size;
-  }
-
   stats(): ReturnType<FairScheduler['stats']> {
     return this.scheduler.stats();
   }

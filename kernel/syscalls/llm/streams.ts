@@ -137,11 +137,6 @@ export class ThinkStreams {
     for (const s of [...(this.byOwner.get(owner) ?? [])]) this.drop(s);
   }
 
-  /** Streams open (tests, metrics). */
-  get size(): number {
-    return this.streams.size;
-  }
-
   close(): void {
     for (const s of [...this.streams.values()]) this.drop(s);
   }
