@@ -52,7 +52,6 @@ from typing_extensions import Self
 
 from ..client import CloveClient
 from ..errors import kernel_error
-from ..protocol import SyscallOp
 from ._mailbox import Caller, RemoteCallError, serve, shared_caller
 from ._tools import TOOL_SPECS, ToolRefused, args_model, run_tool, tool_names
 
@@ -68,11 +67,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(EVENT_LOGGER_NAME)
-
-# THINK_STREAM and its companions (docs/protocol.md, THINK); named here until every SDK build has them
-_THINK_STREAM = int(getattr(SyscallOp, "SYS_THINK_STREAM", 0xF1))
-_THINK_STREAM_NEXT = int(getattr(SyscallOp, "SYS_THINK_STREAM_NEXT", 0xF2))
-_THINK_STREAM_CANCEL = int(getattr(SyscallOp, "SYS_THINK_STREAM_CANCEL", 0xF3))
 
 _EXTRA_ARGS = ("temperature", "max_tokens", "thinking_level", "model", "provider", "system_instruction")
 _FINISH = {
@@ -138,9 +132,17 @@ def _hang_up(conn: CloveClient) -> None:
             pass
 
 
-def _cancel_stream(conn: CloveClient, stream_id: Any, close: bool) -> None:
+async def _in_thread(fn: Any, cancellation_token: CancellationToken | None) -> Any:
+    """``fn()`` in a worker thread (a call holds its connection until its reply), cancelled with the token."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn))
+    if cancellation_token is not None:
+        cancellation_token.link_future(fut)
+    return await fut
+
+
+def _cancel_stream(conn: CloveClient, stream_id: int, close: bool) -> None:
     try:
-        conn.call_json(_THINK_STREAM_CANCEL, {"stream_id": stream_id}, check=False)
+        conn.think_stream_cancel(stream_id, check=False)
     except Exception:  # noqa: BLE001 - a connection that is gone took its stream with it
         pass
     if close:
@@ -321,13 +323,10 @@ class CloveChatCompletionClient(ChatCompletionClient, Component[CloveChatComplet
         if own and cancellation_token is not None:
             cancellation_token.add_callback(lambda: _hang_up(conn))
         try:
-            fut = asyncio.ensure_future(asyncio.to_thread(conn.call_json, SyscallOp.SYS_THINK, payload, check=True))
-            if cancellation_token is not None:
-                cancellation_token.link_future(fut)
-            reply = await fut
+            reply = await _in_thread(lambda: conn.think(**payload, check=True), cancellation_token)
         finally:
             # a cancelled call's worker is still in it: the hung-up connection closes itself there
-            if own and fut.done() and not fut.cancelled():
+            if own and not (cancellation_token is not None and cancellation_token.is_cancelled()):
                 conn.close()
         return self._result(reply, payload)
 
@@ -340,47 +339,33 @@ class CloveChatCompletionClient(ChatCompletionClient, Component[CloveChatComplet
         json_output: bool | type[BaseModel] | None = None,
         extra_create_args: Mapping[str, Any] = {},
         cancellation_token: CancellationToken | None = None,
-        include_usage: bool | None = None,
     ) -> AsyncGenerator[str | CreateResult, None]:
-        """THINK_STREAM: the answer's text as it comes, then the CreateResult. A kernel without
-        THINK_STREAM (``unknown_opcode``) gets one THINK, and its text as a single chunk."""
+        """THINK_STREAM: the answer's text as the kernel has it at each THINK_STREAM_NEXT, then the
+        CreateResult (tool calls come whole, in it)."""
         payload = self._payload(messages, tools, tool_choice, json_output, extra_create_args)
         conn, own = self._connection()
-        stream_id = None
-        done = False
+        if own and cancellation_token is not None:
+            cancellation_token.add_callback(lambda: _hang_up(conn))
+        stream_id, done = None, False
         try:
-            start = await asyncio.to_thread(conn.call_json, _THINK_STREAM, payload, check=False)
-            if start.get("success") is False and start.get("code") in ("unknown_opcode", "not_supported"):
-                reply = await asyncio.to_thread(conn.call_json, SyscallOp.SYS_THINK, payload, check=True)
-                done = True
-                result = self._result(reply, payload)
-                if isinstance(result.content, str) and result.content:
-                    yield result.content
-                yield result
-                return
-            if start.get("success") is False:
-                raise kernel_error(start)
-            stream_id = start["stream_id"]
-            while True:
-                if cancellation_token is not None and cancellation_token.is_cancelled():
-                    raise asyncio.CancelledError("create_stream cancelled")
-                step = await asyncio.to_thread(
-                    conn.call_json, _THINK_STREAM_NEXT, {"stream_id": stream_id, "wait_ms": 1000}, check=True, wait=1.0
-                )
-                for d in step.get("deltas") or []:
-                    if isinstance(d, dict) and d.get("content"):
-                        yield d["content"]
-                if step.get("done"):
-                    done = True
-                    reply = step.get("result") or {}
-                    if reply.get("success") is False:
-                        raise kernel_error(reply)
-                    yield self._result(reply, payload)
-                    return
+            started = await _in_thread(lambda: conn.think_stream(**payload, check=True), cancellation_token)
+            stream_id = started.stream_id
+            while not done:
+                step = await _in_thread(lambda: conn.think_stream_next(stream_id, 1.0, check=True), cancellation_token)
+                for piece in step.get("deltas") or []:
+                    if piece.get("content"):
+                        yield piece["content"]
+                done = bool(step.get("done"))
+            reply = step.get("result") or {}
+            if reply.get("success") is False:  # the provider failed after the stream began
+                raise kernel_error(reply)
+            yield self._result(reply, payload)
         finally:
-            if stream_id is not None and not done:
-                # the consumer stopped early, was cancelled, or a step failed: the kernel stops the provider
-                # call (a worker may still hold the connection in a step: not on the event loop's thread)
+            if own and cancellation_token is not None and cancellation_token.is_cancelled():
+                pass  # hung up: the kernel ends the stream with the connection, which its worker closes
+            elif stream_id is not None and not done:
+                # stopped early or a step failed: the kernel stops the provider call (a worker may still
+                # hold the connection in a step, so not on the event loop's thread)
                 threading.Thread(target=_cancel_stream, args=(conn, stream_id, own), daemon=True).start()
             elif own:
                 conn.close()

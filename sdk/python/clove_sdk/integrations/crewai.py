@@ -62,7 +62,6 @@ from crewai.tools.tool_failure import ToolFailure, ToolFailureReason  # noqa: E4
 from pydantic import BaseModel, Field, PrivateAttr  # noqa: E402
 
 from ..client import CloveClient  # noqa: E402
-from ..protocol import SyscallOp  # noqa: E402
 from ._mailbox import Caller, RemoteCallError, serve, shared_caller  # noqa: E402
 from ._tools import TOOL_SPECS, ToolRefused, args_model, run_tool, tool_names  # noqa: E402
 
@@ -220,7 +219,7 @@ class CloveLLM(BaseLLM):
             try:
                 formatted = self._format_messages(messages)
                 self._invoke_before_llm_call_hooks(formatted, from_agent)
-                reply = self._client().call_json(SyscallOp.SYS_THINK, self._payload(formatted, tools), check=True)
+                reply = self._client().think(**self._payload(formatted, tools), check=True)
             except (HookAborted, LLMCallBlockedError) as e:
                 self._emit_call_denied_event(e, from_task, from_agent)
                 raise

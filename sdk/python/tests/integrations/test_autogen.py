@@ -127,6 +127,44 @@ def test_create_stream_yields_the_answer_as_it_comes_then_the_result(llm_kernel,
     assert provider_stub.requests[0]["messages"][0] == {"role": "system", "content": "be brief"}
 
 
+def test_a_cancelled_call_or_stream_ends_before_the_model_answers(llm_kernel, provider_stub):
+    adapter = _autogen()
+    from autogen_core import CancellationToken
+    from autogen_core.models import UserMessage
+
+    release = threading.Event()
+
+    def respond(body):
+        release.wait(DEADLINE)
+        return Reply(content="too late")
+
+    provider_stub.responder = respond
+    model = adapter.CloveChatCompletionClient(socket_path=llm_kernel.socket)
+    msgs = [UserMessage(content="take your time", source="user")]
+
+    async def cancelled(stream):
+        token = CancellationToken()
+
+        async def consume():
+            if stream:
+                return [x async for x in model.create_stream(msgs, cancellation_token=token)]
+            return await model.create(msgs, cancellation_token=token)
+
+        task = asyncio.ensure_future(consume())
+        seen = len(provider_stub.requests)
+        while len(provider_stub.requests) == seen:  # the call reached the model, which is holding it
+            await asyncio.sleep(0.02)
+        token.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:  # the model answers only once released: each call ends before that, cancelled
+        asyncio.run(cancelled(stream=False))
+        asyncio.run(cancelled(stream=True))
+    finally:
+        release.set()
+
+
 def _opcodes_sent(client):
     """The opcodes of the requests ``client`` writes from now on."""
     client._connect()
