@@ -5,10 +5,12 @@
  * store, and a graph run as a real Clove agent and SIGKILLed mid-run resumes from its checkpoint.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { AIMessage, HumanMessage, SystemMessage, ToolMessage } from '@langchain/core/messages';
 import { tool } from '@langchain/core/tools';
 import { Annotation, END, START, StateGraph, emptyCheckpoint } from '@langchain/langgraph';
@@ -309,8 +311,16 @@ describe('Clove tools', () => {
             ],
           };
     const before = stub.requests.length;
-    const agent = createReactAgent({ llm: new ChatClove({ client: c }), tools: cloveTools({ client: c }) });
-    const out = await agent.invoke({ messages: [new HumanMessage('react-local: store 42')] });
+    const agent = createReactAgent({
+      llm: new ChatClove({ client: c }),
+      tools: cloveTools({ client: c }),
+      checkpointSaver: new CloveSaver({ client: c, prefix: 'lgreact' }),
+    });
+    const thread = { configurable: { thread_id: 'react-1' } };
+    const out = await agent.invoke(
+      { messages: [{ role: 'user', content: 'react-local: store 42' }] },
+      thread,
+    );
     // It ran in the kernel: another connection reads what the tool stored.
     expect((await op.fetch('lg/answer', 'global')).value).toEqual({ n: 42 });
     expect(out.messages.map((m) => m.type)).toEqual(['human', 'ai', 'tool', 'ai']);
@@ -323,6 +333,9 @@ describe('Clove tools', () => {
     );
     expect(said(seen[1])).toContain('"key":"lg/answer"');
     expect(await llmUsage(c)).toMatchObject({ tokens_used: 36, calls_made: 2 });
+    // The conversation is in the store: the thread's state, read back on another connection.
+    const saved = await new CloveSaver({ client: await tk.client(), prefix: 'lgreact' }).getTuple(thread);
+    expect((saved?.checkpoint.channel_values.messages as unknown[]).length).toBe(4);
   });
 
   it('a refusal of the kernel is the tool’s error', async () => {
@@ -435,6 +448,18 @@ describe('CloveSaver', () => {
     expect((await again.invoke({ n: 0 }, cfg)).n).toBe(12);
   });
 
+  it('in agent scope, is not misled by a global key of the same name', async () => {
+    const saver = new CloveSaver({ client: op, prefix: 'lgscope' });
+    const cp = { ...emptyCheckpoint(), channel_values: { mine: true } };
+    await saver.put({ configurable: { thread_id: 's' } }, cp, { source: 'input', step: -1, parents: {} }, {});
+    // A newer id, stored by someone in the shared namespace: KEYS lists it, FETCH in agent scope does not.
+    await op.store(`lgscope/s//c/${'f'.repeat(36)}`, { record: {} }, { scope: 'global' });
+    const got = await saver.getTuple({ configurable: { thread_id: 's' } });
+    expect(got?.checkpoint.id).toBe(cp.id);
+    await op.delete(`lgscope/s//c/${'f'.repeat(36)}`, 'global');
+    await saver.deleteThread('s');
+  });
+
   it('refuses a checkpoint without a thread', async () => {
     await expect(
       new CloveSaver({ client: op }).put(
@@ -444,6 +469,35 @@ describe('CloveSaver', () => {
         {},
       ),
     ).rejects.toThrow(/thread_id is missing/);
+  });
+});
+
+describe('the SDK without the adapter', () => {
+  /** Imports a compiled module in a fresh node whose resolver refuses every @langchain/* import. */
+  function importRefusingLangchain(file: string): { status: number | null; stderr: string } {
+    const hook = `export async function resolve(s, c, next) {
+      if (s.startsWith('@langchain/')) throw new Error('imported ' + s);
+      return next(s, c);
+    }`;
+    const code = `import { register } from 'node:module';
+      register('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hook)}));
+      await import(${JSON.stringify(pathToFileURL(file).href)});`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    return { status: r.status, stderr: r.stderr };
+  }
+
+  it('the client imports no @langchain package; the adapter does', () => {
+    if (!fs.existsSync(DIST)) throw new Error(`${DIST} is missing: run npm run build first`);
+    expect(importRefusingLangchain(path.join(REPO_ROOT, 'dist', 'sdk', 'typescript', 'client.js'))).toEqual({
+      status: 0,
+      stderr: '',
+    });
+    const adapter = importRefusingLangchain(DIST);
+    expect(adapter.status).not.toBe(0);
+    expect(adapter.stderr).toContain('imported @langchain/');
   });
 });
 

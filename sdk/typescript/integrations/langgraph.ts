@@ -23,7 +23,7 @@ import {
 import type { ChatResult } from '@langchain/core/outputs';
 import type { Runnable, RunnableConfig } from '@langchain/core/runnables';
 import { tool, type StructuredToolInterface } from '@langchain/core/tools';
-import { convertToOpenAITool } from '@langchain/core/utils/function_calling';
+import { convertToOpenAIFunction, isLangChainTool } from '@langchain/core/utils/function_calling';
 import {
   BaseCheckpointSaver,
   WRITES_IDX_MAP,
@@ -155,20 +155,27 @@ export function toThinkMessages(messages: BaseMessage[]): ThinkMessage[] {
   });
 }
 
-/** A tool given to `bindTools` (a LangChain tool, an OpenAI tool, or `{name, description, parameters}`) in THINK's shape. */
+/**
+ * A tool given to `bindTools` in THINK's shape: a LangChain tool (its zod or JSON schema), OpenAI's
+ * `{type: "function", function}`, or `{name, description, parameters}` (`input_schema` too).
+ */
 export function toThinkTool(t: BindToolsInput): ThinkTool {
-  const o = t as Record<string, unknown>;
-  if (typeof o.name === 'string' && o.parameters && typeof o.parameters === 'object' && !('schema' in o))
-    return {
-      name: o.name,
-      ...(typeof o.description === 'string' ? { description: o.description } : {}),
-      parameters: o.parameters as Record<string, unknown>,
-    };
-  const f = convertToOpenAITool(t as StructuredToolInterface).function;
+  const f = (
+    isLangChainTool(t)
+      ? convertToOpenAIFunction(t)
+      : (t as { type?: unknown }).type === 'function' && (t as { function?: unknown }).function
+        ? (t as { function: unknown }).function
+        : t
+  ) as { name?: unknown; description?: unknown; parameters?: unknown; input_schema?: unknown };
+  if (typeof f.name !== 'string' || !f.name)
+    throw new Error(`ChatClove.bindTools: a tool without a name: ${JSON.stringify(t).slice(0, 200)}`);
+  const parameters = f.parameters ?? f.input_schema ?? { type: 'object', properties: {} };
+  if (!parameters || typeof parameters !== 'object' || Array.isArray(parameters))
+    throw new Error(`ChatClove.bindTools: tool ${f.name}: parameters must be a JSON schema object`);
   return {
     name: f.name,
-    ...(f.description ? { description: f.description } : {}),
-    parameters: (f.parameters ?? { type: 'object', properties: {} }) as Record<string, unknown>,
+    ...(typeof f.description === 'string' && f.description ? { description: f.description } : {}),
+    parameters: parameters as Record<string, unknown>,
   };
 }
 
@@ -745,13 +752,16 @@ export class CloveSaver extends BaseCheckpointSaver {
     const thread = config.configurable?.thread_id as string | undefined;
     if (thread === undefined || thread === null) return undefined;
     const ns = (config.configurable?.checkpoint_ns as string | undefined) ?? '';
-    let id = getCheckpointId(config);
-    if (!id) {
-      const ids = await this.checkpointIds(this.base(String(thread), ns));
-      id = ids[ids.length - 1];
-      if (!id) return undefined;
+    const id = getCheckpointId(config);
+    if (id) return this.tuple(String(thread), ns, id);
+    // The newest checkpoint in this saver's scope. KEYS also lists the shared namespace: a global key
+    // of someone else under the same prefix is not one of ours (FETCH in our scope does not find it).
+    const ids = await this.checkpointIds(this.base(String(thread), ns));
+    for (let i = ids.length - 1; i >= 0; i--) {
+      const t = await this.tuple(String(thread), ns, ids[i]);
+      if (t) return t;
     }
-    return this.tuple(String(thread), ns, id);
+    return undefined;
   }
 
   async *list(config: RunnableConfig, options: CheckpointListOptions = {}): AsyncGenerator<CheckpointTuple> {
