@@ -288,6 +288,25 @@ describe('ChatClove', () => {
     expect(msgs[2].content).toContain('snow in Oslo');
   });
 
+  it('tool arguments that are not a JSON object are an invalid tool call', async () => {
+    stub.responder = () => ({
+      tool_calls: [{ id: 'call_bad', name: 'get_weather', arguments: 'Paris, please' }],
+    });
+    const reply = await new ChatClove({ client: op }).invoke('bad-args: weather?');
+    expect(reply.tool_calls).toEqual([]);
+    expect(reply.invalid_tool_calls).toMatchObject([
+      { id: 'call_bad', name: 'get_weather', args: 'Paris, please' },
+    ]);
+  });
+
+  it('refuses stop sequences, which THINK does not have', async () => {
+    const before = stub.requests.length;
+    await expect(new ChatClove({ client: op }).invoke('stop: hi', { stop: ['\n'] })).rejects.toThrow(
+      /no stop sequences/,
+    );
+    expect(stub.requests.length).toBe(before);
+  });
+
   it('a refusal of the kernel is the call’s error', async () => {
     await expect(new ChatClove({ client: op, provider: 'nope' }).invoke('refuse: hi')).rejects.toThrow(
       /no LLM provider named 'nope'/,
