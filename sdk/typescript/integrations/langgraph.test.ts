@@ -16,7 +16,7 @@ import { tool } from '@langchain/core/tools';
 import { Annotation, END, START, StateGraph, emptyCheckpoint } from '@langchain/langgraph';
 import { createReactAgent } from '@langchain/langgraph/prebuilt';
 import { z } from 'zod';
-import { REPO_ROOT, startKernel, tempDir, type TestKernel } from '../../../harness/kernel.js';
+import { REPO_ROOT, startKernel, tempDir, until, type TestKernel } from '../../../harness/kernel.js';
 import type { CloveClient } from '../client.js';
 import { ChatClove, CloveSaver, CloveToolError, cloveTools } from './langgraph.js';
 
@@ -33,10 +33,14 @@ interface StubRequest {
   body: Record<string, unknown>;
   messages: StubMessage[];
   stream: boolean;
+  /** The kernel hung up before the answer was complete. */
+  aborted: boolean;
 }
 interface StubAnswer {
   content?: string;
   tool_calls?: { id?: string; name: string; arguments: unknown }[];
+  /** Streamed: the rest of the answer is sent once this settles, after the first piece. */
+  gate?: Promise<void>;
 }
 const USAGE = { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 };
 
@@ -78,8 +82,12 @@ class ProviderStub {
       body,
       messages: (body.messages ?? []) as StubMessage[],
       stream: body.stream === true,
+      aborted: false,
     };
     this.requests.push(r);
+    res.on('close', () => {
+      if (!res.writableFinished) r.aborted = true;
+    });
     const a = this.responder(r);
     const calls = (a.tool_calls ?? []).map((c, i) => ({
       id: c.id ?? `call_${this.requests.length}_${i}`,
@@ -112,8 +120,11 @@ class ProviderStub {
     const send = (o: Record<string, unknown>): boolean =>
       res.write(`data: ${JSON.stringify({ model: 'stub-model', ...o })}\n\n`);
     // The content a few characters at a time, each tool call in two pieces (its arguments cut in half).
-    for (const piece of (a.content ?? '').match(/.{1,4}/gs) ?? [])
+    const pieces = (a.content ?? '').match(/.{1,4}/gs) ?? [];
+    for (const [i, piece] of pieces.entries()) {
       send({ choices: [{ index: 0, delta: { content: piece } }] });
+      if (i === 0 && a.gate) await a.gate;
+    }
     calls.forEach((c, index) => {
       const args = c.function.arguments;
       const half = Math.ceil(args.length / 2);
@@ -281,11 +292,98 @@ describe('ChatClove', () => {
       }),
       new ToolMessage({ content: 'snow in Oslo', tool_call_id: 'call_9', name: 'get_weather' }),
     ]);
-    const msgs = stub.requests[before].messages;
-    expect(msgs.map((m) => m.role)).toEqual(['user', 'assistant', 'user']);
-    expect(msgs[1].content).toContain('get_weather({"city":"Oslo"})');
-    expect(msgs[2].content).toContain('call_9');
-    expect(msgs[2].content).toContain('snow in Oslo');
+    // The provider got them in its own shape: the assistant's call, and the tool turn answering it.
+    expect(stub.requests[before].messages).toEqual([
+      { role: 'user', content: 'history: weather?' },
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [
+          { id: 'call_9', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Oslo"}' } },
+        ],
+      },
+      { role: 'tool', tool_call_id: 'call_9', content: 'snow in Oslo' },
+    ]);
+  });
+
+  it('passes tool_choice on: any is required, a name is that tool', async () => {
+    const weather = {
+      name: 'get_weather',
+      description: 'weather',
+      parameters: { type: 'object', properties: {} },
+    };
+    stub.responder = () => ({ tool_calls: [{ name: 'get_weather', arguments: {} }] });
+    const before = stub.requests.length;
+    await new ChatClove({ client: op }).bindTools([weather], { tool_choice: 'any' }).invoke('choice: 1');
+    await new ChatClove({ client: op })
+      .bindTools([weather], { tool_choice: 'get_weather' })
+      .invoke('choice: 2');
+    const [any, named] = stub.requests.slice(before);
+    expect(any.body.tool_choice).toBe('required');
+    expect(named.body.tool_choice).toEqual({ type: 'function', function: { name: 'get_weather' } });
+  });
+
+  it('streams the answer in pieces; together they are the whole message, with the kernel’s counts', async () => {
+    // The provider sends its first piece and holds the rest until the test has that piece as a chunk.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    stub.responder = () => ({ content: 'the quick brown fox', gate });
+    const before = stub.requests.length;
+    const chunks = [];
+    for await (const c of await new ChatClove({ client: op }).stream('stream: fox?')) {
+      chunks.push(c);
+      if (chunks.length === 1) release();
+    }
+    expect(stub.requests[before].stream).toBe(true);
+    expect(chunks[0].content).toBe('the ');
+    const text = chunks.filter((c) => c.content !== '');
+    expect(text.length).toBeGreaterThan(1);
+    expect(text.map((c) => c.content).join('')).toBe('the quick brown fox');
+    const whole = chunks.reduce((a, b) => a.concat(b));
+    expect(whole.content).toBe('the quick brown fox');
+    expect(whole.usage_metadata).toMatchObject({ input_tokens: 11, output_tokens: 7, total_tokens: 18 });
+    expect(whole.response_metadata).toMatchObject({ finish_reason: 'stop', model_name: 'stub-model' });
+  });
+
+  it('leaving a stream early cancels it in the kernel, which hangs up on the provider', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    stub.responder = () => ({ content: 'never finished, this one', gate });
+    const before = stub.requests.length;
+    for await (const c of await new ChatClove({ client: op }).stream('stream-cancel: go')) {
+      expect(c.content).toBe('neve');
+      break;
+    }
+    await until(() => stub.requests[before]?.aborted, 10_000, 'the provider call to be aborted');
+    release();
+  });
+
+  it('streams tool calls: their pieces add up to the call, with its id and arguments', async () => {
+    stub.responder = () => ({
+      content: 'looking',
+      tool_calls: [
+        { id: 'call_a', name: 'get_weather', arguments: { city: 'Paris' } },
+        { name: 'get_weather', arguments: { city: 'Rome' } },
+      ],
+    });
+    const weather = {
+      name: 'get_weather',
+      description: 'weather',
+      parameters: { type: 'object', properties: {} },
+    };
+    const chunks = [];
+    for await (const c of await new ChatClove({ client: op }).bindTools([weather]).stream('stream-tools: 2'))
+      chunks.push(c);
+    expect(chunks.some((c) => c.tool_call_chunks?.length)).toBe(true);
+    const whole = chunks.reduce((a, b) => a.concat(b));
+    expect(whole.content).toBe('looking');
+    expect(whole.tool_calls).toMatchObject([
+      { id: 'call_a', name: 'get_weather', args: { city: 'Paris' } },
+      { name: 'get_weather', args: { city: 'Rome' } },
+    ]);
+    // The stub gave the second call an id too (call_<n>_1); every call has one, as THINK's reply.
+    expect(whole.tool_calls?.[1].id).toMatch(/^call_\d+_1$/);
+    expect(whole.response_metadata.finish_reason).toBe('tool_calls');
   });
 
   it('tool arguments that are not a JSON object are an invalid tool call', async () => {
@@ -318,7 +416,7 @@ describe('Clove tools', () => {
   it('a ReAct agent calls a Clove tool that runs in the kernel; the model sees its result', async () => {
     const c = await tk.client();
     stub.responder = (r) =>
-      r.messages.some((m) => m.role === 'user' && String(m.content).includes('result of tool call'))
+      r.messages.some((m) => m.role === 'tool')
         ? { content: 'stored it' }
         : {
             tool_calls: [
@@ -355,6 +453,32 @@ describe('Clove tools', () => {
     // The conversation is in the store: the thread's state, read back on another connection.
     const saved = await new CloveSaver({ client: await tk.client(), prefix: 'lgreact' }).getTuple(thread);
     expect((saved?.checkpoint.channel_values.messages as unknown[]).length).toBe(4);
+  });
+
+  it('a ReAct agent streams the model’s tokens (streamMode messages) through THINK_STREAM', async () => {
+    stub.responder = (r) =>
+      r.messages.some((m) => m.role === 'tool')
+        ? { content: 'the value is 42' }
+        : { tool_calls: [{ name: 'clove_fetch', arguments: { key: 'lg/answer', scope: 'global' } }] };
+    const before = stub.requests.length;
+    const agent = createReactAgent({
+      llm: new ChatClove({ client: op }),
+      tools: cloveTools({ client: op, only: ['fetch'] }),
+    });
+    const pieces: { content: string; node: unknown }[] = [];
+    const stream = await agent.stream(
+      { messages: [{ role: 'user', content: 'react-stream: what is stored?' }] },
+      { streamMode: 'messages' },
+    );
+    for await (const [chunk, meta] of stream)
+      if (chunk.type === 'ai' && typeof chunk.content === 'string' && chunk.content)
+        pieces.push({ content: chunk.content, node: (meta as { langgraph_node?: unknown }).langgraph_node });
+    expect(pieces.map((p) => p.content).join('')).toBe('the value is 42');
+    expect(new Set(pieces.map((p) => p.node))).toEqual(new Set(['agent']));
+    // Both model calls were streamed THINKs; the second carried the fetched value.
+    const seen = stub.requests.slice(before);
+    expect(seen.map((r) => r.stream)).toEqual([true, true]);
+    expect(said(seen[1])).toContain('"value":{"n":42}');
   });
 
   it('a refusal of the kernel is the tool’s error', async () => {
@@ -527,7 +651,7 @@ describe('a graph run as a Clove agent', () => {
 
   it('runs a ReAct agent whose tools run in its sandbox; a refused syscall is a failed tool result', async () => {
     stub.responder = (r) =>
-      r.messages.some((m) => String(m.content).includes('result of tool call'))
+      r.messages.some((m) => m.role === 'tool')
         ? { content: 'all done' }
         : {
             tool_calls: [

@@ -3,8 +3,8 @@
  * kernel's syscalls as LangChain tools (`cloveTools`), and a checkpointer on the kernel's state store
  * (`CloveSaver`), so that a graph run as a Clove agent and killed resumes where it was after its restart.
  *
- * This is the only module of the SDK that imports @langchain/*: `import ... from 'clove/sdk/langgraph'`
- * (its own entry) pulls them in; the client (`client.ts`) never does.
+ * This is the only module of the SDK that imports @langchain/*. It is an entry of its own, never
+ * re-exported by `client.ts`: a program that imports only the client loads no framework.
  */
 import {
   BaseChatModel,
@@ -15,12 +15,14 @@ import {
 import type { BaseLanguageModelInput } from '@langchain/core/language_models/base';
 import {
   AIMessage,
-  type AIMessageChunk,
+  AIMessageChunk,
   type BaseMessage,
   type InvalidToolCall,
   type ToolCall,
+  type ToolMessage,
 } from '@langchain/core/messages';
-import type { ChatResult } from '@langchain/core/outputs';
+import { ChatGenerationChunk, type ChatResult } from '@langchain/core/outputs';
+import type { CallbackManagerForLLMRun } from '@langchain/core/callbacks/manager';
 import type { Runnable, RunnableConfig } from '@langchain/core/runnables';
 import { tool, type StructuredToolInterface } from '@langchain/core/tools';
 import { convertToOpenAIFunction, isLangChainTool } from '@langchain/core/utils/function_calling';
@@ -41,17 +43,11 @@ import {
   type SerializerProtocol,
 } from '@langchain/langgraph-checkpoint';
 import { z } from 'zod';
-import { CloveClient, KernelError, type ClientOptions } from '../client.js';
-import { Op, type Replies, type Requests } from '../../../protocol/index.js';
+import { CloveClient, KernelError, type ChatMessage, type ClientOptions } from '../client.js';
+import type { Replies, Requests } from '../../../protocol/index.js';
 
 // ---------------------------------------------------------------------------------------------------
 // The kernel's side of THINK, as this module sends and reads it
-
-/** A turn of a THINK conversation (`messages`). */
-export interface ThinkMessage {
-  role: 'system' | 'user' | 'assistant';
-  content: string;
-}
 
 /** A function the model may call: THINK's `tools` item. */
 export interface ThinkTool {
@@ -60,11 +56,10 @@ export interface ThinkTool {
   parameters?: Record<string, unknown>;
 }
 
-/** THINK's `tool_choice`: let the model choose, forbid tools, require one, or name the one to call. */
-export type ThinkToolChoice = 'auto' | 'none' | 'required' | { name: string };
-
-type ThinkRequest = Requests['THINK'] & { tool_choice?: ThinkToolChoice };
+type ThinkRequest = Requests['THINK'];
 type ThinkReply = Replies['THINK'];
+/** THINK's `tool_choice`: let the model choose, forbid tools, require one, or name the one to call. */
+export type ThinkToolChoice = NonNullable<ThinkRequest['tool_choice']>;
 
 /** A connection to the kernel made when first needed: the one given, else one to `socketPath` / $CLOVE_SOCKET. */
 class LazyClient {
@@ -121,12 +116,11 @@ function textOf(content: BaseMessage['content'], what: string): string {
 }
 
 /**
- * LangChain messages as THINK's conversation. THINK's `messages` carry system, user and assistant
- * turns: an assistant's tool calls are written out in its turn and a tool's result is given to the
- * model as a user turn that names the call it answers.
+ * LangChain messages as THINK's conversation: system, user and assistant turns, an assistant's tool
+ * calls (`tool_calls`) and tool results (`tool` turns answering a call by its id).
  */
-export function toThinkMessages(messages: BaseMessage[]): ThinkMessage[] {
-  return messages.map((m, i): ThinkMessage => {
+export function toThinkMessages(messages: BaseMessage[]): ChatMessage[] {
+  return messages.map((m, i): ChatMessage => {
     const what = `message ${i} (${m.type})`;
     switch (m.type) {
       case 'system':
@@ -135,18 +129,29 @@ export function toThinkMessages(messages: BaseMessage[]): ThinkMessage[] {
         return { role: 'user', content: textOf(m.content, what) };
       case 'ai': {
         const calls = (m as AIMessage).tool_calls ?? [];
-        const text = textOf(m.content, what);
-        const written = calls.map(
-          (c) => `[tool call ${c.id ?? ''}: ${c.name}(${JSON.stringify(c.args ?? {})})]`,
-        );
-        return { role: 'assistant', content: [text, ...written].filter(Boolean).join('\n') };
+        return {
+          role: 'assistant',
+          content: textOf(m.content, what),
+          ...(calls.length
+            ? {
+                tool_calls: calls.map((c) => ({
+                  ...(c.id ? { id: c.id } : {}),
+                  name: c.name,
+                  arguments: c.args,
+                })),
+              }
+            : {}),
+        };
       }
       case 'tool': {
-        const t = m as BaseMessage & { tool_call_id: string; status?: string };
-        const status = t.status === 'error' ? ' (failed)' : '';
+        const t = m as ToolMessage;
+        if (!t.tool_call_id)
+          throw new Error(`ChatClove: ${what} answers no tool call (tool_call_id is empty)`);
         return {
-          role: 'user',
-          content: `[result of tool call ${t.tool_call_id}${m.name ? ` to ${m.name}` : ''}${status}]\n${textOf(m.content, what)}`,
+          role: 'tool',
+          content: textOf(m.content, what),
+          tool_call_id: t.tool_call_id,
+          ...(m.name ? { name: m.name } : {}),
         };
       }
       default:
@@ -277,7 +282,7 @@ export class ChatClove extends BaseChatModel<ChatCloveCallOptions> {
   /** The THINK request for a conversation and this call's options. */
   thinkRequest(messages: BaseMessage[], options: this['ParsedCallOptions']): ThinkRequest {
     const choice = toThinkToolChoice(options.tool_choice);
-    const tools = choice === 'none' ? [] : (options.tools ?? []);
+    const tools = options.tools ?? [];
     return {
       messages: toThinkMessages(messages),
       ...(this.model ? { model: this.model } : {}),
@@ -285,7 +290,7 @@ export class ChatClove extends BaseChatModel<ChatCloveCallOptions> {
       ...(this.temperature !== undefined ? { temperature: this.temperature } : {}),
       ...(this.maxTokens !== undefined ? { max_tokens: this.maxTokens } : {}),
       ...(this.thinkingLevel ? { thinking_level: this.thinkingLevel } : {}),
-      ...(tools.length ? { tools: tools as unknown as Record<string, unknown>[] } : {}),
+      ...(tools.length ? { tools: tools as unknown as ThinkRequest['tools'] } : {}),
       ...(tools.length && choice ? { tool_choice: choice } : {}),
     };
   }
@@ -293,7 +298,7 @@ export class ChatClove extends BaseChatModel<ChatCloveCallOptions> {
   async _generate(messages: BaseMessage[], options: this['ParsedCallOptions']): Promise<ChatResult> {
     if (options.stop?.length) throw new Error('ChatClove: THINK has no stop sequences');
     const client = await this.conn.get();
-    const reply = await client.call<ThinkReply>(Op.THINK, this.thinkRequest(messages, options));
+    const reply = await client.think(this.thinkRequest(messages, options));
     const message = toAIMessage(reply);
     return {
       generations: [{ text: reply.content, message }],
@@ -305,6 +310,60 @@ export class ChatClove extends BaseChatModel<ChatCloveCallOptions> {
         },
       },
     };
+  }
+
+  /**
+   * THINK_STREAM: the answer's pieces as chunks as the provider gives them (text, and tool calls' name
+   * and arguments in pieces), then one last chunk with the kernel's counts, the finish reason and the
+   * ids of calls the provider gave none for. Concatenated they are `_generate`'s message. Leaving early
+   * (or the call's signal) cancels the stream in the kernel, which aborts the provider call.
+   */
+  override async *_streamResponseChunks(
+    messages: BaseMessage[],
+    options: this['ParsedCallOptions'],
+    runManager?: CallbackManagerForLLMRun,
+  ): AsyncGenerator<ChatGenerationChunk> {
+    if (options.stop?.length) throw new Error('ChatClove: THINK has no stop sequences');
+    const client = await this.conn.get();
+    const stream = client.thinkStream(this.thinkRequest(messages, options));
+    const withId = new Set<number>();
+    for await (const d of stream) {
+      options.signal?.throwIfAborted();
+      if (d.content) {
+        const chunk = new ChatGenerationChunk({
+          text: d.content,
+          message: new AIMessageChunk({ content: d.content }),
+        });
+        yield chunk;
+        await runManager?.handleLLMNewToken(d.content, undefined, undefined, undefined, undefined, { chunk });
+      } else if (d.tool_call) {
+        const t = d.tool_call;
+        if (t.id) withId.add(t.index);
+        yield new ChatGenerationChunk({
+          text: '',
+          message: new AIMessageChunk({
+            content: '',
+            tool_call_chunks: [
+              { index: t.index, id: t.id, name: t.name, args: t.arguments ?? '', type: 'tool_call_chunk' },
+            ],
+          }),
+        });
+      }
+    }
+    const reply = await stream.result;
+    const whole = toAIMessage(reply);
+    const ids = (reply.tool_calls ?? []).flatMap((c, index) =>
+      c.id && !withId.has(index) ? [{ index, id: c.id, type: 'tool_call_chunk' as const }] : [],
+    );
+    yield new ChatGenerationChunk({
+      text: '',
+      message: new AIMessageChunk({
+        content: '',
+        ...(ids.length ? { tool_call_chunks: ids } : {}),
+        usage_metadata: whole.usage_metadata,
+        response_metadata: whole.response_metadata,
+      }),
+    });
   }
 }
 
