@@ -205,7 +205,7 @@ export function toAIMessage(reply: ThinkReply): AIMessage {
   const toolCalls: ToolCall[] = [];
   const invalid: InvalidToolCall[] = [];
   for (const c of reply.tool_calls ?? []) {
-    // LangChain pairs results with calls by id; a provider that gives none gets one here.
+    // LangChain pairs results with calls by id. The kernel gives every call one; an older kernel may not.
     const id = c.id ?? `clove_call_${process.pid}_${++callSerial}`;
     const args = c.arguments;
     if (args && typeof args === 'object' && !Array.isArray(args))
