@@ -301,7 +301,8 @@ def test_a_graph_keeps_its_history_in_the_kernel(kernel):
     # a new saver and graph (a new process, say) continue the same thread from the kernel's store
     graph2 = builder.compile(checkpointer=CloveCheckpointSaver(kernel.client()))
     assert graph2.get_state(config).values["seen"] == ["a", "b"]
-    assert graph2.invoke({"seen": []}, config)["seen"] == ["a", "b", "a", "b"]
+    # (async this time: aget_tuple, aput, aput_writes)
+    assert asyncio.run(graph2.ainvoke({"seen": []}, config))["seen"] == ["a", "b", "a", "b"]
     assert len(list(graph2.get_state_history(config))) == 8  # input + 3 steps, twice
 
 
