@@ -290,19 +290,21 @@ class ChatClove(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         """THINK_STREAM: a chunk per delta (text, or a piece of a tool call), then a last chunk with the
         kernel's token counts. LangChain reports each chunk to the callbacks and merges them."""
-        req = self._request(messages, stop, kwargs)
-        stream = self._client().think_stream(**req)
         ids: dict[int, bool] = {}
-        for delta in stream:
-            if delta.get("content"):
-                yield ChatGenerationChunk(message=AIMessageChunk(content=delta["content"]))
-            tc = delta.get("tool_call")
-            if tc:
-                index = int(tc.get("index", 0))
-                ids[index] = ids.get(index, False) or bool(tc.get("id"))
-                piece = tool_call_chunk(name=tc.get("name"), args=tc.get("arguments"), id=tc.get("id"), index=index)
-                yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[piece]))
-        reply = stream.result
+        # leaving early (the consumer stops iterating) cancels the stream: the kernel aborts the call
+        with self._client().think_stream(**self._request(messages, stop, kwargs), check=True) as stream:
+            for delta in stream:
+                if delta.get("content"):
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=delta["content"]))
+                tc = delta.get("tool_call")
+                if tc:
+                    index = int(tc.get("index", 0))
+                    ids[index] = ids.get(index, False) or bool(tc.get("id"))
+                    piece = tool_call_chunk(
+                        name=tc.get("name"), args=tc.get("arguments"), id=tc.get("id"), index=index
+                    )
+                    yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[piece]))
+            reply = stream.result or {}
         calls = reply.get("tool_calls") or []
         # calls whose pieces carried no id get the reply's (or a fresh one): ToolMessages answer by id
         missing = [tool_call_chunk(id=_call_id(calls[i] if i < len(calls) else {}), index=i) for i in ids if not ids[i]]

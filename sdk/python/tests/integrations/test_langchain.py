@@ -183,6 +183,21 @@ def test_streaming_gives_chunks_text_and_tool_calls(llm_kernel, provider_stub):
     assert tokens_used(op) == 36
 
 
+@needs_think_tools
+def test_tool_choice_reaches_the_provider(llm_kernel, provider_stub):
+    provider_stub.responder = lambda body: Reply(tool_calls=[{"name": "clove_fetch", "arguments": {"key": "x"}}])
+    op = llm_kernel.client()
+    tools = clove_tools(op, include=["fetch", "store"])
+    model = ChatClove(client=op)
+
+    model.bind_tools(tools, tool_choice="clove_fetch").invoke("x?")
+    assert provider_stub.requests[-1]["tool_choice"] == {"type": "function", "function": {"name": "clove_fetch"}}
+    model.bind_tools(tools, tool_choice="any").invoke("x?")
+    assert provider_stub.requests[-1]["tool_choice"] == "required"
+    model.bind_tools(tools[:1], tool_choice=True).invoke("x?")
+    assert provider_stub.requests[-1]["tool_choice"] == {"type": "function", "function": {"name": "clove_fetch"}}
+
+
 def test_bad_input_is_refused_by_name(llm_kernel):
     op = llm_kernel.client()
     model = ChatClove(client=op)
