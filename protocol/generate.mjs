@@ -84,20 +84,23 @@ function withDefaultsRequired(schema) {
 async function typesFor(c) {
   const $defs = Object.fromEntries(Object.entries(c.defs).map(([k, v]) => [k, forTypes(v)]));
   const root = { title: 'CloveContract', type: 'object', properties: {}, additionalProperties: false };
+  // A request or reply that is a shared definition (`$ref`) is that type by another name, not a copy.
+  const named = (s) => (s?.$ref ? { tsType: s.$ref.split('/').pop() } : forTypes(s));
+  const deref = (s) => (s?.$ref ? c.defs[s.$ref.split('/').pop()] : s);
   for (const op of c.ops) {
     if (op.payload === 'raw') continue;
     const P = pascal(op.name);
     $defs[`${P}Request`] = {
-      ...forTypes(op.request),
+      ...named(op.request),
       title: `${P}Request`,
       description: `${op.name} request.`,
     };
     $defs[`${P}Args`] = {
-      ...forTypes(withDefaultsRequired(op.request)),
+      ...forTypes(withDefaultsRequired(deref(op.request))),
       title: `${P}Args`,
       description: `${op.name} request as a handler sees it: validated, defaults applied.`,
     };
-    $defs[`${P}Reply`] = { ...forTypes(op.reply), title: `${P}Reply`, description: `${op.name} reply.` };
+    $defs[`${P}Reply`] = { ...named(op.reply), title: `${P}Reply`, description: `${op.name} reply.` };
   }
   for (const [k, v] of Object.entries($defs)) if (!v.title && typeOf(v) === 'object') v.title = k;
   root.$defs = $defs;
@@ -375,14 +378,20 @@ const cell = (text) => String(text).replace(/\|/g, '\\|').replace(/\n/g, ' ');
 /** The request fields and reply of every implemented opcode of a family. */
 function mdFamily(c, family) {
   const out = [];
+  // A request or reply that is a shared definition is written out once, under the first opcode using it.
+  const shown = new Map();
+  const resolve = (s) => (s.$ref ? c.defs[s.$ref.split('/').pop()] : s);
   for (const op of c.ops.filter((o) => o.family === family && o.status === 'implemented')) {
     out.push(`**${op.name}** (${hex(op.code)}${op.ext ? ', ext' : ''}): ${op.summary}.`, '');
     if (op.payload === 'raw') {
       out.push('Request and reply: raw bytes (see above).', '');
       continue;
     }
-    const props = Object.entries(op.request.properties ?? {});
-    if (props.length) {
+    const props = Object.entries(resolve(op.request).properties ?? {});
+    if (op.request.$ref && shown.has(op.request.$ref))
+      out.push(`Request: as ${shown.get(op.request.$ref)}'s (\`${op.request.$ref.split('/').pop()}\`).`);
+    else if (props.length) {
+      if (op.request.$ref) shown.set(op.request.$ref, op.name);
       out.push('| field | type | default | notes |', '| --- | --- | --- | --- |');
       for (const [k, v] of props) {
         const d = 'default' in v ? `\`${JSON.stringify(v.default)}\`` : '';
@@ -390,10 +399,11 @@ function mdFamily(c, family) {
         out.push(`| \`${k}\` | ${cell(mdType(c, v))} | ${d} | ${cell(notes)} |`);
       }
     } else out.push('Request: no fields (any JSON object).');
-    const reply = op.reply.type === 'array' ? null : Object.keys(op.reply.properties ?? {});
+    const replySchema = resolve(op.reply);
+    const reply = replySchema.type === 'array' ? null : Object.keys(replySchema.properties ?? {});
     out.push(
       '',
-      reply ? `Reply: \`${reply.join(', ')}\`.` : `Reply: ${mdType(c, op.reply)} (a bare array).`,
+      reply ? `Reply: \`${reply.join(', ')}\`.` : `Reply: ${mdType(c, replySchema)} (a bare array).`,
       '',
     );
   }

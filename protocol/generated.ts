@@ -144,6 +144,12 @@ export const Op = {
   HEARTBEAT: 0xd0,
   /** tokens used by a client-side LLM call: counted against the quota, marked self-reported */
   LLM_REPORT: 0xf0,
+  /** THINK with the answer streamed: admitted as THINK is (rights, quotas, the fair scheduler), replies at once with a `stream_id`; the pieces come with THINK_STREAM_NEXT (Clove extension) */
+  THINK_STREAM: 0xf1,
+  /** the pieces of a streamed THINK that came since the last call, waiting in the kernel until there are some; the last reply says `done` and carries THINK's reply (Clove extension) */
+  THINK_STREAM_NEXT: 0xf2,
+  /** ends a streamed THINK: the provider call is aborted (the kernel hangs up on it) and the stream is gone (Clove extension) */
+  THINK_STREAM_CANCEL: 0xf3,
   /** who the caller is, what the kernel offers */
   HELLO: 0xfe,
   /** raw text `goodbye`; the connection stays open (the client closes it) */
@@ -849,6 +855,39 @@ export const OPCODES: readonly OpInfo[] = [
     sdk: { typescript: 'llmReport', python: 'llm_report' },
   },
   {
+    name: 'THINK_STREAM',
+    code: 241,
+    family: 'llm',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'THINK with the answer streamed: admitted as THINK is (rights, quotas, the fair scheduler), replies at once with a `stream_id`; the pieces come with THINK_STREAM_NEXT',
+    sdk: { typescript: 'thinkStream', python: 'think_stream' },
+  },
+  {
+    name: 'THINK_STREAM_NEXT',
+    code: 242,
+    family: 'llm',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "the pieces of a streamed THINK that came since the last call, waiting in the kernel until there are some; the last reply says `done` and carries THINK's reply",
+    sdk: { typescript: 'thinkStreamNext', python: 'think_stream_next' },
+  },
+  {
+    name: 'THINK_STREAM_CANCEL',
+    code: 243,
+    family: 'llm',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      'ends a streamed THINK: the provider call is aborted (the kernel hangs up on it) and the stream is gone',
+    sdk: { typescript: 'thinkStreamCancel', python: 'think_stream_cancel' },
+  },
+  {
     name: 'HELLO',
     code: 254,
     family: 'core',
@@ -1108,12 +1147,40 @@ export type ChaosEventType =
   | 'resource_pressure'
   | 'clear';
 /**
+ * THINK request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkRequest".
+ */
+export type ThinkRequest = ThinkParams;
+/**
+ * THINK reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkReply".
+ */
+export type ThinkReply = ThinkResult;
+/**
  * LIST reply.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ListReply".
  */
 export type ListReply = AgentInfo[];
+/**
+ * HEARTBEAT reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "HeartbeatReply".
+ */
+export type HeartbeatReply = Ok;
+/**
+ * THINK_STREAM request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamRequest".
+ */
+export type ThinkStreamRequest = ThinkParams;
 
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1541,27 +1608,196 @@ export interface Labels {
   [k: string]: string;
 }
 /**
+ * one turn of a conversation: `{role, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` and `name`
+ *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ChatMessage".
  */
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant';
+  /**
+   * `tool`: the result of a tool call the model made (`tool_call_id` says which)
+   */
+  role: 'system' | 'user' | 'assistant' | 'tool';
+  /**
+   * the text of the turn (`""` for an assistant turn that only called tools); a tool turn's result, JSON or text
+   */
   content: string;
+  /**
+   * assistant turns only: the calls the model made, as THINK's reply gave them (`{id, name, arguments}`)
+   *
+   * @maxItems 128
+   */
+  tool_calls?: ToolCall[];
+  /**
+   * tool turns (required there): the `id` of the call this turn answers
+   */
+  tool_call_id?: string;
+  /**
+   * tool turns: the tool's name (default: the name of the call `tool_call_id` names, found in an earlier assistant turn)
+   */
+  name?: string;
 }
 /**
+ * a call the model made: `id` (the provider's, or one the kernel made when the provider gave none), `name`, `arguments`
+ *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ToolCall".
  */
 export interface ToolCall {
   /**
-   * the provider's id of the call, when it gives one
+   * the call's id: the provider's, or `clove_call_…` made by the kernel when the provider gave none; a tool turn answers it by `tool_call_id`
    */
   id?: string;
   name: string;
   /**
-   * the arguments as JSON (the provider's text when it is not JSON)
+   * the arguments: an object (the provider's text when it is not JSON; a string of JSON is accepted in an assistant turn)
    */
   arguments: unknown;
+}
+/**
+ * a THINK request (THINK_STREAM takes the same)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkParams".
+ */
+export interface ThinkParams {
+  /**
+   * the user's turn (after `messages`); optional when `messages` holds a turn other than `system`
+   */
+  prompt?: string;
+  /**
+   * an image attached to the last user turn: `{data: base64, mime_type}`
+   */
+  image?: {
+    /**
+     * base64
+     */
+    data: string;
+    /**
+     * default `image/jpeg`
+     */
+    mime_type?: string;
+  };
+  system_instruction?: string;
+  /**
+   * a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)
+   */
+  thinking_level?: 'LOW' | 'MEDIUM' | 'HIGH';
+  temperature?: number;
+  /**
+   * most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`
+   */
+  max_tokens?: number;
+  /**
+   * default the provider's `default_model`
+   */
+  model?: string;
+  /**
+   * function declarations: `{name, description, parameters}`, OpenAI's `{type: "function", function: {…}}` or Gemini's `{functionDeclarations: […]}`; calls come back in `tool_calls`
+   *
+   * @maxItems 128
+   */
+  tools?: {
+    [k: string]: unknown;
+  }[];
+  /**
+   * ext: `auto` (the default: the model decides), `none` (no tool call), `required` (at least one call), or `{name}` (a call of that tool); `required` and `{name}` need `tools`, and `{name}` one of them
+   */
+  tool_choice?:
+    | ('auto' | 'none' | 'required')
+    | {
+        name: string;
+      };
+  /**
+   * `true` is refused with `not_supported` for now (the public kernel's default was `true`)
+   */
+  async?: boolean;
+  /**
+   * async only
+   */
+  request_id?: number;
+  /**
+   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant|tool, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` (and `name`)
+   *
+   * @maxItems 4096
+   */
+  messages?: ChatMessage[];
+  /**
+   * ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider
+   */
+  provider?: string;
+}
+/**
+ * THINK's reply (and THINK_STREAM_NEXT's `result`)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkResult".
+ */
+export interface ThinkResult {
+  success: true;
+  content: string;
+  /**
+   * input + output tokens, as the provider counted them
+   */
+  tokens: number;
+  /**
+   * ext
+   */
+  input_tokens?: number;
+  /**
+   * ext (thinking included)
+   */
+  output_tokens?: number;
+  /**
+   * ext: the provider's name
+   */
+  provider?: string;
+  /**
+   * ext: the model that answered, as the provider names it
+   */
+  model?: string;
+  /**
+   * ext: `stop`, `length`, `tool_calls`, `content_filter`, or the provider's own word
+   */
+  finish_reason?: string;
+  /**
+   * ext: present when the model called tools; every call has an `id` (answer it with a `tool` turn carrying it as `tool_call_id`)
+   */
+  tool_calls?: ToolCall[];
+  /**
+   * ext: present (true) when the provider reported no usage and the counts are the kernel's estimate
+   */
+  usage_estimated?: boolean;
+}
+/**
+ * one piece of a streamed answer: `{content}` or `{tool_call: {index, id?, name?, arguments?}}`; concatenated in order they make THINK's `content` and `tool_calls`
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkDelta".
+ */
+export interface ThinkDelta {
+  /**
+   * a piece of the answer's text
+   */
+  content?: string;
+  tool_call?: {
+    /**
+     * the call's place in the reply's `tool_calls`
+     */
+    index: number;
+    /**
+     * the call's id, in its first piece when the provider gives one
+     */
+    id?: string;
+    /**
+     * the tool's name, in its first piece
+     */
+    name?: string;
+    /**
+     * a piece of the arguments' JSON text
+     */
+    arguments?: string;
+  };
 }
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -2173,71 +2409,6 @@ export interface WorldConfig {
   };
 }
 /**
- * THINK request.
- *
- * This interface was referenced by `CloveContract`'s JSON-Schema
- * via the `definition` "ThinkRequest".
- */
-export interface ThinkRequest {
-  /**
-   * the user's turn (after `messages`); `prompt` or `messages` is required
-   */
-  prompt?: string;
-  /**
-   * an image attached to the last user turn: `{data: base64, mime_type}`
-   */
-  image?: {
-    /**
-     * base64
-     */
-    data: string;
-    /**
-     * default `image/jpeg`
-     */
-    mime_type?: string;
-  };
-  system_instruction?: string;
-  /**
-   * a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)
-   */
-  thinking_level?: 'LOW' | 'MEDIUM' | 'HIGH';
-  temperature?: number;
-  /**
-   * most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`
-   */
-  max_tokens?: number;
-  /**
-   * default the provider's `default_model`
-   */
-  model?: string;
-  /**
-   * function declarations: `{name, description, parameters}` or OpenAI's `{type: "function", function: {…}}`; calls come back in `tool_calls`
-   *
-   * @maxItems 128
-   */
-  tools?: {
-    [k: string]: unknown;
-  }[];
-  /**
-   * `true` is refused with `not_supported` for now (the public kernel's default was `true`)
-   */
-  async?: boolean;
-  /**
-   * async only
-   */
-  request_id?: number;
-  /**
-   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant, content}`
-   *
-   * @maxItems 4096
-   */
-  messages?: ChatMessage[];
-  /**
-   * ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider
-   */
-  provider?: string;
-}
-/**
  * THINK request as a handler sees it: validated, defaults applied.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -2245,7 +2416,7 @@ export interface ThinkRequest {
  */
 export interface ThinkArgs {
   /**
-   * the user's turn (after `messages`); `prompt` or `messages` is required
+   * the user's turn (after `messages`); optional when `messages` holds a turn other than `system`
    */
   prompt?: string;
   /**
@@ -2276,13 +2447,21 @@ export interface ThinkArgs {
    */
   model?: string;
   /**
-   * function declarations: `{name, description, parameters}` or OpenAI's `{type: "function", function: {…}}`; calls come back in `tool_calls`
+   * function declarations: `{name, description, parameters}`, OpenAI's `{type: "function", function: {…}}` or Gemini's `{functionDeclarations: […]}`; calls come back in `tool_calls`
    *
    * @maxItems 128
    */
   tools?: {
     [k: string]: unknown;
   }[];
+  /**
+   * ext: `auto` (the default: the model decides), `none` (no tool call), `required` (at least one call), or `{name}` (a call of that tool); `required` and `{name}` need `tools`, and `{name}` one of them
+   */
+  tool_choice?:
+    | ('auto' | 'none' | 'required')
+    | {
+        name: string;
+      };
   /**
    * `true` is refused with `not_supported` for now (the public kernel's default was `true`)
    */
@@ -2292,7 +2471,7 @@ export interface ThinkArgs {
    */
   request_id?: number;
   /**
-   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant, content}`
+   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant|tool, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` (and `name`)
    *
    * @maxItems 4096
    */
@@ -2301,48 +2480,6 @@ export interface ThinkArgs {
    * ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider
    */
   provider?: string;
-}
-/**
- * THINK reply.
- *
- * This interface was referenced by `CloveContract`'s JSON-Schema
- * via the `definition` "ThinkReply".
- */
-export interface ThinkReply {
-  success: true;
-  content: string;
-  /**
-   * input + output tokens, as the provider counted them
-   */
-  tokens: number;
-  /**
-   * ext
-   */
-  input_tokens?: number;
-  /**
-   * ext (thinking included)
-   */
-  output_tokens?: number;
-  /**
-   * ext: the provider's name
-   */
-  provider?: string;
-  /**
-   * ext: the model that answered, as the provider names it
-   */
-  model?: string;
-  /**
-   * ext: `stop`, `length`, `tool_calls`, `content_filter`, or the provider's own word
-   */
-  finish_reason?: string;
-  /**
-   * ext: present when the model called tools
-   */
-  tool_calls?: ToolCall[];
-  /**
-   * ext: present (true) when the provider reported no usage and the counts are the kernel's estimate
-   */
-  usage_estimated?: boolean;
 }
 /**
  * EXEC request.
@@ -5608,12 +5745,6 @@ export interface HeartbeatRequest {}
  */
 export interface HeartbeatArgs {}
 /**
- * HEARTBEAT reply.
- */
-export interface HeartbeatReply {
-  success: true;
-}
-/**
  * LLM_REPORT request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -5661,6 +5792,183 @@ export interface LlmReportReply {
    * ext: of which self-reported (LLM_REPORT), this kernel run
    */
   self_reported_tokens?: number;
+}
+/**
+ * THINK_STREAM request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamArgs".
+ */
+export interface ThinkStreamArgs {
+  /**
+   * the user's turn (after `messages`); optional when `messages` holds a turn other than `system`
+   */
+  prompt?: string;
+  /**
+   * an image attached to the last user turn: `{data: base64, mime_type}`
+   */
+  image?: {
+    /**
+     * base64
+     */
+    data: string;
+    /**
+     * default `image/jpeg`
+     */
+    mime_type?: string;
+  };
+  system_instruction?: string;
+  /**
+   * a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)
+   */
+  thinking_level?: 'LOW' | 'MEDIUM' | 'HIGH';
+  temperature?: number;
+  /**
+   * most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`
+   */
+  max_tokens?: number;
+  /**
+   * default the provider's `default_model`
+   */
+  model?: string;
+  /**
+   * function declarations: `{name, description, parameters}`, OpenAI's `{type: "function", function: {…}}` or Gemini's `{functionDeclarations: […]}`; calls come back in `tool_calls`
+   *
+   * @maxItems 128
+   */
+  tools?: {
+    [k: string]: unknown;
+  }[];
+  /**
+   * ext: `auto` (the default: the model decides), `none` (no tool call), `required` (at least one call), or `{name}` (a call of that tool); `required` and `{name}` need `tools`, and `{name}` one of them
+   */
+  tool_choice?:
+    | ('auto' | 'none' | 'required')
+    | {
+        name: string;
+      };
+  /**
+   * `true` is refused with `not_supported` for now (the public kernel's default was `true`)
+   */
+  async: boolean;
+  /**
+   * async only
+   */
+  request_id?: number;
+  /**
+   * ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant|tool, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` (and `name`)
+   *
+   * @maxItems 4096
+   */
+  messages?: ChatMessage[];
+  /**
+   * ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider
+   */
+  provider?: string;
+}
+/**
+ * THINK_STREAM reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamReply".
+ */
+export interface ThinkStreamReply {
+  success: true;
+  /**
+   * names the stream in THINK_STREAM_NEXT and THINK_STREAM_CANCEL; only its maker's calls see it
+   */
+  stream_id: number;
+  /**
+   * the provider's name
+   */
+  provider?: string;
+}
+/**
+ * THINK_STREAM_NEXT request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamNextRequest".
+ */
+export interface ThinkStreamNextRequest {
+  /**
+   * what THINK_STREAM replied
+   */
+  stream_id: number;
+  /**
+   * how long to wait in the kernel for a piece when none is buffered (0: answer at once; a wait over 60000 is cut to 60000)
+   */
+  wait_ms?: number;
+}
+/**
+ * THINK_STREAM_NEXT request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamNextArgs".
+ */
+export interface ThinkStreamNextArgs {
+  /**
+   * what THINK_STREAM replied
+   */
+  stream_id: number;
+  /**
+   * how long to wait in the kernel for a piece when none is buffered (0: answer at once; a wait over 60000 is cut to 60000)
+   */
+  wait_ms: number;
+}
+/**
+ * THINK_STREAM_NEXT reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamNextReply".
+ */
+export interface ThinkStreamNextReply {
+  success: true;
+  /**
+   * the pieces buffered since the last THINK_STREAM_NEXT, in order (adjacent pieces of one kind merged); empty when the wait ran out
+   */
+  deltas: ThinkDelta[];
+  /**
+   * the answer is complete: `result` is THINK's reply, and the stream is gone
+   */
+  done: boolean;
+  result?: ThinkResult;
+}
+/**
+ * THINK_STREAM_CANCEL request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamCancelRequest".
+ */
+export interface ThinkStreamCancelRequest {
+  /**
+   * what THINK_STREAM replied
+   */
+  stream_id: number;
+}
+/**
+ * THINK_STREAM_CANCEL request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamCancelArgs".
+ */
+export interface ThinkStreamCancelArgs {
+  /**
+   * what THINK_STREAM replied
+   */
+  stream_id: number;
+}
+/**
+ * THINK_STREAM_CANCEL reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "ThinkStreamCancelReply".
+ */
+export interface ThinkStreamCancelReply {
+  success: true;
+  /**
+   * true when the provider call was still waiting or running; false when its answer was complete
+   */
+  cancelled: boolean;
 }
 /**
  * HELLO request.
@@ -5752,15 +6060,6 @@ export interface HelloReply {
     batch?: boolean;
   };
 }
-/**
- * HEARTBEAT reply.
- *
- * This interface was referenced by `CloveContract`'s JSON-Schema
- * via the `definition` "HeartbeatReply".
- */
-export interface Ok1 {
-  success: true;
-}
 
 /** Opcode name → request as a client sends it. */
 export interface Requests {
@@ -5829,6 +6128,9 @@ export interface Requests {
   CLUSTER_STATUS: ClusterStatusRequest;
   HEARTBEAT: HeartbeatRequest;
   LLM_REPORT: LlmReportRequest;
+  THINK_STREAM: ThinkStreamRequest;
+  THINK_STREAM_NEXT: ThinkStreamNextRequest;
+  THINK_STREAM_CANCEL: ThinkStreamCancelRequest;
   HELLO: HelloRequest;
 }
 /** Opcode name → request as a handler gets it (validated, defaults applied). */
@@ -5898,6 +6200,9 @@ export interface ArgsOf {
   CLUSTER_STATUS: ClusterStatusArgs;
   HEARTBEAT: HeartbeatArgs;
   LLM_REPORT: LlmReportArgs;
+  THINK_STREAM: ThinkStreamArgs;
+  THINK_STREAM_NEXT: ThinkStreamNextArgs;
+  THINK_STREAM_CANCEL: ThinkStreamCancelArgs;
   HELLO: HelloArgs;
 }
 /** Opcode name → successful reply. */
@@ -5967,6 +6272,9 @@ export interface Replies {
   CLUSTER_STATUS: ClusterStatusReply;
   HEARTBEAT: HeartbeatReply;
   LLM_REPORT: LlmReportReply;
+  THINK_STREAM: ThinkStreamReply;
+  THINK_STREAM_NEXT: ThinkStreamNextReply;
+  THINK_STREAM_CANCEL: ThinkStreamCancelReply;
   HELLO: HelloReply;
 }
 
@@ -6426,19 +6734,184 @@ export const SCHEMA_DEFS = {
       type: 'object',
       required: ['role', 'content'],
       properties: {
-        role: { type: 'string', enum: ['system', 'user', 'assistant'] },
-        content: { type: 'string' },
+        role: {
+          type: 'string',
+          enum: ['system', 'user', 'assistant', 'tool'],
+          description: '`tool`: the result of a tool call the model made (`tool_call_id` says which)',
+        },
+        content: {
+          type: 'string',
+          description:
+            'the text of the turn (`""` for an assistant turn that only called tools); a tool turn\'s result, JSON or text',
+        },
+        tool_calls: {
+          type: 'array',
+          maxItems: 128,
+          items: { $ref: 'clove#/$defs/ToolCall' },
+          description:
+            "assistant turns only: the calls the model made, as THINK's reply gave them (`{id, name, arguments}`)",
+        },
+        tool_call_id: {
+          type: 'string',
+          minLength: 1,
+          maxLength: 256,
+          description: 'tool turns (required there): the `id` of the call this turn answers',
+        },
+        name: {
+          type: 'string',
+          maxLength: 256,
+          description:
+            "tool turns: the tool's name (default: the name of the call `tool_call_id` names, found in an earlier assistant turn)",
+        },
       },
+      description:
+        "one turn of a conversation: `{role, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` and `name`",
     },
     ToolCall: {
       title: 'ToolCall',
       type: 'object',
       required: ['name', 'arguments'],
       properties: {
-        id: { type: 'string', description: "the provider's id of the call, when it gives one" },
+        id: {
+          type: 'string',
+          description:
+            "the call's id: the provider's, or `clove_call_…` made by the kernel when the provider gave none; a tool turn answers it by `tool_call_id`",
+        },
         name: { type: 'string' },
-        arguments: { description: "the arguments as JSON (the provider's text when it is not JSON)" },
+        arguments: {
+          description:
+            "the arguments: an object (the provider's text when it is not JSON; a string of JSON is accepted in an assistant turn)",
+        },
       },
+      description:
+        "a call the model made: `id` (the provider's, or one the kernel made when the provider gave none), `name`, `arguments`",
+    },
+    ThinkParams: {
+      type: 'object',
+      properties: {
+        prompt: {
+          type: 'string',
+          description:
+            "the user's turn (after `messages`); optional when `messages` holds a turn other than `system`",
+        },
+        image: {
+          type: 'object',
+          required: ['data'],
+          properties: {
+            data: { type: 'string', description: 'base64' },
+            mime_type: { type: 'string', description: 'default `image/jpeg`' },
+          },
+          description: 'an image attached to the last user turn: `{data: base64, mime_type}`',
+        },
+        system_instruction: { type: 'string' },
+        thinking_level: {
+          type: 'string',
+          enum: ['LOW', 'MEDIUM', 'HIGH'],
+          description:
+            'a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)',
+        },
+        temperature: { type: 'number', minimum: 0, maximum: 2 },
+        max_tokens: {
+          type: 'integer',
+          minimum: 0,
+          description:
+            "most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`",
+        },
+        model: { type: 'string', description: "default the provider's `default_model`" },
+        tools: {
+          type: 'array',
+          maxItems: 128,
+          items: { type: 'object', additionalProperties: true },
+          description:
+            'function declarations: `{name, description, parameters}`, OpenAI\'s `{type: "function", function: {…}}` or Gemini\'s `{functionDeclarations: […]}`; calls come back in `tool_calls`',
+        },
+        tool_choice: {
+          anyOf: [
+            { type: 'string', enum: ['auto', 'none', 'required'] },
+            {
+              type: 'object',
+              required: ['name'],
+              properties: { name: { type: 'string', minLength: 1 } },
+              additionalProperties: false,
+            },
+          ],
+          description:
+            'ext: `auto` (the default: the model decides), `none` (no tool call), `required` (at least one call), or `{name}` (a call of that tool); `required` and `{name}` need `tools`, and `{name}` one of them',
+        },
+        async: {
+          type: 'boolean',
+          default: false,
+          description:
+            "`true` is refused with `not_supported` for now (the public kernel's default was `true`)",
+        },
+        request_id: { type: 'integer', minimum: 0, description: 'async only' },
+        messages: {
+          type: 'array',
+          maxItems: 4096,
+          items: { $ref: 'clove#/$defs/ChatMessage' },
+          description:
+            "ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant|tool, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` (and `name`)",
+        },
+        provider: {
+          type: 'string',
+          description:
+            "ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider",
+        },
+      },
+      title: 'ThinkParams',
+      description: 'a THINK request (THINK_STREAM takes the same)',
+    },
+    ThinkResult: {
+      type: 'object',
+      required: ['success', 'content', 'tokens'],
+      properties: {
+        success: { const: true },
+        content: { type: 'string' },
+        tokens: { type: 'integer', description: 'input + output tokens, as the provider counted them' },
+        input_tokens: { type: 'integer', description: 'ext' },
+        output_tokens: { type: 'integer', description: 'ext (thinking included)' },
+        provider: { type: 'string', description: "ext: the provider's name" },
+        model: { type: 'string', description: 'ext: the model that answered, as the provider names it' },
+        finish_reason: {
+          type: 'string',
+          description: "ext: `stop`, `length`, `tool_calls`, `content_filter`, or the provider's own word",
+        },
+        tool_calls: {
+          type: 'array',
+          items: { $ref: 'clove#/$defs/ToolCall' },
+          description:
+            'ext: present when the model called tools; every call has an `id` (answer it with a `tool` turn carrying it as `tool_call_id`)',
+        },
+        usage_estimated: {
+          type: 'boolean',
+          description:
+            "ext: present (true) when the provider reported no usage and the counts are the kernel's estimate",
+        },
+      },
+      title: 'ThinkResult',
+      description: "THINK's reply (and THINK_STREAM_NEXT's `result`)",
+    },
+    ThinkDelta: {
+      title: 'ThinkDelta',
+      type: 'object',
+      properties: {
+        content: { type: 'string', description: "a piece of the answer's text" },
+        tool_call: {
+          type: 'object',
+          required: ['index'],
+          properties: {
+            index: { type: 'integer', description: "the call's place in the reply's `tool_calls`" },
+            id: {
+              type: 'string',
+              description: "the call's id, in its first piece when the provider gives one",
+            },
+            name: { type: 'string', description: "the tool's name, in its first piece" },
+            arguments: { type: 'string', description: "a piece of the arguments' JSON text" },
+          },
+        },
+      },
+      description:
+        "one piece of a streamed answer: `{content}` or `{tool_call: {index, id?, name?, arguments?}}`; concatenated in order they make THINK's `content` and `tool_calls`",
     },
     AgentMetrics: {
       title: 'AgentMetrics',
@@ -7171,64 +7644,7 @@ export const SCHEMA_DEFS = {
   },
 };
 export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
-  THINK: {
-    type: 'object',
-    properties: {
-      prompt: {
-        type: 'string',
-        description: "the user's turn (after `messages`); `prompt` or `messages` is required",
-      },
-      image: {
-        type: 'object',
-        required: ['data'],
-        properties: {
-          data: { type: 'string', description: 'base64' },
-          mime_type: { type: 'string', description: 'default `image/jpeg`' },
-        },
-        description: 'an image attached to the last user turn: `{data: base64, mime_type}`',
-      },
-      system_instruction: { type: 'string' },
-      thinking_level: {
-        type: 'string',
-        enum: ['LOW', 'MEDIUM', 'HIGH'],
-        description: 'a thinking budget of 1024/4096/8192 tokens (`reasoning_effort` for `openai` providers)',
-      },
-      temperature: { type: 'number', minimum: 0, maximum: 2 },
-      max_tokens: {
-        type: 'integer',
-        minimum: 0,
-        description:
-          "most output tokens; 0 or absent: the provider's `max_tokens` (default 4096). Counted before the call against `llm.max_tokens`",
-      },
-      model: { type: 'string', description: "default the provider's `default_model`" },
-      tools: {
-        type: 'array',
-        maxItems: 128,
-        items: { type: 'object', additionalProperties: true },
-        description:
-          'function declarations: `{name, description, parameters}` or OpenAI\'s `{type: "function", function: {…}}`; calls come back in `tool_calls`',
-      },
-      async: {
-        type: 'boolean',
-        default: false,
-        description:
-          "`true` is refused with `not_supported` for now (the public kernel's default was `true`)",
-      },
-      request_id: { type: 'integer', minimum: 0, description: 'async only' },
-      messages: {
-        type: 'array',
-        maxItems: 4096,
-        items: { $ref: 'clove#/$defs/ChatMessage' },
-        description:
-          'ext: earlier turns of the conversation, oldest first: `{role: system|user|assistant, content}`',
-      },
-      provider: {
-        type: 'string',
-        description:
-          "ext: a provider's `name` in the operator's configuration; default the provider serving `model`, else the default provider",
-      },
-    },
-  },
+  THINK: { $ref: 'clove#/$defs/ThinkParams' },
   EXEC: {
     type: 'object',
     properties: {
@@ -8021,6 +8437,27 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       tokens: { type: 'integer', minimum: 0, maximum: 4294967295, default: 0 },
       success: { type: 'boolean', description: 'ignored' },
     },
+  },
+  THINK_STREAM: { $ref: 'clove#/$defs/ThinkParams' },
+  THINK_STREAM_NEXT: {
+    type: 'object',
+    required: ['stream_id'],
+    properties: {
+      stream_id: { type: 'integer', minimum: 1, description: 'what THINK_STREAM replied' },
+      wait_ms: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 3600000,
+        default: 30000,
+        description:
+          'how long to wait in the kernel for a piece when none is buffered (0: answer at once; a wait over 60000 is cut to 60000)',
+      },
+    },
+  },
+  THINK_STREAM_CANCEL: {
+    type: 'object',
+    required: ['stream_id'],
+    properties: { stream_id: { type: 'integer', minimum: 1, description: 'what THINK_STREAM replied' } },
   },
   HELLO: {
     type: 'object',

@@ -15,7 +15,14 @@ import {
   type Replies,
   type Requests,
 } from '../../protocol/index.js';
-import { ConnectionClosedError, ProtocolError, TimeoutError, kernelError } from './errors.js';
+import {
+  CloveError,
+  ConnectionClosedError,
+  NotFoundError,
+  ProtocolError,
+  TimeoutError,
+  kernelError,
+} from './errors.js';
 import type * as T from './types.js';
 
 export * from './errors.js';
@@ -497,8 +504,35 @@ export class CloveClient {
   }
 
   // --- acting on the world, audit, record/replay, async, worlds (docs/worlds.md), the tunnel (operators) --
+  /**
+   * THINK: the kernel calls the operator's provider. `messages` may carry earlier tool rounds (an
+   * assistant turn's `tool_calls` as a reply gave them, then one `tool` turn per call with its
+   * `tool_call_id`); `tools` and `tool_choice` let the model call functions (`tool_calls` in the reply).
+   */
   think(req: Requests['THINK']): Promise<Replies['THINK']> {
     return this.syscall('THINK', req);
+  }
+  /**
+   * THINK_STREAM: the same call, its answer streamed. `for await (const d of client.thinkStream(req))`
+   * yields the pieces (`{content}` or `{tool_call: {index, id?, name?, arguments?}}`) as they come, and
+   * `result` resolves to THINK's reply at the end (reading only `result` works too). Leaving the loop
+   * early cancels the stream. Its THINK_STREAM_NEXT calls wait in the kernel (`waitMs` each, default
+   * 5000) on this connection, whose replies keep their order: a call made meanwhile on the same client,
+   * a cancel included, is answered after the next piece or that wait.
+   */
+  thinkStream(req: Requests['THINK_STREAM'], opts: { waitMs?: number } = {}): ThinkStream {
+    return new ThinkStream(this, req, opts.waitMs ?? 5000);
+  }
+  /** THINK_STREAM_NEXT: the pieces buffered since the last call, waiting up to `waitMs` in the kernel. */
+  thinkStreamNext(streamId: number, waitMs?: number): Promise<Replies['THINK_STREAM_NEXT']> {
+    return this.syscall('THINK_STREAM_NEXT', {
+      stream_id: streamId,
+      ...(waitMs !== undefined ? { wait_ms: waitMs } : {}),
+    });
+  }
+  /** THINK_STREAM_CANCEL: ends a stream; the provider call is aborted if it is still going. */
+  thinkStreamCancel(streamId: number): Promise<Replies['THINK_STREAM_CANCEL']> {
+    return this.syscall('THINK_STREAM_CANCEL', { stream_id: streamId });
   }
   llmReport(req: Requests['LLM_REPORT']): Promise<Replies['LLM_REPORT']> {
     return this.syscall('LLM_REPORT', req);
@@ -597,6 +631,79 @@ export class CloveClient {
     if (s) this.drop(s, new ConnectionClosedError('client closed'));
     this.pushed.message.end();
     this.pushed.event.end();
+  }
+}
+
+/**
+ * A streamed THINK (CloveClient.thinkStream): THINK_STREAM, then THINK_STREAM_NEXT until the end, started
+ * at once. The pieces wait here until they are iterated (no more than the answer itself); `result`
+ * settles with THINK's reply, or THINK's error.
+ */
+export class ThinkStream implements AsyncIterable<T.ThinkDelta> {
+  /** THINK's reply once the answer is complete; rejects with the error that ended the stream. */
+  readonly result: Promise<Replies['THINK']>;
+  /** The kernel's id of the stream (THINK_STREAM's reply). */
+  readonly id: Promise<number>;
+  private readonly pieces = new PushQueue<T.ThinkDelta>();
+  private failure: Error | null = null;
+  private iterated = false;
+  private cancelled = false;
+
+  constructor(
+    private readonly client: CloveClient,
+    req: Requests['THINK_STREAM'],
+    private readonly waitMs: number,
+  ) {
+    this.id = client.syscall('THINK_STREAM', req).then((r) => r.stream_id);
+    this.result = this.pump();
+    // Settled whether or not anybody awaits them: a failure reaches the iterator and `result`.
+    this.result.catch(() => {});
+    this.id.catch(() => {});
+  }
+
+  private async pump(): Promise<Replies['THINK']> {
+    try {
+      const id = await this.id;
+      for (;;) {
+        const r = await this.client.thinkStreamNext(id, this.waitMs);
+        for (const d of r.deltas) this.pieces.put(d);
+        if (r.done) return r.result!;
+        if (this.cancelled) throw new CloveError('THINK stream cancelled before its end');
+      }
+    } catch (e) {
+      this.failure = this.cancelled ? new CloveError('THINK stream cancelled before its end') : (e as Error);
+      throw this.failure;
+    } finally {
+      this.pieces.end();
+    }
+  }
+
+  /** The pieces in order; throws the stream's error after the pieces that came before it. Once only. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<T.ThinkDelta> {
+    if (this.iterated) throw new CloveError('a THINK stream can be iterated once');
+    this.iterated = true;
+    let ended = false;
+    try {
+      for (;;) {
+        const r = await this.pieces.next();
+        if (r.done) break;
+        yield r.value;
+      }
+      ended = true;
+      if (this.failure) throw this.failure;
+    } finally {
+      // Left early (break, return, a throw in the loop): the rest is not wanted.
+      if (!ended) void this.cancel().catch(() => {});
+    }
+  }
+
+  /** Ends the stream in the kernel (its provider call aborted); `result` rejects unless it was complete. */
+  async cancel(): Promise<void> {
+    this.cancelled = true;
+    await this.client.thinkStreamCancel(await this.id).catch((e: unknown) => {
+      // Already finished and taken: nothing left to cancel.
+      if (!(e instanceof NotFoundError)) throw e;
+    });
   }
 }
 

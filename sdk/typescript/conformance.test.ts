@@ -109,6 +109,14 @@ const OPS: Record<string, Call> = {
   HTTP: (c, a) => c.http({ url: a.url, method: a.method }),
   THINK: (c, a) => c.think({ prompt: a.prompt }),
   LLM_REPORT: (c, a) => c.llmReport({ tokens: a.tokens }),
+  THINK_STREAM: async (c, a) => {
+    const s = c.thinkStream({ prompt: a.prompt }) as
+      ReturnType<CloveClient['thinkStream']> | Promise<unknown>;
+    if (s instanceof Promise) return s; // the mapping check's recording stand-in
+    return s.result;
+  },
+  THINK_STREAM_NEXT: (c, a) => c.thinkStreamNext(a.stream_id, a.wait_ms),
+  THINK_STREAM_CANCEL: (c, a) => c.thinkStreamCancel(a.stream_id),
   GET_AUDIT_LOG: (c, a) => c.getAuditLog({ category: a.category, limit: a.limit }),
   SET_AUDIT_CONFIG: (c, a) => c.setAuditConfig(a),
   RECORD_START: (c) => c.startRecording({}),

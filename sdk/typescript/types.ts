@@ -29,6 +29,10 @@ export type {
   SpawnReply,
   SpawnRequest,
   SystemMetrics,
+  ChatMessage,
+  ThinkDelta,
+  ThinkResult,
+  ToolCall,
 } from '../../protocol/index.js';
 
 /** An agent by id or by name. */

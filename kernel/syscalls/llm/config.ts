@@ -52,6 +52,10 @@ export interface LlmConfig {
   maxQueuePerAgent: number;
   /** Answer bytes kept per call; a longer answer is cut (`finish_reason: length`). */
   maxContentBytes: number;
+  /** THINK_STREAMs one caller may have open (not finished, cancelled or dropped); beyond, `quota_exceeded`. */
+  maxStreamsPerAgent: number;
+  /** A stream nobody has asked for (THINK_STREAM_NEXT) this long is dropped, its call cancelled. */
+  streamIdleMs: number;
   /** Why there is no usable configuration (a reply says it), when there is none. */
   error?: string;
 }
@@ -60,6 +64,8 @@ export const DEFAULTS = {
   maxConcurrency: 4,
   maxQueuePerAgent: 16,
   maxContentBytes: 1024 * 1024,
+  maxStreamsPerAgent: 8,
+  streamIdleMs: 60_000,
   providerMaxTokens: 4096,
   timeoutMs: 120_000,
 };
@@ -72,6 +78,8 @@ function empty(source: string | null, error?: string): LlmConfig {
     maxConcurrency: DEFAULTS.maxConcurrency,
     maxQueuePerAgent: DEFAULTS.maxQueuePerAgent,
     maxContentBytes: DEFAULTS.maxContentBytes,
+    maxStreamsPerAgent: DEFAULTS.maxStreamsPerAgent,
+    streamIdleMs: DEFAULTS.streamIdleMs,
     ...(error ? { error } : {}),
   };
 }
@@ -174,6 +182,8 @@ export function parseConfig(json: unknown, source: string | null, env = process.
     maxConcurrency: int(o, 'max_concurrency', DEFAULTS.maxConcurrency, 1, 'configuration'),
     maxQueuePerAgent: int(o, 'max_queue_per_agent', DEFAULTS.maxQueuePerAgent, 0, 'configuration'),
     maxContentBytes: int(o, 'max_content_bytes', DEFAULTS.maxContentBytes, 1024, 'configuration'),
+    maxStreamsPerAgent: int(o, 'max_streams_per_agent', DEFAULTS.maxStreamsPerAgent, 0, 'configuration'),
+    streamIdleMs: int(o, 'stream_idle_ms', DEFAULTS.streamIdleMs, 100, 'configuration'),
   };
 }
 

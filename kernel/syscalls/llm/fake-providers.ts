@@ -7,9 +7,16 @@
  * - `status:<code>`: fail with that HTTP status (the error body quotes the key it was given);
  * - `malformed`: a 200 whose body (or stream event) is not JSON;
  * - `hang`: never answer;
- * - `tool`: call the tool `get_weather` with `{"city": "Paris"}`;
+ * - `tool`: call the tool `get_weather` with `{"city": "Paris"}` (streamed: its arguments in pieces);
+ * - `two tools`: call `get_weather` and `get_time`, both with `{"city": "Paris"}`;
  * - `long`: an answer of ~64 KiB in 1 KiB pieces;
+ * - `drip`: 200 pieces `tick ` 20 ms apart (streamed), for a call to be cancelled while it answers;
+ * - `midfail`: streamed, two pieces and then the API's error event (a failure in the middle of an answer);
  * - anything else: the answer `echo:<prompt>`, in three pieces when streamed.
+ *
+ * A request whose last turn carries tool results (OpenAI `tool` messages, Anthropic `tool_result`
+ * blocks, Gemini `functionResponse` parts) is answered from them: `tool said: <r1> | <r2>`, each result
+ * as `<id or name>=<content>`.
  *
  * Usage figures are fixed per kind (USAGE) so that tests can check the exact counts.
  */
@@ -57,7 +64,43 @@ function lastPrompt(kind: FakeKind, body: Record<string, unknown>): string {
   return textOf(last?.content);
 }
 
+/** The tool results of the request's last turn(s), as `<id or name>=<content>` (none: not a tool-result turn). */
+export function toolResults(kind: FakeKind, body: Record<string, unknown>): string[] {
+  if (kind === 'openai') {
+    const messages = (body.messages ?? []) as { role: string; content: unknown; tool_call_id?: string }[];
+    const out: string[] = [];
+    for (let i = messages.length - 1; i >= 0 && messages[i].role === 'tool'; i--)
+      out.unshift(`${messages[i].tool_call_id}=${String(messages[i].content)}`);
+    return out;
+  }
+  if (kind === 'anthropic') {
+    const messages = (body.messages ?? []) as { role: string; content: unknown }[];
+    const last = messages[messages.length - 1];
+    if (last?.role !== 'user' || !Array.isArray(last.content)) return [];
+    return (last.content as Record<string, unknown>[])
+      .filter((b) => b.type === 'tool_result')
+      .map((b) => `${String(b.tool_use_id)}=${String(b.content)}`);
+  }
+  const contents = (body.contents ?? []) as { role: string; parts: Record<string, unknown>[] }[];
+  const last = contents[contents.length - 1];
+  if (last?.role !== 'user') return [];
+  return last.parts
+    .filter((p) => p.functionResponse)
+    .map((p) => {
+      const f = p.functionResponse as { name: string; response: unknown };
+      return `${f.name}=${JSON.stringify(f.response)}`;
+    });
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The calls a prompt asks for: `two tools` two, `tool` one. */
+function callsFor(prompt: string): { id: string; name: string; args: Record<string, unknown> }[] {
+  const weather = { id: 'call_1', name: 'get_weather', args: { city: 'Paris' } };
+  if (prompt.includes('two tools'))
+    return [weather, { id: 'call_2', name: 'get_time', args: { city: 'Paris' } }];
+  return prompt.includes('tool') ? [weather] : [];
+}
 
 export class FakeProvider {
   readonly seen: SeenRequest[] = [];
@@ -136,33 +179,52 @@ export class FakeProvider {
       }
       return;
     }
-    const pieces = prompt.includes('long')
-      ? Array.from({ length: 64 }, () => 'x'.repeat(1024))
-      : ['echo:', prompt.slice(0, Math.ceil(prompt.length / 2)), prompt.slice(Math.ceil(prompt.length / 2))];
-    const tool = prompt.includes('tool');
+    const results = toolResults(this.kind, body);
+    const pieces = results.length
+      ? ['tool said: ', results.join(' | ')]
+      : prompt.includes('long')
+        ? Array.from({ length: 64 }, () => 'x'.repeat(1024))
+        : prompt.includes('drip')
+          ? Array.from({ length: 200 }, () => 'tick ')
+          : prompt.includes('midfail')
+            ? ['half ', 'an answer']
+            : [
+                'echo:',
+                prompt.slice(0, Math.ceil(prompt.length / 2)),
+                prompt.slice(Math.ceil(prompt.length / 2)),
+              ];
+    const calls = results.length ? [] : callsFor(prompt);
     if (stream) {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-      for (const ev of this.events(pieces, tool)) {
+      const gap = prompt.includes('drip') ? 20 : 1;
+      for (const ev of this.events(pieces, calls, prompt.includes('midfail'))) {
         if (res.destroyed) return;
         res.write(ev);
-        await sleep(1);
+        await sleep(gap);
       }
       res.end();
     } else {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(this.whole(pieces.join(''), tool)));
+      res.end(JSON.stringify(this.whole(pieces.join(''), calls)));
     }
     seen.doneAt = Date.now();
   }
 
-  /** The streamed answer, as SSE frames. */
-  private *events(pieces: string[], tool: boolean): Generator<string> {
+  /** The streamed answer, as SSE frames; `fail`: the API's error event after the text. */
+  private *events(pieces: string[], calls: ReturnType<typeof callsFor>, fail = false): Generator<string> {
     const u = USAGE;
+    const tool = calls.length > 0;
     if (this.kind === 'openai') {
       const chunk = (o: Record<string, unknown>) =>
         `data: ${JSON.stringify({ model: 'fake-gpt', ...o })}\n\n`;
       for (const p of pieces) yield chunk({ choices: [{ index: 0, delta: { content: p } }] });
-      if (tool) {
+      if (fail) {
+        yield `data: ${JSON.stringify({ error: { message: 'overloaded mid-stream' } })}\n\n`;
+        return;
+      }
+      // Each call's arguments in two pieces, the first with its id and name (as OpenAI streams them).
+      for (const [index, c] of calls.entries()) {
+        const args = JSON.stringify(c.args);
         yield chunk({
           choices: [
             {
@@ -170,10 +232,10 @@ export class FakeProvider {
               delta: {
                 tool_calls: [
                   {
-                    index: 0,
-                    id: 'call_1',
+                    index,
+                    id: c.id,
                     type: 'function',
-                    function: { name: 'get_weather', arguments: '{"ci' },
+                    function: { name: c.name, arguments: args.slice(0, 4) },
                   },
                 ],
               },
@@ -181,9 +243,7 @@ export class FakeProvider {
           ],
         });
         yield chunk({
-          choices: [
-            { index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: 'ty":"Paris"}' } }] } },
-          ],
+          choices: [{ index: 0, delta: { tool_calls: [{ index, function: { arguments: args.slice(4) } }] } }],
         });
       }
       yield chunk({ choices: [{ index: 0, delta: {}, finish_reason: tool ? 'tool_calls' : 'stop' }] });
@@ -211,21 +271,27 @@ export class FakeProvider {
       yield ev('ping', {});
       for (const p of pieces)
         yield ev('content_block_delta', { index: 0, delta: { type: 'text_delta', text: p } });
+      if (fail) {
+        yield ev('error', { error: { type: 'overloaded_error', message: 'overloaded mid-stream' } });
+        return;
+      }
       yield ev('content_block_stop', { index: 0 });
-      if (tool) {
+      for (const [k, c] of calls.entries()) {
+        const index = k + 1;
+        const args = JSON.stringify(c.args);
         yield ev('content_block_start', {
-          index: 1,
-          content_block: { type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: {} },
+          index,
+          content_block: { type: 'tool_use', id: `toolu_${index}`, name: c.name, input: {} },
         });
         yield ev('content_block_delta', {
-          index: 1,
-          delta: { type: 'input_json_delta', partial_json: '{"city":' },
+          index,
+          delta: { type: 'input_json_delta', partial_json: args.slice(0, 8) },
         });
         yield ev('content_block_delta', {
-          index: 1,
-          delta: { type: 'input_json_delta', partial_json: '"Paris"}' },
+          index,
+          delta: { type: 'input_json_delta', partial_json: args.slice(8) },
         });
-        yield ev('content_block_stop', { index: 1 });
+        yield ev('content_block_stop', { index });
       }
       yield ev('message_delta', {
         delta: { stop_reason: tool ? 'tool_use' : 'end_turn' },
@@ -244,12 +310,17 @@ export class FakeProvider {
           candidates: [{ content: { role: 'model', parts: [{ text: p }] } }],
           usageMetadata: { promptTokenCount: u.gemini.input },
         });
+      if (fail) {
+        yield `data: ${JSON.stringify({ error: { code: 503, message: 'overloaded mid-stream' } })}\r\n\r\n`;
+        return;
+      }
+      // Gemini sends each call whole, without an id (the kernel gives it one).
       yield chunk({
         candidates: [
           {
             content: {
               role: 'model',
-              parts: tool ? [{ functionCall: { name: 'get_weather', args: { city: 'Paris' } } }] : [],
+              parts: calls.map((c) => ({ functionCall: { name: c.name, args: c.args } })),
             },
             finishReason: 'STOP',
           },
@@ -265,8 +336,9 @@ export class FakeProvider {
   }
 
   /** The answer in one body (stream: false). */
-  private whole(content: string, tool: boolean): Record<string, unknown> {
+  private whole(content: string, calls: ReturnType<typeof callsFor>): Record<string, unknown> {
     const u = USAGE;
+    const tool = calls.length > 0;
     if (this.kind === 'openai')
       return {
         model: 'fake-gpt',
@@ -278,13 +350,11 @@ export class FakeProvider {
               content,
               ...(tool
                 ? {
-                    tool_calls: [
-                      {
-                        id: 'call_1',
-                        type: 'function',
-                        function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
-                      },
-                    ],
+                    tool_calls: calls.map((c) => ({
+                      id: c.id,
+                      type: 'function',
+                      function: { name: c.name, arguments: JSON.stringify(c.args) },
+                    })),
                   }
                 : {}),
             },
@@ -303,9 +373,7 @@ export class FakeProvider {
         model: 'fake-claude',
         content: [
           { type: 'text', text: content },
-          ...(tool
-            ? [{ type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: { city: 'Paris' } }]
-            : []),
+          ...calls.map((c, k) => ({ type: 'tool_use', id: `toolu_${k + 1}`, name: c.name, input: c.args })),
         ],
         stop_reason: tool ? 'tool_use' : 'end_turn',
         usage: { input_tokens: 13, cache_read_input_tokens: 2, output_tokens: u.anthropic.output },
@@ -319,7 +387,7 @@ export class FakeProvider {
             parts: [
               { text: 'pondering', thought: true },
               { text: content },
-              ...(tool ? [{ functionCall: { name: 'get_weather', args: { city: 'Paris' } } }] : []),
+              ...calls.map((c) => ({ functionCall: { name: c.name, args: c.args } })),
             ],
           },
           finishReason: 'STOP',

@@ -1,8 +1,10 @@
 /**
- * llm family (issue 10): THINK and LLM_REPORT. The kernel makes language-model calls for agents with the
- * operator's providers and keys (config.ts: where they are configured), schedules them fairly between
- * agents (scheduler.ts), speaks each provider's API (providers.ts) and counts the provider's own usage
- * figures against the caller's `llm` quota (service.ts). docs/protocol.md "THINK" is the reference.
+ * llm family (issue 10; streams and tool turns, issue 16): THINK, THINK_STREAM (+ _NEXT, _CANCEL) and
+ * LLM_REPORT. The kernel makes language-model calls for agents with the operator's providers and keys
+ * (config.ts: where they are configured), schedules them fairly between agents (scheduler.ts), speaks
+ * each provider's API (providers.ts), keeps streamed answers for their callers (streams.ts) and counts
+ * the provider's own usage figures against the caller's `llm` quota (service.ts). docs/protocol.md
+ * "THINK" is the reference.
  */
 import { Op } from '../../../protocol/index.js';
 import { acceptAsync, defineFamily } from '../../core/family.js';
@@ -37,6 +39,9 @@ export default defineFamily(({ services }) => {
           );
         return llm.think(ctx, req);
       },
+      THINK_STREAM: (ctx, req) => llm.thinkStream(ctx, req),
+      THINK_STREAM_NEXT: (ctx, req) => llm.streamNext(ctx, req.stream_id, req.wait_ms),
+      THINK_STREAM_CANCEL: (ctx, req) => llm.streamCancel(ctx.caller, req.stream_id),
       LLM_REPORT: (ctx, req) => llm.report(ctx.caller, req.tokens),
     },
     close: () => llm.close(),

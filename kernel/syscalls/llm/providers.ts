@@ -7,15 +7,28 @@
  * - `anthropic`: POST `<base>/v1/messages` (Messages API), streamed as SSE events.
  * - `gemini`: POST `<base>/models/<model>:streamGenerateContent?alt=sse` (or `:generateContent`).
  */
+import crypto from 'node:crypto';
 import type { ProviderConfig } from './config.js';
 import { MalformedError, readCapped, readHead, sseEvents } from './sse.js';
 import { CancelledError } from './scheduler.js';
 
 export interface ChatTurn {
-  role: 'system' | 'user' | 'assistant';
+  role: 'system' | 'user' | 'assistant' | 'tool';
   content: string;
   image?: { data: string; mimeType: string };
+  /** An assistant turn: the calls the model made (each with an id). */
+  toolCalls?: ToolCall[];
+  /** A tool turn: the id of the call it answers, and that tool's name. */
+  toolCallId?: string;
+  name?: string;
 }
+
+/** Whether and which tools the model must call: THINK's `tool_choice`. */
+export type ToolChoice = 'auto' | 'none' | 'required' | { name: string };
+
+/** One piece of an answer as it streams in: THINK_STREAM_NEXT's `deltas` items. */
+export type Delta =
+  { content: string } | { tool_call: { index: number; id?: string; name?: string; arguments?: string } };
 
 export interface ToolDecl {
   name: string;
@@ -38,6 +51,7 @@ export interface LlmRequest {
   temperature?: number;
   thinkingLevel?: 'LOW' | 'MEDIUM' | 'HIGH';
   tools: ToolDecl[];
+  toolChoice?: ToolChoice;
 }
 
 export interface LlmResult {
@@ -99,6 +113,37 @@ function parseArgs(s: string): unknown {
   }
 }
 
+/** Ids the kernel gives calls a provider left without one (Gemini, some OpenAI-compatible servers). */
+export const KERNEL_CALL_ID = 'clove_call_';
+const newCallId = (): string => KERNEL_CALL_ID + crypto.randomBytes(8).toString('hex');
+
+/** Tool-call arguments as JSON text (OpenAI's wire form, and a delta's). */
+function argsText(a: unknown): string {
+  return typeof a === 'string' ? a : JSON.stringify(a ?? {});
+}
+
+/** Tool-call arguments as an object (Anthropic's `input`, Gemini's `args`): JSON text is parsed. */
+function argsObject(a: unknown): Record<string, unknown> {
+  const v = typeof a === 'string' ? parseArgs(a) : a;
+  return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+}
+
+interface ToolSlot {
+  index: number;
+  id?: string;
+  name: string;
+  args: string;
+  value?: unknown;
+}
+
+/** A piece of a tool call as a provider sends it: any of its id, (part of its) name, argument text, or whole arguments. */
+interface ToolPiece {
+  id?: string;
+  name?: string;
+  args?: string;
+  value?: unknown;
+}
+
 class Answer {
   private readonly parts: string[] = [];
   bytes = 0;
@@ -109,9 +154,13 @@ class Answer {
   model?: string;
   finish?: string;
   /** Tool calls by the provider's index, their arguments as text until the end. */
-  readonly tools = new Map<string, { id?: string; name: string; args: string; value?: unknown }>();
+  readonly tools = new Map<string, ToolSlot>();
 
-  constructor(private readonly progress: CallProgress) {}
+  /** `onDelta`: told of every piece as it comes (a streamed answer only; see `callProvider`). */
+  constructor(
+    private readonly progress: CallProgress,
+    private readonly onDelta?: (d: Delta) => void,
+  ) {}
 
   add(t: string): void {
     if (!t) return;
@@ -119,12 +168,33 @@ class Answer {
     this.bytes += Buffer.byteLength(t);
     this.chars += t.length;
     this.progress.outputChars += t.length;
+    this.onDelta?.({ content: t });
   }
 
-  tool(key: string): { id?: string; name: string; args: string; value?: unknown } {
+  /** Adds a piece to the tool call the provider keys `key` (its index, or a block's). */
+  tool(key: string, piece: ToolPiece): void {
     let t = this.tools.get(key);
-    if (!t) this.tools.set(key, (t = { name: '', args: '' }));
-    return t;
+    if (!t) this.tools.set(key, (t = { index: this.tools.size, name: '', args: '' }));
+    if (piece.id) t.id = piece.id;
+    if (piece.name) t.name += piece.name;
+    let args = piece.args ?? '';
+    if (args) t.args += args;
+    if (piece.value !== undefined) {
+      t.value = piece.value;
+      args = argsText(piece.value);
+    }
+    // Arguments count towards the answer's size: a model cannot stream an unbounded call.
+    this.bytes += Buffer.byteLength(args);
+    this.progress.outputChars += args.length;
+    if (!this.onDelta || (!piece.id && !piece.name && !args)) return;
+    this.onDelta({
+      tool_call: {
+        index: t.index,
+        ...(piece.id ? { id: piece.id } : {}),
+        ...(piece.name ? { name: piece.name } : {}),
+        ...(args ? { arguments: args } : {}),
+      },
+    });
   }
 
   result(): LlmResult {
@@ -138,7 +208,8 @@ class Answer {
       toolCalls: [...this.tools.values()]
         .filter((t) => t.name)
         .map((t) => ({
-          ...(t.id ? { id: t.id } : {}),
+          // Every call gets an id, so that a tool turn can answer it whatever the provider.
+          id: (t.id ??= newCallId()),
           name: t.name,
           arguments: t.value !== undefined ? t.value : parseArgs(t.args),
         })),
@@ -190,7 +261,18 @@ function openaiBody(p: ProviderConfig, r: LlmRequest, stream: boolean): Record<s
   const messages: Record<string, unknown>[] = [];
   if (r.system) messages.push({ role: 'system', content: r.system });
   for (const t of r.turns) {
-    if (t.image)
+    if (t.role === 'tool') messages.push({ role: 'tool', tool_call_id: t.toolCallId, content: t.content });
+    else if (t.toolCalls?.length)
+      messages.push({
+        role: 'assistant',
+        content: t.content || null,
+        tool_calls: t.toolCalls.map((c) => ({
+          id: c.id,
+          type: 'function',
+          function: { name: c.name, arguments: argsText(c.arguments) },
+        })),
+      });
+    else if (t.image)
       messages.push({
         role: t.role,
         content: [
@@ -216,6 +298,14 @@ function openaiBody(p: ProviderConfig, r: LlmRequest, stream: boolean): Record<s
               parameters: t.parameters ?? { type: 'object', properties: {} },
             },
           })),
+          ...(r.toolChoice
+            ? {
+                tool_choice:
+                  typeof r.toolChoice === 'string'
+                    ? r.toolChoice
+                    : { type: 'function', function: { name: r.toolChoice.name } },
+              }
+            : {}),
         }
       : {}),
     ...(stream ? { stream: true, stream_options: { include_usage: true } } : { stream: false }),
@@ -235,11 +325,15 @@ function openaiApply(a: Answer, o: Record<string, unknown>, streaming: boolean):
   arr(m.tool_calls).forEach((tc, i) => {
     const c = obj(tc);
     const f = obj(c.function);
-    const t = a.tool(String(streaming ? (count(c.index) ?? i) : i));
-    if (typeof c.id === 'string') t.id = c.id;
-    if (typeof f.name === 'string') t.name += f.name;
-    if (typeof f.arguments === 'string') t.args += f.arguments;
-    else if (f.arguments !== undefined) t.value = f.arguments;
+    a.tool(String(streaming ? (count(c.index) ?? i) : i), {
+      ...(typeof c.id === 'string' ? { id: c.id } : {}),
+      ...(typeof f.name === 'string' ? { name: f.name } : {}),
+      ...(typeof f.arguments === 'string'
+        ? { args: f.arguments }
+        : f.arguments !== undefined
+          ? { value: f.arguments }
+          : {}),
+    });
   });
   if (typeof choice.finish_reason === 'string') a.finish = choice.finish_reason;
 }
@@ -247,26 +341,56 @@ function openaiApply(a: Answer, o: Record<string, unknown>, streaming: boolean):
 // ---------------------------------------------------------------------------------------------------
 // anthropic: /v1/messages
 
+/** One turn as Anthropic content blocks: a tool turn is a `tool_result`, an assistant's calls `tool_use`. */
+function anthropicBlocks(t: ChatTurn): Record<string, unknown>[] {
+  if (t.role === 'tool') return [{ type: 'tool_result', tool_use_id: t.toolCallId, content: t.content }];
+  if (t.toolCalls?.length)
+    return [
+      ...(t.content ? [{ type: 'text', text: t.content }] : []),
+      ...t.toolCalls.map((c) => ({
+        type: 'tool_use',
+        id: c.id,
+        name: c.name,
+        input: argsObject(c.arguments),
+      })),
+    ];
+  if (t.image)
+    return [
+      { type: 'image', source: { type: 'base64', media_type: t.image.mimeType, data: t.image.data } },
+      ...(t.content ? [{ type: 'text', text: t.content }] : []),
+    ];
+  return [{ type: 'text', text: t.content }];
+}
+
+/**
+ * Turns as Anthropic messages: tool results travel in a user message, and consecutive turns of one role
+ * are one message (the API wants every result of an assistant's calls in the user message after it).
+ */
+function anthropicMessages(turns: ChatTurn[]): Record<string, unknown>[] {
+  const out: { role: string; content: Record<string, unknown>[] }[] = [];
+  for (const t of turns) {
+    if (t.role === 'system') continue;
+    const role = t.role === 'assistant' ? 'assistant' : 'user';
+    const last = out[out.length - 1];
+    if (last?.role === role) last.content.push(...anthropicBlocks(t));
+    else out.push({ role, content: anthropicBlocks(t) });
+  }
+  // A message of one text block is sent as plain text, as before tools came in.
+  return out.map((m) =>
+    m.content.length === 1 && m.content[0].type === 'text' ? { role: m.role, content: m.content[0].text } : m,
+  );
+}
+
+function anthropicChoice(c: ToolChoice): Record<string, unknown> {
+  if (typeof c !== 'string') return { type: 'tool', name: c.name };
+  return { type: c === 'required' ? 'any' : c };
+}
+
 function anthropicBody(r: LlmRequest, stream: boolean): Record<string, unknown> {
   const system = [r.system, ...r.turns.filter((t) => t.role === 'system').map((t) => t.content)]
     .filter(Boolean)
     .join('\n\n');
-  const messages = r.turns
-    .filter((t) => t.role !== 'system')
-    .map((t) =>
-      t.image
-        ? {
-            role: t.role,
-            content: [
-              {
-                type: 'image',
-                source: { type: 'base64', media_type: t.image.mimeType, data: t.image.data },
-              },
-              ...(t.content ? [{ type: 'text', text: t.content }] : []),
-            ],
-          }
-        : { role: t.role, content: t.content },
-    );
+  const messages = anthropicMessages(r.turns);
   // Extended thinking needs 1024 <= budget < max_tokens, and no temperature of the caller's.
   const budget = r.thinkingLevel ? Math.min(THINKING_BUDGET[r.thinkingLevel], r.maxTokens - 1) : 0;
   const thinking = budget >= 1024;
@@ -284,6 +408,7 @@ function anthropicBody(r: LlmRequest, stream: boolean): Record<string, unknown> 
             ...(t.description ? { description: t.description } : {}),
             input_schema: t.parameters ?? { type: 'object', properties: {} },
           })),
+          ...(r.toolChoice ? { tool_choice: anthropicChoice(r.toolChoice) } : {}),
         }
       : {}),
     stream,
@@ -305,12 +430,8 @@ function anthropicMessage(a: Answer, m: Record<string, unknown>): void {
   arr(m.content).forEach((b, i) => {
     const block = obj(b);
     if (block.type === 'text') a.add(text(block.text));
-    else if (block.type === 'tool_use') {
-      const t = a.tool(String(i));
-      t.id = text(block.id) || undefined;
-      t.name = text(block.name);
-      t.value = block.input ?? {};
-    }
+    else if (block.type === 'tool_use')
+      a.tool(String(i), { id: text(block.id), name: text(block.name), value: block.input ?? {} });
   });
   if (typeof m.stop_reason === 'string') a.finish = m.stop_reason;
 }
@@ -327,17 +448,13 @@ function anthropicEvent(a: Answer, type: string, o: Record<string, unknown>): bo
     case 'content_block_start': {
       const b = obj(o.content_block);
       if (b.type === 'text') a.add(text(b.text));
-      else if (b.type === 'tool_use') {
-        const t = a.tool(String(o.index));
-        t.id = text(b.id) || undefined;
-        t.name = text(b.name);
-      }
+      else if (b.type === 'tool_use') a.tool(String(o.index), { id: text(b.id), name: text(b.name) });
       return false;
     }
     case 'content_block_delta': {
       const d = obj(o.delta);
       if (d.type === 'text_delta') a.add(text(d.text));
-      else if (d.type === 'input_json_delta') a.tool(String(o.index)).args += text(d.partial_json);
+      else if (d.type === 'input_json_delta') a.tool(String(o.index), { args: text(d.partial_json) });
       return false;
     }
     case 'message_delta': {
@@ -359,19 +476,61 @@ function anthropicEvent(a: Answer, type: string, o: Record<string, unknown>): bo
 // ---------------------------------------------------------------------------------------------------
 // gemini: generateContent
 
+/** A call id Gemini gave (sent back with the call and its response); ids the kernel made are not sent. */
+const geminiId = (id: string | undefined): Record<string, string> =>
+  id && !id.startsWith(KERNEL_CALL_ID) ? { id } : {};
+
+/** A tool turn's content as a `functionResponse.response` object: its JSON object, else `{output: text}`. */
+function geminiResponse(content: string): Record<string, unknown> {
+  const v = parseArgs(content);
+  return v && typeof v === 'object' && !Array.isArray(v)
+    ? (v as Record<string, unknown>)
+    : { output: content };
+}
+
+/** One turn as Gemini parts: a tool turn is a `functionResponse`, an assistant's calls `functionCall`s. */
+function geminiParts(t: ChatTurn): Record<string, unknown>[] {
+  if (t.role === 'tool')
+    return [
+      {
+        functionResponse: {
+          name: t.name ?? '',
+          response: geminiResponse(t.content),
+          ...geminiId(t.toolCallId),
+        },
+      },
+    ];
+  if (t.toolCalls?.length)
+    return [
+      ...(t.content ? [{ text: t.content }] : []),
+      ...t.toolCalls.map((c) => ({
+        functionCall: { name: c.name, args: argsObject(c.arguments), ...geminiId(c.id) },
+      })),
+    ];
+  return [
+    ...(t.image ? [{ inlineData: { mimeType: t.image.mimeType, data: t.image.data } }] : []),
+    ...(t.content || !t.image ? [{ text: t.content }] : []),
+  ];
+}
+
+function geminiChoice(c: ToolChoice): Record<string, unknown> {
+  if (typeof c !== 'string') return { mode: 'ANY', allowedFunctionNames: [c.name] };
+  return { mode: c === 'required' ? 'ANY' : c.toUpperCase() };
+}
+
 function geminiBody(r: LlmRequest): Record<string, unknown> {
   const system = [r.system, ...r.turns.filter((t) => t.role === 'system').map((t) => t.content)]
     .filter(Boolean)
     .join('\n\n');
-  const contents = r.turns
-    .filter((t) => t.role !== 'system')
-    .map((t) => ({
-      role: t.role === 'assistant' ? 'model' : 'user',
-      parts: [
-        ...(t.image ? [{ inlineData: { mimeType: t.image.mimeType, data: t.image.data } }] : []),
-        ...(t.content || !t.image ? [{ text: t.content }] : []),
-      ],
-    }));
+  // Consecutive turns of one role are one content (all the responses to a turn's calls together).
+  const contents: { role: string; parts: Record<string, unknown>[] }[] = [];
+  for (const t of r.turns) {
+    if (t.role === 'system') continue;
+    const role = t.role === 'assistant' ? 'model' : 'user';
+    const last = contents[contents.length - 1];
+    if (last?.role === role) last.parts.push(...geminiParts(t));
+    else contents.push({ role, parts: geminiParts(t) });
+  }
   return {
     contents,
     ...(system ? { systemInstruction: { parts: [{ text: system }] } } : {}),
@@ -391,6 +550,7 @@ function geminiBody(r: LlmRequest): Record<string, unknown> {
               })),
             },
           ],
+          ...(r.toolChoice ? { toolConfig: { functionCallingConfig: geminiChoice(r.toolChoice) } } : {}),
         }
       : {}),
   };
@@ -412,11 +572,14 @@ function geminiApply(a: Answer, o: Record<string, unknown>): void {
     const p = obj(part);
     if (typeof p.text === 'string' && !p.thought) a.add(p.text);
     if (p.functionCall) {
+      // Gemini sends each call whole; one the provider left without an id gets the kernel's now, so
+      // that a stream's first piece of it already carries the id the reply will.
       const f = obj(p.functionCall);
-      const t = a.tool(String(a.tools.size));
-      t.id = text(f.id) || undefined;
-      t.name = text(f.name);
-      t.value = f.args ?? {};
+      a.tool(String(a.tools.size), {
+        id: text(f.id) || newCallId(),
+        name: text(f.name),
+        value: f.args ?? {},
+      });
     }
   }
   if (typeof cand.finishReason === 'string') a.finish = cand.finishReason;
@@ -480,11 +643,20 @@ function parseJson(data: string, what: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
+/** A whole answer as the deltas a stream would have given: its text in one piece, each call whole. */
+function wholeDeltas(res: LlmResult, onDelta: (d: Delta) => void): void {
+  if (res.content) onDelta({ content: res.content });
+  res.toolCalls.forEach((c, index) =>
+    onDelta({ tool_call: { index, id: c.id, name: c.name, arguments: argsText(c.arguments) } }),
+  );
+}
+
 /**
  * Calls the provider and returns its whole answer. The stream is consumed as it comes (nothing but the
  * answer's text is kept) and cut once the text passes `maxContentBytes` (or far more than `maxTokens`
  * could produce). Throws ProviderError (timeout after `p.timeoutMs`, HTTP status, network, malformed)
- * or CancelledError when `signal` aborts.
+ * or CancelledError when `signal` aborts. `onDelta` hears the answer's pieces as they arrive (a provider
+ * that does not stream: the whole answer at the end, as one piece of text and each call whole).
  */
 export async function callProvider(
   p: ProviderConfig,
@@ -492,6 +664,7 @@ export async function callProvider(
   signal: AbortSignal,
   maxContentBytes: number,
   progress: CallProgress,
+  onDelta?: (d: Delta) => void,
 ): Promise<LlmResult> {
   const ctl = new AbortController();
   let timedOut = false;
@@ -522,9 +695,9 @@ export async function callProvider(
       );
     }
     progress.started = true;
-    const a = new Answer(progress);
     const type = res.headers.get('content-type') ?? '';
     if (type.includes('text/event-stream')) {
+      const a = new Answer(progress, onDelta);
       for await (const ev of sseEvents(res.body!, MAX_EVENT_BYTES)) {
         if (p.kind === 'openai' && ev.data.trim() === '[DONE]') break;
         const o = parseJson(ev.data, 'a stream event');
@@ -537,14 +710,17 @@ export async function callProvider(
           break;
         }
       }
-    } else {
-      // Not streamed (`stream: false`, or a server that ignores it): one JSON body.
-      const o = parseJson(await readCapped(res.body, MAX_BODY_BYTES), 'the reply');
-      if (p.kind === 'openai') openaiApply(a, o, false);
-      else if (p.kind === 'gemini') geminiApply(a, o);
-      else anthropicMessage(a, o);
+      return a.result();
     }
-    return a.result();
+    // Not streamed (`stream: false`, or a server that ignores it): one JSON body.
+    const a = new Answer(progress);
+    const o = parseJson(await readCapped(res.body, MAX_BODY_BYTES), 'the reply');
+    if (p.kind === 'openai') openaiApply(a, o, false);
+    else if (p.kind === 'gemini') geminiApply(a, o);
+    else anthropicMessage(a, o);
+    const whole = a.result();
+    if (onDelta) wholeDeltas(whole, onDelta);
+    return whole;
   } catch (e) {
     if (timedOut) throw new ProviderError(`no complete answer within ${p.timeoutMs} ms`, 'timeout');
     if (signal.aborted) throw new CancelledError();

@@ -58,14 +58,9 @@ export class FairScheduler {
     return new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(new CancelledError('cancelled: the kernel is stopping'));
       if (signal.aborted) return reject(new CancelledError());
+      const full = this.full(owner);
+      if (full) return reject(full);
       const queue = this.queues.get(owner) ?? [];
-      if (queue.length >= this.o.maxQueuePerOwner)
-        return reject(
-          new QuotaExceededError(
-            `quota exceeded: LLM calls waiting (budget llm_queue: ${queue.length} of ${this.o.maxQueuePerOwner})`,
-            { budget: 'llm_queue', used: queue.length, limit: this.o.maxQueuePerOwner },
-          ),
-        );
       const job: Job = {
         owner,
         lane,
@@ -89,6 +84,21 @@ export class FairScheduler {
       if (!this.lastServed.has(owner)) this.lastServed.set(owner, 0);
       this.pump();
     });
+  }
+
+  /** Throws what `submit` would reject with at once when the owner's queue is full (a caller that must know before it submits). */
+  checkRoom(owner: number): void {
+    const full = this.full(owner);
+    if (full) throw full;
+  }
+
+  private full(owner: number): QuotaExceededError | undefined {
+    const waiting = this.queues.get(owner)?.length ?? 0;
+    if (waiting < this.o.maxQueuePerOwner) return undefined;
+    return new QuotaExceededError(
+      `quota exceeded: LLM calls waiting (budget llm_queue: ${waiting} of ${this.o.maxQueuePerOwner})`,
+      { budget: 'llm_queue', used: waiting, limit: this.o.maxQueuePerOwner },
+    );
   }
 
   /** What is waiting and running (METRICS, tests). */

@@ -1,6 +1,7 @@
 /**
- * THINK and LLM_REPORT behind the handlers: rights and quotas, the choice of provider, the fair
- * scheduler, the call, and the accounting from the provider's own usage figures.
+ * THINK, THINK_STREAM and LLM_REPORT behind the handlers: rights and quotas, the choice of provider, the
+ * fair scheduler, the call, and the accounting from the provider's own usage figures. A streamed THINK
+ * is admitted and counted exactly as THINK is; only its answer travels differently (streams.ts).
  *
  * Quotas (`llm` in the caller's rights, 0 = unlimited): before a call, `calls_made` (plus the caller's
  * calls already admitted) must be below `max_calls`, and `tokens_used` plus what is admitted plus this
@@ -31,15 +32,29 @@ import {
   ProviderError,
   type CallProgress,
   type ChatTurn,
+  type Delta,
   type LlmRequest,
   type LlmResult,
+  type ToolCall,
   type ToolDecl,
 } from './providers.js';
 import { CancelledError, FairScheduler } from './scheduler.js';
+import { ThinkStreams, type NextReply } from './streams.js';
 
 export type ThinkRequest = ArgsOf['THINK'];
 export type ThinkResult = Replies['THINK'];
 export type ReportResult = Replies['LLM_REPORT'];
+
+/** The longest a THINK_STREAM_NEXT waits in the kernel (a larger `wait_ms` is cut to it). */
+export const MAX_NEXT_WAIT_MS = 60_000;
+
+/** A call past its checks: the provider, the call in its neutral shape, and the estimate admitted. */
+interface Prepared {
+  p: ProviderConfig;
+  llmReq: LlmRequest;
+  estimate: { input: number; total: number };
+  rights: Permissions;
+}
 
 /** What a THINK needs of its caller: who it is, and when to give up (the connection closing). */
 export interface ThinkCall {
@@ -70,6 +85,10 @@ export class LlmService {
   private readonly selfReported = new Map<number, Usage>();
   /** Secrets that must never appear in a reply (keys, extra headers). */
   private readonly secrets: string[];
+  private readonly streams: ThinkStreams;
+  /** Connections whose closing already drops their (client) caller's streams. */
+  private readonly hooked = new WeakSet<AbortSignal>();
+  private readonly untap: () => void;
 
   constructor(
     private readonly cfg: LlmConfig,
@@ -85,9 +104,16 @@ export class LlmService {
       .flatMap((p) => [p.apiKey ?? '', ...Object.values(p.headers)])
       .filter((s) => s.length >= 6)
       .sort((a, b) => b.length - a.length);
+    this.streams = new ThinkStreams({ maxPerOwner: cfg.maxStreamsPerAgent, idleMs: cfg.streamIdleMs });
+    // An agent's streams end with its process (an exit before a restart too): nobody will read them.
+    this.untap = services.events.tap((type, data) => {
+      if (type === 'AGENT_EXITED' && typeof data.agent_id === 'number') this.streams.dropOwner(data.agent_id);
+    });
   }
 
   close(): void {
+    this.untap();
+    this.streams.close();
     this.scheduler.close();
   }
 
@@ -97,32 +123,53 @@ export class LlmService {
 
   /** One THINK, start to finish; the reply, or a KernelError. Reusable for `async: true` (the lead's). */
   async think(call: ThinkCall, req: ThinkRequest): Promise<ThinkResult> {
-    const { caller } = call;
-    const rights = this.services.principals.rights(caller.id) ?? caller.perms;
-    if (!rights.can_think)
-      throw new PermissionDeniedError('Permission denied: LLM calls not allowed (can_think)');
-    const p = this.provider(req);
-    const llmReq = this.request(p, req);
-    const estimate = this.estimate(llmReq);
-    // Resource quotas (docs/protocol.md "Quotas"): a reached deny quota refuses before any provider call.
-    this.services.quotas.check(caller.id, 'llm_calls');
-    this.services.quotas.check(caller.id, 'llm_tokens');
-    const held = this.admit(caller.id, rights, estimate);
-    const progress: CallProgress = { started: false, outputChars: 0 };
-    let result: LlmResult | undefined;
-    try {
-      const pending = this.scheduler.submit(caller.id, p.name, call.signal, (signal) =>
-        callProvider(p, llmReq, signal, this.cfg.maxContentBytes, progress),
+    const id = call.caller.id;
+    const prep = this.prepare(call.caller, req);
+    const held = this.admit(id, prep.rights, prep.estimate);
+    return this.execute(id, prep, held, call.signal, undefined, (pending) => this.wait(call, pending));
+  }
+
+  /**
+   * THINK_STREAM: the checks and admission of THINK, then the call goes on in the background and its
+   * stream's id is the reply, at once. Everything THINK would refuse before calling a provider is
+   * refused here, as THINK refuses it (and audited by the dispatcher as any refusal is).
+   */
+  thinkStream(ctx: SyscallContext, req: ThinkRequest): Replies['THINK_STREAM'] {
+    const { caller } = ctx;
+    if (req.async)
+      throw new InvalidRequestError(
+        'invalid request: THINK_STREAM has no async form (its reply is already immediate)',
       );
-      result = await this.wait(call, pending);
-    } catch (e) {
-      // Tokens the provider may have spent on an answer nobody saw are charged as estimated.
-      if (progress.started) this.record(caller.id, 1, estimate.input + tokensOf(progress.outputChars), false);
-      throw this.failure(p, e);
-    } finally {
-      this.release(caller.id, held);
+    const prep = this.prepare(caller, req);
+    this.streams.checkRoom(caller.id);
+    this.scheduler.checkRoom(caller.id);
+    const held = this.admit(caller.id, prep.rights, prep.estimate);
+    const streamId = this.streams.open(caller.id, (signal, onDelta) =>
+      this.execute(caller.id, prep, held, signal, onDelta),
+    );
+    // A client's identity is its connection: its streams go with it. An agent's outlive a connection
+    // (any of its connections may read them) and go when the agent ends (the AGENT_EXITED tap).
+    if (caller.role !== 'agent' && !this.hooked.has(ctx.signal)) {
+      this.hooked.add(ctx.signal);
+      ctx.onClose(() => this.streams.dropOwner(caller.id));
     }
-    return this.reply(caller.id, p, llmReq, result, estimate.input);
+    return { success: true, stream_id: streamId, provider: prep.p.name };
+  }
+
+  /** THINK_STREAM_NEXT: the caller's stream's pieces, waited for in the kernel (parked) up to `waitMs`. */
+  streamNext(ctx: SyscallContext, streamId: number, waitMs: number): Promise<NextReply> {
+    return this.streams.next(
+      ctx.caller.id,
+      streamId,
+      Math.min(waitMs, MAX_NEXT_WAIT_MS),
+      (ready, wait, ms) => ctx.park(ready, wait, ms),
+      ctx.signal,
+    );
+  }
+
+  /** THINK_STREAM_CANCEL: the caller's stream ends; a call still waiting or running is aborted. */
+  streamCancel(caller: Caller, streamId: number): Replies['THINK_STREAM_CANCEL'] {
+    return this.streams.cancel(caller.id, streamId);
   }
 
   /** LLM_REPORT: the caller's own account of a call made outside the kernel. Counted, never trusted. */
@@ -162,6 +209,50 @@ export class LlmService {
 
   // -------------------------------------------------------------------------------------------------
 
+  /** What every call passes before anything is held: the right to think, a provider, a valid request, the resource quotas. */
+  private prepare(caller: Caller, req: ThinkRequest): Prepared {
+    const rights = this.services.principals.rights(caller.id) ?? caller.perms;
+    if (!rights.can_think)
+      throw new PermissionDeniedError('Permission denied: LLM calls not allowed (can_think)');
+    const p = this.provider(req);
+    const llmReq = this.request(p, req);
+    const estimate = this.estimate(llmReq);
+    // Resource quotas (docs/protocol.md "Quotas"): a reached deny quota refuses before any provider call.
+    this.services.quotas.check(caller.id, 'llm_calls');
+    this.services.quotas.check(caller.id, 'llm_tokens');
+    return { p, llmReq, estimate, rights };
+  }
+
+  /**
+   * Runs an admitted call through the fair scheduler and counts it, once: the provider's usage when it
+   * answered, the estimate of what it spent when it failed after it began answering. `wait` is how the
+   * caller waits (THINK parks); `onDelta` hears the answer's pieces (THINK_STREAM).
+   */
+  private async execute(
+    id: number,
+    { p, llmReq, estimate }: Prepared,
+    held: Usage,
+    signal: AbortSignal,
+    onDelta?: (d: Delta) => void,
+    wait?: (pending: Promise<LlmResult>) => Promise<LlmResult>,
+  ): Promise<ThinkResult> {
+    const progress: CallProgress = { started: false, outputChars: 0 };
+    let result: LlmResult | undefined;
+    try {
+      const pending = this.scheduler.submit(id, p.name, signal, (s) =>
+        callProvider(p, llmReq, s, this.cfg.maxContentBytes, progress, onDelta),
+      );
+      result = await (wait ? wait(pending) : pending);
+    } catch (e) {
+      // Tokens the provider may have spent on an answer nobody saw are charged as estimated.
+      if (progress.started) this.record(id, 1, estimate.input + tokensOf(progress.outputChars), false);
+      throw this.failure(p, e);
+    } finally {
+      this.release(id, held);
+    }
+    return this.reply(id, p, llmReq, result, estimate.input);
+  }
+
   private provider(req: ThinkRequest): ProviderConfig {
     const cfg = this.cfg;
     if (!cfg.providers.length)
@@ -188,7 +279,7 @@ export class LlmService {
 
   /** The provider-neutral call for a THINK request (its checks are the ones a schema cannot make). */
   private request(p: ProviderConfig, req: ThinkRequest): LlmRequest {
-    const turns: ChatTurn[] = (req.messages ?? []).map((m) => ({ role: m.role, content: m.content }));
+    const turns = chatTurns(req.messages ?? []);
     let image: ChatTurn['image'];
     if (req.image) {
       const mimeType = req.image.mime_type || 'image/jpeg';
@@ -203,6 +294,16 @@ export class LlmService {
       turns.push({ role: 'user', content: req.prompt ?? '', ...(image ? { image } : {}) });
     if (!turns.some((t) => t.role !== 'system'))
       throw new InvalidRequestError('invalid request: prompt or messages required');
+    const tools = (req.tools ?? []).flatMap(toolDecls);
+    const choice = req.tool_choice;
+    if (choice && choice !== 'auto' && choice !== 'none' && !tools.length)
+      throw new InvalidRequestError(
+        `invalid request: tool_choice ${JSON.stringify(choice)} needs tools to choose from`,
+      );
+    if (choice && typeof choice === 'object' && !tools.some((t) => t.name === choice.name))
+      throw new InvalidRequestError(
+        `invalid request: tool_choice names '${choice.name}', which is not in tools`,
+      );
     return {
       model: req.model || p.defaultModel,
       ...(req.system_instruction ? { system: req.system_instruction } : {}),
@@ -210,7 +311,8 @@ export class LlmService {
       maxTokens: req.max_tokens || p.maxTokens,
       ...(req.temperature !== undefined ? { temperature: req.temperature } : {}),
       ...(req.thinking_level ? { thinkingLevel: req.thinking_level } : {}),
-      tools: (req.tools ?? []).flatMap(toolDecls),
+      tools,
+      ...(choice ? { toolChoice: choice } : {}),
     };
   }
 
@@ -219,6 +321,7 @@ export class LlmService {
     let images = 0;
     for (const t of r.turns) {
       chars += t.content.length;
+      if (t.toolCalls) chars += JSON.stringify(t.toolCalls).length;
       if (t.image) images++;
     }
     const input = tokensOf(chars) + images * IMAGE_TOKENS;
@@ -362,6 +465,45 @@ export class LlmService {
     for (const secret of this.secrets) s = s.split(secret).join('[redacted]');
     return s;
   }
+}
+
+/**
+ * THINK's `messages` as provider-neutral turns, with the checks a schema cannot make: a tool turn names
+ * the call it answers (and gets that call's tool name when it gives none: Gemini needs it), only an
+ * assistant turn carries calls, and every call has an id (a tool turn must be able to name it).
+ */
+function chatTurns(messages: NonNullable<ThinkRequest['messages']>): ChatTurn[] {
+  const names = new Map<string, string>();
+  return messages.map((m, i) => {
+    const where = `messages[${i}]`;
+    if (m.tool_calls && m.role !== 'assistant')
+      throw new InvalidRequestError(`invalid request: ${where}: only an assistant turn has tool_calls`);
+    if (m.role === 'tool') {
+      if (!m.tool_call_id)
+        throw new InvalidRequestError(
+          `invalid request: ${where}: a tool turn needs tool_call_id (the id of the call it answers)`,
+        );
+      const name = m.name || names.get(m.tool_call_id);
+      return {
+        role: 'tool',
+        content: m.content,
+        toolCallId: m.tool_call_id,
+        ...(name ? { name } : {}),
+      } satisfies ChatTurn;
+    }
+    if (m.role === 'assistant' && m.tool_calls?.length) {
+      const toolCalls: ToolCall[] = m.tool_calls.map((c, k) => {
+        if (!c.id)
+          throw new InvalidRequestError(
+            `invalid request: ${where}.tool_calls[${k}]: id is required (THINK's reply gave one)`,
+          );
+        names.set(c.id, c.name);
+        return { id: c.id, name: c.name, arguments: c.arguments };
+      });
+      return { role: 'assistant', content: m.content, toolCalls } satisfies ChatTurn;
+    }
+    return { role: m.role, content: m.content } satisfies ChatTurn;
+  });
 }
 
 /** A THINK `tools` item as function declarations: `{name, description, parameters}`, OpenAI's shape, or Gemini's. */

@@ -50,6 +50,9 @@ export const NEVER_RECORDED: ReadonlySet<string> = new Set([
 /** Recorded only when the configuration includes them. */
 const OPTIONAL: Record<string, 'include_think' | 'include_http' | 'include_exec'> = {
   THINK: 'include_think',
+  THINK_STREAM: 'include_think',
+  THINK_STREAM_NEXT: 'include_think',
+  THINK_STREAM_CANCEL: 'include_think',
   LLM_REPORT: 'include_think',
   HTTP: 'include_http',
   EXEC: 'include_exec',

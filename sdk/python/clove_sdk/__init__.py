@@ -9,7 +9,7 @@
 """
 
 from . import errors, protocol
-from .client import DEFAULT_SOCKET_PATH, AgentOSClient, CloveClient, connect, default_socket_path
+from .client import DEFAULT_SOCKET_PATH, AgentOSClient, CloveClient, ThinkStream, connect, default_socket_path
 from .errors import (
     KERNEL_ERRORS,
     BadFrameError,
@@ -52,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CloveClient",
     "AgentOSClient",
+    "ThinkStream",
     "connect",
     "default_socket_path",
     "DEFAULT_SOCKET_PATH",

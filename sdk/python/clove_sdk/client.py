@@ -38,7 +38,7 @@ from .errors import (
 )
 from .protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET_PATH, SOCKET_ENV, Frame, FrameDecoder, SyscallOp, encode_frame
 
-__all__ = ["CloveClient", "AgentOSClient", "connect", "DEFAULT_SOCKET_PATH", "default_socket_path"]
+__all__ = ["CloveClient", "AgentOSClient", "ThinkStream", "connect", "DEFAULT_SOCKET_PATH", "default_socket_path"]
 
 _RECV_CHUNK = 65536
 # the longest single kernel-side wait one wait_message()/wait_event() step asks for
@@ -884,9 +884,22 @@ class CloveClient:
     # READ/WRITE, HTTP, async results), audit, record/replay, metrics, the tunnel (operators only);
     # worlds answer not_supported (kept so existing code keeps running)
 
+    @staticmethod
+    def _think_request(
+        prompt: str | None,
+        image: bytes | None,
+        image_mime_type: str,
+        **fields: Any,
+    ) -> dict:
+        """A THINK / THINK_STREAM request of the fields that were given (None: left out)."""
+        payload = _given(prompt=prompt, **fields)
+        if image:
+            payload["image"] = {"data": base64.b64encode(image).decode(), "mime_type": image_mime_type}
+        return payload
+
     def think(
         self,
-        prompt: str,
+        prompt: str | None = None,
         image: bytes | None = None,
         image_mime_type: str = "image/jpeg",
         system_instruction: str | None = None,
@@ -896,28 +909,94 @@ class CloveClient:
         *,
         max_tokens: int | None = None,
         messages: list | None = None,
+        tools: list | None = None,
+        tool_choice: str | dict | None = None,
         provider: str | None = None,
         check: bool | None = None,
     ) -> dict:
         """THINK: the kernel calls the operator's LLM provider for this agent (its keys never reach the
         agent) and replies ``success, content, tokens`` (+ ``input_tokens, output_tokens, provider, model,
-        finish_reason``). Tokens come from the provider and count against the agent's quota. The public
-        SDK ran the model locally and sent LLM_REPORT instead."""
-        payload: dict[str, Any] = {"prompt": prompt, "async": False}
-        if image:
-            payload["image"] = {"data": base64.b64encode(image).decode(), "mime_type": image_mime_type}
-        for k, v in (
-            ("system_instruction", system_instruction),
-            ("thinking_level", thinking_level),
-            ("temperature", temperature),
-            ("model", model),
-            ("max_tokens", max_tokens),
-            ("messages", messages),
-            ("provider", provider),
-        ):
-            if v is not None:
-                payload[k] = v
+        finish_reason``, and ``tool_calls`` ``[{id, name, arguments}]`` when the model called ``tools``).
+        Tokens come from the provider and count against the agent's quota. The public SDK ran the model
+        locally and sent LLM_REPORT instead.
+
+        ``messages`` are the earlier turns, oldest first (``prompt`` may then be left out):
+        ``{"role": "system"|"user"|"assistant"|"tool", "content": str}``; an assistant turn that called
+        tools carries the reply's ``tool_calls``, and each result is a ``tool`` turn with the call's id as
+        ``tool_call_id``. ``tool_choice``: ``"auto"``, ``"none"``, ``"required"`` or ``{"name": tool}``."""
+        payload = self._think_request(
+            prompt,
+            image,
+            image_mime_type,
+            system_instruction=system_instruction,
+            thinking_level=thinking_level,
+            temperature=temperature,
+            model=model,
+            max_tokens=max_tokens,
+            messages=messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            provider=provider,
+        )
+        payload["async"] = False
         return self.call_json(SyscallOp.SYS_THINK, payload, check=check)
+
+    def think_stream(
+        self,
+        prompt: str | None = None,
+        image: bytes | None = None,
+        image_mime_type: str = "image/jpeg",
+        system_instruction: str | None = None,
+        thinking_level: str | None = None,
+        temperature: float | None = None,
+        model: str | None = None,
+        *,
+        max_tokens: int | None = None,
+        messages: list | None = None,
+        tools: list | None = None,
+        tool_choice: str | dict | None = None,
+        provider: str | None = None,
+        wait: float = 5.0,
+        check: bool | None = None,
+    ) -> ThinkStream:
+        """THINK_STREAM (ext): THINK's call (same arguments), its answer streamed. Returns a
+        :class:`ThinkStream`: iterate it for the pieces (``{"content": str}`` or ``{"tool_call": {index,
+        id?, name?, arguments?}}``); once it is exhausted, ``.result`` is THINK's reply (or, unless
+        strict, the error reply that ended it). The call is admitted now: in strict mode a refusal raises
+        here. Each THINK_STREAM_NEXT waits up to ``wait`` seconds in the kernel, on this connection."""
+        payload = self._think_request(
+            prompt,
+            image,
+            image_mime_type,
+            system_instruction=system_instruction,
+            thinking_level=thinking_level,
+            temperature=temperature,
+            model=model,
+            max_tokens=max_tokens,
+            messages=messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            provider=provider,
+        )
+        reply = self.call_json(SyscallOp.SYS_THINK_STREAM, payload, check=check)
+        return ThinkStream(self, reply, wait, check)
+
+    def think_stream_next(
+        self, stream_id: int, wait: float | None = None, *, check: bool | None = None
+    ) -> dict:
+        """THINK_STREAM_NEXT (ext): ``success, deltas, done`` (+ ``result``, THINK's reply, when done): the
+        pieces buffered since the last call, waiting up to ``wait`` seconds (default 30) for one."""
+        payload: dict[str, Any] = {"stream_id": stream_id}
+        if wait is not None:
+            payload["wait_ms"] = _ms(wait)
+        return self.call_json(
+            SyscallOp.SYS_THINK_STREAM_NEXT, payload, check=check, wait=30.0 if wait is None else wait
+        )
+
+    def think_stream_cancel(self, stream_id: int, *, check: bool | None = None) -> dict:
+        """THINK_STREAM_CANCEL (ext): ends the stream; its provider call is aborted if still going
+        (``cancelled`` says whether it was)."""
+        return self.call_json(SyscallOp.SYS_THINK_STREAM_CANCEL, {"stream_id": stream_id}, check=check)
 
     def llm_report(self, tokens: int, success: bool = True) -> dict:
         """Reports the tokens a client-side LLM call used, for quota accounting."""
@@ -1158,6 +1237,85 @@ class CloveClient:
 
 
 AgentOSClient = CloveClient  # name used by older public-SDK code
+
+
+class ThinkStream:
+    """A streamed THINK (:meth:`CloveClient.think_stream`): an iterator over the answer's pieces, fetched
+    with THINK_STREAM_NEXT as it is iterated.
+
+    Pieces are ``{"content": str}`` or ``{"tool_call": {"index", "id"?, "name"?, "arguments"?}}``; in order
+    they make THINK's ``content`` and ``tool_calls``. Once the iterator is exhausted, :attr:`result` is
+    THINK's reply, or the error reply that ended the stream (raised instead when the client is strict
+    or ``check=True``). Leaving a ``with`` block before the end cancels the stream.
+    """
+
+    def __init__(self, client: CloveClient, reply: Any, wait: float, check: bool | None) -> None:
+        self._client = client
+        self._wait = wait
+        self._check = check
+        self._pieces: deque[dict] = deque()
+        ok = isinstance(reply, dict) and not _is_error(reply)
+        #: the kernel's id of the stream (None when THINK_STREAM was refused)
+        self.stream_id: int | None = reply.get("stream_id") if ok else None
+        #: the provider serving the call
+        self.provider: str | None = reply.get("provider") if ok else None
+        #: THINK's reply once the stream is exhausted; the error reply when it failed or was refused
+        self.result: dict | None = None if ok else reply
+        self._done = not ok
+
+    @property
+    def done(self) -> bool:
+        """True once the stream ended (its end taken, failed, refused or cancelled)."""
+        return self._done
+
+    def __iter__(self) -> ThinkStream:
+        return self
+
+    def __next__(self) -> dict:
+        while not self._pieces:
+            if self._done:
+                raise StopIteration
+            self._fetch()
+        return self._pieces.popleft()
+
+    def _fetch(self) -> None:
+        try:
+            r = self._client.think_stream_next(self.stream_id, self._wait, check=self._check)  # type: ignore[arg-type]
+        except KernelError as e:
+            self._done = True
+            self.result = e.reply if isinstance(e.reply, dict) else {"success": False, "error": str(e)}
+            raise
+        if _is_error(r):
+            self._done = True
+            self.result = r
+            return
+        self._pieces.extend(r.get("deltas") or [])
+        if r.get("done"):
+            self._done = True
+            self.result = r.get("result")
+
+    def collect(self) -> dict | None:
+        """Iterates to the end and returns :attr:`result`."""
+        for _ in self:
+            pass
+        return self.result
+
+    def cancel(self) -> dict | None:
+        """THINK_STREAM_CANCEL, unless the stream already ended: its provider call is aborted."""
+        if self._done or self.stream_id is None:
+            return None
+        self._done = True
+        self._pieces.clear()
+        reply = self._client.think_stream_cancel(self.stream_id, check=False)
+        if self.result is None:
+            self.result = {"success": False, "error": "THINK stream cancelled", "code": "cancelled"}
+        return reply
+
+    def __enter__(self) -> ThinkStream:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.cancel()
 
 
 def connect(socket_path: str | None = None, timeout: float | None = None, *, strict: bool = False) -> CloveClient:

@@ -121,6 +121,9 @@ class SyscallOp(IntEnum):
     SYS_CLUSTER_STATUS = 0xC9  # this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns
     SYS_HEARTBEAT = 0xD0  # resets the caller's watchdog deadline
     SYS_LLM_REPORT = 0xF0  # tokens used by a client-side LLM call: counted against the quota, marked self-reported
+    SYS_THINK_STREAM = 0xF1  # THINK with the answer streamed: admitted as THINK is (rights, quotas, the fair scheduler), replies at once with a stream_id; the pieces come with THINK_STREAM_NEXT
+    SYS_THINK_STREAM_NEXT = 0xF2  # the pieces of a streamed THINK that came since the last call, waiting in the kernel until there are some; the last reply says done and carries THINK's reply
+    SYS_THINK_STREAM_CANCEL = 0xF3  # ends a streamed THINK: the provider call is aborted (the kernel hangs up on it) and the stream is gone
     SYS_HELLO = 0xFE  # who the caller is, what the kernel offers
     SYS_EXIT = 0xFF  # raw text goodbye; the connection stays open (the client closes it)
 
@@ -191,6 +194,9 @@ class SyscallOp(IntEnum):
     CLUSTER_STATUS = 0xC9
     HEARTBEAT = 0xD0
     LLM_REPORT = 0xF0
+    THINK_STREAM = 0xF1
+    THINK_STREAM_NEXT = 0xF2
+    THINK_STREAM_CANCEL = 0xF3
     HELLO = 0xFE
     EXIT = 0xFF
 
@@ -268,6 +274,9 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "CLUSTER_STATUS": ("cluster", "implemented", "cluster_status"),
     "HEARTBEAT": ("core", "implemented", "heartbeat"),
     "LLM_REPORT": ("llm", "implemented", "llm_report"),
+    "THINK_STREAM": ("llm", "implemented", "think_stream"),
+    "THINK_STREAM_NEXT": ("llm", "implemented", "think_stream_next"),
+    "THINK_STREAM_CANCEL": ("llm", "implemented", "think_stream_cancel"),
     "HELLO": ("core", "implemented", "hello"),
     "EXIT": ("core", "implemented", "exit"),
 }

@@ -47,6 +47,13 @@ def _first_push(c, a):
     return {"kind": "message", **m}
 
 
+def _think_stream(c, a):
+    s = c.think_stream(a.get("prompt", ""))
+    if isinstance(s, dict):  # the mapping check's recording stand-in
+        return s
+    return s.collect()
+
+
 def _get_perms(c, a):
     return c.get_permissions(agent_id=a.get("agent_id"))
 
@@ -124,6 +131,9 @@ OPS = {
     "HTTP": lambda c, a: c.http(a.get("url", ""), a.get("method", "GET")),
     "THINK": lambda c, a: c.think(a.get("prompt", "")),
     "LLM_REPORT": lambda c, a: c.llm_report(a.get("tokens", 0)),
+    "THINK_STREAM": _think_stream,
+    "THINK_STREAM_NEXT": lambda c, a: c.think_stream_next(a.get("stream_id"), a["wait_ms"] / 1000 if "wait_ms" in a else None),
+    "THINK_STREAM_CANCEL": lambda c, a: c.think_stream_cancel(a.get("stream_id")),
     "GET_AUDIT_LOG": lambda c, a: c.get_audit_log(a.get("category"), limit=a.get("limit", 100)),
     "SET_AUDIT_CONFIG": lambda c, a: c.set_audit_config(**a),
     "RECORD_START": lambda c, a: c.start_recording(),

@@ -2,6 +2,8 @@
 
 - {"cmd": "env"}: its environment;
 - {"cmd": "think", "payload": {...}}: one THINK, the reply;
+- {"cmd": "call", "op": N, "payload": {...}}: one call of opcode N (THINK_STREAM, …), the reply;
+- {"cmd": "exit"}: answers, then exits (status 0);
 - {"cmd": "flood", "conns": C, "per_conn": N, "payload": {...}}: opens C connections and writes N THINK
   frames on each at once (pipelined; the prompt gets " A-<conn>-<i>" appended), then reads every reply:
   `{"results": [{"conn", "i", "success", "code", "budget", "content", "t_ms"}], "elapsed_ms"}`.
@@ -95,8 +97,12 @@ while True:
         out = dict(os.environ)
     elif kind == "think":
         out = c.call_json(THINK, cmd.get("payload", {}))
+    elif kind == "call":
+        out = c.call_json(int(cmd["op"]), cmd.get("payload", {}))
     elif kind == "flood":
         out = flood(cmd["conns"], cmd["per_conn"], cmd.get("payload", {}))
     else:
         out = {"echo": m["message"]}
     c.send_message({"type": "answer", "to_cmd": kind, "out": out}, to=m["from"])
+    if kind == "exit":
+        break
