@@ -277,8 +277,7 @@ class ChatClove(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        req = self._request(messages, stop, kwargs)
-        reply = self._client().call_json(SyscallOp.SYS_THINK, {**req, "async": False}, check=True)
+        reply = self._client().think(**self._request(messages, stop, kwargs), check=True)
         return ChatResult(generations=[ChatGeneration(message=_ai_message(reply))])
 
     def _stream(
@@ -523,14 +522,14 @@ class CloveCheckpointSaver(BaseCheckpointSaver[str]):
         return "/".join([self.prefix, kind, *(_part(p) for p in parts)])
 
     def _store(self, key: str, value: Any) -> None:
-        self.client.call_json(SyscallOp.SYS_STORE, {"key": key, "value": value, "scope": self.scope}, check=True)
+        self.client.store(key, value, self.scope, check=True)
 
     def _fetch(self, key: str) -> Any:
-        r = self.client.call_json(SyscallOp.SYS_FETCH, {"key": key, "scope": self.scope}, check=True)
+        r = self.client.fetch(key, self.scope, check=True)
         return r["value"] if r.get("exists") else None
 
     def _keys(self, prefix: str) -> list[str]:
-        """Every key under ``prefix`` (KEYS, page by page)."""
+        """Every key under ``prefix`` (KEYS, page by page: list_keys has no ``after``)."""
         out: list[str] = []
         req: dict[str, Any] = {"prefix": prefix, "limit": 1000}
         while True:
@@ -683,7 +682,7 @@ class CloveCheckpointSaver(BaseCheckpointSaver[str]):
         """Deletes every checkpoint, value and write of a thread."""
         for kind in ("h", "c", "b", "w"):
             for key in self._keys(self._key(kind, thread_id) + "/"):
-                self.client.call_json(SyscallOp.SYS_DELETE, {"key": key, "scope": self.scope}, check=True)
+                self.client.delete_key(key, self.scope, check=True)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Versions as LangGraph's own savers make them: a counter and a random part, so that two forks of

@@ -28,8 +28,8 @@ from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 from langgraph.prebuilt import ToolNode, tools_condition  # noqa: E402
 from provider_stub import ProviderStub, Reply  # noqa: E402
 
-from clove_sdk import CloveClient, SyscallOp  # noqa: E402
-from clove_sdk.integrations.langchain import ChatClove, CloveCheckpointSaver, clove_tools  # noqa: E402
+from clove_sdk import SyscallOp  # noqa: E402
+from clove_sdk.integrations.langchain import TOOL_NAMES, ChatClove, CloveCheckpointSaver, clove_tools  # noqa: E402
 
 AGENTS = Path(__file__).resolve().parents[1] / "agents"
 # the frameworks' interpreter (this one), for agents that run framework code
@@ -60,13 +60,6 @@ def spawn_framework_agent(op, name: str, script: str, **extra):
     )
     assert r.get("success") is True, r
     return r
-
-
-# THINK's tool messages and THINK_STREAM are being added to the kernel and the SDK (issue 16, helper
-# "think"); the tests that need them run once this branch has them
-needs_think_tools = pytest.mark.skipif(
-    not hasattr(CloveClient, "think_stream"), reason="THINK tool messages / THINK_STREAM not on this branch yet"
-)
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -108,7 +101,6 @@ def test_bound_tools_reach_the_provider_and_calls_come_back(llm_kernel, provider
     assert reply.response_metadata["finish_reason"] == "tool_calls"
 
 
-@needs_think_tools
 def test_a_langgraph_tool_loop_runs_a_clove_tool_in_the_kernel(llm_kernel, provider_stub):
     provider_stub.responder = ProviderStub.scripted(
         [
@@ -152,7 +144,6 @@ def test_a_langgraph_tool_loop_runs_a_clove_tool_in_the_kernel(llm_kernel, provi
     assert tokens_used(op) == 36  # two THINK calls of 18, counted by the kernel
 
 
-@needs_think_tools
 def test_streaming_gives_chunks_text_and_tool_calls(llm_kernel, provider_stub):
     op = llm_kernel.client()
     model = ChatClove(client=op)
@@ -183,7 +174,6 @@ def test_streaming_gives_chunks_text_and_tool_calls(llm_kernel, provider_stub):
     assert tokens_used(op) == 36
 
 
-@needs_think_tools
 def test_tool_choice_reaches_the_provider(llm_kernel, provider_stub):
     provider_stub.responder = lambda body: Reply(tool_calls=[{"name": "clove_fetch", "arguments": {"key": "x"}}])
     op = llm_kernel.client()
@@ -212,6 +202,34 @@ def test_bad_input_is_refused_by_name(llm_kernel):
 
 
 # ---------------------------------------------------------------------------------------------- tools
+
+
+def test_each_tool_is_its_syscall(kernel, tmp_path):
+    op = kernel.client()
+    me = op.hello()["agent_id"]
+    tools = {t.name: t for t in clove_tools(op)}
+    assert sorted(tools) == sorted(f"clove_{n}" for n in TOOL_NAMES)
+
+    def call(name: str, **args):
+        m = tools[name].invoke({"type": "tool_call", "id": f"call-{name}", "name": name, "args": args})
+        assert isinstance(m, ToolMessage) and m.status == "success", m
+        return json.loads(m.content)
+
+    path = str(tmp_path / "note.txt")
+    assert call("clove_write", path=path, content="one")["bytes_written"] == 3
+    assert call("clove_write", path=path, content=" two", mode="append")["bytes_written"] == 4
+    assert call("clove_read", path=path)["content"] == "one two"
+    assert call("clove_exec", command=f"cat {path}")["stdout"] == "one two"
+    assert call("clove_store", key="lc-tools", value=[1, 2], scope="session") == {"key": "lc-tools"}
+    assert call("clove_fetch", key="lc-tools")["value"] == [1, 2]
+    assert call("clove_send", to=me, message={"hi": 1})["delivered_to"] == me
+    [m] = call("clove_recv", max_messages=5, wait_s=1)["messages"]
+    assert m["message"] == {"hi": 1} and m["from"] == me
+    # a kernel error reply (not a refusal of rights here: a missing file) is the tool's error, too
+    missing = tools["clove_read"].invoke(
+        {"type": "tool_call", "id": "call-x", "name": "clove_read", "args": {"path": str(tmp_path / "nope")}}
+    )
+    assert missing.status == "error" and "[not_found]" in missing.content
 
 
 def test_a_refused_syscall_is_the_tools_error_message_not_a_crash(kernel):
