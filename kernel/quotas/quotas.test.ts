@@ -246,7 +246,8 @@ describe('measured quotas (pause, kill)', () => {
         quotas: { memory: { limit: 48 * 1024 * 1024 } },
         restart_policy: 'always',
       });
-      await ask('q-mem', { cmd: 'alloc', mb: 96 });
+      // No wait for the answer: the sampler may stop the agent before it writes one (a loaded machine).
+      await op.send('q-mem', { cmd: 'alloc', mb: 96 });
       const ev = await quotaEvent({ agent_id: id, quota: 'memory' });
       expect(ev.policy).toBe('kill');
       await until(async () => (await stateOf(id)) === undefined, LONG, 'q-mem gone');
@@ -260,7 +261,8 @@ describe('measured quotas (pause, kill)', () => {
       const id = await spawnAgent('q-memp', {
         quotas: { memory: { limit: 48 * 1024 * 1024, policy: 'pause' } },
       });
-      await ask('q-memp', { cmd: 'alloc', mb: 96 });
+      // No wait for the answer: the sampler may stop the agent before it writes one (a loaded machine).
+      await op.send('q-memp', { cmd: 'alloc', mb: 96 });
       await quotaEvent({ agent_id: id, quota: 'memory', policy: 'pause' });
       await until(async () => (await stateOf(id)) === 'PAUSED', LONG, 'q-memp paused');
       await op.resume('q-memp');
