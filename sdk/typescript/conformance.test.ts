@@ -109,6 +109,8 @@ const OPS: Record<string, Call> = {
   HTTP: (c, a) => c.http({ url: a.url, method: a.method }),
   THINK: (c, a) => c.think({ prompt: a.prompt }),
   LLM_REPORT: (c, a) => c.llmReport({ tokens: a.tokens }),
+  MCP_LIST_TOOLS: (c, a) => c.mcpListTools(a.server === undefined ? {} : { server: a.server }),
+  MCP_CALL: (c, a) => c.mcpCall({ server: a.server, tool: a.tool, arguments: a.arguments }),
   GET_AUDIT_LOG: (c, a) => c.getAuditLog({ category: a.category, limit: a.limit }),
   SET_AUDIT_CONFIG: (c, a) => c.setAuditConfig(a),
   RECORD_START: (c) => c.startRecording({}),

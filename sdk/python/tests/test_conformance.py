@@ -124,6 +124,8 @@ OPS = {
     "HTTP": lambda c, a: c.http(a.get("url", ""), a.get("method", "GET")),
     "THINK": lambda c, a: c.think(a.get("prompt", "")),
     "LLM_REPORT": lambda c, a: c.llm_report(a.get("tokens", 0)),
+    "MCP_LIST_TOOLS": lambda c, a: c.mcp_list_tools(a.get("server")),
+    "MCP_CALL": lambda c, a: c.mcp_call(a.get("server", ""), a.get("tool", ""), a.get("arguments")),
     "GET_AUDIT_LOG": lambda c, a: c.get_audit_log(a.get("category"), limit=a.get("limit", 100)),
     "SET_AUDIT_CONFIG": lambda c, a: c.set_audit_config(**a),
     "RECORD_START": lambda c, a: c.start_recording(),
