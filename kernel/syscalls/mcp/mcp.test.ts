@@ -22,6 +22,7 @@ import { mcpGranted } from '../../core/family.js';
 const TESTDATA = path.join(import.meta.dirname, 'testdata');
 const TOOL_SERVER = path.join(TESTDATA, 'tool-server.mjs');
 const WEB_TOKEN = 'web-secret-token-1234';
+const LEAKY_SECRET = 'sk-never-shown-9876';
 
 type Json = Record<string, unknown>;
 
@@ -137,6 +138,11 @@ beforeAll(async () => {
       },
       web: { url: `http://127.0.0.1:${port}/mcp`, headers: { Authorization: `Bearer ${WEB_TOKEN}` } },
       broken: { command: path.join(dir, 'no-such-mcp-server'), startup_timeout_ms: 5000 },
+      leaky: {
+        command: process.execPath,
+        args: ['-e', "console.error('my token is ' + process.env.SECRET); process.exit(1)"],
+        env: { SECRET: LEAKY_SECRET },
+      },
     },
   });
   tk = await startKernel({ dataDir });
@@ -159,6 +165,9 @@ describe('an operator', () => {
     expect(byName.web).toMatchObject({ transport: 'http', state: 'ready', tools: 1 });
     expect(['backoff', 'failed']).toContain(byName.broken.state);
     expect(byName.broken.error).toMatch(/ENOENT|no-such-mcp-server/);
+    // What a server wrote before it died is shown, its configured secrets never.
+    expect(byName.leaky.error).toContain('my token is [redacted]');
+    expect(JSON.stringify(r)).not.toContain(LEAKY_SECRET);
     const names = r.tools.filter((t) => t.server === 'tools').map((t) => t.name);
     expect(names.sort()).toEqual(['add', 'big', 'crash', 'echo', 'fail', 'pid', 'slow']);
     const add = r.tools.find((t) => t.server === 'tools' && t.name === 'add')!;

@@ -132,7 +132,7 @@ export class ServerLink {
       restarts: this.restarts,
       ...(this.state === 'ready' || this.everConnected ? { tools: this.tools.length } : {}),
       ...(this.state === 'backoff' ? { retry_in_ms: Math.max(0, this.retryAt - Date.now()) } : {}),
-      ...(this.lastError && this.state !== 'ready' ? { error: this.lastError } : {}),
+      ...(this.lastError && this.state !== 'ready' ? { error: this.redact(this.lastError) } : {}),
     };
   }
 
@@ -216,7 +216,9 @@ export class ServerLink {
           );
         if (e.code === ErrorCode.InvalidParams)
           throw new InvalidRequestError(
-            `invalid request: MCP server '${this.name}' refused the call of '${tool}': ${e.message}`,
+            this.redact(
+              `invalid request: MCP server '${this.name}' refused the call of '${tool}': ${e.message}`,
+            ),
             { ...extra, mcp_code: e.code },
           );
         throw this.error(`failed '${tool}': ${e.message}`, 'error', { ...extra, mcp_code: e.code });
@@ -240,11 +242,23 @@ export class ServerLink {
   }
 
   private error(why: string, reason: string, extra: Record<string, unknown> = {}): UpstreamFailedError {
-    return new UpstreamFailedError(`MCP server '${this.name}' ${why}`, {
+    return new UpstreamFailedError(this.redact(`MCP server '${this.name}' ${why}`), {
       server: this.name,
       reason,
       ...extra,
     });
+  }
+
+  /** The text with every configured secret (headers', environment values) replaced: replies reach agents. */
+  private redact(text: string): string {
+    const c = this.cfg;
+    const secrets = Object.values(c.transport === 'http' ? c.headers : c.env)
+      .flatMap((v) => [v, ...v.split(/\s+/)])
+      .filter((v) => v.length >= 6)
+      .sort((a, b) => b.length - a.length);
+    let out = text;
+    for (const v of secrets) out = out.split(v).join('[redacted]');
+    return out;
   }
 
   private notify(): void {
