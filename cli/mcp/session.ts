@@ -227,10 +227,7 @@ export class Session {
   async agents(): Promise<AgentInfo[]> {
     const all = await this.op.list();
     if (this.o.scope === 'all') return all;
-    const mine = (await this.act<{ [k: number]: AgentInfo } & AgentInfo[]>(
-      'LIST',
-      {},
-    )) as unknown as AgentInfo[];
+    const mine = await this.act<AgentInfo[]>('LIST', {});
     const ids = new Set(mine.map((a) => a.id));
     return all.filter((a) => ids.has(a.id));
   }
