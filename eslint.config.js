@@ -140,8 +140,10 @@ export default tseslint.config(
     },
     rules: {
       // Without this an import the resolver cannot find would pass every zone unnoticed.
-      // bin/clove.js loads the build output, which exists only after `npm run build`.
-      'import-x/no-unresolved': ['error', { ignore: ['^\\.\\./dist/'] }],
+      // bin/clove.js loads the build output, which exists only after `npm run build`. The MCP SDK's
+      // subpaths (`@modelcontextprotocol/sdk/client/stdio.js`) come from a wildcard export whose `types`
+      // pattern the resolver reads as `stdio.js.d.ts`; TypeScript finds them through typesVersions.
+      'import-x/no-unresolved': ['error', { ignore: ['^\\.\\./dist/', '^@modelcontextprotocol/sdk/'] }],
       'import-x/no-restricted-paths': restricted([...PRODUCTION_ZONES, KERNEL_OBJECT_ZONE]),
     },
   },

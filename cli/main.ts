@@ -11,6 +11,7 @@ import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/ind
 import { ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
 import { registerCompose, type Globals } from './commands/compose.js';
 import { register as registerLogs } from './commands/logs.js';
+import { registerMcp } from './commands/mcp.js';
 import { registerRelay, registerTunnel, type RelayDaemon } from './commands/relay.js';
 import { registerStatus } from './commands/status.js';
 import { register as registerTop } from './commands/top.js';
@@ -208,6 +209,7 @@ export function program(daemon: Daemon): Command {
   registerStatus(p, g);
   registerRelay(p, g, daemon.relay);
   registerTunnel(p, g);
+  registerMcp(p, g);
 
   p.command('run')
     .description('spawn an agent')

@@ -54,6 +54,7 @@ import tunnel from './syscalls/tunnel/index.js';
 import { TunnelClient, tunnelUrl, type TunnelApi } from './tunnel/client.js';
 import { RelayTransport } from './tunnel/transport.js';
 import world from './syscalls/world/index.js';
+import mcp from './syscalls/mcp/index.js';
 import { WorldService } from './worlds/service.js';
 import { applyPressure } from './worlds/pressure.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
@@ -85,6 +86,7 @@ const FAMILIES: FamilyFactory[] = [
   cluster,
   tunnel,
   world,
+  mcp,
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */

@@ -136,6 +136,10 @@ export const Op = {
   METRICS_ALL_AGENTS: 0xc2,
   /** a cgroup of the kernel's own tree (agents: only their own) */
   METRICS_CGROUP: 0xc3,
+  /** the tools of the operator's MCP servers that the caller may call (operators: every one), and the servers' state; starts a server not yet started (Clove extension) */
+  MCP_LIST_TOOLS: 0xc4,
+  /** call a tool of one of the operator's MCP servers (rights `mcp`, quota `mcp_calls`); the reply is the tool's result (Clove extension) */
+  MCP_CALL: 0xc5,
   /** the nodes of the cluster: every live node, then the nodes this kernel saw lost (`alive: false`); a kernel without `--cluster` answers `clustered: false` and no nodes (Clove extension) */
   CLUSTER_NODES: 0xc8,
   /** this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns (Clove extension) */
@@ -813,6 +817,28 @@ export const OPCODES: readonly OpInfo[] = [
     sdk: { typescript: 'cgroupMetrics', python: 'get_cgroup_metrics' },
   },
   {
+    name: 'MCP_LIST_TOOLS',
+    code: 196,
+    family: 'mcp',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "the tools of the operator's MCP servers that the caller may call (operators: every one), and the servers' state; starts a server not yet started",
+    sdk: { typescript: 'mcpListTools', python: 'mcp_list_tools' },
+  },
+  {
+    name: 'MCP_CALL',
+    code: 197,
+    family: 'mcp',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    summary:
+      "call a tool of one of the operator's MCP servers (rights `mcp`, quota `mcp_calls`); the reply is the tool's result",
+    sdk: { typescript: 'mcpCall', python: 'mcp_call' },
+  },
+  {
     name: 'CLUSTER_NODES',
     code: 200,
     family: 'cluster',
@@ -991,7 +1017,7 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     code: 'too_large',
     class: 'TooLargeError',
     description:
-      'READ: what was asked for is larger than `limit` (`max_bytes`); `file_size` says how large the file is; nothing was read beyond the limit',
+      "READ: larger than `limit` (`max_bytes`; `file_size` says how large the file is), nothing read beyond it. MCP_CALL: a result over the server's `max_result_bytes`",
   },
   {
     code: 'io_error',
@@ -1099,13 +1125,20 @@ export type AuditCategory =
  */
 export type QuotaPolicy = 'deny' | 'pause' | 'kill';
 /**
- * memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted)
+ * memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted), mcp_calls (MCP_CALL calls admitted)
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "QuotaName".
  */
 export type QuotaName =
-  'memory' | 'cpu_time' | 'wall_time' | 'llm_calls' | 'llm_tokens' | 'network_bytes' | 'exec_count';
+  | 'memory'
+  | 'cpu_time'
+  | 'wall_time'
+  | 'llm_calls'
+  | 'llm_tokens'
+  | 'network_bytes'
+  | 'exec_count'
+  | 'mcp_calls';
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "ReplayState".
@@ -1234,6 +1267,10 @@ export interface Permissions {
     calls_made: number;
   };
   max_exec_time_ms: number;
+  /**
+   * ext: the tools of the operator's MCP servers it may list and call (MCP_LIST_TOOLS, MCP_CALL): `server/tool`, `server/*` (`*` inside a tool name matches any characters), `server` (every tool of it) or `*`; none by default (`unrestricted`: `*`)
+   */
+  mcp?: string[];
 }
 /**
  * Per-agent resource bounds the kernel enforces (docs/protocol.md, Budgets). `x-default` is the kernel's default (its configuration may change it); SPAWN may set an agent's own (an agent: at most its own).
@@ -1800,6 +1837,60 @@ export interface ThinkDelta {
   };
 }
 /**
+ * A tool of a declared server, as the server describes it.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpTool".
+ */
+export interface McpTool {
+  /**
+   * the server's name in mcp.json
+   */
+  server: string;
+  name: string;
+  title?: string;
+  description?: string;
+  /**
+   * the tool's JSON Schema for `arguments`
+   */
+  input_schema: {};
+  /**
+   * the JSON Schema of `structured_content`, when the server declares one
+   */
+  output_schema?: {};
+  /**
+   * the server's hints (`readOnlyHint`, `destructiveHint`, …): hints, never trusted by the kernel
+   */
+  annotations?: {};
+}
+/**
+ * A declared server as the kernel's client sees it.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpServerStatus".
+ */
+export interface McpServerStatus {
+  name: string;
+  transport: 'stdio' | 'http';
+  /**
+   * `idle`: not started yet (servers start on first use); `backoff`: it failed and is started again at `retry_in_ms`; `failed`: its last start failed and the next call starts it again
+   */
+  state: 'idle' | 'starting' | 'ready' | 'backoff' | 'failed';
+  /**
+   * how many times the kernel connected to it again after a failure
+   */
+  restarts: number;
+  /**
+   * tools it offers (once started), granted or not
+   */
+  tools?: number;
+  retry_in_ms?: number;
+  /**
+   * why its last start or connection failed
+   */
+  error?: string;
+}
+/**
  * This interface was referenced by `CloveContract`'s JSON-Schema
  * via the `definition` "AgentMetrics".
  */
@@ -1917,6 +2008,7 @@ export interface AgentQuotaMetrics {
   llm_tokens: QuotaMeter;
   network_bytes: QuotaMeter;
   exec_count: QuotaMeter;
+  mcp_calls: QuotaMeter;
 }
 /**
  * One quota of an agent as the metrics replies show it: its usage, and its limit when it has one.
@@ -2042,6 +2134,7 @@ export interface QuotaUsage {
   llm_tokens: number;
   network_bytes: number;
   exec_count: number;
+  mcp_calls: number;
 }
 /**
  * An agent's quotas and usage (GET_QUOTA).
@@ -5659,6 +5752,120 @@ export interface MetricsCgroupReply {
   metrics: CgroupMetrics;
 }
 /**
+ * MCP_LIST_TOOLS request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpListToolsRequest".
+ */
+export interface McpListToolsRequest {
+  /**
+   * only this server's tools (default: every server the caller is granted a tool of)
+   */
+  server?: string;
+}
+/**
+ * MCP_LIST_TOOLS request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpListToolsArgs".
+ */
+export interface McpListToolsArgs {
+  /**
+   * only this server's tools (default: every server the caller is granted a tool of)
+   */
+  server?: string;
+}
+/**
+ * MCP_LIST_TOOLS reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpListToolsReply".
+ */
+export interface McpListToolsReply {
+  success: true;
+  tools: McpTool[];
+  /**
+   * the servers the caller is granted a tool of (operators: every declared server), whether they could be started or not
+   */
+  servers: McpServerStatus[];
+  /**
+   * why the operator's mcp.json is not used, when it is not (then no servers)
+   */
+  error?: string;
+}
+/**
+ * MCP_CALL request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpCallRequest".
+ */
+export interface McpCallRequest {
+  /**
+   * a server's name in mcp.json
+   */
+  server: string;
+  /**
+   * the tool's name; the caller's `permissions.mcp` must grant `server/tool`
+   */
+  tool: string;
+  /**
+   * the tool's arguments (its `input_schema`; the server validates them)
+   */
+  arguments?: {};
+  /**
+   * how long the call may take; 0 or more than the server's `timeout_ms` (default 60000) means the server's
+   */
+  timeout_ms?: number;
+}
+/**
+ * MCP_CALL request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpCallArgs".
+ */
+export interface McpCallArgs {
+  /**
+   * a server's name in mcp.json
+   */
+  server: string;
+  /**
+   * the tool's name; the caller's `permissions.mcp` must grant `server/tool`
+   */
+  tool: string;
+  /**
+   * the tool's arguments (its `input_schema`; the server validates them)
+   */
+  arguments: {};
+  /**
+   * how long the call may take; 0 or more than the server's `timeout_ms` (default 60000) means the server's
+   */
+  timeout_ms: number;
+}
+/**
+ * MCP_CALL reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "McpCallReply".
+ */
+export interface McpCallReply {
+  success: true;
+  server: string;
+  tool: string;
+  /**
+   * the tool's content blocks as MCP defines them (`{type: "text", text}`, `{type: "image", data, mimeType}`, …)
+   */
+  content: {}[];
+  /**
+   * the tool's structured result, when it gives one
+   */
+  structured_content?: {};
+  /**
+   * the tool itself reported a failure (its content says what); the call still succeeded as a syscall
+   */
+  is_error: boolean;
+  duration_ms?: number;
+}
+/**
  * CLUSTER_NODES request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -6124,6 +6331,8 @@ export interface Requests {
   METRICS_AGENT: MetricsAgentRequest;
   METRICS_ALL_AGENTS: MetricsAllAgentsRequest;
   METRICS_CGROUP: MetricsCgroupRequest;
+  MCP_LIST_TOOLS: McpListToolsRequest;
+  MCP_CALL: McpCallRequest;
   CLUSTER_NODES: ClusterNodesRequest;
   CLUSTER_STATUS: ClusterStatusRequest;
   HEARTBEAT: HeartbeatRequest;
@@ -6196,6 +6405,8 @@ export interface ArgsOf {
   METRICS_AGENT: MetricsAgentArgs;
   METRICS_ALL_AGENTS: MetricsAllAgentsArgs;
   METRICS_CGROUP: MetricsCgroupArgs;
+  MCP_LIST_TOOLS: McpListToolsArgs;
+  MCP_CALL: McpCallArgs;
   CLUSTER_NODES: ClusterNodesArgs;
   CLUSTER_STATUS: ClusterStatusArgs;
   HEARTBEAT: HeartbeatArgs;
@@ -6268,6 +6479,8 @@ export interface Replies {
   METRICS_AGENT: MetricsAgentReply;
   METRICS_ALL_AGENTS: MetricsAllAgentsReply;
   METRICS_CGROUP: MetricsCgroupReply;
+  MCP_LIST_TOOLS: McpListToolsReply;
+  MCP_CALL: McpCallReply;
   CLUSTER_NODES: ClusterNodesReply;
   CLUSTER_STATUS: ClusterStatusReply;
   HEARTBEAT: HeartbeatReply;
@@ -6352,6 +6565,12 @@ export const SCHEMA_DEFS = {
           },
         },
         max_exec_time_ms: { type: 'integer', minimum: 1 },
+        mcp: {
+          type: 'array',
+          items: { type: 'string' },
+          description:
+            "ext: the tools of the operator's MCP servers it may list and call (MCP_LIST_TOOLS, MCP_CALL): `server/tool`, `server/*` (`*` inside a tool name matches any characters), `server` (every tool of it) or `*`; none by default (`unrestricted`: `*`)",
+        },
       },
     },
     PermissionLevel: {
@@ -6913,6 +7132,48 @@ export const SCHEMA_DEFS = {
       description:
         "one piece of a streamed answer: `{content}` or `{tool_call: {index, id?, name?, arguments?}}`; concatenated in order they make THINK's `content` and `tool_calls`",
     },
+    McpTool: {
+      type: 'object',
+      required: ['server', 'name', 'input_schema'],
+      description: 'A tool of a declared server, as the server describes it.',
+      properties: {
+        server: { type: 'string', description: "the server's name in mcp.json" },
+        name: { type: 'string' },
+        title: { type: 'string' },
+        description: { type: 'string' },
+        input_schema: { type: 'object', description: "the tool's JSON Schema for `arguments`" },
+        output_schema: {
+          type: 'object',
+          description: 'the JSON Schema of `structured_content`, when the server declares one',
+        },
+        annotations: {
+          type: 'object',
+          description:
+            "the server's hints (`readOnlyHint`, `destructiveHint`, …): hints, never trusted by the kernel",
+        },
+      },
+    },
+    McpServerStatus: {
+      type: 'object',
+      required: ['name', 'transport', 'state', 'restarts'],
+      description: "A declared server as the kernel's client sees it.",
+      properties: {
+        name: { type: 'string' },
+        transport: { enum: ['stdio', 'http'] },
+        state: {
+          enum: ['idle', 'starting', 'ready', 'backoff', 'failed'],
+          description:
+            '`idle`: not started yet (servers start on first use); `backoff`: it failed and is started again at `retry_in_ms`; `failed`: its last start failed and the next call starts it again',
+        },
+        restarts: {
+          type: 'integer',
+          description: 'how many times the kernel connected to it again after a failure',
+        },
+        tools: { type: 'integer', description: 'tools it offers (once started), granted or not' },
+        retry_in_ms: { type: 'integer' },
+        error: { type: 'string', description: 'why its last start or connection failed' },
+      },
+    },
     AgentMetrics: {
       title: 'AgentMetrics',
       type: 'object',
@@ -7154,9 +7415,18 @@ export const SCHEMA_DEFS = {
     },
     QuotaName: {
       type: 'string',
-      enum: ['memory', 'cpu_time', 'wall_time', 'llm_calls', 'llm_tokens', 'network_bytes', 'exec_count'],
+      enum: [
+        'memory',
+        'cpu_time',
+        'wall_time',
+        'llm_calls',
+        'llm_tokens',
+        'network_bytes',
+        'exec_count',
+        'mcp_calls',
+      ],
       description:
-        "memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted)",
+        "memory (bytes, current usage of the agent's cgroup), cpu_time (ms of CPU of all its processes, summed across restarts), wall_time (ms since the identity's first start), llm_calls, llm_tokens (provider-reported), network_bytes (HTTP bytes sent + received), exec_count (EXEC calls admitted), mcp_calls (MCP_CALL calls admitted)",
     },
     QuotaPolicy: {
       type: 'string',
@@ -7173,7 +7443,7 @@ export const SCHEMA_DEFS = {
         policy: {
           $ref: 'clove#/$defs/QuotaPolicy',
           description:
-            'default: deny for llm_calls, llm_tokens, network_bytes, exec_count; kill for memory, cpu_time, wall_time',
+            'default: deny for llm_calls, llm_tokens, network_bytes, exec_count, mcp_calls; kill for memory, cpu_time, wall_time',
         },
       },
     },
@@ -7210,7 +7480,16 @@ export const SCHEMA_DEFS = {
       type: 'object',
       description:
         'Usage of every quota name (QuotaName → number in its unit), counted whether or not a limit is set.',
-      required: ['memory', 'cpu_time', 'wall_time', 'llm_calls', 'llm_tokens', 'network_bytes', 'exec_count'],
+      required: [
+        'memory',
+        'cpu_time',
+        'wall_time',
+        'llm_calls',
+        'llm_tokens',
+        'network_bytes',
+        'exec_count',
+        'mcp_calls',
+      ],
       properties: {
         memory: { type: 'number' },
         cpu_time: { type: 'number' },
@@ -7219,6 +7498,7 @@ export const SCHEMA_DEFS = {
         llm_tokens: { type: 'number' },
         network_bytes: { type: 'number' },
         exec_count: { type: 'number' },
+        mcp_calls: { type: 'number' },
       },
     },
     AgentQuotas: {
@@ -7264,7 +7544,16 @@ export const SCHEMA_DEFS = {
     },
     AgentQuotaMetrics: {
       type: 'object',
-      required: ['memory', 'cpu_time', 'wall_time', 'llm_calls', 'llm_tokens', 'network_bytes', 'exec_count'],
+      required: [
+        'memory',
+        'cpu_time',
+        'wall_time',
+        'llm_calls',
+        'llm_tokens',
+        'network_bytes',
+        'exec_count',
+        'mcp_calls',
+      ],
       description:
         "Every quota of an agent (QuotaName → QuotaMeter): usage counted whether or not a limit is set; `limit`, `policy`, `exceeded` for the agent's own quotas (GET_QUOTA has its service's).",
       properties: {
@@ -7275,6 +7564,7 @@ export const SCHEMA_DEFS = {
         llm_tokens: { $ref: 'clove#/$defs/QuotaMeter' },
         network_bytes: { $ref: 'clove#/$defs/QuotaMeter' },
         exec_count: { $ref: 'clove#/$defs/QuotaMeter' },
+        mcp_calls: { $ref: 'clove#/$defs/QuotaMeter' },
       },
     },
     RecordingEntry: {
@@ -8425,6 +8715,38 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       cgroup_path: {
         type: 'string',
         description: "`<leaf>` or `clove/<leaf>`; default the caller's own cgroup",
+      },
+    },
+  },
+  MCP_LIST_TOOLS: {
+    type: 'object',
+    properties: {
+      server: {
+        type: 'string',
+        description: "only this server's tools (default: every server the caller is granted a tool of)",
+      },
+    },
+  },
+  MCP_CALL: {
+    type: 'object',
+    required: ['server', 'tool'],
+    properties: {
+      server: { type: 'string', description: "a server's name in mcp.json" },
+      tool: {
+        type: 'string',
+        description: "the tool's name; the caller's `permissions.mcp` must grant `server/tool`",
+      },
+      arguments: {
+        type: 'object',
+        default: {},
+        description: "the tool's arguments (its `input_schema`; the server validates them)",
+      },
+      timeout_ms: {
+        type: 'integer',
+        minimum: 0,
+        default: 0,
+        description:
+          "how long the call may take; 0 or more than the server's `timeout_ms` (default 60000) means the server's",
       },
     },
   },

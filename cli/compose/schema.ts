@@ -19,6 +19,7 @@ export const QUOTA_UNITS = {
   llm_tokens: 'count',
   network_bytes: 'size',
   exec_count: 'count',
+  mcp_calls: 'count',
 } as const;
 export type QuotaName = keyof typeof QUOTA_UNITS;
 /** Quotas on a resource the kernel cannot refuse bit by bit (memory, time) cannot `deny`. */
@@ -93,6 +94,7 @@ const quotaHelp: Record<QuotaName, string> = {
   llm_tokens: 'LLM tokens used',
   network_bytes: 'HTTP bytes sent and received (a size)',
   exec_count: 'commands run with EXEC',
+  mcp_calls: "calls of the operator's MCP tools (MCP_CALL)",
 };
 
 const service = {

@@ -28,7 +28,7 @@ export const AUDIT_CATEGORIES = [
 export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
 
 /** Families whose calls touch the world outside the kernel: every refusal of theirs is audited. */
-const WORLD_FAMILIES: ReadonlySet<string> = new Set(['files', 'exec', 'http', 'llm']);
+const WORLD_FAMILIES: ReadonlySet<string> = new Set(['files', 'exec', 'http', 'llm', 'mcp']);
 
 /** The most entries one query returns (GET_AUDIT_LOG `limit` is capped to it). */
 export const AUDIT_QUERY_MAX = 1000;
@@ -93,7 +93,7 @@ export class AuditLog {
   /**
    * Audits a refused syscall, once for every family and for async results alike: every
    * permission_denied (SECURITY) and quota_exceeded (RESOURCE), and any other refusal by a non-operator
-   * of a call that touches the world (READ, WRITE, EXEC, HTTP, THINK: SECURITY REQUEST_REFUSED). A
+   * of a call that touches the world (READ, WRITE, EXEC, HTTP, THINK, MCP_*: SECURITY REQUEST_REFUSED). A
    * failure of the world itself (upstream_failed, io_error) or of the kernel (internal) is not a
    * refusal.
    */

@@ -67,7 +67,7 @@ export class SpawnFailedError extends KernelError {
 export class StorageError extends KernelError {
   readonly code = 'storage_error';
 }
-/** READ: what was asked for is larger than `limit` (`max_bytes`); `file_size` says how large the file is; nothing was read beyond the limit */
+/** READ: larger than `limit` (`max_bytes`; `file_size` says how large the file is), nothing read beyond it. MCP_CALL: a result over the server's `max_result_bytes` */
 export class TooLargeError extends KernelError {
   readonly code = 'too_large';
 }

@@ -21,6 +21,8 @@ export { TunnelConnectError, type TunnelClient } from '../tunnel/client.js';
 export type { WorldService } from '../worlds/service.js';
 export type { NameOwner } from '../cluster/types.js';
 export type { Permissions } from '../perms/permissions.js';
+/** Whether `permissions.mcp` grants a server's tool, or names the server at all (mcp family). */
+export { mcpGranted, mcpServerGranted } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';
 /** Push delivery (HELLO `push`): what a connection is sent unasked (core family). */
 export { pushMode, setPush } from '../ipc/push.js';

@@ -59,6 +59,7 @@ export function preset(level: Level): Permissions {
     http_methods: [],
     llm: { max_tokens: 0, max_calls: 0, tokens_used: 0, calls_made: 0 },
     max_exec_time_ms: 30000,
+    mcp: [],
   };
   switch (level) {
     case 'unrestricted':
@@ -72,6 +73,7 @@ export function preset(level: Level): Permissions {
         blocked_commands: [],
         network: ['*'],
         http_methods: ['*'],
+        mcp: ['*'],
       };
     case 'standard':
       return base;
@@ -92,6 +94,25 @@ function strList(v: unknown, field: string): string[] {
     throw new InvalidRequestError(`invalid request: permissions.${field} must be an array of strings`);
   }
   return [...(v as string[])];
+}
+
+/** A grant of `permissions.mcp`: `*`, a server's name, or `server/tool` (a tool glob: `*` and `?`). */
+const MCP_GRANT = /^(\*|[A-Za-z0-9_-]{1,64}(\/\S{1,256})?)$/;
+
+/** The server and tool pattern of an `mcp` grant (a bare server name is every tool of it). */
+function grantParts(g: string): [string, string] {
+  if (g === '*') return ['*', '*'];
+  const i = g.indexOf('/');
+  return i < 0 ? [g, '*'] : [g.slice(0, i), g.slice(i + 1)];
+}
+
+/** A tool glob as a regular expression: `*` any characters, `?` one, everything else literal. */
+function toolGlob(p: string): RegExp {
+  const src = p
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '.*')
+    .replace(/\?/g, '.');
+  return new RegExp(`^${src}$`);
 }
 
 /** Parses a `permissions` object or a level name, as SPAWN and SET_PERMS take them. */
@@ -126,6 +147,12 @@ export function parsePermissions(v: unknown): Permissions {
   ];
   p.network = strList(o.network, 'network');
   p.http_methods = strList(o.http_methods, 'http_methods');
+  p.mcp = strList(o.mcp, 'mcp');
+  for (const g of p.mcp)
+    if (!MCP_GRANT.test(g))
+      throw new InvalidRequestError(
+        `invalid request: permissions.mcp entry '${g}' must be '*', 'server', 'server/*' or 'server/tool'`,
+      );
   if (p.exec.length) p.can_exec = true;
   if (p.network.length || p.http_methods.length) p.can_http = true;
   const llm = (o.llm ?? {}) as Record<string, unknown>;
@@ -173,7 +200,45 @@ export function within(child: Permissions, parent: Permissions): boolean {
     if (parent.llm[k] > 0 && (child.llm[k] === 0 || child.llm[k] > parent.llm[k])) return false;
   }
   if (child.max_exec_time_ms > parent.max_exec_time_ms) return false;
+  if (!mcpWithin(child.mcp ?? [], parent.mcp ?? [])) return false;
   return true;
+}
+
+/**
+ * Whether `permissions.mcp` grants tool `tool` of server `server` (MCP_LIST_TOOLS, MCP_CALL): by `*`,
+ * the server's name, `server/*`, or a `server/<glob>` the tool's name matches.
+ */
+export function mcpGranted(grants: readonly string[] | undefined, server: string, tool: string): boolean {
+  for (const g of grants ?? []) {
+    const [s, t] = grantParts(g);
+    if (s !== '*' && s !== server) continue;
+    if (t === '*' || t === tool || toolGlob(t).test(tool)) return true;
+  }
+  return false;
+}
+
+/** Whether a server is named by any grant (its tools may be listed at all). */
+export function mcpServerGranted(grants: readonly string[] | undefined, server: string): boolean {
+  return (grants ?? []).some((g) => {
+    const s = grantParts(g)[0];
+    return s === '*' || s === server;
+  });
+}
+
+/**
+ * Every child grant is covered by a parent grant: the same grant, the parent's `*`, or a parent grant
+ * for every tool of the child's server (`server`, `server/*`). A child glob inside a narrower parent
+ * glob is refused (nobody proves glob inclusion here).
+ */
+function mcpWithin(child: readonly string[], parent: readonly string[]): boolean {
+  return child.every((c) => {
+    const [cs] = grantParts(c);
+    return parent.some((p) => {
+      if (p === c) return true;
+      const [ps, pt] = grantParts(p);
+      return (ps === '*' || ps === cs) && pt === '*';
+    });
+  });
 }
 
 /** The preset these rights are (usage counters aside), or `custom`. */

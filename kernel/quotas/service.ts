@@ -6,8 +6,9 @@
  * quota_exceeded; pause: paused like PAUSE; kill: killed for good like KILL).
  *
  * Counted here: llm_calls/llm_tokens (the LLM service charges provider-reported usage), network_bytes
- * (the HTTP family), exec_count (the EXEC family, at admission), cpu_time and memory (a 1 s sampler over
- * each agent's cgroup, else its main process), wall_time (since the identity's first start). Limits,
+ * (the HTTP family), exec_count (the EXEC family, at admission), mcp_calls (the MCP family, at
+ * admission), cpu_time and memory (a 1 s sampler over each agent's cgroup, else its main process),
+ * wall_time (since the identity's first start). Limits,
  * counters and first starts live in `<data-dir>/state.db` (tables quota_limits, quota_usage), so they
  * survive agent restarts and kernel restarts; an identity that ends takes its rows with it.
  */
@@ -41,6 +42,7 @@ export const QUOTA_NAMES = [
   'llm_tokens',
   'network_bytes',
   'exec_count',
+  'mcp_calls',
 ] as const;
 export type QuotaName = (typeof QUOTA_NAMES)[number];
 
@@ -49,7 +51,7 @@ const MEASURED: ReadonlySet<QuotaName> = new Set(['memory', 'cpu_time', 'wall_ti
 /** How strict a policy is: a child's quota may be as strict as its parent's or stricter, never looser. */
 const STRICTNESS: Record<QuotaPolicy, number> = { deny: 0, pause: 1, kill: 2 };
 /** Counters persisted per identity (memory is a current figure, wall_time derives from first_start). */
-type Counter = 'cpu_time' | 'llm_calls' | 'llm_tokens' | 'network_bytes' | 'exec_count';
+type Counter = 'cpu_time' | 'llm_calls' | 'llm_tokens' | 'network_bytes' | 'exec_count' | 'mcp_calls';
 
 interface Limit {
   limit: number;
@@ -594,7 +596,7 @@ export class QuotaService {
     let u = this.usage.get(identity);
     if (!u) {
       u = {
-        counters: { cpu_time: 0, llm_calls: 0, llm_tokens: 0, network_bytes: 0, exec_count: 0 },
+        counters: { cpu_time: 0, llm_calls: 0, llm_tokens: 0, network_bytes: 0, exec_count: 0, mcp_calls: 0 },
         firstStart: 0,
         cpuBase: 0,
         cpuCur: 0,

@@ -549,6 +549,14 @@ export class CloveClient {
   http(req: Requests['HTTP']): Promise<Replies['HTTP']> {
     return this.syscall('HTTP', req);
   }
+  /** MCP_LIST_TOOLS: the operator's MCP tools this caller may call, and the servers' state (docs/mcp.md). */
+  mcpListTools(req: Requests['MCP_LIST_TOOLS'] = {}): Promise<Replies['MCP_LIST_TOOLS']> {
+    return this.syscall('MCP_LIST_TOOLS', req);
+  }
+  /** MCP_CALL: calls `server`'s tool `tool` through the kernel (rights `mcp`, quota `mcp_calls`). */
+  mcpCall(req: Requests['MCP_CALL']): Promise<Replies['MCP_CALL']> {
+    return this.syscall('MCP_CALL', req);
+  }
   asyncPoll(req: Requests['ASYNC_POLL'] = {}): Promise<Replies['ASYNC_POLL']> {
     return this.syscall('ASYNC_POLL', req);
   }

@@ -117,6 +117,8 @@ const OPS: Record<string, Call> = {
   },
   THINK_STREAM_NEXT: (c, a) => c.thinkStreamNext(a.stream_id, a.wait_ms),
   THINK_STREAM_CANCEL: (c, a) => c.thinkStreamCancel(a.stream_id),
+  MCP_LIST_TOOLS: (c, a) => c.mcpListTools(a.server === undefined ? {} : { server: a.server }),
+  MCP_CALL: (c, a) => c.mcpCall({ server: a.server, tool: a.tool, arguments: a.arguments }),
   GET_AUDIT_LOG: (c, a) => c.getAuditLog({ category: a.category, limit: a.limit }),
   SET_AUDIT_CONFIG: (c, a) => c.setAuditConfig(a),
   RECORD_START: (c) => c.startRecording({}),

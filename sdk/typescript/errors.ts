@@ -55,7 +55,7 @@ export class InvalidStateError extends KernelError {}
 export class SpawnFailedError extends KernelError {}
 /** the state store could not write (e.g. disk full); nothing was changed */
 export class StorageError extends KernelError {}
-/** READ: what was asked for is larger than `limit` (`max_bytes`); `file_size` says how large the file is; nothing was read beyond the limit */
+/** READ: larger than `limit` (`max_bytes`; `file_size` says how large the file is), nothing read beyond it. MCP_CALL: a result over the server's `max_result_bytes` */
 export class TooLargeError extends KernelError {}
 /** the operating system refused a file operation for a reason other than permission or existence (`errno` names it, e.g. EROFS, ENOSPC, EISDIR) */
 export class IoError extends KernelError {}

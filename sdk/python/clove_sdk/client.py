@@ -1132,6 +1132,26 @@ class CloveClient:
         payload = _given(agent_id=agent_id, name=name, service=service, all=True if all else None)
         return self.call_json(SyscallOp.SYS_GET_QUOTA, payload)
 
+    def mcp_list_tools(self, server: str | None = None, *, check: bool | None = None) -> dict:
+        """MCP_LIST_TOOLS (ext): ``tools`` (each ``server, name, description, input_schema``) of the operator's
+        MCP servers that this caller may call (its ``permissions.mcp``), and ``servers`` with their state;
+        ``server`` limits it to one server. See docs/mcp.md."""
+        return self.call_json(SyscallOp.SYS_MCP_LIST_TOOLS, _given(server=server), check=check)
+
+    def mcp_call(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict | None = None,
+        timeout_ms: int | None = None,
+        *,
+        check: bool | None = None,
+    ) -> dict:
+        """MCP_CALL (ext): calls ``tool`` of the operator's MCP server ``server`` through the kernel; the reply
+        is the tool's result: ``content`` (MCP content blocks), ``structured_content``, ``is_error``."""
+        payload = _given(server=server, tool=tool, arguments=arguments or {}, timeout_ms=timeout_ms)
+        return self.call_json(SyscallOp.SYS_MCP_CALL, payload, check=check)
+
     def cluster_nodes(self) -> dict:
         """CLUSTER_NODES: ``{clustered, nodes}`` (each node with ``alive`` and ``self``); no nodes without --cluster."""
         return self.call_json(SyscallOp.SYS_CLUSTER_NODES, {})

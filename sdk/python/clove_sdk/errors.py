@@ -185,7 +185,7 @@ class StorageError(KernelError):
 
 
 class TooLargeError(KernelError):
-    """READ: what was asked for is larger than ``limit`` (``max_bytes``); ``file_size`` says how large the file is; nothing was read beyond the limit."""
+    """READ: larger than ``limit`` (``max_bytes``; ``file_size`` says how large the file is), nothing read beyond it. MCP_CALL: a result over the server's ``max_result_bytes``."""
 
     code = "too_large"
 

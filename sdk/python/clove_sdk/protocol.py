@@ -117,6 +117,8 @@ class SyscallOp(IntEnum):
     SYS_METRICS_AGENT = 0xC1  # one agent's process, cgroup and kernel counters
     SYS_METRICS_ALL_AGENTS = 0xC2  # METRICS_AGENT for every agent the caller may see
     SYS_METRICS_CGROUP = 0xC3  # a cgroup of the kernel's own tree (agents: only their own)
+    SYS_MCP_LIST_TOOLS = 0xC4  # the tools of the operator's MCP servers that the caller may call (operators: every one), and the servers' state; starts a server not yet started
+    SYS_MCP_CALL = 0xC5  # call a tool of one of the operator's MCP servers (rights mcp, quota mcp_calls); the reply is the tool's result
     SYS_CLUSTER_NODES = 0xC8  # the nodes of the cluster: every live node, then the nodes this kernel saw lost (alive: false); a kernel without --cluster answers clustered: false and no nodes
     SYS_CLUSTER_STATUS = 0xC9  # this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns
     SYS_HEARTBEAT = 0xD0  # resets the caller's watchdog deadline
@@ -190,6 +192,8 @@ class SyscallOp(IntEnum):
     METRICS_AGENT = 0xC1
     METRICS_ALL_AGENTS = 0xC2
     METRICS_CGROUP = 0xC3
+    MCP_LIST_TOOLS = 0xC4
+    MCP_CALL = 0xC5
     CLUSTER_NODES = 0xC8
     CLUSTER_STATUS = 0xC9
     HEARTBEAT = 0xD0
@@ -270,6 +274,8 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "METRICS_AGENT": ("metrics", "implemented", "get_agent_metrics"),
     "METRICS_ALL_AGENTS": ("metrics", "implemented", "get_all_agent_metrics"),
     "METRICS_CGROUP": ("metrics", "implemented", "get_cgroup_metrics"),
+    "MCP_LIST_TOOLS": ("mcp", "implemented", "mcp_list_tools"),
+    "MCP_CALL": ("mcp", "implemented", "mcp_call"),
     "CLUSTER_NODES": ("cluster", "implemented", "cluster_nodes"),
     "CLUSTER_STATUS": ("cluster", "implemented", "cluster_status"),
     "HEARTBEAT": ("core", "implemented", "heartbeat"),

@@ -134,6 +134,8 @@ OPS = {
     "THINK_STREAM": _think_stream,
     "THINK_STREAM_NEXT": lambda c, a: c.think_stream_next(a.get("stream_id"), a["wait_ms"] / 1000 if "wait_ms" in a else None),
     "THINK_STREAM_CANCEL": lambda c, a: c.think_stream_cancel(a.get("stream_id")),
+    "MCP_LIST_TOOLS": lambda c, a: c.mcp_list_tools(a.get("server")),
+    "MCP_CALL": lambda c, a: c.mcp_call(a.get("server", ""), a.get("tool", ""), a.get("arguments")),
     "GET_AUDIT_LOG": lambda c, a: c.get_audit_log(a.get("category"), limit=a.get("limit", 100)),
     "SET_AUDIT_CONFIG": lambda c, a: c.set_audit_config(**a),
     "RECORD_START": lambda c, a: c.start_recording(),

@@ -20,7 +20,7 @@ def test_spawn_with_quotas_then_set_and_get(op):
     assert q["success"] is True and q["name"] == "py-quota"
     assert q["quotas"]["exec_count"] == {"limit": 4, "policy": "deny", "used": 0, "exceeded": False}
     assert q["quotas"]["cpu_time"]["policy"] == "pause"
-    names = {"memory", "cpu_time", "wall_time", "llm_calls", "llm_tokens", "network_bytes", "exec_count"}
+    names = {"memory", "cpu_time", "wall_time", "llm_calls", "llm_tokens", "network_bytes", "exec_count", "mcp_calls"}
     assert set(q["usage"]) == names
 
     s = op.set_quota({"exec_count": None, "llm_calls": {"limit": 7}}, name="py-quota")
