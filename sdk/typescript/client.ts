@@ -590,6 +590,45 @@ export class CloveClient {
     return this.syscall('TUNNEL_CONFIG', req);
   }
 
+  // --- journaled steps (docs/durable.md) ---------------------------------------------------------
+  stepBegin(req: Requests['STEP_BEGIN']): Promise<Replies['STEP_BEGIN']> {
+    return this.syscall('STEP_BEGIN', req);
+  }
+  stepEnd(req: Requests['STEP_END'] = {}): Promise<Replies['STEP_END']> {
+    return this.syscall('STEP_END', req);
+  }
+  stepStatus(req: Requests['STEP_STATUS'] = {}): Promise<Replies['STEP_STATUS']> {
+    return this.syscall('STEP_STATUS', req);
+  }
+  stepClear(req: Requests['STEP_CLEAR'] = {}): Promise<Replies['STEP_CLEAR']> {
+    return this.syscall('STEP_CLEAR', req);
+  }
+
+  /**
+   * Runs `fn` as the journaled step `key`: its THINK, HTTP and EXEC calls on this client are journaled
+   * by the kernel, and when the same step runs again (after a crash or restart) the same calls are
+   * answered from the journal. The step is ended as complete when `fn` resolves; when it throws, it is
+   * left in progress (it replays next time) and the error is rethrown. Calls `fn` makes on other
+   * connections are not in the step.
+   */
+  async step<R>(
+    key: string,
+    fn: (begun: Replies['STEP_BEGIN']) => Promise<R> | R,
+    opts: Omit<Requests['STEP_BEGIN'], 'key'> = {},
+  ): Promise<R> {
+    const begun = await this.stepBegin({ ...opts, key });
+    let out: R;
+    try {
+      out = await fn(begun);
+    } catch (e) {
+      // Left in progress; a connection that is gone has closed the step already.
+      await this.stepEnd({ key, complete: false }).catch(() => undefined);
+      throw e;
+    }
+    await this.stepEnd({ key, complete: true });
+    return out;
+  }
+
   /** Closes the connection; calls in flight fail with ConnectionClosedError. */
   close(): void {
     this.closed = true;

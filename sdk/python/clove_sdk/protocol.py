@@ -119,6 +119,10 @@ class SyscallOp(IntEnum):
     SYS_METRICS_CGROUP = 0xC3  # a cgroup of the kernel's own tree (agents: only their own)
     SYS_CLUSTER_NODES = 0xC8  # the nodes of the cluster: every live node, then the nodes this kernel saw lost (alive: false); a kernel without --cluster answers clustered: false and no nodes
     SYS_CLUSTER_STATUS = 0xC9  # this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns
+    SYS_STEP_BEGIN = 0xCA  # open a journaled step on this connection: its THINK, HTTP and EXEC results are journaled, and replayed when the step is opened again
+    SYS_STEP_END = 0xCB  # close the innermost step of this connection: as complete (opened again, every call replays), left in progress, or cleared
+    SYS_STEP_STATUS = 0xCC  # the caller's journaled steps (operators: any agent's)
+    SYS_STEP_CLEAR = 0xCD  # forget journaled steps: one key, or every step of the caller (operators: of any agent)
     SYS_HEARTBEAT = 0xD0  # resets the caller's watchdog deadline
     SYS_LLM_REPORT = 0xF0  # tokens used by a client-side LLM call: counted against the quota, marked self-reported
     SYS_HELLO = 0xFE  # who the caller is, what the kernel offers
@@ -189,6 +193,10 @@ class SyscallOp(IntEnum):
     METRICS_CGROUP = 0xC3
     CLUSTER_NODES = 0xC8
     CLUSTER_STATUS = 0xC9
+    STEP_BEGIN = 0xCA
+    STEP_END = 0xCB
+    STEP_STATUS = 0xCC
+    STEP_CLEAR = 0xCD
     HEARTBEAT = 0xD0
     LLM_REPORT = 0xF0
     HELLO = 0xFE
@@ -266,6 +274,10 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "METRICS_CGROUP": ("metrics", "implemented", "get_cgroup_metrics"),
     "CLUSTER_NODES": ("cluster", "implemented", "cluster_nodes"),
     "CLUSTER_STATUS": ("cluster", "implemented", "cluster_status"),
+    "STEP_BEGIN": ("journal", "implemented", "step_begin"),
+    "STEP_END": ("journal", "implemented", "step_end"),
+    "STEP_STATUS": ("journal", "implemented", "step_status"),
+    "STEP_CLEAR": ("journal", "implemented", "step_clear"),
     "HEARTBEAT": ("core", "implemented", "heartbeat"),
     "LLM_REPORT": ("llm", "implemented", "llm_report"),
     "HELLO": ("core", "implemented", "hello"),
