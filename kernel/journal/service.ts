@@ -320,8 +320,8 @@ export class Journal {
       // A completed step is what this opening made of it: calls journaled beyond it are stale.
       const row = this.store.step(owner, top.key);
       if (row && row.entries > top.position) this.store.truncate(owner, top.key, top.position + 1);
-      this.store.complete(owner, top.key);
     }
+    this.store.mark(owner, top.key, req.complete ? 'completed' : 'in_progress');
     const row = this.store.step(owner, top.key);
     return { ...base, state: req.complete ? 'completed' : 'in_progress', entries: row?.entries ?? 0 };
   }

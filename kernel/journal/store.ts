@@ -80,9 +80,7 @@ export class JournalStore {
             FROM journal_entries e WHERE e.owner = journal_steps.owner AND e.key = journal_steps.key),
           state = 'in_progress', updated_at = ?
         WHERE owner = ? AND key = ?`),
-      complete: this.db.prepare(
-        "UPDATE journal_steps SET state = 'completed', updated_at = ? WHERE owner = ? AND key = ?",
-      ),
+      mark: this.db.prepare('UPDATE journal_steps SET state = ?, updated_at = ? WHERE owner = ? AND key = ?'),
       dropEntries: this.db.prepare('DELETE FROM journal_entries WHERE owner = ? AND key = ?'),
       dropStep: this.db.prepare('DELETE FROM journal_steps WHERE owner = ? AND key = ?'),
       dropOwnerEntries: this.db.prepare('DELETE FROM journal_entries WHERE owner = ?'),
@@ -161,8 +159,9 @@ export class JournalStore {
     );
   }
 
-  complete(owner: string, key: string): void {
-    this.run('complete a step', () => this.q.complete.run(Date.now(), owner, key));
+  /** Marks a step completed (STEP_END) or in progress again (STEP_END `complete: false`). */
+  mark(owner: string, key: string, state: StepState): void {
+    this.run('mark a step', () => this.q.mark.run(state, Date.now(), owner, key));
   }
 
   /** Forgets one step, or every step of the owner; returns how many steps and entries went. */

@@ -9,7 +9,7 @@
 """
 
 from . import errors, protocol
-from .client import DEFAULT_SOCKET_PATH, AgentOSClient, CloveClient, connect, default_socket_path
+from .client import DEFAULT_SOCKET_PATH, AgentOSClient, CloveClient, connect, default_socket_path, durable_step
 from .errors import (
     KERNEL_ERRORS,
     BadFrameError,
@@ -19,6 +19,7 @@ from .errors import (
     InternalError,
     InvalidRequestError,
     InvalidStateError,
+    JournalDivergedError,
     KernelError,
     MailboxFullError,
     NameTakenError,
@@ -53,6 +54,7 @@ __all__ = [
     "CloveClient",
     "AgentOSClient",
     "connect",
+    "durable_step",
     "default_socket_path",
     "DEFAULT_SOCKET_PATH",
     "errors",
@@ -75,6 +77,7 @@ __all__ = [
     "NameTakenError",
     "MailboxFullError",
     "InvalidStateError",
+    "JournalDivergedError",
     "SpawnFailedError",
     "StorageError",
     "InternalError",
