@@ -366,6 +366,16 @@ describe('journaled steps', () => {
       state: 'in_progress',
       entries: 1,
     });
+    // The connection lost inside a step: the SDK refuses to go on unjournaled on a new one.
+    const sock = () => (c as unknown as { sock: { destroy(): void } | null }).sock;
+    await expect(
+      c.step('op:lost', async () => {
+        sock()!.destroy();
+        await until(() => sock() === null);
+        return c.exec({ command: 'true' });
+      }),
+    ).rejects.toThrow(/closed inside journaled step/);
+    expect((await c.exec({ command: 'true' })).success).toBe(true); // outside the step: reconnected
     expect(await c.stepClear({})).toMatchObject({ owner: 'operator' });
   }, 30_000);
 

@@ -375,7 +375,16 @@ export class Journal {
   processStarted(identity: string, durable: boolean): void {
     this.runs.delete(identity);
     if (!durable) return;
-    this.store.open(identity, RUN_KEY, false);
+    try {
+      this.store.open(identity, RUN_KEY, false);
+    } catch (e) {
+      // Its calls then go unjournaled this run (the agent runs regardless): said loudly.
+      this.deps.log.error(
+        { identity, err: (e as Error).message },
+        'cannot open the run journal of a durable agent',
+      );
+      return;
+    }
     this.runs.set(identity, {
       owner: identity,
       key: RUN_KEY,

@@ -99,6 +99,8 @@ export class CloveClient {
   private pushed = { message: new PushQueue<T.PushedMessage>(), event: new PushQueue<T.PushedEvent>() };
   /** The socket corked for the current tick (see `write`), if any. */
   private corked: Duplex | null = null;
+  /** Keys of the journaled steps open on the current connection, innermost last (docs/durable.md). */
+  private steps: string[] = [];
 
   constructor(options: ClientOptions = {}) {
     this.transport =
@@ -251,6 +253,14 @@ export class CloveClient {
 
   /** Sends one request and resolves with the raw reply payload. */
   async raw(op: number, payload: Buffer | string | unknown = {}): Promise<Buffer> {
+    if (!this.sock && this.steps.length) {
+      // The kernel closed the steps with the old connection: a call on a new one would run outside
+      // them, unjournaled. The step's code must stop here (run again, it replays).
+      const lost = this.steps.splice(0);
+      throw new ConnectionClosedError(
+        `the connection to the kernel closed inside journaled step(s) ${lost.join(', ')}: calls on a new connection would not be journaled; leave the step and run it again (it replays)`,
+      );
+    }
     const s = await this.ensure();
     return new Promise<Buffer>((resolve, reject) => {
       const p: Pending = { op, resolve, reject };
@@ -591,11 +601,15 @@ export class CloveClient {
   }
 
   // --- journaled steps (docs/durable.md) ---------------------------------------------------------
-  stepBegin(req: Requests['STEP_BEGIN']): Promise<Replies['STEP_BEGIN']> {
-    return this.syscall('STEP_BEGIN', req);
+  async stepBegin(req: Requests['STEP_BEGIN']): Promise<Replies['STEP_BEGIN']> {
+    const r = await this.syscall('STEP_BEGIN', req);
+    this.steps.push(req.key);
+    return r;
   }
-  stepEnd(req: Requests['STEP_END'] = {}): Promise<Replies['STEP_END']> {
-    return this.syscall('STEP_END', req);
+  async stepEnd(req: Requests['STEP_END'] = {}): Promise<Replies['STEP_END']> {
+    const r = await this.syscall('STEP_END', req);
+    this.steps.pop();
+    return r;
   }
   stepStatus(req: Requests['STEP_STATUS'] = {}): Promise<Replies['STEP_STATUS']> {
     return this.syscall('STEP_STATUS', req);
