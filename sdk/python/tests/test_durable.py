@@ -163,6 +163,7 @@ def test_exec_and_http_in_a_step_are_not_made_again_after_a_crash(kernel):
         assert agent(op, "durable-fx")["restarts"] == 1
         assert out == {"count": "1", "body": "hit 1", "file": "ran\n"}
         assert _Counter.hits == ["/effect"]
+        op.send_message("bye", to_name="durable-fx", check=True)
     finally:
         server.shutdown()
         server.server_close()
@@ -175,14 +176,13 @@ def test_another_agent_can_neither_read_nor_replay_this_agents_journal(llm_kerne
     owner = result_of(op, llm_kernel, "durable-owner")
     assert len(provider_stub.requests) == 5
 
-    spawn(op, "durable-snoop", "snoop", "durable-owner")
+    sid = spawn(op, "durable-snoop", "snoop", "durable-owner")
     snoop = result_of(op, llm_kernel, "durable-snoop")
     assert snoop["status"] == "permission_denied" and snoop["clear"] == "permission_denied"
     # The same key is the snooper's own journal: its calls reach the provider, the owner's stay its own.
     assert len(provider_stub.requests) == 10
     assert snoop["notes"] == owner["notes"]
     assert op.step_status(name="durable-owner", key=KEY)["steps"][0]["entries"] == 5
-    sid = agent(op, "durable-snoop")["id"]
     denied = op.get_audit_log("SECURITY", agent_id=sid, limit=100)["entries"]
     assert [e["details"]["syscall"] for e in denied if e["event_type"] == "PERMISSION_DENIED"] == [
         "STEP_STATUS",

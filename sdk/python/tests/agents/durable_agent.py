@@ -13,7 +13,7 @@ argv: MODE DOC [URL]. Whatever it computes is stored (STORE, global) under ``dur
   again with ``on_divergence="truncate"``.
 - ``effects``: ``with client.step("effects")``: an EXEC that appends a line to a file, and an HTTP GET of
   URL; its first process SIGKILLs itself inside the step; the restarted one runs the same code, then
-  reads the file outside any step.
+  reads the file outside any step, and waits for ``bye``.
 - ``snoop``: tries to read and clear the journal of the agent named DOC, then runs the ``plain`` step.
 """
 
@@ -98,6 +98,7 @@ elif MODE == "effects":
         die_once()
     after = client.exec("cat side-effect.txt")
     result({"count": ran["stdout"].strip(), "body": got["body"], "file": after["stdout"]})
+    wait_for("bye")
 elif MODE == "snoop":
     out = {}
     for what, call in (("status", client.step_status), ("clear", client.step_clear)):
