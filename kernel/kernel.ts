@@ -55,6 +55,8 @@ import { TunnelClient, tunnelUrl, type TunnelApi } from './tunnel/client.js';
 import { RelayTransport } from './tunnel/transport.js';
 import world from './syscalls/world/index.js';
 import mcp from './syscalls/mcp/index.js';
+import journal from './syscalls/journal/index.js';
+import { Journal } from './journal/service.js';
 import { WorldService } from './worlds/service.js';
 import { applyPressure } from './worlds/pressure.js';
 import type { ClusterEngines, ClusterService } from './cluster/cluster.js';
@@ -87,6 +89,7 @@ const FAMILIES: FamilyFactory[] = [
   tunnel,
   world,
   mcp,
+  journal,
 ];
 
 /** How a clustered kernel gets its engines (tests hand in their own): the real ones by default. */
@@ -112,6 +115,7 @@ export class Kernel {
   private audit?: AuditLog;
   private quotas?: QuotaService;
   private worlds?: WorldService;
+  private journal?: Journal;
   private readonly asyncCalls = new AsyncCalls(
     (id) => this.principals.budgets(id).async_requests,
     (caller, op, reply) =>
@@ -196,12 +200,25 @@ export class Kernel {
         this.syncReachable(a.def.id);
         this.agents?.started(a);
         this.quotas?.started(a);
+        this.journal?.processStarted(a.def.identity, a.def.durable === true);
       },
       release: (a) => {
         this.agents?.released(a);
         this.release(a.def.id);
       },
-      exited: (a) => this.server?.dropConnectionsOf(a.def.id),
+      exited: (a) => {
+        this.server?.dropConnectionsOf(a.def.id);
+        // A durable agent's run is done with when it ends on its own with 0, not when it is stopped.
+        const e = a.lastExit;
+        const finished =
+          e?.code === 0 &&
+          e.signal === null &&
+          e.reason === 'exit' &&
+          a.state !== 'STOPPING' &&
+          a.state !== 'RESTARTING' &&
+          !this.supervisor.shuttingDown;
+        this.journal?.processExited(a.def.identity, finished);
+      },
       log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
     });
     this.principals = new Principals(
@@ -261,8 +278,27 @@ export class Kernel {
         this.worlds?.identityEnded(identity);
         store.dropAgentNamespace(identity);
         this.quotas?.identityEnded(identity);
+        this.journal?.identityEnded(identity);
       },
     });
+    // Journaled steps (docs/durable.md): by identity, so after the identities; before any agent starts.
+    const agentsForJournal = this.agents;
+    this.journal = new Journal({
+      dbPath: path.join(o.dataDir, 'state.db'),
+      durability: o.durability,
+      budget: (id) => this.principals.budgets(id).journal_bytes,
+      agent: (t) => {
+        const a =
+          t.id !== undefined
+            ? agentsForJournal.get(t.id)
+            : agentsForJournal.list().find((x) => x.def.name === t.name);
+        return a ? { id: a.def.id, identity: a.def.identity } : undefined;
+      },
+      audit,
+      log: this.log,
+    });
+    const swept = this.journal.sweep(this.agents.liveIdentities());
+    if (swept) this.log.info({ steps: swept }, 'journal: dropped the steps of ended identities');
     // Quotas: usage counted by the kernel, CPU and memory read from each agent's cgroup (else its process).
     const quotaService = (this.quotas = new QuotaService({
       dbPath: path.join(o.dataDir, 'state.db'),
@@ -371,6 +407,7 @@ export class Kernel {
       quotas: quotaService,
       async: this.asyncCalls,
       worlds: this.worlds,
+      journal: this.journal,
       publish: (type, data, source) => this.events.publish(type, data, source),
       ...(this.cluster ? { cluster: this.cluster } : {}),
       tunnel: { client: tunnelClient, remotes },
@@ -608,6 +645,7 @@ export class Kernel {
     await this.dispatcher?.close();
     this.quotas?.close();
     this.worlds?.close();
+    this.journal?.close();
     this.store?.close();
     this.audit?.close();
     this.agents?.close();

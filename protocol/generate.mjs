@@ -55,6 +55,8 @@ export function loadContract(dir = HERE) {
     if (!op.sdk?.typescript || !op.sdk?.python) problems.push(`${op.name}: sdk method names missing`);
     if (op.payload !== 'raw' && (!op.request || !op.reply))
       problems.push(`${op.name}: request/reply missing`);
+    if ('journaled' in op && (typeof op.journaled !== 'boolean' || op.payload === 'raw'))
+      problems.push(`${op.name}: journaled must be a boolean, on a JSON opcode`);
     names.add(op.name);
     codes.add(op.code);
   }
@@ -186,6 +188,10 @@ async function generatedTs(c) {
   out.push('  ext: boolean;');
   out.push('  /** The payload is raw bytes, not JSON. */');
   out.push('  raw: boolean;');
+  out.push(
+    '  /** Inside a journaled step its results are journaled and replayed (docs/durable.md; the dispatcher). */',
+  );
+  out.push('  journaled: boolean;');
   out.push('  summary: string;');
   out.push('  sdk: { typescript: string; python: string };');
   out.push('}');
@@ -196,6 +202,7 @@ async function generatedTs(c) {
     status: o.status,
     ext: Boolean(o.ext),
     raw: o.payload === 'raw',
+    journaled: o.journaled === true,
     summary: o.summary,
     sdk: o.sdk,
   }));
@@ -382,7 +389,10 @@ function mdFamily(c, family) {
   const shown = new Map();
   const resolve = (s) => (s.$ref ? c.defs[s.$ref.split('/').pop()] : s);
   for (const op of c.ops.filter((o) => o.family === family && o.status === 'implemented')) {
-    out.push(`**${op.name}** (${hex(op.code)}${op.ext ? ', ext' : ''}): ${op.summary}.`, '');
+    const journaled = op.journaled
+      ? ' Journaled inside a step: replayed from the journal when the step runs again ([durable.md](durable.md)).'
+      : '';
+    out.push(`**${op.name}** (${hex(op.code)}${op.ext ? ', ext' : ''}): ${op.summary}.${journaled}`, '');
     if (op.payload === 'raw') {
       out.push('Request and reply: raw bytes (see above).', '');
       continue;

@@ -144,6 +144,14 @@ export const Op = {
   CLUSTER_NODES: 0xc8,
   /** this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns (Clove extension) */
   CLUSTER_STATUS: 0xc9,
+  /** open a journaled step on this connection: its THINK, HTTP and EXEC results are journaled, and replayed when the step is opened again (Clove extension) */
+  STEP_BEGIN: 0xca,
+  /** close the innermost step of this connection: as complete (opened again, every call replays), left in progress, or cleared (Clove extension) */
+  STEP_END: 0xcb,
+  /** the caller's journaled steps (operators: any agent's) (Clove extension) */
+  STEP_STATUS: 0xcc,
+  /** forget journaled steps: one key, or every step of the caller (operators: of any agent) (Clove extension) */
+  STEP_CLEAR: 0xcd,
   /** resets the caller's watchdog deadline (Clove extension) */
   HEARTBEAT: 0xd0,
   /** tokens used by a client-side LLM call: counted against the quota, marked self-reported */
@@ -171,6 +179,8 @@ export interface OpInfo {
   ext: boolean;
   /** The payload is raw bytes, not JSON. */
   raw: boolean;
+  /** Inside a journaled step its results are journaled and replayed (docs/durable.md; the dispatcher). */
+  journaled: boolean;
   summary: string;
   sdk: { typescript: string; python: string };
 }
@@ -182,6 +192,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: true,
+    journaled: false,
     summary: 'the payload echoed byte for byte',
     sdk: { typescript: 'echo', python: 'echo' },
   },
@@ -192,6 +203,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: true,
     summary:
       "a language-model call made by the kernel with the operator's provider; the reply comes once the whole answer is in",
     sdk: { typescript: 'think', python: 'think' },
@@ -203,6 +215,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: true,
     summary: "run a command inside the caller's sandbox: stdout and stderr captured, exit code, timeout",
     sdk: { typescript: 'exec', python: 'exec' },
   },
@@ -213,6 +226,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'read a regular file, as the agent sees it and with its uid',
     sdk: { typescript: 'readFile', python: 'read_file' },
   },
@@ -223,6 +237,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'write a regular file (atomically replaced, or appended to), as the agent sees it and with its uid',
     sdk: { typescript: 'writeFile', python: 'write_file' },
@@ -234,6 +249,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'start a supervised agent',
     sdk: { typescript: 'spawn', python: 'spawn' },
   },
@@ -244,6 +260,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'SIGTERM, then SIGKILL after `grace_ms`; works on paused agents; never restarted',
     sdk: { typescript: 'kill', python: 'kill' },
   },
@@ -254,6 +271,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       "a bare array of agents (as in the public kernel): an operator sees every agent, anybody else itself and the agents it spawned; on a clustered kernel, `all_nodes: true` (operators only) adds every other live node's agents, each with its `node`",
     sdk: { typescript: 'list', python: 'list_agents' },
@@ -265,6 +283,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "freeze the agent's whole process tree",
     sdk: { typescript: 'pause', python: 'pause' },
   },
@@ -275,6 +294,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'thaw a paused agent',
     sdk: { typescript: 'resume', python: 'resume' },
   },
@@ -285,6 +305,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'ext: stops the agent like KILL (SIGTERM, SIGKILL after `grace_ms`), then starts it again at once whatever its restart policy, under the same identity and name with a new pid; counted in `restarts`, announced by AGENT_EXITED, AGENT_RESTARTING (`requested: true`) and AGENT_SPAWNED. Refused (`invalid_state`) for an agent that is stopping, stopped or escalated (FAILED: spawn it again)',
     sdk: { typescript: 'restart', python: 'restart' },
@@ -296,6 +317,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'queue a message for an id or a name; a full mailbox refuses it (`mailbox_full`)',
     sdk: { typescript: 'send', python: 'send_message' },
   },
@@ -306,6 +328,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'take messages (at most `max`, and no more bytes than the reply limit), optionally waiting in the kernel',
     sdk: { typescript: 'recv', python: 'recv_messages' },
@@ -317,6 +340,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'a message to every named id',
     sdk: { typescript: 'broadcast', python: 'broadcast' },
   },
@@ -327,6 +351,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'bind a further name to the caller',
     sdk: { typescript: 'register', python: 'register_name' },
   },
@@ -337,6 +362,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'unsolicited: a message or an event pushed to a connection that opted in (HELLO `push`); a client never sends it',
     sdk: { typescript: 'messages', python: 'messages' },
@@ -348,6 +374,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered',
     sdk: { typescript: 'sendBatch', python: 'send_batch' },
@@ -359,6 +386,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'write a key; global keys belong to whoever created them',
     sdk: { typescript: 'store', python: 'store' },
   },
@@ -369,6 +397,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'read a key: without a scope, agent scope first, then global/session',
     sdk: { typescript: 'fetch', python: 'fetch' },
   },
@@ -379,6 +408,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'delete a key the caller may delete',
     sdk: { typescript: 'delete', python: 'delete_key' },
   },
@@ -389,6 +419,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'keys visible to the caller, in order, a page at a time',
     sdk: { typescript: 'keys', python: 'list_keys' },
   },
@@ -399,6 +430,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "the caller's rights, or those of an agent it controls",
     sdk: { typescript: 'getPerms', python: 'get_permissions' },
   },
@@ -409,6 +441,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       "replace an agent's rights: an operator anybody's, an agent its children's within its own, or its own narrower",
     sdk: { typescript: 'setPerms', python: 'set_permissions' },
@@ -420,6 +453,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: true,
     summary: 'an HTTP request made by the kernel: domain, method and address checked on every hop',
     sdk: { typescript: 'http', python: 'http' },
   },
@@ -430,6 +464,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'subscribe to kernel event types, `CUSTOM`, custom names or `*`',
     sdk: { typescript: 'subscribe', python: 'subscribe' },
   },
@@ -440,6 +475,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'drop topics, or every topic with `all`',
     sdk: { typescript: 'unsubscribe', python: 'unsubscribe' },
   },
@@ -450,6 +486,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'take queued events, optionally waiting in the kernel',
     sdk: { typescript: 'pollEvents', python: 'poll_events' },
   },
@@ -460,6 +497,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'publish a CUSTOM event (a name other than CUSTOM travels in `data.custom_type`)',
     sdk: { typescript: 'emit', python: 'emit_event' },
   },
@@ -470,6 +508,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "start recording syscalls with their results: every caller's, or only the agents selected",
     sdk: { typescript: 'startRecording', python: 'start_recording' },
   },
@@ -480,6 +519,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'stop recording; the entries stay for RECORD_STATUS and REPLAY_START (`invalid_state` when not recording)',
     sdk: { typescript: 'stopRecording', python: 'stop_recording' },
@@ -491,6 +531,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'recording state; optionally the whole recording (`export`) or a page of its entries',
     sdk: { typescript: 'recordingStatus', python: 'get_recording_status' },
   },
@@ -501,6 +542,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'replay a recording against this kernel in the background, one stand-in principal per recorded caller (REPLAY_STATUS reports)',
     sdk: { typescript: 'startReplay', python: 'start_replay' },
@@ -512,6 +554,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'replay progress, and the entries whose replies differed from the recording',
     sdk: { typescript: 'replayStatus', python: 'get_replay_status' },
   },
@@ -522,6 +565,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'the newest matching audit entries, oldest first (operators only)',
     sdk: { typescript: 'getAuditLog', python: 'get_audit_log' },
   },
@@ -532,6 +576,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'what the audit log records and how many entries it keeps (operators only; the change is always audited)',
     sdk: { typescript: 'setAuditConfig', python: 'set_audit_config' },
@@ -543,6 +588,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'planned',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       "the public kernel's async poll: not served (0x80–0x83 go to the task syscalls); use ASYNC_RESULTS",
     sdk: { typescript: 'asyncPoll', python: 'async_poll' },
@@ -554,6 +600,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'hand a new or pending subtask to an agent (or, naming none, to the live agent of the pool with the fewest open subtasks, ties to the one served least recently); it gets a `task_assigned` message and a TASK_ASSIGNED event',
     sdk: { typescript: 'taskAssign', python: 'task_assign' },
@@ -565,6 +612,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "a task with its subtasks, their assignees, attempts, results and errors, and the task's aggregated results (creator, assignees, operators)",
     sdk: { typescript: 'taskStatus', python: 'task_status' },
@@ -576,6 +624,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "finish a subtask with a result, or fail it with `error` (the task's policy decides: reassign or fail); only its assignee, the task's creator or an operator",
     sdk: { typescript: 'taskComplete', python: 'task_complete' },
@@ -587,6 +636,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'the tasks the caller created or holds a subtask of (operators: all, unless `mine`), newest first',
     sdk: { typescript: 'taskList', python: 'task_list' },
@@ -598,6 +648,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "create a task (optionally with subtasks, a deadline, a failure policy and a pool of agents); counts against the creator's `tasks` budget while open",
     sdk: { typescript: 'taskCreate', python: 'task_create' },
@@ -609,6 +660,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'take finished async results (EXEC, HTTP, THINK with `async: true`), optionally waiting in the kernel',
     sdk: { typescript: 'asyncResults', python: 'async_results' },
@@ -620,6 +672,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'set or remove quotas of an agent or a clove.yaml service',
     sdk: { typescript: 'setQuota', python: 'set_quota' },
   },
@@ -630,6 +683,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "an agent's or a service's quotas and usage (all: every one, operators)",
     sdk: { typescript: 'getQuota', python: 'get_quota' },
   },
@@ -640,6 +694,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'create a world',
     sdk: { typescript: 'worldCreate', python: 'world_create' },
   },
@@ -650,6 +705,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'destroy a world',
     sdk: { typescript: 'worldDestroy', python: 'world_destroy' },
   },
@@ -660,6 +716,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'list worlds',
     sdk: { typescript: 'worldList', python: 'world_list' },
   },
@@ -670,6 +727,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'join a world',
     sdk: { typescript: 'worldJoin', python: 'world_join' },
   },
@@ -680,6 +738,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "leave the caller's world",
     sdk: { typescript: 'worldLeave', python: 'world_leave' },
   },
@@ -690,6 +749,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'inject a chaos event',
     sdk: { typescript: 'worldEvent', python: 'world_event' },
   },
@@ -700,6 +760,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "a world's state and metrics",
     sdk: { typescript: 'worldState', python: 'world_state' },
   },
@@ -710,6 +771,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "a world's snapshot",
     sdk: { typescript: 'worldSnapshot', python: 'world_snapshot' },
   },
@@ -720,6 +782,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'a world from a snapshot',
     sdk: { typescript: 'worldRestore', python: 'world_restore' },
   },
@@ -730,6 +793,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       "connect this kernel to a relay (operators only); fields given replace the configured ones; waits for the relay's answer (at most 10 s), then keeps the tunnel up with reconnects",
     sdk: { typescript: 'tunnelConnect', python: 'tunnel_connect' },
@@ -741,6 +805,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'close the tunnel and stop reconnecting (operators only); remote sessions are closed; succeeds when not connected',
     sdk: { typescript: 'tunnelDisconnect', python: 'tunnel_disconnect' },
@@ -752,6 +817,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "the tunnel's state (operators only)",
     sdk: { typescript: 'tunnelStatus', python: 'tunnel_status' },
   },
@@ -762,6 +828,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'wire-protocol sessions opened through the relay (operators only)',
     sdk: { typescript: 'tunnelListRemotes', python: 'tunnel_list_remotes' },
   },
@@ -772,6 +839,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary:
       'set the relay settings used by the next connection (operators only); a live tunnel is not dropped',
     sdk: { typescript: 'tunnelConfig', python: 'tunnel_config' },
@@ -783,6 +851,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'host cpu, memory, swap, disk, network',
     sdk: { typescript: 'systemMetrics', python: 'get_system_metrics' },
   },
@@ -793,6 +862,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "one agent's process, cgroup and kernel counters",
     sdk: { typescript: 'agentMetrics', python: 'get_agent_metrics' },
   },
@@ -803,6 +873,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'METRICS_AGENT for every agent the caller may see',
     sdk: { typescript: 'allAgentMetrics', python: 'get_all_agent_metrics' },
   },
@@ -813,6 +884,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: "a cgroup of the kernel's own tree (agents: only their own)",
     sdk: { typescript: 'cgroupMetrics', python: 'get_cgroup_metrics' },
   },
@@ -823,6 +895,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "the tools of the operator's MCP servers that the caller may call (operators: every one), and the servers' state; starts a server not yet started",
     sdk: { typescript: 'mcpListTools', python: 'mcp_list_tools' },
@@ -834,6 +907,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "call a tool of one of the operator's MCP servers (rights `mcp`, quota `mcp_calls`); the reply is the tool's result",
     sdk: { typescript: 'mcpCall', python: 'mcp_call' },
@@ -845,6 +919,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'the nodes of the cluster: every live node, then the nodes this kernel saw lost (`alive: false`); a kernel without `--cluster` answers `clustered: false` and no nodes',
     sdk: { typescript: 'clusterNodes', python: 'cluster_nodes' },
@@ -856,9 +931,56 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns",
     sdk: { typescript: 'clusterStatus', python: 'cluster_status' },
+  },
+  {
+    name: 'STEP_BEGIN',
+    code: 202,
+    family: 'journal',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    journaled: false,
+    summary:
+      'open a journaled step on this connection: its THINK, HTTP and EXEC results are journaled, and replayed when the step is opened again',
+    sdk: { typescript: 'stepBegin', python: 'step_begin' },
+  },
+  {
+    name: 'STEP_END',
+    code: 203,
+    family: 'journal',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    journaled: false,
+    summary:
+      'close the innermost step of this connection: as complete (opened again, every call replays), left in progress, or cleared',
+    sdk: { typescript: 'stepEnd', python: 'step_end' },
+  },
+  {
+    name: 'STEP_STATUS',
+    code: 204,
+    family: 'journal',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    journaled: false,
+    summary: "the caller's journaled steps (operators: any agent's)",
+    sdk: { typescript: 'stepStatus', python: 'step_status' },
+  },
+  {
+    name: 'STEP_CLEAR',
+    code: 205,
+    family: 'journal',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    journaled: false,
+    summary: 'forget journaled steps: one key, or every step of the caller (operators: of any agent)',
+    sdk: { typescript: 'stepClear', python: 'step_clear' },
   },
   {
     name: 'HEARTBEAT',
@@ -867,6 +989,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary: "resets the caller's watchdog deadline",
     sdk: { typescript: 'heartbeat', python: 'heartbeat' },
   },
@@ -877,6 +1000,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'tokens used by a client-side LLM call: counted against the quota, marked self-reported',
     sdk: { typescript: 'llmReport', python: 'llm_report' },
   },
@@ -887,6 +1011,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'THINK with the answer streamed: admitted as THINK is (rights, quotas, the fair scheduler), replies at once with a `stream_id`; the pieces come with THINK_STREAM_NEXT',
     sdk: { typescript: 'thinkStream', python: 'think_stream' },
@@ -898,6 +1023,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       "the pieces of a streamed THINK that came since the last call, waiting in the kernel until there are some; the last reply says `done` and carries THINK's reply",
     sdk: { typescript: 'thinkStreamNext', python: 'think_stream_next' },
@@ -909,6 +1035,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: true,
     raw: false,
+    journaled: false,
     summary:
       'ends a streamed THINK: the provider call is aborted (the kernel hangs up on it) and the stream is gone',
     sdk: { typescript: 'thinkStreamCancel', python: 'think_stream_cancel' },
@@ -920,6 +1047,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: false,
+    journaled: false,
     summary: 'who the caller is, what the kernel offers',
     sdk: { typescript: 'hello', python: 'hello' },
   },
@@ -930,6 +1058,7 @@ export const OPCODES: readonly OpInfo[] = [
     status: 'implemented',
     ext: false,
     raw: true,
+    journaled: false,
     summary: 'raw text `goodbye`; the connection stays open (the client closes it)',
     sdk: { typescript: 'exit', python: 'exit' },
   },
@@ -955,6 +1084,7 @@ export const ERROR_CODES = [
   'cluster_unavailable',
   'not_clustered',
   'tunnel_failed',
+  'journal_diverged',
   'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -1049,6 +1179,12 @@ export const ERRORS: readonly { code: ErrorCode; class: string; description: str
     description:
       "ext: TUNNEL_CONNECT could not reach the relay, or the relay refused this kernel's machine token (`reason` says which); the kernel is not connected and does not retry",
   },
+  {
+    code: 'journal_diverged',
+    class: 'JournalDivergedError',
+    description:
+      'ext: in a journaled step, this call differs from the one its journal holds at that position (docs/durable.md); nothing was done',
+  },
   { code: 'internal', class: 'InternalError', description: 'a bug in the kernel; the kernel keeps running' },
 ];
 
@@ -1117,6 +1253,20 @@ export type PermissionsInput = string | { [k: string]: unknown };
  */
 export type AuditCategory =
   'SECURITY' | 'AGENT_LIFECYCLE' | 'IPC' | 'STATE_STORE' | 'RESOURCE' | 'SYSCALL' | 'NETWORK' | 'WORLD';
+/**
+ * a step's key, chosen by the caller (e.g. `summarize:doc-17`); keys starting with `@` are the kernel's (`@run`: a durable agent's implicit step)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepKey".
+ */
+export type StepKey = string;
+/**
+ * in_progress: opened and not ended as complete (its calls replay, then the step goes on live); completed: STEP_END marked it complete (opened again, every call replays)
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepState".
+ */
+export type StepState = 'in_progress' | 'completed';
 /**
  * what happens at the crossing: deny (later calls of that kind fail with quota_exceeded; not valid for memory, cpu_time, wall_time), pause (the agent, or every agent of the service, is paused like PAUSE and stays paused until RESUME), kill (killed for good like KILL, never restarted)
  *
@@ -1327,6 +1477,10 @@ export interface Budgets {
    * open (pending or running) tasks it may have created (TASK_CREATE: `quota_exceeded`)
    */
   tasks?: number;
+  /**
+   * bytes its journaled steps hold (docs/durable.md); a live journaled call past it: `quota_exceeded`
+   */
+  journal_bytes?: number;
 }
 /**
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1533,6 +1687,38 @@ export interface BatchResult {
   code?: string;
 }
 /**
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepInfo".
+ */
+export interface StepInfo {
+  key: string;
+  state: StepState;
+  /**
+   * journaled calls
+   */
+  entries: number;
+  /**
+   * what the step holds against the owner's `journal_bytes` budget
+   */
+  bytes: number;
+  /**
+   * ms since the epoch
+   */
+  created_at: number;
+  /**
+   * ms since the epoch of its last change
+   */
+  updated_at: number;
+  /**
+   * open on a connection now
+   */
+  open: boolean;
+  /**
+   * when open on the caller's own connection: journaled calls made in it so far (replayed or live)
+   */
+  position?: number;
+}
+/**
  * An agent named by `id` or `name` (`id` wins when both are given).
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -1634,6 +1820,10 @@ export interface AgentInfo {
    * ext: the cluster node the agent runs on (docs/cluster.md); only on a clustered kernel
    */
   node?: string;
+  /**
+   * ext: present (true) for an agent spawned with `durable` (docs/durable.md)
+   */
+  durable?: boolean;
 }
 /**
  * ext: free-form labels of an agent (as docker labels): `clove up` sets `clove.project`, `clove.service`, `clove.replica`, `clove.config-hash`. At most 32; keys of 1–63 letters, digits, `.`, `-`, `_`, `/`; values up to 256 characters. Kept across restarts of the agent and of the kernel; never inherited.
@@ -2988,6 +3178,10 @@ export interface SpawnRequest {
    * ext: the world the new agent is in from its first syscall (WORLD_JOIN rules: docs/worlds.md); survives its restarts
    */
   world?: string;
+  /**
+   * ext: every process of the agent runs in an implicit journaled step `@run` (docs/durable.md): its THINK, HTTP and EXEC results are journaled in order, and after a crash or a restart the same calls are answered from the journal; the journal is forgotten when a process ends on its own with exit code 0
+   */
+  durable?: boolean;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -3074,6 +3268,10 @@ export interface SpawnArgs {
    * ext: the world the new agent is in from its first syscall (WORLD_JOIN rules: docs/worlds.md); survives its restarts
    */
   world?: string;
+  /**
+   * ext: every process of the agent runs in an implicit journaled step `@run` (docs/durable.md): its THINK, HTTP and EXEC results are journaled in order, and after a crash or a restart the same calls are answered from the journal; the journal is forgotten when a process ends on its own with exit code 0
+   */
+  durable: boolean;
 }
 /**
  * SPAWN reply.
@@ -5938,6 +6136,222 @@ export interface ClusterStatusReply {
   names_owned?: number;
 }
 /**
+ * STEP_BEGIN request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepBeginRequest".
+ */
+export interface StepBeginRequest {
+  key: StepKey;
+  /**
+   * forget what the key's journal holds first: every call goes live
+   */
+  fresh?: boolean;
+  /**
+   * a call that differs from the journal at its position: `error` refuses it (`journal_diverged`, nothing done; the step stays at that position), `truncate` drops the journal from that position on and makes the call live
+   */
+  on_divergence?: 'error' | 'truncate';
+}
+/**
+ * STEP_BEGIN request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepBeginArgs".
+ */
+export interface StepBeginArgs {
+  key: StepKey;
+  /**
+   * forget what the key's journal holds first: every call goes live
+   */
+  fresh: boolean;
+  /**
+   * a call that differs from the journal at its position: `error` refuses it (`journal_diverged`, nothing done; the step stays at that position), `truncate` drops the journal from that position on and makes the call live
+   */
+  on_divergence: 'error' | 'truncate';
+}
+/**
+ * STEP_BEGIN reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepBeginReply".
+ */
+export interface StepBeginReply {
+  success: true;
+  key: string;
+  /**
+   * new: nothing journaled (every call goes live); in_progress: an unfinished journal (its calls replay, then live); completed: a completed step (every call replays)
+   */
+  state: 'new' | 'in_progress' | 'completed';
+  /**
+   * calls the journal holds
+   */
+  entries: number;
+  /**
+   * steps open on this connection, this one included (steps nest: the innermost takes the calls)
+   */
+  depth: number;
+}
+/**
+ * STEP_END request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepEndRequest".
+ */
+export interface StepEndRequest {
+  key?: StepKey;
+  /**
+   * false: the step failed or was left off; its journal stays in progress and replays the next time it is opened
+   */
+  complete?: boolean;
+  /**
+   * forget the step's journal (the next opening is `new`)
+   */
+  clear?: boolean;
+}
+/**
+ * STEP_END request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepEndArgs".
+ */
+export interface StepEndArgs {
+  key?: StepKey;
+  /**
+   * false: the step failed or was left off; its journal stays in progress and replays the next time it is opened
+   */
+  complete: boolean;
+  /**
+   * forget the step's journal (the next opening is `new`)
+   */
+  clear: boolean;
+}
+/**
+ * STEP_END reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepEndReply".
+ */
+export interface StepEndReply {
+  success: true;
+  key: string;
+  state: 'in_progress' | 'completed' | 'cleared';
+  /**
+   * calls the journal holds (0 when cleared)
+   */
+  entries: number;
+  /**
+   * calls of this opening answered from the journal
+   */
+  replayed: number;
+  /**
+   * calls of this opening made live (and journaled)
+   */
+  live: number;
+}
+/**
+ * STEP_STATUS request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepStatusRequest".
+ */
+export interface StepStatusRequest {
+  /**
+   * only this step (`@run` too)
+   */
+  key?: string;
+  agent_id?: AgentId;
+  name?: AgentName;
+}
+/**
+ * STEP_STATUS request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepStatusArgs".
+ */
+export interface StepStatusArgs {
+  /**
+   * only this step (`@run` too)
+   */
+  key?: string;
+  agent_id?: AgentId;
+  name?: AgentName;
+}
+/**
+ * STEP_STATUS reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepStatusReply".
+ */
+export interface StepStatusReply {
+  success: true;
+  /**
+   * whose journal: an agent's identity `<name>#<serial>`, or `operator`
+   */
+  owner: string;
+  /**
+   * most recently changed first, at most 1000
+   */
+  steps: StepInfo[];
+  /**
+   * journaled calls of every step of the owner
+   */
+  entries: number;
+  /**
+   * what the owner's journal holds (against its `journal_bytes` budget)
+   */
+  bytes: number;
+  /**
+   * the owner's `journal_bytes` budget (null: unlimited, operators)
+   */
+  limit: number | null;
+}
+/**
+ * STEP_CLEAR request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepClearRequest".
+ */
+export interface StepClearRequest {
+  /**
+   * this step only (`@run` too); default every step. A step open on a connection goes on there from an empty journal
+   */
+  key?: string;
+  agent_id?: AgentId;
+  name?: AgentName;
+}
+/**
+ * STEP_CLEAR request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepClearArgs".
+ */
+export interface StepClearArgs {
+  /**
+   * this step only (`@run` too); default every step. A step open on a connection goes on there from an empty journal
+   */
+  key?: string;
+  agent_id?: AgentId;
+  name?: AgentName;
+}
+/**
+ * STEP_CLEAR reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StepClearReply".
+ */
+export interface StepClearReply {
+  success: true;
+  owner: string;
+  /**
+   * steps forgotten
+   */
+  cleared: number;
+  /**
+   * journaled calls forgotten with them
+   */
+  entries: number;
+}
+/**
  * HEARTBEAT request.
  *
  * This interface was referenced by `CloveContract`'s JSON-Schema
@@ -6335,6 +6749,10 @@ export interface Requests {
   MCP_CALL: McpCallRequest;
   CLUSTER_NODES: ClusterNodesRequest;
   CLUSTER_STATUS: ClusterStatusRequest;
+  STEP_BEGIN: StepBeginRequest;
+  STEP_END: StepEndRequest;
+  STEP_STATUS: StepStatusRequest;
+  STEP_CLEAR: StepClearRequest;
   HEARTBEAT: HeartbeatRequest;
   LLM_REPORT: LlmReportRequest;
   THINK_STREAM: ThinkStreamRequest;
@@ -6409,6 +6827,10 @@ export interface ArgsOf {
   MCP_CALL: McpCallArgs;
   CLUSTER_NODES: ClusterNodesArgs;
   CLUSTER_STATUS: ClusterStatusArgs;
+  STEP_BEGIN: StepBeginArgs;
+  STEP_END: StepEndArgs;
+  STEP_STATUS: StepStatusArgs;
+  STEP_CLEAR: StepClearArgs;
   HEARTBEAT: HeartbeatArgs;
   LLM_REPORT: LlmReportArgs;
   THINK_STREAM: ThinkStreamArgs;
@@ -6483,6 +6905,10 @@ export interface Replies {
   MCP_CALL: McpCallReply;
   CLUSTER_NODES: ClusterNodesReply;
   CLUSTER_STATUS: ClusterStatusReply;
+  STEP_BEGIN: StepBeginReply;
+  STEP_END: StepEndReply;
+  STEP_STATUS: StepStatusReply;
+  STEP_CLEAR: StepClearReply;
   HEARTBEAT: HeartbeatReply;
   LLM_REPORT: LlmReportReply;
   THINK_STREAM: ThinkStreamReply;
@@ -6662,6 +7088,13 @@ export const SCHEMA_DEFS = {
           description: 'open (pending or running) tasks it may have created (TASK_CREATE: `quota_exceeded`)',
           'x-default': 1000,
         },
+        journal_bytes: {
+          type: 'integer',
+          minimum: 0,
+          description:
+            'bytes its journaled steps hold (docs/durable.md); a live journaled call past it: `quota_exceeded`',
+          'x-default': 67108864,
+        },
       },
     },
     AsyncResult: {
@@ -6837,6 +7270,42 @@ export const SCHEMA_DEFS = {
         code: { type: 'string', description: "the error's code (protocol/wire.json)" },
       },
     },
+    StepKey: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 200,
+      pattern: '^[^@]',
+      description:
+        "a step's key, chosen by the caller (e.g. `summarize:doc-17`); keys starting with `@` are the kernel's (`@run`: a durable agent's implicit step)",
+    },
+    StepState: {
+      type: 'string',
+      enum: ['in_progress', 'completed'],
+      description:
+        'in_progress: opened and not ended as complete (its calls replay, then the step goes on live); completed: STEP_END marked it complete (opened again, every call replays)',
+    },
+    StepInfo: {
+      title: 'StepInfo',
+      type: 'object',
+      required: ['key', 'state', 'entries', 'bytes', 'created_at', 'updated_at', 'open'],
+      properties: {
+        key: { type: 'string' },
+        state: { $ref: 'clove#/$defs/StepState' },
+        entries: { type: 'integer', description: 'journaled calls' },
+        bytes: {
+          type: 'integer',
+          description: "what the step holds against the owner's `journal_bytes` budget",
+        },
+        created_at: { type: 'integer', description: 'ms since the epoch' },
+        updated_at: { type: 'integer', description: 'ms since the epoch of its last change' },
+        open: { type: 'boolean', description: 'open on a connection now' },
+        position: {
+          type: 'integer',
+          description:
+            "when open on the caller's own connection: journaled calls made in it so far (replayed or live)",
+        },
+      },
+    },
     Target: {
       type: 'object',
       description: 'An agent named by `id` or `name` (`id` wins when both are given).',
@@ -6936,6 +7405,10 @@ export const SCHEMA_DEFS = {
           type: 'string',
           description:
             'ext: the cluster node the agent runs on (docs/cluster.md); only on a clustered kernel',
+        },
+        durable: {
+          type: 'boolean',
+          description: 'ext: present (true) for an agent spawned with `durable` (docs/durable.md)',
         },
       },
     },
@@ -8159,6 +8632,12 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         description:
           'ext: the world the new agent is in from its first syscall (WORLD_JOIN rules: docs/worlds.md); survives its restarts',
       },
+      durable: {
+        type: 'boolean',
+        default: false,
+        description:
+          'ext: every process of the agent runs in an implicit journaled step `@run` (docs/durable.md): its THINK, HTTP and EXEC results are journaled in order, and after a crash or a restart the same calls are answered from the journal; the journal is forgotten when a process ends on its own with exit code 0',
+      },
     },
   },
   KILL: {
@@ -8752,6 +9231,77 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
   },
   CLUSTER_NODES: { type: 'object' },
   CLUSTER_STATUS: { type: 'object' },
+  STEP_BEGIN: {
+    type: 'object',
+    required: ['key'],
+    additionalProperties: false,
+    properties: {
+      key: { $ref: 'clove#/$defs/StepKey' },
+      fresh: {
+        type: 'boolean',
+        default: false,
+        description: "forget what the key's journal holds first: every call goes live",
+      },
+      on_divergence: {
+        type: 'string',
+        enum: ['error', 'truncate'],
+        default: 'error',
+        description:
+          'a call that differs from the journal at its position: `error` refuses it (`journal_diverged`, nothing done; the step stays at that position), `truncate` drops the journal from that position on and makes the call live',
+      },
+    },
+  },
+  STEP_END: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      key: {
+        $ref: 'clove#/$defs/StepKey',
+        description: "the innermost open step's key (a check); default: the innermost open step",
+      },
+      complete: {
+        type: 'boolean',
+        default: true,
+        description:
+          'false: the step failed or was left off; its journal stays in progress and replays the next time it is opened',
+      },
+      clear: {
+        type: 'boolean',
+        default: false,
+        description: "forget the step's journal (the next opening is `new`)",
+      },
+    },
+  },
+  STEP_STATUS: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      key: { type: 'string', minLength: 1, maxLength: 200, description: 'only this step (`@run` too)' },
+      agent_id: {
+        $ref: 'clove#/$defs/AgentId',
+        description: "operators only: that agent's journal (id wins over name)",
+      },
+      name: { $ref: 'clove#/$defs/AgentName', description: "operators only: that agent's journal" },
+    },
+  },
+  STEP_CLEAR: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      key: {
+        type: 'string',
+        minLength: 1,
+        maxLength: 200,
+        description:
+          'this step only (`@run` too); default every step. A step open on a connection goes on there from an empty journal',
+      },
+      agent_id: {
+        $ref: 'clove#/$defs/AgentId',
+        description: "operators only: that agent's journal (id wins over name)",
+      },
+      name: { $ref: 'clove#/$defs/AgentName', description: "operators only: that agent's journal" },
+    },
+  },
   HEARTBEAT: { type: 'object' },
   LLM_REPORT: {
     type: 'object',

@@ -556,6 +556,7 @@ interface RawService {
   network?: boolean;
   world?: string;
   sandboxed?: boolean;
+  durable?: boolean;
   labels?: Record<string, string | number | boolean> | string[];
   quotas?: Record<string, QuotaRaw>;
   service_quotas?: Record<string, QuotaRaw>;
@@ -720,6 +721,7 @@ function service(
   if (r.network !== undefined) spawn.network = r.network;
   if (r.world !== undefined) spawn.world = r.world;
   if (r.sandboxed !== undefined) spawn.sandboxed = r.sandboxed;
+  if (r.durable !== undefined) spawn.durable = r.durable;
   if (r.quotas !== undefined) spawn.quotas = quotas(src, at('quotas'), r.quotas);
   if (r.budgets !== undefined) {
     const b: Record<string, number> = {};

@@ -208,6 +208,11 @@ const service = {
         'the id of a world (docs/worlds.md) every agent of the service is in from its first syscall; it must exist (`clove world create`)',
     },
     sandboxed: { type: 'boolean', description: "false: a plain process with the kernel's uid" },
+    durable: {
+      type: 'boolean',
+      description:
+        "true: each agent's THINK, HTTP and EXEC results are journaled and replayed after a crash or restart (docs/durable.md)",
+    },
     labels: {
       description:
         'labels of each agent besides the `clove.*` ones `clove up` sets: a map key: value, or a list of "key=value"',

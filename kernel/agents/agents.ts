@@ -112,6 +112,11 @@ export class AgentService {
     this.registry.close();
   }
 
+  /** Every live identity, held or dormant (the journal drops what belongs to none at start). */
+  liveIdentities(): string[] {
+    return this.registry.all().map((r) => r.identity);
+  }
+
   /** The identity `<name>#<serial>` of a supervised agent. */
   identityOf(id: number): string | undefined {
     return this.o.supervisor.get(id)?.def.identity;
@@ -254,6 +259,7 @@ export class AgentService {
       mailbox: this.o.mail.size(a.def.id),
       ready: a.proc !== null && a.helloAt > 0,
       labels: a.def.labels,
+      ...(a.def.durable ? { durable: true } : {}),
       ...(forOperator ? { log_file: this.o.logs.file(a.def.name) } : {}),
     };
   }
@@ -361,6 +367,7 @@ export class AgentService {
       account,
       share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
       labels: { ...(req.labels ?? {}) },
+      durable: req.durable,
     };
     // What would spawn it again (another node, or a scaled service's next replica): the request as
     // run here, its script's path absolute, its rights made explicit.
@@ -652,6 +659,7 @@ export class AgentService {
       account,
       share: d.share,
       labels: d.labels ?? {},
+      durable: d.durable ?? false,
     };
     if (d.cwd === this.workDirOf(row.name)) this.prepareWorkDir(row.name, d.account, account);
     return this.start(
@@ -853,6 +861,7 @@ function persisted(
     rights,
     account: def.account,
     labels: def.labels,
+    durable: def.durable,
     ...(request ? { request } : {}),
   };
 }

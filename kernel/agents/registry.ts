@@ -38,6 +38,8 @@ export interface PersistedAgent extends Pick<
   account: Account | null;
   /** SPAWN `labels` (absent in definitions written before labels existed). */
   labels?: Record<string, string>;
+  /** SPAWN `durable` (absent in definitions written before it existed: false). */
+  durable?: boolean;
   /** The SPAWN request as run (absent in definitions written before it was kept): a scaled service's template. */
   request?: SpawnArgs;
 }

@@ -22,6 +22,7 @@ export const BUDGET_NAMES: readonly BudgetName[] = [
   'state_bytes',
   'async_requests',
   'tasks',
+  'journal_bytes',
 ];
 
 /** The defaults, as the contract states them (`x-default` in protocol/wire.json `Budgets`). */

@@ -17,6 +17,7 @@ import type { ClusterService } from '../cluster/cluster.js';
 import type { TunnelClient } from '../tunnel/client.js';
 import type { RelayTransport } from '../tunnel/transport.js';
 import type { WorldService } from '../worlds/service.js';
+import type { Journal } from '../journal/service.js';
 import type { Principals, Principal } from './principals.js';
 import type { PushPort } from './connection.js';
 import type { Logger } from 'pino';
@@ -58,6 +59,8 @@ export interface Services {
   async: AsyncCalls;
   /** Simulated worlds (docs/worlds.md): the files, http and exec families ask it first for a member. */
   worlds: WorldService;
+  /** Journaled steps (docs/durable.md): the dispatcher runs journaled opcodes through it; the journal family. */
+  journal: Journal;
   /** With `--cluster` only (docs/cluster.md): names, mail and agents of the other nodes. */
   cluster?: ClusterService;
   /** The tunnel to a relay (docs/relay.md) and the remote sessions that came through it. */

@@ -50,6 +50,8 @@ interface Entry {
   name: OpName;
   family: string;
   raw: boolean;
+  /** The contract's `journaled`: inside a journaled step the call goes through the journal (docs/durable.md). */
+  journaled: boolean;
   fn: Handler<OpName>;
 }
 
@@ -80,6 +82,7 @@ export class Dispatcher {
         name: name as OpName,
         family: family.name,
         raw: info.raw,
+        journaled: info.journaled,
         fn: fn as Handler<OpName>,
       });
     }
@@ -146,7 +149,7 @@ export class Dispatcher {
         req = payload;
       }
       const routed = this.router.route(entry.name, req, caller);
-      const r = routed === 'local' ? entry.fn(this.context(conn, caller), req as never) : routed;
+      const r = routed === 'local' ? this.run(entry, this.context(conn, caller), req) : routed;
       if (r instanceof Promise)
         return r.then(
           (reply) => this.observed(entry.name, caller, req, reply, true, started),
@@ -164,6 +167,16 @@ export class Dispatcher {
         started,
       );
     }
+  }
+
+  /**
+   * Runs the handler; a journaled opcode's call goes through the journal, which answers it from a step's
+   * journal or lets it run and journals its reply (docs/durable.md). Families never know.
+   */
+  private run(entry: Entry, ctx: SyscallContext, req: unknown): Reply | Promise<Reply> {
+    if (!entry.journaled) return entry.fn(ctx, req as never);
+    return this.services.journal.run(ctx, entry.name, req, () => entry.fn(ctx, req as never)) as
+      Reply | Promise<Reply>;
   }
 
   /** Tells the observers (when there are any) about a finished call; returns its reply. */

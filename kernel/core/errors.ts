@@ -91,6 +91,10 @@ export class NotClusteredError extends KernelError {
 export class TunnelFailedError extends KernelError {
   readonly code = 'tunnel_failed';
 }
+/** ext: in a journaled step, this call differs from the one its journal holds at that position (docs/durable.md); nothing was done */
+export class JournalDivergedError extends KernelError {
+  readonly code = 'journal_diverged';
+}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {
   readonly code = 'internal';

@@ -27,6 +27,7 @@ export const STATUS: Record<ApiErrorCode, number> = {
   cluster_unavailable: 503,
   not_clustered: 409,
   tunnel_failed: 502,
+  journal_diverged: 409,
   internal: 500,
   unauthorized: 401,
 };

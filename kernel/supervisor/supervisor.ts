@@ -46,6 +46,8 @@ export interface AgentDef extends Omit<SpawnSpec, 'agentId' | 'logFd'> {
   spawner: Spawner;
   /** Free-form labels (SPAWN `labels`; `clove up` sets `clove.project`, `clove.service`, …); opaque here. */
   labels: Record<string, string>;
+  /** SPAWN `durable` (docs/durable.md): its processes run in the journaled step `@run`; opaque here. */
+  durable?: boolean;
 }
 
 export interface AgentRecord {

@@ -106,6 +106,8 @@ export class CloveClient {
   private pushed = { message: new PushQueue<T.PushedMessage>(), event: new PushQueue<T.PushedEvent>() };
   /** The socket corked for the current tick (see `write`), if any. */
   private corked: Duplex | null = null;
+  /** Keys of the journaled steps open on the current connection, innermost last (docs/durable.md). */
+  private steps: string[] = [];
 
   constructor(options: ClientOptions = {}) {
     this.transport =
@@ -258,6 +260,14 @@ export class CloveClient {
 
   /** Sends one request and resolves with the raw reply payload. */
   async raw(op: number, payload: Buffer | string | unknown = {}): Promise<Buffer> {
+    if (!this.sock && this.steps.length) {
+      // The kernel closed the steps with the old connection: a call on a new one would run outside
+      // them, unjournaled. The step's code must stop here (run again, it replays).
+      const lost = this.steps.splice(0);
+      throw new ConnectionClosedError(
+        `the connection to the kernel closed inside journaled step(s) ${lost.join(', ')}: calls on a new connection would not be journaled; leave the step and run it again (it replays)`,
+      );
+    }
     const s = await this.ensure();
     return new Promise<Buffer>((resolve, reject) => {
       const p: Pending = { op, resolve, reject };
@@ -630,6 +640,49 @@ export class CloveClient {
   }
   tunnelConfig(req: Requests['TUNNEL_CONFIG']): Promise<Replies['TUNNEL_CONFIG']> {
     return this.syscall('TUNNEL_CONFIG', req);
+  }
+
+  // --- journaled steps (docs/durable.md) ---------------------------------------------------------
+  async stepBegin(req: Requests['STEP_BEGIN']): Promise<Replies['STEP_BEGIN']> {
+    const r = await this.syscall('STEP_BEGIN', req);
+    this.steps.push(req.key);
+    return r;
+  }
+  async stepEnd(req: Requests['STEP_END'] = {}): Promise<Replies['STEP_END']> {
+    const r = await this.syscall('STEP_END', req);
+    this.steps.pop();
+    return r;
+  }
+  stepStatus(req: Requests['STEP_STATUS'] = {}): Promise<Replies['STEP_STATUS']> {
+    return this.syscall('STEP_STATUS', req);
+  }
+  stepClear(req: Requests['STEP_CLEAR'] = {}): Promise<Replies['STEP_CLEAR']> {
+    return this.syscall('STEP_CLEAR', req);
+  }
+
+  /**
+   * Runs `fn` as the journaled step `key`: its THINK, HTTP and EXEC calls on this client are journaled
+   * by the kernel, and when the same step runs again (after a crash or restart) the same calls are
+   * answered from the journal. The step is ended as complete when `fn` resolves; when it throws, it is
+   * left in progress (it replays next time) and the error is rethrown. Calls `fn` makes on other
+   * connections are not in the step.
+   */
+  async step<R>(
+    key: string,
+    fn: (begun: Replies['STEP_BEGIN']) => Promise<R> | R,
+    opts: Omit<Requests['STEP_BEGIN'], 'key'> = {},
+  ): Promise<R> {
+    const begun = await this.stepBegin({ ...opts, key });
+    let out: R;
+    try {
+      out = await fn(begun);
+    } catch (e) {
+      // Left in progress; a connection that is gone has closed the step already.
+      await this.stepEnd({ key, complete: false }).catch(() => undefined);
+      throw e;
+    }
+    await this.stepEnd({ key, complete: true });
+    return out;
   }
 
   /** Closes the connection; calls in flight fail with ConnectionClosedError. */

@@ -126,6 +126,10 @@ const OPS: Record<string, Call> = {
   RECORD_STATUS: (c, a) => c.recordingStatus({ export: a.export }),
   REPLAY_START: (c, a) => c.startReplay({ recording_data: a.recording_data }),
   REPLAY_STATUS: (c) => c.replayStatus(),
+  STEP_BEGIN: (c, a) => c.stepBegin({ key: a.key, fresh: a.fresh, on_divergence: a.on_divergence }),
+  STEP_END: (c, a) => c.stepEnd({ key: a.key, complete: a.complete, clear: a.clear }),
+  STEP_STATUS: (c, a) => c.stepStatus({ key: a.key, agent_id: a.agent_id, name: a.name }),
+  STEP_CLEAR: (c, a) => c.stepClear({ key: a.key, agent_id: a.agent_id, name: a.name }),
 };
 
 /** `$agents` and `$name` in every string of a case. */

@@ -67,6 +67,8 @@ export class ClusterUnavailableError extends KernelError {}
 export class NotClusteredError extends KernelError {}
 /** ext: TUNNEL_CONNECT could not reach the relay, or the relay refused this kernel's machine token (`reason` says which); the kernel is not connected and does not retry */
 export class TunnelFailedError extends KernelError {}
+/** ext: in a journaled step, this call differs from the one its journal holds at that position (docs/durable.md); nothing was done */
+export class JournalDivergedError extends KernelError {}
 /** a bug in the kernel; the kernel keeps running */
 export class InternalError extends KernelError {}
 
@@ -90,6 +92,7 @@ export const KERNEL_ERRORS: Record<ErrorCode, typeof KernelError> = {
   cluster_unavailable: ClusterUnavailableError,
   not_clustered: NotClusteredError,
   tunnel_failed: TunnelFailedError,
+  journal_diverged: JournalDivergedError,
   internal: InternalError,
 };
 // end of generated kernel errors

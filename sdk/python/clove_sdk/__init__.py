@@ -9,7 +9,15 @@
 """
 
 from . import errors, protocol
-from .client import DEFAULT_SOCKET_PATH, AgentOSClient, CloveClient, ThinkStream, connect, default_socket_path
+from .client import (
+    DEFAULT_SOCKET_PATH,
+    AgentOSClient,
+    CloveClient,
+    ThinkStream,
+    connect,
+    default_socket_path,
+    durable_step,
+)
 from .errors import (
     KERNEL_ERRORS,
     BadFrameError,
@@ -19,6 +27,7 @@ from .errors import (
     InternalError,
     InvalidRequestError,
     InvalidStateError,
+    JournalDivergedError,
     KernelError,
     MailboxFullError,
     NameTakenError,
@@ -54,6 +63,7 @@ __all__ = [
     "AgentOSClient",
     "ThinkStream",
     "connect",
+    "durable_step",
     "default_socket_path",
     "DEFAULT_SOCKET_PATH",
     "errors",
@@ -76,6 +86,7 @@ __all__ = [
     "NameTakenError",
     "MailboxFullError",
     "InvalidStateError",
+    "JournalDivergedError",
     "SpawnFailedError",
     "StorageError",
     "InternalError",

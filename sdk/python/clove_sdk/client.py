@@ -19,14 +19,17 @@ Errors:
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import inspect
 import json
 import os
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from .errors import (
     ConnectionClosedError,
@@ -38,7 +41,17 @@ from .errors import (
 )
 from .protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET_PATH, SOCKET_ENV, Frame, FrameDecoder, SyscallOp, encode_frame
 
-__all__ = ["CloveClient", "AgentOSClient", "ThinkStream", "connect", "DEFAULT_SOCKET_PATH", "default_socket_path"]
+__all__ = [
+    "CloveClient",
+    "AgentOSClient",
+    "ThinkStream",
+    "connect",
+    "durable_step",
+    "DEFAULT_SOCKET_PATH",
+    "default_socket_path",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _RECV_CHUNK = 65536
 # the longest single kernel-side wait one wait_message()/wait_event() step asks for
@@ -117,6 +130,8 @@ class CloveClient:
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._reader_error: Exception | None = None
+        # keys of the journaled steps open on the current connection, innermost last (docs/durable.md)
+        self._steps: list[str] = []
 
     # ------------------------------------------------------------------ connection
 
@@ -200,6 +215,14 @@ class CloveClient:
     def send(self, opcode: int, payload: bytes | str = b"") -> bool:
         """Writes one request frame (low level; prefer :meth:`call`). Raises on a closed connection."""
         with self._lock:
+            if self._sock is None and self._steps:
+                # The kernel closed the steps with the old connection: a call on a new one would run
+                # outside them, unjournaled. The step's code must stop here (run again, it replays).
+                lost, self._steps = self._steps, []
+                raise ConnectionClosedError(
+                    f"the connection to the kernel closed inside journaled step(s) {lost}: calls on a new "
+                    "connection would not be journaled; leave the step and run it again (it replays)"
+                )
             self._connect()
             data = encode_frame(opcode, payload, self._agent_id, max_payload=self.max_payload)
             assert self._sock is not None
@@ -546,12 +569,14 @@ class CloveClient:
         budgets: dict | None = None,
         node: str | None = None,
         world: str | None = None,
+        durable: bool | None = None,
         check: bool | None = None,
     ) -> dict:
         """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
         isolation``. ``name`` None lets the kernel pick ``agent_<id>``. Keyword-only arguments are Clove
         extensions (docs/protocol.md §5); those left at None are not sent (kernel defaults apply). ``node``
-        runs it on that node of the cluster (operators; docs/cluster.md "Operators")."""
+        runs it on that node of the cluster (operators; docs/cluster.md "Operators"); ``durable=True`` journals
+        its THINK, HTTP and EXEC results so that they replay after a crash (docs/durable.md)."""
         payload: dict[str, Any] = {
             "sandboxed": sandboxed,
             "network": network,
@@ -579,6 +604,7 @@ class CloveClient:
             "budgets": budgets,
             "node": node,
             "world": world,
+            "durable": durable,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
         if "script" not in payload and "command" not in payload:
@@ -1255,8 +1281,124 @@ class CloveClient:
         }
         return self.call_json(SyscallOp.SYS_TUNNEL_CONFIG, payload)
 
+    # ------------------------------------------------------------------ journaled steps (docs/durable.md)
+
+    def step_begin(
+        self, key: str, fresh: bool = False, on_divergence: str | None = None, *, check: bool | None = None
+    ) -> dict:
+        """STEP_BEGIN (ext): opens the journaled step ``key`` on this connection: ``success, key, state
+        (new | in_progress | completed), entries, depth``. ``fresh`` forgets its journal first;
+        ``on_divergence="truncate"`` goes live where a call differs from the journal (default: the call
+        fails with ``journal_diverged``). Prefer :meth:`step` or :func:`durable_step`."""
+        payload = _given(key=key, fresh=True if fresh else None, on_divergence=on_divergence)
+        reply = self.call_json(SyscallOp.SYS_STEP_BEGIN, payload, check=check)
+        if isinstance(reply, dict) and reply.get("success") is True:
+            self._steps.append(key)
+        return reply
+
+    def step_end(
+        self, key: str | None = None, complete: bool = True, clear: bool = False, *, check: bool | None = None
+    ) -> dict:
+        """STEP_END (ext): closes the innermost step of this connection (``key``: a check), as complete
+        (opened again, every call replays), or with ``complete=False`` left in progress, or cleared:
+        ``success, key, state, entries, replayed, live``."""
+        payload = _given(key=key, complete=None if complete else False, clear=True if clear else None)
+        reply = self.call_json(SyscallOp.SYS_STEP_END, payload, check=check)
+        if isinstance(reply, dict) and reply.get("success") is True and self._steps:
+            self._steps.pop()
+        return reply
+
+    def step_status(
+        self, key: str | None = None, agent_id: int | None = None, name: str | None = None, *, check: bool | None = None
+    ) -> dict:
+        """STEP_STATUS (ext): ``success, owner, steps[{key, state, entries, bytes, created_at, updated_at,
+        open, position?}], entries, bytes, limit`` of the caller's journal (operators: ``agent_id`` or
+        ``name``, another agent's)."""
+        return self.call_json(SyscallOp.SYS_STEP_STATUS, _given(key=key, agent_id=agent_id, name=name), check=check)
+
+    def step_clear(
+        self, key: str | None = None, agent_id: int | None = None, name: str | None = None, *, check: bool | None = None
+    ) -> dict:
+        """STEP_CLEAR (ext): forgets one step (``key``) or every step of the caller's journal (operators:
+        another agent's): ``success, owner, cleared, entries``."""
+        return self.call_json(SyscallOp.SYS_STEP_CLEAR, _given(key=key, agent_id=agent_id, name=name), check=check)
+
+    @contextlib.contextmanager
+    def step(self, key: str, *, fresh: bool = False, on_divergence: str | None = None) -> Iterator[dict]:
+        """``with client.step("summarize:doc-17"): ...`` runs the block as a journaled step: its THINK,
+        HTTP and EXEC calls on this client are journaled by the kernel, and when the block runs again
+        (after a crash or a restart of the agent) the same calls in the same order are answered from the
+        journal. Yields the STEP_BEGIN reply. Leaving the block normally ends the step as complete; an
+        exception leaves it in progress (it replays next time) and goes on. Kernel refusals raise
+        (:class:`KernelError` subclasses, e.g. ``JournalDivergedError``)."""
+        begun = self.step_begin(key, fresh, on_divergence, check=True)
+        depth = len(self._steps)
+        try:
+            yield begun
+        except BaseException:
+            if len(self._steps) == depth and self._steps[-1] == key:
+                with contextlib.suppress(Exception):
+                    self.step_end(key, complete=False, check=False)
+            raise
+        if len(self._steps) != depth or self._steps[-1] != key:
+            raise ConnectionClosedError(f"journaled step {key!r} was closed under the block (connection lost?)")
+        self.step_end(key, complete=True, check=True)
+
+    def durable_step(self, key: str | Callable[..., str], *, fresh: bool = False, on_divergence: str | None = None):
+        """A decorator: each call of the function runs as the journaled step ``key`` on this client (see
+        :func:`durable_step`)."""
+        return durable_step(key, self, fresh=fresh, on_divergence=on_divergence)
+
 
 AgentOSClient = CloveClient  # name used by older public-SDK code
+
+_default_client: CloveClient | None = None
+_default_lock = threading.Lock()
+
+
+def _client_for(client: CloveClient | None, bound: inspect.BoundArguments) -> CloveClient:
+    """The client a durable step runs on: the given one, else a CloveClient among the function's
+    arguments, else this process's default client (``$CLOVE_SOCKET``), made on first use."""
+    global _default_client
+    if client is not None:
+        return client
+    for v in bound.arguments.values():
+        if isinstance(v, CloveClient):
+            return v
+    with _default_lock:
+        if _default_client is None:
+            _default_client = CloveClient()
+        return _default_client
+
+
+def durable_step(
+    key: str | Callable[..., str],
+    client: CloveClient | None = None,
+    *,
+    fresh: bool = False,
+    on_divergence: str | None = None,
+) -> Callable[[_F], _F]:
+    """``@durable_step("summarize:{doc_id}")``: every call of the decorated function runs as a journaled
+    step (:meth:`CloveClient.step`), so that after a crash its THINK, HTTP and EXEC results come from the
+    kernel's journal instead of being made again. ``key`` is formatted with the call's arguments by name
+    (``{doc_id}``), or is a function of the same arguments returning the key. The step runs on
+    ``client``, else on a :class:`CloveClient` passed to the function, else on a default client of this
+    process (``$CLOVE_SOCKET``, as agents are given)."""
+
+    def decorate(fn: _F) -> _F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            k = key(*args, **kwargs) if callable(key) else key.format(**bound.arguments)
+            with _client_for(client, bound).step(k, fresh=fresh, on_divergence=on_divergence):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class ThinkStream:

@@ -220,6 +220,12 @@ class TunnelFailedError(KernelError):
     code = "tunnel_failed"
 
 
+class JournalDivergedError(KernelError):
+    """ext: in a journaled step, this call differs from the one its journal holds at that position (docs/durable.md); nothing was done."""
+
+    code = "journal_diverged"
+
+
 class InternalError(KernelError):
     """a bug in the kernel; the kernel keeps running."""
 
@@ -246,6 +252,7 @@ KERNEL_ERRORS: dict[str, type[KernelError]] = {
     "cluster_unavailable": ClusterUnavailableError,
     "not_clustered": NotClusteredError,
     "tunnel_failed": TunnelFailedError,
+    "journal_diverged": JournalDivergedError,
     "internal": InternalError,
 }
 # end of generated kernel errors

@@ -121,6 +121,10 @@ class SyscallOp(IntEnum):
     SYS_MCP_CALL = 0xC5  # call a tool of one of the operator's MCP servers (rights mcp, quota mcp_calls); the reply is the tool's result
     SYS_CLUSTER_NODES = 0xC8  # the nodes of the cluster: every live node, then the nodes this kernel saw lost (alive: false); a kernel without --cluster answers clustered: false and no nodes
     SYS_CLUSTER_STATUS = 0xC9  # this kernel's membership: whether it is clustered, its node name, where it is advertised, its etcd and NATS endpoints (operators only), how many nodes are alive and how many names it owns
+    SYS_STEP_BEGIN = 0xCA  # open a journaled step on this connection: its THINK, HTTP and EXEC results are journaled, and replayed when the step is opened again
+    SYS_STEP_END = 0xCB  # close the innermost step of this connection: as complete (opened again, every call replays), left in progress, or cleared
+    SYS_STEP_STATUS = 0xCC  # the caller's journaled steps (operators: any agent's)
+    SYS_STEP_CLEAR = 0xCD  # forget journaled steps: one key, or every step of the caller (operators: of any agent)
     SYS_HEARTBEAT = 0xD0  # resets the caller's watchdog deadline
     SYS_LLM_REPORT = 0xF0  # tokens used by a client-side LLM call: counted against the quota, marked self-reported
     SYS_THINK_STREAM = 0xF1  # THINK with the answer streamed: admitted as THINK is (rights, quotas, the fair scheduler), replies at once with a stream_id; the pieces come with THINK_STREAM_NEXT
@@ -196,6 +200,10 @@ class SyscallOp(IntEnum):
     MCP_CALL = 0xC5
     CLUSTER_NODES = 0xC8
     CLUSTER_STATUS = 0xC9
+    STEP_BEGIN = 0xCA
+    STEP_END = 0xCB
+    STEP_STATUS = 0xCC
+    STEP_CLEAR = 0xCD
     HEARTBEAT = 0xD0
     LLM_REPORT = 0xF0
     THINK_STREAM = 0xF1
@@ -278,6 +286,10 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "MCP_CALL": ("mcp", "implemented", "mcp_call"),
     "CLUSTER_NODES": ("cluster", "implemented", "cluster_nodes"),
     "CLUSTER_STATUS": ("cluster", "implemented", "cluster_status"),
+    "STEP_BEGIN": ("journal", "implemented", "step_begin"),
+    "STEP_END": ("journal", "implemented", "step_end"),
+    "STEP_STATUS": ("journal", "implemented", "step_status"),
+    "STEP_CLEAR": ("journal", "implemented", "step_clear"),
     "HEARTBEAT": ("core", "implemented", "heartbeat"),
     "LLM_REPORT": ("llm", "implemented", "llm_report"),
     "THINK_STREAM": ("llm", "implemented", "think_stream"),

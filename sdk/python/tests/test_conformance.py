@@ -143,6 +143,10 @@ OPS = {
     "RECORD_STATUS": lambda c, a: c.get_recording_status(a.get("export", False)),
     "REPLAY_START": lambda c, a: c.start_replay(a.get("recording_data", "")),
     "REPLAY_STATUS": lambda c, a: c.get_replay_status(),
+    "STEP_BEGIN": lambda c, a: c.step_begin(a["key"], a.get("fresh", False), a.get("on_divergence")),
+    "STEP_END": lambda c, a: c.step_end(a.get("key"), a.get("complete", True), a.get("clear", False)),
+    "STEP_STATUS": lambda c, a: c.step_status(a.get("key"), a.get("agent_id"), a.get("name")),
+    "STEP_CLEAR": lambda c, a: c.step_clear(a.get("key"), a.get("agent_id"), a.get("name")),
 }
 
 
