@@ -18,7 +18,6 @@ Errors:
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -26,7 +25,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+
+# typing costs an import at start-up; with PEP 563 annotations it is needed by type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from .errors import (
     ConnectionClosedError,
@@ -905,6 +908,8 @@ class CloveClient:
         SDK ran the model locally and sent LLM_REPORT instead."""
         payload: dict[str, Any] = {"prompt": prompt, "async": False}
         if image:
+            import base64  # only here: not worth its import on every agent start
+
             payload["image"] = {"data": base64.b64encode(image).decode(), "mime_type": image_mime_type}
         for k, v in (
             ("system_instruction", system_instruction),
