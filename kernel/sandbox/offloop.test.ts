@@ -169,6 +169,33 @@ run('spawn off the event loop (raw addon)', () => {
     }
   });
 
+  it("an agent reaped before it is watched does not stop the next watch from keeping Node's loop alive", () => {
+    // In a process of its own: nothing but the second watch keeps that process's loop alive, so a watch
+    // that did not count would let it end before the second agent does (no "second").
+    const script = path.join(dir, 'watch-order.cjs');
+    fs.writeFileSync(
+      script,
+      `const native = require(${JSON.stringify(path.join(path.dirname(initHelperPath()), 'clove_native.node'))});
+const fs = require('node:fs');
+const base = ${JSON.stringify(options(-1, ['/bin/true']))};
+const opts = (fd, argv) => ({ ...base, stdoutFd: fd, file: argv[0], argv });
+(async () => {
+  const fd = fs.openSync('/dev/null', 'w');
+  const first = await native.spawn(opts(fd, ['/bin/true']));
+  await new Promise((res) => { const t = setInterval(() => first.exited && (clearInterval(t), res()), 5); });
+  await new Promise((res) => first.watch(res));
+  console.log('first');
+  const second = await native.spawn(opts(fd, ['/bin/sleep', '1']));
+  fs.closeSync(fd);
+  const exit = await new Promise((res) => second.watch(res));
+  console.log('second', exit.agent.code);
+})();
+`,
+    );
+    const out = execFileSync(process.execPath, [script], { encoding: 'utf8', timeout: 60_000 });
+    expect(out).toBe('first\nsecond 0\n');
+  });
+
   it('the gate is a step like the others: a failure rejects naming it; a malformed option throws at once', async () => {
     await expect(
       native.spawn({ ...options(1, ['/bin/true']), testGate: path.join(dir, 'missing', 'gate') }),

@@ -348,8 +348,10 @@ class Child : public Napi::ObjectWrap<Child> {
       uv_timer_start(timer_, [](uv_timer_t* t) { static_cast<Child*>(t->data)->Deliver(); }, 0, 0);
     } else if (!registered_) {
       throw Napi::Error::New(env, "watch(): this child is not watchable");
-    } else if (reaper->watched++ == 0) {
-      uv_ref(reinterpret_cast<uv_handle_t*>(&reaper->signal));  // an awaited exit keeps the loop alive
+    } else {
+      keepsLoop_ = true;
+      if (reaper->watched++ == 0)
+        uv_ref(reinterpret_cast<uv_handle_t*>(&reaper->signal));  // an awaited exit keeps the loop alive
     }
     cb_ = Napi::Persistent(info[0].As<Napi::Function>());
     watching_ = true;
@@ -385,7 +387,8 @@ class Child : public Napi::ObjectWrap<Child> {
     Deliver();
   }
 
-  // Runs the watch callback with the exit (once).
+  // Runs the watch callback with the exit (once). Called from libuv callbacks, so nothing may be thrown
+  // out of it: a failure to build the exit means the environment is going away (nobody left to tell).
   void Deliver() {
     if (!watching_ || delivered_) return;
     delivered_ = true;
@@ -393,10 +396,19 @@ class Child : public Napi::ObjectWrap<Child> {
       uv_close(reinterpret_cast<uv_handle_t*>(timer_), FreeTimer);
       timer_ = nullptr;
     }
-    if (clone_ && --reaper->watched == 0)
-      uv_unref(reinterpret_cast<uv_handle_t*>(&reaper->signal));
+    // Only a watch that counted itself (a child not reaped yet when watched) uncounts itself.
+    if (keepsLoop_ && --reaper->watched == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&reaper->signal));
+    keepsLoop_ = false;
     Napi::Env env = Env();
-    Napi::HandleScope scope(env);
+    try {
+      Napi::HandleScope scope(env);
+      CallWatcher(env, ExitObject(env));
+    } catch (const Napi::Error&) {
+    }
+  }
+
+  // The exit as watch() hands it over (NativeExit).
+  Napi::Object ExitObject(Napi::Env env) {
     Napi::Object res = Napi::Object::New(env);
     res.Set("pid", Napi::Number::New(env, pid_));
     if (waitErr_) {
@@ -417,12 +429,19 @@ class Child : public Napi::ObjectWrap<Child> {
     } else {
       res.Set("agent", env.Null());
     }
+    return res;
+  }
+
+  // Calls the watch callback once: an exception it throws is an uncaught exception, as for any callback;
+  // a call the environment refuses (it is going away) is dropped.
+  void CallWatcher(Napi::Env env, Napi::Object res) {
     Napi::FunctionReference cb = std::move(cb_);
     Unref();
-    try {
-      cb.MakeCallback(env.Global(), {res});
-    } catch (const Napi::Error& e) {
-      napi_fatal_exception(env, e.Value());
+    napi_value argv[] = {res};
+    napi_value ignored;
+    if (napi_make_callback(env, nullptr, env.Global(), cb.Value(), 1, argv, &ignored) == napi_pending_exception) {
+      napi_value exc;
+      if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
     }
   }
 
@@ -438,6 +457,7 @@ class Child : public Napi::ObjectWrap<Child> {
   uv_timer_t* timer_ = nullptr;
   Napi::FunctionReference cb_;
   bool clone_ = false;       // reaper mode (spawn())
+  bool keepsLoop_ = false;   // counted in reaper->watched (watched before it was reaped)
   bool registered_ = false;  // in reaper->children
   bool watching_ = false;
   bool delivered_ = false;
