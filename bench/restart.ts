@@ -16,8 +16,11 @@
  * Each kill waits SPACING ms after "ready" so both supervisors see an agent that was up longer than their
  * min-uptime (1 s for both), i.e. every kill is a first crash (no backoff). The bare start times
  * (`python -c pass`, the pyenv shim, `node -e 0`, …) are sampled in those gaps, so they see the same load.
+ * The Python SDK is byte-compiled first (`python -m compileall`), as `pip install` leaves it: sandboxed
+ * agents cannot write `__pycache__` into the read-only repository, so a checkout without it would make
+ * every clove/sdk start compile the SDK from source.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -216,9 +219,18 @@ interface SeriesOut {
   failures: number;
 }
 
+/** Byte-compiles the Python SDK with the bench's interpreter (see the header). */
+function compileSdk(): void {
+  const res = spawnSync(PY, ['-m', 'compileall', '-q', path.join(SDK_PATH, 'clove_sdk')], {
+    stdio: 'inherit',
+  });
+  if (res.status !== 0) throw new Error(`${PY} -m compileall sdk/python/clove_sdk failed (${res.status})`);
+}
+
 async function main(): Promise<void> {
   const machine = machineInfo();
   const t0 = Date.now();
+  compileSdk();
   console.log(
     `restart bench (${QUICK ? 'quick' : 'full'}, ${KILLS} kills per series, ${SPACING_MS} ms apart) on ${machineLine(machine)}`,
   );
@@ -456,6 +468,7 @@ async function writeReports(
       pm2: pm2Version
         ? `pm2 ${pm2Version} (npm devDependency), PM2_HOME in a temp dir, autorestart, restart_delay 0, min_uptime 1000, interpreter ${PY}`
         : 'not run',
+      sdk: 'sdk/python/clove_sdk byte-compiled first (python -m compileall), as pip install leaves it',
       timing:
         't0 = just before process.kill(pid, SIGKILL) in the bench; t1 = when the bench receives the new pid\'s "ready"',
     },
@@ -594,10 +607,11 @@ async function writeReports(
             ]),
           ),
           '',
-          'Where the time goes (`node dist/bench/restart.js --cpu-prof <dir>`, then `node dist/bench/profile-summary.js <file>`):',
-          "with the native sandbox, `NativeSpawner.spawn` is synchronous (`kernel/sandbox/spawner.ts` `spawnSync`, the addon's",
-          'clone + wait for exec), so each restart blocks the event loop for the whole spawn; and the first `.py` SPAWN of a kernel',
-          "runs `execFileSync('python3', …)` (`Kernel.pythonInterpreter`, through the pyenv shim) on the event loop.",
+          "With the native sandbox the clone and the wait for the agent's exec run on the addon's spawn threads",
+          "(`native/src/spawn.cc`), not on the event loop; what a restart still costs the loop is `NativeSpawner.spawn`'s",
+          "preparation (checks, the agent's cgroup, the mount plan, the scan of /proc/net/unix) and the bookkeeping once the",
+          'agent runs. Where the time goes: `node dist/bench/restart.js --cpu-prof <dir>`, then',
+          '`node dist/bench/profile-summary.js <file>`.',
           '',
         ]
       : []),

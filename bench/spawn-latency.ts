@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   fs.chmodSync(work, 0o755);
   const logFd = fs.openSync('/dev/null', 'a');
   const spawner = new NativeSpawner({ warn: (m) => console.warn(m) });
-  spawner.init();
+  await spawner.init();
   const bwrap = which('bwrap');
   const bwrapArgs = ['--unshare-all', '--ro-bind', '/', '/', '--proc', '/proc', '--dev', '/dev', '/bin/true'];
 

@@ -76,6 +76,8 @@ export async function startKernelProcess(
     nodeArgs?: string[];
     /** How long it may take to listen (default 15 s). */
     timeoutMs?: number;
+    /** Added to this process's environment for the kernel's. */
+    env?: Record<string, string>;
   } = {},
 ): Promise<KernelProcess> {
   // A temporary directory only for what the caller did not place (a restarted node reuses its own).
@@ -97,6 +99,7 @@ export async function startKernelProcess(
     ],
     {
       stdio: ['ignore', 'ignore', 'pipe'],
+      ...(args.env ? { env: { ...process.env, ...args.env } } : {}),
     },
   );
   let err = '';

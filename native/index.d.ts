@@ -27,7 +27,11 @@ export interface NativeIdmappedMount {
   usernsFd: number;
 }
 
-/** Every field is required: the addon applies no defaults. */
+/**
+ * Every field is required (except those marked optional): the addon applies no defaults. The fds in it
+ * (stdoutFd, netnsFd, idmapped[].usernsFd) are duplicated when spawn() is called: the caller may close
+ * its own as soon as spawn() returned its promise.
+ */
 export interface NativeSpawnOptions {
   /** Absolute path of the agent executable. */
   file: string;
@@ -107,8 +111,15 @@ export interface NativeSpawnOptions {
   uid: number;
   gid: number;
   rlimits: RlimitTuple[];
-  /** How long spawn() waits for the agent's exec before killing it and throwing ETIMEDOUT. */
+  /** How long spawn() waits for the agent's exec before killing it and rejecting with ETIMEDOUT. */
   startTimeoutMs: number;
+  /**
+   * Tests only: the path of a FIFO. The spawn thread first opens it for reading and waits until it can
+   * read one byte, or EOF (the writer closed), before it does anything else, so a test can hold a spawn
+   * in flight and show the event loop serving meanwhile. Absent or "" for none (the kernel sets it from
+   * $CLOVE_TEST_SPAWN_GATE). Failures reject naming "open(testGate)" / "read(testGate)".
+   */
+  testGate?: string;
 }
 
 export interface NativeExitStatus {
@@ -384,8 +395,14 @@ export interface CloveNative {
    * owns the fd and closes it (fs.closeSync) once the spawns that use it returned.
    */
   createIdmapUserns(uidMap: string, gidMap: string): number;
-  /** clone3 + sandbox setup + exec; returns once the agent exec'd, throws otherwise. */
-  spawn(options: NativeSpawnOptions): NativeChild;
+  /**
+   * clone3 + sandbox setup + exec, on a spawn thread of the addon's own (never on the event loop): the
+   * promise resolves once the agent exec'd (the Child is then watched by the addon's reaper), or rejects
+   * with an Error naming the failing step (`syscall`, `errno`, `code`: "clone3", "mount(/proc)",
+   * "execve", "spawn (agent did not start in time)" ETIMEDOUT, …). A malformed options object throws a
+   * TypeError at once. Up to 4 spawns run at the same time; more wait their turn.
+   */
+  spawn(options: NativeSpawnOptions): Promise<NativeChild>;
   /**
    * An O_PATH fd (O_CLOEXEC) of /proc/<pid>/root, or of / for pid 0; the caller owns it. With `pidNs`
    * ("pid:[…]", "" to skip) the process must still be in that PID namespace (ESRCH otherwise), read

@@ -48,11 +48,11 @@ run('cgroup metrics', () => {
   let spawner: NativeSpawner;
   let dir: string;
   let fd: number;
-  beforeAll(() => {
+  beforeAll(async () => {
     dir = workDir('clove-metrics-');
     fd = fs.openSync(path.join(dir, 'log'), 'a');
     spawner = new NativeSpawner({ require: true, warn: () => undefined });
-    spawner.init();
+    await spawner.init();
   });
   afterAll(async () => {
     await spawner.close();

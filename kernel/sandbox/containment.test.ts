@@ -282,7 +282,7 @@ describe.runIf(isRoot)('host Unix sockets: sandboxed agents (root)', () => {
     abstractServer = await listen(`\0${abstractName}`);
     agentServer = await listen(agentSock);
     spawner = new NativeSpawner({ require: true, warn: () => undefined });
-    spawner.init();
+    await spawner.init();
   });
 
   afterAll(async () => {
@@ -352,7 +352,7 @@ describe.runIf(isRoot)('host Unix sockets: sandboxed agents (root)', () => {
   it.runIf(python)('rootless mode (user namespace, locked mounts) hides them the same way', async () => {
     const rl = new NativeSpawner({ mode: 'rootless', require: false, warn: () => undefined });
     try {
-      rl.init();
+      await rl.init();
       expect(rl.mode).toBe('rootless');
       const log = newLog();
       const a = (await rl.spawn(
@@ -376,15 +376,15 @@ describe.runIf(isRoot)('host Unix sockets: sandboxed agents (root)', () => {
   });
 
   it.runIf(python)('spawns succeed while another process keeps creating and removing sockets', async () => {
-    // The churn runs in another process: spawnSync blocks this one's event loop, and the race is
-    // between the scan, the bind in the child and the host unlinking the file (which detaches the bind).
+    // The churn runs in another process, so it races every step of the spawn: the scan, the bind in the
+    // child and the host unlinking the file (which detaches the bind).
     const d = openDir('/var/tmp', `${tag}-churn-`);
     const churn = spawnProcess(python!, ['-c', CHURN, d], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       await new Promise<void>((resolve) => churn.stdout!.once('data', () => resolve()));
       for (let i = 0; i < 100; i++) {
         const log = newLog();
-        const a = spawner.spawnSync(spec({ argv: ['/bin/true'], cwd: dir, logFd: log.fd }));
+        const a = await spawner.spawn(spec({ argv: ['/bin/true'], cwd: dir, logFd: log.fd }));
         expect(await exitOf(a)).toMatchObject({ code: 0 });
       }
     } finally {
@@ -461,7 +461,7 @@ describe.runIf(isRoot)('NativeSpawnOptions.hideFiles (raw addon, root)', () => {
     const file = path.join(logDir, `log${Math.random().toString(36).slice(2)}.txt`);
     const fd = fs.openSync(file, 'a');
     try {
-      const child = native.spawn(options(fd, argv, hideFiles));
+      const child = await native.spawn(options(fd, argv, hideFiles));
       const exit = await new Promise<NativeExit>((resolve) => child.watch(resolve));
       return { exit, out: fs.readFileSync(file, 'utf8') };
     } finally {
@@ -492,14 +492,14 @@ describe.runIf(isRoot)('NativeSpawnOptions.hideFiles (raw addon, root)', () => {
     expect(r.out).toContain('RO');
     expect(fs.readFileSync(victim, 'utf8')).toBe('secret\n');
 
-    expect(() => native.spawn(options(1, ['/bin/true'], [logDir]))).toThrow(
+    await expect(native.spawn(options(1, ['/bin/true'], [logDir]))).rejects.toThrow(
       expect.objectContaining({ syscall: 'mount(<hidden socket>, MS_BIND)', code: 'ENOTDIR' }),
     );
     expect(() => native.spawn({ ...options(1, ['/bin/true'], [victim]), newMount: false })).toThrow(
       /hideFiles requires newMount/,
     );
     const many = Array.from({ length: 257 }, (_, i) => path.join(logDir, `n${i}`));
-    expect(() => native.spawn(options(1, ['/bin/true'], many))).toThrow(
+    await expect(native.spawn(options(1, ['/bin/true'], many))).rejects.toThrow(
       expect.objectContaining({ syscall: 'mount(<hidden socket>, MS_BIND)', code: 'E2BIG' }),
     );
   });

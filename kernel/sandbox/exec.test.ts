@@ -33,7 +33,7 @@ run('ExecSite: a command inside a running agent', () => {
   async function withAgent(mode: SandboxMode, fn: (a: SandboxedAgent, site: ExecSite) => Promise<void>) {
     const sp = new NativeSpawner({ mode, require: false, warn: () => undefined });
     try {
-      sp.init();
+      await sp.init();
       const a = (await sp.spawn(spec({ argv: ['/bin/sleep', '60'], cwd: dir, logFd }))) as SandboxedAgent;
       const account = mode === 'rootless' ? null : { uid: 65534, gid: 65534 };
       await fn(a, ExecSite.ofAgent(a, account));

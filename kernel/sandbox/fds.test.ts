@@ -30,7 +30,7 @@ run('file descriptors per sandboxed agent', () => {
     dir = workDir('clove-fds-');
     log = fs.openSync(path.join(dir, 'log.txt'), 'a');
     spawner = new NativeSpawner({ require: true, warn: () => undefined });
-    spawner.init();
+    await spawner.init();
     // The first spawn sets up the reaper (its signal and its shared exit pipe, two fds for good).
     const a = (await spawner.spawn(spec({ argv: ['/bin/true'], cwd: dir, logFd: log }))) as SandboxedAgent;
     await exitOf(a);

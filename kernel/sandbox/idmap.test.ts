@@ -90,7 +90,7 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
   async function runAgent(opts: Omit<Parameters<typeof options>[0], 'stdoutFd'>) {
     const log = newLog();
     try {
-      const child = native.spawn(options({ ...opts, stdoutFd: log.fd }));
+      const child = await native.spawn(options({ ...opts, stdoutFd: log.fd }));
       const exit = await new Promise<NativeExit>((resolve) => child.watch(resolve));
       return { exit, out: fs.readFileSync(log.file, 'utf8') };
     } finally {
@@ -179,7 +179,7 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
     const logA = newLog();
     try {
       // Agent A holds its idmapped mount while B runs.
-      const a = native.spawn(
+      const a = await native.spawn(
         options({
           argv: ['/bin/sh', '-c', `cat ${dirA}/secret.txt; exec sleep 30`],
           uid: UID_A,
@@ -256,7 +256,7 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
       for (const usernsFd of [-1, log.fd]) {
         let err: (Error & { syscall?: string; code?: string; errno?: number }) | undefined;
         try {
-          native.spawn(
+          await native.spawn(
             options({
               argv: ['/bin/true'],
               uid: UID_A,
@@ -276,16 +276,18 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
       const fd = native.createIdmapUserns(`0 ${UID_A} 1`, `0 ${UID_A} 1`);
       try {
         const many = Array.from({ length: 9 }, () => ({ path: dir, usernsFd: fd }));
-        expect(() =>
+        await expect(
           native.spawn(options({ argv: ['/bin/true'], uid: UID_A, stdoutFd: log.fd, idmapped: many })),
-        ).toThrow(expect.objectContaining({ code: 'E2BIG', syscall: expect.stringMatching(/^open_tree\(/) }));
+        ).rejects.toThrow(
+          expect.objectContaining({ code: 'E2BIG', syscall: expect.stringMatching(/^open_tree\(/) }),
+        );
       } finally {
         fs.closeSync(fd);
       }
       // A missing directory fails in open_tree.
       const fd2 = native.createIdmapUserns(`0 ${UID_A} 1`, `0 ${UID_A} 1`);
       try {
-        expect(() =>
+        await expect(
           native.spawn(
             options({
               argv: ['/bin/true'],
@@ -294,7 +296,7 @@ describe.runIf(isRoot)('idmapped mounts (raw addon, root)', () => {
               idmapped: [{ path: path.join(dir, 'missing'), usernsFd: fd2 }],
             }),
           ),
-        ).toThrow(
+        ).rejects.toThrow(
           expect.objectContaining({ code: 'ENOENT', syscall: expect.stringMatching(/^open_tree\(/) }),
         );
       } finally {

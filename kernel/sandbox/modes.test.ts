@@ -31,7 +31,7 @@ run('NativeSpawner degraded modes', () => {
     const warnings: string[] = [];
     const sp = new NativeSpawner({ mode: 'rootless', require: false, warn: (m) => warnings.push(m) });
     try {
-      sp.init();
+      await sp.init();
       expect(sp.mode).toBe('rootless');
       expect(warnings.join('\n')).toMatch(/DEGRADED \(rootless\)/);
       const l = log();
@@ -68,7 +68,7 @@ run('NativeSpawner degraded modes', () => {
     const warnings: string[] = [];
     const sp = new NativeSpawner({ mode: 'plain', require: false, warn: (m) => warnings.push(m) });
     try {
-      sp.init();
+      await sp.init();
       expect(sp.mode).toBe('plain');
       expect(warnings.join('\n')).toMatch(/DEGRADED \(plain\)/);
       const l = log();
@@ -100,9 +100,9 @@ run('NativeSpawner degraded modes', () => {
     }
   });
 
-  it('require: true refuses a degraded sandbox with SandboxUnavailableError', () => {
+  it('require: true refuses a degraded sandbox with SandboxUnavailableError', async () => {
     const sp = new NativeSpawner({ mode: 'plain', require: true, warn: () => undefined });
-    expect(() => sp.init()).toThrow(
+    await expect(sp.init()).rejects.toThrow(
       expect.objectContaining({ name: 'SandboxUnavailableError', code: 'ENOSANDBOX' }),
     );
   });

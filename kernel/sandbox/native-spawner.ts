@@ -68,6 +68,11 @@ export interface NativeSpawnerOptions extends Partial<SandboxPolicy> {
    * `isolation.seccomp: false`, not fully isolated). Plain mode and unsandboxed agents never get it.
    */
   seccomp?: boolean;
+  /**
+   * Tests only: every spawn waits at this FIFO before it clones (NativeSpawnOptions.testGate), so a
+   * test can hold spawns in flight. Default $CLOVE_TEST_SPAWN_GATE, else none.
+   */
+  testGate?: string;
 }
 
 /** Architectures the filter is built for (native/src/seccomp.cc). */
@@ -287,6 +292,8 @@ export class NativeSpawner implements Spawner {
   /** Whether sandboxed agents get the seccomp filter (the option, less what init() found missing). */
   private seccomp: boolean;
   private native?: CloveNative;
+  /** init() under way or done (undefined again after a failure or close()). */
+  private starting?: Promise<void>;
   private ready = false;
   private modeValue: SandboxMode = 'plain';
   private readonly reasons: string[] = [];
@@ -299,15 +306,20 @@ export class NativeSpawner implements Spawner {
   private readonly byCgroup = new Map<string, number>();
   /** PID namespace inode -> agent id (identity without cgroups). */
   private readonly byPidNs = new Map<string, number>();
+  /** Spawns under way (close() waits for them before it kills what is alive). */
+  private readonly pending = new Set<Promise<unknown>>();
+  private readonly testGate: string;
   readonly instance: string;
 
   constructor(options: NativeSpawnerOptions = {}) {
-    const { warn, seccomp, ...policy } = options;
+    const { warn, seccomp, testGate, ...policy } = options;
     this.policy = resolvePolicy(policy);
     this.warn = warn ?? ((m) => console.warn(m));
     if (seccomp !== undefined && typeof seccomp !== 'boolean')
       throw new PolicyError('seccomp', `must be a boolean, got ${JSON.stringify(seccomp)}`);
     this.seccomp = seccomp !== false;
+    const gate = testGate ?? process.env.CLOVE_TEST_SPAWN_GATE ?? '';
+    this.testGate = gate === '' ? '' : checkAbsolute('testGate', gate);
     this.instance = `${process.pid}.${instanceCounter++}`;
   }
 
@@ -335,7 +347,15 @@ export class NativeSpawner implements Spawner {
    * Start-up: loads the addon, picks the mode (probing namespaces), detects cgroups per controller and
    * creates this spawner's cgroup root, creates the shared empty netns. Idempotent; spawn() calls it.
    */
-  init(): void {
+  init(): Promise<void> {
+    this.starting ??= this.start().catch((err: unknown) => {
+      this.starting = undefined;
+      throw err;
+    });
+    return this.starting;
+  }
+
+  private async start(): Promise<void> {
     if (this.ready) return;
     this.native = loadNative();
     this.runDirs = runtimeDirs();
@@ -354,7 +374,7 @@ export class NativeSpawner implements Spawner {
           this.netnsFd = this.native.createEmptyNetns();
         }
         this.modeValue = m;
-        this.probeSeccomp();
+        await this.probeSeccomp();
         break;
       } catch (err) {
         this.reasons.push(`${m} sandbox unavailable: ${(err as Error).message}`);
@@ -384,7 +404,7 @@ export class NativeSpawner implements Spawner {
     if (this.reasons.length > 0) {
       const msg = `clove sandbox DEGRADED (${this.modeValue}): ${this.reasons.join('; ')}`;
       if (this.policy.require) {
-        this.close();
+        this.release();
         throw new SandboxUnavailableError(msg);
       }
       this.warn(`WARNING: ${msg}`);
@@ -395,9 +415,9 @@ export class NativeSpawner implements Spawner {
    * probe(), and when only the seccomp filter failed (a kernel without seccomp filters), the same mode
    * again without it: a missing filter degrades the sandbox, it does not cost the namespaces.
    */
-  private probeSeccomp(): void {
+  private async probeSeccomp(): Promise<void> {
     try {
-      this.probe();
+      await this.probe();
     } catch (err) {
       const syscall = (err as { syscall?: unknown }).syscall;
       if (
@@ -408,12 +428,12 @@ export class NativeSpawner implements Spawner {
         throw err;
       this.seccomp = false;
       this.reasons.push(`seccomp filter unavailable: ${(err as Error).message}`);
-      this.probe();
+      await this.probe();
     }
   }
 
   /** Spawns /bin/true in the chosen mode; throws when the mode does not work on this host. */
-  private probe(): void {
+  private async probe(): Promise<void> {
     const log = fs.openSync('/dev/null', 'w');
     try {
       const opts = this.nativeOptions(
@@ -430,7 +450,7 @@ export class NativeSpawner implements Spawner {
         undefined,
         2,
       );
-      const child = this.native!.spawn(opts);
+      const child = await this.native!.spawn(opts);
       child.kill(9);
       child.watch(() => undefined);
     } finally {
@@ -603,13 +623,21 @@ export class NativeSpawner implements Spawner {
     return out;
   }
 
-  async spawn(spec: SpawnSpec): Promise<AgentProcess> {
-    return this.spawnSync(spec);
+  /**
+   * Starts an agent. The addon clones and waits for the agent's exec on a thread of its own, so the
+   * event loop keeps serving while this is under way; what runs here is the preparation (checks, the
+   * cgroup, the mount plan) and the bookkeeping once the agent runs.
+   */
+  spawn(spec: SpawnSpec): Promise<SandboxedAgent> {
+    const p = this.spawnAgent(spec);
+    this.pending.add(p);
+    const done = () => this.pending.delete(p);
+    p.then(done, done);
+    return p;
   }
 
-  /** spawn() without the promise: the work is synchronous (a few ms). */
-  spawnSync(spec: SpawnSpec): SandboxedAgent {
-    this.init();
+  private async spawnAgent(spec: SpawnSpec): Promise<SandboxedAgent> {
+    await this.init();
     const argv = spec.argv;
     if (!Array.isArray(argv) || argv.length === 0 || argv.some((a) => typeof a !== 'string'))
       throw new PolicyError('argv', 'must be a non-empty array of strings');
@@ -680,26 +708,25 @@ export class NativeSpawner implements Spawner {
     try {
       idmapped = ns && account ? this.idmapShares(spec.share ?? [], uid, gid) : [];
       const keep = neededDirs(file, argv, spec.env ?? {}, cwd);
-      child = this.native!.spawn(
-        this.nativeOptions(
-          {
-            file,
-            argv,
-            env,
-            cwd,
-            logFd: spec.logFd,
-            network: spec.network,
-            sandboxed,
-            name: spec.name,
-            keep,
-            ...(account ? { uid, gid } : {}),
-            idmapped,
-            agentSocket: spec.env?.CLOVE_SOCKET,
-          },
-          cg,
-          limits.max_pids,
-        ),
+      const options = this.nativeOptions(
+        {
+          file,
+          argv,
+          env,
+          cwd,
+          logFd: spec.logFd,
+          network: spec.network,
+          sandboxed,
+          name: spec.name,
+          keep,
+          ...(account ? { uid, gid } : {}),
+          idmapped,
+          agentSocket: spec.env?.CLOVE_SOCKET,
+        },
+        cg,
+        limits.max_pids,
       );
+      child = await this.native!.spawn(this.testGate ? { ...options, testGate: this.testGate } : options);
     } catch (err) {
       cg?.remove();
       const e = fromNative(err);
@@ -823,14 +850,24 @@ export class NativeSpawner implements Spawner {
     this.warn(`clove sandbox: could not remove cgroup ${[...cg.dirs.values()].join(', ')}`);
   }
 
-  /** Kills the agents still alive, waits for them, removes the cgroup root and closes the netns fd. */
+  /**
+   * Waits for the spawns under way, kills the agents still alive, waits for them, removes the cgroup root
+   * and closes the netns fd.
+   */
   async close(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
     const pending = [...this.live].map((a) => new Promise<void>((resolve) => a.onExit(() => resolve())));
     for (const a of this.live) a.signal('SIGKILL');
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.all(pending), new Promise((r) => (timer = setTimeout(r, 5000)))]);
     // The fallback timer must not keep the process alive once every agent is gone.
     clearTimeout(timer);
+    this.release();
+    this.starting = undefined;
+  }
+
+  /** Removes the cgroup root and closes the netns fd (init() may start the spawner again). */
+  private release(): void {
     this.cgroups?.close();
     if (this.netnsFd >= 0) fs.closeSync(this.netnsFd);
     this.netnsFd = -1;

@@ -81,7 +81,7 @@ export async function loadSandbox(
     ...(mode === 'native' ? { require: true } : {}),
   });
   try {
-    native.init();
+    await native.init();
   } catch (e) {
     throw new KernelStartError(`sandbox unavailable: ${(e as Error).message}`, 5);
   }

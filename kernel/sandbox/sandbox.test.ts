@@ -45,10 +45,10 @@ run('NativeSpawner (root sandbox)', () => {
     return { fd, file };
   }
 
-  beforeAll(() => {
+  beforeAll(async () => {
     dir = workDir('clove-sbx-');
     spawner = new NativeSpawner({ require: true, warn: () => undefined });
-    spawner.init();
+    await spawner.init();
   });
 
   afterAll(async () => {

@@ -231,8 +231,7 @@ describe.runIf(isRoot && nativeAvailable())('seccomp filter (from inside agents)
     fs.chmodSync(sock, 0o666);
     filtered = new NativeSpawner({ require: true, warn: () => undefined });
     unfiltered = new NativeSpawner({ require: true, seccomp: false, warn: () => undefined });
-    filtered.init();
-    unfiltered.init();
+    await Promise.all([filtered.init(), unfiltered.init()]);
     if (python) {
       const probe = path.join(dir, 'probe.py');
       fs.writeFileSync(probe, PROBE, { mode: 0o644 });

@@ -34,13 +34,29 @@ class MappedStack {
   void* base_ = nullptr;
 };
 
-inline void WriteProcFile(Napi::Env env, pid_t pid, const char* name, const std::string& content) {
+// Writes /proc/<pid>/<name>. Returns 0, or the errno of the step that failed with *what naming it; no
+// JavaScript involved, so a spawn thread may call it.
+inline int TryWriteProcFile(pid_t pid, const char* name, const std::string& content, std::string* what) {
   std::string path = "/proc/" + std::to_string(pid) + "/" + name;
   UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd.Valid()) throw SysError(env, std::string("open(/proc/<pid>/") + name + ")", errno);
+  if (!fd.Valid()) {
+    int err = errno;
+    *what = std::string("open(/proc/<pid>/") + name + ")";
+    return err;
+  }
   ssize_t n = write(fd.Get(), content.data(), content.size());
-  if (n != (ssize_t)content.size())
-    throw SysError(env, std::string("write(/proc/<pid>/") + name + ")", n < 0 ? errno : EIO);
+  if (n != (ssize_t)content.size()) {
+    int err = n < 0 ? errno : EIO;
+    *what = std::string("write(/proc/<pid>/") + name + ")";
+    return err;
+  }
+  return 0;
+}
+
+inline void WriteProcFile(Napi::Env env, pid_t pid, const char* name, const std::string& content) {
+  std::string what;
+  int err = TryWriteProcFile(pid, name, content, &what);
+  if (err != 0) throw SysError(env, what, err);
 }
 
 }  // namespace clove

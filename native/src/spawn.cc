@@ -1,8 +1,9 @@
-// spawn(): clone3 into new namespaces (and, on cgroup v2, straight into the agent's cgroup), wait until
-// the agent exec'd, and hand back a Child that keeps one fd while the agent runs: the status pipe under
-// clove-init, else the pidfd. Exit is observed on libuv's loop (EOF of the pipe, or the pidfd readable)
-// and the child reaped with waitid by pid or pidfd, never by "any child", so there is neither a SIGCHLD
-// race with libuv nor a PID-reuse window (see Child).
+// spawn(): on a spawn thread of the addon's own (never on the event loop, see SpawnJob), clone3 into new
+// namespaces (and, on cgroup v2, straight into the agent's cgroup), wait until the agent exec'd, and
+// resolve a promise with a Child, which the reaper below watches without an fd per agent. Exit is
+// observed on libuv's loop (SIGCHLD, or a pidfd readable) and the child reaped with waitid by pid or
+// pidfd, never by "any child", so there is neither a SIGCHLD race with libuv nor a PID-reuse window (see
+// Child).
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -17,7 +18,13 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <unordered_map>
 
 #include <sys/mman.h>
@@ -166,6 +173,9 @@ int64_t NowMs() {
 // own status on one pipe shared by all agents (records tagged with the spawn's token; it is each init's
 // fd 4, close-on-exec for the agent and out of its reach since init is not dumpable), written before
 // init exits, so it is in the pipe when init is reaped. One loop owns the reaper: the main thread's.
+// The spawn threads clone the children, but waitid on the main thread sees every child of the process;
+// a child is ours (in `children`) only once the event loop adopted it (CompleteSpawn), and until then
+// only its spawn thread may reap it (by pidfd, when the spawn fails).
 
 class Child;
 
@@ -338,8 +348,10 @@ class Child : public Napi::ObjectWrap<Child> {
       uv_timer_start(timer_, [](uv_timer_t* t) { static_cast<Child*>(t->data)->Deliver(); }, 0, 0);
     } else if (!registered_) {
       throw Napi::Error::New(env, "watch(): this child is not watchable");
-    } else if (reaper->watched++ == 0) {
-      uv_ref(reinterpret_cast<uv_handle_t*>(&reaper->signal));  // an awaited exit keeps the loop alive
+    } else {
+      keepsLoop_ = true;
+      if (reaper->watched++ == 0)
+        uv_ref(reinterpret_cast<uv_handle_t*>(&reaper->signal));  // an awaited exit keeps the loop alive
     }
     cb_ = Napi::Persistent(info[0].As<Napi::Function>());
     watching_ = true;
@@ -375,7 +387,8 @@ class Child : public Napi::ObjectWrap<Child> {
     Deliver();
   }
 
-  // Runs the watch callback with the exit (once).
+  // Runs the watch callback with the exit (once). Called from libuv callbacks, so nothing may be thrown
+  // out of it: a failure to build the exit means the environment is going away (nobody left to tell).
   void Deliver() {
     if (!watching_ || delivered_) return;
     delivered_ = true;
@@ -383,10 +396,19 @@ class Child : public Napi::ObjectWrap<Child> {
       uv_close(reinterpret_cast<uv_handle_t*>(timer_), FreeTimer);
       timer_ = nullptr;
     }
-    if (clone_ && --reaper->watched == 0)
-      uv_unref(reinterpret_cast<uv_handle_t*>(&reaper->signal));
+    // Only a watch that counted itself (a child not reaped yet when watched) uncounts itself.
+    if (keepsLoop_ && --reaper->watched == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&reaper->signal));
+    keepsLoop_ = false;
     Napi::Env env = Env();
-    Napi::HandleScope scope(env);
+    try {
+      Napi::HandleScope scope(env);
+      CallWatcher(env, ExitObject(env));
+    } catch (const Napi::Error&) {
+    }
+  }
+
+  // The exit as watch() hands it over (NativeExit).
+  Napi::Object ExitObject(Napi::Env env) {
     Napi::Object res = Napi::Object::New(env);
     res.Set("pid", Napi::Number::New(env, pid_));
     if (waitErr_) {
@@ -407,12 +429,19 @@ class Child : public Napi::ObjectWrap<Child> {
     } else {
       res.Set("agent", env.Null());
     }
+    return res;
+  }
+
+  // Calls the watch callback once: an exception it throws is an uncaught exception, as for any callback;
+  // a call the environment refuses (it is going away) is dropped.
+  void CallWatcher(Napi::Env env, Napi::Object res) {
     Napi::FunctionReference cb = std::move(cb_);
     Unref();
-    try {
-      cb.MakeCallback(env.Global(), {res});
-    } catch (const Napi::Error& e) {
-      napi_fatal_exception(env, e.Value());
+    napi_value argv[] = {res};
+    napi_value ignored;
+    if (napi_make_callback(env, nullptr, env.Global(), cb.Value(), 1, argv, &ignored) == napi_pending_exception) {
+      napi_value exc;
+      if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
     }
   }
 
@@ -428,6 +457,7 @@ class Child : public Napi::ObjectWrap<Child> {
   uv_timer_t* timer_ = nullptr;
   Napi::FunctionReference cb_;
   bool clone_ = false;       // reaper mode (spawn())
+  bool keepsLoop_ = false;   // counted in reaper->watched (watched before it was reaped)
   bool registered_ = false;  // in reaper->children
   bool watching_ = false;
   bool delivered_ = false;
@@ -481,40 +511,328 @@ namespace {
 
 Napi::FunctionReference* childCtor = nullptr;
 
-// Reads records until the agent is known to run. Returns the agent's pid as init reported it (-1 when
-// exec'd directly), or throws the child's failure as a SysError.
-int AwaitStart(Napi::Env env, const Plan& p, int rd, int pidfd, int timeoutMs) {
-  int64_t deadline = NowMs() + timeoutMs;
-  for (;;) {
-    struct pollfd pfd {rd, POLLIN, 0};
-    int left = (int)(deadline - NowMs());
-    int rc = left > 0 ? poll(&pfd, 1, left) : 0;
-    if (rc < 0 && errno == EINTR) continue;
-    if (rc < 0) {
-      int err = errno;
-      KillAndReap(pidfd);
-      throw SysError(env, "poll(status pipe)", err);
+// ---- spawn(): the work on a spawn thread, the result on the event loop ----
+//
+// Everything between the options and the agent running — opening the cgroup, clone3, the uid maps of
+// rootless mode, waiting for the exec handshake (up to startTimeoutMs) — runs on a spawn thread, so a
+// slow spawn never stalls the kernel's event loop (every other agent's syscalls). The event loop only
+// parses the options (a TypeError throws at once), allocates the exit token, and, once the thread is
+// done, registers the child with the reaper and settles the promise.
+
+class SpawnJob;
+void CompleteSpawn(Napi::Env env, Napi::Function, std::nullptr_t*, SpawnJob* raw);
+using SpawnTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, SpawnJob, CompleteSpawn>;
+
+// One spawn(). It owns duplicates of every fd the caller handed over (the log, the netns, the idmap user
+// namespaces), so the caller may close its own as soon as spawn() returned, and closes them once the
+// agent runs (or the spawn failed).
+class SpawnJob {
+ public:
+  SpawnJob(Napi::Env env, Plan plan) : deferred(Napi::Promise::Deferred::New(env)), plan_(std::move(plan)) {
+    plan_.Finalize();  // the child's pointer arrays, into our own strings
+  }
+  SpawnJob(const SpawnJob&) = delete;
+  SpawnJob& operator=(const SpawnJob&) = delete;
+
+  // On the event loop: the options beyond the plan, and our own copies of the caller's fds. False (with
+  // `failure` set) when an fd cannot be duplicated.
+  bool Prepare(const Napi::Object& o) {
+    cgroupDir_ = Str(o, "cgroupDir");
+    uidMap_ = Str(o, "uidMap");
+    gidMap_ = Str(o, "gidMap");
+    timeoutMs_ = (int)Int(o, "startTimeoutMs");
+    if (!o.Get("testGate").IsUndefined()) testGate_ = Str(o, "testGate");
+    if (!Dup(&stdoutFd_, &plan_.stdoutFd, "fcntl(stdoutFd, F_DUPFD_CLOEXEC)")) return false;
+    if (plan_.netnsFd >= 0 && !Dup(&netnsFd_, &plan_.netnsFd, "fcntl(netnsFd, F_DUPFD_CLOEXEC)")) return false;
+    for (IdmappedMount& m : plan_.idmapped) {
+      if (m.usernsFd < 0) continue;  // left to fail in mount_setattr, naming it, as before
+      userns_.emplace_back();
+      if (!Dup(&userns_.back(), &m.usernsFd, "fcntl(usernsFd, F_DUPFD_CLOEXEC)")) return false;
     }
-    if (rc == 0) {
-      KillAndReap(pidfd);
-      throw SysError(env, "spawn (agent did not start in time)", ETIMEDOUT);
+    return true;
+  }
+
+  // On the event loop, last: the reaper's exit pipe and this spawn's token on it (clove-init only).
+  void UseExitPipe(int exitFd, int32_t token) {
+    token_ = token;
+    if (plan_.initPath.empty()) return;
+    plan_.exitFd = exitFd;
+    plan_.exitTokenArg = "--exit-token=" + std::to_string(token);
+  }
+
+  // On a spawn thread. Nothing may escape it (an exception there would end the kernel): an allocation
+  // failure becomes ENOMEM.
+  void Run() noexcept {
+    try {
+      Clone();
+    } catch (...) {
+      KillChild();
+      failure.err = ENOMEM;
+      try {
+        failure.syscall = "spawn thread";
+      } catch (...) {
+      }
     }
-    Record r;
-    ssize_t n = read(rd, &r, sizeof(r));
-    if (n < 0 && errno == EINTR) continue;
-    if (n == (ssize_t)sizeof(r) && r.kind == kRecordError) {
-      KillAndReap(pidfd);
-      r.what[sizeof(r.what) - 1] = 0;
-      throw SysError(env, r.what, r.err);
+    // The agent has its own copies now (or there is no agent): ours go at once.
+    stdoutFd_.Reset();
+    netnsFd_.Reset();
+    userns_.clear();
+  }
+
+  // The child, once the event loop adopted it (the reaper finds it by pid from then on).
+  pid_t Pid() const { return pid_; }
+  int AgentPid() const { return agentPid_; }
+  int32_t Token() const { return token_; }
+  void Adopted() { pidfd_.Reset(); }
+  // Kills a child nobody will adopt (the environment is going away).
+  void KillChild() {
+    if (pidfd_.Valid()) KillAndReap(pidfd_.Get());
+    pidfd_.Reset();
+    pid_ = -1;
+  }
+
+  Napi::Promise::Deferred deferred;
+  SpawnTsfn tsfn;
+  struct {
+    std::string syscall;
+    int err = 0;
+  } failure;
+
+ private:
+  bool Dup(UniqueFd* own, int* fd, const char* what) {
+    own->Reset(fcntl(*fd, F_DUPFD_CLOEXEC, 3));
+    if (!own->Valid()) return Fail(what, errno);
+    *fd = own->Get();
+    return true;
+  }
+
+  bool Fail(const std::string& syscall, int err) {
+    failure.syscall = syscall;
+    failure.err = err ? err : EIO;
+    return false;
+  }
+
+  // A failure after clone3: the child is killed and reaped first (by its pidfd: nobody else reaps it).
+  bool Abort(const std::string& syscall, int err) {
+    KillChild();
+    return Fail(syscall, err);
+  }
+
+  // Test hook (NativeSpawnOptions.testGate): before anything else, wait until one byte, or EOF, can be
+  // read from the FIFO at that path, so that a test holds a spawn in flight for as long as it likes.
+  bool WaitAtGate() {
+    UniqueFd gate(open(testGate_.c_str(), O_RDONLY | O_CLOEXEC));  // a FIFO: until a writer opens it
+    if (!gate.Valid()) return Fail("open(testGate)", errno);
+    char c;
+    ssize_t n;
+    do n = read(gate.Get(), &c, 1); while (n < 0 && errno == EINTR);
+    if (n < 0) return Fail("read(testGate)", errno);
+    return true;
+  }
+
+  bool Clone() {
+    if (!testGate_.empty() && !WaitAtGate()) return false;
+    UniqueFd cg;
+    if (!cgroupDir_.empty()) {
+      cg.Reset(open(cgroupDir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!cg.Valid()) return Fail("open(cgroup dir)", errno);
     }
-    if (n == (ssize_t)sizeof(r) && r.kind == kRecordStarted) return r.value;
-    if (n == 0) {
-      if (p.initPath.empty()) return -1;  // exec closed the CLOEXEC status pipe: the agent runs
-      KillAndReap(pidfd);
-      throw SysError(env, "clove-init (exited before the agent started)", ECHILD);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return Fail("pipe2(status)", errno);
+    UniqueFd rd(fds[0]), wr(fds[1]);
+    UniqueFd syncR, syncW;
+    if (plan_.newUser) {
+      if (pipe2(fds, O_CLOEXEC) != 0) return Fail("pipe2(sync)", errno);
+      syncR.Reset(fds[0]);
+      syncW.Reset(fds[1]);
     }
-    KillAndReap(pidfd);
-    throw SysError(env, "read(status pipe)", n < 0 ? errno : EPROTO);
+
+    int pidfdRaw = -1;
+    CloneArgs args{};
+    args.flags = CLONE_PIDFD | plan_.cloneFlags | (cg.Valid() ? CLONE_INTO_CGROUP : 0);
+    args.pidfd = reinterpret_cast<uint64_t>(&pidfdRaw);
+    args.exit_signal = SIGCHLD;
+    args.cgroup = cg.Valid() ? (uint64_t)cg.Get() : 0;
+
+    // Root mode shares our address space with the child until it execs (CLONE_VM|CLONE_VFORK, like
+    // posix_spawn): no page-table copy of Node; only this thread waits for the exec. Rootless mode needs
+    // the parent to run while the child waits for its uid map, so it uses a fork-style clone3.
+    bool shareVm = !plan_.newUser && CloneVmSupported();
+    ChildStack stack;
+    if (shareVm && !stack.Base()) return Fail("mmap(child stack)", errno);
+    ChildCtx ctx{&plan_, wr.Get(), syncR.Get()};
+
+    // This thread runs with every signal blocked already; the mask is set again around clone3 anyway, so
+    // that none of Node's handlers can ever run in the child before it resets them to SIG_DFL.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    long pid;
+    int cloneErr = 0;
+    if (shareVm) {
+      args.flags |= CLONE_VM | CLONE_VFORK;
+      args.stack = reinterpret_cast<uint64_t>(stack.Base());
+      args.stack_size = ChildStack::kSize;
+      pid = CloneVm(&args, ChildTrampoline, &ctx);
+      if (pid < 0) {
+        cloneErr = (int)-pid;
+        pid = -1;
+      }
+    } else {
+      pid = syscall(SYS_clone3, &args, sizeof(args));
+      if (pid == 0) ChildMain(plan_, wr.Get(), syncR.Get());
+      cloneErr = errno;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) return Fail("clone3", cloneErr);
+    pid_ = (pid_t)pid;
+    pidfd_.Reset(pidfdRaw);
+    wr.Reset();
+    syncR.Reset();
+
+    if (plan_.newUser) {
+      std::string what;
+      int err = TryWriteProcFile(pid_, "setgroups", "deny", &what);
+      if (err == 0) err = TryWriteProcFile(pid_, "gid_map", gidMap_, &what);
+      if (err == 0) err = TryWriteProcFile(pid_, "uid_map", uidMap_, &what);
+      if (err != 0) return Abort(what, err);
+      if (write(syncW.Get(), "1", 1) != 1) return Abort("write(sync pipe)", errno);
+      syncW.Reset();
+    }
+    return AwaitStart(rd.Get());
+  }
+
+  // Reads records until the agent is known to run (agentPid_: its pid as clove-init reported it, -1 when
+  // exec'd directly); on anything else the child is killed and the failure kept.
+  bool AwaitStart(int rd) {
+    int64_t deadline = NowMs() + timeoutMs_;
+    for (;;) {
+      struct pollfd pfd {rd, POLLIN, 0};
+      int left = (int)(deadline - NowMs());
+      int rc = left > 0 ? poll(&pfd, 1, left) : 0;
+      if (rc < 0 && errno == EINTR) continue;
+      if (rc < 0) return Abort("poll(status pipe)", errno);
+      if (rc == 0) return Abort("spawn (agent did not start in time)", ETIMEDOUT);
+      Record r;
+      ssize_t n = read(rd, &r, sizeof(r));
+      if (n < 0 && errno == EINTR) continue;
+      if (n == (ssize_t)sizeof(r) && r.kind == kRecordError) {
+        r.what[sizeof(r.what) - 1] = 0;
+        return Abort(r.what, r.err);
+      }
+      if (n == (ssize_t)sizeof(r) && r.kind == kRecordStarted) {
+        agentPid_ = r.value;
+        return true;
+      }
+      if (n == 0) {
+        if (plan_.initPath.empty()) return true;  // exec closed the CLOEXEC status pipe: the agent runs
+        return Abort("clove-init (exited before the agent started)", ECHILD);
+      }
+      return Abort("read(status pipe)", n < 0 ? errno : EPROTO);
+    }
+  }
+
+  Plan plan_;
+  std::string cgroupDir_, uidMap_, gidMap_, testGate_;
+  int timeoutMs_ = 0;
+  int32_t token_ = -1;
+  UniqueFd stdoutFd_, netnsFd_;
+  std::vector<UniqueFd> userns_;
+  pid_t pid_ = -1;
+  int agentPid_ = -1;
+  UniqueFd pidfd_;  // until the event loop adopted the child
+};
+
+// The spawn threads. At most kThreads, started when a spawn finds none idle, and never ended: the
+// thread that clones a process is its parent in the kernel's eyes, and clove-init asks for SIGKILL when
+// its parent goes (PR_SET_PDEATHSIG), so a thread that ended would take its agents with it. They are
+// the addon's own, not libuv's pool: a spawn waiting for a slow exec must not hold up the file system
+// calls of the whole kernel.
+class SpawnThreads {
+ public:
+  static constexpr size_t kThreads = 4;
+
+  // Queues `job`; throws a SysError when no thread exists and none could be started.
+  void Submit(Napi::Env env, SpawnJob* job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    queue_.push_back(job);
+    if (queue_.size() > idle_ && threads_ < kThreads) {
+      // Started with every signal blocked: Node's handlers must not run on it, nor in the children.
+      sigset_t all, old;
+      sigfillset(&all);
+      pthread_sigmask(SIG_SETMASK, &all, &old);
+      try {
+        std::thread([this]() { Loop(); }).detach();
+        threads_++;
+      } catch (const std::system_error& e) {
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        if (threads_ == 0) {
+          queue_.pop_back();
+          throw SysError(env, "pthread_create(spawn)", e.code().value());
+        }
+        // The threads there are will take it.
+      }
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    }
+    lock.unlock();
+    cv_.notify_one();
+  }
+
+ private:
+  [[noreturn]] void Loop() {
+    for (;;) {
+      SpawnJob* job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        idle_++;
+        cv_.wait(lock, [this] { return !queue_.empty(); });
+        idle_--;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      job->Run();
+      SpawnTsfn tsfn = job->tsfn;  // CompleteSpawn frees the job
+      if (tsfn.BlockingCall(job) != napi_ok) {
+        job->KillChild();
+        delete job;
+      }
+      tsfn.Release();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<SpawnJob*> queue_;
+  size_t idle_ = 0;
+  size_t threads_ = 0;
+};
+
+// Never destroyed: detached threads wait on it until the process exits.
+SpawnThreads* spawnThreads = new SpawnThreads;
+
+// On the event loop: the child joins the reaper and the promise resolves with it, or rejects with the
+// step that failed.
+void CompleteSpawn(Napi::Env env, Napi::Function, std::nullptr_t*, SpawnJob* raw) {
+  std::unique_ptr<SpawnJob> job(raw);
+  if (env == nullptr) {  // the environment is going away: nobody will watch this agent
+    job->KillChild();
+    return;
+  }
+  Napi::HandleScope scope(env);
+  if (job->failure.err) {
+    job->deferred.Reject(SysError(env, job->failure.syscall, job->failure.err).Value());
+    return;
+  }
+  try {
+    Napi::Object obj = childCtor->New({});
+    Child::Unwrap(obj)->AdoptClone(job->Pid(), job->Token(), job->AgentPid());
+    job->Adopted();
+    // It may have exited already: that SIGCHLD found it unregistered and left it for us.
+    ReapOne(job->Pid());
+    job->deferred.Resolve(obj);
+  } catch (const Napi::Error& e) {
+    job->KillChild();
+    job->deferred.Reject(e.Value());
   }
 }
 
@@ -522,99 +840,25 @@ Napi::Value Spawn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) throw OptionError(env, "spawn(options: object)");
   Napi::Object o = info[0].As<Napi::Object>();
-  Plan plan = ParsePlan(o);
-  std::string cgroupDir = Str(o, "cgroupDir");
-  std::string uidMap = Str(o, "uidMap");
-  std::string gidMap = Str(o, "gidMap");
-  int timeoutMs = (int)Int(o, "startTimeoutMs");
+  auto job = std::make_unique<SpawnJob>(env, ParsePlan(o));
+  Napi::Promise promise = job->deferred.Promise();
+  if (!job->Prepare(o)) {
+    job->deferred.Reject(SysError(env, job->failure.syscall, job->failure.err).Value());
+    return promise;
+  }
   EnsureReaper(env);
   const int32_t token = reaper->nextToken;
   reaper->nextToken = token == INT32_MAX ? 1 : token + 1;
-  if (!plan.initPath.empty()) {
-    plan.exitFd = reaper->wr.Get();
-    plan.exitTokenArg = "--exit-token=" + std::to_string(token);
+  job->UseExitPipe(reaper->wr.Get(), token);
+  job->tsfn = SpawnTsfn::New(env, "clove_spawn", 0, 1);
+  try {
+    spawnThreads->Submit(env, job.get());
+  } catch (...) {
+    job->tsfn.Release();
+    throw;
   }
-
-  UniqueFd cg;
-  if (!cgroupDir.empty()) {
-    cg.Reset(open(cgroupDir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!cg.Valid()) throw SysError(env, "open(cgroup dir)", errno);
-  }
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) throw SysError(env, "pipe2(status)", errno);
-  UniqueFd rd(fds[0]), wr(fds[1]);
-  UniqueFd syncR, syncW;
-  if (plan.newUser) {
-    if (pipe2(fds, O_CLOEXEC) != 0) throw SysError(env, "pipe2(sync)", errno);
-    syncR.Reset(fds[0]);
-    syncW.Reset(fds[1]);
-  }
-
-  int pidfdRaw = -1;
-  CloneArgs args{};
-  args.flags = CLONE_PIDFD | plan.cloneFlags | (cg.Valid() ? CLONE_INTO_CGROUP : 0);
-  args.pidfd = reinterpret_cast<uint64_t>(&pidfdRaw);
-  args.exit_signal = SIGCHLD;
-  args.cgroup = cg.Valid() ? (uint64_t)cg.Get() : 0;
-
-  // Root mode shares our address space with the child until it execs (CLONE_VM|CLONE_VFORK, like
-  // posix_spawn): no page-table copy of Node. Rootless mode needs the parent to run while the child waits
-  // for its uid map, so it uses a fork-style clone3.
-  bool shareVm = !plan.newUser && CloneVmSupported();
-  ChildStack stack;
-  if (shareVm && !stack.Base()) throw SysError(env, "mmap(child stack)", errno);
-  ChildCtx ctx{&plan, wr.Get(), syncR.Get()};
-
-  // Signals stay blocked across clone3 so none of Node's handlers can run in the child before it resets
-  // them to SIG_DFL.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  long pid;
-  int cloneErr = 0;
-  if (shareVm) {
-    args.flags |= CLONE_VM | CLONE_VFORK;
-    args.stack = reinterpret_cast<uint64_t>(stack.Base());
-    args.stack_size = ChildStack::kSize;
-    pid = CloneVm(&args, ChildTrampoline, &ctx);
-    if (pid < 0) {
-      cloneErr = (int)-pid;
-      pid = -1;
-    }
-  } else {
-    pid = syscall(SYS_clone3, &args, sizeof(args));
-    if (pid == 0) ChildMain(plan, wr.Get(), syncR.Get());
-    cloneErr = errno;
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid < 0) throw SysError(env, "clone3", cloneErr);
-  UniqueFd pidfd(pidfdRaw);
-  wr.Reset();
-  syncR.Reset();
-
-  if (plan.newUser) {
-    try {
-      WriteProcFile(env, (pid_t)pid, "setgroups", "deny");
-      WriteProcFile(env, (pid_t)pid, "gid_map", gidMap);
-      WriteProcFile(env, (pid_t)pid, "uid_map", uidMap);
-    } catch (...) {
-      KillAndReap(pidfd.Get());
-      throw;
-    }
-    if (write(syncW.Get(), "1", 1) != 1) {
-      int err = errno;
-      KillAndReap(pidfd.Get());
-      throw SysError(env, "write(sync pipe)", err);
-    }
-    syncW.Reset();
-  }
-
-  int agentPid = AwaitStart(env, plan, rd.Get(), pidfd.Get(), timeoutMs);
-  // No fd kept per agent: the exit comes through the reaper (clove-init closed its end of the status
-  // pipe, or the agent's exec did).
-  Napi::Object obj = childCtor->New({});
-  Child::Unwrap(obj)->AdoptClone((pid_t)pid, token, agentPid);
-  return obj;
+  job.release();  // the spawn thread owns it, then CompleteSpawn
+  return promise;
 }
 
 }  // namespace

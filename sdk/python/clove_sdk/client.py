@@ -18,10 +18,8 @@ Errors:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import inspect
 import json
 import os
 import socket
@@ -29,7 +27,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+
+# typing costs an import at start-up; with PEP 563 annotations it is needed by type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
 
 from .errors import (
     ConnectionClosedError,
@@ -51,7 +53,8 @@ __all__ = [
     "default_socket_path",
 ]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 _RECV_CHUNK = 65536
 # the longest single kernel-side wait one wait_message()/wait_event() step asks for
@@ -920,6 +923,8 @@ class CloveClient:
         """A THINK / THINK_STREAM request of the fields that were given (None: left out)."""
         payload = _given(prompt=prompt, **fields)
         if image:
+            import base64  # only here: not worth its import on every agent start
+
             payload["image"] = {"data": base64.b64encode(image).decode(), "mime_type": image_mime_type}
         return payload
 
@@ -1386,6 +1391,8 @@ def durable_step(
     process (``$CLOVE_SOCKET``, as agents are given)."""
 
     def decorate(fn: _F) -> _F:
+        import inspect  # only when a step is decorated: a heavy import no plain agent needs
+
         sig = inspect.signature(fn)
 
         @functools.wraps(fn)

@@ -31,7 +31,11 @@ subclasses with ``CloveClient(strict=True)`` or ``check=True`` on a call.
 from __future__ import annotations
 
 import builtins
-from typing import Any
+
+# typing costs an import at start-up; with PEP 563 annotations it is needed by type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "CloveError",

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+
+# typing costs an import at start-up; with PEP 563 annotations it is needed by type checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from .errors import BadMagicError, PayloadTooLargeError, ProtocolError
 
@@ -315,13 +318,50 @@ def op_name(opcode: int) -> str:
         return "UNKNOWN"
 
 
-@dataclass(frozen=True)
 class Frame:
-    """One decoded frame. ``opcode`` is the raw byte (it may be outside the table)."""
+    """One decoded frame. ``opcode`` is the raw byte (it may be outside the table).
+
+    Immutable, compared and hashed by its fields, as a frozen dataclass would be; written out because
+    importing ``dataclasses`` (and ``inspect`` with it) would double the cost of ``import clove_sdk``,
+    which every agent pays at each (re)start."""
+
+    __match_args__ = ("agent_id", "opcode", "payload")
 
     agent_id: int
     opcode: int
     payload: bytes
+
+    def __init__(self, agent_id: int, opcode: int, payload: bytes) -> None:
+        d = self.__dict__
+        d["agent_id"] = agent_id
+        d["opcode"] = opcode
+        d["payload"] = payload
+
+    def __repr__(self) -> str:
+        fields = f"agent_id={self.agent_id!r}, opcode={self.opcode!r}, payload={self.payload!r}"
+        return f"{type(self).__qualname__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.agent_id, self.opcode, self.payload) == (other.agent_id, other.opcode, other.payload)  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.agent_id, self.opcode, self.payload))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if type(self) is Frame or name in Frame.__match_args__:
+            from dataclasses import FrozenInstanceError
+
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if type(self) is Frame or name in Frame.__match_args__:
+            from dataclasses import FrozenInstanceError
+
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+        super().__delattr__(name)
 
     @property
     def op(self) -> SyscallOp | None:
