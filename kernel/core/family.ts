@@ -24,6 +24,7 @@ export type { Permissions } from '../perms/permissions.js';
 /** Whether `permissions.mcp` grants a server's tool, or names the server at all (mcp family). */
 export { mcpGranted, mcpServerGranted } from '../perms/permissions.js';
 export { isKernelEvent } from '../events/bus.js';
+export { readOperatorJson } from './operator-file.js';
 /** Push delivery (HELLO `push`): what a connection is sent unasked (core family). */
 export { pushMode, setPush } from '../ipc/push.js';
 export { messageFields, reachableState } from '../ipc/mailboxes.js';

@@ -5,8 +5,8 @@
  * the kernel's uid, readable and writable by nobody else (0600 or stricter). Read once, when the family
  * is built; an unsafe or invalid file declares no servers and says why (the kernel keeps running).
  */
-import fs from 'node:fs';
 import path from 'node:path';
+import { readOperatorJson } from '../../core/family.js';
 
 export const CONFIG_ENV = 'CLOVE_MCP_CONFIG';
 
@@ -192,34 +192,13 @@ export function parseConfig(json: unknown, source: string | null): McpConfig {
 export function loadConfig(dataDir: string, env = process.env, uid = process.getuid?.() ?? 0): McpConfig {
   const named = env[CONFIG_ENV];
   const file = named ? path.resolve(named) : path.join(dataDir, 'mcp.json');
-  let fd: number;
+  const read = readOperatorJson(file, 'MCP servers file', Boolean(named), uid);
+  if (read.kind === 'absent') return empty(null);
+  if (read.kind === 'refused') return empty(file, read.error);
   try {
-    // O_NONBLOCK: a FIFO at the path must not hang the kernel's start (it is refused below).
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch (e) {
-    if (!named && (e as NodeJS.ErrnoException).code === 'ENOENT') return empty(null);
-    return empty(file, `MCP servers file ${file} cannot be read: ${(e as Error).message}`);
-  }
-  try {
-    // What is checked is what is read: the opened file (a symlink's target), not the path.
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new ConfigError('not a regular file');
-    if (st.uid !== uid) throw new ConfigError(`owned by uid ${st.uid}, not the kernel's (${uid})`);
-    if (st.mode & 0o077)
-      throw new ConfigError(
-        `mode ${(st.mode & 0o777).toString(8)}: group and others must have no access (chmod 600)`,
-      );
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(fd, 'utf8'));
-    } catch (e) {
-      throw new ConfigError(`not JSON: ${(e as Error).message}`);
-    }
-    return parseConfig(json, file);
+    return parseConfig(read.json, file);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     return empty(file, `MCP servers file ${file} is not used: ${e.message}`);
-  } finally {
-    fs.closeSync(fd);
   }
 }
