@@ -24,12 +24,13 @@ How the object is run, by what it has (duck-typed, nothing imported here):
 The answer is made JSON: pydantic models by ``model_dump(mode="json")``, dataclasses field by field, lists,
 tuples and dicts recursively, anything else by ``str()``.
 
-**A crash does not lose the request.** Before the object runs, the request is written to the kernel's
-agent-scoped store (key ``clove.run/inflight``, private to this agent and kept across its restarts) and
-removed once the answer is sent. An agent that died mid-request (a segfault, an OOM kill, a watchdog
-kill) and was restarted by Clove runs that request again first, so its sender still gets one answer.
-A request that has already been started ``--max-attempts`` times (default 3) is answered with an error
-instead of being run again, so one poisonous input cannot keep the agent in a crash loop.
+**A crash does not lose the request.** Messages are taken under a lease (RECV ``lease``): one that the
+agent was running when its process died (a segfault, an OOM kill, a watchdog kill) goes back to its
+mailbox, and the agent Clove restarts runs it again, so its sender still gets an answer (at least once:
+a process killed between answering and acknowledging answers twice). How many times a message was
+started is kept in the agent's own store (key ``clove.run/attempt``, kept across its restarts, removed
+once it is answered); one started ``--max-attempts`` times (default 3) is answered with an error instead of being run again, so
+one poisonous input cannot keep the agent in a crash loop.
 
 Only the standard library is imported here; the object's own module imports its framework.
 """
@@ -49,9 +50,11 @@ from typing import Any
 
 from ..client import CloveClient
 from ..errors import CloveError, ConnectionClosedError
+from ..protocol import SyscallOp
 
-INFLIGHT_KEY = "clove.run/inflight"
+ATTEMPT_KEY = "clove.run/attempt"
 DEFAULT_MAX_ATTEMPTS = 3
+_WAIT_MS = 30_000
 _MAX_DEPTH = 64
 
 
@@ -139,7 +142,8 @@ def describe(exc: BaseException) -> str:
 
 
 class Runner:
-    """Serves one object over the kernel's SEND/RECV, keeping the request being run in the agent's store."""
+    """Serves one object over the kernel's SEND/RECV: one leased message at a time, acknowledged once
+    answered (RECV ``lease``: a message taken by a process that dies comes back to the restarted one)."""
 
     def __init__(self, obj: Any, client: CloveClient, loop: asyncio.AbstractEventLoop, max_attempts: int) -> None:
         self.obj = obj
@@ -149,49 +153,50 @@ class Runner:
 
     def serve(self) -> int:
         self.client.hello()
-        self.resume()
         while True:
             try:
-                msg = self.client.wait_message(timeout=None)
+                r = self.client.call_json(SyscallOp.SYS_RECV, {"max": 1, "wait": True, "timeout_ms": _WAIT_MS,
+                                                               "lease": True}, wait=_WAIT_MS / 1000)
+                for msg in r.get("messages", []) if isinstance(r, dict) else []:
+                    self.handle(msg)
+                    # acknowledge now: a RECV that takes nothing ends the lease (the next one may wait long)
+                    self.client.call_json(SyscallOp.SYS_RECV, {"max": 0})
             except ConnectionClosedError:
                 return 0  # the kernel went away or is stopping the agent
-            if msg is not None:
-                self.handle(msg.get("message"), msg.get("from"), msg.get("from_name"), attempts=0)
 
-    def resume(self) -> None:
-        """A request this agent was running when it died (kept in its store): run it again, or give up."""
-        r = self.client.fetch(INFLIGHT_KEY, "agent")
-        item = r.get("value") if isinstance(r, dict) and r.get("exists") else None
-        if not isinstance(item, dict):
-            return
-        attempts = int(item.get("attempts", 1))
-        print(f"clove run: resuming request id={item.get('message', {}).get('id')!r} "
-              f"(attempt {attempts + 1})", file=sys.stderr, flush=True)
-        self.handle(item.get("message"), item.get("from"), item.get("from_name"), attempts=attempts)
+    def attempt(self, msg: dict) -> int:
+        """How many times this message (sender, seq) has been started, this time included; kept in the
+        agent's own store, which outlives its process."""
+        me = {"from": msg.get("from"), "seq": msg.get("seq")}
+        r = self.client.fetch(ATTEMPT_KEY, "agent")
+        last = r.get("value") if isinstance(r, dict) and r.get("exists") else None
+        n = int(last.get("n", 0)) + 1 if isinstance(last, dict) and {k: last.get(k) for k in me} == me else 1
+        self.client.store(ATTEMPT_KEY, {**me, "n": n}, "agent")
+        return n
 
-    def handle(self, body: Any, sender: Any, sender_name: Any, attempts: int) -> None:
+    def handle(self, msg: dict) -> None:
+        body, sender = msg.get("message"), msg.get("from")
         rid = body.get("id") if isinstance(body, dict) else None
-        to = sender
-        if isinstance(body, dict) and isinstance(body.get("reply_to"), str):
-            to = body["reply_to"]
+        to = body["reply_to"] if isinstance(body, dict) and isinstance(body.get("reply_to"), str) else sender
         if not isinstance(body, dict) or "input" not in body:
             self.reply(to, {"id": rid, "error": 'expected a message {"input": <any JSON>, "id": <any JSON>}, '
                                               f"got {json.dumps(body)[:200]}"})
             return
-        if attempts >= self.max_attempts:
-            self.client.delete_key(INFLIGHT_KEY, "agent")
-            self.reply(to, {"id": rid, "error": f"the agent died {attempts} times running this request; "
+        n = self.attempt(msg)
+        if n > 1:
+            print(f"clove run: request id={rid!r} came back after the agent died (start {n})",
+                  file=sys.stderr, flush=True)
+        if n > self.max_attempts:
+            self.reply(to, {"id": rid, "error": f"the agent died {n - 1} times running this request; "
                                                 "it is not run again"})
             return
-        self.client.store(INFLIGHT_KEY, {"message": body, "from": sender, "from_name": sender_name,
-                                         "attempts": attempts + 1}, "agent")
         try:
             answer: dict = {"id": rid, "output": to_json(invoke(self.obj, body["input"], self.loop))}
         except Exception as e:  # the object's own error: answered, and the agent serves on
             traceback.print_exc()
             answer = {"id": rid, "error": describe(e)}
         self.reply(to, answer)
-        self.client.delete_key(INFLIGHT_KEY, "agent")
+        self.client.delete_key(ATTEMPT_KEY, "agent")  # answered: a later message never counts as its retry
 
     def reply(self, to: Any, answer: dict) -> None:
         if to is None or to == 0:
