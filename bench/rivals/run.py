@@ -935,6 +935,18 @@ def write_reports(doc: dict, json_path: Path, md_path: Path) -> None:
            f"fault cases and did its next item in {sum(1 for r in restarted if r['recovery']['failed_agent_resumed'])} of "
            "them within the budget (\"back in\" above: from the fault to that item)."
            if any(doc["frameworks"][n].get("clove") for n in fws) else ""))
+    starts = {}
+    for n in fws:
+        if doc["frameworks"][n].get("clove"):
+            per = sorted(r["startup_s"] / s["agents"] for r in doc["results"] if r["framework"] == n and r.get("startup_s"))
+            if per:
+                starts[doc["frameworks"][n]["label"]] = round(per[len(per) // 2], 1)
+    if starts:
+        out += ["", "How long one member took to start under Clove (a new interpreter and the framework's import; the "
+                "median over this run's cases of `startup_s` / " + str(s["agents"]) + ", members started one at a time): "
+                + ", ".join(f"{k} {v} s" for k, v in starts.items()) + ". A restarted member is back no sooner than that "
+                "(plus the watchdog's delay for hang, cpu and forkbomb); the machine's load during the run (above) "
+                "stretches it."]
     out.append("")
     for n in fws:
         fi = doc["frameworks"][n]

@@ -233,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     # bind to the running loop at construction find this one).
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
         obj = load_entry(ns.entry)
     except EntryError as e:

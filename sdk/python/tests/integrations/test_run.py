@@ -93,12 +93,26 @@ PLAIN = textwrap.dedent(
 )
 
 
+TEAM = textwrap.dedent(
+    """
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_core.models import ModelFamily, ModelInfo
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+
+    info = ModelInfo(vision=False, function_calling=False, json_output=False, family=ModelFamily.UNKNOWN,
+                     structured_output=False)
+    agent = AssistantAgent("helper", model_client=ReplayChatCompletionClient(["hello from autogen"] * 10,
+                                                                              model_info=info))
+    """
+)
+
+
 @pytest.fixture
 def modules():
     """A world-readable directory with the entry modules (agents run as other uids)."""
     d = tempfile.mkdtemp(prefix="clv-entry-", dir="/tmp")
     os.chmod(d, 0o755)
-    for name, text in {"lg_entry.py": GRAPH, "plain_entry.py": PLAIN}.items():
+    for name, text in {"lg_entry.py": GRAPH, "plain_entry.py": PLAIN, "ag_entry.py": TEAM}.items():
         p = os.path.join(d, name)
         with open(p, "w") as f:
             f.write(text)
@@ -159,6 +173,19 @@ def test_a_langgraph_graph_served_as_an_agent(kernel, op, modules):
     again = ask(kernel, op, "graph", {"input": {"messages": [{"role": "user", "content": "again"}]}, "id": 2})
     assert again["id"] == 2 and again["output"]["messages"][-1]["content"] == "forty-two"
     assert agent_row(op, "graph")["restarts"] == 0
+
+
+def test_an_autogen_agent_served_as_an_agent(kernel, op, modules):
+    require("autogen_agentchat")
+    spawn_entry(kernel, op, "helper", "ag_entry:agent", modules)
+    out = ask(kernel, op, "helper", {"input": "say hello", "id": "a1"})
+    assert out["id"] == "a1" and "error" not in out, out
+    task, answer = out["output"]["messages"]  # AutoGen's TaskResult, as JSON
+    assert (task["source"], task["content"]) == ("user", "say hello")
+    assert (answer["source"], answer["content"]) == ("helper", "hello from autogen")
+    # a non-string input is given to the agent as its JSON text
+    again = ask(kernel, op, "helper", {"input": {"q": 1}, "id": "a2"})
+    assert again["output"]["messages"][0]["content"] == '{"q": 1}'
 
 
 def test_a_plain_callable_its_errors_and_bad_messages(kernel, op, modules):
