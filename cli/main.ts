@@ -7,7 +7,7 @@
  */
 import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV } from '../protocol/index.js';
+import { DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET, SOCKET_ENV, type SpawnRequest } from '../protocol/index.js';
 import { ConnectionClosedError, KernelError, NotFoundError } from '../sdk/typescript/client.js';
 import { registerCompose, type Globals } from './commands/compose.js';
 import { register as registerLogs } from './commands/logs.js';
@@ -16,6 +16,7 @@ import { registerRelay, registerTunnel, type RelayDaemon } from './commands/rela
 import { registerStatus } from './commands/status.js';
 import { register as registerTop } from './commands/top.js';
 import { register as registerWorld } from './commands/world.js';
+import { defaultPython, entryProblem, entrySpawn } from './compose/index.js';
 import { CliError, EXIT, ensureDataDir, resolveAgent, table, target, withClient } from './lib.js';
 
 /**
@@ -136,6 +137,38 @@ function relayOption(o: Record<string, unknown>): {
   };
 }
 
+/** An interpreter given as a path is made absolute (the kernel runs elsewhere); a bare name stays. */
+function interpreter(p: string): string {
+  return p.includes('/') ? path.resolve(p) : p;
+}
+
+/**
+ * What `clove run` starts: a script (with `--python` for a .py), or with `--entry` the Python SDK's runner
+ * serving that object, its module found in the current directory; every positional argument then goes to
+ * the runner (e.g. `--once '{"q": 1}'` after `--`).
+ */
+function runProgram(
+  script: string | undefined,
+  args: string[],
+  o: { entry?: string; python?: string; env: Record<string, string> },
+): Pick<SpawnRequest, 'script' | 'python' | 'command' | 'args' | 'env'> {
+  if (o.entry !== undefined) {
+    const problem = entryProblem(o.entry);
+    if (problem) throw new CliError(`--entry ${problem}`, EXIT.USAGE);
+    const rest = script !== undefined ? [script, ...args] : args;
+    const e = entrySpawn(o.entry, o.python ? interpreter(o.python) : defaultPython(), process.cwd(), o.env);
+    return { command: e.command, env: e.env, ...(rest.length ? { args: rest } : {}) };
+  }
+  if (script === undefined)
+    throw new CliError('clove run needs a script, or --entry module:attr', EXIT.USAGE);
+  return {
+    script: path.resolve(script),
+    ...(o.python ? { python: interpreter(o.python) } : {}),
+    args: args.length ? args : undefined,
+    env: o.env,
+  };
+}
+
 export function program(daemon: Daemon): Command {
   const defaults = daemon.defaults();
   const p = new Command('clove')
@@ -212,9 +245,17 @@ export function program(daemon: Daemon): Command {
   registerMcp(p, g);
 
   p.command('run')
-    .description('spawn an agent')
-    .argument('<script>', 'script or executable (.py runs with python3, .js/.mjs with node)')
+    .description('spawn an agent: a script, or a framework object (--entry module:attr)')
+    .argument(
+      '[script]',
+      'script or executable (.py runs with python3, .js/.mjs with node); not with --entry',
+    )
     .argument('[args...]', 'arguments for the agent')
+    .option(
+      '--entry <module:attr>',
+      'serve this object (LangGraph graph, LangChain runnable, CrewAI crew, AutoGen agent/team, callable) as the agent; the module is found in the current directory',
+    )
+    .option('--python <path>', 'interpreter for a .py script or --entry (e.g. a virtualenv’s bin/python)')
     .option('-n, --name <name>', 'agent name')
     .addOption(
       new Option('-r, --restart <policy>', 'restart policy')
@@ -230,17 +271,16 @@ export function program(daemon: Daemon): Command {
     .option('--node <node>', 'run it on this node of the cluster (a clustered kernel)')
     .option('--world <id>', 'put it in this world from its first syscall (docs/worlds.md)')
     .option('--json', 'print the reply as JSON')
-    .action(async (script: string, args: string[], o) => {
+    .action(async (script: string | undefined, args: string[], o) => {
+      const program = runProgram(script, args, o);
       const reply = await withClient(p.opts().socket, (c) =>
         c.spawn({
-          script: path.resolve(script),
+          ...program,
           name: o.name,
-          args: args.length ? args : undefined,
           restart_policy: o.restart,
           max_restarts: o.maxRestarts,
           restart_window: o.restartWindow,
           watchdog_ms: o.watchdog,
-          env: o.env,
           sandboxed: o.sandbox,
           network: o.network ?? false,
           ...(o.node ? { node: o.node } : {}),

@@ -11,8 +11,13 @@ reports/rivals.md.
     python3 bench/rivals/run.py --quick
     python3 bench/rivals/run.py --frameworks crewai,langgraph --faults none,hang
 
-Run it with the machine's interpreter (not the venv): it only needs the stdlib and root
-(for the cgroups).
+Each framework also has a "<framework> under Clove" row (`<name>-clove`): the same ring, but every
+member is its own Clove agent (bench/rivals/python/clove_member.py, node/clove_member.mjs) under a
+Clove kernel this script starts (`node bin/clove.js kernel` on a temporary socket and data dir, inside
+the case's cgroups), handing the item on with SEND/RECV; see run_clove_case.
+
+Run it with the machine's interpreter (not the venv): it only needs the stdlib, the repo's stdlib-only
+Python SDK (sdk/python) and root (for the cgroups).
 """
 from __future__ import annotations
 
@@ -22,9 +27,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +39,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 VENV_PY = HERE / ".venv" / "bin" / "python"
+CLOVE_JS = REPO / "bin" / "clove.js"
+sys.path.insert(0, str(REPO / "sdk" / "python"))
+from clove_sdk import CloveClient  # noqa: E402  (stdlib only)
+from clove_sdk.protocol import SyscallOp  # noqa: E402
+
+# Under Clove: a member silent (no syscall, not parked in RECV) this long is killed and restarted.
+CLOVE_WATCHDOG_MS = 3000
+CLOVE_EVENTS = ["AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED"]
 NODE_DIR = HERE / "node"
 CG_ROOT = Path("/sys/fs/cgroup")
 CG_NAME = "clove-rivals"
@@ -79,6 +94,34 @@ FRAMEWORKS = {
         "fake_model": "@langchain/core FakeListChatModel per agent; tools are @langchain/core tool() (async)",
     },
 }
+
+# "<framework> under Clove": the same ring, each member its own Clove agent running the framework's
+# construct for its own turn (built from the bare workload's code), the item handed on by SEND/RECV.
+CLOVE_CONSTRUCT = {
+    "crewai": "a Crew of its one Agent/Task (crewai_workload's ScriptedLLM and Work tool), crew.kickoff() per turn",
+    "langgraph": "a one-node StateGraph (langgraph_workload.make_agent), graph.invoke per turn",
+    "autogen": "its AssistantAgent (autogen_workload.make_agent), agent.run(task=...) per turn",
+    "langgraph-js": "a one-node StateGraph built like langgraph_workload.mjs's nodes, graph.invoke per turn",
+}
+
+
+def _with_clove_rows(bare: dict) -> dict:
+    out = {}
+    for name, fw in bare.items():
+        out[name] = fw
+        out[f"{name}-clove"] = {
+            **fw,
+            "label": f"{fw['label']} under Clove",
+            "clove": name,
+            "script": (NODE_DIR / "clove_member.mjs") if fw["lang"] == "node" else (HERE / "python" / "clove_member.py"),
+            "topology": f"ring a0->a1->a2->a3->a4->a0 of 5 Clove agents (one process each, restart_policy always, "
+                        f"watchdog {CLOVE_WATCHDOG_MS} ms, cgroup limits of their own), each running "
+                        f"{CLOVE_CONSTRUCT[name]}; the item handed on with SEND and taken with RECV under a lease",
+        }
+    return out
+
+
+FRAMEWORKS = _with_clove_rows(FRAMEWORKS)
 
 FAULT_TEXT = {
     "none": "no fault (baseline)",
@@ -233,7 +276,7 @@ def probe_framework(name: str) -> dict:
             return info
         mods = {"crewai": "crewai", "langgraph": "langgraph.graph", "autogen": "autogen_agentchat.teams"}
         code = ("import json,importlib.metadata as m;import %s;print(json.dumps({p:m.version(p) for p in %r}))"
-                % (mods[name], fw["packages"]))
+                % (mods[fw.get("clove", name)], fw["packages"]))
         rc, out = sh([str(VENV_PY), "-c", code], timeout=120)
         if rc != 0:
             info["error"] = out[-2000:]
@@ -255,6 +298,12 @@ def probe_framework(name: str) -> dict:
             return info
         info["runtime"] = f"Node {out}"
     info["version"] = info["packages"][fw["packages"][0]]
+    if fw.get("clove"):
+        if not (REPO / "dist" / "kernel").is_dir():
+            info["error"] = f"{REPO / 'dist'} missing: run npm run build (the Clove kernel)"
+            return info
+        info["clove"] = {"kernel": "node bin/clove.js kernel (this checkout)", "watchdog_ms": CLOVE_WATCHDOG_MS,
+                         "restart_policy": "always"}
     info["available"] = True
     return info
 
@@ -277,7 +326,8 @@ def machine_info() -> dict:
         pass
     _, node = sh(["node", "--version"])
     _, vpy = sh([str(VENV_PY), "-c", "import platform;print(platform.python_version())"]) if VENV_PY.exists() else (0, None)
-    return {"cores": os.cpu_count(), "kernel": platform.release(), "cpu_model": cpu, "memory_gib": mem,
+    return {"cores": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "kernel": platform.release(), "cpu_model": cpu, "memory_gib": mem,
             "python_driver": platform.python_version(), "python_workloads": vpy, "node": node,
             "os": platform.platform(), "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat()}
 
@@ -285,6 +335,8 @@ def machine_info() -> dict:
 # ----------------------------------------------------------------------------- one case
 def run_case(name: str, fault: str, cfg: argparse.Namespace, seq: int) -> dict:
     fw = FRAMEWORKS[name]
+    if fw.get("clove"):
+        return run_clove_case(name, fault, cfg, seq)
     run_id = f"{os.getpid()}-{seq}-{name}-{fault}"
     env = dict(os.environ)
     env.update({"RIVALS_FAULT": fault, "RIVALS_AGENTS": str(cfg.agents), "RIVALS_FAULT_AGENT": str(cfg.fault_agent),
@@ -363,6 +415,262 @@ def run_case(name: str, fault: str, cfg: argparse.Namespace, seq: int) -> dict:
         returncode=rc, alive_at_timeout=alive_at_timeout, t_launch=t_launch, t_exit=t_exit, t_done=t_done,
         stats=stats, killed_at_end=killed, stray_processes_at_end=len(extra_members), stderr=stderr_txt,
         bad_lines=bad_lines, stdout_log=str(stdout_path), stderr_log=str(stderr_path)))
+
+
+# ----------------------------------------------------------------------------- one case under Clove
+class MemberLogs:
+    """Follows the members' log files (<data-dir>/logs/<agent>.log, where a Clove agent's stdout and
+    stderr go) and returns their JSON lines as they are written; other lines are kept per agent."""
+
+    def __init__(self, logdir: Path, agents: list[str]) -> None:
+        self.paths = {a: logdir / f"{a}.log" for a in agents}
+        self.pos = {a: 0 for a in agents}
+        self.partial = {a: b"" for a in agents}
+        self.other: dict[str, list[str]] = {a: [] for a in agents}
+        self.bad = 0
+
+    def poll(self) -> list[dict]:
+        out = []
+        for a, path in self.paths.items():
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size < self.pos[a]:  # rotated (copy-and-truncate): read it again from the start
+                        self.pos[a], self.partial[a] = 0, b""
+                    f.seek(self.pos[a])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            self.pos[a] += len(data)
+            *lines, self.partial[a] = (self.partial[a] + data).split(b"\n")
+            now = time.time()
+            for raw in lines:
+                text = raw.decode(errors="replace")
+                if not text.startswith("{"):
+                    self.other[a].append(text)
+                    continue
+                try:
+                    ev = json.loads(text)
+                except ValueError:
+                    self.bad += 1
+                    self.other[a].append(text)
+                    continue
+                ev["_recv"] = now
+                ev.setdefault("agent", a)
+                out.append(ev)
+        return out
+
+
+def _kernel_client(sock: Path, proc: subprocess.Popen, deadline: float, log: Path) -> CloveClient:
+    """An operator client of the case's kernel once it listens; an error with its log if it never does."""
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Clove kernel exited with {proc.returncode} at start: {log.read_text()[-2000:]}")
+        if sock.exists():
+            c = CloveClient(str(sock), timeout=30)
+            if c.connect():
+                return c
+        time.sleep(0.05)
+    raise RuntimeError(f"the Clove kernel did not listen on {sock}: {log.read_text()[-2000:]}")
+
+
+def run_clove_case(name: str, fault: str, cfg: argparse.Namespace, seq: int) -> dict:
+    """The ring under Clove: a kernel (in the case's cgroups) runs each member as an agent of its own.
+
+    The case's cgroups hold the kernel and every agent: memory and pids are (agents + 1) times the bare
+    case's (each member is a process with its own interpreter and framework), the CPU quota is the bare
+    case's total. Each member gets the bare program's limits as its own (memory, pids, CPU) through SPAWN.
+    The ring starts once every member printed "ready" (imports excluded from the budget, as for the bare
+    runs); run.py then hands item 0 to a0 and reads the members' logs and the kernel's exit events."""
+    fw = FRAMEWORKS[name]
+    run_id = f"{os.getpid()}-{seq}-{name}-{fault}"
+    agents = [f"a{i}" for i in range(cfg.agents)]
+    fa = f"a{cfg.fault_agent}"
+    root = Path(tempfile.mkdtemp(prefix="clv-rivals-", dir="/tmp"))
+    sock, data = root / "clove.sock", root / "data"
+    case_dir = Path(cfg.logdir) / f"{name}-{fault}"
+    shutil.rmtree(case_dir, ignore_errors=True)
+    case_dir.mkdir(parents=True)
+    kernel_log = case_dir / "kernel.log"
+    env = dict(os.environ)
+    for k in ("VIRTUAL_ENV", "PYTHONPATH", "NODE_OPTIONS", "CLOVE_SOCKET"):
+        env.pop(k, None)
+    agent_env = {"RIVALS_FAULT": fault, "RIVALS_AGENTS": str(cfg.agents), "RIVALS_FAULT_AGENT": str(cfg.fault_agent),
+                 "RIVALS_FAULT_AT": str(cfg.fault_at), "RIVALS_DURATION": str(cfg.duration),
+                 "RIVALS_WORK_MS": str(cfg.work_ms), "PYTHONDONTWRITEBYTECODE": "1"}
+    limits = {"memory": cfg.mem_mib << 20, "max_pids": cfg.pids_max,
+              "cpu_quota": int(cfg.cpu_cores * 100000), "cpu_period": 100000}
+    cg = CaseCgroups(run_id, (cfg.agents + 1) * (cfg.mem_mib << 20), (cfg.agents + 1) * cfg.pids_max,
+                     int(cfg.cpu_cores * 100000))
+    logs = MemberLogs(data / "logs", agents)
+    events: list[dict] = []
+    kernel_events: list[dict] = []
+    rows: list[dict] = []
+    t_launch = time.time()
+    proc = client = None
+    rc = None
+    alive_at_timeout = False
+    t_exit = None
+    killed = 0
+    try:
+        with open(kernel_log, "wb") as klog:
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE / "launcher.py"), *map(str, cg.dirs.values()), "--", "node", str(CLOVE_JS),
+                 "kernel", "--socket", str(sock), "--data-dir", str(data), "--log-level", "warn", "--log-format", "json"],
+                stdin=subprocess.DEVNULL, stdout=klog, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+                start_new_session=True)
+        deadline = t_launch + cfg.startup_timeout
+        client = _kernel_client(sock, proc, deadline, kernel_log)
+        client.subscribe(CLOVE_EVENTS)
+
+        def drain_kernel_events() -> None:
+            r = client.poll_events(100)
+            for e in r.get("events", []) if isinstance(r, dict) else []:
+                d = e.get("data") or {}
+                kernel_events.append({"type": e.get("type"), "t": time.time(),
+                                      "agent": d.get("name") or d.get("agent_name"),
+                                      **{k: d.get(k) for k in ("exit_code", "signal", "reason", "killed_by",
+                                                               "restart_count", "delay_ms") if k in d}})
+
+        # One member at a time: five interpreters importing a framework at once on a shared machine only
+        # make each import slower (imports are not part of the measured budget).
+        ready: set[str] = set()
+        for a in agents:
+            req = {"name": a, "script": str(fw["script"]), "restart_policy": "always", "max_restarts": 20,
+                   "restart_window": 300, "watchdog_ms": CLOVE_WATCHDOG_MS, "env": agent_env, "limits": limits,
+                   "args": [fw["clove"]] if fw["lang"] == "python" else []}
+            if fw["lang"] == "python":
+                req["python"] = str(VENV_PY)
+            r = client.call_json(SyscallOp.SYS_SPAWN, req)
+            if not (isinstance(r, dict) and r.get("success")):
+                raise RuntimeError(f"SPAWN {a}: {r}")
+            deadline = time.time() + cfg.startup_timeout
+            while a not in ready:
+                for ev in logs.poll():
+                    events.append(ev)
+                    if ev.get("ev") == "ready":
+                        ready.add(ev["agent"])
+                drain_kernel_events()
+                if time.time() >= deadline or proc.poll() is not None:
+                    raise RuntimeError(f"member {a} not ready {cfg.startup_timeout} s after its SPAWN "
+                                       f"(kernel events {kernel_events[-10:]}; its last lines {logs.other[a][-15:]})")
+                time.sleep(0.05)
+
+        t0 = time.time()
+        events.append({"ev": "start", "t": t0, "_recv": t0, "framework": name, "fault": fault, "pid": proc.pid,
+                       "agents": agents, "duration": cfg.duration, "fault_at": cfg.fault_at})
+        token = {"item": 0, "holder": agents[0], "counts": {a: 0 for a in agents}, "t0": t0}
+        r = client.send_message(token, to=agents[0])
+        if not r.get("success"):
+            raise RuntimeError(f"SEND item 0 to {agents[0]}: {r}")
+        deadline = t0 + cfg.duration + cfg.grace
+        while True:
+            new = logs.poll()
+            events.extend(new)
+            drain_kernel_events()
+            if any(e.get("ev") == "end" for e in new):
+                t_exit = time.time()
+                break
+            if proc.poll() is not None:  # the kernel itself died: every agent with it
+                t_exit, rc = time.time(), proc.returncode
+                break
+            if time.time() >= deadline:
+                alive_at_timeout = True
+                break
+            time.sleep(0.02)
+        stats = cg.stat()
+        if rc is None:
+            rows = client.list_agents()
+            drain_kernel_events()
+    finally:
+        if client is not None:
+            client.close()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the kernel stops its agents
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        try:
+            killed = cg.kill_all()
+        finally:
+            cg.remove()
+            for a, path in logs.paths.items():
+                if path.exists():
+                    shutil.copy(path, case_dir / f"{a}.log")
+            shutil.rmtree(root, ignore_errors=True)
+    events.extend(logs.poll() if data.exists() else [])
+    if rc is None:
+        rc = 0 if not alive_at_timeout else None  # completed: the harness stopped the kernel after "end"
+    t_done = time.time()
+    events.sort(key=lambda e: e.get("t", 0))
+    res = analyse(name, fault, cfg, events, dict(
+        returncode=rc, alive_at_timeout=alive_at_timeout, t_launch=t_launch, t_exit=t_exit, t_done=t_done,
+        stats=stats, killed_at_end=killed, stray_processes_at_end=killed, stderr="\n".join(logs.other[fa]),
+        bad_lines=logs.bad, stdout_log=str(case_dir), stderr_log=str(case_dir / f"{fa}.log")))
+    res["process"]["what"] = "the Clove kernel and its agents (one process per member)"
+    clove_recovery(res, events, kernel_events, rows, cfg, fw["clove"], limits, logs.other[fa])
+    return res
+
+
+def clove_recovery(res: dict, events: list[dict], kernel_events: list[dict], rows: list[dict],
+                   cfg: argparse.Namespace, base: str, limits: dict, notes: list[str]) -> None:
+    """What Clove did about the faulty member: its exits (from the kernel's events), its restarts, and when
+    the restarted process did its first item (the failed agent back)."""
+    fa = res["faulty_agent"]
+    t0 = next(e["t"] for e in events if e.get("ev") == "start")
+    f_ev = next((e for e in events if e.get("ev") == "fault"), None)
+    rel = lambda t: round(t - t0, 3)  # noqa: E731
+    exits = [e for e in kernel_events if e["type"] == "AGENT_EXITED" and e.get("agent") == fa and e["t"] >= t0]
+    restarts = {r.get("name"): r.get("restarts", 0) for r in rows}
+    readies = [e for e in events if e.get("ev") == "ready" and e["agent"] == fa and e["t"] > t0]
+    res["clove"] = {
+        "watchdog_ms": CLOVE_WATCHDOG_MS,
+        "per_agent_limits": {"memory_mib": limits["memory"] >> 20, "pids": limits["max_pids"],
+                             "cpu_cores": limits["cpu_quota"] / limits["cpu_period"]},
+        "case_cgroup": {"memory_mib": (cfg.agents + 1) * cfg.mem_mib, "pids_max": (cfg.agents + 1) * cfg.pids_max,
+                        "cpu_cores": cfg.cpu_cores},
+        "restarts": restarts,
+        "faulty_agent_exits": [{"at_s": rel(e["t"]), **{k: v for k, v in e.items() if k not in ("t", "type", "agent")}}
+                               for e in exits],
+        "faulty_agent_ready_again_at_s": [rel(e["t"]) for e in readies],
+        "kernel_events": [{"at_s": rel(e["t"]), **{k: v for k, v in e.items() if k != "t"}} for e in kernel_events
+                          if e["t"] >= t0],
+    }
+    rec = res.get("recovery")
+    if rec is None or f_ev is None:
+        return
+    restarted = any(e["type"] == "AGENT_RESTARTING" and e.get("agent") == fa and e["t"] >= t0 for e in kernel_events)
+    if restarted:
+        back = next((e for e in events if e.get("ev") == "progress" and e["agent"] == fa and e["t"] > readies[0]["t"]),
+                    None) if readies else None
+        ex = exits[0] if exits else {}
+        if ex.get("reason") == "oom":
+            how = f"OOM-killed at its {limits['memory'] >> 20} MiB memory limit"
+        elif any("watchdog:" in line for line in notes):
+            how = f"killed by the watchdog after {CLOVE_WATCHDOG_MS / 1000:g} s without a syscall" + (
+                f"; its pids limit of {limits['max_pids']} had been reached" if ex.get("reason") == "pids" else "")
+        elif ex.get("signal"):
+            how = f"signal {ex['signal']}"
+        else:
+            how = f"exit code {ex.get('exit_code')}"
+        res["clove"]["faulty_agent_ended"] = how
+        rec.update(process_restarted=True, failed_agent_resumed=back is not None,
+                   resume_latency_s=round(back["t"] - f_ev["t"], 3) if back else None,
+                   down_for_s=round(readies[0]["t"] - ex["t"], 3) if ex and readies else None)
+        ended = f"restarted by Clove: {fa}'s process ended ({how}) at {rel(ex['t']) if ex else '?'} s"
+        if readies:
+            rec["mechanism"] = (f"{ended}, a new process was ready {rec['down_for_s']} s later and got the item it held "
+                                "back from its mailbox (RECV lease)")
+        else:
+            rec["mechanism"] = (f"{ended}; the new process was still starting (interpreter and framework import) when "
+                                "the harness stopped the case")
+    elif rec.get("failed_agent_resumed"):
+        rec["mechanism"] = MECHANISMS.get((base, res["fault"]),
+                                          "in-process: the framework caught the error inside the member (no restart needed)")
+    else:
+        rec["mechanism"] = "not restarted"
 
 
 def _rate(n: int, secs: float) -> float | None:
@@ -504,29 +812,44 @@ def short_row(r: dict) -> list[str]:
     else:
         after = (f"{o.get('steps_after_fault')} steps after fault, for {o.get('kept_working_for_s_after_fault')} s"
                  if "steps_after_fault" in o else "-")
+    clove = r.get("clove") or {}
     if rec is None:
         recs = "-"
+    elif rec.get("process_restarted") and rec["failed_agent_resumed"]:
+        recs = f"yes: restarted by Clove, next item done {rec['resume_latency_s']} s after the fault"
+    elif rec.get("process_restarted") and clove.get("faulty_agent_ready_again_at_s"):
+        recs = (f"restarted by Clove (ready again at {clove['faulty_agent_ready_again_at_s'][0]} s), "
+                "no item done before the case ended")
+    elif rec.get("process_restarted"):
+        recs = "restarted by Clove, still starting when the case ended"
     elif rec["failed_agent_resumed"]:
         recs = f"resumed in-process after {rec['resume_latency_s']} s (no restart)"
     else:
         recs = "no"
-    integ = r["integrity"]
+    integ = r.get("integrity") or {}
     flags = []
-    if integ["items_done_by_wrong_agent"]:
+    if clove.get("faulty_agent_ended"):
+        flags.append(f"{r['faulty_agent']}: {clove['faulty_agent_ended']}")
+    if integ.get("items_done_by_wrong_agent"):
         flags.append(f"{integ['items_done_by_wrong_agent']} item(s) skipped the faulty agent")
-    if integ["items_duplicated"]:
+    if integ.get("items_duplicated"):
         flags.append(f"{integ['items_duplicated']} duplicated")
     if r.get("tool_errors_reported_by_framework"):
         flags.append("framework turned the exception into a tool-error message")
-    if r["fault"] == "forkbomb" and p.get("peak_pids"):
+    if r["fault"] == "forkbomb" and p.get("peak_pids") and clove:
+        flags.append(f"case pids cgroup peak {p['peak_pids']} tasks (kernel and all members; {r['faulty_agent']}'s own "
+                     f"limit {clove.get('per_agent_limits', {}).get('pids')})")
+    elif r["fault"] == "forkbomb" and p.get("peak_pids"):
         flags.append(f"pids cgroup peak {p['peak_pids']} tasks (threads+processes), "
                      f"{p.get('fork_rejections', 0)} forks refused at pids.max")
     if r["fault"] in ("leak",) and p.get("peak_memory_mib"):
-        flags.append(f"peak {p['peak_memory_mib']} MiB")
+        flags.append(f"peak {p['peak_memory_mib']} MiB" + (" (kernel and all members)" if clove else ""))
     if r["fault"] in ("cpu", "forkbomb") and p.get("cpu_s") is not None:
         flags.append(f"{p['cpu_s']} CPU-s used")
     if r.get("stderr_last_error") and r["fault"] in ("exception", "segfault", "leak"):
         flags.append(f"stderr: `{r['stderr_last_error'][:110]}`")
+    if r.get("error"):
+        flags.append(f"harness error: {r['error'][:200]}")
     return [r["fault"], f"**{r['others_outcome']}**", fmt_process(p), after, recs, f"{r['wall_s']}", "; ".join(flags)]
 
 
@@ -538,6 +861,8 @@ def write_reports(doc: dict, json_path: Path, md_path: Path) -> None:
     out = ["# Rivals under fault: what happens to the other agents when one agent fails", "",
            f"Generated {doc['generated_at']} by `{doc['command']}` in {doc['total_runtime_s']} s "
            f"(machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB, kernel {m['kernel']}, "
+           + (f"load average {m['load_avg_at_start'][0]} at the start and {m['load_avg_at_end'][0]} at the end (a shared "
+              "machine), " if m.get("load_avg_at_start") and m.get("load_avg_at_end") else "") +
            f"Python {m['python_workloads']}, Node {m['node']}).", "",
            "Reproduce: `bash bench/rivals/setup.sh && python3 bench/rivals/run.py` "
            "(root needed for the cgroups; `--quick`, `--frameworks`, `--faults` for subsets). "
@@ -560,6 +885,25 @@ def write_reports(doc: dict, json_path: Path, md_path: Path) -> None:
            "measure shared fate inside one orchestration loop. Only this ring topology was measured; fan-out designs (e.g. "
            "LangGraph parallel branches, CrewAI async tasks, AutoGen GraphFlow) were not. What the ring does not change: "
            "all agents live in one OS process, so process-level faults (SIGKILL, segfault, OOM) end all of them in any topology.", ""]
+    cs = s.get("clove")
+    if cs:
+        out += [f"**Under Clove** (the \"… under Clove\" rows): the same ring, work items, faults and verdicts, but each of "
+                f"a0..a{s['agents'] - 1} is its own Clove agent, a process of its own under a Clove kernel that run.py starts "
+                "(`node bin/clove.js kernel` on a temporary socket and data dir, inside the case's cgroups). Each member runs the "
+                "framework's own construct for its own turn only, built from the bare workload's code with the same fake model "
+                "(a one-agent Crew, a one-node StateGraph, one AssistantAgent), and hands the item on with the kernel's SEND; it "
+                "takes the item with RECV under a lease, so the item a member held when its process died goes back to its "
+                "mailbox and the restarted member does it. Every member has `restart_policy: always`, a watchdog of "
+                f"{cs['watchdog_ms'] / 1000:g} s (killed and restarted when it makes no syscall that long outside a blocking RECV) "
+                f"and the bare program's limits as its own (memory {s['memory_limit_mib']} MiB, pids.max {s['pids_max']}, "
+                f"{s['cpu_quota_cores']} cores). The case's cgroups hold the kernel and all members: memory and pids "
+                f"{s['agents'] + 1} times the bare case's, CPU the same {s['cpu_quota_cores']} cores. Members are started one "
+                "after another and the budget starts when all of them said they were ready (imports excluded, as for the bare "
+                "rows). The fault fires once per case: a2 notes it in its own agent-scoped key before injecting it, so the "
+                "restarted a2 runs the same code without the transient fault (a fault that comes back on every start was not "
+                "measured). A ring stalls while any member is down: the others' rate after the fault includes a2's downtime "
+                "(for hang, cpu and forkbomb the watchdog's delay, then for every fault the new interpreter's start and the "
+                "framework's import). \"back in\" is the time from the fault to the first item the restarted a2 finished.", ""]
     out += ["## Summary (verdict on the other agents)", ""]
     faults = [f for f in FAULTS if any(r["fault"] == f for r in doc["results"])]
     fws = [n for n in doc["frameworks"]]
@@ -570,14 +914,39 @@ def write_reports(doc: dict, json_path: Path, md_path: Path) -> None:
         cells = []
         for f in faults:
             r = next((x for x in doc["results"] if x["framework"] == n and x["fault"] == f), None)
-            cells.append(r["others_outcome"] if r else "not run")
+            rec = (r or {}).get("recovery") or {}
+            back = ""
+            if rec.get("process_restarted"):
+                back = (f", {r['faulty_agent']} back in {rec['resume_latency_s']} s" if rec.get("failed_agent_resumed")
+                        else f", {r['faulty_agent']} restarted, no item before the end")
+            cells.append(r["others_outcome"] + back if r else "not run")
         out.append(f"| {fi['label']} {fi.get('version', '')} | " + " | ".join(cells) + " |")
     out.append("")
+    restarted = [r for r in doc["results"] if (r.get("recovery") or {}).get("process_restarted")]
+    bare_restarted = [r for r in restarted if not doc["frameworks"][r["framework"]].get("clove")]
     out.append("Anything restarted the failed agent? " + (
-        "In no case was a process restarted. " if not any((r.get("recovery") or {}).get("process_restarted") for r in doc["results"]) else "")
+        "No framework run bare restarted a process in any case. " if not bare_restarted else "")
         + "Cases where the failed agent ran again in the same process (the framework caught the error): " + (", ".join(
             f"{doc['frameworks'][r['framework']]['label']}/{r['fault']} (after {r['recovery']['resume_latency_s']} s)"
-            for r in doc["results"] if (r.get("recovery") or {}).get("failed_agent_resumed")) or "none") + ".")
+            for r in doc["results"] if (r.get("recovery") or {}).get("failed_agent_resumed")
+            and not r["recovery"].get("process_restarted")) or "none") + ". "
+        + (f"Under Clove the failed agent's process was restarted in {len(restarted)} of "
+           f"{sum(1 for r in doc['results'] if doc['frameworks'][r['framework']].get('clove') and r['fault'] != 'none')} "
+           f"fault cases and did its next item in {sum(1 for r in restarted if r['recovery']['failed_agent_resumed'])} of "
+           "them within the budget (\"back in\" above: from the fault to that item)."
+           if any(doc["frameworks"][n].get("clove") for n in fws) else ""))
+    starts = {}
+    for n in fws:
+        if doc["frameworks"][n].get("clove"):
+            per = sorted(r["startup_s"] / s["agents"] for r in doc["results"] if r["framework"] == n and r.get("startup_s"))
+            if per:
+                starts[doc["frameworks"][n]["label"]] = round(per[len(per) // 2], 1)
+    if starts:
+        out += ["", "How long one member took to start under Clove (a new interpreter and the framework's import; the "
+                "median over this run's cases of `startup_s` / " + str(s["agents"]) + ", members started one at a time): "
+                + ", ".join(f"{k} {v} s" for k, v in starts.items()) + ". A restarted member is back no sooner than that "
+                "(plus the watchdog's delay for hang, cpu and forkbomb); the machine's load during the run (above) "
+                "stretches it."]
     out.append("")
     for n in fws:
         fi = doc["frameworks"][n]
@@ -608,7 +977,9 @@ def framework_notes(results: list[dict]) -> dict:
         n, f = r["framework"], r["fault"]
         p, o, rec = r["process"], r.get("others") or {}, r.get("recovery") or {}
         line = None
-        if f == "exception":
+        if FRAMEWORKS.get(n, {}).get("clove"):
+            line = clove_note(r)
+        elif f == "exception":
             if r["others_outcome"] == "died":
                 line = (f"- exception: the exception propagated out of the framework's run call and ended the whole program "
                         f"({p['outcome']}); the other {len(r['steps_per_agent']) - 1} agents stopped with it.")
@@ -628,6 +999,27 @@ def framework_notes(results: list[dict]) -> dict:
         if line:
             notes.setdefault(n, []).append(line)
     return notes
+
+
+def clove_note(r: dict) -> str | None:
+    """What Clove did about the faulty member in one case, in a sentence (from the measured result)."""
+    f, o, rec, c = r["fault"], r.get("others") or {}, r.get("recovery") or {}, r.get("clove") or {}
+    if f == "none" or not rec:
+        return None
+    after = (f"the other agents did {o.get('steps_after_fault')} items after the fault "
+             f"({o.get('rate_after_per_s')}/s against {o.get('rate_before_per_s')}/s before)")
+    if not rec.get("process_restarted"):
+        how = (f" ({rec['mechanism']})" if rec.get("failed_agent_resumed") and rec.get("mechanism") else "")
+        return f"- {f}: no member's process ended, so Clove had nothing to restart{how}; {after}."
+    if rec["failed_agent_resumed"]:
+        back = (f"its new process was ready {rec.get('down_for_s')} s after the old one ended and finished its "
+                f"next item {rec['resume_latency_s']} s after the fault")
+    elif rec.get("down_for_s") is not None:
+        back = f"its new process was ready {rec['down_for_s']} s after the old one ended, too late for an item"
+    else:
+        back = "its new process was still starting (interpreter and framework import) when the harness stopped the case"
+    return (f"- {f}: {r['faulty_agent']}'s process ended ({c.get('faulty_agent_ended')}) and Clove restarted it; "
+            f"{back}; {after}.")
 
 
 # ----------------------------------------------------------------------------- main
@@ -701,6 +1093,7 @@ def main() -> int:
         cleanup_stale()
         remove_base()
     total = round(time.time() - t_all, 1)
+    machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     argv = " ".join(sys.argv[1:])
     doc = {
         "schema": "clove-rivals/1",
@@ -710,7 +1103,14 @@ def main() -> int:
         "machine": machine,
         "settings": {"agents": cfg.agents, "fault_agent": cfg.fault_agent, "duration_s": cfg.duration, "fault_at_s": cfg.fault_at,
                      "grace_s": cfg.grace, "work_ms": cfg.work_ms, "memory_limit_mib": cfg.mem_mib, "pids_max": cfg.pids_max,
-                     "cpu_quota_cores": cfg.cpu_cores, "quick": cfg.quick},
+                     "cpu_quota_cores": cfg.cpu_cores, "quick": cfg.quick,
+                     **({"clove": {"watchdog_ms": CLOVE_WATCHDOG_MS, "restart_policy": "always",
+                                   "per_agent_limits": {"memory_mib": cfg.mem_mib, "pids_max": cfg.pids_max,
+                                                        "cpu_cores": cfg.cpu_cores},
+                                   "case_cgroup": {"memory_mib": (cfg.agents + 1) * cfg.mem_mib,
+                                                   "pids_max": (cfg.agents + 1) * cfg.pids_max,
+                                                   "cpu_cores": cfg.cpu_cores}}}
+                        if any(FRAMEWORKS[n].get("clove") for n in fws) else {})},
         "fault_kinds": {f: FAULT_TEXT[f] for f in faults},
         "frameworks": frameworks,
         "results": results,
@@ -734,7 +1134,7 @@ MECHANISMS = {
 }
 
 GENERAL_NOTES = [
-    "- All four frameworks run every agent inside one OS process (one interpreter / one event loop). A fault that kills the "
+    "- Run bare, all four frameworks run every agent inside one OS process (one interpreter / one event loop). A fault that kills the "
     "process (SIGKILL, segfault, OOM) takes every agent down at once, and nothing in the framework restarts anything: "
     "restarting is left to whatever launched the program.",
     "- `hang`, `cpu` and `forkbomb` leave the process alive but the turn-based orchestration waits for the stuck agent "
@@ -748,10 +1148,12 @@ GENERAL_NOTES = [
     "call can carry on. A persistent fault (raising on every call) was not measured.",
     "- Counts are per run on a shared 2-core machine; startup time (imports) is excluded from the work budget and shown "
     "as `startup_s` in the JSON. Raw per-case stdout/stderr are kept under /tmp/clove-rivals-logs/ (not committed).",
-    "- A `clove` entry can be added to `frameworks` and `results` of reports/rivals.json with the same fields "
-    "(framework, version, fault, others_outcome, process{outcome, exit_code, signal, oom_killed, alive_at_timeout, ...}, "
-    "others{steps_before_fault, steps_after_fault, rate_before_per_s, rate_after_per_s, kept_working_for_s_after_fault, ...}, "
-    "recovery{failed_agent_resumed, resume_latency_s, process_restarted, mechanism}, wall_s).",
+    "- Under Clove, `process` is the kernel with its agents (it completes when a member reports the end of the budget; "
+    "the harness then stops the kernel), and each result has a `clove` object: restarts per member, the faulty member's "
+    "exits as the kernel reported them (AGENT_EXITED: signal, reason), when its new process was ready, the limits used. "
+    "Raw member and kernel logs are kept under /tmp/clove-rivals-logs/<framework>-clove-<fault>/.",
+    "- The Clove rows add a kernel (Node) and one interpreter per member, so memory and startup are higher than the bare "
+    "rows' (`peak_memory_mib`, `startup_s` in the JSON), and every hand-off is a SEND and a RECV through the kernel.",
 ]
 
 if __name__ == "__main__":

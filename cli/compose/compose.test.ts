@@ -231,6 +231,42 @@ agents:
     expect(p.services[0].spawn.env).toEqual({ X: 'from-dotenv', Y: 'from-caller' });
   });
 
+  it('runs an `entry` with the Python runner, its module found beside clove.yaml', () => {
+    const p = load(
+      [
+        'agents:',
+        '  graph:',
+        '    entry: my_graph:app.graph',
+        '    python: venv/bin/python',
+        '    args: [--max-attempts, "5"]',
+        '    env: { PYTHONPATH: /extra, K: v }',
+        '  crew:',
+        '    entry: crew:crew',
+        '',
+      ].join('\n'),
+    );
+    expect(svc(p, 'graph').spawn).toEqual({
+      command: [
+        path.join(p.dir, 'venv/bin/python'),
+        '-m',
+        'clove_sdk.integrations.run',
+        'my_graph:app.graph',
+      ],
+      args: ['--max-attempts', '5'],
+      env: { PYTHONPATH: `${p.dir}:/extra`, K: 'v' },
+    });
+    // a `python` with a / is relative to clove.yaml; none: the loader's resolver (the real python3 by default)
+    const q = loadCompose(p.file, { env: {}, python: () => '/usr/bin/python3.12' });
+    expect(svc(q, 'crew').spawn).toEqual({
+      command: ['/usr/bin/python3.12', '-m', 'clove_sdk.integrations.run', 'crew:crew'],
+      env: { PYTHONPATH: q.dir },
+    });
+    // another interpreter is another definition: `up` replaces the agents
+    expect(svc(q, 'crew').hash).not.toBe(
+      svc(loadCompose(p.file, { env: {}, python: () => 'python3' }), 'crew').hash,
+    );
+  });
+
   it('splits a command line as a shell splits words', () => {
     const p = load('agents:\n  a:\n    command: python3 -c \'print("a b")\' --name "x y" $HOME\\ z\n');
     expect(p.services[0].spawn.command).toEqual([

@@ -96,13 +96,30 @@ describe('ComposeError names file, line, column and field', () => {
   it('missing script, missing script file, both script and command', () => {
     const none = failure('agents:\n  a:\n    args: [x]\n');
     expect(at(none)).toEqual({ line: 3, column: 5, field: 'agents.a' });
-    expect(none.detail).toBe('needs `script` (a program file) or `command` (an argv list)');
+    expect(none.detail).toBe(
+      'needs `script` (a program file), `command` (an argv list) or `entry` (module:attr)',
+    );
     const gone = failure('agents:\n  a:\n    script: gone.py\n');
     expect(at(gone)).toEqual({ line: 3, column: 13, field: 'agents.a.script' });
     expect(gone.detail).toMatch(/gone\.py is not a file$/);
     const both = failure('agents:\n  a:\n    script: a.py\n    command: [python3, a.py]\n');
     expect(at(both)).toEqual({ line: 3, column: 5, field: 'agents.a' });
     expect(both.detail).toBe('has both `script` and `command`: give exactly one');
+  });
+
+  it('entry: exactly one program, and module:attr with Python names', () => {
+    const two = failure('agents:\n  a:\n    script: a.py\n    entry: m:x\n');
+    expect(at(two)).toEqual({ line: 3, column: 5, field: 'agents.a' });
+    expect(two.detail).toBe('has both `script` and `entry`: give exactly one');
+    const three = failure('agents:\n  a:\n    command: [x]\n    entry: m:x\n    script: a.py\n');
+    expect(three.detail).toBe('has both `script` and `command` and `entry`: give exactly one');
+    for (const bad of ['graph', 'my-graph:g', 'm:', ':g', 'm:g()', 'm:1x']) {
+      const e = failure(`agents:\n  a:\n    entry: "${bad}"\n`);
+      expect(at(e)).toEqual({ line: 3, column: 12, field: 'agents.a.entry' });
+      expect(e.detail).toBe(
+        `must be module:attr with Python names, e.g. my_graph:graph (got ${JSON.stringify(bad)})`,
+      );
+    }
   });
 
   it('unknown dependency, in both forms', () => {

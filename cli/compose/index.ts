@@ -8,6 +8,7 @@ export {
   loadCompose,
   replicaNames,
   type Healthcheck,
+  type LoadOptions,
   type Placement,
   type Project,
   type QuotaPolicy,
@@ -16,5 +17,6 @@ export {
   type Service,
   type SpawnArgsBase,
 } from './load.js';
+export { ENTRY_PATTERN, ENTRY_RUNNER, defaultPython, entryProblem, entrySpawn } from './entry.js';
 export { COMPOSE_SCHEMA, PERMISSION_LEVELS, QUOTA_UNITS, SERVICE_NAME_PATTERN } from './schema.js';
 export { DURATION_PATTERN, SIZE_PATTERN, parseDuration, parseSize } from './units.js';

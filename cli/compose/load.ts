@@ -32,6 +32,7 @@ import {
   type QuotaPolicy,
   type SpawnRequest,
 } from '../../protocol/index.js';
+import { defaultPython, entrySpawn } from './entry.js';
 import { COMPOSE_SCHEMA, MAX_LABELS, NO_DENY_QUOTAS, QUOTA_UNITS, type QuotaName } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 
@@ -331,12 +332,13 @@ function explain(e: ErrorObject, base: PathSeg[], inherited?: string): Problem {
             message: `unknown key "${unknown}"${didYouMean(unknown, known)}`,
           };
         }
+        const given = ['script', 'command', 'entry'].filter((k) => d[k] !== undefined);
         return {
           path: p,
           message:
-            d.script !== undefined && d.command !== undefined
-              ? 'has both `script` and `command`: give exactly one'
-              : 'needs `script` (a program file) or `command` (an argv list)',
+            given.length > 1
+              ? `has both ${given.map((k) => `\`${k}\``).join(' and ')}: give exactly one`
+              : 'needs `script` (a program file), `command` (an argv list) or `entry` (module:attr)',
         };
       }
       const branches = parent[e.keyword] as Schema[];
@@ -440,8 +442,16 @@ function interpolate(s: string, env: NodeJS.ProcessEnv, warnings: Set<string>): 
 
 // ── Loading ───────────────────────────────────────────────────────────────────────────────────────────
 
+/** What loading may take from outside the file. */
+export interface LoadOptions {
+  /** Environment for `${VAR}` and bare `env` names (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** The interpreter of an `entry` without `python` (default: the real python3, cli/compose/entry.ts). */
+  python?: () => string;
+}
+
 /** Read, parse, validate and normalize a compose file. Throws ComposeError. */
-export function loadCompose(file: string, opts: { env?: NodeJS.ProcessEnv } = {}): Project {
+export function loadCompose(file: string, opts: LoadOptions = {}): Project {
   const abs = path.resolve(file);
   const env = { ...projectDotEnv(path.dirname(abs)), ...(opts.env ?? process.env) };
   let text: string;
@@ -497,7 +507,7 @@ export function loadCompose(file: string, opts: { env?: NodeJS.ProcessEnv } = {}
     const pr = explain(v.root.errors![v.root.errors!.length - 1], []);
     throw src.error(pr.path, pr.message, pr.key);
   }
-  return normalize(src, data as RawProject, env, [...warnings]);
+  return normalize(src, data as RawProject, env, [...warnings], opts.python ?? defaultPython);
 }
 
 /** The plain-value path of a node from the visitor's ancestors (pairs give keys, sequences indices). */
@@ -525,6 +535,7 @@ type Size = string | number;
 type QuotaRaw = Size | { limit: Size; policy?: QuotaPolicy };
 interface RawService {
   script?: string;
+  entry?: string;
   command?: string[] | string;
   python?: string;
   args?: string[];
@@ -600,11 +611,17 @@ function sanitizeName(s: string): string {
   );
 }
 
-function normalize(src: Source, raw: RawProject, env: NodeJS.ProcessEnv, warnings: string[]): Project {
+function normalize(
+  src: Source,
+  raw: RawProject,
+  env: NodeJS.ProcessEnv,
+  warnings: string[],
+  python: () => string,
+): Project {
   const dir = path.dirname(src.file);
   const names = Object.keys(raw.agents);
   const byName = new Map<string, Service>();
-  for (const name of names) byName.set(name, service(src, dir, name, raw.agents[name], names, env));
+  for (const name of names) byName.set(name, service(src, dir, name, raw.agents[name], names, env, python));
   const order = startOrder(src, names, byName);
   return {
     name: raw.name ?? sanitizeName(path.basename(dir)),
@@ -622,6 +639,7 @@ function service(
   r: RawService,
   all: string[],
   hostEnv: NodeJS.ProcessEnv,
+  resolvePython: () => string,
 ): Service {
   const at = (...p: PathSeg[]): PathSeg[] => ['agents', name, ...p];
   const fail = (p: PathSeg[], msg: string): never => {
@@ -643,9 +661,17 @@ function service(
   }
   if (typeof r.command === 'string') spawn.command = num(at('command'), () => words(r.command as string));
   else if (r.command !== undefined) spawn.command = [...r.command];
-  if (r.python !== undefined) spawn.python = r.python;
+  // An interpreter given as a path is relative to this file, like `script`; a bare name is looked up on PATH.
+  const python = r.python !== undefined && r.python.includes('/') ? path.resolve(dir, r.python) : r.python;
+  if (python !== undefined && r.entry === undefined) spawn.python = python;
   if (r.args !== undefined) spawn.args = [...r.args];
-  const env = environment(src, dir, name, r, hostEnv);
+  let env = environment(src, dir, name, r, hostEnv);
+  if (r.entry !== undefined) {
+    // The runner with the service's interpreter; the entry's module is found beside this file.
+    const e = entrySpawn(r.entry, python ?? resolvePython(), dir, env);
+    spawn.command = e.command;
+    env = e.env;
+  }
   if (Object.keys(env).length) spawn.env = env;
   if (r.cwd !== undefined) {
     spawn.cwd = path.resolve(dir, r.cwd);

@@ -5,6 +5,7 @@
  * value fails; `description`s are what editors show on hover and completion.
  */
 import { SCHEMA_DEFS } from '../../protocol/index.js';
+import { ENTRY_PATTERN } from './entry.js';
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
 
 export const SERVICE_NAME_PATTERN = '^[a-z0-9][a-z0-9_-]{0,40}$';
@@ -102,8 +103,8 @@ const service = {
   description: 'One service: one agent, or `replicas` agents named `<service>-1`, `<service>-2`, …',
   additionalProperties: false,
   patternProperties: EXT,
-  oneOf: [{ required: ['script'] }, { required: ['command'] }],
-  errorMessage: 'needs exactly one of `script` or `command`',
+  oneOf: [{ required: ['script'] }, { required: ['command'] }, { required: ['entry'] }],
+  errorMessage: 'needs exactly one of `script`, `command` or `entry`',
   properties: {
     script: {
       type: 'string',
@@ -119,7 +120,17 @@ const service = {
         'explicit argv instead of `script`: a list like ["python3", "agent.py"], or a string split as a shell splits words (quotes, escapes; no pipes, redirections or globs: use ["sh", "-c", "…"] for those)',
       errorMessage: 'must be a list of strings like ["python3", "agent.py"] or a command line',
     },
-    python: { type: 'string', description: 'interpreter for a `.py` script' },
+    entry: {
+      type: 'string',
+      pattern: ENTRY_PATTERN,
+      description:
+        "a framework object served as the agent, `module:attr` (a LangGraph graph, a LangChain runnable, a CrewAI crew, an AutoGen agent or team, a callable): runs `python -m clove_sdk.integrations.run module:attr` with `python`, the module found in this file's directory",
+      errorMessage: 'must be module:attr with Python names, e.g. my_graph:graph',
+    },
+    python: {
+      type: 'string',
+      description: "interpreter for a `.py` script or an `entry` (e.g. a virtualenv's bin/python)",
+    },
     args: { type: 'array', items: { type: 'string' }, description: 'argv after the script' },
     cwd: {
       type: 'string',

@@ -3,13 +3,13 @@
 // a0 -> a1 -> a2 -> a3 -> a4 -> (a0 | END); each node asks its fake chat model, then runs
 // its `work` tool (an @langchain/core `tool()`, async user code) on the item in the state.
 // Compiled with defaults (no checkpointer, no retryPolicy), invoked once.
-import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { StateGraph, Annotation, END, START } from '@langchain/langgraph';
 import { FakeListChatModel } from '@langchain/core/utils/testing';
 import { HumanMessage } from '@langchain/core/messages';
 import { tool } from '@langchain/core/tools';
 import { z } from 'zod';
+import { inject } from './faults.mjs';
 
 const require = createRequire(import.meta.url);
 const env = process.env;
@@ -38,40 +38,6 @@ const ledger = {
   t0: 0,
 };
 const elapsed = () => Date.now() / 1000 - ledger.t0;
-
-const BOMB = `const {spawn}=require('node:child_process');for(;;){try{spawn(process.execPath,['-e',process.argv[1]],{stdio:'ignore'}).on('error',()=>{})}catch(e){}}`;
-
-async function inject(kind, agent) {
-  switch (kind) {
-    case 'sigkill':
-      process.kill(process.pid, 'SIGKILL');
-      break;
-    case 'segfault':
-      process.kill(process.pid, 'SIGSEGV');
-      break; // no null-deref possible from pure JS
-    case 'exception':
-      throw new Error(`injected fault: unhandled exception in agent ${agent}`);
-    case 'hang':
-      // never-resolving promise; the interval stands for the stuck socket/timer a real hang holds
-      // (without any pending handle Node would simply exit when the loop drains)
-      setInterval(() => {}, 1 << 30);
-      await new Promise(() => {});
-      break;
-    case 'cpu':
-      for (;;) {} // eslint-disable-line no-empty
-    case 'forkbomb':
-      // bounded by the pids cgroup (pids.max=64) and the memory cgroup run.py puts us in
-      for (;;) {
-        try {
-          spawn(process.execPath, ['-e', BOMB, BOMB], { stdio: 'ignore' }).on('error', () => {});
-        } catch (e) {
-          /* EAGAIN */
-        }
-      }
-    default:
-      throw new Error(`unknown fault ${kind}`);
-  }
-}
 
 async function work(agent) {
   if (FAULT !== 'none' && agent === FAULT_AGENT && elapsed() >= FAULT_AT) {
