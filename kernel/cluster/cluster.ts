@@ -323,14 +323,6 @@ export class ClusterService implements ClusterNames {
     return owner;
   }
 
-  /** remoteOwner of a name, after asking etcd when the cache has nobody (see ClusterDirectory.lookup). */
-  async lookupOwner(t: { name: string; node?: string }): Promise<NameOwner | undefined> {
-    const owner = await this.directory.lookup(t.name);
-    if (!owner || owner.node === this.node) return undefined;
-    if (t.node !== undefined && owner.node !== t.node) return undefined;
-    return owner;
-  }
-
   /** Sends one message to a remote owner's name; resolves once JetStream stored it. */
   async send(owner: NameOwner, from: number, json: string): Promise<void> {
     try {

@@ -191,24 +191,6 @@ describe('EtcdDirectory', () => {
     }
   });
 
-  it("lookup finds a name claimed on another node before this node's watch has brought it", async () => {
-    const p = newPrefix();
-    const a = dir('a', p);
-    const b = dir('b', p);
-    await Promise.all([a.start(), b.start()]);
-    let cacheMissed = 0;
-    for (let i = 0; i < 30; i++) {
-      const name = `fresh${i}`;
-      const mine = await b.claim({ name, id: b.allocateId(), identity: `${name}#1` });
-      if (!a.owner(name)) cacheMissed++;
-      expect(await a.lookup(name)).toEqual(mine);
-      expect(a.owner(name)).toEqual(mine); // the read filled the cache
-    }
-    expect(await a.lookup('never-claimed')).toBeUndefined();
-    // How often the watch lagged here (the case lookup exists for); informative, not asserted.
-    console.log(`lookup: the watch cache had not seen ${cacheMissed} of 30 fresh claims`);
-  });
-
   it('ids of two nodes never collide, and ownerOfId resolves a remote id', async () => {
     const p = newPrefix();
     const a = dir('a', p);

@@ -566,25 +566,6 @@ export class EtcdDirectory implements ClusterDirectory {
     return this.nameCache.get(name)?.value;
   }
 
-  /**
-   * Who owns `name`, asked of etcd itself when the watch cache has nobody: the cache lags a claim made a
-   * moment ago on another node (a SEND right after the peer's REGISTER), and not_found must not depend on
-   * that race. Etcd unreachable: the cache's answer (nobody).
-   */
-  async lookup(name: string): Promise<NameOwner | undefined> {
-    const cached = this.owner(name);
-    if (cached || !this.client || this.state !== 'joined') return cached;
-    const key = this.key(`names/${name}`);
-    const res = await this.client
-      .get(key)
-      .exec()
-      .catch(() => undefined);
-    const kv = res?.kvs[0];
-    if (!kv) return undefined;
-    this.applyPut(key, kv.value, rev(kv.mod_revision));
-    return this.owner(name);
-  }
-
   ownerOfId(id: number): NameOwner | undefined {
     const name = this.idIndex.get(id);
     return name === undefined ? undefined : this.nameCache.get(name)?.value;

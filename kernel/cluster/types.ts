@@ -105,8 +105,6 @@ export interface ClusterDirectory {
   nodes(): NodeInfo[];
   /** Who owns `name` now, from the watch cache (undefined: nobody). */
   owner(name: string): NameOwner | undefined;
-  /** Who owns `name`: the cache, else a read of etcd (a claim the watch has not brought yet). */
-  lookup(name: string): Promise<NameOwner | undefined>;
   /** Who owns agent id `id` (a remote agent's id resolves to its name and node). */
   ownerOfId(id: number): NameOwner | undefined;
   /** Claims `name` for an agent of this node, bound to the node's lease; resolves with the owner after the race (this node's claim, or the winner's). */

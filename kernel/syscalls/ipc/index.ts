@@ -42,17 +42,12 @@ export default defineFamily(({ services }) => {
   const { mail, principals } = services;
   /** Connections (by their close signal) that hold leases: what they took goes back when they close. */
   const leasing = new WeakSet<AbortSignal>();
-  /** Senders with a remote SEND waiting for a directory lookup: the tail of their remote SENDs. */
-  const lookingUp = new Map<number, Promise<unknown>>();
 
   /**
    * Whom a SEND reaches: a local id (`to` wins over `to_name`), or — clustered — the owner on another
    * node of the name, `name@node` or agent id no local agent takes. Throws what SEND refuses with.
    */
-  function target(
-    req: BatchItem,
-    cluster: ClusterService | undefined,
-  ): number | NameOwner | Promise<NameOwner> {
+  function target(req: BatchItem, cluster: ClusterService | undefined): number | NameOwner {
     const notFound = (what: unknown) =>
       new NotFoundError(`target agent not found: ${String(what)}`, { delivered_to: 0 });
     if (req.to) {
@@ -74,12 +69,7 @@ export default defineFamily(({ services }) => {
     }
     const owner = cluster?.remoteOwner({ name, node });
     if (owner) return owner;
-    if (!cluster) throw notFound(req.to_name);
-    const toName = req.to_name;
-    return cluster.lookupOwner({ name, node }).then((o) => {
-      if (!o) throw notFound(toName);
-      return o;
-    });
+    throw notFound(req.to_name);
   }
 
   /**
@@ -91,23 +81,10 @@ export default defineFamily(({ services }) => {
     const cluster = services.cluster;
     const to = target(req, cluster);
     if (typeof to !== 'number') {
-      const message = encode(req.message);
-      const publish = (owner: NameOwner) =>
-        cluster!.send(owner, from, message).then(() => {
-          principals.stats(from).sent++;
-          return owner.id;
-        });
-      // A sender's remote SENDs leave in the order it made them: one that waits for an etcd lookup holds
-      // back the sender's later remote SENDs (which may hit the cache it fills) until it is published.
-      const before = lookingUp.get(from);
-      if (!(to instanceof Promise) && !before) return publish(to);
-      const sent = (before ?? Promise.resolve()).then(() => to).then(publish);
-      const tail = sent.catch(() => undefined);
-      lookingUp.set(from, tail);
-      void tail.then(() => {
-        if (lookingUp.get(from) === tail) lookingUp.delete(from);
+      return cluster!.send(to, from, encode(req.message)).then(() => {
+        principals.stats(from).sent++;
+        return to.id;
       });
-      return sent;
     }
     mail.deliver(to, from, mail.nameOf(from), encode(req.message));
     principals.stats(from).sent++;
