@@ -686,6 +686,7 @@ describe('a graph run as a Clove agent', () => {
     expect(
       audit.entries.some((e) => e.event_type === 'PERMISSION_DENIED' && JSON.stringify(e).includes('HTTP')),
     ).toBe(true);
+    await op.kill('lg-react');
   });
 
   it('SIGKILLed mid-run, resumes from its checkpoint after the restart without redoing finished steps', async () => {

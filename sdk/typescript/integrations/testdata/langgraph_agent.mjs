@@ -35,6 +35,8 @@ async function react() {
       usage: m.usage_metadata,
     })),
   });
+  // Stays up until the test has read its counters (an ended agent's are gone) and kills it.
+  await client.recv({ max: 1, timeoutMs: 300_000 });
 }
 
 /** Takes messages until a `go` comes (the test sends it once it has seen this step start). */
