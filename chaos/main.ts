@@ -6,6 +6,9 @@
  *
  * `npm run chaos -- --nodes 3 --agents 150 --kill-node 1` (or `--partition`): the same across a cluster
  * of kernels (chaos/cluster.ts, docs/cluster.md "Chaos across nodes").
+ *
+ * `npm run chaos -- --kernel-kill --agents 50`: SIGKILL the kernel itself under load and start a new one
+ * (chaos/kernel-restart.ts, docs/restart.md): every agent keeps its pid, nothing acknowledged is lost.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { createLogUpdate } from 'log-update';
@@ -15,6 +18,7 @@ import { closeAllSwarms } from '../harness/swarm.js';
 import { CastRecorder, castToSvg } from './cast.js';
 import { runClusterChaos, type ClusterChaosResult } from './cluster.js';
 import { runChaos, type ChaosResult } from './run.js';
+import { runKernelRestart } from './kernel-restart.js';
 import {
   renderClusterFrame,
   renderClusterSummary,
@@ -59,6 +63,7 @@ const program = new Command()
   .option('--nodes <n>', 'a cluster of n kernels on etcd and NATS (docs/cluster.md): node faults', int(2))
   .option('--kill-node <k>', 'with --nodes: kill k nodes (never the collector’s) after the warm-up', int(1))
   .option('--partition', 'with --nodes: isolate one node past its lease TTL, then rejoin it')
+  .option('--kernel-kill', 'SIGKILL the kernel under load, start a new one; agents must carry on (docs/restart.md)')
   .option('--provider <kind>', 'with --nodes: processes (kernels as child processes) or docker', 'processes')
   .option(
     '--lease-ttl <s>',
@@ -88,6 +93,7 @@ const o = program.opts<{
   nodes?: number;
   killNode?: number;
   partition?: boolean;
+  kernelKill?: boolean;
   provider: string;
   leaseTtl: number;
 }>();
@@ -99,9 +105,48 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+if (o.kernelKill) await kernelKillMain();
 if (o.nodes !== undefined) await clusterMain(o.nodes);
 else if (o.killNode !== undefined || o.partition)
   program.error('--kill-node and --partition are node faults: give --nodes too');
+
+/** The kernel-restart run (--kernel-kill): progress lines on stderr, a summary, JSON; exits the process. */
+async function kernelKillMain(): Promise<never> {
+  if (o.nodes !== undefined) program.error('--kernel-kill restarts one kernel; leave out --nodes');
+  if (!['auto', 'native', 'off'].includes(o.sandbox)) program.error('--sandbox must be auto, native or off');
+  const src = (k: string) => program.getOptionValueSource(k);
+  const third = Math.max(1, Math.round(o.duration / 3));
+  try {
+    const r = await runKernelRestart({
+      agents: src('agents') === 'cli' ? o.agents : 50,
+      intervalMs: src('interval') === 'cli' ? o.interval : 50,
+      beforeS: third,
+      afterS: third,
+      downMs: 500,
+      sandbox: o.sandbox as 'auto' | 'native' | 'off',
+      fastPath: o.fastPath === true,
+      timeoutS: o.timeout,
+      log: (l) => process.stderr.write(`${l}\n`),
+    });
+    process.stdout.write(
+      [
+        `kernel SIGKILLed under ${r.agents} agents; a new kernel listened after ${r.kernel_down_ms} ms`,
+        `  agents alive while no kernel ran: ${r.alive_without_kernel}/${r.agents}`,
+        `  re-adopted with their pid:        ${r.pids_kept}/${r.agents} (all listed after ${r.readopt_ms} ms)`,
+        `  acknowledged messages:            ${r.acknowledged}, delivered ${r.delivered}, lost ${r.lost}, duplicates ${r.duplicates}`,
+        `  sent after the restart:           ${r.acknowledged_after_restart}`,
+        `  errors seen by agents' SDK calls: ${r.sdk_errors}`,
+        r.ok ? 'OK' : `FAILED: ${r.failures.join('; ')}`,
+        '',
+      ].join('\n'),
+    );
+    if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+    process.exit(r.ok ? 0 : 1);
+  } catch (e) {
+    process.stderr.write(`chaos run failed: ${(e as Error).stack ?? e}\n`);
+    process.exit(2);
+  }
+}
 
 /** The cluster run (--nodes): its own view, summary and JSON; exits the process. */
 async function clusterMain(nodes: number): Promise<never> {

@@ -54,6 +54,10 @@ export interface Daemon {
       httpFlag?: string;
       /** `--relay URL --machine-id ID --relay-token-file F`: dial that relay at start (docs/relay.md). */
       relay?: { url: string; machineId: string; tokenFile: string };
+      /** `--upgrade`: take over from the kernel running on the socket (docs/restart.md). */
+      upgrade?: boolean;
+      /** false with `--agents-die-with-kernel` (docs/restart.md). */
+      outliveKernel?: boolean;
     },
     afterStart?: (k: {
       socketPath: string;
@@ -100,6 +104,8 @@ function kernelOptions(
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
     ...(o.fastPath ? { fastPath: true } : {}),
+    ...(o.upgrade ? { upgrade: true } : {}),
+    ...(o.agentsDieWithKernel ? { outliveKernel: false } : {}),
     ...(o.http ? { httpFlag: o.http as string } : {}),
     ...relayOption(o),
     ...(o.cluster || o.nats || o.node || o.advertise || o.leaseTtl || o.clusterPrefix
@@ -213,6 +219,14 @@ export function program(daemon: Daemon): Command {
         .default('auto'),
     )
     .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
+    .option(
+      '--upgrade',
+      'take over from the kernel running on this socket: it hands its agents over and exits, this one re-adopts them (docs/restart.md)',
+    )
+    .option(
+      '--agents-die-with-kernel',
+      'sandboxed agents are killed when the kernel process dies, instead of being re-adopted by the next kernel',
+    )
     .option(
       '--http <host:port>',
       'serve the HTTP API, dashboard and /metrics there (token in <data-dir>/http-token; docs/http.md)',

@@ -47,6 +47,13 @@ export interface KernelOptions {
   sandbox: SandboxMode;
   /** `full` also survives power loss (fsync per write); `normal` survives kernel crashes. */
   durability: 'normal' | 'full';
+  /**
+   * Agents outlive the kernel process (docs/restart.md): a kernel that is SIGKILLed, crashes or hands
+   * over (SIGHUP, `clove kernel --upgrade`) leaves them running, and the next kernel on the same data dir
+   * re-adopts them. false (`--agents-die-with-kernel`): sandboxed agents are SIGKILLed with it
+   * (PR_SET_PDEATHSIG), and the next kernel starts them again.
+   */
+  outliveKernel: boolean;
   /** Extra directories put on agents' PYTHONPATH (the Python SDK's is always there). */
   pythonPath: string[];
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -112,6 +119,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     shutdownGraceMs: 5000,
     sandbox: 'auto',
     durability: 'normal',
+    outliveKernel: true,
     pythonPath: [],
     logLevel: 'info',
     agentUidBase: 200_000,

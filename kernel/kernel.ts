@@ -8,7 +8,7 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import pino from 'pino';
 import { type KernelOptions, defaultBudgets, defaultOptions, REPO_ROOT } from './config.js';
-import { AgentService } from './agents/agents.js';
+import { AgentService, survivingPids } from './agents/agents.js';
 import { AuditLog } from './audit/log.js';
 import { AsyncCalls } from './core/async.js';
 import { Op, opInfo, type OpName } from '../protocol/index.js';
@@ -255,7 +255,12 @@ export class Kernel {
       path: path.join(o.dataDir, 'state.db'),
       durability: o.durability,
     }));
-    const sandbox = (this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase, o.dataDir));
+    // Agents a dead kernel on this data dir left running: their cgroups stay, they are re-adopted below.
+    const keepPids = o.outliveKernel ? survivingPids(o.dataDir, o.durability) : new Set<number>();
+    const sandbox = (this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase, o.dataDir, {
+      outliveKernel: o.outliveKernel,
+      keepPids,
+    }));
     this.agents = new AgentService({
       supervisor: this.supervisor,
       mail: this.post,
@@ -488,6 +493,9 @@ export class Kernel {
         ...(fastPath ? { fastPath } : {}),
         log: this.log,
       });
+    // Before any agent can connect: agents a dead kernel left running are theirs again (docs/restart.md),
+    // so that their reconnecting SDKs are known agents, never strangers.
+    if (o.outliveKernel) await this.agents.adopt();
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
     await server.listen([
       remotes,
@@ -621,6 +629,41 @@ export class Kernel {
     this.post.release(id);
     this.events.drop(id);
     this.principals.forget(id);
+  }
+
+  /**
+   * Hands the agents over to the next kernel (SIGHUP, `clove kernel --upgrade`; docs/restart.md): stops
+   * accepting, closes every connection (SDKs reconnect to the next kernel) and the stores, and leaves every
+   * agent running with its cgroups, recorded for re-adoption. A clustered kernel cannot hand over: it
+   * closes as on SIGTERM.
+   */
+  detach(): Promise<void> {
+    if (this.opts.cluster || !this.opts.outliveKernel) return this.close();
+    if (!this.closing) this.closing = this.doDetach();
+    return this.closing;
+  }
+
+  private async doDetach(): Promise<void> {
+    this.tunnel?.close();
+    void this.tunnelApi?.then((a) => a.close?.()).catch(() => {});
+    this.server?.stopListening();
+    await this.supervisor.detach();
+    await this.http?.close();
+    this.server?.closeAll();
+    this.fastPath?.close();
+    await this.dispatcher?.close();
+    this.quotas?.close();
+    this.worlds?.close();
+    this.journal?.close();
+    this.store?.close();
+    this.audit?.close();
+    this.agents?.close();
+    this.logs.close();
+    this.sandbox?.detach();
+    this.log.info(
+      { agents: this.supervisor.list().filter((a) => a.proc).length },
+      'clove kernel handed over: its agents keep running for the next kernel',
+    );
   }
 
   /** Stops accepting, stops every agent gracefully, closes clients and removes the socket files. */

@@ -13,6 +13,7 @@ import {
   type KernelOptions,
 } from './config.js';
 import { KernelStartError } from './core/errors.js';
+import { takeOver } from './core/handover.js';
 import { Kernel } from './kernel.js';
 
 export { defaultOptions, REPO_ROOT };
@@ -49,12 +50,20 @@ export function logStream(format: LogFormat = 'auto'): pino.DestinationStream | 
  * (the KernelStartError's code, docs/cli.md). `afterStart` runs once it accepts connections.
  */
 export async function runKernel(
-  options: Partial<KernelOptions> & { logFormat?: LogFormat; clusterFlags?: ClusterFlags; httpFlag?: string },
+  options: Partial<KernelOptions> & {
+    logFormat?: LogFormat;
+    clusterFlags?: ClusterFlags;
+    httpFlag?: string;
+    /** Take over from the kernel running on this socket (SIGHUP hand-over, docs/restart.md). */
+    upgrade?: boolean;
+  },
   afterStart?: (k: RunningKernel) => Promise<void>,
 ): Promise<number> {
   let kernel: Kernel;
   try {
-    const { logFormat, clusterFlags, httpFlag, ...opts } = options;
+    const { logFormat, clusterFlags, httpFlag, upgrade, ...opts } = options;
+    // `clove kernel --upgrade`: the running kernel hands its agents over and exits first.
+    if (upgrade) await takeOver(opts.socketPath ?? defaultOptions().socketPath);
     const cluster = clusterFlags ? clusterOptions(clusterFlags) : undefined;
     const http = httpOption(httpFlag);
     kernel = new Kernel(
@@ -86,6 +95,17 @@ export async function runKernel(
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // A hand-over (docs/restart.md): the agents keep running; the next kernel re-adopts them.
+    process.on('SIGHUP', () => {
+      if (stopping) return;
+      stopping = true;
+      kernel.log.info({ signal: 'SIGHUP' }, 'handing over: agents keep running for the next kernel');
+      void kernel.detach().then(() => {
+        resolve(0);
+        // Watched agent processes hold the event loop (the addon's reaper): this process is done.
+        setImmediate(() => process.exit(0));
+      });
+    });
   });
   if (afterStart)
     await afterStart({

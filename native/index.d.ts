@@ -107,6 +107,12 @@ export interface NativeSpawnOptions {
    * before it existed).
    */
   seccomp?: boolean;
+  /**
+   * clove-init is started with `--outlive-kernel`: it does not ask for SIGKILL when the kernel goes
+   * (PR_SET_PDEATHSIG), so the agent survives a kernel crash or upgrade and the next kernel re-adopts it
+   * (`watchPid`). Absent reads as false.
+   */
+  outliveKernel?: boolean;
   /** setresuid/setresgid targets (setgroups to none), -1 to keep. */
   uid: number;
   gid: number;
@@ -403,6 +409,12 @@ export interface CloveNative {
    * TypeError at once. Up to 4 spawns run at the same time; more wait their turn.
    */
   spawn(options: NativeSpawnOptions): Promise<NativeChild>;
+  /**
+   * A Child for a running process that is not this process's child (an agent a dead kernel started):
+   * pidfd_open, its exit watched on the pidfd. Only its parent may reap it, so its exit comes without a
+   * status (`code` and `signal` null, `waitError` ECHILD). Throws SysError "pidfd_open" (ESRCH: gone).
+   */
+  watchPid(pid: number): NativeChild;
   /**
    * An O_PATH fd (O_CLOEXEC) of /proc/<pid>/root, or of / for pid 0; the caller owns it. With `pidNs`
    * ("pid:[…]", "" to skip) the process must still be in that PID namespace (ESRCH otherwise), read

@@ -63,6 +63,11 @@ export interface AgentServiceOptions {
   worlds?: { check(worldId: string): void; place(identity: string, worldId: string): void };
   /** An identity ended: its agent-scope keys can go (the kernel wires it to the state store). */
   onIdentityEnded?: (identity: string) => void;
+  /**
+   * An agent was re-adopted or restored under `identity` as agent `id`, before any of its connections is
+   * served: what the kernel keeps for the identity (its durable mailbox) goes to that id.
+   */
+  onIdentityBack?: (identity: string, id: number) => void;
 }
 
 /**
@@ -98,6 +103,8 @@ export class AgentService {
       durability: o.durability,
     });
     this.reserved = new Set(o.reservedNames ?? []);
+    // The ids a previous kernel's agents had stay theirs (re-adopted or restored, they keep them).
+    for (const r of this.registry.all()) if (r.agentId !== null) o.principals.reserve(r.agentId);
     // SET_PERMS (and anything else that changes an agent's rights or budgets) is persisted with it.
     o.principals.watch((id) => this.rightsChanged(id));
   }
@@ -519,7 +526,7 @@ export class AgentService {
     const row = this.rowOf(a);
     if (!row) return;
     try {
-      this.registry.setPid(row, a.pid, procStart(a.pid));
+      this.registry.setPid(row, a.pid, procStart(a.pid), a.def.id);
     } catch (e) {
       this.o.log.warn({ agent: a.def.name, err: (e as Error).message }, 'cannot record the agent pid');
     }
@@ -602,7 +609,8 @@ export class AgentService {
         'killed the processes a dead kernel left in its cgroups',
       );
     const rows = this.registry.all();
-    await Promise.all(rows.map((r) => this.killLeftover(r)));
+    // Re-adopted agents run on; what else a dead kernel left running is killed and started again.
+    await Promise.all(rows.filter((r) => !this.held.has(r.identity)).map((r) => this.killLeftover(r)));
     for (const row of rows) {
       if (this.held.has(row.identity) || this.registry.live(row.name) !== row) continue;
       const d = row.definition;
@@ -634,11 +642,68 @@ export class AgentService {
     }
   }
 
-  private restoreOne(row: IdentityRow, d: PersistedAgent): Promise<AgentRecord> {
-    const id = this.o.principals.allocate();
+  /**
+   * Kernel start-up, BEFORE the sockets listen (docs/restart.md): every agent a previous kernel on this
+   * data dir left running — the pid it recorded still names the same process — is re-adopted: listed as
+   * RUNNING under its identity, name, rights, budgets and its old agent id, its process watched without
+   * being restarted, so its SDK reconnects to an agent the kernel knows. One that cannot be re-adopted is
+   * killed and started again by `restore`. A clustered kernel re-adopts nothing (its ids are the
+   * cluster's).
+   */
+  async adopt(): Promise<void> {
+    if (this.cluster) return;
+    for (const row of this.registry.all()) {
+      const d = row.definition;
+      if (!d || !row.pid || this.held.has(row.identity) || !sameProcess(row.pid, row.pidStart)) continue;
+      try {
+        const a = await this.adoptOne(row, d, row.pid);
+        this.o.log.info(
+          { agent: row.name, identity: row.identity, id: a.def.id, pid: a.pid, parent_id: a.def.parentId },
+          'agent re-adopted: it kept running while no kernel did',
+        );
+      } catch (e) {
+        this.o.log.warn(
+          { agent: row.name, identity: row.identity, pid: row.pid, err: (e as Error).message },
+          'agent not re-adopted: it is killed and started again',
+        );
+      }
+    }
+  }
+
+  private async adoptOne(row: IdentityRow, d: PersistedAgent, pid: number): Promise<AgentRecord> {
+    const spawner = this.o.sandbox.spawner();
+    if (!spawner.adopt) throw new SpawnFailedError(`the ${spawner.kind} spawner cannot re-adopt agents`);
+    const id = this.keptId(row);
+    const def = this.restoredDef(row, d, id, d.account);
+    const proc = await spawner.adopt({ ...def, agentId: id }, pid);
+    this.o.mail.register(id, def.name);
+    this.o.principals.setRights(id, d.rights);
+    this.o.principals.setBudgets(id, budgetsIn(d.budgets, this.o.principals.defaultBudgets));
+    const a = this.o.supervisor.adopt(def, proc, procStartMs(pid) ?? Date.now());
+    this.held.set(row.identity, id);
+    this.identityBack(row.identity, id);
+    return a;
+  }
+
+  /** The agent id an identity's agent had, when no agent holds it now (else a new one). */
+  private keptId(row: IdentityRow): number {
+    const was = row.agentId;
+    if (was !== null && !this.cluster && !this.o.supervisor.get(was)) return was;
+    return this.o.principals.allocate();
+  }
+
+  private identityBack(identity: string, id: number): void {
+    try {
+      this.o.onIdentityBack?.(identity, id);
+    } catch (e) {
+      this.o.log.error({ identity, id, err: (e as Error).message }, 'cannot hand the identity its state');
+    }
+  }
+
+  /** The definition of an identity's agent as persisted, run as agent `id` (a restore or a re-adoption). */
+  private restoredDef(row: IdentityRow, d: PersistedAgent, id: number, account: Account | null): AgentDef {
     const parent = row.spawnedBy === 'operator' || row.spawnedBy === 'client' ? undefined : row.spawnedBy;
-    const account = this.o.sandbox.account(id, d.sandboxed);
-    const def: AgentDef = {
+    return {
       id,
       name: row.name,
       identity: row.identity,
@@ -661,8 +726,14 @@ export class AgentService {
       labels: d.labels ?? {},
       durable: d.durable ?? false,
     };
+  }
+
+  private async restoreOne(row: IdentityRow, d: PersistedAgent): Promise<AgentRecord> {
+    const id = this.keptId(row);
+    const account = this.o.sandbox.account(id, d.sandboxed);
+    const def = this.restoredDef(row, d, id, account);
     if (d.cwd === this.workDirOf(row.name)) this.prepareWorkDir(row.name, d.account, account);
-    return this.start(
+    const a = await this.start(
       def,
       row,
       d.rights,
@@ -670,6 +741,8 @@ export class AgentService {
       row.spawnedBy,
       d.request,
     );
+    this.identityBack(row.identity, id);
+    return a;
   }
 
   /**
@@ -888,6 +961,41 @@ function procStart(pid: number): string | null {
     return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
   } catch {
     return null;
+  }
+}
+
+/** When process `pid` started (ms since the epoch), from /proc; undefined when unknown. */
+function procStartMs(pid: number): number | undefined {
+  const ticks = Number(procStart(pid));
+  let btime: RegExpExecArray | null = null;
+  try {
+    btime = /^btime (\d+)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'));
+  } catch {
+    return undefined;
+  }
+  // USER_HZ, the unit of /proc/<pid>/stat times, is 100 on every architecture Linux supports today.
+  return btime && Number.isFinite(ticks) ? Number(btime[1]) * 1000 + ticks * 10 : undefined;
+}
+
+/** True when `pid` still names the process recorded with start time `start` (and is not a zombie). */
+function sameProcess(pid: number, start: string | null): boolean {
+  return start !== null && procStart(pid) === start && !isZombie(pid);
+}
+
+/**
+ * Pids of the agents a previous kernel on `dataDir` left running (their recorded pid still names the same
+ * process): what the sandbox keeps at start instead of emptying (NativeSpawnerOptions.keepPids), for
+ * AgentService.adopt to re-adopt.
+ */
+export function survivingPids(dataDir: string, durability?: 'normal' | 'full'): Set<number> {
+  const registry = new IdentityRegistry({ path: path.join(dataDir, 'state.db'), durability });
+  try {
+    const out = new Set<number>();
+    for (const r of registry.all())
+      if (r.definition && r.pid && sameProcess(r.pid, r.pidStart)) out.add(r.pid);
+    return out;
+  } finally {
+    registry.close();
   }
 }
 

@@ -56,6 +56,11 @@ export interface IdentityRow {
   /** Host pid and start time (/proc/<pid>/stat field 22) of its agent's latest process. */
   pid: number | null;
   pidStart: string | null;
+  /**
+   * The numeric agent id its latest process ran under (null: before ids were kept). A re-adopted agent
+   * keeps it (docs/restart.md), so peers that address it by id still reach it.
+   */
+  agentId: number | null;
 }
 
 interface Raw {
@@ -67,6 +72,7 @@ interface Raw {
   definition: string | null;
   pid: number | null;
   pid_start: string | null;
+  agent_id?: number | null;
 }
 
 export interface RegistryOptions {
@@ -95,6 +101,10 @@ export class IdentityRegistry {
         identity TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, serial INTEGER NOT NULL,
         spawned_by TEXT NOT NULL, created_at INTEGER NOT NULL, definition TEXT,
         pid INTEGER, pid_start TEXT) WITHOUT ROWID`);
+      // Added after the table existed: a data dir of an older kernel has no agent_id column yet.
+      const cols = this.db.prepare('PRAGMA table_info(agent_identity)').all() as { name: string }[];
+      if (!cols.some((c) => c.name === 'agent_id'))
+        this.db.exec('ALTER TABLE agent_identity ADD COLUMN agent_id INTEGER');
       this.stmts = {
         serial: this.db.prepare(`INSERT INTO agent_serial (name, last) VALUES (?, 1)
           ON CONFLICT (name) DO UPDATE SET last = last + 1 RETURNING last`),
@@ -103,7 +113,9 @@ export class IdentityRegistry {
         define: this.db.prepare(
           'UPDATE agent_identity SET definition = ?, spawned_by = ? WHERE identity = ?',
         ),
-        pid: this.db.prepare('UPDATE agent_identity SET pid = ?, pid_start = ? WHERE identity = ?'),
+        pid: this.db.prepare(
+          'UPDATE agent_identity SET pid = ?, pid_start = ?, agent_id = ? WHERE identity = ?',
+        ),
         end: this.db.prepare('DELETE FROM agent_identity WHERE identity = ?'),
         all: this.db.prepare('SELECT * FROM agent_identity ORDER BY created_at, serial, name'),
       };
@@ -148,6 +160,7 @@ export class IdentityRegistry {
           definition: null,
           pid: null,
           pidStart: null,
+          agentId: null,
         };
         this.stmts.insert.run({
           identity: row.identity,
@@ -169,11 +182,12 @@ export class IdentityRegistry {
     row.spawnedBy = spawnedBy;
   }
 
-  /** Records the host pid (and its start time) of the identity's current process. */
-  setPid(row: IdentityRow, pid: number, start: string | null): void {
-    this.run('record a pid', () => this.stmts.pid.run(pid, start, row.identity));
+  /** Records the host pid (and its start time) of the identity's current process, and its agent id. */
+  setPid(row: IdentityRow, pid: number, start: string | null, agentId: number): void {
+    this.run('record a pid', () => this.stmts.pid.run(pid, start, agentId, row.identity));
     row.pid = pid;
     row.pidStart = start;
+    row.agentId = agentId;
   }
 
   /** Ends an identity: its row goes (its serial is never issued again). */
@@ -205,5 +219,6 @@ function fromRaw(r: Raw): IdentityRow {
     definition,
     pid: r.pid,
     pidStart: r.pid_start,
+    agentId: r.agent_id ?? null,
   };
 }

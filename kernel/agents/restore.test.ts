@@ -1,5 +1,6 @@
 /**
- * Kernel death is survivable (issue 9): a kernel SIGKILLed and started again on the same data dir kills
+ * Kernel death is survivable (issue 9), for kernels run with `--agents-die-with-kernel`: a kernel
+ * SIGKILLed and started again on the same data dir kills
  * what its predecessor's agents left running, brings back its `always` and `on-failure` agents with
  * their identity and agent-scope state, and keeps a `never` agent's identity dormant for an operator.
  */
@@ -117,8 +118,16 @@ function writeAgent(): string {
   return script;
 }
 
+/**
+ * Kernels that do not re-adopt (`--agents-die-with-kernel`): what a dead kernel left is killed and started
+ * again. Re-adoption, the default, is kernel/agents/adopt.test.ts.
+ */
 async function start(dataDir: string, socketPath: string, extra: string[] = []) {
-  const k = await startKernelProcess({ dataDir, socketPath, extra: ['--log-level', 'info', ...extra] });
+  const k = await startKernelProcess({
+    dataDir,
+    socketPath,
+    extra: ['--log-level', 'info', '--agents-die-with-kernel', ...extra],
+  });
   running.push(k);
   return k;
 }

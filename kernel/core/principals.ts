@@ -75,6 +75,14 @@ export class Principals {
     return this.allocator ? this.allocator() : this.nextId++;
   }
 
+  /**
+   * Ids up to `id` are taken (agents a previous kernel on this data dir ran, which keep theirs when they
+   * are re-adopted or restored): `allocate` never hands them out.
+   */
+  reserve(id: number): void {
+    if (Number.isSafeInteger(id) && id >= this.nextId) this.nextId = id + 1;
+  }
+
   /** From now on ids come from `fn` (a clustered kernel: the directory's slots). */
   useAllocator(fn: () => number): void {
     this.allocator = fn;

@@ -264,6 +264,18 @@ function subtree(dir: string): string[] {
   return out;
 }
 
+/** The cgroup directories directly below `dir`. */
+function childDirs(dir: string): string[] {
+  try {
+    return fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => path.join(dir, e.name));
+  } catch {
+    return [];
+  }
+}
+
 function procsOf(dir: string): number[] {
   return (readText(path.join(dir, 'cgroup.procs')) ?? '').split('\n').filter(Boolean).map(Number);
 }
@@ -489,7 +501,18 @@ export class CgroupRoot {
   constructor(
     readonly layout: CgroupLayout,
     readonly instance: string,
+    /**
+     * The data dir's tag (8 hex digits) of a kernel whose agents outlive it: its root is named
+     * `<instance>.<tag>`, and only a kernel of the same data dir treats such a root as its own (the others
+     * leave a dead kernel's survivors alone: they wait for their own kernel). Untagged roots are anybody's.
+     */
+    readonly tag?: string,
   ) {}
+
+  /** The root's directory name in every hierarchy. */
+  get rootName(): string {
+    return this.tag ? `${this.instance}.${this.tag}` : this.instance;
+  }
 
   /** Hierarchies this spawner uses: every v1 one with a controller we want, plus v2. */
   hierarchies(): Hierarchy[] {
@@ -498,12 +521,24 @@ export class CgroupRoot {
     return [...set];
   }
 
-  /** Creates the roots. Hierarchies that cannot be written are dropped (and reported), never fatal. */
-  init(): void {
-    this.cleanStale();
+  /**
+   * Leaves of dead kernels' roots kept for re-adoption (docs/restart.md), by the pid init() was asked to
+   * keep: that agent's cgroup in each hierarchy, handed out once by `adopt`.
+   */
+  private readonly kept = new Map<number, { dirs: Map<Hierarchy, string>; rels: Map<Hierarchy, string> }>();
+  /** Stale roots left in place because they hold kept leaves: removed once empty (`pruneOld`, close). */
+  private readonly oldRoots = new Set<string>();
+
+  /**
+   * Creates the roots. Hierarchies that cannot be written are dropped (and reported), never fatal.
+   * `keep`: pids of agents a dead kernel left that this kernel re-adopts — their leaves of stale roots
+   * are not emptied (see cleanStale).
+   */
+  init(keep: ReadonlySet<number> = new Set()): void {
+    this.cleanStale(keep);
     for (const h of this.hierarchies()) {
       const base = path.join(h.ownDir, 'clove');
-      const root = path.join(base, this.instance);
+      const root = path.join(base, this.rootName);
       try {
         if (h.version === 2) this.enableV2(h, [h.ownDir, base, root]);
         else mkdir(root);
@@ -515,7 +550,7 @@ export class CgroupRoot {
           }
         }
         this.roots.set(h, root);
-        this.relRoots.set(h, path.posix.join(h.ownPath, 'clove', this.instance));
+        this.relRoots.set(h, path.posix.join(h.ownPath, 'clove', this.rootName));
       } catch (err) {
         this.problems.push(`${h.mount}: ${(err as Error).message}`);
         for (const [c, hh] of Object.entries(this.layout.controllers))
@@ -559,10 +594,11 @@ export class CgroupRoot {
    * no agent of a dead kernel runs beside the agents a new kernel starts again. A root is stale when its
    * kernel's pid is gone, when that pid now names a process that started after the root was last
    * changed (the pid was reused), or when it carries this very instance's name before this instance
-   * made it (a kernel that had the same pid, e.g. pid 1 of a container).
+   * made it (a kernel that had the same pid, e.g. pid 1 of a container). A tagged root (`tag`) of
+   * another data dir is not ours: it is removed only once empty, its processes are never signalled.
    */
-  private cleanStale(): void {
-    const stale: string[] = [];
+  private cleanStale(keep: ReadonlySet<number>): void {
+    const stale: { dir: string; h: Hierarchy }[] = [];
     // v2 first: cgroup.kill empties a whole subtree at once; the v1 hierarchies then hold nothing more.
     for (const h of this.hierarchies().sort((x, y) => y.version - x.version)) {
       const base = path.join(h.ownDir, 'clove');
@@ -573,20 +609,77 @@ export class CgroupRoot {
         continue;
       }
       for (const n of names) {
-        const m = /^(\d+)\.\d+$/.exec(n);
+        const m = /^(\d+)\.\d+(?:\.([0-9a-f]{8}))?$/.exec(n);
         const dir = path.join(base, n);
-        if (m && (n === this.instance || staleKernel(Number(m[1]), dir))) stale.push(dir);
+        if (!m || !(n === this.rootName || staleKernel(Number(m[1]), dir))) continue;
+        if (m[2] === undefined || m[2] === this.tag) stale.push({ dir, h });
+        else if (subtree(dir).flatMap(procsOf).length === 0) removeTree(dir);
+      }
+    }
+    // Leaves holding a kept pid stay as they are (limits, charges, processes): the agent is re-adopted.
+    const keptLeaves = new Set<string>();
+    if (keep.size > 0) {
+      for (const { dir, h } of stale) {
+        for (const leaf of childDirs(dir)) {
+          const pids = subtree(leaf).flatMap(procsOf);
+          const owner = pids.find((p) => keep.has(p));
+          if (owner === undefined) continue;
+          keptLeaves.add(leaf);
+          const k = this.kept.get(owner) ?? { dirs: new Map(), rels: new Map() };
+          k.dirs.set(h, leaf);
+          k.rels.set(h, path.posix.join(h.ownPath, 'clove', path.basename(dir), path.basename(leaf)));
+          this.kept.set(owner, k);
+        }
+      }
+    }
+    // What else is in a stale root goes: whole roots when nothing in them is kept, else leaf by leaf.
+    const doomed: string[] = [];
+    for (const { dir } of stale) {
+      const leaves = childDirs(dir);
+      if (!leaves.some((l) => keptLeaves.has(l))) doomed.push(dir);
+      else {
+        this.oldRoots.add(dir);
+        doomed.push(...leaves.filter((l) => !keptLeaves.has(l)));
+        for (const p of procsOf(dir)) {
+          try {
+            process.kill(p, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
       }
     }
     // A task frozen by a v1 freezer in one hierarchy gets no SIGKILL sent through another: thaw them all first.
-    for (const dir of stale) thawSubtree(dir);
+    for (const dir of doomed) thawSubtree(dir);
     const seen = new Set<number>();
-    for (const dir of stale) {
+    for (const dir of doomed) {
       const pids = killSubtree(dir).filter((p) => !seen.has(p));
       for (const p of pids) seen.add(p);
       if (pids.length) this.leftovers.push({ dir, pids });
     }
-    for (const dir of stale) removeTree(dir);
+    for (const dir of doomed) removeTree(dir);
+  }
+
+  /**
+   * The cgroup a dead kernel made for the agent whose pid init() kept, as this kernel's AgentCgroup (its
+   * limits stay as they were written); undefined when none was kept for it. Handed out once.
+   */
+  adopt(pid: number): AgentCgroup | undefined {
+    const k = this.kept.get(pid);
+    if (!k) return undefined;
+    this.kept.delete(pid);
+    const c = this.layout.controllers;
+    const has = (ctl: Controller) => c[ctl] !== undefined && k.dirs.has(c[ctl]!);
+    return new AgentCgroup(this.layout, k.dirs, k.rels, {
+      memory: has('memory'),
+      cpu: has('cpu'),
+      pids: has('pids'),
+    });
+  }
+
+  /** Removes stale roots kept for adopted agents once their last leaf is gone (rmdir fails otherwise). */
+  pruneOld(): void {
+    for (const dir of this.oldRoots) if (childDirs(dir).length === 0 && rmdir(dir)) this.oldRoots.delete(dir);
   }
 
   /** Creates an agent's cgroups and writes its limits. */
@@ -675,6 +768,7 @@ export class CgroupRoot {
 
   /** Removes this spawner's roots (agents must be gone) and the shared `clove` dir when it is empty. */
   close(): void {
+    this.pruneOld();
     for (const root of this.roots.values()) {
       removeTree(root);
       rmdir(path.dirname(root));

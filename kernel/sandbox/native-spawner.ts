@@ -73,6 +73,22 @@ export interface NativeSpawnerOptions extends Partial<SandboxPolicy> {
    * test can hold spawns in flight. Default $CLOVE_TEST_SPAWN_GATE, else none.
    */
   testGate?: string;
+  /**
+   * Sandboxed agents outlive the kernel (clove-init without PR_SET_PDEATHSIG): a kernel that dies or is
+   * upgraded leaves them running for the next one to re-adopt (`adopt`, docs/restart.md). Default false:
+   * they die with the process that spawned them.
+   */
+  outliveKernel?: boolean;
+  /**
+   * Pids of agents a dead kernel left that this spawner re-adopts: their cgroups in stale roots are kept
+   * at init() instead of being emptied (CgroupRoot.init).
+   */
+  keepPids?: ReadonlySet<number>;
+  /**
+   * The data dir's tag of the cgroup root (CgroupRoot.tag): set by a kernel whose agents outlive it, so
+   * that only a later kernel of the same data dir empties or re-adopts what its root holds.
+   */
+  rootTag?: string;
 }
 
 /** Architectures the filter is built for (native/src/seccomp.cc). */
@@ -166,6 +182,8 @@ class SandboxedAgent implements AgentProcess {
     /** The tree root is a clove-init in its own PID namespace (true) or the agent itself (false). */
     private readonly hasInit: boolean,
     readonly pidNamespace: string | undefined,
+    /** Started by a dead kernel and re-adopted by this one (NativeSpawner.adopt): not our child. */
+    private readonly adopted = false,
   ) {
     this.pid = child.pid;
     child.watch((exit) => void this.finish(exit));
@@ -253,8 +271,10 @@ class SandboxedAgent implements AgentProcess {
     const status = exit.agent ?? { code: exit.code, signal: exit.signal };
     let code = status.code;
     let signal = signalName(status.signal);
-    if (code === null && signal === null) signal = 'SIGKILL'; // reaped by someone else: assume killed
-    let reason: ExitInfo['reason'] = signal ? 'signal' : 'exit';
+    // Not our child (re-adopted from a dead kernel): only its parent knew how it ended.
+    const unknown = this.adopted && exit.waitError !== undefined && !exit.agent;
+    if (code === null && signal === null && !unknown) signal = 'SIGKILL'; // reaped by someone else: assume killed
+    let reason: ExitInfo['reason'] = unknown ? 'unknown' : signal ? 'signal' : 'exit';
     const cg = this.cgroup;
     if (cg) {
       if (!this.hasInit) await this.spawner.drainCgroup(cg);
@@ -309,10 +329,18 @@ export class NativeSpawner implements Spawner {
   /** Spawns under way (close() waits for them before it kills what is alive). */
   private readonly pending = new Set<Promise<unknown>>();
   private readonly testGate: string;
+  private readonly outliveKernel: boolean;
+  private readonly keepPids: ReadonlySet<number>;
+  private readonly rootTag?: string;
   readonly instance: string;
 
   constructor(options: NativeSpawnerOptions = {}) {
-    const { warn, seccomp, testGate, ...policy } = options;
+    const { warn, seccomp, testGate, outliveKernel, keepPids, rootTag, ...policy } = options;
+    this.outliveKernel = outliveKernel === true;
+    if (rootTag !== undefined && !/^[0-9a-f]{8}$/.test(rootTag))
+      throw new PolicyError('rootTag', 'must be 8 hex digits');
+    this.rootTag = rootTag;
+    this.keepPids = keepPids ?? new Set();
     this.policy = resolvePolicy(policy);
     this.warn = warn ?? ((m) => console.warn(m));
     if (seccomp !== undefined && typeof seccomp !== 'boolean')
@@ -386,8 +414,8 @@ export class NativeSpawner implements Spawner {
     if (this.modeValue !== 'root') this.reasons.push(`running in ${this.modeValue} mode`);
     if (isRoot || this.modeValue !== 'plain') {
       try {
-        this.cgroups = new CgroupRoot(detectHostLayout(), this.instance);
-        this.cgroups.init();
+        this.cgroups = new CgroupRoot(detectHostLayout(), this.instance, this.rootTag);
+        this.cgroups.init(this.keepPids);
         this.reasons.push(...this.cgroups.problems);
         if (this.cgroups.roots.size === 0) this.cgroups = undefined;
         else
@@ -510,6 +538,7 @@ export class NativeSpawner implements Spawner {
       cwd: s.cwd,
       stdoutFd: s.logFd,
       initPath: ns ? initHelperPath() : '',
+      outliveKernel: ns && this.outliveKernel,
       newPid: ns,
       newMount: ns,
       newUts: ns,
@@ -761,6 +790,56 @@ export class NativeSpawner implements Spawner {
     return agent;
   }
 
+  /**
+   * Re-adopts an agent a dead kernel started (docs/restart.md): `pid` is the process that kernel recorded
+   * (clove-init for a sandboxed agent, else the agent), still running. Nothing is started: its exit is
+   * watched through a pidfd (without a status: reason `unknown`), its cgroup is the one init() kept, and
+   * connections from its processes are its own again. Throws SyscallError (pidfd_open ESRCH) when it is
+   * gone.
+   */
+  async adopt(spec: Omit<SpawnSpec, 'logFd'>, pid: number): Promise<SandboxedAgent> {
+    await this.init();
+    let child: NativeChild;
+    try {
+      child = this.native!.watchPid(pid);
+    } catch (err) {
+      throw fromNative(err);
+    }
+    const ns = spec.sandboxed !== false && this.modeValue !== 'plain';
+    const pidNs = nsInode(pid);
+    const hasInit = ns && pidNs !== undefined && pidNs !== nsInode(process.pid);
+    const cg = this.cgroups?.adopt(pid);
+    const agent = new SandboxedAgent(
+      this,
+      spec.agentId,
+      child,
+      this.report({ ...spec, logFd: -1 }, ns, cg),
+      cg,
+      hasInit,
+      hasInit ? pidNs : undefined,
+      true,
+    );
+    this.live.add(agent);
+    if (cg) {
+      const h = this.cgroups!.identityHierarchy();
+      const rel = h ? cg.relPaths.get(h) : undefined;
+      if (rel) this.byCgroup.set(rel, spec.agentId);
+    }
+    if (agent.pidNamespace) this.byPidNs.set(agent.pidNamespace, spec.agentId);
+    return agent;
+  }
+
+  /**
+   * A kernel hand-over (SIGHUP, `clove kernel --upgrade`): the agents keep running and their cgroups stay
+   * for the next kernel; only this process's own resources go (the shared netns fd). No agent is signalled.
+   */
+  detach(): void {
+    if (this.netnsFd >= 0) fs.closeSync(this.netnsFd);
+    this.netnsFd = -1;
+    this.ready = false;
+    this.starting = undefined;
+  }
+
   private report(spec: SpawnSpec, ns: boolean, cg: AgentCgroup | undefined): IsolationReport {
     const netIsolated = ns && !spec.network;
     const cgroups = {
@@ -844,7 +923,10 @@ export class NativeSpawner implements Spawner {
   /** @internal Removes an agent's cgroups, retrying while the kernel still finishes tearing them down. */
   async removeCgroup(cg: AgentCgroup): Promise<void> {
     for (let i = 0; i < 200; i++) {
-      if (cg.remove()) return;
+      if (cg.remove()) {
+        this.cgroups?.pruneOld();
+        return;
+      }
       await new Promise((r) => setTimeout(r, 10));
     }
     this.warn(`clove sandbox: could not remove cgroup ${[...cg.dirs.values()].join(', ')}`);

@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { SpawnFailedError } from '../core/errors.js';
+import { loadNative } from './native.js';
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from './types.js';
 
 const NO_ISOLATION: IsolationReport = {
@@ -41,12 +42,33 @@ export class PlainSpawner implements Spawner {
         reject(new SpawnFailedError(`failed to spawn agent: ${e.code ?? ''} ${e.message}`.trim())),
       );
     });
+    return this.handle(pid, (cb) =>
+      child.once('exit', (code, signal) => cb({ code, signal, reason: signal ? 'signal' : 'exit' })),
+    );
+  }
+
+  /**
+   * Re-adopts a plain agent a dead kernel started (docs/restart.md): its exit is watched through a pidfd
+   * (the addon's watchPid), without a status (reason `unknown`). Throws when it is gone.
+   */
+  async adopt(_spec: Omit<SpawnSpec, 'logFd'>, pid: number): Promise<AgentProcess> {
+    let child;
+    try {
+      child = loadNative().watchPid(pid);
+    } catch (e) {
+      throw new SpawnFailedError(`cannot re-adopt pid ${pid}: ${(e as Error).message}`);
+    }
+    return this.handle(pid, (cb) => child.watch(() => cb({ code: null, signal: null, reason: 'unknown' })));
+  }
+
+  /** The AgentProcess of a plain agent leading process group `pid`; `watch` reports its exit once. */
+  private handle(pid: number, watch: (cb: (i: ExitInfo) => void) => void): AgentProcess {
     let exitInfo: ExitInfo | null = null;
     const listeners: ((i: ExitInfo) => void)[] = [];
-    child.once('exit', (code, signal) => {
+    watch((info) => {
       // The agent is gone: whatever it left behind in its group goes with it.
       killGroup(pid, 'SIGKILL');
-      exitInfo = { code, signal, reason: signal ? 'signal' : 'exit' };
+      exitInfo = info;
       for (const l of listeners.splice(0)) l(exitInfo);
     });
     const isolation = { ...NO_ISOLATION, degraded_reason: this.reason };

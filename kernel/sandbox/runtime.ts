@@ -3,6 +3,7 @@
  * that owns a pid, the uid an agent runs as, the spawner, and the cgroup root that metrics are confined
  * to. The agent's uid is decided here and nowhere else (`account`).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type net from 'node:net';
@@ -33,6 +34,8 @@ export interface SandboxRuntime {
   /** The cgroup of a running agent's process, when the native spawner made one. */
   cgroupOf(proc: AgentProcess | null): sandbox.AgentCgroup | undefined;
   close(): Promise<void>;
+  /** A hand-over to the next kernel: agents and their cgroups stay, nothing is signalled. */
+  detach(): void;
 }
 
 /**
@@ -44,6 +47,11 @@ export async function loadSandbox(
   log: Logger,
   uidBase: number,
   dataDir?: string,
+  /** Agents outlive the kernel; `keepPids`: those a dead kernel left, re-adopted (docs/restart.md). */
+  restart: { outliveKernel: boolean; keepPids: ReadonlySet<number> } = {
+    outliveKernel: false,
+    keepPids: new Set(),
+  },
 ): Promise<SandboxRuntime> {
   if (!sandbox.nativeAvailable()) {
     throw new KernelStartError(
@@ -72,6 +80,7 @@ export async function loadSandbox(
       cgroupRoot: () => undefined,
       cgroupOf: () => undefined,
       close: async () => {},
+      detach: () => {},
     };
   }
   const native = new sandbox.NativeSpawner({
@@ -79,6 +88,10 @@ export async function loadSandbox(
     ...(dataDir ? { privatePaths: [path.resolve(dataDir)] } : {}),
     // `--sandbox native` insists on the complete sandbox; `auto` degrades loudly (except in CI).
     ...(mode === 'native' ? { require: true } : {}),
+    outliveKernel: restart.outliveKernel,
+    keepPids: restart.keepPids,
+    // Survivors of this data dir's dead kernel wait for this data dir's next kernel, nobody else's.
+    ...(restart.outliveKernel && dataDir ? { rootTag: dataDirTag(dataDir) } : {}),
   });
   try {
     await native.init();
@@ -120,5 +133,17 @@ export async function loadSandbox(
     cgroupOf: (proc) =>
       proc && 'cgroup' in proc ? ((proc as { cgroup?: sandbox.AgentCgroup }).cgroup ?? undefined) : undefined,
     close: () => native.close(),
+    detach: () => native.detach(),
   };
+}
+
+/** 8 hex digits naming a data dir (its real path) in cgroup root names (CgroupRoot.tag). */
+export function dataDirTag(dataDir: string): string {
+  let real = path.resolve(dataDir);
+  try {
+    real = fs.realpathSync(real);
+  } catch {
+    /* not there yet: its absolute path */
+  }
+  return crypto.createHash('sha256').update(real).digest('hex').slice(0, 8);
 }

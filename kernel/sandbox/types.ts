@@ -45,8 +45,11 @@ export interface SpawnSpec {
   share?: string[];
 }
 
-/** Why an agent process ended. `oom`, `pids` and `cpu` are only reported by spawners that can tell. */
-export type ExitReason = 'exit' | 'signal' | 'oom' | 'pids' | 'cpu';
+/**
+ * Why an agent process ended. `oom`, `pids` and `cpu` are only reported by spawners that can tell;
+ * `unknown`: a re-adopted agent (started by a dead kernel) whose status only its parent could reap.
+ */
+export type ExitReason = 'exit' | 'signal' | 'oom' | 'pids' | 'cpu' | 'unknown';
 
 export interface ExitInfo {
   /** Exit status when the process exited normally, else null. */
@@ -76,4 +79,10 @@ export interface Spawner {
   ownerOf?(pid: number): number | undefined;
   /** Releases spawner-wide resources (cgroup roots, namespace fds) at kernel shutdown. */
   close?(): Promise<void>;
+  /**
+   * Re-adopts a running agent process a dead kernel started (docs/restart.md): watches `pid` without
+   * being its parent. Throws when it is gone. Spawners without it cannot re-adopt (the agent is killed
+   * and started again).
+   */
+  adopt?(spec: Omit<SpawnSpec, 'logFd'>, pid: number): Promise<AgentProcess>;
 }

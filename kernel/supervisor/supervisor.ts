@@ -155,7 +155,36 @@ export class Supervisor {
 
   /** Starts a new agent. A first start that fails is an error to the caller, not a restart loop. */
   async create(def: AgentDef): Promise<AgentRecord> {
-    const a: AgentRecord = {
+    const a = this.record(def);
+    this.enter(a);
+    try {
+      await this.launch(a);
+    } catch (e) {
+      this.leave(a);
+      this.logs.forget(def.name);
+      throw e;
+    }
+    this.feed(a, 'started');
+    return a;
+  }
+
+  /**
+   * Lists an agent whose process already runs — started by a dead kernel, re-adopted by this one
+   * (docs/restart.md) — as RUNNING since `startedAt`, exactly as if this supervisor had started it: from
+   * here on its exit is handled by its restart policy.
+   */
+  adopt(def: AgentDef, proc: AgentProcess, startedAt: number): AgentRecord {
+    const a = this.record(def);
+    this.enter(a);
+    this.attach(a, proc);
+    a.startedAt = startedAt;
+    this.logs.note(def.name, `agent re-adopted by a new kernel: pid ${proc.pid}`);
+    this.feed(a, 'started');
+    return a;
+  }
+
+  private record(def: AgentDef): AgentRecord {
+    return {
       def,
       state: 'STARTING',
       pid: 0,
@@ -173,16 +202,6 @@ export class Supervisor {
       graceMs: 5000,
       timers: {},
     };
-    this.enter(a);
-    try {
-      await this.launch(a);
-    } catch (e) {
-      this.leave(a);
-      this.logs.forget(def.name);
-      throw e;
-    }
-    this.feed(a, 'started');
-    return a;
   }
 
   private async launch(a: AgentRecord): Promise<void> {
@@ -207,6 +226,11 @@ export class Supervisor {
       this.inFlight.delete(p);
       fs.closeSync(fd);
     }
+    this.attach(a, proc);
+  }
+
+  /** `proc` is the agent's process from now on (a start, or a re-adoption). */
+  private attach(a: AgentRecord, proc: AgentProcess): void {
     a.proc = proc;
     a.pid = proc.pid;
     a.isolation = proc.isolation;
@@ -514,6 +538,17 @@ export class Supervisor {
   }
 
   /** Stops every agent (SIGTERM, SIGKILL after the grace period) and waits until all are gone. */
+  /**
+   * A hand-over to the next kernel (docs/restart.md): nothing is restarted or signalled any more, spawns
+   * under way settle, every timer stops; the agents keep running for the next kernel to re-adopt.
+   */
+  async detach(): Promise<void> {
+    this.stopping = true;
+    await this.spawnsSettled();
+    for (const a of this.list())
+      for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
+  }
+
   async shutdown(graceMs: number): Promise<void> {
     this.stopping = true;
     const waits: Promise<void>[] = [];
@@ -539,6 +574,7 @@ function exitFields(e: ExitInfo | null): Record<string, unknown> {
 
 export function describeExit(e: ExitInfo): string {
   if (e.reason === 'oom') return 'killed by the OOM killer (memory limit)';
+  if (e.reason === 'unknown') return 'ended (status unknown: started by an earlier kernel)';
   if (e.reason === 'pids') return `died at the pids limit (${e.signal ?? `exit ${e.code}`})`;
   if (e.signal) return `killed by ${e.signal}`;
   return `exit code ${e.code}`;

@@ -6,13 +6,19 @@
 // before exec'ing us), forks the agent, forwards catchable signals to every process of the namespace
 // and reports the agent's exit status on fd 3 before exiting, which tears the namespace down.
 //
-// Usage (exec'd by the addon, never by hand): clove-init [--seccomp] [--exit-token=<n>] <agent file> <agent argv...>
+// Usage (exec'd by the addon, never by hand):
+//   clove-init [--seccomp] [--outlive-kernel] [--exit-token=<n>] <agent file> <agent argv...>
 // fd 3 = status pipe to the kernel (records of native/src/plan.h). The agent file is an absolute path,
 // so options (before it) cannot be mistaken for it.
 //
 // --exit-token=<n>: fd 4 is the kernel's exit pipe, shared by every agent (the kernel keeps no fd per
 // agent, native/src/spawn.cc): fd 3 is closed once the agent runs, and the agent's exit status goes on
 // fd 4 as a kRecordExited whose err is <n>.
+//
+// --outlive-kernel: no PR_SET_PDEATHSIG. Without it clove-init (and with it the agent's namespace) is
+// SIGKILLed when the kernel thread that cloned it dies; with it the agent keeps running through a kernel
+// crash or upgrade, and the next kernel re-adopts it (docs/restart.md). Its exit record then finds no
+// reader on fd 4 (EPIPE, SIGPIPE stays blocked): the new kernel sees the exit through a pidfd.
 //
 // --seccomp: install the agents' seccomp filter (seccomp.h) before forking the agent. clove-init itself
 // runs under it too: nothing it does (signals, fork, exec, wait, write) is denied.
@@ -53,11 +59,13 @@ static char** agentArgv;
 static long exitToken = -1;
 
 // Options before the agent file; returns the argv index of the agent file, or -1 on an unknown option.
-static int ParseOptions(int argc, char** argv, bool* seccomp, long* exitToken) {
+static int ParseOptions(int argc, char** argv, bool* seccomp, bool* outlive, long* exitToken) {
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
     if (strcmp(argv[i], "--seccomp") == 0) {
       *seccomp = true;
+    } else if (strcmp(argv[i], "--outlive-kernel") == 0) {
+      *outlive = true;
     } else if (strncmp(argv[i], "--exit-token=", 13) == 0) {
       char* end = nullptr;
       *exitToken = strtol(argv[i] + 13, &end, 10);
@@ -71,7 +79,8 @@ static int ParseOptions(int argc, char** argv, bool* seccomp, long* exitToken) {
 
 int main(int argc, char** argv, char** envp) {
   bool seccomp = false;
-  const int first = ParseOptions(argc, argv, &seccomp, &exitToken);  // argv index of the agent file
+  bool outlive = false;
+  const int first = ParseOptions(argc, argv, &seccomp, &outlive, &exitToken);  // argv index of the agent file
   if (first < 0) {
     SendError("clove-init: unknown option", EINVAL);
     return 127;
@@ -81,8 +90,9 @@ int main(int argc, char** argv, char** envp) {
   agentArgv = argv + first + 1;
   // Not dumpable: the agent (same uid) may not ptrace us or forge records through our fd 3.
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  // If the kernel daemon dies, its agents die with it instead of running unsupervised.
-  prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  // Unless asked to outlive it: if the kernel daemon dies, its agents die with it instead of running
+  // unsupervised.
+  if (!outlive) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   fcntl(3, F_SETFD, FD_CLOEXEC);
   if (exitToken >= 0) fcntl(4, F_SETFD, FD_CLOEXEC);
 

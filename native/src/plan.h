@@ -71,6 +71,7 @@ struct Plan {
   bool noNewPrivs = false;
   bool dropCaps = false;
   bool seccomp = false;             // clove-init --seccomp: the agents' syscall filter (seccomp.h); needs initPath
+  bool outliveKernel = false;       // clove-init --outlive-kernel: no PR_SET_PDEATHSIG (a new kernel re-adopts it)
   int uid = -1;
   int gid = -1;
   std::vector<RlimitItem> rlimits;

@@ -105,6 +105,7 @@ Plan ParsePlan(const Napi::Object& o) {
   p.dropCaps = Bool(o, "dropCaps");
   // Absent reads as false (callers built before the field existed).
   p.seccomp = o.Get("seccomp").IsUndefined() ? false : Bool(o, "seccomp");
+  p.outliveKernel = o.Get("outliveKernel").IsUndefined() ? false : Bool(o, "outliveKernel");
   p.uid = (int)Int(o, "uid");
   p.gid = (int)Int(o, "gid");
   Napi::Value rl = o.Get("rlimits");
@@ -869,11 +870,25 @@ Napi::Object AdoptChild(Napi::Env, pid_t pid, UniqueFd pidfd, UniqueFd status, i
   return obj;
 }
 
+// watchPid(pid): a Child for a process that is NOT ours (an agent a dead kernel started, re-adopted by
+// this one): its exit is seen through a pidfd (pidfd_open works on any process), but only its parent can
+// reap it, so the exit comes without a status (waitid fails ECHILD: `waitError`, code and signal null).
+static Napi::Value WatchPid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw OptionError(env, "watchPid(pid: number)");
+  const int64_t pid = info[0].As<Napi::Number>().Int64Value();
+  if (pid <= 0 || pid > INT32_MAX) throw OptionError(env, "watchPid: pid must be a positive integer");
+  UniqueFd pidfd((int)syscall(SYS_pidfd_open, (pid_t)pid, 0));
+  if (!pidfd.Valid()) throw SysError(env, "pidfd_open", errno);
+  return AdoptChild(env, (pid_t)pid, std::move(pidfd), UniqueFd(), -1);
+}
+
 void InitSpawn(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = Child::Define(env);
   childCtor = new Napi::FunctionReference(Napi::Persistent(ctor));
   exports.Set("Child", ctor);
   exports.Set("spawn", Napi::Function::New(env, Spawn, "spawn"));
+  exports.Set("watchPid", Napi::Function::New(env, WatchPid, "watchPid"));
 }
 
 }  // namespace clove
