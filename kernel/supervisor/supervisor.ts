@@ -66,6 +66,8 @@ export interface AgentRecord {
   helloAt: number;
   lastExit: ExitInfo | null;
   lastBeat: number;
+  /** Its process was started by a dead kernel and re-adopted by this one (until it is restarted). */
+  readopted?: boolean;
   /** Calls of this agent parked in a blocking wait (RECV, POLL_EVENTS): it is waiting, not silent. */
   parked: number;
   killedBy: number | null;
@@ -178,6 +180,7 @@ export class Supervisor {
     this.enter(a);
     this.attach(a, proc);
     a.startedAt = startedAt;
+    a.readopted = true;
     this.logs.note(def.name, `agent re-adopted by a new kernel: pid ${proc.pid}`);
     this.feed(a, 'started');
     return a;
@@ -231,6 +234,7 @@ export class Supervisor {
 
   /** `proc` is the agent's process from now on (a start, or a re-adoption). */
   private attach(a: AgentRecord, proc: AgentProcess): void {
+    a.readopted = false;
     a.proc = proc;
     a.pid = proc.pid;
     a.isolation = proc.isolation;
@@ -499,7 +503,15 @@ export class Supervisor {
       case 'emit_started':
         this.hooks.event(
           'AGENT_SPAWNED',
-          { agent_id: d.id, name: d.name, pid: a.pid, parent_id: d.parentId, restart_count: a.restarts },
+          {
+            agent_id: d.id,
+            name: d.name,
+            pid: a.pid,
+            parent_id: d.parentId,
+            restart_count: a.restarts,
+            // Not started: a process a dead kernel started, re-adopted by this one (docs/restart.md).
+            ...(a.readopted ? { readopted: true } : {}),
+          },
           0,
         );
         return;
