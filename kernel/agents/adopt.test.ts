@@ -21,7 +21,7 @@ import type { CloveClient } from '../../sdk/typescript/client.js';
 import { CgroupRoot, detectHostLayout } from '../sandbox/cgroups.js';
 
 /**
- * Answers every message with what only this very process knows: how many it answered so far (memory a
+ * Takes an extra name (REGISTER `<name>-alias`), then answers every message with what only this very process knows: how many it answered so far (memory a
  * restart would reset) and its agent id. Transport errors (its kernel is gone) are retried: the SDK
  * reconnects on the next call.
  */
@@ -30,6 +30,7 @@ import os, time
 from clove_sdk import CloveClient
 
 c = CloveClient(timeout=30)
+assert c.register_name(os.environ["CLOVE_AGENT_NAME"] + "-alias")["success"]
 answered = 0
 while True:
     try:
@@ -143,6 +144,8 @@ describe.each(['auto', 'off'])('agents outlive a SIGKILLed kernel (sandbox %s)',
     // The same process, with its memory: its counter goes on.
     const k = await ping(op2, 'keeper');
     expect(k).toMatchObject({ answered: 2, id: before.keeper.id, from: before.keeper.id });
+    // The name it took with REGISTER is its own again.
+    expect(await ping(op2, 'keeper-alias')).toMatchObject({ answered: 3, from: before.keeper.id });
     expect(k2.stderr().match(/agent re-adopted/g)?.length).toBe(2);
 
     // The dead one came back by policy, under its old id, as a new process.

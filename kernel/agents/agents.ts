@@ -506,6 +506,33 @@ export class AgentService {
   }
 
   /**
+   * REGISTER succeeded: an agent's extra name is kept with its identity, so that it holds it again when
+   * a kernel restart re-adopts or restores it (docs/restart.md). Never throws.
+   */
+  registered(caller: Caller, name: string): void {
+    if (caller.role !== 'agent') return;
+    const a = this.o.supervisor.get(caller.id);
+    const row = a && this.rowOf(a);
+    if (!a || !row || name === a.def.name) return;
+    try {
+      this.registry.addName(row, name);
+    } catch (e) {
+      this.o.log.warn({ agent: a.def.name, name, err: (e as Error).message }, 'cannot persist a name');
+    }
+  }
+
+  /** Names an identity's agent REGISTERed, taken again for agent `id` after a restart (failures logged). */
+  private takeNames(row: IdentityRow, id: number): void {
+    for (const n of row.names) {
+      try {
+        this.o.mail.register(id, n);
+      } catch (e) {
+        this.o.log.warn({ agent: row.name, name: n, err: (e as Error).message }, 'name not taken again');
+      }
+    }
+  }
+
+  /**
    * REGISTER: throws name_taken when `name` is reserved against the caller (docs/protocol.md §2):
    * configured names, live operator-spawned agents' names and dormant identities' names are never
    * registered by anybody but their own agent.
@@ -681,6 +708,7 @@ export class AgentService {
     this.o.principals.setBudgets(id, budgetsIn(d.budgets, this.o.principals.defaultBudgets));
     const a = this.o.supervisor.adopt(def, proc, procStartMs(pid) ?? Date.now());
     this.held.set(row.identity, id);
+    this.takeNames(row, id);
     this.identityBack(row.identity, id);
     return a;
   }
@@ -741,6 +769,7 @@ export class AgentService {
       row.spawnedBy,
       d.request,
     );
+    this.takeNames(row, id);
     this.identityBack(row.identity, id);
     return a;
   }

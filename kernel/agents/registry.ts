@@ -61,6 +61,8 @@ export interface IdentityRow {
    * keeps it (docs/restart.md), so peers that address it by id still reach it.
    */
   agentId: number | null;
+  /** Names its agent took with REGISTER (besides its own): they come back with it after a kernel restart. */
+  names: string[];
 }
 
 interface Raw {
@@ -73,6 +75,7 @@ interface Raw {
   pid: number | null;
   pid_start: string | null;
   agent_id?: number | null;
+  names?: string | null;
 }
 
 export interface RegistryOptions {
@@ -105,6 +108,8 @@ export class IdentityRegistry {
       const cols = this.db.prepare('PRAGMA table_info(agent_identity)').all() as { name: string }[];
       if (!cols.some((c) => c.name === 'agent_id'))
         this.db.exec('ALTER TABLE agent_identity ADD COLUMN agent_id INTEGER');
+      if (!cols.some((c) => c.name === 'names'))
+        this.db.exec('ALTER TABLE agent_identity ADD COLUMN names TEXT');
       this.stmts = {
         serial: this.db.prepare(`INSERT INTO agent_serial (name, last) VALUES (?, 1)
           ON CONFLICT (name) DO UPDATE SET last = last + 1 RETURNING last`),
@@ -117,6 +122,7 @@ export class IdentityRegistry {
           'UPDATE agent_identity SET pid = ?, pid_start = ?, agent_id = ? WHERE identity = ?',
         ),
         end: this.db.prepare('DELETE FROM agent_identity WHERE identity = ?'),
+        names: this.db.prepare('UPDATE agent_identity SET names = ? WHERE identity = ?'),
         all: this.db.prepare('SELECT * FROM agent_identity ORDER BY created_at, serial, name'),
       };
       for (const r of this.stmts.all.all() as Raw[]) this.byName.set(r.name, fromRaw(r));
@@ -161,6 +167,7 @@ export class IdentityRegistry {
           pid: null,
           pidStart: null,
           agentId: null,
+          names: [],
         };
         this.stmts.insert.run({
           identity: row.identity,
@@ -188,6 +195,14 @@ export class IdentityRegistry {
     row.pid = pid;
     row.pidStart = start;
     row.agentId = agentId;
+  }
+
+  /** Records a name the identity's agent REGISTERed (once). */
+  addName(row: IdentityRow, name: string): void {
+    if (row.names.includes(name)) return;
+    const names = [...row.names, name];
+    this.run('record a name', () => this.stmts.names.run(JSON.stringify(names), row.identity));
+    row.names = names;
   }
 
   /** Ends an identity: its row goes (its serial is never issued again). */
@@ -220,5 +235,15 @@ function fromRaw(r: Raw): IdentityRow {
     pid: r.pid,
     pidStart: r.pid_start,
     agentId: r.agent_id ?? null,
+    names: namesOf(r.names),
   };
+}
+
+function namesOf(text: string | null | undefined): string[] {
+  try {
+    const v: unknown = text ? JSON.parse(text) : [];
+    return Array.isArray(v) ? v.filter((n): n is string => typeof n === 'string') : [];
+  } catch {
+    return [];
+  }
 }

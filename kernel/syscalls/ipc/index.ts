@@ -119,6 +119,7 @@ export default defineFamily(({ services }) => {
             throw e;
           }
         } else mail.register(caller.id, req.name, principals.budgets(caller.id).names);
+        services.agents.registered(caller, req.name);
         return { success: true, agent_id: caller.id, name: req.name };
       },
       SEND: ({ caller }, req) => {
