@@ -161,8 +161,7 @@ export async function runKernelRestart(o: KernelRestartOptions): Promise<KernelR
     op.close();
     await sleep(o.downMs);
     const aliveWithout = [...before.values()].filter(alive).length;
-    if (aliveWithout !== o.agents)
-      failures.push(`${o.agents - aliveWithout} agent(s) died with the kernel`);
+    if (aliveWithout !== o.agents) failures.push(`${o.agents - aliveWithout} agent(s) died with the kernel`);
 
     kp = await startKernelProcess({ socketPath, dataDir, extra });
     const kernelDownMs = Date.now() - killedAt;
@@ -172,7 +171,9 @@ export async function runKernelRestart(o: KernelRestartOptions): Promise<KernelR
     try {
       await until(
         async () => {
-          after = new Map((await op.list()).filter((a) => names.includes(a.name)).map((a) => [a.name, a.pid]));
+          after = new Map(
+            (await op.list()).filter((a) => names.includes(a.name)).map((a) => [a.name, a.pid]),
+          );
           return names.every((n) => after.get(n) === before.get(n));
         },
         timeoutMs,
@@ -194,10 +195,11 @@ export async function runKernelRestart(o: KernelRestartOptions): Promise<KernelR
     try {
       await until(
         () => {
-          for (const n of names) if (!summaries.has(n)) {
-            const s = summaryOf(dataDir, n);
-            if (s) summaries.set(n, s);
-          }
+          for (const n of names)
+            if (!summaries.has(n)) {
+              const s = summaryOf(dataDir, n);
+              if (s) summaries.set(n, s);
+            }
           return summaries.size === names.length;
         },
         timeoutMs,
@@ -229,7 +231,9 @@ export async function runKernelRestart(o: KernelRestartOptions): Promise<KernelR
     const lost = acknowledged - delivered;
     if (lost > 0) failures.push(`${lost} acknowledged message(s) lost`);
     if (stalled.length > 0)
-      failures.push(`${stalled.length} agent(s) sent nothing after the restart: ${stalled.slice(0, 5).join(', ')}`);
+      failures.push(
+        `${stalled.length} agent(s) sent nothing after the restart: ${stalled.slice(0, 5).join(', ')}`,
+      );
     if (sdkErrors > 0) failures.push(`${sdkErrors} error(s) seen by the agents' SDK callers`);
     const result: KernelRestartResult = {
       ok: false,

@@ -63,7 +63,10 @@ const program = new Command()
   .option('--nodes <n>', 'a cluster of n kernels on etcd and NATS (docs/cluster.md): node faults', int(2))
   .option('--kill-node <k>', 'with --nodes: kill k nodes (never the collector’s) after the warm-up', int(1))
   .option('--partition', 'with --nodes: isolate one node past its lease TTL, then rejoin it')
-  .option('--kernel-kill', 'SIGKILL the kernel under load, start a new one; agents must carry on (docs/restart.md)')
+  .option(
+    '--kernel-kill',
+    'SIGKILL the kernel under load, start a new one; agents must carry on (docs/restart.md)',
+  )
   .option('--provider <kind>', 'with --nodes: processes (kernels as child processes) or docker', 'processes')
   .option(
     '--lease-ttl <s>',

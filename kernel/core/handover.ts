@@ -17,9 +17,7 @@ async function listenerPid(file: string): Promise<number> {
     const s = net.connect(file);
     s.once('connect', () => resolve(s));
     s.once('error', (e: NodeJS.ErrnoException) =>
-      reject(
-        new KernelStartError(`--upgrade: no kernel answers on ${file} (${e.code ?? e.message})`, 6),
-      ),
+      reject(new KernelStartError(`--upgrade: no kernel answers on ${file} (${e.code ?? e.message})`, 6)),
     );
   });
   try {
@@ -41,7 +39,8 @@ function alive(pid: number): boolean {
 /** SIGHUPs the kernel listening on `socketPath` and resolves once that process is gone. */
 export async function takeOver(socketPath: string): Promise<number> {
   const pid = await listenerPid(socketPath);
-  if (pid === process.pid) throw new KernelStartError('--upgrade: the kernel on the socket is this process', 4);
+  if (pid === process.pid)
+    throw new KernelStartError('--upgrade: the kernel on the socket is this process', 4);
   try {
     process.kill(pid, 'SIGHUP');
   } catch (e) {
