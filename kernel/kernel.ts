@@ -279,6 +279,7 @@ export class Kernel {
         check: (id) => this.worlds!.check(id),
         place: (identity, id) => this.worlds!.place(identity, id),
       },
+      events: this.events,
       onIdentityEnded: (identity) => {
         this.worlds?.identityEnded(identity);
         store.dropAgentNamespace(identity);

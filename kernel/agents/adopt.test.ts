@@ -31,6 +31,7 @@ from clove_sdk import CloveClient
 
 c = CloveClient(timeout=30)
 assert c.register_name(os.environ["CLOVE_AGENT_NAME"] + "-alias")["success"]
+assert c.subscribe(["tick"])["success"]
 answered = 0
 while True:
     try:
@@ -40,7 +41,10 @@ while True:
         continue
     answered += 1
     try:
-        c.send_message({"answered": answered, "id": int(os.environ["CLOVE_AGENT_ID"])}, to=m["from"])
+        reply = {"answered": answered, "id": int(os.environ["CLOVE_AGENT_ID"])}
+        if m["message"] == "events":
+            reply["events"] = [e.get("data") for e in c.poll_events().get("events", [])]
+        c.send_message(reply, to=m["from"])
     except Exception:
         pass
 `;
@@ -80,9 +84,13 @@ async function start(dataDir: string, socketPath: string, sandbox: string): Prom
 }
 
 /** Sends `to` a ping and returns its answer. */
-async function ping(c: CloveClient, to: string): Promise<{ answered: number; id: number; from: number }> {
+async function ping(
+  c: CloveClient,
+  to: string,
+  body?: unknown,
+): Promise<{ answered: number; id: number; from: number; events?: unknown[] }> {
   for (let i = 0; ; i++) {
-    const sent = await c.send(to, { ping: i });
+    const sent = await c.send(to, body ?? { ping: i });
     expect(sent.success).toBe(true);
     const r = await c.recv({ max: 1, timeoutMs: 10_000 });
     if (r.messages.length) {
@@ -144,8 +152,11 @@ describe.each(['auto', 'off'])('agents outlive a SIGKILLed kernel (sandbox %s)',
     // The same process, with its memory: its counter goes on.
     const k = await ping(op2, 'keeper');
     expect(k).toMatchObject({ answered: 2, id: before.keeper.id, from: before.keeper.id });
-    // The name it took with REGISTER is its own again.
+    // The name it took with REGISTER is its own again, and so are its event subscriptions.
     expect(await ping(op2, 'keeper-alias')).toMatchObject({ answered: 3, from: before.keeper.id });
+    await op2.emit('tick', { n: 1 });
+    const ev = await ping(op2, 'keeper', 'events');
+    expect(ev.events).toEqual([expect.objectContaining({ n: 1 })]);
     expect(k2.stderr().match(/agent re-adopted/g)?.length).toBe(2);
 
     // The dead one came back by policy, under its old id, as a new process.

@@ -68,6 +68,8 @@ export interface AgentServiceOptions {
    * served: what the kernel keeps for the identity (its durable mailbox) goes to that id.
    */
   onIdentityBack?: (identity: string, id: number) => void;
+  /** The event bus: an agent's persisted subscriptions are made again when a kernel restart brings it back. */
+  events?: { subscribe(id: number, topics: string[]): void };
 }
 
 /**
@@ -521,7 +523,26 @@ export class AgentService {
     }
   }
 
-  /** Names an identity's agent REGISTERed, taken again for agent `id` after a restart (failures logged). */
+  /**
+   * SUBSCRIBE or UNSUBSCRIBE succeeded: an agent's topics (all of them, `topics`) are kept with its
+   * identity, so that it is subscribed again when a kernel restart brings it back. Never throws.
+   */
+  subscriptionsChanged(caller: Caller, topics: string[]): void {
+    if (caller.role !== 'agent') return;
+    const a = this.o.supervisor.get(caller.id);
+    const row = a && this.rowOf(a);
+    if (!a || !row) return;
+    try {
+      this.registry.setTopics(row, topics);
+    } catch (e) {
+      this.o.log.warn({ agent: a.def.name, err: (e as Error).message }, 'cannot persist subscriptions');
+    }
+  }
+
+  /**
+   * What an identity's agent held besides its process, given back to agent `id` after a kernel restart:
+   * the names it REGISTERed and its event subscriptions (failures logged).
+   */
   private takeNames(row: IdentityRow, id: number): void {
     for (const n of row.names) {
       try {
@@ -529,6 +550,12 @@ export class AgentService {
       } catch (e) {
         this.o.log.warn({ agent: row.name, name: n, err: (e as Error).message }, 'name not taken again');
       }
+    }
+    if (row.topics.length === 0) return;
+    try {
+      this.o.events?.subscribe(id, row.topics);
+    } catch (e) {
+      this.o.log.warn({ agent: row.name, err: (e as Error).message }, 'subscriptions not made again');
     }
   }
 

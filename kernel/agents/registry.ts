@@ -63,6 +63,8 @@ export interface IdentityRow {
   agentId: number | null;
   /** Names its agent took with REGISTER (besides its own): they come back with it after a kernel restart. */
   names: string[];
+  /** Event topics its agent SUBSCRIBEd to: they come back with it after a kernel restart. */
+  topics: string[];
 }
 
 interface Raw {
@@ -76,6 +78,7 @@ interface Raw {
   pid_start: string | null;
   agent_id?: number | null;
   names?: string | null;
+  topics?: string | null;
 }
 
 export interface RegistryOptions {
@@ -110,6 +113,8 @@ export class IdentityRegistry {
         this.db.exec('ALTER TABLE agent_identity ADD COLUMN agent_id INTEGER');
       if (!cols.some((c) => c.name === 'names'))
         this.db.exec('ALTER TABLE agent_identity ADD COLUMN names TEXT');
+      if (!cols.some((c) => c.name === 'topics'))
+        this.db.exec('ALTER TABLE agent_identity ADD COLUMN topics TEXT');
       this.stmts = {
         serial: this.db.prepare(`INSERT INTO agent_serial (name, last) VALUES (?, 1)
           ON CONFLICT (name) DO UPDATE SET last = last + 1 RETURNING last`),
@@ -123,6 +128,7 @@ export class IdentityRegistry {
         ),
         end: this.db.prepare('DELETE FROM agent_identity WHERE identity = ?'),
         names: this.db.prepare('UPDATE agent_identity SET names = ? WHERE identity = ?'),
+        topics: this.db.prepare('UPDATE agent_identity SET topics = ? WHERE identity = ?'),
         all: this.db.prepare('SELECT * FROM agent_identity ORDER BY created_at, serial, name'),
       };
       for (const r of this.stmts.all.all() as Raw[]) this.byName.set(r.name, fromRaw(r));
@@ -168,6 +174,7 @@ export class IdentityRegistry {
           pidStart: null,
           agentId: null,
           names: [],
+          topics: [],
         };
         this.stmts.insert.run({
           identity: row.identity,
@@ -205,6 +212,12 @@ export class IdentityRegistry {
     row.names = names;
   }
 
+  /** Records the event topics the identity's agent is subscribed to (all of them). */
+  setTopics(row: IdentityRow, topics: string[]): void {
+    this.run('record subscriptions', () => this.stmts.topics.run(JSON.stringify(topics), row.identity));
+    row.topics = [...topics];
+  }
+
   /** Ends an identity: its row goes (its serial is never issued again). */
   end(row: IdentityRow): void {
     this.run('end an identity', () => this.stmts.end.run(row.identity));
@@ -236,6 +249,7 @@ function fromRaw(r: Raw): IdentityRow {
     pidStart: r.pid_start,
     agentId: r.agent_id ?? null,
     names: namesOf(r.names),
+    topics: namesOf(r.topics),
   };
 }
 

@@ -22,12 +22,15 @@ export default defineFamily(({ services }) => {
         const t = topics(req);
         if (!t?.length) throw new InvalidRequestError('No events specified', { subscribed: [] });
         events.subscribe(caller.id, t);
+        services.agents.subscriptionsChanged(caller, events.topics(caller.id));
         return { success: true, subscribed: t };
       },
       UNSUBSCRIBE: ({ caller }, req) => {
         const t = topics(req);
         if (!req.all && !t?.length) throw new InvalidRequestError('No events specified');
-        return { success: true, unsubscribed: events.unsubscribe(caller.id, req.all ? null : t!) };
+        const unsubscribed = events.unsubscribe(caller.id, req.all ? null : t!);
+        if (unsubscribed.length) services.agents.subscriptionsChanged(caller, events.topics(caller.id));
+        return { success: true, unsubscribed };
       },
       POLL_EVENTS: async (ctx, req) => {
         const id = ctx.caller.id;
