@@ -43,6 +43,12 @@ export function unixTransport(path: string): Transport {
     });
 }
 
+/** CLOVE_RECONNECT_WINDOW_MS, else 30 s (ClientOptions.reconnectWindowMs). */
+function windowFromEnv(): number {
+  const v = Number(process.env.CLOVE_RECONNECT_WINDOW_MS);
+  return process.env.CLOVE_RECONNECT_WINDOW_MS !== undefined && Number.isFinite(v) && v >= 0 ? v : 30_000;
+}
+
 export interface ClientOptions {
   /** Defaults to $CLOVE_SOCKET, else /tmp/clove.sock. */
   socketPath?: string;
@@ -51,6 +57,14 @@ export interface ClientOptions {
   reconnect?: boolean;
   reconnectAttempts?: number;
   reconnectDelayMs?: number;
+  /**
+   * How long a dropped connection (the kernel restarting: docs/restart.md) is retried before calls fail
+   * (default $CLOVE_RECONNECT_WINDOW_MS, else 30000; 0: calls in flight fail at once, as before). Within
+   * it, requests written but not answered and calls made meanwhile are kept and sent again, in order, on
+   * the new connection: callers just get their answer later. At least once: a request the old kernel
+   * executed but did not answer is executed again.
+   */
+  reconnectWindowMs?: number;
   /** Per-call timeout in ms (0: none; the default). A timed-out connection is closed: replies are ordered. */
   timeoutMs?: number;
   maxPayload?: number;
@@ -85,6 +99,8 @@ class PushQueue<T> {
 
 interface Pending {
   op: number;
+  /** The request as written: written again after a reconnect. */
+  frame?: Buffer;
   resolve: (v: Buffer) => void;
   reject: (e: Error) => void;
   timer?: NodeJS.Timeout;
@@ -108,6 +124,14 @@ export class CloveClient {
   private corked: Duplex | null = null;
   /** Keys of the journaled steps open on the current connection, innermost last (docs/durable.md). */
   private steps: string[] = [];
+  /** When the current outage began (the connection dropped, calls kept for the window); 0: none. */
+  private outageSince = 0;
+  /** HELLO was said: said again on a new connection (the kernel counts the agent ready from it). */
+  private helloSaid = false;
+  /** Topics subscribed and names registered on this client: made again on a new connection. */
+  private readonly topics = new Set<string>();
+  private readonly names = new Set<string>();
+  private readonly reconnectHooks: (() => void)[] = [];
 
   constructor(options: ClientOptions = {}) {
     this.transport =
@@ -116,6 +140,7 @@ export class CloveClient {
       reconnect: options.reconnect ?? true,
       reconnectAttempts: options.reconnectAttempts ?? 20,
       reconnectDelayMs: options.reconnectDelayMs ?? 50,
+      reconnectWindowMs: options.reconnectWindowMs ?? windowFromEnv(),
       timeoutMs: options.timeoutMs ?? 0,
       maxPayload: options.maxPayload ?? 256 * 1024 * 1024,
     };
@@ -140,24 +165,80 @@ export class CloveClient {
 
   private async open(): Promise<Duplex> {
     let last: Error | null = null;
+    // In an outage: until the window ends (the kernel restarts); else a few attempts.
+    const deadline = this.outageSince ? this.outageSince + this.opts.reconnectWindowMs : 0;
     const attempts = this.everConnected && this.opts.reconnect ? this.opts.reconnectAttempts : 1;
-    for (let i = 0; i < attempts; i++) {
+    for (let i = 0; deadline ? Date.now() < deadline && !this.closed : i < attempts; i++) {
       try {
         const s = await this.transport();
+        if (this.closed) {
+          s.destroy();
+          break;
+        }
         this.attach(s);
         this.everConnected = true;
-        // A new connection pushes nothing until asked: ask again first thing (its reply is not awaited).
-        if (this.pushMode.messages || this.pushMode.events) {
-          this.pending.push({ op: Op.HELLO, resolve: () => {}, reject: () => {} });
-          this.write(s, encodeFrame(0, Op.HELLO, { push: this.pushMode }));
-        }
+        this.carryOver(s);
         return s;
       } catch (e) {
         last = e as Error;
-        await new Promise((r) => setTimeout(r, Math.min(this.opts.reconnectDelayMs * 2 ** i, 2000)));
+        const pause = Math.min(this.opts.reconnectDelayMs * 2 ** Math.min(i, 16), deadline ? 500 : 2000);
+        await new Promise((r) => setTimeout(r, pause));
       }
     }
-    throw new ConnectionClosedError(`cannot connect to the Clove kernel: ${last?.message}`);
+    const err = new ConnectionClosedError(
+      deadline
+        ? `the connection to the Clove kernel dropped and could not be opened again within ${this.opts.reconnectWindowMs} ms: ${last?.message ?? 'client closed'}`
+        : `cannot connect to the Clove kernel: ${last?.message}`,
+    );
+    if (deadline) {
+      this.outageSince = 0;
+      this.rejectAll(err);
+    }
+    throw err;
+  }
+
+  /**
+   * A new connection: what the old one had asked for first (push, HELLO, subscriptions, names; their
+   * replies are not awaited), then the requests kept from an outage, in their order.
+   */
+  private carryOver(s: Duplex): void {
+    const outage = this.outageSince > 0;
+    this.outageSince = 0;
+    const held = this.pending.splice(0);
+    const internal = (op: number, body: unknown): void => {
+      this.pending.push({ op, resolve: () => {}, reject: () => {} });
+      this.write(s, encodeFrame(0, op, body));
+    };
+    // A new connection pushes nothing until asked: ask again first thing.
+    if (this.pushMode.messages || this.pushMode.events) internal(Op.HELLO, { push: this.pushMode });
+    else if (outage && this.helloSaid) internal(Op.HELLO, {});
+    if (outage) {
+      if (this.topics.size) internal(Op.SUBSCRIBE, { event_types: [...this.topics] });
+      for (const n of this.names) internal(Op.REGISTER, { name: n });
+    }
+    for (const p of held) {
+      this.pending.push(p);
+      if (p.frame) this.write(s, p.frame);
+    }
+    if (outage)
+      for (const cb of this.reconnectHooks)
+        try {
+          cb();
+        } catch {
+          /* a hook's failure is its own */
+        }
+  }
+
+  /** Called after each reconnection that ended an outage (calls kept meanwhile are being sent again). */
+  onReconnect(cb: () => void): void {
+    this.reconnectHooks.push(cb);
+  }
+
+  private rejectAll(err: Error): void {
+    for (const p of this.pending.splice(0)) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
   }
 
   private attach(s: Duplex): void {
@@ -251,10 +332,23 @@ export class CloveClient {
     if (this.sock !== s) return;
     this.sock = null;
     s.destroy();
-    for (const p of this.pending.splice(0)) {
-      clearTimeout(p.timer);
-      p.reject(err);
+    // The kernel went away (a restart, docs/restart.md): calls are kept and sent again on a new
+    // connection within the window — unless a journaled step was open (its calls must not move).
+    const outage =
+      err instanceof ConnectionClosedError &&
+      !(err instanceof TimeoutError) &&
+      !this.closed &&
+      this.opts.reconnect &&
+      this.opts.reconnectWindowMs > 0 &&
+      this.everConnected &&
+      this.steps.length === 0;
+    if (outage) {
+      this.outageSince ||= Date.now();
+      // Reconnect now, not at the next call: the kept calls are waiting.
+      void this.ensure().catch(() => undefined);
+      return;
     }
+    this.rejectAll(err);
     if (!this.opts.reconnect) this.closed = true;
   }
 
@@ -270,19 +364,25 @@ export class CloveClient {
     }
     const s = await this.ensure();
     return new Promise<Buffer>((resolve, reject) => {
-      const p: Pending = { op, resolve, reject };
+      const frame = encodeFrame(0, op, payload);
+      const p: Pending = { op, resolve, reject, frame };
       if (this.opts.timeoutMs > 0) {
-        p.timer = setTimeout(
-          () =>
-            this.drop(
-              s,
-              new TimeoutError(`no reply to opcode 0x${op.toString(16)} within ${this.opts.timeoutMs} ms`),
-            ),
-          this.opts.timeoutMs,
-        );
+        p.timer = setTimeout(() => {
+          const err = new TimeoutError(
+            `no reply to opcode 0x${op.toString(16)} within ${this.opts.timeoutMs} ms`,
+          );
+          // Replies are ordered: a connection with a late reply is closed. Kept in an outage: just this call.
+          if (this.sock) this.drop(this.sock, err);
+          else {
+            const i = this.pending.indexOf(p);
+            if (i >= 0) this.pending.splice(i, 1);
+            reject(err);
+          }
+        }, this.opts.timeoutMs);
       }
       this.pending.push(p);
-      this.write(s, encodeFrame(0, op, payload));
+      // In an outage (the socket is gone again since ensure()): written when the next connection opens.
+      if (this.sock === s) this.write(s, frame);
     });
   }
 
@@ -331,6 +431,7 @@ export class CloveClient {
 
   // --- core ---------------------------------------------------------------------------------------
   hello(): Promise<T.HelloReply> {
+    this.helloSaid = true;
     return this.syscall('HELLO', {});
   }
   async echo(data: string | Buffer): Promise<string> {
@@ -369,6 +470,7 @@ export class CloveClient {
 
   // --- IPC ------------------------------------------------------------------------------------------
   register(name: string): Promise<Replies['REGISTER']> {
+    this.names.add(name);
     return this.syscall('REGISTER', { name });
   }
   send(to: T.Target, message: unknown): Promise<Replies['SEND']> {
@@ -452,9 +554,12 @@ export class CloveClient {
 
   // --- events ---------------------------------------------------------------------------------------
   subscribe(events: string[]): Promise<Replies['SUBSCRIBE']> {
+    for (const e of events) this.topics.add(e);
     return this.syscall('SUBSCRIBE', { event_types: events });
   }
   unsubscribe(events: string[] | 'all'): Promise<Replies['UNSUBSCRIBE']> {
+    if (events === 'all') this.topics.clear();
+    else for (const e of events) this.topics.delete(e);
     return this.syscall('UNSUBSCRIBE', events === 'all' ? { all: true } : { event_types: events });
   }
   pollEvents(opts: { max?: number; timeoutMs?: number } = {}): Promise<T.PollEventsReply> {
@@ -690,6 +795,7 @@ export class CloveClient {
     this.closed = true;
     const s = this.sock;
     if (s) this.drop(s, new ConnectionClosedError('client closed'));
+    else this.rejectAll(new ConnectionClosedError('client closed'));
     this.pushed.message.end();
     this.pushed.event.end();
   }

@@ -10,6 +10,11 @@ Errors:
   ``timeout``, or the byte stream is broken — always raise (:class:`ConnectionClosedError`,
   :class:`TimeoutError`, :class:`ProtocolError`). Afterwards the client is disconnected; the next call
   reconnects.
+* Except a kernel restart: when a connection that was open drops, a call is sent again on a new
+  connection for up to ``reconnect_window`` seconds (default ``$CLOVE_RECONNECT_WINDOW_MS``, else 30 s;
+  0 turns it off) before :class:`ConnectionClosedError` is raised. HELLO, subscriptions and names are
+  made again on the new connection. At least once: a request the old kernel executed but did not
+  answer is executed again (docs/restart.md).
 * Error *replies* of the kernel are returned as the reply dict (``{"success": False, "error": …,
   "code": …}``), as the public SDK does. With ``CloveClient(strict=True)``, or ``check=True`` on a single
   call, they are raised as the :class:`KernelError` subclass of their ``code`` instead
@@ -83,6 +88,15 @@ def _given(**fields: Any) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _window_from_env() -> float:
+    """``$CLOVE_RECONNECT_WINDOW_MS`` in seconds, else 30."""
+    try:
+        ms = float(os.environ.get("CLOVE_RECONNECT_WINDOW_MS", "30000"))
+    except ValueError:
+        ms = 30000.0
+    return max(0.0, ms) / 1000.0
+
+
 def _ms(seconds: float) -> int:
     return max(0, int(round(seconds * 1000)))
 
@@ -108,8 +122,20 @@ class CloveClient:
         *,
         strict: bool = False,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        reconnect_window: float | None = None,
+        on_reconnect: Callable[[], Any] | None = None,
     ) -> None:
         self.socket_path = socket_path or default_socket_path()
+        #: seconds a dropped connection is retried before a call fails (kernel restarts, docs/restart.md)
+        self.reconnect_window = _window_from_env() if reconnect_window is None else max(0.0, reconnect_window)
+        #: called after each reconnection that ended an outage
+        self.on_reconnect = on_reconnect
+        self._ever_connected = False
+        self._outage = False
+        self._restoring = False
+        self._hello_said = False
+        self._topics: set[str] = set()
+        self._names: list[str] = []
         self.timeout = timeout
         self.strict = strict
         self.max_payload = max_payload
@@ -173,11 +199,62 @@ class CloveClient:
             self._decoder.reset()
             self._pending.clear()
             self._reader_error = None
-            if self._push_mode["messages"] or self._push_mode["events"]:
-                # a new connection pushes nothing until asked: ask again, then read again if a callback wants it
-                self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()})
-                if self._callbacks:
-                    self._start_reader()
+            again, self._ever_connected = self._ever_connected, True
+            self._restoring = True
+            try:
+                if self._push_mode["messages"] or self._push_mode["events"]:
+                    # a new connection pushes nothing until asked: ask again, then read again if a callback wants it
+                    self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()})
+                    if self._callbacks:
+                        self._start_reader()
+                elif again and self._hello_said:
+                    self.call_json(SyscallOp.SYS_HELLO, {})
+                if again and self._topics:
+                    self.call_json(SyscallOp.SYS_SUBSCRIBE, {"event_types": sorted(self._topics)})
+                for name in self._names if again else []:
+                    self.call_json(SyscallOp.SYS_REGISTER, {"name": name})
+            finally:
+                self._restoring = False
+            if self._outage:
+                self._outage = False
+                if self.on_reconnect is not None:
+                    self.on_reconnect()
+
+    def _may_retry(self, e: BaseException) -> bool:
+        """A dropped connection is retried (a kernel restart) unless turned off, never opened, inside a
+        reconnection, or inside a journaled step (its calls must not move to another connection)."""
+        return (
+            isinstance(e, ConnectionClosedError)
+            and not isinstance(e, TimeoutError)
+            and not getattr(e, "no_retry", False)
+            and self.reconnect_window > 0
+            and self._ever_connected
+            and not self._restoring
+            and not self._steps
+        )
+
+    def _reconnect_after(self, e: ConnectionClosedError) -> None:
+        """Opens the connection again within the window (raises the last failure after it)."""
+        since, attempt = time.monotonic(), 0
+        while True:
+            self._wait_out(e, since, attempt)
+            try:
+                self._connect()
+                return
+            except ConnectionClosedError as again:
+                e = again
+                attempt += 1
+
+    def _wait_out(self, e: ConnectionClosedError, since: float, attempt: int) -> None:
+        """One pause of the reconnection after ``e``; raises once the window since ``since`` is over."""
+        left = since + self.reconnect_window - time.monotonic()
+        if left <= 0:
+            raise ConnectionClosedError(
+                f"{e} (the kernel could not be reached again within {self.reconnect_window:g} s)"
+            ) from e
+        self._outage = True
+        self.disconnect()
+        time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
 
     def disconnect(self) -> None:
         """Closes the connection (idempotent)."""
@@ -222,10 +299,12 @@ class CloveClient:
                 # The kernel closed the steps with the old connection: a call on a new one would run
                 # outside them, unjournaled. The step's code must stop here (run again, it replays).
                 lost, self._steps = self._steps, []
-                raise ConnectionClosedError(
+                err = ConnectionClosedError(
                     f"the connection to the kernel closed inside journaled step(s) {lost}: calls on a new "
                     "connection would not be journaled; leave the step and run it again (it replays)"
                 )
+                err.no_retry = True  # type: ignore[attr-defined]
+                raise err
             self._connect()
             data = encode_frame(opcode, payload, self._agent_id, max_payload=self.max_payload)
             assert self._sock is not None
@@ -346,7 +425,22 @@ class CloveClient:
 
     def call(self, opcode: int, payload: bytes | str = b"", *, wait: float = 0.0) -> Frame:
         """Sends one request and returns its reply frame. ``wait`` is how long the kernel was asked to
-        hold the reply; it is added to the client's timeout."""
+        hold the reply; it is added to the client's timeout. A connection that drops is opened again and
+        the request sent again, for up to ``reconnect_window`` seconds."""
+        with self._lock:
+            since, attempt = 0.0, 0
+            while True:
+                try:
+                    return self._call_once(opcode, payload, wait)
+                except ConnectionClosedError as e:
+                    if not self._may_retry(e):
+                        raise
+                    if attempt == 0:
+                        since = time.monotonic()
+                    self._wait_out(e, since, attempt)
+                    attempt += 1
+
+    def _call_once(self, opcode: int, payload: bytes | str, wait: float) -> Frame:
         with self._lock:
             self.send(opcode, payload)
             timeout = None if self.timeout is None else self.timeout + max(0.0, wait)
@@ -426,8 +520,13 @@ class CloveClient:
                     continue
                 if self._sock is None:
                     return
-                if not self._read_some(deadline, idle_ok=True):
-                    return
+                try:
+                    if not self._read_some(deadline, idle_ok=True):
+                        return
+                except ConnectionClosedError as e:
+                    if not self._may_retry(e):
+                        raise
+                    self._reconnect_after(e)
 
     def messages(self, timeout: float | None = None):
         """A blocking iterator over the messages the kernel pushes (opts in on first use):
@@ -521,6 +620,7 @@ class CloveClient:
         ``agent_id``, ``role`` and ``name`` on the client."""
         reply = self.call_json(SyscallOp.SYS_HELLO, {}, check=check)
         if isinstance(reply, dict) and reply.get("success") is not False:
+            self._hello_said = True
             self.hello_info = reply
             if isinstance(reply.get("agent_id"), int):
                 self._agent_id = reply["agent_id"]
@@ -678,7 +778,10 @@ class CloveClient:
 
     def register_name(self, name: str, *, check: bool | None = None) -> dict:
         """REGISTER an extra name for this connection: ``success, agent_id, name``."""
-        return self.call_json(SyscallOp.SYS_REGISTER, {"name": name}, check=check)
+        reply = self.call_json(SyscallOp.SYS_REGISTER, {"name": name}, check=check)
+        if isinstance(reply, dict) and reply.get("success") and name not in self._names:
+            self._names.append(name)
+        return reply
 
     register = register_name
 
@@ -860,7 +963,10 @@ class CloveClient:
         """SUBSCRIBE to event types (e.g. ``["AGENT_SPAWNED", "AGENT_EXITED"]``)."""
         if isinstance(event_types, str):
             event_types = [event_types]
-        return self.call_json(SyscallOp.SYS_SUBSCRIBE, {"event_types": list(event_types)}, check=check)
+        reply = self.call_json(SyscallOp.SYS_SUBSCRIBE, {"event_types": list(event_types)}, check=check)
+        if isinstance(reply, dict) and reply.get("success"):
+            self._topics.update(event_types)
+        return reply
 
     def unsubscribe(
         self, event_types: list[str] | str | None = None, all: bool = False, *, check: bool | None = None  # noqa: A002
@@ -873,6 +979,10 @@ class CloveClient:
             payload["event_types"] = [event_types] if isinstance(event_types, str) else list(event_types)
         if not payload:
             raise ValueError("give event_types or all=True")
+        if all:
+            self._topics.clear()
+        else:
+            self._topics.difference_update(payload["event_types"])
         return self.call_json(SyscallOp.SYS_UNSUBSCRIBE, payload, check=check)
 
     def poll_events(

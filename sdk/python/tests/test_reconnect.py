@@ -1,0 +1,89 @@
+"""The SDK rides through a kernel restart (docs/restart.md): within ``reconnect_window`` a call whose
+connection drops is sent again on a new connection, after HELLO, subscriptions and names are made again;
+after the window it fails with ConnectionClosedError; a window of 0 fails at once. Real kernels, SIGKILLed
+and started again on the same socket and data dir."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from clove_sdk import CloveClient
+from clove_sdk.errors import ConnectionClosedError
+
+pytestmark = pytest.mark.integration
+
+
+def _crash(kernel) -> None:
+    kernel.proc.kill()
+    kernel.proc.wait(timeout=10)
+
+
+def test_a_blocked_recv_and_later_calls_ride_through_a_kernel_restart(kernel):
+    reconnects: list[float] = []
+    c = CloveClient(kernel.socket, timeout=30, on_reconnect=lambda: reconnects.append(time.monotonic()))
+    assert c.connect()
+    kernel.clients.append(c)
+    assert c.hello()["success"]
+    assert c.register_name("py-waiter")["success"]
+    assert c.subscribe(["tick"])["success"]
+
+    got: dict = {}
+
+    def blocked() -> None:
+        try:
+            got["reply"] = c.recv_messages(max_messages=1, timeout=20)
+        except Exception as e:  # noqa: BLE001 - the test asserts there is none
+            got["error"] = e
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    time.sleep(0.2)
+    _crash(kernel)
+    time.sleep(0.3)
+    kernel.start()
+
+    other = kernel.client()
+    # The SDK reconnects within half a second; until it has, its name is not known to the new kernel.
+    deadline = time.monotonic() + 10
+    while not other.send_message({"after": "restart"}, to_name="py-waiter").get("success"):
+        assert time.monotonic() < deadline, "the name never came back"
+        time.sleep(0.1)
+    t.join(timeout=30)
+    assert "error" not in got, got
+    assert [m["message"] for m in got["reply"]["messages"]] == [{"after": "restart"}]
+    assert len(reconnects) == 1
+    # Its subscriptions were made again: an event emitted now reaches it.
+    assert other.emit_event("tick", {"n": 1})["success"]
+    events = c.poll_events(max_events=10, timeout=5)["events"]
+    assert any((e.get("data") or {}).get("n") == 1 for e in events), events
+    # Later calls just work.
+    assert c.echo("still here") == "still here"
+
+
+def test_a_kernel_that_does_not_come_back_fails_the_call_after_the_window(kernel):
+    c = CloveClient(kernel.socket, timeout=30, reconnect_window=1.0)
+    assert c.connect()
+    kernel.clients.append(c)
+    assert c.hello()["success"]
+    _crash(kernel)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionClosedError, match="within 1 s"):
+        c.recv_messages(max_messages=1, timeout=5)
+    assert time.monotonic() - t0 >= 0.9
+
+
+def test_window_zero_fails_at_once(kernel):
+    c = CloveClient(kernel.socket, timeout=30, reconnect_window=0)
+    assert c.connect()
+    kernel.clients.append(c)
+    assert c.hello()["success"]
+    _crash(kernel)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionClosedError):
+        c.recv_messages(max_messages=1, timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    # the next call reconnects, as before
+    kernel.start()
+    assert c.echo("back") == "back"
