@@ -58,6 +58,8 @@ export interface Daemon {
       upgrade?: boolean;
       /** false with `--agents-die-with-kernel` (docs/restart.md). */
       outliveKernel?: boolean;
+      /** `--mail-durability` (docs/restart.md). */
+      mailDurability?: 'process' | 'off';
     },
     afterStart?: (k: {
       socketPath: string;
@@ -106,6 +108,7 @@ function kernelOptions(
     ...(o.fastPath ? { fastPath: true } : {}),
     ...(o.upgrade ? { upgrade: true } : {}),
     ...(o.agentsDieWithKernel ? { outliveKernel: false } : {}),
+    ...(o.mailDurability ? { mailDurability: o.mailDurability as 'process' | 'off' } : {}),
     ...(o.http ? { httpFlag: o.http as string } : {}),
     ...relayOption(o),
     ...(o.cluster || o.nats || o.node || o.advertise || o.leaseTtl || o.clusterPrefix
@@ -222,6 +225,14 @@ export function program(daemon: Daemon): Command {
     .option(
       '--upgrade',
       'take over from the kernel running on this socket: it hands its agents over and exits, this one re-adopts them (docs/restart.md)',
+    )
+    .addOption(
+      new Option(
+        '--mail-durability <mode>',
+        "process: agents' queued messages are written to <data-dir>/mail.db and survive a kernel crash; off: memory only",
+      )
+        .choices(['process', 'off'])
+        .default('process'),
     )
     .option(
       '--agents-die-with-kernel',

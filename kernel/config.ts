@@ -54,6 +54,11 @@ export interface KernelOptions {
    * (PR_SET_PDEATHSIG), and the next kernel starts them again.
    */
   outliveKernel: boolean;
+  /**
+   * `process` (default): messages queued for agents are written through to mail.db and survive a kernel
+   * crash (docs/restart.md); `off`: held in memory only. The fast path's mailboxes are never written.
+   */
+  mailDurability: 'process' | 'off';
   /** Extra directories put on agents' PYTHONPATH (the Python SDK's is always there). */
   pythonPath: string[];
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -120,6 +125,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     sandbox: 'auto',
     durability: 'normal',
     outliveKernel: true,
+    mailDurability: 'process',
     pythonPath: [],
     logLevel: 'info',
     agentUidBase: 200_000,

@@ -22,6 +22,7 @@ import { describeNofile, raiseNofileLimit } from './core/rlimits.js';
 import { claimSocketPath, Server, UnixTransport } from './core/server.js';
 import { EventBus } from './events/bus.js';
 import { PostOffice, QueuedBytes, reachableState, type Mail } from './ipc/mailboxes.js';
+import { DurableMail } from './ipc/mail-store.js';
 import { createNativeMail, type NativePostOffice } from './ipc/native-mail.js';
 import { MetricsService } from './metrics/service.js';
 import { agentCgroupMetrics } from './metrics/cgroup.js';
@@ -103,6 +104,8 @@ export class Kernel {
   readonly log: pino.Logger;
   readonly agentSocketPath: string;
   private readonly post: Mail;
+  /** Without the fast path (and unless --mail-durability off): the same object as `post`. */
+  private durableMail?: DurableMail;
   /** With the fast path: the same object as `post`, over the native store the reactor serves from. */
   private readonly nativeMail?: NativePostOffice;
   /** Whether some observer must see every call in JavaScript (log_syscalls, recording): no fast calls then. */
@@ -171,7 +174,9 @@ export class Kernel {
       this.events = new EventBus(budgets, native.eventBytes);
     } else {
       const queued = new QueuedBytes(this.opts.maxQueuedBytes);
-      this.post = new PostOffice(budgets, queued);
+      const post = new PostOffice(budgets, queued);
+      // Agents' messages written through to state.db, so that a kernel crash loses none (docs/restart.md).
+      this.post = this.opts.mailDurability === 'off' ? post : (this.durableMail = new DurableMail(post));
       this.events = new EventBus(budgets, queued);
     }
     // First, so that the logs directory (0700) does not create it 0700: agents of other uids must be
@@ -257,6 +262,14 @@ export class Kernel {
     }));
     // Agents a dead kernel on this data dir left running: their cgroups stay, they are re-adopted below.
     const keepPids = o.outliveKernel ? survivingPids(o.dataDir, o.durability) : new Set<number>();
+    this.durableMail?.open({
+      // A file of its own: its transactions span a connection's batch of frames, and must never hold
+      // the write lock of state.db (the registry and the state store write there in the same batch).
+      path: path.join(o.dataDir, 'mail.db'),
+      durability: o.durability,
+      identityOf: (id) => this.agents?.identityOf(id),
+      log: this.log,
+    });
     const sandbox = (this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase, o.dataDir, {
       outliveKernel: o.outliveKernel,
       keepPids,
@@ -280,7 +293,12 @@ export class Kernel {
         place: (identity, id) => this.worlds!.place(identity, id),
       },
       events: this.events,
+      onIdentityBack: (identity, id) => {
+        const n = this.durableMail?.restoreFor(identity, id) ?? 0;
+        if (n) this.log.info({ identity, id, messages: n }, 'queued messages given back');
+      },
       onIdentityEnded: (identity) => {
+        this.durableMail?.identityEnded(identity);
         this.worlds?.identityEnded(identity);
         store.dropAgentNamespace(identity);
         this.quotas?.identityEnded(identity);
@@ -304,6 +322,9 @@ export class Kernel {
       log: this.log,
     });
     const swept = this.journal.sweep(this.agents.liveIdentities());
+    const orphanMail = this.durableMail?.prune(this.agents.liveIdentities()) ?? 0;
+    if (orphanMail)
+      this.log.info({ messages: orphanMail }, 'dropped stored messages of identities that ended');
     if (swept) this.log.info({ steps: swept }, 'journal: dropped the steps of ended identities');
     // Quotas: usage counted by the kernel, CPU and memory read from each agent's cgroup (else its process).
     const quotaService = (this.quotas = new QuotaService({
@@ -656,6 +677,7 @@ export class Kernel {
     this.quotas?.close();
     this.worlds?.close();
     this.journal?.close();
+    this.durableMail?.close();
     this.store?.close();
     this.audit?.close();
     this.agents?.close();
@@ -690,6 +712,7 @@ export class Kernel {
     this.quotas?.close();
     this.worlds?.close();
     this.journal?.close();
+    this.durableMail?.close();
     this.store?.close();
     this.audit?.close();
     this.agents?.close();

@@ -11,6 +11,7 @@
 import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
 import type { ConnStream } from './native-socket.js';
 import type { Principal } from './principals.js';
+import { writeScope } from './write-scope.js';
 
 export type Reply = Buffer | string | object;
 
@@ -162,7 +163,8 @@ export class Connection {
     this.socket.cork();
     this.corked = 0;
     try {
-      this.serve();
+      // Messages the batch queued for agents are committed to the store before its replies leave.
+      writeScope(() => this.serve());
     } finally {
       this.corked = -1;
       this.socket.uncork();
