@@ -104,11 +104,18 @@ function procsOf(root: number): Proc[] {
 
 const alive = (p: Proc) => startOf(p.pid) === p.start;
 
-/** The cgroup roots a kernel (a child of this process, so in the same cgroups) made, `<own>/clove/<pid>.0`. */
+/**
+ * The cgroup roots a kernel (a child of this process, so in the same cgroups) made,
+ * `<own>/clove/<pid>.0.<data dir tag>`.
+ */
 function cgroupRootsOf(kernelPid: number): string[] {
   const layout = detectHostLayout();
   const hs = [...(layout.v2 ? [layout.v2] : []), ...layout.v1];
-  return hs.map((h) => path.join(h.ownDir, 'clove', `${kernelPid}.0`)).filter((d) => fs.existsSync(d));
+  return hs.flatMap((h) => {
+    const base = path.join(h.ownDir, 'clove');
+    const names = fs.existsSync(base) ? fs.readdirSync(base) : [];
+    return names.filter((n) => n.startsWith(`${kernelPid}.0.`)).map((n) => path.join(base, n));
+  });
 }
 
 /** The agent script, in a directory of its own (not above the data dir: it is shared with the agent). */

@@ -502,9 +502,9 @@ export class CgroupRoot {
     readonly layout: CgroupLayout,
     readonly instance: string,
     /**
-     * The data dir's tag (8 hex digits) of a kernel whose agents outlive it: its root is named
-     * `<instance>.<tag>`, and only a kernel of the same data dir treats such a root as its own (the others
-     * leave a dead kernel's survivors alone: they wait for their own kernel). Untagged roots are anybody's.
+     * The data dir's tag (8 hex digits) of a kernel: its root is named `<instance>.<tag>`, and only a
+     * kernel of the same data dir treats such a root as its own (the others leave a dead kernel's
+     * leftovers alone: they wait for their own kernel). Untagged roots are anybody's.
      */
     readonly tag?: string,
   ) {}

@@ -85,8 +85,8 @@ export interface NativeSpawnerOptions extends Partial<SandboxPolicy> {
    */
   keepPids?: ReadonlySet<number>;
   /**
-   * The data dir's tag of the cgroup root (CgroupRoot.tag): set by a kernel whose agents outlive it, so
-   * that only a later kernel of the same data dir empties or re-adopts what its root holds.
+   * The data dir's tag of the cgroup root (CgroupRoot.tag): set by a kernel, so that only a later kernel
+   * of the same data dir empties or re-adopts what its root holds.
    */
   rootTag?: string;
 }

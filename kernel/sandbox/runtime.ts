@@ -90,8 +90,9 @@ export async function loadSandbox(
     ...(mode === 'native' ? { require: true } : {}),
     outliveKernel: restart.outliveKernel,
     keepPids: restart.keepPids,
-    // Survivors of this data dir's dead kernel wait for this data dir's next kernel, nobody else's.
-    ...(restart.outliveKernel && dataDir ? { rootTag: dataDirTag(dataDir) } : {}),
+    // What this data dir's dead kernel left is for this data dir's next kernel to re-adopt or kill,
+    // nobody else's (a kernel of another data dir starting meanwhile leaves it alone).
+    ...(dataDir ? { rootTag: dataDirTag(dataDir) } : {}),
   });
   try {
     await native.init();
