@@ -260,6 +260,7 @@ export class AgentService {
       ready: a.proc !== null && a.helloAt > 0,
       labels: a.def.labels,
       ...(a.def.durable ? { durable: true } : {}),
+      ...(a.def.standby ? { standby: this.o.supervisor.standbyOf(a) } : {}),
       ...(forOperator ? { log_file: this.o.logs.file(a.def.name) } : {}),
     };
   }
@@ -368,6 +369,7 @@ export class AgentService {
       share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
       labels: { ...(req.labels ?? {}) },
       durable: req.durable,
+      standby: req.standby,
     };
     // What would spawn it again (another node, or a scaled service's next replica): the request as
     // run here, its script's path absolute, its rights made explicit.
@@ -660,6 +662,7 @@ export class AgentService {
       share: d.share,
       labels: d.labels ?? {},
       durable: d.durable ?? false,
+      standby: d.standby,
     };
     if (d.cwd === this.workDirOf(row.name)) this.prepareWorkDir(row.name, d.account, account);
     return this.start(
@@ -862,6 +865,7 @@ function persisted(
     account: def.account,
     labels: def.labels,
     durable: def.durable,
+    ...(def.standby ? { standby: def.standby } : {}),
     ...(request ? { request } : {}),
   };
 }

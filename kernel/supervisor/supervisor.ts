@@ -7,6 +7,7 @@ import { SpawnFailedError, InvalidStateError, KernelError } from '../core/errors
 import type { AgentLogs } from './logs.js';
 import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../sandbox/types.js';
+import { StandbyPool, type StandbyInfo } from './standby.js';
 
 export type RestartPolicyName = 'never' | 'on-failure' | 'always';
 
@@ -48,6 +49,8 @@ export interface AgentDef extends Omit<SpawnSpec, 'agentId' | 'logFd'> {
   labels: Record<string, string>;
   /** SPAWN `durable` (docs/durable.md): its processes run in the journaled step `@run`; opaque here. */
   durable?: boolean;
+  /** SPAWN `standby` (docs/supervision.md "Warm standby"): 1 keeps a parked process ready (standby.ts). */
+  standby?: number;
 }
 
 export interface AgentRecord {
@@ -104,11 +107,20 @@ export class Supervisor {
   private startWaiters = new Map<number, (() => void)[]>();
   /** Set by shutdown(): nothing is restarted any more. */
   private stopping = false;
+  /** Warm standbys of the agents that asked for one (standby.ts). */
+  private readonly standbys: StandbyPool;
 
   constructor(
     private readonly logs: AgentLogs,
     private readonly hooks: SupervisorHooks,
-  ) {}
+  ) {
+    this.standbys = new StandbyPool(logs, hooks);
+  }
+
+  /** LIST `standby` of an agent (undefined: it did not ask for one). */
+  standbyOf(a: AgentRecord): StandbyInfo | undefined {
+    return this.standbys.info(a);
+  }
 
   get(id: number): AgentRecord | undefined {
     return this.agents.get(id);
@@ -187,6 +199,13 @@ export class Supervisor {
 
   private async launch(a: AgentRecord): Promise<void> {
     const d = a.def;
+    // A parked standby is promoted in place of a new process (a restart all the same: counted, backoff kept).
+    const warm = this.standbys.take(a);
+    if (warm) {
+      this.logs.note(d.name, `promoting the warm standby (pid ${warm.pid})`);
+      this.adopt(a, warm);
+      return;
+    }
     let fd: number;
     try {
       fd = this.logs.open(d.name);
@@ -207,6 +226,11 @@ export class Supervisor {
       this.inFlight.delete(p);
       fs.closeSync(fd);
     }
+    this.adopt(a, proc);
+  }
+
+  /** `proc` becomes the agent's current process: from here on its pid is the agent's. */
+  private adopt(a: AgentRecord, proc: AgentProcess): void {
     a.proc = proc;
     a.pid = proc.pid;
     a.isolation = proc.isolation;
@@ -322,6 +346,12 @@ export class Supervisor {
   private apply(a: AgentRecord, ev: Event, next: State, actions: Action[]): void {
     a.state = next;
     for (const act of actions) this.run(a, act, ev);
+    // Warm standby: one is prepared whenever the agent runs, and goes when the agent is being stopped.
+    if (a.def.standby) {
+      if (a.state === 'RUNNING' && ev === 'started') this.standbys.prepare(a);
+      else if (a.state === 'STOPPING' || a.state === 'STOPPED' || a.state === 'FAILED')
+        this.standbys.discard(a.def.id);
+    }
     if (a.state === 'RUNNING' || a.state === 'STOPPED' || a.state === 'FAILED')
       for (const w of this.startWaiters.get(a.def.id)?.splice(0) ?? []) w();
   }
@@ -527,7 +557,7 @@ export class Supervisor {
       }
     }
     await this.spawnsSettled();
-    await Promise.all(waits);
+    await Promise.all([...waits, this.standbys.close()]);
     for (const a of this.list())
       for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
   }

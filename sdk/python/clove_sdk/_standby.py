@@ -1,0 +1,49 @@
+"""Warm standby launcher (docs/supervision.md "Warm standby"): ``python -m clove_sdk._standby SCRIPT ARGS...``.
+
+The kernel starts this in place of ``python SCRIPT ARGS...`` for an agent spawned with ``standby: 1``: the
+same spawner, sandbox, environment and working directory as a restart would get. It imports the SDK
+(the costly part of a Python agent's start), then parks: SIGUSR1 is blocked and waited for with
+``sigwait``. The kernel sees it parked (SIGUSR1 in the blocked set of a process whose command line names
+this module) and, when the agent's process dies, promotes it with SIGUSR1: the signal mask is restored
+and SCRIPT runs as ``__main__`` with ``sys.argv == [SCRIPT, ARGS...]`` and ``sys.path[0]`` its directory,
+as ``python SCRIPT`` would have. It never connects to the kernel before it is promoted.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+
+
+def _park() -> None:
+    sig = {signal.SIGUSR1}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sig)
+    # Parked: the kernel polls /proc for SIGUSR1 in our blocked set, so a promotion can never be lost
+    # (a SIGUSR1 sent from now on stays pending until sigwait takes it).
+    signal.sigwait(sig)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.stderr.write("usage: python -m clove_sdk._standby SCRIPT [ARGS...]\n")
+        sys.exit(2)
+    script = sys.argv[1]
+    # What any agent imports first: the whole SDK (client, protocol, errors).
+    import clove_sdk  # noqa: F401
+    import clove_sdk.client  # noqa: F401
+
+    _park()
+    sys.argv = sys.argv[1:]
+    here = os.path.dirname(os.path.abspath(script))
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path[0] = here
+    else:
+        sys.path.insert(0, here)
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
