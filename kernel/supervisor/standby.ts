@@ -2,7 +2,8 @@
  * Warm standby (docs/supervision.md "Warm standby"; issue 17 §2). For an agent spawned with `standby: 1`
  * the pool keeps one more process of it parked before the agent's code runs: the same spawner, sandbox,
  * account, env and cwd as a restart would get, with argv `[python, -m, clove_sdk._standby, script, ...]`.
- * The launcher imports the SDK, blocks SIGUSR1 and waits for it; the pool sees it parked in /proc. When
+ * The launcher imports the SDK, blocks SIGUSR1 (and SIGUSR2 as a marker) and waits; the pool sees it
+ * parked in /proc. When
  * the supervisor starts the agent again (a crash answered by the restart policy, or RESTART) it takes
  * the parked process instead of spawning one and sends it SIGUSR1: the script runs as `__main__`.
  * Then a new standby is prepared. The kernel maps the standby's pid to the agent only at promotion
@@ -38,7 +39,8 @@ interface Slot {
 /** How often a starting standby is checked for being parked, and for how long. */
 const POLL_MS = 2;
 const PARK_TIMEOUT_MS = 30_000;
-const SIGUSR1_BIT = 1n << 9n; // signal 10, bit 9 of SigBlk
+/** SIGUSR2 (12, bit 11 of SigBlk): blocked together with SIGUSR1 by the launcher as its parked marker. */
+const MARK_BIT = 1n << 11n;
 
 export const STANDBY_MODULE = 'clove_sdk._standby';
 
@@ -52,7 +54,10 @@ export function standbyArgv(argv: readonly string[]): string[] | { note: string 
   return [exe, '-m', STANDBY_MODULE, script, ...rest];
 }
 
-/** True when a process of the tree of `root` is the launcher, parked (SIGUSR1 blocked). */
+/**
+ * True when a process of the tree of `root` is the launcher, parked. Linux lifts the mask of the signals
+ * sigwait waits for while it waits, so the mark is SIGUSR2, blocked in the same call as SIGUSR1.
+ */
 export function parkedIn(root: number): boolean {
   const todo = [root];
   for (let n = 0; todo.length > 0 && n < 64; n++) {
@@ -61,7 +66,7 @@ export function parkedIn(root: number): boolean {
       const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
       if (cmd.includes(STANDBY_MODULE)) {
         const m = /^SigBlk:\s*([0-9a-f]+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
-        if (m && (BigInt(`0x${m[1]}`) & SIGUSR1_BIT) !== 0n) return true;
+        if (m && (BigInt(`0x${m[1]}`) & MARK_BIT) !== 0n) return true;
       }
       for (const t of fs.readdirSync(`/proc/${pid}/task`))
         for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'latin1').split(' '))

@@ -3,8 +3,8 @@
 The kernel starts this in place of ``python SCRIPT ARGS...`` for an agent spawned with ``standby: 1``: the
 same spawner, sandbox, environment and working directory as a restart would get. It imports the SDK
 (the costly part of a Python agent's start), then parks: SIGUSR1 is blocked and waited for with
-``sigwait``. The kernel sees it parked (SIGUSR1 in the blocked set of a process whose command line names
-this module) and, when the agent's process dies, promotes it with SIGUSR1: the signal mask is restored
+``sigwait``. The kernel sees it parked (SIGUSR2, blocked with it as a marker, in the blocked set of a process
+whose command line names this module) and, when the agent's process dies, promotes it with SIGUSR1: the signal mask is restored
 and SCRIPT runs as ``__main__`` with ``sys.argv == [SCRIPT, ARGS...]`` and ``sys.path[0]`` its directory,
 as ``python SCRIPT`` would have. It never connects to the kernel before it is promoted.
 """
@@ -18,11 +18,11 @@ import sys
 
 
 def _park() -> None:
-    sig = {signal.SIGUSR1}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sig)
-    # Parked: the kernel polls /proc for SIGUSR1 in our blocked set, so a promotion can never be lost
-    # (a SIGUSR1 sent from now on stays pending until sigwait takes it).
-    signal.sigwait(sig)
+    # SIGUSR1 (the promotion) and SIGUSR2 (the marker) are blocked at once. Linux unblocks the signals
+    # sigwait waits for while it waits, so the kernel looks for the marker: SIGUSR2 in our blocked set
+    # (/proc/PID/status SigBlk) means SIGUSR1 is blocked or waited for, and a promotion cannot be lost.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})
+    signal.sigwait({signal.SIGUSR1})
     signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
