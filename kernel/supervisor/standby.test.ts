@@ -60,12 +60,22 @@ for (const sandbox of ['auto', 'off'] as const) {
       fs.writeFileSync(script, AGENT, { mode: 0o644 });
       const op = await k.client();
       await op.hello();
-      const r = await op.spawn({ name: 'warm', script, args: ['x', 'y'], restart_policy: 'on-failure', standby: 1 });
+      const r = await op.spawn({
+        name: 'warm',
+        script,
+        args: ['x', 'y'],
+        restart_policy: 'on-failure',
+        standby: 1,
+      });
       expect(r.success).toBe(true);
-      const first = await until(async () => {
-        const a = await info(op, 'warm');
-        return a.standby?.ready && a.ready ? a : undefined;
-      }, 20_000, 'standby ready');
+      const first = await until(
+        async () => {
+          const a = await info(op, 'warm');
+          return a.standby?.ready && a.ready ? a : undefined;
+        },
+        20_000,
+        'standby ready',
+      );
       const standbyPid = first.standby!.pid;
       expect(standbyPid).toBeGreaterThan(0);
       expect(standbyPid).not.toBe(first.pid);
@@ -74,20 +84,28 @@ for (const sandbox of ['auto', 'off'] as const) {
 
       // SIGKILL the agent's process (its Python, or clove-init's whole namespace).
       process.kill(first.pid, 'SIGKILL');
-      const back = await until(async () => {
-        const a = await info(op, 'warm');
-        return a.pid !== first.pid && a.ready ? a : undefined;
-      }, 20_000, 'agent back');
+      const back = await until(
+        async () => {
+          const a = await info(op, 'warm');
+          return a.pid !== first.pid && a.ready ? a : undefined;
+        },
+        20_000,
+        'agent back',
+      );
       if (back.pid !== standbyPid) console.log(fs.readFileSync(back.log_file!, 'utf8'));
       expect(back.pid).toBe(standbyPid);
       expect(back.restarts).toBe(1);
       expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], name: '__main__' });
 
       // A new standby appears.
-      const next = await until(async () => {
-        const a = await info(op, 'warm');
-        return a.standby?.ready ? a : undefined;
-      }, 20_000, 'new standby ready');
+      const next = await until(
+        async () => {
+          const a = await info(op, 'warm');
+          return a.standby?.ready ? a : undefined;
+        },
+        20_000,
+        'new standby ready',
+      );
       const nextPid = next.standby!.pid;
       expect(nextPid).not.toBe(standbyPid);
       expect(alive(nextPid)).toBe(true);
@@ -108,15 +126,23 @@ for (const sandbox of ['auto', 'off'] as const) {
       const op = await k.client();
       await op.hello();
       await op.spawn({ name: 'warm2', script, restart_policy: 'always', standby: 1 });
-      const a = await until(async () => {
-        const x = await info(op, 'warm2');
-        return x.standby?.ready ? x : undefined;
-      }, 20_000, 'standby ready');
+      const a = await until(
+        async () => {
+          const x = await info(op, 'warm2');
+          return x.standby?.ready ? x : undefined;
+        },
+        20_000,
+        'standby ready',
+      );
       process.kill(a.standby!.pid, 'SIGKILL');
-      const b = await until(async () => {
-        const x = await info(op, 'warm2');
-        return x.standby?.ready && x.standby.pid !== a.standby!.pid ? x : undefined;
-      }, 20_000, 'standby replaced');
+      const b = await until(
+        async () => {
+          const x = await info(op, 'warm2');
+          return x.standby?.ready && x.standby.pid !== a.standby!.pid ? x : undefined;
+        },
+        20_000,
+        'standby replaced',
+      );
       expect(b.pid).toBe(a.pid); // the agent itself was not touched
       expect(b.restarts).toBe(0);
 
