@@ -32,8 +32,10 @@ interface Slot {
   /** Which standby of the agent this is (its cgroup leaf differs from the agent's). */
   serial: number;
   timer?: NodeJS.Timeout;
-  /** The spawn under way (prepare) or null. */
+  /** A spawn is under way (prepare). */
   spawning: boolean;
+  /** wake() sent the promotion signal already; take() follows in the same tick. */
+  woken?: boolean;
 }
 
 /** How often a starting standby is checked for being parked, and for how long. */
@@ -208,8 +210,20 @@ export class StandbyPool {
     const proc = s.proc;
     s.proc = null;
     s.ready = false;
-    proc.signal('SIGUSR1');
+    if (!s.woken) proc.signal('SIGUSR1');
+    s.woken = false;
     return proc;
+  }
+
+  /**
+   * Sends the promotion signal ahead of take(), when the supervisor knows the agent restarts at once
+   * (an exit with no backoff): take() follows in the same tick, before any connection is served.
+   */
+  wake(a: AgentRecord): void {
+    const s = this.slots.get(a.def.id);
+    if (!s || !s.ready || !s.proc || s.woken) return;
+    s.woken = true;
+    s.proc.signal('SIGUSR1');
   }
 
   /** Kills the agent's standby (KILL, stop, escalation) and forgets it. */

@@ -244,6 +244,15 @@ export class Supervisor {
 
   private exited(a: AgentRecord, proc: AgentProcess, info: ExitInfo): void {
     if (a.proc !== proc) return;
+    // Warm standby: an exit that restarts at once wakes the standby first, so that its interpreter runs
+    // the script while the kernel does the bookkeeping below; it is adopted in this same tick (launch).
+    if (
+      a.def.standby &&
+      a.consecutiveFailures === 0 &&
+      (a.state === 'RUNNING' || a.state === 'PAUSED') &&
+      this.classify(a, info) === 'exit_restart'
+    )
+      this.standbys.wake(a);
     this.byPid.delete(proc.pid);
     a.proc = null;
     a.lastExit = info;
