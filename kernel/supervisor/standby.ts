@@ -65,8 +65,10 @@ export function parkedIn(root: number): boolean {
   for (let n = 0; todo.length > 0 && n < 64; n++) {
     const pid = todo.pop()!;
     try {
-      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
-      if (cmd.includes(STANDBY_MODULE)) {
+      // The launcher itself (`python -m clove_sdk._standby …`), not a parent naming it in its argv
+      // (clove-init, which blocks every signal).
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+      if (cmd[1] === '-m' && cmd[2] === STANDBY_MODULE) {
         const m = /^SigBlk:\s*([0-9a-f]+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
         if (m && (BigInt(`0x${m[1]}`) & MARK_BIT) !== 0n) return true;
       }
