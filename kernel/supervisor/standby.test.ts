@@ -4,11 +4,13 @@
  * standby's), it answers through the SDK, and a new standby is prepared; KILL removes the standby.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import type { AgentInfo } from '../../protocol/index.js';
+import { parkedIn, standbyArgv } from './standby.js';
 
 const AGENT = `
 import os, sys
@@ -153,3 +155,50 @@ for (const sandbox of ['auto', 'off'] as const) {
     }, 60_000);
   });
 }
+
+describe('standby launcher detection', () => {
+  it('maps python argv to the launcher, and refuses others', () => {
+    expect(standbyArgv(['/usr/bin/python3.11', '/a/b.py', 'x'])).toEqual([
+      '/usr/bin/python3.11',
+      '-m',
+      'clove_sdk._standby',
+      '/a/b.py',
+      'x',
+    ]);
+    expect(standbyArgv(['/usr/bin/node', '/a/b.js'])).toHaveProperty('note');
+    expect(standbyArgv(['/usr/bin/python3', '-c', 'pass'])).toHaveProperty('note');
+  });
+
+  it('is parked only when the launcher itself blocks the marker, not a process naming it in its argv', async () => {
+    const py = process.env.CLOVE_PYTHON ?? 'python3';
+    const env = { ...process.env, PYTHONPATH: path.join(process.cwd(), 'sdk', 'python') };
+    // A process that blocks everything and names the module later in its argv (as clove-init does).
+    const decoy = spawn(
+      py,
+      [
+        '-c',
+        'import signal,time\nsignal.pthread_sigmask(signal.SIG_BLOCK,set(range(1,32))-{9,19})\ntime.sleep(60)',
+        '-m',
+        'clove_sdk._standby',
+      ],
+      { env, stdio: 'ignore' },
+    );
+    const real = spawn(py, ['-m', 'clove_sdk._standby', '/nonexistent.py'], { env, stdio: 'ignore' });
+    try {
+      await until(() => parkedIn(real.pid!), 20_000, 'launcher parked');
+      // The decoy has blocked SIGUSR2 (the marker) by now, too.
+      await until(
+        () =>
+          /^SigBlk:\s*[0-9a-f]*[89a-f][0-9a-f]{2}$/m.test(
+            fs.readFileSync(`/proc/${decoy.pid}/status`, 'utf8'),
+          ),
+        20_000,
+        'decoy blocked',
+      );
+      expect(parkedIn(decoy.pid!)).toBe(false);
+    } finally {
+      decoy.kill('SIGKILL');
+      real.kill('SIGKILL');
+    }
+  });
+});
