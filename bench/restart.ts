@@ -46,6 +46,7 @@ import {
   writeJson,
   writeText,
   envelope,
+  givenFlags,
 } from './lib/report.js';
 
 const flags = parseFlags();
@@ -536,7 +537,13 @@ async function writeReports(
     goal,
     standby_goal: standbyGoal,
   };
-  const env = envelope('restart', { quick: QUICK, machine, startedAt: t0, results });
+  const env = envelope('restart', {
+    quick: QUICK,
+    machine,
+    startedAt: t0,
+    results,
+    extraArgs: givenFlags(flags, ['kills', 'spacing', 'series']),
+  });
   writeJson('restart', env);
   await writeChart(
     'restart-latency.svg',
