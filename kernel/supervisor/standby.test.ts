@@ -112,9 +112,26 @@ for (const sandbox of ['auto', 'off'] as const) {
       expect(nextPid).not.toBe(standbyPid);
       expect(alive(nextPid)).toBe(true);
 
+      // RESTART promotes the standby too (a restart all the same).
+      const rs = await op.restart('warm', { wait: true });
+      const afterRestart = await info(op, 'warm');
+      expect(afterRestart.pid).toBe(nextPid);
+      expect(rs.success).toBe(true);
+      expect(afterRestart.restarts).toBe(2);
+      expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], name: '__main__' });
+      const last = await until(
+        async () => {
+          const a = await info(op, 'warm');
+          return a.standby?.ready ? a : undefined;
+        },
+        20_000,
+        'standby after RESTART',
+      );
+      const lastPid = last.standby!.pid;
+
       // KILL of the agent removes its standby.
       await op.kill('warm', { wait: true });
-      await until(() => !alive(nextPid), 10_000, 'standby gone');
+      await until(() => !alive(lastPid), 10_000, 'standby gone');
       expect((await op.list()).some((a) => a.name === 'warm')).toBe(false);
     }, 60_000);
 
@@ -152,6 +169,13 @@ for (const sandbox of ['auto', 'off'] as const) {
       const s = await info(op, 'shell');
       expect(s.standby).toMatchObject({ ready: false, pid: 0 });
       expect(s.standby?.note).toMatch(/only Python agents/);
+
+      // Kernel shutdown kills the standby.
+      const parked = (await info(op, 'warm2')).standby!.pid;
+      expect(alive(parked)).toBe(true);
+      await k.stop();
+      k = undefined;
+      await until(() => !alive(parked), 10_000, 'standby gone with the kernel');
     }, 60_000);
   });
 }
