@@ -17,6 +17,21 @@ import signal
 import sys
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): a parked standby dies with the process that started it (the kernel, or
+    clove-init). It is no agent yet: a kernel that died (and the next one, which does not know it) must
+    not leave it parked for ever. Reset to 0 on promotion: from then on it is the agent."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
 def _park() -> None:
     # SIGUSR1 (the promotion) and SIGUSR2 (the marker) are blocked at once. Linux unblocks the signals
     # sigwait waits for while it waits, so the kernel looks for the marker: SIGUSR2 in our blocked set
@@ -31,11 +46,16 @@ def main() -> None:
         sys.stderr.write("usage: python -m clove_sdk._standby SCRIPT [ARGS...]\n")
         sys.exit(2)
     script = sys.argv[1]
+    parent = os.getppid()
+    _pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(1)
     # What any agent imports first: the whole SDK (client, protocol, errors).
     import clove_sdk  # noqa: F401
     import clove_sdk.client  # noqa: F401
 
     _park()
+    _pdeathsig(0)
     sys.argv = sys.argv[1:]
     here = os.path.dirname(os.path.abspath(script))
     if sys.path and sys.path[0] in ("", os.getcwd()):

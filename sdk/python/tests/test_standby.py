@@ -29,8 +29,10 @@ def _blocked(pid: int) -> int:
 def test_parks_then_runs_the_script_as_main(tmp_path: Path) -> None:
     script = tmp_path / "agent.py"
     script.write_text(
-        "import json, sys, signal\n"
-        "print(json.dumps({'name': __name__, 'argv': sys.argv, 'path0': sys.path[0],"
+        "import ctypes, json, sys, signal\n"
+        "d = ctypes.c_int(-1)\n"
+        "ctypes.CDLL(None).prctl(2, ctypes.byref(d), 0, 0, 0)\n"  # PR_GET_PDEATHSIG
+        "print(json.dumps({'name': __name__, 'argv': sys.argv, 'path0': sys.path[0], 'pdeathsig': d.value,"
         " 'sdk': 'clove_sdk' in sys.modules,"
         " 'blocked': sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, set()))}))\n"
     )
@@ -61,6 +63,7 @@ def test_parks_then_runs_the_script_as_main(tmp_path: Path) -> None:
     assert got["path0"] == str(tmp_path)
     assert got["sdk"] is True
     assert got["blocked"] == []
+    assert got["pdeathsig"] == 0  # promoted: it is the agent now, and outlives its parent like one
 
 
 def test_usage_without_a_script() -> None:
@@ -73,3 +76,47 @@ def test_usage_without_a_script() -> None:
     )
     assert r.returncode == 2
     assert "usage" in r.stderr
+
+
+def test_a_parked_standby_dies_with_its_parent(tmp_path: Path) -> None:
+    # A parent that starts the launcher, prints its pid and waits: SIGKILL of it must not leave the
+    # standby parked for ever (a kernel that died).
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-m', 'clove_sdk._standby', '/nonexistent.py'])\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        env={**os.environ, "PYTHONPATH": str(SDK)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        deadline = time.monotonic() + 20
+        while not _blocked(pid) & (1 << (signal.SIGUSR2 - 1)):
+            assert time.monotonic() < deadline, "the launcher never parked"
+            time.sleep(0.01)
+        parent.kill()
+        parent.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
+            assert time.monotonic() < deadline, "the standby outlived its parent"
+            time.sleep(0.01)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line
+    except OSError:
+        pass
+    return "zombie"
