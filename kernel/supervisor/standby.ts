@@ -154,25 +154,14 @@ export class StandbyPool {
           if (s.proc !== proc) return; // promoted: the supervisor owns its exit
           s.proc = null;
           s.ready = false;
-          if (this.slots.get(d.id) !== s || this.closed) return;
-          s.failures++;
-          const p = d.policy;
-          const delay = Math.min(
-            Math.max(p.backoffInitialMs, 100) * Math.pow(p.backoffMultiplier, s.failures - 1),
-            Math.max(p.backoffMaxMs, 100),
-          );
-          this.logs.note(
-            d.name,
-            `standby died while parked (${info.signal ?? `exit ${info.code}`}); a new one in ${delay} ms`,
-          );
-          this.prepare(a, delay);
+          this.retry(a, s, `standby died while parked (${info.signal ?? `exit ${info.code}`})`);
         });
         this.watch(a, s, proc, Date.now());
       },
       (e: Error) => {
         s.spawning = false;
         this.hooks.log('warn', 'standby: spawn failed', { agent: d.name, error: e.message });
-        this.logs.note(d.name, `standby: spawn failed: ${e.message}`);
+        this.retry(a, s, `standby: spawn failed: ${e.message}`);
       },
     );
     const settled = done.finally(() => {
@@ -180,6 +169,25 @@ export class StandbyPool {
       this.spawns.delete(settled);
     });
     this.spawns.add(settled);
+  }
+
+  /**
+   * A standby died (parked or starting) or could not be spawned: a new one after a backoff of its own
+   * (the agent's backoff_initial_ms, at least 100 ms, × backoff_multiplier per failure in a row, at most
+   * backoff_max_ms). The agent itself is not touched.
+   */
+  private retry(a: AgentRecord, s: Slot, why: string): void {
+    clearTimeout(s.timer);
+    s.timer = undefined;
+    if (this.slots.get(a.def.id) !== s || this.closed) return;
+    s.failures++;
+    const p = a.def.policy;
+    const delay = Math.min(
+      Math.max(p.backoffInitialMs, 100) * Math.pow(p.backoffMultiplier, s.failures - 1),
+      Math.max(p.backoffMaxMs, 100),
+    );
+    this.logs.note(a.def.name, `${why}; a new one in ${delay} ms`);
+    this.prepare(a, delay);
   }
 
   /** Polls until the standby is parked (then it is ready), or gives up on it. */
