@@ -12,6 +12,10 @@
  *                       the sandbox's share of the restart.
  *   clove/plain-socket  `--sandbox off`; the agent writes "ready" to a Unix socket the bench listens
  *                       on (no kernel hop): the apples-to-apples comparison with PM2.
+ *   clove/standby       as clove/sdk with SPAWN `standby: 1` (docs/supervision.md "Warm standby"): the kill is
+ *                       answered by promoting a parked process (interpreter and SDK already loaded); before
+ *                       each kill the bench waits (untimed) until LIST shows the next standby ready.
+ *   clove/plain-standby as clove/standby on the `--sandbox off` kernel.
  *   pm2/socket          PM2 (autorestart, restart_delay 0) runs the script; same Unix-socket signal.
  * Each kill waits SPACING ms after "ready" so both supervisors see an agent that was up longer than their
  * min-uptime (1 s for both), i.e. every kill is a first crash (no backoff). The bare start times
@@ -42,6 +46,7 @@ import {
   writeJson,
   writeText,
   envelope,
+  givenFlags,
 } from './lib/report.js';
 
 const flags = parseFlags();
@@ -49,9 +54,10 @@ const QUICK = flags.quick;
 const KILLS = Number(flags.get('kills') ?? (QUICK ? 12 : 60));
 const SPACING_MS = Number(flags.get('spacing') ?? 1200);
 const SERIES = (
-  flags.get('series') ?? 'clove/kernel,clove/sdk,clove/plain-kernel,clove/plain-socket,pm2/socket'
+  flags.get('series') ??
+  'clove/kernel,clove/sdk,clove/standby,clove/plain-standby,clove/plain-kernel,clove/plain-socket,pm2/socket'
 ).split(',');
-const CLOVE_SERIES: Record<string, { via: string; sandboxed: boolean; signal: string }> = {
+const CLOVE_SERIES: Record<string, { via: string; sandboxed: boolean; signal: string; standby?: boolean }> = {
   'clove/kernel': {
     via: 'kernel',
     sandboxed: true,
@@ -62,6 +68,18 @@ const CLOVE_SERIES: Record<string, { via: string; sandboxed: boolean; signal: st
     via: 'sdk',
     sandboxed: true,
     signal: 'the same through the Python SDK; default SPAWN (sandboxed)',
+  },
+  'clove/standby': {
+    via: 'sdk',
+    sandboxed: true,
+    standby: true,
+    signal: 'the same through the Python SDK; SPAWN standby: 1 (a parked process is promoted); sandboxed',
+  },
+  'clove/plain-standby': {
+    via: 'sdk',
+    sandboxed: false,
+    standby: true,
+    signal: 'the same through the Python SDK; SPAWN standby: 1; kernel --sandbox off (plain process)',
   },
   'clove/plain-kernel': {
     via: 'kernel',
@@ -253,6 +271,8 @@ async function main(): Promise<void> {
     readyAt: number;
     next: () => Promise<Ready>;
     pidAfterReady: (reported: number) => Promise<number>;
+    /** Resolves once the agent's warm standby is ready (standby series; untimed, before each kill). */
+    standbyReady?: () => Promise<void>;
     samples: number[];
     /** SIGKILL → the new script's first line runs (exit noticed, respawn, interpreter start) */
     toMain: number[];
@@ -307,6 +327,7 @@ async function main(): Promise<void> {
           restart_policy: 'always',
           max_restarts: 1_000_000,
           sandboxed: cfg.sandboxed,
+          ...(cfg.standby ? { standby: 1 } : {}),
           env: { READY_VIA: cfg.via, READY_SOCKET: ready.path, READY_NAME: agentName },
         } as never);
       } catch (e) {
@@ -323,6 +344,19 @@ async function main(): Promise<void> {
         readyAt: Date.now(),
         next,
         pidAfterReady: () => hostPid(agentName),
+        ...(cfg.standby
+          ? {
+              standbyReady: async () => {
+                const until = Date.now() + 20_000;
+                for (;;) {
+                  const a = (await ctl.list()).find((x) => x.name === agentName);
+                  if (a?.standby?.ready) return;
+                  if (Date.now() > until) throw new Error(`${agentName}: no standby ready`);
+                  await sleep(5);
+                }
+              },
+            }
+          : {}),
         samples: [],
         toMain: [],
         failures: 0,
@@ -368,6 +402,13 @@ async function main(): Promise<void> {
       for (const run of runners) {
         if (run.failures) continue;
         await sleep(Math.max(100, run.readyAt + SPACING_MS - Date.now()));
+        try {
+          await run.standbyReady?.();
+        } catch (e) {
+          run.failures++;
+          console.error(`${run.name}: kill ${i}: ${(e as Error).message}`);
+          continue;
+        }
         const waiting = run.next();
         const tKillWall = performance.timeOrigin + performance.now();
         const tKill = process.hrtime.bigint();
@@ -443,6 +484,17 @@ async function writeReports(
   const clove = series.find((s) => s.name === 'clove/kernel');
   const cloveSock = series.find((s) => s.name === 'clove/plain-socket');
   const pm2 = series.find((s) => s.name === 'pm2/socket');
+  const standby = series.find((s) => s.name === 'clove/standby');
+  const plainStandby = series.find((s) => s.name === 'clove/plain-standby');
+  const standbyGoal = standby
+    ? {
+        goal: 'warm standby promotion (clove/standby, SIGKILL -> serving) p95 <= 5 ms for a Python agent',
+        clove_standby_p95_ms: r(standby.restart_ms.p95),
+        clove_plain_standby_p95_ms: plainStandby ? r(plainStandby.restart_ms.p95) : null,
+        cold_clove_sdk_p95_ms: r(series.find((s) => s.name === 'clove/sdk')?.restart_ms.p95 ?? NaN),
+        met: standby.restart_ms.p95 <= 5,
+      }
+    : null;
   const goal = clove
     ? {
         clove_kernel_p95_ms: r(clove.restart_ms.p95),
@@ -483,8 +535,15 @@ async function writeReports(
     kernel_event_loop_probe: probeOut.map((p) => ({ ...p, idle: rs(p.idle), restarts: rs(p.restarts) })),
     bare_start: bareOut.map((b) => ({ ...b, start_ms: rs(b.start_ms) })),
     goal,
+    standby_goal: standbyGoal,
   };
-  const env = envelope('restart', { quick: QUICK, machine, startedAt: t0, results });
+  const env = envelope('restart', {
+    quick: QUICK,
+    machine,
+    startedAt: t0,
+    results,
+    extraArgs: givenFlags(flags, ['kills', 'spacing', 'series']),
+  });
   writeJson('restart', env);
   await writeChart(
     'restart-latency.svg',
@@ -581,6 +640,15 @@ async function writeReports(
         ].join('\n\n')
       : '',
     '',
+    standbyGoal
+      ? `**Warm standby goal** (promotion p95 ≤ 5 ms, SIGKILL → serving): clove/standby p95 ${standbyGoal.clove_standby_p95_ms} ms` +
+        (standbyGoal.clove_plain_standby_p95_ms !== null
+          ? `, clove/plain-standby p95 ${standbyGoal.clove_plain_standby_p95_ms} ms`
+          : '') +
+        ` (${standbyGoal.met ? 'met' : 'NOT met'}); a cold restart through the SDK (clove/sdk) p95 ${standbyGoal.cold_clove_sdk_p95_ms} ms.` +
+        ' For the standby series "kill → script runs" is noticing the exit plus the promotion (SIGUSR1 to the parked process, runpy).' +
+        ' Before each of their kills the bench waits, untimed, until LIST shows the next standby ready.\n'
+      : '',
     skipped.length
       ? `Series not measured in this run: ${skipped.map((x) => `${x.name} (${x.reason})`).join('; ')}.\n`
       : '',

@@ -1824,6 +1824,7 @@ export interface AgentInfo {
    * ext: present (true) for an agent spawned with `durable` (docs/durable.md)
    */
   durable?: boolean;
+  standby?: StandbyInfo;
 }
 /**
  * ext: free-form labels of an agent (as docker labels): `clove up` sets `clove.project`, `clove.service`, `clove.replica`, `clove.config-hash`. At most 32; keys of 1–63 letters, digits, `.`, `-`, `_`, `/`; values up to 256 characters. Kept across restarts of the agent and of the kernel; never inherited.
@@ -1833,6 +1834,26 @@ export interface AgentInfo {
  */
 export interface Labels {
   [k: string]: string;
+}
+/**
+ * ext: an agent's warm standby: a parked process of it, promoted when its process dies (docs/supervision.md "Warm standby")
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "StandbyInfo".
+ */
+export interface StandbyInfo {
+  /**
+   * a standby is parked and would be promoted now
+   */
+  ready: boolean;
+  /**
+   * host pid of the parked standby (0 when none is ready)
+   */
+  pid: number;
+  /**
+   * why the agent has no standby although it asked for one (e.g. not a Python agent)
+   */
+  note?: string;
 }
 /**
  * one turn of a conversation: `{role, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` and `name`
@@ -3182,6 +3203,10 @@ export interface SpawnRequest {
    * ext: every process of the agent runs in an implicit journaled step `@run` (docs/durable.md): its THINK, HTTP and EXEC results are journaled in order, and after a crash or a restart the same calls are answered from the journal; the journal is forgotten when a process ends on its own with exit code 0
    */
   durable?: boolean;
+  /**
+   * ext: 1 keeps a warm standby of a Python agent (docs/supervision.md "Warm standby"): a parked process with the interpreter and SDK loaded, promoted when the agent's process dies (a restart by its restart policy) or on RESTART; one more process and its memory. Ignored, with a note in LIST `standby`, for an agent that is not `python script`
+   */
+  standby?: number;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -3272,6 +3297,10 @@ export interface SpawnArgs {
    * ext: every process of the agent runs in an implicit journaled step `@run` (docs/durable.md): its THINK, HTTP and EXEC results are journaled in order, and after a crash or a restart the same calls are answered from the journal; the journal is forgotten when a process ends on its own with exit code 0
    */
   durable: boolean;
+  /**
+   * ext: 1 keeps a warm standby of a Python agent (docs/supervision.md "Warm standby"): a parked process with the interpreter and SDK loaded, promoted when the agent's process dies (a restart by its restart policy) or on RESTART; one more process and its memory. Ignored, with a note in LIST `standby`, for an agent that is not `python script`
+   */
+  standby: number;
 }
 /**
  * SPAWN reply.
@@ -7410,6 +7439,26 @@ export const SCHEMA_DEFS = {
           type: 'boolean',
           description: 'ext: present (true) for an agent spawned with `durable` (docs/durable.md)',
         },
+        standby: {
+          $ref: 'clove#/$defs/StandbyInfo',
+          description:
+            'ext: present for an agent spawned with `standby` (docs/supervision.md "Warm standby")',
+        },
+      },
+    },
+    StandbyInfo: {
+      title: 'StandbyInfo',
+      type: 'object',
+      description:
+        'ext: an agent\'s warm standby: a parked process of it, promoted when its process dies (docs/supervision.md "Warm standby")',
+      required: ['ready', 'pid'],
+      properties: {
+        ready: { type: 'boolean', description: 'a standby is parked and would be promoted now' },
+        pid: { type: 'integer', description: 'host pid of the parked standby (0 when none is ready)' },
+        note: {
+          type: 'string',
+          description: 'why the agent has no standby although it asked for one (e.g. not a Python agent)',
+        },
       },
     },
     Labels: {
@@ -8637,6 +8686,14 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         default: false,
         description:
           'ext: every process of the agent runs in an implicit journaled step `@run` (docs/durable.md): its THINK, HTTP and EXEC results are journaled in order, and after a crash or a restart the same calls are answered from the journal; the journal is forgotten when a process ends on its own with exit code 0',
+      },
+      standby: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 1,
+        default: 0,
+        description:
+          'ext: 1 keeps a warm standby of a Python agent (docs/supervision.md "Warm standby"): a parked process with the interpreter and SDK loaded, promoted when the agent\'s process dies (a restart by its restart policy) or on RESTART; one more process and its memory. Ignored, with a note in LIST `standby`, for an agent that is not `python script`',
       },
     },
   },

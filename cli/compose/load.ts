@@ -568,6 +568,7 @@ interface RawService {
   world?: string;
   sandboxed?: boolean;
   durable?: boolean;
+  standby?: number;
   labels?: Record<string, string | number | boolean> | string[];
   quotas?: Record<string, QuotaRaw>;
   service_quotas?: Record<string, QuotaRaw>;
@@ -748,6 +749,7 @@ function service(
   if (r.world !== undefined) spawn.world = r.world;
   if (r.sandboxed !== undefined) spawn.sandboxed = r.sandboxed;
   if (r.durable !== undefined) spawn.durable = r.durable;
+  if (r.standby !== undefined) spawn.standby = r.standby;
   if (r.quotas !== undefined) spawn.quotas = quotas(src, at('quotas'), r.quotas);
   if (r.budgets !== undefined) {
     const b: Record<string, number> = {};

@@ -224,6 +224,12 @@ const service = {
       description:
         "true: each agent's THINK, HTTP and EXEC results are journaled and replayed after a crash or restart (docs/durable.md)",
     },
+    standby: {
+      type: 'integer',
+      enum: [0, 1],
+      description:
+        '1: each agent (a Python script) keeps a warm standby, a parked process with the interpreter and SDK loaded that is promoted when the agent crashes (docs/supervision.md "Warm standby"); one more process per agent',
+    },
     labels: {
       description:
         'labels of each agent besides the `clove.*` ones `clove up` sets: a map key: value, or a list of "key=value"',

@@ -278,3 +278,36 @@ describe.runIf(process.geteuid?.() === 0)(
     });
   },
 );
+
+describe('a re-adopted agent with a warm standby', () => {
+  it('gets a new standby from the new kernel, which takes over at its next crash', async () => {
+    const dir = tempDir();
+    const sock = path.join(dir, 's.sock');
+    const data = path.join(dir, 'data');
+    const script = path.join(tempDir(), 'agent.py');
+    fs.writeFileSync(script, AGENT);
+    const k1 = await start(data, sock, 'auto');
+    const op1 = await k1.client();
+    await op1.spawn({ name: 'warm', script, restart_policy: 'always', standby: 1 });
+    const warmOf = async (c: CloveClient) => (await c.list()).find((a) => a.name === 'warm')!;
+    await until(async () => (await warmOf(op1)).standby?.ready === true, 30_000, 'a first standby');
+    const before = await warmOf(op1);
+    strays.add(before.pid);
+    k1.child.kill('SIGKILL');
+    await k1.exited;
+    const k2 = await start(data, sock, 'auto');
+    const op2 = await k2.client();
+    expect(await warmOf(op2)).toMatchObject({ id: before.id, pid: before.pid });
+    await until(
+      async () => (await warmOf(op2)).standby?.ready === true,
+      30_000,
+      'a standby of the new kernel',
+    );
+    const standby = (await warmOf(op2)).standby!.pid;
+    expect(standby).not.toBe(before.standby!.pid);
+    process.kill(before.pid, 'SIGKILL');
+    await until(async () => (await warmOf(op2)).pid === standby, 30_000, 'the standby promoted');
+    strays.add(standby);
+    expect((await ping(op2, 'warm')).id).toBe(before.id);
+  }, 120_000);
+});

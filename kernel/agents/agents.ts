@@ -269,6 +269,7 @@ export class AgentService {
       ready: a.proc !== null && a.helloAt > 0,
       labels: a.def.labels,
       ...(a.def.durable ? { durable: true } : {}),
+      ...(a.def.standby ? { standby: this.o.supervisor.standbyOf(a) } : {}),
       ...(forOperator ? { log_file: this.o.logs.file(a.def.name) } : {}),
     };
   }
@@ -377,6 +378,7 @@ export class AgentService {
       share: scriptPath ? this.shareable(caller, path.dirname(scriptPath)) : [],
       labels: { ...(req.labels ?? {}) },
       durable: req.durable,
+      standby: req.standby,
     };
     // What would spawn it again (another node, or a scaled service's next replica): the request as
     // run here, its script's path absolute, its rights made explicit.
@@ -780,6 +782,7 @@ export class AgentService {
       share: d.share,
       labels: d.labels ?? {},
       durable: d.durable ?? false,
+      standby: d.standby,
     };
   }
 
@@ -991,6 +994,7 @@ function persisted(
     account: def.account,
     labels: def.labels,
     durable: def.durable,
+    ...(def.standby ? { standby: def.standby } : {}),
     ...(request ? { request } : {}),
   };
 }

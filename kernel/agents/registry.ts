@@ -40,6 +40,8 @@ export interface PersistedAgent extends Pick<
   labels?: Record<string, string>;
   /** SPAWN `durable` (absent in definitions written before it existed: false). */
   durable?: boolean;
+  /** SPAWN `standby` (docs/supervision.md "Warm standby"). */
+  standby?: number;
   /** The SPAWN request as run (absent in definitions written before it was kept): a scaled service's template. */
   request?: SpawnArgs;
 }

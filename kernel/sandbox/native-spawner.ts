@@ -713,9 +713,11 @@ export class NativeSpawner implements Spawner {
     }
 
     let cg: AgentCgroup | undefined;
+    // Warm standby (kernel/supervisor/standby.ts): a second process of the agent, in a leaf of its own.
+    const leaf = cgroupLeafName(spec.name, spec.agentId) + (spec.instance ? `_${spec.instance}` : '');
     if (this.cgroups) {
       try {
-        cg = this.cgroups.create(cgroupLeafName(spec.name, spec.agentId), {
+        cg = this.cgroups.create(leaf, {
           memory: limits.memory,
           // clove-init is one more process of the agent's cgroup.
           maxPids: limits.max_pids + (ns ? 1 : 0),

@@ -43,6 +43,11 @@ export interface SpawnSpec {
    * makes them visible, idmapped to the agent's uid when that uid could not read them otherwise.
    */
   share?: string[];
+  /**
+   * Warm standby (kernel/supervisor/standby.ts): a second live process of the same agent, told apart
+   * by this tag (its cgroup leaf gets it as a suffix, so it does not collide with the agent's own).
+   */
+  instance?: string;
 }
 
 /**

@@ -7,6 +7,7 @@ import { SpawnFailedError, InvalidStateError, KernelError } from '../core/errors
 import type { AgentLogs } from './logs.js';
 import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../sandbox/types.js';
+import { StandbyPool, type StandbyInfo } from './standby.js';
 
 export type RestartPolicyName = 'never' | 'on-failure' | 'always';
 
@@ -48,6 +49,8 @@ export interface AgentDef extends Omit<SpawnSpec, 'agentId' | 'logFd'> {
   labels: Record<string, string>;
   /** SPAWN `durable` (docs/durable.md): its processes run in the journaled step `@run`; opaque here. */
   durable?: boolean;
+  /** SPAWN `standby` (docs/supervision.md "Warm standby"): 1 keeps a parked process ready (standby.ts). */
+  standby?: number;
 }
 
 export interface AgentRecord {
@@ -106,11 +109,20 @@ export class Supervisor {
   private startWaiters = new Map<number, (() => void)[]>();
   /** Set by shutdown(): nothing is restarted any more. */
   private stopping = false;
+  /** Warm standbys of the agents that asked for one (standby.ts). */
+  private readonly standbys: StandbyPool;
 
   constructor(
     private readonly logs: AgentLogs,
     private readonly hooks: SupervisorHooks,
-  ) {}
+  ) {
+    this.standbys = new StandbyPool(logs, hooks);
+  }
+
+  /** LIST `standby` of an agent (undefined: it did not ask for one). */
+  standbyOf(a: AgentRecord): StandbyInfo | undefined {
+    return this.standbys.info(a);
+  }
 
   get(id: number): AgentRecord | undefined {
     return this.agents.get(id);
@@ -209,6 +221,13 @@ export class Supervisor {
 
   private async launch(a: AgentRecord): Promise<void> {
     const d = a.def;
+    // A parked standby is promoted in place of a new process (a restart all the same: counted, backoff kept).
+    const warm = this.standbys.take(a);
+    if (warm) {
+      this.logs.note(d.name, `promoting the warm standby (pid ${warm.pid})`);
+      this.attach(a, warm);
+      return;
+    }
     let fd: number;
     try {
       fd = this.logs.open(d.name);
@@ -248,6 +267,15 @@ export class Supervisor {
 
   private exited(a: AgentRecord, proc: AgentProcess, info: ExitInfo): void {
     if (a.proc !== proc) return;
+    // Warm standby: an exit that restarts at once wakes the standby first, so that its interpreter runs
+    // the script while the kernel does the bookkeeping below; it is adopted in this same tick (launch).
+    if (
+      a.def.standby &&
+      a.consecutiveFailures === 0 &&
+      (a.state === 'RUNNING' || a.state === 'PAUSED') &&
+      this.classify(a, info) === 'exit_restart'
+    )
+      this.standbys.wake(a);
     this.byPid.delete(proc.pid);
     a.proc = null;
     a.lastExit = info;
@@ -350,6 +378,12 @@ export class Supervisor {
   private apply(a: AgentRecord, ev: Event, next: State, actions: Action[]): void {
     a.state = next;
     for (const act of actions) this.run(a, act, ev);
+    // Warm standby: one is prepared whenever the agent runs, and goes when the agent is being stopped.
+    if (a.def.standby) {
+      if (a.state === 'RUNNING' && ev === 'started') this.standbys.prepare(a);
+      else if (a.state === 'STOPPING' || a.state === 'STOPPED' || a.state === 'FAILED')
+        this.standbys.discard(a.def.id);
+    }
     if (a.state === 'RUNNING' || a.state === 'STOPPED' || a.state === 'FAILED')
       for (const w of this.startWaiters.get(a.def.id)?.splice(0) ?? []) w();
   }
@@ -556,7 +590,8 @@ export class Supervisor {
    */
   async detach(): Promise<void> {
     this.stopping = true;
-    await this.spawnsSettled();
+    // Parked standbys are this kernel's own (the next one prepares its own for the agents it re-adopts).
+    await Promise.all([this.spawnsSettled(), this.standbys.close()]);
     for (const a of this.list())
       for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
   }
@@ -574,7 +609,7 @@ export class Supervisor {
       }
     }
     await this.spawnsSettled();
-    await Promise.all(waits);
+    await Promise.all([...waits, this.standbys.close()]);
     for (const a of this.list())
       for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
   }

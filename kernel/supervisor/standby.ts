@@ -1,0 +1,264 @@
+/**
+ * Warm standby (docs/supervision.md "Warm standby"; issue 17 §2). For an agent spawned with `standby: 1`
+ * the pool keeps one more process of it parked before the agent's code runs: the same spawner, sandbox,
+ * account, env and cwd as a restart would get, with argv `[python, -m, clove_sdk._standby, script, ...]`.
+ * The launcher imports the SDK, blocks SIGUSR1 (and SIGUSR2 as a marker) and waits; the pool sees it
+ * parked in /proc. When
+ * the supervisor starts the agent again (a crash answered by the restart policy, or RESTART) it takes
+ * the parked process instead of spawning one and sends it SIGUSR1: the script runs as `__main__`.
+ * Then a new standby is prepared. The kernel maps the standby's pid to the agent only at promotion
+ * (supervisor.ts adopts it); before that the standby never connects.
+ *
+ * Only Python agents (argv `[python…, script, …]`) can have one; others get a note instead.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import type { AgentLogs } from './logs.js';
+import type { AgentProcess } from '../sandbox/types.js';
+import type { AgentRecord } from './supervisor.js';
+
+/** LIST `standby` (the contract's StandbyInfo). */
+export interface StandbyInfo {
+  ready: boolean;
+  pid: number;
+  note?: string;
+}
+
+interface Slot {
+  proc: AgentProcess | null;
+  ready: boolean;
+  /** Standbys that died parked in a row: the backoff of the next one. */
+  failures: number;
+  /** Which standby of the agent this is (its cgroup leaf differs from the agent's). */
+  serial: number;
+  timer?: NodeJS.Timeout;
+  /** A spawn is under way (prepare). */
+  spawning: boolean;
+  /** wake() sent the promotion signal already; take() follows in the same tick. */
+  woken?: boolean;
+}
+
+/** How often a starting standby is checked for being parked, and for how long. */
+const POLL_MS = 2;
+const PARK_TIMEOUT_MS = 30_000;
+/** SIGUSR2 (12, bit 11 of SigBlk): blocked together with SIGUSR1 by the launcher as its parked marker. */
+const MARK_BIT = 1n << 11n;
+
+export const STANDBY_MODULE = 'clove_sdk._standby';
+
+/** The standby's argv for an agent's argv, or why it cannot have one. */
+export function standbyArgv(argv: readonly string[]): string[] | { note: string } {
+  const [exe, script, ...rest] = argv;
+  if (!exe || !/^python[0-9.]*$/.test(path.basename(exe)))
+    return { note: 'standby ignored: only Python agents (python script …) can have a warm standby' };
+  if (!script || script.startsWith('-'))
+    return { note: 'standby ignored: the interpreter runs no script file (python -m/-c)' };
+  return [exe, '-m', STANDBY_MODULE, script, ...rest];
+}
+
+/**
+ * True when a process of the tree of `root` is the launcher, parked. Linux lifts the mask of the signals
+ * sigwait waits for while it waits, so the mark is SIGUSR2, blocked in the same call as SIGUSR1.
+ */
+export function parkedIn(root: number): boolean {
+  const todo = [root];
+  for (let n = 0; todo.length > 0 && n < 64; n++) {
+    const pid = todo.pop()!;
+    try {
+      // The launcher itself (`python -m clove_sdk._standby …`), not a parent naming it in its argv
+      // (clove-init, which blocks every signal).
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+      if (cmd[1] === '-m' && cmd[2] === STANDBY_MODULE) {
+        const m = /^SigBlk:\s*([0-9a-f]+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
+        if (m && (BigInt(`0x${m[1]}`) & MARK_BIT) !== 0n) return true;
+      }
+      for (const t of fs.readdirSync(`/proc/${pid}/task`))
+        for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'latin1').split(' '))
+          if (c.trim()) todo.push(Number(c));
+    } catch {
+      /* gone, or not ours to read */
+    }
+  }
+  return false;
+}
+
+export interface StandbyHooks {
+  log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+}
+
+export class StandbyPool {
+  private slots = new Map<number, Slot>();
+  private closed = false;
+  private exits = new Set<Promise<void>>();
+  private spawns = new Set<Promise<void>>();
+
+  constructor(
+    private readonly logs: AgentLogs,
+    private readonly hooks: StandbyHooks,
+  ) {}
+
+  /** LIST `standby` of an agent, undefined when it did not ask for one. */
+  info(a: AgentRecord): StandbyInfo | undefined {
+    if (!a.def.standby) return undefined;
+    const argv = standbyArgv(a.def.argv);
+    if (!Array.isArray(argv)) return { ready: false, pid: 0, note: argv.note };
+    const s = this.slots.get(a.def.id);
+    return { ready: s?.ready ?? false, pid: s?.ready && s.proc ? s.proc.pid : 0 };
+  }
+
+  /** Makes sure the agent has a standby (parked or on its way) when it asked for one. */
+  prepare(a: AgentRecord, delayMs = 0): void {
+    if (this.closed || !a.def.standby) return;
+    const argv = standbyArgv(a.def.argv);
+    if (!Array.isArray(argv)) return;
+    let s = this.slots.get(a.def.id);
+    if (!s) {
+      s = { proc: null, ready: false, failures: 0, serial: 0, spawning: false };
+      this.slots.set(a.def.id, s);
+    }
+    if (s.proc || s.spawning || s.timer) return;
+    const slot = s;
+    const go = (): void => {
+      slot.timer = undefined;
+      if (this.slots.get(a.def.id) !== slot || this.closed) return;
+      this.spawn(a, slot, argv);
+    };
+    if (delayMs > 0) slot.timer = setTimeout(go, delayMs);
+    else go();
+  }
+
+  private spawn(a: AgentRecord, s: Slot, argv: string[]): void {
+    const d = a.def;
+    let fd: number;
+    try {
+      fd = this.logs.open(d.name);
+    } catch (e) {
+      this.hooks.log('warn', 'standby: cannot open the log file', {
+        agent: d.name,
+        error: (e as Error).message,
+      });
+      return;
+    }
+    s.spawning = true;
+    s.serial++;
+    const p = d.spawner.spawn({ ...d, argv, agentId: d.id, logFd: fd, instance: `standby${s.serial}` });
+    const done = p.then(
+      (proc) => {
+        s.spawning = false;
+        if (this.slots.get(d.id) !== s || this.closed) {
+          this.kill(proc);
+          return;
+        }
+        s.proc = proc;
+        proc.onExit((info) => {
+          if (s.proc !== proc) return; // promoted: the supervisor owns its exit
+          s.proc = null;
+          s.ready = false;
+          this.retry(a, s, `standby died while parked (${info.signal ?? `exit ${info.code}`})`);
+        });
+        this.watch(a, s, proc, Date.now());
+      },
+      (e: Error) => {
+        s.spawning = false;
+        this.hooks.log('warn', 'standby: spawn failed', { agent: d.name, error: e.message });
+        this.retry(a, s, `standby: spawn failed: ${e.message}`);
+      },
+    );
+    const settled = done.finally(() => {
+      fs.closeSync(fd);
+      this.spawns.delete(settled);
+    });
+    this.spawns.add(settled);
+  }
+
+  /**
+   * A standby died (parked or starting) or could not be spawned: a new one after a backoff of its own
+   * (the agent's backoff_initial_ms, at least 100 ms, × backoff_multiplier per failure in a row, at most
+   * backoff_max_ms). The agent itself is not touched.
+   */
+  private retry(a: AgentRecord, s: Slot, why: string): void {
+    clearTimeout(s.timer);
+    s.timer = undefined;
+    if (this.slots.get(a.def.id) !== s || this.closed) return;
+    s.failures++;
+    const p = a.def.policy;
+    const delay = Math.min(
+      Math.max(p.backoffInitialMs, 100) * Math.pow(p.backoffMultiplier, s.failures - 1),
+      Math.max(p.backoffMaxMs, 100),
+    );
+    this.logs.note(a.def.name, `${why}; a new one in ${delay} ms`);
+    this.prepare(a, delay);
+  }
+
+  /** Polls until the standby is parked (then it is ready), or gives up on it. */
+  private watch(a: AgentRecord, s: Slot, proc: AgentProcess, since: number): void {
+    if (s.proc !== proc) return;
+    if (parkedIn(proc.pid)) {
+      s.ready = true;
+      s.failures = 0;
+      return;
+    }
+    if (Date.now() - since > PARK_TIMEOUT_MS) {
+      this.logs.note(a.def.name, `standby: not parked after ${PARK_TIMEOUT_MS} ms; killed`);
+      proc.signal('SIGKILL');
+      return;
+    }
+    s.timer = setTimeout(() => {
+      s.timer = undefined;
+      this.watch(a, s, proc, since);
+    }, POLL_MS);
+  }
+
+  /**
+   * Promotion: the agent's parked standby, woken (SIGUSR1), or null when none is ready. The caller
+   * (the supervisor's launch) adopts it as the agent's process; a new standby is prepared once the
+   * agent is running again.
+   */
+  take(a: AgentRecord): AgentProcess | null {
+    const s = this.slots.get(a.def.id);
+    if (!s || !s.ready || !s.proc) return null;
+    const proc = s.proc;
+    s.proc = null;
+    s.ready = false;
+    if (!s.woken) proc.signal('SIGUSR1');
+    s.woken = false;
+    return proc;
+  }
+
+  /**
+   * Sends the promotion signal ahead of take(), when the supervisor knows the agent restarts at once
+   * (an exit with no backoff): take() follows in the same tick, before any connection is served.
+   */
+  wake(a: AgentRecord): void {
+    const s = this.slots.get(a.def.id);
+    if (!s || !s.ready || !s.proc || s.woken) return;
+    s.woken = true;
+    s.proc.signal('SIGUSR1');
+  }
+
+  /** Kills the agent's standby (KILL, stop, escalation) and forgets it. */
+  discard(id: number): void {
+    const s = this.slots.get(id);
+    if (!s) return;
+    this.slots.delete(id);
+    clearTimeout(s.timer);
+    if (s.proc) this.kill(s.proc);
+    s.proc = null;
+    s.ready = false;
+  }
+
+  private kill(proc: AgentProcess): void {
+    const gone = new Promise<void>((resolve) => proc.onExit(() => resolve()));
+    this.exits.add(gone);
+    void gone.then(() => this.exits.delete(gone));
+    proc.signal('SIGKILL');
+  }
+
+  /** Kernel shutdown: every standby is killed; resolves once they are gone. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const id of [...this.slots.keys()]) this.discard(id);
+    await Promise.allSettled([...this.spawns]);
+    await Promise.all([...this.exits]);
+  }
+}
