@@ -261,7 +261,9 @@ export class Kernel {
       durability: o.durability,
     }));
     // Agents a dead kernel on this data dir left running: their cgroups stay, they are re-adopted below.
-    const keepPids = o.outliveKernel ? survivingPids(o.dataDir, o.durability) : new Set<number>();
+    // A clustered kernel's agents die with it: the cluster runs them again on the surviving nodes.
+    const outlive = o.outliveKernel && !o.cluster;
+    const keepPids = outlive ? survivingPids(o.dataDir, o.durability) : new Set<number>();
     this.durableMail?.open({
       // A file of its own: its transactions span a connection's batch of frames, and must never hold
       // the write lock of state.db (the registry and the state store write there in the same batch).
@@ -271,7 +273,7 @@ export class Kernel {
       log: this.log,
     });
     const sandbox = (this.sandbox = await loadSandbox(o.sandbox, this.log, o.agentUidBase, o.dataDir, {
-      outliveKernel: o.outliveKernel,
+      outliveKernel: outlive,
       keepPids,
     }));
     this.agents = new AgentService({
@@ -517,7 +519,7 @@ export class Kernel {
       });
     // Before any agent can connect: agents a dead kernel left running are theirs again (docs/restart.md),
     // so that their reconnecting SDKs are known agents, never strangers.
-    if (o.outliveKernel) await this.agents.adopt();
+    if (o.outliveKernel && !o.cluster) await this.agents.adopt();
     // The operator socket comes last: once it accepts, the kernel is completely up (readiness signal).
     await server.listen([
       remotes,
