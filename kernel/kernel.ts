@@ -674,6 +674,16 @@ export class Kernel {
     await this.supervisor.detach();
     await this.http?.close();
     this.server?.closeAll();
+    await this.closeServices();
+    this.sandbox?.detach();
+    this.log.info(
+      { agents: this.supervisor.list().filter((a) => a.proc).length },
+      'clove kernel handed over: its agents keep running for the next kernel',
+    );
+  }
+
+  /** The last of a close or a hand-over, connections gone: the reactor thread, the dispatcher, the stores. */
+  private async closeServices(): Promise<void> {
     this.fastPath?.close();
     await this.dispatcher?.close();
     this.quotas?.close();
@@ -684,11 +694,6 @@ export class Kernel {
     this.audit?.close();
     this.agents?.close();
     this.logs.close();
-    this.sandbox?.detach();
-    this.log.info(
-      { agents: this.supervisor.list().filter((a) => a.proc).length },
-      'clove kernel handed over: its agents keep running for the next kernel',
-    );
   }
 
   /** Stops accepting, stops every agent gracefully, closes clients and removes the socket files. */
@@ -709,16 +714,7 @@ export class Kernel {
     // The lease is revoked: this node's names go at once (its restartable agents' definitions stay).
     await this.cluster?.close();
     // After closeAll: every adopted connection is closed already; this joins the reactor thread.
-    this.fastPath?.close();
-    await this.dispatcher?.close();
-    this.quotas?.close();
-    this.worlds?.close();
-    this.journal?.close();
-    this.durableMail?.close();
-    this.store?.close();
-    this.audit?.close();
-    this.agents?.close();
-    this.logs.close();
+    await this.closeServices();
     await this.sandbox?.close();
     this.log.info('clove kernel stopped');
   }

@@ -16,6 +16,7 @@ import {
   waitForSocket,
   type KernelProcess,
 } from '../../harness/kernel.js';
+import { startOf, Strays } from '../../harness/procs.js';
 import { REPO_ROOT } from '../config.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { CgroupRoot, detectHostLayout } from '../sandbox/cgroups.js';
@@ -50,27 +51,18 @@ while True:
 `;
 
 const running: KernelProcess[] = [];
-const strays = new Set<number>();
+const strays = new Strays();
 afterEach(async () => {
   for (const k of running.splice(0)) await k.stop('SIGTERM');
-  for (const pid of strays) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-  strays.clear();
+  strays.killAll();
 });
 
-function startOf(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return f[0] === 'Z' ? null : f[19];
-  } catch {
-    return null;
-  }
+/** A socket path and a data dir for a kernel and its successor, and the agent script (apart from both). */
+function place(): { sock: string; data: string; script: string } {
+  const dir = tempDir();
+  const script = path.join(tempDir(), 'agent.py');
+  fs.writeFileSync(script, AGENT);
+  return { sock: path.join(dir, 's.sock'), data: path.join(dir, 'data'), script };
 }
 
 async function start(dataDir: string, socketPath: string, sandbox: string): Promise<KernelProcess> {
@@ -110,11 +102,7 @@ function byName(list: { name: string }[]) {
 
 describe.each(['auto', 'off'])('agents outlive a SIGKILLed kernel (sandbox %s)', (sandbox) => {
   it('the next kernel re-adopts them: same pid, id and memory; their later exits restart them by policy', async () => {
-    const dir = tempDir();
-    const sock = path.join(dir, 's.sock');
-    const data = path.join(dir, 'data');
-    const script = path.join(tempDir(), 'agent.py');
-    fs.writeFileSync(script, AGENT);
+    const { sock, data, script } = place();
 
     const k1 = await start(data, sock, sandbox);
     const op1 = await k1.client();
@@ -189,11 +177,7 @@ describe.each(['auto', 'off'])('agents outlive a SIGKILLed kernel (sandbox %s)',
 
 describe('clove kernel --upgrade', () => {
   it('the running kernel hands its agents over and exits 0; the new one re-adopts them', async () => {
-    const dir = tempDir();
-    const sock = path.join(dir, 's.sock');
-    const data = path.join(dir, 'data');
-    const script = path.join(tempDir(), 'agent.py');
-    fs.writeFileSync(script, AGENT);
+    const { sock, data, script } = place();
     const k1 = await start(data, sock, 'auto');
     const op1 = await k1.client();
     await op1.spawn({ name: 'keeper', script, restart_policy: 'always' });
@@ -281,11 +265,7 @@ describe.runIf(process.geteuid?.() === 0)(
 
 describe('a re-adopted agent with a warm standby', () => {
   it('gets a new standby from the new kernel, which takes over at its next crash', async () => {
-    const dir = tempDir();
-    const sock = path.join(dir, 's.sock');
-    const data = path.join(dir, 'data');
-    const script = path.join(tempDir(), 'agent.py');
-    fs.writeFileSync(script, AGENT);
+    const { sock, data, script } = place();
     const k1 = await start(data, sock, 'auto');
     const op1 = await k1.client();
     await op1.spawn({ name: 'warm', script, restart_policy: 'always', standby: 1 });

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { startOf, Strays } from '../../harness/procs.js';
 import { startKernelProcess, tempDir, until, type KernelProcess } from '../../harness/kernel.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { CgroupRoot, detectHostLayout, type CgroupLayout, type Hierarchy } from '../sandbox/cgroups.js';
@@ -66,33 +67,16 @@ interface Report {
 
 const running: KernelProcess[] = [];
 /** Processes to SIGKILL should a test fail half way (an unsandboxed agent outlives a SIGKILLed kernel). */
-const strays = new Set<number>();
+const strays = new Strays();
 afterEach(async () => {
   for (const k of running.splice(0)) await k.stop('SIGTERM');
-  for (const pid of strays) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-  strays.clear();
+  strays.killAll();
 });
 
 /** A process, named for good by its pid and start time (pids are reused). */
 interface Proc {
   pid: number;
   start: string;
-}
-
-function startOf(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return f[0] === 'Z' ? null : f[19];
-  } catch {
-    return null;
-  }
 }
 
 function procsOf(root: number): Proc[] {

@@ -782,13 +782,18 @@ export class NativeSpawner implements Spawner {
       ns,
       ns ? nsInode(child.pid) : undefined,
     );
+    return this.track(agent, cg);
+  }
+
+  /** `agent` is live: its processes (by cgroup, else by PID namespace) are its agent's from now on. */
+  private track(agent: SandboxedAgent, cg: AgentCgroup | undefined): SandboxedAgent {
     this.live.add(agent);
     if (cg) {
       const h = this.cgroups!.identityHierarchy();
       const rel = h ? cg.relPaths.get(h) : undefined;
-      if (rel) this.byCgroup.set(rel, spec.agentId);
+      if (rel) this.byCgroup.set(rel, agent.agentId);
     }
-    if (agent.pidNamespace) this.byPidNs.set(agent.pidNamespace, spec.agentId);
+    if (agent.pidNamespace) this.byPidNs.set(agent.pidNamespace, agent.agentId);
     return agent;
   }
 
@@ -821,14 +826,7 @@ export class NativeSpawner implements Spawner {
       hasInit ? pidNs : undefined,
       true,
     );
-    this.live.add(agent);
-    if (cg) {
-      const h = this.cgroups!.identityHierarchy();
-      const rel = h ? cg.relPaths.get(h) : undefined;
-      if (rel) this.byCgroup.set(rel, spec.agentId);
-    }
-    if (agent.pidNamespace) this.byPidNs.set(agent.pidNamespace, spec.agentId);
-    return agent;
+    return this.track(agent, cg);
   }
 
   /**
