@@ -172,6 +172,43 @@ describe('journaled steps', () => {
     await op.kill('jr-think');
   }, 90_000);
 
+  it("answers a step's THINK_STREAM from the journal after the agent restarts: the same pieces and reply, no provider call", async () => {
+    const a = await spawn(tk, 'jr-stream');
+    /** The agent streams a THINK to its end: its pieces' text and the final reply. */
+    const streamAll = async (prompt: string) => {
+      const opened = await a.call('THINK_STREAM', think(prompt));
+      expect(opened).toMatchObject({ success: true });
+      let text = '';
+      for (let i = 0; i < 100; i++) {
+        const n = await a.call('THINK_STREAM_NEXT', { stream_id: opened.stream_id, wait_ms: 5000 });
+        for (const d of n.deltas as { content?: string }[]) text += d.content ?? '';
+        if (n.done) return { text, result: n.result as Record<string, unknown> };
+      }
+      throw new Error('the stream never ended');
+    };
+    expect(await a.call('STEP_BEGIN', { key: 'stream:1' })).toMatchObject({ state: 'new' });
+    const first = await streamAll('one');
+    expect(first.text).toBe('echo:one');
+    const seen = fake.seen.length;
+
+    await op.restart('jr-stream');
+    await a.up();
+    expect(await a.call('STEP_BEGIN', { key: 'stream:1' })).toMatchObject({
+      state: 'in_progress',
+      entries: 1,
+    });
+    const again = await streamAll('one');
+    expect(again).toEqual(first);
+    expect(fake.seen.length, 'no provider call for the replayed stream').toBe(seen);
+    // Past the journal's end the stream is live again.
+    expect((await streamAll('two')).text).toBe('echo:two');
+    expect(fake.seen.length).toBe(seen + 1);
+    expect(await a.call('STEP_END', {})).toMatchObject({ entries: 2, replayed: 1, live: 1 });
+    const perms = await op.getPerms(a.id);
+    expect(perms.permissions.llm.calls_made, 'the replay was not charged').toBe(2);
+    await op.kill('jr-stream');
+  });
+
   it('refuses a call that differs from the journal (journal_diverged), or truncates there when asked', async () => {
     const a = await spawn(tk, 'jr-div');
     await a.call('STEP_BEGIN', { key: 'plan' });

@@ -145,7 +145,9 @@ export class LlmService {
     this.scheduler.checkRoom(caller.id);
     const held = this.admit(caller.id, prep.rights, prep.estimate);
     const streamId = this.streams.open(caller.id, (signal, onDelta) =>
-      this.execute(caller.id, prep, held, signal, onDelta),
+      this.journaledStream(ctx, req, held, onDelta, (onPiece) =>
+        this.execute(caller.id, prep, held, signal, onPiece),
+      ),
     );
     // A client's identity is its connection: its streams go with it. An agent's outlive a connection
     // (any of its connections may read them) and go when the agent ends (the AGENT_EXITED tap).
@@ -154,6 +156,44 @@ export class LlmService {
       ctx.onClose(() => this.streams.dropOwner(caller.id));
     }
     return { success: true, stream_id: streamId, provider: prep.p.name };
+  }
+
+  /**
+   * A stream's call, through the journal (docs/durable.md): outside a step it is just `live`. Inside one,
+   * the whole answer — its pieces as they came, and THINK's reply — is the step's entry, journaled when
+   * the call completes; a replay gives the same pieces (same boundaries) and the same reply without a
+   * provider call or a charge. A call that failed or was cut short is not journaled (made again).
+   */
+  private async journaledStream(
+    ctx: SyscallContext,
+    req: ThinkRequest,
+    held: Usage,
+    onDelta: (d: Delta) => void,
+    live: (onPiece: (d: Delta) => void) => Promise<ThinkResult>,
+  ): Promise<ThinkResult> {
+    let ran = false;
+    let out: unknown;
+    try {
+      out = await this.services.journal.run(ctx, 'THINK_STREAM', req, async () => {
+        ran = true;
+        const deltas: Delta[] = [];
+        const result = await live((d) => {
+          deltas.push(d);
+          onDelta(d);
+        });
+        return { success: true, deltas, result };
+      });
+    } catch (e) {
+      // Refused by the journal (a divergence, a full journal) before anything was called.
+      if (!ran) this.release(ctx.caller.id, held);
+      throw e;
+    }
+    if (ran || !Buffer.isBuffer(out)) return (out as { result: ThinkResult }).result;
+    // Answered from the journal: nothing was called, nothing is held any more.
+    this.release(ctx.caller.id, held);
+    const journaled = JSON.parse(out.toString('utf8')) as { deltas: Delta[]; result: ThinkResult };
+    for (const d of journaled.deltas) onDelta(d);
+    return journaled.result;
   }
 
   /** THINK_STREAM_NEXT: the caller's stream's pieces, waited for in the kernel (parked) up to `waitMs`. */
