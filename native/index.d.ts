@@ -428,12 +428,13 @@ export interface CloveNative {
   /** Appends to, or atomically replaces, a regular file, as `uid`/`gid`. */
   fsWrite(options: NativeFsWriteOptions): Promise<NativeFsWritten>;
   /**
-   * Starts a command inside an agent's sandbox (NativeExecOptions); returns once it exec'd, as a Child
-   * whose `pid` is the command's host pid (its process group and session id too). Throws the failing
-   * step's SyscallError otherwise (e.g. "setns(agent namespaces)", "clone3(command)" EAGAIN at the pids
-   * limit, "chdir", "execve").
+   * Starts a command inside an agent's sandbox (NativeExecOptions) on the addon's enter thread (never on
+   * the event loop; the options' fds must stay open until it settles): resolves once it exec'd, as a
+   * Child whose `pid` is the command's host pid (its process group and session id too). Rejects with the
+   * failing step's SyscallError otherwise (e.g. "setns(agent namespaces)", "clone3(command)" EAGAIN at
+   * the pids limit, "chdir", "execve"); a malformed options object throws a TypeError at once.
    */
-  execInAgent(options: NativeExecOptions): NativeChild;
+  execInAgent(options: NativeExecOptions): Promise<NativeChild>;
   /** pipe2(O_CLOEXEC): [read end, write end], both owned by the caller (for a command's stdio). */
   createPipe(): [readFd: number, writeFd: number];
   /**

@@ -355,7 +355,7 @@ class Command {
     this.merged = new Capped(spec.maxOutput);
   }
 
-  start(opts: Omit<NativeExecOptions, 'stdinFd' | 'stdoutFd' | 'stderrFd'>): Promise<CommandResult> {
+  async start(opts: Omit<NativeExecOptions, 'stdinFd' | 'stdoutFd' | 'stderrFd'>): Promise<CommandResult> {
     const n = this.native;
     const fds: number[] = [];
     const ours: number[] = [];
@@ -378,7 +378,8 @@ class Command {
         stdinFd = fs.openSync('/dev/null', 'r'); // libuv opens with O_CLOEXEC
         fds.push(stdinFd);
       }
-      this.child = n.execInAgent({ ...opts, stdinFd, stdoutFd: outW, stderrFd: errW });
+      // Cloned on the addon's enter thread, never on the event loop; our ends stay open until then.
+      this.child = await n.execInAgent({ ...opts, stdinFd, stdoutFd: outW, stderrFd: errW });
       // The command holds its ends now; ours go to libuv (non-blocking pipe streams).
       for (const fd of fds.splice(0)) closeQuietly(fd);
       this.read(outR, this.out);

@@ -3,7 +3,8 @@
  * exec on a thread of its own (native/src/spawn.cc). The test hook NativeSpawnOptions.testGate (a FIFO
  * every spawn first reads one byte from; $CLOVE_TEST_SPAWN_GATE for a kernel) holds spawns in flight as
  * long as a test likes, so these tests show the loop serving *while* spawns are under way, with no timing
- * in them. Real processes; needs root and the built addon (CI=true makes a missing sandbox a failure).
+ * in them. EXEC's start (`execInAgent`) runs on the addon's enter thread likewise. Real processes; needs
+ * root and the built addon (CI=true makes a missing sandbox a failure).
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -269,4 +270,96 @@ run('a kernel serves while it spawns and restarts agents', () => {
       await kp.stop();
     }
   }, 120_000);
+});
+
+run('EXEC never clones on the event loop', () => {
+  it('execInAgent answers with a promise; the loop turns while the command is started on the enter thread', async () => {
+    const n = loadNative();
+    const devnull = fs.openSync('/dev/null', 'r+');
+    try {
+      const starts = Array.from({ length: 10 }, () =>
+        n.execInAgent({
+          nsPid: 0,
+          namespaces: [],
+          cgroupDir: '',
+          cgroupProcs: [],
+          file: '/bin/true',
+          argv: ['true'],
+          env: [],
+          cwd: '/',
+          stdinFd: devnull,
+          stdoutFd: devnull,
+          stderrFd: devnull,
+          uid: -1,
+          gid: -1,
+          rlimits: [],
+          seccomp: false,
+          startTimeoutMs: 10_000,
+        }),
+      );
+      for (const p of starts) expect(p).toBeInstanceOf(Promise);
+      // Nothing was started by the calls themselves: the loop turns before the first start settles.
+      let turns = 0;
+      let spinning = true;
+      const spin = (): void => {
+        turns++;
+        if (spinning) setImmediate(spin);
+      };
+      setImmediate(spin);
+      const first = await Promise.race(starts);
+      const turnsAtFirst = turns;
+      const children = await Promise.all(starts);
+      spinning = false;
+      expect(turnsAtFirst).toBeGreaterThan(0);
+      expect(first.pid).toBeGreaterThan(0);
+      const exits = await Promise.all(children.map((c) => new Promise<NativeExit>((r) => c.watch(r))));
+      expect(exits.map((e) => e.code)).toEqual(children.map(() => 0));
+    } finally {
+      fs.closeSync(devnull);
+    }
+  });
+
+  it('a failing start rejects with the step that failed', async () => {
+    const n = loadNative();
+    const devnull = fs.openSync('/dev/null', 'r+');
+    try {
+      await expect(
+        n.execInAgent({
+          nsPid: 0,
+          namespaces: [],
+          cgroupDir: '',
+          cgroupProcs: [],
+          file: '/nonexistent/command',
+          argv: ['command'],
+          env: [],
+          cwd: '/',
+          stdinFd: devnull,
+          stdoutFd: devnull,
+          stderrFd: devnull,
+          uid: -1,
+          gid: -1,
+          rlimits: [],
+          seccomp: false,
+          startTimeoutMs: 10_000,
+        }),
+      ).rejects.toMatchObject({ syscall: 'execve', code: 'ENOENT' });
+    } finally {
+      fs.closeSync(devnull);
+    }
+  });
+});
+
+run('the enter thread', () => {
+  it('does not keep a process from exiting once its EXECs are done', async () => {
+    const addon = path.join(path.dirname(initHelperPath()), 'clove_native.node');
+    const script = `
+      const n = require(${JSON.stringify(addon)});
+      const fs = require('node:fs');
+      const fd = fs.openSync('/dev/null', 'r+');
+      n.execInAgent({ nsPid: 0, namespaces: [], cgroupDir: '', cgroupProcs: [], file: '/bin/true', argv: ['true'],
+        env: [], cwd: '/', stdinFd: fd, stdoutFd: fd, stderrFd: fd, uid: -1, gid: -1, rlimits: [], seccomp: false,
+        startTimeoutMs: 5000 }).then((c) => c.watch((e) => console.log('exit', e.code)));`;
+    const out = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30_000 });
+    expect(out.trim()).toBe('exit 0');
+  });
 });

@@ -34,8 +34,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "clone3.h"
@@ -231,72 +236,60 @@ int NsFlag(Napi::Env env, const std::string& name) {
 using EnterStack = MappedStack<64 * 1024>;
 using CommandStack = MappedStack<256 * 1024>;
 
-Napi::Value ExecInAgent(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) throw OptionError(env, "execInAgent(options: object)");
-  Napi::Object o = info[0].As<Napi::Object>();
+struct EnterJob;
+void CompleteEnter(Napi::Env env, Napi::Function, std::nullptr_t*, EnterJob* raw);
+using EnterTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, EnterJob, CompleteEnter>;
+
+// One EXEC start: its plan from the options (JS thread), the clone and the wait for the command's exec
+// (the enter thread), its Child or its error (JS thread again).
+struct EnterJob {
   EnterPlan p;
-  int nsPid = (int)Int(o, "nsPid");
-  for (const auto& n : StrArray(o, "namespaces")) p.nsFlags |= NsFlag(env, n);
-  std::string cgroupDir = Str(o, "cgroupDir");
-  p.cgroupProcs = StrArray(o, "cgroupProcs");
-  p.file = Str(o, "file");
-  p.argv = StrArray(o, "argv");
-  p.envp = StrArray(o, "env");
-  p.cwd = Str(o, "cwd");
-  p.stdinFd = (int)Int(o, "stdinFd");
-  p.stdoutFd = (int)Int(o, "stdoutFd");
-  p.stderrFd = (int)Int(o, "stderrFd");
-  p.uid = (int)Int(o, "uid");
-  p.gid = (int)Int(o, "gid");
-  p.seccomp = Bool(o, "seccomp");
-  int timeoutMs = (int)Int(o, "startTimeoutMs");
-  Napi::Value rl = o.Get("rlimits");
-  if (!rl.IsArray()) throw OptionError(env, "rlimits must be an array of [resource, soft, hard]");
-  Napi::Array ra = rl.As<Napi::Array>();
-  for (uint32_t i = 0; i < ra.Length(); i++) {
-    Napi::Value e = ra.Get(i);
-    if (!e.IsArray() || e.As<Napi::Array>().Length() != 3) throw OptionError(env, "rlimits entries are [resource, soft, hard]");
-    Napi::Array t = e.As<Napi::Array>();
-    for (uint32_t k = 0; k < 3; k++)
-      if (!t.Get(k).IsNumber()) throw OptionError(env, "rlimits entries are [resource, soft, hard]");
-    auto lim = [&](uint32_t k) -> rlim_t {
-      double d = t.Get(k).As<Napi::Number>().DoubleValue();
-      return d < 0 ? RLIM_INFINITY : (rlim_t)d;
-    };
-    p.rlimits.push_back({t.Get(0u).As<Napi::Number>().Int32Value(), {lim(1), lim(2)}});
-  }
-  if (p.file.empty() || p.file[0] != '/') throw OptionError(env, "file must be an absolute path");
-  if (p.argv.empty()) throw OptionError(env, "argv must not be empty");
-  if (p.cwd.empty() || p.cwd[0] != '/') throw OptionError(env, "cwd must be an absolute path");
-  if (p.stdinFd < 0 || p.stdoutFd < 0 || p.stderrFd < 0) throw OptionError(env, "stdinFd, stdoutFd and stderrFd must be open fds");
-  if (p.nsFlags != 0 && nsPid <= 0) throw OptionError(env, "namespaces require nsPid");
-  p.argvPtrs = Ptrs(p.argv);
-  p.envpPtrs = Ptrs(p.envp);
-  p.cgroupPtrs = Ptrs(p.cgroupProcs);
+  int nsPid = 0;
+  std::string cgroupDir;
+  int timeoutMs = 0;
+  // the outcome
+  pid_t cmd = -1;
+  int failErr = 0;
+  std::string failWhat;
+  Napi::Promise::Deferred deferred;
+  EnterTsfn tsfn;
+  explicit EnterJob(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+};
+
+// Clones E (and through it the command C) and waits until C exec'd: on the enter thread, never on
+// Node's loop. Sets job->cmd, or job->failErr and failWhat naming the failing step.
+void RunEnter(EnterJob* job) {
+  EnterPlan& p = job->p;
+  const int nsPid = job->nsPid;
+  const std::string& cgroupDir = job->cgroupDir;
+  const int timeoutMs = job->timeoutMs;
+  auto fail = [job](const char* what, int err) {
+    job->failWhat = what;
+    job->failErr = err;
+  };
 
   // The agent's clove-init, pinned: while its pidfd is open the namespaces it names cannot be another
   // process's, and setns through it fails (ESRCH) once it is gone.
   UniqueFd nsFd;
   if (nsPid > 0 && p.nsFlags != 0) {
     nsFd.Reset((int)syscall(SYS_pidfd_open, nsPid, 0));
-    if (!nsFd.Valid()) throw SysError(env, "pidfd_open(agent)", errno);
+    if (!nsFd.Valid()) return fail("pidfd_open(agent)", errno);
     p.nsFd = nsFd.Get();
   }
   UniqueFd cg;
   if (!cgroupDir.empty()) {
     cg.Reset(open(cgroupDir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!cg.Valid()) throw SysError(env, "open(cgroup dir)", errno);
+    if (!cg.Valid()) return fail("open(cgroup dir)", errno);
   }
   int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) throw SysError(env, "pipe2(status)", errno);
+  if (pipe2(fds, O_CLOEXEC) != 0) return fail("pipe2(status)", errno);
   UniqueFd rd(fds[0]), wr(fds[1]);
 
   // Entering a user namespace needs an mm of one's own (mm_users == 1): fork-style there.
   p.shareVm = !(p.nsFlags & CLONE_NEWUSER) && CloneVmSupported();
   EnterStack eStack;
   CommandStack cStack;
-  if (p.shareVm && (!eStack.Base() || !cStack.Base())) throw SysError(env, "mmap(child stack)", errno);
+  if (p.shareVm && (!eStack.Base() || !cStack.Base())) return fail("mmap(child stack)", errno);
   p.cStack = cStack.Base();
   p.cStackSize = CommandStack::kSize;
 
@@ -328,7 +321,7 @@ Napi::Value ExecInAgent(const Napi::CallbackInfo& info) {
     cloneErr = errno;
   }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  if (pid < 0) throw SysError(env, "clone3(enter)", cloneErr);
+  if (pid < 0) return fail("clone3(enter)", cloneErr);
   UniqueFd enterFd(pidfdRaw);
   wr.Reset();
 
@@ -373,16 +366,147 @@ Napi::Value ExecInAgent(const Napi::CallbackInfo& info) {
   }
   if (failErr) {
     if (cmd > 0) KillAndReapPid(cmd);
-    throw SysError(env, failWhat, failErr);
+    job->failWhat = failWhat;
+    job->failErr = failErr;
+    return;
+  }
+  job->cmd = cmd;
+}
+
+// The enter thread: EXEC starts, one after another. It never ends: the thread that clones is the
+// parent of E, and through CLONE_PARENT of the command, whose PR_SET_PDEATHSIG would fire if it ended.
+struct EnterQueue {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<EnterJob*> jobs;
+  bool started = false;
+};
+// Never destroyed: the detached enter thread waits on it until the process exits (destroying a
+// condition variable a thread waits on would hang the process's exit).
+EnterQueue* enterQueue = new EnterQueue;
+
+void EnterLoop() {
+  EnterQueue& q = *enterQueue;
+  for (;;) {
+    EnterJob* job;
+    {
+      std::unique_lock<std::mutex> lock(q.mu);
+      q.cv.wait(lock, [&q] { return !q.jobs.empty(); });
+      job = q.jobs.front();
+      q.jobs.pop_front();
+    }
+    try {
+      RunEnter(job);
+    } catch (...) {
+      job->failErr = ENOMEM;
+      job->failWhat = "exec thread";
+    }
+    EnterTsfn tsfn = job->tsfn;  // CompleteEnter frees the job
+    if (tsfn.BlockingCall(job) != napi_ok) {
+      if (job->cmd > 0) KillAndReapPid(job->cmd);
+      delete job;
+    }
+    tsfn.Release();
+  }
+}
+
+// Starts the enter thread once, with every signal blocked (Node's handlers must not run on it).
+void EnsureEnterThread() {
+  std::lock_guard<std::mutex> lock(enterQueue->mu);
+  if (enterQueue->started) return;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  std::thread(EnterLoop).detach();
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  enterQueue->started = true;
+}
+
+// On Node's loop: the command as a Child (watched through its pidfd), or the failing step's SysError.
+void CompleteEnter(Napi::Env env, Napi::Function, std::nullptr_t*, EnterJob* raw) {
+  std::unique_ptr<EnterJob> job(raw);
+  if (!env) {  // the environment is going away
+    if (job->cmd > 0) KillAndReapPid(job->cmd);
+    return;
+  }
+  Napi::HandleScope scope(env);
+  if (job->failErr) {
+    job->deferred.Reject(SysError(env, job->failWhat, job->failErr).Value());
+    return;
   }
   // Our own child, not reaped yet: the pid names it until we wait for it.
-  UniqueFd cmdFd((int)syscall(SYS_pidfd_open, cmd, 0));
+  UniqueFd cmdFd((int)syscall(SYS_pidfd_open, job->cmd, 0));
   if (!cmdFd.Valid()) {
     int e = errno;
-    KillAndReapPid(cmd);
-    throw SysError(env, "pidfd_open(command)", e);
+    KillAndReapPid(job->cmd);
+    job->deferred.Reject(SysError(env, "pidfd_open(command)", e).Value());
+    return;
   }
-  return AdoptChild(env, cmd, std::move(cmdFd), UniqueFd(), -1);
+  try {
+    job->deferred.Resolve(AdoptChild(env, job->cmd, std::move(cmdFd), UniqueFd(), -1));
+  } catch (const Napi::Error& e) {
+    job->deferred.Reject(e.Value());
+  }
+}
+
+
+Napi::Value ExecInAgent(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw OptionError(env, "execInAgent(options: object)");
+  Napi::Object o = info[0].As<Napi::Object>();
+  auto job = std::make_unique<EnterJob>(env);
+  EnterPlan& p = job->p;
+  job->nsPid = (int)Int(o, "nsPid");
+  const int nsPid = job->nsPid;
+  for (const auto& n : StrArray(o, "namespaces")) p.nsFlags |= NsFlag(env, n);
+  job->cgroupDir = Str(o, "cgroupDir");
+  p.cgroupProcs = StrArray(o, "cgroupProcs");
+  p.file = Str(o, "file");
+  p.argv = StrArray(o, "argv");
+  p.envp = StrArray(o, "env");
+  p.cwd = Str(o, "cwd");
+  p.stdinFd = (int)Int(o, "stdinFd");
+  p.stdoutFd = (int)Int(o, "stdoutFd");
+  p.stderrFd = (int)Int(o, "stderrFd");
+  p.uid = (int)Int(o, "uid");
+  p.gid = (int)Int(o, "gid");
+  p.seccomp = Bool(o, "seccomp");
+  job->timeoutMs = (int)Int(o, "startTimeoutMs");
+  Napi::Value rl = o.Get("rlimits");
+  if (!rl.IsArray()) throw OptionError(env, "rlimits must be an array of [resource, soft, hard]");
+  Napi::Array ra = rl.As<Napi::Array>();
+  for (uint32_t i = 0; i < ra.Length(); i++) {
+    Napi::Value e = ra.Get(i);
+    if (!e.IsArray() || e.As<Napi::Array>().Length() != 3) throw OptionError(env, "rlimits entries are [resource, soft, hard]");
+    Napi::Array t = e.As<Napi::Array>();
+    for (uint32_t k = 0; k < 3; k++)
+      if (!t.Get(k).IsNumber()) throw OptionError(env, "rlimits entries are [resource, soft, hard]");
+    auto lim = [&](uint32_t k) -> rlim_t {
+      double d = t.Get(k).As<Napi::Number>().DoubleValue();
+      return d < 0 ? RLIM_INFINITY : (rlim_t)d;
+    };
+    p.rlimits.push_back({t.Get(0u).As<Napi::Number>().Int32Value(), {lim(1), lim(2)}});
+  }
+  if (p.file.empty() || p.file[0] != '/') throw OptionError(env, "file must be an absolute path");
+  if (p.argv.empty()) throw OptionError(env, "argv must not be empty");
+  if (p.cwd.empty() || p.cwd[0] != '/') throw OptionError(env, "cwd must be an absolute path");
+  if (p.stdinFd < 0 || p.stdoutFd < 0 || p.stderrFd < 0) throw OptionError(env, "stdinFd, stdoutFd and stderrFd must be open fds");
+  if (p.nsFlags != 0 && nsPid <= 0) throw OptionError(env, "namespaces require nsPid");
+  p.argvPtrs = Ptrs(p.argv);
+  p.envpPtrs = Ptrs(p.envp);
+  p.cgroupPtrs = Ptrs(p.cgroupProcs);
+
+  Napi::Promise promise = job->deferred.Promise();
+  EnsureEnterThread();
+  EnterJob* raw = job.get();
+  raw->tsfn = EnterTsfn::New(env, "clove_exec", 0, 1);
+  {
+    std::lock_guard<std::mutex> lock(enterQueue->mu);
+    enterQueue->jobs.push_back(raw);
+  }
+  enterQueue->cv.notify_one();
+  job.release();  // the enter thread owns it, then CompleteEnter
+  return promise;
 }
 
 // ---- resolvePaths ----
