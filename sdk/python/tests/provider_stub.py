@@ -149,6 +149,9 @@ class ProviderStub:
                     base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "model": model}
                     step = len(reply.content) // 3 + 1  # three pieces, so that a stream has deltas
                     for p in (reply.content[i : i + step] for i in range(0, len(reply.content), step)):
+                        # paced: the kernel merges the pieces its caller has not taken yet, so pieces sent
+                        # back to back may reach a slow (loaded) caller as one
+                        time.sleep(0.02)
                         event({**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]})
                     for i, c in enumerate(calls):
                         event(
