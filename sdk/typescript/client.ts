@@ -217,8 +217,11 @@ export class CloveClient {
       for (const n of this.names) internal(Op.REGISTER, { name: n });
     }
     for (const p of held) {
+      // What a previous connection asked for itself (made again above) is not carried over: only
+      // requests that are written again may wait for a reply, or the replies would shift.
+      if (!p.frame) continue;
       this.pending.push(p);
-      if (p.frame) this.write(s, p.frame);
+      this.write(s, p.frame);
     }
     if (outage)
       for (const cb of this.reconnectHooks)
