@@ -97,6 +97,20 @@ const PY = realPythonPath();
 const SHIM = shimPythonPath();
 const SDK_PATH = path.join(REPO_ROOT, 'sdk', 'python');
 
+/**
+ * The agent's own program: LIST's pid is the sandbox's clove-init (PID 1 of the agent's namespace) when
+ * there is one; the crash a supervisor answers is the program's (PM2's series kill the script's process too).
+ */
+function programPid(pid: number): number {
+  try {
+    if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[0]?.endsWith('clove-init')) return pid;
+    const kids = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1').trim().split(/\s+/);
+    return kids[0] ? Number(kids[0]) : pid;
+  } catch {
+    return pid;
+  }
+}
+
 const BARE: { name: string; cmd: string; args: string[] }[] = [
   { name: `${PY} -c pass`, cmd: PY, args: ['-c', 'pass'] },
   { name: `python3 -c pass (PATH: ${SHIM})`, cmd: SHIM, args: ['-c', 'pass'] },
@@ -112,6 +126,29 @@ const BARE: { name: string; cmd: string; args: string[] }[] = [
     args: [`PYTHONPATH=${SDK_PATH}`, PY, '-c', 'import clove_sdk'],
   },
 ];
+
+/**
+ * The floor under every restart: SIGKILL of a Python process with the SDK imported (what a crashed agent
+ * is) until a supervisor hears of its exit (Node's 'exit' event: SIGCHLD, waitpid). Tearing the process
+ * down takes the operating system this long before anybody can react.
+ */
+const EXIT_FLOOR = `SIGKILL → exit seen (Node 'exit' event) of ${PY} with clove_sdk imported: the floor of any restart`;
+
+async function killToExit(): Promise<number> {
+  const child = spawn(
+    PY,
+    ['-c', 'import clove_sdk, clove_sdk.client, sys\nprint("up", flush=True)\nsys.stdin.read()'],
+    { env: { ...process.env, PYTHONPATH: SDK_PATH }, stdio: ['pipe', 'pipe', 'ignore'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', () => reject(new Error('the floor probe exited before it was up')));
+  });
+  const exited = new Promise<bigint>((resolve) => child.once('exit', () => resolve(process.hrtime.bigint())));
+  const t = process.hrtime.bigint();
+  child.kill('SIGKILL');
+  return Number((await exited) - t) / 1e6;
+}
 
 /** A ready signal: agent pid (as it sees it), arrival time (hrtime), and when its script started (epoch ms). */
 interface Ready {
@@ -255,9 +292,13 @@ async function main(): Promise<void> {
   const dir = tempDir('clvrst');
   const ready = new ReadySocket(dir);
   await ready.listen();
-  const bare = new Map<string, number[]>(BARE.map((b) => [b.name, []]));
+  const bare = new Map<string, number[]>([
+    ...BARE.map((b): [string, number[]] => [b.name, []]),
+    [EXIT_FLOOR, []],
+  ]);
   const sampleBare = async (): Promise<void> => {
     for (const b of BARE) bare.get(b.name)!.push(await timeCommand(b.cmd, b.args));
+    bare.get(EXIT_FLOOR)!.push(await killToExit());
   };
   // a few warm-up runs so the page cache holds both interpreters
   for (let i = 0; i < 3; i++) await sampleBare();
@@ -309,7 +350,7 @@ async function main(): Promise<void> {
       const hostPid = async (name: string): Promise<number> => {
         const a = (await ctl.list()).find((x) => x.name === name);
         if (!a || !a.pid) throw new Error(`${name} is not running`);
-        return a.pid;
+        return programPid(a.pid);
       };
       const agentName = `rb-${sName.split('/')[1]}`;
       const viaKernel = cfg.via !== 'socket';
@@ -340,7 +381,7 @@ async function main(): Promise<void> {
       runners.push({
         name: sName,
         signal: cfg.signal,
-        pid: reply.pid,
+        pid: programPid(reply.pid),
         readyAt: Date.now(),
         next,
         pidAfterReady: () => hostPid(agentName),
@@ -481,6 +522,7 @@ async function writeReports(
     samples_ms: xs.map((x) => r(x)),
   }));
   const py = bareOut[0].start_ms;
+  const floor = bareOut.find((b) => b.name === EXIT_FLOOR)?.start_ms;
   const clove = series.find((s) => s.name === 'clove/kernel');
   const cloveSock = series.find((s) => s.name === 'clove/plain-socket');
   const pm2 = series.find((s) => s.name === 'pm2/socket');
@@ -587,7 +629,7 @@ async function writeReports(
     '',
     `Reproduce: \`${env.command}\` (${env.duration_s} s).`,
     '',
-    `SIGKILL of the agent's process → the new process is up and has said "ready" to the bench. Same script`,
+    `SIGKILL of the agent's program (its Python process: below clove-init for sandboxed agents, as PM2's is the script's) → the new process is up and has said "ready" to the bench. Same script`,
     `(\`bench/agents/ready_agent.py\`), same interpreter (\`${PY}\`), ${KILLS} kills per series, one every ${SPACING_MS} ms (at least that long after`,
     "the agent said ready: longer than both supervisors' 1 s min-uptime, so no kill meets a backoff). The series run side by side,",
     'killed round robin; the bare start times (spawn → exit, from Node) were sampled once per round, in the same run.',
@@ -619,7 +661,7 @@ async function writeReports(
     'the respawn and the interpreter start-up. "script runs → ready" is the agent connecting and saying ready, and the bench hearing it.',
     '',
     mdTable(
-      ['bare start', 'n', 'p50 ms', 'p95 ms', 'max ms'],
+      ['bare start (spawn → exit), and the exit floor', 'n', 'p50 ms', 'p95 ms', 'max ms'],
       bareOut.map((b) => [
         `\`${b.name}\``,
         b.start_ms.n,
@@ -646,7 +688,10 @@ async function writeReports(
           ? `, clove/plain-standby p95 ${standbyGoal.clove_plain_standby_p95_ms} ms`
           : '') +
         ` (${standbyGoal.met ? 'met' : 'NOT met'}); a cold restart through the SDK (clove/sdk) p95 ${standbyGoal.cold_clove_sdk_p95_ms} ms.` +
-        ' For the standby series "kill → script runs" is noticing the exit plus the promotion (SIGUSR1 to the parked process, runpy).' +
+        ' For the standby series "kill → script runs" is noticing the exit (with a sandbox: clove-init\'s exit record, before the namespace is torn down) plus the promotion (SIGUSR1 to the parked process, which runs the script it compiled while parked, its connection to the kernel already open).' +
+        (floor
+          ? ` Below every restart lies the exit floor of this run (the last row above): p50 ${r(floor.p50)} / p95 ${r(floor.p95)} ms from SIGKILL until a supervisor can know of the exit.`
+          : '') +
         ' Before each of their kills the bench waits, untimed, until LIST shows the next standby ready.\n'
       : '',
     skipped.length

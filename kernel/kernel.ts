@@ -212,7 +212,7 @@ export class Kernel {
         this.release(a.def.id);
       },
       exited: (a) => {
-        this.server?.dropConnectionsOf(a.def.id);
+        this.server?.dropConnectionsOf(a.def.id, (pid) => this.supervisor.isStandbyPid(a, pid));
         // A durable agent's run is done with when it ends on its own with 0, not when it is stopped.
         const e = a.lastExit;
         const finished =

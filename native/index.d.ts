@@ -149,8 +149,12 @@ export interface NativeChild {
   readonly exited: boolean;
   /** pidfd_send_signal; false when the child is already gone. */
   kill(signal: number): boolean;
-  /** Starts watching the pidfd; cb runs once, after waitid reaped the child. Call exactly once. */
-  watch(cb: (exit: NativeExit) => void): void;
+  /**
+   * Starts watching the child; cb runs once, after it was reaped. Call exactly once. `ended` (children
+   * with clove-init) runs at most once before cb, as soon as init reported the agent's own exit: init's
+   * exit, and the teardown of the namespace with it, come later.
+   */
+  watch(cb: (exit: NativeExit) => void, ended?: (agent: NativeExitStatus) => void): void;
 }
 
 /**

@@ -35,6 +35,7 @@ import {
   type Supervisor,
 } from '../supervisor/supervisor.js';
 import type { Account } from '../sandbox/types.js';
+import { parentPid } from '../sandbox/procfs.js';
 import { IdentityRegistry, type IdentityRow, type PersistedAgent, type SpawnedBy } from './registry.js';
 import { reownTree, retireWorkDir } from './workdir.js';
 
@@ -956,18 +957,6 @@ function resolveOnPath(cmd: string): string {
     }
   }
   throw new SpawnFailedError(`command not found on PATH: ${cmd}`);
-}
-
-function parentPid(pid: number): number | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // comm may hold spaces and parentheses: the fields after the last ')' are fixed.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ppid = Number(rest[1]);
-    return Number.isInteger(ppid) ? ppid : null;
-  } catch {
-    return null;
-  }
 }
 
 /** What is persisted of an agent (registry.ts). */

@@ -18,6 +18,8 @@ export interface Principal {
    * its restarts and the kernel's, never the same for two agents that held the name one after the other.
    */
   identity?: string;
+  /** The peer's pid when the connection was identified (SO_PEERCRED); absent for calls without a socket. */
+  pid?: number;
 }
 
 export interface PeerCred {
@@ -99,7 +101,8 @@ export class Principals {
       await this.agents.spawnsSettled();
       agent = this.agents.agentOfPid(cred.pid);
     }
-    if (agent) return { id: agent.id, role: 'agent', name: agent.name, identity: agent.identity };
+    if (agent)
+      return { id: agent.id, role: 'agent', name: agent.name, identity: agent.identity, pid: cred.pid };
     if (door === 'agent') return null;
     const id = this.allocate();
     if (cred.uid === this.ownerUid || cred.uid === 0) return { id, role: 'operator', name: `operator-${id}` };

@@ -231,10 +231,13 @@ export class Server implements ConnectionHooks {
     for (const t of this.transports) t.close();
   }
 
-  /** Closes every connection of `id` at once (its process tree died: parked calls take nothing). */
-  dropConnectionsOf(id: number): void {
+  /**
+   * Closes every connection of `id` at once (its process tree died: parked calls take nothing), but those
+   * whose peer `keep` names (its warm standby's, connected while parked: supervisor/standby.ts).
+   */
+  dropConnectionsOf(id: number, keep?: (pid: number) => boolean): void {
     for (const c of this.connections)
-      if (c.principal.id === id) {
+      if (c.principal.id === id && !(keep && c.principal.pid !== undefined && keep(c.principal.pid))) {
         c.close();
         this.uncount(c);
       }

@@ -171,6 +171,9 @@ class SandboxedAgent implements AgentProcess {
   readonly pid: number;
   private exitInfo?: ExitInfo;
   private readonly callbacks: Array<(info: ExitInfo) => void> = [];
+  /** onEnded's callbacks, and the exit they were given (the agent's own end, before the teardown). */
+  private readonly endedCallbacks: Array<(info: ExitInfo) => void> = [];
+  private endedInfo?: ExitInfo;
   private frozen = false;
 
   constructor(
@@ -186,7 +189,10 @@ class SandboxedAgent implements AgentProcess {
     private readonly adopted = false,
   ) {
     this.pid = child.pid;
-    child.watch((exit) => void this.finish(exit));
+    child.watch(
+      (exit) => void this.finish(exit),
+      (agent) => this.ended(this.exitOf(agent)),
+    );
   }
 
   /** Host pid of the agent program itself (below clove-init), when it is still running. */
@@ -267,20 +273,55 @@ class SandboxedAgent implements AgentProcess {
     }
   }
 
-  private async finish(exit: NativeExit): Promise<void> {
-    const status = exit.agent ?? { code: exit.code, signal: exit.signal };
+  onEnded(cb: (info: ExitInfo) => void): void {
+    if (!this.endedInfo) this.endedCallbacks.push(cb);
+  }
+
+  /**
+   * The agent's exit as ExitInfo: its status (`unknown` without one, for a re-adopted agent), and the
+   * cgroup's OOM / pids.max counters, which the kernel raised before the process died.
+   */
+  private exitOf(status: { code: number | null; signal: number | null }, unknown = false): ExitInfo {
     let code = status.code;
     let signal = signalName(status.signal);
-    // Not our child (re-adopted from a dead kernel): only its parent knew how it ended.
-    const unknown = this.adopted && exit.waitError !== undefined && !exit.agent;
     if (code === null && signal === null && !unknown) signal = 'SIGKILL'; // reaped by someone else: assume killed
     let reason: ExitInfo['reason'] = unknown ? 'unknown' : signal ? 'signal' : 'exit';
     const cg = this.cgroup;
     if (cg) {
-      if (!this.hasInit) await this.spawner.drainCgroup(cg);
       const abnormal = signal !== null || code !== 0;
       if (cg.oomKills() > 0 && abnormal) reason = 'oom';
       else if (cg.pidsMaxEvents() > 0 && abnormal) reason = 'pids';
+    }
+    if (code !== null) signal = null;
+    else code = null;
+    return { code, signal, reason };
+  }
+
+  /** The agent's own program ended (its sandbox is still being torn down): onEnded's callbacks, once. */
+  private ended(info: ExitInfo): void {
+    if (this.endedInfo || this.exitInfo) return;
+    this.endedInfo = info;
+    for (const cb of this.endedCallbacks.splice(0)) {
+      try {
+        cb(info);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  private async finish(exit: NativeExit): Promise<void> {
+    // Not our child (re-adopted from a dead kernel): only its parent knew how it ended.
+    const unknown = this.adopted && exit.waitError !== undefined && !exit.agent;
+    // What onEnded said stands (init's record, read first); without init the agent itself was reaped.
+    const info =
+      this.endedInfo ?? this.exitOf(exit.agent ?? { code: exit.code, signal: exit.signal }, unknown);
+    if (!this.hasInit && !unknown) this.ended(info);
+    const cg = this.cgroup;
+    if (cg) {
+      if (!this.hasInit) await this.spawner.drainCgroup(cg);
       await this.spawner.removeCgroup(cg);
     } else if (!this.hasInit) {
       try {
@@ -289,9 +330,8 @@ class SandboxedAgent implements AgentProcess {
         /* none */
       }
     }
-    if (code !== null) signal = null;
-    else code = null;
-    this.exitInfo = { code, signal, reason };
+    this.exitInfo = info;
+    this.endedCallbacks.length = 0;
     this.spawner.forget(this);
     for (const cb of this.callbacks.splice(0)) {
       try {

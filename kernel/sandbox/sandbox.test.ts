@@ -298,6 +298,39 @@ run('NativeSpawner (root sandbox)', () => {
     expect(spawner.agents().size).toBe(0);
   }, 120_000);
 
+  it("onEnded hears of the agent's own exit from clove-init before its namespace is torn down, and agrees with onExit", async () => {
+    const log = newLog();
+    const a = (await spawner.spawn(
+      spec({ argv: ['/bin/sh', '-c', 'sleep 60 & sleep 0.1; exit 7'], cwd: dir, logFd: log.fd }),
+    )) as SandboxedAgent;
+    const order: string[] = [];
+    let ended: ExitInfo | undefined;
+    a.onEnded((info) => {
+      order.push('ended');
+      ended = info;
+    });
+    const exit = await new Promise<ExitInfo>((resolve) =>
+      a.onExit((info) => {
+        order.push('exit');
+        resolve(info);
+      }),
+    );
+    expect(order).toEqual(['ended', 'exit']);
+    expect(ended).toEqual({ code: 7, signal: null, reason: 'exit' });
+    expect(exit).toEqual(ended);
+
+    // clove-init itself killed: no record, so only onExit (the agent's status is unknown: SIGKILL).
+    const b = (await spawner.spawn(
+      spec({ argv: ['/bin/sleep', '60'], cwd: dir, logFd: log.fd }),
+    )) as SandboxedAgent;
+    let endedB = 0;
+    b.onEnded(() => endedB++);
+    const done = exitOf(b);
+    b.signal('SIGKILL');
+    expect((await done).signal).toBe('SIGKILL');
+    expect(endedB).toBe(0);
+  });
+
   it('SIGSTOP pauses the whole agent (freezer) and SIGCONT resumes it; KILL of a paused agent works', async () => {
     const log = newLog();
     const a = (await spawner.spawn(

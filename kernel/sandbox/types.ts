@@ -71,6 +71,13 @@ export interface AgentProcess {
   signal(sig: NodeJS.Signals): void;
   /** Called exactly once, after the agent and its process tree are gone and reaped. */
   onExit(cb: (info: ExitInfo) => void): void;
+  /**
+   * Called at most once, before onExit's callbacks, as soon as the agent's own program is known to have
+   * ended while its sandbox is still being torn down (the exit as onExit will report it). Spawners that
+   * learn of an exit only once everything is gone never call it. What may run before the teardown is
+   * done (a warm standby's promotion, supervisor.ts) uses it; everything else waits for onExit.
+   */
+  onEnded?(cb: (info: ExitInfo) => void): void;
 }
 
 export interface Spawner {

@@ -14,14 +14,18 @@ import { parkedIn, standbyArgv } from './standby.js';
 
 const AGENT = `
 import os, sys
+import clove_sdk.client
 from clove_sdk import CloveClient
-with CloveClient() as c:
+pre = clove_sdk.client._preconnected is not None
+drops = []
+with CloveClient(on_reconnect=lambda: drops.append(1)) as c:
     c.hello()
     while True:
         m = c.wait_message(timeout=None)
         if m is None:
             continue
-        c.send_message({"argv": sys.argv[1:3], "name": __name__, "path0": sys.path[0]}, to=m["from"])
+        c.send_message({"argv": sys.argv[1:3], "name": __name__, "path0": sys.path[0], "preconnected": pre,
+                        "reconnects": len(drops)}, to=m["from"])
 `;
 
 let k: TestKernel | undefined;
@@ -82,7 +86,12 @@ for (const sandbox of ['auto', 'off'] as const) {
       expect(standbyPid).toBeGreaterThan(0);
       expect(standbyPid).not.toBe(first.pid);
       expect(alive(standbyPid)).toBe(true);
-      expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], name: '__main__', path0: dir });
+      expect(await ask(op, 'warm')).toMatchObject({
+        argv: ['x', 'y'],
+        name: '__main__',
+        path0: dir,
+        preconnected: false,
+      });
 
       // SIGKILL the agent's process (its Python, or clove-init's whole namespace).
       process.kill(first.pid, 'SIGKILL');
@@ -97,7 +106,13 @@ for (const sandbox of ['auto', 'off'] as const) {
       if (back.pid !== standbyPid) console.log(fs.readFileSync(back.log_file!, 'utf8'));
       expect(back.pid).toBe(standbyPid);
       expect(back.restarts).toBe(1);
-      expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], name: '__main__' });
+      // Its connection was opened while parked, and the kernel kept it when the old process died.
+      expect(await ask(op, 'warm')).toMatchObject({
+        argv: ['x', 'y'],
+        name: '__main__',
+        preconnected: true,
+        reconnects: 0,
+      });
 
       // A new standby appears.
       const next = await until(
@@ -112,12 +127,36 @@ for (const sandbox of ['auto', 'off'] as const) {
       expect(nextPid).not.toBe(standbyPid);
       expect(alive(nextPid)).toBe(true);
 
+      // A crash of the agent's program itself (below clove-init when sandboxed): init reports it at once
+      // (onEnded) and the standby is promoted while the old namespace is still being torn down.
+      process.kill(programOf(back.pid), 'SIGKILL');
+      const crashed = await until(
+        async () => {
+          const a = await info(op, 'warm');
+          return a.pid === nextPid && a.ready ? a : undefined;
+        },
+        20_000,
+        'agent back after its program crashed',
+      );
+      expect(crashed.restarts).toBe(2);
+      expect(crashed.exit_signal).toBe('SIGKILL');
+      expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], preconnected: true, reconnects: 0 });
+      const third = await until(
+        async () => {
+          const a = await info(op, 'warm');
+          return a.standby?.ready ? a : undefined;
+        },
+        20_000,
+        'standby after the crash',
+      );
+      const thirdPid = third.standby!.pid;
+
       // RESTART promotes the standby too (a restart all the same).
       const rs = await op.restart('warm', { wait: true });
       const afterRestart = await info(op, 'warm');
-      expect(afterRestart.pid).toBe(nextPid);
+      expect(afterRestart.pid).toBe(thirdPid);
       expect(rs.success).toBe(true);
-      expect(afterRestart.restarts).toBe(2);
+      expect(afterRestart.restarts).toBe(3);
       expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], name: '__main__' });
       const last = await until(
         async () => {
@@ -178,6 +217,13 @@ for (const sandbox of ['auto', 'off'] as const) {
       await until(() => !alive(parked), 10_000, 'standby gone with the kernel');
     }, 60_000);
   });
+}
+
+/** The agent's program: the child of its clove-init when it has one, else the process itself. */
+function programOf(pid: number): number {
+  const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[0] ?? '';
+  if (!cmd.endsWith('clove-init')) return pid;
+  return Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1').trim().split(/\s+/)[0]);
 }
 
 describe('standby launcher detection', () => {

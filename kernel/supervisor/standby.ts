@@ -6,14 +6,16 @@
  * parked in /proc. When
  * the supervisor starts the agent again (a crash answered by the restart policy, or RESTART) it takes
  * the parked process instead of spawning one and sends it SIGUSR1: the script runs as `__main__`.
- * Then a new standby is prepared. The kernel maps the standby's pid to the agent only at promotion
- * (supervisor.ts adopts it); before that the standby never connects.
+ * Then a new standby is prepared. The kernel maps the standby's pid to the agent at promotion
+ * (supervisor.ts adopts it); before that only the connection the standby opened while parked is the
+ * agent's (ownerOf, isStandbyPid: it survives the old process's exit).
  *
  * Only Python agents (argv `[python…, script, …]`) can have one; others get a note instead.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import type { AgentLogs } from './logs.js';
+import { parentPid } from '../sandbox/procfs.js';
 import type { AgentProcess } from '../sandbox/types.js';
 import type { AgentRecord } from './supervisor.js';
 
@@ -88,6 +90,8 @@ export interface StandbyHooks {
 
 export class StandbyPool {
   private slots = new Map<number, Slot>();
+  /** Pid of each standby process (the sandbox's root) -> its agent's id. */
+  private owners = new Map<number, number>();
   private closed = false;
   private exits = new Set<Promise<void>>();
   private spawns = new Set<Promise<void>>();
@@ -150,7 +154,9 @@ export class StandbyPool {
           return;
         }
         s.proc = proc;
+        this.owners.set(proc.pid, d.id);
         proc.onExit((info) => {
+          if (this.owners.get(proc.pid) === d.id) this.owners.delete(proc.pid);
           if (s.proc !== proc) return; // promoted: the supervisor owns its exit
           s.proc = null;
           s.ready = false;
@@ -209,6 +215,26 @@ export class StandbyPool {
     }, POLL_MS);
   }
 
+  /** The agent whose standby (parked, or being promoted) `pid` is: what a standby's connection identifies as. */
+  ownerOf(pid: number): number | undefined {
+    return this.owners.get(pid);
+  }
+
+  /**
+   * True when `pid` is the agent's standby process or its direct child (the program below a sandbox's
+   * clove-init): its connection, opened while parked, outlives the agent's old process.
+   */
+  isStandbyPid(id: number, pid: number): boolean {
+    const root = this.slots.get(id)?.proc?.pid;
+    return root !== undefined && (pid === root || parentPid(pid) === root);
+  }
+
+  /** True when the agent has a parked standby ready to be promoted. */
+  ready(a: AgentRecord): boolean {
+    const s = this.slots.get(a.def.id);
+    return !!s && s.ready && s.proc !== null;
+  }
+
   /**
    * Promotion: the agent's parked standby, woken (SIGUSR1), or null when none is ready. The caller
    * (the supervisor's launch) adopts it as the agent's process; a new standby is prepared once the
@@ -220,6 +246,7 @@ export class StandbyPool {
     const proc = s.proc;
     s.proc = null;
     s.ready = false;
+    this.owners.delete(proc.pid);
     if (!s.woken) proc.signal('SIGUSR1');
     s.woken = false;
     return proc;

@@ -9,6 +9,9 @@ import { type Action, type Event, type State, transition, isRefusal } from './ma
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../sandbox/types.js';
 import { StandbyPool, type StandbyInfo } from './standby.js';
 
+/** How long after a restart the agent's next warm standby is prepared (see apply()). */
+const STANDBY_REFILL_DELAY_MS = 200;
+
 export type RestartPolicyName = 'never' | 'on-failure' | 'always';
 
 export interface RestartPolicy {
@@ -159,7 +162,16 @@ export class Supervisor {
   }
 
   pidOwner(pid: number): AgentRecord | undefined {
-    return this.byPid.get(pid);
+    const a = this.byPid.get(pid);
+    if (a) return a;
+    // A warm standby connects while parked: it is its agent's already (the sandbox says so by cgroup).
+    const id = this.standbys.ownerOf(pid);
+    return id === undefined ? undefined : this.agents.get(id);
+  }
+
+  /** True when `pid` is (a process of) the agent's warm standby, parked or being promoted. */
+  isStandbyPid(a: AgentRecord, pid: number): boolean {
+    return this.standbys.isStandbyPid(a.def.id, pid);
   }
 
   /** Resolves once every spawn under way has settled (so a just-started agent's pid is known). */
@@ -262,20 +274,31 @@ export class Supervisor {
     a.lastBeat = a.startedAt;
     this.byPid.set(proc.pid, a);
     proc.onExit((info) => this.exited(a, proc, info));
+    proc.onEnded?.((info) => {
+      // The agent's program ended and its sandbox is being torn down (milliseconds with a PID
+      // namespace): a crash its warm standby answers is handled now, the teardown finishes on its own.
+      if (this.promotes(a, info)) this.exited(a, proc, info);
+    });
     this.hooks.started?.(a);
+  }
+
+  /** True when this exit of the agent's process is answered at once by promoting its parked standby. */
+  private promotes(a: AgentRecord, info: ExitInfo): boolean {
+    return (
+      a.def.standby !== undefined &&
+      a.def.standby > 0 &&
+      a.consecutiveFailures === 0 &&
+      (a.state === 'RUNNING' || a.state === 'PAUSED') &&
+      this.standbys.ready(a) &&
+      this.classify(a, info) === 'exit_restart'
+    );
   }
 
   private exited(a: AgentRecord, proc: AgentProcess, info: ExitInfo): void {
     if (a.proc !== proc) return;
     // Warm standby: an exit that restarts at once wakes the standby first, so that its interpreter runs
     // the script while the kernel does the bookkeeping below; it is adopted in this same tick (launch).
-    if (
-      a.def.standby &&
-      a.consecutiveFailures === 0 &&
-      (a.state === 'RUNNING' || a.state === 'PAUSED') &&
-      this.classify(a, info) === 'exit_restart'
-    )
-      this.standbys.wake(a);
+    if (this.promotes(a, info)) this.standbys.wake(a);
     this.byPid.delete(proc.pid);
     a.proc = null;
     a.lastExit = info;
@@ -379,8 +402,12 @@ export class Supervisor {
     a.state = next;
     for (const act of actions) this.run(a, act, ev);
     // Warm standby: one is prepared whenever the agent runs, and goes when the agent is being stopped.
+    // After a restart the next one waits a little: preparing it is work on the event loop (the spawn's
+    // checks, cgroup and mount plan) that would delay the first calls of the process just promoted, and
+    // an exit is answered by a promotion only once the agent has been up for a while anyway (backoff).
     if (a.def.standby) {
-      if (a.state === 'RUNNING' && ev === 'started') this.standbys.prepare(a);
+      if (a.state === 'RUNNING' && ev === 'started')
+        this.standbys.prepare(a, a.restarts > 0 ? STANDBY_REFILL_DELAY_MS : 0);
       else if (a.state === 'STOPPING' || a.state === 'STOPPED' || a.state === 'FAILED')
         this.standbys.discard(a.def.id);
     }

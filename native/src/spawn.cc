@@ -188,6 +188,7 @@ struct Reaper {
   UniqueFd rd, wr;
   std::unordered_map<pid_t, Child*> children;  // spawned and not reaped yet
   std::unordered_map<int32_t, int> statuses;   // exit token -> the agent's wait status (until reaped)
+  std::unordered_map<int32_t, Child*> byToken; // exit token -> its child (until reaped)
   int32_t nextToken = 1;
   size_t watched = 0;  // children with a watch(): the loop stays alive while there are any
 };
@@ -195,15 +196,28 @@ struct Reaper {
 static Reaper* reaper = nullptr;
 
 void ReapAll();
+void AgentEnded(Child* c, int status);
 
+// Reads the agents' exit records clove-init wrote on the shared exit pipe. A record comes as soon as
+// init reaped the agent, before init's own exit tears the namespace down (milliseconds later): the
+// child's watcher hears of the agent's end at once (watch()'s second callback), its full exit later.
 void DrainRecords() {
   Record buf[64];
+  std::vector<std::pair<int32_t, int>> ended;
   for (;;) {
     ssize_t n = read(reaper->rd.Get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n <= 0) break;
     for (ssize_t i = 0; i < n / (ssize_t)sizeof(Record); i++)
-      if (buf[i].kind == kRecordExited) reaper->statuses[buf[i].err] = buf[i].value;
+      if (buf[i].kind == kRecordExited) {
+        reaper->statuses[buf[i].err] = buf[i].value;
+        ended.emplace_back(buf[i].err, buf[i].value);
+      }
+  }
+  // After the reads: a callback may spawn or reap, which changes the maps.
+  for (auto [token, status] : ended) {
+    auto it = reaper->byToken.find(token);
+    if (it != reaper->byToken.end()) AgentEnded(it->second, status);
   }
 }
 
@@ -269,7 +283,10 @@ class Child : public Napi::ObjectWrap<Child> {
   explicit Child(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Child>(info) {}
 
   ~Child() {
-    if (reaper && registered_) reaper->children.erase(pid_);
+    if (reaper && registered_) {
+      reaper->children.erase(pid_);
+      reaper->byToken.erase(token_);
+    }
     if (timer_) uv_close(reinterpret_cast<uv_handle_t*>(timer_), FreeTimer);
   }
 
@@ -289,11 +306,13 @@ class Child : public Napi::ObjectWrap<Child> {
     clone_ = true;
     registered_ = true;
     reaper->children[pid] = this;
+    if (token >= 0) reaper->byToken[token] = this;
   }
 
   // ReapAll() reaped us: record it, deliver now if watched, else when watch() is called.
   void Reaped(const siginfo_t& si) {
     registered_ = false;
+    reaper->byToken.erase(token_);
     reaped_ = true;
     si_ = si;
     auto it = reaper->statuses.find(token_);
@@ -302,6 +321,23 @@ class Child : public Napi::ObjectWrap<Child> {
       reaper->statuses.erase(it);
     }
     if (watching_) Deliver();
+  }
+
+  // DrainRecords() read the agent's exit record: hands it to watch()'s second callback, once.
+  void Ended(int status) {
+    if (!watching_ || delivered_ || endCb_.IsEmpty()) return;
+    Napi::FunctionReference cb = std::move(endCb_);
+    Napi::Env env = Env();
+    try {
+      Napi::HandleScope scope(env);
+      napi_value argv[] = {StatusObject(env, status)};
+      napi_value ignored;
+      if (napi_make_callback(env, nullptr, env.Global(), cb.Value(), 1, argv, &ignored) == napi_pending_exception) {
+        napi_value exc;
+        if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+      }
+    } catch (const Napi::Error&) {
+    }
   }
 
  private:
@@ -324,11 +360,14 @@ class Child : public Napi::ObjectWrap<Child> {
     return Napi::Boolean::New(env, true);
   }
 
-  // watch(cb): cb runs once, on Node's own loop, after the child was reaped.
+  // watch(cb, ended?): cb runs once, on Node's own loop, after the child was reaped; `ended` (clove-init
+  // children only) at most once before it, as soon as init reported the agent's own exit.
   Napi::Value Watch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsFunction()) throw OptionError(env, "watch(cb: function)");
+    if (info.Length() < 1 || !info[0].IsFunction() || (info.Length() > 1 && !info[1].IsFunction() && !info[1].IsUndefined()))
+      throw OptionError(env, "watch(cb: function, ended?: function)");
     if (watching_) throw Napi::Error::New(env, "watch() may be called once");
+    if (info.Length() > 1 && info[1].IsFunction()) endCb_ = Napi::Persistent(info[1].As<Napi::Function>());
     uv_loop_t* loop = nullptr;
     if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) throw Napi::Error::New(env, "napi_get_uv_event_loop failed");
     if (pidfd_.Valid()) {
@@ -393,6 +432,7 @@ class Child : public Napi::ObjectWrap<Child> {
   void Deliver() {
     if (!watching_ || delivered_) return;
     delivered_ = true;
+    endCb_.Reset();
     if (timer_) {
       uv_close(reinterpret_cast<uv_handle_t*>(timer_), FreeTimer);
       timer_ = nullptr;
@@ -422,15 +462,19 @@ class Child : public Napi::ObjectWrap<Child> {
       res.Set("signal", exited ? env.Null() : Napi::Number::New(env, si_.si_status));
     }
     if (agentStatus_ >= 0) {
-      Napi::Object a = Napi::Object::New(env);
-      bool exited = WIFEXITED(agentStatus_);
-      a.Set("code", exited ? Napi::Number::New(env, WEXITSTATUS(agentStatus_)) : env.Null());
-      a.Set("signal", WIFSIGNALED(agentStatus_) ? Napi::Number::New(env, WTERMSIG(agentStatus_)) : env.Null());
-      res.Set("agent", a);
+      res.Set("agent", StatusObject(env, agentStatus_));
     } else {
       res.Set("agent", env.Null());
     }
     return res;
+  }
+
+  // A wait status as NativeExitStatus.
+  static Napi::Object StatusObject(Napi::Env env, int status) {
+    Napi::Object a = Napi::Object::New(env);
+    a.Set("code", WIFEXITED(status) ? Napi::Number::New(env, WEXITSTATUS(status)) : env.Null());
+    a.Set("signal", WIFSIGNALED(status) ? Napi::Number::New(env, WTERMSIG(status)) : env.Null());
+    return a;
   }
 
   // Calls the watch callback once: an exception it throws is an uncaught exception, as for any callback;
@@ -457,6 +501,7 @@ class Child : public Napi::ObjectWrap<Child> {
   uv_poll_t* poll_ = nullptr;
   uv_timer_t* timer_ = nullptr;
   Napi::FunctionReference cb_;
+  Napi::FunctionReference endCb_;  // watch()'s `ended`, until called
   bool clone_ = false;       // reaper mode (spawn())
   bool keepsLoop_ = false;   // counted in reaper->watched (watched before it was reaped)
   bool registered_ = false;  // in reaper->children
@@ -464,6 +509,8 @@ class Child : public Napi::ObjectWrap<Child> {
   bool delivered_ = false;
   bool reaped_ = false;
 };
+
+void AgentEnded(Child* c, int status) { c->Ended(status); }
 
 // Reaps one of our children if it exited and hands it its exit; false while it runs.
 bool ReapOne(pid_t pid) {

@@ -97,6 +97,22 @@ def _window_from_env() -> float:
     return max(0.0, ms) / 1000.0
 
 
+#: A connection the warm standby launcher opened while parked (clove_sdk._standby): (path, socket). The first
+#: client of this process that connects to that path takes it instead of connecting.
+_preconnected: tuple[str, socket.socket] | None = None
+
+
+def _take_preconnected(path: str) -> socket.socket | None:
+    global _preconnected
+    held, _preconnected = _preconnected, None
+    if held is None:
+        return None
+    if held[0] == path:
+        return held[1]
+    held[1].close()
+    return None
+
+
 def _ms(seconds: float) -> int:
     return max(0, int(round(seconds * 1000)))
 
@@ -188,13 +204,17 @@ class CloveClient:
         with self._lock:
             if self._sock is not None:
                 return
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
+            sock = _take_preconnected(self.socket_path)
+            if sock is not None:
                 sock.settimeout(self.timeout)
-                sock.connect(self.socket_path)
-            except OSError as e:
-                sock.close()
-                raise ConnectionClosedError(f"cannot connect to {self.socket_path}: {e}") from e
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(self.timeout)
+                    sock.connect(self.socket_path)
+                except OSError as e:
+                    sock.close()
+                    raise ConnectionClosedError(f"cannot connect to {self.socket_path}: {e}") from e
             self._sock = sock
             self._decoder.reset()
             self._pending.clear()

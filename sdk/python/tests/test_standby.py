@@ -120,3 +120,105 @@ def _state(pid: int) -> str:
     except OSError:
         pass
     return "zombie"
+
+
+def _start_parked(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The launcher for `script`, once it is parked."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "clove_sdk._standby", str(script), *args],
+        env={**os.environ, "PYTHONPATH": str(SDK), **(env or {})},
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not _blocked(p.pid) & (1 << (signal.SIGUSR2 - 1)):
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            raise AssertionError(f"the launcher never parked: {p.communicate()}")
+        time.sleep(0.01)
+    return p
+
+
+def _promote(p: subprocess.Popen[str]) -> tuple[str, str]:
+    os.kill(p.pid, signal.SIGUSR1)
+    try:
+        return p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_the_script_gets_the_globals_python_gives_a_script(tmp_path: Path) -> None:
+    # Compiled while parked, run in a fresh __main__: what `python SCRIPT` gives, pickling of its classes included.
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "# -*- coding: latin-1 -*-\n"
+        "import json, pickle, sys\n"
+        "class C:\n"
+        "    pass\n"
+        "print(json.dumps({'file': __file__, 'cached': __cached__, 'spec': __spec__, 'package': __package__,\n"
+        "  'loader': type(__loader__).__name__, 'main': sys.modules['__main__'].__dict__ is globals(),\n"
+        "  'pickled': type(pickle.loads(pickle.dumps(C()))).__name__, 'doc': __doc__, 'text': '\xe9'}))\n",
+        encoding="latin-1",
+    )
+    direct = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20, cwd="/")
+    out, err = _promote(_start_parked(script))
+    assert err == ""
+    assert json.loads(out) == json.loads(direct.stdout)
+    assert json.loads(out)["main"] is True and json.loads(out)["text"] == "\xe9"
+
+
+def test_a_script_changed_while_parked_runs_as_it_is_now(tmp_path: Path) -> None:
+    script = tmp_path / "agent.py"
+    script.write_text("print('old')\n")
+    p = _start_parked(script)
+    script.write_text("print('new, and longer')\n")
+    out, _ = _promote(p)
+    assert out == "new, and longer\n"
+
+
+def test_a_script_that_does_not_compile_fails_at_promotion_as_python_would(tmp_path: Path) -> None:
+    script = tmp_path / "agent.py"
+    script.write_text("def broken(:\n")
+    p = _start_parked(script)
+    _, err = _promote(p)
+    assert p.returncode == 1
+    assert "SyntaxError" in err
+
+
+def test_the_first_client_takes_the_connection_opened_while_parked(tmp_path: Path) -> None:
+    import socket
+    import struct
+
+    path = str(tmp_path / "k.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    server.settimeout(20)
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "from clove_sdk import CloveClient\n"
+        "c = CloveClient()\n"
+        "print(c.echo('hi'))\n"
+    )
+    p = _start_parked(script, env={"CLOVE_SOCKET": path})
+    try:
+        conn, _ = server.accept()  # opened while parked, before the promotion
+        conn.settimeout(20)
+        os.kill(p.pid, signal.SIGUSR1)
+        head = conn.recv(17, socket.MSG_WAITALL)
+        magic, agent_id, op, size = struct.unpack("<IIBQ", head)
+        body = conn.recv(size, socket.MSG_WAITALL)
+        conn.sendall(struct.pack("<IIBQ", magic, 7, op, len(body)) + body)
+        out, _ = p.communicate(timeout=20)
+        assert out.strip() == "hi"
+        server.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # no second connection
+        conn.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        server.close()
