@@ -70,6 +70,21 @@ function section(): string[] {
         `p95 ≤ 1.1 × bare: ${yes(g.meets_bare_goal)}`,
         '[restart](restart.md)',
       ]);
+    if (g?.clove_sdk_p95_ms != null)
+      rows.push([
+        'Restart through the Python SDK (default sandboxed)',
+        `${fmt('clove/sdk')} (${g.sdk_ratio_p95_to_bare_p95}× bare p95)`,
+        `p95 ≤ 1.1 × bare: ${yes(g.meets_sdk_goal)}`,
+        '[restart](restart.md)',
+      ]);
+    const sg = restart.results.standby_goal;
+    if (sg)
+      rows.push([
+        'Warm standby: SIGKILL → promoted process serving',
+        `${fmt('clove/standby')}; ${fmt('clove/plain-standby')}`,
+        `promotion p95 ≤ 5 ms: ${yes(sg.met)}`,
+        '[restart](restart.md)',
+      ]);
     rows.push([
       'Restart vs PM2 (plain processes, same script, same socket signal)',
       `${fmt('clove/plain-socket')}; ${fmt('pm2/socket')}`,
