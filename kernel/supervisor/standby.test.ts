@@ -255,7 +255,7 @@ describe('standby launcher detection', () => {
     );
     const real = spawn(py, ['-m', 'clove_sdk._standby', '/nonexistent.py'], { env, stdio: 'ignore' });
     try {
-      await until(() => parkedIn(real.pid!), 20_000, 'launcher parked');
+      await until(() => parkedIn(real.pid!) === real.pid, 20_000, 'launcher parked');
       // The decoy has blocked SIGUSR2 (the marker) by now, too.
       await until(
         () =>
@@ -265,7 +265,7 @@ describe('standby launcher detection', () => {
         20_000,
         'decoy blocked',
       );
-      expect(parkedIn(decoy.pid!)).toBe(false);
+      expect(parkedIn(decoy.pid!)).toBe(0);
     } finally {
       decoy.kill('SIGKILL');
       real.kill('SIGKILL');

@@ -36,6 +36,8 @@ interface Slot {
   timer?: NodeJS.Timeout;
   /** A spawn is under way (prepare). */
   spawning: boolean;
+  /** The parked launcher's pid (the standby's root, or its program below clove-init); 0 until parked. */
+  parked: number;
   /** wake() sent the promotion signal already; take() follows in the same tick. */
   woken?: boolean;
 }
@@ -59,10 +61,11 @@ export function standbyArgv(argv: readonly string[]): string[] | { note: string 
 }
 
 /**
- * True when a process of the tree of `root` is the launcher, parked. Linux lifts the mask of the signals
- * sigwait waits for while it waits, so the mark is SIGUSR2, blocked in the same call as SIGUSR1.
+ * The launcher's pid when a process of the tree of `root` is the launcher, parked; else 0. Linux lifts
+ * the mask of the signals sigwait waits for while it waits, so the mark is SIGUSR2, blocked in the same
+ * call as SIGUSR1.
  */
-export function parkedIn(root: number): boolean {
+export function parkedIn(root: number): number {
   const todo = [root];
   for (let n = 0; todo.length > 0 && n < 64; n++) {
     const pid = todo.pop()!;
@@ -72,7 +75,7 @@ export function parkedIn(root: number): boolean {
       const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
       if (cmd[1] === '-m' && cmd[2] === STANDBY_MODULE) {
         const m = /^SigBlk:\s*([0-9a-f]+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
-        if (m && (BigInt(`0x${m[1]}`) & MARK_BIT) !== 0n) return true;
+        if (m && (BigInt(`0x${m[1]}`) & MARK_BIT) !== 0n) return pid;
       }
       for (const t of fs.readdirSync(`/proc/${pid}/task`))
         for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'latin1').split(' '))
@@ -81,7 +84,7 @@ export function parkedIn(root: number): boolean {
       /* gone, or not ours to read */
     }
   }
-  return false;
+  return 0;
 }
 
 export interface StandbyHooks {
@@ -117,7 +120,7 @@ export class StandbyPool {
     if (!Array.isArray(argv)) return;
     let s = this.slots.get(a.def.id);
     if (!s) {
-      s = { proc: null, ready: false, failures: 0, serial: 0, spawning: false };
+      s = { proc: null, ready: false, failures: 0, serial: 0, spawning: false, parked: 0 };
       this.slots.set(a.def.id, s);
     }
     if (s.proc || s.spawning || s.timer) return;
@@ -159,6 +162,7 @@ export class StandbyPool {
           if (this.owners.get(proc.pid) === d.id) this.owners.delete(proc.pid);
           if (s.proc !== proc) return; // promoted: the supervisor owns its exit
           s.proc = null;
+          s.parked = 0;
           s.ready = false;
           this.retry(a, s, `standby died while parked (${info.signal ?? `exit ${info.code}`})`);
         });
@@ -199,7 +203,9 @@ export class StandbyPool {
   /** Polls until the standby is parked (then it is ready), or gives up on it. */
   private watch(a: AgentRecord, s: Slot, proc: AgentProcess, since: number): void {
     if (s.proc !== proc) return;
-    if (parkedIn(proc.pid)) {
+    const parked = parkedIn(proc.pid);
+    if (parked) {
+      s.parked = parked;
       s.ready = true;
       s.failures = 0;
       return;
@@ -225,8 +231,11 @@ export class StandbyPool {
    * clove-init): its connection, opened while parked, outlives the agent's old process.
    */
   isStandbyPid(id: number, pid: number): boolean {
-    const root = this.slots.get(id)?.proc?.pid;
-    return root !== undefined && (pid === root || parentPid(pid) === root);
+    const s = this.slots.get(id);
+    const root = s?.proc?.pid;
+    if (root === undefined) return false;
+    if (pid === root || pid === s!.parked) return true;
+    return !s!.ready && parentPid(pid) === root; // connected before the pool saw it parked
   }
 
   /** True when the agent has a parked standby ready to be promoted. */
@@ -245,6 +254,7 @@ export class StandbyPool {
     if (!s || !s.ready || !s.proc) return null;
     const proc = s.proc;
     s.proc = null;
+    s.parked = 0;
     s.ready = false;
     this.owners.delete(proc.pid);
     if (!s.woken) proc.signal('SIGUSR1');
@@ -271,6 +281,7 @@ export class StandbyPool {
     clearTimeout(s.timer);
     if (s.proc) this.kill(s.proc);
     s.proc = null;
+    s.parked = 0;
     s.ready = false;
   }
 
