@@ -49,6 +49,18 @@ async function info(op: CloveClient, name: string): Promise<AgentInfo> {
   return a;
 }
 
+/** The agent's LIST entry once its standby is ready. */
+function standbyReady(op: CloveClient, name: string, what: string): Promise<AgentInfo> {
+  return until(
+    async () => {
+      const a = await info(op, name);
+      return a.standby?.ready ? a : undefined;
+    },
+    20_000,
+    what,
+  );
+}
+
 async function ask(op: CloveClient, name: string): Promise<Record<string, unknown>> {
   await op.send(name, { q: 1 });
   const r = await op.recv({ timeoutMs: 10_000 });
@@ -115,14 +127,7 @@ for (const sandbox of ['auto', 'off'] as const) {
       });
 
       // A new standby appears.
-      const next = await until(
-        async () => {
-          const a = await info(op, 'warm');
-          return a.standby?.ready ? a : undefined;
-        },
-        20_000,
-        'new standby ready',
-      );
+      const next = await standbyReady(op, 'warm', 'new standby ready');
       const nextPid = next.standby!.pid;
       expect(nextPid).not.toBe(standbyPid);
       expect(alive(nextPid)).toBe(true);
@@ -141,14 +146,7 @@ for (const sandbox of ['auto', 'off'] as const) {
       expect(crashed.restarts).toBe(2);
       expect(crashed.exit_signal).toBe('SIGKILL');
       expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], preconnected: true, reconnects: 0 });
-      const third = await until(
-        async () => {
-          const a = await info(op, 'warm');
-          return a.standby?.ready ? a : undefined;
-        },
-        20_000,
-        'standby after the crash',
-      );
+      const third = await standbyReady(op, 'warm', 'standby after the crash');
       const thirdPid = third.standby!.pid;
 
       // RESTART promotes the standby too (a restart all the same).
@@ -158,14 +156,7 @@ for (const sandbox of ['auto', 'off'] as const) {
       expect(rs.success).toBe(true);
       expect(afterRestart.restarts).toBe(3);
       expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], name: '__main__' });
-      const last = await until(
-        async () => {
-          const a = await info(op, 'warm');
-          return a.standby?.ready ? a : undefined;
-        },
-        20_000,
-        'standby after RESTART',
-      );
+      const last = await standbyReady(op, 'warm', 'standby after RESTART');
       const lastPid = last.standby!.pid;
 
       // KILL of the agent removes its standby.
