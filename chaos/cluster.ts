@@ -132,6 +132,11 @@ export interface ClusterChaosResult {
   delivered_after_ack_wait: number;
   /** SENDs refused not_found while a victim's name had no owner (between lease loss and takeover). */
   sends_refused_not_found: number;
+  /**
+   * SENDs refused not_found before the fault, to a peer that had come up at most report_slack_ms before:
+   * its name had not reached the sender's node yet (the directory's watch; docs/cluster.md "Limits").
+   */
+  sends_refused_at_start: number;
   /** Errors the victims' faulted lives reported (e.g. cluster_unavailable while isolated). */
   victim_errors_before_takeover: number;
   owner_samples: number;
@@ -362,13 +367,23 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
 
     // Errors: a SEND to a victim refused not_found while its name had no owner is the documented gap.
     let refused = 0;
+    let refusedAtStart = 0;
     let victimErrors = 0;
+    const firstUp = (n: string): number | undefined => swarm.track(n).upAt[0];
     const otherErrors = new Map<string, string[]>();
     for (const n of swarm.names) {
       for (const e of swarm.track(n).errors) {
         const oldLife = victimSet.has(n) && e.e === epochBefore.get(n);
         if (oldLife) victimErrors++;
         else if (e.op === 'send' && e.code === 'not_found' && victimSet.has(String(e.dst))) refused++;
+        else if (
+          e.op === 'send' &&
+          e.code === 'not_found' &&
+          typeof e.at === 'number' &&
+          e.at < t0 &&
+          e.at <= (firstUp(String(e.dst)) ?? Infinity) + slackMs
+        )
+          refusedAtStart++;
         else otherErrors.set(n, [...(otherErrors.get(n) ?? []), `${e.op} ${e.code}`]);
       }
     }
@@ -489,6 +504,7 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
       duplicates_redelivered: acct.duplicates,
       delivered_after_ack_wait: afterAckWait,
       sends_refused_not_found: refused,
+      sends_refused_at_start: refusedAtStart,
       victim_errors_before_takeover: victimErrors,
       owner_samples: watch.samples,
       double_owners: doubles,

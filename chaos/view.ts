@@ -203,6 +203,7 @@ export function renderClusterSummary(r: ClusterChaosResult): string {
     ['redelivered (deduplicated)', String(r.duplicates_redelivered)],
     ['delivered after the ack wait', String(r.delivered_after_ack_wait)],
     ['SENDs refused not_found', String(r.sends_refused_not_found)],
+    ['refused at start (name not seen yet)', String(r.sends_refused_at_start)],
     [
       'fault → serving p50 / p95 / max',
       `${ms(r.takeover_ms.p50)} / ${ms(r.takeover_ms.p95)} / ${ms(r.takeover_ms.max)}`,

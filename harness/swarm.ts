@@ -338,7 +338,7 @@ export class Swarm {
           break;
         }
         case 'error':
-          t.errors.push(r);
+          t.errors.push({ ...r, at }); // when the harness heard of it
           break;
         case 'stopped':
           t.stopped.add(r.e);
