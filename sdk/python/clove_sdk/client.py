@@ -100,11 +100,13 @@ def _window_from_env() -> float:
 #: A connection the warm standby launcher opened while parked (clove_sdk._standby): (path, socket). The first
 #: client of this process that connects to that path takes it instead of connecting.
 _preconnected: tuple[str, socket.socket] | None = None
+_preconnected_lock = threading.Lock()
 
 
 def _take_preconnected(path: str) -> socket.socket | None:
     global _preconnected
-    held, _preconnected = _preconnected, None
+    with _preconnected_lock:  # two clients connecting at once in two threads: one takes it
+        held, _preconnected = _preconnected, None
     if held is None:
         return None
     if held[0] == path:
