@@ -30,6 +30,7 @@ import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { tempDir, type KernelProcess } from '../harness/kernel.js';
+import { programPid } from '../harness/procs.js';
 import { REPO_ROOT } from '../kernel/config.js';
 import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine, realPythonPath, shimPythonPath } from './lib/machine.js';
@@ -96,20 +97,6 @@ const AGENT = path.join(REPO_ROOT, 'bench', 'agents', 'ready_agent.py');
 const PY = realPythonPath();
 const SHIM = shimPythonPath();
 const SDK_PATH = path.join(REPO_ROOT, 'sdk', 'python');
-
-/**
- * The agent's own program: LIST's pid is the sandbox's clove-init (PID 1 of the agent's namespace) when
- * there is one; the crash a supervisor answers is the program's (PM2's series kill the script's process too).
- */
-function programPid(pid: number): number {
-  try {
-    if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[0]?.endsWith('clove-init')) return pid;
-    const kids = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1').trim().split(/\s+/);
-    return kids[0] ? Number(kids[0]) : pid;
-  } catch {
-    return pid;
-  }
-}
 
 const BARE: { name: string; cmd: string; args: string[] }[] = [
   { name: `${PY} -c pass`, cmd: PY, args: ['-c', 'pass'] },

@@ -5,6 +5,20 @@
  */
 import fs from 'node:fs';
 
+/**
+ * The agent's own program for a pid LIST gives: the first child of its clove-init (PID 1 of a sandboxed
+ * agent's namespace) when `pid` is one, else `pid` itself. A crash of the agent is the program's.
+ */
+export function programPid(pid: number): number {
+  try {
+    if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[0]?.endsWith('clove-init')) return pid;
+    const kids = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1').trim().split(/\s+/);
+    return kids[0] ? Number(kids[0]) : pid;
+  } catch {
+    return pid;
+  }
+}
+
 /** The start time of `pid` (/proc/<pid>/stat field 22), null when it is gone or a zombie. */
 export function startOf(pid: number): string | null {
   try {

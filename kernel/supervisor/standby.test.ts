@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
+import { programPid } from '../../harness/procs.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import type { AgentInfo } from '../../protocol/index.js';
 import { parkedIn, standbyArgv } from './standby.js';
@@ -134,7 +135,7 @@ for (const sandbox of ['auto', 'off'] as const) {
 
       // A crash of the agent's program itself (below clove-init when sandboxed): init reports it at once
       // (onEnded) and the standby is promoted while the old namespace is still being torn down.
-      process.kill(programOf(back.pid), 'SIGKILL');
+      process.kill(programPid(back.pid), 'SIGKILL');
       const crashed = await until(
         async () => {
           const a = await info(op, 'warm');
@@ -208,13 +209,6 @@ for (const sandbox of ['auto', 'off'] as const) {
       await until(() => !alive(parked), 10_000, 'standby gone with the kernel');
     }, 60_000);
   });
-}
-
-/** The agent's program: the child of its clove-init when it has one, else the process itself. */
-function programOf(pid: number): number {
-  const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0')[0] ?? '';
-  if (!cmd.endsWith('clove-init')) return pid;
-  return Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1').trim().split(/\s+/)[0]);
 }
 
 describe('standby launcher detection', () => {
