@@ -301,15 +301,7 @@ class SandboxedAgent implements AgentProcess {
   private ended(info: ExitInfo): void {
     if (this.endedInfo || this.exitInfo) return;
     this.endedInfo = info;
-    for (const cb of this.endedCallbacks.splice(0)) {
-      try {
-        cb(info);
-      } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
-    }
+    callEach(this.endedCallbacks.splice(0), info);
   }
 
   private async finish(exit: NativeExit): Promise<void> {
@@ -333,14 +325,19 @@ class SandboxedAgent implements AgentProcess {
     this.exitInfo = info;
     this.endedCallbacks.length = 0;
     this.spawner.forget(this);
-    for (const cb of this.callbacks.splice(0)) {
-      try {
-        cb(this.exitInfo);
-      } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
+    callEach(this.callbacks.splice(0), info);
+  }
+}
+
+/** Calls every callback with `info`; one that throws does not stop the others (its error is rethrown apart). */
+function callEach(cbs: Array<(info: ExitInfo) => void>, info: ExitInfo): void {
+  for (const cb of cbs) {
+    try {
+      cb(info);
+    } catch (err) {
+      queueMicrotask(() => {
+        throw err;
+      });
     }
   }
 }
