@@ -128,8 +128,12 @@ class Observer {
   private got: Report[] = [];
   constructor(readonly c: CloveClient) {}
 
+  /**
+   * Its client does not reconnect: the SDK would otherwise carry `observer` over to the next kernel on
+   * the same socket and race that kernel's own observer for the name (a CI failure: name_taken).
+   */
   static async on(k: KernelProcess): Promise<Observer> {
-    const c = await k.client();
+    const c = await k.client({ reconnect: false });
     await c.register('observer');
     return new Observer(c);
   }
