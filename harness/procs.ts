@@ -30,6 +30,22 @@ export function startOf(pid: number): string | null {
   }
 }
 
+/**
+ * Whether every thread of `pid` is stopped (state T in /proc/<pid>/task/<tid>/stat): a SIGSTOP has
+ * taken hold of the whole process only then. False when it is gone.
+ */
+export function allStopped(pid: number): boolean {
+  try {
+    const tids = fs.readdirSync(`/proc/${pid}/task`);
+    return tids.every((t) => {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'T';
+    });
+  } catch {
+    return false;
+  }
+}
+
 /** Pids to SIGKILL once a test is over, whatever happened to it. */
 export class Strays extends Set<number> {
   /** SIGKILLs every pid (those gone are skipped) and forgets them. */

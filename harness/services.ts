@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { tempDir, until } from './kernel.js';
+import { allStopped } from './procs.js';
 
 /** Where a program is, on PATH or in the sbin directories Debian puts daemons in (null when absent). */
 export function which(cmd: string): string | null {
@@ -67,8 +68,8 @@ export interface ServiceProcess {
   dir: string;
   /** Its stderr/stdout, last 8 KiB (for failure messages). */
   log(): string;
-  /** SIGSTOP / SIGCONT: a hung server. */
-  pause(): void;
+  /** SIGSTOP / SIGCONT: a hung server; pause resolves once every thread of it is stopped. */
+  pause(): Promise<void>;
   resume(): void;
   /** Stops it (SIGTERM, SIGKILL after 5 s) and starts it again on the same port with the same data: an outage of the service. */
   restart(): Promise<void>;
@@ -125,7 +126,10 @@ async function startService(
     child: cur.child,
     dir,
     log: () => log,
-    pause: () => cur.child.kill('SIGSTOP'),
+    pause: async () => {
+      cur.child.kill('SIGSTOP');
+      await until(() => allStopped(cur.child.pid!), 5000, `${what} stopped (SIGSTOP)`);
+    },
     resume: () => cur.child.kill('SIGCONT'),
     restart: async () => {
       if (stopped) throw new Error(`${what} was stopped: it cannot restart`);

@@ -536,14 +536,16 @@ describe('JetStreamBus lifecycle', () => {
       const got: string[] = [];
       await b.own('w', (m) => (got.push(m.msgId), true));
       const m1 = mail('w', '"in the hang"');
-      server.pause();
+      await server.pause();
       let err: unknown;
       try {
         err = await a.send(m1).catch((e: unknown) => e);
       } finally {
         server.resume();
       }
-      expect(err).toBeInstanceOf(MailUnconfirmedError);
+      expect(err, `the send's outcome while NATS was stopped: ${String(err)}`).toBeInstanceOf(
+        MailUnconfirmedError,
+      );
       expect((err as Error).message).toMatch(/may or may not be stored/);
       await until(
         async () => {

@@ -346,7 +346,7 @@ describe('EtcdDirectory', () => {
     await a.claim({ name: 'p1', id: a.allocateId(), identity: 'p1#1' });
     const seenA = events(a);
     const seenB = events(b);
-    etcd.pause();
+    await etcd.pause();
     await until(
       () => seenA.some((e) => e.type === 'lease-lost') && seenB.some((e) => e.type === 'lease-lost'),
       20_000,
