@@ -203,7 +203,8 @@ export class Kernel {
       },
       started: (a) => {
         this.syncReachable(a.def.id);
-        this.agents?.started(a);
+        // Its pid's record may wait for a promoted standby's first call (Supervisor.later).
+        this.supervisor.later(a, () => this.agents?.started(a));
         this.quotas?.started(a);
         this.journal?.processStarted(a.def.identity, a.def.durable === true);
       },
@@ -471,6 +472,10 @@ export class Kernel {
           this.nativeMail.bindHolder(conn.abort.signal, conn.socket.conn);
       },
       closed: (conn) => this.connectionClosed(conn),
+      // An agent's connection at end of file: its process may be ending (a killed agent is known sooner).
+      inputEnded: ({ principal: p }) => {
+        if (p.role === 'agent' && p.pid !== undefined) this.supervisor.peerEnded(p.id, p.pid);
+      },
       connectionBudget: (p) => this.principals.budgets(p.id).connections,
     }));
     if (o.fastPath) {

@@ -147,6 +147,11 @@ export interface NativeExit extends NativeExitStatus {
 export interface NativeChild {
   readonly pid: number;
   readonly exited: boolean;
+  /**
+   * The agent program's pid in its PID namespace, as clove-init reported it when it started it (-1 for a
+   * child without clove-init).
+   */
+  readonly agentPid: number;
   /** pidfd_send_signal; false when the child is already gone. */
   kill(signal: number): boolean;
   /**
@@ -419,6 +424,11 @@ export interface CloveNative {
    * status (`code` and `signal` null, `waitError` ECHILD). Throws SysError "pidfd_open" (ESRCH: gone).
    */
   watchPid(pid: number): NativeChild;
+  /**
+   * Reads the agents' exit records clove-init has written (the shared exit pipe) now, instead of at the
+   * event loop's next poll: watch()'s `ended` callbacks of the agents found run before it returns.
+   */
+  drainExitRecords(): void;
   /**
    * An O_PATH fd (O_CLOEXEC) of /proc/<pid>/root, or of / for pid 0; the caller owns it. With `pidNs`
    * ("pid:[…]", "" to skip) the process must still be in that PID namespace (ESRCH otherwise), read

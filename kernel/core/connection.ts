@@ -35,6 +35,8 @@ export interface PushPort {
 export interface Dispatcher {
   dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply>;
   closed(conn: Connection): void;
+  /** The peer shut its side (end of file); replies may still be owed. */
+  inputEnded?(conn: Connection): void;
   /** A framing error: the connection is answered once and closed. */
   badFrame(conn: Connection, message: string): void;
 }
@@ -81,6 +83,7 @@ export class Connection {
     this.decoder = new FrameDecoder(maxPayload);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => {
+      this.dispatcher.inputEnded?.(this);
       // A partial frame held at EOF can never complete: it is forgotten.
       this.inputEnded = true;
       this.pump();

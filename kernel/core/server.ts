@@ -136,6 +136,8 @@ export interface ServerOptions {
   opened(conn: Connection): void;
   /** A connection closed: release what it held. */
   closed(conn: Connection): void;
+  /** A connection's peer shut its side (end of file): often its process is exiting. */
+  inputEnded?(conn: Connection): void;
   /** How many connections a principal may hold open at once (its `connections` budget). */
   connectionBudget(p: Principal): number;
 }
@@ -251,6 +253,10 @@ export class Server implements ConnectionHooks {
 
   dispatch(conn: Connection, frame: Frame): Reply | Promise<Reply> {
     return this.o.dispatcher.dispatch(conn, frame);
+  }
+
+  inputEnded(conn: Connection): void {
+    this.o.inputEnded?.(conn);
   }
 
   closed(conn: Connection): void {

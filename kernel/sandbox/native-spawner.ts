@@ -33,6 +33,7 @@ import {
   SyscallError,
 } from './errors.js';
 import { initHelperPath, loadNative } from './native.js';
+import { exitingStatus, innermostPid, parentPid } from './procfs.js';
 import {
   agentHostname,
   cgroupLeafName,
@@ -44,6 +45,8 @@ import {
 } from './policy.js';
 
 const RLIMIT_CORE = 4;
+/** How long a replaced agent's cgroup removal waits (AgentProcess.replaced): past its successor's first calls. */
+const REPLACED_TEARDOWN_DELAY_MS = 20;
 
 /**
  * Clove's own installation (the SDKs, the compiled TypeScript, node_modules, clove-init) stays visible
@@ -175,6 +178,8 @@ class SandboxedAgent implements AgentProcess {
   private readonly endedCallbacks: Array<(info: ExitInfo) => void> = [];
   private endedInfo?: ExitInfo;
   private frozen = false;
+  /** A promoted standby took over (replaced()): the cgroup's removal is not urgent. */
+  private unhurried = false;
 
   constructor(
     private readonly spawner: NativeSpawner,
@@ -277,6 +282,26 @@ class SandboxedAgent implements AgentProcess {
     if (!this.endedInfo) this.endedCallbacks.push(cb);
   }
 
+  replaced(): void {
+    this.unhurried = true;
+  }
+
+  peerEnded(pid: number): void {
+    if (this.endedInfo || this.exitInfo || this.adopted) return;
+    // Most often clove-init has reaped the program already and its record waits on the exit pipe.
+    if (this.hasInit) this.spawner.drainExitRecords();
+    if (this.endedInfo) return;
+    // Else the program may be exiting, not reaped yet: the root, or the child clove-init started it as
+    // (by the pid init reported; an orphan of the agent is init's child too).
+    const program = this.hasInit
+      ? this.child.agentPid > 0 && parentPid(pid) === this.pid && innermostPid(pid) === this.child.agentPid
+      : pid === this.pid;
+    const status = program ? exitingStatus(pid) : null;
+    if (status === null) return;
+    const sig = status & 0x7f;
+    this.ended(this.exitOf(sig ? { code: null, signal: sig } : { code: (status >> 8) & 0xff, signal: null }));
+  }
+
   /**
    * The agent's exit as ExitInfo: its status (`unknown` without one, for a re-adopted agent), and the
    * cgroup's OOM / pids.max counters, which the kernel raised before the process died.
@@ -314,6 +339,8 @@ class SandboxedAgent implements AgentProcess {
     const cg = this.cgroup;
     if (cg) {
       if (!this.hasInit) await this.spawner.drainCgroup(cg);
+      // Its rmdirs (a third of a millisecond) would land as the promoted standby makes its first calls.
+      if (this.unhurried) await new Promise((r) => setTimeout(r, REPLACED_TEARDOWN_DELAY_MS));
       await this.spawner.removeCgroup(cg);
     } else if (!this.hasInit) {
       try {
@@ -958,6 +985,11 @@ export class NativeSpawner implements Spawner {
   }
 
   /** @internal Removes an agent's cgroups, retrying while the kernel still finishes tearing them down. */
+  /** Reads the exit records waiting on clove-init's shared pipe now (NativeChild.watch's `ended`). */
+  drainExitRecords(): void {
+    this.native?.drainExitRecords();
+  }
+
   async removeCgroup(cg: AgentCgroup): Promise<void> {
     for (let i = 0; i < 200; i++) {
       if (cg.remove()) {

@@ -11,6 +11,8 @@ import type { ExitInfo } from './types.js';
 import { nativeAvailable } from './native.js';
 import { peerCredentials } from './peercred.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
+import { until } from '../../harness/kernel.js';
+import { programPid } from '../../harness/procs.js';
 import {
   childrenOfSelf,
   kv,
@@ -329,6 +331,27 @@ run('NativeSpawner (root sandbox)', () => {
     b.signal('SIGKILL');
     expect((await done).signal).toBe('SIGKILL');
     expect(endedB).toBe(0);
+  });
+
+  it('peerEnded: a killed program is known to have ended at once (exit pipe drained, or /proc), nothing else is', async () => {
+    const log = newLog();
+    const a = (await spawner.spawn(
+      spec({ argv: ['/bin/sleep', '60'], cwd: dir, logFd: log.fd }),
+    )) as SandboxedAgent;
+    let ended: ExitInfo | undefined;
+    a.onEnded((info) => (ended = info));
+    const prog = await until(() => (programPid(a.pid) !== a.pid ? programPid(a.pid) : 0), 5000, 'program');
+    a.peerEnded(prog); // running
+    a.peerEnded(a.pid); // clove-init, not the program
+    a.peerEnded(process.pid); // not the agent's at all
+    expect(ended).toBeUndefined();
+    const exit = exitOf(a);
+    process.kill(prog, 'SIGKILL');
+    // A synchronous loop: the event loop cannot deliver the exit meanwhile, only peerEnded can.
+    const deadline = Date.now() + 5000;
+    while (!ended && Date.now() < deadline) a.peerEnded(prog);
+    expect(ended).toEqual({ code: null, signal: 'SIGKILL', reason: 'signal' });
+    expect(await exit).toEqual(ended);
   });
 
   it('SIGSTOP pauses the whole agent (freezer) and SIGCONT resumes it; KILL of a paused agent works', async () => {

@@ -78,6 +78,18 @@ export interface AgentProcess {
    * done (a warm standby's promotion, supervisor.ts) uses it; everything else waits for onExit.
    */
   onEnded?(cb: (info: ExitInfo) => void): void;
+  /**
+   * Another process took over as the agent (its warm standby was promoted when this one ended): nobody
+   * waits for this one's exit any more, so what is left of its teardown (its cgroup's removal) may wait
+   * until the new process has been served.
+   */
+  replaced?(): void;
+  /**
+   * A connection of process `pid` reached end of file (its peer closed it). When `pid` is the agent's own
+   * program and it has ended or is exiting (killed: every thread past the point of no return), onEnded's
+   * callbacks are called now. Anything else: nothing happens.
+   */
+  peerEnded?(pid: number): void;
 }
 
 export interface Spawner {

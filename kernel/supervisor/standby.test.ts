@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
@@ -135,6 +136,8 @@ for (const sandbox of ['auto', 'off'] as const) {
 
       // A crash of the agent's program itself (below clove-init when sandboxed): init reports it at once
       // (onEnded) and the standby is promoted while the old namespace is still being torn down.
+      const watcher = await k.client();
+      await watcher.subscribe(['AGENT_EXITED', 'AGENT_RESTARTING', 'AGENT_SPAWNED']);
       process.kill(programPid(back.pid), 'SIGKILL');
       const crashed = await until(
         async () => {
@@ -147,6 +150,33 @@ for (const sandbox of ['auto', 'off'] as const) {
       expect(crashed.restarts).toBe(2);
       expect(crashed.exit_signal).toBe('SIGKILL');
       expect(await ask(op, 'warm')).toMatchObject({ argv: ['x', 'y'], preconnected: true, reconnects: 0 });
+      // The bookkeeping held back while the standby was promoted (Supervisor.later) was all done, in
+      // order: the lifecycle events, the log's notes, the registry's record of the new pid.
+      const seen: string[] = [];
+      await until(
+        async () => {
+          const r = await watcher.pollEvents({ max: 16, timeoutMs: 1000 });
+          for (const e of r.events)
+            if (e.data.agent_name === 'warm' || e.data.name === 'warm') seen.push(e.type);
+          return seen.includes('AGENT_SPAWNED');
+        },
+        10_000,
+        'the lifecycle events of the promotion',
+      );
+      expect(seen).toEqual(['AGENT_EXITED', 'AGENT_RESTARTING', 'AGENT_SPAWNED']);
+      const log = fs.readFileSync(crashed.log_file!, 'utf8');
+      const exitedAt = log.lastIndexOf('agent exited: killed by SIGKILL');
+      expect(exitedAt).toBeGreaterThan(0);
+      expect(log.indexOf(`promoting the warm standby (pid ${nextPid})`, exitedAt)).toBeGreaterThan(exitedAt);
+      const db = new Database(path.join(k.dataDir, 'state.db'), { readonly: true });
+      try {
+        const row = db.prepare('SELECT pid FROM agent_identity WHERE name = ?').get('warm') as {
+          pid: number;
+        };
+        expect(row.pid, 'the registry records the promoted pid').toBe(nextPid);
+      } finally {
+        db.close();
+      }
       const third = await standbyReady(op, 'warm', 'standby after the crash');
       const thirdPid = third.standby!.pid;
 

@@ -11,6 +11,8 @@ import { StandbyPool, type StandbyInfo } from './standby.js';
 
 /** How long after a restart the agent's next warm standby is prepared (see apply()). */
 const STANDBY_REFILL_DELAY_MS = 200;
+/** How long an agent's bookkeeping may wait for its promoted standby's first call (see later()). */
+const PROMOTION_QUIET_MS = 5;
 
 export type RestartPolicyName = 'never' | 'on-failure' | 'always';
 
@@ -84,6 +86,8 @@ export interface AgentRecord {
     grace?: NodeJS.Timeout;
     backoff?: NodeJS.Timeout;
   };
+  /** Bookkeeping held back while its standby is being promoted (Supervisor.later), in order. */
+  held?: { fns: (() => void)[]; timer: NodeJS.Timeout; served: boolean };
 }
 
 export interface SupervisorHooks {
@@ -236,7 +240,7 @@ export class Supervisor {
     // A parked standby is promoted in place of a new process (a restart all the same: counted, backoff kept).
     const warm = this.standbys.take(a);
     if (warm) {
-      this.logs.note(d.name, `promoting the warm standby (pid ${warm.pid})`);
+      this.note(a, `promoting the warm standby (pid ${warm.pid})`);
       this.attach(a, warm);
       return;
     }
@@ -298,12 +302,16 @@ export class Supervisor {
     if (a.proc !== proc) return;
     // Warm standby: an exit that restarts at once wakes the standby first, so that its interpreter runs
     // the script while the kernel does the bookkeeping below; it is adopted in this same tick (launch).
-    if (this.promotes(a, info)) this.standbys.wake(a);
+    if (this.promotes(a, info)) {
+      this.standbys.wake(a);
+      this.hold(a);
+      proc.replaced?.();
+    }
     this.byPid.delete(proc.pid);
     a.proc = null;
     a.lastExit = info;
     this.hooks.exited(a);
-    this.logs.note(a.def.name, `agent exited: ${describeExit(info)} after ${Date.now() - a.startedAt} ms`);
+    this.note(a, `agent exited: ${describeExit(info)} after ${Date.now() - a.startedAt} ms`);
     this.feed(a, this.classify(a, info));
     for (const w of this.exitWaiters.get(a.def.id)?.splice(0) ?? []) w();
   }
@@ -350,10 +358,66 @@ export class Supervisor {
     return a;
   }
 
+  /** A connection of the agent's process `pid` reached end of file: it may be ending (AgentProcess.peerEnded). */
+  peerEnded(id: number, pid: number): void {
+    this.agents.get(id)?.proc?.peerEnded?.(pid);
+  }
+
   /** A liveness signal from the agent (HEARTBEAT, or any syscall when a watchdog is set). */
   heartbeat(id: number): void {
     const a = this.agents.get(id);
-    if (a) a.lastBeat = Date.now();
+    if (!a) return;
+    a.lastBeat = Date.now();
+    // The promoted standby's first call: its bookkeeping runs once this call has been answered.
+    if (a.held && !a.held.served) {
+      a.held.served = true;
+      setImmediate(() => this.catchUp(a));
+    }
+  }
+
+  /**
+   * Runs an agent's bookkeeping (lifecycle events with their audit rows, log notes, the registry's record
+   * of its pid) now or, while its warm standby is being promoted, once the promoted process's first call
+   * has been answered (PROMOTION_QUIET_MS at most), in the order asked. On a 2-core machine the ~1 ms of
+   * synchronous SQLite and file writes an exit and a start cost would otherwise stand between the new
+   * process and its first reply. What routes calls (the process, its pid, names, journal) never waits.
+   */
+  later(a: AgentRecord, fn: () => void): void {
+    if (a.held) a.held.fns.push(fn);
+    else fn();
+  }
+
+  /** Holds `a`'s bookkeeping from now on (a promotion: see later()). */
+  private hold(a: AgentRecord): void {
+    a.held ??= { fns: [], timer: setTimeout(() => this.catchUp(a), PROMOTION_QUIET_MS), served: false };
+  }
+
+  /** Runs what later() held back for `a`, in order; one that throws does not stop the others. */
+  private catchUp(a: AgentRecord): void {
+    const h = a.held;
+    if (!h) return;
+    a.held = undefined;
+    clearTimeout(h.timer);
+    for (const fn of h.fns) {
+      try {
+        fn();
+      } catch (e) {
+        this.hooks.log('error', 'agent bookkeeping failed', {
+          agent: a.def.name,
+          error: (e as Error).message,
+        });
+      }
+    }
+  }
+
+  /** An event about `a`, through later(). */
+  private event(a: AgentRecord, type: string, data: Record<string, unknown>): void {
+    this.later(a, () => this.hooks.event(type, data, 0));
+  }
+
+  /** A line in `a`'s log, through later(). */
+  private note(a: AgentRecord, line: string): void {
+    this.later(a, () => this.logs.note(a.def.name, line));
   }
 
   /**
@@ -462,7 +526,7 @@ export class Supervisor {
             agent: d.name,
             watchdog_ms: d.policy.watchdogMs,
           });
-          this.logs.note(d.name, `watchdog: no heartbeat for ${d.policy.watchdogMs} ms, killing`);
+          this.note(a, `watchdog: no heartbeat for ${d.policy.watchdogMs} ms, killing`);
         }
         a.proc?.signal('SIGKILL');
         return;
@@ -487,18 +551,14 @@ export class Supervisor {
         a.consecutiveFailures++;
         a.restarts++;
         a.restartTimes.push(Date.now());
-        this.hooks.event(
-          'AGENT_RESTARTING',
-          {
-            agent_id: d.id,
-            agent_name: d.name,
-            restart_count: a.restarts,
-            delay_ms: delay,
-            ...exitFields(a.lastExit),
-          },
-          0,
-        );
-        this.logs.note(d.name, `restarting in ${delay} ms (restart ${a.restarts})`);
+        this.event(a, 'AGENT_RESTARTING', {
+          agent_id: d.id,
+          agent_name: d.name,
+          restart_count: a.restarts,
+          delay_ms: delay,
+          ...exitFields(a.lastExit),
+        });
+        this.note(a, `restarting in ${delay} ms (restart ${a.restarts})`);
         if (delay === 0) queueMicrotask(() => this.feed(a, 'backoff_elapsed'));
         else t.backoff = setTimeout(() => this.feed(a, 'backoff_elapsed'), delay);
         return;
@@ -506,19 +566,15 @@ export class Supervisor {
       case 'count_restart':
         a.restarts++;
         a.consecutiveFailures = 0;
-        this.hooks.event(
-          'AGENT_RESTARTING',
-          {
-            agent_id: d.id,
-            agent_name: d.name,
-            restart_count: a.restarts,
-            delay_ms: 0,
-            requested: true,
-            ...exitFields(a.lastExit),
-          },
-          0,
-        );
-        this.logs.note(d.name, `restarting as asked (restart ${a.restarts})`);
+        this.event(a, 'AGENT_RESTARTING', {
+          agent_id: d.id,
+          agent_name: d.name,
+          restart_count: a.restarts,
+          delay_ms: 0,
+          requested: true,
+          ...exitFields(a.lastExit),
+        });
+        this.note(a, `restarting as asked (restart ${a.restarts})`);
         return;
       case 'cancel_restart':
         clearTimeout(t.backoff);
@@ -529,7 +585,7 @@ export class Supervisor {
           () => this.feed(a, 'started'),
           (e: Error) => {
             this.hooks.log('error', 'restart failed', { agent: d.name, error: e.message });
-            this.logs.note(d.name, `restart failed: ${e.message}`);
+            this.note(a, `restart failed: ${e.message}`);
             a.lastExit = { code: null, signal: null, reason: 'exit' };
             this.feed(a, this.classify(a, { code: 127, signal: null, reason: 'exit' }));
           },
@@ -539,60 +595,54 @@ export class Supervisor {
         a.consecutiveFailures = 0;
         return;
       case 'escalate':
-        this.hooks.event(
-          'AGENT_ESCALATED',
-          { agent_id: d.id, agent_name: d.name, restart_count: a.restarts, ...exitFields(a.lastExit) },
-          0,
-        );
+        this.event(a, 'AGENT_ESCALATED', {
+          agent_id: d.id,
+          agent_name: d.name,
+          restart_count: a.restarts,
+          ...exitFields(a.lastExit),
+        });
         this.hooks.log('error', 'agent escalated: restart intensity exceeded', {
           agent: d.name,
           max_restarts: d.policy.maxRestarts,
           restart_window_ms: d.policy.windowMs,
         });
-        this.logs.note(
-          d.name,
+        this.note(
+          a,
           `escalated: ${d.policy.maxRestarts} restarts within ${d.policy.windowMs} ms; not restarting`,
         );
         this.hooks.release(a);
         return;
       case 'release':
+        this.catchUp(a); // its log is closed below: what was held back goes first
         for (const k of Object.keys(t) as (keyof typeof t)[]) clearTimeout(t[k]);
         this.leave(a);
         this.logs.forget(d.name);
         this.hooks.release(a);
         return;
       case 'emit_started':
-        this.hooks.event(
-          'AGENT_SPAWNED',
-          {
-            agent_id: d.id,
-            name: d.name,
-            pid: a.pid,
-            parent_id: d.parentId,
-            restart_count: a.restarts,
-            // Not started: a process a dead kernel started, re-adopted by this one (docs/restart.md).
-            ...(a.readopted ? { readopted: true } : {}),
-          },
-          0,
-        );
+        this.event(a, 'AGENT_SPAWNED', {
+          agent_id: d.id,
+          name: d.name,
+          pid: a.pid,
+          parent_id: d.parentId,
+          restart_count: a.restarts,
+          // Not started: a process a dead kernel started, re-adopted by this one (docs/restart.md).
+          ...(a.readopted ? { readopted: true } : {}),
+        });
         return;
       case 'emit_exited':
-        this.hooks.event(
-          'AGENT_EXITED',
-          {
-            agent_id: d.id,
-            name: d.name,
-            ...exitFields(a.lastExit),
-            ...(a.killedBy !== null ? { killed_by: a.killedBy } : {}),
-          },
-          0,
-        );
+        this.event(a, 'AGENT_EXITED', {
+          agent_id: d.id,
+          name: d.name,
+          ...exitFields(a.lastExit),
+          ...(a.killedBy !== null ? { killed_by: a.killedBy } : {}),
+        });
         return;
       case 'emit_paused':
-        this.hooks.event('AGENT_PAUSED', { agent_id: d.id, name: d.name }, 0);
+        this.event(a, 'AGENT_PAUSED', { agent_id: d.id, name: d.name });
         return;
       case 'emit_resumed':
-        this.hooks.event('AGENT_RESUMED', { agent_id: d.id, name: d.name }, 0);
+        this.event(a, 'AGENT_RESUMED', { agent_id: d.id, name: d.name });
         return;
     }
   }
@@ -619,8 +669,11 @@ export class Supervisor {
     this.stopping = true;
     // Parked standbys are this kernel's own (the next one prepares its own for the agents it re-adopts).
     await Promise.all([this.spawnsSettled(), this.standbys.close()]);
-    for (const a of this.list())
+    // The next kernel reads what this one recorded (the agents' pids): nothing may stay held back.
+    for (const a of this.list()) {
+      this.catchUp(a);
       for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
+    }
   }
 
   async shutdown(graceMs: number): Promise<void> {
@@ -637,8 +690,10 @@ export class Supervisor {
     }
     await this.spawnsSettled();
     await Promise.all([...waits, this.standbys.close()]);
-    for (const a of this.list())
+    for (const a of this.list()) {
+      this.catchUp(a);
       for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
+    }
   }
 }
 

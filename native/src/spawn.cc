@@ -277,6 +277,7 @@ class Child : public Napi::ObjectWrap<Child> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Child",
                        {InstanceAccessor<&Child::Pid>("pid"), InstanceAccessor<&Child::Exited>("exited"),
+                        InstanceAccessor<&Child::AgentPidValue>("agentPid"),
                         InstanceMethod<&Child::Kill>("kill"), InstanceMethod<&Child::Watch>("watch")});
   }
 
@@ -343,6 +344,7 @@ class Child : public Napi::ObjectWrap<Child> {
  private:
   Napi::Value Pid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pid_); }
   Napi::Value Exited(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), reaped_); }
+  Napi::Value AgentPidValue(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), agentPid_); }
 
   // kill(sig): to the child we cloned (the namespace init, or the agent itself when it runs without one),
   // through its pidfd, or by pid for spawn()'s: nothing but ReapAll() reaps it, so until `exited` the
@@ -930,12 +932,20 @@ static Napi::Value WatchPid(const Napi::CallbackInfo& info) {
   return AdoptChild(env, (pid_t)pid, std::move(pidfd), UniqueFd(), -1);
 }
 
+// drainExitRecords(): reads the exit pipe now instead of at the loop's next poll. The kernel calls it when
+// an agent's connection ends: the program that held it is often just reaped, its record already waiting.
+static Napi::Value DrainExitRecords(const Napi::CallbackInfo& info) {
+  if (reaper) DrainRecords();
+  return info.Env().Undefined();
+}
+
 void InitSpawn(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = Child::Define(env);
   childCtor = new Napi::FunctionReference(Napi::Persistent(ctor));
   exports.Set("Child", ctor);
   exports.Set("spawn", Napi::Function::New(env, Spawn, "spawn"));
   exports.Set("watchPid", Napi::Function::New(env, WatchPid, "watchPid"));
+  exports.Set("drainExitRecords", Napi::Function::New(env, DrainExitRecords, "drainExitRecords"));
 }
 
 }  // namespace clove
