@@ -683,7 +683,7 @@ async function writeReports(
           ? `, clove/plain-standby p95 ${standbyGoal.clove_plain_standby_p95_ms} ms`
           : '') +
         ` (${standbyGoal.met ? 'met' : 'NOT met'}); a cold restart through the SDK (clove/sdk) p95 ${standbyGoal.cold_clove_sdk_p95_ms} ms.` +
-        ' For the standby series "kill → script runs" is noticing the exit (the end of file of the killed program\'s kernel connection, or clove-init\'s exit record; before the namespace is torn down) plus the promotion (SIGUSR1 straight to the parked process, which runs the script it compiled while parked, its connection to the kernel already open); the kernel\'s exit bookkeeping waits until the promoted process\'s first call is answered (docs/supervision.md).' +
+        " For the standby series \"kill → script runs\" is noticing the exit (the end of file of the killed program's kernel connection, or clove-init's exit record; before the namespace is torn down) plus the promotion (SIGUSR1 straight to the parked process, which runs the script it compiled while parked, its connection to the kernel already open); the kernel's exit bookkeeping waits until the promoted process's first call is answered (docs/supervision.md)." +
         (floor
           ? ` Below every restart lies the exit floor of this run (the last row above): p50 ${r(floor.p50)} / p95 ${r(floor.p95)} ms from SIGKILL until a supervisor can know of the exit.`
           : '') +
