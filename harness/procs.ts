@@ -4,6 +4,7 @@
  * outlives its kernel).
  */
 import fs from 'node:fs';
+import { statFields } from '../kernel/sandbox/procfs.js';
 
 /**
  * The agent's own program for a pid LIST gives: the first child of its clove-init (PID 1 of a sandboxed
@@ -21,13 +22,8 @@ export function programPid(pid: number): number {
 
 /** The start time of `pid` (/proc/<pid>/stat field 22), null when it is gone or a zombie. */
 export function startOf(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return f[0] === 'Z' ? null : f[19];
-  } catch {
-    return null;
-  }
+  const f = statFields(`/proc/${pid}/stat`);
+  return !f || f[0] === 'Z' ? null : f[19];
 }
 
 /**
@@ -36,11 +32,9 @@ export function startOf(pid: number): string | null {
  */
 export function allStopped(pid: number): boolean {
   try {
-    const tids = fs.readdirSync(`/proc/${pid}/task`);
-    return tids.every((t) => {
-      const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-      return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'T';
-    });
+    return fs
+      .readdirSync(`/proc/${pid}/task`)
+      .every((t) => statFields(`/proc/${pid}/task/${t}/stat`)?.[0] === 'T');
   } catch {
     return false;
   }

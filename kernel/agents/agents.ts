@@ -35,7 +35,7 @@ import {
   type Supervisor,
 } from '../supervisor/supervisor.js';
 import type { Account } from '../sandbox/types.js';
-import { parentPid } from '../sandbox/procfs.js';
+import { parentPid, startedAtMs, startTime, zombieOrGone } from '../sandbox/procfs.js';
 import { IdentityRegistry, type IdentityRow, type PersistedAgent, type SpawnedBy } from './registry.js';
 import { reownTree, retireWorkDir } from './workdir.js';
 
@@ -583,7 +583,7 @@ export class AgentService {
     const row = this.rowOf(a);
     if (!row) return;
     try {
-      this.registry.setPid(row, a.pid, procStart(a.pid), a.def.id);
+      this.registry.setPid(row, a.pid, startTime(a.pid), a.def.id);
     } catch (e) {
       this.o.log.warn({ agent: a.def.name, err: (e as Error).message }, 'cannot record the agent pid');
     }
@@ -736,7 +736,7 @@ export class AgentService {
     this.o.mail.register(id, def.name);
     this.o.principals.setRights(id, d.rights);
     this.o.principals.setBudgets(id, budgetsIn(d.budgets, this.o.principals.defaultBudgets));
-    const a = this.o.supervisor.adopt(def, proc, procStartMs(pid) ?? Date.now());
+    const a = this.o.supervisor.adopt(def, proc, startedAtMs(pid) ?? Date.now());
     this.held.set(row.identity, id);
     this.takeNames(row, id);
     this.identityBack(row.identity, id);
@@ -812,8 +812,8 @@ export class AgentService {
    */
   private async killLeftover(row: IdentityRow): Promise<void> {
     const pid = row.pid;
-    if (!pid || !row.pidStart || procStart(pid) !== row.pidStart) return;
-    if (!isZombie(pid))
+    if (!pid || !row.pidStart || startTime(pid) !== row.pidStart) return;
+    if (!zombieOrGone(pid))
       this.o.log.warn(
         { agent: row.name, identity: row.identity, pid },
         'killing a process left by a dead kernel',
@@ -825,7 +825,7 @@ export class AgentService {
         /* gone, or no such group */
       }
     }
-    for (let i = 0; i < 200 && procStart(pid) === row.pidStart && !isZombie(pid); i++)
+    for (let i = 0; i < 200 && startTime(pid) === row.pidStart && !zombieOrGone(pid); i++)
       await new Promise((r) => setTimeout(r, 10));
   }
 
@@ -1003,32 +1003,9 @@ function budgetsIn(b: Record<string, number | null>, defaults: Budgets): Budgets
   return out;
 }
 
-/** A process's start time (/proc/<pid>/stat field 22): with the pid, it names one process for good. */
-function procStart(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-/** When process `pid` started (ms since the epoch), from /proc; undefined when unknown. */
-function procStartMs(pid: number): number | undefined {
-  const ticks = Number(procStart(pid));
-  let btime: RegExpExecArray | null = null;
-  try {
-    btime = /^btime (\d+)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'));
-  } catch {
-    return undefined;
-  }
-  // USER_HZ, the unit of /proc/<pid>/stat times, is 100 on every architecture Linux supports today.
-  return btime && Number.isFinite(ticks) ? Number(btime[1]) * 1000 + ticks * 10 : undefined;
-}
-
 /** True when `pid` still names the process recorded with start time `start` (and is not a zombie). */
 function sameProcess(pid: number, start: string | null): boolean {
-  return start !== null && procStart(pid) === start && !isZombie(pid);
+  return start !== null && startTime(pid) === start && !zombieOrGone(pid);
 }
 
 /**
@@ -1045,14 +1022,5 @@ export function survivingPids(dataDir: string, durability?: 'normal' | 'full'): 
     return out;
   } finally {
     registry.close();
-  }
-}
-
-function isZombie(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
   }
 }

@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { CgroupError } from './errors.js';
+import { startedAtMs } from './procfs.js';
 
 export type Controller = 'memory' | 'cpu' | 'cpuacct' | 'pids' | 'freezer';
 
@@ -341,16 +342,6 @@ export function killSubtree(dir: string, timeoutMs = 3000): number[] {
     }
     sleepSync(10);
   }
-}
-
-/** When a live process with this pid started (ms since the epoch), from /proc; undefined if unknown. */
-function startedAtMs(pid: number): number | undefined {
-  const stat = readText(`/proc/${pid}/stat`);
-  const btime = /^btime (\d+)$/m.exec(readText('/proc/stat') ?? '');
-  if (!stat || !btime) return undefined;
-  const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
-  // USER_HZ, the unit of /proc/<pid>/stat times, is 100 on every architecture Linux supports today.
-  return Number.isFinite(ticks) ? Number(btime[1]) * 1000 + ticks * 10 : undefined;
 }
 
 /** Removes a cgroup subtree bottom-up (cgroup dirs hold only virtual files, so rmdir works on non-empty-looking dirs). */

@@ -984,12 +984,12 @@ export class NativeSpawner implements Spawner {
     }
   }
 
-  /** @internal Removes an agent's cgroups, retrying while the kernel still finishes tearing them down. */
   /** Reads the exit records waiting on clove-init's shared pipe now (NativeChild.watch's `ended`). */
   drainExitRecords(): void {
     this.native?.drainExitRecords();
   }
 
+  /** @internal Removes an agent's cgroups, retrying while the kernel still finishes tearing them down. */
   async removeCgroup(cg: AgentCgroup): Promise<void> {
     for (let i = 0; i < 200; i++) {
       if (cg.remove()) {
