@@ -410,6 +410,12 @@ export class Supervisor {
     }
   }
 
+  /** Does what later() held back for `a`, then stops its timers: it is released, or the kernel stops. */
+  private quiesce(a: AgentRecord): void {
+    this.catchUp(a);
+    for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
+  }
+
   /** An event about `a`, through later(). */
   private event(a: AgentRecord, type: string, data: Record<string, unknown>): void {
     this.later(a, () => this.hooks.event(type, data, 0));
@@ -613,8 +619,7 @@ export class Supervisor {
         this.hooks.release(a);
         return;
       case 'release':
-        this.catchUp(a); // its log is closed below: what was held back goes first
-        for (const k of Object.keys(t) as (keyof typeof t)[]) clearTimeout(t[k]);
+        this.quiesce(a); // its log is closed below: what was held back goes first
         this.leave(a);
         this.logs.forget(d.name);
         this.hooks.release(a);
@@ -670,10 +675,7 @@ export class Supervisor {
     // Parked standbys are this kernel's own (the next one prepares its own for the agents it re-adopts).
     await Promise.all([this.spawnsSettled(), this.standbys.close()]);
     // The next kernel reads what this one recorded (the agents' pids): nothing may stay held back.
-    for (const a of this.list()) {
-      this.catchUp(a);
-      for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
-    }
+    for (const a of this.list()) this.quiesce(a);
   }
 
   async shutdown(graceMs: number): Promise<void> {
@@ -690,10 +692,7 @@ export class Supervisor {
     }
     await this.spawnsSettled();
     await Promise.all([...waits, this.standbys.close()]);
-    for (const a of this.list()) {
-      this.catchUp(a);
-      for (const k of Object.keys(a.timers) as (keyof AgentRecord['timers'])[]) clearTimeout(a.timers[k]);
-    }
+    for (const a of this.list()) this.quiesce(a);
   }
 }
 
