@@ -358,8 +358,11 @@ export declare class NativeMailStore {
   };
   /** Test-only: Resume() of a parked RECV; the reply frame, or null while it keeps waiting. */
   resume(park: { id: number; holder: number; max: number; lease: boolean }, timedOut: boolean): Buffer | null;
-  /** Test-only: PushMessages(); the PUSH frames written (one per message). */
-  pushMessages(id: number, holder: number, max: number, batch?: boolean): Buffer;
+  /**
+   * Test-only: PushMessages(); the PUSH frames written (one per message, or one for all with `batch`).
+   * `maxBytes`: message text taken at most (at least one message; default: the reply byte limit only).
+   */
+  pushMessages(id: number, holder: number, max: number, batch?: boolean, maxBytes?: number): Buffer;
 }
 
 export type NativeReactorEvent =

@@ -77,6 +77,38 @@ describe('FrameDecoder', () => {
     expect(d.pending).toBe(500);
   });
 
+  it('a frame larger than a read is joined once, at its last chunk, with the frames around it intact', () => {
+    const d = new FrameDecoder(1 << 22);
+    const big = Buffer.alloc(1 << 20, 'é');
+    const stream = Buffer.concat([
+      encodeFrame(1, 2, 'before'),
+      encodeFrame(1, 3, big.toString()),
+      encodeFrame(1, 4, { after: true }),
+    ]);
+    const frames: Frame[] = [];
+    let joins = 0;
+    const concat = Buffer.concat;
+    Buffer.concat = ((list: readonly Uint8Array[], n?: number) => {
+      joins++;
+      return concat(list, n);
+    }) as typeof Buffer.concat;
+    try {
+      for (let i = 0; i < stream.length; i += 65536) {
+        const r = d.push(stream.subarray(i, i + 65536));
+        expect(r.error).toBeNull();
+        frames.push(...r.frames);
+      }
+    } finally {
+      Buffer.concat = concat;
+    }
+    expect(frames.map((f) => f.opcode)).toEqual([2, 3, 4]);
+    expect(frames[1].payload.equals(Buffer.from(big.toString()))).toBe(true);
+    expect(JSON.parse(frames[2].payload.toString())).toEqual({ after: true });
+    expect(d.pending).toBe(0);
+    // 33 reads: the header's read and the last one join; the 31 between are only held.
+    expect(joins).toBeLessThanOrEqual(2);
+  });
+
   it('keeps reporting the error after a bad frame', () => {
     const d = new FrameDecoder();
     expect(d.push(Buffer.alloc(17, 0xff)).error?.kind).toBe('bad_magic');

@@ -17,15 +17,20 @@ export interface Frame {
 
 /** Encodes one frame; `payload` may be a Buffer, a string (sent as UTF-8) or a value sent as JSON. */
 export function encodeFrame(agentId: number, opcode: number, payload: Buffer | string | unknown): Buffer {
-  const body = Buffer.isBuffer(payload)
-    ? payload
-    : Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload ?? null), 'utf8');
-  const out = Buffer.allocUnsafe(HEADER_SIZE + body.length);
+  let out: Buffer;
+  if (Buffer.isBuffer(payload)) {
+    out = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
+    payload.copy(out, HEADER_SIZE);
+  } else {
+    // Encoded straight into the frame: no intermediate buffer of the payload to allocate and copy.
+    const text = typeof payload === 'string' ? payload : JSON.stringify(payload ?? null);
+    out = Buffer.allocUnsafe(HEADER_SIZE + Buffer.byteLength(text, 'utf8'));
+    out.write(text, HEADER_SIZE, 'utf8');
+  }
   out.writeUInt32LE(MAGIC, 0);
   out.writeUInt32LE(agentId >>> 0, 4);
   out.writeUInt8(opcode & 0xff, 8);
-  out.writeBigUInt64LE(BigInt(body.length), 9);
-  body.copy(out, HEADER_SIZE);
+  out.writeBigUInt64LE(BigInt(out.length - HEADER_SIZE), 9);
   return out;
 }
 
@@ -53,6 +58,8 @@ export class FrameError extends Error {
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
+  /** Bytes the partial frame held needs in all (header read), or 0 when its header is incomplete. */
+  private need = 0;
   private failed_: FrameError | null = null;
 
   constructor(readonly maxPayload: number = DEFAULT_MAX_PAYLOAD) {
@@ -73,6 +80,8 @@ export class FrameDecoder {
   /**
    * Adds a chunk; returns the frames it completed and, if the stream went bad, the error (frames before
    * the bad header are still returned). After an error every later push returns that error again.
+   * A frame larger than a read arrives in many chunks: they are only held until the last one, then
+   * joined once (joining at every chunk would copy a large frame once per chunk).
    */
   push(chunk: Buffer): { frames: Frame[]; error: FrameError | null } {
     if (this.failed_) return { frames: [], error: this.failed_ };
@@ -80,8 +89,10 @@ export class FrameDecoder {
     this.chunks.push(chunk);
     this.buffered += chunk.length;
     const frames: Frame[] = [];
+    if (this.buffered < this.need) return { frames, error: null };
     let buf = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.buffered);
     let off = 0;
+    this.need = 0;
     while (buf.length - off >= HEADER_SIZE) {
       const magic = buf.readUInt32LE(off);
       const agentId = buf.readUInt32LE(off + 4);
@@ -105,7 +116,10 @@ export class FrameDecoder {
         );
       }
       const total = HEADER_SIZE + Number(size);
-      if (buf.length - off < total) break;
+      if (buf.length - off < total) {
+        this.need = total;
+        break;
+      }
       frames.push({ agentId, opcode, payload: buf.subarray(off + HEADER_SIZE, off + total) });
       off += total;
     }
@@ -125,6 +139,7 @@ export class FrameDecoder {
     this.failed_ = err;
     this.chunks = [];
     this.buffered = 0;
+    this.need = 0;
     return { frames, error: err };
   }
 }

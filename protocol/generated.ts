@@ -1674,6 +1674,10 @@ export interface BatchItem {
  */
 export interface BatchResult {
   /**
+   * the item's position in `messages` (from 0); only in a reply to `results: "refused"`
+   */
+  index?: number;
+  /**
    * the id it was queued for
    */
   delivered_to?: number;
@@ -3754,6 +3758,10 @@ export interface SendBatchRequest {
    * @maxItems 4096
    */
   messages: [BatchItem, ...BatchItem[]];
+  /**
+   * `all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)
+   */
+  results?: 'all' | 'refused';
 }
 /**
  * SEND_BATCH request as a handler sees it: validated, defaults applied.
@@ -3769,6 +3777,10 @@ export interface SendBatchArgs {
    * @maxItems 4096
    */
   messages: [BatchItem, ...BatchItem[]];
+  /**
+   * `all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)
+   */
+  results: 'all' | 'refused';
 }
 /**
  * SEND_BATCH reply.
@@ -3781,7 +3793,7 @@ export interface SendBatchReply {
   delivered_count: number;
   failed_count: number;
   /**
-   * one per item, in the order of `messages`
+   * one per item, in the order of `messages`; with `results: "refused"` only the refused items, in order, each with its `index`
    */
   results: BatchResult[];
 }
@@ -7294,6 +7306,10 @@ export const SCHEMA_DEFS = {
       description:
         'What became of one SEND_BATCH item: `delivered_to` when it was queued, else `error` and `code` (the error SEND would have given: `not_found`, `mailbox_full`, `quota_exceeded`, `invalid_request`).',
       properties: {
+        index: {
+          type: 'integer',
+          description: 'the item\'s position in `messages` (from 0); only in a reply to `results: "refused"`',
+        },
         delivered_to: { type: 'integer', description: 'the id it was queued for' },
         error: { type: 'string', description: "why it was refused (SEND's error text)" },
         code: { type: 'string', description: "the error's code (protocol/wire.json)" },
@@ -8778,6 +8794,13 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         description:
           "1 to 4096 items, each `{to?, to_name?, message?}` as SEND's request; a request of the wrong shape (no items, too many, an item that is not an object or has a field of the wrong type) is refused as a whole (`invalid_request`) and delivers nothing",
         items: { $ref: 'clove#/$defs/BatchItem' },
+      },
+      results: {
+        type: 'string',
+        enum: ['all', 'refused'],
+        default: 'all',
+        description:
+          '`all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)',
       },
     },
   },

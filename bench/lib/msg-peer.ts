@@ -29,11 +29,19 @@ import { ACK_EVERY, WINDOW, type Order, type Outcome } from './msg-peer-protocol
 /** The opcode the relay clients put on their frames (any opcode: the relay does not look at it). */
 const RELAY_OP = 0x20;
 
+/**
+ * A body as a system's client hands it over: bytes (relay, Redis, NATS), or the JSON string a Clove
+ * message is (not turned into bytes: the peers only look at the first character, as the others at the
+ * first byte).
+ */
+type Body = Buffer | string;
+const kindOf = (b: Body): number => (typeof b === 'string' ? b.charCodeAt(0) : b[0]);
+
 /** What a producer needs from a system: send one body to its consumer, and hear what comes back. */
 interface Link {
   send(body: Buffer): void;
   /** Called with each body the consumer sends back (acks and pongs). */
-  onReply: (body: Buffer) => void;
+  onReply: (body: Body) => void;
   /** Flushes what send() buffered, where the client buffers (NATS, Redis pipelines). */
   flush?(): void;
 }
@@ -62,10 +70,11 @@ async function produce(link: Link, o: Order): Promise<Outcome> {
   let pong: (() => void) | null = null;
   let wake: (() => void) | null = null;
   link.onReply = (b) => {
-    if (b[0] === 0x61 /* a */) {
+    const kind = kindOf(b);
+    if (kind === 0x61 /* a */) {
       acked += ACK_EVERY;
       wake?.();
-    } else if (b[0] === 0x70 /* p */) pong?.();
+    } else if (kind === 0x70 /* p */) pong?.();
   };
   const data = body('d', o.size);
   let sent = 0;
@@ -102,11 +111,11 @@ async function produce(link: Link, o: Order): Promise<Outcome> {
 }
 
 /** The consumer's side, the same for every system: echo pings, acknowledge every ACK_EVERY data. */
-function consumer(reply: (b: Buffer) => void, flush?: () => void): (b: Buffer) => void {
+function consumer<B extends Body>(reply: (b: B | Buffer) => void, flush?: () => void): (b: B) => void {
   let count = 0;
   const ack = Buffer.from('a');
   return (b) => {
-    if (b[0] === 0x70 /* p */) {
+    if (kindOf(b) === 0x70 /* p */) {
       reply(b);
       flush?.();
     } else if (++count % ACK_EVERY === 0) {
@@ -135,21 +144,30 @@ function serveStdin(link: Link): void {
  * MSG_MODE `send` (default): sent by name with one SEND each, taken with a blocking RECV `max` 1000 in
  * batches; SENDs are pipelined ahead of the blocking RECV on the one connection (replies come back in order).
  * MSG_MODE `batch`: what a client built for rate does: the bodies queued in one turn leave in one
- * SEND_BATCH, and messages arrive pushed (HELLO push, `client.messages()`), no RECV at all.
+ * SEND_BATCH (answered only for refused items), and messages arrive pushed (HELLO push; the consumer
+ * takes them with `client.messageBatches()`, the producer with `client.messages()`), no RECV at all.
  */
 async function clovePeer(): Promise<void> {
   const c = await CloveClient.connect({ socketPath: address, reconnect: false });
   await c.hello();
   const peerName = `msg-${role === 'producer' ? 'c' : 'p'}${pair}`;
-  const asString = (b: Buffer): string => b.toString('latin1', 0, b.length - 2);
-  const asBuffer = (m: unknown): Buffer => Buffer.from(typeof m === 'string' ? m : '', 'latin1');
-  if (env.MSG_MODE === 'batch') return clovePushPeer(c, peerName, asString, asBuffer);
+  // A producer sends the same body over and over (as the other systems' peers send the same Buffer): its
+  // string is made once. Two characters less: the JSON string's quotes make the payload `size` bytes.
+  let last: Buffer | null = null;
+  let lastString = '';
+  const asString = (b: Buffer): string => {
+    if (b !== last) [last, lastString] = [b, b.toString('latin1', 0, b.length - 2)];
+    return lastString;
+  };
+  const asBody = (m: unknown): string => (typeof m === 'string' ? m : '');
+  const toString = (b: Body): string => (typeof b === 'string' ? b : b.toString('latin1'));
+  if (env.MSG_MODE === 'batch') return clovePushPeer(c, peerName, asString, asBody, toString);
   if (role === 'consumer') {
     const pending: string[] = [];
-    const onBody = consumer((b) => pending.push(b.toString('latin1')));
+    const onBody = consumer<string>((b) => pending.push(toString(b)));
     for (;;) {
       const r = await c.recv({ max: 1000, timeoutMs: 300_000 });
-      for (const m of r.messages) onBody(asBuffer(m.message));
+      for (const m of r.messages) onBody(asBody(m.message));
       // Not awaited: pipelined ahead of the next blocking RECV.
       for (const s of pending.splice(0)) void c.send(peerName, s);
     }
@@ -173,7 +191,7 @@ async function clovePeer(): Promise<void> {
       const got = await c.recv({ max: 1000, timeoutMs: 30_000 });
       for (const s of await Promise.all(sends))
         if (!s.success) throw new Error(`SEND to ${peerName} failed: ${JSON.stringify(s)}`);
-      for (const m of got.messages) link.onReply(asBuffer(m.message));
+      for (const m of got.messages) link.onReply(asBody(m.message));
       if (got.count === 0) throw new Error(`no reply from ${peerName} within 30 s`);
       // produce() reacts to the replies in microtasks; by the next turn it has queued what follows, or ended.
       await new Promise((res) => setImmediate(res));
@@ -187,35 +205,43 @@ async function clovePushPeer(
   c: CloveClient,
   peerName: string,
   asString: (b: Buffer) => string,
-  asBuffer: (m: unknown) => Buffer,
+  asBody: (m: unknown) => string,
+  toString: (b: Body) => string,
 ): Promise<void> {
   const out: string[] = [];
-  // One SEND_BATCH per flush, split so that no frame nears the kernel's payload limit (1 MiB).
+  // One SEND_BATCH per flush, split so that no frame passes about 100 KiB: V8 makes strings and buffers
+  // over 128 KiB outside its young generation, several times slower per byte (reports/fastpath.md).
   const flush = (): void => {
     while (out.length > 0) {
       let n = 0;
-      for (let bytes = 0; n < out.length && n < 4096 && bytes < 256 * 1024; n++) bytes += out[n].length + 64;
+      for (let bytes = 0; n < out.length && n < 4096 && bytes < 96 * 1024; n++) bytes += out[n].length + 64;
       const items = out.splice(0, n).map((message) => ({ to_name: peerName, message }));
-      void c.sendBatch(items).then((r) => {
-        if (r.failed_count > 0)
-          throw new Error(
-            `SEND_BATCH to ${peerName}: ${JSON.stringify(r.results.find((x) => 'error' in x))}`,
-          );
+      // Only refusals come back (`results: "refused"`), not one result per message.
+      void c.sendBatch(items, { results: 'refused' }).then((r) => {
+        if (r.failed_count > 0) throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results[0])}`);
       });
     }
   };
   // A consumer sends each ack and pong at once (one item); a producer's bodies leave per window batch.
   const onBody =
     role === 'consumer'
-      ? consumer((b) => out.push(b.toString('latin1')), flush)
-      : (b: Buffer): void => link.onReply(b);
+      ? consumer<string>((b) => out.push(toString(b)), flush)
+      : (b: string): void => link.onReply(b);
   const link: Link = { send: (b) => out.push(asString(b)), onReply: () => {}, flush };
+  if (role === 'consumer') {
+    // A consumer built for rate takes what arrived as one batch (one promise per PUSH, not per message).
+    for await (const batch of c.messageBatches()) for (const m of batch) onBody(asBody(m.message));
+    return;
+  }
+  // The producer takes its acknowledgements one by one and refills the window after each (a SEND_BATCH of
+  // ACK_EVERY): taken as batches, several refill it at once in one larger SEND_BATCH, which measured at
+  // about half the rate on this machine.
   for await (const m of c.messages()) {
     if (m.from_name === 'bench') {
       void produce(link, m.message as Order).then((res) => c.send('bench', res));
       continue;
     }
-    onBody(asBuffer(m.message));
+    onBody(asBody(m.message));
   }
 }
 
@@ -274,7 +300,7 @@ async function relayPeer(): Promise<void> {
   };
   const onBody =
     role === 'consumer'
-      ? consumer(
+      ? consumer<Buffer>(
           (b) => queued.push(encodeFrame(0, RELAY_OP, b)),
           () => {},
         )
@@ -310,7 +336,7 @@ async function redisPeer(): Promise<void> {
     process.exit(1);
   };
   if (role === 'consumer') {
-    const onBody = consumer((b) => void pub.publish(`r${pair}`, b).catch(fail));
+    const onBody = consumer<Buffer>((b: Buffer) => void pub.publish(`r${pair}`, b).catch(fail));
     await sub.subscribe(`m${pair}`, onBody, true);
     process.stdout.write('ready 0\n');
     return;
@@ -333,7 +359,7 @@ async function natsPeer(): Promise<void> {
   const nc = await connect({ servers: address });
   const buf = (d: Uint8Array): Buffer => Buffer.from(d.buffer, d.byteOffset, d.byteLength);
   if (role === 'consumer') {
-    const onBody = consumer((b) => nc.publish(`r.${pair}`, b));
+    const onBody = consumer<Buffer>((b: Buffer) => nc.publish(`r.${pair}`, b));
     nc.subscribe(`m.${pair}`, { callback: (_e, m) => onBody(buf(m.data)) });
     await nc.flush();
     process.stdout.write('ready 0\n');

@@ -334,6 +334,28 @@ describe('fast path ops (MailStore.serve)', () => {
     expect(w.store.stats(1)).toMatchObject({ syscalls: 1, sent: 3 });
   });
 
+  it('SEND_BATCH with `results: "refused"`: no result per delivered item; another value goes to JavaScript', () => {
+    const w = world();
+    const r = w.serve(1, SEND_BATCH, '{"results":"refused","messages":[{"to":2,"message":"a"},{"to":3}]}');
+    expect(r.verdict).toBe('done');
+    expect(reply(r.out, 1, SEND_BATCH)).toEqual({
+      success: true,
+      delivered_count: 2,
+      failed_count: 0,
+      results: [],
+    });
+    const all = w.serve(1, SEND_BATCH, '{"messages":[{"to":2,"message":"b"}],"results":"all"}');
+    expect(reply(all.out, 1, SEND_BATCH)).toMatchObject({ results: [{ delivered_to: 2 }] });
+    expect(w.store.take(2, 10, 5, false, 1e9).map((m) => m.json)).toEqual(['"a"', '"b"']);
+    for (const p of [
+      '{"results":"some","messages":[{"to":2}]}',
+      '{"results":1,"messages":[{"to":2}]}',
+      '{"results":"refused","results":"all","messages":[{"to":2}]}',
+    ])
+      expect(w.serve(1, SEND_BATCH, p).verdict).toBe('tojs');
+    expect(w.store.size(2)).toBe(0);
+  });
+
   it('BROADCAST: the TypeScript reply; the caller only with include_self; unreachable ones skipped; a refusal goes to JavaScript', async () => {
     const w = world();
     w.unreachable(3);
@@ -463,6 +485,22 @@ describe('fast path ops (MailStore.serve)', () => {
       count: 1,
     });
     expect(w.store.pushMessages(1, 5, 64, true).length).toBe(0);
+  });
+
+  it('push batch: a frame holds at most maxBytes of message text, and always at least one message', () => {
+    const w = world();
+    for (const m of ['"aaaa"', '"bbbb"', '"cccc"', '"dddddddddddd"'])
+      w.serve(2, SEND, `{"to":1,"message":${m}}`);
+    const taken = (maxBytes: number) =>
+      frames(w.store.pushMessages(1, 5, 64, true, maxBytes)).flatMap(
+        (f) => (JSON.parse(f.payload.toString()) as { messages: { message: string }[] }).messages,
+      );
+    // Six bytes each ("aaaa" with its quotes): two fit in 13, the third would not.
+    expect(taken(13).map((m) => m.message)).toEqual(['aaaa', 'bbbb']);
+    expect(taken(13).map((m) => m.message)).toEqual(['cccc']);
+    // Over the limit alone: still pushed, alone.
+    expect(taken(1).map((m) => m.message)).toEqual(['dddddddddddd']);
+    expect(w.store.size(1)).toBe(0);
   });
 
   it('counts what it completes: syscalls, sent, received, last activity', () => {

@@ -48,7 +48,7 @@ const OPS: Record<string, Call> = {
   PAUSE: (c, a) => c.pause(a.name),
   RESUME: (c, a) => c.resume(a.name),
   SEND: (c, a) => c.send(a.to_name, a.message),
-  SEND_BATCH: (c, a) => c.sendBatch(a.messages),
+  SEND_BATCH: (c, a) => c.sendBatch(a.messages, a.results ? { results: a.results } : {}),
   PUSH: async (c, a) => {
     const it = c.messages() as AsyncGenerator<unknown> | Promise<unknown>;
     if (it instanceof Promise) return it; // the mapping check's recording stand-in

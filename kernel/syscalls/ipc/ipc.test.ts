@@ -82,6 +82,32 @@ describe('SEND_BATCH', () => {
     ]);
   });
 
+  it('with `results: "refused"` only refused items are answered for, with their index; a bad value is refused', async () => {
+    const { c, id } = await sink('batch-refused');
+    const r = await op.sendBatch(
+      [
+        { to: id, message: 1 },
+        { to_name: 'nobody-refused', message: 2 },
+        { to: id, message: 3 },
+        { message: 4 },
+      ],
+      { results: 'refused' },
+    );
+    expect(r).toEqual({
+      success: true,
+      delivered_count: 2,
+      failed_count: 2,
+      results: [
+        { index: 1, error: 'target agent not found: nobody-refused', code: 'not_found' },
+        { index: 3, error: 'target agent required (to or to_name)', code: 'invalid_request' },
+      ],
+    });
+    expect(await take(c, 2)).toEqual([1, 3]);
+    const bad = await op.raw(Op.SEND_BATCH, { messages: [{ to: id, message: 5 }], results: 'some' });
+    expect(JSON.parse(bad.toString())).toMatchObject({ success: false, code: 'invalid_request' });
+    expect((await c.recv({ max: 10 })).count).toBe(0);
+  });
+
   it("an agent's batch: delivered items count as sent, a refused item is audited and stops nothing", async () => {
     const me = (await op.hello()).agent_id;
     const { c: dest, id: destId } = await sink('batch-dest');

@@ -164,9 +164,11 @@ Verdict Serve(MailStore& store, const Call& call, std::string& out, ParkedRecv* 
 // Answers a parked RECV (after a MailListener wake-up, or at its deadline): true when the reply frame
 // was appended to `out` (messages arrived, or `timed_out`); false to keep waiting.
 bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::string& out);
-// Push delivery: takes up to `max` of `id`'s messages (no lease; holder is the pusher's, at most the
-// reply byte limit) and appends one PUSH frame each (RECV's message fields with "kind":"message") or,
-// `batch`, one PUSH frame for all ({"kind":"messages","messages":[RECV's items],"count":n}); returns how many.
-size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, bool batch, std::string& out);
+// Push delivery: takes up to `max` of `id`'s messages (no lease; holder is the pusher's; at least one, and
+// no more than `max_bytes` and the reply byte limit of message text) and appends one PUSH frame each
+// (RECV's message fields with "kind":"message") or, `batch`, one PUSH frame for all
+// ({"kind":"messages","messages":[RECV's items],"count":n}); returns how many.
+size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, size_t max_bytes, bool batch,
+                    std::string& out);
 
 }  // namespace clove::fast

@@ -260,12 +260,21 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
   od::object obj;
   if (doc.get_object().get(obj)) return Verdict::ToJs;
   std::vector<Target> items;
-  bool seen = false;
+  bool seen = false, seen_results = false, all = true;
   for (auto f : obj) {
     od::field field;
     if (std::move(f).get(field)) return Verdict::ToJs;
     std::string_view key;
     if (field.unescaped_key().get(key)) return Verdict::ToJs;
+    if (key == "results") {
+      // "all" (the default) or "refused"; anything else is JavaScript's to refuse.
+      std::string_view v;
+      if (seen_results || field.value().get_string().get(v)) return Verdict::ToJs;
+      if (v != "all" && v != "refused") return Verdict::ToJs;
+      seen_results = true;
+      all = v == "all";
+      continue;
+    }
     if (key != "messages") continue;
     if (seen) return Verdict::ToJs;
     seen = true;
@@ -289,12 +298,13 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
   }
   if (store.DeliverAll(call.caller, ds, true).why != Refusal::None) return Verdict::ToJs;
   store.Count(call.caller, 1, ds.size(), 0);
-  out.reserve(out.size() + kHeaderSize + 96 + ds.size() * 28);
+  out.reserve(out.size() + kHeaderSize + 96 + (all ? ds.size() * 28 : 0));
   size_t at = BeginFrame(out, call.caller, call.opcode);
   out += "{\"success\":true,\"delivered_count\":";
   AppendNumber(out, ds.size());
   out += ",\"failed_count\":0,\"results\":[";
-  for (size_t i = 0; i < ds.size(); i++) {
+  // Only a batch whose every item was delivered is served here: `refused` lists none.
+  for (size_t i = 0; all && i < ds.size(); i++) {
     if (i) out += ',';
     out += "{\"delivered_to\":";
     AppendNumber(out, ds[i].to);
@@ -420,8 +430,9 @@ bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::strin
   return true;
 }
 
-size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, bool batch, std::string& out) {
-  std::vector<Message> ms = store.Take(id, max, holder, false, store.max_reply_bytes());
+size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, size_t max_bytes, bool batch,
+                    std::string& out) {
+  std::vector<Message> ms = store.Take(id, max, holder, false, std::min(max_bytes, store.max_reply_bytes()));
   if (ms.empty()) return 0;
   int64_t now = NowMs();
   if (batch) {

@@ -317,7 +317,8 @@ class JsMailStore : public Napi::ObjectWrap<JsMailStore> {
   // Test-only: PushMessages(); the PUSH frames it wrote.
   Napi::Value Push_(const Napi::CallbackInfo& info) {
     std::string out;
-    PushMessages(*store, Id(info, 0), HolderOf(info, 1), static_cast<size_t>(ToU64(info[2])),
+    size_t max_bytes = info.Length() > 4 && !info[4].IsUndefined() ? static_cast<size_t>(ToU64(info[4])) : SIZE_MAX;
+    PushMessages(*store, Id(info, 0), HolderOf(info, 1), static_cast<size_t>(ToU64(info[2])), max_bytes,
                  info.Length() > 3 && info[3].ToBoolean().Value(), out);
     return Napi::Buffer<char>::Copy(info.Env(), out.data(), out.size());
   }

@@ -821,12 +821,16 @@ class CloveClient:
             payload["to_name"] = to_name
         return self.call_json(SyscallOp.SYS_SEND, payload, check=check)
 
-    def send_batch(self, items: Iterable[Mapping[str, Any]], *, check: bool | None = None) -> dict:
+    def send_batch(
+        self, items: Iterable[Mapping[str, Any]], *, results: str = "all", check: bool | None = None
+    ) -> dict:
         """SEND_BATCH (ext): many messages in one request (1 to 4096 items). Each item is a dict with
         ``to`` (an id; a str is a name) or ``to_name``, and ``message`` (any JSON; default ``{}``). Items are
         independent: the reply is ``success, delivered_count, failed_count, results``, with per item, in
-        order, ``{"delivered_to": id}`` or the ``{"error", "code"}`` SEND would have given. Only a request
-        of the wrong shape (no items, more than 4096, an item that is not a dict) fails as a whole."""
+        order, ``{"delivered_to": id}`` or the ``{"error", "code"}`` SEND would have given; with
+        ``results="refused"`` only the refused items, each with its ``index`` (for senders at high rates).
+        Only a request of the wrong shape (no items, more than 4096, an item that is not a dict) fails as a
+        whole."""
         messages = []
         for item in items:
             if not isinstance(item, Mapping):
@@ -842,7 +846,10 @@ class CloveClient:
             if "message" in item:
                 m["message"] = item["message"]
             messages.append(m)
-        return self.call_json(SyscallOp.SYS_SEND_BATCH, {"messages": messages}, check=check)
+        payload: dict[str, Any] = {"messages": messages}
+        if results != "all":
+            payload["results"] = results
+        return self.call_json(SyscallOp.SYS_SEND_BATCH, payload, check=check)
 
     def recv_messages(
         self, max_messages: int = 10, timeout: float | None = None, *, check: bool | None = None

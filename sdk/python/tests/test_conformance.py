@@ -72,7 +72,7 @@ OPS = {
     "PAUSE": _lifecycle("pause"),
     "RESUME": _lifecycle("resume"),
     "SEND": lambda c, a: c.send_message(a["message"], to_name=a["to_name"]),
-    "SEND_BATCH": lambda c, a: c.send_batch(a.get("messages", [])),
+    "SEND_BATCH": lambda c, a: c.send_batch(a.get("messages", []), results=a.get("results", "all")),
     "PUSH": lambda c, a: _first_push(c, a),
     "RECV": lambda c, a: c.recv_messages(a.get("max", 10), timeout=_wait_s(a)),
     "BROADCAST": lambda c, a: c.broadcast(a.get("message"), include_self=a.get("include_self", False)),
