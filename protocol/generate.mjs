@@ -258,9 +258,10 @@ function pythonOpcodes(c) {
     `KERNEL_EVENTS = (${w.events.map((e) => JSON.stringify(e.type)).join(', ')})`,
     '',
     '',
-    'class SyscallOp(IntEnum):',
-    '    """Opcodes. The ``SYS_``-prefixed names are those of the public SDK; the plain names (the kernel\'s',
-    '    log names, e.g. ``SyscallOp.SEND``) are aliases of the same members."""',
+    'class _Ops:',
+    '    """Opcodes as plain ints: what the client sends (cheap to define). ``SyscallOp``, the public IntEnum,',
+    '    is made from this table on first use. The ``SYS_``-prefixed names are those of the public SDK; the',
+    '    plain names (the kernel\'s log names, e.g. ``SyscallOp.SEND``) are aliases of the same values."""',
     '',
   ];
   for (const op of c.ops)
@@ -271,11 +272,6 @@ function pythonOpcodes(c) {
   for (const op of c.ops)
     lines.push(`    ${op.name} = 0x${op.code.toString(16).toUpperCase().padStart(2, '0')}`);
   lines.push(
-    '',
-    '    @property',
-    '    def log_name(self) -> str:',
-    '        """The name without the ``SYS_`` prefix, as the kernel logs it."""',
-    '        return self.name[4:]',
     '',
     '',
     '#: opcode name -> (family, status, Python SDK method)',

@@ -15,12 +15,14 @@ import time
 T_MAIN = time.time() * 1000.0  # epoch ms when the script starts running (interpreter is up)
 
 import os  # noqa: E402
-import socket  # noqa: E402
 
 via = os.environ.get("READY_VIA", "kernel")
 pid = os.getpid()
 
+# Each way imports only what it uses: the SDK series pays for the SDK's imports, not for `socket` too.
 if via == "socket":
+    import socket
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(os.environ["READY_SOCKET"])
     s.sendall(("%s %d %.3f\n" % (os.environ.get("READY_NAME", "agent"), pid, T_MAIN)).encode())
@@ -35,6 +37,7 @@ elif via == "sdk":
         c.wait_message(timeout=None)
 else:
     import json
+    import socket
     import struct
 
     HDR = struct.Struct("<IIBQ")

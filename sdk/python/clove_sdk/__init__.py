@@ -50,13 +50,18 @@ from .protocol import (
     Frame,
     FrameDecoder,
     Message,
-    Op,
-    SyscallOp,
     encode_frame,
     op_name,
 )
 
 __version__ = "0.1.0"
+
+
+# PEP 562: the opcode enum is made on first use (see protocol._syscall_op).
+def __getattr__(name: str):
+    if name in ("SyscallOp", "Op"):
+        return getattr(protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CloveClient",

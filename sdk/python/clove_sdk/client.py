@@ -27,10 +27,17 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import threading
 import time
 from collections import deque
+
+# The C module under `socket`: the client needs its socket type and four constants, and socket.py costs
+# about 2 ms more at start-up (selectors, array, enum classes for every AF_/SOCK_ constant): time every
+# restart of an agent pays (bench/restart.ts, clove/sdk). The same type socket.socket subclasses.
+try:
+    import _socket as socket
+except ImportError:  # another Python without it: the public module
+    import socket  # type: ignore[no-redef]
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 # typing costs an import at start-up; with PEP 563 annotations it is needed by type checkers only.
@@ -46,7 +53,8 @@ from .errors import (
     UnexpectedReplyError,
     kernel_error,
 )
-from .protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET_PATH, SOCKET_ENV, Frame, FrameDecoder, SyscallOp, encode_frame
+from .protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET_PATH, SOCKET_ENV, Frame, FrameDecoder, encode_frame
+from .protocol import _Ops as SyscallOp  # plain ints (protocol.SyscallOp, the enum, is made on first use)
 
 __all__ = [
     "CloveClient",
@@ -747,7 +755,7 @@ class CloveClient:
             return {"id": int(agent_id)}
         raise ValueError("give an agent id or a name")
 
-    def _lifecycle(self, op: SyscallOp, flag: str, name: Any, agent_id: Any, check: bool | None, **extra: Any) -> bool:
+    def _lifecycle(self, op: int, flag: str, name: Any, agent_id: Any, check: bool | None, **extra: Any) -> bool:
         payload = self._target(name, agent_id)
         payload.update({k: v for k, v in extra.items() if v is not None})
         reply = self.call_json(op, payload, check=check)
@@ -859,7 +867,7 @@ class CloveClient:
         timeout passes (one request, no polling)."""
         return self._take(SyscallOp.SYS_RECV, max_messages, timeout, check)
 
-    def _take(self, op: SyscallOp, max_items: int, timeout: float | None, check: bool | None) -> dict:
+    def _take(self, op: int, max_items: int, timeout: float | None, check: bool | None) -> dict:
         """RECV / POLL_EVENTS: with ``timeout`` (seconds, > 0) the kernel holds the reply (no polling)."""
         payload: dict[str, Any] = {"max": max_items}
         wait = 0.0
@@ -869,7 +877,7 @@ class CloveClient:
             wait = timeout
         return self.call_json(op, payload, check=check, wait=wait)
 
-    def _take_one(self, op: SyscallOp, key: str, timeout: float | None, check: bool | None) -> dict | None:
+    def _take_one(self, op: int, key: str, timeout: float | None, check: bool | None) -> dict | None:
         """One item of ``reply[key]``, waited for in the kernel; ``timeout=None`` waits in 30 s steps."""
         while True:
             step = _WAIT_STEP_S if timeout is None else timeout

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import struct
-from enum import IntEnum
 
 # typing costs an import at start-up; with PEP 563 annotations it is needed by type checkers only.
 TYPE_CHECKING = False
@@ -54,9 +53,10 @@ SOCKET_ENV = "CLOVE_SOCKET"
 KERNEL_EVENTS = ("AGENT_SPAWNED", "AGENT_EXITED", "AGENT_RESTARTING", "AGENT_ESCALATED", "AGENT_PAUSED", "AGENT_RESUMED", "STATE_CHANGED", "TASK_ASSIGNED", "TASK_REASSIGNED", "TASK_COMPLETED", "TASK_FAILED", "QUOTA_EXCEEDED", "WORLD_CHAOS", "CUSTOM")
 
 
-class SyscallOp(IntEnum):
-    """Opcodes. The ``SYS_``-prefixed names are those of the public SDK; the plain names (the kernel's
-    log names, e.g. ``SyscallOp.SEND``) are aliases of the same members."""
+class _Ops:
+    """Opcodes as plain ints: what the client sends (cheap to define). ``SyscallOp``, the public IntEnum,
+    is made from this table on first use. The ``SYS_``-prefixed names are those of the public SDK; the
+    plain names (the kernel's log names, e.g. ``SyscallOp.SEND``) are aliases of the same values."""
 
     SYS_NOOP = 0x00  # the payload echoed byte for byte
     SYS_THINK = 0x01  # a language-model call made by the kernel with the operator's provider; the reply comes once the whole answer is in
@@ -215,11 +215,6 @@ class SyscallOp(IntEnum):
     HELLO = 0xFE
     EXIT = 0xFF
 
-    @property
-    def log_name(self) -> str:
-        """The name without the ``SYS_`` prefix, as the kernel logs it."""
-        return self.name[4:]
-
 
 #: opcode name -> (family, status, Python SDK method)
 OPCODES: dict[str, tuple[str, str, str]] = {
@@ -307,15 +302,51 @@ OPCODES: dict[str, tuple[str, str, str]] = {
 _HEADER = struct.Struct("<IIBQ")
 _MAGIC_WIRE = struct.pack("<I", MAGIC)
 
-Op = SyscallOp
+
+def _syscall_op():
+    """The public opcode enum, made from ``_Ops`` on first use: an IntEnum of this many members (and
+    ``import enum``) costs about 1.7 ms, which every agent would otherwise pay at each (re)start, and the
+    client itself sends plain ints."""
+    from enum import IntEnum
+
+    class SyscallOp(IntEnum):
+        """Opcodes. The ``SYS_``-prefixed names are those of the public SDK; the plain names (the kernel's
+        log names, e.g. ``SyscallOp.SEND``) are aliases of the same members."""
+
+        _ignore_ = ["k", "v"]
+        for k, v in vars(_Ops).items():
+            if k.isupper():
+                vars()[k] = v
+
+        @property
+        def log_name(self) -> str:
+            """The name without the ``SYS_`` prefix, as the kernel logs it."""
+            return self.name[4:]
+
+    SyscallOp.__module__ = __name__
+    return SyscallOp
+
+
+# PEP 562: `SyscallOp` and its alias `Op` are module attributes made on first access.
+def __getattr__(name: str):
+    if name in ("SyscallOp", "Op"):
+        cls = _syscall_op()
+        globals().update(SyscallOp=cls, Op=cls)
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: opcode byte -> log name (the first name of each value is its SYS_ name)
+_LOG_NAMES: dict[int, str] = {}
+for _k, _v in vars(_Ops).items():
+    if _k.startswith("SYS_"):
+        _LOG_NAMES.setdefault(_v, _k[4:])
+del _k, _v
 
 
 def op_name(opcode: int) -> str:
     """The log name of an opcode byte (``"SEND"``), or ``"UNKNOWN"`` if it is not in the table."""
-    try:
-        return SyscallOp(opcode).log_name
-    except ValueError:
-        return "UNKNOWN"
+    return _LOG_NAMES.get(opcode, "UNKNOWN")
 
 
 class Frame:

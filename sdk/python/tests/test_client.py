@@ -357,3 +357,23 @@ def test_syscallop_names():
     assert SyscallOp.SYS_HEARTBEAT == SyscallOp.HEARTBEAT == 0xD0
     assert SyscallOp.HELLO.log_name == "HELLO"
     assert clove_sdk.op_name(0x13) == "UNKNOWN"
+
+
+def test_import_is_light_and_the_opcode_enum_is_made_on_first_use():
+    """`import clove_sdk` is paid at every agent (re)start: it builds no enum and loads no socket.py (the
+    client sends plain ints on the C socket type); SyscallOp / Op appear, complete, on first access."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clove_sdk, clove_sdk.protocol as p\n"
+        "assert 'SyscallOp' not in vars(p) and 'socket' not in sys.modules, sorted(sys.modules)\n"
+        "from clove_sdk import SyscallOp, Op\n"
+        "assert Op is SyscallOp is p.SyscallOp and SyscallOp.SEND is SyscallOp.SYS_SEND == 0x20\n"
+        "assert SyscallOp(0x25).log_name == 'SEND_BATCH' and p.op_name(0x25) == 'SEND_BATCH'\n"
+        "assert p.op_name(0xEE) == 'UNKNOWN'\n"
+    )
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # -S: no site-packages hooks that would import socket.py on their own.
+    r = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {here!r})\n" + code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
