@@ -359,7 +359,7 @@ describe('a node lost', () => {
 });
 
 describe('a lost lease (partition)', () => {
-  it('stops the agents whose names the node owned, keeps their definitions for the new owners, and rejoins', async () => {
+  it('stops the agents whose names the node owned and rejoins; one no survivor took over starts again there under its name, one taken over does not', async () => {
     const dir = tempDir();
     let inject: ((e: DirectoryEvent) => void) | undefined;
     const engines = async (o: ClusterOptions, deps: { log: Logger; version: string }) => {
@@ -388,21 +388,39 @@ describe('a lost lease (partition)', () => {
     try {
       const c = await CloveClient.connect({ socketPath: path.join(dir, 'e.sock') });
       const name = uniq('victim');
+      const moved = uniq('moved');
       const s = await c.spawn({ name, script: idle, sandboxed: false, restart_policy: 'always' });
-      expect(JSON.parse((await etcdClient.get(`/${prefix}/defs/${name}`).string()) ?? '{}')).toMatchObject({
+      const m = await c.spawn({ name: moved, script: idle, sandboxed: false, restart_policy: 'always' });
+      const defKey = (n: string) => `/${prefix}/defs/${n}`;
+      expect(JSON.parse((await etcdClient.get(defKey(name)).string()) ?? '{}')).toMatchObject({
         name,
         node: 'e',
       });
+      // As a survivor's takeover would leave it: the definition is another node's now.
+      const def = JSON.parse((await etcdClient.get(defKey(moved)).string())!) as Record<string, unknown>;
+      await etcdClient.put(defKey(moved)).value(JSON.stringify({ ...def, node: 'elsewhere' }));
       inject!({ type: 'lease-lost' });
       // Killed for good (not restarted under its policy: its name may be someone else's now).
       await until(
-        async () => !(await c.list()).some((a) => a.id === s.id && a.state !== 'STOPPED'),
+        async () => !(await c.list()).some((a) => (a.id === s.id || a.id === m.id) && a.state !== 'STOPPED'),
         30_000,
-        `${name} to stop`,
+        `${name} and ${moved} to stop`,
       );
-      // Its definition stays for whoever takes the name over.
-      expect(await etcdClient.get(`/${prefix}/defs/${name}`).string()).not.toBeNull();
-      expect((await c.clusterStatus()).names_owned).toBe(0);
+      // Nobody took `name` over: after the rejoin it runs here again, under its name (a new id).
+      const back = await until(
+        async () => (await c.list()).find((a) => a.name === name && a.state === 'RUNNING'),
+        30_000,
+        `${name} to run again`,
+      );
+      expect(back.id).not.toBe(s.id);
+      expect(JSON.parse((await etcdClient.get(defKey(name)).string())!)).toMatchObject({ name, node: 'e' });
+      expect((await c.send(name, { after: 'rejoin' })).success).toBe(true);
+      // `moved` is the other node's to start: not here, and its definition is left as it was.
+      expect((await c.list()).some((a) => a.name === moved)).toBe(false);
+      expect(JSON.parse((await etcdClient.get(defKey(moved)).string())!)).toMatchObject({
+        node: 'elsewhere',
+      });
+      expect((await c.clusterStatus()).names_owned).toBe(1);
       c.close();
     } finally {
       etcdClient.close();

@@ -14,7 +14,8 @@
  * - events: every local event is published on the bus, every other node's published locally with `node`;
  * - node loss: the definitions of a lost node's restartable agents are taken over by the survivor chosen
  *   by placement, which spawns them under the same names (their waiting mail follows the name);
- * - lease loss (a partition): the agents whose names this node owned are stopped, then the node rejoins.
+ * - lease loss (a partition): the agents whose names this node owned are stopped, then the node rejoins
+ *   and starts again the restartable ones no survivor took over meanwhile.
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -79,6 +80,9 @@ const PUBLISH_EVERY_MS = 5000;
 
 /** Ids below this are in slot 0, which the directory never gives out (docs/cluster.md "Ids"). */
 const SLOT_0_END = 2 ** 20;
+
+/** How long a rejoined node waits for an agent it stopped to be gone before starting it again. */
+const STOPPED_WAIT_MS = 30_000;
 
 /** How long LIST `all_nodes` waits for another node's answer. */
 const LIST_TIMEOUT_MS = 5000;
@@ -452,11 +456,11 @@ export class ClusterService implements ClusterNames {
   }
 
   /** Spawns a taken-over definition here, as the kernel (operator rights), under its name. */
-  private async respawn(def: ClusterAgentDef): Promise<void> {
+  private async respawn(def: ClusterAgentDef, why = 'agent of a lost node started here'): Promise<void> {
     const spec = def.spec as DefSpec;
     if (spec?.v !== 1 || !spec.request) throw new Error(`unknown agent definition for ${def.name}`);
     const r = await this.d.agents.spawn(KERNEL_CALLER, { ...spec.request, name: def.name });
-    this.d.log.warn({ agent: def.name, id: r.id, from: def.node }, 'agent of a lost node started here');
+    this.d.log.warn({ agent: def.name, id: r.id, from: def.node }, why);
   }
 
   /**
@@ -486,21 +490,58 @@ export class ClusterService implements ClusterNames {
       if (a.state !== 'STOPPED' && a.state !== 'FAILED')
         await this.d.agents.kill(KERNEL_CALLER, a, { wait: false }).catch(() => undefined);
     }
-    await this.rejoin();
+    if (!(await this.rejoin())) return;
+    await this.restartUntaken();
   }
 
-  /** Joins again after a lost lease, retrying while etcd is unreachable (until the kernel stops). */
-  private async rejoin(): Promise<void> {
+  /**
+   * After a rejoin, the definitions etcd still says are this node's were taken over by nobody: the node
+   * was back before a survivor looked (an etcd restart that outlasted the lease, a short partition). Left
+   * alone they would never run again, so this node takes them over itself — the same CAS as a survivor's
+   * takeover, so that one of them wins should a survivor look now — and starts each once the agent it
+   * stopped for the lost lease is gone.
+   */
+  private async restartUntaken(): Promise<void> {
+    let defs: ClusterAgentDef[];
+    try {
+      defs = await this.directory.defsOf(this.node);
+    } catch (e) {
+      this.d.log.error(
+        { err: (e as Error).message },
+        "cannot list this node's agent definitions after the rejoin",
+      );
+      return;
+    }
+    for (const def of defs) {
+      if (this.closing) return;
+      const deadline = Date.now() + STOPPED_WAIT_MS;
+      while (this.d.agents.list().some((a) => a.def.name === def.name) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50).unref());
+      try {
+        if (!(await this.directory.takeOver(def))) continue;
+        await this.respawn(def, 'agent no survivor took over started again here');
+      } catch (e) {
+        this.d.log.error(
+          { agent: def.name, err: (e as Error).message },
+          'cannot start again the agent no survivor took over',
+        );
+      }
+    }
+  }
+
+  /** Joins again after a lost lease, retrying while etcd is unreachable; false when the kernel stopped first. */
+  private async rejoin(): Promise<boolean> {
     for (let delay = 500; !this.closing; delay = Math.min(delay * 2, 10_000)) {
       try {
         await this.directory.rejoin();
         this.d.log.info({ node: this.node }, 'joined the cluster again');
-        return;
+        return true;
       } catch (e) {
         this.d.log.warn({ err: (e as Error).message, retry_ms: delay }, 'cannot join the cluster again yet');
         await new Promise((r) => setTimeout(r, delay).unref());
       }
     }
+    return false;
   }
 
   /** Refreshes this node's NodeInfo in etcd (the directory measures memory and CPU; agents are ours). */
