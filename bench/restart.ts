@@ -54,6 +54,12 @@ const flags = parseFlags();
 const QUICK = flags.quick;
 const KILLS = Number(flags.get('kills') ?? (QUICK ? 12 : 60));
 const SPACING_MS = Number(flags.get('spacing') ?? 1200);
+/**
+ * Quiet before each kill: at least this long since the previous series' restart ended, and every series'
+ * standby parked (a replacement standby is prepared 200 ms after a promotion: a Python start on these two
+ * cores that would otherwise land on the next series' restart).
+ */
+const SETTLE_MS = Number(flags.get('settle') ?? 300);
 const SERIES = (
   flags.get('series') ??
   'clove/kernel,clove/sdk,clove/standby,clove/plain-standby,clove/plain-kernel,clove/plain-socket,pm2/socket'
@@ -425,13 +431,15 @@ async function main(): Promise<void> {
     await sleep(QUICK ? 2000 : 5000);
     for (const p of probes) p.probe.phase('restarts');
     // Round robin: one kill per series per round, so that load from elsewhere hits every series alike.
+    let lastEnded = 0;
     for (let i = 0; i < KILLS; i++) {
       await sampleBare();
       for (const run of runners) {
         if (run.failures) continue;
         await sleep(Math.max(100, run.readyAt + SPACING_MS - Date.now()));
         try {
-          await run.standbyReady?.();
+          for (const other of runners) if (!other.failures) await other.standbyReady?.();
+          await sleep(Math.max(0, lastEnded + SETTLE_MS - Date.now()));
         } catch (e) {
           run.failures++;
           console.error(`${run.name}: kill ${i}: ${(e as Error).message}`);
@@ -447,6 +455,7 @@ async function main(): Promise<void> {
           run.toMain.push(got.tMain - tKillWall);
           run.readyAt = Date.now();
           run.pid = await run.pidAfterReady(got.pid);
+          lastEnded = Date.now();
         } catch (e) {
           run.failures++;
           console.error(`${run.name}: kill ${i}: ${(e as Error).message}`);
@@ -549,6 +558,7 @@ async function writeReports(
       interpreter: PY,
       kills_per_series: KILLS,
       spacing_ms: SPACING_MS,
+      settle_ms: SETTLE_MS,
       clove:
         'two kernels as child processes (startKernelProcess): defaults (--sandbox auto) for clove/kernel and clove/sdk, --sandbox off for clove/plain-*; SPAWN restart_policy=always, max_restarts=1e6, default backoff/min_uptime (1000 ms)',
       pm2: pm2Version
@@ -576,7 +586,7 @@ async function writeReports(
     machine,
     startedAt: t0,
     results,
-    extraArgs: givenFlags(flags, ['kills', 'spacing', 'series']),
+    extraArgs: givenFlags(flags, ['kills', 'spacing', 'settle', 'series']),
   });
   writeJson('restart', env);
   await writeChart(
@@ -624,7 +634,8 @@ async function writeReports(
     `SIGKILL of the agent's program (its Python process: below clove-init for sandboxed agents, as PM2's is the script's) → the new process is up and has said "ready" to the bench. Same script`,
     `(\`bench/agents/ready_agent.py\`), same interpreter (\`${PY}\`), ${KILLS} kills per series, one every ${SPACING_MS} ms (at least that long after`,
     "the agent said ready: longer than both supervisors' 1 s min-uptime, so no kill meets a backoff). The series run side by side,",
-    'killed round robin; the bare start times (spawn → exit, from Node) were sampled once per round, in the same run.',
+    `killed round robin, each kill on a settled machine (every series' standby parked, the previous series' restart ended at least ${SETTLE_MS} ms before);`,
+    'the bare start times (spawn → exit, from Node) were sampled once per round, in the same run.',
     '',
     mdTable(
       [

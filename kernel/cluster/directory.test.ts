@@ -550,8 +550,22 @@ describe('EtcdDirectory', () => {
         60_000,
         'a to rejoin',
       );
-      await until(() => a.owner('m')?.node === 'b', 30_000, 'a to see m at b');
-      expect((await a.claim({ name: 'm', id: a.allocateId(), identity: 'm#3' })).node).toBe('b');
+      const owner = await until(
+        async () => {
+          try {
+            if (a.owner('m')?.node !== 'b') return undefined;
+            return await a.claim({ name: 'm', id: a.allocateId(), identity: 'm#3' });
+          } catch (e) {
+            if (!(e instanceof LeaseLostError)) throw e;
+            // A 3 s lease on a loaded machine may be lost again just after the rejoin: join once more.
+            await a.rejoin().catch(() => undefined);
+            return undefined;
+          }
+        },
+        60_000,
+        'a to see m at b and be refused it',
+      );
+      expect(owner.node).toBe('b');
       await until(() => b.nodes().length === 2, 10_000, 'b to see a back');
     } finally {
       for (const d of open.splice(0)) await d.close();

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from types import CodeType
+from types import CodeType, ModuleType
 
 
 _PR_SET_PDEATHSIG = 1
@@ -106,17 +106,21 @@ def _precompile(path: str) -> tuple[tuple[int, ...] | None, CodeType | None]:
         return None, None
 
 
-def _run_as_main(path: str, code: CodeType) -> None:
-    """Runs `code` as ``__main__``, with the globals ``python SCRIPT`` gives a script."""
+def _main_module(path: str) -> ModuleType:
+    """A fresh ``__main__`` with the globals ``python SCRIPT`` gives a script (made while parked)."""
     import builtins
-    import types
     from importlib.machinery import SourceFileLoader
 
-    main = types.ModuleType("__main__")
+    main = ModuleType("__main__")
     main.__file__ = path
     main.__cached__ = None
     main.__loader__ = SourceFileLoader("__main__", path)
     main.__builtins__ = builtins
+    return main
+
+
+def _run_as_main(main: ModuleType, code: CodeType) -> None:
+    """Runs `code` as ``__main__`` in `main`."""
     sys.modules["__main__"] = main
     exec(code, main.__dict__)
 
@@ -135,6 +139,7 @@ def main() -> None:
     import clove_sdk.client  # noqa: F401
 
     stamp, code = _precompile(script)
+    module = _main_module(script)
     _warm_up()
     _preconnect()
     _park()
@@ -147,7 +152,7 @@ def main() -> None:
         sys.path.insert(0, here)
     if code is None or stamp is None or _stamp(script) != stamp:
         code = _compile(script)
-    _run_as_main(script, code)
+    _run_as_main(module, code)
 
 
 if __name__ == "__main__":
