@@ -8,6 +8,7 @@ import { Duplex } from 'node:stream';
 import { startKernel, startKernelProcess, tempDir, type KernelProcess } from '../../harness/kernel.js';
 import {
   CloveClient,
+  EncodedMessage,
   ConnectionClosedError,
   ProtocolError,
   TimeoutError,
@@ -273,4 +274,66 @@ describe('CloveClient', () => {
     );
     expect(kernelError({ success: false, error: 'x', code: 'brand_new' }).code).toBe('brand_new');
   });
+
+  it('an EncodedMessage goes on the wire byte for byte as its value would (SEND, SEND_BATCH, mixed items)', async () => {
+    const frames: Buffer[] = [];
+    const c = await CloveClient.connect({
+      transport: fakeTransport((chunk, reply) => {
+        frames.push(Buffer.from(chunk));
+        reply(encodeFrame(9, chunk.readUInt8(8), { success: true }));
+      }),
+    });
+    const values = [{ a: [1, 'é\u2028"'], b: null }, 'x'.repeat(300), 0, [true], '\ud83d\ude00'];
+    const sent = async (enc: boolean) => {
+      frames.length = 0;
+      const m = (v: unknown) => (enc ? new EncodedMessage(v) : v);
+      await c.send(7, m(values[0]));
+      await c.send('peer', m(values[1]));
+      await c.sendBatch(
+        [
+          { to: 3, message: m(values[0]) },
+          { to: 3, message: values[2] }, // a plain one among them
+          { toName: 'peer', message: m(values[3]) },
+          { to_name: 'peer', message: m(values[4]) },
+          { to_name: 'peer' },
+          { to: 4, to_name: 'both', message: m(values[1]) },
+        ],
+        { results: 'refused' },
+      );
+      await c.sendBatch([{ to: 5, message: m(values[2]) }]);
+      return frames.map((f) => f.toString('hex'));
+    };
+    expect(await sent(true)).toEqual(await sent(false));
+    expect(new EncodedMessage('abc').byteLength).toBe(5);
+    expect(() => new EncodedMessage(undefined)).toThrow(TypeError);
+    c.close();
+  });
+
+  for (const fastPath of [false, true]) {
+    it(`EncodedMessages arrive as their values through a real kernel (${fastPath ? 'fast path' : 'TypeScript path'})`, async () => {
+      const tk = await startKernel({ fastPath });
+      try {
+        const a = await tk.client();
+        const b = await tk.client();
+        await b.register('enc-peer');
+        const value = { n: 1, s: 'é"\\', list: [1.5, null] };
+        const once = new EncodedMessage(value);
+        await a.send('enc-peer', once);
+        const r = await a.sendBatch(
+          [
+            { to_name: 'enc-peer', message: once },
+            { to_name: 'nobody-here', message: once },
+            { to_name: 'enc-peer', message: once },
+          ],
+          { results: 'refused' },
+        );
+        expect(r.delivered_count).toBe(2);
+        expect(r.results).toEqual([expect.objectContaining({ index: 1, code: 'not_found' })]);
+        const got = await b.recv({ max: 10 });
+        expect(got.messages.map((m) => m.message)).toEqual([value, value, value]);
+      } finally {
+        await tk.stop();
+      }
+    });
+  }
 });

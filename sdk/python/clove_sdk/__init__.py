@@ -13,6 +13,7 @@ from .client import (
     DEFAULT_SOCKET_PATH,
     AgentOSClient,
     CloveClient,
+    EncodedMessage,
     ThinkStream,
     connect,
     default_socket_path,
@@ -65,6 +66,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CloveClient",
+    "EncodedMessage",
     "AgentOSClient",
     "ThinkStream",
     "connect",

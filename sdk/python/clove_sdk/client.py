@@ -127,6 +127,35 @@ def _ms(seconds: float) -> int:
     return max(0, int(round(seconds * 1000)))
 
 
+
+class EncodedMessage:
+    """A message encoded once, to be sent many times without being encoded again (:meth:`CloveClient.send_message`,
+    :meth:`CloveClient.send_batch`), as a NATS or Redis client publishes one buffer over and over. It holds the
+    JSON text the client would have written for ``value`` (one JSON value by construction), so the wire carries
+    the same bytes and the receiver gets the value."""
+
+    __slots__ = ("_json",)
+
+    def __init__(self, value: Any) -> None:
+        self._json = json.dumps(value, separators=(",", ":"))
+
+    def __repr__(self) -> str:
+        return f"EncodedMessage({self._json[:40]!r}{'...' if len(self._json) > 40 else ''})"
+
+    @property
+    def byte_length(self) -> int:
+        """The size of its JSON text in bytes (ASCII: non-ASCII characters are escaped, as the client does)."""
+        return len(self._json)
+
+
+def _item_json(item: Mapping[str, Any]) -> str:
+    """One request object as JSON, an EncodedMessage ``message`` (always the last key) spliced in as it is."""
+    msg = item.get("message")
+    if not isinstance(msg, EncodedMessage):
+        return json.dumps(item, separators=(",", ":"))
+    head = json.dumps({k: v for k, v in item.items() if k != "message"}, separators=(",", ":"))
+    return head[:-1] + ("," if len(head) > 2 else "") + '"message":' + msg._json + "}"
+
 class CloveClient:
     """A connection to the Clove kernel.
 
@@ -495,6 +524,10 @@ class CloveClient:
         becomes ``{"success": False, "error": <text>}``. Error replies raise when ``check`` (default: the
         client's ``strict``) is true."""
         body = json.dumps({} if payload is None else payload, separators=(",", ":"))
+        return self._call_text(opcode, body, check, wait)
+
+    def _call_text(self, opcode: int, body: str, check: bool | None, wait: float = 0.0) -> Any:
+        """call_json with the request's JSON text already made."""
         reply = self.call(opcode, body, wait=wait)
         try:
             data = reply.json()
@@ -820,13 +853,16 @@ class CloveClient:
     ) -> dict:
         """SEND ``message`` (any JSON) to an id (``to``) or a name (``to_name``, or a str ``to``):
         ``success, delivered_to``."""
-        payload: dict[str, Any] = {"message": message}
+        payload: dict[str, Any] = {}
         if isinstance(to, str):
             to, to_name = None, to
         if to is not None:
             payload["to"] = to
         if to_name is not None:
             payload["to_name"] = to_name
+        payload["message"] = message
+        if isinstance(message, EncodedMessage):
+            return self._call_text(SyscallOp.SYS_SEND, _item_json(payload), check)
         return self.call_json(SyscallOp.SYS_SEND, payload, check=check)
 
     def send_batch(
@@ -854,6 +890,11 @@ class CloveClient:
             if "message" in item:
                 m["message"] = item["message"]
             messages.append(m)
+        if any(isinstance(m.get("message"), EncodedMessage) for m in messages):
+            body = '{"messages":[' + ",".join(_item_json(m) for m in messages) + "]"
+            if results != "all":
+                body += ',"results":' + json.dumps(results)
+            return self._call_text(SyscallOp.SYS_SEND_BATCH, body + "}", check)
         payload: dict[str, Any] = {"messages": messages}
         if results != "all":
             payload["results"] = results

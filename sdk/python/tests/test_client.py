@@ -377,3 +377,43 @@ def test_import_is_light_and_the_opcode_enum_is_made_on_first_use():
     # -S: no site-packages hooks that would import socket.py on their own.
     r = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {here!r})\n" + code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_encoded_message_goes_on_the_wire_as_its_value_would():
+    raw: list[bytes] = []
+
+    def record(op, payload):
+        raw.append(bytes(payload))
+        return {"success": True}
+
+    k = FakeKernel(record)
+    try:
+        c = k.client()
+        values = [{"a": [1, "é\u2028\""], "b": None}, "x" * 300, 0, [True], "\U0001F600"]
+
+        def sent(enc: bool) -> list[bytes]:
+            raw.clear()
+            m = clove_sdk.EncodedMessage if enc else (lambda v: v)
+            c.send_message(m(values[0]), to=7)
+            c.send_message(m(values[1]), to="peer")
+            c.send_message(m(values[2]), to=4, to_name="both")
+            c.send_batch(
+                [
+                    {"to": 3, "message": m(values[0])},
+                    {"to": 3, "message": values[2]},  # a plain one among them
+                    {"to": "peer", "message": m(values[3])},
+                    {"to_name": "peer", "message": m(values[4])},
+                    {"to_name": "peer"},
+                    {"to": 4, "to_name": "both", "message": m(values[1])},
+                ],
+                results="refused",
+            )
+            c.send_batch([{"to": 5, "message": m(values[2])}])
+            return list(raw)
+
+        assert sent(True) == sent(False)
+        assert clove_sdk.EncodedMessage("abc").byte_length == 5
+        assert "EncodedMessage(" in repr(clove_sdk.EncodedMessage({"k": 1}))
+    finally:
+        k.close()
+

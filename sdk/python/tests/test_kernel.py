@@ -14,6 +14,7 @@ import pytest
 
 from clove_sdk import (
     CloveClient,
+    EncodedMessage,
     ConnectionClosedError,
     InvalidRequestError,
     InvalidStateError,
@@ -200,6 +201,22 @@ def test_many_messages_keep_order(kernel, op):
         r = op.recv_messages(10, timeout=2)
         got += [m["message"]["echo"]["i"] for m in r["messages"]]
     assert got == list(range(20))
+
+
+def test_encoded_messages_arrive_as_their_values(any_path_kernel):
+    a = any_path_kernel.client()
+    b = any_path_kernel.client()
+    b.register_name("enc-peer")
+    value = {"n": 1, "s": "é\"\\", "list": [1.5, None]}
+    once = EncodedMessage(value)
+    assert a.send_message(once, to="enc-peer")["success"] is True
+    r = a.send_batch(
+        [{"to": "enc-peer", "message": once}, {"to": "nobody-enc", "message": once}, {"to": "enc-peer", "message": once}],
+        results="refused",
+    )
+    assert r["delivered_count"] == 2 and [x["index"] for x in r["results"]] == [1], r
+    got = b.recv_messages(10)["messages"]
+    assert [m["message"] for m in got] == [value, value, value]
 
 
 def test_send_batch_round_trip(kernel, op):
