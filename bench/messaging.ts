@@ -329,7 +329,7 @@ const SIZE_LABEL = (n: number): string => (n >= 1024 ? `${n / 1024} KiB` : `${n}
 const SHAPE_LABEL = (p: number): string => `${p}→${p}`;
 
 /** Grouped bars: msgs/s and RTT p50/p99 per size × shape, one colour per system. */
-function chartSpec(cells: Cell[]): vl.TopLevelSpec {
+export function chartSpec(cells: Cell[]): vl.TopLevelSpec {
   const rows = cells.map((c) => ({
     case: `${SIZE_LABEL(c.size)} ${SHAPE_LABEL(c.pairs)}`,
     system: LABELS[c.system],
