@@ -23,7 +23,15 @@ import {
   envelope,
 } from './lib/report.js';
 
-const flags = parseFlags();
+const flags = parseFlags([
+  'agent',
+  'agents',
+  'cpu-prof',
+  'kernel-args',
+  'sandboxed-agents',
+  'sandboxes',
+  'window',
+]);
 /** More arguments of `clove kernel`, e.g. `--kernel-args=--fast-path` (measured with the native reactor). */
 const KERNEL_ARGS = (flags.get('kernel-args') ?? '').split(' ').filter(Boolean);
 const QUICK = flags.quick;

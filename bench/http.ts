@@ -21,7 +21,7 @@ import { startKernel, stopChild } from './lib/child.js';
 import { envelope, givenFlags, mdTable, parseFlags, writeJson, writeText } from './lib/report.js';
 import { r } from './lib/stats.js';
 
-const flags = parseFlags();
+const flags = parseFlags(['agents', 'connections', 'seconds']);
 const QUICK = flags.quick;
 const AGENTS = Number(flags.get('agents') ?? 100);
 const SECONDS = Number(flags.get('seconds') ?? (QUICK ? 3 : 10));

@@ -27,7 +27,7 @@ import {
 } from './lib/report.js';
 import type { ChildProcess } from 'node:child_process';
 
-const flags = parseFlags();
+const flags = parseFlags(['cpu-prof', 'time']);
 const QUICK = flags.quick;
 const TIME_MS = Number(flags.get('time') ?? (QUICK ? 1500 : 6000));
 const BURST = 1000;

@@ -30,7 +30,7 @@ import {
   envelope,
 } from './lib/report.js';
 
-const flags = parseFlags();
+const flags = parseFlags(['agent', 'agents', 'configs', 'cpu-prof', 'kernel-args']);
 /** More arguments of `clove kernel`, e.g. `--kernel-args=--fast-path` (measured with the native reactor). */
 const KERNEL_ARGS = (flags.get('kernel-args') ?? '').split(' ').filter(Boolean);
 const QUICK = flags.quick;

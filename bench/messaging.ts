@@ -539,7 +539,7 @@ function profileSection(profiles: Profile[]): string[] {
 }
 
 async function main(): Promise<void> {
-  const flags = parseFlags();
+  const flags = parseFlags(['cpu-prof', 'perf', 'pings', 'rounds', 'systems', 'time']);
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));

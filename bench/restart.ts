@@ -50,7 +50,7 @@ import {
   givenFlags,
 } from './lib/report.js';
 
-const flags = parseFlags();
+const flags = parseFlags(['cpu-prof', 'kills', 'series', 'settle', 'spacing']);
 const QUICK = flags.quick;
 const KILLS = Number(flags.get('kills') ?? (QUICK ? 12 : 60));
 const SPACING_MS = Number(flags.get('spacing') ?? 1200);

@@ -2,6 +2,7 @@
  * Report writing: `reports/<name>.json` (machine-readable, with the machine block), `reports/<name>.md`
  * (tables), and SVG charts rendered headlessly with Vega-Lite → Vega (`view.toSVG()`).
  */
+import { parseArgs } from 'node:util';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -166,31 +167,49 @@ export function envelope<T>(
   };
 }
 
-/** Command-line flags shared by every bench: `--quick` (fewer iterations). */
 /**
- * The flags a report's "Reproduce" line must repeat (`--agents 10000`, `--configs …`): every `--name value`
- * of `names` that was given, in that order.
+ * The flags a report's "Reproduce" line must repeat (`--agents=10000`, `--configs=…`): every `--name=value`
+ * of `names` that was given, in that order (the `=` form: a value may itself start with `--`).
  */
 export function givenFlags(flags: { get(name: string): string | undefined }, names: string[]): string {
   return names
     .map((n) => [n, flags.get(n)] as const)
     .filter(([, v]) => v !== undefined)
-    .map(([n, v]) => ` --${n} ${v}`)
+    .map(([n, v]) => ` --${n}=${v}`)
     .join('');
 }
 
-export function parseFlags(argv = process.argv.slice(2)): {
+/** A bench's command-line flags: `--quick` (or BENCH_QUICK=1) and the values it names. */
+export interface BenchFlags {
   quick: boolean;
+  /** The value of `--name value` / `--name=value`; `name` must be one the bench declared. */
   get(name: string): string | undefined;
-} {
-  const quick = argv.includes('--quick') || process.env.BENCH_QUICK === '1';
+}
+
+/**
+ * Parses a bench's flags with node:util parseArgs: `--quick`, and `names` as options that take a value.
+ * An unknown flag, a positional argument or a flag without its value exits 2 naming it and the flags the
+ * bench takes (a typo must not silently run the default bench).
+ */
+export function parseFlags(names: readonly string[], argv = process.argv.slice(2)): BenchFlags {
+  const options: Record<string, { type: 'string' } | { type: 'boolean' }> = { quick: { type: 'boolean' } };
+  for (const n of names) options[n] = { type: 'string' };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }));
+  } catch (e) {
+    const flags = ['--quick', ...names.map((n) => `--${n} V`)].join(' ');
+    process.stderr.write(
+      `${path.basename(process.argv[1] ?? 'bench')}: ${(e as Error).message}\nflags: ${flags}\n`,
+    );
+    process.exit(2);
+  }
   return {
-    quick,
+    quick: values.quick === true || process.env.BENCH_QUICK === '1',
     get(name) {
-      const i = argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
-      if (i < 0) return undefined;
-      const a = argv[i];
-      return a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[i + 1];
+      if (!names.includes(name)) throw new Error(`bench flag --${name} was not declared`);
+      const v = values[name];
+      return typeof v === 'string' ? v : undefined;
     },
   };
 }
