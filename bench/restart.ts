@@ -437,9 +437,12 @@ async function main(): Promise<void> {
       for (const run of runners) {
         if (run.failures) continue;
         await sleep(Math.max(100, run.readyAt + SPACING_MS - Date.now()));
+        // The other series' standbys parked too (a failure there is theirs: counted at their own turn).
+        for (const other of runners)
+          if (other !== run && !other.failures) await other.standbyReady?.().catch(() => {});
+        await sleep(Math.max(0, lastEnded + SETTLE_MS - Date.now()));
         try {
-          for (const other of runners) if (!other.failures) await other.standbyReady?.();
-          await sleep(Math.max(0, lastEnded + SETTLE_MS - Date.now()));
+          await run.standbyReady?.();
         } catch (e) {
           run.failures++;
           console.error(`${run.name}: kill ${i}: ${(e as Error).message}`);

@@ -296,6 +296,7 @@ describe('CloveClient', () => {
           { toName: 'peer', message: m(values[3]) },
           { to_name: 'peer', message: m(values[4]) },
           { to_name: 'peer' },
+          { to: 3, message: () => 1 }, // a value JSON.stringify leaves out
           { to: 4, to_name: 'both', message: m(values[1]) },
         ],
         { results: 'refused' },

@@ -163,6 +163,14 @@ export class EncodedMessage {
   }
 }
 
+/** The JSON of a SEND / SEND_BATCH item's target, without the closing brace: `{"to":1,"to_name":"a"`. */
+function targetHead(to: number | undefined, name: string | undefined): string {
+  const fields: string[] = [];
+  if (to !== undefined) fields.push(`"to":${JSON.stringify(to)}`);
+  if (name !== undefined) fields.push(`"to_name":${JSON.stringify(name)}`);
+  return `{${fields.join(',')}`;
+}
+
 /** JSON text pieces and EncodedMessage bytes joined into one request payload (no re-encoding). */
 function joinPayload(parts: readonly (string | Buffer)[]): Buffer {
   let n = 0;
@@ -574,9 +582,8 @@ export class CloveClient {
   /** SEND `message` (any JSON value, or an EncodedMessage) to an id or a name. */
   send(to: T.Target, message: unknown): Promise<Replies['SEND']> {
     if (message instanceof EncodedMessage) {
-      const head =
-        typeof to === 'number' ? `{"to":${to},"message":` : `{"to_name":${JSON.stringify(to)},"message":`;
-      return this.call(Op.SEND, joinPayload([head, encodedBytes(message), '}']));
+      const head = typeof to === 'number' ? targetHead(to, undefined) : targetHead(undefined, to);
+      return this.call(Op.SEND, joinPayload([`${head},"message":`, encodedBytes(message), '}']));
     }
     return this.syscall('SEND', typeof to === 'number' ? { to, message } : { to_name: to, message });
   }
@@ -621,21 +628,18 @@ export class CloveClient {
       const m = items[i];
       const name = m.toName ?? m.to_name;
       if (i === 0 || m.to !== lastTo || name !== lastName) {
-        const fields: string[] = [];
-        if (m.to !== undefined) fields.push(`"to":${JSON.stringify(m.to)}`);
-        if (name !== undefined) fields.push(`"to_name":${JSON.stringify(name)}`);
-        head = `{${fields.join(',')}`;
+        head = targetHead(m.to, name);
         lastTo = m.to;
         lastName = name;
       }
       const sep = i === 0 ? '' : ',';
-      if (m.message === undefined) {
-        // As JSON.stringify leaves an undefined field out.
+      const body = m.message instanceof EncodedMessage ? encodedBytes(m.message) : JSON.stringify(m.message);
+      if (body === undefined) {
+        // No message, or one JSON.stringify leaves out (undefined, a function): the field is left out.
         parts.push(`${sep}${head}}`);
         continue;
       }
-      const body = m.message instanceof EncodedMessage ? encodedBytes(m.message) : JSON.stringify(m.message);
-      parts.push(`${sep}${head}${head.length > 1 ? ',' : ''}"message":`, body ?? 'null', '}');
+      parts.push(`${sep}${head}${head.length > 1 ? ',' : ''}"message":`, body, '}');
     }
     parts.push(opts.results ? `],"results":${JSON.stringify(opts.results)}}` : ']}');
     return this.call(Op.SEND_BATCH, joinPayload(parts));

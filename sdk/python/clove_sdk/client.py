@@ -127,7 +127,6 @@ def _ms(seconds: float) -> int:
     return max(0, int(round(seconds * 1000)))
 
 
-
 class EncodedMessage:
     """A message encoded once, to be sent many times without being encoded again (:meth:`CloveClient.send_message`,
     :meth:`CloveClient.send_batch`), as a NATS or Redis client publishes one buffer over and over. It holds the
@@ -155,6 +154,7 @@ def _item_json(item: Mapping[str, Any]) -> str:
         return json.dumps(item, separators=(",", ":"))
     head = json.dumps({k: v for k, v in item.items() if k != "message"}, separators=(",", ":"))
     return head[:-1] + ("," if len(head) > 2 else "") + '"message":' + msg._json + "}"
+
 
 class CloveClient:
     """A connection to the Clove kernel.
