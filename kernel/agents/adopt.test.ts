@@ -271,6 +271,9 @@ describe('a re-adopted agent with a warm standby', () => {
     await op1.spawn({ name: 'warm', script, restart_policy: 'always', standby: 1 });
     const warmOf = async (c: CloveClient) => (await c.list()).find((a) => a.name === 'warm')!;
     await until(async () => (await warmOf(op1)).standby?.ready === true, 30_000, 'a first standby');
+    // Serving first: an agent still in its start-up calls when its kernel dies exits (its SDK retries a
+    // dropped connection, not a first connect refused) and is restarted, not re-adopted.
+    await ping(op1, 'warm');
     const before = await warmOf(op1);
     strays.add(before.pid);
     k1.child.kill('SIGKILL');
