@@ -173,6 +173,35 @@ describe.each(['auto', 'off'])('agents outlive a SIGKILLed kernel (sandbox %s)',
     process.kill(before.once.pid as number, 'SIGKILL');
     await until(async () => byName(await op2.list()).once === undefined, 20_000, 'once gone');
   }, 120_000);
+
+  it('an agent whose kernel dies before its first call waits for the next kernel and is re-adopted', async () => {
+    const { sock, data, script } = place();
+    // The agent makes its first call only once the test opens the gate: after its kernel is gone.
+    const gate = path.join(path.dirname(script), 'gate');
+    const gated = path.join(path.dirname(script), 'gated.py');
+    fs.writeFileSync(
+      gated,
+      `import os, time\nwhile not os.path.exists(${JSON.stringify(gate)}):\n    time.sleep(0.02)\n` + AGENT,
+    );
+    const k1 = await start(data, sock, sandbox);
+    const op1 = await k1.client();
+    await op1.spawn({ name: 'late', script: gated, restart_policy: 'always' });
+    const before = byName(await op1.list()).late;
+    strays.add(before.pid as number);
+    const started = startOf(before.pid as number);
+    k1.child.kill('SIGKILL');
+    await k1.exited;
+    fs.writeFileSync(gate, '');
+    // Its first connect is refused now; its SDK (started by a kernel: CLOVE_AGENT_ID) waits instead of
+    // failing the script.
+    await new Promise((r) => setTimeout(r, 800));
+    expect(startOf(before.pid as number), 'the agent waits for a kernel').toBe(started);
+    const k2 = await start(data, sock, sandbox);
+    const op2 = await k2.client();
+    expect(byName(await op2.list()).late).toMatchObject({ id: before.id, pid: before.pid, restarts: 0 });
+    expect(await ping(op2, 'late')).toMatchObject({ answered: 1, id: before.id, from: before.id });
+    expect(byName(await op2.list()).late).toMatchObject({ pid: before.pid, restarts: 0 });
+  }, 60_000);
 });
 
 describe('clove kernel --upgrade', () => {
@@ -271,8 +300,7 @@ describe('a re-adopted agent with a warm standby', () => {
     await op1.spawn({ name: 'warm', script, restart_policy: 'always', standby: 1 });
     const warmOf = async (c: CloveClient) => (await c.list()).find((a) => a.name === 'warm')!;
     await until(async () => (await warmOf(op1)).standby?.ready === true, 30_000, 'a first standby');
-    // Serving first: an agent still in its start-up calls when its kernel dies exits (its SDK retries a
-    // dropped connection, not a first connect refused) and is restarted, not re-adopted.
+    // Serving first: the process that answers is the one the next kernel must re-adopt.
     await ping(op1, 'warm');
     const before = await warmOf(op1);
     strays.add(before.pid);

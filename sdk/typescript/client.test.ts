@@ -208,6 +208,57 @@ describe('CloveClient', () => {
     c.close();
   });
 
+  it('an agent its kernel started waits on its first connect for a kernel that is not listening yet', async () => {
+    const dir = tempDir();
+    const sock = path.join(dir, 'k.sock');
+    const saved = { s: process.env.CLOVE_SOCKET, id: process.env.CLOVE_AGENT_ID };
+    const restore = (k: string, v: string | undefined): void => {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    };
+    try {
+      // Not started by a kernel: a refused first connect fails at once, as before.
+      delete process.env.CLOVE_AGENT_ID;
+      const t0 = Date.now();
+      await expect(CloveClient.connect({ socketPath: sock })).rejects.toThrow(/cannot connect/);
+      expect(Date.now() - t0).toBeLessThan(1000);
+      // Started by a kernel (its CLOVE_AGENT_ID and CLOVE_SOCKET): the first call waits until a kernel listens.
+      process.env.CLOVE_SOCKET = sock;
+      process.env.CLOVE_AGENT_ID = '7';
+      const c = new CloveClient();
+      const answered = c.echo('first');
+      const t1 = Date.now();
+      await new Promise((r) => setTimeout(r, 500));
+      procs.push(
+        await startKernelProcess({
+          socketPath: sock,
+          dataDir: path.join(dir, 'd'),
+          extra: ['--sandbox', 'off'],
+        }),
+      );
+      expect(await answered).toBe('first');
+      expect(Date.now() - t1).toBeGreaterThanOrEqual(450);
+      c.close();
+      // Another socket than the kernel's, or a window of 0: not waited for.
+      await expect(CloveClient.connect({ socketPath: `${sock}.other` })).rejects.toThrow(/cannot connect/);
+      procs.pop()!.child.kill('SIGKILL');
+      await new Promise((r) => setTimeout(r, 100));
+      // A kernel that never comes: the first call fails after the window, saying so.
+      const t2 = Date.now();
+      await expect(new CloveClient({ reconnectWindowMs: 600 }).echo('x')).rejects.toThrow(
+        /no kernel listened within 600 ms/,
+      );
+      expect(Date.now() - t2).toBeGreaterThanOrEqual(550);
+      // A path that cannot be a socket (ENOTDIR) is not waited for.
+      await expect(
+        CloveClient.connect({ socketPath: '/proc/version/x', waitForKernel: true }),
+      ).rejects.toThrow(/ENOTDIR/);
+    } finally {
+      restore('CLOVE_SOCKET', saved.s);
+      restore('CLOVE_AGENT_ID', saved.id);
+    }
+  });
+
   it('a connection that drops again before it answered what a reconnect asked for does not shift the replies', async () => {
     let n = 0;
     const transport = async () => {

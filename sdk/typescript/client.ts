@@ -43,6 +43,20 @@ export function unixTransport(path: string): Transport {
     });
 }
 
+/** Connect errors that mean no kernel listens on the socket (yet): waited out by `waitForKernel`. */
+const NO_KERNEL = new Set(['ECONNREFUSED', 'ENOENT']);
+
+/** A kernel started this process (it set CLOVE_AGENT_ID) and the client uses the socket it gave. */
+function startedByKernel(options: ClientOptions): boolean {
+  const given = process.env[SOCKET_ENV];
+  return (
+    !!process.env.CLOVE_AGENT_ID &&
+    !!given &&
+    options.transport === undefined &&
+    (options.socketPath ?? given) === given
+  );
+}
+
 /** CLOVE_RECONNECT_WINDOW_MS, else 30 s (ClientOptions.reconnectWindowMs). */
 function windowFromEnv(): number {
   const v = Number(process.env.CLOVE_RECONNECT_WINDOW_MS);
@@ -65,6 +79,12 @@ export interface ClientOptions {
    * executed but did not answer is executed again.
    */
   reconnectWindowMs?: number;
+  /**
+   * A first connect that finds no kernel listening (ECONNREFUSED, ENOENT: the kernel that started this
+   * agent is restarting) is retried for the reconnect window instead of failing. Default: true when a
+   * kernel started this process (CLOVE_AGENT_ID set) and the socket is the one it gave (CLOVE_SOCKET).
+   */
+  waitForKernel?: boolean;
   /** Per-call timeout in ms (0: none; the default). A timed-out connection is closed: replies are ordered. */
   timeoutMs?: number;
   maxPayload?: number;
@@ -216,6 +236,7 @@ export class CloveClient {
       reconnectAttempts: options.reconnectAttempts ?? 20,
       reconnectDelayMs: options.reconnectDelayMs ?? 50,
       reconnectWindowMs: options.reconnectWindowMs ?? windowFromEnv(),
+      waitForKernel: options.waitForKernel ?? startedByKernel(options),
       timeoutMs: options.timeoutMs ?? 0,
       maxPayload: options.maxPayload ?? 256 * 1024 * 1024,
     };
@@ -240,8 +261,19 @@ export class CloveClient {
 
   private async open(): Promise<Duplex> {
     let last: Error | null = null;
-    // In an outage: until the window ends (the kernel restarts); else a few attempts.
-    const deadline = this.outageSince ? this.outageSince + this.opts.reconnectWindowMs : 0;
+    // In an outage: until the window ends (the kernel restarts). A first connect of an agent its kernel
+    // started: until the window ends too, while no kernel listens. Else a few attempts.
+    const waitFirst =
+      !this.everConnected &&
+      !this.outageSince &&
+      this.opts.waitForKernel &&
+      this.opts.reconnect &&
+      this.opts.reconnectWindowMs > 0;
+    const deadline = this.outageSince
+      ? this.outageSince + this.opts.reconnectWindowMs
+      : waitFirst
+        ? Date.now() + this.opts.reconnectWindowMs
+        : 0;
     const attempts = this.everConnected && this.opts.reconnect ? this.opts.reconnectAttempts : 1;
     for (let i = 0; deadline ? Date.now() < deadline && !this.closed : i < attempts; i++) {
       try {
@@ -256,16 +288,22 @@ export class CloveClient {
         return s;
       } catch (e) {
         last = e as Error;
+        // Waiting for a kernel that is not listening yet, not for a socket this process may not open.
+        if (waitFirst && !NO_KERNEL.has((e as NodeJS.ErrnoException).code ?? '')) break;
         const pause = Math.min(this.opts.reconnectDelayMs * 2 ** Math.min(i, 16), deadline ? 500 : 2000);
-        await new Promise((r) => setTimeout(r, pause));
+        await new Promise((r) =>
+          setTimeout(r, Math.min(pause, deadline ? Math.max(0, deadline - Date.now()) : pause)),
+        );
       }
     }
     const err = new ConnectionClosedError(
-      deadline
+      this.outageSince
         ? `the connection to the Clove kernel dropped and could not be opened again within ${this.opts.reconnectWindowMs} ms: ${last?.message ?? 'client closed'}`
-        : `cannot connect to the Clove kernel: ${last?.message}`,
+        : waitFirst && NO_KERNEL.has((last as NodeJS.ErrnoException | null)?.code ?? '')
+          ? `cannot connect to the Clove kernel: no kernel listened within ${this.opts.reconnectWindowMs} ms: ${last?.message ?? 'client closed'}`
+          : `cannot connect to the Clove kernel: ${last?.message ?? 'client closed'}`,
     );
-    if (deadline) {
+    if (this.outageSince) {
       this.outageSince = 0;
       this.rejectAll(err);
     }

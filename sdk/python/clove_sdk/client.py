@@ -24,6 +24,7 @@ Errors:
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -79,6 +80,15 @@ _PUSH_BUFFER = 4096
 def default_socket_path() -> str:
     """``$CLOVE_SOCKET`` if set (the kernel sets it for the agents it spawns), else ``/tmp/clove.sock``."""
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET_PATH
+
+
+# connect() errnos that mean no kernel listens on the socket (yet): waited out by ``wait_for_kernel``
+_NO_KERNEL = (errno.ECONNREFUSED, errno.ENOENT)
+
+
+def _started_by_kernel(path: str) -> bool:
+    """A kernel started this process (it set ``$CLOVE_AGENT_ID``) and ``path`` is the socket it gave."""
+    return bool(os.environ.get("CLOVE_AGENT_ID")) and path == os.environ.get(SOCKET_ENV)
 
 
 def _is_error(reply: Any) -> bool:
@@ -179,8 +189,13 @@ class CloveClient:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         reconnect_window: float | None = None,
         on_reconnect: Callable[[], Any] | None = None,
+        wait_for_kernel: bool | None = None,
     ) -> None:
         self.socket_path = socket_path or default_socket_path()
+        #: a first connect that finds no kernel listening (refused, no socket file: the kernel that started
+        #: this agent is restarting) is retried for ``reconnect_window`` instead of failing; default: when
+        #: a kernel started this process (``$CLOVE_AGENT_ID`` set) and the socket is its ``$CLOVE_SOCKET``
+        self.wait_for_kernel = _started_by_kernel(self.socket_path) if wait_for_kernel is None else wait_for_kernel
         #: seconds a dropped connection is retried before a call fails (kernel restarts, docs/restart.md)
         self.reconnect_window = _window_from_env() if reconnect_window is None else max(0.0, reconnect_window)
         #: called after each reconnection that ended an outage
@@ -230,9 +245,15 @@ class CloveClient:
 
     def connect(self) -> bool:
         """Opens the connection (a no-op when connected). Returns True; if the socket cannot be reached,
-        returns False like the public SDK, or raises :class:`ConnectionClosedError` in strict mode."""
+        returns False like the public SDK, or raises :class:`ConnectionClosedError` in strict mode. With
+        ``wait_for_kernel``, a kernel that is not listening yet is waited for within ``reconnect_window``."""
         try:
-            self._connect()
+            try:
+                self._connect()
+            except ConnectionClosedError as e:
+                if not (self._may_retry(e) and not self._ever_connected):
+                    raise
+                self._reconnect_after(e)
             return True
         except ConnectionClosedError:
             if self.strict:
@@ -253,7 +274,9 @@ class CloveClient:
                     sock.connect(self.socket_path)
                 except OSError as e:
                     sock.close()
-                    raise ConnectionClosedError(f"cannot connect to {self.socket_path}: {e}") from e
+                    err = ConnectionClosedError(f"cannot connect to {self.socket_path}: {e}")
+                    err.no_kernel = e.errno in _NO_KERNEL  # type: ignore[attr-defined]
+                    raise err from e
             self._sock = sock
             self._decoder.reset()
             self._pending.clear()
@@ -280,14 +303,15 @@ class CloveClient:
                     self.on_reconnect()
 
     def _may_retry(self, e: BaseException) -> bool:
-        """A dropped connection is retried (a kernel restart) unless turned off, never opened, inside a
-        reconnection, or inside a journaled step (its calls must not move to another connection)."""
+        """A dropped connection is retried (a kernel restart) unless turned off, never opened (except a
+        first connect that finds no kernel, with ``wait_for_kernel``), inside a reconnection, or inside a
+        journaled step (its calls must not move to another connection)."""
         return (
             isinstance(e, ConnectionClosedError)
             and not isinstance(e, TimeoutError)
             and not getattr(e, "no_retry", False)
             and self.reconnect_window > 0
-            and self._ever_connected
+            and (self._ever_connected or (self.wait_for_kernel and getattr(e, "no_kernel", False)))
             and not self._restoring
             and not self._steps
         )
@@ -301,6 +325,8 @@ class CloveClient:
                 self._connect()
                 return
             except ConnectionClosedError as again:
+                if not self._ever_connected and not getattr(again, "no_kernel", False):
+                    raise  # waiting for a kernel to listen, not for a socket this process may not open
                 e = again
                 attempt += 1
 
@@ -308,10 +334,11 @@ class CloveClient:
         """One pause of the reconnection after ``e``; raises once the window since ``since`` is over."""
         left = since + self.reconnect_window - time.monotonic()
         if left <= 0:
+            again = "again " if self._ever_connected else ""
             raise ConnectionClosedError(
-                f"{e} (the kernel could not be reached again within {self.reconnect_window:g} s)"
+                f"{e} (the kernel could not be reached {again}within {self.reconnect_window:g} s)"
             ) from e
-        self._outage = True
+        self._outage = self._outage or self._ever_connected  # a first connect is not a reconnection
         self.disconnect()
         time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
 

@@ -87,3 +87,60 @@ def test_window_zero_fails_at_once(kernel):
     # the next call reconnects, as before
     kernel.start()
     assert c.echo("back") == "back"
+
+
+def test_an_agent_started_by_a_kernel_waits_for_it_on_its_first_connect(kernel, monkeypatch):
+    # The kernel that started the agent dies before the agent's first call (a restart): the first connect
+    # is refused, and retried until the new kernel listens, instead of the agent failing at start.
+    _crash(kernel)
+    monkeypatch.setenv("CLOVE_SOCKET", kernel.socket)
+    monkeypatch.setenv("CLOVE_AGENT_ID", "7")
+    reconnects: list[int] = []
+    c = CloveClient(timeout=30, on_reconnect=lambda: reconnects.append(1))
+    assert c.wait_for_kernel
+    kernel.clients.append(c)
+    threading.Timer(0.5, kernel.start).start()
+    t0 = time.monotonic()
+    assert c.echo("first") == "first"
+    assert time.monotonic() - t0 >= 0.4
+    assert reconnects == []  # a first connect is not a reconnection
+
+    # connect() waits the same way
+    _crash(kernel)
+    c2 = CloveClient(timeout=30)
+    kernel.clients.append(c2)
+    threading.Timer(0.5, kernel.start).start()
+    assert c2.connect() is True
+    assert c2.echo("second") == "second"
+
+
+def test_a_first_connect_fails_at_once_unless_a_kernel_started_the_process(kernel, monkeypatch):
+    _crash(kernel)
+    monkeypatch.delenv("CLOVE_AGENT_ID", raising=False)
+    c = CloveClient(kernel.socket, timeout=30)
+    assert not c.wait_for_kernel
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionClosedError, match="cannot connect"):
+        c.echo("x")
+    assert c.connect() is False
+    assert time.monotonic() - t0 < 1.0
+    # started by a kernel but given another socket: not the kernel's, not waited for
+    monkeypatch.setenv("CLOVE_AGENT_ID", "7")
+    monkeypatch.setenv("CLOVE_SOCKET", kernel.socket + ".other")
+    assert not CloveClient(kernel.socket).wait_for_kernel
+
+
+def test_a_kernel_that_never_listens_fails_the_first_connect_after_the_window(kernel, monkeypatch):
+    _crash(kernel)
+    monkeypatch.setenv("CLOVE_SOCKET", kernel.socket)
+    monkeypatch.setenv("CLOVE_AGENT_ID", "7")
+    c = CloveClient(timeout=30, reconnect_window=0.6)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionClosedError, match=r"could not be reached within 0\.6 s"):
+        c.echo("x")
+    assert time.monotonic() - t0 >= 0.5
+    # a socket path that cannot be a socket (ENOTDIR) is not waited for
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionClosedError, match="cannot connect"):
+        CloveClient("/proc/version/x", timeout=30, wait_for_kernel=True).echo("x")  # ENOTDIR
+    assert time.monotonic() - t0 < 1.0
