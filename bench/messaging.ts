@@ -3,6 +3,7 @@
  * core NATS, in one run on this machine, for 64-byte and 1-KiB messages, 1→1 and 4→4 (pairs).
  *
  *   bash bench/setup.sh && npm run build && node dist/bench/messaging.js [--quick] [--time MS] [--pings N]
+ *     [--rounds N] [--systems a,b] [--sizes 64,1024] [--shapes 1,4] (a subset: not the report's full table)
  *
  * Every peer is its own process (bench/lib/msg-peer.ts), so brokers and clients share the machine's cores
  * as Clove's kernel and agents do. Per system, size and shape: messages/s delivered with a bounded window
@@ -539,7 +540,7 @@ function profileSection(profiles: Profile[]): string[] {
 }
 
 async function main(): Promise<void> {
-  const flags = parseFlags(['cpu-prof', 'perf', 'pings', 'rounds', 'systems', 'time']);
+  const flags = parseFlags(['cpu-prof', 'perf', 'pings', 'rounds', 'shapes', 'sizes', 'systems', 'time']);
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
@@ -548,8 +549,8 @@ async function main(): Promise<void> {
   const perfDir = flags.get('perf') ? path.resolve(flags.get('perf')!) : undefined;
   const profiles: Profile[] = [];
   const systems = SYSTEMS.filter((s) => !only || only.includes(s));
-  const sizes = [64, 1024];
-  const shapes = [1, 4];
+  const sizes = flags.get('sizes')?.split(',').map(Number) ?? [64, 1024];
+  const shapes = flags.get('shapes')?.split(',').map(Number) ?? [1, 4];
   const machine = machineInfo();
   const t0 = Date.now();
   console.log(`messaging bench (${QUICK ? 'quick' : 'full'}) on ${machineLine(machine)}`);

@@ -182,6 +182,7 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   std::vector<Command> cmds_;
   std::mutex mail_mu_;
   std::unordered_set<uint32_t> mail_;  // ids whose mailbox gained messages
+  bool own_mail_ = false;               // reactor thread only: its own deliveries added to mail_
   bool woken_ = false;                  // under cmd_mu_: the eventfd was written and not yet read
 
   // Reactor thread only.
@@ -191,6 +192,9 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   std::vector<Event> batch_;
   std::string rbuf_;
 };
+
+// The Reactor whose thread this is (null on every other thread): tells its own deliveries from others'.
+thread_local const Reactor* running_reactor = nullptr;
 
 uint64_t Reactor::ConnArg(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsNumber()) throw OptionError(info.Env(), "conn: expected a connection id");
@@ -226,7 +230,12 @@ Reactor::Reactor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Reactor>(inf
       std::lock_guard<std::mutex> l(mail_mu_);
       mail_.insert(id);
     }
-    Wake();
+    // The reactor's own deliveries (SEND / SEND_BATCH it served) are pushed at the end of this very turn
+    // (Run); only another thread's need the eventfd, which would cost a write, a read and a turn.
+    if (running_reactor == this)
+      own_mail_ = true;
+    else
+      Wake();
   });
   rbuf_.resize(kReadChunk);
   thread_ = std::thread([this] { Run(); });
@@ -355,6 +364,7 @@ Napi::Value Reactor::Write(const Napi::CallbackInfo& info) {
 void Reactor::Run() {
   // Named so that top, perf and /proc/<pid>/task show the fast path's thread apart from Node's.
   pthread_setname_np(pthread_self(), "clove-reactor");
+  running_reactor = this;
   std::vector<epoll_event> evs(256);
   while (!stopping_) {
     int timeout = -1;
@@ -409,6 +419,13 @@ void Reactor::Run() {
       if ((e & EPOLLOUT) && Find(id)) OnWritable(c);
     }
     RunTimers();
+    // Messages this turn delivered go out with this turn's writes (pushes, parked RECVs answered); what
+    // they unblock may deliver more.
+    for (int rounds = 0; own_mail_ && rounds < 8; rounds++) {
+      own_mail_ = false;
+      RunMail();
+    }
+    if (own_mail_) Wake();  // still more: the next turn, after the other connections had theirs
     for (auto& c : dirty_) {
       c->dirty = false;
       if (!c->fd.Valid()) continue;
