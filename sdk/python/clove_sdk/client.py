@@ -202,6 +202,10 @@ class CloveClient:
         self.on_reconnect = on_reconnect
         self._ever_connected = False
         self._outage = False
+        # disconnect() was called since the last connect: a reader thread does not reconnect by itself
+        self._stopped = False
+        # the reader's connection dropped and a new one is being opened (push iterators keep waiting)
+        self._reconnecting = False
         self._restoring = False
         self._hello_said = False
         self._topics: set[str] = set()
@@ -264,6 +268,7 @@ class CloveClient:
         with self._lock:
             if self._sock is not None:
                 return
+            self._stopped = False
             sock = _take_preconnected(self.socket_path)
             if sock is not None:
                 sock.settimeout(self.timeout)
@@ -339,11 +344,17 @@ class CloveClient:
                 f"{e} (the kernel could not be reached {again}within {self.reconnect_window:g} s)"
             ) from e
         self._outage = self._outage or self._ever_connected  # a first connect is not a reconnection
-        self.disconnect()
+        self._disconnect()
         time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
 
     def disconnect(self) -> None:
-        """Closes the connection (idempotent)."""
+        """Closes the connection (idempotent). A reader thread's reconnection in progress stops too."""
+        with self._lock:
+            self._stopped = True
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Closes the connection (after an error, or before the next attempt of a reconnection)."""
         with self._lock:
             sock, self._sock = self._sock, None
             self._pending.clear()
@@ -397,10 +408,10 @@ class CloveClient:
             try:
                 self._sock.sendall(data)
             except socket.timeout as e:
-                self.disconnect()
+                self._disconnect()
                 raise TimeoutError(f"timed out writing to {self.socket_path}") from e
             except OSError as e:
-                self.disconnect()
+                self._disconnect()
                 raise ConnectionClosedError(f"connection to the kernel lost: {e}") from e
             return True
 
@@ -467,7 +478,7 @@ class CloveClient:
                 self._cond.wait(left)
             if self._pending:
                 return self._pending.popleft()
-        self.disconnect()
+        self._disconnect()
         raise TimeoutError(f"no reply from the kernel within {timeout:g} s")
 
     def _read_some(self, deadline: float | None, *, idle_ok: bool = False) -> bool:
@@ -482,7 +493,7 @@ class CloveClient:
                 if left <= 0:
                     if idle_ok:
                         return False
-                    self.disconnect()
+                    self._disconnect()
                     raise TimeoutError("no reply from the kernel in time")
                 sock.settimeout(left)
             else:
@@ -492,18 +503,18 @@ class CloveClient:
             except socket.timeout as e:
                 if idle_ok:
                     return False
-                self.disconnect()
+                self._disconnect()
                 raise TimeoutError("no reply from the kernel in time") from e
             except OSError as e:
-                self.disconnect()
+                self._disconnect()
                 raise ConnectionClosedError(f"connection to the kernel lost: {e}") from e
             if not chunk:
-                self.disconnect()
+                self._disconnect()
                 raise ConnectionClosedError("the kernel closed the connection")
             try:
                 frames = self._decoder.feed(chunk)
             except ProtocolError:
-                self.disconnect()
+                self._disconnect()
                 raise
             if frames:
                 self._route(frames)
@@ -532,7 +543,7 @@ class CloveClient:
             timeout = None if self.timeout is None else self.timeout + max(0.0, wait)
             reply = self._recv_frame(timeout)
             if reply.opcode != int(opcode):
-                self.disconnect()
+                self._disconnect()
                 raise UnexpectedReplyError(
                     f"reply opcode 0x{reply.opcode:02x} to a request 0x{int(opcode):02x}: {reply.payload_str[:200]}",
                     opcode=reply.opcode,
@@ -595,9 +606,11 @@ class CloveClient:
             if item is not None:
                 yield item
                 continue
-            if self._reader is not None:
+            if self._reader is not None or self._reconnecting:
                 with self._cond:
-                    while not queue and self._sock is not None and self._reader_error is None:
+                    while not queue and (
+                        self._reconnecting or (self._sock is not None and self._reader_error is None)
+                    ):
                         left = None if deadline is None else deadline - time.monotonic()
                         if left is not None and left <= 0:
                             return
@@ -680,21 +693,61 @@ class CloveClient:
                         self._cond.wait()
                 if self._sock is not sock:
                     return
-                chunk = sock.recv(_RECV_CHUNK)
+                try:
+                    chunk = sock.recv(_RECV_CHUNK)
+                except OSError as e:
+                    raise ConnectionClosedError(f"connection to the kernel lost: {e}") from e
                 if not chunk:
                     raise ConnectionClosedError("the kernel closed the connection")
                 frames = self._decoder.feed(chunk)
                 if frames:
                     self._route(frames)
         except Exception as e:  # noqa: BLE001 - handed to the callers waiting for replies
+            # The kernel went away (not this client's own disconnect): callbacks keep coming once it is
+            # back, without the program making a call (docs/restart.md).
+            dropped = self._sock is sock and self._may_retry(e)
             with self._cond:
                 self._reader_error = e
+                self._reconnecting = dropped
                 self._cond.notify_all()
+        else:
+            dropped = False
         finally:
             with self._cond:
                 if self._reader is threading.current_thread():
                     self._reader = None
                 self._cond.notify_all()
+        if dropped:
+            self._reader_reconnect()
+
+    def _reader_reconnect(self) -> None:
+        """After the reader's connection dropped: opens a new one within ``reconnect_window`` (which asks
+        for the pushes again and starts a new reader), unless the client was disconnected meanwhile or
+        another thread's call reconnected first. After the window, the next call raises."""
+        try:
+            self._reconnect_reader()
+        finally:
+            with self._cond:
+                self._reconnecting = False
+                self._cond.notify_all()
+
+    def _reconnect_reader(self) -> None:
+        since, attempt = time.monotonic(), 0
+        while True:
+            with self._lock:
+                if self._stopped or (self._sock is not None and self._reader_error is None):
+                    return  # closed by the program, or reconnected by another thread's call
+                self._disconnect()  # the dead socket (or a new one that died while being restored)
+                self._outage = True
+                try:
+                    self._connect()
+                    return
+                except ConnectionClosedError:
+                    attempt += 1
+            left = since + self.reconnect_window - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
 
     # ------------------------------------------------------------------ core
 

@@ -144,3 +144,61 @@ def test_a_kernel_that_never_listens_fails_the_first_connect_after_the_window(ke
     with pytest.raises(ConnectionClosedError, match="cannot connect"):
         CloveClient("/proc/version/x", timeout=30, wait_for_kernel=True).echo("x")  # ENOTDIR
     assert time.monotonic() - t0 < 1.0
+
+
+def test_callbacks_keep_coming_after_a_kernel_restart_without_a_call(kernel):
+    # An agent that only listens (on_message, on_event) makes no call that would reconnect it: its reader
+    # thread reconnects by itself, asks for its pushes, subscriptions and names again.
+    got: list = []
+    events: list = []
+    arrived = threading.Event()
+    reconnects: list[int] = []
+    c = CloveClient(kernel.socket, timeout=30, on_reconnect=lambda: reconnects.append(1))
+    kernel.clients.append(c)
+    assert c.register_name("py-listener")["success"]
+    assert c.subscribe(["tick"])["success"]
+    c.on_message(lambda m: (got.append(m["message"]), arrived.set()))
+    c.on_event(lambda e: events.append(e.get("data")))
+    other = kernel.client()
+    assert other.send_message({"n": 1}, to_name="py-listener")["success"]
+    assert arrived.wait(10)
+    arrived.clear()
+
+    _crash(kernel)
+    time.sleep(0.3)
+    kernel.start()
+    other = kernel.client()
+    deadline = time.monotonic() + 10
+    while not other.send_message({"n": 2}, to_name="py-listener").get("success"):
+        assert time.monotonic() < deadline, "the listener's name never came back"
+        time.sleep(0.1)
+    assert arrived.wait(10), got
+    assert got == [{"n": 1}, {"n": 2}]
+    assert reconnects == [1]
+    assert other.emit_event("tick", {"n": 3})["success"]
+    deadline = time.monotonic() + 10
+    while not any((e or {}).get("n") == 3 for e in events):
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+    # Calls from the program go through the new reader, as before the restart.
+    assert c.echo("still here") == "still here"
+
+
+def test_a_disconnected_listener_does_not_reconnect_by_itself(kernel):
+    c = CloveClient(kernel.socket, timeout=30)
+    kernel.clients.append(c)
+    c.on_message(lambda m: None)
+    c.disconnect()
+    time.sleep(0.3)
+    assert not c.connected
+    # and one whose kernel does not come back gives up after the window: the next call raises
+    c2 = CloveClient(kernel.socket, timeout=30, reconnect_window=0.5)
+    kernel.clients.append(c2)
+    c2.on_message(lambda m: None)
+    _crash(kernel)
+    time.sleep(1.2)
+    assert not c2.connected
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionClosedError):
+        c2.echo("x")
+    assert time.monotonic() - t0 < 2
