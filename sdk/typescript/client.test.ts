@@ -208,6 +208,38 @@ describe('CloveClient', () => {
     c.close();
   });
 
+  it('a push iterator keeps yielding across a kernel restart, with no call from the program', async () => {
+    const dir = tempDir();
+    const sock = path.join(dir, 'k.sock');
+    const data = path.join(dir, 'd');
+    const k1 = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
+    procs.push(k1);
+    const c = await CloveClient.connect({ socketPath: sock });
+    await c.register('listener');
+    const it = c.messages()[Symbol.asyncIterator]();
+    const first = it.next();
+    const o1 = await CloveClient.connect({ socketPath: sock });
+    await o1.send('listener', { n: 1 });
+    expect((await first).value?.message).toEqual({ n: 1 });
+    o1.close();
+    const second = it.next();
+    k1.child.kill('SIGKILL');
+    await k1.exited;
+    const k2 = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
+    procs.push(k2);
+    // The listener's name is its own again once its client reconnected (by itself), with push asked again.
+    const o2 = await CloveClient.connect({ socketPath: sock });
+    for (let i = 0; ; i++) {
+      const sent = await o2.send('listener', { n: 2 }).catch((e: Error) => e);
+      if (!(sent instanceof Error)) break;
+      if (i > 50) throw sent;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect((await second).value?.message).toEqual({ n: 2 });
+    o2.close();
+    c.close();
+  });
+
   it('an agent its kernel started waits on its first connect for a kernel that is not listening yet', async () => {
     const dir = tempDir();
     const sock = path.join(dir, 'k.sock');
