@@ -22,6 +22,31 @@ afterEach(async () => {
   for (const p of procs.splice(0)) await p.stop('SIGKILL');
 });
 
+/** A socket and data dir for a kernel and its successor; start() starts one there (plain processes). */
+function restartable(): { sock: string; start: () => Promise<KernelProcess> } {
+  const dir = tempDir();
+  const sock = path.join(dir, 'k.sock');
+  const data = path.join(dir, 'd');
+  return {
+    sock,
+    start: async () => {
+      const k = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
+      procs.push(k);
+      return k;
+    },
+  };
+}
+
+/** SENDs `message` to `name` once the name is known again (its SDK reconnects within half a second). */
+async function sendOnceBack(c: CloveClient, name: string, message: unknown): Promise<void> {
+  for (let i = 0; ; i++) {
+    const sent = await c.send(name, message).catch((e: Error) => e);
+    if (!(sent instanceof Error)) return;
+    if (i > 50) throw sent;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** A fake kernel: the test decides what comes back. */
 function fakeTransport(onWrite: (chunk: Buffer, reply: (b: Buffer) => void) => void) {
   return async () => {
@@ -142,11 +167,8 @@ describe('CloveClient', () => {
   });
 
   it('a kernel restart within the window: calls in flight and calls made meanwhile are answered, in order, without an error', async () => {
-    const dir = tempDir();
-    const sock = path.join(dir, 'k.sock');
-    const data = path.join(dir, 'd');
-    const k1 = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
-    procs.push(k1);
+    const { sock, start } = restartable();
+    const k1 = await start();
     const c = await CloveClient.connect({ socketPath: sock });
     const reconnected: number[] = [];
     c.onReconnect(() => reconnected.push(Date.now()));
@@ -160,18 +182,11 @@ describe('CloveClient', () => {
     await k1.exited;
     const meanwhile = [c.echo('a'), c.echo('b'), c.echo('c')];
     await new Promise((r) => setTimeout(r, 300));
-    const k2 = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
-    procs.push(k2);
+    await start();
     // Its name is its own again on the new kernel (made again by the SDK): a message to it is received
     // by the RECV that was re-sent (the calls made meanwhile are answered after it: replies are ordered).
     const other = await CloveClient.connect({ socketPath: sock });
-    // (The SDK reconnects within half a second of the kernel's return; until then the name is unknown.)
-    for (let i = 0; ; i++) {
-      const sent = await other.send('waiter', { after: 'restart' }).catch((e: Error) => e);
-      if (!(sent instanceof Error)) break;
-      if (i > 50) throw sent;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await sendOnceBack(other, 'waiter', { after: 'restart' });
     const got = await waiting;
     expect(got.messages.map((m) => m.message)).toEqual([{ after: 'restart' }]);
     expect(await Promise.all(meanwhile)).toEqual(['a', 'b', 'c']);
@@ -209,11 +224,8 @@ describe('CloveClient', () => {
   });
 
   it('a push iterator keeps yielding across a kernel restart, with no call from the program', async () => {
-    const dir = tempDir();
-    const sock = path.join(dir, 'k.sock');
-    const data = path.join(dir, 'd');
-    const k1 = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
-    procs.push(k1);
+    const { sock, start } = restartable();
+    const k1 = await start();
     const c = await CloveClient.connect({ socketPath: sock });
     await c.register('listener');
     const it = c.messages()[Symbol.asyncIterator]();
@@ -225,16 +237,10 @@ describe('CloveClient', () => {
     const second = it.next();
     k1.child.kill('SIGKILL');
     await k1.exited;
-    const k2 = await startKernelProcess({ socketPath: sock, dataDir: data, extra: ['--sandbox', 'off'] });
-    procs.push(k2);
+    await start();
     // The listener's name is its own again once its client reconnected (by itself), with push asked again.
     const o2 = await CloveClient.connect({ socketPath: sock });
-    for (let i = 0; ; i++) {
-      const sent = await o2.send('listener', { n: 2 }).catch((e: Error) => e);
-      if (!(sent instanceof Error)) break;
-      if (i > 50) throw sent;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await sendOnceBack(o2, 'listener', { n: 2 });
     expect((await second).value?.message).toEqual({ n: 2 });
     o2.close();
     c.close();
