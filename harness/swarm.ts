@@ -67,6 +67,8 @@ export interface SwarmKernel {
   mode: 'inproc' | 'process' | 'cluster';
   client(): Promise<CloveClient>;
   stop(): Promise<unknown>;
+  /** Where the kernel writes its agents' logs (`<name>.log`), when it is on this machine. */
+  logDir?: string;
 }
 
 async function startSwarmKernel(mode: 'inproc' | 'process', k: Partial<KernelOptions>): Promise<SwarmKernel> {
@@ -78,7 +80,12 @@ async function startSwarmKernel(mode: 'inproc' | 'process', k: Partial<KernelOpt
   };
   if (mode === 'inproc') {
     const tk = await startKernel(o);
-    return { mode, client: () => tk.client(), stop: () => tk.stop() };
+    return {
+      mode,
+      client: () => tk.client(),
+      stop: () => tk.stop(),
+      logDir: path.join(tk.dataDir, 'logs'),
+    };
   }
   const extra = [
     '--mailbox-size',
@@ -92,6 +99,7 @@ async function startSwarmKernel(mode: 'inproc' | 'process', k: Partial<KernelOpt
   return {
     mode,
     client: () => kp.client(),
+    logDir: path.join(kp.dataDir, 'logs'),
     stop: async () => {
       await kp.stop();
       fs.rmSync(path.dirname(kp.socketPath), { recursive: true, force: true });
@@ -413,13 +421,36 @@ export class Swarm {
     return out;
   }
 
-  /** Until every agent has reported "up" at least once. */
-  waitUp(timeoutMs = 60_000, names = this.names): Promise<boolean> {
-    return until(
-      () => names.every((n) => (this.tracks.get(n)?.epochs.length ?? 0) > 0),
-      timeoutMs,
-      'every agent up',
-    );
+  /**
+   * Until every agent has reported "up" at least once. On timeout the error names the agents that never
+   * did, with what LIST says of them and the end of their logs.
+   */
+  async waitUp(timeoutMs = 60_000, names = this.names): Promise<boolean> {
+    const down = () => names.filter((n) => (this.tracks.get(n)?.epochs.length ?? 0) === 0);
+    try {
+      return await until(() => down().length === 0, timeoutMs, 'every agent up');
+    } catch (e) {
+      const listed = await this.listByName().catch(() => new Map<string, AgentInfo>());
+      const about = down().map((n) => {
+        const a = listed.get(n);
+        const state = a
+          ? `${a.state} pid ${a.pid} restarts ${a.restarts}${a.exit_reason ? ` last exit ${a.exit_reason}` : ''}`
+          : 'not listed';
+        return `${n}: ${state}; log: ${this.logTail(n)}`;
+      });
+      throw new Error(`${(e as Error).message}; never up: ${about.join(' | ')}`);
+    }
+  }
+
+  /** The last lines of an agent's log, when the kernel's logs are on this machine. */
+  private logTail(name: string, lines = 8): string {
+    if (!this.tk.logDir) return '(not on this machine)';
+    try {
+      const text = fs.readFileSync(path.join(this.tk.logDir, `${name}.log`), 'utf8');
+      return JSON.stringify(text.trimEnd().split('\n').slice(-lines).join('\n'));
+    } catch (e) {
+      return `(${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
+    }
   }
 
   /** Until every agent has sent and received at least `min` messages since `counts` (default: ever). */
