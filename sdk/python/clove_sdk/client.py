@@ -91,6 +91,11 @@ def _started_by_kernel(path: str) -> bool:
     return bool(os.environ.get("CLOVE_AGENT_ID")) and path == os.environ.get(SOCKET_ENV)
 
 
+def _backoff(attempt: int, left: float) -> None:
+    """The pause before reconnection attempt ``attempt`` + 1: 20 ms doubling to 0.5 s, never past ``left``."""
+    time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
+
+
 def _is_error(reply: Any) -> bool:
     """True for an error reply. Our kernel always sends ``success``; the public kernel's SPAWN/KILL errors
     carry only ``error``."""
@@ -345,7 +350,7 @@ class CloveClient:
             ) from e
         self._outage = self._outage or self._ever_connected  # a first connect is not a reconnection
         self._disconnect()
-        time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
+        _backoff(attempt, left)
 
     def disconnect(self) -> None:
         """Closes the connection (idempotent). A reader thread's reconnection in progress stops too."""
@@ -747,7 +752,7 @@ class CloveClient:
             left = since + self.reconnect_window - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(0.02 * 2 ** min(attempt, 5), 0.5, left))
+            _backoff(attempt, left)
 
     # ------------------------------------------------------------------ core
 
