@@ -6,7 +6,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startKernelProcess, type KernelProcess } from '../harness/kernel.js';
 import { which } from '../harness/services.js';
-import { mergeRounds, runSystem, type Cell, type CloveSystem, type System } from './messaging.js';
+import {
+  cpuPerMessage,
+  mergeRounds,
+  runSystem,
+  type Cell,
+  type CloveSystem,
+  type System,
+} from './messaging.js';
 import { ACK_EVERY } from './lib/msg-peer-protocol.js';
 
 const available: Record<Exclude<System, CloveSystem>, boolean> = {
@@ -33,7 +40,11 @@ function check(cells: Cell[], system: System): void {
     expect(c.msgs_per_s).toBeGreaterThan(0);
     expect(c.rtt_us.n).toBe(o.pings * c.pairs);
     expect(c.rtt_us.p50).toBeGreaterThan(0);
+    expect(c.cpu.wall_s).toBeGreaterThan(0);
+    expect(c.cpu.broker_s).toBeGreaterThanOrEqual(0);
   }
+  // CPU time was counted for the clients (clock ticks of 10 ms: summed over the cells, not per cell).
+  expect(cells.reduce((a, c) => a + c.cpu.clients_s, 0)).toBeGreaterThan(0);
 }
 
 describe('mergeRounds', () => {
@@ -48,6 +59,7 @@ describe('mergeRounds', () => {
       msgs_per_s_rounds: [rate],
       rtt_us: { n: rtt.length, min: 0, p50: 0, p95: 0, p99: 0, max: 0, mean: 0 },
       rtt_samples: rtt,
+      cpu: { broker_s: 0.5, clients_s: 1, wall_s: 2 },
     });
     const [m] = mergeRounds([round(100, [1, 2]), round(300, [3]), round(200, [4, 5])]);
     expect(m.msgs_per_s).toBe(200);
@@ -55,6 +67,9 @@ describe('mergeRounds', () => {
     expect(m.delivered).toBe(600);
     expect(m.rtt_us.n).toBe(5);
     expect(m.rtt_us.p50).toBe(3);
+    // CPU adds up over the rounds: 4.5 s of 6 s of wall time, 1.5 s of it the broker's.
+    expect(m.cpu).toEqual({ broker_s: 1.5, clients_s: 3, wall_s: 6 });
+    expect(cpuPerMessage(m)).toEqual({ broker_us: 2500, clients_us: 5000, cores: 0.75 });
   });
 });
 

@@ -20,6 +20,7 @@ import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine } from './lib/machine.js';
 import { BENCH_SRC, DIST_BENCH, profileKernelIfAsked, startKernel, stopChild } from './lib/child.js';
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './lib/msg-peer-protocol.js';
+import { cpuSecondsOf, descendants } from './lib/proc.js';
 import { median, summarize, r, roundSummary, type Summary } from './lib/stats.js';
 import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
 import type * as vl from 'vega-lite';
@@ -71,6 +72,23 @@ export interface Cell {
   rtt_us: Summary;
   /** Every round trip of every round and pair (µs); not written to the report. */
   rtt_samples: number[];
+  /**
+   * CPU time (utime + stime, every thread) over the cell's runs (sending, drain and round trips), in
+   * seconds: the broker's (Clove's kernel with its reactor thread, the relay, redis-server, nats-server)
+   * and its clients' (producers and consumers: Clove's agents with their sandboxes' init), and the runs'
+   * wall time.
+   */
+  cpu: { broker_s: number; clients_s: number; wall_s: number };
+}
+
+/** A cell's CPU per message delivered (µs) and the cores its processes kept busy on average. */
+export function cpuPerMessage(c: Cell): { broker_us: number; clients_us: number; cores: number } {
+  const per = (s: number) => r((s / c.delivered) * 1e6);
+  return {
+    broker_us: per(c.cpu.broker_s),
+    clients_us: per(c.cpu.clients_s),
+    cores: r((c.cpu.broker_s + c.cpu.clients_s) / c.cpu.wall_s),
+  };
 }
 
 const PEER = path.join(DIST_BENCH, 'lib', 'msg-peer.js');
@@ -116,6 +134,8 @@ async function startPeer(cmd: string, args: string[], what: string): Promise<Pee
 interface Fleet {
   run(o: Order): Promise<Outcome[]>;
   stop(): Promise<void>;
+  /** The broker's processes and its clients' (for the CPU columns). */
+  pids: { broker: number[]; clients: number[] };
 }
 
 /** Brokers and peers of every system but Clove; their producers take orders on stdin. */
@@ -123,6 +143,7 @@ async function startExternal(system: Exclude<System, CloveSystem>, pairs: number
   const dir = tempDir('clvmsg');
   const children: ChildProcess[] = [];
   const peers: Peer[] = [];
+  let brokers = 0;
   try {
     let address: string;
     let peerSystem = system;
@@ -165,6 +186,7 @@ async function startExternal(system: Exclude<System, CloveSystem>, pairs: number
       });
       await waitForPort(port, 15_000, new Promise((res) => c.once('exit', res)));
     }
+    brokers = children.length;
     for (const role of ['consumer', 'producer'])
       for (let i = 0; i < pairs; i++) {
         const p = await startPeer(
@@ -181,6 +203,10 @@ async function startExternal(system: Exclude<System, CloveSystem>, pairs: number
     throw e;
   }
   return {
+    pids: {
+      broker: children.slice(0, brokers).map((c) => c.pid!),
+      clients: children.slice(brokers).map((c) => c.pid!),
+    },
     async run(o) {
       for (const p of peers) p.send(JSON.stringify(o));
       return Promise.all(peers.map(async (p) => JSON.parse(await p.line(`${system} producer`)) as Outcome));
@@ -236,6 +262,8 @@ async function startClove(pairs: number, kp: KernelProcess, system: CloveSystem)
     throw e;
   }
   return {
+    // The agents (with their sandboxes' init) are the kernel's descendants; the bench's client is not.
+    pids: { broker: [kp.child.pid!], clients: descendants(kp.child.pid!) },
     async run(o) {
       for (let i = 0; i < pairs; i++) await c.send(`msg-p${i}`, o);
       const out: Outcome[] = [];
@@ -254,7 +282,7 @@ async function startClove(pairs: number, kp: KernelProcess, system: CloveSystem)
 }
 
 /** The cell of one run: aggregate rate (all delivered over the slowest producer's time), pooled round trips. */
-function cell(system: System, size: number, pairs: number, outs: Outcome[]): Cell {
+function cell(system: System, size: number, pairs: number, outs: Outcome[], cpu: Cell['cpu']): Cell {
   const delivered = outs.reduce((a, o) => a + o.delivered, 0);
   const seconds = Math.max(...outs.map((o) => o.seconds));
   const rtt = outs.flatMap((o) => o.rtt_us);
@@ -269,6 +297,7 @@ function cell(system: System, size: number, pairs: number, outs: Outcome[]): Cel
     msgs_per_s_rounds: [rate],
     rtt_us: roundSummary(summarize(rtt)),
     rtt_samples: rtt,
+    cpu,
   };
 }
 
@@ -290,6 +319,11 @@ export function mergeRounds(cells: Cell[]): Cell[] {
       msgs_per_s_rounds: rates,
       rtt_us: roundSummary(summarize(rtt)),
       rtt_samples: rtt,
+      cpu: {
+        broker_s: r(cs.reduce((a, c) => a + c.cpu.broker_s, 0)),
+        clients_s: r(cs.reduce((a, c) => a + c.cpu.clients_s, 0)),
+        wall_s: r(cs.reduce((a, c) => a + c.cpu.wall_s, 0)),
+      },
     };
   });
 }
@@ -311,8 +345,15 @@ export async function runSystem(
       // A short warm-up run (JIT, connections, caches) that is not measured.
       await fleet.run({ size: o.sizes[0], ms: Math.min(300, o.ms), pings: Math.min(50, o.pings) });
       for (const size of o.sizes) {
+        const cpu0 = { broker: cpuSecondsOf(fleet.pids.broker), clients: cpuSecondsOf(fleet.pids.clients) };
+        const t0 = performance.now();
         const outs = await fleet.run({ size, ms: o.ms, pings: o.pings });
-        cells.push(cell(system, size, pairs, outs));
+        const cpu = {
+          broker_s: r(cpuSecondsOf(fleet.pids.broker) - cpu0.broker),
+          clients_s: r(cpuSecondsOf(fleet.pids.clients) - cpu0.clients),
+          wall_s: r((performance.now() - t0) / 1000),
+        };
+        cells.push(cell(system, size, pairs, outs, cpu));
         const c = cells[cells.length - 1];
         console.log(
           `${system.padEnd(8)} ${String(size).padStart(5)} B ${pairs}→${pairs}: ` +
@@ -671,6 +712,29 @@ async function main(): Promise<void> {
     ),
     '',
     '![messages/s and round trips per system](messaging.svg)',
+    '',
+    '## CPU per message',
+    '',
+    'CPU time (utime + stime of every thread, from /proc/<pid>/stat) of the broker and of its clients over each',
+    "cell's runs (sending, drain and the round trips; the round trips' share is small), divided by the messages",
+    "delivered; cores busy is that CPU time over the runs' wall time (this machine has 2). Clove's clients are its",
+    "agents and their sandboxes' init processes; its broker is the kernel with its reactor thread.",
+    '',
+    mdTable(
+      ['system', 'size', 'shape', 'broker µs/msg', 'clients µs/msg', 'total µs/msg', 'cores busy'],
+      cells.map((c) => {
+        const u = cpuPerMessage(c);
+        return [
+          LABELS[c.system],
+          SIZE_LABEL(c.size),
+          SHAPE_LABEL(c.pairs),
+          u.broker_us,
+          u.clients_us,
+          r(u.broker_us + u.clients_us),
+          u.cores,
+        ];
+      }),
+    ),
     '',
     "## Issue 12's goals in this run",
     '',

@@ -44,3 +44,40 @@ export function fdCount(pid: number): number {
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The live processes below `pid` (children, their children, …), from the parent pids in /proc. */
+export function descendants(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const e of fs.readdirSync('/proc')) {
+    const p = Number(e);
+    if (!Number.isInteger(p)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+    } catch {
+      continue; // gone since the listing
+    }
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    children.set(ppid, [...(children.get(ppid) ?? []), p]);
+  }
+  const out: number[] = [];
+  for (let todo = [...(children.get(pid) ?? [])]; todo.length;) {
+    const p = todo.pop()!;
+    out.push(p);
+    todo.push(...(children.get(p) ?? []));
+  }
+  return out;
+}
+
+/** utime + stime of processes in seconds, summed; a process that is gone counts 0. */
+export function cpuSecondsOf(pids: number[]): number {
+  let s = 0;
+  for (const p of pids) {
+    try {
+      s += cpuSeconds(p).total;
+    } catch {
+      // exited
+    }
+  }
+  return s;
+}

@@ -285,6 +285,8 @@ export class Server implements ConnectionHooks {
 /** Descriptors counted again at least this often when far from the limit, and when near it. */
 const FD_RECOUNT_MS = 1000;
 const FD_RECOUNT_NEAR_MS = 100;
+/** A stale count far from the limit is redone this long after the accept that found it stale. */
+const FD_RECOUNT_DEFER_MS = 20;
 /** "Near the limit": fewer than reserve + this many descriptors left by the estimate. */
 const FD_NEAR_MARGIN = 256;
 
@@ -292,7 +294,10 @@ const FD_NEAR_MARGIN = 256;
  * The process's file descriptors, so that agents cannot take the last ones an operator needs to
  * connect and kill them. The soft RLIMIT_NOFILE is remembered (kernel/core/rlimits.ts); the descriptors in use are counted in
  * /proc/self/fd now and then, and estimated in between from the sockets accepted and closed since (the
- * part that moves fast), so that an accept costs nothing unless the kernel is near its limit.
+ * part that moves fast), so that an accept costs nothing unless the kernel is near its limit. Far from
+ * it, a stale count is redone shortly after the accept, not before it: the listing (0.1–0.3 ms here,
+ * more with thousands of agents) would otherwise delay the first reply of a restarted agent that
+ * connects more than a second after the previous connection (bench/restart.ts).
  */
 class FdGauge {
   /** The soft RLIMIT_NOFILE as it is now (the kernel raises it at start: kernel/core/rlimits.ts). */
@@ -304,6 +309,7 @@ class FdGauge {
   private base = { fds: 0, sockets: 0, at: Number.NEGATIVE_INFINITY };
   private warnedAt = Number.NEGATIVE_INFINITY;
   private refusedSinceWarning = 0;
+  private recountTimer: NodeJS.Timeout | undefined;
 
   /** Counts an accepted socket (or an adopted connection's descriptor) until it closes. */
   track(sock: { once(event: 'close', fn: () => void): unknown }): void {
@@ -311,18 +317,33 @@ class FdGauge {
     sock.once('close', () => this.sockets--);
   }
 
-  /** Descriptors left: the estimate, counted again when it is stale (sooner near the limit). */
+  /**
+   * Descriptors left: the estimate. A stale estimate near the limit is counted again now; far from it,
+   * soon after (the estimate stands for this accept).
+   */
   left(reserve: number): number {
     if (!Number.isFinite(this.limit)) return Number.POSITIVE_INFINITY;
     let used = this.base.fds + this.sockets - this.base.sockets;
     const near = this.limit - used < reserve + FD_NEAR_MARGIN;
     if (Date.now() - this.base.at > (near ? FD_RECOUNT_NEAR_MS : FD_RECOUNT_MS)) {
-      const fds = countOpenFds();
-      if (fds === null) return Number.POSITIVE_INFINITY;
-      this.base = { fds, sockets: this.sockets, at: Date.now() };
-      used = fds;
+      if (near || this.base.at === Number.NEGATIVE_INFINITY) {
+        const fds = this.recount();
+        if (fds === null) return Number.POSITIVE_INFINITY;
+        used = fds;
+      } else {
+        this.recountTimer ??= setTimeout(() => {
+          this.recountTimer = undefined;
+          this.recount();
+        }, FD_RECOUNT_DEFER_MS).unref();
+      }
     }
     return this.limit - used;
+  }
+
+  private recount(): number | null {
+    const fds = countOpenFds();
+    if (fds !== null) this.base = { fds, sockets: this.sockets, at: Date.now() };
+    return fds;
   }
 
   /** True when a non-operator connection may have a descriptor; warns at most once a second when not. */

@@ -1,23 +1,29 @@
 /**
- * Request validation against the contract's JSON Schemas (protocol/families/*.json), compiled once per
- * opcode on first use. Defaults written in the contract are filled in, so a handler gets its request
- * complete and typed (`ArgsOf[op]`). Every failure is an InvalidRequestError that names the field and
- * what it must be, so a client with a wrong payload learns exactly what to fix.
+ * Request validation against the contract's JSON Schemas (protocol/families/*.json), compiled ahead of
+ * time by protocol/generate.mjs into protocol/validators.ts (no compilation on the event loop: see
+ * there). Defaults written in the contract are filled in, so a handler gets its request complete and
+ * typed (`ArgsOf[op]`). Every failure is an InvalidRequestError that names the field and what it must
+ * be, so a client with a wrong payload learns exactly what to fix.
  */
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
-import { REQUEST_SCHEMAS, SCHEMA_DEFS, type OpName } from '../../protocol/index.js';
+import { SCHEMA_DEFS, type OpName } from '../../protocol/index.js';
+import * as generated from '../../protocol/validators.js';
 import { InvalidRequestError } from './errors.js';
 
 export type Payload = Record<string, unknown>;
 
-const ajv = new Ajv2020({
-  useDefaults: true,
-  allErrors: false,
-  allowUnionTypes: true,
-  strict: false,
-});
-ajv.addSchema(SCHEMA_DEFS);
-const compiled = new Map<OpName, ValidateFunction>();
+/** One generated validation function per opcode that has a JSON request. */
+const VALIDATORS = generated as unknown as Partial<Record<OpName, ValidateFunction>>;
+
+/** Compiles `$defs` checks (validateDef: rare, off the request path) with the validators' options. */
+let ajv: Ajv2020 | undefined;
+function defsAjv(): Ajv2020 {
+  if (!ajv) {
+    ajv = new Ajv2020(generated.AJV_OPTIONS);
+    ajv.addSchema(SCHEMA_DEFS);
+  }
+  return ajv;
+}
 
 /** Parses a payload as a JSON object; an empty payload is `{}` (the public SDK always sends an object). */
 export function parseObject(buf: Buffer): Payload {
@@ -66,13 +72,8 @@ export function checkDepth(buf: Buffer, max: number): void {
 
 /** Checks `payload` against the request schema of `op` and fills in its defaults (in place). */
 export function validateRequest(op: OpName, payload: Payload): void {
-  let validate = compiled.get(op);
-  if (!validate) {
-    const schema = REQUEST_SCHEMAS[op];
-    if (!schema) return;
-    validate = ajv.compile(schema);
-    compiled.set(op, validate);
-  }
+  const validate = VALIDATORS[op];
+  if (!validate) return;
   if (!validate(payload)) throw new InvalidRequestError(describe(validate.errors?.[0], payload));
 }
 
@@ -143,7 +144,7 @@ const compiledDefs = new Map<string, ValidateFunction>();
 export function validateDef(def: string, value: unknown, field: string): void {
   let validate = compiledDefs.get(def);
   if (!validate) {
-    validate = ajv.compile({ $ref: `clove#/$defs/${def}` });
+    validate = defsAjv().compile({ $ref: `clove#/$defs/${def}` });
     compiledDefs.set(def, validate);
   }
   if (!validate(value)) {
