@@ -1,6 +1,6 @@
 /**
  * Writes reports/latest.md: the headline numbers of every report whose JSON is in reports/ (ours:
- * ipc, restart, memory, cpu; the other engineers': rivals, spawn-latency, chaos-*), each with the
+ * ipc, messaging, restart, memory, cpu; the other engineers': rivals, spawn-latency, chaos-*), each with the
  * machine it ran on and the exact command that reproduces it.
  *
  *   npm run build && node dist/bench/latest.js
@@ -36,6 +36,7 @@ function section(): string[] {
   const restart = load('restart.json');
   const memory = load('memory.json');
   const cpu = load('cpu.json');
+  const messaging = load('messaging.json');
 
   if (ipc) {
     const h = ipc.results.headline;
@@ -57,6 +58,46 @@ function section(): string[] {
       '—',
       `[ipc](ipc.md)`,
     ]);
+  }
+  if (messaging) {
+    const cells = messaging.results.cells as Json[];
+    const name = (s: string) => String(messaging.results.setup.systems[s] ?? s).replace(/ \(.*\)$/, '');
+    const at = (s: string, size: number, shape: string) =>
+      cells.find((c) => c.system === s && c.size === size && `${c.pairs}→${c.pairs}` === shape);
+    const mine = 'clove-fast-batch';
+    for (const shape of messaging.results.setup.shapes as string[])
+      for (const size of messaging.results.setup.sizes as number[]) {
+        const line = (s: string) => {
+          const c = at(s, size, shape);
+          if (!c) return null;
+          // As messaging.md's CPU table adds it up: broker and clients per message, each rounded.
+          const us = (x: number) => r((x / c.delivered) * 1e6);
+          const cpuUs = c.cpu ? `, ${r(us(c.cpu.broker_s) + us(c.cpu.clients_s))} µs CPU/msg` : '';
+          const label = { nats: 'NATS', redis: 'Redis', 'relay-c': 'C relay' }[s] ?? name(s);
+          return `${label} ${c.msgs_per_s.toLocaleString('en-US')} msgs/s, p50 ${c.rtt_us.p50} µs${cpuUs}`;
+        };
+        const parts = [mine, 'nats', 'redis', 'relay-c'].map(line).filter((x) => x !== null);
+        if (!at(mine, size, shape)) continue;
+        rows.push([
+          `Messages through the kernel, ${size >= 1024 ? `${size / 1024} KiB` : `${size} B`} ${shape}`,
+          parts.join('; '),
+          '—',
+          '[messaging](messaging.md)',
+        ]);
+      }
+    const g = (messaging.results.goals?.[mine] ?? []) as Json[];
+    if (g.length)
+      rows.push([
+        "Issue 12's messaging goals (the fast path with SEND_BATCH + push)",
+        `${g.filter((x) => x.met).length} of ${g.length} met; not met: ${
+          g
+            .filter((x) => !x.met)
+            .map((x) => x.goal)
+            .join('; ') || 'none'
+        }`,
+        'all',
+        '[messaging](messaging.md)',
+      ]);
   }
   if (restart) {
     const g = restart.results.goal;
@@ -131,6 +172,7 @@ function section(): string[] {
     out.push('| report | reproduce | machine |', '| --- | --- | --- |');
     for (const [n, j] of [
       ['ipc', ipc],
+      ['messaging', messaging],
       ['restart', restart],
       ['memory', memory],
       ['cpu', cpu],

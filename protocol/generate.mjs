@@ -252,9 +252,9 @@ const AJV_OPTIONS = { useDefaults: true, allErrors: false, allowUnionTypes: true
 
 /**
  * The request schemas compiled ahead of time: one validation function per opcode (ajv's standalone
- * code). Compiled at run time instead, they cost the kernel 0.2 s of its event loop in all, a few to
- * 40 ms at the first request of each opcode after every start: a stall every connection waits out,
- * just when the agents a restarted kernel re-adopted all call again (docs/restart.md).
+ * code). Compiled at run time instead, they cost the kernel 0.1–0.2 s of its event loop in all, up to
+ * 17 ms at the first request of one opcode after every start: a stall every connection waits out, just
+ * when the agents a restarted kernel re-adopted all call again (docs/restart.md).
  */
 function validatorsTs(c) {
   const ajv = new Ajv2020({ ...AJV_OPTIONS, code: { source: true, esm: true, lines: true } });
