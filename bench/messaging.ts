@@ -4,6 +4,8 @@
  *
  *   bash bench/setup.sh && npm run build && node dist/bench/messaging.js [--quick] [--time MS] [--pings N]
  *     [--rounds N] [--systems a,b] [--sizes 64,1024] [--shapes 1,4] (a subset: not the report's full table)
+ *     [--perf DIR | --cpu-prof DIR | --agents-cpu-prof DIR] (where the time goes: diagnostic runs, their rates
+ *     include the profiler's cost)
  *
  * Every peer is its own process (bench/lib/msg-peer.ts), so brokers and clients share the machine's cores
  * as Clove's kernel and agents do. Per system, size and shape: messages/s delivered with a bounded window
@@ -233,7 +235,17 @@ async function compileC(src: string, out: string): Promise<void> {
  * spawned by SPAWN as `clove up` would; the bench talks to the producers through the kernel as the agent
  * named `bench`.
  */
-async function startClove(pairs: number, kp: KernelProcess, system: CloveSystem): Promise<Fleet> {
+/**
+ * Clove's agents for one shape. With `profDir` (`--agents-cpu-prof`) each runs under `node --cpu-prof`,
+ * unsandboxed so that it can write its profile there (NODE_OPTIONS cannot carry --cpu-prof), and is
+ * stopped with a grace period so that it exits through Node's exit path, which writes the profile.
+ */
+async function startClove(
+  pairs: number,
+  kp: KernelProcess,
+  system: CloveSystem,
+  profDir?: string,
+): Promise<Fleet> {
   const { mode, sandboxed } = CLOVE_RUN[system];
   const c: CloveClient = await kp.client();
   await c.register('bench');
@@ -242,7 +254,9 @@ async function startClove(pairs: number, kp: KernelProcess, system: CloveSystem)
     const name = `msg-${role[0]}${i}`;
     const res = await c.spawn({
       name,
-      script: PEER,
+      ...(profDir
+        ? { command: [process.execPath, '--cpu-prof', `--cpu-prof-dir=${profDir}`, PEER], sandboxed: false }
+        : { script: PEER }),
       env: { MSG_SYSTEM: 'clove', MSG_ROLE: role, MSG_PAIR: String(i), MSG_MODE: mode },
       // SPAWN's default (sandboxed) unless measuring what the sandbox costs.
       ...(sandboxed ? {} : { sandboxed: false }),
@@ -275,7 +289,8 @@ async function startClove(pairs: number, kp: KernelProcess, system: CloveSystem)
       return out;
     },
     async stop() {
-      for (const id of ids) await c.kill(id, { grace_ms: 0, wait: true }).catch(() => {});
+      const grace = profDir ? 10_000 : 0;
+      for (const id of ids) await c.kill(id, { grace_ms: grace, wait: true }).catch(() => {});
       c.close();
     },
   };
@@ -334,12 +349,20 @@ export function mergeRounds(cells: Cell[]): Cell[] {
  */
 export async function runSystem(
   system: System,
-  o: { shapes: number[]; sizes: number[]; ms: number; pings: number; kernel?: KernelProcess },
+  o: {
+    shapes: number[];
+    sizes: number[];
+    ms: number;
+    pings: number;
+    kernel?: KernelProcess;
+    /** Clove's agents write V8 CPU profiles here (unsandboxed: see startClove). */
+    agentsProfDir?: string;
+  },
 ): Promise<Cell[]> {
   const cells: Cell[] = [];
   for (const pairs of o.shapes) {
     const fleet = isClove(system)
-      ? await startClove(pairs, o.kernel!, system)
+      ? await startClove(pairs, o.kernel!, system, o.agentsProfDir)
       : await startExternal(system, pairs);
     try {
       // A short warm-up run (JIT, connections, caches) that is not measured.
@@ -581,13 +604,27 @@ function profileSection(profiles: Profile[]): string[] {
 }
 
 async function main(): Promise<void> {
-  const flags = parseFlags(['cpu-prof', 'perf', 'pings', 'rounds', 'shapes', 'sizes', 'systems', 'time']);
+  const flags = parseFlags([
+    'agents-cpu-prof',
+    'cpu-prof',
+    'perf',
+    'pings',
+    'rounds',
+    'shapes',
+    'sizes',
+    'systems',
+    'time',
+  ]);
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
   const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
   const only = flags.get('systems')?.split(',') as System[] | undefined;
   const perfDir = flags.get('perf') ? path.resolve(flags.get('perf')!) : undefined;
+  const agentsProfDir = flags.get('agents-cpu-prof')
+    ? path.resolve(flags.get('agents-cpu-prof')!)
+    : undefined;
+  if (agentsProfDir) fs.mkdirSync(agentsProfDir, { recursive: true });
   const profiles: Profile[] = [];
   const systems = SYSTEMS.filter((s) => !only || only.includes(s));
   const sizes = flags.get('sizes')?.split(',').map(Number) ?? [64, 1024];
@@ -633,7 +670,7 @@ async function main(): Promise<void> {
           ? startPerf(kernel.child.pid!, perfDir, system)
           : undefined;
       try {
-        all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel })));
+        all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel, agentsProfDir })));
       } finally {
         if (perf) profiles.push(await perf.stop());
         await kernel?.stop();
@@ -765,7 +802,8 @@ async function main(): Promise<void> {
     '- Redis and NATS clients are the npm packages `redis` and `nats`; each publish is one client call, batched',
     '  by the client (node-redis pipelines the commands of one tick; nats.js buffers until a flush).',
     "- Where the time goes: `--perf <dir>` (above; `bash bench/setup.sh` installs perf); the kernel's JavaScript",
-    '  alone: `--cpu-prof <dir>`, then `node dist/bench/profile-summary.js <dir>/*.cpuprofile`.',
+    "  alone: `--cpu-prof <dir>`, then `node dist/bench/profile-summary.js <dir>/*.cpuprofile`; its agents'",
+    '  JavaScript: `--agents-cpu-prof <dir>` (the agents then run unsandboxed; one profile per agent and shape).',
     '- Numbers taken while other work ran on the machine are noisy (load averages above: this machine is shared',
     '  with builds and tests); compare systems only within one run.',
   ].join('\n');

@@ -47,6 +47,9 @@ interface Link {
 }
 
 const env = process.env;
+// A stopped agent (SIGTERM, then the kill's grace period) leaves through Node's exit path, so that a peer
+// run under `node --cpu-prof` (messaging.ts --agents-cpu-prof) writes its profile.
+process.on('SIGTERM', () => process.exit(0));
 // A Clove agent gets the kernel's socket as its only argument (SPAWN's default) and the rest in $MSG_*.
 const argv = env.MSG_SYSTEM
   ? [env.MSG_SYSTEM, env.MSG_ROLE, env.MSG_PAIR, env.CLOVE_SOCKET ?? process.argv[2]]
