@@ -540,16 +540,21 @@ async function writeReports(
   const goal = clove
     ? {
         clove_kernel_p95_ms: r(clove.restart_ms.p95),
-        // Issue 17 §3: SIGKILL -> serving *through the SDK* within 1.1x the bare start.
+        // Issue 17 §3: SIGKILL -> serving *through the SDK* within 1.1x the bare start, at the median and
+        // at p95 both (a tail of the bare starts alone must not carry the goal).
+        clove_sdk_p50_ms: sdk ? r(sdk.restart_ms.p50) : null,
         clove_sdk_p95_ms: sdk ? r(sdk.restart_ms.p95) : null,
+        sdk_ratio_p50_to_bare_p50: sdk ? r(sdk.restart_ms.p50 / py.p50) : null,
         sdk_ratio_p95_to_bare_p95: sdk ? r(sdk.restart_ms.p95 / py.p95) : null,
-        meets_sdk_goal: sdk ? sdk.restart_ms.p95 <= 1.1 * py.p95 : null,
+        meets_sdk_goal: sdk ? sdk.restart_ms.p50 <= 1.1 * py.p50 && sdk.restart_ms.p95 <= 1.1 * py.p95 : null,
         bare_python_p95_ms: r(py.p95),
         bare_python_p50_ms: r(py.p50),
+        clove_kernel_p50_ms: r(clove.restart_ms.p50),
+        ratio_p50_to_bare_p50: r(clove.restart_ms.p50 / py.p50),
         ratio_p95_to_bare_p95: r(clove.restart_ms.p95 / py.p95),
         ratio_p95_to_bare_p50: r(clove.restart_ms.p95 / py.p50),
-        goal: 'Clove p95 <= 1.1 x bare `python -c pass` (same interpreter), and faster than PM2',
-        meets_bare_goal: clove.restart_ms.p95 <= 1.1 * py.p95,
+        goal: 'Clove p50 and p95 each <= 1.1 x those of bare `python -c pass` (same interpreter), and faster than PM2',
+        meets_bare_goal: clove.restart_ms.p50 <= 1.1 * py.p50 && clove.restart_ms.p95 <= 1.1 * py.p95,
         faster_than_pm2_same_signal: pm2 && cloveSock ? cloveSock.restart_ms.p95 < pm2.restart_ms.p95 : null,
         faster_than_pm2_kernel_signal: pm2 ? clove.restart_ms.p95 < pm2.restart_ms.p95 : null,
       }
@@ -679,10 +684,10 @@ async function writeReports(
     '',
     goal
       ? [
-          `**Goal** (Clove p95 ≤ 1.1 × bare \`python -c pass\`): clove/kernel p95 ${goal.clove_kernel_p95_ms} ms vs bare p95 ${goal.bare_python_p95_ms} ms → ` +
-            `${goal.ratio_p95_to_bare_p95}× (${goal.meets_bare_goal ? 'met' : 'NOT met'}); vs bare p50 ${goal.bare_python_p50_ms} ms → ${goal.ratio_p95_to_bare_p50}×.` +
+          `**Goal** (Clove's p50 and p95 each ≤ 1.1 × those of bare \`python -c pass\`): clove/kernel p50 ${goal.clove_kernel_p50_ms} / p95 ${goal.clove_kernel_p95_ms} ms vs bare ${goal.bare_python_p50_ms} / ${goal.bare_python_p95_ms} ms → ` +
+            `${goal.ratio_p50_to_bare_p50}× / ${goal.ratio_p95_to_bare_p95}× (${goal.meets_bare_goal ? 'met' : 'NOT met'}).` +
             (goal.clove_sdk_p95_ms !== null
-              ? ` Through the SDK (clove/sdk, the goal's own terms): p95 ${goal.clove_sdk_p95_ms} ms → ${goal.sdk_ratio_p95_to_bare_p95}× (${goal.meets_sdk_goal ? 'met' : 'NOT met'}).`
+              ? ` Through the SDK (clove/sdk, the goal's own terms): p50 ${goal.clove_sdk_p50_ms} / p95 ${goal.clove_sdk_p95_ms} ms → ${goal.sdk_ratio_p50_to_bare_p50}× / ${goal.sdk_ratio_p95_to_bare_p95}× (${goal.meets_sdk_goal ? 'met' : 'NOT met'}).`
               : ''),
           pm2
             ? `**vs PM2** (same script, same socket signal): clove/plain-socket p95 ${r(cloveSock?.restart_ms.p95 ?? NaN)} ms vs pm2/socket p95 ${r(pm2.restart_ms.p95)} ms` +
