@@ -297,9 +297,9 @@ const FD_NEAR_MARGIN = 256;
  * part that moves fast), so that an accept costs nothing unless the kernel is near its limit. Far from
  * it, a stale count is redone shortly after the accept, not before it: the listing (0.1–0.3 ms here,
  * more with thousands of agents) would otherwise delay the first reply of a restarted agent that
- * connects more than a second after the previous connection (bench/restart.ts).
+ * connects more than a second after the previous connection (bench/restart.ts). Exported for its test.
  */
-class FdGauge {
+export class FdGauge {
   /** The soft RLIMIT_NOFILE as it is now (the kernel raises it at start: kernel/core/rlimits.ts). */
   get limit(): number {
     return nofileLimit('soft');
