@@ -162,13 +162,26 @@ class EncodedMessage:
         return len(self._json)
 
 
-def _item_json(item: Mapping[str, Any]) -> str:
-    """One request object as JSON, an EncodedMessage ``message`` (always the last key) spliced in as it is."""
+def _item_head(item: Mapping[str, Any]) -> str:
+    """A request object's JSON up to where its message goes: ``{"to":3,"message":``."""
+    head = json.dumps({k: v for k, v in item.items() if k != "message"}, separators=(",", ":"))
+    return head[:-1] + ("," if len(head) > 2 else "") + '"message":'
+
+
+def _item_json(item: Mapping[str, Any], heads: dict[tuple[Any, Any], str] | None = None) -> str:
+    """One request object as JSON, an EncodedMessage ``message`` (always the last key) spliced in as it is.
+    With ``heads``, the head of an item whose target is a plain id and/or name is encoded once per target
+    (SEND_BATCH: a burst to one peer adds per item only its bytes)."""
     msg = item.get("message")
     if not isinstance(msg, EncodedMessage):
         return json.dumps(item, separators=(",", ":"))
-    head = json.dumps({k: v for k, v in item.items() if k != "message"}, separators=(",", ":"))
-    return head[:-1] + ("," if len(head) > 2 else "") + '"message":' + msg._json + "}"
+    to, to_name = item.get("to"), item.get("to_name")
+    if heads is None or not (to is None or type(to) is int) or not (to_name is None or type(to_name) is str):
+        return _item_head(item) + msg._json + "}"
+    head = heads.get((to, to_name))
+    if head is None:
+        head = heads[(to, to_name)] = _item_head(item)
+    return head + msg._json + "}"
 
 
 class CloveClient:
@@ -976,7 +989,8 @@ class CloveClient:
                 m["message"] = item["message"]
             messages.append(m)
         if any(isinstance(m.get("message"), EncodedMessage) for m in messages):
-            body = '{"messages":[' + ",".join(_item_json(m) for m in messages) + "]"
+            heads: dict[tuple[Any, Any], str] = {}
+            body = '{"messages":[' + ",".join(_item_json(m, heads) for m in messages) + "]"
             if results != "all":
                 body += ',"results":' + json.dumps(results)
             return self._call_text(SyscallOp.SYS_SEND_BATCH, body + "}", check)
