@@ -227,13 +227,24 @@ for (const [label, make, base, skip] of await providers(82, 92)) {
             .filter((a) => a.state === 'RUNNING')
             .map((a) => `${a.name}@${a.node}#${a.id}`)
             .sort();
+        // A timeout says what n2 saw last, and every agent's state there (a fresh-clone CI run once timed
+        // out here with nothing else to go on; the case passes in about 12 s otherwise).
+        let seen: string[] = [];
         await until(
-          async () =>
-            (await owners()).some((o) => o.startsWith('box1@n1')) &&
-            (await owners()).some((o) => o.startsWith('box3@n3')),
+          async () => {
+            seen = await owners();
+            return seen.some((o) => o.startsWith('box1@n1')) && seen.some((o) => o.startsWith('box3@n3'));
+          },
           60_000,
           'box1 on n1 and box3 on n3',
-        );
+        ).catch(async (e: Error) => {
+          const all = (await everywhere(clients.get('n2')!).catch(() => [])).map(
+            (a) => `${a.name}@${a.node}#${a.id}:${a.state}`,
+          );
+          throw new Error(
+            `${e.message}; RUNNING as n2 saw last: [${seen.join(', ')}]; all: [${all.join(', ')}]`,
+          );
+        });
         const before = await owners();
         await cluster.partition('n1', 'n3');
         try {
