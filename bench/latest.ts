@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { machineLine, type MachineInfo } from './lib/machine.js';
+import { cpuPerMessage, type Cell } from './messaging.js';
 import { r } from './lib/stats.js';
 import { REPORTS_DIR, mdTable, writeText } from './lib/report.js';
 
@@ -71,8 +72,8 @@ function section(): string[] {
           const c = at(s, size, shape);
           if (!c) return null;
           // As messaging.md's CPU table adds it up: broker and clients per message, each rounded.
-          const us = (x: number) => r((x / c.delivered) * 1e6);
-          const cpuUs = c.cpu ? `, ${r(us(c.cpu.broker_s) + us(c.cpu.clients_s))} µs CPU/msg` : '';
+          const u = c.cpu ? cpuPerMessage(c as Cell) : null;
+          const cpuUs = u ? `, ${r(u.broker_us + u.clients_us)} µs CPU/msg` : '';
           const label = { nats: 'NATS', redis: 'Redis', 'relay-c': 'C relay' }[s] ?? name(s);
           return `${label} ${c.msgs_per_s.toLocaleString('en-US')} msgs/s, p50 ${c.rtt_us.p50} µs${cpuUs}`;
         };

@@ -25,8 +25,7 @@ export function clockTicks(): number {
 
 /** utime + stime of a process in seconds (own threads, not reaped children). */
 export function cpuSeconds(pid: number): { utime: number; stime: number; total: number } {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const rest = statAfterComm(pid);
   // fields after comm: state(3) ppid(4) … utime(14) stime(15) → rest[11], rest[12]
   const hz = clockTicks();
   const utime = Number(rest[11]) / hz;
@@ -51,14 +50,15 @@ export function descendants(pid: number): number[] {
   for (const e of fs.readdirSync('/proc')) {
     const p = Number(e);
     if (!Number.isInteger(p)) continue;
-    let stat: string;
+    let ppid: number;
     try {
-      stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
+      ppid = Number(statAfterComm(p)[1]);
     } catch {
       continue; // gone since the listing
     }
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    children.set(ppid, [...(children.get(ppid) ?? []), p]);
+    const siblings = children.get(ppid);
+    if (siblings) siblings.push(p);
+    else children.set(ppid, [p]);
   }
   const out: number[] = [];
   for (let todo = [...(children.get(pid) ?? [])]; todo.length;) {
@@ -80,4 +80,10 @@ export function cpuSecondsOf(pids: number[]): number {
     }
   }
   return s;
+}
+
+/** The fields of /proc/<pid>/stat after comm (which may hold spaces): state, ppid, … (field n at n - 3). */
+function statAfterComm(pid: number): string[] {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
