@@ -95,7 +95,15 @@ export class ClusterSwarm {
             }
           : { python: PY_AGENT, node: NODE_AGENT };
       const first = cluster.nodes[0];
-      const handle: SwarmKernel = { mode: 'cluster', client: () => first.client(), stop };
+      const handle: SwarmKernel = {
+        mode: 'cluster',
+        client: () => first.client(),
+        stop,
+        logDirOf: (node) => {
+          const n = cluster.nodes.find((x) => x.name === node);
+          return n && path.join(n.dataDir, 'logs');
+        },
+      };
       const operators = await Promise.all(cluster.nodes.map((n) => n.client()));
       const swarm = await Swarm.start({ ...o, kernelHandle: handle, scripts, listAllNodes: true });
       return new ClusterSwarm(cluster, swarm, operators, o.provider);

@@ -69,6 +69,11 @@ export interface SwarmKernel {
   stop(): Promise<unknown>;
   /** Where the kernel writes its agents' logs (`<name>.log`), when it is on this machine. */
   logDir?: string;
+  /**
+   * A cluster: where the node named `node` (LIST's `node`) writes its agents' logs, when that directory is
+   * visible here (both cluster providers put every node's directory on this machine).
+   */
+  logDirOf?: (node: string) => string | undefined;
 }
 
 async function startSwarmKernel(mode: 'inproc' | 'process', k: Partial<KernelOptions>): Promise<SwarmKernel> {
@@ -436,17 +441,18 @@ export class Swarm {
         const state = a
           ? `${a.state} pid ${a.pid} restarts ${a.restarts}${a.exit_reason ? ` last exit ${a.exit_reason}` : ''}`
           : 'not listed';
-        return `${n}: ${state}; log: ${this.logTail(n)}`;
+        return `${n}: ${state}${a?.node ? ` on ${a.node}` : ''}; log: ${this.logTail(n, a?.node)}`;
       });
       throw new Error(`${(e as Error).message}; never up: ${about.join(' | ')}`);
     }
   }
 
-  /** The last lines of an agent's log, when the kernel's logs are on this machine. */
-  private logTail(name: string, lines = 8): string {
-    if (!this.tk.logDir) return '(not on this machine)';
+  /** The last lines of an agent's log, when the logs of the kernel (or cluster node) running it are here. */
+  private logTail(name: string, node?: string, lines = 8): string {
+    const dir = (node !== undefined && this.tk.logDirOf?.(node)) || this.tk.logDir;
+    if (!dir) return '(not on this machine)';
     try {
-      const text = fs.readFileSync(path.join(this.tk.logDir, `${name}.log`), 'utf8');
+      const text = fs.readFileSync(path.join(dir, `${name}.log`), 'utf8');
       return JSON.stringify(text.trimEnd().split('\n').slice(-lines).join('\n'));
     } catch (e) {
       return `(${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;

@@ -52,12 +52,22 @@ async function call(op, payload) {
   }
 }
 
+// Retries on a full mailbox (reports must never be dropped), and on not_found for up to 30 s: in a
+// cluster, a node learns of a name claimed on another node through its watch, later under load
+// (docs/cluster.md "Limits"); nothing was delivered, so sending again is safe.
 async function report(msg) {
   const body = { name: NAME, e: EPOCH, ...msg };
+  let unknownSince = 0;
   for (let attempt = 0; attempt < 2000; attempt++) {
     const r = await call(SEND, { to_name: COLLECTOR, message: body });
     if (r.success) return true;
-    if (r.code !== 'mailbox_full') {
+    if (r.code === 'not_found') {
+      unknownSince ||= performance.now();
+      if (performance.now() - unknownSince > 30_000) {
+        console.error('report failed: the collector stayed unknown for 30 s:', r);
+        return false;
+      }
+    } else if (r.code !== 'mailbox_full') {
       console.error('report failed:', r);
       return false;
     }

@@ -57,14 +57,24 @@ c.connect()
 
 
 def report(msg):
-    """Sends a report to the collector; retries on a full mailbox (reports must never be dropped)."""
+    """Sends a report to the collector; retries on a full mailbox (reports must never be dropped), and on
+    not_found for up to 30 s: in a cluster, a node learns of a name claimed on another node through its
+    watch, later under load (docs/cluster.md "Limits"); nothing was delivered, so sending again is safe."""
     msg.setdefault("name", NAME)
     msg.setdefault("e", EPOCH)
+    unknown_since = None
     for attempt in range(2000):
         r = c.send_message(msg, to_name=COLLECTOR)
         if r.get("success"):
             return True
-        if r.get("code") != "mailbox_full":
+        code = r.get("code")
+        if code == "not_found":
+            now = time.monotonic()
+            unknown_since = unknown_since or now
+            if now - unknown_since > 30:
+                print("report failed: the collector stayed unknown for 30 s:", r, flush=True)
+                return False
+        elif code != "mailbox_full":
             print("report failed:", r, flush=True)
             return False
         time.sleep(min(0.005 * (attempt + 1), 0.1))
