@@ -335,7 +335,9 @@ class SandboxedAgent implements AgentProcess {
     // What onEnded said stands (init's record, read first); without init the agent itself was reaped.
     const info =
       this.endedInfo ?? this.exitOf(exit.agent ?? { code: exit.code, signal: exit.signal }, unknown);
-    if (!this.hasInit && !unknown) this.ended(info);
+    // Said now if it was not yet (init's record read only with its own exit, or no init at all): what
+    // waits for the program's end (a restart) need not wait for the cgroup's removal below.
+    if (!unknown) this.ended(info);
     const cg = this.cgroup;
     if (cg) {
       if (!this.hasInit) await this.spawner.drainCgroup(cg);

@@ -321,16 +321,23 @@ run('NativeSpawner (root sandbox)', () => {
     expect(ended).toEqual({ code: 7, signal: null, reason: 'exit' });
     expect(exit).toEqual(ended);
 
-    // clove-init itself killed: no record, so only onExit (the agent's status is unknown: SIGKILL).
+    // clove-init itself killed: no record; onEnded hears of it with init's own exit, before the cgroup's
+    // removal and onExit (the agent's status is unknown: SIGKILL).
     const b = (await spawner.spawn(
       spec({ argv: ['/bin/sleep', '60'], cwd: dir, logFd: log.fd }),
     )) as SandboxedAgent;
-    let endedB = 0;
-    b.onEnded(() => endedB++);
+    const orderB: string[] = [];
+    let endedB: ExitInfo | undefined;
+    b.onEnded((info) => {
+      orderB.push('ended');
+      endedB = info;
+    });
+    b.onExit(() => orderB.push('exit'));
     const done = exitOf(b);
     b.signal('SIGKILL');
     expect((await done).signal).toBe('SIGKILL');
-    expect(endedB).toBe(0);
+    expect(orderB).toEqual(['ended', 'exit']);
+    expect(endedB).toEqual(await done);
   });
 
   it('peerEnded: a killed program is known to have ended at once (exit pipe drained, or /proc), nothing else is', async () => {

@@ -73,9 +73,11 @@ export interface AgentProcess {
   onExit(cb: (info: ExitInfo) => void): void;
   /**
    * Called at most once, before onExit's callbacks, as soon as the agent's own program is known to have
-   * ended while its sandbox is still being torn down (the exit as onExit will report it). Spawners that
-   * learn of an exit only once everything is gone never call it. What may run before the teardown is
-   * done (a warm standby's promotion, supervisor.ts) uses it; everything else waits for onExit.
+   * ended while its sandbox is still being torn down (the exit as onExit will report it): from clove-init's
+   * record, the end of file of the program's connection, or at the latest the sandbox's root exit, before
+   * its cgroup is removed. Spawners that learn of an exit only once everything is gone never call it. What
+   * may run before the teardown is done (a restart: a warm standby's promotion or a new process in a cgroup
+   * leaf of its own, supervisor.ts) uses it; everything else waits for onExit.
    */
   onEnded?(cb: (info: ExitInfo) => void): void;
   /**

@@ -9,9 +9,17 @@ import type { AgentProcess, ExitInfo, SpawnSpec, Spawner } from '../sandbox/type
 /** A spawner whose "processes" the test ends by hand: for exact control over timing. */
 class FakeSpawner implements Spawner {
   readonly kind = 'fake';
-  procs: { spec: SpawnSpec; signals: string[]; exit: (i: ExitInfo) => void }[] = [];
+  procs: {
+    spec: SpawnSpec;
+    signals: string[];
+    exit: (i: ExitInfo) => void;
+    /** Its program ended, its sandbox not yet torn down (onEnded; only with `withEnded`). */
+    end: (i: ExitInfo) => void;
+  }[] = [];
   failNext = 0;
   ignoreSignals = false;
+  /** Processes have onEnded, like the native sandbox's (else they only have onExit). */
+  withEnded = false;
   private pid = 1000;
 
   async spawn(spec: SpawnSpec): Promise<AgentProcess> {
@@ -19,10 +27,17 @@ class FakeSpawner implements Spawner {
       this.failNext--;
       throw new Error('exec failed');
     }
-    let cb: ((i: ExitInfo) => void) | null = null;
-    const rec = { spec, signals: [] as string[], exit: (i: ExitInfo) => cb?.(i) };
+    const exits: ((i: ExitInfo) => void)[] = [];
+    const ends: ((i: ExitInfo) => void)[] = [];
+    const rec = {
+      spec,
+      signals: [] as string[],
+      exit: (i: ExitInfo) => exits.splice(0).forEach((f) => f(i)),
+      end: (i: ExitInfo) => ends.splice(0).forEach((f) => f(i)),
+    };
     this.procs.push(rec);
     return {
+      ...(this.withEnded ? { onEnded: (f: (i: ExitInfo) => void) => void ends.push(f) } : {}),
       pid: this.pid++,
       isolation: {
         fully_isolated: false,
@@ -34,7 +49,7 @@ class FakeSpawner implements Spawner {
         if (!this.ignoreSignals && (s === 'SIGTERM' || s === 'SIGKILL'))
           queueMicrotask(() => rec.exit({ code: null, signal: s, reason: 'signal' }));
       },
-      onExit: (f) => (cb = f),
+      onExit: (f) => void exits.push(f),
     };
   }
   last() {
@@ -277,6 +292,66 @@ describe('Supervisor', () => {
     spawner.failNext = 1;
     await expect(sup.create(def({ policy: 'always' }))).rejects.toThrow(/exec failed/);
     expect(sup.get(7)).toBeUndefined();
+  });
+
+  it('restarts when the program ended, before its sandbox is torn down, into a cgroup leaf of its own', async () => {
+    spawner.withEnded = true;
+    const a = await sup.create(def({ policy: 'always', minUptimeMs: 1000 }));
+    expect(spawner.last().spec.instance).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(1500);
+    const first = spawner.last();
+    first.end(crash());
+    await flush();
+    // The exit is handled and the new process started while the old sandbox is still going.
+    expect(spawner.procs).toHaveLength(2);
+    expect(spawner.last().spec.instance).toBe('r1');
+    expect(a.state).toBe('RUNNING');
+    expect(a.pid).toBe(1001);
+    first.exit(crash()); // the teardown's end: nothing more happens
+    await flush();
+    expect(spawner.procs).toHaveLength(2);
+    expect(events.filter((e) => e.type === 'AGENT_EXITED')).toHaveLength(1);
+    expect(a.state).toBe('RUNNING');
+    // Nothing left tearing down: the next start takes the agent's own leaf again.
+    await vi.advanceTimersByTimeAsync(1500);
+    spawner.last().exit(crash());
+    await flush();
+    expect(spawner.procs).toHaveLength(3);
+    expect(spawner.last().spec.instance).toBeUndefined();
+  });
+
+  it('an end that does not restart (policy, KILL) waits for the teardown', async () => {
+    spawner.withEnded = true;
+    const a = await sup.create(def({ policy: 'never' }));
+    spawner.last().end(crash());
+    await flush();
+    expect(a.state).toBe('RUNNING');
+    spawner.last().exit(crash());
+    await flush();
+    expect(a.state).toBe('STOPPED');
+
+    spawner.ignoreSignals = true;
+    const b = await sup.create({ ...def({ policy: 'always' }), id: 8, name: 'a8', identity: 'a8#1' });
+    sup.kill(b.def.id, 1);
+    spawner.last().end({ code: null, signal: 'SIGTERM', reason: 'signal' });
+    await flush();
+    expect(b.state).toBe('STOPPING');
+    spawner.last().exit({ code: null, signal: 'SIGTERM', reason: 'signal' });
+    await flush();
+    expect(b.state).toBe('STOPPED');
+    expect(spawner.procs).toHaveLength(2);
+  });
+
+  it('RESTART asked for: the new process starts when the old program ended', async () => {
+    spawner.withEnded = true;
+    spawner.ignoreSignals = true;
+    const a = await sup.create(def({ policy: 'never' }));
+    sup.restart(a.def.id, 1);
+    spawner.last().end({ code: null, signal: 'SIGTERM', reason: 'signal' });
+    await flush();
+    expect(spawner.procs).toHaveLength(2);
+    expect(spawner.last().spec.instance).toBe('r1');
+    expect(a.state).toBe('RUNNING');
   });
 
   it('named(): the oldest listed agent of a name, kept in step with the table', async () => {

@@ -88,6 +88,11 @@ export interface AgentRecord {
   };
   /** Bookkeeping held back while its standby is being promoted (Supervisor.later), in order. */
   held?: { fns: (() => void)[]; timer: NodeJS.Timeout; served: boolean };
+  /**
+   * Its earlier processes whose exit was handled when their program ended (a restart, see attach) and
+   * whose sandboxes are still being torn down: a start meanwhile takes a cgroup leaf of its own.
+   */
+  tearingDown?: Set<AgentProcess>;
 }
 
 export interface SupervisorHooks {
@@ -250,7 +255,10 @@ export class Supervisor {
     } catch (e) {
       throw new SpawnFailedError(`failed to open log file for ${d.name}: ${(e as Error).message}`);
     }
-    const p = d.spawner.spawn({ ...d, agentId: d.id, logFd: fd });
+    // The previous process's sandbox may still be going (its exit was handled when its program ended):
+    // its cgroup leaf is not free yet, so this one gets a leaf of its own (`<name>_<id>_r<restarts>`).
+    const instance = a.tearingDown?.size ? { instance: `r${a.restarts}` } : {};
+    const p = d.spawner.spawn({ ...d, agentId: d.id, logFd: fd, ...instance });
     this.inFlight.add(p);
     let proc: AgentProcess;
     try {
@@ -279,9 +287,13 @@ export class Supervisor {
     this.byPid.set(proc.pid, a);
     proc.onExit((info) => this.exited(a, proc, info));
     proc.onEnded?.((info) => {
-      // The agent's program ended and its sandbox is being torn down (milliseconds with a PID
-      // namespace): a crash its warm standby answers is handled now, the teardown finishes on its own.
-      if (this.promotes(a, info)) this.exited(a, proc, info);
+      // The agent's program ended and its sandbox is being torn down (0.3-1 ms with a PID namespace and
+      // cgroups): an exit answered by a restart (its warm standby's promotion, or a new process) is
+      // handled now, the teardown finishes on its own; anything else waits for it (onExit).
+      if (!this.promotes(a, info) && !this.restartsAtEnd(a, info)) return;
+      (a.tearingDown ??= new Set()).add(proc);
+      proc.onExit(() => a.tearingDown?.delete(proc));
+      this.exited(a, proc, info);
     });
     this.hooks.started?.(a);
   }
@@ -296,6 +308,16 @@ export class Supervisor {
       this.standbys.ready(a) &&
       this.classify(a, info) === 'exit_restart'
     );
+  }
+
+  /**
+   * True when this exit of the agent's process starts it again (its policy, or RESTART asked for): such
+   * an exit need not wait for the old sandbox's teardown (the new process gets its own cgroup leaf).
+   */
+  private restartsAtEnd(a: AgentRecord, info: ExitInfo): boolean {
+    if (this.stopping) return false;
+    if (a.state === 'RESTARTING') return true;
+    return (a.state === 'RUNNING' || a.state === 'PAUSED') && this.classify(a, info) === 'exit_restart';
   }
 
   private exited(a: AgentRecord, proc: AgentProcess, info: ExitInfo): void {
