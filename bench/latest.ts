@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { machineLine, type MachineInfo } from './lib/machine.js';
-import { cpuPerMessage, type Cell } from './messaging.js';
+import { cpuPerMessage, SIZE_LABEL, type Cell } from './messaging.js';
 import { r } from './lib/stats.js';
 import { REPORTS_DIR, mdTable, writeText } from './lib/report.js';
 
@@ -80,7 +80,7 @@ function section(): string[] {
         const parts = [mine, 'nats', 'redis', 'relay-c'].map(line).filter((x) => x !== null);
         if (!at(mine, size, shape)) continue;
         rows.push([
-          `Messages through the kernel, ${size >= 1024 ? `${size / 1024} KiB` : `${size} B`} ${shape}`,
+          `Messages through the kernel, ${SIZE_LABEL(size)} ${shape}`,
           parts.join('; '),
           '—',
           '[messaging](messaging.md)',

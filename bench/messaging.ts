@@ -390,7 +390,8 @@ export async function runSystem(
   return cells;
 }
 
-const SIZE_LABEL = (n: number): string => (n >= 1024 ? `${n / 1024} KiB` : `${n} B`);
+/** "64 B", "1 KiB": how reports name a message size. */
+export const SIZE_LABEL = (n: number): string => (n >= 1024 ? `${n / 1024} KiB` : `${n} B`);
 const SHAPE_LABEL = (p: number): string => `${p}→${p}`;
 
 /** Grouped bars: msgs/s and RTT p50/p99 per size × shape, one colour per system. */
