@@ -173,8 +173,17 @@ for (const [label, make, base] of [
       await new Promise((r) => setTimeout(r, 6000)); // twice the lease TTL (3 s)
       cluster.etcd!.resume();
       await recovers('etcd outage');
+      // A SEND succeeds once the name is claimed: the worker's process may still be starting then.
       const c2 = await cluster.node('n2').client();
-      const workers = (await everywhere(c2)).filter((a) => a.name === 'worker');
+      let workers: Awaited<ReturnType<typeof everywhere>> = [];
+      await until(
+        async () => {
+          workers = (await everywhere(c2)).filter((a) => a.name === 'worker');
+          return workers.some((a) => a.state !== 'STARTING');
+        },
+        60_000,
+        'the worker past STARTING',
+      );
       expect(workers.map((a) => a.state)).toEqual(['RUNNING']);
     }, 300_000);
   });
