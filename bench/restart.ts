@@ -249,6 +249,35 @@ class Probe {
   }
 }
 
+/** The probes' control (bench/lib/probe.ts --echo-server): an idle Node process echoing bytes, no kernel. */
+class EchoServer {
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly socketPath: string,
+  ) {}
+
+  static async start(socketPath: string): Promise<EchoServer> {
+    const child = spawn(
+      process.execPath,
+      [path.join(DIST_BENCH, 'lib', 'probe.js'), '--echo-server', socketPath],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const rl = readline.createInterface({ input: child.stdout! });
+    await new Promise<void>((resolve, reject) => {
+      rl.once('line', () => resolve());
+      child.once('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
+    });
+    rl.close();
+    return new EchoServer(child, socketPath);
+  }
+
+  stop(): void {
+    this.child.kill('SIGTERM');
+  }
+}
+
+const CONTROL_LABEL = 'control: idle Node echo server, no kernel';
+
 interface ProbeOut {
   kernel: string;
   idle: Summary;
@@ -317,6 +346,7 @@ async function main(): Promise<void> {
   let kp: KernelProcess | undefined;
   let kpPlain: KernelProcess | undefined;
   let probes: { kernel: string; probe: Probe }[] = [];
+  let echo: EchoServer | undefined;
   const probeOut: ProbeOut[] = [];
   const pm2 = new Pm2(path.join(dir, 'pm2'));
   let pm2Version = '';
@@ -423,9 +453,12 @@ async function main(): Promise<void> {
       });
     }
     // Probes: NOOP every 2 ms on each kernel, first with nothing happening, then during the kills.
+    // And the control: the same probe against an idle Node echo server (no kernel) on the same machine.
+    echo = await EchoServer.start(path.join(dir, 'echo.sock'));
     probes = [
       { kernel: '--sandbox auto', probe: await Probe.start(kp.socketPath) },
       { kernel: '--sandbox off', probe: await Probe.start(kpPlain.socketPath) },
+      { kernel: CONTROL_LABEL, probe: await Probe.start(echo.socketPath) },
     ];
     for (const p of probes) p.probe.phase('idle');
     await sleep(QUICK ? 2000 : 5000);
@@ -483,6 +516,7 @@ async function main(): Promise<void> {
     throw e;
   } finally {
     await pm2.kill();
+    echo?.stop();
     await kp?.stop();
     await kpPlain?.stop();
     ready.close();
@@ -716,7 +750,10 @@ async function writeReports(
           '## Does a restart stall the kernel?',
           '',
           'A separate probe process sends a NOOP every 2 ms to each kernel, first for a few seconds with nothing happening, then',
-          "during the kills above. A slow NOOP means the kernel's event loop was busy: every other agent's IPC waits as long.",
+          "during the kills above. A slow NOOP means the kernel's event loop was busy (every other agent's IPC waits as long),",
+          'or that the machine did not run the kernel at that moment: the last rows, the control, probe an idle Node process that',
+          'echoes the bytes back (no kernel) in the same phases, so its slow replies are what the load alone (interpreters starting',
+          'on 2 cores) does to an idle Node process; what the kernels show beyond the control is theirs.',
           '',
           mdTable(
             ['kernel', 'phase', 'NOOPs', 'p50 ms', 'p99 ms', 'max ms', 'NOOPs > 5 ms'],
