@@ -34,7 +34,14 @@ import { programPid } from '../harness/procs.js';
 import { REPO_ROOT } from '../kernel/config.js';
 import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine, realPythonPath, shimPythonPath } from './lib/machine.js';
-import { DIST_BENCH, timeCommand, profileKernelIfAsked, startKernel } from './lib/child.js';
+import {
+  DIST_BENCH,
+  timeCommand,
+  profileKernelIfAsked,
+  startHelper,
+  startKernel,
+  stopChild,
+} from './lib/child.js';
 import { Pm2 } from './lib/pm2.js';
 import { sleep } from './lib/proc.js';
 import { r, roundSummary, summarize, type Summary } from './lib/stats.js';
@@ -250,32 +257,6 @@ class Probe {
 }
 
 /** The probes' control (bench/lib/probe.ts --echo-server): an idle Node process echoing bytes, no kernel. */
-class EchoServer {
-  private constructor(
-    private readonly child: ChildProcess,
-    readonly socketPath: string,
-  ) {}
-
-  static async start(socketPath: string): Promise<EchoServer> {
-    const child = spawn(
-      process.execPath,
-      [path.join(DIST_BENCH, 'lib', 'probe.js'), '--echo-server', socketPath],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    const rl = readline.createInterface({ input: child.stdout! });
-    await new Promise<void>((resolve, reject) => {
-      rl.once('line', () => resolve());
-      child.once('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
-    });
-    rl.close();
-    return new EchoServer(child, socketPath);
-  }
-
-  stop(): void {
-    this.child.kill('SIGTERM');
-  }
-}
-
 const CONTROL_LABEL = 'control: idle Node echo server, no kernel';
 
 interface ProbeOut {
@@ -346,7 +327,7 @@ async function main(): Promise<void> {
   let kp: KernelProcess | undefined;
   let kpPlain: KernelProcess | undefined;
   let probes: { kernel: string; probe: Probe }[] = [];
-  let echo: EchoServer | undefined;
+  let echo: ChildProcess | undefined;
   const probeOut: ProbeOut[] = [];
   const pm2 = new Pm2(path.join(dir, 'pm2'));
   let pm2Version = '';
@@ -454,11 +435,12 @@ async function main(): Promise<void> {
     }
     // Probes: NOOP every 2 ms on each kernel, first with nothing happening, then during the kills.
     // And the control: the same probe against an idle Node echo server (no kernel) on the same machine.
-    echo = await EchoServer.start(path.join(dir, 'echo.sock'));
+    const echoSocket = path.join(dir, 'echo.sock');
+    echo = (await startHelper('probe.js', ['--echo-server', echoSocket])).child;
     probes = [
       { kernel: '--sandbox auto', probe: await Probe.start(kp.socketPath) },
       { kernel: '--sandbox off', probe: await Probe.start(kpPlain.socketPath) },
-      { kernel: CONTROL_LABEL, probe: await Probe.start(echo.socketPath) },
+      { kernel: CONTROL_LABEL, probe: await Probe.start(echoSocket) },
     ];
     for (const p of probes) p.probe.phase('idle');
     await sleep(QUICK ? 2000 : 5000);
@@ -516,7 +498,7 @@ async function main(): Promise<void> {
     throw e;
   } finally {
     await pm2.kill();
-    echo?.stop();
+    await stopChild(echo);
     await kp?.stop();
     await kpPlain?.stop();
     ready.close();

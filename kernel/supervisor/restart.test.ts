@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
+import { detectHostLayout, parseProcCgroup, readText } from '../sandbox/cgroups.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import type { AgentInfo } from '../../protocol/index.js';
 
@@ -31,26 +32,22 @@ afterEach(async () => {
 });
 
 /**
- * The directory of `pid`'s cgroup in a hierarchy mounted at its root on this machine (the pids controller
- * of v1, else v2 at /sys/fs/cgroup/unified or /sys/fs/cgroup), or null.
+ * The directory of `pid`'s cgroup in the hierarchy the kernel identifies agents by (v2 when mounted, else the
+ * first v1 controller's), found as the kernel finds it (kernel/sandbox/cgroups.ts), or null. The kernel is a
+ * child of this process, so its agents' cgroups lie below this process's own.
  */
 function cgroupDir(pid: number): string | null {
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-  } catch {
-    return null;
-  }
-  const candidates: string[] = [];
-  for (const line of text.trim().split('\n')) {
-    const [hid, controllers, rel] = line.split(':');
-    if (controllers.split(',').includes('pids')) candidates.push(path.join('/sys/fs/cgroup/pids', rel));
-    if (hid === '0')
-      candidates.push(path.join('/sys/fs/cgroup/unified', rel), path.join('/sys/fs/cgroup', rel));
-  }
-  return (
-    candidates.find((d) => d !== '/sys/fs/cgroup' && fs.existsSync(path.join(d, 'cgroup.procs'))) ?? null
+  const layout = detectHostLayout();
+  const h = layout.v2 ?? Object.values(layout.controllers)[0];
+  const text = readText(`/proc/${pid}/cgroup`);
+  if (!h || !text) return null;
+  const key = h.controllers.slice().sort().join(',');
+  const line = parseProcCgroup(text).find((l) =>
+    h.version === 2 ? l.id === '0' : l.controllers.slice().sort().join(',') === key,
   );
+  if (!line) return null;
+  const rel = path.posix.relative(h.ownPath, line.path);
+  return rel.startsWith('..') ? null : path.join(h.ownDir, rel);
 }
 
 async function info(op: CloveClient, name: string): Promise<AgentInfo> {
