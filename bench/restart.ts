@@ -7,7 +7,11 @@
  * Series (same script, bench/agents/ready_agent.py, same real interpreter), run side by side:
  *   clove/kernel        default SPAWN (sandboxed); the agent connects to the kernel and SENDs "ready" to
  *                       the bench, which waits in a blocking RECV (raw protocol: socket + struct + json).
- *   clove/sdk           the same through the Python SDK (`from clove_sdk import CloveClient`).
+ *   clove/sdk           the same through the Python SDK (`from clove_sdk import CloveClient`). On these
+ *                       defaults the restart releases the agent's spare sandbox (docs/supervision.md
+ *                       "Spare sandbox"): a new interpreter in a sandbox made in advance.
+ *   clove/sdk-nospare   as clove/sdk on a third kernel run with `--no-spare-sandboxes`: every restart
+ *                       spawns its sandbox first (what the spare saves).
  *   clove/plain-kernel  as clove/kernel on a second kernel run with `--sandbox off` (plain processes):
  *                       the sandbox's share of the restart.
  *   clove/plain-socket  `--sandbox off`; the agent writes "ready" to a Unix socket the bench listens
@@ -69,19 +73,31 @@ const SPACING_MS = Number(flags.get('spacing') ?? 1200);
 const SETTLE_MS = Number(flags.get('settle') ?? 300);
 const SERIES = (
   flags.get('series') ??
-  'clove/kernel,clove/sdk,clove/standby,clove/plain-standby,clove/plain-kernel,clove/plain-socket,pm2/socket'
+  'clove/kernel,clove/sdk,clove/sdk-nospare,clove/standby,clove/plain-standby,clove/plain-kernel,clove/plain-socket,pm2/socket'
 ).split(',');
-const CLOVE_SERIES: Record<string, { via: string; sandboxed: boolean; signal: string; standby?: boolean }> = {
+/** The kernel a series runs on: defaults, `--no-spare-sandboxes`, or `--sandbox off`. */
+type KernelKind = 'auto' | 'nospare' | 'off';
+const CLOVE_SERIES: Record<
+  string,
+  { via: string; sandboxed: boolean; signal: string; standby?: boolean; kernel?: KernelKind }
+> = {
   'clove/kernel': {
     via: 'kernel',
     sandboxed: true,
     signal:
-      'SEND to the bench through the kernel (raw protocol), bench in a blocking RECV; default SPAWN (sandboxed)',
+      'SEND to the bench through the kernel (raw protocol), bench in a blocking RECV; default SPAWN (sandboxed, restarted in its spare sandbox)',
   },
   'clove/sdk': {
     via: 'sdk',
     sandboxed: true,
-    signal: 'the same through the Python SDK; default SPAWN (sandboxed)',
+    signal: 'the same through the Python SDK; default SPAWN (sandboxed, restarted in its spare sandbox)',
+  },
+  'clove/sdk-nospare': {
+    via: 'sdk',
+    sandboxed: true,
+    kernel: 'nospare',
+    signal:
+      'the same through the Python SDK; sandboxed; kernel --no-spare-sandboxes (each restart spawns its sandbox)',
   },
   'clove/standby': {
     via: 'sdk',
@@ -326,6 +342,7 @@ async function main(): Promise<void> {
   const skipped: { name: string; reason: string }[] = [];
   let kp: KernelProcess | undefined;
   let kpPlain: KernelProcess | undefined;
+  let kpNoSpare: KernelProcess | undefined;
   let probes: { kernel: string; probe: Probe }[] = [];
   let echo: ChildProcess | undefined;
   const probeOut: ProbeOut[] = [];
@@ -337,20 +354,24 @@ async function main(): Promise<void> {
     profileKernelIfAsked(flags.get('cpu-prof'));
     kp = await startKernel();
     kpPlain = await startKernel({ extra: ['--sandbox', 'off'] });
-    const kernels = new Map<boolean, { c: CloveClient; ctl: CloveClient }>();
-    for (const [sandboxed, k] of [
-      [true, kp],
-      [false, kpPlain],
+    const wanted = SERIES.map((s) => CLOVE_SERIES[s]?.kernel);
+    if (wanted.includes('nospare')) kpNoSpare = await startKernel({ extra: ['--no-spare-sandboxes'] });
+    const kernels = new Map<KernelKind, { c: CloveClient; ctl: CloveClient }>();
+    for (const [kind, k] of [
+      ['auto', kp],
+      ['off', kpPlain],
+      ['nospare', kpNoSpare],
     ] as const) {
+      if (!k) continue;
       // Two connections: replies are in order per connection, so a blocking RECV would hold up SPAWN/KILL.
       const c = await k.client();
       await c.register('bench');
-      kernels.set(sandboxed, { c, ctl: await k.client() });
+      kernels.set(kind, { c, ctl: await k.client() });
     }
     for (const sName of SERIES.filter((x) => x.startsWith('clove/'))) {
       const cfg = CLOVE_SERIES[sName];
       if (!cfg) throw new Error(`unknown series ${sName}`);
-      const { c, ctl } = kernels.get(cfg.sandboxed)!;
+      const { c, ctl } = kernels.get(cfg.kernel ?? (cfg.sandboxed ? 'auto' : 'off'))!;
       const hostPid = async (name: string): Promise<number> => {
         const a = (await ctl.list()).find((x) => x.name === name);
         if (!a || !a.pid) throw new Error(`${name} is not running`);
@@ -501,6 +522,7 @@ async function main(): Promise<void> {
     await stopChild(echo);
     await kp?.stop();
     await kpPlain?.stop();
+    await kpNoSpare?.stop();
     ready.close();
   }
   const series: SeriesOut[] = runners.map((run) => {
@@ -553,6 +575,7 @@ async function writeReports(
       }
     : null;
   const sdk = series.find((s) => s.name === 'clove/sdk');
+  const noSpare = series.find((s) => s.name === 'clove/sdk-nospare');
   const goal = clove
     ? {
         clove_kernel_p95_ms: r(clove.restart_ms.p95),
@@ -562,6 +585,9 @@ async function writeReports(
         clove_sdk_p95_ms: sdk ? r(sdk.restart_ms.p95) : null,
         sdk_ratio_p50_to_bare_p50: sdk ? r(sdk.restart_ms.p50 / py.p50) : null,
         sdk_ratio_p95_to_bare_p95: sdk ? r(sdk.restart_ms.p95 / py.p95) : null,
+        // The same without spare sandboxes (each restart spawns its sandbox first).
+        nospare_ratio_p50_to_bare_p50: noSpare ? r(noSpare.restart_ms.p50 / py.p50) : null,
+        nospare_ratio_p95_to_bare_p95: noSpare ? r(noSpare.restart_ms.p95 / py.p95) : null,
         meets_sdk_goal: sdk ? sdk.restart_ms.p50 <= 1.1 * py.p50 && sdk.restart_ms.p95 <= 1.1 * py.p95 : null,
         bare_python_p95_ms: r(py.p95),
         bare_python_p50_ms: r(py.p50),
@@ -584,7 +610,7 @@ async function writeReports(
       spacing_ms: SPACING_MS,
       settle_ms: SETTLE_MS,
       clove:
-        'two kernels as child processes (startKernelProcess): defaults (--sandbox auto) for clove/kernel and clove/sdk, --sandbox off for clove/plain-*; SPAWN restart_policy=always, max_restarts=1e6, default backoff/min_uptime (1000 ms)',
+        'three kernels as child processes (startKernelProcess): defaults (--sandbox auto, spare sandboxes) for clove/kernel, clove/sdk and clove/standby, --no-spare-sandboxes for clove/sdk-nospare, --sandbox off for clove/plain-*; SPAWN restart_policy=always, max_restarts=1e6, default backoff/min_uptime (1000 ms)',
       pm2: pm2Version
         ? `pm2 ${pm2Version} (npm devDependency), PM2_HOME in a temp dir, autorestart, restart_delay 0, min_uptime 1000, interpreter ${PY}`
         : 'not run',
@@ -704,6 +730,9 @@ async function writeReports(
             `${goal.ratio_p50_to_bare_p50}× / ${goal.ratio_p95_to_bare_p95}× (${goal.meets_bare_goal ? 'met' : 'NOT met'}).` +
             (goal.clove_sdk_p95_ms !== null
               ? ` Through the SDK (clove/sdk, the goal's own terms): p50 ${goal.clove_sdk_p50_ms} / p95 ${goal.clove_sdk_p95_ms} ms → ${goal.sdk_ratio_p50_to_bare_p50}× / ${goal.sdk_ratio_p95_to_bare_p95}× (${goal.meets_sdk_goal ? 'met' : 'NOT met'}).`
+              : '') +
+            (noSpare
+              ? ` Without spare sandboxes (clove/sdk-nospare, \`--no-spare-sandboxes\`): p50 ${r(noSpare.restart_ms.p50)} / p95 ${r(noSpare.restart_ms.p95)} ms → ${goal.nospare_ratio_p50_to_bare_p50}× / ${goal.nospare_ratio_p95_to_bare_p95}×.`
               : ''),
           pm2
             ? `**vs PM2** (same script, same socket signal): clove/plain-socket p95 ${r(cloveSock?.restart_ms.p95 ?? NaN)} ms vs pm2/socket p95 ${r(pm2.restart_ms.p95)} ms` +

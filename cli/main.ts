@@ -58,6 +58,8 @@ export interface Daemon {
       upgrade?: boolean;
       /** false with `--agents-die-with-kernel` (docs/restart.md). */
       outliveKernel?: boolean;
+      /** false with `--no-spare-sandboxes` (docs/supervision.md "Spare sandbox"). */
+      spareSandboxes?: boolean;
       /** `--mail-durability` (docs/restart.md). */
       mailDurability?: 'process' | 'off';
     },
@@ -108,6 +110,7 @@ function kernelOptions(
     ...(o.fastPath ? { fastPath: true } : {}),
     ...(o.upgrade ? { upgrade: true } : {}),
     ...(o.agentsDieWithKernel ? { outliveKernel: false } : {}),
+    ...(o.spareSandboxes === false ? { spareSandboxes: false } : {}),
     ...(o.mailDurability ? { mailDurability: o.mailDurability as 'process' | 'off' } : {}),
     ...(o.http ? { httpFlag: o.http as string } : {}),
     ...relayOption(o),
@@ -233,6 +236,10 @@ export function program(daemon: Daemon): Command {
       )
         .choices(['process', 'off'])
         .default('process'),
+    )
+    .option(
+      '--no-spare-sandboxes',
+      'restarts spawn a new sandbox instead of releasing one made in advance (one parked clove-init and cgroup leaf less per restartable agent)',
     )
     .option(
       '--agents-die-with-kernel',

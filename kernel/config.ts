@@ -55,6 +55,12 @@ export interface KernelOptions {
    */
   outliveKernel: boolean;
   /**
+   * Each sandboxed agent that may be restarted keeps its next sandbox made in advance, so that a restart
+   * starts the program at once (docs/supervision.md "Spare sandbox"); false (`--no-spare-sandboxes`):
+   * a restart spawns a new sandbox, and no parked clove-init or cgroup leaf is kept per agent.
+   */
+  spareSandboxes: boolean;
+  /**
    * `process` (default): messages queued for agents are written through to mail.db and survive a kernel
    * crash (docs/restart.md); `off`: held in memory only. The fast path's mailboxes are never written.
    */
@@ -125,6 +131,7 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     sandbox: 'auto',
     durability: 'normal',
     outliveKernel: true,
+    spareSandboxes: true,
     mailDurability: 'process',
     pythonPath: [],
     logLevel: 'info',

@@ -188,45 +188,49 @@ export class Kernel {
       keep: this.opts.logKeep,
       checkIntervalMs: this.opts.logCheckIntervalMs,
     });
-    this.supervisor = new Supervisor(this.logs, {
-      event: (type, data, source) => {
-        this.events.publish(type as never, data, source);
-        if (this.nativeMail && typeof data.agent_id === 'number') this.syncReachable(data.agent_id);
-        this.audit?.record({
-          category: 'AGENT_LIFECYCLE',
-          event_type: type,
-          agent_id: Number(data.agent_id ?? 0),
-          agent_name: String(data.name ?? data.agent_name ?? ''),
-          success: type !== 'AGENT_ESCALATED',
-          details: data,
-        });
+    this.supervisor = new Supervisor(
+      this.logs,
+      {
+        event: (type, data, source) => {
+          this.events.publish(type as never, data, source);
+          if (this.nativeMail && typeof data.agent_id === 'number') this.syncReachable(data.agent_id);
+          this.audit?.record({
+            category: 'AGENT_LIFECYCLE',
+            event_type: type,
+            agent_id: Number(data.agent_id ?? 0),
+            agent_name: String(data.name ?? data.agent_name ?? ''),
+            success: type !== 'AGENT_ESCALATED',
+            details: data,
+          });
+        },
+        started: (a) => {
+          this.syncReachable(a.def.id);
+          // Its pid's record may wait for a promoted standby's first call (Supervisor.later).
+          this.supervisor.later(a, () => this.agents?.started(a));
+          this.quotas?.started(a);
+          this.journal?.processStarted(a.def.identity, a.def.durable === true);
+        },
+        release: (a) => {
+          this.agents?.released(a);
+          this.release(a.def.id);
+        },
+        exited: (a) => {
+          this.server?.dropConnectionsOf(a.def.id, (pid) => this.supervisor.isStandbyPid(a, pid));
+          // A durable agent's run is done with when it ends on its own with 0, not when it is stopped.
+          const e = a.lastExit;
+          const finished =
+            e?.code === 0 &&
+            e.signal === null &&
+            e.reason === 'exit' &&
+            a.state !== 'STOPPING' &&
+            a.state !== 'RESTARTING' &&
+            !this.supervisor.shuttingDown;
+          this.journal?.processExited(a.def.identity, finished);
+        },
+        log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
       },
-      started: (a) => {
-        this.syncReachable(a.def.id);
-        // Its pid's record may wait for a promoted standby's first call (Supervisor.later).
-        this.supervisor.later(a, () => this.agents?.started(a));
-        this.quotas?.started(a);
-        this.journal?.processStarted(a.def.identity, a.def.durable === true);
-      },
-      release: (a) => {
-        this.agents?.released(a);
-        this.release(a.def.id);
-      },
-      exited: (a) => {
-        this.server?.dropConnectionsOf(a.def.id, (pid) => this.supervisor.isStandbyPid(a, pid));
-        // A durable agent's run is done with when it ends on its own with 0, not when it is stopped.
-        const e = a.lastExit;
-        const finished =
-          e?.code === 0 &&
-          e.signal === null &&
-          e.reason === 'exit' &&
-          a.state !== 'STOPPING' &&
-          a.state !== 'RESTARTING' &&
-          !this.supervisor.shuttingDown;
-        this.journal?.processExited(a.def.identity, finished);
-      },
-      log: (level, msg, fields) => this.log[level](fields ?? {}, msg),
-    });
+      { spareSandboxes: this.opts.spareSandboxes },
+    );
     this.principals = new Principals(
       {
         agentOfPid: (pid) => this.agents?.agentOfPid(pid),

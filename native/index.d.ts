@@ -113,6 +113,13 @@ export interface NativeSpawnOptions {
    * (`watchPid`). Absent reads as false.
    */
   outliveKernel?: boolean;
+  /**
+   * clove-init is started with `--park` (needs `initPath`): a sandbox made in advance. The spawn settles
+   * once everything before the agent's fork is done, with `agentPid` 0; SIGUSR1 to the child starts the
+   * agent, and its start record (the new `agentPid`) comes on the exit pipe. It dies with the kernel
+   * while parked, even with `outliveKernel`. Absent reads as false.
+   */
+  park?: boolean;
   /** setresuid/setresgid targets (setgroups to none), -1 to keep. */
   uid: number;
   gid: number;
@@ -149,7 +156,7 @@ export interface NativeChild {
   readonly exited: boolean;
   /**
    * The agent program's pid in its PID namespace, as clove-init reported it when it started it (-1 for a
-   * child without clove-init).
+   * child without clove-init; 0 while a parked clove-init has not started it).
    */
   readonly agentPid: number;
   /** pidfd_send_signal; false when the child is already gone. */

@@ -180,6 +180,8 @@ class SandboxedAgent implements AgentProcess {
   private frozen = false;
   /** A promoted standby took over (replaced()): the cgroup's removal is not urgent. */
   private unhurried = false;
+  /** A spare sandbox's clove-init waits for release() (SpawnSpec `park`). */
+  private waiting: boolean;
 
   constructor(
     private readonly spawner: NativeSpawner,
@@ -194,6 +196,7 @@ class SandboxedAgent implements AgentProcess {
     private readonly adopted = false,
   ) {
     this.pid = child.pid;
+    this.waiting = hasInit && child.agentPid === 0;
     child.watch(
       (exit) => void this.finish(exit),
       (agent) => this.ended(this.exitOf(agent)),
@@ -209,6 +212,17 @@ class SandboxedAgent implements AgentProcess {
 
   get exited(): boolean {
     return this.exitInfo !== undefined;
+  }
+
+  get parked(): boolean {
+    return this.waiting && !this.exited;
+  }
+
+  /** Starts a parked sandbox's program: clove-init forks and execs it on SIGUSR1. */
+  release(): void {
+    if (!this.waiting) return;
+    this.waiting = false;
+    if (!this.exitInfo) this.child.kill(SIGNALS.SIGUSR1!);
   }
 
   signal(sig: NodeJS.Signals): void {
@@ -568,6 +582,8 @@ export class NativeSpawner implements Spawner {
       idmapped?: { path: string; usernsFd: number }[];
       /** CLOVE_SOCKET of the agent's environment: its directory stays reachable. */
       agentSocket?: string;
+      /** A spare sandbox: clove-init waits for SIGUSR1 before it starts the program (ns mode only). */
+      park?: boolean;
     },
     cg: AgentCgroup | undefined,
     _maxPids: number,
@@ -605,6 +621,7 @@ export class NativeSpawner implements Spawner {
       stdoutFd: s.logFd,
       initPath: ns ? initHelperPath() : '',
       outliveKernel: ns && this.outliveKernel,
+      park: ns && s.park === true,
       newPid: ns,
       newMount: ns,
       newUts: ns,
@@ -723,6 +740,10 @@ export class NativeSpawner implements Spawner {
    * event loop keeps serving while this is under way; what runs here is the preparation (checks, the
    * cgroup, the mount plan) and the bookkeeping once the agent runs.
    */
+  canPark(sandboxed: boolean | undefined): boolean {
+    return sandboxed !== false && this.modeValue !== 'plain';
+  }
+
   spawn(spec: SpawnSpec): Promise<SandboxedAgent> {
     const p = this.spawnAgent(spec);
     this.pending.add(p);
@@ -819,6 +840,7 @@ export class NativeSpawner implements Spawner {
           ...(account ? { uid, gid } : {}),
           idmapped,
           agentSocket: spec.env?.CLOVE_SOCKET,
+          park: spec.park === true,
         },
         cg,
         limits.max_pids,

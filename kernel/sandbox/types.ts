@@ -48,6 +48,12 @@ export interface SpawnSpec {
    * by this tag (its cgroup leaf gets it as a suffix, so it does not collide with the agent's own).
    */
   instance?: string;
+  /**
+   * A spare sandbox (kernel/supervisor/standby.ts): everything up to the agent's program is made now
+   * (cgroup, namespaces, mounts, clove-init), and the program starts only on release(). A spawner that
+   * cannot park starts it at once (its process's `parked` is not true).
+   */
+  park?: boolean;
 }
 
 /**
@@ -92,6 +98,10 @@ export interface AgentProcess {
    * callbacks are called now. Anything else: nothing happens.
    */
   peerEnded?(pid: number): void;
+  /** True while a spare sandbox (SpawnSpec `park`) waits for release(). */
+  readonly parked?: boolean;
+  /** Starts the program of a parked spare sandbox (a no-op otherwise). */
+  release?(): void;
 }
 
 export interface Spawner {
@@ -111,4 +121,6 @@ export interface Spawner {
    * and started again).
    */
   adopt?(spec: Omit<SpawnSpec, 'logFd'>, pid: number): Promise<AgentProcess>;
+  /** True when spawn() would honour `park` for an agent with this `sandboxed` (see SpawnSpec.park). */
+  canPark?(sandboxed: boolean | undefined): boolean;
 }

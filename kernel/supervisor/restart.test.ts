@@ -3,7 +3,8 @@
  * teardown"): the supervisor handles a crash as soon as the agent's program has ended and starts the new
  * process while the old sandbox is still being torn down, in a cgroup leaf of its own when the old one is
  * not gone yet. Kill after kill the agent comes back and answers, the old leaves are removed, and nothing
- * of it is left once it is stopped.
+ * of it is left once it is stopped. The kernel runs with `--no-spare-sandboxes`: each restart spawns
+ * (spare.test.ts covers restarts into a sandbox made in advance).
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
@@ -58,7 +59,7 @@ async function info(op: CloveClient, name: string): Promise<AgentInfo> {
 
 describe('cold restart of a sandboxed agent', () => {
   it('comes back after every SIGKILL, each life in a leaf of the agent, old leaves removed; KILL leaves none', async () => {
-    k = await startKernel({ sandbox: 'auto' });
+    k = await startKernel({ sandbox: 'auto', spareSandboxes: false });
     const dir = tempDir();
     const script = path.join(dir, 'cold_agent.py');
     fs.writeFileSync(script, AGENT, { mode: 0o644 });

@@ -11,6 +11,13 @@
  * agent's (ownerOf, isStandbyPid: it survives the old process's exit).
  *
  * Only Python agents (argv `[python…, script, …]`) can have one; others get a note instead.
+ *
+ * Spare sandbox (docs/supervision.md "Spare sandbox"): every other sandboxed agent that may be restarted
+ * (policy on-failure or always; the kernel's `--no-spare-sandboxes` turns it off) gets a lighter kind of
+ * standby from the same pool: its next sandbox made in advance (cgroup leaf, namespaces, mounts,
+ * clove-init, SpawnSpec `park`), with the agent's own argv and nothing of its program running. A restart
+ * releases it (clove-init forks and execs the program) instead of spending ~4 ms of spawning before the
+ * interpreter can start. It costs one parked clove-init and one more cgroup leaf per agent.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,7 +33,11 @@ export interface StandbyInfo {
   note?: string;
 }
 
+/** What an agent's slot keeps parked: a warm standby's interpreter, or a spare sandbox. */
+export type StandbyKind = 'interpreter' | 'sandbox';
+
 interface Slot {
+  kind: StandbyKind;
   proc: AgentProcess | null;
   ready: boolean;
   /** Standbys that died parked in a row: the backoff of the next one. */
@@ -40,6 +51,8 @@ interface Slot {
   parked: number;
   /** wake() sent the promotion signal already; take() follows in the same tick. */
   woken?: boolean;
+  /** The spawner started a spare sandbox's program at once (it cannot park): none is made again. */
+  unsupported?: boolean;
 }
 
 /** How often a starting standby is checked for being parked, and for how long. */
@@ -91,6 +104,9 @@ export interface StandbyHooks {
   log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
 }
 
+/** How long after an agent's first start its spare sandbox is made: an agent failing at once gets none. */
+const SPARE_FIRST_DELAY_MS = 1000;
+
 export class StandbyPool {
   private slots = new Map<number, Slot>();
   /** Pid of each standby process (the sandbox's root) -> its agent's id. */
@@ -102,7 +118,21 @@ export class StandbyPool {
   constructor(
     private readonly logs: AgentLogs,
     private readonly hooks: StandbyHooks,
+    /** Spare sandboxes for the agents that may be restarted (false: `--no-spare-sandboxes`). */
+    private readonly spares = true,
   ) {}
+
+  /** What the agent gets parked, with the argv it is spawned with; null: nothing. */
+  private kindOf(a: AgentRecord): { kind: StandbyKind; argv: string[] } | null {
+    const d = a.def;
+    if (d.standby) {
+      const argv = standbyArgv(d.argv);
+      if (Array.isArray(argv)) return { kind: 'interpreter', argv };
+    }
+    if (this.spares && d.policy.policy !== 'never' && d.spawner.canPark?.(d.sandboxed))
+      return { kind: 'sandbox', argv: d.argv };
+    return null;
+  }
 
   /** LIST `standby` of an agent, undefined when it did not ask for one. */
   info(a: AgentRecord): StandbyInfo | undefined {
@@ -115,14 +145,17 @@ export class StandbyPool {
 
   /** Makes sure the agent has a standby (parked or on its way) when it asked for one. */
   prepare(a: AgentRecord, delayMs = 0): void {
-    if (this.closed || !a.def.standby) return;
-    const argv = standbyArgv(a.def.argv);
-    if (!Array.isArray(argv)) return;
+    if (this.closed) return;
+    const k = this.kindOf(a);
+    if (!k) return;
+    const argv = k.argv;
     let s = this.slots.get(a.def.id);
     if (!s) {
-      s = { proc: null, ready: false, failures: 0, serial: 0, spawning: false, parked: 0 };
+      s = { kind: k.kind, proc: null, ready: false, failures: 0, serial: 0, spawning: false, parked: 0 };
       this.slots.set(a.def.id, s);
+      if (k.kind === 'sandbox' && a.restarts === 0) delayMs = Math.max(delayMs, SPARE_FIRST_DELAY_MS);
     }
+    if (s.unsupported) return;
     if (s.proc || s.spawning || s.timer) return;
     const slot = s;
     const go = (): void => {
@@ -148,11 +181,25 @@ export class StandbyPool {
     }
     s.spawning = true;
     s.serial++;
-    const p = d.spawner.spawn({ ...d, argv, agentId: d.id, logFd: fd, instance: `standby${s.serial}` });
+    const spare = s.kind === 'sandbox';
+    const p = d.spawner.spawn({
+      ...d,
+      argv,
+      agentId: d.id,
+      logFd: fd,
+      instance: `${spare ? 'spare' : 'standby'}${s.serial}`,
+      ...(spare ? { park: true } : {}),
+    });
     const done = p.then(
       (proc) => {
         s.spawning = false;
         if (this.slots.get(d.id) !== s || this.closed) {
+          this.kill(proc);
+          return;
+        }
+        if (spare && proc.parked !== true) {
+          // The agent's program runs already: not a spare. Nothing parks for this agent again.
+          s.unsupported = true;
           this.kill(proc);
           return;
         }
@@ -164,9 +211,17 @@ export class StandbyPool {
           s.proc = null;
           s.parked = 0;
           s.ready = false;
-          this.retry(a, s, `standby died while parked (${info.signal ?? `exit ${info.code}`})`);
+          const what = spare ? 'spare sandbox' : 'standby';
+          this.retry(a, s, `${what} died while parked (${info.signal ?? `exit ${info.code}`})`);
         });
-        this.watch(a, s, proc, Date.now());
+        if (spare) {
+          // clove-init said it is parked before the spawn settled.
+          s.parked = proc.pid;
+          s.ready = true;
+          s.failures = 0;
+        } else {
+          this.watch(a, s, proc, Date.now());
+        }
       },
       (e: Error) => {
         s.spawning = false;
@@ -249,7 +304,7 @@ export class StandbyPool {
    * (the supervisor's launch) adopts it as the agent's process; a new standby is prepared once the
    * agent is running again.
    */
-  take(a: AgentRecord): AgentProcess | null {
+  take(a: AgentRecord): { proc: AgentProcess; kind: StandbyKind } | null {
     const s = this.slots.get(a.def.id);
     if (!s || !s.ready || !s.proc) return null;
     const proc = s.proc;
@@ -257,9 +312,15 @@ export class StandbyPool {
     s.parked = 0;
     s.ready = false;
     this.owners.delete(proc.pid);
-    if (!s.woken) proc.signal('SIGUSR1');
+    if (!s.woken) this.go(s, proc);
     s.woken = false;
-    return proc;
+    return { proc, kind: s.kind };
+  }
+
+  /** The promotion signal: a spare sandbox is released, a parked interpreter gets SIGUSR1. */
+  private go(s: Slot, proc: AgentProcess): void {
+    if (s.kind === 'sandbox') proc.release?.();
+    else proc.signal('SIGUSR1');
   }
 
   /**
@@ -270,6 +331,10 @@ export class StandbyPool {
     const s = this.slots.get(a.def.id);
     if (!s || !s.ready || !s.proc || s.woken) return;
     s.woken = true;
+    if (s.kind === 'sandbox') {
+      this.go(s, s.proc);
+      return;
+    }
     // Sandboxed, straight to the parked launcher (clove-init's child) while it still is that: through
     // clove-init the promotion would wait for init to be scheduled as well, on a machine busy tearing the
     // old sandbox down (measured: up to 1.8 ms). A pid is not reused while it is init's zombie, and once

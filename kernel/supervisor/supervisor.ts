@@ -127,8 +127,10 @@ export class Supervisor {
   constructor(
     private readonly logs: AgentLogs,
     private readonly hooks: SupervisorHooks,
+    /** `spareSandboxes: false` (`--no-spare-sandboxes`): restarts spawn a new sandbox (standby.ts). */
+    options: { spareSandboxes?: boolean } = {},
   ) {
-    this.standbys = new StandbyPool(logs, hooks);
+    this.standbys = new StandbyPool(logs, hooks, options.spareSandboxes !== false);
   }
 
   /** LIST `standby` of an agent (undefined: it did not ask for one). */
@@ -245,8 +247,8 @@ export class Supervisor {
     // A parked standby is promoted in place of a new process (a restart all the same: counted, backoff kept).
     const warm = this.standbys.take(a);
     if (warm) {
-      this.note(a, `promoting the warm standby (pid ${warm.pid})`);
-      this.attach(a, warm);
+      if (warm.kind === 'interpreter') this.note(a, `promoting the warm standby (pid ${warm.proc.pid})`);
+      this.attach(a, warm.proc);
       return;
     }
     let fd: number;
@@ -298,11 +300,12 @@ export class Supervisor {
     this.hooks.started?.(a);
   }
 
-  /** True when this exit of the agent's process is answered at once by promoting its parked standby. */
+  /**
+   * True when this exit of the agent's process is answered at once by promoting its parked standby (a
+   * warm standby, or a spare sandbox).
+   */
   private promotes(a: AgentRecord, info: ExitInfo): boolean {
     return (
-      a.def.standby !== undefined &&
-      a.def.standby > 0 &&
       a.consecutiveFailures === 0 &&
       (a.state === 'RUNNING' || a.state === 'PAUSED') &&
       this.standbys.ready(a) &&
@@ -497,12 +500,11 @@ export class Supervisor {
     // After a restart the next one waits a little: preparing it is work on the event loop (the spawn's
     // checks, cgroup and mount plan) that would delay the first calls of the process just promoted, and
     // an exit is answered by a promotion only once the agent has been up for a while anyway (backoff).
-    if (a.def.standby) {
-      if (a.state === 'RUNNING' && ev === 'started')
-        this.standbys.prepare(a, a.restarts > 0 ? STANDBY_REFILL_DELAY_MS : 0);
-      else if (a.state === 'STOPPING' || a.state === 'STOPPED' || a.state === 'FAILED')
-        this.standbys.discard(a.def.id);
-    }
+    // A spare sandbox likewise, for the agents that may be restarted (standby.ts).
+    if (a.state === 'RUNNING' && ev === 'started')
+      this.standbys.prepare(a, a.restarts > 0 ? STANDBY_REFILL_DELAY_MS : 0);
+    else if (a.state === 'STOPPING' || a.state === 'STOPPED' || a.state === 'FAILED')
+      this.standbys.discard(a.def.id);
     if (a.state === 'RUNNING' || a.state === 'STOPPED' || a.state === 'FAILED')
       for (const w of this.startWaiters.get(a.def.id)?.splice(0) ?? []) w();
   }

@@ -245,12 +245,13 @@ void ChildMain(const Plan& p, int statusFd, int syncFd) {
   DropPrivileges(p.uid, p.gid, p.noNewPrivs, p.dropCaps, statusFd);
 
   if (!p.initPath.empty()) {
-    // clove-init [--seccomp] [--outlive-kernel] [--exit-token=<n>] <agent file> <agent argv...>
-    const char* initArgv[p.argvPtrs.size() + 5];
+    // clove-init [--seccomp] [--outlive-kernel] [--park] [--exit-token=<n>] <agent file> <agent argv...>
+    const char* initArgv[p.argvPtrs.size() + 6];
     size_t k = 0;
     initArgv[k++] = "clove-init";
     if (p.seccomp) initArgv[k++] = "--seccomp";
     if (p.outliveKernel) initArgv[k++] = "--outlive-kernel";
+    if (p.park && exitPipe) initArgv[k++] = "--park";
     if (exitPipe) initArgv[k++] = p.exitTokenArg.c_str();
     initArgv[k++] = p.file.c_str();
     for (size_t i = 0; i < p.argvPtrs.size(); i++) initArgv[k + i] = p.argvPtrs[i];

@@ -7,7 +7,7 @@
 // and reports the agent's exit status on fd 3 before exiting, which tears the namespace down.
 //
 // Usage (exec'd by the addon, never by hand):
-//   clove-init [--seccomp] [--outlive-kernel] [--exit-token=<n>] <agent file> <agent argv...>
+//   clove-init [--seccomp] [--outlive-kernel] [--park] [--exit-token=<n>] <agent file> <agent argv...>
 // fd 3 = status pipe to the kernel (records of native/src/plan.h). The agent file is an absolute path,
 // so options (before it) cannot be mistaken for it.
 //
@@ -19,6 +19,13 @@
 // SIGKILLed when the kernel thread that cloned it dies; with it the agent keeps running through a kernel
 // crash or upgrade, and the next kernel re-adopts it (docs/restart.md). Its exit record then finds no
 // reader on fd 4 (EPIPE, SIGPIPE stays blocked): the new kernel sees the exit through a pidfd.
+//
+// --park (with --exit-token): a sandbox made in advance for the agent's next restart
+// (docs/supervision.md "Spare sandbox"). Everything up to the agent's fork is done, then a kRecordParked
+// on fd 3 tells the kernel it is ready, and clove-init waits for SIGUSR1 to start the agent; any other
+// catchable signal ends it (there is no agent to forward it to). It dies with the kernel while parked
+// (PR_SET_PDEATHSIG even with --outlive-kernel: a parked sandbox is nothing to re-adopt), and the agent's
+// kRecordStarted goes on fd 4 with the token, since the kernel stopped reading fd 3 at the park.
 //
 // --seccomp: install the agents' seccomp filter (seccomp.h) before forking the agent. clove-init itself
 // runs under it too: nothing it does (signals, fork, exec, wait, write) is denied.
@@ -59,13 +66,15 @@ static char** agentArgv;
 static long exitToken = -1;
 
 // Options before the agent file; returns the argv index of the agent file, or -1 on an unknown option.
-static int ParseOptions(int argc, char** argv, bool* seccomp, bool* outlive, long* exitToken) {
+static int ParseOptions(int argc, char** argv, bool* seccomp, bool* outlive, bool* park, long* exitToken) {
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
     if (strcmp(argv[i], "--seccomp") == 0) {
       *seccomp = true;
     } else if (strcmp(argv[i], "--outlive-kernel") == 0) {
       *outlive = true;
+    } else if (strcmp(argv[i], "--park") == 0) {
+      *park = true;
     } else if (strncmp(argv[i], "--exit-token=", 13) == 0) {
       char* end = nullptr;
       *exitToken = strtol(argv[i] + 13, &end, 10);
@@ -80,9 +89,10 @@ static int ParseOptions(int argc, char** argv, bool* seccomp, bool* outlive, lon
 int main(int argc, char** argv, char** envp) {
   bool seccomp = false;
   bool outlive = false;
-  const int first = ParseOptions(argc, argv, &seccomp, &outlive, &exitToken);  // argv index of the agent file
-  if (first < 0) {
-    SendError("clove-init: unknown option", EINVAL);
+  bool park = false;
+  const int first = ParseOptions(argc, argv, &seccomp, &outlive, &park, &exitToken);  // argv index of the agent file
+  if (first < 0 || (park && exitToken < 0)) {
+    SendError(first < 0 ? "clove-init: unknown option" : "clove-init: --park needs --exit-token", EINVAL);
     return 127;
   }
   if (argc - first < 2) return 127;
@@ -92,7 +102,7 @@ int main(int argc, char** argv, char** envp) {
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   // Unless asked to outlive it: if the kernel daemon dies, its agents die with it instead of running
   // unsupervised.
-  if (!outlive) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  if (!outlive || park) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   fcntl(3, F_SETFD, FD_CLOEXEC);
   if (exitToken >= 0) fcntl(4, F_SETFD, FD_CLOEXEC);
 
@@ -117,6 +127,20 @@ int main(int argc, char** argv, char** envp) {
       SendError(r.what, r.err);
       return 127;
     }
+  }
+
+  if (park) {
+    Record parked{};
+    parked.kind = clove::kRecordParked;
+    Send(parked);
+    for (;;) {
+      siginfo_t si;
+      int sig = sigwaitinfo(&all, &si);
+      if (sig < 0 || sig == SIGCHLD) continue;
+      if (sig == SIGUSR1) break;
+      return 128 + sig;
+    }
+    if (outlive) prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
   }
 
   volatile int execErr = 0;
@@ -144,7 +168,12 @@ int main(int argc, char** argv, char** envp) {
   Record started{};
   started.kind = clove::kRecordStarted;
   started.value = agent;
-  Send(started);
+  if (park) {
+    started.err = (int32_t)exitToken;
+    Send(started, 4);
+  } else {
+    Send(started);
+  }
   // With an exit token the exit goes on the kernel's shared pipe (fd 4): fd 3 is not needed any more,
   // and the kernel closed its end of it.
   if (exitToken >= 0) close(3);

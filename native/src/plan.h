@@ -15,6 +15,8 @@ enum RecordKind : uint32_t {
   kRecordStarted = 2,  // the agent exec'd: value = its pid (in the agent's pid namespace)
   kRecordExited = 3,   // the agent was reaped by init: value = raw wait status; on the shared exit
                        // pipe (fd 4, see spawn.cc's Reaper) err = the spawn's exit token
+  kRecordParked = 4,   // clove-init --park is ready and waits for SIGUSR1 before starting the agent; a
+                       // kRecordStarted (err = the exit token) follows on the exit pipe once it did
 };
 
 struct Record {
@@ -72,6 +74,7 @@ struct Plan {
   bool dropCaps = false;
   bool seccomp = false;             // clove-init --seccomp: the agents' syscall filter (seccomp.h); needs initPath
   bool outliveKernel = false;       // clove-init --outlive-kernel: no PR_SET_PDEATHSIG (a new kernel re-adopts it)
+  bool park = false;                // clove-init --park: a sandbox made in advance (needs initPath and exitFd)
   int uid = -1;
   int gid = -1;
   std::vector<RlimitItem> rlimits;

@@ -106,6 +106,7 @@ Plan ParsePlan(const Napi::Object& o) {
   // Absent reads as false (callers built before the field existed).
   p.seccomp = o.Get("seccomp").IsUndefined() ? false : Bool(o, "seccomp");
   p.outliveKernel = o.Get("outliveKernel").IsUndefined() ? false : Bool(o, "outliveKernel");
+  p.park = o.Get("park").IsUndefined() ? false : Bool(o, "park");
   p.uid = (int)Int(o, "uid");
   p.gid = (int)Int(o, "gid");
   Napi::Value rl = o.Get("rlimits");
@@ -128,6 +129,8 @@ Plan ParsePlan(const Napi::Object& o) {
   // clove-init installs the filter; without it nothing would.
   if (p.seccomp && p.initPath.empty()) throw OptionError(env, "seccomp requires initPath");
   if (p.seccomp && !p.noNewPrivs) throw OptionError(env, "seccomp requires noNewPrivs");
+  // A parked clove-init reports the agent's start on the shared exit pipe, which only clove-init gets.
+  if (p.park && p.initPath.empty()) throw OptionError(env, "park requires initPath");
   p.Finalize();
   return p;
 }
@@ -197,6 +200,7 @@ static Reaper* reaper = nullptr;
 
 void ReapAll();
 void AgentEnded(Child* c, int status);
+void AgentStarted(Child* c, int agentPid);
 
 // Reads the agents' exit records clove-init wrote on the shared exit pipe. A record comes as soon as
 // init reaped the agent, before init's own exit tears the namespace down (milliseconds later): the
@@ -208,11 +212,16 @@ void DrainRecords() {
     ssize_t n = read(reaper->rd.Get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    for (ssize_t i = 0; i < n / (ssize_t)sizeof(Record); i++)
+    for (ssize_t i = 0; i < n / (ssize_t)sizeof(Record); i++) {
       if (buf[i].kind == kRecordExited) {
         reaper->statuses[buf[i].err] = buf[i].value;
         ended.emplace_back(buf[i].err, buf[i].value);
+      } else if (buf[i].kind == kRecordStarted) {
+        // A parked clove-init (--park) started its agent: the child's agentPid from now on.
+        auto it = reaper->byToken.find(buf[i].err);
+        if (it != reaper->byToken.end()) AgentStarted(it->second, buf[i].value);
       }
+    }
   }
   // After the reads: a callback may spawn or reap, which changes the maps.
   for (auto [token, status] : ended) {
@@ -323,6 +332,9 @@ class Child : public Napi::ObjectWrap<Child> {
     }
     if (watching_) Deliver();
   }
+
+  // DrainRecords() read a parked clove-init's start record: its agent runs now, as `agentPid`.
+  void Started(int agentPid) { agentPid_ = agentPid; }
 
   // DrainRecords() read the agent's exit record: hands it to watch()'s second callback, once.
   void Ended(int status) {
@@ -513,6 +525,7 @@ class Child : public Napi::ObjectWrap<Child> {
 };
 
 void AgentEnded(Child* c, int status) { c->Ended(status); }
+void AgentStarted(Child* c, int agentPid) { c->Started(agentPid); }
 
 // Reaps one of our children if it exited and hands it its exit; false while it runs.
 bool ReapOne(pid_t pid) {
@@ -772,6 +785,10 @@ class SpawnJob {
       }
       if (n == (ssize_t)sizeof(r) && r.kind == kRecordStarted) {
         agentPid_ = r.value;
+        return true;
+      }
+      if (n == (ssize_t)sizeof(r) && r.kind == kRecordParked) {
+        agentPid_ = 0;  // no agent yet: its kRecordStarted comes on the exit pipe (DrainRecords)
         return true;
       }
       if (n == 0) {

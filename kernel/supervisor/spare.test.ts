@@ -1,0 +1,258 @@
+/**
+ * Spare sandbox (docs/supervision.md "Spare sandbox") against a real kernel with the native sandbox: a
+ * sandboxed agent that may be restarted keeps its next sandbox made in advance (a clove-init parked with
+ * `--park`, nothing of the program running); a crash or RESTART starts the program in it, with the same
+ * isolation, and a new spare is made; KILL, `restart_policy: never`, `--no-spare-sandboxes` and a dead
+ * kernel leave no parked clove-init behind.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  startKernel,
+  startKernelProcess,
+  tempDir,
+  until,
+  type KernelProcess,
+  type TestKernel,
+} from '../../harness/kernel.js';
+import { programPid } from '../../harness/procs.js';
+import type { CloveClient } from '../../sdk/typescript/client.js';
+import type { AgentInfo } from '../../protocol/index.js';
+
+const AGENT = `
+import os
+from clove_sdk import CloveClient
+with CloveClient() as c:
+    c.hello()
+    while True:
+        m = c.wait_message(timeout=None)
+        if m is None:
+            continue
+        c.send_message({"pid": os.getpid(), "uid": os.getuid(), "host": os.uname().nodename,
+                        "mark": os.environ.get("MARK")}, to=m["from"])
+`;
+
+let k: TestKernel | undefined;
+let kp: KernelProcess | undefined;
+afterEach(async () => {
+  await k?.stop();
+  k = undefined;
+  await kp?.stop('SIGKILL');
+  kp = undefined;
+});
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Pids of the clove-inits parked (`--park`) for `script`. */
+function parkedInits(script: string): number[] {
+  const out: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${e}/cmdline`, 'latin1').split('\0');
+      if (argv[0] === 'clove-init' && argv.includes('--park') && argv.includes(script)) out.push(Number(e));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** The one spare sandbox of `script` once it is parked (and not `not`). */
+function spareOf(script: string, what: string, not?: number): Promise<number> {
+  return until(
+    () => {
+      const p = parkedInits(script).filter((x) => x !== not);
+      return p.length === 1 ? p[0] : undefined;
+    },
+    20_000,
+    what,
+  );
+}
+
+async function info(op: CloveClient, name: string): Promise<AgentInfo> {
+  const a = (await op.list()).find((x) => x.name === name);
+  if (!a) throw new Error(`${name} not listed`);
+  return a;
+}
+
+async function ask(op: CloveClient, name: string): Promise<Record<string, unknown>> {
+  await op.send(name, { q: 1 });
+  const r = await op.recv({ timeoutMs: 10_000 });
+  const m = r.messages?.[0];
+  if (!m) throw new Error(`${name} did not answer`);
+  return m.message as Record<string, unknown>;
+}
+
+function script(): { dir: string; file: string } {
+  const dir = tempDir();
+  const file = path.join(dir, 'spare_agent.py');
+  fs.writeFileSync(file, AGENT, { mode: 0o644 });
+  return { dir, file };
+}
+
+/** Whether the agent runs in the native sandbox (a spare needs clove-init in a PID namespace). */
+function nativeSandbox(spawned: { isolation?: { namespaces?: { pid?: boolean } } }): boolean {
+  return spawned.isolation?.namespaces?.pid === true;
+}
+
+describe('spare sandbox', () => {
+  it('a crash starts the program in the spare sandbox made in advance; a new spare follows; KILL removes it', async () => {
+    k = await startKernel({ sandbox: 'auto' });
+    const { file } = script();
+    const op = await k.client();
+    await op.hello();
+    const r = await op.spawn({
+      name: 'spry',
+      script: file,
+      restart_policy: 'always',
+      env: { MARK: 'm1' },
+    });
+    expect(r.success).toBe(true);
+    const first = await until(
+      async () => {
+        const a = await info(op, 'spry');
+        return a.ready ? a : undefined;
+      },
+      20_000,
+      'agent ready',
+    );
+    if (!nativeSandbox(r)) return; // plain processes: nothing to park
+    const before = await ask(op, 'spry');
+    // Made a little after the first start (an agent failing at once gets none), with nothing running in it.
+    const spare = await spareOf(file, 'spare parked');
+    expect(spare).not.toBe(first.pid);
+    expect(fs.readFileSync(`/proc/${spare}/task/${spare}/children`, 'latin1').trim()).toBe('');
+
+    // SIGKILL of the program: it starts again inside the spare, as its root.
+    process.kill(programPid(first.pid), 'SIGKILL');
+    const back = await until(
+      async () => {
+        const a = await info(op, 'spry');
+        return a.pid !== first.pid && a.ready ? a : undefined;
+      },
+      20_000,
+      'agent back',
+    );
+    expect(back.pid).toBe(spare);
+    expect(back.restarts).toBe(1);
+    const after = await ask(op, 'spry');
+    // Same account, same environment, its own PID namespace (program under clove-init, pid 2).
+    expect(after).toMatchObject({ uid: before.uid, host: before.host, mark: 'm1', pid: 2 });
+    expect(programPid(back.pid)).not.toBe(back.pid);
+    expect(alive(first.pid)).toBe(false);
+
+    // A new spare is made; RESTART uses it as well.
+    const next = await spareOf(file, 'next spare parked', spare);
+    expect(next).not.toBe(spare);
+    const rs = await op.restart('spry', { wait: true });
+    expect(rs.success).toBe(true);
+    const restarted = await info(op, 'spry');
+    expect(restarted.pid).toBe(next);
+    expect(restarted.restarts).toBe(2);
+    expect(await ask(op, 'spry')).toMatchObject({ uid: before.uid, mark: 'm1' });
+    const third = await spareOf(file, 'third spare parked', next);
+
+    // KILL removes the agent and its spare.
+    await op.kill('spry', { wait: true });
+    await until(() => !alive(third) && !alive(next), 10_000, 'agent and spare gone');
+    expect(parkedInits(file)).toEqual([]);
+  }, 60_000);
+
+  it('no spare for restart_policy never, nor with --no-spare-sandboxes (which still restarts)', async () => {
+    k = await startKernel({ sandbox: 'auto' });
+    const once = script();
+    const op = await k.client();
+    await op.hello();
+    const r = await op.spawn({ name: 'once', script: once.file, restart_policy: 'never' });
+    await until(async () => ((await info(op, 'once')).ready ? true : undefined), 20_000, 'ready');
+    if (!nativeSandbox(r)) return;
+    // The spare would be made 1 s after the start.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(parkedInits(once.file)).toEqual([]);
+    await k.stop();
+    k = undefined;
+
+    k = await startKernel({ sandbox: 'auto', spareSandboxes: false });
+    const again = script();
+    const op2 = await k.client();
+    await op2.hello();
+    await op2.spawn({ name: 'again', script: again.file, restart_policy: 'always' });
+    const a = await until(
+      async () => {
+        const x = await info(op2, 'again');
+        return x.ready ? x : undefined;
+      },
+      20_000,
+      'ready',
+    );
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(parkedInits(again.file)).toEqual([]);
+    process.kill(programPid(a.pid), 'SIGKILL');
+    const back = await until(
+      async () => {
+        const x = await info(op2, 'again');
+        return x.pid !== a.pid && x.ready ? x : undefined;
+      },
+      20_000,
+      'agent back without a spare',
+    );
+    expect(back.restarts).toBe(1);
+    expect(await ask(op2, 'again')).toMatchObject({ pid: 2 });
+  }, 60_000);
+
+  it('a parked spare dies with a SIGKILLed kernel; the agent lives on and the next kernel makes a new spare', async () => {
+    kp = await startKernelProcess();
+    const { file } = script();
+    const op = await kp.client();
+    await op.hello();
+    const r = await op.spawn({ name: 'keep', script: file, restart_policy: 'always' });
+    const first = await until(
+      async () => {
+        const a = await info(op, 'keep');
+        return a.ready ? a : undefined;
+      },
+      20_000,
+      'agent ready',
+    );
+    if (!nativeSandbox(r)) return;
+    const spare = await spareOf(file, 'spare parked');
+    const { socketPath, dataDir } = kp;
+    await kp.stop('SIGKILL');
+    kp = undefined;
+    // PR_SET_PDEATHSIG: a parked sandbox is nothing to re-adopt; the agent itself outlives the kernel.
+    await until(() => !alive(spare), 10_000, 'spare gone with the kernel');
+    expect(alive(first.pid)).toBe(true);
+
+    kp = await startKernelProcess({ socketPath, dataDir });
+    const op2 = await kp.client();
+    const adopted = await until(
+      async () => {
+        const a = (await op2.list()).find((x) => x.name === 'keep');
+        return a?.pid === first.pid ? a : undefined;
+      },
+      20_000,
+      'agent re-adopted',
+    );
+    expect(adopted.pid).toBe(first.pid);
+    const next = await spareOf(file, 'a new spare from the new kernel', spare);
+    process.kill(programPid(first.pid), 'SIGKILL');
+    const back = await until(
+      async () => {
+        const a = (await op2.list()).find((x) => x.name === 'keep');
+        return a && a.pid !== first.pid && a.ready ? a : undefined;
+      },
+      20_000,
+      'agent back in the new spare',
+    );
+    expect(back.pid).toBe(next);
+  }, 60_000);
+});
