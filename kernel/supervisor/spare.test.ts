@@ -38,7 +38,7 @@ let kp: KernelProcess | undefined;
 afterEach(async () => {
   await k?.stop();
   k = undefined;
-  await kp?.stop('SIGKILL');
+  await kp?.stop();
   kp = undefined;
 });
 
@@ -254,5 +254,21 @@ describe('spare sandbox', () => {
       'agent back in the new spare',
     );
     expect(back.pid).toBe(next);
+    // Once released, the agent outlives the kernel like any other (PR_SET_PDEATHSIG was lifted).
+    const last = await spareOf(file, 'the spare after that', next);
+    await kp.stop('SIGKILL');
+    kp = undefined;
+    await until(() => !alive(last), 10_000, 'parked spare gone with the kernel');
+    expect(alive(next)).toBe(true);
+    expect(alive(programPid(next))).toBe(true);
+    expect(programPid(next)).not.toBe(next);
+    // A last kernel re-adopts it; its graceful stop (afterEach) removes the agent and its cgroups.
+    kp = await startKernelProcess({ socketPath, dataDir });
+    const op3 = await kp.client();
+    await until(
+      async () => ((await op3.list()).find((x) => x.name === 'keep')?.pid === next ? true : undefined),
+      20_000,
+      're-adopted again',
+    );
   }, 60_000);
 });
