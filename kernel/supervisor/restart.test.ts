@@ -11,9 +11,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
+import { listed as info } from '../../harness/operator.js';
 import { detectHostLayout, parseProcCgroup, readText } from '../sandbox/cgroups.js';
-import type { CloveClient } from '../../sdk/typescript/client.js';
-import type { AgentInfo } from '../../protocol/index.js';
 
 const AGENT = `
 import os
@@ -49,12 +48,6 @@ function cgroupDir(pid: number): string | null {
   if (!line) return null;
   const rel = path.posix.relative(h.ownPath, line.path);
   return rel.startsWith('..') ? null : path.join(h.ownDir, rel);
-}
-
-async function info(op: CloveClient, name: string): Promise<AgentInfo> {
-  const a = (await op.list()).find((x) => x.name === name);
-  if (!a) throw new Error(`${name} not listed`);
-  return a;
 }
 
 describe('cold restart of a sandboxed agent', () => {

@@ -17,8 +17,9 @@ import {
   type TestKernel,
 } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
+import { listed as info, ask, readyAgent } from '../../harness/operator.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
-import type { AgentInfo } from '../../protocol/index.js';
+import { alive } from '../../cli/lib.js';
 
 const AGENT = `
 import os
@@ -41,15 +42,6 @@ afterEach(async () => {
   await kp?.stop();
   kp = undefined;
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Pids of the clove-inits parked (`--park`) for `script`. */
 function parkedInits(script: string): number[] {
@@ -78,20 +70,6 @@ function spareOf(script: string, what: string, not?: number): Promise<number> {
   );
 }
 
-async function info(op: CloveClient, name: string): Promise<AgentInfo> {
-  const a = (await op.list()).find((x) => x.name === name);
-  if (!a) throw new Error(`${name} not listed`);
-  return a;
-}
-
-async function ask(op: CloveClient, name: string): Promise<Record<string, unknown>> {
-  await op.send(name, { q: 1 });
-  const r = await op.recv({ timeoutMs: 10_000 });
-  const m = r.messages?.[0];
-  if (!m) throw new Error(`${name} did not answer`);
-  return m.message as Record<string, unknown>;
-}
-
 function script(): { dir: string; file: string } {
   const dir = tempDir();
   const file = path.join(dir, 'spare_agent.py');
@@ -102,6 +80,15 @@ function script(): { dir: string; file: string } {
 /** Whether the agent runs in the native sandbox (a spare needs clove-init in a PID namespace). */
 function nativeSandbox(spawned: { isolation?: { namespaces?: { pid?: boolean } } }): boolean {
   return spawned.isolation?.namespaces?.pid === true;
+}
+
+/** Resolves once a new kernel lists the agent `keep` with the pid it had under the dead one. */
+function readopted(op: CloveClient, pid: number): Promise<true> {
+  return until(
+    async () => ((await op.list()).find((x) => x.name === 'keep')?.pid === pid ? true : undefined),
+    20_000,
+    `keep re-adopted with pid ${pid}`,
+  );
 }
 
 describe('spare sandbox', () => {
@@ -117,14 +104,7 @@ describe('spare sandbox', () => {
       env: { MARK: 'm1' },
     });
     expect(r.success).toBe(true);
-    const first = await until(
-      async () => {
-        const a = await info(op, 'spry');
-        return a.ready ? a : undefined;
-      },
-      20_000,
-      'agent ready',
-    );
+    const first = await readyAgent(op, 'spry', 'agent ready');
     if (!nativeSandbox(r)) return; // plain processes: nothing to park
     const before = await ask(op, 'spry');
     // Made a little after the first start (an agent failing at once gets none), with nothing running in it.
@@ -134,14 +114,7 @@ describe('spare sandbox', () => {
 
     // SIGKILL of the program: it starts again inside the spare, as its root.
     process.kill(programPid(first.pid), 'SIGKILL');
-    const back = await until(
-      async () => {
-        const a = await info(op, 'spry');
-        return a.pid !== first.pid && a.ready ? a : undefined;
-      },
-      20_000,
-      'agent back',
-    );
+    const back = await readyAgent(op, 'spry', 'agent back', first.pid);
     expect(back.pid).toBe(spare);
     expect(back.restarts).toBe(1);
     const after = await ask(op, 'spry');
@@ -186,25 +159,11 @@ describe('spare sandbox', () => {
     const op2 = await k.client();
     await op2.hello();
     await op2.spawn({ name: 'again', script: again.file, restart_policy: 'always' });
-    const a = await until(
-      async () => {
-        const x = await info(op2, 'again');
-        return x.ready ? x : undefined;
-      },
-      20_000,
-      'ready',
-    );
+    const a = await readyAgent(op2, 'again', 'ready');
     await new Promise((r) => setTimeout(r, 1500));
     expect(parkedInits(again.file)).toEqual([]);
     process.kill(programPid(a.pid), 'SIGKILL');
-    const back = await until(
-      async () => {
-        const x = await info(op2, 'again');
-        return x.pid !== a.pid && x.ready ? x : undefined;
-      },
-      20_000,
-      'agent back without a spare',
-    );
+    const back = await readyAgent(op2, 'again', 'agent back without a spare', a.pid);
     expect(back.restarts).toBe(1);
     expect(await ask(op2, 'again')).toMatchObject({ pid: 2 });
   }, 60_000);
@@ -215,14 +174,7 @@ describe('spare sandbox', () => {
     const op = await kp.client();
     await op.hello();
     const r = await op.spawn({ name: 'keep', script: file, restart_policy: 'always' });
-    const first = await until(
-      async () => {
-        const a = await info(op, 'keep');
-        return a.ready ? a : undefined;
-      },
-      20_000,
-      'agent ready',
-    );
+    const first = await readyAgent(op, 'keep', 'agent ready');
     if (!nativeSandbox(r)) return;
     const spare = await spareOf(file, 'spare parked');
     const { socketPath, dataDir } = kp;
@@ -234,25 +186,10 @@ describe('spare sandbox', () => {
 
     kp = await startKernelProcess({ socketPath, dataDir });
     const op2 = await kp.client();
-    const adopted = await until(
-      async () => {
-        const a = (await op2.list()).find((x) => x.name === 'keep');
-        return a?.pid === first.pid ? a : undefined;
-      },
-      20_000,
-      'agent re-adopted',
-    );
-    expect(adopted.pid).toBe(first.pid);
+    await readopted(op2, first.pid);
     const next = await spareOf(file, 'a new spare from the new kernel', spare);
     process.kill(programPid(first.pid), 'SIGKILL');
-    const back = await until(
-      async () => {
-        const a = (await op2.list()).find((x) => x.name === 'keep');
-        return a && a.pid !== first.pid && a.ready ? a : undefined;
-      },
-      20_000,
-      'agent back in the new spare',
-    );
+    const back = await readyAgent(op2, 'keep', 'agent back in the new spare', first.pid);
     expect(back.pid).toBe(next);
     // Once released, the agent outlives the kernel like any other (PR_SET_PDEATHSIG was lifted).
     const last = await spareOf(file, 'the spare after that', next);
@@ -264,11 +201,6 @@ describe('spare sandbox', () => {
     expect(programPid(next)).not.toBe(next);
     // A last kernel re-adopts it; its graceful stop (afterEach) removes the agent and its cgroups.
     kp = await startKernelProcess({ socketPath, dataDir });
-    const op3 = await kp.client();
-    await until(
-      async () => ((await op3.list()).find((x) => x.name === 'keep')?.pid === next ? true : undefined),
-      20_000,
-      're-adopted again',
-    );
+    await readopted(await kp.client(), next);
   }, 60_000);
 });

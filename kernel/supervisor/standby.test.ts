@@ -10,6 +10,8 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
+import { listed as info, ask, readyAgent } from '../../harness/operator.js';
+import { alive } from '../../cli/lib.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import type { AgentInfo } from '../../protocol/index.js';
 import { parkedIn, standbyArgv } from './standby.js';
@@ -36,21 +38,6 @@ afterEach(async () => {
   k = undefined;
 });
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function info(op: CloveClient, name: string): Promise<AgentInfo> {
-  const a = (await op.list()).find((x) => x.name === name);
-  if (!a) throw new Error(`${name} not listed`);
-  return a;
-}
-
 /** The agent's LIST entry once its standby is ready. */
 function standbyReady(op: CloveClient, name: string, what: string): Promise<AgentInfo> {
   return until(
@@ -61,14 +48,6 @@ function standbyReady(op: CloveClient, name: string, what: string): Promise<Agen
     20_000,
     what,
   );
-}
-
-async function ask(op: CloveClient, name: string): Promise<Record<string, unknown>> {
-  await op.send(name, { q: 1 });
-  const r = await op.recv({ timeoutMs: 10_000 });
-  const m = r.messages?.[0];
-  if (!m) throw new Error(`${name} did not answer`);
-  return m.message as Record<string, unknown>;
 }
 
 for (const sandbox of ['auto', 'off'] as const) {
@@ -109,14 +88,7 @@ for (const sandbox of ['auto', 'off'] as const) {
 
       // SIGKILL the agent's process (its Python, or clove-init's whole namespace).
       process.kill(first.pid, 'SIGKILL');
-      const back = await until(
-        async () => {
-          const a = await info(op, 'warm');
-          return a.pid !== first.pid && a.ready ? a : undefined;
-        },
-        20_000,
-        'agent back',
-      );
+      const back = await readyAgent(op, 'warm', 'agent back', first.pid);
       if (back.pid !== standbyPid) console.log(fs.readFileSync(back.log_file!, 'utf8'));
       expect(back.pid).toBe(standbyPid);
       expect(back.restarts).toBe(1);
