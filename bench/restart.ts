@@ -11,7 +11,8 @@
  *                       defaults the restart releases the agent's spare sandbox (docs/supervision.md
  *                       "Spare sandbox"): a new interpreter in a sandbox made in advance.
  *   clove/sdk-nospare   as clove/sdk on a third kernel run with `--no-spare-sandboxes`: every restart
- *                       spawns its sandbox first (what the spare saves).
+ *                       spawns its sandbox first (what the spare saves). Before each kill the bench waits
+ *                       (untimed) until LIST shows the agent's spare ready, where it keeps one.
  *   clove/plain-kernel  as clove/kernel on a second kernel run with `--sandbox off` (plain processes):
  *                       the sandbox's share of the restart.
  *   clove/plain-socket  `--sandbox off`; the agent writes "ready" to a Unix socket the bench listens
@@ -331,7 +332,7 @@ async function main(): Promise<void> {
     readyAt: number;
     next: () => Promise<Ready>;
     pidAfterReady: (reported: number) => Promise<number>;
-    /** Resolves once the agent's warm standby is ready (standby series; untimed, before each kill). */
+    /** Resolves once what is parked for the next restart (warm standby, spare sandbox) is ready (untimed, before each kill). */
     standbyReady?: () => Promise<void>;
     samples: number[];
     /** SIGKILL → the new script's first line runs (exit noticed, respawn, interpreter start) */
@@ -410,19 +411,17 @@ async function main(): Promise<void> {
         readyAt: Date.now(),
         next,
         pidAfterReady: () => hostPid(agentName),
-        ...(cfg.standby
-          ? {
-              standbyReady: async () => {
-                const until = Date.now() + 20_000;
-                for (;;) {
-                  const a = (await ctl.list()).find((x) => x.name === agentName);
-                  if (a?.standby?.ready) return;
-                  if (Date.now() > until) throw new Error(`${agentName}: no standby ready`);
-                  await sleep(5);
-                }
-              },
-            }
-          : {}),
+        // What is parked for the next restart (a warm standby, or a spare sandbox where LIST shows one)
+        // is ready before each kill, untimed.
+        standbyReady: async () => {
+          const until = Date.now() + 20_000;
+          for (;;) {
+            const a = (await ctl.list()).find((x) => x.name === agentName);
+            if (cfg.standby ? a?.standby?.ready : !a?.spare || a.spare.ready) return;
+            if (Date.now() > until) throw new Error(`${agentName}: nothing parked ready`);
+            await sleep(5);
+          }
+        },
         samples: [],
         toMain: [],
         failures: 0,
@@ -684,7 +683,7 @@ async function writeReports(
     `SIGKILL of the agent's program (its Python process: below clove-init for sandboxed agents, as PM2's is the script's) → the new process is up and has said "ready" to the bench. Same script`,
     `(\`bench/agents/ready_agent.py\`), same interpreter (\`${PY}\`), ${KILLS} kills per series, one every ${SPACING_MS} ms (at least that long after`,
     "the agent said ready: longer than both supervisors' 1 s min-uptime, so no kill meets a backoff). The series run side by side,",
-    `killed round robin, each kill on a settled machine (every series' standby parked, the previous series' restart ended at least ${SETTLE_MS} ms before);`,
+    `killed round robin, each kill on a settled machine (every series' standby or spare sandbox parked, as LIST shows, the previous series' restart ended at least ${SETTLE_MS} ms before);`,
     'the bare start times (spawn → exit, from Node) were sampled once per round, in the same run.',
     '',
     mdTable(

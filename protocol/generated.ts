@@ -1829,6 +1829,7 @@ export interface AgentInfo {
    */
   durable?: boolean;
   standby?: StandbyInfo;
+  spare?: SpareInfo;
 }
 /**
  * ext: free-form labels of an agent (as docker labels): `clove up` sets `clove.project`, `clove.service`, `clove.replica`, `clove.config-hash`. At most 32; keys of 1–63 letters, digits, `.`, `-`, `_`, `/`; values up to 256 characters. Kept across restarts of the agent and of the kernel; never inherited.
@@ -1858,6 +1859,22 @@ export interface StandbyInfo {
    * why the agent has no standby although it asked for one (e.g. not a Python agent)
    */
   note?: string;
+}
+/**
+ * ext: an agent's spare sandbox: its next sandbox made in advance, the program started in it at the next restart (docs/supervision.md "Spare sandbox")
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SpareInfo".
+ */
+export interface SpareInfo {
+  /**
+   * a spare is parked and a restart now would use it
+   */
+  ready: boolean;
+  /**
+   * host pid of the spare's parked clove-init (0 when none is ready)
+   */
+  pid: number;
 }
 /**
  * one turn of a conversation: `{role, content}`, an assistant turn's `tool_calls`, a tool turn's `tool_call_id` and `name`
@@ -7459,6 +7476,25 @@ export const SCHEMA_DEFS = {
           $ref: 'clove#/$defs/StandbyInfo',
           description:
             'ext: present for an agent spawned with `standby` (docs/supervision.md "Warm standby")',
+        },
+        spare: {
+          $ref: 'clove#/$defs/SpareInfo',
+          description:
+            'ext: present for an agent that keeps a spare sandbox for its next restart (sandboxed, `restart_policy` on-failure or always, no warm standby; docs/supervision.md "Spare sandbox")',
+        },
+      },
+    },
+    SpareInfo: {
+      title: 'SpareInfo',
+      type: 'object',
+      description:
+        'ext: an agent\'s spare sandbox: its next sandbox made in advance, the program started in it at the next restart (docs/supervision.md "Spare sandbox")',
+      required: ['ready', 'pid'],
+      properties: {
+        ready: { type: 'boolean', description: 'a spare is parked and a restart now would use it' },
+        pid: {
+          type: 'integer',
+          description: "host pid of the spare's parked clove-init (0 when none is ready)",
         },
       },
     },

@@ -271,6 +271,7 @@ export class AgentService {
       labels: a.def.labels,
       ...(a.def.durable ? { durable: true } : {}),
       ...(a.def.standby ? { standby: this.o.supervisor.standbyOf(a) } : {}),
+      ...withSpare(this.o.supervisor.spareOf(a)),
       ...(forOperator ? { log_file: this.o.logs.file(a.def.name) } : {}),
     };
   }
@@ -930,6 +931,11 @@ const POLICIES: Record<SpawnArgs['restart_policy'], RestartPolicyName> = {
   'on-failure': 'on-failure',
   on_failure: 'on-failure',
 };
+
+/** LIST's `spare` field: present only for an agent that keeps a spare sandbox. */
+function withSpare(spare: { ready: boolean; pid: number } | undefined): { spare?: typeof spare } {
+  return spare ? { spare } : {};
+}
 
 function policyOf(req: SpawnArgs): RestartPolicy {
   return {

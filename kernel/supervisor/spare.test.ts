@@ -110,6 +110,7 @@ describe('spare sandbox', () => {
     // Made a little after the first start (an agent failing at once gets none), with nothing running in it.
     const spare = await spareOf(file, 'spare parked');
     expect(spare).not.toBe(first.pid);
+    expect((await info(op, 'spry')).spare).toEqual({ ready: true, pid: spare });
     expect(fs.readFileSync(`/proc/${spare}/task/${spare}/children`, 'latin1').trim()).toBe('');
 
     // SIGKILL of the program: it starts again inside the spare, as its root.
@@ -151,6 +152,7 @@ describe('spare sandbox', () => {
     // The spare would be made 1 s after the start.
     await new Promise((r) => setTimeout(r, 1500));
     expect(parkedInits(once.file)).toEqual([]);
+    expect((await info(op, 'once')).spare).toBeUndefined();
     await k.stop();
     k = undefined;
 
@@ -162,6 +164,7 @@ describe('spare sandbox', () => {
     const a = await readyAgent(op2, 'again', 'ready');
     await new Promise((r) => setTimeout(r, 1500));
     expect(parkedInits(again.file)).toEqual([]);
+    expect((await info(op2, 'again')).spare).toBeUndefined();
     process.kill(programPid(a.pid), 'SIGKILL');
     const back = await readyAgent(op2, 'again', 'agent back without a spare', a.pid);
     expect(back.restarts).toBe(1);

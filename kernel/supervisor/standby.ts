@@ -33,6 +33,12 @@ export interface StandbyInfo {
   note?: string;
 }
 
+/** LIST `spare` (the contract's SpareInfo). */
+export interface SpareInfo {
+  ready: boolean;
+  pid: number;
+}
+
 /** What an agent's slot keeps parked: a warm standby's interpreter, or a spare sandbox. */
 export type StandbyKind = 'interpreter' | 'sandbox';
 
@@ -141,6 +147,14 @@ export class StandbyPool {
     if (!Array.isArray(argv)) return { ready: false, pid: 0, note: argv.note };
     const s = this.slots.get(a.def.id);
     return { ready: s?.ready ?? false, pid: s?.ready && s.proc ? s.proc.pid : 0 };
+  }
+
+  /** LIST `spare` of an agent: undefined unless it keeps a spare sandbox (or is about to). */
+  spare(a: AgentRecord): SpareInfo | undefined {
+    const s = this.slots.get(a.def.id);
+    if (s ? s.kind !== 'sandbox' || s.unsupported : !a.proc || this.kindOf(a)?.kind !== 'sandbox')
+      return undefined;
+    return { ready: !!s?.ready && !!s.proc, pid: s?.ready && s.proc ? s.proc.pid : 0 };
   }
 
   /** Makes sure the agent has a standby (parked or on its way) when it asked for one. */

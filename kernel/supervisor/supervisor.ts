@@ -7,7 +7,7 @@ import { SpawnFailedError, InvalidStateError, KernelError } from '../core/errors
 import type { AgentLogs } from './logs.js';
 import { type Action, type Event, type State, transition, isRefusal } from './machine.js';
 import type { AgentProcess, ExitInfo, IsolationReport, SpawnSpec, Spawner } from '../sandbox/types.js';
-import { StandbyPool, type StandbyInfo } from './standby.js';
+import { StandbyPool, type SpareInfo, type StandbyInfo } from './standby.js';
 
 /** How long after a restart the agent's next warm standby is prepared (see apply()). */
 const STANDBY_REFILL_DELAY_MS = 200;
@@ -131,6 +131,11 @@ export class Supervisor {
     options: { spareSandboxes?: boolean } = {},
   ) {
     this.standbys = new StandbyPool(logs, hooks, options.spareSandboxes !== false);
+  }
+
+  /** LIST `spare` of an agent (undefined: it keeps no spare sandbox). */
+  spareOf(a: AgentRecord): SpareInfo | undefined {
+    return this.standbys.spare(a);
   }
 
   /** LIST `standby` of an agent (undefined: it did not ask for one). */
