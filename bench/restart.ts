@@ -39,14 +39,7 @@ import { programPid } from '../harness/procs.js';
 import { REPO_ROOT } from '../kernel/config.js';
 import type { CloveClient } from '../sdk/typescript/client.js';
 import { machineInfo, machineLine, realPythonPath, shimPythonPath } from './lib/machine.js';
-import {
-  DIST_BENCH,
-  timeCommand,
-  profileKernelIfAsked,
-  startHelper,
-  startKernel,
-  stopChild,
-} from './lib/child.js';
+import { timeCommand, profileKernelIfAsked, startHelper, startKernel, stopChild } from './lib/child.js';
 import { Pm2 } from './lib/pm2.js';
 import { sleep } from './lib/proc.js';
 import { r, roundSummary, summarize, type Summary } from './lib/stats.js';
@@ -251,15 +244,8 @@ class Probe {
   ) {}
 
   static async start(socketPath: string): Promise<Probe> {
-    const child = spawn(process.execPath, [path.join(DIST_BENCH, 'lib', 'probe.js'), socketPath], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    const rl = readline.createInterface({ input: child.stdout! });
-    await new Promise<void>((resolve, reject) => {
-      rl.once('line', () => resolve());
-      child.once('exit', (code) => reject(new Error(`probe exited with ${code}`)));
-    });
-    return new Probe(child, rl);
+    const { child, lines } = await startHelper('probe.js', [socketPath], { stdin: true });
+    return new Probe(child, lines);
   }
 
   phase(name: string): void {

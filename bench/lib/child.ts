@@ -13,9 +13,10 @@ export const BENCH_SRC = path.join(REPO_ROOT, 'bench');
 export async function startHelper(
   script: string,
   args: string[],
-): Promise<{ child: ChildProcess; ready: string }> {
+  opts: { stdin?: boolean } = {},
+): Promise<{ child: ChildProcess; ready: string; lines: readline.Interface }> {
   const child = spawn(process.execPath, [path.join(DIST_BENCH, 'lib', script), ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'inherit'],
   });
   const rl = readline.createInterface({ input: child.stdout! });
   const ready = await new Promise<string>((resolve, reject) => {
@@ -24,7 +25,7 @@ export async function startHelper(
     );
     child.once('exit', (code) => reject(new Error(`helper ${script} exited with ${code}`)));
   });
-  return { child, ready };
+  return { child, ready, lines: rl };
 }
 
 export function stopChild(child: ChildProcess | undefined, sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
