@@ -3228,6 +3228,10 @@ export interface SpawnRequest {
    * ext: 1 keeps a warm standby of a Python agent (docs/supervision.md "Warm standby"): a parked process with the interpreter and SDK loaded, promoted when the agent's process dies (a restart by its restart policy) or on RESTART; one more process and its memory. Ignored, with a note in LIST `standby`, for an agent that is not `python script`
    */
   standby?: number;
+  /**
+   * ext: false: the agent keeps no spare sandbox (docs/supervision.md "Spare sandbox"), so each of its restarts spawns a new sandbox; one parked clove-init and cgroup leaf less. Only sandboxed agents that may be restarted (`restart_policy` on-failure or always) and have no warm standby keep one, unless the kernel runs with `--no-spare-sandboxes`
+   */
+  spare?: boolean;
 }
 /**
  * SPAWN request as a handler sees it: validated, defaults applied.
@@ -3322,6 +3326,10 @@ export interface SpawnArgs {
    * ext: 1 keeps a warm standby of a Python agent (docs/supervision.md "Warm standby"): a parked process with the interpreter and SDK loaded, promoted when the agent's process dies (a restart by its restart policy) or on RESTART; one more process and its memory. Ignored, with a note in LIST `standby`, for an agent that is not `python script`
    */
   standby: number;
+  /**
+   * ext: false: the agent keeps no spare sandbox (docs/supervision.md "Spare sandbox"), so each of its restarts spawns a new sandbox; one parked clove-init and cgroup leaf less. Only sandboxed agents that may be restarted (`restart_policy` on-failure or always) and have no warm standby keep one, unless the kernel runs with `--no-spare-sandboxes`
+   */
+  spare: boolean;
 }
 /**
  * SPAWN reply.
@@ -8746,6 +8754,12 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
         default: 0,
         description:
           'ext: 1 keeps a warm standby of a Python agent (docs/supervision.md "Warm standby"): a parked process with the interpreter and SDK loaded, promoted when the agent\'s process dies (a restart by its restart policy) or on RESTART; one more process and its memory. Ignored, with a note in LIST `standby`, for an agent that is not `python script`',
+      },
+      spare: {
+        type: 'boolean',
+        default: true,
+        description:
+          'ext: false: the agent keeps no spare sandbox (docs/supervision.md "Spare sandbox"), so each of its restarts spawns a new sandbox; one parked clove-init and cgroup leaf less. Only sandboxed agents that may be restarted (`restart_policy` on-failure or always) and have no warm standby keep one, unless the kernel runs with `--no-spare-sandboxes`',
       },
     },
   },

@@ -569,6 +569,7 @@ interface RawService {
   sandboxed?: boolean;
   durable?: boolean;
   standby?: number;
+  spare?: boolean;
   labels?: Record<string, string | number | boolean> | string[];
   quotas?: Record<string, QuotaRaw>;
   service_quotas?: Record<string, QuotaRaw>;
@@ -750,6 +751,7 @@ function service(
   if (r.sandboxed !== undefined) spawn.sandboxed = r.sandboxed;
   if (r.durable !== undefined) spawn.durable = r.durable;
   if (r.standby !== undefined) spawn.standby = r.standby;
+  if (r.spare !== undefined) spawn.spare = r.spare;
   if (r.quotas !== undefined) spawn.quotas = quotas(src, at('quotas'), r.quotas);
   if (r.budgets !== undefined) {
     const b: Record<string, number> = {};

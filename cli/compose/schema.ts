@@ -230,6 +230,11 @@ const service = {
       description:
         '1: each agent (a Python script) keeps a warm standby, a parked process with the interpreter and SDK loaded that is promoted when the agent crashes (docs/supervision.md "Warm standby"); one more process per agent',
     },
+    spare: {
+      type: 'boolean',
+      description:
+        'false: no spare sandbox made in advance for the restarts of each agent (SPAWN `spare`, docs/supervision.md "Spare sandbox"); default true',
+    },
     labels: {
       description:
         'labels of each agent besides the `clove.*` ones `clove up` sets: a map key: value, or a list of "key=value"',

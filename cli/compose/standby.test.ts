@@ -1,4 +1,7 @@
-/** `standby:` of a clove.yaml service (docs/supervision.md "Warm standby"): the SPAWN `standby` of every replica. */
+/**
+ * `standby:` and `spare:` of a clove.yaml service (docs/supervision.md "Warm standby", "Spare sandbox"):
+ * the SPAWN `standby` and `spare` of every replica.
+ */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,5 +28,14 @@ describe('clove.yaml standby:', () => {
     expect(load('agents:\n  a:\n    script: a.py\n').services[0].spawn.standby).toBeUndefined();
     expect(() => load('agents:\n  a:\n    script: a.py\n    standby: 2\n')).toThrow(/standby/);
     expect(() => load('agents:\n  a:\n    script: a.py\n    standby: yes\n')).toThrow(/standby/);
+  });
+});
+
+describe('clove.yaml spare:', () => {
+  it('becomes the SPAWN spare of the service; absent, it is left to the kernel; not a boolean, refused', () => {
+    const p = load('agents:\n  a:\n    script: a.py\n    restart_policy: always\n    spare: false\n');
+    expect(p.services[0].spawn.spare).toBe(false);
+    expect(load('agents:\n  a:\n    script: a.py\n').services[0].spawn.spare).toBeUndefined();
+    expect(() => load('agents:\n  a:\n    script: a.py\n    spare: 0\n')).toThrow(/spare/);
   });
 });

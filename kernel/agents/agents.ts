@@ -381,6 +381,7 @@ export class AgentService {
       labels: { ...(req.labels ?? {}) },
       durable: req.durable,
       standby: req.standby,
+      spare: req.spare,
     };
     // What would spawn it again (another node, or a scaled service's next replica): the request as
     // run here, its script's path absolute, its rights made explicit.
@@ -785,6 +786,7 @@ export class AgentService {
       labels: d.labels ?? {},
       durable: d.durable ?? false,
       standby: d.standby,
+      spare: d.spare,
     };
   }
 
@@ -990,6 +992,7 @@ function persisted(
     labels: def.labels,
     durable: def.durable,
     ...(def.standby ? { standby: def.standby } : {}),
+    ...(def.spare === false ? { spare: false } : {}),
     ...(request ? { request } : {}),
   };
 }

@@ -42,6 +42,8 @@ export interface PersistedAgent extends Pick<
   durable?: boolean;
   /** SPAWN `standby` (docs/supervision.md "Warm standby"). */
   standby?: number;
+  /** SPAWN `spare: false` (docs/supervision.md "Spare sandbox"); absent: true. */
+  spare?: boolean;
   /** The SPAWN request as run (absent in definitions written before it was kept): a scaled service's template. */
   request?: SpawnArgs;
 }

@@ -141,18 +141,23 @@ describe('spare sandbox', () => {
     expect(parkedInits(file)).toEqual([]);
   }, 60_000);
 
-  it('no spare for restart_policy never, nor with --no-spare-sandboxes (which still restarts)', async () => {
+  it('no spare for restart_policy never, SPAWN spare: false, nor with --no-spare-sandboxes (which still restarts)', async () => {
     k = await startKernel({ sandbox: 'auto' });
     const once = script();
+    const nope = script();
     const op = await k.client();
     await op.hello();
     const r = await op.spawn({ name: 'once', script: once.file, restart_policy: 'never' });
-    await until(async () => ((await info(op, 'once')).ready ? true : undefined), 20_000, 'ready');
+    await op.spawn({ name: 'nope', script: nope.file, restart_policy: 'always', spare: false });
+    await readyAgent(op, 'once', 'once ready');
+    await readyAgent(op, 'nope', 'nope ready');
     if (!nativeSandbox(r)) return;
     // The spare would be made 1 s after the start.
     await new Promise((r) => setTimeout(r, 1500));
     expect(parkedInits(once.file)).toEqual([]);
     expect((await info(op, 'once')).spare).toBeUndefined();
+    expect(parkedInits(nope.file)).toEqual([]);
+    expect((await info(op, 'nope')).spare).toBeUndefined();
     await k.stop();
     k = undefined;
 

@@ -135,7 +135,7 @@ export class StandbyPool {
       const argv = standbyArgv(d.argv);
       if (Array.isArray(argv)) return { kind: 'interpreter', argv };
     }
-    if (this.spares && d.policy.policy !== 'never' && d.spawner.canPark?.(d.sandboxed))
+    if (this.spares && d.spare !== false && d.policy.policy !== 'never' && d.spawner.canPark?.(d.sandboxed))
       return { kind: 'sandbox', argv: d.argv };
     return null;
   }

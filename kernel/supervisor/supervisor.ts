@@ -56,6 +56,8 @@ export interface AgentDef extends Omit<SpawnSpec, 'agentId' | 'logFd'> {
   durable?: boolean;
   /** SPAWN `standby` (docs/supervision.md "Warm standby"): 1 keeps a parked process ready (standby.ts). */
   standby?: number;
+  /** SPAWN `spare: false` (docs/supervision.md "Spare sandbox"): no spare sandbox for this agent. */
+  spare?: boolean;
 }
 
 export interface AgentRecord {

@@ -834,13 +834,16 @@ class CloveClient:
         node: str | None = None,
         world: str | None = None,
         durable: bool | None = None,
+        standby: int | None = None,
+        spare: bool | None = None,
         check: bool | None = None,
     ) -> dict:
         """SPAWN an agent. Returns the reply: ``success, id, name, pid, status, restart_policy,
         isolation``. ``name`` None lets the kernel pick ``agent_<id>``. Keyword-only arguments are Clove
         extensions (docs/protocol.md §5); those left at None are not sent (kernel defaults apply). ``node``
         runs it on that node of the cluster (operators; docs/cluster.md "Operators"); ``durable=True`` journals
-        its THINK, HTTP and EXEC results so that they replay after a crash (docs/durable.md)."""
+        its THINK, HTTP and EXEC results so that they replay after a crash (docs/durable.md); ``standby=1`` keeps a
+        warm standby and ``spare=False`` turns off the spare sandbox (docs/supervision.md)."""
         payload: dict[str, Any] = {
             "sandboxed": sandboxed,
             "network": network,
@@ -869,6 +872,8 @@ class CloveClient:
             "node": node,
             "world": world,
             "durable": durable,
+            "standby": standby,
+            "spare": spare,
         }
         payload.update({k: v for k, v in extras.items() if v is not None})
         if "script" not in payload and "command" not in payload:
