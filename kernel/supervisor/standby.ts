@@ -152,9 +152,12 @@ export class StandbyPool {
   /** LIST `spare` of an agent: undefined unless it keeps a spare sandbox (or is about to). */
   spare(a: AgentRecord): SpareInfo | undefined {
     const s = this.slots.get(a.def.id);
-    if (s ? s.kind !== 'sandbox' || s.unsupported : !a.proc || this.kindOf(a)?.kind !== 'sandbox')
-      return undefined;
-    return { ready: !!s?.ready && !!s.proc, pid: s?.ready && s.proc ? s.proc.pid : 0 };
+    if (s?.unsupported) return undefined;
+    // No slot yet (the first spare is made a while after the start): what the running agent will get.
+    const kind = s ? s.kind : a.proc ? this.kindOf(a)?.kind : undefined;
+    if (kind !== 'sandbox') return undefined;
+    const pid = s?.ready && s.proc ? s.proc.pid : 0;
+    return { ready: pid > 0, pid };
   }
 
   /** Makes sure the agent has a standby (parked or on its way) when it asked for one. */
