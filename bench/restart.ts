@@ -319,7 +319,7 @@ async function main(): Promise<void> {
     next: () => Promise<Ready>;
     pidAfterReady: (reported: number) => Promise<number>;
     /** Resolves once what is parked for the next restart (warm standby, spare sandbox) is ready (untimed, before each kill). */
-    standbyReady?: () => Promise<void>;
+    parkedReady?: () => Promise<void>;
     samples: number[];
     /** SIGKILL → the new script's first line runs (exit noticed, respawn, interpreter start) */
     toMain: number[];
@@ -399,7 +399,7 @@ async function main(): Promise<void> {
         pidAfterReady: () => hostPid(agentName),
         // What is parked for the next restart (a warm standby, or a spare sandbox where LIST shows one)
         // is ready before each kill, untimed.
-        standbyReady: async () => {
+        parkedReady: async () => {
           const until = Date.now() + 20_000;
           for (;;) {
             const a = (await ctl.list()).find((x) => x.name === agentName);
@@ -460,10 +460,10 @@ async function main(): Promise<void> {
         await sleep(Math.max(100, run.readyAt + SPACING_MS - Date.now()));
         // The other series' standbys parked too (a failure there is theirs: counted at their own turn).
         for (const other of runners)
-          if (other !== run && !other.failures) await other.standbyReady?.().catch(() => {});
+          if (other !== run && !other.failures) await other.parkedReady?.().catch(() => {});
         await sleep(Math.max(0, lastEnded + SETTLE_MS - Date.now()));
         try {
-          await run.standbyReady?.();
+          await run.parkedReady?.();
         } catch (e) {
           run.failures++;
           console.error(`${run.name}: kill ${i}: ${(e as Error).message}`);
