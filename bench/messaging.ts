@@ -28,19 +28,38 @@ import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from 
 import type * as vl from 'vega-lite';
 
 export type System =
-  'clove-fast-batch' | 'clove-fast' | 'clove' | 'clove-plain' | 'relay' | 'relay-c' | 'redis' | 'nats';
-export type CloveSystem = 'clove-fast-batch' | 'clove-fast' | 'clove' | 'clove-plain';
+  | 'clove-fast-batch'
+  | 'clove-fast-raw'
+  | 'clove-fast-batch-plain'
+  | 'clove-fast'
+  | 'clove'
+  | 'clove-plain'
+  | 'relay'
+  | 'relay-c'
+  | 'redis'
+  | 'nats';
+export type CloveSystem =
+  'clove-fast-batch' | 'clove-fast-raw' | 'clove-fast-batch-plain' | 'clove-fast' | 'clove' | 'clove-plain';
 const isClove = (s: System): s is CloveSystem => s.startsWith('clove');
 /** The kernel flags and the peers' mode of each Clove row. */
-const CLOVE_RUN: Record<CloveSystem, { kernel: string[]; mode: 'send' | 'batch'; sandboxed: boolean }> = {
+const CLOVE_RUN: Record<
+  CloveSystem,
+  { kernel: string[]; mode: 'send' | 'batch' | 'raw'; sandboxed: boolean }
+> = {
   'clove-fast-batch': { kernel: ['--fast-path'], mode: 'batch', sandboxed: true },
+  'clove-fast-raw': { kernel: ['--fast-path'], mode: 'raw', sandboxed: true },
+  'clove-fast-batch-plain': { kernel: ['--fast-path'], mode: 'batch', sandboxed: false },
   'clove-fast': { kernel: ['--fast-path'], mode: 'send', sandboxed: true },
   clove: { kernel: [], mode: 'send', sandboxed: true },
   'clove-plain': { kernel: [], mode: 'send', sandboxed: false },
 };
 /** The rows issue 12's goals are judged on, each on its own. */
 export const GOAL_SYSTEMS: CloveSystem[] = ['clove-fast-batch', 'clove-fast'];
-/** What a run measures unless `--systems` says otherwise (`clove-plain` is a diagnostic asked for by name). */
+/**
+ * What a run measures unless `--systems` says otherwise. The diagnostics are asked for by name: `clove-plain`
+ * and `clove-fast-batch-plain` (agents unsandboxed: what the sandbox costs), `clove-fast-raw` (the batch job
+ * without the SDK: what the SDK costs).
+ */
 export const SYSTEMS: System[] = [
   'clove-fast-batch',
   'clove-fast',
@@ -55,6 +74,8 @@ export const LABELS: Record<System, string> = {
   'clove-fast': 'Clove fast path, SEND + RECV (sandboxed agents, TS SDK)',
   clove: 'Clove TypeScript path, SEND + RECV (sandboxed agents, TS SDK)',
   'clove-plain': 'Clove TypeScript path, agents unsandboxed (diagnostic)',
+  'clove-fast-raw': 'Clove fast path, raw frames without the SDK (diagnostic)',
+  'clove-fast-batch-plain': 'Clove fast path, SEND_BATCH + push, agents unsandboxed (diagnostic)',
   relay: 'raw relay floor (Node)',
   'relay-c': 'raw relay floor (C, epoll)',
   redis: 'Redis pub/sub',
@@ -627,7 +648,11 @@ async function main(): Promise<void> {
     : undefined;
   if (agentsProfDir) fs.mkdirSync(agentsProfDir, { recursive: true });
   const profiles: Profile[] = [];
-  const systems = SYSTEMS.filter((s) => !only || only.includes(s));
+  const unknown = only?.filter((s) => !(s in LABELS)) ?? [];
+  if (unknown.length > 0)
+    throw new Error(`--systems: unknown ${unknown.join(', ')} (known: ${Object.keys(LABELS).join(', ')})`);
+  // The report's systems in their order, or those asked for by name (diagnostics such as `clove-plain` too).
+  const systems = only ? (Object.keys(LABELS) as System[]).filter((s) => only.includes(s)) : SYSTEMS;
   const sizes = flags.get('sizes')?.split(',').map(Number) ?? [64, 1024];
   const shapes = flags.get('shapes')?.split(',').map(Number) ?? [1, 4];
   const machine = machineInfo();
@@ -726,6 +751,18 @@ async function main(): Promise<void> {
       ? [
           '- Clove, agents unsandboxed: the TypeScript path with SPAWN `sandboxed: false` (plain processes with the',
           '  kernel uid), a diagnostic row to show what the sandbox costs; the goals use sandboxed rows.',
+        ]
+      : []),
+    ...(systems.includes('clove-fast-batch-plain')
+      ? [
+          '- Clove fast path, agents unsandboxed: the SEND_BATCH + push row with SPAWN `sandboxed: false`, a',
+          '  diagnostic row to show what the sandbox costs.',
+        ]
+      : []),
+    ...(systems.includes('clove-fast-raw')
+      ? [
+          '- Clove fast path, raw frames: the SEND_BATCH + push job without the SDK (bench/lib/msg-peer.ts',
+          '  `cloveRawPeer`: frames written as bytes, one JSON.parse per PUSH), a diagnostic row to show what the SDK costs.',
         ]
       : []),
     '- Raw relay floor (Node): one Node process on a Unix socket with the same 17-byte framing; complete frames of',

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeFrame, FrameDecoder, type Frame } from './frame.js';
+import { encodeFrame, encodeFrameParts, FrameDecoder, type Frame } from './frame.js';
 import { HEADER_SIZE, MAGIC } from './generated.js';
 
 interface Vector {
@@ -63,6 +63,10 @@ describe('wire vectors (protocol/vectors/frames.json)', () => {
           ? Buffer.from(f.payload_hex, 'hex')
           : Buffer.from(f.payload ?? '', 'utf8');
         expect(encodeFrame(f.agent_id, f.opcode, payload).toString('hex')).toBe(v.hex);
+        // The same bytes made from pieces, as the SDK's EncodedMessage paths make them.
+        const cut = Math.floor(payload.length / 2);
+        const parts = [payload.subarray(0, cut), payload.subarray(cut)];
+        expect(encodeFrameParts(f.agent_id, f.opcode, parts).toString('hex')).toBe(v.hex);
       });
     }
   }
@@ -114,6 +118,23 @@ describe('FrameDecoder', () => {
     expect(d.push(Buffer.alloc(17, 0xff)).error?.kind).toBe('bad_magic');
     expect(d.push(encodeFrame(0, 0, '')).error?.kind).toBe('bad_magic');
     expect(d.failed).toBe(true);
+  });
+
+  it('reads a size past 2^32 exactly (both halves of the u64), and waits for it under a larger limit', () => {
+    const h = Buffer.alloc(HEADER_SIZE);
+    h.writeUInt32LE(MAGIC, 0);
+    h.writeUInt8(0x20, 8);
+    h.writeBigUInt64LE(2n ** 32n + 5n, 9);
+    const r = new FrameDecoder(2 ** 33).push(h);
+    expect(r).toEqual({ frames: [], error: null });
+    const over = new FrameDecoder(2 ** 32).push(h);
+    expect(over.error?.kind).toBe('payload_too_large');
+    expect(over.error?.message).toContain(`payload of ${2 ** 32 + 5} bytes`);
+  });
+
+  it('makes one frame of text and byte pieces, UTF-8 counted in bytes', () => {
+    const f = encodeFrameParts(7, 0x25, ['{"m":"é', Buffer.from('€"'), '}']);
+    expect(f).toEqual(encodeFrame(7, 0x25, '{"m":"é€"}'));
   });
 
   it('encodes JSON values and strings', () => {

@@ -21,7 +21,7 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import readline from 'node:readline';
-import { encodeFrame, FrameDecoder } from '../../protocol/index.js';
+import { encodeFrame, FrameDecoder, Op } from '../../protocol/index.js';
 import { CloveClient, EncodedMessage } from '../../sdk/typescript/client.js';
 
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './msg-peer-protocol.js';
@@ -149,6 +149,7 @@ function serveStdin(link: Link): void {
  * MSG_MODE `batch`: what a client built for rate does: the bodies queued in one turn leave in one
  * SEND_BATCH (answered only for refused items), and messages arrive pushed (HELLO push; the consumer
  * takes them with `client.messageBatches()`, the producer with `client.messages()`), no RECV at all.
+ * MSG_MODE `raw`: `batch` without the SDK (cloveRawPeer), a diagnostic.
  */
 async function clovePeer(): Promise<void> {
   const c = await CloveClient.connect({ socketPath: address, reconnect: false });
@@ -165,6 +166,8 @@ async function clovePeer(): Promise<void> {
   const asBody = (m: unknown): string => (typeof m === 'string' ? m : '');
   const toString = (b: Body): string => (typeof b === 'string' ? b : b.toString('latin1'));
   if (env.MSG_MODE === 'batch') return clovePushPeer(c, peerName, asString, asBody, toString);
+  // The SDK's connection said HELLO (LIST `ready`) and stays open, idle; the raw peer has its own.
+  if (env.MSG_MODE === 'raw') return cloveRawPeer(peerName, asString);
   if (role === 'consumer') {
     const pending: string[] = [];
     const onBody = consumer<string>((b) => pending.push(toString(b)));
@@ -255,6 +258,57 @@ async function clovePushPeer(
     }
     onBody(asBody(m.message));
   }
+}
+
+/**
+ * MSG_MODE `raw` (a diagnostic, `--systems clove-fast-raw`): the job of `batch` without the SDK, to tell
+ * the SDK's share of a round trip from the kernel's: its own connection (HELLO push, batched), SEND_BATCH
+ * frames written as bytes, one JSON.parse per PUSH, replies only checked for a refusal.
+ */
+async function cloveRawPeer(peerName: string, asString: (b: Buffer) => string): Promise<void> {
+  const s = await new Promise<net.Socket>((res, rej) => {
+    const x = net.connect(address, () => res(x));
+    x.once('error', rej);
+  });
+  s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true}}'));
+  const dec = new FrameDecoder(16 * 1024 * 1024);
+  let queued: string[] = [];
+  const flush = (): void => {
+    if (queued.length === 0) return;
+    const items = queued.map((m) => `{"to_name":"${peerName}","message":"${m}"}`).join(',');
+    s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"refused"}`));
+    queued = [];
+  };
+  const link: Link = { send: (b) => queued.push(asString(b)), onReply: () => {}, flush };
+  const onBody =
+    role === 'consumer'
+      ? consumer<string>((b) => queued.push(typeof b === 'string' ? b : b.toString('latin1')), flush)
+      : (b: string) => link.onReply(b);
+  s.on('data', (chunk: Buffer) => {
+    const { frames, error } = dec.push(chunk);
+    if (error) throw error;
+    for (const f of frames) {
+      if (f.opcode !== Op.PUSH) {
+        const p = f.payload;
+        if (
+          p.includes('"success":false') ||
+          (p.includes('"failed_count":') && !p.includes('"failed_count":0,'))
+        )
+          throw new Error(`raw peer ${role} ${pair}: refused: ${p.toString()}`);
+        continue;
+      }
+      const p = JSON.parse(f.payload.toString('utf8')) as {
+        messages?: { from_name?: string; message: unknown }[];
+      };
+      for (const m of p.messages ?? []) {
+        if (m.from_name === 'bench')
+          void produce(link, m.message as Order).then((res) =>
+            s.write(encodeFrame(0, Op.SEND, { to_name: 'bench', message: res })),
+          );
+        else onBody(typeof m.message === 'string' ? m.message : '');
+      }
+    }
+  });
 }
 
 // --- raw relay (the floor) -------------------------------------------------------------------------
