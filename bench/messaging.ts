@@ -56,12 +56,13 @@ const CLOVE_RUN: Record<
 /** The rows issue 12's goals are judged on, each on its own. */
 export const GOAL_SYSTEMS: CloveSystem[] = ['clove-fast-batch', 'clove-fast'];
 /**
- * What a run measures unless `--systems` says otherwise. The diagnostics are asked for by name: `clove-plain`
- * and `clove-fast-batch-plain` (agents unsandboxed: what the sandbox costs), `clove-fast-raw` (the batch job
- * without the SDK: what the SDK costs).
+ * What a run measures unless `--systems` says otherwise: with `clove-fast-raw` (the batch job without the
+ * SDK), so that the report shows the SDK's share. The other diagnostics are asked for by name: `clove-plain`
+ * and `clove-fast-batch-plain` (agents unsandboxed: what the sandbox costs).
  */
 export const SYSTEMS: System[] = [
   'clove-fast-batch',
+  'clove-fast-raw',
   'clove-fast',
   'clove',
   'relay',

@@ -272,13 +272,24 @@ async function cloveRawPeer(peerName: string, asString: (b: Buffer) => string): 
   });
   s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true}}'));
   const dec = new FrameDecoder(16 * 1024 * 1024);
-  let queued: string[] = [];
+  const queued: string[] = [];
+  // Split as the SDK peer splits (about 96 KiB, 4096 items a frame at most).
   const flush = (): void => {
-    if (queued.length === 0) return;
-    const items = queued.map((m) => `{"to_name":"${peerName}","message":"${m}"}`).join(',');
-    s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"refused"}`));
-    queued = [];
+    while (queued.length > 0) {
+      let n = 0;
+      for (let bytes = 0; n < queued.length && n < 4096 && bytes < 96 * 1024; n++)
+        bytes += queued[n].length + 64;
+      const items = queued
+        .splice(0, n)
+        .map((m) => `{"to_name":"${peerName}","message":"${m}"}`)
+        .join(',');
+      s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"refused"}`));
+    }
   };
+  s.on('close', () => {
+    console.error(`raw peer ${role} ${pair}: the kernel closed the connection`);
+    process.exit(1);
+  });
   const link: Link = { send: (b) => queued.push(asString(b)), onReply: () => {}, flush };
   const onBody =
     role === 'consumer'
