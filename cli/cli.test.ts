@@ -47,6 +47,14 @@ describe('clove CLI', () => {
     expect(ps.out).toMatch(/talker\s+-\s+RUNNING/);
     const json = JSON.parse((await clove('ps', '--json')).out);
     expect(json[0]).toMatchObject({ name: 'talker', state: 'RUNNING', restart_policy: 'on-failure' });
+    // A sandboxed agent that restarts on failure gets a spare sandbox a second after it started: WARM says so.
+    expect(json[0].spare).toEqual(expect.objectContaining({ ready: expect.any(Boolean) }));
+    await until(
+      async () => JSON.parse((await clove('ps', '--json')).out)[0]?.spare?.ready === true,
+      10_000,
+      'spare ready',
+    );
+    expect((await clove('ps')).out).toMatch(/talker\s.*\sspare\s*$/m);
     expect((await clove('send', 'talker', '{"hello":"world"}')).code).toBe(0);
     await until(
       async () => (await clove('logs', 'talker')).out.includes("got {'hello': 'world'}"),

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import type { Command } from 'commander';
-import type { AgentInfo, AgentMetrics } from '../../protocol/generated.js';
+import type { AgentInfo, AgentMetrics, SpareInfo, StandbyInfo } from '../../protocol/generated.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { EXIT, CliError, fmtBytes, fmtUptime, labelsOf, table, tryConnect, withClient } from '../lib.js';
 import type { Globals } from './compose.js';
@@ -28,6 +28,22 @@ export interface PsEntry {
   labels: Record<string, string>;
   /** GET_QUOTA's reply when the kernel has quotas, else null */
   quotas: Record<string, unknown> | null;
+  /** LIST's `standby`: the agent's warm standby (a parked interpreter), else null */
+  standby: StandbyInfo | null;
+  /** LIST's `spare`: the agent's spare sandbox (made in advance for its next restart), else null */
+  spare: SpareInfo | null;
+}
+
+/**
+ * The WARM column: what the agent's next restart starts from. `standby` or `spare` when one is parked and
+ * ready, `… (making)` while it is being made, `-` for a cold start.
+ */
+export function fmtWarm(e: Pick<PsEntry, 'standby' | 'spare'>): string {
+  if (e.standby?.ready) return 'standby';
+  if (e.spare?.ready) return 'spare';
+  if (e.standby && !e.standby.note) return 'standby (making)';
+  if (e.spare) return 'spare (making)';
+  return '-';
 }
 
 /**
@@ -111,6 +127,8 @@ export async function psEntries(
       restart_policy: a.restart_policy,
       labels: l,
       quotas: quotas.get(a.id) ?? null,
+      standby: a.standby ?? null,
+      spare: a.spare ?? null,
     });
   }
   return out;
@@ -224,7 +242,9 @@ async function status(socket: string): Promise<Status> {
 
 export function registerStatus(p: Command, g: Globals): void {
   p.command('ps')
-    .description('list agents: service, state, pid, restarts, uptime, CPU, memory, quota use')
+    .description(
+      'list agents: service, state, pid, restarts, uptime, CPU, memory, quota use, what a restart starts from',
+    )
     .argument('[services...]', 'only agents of these services (or with these names)')
     .option('-a, --all', 'also agents that stopped or failed for good')
     .option('--json', 'print JSON')
@@ -246,6 +266,7 @@ export function registerStatus(p: Command, g: Globals): void {
           'CPU',
           'MEM',
           'QUOTAS',
+          'WARM',
         ],
       ];
       for (const r of rows)
@@ -261,6 +282,7 @@ export function registerStatus(p: Command, g: Globals): void {
           r.cpu_percent === null ? '-' : `${r.cpu_percent.toFixed(1)}%`,
           fmtBytes(r.memory_bytes),
           fmtQuotas(r.quotas),
+          fmtWarm(r),
         ]);
       console.log(table(t));
     });
