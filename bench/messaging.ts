@@ -70,6 +70,21 @@ export const SYSTEMS: System[] = [
   'redis',
   'nats',
 ];
+/** What each diagnostic row is, for the report's notes (printed when the row was measured). */
+const DIAGNOSTIC_NOTES: Partial<Record<System, string[]>> = {
+  'clove-fast-raw': [
+    '- Clove fast path, raw frames: the SEND_BATCH + push job without the SDK (bench/lib/msg-peer.ts',
+    '  `cloveRawPeer`: frames written as bytes, one JSON.parse per PUSH), a diagnostic row to show what the SDK costs.',
+  ],
+  'clove-fast-batch-plain': [
+    '- Clove fast path, agents unsandboxed: the SEND_BATCH + push row with SPAWN `sandboxed: false`, a',
+    '  diagnostic row to show what the sandbox costs.',
+  ],
+  'clove-plain': [
+    '- Clove, agents unsandboxed: the TypeScript path with SPAWN `sandboxed: false` (plain processes with the',
+    '  kernel uid), a diagnostic row to show what the sandbox costs; the goals use sandboxed rows.',
+  ],
+};
 export const LABELS: Record<System, string> = {
   'clove-fast-batch': 'Clove fast path, SEND_BATCH + push (sandboxed agents, TS SDK)',
   'clove-fast': 'Clove fast path, SEND + RECV (sandboxed agents, TS SDK)',
@@ -748,24 +763,7 @@ async function main(): Promise<void> {
     'reports/messaging.json), round trips are pooled over the rounds.',
     '',
     `- Clove: ${results.setup.clove}.`,
-    ...(systems.includes('clove-plain')
-      ? [
-          '- Clove, agents unsandboxed: the TypeScript path with SPAWN `sandboxed: false` (plain processes with the',
-          '  kernel uid), a diagnostic row to show what the sandbox costs; the goals use sandboxed rows.',
-        ]
-      : []),
-    ...(systems.includes('clove-fast-batch-plain')
-      ? [
-          '- Clove fast path, agents unsandboxed: the SEND_BATCH + push row with SPAWN `sandboxed: false`, a',
-          '  diagnostic row to show what the sandbox costs.',
-        ]
-      : []),
-    ...(systems.includes('clove-fast-raw')
-      ? [
-          '- Clove fast path, raw frames: the SEND_BATCH + push job without the SDK (bench/lib/msg-peer.ts',
-          '  `cloveRawPeer`: frames written as bytes, one JSON.parse per PUSH), a diagnostic row to show what the SDK costs.',
-        ]
-      : []),
+    ...systems.flatMap((s) => DIAGNOSTIC_NOTES[s] ?? []),
     '- Raw relay floor (Node): one Node process on a Unix socket with the same 17-byte framing; complete frames of',
     '  each read go to the paired connection in one write (bench/lib/msg-peer.ts `relayServer`).',
     '- Raw relay floor (C): the same relay in C with epoll (bench/lib/relay.c), clients are the same Node peers.',

@@ -167,7 +167,7 @@ async function clovePeer(): Promise<void> {
   const toString = (b: Body): string => (typeof b === 'string' ? b : b.toString('latin1'));
   if (env.MSG_MODE === 'batch') return clovePushPeer(c, peerName, asString, asBody, toString);
   // The SDK's connection said HELLO (LIST `ready`) and stays open, idle; the raw peer has its own.
-  if (env.MSG_MODE === 'raw') return cloveRawPeer(peerName, asString);
+  if (env.MSG_MODE === 'raw') return cloveRawPeer(peerName, asString, toString);
   if (role === 'consumer') {
     const pending: string[] = [];
     const onBody = consumer<string>((b) => pending.push(toString(b)));
@@ -206,6 +206,17 @@ async function clovePeer(): Promise<void> {
   }
 }
 
+/**
+ * Takes the next SEND_BATCH's worth off the front of `queue`: split so that no frame passes about 100 KiB
+ * (V8 makes strings and buffers over 128 KiB outside its young generation, several times slower per byte:
+ * reports/fastpath.md), and at most 4096 items (SEND_BATCH's bound).
+ */
+function nextBatch<T>(queue: T[], bytesOf: (item: T) => number): T[] {
+  let n = 0;
+  for (let bytes = 0; n < queue.length && n < 4096 && bytes < 96 * 1024; n++) bytes += bytesOf(queue[n]) + 64;
+  return queue.splice(0, n);
+}
+
 /** MSG_MODE `batch`: SEND_BATCH out, pushed messages in (see clovePeer). */
 async function clovePushPeer(
   c: CloveClient,
@@ -223,14 +234,10 @@ async function clovePushPeer(
     if (text !== lastText) [lastText, lastEncoded] = [text, new EncodedMessage(text)];
     return lastEncoded;
   };
-  // One SEND_BATCH per flush, split so that no frame passes about 100 KiB: V8 makes strings and buffers
-  // over 128 KiB outside its young generation, several times slower per byte (reports/fastpath.md).
+  // One SEND_BATCH per flush, split by nextBatch.
   const flush = (): void => {
     while (out.length > 0) {
-      let n = 0;
-      for (let bytes = 0; n < out.length && n < 4096 && bytes < 96 * 1024; n++)
-        bytes += out[n].byteLength + 64;
-      const items = out.splice(0, n).map((message) => ({ to_name: peerName, message }));
+      const items = nextBatch(out, (m) => m.byteLength).map((message) => ({ to_name: peerName, message }));
       // Only refusals come back (`results: "refused"`), not one result per message.
       void c.sendBatch(items, { results: 'refused' }).then((r) => {
         if (r.failed_count > 0) throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results[0])}`);
@@ -265,7 +272,11 @@ async function clovePushPeer(
  * the SDK's share of a round trip from the kernel's: its own connection (HELLO push, batched), SEND_BATCH
  * frames written as bytes, one JSON.parse per PUSH, replies only checked for a refusal.
  */
-async function cloveRawPeer(peerName: string, asString: (b: Buffer) => string): Promise<void> {
+async function cloveRawPeer(
+  peerName: string,
+  asString: (b: Buffer) => string,
+  toString: (b: Body) => string,
+): Promise<void> {
   const s = await new Promise<net.Socket>((res, rej) => {
     const x = net.connect(address, () => res(x));
     x.once('error', rej);
@@ -273,14 +284,10 @@ async function cloveRawPeer(peerName: string, asString: (b: Buffer) => string): 
   s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true}}'));
   const dec = new FrameDecoder(16 * 1024 * 1024);
   const queued: string[] = [];
-  // Split as the SDK peer splits (about 96 KiB, 4096 items a frame at most).
+  // Split as the SDK peer splits (nextBatch).
   const flush = (): void => {
     while (queued.length > 0) {
-      let n = 0;
-      for (let bytes = 0; n < queued.length && n < 4096 && bytes < 96 * 1024; n++)
-        bytes += queued[n].length + 64;
-      const items = queued
-        .splice(0, n)
+      const items = nextBatch(queued, (m) => m.length)
         .map((m) => `{"to_name":"${peerName}","message":"${m}"}`)
         .join(',');
       s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"refused"}`));
@@ -293,7 +300,7 @@ async function cloveRawPeer(peerName: string, asString: (b: Buffer) => string): 
   const link: Link = { send: (b) => queued.push(asString(b)), onReply: () => {}, flush };
   const onBody =
     role === 'consumer'
-      ? consumer<string>((b) => queued.push(typeof b === 'string' ? b : b.toString('latin1')), flush)
+      ? consumer<string>((b) => queued.push(toString(b)), flush)
       : (b: string) => link.onReply(b);
   s.on('data', (chunk: Buffer) => {
     const { frames, error } = dec.push(chunk);
