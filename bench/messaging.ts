@@ -74,7 +74,8 @@ export const SYSTEMS: System[] = [
 const DIAGNOSTIC_NOTES: Partial<Record<System, string[]>> = {
   'clove-fast-raw': [
     '- Clove fast path, raw frames: the SEND_BATCH + push job without the SDK (bench/lib/msg-peer.ts',
-    '  `cloveRawPeer`: frames written as bytes, one JSON.parse per PUSH), a diagnostic row to show what the SDK costs.',
+    '  `cloveRawPeer`: frames written as bytes, PUSH_BINARY read with protocol/push-binary.ts), a diagnostic',
+    '  row to show what the SDK costs.',
   ],
   'clove-fast-batch-plain': [
     '- Clove fast path, agents unsandboxed: the SEND_BATCH + push row with SPAWN `sandboxed: false`, a',

@@ -58,6 +58,8 @@ describe('swarm under SIGKILL', () => {
       spawned.set(`w-${i}`, r.id);
     }
     await until(() => [...spawned.keys()].every((n) => ups(n) === 1), 20_000, 'all workers up');
+    // Every name exists now: the workers may start sending.
+    for (const name of spawned.keys()) await op.send(name, 'go');
     await until(() => reports.filter((r) => r.type === 'recv').length > 100, 20_000, 'traffic');
 
     const before = new Map((await op.list()).map((a) => [a.name, a]));

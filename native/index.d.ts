@@ -366,10 +366,18 @@ export declare class NativeMailStore {
   /** Test-only: Resume() of a parked RECV; the reply frame, or null while it keeps waiting. */
   resume(park: { id: number; holder: number; max: number; lease: boolean }, timedOut: boolean): Buffer | null;
   /**
-   * Test-only: PushMessages(); the PUSH frames written (one per message, or one for all with `batch`).
+   * Test-only: PushMessages(); the PUSH frames written (one per message, or one for all with `batch`;
+   * PUSH_BINARY frames with `binary`).
    * `maxBytes`: message text taken at most (at least one message; default: the reply byte limit only).
    */
-  pushMessages(id: number, holder: number, max: number, batch?: boolean, maxBytes?: number): Buffer;
+  pushMessages(
+    id: number,
+    holder: number,
+    max: number,
+    batch?: boolean,
+    maxBytes?: number,
+    binary?: boolean,
+  ): Buffer;
 }
 
 export type NativeReactorEvent =
@@ -379,6 +387,15 @@ export type NativeReactorEvent =
   | { type: 'close'; conn: number; error?: string };
 
 /** The reactor thread: owns adopted connections, serves the fast calls, hands the rest to `onEvents`. */
+/** What the reactor pushes to a connection (HELLO `push`): its messages, several to a frame, in binary. */
+export interface NativePushMode {
+  messages: boolean;
+  /** Several messages to a frame (push.batch). */
+  batch: boolean;
+  /** PUSH_BINARY frames (push.format "binary") instead of PUSH JSON. */
+  binary: boolean;
+}
+
 export declare class NativeReactor {
   constructor(o: {
     store: NativeMailStore;
@@ -390,8 +407,8 @@ export declare class NativeReactor {
   /** Queues `data` (written at once when possible); `answered`: forwarded requests it answers. Returns bytes unsent. */
   write(conn: number, data: Buffer, answered: number): number;
   setFast(conn: number, fast: boolean): void;
-  /** The reactor pushes `conn`'s messages (`batch`: several to a PUSH frame). */
-  setPush(conn: number, messages: boolean, batch?: boolean): void;
+  /** What the reactor pushes of `conn`'s messages. */
+  setPush(conn: number, mode: NativePushMode): void;
   pause(conn: number): void;
   resume(conn: number): void;
   /** Shuts down the kernel's write side once everything queued is written. */

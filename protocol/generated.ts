@@ -46,6 +46,8 @@ export const Op = {
   PUSH: 0x24,
   /** queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered (Clove extension) */
   SEND_BATCH: 0x25,
+  /** unsolicited: pushed messages in a binary envelope, to a connection that opted in with HELLO `push.format: "binary"`; a client never sends it. Payload, little-endian: u32 count, then per message a 24-byte head (u32 from, u32 age_ms, u64 seq, u32 from_name length, u32 message length), the sender's name (UTF-8) and the message's JSON text as queued (the bytes RECV's reply would carry). A client takes a message's bytes without parsing JSON (Clove extension) */
+  PUSH_BINARY: 0x26,
   /** write a key; global keys belong to whoever created them */
   STORE: 0x30,
   /** read a key: without a scope, agent scope first, then global/session */
@@ -378,6 +380,18 @@ export const OPCODES: readonly OpInfo[] = [
     summary:
       'queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered',
     sdk: { typescript: 'sendBatch', python: 'send_batch' },
+  },
+  {
+    name: 'PUSH_BINARY',
+    code: 38,
+    family: 'ipc',
+    status: 'implemented',
+    ext: true,
+    raw: true,
+    journaled: false,
+    summary:
+      "unsolicited: pushed messages in a binary envelope, to a connection that opted in with HELLO `push.format: \"binary\"`; a client never sends it. Payload, little-endian: u32 count, then per message a 24-byte head (u32 from, u32 age_ms, u64 seq, u32 from_name length, u32 message length), the sender's name (UTF-8) and the message's JSON text as queued (the bytes RECV's reply would carry). A client takes a message's bytes without parsing JSON",
+    sdk: { typescript: 'messages', python: 'messages' },
   },
   {
     name: 'STORE',
@@ -6680,6 +6694,10 @@ export interface HelloRequest {
      * messages arrive several to a frame: one PUSH `{"kind": "messages", "messages": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message
      */
     batch?: boolean;
+    /**
+     * how messages are pushed: `json` (the default) as PUSH (0x24) frames with RECV's fields; `binary` as PUSH_BINARY (0x26) frames, whose envelope is read without a JSON parse (one message to a frame, or several with `batch`). Events are pushed as PUSH frames either way
+     */
+    format?: 'json' | 'binary';
   };
 }
 /**
@@ -6705,6 +6723,10 @@ export interface HelloArgs {
      * messages arrive several to a frame: one PUSH `{"kind": "messages", "messages": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message
      */
     batch?: boolean;
+    /**
+     * how messages are pushed: `json` (the default) as PUSH (0x24) frames with RECV's fields; `binary` as PUSH_BINARY (0x26) frames, whose envelope is read without a JSON parse (one message to a frame, or several with `batch`). Events are pushed as PUSH frames either way
+     */
+    format?: 'json' | 'binary';
   };
 }
 /**
@@ -6745,6 +6767,7 @@ export interface HelloReply {
     messages: boolean;
     events: boolean;
     batch?: boolean;
+    format?: 'json' | 'binary';
   };
 }
 
@@ -9483,6 +9506,11 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
             type: 'boolean',
             description:
               'messages arrive several to a frame: one PUSH `{"kind": "messages", "messages": [...]}` carries what the mailbox held (RECV\'s items, up to the reply byte limit) instead of one frame per message',
+          },
+          format: {
+            enum: ['json', 'binary'],
+            description:
+              "how messages are pushed: `json` (the default) as PUSH (0x24) frames with RECV's fields; `binary` as PUSH_BINARY (0x26) frames, whose envelope is read without a JSON parse (one message to a frame, or several with `batch`). Events are pushed as PUSH frames either way",
           },
         },
       },

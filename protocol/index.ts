@@ -5,6 +5,7 @@
  */
 export * from './frame.js';
 export * from './generated.js';
+export * from './push-binary.js';
 
 import { OPCODES, type OpInfo, type OpName } from './generated.js';
 

@@ -9591,7 +9591,7 @@ return errors === 0;
 validate110.evaluated = {"props":{"stream_id":true},"dynamicProps":false,"dynamicItems":false};
 
 export const HELLO = validate111;
-const schema155 = {"type":"object","properties":{"push":{"type":"object","additionalProperties":false,"description":"ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.","properties":{"messages":{"type":"boolean","description":"push the caller's messages (taken from its mailbox as RECV takes them, without a lease)"},"events":{"type":"boolean","description":"push the events of the caller's subscriptions (SUBSCRIBE still chooses them)"},"batch":{"type":"boolean","description":"messages arrive several to a frame: one PUSH `{\"kind\": \"messages\", \"messages\": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message"}}}}};
+const schema155 = {"type":"object","properties":{"push":{"type":"object","additionalProperties":false,"description":"ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.","properties":{"messages":{"type":"boolean","description":"push the caller's messages (taken from its mailbox as RECV takes them, without a lease)"},"events":{"type":"boolean","description":"push the events of the caller's subscriptions (SUBSCRIBE still chooses them)"},"batch":{"type":"boolean","description":"messages arrive several to a frame: one PUSH `{\"kind\": \"messages\", \"messages\": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message"},"format":{"enum":["json","binary"],"description":"how messages are pushed: `json` (the default) as PUSH (0x24) frames with RECV's fields; `binary` as PUSH_BINARY (0x26) frames, whose envelope is read without a JSON parse (one message to a frame, or several with `batch`). Events are pushed as PUSH frames either way"}}}}};
 
 function validate111(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -9612,7 +9612,7 @@ if(errors === _errs1){
 if(data0 && typeof data0 == "object" && !Array.isArray(data0)){
 const _errs3 = errors;
 for(const key0 in data0){
-if(!(((key0 === "messages") || (key0 === "events")) || (key0 === "batch"))){
+if(!((((key0 === "messages") || (key0 === "events")) || (key0 === "batch")) || (key0 === "format"))){
 validate111.errors = [{instancePath:instancePath+"/push",schemaPath:"#/properties/push/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
@@ -9653,6 +9653,20 @@ var valid1 = _errs8 === errors;
 }
 else {
 var valid1 = true;
+}
+if(valid1){
+if(data0.format !== undefined){
+let data4 = data0.format;
+const _errs10 = errors;
+if(!((data4 === "json") || (data4 === "binary"))){
+validate111.errors = [{instancePath:instancePath+"/push/format",schemaPath:"#/properties/push/properties/format/enum",keyword:"enum",params:{allowedValues: schema155.properties.push.properties.format.enum},message:"must be equal to one of the allowed values"}];
+return false;
+}
+var valid1 = _errs10 === errors;
+}
+else {
+var valid1 = true;
+}
 }
 }
 }

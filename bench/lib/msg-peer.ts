@@ -21,8 +21,8 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import readline from 'node:readline';
-import { encodeFrame, FrameDecoder, Op } from '../../protocol/index.js';
-import { CloveClient, EncodedMessage } from '../../sdk/typescript/client.js';
+import { decodePushBinary, encodeFrame, FrameDecoder, Op } from '../../protocol/index.js';
+import { CloveClient, EncodedMessage, type PushedMessage } from '../../sdk/typescript/client.js';
 
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './msg-peer-protocol.js';
 
@@ -30,12 +30,13 @@ import { ACK_EVERY, WINDOW, type Order, type Outcome } from './msg-peer-protocol
 const RELAY_OP = 0x20;
 
 /**
- * A body as a system's client hands it over: bytes (relay, Redis, NATS), or the JSON string a Clove
- * message is (not turned into bytes: the peers only look at the first character, as the others at the
- * first byte).
+ * A body as a system's client hands it over: bytes (relay, Redis, NATS; a pushed Clove message's bytes,
+ * which are its JSON text, a string in quotes), or the string a Clove message parsed to (RECV). The peers
+ * only look at the first character, as the others at the first byte: no body is parsed.
  */
 type Body = Buffer | string;
-const kindOf = (b: Body): number => (typeof b === 'string' ? b.charCodeAt(0) : b[0]);
+const QUOTE = 0x22;
+const kindOf = (b: Body): number => (typeof b === 'string' ? b.charCodeAt(0) : b[0] === QUOTE ? b[1] : b[0]);
 
 /** What a producer needs from a system: send one body to its consumer, and hear what comes back. */
 interface Link {
@@ -164,7 +165,9 @@ async function clovePeer(): Promise<void> {
     return lastString;
   };
   const asBody = (m: unknown): string => (typeof m === 'string' ? m : '');
-  const toString = (b: Body): string => (typeof b === 'string' ? b : b.toString('latin1'));
+  // A JSON string's bytes (a pushed message's) without their quotes.
+  const toString = (b: Body): string =>
+    typeof b === 'string' ? b : b[0] === QUOTE ? b.toString('latin1', 1, b.length - 1) : b.toString('latin1');
   if (env.MSG_MODE === 'batch') return clovePushPeer(c, peerName, asString, asBody, toString);
   // The SDK's connection said HELLO (LIST `ready`) and stays open, idle; the raw peer has its own.
   if (env.MSG_MODE === 'raw') return cloveRawPeer(peerName, asString, toString);
@@ -247,12 +250,15 @@ async function clovePushPeer(
   // A consumer sends each ack and pong at once (one item); a producer's bodies leave per window batch.
   const onBody =
     role === 'consumer'
-      ? consumer<string>((b) => out.push(encoded(toString(b))), flush)
-      : (b: string): void => link.onReply(b);
+      ? consumer<Body>((b) => out.push(encoded(toString(b))), flush)
+      : (b: Body): void => link.onReply(b);
   const link: Link = { send: (b) => out.push(encoded(asString(b))), onReply: () => {}, flush };
+  // The bytes of a message pushed in the binary envelope (the SDK asks for it): nothing is parsed, as a
+  // NATS consumer takes a message's data. A kernel pushing JSON: the parsed string.
+  const bodyOf = (m: PushedMessage): Body => m.bytes ?? asBody(m.message);
   if (role === 'consumer') {
     // A consumer built for rate takes what arrived as one batch (one promise per PUSH, not per message).
-    for await (const batch of c.messageBatches()) for (const m of batch) onBody(asBody(m.message));
+    for await (const batch of c.messageBatches()) for (const m of batch) onBody(bodyOf(m));
     return;
   }
   // The producer takes its acknowledgements one by one and refills the window after each (a SEND_BATCH of
@@ -263,14 +269,15 @@ async function clovePushPeer(
       void produce(link, m.message as Order).then((res) => c.send('bench', res));
       continue;
     }
-    onBody(asBody(m.message));
+    onBody(bodyOf(m));
   }
 }
 
 /**
  * MSG_MODE `raw` (a diagnostic, `--systems clove-fast-raw`): the job of `batch` without the SDK, to tell
- * the SDK's share of a round trip from the kernel's: its own connection (HELLO push, batched), SEND_BATCH
- * frames written as bytes, one JSON.parse per PUSH, replies only checked for a refusal.
+ * the SDK's share of a round trip from the kernel's: its own connection (HELLO push, batched, binary),
+ * SEND_BATCH frames written as bytes, PUSH_BINARY decoded (protocol/push-binary.ts), replies only checked
+ * for a refusal.
  */
 async function cloveRawPeer(
   peerName: string,
@@ -281,7 +288,7 @@ async function cloveRawPeer(
     const x = net.connect(address, () => res(x));
     x.once('error', rej);
   });
-  s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true}}'));
+  s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true,"format":"binary"}}'));
   const dec = new FrameDecoder(16 * 1024 * 1024);
   const queued: string[] = [];
   // Split as the SDK peer splits (nextBatch).
@@ -300,13 +307,13 @@ async function cloveRawPeer(
   const link: Link = { send: (b) => queued.push(asString(b)), onReply: () => {}, flush };
   const onBody =
     role === 'consumer'
-      ? consumer<string>((b) => queued.push(toString(b)), flush)
-      : (b: string) => link.onReply(b);
+      ? consumer<Body>((b) => queued.push(toString(b)), flush)
+      : (b: Body) => link.onReply(b);
   s.on('data', (chunk: Buffer) => {
     const { frames, error } = dec.push(chunk);
     if (error) throw error;
     for (const f of frames) {
-      if (f.opcode !== Op.PUSH) {
+      if (f.opcode !== Op.PUSH_BINARY) {
         const p = f.payload;
         if (
           p.includes('"success":false') ||
@@ -315,15 +322,12 @@ async function cloveRawPeer(
           throw new Error(`raw peer ${role} ${pair}: refused: ${p.toString()}`);
         continue;
       }
-      const p = JSON.parse(f.payload.toString('utf8')) as {
-        messages?: { from_name?: string; message: unknown }[];
-      };
-      for (const m of p.messages ?? []) {
+      for (const m of decodePushBinary(f.payload)) {
         if (m.from_name === 'bench')
           void produce(link, m.message as Order).then((res) =>
             s.write(encodeFrame(0, Op.SEND, { to_name: 'bench', message: res })),
           );
-        else onBody(typeof m.message === 'string' ? m.message : '');
+        else onBody(m.bytes);
       }
     }
   });

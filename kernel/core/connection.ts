@@ -9,7 +9,7 @@
  * (the socket closes, ECONNRESET, EPIPE) is torn down at once, and its parked calls are woken.
  */
 import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
-import type { ConnStream } from './native-socket.js';
+import type { ConnStream, NativePushMode as NativePush } from './native-socket.js';
 import type { Principal } from './principals.js';
 import { writeScope } from './write-scope.js';
 
@@ -21,15 +21,15 @@ export interface PushPort {
   readonly signal: AbortSignal;
   /** Whether more pushed frames may be written now. */
   room(): boolean;
-  /** Writes PUSH frames (JSON texts), in order, in one writev. */
-  write(payloads: (string | Buffer)[]): void;
+  /** Writes PUSH frames (JSON texts) or, `opcode`, frames of that opcode, in order, in one writev. */
+  write(payloads: (string | Buffer)[], opcode?: number): void;
   /** Resolves when there is room again, or the connection closed. */
   drained(): Promise<void>;
   /**
    * On the fast path: messages are pushed by the reactor itself (docs/fastpath.md, Rule 6); this switches
    * it. Absent for a connection served by TypeScript, where push.ts pushes messages too.
    */
-  nativeMessages?(on: boolean, batch: boolean): void;
+  nativeMessages?(mode: NativePush): void;
 }
 
 export interface Dispatcher {
@@ -264,13 +264,13 @@ export class Connection {
   private pushPortOf(): PushPort {
     const native = this.socket.setPush?.bind(this.socket);
     return {
-      ...(native ? { nativeMessages: (on: boolean, batch: boolean) => native(on, batch) } : {}),
+      ...(native ? { nativeMessages: (mode: NativePush) => native(mode) } : {}),
       signal: this.abort.signal,
       room: () => !this.closing && !this.socket.destroyed && this.socket.writableLength < PUSH_HIGH_WATER,
-      write: (payloads) => {
+      write: (payloads, opcode = Op.PUSH) => {
         if (this.closing || this.socket.destroyed) return;
         this.socket.cork();
-        for (const p of payloads) this.socket.write(encodeFrame(this.principal.id, Op.PUSH, p));
+        for (const p of payloads) this.socket.write(encodeFrame(this.principal.id, opcode, p));
         this.socket.uncork();
       },
       drained: () =>

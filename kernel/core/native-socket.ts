@@ -6,7 +6,13 @@
  */
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import type { NativeMailStore, NativeReactor, NativeReactorEvent, CloveNative } from '../../native/index.js';
+import type {
+  NativeMailStore,
+  NativePushMode,
+  NativeReactor,
+  NativeReactorEvent,
+  CloveNative,
+} from '../../native/index.js';
 import { loadNative } from '../sandbox/native.js';
 
 /** What a Connection uses of its socket: a net.Socket, or a NativeSocket over the reactor. */
@@ -29,8 +35,10 @@ export interface ConnStream {
   /** The next bytes written answer `n` requests (the reactor holds later fast calls until they are). */
   answers?(n: number): void;
   /** The reactor pushes this connection's messages itself (HELLO push on the fast path). */
-  setPush?(messages: boolean, batch: boolean): void;
+  setPush?(mode: NativePushMode): void;
 }
+
+export type { NativePushMode };
 
 /**
  * An adopted connection as a stream. Writes under a cork gather here and leave in one `reactor.write`
@@ -73,8 +81,8 @@ export class NativeSocket extends EventEmitter implements ConnStream {
   }
 
   /** Rule 6: the reactor writes PUSH frames of this principal's messages (HELLO `push.messages`). */
-  setPush(messages: boolean, batch: boolean): void {
-    if (!this.destroyed_) this.reactor.setPush(this.conn, messages, batch);
+  setPush(mode: NativePushMode): void {
+    if (!this.destroyed_) this.reactor.setPush(this.conn, mode);
   }
 
   write(data: Buffer, cb?: (err?: Error | null) => void): boolean {

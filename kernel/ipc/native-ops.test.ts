@@ -12,7 +12,7 @@ import { PostOffice, QueuedBytes, type Mail } from './mailboxes.js';
 import ipcFamily from '../syscalls/ipc/index.js';
 import type { Services, SyscallContext } from '../core/context.js';
 import { checkDepth, parseObject, validateRequest } from '../core/validate.js';
-import { MAGIC } from '../../protocol/index.js';
+import { decodePushBinary, encodePushBinary, MAGIC, Op } from '../../protocol/index.js';
 
 const SEND = 0x20;
 const RECV = 0x21;
@@ -485,6 +485,32 @@ describe('fast path ops (MailStore.serve)', () => {
       count: 1,
     });
     expect(w.store.pushMessages(1, 5, 64, true).length).toBe(0);
+  });
+
+  it('push binary: PUSH_BINARY frames, one per message or one for all, the bytes push-binary.ts writes', () => {
+    const w = world();
+    for (const m of ['{"n":1}', '[2]', '"thrée"']) w.serve(2, SEND, `{"to":1,"message":${m}}`);
+    const one = frames(w.store.pushMessages(1, 5, 1, false, undefined, true));
+    expect(one.map((f) => [f.agentId, f.opcode])).toEqual([[1, Op.PUSH_BINARY]]);
+    const [m1] = decodePushBinary(one[0]!.payload);
+    expect({ from: m1!.from, from_name: m1!.from_name, seq: m1!.seq, bytes: m1!.bytes.toString() }).toEqual({
+      from: 2,
+      from_name: 'a2',
+      seq: 1,
+      bytes: '{"n":1}',
+    });
+    // The same bytes as the TypeScript path's encoder for the same message.
+    expect(one[0]!.payload).toEqual(
+      encodePushBinary([{ from: 2, from_name: 'a2', age_ms: m1!.age_ms, seq: 1, json: '{"n":1}' }]),
+    );
+    const all = frames(w.store.pushMessages(1, 5, 64, true, undefined, true));
+    expect(all.length).toBe(1);
+    expect(decodePushBinary(all[0]!.payload).map((m) => [m.bytes.toString(), m.seq])).toEqual([
+      ['[2]', 2],
+      ['"thrée"', 3],
+    ]);
+    expect(w.store.size(1)).toBe(0);
+    expect(w.store.stats(1)).toMatchObject({ syscalls: 0, received: 3 });
   });
 
   it('push batch: a frame holds at most maxBytes of message text, and always at least one message', () => {

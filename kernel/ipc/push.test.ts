@@ -6,8 +6,8 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startKernel, until, type TestKernel } from '../../harness/kernel.js';
-import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
-import type { CloveClient, PushedMessage } from '../../sdk/typescript/client.js';
+import { decodePushBinary, encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
+import { EncodedMessage, type CloveClient, type PushedMessage } from '../../sdk/typescript/client.js';
 import type { PostOffice } from './mailboxes.js';
 
 let tk: TestKernel | undefined;
@@ -27,7 +27,8 @@ async function rawClient(socketPath: string) {
   const call = async (op: number, payload: unknown): Promise<Record<string, unknown>> => {
     const want = ++replies;
     s.write(encodeFrame(0, op, payload));
-    const f = await until(() => frames.filter((x) => x.opcode !== Op.PUSH)[want - 1], 20_000, 'a reply');
+    const isPush = (x: Frame): boolean => x.opcode === Op.PUSH || x.opcode === Op.PUSH_BINARY;
+    const f = await until(() => frames.filter((x) => !isPush(x))[want - 1], 20_000, 'a reply');
     return JSON.parse(f.payload.toString()) as Record<string, unknown>;
   };
   return { s, frames, call };
@@ -217,5 +218,92 @@ describe.each([
     await until(() => pushed().length === 2, 20_000, 'the next push');
     expect(pushed()[1]).toMatchObject({ kind: 'messages', count: 1, messages: [{ message: { i: 50 } }] });
     expect((await r.call(Op.RECV, { max: 10 })).count).toBe(0);
+  });
+});
+
+describe.each([
+  ['TypeScript path', false],
+  ['fast path', true],
+])('push.format "binary" on the %s', (_name, fastPath) => {
+  it('messages arrive as PUSH_BINARY frames, bytes as sent, in order, taken once; events stay PUSH JSON', async () => {
+    tk = await startKernel({ fastPath });
+    const a = await tk.client();
+    const aId = (await a.hello()).agent_id;
+    const r = await rawClient(tk.socketPath);
+    const id = (await r.call(Op.HELLO, {})).agent_id as number;
+    // Sent before opting in (waiting in the mailbox) and after; the last with text past ASCII.
+    const texts = [...Array.from({ length: 30 }, (_, i) => `{"i":${i}}`), '{"i":30,"é":"ü€"}'];
+    for (const t of texts.slice(0, 20)) await a.send(id, new EncodedMessage(JSON.parse(t)));
+    await r.call(Op.SUBSCRIBE, { event_types: ['CUSTOM'] });
+    const hello = await r.call(Op.HELLO, {
+      push: { messages: true, events: true, batch: true, format: 'binary' },
+    });
+    expect(hello.push).toEqual({ messages: true, events: true, batch: true, format: 'binary' });
+    for (const t of texts.slice(20)) await a.send(id, new EncodedMessage(JSON.parse(t)));
+    await a.emit('CUSTOM', { x: 1 });
+    const binary = () =>
+      r.frames.filter((f) => f.opcode === Op.PUSH_BINARY).flatMap((f) => decodePushBinary(f.payload));
+    await until(() => binary().length === texts.length, 20_000, 'every message pushed');
+    const got = binary();
+    expect(got.map((m) => m.bytes.toString('utf8'))).toEqual(texts);
+    expect(got.map((m) => m.seq)).toEqual(texts.map((_, i) => i + 1));
+    expect(got.every((m) => m.from === aId)).toBe(true);
+    // The first frame carried what waited in the mailbox, several to a frame.
+    expect(decodePushBinary(r.frames.find((f) => f.opcode === Op.PUSH_BINARY)!.payload).length).toBe(20);
+    await until(() => r.frames.some((f) => f.opcode === Op.PUSH), 20_000, 'the event pushed');
+    const event = JSON.parse(r.frames.find((f) => f.opcode === Op.PUSH)!.payload.toString()) as {
+      kind: string;
+    };
+    expect(event).toMatchObject({ kind: 'event', type: 'CUSTOM' });
+    expect((await r.call(Op.RECV, { max: 10 })).count).toBe(0);
+    // Without batch: one message to a frame.
+    await r.call(Op.HELLO, { push: { messages: true, format: 'binary' } });
+    for (let i = 0; i < 3; i++) await a.send(id, { j: i });
+    await until(() => binary().length === texts.length + 3, 20_000, 'three more');
+    expect(
+      r.frames
+        .filter((f) => f.opcode === Op.PUSH_BINARY)
+        .slice(-3)
+        .map((f) => f.payload.readUInt32LE(0)),
+    ).toEqual([1, 1, 1]);
+    // Turned off: the reply says so, and nothing more is pushed.
+    expect((await r.call(Op.HELLO, { push: {} })).push).toEqual({ messages: false, events: false });
+    r.s.destroy();
+  });
+
+  it('a client may not send PUSH_BINARY, and a bad format is refused', async () => {
+    tk = await startKernel({ fastPath });
+    const r = await rawClient(tk.socketPath);
+    await r.call(Op.HELLO, {});
+    // Its refusal comes back under its opcode (which call() takes for a push): read it by hand.
+    r.s.write(encodeFrame(0, Op.PUSH_BINARY, Buffer.from([0, 0, 0, 0])));
+    const refusal = await until(
+      () => r.frames.find((f) => f.opcode === Op.PUSH_BINARY),
+      20_000,
+      'the refusal',
+    );
+    expect(JSON.parse(refusal.payload.toString())).toMatchObject({ success: false, code: 'invalid_request' });
+    const bad = await r.call(Op.HELLO, { push: { messages: true, format: 'msgpack' } });
+    expect(bad).toMatchObject({ success: false, code: 'invalid_request' });
+    expect((await r.call(Op.HELLO, {})).push).toEqual({ messages: false, events: false });
+    r.s.destroy();
+  });
+
+  it('the SDK asks for the binary envelope: messages() yields bytes as sent, message parsed on reading', async () => {
+    tk = await startKernel({ fastPath });
+    const a = await tk.client();
+    const b: CloveClient = await tk.client();
+    const bId = (await b.hello()).agent_id;
+    const it = b.messages()[Symbol.asyncIterator]();
+    const first = it.next();
+    await until(async () => (await b.hello()).push?.format === 'binary', 10_000, 'binary push on');
+    await a.send(bId, { é: [1, 2, 3] });
+    await a.send(bId, 'two');
+    const m1 = (await first).value as PushedMessage;
+    const m2 = (await it.next()).value as PushedMessage;
+    expect(m1.bytes?.toString()).toBe('{"é":[1,2,3]}');
+    expect(m1.message).toEqual({ é: [1, 2, 3] });
+    expect([m2.message, m2.bytes?.toString(), m2.seq]).toEqual(['two', '"two"', 2]);
+    await it.return?.(undefined);
   });
 });

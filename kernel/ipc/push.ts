@@ -9,6 +9,7 @@
  */
 import type { PushPort } from '../core/connection.js';
 import type { EventBus } from '../events/bus.js';
+import { encodePushBinary, Op } from '../../protocol/index.js';
 import { messageFields, type Mail } from './mailboxes.js';
 
 /** Items taken per turn: small enough that a flood of messages does not hold the event loop. */
@@ -23,6 +24,8 @@ export interface PushMode {
   events: boolean;
   /** Messages several to a frame (`{"kind":"messages","messages":[…]}`) instead of one frame each. */
   batch?: boolean;
+  /** Messages as PUSH_BINARY frames (protocol/push-binary.ts) instead of PUSH JSON; absent: JSON. */
+  format?: 'binary';
 }
 
 interface Sources {
@@ -72,10 +75,18 @@ class Pusher {
         continue;
       }
       const out: string[] = [];
+      let wrote = false;
       if (this.mode.messages) {
         const now = Date.now();
         const ms = mail.take(this.id, this.mode.batch ? BATCH_FRAME : BATCH, this, false, this.src.maxBytes);
-        if (this.mode.batch && ms.length) {
+        if (this.mode.format === 'binary' && ms.length) {
+          const items = ms.map((m) => ({ ...m, age_ms: now - m.sentAt }));
+          const frames = this.mode.batch
+            ? [encodePushBinary(items)]
+            : items.map((m) => encodePushBinary([m]));
+          this.port.write(frames, Op.PUSH_BINARY);
+          wrote = true;
+        } else if (this.mode.batch && ms.length) {
           const items = ms.map((m) => `{${messageFields(m, now)}}`);
           out.push(`{"kind":"messages","messages":[${items.join(',')}],"count":${items.length}}`);
         } else for (const m of ms) out.push(`{"kind":"message",${messageFields(m, now)}}`);
@@ -90,8 +101,8 @@ class Pusher {
           ),
         );
       }
-      if (out.length) {
-        this.port.write(out);
+      if (out.length || wrote) {
+        if (out.length) this.port.write(out);
         // Let other connections run between turns.
         await new Promise<void>((r) => setImmediate(r));
         continue;
@@ -123,7 +134,7 @@ class Pusher {
 const pushers = new WeakMap<PushPort, Pusher>();
 
 /** Connections whose messages the fast path's reactor pushes (nativeMessages switched on), and how. */
-const nativePushed = new WeakMap<PushPort, { batch: boolean }>();
+const nativePushed = new WeakMap<PushPort, Pick<PushMode, 'batch' | 'format'>>();
 
 /**
  * Sets what `port` (the caller's connection, id `id`) has pushed to it; returns the mode now in force. On
@@ -132,8 +143,9 @@ const nativePushed = new WeakMap<PushPort, { batch: boolean }>();
 export function setPush(port: PushPort, id: number, mode: PushMode, src: Sources): PushMode {
   let loop = mode;
   if (port.nativeMessages) {
-    port.nativeMessages(mode.messages, mode.batch === true);
-    if (mode.messages) nativePushed.set(port, { batch: mode.batch === true });
+    const how = { batch: mode.batch === true, ...(mode.format ? { format: mode.format } : {}) };
+    port.nativeMessages({ messages: mode.messages, batch: how.batch, binary: mode.format === 'binary' });
+    if (mode.messages) nativePushed.set(port, how);
     else nativePushed.delete(port);
     loop = { messages: false, events: mode.events };
   }
@@ -152,7 +164,10 @@ export function pushMode(port: PushPort | undefined): PushMode {
   const m = port && pushers.get(port)?.mode;
   const out: PushMode = m ? { ...m } : { messages: false, events: false };
   const native = port && nativePushed.get(port);
-  if (native) Object.assign(out, { messages: true, batch: native.batch });
-  if (!out.messages) delete out.batch;
+  if (native) Object.assign(out, { messages: true }, native);
+  if (!out.messages) {
+    delete out.batch;
+    delete out.format;
+  }
   return out;
 }

@@ -57,6 +57,45 @@ add("size field of 2^64-1", frame(0, 0x30, b"", size=2**64 - 1), [], error="payl
 add("custom limit of 4 bytes", frame(0, 0, b"hello"), [], error="payload_too_large", max_payload=4)
 add("custom limit of 4 bytes, 4 bytes accepted", frame(0, 0, b"four"), [text(0, 0, "four")], max_payload=4)
 
+# PUSH_BINARY (0x26) payloads: u32 count, then per message a 24-byte head (u32 from, u32 age_ms, u64 seq,
+# u32 name length, u32 message length), the name, the message's JSON text.
+push_binary = []
+
+
+def item(frm: int, name: str, age_ms: int, seq: int, message: str) -> bytes:
+    n, m = name.encode(), message.encode()
+    return struct.pack("<IIQII", frm, age_ms, seq, len(n), len(m)) + n + m
+
+
+def add_push(name, payload: bytes, messages=None, error=None):
+    v = {"name": name, "hex": payload.hex()}
+    if error:
+        v["error"] = error
+    else:
+        v["messages"] = messages
+        v["encode"] = True
+    push_binary.append(v)
+
+
+def msg(frm, name, age_ms, seq, message):
+    return {"from": frm, "from_name": name, "age_ms": age_ms, "seq": seq, "message": message}
+
+
+one = item(7, "alice", 3, 1, '{"n":1}')
+add_push("one message", struct.pack("<I", 1) + one, [msg(7, "alice", 3, 1, '{"n":1}')])
+two = item(0x01020304, "é€", 0, 2**40 + 5, '"x"')
+add_push(
+    "two messages, a UTF-8 name, a seq past 2^32",
+    struct.pack("<I", 2) + one + two,
+    [msg(7, "alice", 3, 1, '{"n":1}'), msg(0x01020304, "é€", 0, 2**40 + 5, '"x"')],
+)
+add_push("an empty name, a message of UTF-8 text", struct.pack("<I", 1) + item(1, "", 9, 3, '"é"'), [msg(1, "", 9, 3, '"é"')])
+add_push("no count", b"\x01\x00", error="truncated")
+add_push("a head cut short", struct.pack("<I", 1) + one[:20], error="truncated")
+add_push("a message longer than the payload", struct.pack("<I", 1) + one[:-1], error="truncated")
+add_push("a count larger than the items", struct.pack("<I", 2) + one, error="truncated")
+add_push("bytes after the last item", struct.pack("<I", 1) + one + b"\x00", error="trailing_bytes")
+
 doc = {
     "description": (
         "Byte-level test vectors for the Clove wire protocol, read by every implementation (kernel, TypeScript "
@@ -70,5 +109,12 @@ doc = {
     "header_size": 17,
     "default_max_payload": 1048576,
     "vectors": vectors,
+    "push_binary_description": (
+        "PUSH_BINARY (0x26) payloads: `hex` is a payload; `messages` what a decoder yields from it (`message` as "
+        "the JSON text, byte for byte), or `error` (`truncated`: the payload ends inside the count, a head or a "
+        "name or message it announces; `trailing_bytes`: bytes after the last item). `encode: true`: an encoder "
+        "of these messages must reproduce the payload byte for byte."
+    ),
+    "push_binary": push_binary,
 }
 Path(__file__).with_name("frames.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")

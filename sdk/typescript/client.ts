@@ -6,6 +6,7 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
+  decodePushBinary,
   DEFAULT_SOCKET,
   encodeFrame,
   encodeFrameParts,
@@ -225,7 +226,11 @@ export class CloveClient {
   /** The id the kernel gives this connection (learned from every reply header). */
   agentId = 0;
   /** What this client asked to have pushed (HELLO `push`); asked again on a reconnect. */
-  private pushMode = { messages: false, events: false, batch: false };
+  private pushMode: { messages: boolean; events: boolean; batch: boolean; format?: 'binary' } = {
+    messages: false,
+    events: false,
+    batch: false,
+  };
   private pushed = { message: new PushQueue<T.PushedMessage>(), event: new PushQueue<T.PushedEvent>() };
   /** The socket corked for the current tick (see `write`), if any. */
   private corked: Duplex | null = null;
@@ -377,6 +382,10 @@ export class CloveClient {
       for (const f of frames) {
         this.agentId = f.agentId;
         // Pushes have their own opcode and come between replies; replies keep the order of requests.
+        if (f.opcode === Op.PUSH_BINARY) {
+          this.onBinaryPush(s, f.payload);
+          continue;
+        }
         if (f.opcode === Op.PUSH) {
           this.onPush(s, f.payload);
           continue;
@@ -408,6 +417,17 @@ export class CloveClient {
     if (this.pushed.message.held + this.pushed.event.held >= PUSH_BUFFER) s.pause();
   }
 
+  /** Messages in the binary envelope (HELLO push.format "binary"): no JSON parsed until a message is read. */
+  private onBinaryPush(s: Duplex, payload: Buffer): void {
+    try {
+      this.pushed.message.put(decodePushBinary(payload));
+    } catch (e) {
+      this.drop(s, new ProtocolError(`bad PUSH_BINARY frame from kernel: ${(e as Error).message}`));
+      return;
+    }
+    if (this.pushed.message.held + this.pushed.event.held >= PUSH_BUFFER) s.pause();
+  }
+
   /** An iterator took an item: read again once the held pushes are under half the bound. */
   private tookPush(): void {
     const held = this.pushed.message.held + this.pushed.event.held;
@@ -416,11 +436,13 @@ export class CloveClient {
 
   /** Asks the kernel to push (or stop pushing) messages and/or events on this connection. */
   async setPush(mode: { messages?: boolean; events?: boolean }): Promise<T.HelloReply> {
-    // Messages come several to a frame (push.batch): the iterator still yields them one by one.
+    // Messages come several to a frame (push.batch) in the binary envelope (push.format): the iterator
+    // still yields them one by one, each parsed only when its `message` is read.
     this.pushMode = {
       messages: mode.messages === true,
       events: mode.events === true,
       batch: mode.messages === true,
+      ...(mode.messages === true ? { format: 'binary' as const } : {}),
     };
     return this.syscall('HELLO', { push: this.pushMode });
   }

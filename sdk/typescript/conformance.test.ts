@@ -8,6 +8,7 @@ import path from 'node:path';
 import { OPCODES } from '../../protocol/index.js';
 import { startKernel, type TestKernel } from '../../harness/kernel.js';
 import { CloveClient, KernelError } from './client.js';
+import type { PushedMessage } from './types.js';
 
 interface Step {
   client: 'a' | 'b';
@@ -31,6 +32,32 @@ const suite = JSON.parse(fs.readFileSync(path.join(CONFORMANCE, 'cases.json'), '
   cases: Case[];
 };
 
+/**
+ * The first message pushed to `c` (opting in on first use), or what the mapping check's recording stand-in
+ * returned (`recorded`). The iterator is closed after one message, so the ones after it wait for the next.
+ */
+async function firstPush(
+  c: CloveClient,
+  a: { timeout_ms?: number },
+): Promise<{ m: PushedMessage } | { recorded: unknown }> {
+  const it = c.messages() as AsyncGenerator<PushedMessage> | Promise<unknown>;
+  if (it instanceof Promise) return { recorded: await it };
+  const timeout = new Promise<never>((_r, j) =>
+    setTimeout(() => j(new Error('no message pushed in time')), a.timeout_ms ?? 10_000).unref(),
+  );
+  try {
+    return { m: (await Promise.race([it.next(), timeout])).value as PushedMessage };
+  } finally {
+    void it.return(undefined);
+  }
+}
+
+/** A pushed message as the suite compares it: `kind` and RECV's fields (read through their getters). */
+function pushedFields(m: PushedMessage): Record<string, unknown> {
+  const { from, from_name, message, age_ms, seq } = m;
+  return { kind: 'message', from, from_name, message, age_ms, seq };
+}
+
 /** Contract opcode → TypeScript SDK call (the client method named in the contract's `sdk.typescript`). */
 // Case arguments are untyped JSON from cases.json.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -50,14 +77,15 @@ const OPS: Record<string, Call> = {
   SEND: (c, a) => c.send(a.to_name, a.message),
   SEND_BATCH: (c, a) => c.sendBatch(a.messages, a.results ? { results: a.results } : {}),
   PUSH: async (c, a) => {
-    const it = c.messages() as AsyncGenerator<unknown> | Promise<unknown>;
-    if (it instanceof Promise) return it; // the mapping check's recording stand-in
-    const timeout = new Promise<never>((_r, j) =>
-      setTimeout(() => j(new Error('no message pushed in time')), a.timeout_ms ?? 10_000).unref(),
-    );
-    // A fresh iterator per step: the pushed items are queued on the client, not on the iterator.
-    const r = await Promise.race([it.next(), timeout]);
-    return { kind: 'message', ...(r.value as object) };
+    const r = await firstPush(c, a);
+    return 'recorded' in r ? r.recorded : pushedFields(r.m);
+  },
+  PUSH_BINARY: async (c, a) => {
+    const r = await firstPush(c, a);
+    if ('recorded' in r) return r.recorded;
+    if (!r.m.bytes)
+      throw new Error('pushed message without bytes: the kernel did not push the binary envelope');
+    return { ...pushedFields(r.m), bytes: r.m.bytes.toString('utf8') };
   },
   RECV: (c, a) => c.recv({ max: a.max, timeoutMs: a.timeout_ms }),
   BROADCAST: (c, a) => c.broadcast(a.message, a.include_self ?? false),

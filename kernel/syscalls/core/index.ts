@@ -18,6 +18,7 @@ export default defineFamily(({ services }) => ({
             messages: req.push.messages === true,
             events: req.push.events === true,
             ...(req.push.batch === true ? { batch: true } : {}),
+            ...(req.push.format === 'binary' ? { format: 'binary' as const } : {}),
           },
           {
             mail: services.mail,

@@ -201,6 +201,11 @@ export default defineFamily(({ services }) => {
           'PUSH is sent by the kernel, never by a client: opt in to pushed messages and events with HELLO {"push": {"messages": true, "events": true}}',
         );
       },
+      PUSH_BINARY: () => {
+        throw new InvalidRequestError(
+          'PUSH_BINARY is sent by the kernel, never by a client: opt in to binary pushed messages with HELLO {"push": {"messages": true, "format": "binary"}}',
+        );
+      },
       BROADCAST: ({ caller }, req) => {
         const message = encode(req.message);
         const name = mail.nameOf(caller.id);

@@ -29,6 +29,7 @@ inline constexpr uint8_t kOpRecv = 0x21;
 inline constexpr uint8_t kOpBroadcast = 0x22;
 inline constexpr uint8_t kOpPush = 0x24;
 inline constexpr uint8_t kOpSendBatch = 0x25;
+inline constexpr uint8_t kOpPushBinary = 0x26;
 
 // Appends one complete frame (header + payload) to `out`.
 void AppendFrame(std::string& out, uint32_t agent_id, uint8_t opcode, std::string_view payload);
@@ -164,11 +165,15 @@ Verdict Serve(MailStore& store, const Call& call, std::string& out, ParkedRecv* 
 // Answers a parked RECV (after a MailListener wake-up, or at its deadline): true when the reply frame
 // was appended to `out` (messages arrived, or `timed_out`); false to keep waiting.
 bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::string& out);
+// How pushed messages are written (HELLO push.format): PUSH JSON, or PUSH_BINARY (protocol/push-binary.ts).
+enum class PushFormat : uint8_t { Json, Binary };
+
 // Push delivery: takes up to `max` of `id`'s messages (no lease; holder is the pusher's; at least one, and
-// no more than `max_bytes` and the reply byte limit of message text) and appends one PUSH frame each
-// (RECV's message fields with "kind":"message") or, `batch`, one PUSH frame for all
-// ({"kind":"messages","messages":[RECV's items],"count":n}); returns how many.
+// no more than `max_bytes` and the reply byte limit of message text) and appends one frame each or, `batch`,
+// one frame for all. Json: PUSH with RECV's message fields and "kind":"message", or batched
+// {"kind":"messages","messages":[RECV's items],"count":n}. Binary: PUSH_BINARY, u32 count then per message
+// a 24-byte head (from, age_ms, seq, name and message lengths), the name, the message. Returns how many.
 size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, size_t max_bytes, bool batch,
-                    std::string& out);
+                    PushFormat format, std::string& out);
 
 }  // namespace clove::fast

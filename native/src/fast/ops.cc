@@ -430,11 +430,42 @@ bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::strin
   return true;
 }
 
+// PUSH_BINARY's payload for ms[begin, end): u32 count, then per message its 24-byte head, name, message.
+static void AppendBinaryPush(std::string& out, const std::vector<Message>& ms, size_t begin, size_t end,
+                             int64_t now) {
+  auto u32 = [&out](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
+  u32(static_cast<uint32_t>(end - begin));
+  for (size_t i = begin; i < end; i++) {
+    const Message& m = ms[i];
+    int64_t age = now - m.sent_at_ms;
+    u32(m.from);
+    u32(static_cast<uint32_t>(std::clamp<int64_t>(age, 0, UINT32_MAX)));
+    out.append(reinterpret_cast<const char*>(&m.seq), 8);
+    u32(static_cast<uint32_t>(m.from_name.size()));
+    u32(static_cast<uint32_t>(m.json.size()));
+    out += m.from_name;
+    out += m.json;
+  }
+}
+
 size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, size_t max_bytes, bool batch,
-                    std::string& out) {
+                    PushFormat format, std::string& out) {
   std::vector<Message> ms = store.Take(id, max, holder, false, std::min(max_bytes, store.max_reply_bytes()));
   if (ms.empty()) return 0;
   int64_t now = NowMs();
+  if (format == PushFormat::Binary) {
+    size_t total = 4;
+    for (const Message& m : ms) total += kHeaderSize + 28 + m.from_name.size() + m.json.size();
+    out.reserve(out.size() + total);
+    size_t step = batch ? ms.size() : 1;
+    for (size_t i = 0; i < ms.size(); i += step) {
+      size_t at = BeginFrame(out, id, kOpPushBinary);
+      AppendBinaryPush(out, ms, i, i + step, now);
+      FinishFrame(out, at);
+    }
+    store.Count(id, 0, 0, ms.size());
+    return ms.size();
+  }
   if (batch) {
     size_t at = BeginFrame(out, id, kOpPush);
     out += "{\"kind\":\"messages\",";

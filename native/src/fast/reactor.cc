@@ -81,7 +81,8 @@ struct Conn {
   // The reactor thread's own.
   bool fast = true;
   bool push = false;
-  bool push_batch = false;  // HELLO push.batch: several messages to a PUSH frame
+  bool push_batch = false;   // HELLO push.batch: several messages to a PUSH frame
+  bool push_binary = false;  // HELLO push.format "binary": PUSH_BINARY frames
   std::string in;  // bytes of an incomplete frame
   std::deque<Held> held;
   size_t pending_js = 0;  // frames forwarded to JavaScript and not yet answered
@@ -102,10 +103,13 @@ struct Conn {
 
 using ConnPtr = std::shared_ptr<Conn>;
 
+// SetPush's bits: push messages, several to a frame, as PUSH_BINARY.
+constexpr uint64_t kPushBitOn = 1, kPushBitBatch = 2, kPushBitBinary = 4;
+
 struct Command {
   enum Type : uint8_t { Adopt, Answered, SetFast, SetPush, Pause, Resume, End, Destroy } type;
   uint64_t conn;
-  uint64_t n = 0;  // Answered: how many; SetFast: 0 or 1; SetPush: 0 off, 1 one frame each, 2 batched
+  uint64_t n = 0;  // Answered: how many; SetFast: 0 or 1; SetPush: kPush* bits
   std::string initial;
 };
 
@@ -123,9 +127,7 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   Napi::Value Adopt(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
   void SetFast(const Napi::CallbackInfo& info) { Post(Command{Command::SetFast, ConnArg(info), Bool(info, 1)}); }
-  void SetPush(const Napi::CallbackInfo& info) {
-    Post(Command{Command::SetPush, ConnArg(info), Bool(info, 1) ? (Bool(info, 2) ? 2u : 1u) : 0u});
-  }
+  void SetPush(const Napi::CallbackInfo& info);
   void Pause(const Napi::CallbackInfo& info) { Post(Command{Command::Pause, ConnArg(info)}); }
   void Resume(const Napi::CallbackInfo& info) { Post(Command{Command::Resume, ConnArg(info)}); }
   void End(const Napi::CallbackInfo& info) { Post(Command{Command::End, ConnArg(info)}); }
@@ -286,6 +288,16 @@ void Reactor::Stop() {
   (void)r;
   if (thread_.joinable()) thread_.join();
   tsfn_.Release();
+}
+
+// setPush(conn, {messages, batch, binary}): what the reactor pushes of the connection's messages.
+void Reactor::SetPush(const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || !info[1].IsObject()) throw OptionError(info.Env(), "setPush(conn, {messages, batch, binary})");
+  Napi::Object o = info[1].As<Napi::Object>();
+  auto flag = [&](const char* key, uint64_t bit) { return o.Get(key).ToBoolean().Value() ? bit : 0; };
+  uint64_t n = flag("messages", kPushBitOn);
+  if (n) n |= flag("batch", kPushBitBatch) | flag("binary", kPushBitBinary);
+  Post(Command{Command::SetPush, ConnArg(info), n});
 }
 
 Napi::Value Reactor::Adopt(const Napi::CallbackInfo& info) {
@@ -486,8 +498,9 @@ void Reactor::RunCommands() {
         Process(c);
         break;
       case Command::SetPush:
-        c->push = cmd.n != 0;
-        c->push_batch = cmd.n == 2;
+        c->push = (cmd.n & kPushBitOn) != 0;
+        c->push_batch = (cmd.n & kPushBitBatch) != 0;
+        c->push_binary = (cmd.n & kPushBitBinary) != 0;
         PushMail(c);
         break;
       case Command::Pause:
@@ -683,9 +696,10 @@ void Reactor::MaybeEnd(const ConnPtr& c) {
 void Reactor::PushMail(const ConnPtr& c) {
   if (!c->push || !c->fd.Valid() || c->bad) return;
   while (c->unsent + c->replies.size() < kPushRoom) {
-    size_t n = c->push_batch
-                   ? PushMessages(*store_, c->principal, c->id, kPushBatchFrame, kPushBatchBytes, true, c->replies)
-                   : PushMessages(*store_, c->principal, c->id, kPushBatch, SIZE_MAX, false, c->replies);
+    PushFormat f = c->push_binary ? PushFormat::Binary : PushFormat::Json;
+    size_t n = c->push_batch ? PushMessages(*store_, c->principal, c->id, kPushBatchFrame, kPushBatchBytes, true, f,
+                                            c->replies)
+                             : PushMessages(*store_, c->principal, c->id, kPushBatch, SIZE_MAX, false, f, c->replies);
     if (n == 0) break;
     if (c->replies.size() >= kFlushAt) Flush(c);
   }

@@ -318,8 +318,9 @@ class JsMailStore : public Napi::ObjectWrap<JsMailStore> {
   Napi::Value Push_(const Napi::CallbackInfo& info) {
     std::string out;
     size_t max_bytes = info.Length() > 4 && !info[4].IsUndefined() ? static_cast<size_t>(ToU64(info[4])) : SIZE_MAX;
+    PushFormat format = info.Length() > 5 && info[5].ToBoolean().Value() ? PushFormat::Binary : PushFormat::Json;
     PushMessages(*store, Id(info, 0), HolderOf(info, 1), static_cast<size_t>(ToU64(info[2])), max_bytes,
-                 info.Length() > 3 && info[3].ToBoolean().Value(), out);
+                 info.Length() > 3 && info[3].ToBoolean().Value(), format, out);
     return Napi::Buffer<char>::Copy(info.Env(), out.data(), out.size());
   }
 };

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
 from .errors import (
+    BadPushError,
     ConnectionClosedError,
     KernelError,
     ProtocolError,
@@ -54,7 +55,15 @@ from .errors import (
     UnexpectedReplyError,
     kernel_error,
 )
-from .protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_SOCKET_PATH, SOCKET_ENV, Frame, FrameDecoder, encode_frame
+from .protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_SOCKET_PATH,
+    SOCKET_ENV,
+    Frame,
+    FrameDecoder,
+    decode_push_binary,
+    encode_frame,
+)
 from .protocol import _Ops as SyscallOp  # plain ints (protocol.SyscallOp, the enum, is made on first use)
 
 __all__ = [
@@ -246,6 +255,8 @@ class CloveClient:
         self.last_reply: Any = None
         # push delivery (HELLO push): what was asked, what arrived, and the optional reader thread
         self._push_mode = {"messages": False, "events": False}
+        # messages are asked for in the binary envelope (push.format) until a kernel refuses it
+        self._push_binary = True
         self._pushed: dict[str, deque] = {"message": deque(), "event": deque()}
         self._callbacks: dict[str, Any] = {}
         self._cond = threading.Condition()
@@ -309,7 +320,7 @@ class CloveClient:
             try:
                 if self._push_mode["messages"] or self._push_mode["events"]:
                     # a new connection pushes nothing until asked: ask again, then read again if a callback wants it
-                    self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()})
+                    self._hello_push(None)
                     if self._callbacks:
                         self._start_reader()
                 elif again and self._hello_said:
@@ -445,13 +456,22 @@ class CloveClient:
         with self._cond:
             for f in frames:
                 self._agent_id = f.agent_id
+                if f.opcode == SyscallOp.SYS_PUSH_BINARY:
+                    # push.format "binary": messages only, each with its JSON text as ``bytes``
+                    fn = self._callbacks.get("message")
+                    for one in decode_push_binary(f.payload):
+                        if fn is not None:
+                            callbacks.append((fn, one))
+                        else:
+                            self._pushed["message"].append(one)
+                    continue
                 if f.opcode != SyscallOp.SYS_PUSH:
                     self._pending.append(f)
                     continue
                 try:
                     item = f.json()
                 except ValueError as e:
-                    raise ProtocolError("pushed frame from the kernel is not JSON") from e
+                    raise BadPushError("not_json", "pushed frame from the kernel is not JSON", opcode=f.opcode) from e
                 kind = item.pop("kind", None) if isinstance(item, dict) else None
                 # push.batch: several messages to a frame, handed on one by one
                 items = item.get("messages", []) if kind == "messages" else [item]
@@ -531,11 +551,12 @@ class CloveClient:
                 raise ConnectionClosedError("the kernel closed the connection")
             try:
                 frames = self._decoder.feed(chunk)
+                if frames:
+                    self._route(frames)
             except ProtocolError:
                 self._disconnect()
                 raise
             if frames:
-                self._route(frames)
                 return True
 
     def call(self, opcode: int, payload: bytes | str = b"", *, wait: float = 0.0) -> Frame:
@@ -600,14 +621,31 @@ class CloveClient:
 
     def set_push(self, messages: bool = False, events: bool = False, *, check: bool | None = None) -> dict:
         """HELLO ``push`` (ext): the kernel sends this connection its messages and/or subscribed events as
-        they arrive (PUSH frames), taking them as RECV / POLL_EVENTS do (messages without a lease).
-        ``set_push()`` turns it off. Returns the HELLO reply (``push`` says what is on)."""
+        they arrive (PUSH frames; messages several to a frame, in the binary envelope PUSH_BINARY when the
+        kernel has it), taking them as RECV / POLL_EVENTS do (messages without a lease). ``set_push()``
+        turns it off. Returns the HELLO reply (``push`` says what is on, ``push.format`` how messages come)."""
         self._push_mode = {"messages": bool(messages), "events": bool(events)}
-        return self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()}, check=check)
+        return self._hello_push(check)
+
+    # A kernel older than PUSH_BINARY refuses push.format as an invalid request: it is asked again
+    # without it, and pushes JSON (whose messages have no ``bytes``); this client does not ask for the
+    # envelope again.
+    def _hello_push(self, check: bool | None) -> dict:
+        """HELLO with the push mode in force; returns its reply."""
+        request = {"push": self._push_request()}
+        reply = self.call_json(SyscallOp.SYS_HELLO, request, check=False)
+        if "format" in request["push"] and _is_error(reply) and reply.get("code") == "invalid_request":
+            self._push_binary = False
+            reply = self.call_json(SyscallOp.SYS_HELLO, {"push": self._push_request()}, check=False)
+        self._check(reply, check)
+        return reply
 
     def _push_request(self) -> dict:
-        # messages several to a frame (push.batch): fewer frames to decode; handed on one by one
-        return {**self._push_mode, "batch": self._push_mode["messages"]}
+        # messages several to a frame (push.batch), in the binary envelope (push.format): fewer frames, and
+        # no JSON around each message to parse; handed on one by one
+        if not self._push_mode["messages"]:
+            return {**self._push_mode, "batch": False}
+        return {**self._push_mode, "batch": True, **({"format": "binary"} if self._push_binary else {})}
 
     def _iterate(self, kind: str, timeout: float | None):
         key = "messages" if kind == "message" else "events"
@@ -651,7 +689,11 @@ class CloveClient:
 
     def messages(self, timeout: float | None = None):
         """A blocking iterator over the messages the kernel pushes (opts in on first use):
-        ``for m in client.messages(): …`` yields ``{from, from_name, message, age_ms, seq}`` in order.
+        ``for m in client.messages(): …`` yields ``{from, from_name, message, age_ms, seq, bytes}`` in order.
+        ``bytes`` is the message's JSON text as the kernel queued it, the bytes RECV's reply would carry
+        (``message`` is it parsed): on the fast path the bytes its sender wrote, on the TypeScript path the
+        value re-encoded. It is there when the kernel pushes the binary envelope (PUSH_BINARY, which the
+        client asks for), not from a kernel older than it, which pushes JSON.
         ``timeout`` (seconds) ends the iteration after that long without a message; the iteration also
         ends when the client is closed. Without a reader thread (:meth:`on_message`), the iterator reads
         the socket itself, holding the client's lock while it waits."""
@@ -721,6 +763,11 @@ class CloveClient:
                 if frames:
                     self._route(frames)
         except Exception as e:  # noqa: BLE001 - handed to the callers waiting for replies
+            if isinstance(e, ProtocolError) and self._sock is sock:
+                # The stream cannot be trusted: drop the connection (the next call opens a new one). Not
+                # _disconnect(): a caller waiting for its reply holds the client's lock.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             # The kernel went away (not this client's own disconnect): callbacks keep coming once it is
             # back, without the program making a call (docs/restart.md).
             dropped = self._sock is sock and self._may_retry(e)

@@ -8,7 +8,8 @@ Hierarchy::
     ├── ProtocolError                                                 the byte stream cannot be trusted
     │   ├── BadMagicError              code "bad_magic"
     │   ├── PayloadTooLargeError       code "payload_too_large"
-    │   └── UnexpectedReplyError       reply opcode or payload not what the request asked for
+    │   ├── UnexpectedReplyError       reply opcode or payload not what the request asked for
+    │   └── BadPushError               a pushed frame (PUSH, PUSH_BINARY) that cannot be read
     └── KernelError(code, message)                                    an error reply from the kernel
         ├── InvalidRequestError        "invalid_request"
         ├── BadFrameError              "bad_frame"
@@ -45,6 +46,7 @@ __all__ = [
     "BadMagicError",
     "PayloadTooLargeError",
     "UnexpectedReplyError",
+    "BadPushError",
     "KernelError",
     "InvalidRequestError",
     "BadFrameError",
@@ -100,6 +102,20 @@ class PayloadTooLargeError(ProtocolError):
 
 class UnexpectedReplyError(ProtocolError):
     code = "unexpected_reply"
+
+
+class BadPushError(ProtocolError):
+    """A frame the kernel pushed does not hold what it announces; the client drops the connection.
+
+    ``kind`` says how: ``truncated`` (a PUSH_BINARY payload ends inside its count, a head, or a name or
+    message a head announces), ``trailing_bytes`` (bytes after its last message), ``not_json`` (a PUSH
+    payload, or a pushed message's text, is not JSON)."""
+
+    code = "bad_push"
+
+    def __init__(self, kind: str, message: str, *, opcode: int | None = None) -> None:
+        super().__init__(f"{message} [{kind}]", opcode=opcode)
+        self.kind = kind
 
 
 class KernelError(CloveError):

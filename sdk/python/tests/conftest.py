@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -212,3 +213,13 @@ def count_frames(client: CloveClient) -> CountingSocket:
     wrapped = CountingSocket(client._sock)
     client._sock = wrapped  # type: ignore[assignment]
     return wrapped
+
+
+def encode_push_binary(messages) -> bytes:
+    """A PUSH_BINARY payload of ``messages`` (RECV's fields, ``message`` as its JSON text), as the kernel
+    encodes it: for the fake kernels' pushes; checked against the shared vectors (test_vectors.py)."""
+    out = [struct.pack("<I", len(messages))]
+    for m in messages:
+        name, text = m["from_name"].encode(), m["message"].encode()
+        out += [struct.pack("<IIQII", m["from"], m["age_ms"], m["seq"], len(name), len(text)), name, text]
+    return b"".join(out)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 import clove_sdk
 from clove_sdk import (
+    BadPushError,
     CloveClient,
     ConnectionClosedError,
     KernelError,
@@ -28,12 +30,12 @@ from clove_sdk import (
 from clove_sdk.errors import KERNEL_ERRORS, CloveError
 from clove_sdk.protocol import FrameDecoder, encode_frame
 
-from conftest import count_frames
+from conftest import count_frames, encode_push_binary
 
 
 class FakeKernel:
     """Answers each request with handler(opcode, payload_bytes) -> reply (dict/list/bytes/str), None to
-    stay silent, or "CLOSE" to hang up. Records every request as (opcode, parsed payload)."""
+    stay silent, "CLOSE" to hang up, or ("RAW", bytes) to write those bytes (frames, e.g. pushes and a reply). Records every request as (opcode, parsed payload)."""
 
     def __init__(self, handler=None):
         self.dir = tempfile.mkdtemp(prefix="clv", dir="/tmp")
@@ -85,6 +87,9 @@ class FakeKernel:
                 if reply == "CLOSE":
                     conn.close()
                     return
+                if isinstance(reply, tuple) and reply[0] == "RAW":  # ("RAW", bytes): frames made by the test
+                    conn.sendall(reply[1])
+                    continue
                 if isinstance(reply, tuple):  # (opcode, body)
                     op, reply = reply
                 else:
@@ -417,3 +422,125 @@ def test_encoded_message_goes_on_the_wire_as_its_value_would():
     finally:
         k.close()
 
+
+
+HELLO_BINARY = {"messages": True, "events": False, "batch": True, "format": "binary"}
+
+
+def pushed(texts, first_seq=1):
+    """Pushed messages of ``texts`` (JSON texts) from peer 9, as encode_push_binary takes them."""
+    return [
+        {"from": 9, "from_name": "peer", "age_ms": 2, "seq": first_seq + i, "message": t} for i, t in enumerate(texts)
+    ]
+
+
+def push_binary_frame(messages, agent_id=1):
+    return encode_frame(SyscallOp.SYS_PUSH_BINARY, encode_push_binary(messages), agent_id=agent_id)
+
+
+def reply_frame(op, body, agent_id=1):
+    return encode_frame(op, json.dumps(body), agent_id=agent_id)
+
+
+def test_messages_pushed_in_the_binary_envelope_come_with_their_bytes(fake):
+    texts = ['{ "a" : [1, 2],"é":"\\u20ac" }', '"\u00e9"', "null"]
+
+    def handler(op, p):
+        if op == SyscallOp.SYS_HELLO:
+            return {"success": True, "agent_id": 1, "push": HELLO_BINARY}
+        if op == SyscallOp.SYS_NOOP:  # two pushes between the requests and the reply, one of two messages
+            frames = push_binary_frame(pushed(texts[:2])) + push_binary_frame(pushed(texts[2:], 3))
+            return ("RAW", frames + encode_frame(op, p, agent_id=1))
+        return {"success": True}
+
+    fake.handler = handler
+    c = fake.client(strict=True)
+    assert c.set_push(messages=True)["push"]["format"] == "binary"
+    assert last(fake) == (SyscallOp.SYS_HELLO, {"push": HELLO_BINARY})
+    assert c.echo("x") == "x"
+    got = list(c.messages(timeout=0.2))
+    assert [m["bytes"] for m in got] == [t.encode() for t in texts]
+    assert [m["message"] for m in got] == [json.loads(t) for t in texts]
+    assert [(m["from"], m["from_name"], m["seq"], m["age_ms"]) for m in got] == [(9, "peer", i, 2) for i in (1, 2, 3)]
+    # events alone: no batch, no format
+    c.set_push(events=True)
+    assert last(fake) == (SyscallOp.SYS_HELLO, {"push": {"messages": False, "events": True, "batch": False}})
+
+
+def test_a_kernel_without_the_binary_envelope_pushes_json(fake):
+    def handler(op, p):
+        if op != SyscallOp.SYS_HELLO:
+            return {"success": True}
+        push = json.loads(p)["push"]
+        if "format" in push:
+            return {"success": False, "error": "push: unknown field format", "code": "invalid_request"}
+        batch = {"kind": "messages", "messages": [{"from": 9, "from_name": "peer", "message": {"n": 1}, "age_ms": 0, "seq": 1}]}
+        return ("RAW", reply_frame(op, {"success": True, "push": push}) + encode_frame(SyscallOp.SYS_PUSH, json.dumps(batch)))
+
+    fake.handler = handler
+    c = fake.client(strict=True)
+    c.connect()
+    assert c.set_push(messages=True)["push"] == {"messages": True, "events": False, "batch": True}
+    assert [r for r in fake.requests if r[0] == SyscallOp.SYS_HELLO] == [
+        (SyscallOp.SYS_HELLO, {"push": HELLO_BINARY}),
+        (SyscallOp.SYS_HELLO, {"push": {"messages": True, "events": False, "batch": True}}),
+    ]
+    (m,) = list(c.messages(timeout=0.2))
+    assert m == {"from": 9, "from_name": "peer", "message": {"n": 1}, "age_ms": 0, "seq": 1}  # no "bytes"
+
+
+def test_a_new_connection_asks_for_the_binary_envelope_again(fake):
+    noops = []
+
+    def handler(op, p):
+        if op == SyscallOp.SYS_NOOP:
+            noops.append(p)
+            if len(noops) == 1:
+                return "CLOSE"  # a kernel restart, as the client sees it
+        return FakeKernel.default(op, p)
+
+    fake.handler = handler
+    c = fake.client(reconnect_window=5)
+    c.set_push(messages=True)
+    hellos = len(fake.requests)
+    assert c.echo("x") == "x"  # sent again on a new connection, after the HELLO that asks for the pushes
+    assert fake.requests[hellos:] == [(0, b"x"), (SyscallOp.SYS_HELLO, {"push": HELLO_BINARY}), (0, b"x")]
+
+
+def test_a_bad_binary_push_drops_the_connection(fake):
+    bad = encode_push_binary(pushed(['{"n":1}'])) + b"\0"  # a byte after its last message
+    noops = []
+
+    def handler(op, p):
+        if op == SyscallOp.SYS_NOOP:
+            noops.append(p)
+            if len(noops) == 1:
+                return ("RAW", encode_frame(SyscallOp.SYS_PUSH_BINARY, bad) + encode_frame(op, p))
+        return FakeKernel.default(op, p)
+
+    fake.handler = handler
+    c = fake.client()
+    c.set_push(messages=True)
+    with pytest.raises(BadPushError) as ei:
+        c.echo("x")
+    assert ei.value.kind == "trailing_bytes" and ei.value.code == "bad_push"
+    assert not c.connected
+    assert c.echo("y") == "y"  # the next call opens a new connection
+
+
+def test_a_bad_binary_push_on_the_reader_thread_drops_the_connection(fake):
+    bad = struct.pack("<I", 1) + encode_push_binary(pushed(['{"n":1}']))[4:-1]  # the message cut short
+    noops = []
+
+    def handler(op, p):
+        if op == SyscallOp.SYS_NOOP:
+            noops.append(p)
+            if len(noops) == 1:
+                return ("RAW", encode_frame(SyscallOp.SYS_PUSH_BINARY, bad))  # and no reply
+        return FakeKernel.default(op, p)
+
+    fake.handler = handler
+    c = fake.client(timeout=5, reconnect_window=5)
+    c.on_message(lambda m: None)
+    assert c.echo("x") == "x"  # its connection dropped: sent again on a new one
+    assert len(fake.conns) == 2

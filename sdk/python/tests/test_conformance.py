@@ -47,6 +47,15 @@ def _first_push(c, a):
     return {"kind": "message", **m}
 
 
+def _first_binary_push(c, a):
+    m = _first_push(c, a)
+    if "bytes" not in m:
+        if m.get("kind") != "message":  # the mapping check's recording stand-in
+            return m
+        raise AssertionError("pushed message without bytes: the kernel did not push the binary envelope")
+    return {**m, "bytes": bytes(m["bytes"]).decode("utf-8")}
+
+
 def _think_stream(c, a):
     s = c.think_stream(a.get("prompt", ""))
     if isinstance(s, dict):  # the mapping check's recording stand-in
@@ -74,6 +83,7 @@ OPS = {
     "SEND": lambda c, a: c.send_message(a["message"], to_name=a["to_name"]),
     "SEND_BATCH": lambda c, a: c.send_batch(a.get("messages", []), results=a.get("results", "all")),
     "PUSH": lambda c, a: _first_push(c, a),
+    "PUSH_BINARY": lambda c, a: _first_binary_push(c, a),
     "RECV": lambda c, a: c.recv_messages(a.get("max", 10), timeout=_wait_s(a)),
     "BROADCAST": lambda c, a: c.broadcast(a.get("message"), include_self=a.get("include_self", False)),
     "REGISTER": lambda c, a: c.register_name(a["name"]),

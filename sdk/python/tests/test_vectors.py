@@ -1,12 +1,23 @@
-"""The shared byte-level vectors (protocol/vectors/frames.json) against the decoder and the encoder."""
+"""The shared byte-level vectors (protocol/vectors/frames.json) against the decoder and the encoder, and the
+PUSH_BINARY payload vectors (``push_binary``) against decode_push_binary."""
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
 
-from clove_sdk.errors import BadMagicError, PayloadTooLargeError, ProtocolError
-from clove_sdk.protocol import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, MAGIC, FrameDecoder, encode_frame
+from clove_sdk.errors import BadMagicError, BadPushError, PayloadTooLargeError, ProtocolError
+from clove_sdk.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    MAGIC,
+    FrameDecoder,
+    decode_push_binary,
+    encode_frame,
+)
+
+from conftest import encode_push_binary
 
 VECTORS_PATH = Path(__file__).resolve().parents[3] / "protocol" / "vectors" / "frames.json"
 DOC = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
@@ -126,3 +137,55 @@ def test_opcode_table_matches_the_kernel():
         assert SyscallOp[name] == value, name
         assert SyscallOp["SYS_" + name] == value, name
     assert {m.log_name for m in SyscallOp} == set(table)
+
+
+PUSH_BINARY = DOC["push_binary"]
+
+
+@pytest.mark.parametrize("vector", PUSH_BINARY, ids=[v["name"] for v in PUSH_BINARY])
+def test_decode_push_binary(vector):
+    payload = bytes.fromhex(vector["hex"])
+    if "error" in vector:
+        with pytest.raises(BadPushError) as ei:
+            decode_push_binary(payload)
+        assert ei.value.kind == vector["error"]
+        assert isinstance(ei.value, ProtocolError) and ei.value.code == "bad_push"
+        return
+    got = decode_push_binary(payload)
+    assert [{k: m[k] for k in ("from", "from_name", "age_ms", "seq")} for m in got] == [
+        {k: m[k] for k in ("from", "from_name", "age_ms", "seq")} for m in vector["messages"]
+    ]
+    assert [m["message"] for m in got] == [json.loads(m["message"]) for m in vector["messages"]]
+    assert [m["bytes"] for m in got] == [m["message"].encode("utf-8") for m in vector["messages"]]
+    assert all(type(m["bytes"]) is bytes for m in got)
+    # a view or a bytearray of the payload decodes alike
+    assert decode_push_binary(memoryview(payload)) == got == decode_push_binary(bytearray(payload))
+
+
+ENCODE_PUSH = [v for v in PUSH_BINARY if v.get("encode")]
+
+
+@pytest.mark.parametrize("vector", ENCODE_PUSH, ids=[v["name"] for v in ENCODE_PUSH])
+def test_encode_push_binary(vector):
+    # the tests' encoder (conftest), which the fake kernels push with, writes what the kernel writes
+    assert encode_push_binary(vector["messages"]).hex() == vector["hex"]
+
+
+def test_push_binary_vectors_cover_both_errors():
+    assert {v["error"] for v in PUSH_BINARY if "error" in v} == {"truncated", "trailing_bytes"}
+    assert any(v.get("encode") for v in PUSH_BINARY)
+
+
+def test_push_binary_message_that_is_not_json():
+    name, text = b"a", b"{nope"
+    payload = struct.pack("<IIIQII", 1, 2, 0, 1, len(name), len(text)) + name + text
+    with pytest.raises(BadPushError) as ei:
+        decode_push_binary(payload)
+    assert ei.value.kind == "not_json"
+
+
+def test_push_binary_count_far_past_the_payload_fails_at_once():
+    with pytest.raises(BadPushError) as ei:
+        decode_push_binary(struct.pack("<I", 0xFFFFFFFF))
+    assert ei.value.kind == "truncated"
+    assert decode_push_binary(struct.pack("<I", 0)) == []
