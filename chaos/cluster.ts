@@ -239,7 +239,7 @@ export async function runClusterChaos(o: ClusterChaosOptions): Promise<ClusterCh
             name: n,
             node: a?.node ?? home.get(n)!,
             home: home.get(n)!,
-            state: a?.state ?? (swarm.tracks.has(n) ? 'STOPPED' : 'PENDING'),
+            state: a?.state ?? (swarm.tracks.get(n)?.pid ? 'STOPPED' : 'PENDING'),
             victim: victimSet.has(n),
             moved: !!a?.node && a.node !== home.get(n),
             serving: servingAt.has(n),

@@ -227,7 +227,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
           elapsedMs: Date.now() - started,
           agents: swarm.names.map((n, i) => ({
             name: n,
-            state: byName.get(n)?.state ?? (swarm.tracks.has(n) ? 'STOPPED' : 'PENDING'),
+            state: byName.get(n)?.state ?? (swarm.tracks.get(n)?.pid ? 'STOPPED' : 'PENDING'),
             restarts: byName.get(n)?.restarts ?? 0,
             fault: victims.get(n),
             hit: records.some((r) => r.name === n),

@@ -134,8 +134,8 @@ export interface AgentTrack {
   name: string;
   index: number;
   runtime: Runtime;
+  /** The id and pid SPAWN returned (0 until it replied). */
   id: number;
-  /** The pid SPAWN returned. */
   pid: number;
   isolation: IsolationReport | null;
   /** One epoch per process life, in order of their "up" report. */
@@ -274,16 +274,19 @@ export class Swarm {
       ...o.spawnExtra?.(name, i),
       ...extra,
     };
-    const r = await (via ?? this.ctl).spawn(req);
+    // The track exists before SPAWN is sent: ingest() drops the reports of a name without one, and the
+    // agent's first reports ("up") may reach the collector before the SPAWN reply reaches us (a clustered
+    // kernel answers only once it stored the agent's definition in etcd, after the process started).
+    const prev = this.tracks.get(name);
     const t: AgentTrack = {
       name,
       index: i,
       runtime,
-      id: r.id,
-      pid: r.pid,
-      isolation: r.isolation ?? null,
-      epochs: this.tracks.get(name)?.epochs ?? [],
-      upAt: this.tracks.get(name)?.upAt ?? [],
+      id: 0,
+      pid: 0,
+      isolation: null,
+      epochs: prev?.epochs ?? [],
+      upAt: prev?.upAt ?? [],
       sent: 0,
       got: 0,
       lastSentAt: 0,
@@ -293,6 +296,14 @@ export class Swarm {
       stopped: new Set(),
     };
     this.tracks.set(name, t);
+    const r = await (via ?? this.ctl).spawn(req).catch((e: unknown) => {
+      if (prev) this.tracks.set(name, prev);
+      else this.tracks.delete(name);
+      throw e;
+    });
+    t.id = r.id;
+    t.pid = r.pid;
+    t.isolation = r.isolation ?? null;
     return t;
   }
 
@@ -428,7 +439,7 @@ export class Swarm {
 
   /**
    * Until every agent has reported "up" at least once. On timeout the error names the agents that never
-   * did, with what LIST says of them and the end of their logs.
+   * did, with what LIST says of them, what they reported otherwise and the end of their logs.
    */
   async waitUp(timeoutMs = 60_000, names = this.names): Promise<boolean> {
     const down = () => names.filter((n) => (this.tracks.get(n)?.epochs.length ?? 0) === 0);
@@ -441,7 +452,10 @@ export class Swarm {
         const state = a
           ? `${a.state} pid ${a.pid} restarts ${a.restarts}${a.exit_reason ? ` last exit ${a.exit_reason}` : ''}`
           : 'not listed';
-        return `${n}: ${state}${a?.node ? ` on ${a.node}` : ''}; log: ${this.logTail(n, a?.node)}`;
+        // An agent that reports all the same lost its "up" only; one that reports nothing is stuck.
+        const t = this.tracks.get(n);
+        const heard = t ? `; reported ${t.sent} sent, ${t.got} received, ${t.errors.length} errors` : '';
+        return `${n}: ${state}${a?.node ? ` on ${a.node}` : ''}${heard}; log: ${this.logTail(n, a?.node)}`;
       });
       throw new Error(`${(e as Error).message}; never up: ${about.join(' | ')}`);
     }
