@@ -67,7 +67,7 @@ export class PushBinaryError extends Error {
 const UNPARSED: unique symbol = Symbol('unparsed');
 
 /**
- * One message of a PUSH_BINARY frame. `bytes` is the message's JSON text as sent (a view into the frame,
+ * One message of a PUSH_BINARY frame. `bytes` is the message's JSON text as queued (a view into the frame,
  * no copy); `message` and `from_name` are decoded on first access, so a consumer that only looks at the
  * bytes parses nothing. JSON.stringify gives RECV's fields.
  */

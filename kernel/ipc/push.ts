@@ -74,23 +74,24 @@ class Pusher {
         await this.port.drained();
         continue;
       }
+      // PUSH JSON texts of this turn (events, and messages unless they go as PUSH_BINARY).
       const out: string[] = [];
-      let wrote = false;
-      if (this.mode.messages) {
-        const now = Date.now();
-        const ms = mail.take(this.id, this.mode.batch ? BATCH_FRAME : BATCH, this, false, this.src.maxBytes);
-        if (this.mode.format === 'binary' && ms.length) {
+      const now = Date.now();
+      const ms = this.mode.messages
+        ? mail.take(this.id, this.mode.batch ? BATCH_FRAME : BATCH, this, false, this.src.maxBytes)
+        : [];
+      if (ms.length) {
+        if (this.mode.format === 'binary') {
           const items = ms.map((m) => ({ ...m, age_ms: now - m.sentAt }));
           const frames = this.mode.batch
             ? [encodePushBinary(items)]
             : items.map((m) => encodePushBinary([m]));
           this.port.write(frames, Op.PUSH_BINARY);
-          wrote = true;
-        } else if (this.mode.batch && ms.length) {
+        } else if (this.mode.batch) {
           const items = ms.map((m) => `{${messageFields(m, now)}}`);
           out.push(`{"kind":"messages","messages":[${items.join(',')}],"count":${items.length}}`);
         } else for (const m of ms) out.push(`{"kind":"message",${messageFields(m, now)}}`);
-        if (ms.length) this.src.received(ms.length);
+        this.src.received(ms.length);
       }
       if (this.mode.events) {
         const { events: list, dropped } = events.poll(this.id, BATCH, this.src.maxBytes);
@@ -101,8 +102,8 @@ class Pusher {
           ),
         );
       }
-      if (out.length || wrote) {
-        if (out.length) this.port.write(out);
+      if (out.length) this.port.write(out);
+      if (ms.length || out.length) {
         // Let other connections run between turns.
         await new Promise<void>((r) => setImmediate(r));
         continue;

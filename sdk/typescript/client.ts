@@ -413,8 +413,7 @@ export class CloveClient {
     if (kind === 'messages') this.pushed.message.put((rest as { messages: T.PushedMessage[] }).messages);
     else if (kind === 'message') this.pushed.message.put([rest as T.PushedMessage]);
     else if (kind === 'event') this.pushed.event.put([rest as T.PushedEvent]);
-    // Bounded: a consumer that falls behind stops the reading, and the kernel keeps the rest.
-    if (this.pushed.message.held + this.pushed.event.held >= PUSH_BUFFER) s.pause();
+    this.pauseIfFull(s);
   }
 
   /** Messages in the binary envelope (HELLO push.format "binary"): no JSON parsed until a message is read. */
@@ -425,13 +424,22 @@ export class CloveClient {
       this.drop(s, new ProtocolError(`bad PUSH_BINARY frame from kernel: ${(e as Error).message}`));
       return;
     }
-    if (this.pushed.message.held + this.pushed.event.held >= PUSH_BUFFER) s.pause();
+    this.pauseIfFull(s);
+  }
+
+  /** Pushed items held for the iterators, of both kinds. */
+  private get heldPushes(): number {
+    return this.pushed.message.held + this.pushed.event.held;
+  }
+
+  /** Bounded: a consumer that falls behind stops the reading, and the kernel keeps the rest. */
+  private pauseIfFull(s: Duplex): void {
+    if (this.heldPushes >= PUSH_BUFFER) s.pause();
   }
 
   /** An iterator took an item: read again once the held pushes are under half the bound. */
   private tookPush(): void {
-    const held = this.pushed.message.held + this.pushed.event.held;
-    if (this.sock && held < PUSH_BUFFER / 2 && this.sock.isPaused()) this.sock.resume();
+    if (this.sock && this.heldPushes < PUSH_BUFFER / 2 && this.sock.isPaused()) this.sock.resume();
   }
 
   /** Asks the kernel to push (or stop pushing) messages and/or events on this connection. */

@@ -41,8 +41,8 @@ export type PollReply = PollEventsReply;
 export type IsolationReport = Isolation;
 /**
  * A message pushed by the kernel: RECV's fields and, when the kernel pushes the binary envelope
- * (PUSH_BINARY, every kernel of this version), `bytes`: the message's JSON text byte for byte as sent,
- * with `message` parsed from it only when read.
+ * (PUSH_BINARY, every kernel of this version), `bytes`: the message's JSON text as the kernel queued it
+ * (the bytes RECV's reply would carry), with `message` parsed from it only when read.
  */
 export type PushedMessage = Message & { readonly bytes?: Buffer };
 /** An event pushed by the kernel (PUSH, kind `event`): POLL_EVENTS' fields, and the drop count when any. */

@@ -454,8 +454,9 @@ size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, si
   if (ms.empty()) return 0;
   int64_t now = NowMs();
   if (format == PushFormat::Binary) {
-    size_t total = 4;
-    for (const Message& m : ms) total += kHeaderSize + 28 + m.from_name.size() + m.json.size();
+    // At most a frame per message: its header, the count, the 24-byte head, the name and the message.
+    size_t total = 0;
+    for (const Message& m : ms) total += kHeaderSize + 4 + 24 + m.from_name.size() + m.json.size();
     out.reserve(out.size() + total);
     size_t step = batch ? ms.size() : 1;
     for (size_t i = 0; i < ms.size(); i += step) {
@@ -463,21 +464,17 @@ size_t PushMessages(MailStore& store, uint32_t id, Holder holder, size_t max, si
       AppendBinaryPush(out, ms, i, i + step, now);
       FinishFrame(out, at);
     }
-    store.Count(id, 0, 0, ms.size());
-    return ms.size();
-  }
-  if (batch) {
+  } else if (batch) {
     size_t at = BeginFrame(out, id, kOpPush);
     out += "{\"kind\":\"messages\",";
     AppendMessageList(out, ms, now);
     FinishFrame(out, at);
-    store.Count(id, 0, 0, ms.size());
-    return ms.size();
-  }
-  for (const Message& m : ms) {
-    size_t at = BeginFrame(out, id, kOpPush);
-    AppendMessage(out, m, now, true);
-    FinishFrame(out, at);
+  } else {
+    for (const Message& m : ms) {
+      size_t at = BeginFrame(out, id, kOpPush);
+      AppendMessage(out, m, now, true);
+      FinishFrame(out, at);
+    }
   }
   store.Count(id, 0, 0, ms.size());
   return ms.size();

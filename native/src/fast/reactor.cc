@@ -109,7 +109,7 @@ constexpr uint64_t kPushBitOn = 1, kPushBitBatch = 2, kPushBitBinary = 4;
 struct Command {
   enum Type : uint8_t { Adopt, Answered, SetFast, SetPush, Pause, Resume, End, Destroy } type;
   uint64_t conn;
-  uint64_t n = 0;  // Answered: how many; SetFast: 0 or 1; SetPush: kPush* bits
+  uint64_t n = 0;  // Answered: how many; SetFast: 0 or 1; SetPush: kPushBit* bits
   std::string initial;
 };
 
@@ -292,7 +292,8 @@ void Reactor::Stop() {
 
 // setPush(conn, {messages, batch, binary}): what the reactor pushes of the connection's messages.
 void Reactor::SetPush(const Napi::CallbackInfo& info) {
-  if (info.Length() < 2 || !info[1].IsObject()) throw OptionError(info.Env(), "setPush(conn, {messages, batch, binary})");
+  if (info.Length() < 2 || !info[1].IsObject())
+    throw OptionError(info.Env(), "setPush(conn, {messages, batch, binary})");
   Napi::Object o = info[1].As<Napi::Object>();
   auto flag = [&](const char* key, uint64_t bit) { return o.Get(key).ToBoolean().Value() ? bit : 0; };
   uint64_t n = flag("messages", kPushBitOn);
