@@ -421,6 +421,13 @@ export declare class NativeReactor {
 export interface CloveNative {
   MailStore: typeof NativeMailStore;
   Reactor: typeof NativeReactor;
+  /**
+   * Where each message's JSON text stands in a SEND / BROADCAST payload (`batch` false: its "message") or
+   * a SEND_BATCH one (`batch` true: each item's), as [start, end) byte pairs, [0, 0) for an absent
+   * message: the bytes the reactor would queue. Null for a payload not in that shape (a duplicate key).
+   * The payload must already have passed JSON.parse.
+   */
+  messageSpans(payload: Buffer, batch: boolean): Uint32Array | null;
   /** getsockopt(SO_PEERCRED) on a connected Unix socket. */
   peerCred(fd: number): PeerCred;
   /**

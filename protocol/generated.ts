@@ -44,10 +44,12 @@ export const Op = {
   REGISTER: 0x23,
   /** unsolicited: a message or an event pushed to a connection that opted in (HELLO `push`); a client never sends it (Clove extension) */
   PUSH: 0x24,
-  /** queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered (Clove extension) */
+  /** queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered; with `results: "none"` it is answered only when something was refused (SEND_REFUSED) (Clove extension) */
   SEND_BATCH: 0x25,
   /** unsolicited: pushed messages in a binary envelope, to a connection that opted in with HELLO `push.format: "binary"`; a client never sends it. Payload, little-endian: u32 count, then per message a 24-byte head (u32 from, u32 age_ms, u64 seq, u32 from_name length, u32 message length), the sender's name (UTF-8) and the message's JSON text as queued (the bytes RECV's reply would carry). A client takes a message's bytes without parsing JSON (Clove extension) */
   PUSH_BINARY: 0x26,
+  /** unsolicited: what a SEND_BATCH with `results: "none"` had refused, in place of the reply it does not get; only a connection that sent such a batch ever receives one, and a client never sends it (Clove extension) */
+  SEND_REFUSED: 0x27,
   /** write a key; global keys belong to whoever created them */
   STORE: 0x30,
   /** read a key: without a scope, agent scope first, then global/session */
@@ -378,7 +380,7 @@ export const OPCODES: readonly OpInfo[] = [
     raw: false,
     journaled: false,
     summary:
-      'queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered',
+      'queue many messages in one request, each item as SEND would (`to` wins over `to_name`); items are independent: a refused item gets its error in `results` and the others are delivered; with `results: "none"` it is answered only when something was refused (SEND_REFUSED)',
     sdk: { typescript: 'sendBatch', python: 'send_batch' },
   },
   {
@@ -392,6 +394,18 @@ export const OPCODES: readonly OpInfo[] = [
     summary:
       "unsolicited: pushed messages in a binary envelope, to a connection that opted in with HELLO `push.format: \"binary\"`; a client never sends it. Payload, little-endian: u32 count, then per message a 24-byte head (u32 from, u32 age_ms, u64 seq, u32 from_name length, u32 message length), the sender's name (UTF-8) and the message's JSON text as queued (the bytes RECV's reply would carry). A client takes a message's bytes without parsing JSON",
     sdk: { typescript: 'messages', python: 'messages' },
+  },
+  {
+    name: 'SEND_REFUSED',
+    code: 39,
+    family: 'ipc',
+    status: 'implemented',
+    ext: true,
+    raw: false,
+    journaled: false,
+    summary:
+      'unsolicited: what a SEND_BATCH with `results: "none"` had refused, in place of the reply it does not get; only a connection that sent such a batch ever receives one, and a client never sends it',
+    sdk: { typescript: 'onRefused', python: 'on_refused' },
   },
   {
     name: 'STORE',
@@ -3798,9 +3812,13 @@ export interface SendBatchRequest {
    */
   messages: [BatchItem, ...BatchItem[]];
   /**
-   * `all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)
+   * `all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message); `none`: no reply at all when every item was queued (as a NATS publish: the sender is not woken for an answer), and when anything was refused, one SEND_REFUSED (0x27) frame instead of the reply: the refused items with their `index`, or the whole request's error. Such a batch is not retried by an SDK on a new connection: written just before the connection dropped, it may or may not have been queued
    */
-  results?: 'all' | 'refused';
+  results?: 'all' | 'refused' | 'none';
+  /**
+   * with `results: "none"`: any number the client chooses, returned in the SEND_REFUSED frame of this batch so that the client knows which batch it is (the SDKs number their batches); ignored otherwise
+   */
+  ref?: number;
 }
 /**
  * SEND_BATCH request as a handler sees it: validated, defaults applied.
@@ -3817,9 +3835,13 @@ export interface SendBatchArgs {
    */
   messages: [BatchItem, ...BatchItem[]];
   /**
-   * `all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)
+   * `all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message); `none`: no reply at all when every item was queued (as a NATS publish: the sender is not woken for an answer), and when anything was refused, one SEND_REFUSED (0x27) frame instead of the reply: the refused items with their `index`, or the whole request's error. Such a batch is not retried by an SDK on a new connection: written just before the connection dropped, it may or may not have been queued
    */
-  results: 'all' | 'refused';
+  results: 'all' | 'refused' | 'none';
+  /**
+   * with `results: "none"`: any number the client chooses, returned in the SEND_REFUSED frame of this batch so that the client knows which batch it is (the SDKs number their batches); ignored otherwise
+   */
+  ref?: number;
 }
 /**
  * SEND_BATCH reply.
@@ -3835,6 +3857,50 @@ export interface SendBatchReply {
    * one per item, in the order of `messages`; with `results: "refused"` only the refused items, in order, each with its `index`
    */
   results: BatchResult[];
+}
+/**
+ * SEND_REFUSED request.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SendRefusedRequest".
+ */
+export interface SendRefusedRequest {}
+/**
+ * SEND_REFUSED request as a handler sees it: validated, defaults applied.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SendRefusedArgs".
+ */
+export interface SendRefusedArgs {}
+/**
+ * SEND_REFUSED reply.
+ *
+ * This interface was referenced by `CloveContract`'s JSON-Schema
+ * via the `definition` "SendRefusedReply".
+ */
+export interface SendRefusedReply {
+  /**
+   * the batch's `ref`, or null when it had none
+   */
+  ref: number | null;
+  /**
+   * true: items were refused (see `results`); false: the whole request was
+   */
+  success: boolean;
+  delivered_count?: number;
+  failed_count?: number;
+  /**
+   * the refused items, in order, each with its `index`
+   */
+  results?: BatchResult[];
+  /**
+   * the whole request's refusal
+   */
+  error?: string;
+  /**
+   * its code (protocol/wire.json)
+   */
+  code?: string;
 }
 /**
  * STORE request.
@@ -6789,6 +6855,7 @@ export interface Requests {
   REGISTER: RegisterRequest;
   PUSH: PushRequest;
   SEND_BATCH: SendBatchRequest;
+  SEND_REFUSED: SendRefusedRequest;
   STORE: StoreRequest;
   FETCH: FetchRequest;
   DELETE: DeleteRequest;
@@ -6867,6 +6934,7 @@ export interface ArgsOf {
   REGISTER: RegisterArgs;
   PUSH: PushArgs;
   SEND_BATCH: SendBatchArgs;
+  SEND_REFUSED: SendRefusedArgs;
   STORE: StoreArgs;
   FETCH: FetchArgs;
   DELETE: DeleteArgs;
@@ -6945,6 +7013,7 @@ export interface Replies {
   REGISTER: RegisterReply;
   PUSH: PushReply;
   SEND_BATCH: SendBatchReply;
+  SEND_REFUSED: SendRefusedReply;
   STORE: StoreReply;
   FETCH: FetchReply;
   DELETE: DeleteReply;
@@ -8870,12 +8939,23 @@ export const REQUEST_SCHEMAS: Partial<Record<OpName, object>> = {
       },
       results: {
         type: 'string',
-        enum: ['all', 'refused'],
+        enum: ['all', 'refused', 'none'],
         default: 'all',
         description:
-          '`all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)',
+          "`all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message); `none`: no reply at all when every item was queued (as a NATS publish: the sender is not woken for an answer), and when anything was refused, one SEND_REFUSED (0x27) frame instead of the reply: the refused items with their `index`, or the whole request's error. Such a batch is not retried by an SDK on a new connection: written just before the connection dropped, it may or may not have been queued",
+      },
+      ref: {
+        type: 'integer',
+        minimum: 0,
+        maximum: 9007199254740991,
+        description:
+          'with `results: "none"`: any number the client chooses, returned in the SEND_REFUSED frame of this batch so that the client knows which batch it is (the SDKs number their batches); ignored otherwise',
       },
     },
+  },
+  SEND_REFUSED: {
+    type: 'object',
+    description: 'none: sent by a client, SEND_REFUSED is refused (`invalid_request`)',
   },
   STORE: {
     type: 'object',

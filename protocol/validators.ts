@@ -2993,7 +2993,7 @@ return errors === 0;
 validate43.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
 export const SEND_BATCH = validate44;
-const schema65 = {"type":"object","required":["messages"],"properties":{"messages":{"type":"array","minItems":1,"maxItems":4096,"description":"1 to 4096 items, each `{to?, to_name?, message?}` as SEND's request; a request of the wrong shape (no items, too many, an item that is not an object or has a field of the wrong type) is refused as a whole (`invalid_request`) and delivers nothing","items":{"$ref":"clove#/$defs/BatchItem"}},"results":{"type":"string","enum":["all","refused"],"default":"all","description":"`all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message)"}}};
+const schema65 = {"type":"object","required":["messages"],"properties":{"messages":{"type":"array","minItems":1,"maxItems":4096,"description":"1 to 4096 items, each `{to?, to_name?, message?}` as SEND's request; a request of the wrong shape (no items, too many, an item that is not an object or has a field of the wrong type) is refused as a whole (`invalid_request`) and delivers nothing","items":{"$ref":"clove#/$defs/BatchItem"}},"results":{"type":"string","enum":["all","refused","none"],"default":"all","description":"`all`: one result per item, in order; `refused`: only the refused items, each with its `index` (a client sending at high rates reads a few bytes back, not one result per message); `none`: no reply at all when every item was queued (as a NATS publish: the sender is not woken for an answer), and when anything was refused, one SEND_REFUSED (0x27) frame instead of the reply: the refused items with their `index`, or the whole request's error. Such a batch is not retried by an SDK on a new connection: written just before the connection dropped, it may or may not have been queued"},"ref":{"type":"integer","minimum":0,"maximum":9007199254740991,"description":"with `results: \"none\"`: any number the client chooses, returned in the SEND_REFUSED frame of this batch so that the client knows which batch it is (the SDKs number their batches); ignored otherwise"}}};
 const schema66 = {"title":"BatchItem","type":"object","description":"One message of SEND_BATCH: SEND's request.","properties":{"to":{"$ref":"clove#/$defs/AgentId","description":"target id (wins over `to_name`)"},"to_name":{"type":"string","description":"a name; on a clustered kernel also a name another node owns, or `name@node` (docs/cluster.md)"},"message":{"description":"any JSON; default `{}`"}}};
 
 function validate45(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -3129,11 +3129,39 @@ if(typeof data2 !== "string"){
 validate44.errors = [{instancePath:instancePath+"/results",schemaPath:"#/properties/results/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
-if(!((data2 === "all") || (data2 === "refused"))){
+if(!(((data2 === "all") || (data2 === "refused")) || (data2 === "none"))){
 validate44.errors = [{instancePath:instancePath+"/results",schemaPath:"#/properties/results/enum",keyword:"enum",params:{allowedValues: schema65.properties.results.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs4 === errors;
+if(valid0){
+if(data.ref !== undefined){
+let data3 = data.ref;
+const _errs6 = errors;
+if(!((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3)))){
+validate44.errors = [{instancePath:instancePath+"/ref",schemaPath:"#/properties/ref/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs6){
+if(typeof data3 == "number"){
+if(data3 > 9007199254740991 || isNaN(data3)){
+validate44.errors = [{instancePath:instancePath+"/ref",schemaPath:"#/properties/ref/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"}];
+return false;
+}
+else {
+if(data3 < 0 || isNaN(data3)){
+validate44.errors = [{instancePath:instancePath+"/ref",schemaPath:"#/properties/ref/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+return false;
+}
+}
+}
+}
+var valid0 = _errs6 === errors;
+}
+else {
+var valid0 = true;
+}
+}
 }
 }
 }
@@ -3145,16 +3173,38 @@ return false;
 validate44.errors = vErrors;
 return errors === 0;
 }
-validate44.evaluated = {"props":{"messages":true,"results":true},"dynamicProps":false,"dynamicItems":false};
+validate44.evaluated = {"props":{"messages":true,"results":true,"ref":true},"dynamicProps":false,"dynamicItems":false};
 
-export const STORE = validate47;
-const schema68 = {"type":"object","properties":{"key":{"type":"string"},"value":{"description":"any JSON; default null"},"scope":{"$ref":"clove#/$defs/Scope","default":"global"},"ttl":{"type":"number","description":"seconds (> 0)"}}};
-const schema69 = {"type":"string","enum":["global","agent","session"]};
+export const SEND_REFUSED = validate47;
+const schema68 = {"type":"object","description":"none: sent by a client, SEND_REFUSED is refused (`invalid_request`)"};
 
 function validate47(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate47.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(!(data && typeof data == "object" && !Array.isArray(data))){
+validate47.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+validate47.errors = vErrors;
+return errors === 0;
+}
+validate47.evaluated = {"dynamicProps":false,"dynamicItems":false};
+
+export const STORE = validate48;
+const schema69 = {"type":"object","properties":{"key":{"type":"string"},"value":{"description":"any JSON; default null"},"scope":{"$ref":"clove#/$defs/Scope","default":"global"},"ttl":{"type":"number","description":"seconds (> 0)"}}};
+const schema70 = {"type":"string","enum":["global","agent","session"]};
+
+function validate48(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate48.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3169,7 +3219,7 @@ data.scope = "global";
 if(data.key !== undefined){
 const _errs1 = errors;
 if(typeof data.key !== "string"){
-validate47.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate48.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -3181,11 +3231,11 @@ if(valid0){
 let data1 = data.scope;
 const _errs3 = errors;
 if(typeof data1 !== "string"){
-validate47.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate48.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 if(!(((data1 === "global") || (data1 === "agent")) || (data1 === "session"))){
-validate47.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/enum",keyword:"enum",params:{allowedValues: schema69.enum},message:"must be equal to one of the allowed values"}];
+validate48.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/enum",keyword:"enum",params:{allowedValues: schema70.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -3193,7 +3243,7 @@ if(valid0){
 if(data.ttl !== undefined){
 const _errs6 = errors;
 if(!(typeof data.ttl == "number")){
-validate47.errors = [{instancePath:instancePath+"/ttl",schemaPath:"#/properties/ttl/type",keyword:"type",params:{type: "number"},message:"must be number"}];
+validate48.errors = [{instancePath:instancePath+"/ttl",schemaPath:"#/properties/ttl/type",keyword:"type",params:{type: "number"},message:"must be number"}];
 return false;
 }
 var valid0 = _errs6 === errors;
@@ -3205,61 +3255,6 @@ var valid0 = true;
 }
 }
 else {
-validate47.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate47.errors = vErrors;
-return errors === 0;
-}
-validate47.evaluated = {"props":{"key":true,"value":true,"scope":true,"ttl":true},"dynamicProps":false,"dynamicItems":false};
-
-export const FETCH = validate48;
-const schema70 = {"type":"object","properties":{"key":{"type":"string"},"scope":{"$ref":"clove#/$defs/Scope"}}};
-
-function validate48(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate48.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.key !== undefined){
-const _errs1 = errors;
-if(typeof data.key !== "string"){
-validate48.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.scope !== undefined){
-let data1 = data.scope;
-const _errs3 = errors;
-if(typeof data1 !== "string"){
-validate48.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-if(!(((data1 === "global") || (data1 === "agent")) || (data1 === "session"))){
-validate48.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/enum",keyword:"enum",params:{allowedValues: schema69.enum},message:"must be equal to one of the allowed values"}];
-return false;
-}
-var valid0 = _errs3 === errors;
-}
-else {
-var valid0 = true;
-}
-}
-}
-else {
 validate48.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
@@ -3267,10 +3262,10 @@ return false;
 validate48.errors = vErrors;
 return errors === 0;
 }
-validate48.evaluated = {"props":{"key":true,"scope":true},"dynamicProps":false,"dynamicItems":false};
+validate48.evaluated = {"props":{"key":true,"value":true,"scope":true,"ttl":true},"dynamicProps":false,"dynamicItems":false};
 
-export const DELETE = validate49;
-const schema72 = {"type":"object","properties":{"key":{"type":"string"},"scope":{"$ref":"clove#/$defs/Scope"}}};
+export const FETCH = validate49;
+const schema71 = {"type":"object","properties":{"key":{"type":"string"},"scope":{"$ref":"clove#/$defs/Scope"}}};
 
 function validate49(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3304,7 +3299,7 @@ validate49.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$def
 return false;
 }
 if(!(((data1 === "global") || (data1 === "agent")) || (data1 === "session"))){
-validate49.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/enum",keyword:"enum",params:{allowedValues: schema69.enum},message:"must be equal to one of the allowed values"}];
+validate49.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/enum",keyword:"enum",params:{allowedValues: schema70.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -3324,13 +3319,68 @@ return errors === 0;
 }
 validate49.evaluated = {"props":{"key":true,"scope":true},"dynamicProps":false,"dynamicItems":false};
 
-export const KEYS = validate50;
-const schema74 = {"type":"object","properties":{"prefix":{"type":"string","default":""},"limit":{"type":"integer","minimum":1,"maximum":10000,"default":1000,"description":"ext: keys per reply"},"after":{"type":"string","description":"ext: continue after this key (the last key of the previous page)"}}};
+export const DELETE = validate50;
+const schema73 = {"type":"object","properties":{"key":{"type":"string"},"scope":{"$ref":"clove#/$defs/Scope"}}};
 
 function validate50(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate50.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.key !== undefined){
+const _errs1 = errors;
+if(typeof data.key !== "string"){
+validate50.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.scope !== undefined){
+let data1 = data.scope;
+const _errs3 = errors;
+if(typeof data1 !== "string"){
+validate50.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+if(!(((data1 === "global") || (data1 === "agent")) || (data1 === "session"))){
+validate50.errors = [{instancePath:instancePath+"/scope",schemaPath:"clove#/$defs/Scope/enum",keyword:"enum",params:{allowedValues: schema70.enum},message:"must be equal to one of the allowed values"}];
+return false;
+}
+var valid0 = _errs3 === errors;
+}
+else {
+var valid0 = true;
+}
+}
+}
+else {
+validate50.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate50.errors = vErrors;
+return errors === 0;
+}
+validate50.evaluated = {"props":{"key":true,"scope":true},"dynamicProps":false,"dynamicItems":false};
+
+export const KEYS = validate51;
+const schema75 = {"type":"object","properties":{"prefix":{"type":"string","default":""},"limit":{"type":"integer","minimum":1,"maximum":10000,"default":1000,"description":"ext: keys per reply"},"after":{"type":"string","description":"ext: continue after this key (the last key of the previous page)"}}};
+
+function validate51(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate51.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3347,7 +3397,7 @@ data.limit = 1000;
 }
 const _errs1 = errors;
 if(typeof data.prefix !== "string"){
-validate50.errors = [{instancePath:instancePath+"/prefix",schemaPath:"#/properties/prefix/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate51.errors = [{instancePath:instancePath+"/prefix",schemaPath:"#/properties/prefix/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -3355,18 +3405,18 @@ if(valid0){
 let data1 = data.limit;
 const _errs3 = errors;
 if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate50.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate51.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs3){
 if(typeof data1 == "number"){
 if(data1 > 10000 || isNaN(data1)){
-validate50.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 10000},message:"must be <= 10000"}];
+validate51.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 10000},message:"must be <= 10000"}];
 return false;
 }
 else {
 if(data1 < 1 || isNaN(data1)){
-validate50.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate51.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -3377,61 +3427,13 @@ if(valid0){
 if(data.after !== undefined){
 const _errs5 = errors;
 if(typeof data.after !== "string"){
-validate50.errors = [{instancePath:instancePath+"/after",schemaPath:"#/properties/after/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate51.errors = [{instancePath:instancePath+"/after",schemaPath:"#/properties/after/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs5 === errors;
 }
 else {
 var valid0 = true;
-}
-}
-}
-}
-else {
-validate50.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate50.errors = vErrors;
-return errors === 0;
-}
-validate50.evaluated = {"props":{"prefix":true,"limit":true,"after":true},"dynamicProps":false,"dynamicItems":false};
-
-export const GET_PERMS = validate51;
-const schema75 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller"}}};
-
-function validate51(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate51.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.agent_id !== undefined){
-let data0 = data.agent_id;
-const _errs2 = errors;
-if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate51.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs2){
-if(typeof data0 == "number"){
-if(data0 > 4294967295 || isNaN(data0)){
-validate51.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
-return false;
-}
-else {
-if(data0 < 0 || isNaN(data0)){
-validate51.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
 }
 }
 }
@@ -3444,10 +3446,10 @@ return false;
 validate51.errors = vErrors;
 return errors === 0;
 }
-validate51.evaluated = {"props":{"agent_id":true},"dynamicProps":false,"dynamicItems":false};
+validate51.evaluated = {"props":{"prefix":true,"limit":true,"after":true},"dynamicProps":false,"dynamicItems":false};
 
-export const SET_PERMS = validate52;
-const schema77 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller (an agent may only narrow its own)"},"permissions":{"$ref":"clove#/$defs/PermissionsInput"},"level":{"$ref":"clove#/$defs/PermissionLevel"}}};
+export const GET_PERMS = validate52;
+const schema76 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller"}}};
 
 function validate52(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3463,7 +3465,6 @@ if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
 if(data.agent_id !== undefined){
 let data0 = data.agent_id;
-const _errs1 = errors;
 const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
 validate52.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
@@ -3483,6 +3484,55 @@ return false;
 }
 }
 }
+}
+}
+else {
+validate52.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate52.errors = vErrors;
+return errors === 0;
+}
+validate52.evaluated = {"props":{"agent_id":true},"dynamicProps":false,"dynamicItems":false};
+
+export const SET_PERMS = validate53;
+const schema78 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller (an agent may only narrow its own)"},"permissions":{"$ref":"clove#/$defs/PermissionsInput"},"level":{"$ref":"clove#/$defs/PermissionLevel"}}};
+
+function validate53(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate53.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.agent_id !== undefined){
+let data0 = data.agent_id;
+const _errs1 = errors;
+const _errs2 = errors;
+if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
+validate53.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs2){
+if(typeof data0 == "number"){
+if(data0 > 4294967295 || isNaN(data0)){
+validate53.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+return false;
+}
+else {
+if(data0 < 0 || isNaN(data0)){
+validate53.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+return false;
+}
+}
+}
+}
 var valid0 = _errs1 === errors;
 }
 else {
@@ -3493,7 +3543,7 @@ if(data.permissions !== undefined){
 let data1 = data.permissions;
 const _errs4 = errors;
 if((typeof data1 !== "string") && (!(data1 && typeof data1 == "object" && !Array.isArray(data1)))){
-validate52.errors = [{instancePath:instancePath+"/permissions",schemaPath:"clove#/$defs/PermissionsInput/type",keyword:"type",params:{type: schema41.type},message:"must be string,object"}];
+validate53.errors = [{instancePath:instancePath+"/permissions",schemaPath:"clove#/$defs/PermissionsInput/type",keyword:"type",params:{type: schema41.type},message:"must be string,object"}];
 return false;
 }
 var valid0 = _errs4 === errors;
@@ -3506,11 +3556,11 @@ if(data.level !== undefined){
 let data2 = data.level;
 const _errs7 = errors;
 if(typeof data2 !== "string"){
-validate52.errors = [{instancePath:instancePath+"/level",schemaPath:"clove#/$defs/PermissionLevel/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate53.errors = [{instancePath:instancePath+"/level",schemaPath:"clove#/$defs/PermissionLevel/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 if(!(((((data2 === "unrestricted") || (data2 === "standard")) || (data2 === "sandboxed")) || (data2 === "readonly")) || (data2 === "minimal"))){
-validate52.errors = [{instancePath:instancePath+"/level",schemaPath:"clove#/$defs/PermissionLevel/enum",keyword:"enum",params:{allowedValues: schema42.enum},message:"must be equal to one of the allowed values"}];
+validate53.errors = [{instancePath:instancePath+"/level",schemaPath:"clove#/$defs/PermissionLevel/enum",keyword:"enum",params:{allowedValues: schema42.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs7 === errors;
@@ -3522,22 +3572,22 @@ var valid0 = true;
 }
 }
 else {
-validate52.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate53.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate52.errors = vErrors;
+validate53.errors = vErrors;
 return errors === 0;
 }
-validate52.evaluated = {"props":{"agent_id":true,"permissions":true,"level":true},"dynamicProps":false,"dynamicItems":false};
+validate53.evaluated = {"props":{"agent_id":true,"permissions":true,"level":true},"dynamicProps":false,"dynamicItems":false};
 
-export const HTTP = validate53;
-const schema81 = {"type":"object","properties":{"url":{"type":"string","description":"required; `http` or `https` only, at most 8192 characters, no credentials in it"},"method":{"type":"string","default":"GET","description":"an HTTP token, sent upper-cased; checked against `http_methods`"},"headers":{"type":"object","additionalProperties":{"type":"string"},"description":"at most 100, 32 KiB in all; `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`, `Trailer`, `Expect` and `Proxy-*` are refused"},"body":{"type":"string","description":"sent for every method but GET and HEAD; at most 1 MiB"},"body_encoding":{"enum":["utf8","base64"],"default":"utf8","description":"ext: `base64` for a binary `body`"},"timeout":{"type":"number","minimum":0,"default":30,"description":"seconds for the whole call (connect, redirects, body); 0 or more than 300 means 300"},"max_response_bytes":{"type":"integer","minimum":0,"maximum":8388608,"default":8388608,"description":"ext: bytes of the response body kept; the rest is not read (`truncated: true`)"},"max_redirects":{"type":"integer","minimum":0,"maximum":5,"default":5,"description":"ext: redirects followed, each hop checked again; 0 returns the 3xx response itself"},"async":{"type":"boolean","default":false,"description":"`true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`"},"request_id":{"type":"integer","minimum":0,"description":"async only"}}};
+export const HTTP = validate54;
+const schema82 = {"type":"object","properties":{"url":{"type":"string","description":"required; `http` or `https` only, at most 8192 characters, no credentials in it"},"method":{"type":"string","default":"GET","description":"an HTTP token, sent upper-cased; checked against `http_methods`"},"headers":{"type":"object","additionalProperties":{"type":"string"},"description":"at most 100, 32 KiB in all; `Host`, `Content-Length`, `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Upgrade`, `TE`, `Trailer`, `Expect` and `Proxy-*` are refused"},"body":{"type":"string","description":"sent for every method but GET and HEAD; at most 1 MiB"},"body_encoding":{"enum":["utf8","base64"],"default":"utf8","description":"ext: `base64` for a binary `body`"},"timeout":{"type":"number","minimum":0,"default":30,"description":"seconds for the whole call (connect, redirects, body); 0 or more than 300 means 300"},"max_response_bytes":{"type":"integer","minimum":0,"maximum":8388608,"default":8388608,"description":"ext: bytes of the response body kept; the rest is not read (`truncated: true`)"},"max_redirects":{"type":"integer","minimum":0,"maximum":5,"default":5,"description":"ext: redirects followed, each hop checked again; 0 returns the 3xx response itself"},"async":{"type":"boolean","default":false,"description":"`true` is not supported yet (`not_supported`); the public kernel's default was `true`, its SDK always sends `false`"},"request_id":{"type":"integer","minimum":0,"description":"async only"}}};
 
-function validate53(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate54(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate53.evaluated;
+const evaluated0 = validate54.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3567,7 +3617,7 @@ data.async = false;
 if(data.url !== undefined){
 const _errs1 = errors;
 if(typeof data.url !== "string"){
-validate53.errors = [{instancePath:instancePath+"/url",schemaPath:"#/properties/url/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate54.errors = [{instancePath:instancePath+"/url",schemaPath:"#/properties/url/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -3578,7 +3628,7 @@ var valid0 = true;
 if(valid0){
 const _errs3 = errors;
 if(typeof data.method !== "string"){
-validate53.errors = [{instancePath:instancePath+"/method",schemaPath:"#/properties/method/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate54.errors = [{instancePath:instancePath+"/method",schemaPath:"#/properties/method/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -3591,7 +3641,7 @@ if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
 for(const key0 in data2){
 const _errs8 = errors;
 if(typeof data2[key0] !== "string"){
-validate53.errors = [{instancePath:instancePath+"/headers/" + key0.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/headers/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate54.errors = [{instancePath:instancePath+"/headers/" + key0.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/headers/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid1 = _errs8 === errors;
@@ -3601,7 +3651,7 @@ break;
 }
 }
 else {
-validate53.errors = [{instancePath:instancePath+"/headers",schemaPath:"#/properties/headers/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate54.errors = [{instancePath:instancePath+"/headers",schemaPath:"#/properties/headers/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -3614,7 +3664,7 @@ if(valid0){
 if(data.body !== undefined){
 const _errs10 = errors;
 if(typeof data.body !== "string"){
-validate53.errors = [{instancePath:instancePath+"/body",schemaPath:"#/properties/body/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate54.errors = [{instancePath:instancePath+"/body",schemaPath:"#/properties/body/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs10 === errors;
@@ -3626,7 +3676,7 @@ if(valid0){
 let data5 = data.body_encoding;
 const _errs12 = errors;
 if(!((data5 === "utf8") || (data5 === "base64"))){
-validate53.errors = [{instancePath:instancePath+"/body_encoding",schemaPath:"#/properties/body_encoding/enum",keyword:"enum",params:{allowedValues: schema81.properties.body_encoding.enum},message:"must be equal to one of the allowed values"}];
+validate54.errors = [{instancePath:instancePath+"/body_encoding",schemaPath:"#/properties/body_encoding/enum",keyword:"enum",params:{allowedValues: schema82.properties.body_encoding.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs12 === errors;
@@ -3636,12 +3686,12 @@ const _errs13 = errors;
 if(errors === _errs13){
 if(typeof data6 == "number"){
 if(data6 < 0 || isNaN(data6)){
-validate53.errors = [{instancePath:instancePath+"/timeout",schemaPath:"#/properties/timeout/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate54.errors = [{instancePath:instancePath+"/timeout",schemaPath:"#/properties/timeout/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 else {
-validate53.errors = [{instancePath:instancePath+"/timeout",schemaPath:"#/properties/timeout/type",keyword:"type",params:{type: "number"},message:"must be number"}];
+validate54.errors = [{instancePath:instancePath+"/timeout",schemaPath:"#/properties/timeout/type",keyword:"type",params:{type: "number"},message:"must be number"}];
 return false;
 }
 }
@@ -3650,18 +3700,18 @@ if(valid0){
 let data7 = data.max_response_bytes;
 const _errs15 = errors;
 if(!((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7)))){
-validate53.errors = [{instancePath:instancePath+"/max_response_bytes",schemaPath:"#/properties/max_response_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate54.errors = [{instancePath:instancePath+"/max_response_bytes",schemaPath:"#/properties/max_response_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs15){
 if(typeof data7 == "number"){
 if(data7 > 8388608 || isNaN(data7)){
-validate53.errors = [{instancePath:instancePath+"/max_response_bytes",schemaPath:"#/properties/max_response_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 8388608},message:"must be <= 8388608"}];
+validate54.errors = [{instancePath:instancePath+"/max_response_bytes",schemaPath:"#/properties/max_response_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 8388608},message:"must be <= 8388608"}];
 return false;
 }
 else {
 if(data7 < 0 || isNaN(data7)){
-validate53.errors = [{instancePath:instancePath+"/max_response_bytes",schemaPath:"#/properties/max_response_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate54.errors = [{instancePath:instancePath+"/max_response_bytes",schemaPath:"#/properties/max_response_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -3672,18 +3722,18 @@ if(valid0){
 let data8 = data.max_redirects;
 const _errs17 = errors;
 if(!((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8)))){
-validate53.errors = [{instancePath:instancePath+"/max_redirects",schemaPath:"#/properties/max_redirects/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate54.errors = [{instancePath:instancePath+"/max_redirects",schemaPath:"#/properties/max_redirects/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs17){
 if(typeof data8 == "number"){
 if(data8 > 5 || isNaN(data8)){
-validate53.errors = [{instancePath:instancePath+"/max_redirects",schemaPath:"#/properties/max_redirects/maximum",keyword:"maximum",params:{comparison: "<=", limit: 5},message:"must be <= 5"}];
+validate54.errors = [{instancePath:instancePath+"/max_redirects",schemaPath:"#/properties/max_redirects/maximum",keyword:"maximum",params:{comparison: "<=", limit: 5},message:"must be <= 5"}];
 return false;
 }
 else {
 if(data8 < 0 || isNaN(data8)){
-validate53.errors = [{instancePath:instancePath+"/max_redirects",schemaPath:"#/properties/max_redirects/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate54.errors = [{instancePath:instancePath+"/max_redirects",schemaPath:"#/properties/max_redirects/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -3693,7 +3743,7 @@ var valid0 = _errs17 === errors;
 if(valid0){
 const _errs19 = errors;
 if(typeof data.async !== "boolean"){
-validate53.errors = [{instancePath:instancePath+"/async",schemaPath:"#/properties/async/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate54.errors = [{instancePath:instancePath+"/async",schemaPath:"#/properties/async/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs19 === errors;
@@ -3702,13 +3752,13 @@ if(data.request_id !== undefined){
 let data10 = data.request_id;
 const _errs21 = errors;
 if(!((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10)))){
-validate53.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate54.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs21){
 if(typeof data10 == "number"){
 if(data10 < 0 || isNaN(data10)){
-validate53.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate54.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -3729,105 +3779,6 @@ var valid0 = true;
 }
 }
 else {
-validate53.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate53.errors = vErrors;
-return errors === 0;
-}
-validate53.evaluated = {"props":{"url":true,"method":true,"headers":true,"body":true,"body_encoding":true,"timeout":true,"max_response_bytes":true,"max_redirects":true,"async":true,"request_id":true},"dynamicProps":false,"dynamicItems":false};
-
-export const SUBSCRIBE = validate54;
-const schema82 = {"type":"object","properties":{"event_types":{"type":"array","items":{"type":"string"}},"events":{"type":"array","items":{"type":"string"}},"event":{"type":"string"}}};
-
-function validate54(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate54.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.event_types !== undefined){
-let data0 = data.event_types;
-const _errs1 = errors;
-if(errors === _errs1){
-if(Array.isArray(data0)){
-var valid1 = true;
-const len0 = data0.length;
-for(let i0=0; i0<len0; i0++){
-const _errs3 = errors;
-if(typeof data0[i0] !== "string"){
-validate54.errors = [{instancePath:instancePath+"/event_types/" + i0,schemaPath:"#/properties/event_types/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid1 = _errs3 === errors;
-if(!valid1){
-break;
-}
-}
-}
-else {
-validate54.errors = [{instancePath:instancePath+"/event_types",schemaPath:"#/properties/event_types/type",keyword:"type",params:{type: "array"},message:"must be array"}];
-return false;
-}
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.events !== undefined){
-let data2 = data.events;
-const _errs5 = errors;
-if(errors === _errs5){
-if(Array.isArray(data2)){
-var valid2 = true;
-const len1 = data2.length;
-for(let i1=0; i1<len1; i1++){
-const _errs7 = errors;
-if(typeof data2[i1] !== "string"){
-validate54.errors = [{instancePath:instancePath+"/events/" + i1,schemaPath:"#/properties/events/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid2 = _errs7 === errors;
-if(!valid2){
-break;
-}
-}
-}
-else {
-validate54.errors = [{instancePath:instancePath+"/events",schemaPath:"#/properties/events/type",keyword:"type",params:{type: "array"},message:"must be array"}];
-return false;
-}
-}
-var valid0 = _errs5 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.event !== undefined){
-const _errs9 = errors;
-if(typeof data.event !== "string"){
-validate54.errors = [{instancePath:instancePath+"/event",schemaPath:"#/properties/event/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs9 === errors;
-}
-else {
-var valid0 = true;
-}
-}
-}
-}
-else {
 validate54.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
@@ -3835,10 +3786,10 @@ return false;
 validate54.errors = vErrors;
 return errors === 0;
 }
-validate54.evaluated = {"props":{"event_types":true,"events":true,"event":true},"dynamicProps":false,"dynamicItems":false};
+validate54.evaluated = {"props":{"url":true,"method":true,"headers":true,"body":true,"body_encoding":true,"timeout":true,"max_response_bytes":true,"max_redirects":true,"async":true,"request_id":true},"dynamicProps":false,"dynamicItems":false};
 
-export const UNSUBSCRIBE = validate55;
-const schema83 = {"type":"object","properties":{"event_types":{"type":"array","items":{"type":"string"}},"events":{"type":"array","items":{"type":"string"}},"event":{"type":"string"},"all":{"type":"boolean","default":false}}};
+export const SUBSCRIBE = validate55;
+const schema83 = {"type":"object","properties":{"event_types":{"type":"array","items":{"type":"string"}},"events":{"type":"array","items":{"type":"string"}},"event":{"type":"string"}}};
 
 function validate55(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3852,9 +3803,6 @@ evaluated0.items = undefined;
 }
 if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.all === undefined){
-data.all = false;
-}
 if(data.event_types !== undefined){
 let data0 = data.event_types;
 const _errs1 = errors;
@@ -3926,14 +3874,6 @@ var valid0 = _errs9 === errors;
 else {
 var valid0 = true;
 }
-if(valid0){
-const _errs11 = errors;
-if(typeof data.all !== "boolean"){
-validate55.errors = [{instancePath:instancePath+"/all",schemaPath:"#/properties/all/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
-return false;
-}
-var valid0 = _errs11 === errors;
-}
 }
 }
 }
@@ -3945,15 +3885,125 @@ return false;
 validate55.errors = vErrors;
 return errors === 0;
 }
-validate55.evaluated = {"props":{"event_types":true,"events":true,"event":true,"all":true},"dynamicProps":false,"dynamicItems":false};
+validate55.evaluated = {"props":{"event_types":true,"events":true,"event":true},"dynamicProps":false,"dynamicItems":false};
 
-export const POLL_EVENTS = validate56;
-const schema84 = {"type":"object","properties":{"max":{"type":"integer","minimum":0,"maximum":10000,"default":100},"wait":{"type":"boolean","default":false,"description":"ext"},"timeout_ms":{"type":"integer","minimum":0,"maximum":300000,"default":30000,"description":"ext"}}};
+export const UNSUBSCRIBE = validate56;
+const schema84 = {"type":"object","properties":{"event_types":{"type":"array","items":{"type":"string"}},"events":{"type":"array","items":{"type":"string"}},"event":{"type":"string"},"all":{"type":"boolean","default":false}}};
 
 function validate56(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate56.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.all === undefined){
+data.all = false;
+}
+if(data.event_types !== undefined){
+let data0 = data.event_types;
+const _errs1 = errors;
+if(errors === _errs1){
+if(Array.isArray(data0)){
+var valid1 = true;
+const len0 = data0.length;
+for(let i0=0; i0<len0; i0++){
+const _errs3 = errors;
+if(typeof data0[i0] !== "string"){
+validate56.errors = [{instancePath:instancePath+"/event_types/" + i0,schemaPath:"#/properties/event_types/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid1 = _errs3 === errors;
+if(!valid1){
+break;
+}
+}
+}
+else {
+validate56.errors = [{instancePath:instancePath+"/event_types",schemaPath:"#/properties/event_types/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+return false;
+}
+}
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.events !== undefined){
+let data2 = data.events;
+const _errs5 = errors;
+if(errors === _errs5){
+if(Array.isArray(data2)){
+var valid2 = true;
+const len1 = data2.length;
+for(let i1=0; i1<len1; i1++){
+const _errs7 = errors;
+if(typeof data2[i1] !== "string"){
+validate56.errors = [{instancePath:instancePath+"/events/" + i1,schemaPath:"#/properties/events/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid2 = _errs7 === errors;
+if(!valid2){
+break;
+}
+}
+}
+else {
+validate56.errors = [{instancePath:instancePath+"/events",schemaPath:"#/properties/events/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+return false;
+}
+}
+var valid0 = _errs5 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.event !== undefined){
+const _errs9 = errors;
+if(typeof data.event !== "string"){
+validate56.errors = [{instancePath:instancePath+"/event",schemaPath:"#/properties/event/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs9 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+const _errs11 = errors;
+if(typeof data.all !== "boolean"){
+validate56.errors = [{instancePath:instancePath+"/all",schemaPath:"#/properties/all/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+return false;
+}
+var valid0 = _errs11 === errors;
+}
+}
+}
+}
+else {
+validate56.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate56.errors = vErrors;
+return errors === 0;
+}
+validate56.evaluated = {"props":{"event_types":true,"events":true,"event":true,"all":true},"dynamicProps":false,"dynamicItems":false};
+
+export const POLL_EVENTS = validate57;
+const schema85 = {"type":"object","properties":{"max":{"type":"integer","minimum":0,"maximum":10000,"default":100},"wait":{"type":"boolean","default":false,"description":"ext"},"timeout_ms":{"type":"integer","minimum":0,"maximum":300000,"default":30000,"description":"ext"}}};
+
+function validate57(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate57.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3974,18 +4024,18 @@ data.timeout_ms = 30000;
 let data0 = data.max;
 const _errs1 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate56.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate57.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs1){
 if(typeof data0 == "number"){
 if(data0 > 10000 || isNaN(data0)){
-validate56.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/maximum",keyword:"maximum",params:{comparison: "<=", limit: 10000},message:"must be <= 10000"}];
+validate57.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/maximum",keyword:"maximum",params:{comparison: "<=", limit: 10000},message:"must be <= 10000"}];
 return false;
 }
 else {
 if(data0 < 0 || isNaN(data0)){
-validate56.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate57.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -3995,7 +4045,7 @@ var valid0 = _errs1 === errors;
 if(valid0){
 const _errs3 = errors;
 if(typeof data.wait !== "boolean"){
-validate56.errors = [{instancePath:instancePath+"/wait",schemaPath:"#/properties/wait/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate57.errors = [{instancePath:instancePath+"/wait",schemaPath:"#/properties/wait/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -4003,74 +4053,24 @@ if(valid0){
 let data2 = data.timeout_ms;
 const _errs5 = errors;
 if(!((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2)))){
-validate56.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate57.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs5){
 if(typeof data2 == "number"){
 if(data2 > 300000 || isNaN(data2)){
-validate56.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 300000},message:"must be <= 300000"}];
+validate57.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 300000},message:"must be <= 300000"}];
 return false;
 }
 else {
 if(data2 < 0 || isNaN(data2)){
-validate56.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate57.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 }
 }
 var valid0 = _errs5 === errors;
-}
-}
-}
-else {
-validate56.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate56.errors = vErrors;
-return errors === 0;
-}
-validate56.evaluated = {"props":{"max":true,"wait":true,"timeout_ms":true},"dynamicProps":false,"dynamicItems":false};
-
-export const EMIT = validate57;
-const schema85 = {"type":"object","properties":{"event":{"type":"string","description":"default `CUSTOM`"},"event_type":{"type":"string","description":"the public SDK's spelling of `event`"},"data":{"description":"any JSON; a non-object becomes `{value}`"}}};
-
-function validate57(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate57.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.event !== undefined){
-const _errs1 = errors;
-if(typeof data.event !== "string"){
-validate57.errors = [{instancePath:instancePath+"/event",schemaPath:"#/properties/event/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.event_type !== undefined){
-const _errs3 = errors;
-if(typeof data.event_type !== "string"){
-validate57.errors = [{instancePath:instancePath+"/event_type",schemaPath:"#/properties/event_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs3 === errors;
-}
-else {
-var valid0 = true;
 }
 }
 }
@@ -4082,15 +4082,65 @@ return false;
 validate57.errors = vErrors;
 return errors === 0;
 }
-validate57.evaluated = {"props":{"event":true,"event_type":true,"data":true},"dynamicProps":false,"dynamicItems":false};
+validate57.evaluated = {"props":{"max":true,"wait":true,"timeout_ms":true},"dynamicProps":false,"dynamicItems":false};
 
-export const RECORD_START = validate58;
-const schema86 = {"type":"object","properties":{"include_think":{"type":"boolean","default":false,"description":"record THINK and LLM_REPORT"},"include_http":{"type":"boolean","default":false,"description":"record HTTP"},"include_exec":{"type":"boolean","default":false,"description":"record EXEC"},"max_entries":{"type":"integer","minimum":1,"maximum":1000000,"default":50000,"description":"entries kept; later calls are dropped (and counted in `entries_dropped`)"},"max_bytes":{"type":"integer","minimum":1024,"maximum":268435456,"default":67108864,"description":"ext: bytes of payloads and responses kept; later calls are dropped likewise"},"filter_agents":{"type":"array","items":{"$ref":"clove#/$defs/AgentId"},"description":"record only these callers (ids); with `filter_names`, either matches; neither: every caller"},"filter_names":{"type":"array","items":{"type":"string"},"description":"ext: record only callers with these names (agents spawned later too)"}}};
+export const EMIT = validate58;
+const schema86 = {"type":"object","properties":{"event":{"type":"string","description":"default `CUSTOM`"},"event_type":{"type":"string","description":"the public SDK's spelling of `event`"},"data":{"description":"any JSON; a non-object becomes `{value}`"}}};
 
 function validate58(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate58.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.event !== undefined){
+const _errs1 = errors;
+if(typeof data.event !== "string"){
+validate58.errors = [{instancePath:instancePath+"/event",schemaPath:"#/properties/event/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.event_type !== undefined){
+const _errs3 = errors;
+if(typeof data.event_type !== "string"){
+validate58.errors = [{instancePath:instancePath+"/event_type",schemaPath:"#/properties/event_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs3 === errors;
+}
+else {
+var valid0 = true;
+}
+}
+}
+else {
+validate58.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate58.errors = vErrors;
+return errors === 0;
+}
+validate58.evaluated = {"props":{"event":true,"event_type":true,"data":true},"dynamicProps":false,"dynamicItems":false};
+
+export const RECORD_START = validate59;
+const schema87 = {"type":"object","properties":{"include_think":{"type":"boolean","default":false,"description":"record THINK and LLM_REPORT"},"include_http":{"type":"boolean","default":false,"description":"record HTTP"},"include_exec":{"type":"boolean","default":false,"description":"record EXEC"},"max_entries":{"type":"integer","minimum":1,"maximum":1000000,"default":50000,"description":"entries kept; later calls are dropped (and counted in `entries_dropped`)"},"max_bytes":{"type":"integer","minimum":1024,"maximum":268435456,"default":67108864,"description":"ext: bytes of payloads and responses kept; later calls are dropped likewise"},"filter_agents":{"type":"array","items":{"$ref":"clove#/$defs/AgentId"},"description":"record only these callers (ids); with `filter_names`, either matches; neither: every caller"},"filter_names":{"type":"array","items":{"type":"string"},"description":"ext: record only callers with these names (agents spawned later too)"}}};
+
+function validate59(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate59.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4116,21 +4166,21 @@ data.max_bytes = 67108864;
 }
 const _errs1 = errors;
 if(typeof data.include_think !== "boolean"){
-validate58.errors = [{instancePath:instancePath+"/include_think",schemaPath:"#/properties/include_think/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate59.errors = [{instancePath:instancePath+"/include_think",schemaPath:"#/properties/include_think/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs1 === errors;
 if(valid0){
 const _errs3 = errors;
 if(typeof data.include_http !== "boolean"){
-validate58.errors = [{instancePath:instancePath+"/include_http",schemaPath:"#/properties/include_http/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate59.errors = [{instancePath:instancePath+"/include_http",schemaPath:"#/properties/include_http/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
 if(valid0){
 const _errs5 = errors;
 if(typeof data.include_exec !== "boolean"){
-validate58.errors = [{instancePath:instancePath+"/include_exec",schemaPath:"#/properties/include_exec/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate59.errors = [{instancePath:instancePath+"/include_exec",schemaPath:"#/properties/include_exec/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs5 === errors;
@@ -4138,18 +4188,18 @@ if(valid0){
 let data3 = data.max_entries;
 const _errs7 = errors;
 if(!((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3)))){
-validate58.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate59.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs7){
 if(typeof data3 == "number"){
 if(data3 > 1000000 || isNaN(data3)){
-validate58.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000},message:"must be <= 1000000"}];
+validate59.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000},message:"must be <= 1000000"}];
 return false;
 }
 else {
 if(data3 < 1 || isNaN(data3)){
-validate58.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate59.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -4160,18 +4210,18 @@ if(valid0){
 let data4 = data.max_bytes;
 const _errs9 = errors;
 if(!((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4)))){
-validate58.errors = [{instancePath:instancePath+"/max_bytes",schemaPath:"#/properties/max_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate59.errors = [{instancePath:instancePath+"/max_bytes",schemaPath:"#/properties/max_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs9){
 if(typeof data4 == "number"){
 if(data4 > 268435456 || isNaN(data4)){
-validate58.errors = [{instancePath:instancePath+"/max_bytes",schemaPath:"#/properties/max_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 268435456},message:"must be <= 268435456"}];
+validate59.errors = [{instancePath:instancePath+"/max_bytes",schemaPath:"#/properties/max_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 268435456},message:"must be <= 268435456"}];
 return false;
 }
 else {
 if(data4 < 1024 || isNaN(data4)){
-validate58.errors = [{instancePath:instancePath+"/max_bytes",schemaPath:"#/properties/max_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1024},message:"must be >= 1024"}];
+validate59.errors = [{instancePath:instancePath+"/max_bytes",schemaPath:"#/properties/max_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1024},message:"must be >= 1024"}];
 return false;
 }
 }
@@ -4191,18 +4241,18 @@ let data6 = data5[i0];
 const _errs13 = errors;
 const _errs14 = errors;
 if(!((typeof data6 == "number") && (!(data6 % 1) && !isNaN(data6)))){
-validate58.errors = [{instancePath:instancePath+"/filter_agents/" + i0,schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate59.errors = [{instancePath:instancePath+"/filter_agents/" + i0,schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs14){
 if(typeof data6 == "number"){
 if(data6 > 4294967295 || isNaN(data6)){
-validate58.errors = [{instancePath:instancePath+"/filter_agents/" + i0,schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+validate59.errors = [{instancePath:instancePath+"/filter_agents/" + i0,schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
 return false;
 }
 else {
 if(data6 < 0 || isNaN(data6)){
-validate58.errors = [{instancePath:instancePath+"/filter_agents/" + i0,schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate59.errors = [{instancePath:instancePath+"/filter_agents/" + i0,schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -4215,7 +4265,7 @@ break;
 }
 }
 else {
-validate58.errors = [{instancePath:instancePath+"/filter_agents",schemaPath:"#/properties/filter_agents/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate59.errors = [{instancePath:instancePath+"/filter_agents",schemaPath:"#/properties/filter_agents/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -4235,7 +4285,7 @@ const len1 = data7.length;
 for(let i1=0; i1<len1; i1++){
 const _errs18 = errors;
 if(typeof data7[i1] !== "string"){
-validate58.errors = [{instancePath:instancePath+"/filter_names/" + i1,schemaPath:"#/properties/filter_names/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate59.errors = [{instancePath:instancePath+"/filter_names/" + i1,schemaPath:"#/properties/filter_names/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid3 = _errs18 === errors;
@@ -4245,7 +4295,7 @@ break;
 }
 }
 else {
-validate58.errors = [{instancePath:instancePath+"/filter_names",schemaPath:"#/properties/filter_names/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate59.errors = [{instancePath:instancePath+"/filter_names",schemaPath:"#/properties/filter_names/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -4262,22 +4312,22 @@ var valid0 = true;
 }
 }
 else {
-validate58.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate59.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate58.errors = vErrors;
+validate59.errors = vErrors;
 return errors === 0;
 }
-validate58.evaluated = {"props":{"include_think":true,"include_http":true,"include_exec":true,"max_entries":true,"max_bytes":true,"filter_agents":true,"filter_names":true},"dynamicProps":false,"dynamicItems":false};
+validate59.evaluated = {"props":{"include_think":true,"include_http":true,"include_exec":true,"max_entries":true,"max_bytes":true,"filter_agents":true,"filter_names":true},"dynamicProps":false,"dynamicItems":false};
 
-export const RECORD_STOP = validate59;
-const schema88 = {"type":"object"};
+export const RECORD_STOP = validate60;
+const schema89 = {"type":"object"};
 
-function validate59(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate60(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate59.evaluated;
+const evaluated0 = validate60.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4285,21 +4335,21 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(!(data && typeof data == "object" && !Array.isArray(data))){
-validate59.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate60.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
-validate59.errors = vErrors;
+validate60.errors = vErrors;
 return errors === 0;
 }
-validate59.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate60.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const RECORD_STATUS = validate60;
-const schema89 = {"type":"object","properties":{"export":{"type":"boolean","default":false,"description":"add `recording_data`: every entry, as a JSON array in a string"},"get_entries":{"type":"boolean","default":false,"description":"add `entries`: the first `limit` entries with sequence_id > `since_id`"},"limit":{"type":"integer","minimum":0,"default":100,"description":"capped at 1000"},"since_id":{"type":"integer","minimum":0,"default":0}}};
+export const RECORD_STATUS = validate61;
+const schema90 = {"type":"object","properties":{"export":{"type":"boolean","default":false,"description":"add `recording_data`: every entry, as a JSON array in a string"},"get_entries":{"type":"boolean","default":false,"description":"add `entries`: the first `limit` entries with sequence_id > `since_id`"},"limit":{"type":"integer","minimum":0,"default":100,"description":"capped at 1000"},"since_id":{"type":"integer","minimum":0,"default":0}}};
 
-function validate60(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate61(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate60.evaluated;
+const evaluated0 = validate61.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4322,14 +4372,14 @@ data.since_id = 0;
 }
 const _errs1 = errors;
 if(typeof data.export !== "boolean"){
-validate60.errors = [{instancePath:instancePath+"/export",schemaPath:"#/properties/export/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate61.errors = [{instancePath:instancePath+"/export",schemaPath:"#/properties/export/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs1 === errors;
 if(valid0){
 const _errs3 = errors;
 if(typeof data.get_entries !== "boolean"){
-validate60.errors = [{instancePath:instancePath+"/get_entries",schemaPath:"#/properties/get_entries/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate61.errors = [{instancePath:instancePath+"/get_entries",schemaPath:"#/properties/get_entries/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -4337,13 +4387,13 @@ if(valid0){
 let data2 = data.limit;
 const _errs5 = errors;
 if(!((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2)))){
-validate60.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate61.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs5){
 if(typeof data2 == "number"){
 if(data2 < 0 || isNaN(data2)){
-validate60.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate61.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -4353,13 +4403,13 @@ if(valid0){
 let data3 = data.since_id;
 const _errs7 = errors;
 if(!((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3)))){
-validate60.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate61.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs7){
 if(typeof data3 == "number"){
 if(data3 < 0 || isNaN(data3)){
-validate60.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate61.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -4370,22 +4420,22 @@ var valid0 = _errs7 === errors;
 }
 }
 else {
-validate60.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate61.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate60.errors = vErrors;
+validate61.errors = vErrors;
 return errors === 0;
 }
-validate60.evaluated = {"props":{"export":true,"get_entries":true,"limit":true,"since_id":true},"dynamicProps":false,"dynamicItems":false};
+validate61.evaluated = {"props":{"export":true,"get_entries":true,"limit":true,"since_id":true},"dynamicProps":false,"dynamicItems":false};
 
-export const REPLAY_START = validate61;
-const schema90 = {"type":"object","properties":{"recording_data":{"description":"the export (a JSON array of RecordingEntry, as a string or as JSON), or `{entries: [...]}`; absent: this kernel's last recording"},"more":{"type":"boolean","default":false,"description":"ext: more chunks follow (a recording larger than a frame): the entries are kept and the replay starts with the first call without `more`"}}};
+export const REPLAY_START = validate62;
+const schema91 = {"type":"object","properties":{"recording_data":{"description":"the export (a JSON array of RecordingEntry, as a string or as JSON), or `{entries: [...]}`; absent: this kernel's last recording"},"more":{"type":"boolean","default":false,"description":"ext: more chunks follow (a recording larger than a frame): the entries are kept and the replay starts with the first call without `more`"}}};
 
-function validate61(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate62(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate61.evaluated;
+const evaluated0 = validate62.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4398,27 +4448,27 @@ if(data.more === undefined){
 data.more = false;
 }
 if(typeof data.more !== "boolean"){
-validate61.errors = [{instancePath:instancePath+"/more",schemaPath:"#/properties/more/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate62.errors = [{instancePath:instancePath+"/more",schemaPath:"#/properties/more/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 }
 else {
-validate61.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate62.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate61.errors = vErrors;
+validate62.errors = vErrors;
 return errors === 0;
 }
-validate61.evaluated = {"props":{"recording_data":true,"more":true},"dynamicProps":false,"dynamicItems":false};
+validate62.evaluated = {"props":{"recording_data":true,"more":true},"dynamicProps":false,"dynamicItems":false};
 
-export const REPLAY_STATUS = validate62;
-const schema91 = {"type":"object"};
+export const REPLAY_STATUS = validate63;
+const schema92 = {"type":"object"};
 
-function validate62(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate63(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate62.evaluated;
+const evaluated0 = validate63.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4426,21 +4476,21 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(!(data && typeof data == "object" && !Array.isArray(data))){
-validate62.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate63.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
-validate62.errors = vErrors;
+validate63.errors = vErrors;
 return errors === 0;
 }
-validate62.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate63.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const GET_AUDIT_LOG = validate63;
-const schema92 = {"type":"object","properties":{"category":{"type":"string","description":"a category name, any case; empty or absent: every category (an unknown name is `invalid_request`)"},"agent_id":{"type":"integer","minimum":0,"default":0,"description":"0 = any"},"event_type":{"type":"string","description":"ext: only entries of this event type"},"since_id":{"type":"integer","minimum":0,"default":0,"description":"only entries with a larger id"},"limit":{"type":"integer","minimum":0,"default":100,"description":"the newest `limit` matching entries are returned; capped at 1000"}}};
+export const GET_AUDIT_LOG = validate64;
+const schema93 = {"type":"object","properties":{"category":{"type":"string","description":"a category name, any case; empty or absent: every category (an unknown name is `invalid_request`)"},"agent_id":{"type":"integer","minimum":0,"default":0,"description":"0 = any"},"event_type":{"type":"string","description":"ext: only entries of this event type"},"since_id":{"type":"integer","minimum":0,"default":0,"description":"only entries with a larger id"},"limit":{"type":"integer","minimum":0,"default":100,"description":"the newest `limit` matching entries are returned; capped at 1000"}}};
 
-function validate63(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate64(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate63.evaluated;
+const evaluated0 = validate64.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4461,7 +4511,7 @@ data.limit = 100;
 if(data.category !== undefined){
 const _errs1 = errors;
 if(typeof data.category !== "string"){
-validate63.errors = [{instancePath:instancePath+"/category",schemaPath:"#/properties/category/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate64.errors = [{instancePath:instancePath+"/category",schemaPath:"#/properties/category/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -4473,13 +4523,13 @@ if(valid0){
 let data1 = data.agent_id;
 const _errs3 = errors;
 if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate63.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate64.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs3){
 if(typeof data1 == "number"){
 if(data1 < 0 || isNaN(data1)){
-validate63.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate64.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -4489,7 +4539,7 @@ if(valid0){
 if(data.event_type !== undefined){
 const _errs5 = errors;
 if(typeof data.event_type !== "string"){
-validate63.errors = [{instancePath:instancePath+"/event_type",schemaPath:"#/properties/event_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate64.errors = [{instancePath:instancePath+"/event_type",schemaPath:"#/properties/event_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs5 === errors;
@@ -4501,13 +4551,13 @@ if(valid0){
 let data3 = data.since_id;
 const _errs7 = errors;
 if(!((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3)))){
-validate63.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate64.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs7){
 if(typeof data3 == "number"){
 if(data3 < 0 || isNaN(data3)){
-validate63.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate64.errors = [{instancePath:instancePath+"/since_id",schemaPath:"#/properties/since_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -4517,13 +4567,13 @@ if(valid0){
 let data4 = data.limit;
 const _errs9 = errors;
 if(!((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4)))){
-validate63.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate64.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs9){
 if(typeof data4 == "number"){
 if(data4 < 0 || isNaN(data4)){
-validate63.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate64.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -4535,22 +4585,22 @@ var valid0 = _errs9 === errors;
 }
 }
 else {
-validate63.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate64.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate63.errors = vErrors;
+validate64.errors = vErrors;
 return errors === 0;
 }
-validate63.evaluated = {"props":{"category":true,"agent_id":true,"event_type":true,"since_id":true,"limit":true},"dynamicProps":false,"dynamicItems":false};
+validate64.evaluated = {"props":{"category":true,"agent_id":true,"event_type":true,"since_id":true,"limit":true},"dynamicProps":false,"dynamicItems":false};
 
-export const SET_AUDIT_CONFIG = validate64;
-const schema93 = {"type":"object","properties":{"max_entries":{"type":"integer","minimum":1,"maximum":1000000,"description":"entries kept, oldest trimmed first (initially 10000)"},"log_syscalls":{"type":"boolean","description":"every syscall as a SYSCALL entry (initially false)"},"log_security":{"type":"boolean","description":"initially true"},"log_lifecycle":{"type":"boolean","description":"initially true"},"log_ipc":{"type":"boolean","description":"initially false"},"log_state":{"type":"boolean","description":"initially false"},"log_resource":{"type":"boolean","description":"initially true"},"log_network":{"type":"boolean","description":"initially false"},"log_world":{"type":"boolean","description":"initially false"}}};
+export const SET_AUDIT_CONFIG = validate65;
+const schema94 = {"type":"object","properties":{"max_entries":{"type":"integer","minimum":1,"maximum":1000000,"description":"entries kept, oldest trimmed first (initially 10000)"},"log_syscalls":{"type":"boolean","description":"every syscall as a SYSCALL entry (initially false)"},"log_security":{"type":"boolean","description":"initially true"},"log_lifecycle":{"type":"boolean","description":"initially true"},"log_ipc":{"type":"boolean","description":"initially false"},"log_state":{"type":"boolean","description":"initially false"},"log_resource":{"type":"boolean","description":"initially true"},"log_network":{"type":"boolean","description":"initially false"},"log_world":{"type":"boolean","description":"initially false"}}};
 
-function validate64(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate65(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate64.evaluated;
+const evaluated0 = validate65.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4563,18 +4613,18 @@ if(data.max_entries !== undefined){
 let data0 = data.max_entries;
 const _errs1 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate64.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate65.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs1){
 if(typeof data0 == "number"){
 if(data0 > 1000000 || isNaN(data0)){
-validate64.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000},message:"must be <= 1000000"}];
+validate65.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000},message:"must be <= 1000000"}];
 return false;
 }
 else {
 if(data0 < 1 || isNaN(data0)){
-validate64.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate65.errors = [{instancePath:instancePath+"/max_entries",schemaPath:"#/properties/max_entries/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -4589,7 +4639,7 @@ if(valid0){
 if(data.log_syscalls !== undefined){
 const _errs3 = errors;
 if(typeof data.log_syscalls !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_syscalls",schemaPath:"#/properties/log_syscalls/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_syscalls",schemaPath:"#/properties/log_syscalls/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -4601,7 +4651,7 @@ if(valid0){
 if(data.log_security !== undefined){
 const _errs5 = errors;
 if(typeof data.log_security !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_security",schemaPath:"#/properties/log_security/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_security",schemaPath:"#/properties/log_security/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs5 === errors;
@@ -4613,7 +4663,7 @@ if(valid0){
 if(data.log_lifecycle !== undefined){
 const _errs7 = errors;
 if(typeof data.log_lifecycle !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_lifecycle",schemaPath:"#/properties/log_lifecycle/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_lifecycle",schemaPath:"#/properties/log_lifecycle/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs7 === errors;
@@ -4625,7 +4675,7 @@ if(valid0){
 if(data.log_ipc !== undefined){
 const _errs9 = errors;
 if(typeof data.log_ipc !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_ipc",schemaPath:"#/properties/log_ipc/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_ipc",schemaPath:"#/properties/log_ipc/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs9 === errors;
@@ -4637,7 +4687,7 @@ if(valid0){
 if(data.log_state !== undefined){
 const _errs11 = errors;
 if(typeof data.log_state !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_state",schemaPath:"#/properties/log_state/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_state",schemaPath:"#/properties/log_state/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs11 === errors;
@@ -4649,7 +4699,7 @@ if(valid0){
 if(data.log_resource !== undefined){
 const _errs13 = errors;
 if(typeof data.log_resource !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_resource",schemaPath:"#/properties/log_resource/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_resource",schemaPath:"#/properties/log_resource/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs13 === errors;
@@ -4661,7 +4711,7 @@ if(valid0){
 if(data.log_network !== undefined){
 const _errs15 = errors;
 if(typeof data.log_network !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_network",schemaPath:"#/properties/log_network/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_network",schemaPath:"#/properties/log_network/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs15 === errors;
@@ -4673,7 +4723,7 @@ if(valid0){
 if(data.log_world !== undefined){
 const _errs17 = errors;
 if(typeof data.log_world !== "boolean"){
-validate64.errors = [{instancePath:instancePath+"/log_world",schemaPath:"#/properties/log_world/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate65.errors = [{instancePath:instancePath+"/log_world",schemaPath:"#/properties/log_world/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs17 === errors;
@@ -4691,48 +4741,6 @@ var valid0 = true;
 }
 }
 else {
-validate64.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate64.errors = vErrors;
-return errors === 0;
-}
-validate64.evaluated = {"props":{"max_entries":true,"log_syscalls":true,"log_security":true,"log_lifecycle":true,"log_ipc":true,"log_state":true,"log_resource":true,"log_network":true,"log_world":true},"dynamicProps":false,"dynamicItems":false};
-
-export const ASYNC_POLL = validate65;
-const schema94 = {"type":"object","properties":{"max":{"type":"integer","minimum":0}}};
-
-function validate65(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate65.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.max !== undefined){
-let data0 = data.max;
-const _errs1 = errors;
-if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate65.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs1){
-if(typeof data0 == "number"){
-if(data0 < 0 || isNaN(data0)){
-validate65.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
-}
-}
-}
-else {
 validate65.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
@@ -4740,11 +4748,10 @@ return false;
 validate65.errors = vErrors;
 return errors === 0;
 }
-validate65.evaluated = {"props":{"max":true},"dynamicProps":false,"dynamicItems":false};
+validate65.evaluated = {"props":{"max_entries":true,"log_syscalls":true,"log_security":true,"log_lifecycle":true,"log_ipc":true,"log_state":true,"log_resource":true,"log_network":true,"log_world":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TASK_ASSIGN = validate66;
-const schema95 = {"type":"object","required":["task_id"],"properties":{"task_id":{"$ref":"clove#/$defs/TaskTarget"},"agent_id":{"$ref":"clove#/$defs/AgentId","description":"the assignee (wins over `agent_name`)"},"agent_name":{"type":"string","description":"the assignee by name"},"subtask":{"type":"string","minLength":1,"maxLength":4096,"description":"a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)"},"subtask_id":{"type":"integer","minimum":1,"description":"an existing pending subtask of the task"},"payload":{"description":"any JSON handed to the assignee (a new subtask's, or replacing a pending one's)"},"deadline_ms":{"type":"integer","minimum":1,"description":"this assignment expires after so many ms (default: the policy's `subtask_timeout_ms`)"}}};
-const schema96 = {"type":"integer","minimum":1,"description":"a task id"};
+export const ASYNC_POLL = validate66;
+const schema95 = {"type":"object","properties":{"max":{"type":"integer","minimum":0}}};
 
 function validate66(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4758,144 +4765,18 @@ evaluated0.items = undefined;
 }
 if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
-let missing0;
-if((data.task_id === undefined) && (missing0 = "task_id")){
-validate66.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
-return false;
-}
-else {
-if(data.task_id !== undefined){
-let data0 = data.task_id;
+if(data.max !== undefined){
+let data0 = data.max;
 const _errs1 = errors;
-const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate66.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate66.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(errors === _errs2){
+if(errors === _errs1){
 if(typeof data0 == "number"){
-if(data0 < 1 || isNaN(data0)){
-validate66.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+if(data0 < 0 || isNaN(data0)){
+validate66.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
-}
-}
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.agent_id !== undefined){
-let data1 = data.agent_id;
-const _errs4 = errors;
-const _errs5 = errors;
-if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate66.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs5){
-if(typeof data1 == "number"){
-if(data1 > 4294967295 || isNaN(data1)){
-validate66.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
-return false;
-}
-else {
-if(data1 < 0 || isNaN(data1)){
-validate66.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
-}
-}
-var valid0 = _errs4 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.agent_name !== undefined){
-const _errs7 = errors;
-if(typeof data.agent_name !== "string"){
-validate66.errors = [{instancePath:instancePath+"/agent_name",schemaPath:"#/properties/agent_name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs7 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.subtask !== undefined){
-let data3 = data.subtask;
-const _errs9 = errors;
-if(errors === _errs9){
-if(typeof data3 === "string"){
-if(func1(data3) > 4096){
-validate66.errors = [{instancePath:instancePath+"/subtask",schemaPath:"#/properties/subtask/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
-return false;
-}
-else {
-if(func1(data3) < 1){
-validate66.errors = [{instancePath:instancePath+"/subtask",schemaPath:"#/properties/subtask/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
-return false;
-}
-}
-}
-else {
-validate66.errors = [{instancePath:instancePath+"/subtask",schemaPath:"#/properties/subtask/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-}
-var valid0 = _errs9 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.subtask_id !== undefined){
-let data4 = data.subtask_id;
-const _errs11 = errors;
-if(!((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4)))){
-validate66.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs11){
-if(typeof data4 == "number"){
-if(data4 < 1 || isNaN(data4)){
-validate66.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
-return false;
-}
-}
-}
-var valid0 = _errs11 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.deadline_ms !== undefined){
-let data5 = data.deadline_ms;
-const _errs13 = errors;
-if(!((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5)))){
-validate66.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs13){
-if(typeof data5 == "number"){
-if(data5 < 1 || isNaN(data5)){
-validate66.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
-return false;
-}
-}
-}
-var valid0 = _errs13 === errors;
-}
-else {
-var valid0 = true;
-}
-}
-}
 }
 }
 }
@@ -4909,10 +4790,11 @@ return false;
 validate66.errors = vErrors;
 return errors === 0;
 }
-validate66.evaluated = {"props":{"task_id":true,"agent_id":true,"agent_name":true,"subtask":true,"subtask_id":true,"payload":true,"deadline_ms":true},"dynamicProps":false,"dynamicItems":false};
+validate66.evaluated = {"props":{"max":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TASK_STATUS = validate67;
-const schema98 = {"type":"object","required":["task_id"],"properties":{"task_id":{"$ref":"clove#/$defs/TaskTarget"}}};
+export const TASK_ASSIGN = validate67;
+const schema96 = {"type":"object","required":["task_id"],"properties":{"task_id":{"$ref":"clove#/$defs/TaskTarget"},"agent_id":{"$ref":"clove#/$defs/AgentId","description":"the assignee (wins over `agent_name`)"},"agent_name":{"type":"string","description":"the assignee by name"},"subtask":{"type":"string","minLength":1,"maxLength":4096,"description":"a new subtask's description (without `subtask` and `subtask_id`: the task's next pending subtask)"},"subtask_id":{"type":"integer","minimum":1,"description":"an existing pending subtask of the task"},"payload":{"description":"any JSON handed to the assignee (a new subtask's, or replacing a pending one's)"},"deadline_ms":{"type":"integer","minimum":1,"description":"this assignment expires after so many ms (default: the policy's `subtask_timeout_ms`)"}}};
+const schema97 = {"type":"integer","minimum":1,"description":"a task id"};
 
 function validate67(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4934,6 +4816,7 @@ return false;
 else {
 if(data.task_id !== undefined){
 let data0 = data.task_id;
+const _errs1 = errors;
 const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
 validate67.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
@@ -4944,6 +4827,124 @@ if(typeof data0 == "number"){
 if(data0 < 1 || isNaN(data0)){
 validate67.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
+}
+}
+}
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.agent_id !== undefined){
+let data1 = data.agent_id;
+const _errs4 = errors;
+const _errs5 = errors;
+if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
+validate67.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs5){
+if(typeof data1 == "number"){
+if(data1 > 4294967295 || isNaN(data1)){
+validate67.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+return false;
+}
+else {
+if(data1 < 0 || isNaN(data1)){
+validate67.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+return false;
+}
+}
+}
+}
+var valid0 = _errs4 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.agent_name !== undefined){
+const _errs7 = errors;
+if(typeof data.agent_name !== "string"){
+validate67.errors = [{instancePath:instancePath+"/agent_name",schemaPath:"#/properties/agent_name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs7 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.subtask !== undefined){
+let data3 = data.subtask;
+const _errs9 = errors;
+if(errors === _errs9){
+if(typeof data3 === "string"){
+if(func1(data3) > 4096){
+validate67.errors = [{instancePath:instancePath+"/subtask",schemaPath:"#/properties/subtask/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
+return false;
+}
+else {
+if(func1(data3) < 1){
+validate67.errors = [{instancePath:instancePath+"/subtask",schemaPath:"#/properties/subtask/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+return false;
+}
+}
+}
+else {
+validate67.errors = [{instancePath:instancePath+"/subtask",schemaPath:"#/properties/subtask/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+}
+var valid0 = _errs9 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.subtask_id !== undefined){
+let data4 = data.subtask_id;
+const _errs11 = errors;
+if(!((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4)))){
+validate67.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs11){
+if(typeof data4 == "number"){
+if(data4 < 1 || isNaN(data4)){
+validate67.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+return false;
+}
+}
+}
+var valid0 = _errs11 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.deadline_ms !== undefined){
+let data5 = data.deadline_ms;
+const _errs13 = errors;
+if(!((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5)))){
+validate67.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs13){
+if(typeof data5 == "number"){
+if(data5 < 1 || isNaN(data5)){
+validate67.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+return false;
+}
+}
+}
+var valid0 = _errs13 === errors;
+}
+else {
+var valid0 = true;
+}
+}
 }
 }
 }
@@ -4958,10 +4959,10 @@ return false;
 validate67.errors = vErrors;
 return errors === 0;
 }
-validate67.evaluated = {"props":{"task_id":true},"dynamicProps":false,"dynamicItems":false};
+validate67.evaluated = {"props":{"task_id":true,"agent_id":true,"agent_name":true,"subtask":true,"subtask_id":true,"payload":true,"deadline_ms":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TASK_COMPLETE = validate68;
-const schema100 = {"type":"object","required":["task_id"],"properties":{"task_id":{"$ref":"clove#/$defs/TaskTarget"},"subtask_id":{"type":"integer","minimum":1,"description":"default: the caller's open subtask of the task"},"result":{"description":"any JSON"},"error":{"type":"string","minLength":1,"maxLength":4096,"description":"the subtask failed, and why"}}};
+export const TASK_STATUS = validate68;
+const schema99 = {"type":"object","required":["task_id"],"properties":{"task_id":{"$ref":"clove#/$defs/TaskTarget"}}};
 
 function validate68(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4983,7 +4984,6 @@ return false;
 else {
 if(data.task_id !== undefined){
 let data0 = data.task_id;
-const _errs1 = errors;
 const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
 validate68.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
@@ -4993,6 +4993,56 @@ if(errors === _errs2){
 if(typeof data0 == "number"){
 if(data0 < 1 || isNaN(data0)){
 validate68.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+return false;
+}
+}
+}
+}
+}
+}
+else {
+validate68.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate68.errors = vErrors;
+return errors === 0;
+}
+validate68.evaluated = {"props":{"task_id":true},"dynamicProps":false,"dynamicItems":false};
+
+export const TASK_COMPLETE = validate69;
+const schema101 = {"type":"object","required":["task_id"],"properties":{"task_id":{"$ref":"clove#/$defs/TaskTarget"},"subtask_id":{"type":"integer","minimum":1,"description":"default: the caller's open subtask of the task"},"result":{"description":"any JSON"},"error":{"type":"string","minLength":1,"maxLength":4096,"description":"the subtask failed, and why"}}};
+
+function validate69(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate69.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+let missing0;
+if((data.task_id === undefined) && (missing0 = "task_id")){
+validate69.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+return false;
+}
+else {
+if(data.task_id !== undefined){
+let data0 = data.task_id;
+const _errs1 = errors;
+const _errs2 = errors;
+if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
+validate69.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs2){
+if(typeof data0 == "number"){
+if(data0 < 1 || isNaN(data0)){
+validate69.errors = [{instancePath:instancePath+"/task_id",schemaPath:"clove#/$defs/TaskTarget/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -5007,13 +5057,13 @@ if(data.subtask_id !== undefined){
 let data1 = data.subtask_id;
 const _errs4 = errors;
 if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate68.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate69.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs4){
 if(typeof data1 == "number"){
 if(data1 < 1 || isNaN(data1)){
-validate68.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate69.errors = [{instancePath:instancePath+"/subtask_id",schemaPath:"#/properties/subtask_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -5030,18 +5080,18 @@ const _errs6 = errors;
 if(errors === _errs6){
 if(typeof data2 === "string"){
 if(func1(data2) > 4096){
-validate68.errors = [{instancePath:instancePath+"/error",schemaPath:"#/properties/error/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
+validate69.errors = [{instancePath:instancePath+"/error",schemaPath:"#/properties/error/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
 return false;
 }
 else {
 if(func1(data2) < 1){
-validate68.errors = [{instancePath:instancePath+"/error",schemaPath:"#/properties/error/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate69.errors = [{instancePath:instancePath+"/error",schemaPath:"#/properties/error/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate68.errors = [{instancePath:instancePath+"/error",schemaPath:"#/properties/error/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate69.errors = [{instancePath:instancePath+"/error",schemaPath:"#/properties/error/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5055,23 +5105,23 @@ var valid0 = true;
 }
 }
 else {
-validate68.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate69.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate68.errors = vErrors;
+validate69.errors = vErrors;
 return errors === 0;
 }
-validate68.evaluated = {"props":{"task_id":true,"subtask_id":true,"result":true,"error":true},"dynamicProps":false,"dynamicItems":false};
+validate69.evaluated = {"props":{"task_id":true,"subtask_id":true,"result":true,"error":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TASK_LIST = validate69;
-const schema102 = {"type":"object","properties":{"status":{"$ref":"clove#/$defs/TaskStatus"},"mine":{"type":"boolean","default":false,"description":"only tasks the caller created or holds a subtask of (what non-operators always get)"},"limit":{"type":"integer","minimum":1,"maximum":1000,"default":100}}};
-const schema103 = {"type":"string","enum":["pending","running","completed","failed"],"description":"`pending`: no subtask assigned yet; `running`: some subtask open; `completed`: every subtask completed; `failed`: a subtask failed for good (or the task's deadline passed)"};
+export const TASK_LIST = validate70;
+const schema103 = {"type":"object","properties":{"status":{"$ref":"clove#/$defs/TaskStatus"},"mine":{"type":"boolean","default":false,"description":"only tasks the caller created or holds a subtask of (what non-operators always get)"},"limit":{"type":"integer","minimum":1,"maximum":1000,"default":100}}};
+const schema104 = {"type":"string","enum":["pending","running","completed","failed"],"description":"`pending`: no subtask assigned yet; `running`: some subtask open; `completed`: every subtask completed; `failed`: a subtask failed for good (or the task's deadline passed)"};
 
-function validate69(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate70(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate69.evaluated;
+const evaluated0 = validate70.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5090,11 +5140,11 @@ if(data.status !== undefined){
 let data0 = data.status;
 const _errs1 = errors;
 if(typeof data0 !== "string"){
-validate69.errors = [{instancePath:instancePath+"/status",schemaPath:"clove#/$defs/TaskStatus/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate70.errors = [{instancePath:instancePath+"/status",schemaPath:"clove#/$defs/TaskStatus/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 if(!((((data0 === "pending") || (data0 === "running")) || (data0 === "completed")) || (data0 === "failed"))){
-validate69.errors = [{instancePath:instancePath+"/status",schemaPath:"clove#/$defs/TaskStatus/enum",keyword:"enum",params:{allowedValues: schema103.enum},message:"must be equal to one of the allowed values"}];
+validate70.errors = [{instancePath:instancePath+"/status",schemaPath:"clove#/$defs/TaskStatus/enum",keyword:"enum",params:{allowedValues: schema104.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -5105,7 +5155,7 @@ var valid0 = true;
 if(valid0){
 const _errs4 = errors;
 if(typeof data.mine !== "boolean"){
-validate69.errors = [{instancePath:instancePath+"/mine",schemaPath:"#/properties/mine/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate70.errors = [{instancePath:instancePath+"/mine",schemaPath:"#/properties/mine/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs4 === errors;
@@ -5113,18 +5163,18 @@ if(valid0){
 let data2 = data.limit;
 const _errs6 = errors;
 if(!((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2)))){
-validate69.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate70.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs6){
 if(typeof data2 == "number"){
 if(data2 > 1000 || isNaN(data2)){
-validate69.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"}];
+validate70.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"}];
 return false;
 }
 else {
 if(data2 < 1 || isNaN(data2)){
-validate69.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate70.errors = [{instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -5135,23 +5185,23 @@ var valid0 = _errs6 === errors;
 }
 }
 else {
-validate69.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate70.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate69.errors = vErrors;
+validate70.errors = vErrors;
 return errors === 0;
 }
-validate69.evaluated = {"props":{"status":true,"mine":true,"limit":true},"dynamicProps":false,"dynamicItems":false};
+validate70.evaluated = {"props":{"status":true,"mine":true,"limit":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TASK_CREATE = validate70;
-const schema104 = {"type":"object","required":["description"],"properties":{"description":{"type":"string","minLength":1,"maxLength":4096},"subtasks":{"type":"array","maxItems":1000,"description":"subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest","items":{"type":"object","properties":{"description":{"type":"string","minLength":1,"maxLength":4096},"subtask":{"type":"string","minLength":1,"maxLength":4096,"description":"same as `description`"},"payload":{"description":"any JSON handed to the assignee"}}}},"deadline_ms":{"type":"integer","minimum":1,"description":"the task fails if not finished this many ms from now"},"policy":{"$ref":"clove#/$defs/TaskPolicy"},"pool":{"type":"string","minLength":1,"maxLength":256,"description":"glob of agent names eligible for (re)assignment, e.g. `workers-*`; default: agents with the same `clove.service` label as the first assignee (or, without one, the first assignee's name)"},"metadata":{"description":"any JSON, returned with the task"}}};
-const schema105 = {"type":"object","additionalProperties":false,"description":"what happens when a subtask fails (its assignee's process exited, its deadline passed, or TASK_COMPLETE with `error`)","properties":{"on_failure":{"type":"string","enum":["reassign","fail"],"default":"reassign","description":"`reassign`: to another live agent of the pool, until `max_attempts`; `fail`: the subtask (and the task) fails at once"},"max_attempts":{"type":"integer","minimum":1,"maximum":100,"default":3,"description":"assignments a subtask may have in all"},"subtask_timeout_ms":{"type":"integer","minimum":1,"description":"default deadline of each assignment, ms after it is assigned"},"reassign_wait_ms":{"type":"integer","minimum":0,"default":30000,"description":"how long a subtask to reassign waits for a live agent of the pool (a restarted agent of the same name counts) before it fails"}}};
+export const TASK_CREATE = validate71;
+const schema105 = {"type":"object","required":["description"],"properties":{"description":{"type":"string","minLength":1,"maxLength":4096},"subtasks":{"type":"array","maxItems":1000,"description":"subtasks created `pending`, assigned later with TASK_ASSIGN (`subtask_id`, or neither `subtask` nor `subtask_id`: the next pending one). A task completes when every subtask it has completed: give them all here when workers may finish before the coordinator has added the rest","items":{"type":"object","properties":{"description":{"type":"string","minLength":1,"maxLength":4096},"subtask":{"type":"string","minLength":1,"maxLength":4096,"description":"same as `description`"},"payload":{"description":"any JSON handed to the assignee"}}}},"deadline_ms":{"type":"integer","minimum":1,"description":"the task fails if not finished this many ms from now"},"policy":{"$ref":"clove#/$defs/TaskPolicy"},"pool":{"type":"string","minLength":1,"maxLength":256,"description":"glob of agent names eligible for (re)assignment, e.g. `workers-*`; default: agents with the same `clove.service` label as the first assignee (or, without one, the first assignee's name)"},"metadata":{"description":"any JSON, returned with the task"}}};
+const schema106 = {"type":"object","additionalProperties":false,"description":"what happens when a subtask fails (its assignee's process exited, its deadline passed, or TASK_COMPLETE with `error`)","properties":{"on_failure":{"type":"string","enum":["reassign","fail"],"default":"reassign","description":"`reassign`: to another live agent of the pool, until `max_attempts`; `fail`: the subtask (and the task) fails at once"},"max_attempts":{"type":"integer","minimum":1,"maximum":100,"default":3,"description":"assignments a subtask may have in all"},"subtask_timeout_ms":{"type":"integer","minimum":1,"description":"default deadline of each assignment, ms after it is assigned"},"reassign_wait_ms":{"type":"integer","minimum":0,"default":30000,"description":"how long a subtask to reassign waits for a live agent of the pool (a restarted agent of the same name counts) before it fails"}}};
 
-function validate70(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate71(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate70.evaluated;
+const evaluated0 = validate71.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5162,7 +5212,7 @@ if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
 let missing0;
 if((data.description === undefined) && (missing0 = "description")){
-validate70.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+validate71.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
 return false;
 }
 else {
@@ -5172,18 +5222,18 @@ const _errs1 = errors;
 if(errors === _errs1){
 if(typeof data0 === "string"){
 if(func1(data0) > 4096){
-validate70.errors = [{instancePath:instancePath+"/description",schemaPath:"#/properties/description/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
+validate71.errors = [{instancePath:instancePath+"/description",schemaPath:"#/properties/description/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
 return false;
 }
 else {
 if(func1(data0) < 1){
-validate70.errors = [{instancePath:instancePath+"/description",schemaPath:"#/properties/description/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate71.errors = [{instancePath:instancePath+"/description",schemaPath:"#/properties/description/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/description",schemaPath:"#/properties/description/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate71.errors = [{instancePath:instancePath+"/description",schemaPath:"#/properties/description/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5199,7 +5249,7 @@ const _errs3 = errors;
 if(errors === _errs3){
 if(Array.isArray(data1)){
 if(data1.length > 1000){
-validate70.errors = [{instancePath:instancePath+"/subtasks",schemaPath:"#/properties/subtasks/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks",schemaPath:"#/properties/subtasks/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
 return false;
 }
 else {
@@ -5216,18 +5266,18 @@ const _errs7 = errors;
 if(errors === _errs7){
 if(typeof data3 === "string"){
 if(func1(data3) > 4096){
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/description",schemaPath:"#/properties/subtasks/items/properties/description/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/description",schemaPath:"#/properties/subtasks/items/properties/description/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
 return false;
 }
 else {
 if(func1(data3) < 1){
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/description",schemaPath:"#/properties/subtasks/items/properties/description/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/description",schemaPath:"#/properties/subtasks/items/properties/description/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/description",schemaPath:"#/properties/subtasks/items/properties/description/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/description",schemaPath:"#/properties/subtasks/items/properties/description/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5243,18 +5293,18 @@ const _errs9 = errors;
 if(errors === _errs9){
 if(typeof data4 === "string"){
 if(func1(data4) > 4096){
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/subtask",schemaPath:"#/properties/subtasks/items/properties/subtask/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/subtask",schemaPath:"#/properties/subtasks/items/properties/subtask/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
 return false;
 }
 else {
 if(func1(data4) < 1){
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/subtask",schemaPath:"#/properties/subtasks/items/properties/subtask/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/subtask",schemaPath:"#/properties/subtasks/items/properties/subtask/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/subtask",schemaPath:"#/properties/subtasks/items/properties/subtask/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0+"/subtask",schemaPath:"#/properties/subtasks/items/properties/subtask/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5266,7 +5316,7 @@ var valid2 = true;
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/subtasks/" + i0,schemaPath:"#/properties/subtasks/items/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks/" + i0,schemaPath:"#/properties/subtasks/items/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -5278,7 +5328,7 @@ break;
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/subtasks",schemaPath:"#/properties/subtasks/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate71.errors = [{instancePath:instancePath+"/subtasks",schemaPath:"#/properties/subtasks/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -5292,13 +5342,13 @@ if(data.deadline_ms !== undefined){
 let data5 = data.deadline_ms;
 const _errs11 = errors;
 if(!((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5)))){
-validate70.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate71.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs11){
 if(typeof data5 == "number"){
 if(data5 < 1 || isNaN(data5)){
-validate70.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate71.errors = [{instancePath:instancePath+"/deadline_ms",schemaPath:"#/properties/deadline_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -5327,7 +5377,7 @@ data6.reassign_wait_ms = 30000;
 const _errs16 = errors;
 for(const key0 in data6){
 if(!((((key0 === "on_failure") || (key0 === "max_attempts")) || (key0 === "subtask_timeout_ms")) || (key0 === "reassign_wait_ms"))){
-validate70.errors = [{instancePath:instancePath+"/policy",schemaPath:"clove#/$defs/TaskPolicy/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
+validate71.errors = [{instancePath:instancePath+"/policy",schemaPath:"clove#/$defs/TaskPolicy/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -5336,11 +5386,11 @@ if(_errs16 === errors){
 let data7 = data6.on_failure;
 const _errs17 = errors;
 if(typeof data7 !== "string"){
-validate70.errors = [{instancePath:instancePath+"/policy/on_failure",schemaPath:"clove#/$defs/TaskPolicy/properties/on_failure/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate71.errors = [{instancePath:instancePath+"/policy/on_failure",schemaPath:"clove#/$defs/TaskPolicy/properties/on_failure/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 if(!((data7 === "reassign") || (data7 === "fail"))){
-validate70.errors = [{instancePath:instancePath+"/policy/on_failure",schemaPath:"clove#/$defs/TaskPolicy/properties/on_failure/enum",keyword:"enum",params:{allowedValues: schema105.properties.on_failure.enum},message:"must be equal to one of the allowed values"}];
+validate71.errors = [{instancePath:instancePath+"/policy/on_failure",schemaPath:"clove#/$defs/TaskPolicy/properties/on_failure/enum",keyword:"enum",params:{allowedValues: schema106.properties.on_failure.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid4 = _errs17 === errors;
@@ -5348,18 +5398,18 @@ if(valid4){
 let data8 = data6.max_attempts;
 const _errs19 = errors;
 if(!((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8)))){
-validate70.errors = [{instancePath:instancePath+"/policy/max_attempts",schemaPath:"clove#/$defs/TaskPolicy/properties/max_attempts/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate71.errors = [{instancePath:instancePath+"/policy/max_attempts",schemaPath:"clove#/$defs/TaskPolicy/properties/max_attempts/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs19){
 if(typeof data8 == "number"){
 if(data8 > 100 || isNaN(data8)){
-validate70.errors = [{instancePath:instancePath+"/policy/max_attempts",schemaPath:"clove#/$defs/TaskPolicy/properties/max_attempts/maximum",keyword:"maximum",params:{comparison: "<=", limit: 100},message:"must be <= 100"}];
+validate71.errors = [{instancePath:instancePath+"/policy/max_attempts",schemaPath:"clove#/$defs/TaskPolicy/properties/max_attempts/maximum",keyword:"maximum",params:{comparison: "<=", limit: 100},message:"must be <= 100"}];
 return false;
 }
 else {
 if(data8 < 1 || isNaN(data8)){
-validate70.errors = [{instancePath:instancePath+"/policy/max_attempts",schemaPath:"clove#/$defs/TaskPolicy/properties/max_attempts/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate71.errors = [{instancePath:instancePath+"/policy/max_attempts",schemaPath:"clove#/$defs/TaskPolicy/properties/max_attempts/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -5371,13 +5421,13 @@ if(data6.subtask_timeout_ms !== undefined){
 let data9 = data6.subtask_timeout_ms;
 const _errs21 = errors;
 if(!((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9)))){
-validate70.errors = [{instancePath:instancePath+"/policy/subtask_timeout_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/subtask_timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate71.errors = [{instancePath:instancePath+"/policy/subtask_timeout_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/subtask_timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs21){
 if(typeof data9 == "number"){
 if(data9 < 1 || isNaN(data9)){
-validate70.errors = [{instancePath:instancePath+"/policy/subtask_timeout_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/subtask_timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+validate71.errors = [{instancePath:instancePath+"/policy/subtask_timeout_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/subtask_timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
@@ -5391,13 +5441,13 @@ if(valid4){
 let data10 = data6.reassign_wait_ms;
 const _errs23 = errors;
 if(!((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10)))){
-validate70.errors = [{instancePath:instancePath+"/policy/reassign_wait_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/reassign_wait_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate71.errors = [{instancePath:instancePath+"/policy/reassign_wait_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/reassign_wait_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs23){
 if(typeof data10 == "number"){
 if(data10 < 0 || isNaN(data10)){
-validate70.errors = [{instancePath:instancePath+"/policy/reassign_wait_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/reassign_wait_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate71.errors = [{instancePath:instancePath+"/policy/reassign_wait_ms",schemaPath:"clove#/$defs/TaskPolicy/properties/reassign_wait_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -5409,7 +5459,7 @@ var valid4 = _errs23 === errors;
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/policy",schemaPath:"clove#/$defs/TaskPolicy/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate71.errors = [{instancePath:instancePath+"/policy",schemaPath:"clove#/$defs/TaskPolicy/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -5425,18 +5475,18 @@ const _errs25 = errors;
 if(errors === _errs25){
 if(typeof data11 === "string"){
 if(func1(data11) > 256){
-validate70.errors = [{instancePath:instancePath+"/pool",schemaPath:"#/properties/pool/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate71.errors = [{instancePath:instancePath+"/pool",schemaPath:"#/properties/pool/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 else {
 if(func1(data11) < 1){
-validate70.errors = [{instancePath:instancePath+"/pool",schemaPath:"#/properties/pool/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate71.errors = [{instancePath:instancePath+"/pool",schemaPath:"#/properties/pool/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate70.errors = [{instancePath:instancePath+"/pool",schemaPath:"#/properties/pool/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate71.errors = [{instancePath:instancePath+"/pool",schemaPath:"#/properties/pool/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5452,22 +5502,22 @@ var valid0 = true;
 }
 }
 else {
-validate70.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate71.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate70.errors = vErrors;
+validate71.errors = vErrors;
 return errors === 0;
 }
-validate70.evaluated = {"props":{"description":true,"subtasks":true,"deadline_ms":true,"policy":true,"pool":true,"metadata":true},"dynamicProps":false,"dynamicItems":false};
+validate71.evaluated = {"props":{"description":true,"subtasks":true,"deadline_ms":true,"policy":true,"pool":true,"metadata":true},"dynamicProps":false,"dynamicItems":false};
 
-export const ASYNC_RESULTS = validate71;
-const schema106 = {"type":"object","properties":{"max":{"type":"integer","minimum":0,"maximum":1000,"default":10},"wait":{"type":"boolean","default":false,"description":"hold the reply until a result is ready or `timeout_ms` passes"},"timeout_ms":{"type":"integer","minimum":0,"maximum":300000,"default":30000}}};
+export const ASYNC_RESULTS = validate72;
+const schema107 = {"type":"object","properties":{"max":{"type":"integer","minimum":0,"maximum":1000,"default":10},"wait":{"type":"boolean","default":false,"description":"hold the reply until a result is ready or `timeout_ms` passes"},"timeout_ms":{"type":"integer","minimum":0,"maximum":300000,"default":30000}}};
 
-function validate71(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate72(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate71.evaluated;
+const evaluated0 = validate72.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5488,18 +5538,18 @@ data.timeout_ms = 30000;
 let data0 = data.max;
 const _errs1 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate71.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate72.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs1){
 if(typeof data0 == "number"){
 if(data0 > 1000 || isNaN(data0)){
-validate71.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"}];
+validate72.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"}];
 return false;
 }
 else {
 if(data0 < 0 || isNaN(data0)){
-validate71.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate72.errors = [{instancePath:instancePath+"/max",schemaPath:"#/properties/max/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -5509,7 +5559,7 @@ var valid0 = _errs1 === errors;
 if(valid0){
 const _errs3 = errors;
 if(typeof data.wait !== "boolean"){
-validate71.errors = [{instancePath:instancePath+"/wait",schemaPath:"#/properties/wait/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate72.errors = [{instancePath:instancePath+"/wait",schemaPath:"#/properties/wait/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -5517,18 +5567,18 @@ if(valid0){
 let data2 = data.timeout_ms;
 const _errs5 = errors;
 if(!((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2)))){
-validate71.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate72.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs5){
 if(typeof data2 == "number"){
 if(data2 > 300000 || isNaN(data2)){
-validate71.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 300000},message:"must be <= 300000"}];
+validate72.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 300000},message:"must be <= 300000"}];
 return false;
 }
 else {
 if(data2 < 0 || isNaN(data2)){
-validate71.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate72.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -5539,23 +5589,23 @@ var valid0 = _errs5 === errors;
 }
 }
 else {
-validate71.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate72.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate71.errors = vErrors;
+validate72.errors = vErrors;
 return errors === 0;
 }
-validate71.evaluated = {"props":{"max":true,"wait":true,"timeout_ms":true},"dynamicProps":false,"dynamicItems":false};
+validate72.evaluated = {"props":{"max":true,"wait":true,"timeout_ms":true},"dynamicProps":false,"dynamicItems":false};
 
-export const SET_QUOTA = validate72;
-const schema107 = {"type":"object","required":["quotas"],"properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"the target agent (or `name`, or `service`)"},"name":{"type":"string"},"service":{"$ref":"clove#/$defs/ServiceRef"},"quotas":{"$ref":"clove#/$defs/QuotaSet"}}};
-const schema109 = {"type":"object","required":["project","service"],"additionalProperties":false,"description":"A clove.yaml service: the agents labelled `clove.project` = project and `clove.service` = service.","properties":{"project":{"type":"string","minLength":1,"maxLength":256},"service":{"type":"string","minLength":1,"maxLength":256}}};
+export const SET_QUOTA = validate73;
+const schema108 = {"type":"object","required":["quotas"],"properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"the target agent (or `name`, or `service`)"},"name":{"type":"string"},"service":{"$ref":"clove#/$defs/ServiceRef"},"quotas":{"$ref":"clove#/$defs/QuotaSet"}}};
+const schema110 = {"type":"object","required":["project","service"],"additionalProperties":false,"description":"A clove.yaml service: the agents labelled `clove.project` = project and `clove.service` = service.","properties":{"project":{"type":"string","minLength":1,"maxLength":256},"service":{"type":"string","minLength":1,"maxLength":256}}};
 
-function validate73(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate74(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate73.evaluated;
+const evaluated0 = validate74.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5596,7 +5646,7 @@ else {
 vErrors.push(err2);
 }
 errors++;
-validate73.errors = vErrors;
+validate74.errors = vErrors;
 return false;
 break;
 }
@@ -5636,7 +5686,7 @@ else {
 vErrors.push(err4);
 }
 errors++;
-validate73.errors = vErrors;
+validate74.errors = vErrors;
 return false;
 }
 else {
@@ -5658,20 +5708,20 @@ break;
 }
 }
 else {
-validate73.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate74.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate73.errors = vErrors;
+validate74.errors = vErrors;
 return errors === 0;
 }
-validate73.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate74.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 
-function validate72(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate73(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate72.evaluated;
+const evaluated0 = validate73.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5682,7 +5732,7 @@ if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
 let missing0;
 if((data.quotas === undefined) && (missing0 = "quotas")){
-validate72.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+validate73.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
 return false;
 }
 else {
@@ -5691,18 +5741,18 @@ let data0 = data.agent_id;
 const _errs1 = errors;
 const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate72.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate73.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs2){
 if(typeof data0 == "number"){
 if(data0 > 4294967295 || isNaN(data0)){
-validate72.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+validate73.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
 return false;
 }
 else {
 if(data0 < 0 || isNaN(data0)){
-validate72.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate73.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -5717,7 +5767,7 @@ if(valid0){
 if(data.name !== undefined){
 const _errs4 = errors;
 if(typeof data.name !== "string"){
-validate72.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate73.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs4 === errors;
@@ -5734,14 +5784,14 @@ if(errors === _errs7){
 if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
 let missing1;
 if(((data2.project === undefined) && (missing1 = "project")) || ((data2.service === undefined) && (missing1 = "service"))){
-validate72.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/required",keyword:"required",params:{missingProperty: missing1},message:"must have required property '"+missing1+"'"}];
+validate73.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/required",keyword:"required",params:{missingProperty: missing1},message:"must have required property '"+missing1+"'"}];
 return false;
 }
 else {
 const _errs9 = errors;
 for(const key0 in data2){
 if(!((key0 === "project") || (key0 === "service"))){
-validate72.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
+validate73.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -5753,18 +5803,18 @@ const _errs10 = errors;
 if(errors === _errs10){
 if(typeof data3 === "string"){
 if(func1(data3) > 256){
-validate72.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate73.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 else {
 if(func1(data3) < 1){
-validate72.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate73.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate72.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate73.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5780,18 +5830,18 @@ const _errs12 = errors;
 if(errors === _errs12){
 if(typeof data4 === "string"){
 if(func1(data4) > 256){
-validate72.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate73.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 else {
 if(func1(data4) < 1){
-validate72.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate73.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate72.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate73.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5805,7 +5855,7 @@ var valid3 = true;
 }
 }
 else {
-validate72.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate73.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -5817,8 +5867,8 @@ var valid0 = true;
 if(valid0){
 if(data.quotas !== undefined){
 const _errs14 = errors;
-if(!(validate73(data.quotas, {instancePath:instancePath+"/quotas",parentData:data,parentDataProperty:"quotas",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate73.errors : vErrors.concat(validate73.errors);
+if(!(validate74(data.quotas, {instancePath:instancePath+"/quotas",parentData:data,parentDataProperty:"quotas",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate74.errors : vErrors.concat(validate74.errors);
 errors = vErrors.length;
 }
 var valid0 = _errs14 === errors;
@@ -5832,22 +5882,22 @@ var valid0 = true;
 }
 }
 else {
-validate72.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate73.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate72.errors = vErrors;
+validate73.errors = vErrors;
 return errors === 0;
 }
-validate72.evaluated = {"props":{"agent_id":true,"name":true,"service":true,"quotas":true},"dynamicProps":false,"dynamicItems":false};
+validate73.evaluated = {"props":{"agent_id":true,"name":true,"service":true,"quotas":true},"dynamicProps":false,"dynamicItems":false};
 
-export const GET_QUOTA = validate76;
-const schema112 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller"},"name":{"type":"string"},"service":{"$ref":"clove#/$defs/ServiceRef"},"all":{"type":"boolean","description":"every agent and service (operators only)"}}};
+export const GET_QUOTA = validate77;
+const schema113 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller"},"name":{"type":"string"},"service":{"$ref":"clove#/$defs/ServiceRef"},"all":{"type":"boolean","description":"every agent and service (operators only)"}}};
 
-function validate76(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate77(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate76.evaluated;
+const evaluated0 = validate77.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5861,18 +5911,18 @@ let data0 = data.agent_id;
 const _errs1 = errors;
 const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate76.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate77.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs2){
 if(typeof data0 == "number"){
 if(data0 > 4294967295 || isNaN(data0)){
-validate76.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+validate77.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
 return false;
 }
 else {
 if(data0 < 0 || isNaN(data0)){
-validate76.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate77.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -5887,7 +5937,7 @@ if(valid0){
 if(data.name !== undefined){
 const _errs4 = errors;
 if(typeof data.name !== "string"){
-validate76.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate77.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs4 === errors;
@@ -5904,14 +5954,14 @@ if(errors === _errs7){
 if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
 let missing0;
 if(((data2.project === undefined) && (missing0 = "project")) || ((data2.service === undefined) && (missing0 = "service"))){
-validate76.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+validate77.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
 return false;
 }
 else {
 const _errs9 = errors;
 for(const key0 in data2){
 if(!((key0 === "project") || (key0 === "service"))){
-validate76.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
+validate77.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -5923,18 +5973,18 @@ const _errs10 = errors;
 if(errors === _errs10){
 if(typeof data3 === "string"){
 if(func1(data3) > 256){
-validate76.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate77.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 else {
 if(func1(data3) < 1){
-validate76.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate77.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate76.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate77.errors = [{instancePath:instancePath+"/service/project",schemaPath:"clove#/$defs/ServiceRef/properties/project/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5950,18 +6000,18 @@ const _errs12 = errors;
 if(errors === _errs12){
 if(typeof data4 === "string"){
 if(func1(data4) > 256){
-validate76.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate77.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 else {
 if(func1(data4) < 1){
-validate76.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate77.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate76.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate77.errors = [{instancePath:instancePath+"/service/service",schemaPath:"clove#/$defs/ServiceRef/properties/service/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -5975,7 +6025,7 @@ var valid3 = true;
 }
 }
 else {
-validate76.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate77.errors = [{instancePath:instancePath+"/service",schemaPath:"clove#/$defs/ServiceRef/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -5988,7 +6038,7 @@ if(valid0){
 if(data.all !== undefined){
 const _errs14 = errors;
 if(typeof data.all !== "boolean"){
-validate76.errors = [{instancePath:instancePath+"/all",schemaPath:"#/properties/all/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate77.errors = [{instancePath:instancePath+"/all",schemaPath:"#/properties/all/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs14 === errors;
@@ -6001,23 +6051,23 @@ var valid0 = true;
 }
 }
 else {
-validate76.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate77.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate76.errors = vErrors;
+validate77.errors = vErrors;
 return errors === 0;
 }
-validate76.evaluated = {"props":{"agent_id":true,"name":true,"service":true,"all":true},"dynamicProps":false,"dynamicItems":false};
+validate77.evaluated = {"props":{"agent_id":true,"name":true,"service":true,"all":true},"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_CREATE = validate77;
-const schema115 = {"type":"object","properties":{"name":{"type":"string","maxLength":256,"default":"unnamed"},"config":{"$ref":"clove#/$defs/WorldConfig"}}};
-const schema116 = {"type":"object","additionalProperties":false,"description":"a world's configuration (reference §3.11; docs/worlds.md)","properties":{"name":{"type":"string","maxLength":256},"description":{"type":"string","maxLength":4096},"seed":{"type":"integer","minimum":0,"maximum":4294967295,"description":"ext: the seed of the world's one PRNG (every chaos draw); default random, reported by WORLD_STATE"},"limits":{"type":"object","additionalProperties":false,"description":"ext: bounds of the virtual file system","properties":{"max_file_bytes":{"type":"integer","minimum":0,"maximum":16777216,"default":1048576},"max_total_bytes":{"type":"integer","minimum":0,"maximum":268435456,"default":16777216},"max_files":{"type":"integer","minimum":0,"maximum":100000,"default":1000}}},"virtual_filesystem":{"type":"object","additionalProperties":false,"properties":{"initial_files":{"type":"object","additionalProperties":{"oneOf":[{"type":"string"},{"type":"object","additionalProperties":false,"required":["content"],"properties":{"content":{"type":"string"},"mode":{"enum":["rw","r"],"default":"rw"}}}]},"description":"path → content, or {content, mode: rw | r}"},"readonly_patterns":{"type":"array","items":{"type":"string","minLength":1,"maxLength":1024},"maxItems":1000,"description":"globs of paths members may read but never write"},"writable_patterns":{"type":"array","items":{"type":"string","minLength":1,"maxLength":1024},"maxItems":1000,"description":"when non-empty, paths a new file may be created at"},"intercept_patterns":{"type":"array","items":{"type":"string","minLength":1,"maxLength":1024},"maxItems":1000,"description":"globs of paths the world serves (default `/**` when any file or pattern is configured); other paths are the real files"}}},"network":{"type":"object","additionalProperties":false,"properties":{"mode":{"enum":["passthrough","mock","record"],"default":"passthrough"},"mock_responses":{"type":"object","additionalProperties":{"oneOf":[{"type":"string"},{"type":"object","additionalProperties":false,"properties":{"status":{"type":"integer","minimum":100,"maximum":599,"default":200},"body":{"type":"string","default":""},"latency_ms":{"type":"integer","minimum":0,"maximum":600000},"headers":{"type":"object","additionalProperties":{"type":"string"}}}}],"description":"a body (status 200), or the whole response"},"description":"URL (exact, tried first) or pattern (`*` = anything) → response"},"default_response":{"type":"object","additionalProperties":false,"properties":{"status":{"type":"integer","minimum":100,"maximum":599,"default":404},"body":{"type":"string","default":"Not Found"},"latency_ms":{"type":"integer","minimum":0,"maximum":600000},"headers":{"type":"object","additionalProperties":{"type":"string"}}}},"allowed_domains":{"type":"array","items":{"type":"string"},"description":"hosts a mock world still passes through (under the agent's own HTTP rights)"},"fail_unmatched":{"type":"boolean","default":false}}},"exec":{"type":"object","additionalProperties":false,"description":"ext: EXEC in the world","properties":{"mock_commands":{"type":"object","additionalProperties":{"oneOf":[{"type":"string"},{"type":"object","additionalProperties":false,"properties":{"stdout":{"type":"string","default":""},"stderr":{"type":"string","default":""},"exit_code":{"type":"integer","minimum":0,"maximum":255,"default":0},"latency_ms":{"type":"integer","minimum":0,"maximum":600000}}}]},"description":"command pattern (`*` = anything; matched against `command`, or `argv` joined by spaces) → stdout, or {stdout, stderr, exit_code, latency_ms}"},"unmatched":{"enum":["real","refuse"],"default":"real","description":"`real`: an unmatched command runs for real under the agent's EXEC rights; `refuse`: permission_denied"}}},"chaos":{"type":"object","additionalProperties":false,"properties":{"enabled":{"type":"boolean","default":false},"failure_rate":{"type":"number","minimum":0,"maximum":1,"default":0},"latency":{"type":"object","additionalProperties":false,"properties":{"min_ms":{"type":"integer","minimum":0,"maximum":600000,"default":0},"max_ms":{"type":"integer","minimum":0,"maximum":600000,"default":0}}},"rules":{"type":"array","maxItems":1000,"items":{"type":"object","additionalProperties":false,"required":["type"],"properties":{"type":{"enum":["file_read_fail","file_write_fail","network_timeout","network_fail","exec_fail"]},"path_pattern":{"type":"string"},"url_pattern":{"type":"string"},"command_pattern":{"type":"string"},"probability":{"type":"number","minimum":0,"maximum":1,"default":1}}}}}}}};
+export const WORLD_CREATE = validate78;
+const schema116 = {"type":"object","properties":{"name":{"type":"string","maxLength":256,"default":"unnamed"},"config":{"$ref":"clove#/$defs/WorldConfig"}}};
+const schema117 = {"type":"object","additionalProperties":false,"description":"a world's configuration (reference §3.11; docs/worlds.md)","properties":{"name":{"type":"string","maxLength":256},"description":{"type":"string","maxLength":4096},"seed":{"type":"integer","minimum":0,"maximum":4294967295,"description":"ext: the seed of the world's one PRNG (every chaos draw); default random, reported by WORLD_STATE"},"limits":{"type":"object","additionalProperties":false,"description":"ext: bounds of the virtual file system","properties":{"max_file_bytes":{"type":"integer","minimum":0,"maximum":16777216,"default":1048576},"max_total_bytes":{"type":"integer","minimum":0,"maximum":268435456,"default":16777216},"max_files":{"type":"integer","minimum":0,"maximum":100000,"default":1000}}},"virtual_filesystem":{"type":"object","additionalProperties":false,"properties":{"initial_files":{"type":"object","additionalProperties":{"oneOf":[{"type":"string"},{"type":"object","additionalProperties":false,"required":["content"],"properties":{"content":{"type":"string"},"mode":{"enum":["rw","r"],"default":"rw"}}}]},"description":"path → content, or {content, mode: rw | r}"},"readonly_patterns":{"type":"array","items":{"type":"string","minLength":1,"maxLength":1024},"maxItems":1000,"description":"globs of paths members may read but never write"},"writable_patterns":{"type":"array","items":{"type":"string","minLength":1,"maxLength":1024},"maxItems":1000,"description":"when non-empty, paths a new file may be created at"},"intercept_patterns":{"type":"array","items":{"type":"string","minLength":1,"maxLength":1024},"maxItems":1000,"description":"globs of paths the world serves (default `/**` when any file or pattern is configured); other paths are the real files"}}},"network":{"type":"object","additionalProperties":false,"properties":{"mode":{"enum":["passthrough","mock","record"],"default":"passthrough"},"mock_responses":{"type":"object","additionalProperties":{"oneOf":[{"type":"string"},{"type":"object","additionalProperties":false,"properties":{"status":{"type":"integer","minimum":100,"maximum":599,"default":200},"body":{"type":"string","default":""},"latency_ms":{"type":"integer","minimum":0,"maximum":600000},"headers":{"type":"object","additionalProperties":{"type":"string"}}}}],"description":"a body (status 200), or the whole response"},"description":"URL (exact, tried first) or pattern (`*` = anything) → response"},"default_response":{"type":"object","additionalProperties":false,"properties":{"status":{"type":"integer","minimum":100,"maximum":599,"default":404},"body":{"type":"string","default":"Not Found"},"latency_ms":{"type":"integer","minimum":0,"maximum":600000},"headers":{"type":"object","additionalProperties":{"type":"string"}}}},"allowed_domains":{"type":"array","items":{"type":"string"},"description":"hosts a mock world still passes through (under the agent's own HTTP rights)"},"fail_unmatched":{"type":"boolean","default":false}}},"exec":{"type":"object","additionalProperties":false,"description":"ext: EXEC in the world","properties":{"mock_commands":{"type":"object","additionalProperties":{"oneOf":[{"type":"string"},{"type":"object","additionalProperties":false,"properties":{"stdout":{"type":"string","default":""},"stderr":{"type":"string","default":""},"exit_code":{"type":"integer","minimum":0,"maximum":255,"default":0},"latency_ms":{"type":"integer","minimum":0,"maximum":600000}}}]},"description":"command pattern (`*` = anything; matched against `command`, or `argv` joined by spaces) → stdout, or {stdout, stderr, exit_code, latency_ms}"},"unmatched":{"enum":["real","refuse"],"default":"real","description":"`real`: an unmatched command runs for real under the agent's EXEC rights; `refuse`: permission_denied"}}},"chaos":{"type":"object","additionalProperties":false,"properties":{"enabled":{"type":"boolean","default":false},"failure_rate":{"type":"number","minimum":0,"maximum":1,"default":0},"latency":{"type":"object","additionalProperties":false,"properties":{"min_ms":{"type":"integer","minimum":0,"maximum":600000,"default":0},"max_ms":{"type":"integer","minimum":0,"maximum":600000,"default":0}}},"rules":{"type":"array","maxItems":1000,"items":{"type":"object","additionalProperties":false,"required":["type"],"properties":{"type":{"enum":["file_read_fail","file_write_fail","network_timeout","network_fail","exec_fail"]},"path_pattern":{"type":"string"},"url_pattern":{"type":"string"},"command_pattern":{"type":"string"},"probability":{"type":"number","minimum":0,"maximum":1,"default":1}}}}}}}};
 
-function validate77(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate78(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate77.evaluated;
+const evaluated0 = validate78.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -6034,12 +6084,12 @@ const _errs1 = errors;
 if(errors === _errs1){
 if(typeof data0 === "string"){
 if(func1(data0) > 256){
-validate77.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate78.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -6054,7 +6104,7 @@ if(data1 && typeof data1 == "object" && !Array.isArray(data1)){
 const _errs6 = errors;
 for(const key0 in data1){
 if(!((((((((key0 === "name") || (key0 === "description")) || (key0 === "seed")) || (key0 === "limits")) || (key0 === "virtual_filesystem")) || (key0 === "network")) || (key0 === "exec")) || (key0 === "chaos"))){
-validate77.errors = [{instancePath:instancePath+"/config",schemaPath:"clove#/$defs/WorldConfig/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config",schemaPath:"clove#/$defs/WorldConfig/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -6066,12 +6116,12 @@ const _errs7 = errors;
 if(errors === _errs7){
 if(typeof data2 === "string"){
 if(func1(data2) > 256){
-validate77.errors = [{instancePath:instancePath+"/config/name",schemaPath:"clove#/$defs/WorldConfig/properties/name/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/name",schemaPath:"clove#/$defs/WorldConfig/properties/name/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"}];
 return false;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/name",schemaPath:"clove#/$defs/WorldConfig/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/name",schemaPath:"clove#/$defs/WorldConfig/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -6087,12 +6137,12 @@ const _errs9 = errors;
 if(errors === _errs9){
 if(typeof data3 === "string"){
 if(func1(data3) > 4096){
-validate77.errors = [{instancePath:instancePath+"/config/description",schemaPath:"clove#/$defs/WorldConfig/properties/description/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/description",schemaPath:"clove#/$defs/WorldConfig/properties/description/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"}];
 return false;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/description",schemaPath:"clove#/$defs/WorldConfig/properties/description/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/description",schemaPath:"clove#/$defs/WorldConfig/properties/description/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -6106,18 +6156,18 @@ if(data1.seed !== undefined){
 let data4 = data1.seed;
 const _errs11 = errors;
 if(!((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4)))){
-validate77.errors = [{instancePath:instancePath+"/config/seed",schemaPath:"clove#/$defs/WorldConfig/properties/seed/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/seed",schemaPath:"clove#/$defs/WorldConfig/properties/seed/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs11){
 if(typeof data4 == "number"){
 if(data4 > 4294967295 || isNaN(data4)){
-validate77.errors = [{instancePath:instancePath+"/config/seed",schemaPath:"clove#/$defs/WorldConfig/properties/seed/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+validate78.errors = [{instancePath:instancePath+"/config/seed",schemaPath:"clove#/$defs/WorldConfig/properties/seed/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
 return false;
 }
 else {
 if(data4 < 0 || isNaN(data4)){
-validate77.errors = [{instancePath:instancePath+"/config/seed",schemaPath:"clove#/$defs/WorldConfig/properties/seed/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/seed",schemaPath:"clove#/$defs/WorldConfig/properties/seed/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -6146,7 +6196,7 @@ data5.max_files = 1000;
 const _errs15 = errors;
 for(const key1 in data5){
 if(!(((key1 === "max_file_bytes") || (key1 === "max_total_bytes")) || (key1 === "max_files"))){
-validate77.errors = [{instancePath:instancePath+"/config/limits",schemaPath:"clove#/$defs/WorldConfig/properties/limits/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits",schemaPath:"clove#/$defs/WorldConfig/properties/limits/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -6155,18 +6205,18 @@ if(_errs15 === errors){
 let data6 = data5.max_file_bytes;
 const _errs16 = errors;
 if(!((typeof data6 == "number") && (!(data6 % 1) && !isNaN(data6)))){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_file_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_file_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_file_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_file_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs16){
 if(typeof data6 == "number"){
 if(data6 > 16777216 || isNaN(data6)){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_file_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_file_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 16777216},message:"must be <= 16777216"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_file_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_file_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 16777216},message:"must be <= 16777216"}];
 return false;
 }
 else {
 if(data6 < 0 || isNaN(data6)){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_file_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_file_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_file_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_file_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -6177,18 +6227,18 @@ if(valid3){
 let data7 = data5.max_total_bytes;
 const _errs18 = errors;
 if(!((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7)))){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_total_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_total_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_total_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_total_bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs18){
 if(typeof data7 == "number"){
 if(data7 > 268435456 || isNaN(data7)){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_total_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_total_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 268435456},message:"must be <= 268435456"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_total_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_total_bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 268435456},message:"must be <= 268435456"}];
 return false;
 }
 else {
 if(data7 < 0 || isNaN(data7)){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_total_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_total_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_total_bytes",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_total_bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -6199,18 +6249,18 @@ if(valid3){
 let data8 = data5.max_files;
 const _errs20 = errors;
 if(!((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8)))){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_files",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_files/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_files",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_files/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs20){
 if(typeof data8 == "number"){
 if(data8 > 100000 || isNaN(data8)){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_files",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_files/maximum",keyword:"maximum",params:{comparison: "<=", limit: 100000},message:"must be <= 100000"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_files",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_files/maximum",keyword:"maximum",params:{comparison: "<=", limit: 100000},message:"must be <= 100000"}];
 return false;
 }
 else {
 if(data8 < 0 || isNaN(data8)){
-validate77.errors = [{instancePath:instancePath+"/config/limits/max_files",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_files/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits/max_files",schemaPath:"clove#/$defs/WorldConfig/properties/limits/properties/max_files/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -6222,7 +6272,7 @@ var valid3 = _errs20 === errors;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/limits",schemaPath:"clove#/$defs/WorldConfig/properties/limits/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/limits",schemaPath:"clove#/$defs/WorldConfig/properties/limits/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -6240,7 +6290,7 @@ if(data9 && typeof data9 == "object" && !Array.isArray(data9)){
 const _errs24 = errors;
 for(const key2 in data9){
 if(!((((key2 === "initial_files") || (key2 === "readonly_patterns")) || (key2 === "writable_patterns")) || (key2 === "intercept_patterns"))){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -6325,7 +6375,7 @@ if(data11.mode !== undefined){
 let data13 = data11.mode;
 const _errs37 = errors;
 if(!((data13 === "rw") || (data13 === "r"))){
-const err4 = {instancePath:instancePath+"/config/virtual_filesystem/initial_files/" + key3.replace(/~/g, "~0").replace(/\//g, "~1")+"/mode",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/initial_files/additionalProperties/oneOf/1/properties/mode/enum",keyword:"enum",params:{allowedValues: schema116.properties.virtual_filesystem.properties.initial_files.additionalProperties.oneOf[1].properties.mode.enum},message:"must be equal to one of the allowed values"};
+const err4 = {instancePath:instancePath+"/config/virtual_filesystem/initial_files/" + key3.replace(/~/g, "~0").replace(/\//g, "~1")+"/mode",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/initial_files/additionalProperties/oneOf/1/properties/mode/enum",keyword:"enum",params:{allowedValues: schema117.properties.virtual_filesystem.properties.initial_files.additionalProperties.oneOf[1].properties.mode.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err4];
 }
@@ -6374,7 +6424,7 @@ else {
 vErrors.push(err6);
 }
 errors++;
-validate77.errors = vErrors;
+validate78.errors = vErrors;
 return false;
 }
 else {
@@ -6395,7 +6445,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/initial_files",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/initial_files/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/initial_files",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/initial_files/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -6411,7 +6461,7 @@ const _errs38 = errors;
 if(errors === _errs38){
 if(Array.isArray(data14)){
 if(data14.length > 1000){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
 return false;
 }
 else {
@@ -6423,18 +6473,18 @@ const _errs40 = errors;
 if(errors === _errs40){
 if(typeof data15 === "string"){
 if(func1(data15) > 1024){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns/" + i0,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/items/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns/" + i0,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/items/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"}];
 return false;
 }
 else {
 if(func1(data15) < 1){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns/" + i0,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns/" + i0,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns/" + i0,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns/" + i0,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -6446,7 +6496,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/readonly_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/readonly_patterns/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -6462,7 +6512,7 @@ const _errs42 = errors;
 if(errors === _errs42){
 if(Array.isArray(data16)){
 if(data16.length > 1000){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
 return false;
 }
 else {
@@ -6474,18 +6524,18 @@ const _errs44 = errors;
 if(errors === _errs44){
 if(typeof data17 === "string"){
 if(func1(data17) > 1024){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns/" + i1,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/items/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns/" + i1,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/items/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"}];
 return false;
 }
 else {
 if(func1(data17) < 1){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns/" + i1,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns/" + i1,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns/" + i1,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns/" + i1,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -6497,7 +6547,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/writable_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/writable_patterns/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -6513,7 +6563,7 @@ const _errs46 = errors;
 if(errors === _errs46){
 if(Array.isArray(data18)){
 if(data18.length > 1000){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
 return false;
 }
 else {
@@ -6525,18 +6575,18 @@ const _errs48 = errors;
 if(errors === _errs48){
 if(typeof data19 === "string"){
 if(func1(data19) > 1024){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns/" + i2,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/items/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns/" + i2,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/items/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"}];
 return false;
 }
 else {
 if(func1(data19) < 1){
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns/" + i2,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns/" + i2,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
 return false;
 }
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns/" + i2,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns/" + i2,schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -6548,7 +6598,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem/intercept_patterns",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/properties/intercept_patterns/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -6563,7 +6613,7 @@ var valid4 = true;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/virtual_filesystem",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/virtual_filesystem",schemaPath:"clove#/$defs/WorldConfig/properties/virtual_filesystem/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -6587,7 +6637,7 @@ data20.fail_unmatched = false;
 const _errs52 = errors;
 for(const key5 in data20){
 if(!(((((key5 === "mode") || (key5 === "mock_responses")) || (key5 === "default_response")) || (key5 === "allowed_domains")) || (key5 === "fail_unmatched"))){
-validate77.errors = [{instancePath:instancePath+"/config/network",schemaPath:"clove#/$defs/WorldConfig/properties/network/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key5},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/network",schemaPath:"clove#/$defs/WorldConfig/properties/network/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key5},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -6596,7 +6646,7 @@ if(_errs52 === errors){
 let data21 = data20.mode;
 const _errs53 = errors;
 if(!(((data21 === "passthrough") || (data21 === "mock")) || (data21 === "record"))){
-validate77.errors = [{instancePath:instancePath+"/config/network/mode",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/mode/enum",keyword:"enum",params:{allowedValues: schema116.properties.network.properties.mode.enum},message:"must be equal to one of the allowed values"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/mode",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/mode/enum",keyword:"enum",params:{allowedValues: schema117.properties.network.properties.mode.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid11 = _errs53 === errors;
@@ -6829,7 +6879,7 @@ else {
 vErrors.push(err19);
 }
 errors++;
-validate77.errors = vErrors;
+validate78.errors = vErrors;
 return false;
 }
 else {
@@ -6850,7 +6900,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/network/mock_responses",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/mock_responses/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/mock_responses",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/mock_responses/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -6874,7 +6924,7 @@ data29.body = "Not Found";
 const _errs77 = errors;
 for(const key9 in data29){
 if(!((((key9 === "status") || (key9 === "body")) || (key9 === "latency_ms")) || (key9 === "headers"))){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key9},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key9},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -6883,18 +6933,18 @@ if(_errs77 === errors){
 let data30 = data29.status;
 const _errs78 = errors;
 if(!((typeof data30 == "number") && (!(data30 % 1) && !isNaN(data30)))){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/status",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/status/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/status",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/status/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs78){
 if(typeof data30 == "number"){
 if(data30 > 599 || isNaN(data30)){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/status",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/status/maximum",keyword:"maximum",params:{comparison: "<=", limit: 599},message:"must be <= 599"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/status",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/status/maximum",keyword:"maximum",params:{comparison: "<=", limit: 599},message:"must be <= 599"}];
 return false;
 }
 else {
 if(data30 < 100 || isNaN(data30)){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/status",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/status/minimum",keyword:"minimum",params:{comparison: ">=", limit: 100},message:"must be >= 100"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/status",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/status/minimum",keyword:"minimum",params:{comparison: ">=", limit: 100},message:"must be >= 100"}];
 return false;
 }
 }
@@ -6904,7 +6954,7 @@ var valid16 = _errs78 === errors;
 if(valid16){
 const _errs80 = errors;
 if(typeof data29.body !== "string"){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/body",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/body/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/body",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/body/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid16 = _errs80 === errors;
@@ -6913,18 +6963,18 @@ if(data29.latency_ms !== undefined){
 let data32 = data29.latency_ms;
 const _errs82 = errors;
 if(!((typeof data32 == "number") && (!(data32 % 1) && !isNaN(data32)))){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/latency_ms",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/latency_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/latency_ms",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/latency_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs82){
 if(typeof data32 == "number"){
 if(data32 > 600000 || isNaN(data32)){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/latency_ms",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/latency_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 600000},message:"must be <= 600000"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/latency_ms",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/latency_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 600000},message:"must be <= 600000"}];
 return false;
 }
 else {
 if(data32 < 0 || isNaN(data32)){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/latency_ms",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/latency_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/latency_ms",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/latency_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -6944,7 +6994,7 @@ if(data33 && typeof data33 == "object" && !Array.isArray(data33)){
 for(const key10 in data33){
 const _errs87 = errors;
 if(typeof data33[key10] !== "string"){
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/headers/" + key10.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/headers/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/headers/" + key10.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/headers/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid17 = _errs87 === errors;
@@ -6954,7 +7004,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response/headers",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/headers/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response/headers",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/properties/headers/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -6969,7 +7019,7 @@ var valid16 = true;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/network/default_response",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/default_response",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/default_response/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -6989,7 +7039,7 @@ const len3 = data35.length;
 for(let i3=0; i3<len3; i3++){
 const _errs91 = errors;
 if(typeof data35[i3] !== "string"){
-validate77.errors = [{instancePath:instancePath+"/config/network/allowed_domains/" + i3,schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/allowed_domains/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/allowed_domains/" + i3,schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/allowed_domains/items/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid18 = _errs91 === errors;
@@ -6999,7 +7049,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/network/allowed_domains",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/allowed_domains/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/allowed_domains",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/allowed_domains/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -7011,7 +7061,7 @@ var valid11 = true;
 if(valid11){
 const _errs93 = errors;
 if(typeof data20.fail_unmatched !== "boolean"){
-validate77.errors = [{instancePath:instancePath+"/config/network/fail_unmatched",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/fail_unmatched/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate78.errors = [{instancePath:instancePath+"/config/network/fail_unmatched",schemaPath:"clove#/$defs/WorldConfig/properties/network/properties/fail_unmatched/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid11 = _errs93 === errors;
@@ -7022,7 +7072,7 @@ var valid11 = _errs93 === errors;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/network",schemaPath:"clove#/$defs/WorldConfig/properties/network/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/network",schemaPath:"clove#/$defs/WorldConfig/properties/network/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7043,7 +7093,7 @@ data38.unmatched = "real";
 const _errs97 = errors;
 for(const key11 in data38){
 if(!((key11 === "mock_commands") || (key11 === "unmatched"))){
-validate77.errors = [{instancePath:instancePath+"/config/exec",schemaPath:"clove#/$defs/WorldConfig/properties/exec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key11},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/exec",schemaPath:"clove#/$defs/WorldConfig/properties/exec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key11},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -7255,7 +7305,7 @@ else {
 vErrors.push(err31);
 }
 errors++;
-validate77.errors = vErrors;
+validate78.errors = vErrors;
 return false;
 }
 else {
@@ -7276,7 +7326,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/exec/mock_commands",schemaPath:"clove#/$defs/WorldConfig/properties/exec/properties/mock_commands/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/exec/mock_commands",schemaPath:"clove#/$defs/WorldConfig/properties/exec/properties/mock_commands/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7289,7 +7339,7 @@ if(valid19){
 let data45 = data38.unmatched;
 const _errs116 = errors;
 if(!((data45 === "real") || (data45 === "refuse"))){
-validate77.errors = [{instancePath:instancePath+"/config/exec/unmatched",schemaPath:"clove#/$defs/WorldConfig/properties/exec/properties/unmatched/enum",keyword:"enum",params:{allowedValues: schema116.properties.exec.properties.unmatched.enum},message:"must be equal to one of the allowed values"}];
+validate78.errors = [{instancePath:instancePath+"/config/exec/unmatched",schemaPath:"clove#/$defs/WorldConfig/properties/exec/properties/unmatched/enum",keyword:"enum",params:{allowedValues: schema117.properties.exec.properties.unmatched.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid19 = _errs116 === errors;
@@ -7297,7 +7347,7 @@ var valid19 = _errs116 === errors;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/exec",schemaPath:"clove#/$defs/WorldConfig/properties/exec/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/exec",schemaPath:"clove#/$defs/WorldConfig/properties/exec/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7321,7 +7371,7 @@ data46.failure_rate = 0;
 const _errs119 = errors;
 for(const key14 in data46){
 if(!((((key14 === "enabled") || (key14 === "failure_rate")) || (key14 === "latency")) || (key14 === "rules"))){
-validate77.errors = [{instancePath:instancePath+"/config/chaos",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key14},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key14},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -7329,7 +7379,7 @@ break;
 if(_errs119 === errors){
 const _errs120 = errors;
 if(typeof data46.enabled !== "boolean"){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/enabled",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/enabled/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/enabled",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/enabled/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid23 = _errs120 === errors;
@@ -7339,18 +7389,18 @@ const _errs122 = errors;
 if(errors === _errs122){
 if(typeof data48 == "number"){
 if(data48 > 1 || isNaN(data48)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/failure_rate",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/failure_rate/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1},message:"must be <= 1"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/failure_rate",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/failure_rate/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1},message:"must be <= 1"}];
 return false;
 }
 else {
 if(data48 < 0 || isNaN(data48)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/failure_rate",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/failure_rate/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/failure_rate",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/failure_rate/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/chaos/failure_rate",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/failure_rate/type",keyword:"type",params:{type: "number"},message:"must be number"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/failure_rate",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/failure_rate/type",keyword:"type",params:{type: "number"},message:"must be number"}];
 return false;
 }
 }
@@ -7370,7 +7420,7 @@ data49.max_ms = 0;
 const _errs126 = errors;
 for(const key15 in data49){
 if(!((key15 === "min_ms") || (key15 === "max_ms"))){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key15},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key15},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -7379,18 +7429,18 @@ if(_errs126 === errors){
 let data50 = data49.min_ms;
 const _errs127 = errors;
 if(!((typeof data50 == "number") && (!(data50 % 1) && !isNaN(data50)))){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency/min_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/min_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency/min_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/min_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs127){
 if(typeof data50 == "number"){
 if(data50 > 600000 || isNaN(data50)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency/min_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/min_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 600000},message:"must be <= 600000"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency/min_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/min_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 600000},message:"must be <= 600000"}];
 return false;
 }
 else {
 if(data50 < 0 || isNaN(data50)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency/min_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/min_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency/min_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/min_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -7401,18 +7451,18 @@ if(valid24){
 let data51 = data49.max_ms;
 const _errs129 = errors;
 if(!((typeof data51 == "number") && (!(data51 % 1) && !isNaN(data51)))){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency/max_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/max_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency/max_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/max_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs129){
 if(typeof data51 == "number"){
 if(data51 > 600000 || isNaN(data51)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency/max_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/max_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 600000},message:"must be <= 600000"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency/max_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/max_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 600000},message:"must be <= 600000"}];
 return false;
 }
 else {
 if(data51 < 0 || isNaN(data51)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency/max_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/max_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency/max_ms",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/properties/max_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -7423,7 +7473,7 @@ var valid24 = _errs129 === errors;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/chaos/latency",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/latency",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/latency/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7439,7 +7489,7 @@ const _errs131 = errors;
 if(errors === _errs131){
 if(Array.isArray(data52)){
 if(data52.length > 1000){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"}];
 return false;
 }
 else {
@@ -7455,14 +7505,14 @@ data53.probability = 1;
 }
 let missing1;
 if((data53.type === undefined) && (missing1 = "type")){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4,schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/required",keyword:"required",params:{missingProperty: missing1},message:"must have required property '"+missing1+"'"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4,schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/required",keyword:"required",params:{missingProperty: missing1},message:"must have required property '"+missing1+"'"}];
 return false;
 }
 else {
 const _errs135 = errors;
 for(const key16 in data53){
 if(!(((((key16 === "type") || (key16 === "path_pattern")) || (key16 === "url_pattern")) || (key16 === "command_pattern")) || (key16 === "probability"))){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4,schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key16},message:"must NOT have additional properties"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4,schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key16},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -7472,7 +7522,7 @@ if(data53.type !== undefined){
 let data54 = data53.type;
 const _errs136 = errors;
 if(!(((((data54 === "file_read_fail") || (data54 === "file_write_fail")) || (data54 === "network_timeout")) || (data54 === "network_fail")) || (data54 === "exec_fail"))){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/type",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/type/enum",keyword:"enum",params:{allowedValues: schema116.properties.chaos.properties.rules.items.properties.type.enum},message:"must be equal to one of the allowed values"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/type",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/type/enum",keyword:"enum",params:{allowedValues: schema117.properties.chaos.properties.rules.items.properties.type.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid26 = _errs136 === errors;
@@ -7484,7 +7534,7 @@ if(valid26){
 if(data53.path_pattern !== undefined){
 const _errs137 = errors;
 if(typeof data53.path_pattern !== "string"){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/path_pattern",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/path_pattern/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/path_pattern",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/path_pattern/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid26 = _errs137 === errors;
@@ -7496,7 +7546,7 @@ if(valid26){
 if(data53.url_pattern !== undefined){
 const _errs139 = errors;
 if(typeof data53.url_pattern !== "string"){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/url_pattern",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/url_pattern/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/url_pattern",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/url_pattern/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid26 = _errs139 === errors;
@@ -7508,7 +7558,7 @@ if(valid26){
 if(data53.command_pattern !== undefined){
 const _errs141 = errors;
 if(typeof data53.command_pattern !== "string"){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/command_pattern",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/command_pattern/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/command_pattern",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/command_pattern/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid26 = _errs141 === errors;
@@ -7522,18 +7572,18 @@ const _errs143 = errors;
 if(errors === _errs143){
 if(typeof data58 == "number"){
 if(data58 > 1 || isNaN(data58)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/probability",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/probability/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1},message:"must be <= 1"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/probability",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/probability/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1},message:"must be <= 1"}];
 return false;
 }
 else {
 if(data58 < 0 || isNaN(data58)){
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/probability",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/probability/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/probability",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/probability/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/probability",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/probability/type",keyword:"type",params:{type: "number"},message:"must be number"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4+"/probability",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/properties/probability/type",keyword:"type",params:{type: "number"},message:"must be number"}];
 return false;
 }
 }
@@ -7546,7 +7596,7 @@ var valid26 = _errs143 === errors;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4,schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules/" + i4,schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/items/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7558,7 +7608,7 @@ break;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/chaos/rules",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos/rules",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/properties/rules/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -7573,7 +7623,7 @@ var valid23 = true;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config/chaos",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config/chaos",schemaPath:"clove#/$defs/WorldConfig/properties/chaos/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7592,7 +7642,7 @@ var valid2 = true;
 }
 }
 else {
-validate77.errors = [{instancePath:instancePath+"/config",schemaPath:"clove#/$defs/WorldConfig/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath:instancePath+"/config",schemaPath:"clove#/$defs/WorldConfig/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7604,22 +7654,22 @@ var valid0 = true;
 }
 }
 else {
-validate77.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate78.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate77.errors = vErrors;
+validate78.errors = vErrors;
 return errors === 0;
 }
-validate77.evaluated = {"props":{"name":true,"config":true},"dynamicProps":false,"dynamicItems":false};
+validate78.evaluated = {"props":{"name":true,"config":true},"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_DESTROY = validate78;
-const schema117 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"},"force":{"type":"boolean","default":false}}};
+export const WORLD_DESTROY = validate79;
+const schema118 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"},"force":{"type":"boolean","default":false}}};
 
-function validate78(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate79(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate78.evaluated;
+const evaluated0 = validate79.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7634,7 +7684,7 @@ data.force = false;
 if(data.world_id !== undefined){
 const _errs1 = errors;
 if(typeof data.world_id !== "string"){
-validate78.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate79.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -7645,46 +7695,24 @@ var valid0 = true;
 if(valid0){
 const _errs3 = errors;
 if(typeof data.force !== "boolean"){
-validate78.errors = [{instancePath:instancePath+"/force",schemaPath:"#/properties/force/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate79.errors = [{instancePath:instancePath+"/force",schemaPath:"#/properties/force/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
 }
 }
 else {
-validate78.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate78.errors = vErrors;
-return errors === 0;
-}
-validate78.evaluated = {"props":{"world_id":true,"force":true},"dynamicProps":false,"dynamicItems":false};
-
-export const WORLD_LIST = validate79;
-const schema118 = {"type":"object"};
-
-function validate79(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate79.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(!(data && typeof data == "object" && !Array.isArray(data))){
 validate79.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
+}
 }
 validate79.errors = vErrors;
 return errors === 0;
 }
-validate79.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate79.evaluated = {"props":{"world_id":true,"force":true},"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_JOIN = validate80;
-const schema119 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"},"agent_id":{"type":"integer","minimum":1,"description":"ext, operators only: the agent to put in the world (default the caller)"}}};
+export const WORLD_LIST = validate80;
+const schema119 = {"type":"object"};
 
 function validate80(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -7696,54 +7724,17 @@ evaluated0.props = undefined;
 if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.world_id !== undefined){
-const _errs1 = errors;
-if(typeof data.world_id !== "string"){
-validate80.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.agent_id !== undefined){
-let data1 = data.agent_id;
-const _errs3 = errors;
-if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate80.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs3){
-if(typeof data1 == "number"){
-if(data1 < 1 || isNaN(data1)){
-validate80.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
-return false;
-}
-}
-}
-var valid0 = _errs3 === errors;
-}
-else {
-var valid0 = true;
-}
-}
-}
-else {
+if(!(data && typeof data == "object" && !Array.isArray(data))){
 validate80.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
-}
 }
 validate80.errors = vErrors;
 return errors === 0;
 }
-validate80.evaluated = {"props":{"world_id":true,"agent_id":true},"dynamicProps":false,"dynamicItems":false};
+validate80.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_LEAVE = validate81;
-const schema120 = {"type":"object","properties":{"agent_id":{"type":"integer","minimum":1,"description":"ext, operators only: the agent to take out (default the caller)"}}};
+export const WORLD_JOIN = validate81;
+const schema120 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"},"agent_id":{"type":"integer","minimum":1,"description":"ext, operators only: the agent to put in the world (default the caller)"}}};
 
 function validate81(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -7757,20 +7748,37 @@ evaluated0.items = undefined;
 }
 if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.agent_id !== undefined){
-let data0 = data.agent_id;
+if(data.world_id !== undefined){
 const _errs1 = errors;
-if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
+if(typeof data.world_id !== "string"){
+validate81.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.agent_id !== undefined){
+let data1 = data.agent_id;
+const _errs3 = errors;
+if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
 validate81.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
-if(errors === _errs1){
-if(typeof data0 == "number"){
-if(data0 < 1 || isNaN(data0)){
+if(errors === _errs3){
+if(typeof data1 == "number"){
+if(data1 < 1 || isNaN(data1)){
 validate81.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
 return false;
 }
 }
+}
+var valid0 = _errs3 === errors;
+}
+else {
+var valid0 = true;
 }
 }
 }
@@ -7782,15 +7790,57 @@ return false;
 validate81.errors = vErrors;
 return errors === 0;
 }
-validate81.evaluated = {"props":{"agent_id":true},"dynamicProps":false,"dynamicItems":false};
+validate81.evaluated = {"props":{"world_id":true,"agent_id":true},"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_EVENT = validate82;
-const schema121 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"},"event_type":{"type":"string","description":"required: a chaos event (ChaosEventType) or `clear`"},"params":{"type":"object","additionalProperties":true,"description":"duration_ms (0 = until cleared), probability, latency_ms, memory_high_bytes, cpu_max_percent, target (agent id, agent_crash)"},"clear":{"type":"boolean","default":false,"description":"ext: remove the active events of `event_type` (every event when `event_type` is `clear`)"}}};
+export const WORLD_LEAVE = validate82;
+const schema121 = {"type":"object","properties":{"agent_id":{"type":"integer","minimum":1,"description":"ext, operators only: the agent to take out (default the caller)"}}};
 
 function validate82(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate82.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.agent_id !== undefined){
+let data0 = data.agent_id;
+const _errs1 = errors;
+if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
+validate82.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs1){
+if(typeof data0 == "number"){
+if(data0 < 1 || isNaN(data0)){
+validate82.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"#/properties/agent_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+return false;
+}
+}
+}
+}
+}
+else {
+validate82.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate82.errors = vErrors;
+return errors === 0;
+}
+validate82.evaluated = {"props":{"agent_id":true},"dynamicProps":false,"dynamicItems":false};
+
+export const WORLD_EVENT = validate83;
+const schema122 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"},"event_type":{"type":"string","description":"required: a chaos event (ChaosEventType) or `clear`"},"params":{"type":"object","additionalProperties":true,"description":"duration_ms (0 = until cleared), probability, latency_ms, memory_high_bytes, cpu_max_percent, target (agent id, agent_crash)"},"clear":{"type":"boolean","default":false,"description":"ext: remove the active events of `event_type` (every event when `event_type` is `clear`)"}}};
+
+function validate83(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate83.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7805,7 +7855,7 @@ data.clear = false;
 if(data.world_id !== undefined){
 const _errs1 = errors;
 if(typeof data.world_id !== "string"){
-validate82.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate83.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -7817,7 +7867,7 @@ if(valid0){
 if(data.event_type !== undefined){
 const _errs3 = errors;
 if(typeof data.event_type !== "string"){
-validate82.errors = [{instancePath:instancePath+"/event_type",schemaPath:"#/properties/event_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate83.errors = [{instancePath:instancePath+"/event_type",schemaPath:"#/properties/event_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -7833,7 +7883,7 @@ if(errors === _errs5){
 if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
 }
 else {
-validate82.errors = [{instancePath:instancePath+"/params",schemaPath:"#/properties/params/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate83.errors = [{instancePath:instancePath+"/params",schemaPath:"#/properties/params/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7845,43 +7895,11 @@ var valid0 = true;
 if(valid0){
 const _errs8 = errors;
 if(typeof data.clear !== "boolean"){
-validate82.errors = [{instancePath:instancePath+"/clear",schemaPath:"#/properties/clear/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate83.errors = [{instancePath:instancePath+"/clear",schemaPath:"#/properties/clear/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs8 === errors;
 }
-}
-}
-}
-else {
-validate82.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate82.errors = vErrors;
-return errors === 0;
-}
-validate82.evaluated = {"props":{"world_id":true,"event_type":true,"params":true,"clear":true},"dynamicProps":false,"dynamicItems":false};
-
-export const WORLD_STATE = validate83;
-const schema122 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"}}};
-
-function validate83(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate83.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.world_id !== undefined){
-if(typeof data.world_id !== "string"){
-validate83.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
 }
 }
 }
@@ -7893,9 +7911,9 @@ return false;
 validate83.errors = vErrors;
 return errors === 0;
 }
-validate83.evaluated = {"props":{"world_id":true},"dynamicProps":false,"dynamicItems":false};
+validate83.evaluated = {"props":{"world_id":true,"event_type":true,"params":true,"clear":true},"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_SNAPSHOT = validate84;
+export const WORLD_STATE = validate84;
 const schema123 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"}}};
 
 function validate84(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -7927,13 +7945,45 @@ return errors === 0;
 }
 validate84.evaluated = {"props":{"world_id":true},"dynamicProps":false,"dynamicItems":false};
 
-export const WORLD_RESTORE = validate85;
-const schema124 = {"type":"object","properties":{"snapshot":{"type":"object","additionalProperties":true},"new_world_id":{"type":"string","default":"","maxLength":64}}};
+export const WORLD_SNAPSHOT = validate85;
+const schema124 = {"type":"object","properties":{"world_id":{"type":"string","description":"required"}}};
 
 function validate85(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate85.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.world_id !== undefined){
+if(typeof data.world_id !== "string"){
+validate85.errors = [{instancePath:instancePath+"/world_id",schemaPath:"#/properties/world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+}
+}
+else {
+validate85.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate85.errors = vErrors;
+return errors === 0;
+}
+validate85.evaluated = {"props":{"world_id":true},"dynamicProps":false,"dynamicItems":false};
+
+export const WORLD_RESTORE = validate86;
+const schema125 = {"type":"object","properties":{"snapshot":{"type":"object","additionalProperties":true},"new_world_id":{"type":"string","default":"","maxLength":64}}};
+
+function validate86(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate86.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7952,7 +8002,7 @@ if(errors === _errs1){
 if(data0 && typeof data0 == "object" && !Array.isArray(data0)){
 }
 else {
-validate85.errors = [{instancePath:instancePath+"/snapshot",schemaPath:"#/properties/snapshot/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate86.errors = [{instancePath:instancePath+"/snapshot",schemaPath:"#/properties/snapshot/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -7967,79 +8017,16 @@ const _errs4 = errors;
 if(errors === _errs4){
 if(typeof data1 === "string"){
 if(func1(data1) > 64){
-validate85.errors = [{instancePath:instancePath+"/new_world_id",schemaPath:"#/properties/new_world_id/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"}];
+validate86.errors = [{instancePath:instancePath+"/new_world_id",schemaPath:"#/properties/new_world_id/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"}];
 return false;
 }
 }
 else {
-validate85.errors = [{instancePath:instancePath+"/new_world_id",schemaPath:"#/properties/new_world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate86.errors = [{instancePath:instancePath+"/new_world_id",schemaPath:"#/properties/new_world_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
 var valid0 = _errs4 === errors;
-}
-}
-else {
-validate85.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate85.errors = vErrors;
-return errors === 0;
-}
-validate85.evaluated = {"props":{"snapshot":true,"new_world_id":true},"dynamicProps":false,"dynamicItems":false};
-
-export const TUNNEL_CONNECT = validate86;
-const schema125 = {"type":"object","properties":{"relay_url":{"type":"string","description":"ws://, wss://, http:// or https:// URL of the relay; `/tunnel` is its default path. Required unless configured"},"machine_id":{"type":"string","description":"the machine name the token was made for. Required unless configured"},"token":{"type":"string","description":"the machine token (`clove relay token add --machine`). Required unless configured"}}};
-
-function validate86(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate86.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.relay_url !== undefined){
-const _errs1 = errors;
-if(typeof data.relay_url !== "string"){
-validate86.errors = [{instancePath:instancePath+"/relay_url",schemaPath:"#/properties/relay_url/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.machine_id !== undefined){
-const _errs3 = errors;
-if(typeof data.machine_id !== "string"){
-validate86.errors = [{instancePath:instancePath+"/machine_id",schemaPath:"#/properties/machine_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs3 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-if(data.token !== undefined){
-const _errs5 = errors;
-if(typeof data.token !== "string"){
-validate86.errors = [{instancePath:instancePath+"/token",schemaPath:"#/properties/token/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-var valid0 = _errs5 === errors;
-}
-else {
-var valid0 = true;
-}
-}
 }
 }
 else {
@@ -8050,10 +8037,10 @@ return false;
 validate86.errors = vErrors;
 return errors === 0;
 }
-validate86.evaluated = {"props":{"relay_url":true,"machine_id":true,"token":true},"dynamicProps":false,"dynamicItems":false};
+validate86.evaluated = {"props":{"snapshot":true,"new_world_id":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TUNNEL_DISCONNECT = validate87;
-const schema126 = {"type":"object"};
+export const TUNNEL_CONNECT = validate87;
+const schema126 = {"type":"object","properties":{"relay_url":{"type":"string","description":"ws://, wss://, http:// or https:// URL of the relay; `/tunnel` is its default path. Required unless configured"},"machine_id":{"type":"string","description":"the machine name the token was made for. Required unless configured"},"token":{"type":"string","description":"the machine token (`clove relay token add --machine`). Required unless configured"}}};
 
 function validate87(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8065,16 +8052,57 @@ evaluated0.props = undefined;
 if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
-if(!(data && typeof data == "object" && !Array.isArray(data))){
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.relay_url !== undefined){
+const _errs1 = errors;
+if(typeof data.relay_url !== "string"){
+validate87.errors = [{instancePath:instancePath+"/relay_url",schemaPath:"#/properties/relay_url/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.machine_id !== undefined){
+const _errs3 = errors;
+if(typeof data.machine_id !== "string"){
+validate87.errors = [{instancePath:instancePath+"/machine_id",schemaPath:"#/properties/machine_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs3 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.token !== undefined){
+const _errs5 = errors;
+if(typeof data.token !== "string"){
+validate87.errors = [{instancePath:instancePath+"/token",schemaPath:"#/properties/token/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+var valid0 = _errs5 === errors;
+}
+else {
+var valid0 = true;
+}
+}
+}
+}
+else {
 validate87.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
+}
 }
 validate87.errors = vErrors;
 return errors === 0;
 }
-validate87.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate87.evaluated = {"props":{"relay_url":true,"machine_id":true,"token":true},"dynamicProps":false,"dynamicItems":false};
 
-export const TUNNEL_STATUS = validate88;
+export const TUNNEL_DISCONNECT = validate88;
 const schema127 = {"type":"object"};
 
 function validate88(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -8096,7 +8124,7 @@ return errors === 0;
 }
 validate88.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const TUNNEL_LIST_REMOTES = validate89;
+export const TUNNEL_STATUS = validate89;
 const schema128 = {"type":"object"};
 
 function validate89(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -8118,13 +8146,35 @@ return errors === 0;
 }
 validate89.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const TUNNEL_CONFIG = validate90;
-const schema129 = {"type":"object","properties":{"relay_url":{"type":"string"},"machine_id":{"type":"string"},"token":{"type":"string"},"reconnect_interval":{"type":"integer","minimum":0,"maximum":3600,"default":5,"description":"seconds: the first reconnect delay, doubled after each failure up to 60 s (or this, if larger), with jitter; 0 is taken as 1"}}};
+export const TUNNEL_LIST_REMOTES = validate90;
+const schema129 = {"type":"object"};
 
 function validate90(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate90.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(!(data && typeof data == "object" && !Array.isArray(data))){
+validate90.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+validate90.errors = vErrors;
+return errors === 0;
+}
+validate90.evaluated = {"dynamicProps":false,"dynamicItems":false};
+
+export const TUNNEL_CONFIG = validate91;
+const schema130 = {"type":"object","properties":{"relay_url":{"type":"string"},"machine_id":{"type":"string"},"token":{"type":"string"},"reconnect_interval":{"type":"integer","minimum":0,"maximum":3600,"default":5,"description":"seconds: the first reconnect delay, doubled after each failure up to 60 s (or this, if larger), with jitter; 0 is taken as 1"}}};
+
+function validate91(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate91.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8139,7 +8189,7 @@ data.reconnect_interval = 5;
 if(data.relay_url !== undefined){
 const _errs1 = errors;
 if(typeof data.relay_url !== "string"){
-validate90.errors = [{instancePath:instancePath+"/relay_url",schemaPath:"#/properties/relay_url/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate91.errors = [{instancePath:instancePath+"/relay_url",schemaPath:"#/properties/relay_url/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -8151,7 +8201,7 @@ if(valid0){
 if(data.machine_id !== undefined){
 const _errs3 = errors;
 if(typeof data.machine_id !== "string"){
-validate90.errors = [{instancePath:instancePath+"/machine_id",schemaPath:"#/properties/machine_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate91.errors = [{instancePath:instancePath+"/machine_id",schemaPath:"#/properties/machine_id/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -8163,7 +8213,7 @@ if(valid0){
 if(data.token !== undefined){
 const _errs5 = errors;
 if(typeof data.token !== "string"){
-validate90.errors = [{instancePath:instancePath+"/token",schemaPath:"#/properties/token/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate91.errors = [{instancePath:instancePath+"/token",schemaPath:"#/properties/token/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs5 === errors;
@@ -8175,18 +8225,18 @@ if(valid0){
 let data3 = data.reconnect_interval;
 const _errs7 = errors;
 if(!((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3)))){
-validate90.errors = [{instancePath:instancePath+"/reconnect_interval",schemaPath:"#/properties/reconnect_interval/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate91.errors = [{instancePath:instancePath+"/reconnect_interval",schemaPath:"#/properties/reconnect_interval/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs7){
 if(typeof data3 == "number"){
 if(data3 > 3600 || isNaN(data3)){
-validate90.errors = [{instancePath:instancePath+"/reconnect_interval",schemaPath:"#/properties/reconnect_interval/maximum",keyword:"maximum",params:{comparison: "<=", limit: 3600},message:"must be <= 3600"}];
+validate91.errors = [{instancePath:instancePath+"/reconnect_interval",schemaPath:"#/properties/reconnect_interval/maximum",keyword:"maximum",params:{comparison: "<=", limit: 3600},message:"must be <= 3600"}];
 return false;
 }
 else {
 if(data3 < 0 || isNaN(data3)){
-validate90.errors = [{instancePath:instancePath+"/reconnect_interval",schemaPath:"#/properties/reconnect_interval/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate91.errors = [{instancePath:instancePath+"/reconnect_interval",schemaPath:"#/properties/reconnect_interval/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -8198,22 +8248,22 @@ var valid0 = _errs7 === errors;
 }
 }
 else {
-validate90.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate91.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate90.errors = vErrors;
+validate91.errors = vErrors;
 return errors === 0;
 }
-validate90.evaluated = {"props":{"relay_url":true,"machine_id":true,"token":true,"reconnect_interval":true},"dynamicProps":false,"dynamicItems":false};
+validate91.evaluated = {"props":{"relay_url":true,"machine_id":true,"token":true,"reconnect_interval":true},"dynamicProps":false,"dynamicItems":false};
 
-export const METRICS_SYSTEM = validate91;
-const schema130 = {"type":"object"};
+export const METRICS_SYSTEM = validate92;
+const schema131 = {"type":"object"};
 
-function validate91(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate92(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate91.evaluated;
+const evaluated0 = validate92.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8221,21 +8271,21 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(!(data && typeof data == "object" && !Array.isArray(data))){
-validate91.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate92.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
-validate91.errors = vErrors;
+validate92.errors = vErrors;
 return errors === 0;
 }
-validate91.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate92.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const METRICS_AGENT = validate92;
-const schema131 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller"}}};
+export const METRICS_AGENT = validate93;
+const schema132 = {"type":"object","properties":{"agent_id":{"$ref":"clove#/$defs/AgentId","description":"default: the caller"}}};
 
-function validate92(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate93(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate92.evaluated;
+const evaluated0 = validate93.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8248,18 +8298,18 @@ if(data.agent_id !== undefined){
 let data0 = data.agent_id;
 const _errs2 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate92.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate93.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs2){
 if(typeof data0 == "number"){
 if(data0 > 4294967295 || isNaN(data0)){
-validate92.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+validate93.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
 return false;
 }
 else {
 if(data0 < 0 || isNaN(data0)){
-validate92.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate93.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -8268,39 +8318,17 @@ return false;
 }
 }
 else {
-validate92.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate92.errors = vErrors;
-return errors === 0;
-}
-validate92.evaluated = {"props":{"agent_id":true},"dynamicProps":false,"dynamicItems":false};
-
-export const METRICS_ALL_AGENTS = validate93;
-const schema133 = {"type":"object"};
-
-function validate93(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate93.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(!(data && typeof data == "object" && !Array.isArray(data))){
 validate93.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
+}
 }
 validate93.errors = vErrors;
 return errors === 0;
 }
-validate93.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate93.evaluated = {"props":{"agent_id":true},"dynamicProps":false,"dynamicItems":false};
 
-export const METRICS_CGROUP = validate94;
-const schema134 = {"type":"object","properties":{"cgroup_path":{"type":"string","description":"`<leaf>` or `clove/<leaf>`; default the caller's own cgroup"}}};
+export const METRICS_ALL_AGENTS = validate94;
+const schema134 = {"type":"object"};
 
 function validate94(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8312,27 +8340,17 @@ evaluated0.props = undefined;
 if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.cgroup_path !== undefined){
-if(typeof data.cgroup_path !== "string"){
-validate94.errors = [{instancePath:instancePath+"/cgroup_path",schemaPath:"#/properties/cgroup_path/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-}
-}
-else {
+if(!(data && typeof data == "object" && !Array.isArray(data))){
 validate94.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
-}
 }
 validate94.errors = vErrors;
 return errors === 0;
 }
-validate94.evaluated = {"props":{"cgroup_path":true},"dynamicProps":false,"dynamicItems":false};
+validate94.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const MCP_LIST_TOOLS = validate95;
-const schema135 = {"type":"object","properties":{"server":{"type":"string","description":"only this server's tools (default: every server the caller is granted a tool of)"}}};
+export const METRICS_CGROUP = validate95;
+const schema135 = {"type":"object","properties":{"cgroup_path":{"type":"string","description":"`<leaf>` or `clove/<leaf>`; default the caller's own cgroup"}}};
 
 function validate95(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8346,9 +8364,9 @@ evaluated0.items = undefined;
 }
 if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.server !== undefined){
-if(typeof data.server !== "string"){
-validate95.errors = [{instancePath:instancePath+"/server",schemaPath:"#/properties/server/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+if(data.cgroup_path !== undefined){
+if(typeof data.cgroup_path !== "string"){
+validate95.errors = [{instancePath:instancePath+"/cgroup_path",schemaPath:"#/properties/cgroup_path/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -8361,15 +8379,47 @@ return false;
 validate95.errors = vErrors;
 return errors === 0;
 }
-validate95.evaluated = {"props":{"server":true},"dynamicProps":false,"dynamicItems":false};
+validate95.evaluated = {"props":{"cgroup_path":true},"dynamicProps":false,"dynamicItems":false};
 
-export const MCP_CALL = validate96;
-const schema136 = {"type":"object","required":["server","tool"],"properties":{"server":{"type":"string","description":"a server's name in mcp.json"},"tool":{"type":"string","description":"the tool's name; the caller's `permissions.mcp` must grant `server/tool`"},"arguments":{"type":"object","default":{},"description":"the tool's arguments (its `input_schema`; the server validates them)"},"timeout_ms":{"type":"integer","minimum":0,"default":0,"description":"how long the call may take; 0 or more than the server's `timeout_ms` (default 60000) means the server's"}}};
+export const MCP_LIST_TOOLS = validate96;
+const schema136 = {"type":"object","properties":{"server":{"type":"string","description":"only this server's tools (default: every server the caller is granted a tool of)"}}};
 
 function validate96(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate96.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.server !== undefined){
+if(typeof data.server !== "string"){
+validate96.errors = [{instancePath:instancePath+"/server",schemaPath:"#/properties/server/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+}
+}
+else {
+validate96.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate96.errors = vErrors;
+return errors === 0;
+}
+validate96.evaluated = {"props":{"server":true},"dynamicProps":false,"dynamicItems":false};
+
+export const MCP_CALL = validate97;
+const schema137 = {"type":"object","required":["server","tool"],"properties":{"server":{"type":"string","description":"a server's name in mcp.json"},"tool":{"type":"string","description":"the tool's name; the caller's `permissions.mcp` must grant `server/tool`"},"arguments":{"type":"object","default":{},"description":"the tool's arguments (its `input_schema`; the server validates them)"},"timeout_ms":{"type":"integer","minimum":0,"default":0,"description":"how long the call may take; 0 or more than the server's `timeout_ms` (default 60000) means the server's"}}};
+
+function validate97(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate97.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8386,14 +8436,14 @@ data.timeout_ms = 0;
 }
 let missing0;
 if(((data.server === undefined) && (missing0 = "server")) || ((data.tool === undefined) && (missing0 = "tool"))){
-validate96.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+validate97.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
 return false;
 }
 else {
 if(data.server !== undefined){
 const _errs1 = errors;
 if(typeof data.server !== "string"){
-validate96.errors = [{instancePath:instancePath+"/server",schemaPath:"#/properties/server/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate97.errors = [{instancePath:instancePath+"/server",schemaPath:"#/properties/server/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -8405,7 +8455,7 @@ if(valid0){
 if(data.tool !== undefined){
 const _errs3 = errors;
 if(typeof data.tool !== "string"){
-validate96.errors = [{instancePath:instancePath+"/tool",schemaPath:"#/properties/tool/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate97.errors = [{instancePath:instancePath+"/tool",schemaPath:"#/properties/tool/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -8417,7 +8467,7 @@ if(valid0){
 let data2 = data.arguments;
 const _errs5 = errors;
 if(!(data2 && typeof data2 == "object" && !Array.isArray(data2))){
-validate96.errors = [{instancePath:instancePath+"/arguments",schemaPath:"#/properties/arguments/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate97.errors = [{instancePath:instancePath+"/arguments",schemaPath:"#/properties/arguments/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 var valid0 = _errs5 === errors;
@@ -8425,13 +8475,13 @@ if(valid0){
 let data3 = data.timeout_ms;
 const _errs7 = errors;
 if(!((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3)))){
-validate96.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate97.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs7){
 if(typeof data3 == "number"){
 if(data3 < 0 || isNaN(data3)){
-validate96.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate97.errors = [{instancePath:instancePath+"/timeout_ms",schemaPath:"#/properties/timeout_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -8443,38 +8493,16 @@ var valid0 = _errs7 === errors;
 }
 }
 else {
-validate96.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate96.errors = vErrors;
-return errors === 0;
-}
-validate96.evaluated = {"props":{"server":true,"tool":true,"arguments":true,"timeout_ms":true},"dynamicProps":false,"dynamicItems":false};
-
-export const CLUSTER_NODES = validate97;
-const schema137 = {"type":"object"};
-
-function validate97(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate97.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(!(data && typeof data == "object" && !Array.isArray(data))){
 validate97.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
+}
 }
 validate97.errors = vErrors;
 return errors === 0;
 }
-validate97.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate97.evaluated = {"props":{"server":true,"tool":true,"arguments":true,"timeout_ms":true},"dynamicProps":false,"dynamicItems":false};
 
-export const CLUSTER_STATUS = validate98;
+export const CLUSTER_NODES = validate98;
 const schema138 = {"type":"object"};
 
 function validate98(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -8496,15 +8524,37 @@ return errors === 0;
 }
 validate98.evaluated = {"dynamicProps":false,"dynamicItems":false};
 
-export const STEP_BEGIN = validate99;
-const schema139 = {"type":"object","required":["key"],"additionalProperties":false,"properties":{"key":{"$ref":"clove#/$defs/StepKey"},"fresh":{"type":"boolean","default":false,"description":"forget what the key's journal holds first: every call goes live"},"on_divergence":{"type":"string","enum":["error","truncate"],"default":"error","description":"a call that differs from the journal at its position: `error` refuses it (`journal_diverged`, nothing done; the step stays at that position), `truncate` drops the journal from that position on and makes the call live"}}};
-const schema140 = {"type":"string","minLength":1,"maxLength":200,"pattern":"^[^@]","description":"a step's key, chosen by the caller (e.g. `summarize:doc-17`); keys starting with `@` are the kernel's (`@run`: a durable agent's implicit step)"};
-const pattern6 = new RegExp("^[^@]", "u");
+export const CLUSTER_STATUS = validate99;
+const schema139 = {"type":"object"};
 
 function validate99(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate99.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(!(data && typeof data == "object" && !Array.isArray(data))){
+validate99.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+validate99.errors = vErrors;
+return errors === 0;
+}
+validate99.evaluated = {"dynamicProps":false,"dynamicItems":false};
+
+export const STEP_BEGIN = validate100;
+const schema140 = {"type":"object","required":["key"],"additionalProperties":false,"properties":{"key":{"$ref":"clove#/$defs/StepKey"},"fresh":{"type":"boolean","default":false,"description":"forget what the key's journal holds first: every call goes live"},"on_divergence":{"type":"string","enum":["error","truncate"],"default":"error","description":"a call that differs from the journal at its position: `error` refuses it (`journal_diverged`, nothing done; the step stays at that position), `truncate` drops the journal from that position on and makes the call live"}}};
+const schema141 = {"type":"string","minLength":1,"maxLength":200,"pattern":"^[^@]","description":"a step's key, chosen by the caller (e.g. `summarize:doc-17`); keys starting with `@` are the kernel's (`@run`: a durable agent's implicit step)"};
+const pattern6 = new RegExp("^[^@]", "u");
+
+function validate100(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate100.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8521,110 +8571,13 @@ data.on_divergence = "error";
 }
 let missing0;
 if((data.key === undefined) && (missing0 = "key")){
-validate99.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+validate100.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
 return false;
 }
 else {
 const _errs1 = errors;
 for(const key0 in data){
 if(!(((key0 === "key") || (key0 === "fresh")) || (key0 === "on_divergence"))){
-validate99.errors = [{instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
-return false;
-break;
-}
-}
-if(_errs1 === errors){
-if(data.key !== undefined){
-let data0 = data.key;
-const _errs2 = errors;
-const _errs3 = errors;
-if(errors === _errs3){
-if(typeof data0 === "string"){
-if(func1(data0) > 200){
-validate99.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"}];
-return false;
-}
-else {
-if(func1(data0) < 1){
-validate99.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
-return false;
-}
-else {
-if(!pattern6.test(data0)){
-validate99.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/pattern",keyword:"pattern",params:{pattern: "^[^@]"},message:"must match pattern \""+"^[^@]"+"\""}];
-return false;
-}
-}
-}
-}
-else {
-validate99.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-}
-var valid0 = _errs2 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-const _errs5 = errors;
-if(typeof data.fresh !== "boolean"){
-validate99.errors = [{instancePath:instancePath+"/fresh",schemaPath:"#/properties/fresh/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
-return false;
-}
-var valid0 = _errs5 === errors;
-if(valid0){
-let data2 = data.on_divergence;
-const _errs7 = errors;
-if(typeof data2 !== "string"){
-validate99.errors = [{instancePath:instancePath+"/on_divergence",schemaPath:"#/properties/on_divergence/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
-if(!((data2 === "error") || (data2 === "truncate"))){
-validate99.errors = [{instancePath:instancePath+"/on_divergence",schemaPath:"#/properties/on_divergence/enum",keyword:"enum",params:{allowedValues: schema139.properties.on_divergence.enum},message:"must be equal to one of the allowed values"}];
-return false;
-}
-var valid0 = _errs7 === errors;
-}
-}
-}
-}
-}
-else {
-validate99.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate99.errors = vErrors;
-return errors === 0;
-}
-validate99.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
-
-export const STEP_END = validate100;
-const schema141 = {"type":"object","additionalProperties":false,"properties":{"key":{"$ref":"clove#/$defs/StepKey","description":"the innermost open step's key (a check); default: the innermost open step"},"complete":{"type":"boolean","default":true,"description":"false: the step failed or was left off; its journal stays in progress and replays the next time it is opened"},"clear":{"type":"boolean","default":false,"description":"forget the step's journal (the next opening is `new`)"}}};
-
-function validate100(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate100.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.complete === undefined){
-data.complete = true;
-}
-if(data.clear === undefined){
-data.clear = false;
-}
-const _errs1 = errors;
-for(const key0 in data){
-if(!(((key0 === "key") || (key0 === "complete")) || (key0 === "clear"))){
 validate100.errors = [{instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
@@ -8666,18 +8619,24 @@ var valid0 = true;
 }
 if(valid0){
 const _errs5 = errors;
-if(typeof data.complete !== "boolean"){
-validate100.errors = [{instancePath:instancePath+"/complete",schemaPath:"#/properties/complete/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+if(typeof data.fresh !== "boolean"){
+validate100.errors = [{instancePath:instancePath+"/fresh",schemaPath:"#/properties/fresh/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs5 === errors;
 if(valid0){
+let data2 = data.on_divergence;
 const _errs7 = errors;
-if(typeof data.clear !== "boolean"){
-validate100.errors = [{instancePath:instancePath+"/clear",schemaPath:"#/properties/clear/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+if(typeof data2 !== "string"){
+validate100.errors = [{instancePath:instancePath+"/on_divergence",schemaPath:"#/properties/on_divergence/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+if(!((data2 === "error") || (data2 === "truncate"))){
+validate100.errors = [{instancePath:instancePath+"/on_divergence",schemaPath:"#/properties/on_divergence/enum",keyword:"enum",params:{allowedValues: schema140.properties.on_divergence.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs7 === errors;
+}
 }
 }
 }
@@ -8692,8 +8651,8 @@ return errors === 0;
 }
 validate100.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const STEP_STATUS = validate101;
-const schema143 = {"type":"object","additionalProperties":false,"properties":{"key":{"type":"string","minLength":1,"maxLength":200,"description":"only this step (`@run` too)"},"agent_id":{"$ref":"clove#/$defs/AgentId","description":"operators only: that agent's journal (id wins over name)"},"name":{"$ref":"clove#/$defs/AgentName","description":"operators only: that agent's journal"}}};
+export const STEP_END = validate101;
+const schema142 = {"type":"object","additionalProperties":false,"properties":{"key":{"$ref":"clove#/$defs/StepKey","description":"the innermost open step's key (a check); default: the innermost open step"},"complete":{"type":"boolean","default":true,"description":"false: the step failed or was left off; its journal stays in progress and replays the next time it is opened"},"clear":{"type":"boolean","default":false,"description":"forget the step's journal (the next opening is `new`)"}}};
 
 function validate101(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8707,9 +8666,15 @@ evaluated0.items = undefined;
 }
 if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.complete === undefined){
+data.complete = true;
+}
+if(data.clear === undefined){
+data.clear = false;
+}
 const _errs1 = errors;
 for(const key0 in data){
-if(!(((key0 === "key") || (key0 === "agent_id")) || (key0 === "name"))){
+if(!(((key0 === "key") || (key0 === "complete")) || (key0 === "clear"))){
 validate101.errors = [{instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
@@ -8719,21 +8684,28 @@ if(_errs1 === errors){
 if(data.key !== undefined){
 let data0 = data.key;
 const _errs2 = errors;
-if(errors === _errs2){
+const _errs3 = errors;
+if(errors === _errs3){
 if(typeof data0 === "string"){
 if(func1(data0) > 200){
-validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"}];
+validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"}];
 return false;
 }
 else {
 if(func1(data0) < 1){
-validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+return false;
+}
+else {
+if(!pattern6.test(data0)){
+validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/pattern",keyword:"pattern",params:{pattern: "^[^@]"},message:"must match pattern \""+"^[^@]"+"\""}];
 return false;
 }
 }
 }
+}
 else {
-validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate101.errors = [{instancePath:instancePath+"/key",schemaPath:"clove#/$defs/StepKey/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 }
@@ -8743,55 +8715,19 @@ else {
 var valid0 = true;
 }
 if(valid0){
-if(data.agent_id !== undefined){
-let data1 = data.agent_id;
-const _errs4 = errors;
 const _errs5 = errors;
-if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate101.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+if(typeof data.complete !== "boolean"){
+validate101.errors = [{instancePath:instancePath+"/complete",schemaPath:"#/properties/complete/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
-if(errors === _errs5){
-if(typeof data1 == "number"){
-if(data1 > 4294967295 || isNaN(data1)){
-validate101.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
-return false;
-}
-else {
-if(data1 < 0 || isNaN(data1)){
-validate101.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
-}
-}
-var valid0 = _errs4 === errors;
-}
-else {
-var valid0 = true;
-}
+var valid0 = _errs5 === errors;
 if(valid0){
-if(data.name !== undefined){
-let data2 = data.name;
 const _errs7 = errors;
-const _errs8 = errors;
-if(errors === _errs8){
-if(typeof data2 === "string"){
-if(!pattern4.test(data2)){
-validate101.errors = [{instancePath:instancePath+"/name",schemaPath:"clove#/$defs/AgentName/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.:-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.:-]{1,64}$"+"\""}];
+if(typeof data.clear !== "boolean"){
+validate101.errors = [{instancePath:instancePath+"/clear",schemaPath:"#/properties/clear/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
-}
-}
-else {
-validate101.errors = [{instancePath:instancePath+"/name",schemaPath:"clove#/$defs/AgentName/type",keyword:"type",params:{type: "string"},message:"must be string"}];
-return false;
-}
 }
 var valid0 = _errs7 === errors;
-}
-else {
-var valid0 = true;
-}
 }
 }
 }
@@ -8806,8 +8742,8 @@ return errors === 0;
 }
 validate101.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const STEP_CLEAR = validate102;
-const schema146 = {"type":"object","additionalProperties":false,"properties":{"key":{"type":"string","minLength":1,"maxLength":200,"description":"this step only (`@run` too); default every step. A step open on a connection goes on there from an empty journal"},"agent_id":{"$ref":"clove#/$defs/AgentId","description":"operators only: that agent's journal (id wins over name)"},"name":{"$ref":"clove#/$defs/AgentName","description":"operators only: that agent's journal"}}};
+export const STEP_STATUS = validate102;
+const schema144 = {"type":"object","additionalProperties":false,"properties":{"key":{"type":"string","minLength":1,"maxLength":200,"description":"only this step (`@run` too)"},"agent_id":{"$ref":"clove#/$defs/AgentId","description":"operators only: that agent's journal (id wins over name)"},"name":{"$ref":"clove#/$defs/AgentName","description":"operators only: that agent's journal"}}};
 
 function validate102(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8920,8 +8856,8 @@ return errors === 0;
 }
 validate102.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const HEARTBEAT = validate103;
-const schema149 = {"type":"object"};
+export const STEP_CLEAR = validate103;
+const schema147 = {"type":"object","additionalProperties":false,"properties":{"key":{"type":"string","minLength":1,"maxLength":200,"description":"this step only (`@run` too); default every step. A step open on a connection goes on there from an empty journal"},"agent_id":{"$ref":"clove#/$defs/AgentId","description":"operators only: that agent's journal (id wins over name)"},"name":{"$ref":"clove#/$defs/AgentName","description":"operators only: that agent's journal"}}};
 
 function validate103(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8933,22 +8869,136 @@ evaluated0.props = undefined;
 if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
-if(!(data && typeof data == "object" && !Array.isArray(data))){
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+const _errs1 = errors;
+for(const key0 in data){
+if(!(((key0 === "key") || (key0 === "agent_id")) || (key0 === "name"))){
+validate103.errors = [{instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
+return false;
+break;
+}
+}
+if(_errs1 === errors){
+if(data.key !== undefined){
+let data0 = data.key;
+const _errs2 = errors;
+if(errors === _errs2){
+if(typeof data0 === "string"){
+if(func1(data0) > 200){
+validate103.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/maxLength",keyword:"maxLength",params:{limit: 200},message:"must NOT have more than 200 characters"}];
+return false;
+}
+else {
+if(func1(data0) < 1){
+validate103.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"}];
+return false;
+}
+}
+}
+else {
+validate103.errors = [{instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+}
+var valid0 = _errs2 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.agent_id !== undefined){
+let data1 = data.agent_id;
+const _errs4 = errors;
+const _errs5 = errors;
+if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
+validate103.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs5){
+if(typeof data1 == "number"){
+if(data1 > 4294967295 || isNaN(data1)){
+validate103.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+return false;
+}
+else {
+if(data1 < 0 || isNaN(data1)){
+validate103.errors = [{instancePath:instancePath+"/agent_id",schemaPath:"clove#/$defs/AgentId/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+return false;
+}
+}
+}
+}
+var valid0 = _errs4 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+if(data.name !== undefined){
+let data2 = data.name;
+const _errs7 = errors;
+const _errs8 = errors;
+if(errors === _errs8){
+if(typeof data2 === "string"){
+if(!pattern4.test(data2)){
+validate103.errors = [{instancePath:instancePath+"/name",schemaPath:"clove#/$defs/AgentName/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.:-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.:-]{1,64}$"+"\""}];
+return false;
+}
+}
+else {
+validate103.errors = [{instancePath:instancePath+"/name",schemaPath:"clove#/$defs/AgentName/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+return false;
+}
+}
+var valid0 = _errs7 === errors;
+}
+else {
+var valid0 = true;
+}
+}
+}
+}
+}
+else {
 validate103.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
+}
 }
 validate103.errors = vErrors;
 return errors === 0;
 }
-validate103.evaluated = {"dynamicProps":false,"dynamicItems":false};
+validate103.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const LLM_REPORT = validate104;
-const schema150 = {"type":"object","properties":{"tokens":{"type":"integer","minimum":0,"maximum":4294967295,"default":0},"success":{"type":"boolean","description":"ignored"}}};
+export const HEARTBEAT = validate104;
+const schema150 = {"type":"object"};
 
 function validate104(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate104.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(!(data && typeof data == "object" && !Array.isArray(data))){
+validate104.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+validate104.errors = vErrors;
+return errors === 0;
+}
+validate104.evaluated = {"dynamicProps":false,"dynamicItems":false};
+
+export const LLM_REPORT = validate105;
+const schema151 = {"type":"object","properties":{"tokens":{"type":"integer","minimum":0,"maximum":4294967295,"default":0},"success":{"type":"boolean","description":"ignored"}}};
+
+function validate105(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate105.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8963,18 +9013,18 @@ data.tokens = 0;
 let data0 = data.tokens;
 const _errs1 = errors;
 if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate104.errors = [{instancePath:instancePath+"/tokens",schemaPath:"#/properties/tokens/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate105.errors = [{instancePath:instancePath+"/tokens",schemaPath:"#/properties/tokens/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs1){
 if(typeof data0 == "number"){
 if(data0 > 4294967295 || isNaN(data0)){
-validate104.errors = [{instancePath:instancePath+"/tokens",schemaPath:"#/properties/tokens/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
+validate105.errors = [{instancePath:instancePath+"/tokens",schemaPath:"#/properties/tokens/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4294967295},message:"must be <= 4294967295"}];
 return false;
 }
 else {
 if(data0 < 0 || isNaN(data0)){
-validate104.errors = [{instancePath:instancePath+"/tokens",schemaPath:"#/properties/tokens/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate105.errors = [{instancePath:instancePath+"/tokens",schemaPath:"#/properties/tokens/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -8985,7 +9035,7 @@ if(valid0){
 if(data.success !== undefined){
 const _errs3 = errors;
 if(typeof data.success !== "boolean"){
-validate104.errors = [{instancePath:instancePath+"/success",schemaPath:"#/properties/success/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate105.errors = [{instancePath:instancePath+"/success",schemaPath:"#/properties/success/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs3 === errors;
@@ -8996,22 +9046,22 @@ var valid0 = true;
 }
 }
 else {
-validate104.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate105.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate104.errors = vErrors;
+validate105.errors = vErrors;
 return errors === 0;
 }
-validate104.evaluated = {"props":{"tokens":true,"success":true},"dynamicProps":false,"dynamicItems":false};
+validate105.evaluated = {"props":{"tokens":true,"success":true},"dynamicProps":false,"dynamicItems":false};
 
-export const THINK_STREAM = validate105;
-const schema151 = {"$ref":"clove#/$defs/ThinkParams"};
+export const THINK_STREAM = validate106;
+const schema152 = {"$ref":"clove#/$defs/ThinkParams"};
 
-function validate106(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate107(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate106.evaluated;
+const evaluated0 = validate107.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9026,7 +9076,7 @@ data.async = false;
 if(data.prompt !== undefined){
 const _errs1 = errors;
 if(typeof data.prompt !== "string"){
-validate106.errors = [{instancePath:instancePath+"/prompt",schemaPath:"#/properties/prompt/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/prompt",schemaPath:"#/properties/prompt/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs1 === errors;
@@ -9042,14 +9092,14 @@ if(errors === _errs3){
 if(data1 && typeof data1 == "object" && !Array.isArray(data1)){
 let missing0;
 if((data1.data === undefined) && (missing0 = "data")){
-validate106.errors = [{instancePath:instancePath+"/image",schemaPath:"#/properties/image/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+validate107.errors = [{instancePath:instancePath+"/image",schemaPath:"#/properties/image/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
 return false;
 }
 else {
 if(data1.data !== undefined){
 const _errs5 = errors;
 if(typeof data1.data !== "string"){
-validate106.errors = [{instancePath:instancePath+"/image/data",schemaPath:"#/properties/image/properties/data/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/image/data",schemaPath:"#/properties/image/properties/data/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid1 = _errs5 === errors;
@@ -9061,7 +9111,7 @@ if(valid1){
 if(data1.mime_type !== undefined){
 const _errs7 = errors;
 if(typeof data1.mime_type !== "string"){
-validate106.errors = [{instancePath:instancePath+"/image/mime_type",schemaPath:"#/properties/image/properties/mime_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/image/mime_type",schemaPath:"#/properties/image/properties/mime_type/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid1 = _errs7 === errors;
@@ -9073,7 +9123,7 @@ var valid1 = true;
 }
 }
 else {
-validate106.errors = [{instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate107.errors = [{instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -9086,7 +9136,7 @@ if(valid0){
 if(data.system_instruction !== undefined){
 const _errs9 = errors;
 if(typeof data.system_instruction !== "string"){
-validate106.errors = [{instancePath:instancePath+"/system_instruction",schemaPath:"#/properties/system_instruction/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/system_instruction",schemaPath:"#/properties/system_instruction/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs9 === errors;
@@ -9099,11 +9149,11 @@ if(data.thinking_level !== undefined){
 let data5 = data.thinking_level;
 const _errs11 = errors;
 if(typeof data5 !== "string"){
-validate106.errors = [{instancePath:instancePath+"/thinking_level",schemaPath:"#/properties/thinking_level/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/thinking_level",schemaPath:"#/properties/thinking_level/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 if(!(((data5 === "LOW") || (data5 === "MEDIUM")) || (data5 === "HIGH"))){
-validate106.errors = [{instancePath:instancePath+"/thinking_level",schemaPath:"#/properties/thinking_level/enum",keyword:"enum",params:{allowedValues: schema33.properties.thinking_level.enum},message:"must be equal to one of the allowed values"}];
+validate107.errors = [{instancePath:instancePath+"/thinking_level",schemaPath:"#/properties/thinking_level/enum",keyword:"enum",params:{allowedValues: schema33.properties.thinking_level.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid0 = _errs11 === errors;
@@ -9118,18 +9168,18 @@ const _errs13 = errors;
 if(errors === _errs13){
 if(typeof data6 == "number"){
 if(data6 > 2 || isNaN(data6)){
-validate106.errors = [{instancePath:instancePath+"/temperature",schemaPath:"#/properties/temperature/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2},message:"must be <= 2"}];
+validate107.errors = [{instancePath:instancePath+"/temperature",schemaPath:"#/properties/temperature/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2},message:"must be <= 2"}];
 return false;
 }
 else {
 if(data6 < 0 || isNaN(data6)){
-validate106.errors = [{instancePath:instancePath+"/temperature",schemaPath:"#/properties/temperature/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate107.errors = [{instancePath:instancePath+"/temperature",schemaPath:"#/properties/temperature/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
 }
 else {
-validate106.errors = [{instancePath:instancePath+"/temperature",schemaPath:"#/properties/temperature/type",keyword:"type",params:{type: "number"},message:"must be number"}];
+validate107.errors = [{instancePath:instancePath+"/temperature",schemaPath:"#/properties/temperature/type",keyword:"type",params:{type: "number"},message:"must be number"}];
 return false;
 }
 }
@@ -9143,13 +9193,13 @@ if(data.max_tokens !== undefined){
 let data7 = data.max_tokens;
 const _errs15 = errors;
 if(!((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7)))){
-validate106.errors = [{instancePath:instancePath+"/max_tokens",schemaPath:"#/properties/max_tokens/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate107.errors = [{instancePath:instancePath+"/max_tokens",schemaPath:"#/properties/max_tokens/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs15){
 if(typeof data7 == "number"){
 if(data7 < 0 || isNaN(data7)){
-validate106.errors = [{instancePath:instancePath+"/max_tokens",schemaPath:"#/properties/max_tokens/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate107.errors = [{instancePath:instancePath+"/max_tokens",schemaPath:"#/properties/max_tokens/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -9163,7 +9213,7 @@ if(valid0){
 if(data.model !== undefined){
 const _errs17 = errors;
 if(typeof data.model !== "string"){
-validate106.errors = [{instancePath:instancePath+"/model",schemaPath:"#/properties/model/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/model",schemaPath:"#/properties/model/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs17 === errors;
@@ -9178,7 +9228,7 @@ const _errs19 = errors;
 if(errors === _errs19){
 if(Array.isArray(data9)){
 if(data9.length > 128){
-validate106.errors = [{instancePath:instancePath+"/tools",schemaPath:"#/properties/tools/maxItems",keyword:"maxItems",params:{limit: 128},message:"must NOT have more than 128 items"}];
+validate107.errors = [{instancePath:instancePath+"/tools",schemaPath:"#/properties/tools/maxItems",keyword:"maxItems",params:{limit: 128},message:"must NOT have more than 128 items"}];
 return false;
 }
 else {
@@ -9191,7 +9241,7 @@ if(errors === _errs21){
 if(data10 && typeof data10 == "object" && !Array.isArray(data10)){
 }
 else {
-validate106.errors = [{instancePath:instancePath+"/tools/" + i0,schemaPath:"#/properties/tools/items/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate107.errors = [{instancePath:instancePath+"/tools/" + i0,schemaPath:"#/properties/tools/items/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
@@ -9203,7 +9253,7 @@ break;
 }
 }
 else {
-validate106.errors = [{instancePath:instancePath+"/tools",schemaPath:"#/properties/tools/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate107.errors = [{instancePath:instancePath+"/tools",schemaPath:"#/properties/tools/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -9324,7 +9374,7 @@ else {
 vErrors.push(err7);
 }
 errors++;
-validate106.errors = vErrors;
+validate107.errors = vErrors;
 return false;
 }
 else {
@@ -9346,7 +9396,7 @@ var valid0 = true;
 if(valid0){
 const _errs33 = errors;
 if(typeof data.async !== "boolean"){
-validate106.errors = [{instancePath:instancePath+"/async",schemaPath:"#/properties/async/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate107.errors = [{instancePath:instancePath+"/async",schemaPath:"#/properties/async/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid0 = _errs33 === errors;
@@ -9355,13 +9405,13 @@ if(data.request_id !== undefined){
 let data14 = data.request_id;
 const _errs35 = errors;
 if(!((typeof data14 == "number") && (!(data14 % 1) && !isNaN(data14)))){
-validate106.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+validate107.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
 return false;
 }
 if(errors === _errs35){
 if(typeof data14 == "number"){
 if(data14 < 0 || isNaN(data14)){
-validate106.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+validate107.errors = [{instancePath:instancePath+"/request_id",schemaPath:"#/properties/request_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
 return false;
 }
 }
@@ -9378,7 +9428,7 @@ const _errs37 = errors;
 if(errors === _errs37){
 if(Array.isArray(data15)){
 if(data15.length > 4096){
-validate106.errors = [{instancePath:instancePath+"/messages",schemaPath:"#/properties/messages/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"}];
+validate107.errors = [{instancePath:instancePath+"/messages",schemaPath:"#/properties/messages/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"}];
 return false;
 }
 else {
@@ -9398,7 +9448,7 @@ break;
 }
 }
 else {
-validate106.errors = [{instancePath:instancePath+"/messages",schemaPath:"#/properties/messages/type",keyword:"type",params:{type: "array"},message:"must be array"}];
+validate107.errors = [{instancePath:instancePath+"/messages",schemaPath:"#/properties/messages/type",keyword:"type",params:{type: "array"},message:"must be array"}];
 return false;
 }
 }
@@ -9411,7 +9461,7 @@ if(valid0){
 if(data.provider !== undefined){
 const _errs40 = errors;
 if(typeof data.provider !== "string"){
-validate106.errors = [{instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"}];
+validate107.errors = [{instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"}];
 return false;
 }
 var valid0 = _errs40 === errors;
@@ -9433,116 +9483,37 @@ var valid0 = true;
 }
 }
 else {
-validate106.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate107.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
+}
+validate107.errors = vErrors;
+return errors === 0;
+}
+validate107.evaluated = {"props":{"prompt":true,"image":true,"system_instruction":true,"thinking_level":true,"temperature":true,"max_tokens":true,"model":true,"tools":true,"tool_choice":true,"async":true,"request_id":true,"messages":true,"provider":true},"dynamicProps":false,"dynamicItems":false};
+
+
+function validate106(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate106.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(!(validate107(data, {instancePath,parentData,parentDataProperty,rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate107.errors : vErrors.concat(validate107.errors);
+errors = vErrors.length;
 }
 validate106.errors = vErrors;
 return errors === 0;
 }
 validate106.evaluated = {"props":{"prompt":true,"image":true,"system_instruction":true,"thinking_level":true,"temperature":true,"max_tokens":true,"model":true,"tools":true,"tool_choice":true,"async":true,"request_id":true,"messages":true,"provider":true},"dynamicProps":false,"dynamicItems":false};
 
-
-function validate105(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate105.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(!(validate106(data, {instancePath,parentData,parentDataProperty,rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate106.errors : vErrors.concat(validate106.errors);
-errors = vErrors.length;
-}
-validate105.errors = vErrors;
-return errors === 0;
-}
-validate105.evaluated = {"props":{"prompt":true,"image":true,"system_instruction":true,"thinking_level":true,"temperature":true,"max_tokens":true,"model":true,"tools":true,"tool_choice":true,"async":true,"request_id":true,"messages":true,"provider":true},"dynamicProps":false,"dynamicItems":false};
-
-export const THINK_STREAM_NEXT = validate109;
-const schema153 = {"type":"object","required":["stream_id"],"properties":{"stream_id":{"type":"integer","minimum":1,"description":"what THINK_STREAM replied"},"wait_ms":{"type":"integer","minimum":0,"maximum":3600000,"default":30000,"description":"how long to wait in the kernel for a piece when none is buffered (0: answer at once; a wait over 60000 is cut to 60000)"}}};
-
-function validate109(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
-let vErrors = null;
-let errors = 0;
-const evaluated0 = validate109.evaluated;
-if(evaluated0.dynamicProps){
-evaluated0.props = undefined;
-}
-if(evaluated0.dynamicItems){
-evaluated0.items = undefined;
-}
-if(errors === 0){
-if(data && typeof data == "object" && !Array.isArray(data)){
-if(data.wait_ms === undefined){
-data.wait_ms = 30000;
-}
-let missing0;
-if((data.stream_id === undefined) && (missing0 = "stream_id")){
-validate109.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
-return false;
-}
-else {
-if(data.stream_id !== undefined){
-let data0 = data.stream_id;
-const _errs1 = errors;
-if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
-validate109.errors = [{instancePath:instancePath+"/stream_id",schemaPath:"#/properties/stream_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs1){
-if(typeof data0 == "number"){
-if(data0 < 1 || isNaN(data0)){
-validate109.errors = [{instancePath:instancePath+"/stream_id",schemaPath:"#/properties/stream_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
-return false;
-}
-}
-}
-var valid0 = _errs1 === errors;
-}
-else {
-var valid0 = true;
-}
-if(valid0){
-let data1 = data.wait_ms;
-const _errs3 = errors;
-if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
-validate109.errors = [{instancePath:instancePath+"/wait_ms",schemaPath:"#/properties/wait_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
-return false;
-}
-if(errors === _errs3){
-if(typeof data1 == "number"){
-if(data1 > 3600000 || isNaN(data1)){
-validate109.errors = [{instancePath:instancePath+"/wait_ms",schemaPath:"#/properties/wait_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 3600000},message:"must be <= 3600000"}];
-return false;
-}
-else {
-if(data1 < 0 || isNaN(data1)){
-validate109.errors = [{instancePath:instancePath+"/wait_ms",schemaPath:"#/properties/wait_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
-return false;
-}
-}
-}
-}
-var valid0 = _errs3 === errors;
-}
-}
-}
-else {
-validate109.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
-return false;
-}
-}
-validate109.errors = vErrors;
-return errors === 0;
-}
-validate109.evaluated = {"props":{"stream_id":true,"wait_ms":true},"dynamicProps":false,"dynamicItems":false};
-
-export const THINK_STREAM_CANCEL = validate110;
-const schema154 = {"type":"object","required":["stream_id"],"properties":{"stream_id":{"type":"integer","minimum":1,"description":"what THINK_STREAM replied"}}};
+export const THINK_STREAM_NEXT = validate110;
+const schema154 = {"type":"object","required":["stream_id"],"properties":{"stream_id":{"type":"integer","minimum":1,"description":"what THINK_STREAM replied"},"wait_ms":{"type":"integer","minimum":0,"maximum":3600000,"default":30000,"description":"how long to wait in the kernel for a piece when none is buffered (0: answer at once; a wait over 60000 is cut to 60000)"}}};
 
 function validate110(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -9556,6 +9527,9 @@ evaluated0.items = undefined;
 }
 if(errors === 0){
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.wait_ms === undefined){
+data.wait_ms = 30000;
+}
 let missing0;
 if((data.stream_id === undefined) && (missing0 = "stream_id")){
 validate110.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
@@ -9577,6 +9551,33 @@ return false;
 }
 }
 }
+var valid0 = _errs1 === errors;
+}
+else {
+var valid0 = true;
+}
+if(valid0){
+let data1 = data.wait_ms;
+const _errs3 = errors;
+if(!((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1)))){
+validate110.errors = [{instancePath:instancePath+"/wait_ms",schemaPath:"#/properties/wait_ms/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs3){
+if(typeof data1 == "number"){
+if(data1 > 3600000 || isNaN(data1)){
+validate110.errors = [{instancePath:instancePath+"/wait_ms",schemaPath:"#/properties/wait_ms/maximum",keyword:"maximum",params:{comparison: "<=", limit: 3600000},message:"must be <= 3600000"}];
+return false;
+}
+else {
+if(data1 < 0 || isNaN(data1)){
+validate110.errors = [{instancePath:instancePath+"/wait_ms",schemaPath:"#/properties/wait_ms/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"}];
+return false;
+}
+}
+}
+}
+var valid0 = _errs3 === errors;
 }
 }
 }
@@ -9588,15 +9589,64 @@ return false;
 validate110.errors = vErrors;
 return errors === 0;
 }
-validate110.evaluated = {"props":{"stream_id":true},"dynamicProps":false,"dynamicItems":false};
+validate110.evaluated = {"props":{"stream_id":true,"wait_ms":true},"dynamicProps":false,"dynamicItems":false};
 
-export const HELLO = validate111;
-const schema155 = {"type":"object","properties":{"push":{"type":"object","additionalProperties":false,"description":"ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.","properties":{"messages":{"type":"boolean","description":"push the caller's messages (taken from its mailbox as RECV takes them, without a lease)"},"events":{"type":"boolean","description":"push the events of the caller's subscriptions (SUBSCRIBE still chooses them)"},"batch":{"type":"boolean","description":"messages arrive several to a frame: one PUSH `{\"kind\": \"messages\", \"messages\": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message"},"format":{"enum":["json","binary"],"description":"how messages are pushed: `json` (the default) as PUSH (0x24) frames with RECV's fields; `binary` as PUSH_BINARY (0x26) frames, whose envelope is read without a JSON parse (one message to a frame, or several with `batch`). Events are pushed as PUSH frames either way"}}}}};
+export const THINK_STREAM_CANCEL = validate111;
+const schema155 = {"type":"object","required":["stream_id"],"properties":{"stream_id":{"type":"integer","minimum":1,"description":"what THINK_STREAM replied"}}};
 
 function validate111(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate111.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(errors === 0){
+if(data && typeof data == "object" && !Array.isArray(data)){
+let missing0;
+if((data.stream_id === undefined) && (missing0 = "stream_id")){
+validate111.errors = [{instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: missing0},message:"must have required property '"+missing0+"'"}];
+return false;
+}
+else {
+if(data.stream_id !== undefined){
+let data0 = data.stream_id;
+const _errs1 = errors;
+if(!((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0)))){
+validate111.errors = [{instancePath:instancePath+"/stream_id",schemaPath:"#/properties/stream_id/type",keyword:"type",params:{type: "integer"},message:"must be integer"}];
+return false;
+}
+if(errors === _errs1){
+if(typeof data0 == "number"){
+if(data0 < 1 || isNaN(data0)){
+validate111.errors = [{instancePath:instancePath+"/stream_id",schemaPath:"#/properties/stream_id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"}];
+return false;
+}
+}
+}
+}
+}
+}
+else {
+validate111.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+return false;
+}
+}
+validate111.errors = vErrors;
+return errors === 0;
+}
+validate111.evaluated = {"props":{"stream_id":true},"dynamicProps":false,"dynamicItems":false};
+
+export const HELLO = validate112;
+const schema156 = {"type":"object","properties":{"push":{"type":"object","additionalProperties":false,"description":"ext: opt in to push delivery on this connection: the kernel then sends PUSH (0x24) frames, unasked, for each message (`messages`) and each event of the caller's subscriptions (`events`) as they arrive, taking them like RECV / POLL_EVENTS do. Absent: push stays as it was (off on a new connection); `{}` turns it off.","properties":{"messages":{"type":"boolean","description":"push the caller's messages (taken from its mailbox as RECV takes them, without a lease)"},"events":{"type":"boolean","description":"push the events of the caller's subscriptions (SUBSCRIBE still chooses them)"},"batch":{"type":"boolean","description":"messages arrive several to a frame: one PUSH `{\"kind\": \"messages\", \"messages\": [...]}` carries what the mailbox held (RECV's items, up to the reply byte limit) instead of one frame per message"},"format":{"enum":["json","binary"],"description":"how messages are pushed: `json` (the default) as PUSH (0x24) frames with RECV's fields; `binary` as PUSH_BINARY (0x26) frames, whose envelope is read without a JSON parse (one message to a frame, or several with `batch`). Events are pushed as PUSH frames either way"}}}}};
+
+function validate112(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate112.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9613,7 +9663,7 @@ if(data0 && typeof data0 == "object" && !Array.isArray(data0)){
 const _errs3 = errors;
 for(const key0 in data0){
 if(!((((key0 === "messages") || (key0 === "events")) || (key0 === "batch")) || (key0 === "format"))){
-validate111.errors = [{instancePath:instancePath+"/push",schemaPath:"#/properties/push/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
+validate112.errors = [{instancePath:instancePath+"/push",schemaPath:"#/properties/push/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"}];
 return false;
 break;
 }
@@ -9622,7 +9672,7 @@ if(_errs3 === errors){
 if(data0.messages !== undefined){
 const _errs4 = errors;
 if(typeof data0.messages !== "boolean"){
-validate111.errors = [{instancePath:instancePath+"/push/messages",schemaPath:"#/properties/push/properties/messages/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate112.errors = [{instancePath:instancePath+"/push/messages",schemaPath:"#/properties/push/properties/messages/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid1 = _errs4 === errors;
@@ -9634,7 +9684,7 @@ if(valid1){
 if(data0.events !== undefined){
 const _errs6 = errors;
 if(typeof data0.events !== "boolean"){
-validate111.errors = [{instancePath:instancePath+"/push/events",schemaPath:"#/properties/push/properties/events/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate112.errors = [{instancePath:instancePath+"/push/events",schemaPath:"#/properties/push/properties/events/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid1 = _errs6 === errors;
@@ -9646,7 +9696,7 @@ if(valid1){
 if(data0.batch !== undefined){
 const _errs8 = errors;
 if(typeof data0.batch !== "boolean"){
-validate111.errors = [{instancePath:instancePath+"/push/batch",schemaPath:"#/properties/push/properties/batch/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
+validate112.errors = [{instancePath:instancePath+"/push/batch",schemaPath:"#/properties/push/properties/batch/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"}];
 return false;
 }
 var valid1 = _errs8 === errors;
@@ -9659,7 +9709,7 @@ if(data0.format !== undefined){
 let data4 = data0.format;
 const _errs10 = errors;
 if(!((data4 === "json") || (data4 === "binary"))){
-validate111.errors = [{instancePath:instancePath+"/push/format",schemaPath:"#/properties/push/properties/format/enum",keyword:"enum",params:{allowedValues: schema155.properties.push.properties.format.enum},message:"must be equal to one of the allowed values"}];
+validate112.errors = [{instancePath:instancePath+"/push/format",schemaPath:"#/properties/push/properties/format/enum",keyword:"enum",params:{allowedValues: schema156.properties.push.properties.format.enum},message:"must be equal to one of the allowed values"}];
 return false;
 }
 var valid1 = _errs10 === errors;
@@ -9673,19 +9723,19 @@ var valid1 = true;
 }
 }
 else {
-validate111.errors = [{instancePath:instancePath+"/push",schemaPath:"#/properties/push/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate112.errors = [{instancePath:instancePath+"/push",schemaPath:"#/properties/push/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
 }
 }
 else {
-validate111.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
+validate112.errors = [{instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"}];
 return false;
 }
 }
-validate111.errors = vErrors;
+validate112.errors = vErrors;
 return errors === 0;
 }
-validate111.evaluated = {"props":{"push":true},"dynamicProps":false,"dynamicItems":false};
+validate112.evaluated = {"props":{"push":true},"dynamicProps":false,"dynamicItems":false};
 

@@ -148,8 +148,9 @@ function serveStdin(link: Link): void {
  * MSG_MODE `send` (default): sent by name with one SEND each, taken with a blocking RECV `max` 1000 in
  * batches; SENDs are pipelined ahead of the blocking RECV on the one connection (replies come back in order).
  * MSG_MODE `batch`: what a client built for rate does: the bodies queued in one turn leave in one
- * SEND_BATCH (answered only for refused items), and messages arrive pushed (HELLO push; the consumer
- * takes them with `client.messageBatches()`, the producer with `client.messages()`), no RECV at all.
+ * SEND_BATCH, not answered (`results: "none"`: a refusal would come as a SEND_REFUSED; MSG_ACKED asks
+ * for a reply to each, `results: "refused"`, a diagnostic), and messages arrive pushed (HELLO push; the
+ * consumer takes them with `client.messageBatches()`, the producer with `client.messages()`), no RECV at all.
  * MSG_MODE `raw`: `batch` without the SDK (cloveRawPeer), a diagnostic.
  */
 async function clovePeer(): Promise<void> {
@@ -237,14 +238,21 @@ async function clovePushPeer(
     if (text !== lastText) [lastText, lastEncoded] = [text, new EncodedMessage(text)];
     return lastEncoded;
   };
-  // One SEND_BATCH per flush, split by nextBatch.
+  // One SEND_BATCH per flush, split by nextBatch. Not answered (`results: "none"`, as a NATS publish): only
+  // a refusal would come back, as a SEND_REFUSED.
+  c.onRefused((r) => {
+    console.error(`SEND_BATCH to ${peerName} refused: ${JSON.stringify(r)}`);
+    process.exit(1);
+  });
   const flush = (): void => {
     while (out.length > 0) {
       const items = nextBatch(out, (m) => m.byteLength).map((message) => ({ to_name: peerName, message }));
-      // Only refusals come back (`results: "refused"`), not one result per message.
-      void c.sendBatch(items, { results: 'refused' }).then((r) => {
-        if (r.failed_count > 0) throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results[0])}`);
-      });
+      if (!env.MSG_ACKED) void c.sendBatch(items, { results: 'none' });
+      else
+        void c.sendBatch(items, { results: 'refused' }).then((r) => {
+          if (r.failed_count > 0)
+            throw new Error(`SEND_BATCH to ${peerName}: ${JSON.stringify(r.results[0])}`);
+        });
     }
   };
   // A consumer sends each ack and pong at once (one item); a producer's bodies leave per window batch.
@@ -297,7 +305,7 @@ async function cloveRawPeer(
       const items = nextBatch(queued, (m) => m.length)
         .map((m) => `{"to_name":"${peerName}","message":"${m}"}`)
         .join(',');
-      s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"refused"}`));
+      s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"none"}`));
     }
   };
   s.on('close', () => {
@@ -314,11 +322,9 @@ async function cloveRawPeer(
     if (error) throw error;
     for (const f of frames) {
       if (f.opcode !== Op.PUSH_BINARY) {
+        // SEND_BATCH is not answered: a SEND_REFUSED is a refusal; other replies answer the SENDs to bench.
         const p = f.payload;
-        if (
-          p.includes('"success":false') ||
-          (p.includes('"failed_count":') && !p.includes('"failed_count":0,'))
-        )
+        if (f.opcode === Op.SEND_REFUSED || p.includes('"success":false'))
           throw new Error(`raw peer ${role} ${pair}: refused: ${p.toString()}`);
         continue;
       }

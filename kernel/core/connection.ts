@@ -15,6 +15,16 @@ import { writeScope } from './write-scope.js';
 
 export type Reply = Buffer | string | object;
 
+/**
+ * The answer to a request the client asked not to be answered when it succeeds (SEND_BATCH `results:
+ * "none"`): no frame at all (`frame` null), or a frame of its own opcode (SEND_REFUSED) in place of the
+ * reply. Only a connection's requests get one (Dispatcher.dispatch with a call site that `answersQuietly`);
+ * the reply itself still reaches the observers and the audit as any other.
+ */
+export class QuietAnswer {
+  constructor(readonly frame: { opcode: number; payload: Reply } | null) {}
+}
+
 /** Where a push loop writes (a connection that opted in with HELLO `push`). */
 export interface PushPort {
   /** Aborted when the connection closes. */
@@ -71,6 +81,8 @@ export class Connection {
   private probeTimer: NodeJS.Timeout | null = null;
   /** Bytes of replies written under the current pump's cork (-1: not corked). */
   private corked = -1;
+  /** Its requests may be answered by a QuietAnswer (SEND_BATCH `results: "none"`), a stand-in's never. */
+  readonly answersQuietly = true;
 
   constructor(
     readonly socket: ConnStream,
@@ -235,10 +247,21 @@ export class Connection {
 
   send(opcode: number, reply: Reply): void {
     if (this.closing || this.socket.destroyed) return;
-    const frame = encodeFrame(this.principal.id, opcode, reply);
     // On the fast path the reactor holds a connection's later fast calls until their forwarded
     // predecessors are answered: it is told that this frame answers one (a PUSH frame answers none).
     this.socket.answers?.(1);
+    if (reply instanceof QuietAnswer) {
+      if (!reply.frame) {
+        // Nothing to write, but the reactor must hear of the answer: outside a pump's cork, now.
+        if (this.corked < 0) {
+          this.socket.cork();
+          this.socket.uncork();
+        }
+        return;
+      }
+      [opcode, reply] = [reply.frame.opcode, reply.frame.payload];
+    }
+    const frame = encodeFrame(this.principal.id, opcode, reply);
     this.socket.write(frame);
     // A long batch leaves in CORK_FLUSH_BYTES writes: the peer starts reading before the batch ends.
     if (this.corked >= 0 && (this.corked += frame.length) >= CORK_FLUSH_BYTES) {

@@ -95,6 +95,8 @@ export interface SyscallContext {
   onClose(fn: () => void): void;
   /** The caller's connection as a target of unsolicited PUSH frames (absent for calls without a socket). */
   readonly push?: PushPort;
+  /** The request's payload as it came (the ipc family reads each message's text from it). */
+  readonly payload?: Buffer;
 }
 
 export type RawReply = Buffer | string;

@@ -6,7 +6,7 @@
  */
 import { Op, opInfo, opName, type Frame, type OpName } from '../../protocol/index.js';
 import { preset } from '../perms/permissions.js';
-import type { Connection, PushPort, Reply } from './connection.js';
+import { QuietAnswer, type Connection, type PushPort, type Reply } from './connection.js';
 import type {
   Caller,
   FamilyFactory,
@@ -44,7 +44,21 @@ export const localRouter: Router = { route: () => 'local' };
 type CallSite = Pick<Connection, 'principal' | 'transport'> & {
   abort: { readonly signal: AbortSignal };
   push?: PushPort;
+  /** A connection: a request that asks for no reply on success gets a QuietAnswer (see `quietly`). */
+  answersQuietly?: boolean;
 };
+
+/**
+ * SEND_BATCH `results: "none"` (ipc.json): on success no frame at all, else one SEND_REFUSED frame with
+ * what the reply would have said and the batch's `ref`. Whatever refused it (the payload's shape, a right,
+ * a quota, the items), the answer is of this kind once the payload is an object that asks for it.
+ */
+function quietly(reply: Reply, ref: unknown): QuietAnswer {
+  const r = reply as { success?: unknown; failed_count?: unknown };
+  if (r.success === true && r.failed_count === 0) return new QuietAnswer(null);
+  const id = typeof ref === 'number' && Number.isSafeInteger(ref) && ref >= 0 ? ref : null;
+  return new QuietAnswer({ opcode: Op.SEND_REFUSED, payload: { ref: id, ...r } });
+}
 
 interface Entry {
   name: OpName;
@@ -140,31 +154,31 @@ export class Dispatcher {
     }
     const caller: Caller = { ...principal, perms: principals.rights(principal.id) ?? preset('minimal') };
     const started = process.hrtime.bigint();
+    // Set once the payload is read: the answer is then a QuietAnswer, the observers still see the reply.
+    let quiet: { ref: unknown } | undefined;
+    const answer = (reply: Reply): Reply => (quiet ? quietly(reply, quiet.ref) : reply);
     try {
       let req: unknown = frame.payload;
       if (!entry.raw) {
         checkDepth(frame.payload, this.services.kernel.maxDepth);
         const payload = parseObject(frame.payload);
+        if (conn.answersQuietly && entry.name === 'SEND_BATCH' && payload.results === 'none')
+          quiet = { ref: payload.ref };
         validateRequest(entry.name, payload);
         req = payload;
       }
       const routed = this.router.route(entry.name, req, caller);
-      const r = routed === 'local' ? this.run(entry, this.context(conn, caller), req) : routed;
+      const r = routed === 'local' ? this.run(entry, this.context(conn, caller, frame.payload), req) : routed;
       if (r instanceof Promise)
         return r.then(
-          (reply) => this.observed(entry.name, caller, req, reply, true, started),
+          (reply) => answer(this.observed(entry.name, caller, req, reply, true, started)),
           (e: unknown) =>
-            this.observed(entry.name, caller, req, this.fail(entry.name, caller, e), false, started),
+            answer(this.observed(entry.name, caller, req, this.fail(entry.name, caller, e), false, started)),
         );
-      return this.observed(entry.name, caller, req, r, true, started);
+      return answer(this.observed(entry.name, caller, req, r, true, started));
     } catch (e) {
-      return this.observed(
-        entry.name,
-        caller,
-        frame.payload,
-        this.fail(entry.name, caller, e),
-        false,
-        started,
+      return answer(
+        this.observed(entry.name, caller, frame.payload, this.fail(entry.name, caller, e), false, started),
       );
     }
   }
@@ -208,12 +222,13 @@ export class Dispatcher {
     return reply;
   }
 
-  private context(conn: CallSite, caller: Caller): SyscallContext {
+  private context(conn: CallSite, caller: Caller, payload: Buffer): SyscallContext {
     const signal = conn.abort.signal;
     const liveness = this.liveness;
     return {
       caller,
       services: this.services,
+      payload,
       transport: { kind: conn.transport },
       signal,
       // Read only by HELLO: a connection that never pushes never makes its push port.

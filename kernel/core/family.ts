@@ -28,6 +28,7 @@ export { readOperatorJson } from './operator-file.js';
 /** Push delivery (HELLO `push`): what a connection is sent unasked (core family). */
 export { pushMode, setPush } from '../ipc/push.js';
 export { messageFields, reachableState } from '../ipc/mailboxes.js';
+export { messageTexts } from '../ipc/message-text.js';
 /** READ/WRITE mechanics: an agent's view of the file system, bounded reads, atomic writes (files family). */
 export * as files from '../sandbox/files.js';
 export { firstMatch, type GlobKind } from '../perms/globs.js';

@@ -94,6 +94,8 @@ export interface ClientOptions {
 
 /** Pushed items held for an iterator; past this many the connection stops being read until it takes some. */
 const PUSH_BUFFER = 4096;
+/** SEND_REFUSED frames kept while no onRefused handler is registered; older ones are dropped. */
+const REFUSALS_KEPT = 1024;
 
 /**
  * One kind of pushed item (messages or events): what arrived, in the chunks it arrived in (one PUSH frame
@@ -244,6 +246,12 @@ export class CloveClient {
   private readonly topics = new Set<string>();
   private readonly names = new Set<string>();
   private readonly reconnectHooks: (() => void)[] = [];
+  private readonly refusedHooks: ((refusal: T.SendRefused) => void)[] = [];
+  /** SEND_REFUSED frames that came while no handler was registered (see onRefused). */
+  private readonly refusedKept: T.SendRefused[] = [];
+  private refusedDropWarned = false;
+  /** The last `ref` given to a SEND_BATCH with `results: "none"` (numbered from 1 per client). */
+  private batchRefs = 0;
 
   constructor(options: ClientOptions = {}) {
     this.transport =
@@ -390,6 +398,10 @@ export class CloveClient {
           this.onPush(s, f.payload);
           continue;
         }
+        if (f.opcode === Op.SEND_REFUSED) {
+          this.onRefusal(s, f.payload);
+          continue;
+        }
         const p = this.pending.shift();
         if (!p) continue;
         clearTimeout(p.timer);
@@ -414,6 +426,18 @@ export class CloveClient {
     else if (kind === 'message') this.pushed.message.put([rest as T.PushedMessage]);
     else if (kind === 'event') this.pushed.event.put([rest as T.PushedEvent]);
     this.pauseIfFull(s);
+  }
+
+  /** A SEND_REFUSED (it answers no request): to the onRefused handlers. */
+  private onRefusal(s: Duplex, payload: Buffer): void {
+    let refusal: T.SendRefused;
+    try {
+      refusal = JSON.parse(payload.toString('utf8')) as T.SendRefused;
+    } catch {
+      this.drop(s, new ProtocolError('SEND_REFUSED frame from kernel is not JSON'));
+      return;
+    }
+    this.tellRefused(refusal);
   }
 
   /** Messages in the binary envelope (HELLO push.format "binary"): no JSON parsed until a message is read. */
@@ -555,18 +579,39 @@ export class CloveClient {
    * else once the connection opens.
    */
   private request(op: number, frame: Buffer): Promise<Buffer> {
-    if (!this.sock && this.steps.length) {
-      // The kernel closed the steps with the old connection: a call on a new one would run outside
-      // them, unjournaled. The step's code must stop here (run again, it replays).
-      const lost = this.steps.splice(0);
-      return Promise.reject(
-        new ConnectionClosedError(
-          `the connection to the kernel closed inside journaled step(s) ${lost.join(', ')}: calls on a new connection would not be journaled; leave the step and run it again (it replays)`,
-        ),
-      );
-    }
+    const lost = this.stepsLost();
+    if (lost) return Promise.reject(lost);
     if (this.sock && !this.closed) return this.enqueue(this.sock, op, frame);
     return this.ensure().then((s) => this.enqueue(s, op, frame));
+  }
+
+  /**
+   * The kernel closed the journaled steps with the old connection: a call on a new one would run outside
+   * them, unjournaled. The step's code must stop here (run again, it replays).
+   */
+  private stepsLost(): ConnectionClosedError | null {
+    if (this.sock || !this.steps.length) return null;
+    const lost = this.steps.splice(0);
+    return new ConnectionClosedError(
+      `the connection to the kernel closed inside journaled step(s) ${lost.join(', ')}: calls on a new connection would not be journaled; leave the step and run it again (it replays)`,
+    );
+  }
+
+  /**
+   * Writes a request that is not answered when it succeeds (SEND_BATCH `results: "none"`): nothing waits
+   * for a reply, and it is not kept to be sent again on a new connection. Resolves once written.
+   */
+  private post(frame: Buffer): Promise<void> {
+    const lost = this.stepsLost();
+    if (lost) return Promise.reject(lost);
+    if (this.sock && !this.closed) {
+      this.write(this.sock, frame);
+      return Promise.resolve();
+    }
+    return this.ensure().then((s) => {
+      if (this.sock !== s) throw new ConnectionClosedError('connection to the kernel closed');
+      this.write(s, frame);
+    });
   }
 
   /** Queues the reply's handler and writes the frame (in an outage: when the next connection opens). */
@@ -685,34 +730,59 @@ export class CloveClient {
    * SEND_BATCH: many messages in one request (1 to 4096). Items are independent: the reply's `results`
    * has, per item and in order, `{delivered_to}` or the `{error, code}` SEND would have given; only a
    * request of the wrong shape (no items, more than 4096) is thrown as a whole.
+   *
+   * `results: "refused"`: the reply lists only the refused items, with their `index`. `results: "none"`:
+   * no reply at all (the kernel does not wake this process to say all went well, as a NATS publish): the
+   * promise resolves with the batch's `ref` once the frame is written, and whatever the kernel refused of
+   * it (some items, or the whole request) reaches the `onRefused` handlers as a SEND_REFUSED with that
+   * `ref`. Such a batch is not sent again on a new connection (reconnect): written just before the
+   * connection dropped, it may or may not have been queued.
    */
   sendBatch(
     items: readonly T.BatchMessage[],
-    opts: { results?: 'all' | 'refused' } = {},
-  ): Promise<T.SendBatchReply> {
-    if (items.some((m) => m.message instanceof EncodedMessage)) return this.sendBatchEncoded(items, opts);
-    // The wire's item shape, built field by field (no spread copies: this runs per message at high rates).
-    const messages = new Array<Requests['SEND_BATCH']['messages'][number]>(items.length);
-    for (let i = 0; i < items.length; i++) {
-      const m = items[i];
-      const item: { to?: number; to_name?: string; message?: unknown } = {};
-      if (m.to !== undefined) item.to = m.to;
-      const name = m.toName ?? m.to_name;
-      if (name !== undefined) item.to_name = name;
-      if ('message' in m) item.message = m.message;
-      messages[i] = item as Requests['SEND_BATCH']['messages'][number];
+    opts?: { results?: 'all' | 'refused' },
+  ): Promise<T.SendBatchReply>;
+  sendBatch(items: readonly T.BatchMessage[], opts: { results: 'none' }): Promise<T.SendBatchSent>;
+  sendBatch(
+    items: readonly T.BatchMessage[],
+    opts: { results?: 'all' | 'refused' | 'none' } = {},
+  ): Promise<T.SendBatchReply | T.SendBatchSent> {
+    const ref = opts.results === 'none' ? ++this.batchRefs : undefined;
+    let frame: Buffer;
+    try {
+      if (items.some((m) => m.message instanceof EncodedMessage))
+        frame = this.batchFrameEncoded(items, opts.results, ref);
+      else {
+        // The wire's item shape, built field by field (no spread copies: this runs per message at high rates).
+        const messages = new Array<Requests['SEND_BATCH']['messages'][number]>(items.length);
+        for (let i = 0; i < items.length; i++) {
+          const m = items[i];
+          const item: { to?: number; to_name?: string; message?: unknown } = {};
+          if (m.to !== undefined) item.to = m.to;
+          const name = m.toName ?? m.to_name;
+          if (name !== undefined) item.to_name = name;
+          if ('message' in m) item.message = m.message;
+          messages[i] = item as Requests['SEND_BATCH']['messages'][number];
+        }
+        frame = encodeFrame(0, Op.SEND_BATCH, {
+          messages,
+          ...(opts.results ? { results: opts.results } : {}),
+          ...(ref !== undefined ? { ref } : {}),
+        });
+      }
+    } catch (e) {
+      return Promise.reject(e as Error);
     }
-    return this.syscall('SEND_BATCH', {
-      messages: messages as Requests['SEND_BATCH']['messages'],
-      ...(opts.results ? { results: opts.results } : {}),
-    });
+    if (ref === undefined) return this.callFrame(Op.SEND_BATCH, frame);
+    return this.post(frame).then(() => ({ ref }));
   }
 
-  /** SEND_BATCH with EncodedMessages: the request's JSON written around their bytes, the same wire shape. */
-  private sendBatchEncoded(
+  /** SEND_BATCH's frame with EncodedMessages: the request's JSON written around their bytes, the same wire shape. */
+  private batchFrameEncoded(
     items: readonly T.BatchMessage[],
-    opts: { results?: 'all' | 'refused' },
-  ): Promise<T.SendBatchReply> {
+    results: 'all' | 'refused' | 'none' | undefined,
+    ref: number | undefined,
+  ): Buffer {
     const parts: (string | Buffer)[] = ['{"messages":['];
     // Consecutive items to one target share their head, encoded once (a burst to one peer is the
     // common case): per item only its bytes and the closing brace are added.
@@ -740,9 +810,50 @@ export class CloveClient {
       else parts.push((withMessage ??= Buffer.from(`,${head}${head.length > 1 ? ',' : ''}"message":`)));
       parts.push(body, CLOSE_BRACE);
     }
-    parts.push(opts.results ? `],"results":${JSON.stringify(opts.results)}}` : ']}');
-    return this.callFrame(Op.SEND_BATCH, encodeFrameParts(0, Op.SEND_BATCH, parts));
+    parts.push(
+      `]${results ? `,"results":${JSON.stringify(results)}` : ''}${ref !== undefined ? `,"ref":${ref}` : ''}}`,
+    );
+    return encodeFrameParts(0, Op.SEND_BATCH, parts);
   }
+
+  /**
+   * Calls `cb` with each SEND_REFUSED: what the kernel refused of a `sendBatch(…, {results: "none"})`,
+   * with the `ref` that call resolved with. Refusals that came while no handler was registered are kept
+   * (the last REFUSALS_KEPT; a warning says when older ones are dropped) and handed to the first handler.
+   * Returns a function that removes the handler.
+   */
+  onRefused(cb: (refusal: T.SendRefused) => void): () => void {
+    this.refusedHooks.push(cb);
+    for (const r of this.refusedKept.splice(0)) this.tellRefused(r);
+    return () => {
+      const i = this.refusedHooks.indexOf(cb);
+      if (i >= 0) this.refusedHooks.splice(i, 1);
+    };
+  }
+
+  private tellRefused(refusal: T.SendRefused): void {
+    if (this.refusedHooks.length === 0) {
+      this.refusedKept.push(refusal);
+      if (this.refusedKept.length > REFUSALS_KEPT) {
+        this.refusedKept.shift();
+        if (!this.refusedDropWarned) {
+          this.refusedDropWarned = true;
+          process.emitWarning(
+            `more than ${REFUSALS_KEPT} SEND_REFUSED frames came with no onRefused handler: the oldest are dropped`,
+            'CloveSendRefused',
+          );
+        }
+      }
+      return;
+    }
+    for (const cb of [...this.refusedHooks])
+      try {
+        cb(refusal);
+      } catch {
+        /* a handler's failure is its own */
+      }
+  }
+
   /** Takes up to `max` messages; with `timeoutMs` the kernel holds the reply until one arrives. */
   recv(opts: { max?: number; timeoutMs?: number; lease?: boolean } = {}): Promise<T.RecvReply> {
     const wait = opts.timeoutMs !== undefined;

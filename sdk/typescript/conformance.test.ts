@@ -87,6 +87,22 @@ const OPS: Record<string, Call> = {
       throw new Error('pushed message without bytes: the kernel did not push the binary envelope');
     return { ...pushedFields(r.m), bytes: r.m.bytes.toString('utf8') };
   },
+  SEND_REFUSED: (c, a) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no SEND_REFUSED in time')), a.timeout_ms ?? 10_000);
+      let taken = false;
+      const r = c.onRefused((refusal) => {
+        if (taken) return;
+        taken = true;
+        clearTimeout(timer);
+        resolve(refusal);
+      }) as unknown;
+      if (r instanceof Promise) {
+        // The mapping check's recording stand-in.
+        clearTimeout(timer);
+        void r.then(resolve);
+      }
+    }),
   RECV: (c, a) => c.recv({ max: a.max, timeoutMs: a.timeout_ms }),
   BROADCAST: (c, a) => c.broadcast(a.message, a.include_self ?? false),
   REGISTER: (c, a) => c.register(a.name),

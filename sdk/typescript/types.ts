@@ -24,6 +24,7 @@ export type {
   RecvReply,
   Requests,
   SendBatchReply,
+  SendRefusedReply as SendRefused,
   Replies,
   Scope,
   SpawnReply,
@@ -34,6 +35,11 @@ export type {
   ThinkResult,
   ToolCall,
 } from '../../protocol/index.js';
+
+/** What `sendBatch(…, {results: "none"})` resolves with: the `ref` a SEND_REFUSED of that batch will carry. */
+export interface SendBatchSent {
+  ref: number;
+}
 
 /** An agent by id or by name. */
 export type Target = number | string;

@@ -10,6 +10,7 @@ import {
   errorReply,
   InvalidRequestError,
   messageFields,
+  messageTexts,
   reachableState,
   MailboxFullError,
   NameTakenError,
@@ -21,8 +22,12 @@ import {
   type Services,
 } from '../../core/family.js';
 
-/** A message as the JSON text it is queued as (absent: `{}`). */
-function encode(message: unknown): string {
+/**
+ * A message as the JSON text it is queued as: the sender's own text when the payload gave it (`text`,
+ * ipc/message-text.ts), else the parsed value's; absent: `{}`.
+ */
+function encode(message: unknown, text?: string): string {
+  if (text !== undefined) return text;
   return message === undefined ? '{}' : JSON.stringify(message);
 }
 
@@ -77,16 +82,16 @@ export default defineFamily(({ services }) => {
    * counts it; throws what SEND refuses with. SEND and every item of SEND_BATCH go through here, so the two
    * cannot differ in what they accept or in their error texts. A promise only for a remote target.
    */
-  function send(from: number, req: BatchItem): number | Promise<number> {
+  function send(from: number, req: BatchItem, text?: string): number | Promise<number> {
     const cluster = services.cluster;
     const to = target(req, cluster);
     if (typeof to !== 'number') {
-      return cluster!.send(to, from, encode(req.message)).then(() => {
+      return cluster!.send(to, from, encode(req.message, text)).then(() => {
         principals.stats(from).sent++;
         return to.id;
       });
     }
-    mail.deliver(to, from, mail.nameOf(from), encode(req.message));
+    mail.deliver(to, from, mail.nameOf(from), encode(req.message, text));
     principals.stats(from).sent++;
     return to;
   }
@@ -122,18 +127,22 @@ export default defineFamily(({ services }) => {
         services.agents.registered(caller, req.name);
         return { success: true, agent_id: caller.id, name: req.name };
       },
-      SEND: ({ caller }, req) => {
-        const to = send(caller.id, req);
+      SEND: ({ caller, payload }, req) => {
+        const to = send(caller.id, req, payload && messageTexts(payload, false)?.[0]);
         return typeof to === 'number'
           ? { success: true, delivered_to: to }
           : to.then((id) => ({ success: true as const, delivered_to: id }));
       },
-      SEND_BATCH: ({ caller }, req) => {
+      SEND_BATCH: ({ caller, payload }, req) => {
         const results: BatchResult[] = [];
+        // The senders' texts, one per item (or none: each item's value is encoded).
+        const found = payload && messageTexts(payload, true);
+        const texts = found?.length === req.messages.length ? found : undefined;
         let delivered = 0;
-        // `results: "refused"`: only what was refused, with its index (a sender at high rates reads back
-        // a few bytes instead of one result per message).
-        const all = req.results !== 'refused';
+        // `results: "refused"` (and `"none"`, whose refusals leave as SEND_REFUSED: core/dispatch.ts):
+        // only what was refused, with its index (a sender at high rates reads back a few bytes instead
+        // of one result per message).
+        const all = req.results === 'all';
         const reply = () => ({
           success: true as const,
           delivered_count: delivered,
@@ -155,7 +164,7 @@ export default defineFamily(({ services }) => {
         const run = async (from: number, first: Promise<number>): Promise<ReturnType<typeof reply>> => {
           for (let i = from; i < req.messages.length; i++) {
             try {
-              ok(i === from ? await first : await send(caller.id, req.messages[i]));
+              ok(i === from ? await first : await send(caller.id, req.messages[i], texts?.[i]));
             } catch (e) {
               no(i, e);
             }
@@ -164,7 +173,7 @@ export default defineFamily(({ services }) => {
         };
         for (let i = 0; i < req.messages.length; i++) {
           try {
-            const to = send(caller.id, req.messages[i]);
+            const to = send(caller.id, req.messages[i], texts?.[i]);
             if (typeof to !== 'number') return run(i, to);
             ok(to);
           } catch (e) {
@@ -206,8 +215,13 @@ export default defineFamily(({ services }) => {
           'PUSH_BINARY is sent by the kernel, never by a client: opt in to binary pushed messages with HELLO {"push": {"messages": true, "format": "binary"}}',
         );
       },
-      BROADCAST: ({ caller }, req) => {
-        const message = encode(req.message);
+      SEND_REFUSED: () => {
+        throw new InvalidRequestError(
+          'SEND_REFUSED is sent by the kernel, never by a client: it answers a SEND_BATCH with {"results": "none"} that had something refused',
+        );
+      },
+      BROADCAST: ({ caller, payload }, req) => {
+        const message = encode(req.message, payload && messageTexts(payload, false)?.[0]);
         const name = mail.nameOf(caller.id);
         let delivered = 0;
         let failed = 0;

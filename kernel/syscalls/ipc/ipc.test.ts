@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
-import { startKernel, type TestKernel } from '../../../harness/kernel.js';
+import { startKernel, until, type TestKernel } from '../../../harness/kernel.js';
 import { Op } from '../../../protocol/index.js';
 import { InvalidRequestError, type CloveClient } from '../../../sdk/typescript/client.js';
 
@@ -158,6 +158,33 @@ describe('SEND_BATCH', () => {
       event_type: 'QUOTA_EXCEEDED',
       details: { syscall: 'SEND_BATCH', item: 2, code: 'quota_exceeded', budget: 'outbox_bytes' },
     });
+    // `results: "none"`: the refusal comes as SEND_REFUSED (the first frame on the probe's fresh
+    // connection), and is audited as any other.
+    await op.send('batch-agent', {
+      cmd: 'raw',
+      op: Op.SEND_BATCH,
+      payload: { messages: [{ to: destId, message: 'y'.repeat(2000) }], results: 'none', ref: 9 },
+    });
+    const quiet = (await op.recv({ max: 1, timeoutMs: 10_000 })).messages[0].message as {
+      out: { reply: Record<string, unknown> };
+    };
+    expect(quiet.out.reply).toMatchObject({
+      ref: 9,
+      success: true,
+      delivered_count: 0,
+      failed_count: 1,
+      results: [{ index: 0, code: 'quota_exceeded' }],
+    });
+    await until(
+      async () => {
+        const l = await op.getAuditLog({ category: 'RESOURCE', limit: 100 });
+        return (l.entries as { agent_id: number; details: Record<string, unknown> }[]).some(
+          (e) => e.agent_id === agent.id && e.details.syscall === 'SEND_BATCH' && e.details.item === 0,
+        );
+      },
+      10_000,
+      "the quiet batch's refusal audited",
+    );
     await op.kill('batch-agent', { grace_ms: 0 });
   }, 60_000);
 

@@ -165,6 +165,12 @@ Verdict Serve(MailStore& store, const Call& call, std::string& out, ParkedRecv* 
 // Answers a parked RECV (after a MailListener wake-up, or at its deadline): true when the reply frame
 // was appended to `out` (messages arrived, or `timed_out`); false to keep waiting.
 bool Resume(MailStore& store, const ParkedRecv& park, bool timed_out, std::string& out);
+// Where each message's JSON text stands in a payload already checked by JavaScript's JSON.parse: SEND's
+// or BROADCAST's top-level "message" (`batch` false: one span) or each item's of SEND_BATCH's "messages"
+// (one span per item), as [start, end) byte pairs; [0, 0) for an absent message. The same bytes the
+// reactor queues for a call it serves (RawValue: trailing whitespace dropped), so that a call JavaScript
+// serves keeps the sender's text too. False for anything else (a duplicate key, another shape).
+bool MessageSpans(std::string_view payload, bool batch, std::vector<uint32_t>& spans);
 // How pushed messages are written (HELLO push.format): PUSH JSON, or PUSH_BINARY (protocol/push-binary.ts).
 enum class PushFormat : uint8_t { Json, Binary };
 

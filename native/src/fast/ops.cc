@@ -89,6 +89,9 @@ bool RawValue(od::value v, std::string_view& raw) {
   return !raw.empty();
 }
 
+// JavaScript's Number.MAX_SAFE_INTEGER: the contract's bound of an integer a client may send.
+constexpr uint64_t kMaxSafeInteger = (uint64_t{1} << 53) - 1;
+
 // One SEND (or SEND_BATCH item): where to, and the message's bytes.
 struct Target {
   uint64_t to = 0;
@@ -260,19 +263,27 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
   od::object obj;
   if (doc.get_object().get(obj)) return Verdict::ToJs;
   std::vector<Target> items;
-  bool seen = false, seen_results = false, all = true;
+  bool seen = false, seen_results = false, seen_ref = false, all = true, quiet = false;
   for (auto f : obj) {
     od::field field;
     if (std::move(f).get(field)) return Verdict::ToJs;
     std::string_view key;
     if (field.unescaped_key().get(key)) return Verdict::ToJs;
     if (key == "results") {
-      // "all" (the default) or "refused"; anything else is JavaScript's to refuse.
+      // "all" (the default), "refused" or "none"; anything else is JavaScript's to refuse.
       std::string_view v;
       if (seen_results || field.value().get_string().get(v)) return Verdict::ToJs;
-      if (v != "all" && v != "refused") return Verdict::ToJs;
+      if (v != "all" && v != "refused" && v != "none") return Verdict::ToJs;
       seen_results = true;
       all = v == "all";
+      quiet = v == "none";
+      continue;
+    }
+    if (key == "ref") {
+      // Only echoed in a SEND_REFUSED (JavaScript's): checked here as the contract checks it.
+      uint64_t ref;
+      if (seen_ref || field.value().get_uint64().get(ref) || ref > kMaxSafeInteger) return Verdict::ToJs;
+      seen_ref = true;
       continue;
     }
     if (key != "messages") continue;
@@ -298,6 +309,8 @@ Verdict ServeSendBatch(MailStore& store, const Call& call, od::document& doc, st
   }
   if (store.DeliverAll(call.caller, ds, true).why != Refusal::None) return Verdict::ToJs;
   store.Count(call.caller, 1, ds.size(), 0);
+  // "none": a batch whose every item was queued is not answered (a refusal is JavaScript's SEND_REFUSED).
+  if (quiet) return Verdict::Done;
   out.reserve(out.size() + kHeaderSize + 96 + (all ? ds.size() * 28 : 0));
   size_t at = BeginFrame(out, call.caller, call.opcode);
   out += "{\"success\":true,\"delivered_count\":";
@@ -418,6 +431,59 @@ Verdict Serve(MailStore& store, const Call& call, std::string& out, ParkedRecv* 
   } catch (...) {
     // Nothing was committed before a throw (commits are the last step): JavaScript serves it.
     return Verdict::ToJs;
+  }
+}
+
+// The "message" of one object (the last one would win in JSON.parse: a second one is refused), or absent.
+static bool SpanOfMessage(od::object obj, const char* base, std::vector<uint32_t>& spans) {
+  bool seen = false;
+  std::string_view raw;
+  for (auto f : obj) {
+    od::field field;
+    if (std::move(f).get(field)) return false;
+    std::string_view key;
+    if (field.unescaped_key().get(key)) return false;
+    if (key != "message") continue;
+    if (seen || !RawValue(field.value(), raw)) return false;
+    seen = true;
+  }
+  spans.push_back(seen ? static_cast<uint32_t>(raw.data() - base) : 0);
+  spans.push_back(seen ? static_cast<uint32_t>(raw.data() - base + raw.size()) : 0);
+  return true;
+}
+
+bool MessageSpans(std::string_view payload, bool batch, std::vector<uint32_t>& spans) {
+  if (payload.size() >= std::numeric_limits<uint32_t>::max()) return false;
+  try {
+    tl.padded.resize(payload.size() + simdjson::SIMDJSON_PADDING);
+    std::memcpy(tl.padded.data(), payload.data(), payload.size());
+    std::memset(tl.padded.data() + payload.size(), 0, simdjson::SIMDJSON_PADDING);
+    simdjson::padded_string_view json(tl.padded.data(), payload.size(), tl.padded.size());
+    od::document doc;
+    if (tl.ondemand.iterate(json).get(doc)) return false;
+    od::object obj;
+    if (doc.get_object().get(obj)) return false;
+    const char* base = tl.padded.data();
+    if (!batch) return SpanOfMessage(obj, base, spans);
+    bool seen = false;
+    for (auto f : obj) {
+      od::field field;
+      if (std::move(f).get(field)) return false;
+      std::string_view key;
+      if (field.unescaped_key().get(key)) return false;
+      if (key != "messages") continue;
+      if (seen) return false;
+      seen = true;
+      od::array arr;
+      if (field.value().get_array().get(arr)) return false;
+      for (auto e : arr) {
+        od::object item;
+        if (e.get_object().get(item) || !SpanOfMessage(item, base, spans)) return false;
+      }
+    }
+    return seen;
+  } catch (...) {
+    return false;
   }
 }
 

@@ -338,10 +338,27 @@ std::shared_ptr<MailStore> UnwrapMailStore(const Napi::Value& v) {
 }  // namespace clove::fast
 
 namespace clove {
+namespace {
+// messageSpans(payload, batch): fast::MessageSpans for JavaScript, a Uint32Array of pairs, or null.
+Napi::Value MessageSpansJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsBoolean())
+    throw Napi::TypeError::New(env, "messageSpans(payload: Buffer, batch: boolean)");
+  auto buf = info[0].As<Napi::Buffer<char>>();
+  std::vector<uint32_t> spans;
+  if (!fast::MessageSpans(std::string_view(buf.Data(), buf.Length()), info[1].As<Napi::Boolean>().Value(), spans))
+    return env.Null();
+  Napi::Uint32Array out = Napi::Uint32Array::New(env, spans.size());
+  std::copy(spans.begin(), spans.end(), out.Data());
+  return out;
+}
+}  // namespace
+
 void InitMailStore(Napi::Env env, Napi::Object exports) {
   using fast::JsMailStore;
   Napi::Function f = JsMailStore::Define(env);
   JsMailStore::ctor = Napi::Persistent(f);
   exports.Set("MailStore", f);
+  exports.Set("messageSpans", Napi::Function::New(env, MessageSpansJs));
 }
 }  // namespace clove

@@ -84,6 +84,8 @@ _RECV_CHUNK = 65536
 _WAIT_STEP_S = 30.0
 # pushed items held for messages()/events(); past this the reader thread stops reading until some are taken
 _PUSH_BUFFER = 4096
+# SEND_REFUSED frames kept while no on_refused() callback is registered; older ones are dropped
+_REFUSALS_KEPT = 1024
 
 
 def default_socket_path() -> str:
@@ -193,6 +195,30 @@ def _item_json(item: Mapping[str, Any], heads: dict[tuple[Any, Any], str] | None
     return head + msg._json + "}"
 
 
+def _refusal(frame: Frame) -> dict:
+    """A SEND_REFUSED frame's payload; one that is not a JSON object breaks the stream (BadPushError)."""
+    try:
+        refusal = frame.json()
+    except ValueError as e:
+        raise BadPushError("not_json", "SEND_REFUSED frame from the kernel is not JSON", opcode=frame.opcode) from e
+    if not isinstance(refusal, dict):
+        raise BadPushError("not_json", "SEND_REFUSED frame from the kernel is not a JSON object", opcode=frame.opcode)
+    return refusal
+
+
+# A callback's failure is its own: raised out of the read that delivered the refusal, it would end the
+# reader thread, or leave the reply that read had routed to be taken by the next call; it is reported
+# instead, as a warning.
+def _call_refused(fn: Callable[[dict], Any], refusal: dict) -> None:
+    """``fn(refusal)``, an exception it raises turned into a RuntimeWarning."""
+    try:
+        fn(refusal)
+    except Exception as e:  # noqa: BLE001 - reported, see above
+        import warnings
+
+        warnings.warn(f"on_refused callback {fn!r} raised {e!r}", RuntimeWarning, stacklevel=2)
+
+
 class CloveClient:
     """A connection to the Clove kernel.
 
@@ -264,6 +290,14 @@ class CloveClient:
         self._reader_error: Exception | None = None
         # keys of the journaled steps open on the current connection, innermost last (docs/durable.md)
         self._steps: list[str] = []
+        # SEND_REFUSED (send_batch results="none"): the callbacks, what came while there was none (the
+        # last _REFUSALS_KEPT), and the lock that keeps refusals in order from frame to callback
+        self._refused_fns: list[Callable[[dict], Any]] = []
+        self._refusals: deque[dict] = deque()
+        self._refusals_dropped = False
+        self._refusal_lock = threading.RLock()
+        # the last ``ref`` given to a send_batch(results="none"), numbered from 1 per client
+        self._batch_refs = 0
 
     # ------------------------------------------------------------------ connection
 
@@ -319,12 +353,12 @@ class CloveClient:
             self._restoring = True
             try:
                 if self._push_mode["messages"] or self._push_mode["events"]:
-                    # a new connection pushes nothing until asked: ask again, then read again if a callback wants it
+                    # a new connection pushes nothing until asked: ask again
                     self._hello_push(None)
-                    if self._callbacks:
-                        self._start_reader()
                 elif again and self._hello_said:
                     self.call_json(SyscallOp.SYS_HELLO, {})
+                if self._callbacks or self._refused_fns:
+                    self._start_reader()  # read again: a callback wants what comes unasked
                 if again and self._topics:
                     self.call_json(SyscallOp.SYS_SUBSCRIBE, {"event_types": sorted(self._topics)})
                 for name in self._names if again else []:
@@ -449,59 +483,73 @@ class CloveClient:
         with self._lock:
             return self._recv_frame(self.timeout)
 
+    # A SEND_REFUSED is handed on before the frames after it are routed: its callbacks have run before the
+    # reply that follows it on the wire is given to its caller (refusals keep their place among replies).
     def _route(self, frames: list[Frame]) -> None:
-        """Pushed frames (their own opcode, between replies) go to the push queues; replies, in order, to
-        ``_pending``."""
-        callbacks = []
-        with self._cond:
-            for f in frames:
-                self._agent_id = f.agent_id
-                if f.opcode == SyscallOp.SYS_PUSH_BINARY:
-                    # push.format "binary": messages only, each with its JSON text as ``bytes``
-                    fn = self._callbacks.get("message")
-                    for one in decode_push_binary(f.payload):
+        """Pushed frames (their own opcode, between replies) go to the push queues, SEND_REFUSED frames to
+        the on_refused() callbacks (or are kept); replies, in order, to ``_pending``."""
+        while frames:
+            callbacks = []
+            refusal = None
+            with self._cond:
+                for i, f in enumerate(frames):
+                    self._agent_id = f.agent_id
+                    if f.opcode == SyscallOp.SYS_SEND_REFUSED:
+                        # answers no request: a send_batch(results="none") had something refused
+                        refusal, frames = _refusal(f), frames[i + 1 :]
+                        break
+                    if f.opcode == SyscallOp.SYS_PUSH_BINARY:
+                        # push.format "binary": messages only, each with its JSON text as ``bytes``
+                        fn = self._callbacks.get("message")
+                        for one in decode_push_binary(f.payload):
+                            if fn is not None:
+                                callbacks.append((fn, one))
+                            else:
+                                self._pushed["message"].append(one)
+                        continue
+                    if f.opcode != SyscallOp.SYS_PUSH:
+                        self._pending.append(f)
+                        continue
+                    try:
+                        item = f.json()
+                    except ValueError as e:
+                        raise BadPushError(
+                            "not_json", "pushed frame from the kernel is not JSON", opcode=f.opcode
+                        ) from e
+                    kind = item.pop("kind", None) if isinstance(item, dict) else None
+                    # push.batch: several messages to a frame, handed on one by one
+                    items = item.get("messages", []) if kind == "messages" else [item]
+                    if kind == "messages":
+                        kind = "message"
+                    if kind not in self._pushed:
+                        continue
+                    fn = self._callbacks.get(kind)
+                    for one in items:
                         if fn is not None:
                             callbacks.append((fn, one))
                         else:
-                            self._pushed["message"].append(one)
-                    continue
-                if f.opcode != SyscallOp.SYS_PUSH:
-                    self._pending.append(f)
-                    continue
-                try:
-                    item = f.json()
-                except ValueError as e:
-                    raise BadPushError("not_json", "pushed frame from the kernel is not JSON", opcode=f.opcode) from e
-                kind = item.pop("kind", None) if isinstance(item, dict) else None
-                # push.batch: several messages to a frame, handed on one by one
-                items = item.get("messages", []) if kind == "messages" else [item]
-                if kind == "messages":
-                    kind = "message"
-                if kind not in self._pushed:
-                    continue
-                fn = self._callbacks.get(kind)
-                for one in items:
-                    if fn is not None:
-                        callbacks.append((fn, one))
-                    else:
-                        self._pushed[kind].append(one)
-            self._cond.notify_all()
-        for fn, item in callbacks:
-            fn(item)
+                            self._pushed[kind].append(one)
+                else:
+                    frames = []
+                self._cond.notify_all()
+            for fn, item in callbacks:
+                fn(item)
+            if refusal is not None:
+                self._tell_refused(refusal)
 
+    # The reader thread is looked for before each read: a callback run while this thread read (on_refused
+    # registered from a refusal callback) may have started one, and two threads must not read one socket.
     def _recv_frame(self, timeout: float | None) -> Frame:
-        if self._reader is not None:
-            return self._await_reply(timeout)
-        if self._pending:
-            return self._pending.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._reader is not None:
+                return self._await_reply(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._pending:
+                return self._pending.popleft()
             try:
                 self._read_some(deadline)
             except TimeoutError as e:
                 raise TimeoutError(f"no reply from the kernel within {timeout:g} s") from e
-            if self._pending:
-                return self._pending.popleft()
 
     def _await_reply(self, timeout: float | None) -> Frame:
         """With a reader thread, replies arrive through it."""
@@ -1024,7 +1072,14 @@ class CloveClient:
         order, ``{"delivered_to": id}`` or the ``{"error", "code"}`` SEND would have given; with
         ``results="refused"`` only the refused items, each with its ``index`` (for senders at high rates).
         Only a request of the wrong shape (no items, more than 4096, an item that is not a dict) fails as a
-        whole."""
+        whole.
+
+        ``results="none"``: the kernel does not answer a batch whose every item was queued (the sender is
+        not woken for it). The call returns ``{"ref": n}`` as soon as the frame is written, ``n`` numbering
+        this client's quiet batches from 1; whatever the kernel refused of it (some items, or the whole
+        request) comes later as a SEND_REFUSED with that ``ref``, to :meth:`on_refused` callbacks or
+        :meth:`next_refusal`. Such a batch is not sent again on a new connection: written just before the
+        connection dropped, it may or may not have been queued (a failed write raises, as calls do)."""
         messages = []
         for item in items:
             if not isinstance(item, Mapping):
@@ -1042,14 +1097,128 @@ class CloveClient:
             messages.append(m)
         if any(isinstance(m.get("message"), EncodedMessage) for m in messages):
             heads: dict[tuple[Any, Any], str] = {}
-            body = '{"messages":[' + ",".join(_item_json(m, heads) for m in messages) + "]"
-            if results != "all":
-                body += ',"results":' + json.dumps(results)
-            return self._call_text(SyscallOp.SYS_SEND_BATCH, body + "}", check)
-        payload: dict[str, Any] = {"messages": messages}
+            head = '{"messages":[' + ",".join(_item_json(m, heads) for m in messages) + "]"
+        else:
+            head = json.dumps({"messages": messages}, separators=(",", ":"))[:-1]
+        if results == "none":
+            with self._lock:  # refs in the order the batches are written
+                self._batch_refs += 1
+                ref = self._batch_refs
+                self._post(SyscallOp.SYS_SEND_BATCH, head + ',"results":"none","ref":%d}' % ref)
+            return {"ref": ref}
         if results != "all":
-            payload["results"] = results
-        return self.call_json(SyscallOp.SYS_SEND_BATCH, payload, check=check)
+            head += ',"results":' + json.dumps(results)
+        return self._call_text(SyscallOp.SYS_SEND_BATCH, head + "}", check)
+
+    # A request that is not answered when it succeeds (send_batch results="none") is written once: a reply
+    # that does not come cannot tell whether the kernel took it, so it is never sent again on a new
+    # connection. Only a connection that is not open yet (a kernel restart) is waited for, as calls do.
+    def _post(self, opcode: int, body: str) -> None:
+        """Writes one request that nothing waits to be answered."""
+        with self._lock:
+            if self._sock is None and not self._steps:
+                try:
+                    self._connect()
+                except ConnectionClosedError as e:
+                    if not self._may_retry(e):
+                        raise
+                    self._reconnect_after(e)
+            self.send(opcode, body)
+
+    def on_refused(self, fn: Callable[[dict], Any]) -> Callable[[], None]:
+        """Calls ``fn(refusal)`` with each SEND_REFUSED: what the kernel refused of a
+        ``send_batch(…, results="none")``, ``{"ref", "success": True, "delivered_count", "failed_count",
+        "results": [{"index", "error", "code"}, …]}`` (items refused) or ``{"ref", "success": False,
+        "error", "code"}`` (the whole request; nothing was queued), ``ref`` being what that call returned.
+        Refusals that came while no callback was registered are kept (the last 1024; a warning says when
+        older ones are dropped) and given, in order, to the first callback registered (at once, on the
+        registering thread). Returns a function that unregisters ``fn``.
+
+        As :meth:`on_message`, it starts a reader thread, so that refusals reach ``fn`` without the program
+        making a call; calls keep working from other threads. ``fn`` runs on the reader (or on a call's
+        thread, while that call reads its reply): keep it short, and make no calls on this client from it.
+        An exception it raises is reported as a ``RuntimeWarning`` and the others still run."""
+        with self._refusal_lock:  # kept refusals reach fn before any that comes next
+            with self._cond:
+                self._refused_fns.append(fn)
+                held = list(self._refusals)
+                self._refusals.clear()
+            for refusal in held:
+                _call_refused(fn, refusal)
+        if self._reader is not threading.current_thread():  # from a callback on the reader: it reads
+            with self._lock:
+                if self._sock is not None and self._refused_fns:
+                    self._start_reader()
+
+        def off() -> None:
+            with self._cond:
+                if fn in self._refused_fns:
+                    self._refused_fns.remove(fn)
+
+        return off
+
+    # The client reads only while a call waits for its reply, unless a reader thread runs: a program that
+    # only sends quiet batches would never see a refusal. This waits for one, reading the socket itself
+    # when nothing else does; what it reads meanwhile goes where it always goes (pushes to their queues).
+    def next_refusal(self, timeout: float | None = None) -> dict | None:
+        """The next SEND_REFUSED (as :meth:`on_refused` describes it): one kept, else the next to arrive,
+        waiting up to ``timeout`` seconds (None: for ever). Returns None at the timeout, or when the client
+        is not connected (refusals only come on the connection that sent the batch). Refusals go to the
+        :meth:`on_refused` callbacks while there is one, and then none to this. Without a reader thread it
+        reads the socket itself, holding the client's lock while it waits (as :meth:`messages`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._refusals:
+                    return self._refusals.popleft()
+            if self._reader is not None or self._reconnecting:
+                with self._cond:
+                    while not self._refusals and (
+                        self._reconnecting or (self._sock is not None and self._reader_error is None)
+                    ):
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return None
+                        self._cond.wait(left)
+                    if not self._refusals:
+                        return None
+                continue
+            with self._lock:
+                if self._refusals or self._reader is not None:
+                    continue
+                if self._sock is None:
+                    return None
+                try:
+                    if not self._read_some(deadline, idle_ok=True):
+                        return None
+                except ConnectionClosedError as e:
+                    if not self._may_retry(e):
+                        raise
+                    self._reconnect_after(e)
+
+    def _tell_refused(self, refusal: dict) -> None:
+        """Hands a SEND_REFUSED payload to the on_refused() callbacks, or keeps it."""
+        with self._refusal_lock:
+            warn = False
+            with self._cond:
+                fns = list(self._refused_fns)
+                if not fns:
+                    self._refusals.append(refusal)
+                    if len(self._refusals) > _REFUSALS_KEPT:
+                        self._refusals.popleft()
+                        warn, self._refusals_dropped = not self._refusals_dropped, True  # said once per client
+                    self._cond.notify_all()
+            for fn in fns:
+                _call_refused(fn, refusal)
+        if warn:
+            import warnings
+
+            warnings.warn(
+                f"more than {_REFUSALS_KEPT} SEND_REFUSED frames came with no on_refused() callback: the oldest "
+                "are dropped",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def recv_messages(
         self, max_messages: int = 10, timeout: float | None = None, *, check: bool | None = None

@@ -109,7 +109,7 @@ class BadPushError(ProtocolError):
 
     ``kind`` says how: ``truncated`` (a PUSH_BINARY payload ends inside its count, a head, or a name or
     message a head announces), ``trailing_bytes`` (bytes after its last message), ``not_json`` (a PUSH
-    payload, or a pushed message's text, is not JSON)."""
+    payload, or a pushed message's text, is not JSON; a SEND_REFUSED payload is not a JSON object)."""
 
     code = "bad_push"
 

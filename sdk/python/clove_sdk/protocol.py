@@ -83,8 +83,9 @@ class _Ops:
     SYS_BROADCAST = 0x22  # a message to every named id
     SYS_REGISTER = 0x23  # bind a further name to the caller
     SYS_PUSH = 0x24  # unsolicited: a message or an event pushed to a connection that opted in (HELLO push); a client never sends it
-    SYS_SEND_BATCH = 0x25  # queue many messages in one request, each item as SEND would (to wins over to_name); items are independent: a refused item gets its error in results and the others are delivered
+    SYS_SEND_BATCH = 0x25  # queue many messages in one request, each item as SEND would (to wins over to_name); items are independent: a refused item gets its error in results and the others are delivered; with results: "none" it is answered only when something was refused (SEND_REFUSED)
     SYS_PUSH_BINARY = 0x26  # unsolicited: pushed messages in a binary envelope, to a connection that opted in with HELLO push.format: "binary"; a client never sends it. Payload, little-endian: u32 count, then per message a 24-byte head (u32 from, u32 age_ms, u64 seq, u32 from_name length, u32 message length), the sender's name (UTF-8) and the message's JSON text as queued (the bytes RECV's reply would carry). A client takes a message's bytes without parsing JSON
+    SYS_SEND_REFUSED = 0x27  # unsolicited: what a SEND_BATCH with results: "none" had refused, in place of the reply it does not get; only a connection that sent such a batch ever receives one, and a client never sends it
     SYS_STORE = 0x30  # write a key; global keys belong to whoever created them
     SYS_FETCH = 0x31  # read a key: without a scope, agent scope first, then global/session
     SYS_DELETE = 0x32  # delete a key the caller may delete
@@ -165,6 +166,7 @@ class _Ops:
     PUSH = 0x24
     SEND_BATCH = 0x25
     PUSH_BINARY = 0x26
+    SEND_REFUSED = 0x27
     STORE = 0x30
     FETCH = 0x31
     DELETE = 0x32
@@ -247,6 +249,7 @@ OPCODES: dict[str, tuple[str, str, str]] = {
     "PUSH": ("ipc", "implemented", "messages"),
     "SEND_BATCH": ("ipc", "implemented", "send_batch"),
     "PUSH_BINARY": ("ipc", "implemented", "messages"),
+    "SEND_REFUSED": ("ipc", "implemented", "on_refused"),
     "STORE": ("state", "implemented", "store"),
     "FETCH": ("state", "implemented", "fetch"),
     "DELETE": ("state", "implemented", "delete_key"),

@@ -4,6 +4,7 @@ kernel. The TypeScript SDK runs the same file in sdk/typescript/conformance.test
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,27 @@ def _think_stream(c, a):
     return s.collect()
 
 
+def _first_refusal(c, a):
+    """The first SEND_REFUSED, through an on_refused() callback: a kept one comes at once, else the reader
+    thread that on_refused() starts brings it; the callback is unregistered after."""
+    got, came = [], threading.Event()
+
+    def take(refusal):
+        if not got:
+            got.append(refusal)
+            came.set()
+
+    off = c.on_refused(take)
+    if isinstance(off, dict):  # the mapping check's recording stand-in
+        return off
+    try:
+        if not came.wait(a.get("timeout_ms", 10000) / 1000):
+            raise AssertionError("no SEND_REFUSED in time")
+    finally:
+        off()
+    return got[0]
+
+
 def _get_perms(c, a):
     return c.get_permissions(agent_id=a.get("agent_id"))
 
@@ -84,6 +106,7 @@ OPS = {
     "SEND_BATCH": lambda c, a: c.send_batch(a.get("messages", []), results=a.get("results", "all")),
     "PUSH": lambda c, a: _first_push(c, a),
     "PUSH_BINARY": lambda c, a: _first_binary_push(c, a),
+    "SEND_REFUSED": _first_refusal,
     "RECV": lambda c, a: c.recv_messages(a.get("max", 10), timeout=_wait_s(a)),
     "BROADCAST": lambda c, a: c.broadcast(a.get("message"), include_self=a.get("include_self", False)),
     "REGISTER": lambda c, a: c.register_name(a["name"]),

@@ -239,11 +239,9 @@ def test_pushed_messages_come_in_the_binary_envelope_in_order_exactly_once(any_p
 
 
 # Spacing, escapes and numbers a JSON encoder would not write. `bytes` is the text as the kernel queued it
-# (the bytes RECV's reply would carry): on the fast path the value's text as its sender wrote it (whitespace
-# around it, in the request, is not part of it); the TypeScript path queues JSON.stringify of the value
-# (docs/fastpath.md), as QUEUED_BY_TS.
+# (the bytes RECV's reply would carry): on both paths the value's text as its sender wrote it (whitespace
+# around it, in the request, is not part of it; docs/fastpath.md).
 RAW_TEXTS = ['{ "a" : [1,  2.50, "\\u00e9", 1e2] ,\n "é€":null }', '"\\ud83d\\ude00 😀"', "[ ]", '{"k":"v"}']
-QUEUED_BY_TS = ['{"a":[1,2.5,"é",100],"é€":null}', '"😀 😀"', "[]", '{"k":"v"}']
 
 
 def test_a_pushed_message_has_its_bytes_as_queued(any_path_kernel):
@@ -263,8 +261,7 @@ def test_a_pushed_message_has_its_bytes_as_queued(any_path_kernel):
         assert reply["success"], reply
     assert done.wait(10), f"only {len(got)} messages pushed"
     assert [m["message"] for m in got] == [json.loads(t) for t in RAW_TEXTS]
-    queued = RAW_TEXTS if any_path_kernel.fast_path else QUEUED_BY_TS
-    assert [m["bytes"] for m in got] == [t.encode() for t in queued]
+    assert [m["bytes"] for m in got] == [t.encode() for t in RAW_TEXTS]
 
 
 def test_a_new_connection_asks_for_the_binary_envelope_again(any_path_kernel):
