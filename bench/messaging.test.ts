@@ -82,12 +82,12 @@ describe('messaging bench runners', () => {
       },
     );
 
-  // The TypeScript path with SEND + RECV, the fast path with SEND_BATCH + push (unanswered, and answered),
+  // The TypeScript path with SEND + RECV, the fast path with SEND_BATCH + push (answered, and unanswered),
   // and the same job without the SDK.
   for (const [system, extra] of [
     ['clove', []],
     ['clove-fast-batch', ['--fast-path']],
-    ['clove-fast-batch-acked', ['--fast-path']],
+    ['clove-fast-batch-quiet', ['--fast-path']],
     ['clove-fast-raw', ['--fast-path']],
   ] as [CloveSystem, string[]][])
     describe(system, () => {

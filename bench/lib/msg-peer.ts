@@ -148,8 +148,8 @@ function serveStdin(link: Link): void {
  * MSG_MODE `send` (default): sent by name with one SEND each, taken with a blocking RECV `max` 1000 in
  * batches; SENDs are pipelined ahead of the blocking RECV on the one connection (replies come back in order).
  * MSG_MODE `batch`: what a client built for rate does: the bodies queued in one turn leave in one
- * SEND_BATCH, not answered (`results: "none"`: a refusal would come as a SEND_REFUSED; MSG_ACKED asks
- * for a reply to each, `results: "refused"`, a diagnostic), and messages arrive pushed (HELLO push; the
+ * SEND_BATCH (answered only for refused items, `results: "refused"`; with MSG_QUIET not answered at all,
+ * `results: "none"`, a refusal would come as a SEND_REFUSED), and messages arrive pushed (HELLO push; the
  * consumer takes them with `client.messageBatches()`, the producer with `client.messages()`), no RECV at all.
  * MSG_MODE `raw`: `batch` without the SDK (cloveRawPeer), a diagnostic.
  */
@@ -238,8 +238,8 @@ async function clovePushPeer(
     if (text !== lastText) [lastText, lastEncoded] = [text, new EncodedMessage(text)];
     return lastEncoded;
   };
-  // One SEND_BATCH per flush, split by nextBatch. Not answered (`results: "none"`, as a NATS publish): only
-  // a refusal would come back, as a SEND_REFUSED.
+  // One SEND_BATCH per flush, split by nextBatch. Only refusals come back: in the reply (`results:
+  // "refused"`, not one result per message), or with MSG_QUIET as a SEND_REFUSED (`"none"`, no reply).
   c.onRefused((r) => {
     console.error(`SEND_BATCH to ${peerName} refused: ${JSON.stringify(r)}`);
     process.exit(1);
@@ -247,7 +247,7 @@ async function clovePushPeer(
   const flush = (): void => {
     while (out.length > 0) {
       const items = nextBatch(out, (m) => m.byteLength).map((message) => ({ to_name: peerName, message }));
-      if (!env.MSG_ACKED) void c.sendBatch(items, { results: 'none' });
+      if (env.MSG_QUIET) void c.sendBatch(items, { results: 'none' });
       else
         void c.sendBatch(items, { results: 'refused' }).then((r) => {
           if (r.failed_count > 0)
@@ -299,13 +299,14 @@ async function cloveRawPeer(
   s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true,"format":"binary"}}'));
   const dec = new FrameDecoder(16 * 1024 * 1024);
   const queued: string[] = [];
+  const results = env.MSG_QUIET ? 'none' : 'refused';
   // Split as the SDK peer splits (nextBatch).
   const flush = (): void => {
     while (queued.length > 0) {
       const items = nextBatch(queued, (m) => m.length)
         .map((m) => `{"to_name":"${peerName}","message":"${m}"}`)
         .join(',');
-      s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"none"}`));
+      s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"${results}"}`));
     }
   };
   s.on('close', () => {
@@ -322,9 +323,13 @@ async function cloveRawPeer(
     if (error) throw error;
     for (const f of frames) {
       if (f.opcode !== Op.PUSH_BINARY) {
-        // SEND_BATCH is not answered: a SEND_REFUSED is a refusal; other replies answer the SENDs to bench.
+        // A refusal: a SEND_REFUSED (MSG_QUIET), or a reply that failed or lists refused items.
         const p = f.payload;
-        if (f.opcode === Op.SEND_REFUSED || p.includes('"success":false'))
+        if (
+          f.opcode === Op.SEND_REFUSED ||
+          p.includes('"success":false') ||
+          (p.includes('"failed_count":') && !p.includes('"failed_count":0,'))
+        )
           throw new Error(`raw peer ${role} ${pair}: refused: ${p.toString()}`);
         continue;
       }
