@@ -27,18 +27,6 @@ import { median, summarize, r, roundSummary, type Summary } from './lib/stats.js
 import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
 import type * as vl from 'vega-lite';
 
-export type System =
-  | 'clove-fast-batch'
-  | 'clove-fast-batch-quiet'
-  | 'clove-fast-raw'
-  | 'clove-fast-batch-plain'
-  | 'clove-fast'
-  | 'clove'
-  | 'clove-plain'
-  | 'relay'
-  | 'relay-c'
-  | 'redis'
-  | 'nats';
 export type CloveSystem =
   | 'clove-fast-batch'
   | 'clove-fast-batch-quiet'
@@ -47,6 +35,7 @@ export type CloveSystem =
   | 'clove-fast'
   | 'clove'
   | 'clove-plain';
+export type System = CloveSystem | 'relay' | 'relay-c' | 'redis' | 'nats';
 const isClove = (s: System): s is CloveSystem => s.startsWith('clove');
 /**
  * The kernel flags and the peers' mode of each Clove row; `quiet`: the batch peers send SEND_BATCH with

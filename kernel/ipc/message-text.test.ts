@@ -4,10 +4,10 @@
  * SEND, SEND_BATCH and BROADCAST, whether the reactor served the call or JavaScript did (the TypeScript
  * path, or a fast-path batch with a refused item, which JavaScript serves whole).
  */
-import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startKernel, until, type TestKernel } from '../../harness/kernel.js';
-import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
+import { rawClient } from '../../harness/raw-client.js';
+import { Op } from '../../protocol/index.js';
 import type { CloveClient, PushedMessage } from '../../sdk/typescript/client.js';
 import { nativeAvailable } from '../sandbox/native.js';
 import { messageTexts } from './message-text.js';
@@ -17,20 +17,6 @@ afterEach(async () => {
   await tk?.stop();
   tk = undefined;
 });
-
-/** A bare socket that writes frames of exactly these bytes and keeps every frame it gets. */
-async function rawClient(socketPath: string) {
-  const s = net.connect(socketPath);
-  await new Promise((r, j) => s.once('connect', r).once('error', j));
-  const dec = new FrameDecoder(1 << 30);
-  const frames: Frame[] = [];
-  s.on('data', (c: Buffer) => frames.push(...dec.push(c).frames));
-  return {
-    s,
-    frames,
-    write: (op: number, text: string) => void s.write(encodeFrame(0, op, Buffer.from(text))),
-  };
-}
 
 /** Texts a client may write for the same values as JSON.stringify would, and some it would not. */
 const ODD = [

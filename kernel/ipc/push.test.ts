@@ -3,10 +3,10 @@
  * without RECV, in order, exactly once; other clients never see an unsolicited frame; a client that does
  * not read pauses delivery and the rest stays in its mailbox.
  */
-import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startKernel, until, type TestKernel } from '../../harness/kernel.js';
-import { decodePushBinary, encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
+import { rawClient } from '../../harness/raw-client.js';
+import { decodePushBinary, encodeFrame, Op } from '../../protocol/index.js';
 import { EncodedMessage, type CloveClient, type PushedMessage } from '../../sdk/typescript/client.js';
 import type { PostOffice } from './mailboxes.js';
 
@@ -15,24 +15,6 @@ afterEach(async () => {
   await tk?.stop();
   tk = undefined;
 });
-
-/** A client on a bare socket: every frame it receives is kept, in order. */
-async function rawClient(socketPath: string) {
-  const s = net.connect(socketPath);
-  await new Promise((r, j) => s.once('connect', r).once('error', j));
-  const dec = new FrameDecoder(1 << 30);
-  const frames: Frame[] = [];
-  s.on('data', (c: Buffer) => frames.push(...dec.push(c).frames));
-  let replies = 0;
-  const call = async (op: number, payload: unknown): Promise<Record<string, unknown>> => {
-    const want = ++replies;
-    s.write(encodeFrame(0, op, payload));
-    const isPush = (x: Frame): boolean => x.opcode === Op.PUSH || x.opcode === Op.PUSH_BINARY;
-    const f = await until(() => frames.filter((x) => !isPush(x))[want - 1], 20_000, 'a reply');
-    return JSON.parse(f.payload.toString()) as Record<string, unknown>;
-  };
-  return { s, frames, call };
-}
 
 const post = (k: TestKernel): PostOffice => (k.kernel as unknown as { post: PostOffice }).post;
 

@@ -7,10 +7,10 @@
  * JSON object still gets an ordinary reply (the kernel cannot read `results` from it). The SDK's side:
  * `sendBatch(…, {results: "none"})` resolves with its `ref` and `onRefused` hears what was refused.
  */
-import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startKernel, until, type TestKernel } from '../../harness/kernel.js';
-import { encodeFrame, FrameDecoder, Op, type Frame } from '../../protocol/index.js';
+import { rawClient } from '../../harness/raw-client.js';
+import { Op } from '../../protocol/index.js';
 import { EncodedMessage, type CloveClient } from '../../sdk/typescript/client.js';
 import type { SendRefused } from '../../sdk/typescript/types.js';
 import { nativeAvailable } from '../sandbox/native.js';
@@ -22,21 +22,14 @@ afterEach(async () => {
   tk = undefined;
 });
 
-/** A client on a bare socket that has said HELLO: every frame it receives is kept, in order. */
-async function rawClient(socketPath: string) {
-  const s = net.connect(socketPath);
-  await new Promise((r, j) => s.once('connect', r).once('error', j));
-  const dec = new FrameDecoder(1 << 30);
-  const frames: Frame[] = [];
-  s.on('data', (c: Buffer) => frames.push(...dec.push(c).frames));
-  const write = (op: number, payload: unknown): void => void s.write(encodeFrame(0, op, payload));
-  write(Op.HELLO, {});
-  await until(() => frames.length === 1, 10_000, 'HELLO reply');
-  const id = frames[0].agentId;
-  frames.length = 0;
-  const json = (f: Frame): Record<string, unknown> =>
-    JSON.parse(f.payload.toString()) as Record<string, unknown>;
-  return { s, frames, write, id, json };
+/** A raw client that has said HELLO (its id known), with nothing received yet. */
+async function helloed(socketPath: string) {
+  const c = await rawClient(socketPath);
+  c.write(Op.HELLO, {});
+  await until(() => c.frames.length === 1, 10_000, 'HELLO reply');
+  const id = c.frames[0].agentId;
+  c.frames.length = 0;
+  return { ...c, id };
 }
 
 async function named(k: TestKernel, name: string): Promise<{ c: CloveClient; id: number }> {
@@ -53,7 +46,7 @@ describe.each(paths)('SEND_BATCH results "none" on the %s', (_name, fastPath) =>
   it('a batch whose every item is queued is not answered: the next frame is the next reply', async () => {
     tk = await startKernel({ fastPath });
     const dest = await named(tk, 'quiet-dest');
-    const a = await rawClient(tk.socketPath);
+    const a = await helloed(tk.socketPath);
     const statsBefore = fastPath
       ? (tk.kernel as unknown as { nativeMail: NativePostOffice }).nativeMail.stats(a.id)
       : undefined;
@@ -86,7 +79,7 @@ describe.each(paths)('SEND_BATCH results "none" on the %s', (_name, fastPath) =>
   it('refused items come back as one SEND_REFUSED with the ref, in order among the replies', async () => {
     tk = await startKernel({ fastPath });
     const dest = await named(tk, 'quiet-partial');
-    const a = await rawClient(tk.socketPath);
+    const a = await helloed(tk.socketPath);
     a.write(Op.SEND_BATCH, {
       messages: [
         { to: dest.id, message: 1 },
@@ -116,7 +109,7 @@ describe.each(paths)('SEND_BATCH results "none" on the %s', (_name, fastPath) =>
   it('a request refused as a whole is a SEND_REFUSED too; a payload that is not an object gets a reply', async () => {
     tk = await startKernel({ fastPath });
     const dest = await named(tk, 'quiet-whole');
-    const a = await rawClient(tk.socketPath);
+    const a = await helloed(tk.socketPath);
     a.write(Op.SEND_BATCH, { messages: [], results: 'none', ref: 1 });
     a.write(Op.SEND_BATCH, { messages: [{ to: dest.id, message: 'no' }, 5], results: 'none', ref: 2 });
     // A ref of the wrong type refuses the batch (on the fast path too), and cannot be echoed.
@@ -154,7 +147,7 @@ describe.each(paths)('SEND_BATCH results "none" on the %s', (_name, fastPath) =>
     tk = await startKernel({ fastPath });
     const dest = await named(tk, 'quiet-logged');
     await dest.c.call(Op.SET_AUDIT_CONFIG, { log_syscalls: true });
-    const a = await rawClient(tk.socketPath);
+    const a = await helloed(tk.socketPath);
     a.write(Op.SEND_BATCH, { messages: [{ to: dest.id, message: 'logged' }], results: 'none', ref: 3 });
     a.write(Op.HELLO, {});
     await until(() => a.frames.length >= 1, 10_000, 'the HELLO reply');
