@@ -57,17 +57,21 @@ bool DepthOk(std::string_view p, int max) {
   return true;
 }
 
-// Copies `p` into the thread's padded buffer and checks it completely (depth, then syntax and numbers).
-bool Prepare(std::string_view p, int max_depth, simdjson::padded_string_view& out) {
-  if (!DepthOk(p, max_depth)) return false;
+// Copies `p` into the thread's padded buffer (simdjson reads past the end of its input).
+simdjson::padded_string_view Pad(std::string_view p) {
   tl.padded.resize(p.size() + simdjson::SIMDJSON_PADDING);
   std::memcpy(tl.padded.data(), p.data(), p.size());
   std::memset(tl.padded.data() + p.size(), 0, simdjson::SIMDJSON_PADDING);
+  return simdjson::padded_string_view(tl.padded.data(), p.size(), tl.padded.size());
+}
+
+// Pads `p` and checks it completely (depth, then syntax and numbers).
+bool Prepare(std::string_view p, int max_depth, simdjson::padded_string_view& out) {
+  if (!DepthOk(p, max_depth)) return false;
+  out = Pad(p);
   simdjson::dom::element e;
   if (tl.dom.parse(tl.padded.data(), p.size(), false).get(e)) return false;
-  if (!e.is_object()) return false;
-  out = simdjson::padded_string_view(tl.padded.data(), p.size(), tl.padded.size());
-  return true;
+  return e.is_object();
 }
 
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
@@ -455,10 +459,7 @@ static bool SpanOfMessage(od::object obj, const char* base, std::vector<uint32_t
 bool MessageSpans(std::string_view payload, bool batch, std::vector<uint32_t>& spans) {
   if (payload.size() >= std::numeric_limits<uint32_t>::max()) return false;
   try {
-    tl.padded.resize(payload.size() + simdjson::SIMDJSON_PADDING);
-    std::memcpy(tl.padded.data(), payload.data(), payload.size());
-    std::memset(tl.padded.data() + payload.size(), 0, simdjson::SIMDJSON_PADDING);
-    simdjson::padded_string_view json(tl.padded.data(), payload.size(), tl.padded.size());
+    simdjson::padded_string_view json = Pad(payload);
     od::document doc;
     if (tl.ondemand.iterate(json).get(doc)) return false;
     od::object obj;
