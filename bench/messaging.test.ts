@@ -42,6 +42,9 @@ function check(cells: Cell[], system: System): void {
     expect(c.rtt_us.p50).toBeGreaterThan(0);
     expect(c.cpu.wall_s).toBeGreaterThan(0);
     expect(c.cpu.broker_s).toBeGreaterThanOrEqual(0);
+    // Each producer measured its own CPU over its round trips.
+    expect(c.rtt_cpu.round_trips).toBe(c.rtt_us.n);
+    expect(c.rtt_cpu.producers_us).toBeGreaterThan(0);
   }
   // CPU time was counted for the clients (clock ticks of 10 ms: summed over the cells, not per cell).
   expect(cells.reduce((a, c) => a + c.cpu.clients_s, 0)).toBeGreaterThan(0);
@@ -60,6 +63,7 @@ describe('mergeRounds', () => {
       rtt_us: { n: rtt.length, min: 0, p50: 0, p95: 0, p99: 0, max: 0, mean: 0 },
       rtt_samples: rtt,
       cpu: { broker_s: 0.5, clients_s: 1, wall_s: 2 },
+      rtt_cpu: { producers_us: 40 * rtt.length, round_trips: rtt.length },
     });
     const [m] = mergeRounds([round(100, [1, 2]), round(300, [3]), round(200, [4, 5])]);
     expect(m.msgs_per_s).toBe(200);
@@ -69,7 +73,13 @@ describe('mergeRounds', () => {
     expect(m.rtt_us.p50).toBe(3);
     // CPU adds up over the rounds: 4.5 s of 6 s of wall time, 1.5 s of it the broker's.
     expect(m.cpu).toEqual({ broker_s: 1.5, clients_s: 3, wall_s: 6 });
-    expect(cpuPerMessage(m)).toEqual({ broker_us: 2500, clients_us: 5000, cores: 0.75 });
+    expect(cpuPerMessage(m)).toEqual({
+      broker_us: 2500,
+      clients_us: 5000,
+      cores: 0.75,
+      producer_us_per_rtt: 40,
+    });
+    expect(m.rtt_cpu).toEqual({ producers_us: 200, round_trips: 5 });
   });
 });
 

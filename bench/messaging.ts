@@ -31,6 +31,7 @@ export type CloveSystem =
   | 'clove-fast-batch'
   | 'clove-fast-batch-quiet'
   | 'clove-fast-raw'
+  | 'clove-fast-raw-quiet'
   | 'clove-fast-batch-plain'
   | 'clove-fast'
   | 'clove'
@@ -48,6 +49,7 @@ const CLOVE_RUN: Record<
   'clove-fast-batch': { kernel: ['--fast-path'], mode: 'batch', sandboxed: true },
   'clove-fast-batch-quiet': { kernel: ['--fast-path'], mode: 'batch', sandboxed: true, quiet: true },
   'clove-fast-raw': { kernel: ['--fast-path'], mode: 'raw', sandboxed: true },
+  'clove-fast-raw-quiet': { kernel: ['--fast-path'], mode: 'raw', sandboxed: true, quiet: true },
   'clove-fast-batch-plain': { kernel: ['--fast-path'], mode: 'batch', sandboxed: false },
   'clove-fast': { kernel: ['--fast-path'], mode: 'send', sandboxed: true },
   clove: { kernel: [], mode: 'send', sandboxed: true },
@@ -58,8 +60,9 @@ export const GOAL_SYSTEMS: CloveSystem[] = ['clove-fast-batch', 'clove-fast-batc
 /**
  * What a run measures unless `--systems` says otherwise: with `clove-fast-batch-quiet` (the batch job with
  * SEND_BATCH unanswered) and `clove-fast-raw` (the batch job without the SDK), so that the report shows
- * what the replies and the SDK cost. The other diagnostics are asked for by name: `clove-plain` and
- * `clove-fast-batch-plain` (agents unsandboxed: what the sandbox costs).
+ * what the replies and the SDK cost. The other diagnostics are asked for by name: `clove-fast-raw-quiet`
+ * (no SDK, no replies), `clove-plain` and `clove-fast-batch-plain` (agents unsandboxed: what the sandbox
+ * costs).
  */
 export const SYSTEMS: System[] = [
   'clove-fast-batch',
@@ -78,6 +81,10 @@ const DIAGNOSTIC_NOTES: Partial<Record<System, string[]>> = {
     '- Clove fast path, raw frames: the SEND_BATCH + push job without the SDK (bench/lib/msg-peer.ts',
     '  `cloveRawPeer`: frames written as bytes, PUSH_BINARY read with protocol/push-binary.ts), a diagnostic',
     '  row to show what the SDK costs.',
+  ],
+  'clove-fast-raw-quiet': [
+    '- Clove fast path, raw frames unanswered: the raw row with SEND_BATCH `results: "none"`, a diagnostic row',
+    '  to show what the SDK costs when no reply comes back.',
   ],
   'clove-fast-batch-quiet': [
     '- Clove fast path, SEND_BATCH unanswered: the SEND_BATCH + push row with `results: "none"` (no reply',
@@ -101,6 +108,7 @@ export const LABELS: Record<System, string> = {
   clove: 'Clove TypeScript path, SEND + RECV (sandboxed agents, TS SDK)',
   'clove-plain': 'Clove TypeScript path, agents unsandboxed (diagnostic)',
   'clove-fast-raw': 'Clove fast path, raw frames without the SDK (diagnostic)',
+  'clove-fast-raw-quiet': 'Clove fast path, raw frames unanswered, without the SDK (diagnostic)',
   'clove-fast-batch-plain': 'Clove fast path, SEND_BATCH + push, agents unsandboxed (diagnostic)',
   relay: 'raw relay floor (Node)',
   'relay-c': 'raw relay floor (C, epoll)',
@@ -128,15 +136,24 @@ export interface Cell {
    * wall time.
    */
   cpu: { broker_s: number; clients_s: number; wall_s: number };
+  /** The producers' own CPU time over their round trips (µs, Outcome.rtt_cpu_us summed), and how many. */
+  rtt_cpu: { producers_us: number; round_trips: number };
 }
 
 /** A cell's CPU per message delivered (µs) and the cores its processes kept busy on average. */
-export function cpuPerMessage(c: Cell): { broker_us: number; clients_us: number; cores: number } {
+export function cpuPerMessage(c: Cell): {
+  broker_us: number;
+  clients_us: number;
+  cores: number;
+  producer_us_per_rtt: number;
+} {
   const per = (s: number) => r((s / c.delivered) * 1e6);
   return {
     broker_us: per(c.cpu.broker_s),
     clients_us: per(c.cpu.clients_s),
     cores: r((c.cpu.broker_s + c.cpu.clients_s) / c.cpu.wall_s),
+    // 0 for a report written before producers measured it (reports/latest.ts reads old ones too).
+    producer_us_per_rtt: c.rtt_cpu?.round_trips ? r(c.rtt_cpu.producers_us / c.rtt_cpu.round_trips) : 0,
   };
 }
 
@@ -366,6 +383,7 @@ function cell(system: System, size: number, pairs: number, outs: Outcome[], cpu:
     rtt_us: roundSummary(summarize(rtt)),
     rtt_samples: rtt,
     cpu,
+    rtt_cpu: { producers_us: outs.reduce((a, o) => a + o.rtt_cpu_us, 0), round_trips: rtt.length },
   };
 }
 
@@ -391,6 +409,10 @@ export function mergeRounds(cells: Cell[]): Cell[] {
         broker_s: r(cs.reduce((a, c) => a + c.cpu.broker_s, 0)),
         clients_s: r(cs.reduce((a, c) => a + c.cpu.clients_s, 0)),
         wall_s: r(cs.reduce((a, c) => a + c.cpu.wall_s, 0)),
+      },
+      rtt_cpu: {
+        producers_us: cs.reduce((a, c) => a + c.rtt_cpu.producers_us, 0),
+        round_trips: cs.reduce((a, c) => a + c.rtt_cpu.round_trips, 0),
       },
     };
   });
@@ -542,30 +564,31 @@ interface Profile {
   /** `perf report` lines: share of the kernel's samples by thread, and the hottest symbols. */
   threads: string[];
   symbols: string[];
+  /** The agents' samples: the share of them in Linux, and their hottest symbols summed over the agents. */
+  agents: { linux: string; symbols: string[] };
   /** perf's sample count (e.g. "12K"). */
   samples: string;
 }
 
 /**
- * `perf record` of the kernel process while a Clove row runs. perf follows the processes the kernel
- * starts, so the agents (the bench's producers and consumers) are in the same record: stop() splits the
- * samples into the kernel's JavaScript thread, its reactor thread, its other threads (V8's GC and
- * compiler, libuv's pool) and the agents, and lists the kernel threads' hottest symbols. Why perf and not
- * --cpu-prof: the fast path's time is in native code and in Linux's socket calls, which V8 does not see.
+ * `perf record -a` (every CPU) while a Clove row runs: stop() splits the busy samples into the kernel's
+ * JavaScript thread, its reactor thread, its other threads (V8's GC and compiler, libuv's pool) and the
+ * rest, which during a Clove row is its agents (the bench's producers and consumers: this process and perf
+ * are left out), and lists the hottest symbols of the kernel's threads and of the agents. Why every CPU and
+ * not `-p <kernel>`: the agents are not followed from the kernel (perf missed them all), and they start
+ * per shape, after the record began. Idle samples (cpu-clock counts them as `swapper`) are left out of
+ * the shares. Why perf and not --cpu-prof: the fast path's time is in native code and in Linux's socket
+ * calls and wake-ups, which V8 does not see.
  */
 function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Promise<Profile> } {
   fs.mkdirSync(dir, { recursive: true });
   const data = path.join(dir, `${system}.perf.data`);
-  const rec = spawn('perf', ['record', '-q', '-F', '499', '-g', '-p', String(pid), '-o', data], {
+  const rec = spawn('perf', ['record', '-q', '-F', '499', '-g', '-a', '-o', data], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   // The kernel's threads now (the reactor and V8's threads start with the process).
   const kernelTids = new Set(fs.readdirSync(`/proc/${pid}/task`).map(Number));
-  const report = (
-    sort: string,
-    limit: string,
-    extra: string[] = [],
-  ): { lines: string[]; samples: string } => {
+  const report = (sort: string, limit: string): { lines: string[]; samples: string } => {
     const r = spawnSync(
       'perf',
       [
@@ -580,7 +603,6 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
         sort,
         '--percent-limit',
         limit,
-        ...extra,
       ],
       { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
     );
@@ -596,20 +618,46 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
   return {
     async stop() {
       for (const t of fs.readdirSync(`/proc/${pid}/task`)) kernelTids.add(Number(t));
+      const mine = new Set(fs.readdirSync('/proc/self/task').map(Number));
+      mine.add(rec.pid!);
       rec.kill('SIGINT');
       await new Promise((res) => rec.once('exit', res));
-      // `pid` in perf's report is the thread id: "12.3%  4242:clove-reactor".
+      // Whose a sample is, by thread id: `pid` in perf's report is the thread ("12.3%  4242:clove-reactor").
+      const owner = (tid: number): 'idle' | 'js' | 'reactor' | 'other' | 'agents' | 'bench' | null => {
+        if (tid === 0) return 'idle';
+        if (mine.has(tid)) return 'bench';
+        if (tid === pid) return 'js';
+        return kernelTids.has(tid) ? null : 'agents';
+      };
       const byThread = report('pid', '0');
-      const share = { js: 0, reactor: 0, other: 0, agents: 0 };
+      const share = { js: 0, reactor: 0, other: 0, agents: 0, bench: 0, idle: 0 };
       for (const l of byThread.lines) {
         const m = /^([\d.]+)%\s+(\d+):(\S+)/.exec(l);
         if (!m) continue;
         const [pct, tid, comm] = [Number(m[1]), Number(m[2]), m[3]];
-        if (tid === pid) share.js += pct;
-        else if (kernelTids.has(tid)) share[comm === 'clove-reactor' ? 'reactor' : 'other'] += pct;
-        else share.agents += pct;
+        share[owner(tid) ?? (comm === 'clove-reactor' ? 'reactor' : 'other')] += pct;
       }
-      const pc = (x: number): string => `${x.toFixed(1).padStart(5)} %`;
+      // Shares of the busy samples: the machine's idle time is not anyone's.
+      const busy = 100 - share.idle || 1;
+      const pc = (x: number): string => `${((x / busy) * 100).toFixed(1).padStart(5)} %`;
+      // "1.2%  4242:clove-reactor  [kernel.kallsyms]  [k] sym"; the agents' summed over the agents.
+      const kernelSyms: string[] = [];
+      const agentSyms = new Map<string, number>();
+      let agentLinux = 0;
+      for (const l of report('pid,dso,sym', '0.02').lines) {
+        const m = /^([\d.]+)%\s+(\d+):(\S+)\s+(\S+)\s+(\[.\])\s+(.*)$/.exec(l);
+        if (!m) continue;
+        const [pct, tid] = [Number(m[1]), Number(m[2])];
+        const who = owner(tid);
+        if (who === null || who === 'js') {
+          if (pct / busy >= 0.005)
+            kernelSyms.push(`${pc(pct)}  ${m[2]}:${m[3]}  ${m[4]}  ${m[5]} ${m[6].trim()}`);
+        } else if (who === 'agents') {
+          const key = `${m[4]}  ${m[5]} ${m[6].trim()}`;
+          agentSyms.set(key, (agentSyms.get(key) ?? 0) + pct);
+          if (m[4] === '[kernel.kallsyms]') agentLinux += pct;
+        }
+      }
       return {
         system,
         threads: [
@@ -617,11 +665,18 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
           `${pc(share.reactor)}  kernel: reactor thread (clove-reactor)`,
           `${pc(share.other)}  kernel: other threads (V8 GC and compiler, libuv pool)`,
           `${pc(share.agents)}  the agents (producers and consumers, Node + TS SDK)`,
+          `${pc(share.bench)}  this bench and perf`,
         ],
-        // Lines "1.2%  4242:clove-reactor  [kernel.kallsyms]  [k] sym": the kernel's threads only.
-        symbols: report('pid,dso,sym', '0.3')
-          .lines.filter((l) => kernelTids.has(Number(/^[\d.]+%\s+(\d+):/.exec(l)?.[1])))
-          .slice(0, 25),
+        symbols: kernelSyms.slice(0, 25),
+        agents: {
+          linux: share.agents
+            ? `${pc(agentLinux).trim()} of the busy samples, ${((agentLinux / share.agents) * 100).toFixed(1)} % of the agents', are in Linux`
+            : 'no samples',
+          symbols: [...agentSyms]
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, 15)
+            .map(([k, v]) => `${pc(v)}  ${k}`),
+        },
         samples: byThread.samples,
       };
     },
@@ -632,11 +687,11 @@ function profileSection(profiles: Profile[]): string[] {
   return [
     "## Where the kernel's time goes",
     '',
-    'From `--perf <dir>`: `perf record -F 499 -g` of the kernel process and the agents it starts, during the first',
-    'round of each Clove row (every size and shape of that row), then `perf report --no-children` (self time).',
-    "Shares are of all samples (the kernel and its agents on the 2 cores); the symbols are the kernel threads' only,",
-    "as a share of all samples. `[kernel.kallsyms]` is time in Linux on the thread's behalf (socket reads and",
-    'writes, wake-ups, scheduling).',
+    'From `--perf <dir>`: `perf record -F 499 -g -a` (every CPU) during the first round of each Clove row (every',
+    'size and shape of that row), then `perf report --no-children` (self time). Shares are of the busy samples (the',
+    "CPUs' idle time left out); the agents are every thread that is not the kernel's, this bench's or perf's (the",
+    "machine runs nothing else during a bench). `[kernel.kallsyms]` is time in Linux on the thread's behalf",
+    '(socket reads and writes, wake-ups, scheduling).',
     '',
     ...profiles.flatMap((p) => [
       `### ${LABELS[p.system]}`,
@@ -647,10 +702,17 @@ function profileSection(profiles: Profile[]): string[] {
       ...p.threads,
       '```',
       '',
-      "The kernel's hottest symbols (thread, object, symbol; ≥ 0.5 % of all samples):",
+      "The kernel's hottest symbols (thread, object, symbol; ≥ 0.5 % of the busy samples):",
       '',
       '```',
       ...p.symbols,
+      '```',
+      '',
+      `The agents: ${p.agents.linux.trim()}. Their hottest symbols, summed over the agents (object, symbol; JIT`,
+      "frames are unnamed: the agents' perf maps stay in their sandboxes):",
+      '',
+      '```',
+      ...p.agents.symbols,
       '```',
       '',
     ]),
@@ -810,10 +872,22 @@ async function main(): Promise<void> {
     'CPU time (utime + stime of every thread, from /proc/<pid>/stat) of the broker and of its clients over each',
     "cell's runs (sending, drain and the round trips; the round trips' share is small), divided by the messages",
     "delivered; cores busy is that CPU time over the runs' wall time (this machine has 2). Clove's clients are its",
-    "agents and their sandboxes' init processes; its broker is the kernel with its reactor thread.",
+    "agents and their sandboxes' init processes; its broker is the kernel with its reactor thread. Producer µs per",
+    "round trip is a producer's own CPU time (process.cpuUsage, user + system) over its round trips, divided by",
+    'them: what one client spends to send a message and take the answer, most of it in system calls and the',
+    "event loop's wake-ups, not in the client library.",
     '',
     mdTable(
-      ['system', 'size', 'shape', 'broker µs/msg', 'clients µs/msg', 'total µs/msg', 'cores busy'],
+      [
+        'system',
+        'size',
+        'shape',
+        'broker µs/msg',
+        'clients µs/msg',
+        'total µs/msg',
+        'cores busy',
+        'producer µs per round trip',
+      ],
       cells.map((c) => {
         const u = cpuPerMessage(c);
         return [
@@ -824,6 +898,7 @@ async function main(): Promise<void> {
           u.clients_us,
           r(u.broker_us + u.clients_us),
           u.cores,
+          u.producer_us_per_rtt,
         ];
       }),
     ),

@@ -17,4 +17,9 @@ export interface Outcome {
   delivered: number;
   seconds: number;
   rtt_us: number[];
+  /**
+   * The producer's own CPU time (user + system, every thread: process.cpuUsage) over its round trips, in
+   * µs: what a client spends to send one message and take one back, with nothing else to do.
+   */
+  rtt_cpu_us: number;
 }

@@ -102,6 +102,7 @@ async function produce(link: Link, o: Order): Promise<Outcome> {
   const seconds = Number(tEnd - t0) / 1e9;
   const ping = body('p', o.size);
   const rtt: number[] = [];
+  const cpu0 = process.cpuUsage();
   for (let i = 0; i < o.pings; i++) {
     const got = new Promise<void>((r) => (pong = r));
     const s = process.hrtime.bigint();
@@ -110,8 +111,9 @@ async function produce(link: Link, o: Order): Promise<Outcome> {
     await got;
     rtt.push(Number(process.hrtime.bigint() - s) / 1000);
   }
+  const cpu = process.cpuUsage(cpu0);
   pong = null;
-  return { delivered: sent, seconds, rtt_us: rtt };
+  return { delivered: sent, seconds, rtt_us: rtt, rtt_cpu_us: cpu.user + cpu.system };
 }
 
 /** The consumer's side, the same for every system: echo pings, acknowledge every ACK_EVERY data. */
