@@ -21,7 +21,7 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import readline from 'node:readline';
-import { decodePushBinary, encodeFrame, FrameDecoder, Op } from '../../protocol/index.js';
+import { decodePushBinary, encodeFrame, encodeFrameParts, FrameDecoder, Op } from '../../protocol/index.js';
 import { CloveClient, EncodedMessage, type PushedMessage } from '../../sdk/typescript/client.js';
 
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './msg-peer-protocol.js';
@@ -300,26 +300,38 @@ async function cloveRawPeer(
   });
   s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true,"format":"binary"}}'));
   const dec = new FrameDecoder(16 * 1024 * 1024);
-  const queued: string[] = [];
-  const results = env.MSG_QUIET ? 'none' : 'refused';
-  // Split as the SDK peer splits (nextBatch).
+  // Each body's JSON bytes are made once, as the SDK peer's EncodedMessage (and the Redis and NATS peers'
+  // one Buffer): a producer sends the same body each time, a consumer the same acknowledgement.
+  const queued: Buffer[] = [];
+  let lastText: string | undefined;
+  let lastBytes = Buffer.alloc(0);
+  const queue = (text: string): void => {
+    if (text !== lastText) [lastText, lastBytes] = [text, Buffer.from(`"${text}"`, 'latin1')];
+    queued.push(lastBytes);
+  };
+  const opening = Buffer.from(`{"messages":[{"to_name":"${peerName}","message":`);
+  const between = Buffer.from(`},{"to_name":"${peerName}","message":`);
+  const tail = Buffer.from(`}],"results":"${env.MSG_QUIET ? 'none' : 'refused'}"}`);
+  // Split as the SDK peer splits (nextBatch); the frame is its parts copied once (encodeFrameParts).
   const flush = (): void => {
     while (queued.length > 0) {
-      const items = nextBatch(queued, (m) => m.length)
-        .map((m) => `{"to_name":"${peerName}","message":"${m}"}`)
-        .join(',');
-      s.write(encodeFrame(0, Op.SEND_BATCH, `{"messages":[${items}],"results":"${results}"}`));
+      const items = nextBatch(queued, (m) => m.length);
+      const parts: Buffer[] = [opening];
+      for (let i = 0; i < items.length; i++) {
+        if (i > 0) parts.push(between);
+        parts.push(items[i]);
+      }
+      parts.push(tail);
+      s.write(encodeFrameParts(0, Op.SEND_BATCH, parts));
     }
   };
   s.on('close', () => {
     console.error(`raw peer ${role} ${pair}: the kernel closed the connection`);
     process.exit(1);
   });
-  const link: Link = { send: (b) => queued.push(asString(b)), onReply: () => {}, flush };
+  const link: Link = { send: (b) => queue(asString(b)), onReply: () => {}, flush };
   const onBody =
-    role === 'consumer'
-      ? consumer<Body>((b) => queued.push(toString(b)), flush)
-      : (b: Body) => link.onReply(b);
+    role === 'consumer' ? consumer<Body>((b) => queue(toString(b)), flush) : (b: Body) => link.onReply(b);
   s.on('data', (chunk: Buffer) => {
     const { frames, error } = dec.push(chunk);
     if (error) throw error;

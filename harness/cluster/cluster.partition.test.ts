@@ -212,12 +212,12 @@ for (const [label, make, base, skip] of await providers(82, 92)) {
       it('n1 and n3 partitioned from each other but not from etcd and NATS: no ownership changes, mail still crosses', async () => {
         const c1 = clients.get('n1')!;
         const c3 = clients.get('n3')!;
-        await c3.spawn({
+        const spawned3 = await c3.spawn({
           name: 'box3',
           script: sharedScript(cluster, 'keeper.py', KEEPER_AGENT),
           args: ['box3'],
         });
-        await c1.spawn({
+        const spawned1 = await c1.spawn({
           name: 'box1',
           script: sharedScript(cluster, 'keeper.py', KEEPER_AGENT),
           args: ['box1'],
@@ -227,8 +227,9 @@ for (const [label, make, base, skip] of await providers(82, 92)) {
             .filter((a) => a.state === 'RUNNING')
             .map((a) => `${a.name}@${a.node}#${a.id}`)
             .sort();
-        // A timeout says what n2 saw last, and every agent's state there (a fresh-clone CI run once timed
-        // out here with nothing else to go on; the case passes in about 12 s otherwise).
+        // A timeout says what n2 saw last, every agent's state there, what SPAWN answered and what n1 and n3
+        // list of their own (fresh-clone CI runs timed out here twice: the second time n2 listed box1 and
+        // n3's older agent but no box3 at all; the case passes in about 12 s otherwise).
         let seen: string[] = [];
         await until(
           async () => {
@@ -241,8 +242,17 @@ for (const [label, make, base, skip] of await providers(82, 92)) {
           const all = (await everywhere(clients.get('n2')!).catch(() => [])).map(
             (a) => `${a.name}@${a.node}#${a.id}:${a.state}`,
           );
+          const own = async (c: CloveClient): Promise<string> => {
+            try {
+              return `[${(await c.list()).map((a) => `${a.name}#${a.id}:${a.state}`).join(', ')}]`;
+            } catch (x) {
+              return `LIST failed: ${(x as Error).message}`;
+            }
+          };
           throw new Error(
-            `${e.message}; RUNNING as n2 saw last: [${seen.join(', ')}]; all: [${all.join(', ')}]`,
+            `${e.message}; RUNNING as n2 saw last: [${seen.join(', ')}]; all: [${all.join(', ')}]; ` +
+              `SPAWN answered n3: ${JSON.stringify(spawned3)}, n1: ${JSON.stringify(spawned1)}; ` +
+              `n3's own LIST: ${await own(c3)}; n1's: ${await own(c1)}`,
           );
         });
         const before = await owners();
