@@ -8,6 +8,8 @@
  *   mail still crosses between them (it goes through NATS).
  * Scenario times are logged as `[cluster-timing]` lines (no duration is asserted).
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CloveClient } from '../../sdk/typescript/client.js';
 import { until } from '../kernel.js';
@@ -26,6 +28,16 @@ import {
   ALL,
 } from './cluster-scenarios.js';
 import { clusterKernelArgs, type ClusterHandle } from './provider.js';
+
+/** The last 2 KiB of a file, or why there is none (for a timeout's message). */
+function tail(file: string): string {
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    return JSON.stringify(text.slice(-2048));
+  } catch (e) {
+    return `(${(e as Error).message})`;
+  }
+}
 
 /**
  * Samples, until stopped, on which nodes each name is RUNNING (every node's local LIST), and keeps every
@@ -212,6 +224,10 @@ for (const [label, make, base, skip] of await providers(82, 92)) {
       it('n1 and n3 partitioned from each other but not from etcd and NATS: no ownership changes, mail still crosses', async () => {
         const c1 = clients.get('n1')!;
         const c3 = clients.get('n3')!;
+        // Why an agent might be missing: an agent with restart_policy never leaves the table when it exits.
+        const node3 = cluster.nodes.find((n) => n.name === 'n3')!;
+        const exits3 = await node3.client();
+        await exits3.subscribe(['AGENT_EXITED']);
         const spawned3 = await c3.spawn({
           name: 'box3',
           script: sharedScript(cluster, 'keeper.py', KEEPER_AGENT),
@@ -252,7 +268,9 @@ for (const [label, make, base, skip] of await providers(82, 92)) {
           throw new Error(
             `${e.message}; RUNNING as n2 saw last: [${seen.join(', ')}]; all: [${all.join(', ')}]; ` +
               `SPAWN answered n3: ${JSON.stringify(spawned3)}, n1: ${JSON.stringify(spawned1)}; ` +
-              `n3's own LIST: ${await own(c3)}; n1's: ${await own(c1)}`,
+              `n3's own LIST: ${await own(c3)}; n1's: ${await own(c1)}; ` +
+              `AGENT_EXITED on n3: ${JSON.stringify((await exits3.pollEvents({ max: 50, timeoutMs: 0 }).catch(() => null))?.events ?? 'none')}; ` +
+              `box3's log on n3 (tail): ${tail(path.join(node3.dataDir, 'logs', 'box3.log'))}`,
           );
         });
         const before = await owners();

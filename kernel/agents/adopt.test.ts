@@ -265,6 +265,9 @@ describe.runIf(process.geteuid?.() === 0)(
       const busy = mk('0000aaaa');
       const empty = mk('0000bbbb');
       const sleeper = spawn('sleep', ['600'], { stdio: 'ignore', detached: true });
+      // How it ended, should it end early (a fresh-clone CI run once found it gone: say who ended it).
+      let ended = 'still running';
+      sleeper.once('exit', (code, signal) => (ended = `exited: code ${code}, signal ${signal}`));
       strays.add(sleeper.pid!);
       fs.writeFileSync(path.join(busy, 'cgroup.procs'), String(sleeper.pid));
       const layoutOne = { ...layout, v1: h.version === 1 ? [h] : [], v2: h.version === 2 ? h : undefined };
@@ -272,7 +275,12 @@ describe.runIf(process.geteuid?.() === 0)(
       const root = new CgroupRoot({ ...layoutOne, controllers }, `test-${process.pid}`, '0000cccc');
       root.init();
       try {
-        expect(startOf(sleeper.pid!), 'the other data dir’s survivor runs on').not.toBeNull();
+        const alive = startOf(sleeper.pid!);
+        if (alive === null) await new Promise((r) => setTimeout(r, 100));
+        expect(
+          alive,
+          `the other data dir’s survivor runs on (${ended}; root.leftovers ${JSON.stringify(root.leftovers)})`,
+        ).not.toBeNull();
         expect(fs.existsSync(busy)).toBe(true);
         expect(fs.existsSync(path.dirname(empty)), 'an empty one is removed').toBe(false);
       } finally {
