@@ -622,20 +622,20 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
       mine.add(rec.pid!);
       rec.kill('SIGINT');
       await new Promise((res) => rec.once('exit', res));
-      // Whose a sample is, by thread id: `pid` in perf's report is the thread ("12.3%  4242:clove-reactor").
-      const owner = (tid: number): 'idle' | 'js' | 'reactor' | 'other' | 'agents' | 'bench' | null => {
+      // Whose a sample is, by thread: `pid` in perf's report is the thread ("12.3%  4242:clove-reactor").
+      const KERNEL = new Set(['js', 'reactor', 'other']);
+      const owner = (tid: number, comm: string): 'idle' | 'bench' | 'js' | 'reactor' | 'other' | 'agents' => {
         if (tid === 0) return 'idle';
         if (mine.has(tid)) return 'bench';
         if (tid === pid) return 'js';
-        return kernelTids.has(tid) ? null : 'agents';
+        if (!kernelTids.has(tid)) return 'agents';
+        return comm === 'clove-reactor' ? 'reactor' : 'other';
       };
       const byThread = report('pid', '0');
       const share = { js: 0, reactor: 0, other: 0, agents: 0, bench: 0, idle: 0 };
       for (const l of byThread.lines) {
         const m = /^([\d.]+)%\s+(\d+):(\S+)/.exec(l);
-        if (!m) continue;
-        const [pct, tid, comm] = [Number(m[1]), Number(m[2]), m[3]];
-        share[owner(tid) ?? (comm === 'clove-reactor' ? 'reactor' : 'other')] += pct;
+        if (m) share[owner(Number(m[2]), m[3])] += Number(m[1]);
       }
       // Shares of the busy samples: the machine's idle time is not anyone's.
       const busy = 100 - share.idle || 1;
@@ -647,9 +647,9 @@ function startPerf(pid: number, dir: string, system: CloveSystem): { stop(): Pro
       for (const l of report('pid,dso,sym', '0.02').lines) {
         const m = /^([\d.]+)%\s+(\d+):(\S+)\s+(\S+)\s+(\[.\])\s+(.*)$/.exec(l);
         if (!m) continue;
-        const [pct, tid] = [Number(m[1]), Number(m[2])];
-        const who = owner(tid);
-        if (who === null || who === 'js') {
+        const pct = Number(m[1]);
+        const who = owner(Number(m[2]), m[3]);
+        if (KERNEL.has(who)) {
           if (pct / busy >= 0.005)
             kernelSyms.push(`${pc(pct)}  ${m[2]}:${m[3]}  ${m[4]}  ${m[5]} ${m[6].trim()}`);
         } else if (who === 'agents') {

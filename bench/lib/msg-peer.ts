@@ -59,6 +59,18 @@ const [system, role] = argv;
 const pair = Number(argv[2] ?? 0);
 const address = argv[3] ?? '';
 
+/**
+ * `make` remembering its last argument and result: a peer sends the same body over and over (as the
+ * Redis and NATS peers publish one Buffer), so each encoding of it is made once, not per message.
+ */
+function lastOf<K, V>(make: (k: K) => V): (k: K) => V {
+  let last: { k: K; v: V } | undefined;
+  return (k) => {
+    if (last === undefined || last.k !== k) last = { k, v: make(k) };
+    return last.v;
+  };
+}
+
 function body(kind: 'd' | 'p', size: number): Buffer {
   const b = Buffer.alloc(size, 'x');
   b[0] = kind.charCodeAt(0);
@@ -161,12 +173,7 @@ async function clovePeer(): Promise<void> {
   const peerName = `msg-${role === 'producer' ? 'c' : 'p'}${pair}`;
   // A producer sends the same body over and over (as the other systems' peers send the same Buffer): its
   // string is made once. Two characters less: the JSON string's quotes make the payload `size` bytes.
-  let last: Buffer | null = null;
-  let lastString = '';
-  const asString = (b: Buffer): string => {
-    if (b !== last) [last, lastString] = [b, b.toString('latin1', 0, b.length - 2)];
-    return lastString;
-  };
+  const asString = lastOf((b: Buffer): string => b.toString('latin1', 0, b.length - 2));
   const asBody = (m: unknown): string => (typeof m === 'string' ? m : '');
   // A JSON string's bytes (a pushed message's) without their quotes.
   const toString = (b: Body): string =>
@@ -231,15 +238,10 @@ async function clovePushPeer(
   asBody: (m: unknown) => string,
   toString: (b: Body) => string,
 ): Promise<void> {
-  // Each body is encoded once (EncodedMessage), as the Redis and NATS peers publish one Buffer over and over:
-  // a producer sends the same body each time, a consumer the same acknowledgement.
+  // Each body is encoded once (EncodedMessage, lastOf): a producer sends the same body each time, a consumer
+  // the same acknowledgement.
   const out: EncodedMessage[] = [];
-  let lastText: string | undefined;
-  let lastEncoded = new EncodedMessage('');
-  const encoded = (text: string): EncodedMessage => {
-    if (text !== lastText) [lastText, lastEncoded] = [text, new EncodedMessage(text)];
-    return lastEncoded;
-  };
+  const encoded = lastOf((text: string) => new EncodedMessage(text));
   // One SEND_BATCH per flush, split by nextBatch. Only refusals come back: in the reply (`results:
   // "refused"`, not one result per message), or with MSG_QUIET as a SEND_REFUSED (`"none"`, no reply).
   c.onRefused((r) => {
@@ -300,15 +302,10 @@ async function cloveRawPeer(
   });
   s.write(encodeFrame(0, Op.HELLO, '{"push":{"messages":true,"batch":true,"format":"binary"}}'));
   const dec = new FrameDecoder(16 * 1024 * 1024);
-  // Each body's JSON bytes are made once, as the SDK peer's EncodedMessage (and the Redis and NATS peers'
-  // one Buffer): a producer sends the same body each time, a consumer the same acknowledgement.
+  // Each body's JSON bytes are made once (lastOf), as the SDK peer's EncodedMessage.
   const queued: Buffer[] = [];
-  let lastText: string | undefined;
-  let lastBytes = Buffer.alloc(0);
-  const queue = (text: string): void => {
-    if (text !== lastText) [lastText, lastBytes] = [text, Buffer.from(`"${text}"`, 'latin1')];
-    queued.push(lastBytes);
-  };
+  const bytesOf = lastOf((text: string) => Buffer.from(`"${text}"`, 'latin1'));
+  const queue = (text: string): void => void queued.push(bytesOf(text));
   const opening = Buffer.from(`{"messages":[{"to_name":"${peerName}","message":`);
   const between = Buffer.from(`},{"to_name":"${peerName}","message":`);
   const tail = Buffer.from(`}],"results":"${env.MSG_QUIET ? 'none' : 'refused'}"}`);

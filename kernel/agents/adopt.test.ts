@@ -276,6 +276,7 @@ describe.runIf(process.geteuid?.() === 0)(
       root.init();
       try {
         const alive = startOf(sleeper.pid!);
+        // Gone: its 'exit' event (which fills `ended`) comes in a later turn.
         if (alive === null) await new Promise((r) => setTimeout(r, 100));
         expect(
           alive,
