@@ -3,6 +3,7 @@
  * reused), and the set of processes to SIGKILL after a test that may leave some running (an agent that
  * outlives its kernel).
  */
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
 import { statFields } from '../kernel/sandbox/procfs.js';
 
@@ -40,17 +41,54 @@ export function allStopped(pid: number): boolean {
   }
 }
 
-/** Pids to SIGKILL once a test is over, whatever happened to it. */
-export class Strays extends Set<number> {
-  /** SIGKILLs every pid (those gone are skipped) and forgets them. */
+/**
+ * Processes to SIGKILL once a test is over, whatever happened to it. Each is named by its pid and start
+ * time: a pid that ended during the test may name another process by the end (pids wrap at pid_max,
+ * 32768 here, within minutes of a test run that starts a Python per agent), maybe another test file's,
+ * running beside this one. Only the process that was added is killed.
+ */
+export class Strays {
+  private readonly starts = new Map<number, string>();
+
+  /** Remembers `pid` with its start time; one already gone is not remembered. */
+  add(pid: number): this {
+    const start = startOf(pid);
+    if (start !== null) this.starts.set(pid, start);
+    return this;
+  }
+
+  /** SIGKILLs every process still the one added (gone or reused pids are skipped) and forgets them. */
   killAll(): void {
-    for (const pid of this) {
+    for (const [pid, start] of this.starts) {
+      if (startOf(pid) !== start) continue;
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
         /* gone */
       }
     }
-    this.clear();
+    this.starts.clear();
   }
+}
+
+/**
+ * Starts `argv` as pid `pid`, a pid that ended (pid reuse, made to happen): the host's next pid is set
+ * through /proc/sys/kernel/ns_last_pid (root), then the process forked. Other processes fork meanwhile
+ * (tests run side by side), so it tries `tries` times; null if it never got that pid, else the child.
+ */
+export async function spawnAtPid(
+  pid: number,
+  argv: string[],
+  opts: SpawnOptions = {},
+  tries = 50,
+): Promise<ChildProcess | null> {
+  for (let i = 0; i < tries; i++) {
+    fs.writeFileSync('/proc/sys/kernel/ns_last_pid', String(pid - 1));
+    const child = spawn(argv[0], argv.slice(1), { stdio: 'ignore', ...opts });
+    await new Promise((r) => child.once('spawn', r));
+    if (child.pid === pid) return child;
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+  }
+  return null;
 }

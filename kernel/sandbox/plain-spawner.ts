@@ -75,7 +75,10 @@ export class PlainSpawner implements Spawner {
     return {
       pid,
       isolation,
-      signal: (sig) => killGroup(pid, sig),
+      // Not once it has exited: its group's id is free then, and in time names another process's group.
+      signal: (sig) => {
+        if (!exitInfo) killGroup(pid, sig);
+      },
       onExit: (cb) => {
         if (exitInfo) queueMicrotask(() => cb(exitInfo!));
         else listeners.push(cb);
