@@ -3,6 +3,10 @@
  * exchange a few windows of messages and round trips, and stop. ci/setup.sh installs redis-server and
  * nats-server; Redis and NATS are skipped only where they are missing (a machine set up otherwise).
  */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startKernelProcess, type KernelProcess } from '../harness/kernel.js';
 import { which } from '../harness/services.js';
@@ -14,6 +18,8 @@ import {
   type CloveSystem,
   type System,
 } from './messaging.js';
+import { DIST_BENCH } from './lib/child.js';
+import { HALT_POLL_NS } from './lib/machine.js';
 import { ACK_EVERY } from './lib/msg-peer-protocol.js';
 
 const available: Record<Exclude<System, CloveSystem>, boolean> = {
@@ -116,4 +122,55 @@ describe('messaging bench runners', () => {
         expect(left).toEqual([]);
       });
     });
+});
+
+describe('the command line: a diagnostic run with its own report and halt polling', () => {
+  const bench = path.join(DIST_BENCH, 'messaging.js');
+  const run = (args: string[], reports: string) =>
+    spawnSync(process.execPath, [bench, ...args], {
+      encoding: 'utf8',
+      env: { ...process.env, CLOVE_REPORTS_DIR: reports },
+      timeout: 120_000,
+    });
+
+  it('writes reports/NAME.* only, says how it was run, and puts the halt polling back', () => {
+    const reports = fs.mkdtempSync(path.join(os.tmpdir(), 'clove-msg-report-'));
+    try {
+      const hasHaltPoll = fs.existsSync(HALT_POLL_NS) && process.geteuid?.() === 0;
+      const before = hasHaltPoll ? fs.readFileSync(HALT_POLL_NS, 'utf8').trim() : '';
+      const wanted = before === '12345' ? '12346' : '12345';
+      const args = ['--quick', '--systems', 'relay', '--sizes', '64', '--shapes', '1', '--pings', '20'];
+      const r = run(
+        [...args, '--report', 'diag', ...(hasHaltPoll ? ['--halt-poll-ns', wanted] : [])],
+        reports,
+      );
+      expect(r.status, r.stderr).toBe(0);
+      expect(fs.readdirSync(reports).sort()).toEqual(['diag.json', 'diag.md', 'diag.svg']);
+      const md = fs.readFileSync(path.join(reports, 'diag.md'), 'utf8');
+      expect(md).toContain('--report=diag');
+      expect(md).toContain('reports/diag.json');
+      if (hasHaltPoll) {
+        expect(md).toContain(`--halt-poll-ns=${wanted}`);
+        expect(md).toContain(`guest halt polling up to ${wanted} ns`);
+        expect(fs.readFileSync(HALT_POLL_NS, 'utf8').trim()).toBe(before);
+      }
+    } finally {
+      fs.rmSync(reports, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a report name with a directory, and a halt polling that is not a number', () => {
+    const reports = fs.mkdtempSync(path.join(os.tmpdir(), 'clove-msg-report-'));
+    try {
+      const bad = run(['--quick', '--systems', 'relay', '--report', '../x'], reports);
+      expect(bad.status).not.toBe(0);
+      expect(bad.stderr).toContain('--report: a file name without a directory');
+      const nan = run(['--quick', '--systems', 'relay', '--halt-poll-ns', 'lots'], reports);
+      expect(nan.status).not.toBe(0);
+      expect(nan.stderr).toContain('--halt-poll-ns: a number of nanoseconds');
+      expect(fs.readdirSync(reports)).toEqual([]);
+    } finally {
+      fs.rmSync(reports, { recursive: true, force: true });
+    }
+  });
 });

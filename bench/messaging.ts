@@ -5,7 +5,8 @@
  *   bash bench/setup.sh && npm run build && node dist/bench/messaging.js [--quick] [--time MS] [--pings N]
  *     [--rounds N] [--systems a,b] [--sizes 64,1024] [--shapes 1,4] (a subset: not the report's full table)
  *     [--perf DIR | --cpu-prof DIR | --agents-cpu-prof DIR] (where the time goes: diagnostic runs, their rates
- *     include the profiler's cost)
+ *     include the profiler's cost) [--halt-poll-ns N] (a KVM guest's halt polling for the run, put back after)
+ *     [--report NAME] (reports/NAME.{md,json,svg} instead of reports/messaging.*: a diagnostic run's own)
  *
  * Every peer is its own process (bench/lib/msg-peer.ts), so brokers and clients share the machine's cores
  * as Clove's kernel and agents do. Per system, size and shape: messages/s delivered with a bounded window
@@ -19,12 +20,12 @@ import readline from 'node:readline';
 import { tempDir, waitForSocket, until, type KernelProcess } from '../harness/kernel.js';
 import { freePort, waitForPort, which } from '../harness/services.js';
 import type { CloveClient } from '../sdk/typescript/client.js';
-import { machineInfo, machineLine } from './lib/machine.js';
+import { HALT_POLL_NS, machineInfo, machineLine } from './lib/machine.js';
 import { BENCH_SRC, DIST_BENCH, profileKernelIfAsked, startKernel, stopChild } from './lib/child.js';
 import { ACK_EVERY, WINDOW, type Order, type Outcome } from './lib/msg-peer-protocol.js';
 import { cpuSecondsOf, descendants } from './lib/proc.js';
 import { median, summarize, r, roundSummary, type Summary } from './lib/stats.js';
-import { envelope, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
+import { envelope, givenFlags, mdTable, parseFlags, writeChart, writeJson, writeText } from './lib/report.js';
 import type * as vl from 'vega-lite';
 
 export type CloveSystem =
@@ -719,12 +720,39 @@ function profileSection(profiles: Profile[]): string[] {
   ];
 }
 
+/**
+ * `--halt-poll-ns N`: how long an idle vCPU of this KVM guest polls before it halts (the haltpoll cpuidle
+ * driver), for this run only: put back as it was when the bench exits, also on SIGINT or SIGTERM. Why:
+ * waking a halted vCPU is the dearest step of a round trip on such machines (reports/fastpath.md).
+ */
+function haltPollForRun(ns: string | undefined): void {
+  if (ns === undefined) return;
+  if (!/^\d+$/.test(ns)) throw new Error(`--halt-poll-ns: a number of nanoseconds, not "${ns}"`);
+  let before: string;
+  try {
+    before = fs.readFileSync(HALT_POLL_NS, 'utf8').trim();
+  } catch (e) {
+    throw new Error(
+      `--halt-poll-ns: cannot read ${HALT_POLL_NS} (${(e as NodeJS.ErrnoException).code}): not a KVM guest with the haltpoll cpuidle driver`,
+    );
+  }
+  fs.writeFileSync(HALT_POLL_NS, ns);
+  process.once('exit', () => fs.writeFileSync(HALT_POLL_NS, before));
+  for (const [sig, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const)
+    process.once(sig, () => process.exit(code));
+}
+
 async function main(): Promise<void> {
   const flags = parseFlags([
     'agents-cpu-prof',
     'cpu-prof',
+    'halt-poll-ns',
     'perf',
     'pings',
+    'report',
     'rounds',
     'shapes',
     'sizes',
@@ -749,6 +777,10 @@ async function main(): Promise<void> {
   const systems = only ? (Object.keys(LABELS) as System[]).filter((s) => only.includes(s)) : SYSTEMS;
   const sizes = flags.get('sizes')?.split(',').map(Number) ?? [64, 1024];
   const shapes = flags.get('shapes')?.split(',').map(Number) ?? [1, 4];
+  const name = flags.get('report') ?? 'messaging';
+  if (!/^[\w.-]+$/.test(name)) throw new Error(`--report: a file name without a directory, not "${name}"`);
+  haltPollForRun(flags.get('halt-poll-ns'));
+  // After the halt polling is set: the report's machine line says what the run had.
   const machine = machineInfo();
   const t0 = Date.now();
   console.log(`messaging bench (${QUICK ? 'quick' : 'full'}) on ${machineLine(machine)}`);
@@ -824,15 +856,29 @@ async function main(): Promise<void> {
     cells: cells.map(({ rtt_samples: _s, ...c }) => c),
     goals: g,
   };
-  const env = envelope('messaging', { quick: QUICK, machine, startedAt: t0, results });
-  writeJson('messaging', env);
-  await writeChart('messaging.svg', chartSpec(cells));
+  // A partial or diagnostic run's report says how it was made (the default run needs no flags).
+  const extraArgs = givenFlags(flags, [
+    'time',
+    'pings',
+    'rounds',
+    'systems',
+    'sizes',
+    'shapes',
+    'halt-poll-ns',
+    'report',
+    'perf',
+    'cpu-prof',
+    'agents-cpu-prof',
+  ]);
+  const env = envelope('messaging', { quick: QUICK, machine, startedAt: t0, results, extraArgs });
+  writeJson(name, env);
+  await writeChart(`${name}.svg`, chartSpec(cells));
   const md = [
     '# Messaging: Clove beside a raw relay, Redis pub/sub and NATS',
     '',
     `Machine: ${machineLine(machine)}; load average at end ${env.loadavg_at_end.join(' / ')}.`,
     '',
-    `Reproduce: \`bash bench/setup.sh && ${env.command}\` (${env.duration_s} s), or \`npm run bench:messaging\`.`,
+    `Reproduce: \`bash bench/setup.sh && ${env.command}\` (${env.duration_s} s)${extraArgs ? '' : ', or `npm run bench:messaging`'}.`,
     '',
     'Each peer is its own process: the broker (Clove kernel, relay, redis-server, nats-server), N producers and',
     `N consumers (1→1: one pair; 4→4: four pairs, producer i to consumer i). Throughput: each producer keeps at most`,
@@ -840,7 +886,7 @@ async function main(): Promise<void> {
     `message over the slowest producer's time (${ms} ms of sending, then the drain). Round trip: producer → broker →`,
     `consumer → broker → producer, one message in flight per pair, ${pings} per pair (pooled over the pairs).`,
     `${rounds} round(s), the systems interleaved; msgs/s is the median of the rounds (each round's in`,
-    'reports/messaging.json), round trips are pooled over the rounds.',
+    `reports/${name}.json), round trips are pooled over the rounds.`,
     '',
     `- Clove: ${results.setup.clove}.`,
     ...systems.flatMap((s) => DIAGNOSTIC_NOTES[s] ?? []),
@@ -865,7 +911,7 @@ async function main(): Promise<void> {
       ]),
     ),
     '',
-    '![messages/s and round trips per system](messaging.svg)',
+    `![messages/s and round trips per system](${name}.svg)`,
     '',
     '## CPU per message',
     '',
@@ -939,7 +985,7 @@ async function main(): Promise<void> {
     '- Numbers taken while other work ran on the machine are noisy (load averages above: this machine is shared',
     '  with builds and tests); compare systems only within one run.',
   ].join('\n');
-  writeText('messaging.md', md);
+  writeText(`${name}.md`, md);
   console.log(md);
 }
 
