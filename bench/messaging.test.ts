@@ -162,9 +162,11 @@ describe('the command line: a diagnostic run with its own report and halt pollin
   it('refuses a report name with a directory, and a halt polling that is not a number', () => {
     const reports = fs.mkdtempSync(path.join(os.tmpdir(), 'clove-msg-report-'));
     try {
-      const bad = run(['--quick', '--systems', 'relay', '--report', '../x'], reports);
-      expect(bad.status).not.toBe(0);
-      expect(bad.stderr).toContain('--report: a file name without a directory');
+      for (const name of ['../x', '..']) {
+        const bad = run(['--quick', '--systems', 'relay', '--report', name], reports);
+        expect(bad.status).not.toBe(0);
+        expect(bad.stderr).toContain('--report: a file name without a directory');
+      }
       const nan = run(['--quick', '--systems', 'relay', '--halt-poll-ns', 'lots'], reports);
       expect(nan.status).not.toBe(0);
       expect(nan.stderr).toContain('--halt-poll-ns: a number of nanoseconds');

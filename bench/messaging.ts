@@ -778,7 +778,7 @@ async function main(): Promise<void> {
   const sizes = flags.get('sizes')?.split(',').map(Number) ?? [64, 1024];
   const shapes = flags.get('shapes')?.split(',').map(Number) ?? [1, 4];
   const name = flags.get('report') ?? 'messaging';
-  if (!/^[\w.-]+$/.test(name)) throw new Error(`--report: a file name without a directory, not "${name}"`);
+  if (!/^\w[\w.-]*$/.test(name)) throw new Error(`--report: a file name without a directory, not "${name}"`);
   haltPollForRun(flags.get('halt-poll-ns'));
   // After the halt polling is set: the report's machine line says what the run had.
   const machine = machineInfo();
