@@ -726,5 +726,6 @@ describe('a graph run as a Clove agent', () => {
     const agent = (await op.list()).find((x) => x.name === 'lg-resume');
     expect(agent?.restarts).toBe(1);
     expect(await llmUsage(op, agent!.id)).toMatchObject({ tokens_used: 18, calls_made: 1 });
+    await op.kill('lg-resume');
   });
 });

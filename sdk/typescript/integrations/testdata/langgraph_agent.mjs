@@ -82,6 +82,8 @@ async function resume() {
   await report('start', { resumed, next: state.next, steps: state.values.steps ?? [] });
   const final = await graph.invoke(resumed ? null : { topic: 'the moon' }, config);
   await report('done', { state: final });
+  // Stays up until the test has read its restarts and counters (an ended agent leaves the table) and kills it.
+  await client.recv({ max: 1, timeoutMs: 300_000 });
 }
 
 try {
