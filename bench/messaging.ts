@@ -745,20 +745,23 @@ function haltPollForRun(ns: string | undefined): void {
     process.once(sig, () => process.exit(code));
 }
 
+/** The bench's flags besides --quick; a run given any of them repeats them in its Reproduce line. */
+const FLAGS = [
+  'agents-cpu-prof',
+  'cpu-prof',
+  'halt-poll-ns',
+  'perf',
+  'pings',
+  'report',
+  'rounds',
+  'shapes',
+  'sizes',
+  'systems',
+  'time',
+];
+
 async function main(): Promise<void> {
-  const flags = parseFlags([
-    'agents-cpu-prof',
-    'cpu-prof',
-    'halt-poll-ns',
-    'perf',
-    'pings',
-    'report',
-    'rounds',
-    'shapes',
-    'sizes',
-    'systems',
-    'time',
-  ]);
+  const flags = parseFlags(FLAGS);
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
@@ -857,19 +860,7 @@ async function main(): Promise<void> {
     goals: g,
   };
   // A partial or diagnostic run's report says how it was made (the default run needs no flags).
-  const extraArgs = givenFlags(flags, [
-    'time',
-    'pings',
-    'rounds',
-    'systems',
-    'sizes',
-    'shapes',
-    'halt-poll-ns',
-    'report',
-    'perf',
-    'cpu-prof',
-    'agents-cpu-prof',
-  ]);
+  const extraArgs = givenFlags(flags, FLAGS);
   const env = envelope('messaging', { quick: QUICK, machine, startedAt: t0, results, extraArgs });
   writeJson(name, env);
   await writeChart(`${name}.svg`, chartSpec(cells));

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import { REPO_ROOT } from '../../kernel/config.js';
+import { readText } from '../../kernel/sandbox/cgroups.js';
 
 export interface MachineInfo {
   date: string;
@@ -31,20 +32,12 @@ export interface MachineInfo {
 /** Where a KVM guest's halt polling is set (the haltpoll cpuidle driver): ns an idle vCPU polls before it halts. */
 export const HALT_POLL_NS = '/sys/module/haltpoll/parameters/guest_halt_poll_ns';
 
-function readSys(file: string): string | undefined {
-  try {
-    return fs.readFileSync(file, 'utf8').trim();
-  } catch {
-    return undefined;
-  }
-}
-
 /** The cpuidle driver and governor, and the halt polling of the haltpoll driver: "unknown" where sysfs says nothing. */
 export function cpuIdleInfo(): string {
-  const driver = readSys('/sys/devices/system/cpu/cpuidle/current_driver');
+  const driver = readText('/sys/devices/system/cpu/cpuidle/current_driver')?.trim();
   if (!driver || driver === 'none') return driver ?? 'unknown';
-  const governor = readSys('/sys/devices/system/cpu/cpuidle/current_governor');
-  const poll = driver === 'haltpoll' ? readSys(HALT_POLL_NS) : undefined;
+  const governor = readText('/sys/devices/system/cpu/cpuidle/current_governor')?.trim();
+  const poll = driver === 'haltpoll' ? readText(HALT_POLL_NS)?.trim() : undefined;
   const polling =
     poll === undefined
       ? ''
