@@ -17,11 +17,9 @@ import type { CloveNative, NativeExit, NativeSpawnOptions } from '../../native/i
 import { exposure, parseUnixSockets, runtimeDirs, socketsToHide } from './access.js';
 import { initHelperPath, loadNative } from './native.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
-import type { ExitInfo } from './types.js';
-import { kv, readLog, sandboxPython, spec, workDir } from './testutil.js';
+import { exitOf, kv, readLog, sandboxPython, spec, workDir } from './testutil.js';
 
 const isRoot = process.geteuid?.() === 0;
-const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
 
 /** A listening Unix socket server at `where` (a path, or "\0name" for an abstract one), mode 0777. */
 async function listen(where: string): Promise<net.Server> {

@@ -9,16 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startKernelProcess, until, type KernelProcess } from '../../harness/kernel.js';
 import { REPO_ROOT } from '../config.js';
 import type { CloveClient } from '../../sdk/typescript/client.js';
-import type { ExitInfo } from './types.js';
 import { nativeAvailable } from './native.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
-import { sandboxPython, spec, workDir, zombieChildren } from './testutil.js';
+import { exitOf, sandboxPython, spec, workDir, zombieChildren } from './testutil.js';
 
 const isRoot = process.geteuid?.() === 0;
 const required = process.env.CI === 'true';
 const run = (isRoot && nativeAvailable()) || required ? describe : describe.skip;
 
-const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
 const fdsOf = (pid: number | 'self') => fs.readdirSync(`/proc/${pid}/fd`).length;
 
 run('file descriptors per sandboxed agent', () => {

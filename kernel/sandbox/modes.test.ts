@@ -2,14 +2,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ExitInfo } from './types.js';
 import { nativeAvailable } from './native.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
-import { kv, readLog, sleep, spec, TESTDATA, workDir } from './testutil.js';
+import { TESTDATA, exitOf, kv, readLog, sleep, spec, workDir } from './testutil.js';
 
 const isRoot = process.geteuid?.() === 0;
 const run = (isRoot && nativeAvailable()) || process.env.CI === 'true' ? describe : describe.skip;
-const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
 
 run('NativeSpawner degraded modes', () => {
   let dir: string;

@@ -4,10 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAtPid, startOf } from '../../harness/procs.js';
 import { PlainSpawner } from './plain-spawner.js';
-import { spec } from './testutil.js';
-import type { AgentProcess, ExitInfo } from './types.js';
-
-const exitOf = (a: AgentProcess): Promise<ExitInfo> => new Promise((r) => a.onExit(r));
+import { exitOf, spec } from './testutil.js';
 
 describe('PlainSpawner: an agent in a process group of its own', () => {
   let dir: string;

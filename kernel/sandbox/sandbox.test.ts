@@ -14,13 +14,14 @@ import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
 import { until } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
 import {
+  TESTDATA,
   childrenOfSelf,
+  exitOf,
   kv,
   readLog,
   sandboxPython,
   sleep,
   spec,
-  TESTDATA,
   workDir,
   zombieChildren,
 } from './testutil.js';
@@ -30,8 +31,6 @@ const required = process.env.CI === 'true';
 const run = (isRoot && nativeAvailable()) || required ? describe : describe.skip;
 if (!isRoot && !required)
   console.warn('sandbox tests skipped: they need root and the built addon (npm run build:native)');
-
-const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
 
 run('NativeSpawner (root sandbox)', () => {
   let spawner: NativeSpawner;

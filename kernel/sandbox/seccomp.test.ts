@@ -13,10 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ExitInfo } from './types.js';
 import { initHelperPath, nativeAvailable } from './native.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
-import { readLog, sandboxPython, spec, workDir } from './testutil.js';
+import { exitOf, readLog, sandboxPython, spec, workDir } from './testutil.js';
 
 const isRoot = process.geteuid?.() === 0;
-const exitOf = (a: SandboxedAgent) => new Promise<ExitInfo>((resolve) => a.onExit(resolve));
 
 /** Prints one JSON line: {denied: {call: "ok" | errno name}, ok: {work: boolean}, status: {...}}. */
 const PROBE = String.raw`

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { reachableBy } from './access.js';
-import type { SpawnSpec } from './types.js';
+import type { AgentProcess, ExitInfo, SpawnSpec } from './types.js';
 
 export const TESTDATA = path.join(path.dirname(fileURLToPath(import.meta.url)), 'testdata');
 
@@ -47,6 +47,11 @@ export function spec(over: Partial<SpawnSpec> & { argv: string[]; cwd: string; l
     account: { uid: 65534, gid: 65534 },
     ...over,
   };
+}
+
+/** How the agent's process ended, once it has. */
+export function exitOf(a: AgentProcess): Promise<ExitInfo> {
+  return new Promise((resolve) => a.onExit(resolve));
 }
 
 export function readLog(file: string): string {
