@@ -31,6 +31,7 @@ import type * as vl from 'vega-lite';
 export type CloveSystem =
   | 'clove-fast-batch'
   | 'clove-fast-batch-quiet'
+  | 'clove-fast-batch-quiet-nopoll'
   | 'clove-fast-raw'
   | 'clove-fast-raw-quiet'
   | 'clove-fast-batch-plain'
@@ -49,6 +50,12 @@ const CLOVE_RUN: Record<
 > = {
   'clove-fast-batch': { kernel: ['--fast-path'], mode: 'batch', sandboxed: true },
   'clove-fast-batch-quiet': { kernel: ['--fast-path'], mode: 'batch', sandboxed: true, quiet: true },
+  'clove-fast-batch-quiet-nopoll': {
+    kernel: ['--fast-path', '--fast-path-poll-us', '0'],
+    mode: 'batch',
+    sandboxed: true,
+    quiet: true,
+  },
   'clove-fast-raw': { kernel: ['--fast-path'], mode: 'raw', sandboxed: true },
   'clove-fast-raw-quiet': { kernel: ['--fast-path'], mode: 'raw', sandboxed: true, quiet: true },
   'clove-fast-batch-plain': { kernel: ['--fast-path'], mode: 'batch', sandboxed: false },
@@ -60,14 +67,16 @@ const CLOVE_RUN: Record<
 export const GOAL_SYSTEMS: CloveSystem[] = ['clove-fast-batch', 'clove-fast-batch-quiet', 'clove-fast'];
 /**
  * What a run measures unless `--systems` says otherwise: with `clove-fast-batch-quiet` (the batch job with
- * SEND_BATCH unanswered) and `clove-fast-raw` (the batch job without the SDK), so that the report shows
- * what the replies and the SDK cost. The other diagnostics are asked for by name: `clove-fast-raw-quiet`
+ * SEND_BATCH unanswered), `clove-fast-batch-quiet-nopoll` (the same with the reactor never polling) and
+ * `clove-fast-raw` (the batch job without the SDK), so that the report shows what the replies, the
+ * reactor's polling and the SDK cost or give. The other diagnostics are asked for by name: `clove-fast-raw-quiet`
  * (no SDK, no replies), `clove-plain` and `clove-fast-batch-plain` (agents unsandboxed: what the sandbox
  * costs).
  */
 export const SYSTEMS: System[] = [
   'clove-fast-batch',
   'clove-fast-batch-quiet',
+  'clove-fast-batch-quiet-nopoll',
   'clove-fast-raw',
   'clove-fast',
   'clove',
@@ -93,6 +102,12 @@ const DIAGNOSTIC_NOTES: Partial<Record<System, string[]>> = {
     '  reply to every SEND_BATCH, listing only refused items): one write by the kernel and one wake-up of the',
     '  sender fewer per SEND_BATCH. Judged on the goals too, apart from the answered row.',
   ],
+  'clove-fast-batch-quiet-nopoll': [
+    '- Clove fast path, SEND_BATCH unanswered, reactor not polling: the unanswered row on a kernel started with',
+    '  `--fast-path-poll-us 0` (its reactor sleeps in epoll_wait as soon as it has nothing to do, instead of',
+    '  first polling up to 50 µs: docs/fastpath.md, "Polling"), a diagnostic row to show what polling gives',
+    "  and what it costs (the broker's CPU per message).",
+  ],
   'clove-fast-batch-plain': [
     '- Clove fast path, agents unsandboxed: the SEND_BATCH + push row with SPAWN `sandboxed: false`, a',
     '  diagnostic row to show what the sandbox costs.',
@@ -105,6 +120,7 @@ const DIAGNOSTIC_NOTES: Partial<Record<System, string[]>> = {
 export const LABELS: Record<System, string> = {
   'clove-fast-batch': 'Clove fast path, SEND_BATCH + push (sandboxed agents, TS SDK)',
   'clove-fast-batch-quiet': 'Clove fast path, SEND_BATCH unanswered + push (sandboxed agents, TS SDK)',
+  'clove-fast-batch-quiet-nopoll': 'Clove fast path, SEND_BATCH unanswered, reactor not polling (diagnostic)',
   'clove-fast': 'Clove fast path, SEND + RECV (sandboxed agents, TS SDK)',
   clove: 'Clove TypeScript path, SEND + RECV (sandboxed agents, TS SDK)',
   'clove-plain': 'Clove TypeScript path, agents unsandboxed (diagnostic)',
@@ -847,7 +863,8 @@ async function main(): Promise<void> {
       systems: Object.fromEntries(systems.map((s) => [s, LABELS[s]])),
       clove:
         'kernel: child process with default options (sandbox auto, as `clove kernel`/`clove up` start it) and, for ' +
-        'the fast-path rows, `--fast-path`; agents spawned with SPAWN (default sandbox), TypeScript SDK. ' +
+        'the fast-path rows, `--fast-path` (its reactor polls up to 50 µs for work before it sleeps, the default: ' +
+        'docs/fastpath.md, "Polling"); agents spawned with SPAWN (default sandbox), TypeScript SDK. ' +
         'SEND + RECV: one SEND by name per message, blocking RECV max 1000. SEND_BATCH + push: the bodies of one ' +
         'window batch in one SEND_BATCH (results "refused": one reply listing only refused items; the unanswered ' +
         'row: results "none", a reply only if something is refused, as a NATS publish), ' +

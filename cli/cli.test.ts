@@ -120,6 +120,35 @@ describe('clove CLI', () => {
     );
     expect(r).toBe(6);
   });
+
+  it('kernel --fast-path-poll-us: not a number is a usage error, out of range the kernel refuses; both exit 2', async () => {
+    const dir = tempDir();
+    const kernel = (v: string) =>
+      new Promise<{ code: number; err: string }>((resolve) =>
+        execFile(
+          process.execPath,
+          [
+            bin,
+            '--socket',
+            path.join(dir, 'k.sock'),
+            'kernel',
+            '--data-dir',
+            dir,
+            '--fast-path',
+            '--fast-path-poll-us',
+            v,
+          ],
+          (e, _out, err) => resolve({ code: (e as { code?: number } | null)?.code ?? 0, err }),
+        ),
+      );
+    const word = await kernel('soon');
+    expect(word.code).toBe(2);
+    expect(word.err).toMatch(/--fast-path-poll-us.*must be a non-negative integer/);
+    const big = await kernel('5000');
+    expect(big.code).toBe(2);
+    expect(big.err).toMatch(/invalid --fast-path-poll-us 5000 .*from 0 \(never poll\) to 1000/);
+    expect(fs.existsSync(path.join(dir, 'k.sock'))).toBe(false);
+  });
 });
 
 describe('clove kernel shutdown', () => {

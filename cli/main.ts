@@ -41,6 +41,8 @@ export interface Daemon {
       durability: 'normal' | 'full';
       /** The native fast path (docs/fastpath.md); default: CLOVE_FAST_PATH=1. */
       fastPath?: boolean;
+      /** `--fast-path-poll-us`: the most the reactor polls before sleeping (docs/fastpath.md, "Polling"). */
+      fastPathPollUs?: number;
       /** `--cluster` and its companions as given (validated by the kernel: docs/cluster.md). */
       clusterFlags?: {
         cluster?: string;
@@ -108,6 +110,7 @@ function kernelOptions(
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
     ...(o.fastPath ? { fastPath: true } : {}),
+    ...(o.fastPathPollUs !== undefined ? { fastPathPollUs: o.fastPathPollUs as number } : {}),
     ...(o.upgrade ? { upgrade: true } : {}),
     ...(o.agentsDieWithKernel ? { outliveKernel: false } : {}),
     ...(o.spareSandboxes === false ? { spareSandboxes: false } : {}),
@@ -225,6 +228,11 @@ export function program(daemon: Daemon): Command {
         .default('auto'),
     )
     .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
+    .option(
+      '--fast-path-poll-us <us>',
+      'the most microseconds the reactor polls for work before it sleeps, adapted to the traffic; 0: never (default 50, or CLOVE_FAST_PATH_POLL_US)',
+      int,
+    )
     .option(
       '--upgrade',
       'take over from the kernel running on this socket: it hands its agents over and exits, this one re-adopts them (docs/restart.md)',

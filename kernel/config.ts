@@ -78,6 +78,12 @@ export interface KernelOptions {
    * Default: on when the environment has CLOVE_FAST_PATH=1.
    */
   fastPath: boolean;
+  /**
+   * With the fast path: the most microseconds its reactor polls for work before it sleeps, adapted to the
+   * traffic and never while the machine has more runnable tasks than CPUs (docs/fastpath.md, "Polling").
+   * 0: it never polls. Default 50, or CLOVE_FAST_PATH_POLL_US; at most 1000.
+   */
+  fastPathPollUs: number;
   /** Member of a cluster (docs/cluster.md): null for a kernel on its own, which needs no etcd or NATS. */
   cluster: ClusterOptions | null;
   /**
@@ -137,11 +143,30 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
     logLevel: 'info',
     agentUidBase: 200_000,
     fastPath: process.env.CLOVE_FAST_PATH === '1',
+    fastPathPollUs: pollUsFromEnv(),
     cluster: null,
     relay: null,
     http: null,
     ...overrides,
   };
+}
+
+/** The most a reactor may poll before sleeping, in microseconds (KernelOptions.fastPathPollUs). */
+export const MAX_FAST_PATH_POLL_US = 1000;
+
+/** fastPathPollUs' default: CLOVE_FAST_PATH_POLL_US when set (checked by checkFastPathPollUs), else 50. */
+function pollUsFromEnv(): number {
+  const v = process.env.CLOVE_FAST_PATH_POLL_US;
+  return v === undefined || v === '' ? 50 : Number(v);
+}
+
+/** Refuses a fastPathPollUs that is not a whole number of microseconds from 0 to MAX_FAST_PATH_POLL_US. */
+export function checkFastPathPollUs(v: number): void {
+  if (!Number.isInteger(v) || v < 0 || v > MAX_FAST_PATH_POLL_US)
+    throw new KernelStartError(
+      `invalid --fast-path-poll-us ${v} (or CLOVE_FAST_PATH_POLL_US): microseconds from 0 (never poll) to ${MAX_FAST_PATH_POLL_US}`,
+      2,
+    );
 }
 
 /** The default budgets of agents and clients, from the options (an unknown budget name is an error). */

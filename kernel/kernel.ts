@@ -7,7 +7,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import pino from 'pino';
-import { type KernelOptions, defaultBudgets, defaultOptions, REPO_ROOT } from './config.js';
+import {
+  type KernelOptions,
+  checkFastPathPollUs,
+  defaultBudgets,
+  defaultOptions,
+  REPO_ROOT,
+} from './config.js';
 import { AgentService, survivingPids } from './agents/agents.js';
 import { AuditLog } from './audit/log.js';
 import { AsyncCalls } from './core/async.js';
@@ -155,6 +161,7 @@ export class Kernel {
     private readonly clusterEngines?: ClusterEngineFactory,
   ) {
     this.opts = defaultOptions(options);
+    checkFastPathPollUs(this.opts.fastPathPollUs);
     this.log = pino(
       { level: this.opts.logLevel, base: { svc: 'clove' } },
       logStream ?? pino.destination({ dest: 2, sync: true }),
@@ -497,6 +504,7 @@ export class Kernel {
         queuedBytesLimit: o.maxQueuedBytes,
         maxReplyBytes: o.maxReplyBytes,
         maxDepth: o.maxDepth,
+        pollUs: o.fastPathPollUs,
       });
       // Recording and log_syscalls see every call: while either is on, every call goes to JavaScript.
       dispatcher.observe((r) => {
@@ -615,6 +623,7 @@ export class Kernel {
         sandbox: this.sandbox?.summary ?? null,
       }),
       templates: { spawnRequestOf: (id) => this.agents?.spawnRequestOf(id) },
+      ...(this.fastPath ? { fastPathPoll: () => this.fastPath!.reactor.pollStats() } : {}),
     };
   }
 

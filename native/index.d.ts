@@ -401,6 +401,8 @@ export declare class NativeReactor {
     store: NativeMailStore;
     maxPayload: number;
     onEvents: (events: NativeReactorEvent[]) => void;
+    /** The most microseconds the reactor polls before it sleeps (docs/fastpath.md, "Polling"); 0 or absent: never. */
+    pollUs?: number;
   });
   /** Takes a dup of `fd` (the caller still closes its own); returns the connection's id. */
   adopt(fd: number, o: { principal: number; fast: boolean; initial?: Buffer }): number;
@@ -416,6 +418,24 @@ export declare class NativeReactor {
   destroy(conn: number): void;
   /** Stops the thread and closes every connection. */
   close(): void;
+  /** What polling did since the reactor started. */
+  pollStats(): NativePollStats;
+}
+
+/** NativeReactor.pollStats(): counts since the reactor started (docs/fastpath.md, "Polling"). */
+export interface NativePollStats {
+  /** The most it polls before sleeping (the option); 0: it never polls. */
+  maxUs: number;
+  /** Waits that polled. */
+  polls: number;
+  /** Polls that found work before their window ran out (the sleep and its wake-up saved). */
+  caught: number;
+  /** Waits that did not poll because the machine had more runnable tasks than CPUs. */
+  skipped: number;
+  /** Waits that did not poll because, in a recent 50 ms, fewer than half of the polls found work. */
+  backedOff: number;
+  /** Microseconds spent polling, caught or not. */
+  polledUs: number;
 }
 
 export interface CloveNative {

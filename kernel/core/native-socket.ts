@@ -215,6 +215,8 @@ export interface FastPathOptions {
   fastFor?: (principal: number) => boolean;
   /** The kernel-wide limit of queued message bytes (KernelOptions.maxQueuedBytes). */
   queuedBytesLimit: number;
+  /** KernelOptions.fastPathPollUs: the most the reactor polls before sleeping; absent or 0: never. */
+  pollUs?: number;
   maxReplyBytes: number;
   maxDepth: number;
 }
@@ -245,6 +247,7 @@ export class FastPath {
       store: this.store,
       maxPayload: o.maxPayload,
       onEvents: (events) => this.route(events),
+      pollUs: o.pollUs ?? 0,
     });
   }
 

@@ -635,6 +635,20 @@ describe('HTTP API on a fast-path kernel', () => {
       expect(sample(s, 'clove_agent_syscalls_total', { agent: 'fastchat' })).toBeGreaterThanOrEqual(8);
       const sys = await h.json<{ kernel: { fast_path: boolean } }>('GET', '/api/v1/system');
       expect(sys.body.kernel.fast_path).toBe(true);
+      // The reactor's polling, as its own counters say (docs/fastpath.md, "Polling"): every series is
+      // there, and each wait that could poll either polled or says why not.
+      const polls = k.kernel['fastPath']!.reactor.pollStats();
+      const after = await scrape(h);
+      const caught = sample(after, 'clove_fast_path_polls_total', { result: 'caught' });
+      const missed = sample(after, 'clove_fast_path_polls_total', { result: 'missed' });
+      const busy = sample(after, 'clove_fast_path_polls_skipped_total', { reason: 'busy' });
+      const backedOff = sample(after, 'clove_fast_path_polls_skipped_total', { reason: 'backed_off' });
+      const seconds = sample(after, 'clove_fast_path_poll_seconds_total');
+      for (const v of [caught, missed, busy, backedOff, seconds]) expect(v).toBeGreaterThanOrEqual(0);
+      expect(caught! + missed! + busy! + backedOff!).toBeGreaterThanOrEqual(
+        polls.polls + polls.skipped + polls.backedOff,
+      );
+      expect(caught! + missed! + busy! + backedOff!).toBeGreaterThan(0);
     } finally {
       await k.stop();
       fs.rmSync(dir, { recursive: true, force: true });

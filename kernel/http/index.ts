@@ -4,6 +4,7 @@
  * relay's tunnel needs to serve the same app: `createApi`, `Api.subscribe`.
  */
 import type { Logger } from 'pino';
+import type { NativePollStats } from '../../native/index.js';
 import type { OpName } from '../../protocol/index.js';
 import type { Dispatcher } from '../core/dispatch.js';
 import type { Principal, Principals } from '../core/principals.js';
@@ -33,6 +34,8 @@ export interface KernelApiOptions {
   maxBodyBytes: number;
   /** The SPAWN request an agent was started with (the agents service keeps it): server-side scale. */
   templates: SpawnTemplates;
+  /** With the fast path on: what its reactor's polling did (docs/fastpath.md, "Polling"). */
+  fastPathPoll?: () => NativePollStats;
 }
 
 export interface HttpStartOptions extends KernelApiOptions {
@@ -100,6 +103,7 @@ export function createKernelApi(o: KernelApiOptions): KernelApi {
     observe: (fn) => o.dispatcher.observe(fn),
     tapEvents,
     ignore: reader.id,
+    ...(o.fastPathPoll ? { fastPathPoll: o.fastPathPoll } : {}),
   });
   const api = createApi({
     token,

@@ -11,6 +11,7 @@
  * message counters include the fast path (the native store counts them per principal).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { NativePollStats } from '../../native/index.js';
 import { opInfo, Op, SCHEMA_DEFS } from '../../protocol/index.js';
 import type { SyscallRecord } from '../core/context.js';
 import type { AgentRow, EventTap } from './api.js';
@@ -22,6 +23,8 @@ export interface PrometheusDeps {
   tapEvents(fn: EventTap): () => void;
   /** The principal whose calls are not counted: the API's own reads (its scrapes would count themselves). */
   ignore?: number;
+  /** With the fast path on: its reactor's polling counters, read at each scrape. */
+  fastPathPoll?: () => NativePollStats;
 }
 
 export interface Prometheus {
@@ -153,6 +156,42 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
           if (m.limit !== undefined) this.set({ agent: r.name, quota: q }, m.limit);
     },
   });
+  const poll = d.fastPathPoll;
+  if (poll) {
+    new Counter({
+      name: 'clove_fast_path_polls_total',
+      help: "Waits of the fast path's reactor that polled before sleeping, by whether the poll found work",
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const s = poll();
+        this.reset();
+        this.inc({ result: 'caught' }, s.caught);
+        this.inc({ result: 'missed' }, s.polls - s.caught);
+      },
+    });
+    new Counter({
+      name: 'clove_fast_path_polls_skipped_total',
+      help: 'Waits that did not poll: the machine was busy, or recent polls mostly found nothing',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        const s = poll();
+        this.reset();
+        this.inc({ reason: 'busy' }, s.skipped);
+        this.inc({ reason: 'backed_off' }, s.backedOff);
+      },
+    });
+    new Counter({
+      name: 'clove_fast_path_poll_seconds_total',
+      help: "Time the fast path's reactor spent polling (CPU time it used while it could have slept)",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(poll().polledUs / 1e6);
+      },
+    });
+  }
   const syscalls = new Counter({
     name: 'clove_syscalls_total',
     help: 'Syscalls served in JavaScript, by opcode and result (ok or the error code)',

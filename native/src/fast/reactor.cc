@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -15,6 +16,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -133,6 +136,7 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   void End(const Napi::CallbackInfo& info) { Post(Command{Command::End, ConnArg(info)}); }
   void Destroy(const Napi::CallbackInfo& info) { Post(Command{Command::Destroy, ConnArg(info)}); }
   void Close(const Napi::CallbackInfo&) { Stop(); }
+  Napi::Value PollStats(const Napi::CallbackInfo& info);
 
   static uint64_t ConnArg(const Napi::CallbackInfo& info);
   static uint64_t Bool(const Napi::CallbackInfo& info, size_t i) {
@@ -145,6 +149,8 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
 
   // The reactor thread.
   void Run();
+  int Wait(epoll_event* evs, int cap, int timeout_ms);
+  bool Crowded(Clock::time_point now);
   void RunCommands();
   void RunMail();
   void RunTimers();
@@ -193,6 +199,21 @@ class Reactor : public Napi::ObjectWrap<Reactor> {
   std::vector<ConnPtr> dirty_;
   std::vector<Event> batch_;
   std::string rbuf_;
+
+  // Polling before sleeping (Wait). poll_max_ns_ is set once, before the thread starts; 0 is off.
+  int64_t poll_max_ns_ = 0;
+  static constexpr auto kPollEpoch = std::chrono::milliseconds(50);
+  static constexpr int kPollMaxBackoff = 5;  // at most 2^5 epochs (1.6 s) without polling
+  static constexpr uint64_t kPollJudged = 4;  // an epoch with fewer polls is not judged
+  // Reactor thread only: this epoch's polls, and the backing off of the last bad ones.
+  Clock::time_point epoch_end_{}, off_until_{};
+  uint64_t epoch_polls_ = 0, epoch_caught_ = 0;
+  int backoff_ = 0;
+  UniqueFd loadavg_;            // /proc/loadavg, read for the number of runnable tasks
+  long cpus_ = 1;
+  Clock::time_point crowded_until_{};  // reactor thread only: a crowded reading holds until then
+  // Read by pollStats() on the JavaScript thread.
+  std::atomic<uint64_t> polls_{0}, polls_caught_{0}, polls_skipped_{0}, polls_backed_off_{0}, polled_ns_{0};
 };
 
 // The Reactor whose thread this is (null on every other thread): tells its own deliveries from others'.
@@ -222,6 +243,17 @@ Reactor::Reactor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Reactor>(inf
   ev.events = EPOLLIN;
   ev.data.u64 = 0;  // connection ids start at 1
   if (epoll_ctl(epoll_.Get(), EPOLL_CTL_ADD, wake_.Get(), &ev) != 0) throw SysError(env, "epoll_ctl", errno);
+
+  Napi::Value poll = o.Get("pollUs");
+  if (!poll.IsUndefined()) {
+    if (!poll.IsNumber() || poll.As<Napi::Number>().DoubleValue() < 0) throw OptionError(env, "pollUs");
+    poll_max_ns_ = static_cast<int64_t>(poll.As<Napi::Number>().DoubleValue() * 1000);
+  }
+  if (poll_max_ns_ > 0) {
+    // Without /proc the machine's load cannot be read: Crowded() then says so, and nothing polls.
+    loadavg_.Reset(open("/proc/loadavg", O_RDONLY | O_CLOEXEC));
+    cpus_ = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  }
 
   tsfn_ = Napi::ThreadSafeFunction::New(env, cb.As<Napi::Function>(), "clove-reactor", 0, 1);
   tsfn_.Unref(env);  // the reactor alone never keeps Node alive
@@ -374,6 +406,92 @@ Napi::Value Reactor::Write(const Napi::CallbackInfo& info) {
 
 // ---- the reactor thread ----
 
+// Whether more tasks are runnable on the machine than it has CPUs (the fourth field of /proc/loadavg,
+// which counts this thread too): then a CPU spent polling is taken from a task that waits for one. A
+// crowded reading holds for a millisecond, so that a busy machine costs one read per millisecond.
+bool Reactor::Crowded(Clock::time_point now) {
+  if (now < crowded_until_) return true;
+  char buf[128];
+  ssize_t r = loadavg_.Valid() ? pread(loadavg_.Get(), buf, sizeof buf - 1, 0) : -1;
+  bool crowded = true;
+  if (r > 0) {
+    buf[r] = 0;
+    const char* p = buf;
+    for (int field = 0; field < 3 && p != nullptr; field++) {
+      p = strchr(p, ' ');
+      if (p != nullptr) p++;
+    }
+    if (p != nullptr) crowded = strtol(p, nullptr, 10) > cpus_;
+  }
+  if (crowded) crowded_until_ = now + std::chrono::milliseconds(1);
+  return crowded;
+}
+
+// epoll_wait, polling first when polling is on (docs/fastpath.md, "Polling"). Why: a reactor that sleeps
+// is woken through the scheduler, and on a VM whose idle CPUs halt that costs tens of microseconds, once
+// for each of a round trip's two hops through the kernel. So the reactor first asks epoll without
+// sleeping, yielding the CPU between asks, for up to poll_max_ns_. It judges its polls every kPollEpoch:
+// when fewer than half found work (traffic with gaps longer than a poll, or none), it stops polling for
+// one epoch, then two, four, up to kPollMaxBackoff, and tries again; a good epoch resets that. Nothing
+// polls while the machine has more runnable tasks than CPUs (Crowded).
+int Reactor::Wait(epoll_event* evs, int cap, int timeout_ms) {
+  if (poll_max_ns_ == 0 || timeout_ms == 0) return epoll_wait(epoll_.Get(), evs, cap, timeout_ms);
+  auto start = Clock::now();
+  if (start >= epoch_end_) {
+    if (epoch_polls_ >= kPollJudged && epoch_caught_ * 2 < epoch_polls_) {
+      off_until_ = start + kPollEpoch * (1 << std::min(backoff_, kPollMaxBackoff));
+      backoff_++;
+    } else if (epoch_polls_ >= kPollJudged) {
+      backoff_ = 0;
+    }
+    epoch_polls_ = epoch_caught_ = 0;
+    epoch_end_ = start + kPollEpoch;
+  }
+  if (start < off_until_) {
+    polls_backed_off_.fetch_add(1, std::memory_order_relaxed);
+  } else if (Crowded(start)) {
+    polls_skipped_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    polls_.fetch_add(1, std::memory_order_relaxed);
+    epoch_polls_++;
+    int64_t budget = poll_max_ns_;
+    if (timeout_ms > 0) budget = std::min<int64_t>(budget, int64_t{timeout_ms} * 1000000);
+    for (int i = 1;; i++) {
+      int n = epoll_wait(epoll_.Get(), evs, cap, 0);
+      auto now = Clock::now();
+      int64_t spent = std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
+      if (n != 0) {
+        polled_ns_.fetch_add(spent, std::memory_order_relaxed);
+        if (n > 0) {
+          polls_caught_.fetch_add(1, std::memory_order_relaxed);
+          epoch_caught_++;
+        }
+        return n;
+      }
+      if (spent >= budget || (i % 16 == 0 && Crowded(now))) {
+        polled_ns_.fetch_add(spent, std::memory_order_relaxed);
+        break;
+      }
+      // Node's thread of this kernel may want this CPU (tasks of other cgroups are not helped by this).
+      sched_yield();
+    }
+  }
+  return epoll_wait(epoll_.Get(), evs, cap, timeout_ms);
+}
+
+// pollStats(): what polling did (docs/fastpath.md, "Polling"), for the kernel's metrics.
+Napi::Value Reactor::PollStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("maxUs", static_cast<double>(poll_max_ns_) / 1000);
+  o.Set("polls", static_cast<double>(polls_.load(std::memory_order_relaxed)));
+  o.Set("caught", static_cast<double>(polls_caught_.load(std::memory_order_relaxed)));
+  o.Set("skipped", static_cast<double>(polls_skipped_.load(std::memory_order_relaxed)));
+  o.Set("backedOff", static_cast<double>(polls_backed_off_.load(std::memory_order_relaxed)));
+  o.Set("polledUs", static_cast<double>(polled_ns_.load(std::memory_order_relaxed)) / 1000);
+  return o;
+}
+
 void Reactor::Run() {
   // Named so that top, perf and /proc/<pid>/task show the fast path's thread apart from Node's.
   pthread_setname_np(pthread_self(), "clove-reactor");
@@ -390,7 +508,7 @@ void Reactor::Run() {
                                   INT_MAX, std::chrono::ceil<std::chrono::milliseconds>(until - now).count()));
       if (timeout < 0 || ms < timeout) timeout = ms;
     }
-    int n = epoll_wait(epoll_.Get(), evs.data(), static_cast<int>(evs.size()), timeout);
+    int n = Wait(evs.data(), static_cast<int>(evs.size()), timeout);
     if (n < 0 && errno != EINTR) {
       // Cannot happen with a valid epoll fd; stop rather than spin.
       break;
@@ -920,7 +1038,8 @@ Napi::Function Reactor::Define(Napi::Env env) {
                       InstanceMethod<&Reactor::SetFast>("setFast"), InstanceMethod<&Reactor::SetPush>("setPush"),
                       InstanceMethod<&Reactor::Pause>("pause"), InstanceMethod<&Reactor::Resume>("resume"),
                       InstanceMethod<&Reactor::End>("end"), InstanceMethod<&Reactor::Destroy>("destroy"),
-                      InstanceMethod<&Reactor::Close>("close")});
+                      InstanceMethod<&Reactor::Close>("close"),
+                      InstanceMethod<&Reactor::PollStats>("pollStats")});
 }
 
 }  // namespace
