@@ -65,7 +65,11 @@ function section(): string[] {
     const name = (s: string) => String(messaging.results.setup.systems[s] ?? s).replace(/ \(.*\)$/, '');
     const at = (s: string, size: number, shape: string) =>
       cells.find((c) => c.system === s && c.size === size && `${c.pairs}→${c.pairs}` === shape);
-    const mine = 'clove-fast-batch';
+    // The judged SEND_BATCH rows (answered, unanswered): the one that met the most goals gives the lines.
+    const goals = (s: string) => (messaging.results.goals?.[s] ?? []) as Json[];
+    const met = (s: string) => goals(s).filter((x) => x.met).length;
+    const judged = ['clove-fast-batch', 'clove-fast-batch-quiet'].filter((s) => goals(s).length > 0);
+    const mine = [...judged].sort((a, b) => met(b) - met(a))[0] ?? 'clove-fast-batch';
     for (const shape of messaging.results.setup.shapes as string[])
       for (const size of messaging.results.setup.sizes as number[]) {
         const line = (s: string) => {
@@ -86,11 +90,11 @@ function section(): string[] {
           '[messaging](messaging.md)',
         ]);
       }
-    const g = (messaging.results.goals?.[mine] ?? []) as Json[];
-    if (g.length)
+    for (const s of judged) {
+      const g = goals(s);
       rows.push([
-        "Issue 12's messaging goals (the fast path with SEND_BATCH + push)",
-        `${g.filter((x) => x.met).length} of ${g.length} met; not met: ${
+        `Issue 12's messaging goals (${name(s)})`,
+        `${met(s)} of ${g.length} met; not met: ${
           g
             .filter((x) => !x.met)
             .map((x) => x.goal)
@@ -99,6 +103,7 @@ function section(): string[] {
         'all',
         '[messaging](messaging.md)',
       ]);
+    }
   }
   if (restart) {
     const g = restart.results.goal;
