@@ -863,7 +863,8 @@ async function main(): Promise<void> {
       systems: Object.fromEntries(systems.map((s) => [s, LABELS[s]])),
       clove:
         'kernel: child process with default options (sandbox auto, as `clove kernel`/`clove up` start it) and, for ' +
-        'the fast-path rows, `--fast-path` (its reactor polls up to 50 µs for work before it sleeps, the default: ' +
+        'the fast-path rows, `--fast-path` (its reactor polls up to 50 µs for work before it sleeps: the default, ' +
+        '`auto`, on a machine with 2 CPUs and no CPU quota; ' +
         'docs/fastpath.md, "Polling"); agents spawned with SPAWN (default sandbox), TypeScript SDK. ' +
         'SEND + RECV: one SEND by name per message, blocking RECV max 1000. SEND_BATCH + push: the bodies of one ' +
         'window batch in one SEND_BATCH (results "refused": one reply listing only refused items; the unanswered ' +

@@ -42,7 +42,7 @@ export interface Daemon {
       /** The native fast path (docs/fastpath.md); default: CLOVE_FAST_PATH=1. */
       fastPath?: boolean;
       /** `--fast-path-poll-us`: the most the reactor polls before sleeping (docs/fastpath.md, "Polling"). */
-      fastPathPollUs?: number;
+      fastPathPollUs?: number | 'auto';
       /** `--cluster` and its companions as given (validated by the kernel: docs/cluster.md). */
       clusterFlags?: {
         cluster?: string;
@@ -110,7 +110,7 @@ function kernelOptions(
     durability: o.durability as 'normal' | 'full',
     logFormat: o.logFormat as 'auto' | 'pretty' | 'json',
     ...(o.fastPath ? { fastPath: true } : {}),
-    ...(o.fastPathPollUs !== undefined ? { fastPathPollUs: o.fastPathPollUs as number } : {}),
+    ...(o.fastPathPollUs !== undefined ? { fastPathPollUs: o.fastPathPollUs as number | 'auto' } : {}),
     ...(o.upgrade ? { upgrade: true } : {}),
     ...(o.agentsDieWithKernel ? { outliveKernel: false } : {}),
     ...(o.spareSandboxes === false ? { spareSandboxes: false } : {}),
@@ -230,8 +230,8 @@ export function program(daemon: Daemon): Command {
     .option('--fast-path', 'serve connections and messages on the native reactor thread (docs/fastpath.md)')
     .option(
       '--fast-path-poll-us <us>',
-      'the most microseconds the reactor polls for work before it sleeps, adapted to the traffic; 0: never (default 50, or CLOVE_FAST_PATH_POLL_US)',
-      int,
+      'the most microseconds the reactor polls for work before it sleeps, backing off when polls find nothing; 0: never; auto (default, or CLOVE_FAST_PATH_POLL_US): 50 where the kernel has 2 CPUs or more to run on',
+      (v: string) => (v === 'auto' ? 'auto' : int(v)),
     )
     .option(
       '--upgrade',

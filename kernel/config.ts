@@ -79,11 +79,12 @@ export interface KernelOptions {
    */
   fastPath: boolean;
   /**
-   * With the fast path: the most microseconds its reactor polls for work before it sleeps, adapted to the
-   * traffic and never while the machine has more runnable tasks than CPUs (docs/fastpath.md, "Polling").
-   * 0: it never polls. Default 50, or CLOVE_FAST_PATH_POLL_US; at most 1000.
+   * With the fast path: the most microseconds its reactor polls for work before it sleeps, backing off
+   * when polls find nothing and never while the machine has more runnable tasks than CPUs
+   * (docs/fastpath.md, "Polling"). 0: it never polls; at most 1000. `auto` (default, or
+   * CLOVE_FAST_PATH_POLL_US): 50, or 0 where the kernel has no CPU to spare (resolveFastPathPollUs).
    */
-  fastPathPollUs: number;
+  fastPathPollUs: number | 'auto';
   /** Member of a cluster (docs/cluster.md): null for a kernel on its own, which needs no etcd or NATS. */
   cluster: ClusterOptions | null;
   /**
@@ -153,20 +154,39 @@ export function defaultOptions(overrides: Partial<KernelOptions> = {}): KernelOp
 
 /** The most a reactor may poll before sleeping, in microseconds (KernelOptions.fastPathPollUs). */
 export const MAX_FAST_PATH_POLL_US = 1000;
+/** What `auto` polls where the kernel has a CPU to spare. */
+export const AUTO_FAST_PATH_POLL_US = 50;
 
-/** fastPathPollUs' default: CLOVE_FAST_PATH_POLL_US when set (checked by checkFastPathPollUs), else 50. */
-function pollUsFromEnv(): number {
+/** fastPathPollUs' default: CLOVE_FAST_PATH_POLL_US when set (checked by checkFastPathPollUs), else auto. */
+function pollUsFromEnv(): number | 'auto' {
   const v = process.env.CLOVE_FAST_PATH_POLL_US;
-  return v === undefined || v === '' ? 50 : Number(v);
+  return v === undefined || v === '' || v === 'auto' ? 'auto' : Number(v);
 }
 
-/** Refuses a fastPathPollUs that is not a whole number of microseconds from 0 to MAX_FAST_PATH_POLL_US. */
-export function checkFastPathPollUs(v: number): void {
-  if (!Number.isInteger(v) || v < 0 || v > MAX_FAST_PATH_POLL_US)
+/** Refuses a fastPathPollUs that is not `auto` or a whole number of microseconds from 0 to the most. */
+export function checkFastPathPollUs(v: number | 'auto'): void {
+  if (v !== 'auto' && (!Number.isInteger(v) || v < 0 || v > MAX_FAST_PATH_POLL_US))
     throw new KernelStartError(
-      `invalid --fast-path-poll-us ${v} (or CLOVE_FAST_PATH_POLL_US): microseconds from 0 (never poll) to ${MAX_FAST_PATH_POLL_US}`,
+      `invalid --fast-path-poll-us ${v} (or CLOVE_FAST_PATH_POLL_US): auto, or microseconds from 0 (never poll) to ${MAX_FAST_PATH_POLL_US}`,
       2,
     );
+}
+
+/**
+ * The reactor's poll window for fastPathPollUs, and why (for the start log). A number is taken as it is.
+ * `auto` polls AUTO_FAST_PATH_POLL_US unless the kernel has no CPU to spare: fewer than 2 CPUs it may run
+ * on (`cpus`, its affinity), or a CPU quota under 2 on its cgroup (`quota`, cpuQuotaOf), where a polling
+ * reactor would spend the quota and get the whole kernel throttled.
+ */
+export function resolveFastPathPollUs(
+  v: number | 'auto',
+  cpus: number,
+  quota: number | null,
+): { us: number; why: string } {
+  if (v !== 'auto') return { us: v, why: v === 0 ? 'off (--fast-path-poll-us 0)' : `${v} µs (set)` };
+  if (cpus < 2) return { us: 0, why: `off: ${cpus} CPU (auto)` };
+  if (quota !== null && quota < 2) return { us: 0, why: `off: the cgroup's CPU quota is ${quota} (auto)` };
+  return { us: AUTO_FAST_PATH_POLL_US, why: `${AUTO_FAST_PATH_POLL_US} µs (auto)` };
 }
 
 /** The default budgets of agents and clients, from the options (an unknown budget name is an error). */

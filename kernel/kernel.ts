@@ -4,6 +4,7 @@
  * folder per family), and the service folders.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import pino from 'pino';
@@ -13,8 +14,10 @@ import {
   defaultBudgets,
   defaultOptions,
   REPO_ROOT,
+  resolveFastPathPollUs,
 } from './config.js';
 import { AgentService, survivingPids } from './agents/agents.js';
+import { cpuQuotaOf, detectHostLayout } from './sandbox/cgroups.js';
 import { AuditLog } from './audit/log.js';
 import { AsyncCalls } from './core/async.js';
 import { Op, opInfo, type OpName } from '../protocol/index.js';
@@ -489,6 +492,7 @@ export class Kernel {
       },
       connectionBudget: (p) => this.principals.budgets(p.id).connections,
     }));
+    let poll: { us: number; why: string } | undefined;
     if (o.fastPath) {
       const mail = this.nativeMail!;
       this.principals.watchClients((id, open) => {
@@ -497,6 +501,11 @@ export class Kernel {
         mail.setReachable(id, open);
       });
       this.principals.watch((id) => mail.refreshBudgets(id));
+      poll = resolveFastPathPollUs(
+        o.fastPathPollUs,
+        os.availableParallelism(),
+        o.fastPathPollUs === 'auto' ? ownCpuQuota() : null,
+      );
       this.fastPath = new FastPath({
         store: mail.store,
         fastFor: (id) => this.fastFor(id),
@@ -504,7 +513,7 @@ export class Kernel {
         queuedBytesLimit: o.maxQueuedBytes,
         maxReplyBytes: o.maxReplyBytes,
         maxDepth: o.maxDepth,
-        pollUs: o.fastPathPollUs,
+        pollUs: poll.us,
       });
       // Recording and log_syscalls see every call: while either is on, every call goes to JavaScript.
       dispatcher.observe((r) => {
@@ -516,10 +525,12 @@ export class Kernel {
       });
     }
     this.log.info(
-      { fast_path: o.fastPath },
-      o.fastPath
-        ? 'fast path on: connections are served by the native reactor thread'
-        : 'fast path off: connections are served by TypeScript',
+      { fast_path: o.fastPath, ...(poll ? { poll_us: poll.us } : {}) },
+      o.fastPath && poll
+        ? `fast path on: connections are served by the native reactor thread; it polls ${poll.why}`
+        : o.fastPath
+          ? 'fast path on: connections are served by the native reactor thread'
+          : 'fast path off: connections are served by TypeScript',
     );
     const fastPath = this.fastPath;
     const transport = (file: string, mode: number, door: 'operator' | 'agent') =>
@@ -771,4 +782,13 @@ function resolvePython(): Promise<string | null> {
       (err, out) => resolve(err ? null : out.trim() || null),
     ),
   );
+}
+
+/** The CPU quota of the kernel's own cgroup (cgroups.ts cpuQuotaOf), or null: none, or none readable. */
+function ownCpuQuota(): number | null {
+  try {
+    return cpuQuotaOf(detectHostLayout());
+  } catch {
+    return null;
+  }
 }

@@ -215,7 +215,7 @@ export interface FastPathOptions {
   fastFor?: (principal: number) => boolean;
   /** The kernel-wide limit of queued message bytes (KernelOptions.maxQueuedBytes). */
   queuedBytesLimit: number;
-  /** KernelOptions.fastPathPollUs: the most the reactor polls before sleeping; absent or 0: never. */
+  /** The most the reactor polls before sleeping (KernelOptions.fastPathPollUs resolved); absent or 0: never. */
   pollUs?: number;
   maxReplyBytes: number;
   maxDepth: number;

@@ -180,6 +180,30 @@ export function readNumber(file: string): number | undefined {
   return Number.isFinite(n) ? n : undefined;
 }
 
+/**
+ * The CPUs the kernel's own cgroup may use at most (its CPU quota over its period), the smallest along
+ * its ancestors, or null when none of them has a quota (or there is no cpu controller). v1:
+ * `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none); v2: `cpu.max` ("max 100000": none).
+ */
+export function cpuQuotaOf(layout: CgroupLayout): number | null {
+  const h = layout.controllers.cpu;
+  if (!h) return null;
+  let least: number | null = null;
+  for (let dir = h.ownDir; ; dir = path.dirname(dir)) {
+    let cpus: number | undefined;
+    if (h.version === 1) {
+      const quota = readNumber(path.join(dir, 'cpu.cfs_quota_us'));
+      const period = readNumber(path.join(dir, 'cpu.cfs_period_us'));
+      if (quota !== undefined && quota > 0 && period) cpus = quota / period;
+    } else {
+      const [quota, period] = (readText(path.join(dir, 'cpu.max')) ?? '').trim().split(/\s+/);
+      if (quota && quota !== 'max' && Number(period) > 0) cpus = Number(quota) / Number(period);
+    }
+    if (cpus !== undefined && Number.isFinite(cpus) && (least === null || cpus < least)) least = cpus;
+    if (dir === h.mount || dir === path.dirname(dir)) return least;
+  }
+}
+
 /** "key value" lines (memory.stat, cpu.stat, memory.events, pids.events, memory.oom_control). */
 export function readKeyed(file: string): Record<string, number> {
   const out: Record<string, number> = {};
