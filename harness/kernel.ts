@@ -67,6 +67,28 @@ export interface KernelProcess {
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/**
+ * The command line of `clove kernel` (this Node, bin/clove.js) on that socket and data dir, then `extra`:
+ * for startKernelProcess, and for tests that start a kernel under another program (prlimit, a cgroup).
+ */
+export function kernelCommand(
+  at: { socketPath: string; dataDir: string },
+  extra: string[] = [],
+  nodeArgs: string[] = [],
+): string[] {
+  return [
+    process.execPath,
+    ...nodeArgs,
+    path.join(REPO_ROOT, 'bin', 'clove.js'),
+    '--socket',
+    at.socketPath,
+    'kernel',
+    '--data-dir',
+    at.dataDir,
+    ...extra,
+  ];
+}
+
 /** Starts `clove kernel` as a child process (needs `npm run build`) and waits until it accepts. */
 export async function startKernelProcess(
   args: {
@@ -84,24 +106,12 @@ export async function startKernelProcess(
   const dir = args.socketPath && args.dataDir ? '' : tempDir();
   const socketPath = args.socketPath ?? path.join(dir, 'clove.sock');
   const dataDir = args.dataDir ?? path.join(dir, 'data');
-  const child = spawn(
-    process.execPath,
-    [
-      // e.g. --cpu-prof for benchmarks (NODE_OPTIONS cannot carry it)
-      ...(args.nodeArgs ?? []),
-      path.join(REPO_ROOT, 'bin', 'clove.js'),
-      '--socket',
-      socketPath,
-      'kernel',
-      '--data-dir',
-      dataDir,
-      ...(args.extra ?? []),
-    ],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      ...(args.env ? { env: { ...process.env, ...args.env } } : {}),
-    },
-  );
+  // e.g. --cpu-prof for benchmarks (NODE_OPTIONS cannot carry it)
+  const [node, ...argv] = kernelCommand({ socketPath, dataDir }, args.extra, args.nodeArgs);
+  const child = spawn(node, argv, {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    ...(args.env ? { env: { ...process.env, ...args.env } } : {}),
+  });
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>

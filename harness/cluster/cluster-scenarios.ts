@@ -133,10 +133,17 @@ export async function runningOn(
   return out;
 }
 
-/** Writes an agent script to the cluster's shared directory (every node can run it: takeovers). */
+/**
+ * Writes an agent script to the cluster's shared directory (every node can run it: takeovers), whole or
+ * not at all: written beside it and renamed over it. Why: tests write the same script again for each
+ * agent, and a plain write truncates the file first, so an agent started from it a moment before could
+ * read it empty and exit 0 at once (a fresh-clone CI run's box3: "exit code 0 after 11 ms").
+ */
 export function sharedScript(cluster: ClusterHandle, file: string, text: string): string {
   const p = path.join(cluster.sharedDir, file);
-  fs.writeFileSync(p, text, { mode: 0o644 });
+  const tmp = `${p}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, text, { mode: 0o644 });
+  fs.renameSync(tmp, p);
   return p;
 }
 

@@ -6,8 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { tempDir, until } from '../../harness/kernel.js';
-import { REPO_ROOT } from '../config.js';
+import { kernelCommand, tempDir, until } from '../../harness/kernel.js';
 import { nativeAvailable } from '../sandbox/native.js';
 import { agentRoom, describeNofile, FDS_PER_AGENT, TARGET_AGENTS, WANTED_NOFILE } from './rlimits.js';
 
@@ -64,17 +63,12 @@ describe.skipIf(!prlimit || !nativeAvailable())('the kernel process', () => {
       [
         '--nofile=512:4096',
         '--',
-        process.execPath,
-        path.join(REPO_ROOT, 'bin', 'clove.js'),
-        '--socket',
-        path.join(dir, 'clove.sock'),
-        'kernel',
-        '--data-dir',
-        path.join(dir, 'data'),
-        '--sandbox',
-        'off',
-        '--log-level',
-        'info',
+        ...kernelCommand({ socketPath: path.join(dir, 'clove.sock'), dataDir: path.join(dir, 'data') }, [
+          '--sandbox',
+          'off',
+          '--log-level',
+          'info',
+        ]),
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );

@@ -11,7 +11,14 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { REPO_ROOT, startKernel, tempDir, until, type TestKernel } from '../../harness/kernel.js';
+import {
+  kernelCommand,
+  REPO_ROOT,
+  startKernel,
+  tempDir,
+  until,
+  type TestKernel,
+} from '../../harness/kernel.js';
 import { Kernel } from '../kernel.js';
 import { KernelStartError } from '../core/errors.js';
 import { defaultOptions, resolveFastPathPollUs } from '../config.js';
@@ -204,20 +211,15 @@ describe('auto: a kernel with no CPU to spare does not poll', () => {
         ]);
         expect(JSON.parse(execFileSync(sh, args, { encoding: 'utf8' }))).toBe(0.5);
         // The same for a kernel: `clove kernel --fast-path`, polling left to auto, JSON logs on stderr.
-        const [ksh, ...kargs] = inCgroup([
-          process.execPath,
-          path.join(REPO_ROOT, 'bin', 'clove.js'),
-          '--socket',
-          path.join(tmp, 'k.sock'),
-          'kernel',
-          '--data-dir',
-          path.join(tmp, 'data'),
-          '--sandbox',
-          'off',
-          '--fast-path',
-          '--log-format',
-          'json',
-        ]);
+        const [ksh, ...kargs] = inCgroup(
+          kernelCommand({ socketPath: path.join(tmp, 'k.sock'), dataDir: path.join(tmp, 'data') }, [
+            '--sandbox',
+            'off',
+            '--fast-path',
+            '--log-format',
+            'json',
+          ]),
+        );
         const k = spawn(ksh, kargs, {
           stdio: ['ignore', 'ignore', 'pipe'],
           env: { ...process.env, CLOVE_FAST_PATH_POLL_US: '' },
