@@ -526,11 +526,10 @@ export class Kernel {
     }
     this.log.info(
       { fast_path: o.fastPath, ...(poll ? { poll_us: poll.us } : {}) },
-      o.fastPath && poll
+      // `poll` is set exactly when the fast path is on.
+      poll
         ? `fast path on: connections are served by the native reactor thread; it polls ${poll.why}`
-        : o.fastPath
-          ? 'fast path on: connections are served by the native reactor thread'
-          : 'fast path off: connections are served by TypeScript',
+        : 'fast path off: connections are served by TypeScript',
     );
     const fastPath = this.fastPath;
     const transport = (file: string, mode: number, door: 'operator' | 'agent') =>

@@ -44,6 +44,8 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
   const registers = [registry];
   collectDefaultMetrics({ register: registry, prefix: 'clove_kernel_' });
   let rows: AgentRow[] = [];
+  // The reactor's polling counters, read once per scrape (as the rows) for its three series.
+  let polled: NativePollStats | undefined;
   // Counters of absolute per-agent values: set at each scrape (reset, then inc by the value), so an
   // agent that is gone leaves the exposition with its series.
   const absolute = <T extends string>(
@@ -156,18 +158,17 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
           if (m.limit !== undefined) this.set({ agent: r.name, quota: q }, m.limit);
     },
   });
-  const poll = d.fastPathPoll;
-  if (poll) {
+  if (d.fastPathPoll) {
     new Counter({
       name: 'clove_fast_path_polls_total',
       help: "Waits of the fast path's reactor that polled before sleeping, by whether the poll found work",
       labelNames: ['result'],
       registers,
       collect() {
-        const s = poll();
         this.reset();
-        this.inc({ result: 'caught' }, s.caught);
-        this.inc({ result: 'missed' }, s.polls - s.caught);
+        if (!polled) return;
+        this.inc({ result: 'caught' }, polled.caught);
+        this.inc({ result: 'missed' }, polled.polls - polled.caught);
       },
     });
     new Counter({
@@ -176,10 +177,10 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
       labelNames: ['reason'],
       registers,
       collect() {
-        const s = poll();
         this.reset();
-        this.inc({ reason: 'busy' }, s.skipped);
-        this.inc({ reason: 'backed_off' }, s.backedOff);
+        if (!polled) return;
+        this.inc({ reason: 'busy' }, polled.skipped);
+        this.inc({ reason: 'backed_off' }, polled.backedOff);
       },
     });
     new Counter({
@@ -188,7 +189,7 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
       registers,
       collect() {
         this.reset();
-        this.inc(poll().polledUs / 1e6);
+        if (polled) this.inc(polled.polledUs / 1e6);
       },
     });
   }
@@ -226,10 +227,12 @@ export function createPrometheus(d: PrometheusDeps): Prometheus {
     registry,
     async expose() {
       rows = await d.rows();
+      polled = d.fastPathPoll?.();
       try {
         return { contentType: registry.contentType, text: await registry.metrics() };
       } finally {
         rows = [];
+        polled = undefined;
       }
     },
     close: () => untap(),
