@@ -29,7 +29,8 @@ const available: Record<Exclude<System, CloveSystem>, boolean> = {
   nats: which('nats-server') !== null,
 };
 
-const o = { shapes: [1, 2], sizes: [64, 1024], ms: 50, pings: 5 };
+// Warm-up round trips are made and not timed: each cell holds `pings` round trips per pair.
+const o = { shapes: [1, 2], sizes: [64, 1024], ms: 50, warmup: 3, pings: 5 };
 
 function check(cells: Cell[], system: System): void {
   expect(cells.map((c) => [c.size, c.pairs])).toEqual([
@@ -139,7 +140,19 @@ describe('the command line: a diagnostic run with its own report and halt pollin
       const hasHaltPoll = fs.existsSync(HALT_POLL_NS) && process.geteuid?.() === 0;
       const before = hasHaltPoll ? fs.readFileSync(HALT_POLL_NS, 'utf8').trim() : '';
       const wanted = before === '12345' ? '12346' : '12345';
-      const args = ['--quick', '--systems', 'relay', '--sizes', '64', '--shapes', '1', '--pings', '20'];
+      const args = [
+        '--quick',
+        '--systems',
+        'relay',
+        '--sizes',
+        '64',
+        '--shapes',
+        '1',
+        '--pings',
+        '20',
+        '--warmup',
+        '7',
+      ];
       const r = run(
         [...args, '--report', 'diag', ...(hasHaltPoll ? ['--halt-poll-ns', wanted] : [])],
         reports,
@@ -149,6 +162,13 @@ describe('the command line: a diagnostic run with its own report and halt pollin
       const md = fs.readFileSync(path.join(reports, 'diag.md'), 'utf8');
       expect(md).toContain('--report=diag');
       expect(md).toContain('reports/diag.json');
+      expect(md).toContain('20 per pair (pooled over the pairs), timed\nafter 7 untimed ones per pair');
+      expect(
+        JSON.parse(fs.readFileSync(path.join(reports, 'diag.json'), 'utf8')).results.setup,
+      ).toMatchObject({
+        warmup_pings_per_pair: 7,
+        pings_per_pair: 20,
+      });
       if (hasHaltPoll) {
         expect(md).toContain(`--halt-poll-ns=${wanted}`);
         expect(md).toContain(`guest halt polling up to ${wanted} ns`);
@@ -170,6 +190,9 @@ describe('the command line: a diagnostic run with its own report and halt pollin
       const nan = run(['--quick', '--systems', 'relay', '--halt-poll-ns', 'lots'], reports);
       expect(nan.status).not.toBe(0);
       expect(nan.stderr).toContain('--halt-poll-ns: a number of nanoseconds');
+      const cold = run(['--quick', '--systems', 'relay', '--warmup', 'some'], reports);
+      expect(cold.status).not.toBe(0);
+      expect(cold.stderr).toContain('--warmup: a whole number of round trips');
       expect(fs.readdirSync(reports)).toEqual([]);
     } finally {
       fs.rmSync(reports, { recursive: true, force: true });

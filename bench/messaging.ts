@@ -3,6 +3,7 @@
  * core NATS, in one run on this machine, for 64-byte and 1-KiB messages, 1→1 and 4→4 (pairs).
  *
  *   bash bench/setup.sh && npm run build && node dist/bench/messaging.js [--quick] [--time MS] [--pings N]
+ *     [--warmup N] (untimed round trips per pair before the timed ones; 1000, --quick 100)
  *     [--rounds N] [--systems a,b] [--sizes 64,1024] [--shapes 1,4] (a subset: not the report's full table)
  *     [--perf DIR | --cpu-prof DIR | --agents-cpu-prof DIR] (where the time goes: diagnostic runs, their rates
  *     include the profiler's cost) [--halt-poll-ns N] (a KVM guest's halt polling for the run, put back after)
@@ -445,6 +446,8 @@ export async function runSystem(
     shapes: number[];
     sizes: number[];
     ms: number;
+    /** Untimed round trips before the timed ones (Order.warmup); none when absent. */
+    warmup?: number;
     pings: number;
     kernel?: KernelProcess;
     /** Clove's agents write V8 CPU profiles here (unsandboxed: see startClove). */
@@ -462,7 +465,7 @@ export async function runSystem(
       for (const size of o.sizes) {
         const cpu0 = { broker: cpuSecondsOf(fleet.pids.broker), clients: cpuSecondsOf(fleet.pids.clients) };
         const t0 = performance.now();
-        const outs = await fleet.run({ size, ms: o.ms, pings: o.pings });
+        const outs = await fleet.run({ size, ms: o.ms, warmup: o.warmup, pings: o.pings });
         const cpu = {
           broker_s: r(cpuSecondsOf(fleet.pids.broker) - cpu0.broker),
           clients_s: r(cpuSecondsOf(fleet.pids.clients) - cpu0.clients),
@@ -774,6 +777,7 @@ const FLAGS = [
   'sizes',
   'systems',
   'time',
+  'warmup',
 ];
 
 async function main(): Promise<void> {
@@ -781,6 +785,10 @@ async function main(): Promise<void> {
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
+  // Untimed round trips before the timed ones, per pair and run (Order.warmup says why).
+  const warmup = Number(flags.get('warmup') ?? (QUICK ? 100 : 1000));
+  if (!Number.isInteger(warmup) || warmup < 0)
+    throw new Error(`--warmup: a whole number of round trips, 0 or more, not "${flags.get('warmup')}"`);
   const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
   const only = flags.get('systems')?.split(',') as System[] | undefined;
   const perfDir = flags.get('perf') ? path.resolve(flags.get('perf')!) : undefined;
@@ -841,7 +849,7 @@ async function main(): Promise<void> {
           ? startPerf(kernel.child.pid!, perfDir, system)
           : undefined;
       try {
-        all.push(...(await runSystem(system, { shapes, sizes, ms, pings, kernel, agentsProfDir })));
+        all.push(...(await runSystem(system, { shapes, sizes, ms, warmup, pings, kernel, agentsProfDir })));
       } finally {
         if (perf) profiles.push(await perf.stop());
         await kernel?.stop();
@@ -859,6 +867,7 @@ async function main(): Promise<void> {
       rounds,
       window: WINDOW,
       ack_every: ACK_EVERY,
+      warmup_pings_per_pair: warmup,
       pings_per_pair: pings,
       systems: Object.fromEntries(systems.map((s) => [s, LABELS[s]])),
       clove:
@@ -893,7 +902,10 @@ async function main(): Promise<void> {
     `N consumers (1→1: one pair; 4→4: four pairs, producer i to consumer i). Throughput: each producer keeps at most`,
     `${WINDOW} messages unacknowledged, its consumer acknowledges every ${ACK_EVERY}; messages/s is every delivered`,
     `message over the slowest producer's time (${ms} ms of sending, then the drain). Round trip: producer → broker →`,
-    `consumer → broker → producer, one message in flight per pair, ${pings} per pair (pooled over the pairs).`,
+    `consumer → broker → producer, one message in flight per pair, ${pings} per pair (pooled over the pairs), timed`,
+    `after ${warmup} untimed ones per pair in the same run, for every system alike: V8 compiles each peer's`,
+    `round-trip code only after it has run a while (the sending phase runs other code), and the first round trips`,
+    `otherwise made most of a 4→4 p99 (reports/messaging-warmup.md).`,
     `${rounds} round(s), the systems interleaved; msgs/s is the median of the rounds (each round's in`,
     `reports/${name}.json), round trips are pooled over the rounds.`,
     '',

@@ -5,10 +5,21 @@ export const WINDOW = 1024;
 /** A consumer acknowledges every ACK_EVERY data messages (WINDOW is a multiple of it). */
 export const ACK_EVERY = 256;
 
-/** An order to a producer: `size`-byte bodies, `ms` of pipelined sending, then `pings` round trips. */
+/**
+ * An order to a producer: `size`-byte bodies, `ms` of pipelined sending, then `warmup` round trips that are
+ * not timed, then `pings` timed ones.
+ */
 export interface Order {
   size: number;
   ms: number;
+  /**
+   * Round trips before the timed ones, not timed: the round-trip code of every peer (the producer's ping
+   * loop, the consumer's echo, the client library's single-message path) is compiled by V8 only after it
+   * has run a while, and the sending phase before runs other code. Without them the first few hundred
+   * timed round trips run in the interpreter and the baseline compiler, and they made most of a 4→4
+   * p99 (reports/messaging-warmup.md). Optional: 0 when absent.
+   */
+  warmup?: number;
   pings: number;
 }
 

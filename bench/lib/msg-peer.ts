@@ -14,9 +14,10 @@
  * `a` acknowledgement (a consumer sends one after every ACK_EVERY data messages). A producer keeps at
  * most WINDOW data messages unacknowledged: throughput is measured with a bounded window.
  *
- * Orders (one JSON line on stdin, or a Clove message): `{size, ms, pings}` → the producer sends data for
- * `ms` ms (in whole acknowledgement batches) then waits until all are acknowledged, then does `pings`
- * round trips one at a time; it answers `{delivered, seconds, rtt_us: [...]}`.
+ * Orders (one JSON line on stdin, or a Clove message): `{size, ms, warmup, pings}` → the producer sends
+ * data for `ms` ms (in whole acknowledgement batches) then waits until all are acknowledged, then does
+ * `warmup` round trips it does not time and `pings` it does, one at a time; it answers `{delivered,
+ * seconds, rtt_us: [...]}`.
  */
 import net from 'node:net';
 import fs from 'node:fs';
@@ -113,14 +114,18 @@ async function produce(link: Link, o: Order): Promise<Outcome> {
   }
   const seconds = Number(tEnd - t0) / 1e9;
   const ping = body('p', o.size);
+  const roundTrip = (): Promise<void> => {
+    const got = new Promise<void>((r) => (pong = r));
+    link.send(ping);
+    link.flush?.();
+    return got;
+  };
+  for (let i = 0; i < (o.warmup ?? 0); i++) await roundTrip();
   const rtt: number[] = [];
   const cpu0 = process.cpuUsage();
   for (let i = 0; i < o.pings; i++) {
-    const got = new Promise<void>((r) => (pong = r));
     const s = process.hrtime.bigint();
-    link.send(ping);
-    link.flush?.();
-    await got;
+    await roundTrip();
     rtt.push(Number(process.hrtime.bigint() - s) / 1000);
   }
   const cpu = process.cpuUsage(cpu0);
