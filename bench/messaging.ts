@@ -905,7 +905,7 @@ async function main(): Promise<void> {
     `consumer → broker → producer, one message in flight per pair, ${pings} per pair (pooled over the pairs), timed`,
     `after ${warmup} untimed ones per pair in the same run, for every system alike: V8 compiles each peer's`,
     `round-trip code only after it has run a while (the sending phase runs other code), and the first round trips`,
-    `otherwise made most of a 4→4 p99 (reports/messaging-warmup.md).`,
+    `otherwise made most of a 4→4 p99 (reports/fastpath.md, "Warm-up").`,
     `${rounds} round(s), the systems interleaved; msgs/s is the median of the rounds (each round's in`,
     `reports/${name}.json), round trips are pooled over the rounds.`,
     '',
