@@ -15,9 +15,9 @@ export interface Order {
   /**
    * Round trips before the timed ones, not timed: the round-trip code of every peer (the producer's ping
    * loop, the consumer's echo, the client library's single-message path) is compiled by V8 only after it
-   * has run a while, and the sending phase before runs other code. Without them the first few hundred
-   * timed round trips run in the interpreter and the baseline compiler, and they made most of a 4→4
-   * p99 (reports/fastpath.md, "Warm-up"). Optional: 0 when absent.
+   * has run a while, and the sending phase before runs other code. Without them the slowest round trips
+   * bunched at the start of the timed ones and made most of a 4→4 p99 (reports/fastpath.md, "Warm-up").
+   * Optional: 0 when absent.
    */
   warmup?: number;
   pings: number;
