@@ -391,6 +391,12 @@ describe('CloveClient', () => {
         { results: 'refused' },
       );
       await c.sendBatch([{ to: 5, message: m(values[2]) }]);
+      // The same target as the call before (its encoded heads are kept), then a first item with no message.
+      await c.sendBatch([
+        { to: 5, message: m(values[0]) },
+        { to: 5, message: m(values[1]) },
+      ]);
+      await c.sendBatch([{ to: 5 }, { to: 6, message: m(values[2]) }, { to: 5, message: m(values[3]) }]);
       return frames.map((f) => f.toString('hex'));
     };
     expect(await sent(true)).toEqual(await sent(false));
