@@ -3,7 +3,7 @@
  * core NATS, in one run on this machine, for 64-byte and 1-KiB messages, 1→1 and 4→4 (pairs).
  *
  *   bash bench/setup.sh && npm run build && node dist/bench/messaging.js [--quick] [--time MS] [--pings N]
- *     [--warmup N] (untimed round trips per pair before the timed ones; 1000, --quick 100)
+ *     [--warmup N] (untimed round trips per pair before the timed ones; 5000, --quick 100)
  *     [--rounds N] [--systems a,b] [--sizes 64,1024] [--shapes 1,4] (a subset: not the report's full table)
  *     [--perf DIR | --cpu-prof DIR | --agents-cpu-prof DIR] (where the time goes: diagnostic runs, their rates
  *     include the profiler's cost) [--halt-poll-ns N] (a KVM guest's halt polling for the run, put back after)
@@ -786,7 +786,7 @@ async function main(): Promise<void> {
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
   // Untimed round trips before the timed ones, per pair and run (Order.warmup says why).
-  const warmup = Number(flags.get('warmup') ?? (QUICK ? 100 : 1000));
+  const warmup = Number(flags.get('warmup') ?? (QUICK ? 100 : 5000));
   if (!Number.isInteger(warmup) || warmup < 0)
     throw new Error(`--warmup: a whole number of round trips, 0 or more, not "${flags.get('warmup')}"`);
   const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
