@@ -785,10 +785,12 @@ async function main(): Promise<void> {
   const QUICK = flags.quick;
   const ms = Number(flags.get('time') ?? (QUICK ? 500 : 3000));
   const pings = Number(flags.get('pings') ?? (QUICK ? 200 : 2000));
-  // Untimed round trips before the timed ones, per pair and run (Order.warmup says why).
-  const warmup = Number(flags.get('warmup') ?? (QUICK ? 100 : 5000));
-  if (!Number.isInteger(warmup) || warmup < 0)
-    throw new Error(`--warmup: a whole number of round trips, 0 or more, not "${flags.get('warmup')}"`);
+  // Untimed round trips before the timed ones, per pair and run (Order.warmup says why). Checked as
+  // --halt-poll-ns is: digits only (an empty value is not 0).
+  const warmupFlag = flags.get('warmup');
+  if (warmupFlag !== undefined && !/^\d+$/.test(warmupFlag))
+    throw new Error(`--warmup: a whole number of round trips, 0 or more, not "${warmupFlag}"`);
+  const warmup = warmupFlag !== undefined ? Number(warmupFlag) : QUICK ? 100 : 5000;
   const rounds = Number(flags.get('rounds') ?? (QUICK ? 1 : 3));
   const only = flags.get('systems')?.split(',') as System[] | undefined;
   const perfDir = flags.get('perf') ? path.resolve(flags.get('perf')!) : undefined;

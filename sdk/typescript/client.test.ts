@@ -391,7 +391,7 @@ describe('CloveClient', () => {
         { results: 'refused' },
       );
       await c.sendBatch([{ to: 5, message: m(values[2]) }]);
-      // The same target as the call before (its encoded heads are kept), then a first item with no message.
+      // The same target as the call before, then a batch whose first item has no message.
       await c.sendBatch([
         { to: 5, message: m(values[0]) },
         { to: 5, message: m(values[1]) },
