@@ -6,6 +6,7 @@
  * process) never share a directory.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { CgroupError } from './errors.js';
 import { startedAtMs } from './procfs.js';
@@ -388,6 +389,22 @@ function removeTree(dir: string): void {
   rmdir(dir);
 }
 
+/**
+ * The CPU weight of the swarm's two shared directories (`clove` and a kernel's root below it): one default
+ * weight (v1 `cpu.shares` 1024, v2 `cpu.weight` 100) per CPU the kernel may run on. Why: the cpu
+ * controller splits a group's weight among the CPUs its tasks run on, so with the default weight a swarm
+ * busy on n CPUs weighed 1/n of one process on each, and every wake-up of a process of full weight (the
+ * kernel's reactor, on every message) preempted the agent running there. Measured on 2 CPUs (bench/messaging,
+ * 4→4 through the fast path, two A/B pairs): unanswered round trips' p50 130–152 µs with the default weight,
+ * 113–125 µs with this one, rates 2–7 % lower (reports/fastpath.md, "CPU weight"). As a whole the swarm
+ * still weighs one process per CPU whatever its number of agents: the kernel and the host's other
+ * processes keep their share against any swarm. Agents share it by their `cpu_shares`.
+ */
+export function swarmWeight(cpus: number): { shares: number; weight: number } {
+  const n = Math.max(1, Math.floor(cpus));
+  return { shares: Math.min(262_144, 1024 * n), weight: Math.min(10_000, 100 * n) };
+}
+
 export interface AgentLimits {
   memory: number;
   maxPids: number;
@@ -522,6 +539,8 @@ export class CgroupRoot {
      * leftovers alone: they wait for their own kernel). Untagged roots are anybody's.
      */
     readonly tag?: string,
+    /** CPUs the kernel may run on, for the swarm's CPU weight (swarmWeight). */
+    readonly cpus: number = os.availableParallelism(),
   ) {}
 
   /** The root's directory name in every hierarchy. */
@@ -564,6 +583,7 @@ export class CgroupRoot {
               write(path.join(d, f), readText(path.join(path.dirname(d), f))?.trim() ?? '');
           }
         }
+        if (h.controllers.includes('cpu')) this.weigh(h, [base, root]);
         this.roots.set(h, root);
         this.relRoots.set(h, path.posix.join(h.ownPath, 'clove', this.rootName));
       } catch (err) {
@@ -571,6 +591,22 @@ export class CgroupRoot {
         for (const [c, hh] of Object.entries(this.layout.controllers))
           if (hh === h) delete this.layout.controllers[c as Controller];
         if (this.layout.v2 === h) delete this.layout.v2;
+      }
+    }
+  }
+
+  /**
+   * Writes the swarm's CPU weight (swarmWeight) on `clove` and on this kernel's root. A weight that cannot
+   * be written (a delegated hierarchy that keeps it) is reported, not fatal: the agents' limits still apply.
+   */
+  private weigh(h: Hierarchy, dirs: string[]): void {
+    const w = swarmWeight(this.cpus);
+    const [file, value] = h.version === 1 ? ['cpu.shares', w.shares] : ['cpu.weight', w.weight];
+    for (const d of dirs) {
+      try {
+        if (readNumber(path.join(d, file)) !== value) write(path.join(d, file), String(value));
+      } catch (err) {
+        this.problems.push(`swarm CPU weight not set: ${path.join(d, file)}: ${(err as Error).message}`);
       }
     }
   }

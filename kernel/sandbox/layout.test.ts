@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { exposure } from './access.js';
-import { detectLayout, parseProcCgroup } from './cgroups.js';
+import { detectLayout, parseProcCgroup, swarmWeight } from './cgroups.js';
 import {
   agentHostname,
   cgroupLeafName,
@@ -103,6 +103,13 @@ describe('policy', () => {
     expect(sharesToWeight(1024)).toBe(100);
     expect(sharesToWeight(2)).toBe(1);
     expect(sharesToWeight(262144)).toBe(10000);
+  });
+
+  it("weighs the swarm's directories as one process per CPU, within each version's range", () => {
+    expect(swarmWeight(1)).toEqual({ shares: 1024, weight: 100 });
+    expect(swarmWeight(2)).toEqual({ shares: 2048, weight: 200 });
+    expect(swarmWeight(0)).toEqual({ shares: 1024, weight: 100 });
+    expect(swarmWeight(512)).toEqual({ shares: 262144, weight: 10000 });
   });
 
   it('names hostnames and cgroups safely', () => {

@@ -11,6 +11,8 @@ import type { ExitInfo } from './types.js';
 import { nativeAvailable } from './native.js';
 import { peerCredentials } from './peercred.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
+import { swarmWeight } from './cgroups.js';
+import { sharesToWeight } from './policy.js';
 import { until } from '../../harness/kernel.js';
 import { programPid } from '../../harness/procs.js';
 import {
@@ -250,6 +252,36 @@ run('NativeSpawner (root sandbox)', () => {
       } else {
         expect(read('cpu.max')).toBe(`20000 ${period}`);
       }
+      a.signal('SIGKILL');
+      await exitOf(a);
+    }
+  });
+
+  it("(v) the swarm's directories weigh one process per CPU; an agent keeps its own shares below them", async () => {
+    const cpu = spawner.layout!.controllers.cpu;
+    if (!cpu) return; // no cpu controller here: nothing to read back
+    const log = newLog();
+    const a = (await spawner.spawn(
+      spec({
+        name: 'weighed',
+        argv: ['/bin/sleep', '30'],
+        cwd: dir,
+        logFd: log.fd,
+        limits: { cpu_shares: 512 },
+      }),
+    )) as SandboxedAgent;
+    try {
+      const leaf = a.cgroup!.dir('cpu')!;
+      const root = path.dirname(leaf);
+      expect(path.basename(path.dirname(root))).toBe('clove');
+      const file = cpu.version === 1 ? 'cpu.shares' : 'cpu.weight';
+      const read = (d: string) => Number(fs.readFileSync(path.join(d, file), 'utf8').trim());
+      const w = swarmWeight(os.availableParallelism());
+      const swarm = cpu.version === 1 ? w.shares : w.weight;
+      expect(read(root)).toBe(swarm);
+      expect(read(path.dirname(root))).toBe(swarm);
+      expect(read(leaf)).toBe(cpu.version === 1 ? 512 : sharesToWeight(512));
+    } finally {
       a.signal('SIGKILL');
       await exitOf(a);
     }
