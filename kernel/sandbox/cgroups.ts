@@ -393,10 +393,10 @@ function removeTree(dir: string): void {
  * The CPU weight of the swarm's two shared directories (`clove` and a kernel's root below it): one default
  * weight (v1 `cpu.shares` 1024, v2 `cpu.weight` 100) per CPU the kernel may run on. Why: the cpu
  * controller splits a group's weight among the CPUs its tasks run on, so with the default weight a swarm
- * busy on n CPUs weighed 1/n of one process on each, and every wake-up of a process of full weight (the
- * kernel's reactor, on every message) preempted the agent running there. Measured on 2 CPUs (bench/messaging,
+ * busy on n CPUs weighed 1/n of one process on each, against the kernel's reactor thread at full weight
+ * (woken by every message). Measured on 2 CPUs (bench/messaging,
  * 4→4 through the fast path, two A/B pairs): unanswered round trips' p50 130–152 µs with the default weight,
- * 113–125 µs with this one, rates 2–7 % lower (reports/fastpath.md, "CPU weight"). As a whole the swarm
+ * 113–125 µs with this one, rates 2–8 % lower (reports/fastpath.md, "CPU weight"). As a whole the swarm
  * still weighs one process per CPU whatever its number of agents: the kernel and the host's other
  * processes keep their share against any swarm. Agents share it by their `cpu_shares`.
  */
