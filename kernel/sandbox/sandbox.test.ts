@@ -7,7 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ExitInfo } from './types.js';
+import type { ExitInfo, SpawnSpec } from './types.js';
 import { nativeAvailable } from './native.js';
 import { peerCredentials } from './peercred.js';
 import { NativeSpawner, type SandboxedAgent } from './native-spawner.js';
@@ -46,6 +46,14 @@ run('NativeSpawner (root sandbox)', () => {
     const fd = fs.openSync(file, 'a');
     logs.push(fd);
     return { fd, file };
+  }
+
+  /** A sandboxed `/bin/sleep 30` with these limits, for tests that read its cgroup (they stop it). */
+  async function sleeper(name: string, limits: SpawnSpec['limits']): Promise<SandboxedAgent> {
+    const argv = ['/bin/sleep', '30'];
+    return (await spawner.spawn(
+      spec({ name, argv, cwd: dir, logFd: newLog().fd, limits }),
+    )) as SandboxedAgent;
   }
 
   beforeAll(async () => {
@@ -234,16 +242,7 @@ run('NativeSpawner (root sandbox)', () => {
     const cpu = spawner.layout!.controllers.cpu;
     if (!cpu) return; // no cpu controller here: nothing to read back
     for (const period of [100_000, 50_000]) {
-      const log = newLog();
-      const a = (await spawner.spawn(
-        spec({
-          name: `period${period}`,
-          argv: ['/bin/sleep', '30'],
-          cwd: dir,
-          logFd: log.fd,
-          limits: { cpu_quota: 20_000, cpu_period: period },
-        }),
-      )) as SandboxedAgent;
+      const a = await sleeper(`period${period}`, { cpu_quota: 20_000, cpu_period: period });
       const d = a.cgroup!.dir('cpu')!;
       const read = (f: string) => fs.readFileSync(path.join(d, f), 'utf8').trim();
       if (cpu.version === 1) {
@@ -260,16 +259,7 @@ run('NativeSpawner (root sandbox)', () => {
   it("(v) the swarm's directories weigh one process per CPU; an agent keeps its own shares below them", async () => {
     const cpu = spawner.layout!.controllers.cpu;
     if (!cpu) return; // no cpu controller here: nothing to read back
-    const log = newLog();
-    const a = (await spawner.spawn(
-      spec({
-        name: 'weighed',
-        argv: ['/bin/sleep', '30'],
-        cwd: dir,
-        logFd: log.fd,
-        limits: { cpu_shares: 512 },
-      }),
-    )) as SandboxedAgent;
+    const a = await sleeper('weighed', { cpu_shares: 512 });
     try {
       const leaf = a.cgroup!.dir('cpu')!;
       const root = path.dirname(leaf);
