@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CgroupError } from './errors.js';
+import { sharesToWeight } from './policy.js';
 import { startedAtMs } from './procfs.js';
 
 export type Controller = 'memory' | 'cpu' | 'cpuacct' | 'pids' | 'freezer';
@@ -401,8 +402,8 @@ function removeTree(dir: string): void {
  * processes keep their share against any swarm. Agents share it by their `cpu_shares`.
  */
 export function swarmWeight(cpus: number): { shares: number; weight: number } {
-  const n = Math.max(1, Math.floor(cpus));
-  return { shares: Math.min(262_144, 1024 * n), weight: Math.min(10_000, 100 * n) };
+  const shares = Math.min(262_144, 1024 * Math.max(1, Math.floor(cpus)));
+  return { shares, weight: sharesToWeight(shares) };
 }
 
 export interface AgentLimits {
